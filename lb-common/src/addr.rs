@@ -1,0 +1,75 @@
+//! Addresses as the maps store them: 16 bytes, IPv4 as IPv4-mapped IPv6 (`::ffff:a.b.c.d`).
+//!
+//! One representation for both families keeps every key type family-agnostic, and the mapped
+//! form is what an LPM trie needs: an IPv4 prefix of length `p` is the 16-byte prefix `96 + p`.
+
+/// An address in map form.
+pub type Addr = [u8; 16];
+
+/// Length of the `::ffff:0:0/96` prefix that marks an IPv4-mapped address.
+pub const V4_MAPPED_PREFIX_LEN: u32 = 96;
+
+/// Maps an IPv4 address (network order) into the 16-byte map form.
+#[inline(always)]
+#[must_use]
+pub const fn v4_mapped(a: [u8; 4]) -> Addr {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+    ]
+}
+
+/// The IPv4 address inside a mapped address, if it is one.
+#[inline(always)]
+#[must_use]
+pub fn as_v4(a: &Addr) -> Option<[u8; 4]> {
+    if a[..10] == [0; 10] && a[10] == 0xff && a[11] == 0xff {
+        Some([a[12], a[13], a[14], a[15]])
+    } else {
+        None
+    }
+}
+
+#[cfg(feature = "std")]
+mod std_impls {
+    use std::net::IpAddr;
+
+    use super::{Addr, as_v4, v4_mapped};
+
+    /// `IpAddr` → map form.
+    #[must_use]
+    pub fn from_ip(ip: IpAddr) -> Addr {
+        match ip {
+            IpAddr::V4(v4) => v4_mapped(v4.octets()),
+            IpAddr::V6(v6) => v6.octets(),
+        }
+    }
+
+    /// Map form → `IpAddr` (IPv4-mapped addresses come back as IPv4).
+    #[must_use]
+    pub fn to_ip(a: &Addr) -> IpAddr {
+        match as_v4(a) {
+            Some(v4) => IpAddr::from(v4),
+            None => IpAddr::from(*a),
+        }
+    }
+}
+#[cfg(feature = "std")]
+pub use std_impls::{from_ip, to_ip};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v4_round_trip() {
+        let a = v4_mapped([203, 0, 113, 10]);
+        assert_eq!(as_v4(&a), Some([203, 0, 113, 10]));
+        assert_eq!(to_ip(&a).to_string(), "203.0.113.10");
+        let v6: Addr = "2001:db8::1"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets();
+        assert_eq!(as_v4(&v6), None);
+        assert_eq!(from_ip(to_ip(&v6)), v6);
+    }
+}

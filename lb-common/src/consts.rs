@@ -1,0 +1,58 @@
+//! Limits, defaults and map names: one list that both sides read.
+
+/// Default capacity of the service map (VIP, port, protocol).
+pub const MAX_SERVICES: u32 = 65_536;
+/// Capacity of the backend array. Id 0 is reserved, so at most `MAX_BACKENDS - 1` backends.
+pub const MAX_BACKENDS: u32 = 65_536;
+/// Default number of flows the conntrack LRU holds (each flow uses two entries: both directions).
+pub const DEFAULT_CONNTRACK_ENTRIES: u32 = 1 << 20;
+/// Default number of slots in the shared lookup-table array (`LB_RING`), 32 MiB of `u32`.
+/// Every service owns a region of `table_size` slots, and a table change needs a second region
+/// while it is swapped in, so this holds ~127 services at the default table size.
+pub const DEFAULT_RING_SLOTS: u32 = 1 << 23;
+/// Default per-service lookup-table size. A prime, as Maglev requires (katran uses the same).
+pub const DEFAULT_TABLE_SIZE: u32 = 65_537;
+/// Largest allowed per-service table size.
+pub const MAX_TABLE_SIZE: u32 = 1 << 20;
+/// Capacity of the client-facing next-hop LPM trie.
+pub const MAX_ROUTES: u32 = 16_384;
+/// Number of slots in the verdict-reason counter array (room for future reasons).
+pub const REASON_SLOTS: u32 = 64;
+/// Default seed of the flow hash. Every LB node of one deployment must use the same seed so
+/// that they all pick the same backend for a flow.
+pub const DEFAULT_HASH_SEED: u32 = 0x5eed_1b00;
+
+/// Map names, exactly as the `#[map]` statics in `lb-ebpf` (BPF limits names to 15 bytes).
+pub mod map_names {
+    pub const SERVICES: &str = "LB_SERVICES";
+    pub const VIPS: &str = "LB_VIPS";
+    pub const BACKENDS: &str = "LB_BACKENDS";
+    pub const RING: &str = "LB_RING";
+    pub const CONNTRACK: &str = "LB_CONNTRACK";
+    pub const ROUTES: &str = "LB_ROUTES";
+    pub const REASON_STATS: &str = "LB_REASONS";
+    pub const SERVICE_STATS: &str = "LB_SVC_STATS";
+    pub const BACKEND_STATS: &str = "LB_BE_STATS";
+    /// Every map, in the order the agent opens them.
+    pub const ALL: [&str; 9] = [
+        SERVICES,
+        VIPS,
+        BACKENDS,
+        RING,
+        CONNTRACK,
+        ROUTES,
+        REASON_STATS,
+        SERVICE_STATS,
+        BACKEND_STATS,
+    ];
+}
+
+/// Load-time globals (`EbpfLoader::override_global`), exactly as the statics in `lb-ebpf`.
+pub mod global_names {
+    pub const HASH_SEED: &str = "LB_HASH_SEED";
+    /// aya-log's level global; the agent sets it to 0 (off) unless `--bpf-log` asks otherwise.
+    pub const AYA_LOG_LEVEL: &str = "AYA_LOG_LEVEL";
+}
+
+/// Name of the XDP program in the object file.
+pub const PROGRAM_NAME: &str = "lb_xdp";

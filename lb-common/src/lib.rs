@@ -1,0 +1,39 @@
+//! Everything the XDP program and the agent must agree on, and every pure algorithm.
+//!
+//! The crate is `no_std` so the eBPF program can use the very same functions the host tests
+//! cover: the flow hash, the table slot rule, the checksum arithmetic and the verdict reasons.
+//! Table construction, endpoint specs and config validation need allocation and sit behind the
+//! `std` feature; `user` adds the `aya::Pod` markers the agent needs to put these types in maps.
+#![cfg_attr(not(feature = "std"), no_std)]
+
+pub mod addr;
+pub mod consts;
+pub mod csum;
+pub mod flow;
+pub mod hash;
+pub mod hdr;
+pub mod maglev;
+pub mod maps;
+pub mod verdict;
+
+#[cfg(feature = "std")]
+pub mod config;
+#[cfg(feature = "std")]
+pub mod spec;
+
+/// Implements `aya::Pod` for map types, but only for types that are `bytemuck::Pod`.
+///
+/// `bytemuck::Pod` refuses to derive on a type with padding or invalid bit patterns, so a layout
+/// mistake is a compile error here instead of garbage read from a map at run time.
+macro_rules! impl_user_pod {
+    ($($t:ty),* $(,)?) => { $(
+        #[cfg(feature = "user")]
+        // SAFETY: `$t: bytemuck::Pod` (checked below) implies no padding and no invalid bit patterns.
+        unsafe impl aya::Pod for $t {}
+        const _: fn() = || {
+            fn check<T: bytemuck::Pod>() {}
+            check::<$t>();
+        };
+    )* };
+}
+pub(crate) use impl_user_pod;

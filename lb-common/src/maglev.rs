@@ -1,0 +1,182 @@
+//! Per-service lookup tables: the slot rule (both sides) and Maglev table construction (agent).
+//!
+//! The fast path picks `table[slot(flow_hash, table_len)]`. The agent fills tables with Maglev
+//! (Eisenbud et al., NSDI 2016), weighted as katran does: in each round every backend earns its
+//! weight in credit and claims one preferred slot per `max_weight` of credit, so slot shares
+//! follow weights. Each backend's preference list (`offset`, `skip`) depends only on its
+//! address and port, and backends are visited in address order, so two agents given the same
+//! backends build the same table, whatever ids or insertion order they use.
+
+/// The slot a flow hash selects in a table of `table_len` slots (`None` for an empty table).
+#[inline(always)]
+#[must_use]
+pub const fn slot(hash: u32, table_len: u32) -> Option<u32> {
+    // verifier: the explicit zero check keeps a division by zero out of the program.
+    if table_len == 0 {
+        None
+    } else {
+        Some(hash % table_len)
+    }
+}
+
+/// Whether `n` is prime (table sizes must be, so every `skip` generates a full permutation).
+#[must_use]
+pub const fn is_prime(n: u32) -> bool {
+    if n < 2 {
+        return false;
+    }
+    let mut d = 2u32;
+    while (d as u64) * (d as u64) <= n as u64 {
+        if n % d == 0 {
+            return false;
+        }
+        d += 1;
+    }
+    true
+}
+
+#[cfg(feature = "std")]
+pub use build::{TableBackend, build_table};
+
+#[cfg(feature = "std")]
+mod build {
+    use crate::{addr::Addr, hash::murmur3, maps::BackendId};
+
+    const OFFSET_SEED: u32 = 0x6d61_676c; // "magl"
+    const SKIP_SEED: u32 = 0x6576_3031; // "ev01"
+
+    /// One eligible backend as the table builder sees it.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct TableBackend {
+        /// What the slots hold. Not an input to the permutation.
+        pub id: BackendId,
+        pub addr: Addr,
+        pub port: u16,
+        /// Relative share of slots; 0 means "no slots".
+        pub weight: u32,
+    }
+
+    impl TableBackend {
+        fn words(&self) -> [u32; 5] {
+            let a = &self.addr;
+            let w = |i: usize| u32::from_le_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+            [w(0), w(4), w(8), w(12), u32::from(self.port)]
+        }
+    }
+
+    /// Builds a table of `size` slots (a prime) over `backends`. Backends with weight 0 get no
+    /// slot; with no eligible backend every slot is 0 ("none").
+    ///
+    /// # Panics
+    /// If `size` is not prime: the caller validates sizes (config and CLI errors name them).
+    #[must_use]
+    pub fn build_table(backends: &[TableBackend], size: u32) -> Vec<BackendId> {
+        assert!(super::is_prime(size), "table size {size} is not prime");
+        let m = u64::from(size);
+        let mut bs: Vec<&TableBackend> = backends.iter().filter(|b| b.weight > 0).collect();
+        bs.sort_by_key(|b| (b.addr, b.port));
+        bs.dedup_by_key(|b| (b.addr, b.port));
+        let mut table = vec![0; size as usize];
+        let Some(max_w) = bs.iter().map(|b| u64::from(b.weight)).max() else {
+            return table;
+        };
+        let mut filled = vec![false; size as usize];
+        let prefs: Vec<(u64, u64)> = bs
+            .iter()
+            .map(|b| {
+                let w = b.words();
+                let offset = u64::from(murmur3(&w, OFFSET_SEED)) % m;
+                let skip = u64::from(murmur3(&w, SKIP_SEED)) % (m - 1) + 1;
+                (offset, skip)
+            })
+            .collect();
+        let mut next = vec![0u64; bs.len()];
+        let mut credit = vec![0u64; bs.len()];
+        let mut n = 0u32;
+        loop {
+            for (i, b) in bs.iter().enumerate() {
+                credit[i] += u64::from(b.weight);
+                if credit[i] < max_w {
+                    continue;
+                }
+                credit[i] -= max_w;
+                let (offset, skip) = prefs[i];
+                let mut c = ((offset + next[i] * skip) % m) as usize;
+                while filled[c] {
+                    next[i] += 1;
+                    c = ((offset + next[i] * skip) % m) as usize;
+                }
+                filled[c] = true;
+                table[c] = b.id;
+                next[i] += 1;
+                n += 1;
+                if n == size {
+                    return table;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::addr::v4_mapped;
+
+    fn be(id: u32, last: u8, weight: u32) -> TableBackend {
+        TableBackend {
+            id,
+            addr: v4_mapped([192, 0, 2, last]),
+            port: 80,
+            weight,
+        }
+    }
+
+    #[test]
+    fn slot_rule() {
+        assert_eq!(slot(10, 0), None);
+        assert_eq!(slot(10, 7), Some(3));
+        assert_eq!(slot(u32::MAX, 65_537), Some(u32::MAX % 65_537));
+    }
+
+    #[test]
+    fn primes() {
+        assert!(is_prime(65_537) && is_prime(2) && is_prime(251));
+        assert!(!is_prime(0) && !is_prime(1) && !is_prime(65_536) && !is_prime(1_000_001));
+    }
+
+    #[test]
+    fn empty_and_single() {
+        assert!(build_table(&[], 251).iter().all(|&s| s == 0));
+        assert!(build_table(&[be(1, 11, 0)], 251).iter().all(|&s| s == 0));
+        assert!(build_table(&[be(7, 11, 1)], 251).iter().all(|&s| s == 7));
+    }
+
+    #[test]
+    fn even_spread_and_no_holes() {
+        let bs = [be(1, 11, 1), be(2, 12, 1), be(3, 13, 1)];
+        let t = build_table(&bs, 65_537);
+        let mut counts: HashMap<u32, usize> = HashMap::new();
+        for s in &t {
+            *counts.entry(*s).or_default() += 1;
+        }
+        assert!(!counts.contains_key(&0), "a slot was left empty");
+        for id in 1..=3 {
+            let c = counts[&id];
+            assert!(c.abs_diff(65_537 / 3) <= 1, "backend {id} has {c} slots");
+        }
+    }
+
+    #[test]
+    fn independent_of_ids_and_order() {
+        let a = build_table(&[be(1, 11, 1), be(2, 12, 1), be(3, 13, 1)], 4093);
+        let b = build_table(&[be(30, 13, 1), be(10, 11, 1), be(20, 12, 1)], 4093);
+        let by_addr =
+            |t: &[u32], ids: &HashMap<u32, u8>| -> Vec<u8> { t.iter().map(|i| ids[i]).collect() };
+        let ia = HashMap::from([(1, 11), (2, 12), (3, 13)]);
+        let ib = HashMap::from([(10, 11), (20, 12), (30, 13)]);
+        assert_eq!(by_addr(&a, &ia), by_addr(&b, &ib));
+    }
+}

@@ -1,0 +1,104 @@
+//! Stable verdict reasons: every packet the program sees is counted under exactly one.
+//!
+//! The numbers are part of the interface (counters are read by number); a retired reason keeps
+//! its number as `_UnusedN` (cilium's habit) and a new one takes a fresh number.
+
+/// Why the program returned what it did. The action is fixed per reason, except that the
+/// forwarding reasons use `XDP_TX` or `XDP_REDIRECT` depending on the egress device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Reason {
+    /// Client → VIP, DNAT to a backend, sent by XDP via the agent-resolved next hop.
+    Forward = 0,
+    /// Backend → client reply, reverse-NATed to the VIP, sent via the agent-resolved next hop.
+    Reply = 1,
+    /// Translated and sent, but the next hop came from the `bpf_fib_lookup` fallback.
+    ForwardFib = 2,
+    /// Translated, but no next hop resolved: handed to the kernel to route (`XDP_PASS`).
+    PassNoNextHop = 3,
+    /// Not IPv4 (ARP, IPv6 for now, QinQ, ...): `XDP_PASS`.
+    PassNotIpv4 = 4,
+    /// IPv4, but neither to a VIP nor a reply of a tracked flow: `XDP_PASS`.
+    PassNotOurs = 5,
+    /// Too short to read the destination address, so it cannot be ours: `XDP_PASS`.
+    PassShort = 6,
+    /// To a VIP, but truncated headers, bad IHL, total length beyond the frame, bad TCP offset.
+    DropMalformed = 7,
+    /// To a VIP with IP options (not supported yet).
+    DropIpOptions = 8,
+    /// An IP fragment to a VIP (not reassembled; ports unknown for non-first fragments).
+    DropFragment = 9,
+    /// To a VIP address, but no service on that port and protocol.
+    DropNoService = 10,
+    /// The service has no eligible backend.
+    DropNoBackend = 11,
+    /// TTL would expire on forwarding.
+    DropTtl = 12,
+    /// Neither TCP nor UDP to a VIP: only those are balanced.
+    DropProto = 13,
+}
+
+/// Every reason, in number order.
+pub const ALL_REASONS: [Reason; 14] = [
+    Reason::Forward,
+    Reason::Reply,
+    Reason::ForwardFib,
+    Reason::PassNoNextHop,
+    Reason::PassNotIpv4,
+    Reason::PassNotOurs,
+    Reason::PassShort,
+    Reason::DropMalformed,
+    Reason::DropIpOptions,
+    Reason::DropFragment,
+    Reason::DropNoService,
+    Reason::DropNoBackend,
+    Reason::DropTtl,
+    Reason::DropProto,
+];
+const _: () = assert!((ALL_REASONS.len() as u32) <= crate::consts::REASON_SLOTS);
+
+impl Reason {
+    /// Stable snake-case name, used by the CLI, JSON output and metrics.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Forward => "forward",
+            Self::Reply => "reply",
+            Self::ForwardFib => "forward_fib",
+            Self::PassNoNextHop => "pass_no_next_hop",
+            Self::PassNotIpv4 => "pass_not_ipv4",
+            Self::PassNotOurs => "pass_not_ours",
+            Self::PassShort => "pass_short",
+            Self::DropMalformed => "drop_malformed",
+            Self::DropIpOptions => "drop_ip_options",
+            Self::DropFragment => "drop_fragment",
+            Self::DropNoService => "drop_no_service",
+            Self::DropNoBackend => "drop_no_backend",
+            Self::DropTtl => "drop_ttl",
+            Self::DropProto => "drop_proto",
+        }
+    }
+
+    /// Whether packets counted under this reason are dropped.
+    #[must_use]
+    pub const fn is_drop(self) -> bool {
+        (self as u32) >= Self::DropMalformed as u32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_dense_and_names_unique() {
+        for (i, r) in ALL_REASONS.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{r:?} is out of order");
+        }
+        let mut names: Vec<_> = ALL_REASONS.iter().map(|r| r.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ALL_REASONS.len());
+        assert!(Reason::DropProto.is_drop() && !Reason::PassShort.is_drop());
+    }
+}

@@ -1,0 +1,123 @@
+//! The XDP load balancer: parse → classify → select → translate → forward.
+//!
+//! Little logic lives here: the hash, slot rule, checksum arithmetic and verdict reasons come
+//! from `lb-common`, where host tests cover them. Every packet is counted under exactly one
+//! [`Reason`], in one place ([`lb_xdp`]).
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+mod maps;
+mod parse;
+mod select;
+mod stats;
+mod xlate;
+
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use lb_common::{
+    addr::{as_v4, v4_mapped},
+    flow::FlowKey,
+    maps::{ConnEntry, ServiceInfo},
+    verdict::Reason,
+};
+
+use crate::{
+    parse::{L4, Packet},
+    stats::Dir,
+};
+
+#[xdp]
+pub fn lb_xdp(ctx: XdpContext) -> u32 {
+    let (action, reason) = try_lb(&ctx);
+    stats::count_reason(reason);
+    action
+}
+
+#[inline(always)]
+fn try_lb(ctx: &XdpContext) -> (u32, Reason) {
+    let pkt = match parse::packet(ctx) {
+        Ok(p) => p,
+        Err(pass) => return (xdp_action::XDP_PASS, pass),
+    };
+    let Some((flow, l4)) = pkt.l4 else {
+        // Not balanceable (malformed, fragment, options, not TCP/UDP): a counted drop when it
+        // is addressed to a VIP, otherwise the kernel's business.
+        // SAFETY: `pkt.ip` was bounds-checked by the parser.
+        let dst = unsafe { (*pkt.ip).dst };
+        return if select::is_vip(v4_mapped(dst)) {
+            (xdp_action::XDP_DROP, pkt.problem.unwrap_or(Reason::DropMalformed))
+        } else {
+            (xdp_action::XDP_PASS, Reason::PassNotOurs)
+        };
+    };
+    if let Some(svc) = select::service(&flow) {
+        return to_backend(ctx, &pkt, &flow, l4, &svc);
+    }
+    if let Some(ct) = select::reply(&flow) {
+        return to_client(ctx, &pkt, &flow, l4, &ct);
+    }
+    if select::is_vip(flow.dst) {
+        (xdp_action::XDP_DROP, Reason::DropNoService)
+    } else {
+        (xdp_action::XDP_PASS, Reason::PassNotOurs)
+    }
+}
+
+/// Client → VIP: pick (or recall) the backend, DNAT, forward.
+#[inline(always)]
+fn to_backend(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    flow: &FlowKey,
+    l4: L4,
+    svc: &ServiceInfo,
+) -> (u32, Reason) {
+    if xlate::ttl(pkt) <= 1 {
+        return (xdp_action::XDP_DROP, Reason::DropTtl);
+    }
+    let (id, be, new_flow) = match select::backend_for(flow, pkt.is_syn, svc) {
+        Ok(x) => x,
+        Err(r) => return (xdp_action::XDP_DROP, r),
+    };
+    let Some(addr) = as_v4(&be.addr) else {
+        // The agent never pairs an IPv4 service with an IPv6 backend; guard anyway.
+        return (xdp_action::XDP_DROP, Reason::DropNoBackend);
+    };
+    xlate::dnat(pkt, l4, addr, be.port);
+    stats::count_flow(svc.id, id, pkt.len, Dir::Forward { new_flow });
+    xlate::forward(ctx, pkt, Some(be.nh), Reason::Forward)
+}
+
+/// Backend → client reply of a tracked flow: source back to the VIP, forward.
+#[inline(always)]
+fn to_client(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    flow: &FlowKey,
+    l4: L4,
+    ct: &ConnEntry,
+) -> (u32, Reason) {
+    if xlate::ttl(pkt) <= 1 {
+        return (xdp_action::XDP_DROP, Reason::DropTtl);
+    }
+    let Some(vip) = as_v4(&ct.addr) else {
+        return (xdp_action::XDP_PASS, Reason::PassNotOurs);
+    };
+    xlate::rnat(pkt, l4, vip, ct.port);
+    stats::count_flow(ct.service, ct.backend, pkt.len, Dir::Reply);
+    xlate::forward(ctx, pkt, select::route(flow.dst), Reason::Reply)
+}
+
+#[cfg(all(target_arch = "bpf", not(test)))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+/// GPL-compatible, as the helpers we call (and aya-log's) require.
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}

@@ -1,0 +1,61 @@
+//! Every map of the program. All are legacy `#[map]` maps pinned by name (BTF maps cannot be
+//! pinned in aya-ebpf 0.2), so a restarted agent finds them under its pin directory. Sizes here
+//! are defaults; the agent sets `LB_CONNTRACK` and `LB_RING` sizes at load time.
+//! The agent's reconciler is the only user-space writer of every map.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+};
+use lb_common::{
+    consts::{
+        DEFAULT_CONNTRACK_ENTRIES, DEFAULT_RING_SLOTS, MAX_BACKENDS, MAX_ROUTES, MAX_SERVICES,
+        REASON_SLOTS,
+    },
+    flow::FlowKey,
+    maps::{
+        Backend, BackendId, ConnEntry, Counters, NextHop, RouteKeyData, ServiceInfo, ServiceKey,
+        VipInfo, VipKey,
+    },
+};
+
+/// (VIP, port, proto) → service: table region and stats id. Writer: agent. Reader: fast path.
+#[map(name = "LB_SERVICES")]
+pub static LB_SERVICES: HashMap<ServiceKey, ServiceInfo> = HashMap::pinned(MAX_SERVICES, 0);
+
+/// VIP address → number of services on it. Tells "to a VIP but not servable" (drop) from
+/// "not ours" (pass). Writer: agent.
+#[map(name = "LB_VIPS")]
+pub static LB_VIPS: HashMap<VipKey, VipInfo> = HashMap::pinned(MAX_SERVICES, 0);
+
+/// BackendId → backend address, port and resolved next hop. Id 0 is never used.
+/// Writer: agent (next hops refreshed through netlink).
+#[map(name = "LB_BACKENDS")]
+pub static LB_BACKENDS: Array<Backend> = Array::pinned(MAX_BACKENDS, 0);
+
+/// All services' lookup tables, back to back: slot → BackendId. Writer: agent.
+#[map(name = "LB_RING")]
+pub static LB_RING: Array<BackendId> = Array::pinned(DEFAULT_RING_SLOTS, 0);
+
+/// Flow 5-tuple as it arrives → conntrack entry (both directions of every flow).
+/// Writer: fast path (new flows) and agent (purges). LRU, so old flows age out under pressure.
+#[map(name = "LB_CONNTRACK")]
+pub static LB_CONNTRACK: LruHashMap<FlowKey, ConnEntry> =
+    LruHashMap::pinned(2 * DEFAULT_CONNTRACK_ENTRIES, 0);
+
+/// Client-facing destination prefix → next hop, for replies. Writer: agent (from the kernel's
+/// routes and neighbours).
+#[map(name = "LB_ROUTES")]
+pub static LB_ROUTES: LpmTrie<RouteKeyData, NextHop> = LpmTrie::pinned(MAX_ROUTES, 0);
+
+/// Verdict reason → packets (per CPU). Writer: fast path.
+#[map(name = "LB_REASONS")]
+pub static LB_REASONS: PerCpuArray<u64> = PerCpuArray::pinned(REASON_SLOTS, 0);
+
+/// Service id → counters (per CPU). Writer: fast path; the agent zeroes an id before reuse.
+#[map(name = "LB_SVC_STATS")]
+pub static LB_SVC_STATS: PerCpuArray<Counters> = PerCpuArray::pinned(MAX_SERVICES, 0);
+
+/// BackendId → counters (per CPU). Writer: fast path; the agent zeroes an id before reuse.
+#[map(name = "LB_BE_STATS")]
+pub static LB_BE_STATS: PerCpuArray<Counters> = PerCpuArray::pinned(MAX_BACKENDS, 0);

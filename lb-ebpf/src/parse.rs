@@ -1,0 +1,137 @@
+//! Stage 1, parse: Ethernet (+ one 802.1Q tag) → IPv4 → TCP/UDP, every read bounds-checked.
+//!
+//! Parsing never decides whether a packet is ours: it reports what it found and what is wrong
+//! with it ([`Packet::problem`]), and the caller decides drop (to a VIP) or pass (not ours).
+
+use core::mem::size_of;
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::{
+    addr::v4_mapped,
+    flow::{FlowKey, proto},
+    hdr::{
+        ETH_P_8021Q, ETH_P_IPV4, EthHdr, IPV4_FRAG_MASK, Ipv4Hdr, TCP_ACK, TCP_SYN, TcpHdr,
+        UdpHdr, VlanHdr,
+    },
+    verdict::Reason,
+};
+
+/// A bounds-checked pointer to a `T` at `off` bytes into the frame.
+#[inline(always)]
+pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + off + size_of::<T>() > end {
+        return None;
+    }
+    Some((start + off) as *mut T)
+}
+
+/// The transport header the fast path rewrites.
+#[derive(Clone, Copy)]
+pub enum L4 {
+    Tcp(*mut TcpHdr),
+    Udp(*mut UdpHdr),
+}
+
+/// What the parser found in a frame that carries a readable IPv4 header.
+pub struct Packet {
+    pub ip: *mut Ipv4Hdr,
+    pub eth: *mut EthHdr,
+    /// Set when the headers are fine enough to balance: the 5-tuple and L4 header.
+    pub l4: Option<(FlowKey, L4)>,
+    /// Why this packet cannot be balanced, if it cannot: malformed, fragment, IP options,
+    /// or not TCP/UDP. Only relevant when the destination is a VIP.
+    pub problem: Option<Reason>,
+    /// A TCP SYN without ACK: always a new flow.
+    pub is_syn: bool,
+    /// Frame length, for byte counters.
+    pub len: u64,
+}
+
+/// Parses a frame. `Err` carries the pass reason for frames without a readable IPv4 header.
+#[inline(always)]
+pub fn packet(ctx: &XdpContext) -> Result<Packet, Reason> {
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Reason::PassShort)?;
+    // SAFETY: `ptr_at` checked the header lies inside the frame.
+    let mut ether_type = u16::from_be_bytes(unsafe { (*eth).ether_type });
+    let mut off = size_of::<EthHdr>();
+    if ether_type == ETH_P_8021Q {
+        let vlan: *mut VlanHdr = ptr_at(ctx, off).ok_or(Reason::PassShort)?;
+        // SAFETY: bounds-checked above.
+        ether_type = u16::from_be_bytes(unsafe { (*vlan).ether_type });
+        off += size_of::<VlanHdr>();
+    }
+    if ether_type != ETH_P_IPV4 {
+        // Includes a second tag (QinQ): one tag is what we parse.
+        return Err(Reason::PassNotIpv4);
+    }
+    let ip: *mut Ipv4Hdr = ptr_at(ctx, off).ok_or(Reason::PassShort)?;
+    // SAFETY: bounds-checked above; every field of `Ipv4Hdr` is a byte array (alignment 1).
+    let iph = unsafe { &*ip };
+    let ihl = usize::from(iph.version_ihl & 0x0f) * 4;
+    let tot_len = usize::from(u16::from_be_bytes(iph.tot_len));
+    let frag = u16::from_be_bytes(iph.frag_off);
+    let l3_room = ctx.data_end() - ctx.data() - off;
+    let mut pkt = Packet { ip, eth, l4: None, problem: None, is_syn: false, len };
+
+    pkt.problem = if iph.version_ihl >> 4 != 4 || ihl < 20 || tot_len < ihl || tot_len > l3_room {
+        Some(Reason::DropMalformed)
+    } else if frag & IPV4_FRAG_MASK != 0 {
+        Some(Reason::DropFragment)
+    } else if ihl != 20 {
+        Some(Reason::DropIpOptions)
+    } else if iph.proto != proto::TCP && iph.proto != proto::UDP {
+        Some(Reason::DropProto)
+    } else {
+        None
+    };
+    if pkt.problem.is_some() {
+        return Ok(pkt);
+    }
+
+    // From here the IP header is exactly 20 bytes and `tot_len` fits in the frame.
+    let l4_off = off + 20;
+    let l4_len = tot_len - 20;
+    let mut key = FlowKey {
+        src: v4_mapped(iph.src),
+        dst: v4_mapped(iph.dst),
+        proto: iph.proto,
+        ..FlowKey::default()
+    };
+    let l4 = if iph.proto == proto::TCP {
+        let Some(tcp) = ptr_at::<TcpHdr>(ctx, l4_off) else {
+            pkt.problem = Some(Reason::DropMalformed);
+            return Ok(pkt);
+        };
+        // SAFETY: bounds-checked above.
+        let t = unsafe { &*tcp };
+        let doff = usize::from(t.doff >> 4) * 4;
+        if doff < 20 || doff > l4_len {
+            pkt.problem = Some(Reason::DropMalformed);
+            return Ok(pkt);
+        }
+        key.sport = t.sport;
+        key.dport = t.dport;
+        pkt.is_syn = t.flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+        L4::Tcp(tcp)
+    } else {
+        let Some(udp) = ptr_at::<UdpHdr>(ctx, l4_off) else {
+            pkt.problem = Some(Reason::DropMalformed);
+            return Ok(pkt);
+        };
+        // SAFETY: bounds-checked above.
+        let u = unsafe { &*udp };
+        let ulen = usize::from(u16::from_be_bytes(u.len));
+        if ulen < size_of::<UdpHdr>() || ulen > l4_len {
+            pkt.problem = Some(Reason::DropMalformed);
+            return Ok(pkt);
+        }
+        key.sport = u.sport;
+        key.dport = u.dport;
+        L4::Udp(udp)
+    };
+    pkt.l4 = Some((key, l4));
+    Ok(pkt)
+}

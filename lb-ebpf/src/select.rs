@@ -1,0 +1,112 @@
+//! Stages 2 and 3, classify and select: one map lookup per function.
+
+use aya_ebpf::Global;
+use lb_common::{
+    flow::FlowKey,
+    hash::flow_hash,
+    maglev,
+    maps::{
+        Backend, BackendId, CONN_FORWARD, CONN_REVERSE, ConnEntry, NextHop, ServiceInfo,
+        ServiceKey, VipKey,
+    },
+    verdict::Reason,
+};
+
+use crate::maps::{LB_BACKENDS, LB_CONNTRACK, LB_RING, LB_ROUTES, LB_SERVICES, LB_VIPS};
+
+/// Seed of the flow hash, set by the agent at load time (`override_global`).
+#[unsafe(no_mangle)]
+static LB_HASH_SEED: Global<u32> = Global::new(lb_common::consts::DEFAULT_HASH_SEED);
+
+/// The service this packet is addressed to, if any.
+#[inline(always)]
+pub fn service(flow: &FlowKey) -> Option<ServiceInfo> {
+    let key = ServiceKey { vip: flow.dst, port: flow.dport, proto: flow.proto, _pad: 0 };
+    // SAFETY: the value is copied out before any other map operation.
+    unsafe { LB_SERVICES.get(&key).copied() }
+}
+
+/// Whether `addr` is a VIP (of any port or protocol).
+#[inline(always)]
+pub fn is_vip(addr: lb_common::addr::Addr) -> bool {
+    LB_VIPS.get_ptr(&VipKey { vip: addr }).is_some()
+}
+
+/// The conntrack entry of a reply from a backend, if this packet is one.
+#[inline(always)]
+pub fn reply(flow: &FlowKey) -> Option<ConnEntry> {
+    // SAFETY: copied out at once.
+    let ct = unsafe { LB_CONNTRACK.get(flow).copied() }?;
+    (ct.kind == CONN_REVERSE).then_some(ct)
+}
+
+/// A live backend by id.
+#[inline(always)]
+fn backend(id: BackendId) -> Option<Backend> {
+    if id == 0 {
+        return None;
+    }
+    let b = *LB_BACKENDS.get(id)?;
+    b.is_active().then_some(b)
+}
+
+/// Picks the backend of a client → VIP packet: the flow's tracked backend if it has one that is
+/// still live, else the service table's choice (which is then tracked). A SYN always takes the
+/// table's choice, so a new connection never inherits a stale entry of a reused 5-tuple.
+/// Returns (id, backend, is_new_flow).
+#[inline(always)]
+pub fn backend_for(
+    flow: &FlowKey,
+    is_syn: bool,
+    svc: &ServiceInfo,
+) -> Result<(BackendId, Backend, bool), Reason> {
+    if !is_syn {
+        // SAFETY: copied out at once.
+        if let Some(ct) = unsafe { LB_CONNTRACK.get(flow).copied() } {
+            // A removed backend (inactive entry) falls through to a fresh pick (cilium's rule).
+            if ct.kind == CONN_FORWARD {
+                if let Some(b) = backend(ct.backend) {
+                    return Ok((ct.backend, b, false));
+                }
+            }
+        }
+    }
+    let slot = maglev::slot(flow_hash(flow, LB_HASH_SEED.load()), svc.table_len)
+        .ok_or(Reason::DropNoBackend)?;
+    let id = *LB_RING.get(svc.table_off.wrapping_add(slot)).ok_or(Reason::DropNoBackend)?;
+    let b = backend(id).ok_or(Reason::DropNoBackend)?;
+    remember(flow, id, &b, svc);
+    Ok((id, b, true))
+}
+
+/// Tracks a new flow in both directions. Best effort: the LRU makes room by evicting the
+/// least recently used flows, and a flow whose entry is gone is re-picked from the same table.
+#[inline(always)]
+fn remember(flow: &FlowKey, id: BackendId, b: &Backend, svc: &ServiceInfo) {
+    let fwd = ConnEntry { kind: CONN_FORWARD, backend: id, service: svc.id, ..ConnEntry::default() };
+    let _ = LB_CONNTRACK.insert(flow, &fwd, 0);
+    let rev_key = FlowKey {
+        src: b.addr,
+        dst: flow.src,
+        sport: b.port,
+        dport: flow.sport,
+        proto: flow.proto,
+        _pad: [0; 3],
+    };
+    let rev = ConnEntry {
+        addr: flow.dst,
+        port: flow.dport,
+        kind: CONN_REVERSE,
+        _pad: 0,
+        backend: id,
+        service: svc.id,
+    };
+    let _ = LB_CONNTRACK.insert(&rev_key, &rev, 0);
+}
+
+/// The agent-resolved next hop towards a client address.
+#[inline(always)]
+pub fn route(dst: lb_common::addr::Addr) -> Option<NextHop> {
+    let key = aya_ebpf::maps::lpm_trie::Key::new(128, dst);
+    LB_ROUTES.get(&key).copied()
+}

@@ -1,0 +1,48 @@
+//! Counter updates. Per-CPU maps, so plain (non-atomic) adds are safe.
+
+use lb_common::{maps::Counters, verdict::Reason};
+
+use crate::maps::{LB_BE_STATS, LB_REASONS, LB_SVC_STATS};
+
+#[inline(always)]
+pub fn count_reason(r: Reason) {
+    if let Some(p) = LB_REASONS.get_ptr_mut(r as u32) {
+        // SAFETY: a per-CPU slot, valid for the program's run; no other writer on this CPU.
+        unsafe { *p += 1 };
+    }
+}
+
+/// Which side of a flow a packet belongs to.
+#[derive(Clone, Copy)]
+pub enum Dir {
+    /// Client → backend; `true` when this packet started a new flow.
+    Forward { new_flow: bool },
+    Reply,
+}
+
+#[inline(always)]
+pub fn count_flow(service: u32, backend: u32, bytes: u64, dir: Dir) {
+    if let Some(p) = LB_SVC_STATS.get_ptr_mut(service) {
+        // SAFETY: as above.
+        unsafe { add(&mut *p, bytes, dir) };
+    }
+    if let Some(p) = LB_BE_STATS.get_ptr_mut(backend) {
+        // SAFETY: as above.
+        unsafe { add(&mut *p, bytes, dir) };
+    }
+}
+
+#[inline(always)]
+fn add(c: &mut Counters, bytes: u64, dir: Dir) {
+    match dir {
+        Dir::Forward { new_flow } => {
+            c.packets += 1;
+            c.bytes += bytes;
+            c.new_flows += u64::from(new_flow);
+        }
+        Dir::Reply => {
+            c.reply_packets += 1;
+            c.reply_bytes += bytes;
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! Stage 4 and 5, translate and forward: DNAT / reverse NAT with incremental checksums, then
+//! TTL, MACs and the way out.
+
+use core::{mem::size_of, ptr::addr_of_mut};
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::{bpf_fib_lookup, xdp_action},
+    helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_redirect},
+    programs::XdpContext,
+};
+use lb_common::{csum, hdr::Ipv4Hdr, maps::NextHop, verdict::Reason};
+
+use crate::parse::{L4, Packet};
+
+const AF_INET: u8 = 2;
+/// `BPF_FIB_LKUP_RET_SUCCESS`.
+const FIB_SUCCESS: i64 = 0;
+
+#[inline(always)]
+const fn be16(b: [u8; 2]) -> u16 {
+    u16::from_be_bytes(b)
+}
+
+/// Rewrites one (address, port) pair of the packet and patches the IPv4 and L4 checksums.
+/// `dst` selects the destination pair (DNAT) or the source pair (reverse NAT).
+///
+/// # Safety
+/// `pkt.ip` and the pointer in `l4` must be the bounds-checked pointers from `parse::packet`.
+#[inline(always)]
+unsafe fn rewrite(pkt: &Packet, l4: L4, dst: bool, addr: [u8; 4], port: [u8; 2]) {
+    let ip = pkt.ip;
+    // SAFETY: the caller guarantees `ip` and `l4` point into the frame.
+    unsafe {
+        let a = if dst { addr_of_mut!((*ip).dst) } else { addr_of_mut!((*ip).src) };
+        let old_addr = *a;
+        *a = addr;
+        (*ip).check = csum::update32(be16((*ip).check), old_addr, addr).to_be_bytes();
+        match l4 {
+            L4::Tcp(t) => {
+                let p = if dst { addr_of_mut!((*t).dport) } else { addr_of_mut!((*t).sport) };
+                let old_port = *p;
+                *p = port;
+                let c = csum::update32(be16((*t).check), old_addr, addr);
+                (*t).check = csum::update16(c, be16(old_port), be16(port)).to_be_bytes();
+            }
+            L4::Udp(u) => {
+                let p = if dst { addr_of_mut!((*u).dport) } else { addr_of_mut!((*u).sport) };
+                let old_port = *p;
+                *p = port;
+                let c = csum::udp_update32(be16((*u).check), old_addr, addr);
+                (*u).check = csum::udp_update16(c, be16(old_port), be16(port)).to_be_bytes();
+            }
+        }
+    }
+}
+
+/// DNAT: the destination becomes the backend's address and port.
+#[inline(always)]
+pub fn dnat(pkt: &Packet, l4: L4, addr: [u8; 4], port: [u8; 2]) {
+    // SAFETY: `pkt` comes from `parse::packet`.
+    unsafe { rewrite(pkt, l4, true, addr, port) }
+}
+
+/// Reverse NAT: the source becomes the VIP's address and port.
+#[inline(always)]
+pub fn rnat(pkt: &Packet, l4: L4, addr: [u8; 4], port: [u8; 2]) {
+    // SAFETY: `pkt` comes from `parse::packet`.
+    unsafe { rewrite(pkt, l4, false, addr, port) }
+}
+
+/// The packet's TTL.
+#[inline(always)]
+pub fn ttl(pkt: &Packet) -> u8 {
+    // SAFETY: `pkt.ip` was bounds-checked by the parser.
+    unsafe { (*pkt.ip).ttl }
+}
+
+/// Sends a translated packet: through `nh` (agent-resolved) when it is resolved, else through
+/// the kernel FIB (`bpf_fib_lookup`), else hands it to the kernel to route (`XDP_PASS`, without
+/// touching the TTL, which the kernel then decrements).
+#[inline(always)]
+pub fn forward(ctx: &XdpContext, pkt: &Packet, nh: Option<NextHop>, ok: Reason) -> (u32, Reason) {
+    if let Some(nh) = nh.filter(NextHop::is_resolved) {
+        return (send(ctx, pkt, &nh), ok);
+    }
+    match fib(ctx, pkt) {
+        Some(nh) => (send(ctx, pkt, &nh), Reason::ForwardFib),
+        None => (xdp_action::XDP_PASS, Reason::PassNoNextHop),
+    }
+}
+
+/// TTL decrement, MAC rewrite, and out: `XDP_TX` on the ingress device, else a redirect.
+#[inline(always)]
+fn send(ctx: &XdpContext, pkt: &Packet, nh: &NextHop) -> u32 {
+    // SAFETY: `pkt.ip` and `pkt.eth` were bounds-checked by the parser; the caller checked
+    // that the TTL is above 1.
+    unsafe {
+        let ip = pkt.ip;
+        let old = u16::from_be_bytes([(*ip).ttl, (*ip).proto]);
+        (*ip).ttl -= 1;
+        let new = u16::from_be_bytes([(*ip).ttl, (*ip).proto]);
+        (*ip).check = csum::update16(be16((*ip).check), old, new).to_be_bytes();
+        (*pkt.eth).src = nh.smac;
+        (*pkt.eth).dst = nh.dmac;
+    }
+    if nh.ifindex as usize == ingress_ifindex(ctx) {
+        xdp_action::XDP_TX
+    } else {
+        // SAFETY: a plain helper call; flags 0. It returns XDP_REDIRECT (or XDP_ABORTED for
+        // invalid flags, which 0 is not).
+        unsafe { bpf_redirect(nh.ifindex, 0) as u32 }
+    }
+}
+
+#[inline(always)]
+fn ingress_ifindex(ctx: &XdpContext) -> usize {
+    ctx.ingress_ifindex()
+}
+
+/// The fallback next hop: the kernel FIB, for entries the agent has not resolved (yet).
+#[inline(always)]
+fn fib(ctx: &XdpContext, pkt: &Packet) -> Option<NextHop> {
+    // SAFETY: all-zero is a valid `bpf_fib_lookup` (plain integers and unions of integers).
+    let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    // SAFETY: `pkt.ip` was bounds-checked by the parser.
+    let ip: &Ipv4Hdr = unsafe { &*pkt.ip };
+    p.family = AF_INET;
+    p.l4_protocol = ip.proto;
+    p.__bindgen_anon_1.tot_len = be16(ip.tot_len);
+    #[expect(clippy::cast_possible_truncation, reason = "ifindex is a u32 in xdp_md")]
+    {
+        p.ifindex = ingress_ifindex(ctx) as u32;
+    }
+    // The address unions are __be32: keep the wire bytes as they are.
+    p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(ip.src);
+    p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(ip.dst);
+    // SAFETY: `p` is a valid, writable `bpf_fib_lookup` of the size passed.
+    let rc = unsafe {
+        fib_lookup(ctx.as_ptr(), &raw mut p, size_of::<bpf_fib_lookup>() as i32, 0)
+    };
+    (rc == FIB_SUCCESS).then_some(NextHop { ifindex: p.ifindex, smac: p.smac, dmac: p.dmac })
+}

@@ -1,0 +1,17 @@
+//! Builds the XDP object (`lb-ebpf`, bin `lb-xdp`) into `OUT_DIR` with aya-build, which runs
+//! `cargo +nightly build -Z build-std=core --target bpfel-unknown-none` (needs `rust-src` and
+//! `bpf-linker`: `cargo xtask setup` installs both). The agent embeds the object.
+use std::path::Path;
+
+fn main() -> anyhow::Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root");
+    let ebpf = root.join("lb-ebpf");
+    // aya-build watches lb-ebpf; the program also compiles lb-common's sources.
+    println!("cargo:rerun-if-changed={}", root.join("lb-common/src").display());
+    let package = aya_build::Package {
+        name: "lb-ebpf",
+        root_dir: ebpf.to_str().expect("UTF-8 path"),
+        ..Default::default()
+    };
+    aya_build::build_ebpf([package], aya_build::Toolchain::default())
+}

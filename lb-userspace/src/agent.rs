@@ -1,0 +1,163 @@
+//! `lb agent`: load and attach the program, apply the config, serve the control socket, keep
+//! next hops fresh, and on SIGTERM/SIGINT detach and clean up.
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::{Context as _, bail};
+use lb_common::config::Config;
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+};
+
+use crate::{
+    api,
+    dataplane::{Dataplane, LoadOptions, unpin_all, xdp_mode},
+    nexthop::NetlinkResolver,
+    reconcile::{AgentInfo, Reconciler},
+    state::State,
+};
+
+/// Everything `lb agent` is told on its command line.
+#[derive(Clone, Debug)]
+pub struct AgentOptions {
+    pub config: Option<PathBuf>,
+    pub interfaces: Vec<String>,
+    pub native: bool,
+    pub pin_dir: PathBuf,
+    pub socket: PathBuf,
+    pub bpf_log_level: u8,
+    /// How often next hops and client routes are re-read from the kernel.
+    pub resolve_interval: Duration,
+}
+
+fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
+    let Some(path) = path else {
+        return Ok(Config { agent: Default::default(), services: Vec::new() });
+    };
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+    Ok(lb_common::config::parse(&path.display().to_string(), &text)?)
+}
+
+/// Runs the agent until SIGTERM or SIGINT.
+///
+/// # Errors
+/// Bad config, not root, no bpffs, load or attach failure, socket failure.
+pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
+    let config = load_config(opts.config.as_ref())?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("lb agent must run as root (it loads BPF programs and owns the control socket)");
+    }
+    if opts.interfaces.is_empty() {
+        bail!("--iface: at least one interface is required");
+    }
+    check_bpffs(&opts.pin_dir)?;
+    let mut ifindexes = Vec::new();
+    for name in &opts.interfaces {
+        let idx = nix_ifindex(name).with_context(|| format!("--iface {name}: no such interface"))?;
+        ifindexes.push(idx);
+    }
+
+    let load = LoadOptions {
+        pin_dir: opts.pin_dir.clone(),
+        hash_seed: config.agent.hash_seed,
+        conntrack_flows: config.agent.conntrack_flows,
+        ring_slots: config.agent.ring_slots,
+        bpf_log_level: opts.bpf_log_level,
+    };
+    let (mut dp, maps) = Dataplane::load(&load).context("loading the XDP program")?;
+    let _logger = if opts.bpf_log_level > 0 {
+        Some(aya_log::EbpfLogger::init(&mut dp.ebpf).context("starting aya-log")?)
+    } else {
+        None
+    };
+    let mode = xdp_mode(opts.native);
+    for name in &opts.interfaces {
+        dp.attach(name, mode).with_context(|| format!("attaching to {name}"))?;
+    }
+    tracing::info!(interfaces = ?opts.interfaces, ?mode, pin_dir = %opts.pin_dir.display(), "XDP program attached");
+
+    let info = AgentInfo {
+        interfaces: opts.interfaces.clone(),
+        xdp_mode: if opts.native { "native" } else { "skb" }.into(),
+        pin_dir: Some(opts.pin_dir.display().to_string()),
+        ring_slots: config.agent.ring_slots,
+        conntrack_flows: config.agent.conntrack_flows,
+    };
+    let resolver = NetlinkResolver::new(ifindexes).context("opening netlink")?;
+    let mut rec = Reconciler::new(maps, resolver, info);
+    rec.start(State::from_config(&config)).context("applying the config")?;
+    tracing::info!(services = config.services.len(), "config applied");
+
+    let listener = api::bind(&opts.socket).with_context(|| format!("binding {}", opts.socket.display()))?;
+    let (tx, mut rx) = mpsc::channel(64);
+    let server = tokio::spawn(api::serve(listener, tx));
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut ticker = tokio::time::interval(opts.resolve_interval);
+    tracing::info!(socket = %opts.socket.display(), "agent ready");
+
+    loop {
+        tokio::select! {
+            Some((req, reply)) = rx.recv() => {
+                tracing::debug!(?req, "api request");
+                let _ = reply.send(rec.handle(req));
+            }
+            _ = ticker.tick() => {
+                if let Err(e) = rec.tick() {
+                    tracing::warn!(error = %e, "refreshing next hops failed");
+                }
+            }
+            _ = hup.recv() => {
+                match load_config(opts.config.as_ref()) {
+                    Ok(c) => match rec.reload(State::from_config(&c)) {
+                        Ok(()) => tracing::info!("config reloaded"),
+                        Err(e) => tracing::error!(error = %e, "config reload refused; nothing changed"),
+                    },
+                    Err(e) => tracing::error!(error = %e, "config reload refused; nothing changed"),
+                }
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    tracing::info!("stopping: detaching and removing pins");
+    server.abort();
+    drop(rec);
+    drop(dp);
+    let _ = std::fs::remove_file(&opts.socket);
+    unpin_all(&opts.pin_dir).with_context(|| format!("removing pins under {}", opts.pin_dir.display()))?;
+    Ok(())
+}
+
+fn check_bpffs(pin_dir: &std::path::Path) -> anyhow::Result<()> {
+    let mut dir = pin_dir.to_path_buf();
+    while !dir.exists() {
+        if !dir.pop() {
+            break;
+        }
+    }
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;
+    // SAFETY: `c` is a valid C string and `st` a valid out-pointer.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &raw mut st) } != 0 || st.f_type != 0xcafe_4a11 {
+        bail!(
+            "--pin-dir {}: {} is not on a bpffs; mount one with `mount -t bpf bpf /sys/fs/bpf` (cargo xtask setup does)",
+            pin_dir.display(),
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+fn nix_ifindex(name: &str) -> anyhow::Result<u32> {
+    let c = std::ffi::CString::new(name)?;
+    // SAFETY: `c` is a valid C string.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx == 0 {
+        bail!("{}", std::io::Error::last_os_error());
+    }
+    Ok(idx)
+}

@@ -1,0 +1,225 @@
+//! The agent's control socket: one JSON request per line, one JSON response per line.
+//!
+//! The socket is a Unix socket, mode 0600 and owned by root, and the server also checks the
+//! peer's uid (`SO_PEERCRED`), so only root can change the load balancer. Requests carry specs
+//! as text; the agent parses them again, so a hand-written client gets the same validation.
+
+use std::{collections::BTreeMap, path::Path};
+
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{UnixListener, UnixStream},
+    sync::{mpsc, oneshot},
+};
+
+/// Default socket path (override with `--socket` or `LB_SOCKET`).
+pub const DEFAULT_SOCKET: &str = "/run/lb/lb.sock";
+/// Longest request line the server reads; longer ones are refused, not truncated.
+const MAX_REQUEST: usize = 64 * 1024;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    VipAdd { service: String, table_size: Option<u32> },
+    VipDel { service: String },
+    VipList,
+    BackendAdd { service: String, backend: String },
+    BackendDel { service: String, backend: String },
+    BackendList { service: String },
+    Status,
+    Stats,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Response {
+    Ok { message: String },
+    Error { message: String },
+    Vips { vips: Vec<ServiceView> },
+    Backends { service: String, backends: Vec<BackendView> },
+    Status(StatusView),
+    Stats(StatsView),
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CountersView {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub reply_packets: u64,
+    pub reply_bytes: u64,
+}
+
+impl From<lb_common::maps::Counters> for CountersView {
+    fn from(c: lb_common::maps::Counters) -> Self {
+        Self {
+            packets: c.packets,
+            bytes: c.bytes,
+            new_flows: c.new_flows,
+            reply_packets: c.reply_packets,
+            reply_bytes: c.reply_bytes,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceView {
+    pub service: String,
+    pub id: u32,
+    pub table_size: u32,
+    pub backends: usize,
+    pub counters: CountersView,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NextHopView {
+    pub ifindex: u32,
+    pub smac: String,
+    pub dmac: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BackendView {
+    pub backend: String,
+    pub id: u32,
+    /// `None`: not resolved yet (the fast path falls back to the kernel FIB meanwhile).
+    pub next_hop: Option<NextHopView>,
+    /// Slots of the service's table that point at this backend.
+    pub slots: u32,
+    /// Share of the table, 0.0 ..= 1.0.
+    pub share: f64,
+    /// Tracked flows (conntrack entries client → backend).
+    pub flows: u64,
+    pub counters: CountersView,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusView {
+    pub version: String,
+    pub pid: u32,
+    pub interfaces: Vec<String>,
+    pub xdp_mode: String,
+    pub pin_dir: Option<String>,
+    pub services: usize,
+    pub backends: usize,
+    pub backends_unresolved: usize,
+    pub client_routes: usize,
+    pub ring_slots_used: u64,
+    pub ring_slots: u32,
+    pub conntrack_flows: u32,
+    pub vips: Vec<ServiceStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    pub service: String,
+    pub backends: Vec<BackendView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsView {
+    /// Verdict reason → packets, in reason-number order.
+    pub reasons: BTreeMap<String, u64>,
+    pub services: Vec<ServiceView>,
+}
+
+/// What the server hands the reconciler: a request and where to send the answer.
+pub type ApiCall = (Request, oneshot::Sender<Response>);
+
+/// Errors of a CLI call.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no agent is listening on {path} (start one with `lb agent`, or set --socket / LB_SOCKET)")]
+    NoAgent { path: String },
+    #[error("talking to the agent on {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("the agent's answer is not valid: {0}")]
+    Decode(#[from] serde_json::Error),
+}
+
+/// Sends one request to the agent and returns its response.
+///
+/// # Errors
+/// No agent, a broken connection or an undecodable answer.
+pub async fn call(path: &Path, req: &Request) -> Result<Response, ClientError> {
+    let p = path.display().to_string();
+    let mut stream = UnixStream::connect(path).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => ClientError::NoAgent { path: p.clone() },
+        _ => ClientError::Io { path: p.clone(), source: e },
+    })?;
+    let mut line = serde_json::to_string(req)?;
+    line.push('\n');
+    let io = |source| ClientError::Io { path: p.clone(), source };
+    stream.write_all(line.as_bytes()).await.map_err(io)?;
+    let mut reader = BufReader::new(stream);
+    let mut answer = String::new();
+    reader.read_line(&mut answer).await.map_err(|source| ClientError::Io { path: p.clone(), source })?;
+    Ok(serde_json::from_str(&answer)?)
+}
+
+/// Binds the control socket: parent directory created, stale socket replaced, mode 0600.
+///
+/// # Errors
+/// The directory or socket cannot be created.
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    // A socket file left by a killed agent: connecting to it fails, so it is stale.
+    if path.exists() && std::os::unix::net::UnixStream::connect(path).is_err() {
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Serves the control socket until the listener fails; each connection is one request.
+pub async fn serve(listener: UnixListener, calls: mpsc::Sender<ApiCall>) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "control socket accept failed");
+                continue;
+            }
+        };
+        let calls = calls.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handle(stream, calls).await {
+                tracing::debug!(error = %e, "control connection ended with an error");
+            }
+        });
+    }
+}
+
+async fn handle(stream: UnixStream, calls: mpsc::Sender<ApiCall>) -> std::io::Result<()> {
+    let uid = stream.peer_cred()?.uid();
+    let (rd, mut wr) = stream.into_split();
+    let mut line = String::new();
+    let n = BufReader::new(rd).take(MAX_REQUEST as u64 + 1).read_line(&mut line).await?;
+    let resp = if uid != 0 {
+        Response::Error { message: format!("permission denied: uid {uid} is not root") }
+    } else if n > MAX_REQUEST {
+        Response::Error { message: format!("request longer than {MAX_REQUEST} bytes") }
+    } else {
+        match serde_json::from_str::<Request>(&line) {
+            Err(e) => Response::Error { message: format!("bad request: {e}") },
+            Ok(req) => {
+                let (tx, rx) = oneshot::channel();
+                if calls.send((req, tx)).await.is_err() {
+                    Response::Error { message: "the agent is shutting down".into() }
+                } else {
+                    rx.await.unwrap_or(Response::Error { message: "the agent is shutting down".into() })
+                }
+            }
+        }
+    };
+    let mut out = serde_json::to_string(&resp).map_err(std::io::Error::other)?;
+    out.push('\n');
+    wr.write_all(out.as_bytes()).await
+}
+
+use tokio::io::AsyncReadExt as _;

@@ -1,0 +1,318 @@
+//! The XDP object: loading it (pinned maps, load-time settings), attaching it, and its maps.
+//!
+//! [`Maps`] is the only owner of the kernel maps in the agent; the reconciler holds it, and
+//! nothing else writes them (tests provision fixtures through the same type).
+
+use std::path::{Path, PathBuf};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{
+        Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues,
+        lpm_trie::Key as LpmKey,
+    },
+    programs::{Xdp, XdpMode},
+};
+use lb_common::{
+    consts::{PROGRAM_NAME, global_names, map_names},
+    flow::FlowKey,
+    maps::{
+        Backend, BackendId, ConnEntry, Counters, NextHop, RouteKeyData, ServiceInfo, ServiceKey,
+        VipInfo, VipKey,
+    },
+};
+
+use crate::error::{LoadError, MapOpError};
+
+/// The XDP object, as the agent embeds it (built by `build.rs`).
+pub static LB_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-xdp"));
+
+/// How to load the object.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// bpffs directory for the maps. Every map is pinned by name (so a restarted agent finds
+    /// them); there is no unpinned mode, because aya would then pin into /sys/fs/bpf itself.
+    pub pin_dir: PathBuf,
+    pub hash_seed: u32,
+    pub conntrack_flows: u32,
+    pub ring_slots: u32,
+    /// aya-log level for the kernel side (0 = off, 4 = debug).
+    pub bpf_log_level: u8,
+}
+
+impl LoadOptions {
+    /// Options with the default settings, pinning under `pin_dir`.
+    #[must_use]
+    pub fn new(pin_dir: PathBuf) -> Self {
+        let s = lb_common::config::AgentSettings::default();
+        Self {
+            pin_dir,
+            hash_seed: s.hash_seed,
+            conntrack_flows: s.conntrack_flows,
+            ring_slots: s.ring_slots,
+            bpf_log_level: 0,
+        }
+    }
+}
+
+/// The loaded object: its program and (until taken) its maps.
+pub struct Dataplane {
+    pub ebpf: Ebpf,
+}
+
+impl Dataplane {
+    /// Loads and verifies the program. With a pin directory, maps already pinned there are
+    /// reused (their entries survive an agent restart) and new ones are pinned.
+    ///
+    /// # Errors
+    /// The pin directory cannot be made, the object does not load or verify.
+    pub fn load(opts: &LoadOptions) -> Result<(Self, Maps), LoadError> {
+        let mut loader = EbpfLoader::new();
+        let dir = &opts.pin_dir;
+        std::fs::create_dir_all(dir).map_err(|source| LoadError::PinDir { path: dir.clone(), source })?;
+        loader.default_map_pin_directory(dir);
+        loader
+            .override_global(global_names::HASH_SEED, &opts.hash_seed, true)
+            .override_global(global_names::AYA_LOG_LEVEL, &opts.bpf_log_level, false)
+            .map_max_entries(map_names::CONNTRACK, opts.conntrack_flows.saturating_mul(2))
+            .map_max_entries(map_names::RING, opts.ring_slots);
+        let mut ebpf = loader.load(LB_OBJ)?;
+        let prog: &mut Xdp = program_mut(&mut ebpf)?;
+        prog.load().map_err(|source| LoadError::Program { what: "load".into(), source })?;
+        let maps = Maps::take(&mut ebpf)?;
+        Ok((Self { ebpf }, maps))
+    }
+
+    /// The XDP program (for attaching and for `BPF_PROG_TEST_RUN`).
+    ///
+    /// # Errors
+    /// Only if the object lacks the program, which the load already checked.
+    pub fn program(&mut self) -> Result<&mut Xdp, LoadError> {
+        program_mut(&mut self.ebpf)
+    }
+
+    /// Attaches the program to an interface. The attachment lasts until `self` is dropped.
+    ///
+    /// # Errors
+    /// Unknown interface, or the driver refuses the mode.
+    pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<(), LoadError> {
+        self.program()?.attach(iface, mode).map_err(|source| LoadError::Program {
+            what: format!("attach to {iface} in {mode:?} mode"),
+            source,
+        })?;
+        Ok(())
+    }
+}
+
+fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp, LoadError> {
+    ebpf.program_mut(PROGRAM_NAME)
+        .ok_or(LoadError::MissingProgram(PROGRAM_NAME))?
+        .try_into()
+        .map_err(|source| LoadError::Program { what: PROGRAM_NAME.into(), source })
+}
+
+/// Removes the map pins of a pin directory (a plain agent stop cleans up after itself).
+///
+/// # Errors
+/// A pin that exists but cannot be removed.
+pub fn unpin_all(dir: &Path) -> std::io::Result<()> {
+    for name in map_names::ALL {
+        match std::fs::remove_file(dir.join(name)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    match std::fs::remove_dir(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound && e.raw_os_error() != Some(libc::ENOTEMPTY) => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Sum of one per-CPU slot of counters.
+fn sum_counters(v: &PerCpuValues<Counters>) -> Counters {
+    v.iter().fold(Counters::default(), |a, c| a.add(c))
+}
+
+/// The program's maps, typed.
+pub struct Maps {
+    pub services: HashMap<MapData, ServiceKey, ServiceInfo>,
+    pub vips: HashMap<MapData, VipKey, VipInfo>,
+    pub backends: Array<MapData, Backend>,
+    pub ring: Array<MapData, BackendId>,
+    pub conntrack: HashMap<MapData, FlowKey, ConnEntry>,
+    pub routes: LpmTrie<MapData, RouteKeyData, NextHop>,
+    pub reasons: PerCpuArray<MapData, u64>,
+    pub svc_stats: PerCpuArray<MapData, Counters>,
+    pub be_stats: PerCpuArray<MapData, Counters>,
+}
+
+impl Maps {
+    fn take(ebpf: &mut Ebpf) -> Result<Self, LoadError> {
+        fn get<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+            ebpf: &mut Ebpf,
+            name: &'static str,
+        ) -> Result<T, LoadError> {
+            let map = ebpf.take_map(name).ok_or(LoadError::MissingMap(name))?;
+            T::try_from(map).map_err(|source| LoadError::Map { name, source })
+        }
+        Ok(Self {
+            services: get(ebpf, map_names::SERVICES)?,
+            vips: get(ebpf, map_names::VIPS)?,
+            backends: get(ebpf, map_names::BACKENDS)?,
+            ring: get(ebpf, map_names::RING)?,
+            conntrack: get(ebpf, map_names::CONNTRACK)?,
+            routes: get(ebpf, map_names::ROUTES)?,
+            reasons: get(ebpf, map_names::REASON_STATS)?,
+            svc_stats: get(ebpf, map_names::SERVICE_STATS)?,
+            be_stats: get(ebpf, map_names::BACKEND_STATS)?,
+        })
+    }
+
+    /// Packets counted under verdict reason `r`, summed over CPUs.
+    ///
+    /// # Errors
+    /// The map read fails.
+    pub fn reason_count(&self, r: u32) -> Result<u64, MapOpError> {
+        let v = self.reasons.get(&r, 0).map_err(op_err(map_names::REASON_STATS, "read"))?;
+        Ok(v.iter().sum())
+    }
+}
+
+fn op_err(map: &'static str, op: impl Into<String>) -> impl FnOnce(aya::maps::MapError) -> MapOpError {
+    let op = op.into();
+    move |source| MapOpError { map, op, source }
+}
+
+/// What the reconciler needs from the maps. The real implementation is [`Maps`]; unit tests
+/// use an in-memory fake, so reconciliation logic is tested without a kernel.
+pub trait MapOps {
+    fn put_service(&mut self, k: &ServiceKey, v: &ServiceInfo) -> Result<(), MapOpError>;
+    fn del_service(&mut self, k: &ServiceKey) -> Result<(), MapOpError>;
+    fn service_keys(&self) -> Result<Vec<ServiceKey>, MapOpError>;
+    fn put_vip(&mut self, k: &VipKey, v: &VipInfo) -> Result<(), MapOpError>;
+    fn del_vip(&mut self, k: &VipKey) -> Result<(), MapOpError>;
+    fn vip_keys(&self) -> Result<Vec<VipKey>, MapOpError>;
+    fn put_backend(&mut self, id: BackendId, b: &Backend) -> Result<(), MapOpError>;
+    fn put_slots(&mut self, off: u32, slots: &[BackendId]) -> Result<(), MapOpError>;
+    fn put_route(&mut self, prefix_len: u32, dst: RouteKeyData, nh: &NextHop) -> Result<(), MapOpError>;
+    fn del_route(&mut self, prefix_len: u32, dst: RouteKeyData) -> Result<(), MapOpError>;
+    /// Clears the counters of a service id and a backend id before they are reused.
+    fn zero_service_stats(&mut self, id: u32) -> Result<(), MapOpError>;
+    fn zero_backend_stats(&mut self, id: BackendId) -> Result<(), MapOpError>;
+    /// Deletes every conntrack entry that points at `backend`; returns how many.
+    fn purge_flows(&mut self, backend: BackendId) -> Result<usize, MapOpError>;
+    fn service_counters(&self, id: u32) -> Result<Counters, MapOpError>;
+    fn backend_counters(&self, id: BackendId) -> Result<Counters, MapOpError>;
+    fn reason_counters(&self) -> Result<Vec<u64>, MapOpError>;
+    /// Live conntrack entries per backend id (an O(table) walk, for status output).
+    fn flows_per_backend(&self) -> Result<std::collections::HashMap<BackendId, u64>, MapOpError>;
+}
+
+fn zero_per_cpu<V: aya::Pod + Default + Clone>(
+    m: &mut PerCpuArray<MapData, V>,
+    name: &'static str,
+    id: u32,
+) -> Result<(), MapOpError> {
+    let as_map_err = |call, io_error| {
+        let source = aya::maps::MapError::SyscallError(aya::sys::SyscallError { call, io_error });
+        MapOpError { map: name, op: format!("zero slot {id}"), source }
+    };
+    let cpus = aya::util::nr_cpus().map_err(|(call, e)| as_map_err(call, e))?;
+    let zeros = PerCpuValues::try_from(vec![V::default(); cpus])
+        .map_err(|e| as_map_err("PerCpuValues", e))?;
+    m.set(id, zeros, 0).map_err(op_err(name, format!("zero slot {id}")))
+}
+
+impl MapOps for Maps {
+    fn put_service(&mut self, k: &ServiceKey, v: &ServiceInfo) -> Result<(), MapOpError> {
+        self.services.insert(k, v, 0).map_err(|source| {
+            let op = format!("insert service {k:?}");
+            MapOpError { map: map_names::SERVICES, op, source }
+        })
+    }
+    fn del_service(&mut self, k: &ServiceKey) -> Result<(), MapOpError> {
+        self.services.remove(k).map_err(op_err(map_names::SERVICES, "remove service"))
+    }
+    fn service_keys(&self) -> Result<Vec<ServiceKey>, MapOpError> {
+        self.services.keys().collect::<Result<_, _>>().map_err(op_err(map_names::SERVICES, "list"))
+    }
+    fn put_vip(&mut self, k: &VipKey, v: &VipInfo) -> Result<(), MapOpError> {
+        self.vips.insert(k, v, 0).map_err(op_err(map_names::VIPS, "insert"))
+    }
+    fn del_vip(&mut self, k: &VipKey) -> Result<(), MapOpError> {
+        self.vips.remove(k).map_err(op_err(map_names::VIPS, "remove"))
+    }
+    fn vip_keys(&self) -> Result<Vec<VipKey>, MapOpError> {
+        self.vips.keys().collect::<Result<_, _>>().map_err(op_err(map_names::VIPS, "list"))
+    }
+    fn put_backend(&mut self, id: BackendId, b: &Backend) -> Result<(), MapOpError> {
+        self.backends.set(id, b, 0).map_err(op_err(map_names::BACKENDS, format!("set {id}")))
+    }
+    fn put_slots(&mut self, off: u32, slots: &[BackendId]) -> Result<(), MapOpError> {
+        for (i, id) in (off..).zip(slots) {
+            self.ring.set(i, id, 0).map_err(op_err(map_names::RING, format!("set slot {i}")))?;
+        }
+        Ok(())
+    }
+    fn put_route(&mut self, prefix_len: u32, dst: RouteKeyData, nh: &NextHop) -> Result<(), MapOpError> {
+        self.routes
+            .insert(&LpmKey::new(prefix_len, dst), nh, 0)
+            .map_err(op_err(map_names::ROUTES, "insert"))
+    }
+    fn del_route(&mut self, prefix_len: u32, dst: RouteKeyData) -> Result<(), MapOpError> {
+        self.routes.remove(&LpmKey::new(prefix_len, dst)).map_err(op_err(map_names::ROUTES, "remove"))
+    }
+    fn zero_service_stats(&mut self, id: u32) -> Result<(), MapOpError> {
+        zero_per_cpu(&mut self.svc_stats, map_names::SERVICE_STATS, id)
+    }
+    fn zero_backend_stats(&mut self, id: BackendId) -> Result<(), MapOpError> {
+        zero_per_cpu(&mut self.be_stats, map_names::BACKEND_STATS, id)
+    }
+    fn purge_flows(&mut self, backend: BackendId) -> Result<usize, MapOpError> {
+        let doomed: Vec<FlowKey> = self
+            .conntrack
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, e)| e.backend == backend)
+            .map(|(k, _)| k)
+            .collect();
+        for k in &doomed {
+            match self.conntrack.remove(k) {
+                // Evicted by the LRU meanwhile: already gone.
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(source) => {
+                    return Err(MapOpError { map: map_names::CONNTRACK, op: "purge".into(), source });
+                }
+            }
+        }
+        Ok(doomed.len())
+    }
+    fn service_counters(&self, id: u32) -> Result<Counters, MapOpError> {
+        let v = self.svc_stats.get(&id, 0).map_err(op_err(map_names::SERVICE_STATS, "read"))?;
+        Ok(sum_counters(&v))
+    }
+    fn backend_counters(&self, id: BackendId) -> Result<Counters, MapOpError> {
+        let v = self.be_stats.get(&id, 0).map_err(op_err(map_names::BACKEND_STATS, "read"))?;
+        Ok(sum_counters(&v))
+    }
+    fn reason_counters(&self) -> Result<Vec<u64>, MapOpError> {
+        lb_common::verdict::ALL_REASONS.iter().map(|r| self.reason_count(*r as u32)).collect()
+    }
+    fn flows_per_backend(&self) -> Result<std::collections::HashMap<BackendId, u64>, MapOpError> {
+        let mut m = std::collections::HashMap::new();
+        for item in self.conntrack.iter() {
+            match item {
+                Ok((_, e)) if e.kind == lb_common::maps::CONN_FORWARD => *m.entry(e.backend).or_default() += 1,
+                Ok(_) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(source) => return Err(MapOpError { map: map_names::CONNTRACK, op: "walk".into(), source }),
+            }
+        }
+        Ok(m)
+    }
+}
+
+/// The XDP attach mode, as the CLI spells it.
+#[must_use]
+pub const fn xdp_mode(native: bool) -> XdpMode {
+    if native { XdpMode::Driver } else { XdpMode::Skb }
+}

@@ -1,0 +1,46 @@
+//! Error types of the agent, one enum per subsystem, each variant with its context.
+
+use std::path::PathBuf;
+
+/// Loading the XDP object, opening its maps, attaching it.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot create pin directory {path}: {source}")]
+    PinDir { path: PathBuf, source: std::io::Error },
+    #[error("loading the XDP object failed (is this root, with BPF and BTF available?): {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("the XDP object has no map {0}")]
+    MissingMap(&'static str),
+    #[error("map {name}: {source}")]
+    Map { name: &'static str, source: aya::maps::MapError },
+    #[error("the XDP object has no program {0}")]
+    MissingProgram(&'static str),
+    #[error("program {what}: {source}")]
+    Program { what: String, source: aya::programs::ProgramError },
+}
+
+/// A kernel map operation that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} on map {map} failed: {source}")]
+pub struct MapOpError {
+    pub map: &'static str,
+    pub op: String,
+    pub source: aya::maps::MapError,
+}
+
+/// Why a requested change was refused or could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    /// Bad input: the message names the field and the problem.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0} does not exist")]
+    NotFound(String),
+    #[error("{0} already exists")]
+    Exists(String),
+    /// A map or table is full; the message names the limit.
+    #[error("{0}")]
+    Capacity(String),
+    #[error(transparent)]
+    Map(#[from] MapOpError),
+}

@@ -1,0 +1,12 @@
+//! The load balancer's agent and CLI (`lb`), as a library so the integration tests drive the
+//! same loader, maps and reconciler the binary uses.
+
+pub mod agent;
+pub mod api;
+pub mod cli;
+pub mod dataplane;
+pub mod error;
+pub mod netlink;
+pub mod nexthop;
+pub mod reconcile;
+pub mod state;

@@ -1,0 +1,640 @@
+//! The reconciler: the one task that writes the maps. It owns the desired [`State`] and what
+//! has been applied, takes API calls and timer ticks as events, and makes the maps match.
+//!
+//! # Map write ordering (why a packet never sees a half-made service)
+//! * A backend's entry (`LB_BACKENDS[id]`) is written before any table slot points at it.
+//! * A service's table is written to a fresh region of `LB_RING`, then the service entry is
+//!   replaced in one `LB_SERVICES` update, which is atomic for a hash map: a packet sees either
+//!   the old region or the complete new one (a double buffer, not delta writes, so no slot is
+//!   ever briefly wrong and no ordering among slot writes matters).
+//! * The old region, and the ids of removed backends, are only reused after [`GRACE`]: a packet
+//!   that read the old service entry finishes in microseconds, far within it.
+//! * A removed backend's entry is marked inactive after the table stops pointing at it, and its
+//!   conntrack entries are purged; a packet of such a flow that races the purge finds the entry
+//!   inactive and is re-balanced (the fast path's "backend gone → fresh pick" rule).
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::{IpAddr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use lb_common::{
+    addr::{self, Addr},
+    consts::{MAX_BACKENDS, MAX_SERVICES},
+    maglev::{TableBackend, build_table},
+    maps::{BACKEND_F_ACTIVE, Backend, BackendId, NextHop, ServiceInfo, VipInfo, VipKey},
+    spec::{BackendSpec, ServiceSpec},
+    verdict::ALL_REASONS,
+};
+
+use crate::{
+    api::{BackendView, CountersView, NextHopView, Request, Response, ServiceStatus, ServiceView, StatsView, StatusView},
+    dataplane::MapOps,
+    error::{ChangeError, MapOpError},
+    state::State,
+};
+
+/// How long a freed table region or backend id stays unused before it is reused.
+pub const GRACE: Duration = Duration::from_millis(100);
+
+/// Resolves next hops (the real one asks the kernel through netlink; tests use a fake).
+pub trait Resolver {
+    /// The next hop towards a backend, `None` while unresolved.
+    fn next_hop(&mut self, ip: IpAddr) -> Option<NextHop>;
+    /// Client-facing next hops: (prefix length in map form, prefix, next hop).
+    fn client_routes(&mut self) -> Vec<(u32, Addr, NextHop)>;
+}
+
+/// Static facts about the running agent, for `lb status`.
+#[derive(Clone, Debug, Default)]
+pub struct AgentInfo {
+    pub interfaces: Vec<String>,
+    pub xdp_mode: String,
+    pub pin_dir: Option<String>,
+    pub ring_slots: u32,
+    pub conntrack_flows: u32,
+}
+
+/// A service as it is in the maps.
+#[derive(Debug)]
+struct Applied {
+    id: u32,
+    /// The live table region and its contents (`None`: no eligible backend, `table_len` 0).
+    table: Option<(u32, Vec<BackendId>)>,
+    backends: BTreeMap<SocketAddr, BackendId>,
+}
+
+/// First-fit allocator of `LB_RING` regions.
+#[derive(Debug)]
+struct Ring {
+    size: u32,
+    /// Free (offset, length) ranges, sorted and coalesced.
+    free: Vec<(u32, u32)>,
+}
+
+impl Ring {
+    fn new(size: u32) -> Self {
+        Self { size, free: vec![(0, size)] }
+    }
+
+    fn alloc(&mut self, len: u32) -> Option<u32> {
+        let i = self.free.iter().position(|&(_, l)| l >= len)?;
+        let (off, l) = self.free[i];
+        if l == len {
+            self.free.remove(i);
+        } else {
+            self.free[i] = (off + len, l - len);
+        }
+        Some(off)
+    }
+
+    fn release(&mut self, off: u32, len: u32) {
+        let i = self.free.partition_point(|&(o, _)| o < off);
+        self.free.insert(i, (off, len));
+        // Coalesce with the neighbours.
+        if i + 1 < self.free.len() && self.free[i].0 + self.free[i].1 == self.free[i + 1].0 {
+            self.free[i].1 += self.free[i + 1].1;
+            self.free.remove(i + 1);
+        }
+        if i > 0 && self.free[i - 1].0 + self.free[i - 1].1 == self.free[i].0 {
+            self.free[i - 1].1 += self.free[i].1;
+            self.free.remove(i);
+        }
+    }
+
+    fn used(&self) -> u64 {
+        u64::from(self.size) - self.free.iter().map(|&(_, l)| u64::from(l)).sum::<u64>()
+    }
+}
+
+/// Lowest-free-first id allocator over `lo..hi`.
+#[derive(Debug)]
+struct Ids {
+    lo: u32,
+    hi: u32,
+    used: std::collections::BTreeSet<u32>,
+}
+
+impl Ids {
+    fn new(lo: u32, hi: u32) -> Self {
+        Self { lo, hi, used: std::collections::BTreeSet::new() }
+    }
+
+    fn alloc(&mut self) -> Option<u32> {
+        let mut want = self.lo;
+        for &u in &self.used {
+            if u != want {
+                break;
+            }
+            want += 1;
+        }
+        (want < self.hi).then(|| {
+            self.used.insert(want);
+            want
+        })
+    }
+
+    fn free_count(&self) -> usize {
+        (self.hi - self.lo) as usize - self.used.len()
+    }
+}
+
+enum Deferred {
+    Region(u32, u32),
+    Backend(BackendId),
+}
+
+/// The single writer of the maps.
+pub struct Reconciler<M: MapOps, R: Resolver> {
+    maps: M,
+    resolver: R,
+    info: AgentInfo,
+    state: State,
+    applied: BTreeMap<ServiceSpec, Applied>,
+    ring: Ring,
+    service_ids: Ids,
+    backend_ids: Ids,
+    deferred: Vec<(Instant, Deferred)>,
+    next_hops: HashMap<IpAddr, NextHop>,
+    routes: HashMap<(u32, Addr), NextHop>,
+}
+
+impl<M: MapOps, R: Resolver> Reconciler<M, R> {
+    /// A reconciler over maps that may hold entries from an earlier agent: services and VIPs it
+    /// does not know are removed by [`Self::start`].
+    pub fn new(maps: M, resolver: R, info: AgentInfo) -> Self {
+        Self {
+            ring: Ring::new(info.ring_slots),
+            maps,
+            resolver,
+            info,
+            state: State::default(),
+            applied: BTreeMap::new(),
+            service_ids: Ids::new(0, MAX_SERVICES),
+            backend_ids: Ids::new(1, MAX_BACKENDS),
+            deferred: Vec::new(),
+            next_hops: HashMap::new(),
+            routes: HashMap::new(),
+        }
+    }
+
+    /// The maps (tests read counters through them).
+    pub fn maps(&self) -> &M {
+        &self.maps
+    }
+
+    /// Applies the initial desired state: clears services and VIPs a previous agent left in
+    /// pinned maps, then programs every service.
+    ///
+    /// # Errors
+    /// A capacity limit or a map write failure.
+    pub fn start(&mut self, state: State) -> Result<(), ChangeError> {
+        for k in self.maps.service_keys()? {
+            self.maps.del_service(&k)?;
+        }
+        for k in self.maps.vip_keys()? {
+            self.maps.del_vip(&k)?;
+        }
+        self.check_capacity(&state, None)?;
+        self.state = state;
+        let specs: Vec<ServiceSpec> = self.state.services.keys().copied().collect();
+        for s in specs {
+            self.sync_service(&s)?;
+        }
+        self.refresh_routes()?;
+        Ok(())
+    }
+
+    /// Replaces the whole desired state (a config reload), syncing every service that was or
+    /// is now desired. Nothing changes if the new state does not fit.
+    ///
+    /// # Errors
+    /// A capacity limit or a map write failure.
+    pub fn reload(&mut self, state: State) -> Result<(), ChangeError> {
+        self.check_capacity(&state, None)?;
+        let mut specs: Vec<ServiceSpec> = self.state.services.keys().chain(state.services.keys()).copied().collect();
+        specs.sort_unstable();
+        specs.dedup();
+        self.state = state;
+        for s in specs {
+            self.sync_service(&s)?;
+        }
+        Ok(())
+    }
+
+    /// Handles one API request.
+    pub fn handle(&mut self, req: Request) -> Response {
+        match self.try_handle(req) {
+            Ok(r) => r,
+            Err(e) => Response::Error { message: e.to_string() },
+        }
+    }
+
+    fn try_handle(&mut self, req: Request) -> Result<Response, ChangeError> {
+        let ok = |m: String| Ok(Response::Ok { message: m });
+        match req {
+            Request::VipAdd { service, table_size } => {
+                let spec = parse_service(&service)?;
+                let mut next = self.state.clone();
+                next.add_service(spec, table_size)?;
+                self.commit(next, &spec)?;
+                ok(format!("added service {spec}"))
+            }
+            Request::VipDel { service } => {
+                let spec = parse_service(&service)?;
+                let mut next = self.state.clone();
+                next.del_service(&spec)?;
+                self.commit(next, &spec)?;
+                ok(format!("deleted service {spec}"))
+            }
+            Request::BackendAdd { service, backend } => {
+                let spec = parse_service(&service)?;
+                let b = parse_backend(&backend)?;
+                let mut next = self.state.clone();
+                let addr = next.add_backend(&spec, b)?;
+                self.commit(next, &spec)?;
+                ok(format!("added backend {addr} to {spec}"))
+            }
+            Request::BackendDel { service, backend } => {
+                let spec = parse_service(&service)?;
+                let b = parse_backend(&backend)?;
+                let mut next = self.state.clone();
+                let addr = next.del_backend(&spec, &b)?;
+                self.commit(next, &spec)?;
+                ok(format!("deleted backend {addr} from {spec}"))
+            }
+            Request::VipList => Ok(Response::Vips { vips: self.service_views()? }),
+            Request::BackendList { service } => {
+                let spec = parse_service(&service)?;
+                let flows = self.maps.flows_per_backend()?;
+                Ok(Response::Backends { service: spec.to_string(), backends: self.backend_views(&spec, &flows)? })
+            }
+            Request::Status => Ok(Response::Status(self.status()?)),
+            Request::Stats => Ok(Response::Stats(self.stats()?)),
+        }
+    }
+
+    /// Makes `next` the desired state, after checking it fits, and syncs `changed`.
+    fn commit(&mut self, next: State, changed: &ServiceSpec) -> Result<(), ChangeError> {
+        self.check_capacity(&next, Some(changed))?;
+        self.state = next;
+        self.sync_service(changed)
+    }
+
+    /// Refuses a state that cannot fit the maps, before anything is written.
+    fn check_capacity(&mut self, next: &State, changed: Option<&ServiceSpec>) -> Result<(), ChangeError> {
+        let new_services = next.services.keys().filter(|s| !self.applied.contains_key(*s)).count();
+        if new_services > self.service_ids.free_count() {
+            return Err(ChangeError::Capacity(format!("the service map is full ({MAX_SERVICES} services)")));
+        }
+        let new_backends: usize = next
+            .services
+            .iter()
+            .map(|(s, st)| {
+                let applied = self.applied.get(s);
+                st.backends.keys().filter(|a| applied.is_none_or(|ap| !ap.backends.contains_key(*a))).count()
+            })
+            .sum();
+        if new_backends > self.backend_ids.free_count() {
+            return Err(ChangeError::Capacity(format!(
+                "the backend map is full ({} backends)",
+                MAX_BACKENDS - 1
+            )));
+        }
+        // Every service's table plus, while it is swapped, one new table for a changed one.
+        let need: u64 = next.services.values().map(|s| u64::from(s.table_size)).sum::<u64>()
+            + changed.and_then(|c| next.services.get(c)).map_or(0, |s| u64::from(s.table_size));
+        if need > u64::from(self.info.ring_slots) {
+            return Err(ChangeError::Capacity(format!(
+                "the lookup tables need {need} slots but the agent has {} (raise agent.ring_slots or use smaller --table-size)",
+                self.info.ring_slots
+            )));
+        }
+        Ok(())
+    }
+
+    /// Makes the maps match the desired state of one service.
+    fn sync_service(&mut self, spec: &ServiceSpec) -> Result<(), ChangeError> {
+        self.release_deferred(false);
+        let key = spec.key();
+        let Some(desired) = self.state.services.get(spec).cloned() else {
+            // Deleted: service entry first (new packets stop), then its backends and table.
+            if let Some(ap) = self.applied.remove(spec) {
+                self.maps.del_service(&key)?;
+                self.sync_vip(spec.vip.ip())?;
+                for id in ap.backends.into_values() {
+                    self.retire_backend(id)?;
+                }
+                if let Some((off, slots)) = ap.table {
+                    self.defer(Deferred::Region(off, slots.len() as u32));
+                }
+                self.service_ids.used.remove(&ap.id);
+            }
+            return Ok(());
+        };
+
+        if !self.applied.contains_key(spec) {
+            let id = self.service_ids.alloc().ok_or_else(|| ChangeError::Capacity("the service map is full".into()))?;
+            self.maps.zero_service_stats(id)?;
+            self.applied.insert(*spec, Applied { id, table: None, backends: BTreeMap::new() });
+        }
+
+        // New backends: entry first, so no slot ever points at an unwritten entry.
+        let known: Vec<SocketAddr> = self.applied[spec].backends.keys().copied().collect();
+        for addr in desired.backends.keys().filter(|a| !known.contains(a)) {
+            let id = self.alloc_backend_id()?;
+            self.maps.zero_backend_stats(id)?;
+            let nh = self.next_hop(addr.ip());
+            self.maps.put_backend(id, &backend_entry(*addr, nh))?;
+            self.applied.get_mut(spec).expect("inserted above").backends.insert(*addr, id);
+        }
+        let ap = self.applied.get_mut(spec).expect("inserted above");
+        let gone: Vec<(SocketAddr, BackendId)> =
+            ap.backends.iter().filter(|(a, _)| !desired.backends.contains_key(*a)).map(|(a, i)| (*a, *i)).collect();
+        for (a, _) in &gone {
+            ap.backends.remove(a);
+        }
+
+        // The table over the backends that remain.
+        let eligible: Vec<TableBackend> = ap
+            .backends
+            .iter()
+            .map(|(a, &id)| TableBackend { id, addr: addr::from_ip(a.ip()), port: a.port(), weight: 1 })
+            .collect();
+        let table = (!eligible.is_empty()).then(|| build_table(&eligible, desired.table_size));
+        let unchanged = match (&ap.table, &table) {
+            (Some((_, cur)), Some(new)) => cur == new,
+            (None, None) => true,
+            _ => false,
+        };
+        let id = ap.id;
+        if !unchanged {
+            let new_region = match &table {
+                Some(slots) => {
+                    let len = slots.len() as u32;
+                    let off = self.alloc_region(len)?;
+                    self.maps.put_slots(off, slots)?;
+                    Some(off)
+                }
+                None => None,
+            };
+            let info = ServiceInfo {
+                id,
+                table_off: new_region.unwrap_or(0),
+                table_len: table.as_ref().map_or(0, |t| t.len() as u32),
+                flags: 0,
+            };
+            // The atomic switch to the new table.
+            self.maps.put_service(&key, &info)?;
+            let ap = self.applied.get_mut(spec).expect("present");
+            let old = std::mem::replace(&mut ap.table, new_region.zip(table));
+            if let Some((off, slots)) = old {
+                self.defer(Deferred::Region(off, slots.len() as u32));
+            }
+        } else {
+            // Unchanged table (e.g. a re-add): still make sure the service entry exists.
+            let (off, len) = self.applied[spec].table.as_ref().map_or((0, 0), |(o, s)| (*o, s.len() as u32));
+            self.maps.put_service(&key, &ServiceInfo { id, table_off: off, table_len: len, flags: 0 })?;
+        }
+        self.sync_vip(spec.vip.ip())?;
+        for (_, bid) in gone {
+            self.retire_backend(bid)?;
+        }
+        Ok(())
+    }
+
+    /// Keeps `LB_VIPS[ip]` equal to the number of services on that address.
+    fn sync_vip(&mut self, ip: IpAddr) -> Result<(), MapOpError> {
+        let n = self.applied.keys().filter(|s| s.vip.ip() == ip).count();
+        let key = VipKey { vip: addr::from_ip(ip) };
+        if n == 0 {
+            match self.maps.del_vip(&key) {
+                Err(MapOpError { source: aya::maps::MapError::KeyNotFound, .. }) | Ok(()) => Ok(()),
+                Err(e) => Err(e),
+            }
+        } else {
+            self.maps.put_vip(&key, &VipInfo { services: n as u32, flags: 0 })
+        }
+    }
+
+    /// A backend no table points at any more: inactive entry, flows purged, id reused later.
+    fn retire_backend(&mut self, id: BackendId) -> Result<(), MapOpError> {
+        self.maps.put_backend(id, &Backend::default())?;
+        let purged = self.maps.purge_flows(id)?;
+        tracing::info!(backend_id = id, purged, "backend retired");
+        self.defer(Deferred::Backend(id));
+        Ok(())
+    }
+
+    fn defer(&mut self, d: Deferred) {
+        self.deferred.push((Instant::now(), d));
+    }
+
+    /// Returns deferred regions and ids whose grace period is over (or, with `wait`, all of
+    /// them after waiting out the youngest's grace period).
+    fn release_deferred(&mut self, wait: bool) {
+        if wait {
+            if let Some(youngest) = self.deferred.iter().map(|(t, _)| *t).max() {
+                // Not a test sleep: the agent's grace period for in-flight packets (see module doc).
+                std::thread::sleep(GRACE.saturating_sub(youngest.elapsed()));
+            }
+        }
+        let now = Instant::now();
+        let (ready, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.deferred)
+            .into_iter()
+            .partition(|(t, _)| now.duration_since(*t) >= GRACE);
+        self.deferred = keep;
+        for (_, d) in ready {
+            match d {
+                Deferred::Region(off, len) => self.ring.release(off, len),
+                Deferred::Backend(id) => {
+                    self.backend_ids.used.remove(&id);
+                }
+            }
+        }
+    }
+
+    fn alloc_region(&mut self, len: u32) -> Result<u32, ChangeError> {
+        if let Some(off) = self.ring.alloc(len) {
+            return Ok(off);
+        }
+        self.release_deferred(true);
+        self.ring.alloc(len).ok_or_else(|| {
+            ChangeError::Capacity(format!(
+                "no room for a {len}-slot table: {} of {} slots in use",
+                self.ring.used(),
+                self.ring.size
+            ))
+        })
+    }
+
+    fn alloc_backend_id(&mut self) -> Result<BackendId, ChangeError> {
+        if let Some(id) = self.backend_ids.alloc() {
+            return Ok(id);
+        }
+        self.release_deferred(true);
+        self.backend_ids
+            .alloc()
+            .ok_or_else(|| ChangeError::Capacity(format!("the backend map is full ({} backends)", MAX_BACKENDS - 1)))
+    }
+
+    fn next_hop(&mut self, ip: IpAddr) -> NextHop {
+        if let Some(nh) = self.next_hops.get(&ip) {
+            return *nh;
+        }
+        let nh = self.resolver.next_hop(ip).unwrap_or_default();
+        if nh.is_resolved() {
+            self.next_hops.insert(ip, nh);
+        }
+        nh
+    }
+
+    /// Periodic work: grace periods, next hops of backends, client routes.
+    ///
+    /// # Errors
+    /// A map write failure.
+    pub fn tick(&mut self) -> Result<(), MapOpError> {
+        self.release_deferred(false);
+        // Re-resolve every backend address; rewrite entries whose next hop changed.
+        let ips: std::collections::BTreeSet<IpAddr> =
+            self.applied.values().flat_map(|a| a.backends.keys().map(SocketAddr::ip)).collect();
+        let mut fresh = HashMap::new();
+        for ip in ips {
+            if let Some(nh) = self.resolver.next_hop(ip) {
+                fresh.insert(ip, nh);
+            }
+        }
+        let changed: Vec<IpAddr> =
+            fresh.iter().filter(|(ip, nh)| self.next_hops.get(*ip) != Some(*nh)).map(|(ip, _)| *ip).collect();
+        let lost: Vec<IpAddr> = self.next_hops.keys().filter(|ip| !fresh.contains_key(*ip)).copied().collect();
+        self.next_hops = fresh;
+        if !changed.is_empty() || !lost.is_empty() {
+            let entries: Vec<(SocketAddr, BackendId)> = self
+                .applied
+                .values()
+                .flat_map(|a| a.backends.iter().map(|(s, i)| (*s, *i)))
+                .filter(|(s, _)| changed.contains(&s.ip()) || lost.contains(&s.ip()))
+                .collect();
+            for (addr, id) in entries {
+                let nh = self.next_hops.get(&addr.ip()).copied().unwrap_or_default();
+                self.maps.put_backend(id, &backend_entry(addr, nh))?;
+                tracing::info!(backend = %addr, ifindex = nh.ifindex, "backend next hop updated");
+            }
+        }
+        self.refresh_routes()
+    }
+
+    fn refresh_routes(&mut self) -> Result<(), MapOpError> {
+        let want: HashMap<(u32, Addr), NextHop> =
+            self.resolver.client_routes().into_iter().map(|(l, a, nh)| ((l, a), nh)).collect();
+        for (k, nh) in &want {
+            if self.routes.get(k) != Some(nh) {
+                self.maps.put_route(k.0, k.1, nh)?;
+            }
+        }
+        let stale: Vec<(u32, Addr)> = self.routes.keys().filter(|k| !want.contains_key(*k)).copied().collect();
+        for k in stale {
+            match self.maps.del_route(k.0, k.1) {
+                Ok(()) | Err(MapOpError { source: aya::maps::MapError::KeyNotFound, .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.routes = want;
+        Ok(())
+    }
+
+    fn service_views(&self) -> Result<Vec<ServiceView>, MapOpError> {
+        self.applied
+            .iter()
+            .map(|(spec, ap)| {
+                Ok(ServiceView {
+                    service: spec.to_string(),
+                    id: ap.id,
+                    table_size: self.state.services.get(spec).map_or(0, |s| s.table_size),
+                    backends: ap.backends.len(),
+                    counters: self.maps.service_counters(ap.id)?.into(),
+                })
+            })
+            .collect()
+    }
+
+    fn backend_views(&self, spec: &ServiceSpec, flows: &HashMap<BackendId, u64>) -> Result<Vec<BackendView>, ChangeError> {
+        let ap = self.applied.get(spec).ok_or_else(|| ChangeError::NotFound(format!("service {spec}")))?;
+        let mut slots: HashMap<BackendId, u32> = HashMap::new();
+        let total = ap.table.as_ref().map_or(0, |(_, t)| t.len());
+        if let Some((_, t)) = &ap.table {
+            for id in t {
+                *slots.entry(*id).or_default() += 1;
+            }
+        }
+        ap.backends
+            .iter()
+            .map(|(addr, &id)| {
+                let nh = self.next_hops.get(&addr.ip()).filter(|n| n.is_resolved());
+                let s = slots.get(&id).copied().unwrap_or(0);
+                Ok(BackendView {
+                    backend: addr.to_string(),
+                    id,
+                    next_hop: nh.map(|n| NextHopView { ifindex: n.ifindex, smac: mac(&n.smac), dmac: mac(&n.dmac) }),
+                    slots: s,
+                    share: if total == 0 { 0.0 } else { f64::from(s) / total as f64 },
+                    flows: flows.get(&id).copied().unwrap_or(0),
+                    counters: CountersView::from(self.maps.backend_counters(id)?),
+                })
+            })
+            .collect()
+    }
+
+    fn status(&self) -> Result<StatusView, ChangeError> {
+        let flows = self.maps.flows_per_backend()?;
+        let mut vips = Vec::new();
+        for spec in self.applied.keys() {
+            vips.push(ServiceStatus { service: spec.to_string(), backends: self.backend_views(spec, &flows)? });
+        }
+        let backends: usize = self.applied.values().map(|a| a.backends.len()).sum();
+        let resolved = self
+            .applied
+            .values()
+            .flat_map(|a| a.backends.keys())
+            .filter(|a| self.next_hops.get(&a.ip()).is_some_and(NextHop::is_resolved))
+            .count();
+        Ok(StatusView {
+            version: env!("CARGO_PKG_VERSION").into(),
+            pid: std::process::id(),
+            interfaces: self.info.interfaces.clone(),
+            xdp_mode: self.info.xdp_mode.clone(),
+            pin_dir: self.info.pin_dir.clone(),
+            services: self.applied.len(),
+            backends,
+            backends_unresolved: backends - resolved,
+            client_routes: self.routes.len(),
+            ring_slots_used: self.ring.used(),
+            ring_slots: self.info.ring_slots,
+            conntrack_flows: self.info.conntrack_flows,
+            vips,
+        })
+    }
+
+    fn stats(&self) -> Result<StatsView, MapOpError> {
+        let counts = self.maps.reason_counters()?;
+        let reasons = ALL_REASONS.iter().zip(counts).map(|(r, c)| (r.name().to_owned(), c)).collect();
+        Ok(StatsView { reasons, services: self.service_views()? })
+    }
+}
+
+fn backend_entry(addr: SocketAddr, nh: NextHop) -> Backend {
+    Backend { addr: addr::from_ip(addr.ip()), port: addr.port().to_be_bytes(), flags: BACKEND_F_ACTIVE, nh }
+}
+
+fn mac(m: &[u8; 6]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+fn parse_service(s: &str) -> Result<ServiceSpec, ChangeError> {
+    s.parse().map_err(|e: lb_common::spec::SpecError| ChangeError::Invalid(format!("service: {e}")))
+}
+
+fn parse_backend(s: &str) -> Result<BackendSpec, ChangeError> {
+    s.parse().map_err(|e: lb_common::spec::SpecError| ChangeError::Invalid(format!("backend: {e}")))
+}

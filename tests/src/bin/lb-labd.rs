@@ -1,0 +1,77 @@
+//! A lab backend: a tiny HTTP/1.1 server (keep-alive; the body is the backend's name) and a
+//! UDP echo server (the reply is "NAME PAYLOAD"). Prints `ready` once both sockets listen.
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    net::{TcpListener, TcpStream, UdpSocket},
+};
+
+fn main() {
+    let mut name = String::new();
+    let (mut http, mut udp) = (None, None);
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let v = args.next().unwrap_or_else(|| die(&format!("{a} needs a value")));
+        match a.as_str() {
+            "--name" => name = v,
+            "--http" => http = Some(v),
+            "--udp" => udp = Some(v),
+            _ => die(&format!("unknown argument {a}")),
+        }
+    }
+    let tcp = http.map(|a| TcpListener::bind(&a).unwrap_or_else(|e| die(&format!("bind {a}: {e}"))));
+    let udp = udp.map(|a| UdpSocket::bind(&a).unwrap_or_else(|e| die(&format!("bind {a}: {e}"))));
+    println!("ready");
+    let _ = std::io::stdout().flush();
+    if let Some(u) = udp {
+        let name = name.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while let Ok((n, from)) = u.recv_from(&mut buf) {
+                let mut reply = format!("{name} ").into_bytes();
+                reply.extend_from_slice(&buf[..n]);
+                let _ = u.send_to(&reply, from);
+            }
+        });
+    }
+    match tcp {
+        Some(l) => {
+            for s in l.incoming().flatten() {
+                let name = name.clone();
+                std::thread::spawn(move || serve(s, &name));
+            }
+        }
+        None => loop {
+            std::thread::park();
+        },
+    }
+}
+
+fn serve(s: TcpStream, name: &str) {
+    let mut w = match s.try_clone() {
+        Ok(w) => w,
+        Err(_) => return,
+    };
+    let mut r = BufReader::new(s);
+    loop {
+        // Read one request's headers; answer; keep the connection open for the next one.
+        let mut saw_any = false;
+        loop {
+            let mut line = String::new();
+            match r.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) if line == "\r\n" && saw_any => break,
+                Ok(_) => saw_any = true,
+            }
+        }
+        let body = format!("{name}\n");
+        let resp = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: keep-alive\r\n\r\n{body}", body.len());
+        if w.write_all(resp.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+fn die(msg: &str) -> ! {
+    eprintln!("lb-labd: {msg}");
+    std::process::exit(2)
+}

@@ -1,0 +1,435 @@
+//! The lab: a client namespace, an LB namespace running `lb agent`, and backend namespaces
+//! running `lb-labd` (HTTP and UDP echo). Used by the demo and the end-to-end tests.
+//!
+//! ```text
+//!  client ns            lb ns                                 backend ns (one per backend)
+//!  c0 198.51.100.2 ──── l0 198.51.100.1   [XDP]
+//!                       l1 192.0.2.1/32   [XDP] ────────────  eth0 192.0.2.11  (b1)
+//!                       l2 192.0.2.1/32   [XDP] ────────────  eth0 192.0.2.12  (b2)
+//!                       ...
+//!  VIP 203.0.113.10 is routed by the client via 198.51.100.1; the LB kernel has no route for
+//!  it, so a VIP packet only reaches a backend through the XDP program. Backends route
+//!  everything via 192.0.2.1 (the LB), which is how replies come back for reverse NAT.
+//! ```
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::netns::{Netns, sweep_stale, unique_prefix};
+
+pub const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+pub const LB_CLIENT_SIDE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+pub const LB_BACKEND_SIDE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+/// How long one request may take before it counts as failed.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Backend `i` (1-based) has address 192.0.2.(10 + i).
+#[must_use]
+pub fn backend_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(192, 0, 2, 10 + u8::try_from(i).expect("few backends"))
+}
+
+/// The config the demo runs on: one VIP, tcp/80 and udp/53, over three backends.
+pub const DEMO_CONFIG: &str = r#"# The demo's embedded default: one VIP with tcp/80 and udp/53 over three backends.
+[[service]]
+vip = "203.0.113.10:80/tcp"
+backends = ["192.0.2.11", "192.0.2.12", "192.0.2.13"]
+
+[[service]]
+vip = "203.0.113.10:53/udp"
+backends = ["192.0.2.11", "192.0.2.12", "192.0.2.13"]
+"#;
+
+/// A binary of this workspace next to the running executable (`target/<profile>/NAME`), or
+/// from `$LB_BIN_DIR`.
+///
+/// # Errors
+/// The binary is not built.
+pub fn workspace_bin(name: &str) -> anyhow::Result<PathBuf> {
+    let dir = match std::env::var_os("LB_BIN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            let exe = std::env::current_exe()?;
+            let mut dir = exe.parent().context("exe dir")?.to_path_buf();
+            if dir.ends_with("deps") {
+                dir.pop();
+            }
+            dir
+        }
+    };
+    let p = dir.join(name);
+    if !p.exists() {
+        bail!("{} is not built: run `cargo build -p lb-userspace -p lb-integration --bins` (cargo xtask test does)", p.display());
+    }
+    Ok(p)
+}
+
+/// One backend namespace and its server.
+pub struct BackendNs {
+    pub ns: Netns,
+    pub name: String,
+    pub ip: Ipv4Addr,
+    server: Option<Child>,
+}
+
+impl BackendNs {
+    /// Starts (or restarts) this backend's HTTP and UDP servers; returns once they listen.
+    ///
+    /// # Errors
+    /// The server does not start.
+    pub fn start_server(&mut self) -> anyhow::Result<()> {
+        self.stop_server();
+        let labd = workspace_bin("lb-labd")?;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.ns.name])
+            .arg(&labd)
+            .args(["--name", &self.name, "--http", &format!("{}:80", self.ip), "--udp", &format!("{}:53", self.ip)])
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting lb-labd")?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+        if line.trim() != "ready" {
+            let _ = child.kill();
+            bail!("lb-labd for {} did not start: {line:?}", self.name);
+        }
+        self.server = Some(child);
+        Ok(())
+    }
+
+    /// Stops the server (its listening sockets close at once).
+    pub fn stop_server(&mut self) {
+        if let Some(mut c) = self.server.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for BackendNs {
+    fn drop(&mut self) {
+        self.stop_server();
+    }
+}
+
+/// The running agent.
+struct Agent {
+    child: Child,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+/// The whole lab. Dropping it stops the agent (SIGTERM, then SIGKILL), the servers, deletes
+/// the namespaces, pins and temp files.
+pub struct Lab {
+    pub prefix: String,
+    pub client: Netns,
+    pub lb: Netns,
+    pub backends: Vec<BackendNs>,
+    pub pin_dir: PathBuf,
+    pub tmp: PathBuf,
+    pub socket: PathBuf,
+    agent: Option<Agent>,
+}
+
+impl Lab {
+    /// Builds the topology with `n` backends (servers started).
+    ///
+    /// # Errors
+    /// Any `ip`/`ethtool`/`sysctl` step fails.
+    pub fn new(n: usize) -> anyhow::Result<Self> {
+        crate::require_root();
+        sweep_stale();
+        let prefix = unique_prefix();
+        let tmp = std::env::temp_dir().join(&prefix);
+        std::fs::create_dir_all(&tmp)?;
+        let client = Netns::new(&format!("{prefix}-client"))?;
+        let lb = Netns::new(&format!("{prefix}-lb"))?;
+        let mut lab = Self {
+            pin_dir: PathBuf::from("/sys/fs/bpf").join(&prefix),
+            socket: tmp.join("lb.sock"),
+            tmp,
+            prefix,
+            client,
+            lb,
+            backends: Vec::new(),
+            agent: None,
+        };
+        let lbn = lab.lb.name.clone();
+        lab.lb.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+        // Client side.
+        lab.client.ip(&["link", "add", "c0", "type", "veth", "peer", "name", "l0", "netns", &lbn])?;
+        lab.client.ip(&["addr", "add", &format!("{CLIENT_IP}/24"), "dev", "c0"])?;
+        lab.client.ip(&["link", "set", "c0", "up"])?;
+        lab.client.ip(&["route", "add", "203.0.113.0/24", "via", &LB_CLIENT_SIDE.to_string()])?;
+        lab.lb.ip(&["addr", "add", &format!("{LB_CLIENT_SIDE}/24"), "dev", "l0"])?;
+        lab.lb.ip(&["link", "set", "l0", "up"])?;
+        // Frames XDP redirects into a veth land on its peer only if the peer has NAPI (GRO on);
+        // locally made TCP/UDP on veth has partial checksums that native XDP cannot finish,
+        // so senders compute checksums in software (tx off). Real NICs need neither.
+        harden_veth(&lab.client, "c0")?;
+        for i in 1..=n {
+            lab.add_backend_ns(i)?;
+        }
+        Ok(lab)
+    }
+
+    /// Adds backend namespace `i` (192.0.2.(10+i)) with its link to the LB and its server.
+    ///
+    /// # Errors
+    /// A setup step fails.
+    pub fn add_backend_ns(&mut self, i: usize) -> anyhow::Result<()> {
+        let name = format!("b{i}");
+        let ns = Netns::new(&format!("{}-{name}", self.prefix))?;
+        let ip = backend_ip(i);
+        let dev = format!("l{i}");
+        self.lb.ip(&["link", "add", &dev, "type", "veth", "peer", "name", "eth0", "netns", &ns.name])?;
+        self.lb.ip(&["addr", "add", &format!("{LB_BACKEND_SIDE}/32"), "dev", &dev])?;
+        self.lb.ip(&["link", "set", &dev, "up"])?;
+        self.lb.ip(&["route", "add", &format!("{ip}/32"), "dev", &dev])?;
+        ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+        ns.ip(&["link", "set", "eth0", "up"])?;
+        ns.ip(&["route", "add", "default", "via", &LB_BACKEND_SIDE.to_string()])?;
+        harden_veth(&ns, "eth0")?;
+        harden_veth(&self.lb, &dev)?;
+        let mut b = BackendNs { ns, name, ip, server: None };
+        b.start_server()?;
+        self.backends.push(b);
+        Ok(())
+    }
+
+    /// The LB-side interfaces the agent attaches to.
+    #[must_use]
+    pub fn lb_interfaces(&self) -> Vec<String> {
+        let mut v = vec!["l0".to_owned()];
+        v.extend((1..=self.backends.len()).map(|i| format!("l{i}")));
+        v
+    }
+
+    /// Starts `lb agent` in the LB namespace (native XDP) with `config`, and waits until it
+    /// reports ready.
+    ///
+    /// # Errors
+    /// The agent exits or does not become ready.
+    pub fn start_agent(&mut self, config: &str) -> anyhow::Result<()> {
+        let cfg = self.tmp.join("lb.toml");
+        std::fs::write(&cfg, config)?;
+        let lb = workspace_bin("lb")?;
+        let mut cmd = self.lb.command(&lb);
+        cmd.arg("agent").arg("--config").arg(&cfg);
+        for i in self.lb_interfaces() {
+            cmd.args(["--iface", &i]);
+        }
+        cmd.args(["--xdp-mode", "native", "--resolve-interval", "0.1"])
+            .arg("--pin-dir")
+            .arg(&self.pin_dir)
+            .arg("--socket")
+            .arg(&self.socket)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().context("starting lb agent")?;
+        let stderr = child.stderr.take().context("stderr")?;
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let log2 = log.clone();
+        // Drains the agent's log (so it never blocks on a full pipe) and signals readiness.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("agent ready") {
+                    let _ = tx.send(());
+                }
+                if std::env::var_os("LB_AGENT_LOG").is_some() {
+                    eprintln!("[agent] {line}");
+                }
+                log2.lock().expect("log").push_str(&(line + "\n"));
+            }
+        });
+        self.agent = Some(Agent { child, log });
+        if rx.recv_timeout(Duration::from_secs(30)).is_err() {
+            bail!("lb agent did not become ready; its log:\n{}", self.agent_log());
+        }
+        Ok(())
+    }
+
+    /// What the agent logged so far.
+    #[must_use]
+    pub fn agent_log(&self) -> String {
+        self.agent.as_ref().map(|a| a.log.lock().expect("log").clone()).unwrap_or_default()
+    }
+
+    /// Stops the agent with SIGTERM and waits for it (bounded); returns its exit status.
+    ///
+    /// # Errors
+    /// It does not exit within 10 s (it is then killed).
+    pub fn stop_agent(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let Some(mut a) = self.agent.take() else { bail!("no agent running") };
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(i32::try_from(a.child.id())?, libc::SIGTERM) };
+        for _ in 0..200 {
+            if let Some(st) = a.child.try_wait()? {
+                return Ok(st);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = a.child.kill();
+        bail!("lb agent ignored SIGTERM for 10 s")
+    }
+
+    /// Runs `lb ARGS` against this lab's agent; returns stdout, or an error with stderr.
+    ///
+    /// # Errors
+    /// The command fails.
+    pub fn lb(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = Command::new(workspace_bin("lb")?).arg("--socket").arg(&self.socket).args(args).output()?;
+        if !out.status.success() {
+            bail!("lb {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `lb ARGS -o json`, parsed.
+    ///
+    /// # Errors
+    /// The command fails or prints no JSON.
+    pub fn lb_json(&self, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+        let mut a = args.to_vec();
+        a.extend_from_slice(&["-o", "json"]);
+        Ok(serde_json::from_str(&self.lb(&a)?)?)
+    }
+
+    /// Waits until the agent has resolved every backend's next hop (bounded).
+    ///
+    /// # Errors
+    /// Not resolved within 10 s.
+    pub fn wait_resolved(&self) -> anyhow::Result<()> {
+        crate::wait_until("backend next hops to resolve", Duration::from_secs(10), Duration::from_millis(50), || {
+            self.lb_json(&["status"]).is_ok_and(|s| s["backends_unresolved"] == 0)
+        })
+    }
+
+    /// A verdict-reason counter of the agent's program.
+    ///
+    /// # Errors
+    /// The stats call fails.
+    pub fn reason(&self, name: &str) -> anyhow::Result<u64> {
+        let s = self.lb_json(&["stats"])?;
+        s["reasons"][name].as_u64().with_context(|| format!("no reason {name} in {s}"))
+    }
+
+    /// One HTTP GET on a new connection from the client to `VIP:port`; returns the answering
+    /// backend's name.
+    ///
+    /// # Errors
+    /// Connect, send or receive fails or times out.
+    pub fn http_get(&self, port: u16) -> anyhow::Result<String> {
+        let mut c = self.http_connect(port)?;
+        c.get()
+    }
+
+    /// A keep-alive HTTP connection from the client to `VIP:port`.
+    ///
+    /// # Errors
+    /// The connection cannot be made.
+    pub fn http_connect(&self, port: u16) -> anyhow::Result<HttpConn> {
+        let vip = SocketAddr::new(IpAddr::V4(VIP), port);
+        let s = self.client.enter(move || TcpStream::connect_timeout(&vip, IO_TIMEOUT))?;
+        s.set_read_timeout(Some(IO_TIMEOUT))?;
+        s.set_write_timeout(Some(IO_TIMEOUT))?;
+        Ok(HttpConn { stream: BufReader::new(s) })
+    }
+
+    /// One UDP request from the client to `VIP:port`; returns the answering backend's name.
+    ///
+    /// # Errors
+    /// No answer within the timeout, or an answer from another address than the VIP.
+    pub fn udp_ask(&self, port: u16, payload: &str) -> anyhow::Result<String> {
+        let s = self.client.enter(|| UdpSocket::bind(SocketAddr::new(IpAddr::V4(CLIENT_IP), 0)))?;
+        s.set_read_timeout(Some(IO_TIMEOUT))?;
+        let vip = SocketAddr::new(IpAddr::V4(VIP), port);
+        s.send_to(payload.as_bytes(), vip)?;
+        let mut buf = [0u8; 1500];
+        let (n, from) = s.recv_from(&mut buf).context("no UDP answer")?;
+        if from != vip {
+            bail!("UDP answer came from {from}, not from the VIP {vip}");
+        }
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let (name, echo) = text.split_once(' ').context("malformed echo")?;
+        if echo != payload {
+            bail!("echo {echo:?} != {payload:?}");
+        }
+        Ok(name.to_owned())
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if self.agent.is_some() {
+            let _ = self.stop_agent();
+        }
+        self.backends.clear();
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+        let _ = std::fs::remove_dir_all(&self.tmp);
+    }
+}
+
+fn harden_veth(ns: &Netns, dev: &str) -> anyhow::Result<()> {
+    ns.exec("ethtool", &["-K", dev, "tx", "off", "gro", "on"])?;
+    Ok(())
+}
+
+/// A keep-alive HTTP/1.1 connection.
+pub struct HttpConn {
+    stream: BufReader<TcpStream>,
+}
+
+impl HttpConn {
+    /// One request on this connection; returns the body's first line (the backend's name).
+    ///
+    /// # Errors
+    /// The request fails, times out or gets no 200.
+    pub fn get(&mut self) -> anyhow::Result<String> {
+        self.stream.get_mut().write_all(b"GET / HTTP/1.1\r\nHost: vip\r\n\r\n")?;
+        let mut status = String::new();
+        self.stream.read_line(&mut status)?;
+        if !status.starts_with("HTTP/1.1 200") {
+            bail!("bad status line {status:?}");
+        }
+        let mut len = 0usize;
+        loop {
+            let mut h = String::new();
+            if self.stream.read_line(&mut h)? == 0 {
+                bail!("connection closed in headers");
+            }
+            if h == "\r\n" {
+                break;
+            }
+            if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse()?;
+            }
+        }
+        let mut body = vec![0u8; len];
+        self.stream.read_exact(&mut body)?;
+        Ok(String::from_utf8_lossy(&body).trim().to_owned())
+    }
+
+    /// The local (client) address of the connection.
+    ///
+    /// # Errors
+    /// The socket is gone.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.stream.get_ref().local_addr()
+    }
+}
+
+/// Removes a directory tree if it exists (for pin dirs).
+pub fn remove_tree(p: &Path) {
+    let _ = std::fs::remove_dir_all(p);
+}

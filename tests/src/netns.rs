@@ -1,0 +1,149 @@
+//! Network namespaces that clean up after themselves.
+
+use std::{
+    os::fd::AsRawFd as _,
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use anyhow::{Context as _, bail};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A unique name prefix for this process's objects: `lbt-<pid>-<n>`.
+#[must_use]
+pub fn unique_prefix() -> String {
+    format!("lbt-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Runs a command; fails with its stderr if it fails.
+///
+/// # Errors
+/// The command could not start or exited non-zero.
+pub fn sh(program: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(program).args(args).output().with_context(|| format!("starting {program}"))?;
+    if !out.status.success() {
+        bail!("{program} {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A named network namespace, deleted on drop.
+#[derive(Debug)]
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    /// Creates the namespace with `lo` up.
+    ///
+    /// # Errors
+    /// `ip netns add` fails (not root?).
+    pub fn new(name: &str) -> anyhow::Result<Self> {
+        sh("ip", &["netns", "add", name])?;
+        let ns = Self { name: name.to_owned() };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// `ip -n <ns> ARGS`.
+    ///
+    /// # Errors
+    /// The command fails.
+    pub fn ip(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut a = vec!["-n", self.name.as_str()];
+        a.extend_from_slice(args);
+        sh("ip", &a)
+    }
+
+    /// Runs a program inside the namespace (`ip netns exec`), e.g. sysctl or ethtool.
+    ///
+    /// # Errors
+    /// The command fails.
+    pub fn exec(&self, program: &str, args: &[&str]) -> anyhow::Result<String> {
+        let mut a = vec!["netns", "exec", self.name.as_str(), program];
+        a.extend_from_slice(args);
+        sh("ip", &a)
+    }
+
+    /// A command that runs in the namespace through `nsenter --net`, which (unlike
+    /// `ip netns exec`) keeps /sys and so /sys/fs/bpf: use it for anything that pins.
+    #[must_use]
+    pub fn command(&self, program: &std::path::Path) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.name)).arg("--").arg(program);
+        c
+    }
+
+    /// Runs `f` on a fresh thread that has entered the namespace. Sockets created in `f` stay
+    /// in the namespace and can be used from any thread afterwards.
+    ///
+    /// # Panics
+    /// If the namespace cannot be entered.
+    pub fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let fd = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+            // SAFETY: a valid namespace fd; setns only affects this (fresh) thread.
+            let rc = unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .expect("namespace thread panicked")
+    }
+
+    /// The interface index of `dev` in this namespace.
+    ///
+    /// # Errors
+    /// No such interface.
+    pub fn ifindex(&self, dev: &str) -> anyhow::Result<u32> {
+        let out = self.ip(&["-o", "link", "show", "dev", dev])?;
+        out.split(':').next().and_then(|s| s.trim().parse().ok()).with_context(|| format!("ifindex of {dev}"))
+    }
+
+    /// The MAC address of `dev` in this namespace.
+    ///
+    /// # Errors
+    /// No such interface.
+    pub fn mac(&self, dev: &str) -> anyhow::Result<[u8; 6]> {
+        let out = self.ip(&["-o", "link", "show", "dev", dev])?;
+        let s = out.split("link/ether ").nth(1).and_then(|r| r.split_whitespace().next()).context("no MAC")?;
+        let mut mac = [0u8; 6];
+        for (m, p) in mac.iter_mut().zip(s.split(':')) {
+            *m = u8::from_str_radix(p, 16)?;
+        }
+        Ok(mac)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = sh("ip", &["netns", "del", &self.name]);
+    }
+}
+
+/// Deletes namespaces and pins that killed runs of these tests left behind (their pid is gone).
+pub fn sweep_stale() {
+    let alive = |name: &str| {
+        name.strip_prefix("lbt-")
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+            .is_none_or(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
+    };
+    if let Ok(list) = sh("ip", &["netns", "list"]) {
+        for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
+            if name.starts_with("lbt-") && !alive(name) {
+                let _ = sh("ip", &["netns", "del", name]);
+            }
+        }
+    }
+    if let Ok(dir) = std::fs::read_dir("/sys/fs/bpf") {
+        for e in dir.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("lbt-") && !alive(&name) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}

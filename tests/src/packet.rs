@@ -1,0 +1,186 @@
+//! A frame builder for fixtures: Ethernet (+ optional 802.1Q) / IPv4 (+ options) / TCP or UDP
+//! or raw, with correct checksums computed from scratch by `lb_common::csum`.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use lb_common::{csum, flow::proto, hdr};
+
+pub const TCP_SYN: u8 = hdr::TCP_SYN;
+pub const TCP_ACK: u8 = hdr::TCP_ACK;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum L4 {
+    Tcp { sport: u16, dport: u16, flags: u8 },
+    /// `no_csum`: send a zero checksum ("none", allowed for UDP over IPv4).
+    Udp { sport: u16, dport: u16, no_csum: bool },
+    Raw { proto: u8, bytes: Vec<u8> },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
+    pub vlan: Option<u16>,
+    pub ether_type: u16,
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub ttl: u8,
+    /// Raw flags + fragment offset field.
+    pub frag: u16,
+    pub ip_options: Vec<u8>,
+    pub l4: L4,
+    pub payload: Vec<u8>,
+}
+
+pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+pub const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+
+impl Frame {
+    fn base(src: Ipv4Addr, dst: Ipv4Addr, l4: L4) -> Self {
+        Self {
+            dmac: LB_MAC,
+            smac: CLIENT_MAC,
+            vlan: None,
+            ether_type: hdr::ETH_P_IPV4,
+            src,
+            dst,
+            ttl: 64,
+            frag: 0x4000, // DF
+            ip_options: Vec::new(),
+            l4,
+            payload: b"hello".to_vec(),
+        }
+    }
+
+    #[must_use]
+    pub fn tcp(src: SocketAddrV4, dst: SocketAddrV4, flags: u8) -> Self {
+        Self::base(*src.ip(), *dst.ip(), L4::Tcp { sport: src.port(), dport: dst.port(), flags })
+    }
+
+    #[must_use]
+    pub fn udp(src: SocketAddrV4, dst: SocketAddrV4) -> Self {
+        Self::base(*src.ip(), *dst.ip(), L4::Udp { sport: src.port(), dport: dst.port(), no_csum: false })
+    }
+
+    #[must_use]
+    pub fn raw(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, bytes: Vec<u8>) -> Self {
+        let mut f = Self::base(src, dst, L4::Raw { proto, bytes });
+        f.payload.clear();
+        f
+    }
+
+    /// The frame as it should look after the LB rewrote `dst` (DNAT) and sent it: TTL one
+    /// less, MACs from the next hop.
+    #[must_use]
+    pub fn dnat(&self, to: SocketAddrV4, smac: [u8; 6], dmac: [u8; 6]) -> Self {
+        let mut f = self.clone();
+        f.dst = *to.ip();
+        match &mut f.l4 {
+            L4::Tcp { dport, .. } | L4::Udp { dport, .. } => *dport = to.port(),
+            L4::Raw { .. } => {}
+        }
+        f.ttl -= 1;
+        f.smac = smac;
+        f.dmac = dmac;
+        f
+    }
+
+    /// As [`Self::dnat`], for the source (reverse NAT of a reply).
+    #[must_use]
+    pub fn snat(&self, to: SocketAddrV4, smac: [u8; 6], dmac: [u8; 6]) -> Self {
+        let mut f = self.clone();
+        f.src = *to.ip();
+        match &mut f.l4 {
+            L4::Tcp { sport, .. } | L4::Udp { sport, .. } => *sport = to.port(),
+            L4::Raw { .. } => {}
+        }
+        f.ttl -= 1;
+        f.smac = smac;
+        f.dmac = dmac;
+        f
+    }
+
+    fn proto(&self) -> u8 {
+        match &self.l4 {
+            L4::Tcp { .. } => proto::TCP,
+            L4::Udp { .. } => proto::UDP,
+            L4::Raw { proto, .. } => *proto,
+        }
+    }
+
+    fn segment(&self) -> Vec<u8> {
+        let mut seg = match &self.l4 {
+            L4::Tcp { sport, dport, flags } => {
+                let mut t = vec![0u8; 20];
+                t[0..2].copy_from_slice(&sport.to_be_bytes());
+                t[2..4].copy_from_slice(&dport.to_be_bytes());
+                t[4..8].copy_from_slice(&1000u32.to_be_bytes());
+                t[12] = 5 << 4;
+                t[13] = *flags;
+                t[14..16].copy_from_slice(&64240u16.to_be_bytes());
+                t
+            }
+            L4::Udp { sport, dport, .. } => {
+                let mut u = vec![0u8; 8];
+                u[0..2].copy_from_slice(&sport.to_be_bytes());
+                u[2..4].copy_from_slice(&dport.to_be_bytes());
+                let len = u16::try_from(8 + self.payload.len()).expect("short payload");
+                u[4..6].copy_from_slice(&len.to_be_bytes());
+                u
+            }
+            L4::Raw { bytes, .. } => bytes.clone(),
+        };
+        seg.extend_from_slice(&self.payload);
+        let (src, dst, p) = (self.src.octets(), self.dst.octets(), self.proto());
+        match &self.l4 {
+            L4::Tcp { .. } => {
+                let c = csum::l4_v4(src, dst, p, &seg);
+                seg[16..18].copy_from_slice(&c.to_be_bytes());
+            }
+            L4::Udp { no_csum: false, .. } => {
+                let c = csum::l4_v4(src, dst, p, &seg);
+                seg[6..8].copy_from_slice(&c.to_be_bytes());
+            }
+            _ => {}
+        }
+        seg
+    }
+
+    /// The frame's bytes.
+    #[must_use]
+    pub fn build(&self) -> Vec<u8> {
+        let mut f = Vec::with_capacity(128);
+        f.extend_from_slice(&self.dmac);
+        f.extend_from_slice(&self.smac);
+        if let Some(tci) = self.vlan {
+            f.extend_from_slice(&hdr::ETH_P_8021Q.to_be_bytes());
+            f.extend_from_slice(&tci.to_be_bytes());
+        }
+        f.extend_from_slice(&self.ether_type.to_be_bytes());
+        let seg = self.segment();
+        let ihl = 20 + self.ip_options.len();
+        assert!(ihl % 4 == 0 && ihl <= 60, "IP options must pad to 4 bytes");
+        let mut ip = vec![0u8; 20];
+        ip[0] = 0x40 | u8::try_from(ihl / 4).expect("ihl");
+        let tot = u16::try_from(ihl + seg.len()).expect("short frame");
+        ip[2..4].copy_from_slice(&tot.to_be_bytes());
+        ip[4..6].copy_from_slice(&0x1234u16.to_be_bytes());
+        ip[6..8].copy_from_slice(&self.frag.to_be_bytes());
+        ip[8] = self.ttl;
+        ip[9] = self.proto();
+        ip[12..16].copy_from_slice(&self.src.octets());
+        ip[16..20].copy_from_slice(&self.dst.octets());
+        ip.extend_from_slice(&self.ip_options);
+        let c = csum::ipv4_header(&ip);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        f.extend_from_slice(&ip);
+        f.extend_from_slice(&seg);
+        f
+    }
+
+    /// Offset of the IPv4 header in [`Self::build`]'s output.
+    #[must_use]
+    pub fn l3_offset(&self) -> usize {
+        if self.vlan.is_some() { 18 } else { 14 }
+    }
+}

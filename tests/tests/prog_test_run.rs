@@ -1,0 +1,412 @@
+//! Real packets through the real XDP object with `BPF_PROG_TEST_RUN`: for each input frame,
+//! the expected action, the exact output bytes and the verdict counter.
+//!
+//! Maps are provisioned through the agent's own reconciler (with a fixed next-hop resolver, so
+//! output MACs are known). Each test runs in a fresh network namespace, so the
+//! `bpf_fib_lookup` fallback sees only the routes the test sets up.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, SocketAddrV4},
+    path::PathBuf,
+};
+
+use aya::programs::{TestRun as _, TestRunOptions};
+use lb_common::{
+    addr::{self, Addr},
+    config,
+    flow::{FlowKey, proto},
+    hash::flow_hash,
+    maglev::{TableBackend, build_table, slot},
+    maps::NextHop,
+    verdict::{ALL_REASONS, Reason},
+};
+use lb_integration::{
+    netns::Netns,
+    packet::{CLIENT_MAC, Frame, L4, LB_MAC, TCP_ACK, TCP_SYN},
+};
+use lb_userspace::{
+    api::Request,
+    dataplane::{Dataplane, LoadOptions, MapOps as _, Maps},
+    reconcile::{AgentInfo, Reconciler, Resolver},
+    state::State,
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+const XDP_REDIRECT: u32 = 4;
+
+const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+const CLIENT: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 2), 40000);
+const B1: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 11);
+const B2: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 12);
+const B1_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x11];
+const B2_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x12];
+const B3_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x13];
+const FIB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x14];
+/// The ingress device of every run: `lo` of the test's namespace.
+const LO: u32 = 1;
+const TABLE: u32 = 251;
+
+const CONFIG: &str = r#"
+[agent]
+ring_slots = 4096
+conntrack_flows = 4096
+
+[[service]]
+vip = "203.0.113.10:80/tcp"
+backends = ["192.0.2.11", "192.0.2.12:8080"]
+table_size = 251
+
+[[service]]
+vip = "203.0.113.10:53/udp"
+backends = ["192.0.2.11"]
+table_size = 251
+
+[[service]]
+vip = "203.0.113.10:443/tcp"
+table_size = 251
+
+# One backend reached through another device (XDP_REDIRECT).
+[[service]]
+vip = "203.0.113.10:8443/tcp"
+backends = ["192.0.2.13"]
+table_size = 251
+
+# Backends the agent has not resolved: the FIB fallback finds .14, nothing finds .15.
+[[service]]
+vip = "203.0.113.10:9000/tcp"
+backends = ["192.0.2.14"]
+table_size = 251
+
+[[service]]
+vip = "203.0.113.10:9001/tcp"
+backends = ["192.0.2.15"]
+table_size = 251
+"#;
+
+/// Next hops as an agent would have resolved them.
+struct FixedResolver {
+    backends: HashMap<IpAddr, NextHop>,
+    routes: Vec<(u32, Addr, NextHop)>,
+}
+
+impl Resolver for FixedResolver {
+    fn next_hop(&mut self, ip: IpAddr) -> Option<NextHop> {
+        self.backends.get(&ip).copied()
+    }
+    fn client_routes(&mut self) -> Vec<(u32, Addr, NextHop)> {
+        self.routes.clone()
+    }
+}
+
+struct Fixture {
+    dp: Dataplane,
+    rec: Reconciler<Maps, FixedResolver>,
+    seed: u32,
+    /// Where `fx0` (the FIB fallback's device) is.
+    fib_ifindex: u32,
+}
+
+fn nh(ifindex: u32, dmac: [u8; 6]) -> NextHop {
+    NextHop { ifindex, smac: LB_MAC, dmac }
+}
+
+impl Fixture {
+    /// Loads the program (pinned under a directory named after the namespace, removed with
+    /// it) and provisions the config above. Must run inside the
+    /// test's namespace.
+    fn new(ns: &Netns) -> Self {
+        ns.ip(&["link", "add", "fx0", "type", "veth", "peer", "name", "fx1"]).unwrap();
+        ns.ip(&["link", "set", "fx0", "up"]).unwrap();
+        ns.ip(&["link", "set", "fx1", "up"]).unwrap();
+        ns.ip(&["route", "add", "192.0.2.14/32", "dev", "fx0"]).unwrap();
+        ns.ip(&["neigh", "add", "192.0.2.14", "lladdr", "02:00:00:00:00:14", "dev", "fx0", "nud", "permanent"]).unwrap();
+        ns.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"]).unwrap();
+        let fib_ifindex = ns.ifindex("fx0").unwrap();
+
+        let cfg = config::parse("fixture.toml", CONFIG).unwrap();
+        let opts = LoadOptions {
+            ring_slots: cfg.agent.ring_slots,
+            conntrack_flows: cfg.agent.conntrack_flows,
+            ..LoadOptions::new(PathBuf::from("/sys/fs/bpf").join(&ns.name))
+        };
+        let seed = opts.hash_seed;
+        let (dp, maps) = Dataplane::load(&opts).expect("load the XDP object");
+        let resolver = FixedResolver {
+            backends: HashMap::from([
+                (IpAddr::V4(B1), nh(LO, B1_MAC)),
+                (IpAddr::V4(B2), nh(LO, B2_MAC)),
+                (IpAddr::V4(Ipv4Addr::new(192, 0, 2, 13)), nh(fib_ifindex + 100, B3_MAC)),
+            ]),
+            routes: vec![(96 + 24, addr::v4_mapped([198, 51, 100, 0]), nh(LO, CLIENT_MAC))],
+        };
+        let info = AgentInfo { ring_slots: cfg.agent.ring_slots, conntrack_flows: cfg.agent.conntrack_flows, ..AgentInfo::default() };
+        let mut rec = Reconciler::new(maps, resolver, info);
+        rec.start(State::from_config(&cfg)).expect("provision");
+        Self { dp, rec, seed, fib_ifindex }
+    }
+
+    fn counts(&self) -> Vec<u64> {
+        self.rec.maps().reason_counters().unwrap()
+    }
+
+    /// Runs one frame; returns (action, output bytes).
+    fn run(&mut self, input: &[u8]) -> (u32, Vec<u8>) {
+        let mut out = vec![0u8; input.len() + 256];
+        let mut ctx = [0u8; 24]; // struct xdp_md
+        ctx[4..8].copy_from_slice(&u32::try_from(input.len()).unwrap().to_ne_bytes()); // data_end
+        ctx[12..16].copy_from_slice(&LO.to_ne_bytes()); // ingress_ifindex
+        let prog = self.dp.program().unwrap();
+        let r = prog
+            .test_run(TestRunOptions { data_in: Some(input), data_out: Some(&mut out), ctx_in: Some(&ctx), ..TestRunOptions::default() })
+            .expect("BPF_PROG_TEST_RUN");
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
+    }
+
+    /// Runs `input`, and checks action, output and that exactly `reason` was counted once.
+    fn check(&mut self, what: &str, input: &Frame, action: u32, output: Option<&Frame>, reason: Reason) {
+        let before = self.counts();
+        let bytes = input.build();
+        let (got, out) = self.run(&bytes);
+        assert_eq!(got, action, "{what}: action");
+        let after = self.counts();
+        for r in ALL_REASONS {
+            let d = after[r as usize] - before[r as usize];
+            let want = u64::from(r == reason);
+            assert_eq!(d, want, "{what}: counter {} moved by {d}, expected {want}", r.name());
+        }
+        match output {
+            Some(f) => assert_eq!(hex(&out), hex(&f.build()), "{what}: output bytes (left: kernel, right: expected)"),
+            None if action == XDP_PASS => assert_eq!(out, bytes, "{what}: a passed frame must be untouched"),
+            None => {}
+        }
+    }
+
+    /// The backend `lb-common`'s model picks for a flow of the 80/tcp service.
+    fn model_pick(&self, src: SocketAddrV4, dport: u16) -> SocketAddrV4 {
+        let flow = FlowKey::new(src.into(), SocketAddrV4::new(VIP, dport).into(), proto::TCP);
+        let bs = [(1, B1, 80u16), (2, B2, 8080)];
+        let tb: Vec<TableBackend> =
+            bs.iter().map(|&(id, ip, port)| TableBackend { id, addr: addr::v4_mapped(ip.octets()), port, weight: 1 }).collect();
+        let table = build_table(&tb, TABLE);
+        let id = table[slot(flow_hash(&flow, self.seed), TABLE).unwrap() as usize];
+        let (_, ip, port) = bs.iter().find(|b| b.0 == id).unwrap();
+        SocketAddrV4::new(*ip, *port)
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(" ")
+}
+
+fn mac_of(b: SocketAddrV4) -> [u8; 6] {
+    if *b.ip() == B1 { B1_MAC } else { B2_MAC }
+}
+
+/// Runs `f` with a fixture inside a fresh namespace that is deleted afterwards.
+fn with_fixture(f: impl FnOnce(&mut Fixture) + Send + 'static) {
+    lb_integration::require_root();
+    let ns = std::sync::Arc::new(Netns::new(&format!("{}-fx", lb_integration::netns::unique_prefix())).unwrap());
+    let ns2 = ns.clone();
+    let pins = PathBuf::from("/sys/fs/bpf").join(&ns.name);
+    // Removes the pins also when `f` panics.
+    let _cleanup = Cleanup(pins);
+    ns.enter(move || {
+        let mut fx = Fixture::new(&ns2);
+        f(&mut fx);
+    });
+}
+
+struct Cleanup(PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn tcp_flow_is_balanced_tracked_and_reverse_natted() {
+    with_fixture(|fx| {
+        let vip80 = SocketAddrV4::new(VIP, 80);
+        let be = fx.model_pick(CLIENT, 80);
+        let syn = Frame::tcp(CLIENT, vip80, TCP_SYN);
+        fx.check("SYN to VIP", &syn, XDP_TX, Some(&syn.dnat(be, LB_MAC, mac_of(be))), Reason::Forward);
+        let ack = Frame::tcp(CLIENT, vip80, TCP_ACK);
+        fx.check("ACK of the same flow", &ack, XDP_TX, Some(&ack.dnat(be, LB_MAC, mac_of(be))), Reason::Forward);
+
+        // The reply from the chosen backend goes back from the VIP to the client's MAC.
+        let mut reply = Frame::tcp(be, CLIENT, TCP_SYN | TCP_ACK);
+        reply.smac = mac_of(be);
+        reply.dmac = LB_MAC;
+        fx.check("reply from backend", &reply, XDP_TX, Some(&reply.snat(vip80, LB_MAC, CLIENT_MAC)), Reason::Reply);
+
+        let views = fx.rec.handle(Request::VipList);
+        let json = serde_json::to_value(&views).unwrap();
+        let svc = json["vips"].as_array().unwrap().iter().find(|v| v["service"] == "203.0.113.10:80/tcp").unwrap().clone();
+        assert_eq!(svc["counters"]["packets"], 2, "{svc}");
+        assert_eq!(svc["counters"]["new_flows"], 1, "the ACK must hit conntrack: {svc}");
+        assert_eq!(svc["counters"]["reply_packets"], 1, "{svc}");
+    });
+}
+
+#[test]
+fn many_source_ports_reach_every_backend_as_the_model_predicts() {
+    with_fixture(|fx| {
+        let mut seen = std::collections::BTreeSet::new();
+        for port in 20000..20064 {
+            let src = SocketAddrV4::new(*CLIENT.ip(), port);
+            let be = fx.model_pick(src, 80);
+            let syn = Frame::tcp(src, SocketAddrV4::new(VIP, 80), TCP_SYN);
+            fx.check(&format!("SYN from port {port}"), &syn, XDP_TX, Some(&syn.dnat(be, LB_MAC, mac_of(be))), Reason::Forward);
+            seen.insert(be);
+        }
+        assert_eq!(seen.len(), 2, "64 flows should reach both backends: {seen:?}");
+    });
+}
+
+#[test]
+fn udp_with_and_without_checksum() {
+    with_fixture(|fx| {
+        let vip53 = SocketAddrV4::new(VIP, 53);
+        let b = SocketAddrV4::new(B1, 53);
+        let q = Frame::udp(CLIENT, vip53);
+        fx.check("UDP query", &q, XDP_TX, Some(&q.dnat(b, LB_MAC, B1_MAC)), Reason::Forward);
+        let mut q0 = Frame::udp(SocketAddrV4::new(*CLIENT.ip(), 40001), vip53);
+        q0.l4 = L4::Udp { sport: 40001, dport: 53, no_csum: true };
+        // The expected frame also has a zero checksum: "none" must stay "none".
+        fx.check("UDP with zero checksum", &q0, XDP_TX, Some(&q0.dnat(b, LB_MAC, B1_MAC)), Reason::Forward);
+        let mut r = Frame::udp(b, SocketAddrV4::new(*CLIENT.ip(), 40001));
+        r.l4 = L4::Udp { sport: 53, dport: 40001, no_csum: true };
+        fx.check("UDP reply with zero checksum", &r, XDP_TX, Some(&r.snat(vip53, LB_MAC, CLIENT_MAC)), Reason::Reply);
+    });
+}
+
+#[test]
+fn vlan_tagged_frame_keeps_its_tag() {
+    with_fixture(|fx| {
+        let vip80 = SocketAddrV4::new(VIP, 80);
+        let src = SocketAddrV4::new(*CLIENT.ip(), 41000);
+        let be = fx.model_pick(src, 80);
+        let mut syn = Frame::tcp(src, vip80, TCP_SYN);
+        syn.vlan = Some(100);
+        fx.check("802.1Q SYN", &syn, XDP_TX, Some(&syn.dnat(be, LB_MAC, mac_of(be))), Reason::Forward);
+    });
+}
+
+#[test]
+fn next_hop_kinds_redirect_fib_fallback_and_pass() {
+    with_fixture(|fx| {
+        let syn = Frame::tcp(CLIENT, SocketAddrV4::new(VIP, 8443), TCP_SYN);
+        let b3 = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 13), 8443);
+        fx.check("backend behind another device", &syn, XDP_REDIRECT, Some(&syn.dnat(b3, LB_MAC, B3_MAC)), Reason::Forward);
+
+        // Unresolved by the agent; the kernel FIB knows 192.0.2.14 on fx0 with a permanent
+        // neighbour, so the fallback sends it there with fx0's MAC as the source.
+        let fib_ns_mac = {
+            let out = std::process::Command::new("ip").args(["-o", "link", "show", "dev", "fx0"]).output().unwrap();
+            let s = String::from_utf8_lossy(&out.stdout).into_owned();
+            let m = s.split("link/ether ").nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
+            let mut mac = [0u8; 6];
+            for (d, p) in mac.iter_mut().zip(m.split(':')) {
+                *d = u8::from_str_radix(p, 16).unwrap();
+            }
+            mac
+        };
+        let syn = Frame::tcp(CLIENT, SocketAddrV4::new(VIP, 9000), TCP_SYN);
+        let b4 = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 14), 9000);
+        fx.check("FIB fallback", &syn, XDP_REDIRECT, Some(&syn.dnat(b4, fib_ns_mac, FIB_MAC)), Reason::ForwardFib);
+        assert_ne!(fx.fib_ifindex, LO);
+
+        // Nothing resolves 192.0.2.15: translated, TTL untouched, handed to the kernel.
+        let syn = Frame::tcp(CLIENT, SocketAddrV4::new(VIP, 9001), TCP_SYN);
+        let mut want = syn.dnat(SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 15), 9001), syn.smac, syn.dmac);
+        want.ttl = syn.ttl;
+        let (action, out) = fx.run(&syn.build());
+        assert_eq!(action, XDP_PASS, "no next hop: XDP_PASS");
+        assert_eq!(hex(&out), hex(&want.build()), "no next hop: DNAT done, TTL and MACs untouched");
+        assert_eq!(fx.counts()[Reason::PassNoNextHop as usize], 1, "counts: {:?}", fx.counts());
+    });
+}
+
+#[test]
+fn not_ours_passes_untouched() {
+    with_fixture(|fx| {
+        let other = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 99), 80);
+        fx.check("TCP to a non-VIP", &Frame::tcp(CLIENT, other, TCP_SYN), XDP_PASS, None, Reason::PassNotOurs);
+        // A reply-shaped packet with no conntrack entry is not ours either.
+        let stray = Frame::tcp(SocketAddrV4::new(B1, 80), SocketAddrV4::new(*CLIENT.ip(), 1), TCP_ACK);
+        fx.check("untracked backend packet", &stray, XDP_PASS, None, Reason::PassNotOurs);
+        let mut arp = Frame::tcp(CLIENT, SocketAddrV4::new(VIP, 80), TCP_SYN);
+        arp.ether_type = 0x0806;
+        fx.check("ARP", &arp, XDP_PASS, None, Reason::PassNotIpv4);
+        let mut qinq = Frame::tcp(CLIENT, SocketAddrV4::new(VIP, 80), TCP_SYN);
+        qinq.vlan = Some(10);
+        qinq.ether_type = 0x8100;
+        fx.check("QinQ (second tag)", &qinq, XDP_PASS, None, Reason::PassNotIpv4);
+        let icmp = Frame::raw(*CLIENT.ip(), Ipv4Addr::new(198, 51, 100, 99), proto::ICMP, vec![8, 0, 0, 0, 0, 1, 0, 1]);
+        fx.check("ICMP to a non-VIP", &icmp, XDP_PASS, None, Reason::PassNotOurs);
+    });
+}
+
+#[test]
+fn bad_packets_to_a_vip_are_counted_drops() {
+    with_fixture(|fx| {
+        let vip80 = SocketAddrV4::new(VIP, 80);
+        let good = Frame::tcp(CLIENT, vip80, TCP_SYN);
+        let l3 = good.l3_offset();
+        let bytes = good.build();
+
+        // Truncations: inside the TCP header (to a VIP: drop), inside the IP header (cannot
+        // tell the destination: pass), inside the 802.1Q tag (pass). Frames shorter than an
+        // Ethernet header never reach XDP (BPF_PROG_TEST_RUN refuses them too).
+        let mut tagged = good.clone();
+        tagged.vlan = Some(7);
+        let cases: Vec<(&str, Vec<u8>, u32, Reason)> = vec![
+            ("TCP header cut", bytes[..l3 + 20 + 10].to_vec(), XDP_DROP, Reason::DropMalformed),
+            ("IP header cut", bytes[..l3 + 12].to_vec(), XDP_PASS, Reason::PassShort),
+            ("802.1Q tag cut", tagged.build()[..16].to_vec(), XDP_PASS, Reason::PassShort),
+            ("bad IHL (4)", { let mut b = bytes.clone(); b[l3] = 0x44; b }, XDP_DROP, Reason::DropMalformed),
+            ("IP version 6 in an IPv4 frame", { let mut b = bytes.clone(); b[l3] = 0x65; b }, XDP_DROP, Reason::DropMalformed),
+            ("total length beyond the frame", { let mut b = bytes.clone(); b[l3 + 2..l3 + 4].copy_from_slice(&200u16.to_be_bytes()); b }, XDP_DROP, Reason::DropMalformed),
+            ("total length below IHL", { let mut b = bytes.clone(); b[l3 + 2..l3 + 4].copy_from_slice(&19u16.to_be_bytes()); b }, XDP_DROP, Reason::DropMalformed),
+            ("TCP data offset 4", { let mut b = bytes.clone(); b[l3 + 20 + 12] = 4 << 4; b }, XDP_DROP, Reason::DropMalformed),
+            ("TCP data offset past the packet", { let mut b = bytes.clone(); b[l3 + 20 + 12] = 15 << 4; b }, XDP_DROP, Reason::DropMalformed),
+        ];
+        for (what, input, action, reason) in cases {
+            let before = fx.counts();
+            let (got, _) = fx.run(&input);
+            assert_eq!(got, action, "{what}: action");
+            let after = fx.counts();
+            assert_eq!(after[reason as usize] - before[reason as usize], 1, "{what}: {} not counted", reason.name());
+            assert_eq!(after.iter().sum::<u64>() - before.iter().sum::<u64>(), 1, "{what}: counted more than once");
+        }
+
+        let mut opts = good.clone();
+        opts.ip_options = vec![1, 1, 1, 0]; // NOP NOP NOP EOL
+        fx.check("IP options", &opts, XDP_DROP, None, Reason::DropIpOptions);
+        let mut first = good.clone();
+        first.frag = 0x2000; // MF
+        fx.check("first fragment", &first, XDP_DROP, None, Reason::DropFragment);
+        let mut later = good.clone();
+        later.frag = 185; // offset 1480
+        fx.check("non-first fragment", &later, XDP_DROP, None, Reason::DropFragment);
+        let mut ttl = good.clone();
+        ttl.ttl = 1;
+        fx.check("TTL 1", &ttl, XDP_DROP, None, Reason::DropTtl);
+        let mut udp_len = Frame::udp(CLIENT, SocketAddrV4::new(VIP, 53));
+        let mut b = udp_len.build();
+        let u = udp_len.l3_offset() + 20;
+        b[u + 4..u + 6].copy_from_slice(&500u16.to_be_bytes());
+        let (got, _) = fx.run(&b);
+        assert_eq!(got, XDP_DROP, "UDP length beyond the packet");
+        udp_len.payload.clear();
+        fx.check("wrong port on the VIP", &Frame::tcp(CLIENT, SocketAddrV4::new(VIP, 81), TCP_SYN), XDP_DROP, None, Reason::DropNoService);
+        fx.check("service without backends", &Frame::tcp(CLIENT, SocketAddrV4::new(VIP, 443), TCP_SYN), XDP_DROP, None, Reason::DropNoBackend);
+        let icmp = Frame::raw(*CLIENT.ip(), VIP, proto::ICMP, vec![8, 0, 0xf7, 0xfe, 0, 1, 0, 0]);
+        fx.check("ICMP to a VIP", &icmp, XDP_DROP, None, Reason::DropProto);
+    });
+}

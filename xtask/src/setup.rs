@@ -1,0 +1,179 @@
+//! `cargo xtask setup`: make a bare machine of this kind able to build and test, idempotently.
+//!
+//! * apt packages the tests and demo use (only if one is missing: a second run is quick);
+//! * `rust-src` for the `nightly` toolchain that builds the XDP crate;
+//! * bpf-linker 0.13.0 built against that toolchain's own libLLVM (there is no prebuilt one),
+//!   through a persistent prefix of symlinks; rebuilt when the toolchain's LLVM changes;
+//! * the bpffs mount at /sys/fs/bpf.
+//!
+//! It never runs `rustup update` or lets rustup update itself: a new nightly would bring a new
+//! LLVM and break bpf-linker.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+
+/// Debian packages used by the tests and the demo.
+const APT_PACKAGES: &[&str] = &["iproute2", "ethtool", "util-linux", "binutils"];
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const EBPF_TOOLCHAIN: &str = "nightly";
+
+pub fn run() -> anyhow::Result<()> {
+    require_root("setup (apt, bpffs mount)")?;
+    apt()?;
+    ensure_toolchain()?;
+    bpf_linker()?;
+    bpffs()?;
+    eprintln!("setup: everything is in place");
+    Ok(())
+}
+
+/// Runs setup only when something is missing (quick checks first).
+pub fn ensure() -> anyhow::Result<()> {
+    let missing = !APT_PACKAGES.iter().all(|p| dpkg_installed(p))
+        || sysroot().map_or(true, |s| !s.join("lib/rustlib/src/rust/library").is_dir())
+        || !bpf_linker_ok()?
+        || !is_bpffs(Path::new("/sys/fs/bpf"));
+    if missing {
+        eprintln!("setup: something is missing; running `cargo xtask setup`");
+        run()
+    } else {
+        Ok(())
+    }
+}
+
+pub fn require_root(what: &str) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { geteuid() } != 0 {
+        bail!("{what} needs root; run it as root (CI does)");
+    }
+    Ok(())
+}
+
+unsafe extern "C" {
+    fn geteuid() -> u32;
+}
+
+fn quiet(cmd: &mut Command) -> bool {
+    cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    cmd.status().is_ok_and(|s| s.success())
+}
+
+fn dpkg_installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+fn apt() -> anyhow::Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES.iter().copied().filter(|p| !dpkg_installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("setup: installing {}", missing.join(" "));
+    crate::run(Command::new("apt-get").args(["update", "-qq"]))?;
+    crate::run(Command::new("apt-get").args(["install", "-y", "-qq", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn sysroot() -> Option<PathBuf> {
+    let o = Command::new("rustc").arg(format!("+{EBPF_TOOLCHAIN}")).args(["--print", "sysroot"]).output().ok()?;
+    o.status.success().then(|| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+}
+
+fn ensure_toolchain() -> anyhow::Result<()> {
+    if sysroot().is_none() {
+        eprintln!("setup: installing the {EBPF_TOOLCHAIN} toolchain (minimal profile)");
+        crate::run(Command::new("rustup").args(["toolchain", "install", EBPF_TOOLCHAIN, "--profile", "minimal", "--no-self-update"]))?;
+    }
+    let sysroot = sysroot().context("the nightly toolchain is not usable")?;
+    if !sysroot.join("lib/rustlib/src/rust/library").is_dir() {
+        eprintln!("setup: adding rust-src to {EBPF_TOOLCHAIN}");
+        crate::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", EBPF_TOOLCHAIN]))?;
+    }
+    Ok(())
+}
+
+/// The nightly's libLLVM: (file name, LLVM major version).
+fn toolchain_llvm() -> anyhow::Result<(PathBuf, String, u32)> {
+    let lib = sysroot().context("no nightly toolchain")?.join("lib");
+    for e in std::fs::read_dir(&lib).with_context(|| format!("reading {}", lib.display()))? {
+        let name = e?.file_name().to_string_lossy().into_owned();
+        // e.g. libLLVM.so.22.1-rust-1.97.0-nightly
+        if let Some(ver) = name.strip_prefix("libLLVM.so.") {
+            let major = ver.split('.').next().and_then(|m| m.parse().ok()).context("unexpected libLLVM name")?;
+            return Ok((lib.join(&name), name, major));
+        }
+    }
+    bail!("no libLLVM.so.* in {}", lib.display())
+}
+
+fn home() -> PathBuf {
+    std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from)
+}
+
+fn cargo_bin(name: &str) -> PathBuf {
+    std::env::var_os("CARGO_HOME").map_or_else(|| home().join(".cargo"), PathBuf::from).join("bin").join(name)
+}
+
+/// Persistent prefix whose `lib/` holds the symlinks bpf-linker's build links against.
+fn llvm_prefix(soname: &str) -> PathBuf {
+    home().join(".local/share/lb-toolchain").join(soname)
+}
+
+/// Whether the installed bpf-linker was built against the current nightly's libLLVM.
+fn bpf_linker_ok() -> anyhow::Result<bool> {
+    let bin = cargo_bin("bpf-linker");
+    if !bin.exists() {
+        return Ok(false);
+    }
+    let Ok((_, soname, _)) = toolchain_llvm() else { return Ok(false) };
+    // The NEEDED entry must name the current libLLVM, and the binary must start.
+    let needed = Command::new("readelf").arg("-d").arg(&bin).output();
+    let links_current = needed.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&soname));
+    Ok(links_current && quiet(Command::new(&bin).arg("--version")))
+}
+
+fn bpf_linker() -> anyhow::Result<()> {
+    if bpf_linker_ok()? {
+        return Ok(());
+    }
+    let (lib, soname, major) = toolchain_llvm()?;
+    let prefix = llvm_prefix(&soname);
+    let libdir = prefix.join("lib");
+    std::fs::create_dir_all(&libdir)?;
+    for link in ["libLLVM.so", soname.as_str()] {
+        let p = libdir.join(link);
+        let _ = std::fs::remove_file(&p);
+        std::os::unix::fs::symlink(&lib, &p).with_context(|| format!("symlink {}", p.display()))?;
+    }
+    eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against {soname} (LLVM {major}); this takes 1-2 minutes");
+    crate::run(
+        Command::new("cargo")
+            .args(["install", "bpf-linker", "--locked", "--force", "--version", BPF_LINKER_VERSION, "--no-default-features", "--features"])
+            .arg(format!("llvm-{major}"))
+            .env("LLVM_PREFIX", &prefix)
+            // The host toolchain builds bpf-linker; only its libLLVM comes from the nightly.
+            .env_remove("RUSTUP_TOOLCHAIN"),
+    )?;
+    if !bpf_linker_ok()? {
+        bail!("bpf-linker was built but does not run against {soname}");
+    }
+    Ok(())
+}
+
+fn is_bpffs(p: &Path) -> bool {
+    Command::new("stat").args(["-f", "-c", "%T"]).arg(p).output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "bpf_fs")
+}
+
+fn bpffs() -> anyhow::Result<()> {
+    let p = Path::new("/sys/fs/bpf");
+    if !is_bpffs(p) {
+        eprintln!("setup: mounting bpffs on /sys/fs/bpf");
+        crate::run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
+    }
+    Ok(())
+}
