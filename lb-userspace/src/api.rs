@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, path::Path};
 
 use serde::{Deserialize, Serialize};
 use tokio::{
-    io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream},
     sync::{mpsc, oneshot},
 };
@@ -104,7 +104,8 @@ pub struct StatusView {
     pub services: usize,
     pub backends: usize,
     pub backends_unresolved: usize,
-    pub client_routes: usize,
+    /// Client-facing next hops in `LB_ROUTES`, e.g. `0.0.0.0/0 via if 2 → 02:..`.
+    pub client_routes: Vec<String>,
     pub ring_slots_used: u64,
     pub ring_slots: u32,
     pub conntrack_flows: u32,
@@ -222,4 +223,3 @@ async fn handle(stream: UnixStream, calls: mpsc::Sender<ApiCall>) -> std::io::Re
     wr.write_all(out.as_bytes()).await
 }
 
-use tokio::io::AsyncReadExt as _;

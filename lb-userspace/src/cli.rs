@@ -195,7 +195,11 @@ pub fn render(resp: &Response, format: Format) -> Result<String, String> {
             let _ = writeln!(o, "pins       {}", s.pin_dir.as_deref().unwrap_or("-"));
             let _ = writeln!(o, "services   {}   backends {} ({} without a resolved next hop)", s.services, s.backends, s.backends_unresolved);
             let _ = writeln!(o, "tables     {} of {} slots in use", s.ring_slots_used, s.ring_slots);
-            let _ = writeln!(o, "conntrack  {} flows   client routes {}", s.conntrack_flows, s.client_routes);
+            let _ = writeln!(o, "conntrack  {} flows", s.conntrack_flows);
+            let _ = writeln!(o, "client-facing next hops ({}):", s.client_routes.len());
+            for r in &s.client_routes {
+                let _ = writeln!(o, "           {r}");
+            }
             for v in &s.vips {
                 o.push('\n');
                 backend_table(&mut o, &v.service, &v.backends);

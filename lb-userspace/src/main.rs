@@ -19,7 +19,9 @@ fn main() -> ExitCode {
     if let Command::Agent(args) = &cli.command {
         tracing_subscriber::fmt()
             .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+                // netlink-packet-route warns about every attribute newer kernels add; not actionable.
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "info,netlink_packet_route=error".into()),
             )
             .with_writer(std::io::stderr)
             .init();

@@ -58,7 +58,9 @@ impl Resolver for NetlinkResolver {
         };
         let mut link_mac = |nl: &mut Netlink, idx: u32| *macs.entry(idx).or_insert_with(|| nl.link_mac(idx).ok().flatten());
         let mut valid: HashMap<(u32, IpAddr), [u8; 6]> = HashMap::new();
-        for n in neighbours.iter().filter(|n| self.ifindexes.contains(&n.ifindex) && n.is_valid()) {
+        // Multicast "neighbours" (NOARP entries for ff02::/16) are not hosts to reply to.
+        let hosts = neighbours.iter().filter(|n| !n.ip.is_multicast() && self.ifindexes.contains(&n.ifindex));
+        for n in hosts.filter(|n| n.is_valid()) {
             let (Some(dmac), Some(smac)) = (n.mac, link_mac(&mut self.nl, n.ifindex)) else { continue };
             valid.insert((n.ifindex, n.ip), dmac);
             let len = map_prefix_len(n.ip, if n.ip.is_ipv4() { 32 } else { 128 });

@@ -156,7 +156,10 @@ pub struct Reconciler<M: MapOps, R: Resolver> {
     service_ids: Ids,
     backend_ids: Ids,
     deferred: Vec<(Instant, Deferred)>,
+    /// Next hops found by the last refresh, by address.
     next_hops: HashMap<IpAddr, NextHop>,
+    /// The next hop each live backend entry carries in `LB_BACKENDS` (what status reports).
+    written: HashMap<BackendId, NextHop>,
     routes: HashMap<(u32, Addr), NextHop>,
 }
 
@@ -175,6 +178,7 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
             backend_ids: Ids::new(1, MAX_BACKENDS),
             deferred: Vec::new(),
             next_hops: HashMap::new(),
+            written: HashMap::new(),
             routes: HashMap::new(),
         }
     }
@@ -346,7 +350,7 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
             let id = self.alloc_backend_id()?;
             self.maps.zero_backend_stats(id)?;
             let nh = self.next_hop(addr.ip());
-            self.maps.put_backend(id, &backend_entry(*addr, nh))?;
+            self.put_backend(id, *addr, nh)?;
             self.applied.get_mut(spec).expect("inserted above").backends.insert(*addr, id);
         }
         let ap = self.applied.get_mut(spec).expect("inserted above");
@@ -421,6 +425,7 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
     /// A backend no table points at any more: inactive entry, flows purged, id reused later.
     fn retire_backend(&mut self, id: BackendId) -> Result<(), MapOpError> {
         self.maps.put_backend(id, &Backend::default())?;
+        self.written.remove(&id);
         let purged = self.maps.purge_flows(id)?;
         tracing::info!(backend_id = id, purged, "backend retired");
         self.defer(Deferred::Backend(id));
@@ -479,6 +484,7 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
             .ok_or_else(|| ChangeError::Capacity(format!("the backend map is full ({} backends)", MAX_BACKENDS - 1)))
     }
 
+    /// The next hop for a new backend entry: what the last refresh found, else a fresh lookup.
     fn next_hop(&mut self, ip: IpAddr) -> NextHop {
         if let Some(nh) = self.next_hops.get(&ip) {
             return *nh;
@@ -490,36 +496,31 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
         nh
     }
 
+    /// Writes a live backend entry and remembers which next hop it carries.
+    fn put_backend(&mut self, id: BackendId, addr: SocketAddr, nh: NextHop) -> Result<(), MapOpError> {
+        self.maps.put_backend(id, &backend_entry(addr, nh))?;
+        self.written.insert(id, nh);
+        Ok(())
+    }
+
     /// Periodic work: grace periods, next hops of backends, client routes.
     ///
     /// # Errors
     /// A map write failure.
     pub fn tick(&mut self) -> Result<(), MapOpError> {
         self.release_deferred(false);
-        // Re-resolve every backend address; rewrite entries whose next hop changed.
+        // Re-resolve every backend address once, then rewrite each entry whose written next
+        // hop differs (several services can share an address; each entry is checked).
         let ips: std::collections::BTreeSet<IpAddr> =
             self.applied.values().flat_map(|a| a.backends.keys().map(SocketAddr::ip)).collect();
-        let mut fresh = HashMap::new();
-        for ip in ips {
-            if let Some(nh) = self.resolver.next_hop(ip) {
-                fresh.insert(ip, nh);
-            }
-        }
-        let changed: Vec<IpAddr> =
-            fresh.iter().filter(|(ip, nh)| self.next_hops.get(*ip) != Some(*nh)).map(|(ip, _)| *ip).collect();
-        let lost: Vec<IpAddr> = self.next_hops.keys().filter(|ip| !fresh.contains_key(*ip)).copied().collect();
-        self.next_hops = fresh;
-        if !changed.is_empty() || !lost.is_empty() {
-            let entries: Vec<(SocketAddr, BackendId)> = self
-                .applied
-                .values()
-                .flat_map(|a| a.backends.iter().map(|(s, i)| (*s, *i)))
-                .filter(|(s, _)| changed.contains(&s.ip()) || lost.contains(&s.ip()))
-                .collect();
-            for (addr, id) in entries {
-                let nh = self.next_hops.get(&addr.ip()).copied().unwrap_or_default();
-                self.maps.put_backend(id, &backend_entry(addr, nh))?;
-                tracing::info!(backend = %addr, ifindex = nh.ifindex, "backend next hop updated");
+        self.next_hops = ips.into_iter().filter_map(|ip| self.resolver.next_hop(ip).map(|nh| (ip, nh))).collect();
+        let entries: Vec<(SocketAddr, BackendId)> =
+            self.applied.values().flat_map(|a| a.backends.iter().map(|(s, i)| (*s, *i))).collect();
+        for (addr, id) in entries {
+            let nh = self.next_hops.get(&addr.ip()).copied().unwrap_or_default();
+            if self.written.get(&id) != Some(&nh) {
+                self.put_backend(id, addr, nh)?;
+                tracing::info!(backend = %addr, backend_id = id, ifindex = nh.ifindex, "backend next hop updated");
             }
         }
         self.refresh_routes()
@@ -571,7 +572,7 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
         ap.backends
             .iter()
             .map(|(addr, &id)| {
-                let nh = self.next_hops.get(&addr.ip()).filter(|n| n.is_resolved());
+                let nh = self.written.get(&id).filter(|n| n.is_resolved());
                 let s = slots.get(&id).copied().unwrap_or(0);
                 Ok(BackendView {
                     backend: addr.to_string(),
@@ -596,8 +597,8 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
         let resolved = self
             .applied
             .values()
-            .flat_map(|a| a.backends.keys())
-            .filter(|a| self.next_hops.get(&a.ip()).is_some_and(NextHop::is_resolved))
+            .flat_map(|a| a.backends.values())
+            .filter(|id| self.written.get(id).is_some_and(NextHop::is_resolved))
             .count();
         Ok(StatusView {
             version: env!("CARGO_PKG_VERSION").into(),
@@ -608,12 +609,26 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
             services: self.applied.len(),
             backends,
             backends_unresolved: backends - resolved,
-            client_routes: self.routes.len(),
+            client_routes: self.route_views(),
             ring_slots_used: self.ring.used(),
             ring_slots: self.info.ring_slots,
             conntrack_flows: self.info.conntrack_flows,
             vips,
         })
+    }
+
+    fn route_views(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .routes
+            .iter()
+            .map(|((len, a), nh)| {
+                let ip = addr::to_ip(a);
+                let plen = if ip.is_ipv4() { len - addr::V4_MAPPED_PREFIX_LEN } else { *len };
+                format!("{ip}/{plen} via if {} → {}", nh.ifindex, mac(&nh.dmac))
+            })
+            .collect();
+        v.sort();
+        v
     }
 
     fn stats(&self) -> Result<StatsView, MapOpError> {

@@ -172,6 +172,9 @@ impl Lab {
         lab.client.ip(&["route", "add", "203.0.113.0/24", "via", &LB_CLIENT_SIDE.to_string()])?;
         lab.lb.ip(&["addr", "add", &format!("{LB_CLIENT_SIDE}/24"), "dev", "l0"])?;
         lab.lb.ip(&["link", "set", "l0", "up"])?;
+        // The client side stands in for the LB's upstream router: replies to any client go
+        // to it, through one gateway route the agent resolves at start.
+        lab.lb.ip(&["route", "add", "default", "via", &CLIENT_IP.to_string()])?;
         // Frames XDP redirects into a veth land on its peer only if the peer has NAPI (GRO on);
         // locally made TCP/UDP on veth has partial checksums that native XDP cannot finish,
         // so senders compute checksums in software (tx off). Real NICs need neither.
@@ -233,7 +236,7 @@ impl Lab {
             .arg(&self.pin_dir)
             .arg("--socket")
             .arg(&self.socket)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "info,netlink_packet_route=error")
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().context("starting lb agent")?;
         let stderr = child.stderr.take().context("stderr")?;
@@ -305,13 +308,19 @@ impl Lab {
         Ok(serde_json::from_str(&self.lb(&a)?)?)
     }
 
-    /// Waits until the agent has resolved every backend's next hop (bounded).
+    /// Waits until the agent has resolved every backend's next hop and the default route to
+    /// the clients (bounded).
     ///
     /// # Errors
     /// Not resolved within 10 s.
     pub fn wait_resolved(&self) -> anyhow::Result<()> {
-        crate::wait_until("backend next hops to resolve", Duration::from_secs(10), Duration::from_millis(50), || {
-            self.lb_json(&["status"]).is_ok_and(|s| s["backends_unresolved"] == 0)
+        crate::wait_until("next hops to resolve", Duration::from_secs(10), Duration::from_millis(50), || {
+            self.lb_json(&["status"]).is_ok_and(|s| {
+                let default_route = s["client_routes"]
+                    .as_array()
+                    .is_some_and(|r| r.iter().any(|r| r.as_str().is_some_and(|r| r.starts_with("0.0.0.0/0 "))));
+                s["backends_unresolved"] == 0 && default_route
+            })
         })
     }
 
