@@ -4,10 +4,15 @@
 use std::path::Path;
 
 fn main() -> anyhow::Result<()> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root");
     let ebpf = root.join("lb-ebpf");
     // aya-build watches lb-ebpf; the program also compiles lb-common's sources.
-    println!("cargo:rerun-if-changed={}", root.join("lb-common/src").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("lb-common/src").display()
+    );
     let package = aya_build::Package {
         name: "lb-ebpf",
         root_dir: ebpf.to_str().expect("UTF-8 path"),

@@ -44,7 +44,10 @@ fn try_lb(ctx: &XdpContext) -> (u32, Reason) {
         // SAFETY: `pkt.ip` was bounds-checked by the parser.
         let dst = unsafe { (*pkt.ip).dst };
         return if select::is_vip(v4_mapped(dst)) {
-            (xdp_action::XDP_DROP, pkt.problem.unwrap_or(Reason::DropMalformed))
+            (
+                xdp_action::XDP_DROP,
+                pkt.problem.unwrap_or(Reason::DropMalformed),
+            )
         } else {
             (xdp_action::XDP_PASS, Reason::PassNotOurs)
         };
@@ -82,6 +85,11 @@ fn to_backend(
         // The agent never pairs an IPv4 service with an IPv6 backend; guard anyway.
         return (xdp_action::XDP_DROP, Reason::DropNoBackend);
     };
+    if new_flow {
+        // Off unless the agent runs with --bpf-log debug: the agent sets AYA_LOG_LEVEL at load
+        // time and the verifier prunes this branch as dead code when it is 0.
+        aya_log_ebpf::debug!(ctx, "new flow to backend {} (service {})", id, svc.id);
+    }
     xlate::dnat(pkt, l4, addr, be.port);
     stats::count_flow(svc.id, id, pkt.len, Dir::Forward { new_flow });
     xlate::forward(ctx, pkt, Some(be.nh), Reason::Forward)

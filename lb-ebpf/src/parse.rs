@@ -10,8 +10,8 @@ use lb_common::{
     addr::v4_mapped,
     flow::{FlowKey, proto},
     hdr::{
-        ETH_P_8021Q, ETH_P_IPV4, EthHdr, IPV4_FRAG_MASK, Ipv4Hdr, TCP_ACK, TCP_SYN, TcpHdr,
-        UdpHdr, VlanHdr,
+        ETH_P_8021Q, ETH_P_IPV4, EthHdr, IPV4_FRAG_MASK, Ipv4Hdr, TCP_ACK, TCP_SYN, TcpHdr, UdpHdr,
+        VlanHdr,
     },
     verdict::Reason,
 };
@@ -74,7 +74,14 @@ pub fn packet(ctx: &XdpContext) -> Result<Packet, Reason> {
     let tot_len = usize::from(u16::from_be_bytes(iph.tot_len));
     let frag = u16::from_be_bytes(iph.frag_off);
     let l3_room = ctx.data_end() - ctx.data() - off;
-    let mut pkt = Packet { ip, eth, l4: None, problem: None, is_syn: false, len };
+    let mut pkt = Packet {
+        ip,
+        eth,
+        l4: None,
+        problem: None,
+        is_syn: false,
+        len,
+    };
 
     pkt.problem = if iph.version_ihl >> 4 != 4 || ihl < 20 || tot_len < ihl || tot_len > l3_room {
         Some(Reason::DropMalformed)

@@ -21,15 +21,20 @@ static LB_HASH_SEED: Global<u32> = Global::new(lb_common::consts::DEFAULT_HASH_S
 /// The service this packet is addressed to, if any.
 #[inline(always)]
 pub fn service(flow: &FlowKey) -> Option<ServiceInfo> {
-    let key = ServiceKey { vip: flow.dst, port: flow.dport, proto: flow.proto, _pad: 0 };
+    let key = ServiceKey {
+        vip: flow.dst,
+        port: flow.dport,
+        proto: flow.proto,
+        _pad: 0,
+    };
     // SAFETY: the value is copied out before any other map operation.
-    unsafe { LB_SERVICES.get(&key).copied() }
+    unsafe { LB_SERVICES.get(key).copied() }
 }
 
 /// Whether `addr` is a VIP (of any port or protocol).
 #[inline(always)]
 pub fn is_vip(addr: lb_common::addr::Addr) -> bool {
-    LB_VIPS.get_ptr(&VipKey { vip: addr }).is_some()
+    LB_VIPS.get_ptr(VipKey { vip: addr }).is_some()
 }
 
 /// The conntrack entry of a reply from a backend, if this packet is one.
@@ -64,16 +69,18 @@ pub fn backend_for(
         // SAFETY: copied out at once.
         if let Some(ct) = unsafe { LB_CONNTRACK.get(flow).copied() } {
             // A removed backend (inactive entry) falls through to a fresh pick (cilium's rule).
-            if ct.kind == CONN_FORWARD {
-                if let Some(b) = backend(ct.backend) {
-                    return Ok((ct.backend, b, false));
-                }
+            if ct.kind == CONN_FORWARD
+                && let Some(b) = backend(ct.backend)
+            {
+                return Ok((ct.backend, b, false));
             }
         }
     }
     let slot = maglev::slot(flow_hash(flow, LB_HASH_SEED.load()), svc.table_len)
         .ok_or(Reason::DropNoBackend)?;
-    let id = *LB_RING.get(svc.table_off.wrapping_add(slot)).ok_or(Reason::DropNoBackend)?;
+    let id = *LB_RING
+        .get(svc.table_off.wrapping_add(slot))
+        .ok_or(Reason::DropNoBackend)?;
     let b = backend(id).ok_or(Reason::DropNoBackend)?;
     remember(flow, id, &b, svc);
     Ok((id, b, true))
@@ -83,8 +90,13 @@ pub fn backend_for(
 /// least recently used flows, and a flow whose entry is gone is re-picked from the same table.
 #[inline(always)]
 fn remember(flow: &FlowKey, id: BackendId, b: &Backend, svc: &ServiceInfo) {
-    let fwd = ConnEntry { kind: CONN_FORWARD, backend: id, service: svc.id, ..ConnEntry::default() };
-    let _ = LB_CONNTRACK.insert(flow, &fwd, 0);
+    let fwd = ConnEntry {
+        kind: CONN_FORWARD,
+        backend: id,
+        service: svc.id,
+        ..ConnEntry::default()
+    };
+    let _ = LB_CONNTRACK.insert(flow, fwd, 0);
     let rev_key = FlowKey {
         src: b.addr,
         dst: flow.src,
@@ -101,12 +113,12 @@ fn remember(flow: &FlowKey, id: BackendId, b: &Backend, svc: &ServiceInfo) {
         backend: id,
         service: svc.id,
     };
-    let _ = LB_CONNTRACK.insert(&rev_key, &rev, 0);
+    let _ = LB_CONNTRACK.insert(rev_key, rev, 0);
 }
 
 /// The agent-resolved next hop towards a client address.
 #[inline(always)]
 pub fn route(dst: lb_common::addr::Addr) -> Option<NextHop> {
     let key = aya_ebpf::maps::lpm_trie::Key::new(128, dst);
-    LB_ROUTES.get(&key).copied()
+    LB_ROUTES.get(key).copied()
 }

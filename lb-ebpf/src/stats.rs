@@ -16,7 +16,9 @@ pub fn count_reason(r: Reason) {
 #[derive(Clone, Copy)]
 pub enum Dir {
     /// Client → backend; `true` when this packet started a new flow.
-    Forward { new_flow: bool },
+    Forward {
+        new_flow: bool,
+    },
     Reply,
 }
 

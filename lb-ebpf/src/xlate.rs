@@ -32,20 +32,32 @@ unsafe fn rewrite(pkt: &Packet, l4: L4, dst: bool, addr: [u8; 4], port: [u8; 2])
     let ip = pkt.ip;
     // SAFETY: the caller guarantees `ip` and `l4` point into the frame.
     unsafe {
-        let a = if dst { addr_of_mut!((*ip).dst) } else { addr_of_mut!((*ip).src) };
+        let a = if dst {
+            addr_of_mut!((*ip).dst)
+        } else {
+            addr_of_mut!((*ip).src)
+        };
         let old_addr = *a;
         *a = addr;
         (*ip).check = csum::update32(be16((*ip).check), old_addr, addr).to_be_bytes();
         match l4 {
             L4::Tcp(t) => {
-                let p = if dst { addr_of_mut!((*t).dport) } else { addr_of_mut!((*t).sport) };
+                let p = if dst {
+                    addr_of_mut!((*t).dport)
+                } else {
+                    addr_of_mut!((*t).sport)
+                };
                 let old_port = *p;
                 *p = port;
                 let c = csum::update32(be16((*t).check), old_addr, addr);
                 (*t).check = csum::update16(c, be16(old_port), be16(port)).to_be_bytes();
             }
             L4::Udp(u) => {
-                let p = if dst { addr_of_mut!((*u).dport) } else { addr_of_mut!((*u).sport) };
+                let p = if dst {
+                    addr_of_mut!((*u).dport)
+                } else {
+                    addr_of_mut!((*u).sport)
+                };
                 let old_port = *p;
                 *p = port;
                 let c = csum::udp_update32(be16((*u).check), old_addr, addr);
@@ -128,7 +140,10 @@ fn fib(ctx: &XdpContext, pkt: &Packet) -> Option<NextHop> {
     p.family = AF_INET;
     p.l4_protocol = ip.proto;
     p.__bindgen_anon_1.tot_len = be16(ip.tot_len);
-    #[expect(clippy::cast_possible_truncation, reason = "ifindex is a u32 in xdp_md")]
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "ifindex is a u32 in xdp_md"
+    )]
     {
         p.ifindex = ingress_ifindex(ctx) as u32;
     }
@@ -137,7 +152,16 @@ fn fib(ctx: &XdpContext, pkt: &Packet) -> Option<NextHop> {
     p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(ip.dst);
     // SAFETY: `p` is a valid, writable `bpf_fib_lookup` of the size passed.
     let rc = unsafe {
-        fib_lookup(ctx.as_ptr(), &raw mut p, size_of::<bpf_fib_lookup>() as i32, 0)
+        fib_lookup(
+            ctx.as_ptr(),
+            &raw mut p,
+            size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
     };
-    (rc == FIB_SUCCESS).then_some(NextHop { ifindex: p.ifindex, smac: p.smac, dmac: p.dmac })
+    (rc == FIB_SUCCESS).then_some(NextHop {
+        ifindex: p.ifindex,
+        smac: p.smac,
+        dmac: p.dmac,
+    })
 }

@@ -33,10 +33,17 @@ pub struct AgentOptions {
 
 fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
     let Some(path) = path else {
-        return Ok(Config { agent: Default::default(), services: Vec::new() });
+        return Ok(Config {
+            agent: Default::default(),
+            services: Vec::new(),
+        });
     };
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
-    Ok(lb_common::config::parse(&path.display().to_string(), &text)?)
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config {}", path.display()))?;
+    Ok(lb_common::config::parse(
+        &path.display().to_string(),
+        &text,
+    )?)
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
@@ -55,7 +62,8 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     check_bpffs(&opts.pin_dir)?;
     let mut ifindexes = Vec::new();
     for name in &opts.interfaces {
-        let idx = nix_ifindex(name).with_context(|| format!("--iface {name}: no such interface"))?;
+        let idx =
+            nix_ifindex(name).with_context(|| format!("--iface {name}: no such interface"))?;
         ifindexes.push(idx);
     }
 
@@ -74,7 +82,8 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     };
     let mode = xdp_mode(opts.native);
     for name in &opts.interfaces {
-        dp.attach(name, mode).with_context(|| format!("attaching to {name}"))?;
+        dp.attach(name, mode)
+            .with_context(|| format!("attaching to {name}"))?;
     }
     tracing::info!(interfaces = ?opts.interfaces, ?mode, pin_dir = %opts.pin_dir.display(), "XDP program attached");
 
@@ -87,10 +96,12 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     };
     let resolver = NetlinkResolver::new(ifindexes).context("opening netlink")?;
     let mut rec = Reconciler::new(maps, resolver, info);
-    rec.start(State::from_config(&config)).context("applying the config")?;
+    rec.start(State::from_config(&config))
+        .context("applying the config")?;
     tracing::info!(services = config.services.len(), "config applied");
 
-    let listener = api::bind(&opts.socket).with_context(|| format!("binding {}", opts.socket.display()))?;
+    let listener =
+        api::bind(&opts.socket).with_context(|| format!("binding {}", opts.socket.display()))?;
     let (tx, mut rx) = mpsc::channel(64);
     let server = tokio::spawn(api::serve(listener, tx));
     let mut term = signal(SignalKind::terminate())?;
@@ -128,7 +139,8 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     drop(rec);
     drop(dp);
     let _ = std::fs::remove_file(&opts.socket);
-    unpin_all(&opts.pin_dir).with_context(|| format!("removing pins under {}", opts.pin_dir.display()))?;
+    unpin_all(&opts.pin_dir)
+        .with_context(|| format!("removing pins under {}", opts.pin_dir.display()))?;
     Ok(())
 }
 

@@ -21,12 +21,25 @@ const MAX_REQUEST: usize = 64 * 1024;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
-    VipAdd { service: String, table_size: Option<u32> },
-    VipDel { service: String },
+    VipAdd {
+        service: String,
+        table_size: Option<u32>,
+    },
+    VipDel {
+        service: String,
+    },
     VipList,
-    BackendAdd { service: String, backend: String },
-    BackendDel { service: String, backend: String },
-    BackendList { service: String },
+    BackendAdd {
+        service: String,
+        backend: String,
+    },
+    BackendDel {
+        service: String,
+        backend: String,
+    },
+    BackendList {
+        service: String,
+    },
     Status,
     Stats,
 }
@@ -34,10 +47,19 @@ pub enum Request {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
-    Ok { message: String },
-    Error { message: String },
-    Vips { vips: Vec<ServiceView> },
-    Backends { service: String, backends: Vec<BackendView> },
+    Ok {
+        message: String,
+    },
+    Error {
+        message: String,
+    },
+    Vips {
+        vips: Vec<ServiceView>,
+    },
+    Backends {
+        service: String,
+        backends: Vec<BackendView>,
+    },
     Status(StatusView),
     Stats(StatsView),
 }
@@ -131,10 +153,15 @@ pub type ApiCall = (Request, oneshot::Sender<Response>);
 /// Errors of a CLI call.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("no agent is listening on {path} (start one with `lb agent`, or set --socket / LB_SOCKET)")]
+    #[error(
+        "no agent is listening on {path} (start one with `lb agent`, or set --socket / LB_SOCKET)"
+    )]
     NoAgent { path: String },
     #[error("talking to the agent on {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("the agent's answer is not valid: {0}")]
     Decode(#[from] serde_json::Error),
 }
@@ -145,17 +172,33 @@ pub enum ClientError {
 /// No agent, a broken connection or an undecodable answer.
 pub async fn call(path: &Path, req: &Request) -> Result<Response, ClientError> {
     let p = path.display().to_string();
-    let mut stream = UnixStream::connect(path).await.map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => ClientError::NoAgent { path: p.clone() },
-        _ => ClientError::Io { path: p.clone(), source: e },
-    })?;
+    let mut stream = UnixStream::connect(path)
+        .await
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+                ClientError::NoAgent { path: p.clone() }
+            }
+            _ => ClientError::Io {
+                path: p.clone(),
+                source: e,
+            },
+        })?;
     let mut line = serde_json::to_string(req)?;
     line.push('\n');
-    let io = |source| ClientError::Io { path: p.clone(), source };
+    let io = |source| ClientError::Io {
+        path: p.clone(),
+        source,
+    };
     stream.write_all(line.as_bytes()).await.map_err(io)?;
     let mut reader = BufReader::new(stream);
     let mut answer = String::new();
-    reader.read_line(&mut answer).await.map_err(|source| ClientError::Io { path: p.clone(), source })?;
+    reader
+        .read_line(&mut answer)
+        .await
+        .map_err(|source| ClientError::Io {
+            path: p.clone(),
+            source,
+        })?;
     Ok(serde_json::from_str(&answer)?)
 }
 
@@ -200,20 +243,33 @@ async fn handle(stream: UnixStream, calls: mpsc::Sender<ApiCall>) -> std::io::Re
     let uid = stream.peer_cred()?.uid();
     let (rd, mut wr) = stream.into_split();
     let mut line = String::new();
-    let n = BufReader::new(rd).take(MAX_REQUEST as u64 + 1).read_line(&mut line).await?;
+    let n = BufReader::new(rd)
+        .take(MAX_REQUEST as u64 + 1)
+        .read_line(&mut line)
+        .await?;
     let resp = if uid != 0 {
-        Response::Error { message: format!("permission denied: uid {uid} is not root") }
+        Response::Error {
+            message: format!("permission denied: uid {uid} is not root"),
+        }
     } else if n > MAX_REQUEST {
-        Response::Error { message: format!("request longer than {MAX_REQUEST} bytes") }
+        Response::Error {
+            message: format!("request longer than {MAX_REQUEST} bytes"),
+        }
     } else {
         match serde_json::from_str::<Request>(&line) {
-            Err(e) => Response::Error { message: format!("bad request: {e}") },
+            Err(e) => Response::Error {
+                message: format!("bad request: {e}"),
+            },
             Ok(req) => {
                 let (tx, rx) = oneshot::channel();
                 if calls.send((req, tx)).await.is_err() {
-                    Response::Error { message: "the agent is shutting down".into() }
+                    Response::Error {
+                        message: "the agent is shutting down".into(),
+                    }
                 } else {
-                    rx.await.unwrap_or(Response::Error { message: "the agent is shutting down".into() })
+                    rx.await.unwrap_or(Response::Error {
+                        message: "the agent is shutting down".into(),
+                    })
                 }
             }
         }
@@ -222,4 +278,3 @@ async fn handle(stream: UnixStream, calls: mpsc::Sender<ApiCall>) -> std::io::Re
     out.push('\n');
     wr.write_all(out.as_bytes()).await
 }
-

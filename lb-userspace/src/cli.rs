@@ -9,7 +9,11 @@ use lb_common::spec::{BackendSpec, ServiceSpec};
 use crate::api::{self, Request, Response};
 
 #[derive(Debug, Parser)]
-#[command(name = "lb", version, about = "XDP L4 load balancer: agent and control CLI")]
+#[command(
+    name = "lb",
+    version,
+    about = "XDP L4 load balancer: agent and control CLI"
+)]
 pub struct Cli {
     /// Control socket of the agent.
     #[arg(long, global = true, env = "LB_SOCKET", default_value = api::DEFAULT_SOCKET)]
@@ -88,9 +92,15 @@ pub enum VipCmd {
 #[derive(Debug, Subcommand)]
 pub enum BackendCmd {
     /// Add a backend: `lb backend add 203.0.113.10:80/tcp 192.0.2.11[:PORT]`.
-    Add { service: ServiceSpec, backend: BackendSpec },
+    Add {
+        service: ServiceSpec,
+        backend: BackendSpec,
+    },
     /// Delete a backend.
-    Del { service: ServiceSpec, backend: BackendSpec },
+    Del {
+        service: ServiceSpec,
+        backend: BackendSpec,
+    },
     /// List a service's backends.
     List {
         service: ServiceSpec,
@@ -117,8 +127,12 @@ impl AgentArgs {
     /// # Errors
     /// An invalid `--resolve-interval`.
     pub fn options(&self, socket: PathBuf) -> anyhow::Result<crate::agent::AgentOptions> {
-        if !(self.resolve_interval.is_finite() && (0.05..=3600.0).contains(&self.resolve_interval)) {
-            anyhow::bail!("--resolve-interval: {} is outside 0.05..=3600 seconds", self.resolve_interval);
+        if !(self.resolve_interval.is_finite() && (0.05..=3600.0).contains(&self.resolve_interval))
+        {
+            anyhow::bail!(
+                "--resolve-interval: {} is outside 0.05..=3600 seconds",
+                self.resolve_interval
+            );
         }
         Ok(crate::agent::AgentOptions {
             config: self.config.clone(),
@@ -144,20 +158,43 @@ pub fn request(cmd: &Command) -> Option<(Request, Format)> {
     let t = Format::Table;
     Some(match cmd {
         Command::Agent(_) => return None,
-        Command::Vip(VipCmd::Add { service, table_size }) => {
-            (Request::VipAdd { service: service.to_string(), table_size: *table_size }, t)
-        }
-        Command::Vip(VipCmd::Del { service }) => (Request::VipDel { service: service.to_string() }, t),
+        Command::Vip(VipCmd::Add {
+            service,
+            table_size,
+        }) => (
+            Request::VipAdd {
+                service: service.to_string(),
+                table_size: *table_size,
+            },
+            t,
+        ),
+        Command::Vip(VipCmd::Del { service }) => (
+            Request::VipDel {
+                service: service.to_string(),
+            },
+            t,
+        ),
         Command::Vip(VipCmd::List(o)) => (Request::VipList, o.format),
-        Command::Backend(BackendCmd::Add { service, backend }) => {
-            (Request::BackendAdd { service: service.to_string(), backend: backend.to_string() }, t)
-        }
-        Command::Backend(BackendCmd::Del { service, backend }) => {
-            (Request::BackendDel { service: service.to_string(), backend: backend.to_string() }, t)
-        }
-        Command::Backend(BackendCmd::List { service, out }) => {
-            (Request::BackendList { service: service.to_string() }, out.format)
-        }
+        Command::Backend(BackendCmd::Add { service, backend }) => (
+            Request::BackendAdd {
+                service: service.to_string(),
+                backend: backend.to_string(),
+            },
+            t,
+        ),
+        Command::Backend(BackendCmd::Del { service, backend }) => (
+            Request::BackendDel {
+                service: service.to_string(),
+                backend: backend.to_string(),
+            },
+            t,
+        ),
+        Command::Backend(BackendCmd::List { service, out }) => (
+            Request::BackendList {
+                service: service.to_string(),
+            },
+            out.format,
+        ),
         Command::Status(o) => (Request::Status, o.format),
         Command::Stats(o) => (Request::Stats, o.format),
     })
@@ -179,22 +216,44 @@ pub fn render(resp: &Response, format: Format) -> Result<String, String> {
         Response::Ok { message } => o.push_str(message),
         Response::Error { .. } => {}
         Response::Vips { vips } => {
-            let _ = writeln!(o, "{:<28} {:>4} {:>8} {:>8} {:>12} {:>10}", "SERVICE", "ID", "TABLE", "BACKENDS", "PACKETS", "NEW FLOWS");
+            let _ = writeln!(
+                o,
+                "{:<28} {:>4} {:>8} {:>8} {:>12} {:>10}",
+                "SERVICE", "ID", "TABLE", "BACKENDS", "PACKETS", "NEW FLOWS"
+            );
             for v in vips {
                 let _ = writeln!(
                     o,
                     "{:<28} {:>4} {:>8} {:>8} {:>12} {:>10}",
-                    v.service, v.id, v.table_size, v.backends, v.counters.packets, v.counters.new_flows
+                    v.service,
+                    v.id,
+                    v.table_size,
+                    v.backends,
+                    v.counters.packets,
+                    v.counters.new_flows
                 );
             }
         }
         Response::Backends { service, backends } => backend_table(&mut o, service, backends),
         Response::Status(s) => {
             let _ = writeln!(o, "agent      lb {} (pid {})", s.version, s.pid);
-            let _ = writeln!(o, "xdp        {} mode on {}", s.xdp_mode, s.interfaces.join(", "));
+            let _ = writeln!(
+                o,
+                "xdp        {} mode on {}",
+                s.xdp_mode,
+                s.interfaces.join(", ")
+            );
             let _ = writeln!(o, "pins       {}", s.pin_dir.as_deref().unwrap_or("-"));
-            let _ = writeln!(o, "services   {}   backends {} ({} without a resolved next hop)", s.services, s.backends, s.backends_unresolved);
-            let _ = writeln!(o, "tables     {} of {} slots in use", s.ring_slots_used, s.ring_slots);
+            let _ = writeln!(
+                o,
+                "services   {}   backends {} ({} without a resolved next hop)",
+                s.services, s.backends, s.backends_unresolved
+            );
+            let _ = writeln!(
+                o,
+                "tables     {} of {} slots in use",
+                s.ring_slots_used, s.ring_slots
+            );
             let _ = writeln!(o, "conntrack  {} flows", s.conntrack_flows);
             let _ = writeln!(o, "client-facing next hops ({}):", s.client_routes.len());
             for r in &s.client_routes {
@@ -211,10 +270,18 @@ pub fn render(resp: &Response, format: Format) -> Result<String, String> {
                 let _ = writeln!(o, "{k:<20} {v:>12}");
             }
             o.push('\n');
-            let _ = writeln!(o, "{:<28} {:>10} {:>12} {:>10} {:>10} {:>12}", "SERVICE", "PACKETS", "BYTES", "NEW FLOWS", "REPLIES", "REPLY BYTES");
+            let _ = writeln!(
+                o,
+                "{:<28} {:>10} {:>12} {:>10} {:>10} {:>12}",
+                "SERVICE", "PACKETS", "BYTES", "NEW FLOWS", "REPLIES", "REPLY BYTES"
+            );
             for v in &s.services {
                 let c = &v.counters;
-                let _ = writeln!(o, "{:<28} {:>10} {:>12} {:>10} {:>10} {:>12}", v.service, c.packets, c.bytes, c.new_flows, c.reply_packets, c.reply_bytes);
+                let _ = writeln!(
+                    o,
+                    "{:<28} {:>10} {:>12} {:>10} {:>10} {:>12}",
+                    v.service, c.packets, c.bytes, c.new_flows, c.reply_packets, c.reply_bytes
+                );
             }
         }
     }
@@ -223,13 +290,26 @@ pub fn render(resp: &Response, format: Format) -> Result<String, String> {
 
 fn backend_table(o: &mut String, service: &str, backends: &[crate::api::BackendView]) {
     let _ = writeln!(o, "{service}");
-    let _ = writeln!(o, "  {:<22} {:>5} {:>7} {:>6} {:>8} {:>10} {:>10}  NEXT HOP", "BACKEND", "ID", "SHARE", "FLOWS", "PACKETS", "NEW FLOWS", "REPLIES");
+    let _ = writeln!(
+        o,
+        "  {:<22} {:>5} {:>7} {:>6} {:>8} {:>10} {:>10}  NEXT HOP",
+        "BACKEND", "ID", "SHARE", "FLOWS", "PACKETS", "NEW FLOWS", "REPLIES"
+    );
     for b in backends {
-        let nh = b.next_hop.as_ref().map_or_else(|| "unresolved (kernel FIB fallback)".to_owned(), |n| format!("if {} → {}", n.ifindex, n.dmac));
+        let nh = b.next_hop.as_ref().map_or_else(
+            || "unresolved (kernel FIB fallback)".to_owned(),
+            |n| format!("if {} → {}", n.ifindex, n.dmac),
+        );
         let _ = writeln!(
             o,
             "  {:<22} {:>5} {:>6.1}% {:>6} {:>8} {:>10} {:>10}  {nh}",
-            b.backend, b.id, b.share * 100.0, b.flows, b.counters.packets, b.counters.new_flows, b.counters.reply_packets
+            b.backend,
+            b.id,
+            b.share * 100.0,
+            b.flows,
+            b.counters.packets,
+            b.counters.new_flows,
+            b.counters.reply_packets
         );
     }
 }

@@ -7,10 +7,7 @@ use std::path::{Path, PathBuf};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{
-        Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues,
-        lpm_trie::Key as LpmKey,
-    },
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues, lpm_trie::Key as LpmKey},
     programs::{Xdp, XdpMode},
 };
 use lb_common::{
@@ -69,7 +66,10 @@ impl Dataplane {
     pub fn load(opts: &LoadOptions) -> Result<(Self, Maps), LoadError> {
         let mut loader = EbpfLoader::new();
         let dir = &opts.pin_dir;
-        std::fs::create_dir_all(dir).map_err(|source| LoadError::PinDir { path: dir.clone(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| LoadError::PinDir {
+            path: dir.clone(),
+            source,
+        })?;
         loader.default_map_pin_directory(dir);
         loader
             .override_global(global_names::HASH_SEED, &opts.hash_seed, true)
@@ -78,7 +78,10 @@ impl Dataplane {
             .map_max_entries(map_names::RING, opts.ring_slots);
         let mut ebpf = loader.load(LB_OBJ)?;
         let prog: &mut Xdp = program_mut(&mut ebpf)?;
-        prog.load().map_err(|source| LoadError::Program { what: "load".into(), source })?;
+        prog.load().map_err(|source| LoadError::Program {
+            what: "load".into(),
+            source,
+        })?;
         let maps = Maps::take(&mut ebpf)?;
         Ok((Self { ebpf }, maps))
     }
@@ -96,10 +99,12 @@ impl Dataplane {
     /// # Errors
     /// Unknown interface, or the driver refuses the mode.
     pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<(), LoadError> {
-        self.program()?.attach(iface, mode).map_err(|source| LoadError::Program {
-            what: format!("attach to {iface} in {mode:?} mode"),
-            source,
-        })?;
+        self.program()?
+            .attach(iface, mode)
+            .map_err(|source| LoadError::Program {
+                what: format!("attach to {iface} in {mode:?} mode"),
+                source,
+            })?;
         Ok(())
     }
 }
@@ -108,7 +113,10 @@ fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp, LoadError> {
     ebpf.program_mut(PROGRAM_NAME)
         .ok_or(LoadError::MissingProgram(PROGRAM_NAME))?
         .try_into()
-        .map_err(|source| LoadError::Program { what: PROGRAM_NAME.into(), source })
+        .map_err(|source| LoadError::Program {
+            what: PROGRAM_NAME.into(),
+            source,
+        })
 }
 
 /// Removes the map pins of a pin directory (a plain agent stop cleans up after itself).
@@ -123,7 +131,12 @@ pub fn unpin_all(dir: &Path) -> std::io::Result<()> {
         }
     }
     match std::fs::remove_dir(dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound && e.raw_os_error() != Some(libc::ENOTEMPTY) => Err(e),
+        Err(e)
+            if e.kind() != std::io::ErrorKind::NotFound
+                && e.raw_os_error() != Some(libc::ENOTEMPTY) =>
+        {
+            Err(e)
+        }
         _ => Ok(()),
     }
 }
@@ -173,12 +186,18 @@ impl Maps {
     /// # Errors
     /// The map read fails.
     pub fn reason_count(&self, r: u32) -> Result<u64, MapOpError> {
-        let v = self.reasons.get(&r, 0).map_err(op_err(map_names::REASON_STATS, "read"))?;
+        let v = self
+            .reasons
+            .get(&r, 0)
+            .map_err(op_err(map_names::REASON_STATS, "read"))?;
         Ok(v.iter().sum())
     }
 }
 
-fn op_err(map: &'static str, op: impl Into<String>) -> impl FnOnce(aya::maps::MapError) -> MapOpError {
+fn op_err(
+    map: &'static str,
+    op: impl Into<String>,
+) -> impl FnOnce(aya::maps::MapError) -> MapOpError {
     let op = op.into();
     move |source| MapOpError { map, op, source }
 }
@@ -194,7 +213,12 @@ pub trait MapOps {
     fn vip_keys(&self) -> Result<Vec<VipKey>, MapOpError>;
     fn put_backend(&mut self, id: BackendId, b: &Backend) -> Result<(), MapOpError>;
     fn put_slots(&mut self, off: u32, slots: &[BackendId]) -> Result<(), MapOpError>;
-    fn put_route(&mut self, prefix_len: u32, dst: RouteKeyData, nh: &NextHop) -> Result<(), MapOpError>;
+    fn put_route(
+        &mut self,
+        prefix_len: u32,
+        dst: RouteKeyData,
+        nh: &NextHop,
+    ) -> Result<(), MapOpError>;
     fn del_route(&mut self, prefix_len: u32, dst: RouteKeyData) -> Result<(), MapOpError>;
     /// Clears the counters of a service id and a backend id before they are reused.
     fn zero_service_stats(&mut self, id: u32) -> Result<(), MapOpError>;
@@ -215,52 +239,84 @@ fn zero_per_cpu<V: aya::Pod + Default + Clone>(
 ) -> Result<(), MapOpError> {
     let as_map_err = |call, io_error| {
         let source = aya::maps::MapError::SyscallError(aya::sys::SyscallError { call, io_error });
-        MapOpError { map: name, op: format!("zero slot {id}"), source }
+        MapOpError {
+            map: name,
+            op: format!("zero slot {id}"),
+            source,
+        }
     };
     let cpus = aya::util::nr_cpus().map_err(|(call, e)| as_map_err(call, e))?;
     let zeros = PerCpuValues::try_from(vec![V::default(); cpus])
         .map_err(|e| as_map_err("PerCpuValues", e))?;
-    m.set(id, zeros, 0).map_err(op_err(name, format!("zero slot {id}")))
+    m.set(id, zeros, 0)
+        .map_err(op_err(name, format!("zero slot {id}")))
 }
 
 impl MapOps for Maps {
     fn put_service(&mut self, k: &ServiceKey, v: &ServiceInfo) -> Result<(), MapOpError> {
         self.services.insert(k, v, 0).map_err(|source| {
             let op = format!("insert service {k:?}");
-            MapOpError { map: map_names::SERVICES, op, source }
+            MapOpError {
+                map: map_names::SERVICES,
+                op,
+                source,
+            }
         })
     }
     fn del_service(&mut self, k: &ServiceKey) -> Result<(), MapOpError> {
-        self.services.remove(k).map_err(op_err(map_names::SERVICES, "remove service"))
+        self.services
+            .remove(k)
+            .map_err(op_err(map_names::SERVICES, "remove service"))
     }
     fn service_keys(&self) -> Result<Vec<ServiceKey>, MapOpError> {
-        self.services.keys().collect::<Result<_, _>>().map_err(op_err(map_names::SERVICES, "list"))
+        self.services
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(op_err(map_names::SERVICES, "list"))
     }
     fn put_vip(&mut self, k: &VipKey, v: &VipInfo) -> Result<(), MapOpError> {
-        self.vips.insert(k, v, 0).map_err(op_err(map_names::VIPS, "insert"))
+        self.vips
+            .insert(k, v, 0)
+            .map_err(op_err(map_names::VIPS, "insert"))
     }
     fn del_vip(&mut self, k: &VipKey) -> Result<(), MapOpError> {
-        self.vips.remove(k).map_err(op_err(map_names::VIPS, "remove"))
+        self.vips
+            .remove(k)
+            .map_err(op_err(map_names::VIPS, "remove"))
     }
     fn vip_keys(&self) -> Result<Vec<VipKey>, MapOpError> {
-        self.vips.keys().collect::<Result<_, _>>().map_err(op_err(map_names::VIPS, "list"))
+        self.vips
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(op_err(map_names::VIPS, "list"))
     }
     fn put_backend(&mut self, id: BackendId, b: &Backend) -> Result<(), MapOpError> {
-        self.backends.set(id, b, 0).map_err(op_err(map_names::BACKENDS, format!("set {id}")))
+        self.backends
+            .set(id, b, 0)
+            .map_err(op_err(map_names::BACKENDS, format!("set {id}")))
     }
     fn put_slots(&mut self, off: u32, slots: &[BackendId]) -> Result<(), MapOpError> {
         for (i, id) in (off..).zip(slots) {
-            self.ring.set(i, id, 0).map_err(op_err(map_names::RING, format!("set slot {i}")))?;
+            self.ring
+                .set(i, id, 0)
+                .map_err(op_err(map_names::RING, format!("set slot {i}")))?;
         }
         Ok(())
     }
-    fn put_route(&mut self, prefix_len: u32, dst: RouteKeyData, nh: &NextHop) -> Result<(), MapOpError> {
+    fn put_route(
+        &mut self,
+        prefix_len: u32,
+        dst: RouteKeyData,
+        nh: &NextHop,
+    ) -> Result<(), MapOpError> {
         self.routes
             .insert(&LpmKey::new(prefix_len, dst), nh, 0)
             .map_err(op_err(map_names::ROUTES, "insert"))
     }
     fn del_route(&mut self, prefix_len: u32, dst: RouteKeyData) -> Result<(), MapOpError> {
-        self.routes.remove(&LpmKey::new(prefix_len, dst)).map_err(op_err(map_names::ROUTES, "remove"))
+        self.routes
+            .remove(&LpmKey::new(prefix_len, dst))
+            .map_err(op_err(map_names::ROUTES, "remove"))
     }
     fn zero_service_stats(&mut self, id: u32) -> Result<(), MapOpError> {
         zero_per_cpu(&mut self.svc_stats, map_names::SERVICE_STATS, id)
@@ -281,30 +337,51 @@ impl MapOps for Maps {
                 // Evicted by the LRU meanwhile: already gone.
                 Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
                 Err(source) => {
-                    return Err(MapOpError { map: map_names::CONNTRACK, op: "purge".into(), source });
+                    return Err(MapOpError {
+                        map: map_names::CONNTRACK,
+                        op: "purge".into(),
+                        source,
+                    });
                 }
             }
         }
         Ok(doomed.len())
     }
     fn service_counters(&self, id: u32) -> Result<Counters, MapOpError> {
-        let v = self.svc_stats.get(&id, 0).map_err(op_err(map_names::SERVICE_STATS, "read"))?;
+        let v = self
+            .svc_stats
+            .get(&id, 0)
+            .map_err(op_err(map_names::SERVICE_STATS, "read"))?;
         Ok(sum_counters(&v))
     }
     fn backend_counters(&self, id: BackendId) -> Result<Counters, MapOpError> {
-        let v = self.be_stats.get(&id, 0).map_err(op_err(map_names::BACKEND_STATS, "read"))?;
+        let v = self
+            .be_stats
+            .get(&id, 0)
+            .map_err(op_err(map_names::BACKEND_STATS, "read"))?;
         Ok(sum_counters(&v))
     }
     fn reason_counters(&self) -> Result<Vec<u64>, MapOpError> {
-        lb_common::verdict::ALL_REASONS.iter().map(|r| self.reason_count(*r as u32)).collect()
+        lb_common::verdict::ALL_REASONS
+            .iter()
+            .map(|r| self.reason_count(*r as u32))
+            .collect()
     }
     fn flows_per_backend(&self) -> Result<std::collections::HashMap<BackendId, u64>, MapOpError> {
         let mut m = std::collections::HashMap::new();
         for item in self.conntrack.iter() {
             match item {
-                Ok((_, e)) if e.kind == lb_common::maps::CONN_FORWARD => *m.entry(e.backend).or_default() += 1,
+                Ok((_, e)) if e.kind == lb_common::maps::CONN_FORWARD => {
+                    *m.entry(e.backend).or_default() += 1
+                }
                 Ok(_) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(source) => return Err(MapOpError { map: map_names::CONNTRACK, op: "walk".into(), source }),
+                Err(source) => {
+                    return Err(MapOpError {
+                        map: map_names::CONNTRACK,
+                        op: "walk".into(),
+                        source,
+                    });
+                }
             }
         }
         Ok(m)
@@ -314,5 +391,9 @@ impl MapOps for Maps {
 /// The XDP attach mode, as the CLI spells it.
 #[must_use]
 pub const fn xdp_mode(native: bool) -> XdpMode {
-    if native { XdpMode::Driver } else { XdpMode::Skb }
+    if native {
+        XdpMode::Driver
+    } else {
+        XdpMode::Skb
+    }
 }

@@ -6,17 +6,26 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("cannot create pin directory {path}: {source}")]
-    PinDir { path: PathBuf, source: std::io::Error },
+    PinDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("loading the XDP object failed (is this root, with BPF and BTF available?): {0}")]
     Load(#[from] aya::EbpfError),
     #[error("the XDP object has no map {0}")]
     MissingMap(&'static str),
     #[error("map {name}: {source}")]
-    Map { name: &'static str, source: aya::maps::MapError },
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
     #[error("the XDP object has no program {0}")]
     MissingProgram(&'static str),
     #[error("program {what}: {source}")]
-    Program { what: String, source: aya::programs::ProgramError },
+    Program {
+        what: String,
+        source: aya::programs::ProgramError,
+    },
 }
 
 /// A kernel map operation that failed.

@@ -9,7 +9,11 @@ use lb_userspace::{
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("lb: cannot start the runtime: {e}");
@@ -25,7 +29,9 @@ fn main() -> ExitCode {
             )
             .with_writer(std::io::stderr)
             .init();
-        let result = args.options(cli.socket.clone()).and_then(|o| rt.block_on(lb_userspace::agent::run(o)));
+        let result = args
+            .options(cli.socket.clone())
+            .and_then(|o| rt.block_on(lb_userspace::agent::run(o)));
         return match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -34,7 +40,9 @@ fn main() -> ExitCode {
             }
         };
     }
-    let Some((req, format)) = request(&cli.command) else { return ExitCode::FAILURE };
+    let Some((req, format)) = request(&cli.command) else {
+        return ExitCode::FAILURE;
+    };
     match rt.block_on(api::call(&cli.socket, &req)) {
         Err(e) => {
             eprintln!("lb: {e}");

@@ -20,24 +20,27 @@
 //! every request carries its own sequence number so late replies to an
 //! earlier, abandoned request are ignored.
 
-use std::fmt;
-use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::AsRawFd;
-use std::time::Duration;
+use std::{
+    fmt, io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::AsRawFd,
+    time::Duration,
+};
 
 use netlink_packet_core::{
     NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_MULTIPART, NLM_F_REPLACE,
     NLM_F_REQUEST, NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload,
 };
-use netlink_packet_route::link::{LinkAttribute, LinkMessage};
-use netlink_packet_route::neighbour::{
-    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+use netlink_packet_route::{
+    AddressFamily, RouteNetlinkMessage,
+    link::{LinkAttribute, LinkMessage},
+    neighbour::{
+        NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+    },
+    route::{
+        RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteType, RouteVia,
+    },
 };
-use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteType, RouteVia,
-};
-use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
 /// How long a single `recv` may block. The kernel answers rtnetlink requests
@@ -844,11 +847,14 @@ mod tests {
     //! thread that `setns()`ed into one of them, so the host's network is
     //! never touched. Run with `cargo test -- --test-threads=1`.
 
+    use std::{
+        fs::File,
+        process::{Command, Stdio},
+        sync::atomic::{AtomicU32, Ordering},
+        thread,
+    };
+
     use super::*;
-    use std::fs::File;
-    use std::process::{Command, Stdio};
-    use std::sync::atomic::{AtomicU32, Ordering};
-    use std::thread;
 
     static NEXT_ID: AtomicU32 = AtomicU32::new(0);
 

@@ -22,7 +22,10 @@ impl NetlinkResolver {
     /// # Errors
     /// The netlink socket cannot be opened.
     pub fn new(ifindexes: Vec<u32>) -> Result<Self, crate::netlink::NetlinkError> {
-        Ok(Self { nl: Netlink::open()?, ifindexes })
+        Ok(Self {
+            nl: Netlink::open()?,
+            ifindexes,
+        })
     }
 }
 
@@ -37,7 +40,11 @@ fn map_prefix_len(ip: IpAddr, len: u8) -> u32 {
 impl Resolver for NetlinkResolver {
     fn next_hop(&mut self, ip: IpAddr) -> Option<NextHop> {
         match self.nl.next_hop(ip) {
-            Ok(Some((ifindex, smac, dmac))) => Some(NextHop { ifindex, smac, dmac }),
+            Ok(Some((ifindex, smac, dmac))) => Some(NextHop {
+                ifindex,
+                smac,
+                dmac,
+            }),
             Ok(None) => None,
             Err(e) => {
                 tracing::warn!(%ip, error = %e, "next-hop lookup failed");
@@ -56,15 +63,31 @@ impl Resolver for NetlinkResolver {
                 return out;
             }
         };
-        let mut link_mac = |nl: &mut Netlink, idx: u32| *macs.entry(idx).or_insert_with(|| nl.link_mac(idx).ok().flatten());
+        let mut link_mac = |nl: &mut Netlink, idx: u32| {
+            *macs
+                .entry(idx)
+                .or_insert_with(|| nl.link_mac(idx).ok().flatten())
+        };
         let mut valid: HashMap<(u32, IpAddr), [u8; 6]> = HashMap::new();
         // Multicast "neighbours" (NOARP entries for ff02::/16) are not hosts to reply to.
-        let hosts = neighbours.iter().filter(|n| !n.ip.is_multicast() && self.ifindexes.contains(&n.ifindex));
+        let hosts = neighbours
+            .iter()
+            .filter(|n| !n.ip.is_multicast() && self.ifindexes.contains(&n.ifindex));
         for n in hosts.filter(|n| n.is_valid()) {
-            let (Some(dmac), Some(smac)) = (n.mac, link_mac(&mut self.nl, n.ifindex)) else { continue };
+            let (Some(dmac), Some(smac)) = (n.mac, link_mac(&mut self.nl, n.ifindex)) else {
+                continue;
+            };
             valid.insert((n.ifindex, n.ip), dmac);
             let len = map_prefix_len(n.ip, if n.ip.is_ipv4() { 32 } else { 128 });
-            out.push((len, addr::from_ip(n.ip), NextHop { ifindex: n.ifindex, smac, dmac }));
+            out.push((
+                len,
+                addr::from_ip(n.ip),
+                NextHop {
+                    ifindex: n.ifindex,
+                    smac,
+                    dmac,
+                },
+            ));
         }
         let routes = match self.nl.routes() {
             Ok(r) => r,
@@ -74,16 +97,24 @@ impl Resolver for NetlinkResolver {
             }
         };
         for r in routes {
-            let (Some(oif), Some(gw)) = (r.oif, r.gateway) else { continue };
+            let (Some(oif), Some(gw)) = (r.oif, r.gateway) else {
+                continue;
+            };
             if !self.ifindexes.contains(&oif) {
                 continue;
             }
-            let Some(smac) = link_mac(&mut self.nl, oif) else { continue };
+            let Some(smac) = link_mac(&mut self.nl, oif) else {
+                continue;
+            };
             match valid.get(&(oif, gw)) {
                 Some(dmac) => out.push((
                     map_prefix_len(r.dst, r.prefix_len),
                     addr::from_ip(r.dst),
-                    NextHop { ifindex: oif, smac, dmac: *dmac },
+                    NextHop {
+                        ifindex: oif,
+                        smac,
+                        dmac: *dmac,
+                    },
                 )),
                 None => {
                     // Ask the kernel to resolve the gateway; the next refresh picks it up.

@@ -29,7 +29,10 @@ use lb_common::{
 };
 
 use crate::{
-    api::{BackendView, CountersView, NextHopView, Request, Response, ServiceStatus, ServiceView, StatsView, StatusView},
+    api::{
+        BackendView, CountersView, NextHopView, Request, Response, ServiceStatus, ServiceView,
+        StatsView, StatusView,
+    },
     dataplane::MapOps,
     error::{ChangeError, MapOpError},
     state::State,
@@ -75,7 +78,10 @@ struct Ring {
 
 impl Ring {
     fn new(size: u32) -> Self {
-        Self { size, free: vec![(0, size)] }
+        Self {
+            size,
+            free: vec![(0, size)],
+        }
     }
 
     fn alloc(&mut self, len: u32) -> Option<u32> {
@@ -118,7 +124,11 @@ struct Ids {
 
 impl Ids {
     fn new(lo: u32, hi: u32) -> Self {
-        Self { lo, hi, used: std::collections::BTreeSet::new() }
+        Self {
+            lo,
+            hi,
+            used: std::collections::BTreeSet::new(),
+        }
     }
 
     fn alloc(&mut self) -> Option<u32> {
@@ -217,7 +227,13 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
     /// A capacity limit or a map write failure.
     pub fn reload(&mut self, state: State) -> Result<(), ChangeError> {
         self.check_capacity(&state, None)?;
-        let mut specs: Vec<ServiceSpec> = self.state.services.keys().chain(state.services.keys()).copied().collect();
+        let mut specs: Vec<ServiceSpec> = self
+            .state
+            .services
+            .keys()
+            .chain(state.services.keys())
+            .copied()
+            .collect();
         specs.sort_unstable();
         specs.dedup();
         self.state = state;
@@ -231,14 +247,19 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
     pub fn handle(&mut self, req: Request) -> Response {
         match self.try_handle(req) {
             Ok(r) => r,
-            Err(e) => Response::Error { message: e.to_string() },
+            Err(e) => Response::Error {
+                message: e.to_string(),
+            },
         }
     }
 
     fn try_handle(&mut self, req: Request) -> Result<Response, ChangeError> {
         let ok = |m: String| Ok(Response::Ok { message: m });
         match req {
-            Request::VipAdd { service, table_size } => {
+            Request::VipAdd {
+                service,
+                table_size,
+            } => {
                 let spec = parse_service(&service)?;
                 let mut next = self.state.clone();
                 next.add_service(spec, table_size)?;
@@ -268,11 +289,16 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
                 self.commit(next, &spec)?;
                 ok(format!("deleted backend {addr} from {spec}"))
             }
-            Request::VipList => Ok(Response::Vips { vips: self.service_views()? }),
+            Request::VipList => Ok(Response::Vips {
+                vips: self.service_views()?,
+            }),
             Request::BackendList { service } => {
                 let spec = parse_service(&service)?;
                 let flows = self.maps.flows_per_backend()?;
-                Ok(Response::Backends { service: spec.to_string(), backends: self.backend_views(&spec, &flows)? })
+                Ok(Response::Backends {
+                    service: spec.to_string(),
+                    backends: self.backend_views(&spec, &flows)?,
+                })
             }
             Request::Status => Ok(Response::Status(self.status()?)),
             Request::Stats => Ok(Response::Stats(self.stats()?)),
@@ -287,17 +313,30 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
     }
 
     /// Refuses a state that cannot fit the maps, before anything is written.
-    fn check_capacity(&mut self, next: &State, changed: Option<&ServiceSpec>) -> Result<(), ChangeError> {
-        let new_services = next.services.keys().filter(|s| !self.applied.contains_key(*s)).count();
+    fn check_capacity(
+        &mut self,
+        next: &State,
+        changed: Option<&ServiceSpec>,
+    ) -> Result<(), ChangeError> {
+        let new_services = next
+            .services
+            .keys()
+            .filter(|s| !self.applied.contains_key(*s))
+            .count();
         if new_services > self.service_ids.free_count() {
-            return Err(ChangeError::Capacity(format!("the service map is full ({MAX_SERVICES} services)")));
+            return Err(ChangeError::Capacity(format!(
+                "the service map is full ({MAX_SERVICES} services)"
+            )));
         }
         let new_backends: usize = next
             .services
             .iter()
             .map(|(s, st)| {
                 let applied = self.applied.get(s);
-                st.backends.keys().filter(|a| applied.is_none_or(|ap| !ap.backends.contains_key(*a))).count()
+                st.backends
+                    .keys()
+                    .filter(|a| applied.is_none_or(|ap| !ap.backends.contains_key(*a)))
+                    .count()
             })
             .sum();
         if new_backends > self.backend_ids.free_count() {
@@ -307,8 +346,14 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
             )));
         }
         // Every service's table plus, while it is swapped, one new table for a changed one.
-        let need: u64 = next.services.values().map(|s| u64::from(s.table_size)).sum::<u64>()
-            + changed.and_then(|c| next.services.get(c)).map_or(0, |s| u64::from(s.table_size));
+        let need: u64 = next
+            .services
+            .values()
+            .map(|s| u64::from(s.table_size))
+            .sum::<u64>()
+            + changed
+                .and_then(|c| next.services.get(c))
+                .map_or(0, |s| u64::from(s.table_size));
         if need > u64::from(self.info.ring_slots) {
             return Err(ChangeError::Capacity(format!(
                 "the lookup tables need {need} slots but the agent has {} (raise agent.ring_slots or use smaller --table-size)",
@@ -339,9 +384,19 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
         };
 
         if !self.applied.contains_key(spec) {
-            let id = self.service_ids.alloc().ok_or_else(|| ChangeError::Capacity("the service map is full".into()))?;
+            let id = self
+                .service_ids
+                .alloc()
+                .ok_or_else(|| ChangeError::Capacity("the service map is full".into()))?;
             self.maps.zero_service_stats(id)?;
-            self.applied.insert(*spec, Applied { id, table: None, backends: BTreeMap::new() });
+            self.applied.insert(
+                *spec,
+                Applied {
+                    id,
+                    table: None,
+                    backends: BTreeMap::new(),
+                },
+            );
         }
 
         // New backends: entry first, so no slot ever points at an unwritten entry.
@@ -351,11 +406,19 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
             self.maps.zero_backend_stats(id)?;
             let nh = self.next_hop(addr.ip());
             self.put_backend(id, *addr, nh)?;
-            self.applied.get_mut(spec).expect("inserted above").backends.insert(*addr, id);
+            self.applied
+                .get_mut(spec)
+                .expect("inserted above")
+                .backends
+                .insert(*addr, id);
         }
         let ap = self.applied.get_mut(spec).expect("inserted above");
-        let gone: Vec<(SocketAddr, BackendId)> =
-            ap.backends.iter().filter(|(a, _)| !desired.backends.contains_key(*a)).map(|(a, i)| (*a, *i)).collect();
+        let gone: Vec<(SocketAddr, BackendId)> = ap
+            .backends
+            .iter()
+            .filter(|(a, _)| !desired.backends.contains_key(*a))
+            .map(|(a, i)| (*a, *i))
+            .collect();
         for (a, _) in &gone {
             ap.backends.remove(a);
         }
@@ -364,7 +427,12 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
         let eligible: Vec<TableBackend> = ap
             .backends
             .iter()
-            .map(|(a, &id)| TableBackend { id, addr: addr::from_ip(a.ip()), port: a.port(), weight: 1 })
+            .map(|(a, &id)| TableBackend {
+                id,
+                addr: addr::from_ip(a.ip()),
+                port: a.port(),
+                weight: 1,
+            })
             .collect();
         let table = (!eligible.is_empty()).then(|| build_table(&eligible, desired.table_size));
         let unchanged = match (&ap.table, &table) {
@@ -398,8 +466,19 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
             }
         } else {
             // Unchanged table (e.g. a re-add): still make sure the service entry exists.
-            let (off, len) = self.applied[spec].table.as_ref().map_or((0, 0), |(o, s)| (*o, s.len() as u32));
-            self.maps.put_service(&key, &ServiceInfo { id, table_off: off, table_len: len, flags: 0 })?;
+            let (off, len) = self.applied[spec]
+                .table
+                .as_ref()
+                .map_or((0, 0), |(o, s)| (*o, s.len() as u32));
+            self.maps.put_service(
+                &key,
+                &ServiceInfo {
+                    id,
+                    table_off: off,
+                    table_len: len,
+                    flags: 0,
+                },
+            )?;
         }
         self.sync_vip(spec.vip.ip())?;
         for (_, bid) in gone {
@@ -411,14 +490,26 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
     /// Keeps `LB_VIPS[ip]` equal to the number of services on that address.
     fn sync_vip(&mut self, ip: IpAddr) -> Result<(), MapOpError> {
         let n = self.applied.keys().filter(|s| s.vip.ip() == ip).count();
-        let key = VipKey { vip: addr::from_ip(ip) };
+        let key = VipKey {
+            vip: addr::from_ip(ip),
+        };
         if n == 0 {
             match self.maps.del_vip(&key) {
-                Err(MapOpError { source: aya::maps::MapError::KeyNotFound, .. }) | Ok(()) => Ok(()),
+                Err(MapOpError {
+                    source: aya::maps::MapError::KeyNotFound,
+                    ..
+                })
+                | Ok(()) => Ok(()),
                 Err(e) => Err(e),
             }
         } else {
-            self.maps.put_vip(&key, &VipInfo { services: n as u32, flags: 0 })
+            self.maps.put_vip(
+                &key,
+                &VipInfo {
+                    services: n as u32,
+                    flags: 0,
+                },
+            )
         }
     }
 
@@ -439,11 +530,9 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
     /// Returns deferred regions and ids whose grace period is over (or, with `wait`, all of
     /// them after waiting out the youngest's grace period).
     fn release_deferred(&mut self, wait: bool) {
-        if wait {
-            if let Some(youngest) = self.deferred.iter().map(|(t, _)| *t).max() {
-                // Not a test sleep: the agent's grace period for in-flight packets (see module doc).
-                std::thread::sleep(GRACE.saturating_sub(youngest.elapsed()));
-            }
+        if wait && let Some(youngest) = self.deferred.iter().map(|(t, _)| *t).max() {
+            // Not a test sleep: the agent's grace period for in-flight packets (module doc).
+            std::thread::sleep(GRACE.saturating_sub(youngest.elapsed()));
         }
         let now = Instant::now();
         let (ready, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.deferred)
@@ -479,9 +568,12 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
             return Ok(id);
         }
         self.release_deferred(true);
-        self.backend_ids
-            .alloc()
-            .ok_or_else(|| ChangeError::Capacity(format!("the backend map is full ({} backends)", MAX_BACKENDS - 1)))
+        self.backend_ids.alloc().ok_or_else(|| {
+            ChangeError::Capacity(format!(
+                "the backend map is full ({} backends)",
+                MAX_BACKENDS - 1
+            ))
+        })
     }
 
     /// The next hop for a new backend entry: what the last refresh found, else a fresh lookup.
@@ -497,7 +589,12 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
     }
 
     /// Writes a live backend entry and remembers which next hop it carries.
-    fn put_backend(&mut self, id: BackendId, addr: SocketAddr, nh: NextHop) -> Result<(), MapOpError> {
+    fn put_backend(
+        &mut self,
+        id: BackendId,
+        addr: SocketAddr,
+        nh: NextHop,
+    ) -> Result<(), MapOpError> {
         self.maps.put_backend(id, &backend_entry(addr, nh))?;
         self.written.insert(id, nh);
         Ok(())
@@ -511,11 +608,20 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
         self.release_deferred(false);
         // Re-resolve every backend address once, then rewrite each entry whose written next
         // hop differs (several services can share an address; each entry is checked).
-        let ips: std::collections::BTreeSet<IpAddr> =
-            self.applied.values().flat_map(|a| a.backends.keys().map(SocketAddr::ip)).collect();
-        self.next_hops = ips.into_iter().filter_map(|ip| self.resolver.next_hop(ip).map(|nh| (ip, nh))).collect();
-        let entries: Vec<(SocketAddr, BackendId)> =
-            self.applied.values().flat_map(|a| a.backends.iter().map(|(s, i)| (*s, *i))).collect();
+        let ips: std::collections::BTreeSet<IpAddr> = self
+            .applied
+            .values()
+            .flat_map(|a| a.backends.keys().map(SocketAddr::ip))
+            .collect();
+        self.next_hops = ips
+            .into_iter()
+            .filter_map(|ip| self.resolver.next_hop(ip).map(|nh| (ip, nh)))
+            .collect();
+        let entries: Vec<(SocketAddr, BackendId)> = self
+            .applied
+            .values()
+            .flat_map(|a| a.backends.iter().map(|(s, i)| (*s, *i)))
+            .collect();
         for (addr, id) in entries {
             let nh = self.next_hops.get(&addr.ip()).copied().unwrap_or_default();
             if self.written.get(&id) != Some(&nh) {
@@ -527,17 +633,30 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
     }
 
     fn refresh_routes(&mut self) -> Result<(), MapOpError> {
-        let want: HashMap<(u32, Addr), NextHop> =
-            self.resolver.client_routes().into_iter().map(|(l, a, nh)| ((l, a), nh)).collect();
+        let want: HashMap<(u32, Addr), NextHop> = self
+            .resolver
+            .client_routes()
+            .into_iter()
+            .map(|(l, a, nh)| ((l, a), nh))
+            .collect();
         for (k, nh) in &want {
             if self.routes.get(k) != Some(nh) {
                 self.maps.put_route(k.0, k.1, nh)?;
             }
         }
-        let stale: Vec<(u32, Addr)> = self.routes.keys().filter(|k| !want.contains_key(*k)).copied().collect();
+        let stale: Vec<(u32, Addr)> = self
+            .routes
+            .keys()
+            .filter(|k| !want.contains_key(*k))
+            .copied()
+            .collect();
         for k in stale {
             match self.maps.del_route(k.0, k.1) {
-                Ok(()) | Err(MapOpError { source: aya::maps::MapError::KeyNotFound, .. }) => {}
+                Ok(())
+                | Err(MapOpError {
+                    source: aya::maps::MapError::KeyNotFound,
+                    ..
+                }) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -560,8 +679,15 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
             .collect()
     }
 
-    fn backend_views(&self, spec: &ServiceSpec, flows: &HashMap<BackendId, u64>) -> Result<Vec<BackendView>, ChangeError> {
-        let ap = self.applied.get(spec).ok_or_else(|| ChangeError::NotFound(format!("service {spec}")))?;
+    fn backend_views(
+        &self,
+        spec: &ServiceSpec,
+        flows: &HashMap<BackendId, u64>,
+    ) -> Result<Vec<BackendView>, ChangeError> {
+        let ap = self
+            .applied
+            .get(spec)
+            .ok_or_else(|| ChangeError::NotFound(format!("service {spec}")))?;
         let mut slots: HashMap<BackendId, u32> = HashMap::new();
         let total = ap.table.as_ref().map_or(0, |(_, t)| t.len());
         if let Some((_, t)) = &ap.table {
@@ -577,9 +703,17 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
                 Ok(BackendView {
                     backend: addr.to_string(),
                     id,
-                    next_hop: nh.map(|n| NextHopView { ifindex: n.ifindex, smac: mac(&n.smac), dmac: mac(&n.dmac) }),
+                    next_hop: nh.map(|n| NextHopView {
+                        ifindex: n.ifindex,
+                        smac: mac(&n.smac),
+                        dmac: mac(&n.dmac),
+                    }),
                     slots: s,
-                    share: if total == 0 { 0.0 } else { f64::from(s) / total as f64 },
+                    share: if total == 0 {
+                        0.0
+                    } else {
+                        f64::from(s) / total as f64
+                    },
                     flows: flows.get(&id).copied().unwrap_or(0),
                     counters: CountersView::from(self.maps.backend_counters(id)?),
                 })
@@ -591,7 +725,10 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
         let flows = self.maps.flows_per_backend()?;
         let mut vips = Vec::new();
         for spec in self.applied.keys() {
-            vips.push(ServiceStatus { service: spec.to_string(), backends: self.backend_views(spec, &flows)? });
+            vips.push(ServiceStatus {
+                service: spec.to_string(),
+                backends: self.backend_views(spec, &flows)?,
+            });
         }
         let backends: usize = self.applied.values().map(|a| a.backends.len()).sum();
         let resolved = self
@@ -623,7 +760,11 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
             .iter()
             .map(|((len, a), nh)| {
                 let ip = addr::to_ip(a);
-                let plen = if ip.is_ipv4() { len - addr::V4_MAPPED_PREFIX_LEN } else { *len };
+                let plen = if ip.is_ipv4() {
+                    len - addr::V4_MAPPED_PREFIX_LEN
+                } else {
+                    *len
+                };
                 format!("{ip}/{plen} via if {} → {}", nh.ifindex, mac(&nh.dmac))
             })
             .collect();
@@ -633,23 +774,376 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
 
     fn stats(&self) -> Result<StatsView, MapOpError> {
         let counts = self.maps.reason_counters()?;
-        let reasons = ALL_REASONS.iter().zip(counts).map(|(r, c)| (r.name().to_owned(), c)).collect();
-        Ok(StatsView { reasons, services: self.service_views()? })
+        let reasons = ALL_REASONS
+            .iter()
+            .zip(counts)
+            .map(|(r, c)| (r.name().to_owned(), c))
+            .collect();
+        Ok(StatsView {
+            reasons,
+            services: self.service_views()?,
+        })
     }
 }
 
 fn backend_entry(addr: SocketAddr, nh: NextHop) -> Backend {
-    Backend { addr: addr::from_ip(addr.ip()), port: addr.port().to_be_bytes(), flags: BACKEND_F_ACTIVE, nh }
+    Backend {
+        addr: addr::from_ip(addr.ip()),
+        port: addr.port().to_be_bytes(),
+        flags: BACKEND_F_ACTIVE,
+        nh,
+    }
 }
 
 fn mac(m: &[u8; 6]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 fn parse_service(s: &str) -> Result<ServiceSpec, ChangeError> {
-    s.parse().map_err(|e: lb_common::spec::SpecError| ChangeError::Invalid(format!("service: {e}")))
+    s.parse()
+        .map_err(|e: lb_common::spec::SpecError| ChangeError::Invalid(format!("service: {e}")))
 }
 
 fn parse_backend(s: &str) -> Result<BackendSpec, ChangeError> {
-    s.parse().map_err(|e: lb_common::spec::SpecError| ChangeError::Invalid(format!("backend: {e}")))
+    s.parse()
+        .map_err(|e: lb_common::spec::SpecError| ChangeError::Invalid(format!("backend: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use lb_common::maps::{Counters, ServiceKey};
+
+    use super::*;
+
+    /// One map write, in order.
+    #[derive(Clone, Debug, PartialEq)]
+    enum Op {
+        Service(ServiceInfo),
+        DelService,
+        Backend(BackendId, bool),
+        Slots(u32, u32),
+        Purge(BackendId),
+    }
+
+    #[derive(Default)]
+    struct FakeMaps {
+        services: HashMap<ServiceKey, ServiceInfo>,
+        vips: HashMap<VipKey, VipInfo>,
+        backends: HashMap<BackendId, Backend>,
+        ring: HashMap<u32, BackendId>,
+        routes: HashMap<(u32, Addr), NextHop>,
+        ops: Vec<Op>,
+    }
+
+    impl MapOps for FakeMaps {
+        fn put_service(&mut self, k: &ServiceKey, v: &ServiceInfo) -> Result<(), MapOpError> {
+            self.ops.push(Op::Service(*v));
+            self.services.insert(*k, *v);
+            Ok(())
+        }
+        fn del_service(&mut self, k: &ServiceKey) -> Result<(), MapOpError> {
+            self.ops.push(Op::DelService);
+            self.services.remove(k);
+            Ok(())
+        }
+        fn service_keys(&self) -> Result<Vec<ServiceKey>, MapOpError> {
+            Ok(self.services.keys().copied().collect())
+        }
+        fn put_vip(&mut self, k: &VipKey, v: &VipInfo) -> Result<(), MapOpError> {
+            self.vips.insert(*k, *v);
+            Ok(())
+        }
+        fn del_vip(&mut self, k: &VipKey) -> Result<(), MapOpError> {
+            self.vips.remove(k);
+            Ok(())
+        }
+        fn vip_keys(&self) -> Result<Vec<VipKey>, MapOpError> {
+            Ok(self.vips.keys().copied().collect())
+        }
+        fn put_backend(&mut self, id: BackendId, b: &Backend) -> Result<(), MapOpError> {
+            self.ops.push(Op::Backend(id, b.is_active()));
+            self.backends.insert(id, *b);
+            Ok(())
+        }
+        fn put_slots(&mut self, off: u32, slots: &[BackendId]) -> Result<(), MapOpError> {
+            self.ops.push(Op::Slots(off, slots.len() as u32));
+            for (i, s) in (off..).zip(slots) {
+                self.ring.insert(i, *s);
+            }
+            Ok(())
+        }
+        fn put_route(&mut self, l: u32, a: Addr, nh: &NextHop) -> Result<(), MapOpError> {
+            self.routes.insert((l, a), *nh);
+            Ok(())
+        }
+        fn del_route(&mut self, l: u32, a: Addr) -> Result<(), MapOpError> {
+            self.routes.remove(&(l, a));
+            Ok(())
+        }
+        fn zero_service_stats(&mut self, _: u32) -> Result<(), MapOpError> {
+            Ok(())
+        }
+        fn zero_backend_stats(&mut self, _: BackendId) -> Result<(), MapOpError> {
+            Ok(())
+        }
+        fn purge_flows(&mut self, backend: BackendId) -> Result<usize, MapOpError> {
+            self.ops.push(Op::Purge(backend));
+            Ok(0)
+        }
+        fn service_counters(&self, _: u32) -> Result<Counters, MapOpError> {
+            Ok(Counters::default())
+        }
+        fn backend_counters(&self, _: BackendId) -> Result<Counters, MapOpError> {
+            Ok(Counters::default())
+        }
+        fn reason_counters(&self) -> Result<Vec<u64>, MapOpError> {
+            Ok(vec![0; ALL_REASONS.len()])
+        }
+        fn flows_per_backend(&self) -> Result<HashMap<BackendId, u64>, MapOpError> {
+            Ok(HashMap::new())
+        }
+    }
+
+    /// Resolves 192.0.2.x to ifindex x once `resolved` is set.
+    #[derive(Default)]
+    struct FakeResolver {
+        resolved: bool,
+    }
+
+    impl Resolver for FakeResolver {
+        fn next_hop(&mut self, ip: IpAddr) -> Option<NextHop> {
+            let IpAddr::V4(v4) = ip else { return None };
+            self.resolved.then(|| NextHop {
+                ifindex: u32::from(v4.octets()[3]),
+                smac: [1; 6],
+                dmac: [2; 6],
+            })
+        }
+        fn client_routes(&mut self) -> Vec<(u32, Addr, NextHop)> {
+            Vec::new()
+        }
+    }
+
+    const WEB: &str = "203.0.113.10:80/tcp";
+
+    fn rec(ring_slots: u32) -> Reconciler<FakeMaps, FakeResolver> {
+        let info = AgentInfo {
+            ring_slots,
+            ..AgentInfo::default()
+        };
+        Reconciler::new(FakeMaps::default(), FakeResolver::default(), info)
+    }
+
+    fn ok(r: &mut Reconciler<FakeMaps, FakeResolver>, req: Request) {
+        if let Response::Error { message } = r.handle(req.clone()) {
+            panic!("{req:?}: {message}");
+        }
+    }
+
+    fn add(r: &mut Reconciler<FakeMaps, FakeResolver>, svc: &str, backends: &[&str]) {
+        ok(
+            r,
+            Request::VipAdd {
+                service: svc.into(),
+                table_size: Some(251),
+            },
+        );
+        for b in backends {
+            ok(
+                r,
+                Request::BackendAdd {
+                    service: svc.into(),
+                    backend: (*b).into(),
+                },
+            );
+        }
+    }
+
+    /// The invariant the fast path relies on: every slot of every live table names an active
+    /// backend.
+    fn assert_tables_point_at_live_backends(m: &FakeMaps) {
+        for info in m.services.values().filter(|i| i.table_len > 0) {
+            for s in info.table_off..info.table_off + info.table_len {
+                let id = m.ring[&s];
+                assert!(
+                    m.backends.get(&id).is_some_and(Backend::is_active),
+                    "slot {s} → inactive backend {id}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_table_change_is_a_double_buffered_swap() {
+        let mut r = rec(4096);
+        add(&mut r, WEB, &["192.0.2.11", "192.0.2.12"]);
+        let live = r.maps().services.values().next().copied().unwrap();
+        r.maps.ops.clear();
+        ok(
+            &mut r,
+            Request::BackendAdd {
+                service: WEB.into(),
+                backend: "192.0.2.13".into(),
+            },
+        );
+        let ops = r.maps().ops.clone();
+        // New backend entry, then a whole new region, then the one switching write.
+        let [
+            Op::Backend(id, true),
+            Op::Slots(off, 251),
+            Op::Service(info),
+        ] = ops.as_slice()
+        else {
+            panic!("unexpected write sequence {ops:?}")
+        };
+        assert_eq!((info.table_off, info.table_len), (*off, 251));
+        assert!(
+            off.abs_diff(live.table_off) >= 251,
+            "the new table overlaps the live one"
+        );
+        assert!(r.maps().ring.values().any(|s| s == id));
+        assert_tables_point_at_live_backends(r.maps());
+    }
+
+    #[test]
+    fn a_removed_backend_is_retired_only_after_the_switch() {
+        let mut r = rec(4096);
+        add(&mut r, WEB, &["192.0.2.11", "192.0.2.12"]);
+        r.maps.ops.clear();
+        ok(
+            &mut r,
+            Request::BackendDel {
+                service: WEB.into(),
+                backend: "192.0.2.12".into(),
+            },
+        );
+        let ops = r.maps().ops.clone();
+        let [
+            Op::Slots(..),
+            Op::Service(_),
+            Op::Backend(id, false),
+            Op::Purge(p),
+        ] = ops.as_slice()
+        else {
+            panic!("unexpected write sequence {ops:?}")
+        };
+        assert_eq!(id, p);
+        assert_tables_point_at_live_backends(r.maps());
+        // The last backend gone: an empty table (drop, counted), not a dangling one.
+        ok(
+            &mut r,
+            Request::BackendDel {
+                service: WEB.into(),
+                backend: "192.0.2.11".into(),
+            },
+        );
+        assert_eq!(r.maps().services.values().next().unwrap().table_len, 0);
+    }
+
+    #[test]
+    fn a_refused_change_writes_nothing() {
+        let mut r = rec(600);
+        add(&mut r, WEB, &["192.0.2.11"]);
+        r.maps.ops.clear();
+        let resp = r.handle(Request::VipAdd {
+            service: "203.0.113.10:81/tcp".into(),
+            table_size: Some(251),
+        });
+        let Response::Error { message } = resp else {
+            panic!("{resp:?}")
+        };
+        assert!(
+            message.contains("need 753 slots but the agent has 600"),
+            "{message}"
+        );
+        assert!(r.maps().ops.is_empty(), "{:?}", r.maps().ops);
+        let resp = r.handle(Request::BackendAdd {
+            service: WEB.into(),
+            backend: "nope".into(),
+        });
+        assert!(
+            matches!(resp, Response::Error { message } if message.starts_with("backend: \"nope\""))
+        );
+    }
+
+    #[test]
+    fn deleting_a_service_frees_its_vip_and_backends() {
+        let mut r = rec(4096);
+        add(&mut r, WEB, &["192.0.2.11"]);
+        add(&mut r, "203.0.113.10:53/udp", &["192.0.2.11"]);
+        assert_eq!(r.maps().vips.values().next().unwrap().services, 2);
+        ok(
+            &mut r,
+            Request::VipDel {
+                service: WEB.into(),
+            },
+        );
+        assert_eq!(r.maps().vips.values().next().unwrap().services, 1);
+        ok(
+            &mut r,
+            Request::VipDel {
+                service: "203.0.113.10:53/udp".into(),
+            },
+        );
+        assert!(r.maps().vips.is_empty() && r.maps().services.is_empty());
+        assert!(r.maps().backends.values().all(|b| !b.is_active()));
+    }
+
+    /// Two services share a backend address; both entries must get the next hop once it
+    /// resolves (a per-address cache once left the second entry unresolved for good).
+    #[test]
+    fn every_entry_gets_the_next_hop_when_it_resolves() {
+        let mut r = rec(4096);
+        add(&mut r, WEB, &["192.0.2.11"]);
+        add(&mut r, "203.0.113.10:53/udp", &["192.0.2.11"]);
+        assert!(r.maps().backends.values().all(|b| !b.nh.is_resolved()));
+        r.resolver.resolved = true;
+        r.tick().unwrap();
+        let active: Vec<&Backend> = r
+            .maps()
+            .backends
+            .values()
+            .filter(|b| b.is_active())
+            .collect();
+        assert_eq!(active.len(), 2);
+        assert!(active.iter().all(|b| b.nh.ifindex == 11), "{active:?}");
+        let Response::Status(s) = r.handle(Request::Status) else {
+            panic!()
+        };
+        assert_eq!(s.backends_unresolved, 0);
+        // A tick with nothing new writes nothing.
+        r.maps.ops.clear();
+        r.tick().unwrap();
+        assert!(r.maps().ops.is_empty(), "{:?}", r.maps().ops);
+    }
+
+    #[test]
+    fn ring_regions_are_reused_after_the_grace_period() {
+        let mut ring = Ring::new(1000);
+        let a = ring.alloc(400).unwrap();
+        let b = ring.alloc(400).unwrap();
+        assert_eq!(ring.alloc(400), None);
+        ring.release(a, 400);
+        ring.release(b, 400);
+        assert_eq!(ring.free, vec![(0, 1000)], "released neighbours coalesce");
+        let mut r = rec(600);
+        add(&mut r, WEB, &["192.0.2.11"]);
+        // Each change needs a second region while the first is in its grace period; the
+        // reconciler waits it out instead of failing.
+        for b in ["192.0.2.12", "192.0.2.13", "192.0.2.14"] {
+            ok(
+                &mut r,
+                Request::BackendAdd {
+                    service: WEB.into(),
+                    backend: b.into(),
+                },
+            );
+        }
+        assert_tables_point_at_live_backends(r.maps());
+    }
 }

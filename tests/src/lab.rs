@@ -68,7 +68,10 @@ pub fn workspace_bin(name: &str) -> anyhow::Result<PathBuf> {
     };
     let p = dir.join(name);
     if !p.exists() {
-        bail!("{} is not built: run `cargo build -p lb-userspace -p lb-integration --bins` (cargo xtask test does)", p.display());
+        bail!(
+            "{} is not built: run `cargo build -p lb-userspace -p lb-integration --bins` (cargo xtask test does)",
+            p.display()
+        );
     }
     Ok(p)
 }
@@ -92,7 +95,14 @@ impl BackendNs {
         let mut child = Command::new("ip")
             .args(["netns", "exec", &self.ns.name])
             .arg(&labd)
-            .args(["--name", &self.name, "--http", &format!("{}:80", self.ip), "--udp", &format!("{}:53", self.ip)])
+            .args([
+                "--name",
+                &self.name,
+                "--http",
+                &format!("{}:80", self.ip),
+                "--udp",
+                &format!("{}:53", self.ip),
+            ])
             .stdout(Stdio::piped())
             .spawn()
             .context("starting lb-labd")?;
@@ -166,15 +176,26 @@ impl Lab {
         let lbn = lab.lb.name.clone();
         lab.lb.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
         // Client side.
-        lab.client.ip(&["link", "add", "c0", "type", "veth", "peer", "name", "l0", "netns", &lbn])?;
-        lab.client.ip(&["addr", "add", &format!("{CLIENT_IP}/24"), "dev", "c0"])?;
+        lab.client.ip(&[
+            "link", "add", "c0", "type", "veth", "peer", "name", "l0", "netns", &lbn,
+        ])?;
+        lab.client
+            .ip(&["addr", "add", &format!("{CLIENT_IP}/24"), "dev", "c0"])?;
         lab.client.ip(&["link", "set", "c0", "up"])?;
-        lab.client.ip(&["route", "add", "203.0.113.0/24", "via", &LB_CLIENT_SIDE.to_string()])?;
-        lab.lb.ip(&["addr", "add", &format!("{LB_CLIENT_SIDE}/24"), "dev", "l0"])?;
+        lab.client.ip(&[
+            "route",
+            "add",
+            "203.0.113.0/24",
+            "via",
+            &LB_CLIENT_SIDE.to_string(),
+        ])?;
+        lab.lb
+            .ip(&["addr", "add", &format!("{LB_CLIENT_SIDE}/24"), "dev", "l0"])?;
         lab.lb.ip(&["link", "set", "l0", "up"])?;
         // The client side stands in for the LB's upstream router: replies to any client go
         // to it, through one gateway route the agent resolves at start.
-        lab.lb.ip(&["route", "add", "default", "via", &CLIENT_IP.to_string()])?;
+        lab.lb
+            .ip(&["route", "add", "default", "via", &CLIENT_IP.to_string()])?;
         // Frames XDP redirects into a veth land on its peer only if the peer has NAPI (GRO on);
         // locally made TCP/UDP on veth has partial checksums that native XDP cannot finish,
         // so senders compute checksums in software (tx off). Real NICs need neither.
@@ -194,16 +215,31 @@ impl Lab {
         let ns = Netns::new(&format!("{}-{name}", self.prefix))?;
         let ip = backend_ip(i);
         let dev = format!("l{i}");
-        self.lb.ip(&["link", "add", &dev, "type", "veth", "peer", "name", "eth0", "netns", &ns.name])?;
-        self.lb.ip(&["addr", "add", &format!("{LB_BACKEND_SIDE}/32"), "dev", &dev])?;
+        self.lb.ip(&[
+            "link", "add", &dev, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
+        ])?;
+        self.lb
+            .ip(&["addr", "add", &format!("{LB_BACKEND_SIDE}/32"), "dev", &dev])?;
         self.lb.ip(&["link", "set", &dev, "up"])?;
-        self.lb.ip(&["route", "add", &format!("{ip}/32"), "dev", &dev])?;
+        self.lb
+            .ip(&["route", "add", &format!("{ip}/32"), "dev", &dev])?;
         ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
         ns.ip(&["link", "set", "eth0", "up"])?;
-        ns.ip(&["route", "add", "default", "via", &LB_BACKEND_SIDE.to_string()])?;
+        ns.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            &LB_BACKEND_SIDE.to_string(),
+        ])?;
         harden_veth(&ns, "eth0")?;
         harden_veth(&self.lb, &dev)?;
-        let mut b = BackendNs { ns, name, ip, server: None };
+        let mut b = BackendNs {
+            ns,
+            name,
+            ip,
+            server: None,
+        };
         b.start_server()?;
         self.backends.push(b);
         Ok(())
@@ -257,7 +293,10 @@ impl Lab {
         });
         self.agent = Some(Agent { child, log });
         if rx.recv_timeout(Duration::from_secs(30)).is_err() {
-            bail!("lb agent did not become ready; its log:\n{}", self.agent_log());
+            bail!(
+                "lb agent did not become ready; its log:\n{}",
+                self.agent_log()
+            );
         }
         Ok(())
     }
@@ -265,7 +304,10 @@ impl Lab {
     /// What the agent logged so far.
     #[must_use]
     pub fn agent_log(&self) -> String {
-        self.agent.as_ref().map(|a| a.log.lock().expect("log").clone()).unwrap_or_default()
+        self.agent
+            .as_ref()
+            .map(|a| a.log.lock().expect("log").clone())
+            .unwrap_or_default()
     }
 
     /// Stops the agent with SIGTERM and waits for it (bounded); returns its exit status.
@@ -273,7 +315,9 @@ impl Lab {
     /// # Errors
     /// It does not exit within 10 s (it is then killed).
     pub fn stop_agent(&mut self) -> anyhow::Result<std::process::ExitStatus> {
-        let Some(mut a) = self.agent.take() else { bail!("no agent running") };
+        let Some(mut a) = self.agent.take() else {
+            bail!("no agent running")
+        };
         // SAFETY: signalling our own child.
         unsafe { libc::kill(i32::try_from(a.child.id())?, libc::SIGTERM) };
         for _ in 0..200 {
@@ -291,9 +335,17 @@ impl Lab {
     /// # Errors
     /// The command fails.
     pub fn lb(&self, args: &[&str]) -> anyhow::Result<String> {
-        let out = Command::new(workspace_bin("lb")?).arg("--socket").arg(&self.socket).args(args).output()?;
+        let out = Command::new(workspace_bin("lb")?)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()?;
         if !out.status.success() {
-            bail!("lb {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+            bail!(
+                "lb {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
@@ -314,14 +366,20 @@ impl Lab {
     /// # Errors
     /// Not resolved within 10 s.
     pub fn wait_resolved(&self) -> anyhow::Result<()> {
-        crate::wait_until("next hops to resolve", Duration::from_secs(10), Duration::from_millis(50), || {
-            self.lb_json(&["status"]).is_ok_and(|s| {
-                let default_route = s["client_routes"]
-                    .as_array()
-                    .is_some_and(|r| r.iter().any(|r| r.as_str().is_some_and(|r| r.starts_with("0.0.0.0/0 "))));
-                s["backends_unresolved"] == 0 && default_route
-            })
-        })
+        crate::wait_until(
+            "next hops to resolve",
+            Duration::from_secs(10),
+            Duration::from_millis(50),
+            || {
+                self.lb_json(&["status"]).is_ok_and(|s| {
+                    let default_route = s["client_routes"].as_array().is_some_and(|r| {
+                        r.iter()
+                            .any(|r| r.as_str().is_some_and(|r| r.starts_with("0.0.0.0/0 ")))
+                    });
+                    s["backends_unresolved"] == 0 && default_route
+                })
+            },
+        )
     }
 
     /// A verdict-reason counter of the agent's program.
@@ -330,7 +388,9 @@ impl Lab {
     /// The stats call fails.
     pub fn reason(&self, name: &str) -> anyhow::Result<u64> {
         let s = self.lb_json(&["stats"])?;
-        s["reasons"][name].as_u64().with_context(|| format!("no reason {name} in {s}"))
+        s["reasons"][name]
+            .as_u64()
+            .with_context(|| format!("no reason {name} in {s}"))
     }
 
     /// One HTTP GET on a new connection from the client to `VIP:port`; returns the answering
@@ -349,10 +409,14 @@ impl Lab {
     /// The connection cannot be made.
     pub fn http_connect(&self, port: u16) -> anyhow::Result<HttpConn> {
         let vip = SocketAddr::new(IpAddr::V4(VIP), port);
-        let s = self.client.enter(move || TcpStream::connect_timeout(&vip, IO_TIMEOUT))?;
+        let s = self
+            .client
+            .enter(move || TcpStream::connect_timeout(&vip, IO_TIMEOUT))?;
         s.set_read_timeout(Some(IO_TIMEOUT))?;
         s.set_write_timeout(Some(IO_TIMEOUT))?;
-        Ok(HttpConn { stream: BufReader::new(s) })
+        Ok(HttpConn {
+            stream: BufReader::new(s),
+        })
     }
 
     /// One UDP request from the client to `VIP:port`; returns the answering backend's name.
@@ -360,7 +424,9 @@ impl Lab {
     /// # Errors
     /// No answer within the timeout, or an answer from another address than the VIP.
     pub fn udp_ask(&self, port: u16, payload: &str) -> anyhow::Result<String> {
-        let s = self.client.enter(|| UdpSocket::bind(SocketAddr::new(IpAddr::V4(CLIENT_IP), 0)))?;
+        let s = self
+            .client
+            .enter(|| UdpSocket::bind(SocketAddr::new(IpAddr::V4(CLIENT_IP), 0)))?;
         s.set_read_timeout(Some(IO_TIMEOUT))?;
         let vip = SocketAddr::new(IpAddr::V4(VIP), port);
         s.send_to(payload.as_bytes(), vip)?;
@@ -405,7 +471,9 @@ impl HttpConn {
     /// # Errors
     /// The request fails, times out or gets no 200.
     pub fn get(&mut self) -> anyhow::Result<String> {
-        self.stream.get_mut().write_all(b"GET / HTTP/1.1\r\nHost: vip\r\n\r\n")?;
+        self.stream
+            .get_mut()
+            .write_all(b"GET / HTTP/1.1\r\nHost: vip\r\n\r\n")?;
         let mut status = String::new();
         self.stream.read_line(&mut status)?;
         if !status.starts_with("HTTP/1.1 200") {

@@ -13,7 +13,11 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 /// A unique name prefix for this process's objects: `lbt-<pid>-<n>`.
 #[must_use]
 pub fn unique_prefix() -> String {
-    format!("lbt-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "lbt-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Runs a command; fails with its stderr if it fails.
@@ -21,9 +25,16 @@ pub fn unique_prefix() -> String {
 /// # Errors
 /// The command could not start or exited non-zero.
 pub fn sh(program: &str, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(program).args(args).output().with_context(|| format!("starting {program}"))?;
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("starting {program}"))?;
     if !out.status.success() {
-        bail!("{program} {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{program} {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -41,7 +52,9 @@ impl Netns {
     /// `ip netns add` fails (not root?).
     pub fn new(name: &str) -> anyhow::Result<Self> {
         sh("ip", &["netns", "add", name])?;
-        let ns = Self { name: name.to_owned() };
+        let ns = Self {
+            name: name.to_owned(),
+        };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
     }
@@ -71,7 +84,9 @@ impl Netns {
     #[must_use]
     pub fn command(&self, program: &std::path::Path) -> Command {
         let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/run/netns/{}", self.name)).arg("--").arg(program);
+        c.arg(format!("--net=/run/netns/{}", self.name))
+            .arg("--")
+            .arg(program);
         c
     }
 
@@ -99,7 +114,10 @@ impl Netns {
     /// No such interface.
     pub fn ifindex(&self, dev: &str) -> anyhow::Result<u32> {
         let out = self.ip(&["-o", "link", "show", "dev", dev])?;
-        out.split(':').next().and_then(|s| s.trim().parse().ok()).with_context(|| format!("ifindex of {dev}"))
+        out.split(':')
+            .next()
+            .and_then(|s| s.trim().parse().ok())
+            .with_context(|| format!("ifindex of {dev}"))
     }
 
     /// The MAC address of `dev` in this namespace.
@@ -108,7 +126,11 @@ impl Netns {
     /// No such interface.
     pub fn mac(&self, dev: &str) -> anyhow::Result<[u8; 6]> {
         let out = self.ip(&["-o", "link", "show", "dev", dev])?;
-        let s = out.split("link/ether ").nth(1).and_then(|r| r.split_whitespace().next()).context("no MAC")?;
+        let s = out
+            .split("link/ether ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .context("no MAC")?;
         let mut mac = [0u8; 6];
         for (m, p) in mac.iter_mut().zip(s.split(':')) {
             *m = u8::from_str_radix(p, 16)?;

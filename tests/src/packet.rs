@@ -10,10 +10,21 @@ pub const TCP_ACK: u8 = hdr::TCP_ACK;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum L4 {
-    Tcp { sport: u16, dport: u16, flags: u8 },
+    Tcp {
+        sport: u16,
+        dport: u16,
+        flags: u8,
+    },
     /// `no_csum`: send a zero checksum ("none", allowed for UDP over IPv4).
-    Udp { sport: u16, dport: u16, no_csum: bool },
-    Raw { proto: u8, bytes: Vec<u8> },
+    Udp {
+        sport: u16,
+        dport: u16,
+        no_csum: bool,
+    },
+    Raw {
+        proto: u8,
+        bytes: Vec<u8>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,12 +65,28 @@ impl Frame {
 
     #[must_use]
     pub fn tcp(src: SocketAddrV4, dst: SocketAddrV4, flags: u8) -> Self {
-        Self::base(*src.ip(), *dst.ip(), L4::Tcp { sport: src.port(), dport: dst.port(), flags })
+        Self::base(
+            *src.ip(),
+            *dst.ip(),
+            L4::Tcp {
+                sport: src.port(),
+                dport: dst.port(),
+                flags,
+            },
+        )
     }
 
     #[must_use]
     pub fn udp(src: SocketAddrV4, dst: SocketAddrV4) -> Self {
-        Self::base(*src.ip(), *dst.ip(), L4::Udp { sport: src.port(), dport: dst.port(), no_csum: false })
+        Self::base(
+            *src.ip(),
+            *dst.ip(),
+            L4::Udp {
+                sport: src.port(),
+                dport: dst.port(),
+                no_csum: false,
+            },
+        )
     }
 
     #[must_use]
@@ -110,7 +137,11 @@ impl Frame {
 
     fn segment(&self) -> Vec<u8> {
         let mut seg = match &self.l4 {
-            L4::Tcp { sport, dport, flags } => {
+            L4::Tcp {
+                sport,
+                dport,
+                flags,
+            } => {
                 let mut t = vec![0u8; 20];
                 t[0..2].copy_from_slice(&sport.to_be_bytes());
                 t[2..4].copy_from_slice(&dport.to_be_bytes());
@@ -159,7 +190,10 @@ impl Frame {
         f.extend_from_slice(&self.ether_type.to_be_bytes());
         let seg = self.segment();
         let ihl = 20 + self.ip_options.len();
-        assert!(ihl % 4 == 0 && ihl <= 60, "IP options must pad to 4 bytes");
+        assert!(
+            ihl.is_multiple_of(4) && ihl <= 60,
+            "IP options must pad to 4 bytes"
+        );
         let mut ip = vec![0u8; 20];
         ip[0] = 0x40 | u8::try_from(ihl / 4).expect("ihl");
         let tot = u16::try_from(ihl + seg.len()).expect("short frame");

@@ -23,10 +23,20 @@ fn http_and_udp_through_the_vip_reach_every_backend() {
     lab.wait_resolved().unwrap();
 
     // Many client source ports (one per connection) spread over all backends.
-    let http = tally((0..60).map(|i| lab.http_get(80).unwrap_or_else(|e| panic!("HTTP request {i}: {e:#}\n{}", lab.agent_log()))));
-    assert_eq!(http.keys().cloned().collect::<BTreeSet<_>>(), ["b1", "b2", "b3"].map(String::from).into(), "HTTP answers: {http:?}");
+    let http = tally((0..60).map(|i| {
+        lab.http_get(80)
+            .unwrap_or_else(|e| panic!("HTTP request {i}: {e:#}\n{}", lab.agent_log()))
+    }));
+    assert_eq!(
+        http.keys().cloned().collect::<BTreeSet<_>>(),
+        ["b1", "b2", "b3"].map(String::from).into(),
+        "HTTP answers: {http:?}"
+    );
     for (b, n) in &http {
-        assert!(*n >= 8, "backend {b} got only {n} of 60 connections: {http:?}");
+        assert!(
+            *n >= 8,
+            "backend {b} got only {n} of 60 connections: {http:?}"
+        );
     }
     let udp = tally((0..30).map(|i| lab.udp_ask(53, &format!("q{i}")).unwrap()));
     assert_eq!(udp.len(), 3, "UDP answers: {udp:?}");
@@ -36,17 +46,38 @@ fn http_and_udp_through_the_vip_reach_every_backend() {
     let r = &stats["reasons"];
     assert!(r["forward"].as_u64().unwrap() >= 60 * 3 + 30, "{stats}");
     assert!(r["reply"].as_u64().unwrap() >= 60 * 2 + 30, "{stats}");
-    assert_eq!(r["forward_fib"], 0, "a resolved next hop was not used: {stats}");
+    assert_eq!(
+        r["forward_fib"], 0,
+        "a resolved next hop was not used: {stats}"
+    );
     assert_eq!(r["pass_no_next_hop"], 0, "{stats}");
-    for k in ["drop_malformed", "drop_no_backend", "drop_no_service", "drop_proto", "drop_ttl"] {
+    for k in [
+        "drop_malformed",
+        "drop_no_backend",
+        "drop_no_service",
+        "drop_proto",
+        "drop_ttl",
+    ] {
         assert_eq!(r[k], 0, "{k}: {stats}");
     }
-    let tcp = stats["services"].as_array().unwrap().iter().find(|s| s["service"] == "203.0.113.10:80/tcp").unwrap();
-    assert_eq!(tcp["counters"]["new_flows"], 60, "one new flow per connection: {tcp}");
+    let tcp = stats["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["service"] == "203.0.113.10:80/tcp")
+        .unwrap();
+    assert_eq!(
+        tcp["counters"]["new_flows"], 60,
+        "one new flow per connection: {tcp}"
+    );
 
     // A plain stop detaches the program and removes the pins.
     assert!(lab.stop_agent().unwrap().success());
-    assert!(!lab.pin_dir.exists(), "pins left behind in {}", lab.pin_dir.display());
+    assert!(
+        !lab.pin_dir.exists(),
+        "pins left behind in {}",
+        lab.pin_dir.display()
+    );
     let xdp = lab.lb.ip(&["link", "show", "dev", "l0"]).unwrap();
     assert!(!xdp.contains("xdp"), "XDP still attached after stop: {xdp}");
 }
@@ -60,26 +91,40 @@ fn a_long_lived_connection_keeps_its_backend_while_backends_are_added() {
     let mut conns: Vec<_> = (0..12).map(|_| lab.http_connect(80).unwrap()).collect();
     let first: Vec<String> = conns.iter_mut().map(|c| c.get().unwrap()).collect();
 
-    lab.lb(&["backend", "add", "203.0.113.10:80/tcp", "192.0.2.14"]).unwrap();
+    lab.lb(&["backend", "add", "203.0.113.10:80/tcp", "192.0.2.14"])
+        .unwrap();
     lab.wait_resolved().unwrap();
-    let listed = lab.lb_json(&["backend", "list", "203.0.113.10:80/tcp"]).unwrap();
+    let listed = lab
+        .lb_json(&["backend", "list", "203.0.113.10:80/tcp"])
+        .unwrap();
     assert_eq!(listed["backends"].as_array().unwrap().len(), 4, "{listed}");
 
     // The open connections stay where they were (a move would be a reset, and a wrong name).
     for (i, c) in conns.iter_mut().enumerate() {
         for _ in 0..3 {
-            assert_eq!(c.get().unwrap(), first[i], "connection {i} moved to another backend");
+            assert_eq!(
+                c.get().unwrap(),
+                first[i],
+                "connection {i} moved to another backend"
+            );
         }
     }
     // New connections now also reach the new backend.
     let after = tally((0..60).map(|_| lab.http_get(80).unwrap()));
-    assert!(after.contains_key("b4"), "the added backend gets no new flows: {after:?}");
+    assert!(
+        after.contains_key("b4"),
+        "the added backend gets no new flows: {after:?}"
+    );
     assert_eq!(after.len(), 4, "{after:?}");
 
     // Removing it again: new flows avoid it, nothing is dropped.
-    lab.lb(&["backend", "del", "203.0.113.10:80/tcp", "192.0.2.14"]).unwrap();
+    lab.lb(&["backend", "del", "203.0.113.10:80/tcp", "192.0.2.14"])
+        .unwrap();
     let again = tally((0..30).map(|_| lab.http_get(80).unwrap()));
-    assert!(!again.contains_key("b4"), "a removed backend still gets flows: {again:?}");
+    assert!(
+        !again.contains_key("b4"),
+        "a removed backend still gets flows: {again:?}"
+    );
     let r = lab.lb_json(&["stats"]).unwrap();
     assert_eq!(r["reasons"]["drop_no_backend"], 0, "{r}");
 }
@@ -91,29 +136,54 @@ fn cli_changes_and_errors() {
     lab.start_agent("[agent]\nring_slots = 1100\n").unwrap();
     // An empty agent answers nothing on the VIP: the address is not a VIP yet (not ours).
     assert!(lab.http_get(8080).is_err());
-    lab.lb(&["vip", "add", "203.0.113.10:8080/tcp", "--table-size", "251"]).unwrap();
+    lab.lb(&["vip", "add", "203.0.113.10:8080/tcp", "--table-size", "251"])
+        .unwrap();
     // A VIP with no backends drops new flows, counted.
     assert!(lab.http_get(8080).is_err());
     assert!(lab.reason("drop_no_backend").unwrap() >= 1);
-    lab.lb(&["backend", "add", "203.0.113.10:8080/tcp", "192.0.2.11:80"]).unwrap();
-    lab.lb(&["backend", "add", "203.0.113.10:8080/tcp", "192.0.2.12:80"]).unwrap();
+    lab.lb(&["backend", "add", "203.0.113.10:8080/tcp", "192.0.2.11:80"])
+        .unwrap();
+    lab.lb(&["backend", "add", "203.0.113.10:8080/tcp", "192.0.2.12:80"])
+        .unwrap();
     lab.wait_resolved().unwrap();
     let who = tally((0..30).map(|_| lab.http_get(8080).unwrap()));
-    assert_eq!(who.len(), 2, "port translation 8080 → 80 to both backends: {who:?}");
+    assert_eq!(
+        who.len(),
+        2,
+        "port translation 8080 → 80 to both backends: {who:?}"
+    );
 
     let vips = lab.lb_json(&["vip", "list"]).unwrap();
-    assert_eq!(vips["vips"][0]["service"], "203.0.113.10:8080/tcp", "{vips}");
+    assert_eq!(
+        vips["vips"][0]["service"], "203.0.113.10:8080/tcp",
+        "{vips}"
+    );
     // Errors name what is wrong; nothing changes.
-    let e = lab.lb(&["vip", "add", "203.0.113.10:8080/tcp"]).unwrap_err().to_string();
+    let e = lab
+        .lb(&["vip", "add", "203.0.113.10:8080/tcp"])
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("already exists"), "{e}");
-    let e = lab.lb(&["backend", "add", "203.0.113.99:1/tcp", "192.0.2.11"]).unwrap_err().to_string();
+    let e = lab
+        .lb(&["backend", "add", "203.0.113.99:1/tcp", "192.0.2.11"])
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("203.0.113.99:1/tcp does not exist"), "{e}");
-    let e = lab.lb(&["vip", "add", "203.0.113.10:80/sctp"]).unwrap_err().to_string();
+    let e = lab
+        .lb(&["vip", "add", "203.0.113.10:80/sctp"])
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("only tcp and udp"), "{e}");
-    let e = lab.lb(&["vip", "add", "203.0.113.10:81/tcp", "--table-size", "1000"]).unwrap_err().to_string();
+    let e = lab
+        .lb(&["vip", "add", "203.0.113.10:81/tcp", "--table-size", "1000"])
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("not a prime"), "{e}");
     // The lookup tables do not fit: a clear capacity error.
-    let e = lab.lb(&["vip", "add", "203.0.113.10:82/tcp", "--table-size", "1021"]).unwrap_err().to_string();
+    let e = lab
+        .lb(&["vip", "add", "203.0.113.10:82/tcp", "--table-size", "1021"])
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("need 2293 slots but the agent has 1100"), "{e}");
     lab.lb(&["vip", "del", "203.0.113.10:8080/tcp"]).unwrap();
     assert!(lab.http_get(8080).is_err(), "a deleted VIP still answers");

@@ -110,7 +110,11 @@ struct Fixture {
 }
 
 fn nh(ifindex: u32, dmac: [u8; 6]) -> NextHop {
-    NextHop { ifindex, smac: LB_MAC, dmac }
+    NextHop {
+        ifindex,
+        smac: LB_MAC,
+        dmac,
+    }
 }
 
 impl Fixture {
@@ -118,12 +122,26 @@ impl Fixture {
     /// it) and provisions the config above. Must run inside the
     /// test's namespace.
     fn new(ns: &Netns) -> Self {
-        ns.ip(&["link", "add", "fx0", "type", "veth", "peer", "name", "fx1"]).unwrap();
+        ns.ip(&["link", "add", "fx0", "type", "veth", "peer", "name", "fx1"])
+            .unwrap();
         ns.ip(&["link", "set", "fx0", "up"]).unwrap();
         ns.ip(&["link", "set", "fx1", "up"]).unwrap();
-        ns.ip(&["route", "add", "192.0.2.14/32", "dev", "fx0"]).unwrap();
-        ns.ip(&["neigh", "add", "192.0.2.14", "lladdr", "02:00:00:00:00:14", "dev", "fx0", "nud", "permanent"]).unwrap();
-        ns.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"]).unwrap();
+        ns.ip(&["route", "add", "192.0.2.14/32", "dev", "fx0"])
+            .unwrap();
+        ns.ip(&[
+            "neigh",
+            "add",
+            "192.0.2.14",
+            "lladdr",
+            "02:00:00:00:00:14",
+            "dev",
+            "fx0",
+            "nud",
+            "permanent",
+        ])
+        .unwrap();
+        ns.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])
+            .unwrap();
         let fib_ifindex = ns.ifindex("fx0").unwrap();
 
         let cfg = config::parse("fixture.toml", CONFIG).unwrap();
@@ -138,14 +156,30 @@ impl Fixture {
             backends: HashMap::from([
                 (IpAddr::V4(B1), nh(LO, B1_MAC)),
                 (IpAddr::V4(B2), nh(LO, B2_MAC)),
-                (IpAddr::V4(Ipv4Addr::new(192, 0, 2, 13)), nh(fib_ifindex + 100, B3_MAC)),
+                (
+                    IpAddr::V4(Ipv4Addr::new(192, 0, 2, 13)),
+                    nh(fib_ifindex + 100, B3_MAC),
+                ),
             ]),
-            routes: vec![(96 + 24, addr::v4_mapped([198, 51, 100, 0]), nh(LO, CLIENT_MAC))],
+            routes: vec![(
+                96 + 24,
+                addr::v4_mapped([198, 51, 100, 0]),
+                nh(LO, CLIENT_MAC),
+            )],
         };
-        let info = AgentInfo { ring_slots: cfg.agent.ring_slots, conntrack_flows: cfg.agent.conntrack_flows, ..AgentInfo::default() };
+        let info = AgentInfo {
+            ring_slots: cfg.agent.ring_slots,
+            conntrack_flows: cfg.agent.conntrack_flows,
+            ..AgentInfo::default()
+        };
         let mut rec = Reconciler::new(maps, resolver, info);
         rec.start(State::from_config(&cfg)).expect("provision");
-        Self { dp, rec, seed, fib_ifindex }
+        Self {
+            dp,
+            rec,
+            seed,
+            fib_ifindex,
+        }
     }
 
     fn counts(&self) -> Vec<u64> {
@@ -160,14 +194,26 @@ impl Fixture {
         ctx[12..16].copy_from_slice(&LO.to_ne_bytes()); // ingress_ifindex
         let prog = self.dp.program().unwrap();
         let r = prog
-            .test_run(TestRunOptions { data_in: Some(input), data_out: Some(&mut out), ctx_in: Some(&ctx), ..TestRunOptions::default() })
+            .test_run(TestRunOptions {
+                data_in: Some(input),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                ..TestRunOptions::default()
+            })
             .expect("BPF_PROG_TEST_RUN");
         out.truncate(r.data_size_out as usize);
         (r.return_value, out)
     }
 
     /// Runs `input`, and checks action, output and that exactly `reason` was counted once.
-    fn check(&mut self, what: &str, input: &Frame, action: u32, output: Option<&Frame>, reason: Reason) {
+    fn check(
+        &mut self,
+        what: &str,
+        input: &Frame,
+        action: u32,
+        output: Option<&Frame>,
+        reason: Reason,
+    ) {
         let before = self.counts();
         let bytes = input.build();
         let (got, out) = self.run(&bytes);
@@ -176,11 +222,22 @@ impl Fixture {
         for r in ALL_REASONS {
             let d = after[r as usize] - before[r as usize];
             let want = u64::from(r == reason);
-            assert_eq!(d, want, "{what}: counter {} moved by {d}, expected {want}", r.name());
+            assert_eq!(
+                d,
+                want,
+                "{what}: counter {} moved by {d}, expected {want}",
+                r.name()
+            );
         }
         match output {
-            Some(f) => assert_eq!(hex(&out), hex(&f.build()), "{what}: output bytes (left: kernel, right: expected)"),
-            None if action == XDP_PASS => assert_eq!(out, bytes, "{what}: a passed frame must be untouched"),
+            Some(f) => assert_eq!(
+                hex(&out),
+                hex(&f.build()),
+                "{what}: output bytes (left: kernel, right: expected)"
+            ),
+            None if action == XDP_PASS => {
+                assert_eq!(out, bytes, "{what}: a passed frame must be untouched")
+            }
             None => {}
         }
     }
@@ -189,8 +246,15 @@ impl Fixture {
     fn model_pick(&self, src: SocketAddrV4, dport: u16) -> SocketAddrV4 {
         let flow = FlowKey::new(src.into(), SocketAddrV4::new(VIP, dport).into(), proto::TCP);
         let bs = [(1, B1, 80u16), (2, B2, 8080)];
-        let tb: Vec<TableBackend> =
-            bs.iter().map(|&(id, ip, port)| TableBackend { id, addr: addr::v4_mapped(ip.octets()), port, weight: 1 }).collect();
+        let tb: Vec<TableBackend> = bs
+            .iter()
+            .map(|&(id, ip, port)| TableBackend {
+                id,
+                addr: addr::v4_mapped(ip.octets()),
+                port,
+                weight: 1,
+            })
+            .collect();
         let table = build_table(&tb, TABLE);
         let id = table[slot(flow_hash(&flow, self.seed), TABLE).unwrap() as usize];
         let (_, ip, port) = bs.iter().find(|b| b.0 == id).unwrap();
@@ -199,7 +263,10 @@ impl Fixture {
 }
 
 fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(" ")
+    b.iter()
+        .map(|x| format!("{x:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn mac_of(b: SocketAddrV4) -> [u8; 6] {
@@ -209,7 +276,9 @@ fn mac_of(b: SocketAddrV4) -> [u8; 6] {
 /// Runs `f` with a fixture inside a fresh namespace that is deleted afterwards.
 fn with_fixture(f: impl FnOnce(&mut Fixture) + Send + 'static) {
     lb_integration::require_root();
-    let ns = std::sync::Arc::new(Netns::new(&format!("{}-fx", lb_integration::netns::unique_prefix())).unwrap());
+    let ns = std::sync::Arc::new(
+        Netns::new(&format!("{}-fx", lb_integration::netns::unique_prefix())).unwrap(),
+    );
     let ns2 = ns.clone();
     let pins = PathBuf::from("/sys/fs/bpf").join(&ns.name);
     // Removes the pins also when `f` panics.
@@ -234,21 +303,48 @@ fn tcp_flow_is_balanced_tracked_and_reverse_natted() {
         let vip80 = SocketAddrV4::new(VIP, 80);
         let be = fx.model_pick(CLIENT, 80);
         let syn = Frame::tcp(CLIENT, vip80, TCP_SYN);
-        fx.check("SYN to VIP", &syn, XDP_TX, Some(&syn.dnat(be, LB_MAC, mac_of(be))), Reason::Forward);
+        fx.check(
+            "SYN to VIP",
+            &syn,
+            XDP_TX,
+            Some(&syn.dnat(be, LB_MAC, mac_of(be))),
+            Reason::Forward,
+        );
         let ack = Frame::tcp(CLIENT, vip80, TCP_ACK);
-        fx.check("ACK of the same flow", &ack, XDP_TX, Some(&ack.dnat(be, LB_MAC, mac_of(be))), Reason::Forward);
+        fx.check(
+            "ACK of the same flow",
+            &ack,
+            XDP_TX,
+            Some(&ack.dnat(be, LB_MAC, mac_of(be))),
+            Reason::Forward,
+        );
 
         // The reply from the chosen backend goes back from the VIP to the client's MAC.
         let mut reply = Frame::tcp(be, CLIENT, TCP_SYN | TCP_ACK);
         reply.smac = mac_of(be);
         reply.dmac = LB_MAC;
-        fx.check("reply from backend", &reply, XDP_TX, Some(&reply.snat(vip80, LB_MAC, CLIENT_MAC)), Reason::Reply);
+        fx.check(
+            "reply from backend",
+            &reply,
+            XDP_TX,
+            Some(&reply.snat(vip80, LB_MAC, CLIENT_MAC)),
+            Reason::Reply,
+        );
 
         let views = fx.rec.handle(Request::VipList);
         let json = serde_json::to_value(&views).unwrap();
-        let svc = json["vips"].as_array().unwrap().iter().find(|v| v["service"] == "203.0.113.10:80/tcp").unwrap().clone();
+        let svc = json["vips"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["service"] == "203.0.113.10:80/tcp")
+            .unwrap()
+            .clone();
         assert_eq!(svc["counters"]["packets"], 2, "{svc}");
-        assert_eq!(svc["counters"]["new_flows"], 1, "the ACK must hit conntrack: {svc}");
+        assert_eq!(
+            svc["counters"]["new_flows"], 1,
+            "the ACK must hit conntrack: {svc}"
+        );
         assert_eq!(svc["counters"]["reply_packets"], 1, "{svc}");
     });
 }
@@ -261,10 +357,20 @@ fn many_source_ports_reach_every_backend_as_the_model_predicts() {
             let src = SocketAddrV4::new(*CLIENT.ip(), port);
             let be = fx.model_pick(src, 80);
             let syn = Frame::tcp(src, SocketAddrV4::new(VIP, 80), TCP_SYN);
-            fx.check(&format!("SYN from port {port}"), &syn, XDP_TX, Some(&syn.dnat(be, LB_MAC, mac_of(be))), Reason::Forward);
+            fx.check(
+                &format!("SYN from port {port}"),
+                &syn,
+                XDP_TX,
+                Some(&syn.dnat(be, LB_MAC, mac_of(be))),
+                Reason::Forward,
+            );
             seen.insert(be);
         }
-        assert_eq!(seen.len(), 2, "64 flows should reach both backends: {seen:?}");
+        assert_eq!(
+            seen.len(),
+            2,
+            "64 flows should reach both backends: {seen:?}"
+        );
     });
 }
 
@@ -274,14 +380,40 @@ fn udp_with_and_without_checksum() {
         let vip53 = SocketAddrV4::new(VIP, 53);
         let b = SocketAddrV4::new(B1, 53);
         let q = Frame::udp(CLIENT, vip53);
-        fx.check("UDP query", &q, XDP_TX, Some(&q.dnat(b, LB_MAC, B1_MAC)), Reason::Forward);
+        fx.check(
+            "UDP query",
+            &q,
+            XDP_TX,
+            Some(&q.dnat(b, LB_MAC, B1_MAC)),
+            Reason::Forward,
+        );
         let mut q0 = Frame::udp(SocketAddrV4::new(*CLIENT.ip(), 40001), vip53);
-        q0.l4 = L4::Udp { sport: 40001, dport: 53, no_csum: true };
+        q0.l4 = L4::Udp {
+            sport: 40001,
+            dport: 53,
+            no_csum: true,
+        };
         // The expected frame also has a zero checksum: "none" must stay "none".
-        fx.check("UDP with zero checksum", &q0, XDP_TX, Some(&q0.dnat(b, LB_MAC, B1_MAC)), Reason::Forward);
+        fx.check(
+            "UDP with zero checksum",
+            &q0,
+            XDP_TX,
+            Some(&q0.dnat(b, LB_MAC, B1_MAC)),
+            Reason::Forward,
+        );
         let mut r = Frame::udp(b, SocketAddrV4::new(*CLIENT.ip(), 40001));
-        r.l4 = L4::Udp { sport: 53, dport: 40001, no_csum: true };
-        fx.check("UDP reply with zero checksum", &r, XDP_TX, Some(&r.snat(vip53, LB_MAC, CLIENT_MAC)), Reason::Reply);
+        r.l4 = L4::Udp {
+            sport: 53,
+            dport: 40001,
+            no_csum: true,
+        };
+        fx.check(
+            "UDP reply with zero checksum",
+            &r,
+            XDP_TX,
+            Some(&r.snat(vip53, LB_MAC, CLIENT_MAC)),
+            Reason::Reply,
+        );
     });
 }
 
@@ -293,7 +425,13 @@ fn vlan_tagged_frame_keeps_its_tag() {
         let be = fx.model_pick(src, 80);
         let mut syn = Frame::tcp(src, vip80, TCP_SYN);
         syn.vlan = Some(100);
-        fx.check("802.1Q SYN", &syn, XDP_TX, Some(&syn.dnat(be, LB_MAC, mac_of(be))), Reason::Forward);
+        fx.check(
+            "802.1Q SYN",
+            &syn,
+            XDP_TX,
+            Some(&syn.dnat(be, LB_MAC, mac_of(be))),
+            Reason::Forward,
+        );
     });
 }
 
@@ -302,14 +440,30 @@ fn next_hop_kinds_redirect_fib_fallback_and_pass() {
     with_fixture(|fx| {
         let syn = Frame::tcp(CLIENT, SocketAddrV4::new(VIP, 8443), TCP_SYN);
         let b3 = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 13), 8443);
-        fx.check("backend behind another device", &syn, XDP_REDIRECT, Some(&syn.dnat(b3, LB_MAC, B3_MAC)), Reason::Forward);
+        fx.check(
+            "backend behind another device",
+            &syn,
+            XDP_REDIRECT,
+            Some(&syn.dnat(b3, LB_MAC, B3_MAC)),
+            Reason::Forward,
+        );
 
         // Unresolved by the agent; the kernel FIB knows 192.0.2.14 on fx0 with a permanent
         // neighbour, so the fallback sends it there with fx0's MAC as the source.
         let fib_ns_mac = {
-            let out = std::process::Command::new("ip").args(["-o", "link", "show", "dev", "fx0"]).output().unwrap();
+            let out = std::process::Command::new("ip")
+                .args(["-o", "link", "show", "dev", "fx0"])
+                .output()
+                .unwrap();
             let s = String::from_utf8_lossy(&out.stdout).into_owned();
-            let m = s.split("link/ether ").nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
+            let m = s
+                .split("link/ether ")
+                .nth(1)
+                .unwrap()
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .to_owned();
             let mut mac = [0u8; 6];
             for (d, p) in mac.iter_mut().zip(m.split(':')) {
                 *d = u8::from_str_radix(p, 16).unwrap();
@@ -318,17 +472,36 @@ fn next_hop_kinds_redirect_fib_fallback_and_pass() {
         };
         let syn = Frame::tcp(CLIENT, SocketAddrV4::new(VIP, 9000), TCP_SYN);
         let b4 = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 14), 9000);
-        fx.check("FIB fallback", &syn, XDP_REDIRECT, Some(&syn.dnat(b4, fib_ns_mac, FIB_MAC)), Reason::ForwardFib);
+        fx.check(
+            "FIB fallback",
+            &syn,
+            XDP_REDIRECT,
+            Some(&syn.dnat(b4, fib_ns_mac, FIB_MAC)),
+            Reason::ForwardFib,
+        );
         assert_ne!(fx.fib_ifindex, LO);
 
         // Nothing resolves 192.0.2.15: translated, TTL untouched, handed to the kernel.
         let syn = Frame::tcp(CLIENT, SocketAddrV4::new(VIP, 9001), TCP_SYN);
-        let mut want = syn.dnat(SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 15), 9001), syn.smac, syn.dmac);
+        let mut want = syn.dnat(
+            SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 15), 9001),
+            syn.smac,
+            syn.dmac,
+        );
         want.ttl = syn.ttl;
         let (action, out) = fx.run(&syn.build());
         assert_eq!(action, XDP_PASS, "no next hop: XDP_PASS");
-        assert_eq!(hex(&out), hex(&want.build()), "no next hop: DNAT done, TTL and MACs untouched");
-        assert_eq!(fx.counts()[Reason::PassNoNextHop as usize], 1, "counts: {:?}", fx.counts());
+        assert_eq!(
+            hex(&out),
+            hex(&want.build()),
+            "no next hop: DNAT done, TTL and MACs untouched"
+        );
+        assert_eq!(
+            fx.counts()[Reason::PassNoNextHop as usize],
+            1,
+            "counts: {:?}",
+            fx.counts()
+        );
     });
 }
 
@@ -336,19 +509,52 @@ fn next_hop_kinds_redirect_fib_fallback_and_pass() {
 fn not_ours_passes_untouched() {
     with_fixture(|fx| {
         let other = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 99), 80);
-        fx.check("TCP to a non-VIP", &Frame::tcp(CLIENT, other, TCP_SYN), XDP_PASS, None, Reason::PassNotOurs);
+        fx.check(
+            "TCP to a non-VIP",
+            &Frame::tcp(CLIENT, other, TCP_SYN),
+            XDP_PASS,
+            None,
+            Reason::PassNotOurs,
+        );
         // A reply-shaped packet with no conntrack entry is not ours either.
-        let stray = Frame::tcp(SocketAddrV4::new(B1, 80), SocketAddrV4::new(*CLIENT.ip(), 1), TCP_ACK);
-        fx.check("untracked backend packet", &stray, XDP_PASS, None, Reason::PassNotOurs);
+        let stray = Frame::tcp(
+            SocketAddrV4::new(B1, 80),
+            SocketAddrV4::new(*CLIENT.ip(), 1),
+            TCP_ACK,
+        );
+        fx.check(
+            "untracked backend packet",
+            &stray,
+            XDP_PASS,
+            None,
+            Reason::PassNotOurs,
+        );
         let mut arp = Frame::tcp(CLIENT, SocketAddrV4::new(VIP, 80), TCP_SYN);
         arp.ether_type = 0x0806;
         fx.check("ARP", &arp, XDP_PASS, None, Reason::PassNotIpv4);
         let mut qinq = Frame::tcp(CLIENT, SocketAddrV4::new(VIP, 80), TCP_SYN);
         qinq.vlan = Some(10);
         qinq.ether_type = 0x8100;
-        fx.check("QinQ (second tag)", &qinq, XDP_PASS, None, Reason::PassNotIpv4);
-        let icmp = Frame::raw(*CLIENT.ip(), Ipv4Addr::new(198, 51, 100, 99), proto::ICMP, vec![8, 0, 0, 0, 0, 1, 0, 1]);
-        fx.check("ICMP to a non-VIP", &icmp, XDP_PASS, None, Reason::PassNotOurs);
+        fx.check(
+            "QinQ (second tag)",
+            &qinq,
+            XDP_PASS,
+            None,
+            Reason::PassNotIpv4,
+        );
+        let icmp = Frame::raw(
+            *CLIENT.ip(),
+            Ipv4Addr::new(198, 51, 100, 99),
+            proto::ICMP,
+            vec![8, 0, 0, 0, 0, 1, 0, 1],
+        );
+        fx.check(
+            "ICMP to a non-VIP",
+            &icmp,
+            XDP_PASS,
+            None,
+            Reason::PassNotOurs,
+        );
     });
 }
 
@@ -366,23 +572,101 @@ fn bad_packets_to_a_vip_are_counted_drops() {
         let mut tagged = good.clone();
         tagged.vlan = Some(7);
         let cases: Vec<(&str, Vec<u8>, u32, Reason)> = vec![
-            ("TCP header cut", bytes[..l3 + 20 + 10].to_vec(), XDP_DROP, Reason::DropMalformed),
-            ("IP header cut", bytes[..l3 + 12].to_vec(), XDP_PASS, Reason::PassShort),
-            ("802.1Q tag cut", tagged.build()[..16].to_vec(), XDP_PASS, Reason::PassShort),
-            ("bad IHL (4)", { let mut b = bytes.clone(); b[l3] = 0x44; b }, XDP_DROP, Reason::DropMalformed),
-            ("IP version 6 in an IPv4 frame", { let mut b = bytes.clone(); b[l3] = 0x65; b }, XDP_DROP, Reason::DropMalformed),
-            ("total length beyond the frame", { let mut b = bytes.clone(); b[l3 + 2..l3 + 4].copy_from_slice(&200u16.to_be_bytes()); b }, XDP_DROP, Reason::DropMalformed),
-            ("total length below IHL", { let mut b = bytes.clone(); b[l3 + 2..l3 + 4].copy_from_slice(&19u16.to_be_bytes()); b }, XDP_DROP, Reason::DropMalformed),
-            ("TCP data offset 4", { let mut b = bytes.clone(); b[l3 + 20 + 12] = 4 << 4; b }, XDP_DROP, Reason::DropMalformed),
-            ("TCP data offset past the packet", { let mut b = bytes.clone(); b[l3 + 20 + 12] = 15 << 4; b }, XDP_DROP, Reason::DropMalformed),
+            (
+                "TCP header cut",
+                bytes[..l3 + 20 + 10].to_vec(),
+                XDP_DROP,
+                Reason::DropMalformed,
+            ),
+            (
+                "IP header cut",
+                bytes[..l3 + 12].to_vec(),
+                XDP_PASS,
+                Reason::PassShort,
+            ),
+            (
+                "802.1Q tag cut",
+                tagged.build()[..16].to_vec(),
+                XDP_PASS,
+                Reason::PassShort,
+            ),
+            (
+                "bad IHL (4)",
+                {
+                    let mut b = bytes.clone();
+                    b[l3] = 0x44;
+                    b
+                },
+                XDP_DROP,
+                Reason::DropMalformed,
+            ),
+            (
+                "IP version 6 in an IPv4 frame",
+                {
+                    let mut b = bytes.clone();
+                    b[l3] = 0x65;
+                    b
+                },
+                XDP_DROP,
+                Reason::DropMalformed,
+            ),
+            (
+                "total length beyond the frame",
+                {
+                    let mut b = bytes.clone();
+                    b[l3 + 2..l3 + 4].copy_from_slice(&200u16.to_be_bytes());
+                    b
+                },
+                XDP_DROP,
+                Reason::DropMalformed,
+            ),
+            (
+                "total length below IHL",
+                {
+                    let mut b = bytes.clone();
+                    b[l3 + 2..l3 + 4].copy_from_slice(&19u16.to_be_bytes());
+                    b
+                },
+                XDP_DROP,
+                Reason::DropMalformed,
+            ),
+            (
+                "TCP data offset 4",
+                {
+                    let mut b = bytes.clone();
+                    b[l3 + 20 + 12] = 4 << 4;
+                    b
+                },
+                XDP_DROP,
+                Reason::DropMalformed,
+            ),
+            (
+                "TCP data offset past the packet",
+                {
+                    let mut b = bytes.clone();
+                    b[l3 + 20 + 12] = 15 << 4;
+                    b
+                },
+                XDP_DROP,
+                Reason::DropMalformed,
+            ),
         ];
         for (what, input, action, reason) in cases {
             let before = fx.counts();
             let (got, _) = fx.run(&input);
             assert_eq!(got, action, "{what}: action");
             let after = fx.counts();
-            assert_eq!(after[reason as usize] - before[reason as usize], 1, "{what}: {} not counted", reason.name());
-            assert_eq!(after.iter().sum::<u64>() - before.iter().sum::<u64>(), 1, "{what}: counted more than once");
+            assert_eq!(
+                after[reason as usize] - before[reason as usize],
+                1,
+                "{what}: {} not counted",
+                reason.name()
+            );
+            assert_eq!(
+                after.iter().sum::<u64>() - before.iter().sum::<u64>(),
+                1,
+                "{what}: counted more than once"
+            );
         }
 
         let mut opts = good.clone();
@@ -390,10 +674,22 @@ fn bad_packets_to_a_vip_are_counted_drops() {
         fx.check("IP options", &opts, XDP_DROP, None, Reason::DropIpOptions);
         let mut first = good.clone();
         first.frag = 0x2000; // MF
-        fx.check("first fragment", &first, XDP_DROP, None, Reason::DropFragment);
+        fx.check(
+            "first fragment",
+            &first,
+            XDP_DROP,
+            None,
+            Reason::DropFragment,
+        );
         let mut later = good.clone();
         later.frag = 185; // offset 1480
-        fx.check("non-first fragment", &later, XDP_DROP, None, Reason::DropFragment);
+        fx.check(
+            "non-first fragment",
+            &later,
+            XDP_DROP,
+            None,
+            Reason::DropFragment,
+        );
         let mut ttl = good.clone();
         ttl.ttl = 1;
         fx.check("TTL 1", &ttl, XDP_DROP, None, Reason::DropTtl);
@@ -404,9 +700,45 @@ fn bad_packets_to_a_vip_are_counted_drops() {
         let (got, _) = fx.run(&b);
         assert_eq!(got, XDP_DROP, "UDP length beyond the packet");
         udp_len.payload.clear();
-        fx.check("wrong port on the VIP", &Frame::tcp(CLIENT, SocketAddrV4::new(VIP, 81), TCP_SYN), XDP_DROP, None, Reason::DropNoService);
-        fx.check("service without backends", &Frame::tcp(CLIENT, SocketAddrV4::new(VIP, 443), TCP_SYN), XDP_DROP, None, Reason::DropNoBackend);
-        let icmp = Frame::raw(*CLIENT.ip(), VIP, proto::ICMP, vec![8, 0, 0xf7, 0xfe, 0, 1, 0, 0]);
+        fx.check(
+            "wrong port on the VIP",
+            &Frame::tcp(CLIENT, SocketAddrV4::new(VIP, 81), TCP_SYN),
+            XDP_DROP,
+            None,
+            Reason::DropNoService,
+        );
+        fx.check(
+            "service without backends",
+            &Frame::tcp(CLIENT, SocketAddrV4::new(VIP, 443), TCP_SYN),
+            XDP_DROP,
+            None,
+            Reason::DropNoBackend,
+        );
+        let icmp = Frame::raw(
+            *CLIENT.ip(),
+            VIP,
+            proto::ICMP,
+            vec![8, 0, 0xf7, 0xfe, 0, 1, 0, 0],
+        );
         fx.check("ICMP to a VIP", &icmp, XDP_DROP, None, Reason::DropProto);
     });
+}
+
+/// The kernel-side debug log (aya-log) is off by default; with it on, the program still loads
+/// and a new flow still forwards.
+#[test]
+fn program_loads_with_kernel_debug_logging_on() {
+    lb_integration::require_root();
+    let ns = Netns::new(&format!("{}-log", lb_integration::netns::unique_prefix())).unwrap();
+    let pins = PathBuf::from("/sys/fs/bpf").join(&ns.name);
+    let _cleanup = Cleanup(pins.clone());
+    let opts = LoadOptions {
+        bpf_log_level: 4,
+        ring_slots: 4096,
+        conntrack_flows: 1024,
+        ..LoadOptions::new(pins)
+    };
+    let (mut dp, _maps) = Dataplane::load(&opts).expect("load with aya-log at debug");
+    let _logger =
+        aya_log::EbpfLogger::init(&mut dp.ebpf).expect("aya-log's ring buffer is in the object");
 }

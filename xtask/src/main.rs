@@ -68,7 +68,10 @@ fn main() -> ExitCode {
 
 /// The workspace root (xtask lives one level below it).
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
 }
 
 /// Runs a command in the workspace root, echoing it; fails on a non-zero exit.
@@ -90,23 +93,57 @@ fn cargo() -> Command {
 fn build(release: bool) -> anyhow::Result<()> {
     setup::ensure()?;
     let mut c = cargo();
-    c.args(["build", "-p", "lb-userspace", "-p", "lb-integration", "--bins"]);
+    c.args([
+        "build",
+        "-p",
+        "lb-userspace",
+        "-p",
+        "lb-integration",
+        "--bins",
+    ]);
     if release {
         c.arg("--release");
     }
     run(&mut c)?;
-    let dir = root().join("target").join(if release { "release" } else { "debug" });
-    eprintln!("built {} (the XDP object is embedded in it)", dir.join("lb").display());
+    let dir = root()
+        .join("target")
+        .join(if release { "release" } else { "debug" });
+    eprintln!(
+        "built {} (the XDP object is embedded in it)",
+        dir.join("lb").display()
+    );
     Ok(())
 }
 
 fn lint() -> anyhow::Result<()> {
-    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
-    run(cargo().args(["clippy", "--workspace", "--exclude", "lb-ebpf", "--all-targets", "--", "-D", "warnings"]))?;
+    // rustfmt.toml's import grouping options are nightly-only; the nightly is installed anyway.
+    run(Command::new("rustup").args(["run", "nightly", "cargo", "fmt", "--all", "--", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "lb-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     // The XDP crate is linted for the target it runs on, with the toolchain that builds it.
     run(Command::new("rustup").args([
-        "run", "nightly", "cargo", "clippy", "-p", "lb-ebpf", "--target", "bpfel-unknown-none",
-        "-Z", "build-std=core", "--release", "--", "-D", "warnings",
+        "run",
+        "nightly",
+        "cargo",
+        "clippy",
+        "-p",
+        "lb-ebpf",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+        "--release",
+        "--",
+        "-D",
+        "warnings",
     ]))
 }
 
@@ -114,24 +151,133 @@ fn test(host_only: bool, args: &[String]) -> anyhow::Result<()> {
     let started = Instant::now();
     setup::ensure()?;
     lint()?;
-    run(cargo().args(["test", "-p", "lb-common", "-p", "lb-userspace", "-p", "xtask"]))?;
+    let mut total = Tally::default();
+    // --lib --bins --tests: there are no doc-tests, and empty runs only add noise.
+    let host = ["-p", "lb-common", "-p", "lb-userspace", "-p", "xtask"];
+    total.add(run_tests(
+        cargo()
+            .arg("test")
+            .args(host)
+            .args(["--lib", "--bins", "--tests"]),
+    )?);
     if host_only {
-        eprintln!("\nhost checks passed in {:.0?} (kernel tests skipped: --host-only)", started.elapsed());
+        eprintln!(
+            "\nhost checks passed in {:.0?} (kernel tests skipped)",
+            started.elapsed()
+        );
+        println!("{} passed, {} failed", total.passed, total.failed);
         return Ok(());
     }
     setup::require_root("the kernel tests (BPF_PROG_TEST_RUN and network namespaces)")?;
     // The integration tests start the real `lb` binary and the lab servers.
-    run(cargo().args(["build", "-p", "lb-userspace", "-p", "lb-integration", "--bins"]))?;
+    let bins = ["-p", "lb-userspace", "-p", "lb-integration", "--bins"];
+    run(cargo().arg("build").args(bins))?;
     let mut c = cargo();
-    c.args(["test", "-p", "lb-integration", "--", "--test-threads=1"]).args(args);
-    run(&mut c)?;
+    c.args(["test", "-p", "lb-integration", "--lib", "--bins", "--tests"])
+        .args(["--", "--test-threads=1"])
+        .args(args);
+    total.add(run_tests(&mut c)?);
     eprintln!("\nall tests passed in {:.0?}", started.elapsed());
+    // A plain closing line with the totals of every cargo test run above.
+    println!("{} passed, {} failed", total.passed, total.failed);
     Ok(())
+}
+
+/// Test counts summed over cargo's `test result:` lines.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+}
+
+impl Tally {
+    fn add(&mut self, o: Self) {
+        self.passed += o.passed;
+        self.failed += o.failed;
+    }
+
+    /// Parses `test result: ok. 7 passed; 0 failed; ...`.
+    fn parse(line: &str) -> Option<Self> {
+        let rest = line.trim().strip_prefix("test result: ")?;
+        let (_, counts) = rest.split_once(". ")?;
+        let num = |key: &str| -> Option<u64> {
+            counts
+                .split(';')
+                .find_map(|p| p.trim().strip_suffix(key)?.trim().parse().ok())
+        };
+        Some(Self {
+            passed: num("passed")?,
+            failed: num("failed")?,
+        })
+    }
+}
+
+/// Runs a `cargo test`, passing its output through and summing its results.
+fn run_tests(cmd: &mut Command) -> anyhow::Result<Tally> {
+    use std::io::{BufRead as _, BufReader};
+    cmd.current_dir(root()).stdout(std::process::Stdio::piped());
+    let shown = format!("{cmd:?}").replace('"', "");
+    eprintln!("\n\x1b[1m$ {shown}\x1b[0m");
+    let mut child = cmd.spawn().with_context(|| format!("starting {shown}"))?;
+    let mut t = Tally::default();
+    for line in BufReader::new(child.stdout.take().context("stdout")?).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(r) = Tally::parse(&line) {
+            t.add(r);
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!(
+            "{shown} failed ({status}): {} passed, {} failed",
+            t.passed,
+            t.failed
+        );
+    }
+    if t.passed == 0 {
+        bail!("{shown} ran no test");
+    }
+    Ok(t)
 }
 
 fn demo() -> anyhow::Result<()> {
     setup::ensure()?;
     setup::require_root("the demo (it creates network namespaces and loads XDP)")?;
-    run(cargo().args(["build", "-p", "lb-userspace", "-p", "lb-integration", "--bins"]))?;
+    run(cargo().args([
+        "build",
+        "-p",
+        "lb-userspace",
+        "-p",
+        "lb-integration",
+        "--bins",
+    ]))?;
     run(&mut Command::new(root().join("target/debug/lb-demo")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tally;
+
+    #[test]
+    fn parses_cargo_test_results() {
+        let ok = "test result: ok. 18 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; \
+                  finished in 0.06s";
+        assert_eq!(
+            Tally::parse(ok),
+            Some(Tally {
+                passed: 18,
+                failed: 0
+            })
+        );
+        let bad = "test result: FAILED. 6 passed; 1 failed; 0 ignored; 0 measured";
+        assert_eq!(
+            Tally::parse(bad),
+            Some(Tally {
+                passed: 6,
+                failed: 1
+            })
+        );
+        assert_eq!(Tally::parse("running 7 tests"), None);
+    }
 }

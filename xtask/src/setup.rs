@@ -34,7 +34,8 @@ pub fn run() -> anyhow::Result<()> {
 /// Runs setup only when something is missing (quick checks first).
 pub fn ensure() -> anyhow::Result<()> {
     let missing = !APT_PACKAGES.iter().all(|p| dpkg_installed(p))
-        || sysroot().map_or(true, |s| !s.join("lib/rustlib/src/rust/library").is_dir())
+        || sysroot().is_none_or(|s| !s.join("lib/rustlib/src/rust/library").is_dir())
+        || !nightly_tools_ok()
         || !bpf_linker_ok()?
         || !is_bpffs(Path::new("/sys/fs/bpf"));
     if missing {
@@ -58,7 +59,8 @@ unsafe extern "C" {
 }
 
 fn quiet(cmd: &mut Command) -> bool {
-    cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
     cmd.status().is_ok_and(|s| s.success())
 }
 
@@ -70,31 +72,68 @@ fn dpkg_installed(pkg: &str) -> bool {
 }
 
 fn apt() -> anyhow::Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES.iter().copied().filter(|p| !dpkg_installed(p)).collect();
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !dpkg_installed(p))
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
     eprintln!("setup: installing {}", missing.join(" "));
     crate::run(Command::new("apt-get").args(["update", "-qq"]))?;
-    crate::run(Command::new("apt-get").args(["install", "-y", "-qq", "--no-install-recommends"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))
+    crate::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
 }
 
 fn sysroot() -> Option<PathBuf> {
-    let o = Command::new("rustc").arg(format!("+{EBPF_TOOLCHAIN}")).args(["--print", "sysroot"]).output().ok()?;
-    o.status.success().then(|| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+    let o = Command::new("rustc")
+        .arg(format!("+{EBPF_TOOLCHAIN}"))
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()?;
+    o.status
+        .success()
+        .then(|| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
 }
 
 fn ensure_toolchain() -> anyhow::Result<()> {
     if sysroot().is_none() {
         eprintln!("setup: installing the {EBPF_TOOLCHAIN} toolchain (minimal profile)");
-        crate::run(Command::new("rustup").args(["toolchain", "install", EBPF_TOOLCHAIN, "--profile", "minimal", "--no-self-update"]))?;
+        crate::run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            EBPF_TOOLCHAIN,
+            "--profile",
+            "minimal",
+            "--no-self-update",
+        ]))?;
     }
     let sysroot = sysroot().context("the nightly toolchain is not usable")?;
-    if !sysroot.join("lib/rustlib/src/rust/library").is_dir() {
-        eprintln!("setup: adding rust-src to {EBPF_TOOLCHAIN}");
-        crate::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", EBPF_TOOLCHAIN]))?;
+    if !sysroot.join("lib/rustlib/src/rust/library").is_dir() || !nightly_tools_ok() {
+        eprintln!("setup: adding rust-src, rustfmt and clippy to {EBPF_TOOLCHAIN}");
+        crate::run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "rustfmt",
+            "clippy",
+            "--toolchain",
+            EBPF_TOOLCHAIN,
+        ]))?;
     }
     Ok(())
+}
+
+/// rustfmt (for the nightly-only import options) and clippy (for the BPF target) on nightly.
+fn nightly_tools_ok() -> bool {
+    ["rustfmt", "cargo-clippy"]
+        .iter()
+        .all(|t| quiet(Command::new("rustup").args(["run", EBPF_TOOLCHAIN, t, "--version"])))
 }
 
 /// The nightly's libLLVM: (file name, LLVM major version).
@@ -104,7 +143,11 @@ fn toolchain_llvm() -> anyhow::Result<(PathBuf, String, u32)> {
         let name = e?.file_name().to_string_lossy().into_owned();
         // e.g. libLLVM.so.22.1-rust-1.97.0-nightly
         if let Some(ver) = name.strip_prefix("libLLVM.so.") {
-            let major = ver.split('.').next().and_then(|m| m.parse().ok()).context("unexpected libLLVM name")?;
+            let major = ver
+                .split('.')
+                .next()
+                .and_then(|m| m.parse().ok())
+                .context("unexpected libLLVM name")?;
             return Ok((lib.join(&name), name, major));
         }
     }
@@ -116,7 +159,10 @@ fn home() -> PathBuf {
 }
 
 fn cargo_bin(name: &str) -> PathBuf {
-    std::env::var_os("CARGO_HOME").map_or_else(|| home().join(".cargo"), PathBuf::from).join("bin").join(name)
+    std::env::var_os("CARGO_HOME")
+        .map_or_else(|| home().join(".cargo"), PathBuf::from)
+        .join("bin")
+        .join(name)
 }
 
 /// Persistent prefix whose `lib/` holds the symlinks bpf-linker's build links against.
@@ -130,7 +176,9 @@ fn bpf_linker_ok() -> anyhow::Result<bool> {
     if !bin.exists() {
         return Ok(false);
     }
-    let Ok((_, soname, _)) = toolchain_llvm() else { return Ok(false) };
+    let Ok((_, soname, _)) = toolchain_llvm() else {
+        return Ok(false);
+    };
     // The NEEDED entry must name the current libLLVM, and the binary must start.
     let needed = Command::new("readelf").arg("-d").arg(&bin).output();
     let links_current = needed.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&soname));
@@ -150,10 +198,21 @@ fn bpf_linker() -> anyhow::Result<()> {
         let _ = std::fs::remove_file(&p);
         std::os::unix::fs::symlink(&lib, &p).with_context(|| format!("symlink {}", p.display()))?;
     }
-    eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against {soname} (LLVM {major}); this takes 1-2 minutes");
+    eprintln!(
+        "setup: building bpf-linker {BPF_LINKER_VERSION} against {soname} (LLVM {major}); this takes 1-2 minutes"
+    );
     crate::run(
         Command::new("cargo")
-            .args(["install", "bpf-linker", "--locked", "--force", "--version", BPF_LINKER_VERSION, "--no-default-features", "--features"])
+            .args([
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--force",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--no-default-features",
+                "--features",
+            ])
             .arg(format!("llvm-{major}"))
             .env("LLVM_PREFIX", &prefix)
             // The host toolchain builds bpf-linker; only its libLLVM comes from the nightly.
@@ -166,7 +225,11 @@ fn bpf_linker() -> anyhow::Result<()> {
 }
 
 fn is_bpffs(p: &Path) -> bool {
-    Command::new("stat").args(["-f", "-c", "%T"]).arg(p).output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "bpf_fs")
+    Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(p)
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "bpf_fs")
 }
 
 fn bpffs() -> anyhow::Result<()> {

@@ -75,7 +75,12 @@ fn run() -> anyhow::Result<()> {
     println!("\n$ lb status\n{}", lab.lb(&["status"])?);
     println!("\n$ lb stats\n{}", lab.lb(&["stats"])?);
     println!("\nanswers per backend: {answered:?}");
-    let missing: Vec<String> = lab.backends.iter().map(|b| b.name.clone()).filter(|n| !answered.contains_key(n)).collect();
+    let missing: Vec<String> = lab
+        .backends
+        .iter()
+        .map(|b| b.name.clone())
+        .filter(|n| !answered.contains_key(n))
+        .collect();
     if !missing.is_empty() {
         anyhow::bail!("backends that never answered: {missing:?}");
     }

@@ -10,7 +10,9 @@ fn main() {
     let (mut http, mut udp) = (None, None);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
-        let v = args.next().unwrap_or_else(|| die(&format!("{a} needs a value")));
+        let v = args
+            .next()
+            .unwrap_or_else(|| die(&format!("{a} needs a value")));
         match a.as_str() {
             "--name" => name = v,
             "--http" => http = Some(v),
@@ -18,7 +20,8 @@ fn main() {
             _ => die(&format!("unknown argument {a}")),
         }
     }
-    let tcp = http.map(|a| TcpListener::bind(&a).unwrap_or_else(|e| die(&format!("bind {a}: {e}"))));
+    let tcp =
+        http.map(|a| TcpListener::bind(&a).unwrap_or_else(|e| die(&format!("bind {a}: {e}"))));
     let udp = udp.map(|a| UdpSocket::bind(&a).unwrap_or_else(|e| die(&format!("bind {a}: {e}"))));
     println!("ready");
     let _ = std::io::stdout().flush();
@@ -64,7 +67,10 @@ fn serve(s: TcpStream, name: &str) {
             }
         }
         let body = format!("{name}\n");
-        let resp = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: keep-alive\r\n\r\n{body}", body.len());
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: keep-alive\r\n\r\n{body}",
+            body.len()
+        );
         if w.write_all(resp.as_bytes()).is_err() {
             return;
         }
