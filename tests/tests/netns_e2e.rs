@@ -187,6 +187,48 @@ fn cli_changes_and_errors() {
     assert!(e.contains("need 2293 slots but the agent has 1100"), "{e}");
     lab.lb(&["vip", "del", "203.0.113.10:8080/tcp"]).unwrap();
     assert!(lab.http_get(8080).is_err(), "a deleted VIP still answers");
+
+    // SIGHUP: the agent converges on the edited file; a broken file changes nothing.
+    let cfg = lab.tmp.join("lb.toml");
+    std::fs::write(
+        &cfg,
+        "[agent]\nring_slots = 1100\n[[service]]\nvip = \"203.0.113.10:80/tcp\"\nbackends = [\"192.0.2.12\"]\ntable_size = 251\n",
+    )
+    .unwrap();
+    let pid: i32 = lab.lb_json(&["status"]).unwrap()["pid"]
+        .as_i64()
+        .unwrap()
+        .try_into()
+        .unwrap();
+    // SAFETY: signalling the agent this test started.
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    lb_integration::wait_until(
+        "the reload",
+        std::time::Duration::from_secs(10),
+        std::time::Duration::from_millis(20),
+        || {
+            lab.lb_json(&["vip", "list"])
+                .is_ok_and(|v| v["vips"].as_array().is_some_and(|a| a.len() == 1))
+        },
+    )
+    .unwrap();
+    lab.wait_resolved().unwrap();
+    assert_eq!(lab.http_get(80).unwrap(), "b2");
+    std::fs::write(&cfg, "[[service]]\nvip = \"nope\"\n").unwrap();
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    lb_integration::wait_until(
+        "the refusal to be logged",
+        std::time::Duration::from_secs(10),
+        std::time::Duration::from_millis(20),
+        || lab.agent_log().contains("config reload refused"),
+    )
+    .unwrap();
+    assert_eq!(
+        lab.http_get(80).unwrap(),
+        "b2",
+        "a bad reload must change nothing"
+    );
     let stopped = lab.stop_agent().unwrap();
     assert!(stopped.success());
     // A CLI call against a missing agent says so in one line.

@@ -35,6 +35,10 @@ fn main() -> ExitCode {
             println!("\nlab torn down. demo passed: every backend answered through the VIP.");
             ExitCode::SUCCESS
         }
+        Err(_) if INTERRUPTED.load(Ordering::SeqCst) => {
+            eprintln!("\ninterrupted: lab torn down (namespaces, agent, servers, pins).");
+            ExitCode::from(130)
+        }
         Err(e) => {
             eprintln!("\nlab torn down. demo failed: {e:#}");
             ExitCode::FAILURE
