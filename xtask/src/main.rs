@@ -108,11 +108,30 @@ fn build(release: bool) -> anyhow::Result<()> {
     let dir = root()
         .join("target")
         .join(if release { "release" } else { "debug" });
+    let obj = copy_xdp_object(&dir)?;
     eprintln!(
         "built {} (the XDP object is embedded in it)",
         dir.join("lb").display()
     );
+    eprintln!(
+        "built {} (the XDP object alone, for bpftool or xdp-loader)",
+        obj.display()
+    );
     Ok(())
+}
+
+/// Copies the XDP object aya-build left in lb-userspace's OUT_DIR to `<dir>/lb-xdp.o`.
+fn copy_xdp_object(dir: &Path) -> anyhow::Result<PathBuf> {
+    let newest = std::fs::read_dir(dir.join("build"))?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("lb-userspace-"))
+        .map(|e| e.path().join("out/lb-xdp"))
+        .filter(|p| p.exists())
+        .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())
+        .context("no XDP object under target/*/build/lb-userspace-*/out")?;
+    let obj = dir.join("lb-xdp.o");
+    std::fs::copy(&newest, &obj)?;
+    Ok(obj)
 }
 
 fn lint() -> anyhow::Result<()> {
