@@ -16,7 +16,7 @@
 //! table_size = 65537           # optional, a prime
 //! ```
 
-use std::{collections::BTreeSet, fmt, ops::Range};
+use std::{collections::BTreeSet, fmt, ops::Range, time::Duration};
 
 use serde::Deserialize;
 use toml::Spanned;
@@ -26,8 +26,11 @@ use crate::{
         DEFAULT_CONNTRACK_ENTRIES, DEFAULT_HASH_SEED, DEFAULT_RING_SLOTS, DEFAULT_TABLE_SIZE,
         MAX_BACKENDS, MAX_SERVICES, MAX_TABLE_SIZE,
     },
+    health::{self, Thresholds},
     maglev::is_prime,
-    spec::{BackendSpec, ServiceSpec},
+    spec::{
+        BackendSpec, Established, ProbeSpec, ServiceSpec, SpecError, WhenAllDown, parse_duration,
+    },
 };
 
 /// A validated config.
@@ -61,8 +64,85 @@ impl Default for AgentSettings {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceConfig {
     pub spec: ServiceSpec,
+    pub settings: ServiceSettings,
+    pub backends: Vec<BackendConfig>,
+}
+
+/// A backend with its weight and drain flag.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendConfig {
+    pub spec: BackendSpec,
+    pub weight: u32,
+    pub drained: bool,
+}
+
+/// Largest backend weight.
+pub const MAX_WEIGHT: u32 = 10_000;
+/// Default backend weight.
+pub const DEFAULT_WEIGHT: u32 = 1;
+
+/// Per-service settings: table size, health probe, and the policies around health.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceSettings {
     pub table_size: u32,
-    pub backends: Vec<BackendSpec>,
+    /// `None`: no probe, backends are always healthy.
+    pub probe: Option<ProbeSpec>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub thresholds: Thresholds,
+    pub when_all_down: WhenAllDown,
+    pub established: Established,
+}
+
+impl Default for ServiceSettings {
+    fn default() -> Self {
+        Self {
+            table_size: DEFAULT_TABLE_SIZE,
+            probe: None,
+            interval: health::DEFAULT_INTERVAL,
+            timeout: health::DEFAULT_TIMEOUT,
+            thresholds: Thresholds::default(),
+            when_all_down: WhenAllDown::Drop,
+            established: Established::Keep,
+        }
+    }
+}
+
+/// Checks a service's settings; the message names the setting (as the CLI spells it).
+///
+/// # Errors
+/// The first setting that is out of range.
+pub fn check_settings(s: &ServiceSettings) -> Result<(), String> {
+    check_table_size(s.table_size).map_err(|m| format!("--table-size: {m}"))?;
+    if !(Duration::from_millis(50)..=Duration::from_secs(3600)).contains(&s.interval) {
+        return Err(format!("--probe-interval {:?} is outside 50ms..=60m", s.interval));
+    }
+    if s.timeout < Duration::from_millis(10) || s.timeout > s.interval {
+        return Err(format!(
+            "--probe-timeout {:?} must be at least 10ms and at most the interval ({:?})",
+            s.timeout, s.interval
+        ));
+    }
+    for (name, v) in [
+        ("--unhealthy-after", s.thresholds.unhealthy_after),
+        ("--healthy-after", s.thresholds.healthy_after),
+    ] {
+        if !(1..=100).contains(&v) {
+            return Err(format!("{name} {v} is outside 1..=100"));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a backend weight.
+///
+/// # Errors
+/// Above [`MAX_WEIGHT`].
+pub fn check_weight(w: u32) -> Result<(), String> {
+    if w > MAX_WEIGHT {
+        return Err(format!("weight {w} is above the maximum {MAX_WEIGHT}"));
+    }
+    Ok(())
 }
 
 /// A config error: where, which field, what is wrong.
@@ -154,8 +234,29 @@ struct RawAgent {
 struct RawService {
     vip: Spanned<String>,
     #[serde(default)]
-    backends: Vec<Spanned<String>>,
+    backends: Vec<Spanned<RawBackend>>,
     table_size: Option<Spanned<u32>>,
+    probe: Option<Spanned<String>>,
+    probe_interval: Option<Spanned<String>>,
+    probe_timeout: Option<Spanned<String>>,
+    unhealthy_after: Option<u32>,
+    healthy_after: Option<u32>,
+    when_all_down: Option<Spanned<String>>,
+    established: Option<Spanned<String>>,
+}
+
+/// `"192.0.2.11:80"` or `{ addr = "192.0.2.11:80", weight = 3, drained = false }`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawBackend {
+    Plain(String),
+    Full {
+        addr: String,
+        #[serde(default)]
+        weight: Option<u32>,
+        #[serde(default)]
+        drained: bool,
+    },
 }
 
 /// Parses and validates a config file's text. `file` is only used in error messages.
@@ -165,44 +266,25 @@ struct RawService {
 pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
     let err = |span: Range<usize>, field: String, message: String| {
         let (line, column) = line_col(text, span.start);
-        ConfigError {
-            file: file.to_owned(),
-            line,
-            column,
-            field,
-            message,
-        }
+        ConfigError { file: file.to_owned(), line, column, field, message }
     };
     let raw: RawConfig = toml::from_str(text).map_err(|e| {
-        err(
-            e.span().unwrap_or(0..0),
-            String::new(),
-            e.message().trim_end().to_owned(),
-        )
+        err(e.span().unwrap_or(0..0), String::new(), e.message().trim_end().to_owned())
     })?;
 
     let mut agent = AgentSettings::default();
     if let Some(a) = raw.agent {
         agent.hash_seed = a.hash_seed.unwrap_or(agent.hash_seed);
-        if let Some(c) = a.conntrack_flows {
-            if !(1..=1 << 27).contains(c.get_ref()) {
-                return Err(err(
-                    c.span(),
-                    "agent.conntrack_flows".into(),
-                    format!("{} is outside 1..=134217728", c.get_ref()),
-                ));
+        for (name, v, slot, max) in [
+            ("agent.conntrack_flows", &a.conntrack_flows, &mut agent.conntrack_flows, 1u32 << 27),
+            ("agent.ring_slots", &a.ring_slots, &mut agent.ring_slots, 1 << 28),
+        ] {
+            if let Some(v) = v {
+                if !(1..=max).contains(v.get_ref()) {
+                    return Err(err(v.span(), name.into(), format!("{} is outside 1..={max}", v.get_ref())));
+                }
+                *slot = *v.get_ref();
             }
-            agent.conntrack_flows = c.into_inner();
-        }
-        if let Some(r) = a.ring_slots {
-            if !(1..=1 << 28).contains(r.get_ref()) {
-                return Err(err(
-                    r.span(),
-                    "agent.ring_slots".into(),
-                    format!("{} is outside 1..=268435456", r.get_ref()),
-                ));
-            }
-            agent.ring_slots = r.into_inner();
         }
     }
 
@@ -210,10 +292,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         return Err(err(
             raw.service[MAX_SERVICES as usize].span(),
             format!("service[{MAX_SERVICES}]"),
-            format!(
-                "{} services exceed the capacity of {MAX_SERVICES}",
-                raw.service.len()
-            ),
+            format!("{} services exceed the capacity of {MAX_SERVICES}", raw.service.len()),
         ));
     }
     let mut services = Vec::with_capacity(raw.service.len());
@@ -223,28 +302,45 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
     for (i, s) in raw.service.into_iter().enumerate() {
         let s = s.into_inner();
         let field = |f: &str| format!("service[{i}].{f}");
-        let spec: ServiceSpec = s
-            .vip
-            .get_ref()
-            .parse()
-            .map_err(|e: crate::spec::SpecError| err(s.vip.span(), field("vip"), e.0))?;
+        let spec: ServiceSpec =
+            s.vip.get_ref().parse().map_err(|e: SpecError| err(s.vip.span(), field("vip"), e.0))?;
         check_service(&spec).map_err(|m| err(s.vip.span(), field("vip"), m))?;
         if !seen.insert(spec) {
-            return Err(err(
-                s.vip.span(),
-                field("vip"),
-                format!("{spec} is defined twice"),
-            ));
+            return Err(err(s.vip.span(), field("vip"), format!("{spec} is defined twice")));
         }
-        let table_size = match &s.table_size {
-            Some(t) => {
-                check_table_size(*t.get_ref())
-                    .map_err(|m| err(t.span(), field("table_size"), m))?;
-                *t.get_ref()
+
+        let mut settings = ServiceSettings::default();
+        if let Some(t) = &s.table_size {
+            check_table_size(*t.get_ref()).map_err(|m| err(t.span(), field("table_size"), m))?;
+            settings.table_size = *t.get_ref();
+        }
+        if let Some(p) = &s.probe {
+            settings.probe =
+                Some(p.get_ref().parse().map_err(|e: SpecError| err(p.span(), field("probe"), e.0))?);
+        }
+        for (name, v, slot) in [
+            ("probe_interval", &s.probe_interval, &mut settings.interval),
+            ("probe_timeout", &s.probe_timeout, &mut settings.timeout),
+        ] {
+            if let Some(d) = v {
+                *slot = parse_duration(d.get_ref()).map_err(|e| err(d.span(), field(name), e.0))?;
             }
-            None => DEFAULT_TABLE_SIZE,
+        }
+        settings.thresholds = Thresholds {
+            unhealthy_after: s.unhealthy_after.unwrap_or(settings.thresholds.unhealthy_after),
+            healthy_after: s.healthy_after.unwrap_or(settings.thresholds.healthy_after),
         };
-        slots += u64::from(table_size);
+        if let Some(w) = &s.when_all_down {
+            settings.when_all_down =
+                w.get_ref().parse().map_err(|e: SpecError| err(w.span(), field("when_all_down"), e.0))?;
+        }
+        if let Some(w) = &s.established {
+            settings.established =
+                w.get_ref().parse().map_err(|e: SpecError| err(w.span(), field("established"), e.0))?;
+        }
+        check_settings(&settings).map_err(|m| err(s.vip.span(), field("settings"), m))?;
+
+        slots += u64::from(settings.table_size);
         if slots > u64::from(agent.ring_slots) {
             let span = s.table_size.as_ref().map_or(s.vip.span(), Spanned::span);
             return Err(err(
@@ -260,19 +356,21 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         let mut seen_b = BTreeSet::new();
         for (j, b) in s.backends.iter().enumerate() {
             let bf = field(&format!("backends[{j}]"));
-            let spec_b: BackendSpec = b
-                .get_ref()
-                .parse()
-                .map_err(|e: crate::spec::SpecError| err(b.span(), bf.clone(), e.0))?;
+            let (addr, weight, drained) = match b.get_ref() {
+                RawBackend::Plain(a) => (a, DEFAULT_WEIGHT, false),
+                RawBackend::Full { addr, weight, drained } => {
+                    (addr, weight.unwrap_or(DEFAULT_WEIGHT), *drained)
+                }
+            };
+            let spec_b: BackendSpec =
+                addr.parse().map_err(|e: SpecError| err(b.span(), bf.clone(), e.0))?;
             check_backend(&spec, &spec_b).map_err(|m| err(b.span(), bf.clone(), m))?;
-            if !seen_b.insert(spec_b.resolve(&spec)) {
-                return Err(err(
-                    b.span(),
-                    bf,
-                    format!("backend {} is listed twice", spec_b.resolve(&spec)),
-                ));
+            check_weight(weight).map_err(|m| err(b.span(), bf.clone(), m))?;
+            let at = spec_b.resolve(&spec);
+            if !seen_b.insert(at) {
+                return Err(err(b.span(), bf, format!("backend {at} is listed twice")));
             }
-            bs.push(spec_b);
+            bs.push(BackendConfig { spec: spec_b, weight, drained });
         }
         backends_total += bs.len();
         if backends_total >= MAX_BACKENDS as usize {
@@ -282,11 +380,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
                 format!("more than {} backends in total", MAX_BACKENDS - 1),
             ));
         }
-        services.push(ServiceConfig {
-            spec,
-            table_size,
-            backends: bs,
-        });
+        services.push(ServiceConfig { spec, settings, backends: bs });
     }
     Ok(Config { agent, services })
 }
@@ -308,12 +402,19 @@ hash_seed = 7
 
 [[service]]
 vip = "203.0.113.10:80/tcp"
-backends = ["192.0.2.11", "192.0.2.12:8080"]
+backends = ["192.0.2.11", { addr = "192.0.2.12:8080", weight = 3, drained = true }]
 
 [[service]]
 vip = "203.0.113.10:53/udp"
 backends = ["192.0.2.11"]
 table_size = 251
+probe = "http:8080/healthz"
+probe_interval = "2s"
+probe_timeout = "500ms"
+unhealthy_after = 3
+healthy_after = 2
+when_all_down = "spread"
+established = "rebalance"
 "#;
 
     #[test]
@@ -322,9 +423,16 @@ table_size = 251
         assert_eq!(c.agent.hash_seed, 7);
         assert_eq!(c.agent.conntrack_flows, DEFAULT_CONNTRACK_ENTRIES);
         assert_eq!(c.services.len(), 2);
-        assert_eq!(c.services[0].table_size, DEFAULT_TABLE_SIZE);
-        assert_eq!(c.services[1].table_size, 251);
-        assert_eq!(c.services[0].backends[1].port, Some(8080));
+        assert_eq!(c.services[0].settings, ServiceSettings::default(), "defaults, no probe");
+        assert_eq!(c.services[0].backends[1].spec.port, Some(8080));
+        assert_eq!((c.services[0].backends[1].weight, c.services[0].backends[1].drained), (3, true));
+        assert_eq!((c.services[0].backends[0].weight, c.services[0].backends[0].drained), (1, false));
+        let s = &c.services[1].settings;
+        assert_eq!(s.table_size, 251);
+        assert_eq!(s.probe, Some(ProbeSpec::Http { port: Some(8080), path: "/healthz".into() }));
+        assert_eq!((s.interval, s.timeout), (Duration::from_secs(2), Duration::from_millis(500)));
+        assert_eq!(s.thresholds, Thresholds { unhealthy_after: 3, healthy_after: 2 });
+        assert_eq!((s.when_all_down, s.established), (WhenAllDown::Spread, Established::Rebalance));
         assert_eq!(parse("empty.toml", "").unwrap().services.len(), 0);
     }
 
@@ -332,86 +440,33 @@ table_size = 251
     /// what is wrong.
     #[test]
     fn errors_name_file_line_and_field() {
-        let cases: &[(&str, usize, &str, &str)] = &[
-            (
-                "[[service]]\nvip = \"203.0.113.10:80/sctp\"\n",
-                2,
-                "service[0].vip",
-                "only tcp and udp",
-            ),
-            (
-                "[[service]]\nvip = \"203.0.113.10:80/tcp\"\nbackends = [\"192.0.2.11\", \"nope\"]\n",
-                3,
-                "service[0].backends[1]",
-                "not an address",
-            ),
-            (
-                "[[service]]\nvip = \"203.0.113.10:80/tcp\"\ntable_size = 65536\n",
-                3,
-                "service[0].table_size",
-                "not a prime",
-            ),
-            (
-                "[[service]]\nvip = \"203.0.113.10:80/tcp\"\n[[service]]\nvip = \"203.0.113.10:80/tcp\"\n",
-                4,
-                "service[1].vip",
-                "defined twice",
-            ),
-            (
-                "[[service]]\nvip = \"203.0.113.10:80/tcp\"\nbackends = [\"192.0.2.11\", \"192.0.2.11:80\"]\n",
-                3,
-                "service[0].backends[1]",
-                "listed twice",
-            ),
-            (
-                "[[service]]\nvip = \"203.0.113.10:80/tcp\"\nbackends = [\"2001:db8::1\"]\n",
-                3,
-                "service[0].backends[0]",
-                "address family",
-            ),
-            (
-                "[[service]]\nvip = \"[2001:db8::10]:80/tcp\"\n",
-                2,
-                "service[0].vip",
-                "IPv6",
-            ),
-            (
-                "[agent]\nring_slots = 100\n[[service]]\nvip = \"203.0.113.10:80/tcp\"\n",
-                4,
-                "service[0].table_size",
-                "ring_slots",
-            ),
-            (
-                "[agent]\nconntrack_flows = 0\n",
-                2,
-                "agent.conntrack_flows",
-                "outside",
-            ),
-            (
-                "[[service]]\nvip = \"203.0.113.10:80/tcp\"\nbackend = []\n",
-                3,
-                "",
-                "unknown field `backend`",
-            ),
-            ("[[service]\n", 1, "", ""),
-            ("[[service]]\nbackends = []\n", 1, "", "missing field `vip`"),
+        let svc = "[[service]]\nvip = \"203.0.113.10:80/tcp\"\n";
+        let with = |extra: &str| format!("{svc}{extra}");
+        let cases: Vec<(String, usize, &str, &str)> = vec![
+            ("[[service]]\nvip = \"203.0.113.10:80/sctp\"\n".into(), 2, "service[0].vip", "only tcp and udp"),
+            (with("backends = [\"192.0.2.11\", \"nope\"]\n"), 3, "service[0].backends[1]", "not an address"),
+            (with("table_size = 65536\n"), 3, "service[0].table_size", "not a prime"),
+            (format!("{svc}{svc}"), 4, "service[1].vip", "defined twice"),
+            (with("backends = [\"192.0.2.11\", \"192.0.2.11:80\"]\n"), 3, "service[0].backends[1]", "listed twice"),
+            (with("backends = [\"2001:db8::1\"]\n"), 3, "service[0].backends[0]", "address family"),
+            ("[[service]]\nvip = \"[2001:db8::10]:80/tcp\"\n".into(), 2, "service[0].vip", "IPv6"),
+            (format!("[agent]\nring_slots = 100\n{svc}"), 4, "service[0].table_size", "ring_slots"),
+            ("[agent]\nconntrack_flows = 0\n".into(), 2, "agent.conntrack_flows", "outside"),
+            (with("backend = []\n"), 3, "", "unknown field `backend`"),
+            ("[[service]\n".into(), 1, "", ""),
+            ("[[service]]\nbackends = []\n".into(), 1, "", "missing field `vip`"),
+            (with("probe = \"icmp\"\n"), 3, "service[0].probe", "unknown probe kind"),
+            (with("probe_interval = \"15\"\n"), 3, "service[0].probe_interval", "needs a unit"),
+            (with("probe_interval = \"1s\"\nprobe_timeout = \"2s\"\n"), 2, "service[0].settings", "at most the interval"),
+            (with("unhealthy_after = 0\n"), 2, "service[0].settings", "--unhealthy-after 0"),
+            (with("when_all_down = \"panic\"\n"), 3, "service[0].when_all_down", "drop spread"),
+            (with("backends = [{ addr = \"192.0.2.11\", weight = 10001 }]\n"), 3, "service[0].backends[0]", "above the maximum"),
         ];
-        for (text, line, field, msg) in cases {
+        for (text, line, field, msg) in &cases {
             let e = parse("bad.toml", text).expect_err(text);
-            assert_eq!(
-                (e.line, e.field.as_str()),
-                (*line, *field),
-                "{text:?} gave {e}"
-            );
-            assert!(
-                e.message.contains(msg),
-                "{text:?}: message {:?} lacks {msg:?}",
-                e.message
-            );
-            assert!(
-                e.to_string().starts_with(&format!("bad.toml:{line}:")),
-                "{e}"
-            );
+            assert_eq!((e.line, e.field.as_str()), (*line, *field), "{text:?} gave {e}");
+            assert!(e.message.contains(msg), "{text:?}: message {:?} lacks {msg:?}", e.message);
+            assert!(e.to_string().starts_with(&format!("bad.toml:{line}:")), "{e}");
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod csum;
 pub mod flow;
 pub mod hash;
 pub mod hdr;
+pub mod health;
 pub mod maglev;
 pub mod maps;
 pub mod verdict;

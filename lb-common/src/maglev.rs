@@ -179,4 +179,99 @@ mod tests {
         let ib = HashMap::from([(10, 11), (20, 12), (30, 13)]);
         assert_eq!(by_addr(&a, &ia), by_addr(&b, &ib));
     }
+
+    mod props {
+        use proptest::prelude::*;
+
+        use super::super::*;
+        use crate::addr::v4_mapped;
+
+        const M: u32 = 65_537;
+
+        /// Up to `n` backends with distinct addresses in 192.0.2.0/24 and 198.51.100.0/24.
+        fn backends(n: std::ops::RangeInclusive<usize>, weights: std::ops::RangeInclusive<u32>) -> impl Strategy<Value = Vec<TableBackend>> {
+            proptest::collection::btree_set(0u16..512, n).prop_flat_map(move |addrs| {
+                let len = addrs.len();
+                (Just(addrs), proptest::collection::vec(weights.clone(), len))
+            }).prop_map(|(addrs, ws)| {
+                addrs.into_iter().zip(ws).enumerate().map(|(i, (a, w))| {
+                    let net = if a < 256 { [192, 0, 2] } else { [198, 51, 100] };
+                    #[expect(clippy::cast_possible_truncation, reason = "a % 256 fits")]
+                    let host = (a % 256) as u8;
+                    TableBackend { id: i as u32 + 1, addr: v4_mapped([net[0], net[1], net[2], host]), port: 80, weight: w }
+                }).collect()
+            })
+        }
+
+        fn counts(t: &[u32]) -> std::collections::HashMap<u32, u32> {
+            let mut m = std::collections::HashMap::new();
+            for s in t {
+                *m.entry(*s).or_default() += 1;
+            }
+            m
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(24))]
+
+            /// No hole while any backend is eligible, and each backend's share of slots is
+            /// within 1 % of its share of the total weight.
+            #[test]
+            fn full_and_weighted(bs in backends(1..=40, 1..=5)) {
+                let t = build_table(&bs, M);
+                prop_assert!(t.iter().all(|&s| s != 0), "a slot is empty");
+                let total: u32 = bs.iter().map(|b| b.weight).sum();
+                let c = counts(&t);
+                for b in &bs {
+                    let got = f64::from(c.get(&b.id).copied().unwrap_or(0)) / f64::from(M);
+                    let want = f64::from(b.weight) / f64::from(total);
+                    prop_assert!((got - want).abs() <= 0.01, "backend {} has {got:.4} of the slots, weight share {want:.4}", b.id);
+                }
+            }
+
+            /// Removing one of N backends moves only its slots, plus at most 1 % of the rest.
+            #[test]
+            fn removal_is_minimally_disruptive(bs in backends(2..=40, 1..=1), pick in any::<prop::sample::Index>()) {
+                let gone = bs[pick.index(bs.len())].id;
+                let before = build_table(&bs, M);
+                let rest: Vec<TableBackend> = bs.iter().copied().filter(|b| b.id != gone).collect();
+                let after = build_table(&rest, M);
+                let others = before.iter().filter(|&&s| s != gone).count();
+                let moved = before.iter().zip(&after).filter(|(b, a)| **b != gone && b != a).count();
+                prop_assert!(moved as f64 <= 0.01 * others as f64, "{moved} of {others} other slots moved");
+                prop_assert!(after.iter().all(|&s| s != gone && s != 0));
+            }
+
+            /// Adding a backend moves at most its fair share of slots plus 1 %.
+            #[test]
+            fn addition_moves_at_most_a_fair_share(bs in backends(2..=40, 1..=1)) {
+                let (new, old) = bs.split_last().expect("at least two");
+                let before = build_table(old, M);
+                let after = build_table(&bs, M);
+                let moved = before.iter().zip(&after).filter(|(b, a)| b != a).count();
+                let fair = f64::from(M) / bs.len() as f64;
+                prop_assert!(moved as f64 <= fair + 0.01 * f64::from(M), "{moved} slots moved, fair share {fair:.0}");
+                prop_assert!(after.contains(&new.id));
+            }
+
+            /// Same backends (any order, any ids): the same table, by address.
+            #[test]
+            fn same_inputs_same_table(bs in backends(1..=20, 1..=3), seed in any::<u64>()) {
+                let mut shuffled = bs.clone();
+                // A cheap deterministic shuffle and a renumbering of the ids.
+                let n = shuffled.len();
+                for i in (1..n).rev() {
+                    shuffled.swap(i, (seed as usize).wrapping_mul(i + 7) % (i + 1));
+                }
+                for (i, b) in shuffled.iter_mut().enumerate() {
+                    b.id = 1000 + i as u32;
+                }
+                let addr_of = |t: &[u32], bs: &[TableBackend]| -> Vec<[u8; 16]> {
+                    let m: std::collections::HashMap<u32, [u8; 16]> = bs.iter().map(|b| (b.id, b.addr)).collect();
+                    t.iter().map(|id| m[id]).collect()
+                };
+                prop_assert_eq!(addr_of(&build_table(&bs, 4093), &bs), addr_of(&build_table(&shuffled, 4093), &shuffled));
+            }
+        }
+    }
 }

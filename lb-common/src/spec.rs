@@ -211,3 +211,166 @@ mod tests {
         }
     }
 }
+
+/// A health probe: `tcp[:PORT]` (the connect succeeds) or `http[:PORT]/PATH` (a GET answers
+/// 200). Without a port the probe uses the backend's port.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ProbeSpec {
+    Tcp { port: Option<u16> },
+    Http { port: Option<u16>, path: String },
+}
+
+impl FromStr for ProbeSpec {
+    type Err = SpecError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let form = "expected tcp[:PORT] or http[:PORT]/PATH, e.g. tcp, tcp:8080, http/healthz, http:8080/healthz";
+        let (head, path) = match s.find('/') {
+            Some(i) => (&s[..i], Some(&s[i..])),
+            None => (s, None),
+        };
+        let (kind, port) = match head.split_once(':') {
+            Some((k, p)) => {
+                let port: u16 = p.parse().map_err(|_| SpecError(format!("{s:?}: port {p:?} is not a number 1-65535 ({form})")))?;
+                if port == 0 {
+                    return Err(SpecError(format!("{s:?}: port 0 cannot be probed")));
+                }
+                (k, Some(port))
+            }
+            None => (head, None),
+        };
+        match (kind, path) {
+            ("tcp", None) => Ok(Self::Tcp { port }),
+            ("tcp", Some(_)) => Err(SpecError(format!("{s:?}: a tcp probe has no path ({form})"))),
+            ("http", Some(path)) => {
+                if path.len() > 256 || !path.bytes().all(|b| b.is_ascii_graphic()) {
+                    return Err(SpecError(format!("{s:?}: the path must be at most 256 printable ASCII characters without spaces")));
+                }
+                Ok(Self::Http { port, path: path.to_owned() })
+            }
+            ("http", None) => Err(SpecError(format!("{s:?}: an http probe needs a path ({form})"))),
+            (other, _) => Err(SpecError(format!("{s:?}: unknown probe kind {other:?} ({form})"))),
+        }
+    }
+}
+
+impl fmt::Display for ProbeSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (kind, port, path) = match self {
+            Self::Tcp { port } => ("tcp", port, ""),
+            Self::Http { port, path } => ("http", port, path.as_str()),
+        };
+        match port {
+            Some(p) => write!(f, "{kind}:{p}{path}"),
+            None => write!(f, "{kind}{path}"),
+        }
+    }
+}
+
+/// A duration as operators write it: `500ms`, `15s`, `2m`.
+///
+/// # Errors
+/// Not a number followed by `ms`, `s` or `m`.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, SpecError> {
+    let (num, unit_ms) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1000)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60_000)
+    } else {
+        return Err(SpecError(format!("{s:?}: a duration needs a unit: ms, s or m (e.g. 15s)")));
+    };
+    let n: u64 = num.parse().map_err(|_| SpecError(format!("{s:?}: {num:?} is not a whole number")))?;
+    n.checked_mul(unit_ms)
+        .map(std::time::Duration::from_millis)
+        .ok_or_else(|| SpecError(format!("{s:?}: too long")))
+}
+
+/// Formats a duration the way [`parse_duration`] reads it.
+#[must_use]
+pub fn format_duration(d: std::time::Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 60_000 == 0 && ms > 0 {
+        format!("{}m", ms / 60_000)
+    } else if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+/// What a service does with new flows when no backend is healthy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum WhenAllDown {
+    /// Drop them, counted as `drop_no_backend` (the default).
+    #[default]
+    Drop,
+    /// Fail open: spread them over all non-drained backends anyway.
+    Spread,
+}
+
+/// What happens to established flows of a backend that turns unhealthy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Established {
+    /// They stay on it until they end or age out (the default; a probe can fail while
+    /// connections still work).
+    #[default]
+    Keep,
+    /// Their conntrack entries are removed, so their next packets are balanced afresh over the
+    /// healthy backends (TCP connections are then reset by the new backend; UDP flows move).
+    Rebalance,
+}
+
+macro_rules! word_enum {
+    ($t:ty, $what:literal, $($v:ident = $s:literal),+) => {
+        impl FromStr for $t {
+            type Err = SpecError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($s => Ok(Self::$v),)+
+                    _ => Err(SpecError(format!(concat!("{:?}: ", $what, " must be one of: ", $($s, " "),+), s))),
+                }
+            }
+        }
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(match self { $(Self::$v => $s,)+ })
+            }
+        }
+    };
+}
+word_enum!(WhenAllDown, "when-all-down", Drop = "drop", Spread = "spread");
+word_enum!(Established, "established", Keep = "keep", Rebalance = "rebalance");
+
+#[cfg(test)]
+mod probe_tests {
+    use super::*;
+
+    #[test]
+    fn probes_round_trip_and_errors_name_the_input() {
+        for ok in ["tcp", "tcp:8080", "http/healthz", "http:8080/healthz", "http/"] {
+            let p: ProbeSpec = ok.parse().unwrap();
+            assert_eq!(p.to_string(), ok);
+        }
+        for bad in ["udp", "tcp/x", "http", "http:0/x", "http:x/y", "http/a b", ""] {
+            let e = bad.parse::<ProbeSpec>().unwrap_err();
+            assert!(e.0.contains(&format!("{bad:?}")), "{e}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("15s").unwrap(), std::time::Duration::from_secs(15));
+        assert_eq!(parse_duration("250ms").unwrap(), std::time::Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), std::time::Duration::from_secs(120));
+        for bad in ["15", "s", "1.5s", "-1s", "99999999999999999999m"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        for d in ["15s", "250ms", "2m"] {
+            assert_eq!(format_duration(parse_duration(d).unwrap()), d);
+        }
+        assert_eq!("spread".parse::<WhenAllDown>().unwrap(), WhenAllDown::Spread);
+        assert!("maybe".parse::<Established>().unwrap_err().0.contains("keep rebalance"));
+    }
+}
