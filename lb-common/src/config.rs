@@ -115,7 +115,10 @@ impl Default for ServiceSettings {
 pub fn check_settings(s: &ServiceSettings) -> Result<(), String> {
     check_table_size(s.table_size).map_err(|m| format!("--table-size: {m}"))?;
     if !(Duration::from_millis(50)..=Duration::from_secs(3600)).contains(&s.interval) {
-        return Err(format!("--probe-interval {:?} is outside 50ms..=60m", s.interval));
+        return Err(format!(
+            "--probe-interval {:?} is outside 50ms..=60m",
+            s.interval
+        ));
     }
     if s.timeout < Duration::from_millis(10) || s.timeout > s.interval {
         return Err(format!(
@@ -266,22 +269,46 @@ enum RawBackend {
 pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
     let err = |span: Range<usize>, field: String, message: String| {
         let (line, column) = line_col(text, span.start);
-        ConfigError { file: file.to_owned(), line, column, field, message }
+        ConfigError {
+            file: file.to_owned(),
+            line,
+            column,
+            field,
+            message,
+        }
     };
     let raw: RawConfig = toml::from_str(text).map_err(|e| {
-        err(e.span().unwrap_or(0..0), String::new(), e.message().trim_end().to_owned())
+        err(
+            e.span().unwrap_or(0..0),
+            String::new(),
+            e.message().trim_end().to_owned(),
+        )
     })?;
 
     let mut agent = AgentSettings::default();
     if let Some(a) = raw.agent {
         agent.hash_seed = a.hash_seed.unwrap_or(agent.hash_seed);
         for (name, v, slot, max) in [
-            ("agent.conntrack_flows", &a.conntrack_flows, &mut agent.conntrack_flows, 1u32 << 27),
-            ("agent.ring_slots", &a.ring_slots, &mut agent.ring_slots, 1 << 28),
+            (
+                "agent.conntrack_flows",
+                &a.conntrack_flows,
+                &mut agent.conntrack_flows,
+                1u32 << 27,
+            ),
+            (
+                "agent.ring_slots",
+                &a.ring_slots,
+                &mut agent.ring_slots,
+                1 << 28,
+            ),
         ] {
             if let Some(v) = v {
                 if !(1..=max).contains(v.get_ref()) {
-                    return Err(err(v.span(), name.into(), format!("{} is outside 1..={max}", v.get_ref())));
+                    return Err(err(
+                        v.span(),
+                        name.into(),
+                        format!("{} is outside 1..={max}", v.get_ref()),
+                    ));
                 }
                 *slot = *v.get_ref();
             }
@@ -292,7 +319,10 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         return Err(err(
             raw.service[MAX_SERVICES as usize].span(),
             format!("service[{MAX_SERVICES}]"),
-            format!("{} services exceed the capacity of {MAX_SERVICES}", raw.service.len()),
+            format!(
+                "{} services exceed the capacity of {MAX_SERVICES}",
+                raw.service.len()
+            ),
         ));
     }
     let mut services = Vec::with_capacity(raw.service.len());
@@ -302,11 +332,18 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
     for (i, s) in raw.service.into_iter().enumerate() {
         let s = s.into_inner();
         let field = |f: &str| format!("service[{i}].{f}");
-        let spec: ServiceSpec =
-            s.vip.get_ref().parse().map_err(|e: SpecError| err(s.vip.span(), field("vip"), e.0))?;
+        let spec: ServiceSpec = s
+            .vip
+            .get_ref()
+            .parse()
+            .map_err(|e: SpecError| err(s.vip.span(), field("vip"), e.0))?;
         check_service(&spec).map_err(|m| err(s.vip.span(), field("vip"), m))?;
         if !seen.insert(spec) {
-            return Err(err(s.vip.span(), field("vip"), format!("{spec} is defined twice")));
+            return Err(err(
+                s.vip.span(),
+                field("vip"),
+                format!("{spec} is defined twice"),
+            ));
         }
 
         let mut settings = ServiceSettings::default();
@@ -315,8 +352,11 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             settings.table_size = *t.get_ref();
         }
         if let Some(p) = &s.probe {
-            settings.probe =
-                Some(p.get_ref().parse().map_err(|e: SpecError| err(p.span(), field("probe"), e.0))?);
+            settings.probe = Some(
+                p.get_ref()
+                    .parse()
+                    .map_err(|e: SpecError| err(p.span(), field("probe"), e.0))?,
+            );
         }
         for (name, v, slot) in [
             ("probe_interval", &s.probe_interval, &mut settings.interval),
@@ -327,16 +367,22 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             }
         }
         settings.thresholds = Thresholds {
-            unhealthy_after: s.unhealthy_after.unwrap_or(settings.thresholds.unhealthy_after),
+            unhealthy_after: s
+                .unhealthy_after
+                .unwrap_or(settings.thresholds.unhealthy_after),
             healthy_after: s.healthy_after.unwrap_or(settings.thresholds.healthy_after),
         };
         if let Some(w) = &s.when_all_down {
-            settings.when_all_down =
-                w.get_ref().parse().map_err(|e: SpecError| err(w.span(), field("when_all_down"), e.0))?;
+            settings.when_all_down = w
+                .get_ref()
+                .parse()
+                .map_err(|e: SpecError| err(w.span(), field("when_all_down"), e.0))?;
         }
         if let Some(w) = &s.established {
-            settings.established =
-                w.get_ref().parse().map_err(|e: SpecError| err(w.span(), field("established"), e.0))?;
+            settings.established = w
+                .get_ref()
+                .parse()
+                .map_err(|e: SpecError| err(w.span(), field("established"), e.0))?;
         }
         check_settings(&settings).map_err(|m| err(s.vip.span(), field("settings"), m))?;
 
@@ -358,19 +404,26 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             let bf = field(&format!("backends[{j}]"));
             let (addr, weight, drained) = match b.get_ref() {
                 RawBackend::Plain(a) => (a, DEFAULT_WEIGHT, false),
-                RawBackend::Full { addr, weight, drained } => {
-                    (addr, weight.unwrap_or(DEFAULT_WEIGHT), *drained)
-                }
+                RawBackend::Full {
+                    addr,
+                    weight,
+                    drained,
+                } => (addr, weight.unwrap_or(DEFAULT_WEIGHT), *drained),
             };
-            let spec_b: BackendSpec =
-                addr.parse().map_err(|e: SpecError| err(b.span(), bf.clone(), e.0))?;
+            let spec_b: BackendSpec = addr
+                .parse()
+                .map_err(|e: SpecError| err(b.span(), bf.clone(), e.0))?;
             check_backend(&spec, &spec_b).map_err(|m| err(b.span(), bf.clone(), m))?;
             check_weight(weight).map_err(|m| err(b.span(), bf.clone(), m))?;
             let at = spec_b.resolve(&spec);
             if !seen_b.insert(at) {
                 return Err(err(b.span(), bf, format!("backend {at} is listed twice")));
             }
-            bs.push(BackendConfig { spec: spec_b, weight, drained });
+            bs.push(BackendConfig {
+                spec: spec_b,
+                weight,
+                drained,
+            });
         }
         backends_total += bs.len();
         if backends_total >= MAX_BACKENDS as usize {
@@ -380,7 +433,11 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
                 format!("more than {} backends in total", MAX_BACKENDS - 1),
             ));
         }
-        services.push(ServiceConfig { spec, settings, backends: bs });
+        services.push(ServiceConfig {
+            spec,
+            settings,
+            backends: bs,
+        });
     }
     Ok(Config { agent, services })
 }
@@ -423,16 +480,50 @@ established = "rebalance"
         assert_eq!(c.agent.hash_seed, 7);
         assert_eq!(c.agent.conntrack_flows, DEFAULT_CONNTRACK_ENTRIES);
         assert_eq!(c.services.len(), 2);
-        assert_eq!(c.services[0].settings, ServiceSettings::default(), "defaults, no probe");
+        assert_eq!(
+            c.services[0].settings,
+            ServiceSettings::default(),
+            "defaults, no probe"
+        );
         assert_eq!(c.services[0].backends[1].spec.port, Some(8080));
-        assert_eq!((c.services[0].backends[1].weight, c.services[0].backends[1].drained), (3, true));
-        assert_eq!((c.services[0].backends[0].weight, c.services[0].backends[0].drained), (1, false));
+        assert_eq!(
+            (
+                c.services[0].backends[1].weight,
+                c.services[0].backends[1].drained
+            ),
+            (3, true)
+        );
+        assert_eq!(
+            (
+                c.services[0].backends[0].weight,
+                c.services[0].backends[0].drained
+            ),
+            (1, false)
+        );
         let s = &c.services[1].settings;
         assert_eq!(s.table_size, 251);
-        assert_eq!(s.probe, Some(ProbeSpec::Http { port: Some(8080), path: "/healthz".into() }));
-        assert_eq!((s.interval, s.timeout), (Duration::from_secs(2), Duration::from_millis(500)));
-        assert_eq!(s.thresholds, Thresholds { unhealthy_after: 3, healthy_after: 2 });
-        assert_eq!((s.when_all_down, s.established), (WhenAllDown::Spread, Established::Rebalance));
+        assert_eq!(
+            s.probe,
+            Some(ProbeSpec::Http {
+                port: Some(8080),
+                path: "/healthz".into()
+            })
+        );
+        assert_eq!(
+            (s.interval, s.timeout),
+            (Duration::from_secs(2), Duration::from_millis(500))
+        );
+        assert_eq!(
+            s.thresholds,
+            Thresholds {
+                unhealthy_after: 3,
+                healthy_after: 2
+            }
+        );
+        assert_eq!(
+            (s.when_all_down, s.established),
+            (WhenAllDown::Spread, Established::Rebalance)
+        );
         assert_eq!(parse("empty.toml", "").unwrap().services.len(), 0);
     }
 
@@ -443,30 +534,116 @@ established = "rebalance"
         let svc = "[[service]]\nvip = \"203.0.113.10:80/tcp\"\n";
         let with = |extra: &str| format!("{svc}{extra}");
         let cases: Vec<(String, usize, &str, &str)> = vec![
-            ("[[service]]\nvip = \"203.0.113.10:80/sctp\"\n".into(), 2, "service[0].vip", "only tcp and udp"),
-            (with("backends = [\"192.0.2.11\", \"nope\"]\n"), 3, "service[0].backends[1]", "not an address"),
-            (with("table_size = 65536\n"), 3, "service[0].table_size", "not a prime"),
+            (
+                "[[service]]\nvip = \"203.0.113.10:80/sctp\"\n".into(),
+                2,
+                "service[0].vip",
+                "only tcp and udp",
+            ),
+            (
+                with("backends = [\"192.0.2.11\", \"nope\"]\n"),
+                3,
+                "service[0].backends[1]",
+                "not an address",
+            ),
+            (
+                with("table_size = 65536\n"),
+                3,
+                "service[0].table_size",
+                "not a prime",
+            ),
             (format!("{svc}{svc}"), 4, "service[1].vip", "defined twice"),
-            (with("backends = [\"192.0.2.11\", \"192.0.2.11:80\"]\n"), 3, "service[0].backends[1]", "listed twice"),
-            (with("backends = [\"2001:db8::1\"]\n"), 3, "service[0].backends[0]", "address family"),
-            ("[[service]]\nvip = \"[2001:db8::10]:80/tcp\"\n".into(), 2, "service[0].vip", "IPv6"),
-            (format!("[agent]\nring_slots = 100\n{svc}"), 4, "service[0].table_size", "ring_slots"),
-            ("[agent]\nconntrack_flows = 0\n".into(), 2, "agent.conntrack_flows", "outside"),
+            (
+                with("backends = [\"192.0.2.11\", \"192.0.2.11:80\"]\n"),
+                3,
+                "service[0].backends[1]",
+                "listed twice",
+            ),
+            (
+                with("backends = [\"2001:db8::1\"]\n"),
+                3,
+                "service[0].backends[0]",
+                "address family",
+            ),
+            (
+                "[[service]]\nvip = \"[2001:db8::10]:80/tcp\"\n".into(),
+                2,
+                "service[0].vip",
+                "IPv6",
+            ),
+            (
+                format!("[agent]\nring_slots = 100\n{svc}"),
+                4,
+                "service[0].table_size",
+                "ring_slots",
+            ),
+            (
+                "[agent]\nconntrack_flows = 0\n".into(),
+                2,
+                "agent.conntrack_flows",
+                "outside",
+            ),
             (with("backend = []\n"), 3, "", "unknown field `backend`"),
             ("[[service]\n".into(), 1, "", ""),
-            ("[[service]]\nbackends = []\n".into(), 1, "", "missing field `vip`"),
-            (with("probe = \"icmp\"\n"), 3, "service[0].probe", "unknown probe kind"),
-            (with("probe_interval = \"15\"\n"), 3, "service[0].probe_interval", "needs a unit"),
-            (with("probe_interval = \"1s\"\nprobe_timeout = \"2s\"\n"), 2, "service[0].settings", "at most the interval"),
-            (with("unhealthy_after = 0\n"), 2, "service[0].settings", "--unhealthy-after 0"),
-            (with("when_all_down = \"panic\"\n"), 3, "service[0].when_all_down", "drop spread"),
-            (with("backends = [{ addr = \"192.0.2.11\", weight = 10001 }]\n"), 3, "service[0].backends[0]", "above the maximum"),
+            (
+                "[[service]]\nbackends = []\n".into(),
+                1,
+                "",
+                "missing field `vip`",
+            ),
+            (
+                with("probe = \"icmp\"\n"),
+                3,
+                "service[0].probe",
+                "unknown probe kind",
+            ),
+            (
+                with("probe_interval = \"15\"\n"),
+                3,
+                "service[0].probe_interval",
+                "needs a unit",
+            ),
+            (
+                with("probe_interval = \"1s\"\nprobe_timeout = \"2s\"\n"),
+                2,
+                "service[0].settings",
+                "at most the interval",
+            ),
+            (
+                with("unhealthy_after = 0\n"),
+                2,
+                "service[0].settings",
+                "--unhealthy-after 0",
+            ),
+            (
+                with("when_all_down = \"panic\"\n"),
+                3,
+                "service[0].when_all_down",
+                "drop spread",
+            ),
+            (
+                with("backends = [{ addr = \"192.0.2.11\", weight = 10001 }]\n"),
+                3,
+                "service[0].backends[0]",
+                "above the maximum",
+            ),
         ];
         for (text, line, field, msg) in &cases {
             let e = parse("bad.toml", text).expect_err(text);
-            assert_eq!((e.line, e.field.as_str()), (*line, *field), "{text:?} gave {e}");
-            assert!(e.message.contains(msg), "{text:?}: message {:?} lacks {msg:?}", e.message);
-            assert!(e.to_string().starts_with(&format!("bad.toml:{line}:")), "{e}");
+            assert_eq!(
+                (e.line, e.field.as_str()),
+                (*line, *field),
+                "{text:?} gave {e}"
+            );
+            assert!(
+                e.message.contains(msg),
+                "{text:?}: message {:?} lacks {msg:?}",
+                e.message
+            );
+            assert!(
+                e.to_string().starts_with(&format!("bad.toml:{line}:")),
+                "{e}"
+            );
         }
     }
 }

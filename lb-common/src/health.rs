@@ -25,7 +25,10 @@ pub struct Thresholds {
 
 impl Default for Thresholds {
     fn default() -> Self {
-        Self { unhealthy_after: DEFAULT_UNHEALTHY_AFTER, healthy_after: DEFAULT_HEALTHY_AFTER }
+        Self {
+            unhealthy_after: DEFAULT_UNHEALTHY_AFTER,
+            healthy_after: DEFAULT_HEALTHY_AFTER,
+        }
     }
 }
 
@@ -89,14 +92,22 @@ impl Tracker {
             self.oks = self.oks.saturating_add(1);
             self.fails = 0;
             // From Unknown the first good answer is enough: nothing has gone wrong yet.
-            let need = if self.health == Health::Unknown { 1 } else { self.thresholds.healthy_after.max(1) };
+            let need = if self.health == Health::Unknown {
+                1
+            } else {
+                self.thresholds.healthy_after.max(1)
+            };
             (self.health != Health::Up && self.oks >= need).then_some(Health::Up)
         } else {
             self.fails = self.fails.saturating_add(1);
             self.oks = 0;
-            (self.health != Health::Down && self.fails >= self.thresholds.unhealthy_after.max(1)).then_some(Health::Down)
+            (self.health != Health::Down && self.fails >= self.thresholds.unhealthy_after.max(1))
+                .then_some(Health::Down)
         }?;
-        let t = Transition { from: self.health, to };
+        let t = Transition {
+            from: self.health,
+            to,
+        };
         self.health = to;
         self.last_change = Some(now);
         Some(t)
@@ -120,21 +131,45 @@ mod tests {
     #[test]
     fn reference_defaults_take_a_dead_backend_out_after_two_missed_probes() {
         let mut t = Tracker::new(Thresholds::default());
-        assert_eq!(t.observe(true, 0 * S), Some(Transition { from: Health::Unknown, to: Health::Up }));
+        assert_eq!(
+            t.observe(true, 0 * S),
+            Some(Transition {
+                from: Health::Unknown,
+                to: Health::Up
+            })
+        );
         // Dies right after t = 0. Probes at 15 and 30 time out at 20 and 35.
         assert_eq!(t.observe(false, 20 * S), None, "one miss is not enough");
         assert!(t.is_up());
         let out = t.observe(false, 35 * S);
-        assert_eq!(out, Some(Transition { from: Health::Up, to: Health::Down }));
+        assert_eq!(
+            out,
+            Some(Transition {
+                from: Health::Up,
+                to: Health::Down
+            })
+        );
         let silent = t.last_change.unwrap() - t.last_ok.unwrap();
-        assert!(silent > 31 * S - 1 * S && silent <= 30 * S + DEFAULT_TIMEOUT, "out after {silent:?} without success");
+        assert!(
+            silent > 31 * S - 1 * S && silent <= 30 * S + DEFAULT_TIMEOUT,
+            "out after {silent:?} without success"
+        );
         // Back on the first good answer (healthy_after = 1).
-        assert_eq!(t.observe(true, 45 * S), Some(Transition { from: Health::Down, to: Health::Up }));
+        assert_eq!(
+            t.observe(true, 45 * S),
+            Some(Transition {
+                from: Health::Down,
+                to: Health::Up
+            })
+        );
     }
 
     #[test]
     fn hysteresis_both_ways() {
-        let mut t = Tracker::new(Thresholds { unhealthy_after: 3, healthy_after: 2 });
+        let mut t = Tracker::new(Thresholds {
+            unhealthy_after: 3,
+            healthy_after: 2,
+        });
         assert_eq!(t.health, Health::Unknown);
         assert!(!t.is_up(), "unknown is out of rotation");
         assert!(t.observe(true, S).is_some());
@@ -142,17 +177,32 @@ mod tests {
             assert_eq!(t.observe(false, (2 + i) * S), None);
         }
         assert_eq!(t.observe(false, 4 * S).map(|x| x.to), Some(Health::Down));
-        assert_eq!(t.observe(false, 5 * S), None, "a transition is reported once");
-        assert_eq!(t.observe(true, 6 * S), None, "one success is not enough to come back");
+        assert_eq!(
+            t.observe(false, 5 * S),
+            None,
+            "a transition is reported once"
+        );
+        assert_eq!(
+            t.observe(true, 6 * S),
+            None,
+            "one success is not enough to come back"
+        );
         assert_eq!(t.observe(true, 7 * S).map(|x| x.to), Some(Health::Up));
     }
 
     #[test]
     fn flapping_below_the_thresholds_changes_nothing() {
-        let mut t = Tracker::new(Thresholds { unhealthy_after: 2, healthy_after: 2 });
+        let mut t = Tracker::new(Thresholds {
+            unhealthy_after: 2,
+            healthy_after: 2,
+        });
         t.observe(true, Duration::ZERO);
         for i in 1..100u32 {
-            assert_eq!(t.observe(i % 2 == 0, i * S), None, "flap at {i}s moved the backend");
+            assert_eq!(
+                t.observe(i % 2 == 0, i * S),
+                None,
+                "flap at {i}s moved the backend"
+            );
         }
         assert!(t.is_up());
         // Down, then flapping keeps it down.

@@ -189,18 +189,33 @@ mod tests {
         const M: u32 = 65_537;
 
         /// Up to `n` backends with distinct addresses in 192.0.2.0/24 and 198.51.100.0/24.
-        fn backends(n: std::ops::RangeInclusive<usize>, weights: std::ops::RangeInclusive<u32>) -> impl Strategy<Value = Vec<TableBackend>> {
-            proptest::collection::btree_set(0u16..512, n).prop_flat_map(move |addrs| {
-                let len = addrs.len();
-                (Just(addrs), proptest::collection::vec(weights.clone(), len))
-            }).prop_map(|(addrs, ws)| {
-                addrs.into_iter().zip(ws).enumerate().map(|(i, (a, w))| {
-                    let net = if a < 256 { [192, 0, 2] } else { [198, 51, 100] };
-                    #[expect(clippy::cast_possible_truncation, reason = "a % 256 fits")]
-                    let host = (a % 256) as u8;
-                    TableBackend { id: i as u32 + 1, addr: v4_mapped([net[0], net[1], net[2], host]), port: 80, weight: w }
-                }).collect()
-            })
+        fn backends(
+            n: std::ops::RangeInclusive<usize>,
+            weights: std::ops::RangeInclusive<u32>,
+        ) -> impl Strategy<Value = Vec<TableBackend>> {
+            proptest::collection::btree_set(0u16..512, n)
+                .prop_flat_map(move |addrs| {
+                    let len = addrs.len();
+                    (Just(addrs), proptest::collection::vec(weights.clone(), len))
+                })
+                .prop_map(|(addrs, ws)| {
+                    addrs
+                        .into_iter()
+                        .zip(ws)
+                        .enumerate()
+                        .map(|(i, (a, w))| {
+                            let net = if a < 256 { [192, 0, 2] } else { [198, 51, 100] };
+                            #[expect(clippy::cast_possible_truncation, reason = "a % 256 fits")]
+                            let host = (a % 256) as u8;
+                            TableBackend {
+                                id: i as u32 + 1,
+                                addr: v4_mapped([net[0], net[1], net[2], host]),
+                                port: 80,
+                                weight: w,
+                            }
+                        })
+                        .collect()
+                })
         }
 
         fn counts(t: &[u32]) -> std::collections::HashMap<u32, u32> {

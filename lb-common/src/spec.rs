@@ -231,7 +231,11 @@ impl FromStr for ProbeSpec {
         };
         let (kind, port) = match head.split_once(':') {
             Some((k, p)) => {
-                let port: u16 = p.parse().map_err(|_| SpecError(format!("{s:?}: port {p:?} is not a number 1-65535 ({form})")))?;
+                let port: u16 = p.parse().map_err(|_| {
+                    SpecError(format!(
+                        "{s:?}: port {p:?} is not a number 1-65535 ({form})"
+                    ))
+                })?;
                 if port == 0 {
                     return Err(SpecError(format!("{s:?}: port 0 cannot be probed")));
                 }
@@ -241,15 +245,26 @@ impl FromStr for ProbeSpec {
         };
         match (kind, path) {
             ("tcp", None) => Ok(Self::Tcp { port }),
-            ("tcp", Some(_)) => Err(SpecError(format!("{s:?}: a tcp probe has no path ({form})"))),
+            ("tcp", Some(_)) => Err(SpecError(format!(
+                "{s:?}: a tcp probe has no path ({form})"
+            ))),
             ("http", Some(path)) => {
                 if path.len() > 256 || !path.bytes().all(|b| b.is_ascii_graphic()) {
-                    return Err(SpecError(format!("{s:?}: the path must be at most 256 printable ASCII characters without spaces")));
+                    return Err(SpecError(format!(
+                        "{s:?}: the path must be at most 256 printable ASCII characters without spaces"
+                    )));
                 }
-                Ok(Self::Http { port, path: path.to_owned() })
+                Ok(Self::Http {
+                    port,
+                    path: path.to_owned(),
+                })
             }
-            ("http", None) => Err(SpecError(format!("{s:?}: an http probe needs a path ({form})"))),
-            (other, _) => Err(SpecError(format!("{s:?}: unknown probe kind {other:?} ({form})"))),
+            ("http", None) => Err(SpecError(format!(
+                "{s:?}: an http probe needs a path ({form})"
+            ))),
+            (other, _) => Err(SpecError(format!(
+                "{s:?}: unknown probe kind {other:?} ({form})"
+            ))),
         }
     }
 }
@@ -279,9 +294,13 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, SpecError> {
     } else if let Some(n) = s.strip_suffix('m') {
         (n, 60_000)
     } else {
-        return Err(SpecError(format!("{s:?}: a duration needs a unit: ms, s or m (e.g. 15s)")));
+        return Err(SpecError(format!(
+            "{s:?}: a duration needs a unit: ms, s or m (e.g. 15s)"
+        )));
     };
-    let n: u64 = num.parse().map_err(|_| SpecError(format!("{s:?}: {num:?} is not a whole number")))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| SpecError(format!("{s:?}: {num:?} is not a whole number")))?;
     n.checked_mul(unit_ms)
         .map(std::time::Duration::from_millis)
         .ok_or_else(|| SpecError(format!("{s:?}: too long")))
@@ -340,8 +359,18 @@ macro_rules! word_enum {
         }
     };
 }
-word_enum!(WhenAllDown, "when-all-down", Drop = "drop", Spread = "spread");
-word_enum!(Established, "established", Keep = "keep", Rebalance = "rebalance");
+word_enum!(
+    WhenAllDown,
+    "when-all-down",
+    Drop = "drop",
+    Spread = "spread"
+);
+word_enum!(
+    Established,
+    "established",
+    Keep = "keep",
+    Rebalance = "rebalance"
+);
 
 #[cfg(test)]
 mod probe_tests {
@@ -349,11 +378,19 @@ mod probe_tests {
 
     #[test]
     fn probes_round_trip_and_errors_name_the_input() {
-        for ok in ["tcp", "tcp:8080", "http/healthz", "http:8080/healthz", "http/"] {
+        for ok in [
+            "tcp",
+            "tcp:8080",
+            "http/healthz",
+            "http:8080/healthz",
+            "http/",
+        ] {
             let p: ProbeSpec = ok.parse().unwrap();
             assert_eq!(p.to_string(), ok);
         }
-        for bad in ["udp", "tcp/x", "http", "http:0/x", "http:x/y", "http/a b", ""] {
+        for bad in [
+            "udp", "tcp/x", "http", "http:0/x", "http:x/y", "http/a b", "",
+        ] {
             let e = bad.parse::<ProbeSpec>().unwrap_err();
             assert!(e.0.contains(&format!("{bad:?}")), "{e}");
         }
@@ -361,16 +398,34 @@ mod probe_tests {
 
     #[test]
     fn durations() {
-        assert_eq!(parse_duration("15s").unwrap(), std::time::Duration::from_secs(15));
-        assert_eq!(parse_duration("250ms").unwrap(), std::time::Duration::from_millis(250));
-        assert_eq!(parse_duration("2m").unwrap(), std::time::Duration::from_secs(120));
+        assert_eq!(
+            parse_duration("15s").unwrap(),
+            std::time::Duration::from_secs(15)
+        );
+        assert_eq!(
+            parse_duration("250ms").unwrap(),
+            std::time::Duration::from_millis(250)
+        );
+        assert_eq!(
+            parse_duration("2m").unwrap(),
+            std::time::Duration::from_secs(120)
+        );
         for bad in ["15", "s", "1.5s", "-1s", "99999999999999999999m"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
         for d in ["15s", "250ms", "2m"] {
             assert_eq!(format_duration(parse_duration(d).unwrap()), d);
         }
-        assert_eq!("spread".parse::<WhenAllDown>().unwrap(), WhenAllDown::Spread);
-        assert!("maybe".parse::<Established>().unwrap_err().0.contains("keep rebalance"));
+        assert_eq!(
+            "spread".parse::<WhenAllDown>().unwrap(),
+            WhenAllDown::Spread
+        );
+        assert!(
+            "maybe"
+                .parse::<Established>()
+                .unwrap_err()
+                .0
+                .contains("keep rebalance")
+        );
     }
 }

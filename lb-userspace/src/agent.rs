@@ -14,6 +14,8 @@ use crate::{
     api,
     dataplane::{Dataplane, LoadOptions, unpin_all, xdp_mode},
     nexthop::NetlinkResolver,
+    persist,
+    probe::Prober,
     reconcile::{AgentInfo, Reconciler},
     state::State,
 };
@@ -29,21 +31,25 @@ pub struct AgentOptions {
     pub bpf_log_level: u8,
     /// How often next hops and client routes are re-read from the kernel.
     pub resolve_interval: Duration,
+    /// Where the desired state is saved after every change (see [`crate::persist`]).
+    pub state_file: PathBuf,
 }
 
-fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
+/// The config file, parsed, and the digest of its text (of "" without a file).
+fn load_config(path: Option<&PathBuf>) -> anyhow::Result<(Config, String)> {
     let Some(path) = path else {
-        return Ok(Config {
-            agent: Default::default(),
+        let empty = Config {
+            agent: lb_common::config::AgentSettings::default(),
             services: Vec::new(),
-        });
+        };
+        return Ok((empty, persist::digest("")));
     };
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading config {}", path.display()))?;
-    Ok(lb_common::config::parse(
-        &path.display().to_string(),
-        &text,
-    )?)
+    Ok((
+        lb_common::config::parse(&path.display().to_string(), &text)?,
+        persist::digest(&text),
+    ))
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
@@ -51,7 +57,13 @@ fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
 /// # Errors
 /// Bad config, not root, no bpffs, load or attach failure, socket failure.
 pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
-    let config = load_config(opts.config.as_ref())?;
+    let (config, mut config_digest) = load_config(opts.config.as_ref())?;
+    let (initial, source) = persist::initial_state(
+        &opts.state_file,
+        &config_digest,
+        State::from_config(&config),
+    )?;
+    tracing::info!(state_file = %opts.state_file.display(), ?source, "initial state chosen");
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("lb agent must run as root (it loads BPF programs and owns the control socket)");
@@ -96,9 +108,17 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     };
     let resolver = NetlinkResolver::new(ifindexes).context("opening netlink")?;
     let mut rec = Reconciler::new(maps, resolver, info);
-    rec.start(State::from_config(&config))
-        .context("applying the config")?;
-    tracing::info!(services = config.services.len(), "config applied");
+    rec.start(initial).context("applying the initial state")?;
+    tracing::info!(services = rec.state().services.len(), "state applied");
+    let save = |rec: &Reconciler<_, _>, digest: &str| {
+        if let Err(e) = persist::save(&opts.state_file, digest, rec.state()) {
+            tracing::error!(error = %e, path = %opts.state_file.display(), "saving the state file failed");
+        }
+    };
+    save(&rec, &config_digest);
+    let (probe_tx, mut probe_rx) = mpsc::channel(1024);
+    let mut prober = Prober::new(probe_tx);
+    prober.sync(rec.wanted_probes());
 
     let listener =
         api::bind(&opts.socket).with_context(|| format!("binding {}", opts.socket.display()))?;
@@ -114,7 +134,18 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         tokio::select! {
             Some((req, reply)) = rx.recv() => {
                 tracing::debug!(?req, "api request");
-                let _ = reply.send(rec.handle(req));
+                let resp = rec.handle(req);
+                if matches!(resp, api::Response::Ok { .. }) {
+                    // A change: save it and run the probes it asks for.
+                    save(&rec, &config_digest);
+                    prober.sync(rec.wanted_probes());
+                }
+                let _ = reply.send(resp);
+            }
+            Some(report) = probe_rx.recv() => {
+                if let Err(e) = rec.observe(&report) {
+                    tracing::warn!(error = %e, "applying a probe result failed");
+                }
             }
             _ = ticker.tick() => {
                 if let Err(e) = rec.tick() {
@@ -123,8 +154,13 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             }
             _ = hup.recv() => {
                 match load_config(opts.config.as_ref()) {
-                    Ok(c) => match rec.reload(State::from_config(&c)) {
-                        Ok(()) => tracing::info!("config reloaded"),
+                    Ok((c, digest)) => match rec.reload(State::from_config(&c)) {
+                        Ok(()) => {
+                            config_digest = digest;
+                            save(&rec, &config_digest);
+                            prober.sync(rec.wanted_probes());
+                            tracing::info!("config reloaded");
+                        }
                         Err(e) => tracing::error!(error = %e, "config reload refused; nothing changed"),
                     },
                     Err(e) => tracing::error!(error = %e, "config reload refused; nothing changed"),
@@ -136,6 +172,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     }
     tracing::info!("stopping: detaching and removing pins");
     server.abort();
+    drop(prober);
     drop(rec);
     drop(dp);
     let _ = std::fs::remove_file(&opts.socket);

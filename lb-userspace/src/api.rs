@@ -6,6 +6,7 @@
 
 use std::{collections::BTreeMap, path::Path};
 
+use lb_common::{config::ServiceSettings, spec::SpecError};
 use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
@@ -23,7 +24,8 @@ const MAX_REQUEST: usize = 64 * 1024;
 pub enum Request {
     VipAdd {
         service: String,
-        table_size: Option<u32>,
+        #[serde(default)]
+        settings: SettingsArgs,
     },
     VipDel {
         service: String,
@@ -32,16 +34,81 @@ pub enum Request {
     BackendAdd {
         service: String,
         backend: String,
+        weight: Option<u32>,
     },
     BackendDel {
         service: String,
         backend: String,
+    },
+    BackendSetWeight {
+        service: String,
+        backend: String,
+        weight: u32,
+    },
+    BackendDrain {
+        service: String,
+        backend: String,
+        drained: bool,
     },
     BackendList {
         service: String,
     },
     Status,
     Stats,
+}
+
+/// `lb vip add` settings as typed (text), resolved and checked by the agent.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettingsArgs {
+    pub table_size: Option<u32>,
+    pub probe: Option<String>,
+    pub probe_interval: Option<String>,
+    pub probe_timeout: Option<String>,
+    pub unhealthy_after: Option<u32>,
+    pub healthy_after: Option<u32>,
+    pub when_all_down: Option<String>,
+    pub established: Option<String>,
+}
+
+impl SettingsArgs {
+    /// The settings, defaults filled in; errors name the flag.
+    ///
+    /// # Errors
+    /// A value that does not parse or is out of range.
+    pub fn resolve(&self) -> Result<ServiceSettings, String> {
+        use lb_common::spec::parse_duration;
+        let mut s = ServiceSettings::default();
+        if let Some(t) = self.table_size {
+            s.table_size = t;
+        }
+        if let Some(p) = &self.probe {
+            s.probe = Some(p.parse().map_err(|e: SpecError| format!("--probe: {e}"))?);
+        }
+        if let Some(d) = &self.probe_interval {
+            s.interval = parse_duration(d).map_err(|e| format!("--probe-interval: {e}"))?;
+        }
+        if let Some(d) = &self.probe_timeout {
+            s.timeout = parse_duration(d).map_err(|e| format!("--probe-timeout: {e}"))?;
+        }
+        if let Some(n) = self.unhealthy_after {
+            s.thresholds.unhealthy_after = n;
+        }
+        if let Some(n) = self.healthy_after {
+            s.thresholds.healthy_after = n;
+        }
+        if let Some(w) = &self.when_all_down {
+            s.when_all_down = w
+                .parse()
+                .map_err(|e: SpecError| format!("--when-all-down: {e}"))?;
+        }
+        if let Some(w) = &self.established {
+            s.established = w
+                .parse()
+                .map_err(|e: SpecError| format!("--established: {e}"))?;
+        }
+        lb_common::config::check_settings(&s)?;
+        Ok(s)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -91,7 +158,25 @@ pub struct ServiceView {
     pub id: u32,
     pub table_size: u32,
     pub backends: usize,
+    /// Backends that take new flows now.
+    pub in_rotation: usize,
+    /// The probe (`tcp:80`, `http/healthz`), or none.
+    pub probe: Option<String>,
+    pub probe_interval: String,
+    pub probe_timeout: String,
+    pub unhealthy_after: u32,
+    pub healthy_after: u32,
+    pub when_all_down: String,
+    pub established: String,
     pub counters: CountersView,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeView {
+    pub ok: bool,
+    pub detail: String,
+    /// Milliseconds since the result came in.
+    pub age_ms: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,6 +190,15 @@ pub struct NextHopView {
 pub struct BackendView {
     pub backend: String,
     pub id: u32,
+    /// `up`, `down`, `unknown` (not probed yet) or `unprobed` (the service has no probe).
+    pub health: String,
+    /// Whether new flows may go to it.
+    pub in_rotation: bool,
+    /// Why it is (not) in rotation: "healthy", "drained", "weight 0", "2 failed probes: ...".
+    pub reason: String,
+    pub last_probe: Option<ProbeView>,
+    pub weight: u32,
+    pub drained: bool,
     /// `None`: not resolved yet (the fast path falls back to the kernel FIB meanwhile).
     pub next_hop: Option<NextHopView>,
     /// Slots of the service's table that point at this backend.

@@ -57,6 +57,9 @@ pub struct AgentArgs {
     /// Seconds between next-hop refreshes from the kernel's routes and neighbours.
     #[arg(long, default_value_t = 1.0)]
     pub resolve_interval: f64,
+    /// Where the desired state (config + CLI changes) is saved, so restarts keep it.
+    #[arg(long, default_value = crate::persist::DEFAULT_STATE_FILE)]
+    pub state_file: PathBuf,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -76,12 +79,11 @@ pub enum BpfLog {
 
 #[derive(Debug, Subcommand)]
 pub enum VipCmd {
-    /// Add a service, e.g. `lb vip add 203.0.113.10:80/tcp`.
+    /// Add a service, e.g. `lb vip add 203.0.113.10:80/tcp --probe http/healthz`.
     Add {
         service: ServiceSpec,
-        /// Lookup-table size (a prime).
-        #[arg(long)]
-        table_size: Option<u32>,
+        #[command(flatten)]
+        settings: VipSettings,
     },
     /// Delete a service and its backends.
     Del { service: ServiceSpec },
@@ -89,19 +91,83 @@ pub enum VipCmd {
     List(OutputArg),
 }
 
+/// Per-service settings of `lb vip add`. Defaults follow the reference load balancer.
+#[derive(Clone, Debug, Default, Args)]
+pub struct VipSettings {
+    /// Health probe: tcp[:PORT] (connect succeeds) or http[:PORT]/PATH (GET answers 200).
+    /// Without one, backends are always in rotation.
+    #[arg(long)]
+    pub probe: Option<String>,
+    /// Time between probes of one backend [default: 15s].
+    #[arg(long)]
+    pub probe_interval: Option<String>,
+    /// A probe that takes longer has failed [default: 5s].
+    #[arg(long)]
+    pub probe_timeout: Option<String>,
+    /// Consecutive failed probes that take a backend out [default: 2, i.e. 31 s at 15 s].
+    #[arg(long)]
+    pub unhealthy_after: Option<u32>,
+    /// Consecutive good probes that bring it back [default: 1].
+    #[arg(long)]
+    pub healthy_after: Option<u32>,
+    /// New flows when no backend is healthy: drop (counted) or spread over all [default: drop].
+    #[arg(long)]
+    pub when_all_down: Option<String>,
+    /// Established flows of a backend that turns unhealthy: keep or rebalance [default: keep].
+    #[arg(long)]
+    pub established: Option<String>,
+    /// Lookup-table size, a prime [default: 65537].
+    #[arg(long)]
+    pub table_size: Option<u32>,
+}
+
+impl From<&VipSettings> for crate::api::SettingsArgs {
+    fn from(v: &VipSettings) -> Self {
+        Self {
+            table_size: v.table_size,
+            probe: v.probe.clone(),
+            probe_interval: v.probe_interval.clone(),
+            probe_timeout: v.probe_timeout.clone(),
+            unhealthy_after: v.unhealthy_after,
+            healthy_after: v.healthy_after,
+            when_all_down: v.when_all_down.clone(),
+            established: v.established.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum BackendCmd {
-    /// Add a backend: `lb backend add 203.0.113.10:80/tcp 192.0.2.11[:PORT]`.
+    /// Add a backend: `lb backend add 203.0.113.10:80/tcp 192.0.2.11[:PORT] [--weight N]`.
     Add {
         service: ServiceSpec,
         backend: BackendSpec,
+        /// Relative share of new flows [default: 1].
+        #[arg(long)]
+        weight: Option<u32>,
     },
-    /// Delete a backend.
+    /// Delete a backend (its flows are re-balanced).
     Del {
         service: ServiceSpec,
         backend: BackendSpec,
     },
-    /// List a service's backends.
+    /// Change a backend's weight (0: no new flows).
+    SetWeight {
+        service: ServiceSpec,
+        backend: BackendSpec,
+        weight: u32,
+    },
+    /// Stop new flows to a backend; established flows continue.
+    Drain {
+        service: ServiceSpec,
+        backend: BackendSpec,
+    },
+    /// Put a drained backend back into rotation.
+    Undrain {
+        service: ServiceSpec,
+        backend: BackendSpec,
+    },
+    /// List a service's backends: health, last probe, rotation, weight, share, flows.
     List {
         service: ServiceSpec,
         #[command(flatten)]
@@ -148,6 +214,7 @@ impl AgentArgs {
                 BpfLog::Debug => 4,
             },
             resolve_interval: Duration::from_secs_f64(self.resolve_interval),
+            state_file: self.state_file.clone(),
         })
     }
 }
@@ -156,15 +223,14 @@ impl AgentArgs {
 #[must_use]
 pub fn request(cmd: &Command) -> Option<(Request, Format)> {
     let t = Format::Table;
+    let pair =
+        |service: &ServiceSpec, backend: &BackendSpec| (service.to_string(), backend.to_string());
     Some(match cmd {
         Command::Agent(_) => return None,
-        Command::Vip(VipCmd::Add {
-            service,
-            table_size,
-        }) => (
+        Command::Vip(VipCmd::Add { service, settings }) => (
             Request::VipAdd {
                 service: service.to_string(),
-                table_size: *table_size,
+                settings: settings.into(),
             },
             t,
         ),
@@ -175,20 +241,62 @@ pub fn request(cmd: &Command) -> Option<(Request, Format)> {
             t,
         ),
         Command::Vip(VipCmd::List(o)) => (Request::VipList, o.format),
-        Command::Backend(BackendCmd::Add { service, backend }) => (
-            Request::BackendAdd {
-                service: service.to_string(),
-                backend: backend.to_string(),
-            },
-            t,
-        ),
-        Command::Backend(BackendCmd::Del { service, backend }) => (
-            Request::BackendDel {
-                service: service.to_string(),
-                backend: backend.to_string(),
-            },
-            t,
-        ),
+        Command::Backend(BackendCmd::Add {
+            service,
+            backend,
+            weight,
+        }) => {
+            let (service, backend) = pair(service, backend);
+            (
+                Request::BackendAdd {
+                    service,
+                    backend,
+                    weight: *weight,
+                },
+                t,
+            )
+        }
+        Command::Backend(BackendCmd::Del { service, backend }) => {
+            let (service, backend) = pair(service, backend);
+            (Request::BackendDel { service, backend }, t)
+        }
+        Command::Backend(BackendCmd::SetWeight {
+            service,
+            backend,
+            weight,
+        }) => {
+            let (service, backend) = pair(service, backend);
+            (
+                Request::BackendSetWeight {
+                    service,
+                    backend,
+                    weight: *weight,
+                },
+                t,
+            )
+        }
+        Command::Backend(BackendCmd::Drain { service, backend }) => {
+            let (service, backend) = pair(service, backend);
+            (
+                Request::BackendDrain {
+                    service,
+                    backend,
+                    drained: true,
+                },
+                t,
+            )
+        }
+        Command::Backend(BackendCmd::Undrain { service, backend }) => {
+            let (service, backend) = pair(service, backend);
+            (
+                Request::BackendDrain {
+                    service,
+                    backend,
+                    drained: false,
+                },
+                t,
+            )
+        }
         Command::Backend(BackendCmd::List { service, out }) => (
             Request::BackendList {
                 service: service.to_string(),
@@ -218,17 +326,23 @@ pub fn render(resp: &Response, format: Format) -> Result<String, String> {
         Response::Vips { vips } => {
             let _ = writeln!(
                 o,
-                "{:<28} {:>4} {:>8} {:>8} {:>12} {:>10}",
-                "SERVICE", "ID", "TABLE", "BACKENDS", "PACKETS", "NEW FLOWS"
+                "{:<26} {:>4} {:>6} {:>9} {:<24} {:>10} {:>10}",
+                "SERVICE", "ID", "TABLE", "IN/TOTAL", "PROBE", "PACKETS", "NEW FLOWS"
             );
             for v in vips {
+                let probe = v.probe.as_ref().map_or_else(
+                    || "none".to_owned(),
+                    |p| format!("{p} every {}", v.probe_interval),
+                );
                 let _ = writeln!(
                     o,
-                    "{:<28} {:>4} {:>8} {:>8} {:>12} {:>10}",
+                    "{:<26} {:>4} {:>6} {:>4}/{:<4} {:<24} {:>10} {:>10}",
                     v.service,
                     v.id,
                     v.table_size,
+                    v.in_rotation,
                     v.backends,
+                    probe,
                     v.counters.packets,
                     v.counters.new_flows
                 );
@@ -292,24 +406,39 @@ fn backend_table(o: &mut String, service: &str, backends: &[crate::api::BackendV
     let _ = writeln!(o, "{service}");
     let _ = writeln!(
         o,
-        "  {:<22} {:>5} {:>7} {:>6} {:>8} {:>10} {:>10}  NEXT HOP",
-        "BACKEND", "ID", "SHARE", "FLOWS", "PACKETS", "NEW FLOWS", "REPLIES"
+        "  {:<20} {:>4} {:<9} {:<4} {:>3} {:>6} {:>6} {:>8} {:>9}  {:<30} NEXT HOP",
+        "BACKEND",
+        "ID",
+        "HEALTH",
+        "NEW",
+        "WT",
+        "SHARE",
+        "FLOWS",
+        "PACKETS",
+        "NEW FLOWS",
+        "REASON (LAST PROBE)"
     );
     for b in backends {
         let nh = b.next_hop.as_ref().map_or_else(
-            || "unresolved (kernel FIB fallback)".to_owned(),
+            || "unresolved (FIB fallback)".to_owned(),
             |n| format!("if {} → {}", n.ifindex, n.dmac),
         );
+        let probe = b.last_probe.as_ref().map_or(String::new(), |p| {
+            format!(" ({} {}s ago)", p.detail, p.age_ms / 1000)
+        });
         let _ = writeln!(
             o,
-            "  {:<22} {:>5} {:>6.1}% {:>6} {:>8} {:>10} {:>10}  {nh}",
+            "  {:<20} {:>4} {:<9} {:<4} {:>3} {:>5.1}% {:>6} {:>8} {:>9}  {:<30} {nh}",
             b.backend,
             b.id,
+            b.health,
+            if b.in_rotation { "yes" } else { "no" },
+            b.weight,
             b.share * 100.0,
             b.flows,
             b.counters.packets,
             b.counters.new_flows,
-            b.counters.reply_packets
+            format!("{}{probe}", b.reason),
         );
     }
 }

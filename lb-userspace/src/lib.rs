@@ -8,5 +8,7 @@ pub mod dataplane;
 pub mod error;
 pub mod netlink;
 pub mod nexthop;
+pub mod persist;
+pub mod probe;
 pub mod reconcile;
 pub mod state;

@@ -22,19 +22,21 @@ use std::{
 use lb_common::{
     addr::{self, Addr},
     consts::{MAX_BACKENDS, MAX_SERVICES},
+    health::{Health, Thresholds, Tracker},
     maglev::{TableBackend, build_table},
     maps::{BACKEND_F_ACTIVE, Backend, BackendId, NextHop, ServiceInfo, VipInfo, VipKey},
-    spec::{BackendSpec, ServiceSpec},
+    spec::{BackendSpec, Established, ProbeSpec, ServiceSpec, WhenAllDown, format_duration},
     verdict::ALL_REASONS,
 };
 
 use crate::{
     api::{
-        BackendView, CountersView, NextHopView, Request, Response, ServiceStatus, ServiceView,
-        StatsView, StatusView,
+        BackendView, CountersView, NextHopView, ProbeView, Request, Response, ServiceStatus,
+        ServiceView, StatsView, StatusView,
     },
     dataplane::MapOps,
     error::{ChangeError, MapOpError},
+    probe::{ProbeReport, ProbeTarget},
     state::State,
 };
 
@@ -150,6 +152,22 @@ impl Ids {
     }
 }
 
+/// One backend's probe history and last result.
+#[derive(Debug)]
+struct BackendHealth {
+    tracker: Tracker,
+    last: Option<(bool, String, Instant)>,
+}
+
+impl BackendHealth {
+    fn new(t: Thresholds) -> Self {
+        Self {
+            tracker: Tracker::new(t),
+            last: None,
+        }
+    }
+}
+
 enum Deferred {
     Region(u32, u32),
     Backend(BackendId),
@@ -168,6 +186,10 @@ pub struct Reconciler<M: MapOps, R: Resolver> {
     deferred: Vec<(Instant, Deferred)>,
     /// Next hops found by the last refresh, by address.
     next_hops: HashMap<IpAddr, NextHop>,
+    /// Probe history per (service, backend).
+    health: HashMap<(ServiceSpec, SocketAddr), BackendHealth>,
+    /// The clock the health trackers run on.
+    started: Instant,
     /// The next hop each live backend entry carries in `LB_BACKENDS` (what status reports).
     written: HashMap<BackendId, NextHop>,
     routes: HashMap<(u32, Addr), NextHop>,
@@ -189,6 +211,8 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
             deferred: Vec::new(),
             next_hops: HashMap::new(),
             written: HashMap::new(),
+            health: HashMap::new(),
+            started: Instant::now(),
             routes: HashMap::new(),
         }
     }
@@ -255,53 +279,184 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
 
     fn try_handle(&mut self, req: Request) -> Result<Response, ChangeError> {
         let ok = |m: String| Ok(Response::Ok { message: m });
-        match req {
-            Request::VipAdd {
-                service,
-                table_size,
-            } => {
+        // Every change is tried on a copy of the state, checked against capacity, then applied.
+        let mut next = self.state.clone();
+        let (spec, message) = match req {
+            Request::VipAdd { service, settings } => {
                 let spec = parse_service(&service)?;
-                let mut next = self.state.clone();
-                next.add_service(spec, table_size)?;
-                self.commit(next, &spec)?;
-                ok(format!("added service {spec}"))
+                next.add_service(spec, settings.resolve().map_err(ChangeError::Invalid)?)?;
+                (spec, format!("added service {spec}"))
             }
             Request::VipDel { service } => {
                 let spec = parse_service(&service)?;
-                let mut next = self.state.clone();
                 next.del_service(&spec)?;
-                self.commit(next, &spec)?;
-                ok(format!("deleted service {spec}"))
+                (spec, format!("deleted service {spec}"))
             }
-            Request::BackendAdd { service, backend } => {
+            Request::BackendAdd {
+                service,
+                backend,
+                weight,
+            } => {
                 let spec = parse_service(&service)?;
-                let b = parse_backend(&backend)?;
-                let mut next = self.state.clone();
-                let addr = next.add_backend(&spec, b)?;
-                self.commit(next, &spec)?;
-                ok(format!("added backend {addr} to {spec}"))
+                let addr = next.add_backend(&spec, parse_backend(&backend)?, weight)?;
+                (spec, format!("added backend {addr} to {spec}"))
             }
             Request::BackendDel { service, backend } => {
                 let spec = parse_service(&service)?;
-                let b = parse_backend(&backend)?;
-                let mut next = self.state.clone();
-                let addr = next.del_backend(&spec, &b)?;
-                self.commit(next, &spec)?;
-                ok(format!("deleted backend {addr} from {spec}"))
+                let addr = next.del_backend(&spec, &parse_backend(&backend)?)?;
+                (spec, format!("deleted backend {addr} from {spec}"))
             }
-            Request::VipList => Ok(Response::Vips {
-                vips: self.service_views()?,
-            }),
+            Request::BackendSetWeight {
+                service,
+                backend,
+                weight,
+            } => {
+                let spec = parse_service(&service)?;
+                let addr = next.set_weight(&spec, &parse_backend(&backend)?, weight)?;
+                (
+                    spec,
+                    format!("backend {addr} of {spec} has weight {weight}"),
+                )
+            }
+            Request::BackendDrain {
+                service,
+                backend,
+                drained,
+            } => {
+                let spec = parse_service(&service)?;
+                let addr = next.set_drained(&spec, &parse_backend(&backend)?, drained)?;
+                let what = if drained {
+                    "drained: no new flows, established flows continue"
+                } else {
+                    "undrained"
+                };
+                (spec, format!("backend {addr} of {spec} {what}"))
+            }
+            Request::VipList => {
+                return Ok(Response::Vips {
+                    vips: self.service_views()?,
+                });
+            }
             Request::BackendList { service } => {
                 let spec = parse_service(&service)?;
                 let flows = self.maps.flows_per_backend()?;
-                Ok(Response::Backends {
+                return Ok(Response::Backends {
                     service: spec.to_string(),
                     backends: self.backend_views(&spec, &flows)?,
-                })
+                });
             }
-            Request::Status => Ok(Response::Status(self.status()?)),
-            Request::Stats => Ok(Response::Stats(self.stats()?)),
+            Request::Status => return Ok(Response::Status(self.status()?)),
+            Request::Stats => return Ok(Response::Stats(self.stats()?)),
+        };
+        self.commit(next, &spec)?;
+        ok(message)
+    }
+
+    /// Takes one probe result. A change of health re-balances the service's new flows; with
+    /// `established = rebalance`, a backend going down also loses its tracked flows.
+    ///
+    /// # Errors
+    /// A map write failure.
+    pub fn observe(&mut self, r: &ProbeReport) -> Result<(), ChangeError> {
+        let Some(svc) = self.state.services.get(&r.service) else {
+            return Ok(());
+        };
+        if !svc.backends.contains_key(&r.backend) {
+            return Ok(()); // a report from a probe stopped meanwhile
+        }
+        let (thresholds, established) = (svc.settings.thresholds, svc.settings.established);
+        let now = self.started.elapsed();
+        let h = self
+            .health
+            .entry((r.service, r.backend))
+            .or_insert_with(|| BackendHealth::new(thresholds));
+        h.last = Some((r.ok, r.detail.clone(), Instant::now()));
+        let Some(t) = h.tracker.observe(r.ok, now) else {
+            return Ok(());
+        };
+        tracing::info!(service = %r.service, backend = %r.backend, from = ?t.from, to = ?t.to, detail = %r.detail, "backend health changed");
+        self.sync_service(&r.service)?;
+        if t.to == Health::Down && established == Established::Rebalance {
+            if let Some(id) = self
+                .applied
+                .get(&r.service)
+                .and_then(|a| a.backends.get(&r.backend))
+            {
+                let n = self.maps.purge_flows(*id)?;
+                tracing::info!(service = %r.service, backend = %r.backend, flows = n, "established flows rebalanced");
+            }
+        }
+        Ok(())
+    }
+
+    /// The probes the desired state asks for (the agent runs them).
+    #[must_use]
+    pub fn wanted_probes(&self) -> Vec<ProbeTarget> {
+        let mut v = Vec::new();
+        for (spec, svc) in &self.state.services {
+            let Some(p) = &svc.settings.probe else {
+                continue;
+            };
+            let (port, http_path) = match p {
+                ProbeSpec::Tcp { port } => (*port, None),
+                ProbeSpec::Http { port, path } => (*port, Some(path.clone())),
+            };
+            for addr in svc.backends.keys() {
+                v.push(ProbeTarget {
+                    service: *spec,
+                    backend: *addr,
+                    addr: SocketAddr::new(addr.ip(), port.unwrap_or(addr.port())),
+                    http_path: http_path.clone(),
+                    interval: svc.settings.interval,
+                    timeout: svc.settings.timeout,
+                });
+            }
+        }
+        v
+    }
+
+    /// The desired state (what the state file saves).
+    #[must_use]
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// Whether a backend takes new flows, and why (not).
+    fn rotation(&self, spec: &ServiceSpec, addr: &SocketAddr) -> (bool, String) {
+        let Some(svc) = self.state.services.get(spec) else {
+            return (false, "unknown".into());
+        };
+        let Some(b) = svc.backends.get(addr) else {
+            return (false, "unknown".into());
+        };
+        if b.drained {
+            return (false, "drained".into());
+        }
+        if b.weight == 0 {
+            return (false, "weight 0".into());
+        }
+        if svc.settings.probe.is_none() {
+            return (true, "no probe: always in rotation".into());
+        }
+        match self.health.get(&(*spec, *addr)) {
+            Some(h) if h.tracker.is_up() => (true, "healthy".into()),
+            Some(h) => {
+                let last = h
+                    .last
+                    .as_ref()
+                    .map_or(String::new(), |(_, d, _)| format!(": {d}"));
+                match h.tracker.health {
+                    Health::Down => (
+                        false,
+                        format!(
+                            "{} failed probes{last}",
+                            h.tracker.fails.max(svc.settings.thresholds.unhealthy_after)
+                        ),
+                    ),
+                    _ => (false, format!("not probed healthy yet{last}")),
+                }
+            }
+            None => (false, "not probed yet".into()),
         }
     }
 
@@ -349,11 +504,11 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
         let need: u64 = next
             .services
             .values()
-            .map(|s| u64::from(s.table_size))
+            .map(|s| u64::from(s.settings.table_size))
             .sum::<u64>()
             + changed
                 .and_then(|c| next.services.get(c))
-                .map_or(0, |s| u64::from(s.table_size));
+                .map_or(0, |s| u64::from(s.settings.table_size));
         if need > u64::from(self.info.ring_slots) {
             return Err(ChangeError::Capacity(format!(
                 "the lookup tables need {need} slots but the agent has {} (raise agent.ring_slots or use smaller --table-size)",
@@ -369,6 +524,7 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
         let key = spec.key();
         let Some(desired) = self.state.services.get(spec).cloned() else {
             // Deleted: service entry first (new packets stop), then its backends and table.
+            self.health.retain(|(s, _), _| s != spec);
             if let Some(ap) = self.applied.remove(spec) {
                 self.maps.del_service(&key)?;
                 self.sync_vip(spec.vip.ip())?;
@@ -421,20 +577,44 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
             .collect();
         for (a, _) in &gone {
             ap.backends.remove(a);
+            self.health.remove(&(*spec, *a));
         }
 
-        // The table over the backends that remain.
-        let eligible: Vec<TableBackend> = ap
+        // The table: backends in rotation (healthy, not drained, weight > 0), by weight. With
+        // none in rotation, `when_all_down = spread` fails open over the non-drained ones.
+        let candidates: Vec<(SocketAddr, BackendId, u32)> = ap
             .backends
             .iter()
-            .map(|(a, &id)| TableBackend {
-                id,
-                addr: addr::from_ip(a.ip()),
-                port: a.port(),
-                weight: 1,
+            .filter_map(|(a, &id)| {
+                let b = desired.backends.get(a)?;
+                (!b.drained && b.weight > 0).then_some((*a, id, b.weight))
             })
             .collect();
-        let table = (!eligible.is_empty()).then(|| build_table(&eligible, desired.table_size));
+        let probed = desired.settings.probe.is_some();
+        let up = |a: &SocketAddr| {
+            !probed
+                || self
+                    .health
+                    .get(&(*spec, *a))
+                    .is_some_and(|h| h.tracker.is_up())
+        };
+        let mut chosen: Vec<&(SocketAddr, BackendId, u32)> =
+            candidates.iter().filter(|(a, ..)| up(a)).collect();
+        if chosen.is_empty() && desired.settings.when_all_down == WhenAllDown::Spread {
+            chosen = candidates.iter().collect();
+        }
+        let eligible: Vec<TableBackend> = chosen
+            .iter()
+            .map(|(a, id, w)| TableBackend {
+                id: *id,
+                addr: addr::from_ip(a.ip()),
+                port: a.port(),
+                weight: *w,
+            })
+            .collect();
+        let table =
+            (!eligible.is_empty()).then(|| build_table(&eligible, desired.settings.table_size));
+        let ap = self.applied.get_mut(spec).expect("inserted above");
         let unchanged = match (&ap.table, &table) {
             (Some((_, cur)), Some(new)) => cur == new,
             (None, None) => true,
@@ -665,18 +845,33 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
     }
 
     fn service_views(&self) -> Result<Vec<ServiceView>, MapOpError> {
-        self.applied
-            .iter()
-            .map(|(spec, ap)| {
-                Ok(ServiceView {
-                    service: spec.to_string(),
-                    id: ap.id,
-                    table_size: self.state.services.get(spec).map_or(0, |s| s.table_size),
-                    backends: ap.backends.len(),
-                    counters: self.maps.service_counters(ap.id)?.into(),
-                })
-            })
-            .collect()
+        let mut out = Vec::new();
+        for (spec, ap) in &self.applied {
+            let Some(svc) = self.state.services.get(spec) else {
+                continue;
+            };
+            let st = &svc.settings;
+            out.push(ServiceView {
+                service: spec.to_string(),
+                id: ap.id,
+                table_size: st.table_size,
+                backends: ap.backends.len(),
+                in_rotation: ap
+                    .backends
+                    .keys()
+                    .filter(|a| self.rotation(spec, a).0)
+                    .count(),
+                probe: st.probe.as_ref().map(ToString::to_string),
+                probe_interval: format_duration(st.interval),
+                probe_timeout: format_duration(st.timeout),
+                unhealthy_after: st.thresholds.unhealthy_after,
+                healthy_after: st.thresholds.healthy_after,
+                when_all_down: st.when_all_down.to_string(),
+                established: st.established.to_string(),
+                counters: self.maps.service_counters(ap.id)?.into(),
+            });
+        }
+        Ok(out)
     }
 
     fn backend_views(
@@ -700,9 +895,40 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
             .map(|(addr, &id)| {
                 let nh = self.written.get(&id).filter(|n| n.is_resolved());
                 let s = slots.get(&id).copied().unwrap_or(0);
+                let desired = self
+                    .state
+                    .services
+                    .get(spec)
+                    .and_then(|s| s.backends.get(addr));
+                let probed = self
+                    .state
+                    .services
+                    .get(spec)
+                    .is_some_and(|s| s.settings.probe.is_some());
+                let h = self.health.get(&(*spec, *addr));
+                let health = match (probed, h.map(|h| h.tracker.health)) {
+                    (false, _) => "unprobed",
+                    (true, Some(Health::Up)) => "up",
+                    (true, Some(Health::Down)) => "down",
+                    (true, _) => "unknown",
+                };
+                let (in_rotation, reason) = self.rotation(spec, addr);
+                let last_probe =
+                    h.and_then(|h| h.last.as_ref())
+                        .map(|(ok, detail, at)| ProbeView {
+                            ok: *ok,
+                            detail: detail.clone(),
+                            age_ms: u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX),
+                        });
                 Ok(BackendView {
                     backend: addr.to_string(),
                     id,
+                    health: health.into(),
+                    in_rotation,
+                    reason,
+                    last_probe,
+                    weight: desired.map_or(0, |b| b.weight),
+                    drained: desired.is_some_and(|b| b.drained),
                     next_hop: nh.map(|n| NextHopView {
                         ifindex: n.ifindex,
                         smac: mac(&n.smac),
@@ -819,6 +1045,7 @@ mod tests {
     use lb_common::maps::{Counters, ServiceKey};
 
     use super::*;
+    use crate::api::SettingsArgs;
 
     /// One map write, in order.
     #[derive(Clone, Debug, PartialEq)]
@@ -950,7 +1177,10 @@ mod tests {
             r,
             Request::VipAdd {
                 service: svc.into(),
-                table_size: Some(251),
+                settings: SettingsArgs {
+                    table_size: Some(251),
+                    ..SettingsArgs::default()
+                },
             },
         );
         for b in backends {
@@ -959,6 +1189,7 @@ mod tests {
                 Request::BackendAdd {
                     service: svc.into(),
                     backend: (*b).into(),
+                    weight: None,
                 },
             );
         }
@@ -989,6 +1220,7 @@ mod tests {
             Request::BackendAdd {
                 service: WEB.into(),
                 backend: "192.0.2.13".into(),
+                weight: None,
             },
         );
         let ops = r.maps().ops.clone();
@@ -1052,7 +1284,10 @@ mod tests {
         r.maps.ops.clear();
         let resp = r.handle(Request::VipAdd {
             service: "203.0.113.10:81/tcp".into(),
-            table_size: Some(251),
+            settings: SettingsArgs {
+                table_size: Some(251),
+                ..SettingsArgs::default()
+            },
         });
         let Response::Error { message } = resp else {
             panic!("{resp:?}")
@@ -1065,6 +1300,7 @@ mod tests {
         let resp = r.handle(Request::BackendAdd {
             service: WEB.into(),
             backend: "nope".into(),
+            weight: None,
         });
         assert!(
             matches!(resp, Response::Error { message } if message.starts_with("backend: \"nope\""))
@@ -1141,9 +1377,217 @@ mod tests {
                 Request::BackendAdd {
                     service: WEB.into(),
                     backend: b.into(),
+                    weight: None,
                 },
             );
         }
         assert_tables_point_at_live_backends(r.maps());
+    }
+
+    fn report(r: &mut Reconciler<FakeMaps, FakeResolver>, backend: &str, ok: bool) {
+        let rep = ProbeReport {
+            service: WEB.parse().unwrap(),
+            backend: backend.parse().unwrap(),
+            ok,
+            detail: if ok {
+                "HTTP 200".into()
+            } else {
+                "HTTP 500".into()
+            },
+        };
+        r.observe(&rep).unwrap();
+    }
+
+    /// Slots per backend address of the web service's live table.
+    fn shares(r: &Reconciler<FakeMaps, FakeResolver>) -> HashMap<String, u32> {
+        let m = r.maps();
+        let info = m.services.values().next().copied().unwrap();
+        let mut out = HashMap::new();
+        for s in info.table_off..info.table_off + info.table_len {
+            let b = m.backends[&m.ring[&s]];
+            let ip = addr::to_ip(&b.addr);
+            *out.entry(format!("{ip}:{}", u16::from_be_bytes(b.port)))
+                .or_default() += 1;
+        }
+        out
+    }
+
+    fn probed(r: &mut Reconciler<FakeMaps, FakeResolver>, extra: SettingsArgs) {
+        let settings = SettingsArgs {
+            table_size: Some(251),
+            probe: Some("http/healthz".into()),
+            unhealthy_after: Some(2),
+            ..extra
+        };
+        ok(
+            r,
+            Request::VipAdd {
+                service: WEB.into(),
+                settings,
+            },
+        );
+        for b in ["192.0.2.11", "192.0.2.12"] {
+            ok(
+                r,
+                Request::BackendAdd {
+                    service: WEB.into(),
+                    backend: b.into(),
+                    weight: None,
+                },
+            );
+        }
+    }
+
+    #[test]
+    fn only_healthy_backends_are_in_the_table() {
+        let mut r = rec(4096);
+        probed(&mut r, SettingsArgs::default());
+        // Unknown until probed: nothing in rotation, new flows are dropped (counted).
+        assert_eq!(r.maps().services.values().next().unwrap().table_len, 0);
+        assert_eq!(r.wanted_probes().len(), 2);
+        report(&mut r, "192.0.2.11:80", true);
+        report(&mut r, "192.0.2.12:80", true);
+        assert_eq!(shares(&r).len(), 2);
+        // One failure is not enough; two take it out.
+        report(&mut r, "192.0.2.12:80", false);
+        assert_eq!(shares(&r).len(), 2);
+        report(&mut r, "192.0.2.12:80", false);
+        assert_eq!(shares(&r).keys().collect::<Vec<_>>(), vec!["192.0.2.11:80"]);
+        let Response::Backends { backends, .. } = r.handle(Request::BackendList {
+            service: WEB.into(),
+        }) else {
+            panic!()
+        };
+        let b12 = backends
+            .iter()
+            .find(|b| b.backend == "192.0.2.12:80")
+            .unwrap();
+        assert_eq!((b12.health.as_str(), b12.in_rotation), ("down", false));
+        assert!(
+            b12.reason.contains("failed probes: HTTP 500"),
+            "{}",
+            b12.reason
+        );
+        assert_eq!(b12.last_probe.as_ref().map(|p| p.ok), Some(false));
+        // Back on the first good answer.
+        report(&mut r, "192.0.2.12:80", true);
+        assert_eq!(shares(&r).len(), 2);
+    }
+
+    #[test]
+    fn all_down_drops_or_spreads_as_configured() {
+        let mut r = rec(4096);
+        probed(&mut r, SettingsArgs::default());
+        for b in ["192.0.2.11:80", "192.0.2.12:80"] {
+            report(&mut r, b, false);
+            report(&mut r, b, false);
+        }
+        assert_eq!(
+            r.maps().services.values().next().unwrap().table_len,
+            0,
+            "drop by default"
+        );
+
+        let mut r = rec(4096);
+        probed(
+            &mut r,
+            SettingsArgs {
+                when_all_down: Some("spread".into()),
+                ..SettingsArgs::default()
+            },
+        );
+        ok(
+            &mut r,
+            Request::BackendDrain {
+                service: WEB.into(),
+                backend: "192.0.2.12".into(),
+                drained: true,
+            },
+        );
+        for b in ["192.0.2.11:80", "192.0.2.12:80"] {
+            report(&mut r, b, false);
+            report(&mut r, b, false);
+        }
+        assert_eq!(
+            shares(&r).keys().collect::<Vec<_>>(),
+            vec!["192.0.2.11:80"],
+            "spread, but never to a drained backend"
+        );
+    }
+
+    #[test]
+    fn drain_weight_and_rebalance() {
+        let mut r = rec(4096);
+        add(&mut r, WEB, &["192.0.2.11", "192.0.2.12"]);
+        ok(
+            &mut r,
+            Request::BackendSetWeight {
+                service: WEB.into(),
+                backend: "192.0.2.12".into(),
+                weight: 3,
+            },
+        );
+        let s = shares(&r);
+        let (a, b) = (f64::from(s["192.0.2.11:80"]), f64::from(s["192.0.2.12:80"]));
+        assert!(
+            (b / (a + b) - 0.75).abs() < 0.01,
+            "weights 1:3 give {a}:{b}"
+        );
+        r.maps.ops.clear();
+        ok(
+            &mut r,
+            Request::BackendDrain {
+                service: WEB.into(),
+                backend: "192.0.2.12".into(),
+                drained: true,
+            },
+        );
+        assert_eq!(shares(&r).keys().collect::<Vec<_>>(), vec!["192.0.2.11:80"]);
+        // Draining keeps the entry live (established flows continue) and purges nothing.
+        assert!(
+            !r.maps()
+                .ops
+                .iter()
+                .any(|o| matches!(o, Op::Purge(_) | Op::Backend(_, false))),
+            "{:?}",
+            r.maps().ops
+        );
+        ok(
+            &mut r,
+            Request::BackendDrain {
+                service: WEB.into(),
+                backend: "192.0.2.12".into(),
+                drained: false,
+            },
+        );
+        ok(
+            &mut r,
+            Request::BackendSetWeight {
+                service: WEB.into(),
+                backend: "192.0.2.12".into(),
+                weight: 0,
+            },
+        );
+        assert_eq!(shares(&r).len(), 1, "weight 0 takes no new flows");
+
+        // established = rebalance: a backend going down loses its tracked flows.
+        let mut r = rec(4096);
+        probed(
+            &mut r,
+            SettingsArgs {
+                established: Some("rebalance".into()),
+                ..SettingsArgs::default()
+            },
+        );
+        report(&mut r, "192.0.2.11:80", true);
+        report(&mut r, "192.0.2.12:80", true);
+        r.maps.ops.clear();
+        report(&mut r, "192.0.2.12:80", false);
+        report(&mut r, "192.0.2.12:80", false);
+        assert!(
+            r.maps().ops.iter().any(|o| matches!(o, Op::Purge(_))),
+            "{:?}",
+            r.maps().ops
+        );
     }
 }

@@ -1,13 +1,18 @@
-//! The desired state: which services exist and which backends they have. Pure data with
-//! validated mutations; the config file and runtime (CLI) changes both end up here, so they
-//! converge on one model that the reconciler makes true in the maps.
+//! The desired state: services, their settings, their backends with weight and drain. Pure
+//! data with validated mutations. The config file and runtime (CLI) changes both end up here,
+//! so they converge on one model that the reconciler makes true in the maps.
+//!
+//! The state is saved as a config file ([`State::to_toml`]): same format, same validation on
+//! load, so what the CLI built survives an agent restart (see [`crate::persist`]).
 
-use std::{collections::BTreeMap, net::SocketAddr};
+use std::{collections::BTreeMap, fmt::Write as _, net::SocketAddr};
 
 use lb_common::{
-    config::{Config, check_backend, check_service, check_table_size},
-    consts::DEFAULT_TABLE_SIZE,
-    spec::{BackendSpec, ServiceSpec},
+    config::{
+        BackendConfig, Config, DEFAULT_WEIGHT, ServiceSettings, check_backend, check_service,
+        check_settings, check_weight,
+    },
+    spec::{BackendSpec, ServiceSpec, format_duration},
 };
 
 use crate::error::ChangeError;
@@ -21,9 +26,19 @@ pub struct State {
 /// Desired state of one service.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceState {
-    pub table_size: u32,
+    pub settings: ServiceSettings,
     /// Backends by their resolved address (port defaulted to the service port).
-    pub backends: BTreeMap<SocketAddr, BackendSpec>,
+    pub backends: BTreeMap<SocketAddr, BackendState>,
+}
+
+/// Desired state of one backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackendState {
+    pub spec: BackendSpec,
+    /// Relative share of new flows; 0 takes no new flows.
+    pub weight: u32,
+    /// Drained: no new flows; established flows continue.
+    pub drained: bool,
 }
 
 impl State {
@@ -37,12 +52,19 @@ impl State {
                 let backends = s
                     .backends
                     .iter()
-                    .map(|b| (b.resolve(&s.spec), *b))
+                    .map(|b: &BackendConfig| {
+                        let st = BackendState {
+                            spec: b.spec,
+                            weight: b.weight,
+                            drained: b.drained,
+                        };
+                        (b.spec.resolve(&s.spec), st)
+                    })
                     .collect();
                 (
                     s.spec,
                     ServiceState {
-                        table_size: s.table_size,
+                        settings: s.settings.clone(),
                         backends,
                     },
                 )
@@ -54,23 +76,21 @@ impl State {
     /// Adds a service with no backends.
     ///
     /// # Errors
-    /// Invalid service or table size, or the service exists.
+    /// Invalid service or settings, or the service exists.
     pub fn add_service(
         &mut self,
         spec: ServiceSpec,
-        table_size: Option<u32>,
+        settings: ServiceSettings,
     ) -> Result<(), ChangeError> {
         check_service(&spec).map_err(ChangeError::Invalid)?;
-        let table_size = table_size.unwrap_or(DEFAULT_TABLE_SIZE);
-        check_table_size(table_size)
-            .map_err(|m| ChangeError::Invalid(format!("--table-size: {m}")))?;
+        check_settings(&settings).map_err(ChangeError::Invalid)?;
         if self.services.contains_key(&spec) {
             return Err(ChangeError::Exists(format!("service {spec}")));
         }
         self.services.insert(
             spec,
             ServiceState {
-                table_size,
+                settings,
                 backends: BTreeMap::new(),
             },
         );
@@ -87,25 +107,50 @@ impl State {
             .ok_or_else(|| ChangeError::NotFound(format!("service {spec}")))
     }
 
+    fn service_mut(&mut self, spec: &ServiceSpec) -> Result<&mut ServiceState, ChangeError> {
+        self.services
+            .get_mut(spec)
+            .ok_or_else(|| ChangeError::NotFound(format!("service {spec}")))
+    }
+
+    fn backend_mut(
+        &mut self,
+        spec: &ServiceSpec,
+        b: &BackendSpec,
+    ) -> Result<&mut BackendState, ChangeError> {
+        let addr = b.resolve(spec);
+        self.service_mut(spec)?
+            .backends
+            .get_mut(&addr)
+            .ok_or_else(|| ChangeError::NotFound(format!("backend {addr} of {spec}")))
+    }
+
     /// Adds a backend to a service.
     ///
     /// # Errors
-    /// Unknown service, wrong address family, or the backend exists.
+    /// Unknown service, wrong address family, bad weight, or the backend exists.
     pub fn add_backend(
         &mut self,
         spec: &ServiceSpec,
         b: BackendSpec,
+        weight: Option<u32>,
     ) -> Result<SocketAddr, ChangeError> {
-        let svc = self
-            .services
-            .get_mut(spec)
-            .ok_or_else(|| ChangeError::NotFound(format!("service {spec}")))?;
+        let weight = weight.unwrap_or(DEFAULT_WEIGHT);
+        check_weight(weight).map_err(|m| ChangeError::Invalid(format!("--weight: {m}")))?;
         check_backend(spec, &b).map_err(ChangeError::Invalid)?;
+        let svc = self.service_mut(spec)?;
         let addr = b.resolve(spec);
         if svc.backends.contains_key(&addr) {
             return Err(ChangeError::Exists(format!("backend {addr} of {spec}")));
         }
-        svc.backends.insert(addr, b);
+        svc.backends.insert(
+            addr,
+            BackendState {
+                spec: b,
+                weight,
+                drained: false,
+            },
+        );
         Ok(addr)
     }
 
@@ -118,15 +163,41 @@ impl State {
         spec: &ServiceSpec,
         b: &BackendSpec,
     ) -> Result<SocketAddr, ChangeError> {
-        let svc = self
-            .services
-            .get_mut(spec)
-            .ok_or_else(|| ChangeError::NotFound(format!("service {spec}")))?;
         let addr = b.resolve(spec);
-        svc.backends
+        self.service_mut(spec)?
+            .backends
             .remove(&addr)
             .ok_or_else(|| ChangeError::NotFound(format!("backend {addr} of {spec}")))?;
         Ok(addr)
+    }
+
+    /// Sets a backend's weight.
+    ///
+    /// # Errors
+    /// Unknown service or backend, or a bad weight.
+    pub fn set_weight(
+        &mut self,
+        spec: &ServiceSpec,
+        b: &BackendSpec,
+        weight: u32,
+    ) -> Result<SocketAddr, ChangeError> {
+        check_weight(weight).map_err(|m| ChangeError::Invalid(format!("weight: {m}")))?;
+        self.backend_mut(spec, b)?.weight = weight;
+        Ok(b.resolve(spec))
+    }
+
+    /// Drains or undrains a backend.
+    ///
+    /// # Errors
+    /// Unknown service or backend.
+    pub fn set_drained(
+        &mut self,
+        spec: &ServiceSpec,
+        b: &BackendSpec,
+        drained: bool,
+    ) -> Result<SocketAddr, ChangeError> {
+        self.backend_mut(spec, b)?.drained = drained;
+        Ok(b.resolve(spec))
     }
 
     /// Number of backends over all services.
@@ -134,10 +205,49 @@ impl State {
     pub fn backend_count(&self) -> usize {
         self.services.values().map(|s| s.backends.len()).sum()
     }
+
+    /// The state as a config file's `[[service]]` entries (what the state file holds).
+    #[must_use]
+    pub fn to_toml(&self) -> String {
+        let mut o = String::new();
+        for (spec, svc) in &self.services {
+            let s = &svc.settings;
+            let _ = writeln!(
+                o,
+                "[[service]]\nvip = \"{spec}\"\ntable_size = {}",
+                s.table_size
+            );
+            if let Some(p) = &s.probe {
+                let _ = writeln!(o, "probe = \"{p}\"");
+            }
+            let _ = writeln!(
+                o,
+                "probe_interval = \"{}\"\nprobe_timeout = \"{}\"\nunhealthy_after = {}\nhealthy_after = {}\nwhen_all_down = \"{}\"\nestablished = \"{}\"",
+                format_duration(s.interval),
+                format_duration(s.timeout),
+                s.thresholds.unhealthy_after,
+                s.thresholds.healthy_after,
+                s.when_all_down,
+                s.established,
+            );
+            o.push_str("backends = [\n");
+            for b in svc.backends.values() {
+                let _ = writeln!(
+                    o,
+                    "  {{ addr = \"{}\", weight = {}, drained = {} }},",
+                    b.spec, b.weight, b.drained
+                );
+            }
+            o.push_str("]\n\n");
+        }
+        o
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use lb_common::spec::ProbeSpec;
+
     use super::*;
 
     fn svc(s: &str) -> ServiceSpec {
@@ -146,52 +256,94 @@ mod tests {
 
     #[test]
     fn config_and_cli_converge() {
-        let text = "[[service]]\nvip = \"203.0.113.10:80/tcp\"\nbackends = [\"192.0.2.11\", \"192.0.2.12:8080\"]\n";
+        let text = "[[service]]\nvip = \"203.0.113.10:80/tcp\"\nbackends = [\"192.0.2.11\", { addr = \"192.0.2.12:8080\", weight = 3 }]\n";
         let from_file = State::from_config(&lb_common::config::parse("t.toml", text).unwrap());
         let mut by_cli = State::default();
+        let web = svc("203.0.113.10:80/tcp");
+        by_cli.add_service(web, ServiceSettings::default()).unwrap();
         by_cli
-            .add_service(svc("203.0.113.10:80/tcp"), None)
+            .add_backend(&web, "192.0.2.11".parse().unwrap(), None)
             .unwrap();
         by_cli
-            .add_backend(&svc("203.0.113.10:80/tcp"), "192.0.2.11".parse().unwrap())
-            .unwrap();
-        by_cli
-            .add_backend(
-                &svc("203.0.113.10:80/tcp"),
-                "192.0.2.12:8080".parse().unwrap(),
-            )
+            .add_backend(&web, "192.0.2.12:8080".parse().unwrap(), Some(3))
             .unwrap();
         assert_eq!(from_file, by_cli);
+    }
+
+    #[test]
+    fn state_file_round_trips_through_the_config_parser() {
+        let mut s = State::default();
+        let web = svc("203.0.113.10:80/tcp");
+        let settings = ServiceSettings {
+            probe: Some(ProbeSpec::Http {
+                port: Some(8080),
+                path: "/healthz".into(),
+            }),
+            interval: std::time::Duration::from_millis(200),
+            timeout: std::time::Duration::from_millis(100),
+            table_size: 251,
+            ..ServiceSettings::default()
+        };
+        s.add_service(web, settings).unwrap();
+        s.add_service(svc("203.0.113.10:53/udp"), ServiceSettings::default())
+            .unwrap();
+        s.add_backend(&web, "192.0.2.11".parse().unwrap(), Some(2))
+            .unwrap();
+        s.add_backend(&web, "192.0.2.12:8080".parse().unwrap(), None)
+            .unwrap();
+        s.set_drained(&web, &"192.0.2.12:8080".parse().unwrap(), true)
+            .unwrap();
+        let text = s.to_toml();
+        let back = State::from_config(&lb_common::config::parse("state.toml", &text).unwrap());
+        assert_eq!(back, s, "{text}");
     }
 
     #[test]
     fn refuses_bad_changes_with_named_errors() {
         let mut s = State::default();
         let web = svc("203.0.113.10:80/tcp");
+        let b11: BackendSpec = "192.0.2.11".parse().unwrap();
         assert!(
-            matches!(s.add_backend(&web, "192.0.2.11".parse().unwrap()), Err(ChangeError::NotFound(m)) if m.contains("203.0.113.10:80/tcp"))
+            matches!(s.add_backend(&web, b11, None), Err(ChangeError::NotFound(m)) if m.contains("203.0.113.10:80/tcp"))
         );
-        s.add_service(web, None).unwrap();
+        s.add_service(web, ServiceSettings::default()).unwrap();
         assert!(matches!(
-            s.add_service(web, None),
+            s.add_service(web, ServiceSettings::default()),
             Err(ChangeError::Exists(_))
         ));
+        let bad = ServiceSettings {
+            table_size: 100,
+            ..ServiceSettings::default()
+        };
         assert!(
-            matches!(s.add_service(svc("203.0.113.10:81/tcp"), Some(100)), Err(ChangeError::Invalid(m)) if m.contains("--table-size"))
+            matches!(s.add_service(svc("203.0.113.10:81/tcp"), bad), Err(ChangeError::Invalid(m)) if m.contains("--table-size"))
         );
         assert!(
-            matches!(s.add_backend(&web, "2001:db8::1".parse().unwrap()), Err(ChangeError::Invalid(m)) if m.contains("family"))
+            matches!(s.add_backend(&web, "2001:db8::1".parse().unwrap(), None), Err(ChangeError::Invalid(m)) if m.contains("family"))
         );
-        s.add_backend(&web, "192.0.2.11".parse().unwrap()).unwrap();
+        assert!(
+            matches!(s.add_backend(&web, b11, Some(20_000)), Err(ChangeError::Invalid(m)) if m.contains("--weight"))
+        );
+        s.add_backend(&web, b11, None).unwrap();
         // The same backend spelled with the service's port is the same backend.
         assert!(matches!(
-            s.add_backend(&web, "192.0.2.11:80".parse().unwrap()),
+            s.add_backend(&web, "192.0.2.11:80".parse().unwrap(), None),
             Err(ChangeError::Exists(_))
         ));
         assert!(matches!(
-            s.del_backend(&web, &"192.0.2.12".parse().unwrap()),
+            s.set_weight(&web, &"192.0.2.12".parse().unwrap(), 2),
             Err(ChangeError::NotFound(_))
         ));
+        s.set_weight(&web, &b11, 0).unwrap();
+        s.set_drained(&web, &b11, true).unwrap();
+        assert_eq!(
+            s.services[&web]
+                .backends
+                .values()
+                .next()
+                .map(|b| (b.weight, b.drained)),
+            Some((0, true))
+        );
         s.del_backend(&web, &"192.0.2.11:80".parse().unwrap())
             .unwrap();
         assert_eq!(s.backend_count(), 0);

@@ -90,6 +90,14 @@ impl BackendNs {
     /// # Errors
     /// The server does not start.
     pub fn start_server(&mut self) -> anyhow::Result<()> {
+        self.start_server_with_health(200)
+    }
+
+    /// As [`Self::start_server`], with `GET /healthz` answering `status`.
+    ///
+    /// # Errors
+    /// The server does not start.
+    pub fn start_server_with_health(&mut self, status: u16) -> anyhow::Result<()> {
         self.stop_server();
         let labd = workspace_bin("lb-labd")?;
         let mut child = Command::new("ip")
@@ -102,6 +110,8 @@ impl BackendNs {
                 &format!("{}:80", self.ip),
                 "--udp",
                 &format!("{}:53", self.ip),
+                "--health-status",
+                &status.to_string(),
             ])
             .stdout(Stdio::piped())
             .spawn()
@@ -253,6 +263,20 @@ impl Lab {
         v
     }
 
+    /// Stops the agent and starts it again with the same config file (the state file and,
+    /// after a plain stop, nothing else carries over).
+    ///
+    /// # Errors
+    /// The agent does not stop or start.
+    pub fn restart_agent(&mut self) -> anyhow::Result<()> {
+        let st = self.stop_agent()?;
+        if !st.success() {
+            bail!("lb agent exited with {st}");
+        }
+        let config = std::fs::read_to_string(self.tmp.join("lb.toml"))?;
+        self.start_agent(&config)
+    }
+
     /// Starts `lb agent` in the LB namespace (native XDP) with `config`, and waits until it
     /// reports ready.
     ///
@@ -272,6 +296,8 @@ impl Lab {
             .arg(&self.pin_dir)
             .arg("--socket")
             .arg(&self.socket)
+            .arg("--state-file")
+            .arg(self.tmp.join("state.toml"))
             .env("RUST_LOG", "info,netlink_packet_route=error")
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().context("starting lb agent")?;

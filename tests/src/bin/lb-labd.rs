@@ -1,5 +1,7 @@
 //! A lab backend: a tiny HTTP/1.1 server (keep-alive; the body is the backend's name) and a
-//! UDP echo server (the reply is "NAME PAYLOAD"). Prints `ready` once both sockets listen.
+//! UDP echo server (the reply is "NAME PAYLOAD"). `GET /healthz` answers `--health-status`
+//! (default 200), so a test can make a backend fail an HTTP probe while it still serves.
+//! Prints `ready` once both sockets listen.
 use std::{
     io::{BufRead as _, BufReader, Write as _},
     net::{TcpListener, TcpStream, UdpSocket},
@@ -8,6 +10,7 @@ use std::{
 fn main() {
     let mut name = String::new();
     let (mut http, mut udp) = (None, None);
+    let mut health: u16 = 200;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let v = args
@@ -17,6 +20,11 @@ fn main() {
             "--name" => name = v,
             "--http" => http = Some(v),
             "--udp" => udp = Some(v),
+            "--health-status" => {
+                health = v
+                    .parse()
+                    .unwrap_or_else(|_| die("--health-status takes a number"))
+            }
             _ => die(&format!("unknown argument {a}")),
         }
     }
@@ -40,7 +48,7 @@ fn main() {
         Some(l) => {
             for s in l.incoming().flatten() {
                 let name = name.clone();
-                std::thread::spawn(move || serve(s, &name));
+                std::thread::spawn(move || serve(s, &name, health));
             }
         }
         None => loop {
@@ -49,7 +57,7 @@ fn main() {
     }
 }
 
-fn serve(s: TcpStream, name: &str) {
+fn serve(s: TcpStream, name: &str, health: u16) {
     let mut w = match s.try_clone() {
         Ok(w) => w,
         Err(_) => return,
@@ -57,18 +65,25 @@ fn serve(s: TcpStream, name: &str) {
     let mut r = BufReader::new(s);
     loop {
         // Read one request's headers; answer; keep the connection open for the next one.
-        let mut saw_any = false;
+        let mut request_line = String::new();
         loop {
             let mut line = String::new();
             match r.read_line(&mut line) {
                 Ok(0) | Err(_) => return,
-                Ok(_) if line == "\r\n" && saw_any => break,
-                Ok(_) => saw_any = true,
+                Ok(_) if line == "\r\n" && !request_line.is_empty() => break,
+                Ok(_) if request_line.is_empty() => request_line = line,
+                Ok(_) => {}
             }
         }
+        let status = if request_line.starts_with("GET /healthz ") {
+            health
+        } else {
+            200
+        };
         let body = format!("{name}\n");
+        let reason = if status == 200 { "OK" } else { "Error" };
         let resp = format!(
-            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: keep-alive\r\n\r\n{body}",
+            "HTTP/1.1 {status} {reason}\r\nContent-Length: {}\r\nConnection: keep-alive\r\n\r\n{body}",
             body.len()
         );
         if w.write_all(resp.as_bytes()).is_err() {
