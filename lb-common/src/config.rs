@@ -137,6 +137,12 @@ pub fn check_settings(s: &ServiceSettings) -> Result<(), String> {
     Ok(())
 }
 
+/// The probe timeout when none is given: 5 s, or the interval if that is shorter.
+#[must_use]
+pub fn default_timeout(interval: Duration) -> Duration {
+    health::DEFAULT_TIMEOUT.min(interval)
+}
+
 /// Checks a backend weight.
 ///
 /// # Errors
@@ -366,6 +372,9 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
                 *slot = parse_duration(d.get_ref()).map_err(|e| err(d.span(), field(name), e.0))?;
             }
         }
+        if s.probe_timeout.is_none() {
+            settings.timeout = default_timeout(settings.interval);
+        }
         settings.thresholds = Thresholds {
             unhealthy_after: s
                 .unhealthy_after
@@ -525,6 +534,13 @@ established = "rebalance"
             (WhenAllDown::Spread, Established::Rebalance)
         );
         assert_eq!(parse("empty.toml", "").unwrap().services.len(), 0);
+        // Without a timeout, a short interval shortens the default timeout with it.
+        let short = parse(
+            "s.toml",
+            "[[service]]\nvip = \"203.0.113.10:80/tcp\"\nprobe_interval = \"2s\"\n",
+        )
+        .unwrap();
+        assert_eq!(short.services[0].settings.timeout, Duration::from_secs(2));
     }
 
     /// Each bad config gives an error with the right line and field, and a message that says

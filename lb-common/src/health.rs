@@ -132,7 +132,7 @@ mod tests {
     fn reference_defaults_take_a_dead_backend_out_after_two_missed_probes() {
         let mut t = Tracker::new(Thresholds::default());
         assert_eq!(
-            t.observe(true, 0 * S),
+            t.observe(true, Duration::ZERO),
             Some(Transition {
                 from: Health::Unknown,
                 to: Health::Up

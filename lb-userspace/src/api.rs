@@ -87,9 +87,10 @@ impl SettingsArgs {
         if let Some(d) = &self.probe_interval {
             s.interval = parse_duration(d).map_err(|e| format!("--probe-interval: {e}"))?;
         }
-        if let Some(d) = &self.probe_timeout {
-            s.timeout = parse_duration(d).map_err(|e| format!("--probe-timeout: {e}"))?;
-        }
+        s.timeout = match &self.probe_timeout {
+            Some(d) => parse_duration(d).map_err(|e| format!("--probe-timeout: {e}"))?,
+            None => lb_common::config::default_timeout(s.interval),
+        };
         if let Some(n) = self.unhealthy_after {
             s.thresholds.unhealthy_after = n;
         }

@@ -376,15 +376,15 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
         };
         tracing::info!(service = %r.service, backend = %r.backend, from = ?t.from, to = ?t.to, detail = %r.detail, "backend health changed");
         self.sync_service(&r.service)?;
-        if t.to == Health::Down && established == Established::Rebalance {
-            if let Some(id) = self
+        if t.to == Health::Down
+            && established == Established::Rebalance
+            && let Some(id) = self
                 .applied
                 .get(&r.service)
                 .and_then(|a| a.backends.get(&r.backend))
-            {
-                let n = self.maps.purge_flows(*id)?;
-                tracing::info!(service = %r.service, backend = %r.backend, flows = n, "established flows rebalanced");
-            }
+        {
+            let n = self.maps.purge_flows(*id)?;
+            tracing::info!(service = %r.service, backend = %r.backend, flows = n, "established flows rebalanced");
         }
         Ok(())
     }

@@ -43,10 +43,14 @@ pub const DEMO_CONFIG: &str = r#"# The demo's embedded default: one VIP with tcp
 [[service]]
 vip = "203.0.113.10:80/tcp"
 backends = ["192.0.2.11", "192.0.2.12", "192.0.2.13"]
+probe = "http/healthz"      # GET /healthz must answer 200
+probe_interval = "2s"
 
 [[service]]
 vip = "203.0.113.10:53/udp"
 backends = ["192.0.2.11", "192.0.2.12", "192.0.2.13"]
+probe = "tcp:80"            # UDP has no handshake: probe the backend's web port
+probe_interval = "2s"
 "#;
 
 /// A binary of this workspace next to the running executable (`target/<profile>/NAME`), or
@@ -403,6 +407,31 @@ impl Lab {
                             .any(|r| r.as_str().is_some_and(|r| r.starts_with("0.0.0.0/0 ")))
                     });
                     s["backends_unresolved"] == 0 && default_route
+                })
+            },
+        )
+    }
+
+    /// Waits until next hops are resolved and every backend that may take new flows (not
+    /// drained, weight > 0) is in rotation, i.e. probed healthy where a probe is set (bounded).
+    ///
+    /// # Errors
+    /// Not ready within 10 s.
+    pub fn wait_ready(&self) -> anyhow::Result<()> {
+        self.wait_resolved()?;
+        crate::wait_until(
+            "backends to be in rotation",
+            Duration::from_secs(10),
+            Duration::from_millis(25),
+            || {
+                self.lb_json(&["status"]).is_ok_and(|s| {
+                    s["vips"].as_array().is_some_and(|vips| {
+                        vips.iter()
+                            .flat_map(|v| v["backends"].as_array().into_iter().flatten())
+                            .all(|b| {
+                                b["in_rotation"] == true || b["drained"] == true || b["weight"] == 0
+                            })
+                    })
                 })
             },
         )

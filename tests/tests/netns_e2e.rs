@@ -20,7 +20,7 @@ fn tally(names: impl IntoIterator<Item = String>) -> BTreeMap<String, u32> {
 fn http_and_udp_through_the_vip_reach_every_backend() {
     let mut lab = Lab::new(3).unwrap();
     lab.start_agent(DEMO_CONFIG).unwrap();
-    lab.wait_resolved().unwrap();
+    lab.wait_ready().unwrap();
 
     // Many client source ports (one per connection) spread over all backends.
     let http = tally((0..60).map(|i| {
@@ -87,7 +87,7 @@ fn a_long_lived_connection_keeps_its_backend_while_backends_are_added() {
     let mut lab = Lab::new(4).unwrap();
     // Start with b1..b3; b4 exists (server running) but is not in the service yet.
     lab.start_agent(DEMO_CONFIG).unwrap();
-    lab.wait_resolved().unwrap();
+    lab.wait_ready().unwrap();
     let mut conns: Vec<_> = (0..12).map(|_| lab.http_connect(80).unwrap()).collect();
     let first: Vec<String> = conns.iter_mut().map(|c| c.get().unwrap()).collect();
 

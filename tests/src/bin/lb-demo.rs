@@ -56,9 +56,8 @@ fn run() -> anyhow::Result<()> {
         println!("   | {l}");
     }
     lab.start_agent(DEMO_CONFIG)?;
-    if let Err(e) = lab.wait_resolved() {
-        println!("   (next hops not resolved yet, the kernel FIB fallback serves meanwhile: {e})");
-    }
+    // Probed backends take new flows after their first good probe (milliseconds here).
+    lab.wait_ready()?;
     println!("\n$ lb vip list\n{}", lab.lb(&["vip", "list"])?);
 
     let mut answered: BTreeMap<String, u32> = BTreeMap::new();
