@@ -637,7 +637,10 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
                 table_len: table.as_ref().map_or(0, |t| t.len() as u32),
                 flags: 0,
             };
-            // The atomic switch to the new table.
+            // The atomic switch to the new table. A double buffer rather than delta writes into
+            // the live region: a delta sequence passes through tables that match neither the
+            // old nor the new backend set (flows hop twice), while one hash-map update swaps
+            // whole tables, so every packet sees one complete table.
             self.maps.put_service(&key, &info)?;
             let ap = self.applied.get_mut(spec).expect("present");
             let old = std::mem::replace(&mut ap.table, new_region.zip(table));

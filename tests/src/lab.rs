@@ -365,19 +365,12 @@ impl Lab {
     /// # Errors
     /// The command fails.
     pub fn lb(&self, args: &[&str]) -> anyhow::Result<String> {
-        let out = Command::new(workspace_bin("lb")?)
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args)
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "lb {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        crate::netns::output(
+            Command::new(workspace_bin("lb")?)
+                .arg("--socket")
+                .arg(&self.socket)
+                .args(args),
+        )
     }
 
     /// `lb ARGS -o json`, parsed.

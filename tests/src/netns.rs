@@ -25,14 +25,23 @@ pub fn unique_prefix() -> String {
 /// # Errors
 /// The command could not start or exited non-zero.
 pub fn sh(program: &str, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .with_context(|| format!("starting {program}"))?;
+    output(Command::new(program).args(args))
+}
+
+/// Runs a command; returns its stdout, or fails with the command line and its stderr.
+///
+/// # Errors
+/// The command could not start or exited non-zero.
+pub fn output(cmd: &mut Command) -> anyhow::Result<String> {
+    let shown = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let out = cmd.output().with_context(|| format!("starting {shown}"))?;
     if !out.status.success() {
         bail!(
-            "{program} {} failed: {}",
-            args.join(" "),
+            "{shown} failed: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }

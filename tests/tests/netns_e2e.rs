@@ -8,6 +8,14 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use lb_integration::lab::{DEMO_CONFIG, Lab};
 
+/// Runs an `lb` command that must fail; returns its error text.
+fn refused(lab: &Lab, args: &[&str]) -> String {
+    match lab.lb(args) {
+        Ok(out) => panic!("lb {} succeeded: {out}", args.join(" ")),
+        Err(e) => e.to_string(),
+    }
+}
+
 fn tally(names: impl IntoIterator<Item = String>) -> BTreeMap<String, u32> {
     let mut m = BTreeMap::new();
     for n in names {
@@ -159,31 +167,25 @@ fn cli_changes_and_errors() {
         "{vips}"
     );
     // Errors name what is wrong; nothing changes.
-    let e = lab
-        .lb(&["vip", "add", "203.0.113.10:8080/tcp"])
-        .unwrap_err()
-        .to_string();
+    let e = refused(&lab, &["vip", "add", "203.0.113.10:8080/tcp"]);
     assert!(e.contains("already exists"), "{e}");
-    let e = lab
-        .lb(&["backend", "add", "203.0.113.99:1/tcp", "192.0.2.11"])
-        .unwrap_err()
-        .to_string();
+    let e = refused(
+        &lab,
+        &["backend", "add", "203.0.113.99:1/tcp", "192.0.2.11"],
+    );
     assert!(e.contains("203.0.113.99:1/tcp does not exist"), "{e}");
-    let e = lab
-        .lb(&["vip", "add", "203.0.113.10:80/sctp"])
-        .unwrap_err()
-        .to_string();
+    let e = refused(&lab, &["vip", "add", "203.0.113.10:80/sctp"]);
     assert!(e.contains("only tcp and udp"), "{e}");
-    let e = lab
-        .lb(&["vip", "add", "203.0.113.10:81/tcp", "--table-size", "1000"])
-        .unwrap_err()
-        .to_string();
+    let e = refused(
+        &lab,
+        &["vip", "add", "203.0.113.10:81/tcp", "--table-size", "1000"],
+    );
     assert!(e.contains("not a prime"), "{e}");
     // The lookup tables do not fit: a clear capacity error.
-    let e = lab
-        .lb(&["vip", "add", "203.0.113.10:82/tcp", "--table-size", "1021"])
-        .unwrap_err()
-        .to_string();
+    let e = refused(
+        &lab,
+        &["vip", "add", "203.0.113.10:82/tcp", "--table-size", "1021"],
+    );
     assert!(e.contains("need 2293 slots but the agent has 1100"), "{e}");
     lab.lb(&["vip", "del", "203.0.113.10:8080/tcp"]).unwrap();
     assert!(lab.http_get(8080).is_err(), "a deleted VIP still answers");
@@ -232,6 +234,6 @@ fn cli_changes_and_errors() {
     let stopped = lab.stop_agent().unwrap();
     assert!(stopped.success());
     // A CLI call against a missing agent says so in one line.
-    let e = lab.lb(&["status"]).unwrap_err().to_string();
+    let e = refused(&lab, &["status"]);
     assert!(e.contains("no agent is listening"), "{e}");
 }

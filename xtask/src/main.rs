@@ -92,19 +92,7 @@ fn cargo() -> Command {
 
 fn build(release: bool) -> anyhow::Result<()> {
     setup::ensure()?;
-    let mut c = cargo();
-    c.args([
-        "build",
-        "-p",
-        "lb-userspace",
-        "-p",
-        "lb-integration",
-        "--bins",
-    ]);
-    if release {
-        c.arg("--release");
-    }
-    run(&mut c)?;
+    build_bins(release)?;
     let dir = root()
         .join("target")
         .join(if release { "release" } else { "debug" });
@@ -132,6 +120,23 @@ fn copy_xdp_object(dir: &Path) -> anyhow::Result<PathBuf> {
     let obj = dir.join("lb-xdp.o");
     std::fs::copy(&newest, &obj)?;
     Ok(obj)
+}
+
+/// Builds `lb` (with the XDP object) and the lab binaries (`lb-demo`, `lb-labd`).
+fn build_bins(release: bool) -> anyhow::Result<()> {
+    let mut c = cargo();
+    c.args([
+        "build",
+        "-p",
+        "lb-userspace",
+        "-p",
+        "lb-integration",
+        "--bins",
+    ]);
+    if release {
+        c.arg("--release");
+    }
+    run(&mut c)
 }
 
 fn lint() -> anyhow::Result<()> {
@@ -189,8 +194,7 @@ fn test(host_only: bool, args: &[String]) -> anyhow::Result<()> {
     }
     setup::require_root("the kernel tests (BPF_PROG_TEST_RUN and network namespaces)")?;
     // The integration tests start the real `lb` binary and the lab servers.
-    let bins = ["-p", "lb-userspace", "-p", "lb-integration", "--bins"];
-    run(cargo().arg("build").args(bins))?;
+    build_bins(false)?;
     let mut c = cargo();
     c.args(["test", "-p", "lb-integration", "--lib", "--bins", "--tests"])
         .args(["--", "--test-threads=1"])
@@ -263,14 +267,7 @@ fn run_tests(cmd: &mut Command) -> anyhow::Result<Tally> {
 fn demo() -> anyhow::Result<()> {
     setup::ensure()?;
     setup::require_root("the demo (it creates network namespaces and loads XDP)")?;
-    run(cargo().args([
-        "build",
-        "-p",
-        "lb-userspace",
-        "-p",
-        "lb-integration",
-        "--bins",
-    ]))?;
+    build_bins(false)?;
     run(&mut Command::new(root().join("target/debug/lb-demo")))
 }
 
