@@ -1,11 +1,21 @@
 //! Per-service lookup tables: the slot rule (both sides) and Maglev table construction (agent).
 //!
 //! The fast path picks `table[slot(flow_hash, table_len)]`. The agent fills tables with Maglev
-//! (Eisenbud et al., NSDI 2016), weighted as katran does: in each round every backend earns its
-//! weight in credit and claims one preferred slot per `max_weight` of credit, so slot shares
-//! follow weights. Each backend's preference list (`offset`, `skip`) depends only on its
-//! address and port, and backends are visited in address order, so two agents given the same
-//! backends build the same table, whatever ids or insertion order they use.
+//! (Eisenbud et al., NSDI 2016): every backend has a preference permutation of the slots, and
+//! backends take turns claiming their most preferred free slot. Turns are weighted as katran
+//! does: in each round every backend earns its weight in credit and claims one slot per
+//! `max_weight` of credit, so slot shares follow weights. A backend's permutation depends only
+//! on its address and port, and backends are visited in address order, so two agents given the
+//! same backends build the same table, whatever ids or insertion order they use.
+//!
+//! # Why the permutation is not the paper's `offset + j·skip`
+//! With linear permutations, two backends' preference lists are affine images of each other
+//! (`p_b = c + (skip_b / skip_a)·p_a mod M`). For some address pairs the lists are then strongly
+//! correlated, and adding or removing one backend cascades through the fill: the property tests
+//! found 2 → 3 backends moving 8 % of the table beyond the new backend's fair share. Here
+//! `p(j) = offset + skip·(j + shift)^e mod M`, with `e` odd and coprime to `M − 1`, so `x ↦ x^e`
+//! is a bijection of `Z_M` (M prime) and `p` is still a permutation, but a non-linear one: the
+//! correlation is gone and disruption stays within 1 % beyond the fair share.
 
 /// The slot a flow hash selects in a table of `table_len` slots (`None` for an empty table).
 #[inline(always)]
@@ -44,6 +54,7 @@ mod build {
 
     const OFFSET_SEED: u32 = 0x6d61_676c; // "magl"
     const SKIP_SEED: u32 = 0x6576_3031; // "ev01"
+    const SHIFT_SEED: u32 = 0x7368_6674; // "shft"
 
     /// One eligible backend as the table builder sees it.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,15 +92,26 @@ mod build {
             return table;
         };
         let mut filled = vec![false; size as usize];
-        let prefs: Vec<(u64, u64)> = bs
+        let e = permutation_exponent(m);
+        let prefs: Vec<(u64, u64, u64)> = bs
             .iter()
             .map(|b| {
                 let w = b.words();
                 let offset = u64::from(murmur3(&w, OFFSET_SEED)) % m;
                 let skip = u64::from(murmur3(&w, SKIP_SEED)) % (m - 1) + 1;
-                (offset, skip)
+                let shift = u64::from(murmur3(&w, SHIFT_SEED)) % m;
+                (offset, skip, shift)
             })
             .collect();
+        // Backend i's j-th preferred slot.
+        let pref = |(offset, skip, shift): (u64, u64, u64), j: u64| -> usize {
+            let x = (j + shift) % m;
+            let mut p = x;
+            for _ in 1..e {
+                p = p * x % m;
+            }
+            ((offset + skip * p) % m) as usize
+        };
         let mut next = vec![0u64; bs.len()];
         let mut credit = vec![0u64; bs.len()];
         let mut n = 0u32;
@@ -100,11 +122,10 @@ mod build {
                     continue;
                 }
                 credit[i] -= max_w;
-                let (offset, skip) = prefs[i];
-                let mut c = ((offset + next[i] * skip) % m) as usize;
+                let mut c = pref(prefs[i], next[i]);
                 while filled[c] {
                     next[i] += 1;
-                    c = ((offset + next[i] * skip) % m) as usize;
+                    c = pref(prefs[i], next[i]);
                 }
                 filled[c] = true;
                 table[c] = b.id;
@@ -115,6 +136,21 @@ mod build {
                 }
             }
         }
+    }
+
+    /// The smallest odd `e ≥ 3` coprime to `m − 1`: then `x ↦ x^e mod m` permutes `Z_m`.
+    fn permutation_exponent(m: u64) -> u64 {
+        const fn gcd(mut a: u64, mut b: u64) -> u64 {
+            while b != 0 {
+                (a, b) = (b, a % b);
+            }
+            a
+        }
+        let mut e = 3;
+        while gcd(e, m - 1) != 1 {
+            e += 2;
+        }
+        e
     }
 }
 
