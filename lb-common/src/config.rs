@@ -38,6 +38,7 @@ use crate::{
 pub struct Config {
     pub agent: AgentSettings,
     pub services: Vec<ServiceConfig>,
+    pub forwards: Vec<ForwardConfig>,
 }
 
 /// Load-time settings (they size maps and seed the hash, so they apply at agent start).
@@ -66,6 +67,25 @@ pub struct ServiceConfig {
     pub spec: ServiceSpec,
     pub settings: ServiceSettings,
     pub backends: Vec<BackendConfig>,
+}
+
+/// A port-forward endpoint: one VIP port to one backend's port (e.g. SSH to one VM).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ForwardConfig {
+    pub spec: ServiceSpec,
+    pub to: std::net::SocketAddr,
+}
+
+/// Checks a port forward's target: an explicit port, the service's address family.
+///
+/// # Errors
+/// A message naming the target and the problem.
+pub fn check_forward(s: &ServiceSpec, to: &BackendSpec) -> Result<std::net::SocketAddr, String> {
+    check_backend(s, to)?;
+    let port = to
+        .port
+        .ok_or_else(|| format!("forward target {to} needs a port (DIP:PORT)"))?;
+    Ok(std::net::SocketAddr::new(to.ip, port))
 }
 
 /// A backend with its weight and drain flag.
@@ -228,6 +248,15 @@ struct RawConfig {
     agent: Option<RawAgent>,
     #[serde(default)]
     service: Vec<Spanned<RawService>>,
+    #[serde(default)]
+    forward: Vec<Spanned<RawForward>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawForward {
+    vip: Spanned<String>,
+    to: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -448,7 +477,52 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             backends: bs,
         });
     }
-    Ok(Config { agent, services })
+    let mut forwards = Vec::with_capacity(raw.forward.len());
+    for (i, f) in raw.forward.into_iter().enumerate() {
+        let f = f.into_inner();
+        let field = |x: &str| format!("forward[{i}].{x}");
+        let spec: ServiceSpec = f
+            .vip
+            .get_ref()
+            .parse()
+            .map_err(|e: SpecError| err(f.vip.span(), field("vip"), e.0))?;
+        check_service(&spec).map_err(|m| err(f.vip.span(), field("vip"), m))?;
+        if !seen.insert(spec) {
+            return Err(err(
+                f.vip.span(),
+                field("vip"),
+                format!("{spec} is defined twice"),
+            ));
+        }
+        let to: BackendSpec =
+            f.to.get_ref()
+                .parse()
+                .map_err(|e: SpecError| err(f.to.span(), field("to"), e.0))?;
+        let to = check_forward(&spec, &to).map_err(|m| err(f.to.span(), field("to"), m))?;
+        // One table slot, plus one while it changes.
+        slots += 1;
+        backends_total += 1;
+        if slots > u64::from(agent.ring_slots) || backends_total >= MAX_BACKENDS as usize {
+            return Err(err(
+                f.vip.span(),
+                field("vip"),
+                "the forwards exceed agent.ring_slots or the backend map".into(),
+            ));
+        }
+        forwards.push(ForwardConfig { spec, to });
+    }
+    if services.len() + forwards.len() > MAX_SERVICES as usize {
+        return Err(err(
+            0..0,
+            "forward".into(),
+            format!("more than {MAX_SERVICES} services and forwards"),
+        ));
+    }
+    Ok(Config {
+        agent,
+        services,
+        forwards,
+    })
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
@@ -534,6 +608,12 @@ established = "rebalance"
             (WhenAllDown::Spread, Established::Rebalance)
         );
         assert_eq!(parse("empty.toml", "").unwrap().services.len(), 0);
+        let fw = parse(
+            "f.toml",
+            "[[forward]]\nvip = \"203.0.113.10:50001/tcp\"\nto = \"192.0.2.11:22\"\n",
+        )
+        .unwrap();
+        assert_eq!(fw.forwards[0].to.to_string(), "192.0.2.11:22");
         // Without a timeout, a short interval shortens the default timeout with it.
         let short = parse(
             "s.toml",

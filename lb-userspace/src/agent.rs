@@ -41,6 +41,7 @@ fn load_config(path: Option<&PathBuf>) -> anyhow::Result<(Config, String)> {
         let empty = Config {
             agent: lb_common::config::AgentSettings::default(),
             services: Vec::new(),
+            forwards: Vec::new(),
         };
         return Ok((empty, persist::digest("")));
     };

@@ -53,6 +53,13 @@ pub enum Request {
     BackendList {
         service: String,
     },
+    ForwardAdd {
+        service: String,
+        to: String,
+    },
+    ForwardDel {
+        service: String,
+    },
     Status,
     Stats,
 }
@@ -156,6 +163,8 @@ impl From<lb_common::maps::Counters> for CountersView {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceView {
     pub service: String,
+    /// `balanced`, or `forward to DIP:PORT`.
+    pub kind: String,
     pub id: u32,
     pub table_size: u32,
     pub backends: usize,

@@ -32,6 +32,9 @@ pub enum Command {
     /// Backends of a service.
     #[command(subcommand)]
     Backend(BackendCmd),
+    /// Port forwards: one VIP port to one backend's port (e.g. SSH to one VM).
+    #[command(subcommand)]
+    Forward(ForwardCmd),
     /// Agent state, services, backends with next hops and table shares.
     Status(OutputArg),
     /// Counters: per verdict reason and per service.
@@ -134,6 +137,19 @@ impl From<&VipSettings> for crate::api::SettingsArgs {
             established: v.established.clone(),
         }
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ForwardCmd {
+    /// Forward a VIP port to one backend port: `lb forward add 203.0.113.10:50001/tcp 192.0.2.11:22`.
+    Add {
+        service: ServiceSpec,
+        to: BackendSpec,
+    },
+    /// Delete a forward.
+    Del { service: ServiceSpec },
+    /// List forwards (with their counters).
+    List(OutputArg),
 }
 
 #[derive(Debug, Subcommand)]
@@ -303,6 +319,21 @@ pub fn request(cmd: &Command) -> Option<(Request, Format)> {
             },
             out.format,
         ),
+        Command::Forward(ForwardCmd::Add { service, to }) => (
+            Request::ForwardAdd {
+                service: service.to_string(),
+                to: to.to_string(),
+            },
+            t,
+        ),
+        Command::Forward(ForwardCmd::Del { service }) => (
+            Request::ForwardDel {
+                service: service.to_string(),
+            },
+            t,
+        ),
+        // The service list shows forwards with their targets.
+        Command::Forward(ForwardCmd::List(o)) => (Request::VipList, o.format),
         Command::Status(o) => (Request::Status, o.format),
         Command::Stats(o) => (Request::Stats, o.format),
     })
@@ -326,23 +357,24 @@ pub fn render(resp: &Response, format: Format) -> Result<String, String> {
         Response::Vips { vips } => {
             let _ = writeln!(
                 o,
-                "{:<26} {:>4} {:>6} {:>9} {:<24} {:>10} {:>10}",
-                "SERVICE", "ID", "TABLE", "IN/TOTAL", "PROBE", "PACKETS", "NEW FLOWS"
+                "{:<26} {:>4} {:>6} {:>9} {:<28} {:>10} {:>10}",
+                "SERVICE", "ID", "TABLE", "IN/TOTAL", "KIND / PROBE", "PACKETS", "NEW FLOWS"
             );
             for v in vips {
-                let probe = v.probe.as_ref().map_or_else(
-                    || "none".to_owned(),
-                    |p| format!("{p} every {}", v.probe_interval),
-                );
+                let what = match &v.probe {
+                    _ if v.kind != "balanced" => v.kind.clone(),
+                    Some(p) => format!("{p} every {}", v.probe_interval),
+                    None => "no probe".to_owned(),
+                };
                 let _ = writeln!(
                     o,
-                    "{:<26} {:>4} {:>6} {:>4}/{:<4} {:<24} {:>10} {:>10}",
+                    "{:<26} {:>4} {:>6} {:>4}/{:<4} {:<28} {:>10} {:>10}",
                     v.service,
                     v.id,
                     v.table_size,
                     v.in_rotation,
                     v.backends,
-                    probe,
+                    what,
                     v.counters.packets,
                     v.counters.new_flows
                 );

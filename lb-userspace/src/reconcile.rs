@@ -37,7 +37,7 @@ use crate::{
     dataplane::MapOps,
     error::{ChangeError, MapOpError},
     probe::{ProbeReport, ProbeTarget},
-    state::State,
+    state::{Kind, State},
 };
 
 /// How long a freed table region or backend id stays unused before it is reused.
@@ -332,6 +332,16 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
                 };
                 (spec, format!("backend {addr} of {spec} {what}"))
             }
+            Request::ForwardAdd { service, to } => {
+                let spec = parse_service(&service)?;
+                let to = next.add_forward(spec, &parse_backend(&to)?)?;
+                (spec, format!("added forward {spec} → {to}"))
+            }
+            Request::ForwardDel { service } => {
+                let spec = parse_service(&service)?;
+                next.del_forward(&spec)?;
+                (spec, format!("deleted forward {spec}"))
+            }
             Request::VipList => {
                 return Ok(Response::Vips {
                     vips: self.service_views()?,
@@ -612,8 +622,12 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
                 weight: *w,
             })
             .collect();
-        let table =
-            (!eligible.is_empty()).then(|| build_table(&eligible, desired.settings.table_size));
+        let table = match (eligible.first(), desired.settings.table_size) {
+            (None, _) => None,
+            // A port forward: its one backend in a one-slot table (slot = hash % 1 = 0).
+            (Some(only), 1) => Some(vec![only.id]),
+            (Some(_), size) => Some(build_table(&eligible, size)),
+        };
         let ap = self.applied.get_mut(spec).expect("inserted above");
         let unchanged = match (&ap.table, &table) {
             (Some((_, cur)), Some(new)) => cur == new,
@@ -856,6 +870,17 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
             let st = &svc.settings;
             out.push(ServiceView {
                 service: spec.to_string(),
+                kind: match svc.kind {
+                    Kind::Balanced => "balanced".into(),
+                    Kind::Forward => {
+                        let to = svc
+                            .backends
+                            .keys()
+                            .next()
+                            .map_or_else(String::new, ToString::to_string);
+                        format!("forward to {to}")
+                    }
+                },
                 id: ap.id,
                 table_size: st.table_size,
                 backends: ap.backends.len(),
@@ -1592,5 +1617,41 @@ mod tests {
             "{:?}",
             r.maps().ops
         );
+    }
+
+    #[test]
+    fn a_forward_is_a_one_slot_table_of_its_backend() {
+        let mut r = rec(4096);
+        ok(
+            &mut r,
+            Request::ForwardAdd {
+                service: "203.0.113.10:50001/tcp".into(),
+                to: "192.0.2.11:22".into(),
+            },
+        );
+        let info = r.maps().services.values().next().copied().unwrap();
+        assert_eq!(info.table_len, 1);
+        let b = r.maps().backends[&r.maps().ring[&info.table_off]];
+        assert_eq!(
+            (addr::to_ip(&b.addr).to_string(), u16::from_be_bytes(b.port)),
+            ("192.0.2.11".into(), 22)
+        );
+        let Response::Vips { vips } = r.handle(Request::VipList) else {
+            panic!()
+        };
+        assert_eq!(vips[0].kind, "forward to 192.0.2.11:22");
+        let resp = r.handle(Request::BackendAdd {
+            service: "203.0.113.10:50001/tcp".into(),
+            backend: "192.0.2.12".into(),
+            weight: None,
+        });
+        assert!(matches!(resp, Response::Error { message } if message.contains("port forward")));
+        ok(
+            &mut r,
+            Request::ForwardDel {
+                service: "203.0.113.10:50001/tcp".into(),
+            },
+        );
+        assert!(r.maps().services.is_empty() && r.maps().vips.is_empty());
     }
 }

@@ -9,8 +9,8 @@ use std::{collections::BTreeMap, fmt::Write as _, net::SocketAddr};
 
 use lb_common::{
     config::{
-        BackendConfig, Config, DEFAULT_WEIGHT, ServiceSettings, check_backend, check_service,
-        check_settings, check_weight,
+        BackendConfig, Config, DEFAULT_WEIGHT, ServiceSettings, check_backend, check_forward,
+        check_service, check_settings, check_weight,
     },
     spec::{BackendSpec, ServiceSpec, format_duration},
 };
@@ -23,9 +23,19 @@ pub struct State {
     pub services: BTreeMap<ServiceSpec, ServiceState>,
 }
 
+/// A load-balanced service, or a port forward to one backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Kind {
+    #[default]
+    Balanced,
+    /// One backend, a one-slot table, no probe: e.g. SSH to one VM.
+    Forward,
+}
+
 /// Desired state of one service.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceState {
+    pub kind: Kind,
     pub settings: ServiceSettings,
     /// Backends by their resolved address (port defaulted to the service port).
     pub backends: BTreeMap<SocketAddr, BackendState>,
@@ -61,16 +71,51 @@ impl State {
                         (b.spec.resolve(&s.spec), st)
                     })
                     .collect();
-                (
-                    s.spec,
-                    ServiceState {
-                        settings: s.settings.clone(),
-                        backends,
-                    },
-                )
+                let st = ServiceState {
+                    kind: Kind::Balanced,
+                    settings: s.settings.clone(),
+                    backends,
+                };
+                (s.spec, st)
             })
+            .chain(c.forwards.iter().map(|f| (f.spec, forward_state(f.to))))
             .collect();
         Self { services }
+    }
+
+    /// Adds a port forward.
+    ///
+    /// # Errors
+    /// Invalid service or target (a port is required), or the service exists.
+    pub fn add_forward(
+        &mut self,
+        spec: ServiceSpec,
+        to: &BackendSpec,
+    ) -> Result<SocketAddr, ChangeError> {
+        check_service(&spec).map_err(ChangeError::Invalid)?;
+        let to = check_forward(&spec, to).map_err(ChangeError::Invalid)?;
+        if self.services.contains_key(&spec) {
+            return Err(ChangeError::Exists(format!("service {spec}")));
+        }
+        self.services.insert(spec, forward_state(to));
+        Ok(to)
+    }
+
+    /// Removes a port forward.
+    ///
+    /// # Errors
+    /// No such forward.
+    pub fn del_forward(&mut self, spec: &ServiceSpec) -> Result<(), ChangeError> {
+        match self.services.get(spec) {
+            Some(s) if s.kind == Kind::Forward => {
+                self.services.remove(spec);
+                Ok(())
+            }
+            Some(_) => Err(ChangeError::Invalid(format!(
+                "{spec} is a load-balanced service: use lb vip del"
+            ))),
+            None => Err(ChangeError::NotFound(format!("forward {spec}"))),
+        }
     }
 
     /// Adds a service with no backends.
@@ -87,13 +132,12 @@ impl State {
         if self.services.contains_key(&spec) {
             return Err(ChangeError::Exists(format!("service {spec}")));
         }
-        self.services.insert(
-            spec,
-            ServiceState {
-                settings,
-                backends: BTreeMap::new(),
-            },
-        );
+        let st = ServiceState {
+            kind: Kind::Balanced,
+            settings,
+            backends: BTreeMap::new(),
+        };
+        self.services.insert(spec, st);
         Ok(())
     }
 
@@ -102,15 +146,21 @@ impl State {
     /// # Errors
     /// The service does not exist.
     pub fn del_service(&mut self, spec: &ServiceSpec) -> Result<ServiceState, ChangeError> {
+        self.service_mut(spec)?;
         self.services
             .remove(spec)
             .ok_or_else(|| ChangeError::NotFound(format!("service {spec}")))
     }
 
+    /// A load-balanced service (forwards are changed only through `lb forward`).
     fn service_mut(&mut self, spec: &ServiceSpec) -> Result<&mut ServiceState, ChangeError> {
-        self.services
-            .get_mut(spec)
-            .ok_or_else(|| ChangeError::NotFound(format!("service {spec}")))
+        match self.services.get_mut(spec) {
+            Some(s) if s.kind == Kind::Forward => Err(ChangeError::Invalid(format!(
+                "{spec} is a port forward: use lb forward add/del"
+            ))),
+            Some(s) => Ok(s),
+            None => Err(ChangeError::NotFound(format!("service {spec}"))),
+        }
     }
 
     fn backend_mut(
@@ -211,6 +261,12 @@ impl State {
     pub fn to_toml(&self) -> String {
         let mut o = String::new();
         for (spec, svc) in &self.services {
+            if svc.kind == Kind::Forward {
+                for to in svc.backends.keys() {
+                    let _ = writeln!(o, "[[forward]]\nvip = \"{spec}\"\nto = \"{to}\"\n");
+                }
+                continue;
+            }
             let s = &svc.settings;
             let _ = writeln!(
                 o,
@@ -241,6 +297,28 @@ impl State {
             o.push_str("]\n\n");
         }
         o
+    }
+}
+
+/// A forward as a service: one backend, a one-slot table, no probe.
+fn forward_state(to: SocketAddr) -> ServiceState {
+    let spec = BackendSpec {
+        ip: to.ip(),
+        port: Some(to.port()),
+    };
+    let settings = ServiceSettings {
+        table_size: 1,
+        ..ServiceSettings::default()
+    };
+    let backend = BackendState {
+        spec,
+        weight: DEFAULT_WEIGHT,
+        drained: false,
+    };
+    ServiceState {
+        kind: Kind::Forward,
+        settings,
+        backends: BTreeMap::from([(to, backend)]),
     }
 }
 
@@ -347,5 +425,39 @@ mod tests {
         s.del_backend(&web, &"192.0.2.11:80".parse().unwrap())
             .unwrap();
         assert_eq!(s.backend_count(), 0);
+    }
+
+    #[test]
+    fn forwards_need_a_port_and_stay_apart_from_services() {
+        let mut s = State::default();
+        let web = svc("203.0.113.10:80/tcp");
+        let ssh = svc("203.0.113.10:50001/tcp");
+        s.add_service(web, ServiceSettings::default()).unwrap();
+        let b11: BackendSpec = "192.0.2.11".parse().unwrap();
+        assert!(
+            matches!(s.add_forward(ssh, &b11), Err(ChangeError::Invalid(m)) if m.contains("needs a port"))
+        );
+        assert_eq!(
+            s.add_forward(ssh, &"192.0.2.11:22".parse().unwrap())
+                .unwrap()
+                .to_string(),
+            "192.0.2.11:22"
+        );
+        assert!(matches!(
+            s.add_forward(web, &"192.0.2.11:22".parse().unwrap()),
+            Err(ChangeError::Exists(_))
+        ));
+        assert!(
+            matches!(s.add_backend(&ssh, b11, None), Err(ChangeError::Invalid(m)) if m.contains("lb forward"))
+        );
+        assert!(matches!(s.del_service(&ssh), Err(ChangeError::Invalid(_))));
+        assert!(
+            matches!(s.del_forward(&web), Err(ChangeError::Invalid(m)) if m.contains("lb vip del"))
+        );
+        // The state file keeps forwards.
+        let back = State::from_config(&lb_common::config::parse("s.toml", &s.to_toml()).unwrap());
+        assert_eq!(back, s);
+        s.del_forward(&ssh).unwrap();
+        assert!(matches!(s.del_forward(&ssh), Err(ChangeError::NotFound(_))));
     }
 }

@@ -237,3 +237,52 @@ fn cli_changes_and_errors() {
     let e = refused(&lab, &["status"]);
     assert!(e.contains("no agent is listening"), "{e}");
 }
+
+/// Port forwards: several ports of one VIP, each to one backend's port, both directions
+/// translated (the client only accepts answers from VIP:port).
+#[test]
+fn port_forwards_reach_their_own_backends() {
+    let mut lab = Lab::new(3).unwrap();
+    lab.start_agent(
+        "[[forward]]\nvip = \"203.0.113.10:50001/tcp\"\nto = \"192.0.2.11:80\"\n\n\
+         [[forward]]\nvip = \"203.0.113.10:50002/tcp\"\nto = \"192.0.2.12:80\"\n",
+    )
+    .unwrap();
+    lab.lb(&["forward", "add", "203.0.113.10:5353/udp", "192.0.2.13:53"])
+        .unwrap();
+    lab.wait_ready().unwrap();
+    for _ in 0..10 {
+        assert_eq!(lab.http_get(50001).unwrap(), "b1");
+        assert_eq!(lab.http_get(50002).unwrap(), "b2");
+        assert_eq!(lab.udp_ask(5353, "q").unwrap(), "b3");
+    }
+    let list = lab.lb_json(&["forward", "list"]).unwrap();
+    let kinds: BTreeSet<String> = list["vips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["kind"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        kinds.contains("forward to 192.0.2.11:80") && kinds.contains("forward to 192.0.2.13:53"),
+        "{list}"
+    );
+    assert!(
+        refused(
+            &lab,
+            &["forward", "add", "203.0.113.10:50003/tcp", "192.0.2.11"]
+        )
+        .contains("needs a port")
+    );
+    lab.lb(&["forward", "del", "203.0.113.10:50002/tcp"])
+        .unwrap();
+    assert!(
+        lab.http_get(50002).is_err(),
+        "a deleted forward still answers"
+    );
+    assert!(
+        lab.reason("drop_no_service").unwrap() >= 1,
+        "the VIP still exists: the port is a counted drop"
+    );
+    assert_eq!(lab.http_get(50001).unwrap(), "b1");
+}
