@@ -22,6 +22,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::{
+    acl::Action,
     consts::{
         DEFAULT_CONNTRACK_ENTRIES, DEFAULT_HASH_SEED, DEFAULT_RING_SLOTS, DEFAULT_TABLE_SIZE,
         MAX_BACKENDS, MAX_SERVICES, MAX_TABLE_SIZE,
@@ -67,13 +68,59 @@ pub struct ServiceConfig {
     pub spec: ServiceSpec,
     pub settings: ServiceSettings,
     pub backends: Vec<BackendConfig>,
+    pub acl: Vec<AclRuleConfig>,
+}
+
+/// One endpoint ACL rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AclRuleConfig {
+    pub order: u32,
+    pub action: Action,
+    pub prefix: (std::net::IpAddr, u8),
+    pub description: String,
+}
+
+/// Checks an ACL rule for an endpoint: the prefix's family, the description.
+///
+/// # Errors
+/// A message naming the problem.
+pub fn check_acl_rule(
+    s: &ServiceSpec,
+    prefix: (std::net::IpAddr, u8),
+    description: &str,
+) -> Result<(), String> {
+    if prefix.0.is_ipv4() != s.vip.is_ipv4() {
+        return Err(format!(
+            "prefix {}/{} is not of the same address family as {s}",
+            prefix.0, prefix.1
+        ));
+    }
+    if description.len() > 256 || description.chars().any(char::is_control) {
+        return Err(
+            "the description must be at most 256 characters without control characters".into(),
+        );
+    }
+    Ok(())
+}
+
+/// Parses an ACL action word.
+///
+/// # Errors
+/// Neither `permit` nor `deny`.
+pub fn parse_action(s: &str) -> Result<Action, String> {
+    match s {
+        "permit" => Ok(Action::Permit),
+        "deny" => Ok(Action::Deny),
+        _ => Err(format!("{s:?}: the action must be permit or deny")),
+    }
 }
 
 /// A port-forward endpoint: one VIP port to one backend's port (e.g. SSH to one VM).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ForwardConfig {
     pub spec: ServiceSpec,
     pub to: std::net::SocketAddr,
+    pub acl: Vec<AclRuleConfig>,
 }
 
 /// Checks a port forward's target: an explicit port, the service's address family.
@@ -257,6 +304,18 @@ struct RawConfig {
 struct RawForward {
     vip: Spanned<String>,
     to: Spanned<String>,
+    #[serde(default)]
+    acl: Vec<Spanned<RawAcl>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAcl {
+    order: u32,
+    action: String,
+    prefix: String,
+    #[serde(default)]
+    description: String,
 }
 
 #[derive(Deserialize)]
@@ -281,6 +340,8 @@ struct RawService {
     healthy_after: Option<u32>,
     when_all_down: Option<Spanned<String>>,
     established: Option<Spanned<String>>,
+    #[serde(default)]
+    acl: Vec<Spanned<RawAcl>>,
 }
 
 /// `"192.0.2.11:80"` or `{ addr = "192.0.2.11:80", weight = 3, drained = false }`.
@@ -471,10 +532,12 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
                 format!("more than {} backends in total", MAX_BACKENDS - 1),
             ));
         }
+        let acl = parse_acl(&spec, &s.acl, &|f| field(f), &err)?;
         services.push(ServiceConfig {
             spec,
             settings,
             backends: bs,
+            acl,
         });
     }
     let mut forwards = Vec::with_capacity(raw.forward.len());
@@ -509,7 +572,8 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
                 "the forwards exceed agent.ring_slots or the backend map".into(),
             ));
         }
-        forwards.push(ForwardConfig { spec, to });
+        let acl = parse_acl(&spec, &f.acl, &|x| field(x), &err)?;
+        forwards.push(ForwardConfig { spec, to, acl });
     }
     if services.len() + forwards.len() > MAX_SERVICES as usize {
         return Err(err(
@@ -523,6 +587,37 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         services,
         forwards,
     })
+}
+
+type ErrAt<'a> = dyn Fn(Range<usize>, String, String) -> ConfigError + 'a;
+
+fn parse_acl(
+    spec: &ServiceSpec,
+    raw: &[Spanned<RawAcl>],
+    field: &dyn Fn(&str) -> String,
+    err: &ErrAt<'_>,
+) -> Result<Vec<AclRuleConfig>, ConfigError> {
+    let mut out: Vec<AclRuleConfig> = Vec::with_capacity(raw.len());
+    for (k, r) in raw.iter().enumerate() {
+        let f = field(&format!("acl[{k}]"));
+        let span = r.span();
+        let r = r.get_ref();
+        let action = parse_action(&r.action).map_err(|m| err(span.clone(), f.clone(), m))?;
+        let prefix =
+            crate::spec::parse_prefix(&r.prefix).map_err(|e| err(span.clone(), f.clone(), e.0))?;
+        check_acl_rule(spec, prefix, &r.description)
+            .map_err(|m| err(span.clone(), f.clone(), m))?;
+        if out.iter().any(|x| x.order == r.order) {
+            return Err(err(span, f, format!("order {} is used twice", r.order)));
+        }
+        out.push(AclRuleConfig {
+            order: r.order,
+            action,
+            prefix,
+            description: r.description.clone(),
+        });
+    }
+    Ok(out)
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {

@@ -16,6 +16,8 @@ pub const DEFAULT_TABLE_SIZE: u32 = 65_537;
 pub const MAX_TABLE_SIZE: u32 = 1 << 20;
 /// Capacity of the client-facing next-hop LPM trie.
 pub const MAX_ROUTES: u32 = 16_384;
+/// Capacity of the ACL LPM trie (all endpoints' compiled entries, plus one set while it changes).
+pub const MAX_ACL_ENTRIES: u32 = 65_536;
 /// Number of slots in the verdict-reason counter array (room for future reasons).
 pub const REASON_SLOTS: u32 = 64;
 /// Default seed of the flow hash. Every LB node of one deployment must use the same seed so
@@ -33,8 +35,9 @@ pub mod map_names {
     pub const REASON_STATS: &str = "LB_REASONS";
     pub const SERVICE_STATS: &str = "LB_SVC_STATS";
     pub const BACKEND_STATS: &str = "LB_BE_STATS";
+    pub const ACL: &str = "LB_ACL";
     /// Every map, in the order the agent opens them.
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 10] = [
         SERVICES,
         VIPS,
         BACKENDS,
@@ -44,6 +47,7 @@ pub mod map_names {
         REASON_STATS,
         SERVICE_STATS,
         BACKEND_STATS,
+        ACL,
     ];
 }
 

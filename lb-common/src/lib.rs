@@ -6,6 +6,8 @@
 //! `std` feature; `user` adds the `aya::Pod` markers the agent needs to put these types in maps.
 #![cfg_attr(not(feature = "std"), no_std)]
 
+#[cfg(feature = "std")]
+pub mod acl;
 pub mod addr;
 pub mod consts;
 pub mod csum;

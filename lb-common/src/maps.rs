@@ -34,8 +34,11 @@ pub struct ServiceInfo {
     /// Number of slots; 0 means the service has no eligible backend (new flows are dropped).
     pub table_len: u32,
     pub flags: u32,
+    /// The endpoint's ACL set in `LB_ACL` (0: no ACL, everyone is permitted). Like the table,
+    /// a rule change writes a new set under a new id and then switches this field.
+    pub acl_id: u32,
 }
-const _: () = assert!(core::mem::size_of::<ServiceInfo>() == 16);
+const _: () = assert!(core::mem::size_of::<ServiceInfo>() == 20);
 
 /// `LB_VIPS` key: a VIP address (any port). Lets the fast path tell "to a VIP, but malformed or
 /// to a port we do not serve" (a counted drop) from "not ours" (pass), without per-port lookups.
@@ -134,6 +137,8 @@ pub struct Counters {
     /// Backend → client packets and bytes.
     pub reply_packets: u64,
     pub reply_bytes: u64,
+    /// New flows the endpoint's ACL denied.
+    pub acl_drops: u64,
 }
 
 impl Counters {
@@ -144,6 +149,7 @@ impl Counters {
         self.new_flows += o.new_flows;
         self.reply_packets += o.reply_packets;
         self.reply_bytes += o.reply_bytes;
+        self.acl_drops += o.acl_drops;
         self
     }
 }
@@ -151,6 +157,43 @@ impl Counters {
 /// `LB_ROUTES` key data (the LPM trie's `Key<[u8; 16]>`): a client-facing destination prefix in
 /// map form; an IPv4 /p is stored with prefix length `96 + p`.
 pub type RouteKeyData = Addr;
+
+/// `LB_ACL` key data (the LPM trie's `Key<[u8; 20]>`): the ACL set id (big-endian, so its 32
+/// bits come first in the match) and the source address in map form. Prefix length is
+/// `32 + map-form prefix length`.
+pub type AclKeyData = [u8; 20];
+
+/// Builds `LB_ACL` key data.
+#[inline(always)]
+#[must_use]
+pub const fn acl_key(acl_id: u32, addr: &Addr) -> AclKeyData {
+    let mut k = [0u8; 20];
+    let id = acl_id.to_be_bytes();
+    let mut i = 0;
+    // verifier: constant trip counts, unrolled.
+    while i < 4 {
+        k[i] = id[i];
+        i += 1;
+    }
+    while i < 20 {
+        k[i] = addr[i - 4];
+        i += 1;
+    }
+    k
+}
+
+/// `LB_ACL` value: the verdict of the longest matching prefix.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+#[repr(C)]
+pub struct AclValue {
+    /// [`ACL_PERMIT`] or [`ACL_DENY`].
+    pub action: u32,
+    /// The deciding rule's order number, or `u32::MAX` for the default verdict.
+    pub rule: u32,
+}
+
+pub const ACL_PERMIT: u32 = 1;
+pub const ACL_DENY: u32 = 2;
 
 impl_user_pod!(
     ServiceKey,
@@ -160,5 +203,6 @@ impl_user_pod!(
     NextHop,
     Backend,
     ConnEntry,
-    Counters
+    Counters,
+    AclValue
 );

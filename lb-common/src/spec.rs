@@ -429,3 +429,91 @@ mod probe_tests {
         );
     }
 }
+
+/// A prefix as typed, `198.51.100.0/26` or `2001:db8::/32` (a bare address is a host prefix).
+/// Host bits must be zero, so a typo does not silently widen or narrow a rule.
+///
+/// # Errors
+/// Not a prefix, a length beyond the family's, or host bits set.
+pub fn parse_prefix(s: &str) -> Result<(IpAddr, u8), SpecError> {
+    let (a, l) = s.split_once('/').unwrap_or((s, ""));
+    let ip: IpAddr = a.parse().map_err(|_| {
+        SpecError(format!(
+            "{s:?}: {a:?} is not an address (expected e.g. 198.51.100.0/26)"
+        ))
+    })?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let len: u8 = if l.is_empty() {
+        max
+    } else {
+        l.parse()
+            .map_err(|_| SpecError(format!("{s:?}: prefix length {l:?} is not a number")))?
+    };
+    if len > max {
+        return Err(SpecError(format!(
+            "{s:?}: prefix length {len} is longer than {max}"
+        )));
+    }
+    let masked = mask(ip, len);
+    if masked != ip {
+        return Err(SpecError(format!(
+            "{s:?}: host bits are set; did you mean {masked}/{len}?"
+        )));
+    }
+    Ok((ip, len))
+}
+
+/// `ip` with all bits after the first `len` cleared.
+#[must_use]
+pub fn mask(ip: IpAddr, len: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(v) => {
+            let m = if len == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(len))
+            };
+            IpAddr::from((u32::from(v) & m).to_be_bytes())
+        }
+        IpAddr::V6(v) => {
+            let m = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from(len))
+            };
+            IpAddr::from((u128::from(v) & m).to_be_bytes())
+        }
+    }
+}
+
+/// A parsed prefix in map form (IPv4 lengths offset by 96).
+#[must_use]
+pub fn map_prefix(ip: IpAddr, len: u8) -> crate::acl::Prefix {
+    let off = if ip.is_ipv4() {
+        crate::addr::V4_MAPPED_PREFIX_LEN
+    } else {
+        0
+    };
+    crate::acl::Prefix {
+        addr: crate::addr::from_ip(ip),
+        len: off + u32::from(len),
+    }
+}
+
+#[cfg(test)]
+mod prefix_tests {
+    use super::*;
+
+    #[test]
+    fn prefixes() {
+        assert_eq!(parse_prefix("198.51.100.0/26").unwrap().1, 26);
+        assert_eq!(parse_prefix("198.51.100.7").unwrap().1, 32);
+        assert_eq!(parse_prefix("0.0.0.0/0").unwrap().1, 0);
+        assert_eq!(parse_prefix("2001:db8::/32").unwrap().1, 32);
+        let e = parse_prefix("198.51.100.7/24").unwrap_err();
+        assert!(e.0.contains("did you mean 198.51.100.0/24"), "{e}");
+        assert!(parse_prefix("198.51.100.0/33").is_err());
+        assert!(parse_prefix("nope/8").is_err());
+        assert_eq!(map_prefix("198.51.100.0".parse().unwrap(), 26).len, 122);
+    }
+}

@@ -36,10 +36,12 @@ pub enum Reason {
     DropTtl = 12,
     /// Neither TCP nor UDP to a VIP: only those are balanced.
     DropProto = 13,
+    /// A new flow the endpoint's ACL denies.
+    DropAcl = 14,
 }
 
 /// Every reason, in number order.
-pub const ALL_REASONS: [Reason; 14] = [
+pub const ALL_REASONS: [Reason; 15] = [
     Reason::Forward,
     Reason::Reply,
     Reason::ForwardFib,
@@ -54,6 +56,7 @@ pub const ALL_REASONS: [Reason; 14] = [
     Reason::DropNoBackend,
     Reason::DropTtl,
     Reason::DropProto,
+    Reason::DropAcl,
 ];
 const _: () = assert!((ALL_REASONS.len() as u32) <= crate::consts::REASON_SLOTS);
 
@@ -76,6 +79,7 @@ impl Reason {
             Self::DropNoBackend => "drop_no_backend",
             Self::DropTtl => "drop_ttl",
             Self::DropProto => "drop_proto",
+            Self::DropAcl => "drop_acl",
         }
     }
 

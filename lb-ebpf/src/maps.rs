@@ -9,13 +9,13 @@ use aya_ebpf::{
 };
 use lb_common::{
     consts::{
-        DEFAULT_CONNTRACK_ENTRIES, DEFAULT_RING_SLOTS, MAX_BACKENDS, MAX_ROUTES, MAX_SERVICES,
-        REASON_SLOTS,
+        DEFAULT_CONNTRACK_ENTRIES, DEFAULT_RING_SLOTS, MAX_ACL_ENTRIES, MAX_BACKENDS, MAX_ROUTES,
+        MAX_SERVICES, REASON_SLOTS,
     },
     flow::FlowKey,
     maps::{
-        Backend, BackendId, ConnEntry, Counters, NextHop, RouteKeyData, ServiceInfo, ServiceKey,
-        VipInfo, VipKey,
+        AclKeyData, AclValue, Backend, BackendId, ConnEntry, Counters, NextHop, RouteKeyData,
+        ServiceInfo, ServiceKey, VipInfo, VipKey,
     },
 };
 
@@ -59,3 +59,8 @@ pub static LB_SVC_STATS: PerCpuArray<Counters> = PerCpuArray::pinned(MAX_SERVICE
 /// BackendId → counters (per CPU). Writer: fast path; the agent zeroes an id before reuse.
 #[map(name = "LB_BE_STATS")]
 pub static LB_BE_STATS: PerCpuArray<Counters> = PerCpuArray::pinned(MAX_BACKENDS, 0);
+
+/// (ACL set id, source prefix) → permit/deny: every endpoint's compiled ACL. Checked for new
+/// flows of services whose `acl_id` is not 0. Writer: agent.
+#[map(name = "LB_ACL")]
+pub static LB_ACL: LpmTrie<AclKeyData, AclValue> = LpmTrie::pinned(MAX_ACL_ENTRIES, 0);

@@ -12,7 +12,7 @@ use lb_common::{
     verdict::Reason,
 };
 
-use crate::maps::{LB_BACKENDS, LB_CONNTRACK, LB_RING, LB_ROUTES, LB_SERVICES, LB_VIPS};
+use crate::maps::{LB_ACL, LB_BACKENDS, LB_CONNTRACK, LB_RING, LB_ROUTES, LB_SERVICES, LB_VIPS};
 
 /// Seed of the flow hash, set by the agent at load time (`override_global`).
 #[unsafe(no_mangle)]
@@ -76,6 +76,11 @@ pub fn backend_for(
             }
         }
     }
+    // A new flow: the endpoint's ACL decides first (established flows are not re-checked).
+    if svc.acl_id != 0 && !acl_permits(svc.acl_id, &flow.src) {
+        crate::stats::count_acl_drop(svc.id);
+        return Err(Reason::DropAcl);
+    }
     let slot = maglev::slot(flow_hash(flow, LB_HASH_SEED.load()), svc.table_len)
         .ok_or(Reason::DropNoBackend)?;
     let id = *LB_RING
@@ -114,6 +119,16 @@ fn remember(flow: &FlowKey, id: BackendId, b: &Backend, svc: &ServiceInfo) {
         service: svc.id,
     };
     let _ = LB_CONNTRACK.insert(rev_key, rev, 0);
+}
+
+/// The endpoint ACL's verdict for a source: one LPM lookup. The agent always installs a
+/// default entry, so a miss cannot happen for a live set; it is treated as a deny anyway.
+#[inline(always)]
+fn acl_permits(acl_id: u32, src: &lb_common::addr::Addr) -> bool {
+    let key = aya_ebpf::maps::lpm_trie::Key::new(32 + 128, lb_common::maps::acl_key(acl_id, src));
+    LB_ACL
+        .get(key)
+        .is_some_and(|v| v.action == lb_common::maps::ACL_PERMIT)
 }
 
 /// The agent-resolved next hop towards a client address.

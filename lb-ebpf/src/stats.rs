@@ -48,3 +48,12 @@ fn add(c: &mut Counters, bytes: u64, dir: Dir) {
         }
     }
 }
+
+/// A new flow denied by the endpoint's ACL.
+#[inline(always)]
+pub fn count_acl_drop(service: u32) {
+    if let Some(p) = LB_SVC_STATS.get_ptr_mut(service) {
+        // SAFETY: a per-CPU slot, valid for the program's run; no other writer on this CPU.
+        unsafe { (*p).acl_drops += 1 };
+    }
+}

@@ -60,6 +60,22 @@ pub enum Request {
     ForwardDel {
         service: String,
     },
+    AclAdd {
+        service: String,
+        order: u32,
+        /// `permit` or `deny`.
+        action: String,
+        prefix: String,
+        #[serde(default)]
+        description: String,
+    },
+    AclDel {
+        service: String,
+        order: u32,
+    },
+    AclList {
+        service: String,
+    },
     Status,
     Stats,
 }
@@ -137,6 +153,27 @@ pub enum Response {
     },
     Status(StatusView),
     Stats(StatsView),
+    Acl(AclView),
+}
+
+/// An endpoint's ACL: its rules in order, the verdict for sources no rule matches, and how
+/// many LPM entries the rules compiled to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AclView {
+    pub service: String,
+    pub rules: Vec<AclRuleView>,
+    pub default: String,
+    pub compiled_entries: usize,
+    /// New flows the ACL denied.
+    pub drops: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AclRuleView {
+    pub order: u32,
+    pub action: String,
+    pub prefix: String,
+    pub description: String,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,6 +183,7 @@ pub struct CountersView {
     pub new_flows: u64,
     pub reply_packets: u64,
     pub reply_bytes: u64,
+    pub acl_drops: u64,
 }
 
 impl From<lb_common::maps::Counters> for CountersView {
@@ -156,6 +194,7 @@ impl From<lb_common::maps::Counters> for CountersView {
             new_flows: c.new_flows,
             reply_packets: c.reply_packets,
             reply_bytes: c.reply_bytes,
+            acl_drops: c.acl_drops,
         }
     }
 }

@@ -35,6 +35,9 @@ pub enum Command {
     /// Port forwards: one VIP port to one backend's port (e.g. SSH to one VM).
     #[command(subcommand)]
     Forward(ForwardCmd),
+    /// Endpoint ACLs: ordered permit/deny rules by remote prefix, first match wins.
+    #[command(subcommand)]
+    Acl(AclCmd),
     /// Agent state, services, backends with next hops and table shares.
     Status(OutputArg),
     /// Counters: per verdict reason and per service.
@@ -137,6 +140,42 @@ impl From<&VipSettings> for crate::api::SettingsArgs {
             established: v.established.clone(),
         }
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AclCmd {
+    /// Add a rule: `lb acl add 203.0.113.10:80/tcp --order 100 --permit 198.51.100.0/26`.
+    Add {
+        service: ServiceSpec,
+        /// Evaluation order: lowest first; the first matching rule decides.
+        #[arg(long)]
+        order: u32,
+        /// Permit sources in PREFIX.
+        #[arg(
+            long,
+            value_name = "PREFIX",
+            conflicts_with = "deny",
+            required_unless_present = "deny"
+        )]
+        permit: Option<String>,
+        /// Deny sources in PREFIX.
+        #[arg(long, value_name = "PREFIX")]
+        deny: Option<String>,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Delete a rule by its order number.
+    Del {
+        service: ServiceSpec,
+        #[arg(long)]
+        order: u32,
+    },
+    /// List an endpoint's rules, its default verdict and its ACL drops.
+    List {
+        service: ServiceSpec,
+        #[command(flatten)]
+        out: OutputArg,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -334,6 +373,40 @@ pub fn request(cmd: &Command) -> Option<(Request, Format)> {
         ),
         // The service list shows forwards with their targets.
         Command::Forward(ForwardCmd::List(o)) => (Request::VipList, o.format),
+        Command::Acl(AclCmd::Add {
+            service,
+            order,
+            permit,
+            deny,
+            description,
+        }) => {
+            let (action, prefix) = match (permit, deny) {
+                (Some(p), _) => ("permit", p.clone()),
+                (None, Some(d)) => ("deny", d.clone()),
+                (None, None) => return None,
+            };
+            let req = Request::AclAdd {
+                service: service.to_string(),
+                order: *order,
+                action: action.into(),
+                prefix,
+                description: description.clone(),
+            };
+            (req, t)
+        }
+        Command::Acl(AclCmd::Del { service, order }) => (
+            Request::AclDel {
+                service: service.to_string(),
+                order: *order,
+            },
+            t,
+        ),
+        Command::Acl(AclCmd::List { service, out }) => (
+            Request::AclList {
+                service: service.to_string(),
+            },
+            out.format,
+        ),
         Command::Status(o) => (Request::Status, o.format),
         Command::Stats(o) => (Request::Stats, o.format),
     })
@@ -353,6 +426,33 @@ pub fn render(resp: &Response, format: Format) -> Result<String, String> {
     let mut o = String::new();
     match resp {
         Response::Ok { message } => o.push_str(message),
+        Response::Acl(a) => {
+            let _ = writeln!(
+                o,
+                "{}  ({} rules → {} LPM entries, {} new flows denied)",
+                a.service,
+                a.rules.len(),
+                a.compiled_entries,
+                a.drops
+            );
+            let _ = writeln!(
+                o,
+                "  {:>8}  {:<7} {:<20} DESCRIPTION",
+                "ORDER", "ACTION", "PREFIX"
+            );
+            for r in &a.rules {
+                let _ = writeln!(
+                    o,
+                    "  {:>8}  {:<7} {:<20} {}",
+                    r.order, r.action, r.prefix, r.description
+                );
+            }
+            let _ = writeln!(
+                o,
+                "  {:>8}  {:<7} {:<20} sources no rule matches",
+                "default", a.default, ""
+            );
+        }
         Response::Error { .. } => {}
         Response::Vips { vips } => {
             let _ = writeln!(

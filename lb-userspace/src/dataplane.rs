@@ -14,8 +14,8 @@ use lb_common::{
     consts::{PROGRAM_NAME, global_names, map_names},
     flow::FlowKey,
     maps::{
-        Backend, BackendId, ConnEntry, Counters, NextHop, RouteKeyData, ServiceInfo, ServiceKey,
-        VipInfo, VipKey,
+        AclKeyData, AclValue, Backend, BackendId, ConnEntry, Counters, NextHop, RouteKeyData,
+        ServiceInfo, ServiceKey, VipInfo, VipKey,
     },
 };
 
@@ -157,6 +157,7 @@ pub struct Maps {
     pub reasons: PerCpuArray<MapData, u64>,
     pub svc_stats: PerCpuArray<MapData, Counters>,
     pub be_stats: PerCpuArray<MapData, Counters>,
+    pub acl: LpmTrie<MapData, AclKeyData, AclValue>,
 }
 
 impl Maps {
@@ -178,6 +179,7 @@ impl Maps {
             reasons: get(ebpf, map_names::REASON_STATS)?,
             svc_stats: get(ebpf, map_names::SERVICE_STATS)?,
             be_stats: get(ebpf, map_names::BACKEND_STATS)?,
+            acl: get(ebpf, map_names::ACL)?,
         })
     }
 
@@ -228,6 +230,17 @@ pub trait MapOps {
     fn service_counters(&self, id: u32) -> Result<Counters, MapOpError>;
     fn backend_counters(&self, id: BackendId) -> Result<Counters, MapOpError>;
     fn reason_counters(&self) -> Result<Vec<u64>, MapOpError>;
+    /// Writes one compiled ACL entry of set `acl_id`.
+    fn put_acl(&mut self, acl_id: u32, e: &lb_common::acl::Entry) -> Result<(), MapOpError>;
+    /// Deletes one ACL entry of set `acl_id`.
+    fn del_acl(&mut self, acl_id: u32, p: &lb_common::acl::Prefix) -> Result<(), MapOpError>;
+    /// Deletes the client → VIP conntrack entries of `service` whose source `doomed` selects;
+    /// returns how many.
+    fn purge_sources(
+        &mut self,
+        service: u32,
+        doomed: &dyn Fn(&lb_common::addr::Addr) -> bool,
+    ) -> Result<usize, MapOpError>;
     /// Live conntrack entries per backend id (an O(table) walk, for status output).
     fn flows_per_backend(&self) -> Result<std::collections::HashMap<BackendId, u64>, MapOpError>;
 }
@@ -366,6 +379,62 @@ impl MapOps for Maps {
             .iter()
             .map(|r| self.reason_count(*r as u32))
             .collect()
+    }
+    fn put_acl(&mut self, acl_id: u32, e: &lb_common::acl::Entry) -> Result<(), MapOpError> {
+        let key = LpmKey::new(
+            32 + e.prefix.len,
+            lb_common::maps::acl_key(acl_id, &e.prefix.addr),
+        );
+        let action = match e.action {
+            lb_common::acl::Action::Permit => lb_common::maps::ACL_PERMIT,
+            lb_common::acl::Action::Deny => lb_common::maps::ACL_DENY,
+        };
+        let v = AclValue {
+            action,
+            rule: e.rule.unwrap_or(u32::MAX),
+        };
+        self.acl
+            .insert(&key, v, 0)
+            .map_err(op_err(map_names::ACL, format!("insert set {acl_id}")))
+    }
+    fn del_acl(&mut self, acl_id: u32, p: &lb_common::acl::Prefix) -> Result<(), MapOpError> {
+        let key = LpmKey::new(32 + p.len, lb_common::maps::acl_key(acl_id, &p.addr));
+        match self.acl.remove(&key) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(MapOpError {
+                map: map_names::ACL,
+                op: format!("remove from set {acl_id}"),
+                source,
+            }),
+        }
+    }
+    fn purge_sources(
+        &mut self,
+        service: u32,
+        doomed: &dyn Fn(&lb_common::addr::Addr) -> bool,
+    ) -> Result<usize, MapOpError> {
+        let keys: Vec<FlowKey> = self
+            .conntrack
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, e)| {
+                e.kind == lb_common::maps::CONN_FORWARD && e.service == service && doomed(&k.src)
+            })
+            .map(|(k, _)| k)
+            .collect();
+        for k in &keys {
+            match self.conntrack.remove(k) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(source) => {
+                    return Err(MapOpError {
+                        map: map_names::CONNTRACK,
+                        op: "purge".into(),
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(keys.len())
     }
     fn flows_per_backend(&self) -> Result<std::collections::HashMap<BackendId, u64>, MapOpError> {
         let mut m = std::collections::HashMap::new();

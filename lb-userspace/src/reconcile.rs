@@ -20,24 +20,29 @@ use std::{
 };
 
 use lb_common::{
+    acl,
     addr::{self, Addr},
+    config::{AclRuleConfig, parse_action},
     consts::{MAX_BACKENDS, MAX_SERVICES},
     health::{Health, Thresholds, Tracker},
     maglev::{TableBackend, build_table},
     maps::{BACKEND_F_ACTIVE, Backend, BackendId, NextHop, ServiceInfo, VipInfo, VipKey},
-    spec::{BackendSpec, Established, ProbeSpec, ServiceSpec, WhenAllDown, format_duration},
+    spec::{
+        BackendSpec, Established, ProbeSpec, ServiceSpec, WhenAllDown, format_duration, map_prefix,
+        parse_prefix,
+    },
     verdict::ALL_REASONS,
 };
 
 use crate::{
     api::{
-        BackendView, CountersView, NextHopView, ProbeView, Request, Response, ServiceStatus,
-        ServiceView, StatsView, StatusView,
+        AclRuleView, AclView, BackendView, CountersView, NextHopView, ProbeView, Request, Response,
+        ServiceStatus, ServiceView, StatsView, StatusView,
     },
     dataplane::MapOps,
     error::{ChangeError, MapOpError},
     probe::{ProbeReport, ProbeTarget},
-    state::{Kind, State},
+    state::{Kind, ServiceState, State},
 };
 
 /// How long a freed table region or backend id stays unused before it is reused.
@@ -68,6 +73,8 @@ struct Applied {
     /// The live table region and its contents (`None`: no eligible backend, `table_len` 0).
     table: Option<(u32, Vec<BackendId>)>,
     backends: BTreeMap<SocketAddr, BackendId>,
+    /// The live ACL set id and its compiled entries (`None`: no rules, everyone is permitted).
+    acl: Option<(u32, Vec<acl::Entry>)>,
 }
 
 /// First-fit allocator of `LB_RING` regions.
@@ -171,6 +178,8 @@ impl BackendHealth {
 enum Deferred {
     Region(u32, u32),
     Backend(BackendId),
+    /// An ACL set no service points at any more: its entries and id.
+    Acl(u32, Vec<acl::Prefix>),
 }
 
 /// The single writer of the maps.
@@ -183,6 +192,7 @@ pub struct Reconciler<M: MapOps, R: Resolver> {
     ring: Ring,
     service_ids: Ids,
     backend_ids: Ids,
+    acl_ids: Ids,
     deferred: Vec<(Instant, Deferred)>,
     /// Next hops found by the last refresh, by address.
     next_hops: HashMap<IpAddr, NextHop>,
@@ -208,6 +218,7 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
             applied: BTreeMap::new(),
             service_ids: Ids::new(0, MAX_SERVICES),
             backend_ids: Ids::new(1, MAX_BACKENDS),
+            acl_ids: Ids::new(1, 2 * MAX_SERVICES + 1),
             deferred: Vec::new(),
             next_hops: HashMap::new(),
             written: HashMap::new(),
@@ -341,6 +352,36 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
                 let spec = parse_service(&service)?;
                 next.del_forward(&spec)?;
                 (spec, format!("deleted forward {spec}"))
+            }
+            Request::AclAdd {
+                service,
+                order,
+                action,
+                prefix,
+                description,
+            } => {
+                let spec = parse_service(&service)?;
+                let rule = AclRuleConfig {
+                    order,
+                    action: parse_action(&action).map_err(ChangeError::Invalid)?,
+                    prefix: parse_prefix(&prefix)
+                        .map_err(|e| ChangeError::Invalid(format!("prefix: {e}")))?,
+                    description,
+                };
+                next.add_acl(&spec, rule)?;
+                (
+                    spec,
+                    format!("added ACL rule --order {order} ({action} {prefix}) to {spec}"),
+                )
+            }
+            Request::AclDel { service, order } => {
+                let spec = parse_service(&service)?;
+                next.del_acl(&spec, order)?;
+                (spec, format!("deleted ACL rule --order {order} of {spec}"))
+            }
+            Request::AclList { service } => {
+                let spec = parse_service(&service)?;
+                return Ok(Response::Acl(self.acl_view(&spec)?));
             }
             Request::VipList => {
                 return Ok(Response::Vips {
@@ -510,6 +551,21 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
                 MAX_BACKENDS - 1
             )));
         }
+        // Every endpoint's compiled ACL, plus the changed one's new set while it is swapped in.
+        let acl_need: usize = next
+            .services
+            .values()
+            .map(|s| acl::compile(&acl_rules(s)).len())
+            .sum::<usize>()
+            + changed
+                .and_then(|c| next.services.get(c))
+                .map_or(0, |s| acl::compile(&acl_rules(s)).len());
+        if acl_need > lb_common::consts::MAX_ACL_ENTRIES as usize {
+            return Err(ChangeError::Capacity(format!(
+                "the ACLs would need {acl_need} LPM entries; the map holds {}",
+                lb_common::consts::MAX_ACL_ENTRIES
+            )));
+        }
         // Every service's table plus, while it is swapped, one new table for a changed one.
         let need: u64 = next
             .services
@@ -544,6 +600,12 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
                 if let Some((off, slots)) = ap.table {
                     self.defer(Deferred::Region(off, slots.len() as u32));
                 }
+                if let Some((aid, entries)) = ap.acl {
+                    self.defer(Deferred::Acl(
+                        aid,
+                        entries.iter().map(|e| e.prefix).collect(),
+                    ));
+                }
                 self.service_ids.used.remove(&ap.id);
             }
             return Ok(());
@@ -561,6 +623,7 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
                     id,
                     table: None,
                     backends: BTreeMap::new(),
+                    acl: None,
                 },
             );
         }
@@ -629,53 +692,86 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
             (Some(_), size) => Some(build_table(&eligible, size)),
         };
         let ap = self.applied.get_mut(spec).expect("inserted above");
-        let unchanged = match (&ap.table, &table) {
-            (Some((_, cur)), Some(new)) => cur == new,
-            (None, None) => true,
-            _ => false,
+        let table_changed = match (&ap.table, &table) {
+            (Some((_, cur)), Some(new)) => cur != new,
+            (None, None) => false,
+            _ => true,
         };
         let id = ap.id;
-        if !unchanged {
-            let new_region = match &table {
+        // The endpoint's ACL, compiled to LPM entries; a change writes a whole new set under a
+        // new id, switched with the table in the same service update (a double buffer again).
+        let entries = acl::compile(&acl_rules(&desired));
+        let acl_changed = match &ap.acl {
+            Some((_, cur)) => *cur != entries,
+            None => !entries.is_empty(),
+        };
+        let new_region = if table_changed {
+            match &table {
                 Some(slots) => {
-                    let len = slots.len() as u32;
-                    let off = self.alloc_region(len)?;
+                    let off = self.alloc_region(slots.len() as u32)?;
                     self.maps.put_slots(off, slots)?;
                     Some(off)
                 }
                 None => None,
-            };
-            let info = ServiceInfo {
-                id,
-                table_off: new_region.unwrap_or(0),
-                table_len: table.as_ref().map_or(0, |t| t.len() as u32),
-                flags: 0,
-            };
-            // The atomic switch to the new table. A double buffer rather than delta writes into
-            // the live region: a delta sequence passes through tables that match neither the
-            // old nor the new backend set (flows hop twice), while one hash-map update swaps
-            // whole tables, so every packet sees one complete table.
-            self.maps.put_service(&key, &info)?;
-            let ap = self.applied.get_mut(spec).expect("present");
-            let old = std::mem::replace(&mut ap.table, new_region.zip(table));
-            if let Some((off, slots)) = old {
-                self.defer(Deferred::Region(off, slots.len() as u32));
             }
         } else {
-            // Unchanged table (e.g. a re-add): still make sure the service entry exists.
-            let (off, len) = self.applied[spec]
-                .table
-                .as_ref()
-                .map_or((0, 0), |(o, s)| (*o, s.len() as u32));
-            self.maps.put_service(
-                &key,
-                &ServiceInfo {
-                    id,
-                    table_off: off,
-                    table_len: len,
-                    flags: 0,
-                },
-            )?;
+            self.applied[spec].table.as_ref().map(|(o, _)| *o)
+        };
+        let new_acl = if acl_changed && !entries.is_empty() {
+            let aid = self
+                .acl_ids
+                .alloc()
+                .ok_or_else(|| ChangeError::Capacity("no free ACL set id".into()))?;
+            for e in &entries {
+                self.maps.put_acl(aid, e)?;
+            }
+            Some(aid)
+        } else if acl_changed {
+            None
+        } else {
+            self.applied[spec].acl.as_ref().map(|(aid, _)| *aid)
+        };
+        let info = ServiceInfo {
+            id,
+            table_off: new_region.unwrap_or(0),
+            table_len: table.as_ref().map_or(0, |t| t.len() as u32),
+            flags: 0,
+            acl_id: new_acl.unwrap_or(0),
+        };
+        // The atomic switch to the new table and ACL set. A double buffer rather than delta
+        // writes into the live region: a delta sequence passes through tables that match
+        // neither the old nor the new backend set (flows hop twice), while one hash-map update
+        // swaps whole tables, so every packet sees one complete table (and one complete ACL).
+        // Written even when nothing changed, so a re-added service always has its entry.
+        self.maps.put_service(&key, &info)?;
+        let ap = self.applied.get_mut(spec).expect("present");
+        let old_table = if table_changed {
+            std::mem::replace(&mut ap.table, new_region.zip(table))
+        } else {
+            None
+        };
+        let old_acl = if acl_changed {
+            std::mem::replace(&mut ap.acl, new_acl.map(|aid| (aid, entries.clone())))
+        } else {
+            None
+        };
+        if let Some((off, slots)) = old_table {
+            self.defer(Deferred::Region(off, slots.len() as u32));
+        }
+        if let Some((aid, old)) = old_acl {
+            self.defer(Deferred::Acl(aid, old.iter().map(|e| e.prefix).collect()));
+        }
+        if acl_changed {
+            // A rule change applies to established flows too: tracked flows from sources the
+            // new rules deny are removed, so their next packet meets the ACL (and is dropped).
+            if !entries.is_empty() {
+                let denied =
+                    |a: &Addr| acl::lpm(&entries, a).is_some_and(|e| e.action == acl::Action::Deny);
+                let n = self.maps.purge_sources(id, &denied)?;
+                if n > 0 {
+                    tracing::info!(service = %spec, flows = n, "flows from newly denied sources removed");
+                }
+            }
         }
         self.sync_vip(spec.vip.ip())?;
         for (_, bid) in gone {
@@ -741,6 +837,14 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
                 Deferred::Region(off, len) => self.ring.release(off, len),
                 Deferred::Backend(id) => {
                     self.backend_ids.used.remove(&id);
+                }
+                Deferred::Acl(aid, prefixes) => {
+                    for p in &prefixes {
+                        if let Err(e) = self.maps.del_acl(aid, p) {
+                            tracing::warn!(error = %e, "removing an old ACL entry failed");
+                        }
+                    }
+                    self.acl_ids.used.remove(&aid);
                 }
             }
         }
@@ -1008,6 +1112,40 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
         })
     }
 
+    fn acl_view(&self, spec: &ServiceSpec) -> Result<AclView, ChangeError> {
+        let svc = self
+            .state
+            .services
+            .get(spec)
+            .ok_or_else(|| ChangeError::NotFound(format!("endpoint {spec}")))?;
+        let word = |a: acl::Action| match a {
+            acl::Action::Permit => "permit".to_owned(),
+            acl::Action::Deny => "deny".to_owned(),
+        };
+        let rules = acl_rules(svc);
+        let ap = self.applied.get(spec);
+        let drops = match ap {
+            Some(ap) => self.maps.service_counters(ap.id)?.acl_drops,
+            None => 0,
+        };
+        Ok(AclView {
+            service: spec.to_string(),
+            rules: svc
+                .acl
+                .values()
+                .map(|r| AclRuleView {
+                    order: r.order,
+                    action: word(r.action),
+                    prefix: format!("{}/{}", r.prefix.0, r.prefix.1),
+                    description: r.description.clone(),
+                })
+                .collect(),
+            default: word(acl::default_action(&rules)),
+            compiled_entries: ap.and_then(|a| a.acl.as_ref()).map_or(0, |(_, e)| e.len()),
+            drops,
+        })
+    }
+
     fn route_views(&self) -> Vec<String> {
         let mut v: Vec<String> = self
             .routes
@@ -1038,6 +1176,18 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
             services: self.service_views()?,
         })
     }
+}
+
+/// An endpoint's rules as the compiler takes them.
+fn acl_rules(s: &ServiceState) -> Vec<acl::Rule> {
+    s.acl
+        .values()
+        .map(|r| acl::Rule {
+            order: r.order,
+            action: r.action,
+            prefix: map_prefix(r.prefix.0, r.prefix.1),
+        })
+        .collect()
 }
 
 fn backend_entry(addr: SocketAddr, nh: NextHop) -> Backend {
@@ -1083,6 +1233,8 @@ mod tests {
         Backend(BackendId, bool),
         Slots(u32, u32),
         Purge(BackendId),
+        Acl(u32, bool),
+        PurgeSources(u32, usize),
     }
 
     #[derive(Default)]
@@ -1092,6 +1244,7 @@ mod tests {
         backends: HashMap<BackendId, Backend>,
         ring: HashMap<u32, BackendId>,
         routes: HashMap<(u32, Addr), NextHop>,
+        acl: HashMap<(u32, acl::Prefix), acl::Entry>,
         ops: Vec<Op>,
     }
 
@@ -1161,6 +1314,26 @@ mod tests {
         }
         fn flows_per_backend(&self) -> Result<HashMap<BackendId, u64>, MapOpError> {
             Ok(HashMap::new())
+        }
+        fn put_acl(&mut self, acl_id: u32, e: &acl::Entry) -> Result<(), MapOpError> {
+            self.ops.push(Op::Acl(acl_id, true));
+            self.acl.insert((acl_id, e.prefix), *e);
+            Ok(())
+        }
+        fn del_acl(&mut self, acl_id: u32, p: &acl::Prefix) -> Result<(), MapOpError> {
+            self.ops.push(Op::Acl(acl_id, false));
+            self.acl.remove(&(acl_id, *p));
+            Ok(())
+        }
+        fn purge_sources(
+            &mut self,
+            service: u32,
+            doomed: &dyn Fn(&Addr) -> bool,
+        ) -> Result<usize, MapOpError> {
+            // One tracked client per test: 198.51.100.70.
+            let n = usize::from(doomed(&addr::v4_mapped([198, 51, 100, 70])));
+            self.ops.push(Op::PurgeSources(service, n));
+            Ok(n)
         }
     }
 
@@ -1653,5 +1826,85 @@ mod tests {
             },
         );
         assert!(r.maps().services.is_empty() && r.maps().vips.is_empty());
+    }
+
+    #[test]
+    fn acl_changes_are_double_buffered_and_cut_newly_denied_flows() {
+        let mut r = rec(4096);
+        add(&mut r, WEB, &["192.0.2.11"]);
+        let acl_add = |order: u32, action: &str, prefix: &str| Request::AclAdd {
+            service: WEB.into(),
+            order,
+            action: action.into(),
+            prefix: prefix.into(),
+            description: String::new(),
+        };
+        r.maps.ops.clear();
+        ok(&mut r, acl_add(100, "permit", "198.51.100.0/26"));
+        let info = r.maps().services.values().next().copied().unwrap();
+        assert_ne!(info.acl_id, 0);
+        // Rule + default deny, written before the switching service update.
+        let ops = r.maps().ops.clone();
+        let switch = ops
+            .iter()
+            .position(|o| matches!(o, Op::Service(_)))
+            .unwrap();
+        assert_eq!(
+            ops[..switch]
+                .iter()
+                .filter(|o| matches!(o, Op::Acl(_, true)))
+                .count(),
+            2,
+            "{ops:?}"
+        );
+        // 198.51.100.70 is outside the permitted /26: its tracked flow is cut.
+        assert!(ops.contains(&Op::PurgeSources(info.id, 1)), "{ops:?}");
+
+        // A second rule: a new set under a new id; the old set is deleted only later.
+        r.maps.ops.clear();
+        ok(&mut r, acl_add(200, "permit", "198.51.100.64/26"));
+        let info2 = r.maps().services.values().next().copied().unwrap();
+        assert_ne!(info2.acl_id, info.acl_id);
+        assert!(
+            !r.maps().ops.contains(&Op::Acl(info.acl_id, false)),
+            "old set deleted before its grace period"
+        );
+        assert!(
+            r.maps().ops.contains(&Op::PurgeSources(info2.id, 0)),
+            "{:?}",
+            r.maps().ops
+        );
+        let Response::Acl(view) = r.handle(Request::AclList {
+            service: WEB.into(),
+        }) else {
+            panic!()
+        };
+        assert_eq!(
+            (
+                view.rules.len(),
+                view.compiled_entries,
+                view.default.as_str()
+            ),
+            (2, 3, "deny")
+        );
+
+        // Removing every rule: no set at all (everyone permitted), no lookup in the fast path.
+        ok(
+            &mut r,
+            Request::AclDel {
+                service: WEB.into(),
+                order: 100,
+            },
+        );
+        ok(
+            &mut r,
+            Request::AclDel {
+                service: WEB.into(),
+                order: 200,
+            },
+        );
+        assert_eq!(r.maps().services.values().next().unwrap().acl_id, 0);
+        let resp = r.handle(acl_add(1, "permit", "198.51.100.1/24"));
+        assert!(matches!(resp, Response::Error { message } if message.contains("host bits")));
     }
 }

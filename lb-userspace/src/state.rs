@@ -8,9 +8,10 @@
 use std::{collections::BTreeMap, fmt::Write as _, net::SocketAddr};
 
 use lb_common::{
+    acl::Action,
     config::{
-        BackendConfig, Config, DEFAULT_WEIGHT, ServiceSettings, check_backend, check_forward,
-        check_service, check_settings, check_weight,
+        AclRuleConfig, BackendConfig, Config, DEFAULT_WEIGHT, ServiceSettings, check_acl_rule,
+        check_backend, check_forward, check_service, check_settings, check_weight,
     },
     spec::{BackendSpec, ServiceSpec, format_duration},
 };
@@ -37,6 +38,8 @@ pub enum Kind {
 pub struct ServiceState {
     pub kind: Kind,
     pub settings: ServiceSettings,
+    /// The endpoint's ACL rules by order number (first match wins; see `lb_common::acl`).
+    pub acl: BTreeMap<u32, AclRuleConfig>,
     /// Backends by their resolved address (port defaulted to the service port).
     pub backends: BTreeMap<SocketAddr, BackendState>,
 }
@@ -71,14 +74,20 @@ impl State {
                         (b.spec.resolve(&s.spec), st)
                     })
                     .collect();
+                let acl = s.acl.iter().map(|r| (r.order, r.clone())).collect();
                 let st = ServiceState {
                     kind: Kind::Balanced,
                     settings: s.settings.clone(),
                     backends,
+                    acl,
                 };
                 (s.spec, st)
             })
-            .chain(c.forwards.iter().map(|f| (f.spec, forward_state(f.to))))
+            .chain(c.forwards.iter().map(|f| {
+                let mut st = forward_state(f.to);
+                st.acl = f.acl.iter().map(|r| (r.order, r.clone())).collect();
+                (f.spec, st)
+            }))
             .collect();
         Self { services }
     }
@@ -136,6 +145,7 @@ impl State {
             kind: Kind::Balanced,
             settings,
             backends: BTreeMap::new(),
+            acl: BTreeMap::new(),
         };
         self.services.insert(spec, st);
         Ok(())
@@ -250,6 +260,41 @@ impl State {
         Ok(b.resolve(spec))
     }
 
+    /// Adds an ACL rule to an endpoint (load-balanced or forward).
+    ///
+    /// # Errors
+    /// Unknown endpoint, a rule with that order exists, a bad prefix or description.
+    pub fn add_acl(&mut self, spec: &ServiceSpec, rule: AclRuleConfig) -> Result<(), ChangeError> {
+        check_acl_rule(spec, rule.prefix, &rule.description).map_err(ChangeError::Invalid)?;
+        let svc = self
+            .services
+            .get_mut(spec)
+            .ok_or_else(|| ChangeError::NotFound(format!("endpoint {spec}")))?;
+        if svc.acl.contains_key(&rule.order) {
+            return Err(ChangeError::Exists(format!(
+                "ACL rule --order {} of {spec}",
+                rule.order
+            )));
+        }
+        svc.acl.insert(rule.order, rule);
+        Ok(())
+    }
+
+    /// Removes an ACL rule.
+    ///
+    /// # Errors
+    /// Unknown endpoint or rule.
+    pub fn del_acl(&mut self, spec: &ServiceSpec, order: u32) -> Result<(), ChangeError> {
+        let svc = self
+            .services
+            .get_mut(spec)
+            .ok_or_else(|| ChangeError::NotFound(format!("endpoint {spec}")))?;
+        svc.acl
+            .remove(&order)
+            .map(|_| ())
+            .ok_or_else(|| ChangeError::NotFound(format!("ACL rule --order {order} of {spec}")))
+    }
+
     /// Number of backends over all services.
     #[must_use]
     pub fn backend_count(&self) -> usize {
@@ -263,8 +308,10 @@ impl State {
         for (spec, svc) in &self.services {
             if svc.kind == Kind::Forward {
                 for to in svc.backends.keys() {
-                    let _ = writeln!(o, "[[forward]]\nvip = \"{spec}\"\nto = \"{to}\"\n");
+                    let _ = writeln!(o, "[[forward]]\nvip = \"{spec}\"\nto = \"{to}\"");
                 }
+                write_acl(&mut o, &svc.acl);
+                o.push('\n');
                 continue;
             }
             let s = &svc.settings;
@@ -294,10 +341,33 @@ impl State {
                     b.spec, b.weight, b.drained
                 );
             }
-            o.push_str("]\n\n");
+            o.push_str("]\n");
+            write_acl(&mut o, &svc.acl);
+            o.push('\n');
         }
         o
     }
+}
+
+fn write_acl(o: &mut String, acl: &BTreeMap<u32, AclRuleConfig>) {
+    if acl.is_empty() {
+        return;
+    }
+    o.push_str("acl = [\n");
+    for r in acl.values() {
+        let action = match r.action {
+            Action::Permit => "permit",
+            Action::Deny => "deny",
+        };
+        // Descriptions have no control characters (checked); escape quotes and backslashes.
+        let desc = r.description.replace('\\', "\\\\").replace('"', "\\\"");
+        let _ = writeln!(
+            o,
+            "  {{ order = {}, action = \"{action}\", prefix = \"{}/{}\", description = \"{desc}\" }},",
+            r.order, r.prefix.0, r.prefix.1
+        );
+    }
+    o.push_str("]\n");
 }
 
 /// A forward as a service: one backend, a one-slot table, no probe.
@@ -319,6 +389,7 @@ fn forward_state(to: SocketAddr) -> ServiceState {
         kind: Kind::Forward,
         settings,
         backends: BTreeMap::from([(to, backend)]),
+        acl: BTreeMap::new(),
     }
 }
 
@@ -454,9 +525,28 @@ mod tests {
         assert!(
             matches!(s.del_forward(&web), Err(ChangeError::Invalid(m)) if m.contains("lb vip del"))
         );
-        // The state file keeps forwards.
+        // ACLs on both kinds of endpoint; the state file keeps forwards and rules.
+        let rule = |order, action, p: &str, d: &str| AclRuleConfig {
+            order,
+            action,
+            prefix: lb_common::spec::parse_prefix(p).unwrap(),
+            description: d.into(),
+        };
+        s.add_acl(
+            &ssh,
+            rule(10, Action::Permit, "198.51.100.0/26", "admins \"ops\""),
+        )
+        .unwrap();
+        s.add_acl(&web, rule(20, Action::Deny, "0.0.0.0/0", ""))
+            .unwrap();
+        assert!(matches!(
+            s.add_acl(&web, rule(20, Action::Deny, "0.0.0.0/0", "")),
+            Err(ChangeError::Exists(_))
+        ));
         let back = State::from_config(&lb_common::config::parse("s.toml", &s.to_toml()).unwrap());
-        assert_eq!(back, s);
+        assert_eq!(back, s, "{}", s.to_toml());
+        s.del_acl(&web, 20).unwrap();
+        assert!(matches!(s.del_acl(&web, 20), Err(ChangeError::NotFound(_))));
         s.del_forward(&ssh).unwrap();
         assert!(matches!(s.del_forward(&ssh), Err(ChangeError::NotFound(_))));
     }

@@ -451,6 +451,40 @@ impl Lab {
         c.get()
     }
 
+    /// As [`Self::http_get`], from a chosen client source address (the client namespace must
+    /// have it), with `timeout` for the connect.
+    ///
+    /// # Errors
+    /// Connect, send or receive fails or times out.
+    pub fn http_get_from(
+        &self,
+        src: Ipv4Addr,
+        port: u16,
+        timeout: Duration,
+    ) -> anyhow::Result<String> {
+        self.http_connect_from(src, port, timeout)?.get()
+    }
+
+    /// As [`Self::http_connect`], from a chosen client source address.
+    ///
+    /// # Errors
+    /// The connection cannot be made within `timeout`.
+    pub fn http_connect_from(
+        &self,
+        src: Ipv4Addr,
+        port: u16,
+        timeout: Duration,
+    ) -> anyhow::Result<HttpConn> {
+        let s = self
+            .client
+            .enter(move || connect_from(src, SocketAddr::new(IpAddr::V4(VIP), port), timeout))?;
+        s.set_read_timeout(Some(IO_TIMEOUT))?;
+        s.set_write_timeout(Some(IO_TIMEOUT))?;
+        Ok(HttpConn {
+            stream: BufReader::new(s),
+        })
+    }
+
     /// A keep-alive HTTP connection from the client to `VIP:port`.
     ///
     /// # Errors
@@ -500,6 +534,42 @@ impl Drop for Lab {
         self.backends.clear();
         let _ = std::fs::remove_dir_all(&self.pin_dir);
         let _ = std::fs::remove_dir_all(&self.tmp);
+    }
+}
+
+/// A TCP connection bound to `src` (std cannot bind before connecting).
+fn connect_from(src: Ipv4Addr, dst: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+    use std::os::fd::FromRawFd as _;
+    let SocketAddr::V4(dst) = dst else {
+        return Err(std::io::Error::other("IPv4 only"));
+    };
+    let sin = |a: std::net::SocketAddrV4| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(a.ip().octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain socket calls on a descriptor this function owns; the TcpStream takes it.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let stream = TcpStream::from_raw_fd(fd);
+        let local = sin(std::net::SocketAddrV4::new(src, 0));
+        if libc::bind(fd, (&raw const local).cast(), len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SO_SNDTIMEO bounds a blocking connect on Linux.
+        stream.set_write_timeout(Some(timeout))?;
+        let remote = sin(dst);
+        if libc::connect(fd, (&raw const remote).cast(), len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(stream)
     }
 }
 

@@ -286,3 +286,79 @@ fn port_forwards_reach_their_own_backends() {
     );
     assert_eq!(lab.http_get(50001).unwrap(), "b1");
 }
+
+/// An endpoint ACL permits one client subnet and denies another; rule changes apply to new
+/// flows and cut established flows from newly denied sources.
+#[test]
+fn an_acl_permits_one_client_subnet_and_denies_another() {
+    use std::{net::Ipv4Addr, time::Duration};
+    let mut lab = Lab::new(2).unwrap();
+    let (good, bad) = (
+        Ipv4Addr::new(198, 51, 100, 2),
+        Ipv4Addr::new(198, 51, 100, 70),
+    );
+    lab.client
+        .ip(&["addr", "add", "198.51.100.70/24", "dev", "c0"])
+        .unwrap();
+    lab.start_agent("[[service]]\nvip = \"203.0.113.10:80/tcp\"\nbackends = [\"192.0.2.11\", \"192.0.2.12\"]\ntable_size = 251\n").unwrap();
+    lab.wait_ready().unwrap();
+    let t = Duration::from_secs(1);
+    assert!(
+        lab.http_get_from(good, 80, t).is_ok() && lab.http_get_from(bad, 80, t).is_ok(),
+        "no ACL: both pass"
+    );
+
+    let mut established = lab.http_connect(80).unwrap(); // from 198.51.100.2 (permitted)
+    established.get().unwrap();
+    let mut doomed = lab.http_connect_from(bad, 80, t).unwrap();
+    doomed.get().unwrap();
+    lab.lb(&[
+        "acl",
+        "add",
+        "203.0.113.10:80/tcp",
+        "--order",
+        "100",
+        "--permit",
+        "198.51.100.0/26",
+        "--description",
+        "clients",
+    ])
+    .unwrap();
+    lab.lb(&[
+        "acl",
+        "add",
+        "203.0.113.10:80/tcp",
+        "--order",
+        "200",
+        "--deny",
+        "198.51.100.64/26",
+    ])
+    .unwrap();
+    for _ in 0..5 {
+        lab.http_get_from(good, 80, t).unwrap();
+        assert!(
+            lab.http_get_from(bad, 80, t).is_err(),
+            "a denied source got through"
+        );
+    }
+    established
+        .get()
+        .expect("an established flow from a permitted source continues");
+    let acl = lab
+        .lb_json(&["acl", "list", "203.0.113.10:80/tcp"])
+        .unwrap();
+    assert!(acl["drops"].as_u64().unwrap() >= 5, "{acl}");
+    assert_eq!(acl["rules"][0]["description"], "clients", "{acl}");
+    assert!(lab.reason("drop_acl").unwrap() >= 5);
+
+    // Deleting the rules opens the endpoint again.
+    lab.lb(&["acl", "del", "203.0.113.10:80/tcp", "--order", "200"])
+        .unwrap();
+    assert!(
+        lab.http_get_from(bad, 80, t).is_err(),
+        "still not permitted: a permit rule exists"
+    );
+    lab.lb(&["acl", "del", "203.0.113.10:80/tcp", "--order", "100"])
+        .unwrap();
+    lab.http_get_from(bad, 80, t).unwrap();
+}

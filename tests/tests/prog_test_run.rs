@@ -26,7 +26,7 @@ use lb_integration::{
     packet::{CLIENT_MAC, Frame, L4, LB_MAC, TCP_ACK, TCP_SYN},
 };
 use lb_userspace::{
-    api::Request,
+    api::{Request, Response},
     dataplane::{Dataplane, LoadOptions, MapOps as _, Maps},
     reconcile::{AgentInfo, Reconciler, Resolver},
     state::State,
@@ -84,6 +84,17 @@ table_size = 251
 vip = "203.0.113.10:9001/tcp"
 backends = ["192.0.2.15"]
 table_size = 251
+
+# An endpoint ACL: permit the client /26, deny the rest of its /24; others are denied by
+# default (a permit rule exists).
+[[service]]
+vip = "203.0.113.10:8080/tcp"
+backends = ["192.0.2.11"]
+table_size = 251
+acl = [
+  { order = 10, action = "permit", prefix = "198.51.100.0/26" },
+  { order = 20, action = "deny", prefix = "198.51.100.0/24" },
+]
 "#;
 
 /// Next hops as an agent would have resolved them.
@@ -741,4 +752,79 @@ fn program_loads_with_kernel_debug_logging_on() {
     let (mut dp, _maps) = Dataplane::load(&opts).expect("load with aya-log at debug");
     let _logger =
         aya_log::EbpfLogger::init(&mut dp.ebpf).expect("aya-log's ring buffer is in the object");
+}
+
+#[test]
+fn endpoint_acl_permits_and_denies_new_flows() {
+    with_fixture(|fx| {
+        let vip = SocketAddrV4::new(VIP, 8080);
+        let b = SocketAddrV4::new(B1, 8080);
+        let ok_src = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 2), 40000);
+        let syn = Frame::tcp(ok_src, vip, TCP_SYN);
+        fx.check(
+            "permitted source",
+            &syn,
+            XDP_TX,
+            Some(&syn.dnat(b, LB_MAC, B1_MAC)),
+            Reason::Forward,
+        );
+        let ack = Frame::tcp(ok_src, vip, TCP_ACK);
+        fx.check(
+            "its established flow",
+            &ack,
+            XDP_TX,
+            Some(&ack.dnat(b, LB_MAC, B1_MAC)),
+            Reason::Forward,
+        );
+        let denied = Frame::tcp(
+            SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 70), 40000),
+            vip,
+            TCP_SYN,
+        );
+        fx.check(
+            "denied by rule 20",
+            &denied,
+            XDP_DROP,
+            None,
+            Reason::DropAcl,
+        );
+        let denied_ack = Frame::tcp(
+            SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 70), 40000),
+            vip,
+            TCP_ACK,
+        );
+        fx.check(
+            "a non-SYN without a flow is a new flow too",
+            &denied_ack,
+            XDP_DROP,
+            None,
+            Reason::DropAcl,
+        );
+        let other = Frame::tcp(
+            SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 99), 40000),
+            vip,
+            TCP_SYN,
+        );
+        fx.check(
+            "no rule matches: default deny",
+            &other,
+            XDP_DROP,
+            None,
+            Reason::DropAcl,
+        );
+        // Other endpoints of the VIP have no ACL.
+        let web = Frame::tcp(
+            SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 70), 40000),
+            SocketAddrV4::new(VIP, 80),
+            TCP_SYN,
+        );
+        let (action, _) = fx.run(&web.build());
+        assert_eq!(action, XDP_TX, "the ACL of :8080 must not apply to :80");
+        let Response::Acl(view) = fx.rec.handle(Request::AclList {
+            service: "203.0.113.10:8080/tcp".into(),
+        }) else {
+            panic!()
+        };
+        assert_eq!(view.drops, 3, "denials are counted per endpoint: {view:?}");
+    });
 }
