@@ -23,6 +23,8 @@ use crate::addr::Addr;
 pub enum Action {
     Permit,
     Deny,
+    /// Internal-VIP sets only (never from rules): a backend of the VIP as the source.
+    Hairpin,
 }
 
 /// A prefix in map form: a 16-byte address and a length over those 128 bits (an IPv4 /p has

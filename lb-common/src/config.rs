@@ -30,7 +30,8 @@ use crate::{
     health::{self, Thresholds},
     maglev::is_prime,
     spec::{
-        BackendSpec, Established, ProbeSpec, ServiceSpec, SpecError, WhenAllDown, parse_duration,
+        BackendSpec, Established, Hairpin, ProbeSpec, ServiceSpec, SpecError, WhenAllDown,
+        parse_duration,
     },
 };
 
@@ -159,6 +160,10 @@ pub struct ServiceSettings {
     pub thresholds: Thresholds,
     pub when_all_down: WhenAllDown,
     pub established: Established,
+    /// Internal VIP: the only source prefixes it answers (empty: a public VIP). A property of
+    /// the VIP address: all its services must agree.
+    pub internal: Vec<(std::net::IpAddr, u8)>,
+    pub hairpin: Hairpin,
 }
 
 impl Default for ServiceSettings {
@@ -171,6 +176,8 @@ impl Default for ServiceSettings {
             thresholds: Thresholds::default(),
             when_all_down: WhenAllDown::Drop,
             established: Established::Keep,
+            internal: Vec::new(),
+            hairpin: Hairpin::Drop,
         }
     }
 }
@@ -180,6 +187,9 @@ impl Default for ServiceSettings {
 /// # Errors
 /// The first setting that is out of range.
 pub fn check_settings(s: &ServiceSettings) -> Result<(), String> {
+    if s.hairpin == Hairpin::Snat {
+        return Err("--hairpin snat is not supported yet: hairpin connections to an internal VIP are dropped and counted (drop_hairpin)".into());
+    }
     check_table_size(s.table_size).map_err(|m| format!("--table-size: {m}"))?;
     if !(Duration::from_millis(50)..=Duration::from_secs(3600)).contains(&s.interval) {
         return Err(format!(
@@ -208,6 +218,31 @@ pub fn check_settings(s: &ServiceSettings) -> Result<(), String> {
 #[must_use]
 pub fn default_timeout(interval: Duration) -> Duration {
     health::DEFAULT_TIMEOUT.min(interval)
+}
+
+/// Checks an internal VIP's prefixes against its address family.
+///
+/// # Errors
+/// A prefix of the other family.
+pub fn check_internal(s: &ServiceSpec, internal: &[(std::net::IpAddr, u8)]) -> Result<(), String> {
+    for (ip, len) in internal {
+        if ip.is_ipv4() != s.vip.is_ipv4() {
+            return Err(format!(
+                "--internal {ip}/{len} is not of the same address family as {s}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Parses `--internal`: comma-separated prefixes.
+///
+/// # Errors
+/// A prefix that does not parse.
+pub fn parse_internal(s: &str) -> Result<Vec<(std::net::IpAddr, u8)>, String> {
+    s.split(',')
+        .map(|p| crate::spec::parse_prefix(p.trim()).map_err(|e| format!("--internal: {e}")))
+        .collect()
 }
 
 /// Checks a backend weight.
@@ -342,6 +377,9 @@ struct RawService {
     established: Option<Spanned<String>>,
     #[serde(default)]
     acl: Vec<Spanned<RawAcl>>,
+    #[serde(default)]
+    internal: Vec<Spanned<String>>,
+    hairpin: Option<Spanned<String>>,
 }
 
 /// `"192.0.2.11:80"` or `{ addr = "192.0.2.11:80", weight = 3, drained = false }`.
@@ -483,7 +521,36 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
                 .parse()
                 .map_err(|e: SpecError| err(w.span(), field("established"), e.0))?;
         }
+        for (k, p) in s.internal.iter().enumerate() {
+            let prefix = crate::spec::parse_prefix(p.get_ref())
+                .map_err(|e| err(p.span(), field(&format!("internal[{k}]")), e.0))?;
+            settings.internal.push(prefix);
+        }
+        check_internal(&spec, &settings.internal)
+            .map_err(|m| err(s.vip.span(), field("internal"), m))?;
+        if let Some(h) = &s.hairpin {
+            settings.hairpin = h
+                .get_ref()
+                .parse()
+                .map_err(|e: SpecError| err(h.span(), field("hairpin"), e.0))?;
+        }
         check_settings(&settings).map_err(|m| err(s.vip.span(), field("settings"), m))?;
+        // Internal is a property of the VIP address: its services must agree.
+        if let Some(other) = services
+            .iter()
+            .find(|o: &&ServiceConfig| o.spec.vip.ip() == spec.vip.ip())
+            && other.settings.internal != settings.internal
+        {
+            return Err(err(
+                s.vip.span(),
+                field("internal"),
+                format!(
+                    "all services of VIP {} must have the same internal prefixes ({} has others)",
+                    spec.vip.ip(),
+                    other.spec
+                ),
+            ));
+        }
 
         slots += u64::from(settings.table_size);
         if slots > u64::from(agent.ring_slots) {

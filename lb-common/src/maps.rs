@@ -55,6 +55,9 @@ pub struct VipInfo {
     /// Number of services on this address (the agent deletes the entry at zero).
     pub services: u32,
     pub flags: u32,
+    /// Internal VIP: its source set in `LB_ACL` (internal prefixes permitted, the VIP's own
+    /// backends marked hairpin, everything else denied); 0 for a public VIP.
+    pub ilb_id: u32,
 }
 
 /// Where a frame goes out: resolved by the agent through netlink, so the fast path does no
@@ -194,6 +197,8 @@ pub struct AclValue {
 
 pub const ACL_PERMIT: u32 = 1;
 pub const ACL_DENY: u32 = 2;
+/// Internal-VIP sets only: the source is a backend of the VIP connecting to the VIP itself.
+pub const ACL_HAIRPIN: u32 = 3;
 
 impl_user_pod!(
     ServiceKey,

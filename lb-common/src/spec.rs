@@ -359,6 +359,17 @@ macro_rules! word_enum {
         }
     };
 }
+/// What an internal VIP does with a connection from one of its own backends (hairpin).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Hairpin {
+    /// Drop it, counted as `drop_hairpin` (the reference's behaviour).
+    #[default]
+    Drop,
+    /// Rewrite the source to an LB-owned address so the reply comes back through the LB.
+    Snat,
+}
+
+word_enum!(Hairpin, "hairpin", Drop = "drop", Snat = "snat");
 word_enum!(
     WhenAllDown,
     "when-all-down",

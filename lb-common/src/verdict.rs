@@ -38,10 +38,14 @@ pub enum Reason {
     DropProto = 13,
     /// A new flow the endpoint's ACL denies.
     DropAcl = 14,
+    /// A new flow to an internal VIP from outside its internal prefixes.
+    DropNotInternal = 15,
+    /// A backend of an internal VIP connecting to that VIP (hairpin; the reference drops it).
+    DropHairpin = 16,
 }
 
 /// Every reason, in number order.
-pub const ALL_REASONS: [Reason; 15] = [
+pub const ALL_REASONS: [Reason; 17] = [
     Reason::Forward,
     Reason::Reply,
     Reason::ForwardFib,
@@ -57,6 +61,8 @@ pub const ALL_REASONS: [Reason; 15] = [
     Reason::DropTtl,
     Reason::DropProto,
     Reason::DropAcl,
+    Reason::DropNotInternal,
+    Reason::DropHairpin,
 ];
 const _: () = assert!((ALL_REASONS.len() as u32) <= crate::consts::REASON_SLOTS);
 
@@ -80,13 +86,24 @@ impl Reason {
             Self::DropTtl => "drop_ttl",
             Self::DropProto => "drop_proto",
             Self::DropAcl => "drop_acl",
+            Self::DropNotInternal => "drop_not_internal",
+            Self::DropHairpin => "drop_hairpin",
         }
     }
 
     /// Whether packets counted under this reason are dropped.
     #[must_use]
     pub const fn is_drop(self) -> bool {
-        (self as u32) >= Self::DropMalformed as u32
+        !matches!(
+            self,
+            Self::Forward
+                | Self::Reply
+                | Self::ForwardFib
+                | Self::PassNoNextHop
+                | Self::PassNotIpv4
+                | Self::PassNotOurs
+                | Self::PassShort
+        )
     }
 }
 

@@ -6,8 +6,8 @@ use lb_common::{
     hash::flow_hash,
     maglev,
     maps::{
-        Backend, BackendId, CONN_FORWARD, CONN_REVERSE, ConnEntry, NextHop, ServiceInfo,
-        ServiceKey, VipKey,
+        ACL_HAIRPIN, ACL_PERMIT, Backend, BackendId, CONN_FORWARD, CONN_REVERSE, ConnEntry,
+        NextHop, ServiceInfo, ServiceKey, VipKey,
     },
     verdict::Reason,
 };
@@ -76,8 +76,20 @@ pub fn backend_for(
             }
         }
     }
-    // A new flow: the endpoint's ACL decides first (established flows are not re-checked).
-    if svc.acl_id != 0 && !acl_permits(svc.acl_id, &flow.src) {
+    // A new flow: an internal VIP admits only its internal prefixes (and drops hairpin from its
+    // own backends), then the endpoint's ACL decides. Established flows are not re-checked.
+    if let Some(vip) = LB_VIPS.get_ptr(VipKey { vip: flow.dst }) {
+        // SAFETY: read at once; the value is plain data.
+        let ilb_id = unsafe { (*vip).ilb_id };
+        if ilb_id != 0 {
+            match acl_lookup(ilb_id, &flow.src) {
+                Some(ACL_PERMIT) => {}
+                Some(ACL_HAIRPIN) => return Err(Reason::DropHairpin),
+                _ => return Err(Reason::DropNotInternal),
+            }
+        }
+    }
+    if svc.acl_id != 0 && acl_lookup(svc.acl_id, &flow.src) != Some(ACL_PERMIT) {
         crate::stats::count_acl_drop(svc.id);
         return Err(Reason::DropAcl);
     }
@@ -121,14 +133,12 @@ fn remember(flow: &FlowKey, id: BackendId, b: &Backend, svc: &ServiceInfo) {
     let _ = LB_CONNTRACK.insert(rev_key, rev, 0);
 }
 
-/// The endpoint ACL's verdict for a source: one LPM lookup. The agent always installs a
-/// default entry, so a miss cannot happen for a live set; it is treated as a deny anyway.
+/// A source's verdict in an `LB_ACL` set: one LPM lookup. The agent always installs a default
+/// entry, so a miss cannot happen for a live set; callers treat it as a deny anyway.
 #[inline(always)]
-fn acl_permits(acl_id: u32, src: &lb_common::addr::Addr) -> bool {
+fn acl_lookup(acl_id: u32, src: &lb_common::addr::Addr) -> Option<u32> {
     let key = aya_ebpf::maps::lpm_trie::Key::new(32 + 128, lb_common::maps::acl_key(acl_id, src));
-    LB_ACL
-        .get(key)
-        .is_some_and(|v| v.action == lb_common::maps::ACL_PERMIT)
+    LB_ACL.get(key).map(|v| v.action)
 }
 
 /// The agent-resolved next hop towards a client address.

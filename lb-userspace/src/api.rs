@@ -91,6 +91,8 @@ pub struct SettingsArgs {
     pub healthy_after: Option<u32>,
     pub when_all_down: Option<String>,
     pub established: Option<String>,
+    pub internal: Option<String>,
+    pub hairpin: Option<String>,
 }
 
 impl SettingsArgs {
@@ -129,6 +131,14 @@ impl SettingsArgs {
             s.established = w
                 .parse()
                 .map_err(|e: SpecError| format!("--established: {e}"))?;
+        }
+        if let Some(i) = &self.internal {
+            s.internal = lb_common::config::parse_internal(i)?;
+        }
+        if let Some(h) = &self.hairpin {
+            s.hairpin = h
+                .parse()
+                .map_err(|e: SpecError| format!("--hairpin: {e}"))?;
         }
         lb_common::config::check_settings(&s)?;
         Ok(s)
@@ -217,6 +227,9 @@ pub struct ServiceView {
     pub healthy_after: u32,
     pub when_all_down: String,
     pub established: String,
+    /// Internal VIP prefixes (`none`: public).
+    pub internal: String,
+    pub hairpin: String,
     pub counters: CountersView,
 }
 

@@ -125,6 +125,12 @@ pub struct VipSettings {
     /// Lookup-table size, a prime [default: 65537].
     #[arg(long)]
     pub table_size: Option<u32>,
+    /// Make the VIP internal: it answers only these source prefixes (comma-separated).
+    #[arg(long, value_name = "PREFIX[,PREFIX...]")]
+    pub internal: Option<String>,
+    /// Internal VIPs: a backend connecting to its own VIP is dropped (counted) [default: drop].
+    #[arg(long)]
+    pub hairpin: Option<String>,
 }
 
 impl From<&VipSettings> for crate::api::SettingsArgs {
@@ -138,6 +144,8 @@ impl From<&VipSettings> for crate::api::SettingsArgs {
             healthy_after: v.healthy_after,
             when_all_down: v.when_all_down.clone(),
             established: v.established.clone(),
+            internal: v.internal.clone(),
+            hairpin: v.hairpin.clone(),
         }
     }
 }

@@ -388,6 +388,7 @@ impl MapOps for Maps {
         let action = match e.action {
             lb_common::acl::Action::Permit => lb_common::maps::ACL_PERMIT,
             lb_common::acl::Action::Deny => lb_common::maps::ACL_DENY,
+            lb_common::acl::Action::Hairpin => lb_common::maps::ACL_HAIRPIN,
         };
         let v = AclValue {
             action,

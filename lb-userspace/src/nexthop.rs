@@ -1,6 +1,7 @@
 //! Next hops from the kernel's own tables, through netlink: for each backend (route → gateway
-//! or the backend itself → neighbour MAC) and for client-facing destinations (every valid
-//! neighbour on an attached interface as a host entry, and every gateway route on one).
+//! or the backend itself → neighbour MAC) and for client-facing destinations: every valid
+//! neighbour on an attached interface as a host entry, every gateway route on one, and every
+//! connected subnet on one as an unresolved entry (the fast path then asks the kernel FIB).
 
 use std::{collections::HashMap, net::IpAddr};
 
@@ -97,12 +98,21 @@ impl Resolver for NetlinkResolver {
             }
         };
         for r in routes {
-            let (Some(oif), Some(gw)) = (r.oif, r.gateway) else {
+            let Some(oif) = r.oif.filter(|o| self.ifindexes.contains(o)) else {
                 continue;
             };
-            if !self.ifindexes.contains(&oif) {
+            let Some(gw) = r.gateway else {
+                // A connected subnet: its hosts are reached directly, each with its own MAC. An
+                // unresolved entry (ifindex 0) makes the fast path use the kernel FIB for hosts
+                // whose neighbour entry is not learned yet, instead of falling through to a
+                // shorter route (the default route) on another interface.
+                out.push((
+                    map_prefix_len(r.dst, r.prefix_len),
+                    addr::from_ip(r.dst),
+                    NextHop::default(),
+                ));
                 continue;
-            }
+            };
             let Some(smac) = link_mac(&mut self.nl, oif) else {
                 continue;
             };

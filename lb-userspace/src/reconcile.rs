@@ -196,6 +196,8 @@ pub struct Reconciler<M: MapOps, R: Resolver> {
     deferred: Vec<(Instant, Deferred)>,
     /// Next hops found by the last refresh, by address.
     next_hops: HashMap<IpAddr, NextHop>,
+    /// Internal VIPs' source sets in `LB_ACL`: set id and entries, by VIP address.
+    ilb: HashMap<IpAddr, (u32, Vec<acl::Entry>)>,
     /// Probe history per (service, backend).
     health: HashMap<(ServiceSpec, SocketAddr), BackendHealth>,
     /// The clock the health trackers run on.
@@ -223,6 +225,7 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
             next_hops: HashMap::new(),
             written: HashMap::new(),
             health: HashMap::new(),
+            ilb: HashMap::new(),
             started: Instant::now(),
             routes: HashMap::new(),
         }
@@ -781,29 +784,101 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
     }
 
     /// Keeps `LB_VIPS[ip]` equal to the number of services on that address.
-    fn sync_vip(&mut self, ip: IpAddr) -> Result<(), MapOpError> {
+    fn sync_vip(&mut self, ip: IpAddr) -> Result<(), ChangeError> {
         let n = self.applied.keys().filter(|s| s.vip.ip() == ip).count();
         let key = VipKey {
             vip: addr::from_ip(ip),
         };
         if n == 0 {
-            match self.maps.del_vip(&key) {
+            if let Some((aid, old)) = self.ilb.remove(&ip) {
+                self.defer(Deferred::Acl(aid, old.iter().map(|e| e.prefix).collect()));
+            }
+            return match self.maps.del_vip(&key) {
                 Err(MapOpError {
                     source: aya::maps::MapError::KeyNotFound,
                     ..
                 })
                 | Ok(()) => Ok(()),
-                Err(e) => Err(e),
-            }
-        } else {
-            self.maps.put_vip(
-                &key,
-                &VipInfo {
-                    services: n as u32,
-                    flags: 0,
-                },
-            )
+                Err(e) => Err(e.into()),
+            };
         }
+        // An internal VIP's source set: its internal prefixes permitted, every backend of the
+        // VIP (any service) marked hairpin as a host entry (longer than any prefix, so it wins
+        // the LPM), everything else denied. Double-buffered like endpoint ACLs.
+        let internal = self
+            .state
+            .services
+            .iter()
+            .find(|(s, _)| s.vip.ip() == ip)
+            .map(|(_, st)| st.settings.internal.clone())
+            .unwrap_or_default();
+        let mut entries: Vec<acl::Entry> = Vec::new();
+        if !internal.is_empty() {
+            for (p, l) in &internal {
+                entries.push(acl::Entry {
+                    prefix: map_prefix(*p, *l),
+                    action: acl::Action::Permit,
+                    rule: None,
+                });
+            }
+            let hosts: std::collections::BTreeSet<IpAddr> = self
+                .applied
+                .iter()
+                .filter(|(s, _)| s.vip.ip() == ip)
+                .flat_map(|(_, a)| a.backends.keys().map(SocketAddr::ip))
+                .collect();
+            for h in hosts {
+                let full = if h.is_ipv4() { 32 } else { 128 };
+                entries.push(acl::Entry {
+                    prefix: map_prefix(h, full),
+                    action: acl::Action::Hairpin,
+                    rule: None,
+                });
+            }
+            entries.push(acl::Entry {
+                prefix: acl::Prefix {
+                    addr: [0; 16],
+                    len: 0,
+                },
+                action: acl::Action::Deny,
+                rule: None,
+            });
+            entries.sort_by_key(|e| e.prefix);
+            entries.dedup_by_key(|e| e.prefix); // a host that is also a /32 prefix: hairpin wins
+        }
+        let current = self.ilb.get(&ip).map(|(aid, e)| (*aid, e.clone()));
+        let ilb_id = match current {
+            Some((aid, cur)) if cur == entries => aid,
+            _ if entries.is_empty() => 0,
+            _ => {
+                let Some(aid) = self.acl_ids.alloc() else {
+                    return Err(ChangeError::Capacity(
+                        "no free ACL set id for the internal VIP".into(),
+                    ));
+                };
+                for e in &entries {
+                    self.maps.put_acl(aid, e)?;
+                }
+                aid
+            }
+        };
+        self.maps.put_vip(
+            &key,
+            &VipInfo {
+                services: n as u32,
+                flags: 0,
+                ilb_id,
+            },
+        )?;
+        let old = if ilb_id == 0 {
+            self.ilb.remove(&ip)
+        } else {
+            self.ilb.insert(ip, (ilb_id, entries))
+        };
+        if let Some((aid, old)) = old.filter(|(aid, _)| *aid != ilb_id) {
+            self.defer(Deferred::Acl(aid, old.iter().map(|e| e.prefix).collect()));
+        }
+        Ok(())
     }
 
     /// A backend no table points at any more: inactive entry, flows purged, id reused later.
@@ -1000,6 +1075,8 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
                 healthy_after: st.thresholds.healthy_after,
                 when_all_down: st.when_all_down.to_string(),
                 established: st.established.to_string(),
+                internal: crate::state::prefixes(&st.internal),
+                hairpin: st.hairpin.to_string(),
                 counters: self.maps.service_counters(ap.id)?.into(),
             });
         }
@@ -1121,6 +1198,7 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
         let word = |a: acl::Action| match a {
             acl::Action::Permit => "permit".to_owned(),
             acl::Action::Deny => "deny".to_owned(),
+            acl::Action::Hairpin => "hairpin".to_owned(),
         };
         let rules = acl_rules(svc);
         let ap = self.applied.get(spec);
@@ -1157,7 +1235,13 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
                 } else {
                     *len
                 };
-                format!("{ip}/{plen} via if {} → {}", nh.ifindex, mac(&nh.dmac))
+                if nh.is_resolved() {
+                    format!("{ip}/{plen} via if {} → {}", nh.ifindex, mac(&nh.dmac))
+                } else {
+                    format!(
+                        "{ip}/{plen} connected (kernel FIB per host until its neighbour is learned)"
+                    )
+                }
             })
             .collect();
         v.sort();

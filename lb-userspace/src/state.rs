@@ -11,7 +11,7 @@ use lb_common::{
     acl::Action,
     config::{
         AclRuleConfig, BackendConfig, Config, DEFAULT_WEIGHT, ServiceSettings, check_acl_rule,
-        check_backend, check_forward, check_service, check_settings, check_weight,
+        check_backend, check_forward, check_internal, check_service, check_settings, check_weight,
     },
     spec::{BackendSpec, ServiceSpec, format_duration},
 };
@@ -106,6 +106,16 @@ impl State {
         if self.services.contains_key(&spec) {
             return Err(ChangeError::Exists(format!("service {spec}")));
         }
+        if self
+            .services
+            .iter()
+            .any(|(o, st)| o.vip.ip() == spec.vip.ip() && !st.settings.internal.is_empty())
+        {
+            return Err(ChangeError::Invalid(format!(
+                "VIP {} is internal: port forwards on internal VIPs are not supported yet",
+                spec.vip.ip()
+            )));
+        }
         self.services.insert(spec, forward_state(to));
         Ok(to)
     }
@@ -138,8 +148,29 @@ impl State {
     ) -> Result<(), ChangeError> {
         check_service(&spec).map_err(ChangeError::Invalid)?;
         check_settings(&settings).map_err(ChangeError::Invalid)?;
+        check_internal(&spec, &settings.internal).map_err(ChangeError::Invalid)?;
         if self.services.contains_key(&spec) {
             return Err(ChangeError::Exists(format!("service {spec}")));
+        }
+        // Internal is a property of the VIP address: its services must agree.
+        if let Some((other, o)) = self
+            .services
+            .iter()
+            .find(|(o, _)| o.vip.ip() == spec.vip.ip())
+        {
+            if o.kind == Kind::Forward && !settings.internal.is_empty() {
+                return Err(ChangeError::Invalid(format!(
+                    "VIP {} has port forwards: they cannot be internal yet",
+                    spec.vip.ip()
+                )));
+            }
+            if o.settings.internal != settings.internal {
+                return Err(ChangeError::Invalid(format!(
+                    "--internal: all services of VIP {} must have the same internal prefixes ({other} has {})",
+                    spec.vip.ip(),
+                    prefixes(&o.settings.internal)
+                )));
+            }
         }
         let st = ServiceState {
             kind: Kind::Balanced,
@@ -333,6 +364,19 @@ impl State {
                 s.when_all_down,
                 s.established,
             );
+            if !s.internal.is_empty() {
+                let list: Vec<String> = s
+                    .internal
+                    .iter()
+                    .map(|(ip, l)| format!("\"{ip}/{l}\""))
+                    .collect();
+                let _ = writeln!(
+                    o,
+                    "internal = [{}]\nhairpin = \"{}\"",
+                    list.join(", "),
+                    s.hairpin
+                );
+            }
             o.push_str("backends = [\n");
             for b in svc.backends.values() {
                 let _ = writeln!(
@@ -357,7 +401,8 @@ fn write_acl(o: &mut String, acl: &BTreeMap<u32, AclRuleConfig>) {
     for r in acl.values() {
         let action = match r.action {
             Action::Permit => "permit",
-            Action::Deny => "deny",
+            // Rules never hold hairpin (only internal-VIP sets do).
+            Action::Deny | Action::Hairpin => "deny",
         };
         // Descriptions have no control characters (checked); escape quotes and backslashes.
         let desc = r.description.replace('\\', "\\\\").replace('"', "\\\"");
@@ -368,6 +413,18 @@ fn write_acl(o: &mut String, acl: &BTreeMap<u32, AclRuleConfig>) {
         );
     }
     o.push_str("]\n");
+}
+
+/// Prefixes as `a/len, b/len` (`none` when empty).
+#[must_use]
+pub fn prefixes(p: &[(std::net::IpAddr, u8)]) -> String {
+    if p.is_empty() {
+        return "none".into();
+    }
+    p.iter()
+        .map(|(ip, l)| format!("{ip}/{l}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A forward as a service: one backend, a one-slot table, no probe.

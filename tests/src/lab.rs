@@ -158,6 +158,8 @@ pub struct Lab {
     pub client: Netns,
     pub lb: Netns,
     pub backends: Vec<BackendNs>,
+    /// A second client namespace on its own LB interface (`lx`): 198.51.100.129/25.
+    pub external: Option<Netns>,
     pub pin_dir: PathBuf,
     pub tmp: PathBuf,
     pub socket: PathBuf,
@@ -185,6 +187,7 @@ impl Lab {
             client,
             lb,
             backends: Vec::new(),
+            external: None,
             agent: None,
         };
         let lbn = lab.lb.name.clone();
@@ -264,7 +267,52 @@ impl Lab {
     pub fn lb_interfaces(&self) -> Vec<String> {
         let mut v = vec!["l0".to_owned()];
         v.extend((1..=self.backends.len()).map(|i| format!("l{i}")));
+        if self.external.is_some() {
+            v.push("lx".to_owned());
+        }
         v
+    }
+
+    /// Adds the external client namespace (before the agent starts): 198.51.100.129/25 behind
+    /// the LB's `lx` (198.51.100.254/25), so it is outside an internal prefix 198.51.100.0/25.
+    ///
+    /// # Errors
+    /// A setup step fails.
+    pub fn add_external_client(&mut self) -> anyhow::Result<()> {
+        let ns = Netns::new(&format!("{}-ext", self.prefix))?;
+        self.lb.ip(&[
+            "link", "add", "lx", "type", "veth", "peer", "name", "e0", "netns", &ns.name,
+        ])?;
+        self.lb
+            .ip(&["addr", "add", "198.51.100.254/25", "dev", "lx"])?;
+        self.lb.ip(&["link", "set", "lx", "up"])?;
+        ns.ip(&["addr", "add", "198.51.100.129/25", "dev", "e0"])?;
+        ns.ip(&["link", "set", "e0", "up"])?;
+        ns.ip(&["route", "add", "default", "via", "198.51.100.254"])?;
+        harden_veth(&ns, "e0")?;
+        harden_veth(&self.lb, "lx")?;
+        self.external = Some(ns);
+        Ok(())
+    }
+
+    /// One HTTP GET from the external client to `vip:port`.
+    ///
+    /// # Errors
+    /// No external client, or the request fails within `timeout`.
+    pub fn http_get_external(
+        &self,
+        vip: Ipv4Addr,
+        port: u16,
+        timeout: Duration,
+    ) -> anyhow::Result<String> {
+        let ns = self.external.as_ref().context("no external client")?;
+        let dst = SocketAddr::new(IpAddr::V4(vip), port);
+        let s = ns.enter(move || TcpStream::connect_timeout(&dst, timeout))?;
+        s.set_read_timeout(Some(IO_TIMEOUT))?;
+        HttpConn {
+            stream: BufReader::new(s),
+        }
+        .get()
     }
 
     /// Stops the agent and starts it again with the same config file (the state file and,

@@ -362,3 +362,68 @@ fn an_acl_permits_one_client_subnet_and_denies_another() {
         .unwrap();
     lab.http_get_from(bad, 80, t).unwrap();
 }
+
+/// An internal VIP answers its internal prefixes only ("as if it did not exist outside"), and
+/// drops a backend connecting to its own VIP (hairpin, the reference's default).
+#[test]
+fn an_internal_vip_is_reachable_only_from_inside() {
+    use std::{
+        net::{Ipv4Addr, SocketAddr, TcpStream},
+        time::Duration,
+    };
+    let mut lab = Lab::new(2).unwrap();
+    lab.add_external_client().unwrap();
+    lab.start_agent(
+        "[[service]]\nvip = \"203.0.113.20:80/tcp\"\nbackends = [\"192.0.2.11\", \"192.0.2.12\"]\ntable_size = 251\n\
+         internal = [\"198.51.100.0/25\"]\n\n\
+         [[service]]\nvip = \"203.0.113.10:80/tcp\"\nbackends = [\"192.0.2.11\", \"192.0.2.12\"]\ntable_size = 251\n",
+    )
+    .unwrap();
+    lab.wait_ready().unwrap();
+    let (ilb, public) = (
+        Ipv4Addr::new(203, 0, 113, 20),
+        Ipv4Addr::new(203, 0, 113, 10),
+    );
+    let t = Duration::from_secs(1);
+    // The public VIP answers both clients; the internal one only the internal client.
+    lab.http_get_external(public, 80, t).unwrap();
+    lab.http_get(80).unwrap();
+    let inside = lab
+        .client
+        .enter(move || TcpStream::connect_timeout(&SocketAddr::from((ilb, 80)), t));
+    assert!(
+        inside.is_ok(),
+        "the internal client cannot reach the internal VIP: {inside:?}"
+    );
+    for _ in 0..3 {
+        assert!(
+            lab.http_get_external(ilb, 80, t).is_err(),
+            "the internal VIP answered outside"
+        );
+    }
+    assert!(lab.reason("drop_not_internal").unwrap() >= 3);
+    let vips = lab.lb_json(&["vip", "list"]).unwrap();
+    assert!(vips.to_string().contains("198.51.100.0/25"), "{vips}");
+
+    // Hairpin: backend b1 connecting to its own internal VIP is dropped and counted.
+    let hairpin = lab.backends[0]
+        .ns
+        .enter(move || TcpStream::connect_timeout(&SocketAddr::from((ilb, 80)), t));
+    assert!(hairpin.is_err(), "hairpin got through");
+    assert!(lab.reason("drop_hairpin").unwrap() >= 1);
+    let e = refused(
+        &lab,
+        &[
+            "vip",
+            "add",
+            "203.0.113.20:81/tcp",
+            "--internal",
+            "198.51.100.0/25",
+            "--hairpin",
+            "snat",
+        ],
+    );
+    assert!(e.contains("not supported yet"), "{e}");
+    let e = refused(&lab, &["vip", "add", "203.0.113.20:82/tcp"]);
+    assert!(e.contains("same internal prefixes"), "{e}");
+}

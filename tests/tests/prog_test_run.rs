@@ -95,6 +95,13 @@ acl = [
   { order = 10, action = "permit", prefix = "198.51.100.0/26" },
   { order = 20, action = "deny", prefix = "198.51.100.0/24" },
 ]
+
+# An internal VIP: only 198.51.100.0/26 may reach it; its backend connecting to it is hairpin.
+[[service]]
+vip = "203.0.113.20:80/tcp"
+backends = ["192.0.2.11"]
+table_size = 251
+internal = ["198.51.100.0/26"]
 "#;
 
 /// Next hops as an agent would have resolved them.
@@ -826,5 +833,48 @@ fn endpoint_acl_permits_and_denies_new_flows() {
             panic!()
         };
         assert_eq!(view.drops, 3, "denials are counted per endpoint: {view:?}");
+    });
+}
+
+#[test]
+fn internal_vip_admits_only_internal_sources_and_drops_hairpin() {
+    with_fixture(|fx| {
+        let ilb = SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 20), 80);
+        let b = SocketAddrV4::new(B1, 80);
+        let syn = Frame::tcp(CLIENT, ilb, TCP_SYN);
+        fx.check(
+            "internal source",
+            &syn,
+            XDP_TX,
+            Some(&syn.dnat(b, LB_MAC, B1_MAC)),
+            Reason::Forward,
+        );
+        let outside = Frame::tcp(
+            SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 70), 40000),
+            ilb,
+            TCP_SYN,
+        );
+        fx.check(
+            "external source",
+            &outside,
+            XDP_DROP,
+            None,
+            Reason::DropNotInternal,
+        );
+        let hairpin = Frame::tcp(SocketAddrV4::new(B1, 40000), ilb, TCP_SYN);
+        fx.check(
+            "its own backend (hairpin)",
+            &hairpin,
+            XDP_DROP,
+            None,
+            Reason::DropHairpin,
+        );
+        // The public VIP next door is not affected.
+        let public = Frame::tcp(
+            SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 70), 40000),
+            SocketAddrV4::new(VIP, 80),
+            TCP_SYN,
+        );
+        assert_eq!(fx.run(&public.build()).0, XDP_TX);
     });
 }
