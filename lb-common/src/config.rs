@@ -41,6 +41,29 @@ pub struct Config {
     pub agent: AgentSettings,
     pub services: Vec<ServiceConfig>,
     pub forwards: Vec<ForwardConfig>,
+    /// Instance-level public IPs: PIP → instance address.
+    pub pips: Vec<(std::net::IpAddr, std::net::IpAddr)>,
+}
+
+/// Checks a PIP mapping: unicast IPv4 addresses (the fast path is IPv4), not the same address.
+///
+/// # Errors
+/// A message naming the problem.
+pub fn check_pip(pip: std::net::IpAddr, dip: std::net::IpAddr) -> Result<(), String> {
+    for (what, a) in [("PIP", pip), ("instance", dip)] {
+        let std::net::IpAddr::V4(v4) = a else {
+            return Err(format!(
+                "{what} {a}: IPv6 is not supported by the fast path yet"
+            ));
+        };
+        if v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast() || v4.is_loopback() {
+            return Err(format!("{what} {a} is not a unicast address"));
+        }
+    }
+    if pip == dip {
+        return Err(format!("PIP {pip} cannot map to itself"));
+    }
+    Ok(())
 }
 
 /// Load-time settings (they size maps and seed the hash, so they apply at agent start).
@@ -332,6 +355,15 @@ struct RawConfig {
     service: Vec<Spanned<RawService>>,
     #[serde(default)]
     forward: Vec<Spanned<RawForward>>,
+    #[serde(default)]
+    pip: Vec<Spanned<RawPip>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPip {
+    pip: Spanned<String>,
+    dip: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -649,10 +681,49 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             format!("more than {MAX_SERVICES} services and forwards"),
         ));
     }
+    let mut pips: Vec<(std::net::IpAddr, std::net::IpAddr)> = Vec::with_capacity(raw.pip.len());
+    for (i, p) in raw.pip.into_iter().enumerate() {
+        let p = p.into_inner();
+        let field = |x: &str| format!("pip[{i}].{x}");
+        let addr = |v: &Spanned<String>, f: &str| -> Result<std::net::IpAddr, ConfigError> {
+            v.get_ref().parse().map_err(|_| {
+                err(
+                    v.span(),
+                    field(f),
+                    format!("{:?} is not an address", v.get_ref()),
+                )
+            })
+        };
+        let (pip, dip) = (addr(&p.pip, "pip")?, addr(&p.dip, "dip")?);
+        check_pip(pip, dip).map_err(|m| err(p.pip.span(), field("pip"), m))?;
+        if seen.iter().any(|s| s.vip.ip() == pip) {
+            return Err(err(
+                p.pip.span(),
+                field("pip"),
+                format!("{pip} is a VIP; a PIP must be an address of its own"),
+            ));
+        }
+        if pips.iter().any(|(a, b)| *a == pip || *b == dip) {
+            return Err(err(
+                p.pip.span(),
+                field("pip"),
+                format!("{pip} → {dip}: a PIP maps 1:1 and this address is already used"),
+            ));
+        }
+        pips.push((pip, dip));
+    }
+    if pips.len() > crate::consts::MAX_PIPS as usize {
+        return Err(err(
+            0..0,
+            "pip".into(),
+            format!("more than {} PIPs", crate::consts::MAX_PIPS),
+        ));
+    }
     Ok(Config {
         agent,
         services,
         forwards,
+        pips,
     })
 }
 
@@ -770,6 +841,12 @@ established = "rebalance"
             (WhenAllDown::Spread, Established::Rebalance)
         );
         assert_eq!(parse("empty.toml", "").unwrap().services.len(), 0);
+        let p = parse(
+            "p.toml",
+            "[[pip]]\npip = \"203.0.113.50\"\ndip = \"192.0.2.13\"\n",
+        )
+        .unwrap();
+        assert_eq!(p.pips[0].1.to_string(), "192.0.2.13");
         let fw = parse(
             "f.toml",
             "[[forward]]\nvip = \"203.0.113.10:50001/tcp\"\nto = \"192.0.2.11:22\"\n",
@@ -792,6 +869,12 @@ established = "rebalance"
         let svc = "[[service]]\nvip = \"203.0.113.10:80/tcp\"\n";
         let with = |extra: &str| format!("{svc}{extra}");
         let cases: Vec<(String, usize, &str, &str)> = vec![
+            (format!("{svc}[[pip]]\npip = \"203.0.113.10\"\ndip = \"192.0.2.11\"\n"), 4, "pip[0].pip", "is a VIP"),
+            ("[[pip]]\npip = \"203.0.113.50\"\ndip = \"192.0.2.11\"\n[[pip]]\npip = \"203.0.113.51\"\ndip = \"192.0.2.11\"\n".into(), 5, "pip[1].pip", "1:1"),
+            ("[[pip]]\npip = \"203.0.113.50\"\ndip = \"nope\"\n".into(), 3, "pip[0].dip", "not an address"),
+            (with("internal = [\"198.51.100.0/26\"]\nhairpin = \"snat\"\n"), 2, "service[0].settings", "not supported yet"),
+            (with("internal = [\"198.51.100.1/26\"]\n"), 3, "service[0].internal[0]", "host bits"),
+            (format!("{svc}internal = [\"198.51.100.0/26\"]\n[[service]]\nvip = \"203.0.113.10:53/udp\"\n"), 5, "service[1].internal", "same internal prefixes"),
             (
                 "[[service]]\nvip = \"203.0.113.10:80/sctp\"\n".into(),
                 2,

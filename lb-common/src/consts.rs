@@ -16,6 +16,8 @@ pub const DEFAULT_TABLE_SIZE: u32 = 65_537;
 pub const MAX_TABLE_SIZE: u32 = 1 << 20;
 /// Capacity of the client-facing next-hop LPM trie.
 pub const MAX_ROUTES: u32 = 16_384;
+/// Capacity of the instance-level public IP maps (each direction).
+pub const MAX_PIPS: u32 = 16_384;
 /// Capacity of the ACL LPM trie (all endpoints' compiled entries, plus one set while it changes).
 pub const MAX_ACL_ENTRIES: u32 = 65_536;
 /// Number of slots in the verdict-reason counter array (room for future reasons).
@@ -36,8 +38,10 @@ pub mod map_names {
     pub const SERVICE_STATS: &str = "LB_SVC_STATS";
     pub const BACKEND_STATS: &str = "LB_BE_STATS";
     pub const ACL: &str = "LB_ACL";
+    pub const PIPS: &str = "LB_PIPS";
+    pub const PIP_REV: &str = "LB_PIP_REV";
     /// Every map, in the order the agent opens them.
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 12] = [
         SERVICES,
         VIPS,
         BACKENDS,
@@ -48,6 +52,8 @@ pub mod map_names {
         SERVICE_STATS,
         BACKEND_STATS,
         ACL,
+        PIPS,
+        PIP_REV,
     ];
 }
 

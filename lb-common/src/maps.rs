@@ -200,6 +200,17 @@ pub const ACL_DENY: u32 = 2;
 /// Internal-VIP sets only: the source is a backend of the VIP connecting to the VIP itself.
 pub const ACL_HAIRPIN: u32 = 3;
 
+/// `LB_PIPS` (PIP → instance) and `LB_PIP_REV` (instance → PIP) value. Key: [`VipKey`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+#[repr(C)]
+pub struct PipEntry {
+    /// The address the packet's destination (`LB_PIPS`) or source (`LB_PIP_REV`) becomes.
+    pub addr: Addr,
+    /// `LB_PIPS`: the agent-resolved next hop towards the instance (unused in `LB_PIP_REV`).
+    pub nh: NextHop,
+}
+const _: () = assert!(core::mem::size_of::<PipEntry>() == 32);
+
 impl_user_pod!(
     ServiceKey,
     ServiceInfo,
@@ -209,5 +220,6 @@ impl_user_pod!(
     Backend,
     ConnEntry,
     Counters,
-    AclValue
+    AclValue,
+    PipEntry
 );

@@ -42,10 +42,14 @@ pub enum Reason {
     DropNotInternal = 15,
     /// A backend of an internal VIP connecting to that VIP (hairpin; the reference drops it).
     DropHairpin = 16,
+    /// To an instance-level public IP: translated to its instance (any protocol) and sent.
+    PipIn = 17,
+    /// From an instance with a public IP: source translated to the PIP and sent.
+    PipOut = 18,
 }
 
 /// Every reason, in number order.
-pub const ALL_REASONS: [Reason; 17] = [
+pub const ALL_REASONS: [Reason; 19] = [
     Reason::Forward,
     Reason::Reply,
     Reason::ForwardFib,
@@ -63,6 +67,8 @@ pub const ALL_REASONS: [Reason; 17] = [
     Reason::DropAcl,
     Reason::DropNotInternal,
     Reason::DropHairpin,
+    Reason::PipIn,
+    Reason::PipOut,
 ];
 const _: () = assert!((ALL_REASONS.len() as u32) <= crate::consts::REASON_SLOTS);
 
@@ -88,6 +94,8 @@ impl Reason {
             Self::DropAcl => "drop_acl",
             Self::DropNotInternal => "drop_not_internal",
             Self::DropHairpin => "drop_hairpin",
+            Self::PipIn => "pip_in",
+            Self::PipOut => "pip_out",
         }
     }
 
@@ -103,6 +111,8 @@ impl Reason {
                 | Self::PassNotIpv4
                 | Self::PassNotOurs
                 | Self::PassShort
+                | Self::PipIn
+                | Self::PipOut
         )
     }
 }

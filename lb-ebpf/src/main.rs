@@ -8,6 +8,7 @@
 
 mod maps;
 mod parse;
+mod pip;
 mod select;
 mod stats;
 mod xlate;
@@ -39,8 +40,12 @@ fn try_lb(ctx: &XdpContext) -> (u32, Reason) {
         Err(pass) => return (xdp_action::XDP_PASS, pass),
     };
     let Some((flow, l4)) = pkt.l4 else {
-        // Not balanceable (malformed, fragment, options, not TCP/UDP): a counted drop when it
-        // is addressed to a VIP, otherwise the kernel's business.
+        // Not balanceable (malformed, fragment, options, not TCP/UDP): an instance-level
+        // public IP takes every protocol; else a counted drop when it is addressed to a VIP,
+        // otherwise the kernel's business.
+        if let Some(r) = pip::translate(ctx, &pkt) {
+            return r;
+        }
         // SAFETY: `pkt.ip` was bounds-checked by the parser.
         let dst = unsafe { (*pkt.ip).dst };
         return if select::is_vip(v4_mapped(dst)) {
@@ -57,6 +62,10 @@ fn try_lb(ctx: &XdpContext) -> (u32, Reason) {
     }
     if let Some(ct) = select::reply(&flow) {
         return to_client(ctx, &pkt, &flow, l4, &ct);
+    }
+    // TCP/UDP to or from a PIP (after VIP flows: a DIP can also be a VIP's backend).
+    if let Some(r) = pip::translate(ctx, &pkt) {
+        return r;
     }
     if select::is_vip(flow.dst) {
         (xdp_action::XDP_DROP, Reason::DropNoService)

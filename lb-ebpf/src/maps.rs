@@ -9,13 +9,13 @@ use aya_ebpf::{
 };
 use lb_common::{
     consts::{
-        DEFAULT_CONNTRACK_ENTRIES, DEFAULT_RING_SLOTS, MAX_ACL_ENTRIES, MAX_BACKENDS, MAX_ROUTES,
-        MAX_SERVICES, REASON_SLOTS,
+        DEFAULT_CONNTRACK_ENTRIES, DEFAULT_RING_SLOTS, MAX_ACL_ENTRIES, MAX_BACKENDS, MAX_PIPS,
+        MAX_ROUTES, MAX_SERVICES, REASON_SLOTS,
     },
     flow::FlowKey,
     maps::{
-        AclKeyData, AclValue, Backend, BackendId, ConnEntry, Counters, NextHop, RouteKeyData,
-        ServiceInfo, ServiceKey, VipInfo, VipKey,
+        AclKeyData, AclValue, Backend, BackendId, ConnEntry, Counters, NextHop, PipEntry,
+        RouteKeyData, ServiceInfo, ServiceKey, VipInfo, VipKey,
     },
 };
 
@@ -64,3 +64,12 @@ pub static LB_BE_STATS: PerCpuArray<Counters> = PerCpuArray::pinned(MAX_BACKENDS
 /// flows of services whose `acl_id` is not 0. Writer: agent.
 #[map(name = "LB_ACL")]
 pub static LB_ACL: LpmTrie<AclKeyData, AclValue> = LpmTrie::pinned(MAX_ACL_ENTRIES, 0);
+
+/// Instance-level public IP → its instance's address and next hop (every protocol and port
+/// bypasses balancing). Writer: agent.
+#[map(name = "LB_PIPS")]
+pub static LB_PIPS: HashMap<VipKey, PipEntry> = HashMap::pinned(MAX_PIPS, 0);
+
+/// Instance address → its public IP, for everything the instance sends. Writer: agent.
+#[map(name = "LB_PIP_REV")]
+pub static LB_PIP_REV: HashMap<VipKey, PipEntry> = HashMap::pinned(MAX_PIPS, 0);

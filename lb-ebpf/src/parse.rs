@@ -47,6 +47,8 @@ pub struct Packet {
     pub is_syn: bool,
     /// Frame length, for byte counters.
     pub len: u64,
+    /// Offset of the IPv4 header in the frame.
+    pub l3_off: usize,
 }
 
 /// Parses a frame. `Err` carries the pass reason for frames without a readable IPv4 header.
@@ -81,6 +83,7 @@ pub fn packet(ctx: &XdpContext) -> Result<Packet, Reason> {
         problem: None,
         is_syn: false,
         len,
+        l3_off: off,
     };
 
     pkt.problem = if iph.version_ihl >> 4 != 4 || ihl < 20 || tot_len < ihl || tot_len > l3_room {

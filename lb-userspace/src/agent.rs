@@ -42,6 +42,7 @@ fn load_config(path: Option<&PathBuf>) -> anyhow::Result<(Config, String)> {
             agent: lb_common::config::AgentSettings::default(),
             services: Vec::new(),
             forwards: Vec::new(),
+            pips: Vec::new(),
         };
         return Ok((empty, persist::digest("")));
     };

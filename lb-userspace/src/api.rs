@@ -76,6 +76,14 @@ pub enum Request {
     AclList {
         service: String,
     },
+    PipAdd {
+        pip: String,
+        dip: String,
+    },
+    PipDel {
+        pip: String,
+    },
+    PipList,
     Status,
     Stats,
 }
@@ -164,6 +172,18 @@ pub enum Response {
     Status(StatusView),
     Stats(StatsView),
     Acl(AclView),
+    Pips {
+        pips: Vec<PipView>,
+    },
+}
+
+/// An instance-level public IP.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PipView {
+    pub pip: String,
+    pub dip: String,
+    /// `None`: not resolved yet (the kernel FIB fallback serves meanwhile).
+    pub next_hop: Option<NextHopView>,
 }
 
 /// An endpoint's ACL: its rules in order, the verdict for sources no rule matches, and how

@@ -38,6 +38,9 @@ pub enum Command {
     /// Endpoint ACLs: ordered permit/deny rules by remote prefix, first match wins.
     #[command(subcommand)]
     Acl(AclCmd),
+    /// Instance-level public IPs: every protocol and port to one instance, no balancing.
+    #[command(subcommand)]
+    Pip(PipCmd),
     /// Agent state, services, backends with next hops and table shares.
     Status(OutputArg),
     /// Counters: per verdict reason and per service.
@@ -148,6 +151,19 @@ impl From<&VipSettings> for crate::api::SettingsArgs {
             hairpin: v.hairpin.clone(),
         }
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PipCmd {
+    /// Map a public IP to one instance: `lb pip add 203.0.113.50 192.0.2.13`.
+    Add {
+        pip: std::net::IpAddr,
+        dip: std::net::IpAddr,
+    },
+    /// Remove a public IP.
+    Del { pip: std::net::IpAddr },
+    /// List public IPs with their instances and next hops.
+    List(OutputArg),
 }
 
 #[derive(Debug, Subcommand)]
@@ -415,6 +431,20 @@ pub fn request(cmd: &Command) -> Option<(Request, Format)> {
             },
             out.format,
         ),
+        Command::Pip(PipCmd::Add { pip, dip }) => (
+            Request::PipAdd {
+                pip: pip.to_string(),
+                dip: dip.to_string(),
+            },
+            t,
+        ),
+        Command::Pip(PipCmd::Del { pip }) => (
+            Request::PipDel {
+                pip: pip.to_string(),
+            },
+            t,
+        ),
+        Command::Pip(PipCmd::List(o)) => (Request::PipList, o.format),
         Command::Status(o) => (Request::Status, o.format),
         Command::Stats(o) => (Request::Stats, o.format),
     })
@@ -434,6 +464,16 @@ pub fn render(resp: &Response, format: Format) -> Result<String, String> {
     let mut o = String::new();
     match resp {
         Response::Ok { message } => o.push_str(message),
+        Response::Pips { pips } => {
+            let _ = writeln!(o, "{:<18} {:<18} NEXT HOP", "PIP", "INSTANCE");
+            for p in pips {
+                let nh = p.next_hop.as_ref().map_or_else(
+                    || "unresolved (FIB fallback)".to_owned(),
+                    |n| format!("if {} → {}", n.ifindex, n.dmac),
+                );
+                let _ = writeln!(o, "{:<18} {:<18} {nh}", p.pip, p.dip);
+            }
+        }
         Response::Acl(a) => {
             let _ = writeln!(
                 o,

@@ -11,11 +11,12 @@ use aya::{
     programs::{Xdp, XdpMode},
 };
 use lb_common::{
+    addr::Addr,
     consts::{PROGRAM_NAME, global_names, map_names},
     flow::FlowKey,
     maps::{
-        AclKeyData, AclValue, Backend, BackendId, ConnEntry, Counters, NextHop, RouteKeyData,
-        ServiceInfo, ServiceKey, VipInfo, VipKey,
+        AclKeyData, AclValue, Backend, BackendId, ConnEntry, Counters, NextHop, PipEntry,
+        RouteKeyData, ServiceInfo, ServiceKey, VipInfo, VipKey,
     },
 };
 
@@ -158,6 +159,8 @@ pub struct Maps {
     pub svc_stats: PerCpuArray<MapData, Counters>,
     pub be_stats: PerCpuArray<MapData, Counters>,
     pub acl: LpmTrie<MapData, AclKeyData, AclValue>,
+    pub pips: HashMap<MapData, VipKey, PipEntry>,
+    pub pip_rev: HashMap<MapData, VipKey, PipEntry>,
 }
 
 impl Maps {
@@ -180,6 +183,8 @@ impl Maps {
             svc_stats: get(ebpf, map_names::SERVICE_STATS)?,
             be_stats: get(ebpf, map_names::BACKEND_STATS)?,
             acl: get(ebpf, map_names::ACL)?,
+            pips: get(ebpf, map_names::PIPS)?,
+            pip_rev: get(ebpf, map_names::PIP_REV)?,
         })
     }
 
@@ -241,6 +246,12 @@ pub trait MapOps {
         service: u32,
         doomed: &dyn Fn(&lb_common::addr::Addr) -> bool,
     ) -> Result<usize, MapOpError>;
+    /// Writes both directions of a PIP: PIP → (instance, next hop), instance → PIP.
+    fn put_pip(&mut self, pip: &Addr, dip: &Addr, nh: &NextHop) -> Result<(), MapOpError>;
+    /// Deletes both directions of a PIP.
+    fn del_pip(&mut self, pip: &Addr, dip: &Addr) -> Result<(), MapOpError>;
+    /// Deletes every PIP entry (a new agent starts from its own state).
+    fn clear_pips(&mut self) -> Result<(), MapOpError>;
     /// Live conntrack entries per backend id (an O(table) walk, for status output).
     fn flows_per_backend(&self) -> Result<std::collections::HashMap<BackendId, u64>, MapOpError>;
 }
@@ -436,6 +447,62 @@ impl MapOps for Maps {
             }
         }
         Ok(keys.len())
+    }
+    fn put_pip(&mut self, pip: &Addr, dip: &Addr, nh: &NextHop) -> Result<(), MapOpError> {
+        // Reverse first: replies can be translated before the first inbound packet arrives.
+        let rev = PipEntry {
+            addr: *pip,
+            nh: NextHop::default(),
+        };
+        self.pip_rev
+            .insert(VipKey { vip: *dip }, rev, 0)
+            .map_err(op_err(map_names::PIP_REV, "insert"))?;
+        let fwd = PipEntry {
+            addr: *dip,
+            nh: *nh,
+        };
+        self.pips
+            .insert(VipKey { vip: *pip }, fwd, 0)
+            .map_err(op_err(map_names::PIPS, "insert"))
+    }
+    fn del_pip(&mut self, pip: &Addr, dip: &Addr) -> Result<(), MapOpError> {
+        for (m, name, k) in [
+            (&mut self.pips, map_names::PIPS, pip),
+            (&mut self.pip_rev, map_names::PIP_REV, dip),
+        ] {
+            match m.remove(&VipKey { vip: *k }) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(source) => {
+                    return Err(MapOpError {
+                        map: name,
+                        op: "remove".into(),
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+    fn clear_pips(&mut self) -> Result<(), MapOpError> {
+        for (m, name) in [
+            (&mut self.pips, map_names::PIPS),
+            (&mut self.pip_rev, map_names::PIP_REV),
+        ] {
+            let keys: Vec<VipKey> = m.keys().filter_map(Result::ok).collect();
+            for k in keys {
+                match m.remove(&k) {
+                    Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                    Err(source) => {
+                        return Err(MapOpError {
+                            map: name,
+                            op: "clear".into(),
+                            source,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
     }
     fn flows_per_backend(&self) -> Result<std::collections::HashMap<BackendId, u64>, MapOpError> {
         let mut m = std::collections::HashMap::new();

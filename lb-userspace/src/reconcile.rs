@@ -36,8 +36,8 @@ use lb_common::{
 
 use crate::{
     api::{
-        AclRuleView, AclView, BackendView, CountersView, NextHopView, ProbeView, Request, Response,
-        ServiceStatus, ServiceView, StatsView, StatusView,
+        AclRuleView, AclView, BackendView, CountersView, NextHopView, PipView, ProbeView, Request,
+        Response, ServiceStatus, ServiceView, StatsView, StatusView,
     },
     dataplane::MapOps,
     error::{ChangeError, MapOpError},
@@ -196,6 +196,8 @@ pub struct Reconciler<M: MapOps, R: Resolver> {
     deferred: Vec<(Instant, Deferred)>,
     /// Next hops found by the last refresh, by address.
     next_hops: HashMap<IpAddr, NextHop>,
+    /// PIPs as written: PIP → (instance, next hop).
+    applied_pips: HashMap<IpAddr, (IpAddr, NextHop)>,
     /// Internal VIPs' source sets in `LB_ACL`: set id and entries, by VIP address.
     ilb: HashMap<IpAddr, (u32, Vec<acl::Entry>)>,
     /// Probe history per (service, backend).
@@ -226,6 +228,7 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
             written: HashMap::new(),
             health: HashMap::new(),
             ilb: HashMap::new(),
+            applied_pips: HashMap::new(),
             started: Instant::now(),
             routes: HashMap::new(),
         }
@@ -248,12 +251,14 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
         for k in self.maps.vip_keys()? {
             self.maps.del_vip(&k)?;
         }
+        self.maps.clear_pips()?;
         self.check_capacity(&state, None)?;
         self.state = state;
         let specs: Vec<ServiceSpec> = self.state.services.keys().copied().collect();
         for s in specs {
             self.sync_service(&s)?;
         }
+        self.sync_pips()?;
         self.refresh_routes()?;
         Ok(())
     }
@@ -278,6 +283,7 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
         for s in specs {
             self.sync_service(&s)?;
         }
+        self.sync_pips()?;
         Ok(())
     }
 
@@ -381,6 +387,44 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
                 let spec = parse_service(&service)?;
                 next.del_acl(&spec, order)?;
                 (spec, format!("deleted ACL rule --order {order} of {spec}"))
+            }
+            Request::PipAdd { pip, dip } => {
+                let addr = |s: &str, what: &str| -> Result<IpAddr, ChangeError> {
+                    s.parse().map_err(|_| {
+                        ChangeError::Invalid(format!("{what}: {s:?} is not an address"))
+                    })
+                };
+                let (p, d) = (addr(&pip, "PIP")?, addr(&dip, "instance")?);
+                next.add_pip(p, d)?;
+                self.check_capacity(&next, None)?;
+                self.state = next;
+                self.sync_pips()?;
+                return ok(format!("added PIP {p} → {d}"));
+            }
+            Request::PipDel { pip } => {
+                let p: IpAddr = pip
+                    .parse()
+                    .map_err(|_| ChangeError::Invalid(format!("PIP: {pip:?} is not an address")))?;
+                let d = next.del_pip(p)?;
+                self.state = next;
+                self.sync_pips()?;
+                return ok(format!("deleted PIP {p} (was → {d})"));
+            }
+            Request::PipList => {
+                let pips = self
+                    .applied_pips
+                    .iter()
+                    .map(|(p, (d, nh))| PipView {
+                        pip: p.to_string(),
+                        dip: d.to_string(),
+                        next_hop: nh.is_resolved().then(|| NextHopView {
+                            ifindex: nh.ifindex,
+                            smac: mac(&nh.smac),
+                            dmac: mac(&nh.dmac),
+                        }),
+                    })
+                    .collect();
+                return Ok(Response::Pips { pips });
             }
             Request::AclList { service } => {
                 let spec = parse_service(&service)?;
@@ -552,6 +596,12 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
             return Err(ChangeError::Capacity(format!(
                 "the backend map is full ({} backends)",
                 MAX_BACKENDS - 1
+            )));
+        }
+        if next.pips.len() > lb_common::consts::MAX_PIPS as usize {
+            return Err(ChangeError::Capacity(format!(
+                "the PIP maps are full ({} PIPs)",
+                lb_common::consts::MAX_PIPS
             )));
         }
         // Every endpoint's compiled ACL, plus the changed one's new set while it is swapped in.
@@ -783,6 +833,30 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
         Ok(())
     }
 
+    /// Makes the PIP maps match the desired state (both directions, next hops included).
+    fn sync_pips(&mut self) -> Result<(), ChangeError> {
+        let gone: Vec<(IpAddr, IpAddr)> = self
+            .applied_pips
+            .iter()
+            .filter(|(p, (d, _))| self.state.pips.get(p) != Some(d))
+            .map(|(p, (d, _))| (*p, *d))
+            .collect();
+        for (p, d) in gone {
+            self.maps.del_pip(&addr::from_ip(p), &addr::from_ip(d))?;
+            self.applied_pips.remove(&p);
+        }
+        let want: Vec<(IpAddr, IpAddr)> = self.state.pips.iter().map(|(p, d)| (*p, *d)).collect();
+        for (p, d) in want {
+            let nh = self.next_hop(d);
+            if self.applied_pips.get(&p) != Some(&(d, nh)) {
+                self.maps
+                    .put_pip(&addr::from_ip(p), &addr::from_ip(d), &nh)?;
+                self.applied_pips.insert(p, (d, nh));
+            }
+        }
+        Ok(())
+    }
+
     /// Keeps `LB_VIPS[ip]` equal to the number of services on that address.
     fn sync_vip(&mut self, ip: IpAddr) -> Result<(), ChangeError> {
         let n = self.applied.keys().filter(|s| s.vip.ip() == ip).count();
@@ -988,6 +1062,7 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
             .applied
             .values()
             .flat_map(|a| a.backends.keys().map(SocketAddr::ip))
+            .chain(self.state.pips.values().copied())
             .collect();
         self.next_hops = ips
             .into_iter()
@@ -1004,6 +1079,9 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
                 self.put_backend(id, addr, nh)?;
                 tracing::info!(backend = %addr, backend_id = id, ifindex = nh.ifindex, "backend next hop updated");
             }
+        }
+        if let Err(e) = self.sync_pips() {
+            tracing::warn!(error = %e, "refreshing PIP next hops failed");
         }
         self.refresh_routes()
     }
@@ -1329,6 +1407,7 @@ mod tests {
         ring: HashMap<u32, BackendId>,
         routes: HashMap<(u32, Addr), NextHop>,
         acl: HashMap<(u32, acl::Prefix), acl::Entry>,
+        pips: HashMap<Addr, (Addr, NextHop)>,
         ops: Vec<Op>,
     }
 
@@ -1398,6 +1477,18 @@ mod tests {
         }
         fn flows_per_backend(&self) -> Result<HashMap<BackendId, u64>, MapOpError> {
             Ok(HashMap::new())
+        }
+        fn put_pip(&mut self, pip: &Addr, dip: &Addr, nh: &NextHop) -> Result<(), MapOpError> {
+            self.pips.insert(*pip, (*dip, *nh));
+            Ok(())
+        }
+        fn del_pip(&mut self, pip: &Addr, _dip: &Addr) -> Result<(), MapOpError> {
+            self.pips.remove(pip);
+            Ok(())
+        }
+        fn clear_pips(&mut self) -> Result<(), MapOpError> {
+            self.pips.clear();
+            Ok(())
         }
         fn put_acl(&mut self, acl_id: u32, e: &acl::Entry) -> Result<(), MapOpError> {
             self.ops.push(Op::Acl(acl_id, true));
@@ -1990,5 +2081,56 @@ mod tests {
         assert_eq!(r.maps().services.values().next().unwrap().acl_id, 0);
         let resp = r.handle(acl_add(1, "permit", "198.51.100.1/24"));
         assert!(matches!(resp, Response::Error { message } if message.contains("host bits")));
+    }
+
+    #[test]
+    fn pips_map_one_to_one_and_follow_next_hops() {
+        let mut r = rec(4096);
+        add(&mut r, WEB, &["192.0.2.11"]);
+        ok(
+            &mut r,
+            Request::PipAdd {
+                pip: "203.0.113.50".into(),
+                dip: "192.0.2.13".into(),
+            },
+        );
+        let pip = addr::v4_mapped([203, 0, 113, 50]);
+        assert_eq!(r.maps().pips[&pip].0, addr::v4_mapped([192, 0, 2, 13]));
+        assert!(!r.maps().pips[&pip].1.is_resolved());
+        for (p, d, want) in [
+            ("203.0.113.51", "192.0.2.13", "1:1"),
+            ("203.0.113.10", "192.0.2.14", "is a VIP"),
+            ("203.0.113.52", "2001:db8::1", "IPv6"),
+        ] {
+            let resp = r.handle(Request::PipAdd {
+                pip: p.into(),
+                dip: d.into(),
+            });
+            assert!(
+                matches!(&resp, Response::Error { message } if message.contains(want)),
+                "{p} → {d}: {resp:?}"
+            );
+        }
+        // The next refresh writes the resolved next hop.
+        r.resolver.resolved = true;
+        r.tick().unwrap();
+        assert_eq!(r.maps().pips[&pip].1.ifindex, 13);
+        let Response::Pips { pips } = r.handle(Request::PipList) else {
+            panic!()
+        };
+        assert_eq!(
+            (
+                pips[0].dip.as_str(),
+                pips[0].next_hop.as_ref().map(|n| n.ifindex)
+            ),
+            ("192.0.2.13", Some(13))
+        );
+        ok(
+            &mut r,
+            Request::PipDel {
+                pip: "203.0.113.50".into(),
+            },
+        );
+        assert!(r.maps().pips.is_empty());
     }
 }

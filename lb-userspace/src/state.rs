@@ -5,13 +5,18 @@
 //! The state is saved as a config file ([`State::to_toml`]): same format, same validation on
 //! load, so what the CLI built survives an agent restart (see [`crate::persist`]).
 
-use std::{collections::BTreeMap, fmt::Write as _, net::SocketAddr};
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    net::{IpAddr, SocketAddr},
+};
 
 use lb_common::{
     acl::Action,
     config::{
         AclRuleConfig, BackendConfig, Config, DEFAULT_WEIGHT, ServiceSettings, check_acl_rule,
-        check_backend, check_forward, check_internal, check_service, check_settings, check_weight,
+        check_backend, check_forward, check_internal, check_pip, check_service, check_settings,
+        check_weight,
     },
     spec::{BackendSpec, ServiceSpec, format_duration},
 };
@@ -22,6 +27,8 @@ use crate::error::ChangeError;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct State {
     pub services: BTreeMap<ServiceSpec, ServiceState>,
+    /// Instance-level public IPs: PIP → instance address.
+    pub pips: BTreeMap<IpAddr, IpAddr>,
 }
 
 /// A load-balanced service, or a port forward to one backend.
@@ -89,7 +96,10 @@ impl State {
                 (f.spec, st)
             }))
             .collect();
-        Self { services }
+        Self {
+            services,
+            pips: c.pips.iter().copied().collect(),
+        }
     }
 
     /// Adds a port forward.
@@ -151,6 +161,12 @@ impl State {
         check_internal(&spec, &settings.internal).map_err(ChangeError::Invalid)?;
         if self.services.contains_key(&spec) {
             return Err(ChangeError::Exists(format!("service {spec}")));
+        }
+        if self.pips.contains_key(&spec.vip.ip()) {
+            return Err(ChangeError::Invalid(format!(
+                "{} is a PIP; a VIP must be an address of its own",
+                spec.vip.ip()
+            )));
         }
         // Internal is a property of the VIP address: its services must agree.
         if let Some((other, o)) = self
@@ -326,6 +342,39 @@ impl State {
             .ok_or_else(|| ChangeError::NotFound(format!("ACL rule --order {order} of {spec}")))
     }
 
+    /// Maps a public IP to one instance (every protocol and port).
+    ///
+    /// # Errors
+    /// Bad addresses, the PIP is a VIP, or either address is already mapped.
+    pub fn add_pip(&mut self, pip: IpAddr, dip: IpAddr) -> Result<(), ChangeError> {
+        check_pip(pip, dip).map_err(ChangeError::Invalid)?;
+        if self.services.keys().any(|s| s.vip.ip() == pip) {
+            return Err(ChangeError::Invalid(format!(
+                "{pip} is a VIP; a PIP must be an address of its own"
+            )));
+        }
+        if self.pips.contains_key(&pip) {
+            return Err(ChangeError::Exists(format!("PIP {pip}")));
+        }
+        if let Some((other, _)) = self.pips.iter().find(|(_, d)| **d == dip) {
+            return Err(ChangeError::Invalid(format!(
+                "instance {dip} already has PIP {other} (a PIP maps 1:1)"
+            )));
+        }
+        self.pips.insert(pip, dip);
+        Ok(())
+    }
+
+    /// Removes a PIP.
+    ///
+    /// # Errors
+    /// No such PIP.
+    pub fn del_pip(&mut self, pip: IpAddr) -> Result<IpAddr, ChangeError> {
+        self.pips
+            .remove(&pip)
+            .ok_or_else(|| ChangeError::NotFound(format!("PIP {pip}")))
+    }
+
     /// Number of backends over all services.
     #[must_use]
     pub fn backend_count(&self) -> usize {
@@ -336,6 +385,9 @@ impl State {
     #[must_use]
     pub fn to_toml(&self) -> String {
         let mut o = String::new();
+        for (pip, dip) in &self.pips {
+            let _ = writeln!(o, "[[pip]]\npip = \"{pip}\"\ndip = \"{dip}\"\n");
+        }
         for (spec, svc) in &self.services {
             if svc.kind == Kind::Forward {
                 for to in svc.backends.keys() {

@@ -533,6 +533,22 @@ impl Lab {
         })
     }
 
+    /// One HTTP GET from the client to any address (a PIP, say); returns the answering name.
+    ///
+    /// # Errors
+    /// The request fails or times out.
+    pub fn http_get_at(&self, ip: Ipv4Addr, port: u16) -> anyhow::Result<String> {
+        let dst = SocketAddr::new(IpAddr::V4(ip), port);
+        let s = self
+            .client
+            .enter(move || TcpStream::connect_timeout(&dst, IO_TIMEOUT))?;
+        s.set_read_timeout(Some(IO_TIMEOUT))?;
+        HttpConn {
+            stream: BufReader::new(s),
+        }
+        .get()
+    }
+
     /// A keep-alive HTTP connection from the client to `VIP:port`.
     ///
     /// # Errors
@@ -583,6 +599,79 @@ impl Drop for Lab {
         let _ = std::fs::remove_dir_all(&self.pin_dir);
         let _ = std::fs::remove_dir_all(&self.tmp);
     }
+}
+
+/// Sends one ICMP echo request from namespace `ns` to `dst` (a raw socket: the image has no
+/// `ping`) and returns the source address of the matching echo reply.
+///
+/// # Errors
+/// No matching reply within `timeout`.
+pub fn ping(ns: &Netns, dst: Ipv4Addr, timeout: Duration) -> anyhow::Result<Ipv4Addr> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    let r = ns.enter(move || -> std::io::Result<Option<Ipv4Addr>> {
+        // SAFETY: plain socket calls on a descriptor owned by `sock`; buffers outlive the calls.
+        unsafe {
+            let fd = libc::socket(
+                libc::AF_INET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::IPPROTO_ICMP,
+            );
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let sock = OwnedFd::from_raw_fd(fd);
+            let tv = libc::timeval {
+                tv_sec: 0,
+                tv_usec: 100_000,
+            };
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const tv).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            );
+            let id = (std::process::id() & 0xffff) as u16;
+            let mut msg = vec![8u8, 0, 0, 0];
+            msg.extend_from_slice(&id.to_be_bytes());
+            msg.extend_from_slice(&1u16.to_be_bytes());
+            msg.extend_from_slice(b"lb-lab-ping");
+            let c = lb_common::csum::ipv4_header(&msg); // the same one's-complement sum
+            msg[2..4].copy_from_slice(&c.to_be_bytes());
+            let to = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: 0,
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(dst.octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            if libc::sendto(
+                sock.as_raw_fd(),
+                msg.as_ptr().cast(),
+                msg.len(),
+                0,
+                (&raw const to).cast(),
+                len,
+            ) < 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            let deadline = std::time::Instant::now() + timeout;
+            let mut buf = [0u8; 1500];
+            while std::time::Instant::now() < deadline {
+                let n = libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0);
+                let Ok(n) = usize::try_from(n) else { continue }; // timeout tick: look again
+                let ihl = usize::from(buf[0] & 0x0f) * 4;
+                if n >= ihl + 8 && buf[ihl] == 0 && buf[ihl + 4..ihl + 6] == id.to_be_bytes() {
+                    return Ok(Some(Ipv4Addr::new(buf[12], buf[13], buf[14], buf[15])));
+                }
+            }
+            Ok(None)
+        }
+    })?;
+    r.with_context(|| format!("no echo reply from {dst} within {timeout:?}"))
 }
 
 /// A TCP connection bound to `src` (std cannot bind before connecting).

@@ -427,3 +427,43 @@ fn an_internal_vip_is_reachable_only_from_inside() {
     let e = refused(&lab, &["vip", "add", "203.0.113.20:82/tcp"]);
     assert!(e.contains("same internal prefixes"), "{e}");
 }
+
+/// An instance-level public IP: ping answered by the instance (through the LB, from the PIP),
+/// and a TCP connection to a port no VIP balances reaches the same instance.
+#[test]
+fn a_pip_reaches_its_instance_with_every_protocol() {
+    use std::{net::Ipv4Addr, time::Duration};
+    let mut lab = Lab::new(3).unwrap();
+    lab.start_agent(
+        "[[service]]\nvip = \"203.0.113.10:80/tcp\"\nbackends = [\"192.0.2.11\", \"192.0.2.12\"]\ntable_size = 251\n\n\
+         [[pip]]\npip = \"203.0.113.50\"\ndip = \"192.0.2.13\"\n",
+    )
+    .unwrap();
+    lab.wait_ready().unwrap();
+    let pip = Ipv4Addr::new(203, 0, 113, 50);
+    let t = Duration::from_secs(2);
+    for _ in 0..3 {
+        assert_eq!(
+            lb_integration::lab::ping(&lab.client, pip, t).unwrap(),
+            pip,
+            "the echo reply must come from the PIP"
+        );
+    }
+    // The LB never answers pings to a PIP itself: the requests went in, the replies came out.
+    assert!(lab.reason("pip_in").unwrap() >= 3 && lab.reason("pip_out").unwrap() >= 3);
+    for _ in 0..5 {
+        assert_eq!(
+            lab.http_get_at(pip, 80).unwrap(),
+            "b3",
+            "TCP to the PIP reaches its instance"
+        );
+    }
+    let list = lab.lb_json(&["pip", "list"]).unwrap();
+    assert_eq!(list["pips"][0]["dip"], "192.0.2.13", "{list}");
+    assert!(refused(&lab, &["pip", "add", "203.0.113.10", "192.0.2.12"]).contains("is a VIP"));
+    lab.lb(&["pip", "del", "203.0.113.50"]).unwrap();
+    assert!(
+        lb_integration::lab::ping(&lab.client, pip, Duration::from_millis(500)).is_err(),
+        "a deleted PIP still answers"
+    );
+}

@@ -102,6 +102,11 @@ vip = "203.0.113.20:80/tcp"
 backends = ["192.0.2.11"]
 table_size = 251
 internal = ["198.51.100.0/26"]
+
+# An instance-level public IP: every protocol and port to 192.0.2.11.
+[[pip]]
+pip = "203.0.113.50"
+dip = "192.0.2.11"
 "#;
 
 /// Next hops as an agent would have resolved them.
@@ -534,9 +539,10 @@ fn not_ours_passes_untouched() {
             None,
             Reason::PassNotOurs,
         );
-        // A reply-shaped packet with no conntrack entry is not ours either.
+        // A reply-shaped packet with no conntrack entry is not ours either (from a backend
+        // without a PIP: 192.0.2.11 has one, and everything it sends leaves as its PIP).
         let stray = Frame::tcp(
-            SocketAddrV4::new(B1, 80),
+            SocketAddrV4::new(B2, 8080),
             SocketAddrV4::new(*CLIENT.ip(), 1),
             TCP_ACK,
         );
@@ -876,5 +882,91 @@ fn internal_vip_admits_only_internal_sources_and_drops_hairpin() {
             TCP_SYN,
         );
         assert_eq!(fx.run(&public.build()).0, XDP_TX);
+    });
+}
+
+#[test]
+fn pip_translates_every_protocol_both_ways() {
+    with_fixture(|fx| {
+        let pip = Ipv4Addr::new(203, 0, 113, 50);
+        let to_b1 = |port| SocketAddrV4::new(B1, port);
+        let echo = Frame::raw(
+            *CLIENT.ip(),
+            pip,
+            proto::ICMP,
+            vec![8, 0, 0xf7, 0xfe, 0, 1, 0, 0],
+        );
+        fx.check(
+            "ping to a PIP",
+            &echo,
+            XDP_TX,
+            Some(&echo.dnat(to_b1(0), LB_MAC, B1_MAC)),
+            Reason::PipIn,
+        );
+        let syn = Frame::tcp(CLIENT, SocketAddrV4::new(pip, 2222), TCP_SYN);
+        fx.check(
+            "TCP to any port of a PIP",
+            &syn,
+            XDP_TX,
+            Some(&syn.dnat(to_b1(2222), LB_MAC, B1_MAC)),
+            Reason::PipIn,
+        );
+        let mut udp = Frame::udp(CLIENT, SocketAddrV4::new(pip, 5000));
+        udp.l4 = L4::Udp {
+            sport: CLIENT.port(),
+            dport: 5000,
+            no_csum: true,
+        };
+        fx.check(
+            "UDP without checksum to a PIP",
+            &udp,
+            XDP_TX,
+            Some(&udp.dnat(to_b1(5000), LB_MAC, B1_MAC)),
+            Reason::PipIn,
+        );
+        let mut frag = Frame::raw(*CLIENT.ip(), pip, proto::TCP, vec![0xab; 24]);
+        frag.frag = 185; // a non-first fragment: no L4 header to touch
+        fx.check(
+            "non-first fragment to a PIP",
+            &frag,
+            XDP_TX,
+            Some(&frag.dnat(to_b1(0), LB_MAC, B1_MAC)),
+            Reason::PipIn,
+        );
+
+        // Everything the instance sends leaves as the PIP (not a tracked VIP flow).
+        let vip_src = |port| SocketAddrV4::new(pip, port);
+        let mut reply = Frame::raw(
+            B1,
+            *CLIENT.ip(),
+            proto::ICMP,
+            vec![0, 0, 0xff, 0xfe, 0, 1, 0, 0],
+        );
+        reply.smac = B1_MAC;
+        fx.check(
+            "echo reply from the instance",
+            &reply,
+            XDP_TX,
+            Some(&reply.snat(vip_src(0), LB_MAC, CLIENT_MAC)),
+            Reason::PipOut,
+        );
+        let mut out = Frame::tcp(SocketAddrV4::new(B1, 2222), CLIENT, TCP_SYN | TCP_ACK);
+        out.smac = B1_MAC;
+        fx.check(
+            "TCP from the instance",
+            &out,
+            XDP_TX,
+            Some(&out.snat(vip_src(2222), LB_MAC, CLIENT_MAC)),
+            Reason::PipOut,
+        );
+        let mut bad =
+            Frame::raw(*CLIENT.ip(), pip, proto::ICMP, vec![8, 0, 0, 0, 0, 1, 0, 0]).build();
+        let l3 = 14;
+        bad[l3] = 0x44; // bad IHL: malformed is never translated
+        let (action, _) = fx.run(&bad);
+        assert_eq!(
+            action, XDP_PASS,
+            "a malformed packet to a PIP is not translated (not a VIP: passed)"
+        );
     });
 }
