@@ -187,6 +187,9 @@ pub struct ServiceSettings {
     /// the VIP address: all its services must agree.
     pub internal: Vec<(std::net::IpAddr, u8)>,
     pub hairpin: Hairpin,
+    /// The LB answers ICMP echo requests to the VIP (rate-limited). A property of the VIP
+    /// address, like `internal`.
+    pub icmp_echo: bool,
 }
 
 impl Default for ServiceSettings {
@@ -201,6 +204,7 @@ impl Default for ServiceSettings {
             established: Established::Keep,
             internal: Vec::new(),
             hairpin: Hairpin::Drop,
+            icmp_echo: true,
         }
     }
 }
@@ -412,6 +416,7 @@ struct RawService {
     #[serde(default)]
     internal: Vec<Spanned<String>>,
     hairpin: Option<Spanned<String>>,
+    icmp_echo: Option<bool>,
 }
 
 /// `"192.0.2.11:80"` or `{ addr = "192.0.2.11:80", weight = 3, drained = false }`.
@@ -566,7 +571,24 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
                 .parse()
                 .map_err(|e: SpecError| err(h.span(), field("hairpin"), e.0))?;
         }
+        settings.icmp_echo = s.icmp_echo.unwrap_or(true);
         check_settings(&settings).map_err(|m| err(s.vip.span(), field("settings"), m))?;
+        if let Some(other) = services
+            .iter()
+            .find(|o: &&ServiceConfig| o.spec.vip.ip() == spec.vip.ip())
+            && other.settings.icmp_echo != settings.icmp_echo
+        {
+            return Err(err(
+                s.vip.span(),
+                field("icmp_echo"),
+                format!(
+                    "all services of VIP {} must have the same icmp_echo ({} has {})",
+                    spec.vip.ip(),
+                    other.spec,
+                    other.settings.icmp_echo
+                ),
+            ));
+        }
         // Internal is a property of the VIP address: its services must agree.
         if let Some(other) = services
             .iter()

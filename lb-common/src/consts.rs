@@ -16,6 +16,10 @@ pub const DEFAULT_TABLE_SIZE: u32 = 65_537;
 pub const MAX_TABLE_SIZE: u32 = 1 << 20;
 /// Capacity of the client-facing next-hop LPM trie.
 pub const MAX_ROUTES: u32 = 16_384;
+/// Echo replies per second the LB sends for VIPs, per CPU.
+pub const ECHO_RATE_PER_SEC: u64 = 100;
+/// Echo replies one CPU may send in a burst.
+pub const ECHO_BURST: u64 = 50;
 /// Capacity of the instance-level public IP maps (each direction).
 pub const MAX_PIPS: u32 = 16_384;
 /// Capacity of the ACL LPM trie (all endpoints' compiled entries, plus one set while it changes).
@@ -40,8 +44,9 @@ pub mod map_names {
     pub const ACL: &str = "LB_ACL";
     pub const PIPS: &str = "LB_PIPS";
     pub const PIP_REV: &str = "LB_PIP_REV";
+    pub const ECHO_RL: &str = "LB_ECHO_RL";
     /// Every map, in the order the agent opens them.
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 13] = [
         SERVICES,
         VIPS,
         BACKENDS,
@@ -54,6 +59,7 @@ pub mod map_names {
         ACL,
         PIPS,
         PIP_REV,
+        ECHO_RL,
     ];
 }
 

@@ -195,6 +195,17 @@ pub struct AclValue {
     pub rule: u32,
 }
 
+/// [`VipInfo::flags`]: the LB does not answer ICMP echo requests to this VIP.
+pub const VIP_F_NO_ECHO: u32 = 1;
+
+/// `LB_ECHO_RL` value: a per-CPU token bucket for echo replies, in nanoseconds of credit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+#[repr(C)]
+pub struct RateState {
+    pub credit_ns: u64,
+    pub last_ns: u64,
+}
+
 pub const ACL_PERMIT: u32 = 1;
 pub const ACL_DENY: u32 = 2;
 /// Internal-VIP sets only: the source is a backend of the VIP connecting to the VIP itself.
@@ -221,5 +232,6 @@ impl_user_pod!(
     ConnEntry,
     Counters,
     AclValue,
-    PipEntry
+    PipEntry,
+    RateState
 );

@@ -46,10 +46,14 @@ pub enum Reason {
     PipIn = 17,
     /// From an instance with a public IP: source translated to the PIP and sent.
     PipOut = 18,
+    /// An ICMP echo request to a VIP, answered by the LB itself (`XDP_TX`).
+    EchoReply = 19,
+    /// An ICMP echo request to a VIP over the rate limit (or echo turned off for the VIP).
+    DropEchoLimited = 20,
 }
 
 /// Every reason, in number order.
-pub const ALL_REASONS: [Reason; 19] = [
+pub const ALL_REASONS: [Reason; 21] = [
     Reason::Forward,
     Reason::Reply,
     Reason::ForwardFib,
@@ -69,6 +73,8 @@ pub const ALL_REASONS: [Reason; 19] = [
     Reason::DropHairpin,
     Reason::PipIn,
     Reason::PipOut,
+    Reason::EchoReply,
+    Reason::DropEchoLimited,
 ];
 const _: () = assert!((ALL_REASONS.len() as u32) <= crate::consts::REASON_SLOTS);
 
@@ -96,6 +102,8 @@ impl Reason {
             Self::DropHairpin => "drop_hairpin",
             Self::PipIn => "pip_in",
             Self::PipOut => "pip_out",
+            Self::EchoReply => "echo_reply",
+            Self::DropEchoLimited => "drop_echo_limited",
         }
     }
 
@@ -113,6 +121,7 @@ impl Reason {
                 | Self::PassShort
                 | Self::PipIn
                 | Self::PipOut
+                | Self::EchoReply
         )
     }
 }

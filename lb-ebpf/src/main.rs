@@ -6,6 +6,7 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+mod icmp;
 mod maps;
 mod parse;
 mod pip;
@@ -47,15 +48,18 @@ fn try_lb(ctx: &XdpContext) -> (u32, Reason) {
             return r;
         }
         // SAFETY: `pkt.ip` was bounds-checked by the parser.
-        let dst = unsafe { (*pkt.ip).dst };
-        return if select::is_vip(v4_mapped(dst)) {
-            (
-                xdp_action::XDP_DROP,
-                pkt.problem.unwrap_or(Reason::DropMalformed),
-            )
-        } else {
-            (xdp_action::XDP_PASS, Reason::PassNotOurs)
+        let (dst, proto_) = unsafe { ((*pkt.ip).dst, (*pkt.ip).proto) };
+        let Some(vip) = select::vip(v4_mapped(dst)) else {
+            return (xdp_action::XDP_PASS, Reason::PassNotOurs);
         };
+        // ICMP to a VIP (otherwise well formed): the LB answers echo requests itself.
+        if proto_ == lb_common::flow::proto::ICMP && pkt.problem == Some(Reason::DropProto) {
+            return icmp::to_vip(ctx, &pkt, &vip);
+        }
+        return (
+            xdp_action::XDP_DROP,
+            pkt.problem.unwrap_or(Reason::DropMalformed),
+        );
     };
     if let Some(svc) = select::service(&flow) {
         return to_backend(ctx, &pkt, &flow, l4, &svc);

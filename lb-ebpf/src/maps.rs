@@ -15,7 +15,7 @@ use lb_common::{
     flow::FlowKey,
     maps::{
         AclKeyData, AclValue, Backend, BackendId, ConnEntry, Counters, NextHop, PipEntry,
-        RouteKeyData, ServiceInfo, ServiceKey, VipInfo, VipKey,
+        RateState, RouteKeyData, ServiceInfo, ServiceKey, VipInfo, VipKey,
     },
 };
 
@@ -73,3 +73,7 @@ pub static LB_PIPS: HashMap<VipKey, PipEntry> = HashMap::pinned(MAX_PIPS, 0);
 /// Instance address → its public IP, for everything the instance sends. Writer: agent.
 #[map(name = "LB_PIP_REV")]
 pub static LB_PIP_REV: HashMap<VipKey, PipEntry> = HashMap::pinned(MAX_PIPS, 0);
+
+/// The echo-reply token bucket, per CPU (one slot). Writer: fast path.
+#[map(name = "LB_ECHO_RL")]
+pub static LB_ECHO_RL: PerCpuArray<RateState> = PerCpuArray::pinned(1, 0);

@@ -37,6 +37,13 @@ pub fn is_vip(addr: lb_common::addr::Addr) -> bool {
     LB_VIPS.get_ptr(VipKey { vip: addr }).is_some()
 }
 
+/// The VIP entry of an address, if it is a VIP.
+#[inline(always)]
+pub fn vip(addr: lb_common::addr::Addr) -> Option<lb_common::maps::VipInfo> {
+    // SAFETY: copied out at once.
+    unsafe { LB_VIPS.get(VipKey { vip: addr }).copied() }
+}
+
 /// The conntrack entry of a reply from a backend, if this packet is one.
 #[inline(always)]
 pub fn reply(flow: &FlowKey) -> Option<ConnEntry> {
@@ -136,7 +143,7 @@ fn remember(flow: &FlowKey, id: BackendId, b: &Backend, svc: &ServiceInfo) {
 /// A source's verdict in an `LB_ACL` set: one LPM lookup. The agent always installs a default
 /// entry, so a miss cannot happen for a live set; callers treat it as a deny anyway.
 #[inline(always)]
-fn acl_lookup(acl_id: u32, src: &lb_common::addr::Addr) -> Option<u32> {
+pub fn acl_lookup(acl_id: u32, src: &lb_common::addr::Addr) -> Option<u32> {
     let key = aya_ebpf::maps::lpm_trie::Key::new(32 + 128, lb_common::maps::acl_key(acl_id, src));
     LB_ACL.get(key).map(|v| v.action)
 }

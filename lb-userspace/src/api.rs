@@ -101,6 +101,7 @@ pub struct SettingsArgs {
     pub established: Option<String>,
     pub internal: Option<String>,
     pub hairpin: Option<String>,
+    pub icmp_echo: Option<String>,
 }
 
 impl SettingsArgs {
@@ -142,6 +143,13 @@ impl SettingsArgs {
         }
         if let Some(i) = &self.internal {
             s.internal = lb_common::config::parse_internal(i)?;
+        }
+        if let Some(e) = &self.icmp_echo {
+            s.icmp_echo = match e.as_str() {
+                "on" => true,
+                "off" => false,
+                _ => return Err(format!("--icmp-echo: {e:?} must be on or off")),
+            };
         }
         if let Some(h) = &self.hairpin {
             s.hairpin = h
@@ -250,6 +258,7 @@ pub struct ServiceView {
     /// Internal VIP prefixes (`none`: public).
     pub internal: String,
     pub hairpin: String,
+    pub icmp_echo: bool,
     pub counters: CountersView,
 }
 

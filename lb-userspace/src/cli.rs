@@ -87,6 +87,10 @@ pub enum BpfLog {
 }
 
 #[derive(Debug, Subcommand)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "parsed once per process; boxing buys nothing"
+)]
 pub enum VipCmd {
     /// Add a service, e.g. `lb vip add 203.0.113.10:80/tcp --probe http/healthz`.
     Add {
@@ -134,6 +138,9 @@ pub struct VipSettings {
     /// Internal VIPs: a backend connecting to its own VIP is dropped (counted) [default: drop].
     #[arg(long)]
     pub hairpin: Option<String>,
+    /// The LB answers pings to the VIP (rate-limited): on or off [default: on].
+    #[arg(long)]
+    pub icmp_echo: Option<String>,
 }
 
 impl From<&VipSettings> for crate::api::SettingsArgs {
@@ -149,6 +156,7 @@ impl From<&VipSettings> for crate::api::SettingsArgs {
             established: v.established.clone(),
             internal: v.internal.clone(),
             hairpin: v.hairpin.clone(),
+            icmp_echo: v.icmp_echo.clone(),
         }
     }
 }

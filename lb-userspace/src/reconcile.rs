@@ -879,13 +879,19 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
         // An internal VIP's source set: its internal prefixes permitted, every backend of the
         // VIP (any service) marked hairpin as a host entry (longer than any prefix, so it wins
         // the LPM), everything else denied. Double-buffered like endpoint ACLs.
-        let internal = self
+        let (internal, echo) = self
             .state
             .services
             .iter()
             .find(|(s, _)| s.vip.ip() == ip)
-            .map(|(_, st)| st.settings.internal.clone())
-            .unwrap_or_default();
+            .map_or((Vec::new(), true), |(_, st)| {
+                (st.settings.internal.clone(), st.settings.icmp_echo)
+            });
+        let flags = if echo {
+            0
+        } else {
+            lb_common::maps::VIP_F_NO_ECHO
+        };
         let mut entries: Vec<acl::Entry> = Vec::new();
         if !internal.is_empty() {
             for (p, l) in &internal {
@@ -940,7 +946,7 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
             &key,
             &VipInfo {
                 services: n as u32,
-                flags: 0,
+                flags,
                 ilb_id,
             },
         )?;
@@ -1155,6 +1161,7 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
                 established: st.established.to_string(),
                 internal: crate::state::prefixes(&st.internal),
                 hairpin: st.hairpin.to_string(),
+                icmp_echo: st.icmp_echo,
                 counters: self.maps.service_counters(ap.id)?.into(),
             });
         }

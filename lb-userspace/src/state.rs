@@ -180,6 +180,13 @@ impl State {
                     spec.vip.ip()
                 )));
             }
+            if o.settings.icmp_echo != settings.icmp_echo {
+                return Err(ChangeError::Invalid(format!(
+                    "--icmp-echo: all services of VIP {} must agree ({other} has {})",
+                    spec.vip.ip(),
+                    if o.settings.icmp_echo { "on" } else { "off" }
+                )));
+            }
             if o.settings.internal != settings.internal {
                 return Err(ChangeError::Invalid(format!(
                     "--internal: all services of VIP {} must have the same internal prefixes ({other} has {})",
@@ -428,6 +435,9 @@ impl State {
                     list.join(", "),
                     s.hairpin
                 );
+            }
+            if !s.icmp_echo {
+                o.push_str("icmp_echo = false\n");
             }
             o.push_str("backends = [\n");
             for b in svc.backends.values() {

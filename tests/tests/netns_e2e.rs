@@ -458,6 +458,10 @@ fn a_pip_reaches_its_instance_with_every_protocol() {
             "TCP to the PIP reaches its instance"
         );
     }
+    // A ping to a VIP is answered by the LB itself (no backend sees it).
+    let vip = Ipv4Addr::new(203, 0, 113, 10);
+    assert_eq!(lb_integration::lab::ping(&lab.client, vip, t).unwrap(), vip);
+    assert!(lab.reason("echo_reply").unwrap() >= 1);
     let list = lab.lb_json(&["pip", "list"]).unwrap();
     assert_eq!(list["pips"][0]["dip"], "192.0.2.13", "{list}");
     assert!(refused(&lab, &["pip", "add", "203.0.113.10", "192.0.2.12"]).contains("is a VIP"));

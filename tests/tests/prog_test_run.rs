@@ -103,6 +103,13 @@ backends = ["192.0.2.11"]
 table_size = 251
 internal = ["198.51.100.0/26"]
 
+# A VIP that does not answer pings.
+[[service]]
+vip = "203.0.113.30:80/tcp"
+backends = ["192.0.2.11"]
+table_size = 251
+icmp_echo = false
+
 # An instance-level public IP: every protocol and port to 192.0.2.11.
 [[pip]]
 pip = "203.0.113.50"
@@ -738,11 +745,12 @@ fn bad_packets_to_a_vip_are_counted_drops() {
             None,
             Reason::DropNoBackend,
         );
+        // A timestamp request: the LB answers only echo requests on a VIP.
         let icmp = Frame::raw(
             *CLIENT.ip(),
             VIP,
             proto::ICMP,
-            vec![8, 0, 0xf7, 0xfe, 0, 1, 0, 0],
+            vec![13, 0, 0xf2, 0xff, 0, 0, 0, 0],
         );
         fx.check("ICMP to a VIP", &icmp, XDP_DROP, None, Reason::DropProto);
     });
@@ -968,5 +976,76 @@ fn pip_translates_every_protocol_both_ways() {
             action, XDP_PASS,
             "a malformed packet to a PIP is not translated (not a VIP: passed)"
         );
+    });
+}
+
+/// An ICMP message with a correct checksum.
+fn icmp(ty: u8, rest: &[u8]) -> Vec<u8> {
+    let mut m = vec![ty, 0, 0, 0];
+    m.extend_from_slice(rest);
+    let c = lb_common::csum::ipv4_header(&m);
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    m
+}
+
+#[test]
+fn the_lb_answers_pings_to_a_vip_rate_limited() {
+    with_fixture(|fx| {
+        let req = icmp(8, &[0x12, 0x34, 0, 1, b'p', b'i', b'n', b'g']);
+        let ping = Frame::raw(*CLIENT.ip(), VIP, proto::ICMP, req);
+        // The reply: addresses and MACs swapped, TTL 64, type 0, checksum still valid.
+        let mut want = Frame::raw(
+            VIP,
+            *CLIENT.ip(),
+            proto::ICMP,
+            icmp(0, &[0x12, 0x34, 0, 1, b'p', b'i', b'n', b'g']),
+        );
+        want.smac = ping.dmac;
+        want.dmac = ping.smac;
+        want.ttl = 64;
+        fx.check(
+            "ping to a VIP",
+            &ping,
+            XDP_REDIRECT,
+            Some(&want),
+            Reason::EchoReply,
+        );
+        let off = Frame::raw(
+            *CLIENT.ip(),
+            Ipv4Addr::new(203, 0, 113, 30),
+            proto::ICMP,
+            icmp(8, &[0, 1, 0, 1]),
+        );
+        fx.check(
+            "ping to a VIP with echo off",
+            &off,
+            XDP_DROP,
+            None,
+            Reason::DropEchoLimited,
+        );
+        let outside = Frame::raw(
+            Ipv4Addr::new(198, 51, 100, 70),
+            Ipv4Addr::new(203, 0, 113, 20),
+            proto::ICMP,
+            icmp(8, &[0, 1, 0, 1]),
+        );
+        fx.check(
+            "ping to an internal VIP from outside",
+            &outside,
+            XDP_DROP,
+            None,
+            Reason::DropNotInternal,
+        );
+        // A burst far above the per-CPU budget (50) is cut: each run takes microseconds, so
+        // the bucket cannot refill 950 tokens (9.5 s) during the loop.
+        let bytes = ping.build();
+        let mut replied = 0;
+        for _ in 0..1000 {
+            if fx.run(&bytes).0 == XDP_REDIRECT {
+                replied += 1;
+            }
+        }
+        assert!(replied < 1000, "no echo reply was rate-limited");
+        assert!(fx.counts()[Reason::DropEchoLimited as usize] >= 1000 - replied);
     });
 }
