@@ -50,10 +50,16 @@ pub enum Reason {
     EchoReply = 19,
     /// An ICMP echo request to a VIP over the rate limit (or echo turned off for the VIP).
     DropEchoLimited = 20,
+    /// An ICMP error to a VIP about a tracked flow, translated and sent to its backend.
+    IcmpToBackend = 21,
+    /// An ICMP error from a backend about a tracked flow, translated to the VIP and sent.
+    IcmpToClient = 22,
+    /// An ICMP error to a VIP whose embedded packet is truncated or matches no tracked flow.
+    DropIcmpUnmatched = 23,
 }
 
 /// Every reason, in number order.
-pub const ALL_REASONS: [Reason; 21] = [
+pub const ALL_REASONS: [Reason; 24] = [
     Reason::Forward,
     Reason::Reply,
     Reason::ForwardFib,
@@ -75,6 +81,9 @@ pub const ALL_REASONS: [Reason; 21] = [
     Reason::PipOut,
     Reason::EchoReply,
     Reason::DropEchoLimited,
+    Reason::IcmpToBackend,
+    Reason::IcmpToClient,
+    Reason::DropIcmpUnmatched,
 ];
 const _: () = assert!((ALL_REASONS.len() as u32) <= crate::consts::REASON_SLOTS);
 
@@ -104,6 +113,9 @@ impl Reason {
             Self::PipOut => "pip_out",
             Self::EchoReply => "echo_reply",
             Self::DropEchoLimited => "drop_echo_limited",
+            Self::IcmpToBackend => "icmp_to_backend",
+            Self::IcmpToClient => "icmp_to_client",
+            Self::DropIcmpUnmatched => "drop_icmp_unmatched",
         }
     }
 
@@ -122,6 +134,8 @@ impl Reason {
                 | Self::PipIn
                 | Self::PipOut
                 | Self::EchoReply
+                | Self::IcmpToBackend
+                | Self::IcmpToClient
         )
     }
 }

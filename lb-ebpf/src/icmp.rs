@@ -1,5 +1,7 @@
-//! ICMP to a VIP: the LB answers echo requests itself (so operators can ping a VIP), rate
-//! limited per CPU; a VIP balances only TCP and UDP, so other ICMP is a counted drop.
+//! ICMP around VIPs: the LB answers echo requests to a VIP itself (so operators can ping it),
+//! rate-limited per CPU; ICMP errors about tracked flows are translated to the party that owns
+//! the flow (to its backend, or back to the client as from the VIP), outer and embedded headers
+//! and every checksum included; other ICMP to a VIP is a counted drop.
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -7,9 +9,11 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    addr::v4_mapped,
+    addr::{as_v4, v4_mapped},
     consts::{ECHO_BURST, ECHO_RATE_PER_SEC},
     csum,
+    flow::{FlowKey, proto},
+    hdr::Ipv4Hdr,
     maps::{ACL_PERMIT, VIP_F_NO_ECHO, VipInfo},
     verdict::Reason,
 };
@@ -17,7 +21,7 @@ use lb_common::{
 use crate::{
     maps::LB_ECHO_RL,
     parse::{Packet, ptr_at},
-    select,
+    select, xlate,
 };
 
 const ECHO_REQUEST: u8 = 8;
@@ -34,6 +38,9 @@ pub fn to_vip(ctx: &XdpContext, pkt: &Packet, vip: &VipInfo) -> (u32, Reason) {
     };
     // SAFETY: bounds-checked by `ptr_at`.
     let (ty, code) = unsafe { ((*icmp)[0], (*icmp)[1]) };
+    if is_error(ty) {
+        return error_to_vip(ctx, pkt);
+    }
     if ty != ECHO_REQUEST || code != 0 {
         return (xdp_action::XDP_DROP, Reason::DropProto);
     }
@@ -99,4 +106,194 @@ fn take_token() -> bool {
         (*s).credit_ns = credit - COST;
     }
     true
+}
+
+const DEST_UNREACH: u8 = 3;
+const TIME_EXCEEDED: u8 = 11;
+const PARAM_PROBLEM: u8 = 12;
+
+/// Whether an ICMP type is an error that embeds the offending packet's headers.
+#[inline(always)]
+const fn is_error(ty: u8) -> bool {
+    ty == DEST_UNREACH || ty == TIME_EXCEEDED || ty == PARAM_PROBLEM
+}
+
+/// The embedded packet of an ICMP error: its IP header and, when present, its L4 checksum.
+struct Embedded {
+    ip: *mut Ipv4Hdr,
+    /// Source and destination ports (the first 4 bytes of the embedded TCP/UDP header).
+    ports: *mut [u8; 4],
+    /// The embedded TCP/UDP checksum, when the error carries that far (`None` also for a UDP
+    /// checksum of 0, which stays 0).
+    l4_check: Option<*mut [u8; 2]>,
+    udp: bool,
+}
+
+/// Finds the ICMP error header at `off` and its embedded IPv4 + TCP/UDP headers.
+#[inline(always)]
+fn embedded(ctx: &XdpContext, off: usize) -> Option<(*mut [u8; 4], Embedded, FlowKey)> {
+    let icmp = ptr_at::<[u8; 4]>(ctx, off)?;
+    let ip = ptr_at::<Ipv4Hdr>(ctx, off + 8)?;
+    // SAFETY: bounds-checked by `ptr_at`.
+    let h = unsafe { &*ip };
+    // verifier-friendly and exact: only a plain 20-byte embedded header is matched.
+    if h.version_ihl != 0x45 || (h.proto != proto::TCP && h.proto != proto::UDP) {
+        return None;
+    }
+    let l4 = off + 8 + 20;
+    let ports = ptr_at::<[u8; 4]>(ctx, l4)?;
+    let udp = h.proto == proto::UDP;
+    let at = if udp { l4 + 6 } else { l4 + 16 };
+    // SAFETY: bounds-checked by `ptr_at`.
+    let l4_check = ptr_at::<[u8; 2]>(ctx, at).filter(|c| !(udp && unsafe { **c } == [0, 0]));
+    // SAFETY: bounds-checked by `ptr_at`.
+    let p = unsafe { *ports };
+    let key = FlowKey {
+        src: v4_mapped(h.src),
+        dst: v4_mapped(h.dst),
+        sport: [p[0], p[1]],
+        dport: [p[2], p[3]],
+        proto: h.proto,
+        _pad: [0; 3],
+    };
+    Some((
+        icmp,
+        Embedded {
+            ip,
+            ports,
+            l4_check,
+            udp,
+        },
+        key,
+    ))
+}
+
+/// Rewrites an address/port of the embedded packet (`src` selects which side) and patches the
+/// embedded IP checksum, the embedded L4 checksum when present, and the ICMP checksum, which
+/// covers all of those bytes.
+///
+/// # Safety
+/// The pointers in `e` and `icmp` must come from [`embedded`].
+#[inline(always)]
+unsafe fn rewrite_embedded(
+    icmp: *mut [u8; 4],
+    e: &Embedded,
+    src: bool,
+    addr: [u8; 4],
+    port: [u8; 2],
+) {
+    // SAFETY: the caller guarantees the pointers are bounds-checked.
+    unsafe {
+        let be = u16::from_be_bytes;
+        let ip = e.ip;
+        let old_addr = if src { (*ip).src } else { (*ip).dst };
+        let p = *e.ports;
+        let old_port = if src { [p[0], p[1]] } else { [p[2], p[3]] };
+        if src {
+            (*ip).src = addr;
+            (*e.ports)[0] = port[0];
+            (*e.ports)[1] = port[1];
+        } else {
+            (*ip).dst = addr;
+            (*e.ports)[2] = port[0];
+            (*e.ports)[3] = port[1];
+        }
+        let old_ipc = be((*ip).check);
+        let new_ipc = csum::update32(old_ipc, old_addr, addr);
+        (*ip).check = new_ipc.to_be_bytes();
+        let mut ic = be([(*icmp)[2], (*icmp)[3]]);
+        ic = csum::update32(ic, old_addr, addr);
+        ic = csum::update16(ic, old_ipc, new_ipc);
+        ic = csum::update16(ic, be(old_port), be(port));
+        if let Some(c) = e.l4_check {
+            let old_c = be(*c);
+            let c1 = if e.udp {
+                csum::udp_update32(old_c, old_addr, addr)
+            } else {
+                csum::update32(old_c, old_addr, addr)
+            };
+            let new_c = if e.udp {
+                csum::udp_update16(c1, be(old_port), be(port))
+            } else {
+                csum::update16(c1, be(old_port), be(port))
+            };
+            *c = new_c.to_be_bytes();
+            ic = csum::update16(ic, old_c, new_c);
+        }
+        let ic = ic.to_be_bytes();
+        (*icmp)[2] = ic[0];
+        (*icmp)[3] = ic[1];
+    }
+}
+
+/// An ICMP error to a VIP about a tracked flow (e.g. "fragmentation needed" from the client's
+/// path about our reply VIP:port → client): forwarded to the backend that owns the flow, outer
+/// destination and embedded source translated to it.
+#[inline(always)]
+pub fn error_to_vip(ctx: &XdpContext, pkt: &Packet) -> (u32, Reason) {
+    let Some((icmp, e, key)) = embedded(ctx, pkt.l3_off + 20) else {
+        return (xdp_action::XDP_DROP, Reason::DropIcmpUnmatched);
+    };
+    // The embedded packet went VIP → client; its flow is tracked client → VIP.
+    let Some(ct) =
+        select::flow(&key.reversed()).filter(|c| c.kind == lb_common::maps::CONN_FORWARD)
+    else {
+        return (xdp_action::XDP_DROP, Reason::DropIcmpUnmatched);
+    };
+    let Some(be) = select::live_backend(ct.backend) else {
+        return (xdp_action::XDP_DROP, Reason::DropIcmpUnmatched);
+    };
+    let Some(dip) = as_v4(&be.addr) else {
+        return (xdp_action::XDP_DROP, Reason::DropIcmpUnmatched);
+    };
+    if xlate::ttl(pkt) <= 1 {
+        return (xdp_action::XDP_DROP, Reason::DropTtl);
+    }
+    // SAFETY: all pointers were bounds-checked (`pkt` by the parser, the rest by `embedded`).
+    unsafe {
+        rewrite_embedded(icmp, &e, true, dip, be.port);
+        let ip = pkt.ip;
+        let old = (*ip).dst;
+        (*ip).dst = dip;
+        (*ip).check = csum::update32(u16::from_be_bytes((*ip).check), old, dip).to_be_bytes();
+    }
+    xlate::forward(ctx, pkt, Some(be.nh), Reason::IcmpToBackend)
+}
+
+/// An ICMP error from a backend (or a router on its side) about a packet of a tracked flow
+/// (client → DIP:port after our DNAT): translated back to the VIP and sent to the client.
+/// `None` when it is not about a tracked flow (the kernel's business).
+#[inline(always)]
+pub fn error_from_backend(ctx: &XdpContext, pkt: &Packet) -> Option<(u32, Reason)> {
+    let icmp_ty = ptr_at::<[u8; 1]>(ctx, pkt.l3_off + 20)?;
+    // SAFETY: bounds-checked by `ptr_at`.
+    if !is_error(unsafe { (*icmp_ty)[0] }) {
+        return None;
+    }
+    let (icmp, e, key) = embedded(ctx, pkt.l3_off + 20)?;
+    // The embedded packet went client → DIP; the reply direction is tracked DIP → client.
+    let ct = select::reply(&key.reversed())?;
+    let vip = as_v4(&ct.addr)?;
+    if xlate::ttl(pkt) <= 1 {
+        return Some((xdp_action::XDP_DROP, Reason::DropTtl));
+    }
+    // SAFETY: `e.ip` was bounds-checked by `embedded`.
+    let dip = unsafe { (*e.ip).dst };
+    // SAFETY: all pointers were bounds-checked.
+    unsafe {
+        rewrite_embedded(icmp, &e, false, vip, ct.port);
+        // The outer source is the backend itself for its own errors; a router's stays.
+        let ip = pkt.ip;
+        if (*ip).src == dip {
+            (*ip).src = vip;
+            (*ip).check = csum::update32(u16::from_be_bytes((*ip).check), dip, vip).to_be_bytes();
+        }
+    }
+    // The embedded packet came from the client: its source is where the error goes.
+    Some(xlate::forward(
+        ctx,
+        pkt,
+        select::route(key.src),
+        Reason::IcmpToClient,
+    ))
 }

@@ -41,19 +41,24 @@ fn try_lb(ctx: &XdpContext) -> (u32, Reason) {
         Err(pass) => return (xdp_action::XDP_PASS, pass),
     };
     let Some((flow, l4)) = pkt.l4 else {
-        // Not balanceable (malformed, fragment, options, not TCP/UDP): an instance-level
-        // public IP takes every protocol; else a counted drop when it is addressed to a VIP,
-        // otherwise the kernel's business.
+        // Not balanceable (malformed, fragment, options, not TCP/UDP). In order: an ICMP error
+        // about a tracked flow belongs to that flow (before a PIP, as conntrack is for TCP/UDP);
+        // a PIP takes every protocol; ICMP to a VIP gets echo replies and error translation;
+        // anything else to a VIP is a counted drop; the rest is the kernel's business.
+        // SAFETY: `pkt.ip` was bounds-checked by the parser.
+        let (dst, proto_) = unsafe { ((*pkt.ip).dst, (*pkt.ip).proto) };
+        let is_icmp =
+            proto_ == lb_common::flow::proto::ICMP && pkt.problem == Some(Reason::DropProto);
+        if is_icmp && let Some(r) = icmp::error_from_backend(ctx, &pkt) {
+            return r;
+        }
         if let Some(r) = pip::translate(ctx, &pkt) {
             return r;
         }
-        // SAFETY: `pkt.ip` was bounds-checked by the parser.
-        let (dst, proto_) = unsafe { ((*pkt.ip).dst, (*pkt.ip).proto) };
         let Some(vip) = select::vip(v4_mapped(dst)) else {
             return (xdp_action::XDP_PASS, Reason::PassNotOurs);
         };
-        // ICMP to a VIP (otherwise well formed): the LB answers echo requests itself.
-        if proto_ == lb_common::flow::proto::ICMP && pkt.problem == Some(Reason::DropProto) {
+        if is_icmp {
             return icmp::to_vip(ctx, &pkt, &vip);
         }
         return (

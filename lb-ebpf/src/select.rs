@@ -52,6 +52,19 @@ pub fn reply(flow: &FlowKey) -> Option<ConnEntry> {
     (ct.kind == CONN_REVERSE).then_some(ct)
 }
 
+/// The conntrack entry of a 5-tuple, if tracked.
+#[inline(always)]
+pub fn flow(key: &FlowKey) -> Option<ConnEntry> {
+    // SAFETY: copied out at once.
+    unsafe { LB_CONNTRACK.get(key).copied() }
+}
+
+/// A live backend by id (for ICMP errors about its flows).
+#[inline(always)]
+pub fn live_backend(id: BackendId) -> Option<Backend> {
+    backend(id)
+}
+
 /// A live backend by id.
 #[inline(always)]
 fn backend(id: BackendId) -> Option<Backend> {

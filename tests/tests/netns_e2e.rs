@@ -471,3 +471,74 @@ fn a_pip_reaches_its_instance_with_every_protocol() {
         "a deleted PIP still answers"
     );
 }
+
+/// A "fragmentation needed" from the client's side about a VIP flow reaches the backend that
+/// owns the flow, with the embedded packet translated to that backend's address and port.
+#[test]
+fn fragmentation_needed_reaches_the_backend_that_owns_the_flow() {
+    use std::{
+        net::{Ipv4Addr, SocketAddrV4},
+        time::Duration,
+    };
+
+    use lb_integration::{
+        lab::{icmp_socket, recv_icmp, send_icmp},
+        packet::{Frame, TCP_ACK},
+    };
+    let mut lab = Lab::new(3).unwrap();
+    lab.start_agent("[[service]]\nvip = \"203.0.113.10:80/tcp\"\nbackends = [\"192.0.2.11\", \"192.0.2.12\", \"192.0.2.13\"]\ntable_size = 251\n").unwrap();
+    lab.wait_ready().unwrap();
+    let mut conn = lab.http_connect(80).unwrap();
+    let owner = conn.get().unwrap();
+    let std::net::SocketAddr::V4(local) = conn.local_addr().unwrap() else {
+        panic!()
+    };
+    let owner_i: usize = owner.trim_start_matches('b').parse().unwrap();
+    let listeners: Vec<_> = lab
+        .backends
+        .iter()
+        .map(|b| icmp_socket(&b.ns).unwrap())
+        .collect();
+
+    // What the client's path would send: type 3 code 4 (MTU 1400) about our reply VIP → client.
+    let vip = Ipv4Addr::new(203, 0, 113, 10);
+    let reply = Frame::tcp(SocketAddrV4::new(vip, 80), local, TCP_ACK).build();
+    let mut msg = vec![3, 4, 0, 0, 0, 0, 0x05, 0x78];
+    msg.extend_from_slice(&reply[14..14 + 28]);
+    let client_sock = icmp_socket(&lab.client).unwrap();
+    send_icmp(&client_sock, vip, msg).unwrap();
+
+    let backend_ip = lb_integration::lab::backend_ip(owner_i);
+    let is_it = |p: &[u8]| {
+        let ihl = usize::from(p[0] & 0x0f) * 4;
+        let e = ihl + 8; // the embedded IP header
+        p.len() >= e + 24
+            && p[ihl] == 3
+            && p[ihl + 1] == 4
+            && p[e + 12..e + 16] == backend_ip.octets()
+            && p[e + 20..e + 22] == 80u16.to_be_bytes()
+            && p[e + 22..e + 24] == local.port().to_be_bytes()
+    };
+    let got = recv_icmp(&listeners[owner_i - 1], Duration::from_secs(3), is_it);
+    assert!(
+        got.is_some(),
+        "backend {owner} never got the translated frag-needed\n{}",
+        lab.lb(&["stats"]).unwrap()
+    );
+    for (i, l) in listeners
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i + 1 != owner_i)
+    {
+        assert!(
+            recv_icmp(l, Duration::from_millis(200), |p| p
+                [usize::from(p[0] & 0x0f) * 4]
+                == 3)
+            .is_none(),
+            "b{} got it too",
+            i + 1
+        );
+    }
+    assert!(lab.reason("icmp_to_backend").unwrap() >= 1);
+    conn.get().expect("the connection still works");
+}
