@@ -188,6 +188,34 @@ impl Maps {
         })
     }
 
+    /// Deletes the conntrack entries `doomed` selects; returns how many. An entry the LRU
+    /// evicted meanwhile is already gone, which is fine.
+    fn purge_where(
+        &mut self,
+        doomed: impl Fn(&FlowKey, &ConnEntry) -> bool,
+    ) -> Result<usize, MapOpError> {
+        let keys: Vec<FlowKey> = self
+            .conntrack
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, e)| doomed(k, e))
+            .map(|(k, _)| k)
+            .collect();
+        for k in &keys {
+            match self.conntrack.remove(k) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(source) => {
+                    return Err(MapOpError {
+                        map: map_names::CONNTRACK,
+                        op: "purge".into(),
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(keys.len())
+    }
+
     /// Packets counted under verdict reason `r`, summed over CPUs.
     ///
     /// # Errors
@@ -349,27 +377,7 @@ impl MapOps for Maps {
         zero_per_cpu(&mut self.be_stats, map_names::BACKEND_STATS, id)
     }
     fn purge_flows(&mut self, backend: BackendId) -> Result<usize, MapOpError> {
-        let doomed: Vec<FlowKey> = self
-            .conntrack
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, e)| e.backend == backend)
-            .map(|(k, _)| k)
-            .collect();
-        for k in &doomed {
-            match self.conntrack.remove(k) {
-                // Evicted by the LRU meanwhile: already gone.
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(source) => {
-                    return Err(MapOpError {
-                        map: map_names::CONNTRACK,
-                        op: "purge".into(),
-                        source,
-                    });
-                }
-            }
-        }
-        Ok(doomed.len())
+        self.purge_where(|_, e| e.backend == backend)
     }
     fn service_counters(&self, id: u32) -> Result<Counters, MapOpError> {
         let v = self
@@ -425,28 +433,9 @@ impl MapOps for Maps {
         service: u32,
         doomed: &dyn Fn(&lb_common::addr::Addr) -> bool,
     ) -> Result<usize, MapOpError> {
-        let keys: Vec<FlowKey> = self
-            .conntrack
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(k, e)| {
-                e.kind == lb_common::maps::CONN_FORWARD && e.service == service && doomed(&k.src)
-            })
-            .map(|(k, _)| k)
-            .collect();
-        for k in &keys {
-            match self.conntrack.remove(k) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(source) => {
-                    return Err(MapOpError {
-                        map: map_names::CONNTRACK,
-                        op: "purge".into(),
-                        source,
-                    });
-                }
-            }
-        }
-        Ok(keys.len())
+        self.purge_where(|k, e| {
+            e.kind == lb_common::maps::CONN_FORWARD && e.service == service && doomed(&k.src)
+        })
     }
     fn put_pip(&mut self, pip: &Addr, dip: &Addr, nh: &NextHop) -> Result<(), MapOpError> {
         // Reverse first: replies can be translated before the first inbound packet arrives.
