@@ -272,6 +272,48 @@ pub fn parse_internal(s: &str) -> Result<Vec<(std::net::IpAddr, u8)>, String> {
         .collect()
 }
 
+/// Prefixes as `a/len, b/len` (`none` when empty).
+#[must_use]
+pub fn format_prefixes(p: &[(std::net::IpAddr, u8)]) -> String {
+    if p.is_empty() {
+        return "none".into();
+    }
+    p.iter()
+        .map(|(ip, l)| format!("{ip}/{l}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Checks that a new service agrees with `other`, a service on the same VIP address, on the
+/// settings that belong to the address: `internal` and `icmp_echo`.
+///
+/// # Errors
+/// The setting that differs (config spelling) and a message.
+pub fn check_same_vip(
+    s: &ServiceSettings,
+    other: &ServiceSpec,
+    o: &ServiceSettings,
+) -> Result<(), (&'static str, String)> {
+    let ip = other.vip.ip();
+    if o.internal != s.internal {
+        let has = format_prefixes(&o.internal);
+        return Err((
+            "internal",
+            format!(
+                "all services of VIP {ip} must have the same internal prefixes ({other} has {has})"
+            ),
+        ));
+    }
+    if o.icmp_echo != s.icmp_echo {
+        let has = if o.icmp_echo { "on" } else { "off" };
+        return Err((
+            "icmp_echo",
+            format!("all services of VIP {ip} must have the same icmp_echo ({other} has {has})"),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a backend weight.
 ///
 /// # Errors
@@ -573,37 +615,13 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         }
         settings.icmp_echo = s.icmp_echo.unwrap_or(true);
         check_settings(&settings).map_err(|m| err(s.vip.span(), field("settings"), m))?;
+        // VIP-level settings (internal, icmp_echo): the services of one address must agree.
         if let Some(other) = services
             .iter()
             .find(|o: &&ServiceConfig| o.spec.vip.ip() == spec.vip.ip())
-            && other.settings.icmp_echo != settings.icmp_echo
         {
-            return Err(err(
-                s.vip.span(),
-                field("icmp_echo"),
-                format!(
-                    "all services of VIP {} must have the same icmp_echo ({} has {})",
-                    spec.vip.ip(),
-                    other.spec,
-                    other.settings.icmp_echo
-                ),
-            ));
-        }
-        // Internal is a property of the VIP address: its services must agree.
-        if let Some(other) = services
-            .iter()
-            .find(|o: &&ServiceConfig| o.spec.vip.ip() == spec.vip.ip())
-            && other.settings.internal != settings.internal
-        {
-            return Err(err(
-                s.vip.span(),
-                field("internal"),
-                format!(
-                    "all services of VIP {} must have the same internal prefixes ({} has others)",
-                    spec.vip.ip(),
-                    other.spec
-                ),
-            ));
+            check_same_vip(&settings, &other.spec, &other.settings)
+                .map_err(|(f, m)| err(s.vip.span(), field(f), m))?;
         }
 
         slots += u64::from(settings.table_size);

@@ -15,8 +15,8 @@ use lb_common::{
     acl::Action,
     config::{
         AclRuleConfig, BackendConfig, Config, DEFAULT_WEIGHT, ServiceSettings, check_acl_rule,
-        check_backend, check_forward, check_internal, check_pip, check_service, check_settings,
-        check_weight,
+        check_backend, check_forward, check_internal, check_pip, check_same_vip, check_service,
+        check_settings, check_weight,
     },
     spec::{BackendSpec, ServiceSpec, format_duration},
 };
@@ -168,7 +168,7 @@ impl State {
                 spec.vip.ip()
             )));
         }
-        // Internal is a property of the VIP address: its services must agree.
+        // VIP-level settings (internal, icmp_echo) belong to the address: its services agree.
         if let Some((other, o)) = self
             .services
             .iter()
@@ -180,20 +180,9 @@ impl State {
                     spec.vip.ip()
                 )));
             }
-            if o.settings.icmp_echo != settings.icmp_echo {
-                return Err(ChangeError::Invalid(format!(
-                    "--icmp-echo: all services of VIP {} must agree ({other} has {})",
-                    spec.vip.ip(),
-                    if o.settings.icmp_echo { "on" } else { "off" }
-                )));
-            }
-            if o.settings.internal != settings.internal {
-                return Err(ChangeError::Invalid(format!(
-                    "--internal: all services of VIP {} must have the same internal prefixes ({other} has {})",
-                    spec.vip.ip(),
-                    prefixes(&o.settings.internal)
-                )));
-            }
+            check_same_vip(&settings, other, &o.settings).map_err(|(f, m)| {
+                ChangeError::Invalid(format!("--{}: {m}", f.replace('_', "-")))
+            })?;
         }
         let st = ServiceState {
             kind: Kind::Balanced,
@@ -480,13 +469,7 @@ fn write_acl(o: &mut String, acl: &BTreeMap<u32, AclRuleConfig>) {
 /// Prefixes as `a/len, b/len` (`none` when empty).
 #[must_use]
 pub fn prefixes(p: &[(std::net::IpAddr, u8)]) -> String {
-    if p.is_empty() {
-        return "none".into();
-    }
-    p.iter()
-        .map(|(ip, l)| format!("{ip}/{l}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    lb_common::config::format_prefixes(p)
 }
 
 /// A forward as a service: one backend, a one-slot table, no probe.
