@@ -545,19 +545,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
     for (i, s) in raw.service.into_iter().enumerate() {
         let s = s.into_inner();
         let field = |f: &str| format!("service[{i}].{f}");
-        let spec: ServiceSpec = s
-            .vip
-            .get_ref()
-            .parse()
-            .map_err(|e: SpecError| err(s.vip.span(), field("vip"), e.0))?;
-        check_service(&spec).map_err(|m| err(s.vip.span(), field("vip"), m))?;
-        if !seen.insert(spec) {
-            return Err(err(
-                s.vip.span(),
-                field("vip"),
-                format!("{spec} is defined twice"),
-            ));
-        }
+        let spec = endpoint_vip(&s.vip, &field("vip"), &mut seen, &err)?;
 
         let mut settings = ServiceSettings::default();
         if let Some(t) = &s.table_size {
@@ -683,19 +671,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
     for (i, f) in raw.forward.into_iter().enumerate() {
         let f = f.into_inner();
         let field = |x: &str| format!("forward[{i}].{x}");
-        let spec: ServiceSpec = f
-            .vip
-            .get_ref()
-            .parse()
-            .map_err(|e: SpecError| err(f.vip.span(), field("vip"), e.0))?;
-        check_service(&spec).map_err(|m| err(f.vip.span(), field("vip"), m))?;
-        if !seen.insert(spec) {
-            return Err(err(
-                f.vip.span(),
-                field("vip"),
-                format!("{spec} is defined twice"),
-            ));
-        }
+        let spec = endpoint_vip(&f.vip, &field("vip"), &mut seen, &err)?;
         let to: BackendSpec =
             f.to.get_ref()
                 .parse()
@@ -768,6 +744,29 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
 }
 
 type ErrAt<'a> = dyn Fn(Range<usize>, String, String) -> ConfigError + 'a;
+
+/// An endpoint's `vip` (a `[[service]]` or a `[[forward]]`): parsed, servable by the fast path,
+/// and not defined twice across both kinds.
+fn endpoint_vip(
+    vip: &Spanned<String>,
+    field: &str,
+    seen: &mut BTreeSet<ServiceSpec>,
+    err: &ErrAt<'_>,
+) -> Result<ServiceSpec, ConfigError> {
+    let spec: ServiceSpec = vip
+        .get_ref()
+        .parse()
+        .map_err(|e: SpecError| err(vip.span(), field.to_owned(), e.0))?;
+    check_service(&spec).map_err(|m| err(vip.span(), field.to_owned(), m))?;
+    if !seen.insert(spec) {
+        return Err(err(
+            vip.span(),
+            field.to_owned(),
+            format!("{spec} is defined twice"),
+        ));
+    }
+    Ok(spec)
+}
 
 fn parse_acl(
     spec: &ServiceSpec,
