@@ -214,8 +214,8 @@ impl Default for ServiceSettings {
 /// # Errors
 /// The first setting that is out of range.
 pub fn check_settings(s: &ServiceSettings) -> Result<(), String> {
-    if s.hairpin == Hairpin::Snat {
-        return Err("--hairpin snat is not supported yet: hairpin connections to an internal VIP are dropped and counted (drop_hairpin)".into());
+    if s.hairpin == Hairpin::Snat && s.internal.is_empty() {
+        return Err("--hairpin snat applies to internal VIPs only (give --internal PREFIX)".into());
     }
     check_table_size(s.table_size).map_err(|m| format!("--table-size: {m}"))?;
     if !(Duration::from_millis(50)..=Duration::from_secs(3600)).contains(&s.interval) {
@@ -285,7 +285,7 @@ pub fn format_prefixes(p: &[(std::net::IpAddr, u8)]) -> String {
 }
 
 /// Checks that a new service agrees with `other`, a service on the same VIP address, on the
-/// settings that belong to the address: `internal` and `icmp_echo`.
+/// settings that belong to the address: `internal`, `hairpin` and `icmp_echo`.
 ///
 /// # Errors
 /// The setting that differs (config spelling) and a message.
@@ -301,6 +301,15 @@ pub fn check_same_vip(
             "internal",
             format!(
                 "all services of VIP {ip} must have the same internal prefixes ({other} has {has})"
+            ),
+        ));
+    }
+    if o.hairpin != s.hairpin {
+        return Err((
+            "hairpin",
+            format!(
+                "all services of VIP {ip} must have the same hairpin mode ({other} has {})",
+                o.hairpin
             ),
         ));
     }
@@ -911,7 +920,8 @@ established = "rebalance"
             (format!("{svc}[[pip]]\npip = \"203.0.113.10\"\ndip = \"192.0.2.11\"\n"), 4, "pip[0].pip", "is a VIP"),
             ("[[pip]]\npip = \"203.0.113.50\"\ndip = \"192.0.2.11\"\n[[pip]]\npip = \"203.0.113.51\"\ndip = \"192.0.2.11\"\n".into(), 5, "pip[1].pip", "1:1"),
             ("[[pip]]\npip = \"203.0.113.50\"\ndip = \"nope\"\n".into(), 3, "pip[0].dip", "not an address"),
-            (with("internal = [\"198.51.100.0/26\"]\nhairpin = \"snat\"\n"), 2, "service[0].settings", "not supported yet"),
+            (with("hairpin = \"snat\"\n"), 2, "service[0].settings", "internal VIPs only"),
+            (format!("{svc}internal = [\"198.51.100.0/26\"]\nhairpin = \"snat\"\n[[service]]\nvip = \"203.0.113.10:53/udp\"\ninternal = [\"198.51.100.0/26\"]\n"), 6, "service[1].hairpin", "same hairpin mode"),
             (with("internal = [\"198.51.100.1/26\"]\n"), 3, "service[0].internal[0]", "host bits"),
             (format!("{svc}internal = [\"198.51.100.0/26\"]\n[[service]]\nvip = \"203.0.113.10:53/udp\"\n"), 5, "service[1].internal", "same internal prefixes"),
             (

@@ -45,8 +45,9 @@ pub mod map_names {
     pub const PIPS: &str = "LB_PIPS";
     pub const PIP_REV: &str = "LB_PIP_REV";
     pub const ECHO_RL: &str = "LB_ECHO_RL";
+    pub const PROGS: &str = "LB_PROGS";
     /// Every map, in the order the agent opens them.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 14] = [
         SERVICES,
         VIPS,
         BACKENDS,
@@ -60,6 +61,7 @@ pub mod map_names {
         PIPS,
         PIP_REV,
         ECHO_RL,
+        PROGS,
     ];
 }
 
@@ -72,3 +74,7 @@ pub mod global_names {
 
 /// Name of the XDP program in the object file.
 pub const PROGRAM_NAME: &str = "lb_xdp";
+/// Name of the hairpin-SNAT XDP program, entered from [`PROGRAM_NAME`] by tail call.
+pub const HAIRPIN_PROGRAM_NAME: &str = "lb_hairpin";
+/// `LB_PROGS` slot of the hairpin program.
+pub const PROG_HAIRPIN: u32 = 0;

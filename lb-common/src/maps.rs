@@ -110,6 +110,36 @@ pub type BackendId = u32;
 pub const CONN_FORWARD: u8 = 1;
 /// Conntrack entry kind: reply from backend to client; rewrite the source to `addr:port`.
 pub const CONN_REVERSE: u8 = 2;
+/// Conntrack entry kind: a backend connecting to its own internal VIP with `--hairpin snat`
+/// (key: backend → VIP, as it arrives). The destination becomes `backend`, and the source
+/// becomes the VIP (the key's destination) with SNAT port `port`.
+pub const CONN_HAIRPIN: u8 = 3;
+/// Conntrack entry kind: the reply of a hairpin flow (key: chosen backend → VIP:SNAT port). The
+/// source becomes the VIP with port `vport`, the destination the connecting backend `addr:port`,
+/// sent through backend `peer`'s next hop.
+pub const CONN_HAIRPIN_REV: u8 = 4;
+
+/// First SNAT source port of hairpin flows: the IANA dynamic range 49152..=65535.
+pub const HAIRPIN_PORT_BASE: u16 = 49_152;
+/// Number of ports in the hairpin SNAT range.
+pub const HAIRPIN_PORTS: u16 = 16_384;
+/// Candidate SNAT ports tried for one new hairpin flow before it is dropped
+/// (`drop_hairpin_no_port`). A bounded loop for the verifier.
+pub const HAIRPIN_PORT_TRIES: u32 = 4;
+
+/// The `attempt`th candidate SNAT port of a hairpin flow whose flow hash is `hash`: inside
+/// [`HAIRPIN_PORT_BASE`]`..`, and a different port on every attempt (consecutive candidates are
+/// a fixed odd stride apart, modulo the power-of-two range). It uses the hash's upper half; the
+/// backend pick uses it whole (mostly its low bits), so the two do not simply repeat each other.
+#[inline(always)]
+#[must_use]
+pub const fn hairpin_port(hash: u32, attempt: u32) -> u16 {
+    let h = hash.rotate_left(16);
+    let off = (h.wrapping_add(attempt.wrapping_mul(7_919))) % HAIRPIN_PORTS as u32;
+    #[expect(clippy::cast_possible_truncation, reason = "off < HAIRPIN_PORTS")]
+    let off = off as u16;
+    HAIRPIN_PORT_BASE + off
+}
 
 /// `LB_CONNTRACK` value. The key is the [`crate::flow::FlowKey`] of the packet as it arrives:
 /// (client → VIP) for [`CONN_FORWARD`], (backend → client) for [`CONN_REVERSE`].
@@ -125,8 +155,23 @@ pub struct ConnEntry {
     pub backend: BackendId,
     /// Service id, for the per-service reply counters.
     pub service: u32,
+    /// Hairpin reverse entries: the VIP port the reply's source becomes.
+    pub vport: [u8; 2],
+    pub _pad2: [u8; 2],
+    /// Hairpin entries: the connecting backend (whose next hop a hairpin reply takes); 0 for
+    /// every other kind.
+    pub peer: BackendId,
 }
-const _: () = assert!(core::mem::size_of::<ConnEntry>() == 28);
+const _: () = assert!(core::mem::size_of::<ConnEntry>() == 36);
+
+impl ConnEntry {
+    /// Whether the entry tracks a client → VIP direction (plain or hairpin).
+    #[inline(always)]
+    #[must_use]
+    pub const fn is_forward(&self) -> bool {
+        self.kind == CONN_FORWARD || self.kind == CONN_HAIRPIN
+    }
+}
 
 /// Per-service and per-backend counters (per CPU; the agent sums them).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
@@ -197,6 +242,9 @@ pub struct AclValue {
 
 /// [`VipInfo::flags`]: the LB does not answer ICMP echo requests to this VIP.
 pub const VIP_F_NO_ECHO: u32 = 1;
+/// [`VipInfo::flags`]: an internal VIP whose own backends may connect to it (`--hairpin snat`):
+/// their flows are also source-NATed to the VIP, so replies come back through the LB.
+pub const VIP_F_HAIRPIN_SNAT: u32 = 2;
 
 /// `LB_ECHO_RL` value: a per-CPU token bucket for echo replies, in nanoseconds of credit.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
@@ -209,6 +257,8 @@ pub struct RateState {
 pub const ACL_PERMIT: u32 = 1;
 pub const ACL_DENY: u32 = 2;
 /// Internal-VIP sets only: the source is a backend of the VIP connecting to the VIP itself.
+/// The entry's [`AclValue::rule`] is then that backend's id (one of them, if the address backs
+/// several services of the VIP): hairpin replies go out through its next hop.
 pub const ACL_HAIRPIN: u32 = 3;
 
 /// `LB_PIPS` (PIP → instance) and `LB_PIP_REV` (instance → PIP) value. Key: [`VipKey`].
@@ -235,3 +285,26 @@ impl_user_pod!(
     PipEntry,
     RateState
 );
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Every candidate SNAT port is in the dynamic range, and the tries of one flow are
+        /// distinct ports (so a flow really gets `HAIRPIN_PORT_TRIES` chances).
+        #[test]
+        fn hairpin_ports_are_in_range_and_distinct(hash in any::<u32>()) {
+            let ports: Vec<u16> = (0..HAIRPIN_PORT_TRIES).map(|a| hairpin_port(hash, a)).collect();
+            for p in &ports {
+                prop_assert!(*p >= HAIRPIN_PORT_BASE);
+            }
+            let mut d = ports.clone();
+            d.sort_unstable();
+            d.dedup();
+            prop_assert_eq!(d.len(), ports.len());
+        }
+    }
+}

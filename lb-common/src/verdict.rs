@@ -56,10 +56,20 @@ pub enum Reason {
     IcmpToClient = 22,
     /// An ICMP error to a VIP whose embedded packet is truncated or matches no tracked flow.
     DropIcmpUnmatched = 23,
+    /// A backend of an internal VIP with `--hairpin snat` connecting to that VIP: DNAT to a
+    /// backend and SNAT to the VIP, sent.
+    HairpinSnat = 24,
+    /// The reply of a hairpin flow: translated back (source the VIP, destination the connecting
+    /// backend) and sent.
+    HairpinReply = 25,
+    /// A new hairpin flow for which no SNAT port was free.
+    DropHairpinNoPort = 26,
+    /// A hairpin flow, but the hairpin program is not installed (the tail call failed).
+    DropHairpinUnavailable = 27,
 }
 
 /// Every reason, in number order.
-pub const ALL_REASONS: [Reason; 24] = [
+pub const ALL_REASONS: [Reason; 28] = [
     Reason::Forward,
     Reason::Reply,
     Reason::ForwardFib,
@@ -84,6 +94,10 @@ pub const ALL_REASONS: [Reason; 24] = [
     Reason::IcmpToBackend,
     Reason::IcmpToClient,
     Reason::DropIcmpUnmatched,
+    Reason::HairpinSnat,
+    Reason::HairpinReply,
+    Reason::DropHairpinNoPort,
+    Reason::DropHairpinUnavailable,
 ];
 const _: () = assert!((ALL_REASONS.len() as u32) <= crate::consts::REASON_SLOTS);
 
@@ -116,6 +130,10 @@ impl Reason {
             Self::IcmpToBackend => "icmp_to_backend",
             Self::IcmpToClient => "icmp_to_client",
             Self::DropIcmpUnmatched => "drop_icmp_unmatched",
+            Self::HairpinSnat => "hairpin_snat",
+            Self::HairpinReply => "hairpin_reply",
+            Self::DropHairpinNoPort => "drop_hairpin_no_port",
+            Self::DropHairpinUnavailable => "drop_hairpin_unavailable",
         }
     }
 
@@ -136,6 +154,8 @@ impl Reason {
                 | Self::EchoReply
                 | Self::IcmpToBackend
                 | Self::IcmpToClient
+                | Self::HairpinSnat
+                | Self::HairpinReply
         )
     }
 }

@@ -6,6 +6,7 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+mod hairpin;
 mod icmp;
 mod maps;
 mod parse;
@@ -18,7 +19,7 @@ use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{
     addr::{as_v4, v4_mapped},
     flow::FlowKey,
-    maps::{ConnEntry, ServiceInfo},
+    maps::{CONN_HAIRPIN_REV, ConnEntry, ServiceInfo},
     verdict::Reason,
 };
 
@@ -30,6 +31,14 @@ use crate::{
 #[xdp]
 pub fn lb_xdp(ctx: XdpContext) -> u32 {
     let (action, reason) = try_lb(&ctx);
+    stats::count_reason(reason);
+    action
+}
+
+/// Hairpin SNAT flows, entered from [`lb_xdp`] by tail call (see `hairpin.rs`).
+#[xdp]
+pub fn lb_hairpin(ctx: XdpContext) -> u32 {
+    let (action, reason) = hairpin::run(&ctx);
     stats::count_reason(reason);
     action
 }
@@ -70,6 +79,9 @@ fn try_lb(ctx: &XdpContext) -> (u32, Reason) {
         return to_backend(ctx, &pkt, &flow, l4, &svc);
     }
     if let Some(ct) = select::reply(&flow) {
+        if ct.kind == CONN_HAIRPIN_REV {
+            return hairpin::enter(ctx);
+        }
         return to_client(ctx, &pkt, &flow, l4, &ct);
     }
     // TCP/UDP to or from a PIP (after VIP flows: a DIP can also be a VIP's backend).
@@ -97,6 +109,7 @@ fn to_backend(
     }
     let (id, be, new_flow) = match select::backend_for(flow, pkt.is_syn, svc) {
         Ok(x) => x,
+        Err(Reason::HairpinSnat) => return hairpin::enter(ctx),
         Err(r) => return (xdp_action::XDP_DROP, r),
     };
     let Some(addr) = as_v4(&be.addr) else {

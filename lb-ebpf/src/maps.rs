@@ -5,7 +5,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
 };
 use lb_common::{
     consts::{
@@ -77,3 +77,9 @@ pub static LB_PIP_REV: HashMap<VipKey, PipEntry> = HashMap::pinned(MAX_PIPS, 0);
 /// The echo-reply token bucket, per CPU (one slot). Writer: fast path.
 #[map(name = "LB_ECHO_RL")]
 pub static LB_ECHO_RL: PerCpuArray<RateState> = PerCpuArray::pinned(1, 0);
+
+/// Tail-call targets: slot `PROG_HAIRPIN` holds the hairpin-SNAT program (`lb_hairpin`), which
+/// runs with its own stack frame. Pinned so that its entry survives the agent (the kernel clears
+/// a program array's entries when its last user reference goes). Writer: agent.
+#[map(name = "LB_PROGS")]
+pub static LB_PROGS: ProgramArray = ProgramArray::pinned(1, 0);

@@ -6,8 +6,9 @@ use lb_common::{
     hash::flow_hash,
     maglev,
     maps::{
-        ACL_HAIRPIN, ACL_PERMIT, Backend, BackendId, CONN_FORWARD, CONN_REVERSE, ConnEntry,
-        NextHop, ServiceInfo, ServiceKey, VipKey,
+        ACL_HAIRPIN, ACL_PERMIT, AclValue, Backend, BackendId, CONN_FORWARD, CONN_HAIRPIN,
+        CONN_HAIRPIN_REV, CONN_REVERSE, ConnEntry, NextHop, ServiceInfo, ServiceKey,
+        VIP_F_HAIRPIN_SNAT, VipKey,
     },
     verdict::Reason,
 };
@@ -27,8 +28,20 @@ pub fn service(flow: &FlowKey) -> Option<ServiceInfo> {
         proto: flow.proto,
         _pad: 0,
     };
+    service_at(key)
+}
+
+/// The service of a (VIP, port, protocol).
+#[inline(always)]
+pub fn service_at(key: ServiceKey) -> Option<ServiceInfo> {
     // SAFETY: the value is copied out before any other map operation.
     unsafe { LB_SERVICES.get(key).copied() }
+}
+
+/// The flow hash (seeded by the agent).
+#[inline(always)]
+pub fn hash(flow: &FlowKey) -> u32 {
+    flow_hash(flow, LB_HASH_SEED.load())
 }
 
 /// Whether `addr` is a VIP (of any port or protocol).
@@ -44,12 +57,13 @@ pub fn vip(addr: lb_common::addr::Addr) -> Option<lb_common::maps::VipInfo> {
     unsafe { LB_VIPS.get(VipKey { vip: addr }).copied() }
 }
 
-/// The conntrack entry of a reply from a backend, if this packet is one.
+/// The conntrack entry of a reply from a backend, if this packet is one (of a plain flow, or
+/// of a hairpin flow: [`CONN_HAIRPIN_REV`]).
 #[inline(always)]
 pub fn reply(flow: &FlowKey) -> Option<ConnEntry> {
     // SAFETY: copied out at once.
     let ct = unsafe { LB_CONNTRACK.get(flow).copied() }?;
-    (ct.kind == CONN_REVERSE).then_some(ct)
+    (ct.kind == CONN_REVERSE || ct.kind == CONN_HAIRPIN_REV).then_some(ct)
 }
 
 /// The conntrack entry of a 5-tuple, if tracked.
@@ -78,7 +92,8 @@ fn backend(id: BackendId) -> Option<Backend> {
 /// Picks the backend of a client → VIP packet: the flow's tracked backend if it has one that is
 /// still live, else the service table's choice (which is then tracked). A SYN always takes the
 /// table's choice, so a new connection never inherits a stale entry of a reused 5-tuple.
-/// Returns (id, backend, is_new_flow).
+/// Returns (id, backend, is_new_flow), or the drop reason; [`Reason::HairpinSnat`] means the
+/// flow belongs to the hairpin program (see `hairpin.rs`), new or tracked.
 #[inline(always)]
 pub fn backend_for(
     flow: &FlowKey,
@@ -88,6 +103,9 @@ pub fn backend_for(
     if !is_syn {
         // SAFETY: copied out at once.
         if let Some(ct) = unsafe { LB_CONNTRACK.get(flow).copied() } {
+            if ct.kind == CONN_HAIRPIN {
+                return Err(Reason::HairpinSnat);
+            }
             // A removed backend (inactive entry) falls through to a fresh pick (cilium's rule).
             if ct.kind == CONN_FORWARD
                 && let Some(b) = backend(ct.backend)
@@ -100,27 +118,45 @@ pub fn backend_for(
     // own backends), then the endpoint's ACL decides. Established flows are not re-checked.
     if let Some(vip) = LB_VIPS.get_ptr(VipKey { vip: flow.dst }) {
         // SAFETY: read at once; the value is plain data.
-        let ilb_id = unsafe { (*vip).ilb_id };
+        let (ilb_id, flags) = unsafe { ((*vip).ilb_id, (*vip).flags) };
         if ilb_id != 0 {
             match acl_lookup(ilb_id, &flow.src) {
                 Some(ACL_PERMIT) => {}
+                Some(ACL_HAIRPIN) if flags & VIP_F_HAIRPIN_SNAT != 0 => {
+                    return Err(Reason::HairpinSnat);
+                }
                 Some(ACL_HAIRPIN) => return Err(Reason::DropHairpin),
                 _ => return Err(Reason::DropNotInternal),
             }
         }
     }
-    if svc.acl_id != 0 && acl_lookup(svc.acl_id, &flow.src) != Some(ACL_PERMIT) {
-        crate::stats::count_acl_drop(svc.id);
+    if !acl_permits(svc, &flow.src) {
         return Err(Reason::DropAcl);
     }
-    let slot = maglev::slot(flow_hash(flow, LB_HASH_SEED.load()), svc.table_len)
-        .ok_or(Reason::DropNoBackend)?;
+    let (id, b) = pick(svc, hash(flow))?;
+    remember(flow, id, &b, svc);
+    Ok((id, b, true))
+}
+
+/// The service table's backend for a flow hash.
+#[inline(always)]
+pub fn pick(svc: &ServiceInfo, hash: u32) -> Result<(BackendId, Backend), Reason> {
+    let slot = maglev::slot(hash, svc.table_len).ok_or(Reason::DropNoBackend)?;
     let id = *LB_RING
         .get(svc.table_off.wrapping_add(slot))
         .ok_or(Reason::DropNoBackend)?;
     let b = backend(id).ok_or(Reason::DropNoBackend)?;
-    remember(flow, id, &b, svc);
-    Ok((id, b, true))
+    Ok((id, b))
+}
+
+/// Whether a new flow's source passes the endpoint's ACL (counted per service when not).
+#[inline(always)]
+pub fn acl_permits(svc: &ServiceInfo, src: &lb_common::addr::Addr) -> bool {
+    if svc.acl_id != 0 && acl_lookup(svc.acl_id, src) != Some(ACL_PERMIT) {
+        crate::stats::count_acl_drop(svc.id);
+        return false;
+    }
+    true
 }
 
 /// Tracks a new flow in both directions. Best effort: the LRU makes room by evicting the
@@ -146,9 +182,9 @@ fn remember(flow: &FlowKey, id: BackendId, b: &Backend, svc: &ServiceInfo) {
         addr: flow.dst,
         port: flow.dport,
         kind: CONN_REVERSE,
-        _pad: 0,
         backend: id,
         service: svc.id,
+        ..ConnEntry::default()
     };
     let _ = LB_CONNTRACK.insert(rev_key, rev, 0);
 }
@@ -157,8 +193,20 @@ fn remember(flow: &FlowKey, id: BackendId, b: &Backend, svc: &ServiceInfo) {
 /// entry, so a miss cannot happen for a live set; callers treat it as a deny anyway.
 #[inline(always)]
 pub fn acl_lookup(acl_id: u32, src: &lb_common::addr::Addr) -> Option<u32> {
+    acl_entry(acl_id, src).map(|v| v.action)
+}
+
+/// A source's entry in an `LB_ACL` set (verdict and deciding rule).
+#[inline(always)]
+pub fn acl_entry(acl_id: u32, src: &lb_common::addr::Addr) -> Option<AclValue> {
     let key = aya_ebpf::maps::lpm_trie::Key::new(32 + 128, lb_common::maps::acl_key(acl_id, src));
-    LB_ACL.get(key).map(|v| v.action)
+    LB_ACL.get(key).copied()
+}
+
+/// Inserts a conntrack entry (best effort, like [`remember`]).
+#[inline(always)]
+pub fn track(key: &FlowKey, entry: &ConnEntry) {
+    let _ = LB_CONNTRACK.insert(key, entry, 0);
 }
 
 /// The agent-resolved next hop towards a client address.

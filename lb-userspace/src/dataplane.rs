@@ -7,12 +7,15 @@ use std::path::{Path, PathBuf};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues, lpm_trie::Key as LpmKey},
+    maps::{
+        Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues, ProgramArray,
+        lpm_trie::Key as LpmKey,
+    },
     programs::{Xdp, XdpMode},
 };
 use lb_common::{
     addr::Addr,
-    consts::{PROGRAM_NAME, global_names, map_names},
+    consts::{HAIRPIN_PROGRAM_NAME, PROG_HAIRPIN, PROGRAM_NAME, global_names, map_names},
     flow::FlowKey,
     maps::{
         AclKeyData, AclValue, Backend, BackendId, ConnEntry, Counters, NextHop, PipEntry,
@@ -24,6 +27,11 @@ use crate::error::{LoadError, MapOpError};
 
 /// The XDP object, as the agent embeds it (built by `build.rs`).
 pub static LB_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-xdp"));
+
+/// The baseline programs (`xdp_pass`, `xdp_fwd`; see `lb-ebpf/src/baseline.rs`), for the
+/// benchmark and the lab. The agent never loads them.
+pub static BASELINE_OBJ: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-baseline"));
 
 /// How to load the object.
 #[derive(Clone, Debug)]
@@ -78,11 +86,29 @@ impl Dataplane {
             .map_max_entries(map_names::CONNTRACK, opts.conntrack_flows.saturating_mul(2))
             .map_max_entries(map_names::RING, opts.ring_slots);
         let mut ebpf = loader.load(LB_OBJ)?;
-        let prog: &mut Xdp = program_mut(&mut ebpf)?;
-        prog.load().map_err(|source| LoadError::Program {
-            what: "load".into(),
-            source,
-        })?;
+        for name in [PROGRAM_NAME, HAIRPIN_PROGRAM_NAME] {
+            program_mut(&mut ebpf, name)?
+                .load()
+                .map_err(|source| LoadError::Program {
+                    what: format!("load {name}"),
+                    source,
+                })?;
+        }
+        // The tail-call slot of the hairpin program, replaced in place: a pinned array that a
+        // previous agent filled keeps working until this update.
+        let mut progs: ProgramArray<MapData> = take_map(&mut ebpf, map_names::PROGS)?;
+        let fd = program_mut(&mut ebpf, HAIRPIN_PROGRAM_NAME)?
+            .fd()
+            .map_err(|source| LoadError::Program {
+                what: HAIRPIN_PROGRAM_NAME.into(),
+                source,
+            })?;
+        progs
+            .set(PROG_HAIRPIN, fd, 0)
+            .map_err(|source| LoadError::Map {
+                name: map_names::PROGS,
+                source,
+            })?;
         let maps = Maps::take(&mut ebpf)?;
         Ok((Self { ebpf }, maps))
     }
@@ -92,7 +118,7 @@ impl Dataplane {
     /// # Errors
     /// Only if the object lacks the program, which the load already checked.
     pub fn program(&mut self) -> Result<&mut Xdp, LoadError> {
-        program_mut(&mut self.ebpf)
+        program_mut(&mut self.ebpf, PROGRAM_NAME)
     }
 
     /// Attaches the program to an interface. The attachment lasts until `self` is dropped.
@@ -110,14 +136,23 @@ impl Dataplane {
     }
 }
 
-fn program_mut(ebpf: &mut Ebpf) -> Result<&mut Xdp, LoadError> {
-    ebpf.program_mut(PROGRAM_NAME)
-        .ok_or(LoadError::MissingProgram(PROGRAM_NAME))?
+fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, LoadError> {
+    ebpf.program_mut(name)
+        .ok_or(LoadError::MissingProgram(name))?
         .try_into()
         .map_err(|source| LoadError::Program {
-            what: PROGRAM_NAME.into(),
+            what: name.into(),
             source,
         })
+}
+
+/// Takes a map out of the object, typed.
+fn take_map<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<T, LoadError> {
+    let map = ebpf.take_map(name).ok_or(LoadError::MissingMap(name))?;
+    T::try_from(map).map_err(|source| LoadError::Map { name, source })
 }
 
 /// Removes the map pins of a pin directory (a plain agent stop cleans up after itself).
@@ -165,26 +200,19 @@ pub struct Maps {
 
 impl Maps {
     fn take(ebpf: &mut Ebpf) -> Result<Self, LoadError> {
-        fn get<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
-            ebpf: &mut Ebpf,
-            name: &'static str,
-        ) -> Result<T, LoadError> {
-            let map = ebpf.take_map(name).ok_or(LoadError::MissingMap(name))?;
-            T::try_from(map).map_err(|source| LoadError::Map { name, source })
-        }
         Ok(Self {
-            services: get(ebpf, map_names::SERVICES)?,
-            vips: get(ebpf, map_names::VIPS)?,
-            backends: get(ebpf, map_names::BACKENDS)?,
-            ring: get(ebpf, map_names::RING)?,
-            conntrack: get(ebpf, map_names::CONNTRACK)?,
-            routes: get(ebpf, map_names::ROUTES)?,
-            reasons: get(ebpf, map_names::REASON_STATS)?,
-            svc_stats: get(ebpf, map_names::SERVICE_STATS)?,
-            be_stats: get(ebpf, map_names::BACKEND_STATS)?,
-            acl: get(ebpf, map_names::ACL)?,
-            pips: get(ebpf, map_names::PIPS)?,
-            pip_rev: get(ebpf, map_names::PIP_REV)?,
+            services: take_map(ebpf, map_names::SERVICES)?,
+            vips: take_map(ebpf, map_names::VIPS)?,
+            backends: take_map(ebpf, map_names::BACKENDS)?,
+            ring: take_map(ebpf, map_names::RING)?,
+            conntrack: take_map(ebpf, map_names::CONNTRACK)?,
+            routes: take_map(ebpf, map_names::ROUTES)?,
+            reasons: take_map(ebpf, map_names::REASON_STATS)?,
+            svc_stats: take_map(ebpf, map_names::SERVICE_STATS)?,
+            be_stats: take_map(ebpf, map_names::BACKEND_STATS)?,
+            acl: take_map(ebpf, map_names::ACL)?,
+            pips: take_map(ebpf, map_names::PIPS)?,
+            pip_rev: take_map(ebpf, map_names::PIP_REV)?,
         })
     }
 
@@ -377,7 +405,8 @@ impl MapOps for Maps {
         zero_per_cpu(&mut self.be_stats, map_names::BACKEND_STATS, id)
     }
     fn purge_flows(&mut self, backend: BackendId) -> Result<usize, MapOpError> {
-        self.purge_where(|_, e| e.backend == backend)
+        // Hairpin entries also die with their connecting backend (`peer`; 0 elsewhere).
+        self.purge_where(|_, e| e.backend == backend || e.peer == backend)
     }
     fn service_counters(&self, id: u32) -> Result<Counters, MapOpError> {
         let v = self
@@ -433,9 +462,7 @@ impl MapOps for Maps {
         service: u32,
         doomed: &dyn Fn(&lb_common::addr::Addr) -> bool,
     ) -> Result<usize, MapOpError> {
-        self.purge_where(|k, e| {
-            e.kind == lb_common::maps::CONN_FORWARD && e.service == service && doomed(&k.src)
-        })
+        self.purge_where(|k, e| e.is_forward() && e.service == service && doomed(&k.src))
     }
     fn put_pip(&mut self, pip: &Addr, dip: &Addr, nh: &NextHop) -> Result<(), MapOpError> {
         // Reverse first: replies can be translated before the first inbound packet arrives.
@@ -497,9 +524,7 @@ impl MapOps for Maps {
         let mut m = std::collections::HashMap::new();
         for item in self.conntrack.iter() {
             match item {
-                Ok((_, e)) if e.kind == lb_common::maps::CONN_FORWARD => {
-                    *m.entry(e.backend).or_default() += 1
-                }
+                Ok((_, e)) if e.is_forward() => *m.entry(e.backend).or_default() += 1,
                 Ok(_) | Err(aya::maps::MapError::KeyNotFound) => {}
                 Err(source) => {
                     return Err(MapOpError {

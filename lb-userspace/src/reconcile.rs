@@ -879,19 +879,25 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
         // An internal VIP's source set: its internal prefixes permitted, every backend of the
         // VIP (any service) marked hairpin as a host entry (longer than any prefix, so it wins
         // the LPM), everything else denied. Double-buffered like endpoint ACLs.
-        let (internal, echo) = self
+        let (internal, echo, snat) = self
             .state
             .services
             .iter()
             .find(|(s, _)| s.vip.ip() == ip)
-            .map_or((Vec::new(), true), |(_, st)| {
-                (st.settings.internal.clone(), st.settings.icmp_echo)
+            .map_or((Vec::new(), true, false), |(_, st)| {
+                (
+                    st.settings.internal.clone(),
+                    st.settings.icmp_echo,
+                    st.settings.hairpin == lb_common::spec::Hairpin::Snat,
+                )
             });
-        let flags = if echo {
-            0
-        } else {
-            lb_common::maps::VIP_F_NO_ECHO
-        };
+        let mut flags = 0;
+        if !echo {
+            flags |= lb_common::maps::VIP_F_NO_ECHO;
+        }
+        if snat {
+            flags |= lb_common::maps::VIP_F_HAIRPIN_SNAT;
+        }
         let mut entries: Vec<acl::Entry> = Vec::new();
         if !internal.is_empty() {
             for (p, l) in &internal {
@@ -901,18 +907,22 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
                     rule: None,
                 });
             }
-            let hosts: std::collections::BTreeSet<IpAddr> = self
-                .applied
-                .iter()
-                .filter(|(s, _)| s.vip.ip() == ip)
-                .flat_map(|(_, a)| a.backends.keys().map(SocketAddr::ip))
-                .collect();
-            for h in hosts {
+            // Each host's entry carries a backend id of that address (the lowest, if it backs
+            // several services): hairpin SNAT sends the replies through its next hop.
+            let mut hosts: std::collections::BTreeMap<IpAddr, BackendId> =
+                std::collections::BTreeMap::new();
+            for (_, a) in self.applied.iter().filter(|(s, _)| s.vip.ip() == ip) {
+                for (b, id) in &a.backends {
+                    let e = hosts.entry(b.ip()).or_insert(*id);
+                    *e = (*e).min(*id);
+                }
+            }
+            for (h, id) in hosts {
                 let full = if h.is_ipv4() { 32 } else { 128 };
                 entries.push(acl::Entry {
                     prefix: map_prefix(h, full),
                     action: acl::Action::Hairpin,
-                    rule: None,
+                    rule: Some(id),
                 });
             }
             entries.push(acl::Entry {

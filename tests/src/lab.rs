@@ -164,6 +164,8 @@ pub struct Lab {
     pub tmp: PathBuf,
     pub socket: PathBuf,
     agent: Option<Agent>,
+    /// `xdp_pass` on the far end of every veth pair (see [`peer_pass`]); detached on drop.
+    peer_xdp: Vec<aya::Ebpf>,
 }
 
 impl Lab {
@@ -189,6 +191,7 @@ impl Lab {
             backends: Vec::new(),
             external: None,
             agent: None,
+            peer_xdp: Vec::new(),
         };
         let lbn = lab.lb.name.clone();
         lab.lb.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
@@ -217,6 +220,7 @@ impl Lab {
         // locally made TCP/UDP on veth has partial checksums that native XDP cannot finish,
         // so senders compute checksums in software (tx off). Real NICs need neither.
         harden_veth(&lab.client, "c0")?;
+        lab.peer_xdp.push(peer_pass(&lab.client, "c0")?);
         for i in 1..=n {
             lab.add_backend_ns(i)?;
         }
@@ -251,6 +255,7 @@ impl Lab {
         ])?;
         harden_veth(&ns, "eth0")?;
         harden_veth(&self.lb, &dev)?;
+        self.peer_xdp.push(peer_pass(&ns, "eth0")?);
         let mut b = BackendNs {
             ns,
             name,
@@ -291,6 +296,7 @@ impl Lab {
         ns.ip(&["route", "add", "default", "via", "198.51.100.254"])?;
         harden_veth(&ns, "e0")?;
         harden_veth(&self.lb, "lx")?;
+        self.peer_xdp.push(peer_pass(&ns, "e0")?);
         self.external = Some(ns);
         Ok(())
     }
@@ -511,6 +517,25 @@ impl Lab {
         timeout: Duration,
     ) -> anyhow::Result<String> {
         self.http_connect_from(src, port, timeout)?.get()
+    }
+
+    /// Connects from inside `ns` (a backend, say) to `ip:port`.
+    ///
+    /// # Errors
+    /// The connection cannot be made within `timeout`.
+    pub fn http_connect_in(
+        ns: &Netns,
+        ip: Ipv4Addr,
+        port: u16,
+        timeout: Duration,
+    ) -> anyhow::Result<HttpConn> {
+        let dst = SocketAddr::new(IpAddr::V4(ip), port);
+        let s = ns.enter(move || TcpStream::connect_timeout(&dst, timeout))?;
+        s.set_read_timeout(Some(IO_TIMEOUT))?;
+        s.set_write_timeout(Some(IO_TIMEOUT))?;
+        Ok(HttpConn {
+            stream: BufReader::new(s),
+        })
     }
 
     /// As [`Self::http_connect`], from a chosen client source address.
@@ -755,6 +780,29 @@ fn connect_from(src: Ipv4Addr, dst: SocketAddr, timeout: Duration) -> std::io::R
     }
 }
 
+/// Attaches `xdp_pass` (native mode) to `dev` in `ns`, for as long as the returned object
+/// lives. veth delivers an `XDP_TX` frame (the LB sending a frame back out of its ingress
+/// device: a one-armed LB, a hairpin to the connecting backend itself) by queueing it on the
+/// peer and kicking the peer's NAPI only if the peer has an XDP program; without one the frame
+/// waits until the next packet arrives. Physical NICs have no such condition.
+///
+/// # Errors
+/// The program does not load or attach.
+pub fn peer_pass(ns: &Netns, dev: &str) -> anyhow::Result<aya::Ebpf> {
+    let dev = dev.to_owned();
+    ns.enter(move || -> anyhow::Result<aya::Ebpf> {
+        let mut ebpf = aya::Ebpf::load(lb_userspace::dataplane::BASELINE_OBJ)?;
+        let prog: &mut aya::programs::Xdp = ebpf
+            .program_mut("xdp_pass")
+            .context("xdp_pass missing")?
+            .try_into()?;
+        prog.load()?;
+        prog.attach(&dev, aya::programs::XdpMode::Driver)
+            .with_context(|| format!("attach xdp_pass to {dev}"))?;
+        Ok(ebpf)
+    })
+}
+
 fn harden_veth(ns: &Netns, dev: &str) -> anyhow::Result<()> {
     ns.exec("ethtool", &["-K", dev, "tx", "off", "gro", "on"])?;
     Ok(())
@@ -771,6 +819,14 @@ impl HttpConn {
     /// # Errors
     /// The request fails, times out or gets no 200.
     pub fn get(&mut self) -> anyhow::Result<String> {
+        Ok(self.get_with_peer()?.0)
+    }
+
+    /// As [`Self::get`], also returning the client address the server saw (its `X-Peer`).
+    ///
+    /// # Errors
+    /// As [`Self::get`], or no `X-Peer` header.
+    pub fn get_with_peer(&mut self) -> anyhow::Result<(String, SocketAddr)> {
         self.stream
             .get_mut()
             .write_all(b"GET / HTTP/1.1\r\nHost: vip\r\n\r\n")?;
@@ -780,6 +836,7 @@ impl HttpConn {
             bail!("bad status line {status:?}");
         }
         let mut len = 0usize;
+        let mut peer = None;
         loop {
             let mut h = String::new();
             if self.stream.read_line(&mut h)? == 0 {
@@ -788,13 +845,17 @@ impl HttpConn {
             if h == "\r\n" {
                 break;
             }
-            if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+            let lower = h.to_ascii_lowercase();
+            if let Some(v) = lower.strip_prefix("content-length:") {
                 len = v.trim().parse()?;
+            } else if let Some(v) = lower.strip_prefix("x-peer:") {
+                peer = Some(v.trim().parse::<SocketAddr>()?);
             }
         }
         let mut body = vec![0u8; len];
         self.stream.read_exact(&mut body)?;
-        Ok(String::from_utf8_lossy(&body).trim().to_owned())
+        let peer = peer.context("no X-Peer header")?;
+        Ok((String::from_utf8_lossy(&body).trim().to_owned(), peer))
     }
 
     /// The local (client) address of the connection.

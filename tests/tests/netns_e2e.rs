@@ -423,9 +423,60 @@ fn an_internal_vip_is_reachable_only_from_inside() {
             "snat",
         ],
     );
-    assert!(e.contains("not supported yet"), "{e}");
+    assert!(e.contains("same hairpin mode"), "{e}");
+    let e = refused(
+        &lab,
+        &["vip", "add", "203.0.113.22:80/tcp", "--hairpin", "snat"],
+    );
+    assert!(e.contains("internal VIPs only"), "{e}");
     let e = refused(&lab, &["vip", "add", "203.0.113.20:82/tcp"]);
     assert!(e.contains("same internal prefixes"), "{e}");
+}
+
+/// `--hairpin snat`: a backend reaches its own internal VIP. The server (either backend, the
+/// connecting one included) sees the VIP as the source, with a port from the dynamic range, and
+/// the connection works both ways through the LB; internal clients are unaffected.
+#[test]
+fn hairpin_snat_lets_a_backend_reach_its_own_internal_vip() {
+    use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
+    let mut lab = Lab::new(2).unwrap();
+    lab.start_agent(
+        "[[service]]\nvip = \"203.0.113.21:80/tcp\"\nbackends = [\"192.0.2.11\", \"192.0.2.12\"]\ntable_size = 251\n\
+         internal = [\"198.51.100.0/25\"]\nhairpin = \"snat\"\n",
+    )
+    .unwrap();
+    lab.wait_ready().unwrap();
+    let ilb = Ipv4Addr::new(203, 0, 113, 21);
+    let t = Duration::from_secs(1);
+    let mut seen = BTreeSet::new();
+    let mut conns = 0u64;
+    // Until both backends have served a hairpin connection (each pick is 50/50; bounded).
+    while seen.len() < 2 && conns < 64 {
+        let mut c = Lab::http_connect_in(&lab.backends[0].ns, ilb, 80, t).unwrap();
+        let (name, peer) = c.get_with_peer().unwrap();
+        assert_eq!(peer.ip(), ilb, "the server must see the VIP as the source");
+        assert!(
+            peer.port() >= 49_152,
+            "SNAT port {} outside the range",
+            peer.port()
+        );
+        // A second request on the same connection: the tracked flow, both ways.
+        assert_eq!(c.get_with_peer().unwrap(), (name.clone(), peer));
+        seen.insert(name);
+        conns += 1;
+    }
+    assert_eq!(
+        seen.len(),
+        2,
+        "after {conns} connections only {seen:?} served"
+    );
+    assert!(lab.reason("hairpin_snat").unwrap() >= 2 * conns);
+    assert!(lab.reason("hairpin_reply").unwrap() >= 2 * conns);
+    assert_eq!(lab.reason("drop_hairpin").unwrap(), 0);
+    // The internal client still reaches the VIP, from its own address.
+    let mut c = Lab::http_connect_in(&lab.client, ilb, 80, t).unwrap();
+    let (_, peer) = c.get_with_peer().unwrap();
+    assert_ne!(peer.ip(), ilb, "a plain client must not be source-NATed");
 }
 
 /// An instance-level public IP: ping answered by the instance (through the LB, from the PIP),

@@ -18,7 +18,7 @@ use lb_common::{
     flow::{FlowKey, proto},
     hash::flow_hash,
     maglev::{TableBackend, build_table, slot},
-    maps::NextHop,
+    maps::{HAIRPIN_PORT_TRIES, NextHop, hairpin_port},
     verdict::{ALL_REASONS, Reason},
 };
 use lb_integration::{
@@ -102,6 +102,22 @@ vip = "203.0.113.20:80/tcp"
 backends = ["192.0.2.11"]
 table_size = 251
 internal = ["198.51.100.0/26"]
+
+# Hairpin SNAT: 192.0.2.11 backs 50001/tcp of this internal VIP and connects to its 80/tcp,
+# which 192.0.2.12:8080 serves; 50001 also lies in the SNAT port range, which must skip it.
+[[service]]
+vip = "203.0.113.21:80/tcp"
+backends = ["192.0.2.12:8080"]
+table_size = 251
+internal = ["198.51.100.0/26"]
+hairpin = "snat"
+
+[[service]]
+vip = "203.0.113.21:50001/tcp"
+backends = ["192.0.2.11"]
+table_size = 251
+internal = ["198.51.100.0/26"]
+hairpin = "snat"
 
 # A VIP that does not answer pings.
 [[service]]
@@ -893,6 +909,84 @@ fn internal_vip_admits_only_internal_sources_and_drops_hairpin() {
     });
 }
 
+/// `--hairpin snat`: a backend's connection to its own internal VIP goes to a backend with the
+/// source rewritten to VIP:port, its reply comes back translated to the connecting backend,
+/// and the SNAT port skips the VIP's service ports and ports other hairpin flows hold, until
+/// none of the candidates is free (a counted drop).
+#[test]
+fn hairpin_snat_translates_both_ways_and_picks_free_ports() {
+    with_fixture(|fx| {
+        let v = Ipv4Addr::new(203, 0, 113, 21);
+        let vip = SocketAddrV4::new(v, 80);
+        let server = SocketAddrV4::new(B2, 8080);
+        let seed = fx.seed;
+        let cand = move |sport: u16, attempt: u32| {
+            let flow = FlowKey::new(SocketAddrV4::new(B1, sport).into(), vip.into(), proto::TCP);
+            hairpin_port(flow_hash(&flow, seed), attempt)
+        };
+        // The frames of one hairpin flow from B1:sport that should get SNAT port `port`.
+        let expect = |fx: &mut Fixture, what: &str, sport: u16, port: u16| {
+            let client = SocketAddrV4::new(B1, sport);
+            let snat = SocketAddrV4::new(v, port);
+            let syn = Frame::tcp(client, vip, TCP_SYN);
+            let mut out = syn.dnat(server, LB_MAC, B2_MAC).snat(snat, LB_MAC, B2_MAC);
+            out.ttl += 1; // one hop, two rewrites
+            fx.check(what, &syn, XDP_TX, Some(&out), Reason::HairpinSnat);
+            (client, snat)
+        };
+        let mut held = vec![50001u16];
+
+        // One flow, both ways, and its tracked next packet.
+        let sport = (40000..).find(|&p| cand(p, 0) != 50001).unwrap();
+        let (client, snat) = expect(fx, "hairpin SYN", sport, cand(sport, 0));
+        held.push(snat.port());
+        let ack = Frame::tcp(client, vip, TCP_ACK);
+        let mut out = ack.dnat(server, LB_MAC, B2_MAC).snat(snat, LB_MAC, B2_MAC);
+        out.ttl += 1;
+        fx.check("tracked ACK", &ack, XDP_TX, Some(&out), Reason::HairpinSnat);
+        let reply = Frame::tcp(server, snat, TCP_SYN | TCP_ACK);
+        let mut out = reply.snat(vip, LB_MAC, B1_MAC).dnat(client, LB_MAC, B1_MAC);
+        out.ttl += 1;
+        fx.check(
+            "reply, through the connecting backend's next hop",
+            &reply,
+            XDP_TX,
+            Some(&out),
+            Reason::HairpinReply,
+        );
+
+        // A flow whose first candidate is a service port of the VIP, and one whose first
+        // candidate another hairpin flow holds: both take their second.
+        for (what, taken) in [("service port", 50001), ("held port", snat.port())] {
+            let sp = (1024..=u16::MAX)
+                .find(|&p| p != sport && cand(p, 0) == taken && !held.contains(&cand(p, 1)))
+                .expect("a source port with that first candidate");
+            expect(fx, what, sp, cand(sp, 1));
+            held.push(cand(sp, 1));
+        }
+
+        // Every candidate of one flow held (by flows that took them as first choice): dropped.
+        let target = (30000..)
+            .find(|&p| (0..HAIRPIN_PORT_TRIES).all(|a| !held.contains(&cand(p, a))))
+            .unwrap();
+        for a in 0..HAIRPIN_PORT_TRIES {
+            let port = cand(target, a);
+            let sp = (1024..=u16::MAX)
+                .find(|&p| p != target && cand(p, 0) == port)
+                .expect("a source port with that first candidate");
+            expect(fx, "occupier", sp, port);
+        }
+        let syn = Frame::tcp(SocketAddrV4::new(B1, target), vip, TCP_SYN);
+        fx.check(
+            "no free SNAT port",
+            &syn,
+            XDP_DROP,
+            None,
+            Reason::DropHairpinNoPort,
+        );
+    });
+}
+
 #[test]
 fn pip_translates_every_protocol_both_ways() {
     with_fixture(|fx| {
@@ -1006,7 +1100,7 @@ fn the_lb_answers_pings_to_a_vip_rate_limited() {
         fx.check(
             "ping to a VIP",
             &ping,
-            XDP_REDIRECT,
+            XDP_TX,
             Some(&want),
             Reason::EchoReply,
         );
@@ -1051,7 +1145,7 @@ fn the_lb_answers_pings_to_a_vip_rate_limited() {
         let started = std::time::Instant::now();
         let mut replied = 0u64;
         for _ in 0..1000 {
-            if fx.run(&bytes).0 == XDP_REDIRECT {
+            if fx.run(&bytes).0 == XDP_TX {
                 replied += 1;
             }
         }

@@ -58,6 +58,10 @@ fn main() {
 }
 
 fn serve(s: TcpStream, name: &str, health: u16) {
+    // Who the server saw connecting (tests check source NAT with it).
+    let peer = s
+        .peer_addr()
+        .map_or_else(|_| "unknown".to_owned(), |a| a.to_string());
     let mut w = match s.try_clone() {
         Ok(w) => w,
         Err(_) => return,
@@ -83,7 +87,7 @@ fn serve(s: TcpStream, name: &str, health: u16) {
         let body = format!("{name}\n");
         let reason = if status == 200 { "OK" } else { "Error" };
         let resp = format!(
-            "HTTP/1.1 {status} {reason}\r\nContent-Length: {}\r\nConnection: keep-alive\r\n\r\n{body}",
+            "HTTP/1.1 {status} {reason}\r\nContent-Length: {}\r\nX-Peer: {peer}\r\nConnection: keep-alive\r\n\r\n{body}",
             body.len()
         );
         if w.write_all(resp.as_bytes()).is_err() {

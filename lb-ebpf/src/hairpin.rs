@@ -1,0 +1,209 @@
+//! Hairpin SNAT (`--hairpin snat`): a backend of an internal VIP connecting to that VIP.
+//!
+//! DNAT alone cannot work here: the chosen backend would answer the connecting backend
+//! directly (both sit behind the LB), skipping the reverse NAT, and the connecting socket would
+//! ignore a reply from an address it never connected to. So the source is rewritten too, to the
+//! VIP with a port from the dynamic range ([`lb_common::maps::hairpin_port`]); the chosen
+//! backend replies to the VIP, through the LB, which translates the reply back.
+//!
+//! It runs as its own XDP program (`lb_hairpin`), which `lb_xdp` enters by tail call for
+//! hairpin flows only. verifier: `lb_xdp`'s single stack frame is at 400 of the 512 bytes, and
+//! two-sided NAT needs a second flow key and entry beside it; bpf-to-bpf calls share the
+//! 512-byte budget across the call chain (measured 576–672), while a tail call starts afresh.
+//! The cost, a second parse, is paid by hairpin flows only.
+
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use lb_common::{
+    addr::as_v4,
+    consts::PROG_HAIRPIN,
+    flow::FlowKey,
+    maps::{
+        ACL_HAIRPIN, Backend, BackendId, CONN_HAIRPIN, CONN_HAIRPIN_REV, ConnEntry,
+        HAIRPIN_PORT_TRIES, ServiceKey, VIP_F_HAIRPIN_SNAT, hairpin_port,
+    },
+    verdict::Reason,
+};
+
+use crate::{
+    maps::LB_PROGS,
+    parse::{self, L4, Packet},
+    select,
+    stats::{self, Dir},
+    xlate,
+};
+
+/// Hands the packet to the hairpin program. Returns only if the tail call fails (the agent has
+/// not installed the program), as a counted drop.
+#[inline(always)]
+pub fn enter(ctx: &XdpContext) -> (u32, Reason) {
+    // SAFETY: `ctx` is this program's context; on success control never comes back.
+    unsafe { LB_PROGS.tail_call(ctx, PROG_HAIRPIN) };
+    (xdp_action::XDP_DROP, Reason::DropHairpinUnavailable)
+}
+
+/// The hairpin program: a reply of a hairpin flow, a tracked hairpin flow, or a new one.
+#[inline(always)]
+pub fn run(ctx: &XdpContext) -> (u32, Reason) {
+    // `lb_xdp` only tail-calls for well-formed TCP/UDP, so these misses cannot happen; they
+    // are still defined outcomes.
+    let Ok(pkt) = parse::packet(ctx) else {
+        return (xdp_action::XDP_DROP, Reason::DropMalformed);
+    };
+    let Some((flow, l4)) = pkt.l4 else {
+        return (
+            xdp_action::XDP_DROP,
+            pkt.problem.unwrap_or(Reason::DropMalformed),
+        );
+    };
+    if xlate::ttl(&pkt) <= 1 {
+        return (xdp_action::XDP_DROP, Reason::DropTtl);
+    }
+    if let Some(ct) = select::flow(&flow) {
+        if ct.kind == CONN_HAIRPIN_REV {
+            return reply(ctx, &pkt, l4, &flow, &ct);
+        }
+        // As for plain flows: a SYN re-picks, and a removed backend falls through to a pick.
+        if ct.kind == CONN_HAIRPIN
+            && !pkt.is_syn
+            && let Some(b) = select::live_backend(ct.backend)
+        {
+            return out(
+                ctx,
+                &pkt,
+                l4,
+                &flow,
+                (ct.backend, &b),
+                ct.port,
+                ct.service,
+                false,
+            );
+        }
+    }
+    new_flow(ctx, &pkt, l4, &flow)
+}
+
+/// A new hairpin flow: checks, backend pick, SNAT port, both conntrack entries, out.
+#[inline(always)]
+fn new_flow(ctx: &XdpContext, pkt: &Packet, l4: L4, flow: &FlowKey) -> (u32, Reason) {
+    let (Some(svc), Some(vip)) = (select::service(flow), select::vip(flow.dst)) else {
+        return (xdp_action::XDP_DROP, Reason::DropNoService);
+    };
+    // Re-checked here because this program trusts nothing about its caller: only a backend
+    // of this internal VIP (an `ACL_HAIRPIN` host entry, whose rule is its backend id) with
+    // hairpin SNAT on gets through.
+    let peer = match select::acl_entry(vip.ilb_id, &flow.src) {
+        Some(a) if vip.ilb_id != 0 && a.action == ACL_HAIRPIN => a.rule,
+        _ => return (xdp_action::XDP_DROP, Reason::DropHairpin),
+    };
+    if vip.flags & VIP_F_HAIRPIN_SNAT == 0 {
+        return (xdp_action::XDP_DROP, Reason::DropHairpin);
+    }
+    if !select::acl_permits(&svc, &flow.src) {
+        return (xdp_action::XDP_DROP, Reason::DropAcl);
+    }
+    let hash = select::hash(flow);
+    let (id, b) = match select::pick(&svc, hash) {
+        Ok(x) => x,
+        Err(r) => return (xdp_action::XDP_DROP, r),
+    };
+    // The reply's key: (chosen backend → VIP:SNAT port).
+    let mut rev_key = FlowKey {
+        src: b.addr,
+        dst: flow.dst,
+        sport: b.port,
+        dport: [0; 2],
+        proto: flow.proto,
+        _pad: [0; 3],
+    };
+    let mut found = false;
+    // verifier: a constant trip count, unrolled.
+    for attempt in 0..HAIRPIN_PORT_TRIES {
+        rev_key.dport = hairpin_port(hash, attempt).to_be_bytes();
+        if port_free(flow, &rev_key) {
+            found = true;
+            break;
+        }
+    }
+    if !found {
+        return (xdp_action::XDP_DROP, Reason::DropHairpinNoPort);
+    }
+    let rev = ConnEntry {
+        addr: flow.src,
+        port: flow.sport,
+        kind: CONN_HAIRPIN_REV,
+        backend: id,
+        service: svc.id,
+        vport: flow.dport,
+        peer,
+        ..ConnEntry::default()
+    };
+    select::track(&rev_key, &rev);
+    let fwd = ConnEntry {
+        addr: flow.dst,
+        port: rev_key.dport,
+        kind: CONN_HAIRPIN,
+        backend: id,
+        service: svc.id,
+        peer,
+        ..ConnEntry::default()
+    };
+    select::track(flow, &fwd);
+    out(ctx, pkt, l4, flow, (id, &b), rev_key.dport, svc.id, true)
+}
+
+/// Whether the SNAT port in `rev_key` may carry `flow`: no service listens on it (the reply
+/// would be taken for a new client flow), and no other hairpin flow to the same backend uses
+/// it (the replies would be indistinguishable). The flow's own entry (a retransmitted SYN)
+/// counts as free.
+#[inline(always)]
+fn port_free(flow: &FlowKey, rev_key: &FlowKey) -> bool {
+    let key = ServiceKey {
+        vip: flow.dst,
+        port: rev_key.dport,
+        proto: flow.proto,
+        _pad: 0,
+    };
+    if select::service_at(key).is_some() {
+        return false;
+    }
+    match select::flow(rev_key) {
+        None => true,
+        Some(c) => c.kind == CONN_HAIRPIN_REV && c.addr == flow.src && c.port == flow.sport,
+    }
+}
+
+/// Backend → VIP, hairpin: destination to the chosen backend, source to VIP:SNAT port, sent.
+#[expect(clippy::too_many_arguments, reason = "inlined; one call per direction")]
+#[inline(always)]
+fn out(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    l4: L4,
+    flow: &FlowKey,
+    (id, b): (BackendId, &Backend),
+    snat_port: [u8; 2],
+    service: u32,
+    new_flow: bool,
+) -> (u32, Reason) {
+    let (Some(dip), Some(vip)) = (as_v4(&b.addr), as_v4(&flow.dst)) else {
+        return (xdp_action::XDP_DROP, Reason::DropNoBackend);
+    };
+    xlate::dnat(pkt, l4, dip, b.port);
+    xlate::rnat(pkt, l4, vip, snat_port);
+    stats::count_flow(service, id, pkt.len, Dir::Forward { new_flow });
+    xlate::forward(ctx, pkt, Some(b.nh), Reason::HairpinSnat)
+}
+
+/// Chosen backend → VIP:SNAT port: source back to VIP:port, destination back to the connecting
+/// backend, sent through that backend's next hop.
+#[inline(always)]
+fn reply(ctx: &XdpContext, pkt: &Packet, l4: L4, flow: &FlowKey, ct: &ConnEntry) -> (u32, Reason) {
+    let (Some(vip), Some(client)) = (as_v4(&flow.dst), as_v4(&ct.addr)) else {
+        return (xdp_action::XDP_DROP, Reason::DropNoBackend);
+    };
+    xlate::rnat(pkt, l4, vip, ct.vport);
+    xlate::dnat(pkt, l4, client, ct.port);
+    stats::count_flow(ct.service, ct.backend, pkt.len, Dir::Reply);
+    let nh = select::live_backend(ct.peer).map(|b| b.nh);
+    xlate::forward(ctx, pkt, nh, Reason::HairpinReply)
+}
