@@ -135,8 +135,9 @@ pub struct VipSettings {
     /// Make the VIP internal: it answers only these source prefixes (comma-separated).
     #[arg(long, value_name = "PREFIX[,PREFIX...]")]
     pub internal: Option<String>,
-    /// Internal VIPs: a backend connecting to its own VIP is dropped (counted) [default: drop].
-    #[arg(long)]
+    /// Internal VIPs: a backend connecting to its own VIP is dropped (counted), or served
+    /// with its source rewritten to the VIP (snat) [default: drop].
+    #[arg(long, value_name = "drop|snat")]
     pub hairpin: Option<String>,
     /// The LB answers pings to the VIP (rate-limited): on or off [default: on].
     #[arg(long)]
