@@ -8,28 +8,24 @@
 use std::{
     collections::HashMap,
     net::{IpAddr, Ipv4Addr, SocketAddrV4},
-    path::PathBuf,
 };
 
-use aya::programs::{TestRun as _, TestRunOptions};
 use lb_common::{
-    addr::{self, Addr},
-    config,
+    addr,
     flow::{FlowKey, proto},
     hash::flow_hash,
     maglev::{TableBackend, build_table, slot},
-    maps::{HAIRPIN_PORT_TRIES, NextHop, hairpin_port},
+    maps::{HAIRPIN_PORT_TRIES, hairpin_port},
     verdict::{ALL_REASONS, Reason},
 };
 use lb_integration::{
+    fixture::{FixedResolver, Harness, LO, in_fresh_ns, nh, pin_dir},
     netns::Netns,
     packet::{CLIENT_MAC, Frame, L4, LB_MAC, TCP_ACK, TCP_SYN},
 };
 use lb_userspace::{
     api::{Request, Response},
-    dataplane::{Dataplane, LoadOptions, MapOps as _, Maps},
-    reconcile::{AgentInfo, Reconciler, Resolver},
-    state::State,
+    dataplane::{Dataplane, LoadOptions},
 };
 
 const XDP_DROP: u32 = 1;
@@ -45,8 +41,6 @@ const B1_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x11];
 const B2_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x12];
 const B3_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x13];
 const FIB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x14];
-/// The ingress device of every run: `lo` of the test's namespace.
-const LO: u32 = 1;
 const TABLE: u32 = 251;
 
 const CONFIG: &str = r#"
@@ -132,35 +126,11 @@ pip = "203.0.113.50"
 dip = "192.0.2.11"
 "#;
 
-/// Next hops as an agent would have resolved them.
-struct FixedResolver {
-    backends: HashMap<IpAddr, NextHop>,
-    routes: Vec<(u32, Addr, NextHop)>,
-}
-
-impl Resolver for FixedResolver {
-    fn next_hop(&mut self, ip: IpAddr) -> Option<NextHop> {
-        self.backends.get(&ip).copied()
-    }
-    fn client_routes(&mut self) -> Vec<(u32, Addr, NextHop)> {
-        self.routes.clone()
-    }
-}
-
 struct Fixture {
-    dp: Dataplane,
-    rec: Reconciler<Maps, FixedResolver>,
+    h: Harness,
     seed: u32,
     /// Where `fx0` (the FIB fallback's device) is.
     fib_ifindex: u32,
-}
-
-fn nh(ifindex: u32, dmac: [u8; 6]) -> NextHop {
-    NextHop {
-        ifindex,
-        smac: LB_MAC,
-        dmac,
-    }
 }
 
 impl Fixture {
@@ -190,14 +160,6 @@ impl Fixture {
             .unwrap();
         let fib_ifindex = ns.ifindex("fx0").unwrap();
 
-        let cfg = config::parse("fixture.toml", CONFIG).unwrap();
-        let opts = LoadOptions {
-            ring_slots: cfg.agent.ring_slots,
-            conntrack_flows: cfg.agent.conntrack_flows,
-            ..LoadOptions::new(PathBuf::from("/sys/fs/bpf").join(&ns.name))
-        };
-        let seed = opts.hash_seed;
-        let (dp, maps) = Dataplane::load(&opts).expect("load the XDP object");
         let resolver = FixedResolver {
             backends: HashMap::from([
                 (IpAddr::V4(B1), nh(LO, B1_MAC)),
@@ -207,48 +169,29 @@ impl Fixture {
                     nh(fib_ifindex + 100, B3_MAC),
                 ),
             ]),
+            fallback: None,
             routes: vec![(
                 96 + 24,
                 addr::v4_mapped([198, 51, 100, 0]),
                 nh(LO, CLIENT_MAC),
             )],
         };
-        let info = AgentInfo {
-            ring_slots: cfg.agent.ring_slots,
-            conntrack_flows: cfg.agent.conntrack_flows,
-            ..AgentInfo::default()
-        };
-        let mut rec = Reconciler::new(maps, resolver, info);
-        rec.start(State::from_config(&cfg)).expect("provision");
+        let h = Harness::load(ns, CONFIG, resolver).expect("load and provision");
         Self {
-            dp,
-            rec,
-            seed,
+            seed: h.seed,
+            h,
             fib_ifindex,
         }
     }
 
     fn counts(&self) -> Vec<u64> {
-        self.rec.maps().reason_counters().unwrap()
+        self.h.counts()
     }
 
     /// Runs one frame; returns (action, output bytes).
     fn run(&mut self, input: &[u8]) -> (u32, Vec<u8>) {
-        let mut out = vec![0u8; input.len() + 256];
-        let mut ctx = [0u8; 24]; // struct xdp_md
-        ctx[4..8].copy_from_slice(&u32::try_from(input.len()).unwrap().to_ne_bytes()); // data_end
-        ctx[12..16].copy_from_slice(&LO.to_ne_bytes()); // ingress_ifindex
-        let prog = self.dp.program().unwrap();
-        let r = prog
-            .test_run(TestRunOptions {
-                data_in: Some(input),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
-                ..TestRunOptions::default()
-            })
-            .expect("BPF_PROG_TEST_RUN");
-        out.truncate(r.data_size_out as usize);
-        (r.return_value, out)
+        let (action, out, _) = self.h.run(input);
+        (action, out)
     }
 
     /// Runs `input`, and checks action, output and that exactly `reason` was counted once.
@@ -321,26 +264,10 @@ fn mac_of(b: SocketAddrV4) -> [u8; 6] {
 
 /// Runs `f` with a fixture inside a fresh namespace that is deleted afterwards.
 fn with_fixture(f: impl FnOnce(&mut Fixture) + Send + 'static) {
-    lb_integration::require_root();
-    let ns = std::sync::Arc::new(
-        Netns::new(&format!("{}-fx", lb_integration::netns::unique_prefix())).unwrap(),
-    );
-    let ns2 = ns.clone();
-    let pins = PathBuf::from("/sys/fs/bpf").join(&ns.name);
-    // Removes the pins also when `f` panics.
-    let _cleanup = Cleanup(pins);
-    ns.enter(move || {
-        let mut fx = Fixture::new(&ns2);
+    in_fresh_ns("fx", move |ns| {
+        let mut fx = Fixture::new(ns);
         f(&mut fx);
     });
-}
-
-struct Cleanup(PathBuf);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 #[test]
@@ -377,7 +304,7 @@ fn tcp_flow_is_balanced_tracked_and_reverse_natted() {
             Reason::Reply,
         );
 
-        let views = fx.rec.handle(Request::VipList);
+        let views = fx.h.rec.handle(Request::VipList);
         let json = serde_json::to_value(&views).unwrap();
         let svc = json["vips"]
             .as_array()
@@ -776,19 +703,17 @@ fn bad_packets_to_a_vip_are_counted_drops() {
 /// and a new flow still forwards.
 #[test]
 fn program_loads_with_kernel_debug_logging_on() {
-    lb_integration::require_root();
-    let ns = Netns::new(&format!("{}-log", lb_integration::netns::unique_prefix())).unwrap();
-    let pins = PathBuf::from("/sys/fs/bpf").join(&ns.name);
-    let _cleanup = Cleanup(pins.clone());
-    let opts = LoadOptions {
-        bpf_log_level: 4,
-        ring_slots: 4096,
-        conntrack_flows: 1024,
-        ..LoadOptions::new(pins)
-    };
-    let (mut dp, _maps) = Dataplane::load(&opts).expect("load with aya-log at debug");
-    let _logger =
-        aya_log::EbpfLogger::init(&mut dp.ebpf).expect("aya-log's ring buffer is in the object");
+    in_fresh_ns("log", |ns| {
+        let opts = LoadOptions {
+            bpf_log_level: 4,
+            ring_slots: 4096,
+            conntrack_flows: 1024,
+            ..LoadOptions::new(pin_dir(ns))
+        };
+        let (mut dp, _maps) = Dataplane::load(&opts).expect("load with aya-log at debug");
+        let _logger = aya_log::EbpfLogger::init(&mut dp.ebpf)
+            .expect("aya-log's ring buffer is in the object");
+    });
 }
 
 #[test]
@@ -857,7 +782,7 @@ fn endpoint_acl_permits_and_denies_new_flows() {
         );
         let (action, _) = fx.run(&web.build());
         assert_eq!(action, XDP_TX, "the ACL of :8080 must not apply to :80");
-        let Response::Acl(view) = fx.rec.handle(Request::AclList {
+        let Response::Acl(view) = fx.h.rec.handle(Request::AclList {
             service: "203.0.113.10:8080/tcp".into(),
         }) else {
             panic!()

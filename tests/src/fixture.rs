@@ -1,0 +1,163 @@
+//! The real XDP object, loaded and provisioned through the agent's own reconciler, driven with
+//! `BPF_PROG_TEST_RUN`: the base of the fixture tests (`tests/prog_test_run.rs`) and of the
+//! benchmark's per-packet costs.
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use aya::programs::{TestRun as _, TestRunOptions};
+use lb_common::{addr::Addr, config, maps::NextHop};
+use lb_userspace::{
+    dataplane::{Dataplane, LoadOptions, MapOps as _, Maps},
+    reconcile::{AgentInfo, Reconciler, Resolver},
+    state::State,
+};
+
+use crate::{netns::Netns, packet::LB_MAC};
+
+/// The ingress device of every run: `lo` of the harness's namespace.
+pub const LO: u32 = 1;
+
+/// Next hops as an agent would have resolved them: listed backends, else `fallback` (if
+/// set) for any other address, and the client-facing routes.
+#[derive(Clone, Debug, Default)]
+pub struct FixedResolver {
+    pub backends: HashMap<IpAddr, NextHop>,
+    pub fallback: Option<NextHop>,
+    pub routes: Vec<(u32, Addr, NextHop)>,
+}
+
+impl Resolver for FixedResolver {
+    fn next_hop(&mut self, ip: IpAddr) -> Option<NextHop> {
+        self.backends.get(&ip).copied().or(self.fallback)
+    }
+    fn client_routes(&mut self) -> Vec<(u32, Addr, NextHop)> {
+        self.routes.clone()
+    }
+}
+
+/// A next hop out of `ifindex` from the LB's MAC to `dmac`.
+#[must_use]
+pub const fn nh(ifindex: u32, dmac: [u8; 6]) -> NextHop {
+    NextHop {
+        ifindex,
+        smac: LB_MAC,
+        dmac,
+    }
+}
+
+/// The loaded program and its reconciler.
+pub struct Harness {
+    pub dp: Dataplane,
+    pub rec: Reconciler<Maps, FixedResolver>,
+    /// The flow-hash seed the program was loaded with.
+    pub seed: u32,
+}
+
+impl Harness {
+    /// Loads the object with maps pinned under `/sys/fs/bpf/<ns name>` and provisions `config`
+    /// (its `[agent]` sizes apply). Must run inside `ns`.
+    ///
+    /// # Errors
+    /// The config does not parse, the object does not load, provisioning fails.
+    pub fn load(ns: &Netns, config: &str, resolver: FixedResolver) -> anyhow::Result<Self> {
+        let cfg = config::parse("harness.toml", config).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let opts = LoadOptions {
+            ring_slots: cfg.agent.ring_slots,
+            conntrack_flows: cfg.agent.conntrack_flows,
+            ..LoadOptions::new(pin_dir(ns))
+        };
+        let seed = opts.hash_seed;
+        let (dp, maps) = Dataplane::load(&opts).context("load the XDP object")?;
+        let info = AgentInfo {
+            ring_slots: cfg.agent.ring_slots,
+            conntrack_flows: cfg.agent.conntrack_flows,
+            ..AgentInfo::default()
+        };
+        let mut rec = Reconciler::new(maps, resolver, info);
+        rec.start(State::from_config(&cfg))
+            .map_err(|e| anyhow::anyhow!("provision: {e}"))?;
+        Ok(Self { dp, rec, seed })
+    }
+
+    /// Every verdict counter, by reason number.
+    ///
+    /// # Panics
+    /// The counters cannot be read.
+    #[must_use]
+    pub fn counts(&self) -> Vec<u64> {
+        self.rec.maps().reason_counters().expect("read counters")
+    }
+
+    /// Runs one frame once (ingress `lo`); returns (action, output bytes, kernel run time).
+    ///
+    /// # Panics
+    /// `BPF_PROG_TEST_RUN` fails.
+    pub fn run(&mut self, input: &[u8]) -> (u32, Vec<u8>, Duration) {
+        run_once(self.dp.program().expect("program"), input)
+    }
+}
+
+/// Runs an XDP program once on `input` (ingress `lo`); returns (action, output, run time as
+/// the kernel measured it).
+///
+/// # Panics
+/// `BPF_PROG_TEST_RUN` fails.
+pub fn run_once(prog: &mut aya::programs::Xdp, input: &[u8]) -> (u32, Vec<u8>, Duration) {
+    let mut out = vec![0u8; input.len() + 256];
+    let mut ctx = [0u8; 24]; // struct xdp_md
+    ctx[4..8].copy_from_slice(&u32::try_from(input.len()).expect("len").to_ne_bytes()); // data_end
+    ctx[12..16].copy_from_slice(&LO.to_ne_bytes()); // ingress_ifindex
+    let r = prog
+        .test_run(TestRunOptions {
+            data_in: Some(input),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            ..TestRunOptions::default()
+        })
+        .expect("BPF_PROG_TEST_RUN");
+    out.truncate(r.data_size_out as usize);
+    (r.return_value, out, r.duration)
+}
+
+/// Where a harness in `ns` pins its maps.
+#[must_use]
+pub fn pin_dir(ns: &Netns) -> PathBuf {
+    PathBuf::from("/sys/fs/bpf").join(&ns.name)
+}
+
+/// Runs `f` inside a fresh namespace (named with `tag`), deleted afterwards together with the
+/// pins under its name, also when `f` panics.
+///
+/// # Panics
+/// The namespace cannot be made, or `f` panics.
+pub fn in_fresh_ns<T: Send + 'static>(
+    tag: &str,
+    f: impl FnOnce(&Netns) -> T + Send + 'static,
+) -> T {
+    crate::require_root();
+    let ns = std::sync::Arc::new(
+        Netns::new(&format!("{}-{tag}", crate::netns::unique_prefix())).expect("namespace"),
+    );
+    let _cleanup = RemoveOnDrop(pin_dir(&ns));
+    let ns2 = ns.clone();
+    ns.enter(move || f(&ns2))
+}
+
+/// Removes a directory tree when dropped.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        remove(&self.0);
+    }
+}
+
+fn remove(p: &Path) {
+    let _ = std::fs::remove_dir_all(p);
+}
