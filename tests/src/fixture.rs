@@ -57,6 +57,8 @@ pub struct Harness {
     pub rec: Reconciler<Maps, FixedResolver>,
     /// The flow-hash seed the program was loaded with.
     pub seed: u32,
+    /// How long the reconciler took to provision the config.
+    pub provision_time: Duration,
 }
 
 impl Harness {
@@ -80,9 +82,15 @@ impl Harness {
             ..AgentInfo::default()
         };
         let mut rec = Reconciler::new(maps, resolver, info);
+        let started = std::time::Instant::now();
         rec.start(State::from_config(&cfg))
             .map_err(|e| anyhow::anyhow!("provision: {e}"))?;
-        Ok(Self { dp, rec, seed })
+        Ok(Self {
+            dp,
+            rec,
+            seed,
+            provision_time: started.elapsed(),
+        })
     }
 
     /// Every verdict counter, by reason number.

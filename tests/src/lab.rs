@@ -164,8 +164,17 @@ pub struct Lab {
     pub tmp: PathBuf,
     pub socket: PathBuf,
     agent: Option<Agent>,
-    /// `xdp_pass` on the far end of every veth pair (see [`peer_pass`]); detached on drop.
-    peer_xdp: Vec<aya::Ebpf>,
+    /// `xdp_pass` on the far end of every veth pair (see [`peer_program`]); detached on
+    /// drop. The benchmark swaps in its sink program.
+    pub peer_xdp: Vec<PeerXdp>,
+}
+
+/// A baseline program attached to a veth end outside the LB.
+pub struct PeerXdp {
+    /// Namespace name and device.
+    pub ns: String,
+    pub dev: String,
+    pub ebpf: aya::Ebpf,
 }
 
 impl Lab {
@@ -220,7 +229,8 @@ impl Lab {
         // locally made TCP/UDP on veth has partial checksums that native XDP cannot finish,
         // so senders compute checksums in software (tx off). Real NICs need neither.
         harden_veth(&lab.client, "c0")?;
-        lab.peer_xdp.push(peer_pass(&lab.client, "c0")?);
+        lab.peer_xdp
+            .push(peer_program(&lab.client, "c0", "xdp_pass")?);
         for i in 1..=n {
             lab.add_backend_ns(i)?;
         }
@@ -255,7 +265,7 @@ impl Lab {
         ])?;
         harden_veth(&ns, "eth0")?;
         harden_veth(&self.lb, &dev)?;
-        self.peer_xdp.push(peer_pass(&ns, "eth0")?);
+        self.peer_xdp.push(peer_program(&ns, "eth0", "xdp_pass")?);
         let mut b = BackendNs {
             ns,
             name,
@@ -296,7 +306,7 @@ impl Lab {
         ns.ip(&["route", "add", "default", "via", "198.51.100.254"])?;
         harden_veth(&ns, "e0")?;
         harden_veth(&self.lb, "lx")?;
-        self.peer_xdp.push(peer_pass(&ns, "e0")?);
+        self.peer_xdp.push(peer_program(&ns, "e0", "xdp_pass")?);
         self.external = Some(ns);
         Ok(())
     }
@@ -392,6 +402,12 @@ impl Lab {
             .as_ref()
             .map(|a| a.log.lock().expect("log").clone())
             .unwrap_or_default()
+    }
+
+    /// The agent's process id, while it runs.
+    #[must_use]
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(|a| a.child.id())
     }
 
     /// Stops the agent with SIGTERM and waits for it (bounded); returns its exit status.
@@ -780,26 +796,31 @@ fn connect_from(src: Ipv4Addr, dst: SocketAddr, timeout: Duration) -> std::io::R
     }
 }
 
-/// Attaches `xdp_pass` (native mode) to `dev` in `ns`, for as long as the returned object
-/// lives. veth delivers an `XDP_TX` frame (the LB sending a frame back out of its ingress
+/// Attaches baseline program `program` (native mode) to `dev` in `ns`, for as long as the
+/// returned value lives. The lab uses `xdp_pass`: veth delivers an `XDP_TX` frame (the LB sending a frame back out of its ingress
 /// device: a one-armed LB, a hairpin to the connecting backend itself) by queueing it on the
 /// peer and kicking the peer's NAPI only if the peer has an XDP program; without one the frame
 /// waits until the next packet arrives. Physical NICs have no such condition.
 ///
 /// # Errors
 /// The program does not load or attach.
-pub fn peer_pass(ns: &Netns, dev: &str) -> anyhow::Result<aya::Ebpf> {
-    let dev = dev.to_owned();
-    ns.enter(move || -> anyhow::Result<aya::Ebpf> {
+pub fn peer_program(ns: &Netns, dev: &str, program: &'static str) -> anyhow::Result<PeerXdp> {
+    let d = dev.to_owned();
+    let ebpf = ns.enter(move || -> anyhow::Result<aya::Ebpf> {
         let mut ebpf = aya::Ebpf::load(lb_userspace::dataplane::BASELINE_OBJ)?;
         let prog: &mut aya::programs::Xdp = ebpf
-            .program_mut("xdp_pass")
-            .context("xdp_pass missing")?
+            .program_mut(program)
+            .with_context(|| format!("{program} missing"))?
             .try_into()?;
         prog.load()?;
-        prog.attach(&dev, aya::programs::XdpMode::Driver)
-            .with_context(|| format!("attach xdp_pass to {dev}"))?;
+        prog.attach(&d, aya::programs::XdpMode::Driver)
+            .with_context(|| format!("attach {program} to {d}"))?;
         Ok(ebpf)
+    })?;
+    Ok(PeerXdp {
+        ns: ns.name.clone(),
+        dev: dev.to_owned(),
+        ebpf,
     })
 }
 

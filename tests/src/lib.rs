@@ -4,6 +4,7 @@
 //! Everything a test creates is named `lbt-<pid>-<n>-...` and removed on drop, also when the
 //! test panics; leftovers of killed runs (dead pids) are swept when a new lab starts.
 
+pub mod bench;
 pub mod fixture;
 pub mod lab;
 pub mod netns;

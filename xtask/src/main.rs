@@ -46,6 +46,17 @@ enum Cmd {
     /// The main job: a namespace lab (client, LB, three backends), the agent with an embedded
     /// default config, real HTTP and UDP requests through the VIP, counters, teardown.
     Demo,
+    /// The benchmark (root): cost per packet per traffic class, throughput through the real
+    /// path next to the minimal XDP forwarder and nftables DNAT, scale curves, control plane.
+    /// Writes results.json and results.png under --out.
+    Bench {
+        /// A small version of every part (seconds): proves it works, says nothing about speed.
+        #[arg(long)]
+        quick: bool,
+        /// Where the results go.
+        #[arg(long, default_value = "target/bench")]
+        out: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -56,6 +67,7 @@ fn main() -> ExitCode {
         Cmd::Test { host_only, args } => test(host_only, &args),
         Cmd::Lint => setup::ensure().and_then(|()| lint()),
         Cmd::Demo => demo(),
+        Cmd::Bench { quick, out } => bench(quick, &out),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -269,6 +281,19 @@ fn demo() -> anyhow::Result<()> {
     setup::require_root("the demo (it creates network namespaces and loads XDP)")?;
     build_bins(false)?;
     run(&mut Command::new(root().join("target/debug/lb-demo")))
+}
+
+fn bench(quick: bool, out: &std::path::Path) -> anyhow::Result<()> {
+    setup::ensure()?;
+    setup::require_root("the benchmark (it creates network namespaces and loads XDP)")?;
+    // Release builds: the agent, the lab helpers and the bench measure optimised code.
+    build_bins(true)?;
+    let mut c = Command::new(root().join("target/release/lb-bench"));
+    c.current_dir(root()).arg("--out").arg(out);
+    if quick {
+        c.arg("--quick");
+    }
+    run(&mut c)
 }
 
 #[cfg(test)]

@@ -17,7 +17,14 @@ use std::{
 use anyhow::{Context as _, bail};
 
 /// Debian packages used by the tests and the demo.
-const APT_PACKAGES: &[&str] = &["iproute2", "ethtool", "util-linux", "binutils"];
+const APT_PACKAGES: &[&str] = &[
+    "iproute2",
+    "ethtool",
+    "util-linux",
+    "binutils",
+    "nftables",
+    "fonts-dejavu-core",
+];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const EBPF_TOOLCHAIN: &str = "nightly";
 

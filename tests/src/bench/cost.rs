@@ -1,0 +1,250 @@
+//! Part 1: the cost of one packet in the kernel, per traffic class, with `BPF_PROG_TEST_RUN`
+//! on the real object, next to the harness floor (`xdp_pass`) and the minimal forwarder
+//! (`xdp_fwd`) measured the same way in the same run.
+//!
+//! Every measured run is a single run (`repeat = 1`) of a fresh copy of the frame: the program
+//! rewrites the frame in place, so a repeated run would measure a different path from the
+//! second iteration on. Each run's verdict is checked, and afterwards the class's verdict
+//! counter must have moved by exactly the number of runs.
+
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail, ensure};
+use lb_common::{addr, maps::NextHop, verdict::Reason};
+
+use super::{Stats, progress};
+use crate::{
+    fixture::{FixedResolver, Harness, LO, in_fresh_ns, nh, run_once},
+    packet::{CLIENT_MAC, Frame, TCP_ACK, TCP_SYN},
+};
+
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+
+pub const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+pub const CLIENT: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 2), 40000);
+pub const BACKEND_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x11];
+
+/// The services the classes need: a TCP and a UDP endpoint with two backends each, an endpoint
+/// whose ACL denies the client's subnet, and a PIP.
+pub const CONFIG: &str = r#"
+[agent]
+ring_slots = 4096
+conntrack_flows = 65536
+
+[[service]]
+vip = "203.0.113.10:80/tcp"
+backends = ["192.0.2.11", "192.0.2.12"]
+table_size = 251
+
+[[service]]
+vip = "203.0.113.10:53/udp"
+backends = ["192.0.2.11", "192.0.2.12"]
+table_size = 251
+
+[[service]]
+vip = "203.0.113.10:8080/tcp"
+backends = ["192.0.2.11"]
+table_size = 251
+acl = [
+  { order = 10, action = "deny", prefix = "198.51.100.0/24" },
+  { order = 20, action = "permit", prefix = "192.0.2.0/24" },
+]
+
+[[pip]]
+pip = "203.0.113.50"
+dip = "192.0.2.13"
+"#;
+
+/// Resolves every backend to `lo` and every client through a default route on `lo`, so all
+/// forwarding classes end in `XDP_TX` (no redirect, nothing leaves the namespace).
+#[must_use]
+pub fn resolver() -> FixedResolver {
+    FixedResolver {
+        backends: std::collections::HashMap::new(),
+        fallback: Some(nh(LO, BACKEND_MAC)),
+        routes: vec![(96, addr::v4_mapped([0, 0, 0, 0]), nh(LO, CLIENT_MAC))],
+    }
+}
+
+/// One traffic class: its frame, the frames that set up its state, what it must do.
+pub struct Class {
+    pub name: &'static str,
+    pub frame: Vec<u8>,
+    pub action: u32,
+    pub reason: Reason,
+}
+
+/// Measures one class: `warmup` + `runs` single runs; returns the per-run kernel times.
+///
+/// # Errors
+/// A run takes another action, or the verdict counter does not account for every run.
+pub fn measure(h: &mut Harness, c: &Class, warmup: u32, runs: u32) -> anyhow::Result<Stats> {
+    let before = h.counts()[c.reason as usize];
+    let mut times = Vec::with_capacity(runs as usize);
+    for i in 0..warmup + runs {
+        let (action, _, t) = h.run(&c.frame);
+        ensure!(
+            action == c.action,
+            "{}: run {i} returned action {action}, expected {}",
+            c.name,
+            c.action
+        );
+        if i >= warmup {
+            times.push(t);
+        }
+    }
+    let moved = h.counts()[c.reason as usize] - before;
+    ensure!(
+        moved == u64::from(warmup + runs),
+        "{}: counter {} moved by {moved}, expected {}",
+        c.name,
+        c.reason.name(),
+        warmup + runs
+    );
+    Ok(Stats::of(&times))
+}
+
+/// The classes, with their state set up in `h` (the flows they belong to exist).
+///
+/// # Errors
+/// A set-up frame is not forwarded.
+pub fn classes(h: &mut Harness) -> anyhow::Result<Vec<Class>> {
+    let vip80 = SocketAddrV4::new(VIP, 80);
+    let syn = Frame::tcp(CLIENT, vip80, TCP_SYN).build();
+    let (action, out, _) = h.run(&syn);
+    ensure!(action == XDP_TX, "the set-up SYN was not forwarded");
+    // The backend the flow went to, from the output frame (IPv4 dst, TCP dport).
+    let backend = SocketAddrV4::new(
+        Ipv4Addr::new(out[30], out[31], out[32], out[33]),
+        u16::from_be_bytes([out[36], out[37]]),
+    );
+    let udp = Frame::udp(CLIENT, SocketAddrV4::new(VIP, 53)).build();
+    ensure!(
+        h.run(&udp).0 == XDP_TX,
+        "the set-up UDP packet was not forwarded"
+    );
+    Ok(vec![
+        Class {
+            name: "established TCP",
+            frame: Frame::tcp(CLIENT, vip80, TCP_ACK).build(),
+            action: XDP_TX,
+            reason: Reason::Forward,
+        },
+        Class {
+            name: "new TCP flow (SYN)",
+            frame: syn,
+            action: XDP_TX,
+            reason: Reason::Forward,
+        },
+        Class {
+            name: "UDP",
+            frame: udp,
+            action: XDP_TX,
+            reason: Reason::Forward,
+        },
+        Class {
+            name: "reply (reverse NAT)",
+            frame: Frame::tcp(backend, CLIENT, TCP_ACK).build(),
+            action: XDP_TX,
+            reason: Reason::Reply,
+        },
+        Class {
+            name: "ACL deny",
+            frame: Frame::tcp(CLIENT, SocketAddrV4::new(VIP, 8080), TCP_SYN).build(),
+            action: XDP_DROP,
+            reason: Reason::DropAcl,
+        },
+        Class {
+            name: "non-VIP pass",
+            frame: Frame::tcp(
+                CLIENT,
+                SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 200), 80),
+                TCP_ACK,
+            )
+            .build(),
+            action: XDP_PASS,
+            reason: Reason::PassNotOurs,
+        },
+        Class {
+            name: "PIP",
+            frame: Frame::tcp(
+                CLIENT,
+                SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 50), 22),
+                TCP_ACK,
+            )
+            .build(),
+            action: XDP_TX,
+            reason: Reason::PipIn,
+        },
+    ])
+}
+
+/// One row of the cost table.
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub name: String,
+    pub stats: Stats,
+}
+
+/// Runs part 1: the baselines first, then every class.
+///
+/// # Errors
+/// A class misbehaves (wrong action or counter), or loading fails.
+pub fn run(runs: u32) -> anyhow::Result<Vec<Row>> {
+    in_fresh_ns("bench-cost", move |ns| -> anyhow::Result<Vec<Row>> {
+        let warmup = (runs / 10).max(100);
+        let mut rows = Vec::new();
+        let frame = Frame::tcp(CLIENT, SocketAddrV4::new(VIP, 80), TCP_ACK).build();
+        // Baselines, from their own object.
+        let mut base = aya::Ebpf::load(lb_userspace::dataplane::BASELINE_OBJ)?;
+        for (name, prog, action) in [
+            ("floor: xdp_pass", "xdp_pass", XDP_PASS),
+            ("minimal forwarder: xdp_fwd", "xdp_fwd", XDP_TX),
+        ] {
+            if prog == "xdp_fwd" {
+                let mut m: aya::maps::Array<_, NextHop> =
+                    aya::maps::Array::try_from(base.map_mut("FWD_NH").context("FWD_NH")?)?;
+                m.set(0, nh(LO, BACKEND_MAC), 0)?;
+            }
+            let p: &mut aya::programs::Xdp =
+                base.program_mut(prog).context("baseline")?.try_into()?;
+            p.load()?;
+            progress(&format!("cost: {name}"));
+            let mut times = Vec::with_capacity(runs as usize);
+            for i in 0..warmup + runs {
+                let (a, _, t) = run_once(p, &frame);
+                if a != action {
+                    bail!("{name}: action {a}, expected {action}");
+                }
+                if i >= warmup {
+                    times.push(t);
+                }
+            }
+            rows.push(Row {
+                name: name.into(),
+                stats: Stats::of(&times),
+            });
+        }
+        let mut h = Harness::load(ns, CONFIG, resolver())?;
+        for c in classes(&mut h)? {
+            progress(&format!("cost: {}", c.name));
+            let stats = measure(&mut h, &c, warmup, runs)?;
+            rows.push(Row {
+                name: c.name.into(),
+                stats,
+            });
+        }
+        Ok(rows)
+    })
+}
+
+/// Nanoseconds, as a float.
+#[must_use]
+pub fn ns(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e9
+}
