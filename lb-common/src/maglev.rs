@@ -103,16 +103,9 @@ mod build {
                 (offset, skip, shift)
             })
             .collect();
-        // Backend i's j-th preferred slot.
-        let pref = |(offset, skip, shift): (u64, u64, u64), j: u64| -> usize {
-            let x = (j + shift) % m;
-            let mut p = x;
-            for _ in 1..e {
-                p = p * x % m;
-            }
-            ((offset + skip * p) % m) as usize
-        };
-        let mut next = vec![0u64; bs.len()];
+        // Backend i's preferred slots, in order: each backend walks its own permutation one
+        // step at a time, so `Walk` produces them without a division per step.
+        let mut walks: Vec<Walk> = prefs.iter().map(|&p| Walk::new(p, e, m)).collect();
         let mut credit = vec![0u64; bs.len()];
         let mut n = 0u32;
         loop {
@@ -122,19 +115,68 @@ mod build {
                     continue;
                 }
                 credit[i] -= max_w;
-                let mut c = pref(prefs[i], next[i]);
+                let mut c = walks[i].next();
                 while filled[c] {
-                    next[i] += 1;
-                    c = pref(prefs[i], next[i]);
+                    c = walks[i].next();
                 }
                 filled[c] = true;
                 table[c] = b.id;
-                next[i] += 1;
                 n += 1;
                 if n == size {
                     return table;
                 }
             }
+        }
+    }
+
+    /// The largest exponent [`permutation_exponent`] can return for a table size up to
+    /// 2^32: the product of the odd primes below 29 exceeds 2^32, so one of them is coprime to
+    /// `m − 1`.
+    const MAX_E: usize = 29;
+
+    /// One backend's preference list `p(j) = offset + skip·(j + shift)^e mod m` for
+    /// j = 0, 1, 2, ...: a polynomial of degree `e` in `j`, walked with forward differences
+    /// (`e` additions per step, no division), which gives exactly the values of evaluating
+    /// `p(j)` directly.
+    struct Walk {
+        d: [u64; MAX_E + 1],
+        e: usize,
+        m: u64,
+    }
+
+    impl Walk {
+        fn new((offset, skip, shift): (u64, u64, u64), e: u64, m: u64) -> Self {
+            let p = |j: u64| -> u64 {
+                let x = (j + shift) % m;
+                let mut v = x;
+                for _ in 1..e {
+                    v = v * x % m;
+                }
+                (offset + skip * v) % m
+            };
+            let e = usize::try_from(e).expect("small");
+            assert!(e <= MAX_E, "exponent {e} out of range");
+            // d[k] = Δ^k p(0), from p(0..=e).
+            let mut d = [0u64; MAX_E + 1];
+            let mut row: Vec<u64> = (0..=e as u64).map(p).collect();
+            for dk in d.iter_mut().take(e + 1) {
+                *dk = row[0];
+                for i in 0..row.len() - 1 {
+                    row[i] = (row[i + 1] + m - row[i]) % m;
+                }
+                row.pop();
+            }
+            Self { d, e, m }
+        }
+
+        /// The next preferred slot.
+        fn next(&mut self) -> usize {
+            let v = self.d[0];
+            for k in 0..self.e {
+                let s = self.d[k] + self.d[k + 1];
+                self.d[k] = if s >= self.m { s - self.m } else { s };
+            }
+            usize::try_from(v).expect("a slot index")
         }
     }
 
@@ -151,6 +193,36 @@ mod build {
             e += 2;
         }
         e
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use proptest::prelude::*;
+
+        use super::{Walk, permutation_exponent};
+
+        proptest! {
+            /// The walk equals direct evaluation of the permutation, for table sizes whose
+            /// exponent is 3, 5, 7, 11 or 13 (m − 1 divisible by the smaller odd primes).
+            #[test]
+            fn walk_equals_direct_evaluation(
+                m in prop::sample::select(vec![7u64, 31, 211, 251, 2311, 30_031, 65_537]),
+                seed in any::<(u64, u64, u64)>(),
+            ) {
+                let e = permutation_exponent(m);
+                let (offset, skip, shift) = (seed.0 % m, seed.1 % (m - 1) + 1, seed.2 % m);
+                let mut w = Walk::new((offset, skip, shift), e, m);
+                for j in 0..3 * m.min(1000) {
+                    let x = (j + shift) % m;
+                    let mut v = x;
+                    for _ in 1..e {
+                        v = v * x % m;
+                    }
+                    let direct = usize::try_from((offset + skip * v) % m).unwrap();
+                    prop_assert_eq!(w.next(), direct, "m {} e {} j {}", m, e, j);
+                }
+            }
+        }
     }
 }
 

@@ -28,8 +28,8 @@ use lb_common::{
     maglev::{TableBackend, build_table},
     maps::{BACKEND_F_ACTIVE, Backend, BackendId, NextHop, ServiceInfo, VipInfo, VipKey},
     spec::{
-        BackendSpec, Established, ProbeSpec, ServiceSpec, WhenAllDown, format_duration, map_prefix,
-        parse_prefix,
+        BackendSpec, Established, ProbeSpec, Proto, ServiceSpec, WhenAllDown, format_duration,
+        map_prefix, parse_prefix,
     },
     verdict::ALL_REASONS,
 };
@@ -128,7 +128,12 @@ impl Ring {
 struct Ids {
     lo: u32,
     hi: u32,
+    /// Ids in use.
     used: std::collections::BTreeSet<u32>,
+    /// Ids below `next` that were released: reused first, lowest first.
+    released: std::collections::BTreeSet<u32>,
+    /// The lowest id never handed out.
+    next: u32,
 }
 
 impl Ids {
@@ -137,26 +142,46 @@ impl Ids {
             lo,
             hi,
             used: std::collections::BTreeSet::new(),
+            released: std::collections::BTreeSet::new(),
+            next: lo,
         }
     }
 
+    /// The lowest free id, in O(log n) (a scan of the used set made provisioning 10k services
+    /// quadratic).
     fn alloc(&mut self) -> Option<u32> {
-        let mut want = self.lo;
-        for &u in &self.used {
-            if u != want {
-                break;
+        let id = match self.released.pop_first() {
+            Some(id) => id,
+            None if self.next < self.hi => {
+                self.next += 1;
+                self.next - 1
             }
-            want += 1;
+            None => return None,
+        };
+        self.used.insert(id);
+        Some(id)
+    }
+
+    /// Releases an id for reuse.
+    fn free(&mut self, id: u32) {
+        if self.used.remove(&id) {
+            self.released.insert(id);
         }
-        (want < self.hi).then(|| {
-            self.used.insert(want);
-            want
-        })
     }
 
     fn free_count(&self) -> usize {
         (self.hi - self.lo) as usize - self.used.len()
     }
+}
+
+/// Every service of one VIP address, as a range of the (address, port, protocol) order:
+/// per-VIP work looks at its own services, not all of them (10k services made it quadratic).
+fn vip_range(ip: IpAddr) -> std::ops::RangeInclusive<ServiceSpec> {
+    let at = |port, proto| ServiceSpec {
+        vip: SocketAddr::new(ip, port),
+        proto,
+    };
+    at(0, Proto::Tcp)..=at(u16::MAX, Proto::Udp)
 }
 
 /// One backend's probe history and last result.
@@ -659,7 +684,7 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
                         entries.iter().map(|e| e.prefix).collect(),
                     ));
                 }
-                self.service_ids.used.remove(&ap.id);
+                self.service_ids.free(ap.id);
             }
             return Ok(());
         };
@@ -859,7 +884,7 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
 
     /// Keeps `LB_VIPS[ip]` equal to the number of services on that address.
     fn sync_vip(&mut self, ip: IpAddr) -> Result<(), ChangeError> {
-        let n = self.applied.keys().filter(|s| s.vip.ip() == ip).count();
+        let n = self.applied.range(vip_range(ip)).count();
         let key = VipKey {
             vip: addr::from_ip(ip),
         };
@@ -879,18 +904,16 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
         // An internal VIP's source set: its internal prefixes permitted, every backend of the
         // VIP (any service) marked hairpin as a host entry (longer than any prefix, so it wins
         // the LPM), everything else denied. Double-buffered like endpoint ACLs.
-        let (internal, echo, snat) = self
-            .state
-            .services
-            .iter()
-            .find(|(s, _)| s.vip.ip() == ip)
-            .map_or((Vec::new(), true, false), |(_, st)| {
+        let (internal, echo, snat) = self.state.services.range(vip_range(ip)).next().map_or(
+            (Vec::new(), true, false),
+            |(_, st)| {
                 (
                     st.settings.internal.clone(),
                     st.settings.icmp_echo,
                     st.settings.hairpin == lb_common::spec::Hairpin::Snat,
                 )
-            });
+            },
+        );
         let mut flags = 0;
         if !echo {
             flags |= lb_common::maps::VIP_F_NO_ECHO;
@@ -911,7 +934,7 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
             // several services): hairpin SNAT sends the replies through its next hop.
             let mut hosts: std::collections::BTreeMap<IpAddr, BackendId> =
                 std::collections::BTreeMap::new();
-            for (_, a) in self.applied.iter().filter(|(s, _)| s.vip.ip() == ip) {
+            for a in self.applied.range(vip_range(ip)).map(|(_, a)| a) {
                 for (b, id) in &a.backends {
                     let e = hosts.entry(b.ip()).or_insert(*id);
                     *e = (*e).min(*id);
@@ -1001,7 +1024,7 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
             match d {
                 Deferred::Region(off, len) => self.ring.release(off, len),
                 Deferred::Backend(id) => {
-                    self.backend_ids.used.remove(&id);
+                    self.backend_ids.free(id);
                 }
                 Deferred::Acl(aid, prefixes) => {
                     for p in &prefixes {
@@ -1009,7 +1032,7 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
                             tracing::warn!(error = %e, "removing an old ACL entry failed");
                         }
                     }
-                    self.acl_ids.used.remove(&aid);
+                    self.acl_ids.free(aid);
                 }
             }
         }
@@ -1600,6 +1623,26 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Ids come lowest-free first, released ones are reused, and the range is respected.
+    #[test]
+    fn ids_reuse_the_lowest_free() {
+        let mut ids = Ids::new(1, 5);
+        assert_eq!(
+            (ids.alloc(), ids.alloc(), ids.alloc()),
+            (Some(1), Some(2), Some(3))
+        );
+        ids.free(2);
+        ids.free(1);
+        assert_eq!(ids.free_count(), 3);
+        assert_eq!(
+            (ids.alloc(), ids.alloc(), ids.alloc()),
+            (Some(1), Some(2), Some(4))
+        );
+        assert_eq!(ids.alloc(), None);
+        ids.free(9); // never handed out: no effect
+        assert_eq!(ids.alloc(), None);
     }
 
     #[test]

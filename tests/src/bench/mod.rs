@@ -206,7 +206,10 @@ pub fn summary(r: &Results) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
     let floor = p50(r, "floor: xdp_pass").unwrap_or(0.0);
-    let _ = writeln!(s, "\nCost per packet (BPF_PROG_TEST_RUN, single runs)");
+    let _ = writeln!(
+        s,
+        "\nCost per packet (BPF_PROG_TEST_RUN, single runs; best of 5 rounds)"
+    );
     let _ = writeln!(
         s,
         "| class | p50 ns | mean ns | p90 ns | p50 above floor |\n|---|---:|---:|---:|---:|"
@@ -224,7 +227,7 @@ pub fn summary(r: &Results) -> String {
     }
     let _ = writeln!(
         s,
-        "\nThroughput (generator → LB namespace → 2 sinks, 64-byte UDP)"
+        "\nThroughput (generator → LB namespace → sink, 64-byte UDP, 1024 flows)"
     );
     let _ = writeln!(
         s,
