@@ -34,14 +34,21 @@ pub fn to_vip(ctx: &XdpContext, pkt: &Packet, vip: &VipInfo) -> (u32, Reason) {
     };
     // SAFETY: bounds-checked by `ptr_at`.
     let (ty, code) = unsafe { ((*icmp)[0], (*icmp)[1]) };
+    // An internal VIP does not exist outside its internal prefixes, for ICMP errors too: an
+    // outside host must not reach a backend with an error that embeds an internal flow.
+    let internal =
+        vip.ilb_id == 0 || select::acl_lookup(vip.ilb_id, &v4_mapped(src)) == Some(ACL_PERMIT);
     if is_error(ty) {
+        if !internal {
+            return (xdp_action::XDP_DROP, Reason::DropNotInternal);
+        }
         return error_to_vip(ctx, pkt);
     }
     if ty != ECHO_REQUEST || code != 0 {
         return (xdp_action::XDP_DROP, Reason::DropProto);
     }
     // An internal VIP answers only its internal sources, pings included.
-    if vip.ilb_id != 0 && select::acl_lookup(vip.ilb_id, &v4_mapped(src)) != Some(ACL_PERMIT) {
+    if !internal {
         return (xdp_action::XDP_DROP, Reason::DropNotInternal);
     }
     if vip.flags & VIP_F_NO_ECHO != 0 || !take_token() {

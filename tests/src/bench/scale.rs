@@ -238,64 +238,45 @@ fn plant(ns: &crate::netns::Netns, n: u64) -> anyhow::Result<()> {
 /// A point fails to load or to measure.
 pub fn run(quick: bool) -> anyhow::Result<Vec<Curve>> {
     let runs = if quick { 1_000 } else { 20_000 };
-    let pick = |full: &[u64]| -> Vec<u64> {
-        if quick {
-            full[..2].to_vec()
-        } else {
-            full.to_vec()
+    // One curve: for each size `n`, `setup(n)` gives (config, flows to plant, measure a SYN).
+    let curve = |name: &'static str,
+                 full: &[u64],
+                 setup: &dyn Fn(u64) -> (String, u64, bool)|
+     -> anyhow::Result<Curve> {
+        let sizes = if quick { &full[..2] } else { full };
+        let mut c = Curve {
+            name,
+            measures: if setup(1).2 {
+                "new TCP flow"
+            } else {
+                "established TCP"
+            },
+            points: Vec::new(),
+        };
+        for &n in sizes {
+            progress(&format!("scale: {name}: {n}"));
+            let (cfg, planted, syn) = setup(n);
+            c.points.push(point(n, cfg, planted, syn, runs)?);
         }
+        Ok(c)
     };
-    let mut curves = Vec::new();
-
-    let mut c = Curve {
-        name: "services",
-        measures: "established TCP",
-        points: Vec::new(),
-    };
-    for n in pick(&[1, 100, 1_000, 10_000]) {
-        progress(&format!("scale: {n} services"));
-        c.points.push(point(n, services_config(n), 0, false, runs)?);
-    }
-    curves.push(c);
-
-    let mut c = Curve {
-        name: "backends per service",
-        measures: "established TCP",
-        points: Vec::new(),
-    };
-    for n in pick(&[2, 100, 1_000, 10_000]) {
-        progress(&format!("scale: {n} backends"));
-        c.points.push(point(n, backends_config(n), 0, false, runs)?);
-    }
-    curves.push(c);
-
-    let mut c = Curve {
-        name: "tracked flows",
-        measures: "established TCP",
-        points: Vec::new(),
-    };
-    for n in pick(&[1, 10_000, 100_000, 1_000_000]) {
-        progress(&format!("scale: {n} tracked flows"));
-        let mut cfg = agent(4096, (n + 1024).next_power_of_two());
-        cfg.push_str("[[service]]\nvip = \"203.0.113.10:80/tcp\"\nbackends = [\"192.0.2.11\", \"192.0.2.12\"]\ntable_size = 251\n");
-        c.points
-            .push(point(n, cfg, n.saturating_sub(1), false, runs)?);
-    }
-    curves.push(c);
-
     let prefixes = doc_prefixes();
-    let mut c = Curve {
-        name: "ACL rules per endpoint",
-        measures: "new TCP flow",
-        points: Vec::new(),
-    };
     // Deny rules for every prefix that does not contain the client, plus its permit.
     let all = u64::try_from(prefixes.iter().filter(|p| !covers_client(p)).count())? + 1;
-    for n in pick(&[1, 10, 100, 1_000, all]) {
-        progress(&format!("scale: {n} ACL rules"));
-        c.points
-            .push(point(n, acl_config(n, &prefixes), 0, true, runs)?);
-    }
-    curves.push(c);
-    Ok(curves)
+    Ok(vec![
+        curve("services", &[1, 100, 1_000, 10_000], &|n| {
+            (services_config(n), 0, false)
+        })?,
+        curve("backends per service", &[2, 100, 1_000, 10_000], &|n| {
+            (backends_config(n), 0, false)
+        })?,
+        curve("tracked flows", &[1, 10_000, 100_000, 1_000_000], &|n| {
+            let mut cfg = agent(4096, (n + 1024).next_power_of_two());
+            cfg.push_str("[[service]]\nvip = \"203.0.113.10:80/tcp\"\nbackends = [\"192.0.2.11\", \"192.0.2.12\"]\ntable_size = 251\n");
+            (cfg, n.saturating_sub(1), false)
+        })?,
+        curve("ACL rules per endpoint", &[1, 10, 100, 1_000, all], &|n| {
+            (acl_config(n, &prefixes), 0, true)
+        })?,
+    ])
 }
