@@ -22,6 +22,8 @@ pub mod verdict;
 #[cfg(feature = "std")]
 pub mod config;
 #[cfg(feature = "std")]
+pub mod model;
+#[cfg(feature = "std")]
 pub mod spec;
 
 /// Implements `aya::Pod` for map types, but only for types that are `bytemuck::Pod`.

@@ -1,0 +1,299 @@
+//! A host model of the fast path's first stages (parse, classify, select), written from the
+//! same rules the XDP program uses (the hash, the slot rule, the header checks, the verdict
+//! reasons). It is the oracle of the randomized differential test and the subject of the fuzz
+//! target (`lb-common/fuzz`).
+//!
+//! Scope: load-balanced TCP/UDP services with conntrack, malformed and unusual frames. ACLs,
+//! internal VIPs, PIPs and ICMP have fixtures of their own; [`Model::classify`] answers
+//! [`Verdict::OutOfScope`] for ICMP instead of guessing.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::{
+    addr::{Addr, v4_mapped},
+    flow::{FlowKey, proto},
+    hash::flow_hash,
+    hdr::{ETH_P_8021Q, ETH_P_IPV4, IPV4_FRAG_MASK, TCP_ACK, TCP_SYN},
+    maglev::slot,
+    maps::{BackendId, ServiceKey},
+    verdict::Reason,
+};
+
+/// What the parser finds in a frame with a readable IPv4 header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Parsed {
+    pub l3_off: usize,
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub proto: u8,
+    pub ttl: u8,
+    /// Why it cannot be balanced, if it cannot.
+    pub problem: Option<Reason>,
+    /// The 5-tuple and whether it is a SYN without ACK, when balanceable.
+    pub flow: Option<(FlowKey, bool)>,
+}
+
+fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+/// Parses a frame as `lb-ebpf/src/parse.rs` does. `Err` is the pass reason of a frame without
+/// a readable IPv4 header.
+///
+/// # Errors
+/// `PassShort` or `PassNotIpv4`.
+pub fn parse(frame: &[u8]) -> Result<Parsed, Reason> {
+    let len = frame.len();
+    if len < 14 {
+        return Err(Reason::PassShort);
+    }
+    let mut ether_type = be16(frame, 12);
+    let mut off = 14;
+    if ether_type == ETH_P_8021Q {
+        if len < 18 {
+            return Err(Reason::PassShort);
+        }
+        ether_type = be16(frame, 16);
+        off = 18;
+    }
+    if ether_type != ETH_P_IPV4 {
+        return Err(Reason::PassNotIpv4);
+    }
+    if off + 20 > len {
+        return Err(Reason::PassShort);
+    }
+    let ip = &frame[off..];
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let tot_len = usize::from(be16(ip, 2));
+    let frag = be16(ip, 6);
+    let l3_room = len - off;
+    let mut p = Parsed {
+        l3_off: off,
+        src: [ip[12], ip[13], ip[14], ip[15]],
+        dst: [ip[16], ip[17], ip[18], ip[19]],
+        proto: ip[9],
+        ttl: ip[8],
+        problem: None,
+        flow: None,
+    };
+    p.problem = if ip[0] >> 4 != 4 || ihl < 20 || tot_len < ihl || tot_len > l3_room {
+        Some(Reason::DropMalformed)
+    } else if frag & IPV4_FRAG_MASK != 0 {
+        Some(Reason::DropFragment)
+    } else if ihl != 20 {
+        Some(Reason::DropIpOptions)
+    } else if p.proto != proto::TCP && p.proto != proto::UDP {
+        Some(Reason::DropProto)
+    } else {
+        None
+    };
+    if p.problem.is_some() {
+        return Ok(p);
+    }
+    let l4_off = off + 20;
+    let l4_len = tot_len - 20;
+    let mut key = FlowKey {
+        src: v4_mapped(p.src),
+        dst: v4_mapped(p.dst),
+        proto: p.proto,
+        ..FlowKey::default()
+    };
+    let mut syn = false;
+    if p.proto == proto::TCP {
+        if l4_off + 20 > len {
+            p.problem = Some(Reason::DropMalformed);
+            return Ok(p);
+        }
+        let t = &frame[l4_off..];
+        let doff = usize::from(t[12] >> 4) * 4;
+        if doff < 20 || doff > l4_len {
+            p.problem = Some(Reason::DropMalformed);
+            return Ok(p);
+        }
+        syn = t[13] & (TCP_SYN | TCP_ACK) == TCP_SYN;
+        key.sport = [t[0], t[1]];
+        key.dport = [t[2], t[3]];
+    } else {
+        if l4_off + 8 > len {
+            p.problem = Some(Reason::DropMalformed);
+            return Ok(p);
+        }
+        let u = &frame[l4_off..];
+        let ulen = usize::from(be16(u, 4));
+        if ulen < 8 || ulen > l4_len {
+            p.problem = Some(Reason::DropMalformed);
+            return Ok(p);
+        }
+        key.sport = [u[0], u[1]];
+        key.dport = [u[2], u[3]];
+    }
+    p.flow = Some((key, syn));
+    Ok(p)
+}
+
+/// A backend as the model knows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModelBackend {
+    pub addr: Addr,
+    pub port: [u8; 2],
+    pub active: bool,
+}
+
+/// The model's verdict on one frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Client → VIP, sent to this backend.
+    Forward(BackendId),
+    /// Backend → client reply of a tracked flow, its source rewritten to this VIP and port.
+    Reply(Addr, [u8; 2]),
+    /// Every other outcome, by its reason.
+    Other(Reason),
+    /// Outside the model (ICMP).
+    OutOfScope,
+}
+
+/// The state the fast path reads, and the flows it has tracked so far.
+#[derive(Clone, Debug, Default)]
+pub struct Model {
+    pub seed: u32,
+    /// Each service's lookup table (slot → backend id, 0 for none).
+    pub services: HashMap<ServiceKey, Vec<BackendId>>,
+    pub backends: HashMap<BackendId, ModelBackend>,
+    pub vips: HashSet<Addr>,
+    /// Tracked client → VIP flows and their backends.
+    pub flows: HashMap<FlowKey, BackendId>,
+    /// Tracked replies (backend → client) and the VIP and port they come from.
+    pub replies: HashMap<FlowKey, (Addr, [u8; 2])>,
+}
+
+impl Model {
+    fn live(&self, id: BackendId) -> Option<ModelBackend> {
+        self.backends
+            .get(&id)
+            .copied()
+            .filter(|b| id != 0 && b.active)
+    }
+
+    /// What the fast path does with `frame`, tracking new flows as it does.
+    pub fn classify(&mut self, frame: &[u8]) -> Verdict {
+        let p = match parse(frame) {
+            Ok(p) => p,
+            Err(r) => return Verdict::Other(r),
+        };
+        let Some((flow, syn)) = p.flow else {
+            if p.proto == proto::ICMP {
+                return Verdict::OutOfScope;
+            }
+            return Verdict::Other(if self.vips.contains(&v4_mapped(p.dst)) {
+                p.problem.unwrap_or(Reason::DropMalformed)
+            } else {
+                Reason::PassNotOurs
+            });
+        };
+        let key = ServiceKey {
+            vip: flow.dst,
+            port: flow.dport,
+            proto: flow.proto,
+            _pad: 0,
+        };
+        if let Some(table) = self.services.get(&key) {
+            if p.ttl <= 1 {
+                return Verdict::Other(Reason::DropTtl);
+            }
+            if !syn
+                && let Some(&id) = self.flows.get(&flow)
+                && self.live(id).is_some()
+            {
+                return Verdict::Forward(id);
+            }
+            let len = u32::try_from(table.len()).expect("table fits u32");
+            let Some(s) = slot(flow_hash(&flow, self.seed), len) else {
+                return Verdict::Other(Reason::DropNoBackend);
+            };
+            let id = table[s as usize];
+            let Some(b) = self.live(id) else {
+                return Verdict::Other(Reason::DropNoBackend);
+            };
+            self.flows.insert(flow, id);
+            let rev = FlowKey {
+                src: b.addr,
+                dst: flow.src,
+                sport: b.port,
+                dport: flow.sport,
+                proto: flow.proto,
+                _pad: [0; 3],
+            };
+            self.replies.insert(rev, (flow.dst, flow.dport));
+            return Verdict::Forward(id);
+        }
+        if let Some(&(vip, port)) = self.replies.get(&flow) {
+            if p.ttl <= 1 {
+                return Verdict::Other(Reason::DropTtl);
+            }
+            return Verdict::Reply(vip, port);
+        }
+        Verdict::Other(if self.vips.contains(&flow.dst) {
+            Reason::DropNoService
+        } else {
+            Reason::PassNotOurs
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn tcp_syn() -> Vec<u8> {
+        let mut f = vec![0u8; 14 + 20 + 20];
+        f[12..14].copy_from_slice(&ETH_P_IPV4.to_be_bytes());
+        let ip = &mut f[14..34];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&40u16.to_be_bytes());
+        ip[8] = 64;
+        ip[9] = proto::TCP;
+        ip[12..16].copy_from_slice(&[198, 51, 100, 2]);
+        ip[16..20].copy_from_slice(&[203, 0, 113, 10]);
+        let t = &mut f[34..54];
+        t[0..2].copy_from_slice(&40000u16.to_be_bytes());
+        t[2..4].copy_from_slice(&80u16.to_be_bytes());
+        t[12] = 5 << 4;
+        t[13] = TCP_SYN;
+        f
+    }
+
+    #[test]
+    fn parses_a_syn_and_every_truncation_is_defined() {
+        let f = tcp_syn();
+        let p = parse(&f).unwrap();
+        let (k, syn) = p.flow.unwrap();
+        assert!(syn && k.dport == 80u16.to_be_bytes() && p.problem.is_none());
+        for len in 0..f.len() {
+            let r = parse(&f[..len]);
+            match len {
+                0..34 => assert_eq!(r, Err(Reason::PassShort), "len {len}"),
+                _ => assert_eq!(r.unwrap().problem, Some(Reason::DropMalformed), "len {len}"),
+            }
+        }
+    }
+
+    proptest! {
+        /// Parsing never panics, and a balanceable frame's 5-tuple is the frame's own bytes.
+        #[test]
+        fn parse_is_total_and_reads_the_tuple(mut f in prop::collection::vec(any::<u8>(), 0..80), tcp in any::<bool>()) {
+            if f.len() > 14 && tcp {
+                f[12..14].copy_from_slice(&ETH_P_IPV4.to_be_bytes());
+            }
+            if let Ok(p) = parse(&f)
+                && let Some((k, _)) = p.flow
+            {
+                let l4 = p.l3_off + 20;
+                prop_assert_eq!(k.sport, [f[l4], f[l4 + 1]]);
+                prop_assert_eq!(k.dport, [f[l4 + 2], f[l4 + 3]]);
+                prop_assert_eq!(k.src, v4_mapped(p.src));
+            }
+        }
+    }
+}
