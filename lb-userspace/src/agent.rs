@@ -1,7 +1,7 @@
 //! `lb agent`: load and attach the program, apply the config, serve the control socket, keep
 //! next hops fresh, and on SIGTERM/SIGINT detach and clean up.
 
-use std::{path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, bail};
 use lb_common::config::Config;
@@ -13,6 +13,7 @@ use tokio::{
 use crate::{
     api,
     dataplane::{Dataplane, LoadOptions, unpin_all, xdp_mode},
+    metrics,
     nexthop::NetlinkResolver,
     persist,
     probe::Prober,
@@ -33,6 +34,8 @@ pub struct AgentOptions {
     pub resolve_interval: Duration,
     /// Where the desired state is saved after every change (see [`crate::persist`]).
     pub state_file: PathBuf,
+    /// Where to serve Prometheus metrics; `None`: no TCP listener at all.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// The config file, parsed, and the digest of its text (of "" without a file).
@@ -125,6 +128,19 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     let listener =
         api::bind(&opts.socket).with_context(|| format!("binding {}", opts.socket.display()))?;
     let (tx, mut rx) = mpsc::channel(64);
+    // Bound before "agent ready", so a taken port stops the agent at start instead of leaving it
+    // running unscraped.
+    let metrics_server = match opts.metrics {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--metrics: binding {addr}"))?;
+            let url = format!("http://{}/metrics", l.local_addr()?);
+            tracing::info!(%url, "metrics endpoint listening");
+            Some(tokio::spawn(metrics::serve(l, tx.clone())))
+        }
+        None => None,
+    };
     let server = tokio::spawn(api::serve(listener, tx));
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -174,6 +190,9 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     }
     tracing::info!("stopping: detaching and removing pins");
     server.abort();
+    if let Some(m) = metrics_server {
+        m.abort();
+    }
     drop(prober);
     drop(rec);
     drop(dp);

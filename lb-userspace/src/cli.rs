@@ -69,6 +69,10 @@ pub struct AgentArgs {
     /// Where the desired state (config + CLI changes) is saved, so restarts keep it.
     #[arg(long, default_value = crate::persist::DEFAULT_STATE_FILE)]
     pub state_file: PathBuf,
+    /// Serve Prometheus metrics on http://ADDR:PORT/metrics; a bare PORT means 127.0.0.1:PORT.
+    /// Without it the agent opens no TCP port.
+    #[arg(long, value_name = "[ADDR:]PORT")]
+    pub metrics: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -303,6 +307,12 @@ impl AgentArgs {
             },
             resolve_interval: Duration::from_secs_f64(self.resolve_interval),
             state_file: self.state_file.clone(),
+            metrics: self
+                .metrics
+                .as_deref()
+                .map(crate::metrics::parse_listen)
+                .transpose()
+                .map_err(anyhow::Error::msg)?,
         })
     }
 }

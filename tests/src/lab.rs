@@ -351,6 +351,14 @@ impl Lab {
     /// # Errors
     /// The agent exits or does not become ready.
     pub fn start_agent(&mut self, config: &str) -> anyhow::Result<()> {
+        self.start_agent_with(config, &[])
+    }
+
+    /// As [`Self::start_agent`], with `extra_args` appended to `lb agent`'s command line.
+    ///
+    /// # Errors
+    /// The agent exits or does not become ready.
+    pub fn start_agent_with(&mut self, config: &str, extra_args: &[&str]) -> anyhow::Result<()> {
         let cfg = self.tmp.join("lb.toml");
         std::fs::write(&cfg, config)?;
         let lb = workspace_bin("lb")?;
@@ -366,6 +374,7 @@ impl Lab {
             .arg(&self.socket)
             .arg("--state-file")
             .arg(self.tmp.join("state.toml"))
+            .args(extra_args)
             .env("RUST_LOG", "info,netlink_packet_route=error")
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().context("starting lb agent")?;
