@@ -187,6 +187,10 @@ pub struct Counters {
     pub reply_bytes: u64,
     /// New flows the endpoint's ACL denied.
     pub acl_drops: u64,
+    /// Packets that were not a SYN but found no conntrack entry (evicted by the LRU under
+    /// pressure, or never seen): re-picked from the table, which gives the same backend while
+    /// the backend set is unchanged.
+    pub conntrack_misses: u64,
 }
 
 impl Counters {
@@ -198,6 +202,7 @@ impl Counters {
         self.reply_packets += o.reply_packets;
         self.reply_bytes += o.reply_bytes;
         self.acl_drops += o.acl_drops;
+        self.conntrack_misses += o.conntrack_misses;
         self
     }
 }

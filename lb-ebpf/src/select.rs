@@ -102,7 +102,11 @@ pub fn backend_for(
 ) -> Result<(BackendId, Backend, bool), Reason> {
     if !is_syn {
         // SAFETY: copied out at once.
-        if let Some(ct) = unsafe { LB_CONNTRACK.get(flow).copied() } {
+        let ct = unsafe { LB_CONNTRACK.get(flow).copied() };
+        if ct.is_none() {
+            crate::stats::count_conntrack_miss(svc.id);
+        }
+        if let Some(ct) = ct {
             if ct.kind == CONN_HAIRPIN {
                 return Err(Reason::HairpinSnat);
             }

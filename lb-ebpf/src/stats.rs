@@ -49,6 +49,15 @@ fn add(c: &mut Counters, bytes: u64, dir: Dir) {
     }
 }
 
+/// A non-SYN packet of a service without a conntrack entry (see `Counters::conntrack_misses`).
+#[inline(always)]
+pub fn count_conntrack_miss(service: u32) {
+    if let Some(p) = LB_SVC_STATS.get_ptr_mut(service) {
+        // SAFETY: a per-CPU slot, valid for the program's run; no other writer on this CPU.
+        unsafe { (*p).conntrack_misses += 1 };
+    }
+}
+
 /// A new flow denied by the endpoint's ACL.
 #[inline(always)]
 pub fn count_acl_drop(service: u32) {

@@ -222,6 +222,7 @@ pub struct CountersView {
     pub reply_packets: u64,
     pub reply_bytes: u64,
     pub acl_drops: u64,
+    pub conntrack_misses: u64,
 }
 
 impl From<lb_common::maps::Counters> for CountersView {
@@ -233,6 +234,7 @@ impl From<lb_common::maps::Counters> for CountersView {
             reply_packets: c.reply_packets,
             reply_bytes: c.reply_bytes,
             acl_drops: c.acl_drops,
+            conntrack_misses: c.conntrack_misses,
         }
     }
 }

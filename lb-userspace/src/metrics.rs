@@ -129,6 +129,18 @@ pub fn render(status: &StatusView, stats: &StatsView) -> String {
     for (labels, c) in &services {
         o.sample("lb_service_acl_drops_total", labels, c.acl_drops);
     }
+    o.family(
+        "lb_service_conntrack_misses_total",
+        COUNTER,
+        "Non-SYN packets with no conntrack entry (evicted or never seen), re-picked from the table.",
+    );
+    for (labels, c) in &services {
+        o.sample(
+            "lb_service_conntrack_misses_total",
+            labels,
+            c.conntrack_misses,
+        );
+    }
 
     let backends: Vec<_> = status
         .vips
@@ -424,6 +436,7 @@ mod tests {
             reply_packets: base + 1,
             reply_bytes: (base + 1) * 100,
             acl_drops: 3,
+            conntrack_misses: 4,
         }
     }
 

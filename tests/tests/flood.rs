@@ -1,0 +1,99 @@
+//! A flood of new flows at 10× the conntrack capacity, through the real program
+//! (`BPF_PROG_TEST_RUN`): established flows keep their backends, new flows keep being
+//! admitted, and the evictions show in the service's `conntrack_misses` counter.
+//!
+//! Why established flows survive their entries' eviction: conntrack is an LRU, so a flood
+//! evicts them, but a packet without an entry is re-picked from the service's consistent
+//! table with the same hash, which gives the same backend while the backend set is unchanged.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use lb_common::{addr, verdict::Reason};
+use lb_integration::{
+    fixture::{FixedResolver, Harness, LO, in_fresh_ns, nh},
+    packet::{CLIENT_MAC, Frame, TCP_ACK, TCP_SYN},
+};
+use lb_userspace::api::{Request, Response};
+
+const XDP_TX: u32 = 3;
+const CAPACITY: u32 = 256;
+
+fn config() -> String {
+    format!(
+        "[agent]\nring_slots = 4096\nconntrack_flows = {CAPACITY}\n\n\
+         [[service]]\nvip = \"203.0.113.10:80/tcp\"\nbackends = [\"192.0.2.11\", \"192.0.2.12\", \"192.0.2.13\"]\ntable_size = 251\n"
+    )
+}
+
+/// The backend a forwarded frame went to (destination address of the output).
+fn backend_of(out: &[u8]) -> Ipv4Addr {
+    Ipv4Addr::new(out[30], out[31], out[32], out[33])
+}
+
+#[test]
+fn a_flood_at_ten_times_capacity_moves_no_established_flow() {
+    in_fresh_ns("flood", |ns| {
+        let resolver = FixedResolver {
+            backends: std::collections::HashMap::new(),
+            fallback: Some(nh(LO, [2, 0, 0, 0, 0, 0x11])),
+            routes: vec![(96, addr::v4_mapped([0, 0, 0, 0]), nh(LO, CLIENT_MAC))],
+        };
+        let mut h = Harness::load(ns, &config(), resolver).expect("load");
+        let vip = SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 10), 80);
+        let client = |i: u32| {
+            SocketAddrV4::new(
+                Ipv4Addr::new(198, 51, 100, u8::try_from(1 + i % 200).expect("small")),
+                u16::try_from(10_000 + i / 200).expect("small"),
+            )
+        };
+
+        // 32 established flows and their backends.
+        let established: Vec<(SocketAddrV4, Ipv4Addr)> = (0..32)
+            .map(|i| {
+                let c = client(i);
+                let (a, out, _) = h.run(&Frame::tcp(c, vip, TCP_SYN).build());
+                assert_eq!(a, XDP_TX, "SYN of flow {i}");
+                (c, backend_of(&out))
+            })
+            .collect();
+        let spread: std::collections::BTreeSet<_> = established.iter().map(|e| e.1).collect();
+        assert!(
+            spread.len() > 1,
+            "the flows should spread over backends: {spread:?}"
+        );
+
+        // The flood: 10× the capacity in new flows, every one admitted.
+        let before = h.counts()[Reason::Forward as usize];
+        let flood = 10 * CAPACITY;
+        for i in 0..flood {
+            let (a, _, _) = h.run(&Frame::tcp(client(1_000 + i), vip, TCP_SYN).build());
+            assert_eq!(a, XDP_TX, "flood flow {i} was not admitted");
+        }
+        assert_eq!(
+            h.counts()[Reason::Forward as usize] - before,
+            u64::from(flood)
+        );
+
+        // Every established flow still reaches its backend.
+        for (i, (c, b)) in established.iter().enumerate() {
+            let (a, out, _) = h.run(&Frame::tcp(*c, vip, TCP_ACK).build());
+            assert_eq!(a, XDP_TX);
+            assert_eq!(backend_of(&out), *b, "established flow {i} moved");
+        }
+
+        // The flood evicted entries, and that is visible.
+        let Response::Stats(stats) = h.rec.handle(Request::Stats) else {
+            panic!("stats")
+        };
+        let misses = stats.services[0].counters.conntrack_misses;
+        assert!(
+            misses > 0,
+            "a flood at 10× capacity must evict established entries: {stats:?}"
+        );
+        let entries = h.rec.maps().conntrack.keys().count();
+        assert!(
+            entries <= 2 * CAPACITY as usize,
+            "conntrack holds {entries} entries, above its capacity"
+        );
+    });
+}
