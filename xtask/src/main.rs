@@ -49,6 +49,13 @@ enum Cmd {
     /// The benchmark (root): cost per packet per traffic class, throughput through the real
     /// path next to the minimal XDP forwarder and nftables DNAT, scale curves, control plane.
     /// Writes results.json and results.png under --out.
+    /// The coverage-guided fuzz target over lb-common's packet parsing and classification,
+    /// for a bounded time (installs cargo-fuzz 0.13.2 the first time).
+    Fuzz {
+        /// How long to fuzz.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     Bench {
         /// A small version of every part (seconds): proves it works, says nothing about speed.
         #[arg(long)]
@@ -68,6 +75,7 @@ fn main() -> ExitCode {
         Cmd::Lint => setup::ensure().and_then(|()| lint()),
         Cmd::Demo => demo(),
         Cmd::Bench { quick, out } => bench(quick, &out),
+        Cmd::Fuzz { seconds } => fuzz(seconds),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -212,6 +220,8 @@ fn test(host_only: bool, args: &[String]) -> anyhow::Result<()> {
         .args(["--", "--test-threads=1"])
         .args(args);
     total.add(run_tests(&mut c)?);
+    // The fuzz target, in its bounded form: a crash fails the run like a failed test.
+    fuzz(FUZZ_SECONDS_IN_TEST)?;
     eprintln!("\nall tests passed in {:.0?}", started.elapsed());
     // A plain closing line with the totals of every cargo test run above.
     println!("{} passed, {} failed", total.passed, total.failed);
@@ -281,6 +291,24 @@ fn demo() -> anyhow::Result<()> {
     setup::require_root("the demo (it creates network namespaces and loads XDP)")?;
     build_bins(false)?;
     run(&mut Command::new(root().join("target/debug/lb-demo")))
+}
+
+/// How long `cargo xtask test` fuzzes (`cargo xtask fuzz` runs longer rounds).
+const FUZZ_SECONDS_IN_TEST: u64 = 30;
+
+fn fuzz(seconds: u64) -> anyhow::Result<()> {
+    setup::ensure()?;
+    setup::cargo_fuzz()?;
+    let dir = root().join("lb-common/fuzz");
+    // libFuzzer stops by itself after max_total_time; a crash fails the command and leaves
+    // the input under lb-common/fuzz/artifacts/.
+    run(Command::new("cargo")
+        .current_dir(root())
+        .args(["+nightly", "fuzz", "run", "parse_classify", "--fuzz-dir"])
+        .arg(&dir)
+        .arg("--")
+        .arg(format!("-max_total_time={seconds}"))
+        .arg("-rss_limit_mb=2048"))
 }
 
 fn bench(quick: bool, out: &std::path::Path) -> anyhow::Result<()> {

@@ -231,6 +231,31 @@ fn bpf_linker() -> anyhow::Result<()> {
     Ok(())
 }
 
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+/// Installs cargo-fuzz (for `cargo xtask fuzz`) unless this version is there.
+pub fn cargo_fuzz() -> anyhow::Result<()> {
+    let have = Command::new(cargo_bin("cargo-fuzz"))
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(CARGO_FUZZ_VERSION));
+    if have {
+        return Ok(());
+    }
+    eprintln!("setup: installing cargo-fuzz {CARGO_FUZZ_VERSION} (about a minute)");
+    crate::run(
+        Command::new("cargo")
+            .args([
+                "install",
+                "cargo-fuzz",
+                "--locked",
+                "--version",
+                CARGO_FUZZ_VERSION,
+            ])
+            .env_remove("RUSTUP_TOOLCHAIN"),
+    )
+}
+
 fn is_bpffs(p: &Path) -> bool {
     Command::new("stat")
         .args(["-f", "-c", "%T"])
