@@ -46,8 +46,9 @@ pub mod map_names {
     pub const PIP_REV: &str = "LB_PIP_REV";
     pub const ECHO_RL: &str = "LB_ECHO_RL";
     pub const PROGS: &str = "LB_PROGS";
+    pub const LAYOUT: &str = "LB_LAYOUT";
     /// Every map, in the order the agent opens them.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 15] = [
         SERVICES,
         VIPS,
         BACKENDS,
@@ -62,7 +63,62 @@ pub mod map_names {
         PIP_REV,
         ECHO_RL,
         PROGS,
+        LAYOUT,
     ];
+}
+
+/// Bump when a map's key or value changes meaning without changing size (a field reordered or
+/// reinterpreted); size changes alter [`map_layout_version`] by themselves.
+pub const MAP_LAYOUT_REVISION: u64 = 1;
+
+/// The layout version of every pinned map: a hash of the revision, the map names, capacities
+/// fixed at build time, and the sizes of every key and value type. The agent stores it in the
+/// pinned `LB_LAYOUT` map and refuses to reuse pins of another version.
+#[must_use]
+pub const fn map_layout_version() -> u64 {
+    use core::mem::size_of;
+
+    use crate::{flow::FlowKey, maps};
+    const fn mix(h: u64, v: u64) -> u64 {
+        // FNV-1a over the value's 8 bytes.
+        let mut h = h;
+        let mut i = 0;
+        while i < 8 {
+            h ^= (v >> (8 * i)) & 0xff;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+            i += 1;
+        }
+        h
+    }
+    let parts: [u64; 20] = [
+        MAP_LAYOUT_REVISION,
+        map_names::ALL.len() as u64,
+        size_of::<maps::ServiceKey>() as u64,
+        size_of::<maps::ServiceInfo>() as u64,
+        size_of::<maps::VipKey>() as u64,
+        size_of::<maps::VipInfo>() as u64,
+        size_of::<maps::Backend>() as u64,
+        size_of::<maps::BackendId>() as u64,
+        size_of::<FlowKey>() as u64,
+        size_of::<maps::ConnEntry>() as u64,
+        size_of::<maps::NextHop>() as u64,
+        size_of::<maps::Counters>() as u64,
+        size_of::<maps::AclKeyData>() as u64,
+        size_of::<maps::AclValue>() as u64,
+        size_of::<maps::PipEntry>() as u64,
+        size_of::<maps::RateState>() as u64,
+        MAX_SERVICES as u64,
+        MAX_BACKENDS as u64,
+        MAX_ACL_ENTRIES as u64,
+        REASON_SLOTS as u64,
+    ];
+    let mut h = 0xcbf2_9ce4_8422_2325;
+    let mut i = 0;
+    while i < parts.len() {
+        h = mix(h, parts[i]);
+        i += 1;
+    }
+    h
 }
 
 /// Load-time globals (`EbpfLoader::override_global`), exactly as the statics in `lb-ebpf`.

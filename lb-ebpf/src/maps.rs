@@ -78,6 +78,12 @@ pub static LB_PIP_REV: HashMap<VipKey, PipEntry> = HashMap::pinned(MAX_PIPS, 0);
 #[map(name = "LB_ECHO_RL")]
 pub static LB_ECHO_RL: PerCpuArray<RateState> = PerCpuArray::pinned(1, 0);
 
+/// The layout version of the pinned maps (`lb_common::consts::map_layout_version`), slot 0,
+/// written by the agent; never read by the program. A pin directory whose version differs is
+/// refused instead of reused. Writer: agent.
+#[map(name = "LB_LAYOUT")]
+pub static LB_LAYOUT: Array<u64> = Array::pinned(1, 0);
+
 /// Tail-call targets: slot `PROG_HAIRPIN` holds the hairpin-SNAT program (`lb_hairpin`), which
 /// runs with its own stack frame. Pinned so that its entry survives the agent (the kernel clears
 /// a program array's entries when its last user reference goes). Writer: agent.

@@ -15,7 +15,10 @@ use aya::{
 };
 use lb_common::{
     addr::Addr,
-    consts::{HAIRPIN_PROGRAM_NAME, PROG_HAIRPIN, PROGRAM_NAME, global_names, map_names},
+    consts::{
+        HAIRPIN_PROGRAM_NAME, PROG_HAIRPIN, PROGRAM_NAME, global_names, map_layout_version,
+        map_names,
+    },
     flow::FlowKey,
     maps::{
         AclKeyData, AclValue, Backend, BackendId, ConnEntry, Counters, NextHop, PipEntry,
@@ -79,6 +82,7 @@ impl Dataplane {
             path: dir.clone(),
             source,
         })?;
+        check_layout(dir)?;
         loader.default_map_pin_directory(dir);
         loader
             .override_global(global_names::HASH_SEED, &opts.hash_seed, true)
@@ -107,6 +111,13 @@ impl Dataplane {
             .set(PROG_HAIRPIN, fd, 0)
             .map_err(|source| LoadError::Map {
                 name: map_names::PROGS,
+                source,
+            })?;
+        let mut layout: Array<MapData, u64> = take_map(&mut ebpf, map_names::LAYOUT)?;
+        layout
+            .set(0, map_layout_version(), 0)
+            .map_err(|source| LoadError::Map {
+                name: map_names::LAYOUT,
                 source,
             })?;
         let maps = Maps::take(&mut ebpf)?;
@@ -144,6 +155,39 @@ fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp
             what: name.into(),
             source,
         })
+}
+
+/// Refuses a pin directory whose maps were pinned by a build with another map layout: aya
+/// would reuse them by name and this build would misread their entries. A directory with
+/// pinned maps but no `LB_LAYOUT` predates versioning and is refused the same way.
+fn check_layout(dir: &Path) -> Result<(), LoadError> {
+    let want = map_layout_version();
+    let refuse = |found: String| LoadError::Layout {
+        dir: dir.to_path_buf(),
+        found,
+        want: format!("{want:#018x}"),
+    };
+    let pin = dir.join(map_names::LAYOUT);
+    if !pin.exists() {
+        let others = map_names::ALL.iter().any(|m| dir.join(m).exists());
+        return if others {
+            Err(refuse("none (pinned before layouts were versioned)".into()))
+        } else {
+            Ok(())
+        };
+    }
+    let found = MapData::from_pin(&pin)
+        .ok()
+        .and_then(|d| Array::<MapData, u64>::try_from(aya::maps::Map::Array(d)).ok())
+        .and_then(|a| a.get(&0, 0).ok());
+    match found {
+        Some(v) if v == want => Ok(()),
+        // 0: pinned by an agent that died between creating and stamping the maps; the maps
+        // have this build's layout (they were created from this object).
+        Some(0) => Ok(()),
+        Some(v) => Err(refuse(format!("{v:#018x}"))),
+        None => Err(refuse("unreadable".into())),
+    }
 }
 
 /// Takes a map out of the object, typed.

@@ -19,6 +19,14 @@ pub enum LoadError {
         name: &'static str,
         source: aya::maps::MapError,
     },
+    #[error(
+        "the pinned maps under {dir} have map layout {found}, this build expects {want}: they belong to an incompatible build of lb, and reusing them would misread every entry. Stop the agent that uses them (`lb agent` removes its pins when it stops), or remove the directory (`rm -r {dir}`), which resets the flows it tracks; then start this agent"
+    )]
+    Layout {
+        dir: PathBuf,
+        found: String,
+        want: String,
+    },
     #[error("the XDP object has no program {0}")]
     MissingProgram(&'static str),
     #[error("program {what}: {source}")]
