@@ -815,7 +815,50 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        /// Any text: a config, or an error that points into the text and says something.
+        #[test]
+        fn any_text_gives_a_config_or_a_located_error(text in "\\PC{0,300}") {
+            if let Err(e) = parse("p.toml", &text) {
+                prop_assert!(e.line >= 1 && e.line <= text.lines().count() + 1, "{e:?}");
+                prop_assert!(!e.message.trim().is_empty());
+            }
+        }
+
+        /// A good config with bytes inserted and removed anywhere: the same.
+        #[test]
+        fn mutated_configs_give_a_config_or_a_located_error(
+            at in 0..GOOD.len(),
+            cut in 0usize..6,
+            insert in "[ -~\\n]{0,6}",
+        ) {
+            let mut text = GOOD.to_owned();
+            let end = (at + cut).min(text.len());
+            text.replace_range(at..end, &insert);
+            if let Err(e) = parse("p.toml", &text) {
+                prop_assert!(e.line >= 1 && e.line <= text.lines().count() + 1, "{e:?}");
+                prop_assert!(!e.message.trim().is_empty());
+            }
+        }
+    }
+
+    /// Deep nesting and huge values are errors, not a stack overflow or a wrap-around.
+    #[test]
+    fn hostile_shapes_are_errors() {
+        let deep = format!("x = {}1{}\n", "[".repeat(10_000), "]".repeat(10_000));
+        assert!(parse("p.toml", &deep).is_err());
+        let huge =
+            "[[service]]\nvip = \"203.0.113.10:80/tcp\"\ntable_size = 99999999999999999999\n";
+        let e = parse("p.toml", huge).unwrap_err();
+        assert_eq!(e.line, 3, "{e:?}");
+        let long = format!("[[service]]\nvip = \"{}\"\n", "9".repeat(100_000));
+        let e = parse("p.toml", &long).unwrap_err();
+        assert!(e.field.contains("vip"), "{e:?}");
+    }
 
     const GOOD: &str = r#"
 [agent]

@@ -1423,6 +1423,7 @@ mod tests {
     use std::collections::HashMap;
 
     use lb_common::maps::{Counters, ServiceKey};
+    use proptest::prelude::*;
 
     use super::*;
     use crate::api::SettingsArgs;
@@ -1569,6 +1570,90 @@ mod tests {
         }
         fn client_routes(&mut self) -> Vec<(u32, Addr, NextHop)> {
             Vec::new()
+        }
+    }
+
+    /// Text an operator (or an attacker with the socket) might type: near-valid addresses,
+    /// prefixes, durations and words, and plain garbage.
+    fn hostile_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(WEB.to_owned()),
+            Just("203.0.113.10:53/udp".to_owned()),
+            Just("192.0.2.11".to_owned()),
+            Just("192.0.2.11:8080".to_owned()),
+            Just("198.51.100.0/24".to_owned()),
+            Just("2001:db8::1".to_owned()),
+            Just("203.0.113.10:0/tcp".to_owned()),
+            Just("203.0.113.10:80/sctp".to_owned()),
+            Just("999.0.0.1:80/tcp".to_owned()),
+            Just("0s".to_owned()),
+            Just("18446744073709551615ms".to_owned()),
+            Just("permit".to_owned()),
+            Just("http:70000/x".to_owned()),
+            "[ -~]{0,40}",
+            "\\PC{0,20}",
+        ]
+    }
+
+    fn hostile_request() -> impl Strategy<Value = Request> {
+        let t = hostile_text;
+        prop_oneof![
+            (t(), t(), t(), any::<Option<u32>>(), any::<Option<u32>>()).prop_map(
+                |(service, probe, interval, table_size, unhealthy_after)| Request::VipAdd {
+                    service,
+                    settings: SettingsArgs {
+                        table_size,
+                        probe: Some(probe),
+                        probe_interval: Some(interval),
+                        unhealthy_after,
+                        ..SettingsArgs::default()
+                    },
+                }
+            ),
+            t().prop_map(|service| Request::VipDel { service }),
+            (t(), t(), any::<Option<u32>>()).prop_map(|(service, backend, weight)| {
+                Request::BackendAdd {
+                    service,
+                    backend,
+                    weight,
+                }
+            }),
+            (t(), t(), any::<u32>()).prop_map(|(service, backend, weight)| {
+                Request::BackendSetWeight {
+                    service,
+                    backend,
+                    weight,
+                }
+            }),
+            (t(), t()).prop_map(|(service, to)| Request::ForwardAdd { service, to }),
+            (t(), any::<u32>(), t(), t(), t()).prop_map(
+                |(service, order, action, prefix, description)| Request::AclAdd {
+                    service,
+                    order,
+                    action,
+                    prefix,
+                    description,
+                }
+            ),
+            (t(), t()).prop_map(|(pip, dip)| Request::PipAdd { pip, dip }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        /// Any sequence of hostile requests: the reconciler never panics, every refusal says
+        /// what is wrong, and a refused request changes nothing.
+        #[test]
+        fn hostile_requests_are_refused_cleanly(reqs in prop::collection::vec(hostile_request(), 1..12)) {
+            let mut r = rec(1 << 16);
+            add(&mut r, WEB, &["192.0.2.11"]);
+            for req in reqs {
+                let before = r.state().clone();
+                if let Response::Error { message } = r.handle(req.clone()) {
+                    prop_assert!(!message.trim().is_empty(), "{:?}: empty error", req);
+                    prop_assert!(r.state() == &before, "{:?} was refused but changed the state", req);
+                }
+            }
         }
     }
 
