@@ -13,7 +13,7 @@ use tokio::{
 use crate::{
     api,
     dataplane::{Dataplane, LoadOptions, unpin_all, xdp_mode},
-    metrics,
+    link, metrics,
     nexthop::NetlinkResolver,
     persist,
     probe::Prober,
@@ -36,6 +36,8 @@ pub struct AgentOptions {
     pub state_file: PathBuf,
     /// Where to serve Prometheus metrics; `None`: no TCP listener at all.
     pub metrics: Option<SocketAddr>,
+    /// On SIGTERM/SIGINT leave the program attached (pinned links) and the maps pinned.
+    pub keep_attached: bool,
 }
 
 /// The config file, parsed, and the digest of its text (of "" without a file).
@@ -98,9 +100,23 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         None
     };
     let mode = xdp_mode(opts.native);
-    for name in &opts.interfaces {
-        dp.attach(name, mode)
-            .with_context(|| format!("attaching to {name}"))?;
+    let prog_fd = {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        dp.program()?
+            .fd()
+            .context("the loaded program's fd")?
+            .as_fd()
+            .as_raw_fd()
+    };
+    for (name, &ifindex) in opts.interfaces.iter().zip(&ifindexes) {
+        let how = link::attach(
+            prog_fd,
+            ifindex,
+            opts.native,
+            &link::pin_path(&opts.pin_dir, name),
+        )
+        .with_context(|| format!("attaching to {name} in {mode:?} mode"))?;
+        tracing::info!(interface = %name, ?how, "XDP program attached through a pinned link");
     }
     tracing::info!(interfaces = ?opts.interfaces, ?mode, pin_dir = %opts.pin_dir.display(), "XDP program attached");
 
@@ -188,7 +204,6 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             _ = int.recv() => break,
         }
     }
-    tracing::info!("stopping: detaching and removing pins");
     server.abort();
     if let Some(m) = metrics_server {
         m.abort();
@@ -197,6 +212,15 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     drop(rec);
     drop(dp);
     let _ = std::fs::remove_file(&opts.socket);
+    if opts.keep_attached {
+        tracing::info!(pin_dir = %opts.pin_dir.display(), "stopping; the data plane stays attached (--keep-attached) for the next agent");
+        return Ok(());
+    }
+    tracing::info!("stopping: detaching and removing pins");
+    for name in &opts.interfaces {
+        link::detach(&link::pin_path(&opts.pin_dir, name))
+            .with_context(|| format!("detaching from {name}"))?;
+    }
     unpin_all(&opts.pin_dir)
         .with_context(|| format!("removing pins under {}", opts.pin_dir.display()))?;
     Ok(())

@@ -73,6 +73,10 @@ pub struct AgentArgs {
     /// Without it the agent opens no TCP port.
     #[arg(long, value_name = "[ADDR:]PORT")]
     pub metrics: Option<String>,
+    /// On SIGTERM/SIGINT, leave the XDP program attached and the maps pinned, so traffic keeps
+    /// flowing until the next agent takes over (a plain stop detaches and cleans up).
+    #[arg(long)]
+    pub keep_attached: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -313,6 +317,7 @@ impl AgentArgs {
                 .map(crate::metrics::parse_listen)
                 .transpose()
                 .map_err(anyhow::Error::msg)?,
+            keep_attached: self.keep_attached,
         })
     }
 }

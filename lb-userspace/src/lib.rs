@@ -6,6 +6,7 @@ pub mod api;
 pub mod cli;
 pub mod dataplane;
 pub mod error;
+pub mod link;
 pub mod metrics;
 pub mod netlink;
 pub mod nexthop;

@@ -419,6 +419,32 @@ impl Lab {
         self.agent.as_ref().map(|a| a.child.id())
     }
 
+    /// Kills the agent with SIGKILL (nothing of its own shutdown runs) and reaps it.
+    ///
+    /// # Errors
+    /// No agent is running.
+    pub fn kill_agent(&mut self) -> anyhow::Result<()> {
+        let Some(mut a) = self.agent.take() else {
+            bail!("no agent running")
+        };
+        a.child.kill()?;
+        a.child.wait()?;
+        Ok(())
+    }
+
+    /// The id of the XDP program attached to `dev` in the LB namespace, if any.
+    ///
+    /// # Errors
+    /// `ip` fails.
+    pub fn xdp_prog_id(&self, dev: &str) -> anyhow::Result<Option<u32>> {
+        let out = self.lb.ip(&["-d", "link", "show", "dev", dev])?;
+        Ok(out
+            .split("prog/xdp id ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|id| id.parse().ok()))
+    }
+
     /// Stops the agent with SIGTERM and waits for it (bounded); returns its exit status.
     ///
     /// # Errors
