@@ -41,6 +41,23 @@ impl Resolver for FixedResolver {
     }
 }
 
+impl FixedResolver {
+    /// Every backend, and every client (a default route), resolved to `lo`: all forwarding
+    /// ends in `XDP_TX` and nothing leaves the namespace. Backends get `backend_mac`.
+    #[must_use]
+    pub fn all_on_lo(backend_mac: [u8; 6]) -> Self {
+        Self {
+            backends: HashMap::new(),
+            fallback: Some(nh(LO, backend_mac)),
+            routes: vec![(
+                96,
+                lb_common::addr::v4_mapped([0, 0, 0, 0]),
+                nh(LO, crate::packet::CLIENT_MAC),
+            )],
+        }
+    }
+}
+
 /// A next hop out of `ifindex` from the LB's MAC to `dmac`.
 #[must_use]
 pub const fn nh(ifindex: u32, dmac: [u8; 6]) -> NextHop {

@@ -10,7 +10,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use lb_common::{csum, flow::proto, hdr, verdict::Reason};
 use lb_integration::{
-    fixture::{FixedResolver, Harness, LO, in_fresh_ns, nh},
+    fixture::{FixedResolver, Harness, in_fresh_ns},
     packet::{CLIENT_MAC, Frame, L4, LB_MAC, TCP_ACK, TCP_SYN},
 };
 
@@ -56,15 +56,7 @@ internal = ["198.51.100.0/26"]
 "#;
 
 fn harness(ns: &lb_integration::netns::Netns) -> Harness {
-    let resolver = FixedResolver {
-        backends: std::collections::HashMap::new(),
-        fallback: Some(nh(LO, B1_MAC)),
-        routes: vec![(
-            96,
-            lb_common::addr::v4_mapped([0, 0, 0, 0]),
-            nh(LO, CLIENT_MAC),
-        )],
-    };
+    let resolver = FixedResolver::all_on_lo(B1_MAC);
     Harness::load(ns, CONFIG, resolver).expect("load and provision")
 }
 

@@ -18,8 +18,8 @@ use lb_common::{
     verdict::{ALL_REASONS, Reason},
 };
 use lb_integration::{
-    fixture::{FixedResolver, Harness, LO, in_fresh_ns, nh},
-    packet::{CLIENT_MAC, Frame, L4, TCP_ACK, TCP_SYN},
+    fixture::{FixedResolver, Harness, in_fresh_ns},
+    packet::{Frame, L4, TCP_ACK, TCP_SYN},
 };
 
 const XDP_DROP: u32 = 1;
@@ -118,11 +118,7 @@ fn kernel_and_model_agree_on_100k_random_packets() {
         });
     eprintln!("differential seed: {seed} (replay with LB_DIFF_SEED={seed})");
     in_fresh_ns("diff", move |ns| {
-        let resolver = FixedResolver {
-            backends: std::collections::HashMap::new(),
-            fallback: Some(nh(LO, [2, 0, 0, 0, 0, 0x11])),
-            routes: vec![(96, addr::v4_mapped([0, 0, 0, 0]), nh(LO, CLIENT_MAC))],
-        };
+        let resolver = FixedResolver::all_on_lo([2, 0, 0, 0, 0, 0x11]);
         let mut h = Harness::load(ns, CONFIG, resolver).expect("load");
         let mut model = model_of(&h);
         assert_eq!(model.services.len(), 4);

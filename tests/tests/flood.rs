@@ -8,10 +8,10 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use lb_common::{addr, verdict::Reason};
+use lb_common::verdict::Reason;
 use lb_integration::{
-    fixture::{FixedResolver, Harness, LO, in_fresh_ns, nh},
-    packet::{CLIENT_MAC, Frame, TCP_ACK, TCP_SYN},
+    fixture::{FixedResolver, Harness, in_fresh_ns},
+    packet::{Frame, TCP_ACK, TCP_SYN},
 };
 use lb_userspace::api::{Request, Response};
 
@@ -33,11 +33,7 @@ fn backend_of(out: &[u8]) -> Ipv4Addr {
 #[test]
 fn a_flood_at_ten_times_capacity_moves_no_established_flow() {
     in_fresh_ns("flood", |ns| {
-        let resolver = FixedResolver {
-            backends: std::collections::HashMap::new(),
-            fallback: Some(nh(LO, [2, 0, 0, 0, 0, 0x11])),
-            routes: vec![(96, addr::v4_mapped([0, 0, 0, 0]), nh(LO, CLIENT_MAC))],
-        };
+        let resolver = FixedResolver::all_on_lo([2, 0, 0, 0, 0, 0x11]);
         let mut h = Harness::load(ns, &config(), resolver).expect("load");
         let vip = SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 10), 80);
         let client = |i: u32| {

@@ -13,12 +13,12 @@ use std::{
 };
 
 use anyhow::{Context as _, bail, ensure};
-use lb_common::{addr, maps::NextHop, verdict::Reason};
+use lb_common::{maps::NextHop, verdict::Reason};
 
 use super::{Stats, progress};
 use crate::{
     fixture::{FixedResolver, Harness, LO, in_fresh_ns, nh, run_once},
-    packet::{CLIENT_MAC, Frame, TCP_ACK, TCP_SYN},
+    packet::{Frame, TCP_ACK, TCP_SYN},
 };
 
 pub const XDP_DROP: u32 = 1;
@@ -64,11 +64,7 @@ dip = "192.0.2.13"
 /// forwarding classes end in `XDP_TX` (no redirect, nothing leaves the namespace).
 #[must_use]
 pub fn resolver() -> FixedResolver {
-    FixedResolver {
-        backends: std::collections::HashMap::new(),
-        fallback: Some(nh(LO, BACKEND_MAC)),
-        routes: vec![(96, addr::v4_mapped([0, 0, 0, 0]), nh(LO, CLIENT_MAC))],
-    }
+    FixedResolver::all_on_lo(BACKEND_MAC)
 }
 
 /// One traffic class: its frame, the frames that set up its state, what it must do.
