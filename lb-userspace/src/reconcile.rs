@@ -956,8 +956,10 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
                 action: acl::Action::Deny,
                 rule: None,
             });
-            entries.sort_by_key(|e| e.prefix);
-            entries.dedup_by_key(|e| e.prefix); // a host that is also a /32 prefix: hairpin wins
+            // A host that is also an internal /32: hairpin wins. Sorting puts it before the
+            // permit of the same prefix, and dedup keeps the first of equal prefixes.
+            entries.sort_by_key(|e| (e.prefix, e.action != acl::Action::Hairpin));
+            entries.dedup_by_key(|e| e.prefix);
         }
         let current = self.ilb.get(&ip).map(|(aid, e)| (*aid, e.clone()));
         let ilb_id = match current {
@@ -1708,6 +1710,42 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A backend whose address is also an internal /32 of its VIP is marked hairpin (with its
+    /// backend id) in the VIP's source set, not permitted.
+    #[test]
+    fn a_backend_host_that_is_an_internal_prefix_is_hairpin() {
+        let mut r = rec(1 << 16);
+        ok(
+            &mut r,
+            Request::VipAdd {
+                service: WEB.into(),
+                settings: SettingsArgs {
+                    table_size: Some(251),
+                    internal: Some("192.0.2.11/32,198.51.100.0/24".into()),
+                    ..SettingsArgs::default()
+                },
+            },
+        );
+        ok(
+            &mut r,
+            Request::BackendAdd {
+                service: WEB.into(),
+                backend: "192.0.2.11".into(),
+                weight: None,
+            },
+        );
+        let host = map_prefix("192.0.2.11".parse().unwrap(), 32);
+        let e = r
+            .maps()
+            .acl
+            .iter()
+            .find(|((_, p), _)| *p == host)
+            .map(|(_, e)| *e)
+            .expect("the host's entry");
+        assert_eq!(e.action, acl::Action::Hairpin, "{e:?}");
+        assert!(e.rule.is_some_and(|id| id != 0), "{e:?}");
     }
 
     /// Ids come lowest-free first, released ones are reused, and the range is respected.
