@@ -1,4 +1,5 @@
-//! The XDP object: loading it (pinned maps, load-time settings), attaching it, and its maps.
+//! The XDP object: loading it (pinned maps, load-time settings, the layout check) and its
+//! maps. Attaching is `crate::link` (pinned bpf_links).
 //!
 //! [`Maps`] is the only owner of the kernel maps in the agent; the reconciler holds it, and
 //! nothing else writes them (tests provision fixtures through the same type).
@@ -124,26 +125,12 @@ impl Dataplane {
         Ok((Self { ebpf }, maps))
     }
 
-    /// The XDP program (for attaching and for `BPF_PROG_TEST_RUN`).
+    /// The XDP program (its fd for the pinned links of `crate::link`, and `BPF_PROG_TEST_RUN`).
     ///
     /// # Errors
     /// Only if the object lacks the program, which the load already checked.
     pub fn program(&mut self) -> Result<&mut Xdp, LoadError> {
         program_mut(&mut self.ebpf, PROGRAM_NAME)
-    }
-
-    /// Attaches the program to an interface. The attachment lasts until `self` is dropped.
-    ///
-    /// # Errors
-    /// Unknown interface, or the driver refuses the mode.
-    pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<(), LoadError> {
-        self.program()?
-            .attach(iface, mode)
-            .map_err(|source| LoadError::Program {
-                what: format!("attach to {iface} in {mode:?} mode"),
-                source,
-            })?;
-        Ok(())
     }
 }
 
