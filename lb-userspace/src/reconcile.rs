@@ -1736,14 +1736,11 @@ mod tests {
                 weight: None,
             },
         );
+        // The VIP's live set (the set from before the backend was added may still be
+        // there, waiting for its grace period).
+        let ilb_id = r.maps().vips.values().next().expect("the VIP").ilb_id;
         let host = map_prefix("192.0.2.11".parse().unwrap(), 32);
-        let e = r
-            .maps()
-            .acl
-            .iter()
-            .find(|((_, p), _)| *p == host)
-            .map(|(_, e)| *e)
-            .expect("the host's entry");
+        let e = r.maps().acl[&(ilb_id, host)];
         assert_eq!(e.action, acl::Action::Hairpin, "{e:?}");
         assert!(e.rule.is_some_and(|id| id != 0), "{e:?}");
     }
