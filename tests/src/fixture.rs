@@ -20,6 +20,12 @@ use lb_userspace::{
 
 use crate::{netns::Netns, packet::LB_MAC};
 
+/// XDP actions as `BPF_PROG_TEST_RUN` returns them.
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+pub const XDP_REDIRECT: u32 = 4;
+
 /// The ingress device of every run: `lo` of the harness's namespace.
 pub const LO: u32 = 1;
 

@@ -218,3 +218,12 @@ impl Frame {
         if self.vlan.is_some() { 18 } else { 14 }
     }
 }
+
+/// Bytes as space-separated hex, for assertion messages about frames.
+#[must_use]
+pub fn hex(b: &[u8]) -> String {
+    b.iter()
+        .map(|x| format!("{x:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}

@@ -10,13 +10,9 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use lb_common::{csum, flow::proto, hdr, verdict::Reason};
 use lb_integration::{
-    fixture::{FixedResolver, Harness, in_fresh_ns},
-    packet::{CLIENT_MAC, Frame, L4, LB_MAC, TCP_ACK, TCP_SYN},
+    fixture::{FixedResolver, Harness, XDP_DROP, XDP_PASS, XDP_TX, in_fresh_ns},
+    packet::{CLIENT_MAC, Frame, L4, LB_MAC, TCP_ACK, TCP_SYN, hex},
 };
-
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
 
 const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 const ILB: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 20);
@@ -161,10 +157,6 @@ fn run_cases(h: &mut Harness, cases: &[Case]) {
         cases.len(),
         failures.join("\n")
     );
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn with(bytes: &[u8], f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {

@@ -18,13 +18,10 @@ use lb_common::{
     verdict::{ALL_REASONS, Reason},
 };
 use lb_integration::{
-    fixture::{FixedResolver, Harness, in_fresh_ns},
+    fixture::{FixedResolver, Harness, XDP_DROP, XDP_PASS, XDP_TX, in_fresh_ns},
     packet::{Frame, L4, TCP_ACK, TCP_SYN},
 };
 
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
 const PACKETS: u32 = 100_000;
 
 const CONFIG: &str = r#"

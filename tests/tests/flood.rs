@@ -10,12 +10,11 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use lb_common::verdict::Reason;
 use lb_integration::{
-    fixture::{FixedResolver, Harness, in_fresh_ns},
+    fixture::{FixedResolver, Harness, XDP_TX, in_fresh_ns},
     packet::{Frame, TCP_ACK, TCP_SYN},
 };
 use lb_userspace::api::{Request, Response};
 
-const XDP_TX: u32 = 3;
 const CAPACITY: u32 = 256;
 
 fn config() -> String {

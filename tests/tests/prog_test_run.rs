@@ -19,19 +19,17 @@ use lb_common::{
     verdict::{ALL_REASONS, Reason},
 };
 use lb_integration::{
-    fixture::{FixedResolver, Harness, LO, in_fresh_ns, nh, pin_dir},
+    fixture::{
+        FixedResolver, Harness, LO, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, in_fresh_ns, nh,
+        pin_dir,
+    },
     netns::Netns,
-    packet::{CLIENT_MAC, Frame, L4, LB_MAC, TCP_ACK, TCP_SYN},
+    packet::{CLIENT_MAC, Frame, L4, LB_MAC, TCP_ACK, TCP_SYN, hex},
 };
 use lb_userspace::{
     api::{Request, Response},
     dataplane::{Dataplane, LoadOptions},
 };
-
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-const XDP_REDIRECT: u32 = 4;
 
 const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 const CLIENT: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 2), 40000);
@@ -249,13 +247,6 @@ impl Fixture {
         let (_, ip, port) = bs.iter().find(|b| b.0 == id).unwrap();
         SocketAddrV4::new(*ip, *port)
     }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter()
-        .map(|x| format!("{x:02x}"))
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 fn mac_of(b: SocketAddrV4) -> [u8; 6] {

@@ -12,18 +12,15 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, bail, ensure};
+use anyhow::{Context as _, ensure};
 use lb_common::{maps::NextHop, verdict::Reason};
 
 use super::{Stats, progress};
+pub use crate::fixture::{XDP_DROP, XDP_PASS, XDP_TX};
 use crate::{
     fixture::{FixedResolver, Harness, LO, in_fresh_ns, nh, run_once},
     packet::{Frame, TCP_ACK, TCP_SYN},
 };
-
-pub const XDP_DROP: u32 = 1;
-pub const XDP_PASS: u32 = 2;
-pub const XDP_TX: u32 = 3;
 
 pub const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 pub const CLIENT: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 2), 40000);
@@ -80,52 +77,61 @@ pub struct Class {
 /// the best round is the program's cost, not the neighbour's.
 pub const ROUNDS: u32 = 5;
 
-/// Measures one class: `warmup` + `runs` single runs (in [`ROUNDS`] rounds); returns the
-/// kernel times of the best round.
+/// Runs `run` `warmup` times, then `runs` more in [`ROUNDS`] rounds; every run must return
+/// `action`. Returns the kernel times of the best round and how many runs it made in all.
 ///
 /// # Errors
-/// A run takes another action, or the verdict counter does not account for every run.
-pub fn measure(h: &mut Harness, c: &Class, warmup: u32, runs: u32) -> anyhow::Result<Stats> {
-    let before = h.counts()[c.reason as usize];
+/// A run returns another action.
+fn best_of_rounds(
+    name: &str,
+    action: u32,
+    warmup: u32,
+    runs: u32,
+    mut run: impl FnMut() -> (u32, Duration),
+) -> anyhow::Result<(Stats, u32)> {
     let per_round = (runs / ROUNDS).max(1);
     let mut best: Option<Stats> = None;
-    let mut done = 0u32;
     for i in 0..warmup {
-        let (action, _, _) = h.run(&c.frame);
-        ensure!(
-            action == c.action,
-            "{}: warm-up run {i} returned action {action}",
-            c.name
-        );
+        let (a, _) = run();
+        ensure!(a == action, "{name}: warm-up run {i} returned action {a}");
     }
     for _ in 0..ROUNDS {
         let mut times = Vec::with_capacity(per_round as usize);
         for i in 0..per_round {
-            let (action, _, t) = h.run(&c.frame);
+            let (a, t) = run();
             ensure!(
-                action == c.action,
-                "{}: run {i} returned action {action}, expected {}",
-                c.name,
-                c.action
+                a == action,
+                "{name}: run {i} returned action {a}, expected {action}"
             );
             times.push(t);
         }
-        done += per_round;
         let s = Stats::of(&times);
         if best.is_none_or(|b| s.p50_ns < b.p50_ns) {
             best = Some(s);
         }
     }
-    let runs = done;
+    Ok((best.unwrap_or_default(), warmup + ROUNDS * per_round))
+}
+
+/// Measures one class with [`best_of_rounds`]; afterwards its verdict counter must have moved
+/// by exactly the number of runs.
+///
+/// # Errors
+/// A run takes another action, or the verdict counter does not account for every run.
+pub fn measure(h: &mut Harness, c: &Class, warmup: u32, runs: u32) -> anyhow::Result<Stats> {
+    let before = h.counts()[c.reason as usize];
+    let (best, done) = best_of_rounds(c.name, c.action, warmup, runs, || {
+        let (a, _, t) = h.run(&c.frame);
+        (a, t)
+    })?;
     let moved = h.counts()[c.reason as usize] - before;
     ensure!(
-        moved == u64::from(warmup + runs),
-        "{}: counter {} moved by {moved}, expected {}",
+        moved == u64::from(done),
+        "{}: counter {} moved by {moved}, expected {done}",
         c.name,
         c.reason.name(),
-        warmup + runs
     );
-    Ok(best.unwrap_or_default())
+    Ok(best)
 }
 
 /// The classes, with their state set up in `h` (the flows they belong to exist).
@@ -217,7 +223,7 @@ pub struct Row {
 pub fn run(runs: u32) -> anyhow::Result<Vec<Row>> {
     in_fresh_ns("bench-cost", move |ns| -> anyhow::Result<Vec<Row>> {
         // One CPU for every measurement of the run.
-        super::throughput::pin(0, super::throughput::measured_cpu());
+        super::pin(0, super::measured_cpu());
         let warmup = (runs / 10).max(100);
         let mut rows = Vec::new();
         let frame = Frame::tcp(CLIENT, SocketAddrV4::new(VIP, 80), TCP_ACK).build();
@@ -236,25 +242,13 @@ pub fn run(runs: u32) -> anyhow::Result<Vec<Row>> {
                 base.program_mut(prog).context("baseline")?.try_into()?;
             p.load()?;
             progress(&format!("cost: {name}"));
-            let mut best: Option<Stats> = None;
-            for round in 0..=ROUNDS {
-                let mut times = Vec::with_capacity(runs as usize);
-                for _ in 0..(if round == 0 { warmup } else { runs / ROUNDS }) {
-                    let (a, _, t) = run_once(p, &frame);
-                    if a != action {
-                        bail!("{name}: action {a}, expected {action}");
-                    }
-                    times.push(t);
-                }
-                // Round 0 is the warm-up.
-                let s = Stats::of(&times);
-                if round > 0 && best.is_none_or(|b| s.p50_ns < b.p50_ns) {
-                    best = Some(s);
-                }
-            }
+            let (stats, _) = best_of_rounds(name, action, warmup, runs, || {
+                let (a, _, t) = run_once(p, &frame);
+                (a, t)
+            })?;
             rows.push(Row {
                 name: name.into(),
-                stats: best.unwrap_or_default(),
+                stats,
             });
         }
         let mut h = Harness::load(ns, CONFIG, resolver())?;

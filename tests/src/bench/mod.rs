@@ -75,6 +75,22 @@ fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
 
+/// The CPU the measured side runs on: the last one.
+#[must_use]
+pub fn measured_cpu() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get) - 1
+}
+
+/// Pins thread `pid` (0: the calling thread) to `cpu`; best effort (a thread may be gone).
+pub fn pin(pid: i32, cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET and sched_setaffinity get valid pointers.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(pid, std::mem::size_of::<libc::cpu_set_t>(), &raw const set);
+    }
+}
+
 /// A progress line on stderr.
 pub fn progress(what: &str) {
     eprintln!("bench: {what}");

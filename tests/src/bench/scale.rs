@@ -172,7 +172,7 @@ fn acl_config(n: u64, prefixes: &[String]) -> String {
 /// Loads `config`, optionally plants `planted` conntrack flows, and measures `class`.
 fn point(x: u64, config: String, planted: u64, syn: bool, runs: u32) -> anyhow::Result<Point> {
     in_fresh_ns("bench-scale", move |ns| -> anyhow::Result<Point> {
-        super::throughput::pin(0, super::throughput::measured_cpu());
+        super::pin(0, super::measured_cpu());
         let mut h = Harness::load(ns, &config, cost::resolver())?;
         let provision = h.provision_time;
         let vip = SocketAddrV4::new(VIP, 80);

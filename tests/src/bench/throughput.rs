@@ -30,7 +30,7 @@ use aya::{
 use lb_common::maps::NextHop;
 use serde_json::{Value, json};
 
-use super::progress;
+use super::{measured_cpu, pin, progress};
 use crate::{
     lab::{Lab, backend_ip, peer_program},
     netns::Netns,
@@ -236,8 +236,8 @@ fn measure(lab: &Lab, name: &str, frame: &[u8], packets: u32) -> anyhow::Result<
 /// Pins every threaded-NAPI kernel thread (`napi/<dev>-<id>`) to the last CPU, away from the
 /// generator on CPU 0. On one CPU there is nothing to separate.
 fn pin_napi_threads() -> anyhow::Result<()> {
-    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    if cpus < 2 {
+    let cpu = measured_cpu();
+    if cpu == 0 {
         return Ok(());
     }
     for entry in std::fs::read_dir("/proc")?.flatten() {
@@ -246,26 +246,10 @@ fn pin_napi_threads() -> anyhow::Result<()> {
         };
         let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
         if comm.starts_with("napi/") {
-            pin(pid, cpus - 1);
+            pin(pid, cpu);
         }
     }
     Ok(())
-}
-
-/// The CPU the measured side runs on: the last one.
-#[must_use]
-pub fn measured_cpu() -> usize {
-    std::thread::available_parallelism().map_or(1, std::num::NonZero::get) - 1
-}
-
-/// Pins thread `pid` (0: the calling thread) to `cpu`; best effort (a thread may be gone).
-pub fn pin(pid: i32, cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET and sched_setaffinity get valid pointers.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(pid, std::mem::size_of::<libc::cpu_set_t>(), &raw const set);
-    }
 }
 
 /// Runs `xdp_gen` in live-frames mode in `ns`, out of `dev`; returns the wall time it took.
