@@ -84,6 +84,16 @@ impl Tracker {
         }
     }
 
+    /// A tracker that starts [`Health::Up`]: for a backend a previous agent had in rotation
+    /// (it is in the live table), so a restart does not empty the table until the first
+    /// probe. It still needs `unhealthy_after` failures to go down, like any healthy backend.
+    #[must_use]
+    pub const fn seeded_up(thresholds: Thresholds) -> Self {
+        let mut t = Self::new(thresholds);
+        t.health = Health::Up;
+        t
+    }
+
     /// Records one probe result at time `now`; returns the transition it caused, if any.
     pub fn observe(&mut self, ok: bool, now: Duration) -> Option<Transition> {
         self.last_result = Some(now);
@@ -212,6 +222,26 @@ mod tests {
             assert_eq!(t.observe(i % 2 == 0, i * S), None);
         }
         assert_eq!(t.health, Health::Down);
+    }
+
+    #[test]
+    fn a_seeded_tracker_is_up_and_leaves_only_at_the_threshold() {
+        let th = Thresholds {
+            unhealthy_after: 3,
+            healthy_after: 2,
+        };
+        let mut t = Tracker::seeded_up(th);
+        assert!(t.is_up());
+        assert_eq!(t.observe(true, S), None, "already up: no transition");
+        assert_eq!(t.observe(false, 2 * S), None);
+        assert_eq!(t.observe(false, 3 * S), None);
+        assert_eq!(
+            t.observe(false, 4 * S),
+            Some(Transition {
+                from: Health::Up,
+                to: Health::Down
+            })
+        );
     }
 
     #[test]

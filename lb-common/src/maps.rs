@@ -88,8 +88,13 @@ pub struct Backend {
     pub port: [u8; 2],
     pub flags: u16,
     pub nh: NextHop,
+    /// The service id (`ServiceInfo::id`) this entry belongs to: each (service, backend) pair
+    /// has its own id. The fast path does not read it; a restarted agent does, to adopt the
+    /// live entries of each service instead of re-allocating them (see the agent's
+    /// `Reconciler::start`).
+    pub service: u32,
 }
-const _: () = assert!(core::mem::size_of::<Backend>() == 36);
+const _: () = assert!(core::mem::size_of::<Backend>() == 40);
 
 /// [`Backend::flags`]: the entry describes a live backend. Cleared entries make conntrack entries
 /// that still point at them fall back to a fresh table pick.

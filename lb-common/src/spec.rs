@@ -96,6 +96,22 @@ impl fmt::Display for ServiceSpec {
 }
 
 impl ServiceSpec {
+    /// The service an `LB_SERVICES` key names (the inverse of [`Self::key`]); `None` for a key
+    /// no service spec produces (another protocol, port 0).
+    #[must_use]
+    pub fn from_key(k: &ServiceKey) -> Option<Self> {
+        let proto = match k.proto {
+            p if p == Proto::Tcp.number() => Proto::Tcp,
+            p if p == Proto::Udp.number() => Proto::Udp,
+            _ => return None,
+        };
+        let port = u16::from_be_bytes(k.port);
+        (port != 0 && k._pad == 0).then(|| Self {
+            vip: SocketAddr::new(addr::to_ip(&k.vip), port),
+            proto,
+        })
+    }
+
     /// The `LB_SERVICES` key of this service.
     #[must_use]
     pub fn key(&self) -> ServiceKey {
@@ -185,6 +201,32 @@ mod tests {
                 e.0.contains(&format!("{bad:?}")),
                 "error for {bad:?} does not name it: {e}"
             );
+        }
+    }
+
+    proptest::proptest! {
+        /// A restarted agent names live services by their map keys: the key is a lossless
+        /// encoding of the spec.
+        #[test]
+        fn a_service_key_names_its_service(v4 in proptest::prelude::any::<[u8; 4]>(), v6 in proptest::prelude::any::<[u8; 16]>(), port in 1u16.., udp: bool, six: bool) {
+            let ip = if six { IpAddr::from(v6) } else { IpAddr::from(v4) };
+            let s = ServiceSpec { vip: SocketAddr::new(ip, port), proto: if udp { Proto::Udp } else { Proto::Tcp } };
+            proptest::prop_assert_eq!(ServiceSpec::from_key(&s.key()), Some(s));
+        }
+    }
+
+    #[test]
+    fn keys_no_spec_produces_name_no_service() {
+        let good = "203.0.113.10:80/tcp".parse::<ServiceSpec>().unwrap().key();
+        for bad in [
+            ServiceKey { proto: 1, ..good },
+            ServiceKey {
+                port: [0, 0],
+                ..good
+            },
+            ServiceKey { _pad: 1, ..good },
+        ] {
+            assert_eq!(ServiceSpec::from_key(&bad), None, "{bad:?}");
         }
     }
 

@@ -465,3 +465,51 @@ async fn handle(stream: UnixStream, calls: mpsc::Sender<ApiCall>) -> std::io::Re
     out.push('\n');
     wr.write_all(out.as_bytes()).await
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    /// The control socket changes the data plane, so only root may connect: mode 0600 (not
+    /// what the umask gives), and an unprivileged caller is refused by the kernel.
+    #[tokio::test]
+    async fn the_control_socket_is_root_only() {
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(
+            unsafe { libc::geteuid() },
+            0,
+            "this test checks socket ownership: run it as root (cargo xtask test)"
+        );
+        let dir = std::env::temp_dir().join(format!("lb-api-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // Searchable by anyone, so only the socket's own mode can refuse the caller below.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = dir.join("lb.sock");
+        let _listener = super::bind(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        let p = path.clone();
+        // A thread that drops to uid/gid 65534 ("nobody"). The raw syscall changes only this
+        // thread's credentials (glibc's setresuid would change every thread of the test
+        // process); the thread ends right after.
+        let as_nobody = std::thread::spawn(move || {
+            // SAFETY: plain syscalls on this thread's own credentials.
+            let rc = unsafe {
+                libc::syscall(libc::SYS_setresgid, 65534, 65534, 65534)
+                    | libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534)
+            };
+            assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+            std::os::unix::net::UnixStream::connect(&p).map(drop)
+        })
+        .join()
+        .unwrap();
+        let as_root = std::os::unix::net::UnixStream::connect(&path).map(drop);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(mode, 0o600, "socket mode {mode:o}");
+        assert_eq!(
+            as_nobody.map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::PermissionDenied),
+            "an unprivileged connect must be refused"
+        );
+        as_root.expect("root connects");
+    }
+}

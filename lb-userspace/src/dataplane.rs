@@ -253,6 +253,101 @@ fn update_batch(
     }
 }
 
+/// Reads array slots `off..off + out.len()` into `out` with one `BPF_MAP_LOOKUP_BATCH`.
+/// `Ok(false)` when the kernel does not support batch lookups for this map (the caller falls
+/// back to one lookup per slot). `off + out.len()` must not pass the end of the array.
+fn lookup_batch<V: aya::Pod>(
+    map: &Array<MapData, V>,
+    off: u32,
+    out: &mut [V],
+) -> Result<bool, aya::sys::SyscallError> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+
+    use aya::maps::IterableMap as _;
+    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+    let mut keys = vec![0u32; out.len()];
+    let count = u32::try_from(out.len()).expect("chunked");
+    // The kernel walks keys with get_next_key from `in_batch`, so the batch starts *after* it:
+    // `off - 1`, or no in_batch at all to start at slot 0.
+    let in_batch = off.wrapping_sub(1);
+    let mut out_batch = 0u32;
+    let fd = map.map().fd().as_fd().as_raw_fd();
+    // union bpf_attr, batch member (see `update_batch`).
+    let mut attr = [0u64; 16];
+    attr[0] = if off == 0 {
+        0
+    } else {
+        (&raw const in_batch) as u64
+    };
+    attr[1] = (&raw mut out_batch) as u64;
+    attr[2] = keys.as_mut_ptr() as u64;
+    attr[3] = out.as_mut_ptr() as u64;
+    attr[4] = u64::from(count) | (u64::from(fd.cast_unsigned()) << 32);
+    // SAFETY: `attr` is a valid bpf_attr for BPF_MAP_LOOKUP_BATCH: `keys` and `out` have room
+    // for `count` keys and values (`V` is the map's value type, Pod), `in_batch` and
+    // `out_batch` for one key; all outlive the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_BATCH,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    let e = std::io::Error::last_os_error();
+    // ENOENT: the walk reached the array's end; the count the kernel wrote back says how far.
+    let done = u32::try_from(attr[4] & 0xffff_ffff).expect("masked");
+    if rc == 0 || e.raw_os_error() == Some(libc::ENOENT) {
+        if done != count || keys.iter().zip(off..).any(|(k, want)| *k != want) {
+            return Err(aya::sys::SyscallError {
+                call: "bpf_map_lookup_batch",
+                io_error: std::io::Error::other(format!(
+                    "asked for {count} slots from {off}, got {done}"
+                )),
+            });
+        }
+        return Ok(true);
+    }
+    match e.raw_os_error() {
+        Some(libc::EINVAL | libc::EOPNOTSUPP | 524) => Ok(false),
+        _ => Err(aya::sys::SyscallError {
+            call: "bpf_map_lookup_batch",
+            io_error: e,
+        }),
+    }
+}
+
+/// Array slots `off..off + len`, read in batches of 64 Ki (one lookup per slot on kernels
+/// without batch lookups).
+fn read_array<V: aya::Pod + Default>(
+    map: &Array<MapData, V>,
+    name: &'static str,
+    off: u32,
+    len: u32,
+) -> Result<Vec<V>, MapOpError> {
+    const CHUNK: u32 = 1 << 16;
+    let mut out = vec![V::default(); len as usize];
+    let mut at = 0u32;
+    while at < len {
+        let n = CHUNK.min(len - at);
+        let buf = &mut out[at as usize..(at + n) as usize];
+        let batched = lookup_batch(map, off + at, buf).map_err(|source| MapOpError {
+            map: name,
+            op: format!("batch lookup of {n} slots at {}", off + at),
+            source: aya::maps::MapError::SyscallError(source),
+        })?;
+        if !batched {
+            for (i, v) in (off + at..).zip(buf.iter_mut()) {
+                *v = map
+                    .get(&i, 0)
+                    .map_err(op_err(name, format!("read slot {i}")))?;
+            }
+        }
+        at += n;
+    }
+    Ok(out)
+}
+
 /// Sum of one per-CPU slot of counters.
 fn sum_counters(v: &PerCpuValues<Counters>) -> Counters {
     v.iter().fold(Counters::default(), |a, c| a.add(c))
@@ -306,16 +401,7 @@ impl Maps {
             .map(|(k, _)| k)
             .collect();
         for k in &keys {
-            match self.conntrack.remove(k) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(source) => {
-                    return Err(MapOpError {
-                        map: map_names::CONNTRACK,
-                        op: "purge".into(),
-                        source,
-                    });
-                }
-            }
+            deleted(self.conntrack.remove(k)).map_err(op_err(map_names::CONNTRACK, "purge"))?;
         }
         Ok(keys.len())
     }
@@ -333,6 +419,21 @@ impl Maps {
     }
 }
 
+/// A delete whose key is already gone counts as done: every delete of the agent is idempotent
+/// (the LRU may have evicted a flow first, or a key may be synced twice). aya reports a missing
+/// key as the syscall's `ENOENT`, not as `MapError::KeyNotFound`, so both are accepted.
+fn deleted(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
+    match r {
+        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
+        r => r,
+    }
+}
+
 fn op_err(
     map: &'static str,
     op: impl Into<String>,
@@ -343,13 +444,13 @@ fn op_err(
 
 /// What the reconciler needs from the maps. The real implementation is [`Maps`]; unit tests
 /// use an in-memory fake, so reconciliation logic is tested without a kernel.
+///
+/// Deletes are idempotent: deleting a key that is not there succeeds.
 pub trait MapOps {
     fn put_service(&mut self, k: &ServiceKey, v: &ServiceInfo) -> Result<(), MapOpError>;
     fn del_service(&mut self, k: &ServiceKey) -> Result<(), MapOpError>;
-    fn service_keys(&self) -> Result<Vec<ServiceKey>, MapOpError>;
     fn put_vip(&mut self, k: &VipKey, v: &VipInfo) -> Result<(), MapOpError>;
     fn del_vip(&mut self, k: &VipKey) -> Result<(), MapOpError>;
-    fn vip_keys(&self) -> Result<Vec<VipKey>, MapOpError>;
     fn put_backend(&mut self, id: BackendId, b: &Backend) -> Result<(), MapOpError>;
     fn put_slots(&mut self, off: u32, slots: &[BackendId]) -> Result<(), MapOpError>;
     fn put_route(
@@ -382,10 +483,31 @@ pub trait MapOps {
     fn put_pip(&mut self, pip: &Addr, dip: &Addr, nh: &NextHop) -> Result<(), MapOpError>;
     /// Deletes both directions of a PIP.
     fn del_pip(&mut self, pip: &Addr, dip: &Addr) -> Result<(), MapOpError>;
-    /// Deletes every PIP entry (a new agent starts from its own state).
-    fn clear_pips(&mut self) -> Result<(), MapOpError>;
     /// Live conntrack entries per backend id (an O(table) walk, for status output).
     fn flows_per_backend(&self) -> Result<std::collections::HashMap<BackendId, u64>, MapOpError>;
+    /// Everything an earlier agent left in the pinned maps, except table slots and conntrack
+    /// (read once, when an agent starts).
+    fn read_live(&self) -> Result<LiveMaps, MapOpError>;
+    /// Table slots `off..off + len` of `LB_RING`.
+    fn read_slots(&self, off: u32, len: u32) -> Result<Vec<BackendId>, MapOpError>;
+}
+
+/// What the pinned maps hold when an agent starts: the previous agent's work, which the new
+/// one adopts instead of rebuilding (see `Reconciler::start`).
+#[derive(Clone, Debug, Default)]
+pub struct LiveMaps {
+    pub services: Vec<(ServiceKey, ServiceInfo)>,
+    pub vips: Vec<(VipKey, VipInfo)>,
+    /// The active entries of `LB_BACKENDS`.
+    pub backends: Vec<(BackendId, Backend)>,
+    /// Every `LB_ACL` entry, with its set id.
+    pub acl: Vec<(u32, lb_common::acl::Entry)>,
+    /// `LB_PIPS`: (PIP, instance, next hop).
+    pub pips: Vec<(Addr, Addr, NextHop)>,
+    /// `LB_PIP_REV`: (instance, PIP).
+    pub pip_revs: Vec<(Addr, Addr)>,
+    /// `LB_ROUTES`: (prefix length, prefix, next hop).
+    pub routes: Vec<(u32, Addr, NextHop)>,
 }
 
 fn zero_per_cpu<V: aya::Pod + Default + Clone>(
@@ -420,15 +542,7 @@ impl MapOps for Maps {
         })
     }
     fn del_service(&mut self, k: &ServiceKey) -> Result<(), MapOpError> {
-        self.services
-            .remove(k)
-            .map_err(op_err(map_names::SERVICES, "remove service"))
-    }
-    fn service_keys(&self) -> Result<Vec<ServiceKey>, MapOpError> {
-        self.services
-            .keys()
-            .collect::<Result<_, _>>()
-            .map_err(op_err(map_names::SERVICES, "list"))
+        deleted(self.services.remove(k)).map_err(op_err(map_names::SERVICES, "remove service"))
     }
     fn put_vip(&mut self, k: &VipKey, v: &VipInfo) -> Result<(), MapOpError> {
         self.vips
@@ -436,15 +550,7 @@ impl MapOps for Maps {
             .map_err(op_err(map_names::VIPS, "insert"))
     }
     fn del_vip(&mut self, k: &VipKey) -> Result<(), MapOpError> {
-        self.vips
-            .remove(k)
-            .map_err(op_err(map_names::VIPS, "remove"))
-    }
-    fn vip_keys(&self) -> Result<Vec<VipKey>, MapOpError> {
-        self.vips
-            .keys()
-            .collect::<Result<_, _>>()
-            .map_err(op_err(map_names::VIPS, "list"))
+        deleted(self.vips.remove(k)).map_err(op_err(map_names::VIPS, "remove"))
     }
     fn put_backend(&mut self, id: BackendId, b: &Backend) -> Result<(), MapOpError> {
         self.backends
@@ -485,8 +591,7 @@ impl MapOps for Maps {
             .map_err(op_err(map_names::ROUTES, "insert"))
     }
     fn del_route(&mut self, prefix_len: u32, dst: RouteKeyData) -> Result<(), MapOpError> {
-        self.routes
-            .remove(&LpmKey::new(prefix_len, dst))
+        deleted(self.routes.remove(&LpmKey::new(prefix_len, dst)))
             .map_err(op_err(map_names::ROUTES, "remove"))
     }
     fn zero_service_stats(&mut self, id: u32) -> Result<(), MapOpError> {
@@ -539,14 +644,8 @@ impl MapOps for Maps {
     }
     fn del_acl(&mut self, acl_id: u32, p: &lb_common::acl::Prefix) -> Result<(), MapOpError> {
         let key = LpmKey::new(32 + p.len, lb_common::maps::acl_key(acl_id, &p.addr));
-        match self.acl.remove(&key) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(MapOpError {
-                map: map_names::ACL,
-                op: format!("remove from set {acl_id}"),
-                source,
-            }),
-        }
+        deleted(self.acl.remove(&key))
+            .map_err(op_err(map_names::ACL, format!("remove from set {acl_id}")))
     }
     fn purge_sources(
         &mut self,
@@ -577,37 +676,7 @@ impl MapOps for Maps {
             (&mut self.pips, map_names::PIPS, pip),
             (&mut self.pip_rev, map_names::PIP_REV, dip),
         ] {
-            match m.remove(&VipKey { vip: *k }) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(source) => {
-                    return Err(MapOpError {
-                        map: name,
-                        op: "remove".into(),
-                        source,
-                    });
-                }
-            }
-        }
-        Ok(())
-    }
-    fn clear_pips(&mut self) -> Result<(), MapOpError> {
-        for (m, name) in [
-            (&mut self.pips, map_names::PIPS),
-            (&mut self.pip_rev, map_names::PIP_REV),
-        ] {
-            let keys: Vec<VipKey> = m.keys().filter_map(Result::ok).collect();
-            for k in keys {
-                match m.remove(&k) {
-                    Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                    Err(source) => {
-                        return Err(MapOpError {
-                            map: name,
-                            op: "clear".into(),
-                            source,
-                        });
-                    }
-                }
-            }
+            deleted(m.remove(&VipKey { vip: *k })).map_err(op_err(name, "remove"))?;
         }
         Ok(())
     }
@@ -627,6 +696,78 @@ impl MapOps for Maps {
             }
         }
         Ok(m)
+    }
+    fn read_live(&self) -> Result<LiveMaps, MapOpError> {
+        let services = self
+            .services
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(op_err(map_names::SERVICES, "walk"))?;
+        let vips = self
+            .vips
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(op_err(map_names::VIPS, "walk"))?;
+        let backends = (0..)
+            .zip(read_array(
+                &self.backends,
+                map_names::BACKENDS,
+                0,
+                self.backends.len(),
+            )?)
+            .filter(|(_, b)| b.is_active())
+            .collect();
+        let mut acl = Vec::new();
+        for item in self.acl.iter() {
+            let (k, v) = item.map_err(op_err(map_names::ACL, "walk"))?;
+            let data = k.data();
+            let (id, a) = data.split_at(4);
+            let action = match v.action {
+                lb_common::maps::ACL_PERMIT => lb_common::acl::Action::Permit,
+                lb_common::maps::ACL_HAIRPIN => lb_common::acl::Action::Hairpin,
+                // ACL_DENY, and anything unknown: such a set never equals a wanted one, so it
+                // is replaced, and its entries are deleted by prefix all the same.
+                _ => lb_common::acl::Action::Deny,
+            };
+            acl.push((
+                u32::from_be_bytes(id.try_into().expect("4 bytes")),
+                lb_common::acl::Entry {
+                    prefix: lb_common::acl::Prefix {
+                        addr: a.try_into().expect("16 bytes"),
+                        len: k.prefix_len().saturating_sub(32),
+                    },
+                    action,
+                    rule: (v.rule != u32::MAX).then_some(v.rule),
+                },
+            ));
+        }
+        let mut pips = Vec::new();
+        for item in self.pips.iter() {
+            let (k, v) = item.map_err(op_err(map_names::PIPS, "walk"))?;
+            pips.push((k.vip, v.addr, v.nh));
+        }
+        let mut pip_revs = Vec::new();
+        for item in self.pip_rev.iter() {
+            let (k, v) = item.map_err(op_err(map_names::PIP_REV, "walk"))?;
+            pip_revs.push((k.vip, v.addr));
+        }
+        let mut routes = Vec::new();
+        for item in self.routes.iter() {
+            let (k, nh) = item.map_err(op_err(map_names::ROUTES, "walk"))?;
+            routes.push((k.prefix_len(), k.data(), nh));
+        }
+        Ok(LiveMaps {
+            services,
+            vips,
+            backends,
+            acl,
+            pips,
+            pip_revs,
+            routes,
+        })
+    }
+    fn read_slots(&self, off: u32, len: u32) -> Result<Vec<BackendId>, MapOpError> {
+        read_array(&self.ring, map_names::RING, off, len)
     }
 }
 

@@ -12,6 +12,18 @@
 //! * A removed backend's entry is marked inactive after the table stops pointing at it, and its
 //!   conntrack entries are purged; a packet of such a flow that races the purge finds the entry
 //!   inactive and is re-balanced (the fast path's "backend gone → fresh pick" rule).
+//!
+//! # A new agent adopts the maps it finds (why a restart drops nothing)
+//! The maps are pinned, so an agent started after a crash, a `kill -9` or an upgrade finds the
+//! previous agent's services, tables, backend entries, ACL sets and PIPs still serving traffic.
+//! [`Reconciler::start`] reads them back and takes them over as if it had written them: the
+//! same service ids, backend ids (each entry names its service), table regions and ACL sets,
+//! reserved in the allocators. Health is seeded from the live tables (a backend in its
+//! service's table starts up). Then the ordinary per-service sync runs: where the desired state
+//! is what is live, it writes back the same values; where it differs, the usual
+//! double-buffered swap applies, and what nothing wants any more is retired after the grace
+//! period. Nothing is cleared first, so no packet ever meets a missing service, and conntrack
+//! entries keep pointing at the backend ids they name.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -104,6 +116,29 @@ impl Ring {
         Some(off)
     }
 
+    /// Marks `off..off + len` used, if it is wholly free (a live table found at start).
+    fn reserve(&mut self, off: u32, len: u32) -> bool {
+        let Some(end) = off.checked_add(len) else {
+            return false;
+        };
+        let Some(i) = self
+            .free
+            .iter()
+            .position(|&(o, l)| o <= off && end <= o + l)
+        else {
+            return false;
+        };
+        let (o, l) = self.free.remove(i);
+        let mut at = i;
+        for piece in [(o, off - o), (end, o + l - end)] {
+            if piece.1 > 0 {
+                self.free.insert(at, piece);
+                at += 1;
+            }
+        }
+        true
+    }
+
     fn release(&mut self, off: u32, len: u32) {
         let i = self.free.partition_point(|&(o, _)| o < off);
         self.free.insert(i, (off, len));
@@ -162,6 +197,21 @@ impl Ids {
         Some(id)
     }
 
+    /// Marks `id` used (an id found live at start); `false` if it is out of range or taken.
+    fn reserve(&mut self, id: u32) -> bool {
+        if id < self.lo || id >= self.hi || self.used.contains(&id) {
+            return false;
+        }
+        if id >= self.next {
+            self.released.extend(self.next..id);
+            self.next = id + 1;
+        } else {
+            self.released.remove(&id);
+        }
+        self.used.insert(id);
+        true
+    }
+
     /// Releases an id for reuse.
     fn free(&mut self, id: u32) {
         if self.used.remove(&id) {
@@ -198,6 +248,32 @@ impl BackendHealth {
             last: None,
         }
     }
+}
+
+/// What [`Reconciler::adopt`] found that the desired state may not want: handled by
+/// [`Reconciler::start`] once every service is synced.
+#[derive(Debug, Default)]
+struct Leftovers {
+    /// Service keys that cannot be adopted (no service spec names them, or their id is taken):
+    /// deleted before anything else.
+    services: Vec<lb_common::maps::ServiceKey>,
+    /// Every live VIP address (synced again, which deletes the ones with no service).
+    vips: Vec<IpAddr>,
+    /// Active backend entries no adopted service claims: retired.
+    backends: Vec<BackendId>,
+    /// ACL sets nothing points at: deleted after the grace period.
+    acl_sets: Vec<(u32, Vec<acl::Prefix>)>,
+}
+
+/// Whether two compiled ACL sets hold the same entries (a set read back from the map comes in
+/// prefix order, a compiled one in rule order; prefixes are unique within a set).
+fn same_entries(a: &[acl::Entry], b: &[acl::Entry]) -> bool {
+    let sorted = |v: &[acl::Entry]| {
+        let mut v = v.to_vec();
+        v.sort_by_key(|e| e.prefix);
+        v
+    };
+    a.len() == b.len() && sorted(a) == sorted(b)
 }
 
 enum Deferred {
@@ -264,28 +340,192 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
         &self.maps
     }
 
-    /// Applies the initial desired state: clears services and VIPs a previous agent left in
-    /// pinned maps, then programs every service.
+    /// Applies the initial desired state over whatever a previous agent left in the pinned
+    /// maps: adopts it (module doc), then syncs every service, live or desired. Nothing is
+    /// cleared first; entries nothing wants are removed the usual way.
     ///
     /// # Errors
-    /// A capacity limit or a map write failure.
+    /// A capacity limit (checked before anything is written) or a map failure.
     pub fn start(&mut self, state: State) -> Result<(), ChangeError> {
-        for k in self.maps.service_keys()? {
-            self.maps.del_service(&k)?;
-        }
-        for k in self.maps.vip_keys()? {
-            self.maps.del_vip(&k)?;
-        }
-        self.maps.clear_pips()?;
         self.check_capacity(&state, None)?;
         self.state = state;
-        let specs: Vec<ServiceSpec> = self.state.services.keys().copied().collect();
+        let left = self.adopt()?;
+        for k in &left.services {
+            self.maps.del_service(k)?;
+        }
+        // Services going away first: their ids and regions are then free for the rest.
+        let (mut specs, keep): (Vec<ServiceSpec>, Vec<ServiceSpec>) = self
+            .applied
+            .keys()
+            .copied()
+            .partition(|s| !self.state.services.contains_key(s));
+        specs.extend(keep);
+        specs.extend(
+            self.state
+                .services
+                .keys()
+                .filter(|s| !self.applied.contains_key(*s)),
+        );
         for s in specs {
             self.sync_service(&s)?;
+        }
+        for ip in left.vips {
+            self.sync_vip(ip)?;
+        }
+        for id in left.backends {
+            self.retire_backend(id)?;
+        }
+        for (aid, prefixes) in left.acl_sets {
+            self.defer(Deferred::Acl(aid, prefixes));
         }
         self.sync_pips()?;
         self.refresh_routes()?;
         Ok(())
+    }
+
+    /// Takes over what the pinned maps hold (module doc): every live service whose key names
+    /// a service, with its id, table, backend entries and ACL set; internal VIPs' source
+    /// sets; consistent PIP pairs; client routes. Backends in a live table of a probed service start healthy.
+    /// Only reads and reserves, except for inconsistent PIP halves (deleted at once: a crash
+    /// between the two writes of a PIP leaves one).
+    fn adopt(&mut self) -> Result<Leftovers, ChangeError> {
+        let live = self.maps.read_live()?;
+        let mut left = Leftovers::default();
+        let mut sets: BTreeMap<u32, Vec<acl::Entry>> = BTreeMap::new();
+        for (aid, e) in live.acl {
+            sets.entry(aid).or_default().push(e);
+        }
+        for v in sets.values_mut() {
+            v.sort_by_key(|e| e.prefix);
+        }
+        let mut by_service: HashMap<u32, Vec<(BackendId, Backend)>> = HashMap::new();
+        let mut unclaimed = std::collections::BTreeSet::new();
+        for (id, b) in live.backends {
+            if self.backend_ids.reserve(id) {
+                by_service.entry(b.service).or_default().push((id, b));
+                unclaimed.insert(id);
+            }
+        }
+        for (key, info) in live.services {
+            let Some(spec) = ServiceSpec::from_key(&key) else {
+                tracing::warn!(?key, "a live service entry names no service; removing it");
+                left.services.push(key);
+                continue;
+            };
+            if !self.service_ids.reserve(info.id) {
+                tracing::warn!(service = %spec, id = info.id, "a live service entry has an id that is out of range or taken; replacing it");
+                left.services.push(key);
+                continue;
+            }
+            let mut backends = BTreeMap::new();
+            for (bid, b) in by_service.get(&info.id).into_iter().flatten() {
+                let a = SocketAddr::new(addr::to_ip(&b.addr), u16::from_be_bytes(b.port));
+                if let std::collections::btree_map::Entry::Vacant(v) = backends.entry(a) {
+                    v.insert(*bid);
+                    unclaimed.remove(bid);
+                    self.written.insert(*bid, b.nh);
+                }
+            }
+            let table = if info.table_len == 0 {
+                None
+            } else if self.ring.reserve(info.table_off, info.table_len) {
+                Some((
+                    info.table_off,
+                    self.maps.read_slots(info.table_off, info.table_len)?,
+                ))
+            } else {
+                tracing::warn!(service = %spec, off = info.table_off, len = info.table_len, "a live table region overlaps another or lies outside the ring; replacing it");
+                None
+            };
+            let acl = match sets.get(&info.acl_id) {
+                Some(e) if info.acl_id != 0 && self.acl_ids.reserve(info.acl_id) => {
+                    Some((info.acl_id, e.clone()))
+                }
+                _ => None,
+            };
+            // Health from the live table: a probed backend in it was healthy a moment ago
+            // (starting it Unknown would empty the table until the first probe answers).
+            if let (Some(svc), Some((_, slots))) = (self.state.services.get(&spec), &table)
+                && svc.settings.probe.is_some()
+            {
+                for (a, bid) in &backends {
+                    if slots.contains(bid) {
+                        self.health.insert(
+                            (spec, *a),
+                            BackendHealth {
+                                tracker: Tracker::seeded_up(svc.settings.thresholds),
+                                last: None,
+                            },
+                        );
+                    }
+                }
+            }
+            self.applied.insert(
+                spec,
+                Applied {
+                    id: info.id,
+                    table,
+                    backends,
+                    acl,
+                },
+            );
+        }
+        for (k, v) in live.vips {
+            let ip = addr::to_ip(&k.vip);
+            left.vips.push(ip);
+            if let Some(e) = sets.get(&v.ilb_id)
+                && v.ilb_id != 0
+                && self.acl_ids.reserve(v.ilb_id)
+            {
+                self.ilb.insert(ip, (v.ilb_id, e.clone()));
+            }
+        }
+        for (aid, entries) in sets {
+            // Sets nothing adopted points at (reserved above otherwise): deleted after the grace
+            // period, like any replaced set.
+            if self.acl_ids.reserve(aid) {
+                left.acl_sets
+                    .push((aid, entries.iter().map(|e| e.prefix).collect()));
+            }
+        }
+        left.backends = unclaimed.into_iter().collect();
+        // PIPs: the pairs whose two halves agree; any other half is deleted (and rewritten by
+        // the sync if it is still wanted).
+        let fwd: HashMap<Addr, Addr> = live.pips.iter().map(|(p, d, _)| (*p, *d)).collect();
+        let rev: HashMap<Addr, Addr> = live.pip_revs.iter().copied().collect();
+        let mut touched = std::collections::HashSet::new();
+        let halves = live
+            .pips
+            .iter()
+            .map(|(p, d, _)| (*p, *d))
+            .chain(live.pip_revs.iter().map(|(d, p)| (*p, *d)));
+        for (p, d) in halves {
+            if fwd.get(&p) != Some(&d) || rev.get(&d) != Some(&p) {
+                self.maps.del_pip(&p, &d)?;
+                touched.insert(p);
+                touched.insert(d);
+            }
+        }
+        for (p, d, nh) in live.pips {
+            if !touched.contains(&p) && !touched.contains(&d) {
+                self.applied_pips
+                    .insert(addr::to_ip(&p), (addr::to_ip(&d), nh));
+            }
+        }
+        // Client routes as written: the refresh then changes only what differs, and removes
+        // routes the kernel no longer has.
+        self.routes = live
+            .routes
+            .iter()
+            .map(|(l, a, nh)| ((*l, *a), *nh))
+            .collect();
+        tracing::info!(
+            services = self.applied.len(),
+            backends = self.written.len(),
+            pips = self.applied_pips.len(),
+            "adopted the live maps"
+        );
+        Ok(left)
     }
 
     /// Replaces the whole desired state (a config reload), syncing every service that was or
@@ -712,7 +952,8 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
             let id = self.alloc_backend_id()?;
             self.maps.zero_backend_stats(id)?;
             let nh = self.next_hop(addr.ip());
-            self.put_backend(id, *addr, nh)?;
+            let service = self.applied[spec].id;
+            self.put_backend(id, service, *addr, nh)?;
             self.applied
                 .get_mut(spec)
                 .expect("inserted above")
@@ -780,7 +1021,7 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
         // new id, switched with the table in the same service update (a double buffer again).
         let entries = acl::compile(&acl_rules(&desired));
         let acl_changed = match &ap.acl {
-            Some((_, cur)) => *cur != entries,
+            Some((_, cur)) => !same_entries(cur, &entries),
             None => !entries.is_empty(),
         };
         let new_region = if table_changed {
@@ -892,14 +1133,7 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
             if let Some((aid, old)) = self.ilb.remove(&ip) {
                 self.defer(Deferred::Acl(aid, old.iter().map(|e| e.prefix).collect()));
             }
-            return match self.maps.del_vip(&key) {
-                Err(MapOpError {
-                    source: aya::maps::MapError::KeyNotFound,
-                    ..
-                })
-                | Ok(()) => Ok(()),
-                Err(e) => Err(e.into()),
-            };
+            return Ok(self.maps.del_vip(&key)?);
         }
         // An internal VIP's source set: its internal prefixes permitted, every backend of the
         // VIP (any service) marked hairpin as a host entry (longer than any prefix, so it wins
@@ -963,7 +1197,7 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
         }
         let current = self.ilb.get(&ip).map(|(aid, e)| (*aid, e.clone()));
         let ilb_id = match current {
-            Some((aid, cur)) if cur == entries => aid,
+            Some((aid, cur)) if same_entries(&cur, &entries) => aid,
             _ if entries.is_empty() => 0,
             _ => {
                 let Some(aid) = self.acl_ids.alloc() else {
@@ -1083,10 +1317,12 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
     fn put_backend(
         &mut self,
         id: BackendId,
+        service: u32,
         addr: SocketAddr,
         nh: NextHop,
     ) -> Result<(), MapOpError> {
-        self.maps.put_backend(id, &backend_entry(addr, nh))?;
+        self.maps
+            .put_backend(id, &backend_entry(service, addr, nh))?;
         self.written.insert(id, nh);
         Ok(())
     }
@@ -1109,15 +1345,15 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
             .into_iter()
             .filter_map(|ip| self.resolver.next_hop(ip).map(|nh| (ip, nh)))
             .collect();
-        let entries: Vec<(SocketAddr, BackendId)> = self
+        let entries: Vec<(u32, SocketAddr, BackendId)> = self
             .applied
             .values()
-            .flat_map(|a| a.backends.iter().map(|(s, i)| (*s, *i)))
+            .flat_map(|a| a.backends.iter().map(|(s, i)| (a.id, *s, *i)))
             .collect();
-        for (addr, id) in entries {
+        for (service, addr, id) in entries {
             let nh = self.next_hops.get(&addr.ip()).copied().unwrap_or_default();
             if self.written.get(&id) != Some(&nh) {
-                self.put_backend(id, addr, nh)?;
+                self.put_backend(id, service, addr, nh)?;
                 tracing::info!(backend = %addr, backend_id = id, ifindex = nh.ifindex, "backend next hop updated");
             }
         }
@@ -1146,14 +1382,7 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
             .copied()
             .collect();
         for k in stale {
-            match self.maps.del_route(k.0, k.1) {
-                Ok(())
-                | Err(MapOpError {
-                    source: aya::maps::MapError::KeyNotFound,
-                    ..
-                }) => {}
-                Err(e) => return Err(e),
-            }
+            self.maps.del_route(k.0, k.1)?;
         }
         self.routes = want;
         Ok(())
@@ -1394,12 +1623,13 @@ fn acl_rules(s: &ServiceState) -> Vec<acl::Rule> {
         .collect()
 }
 
-fn backend_entry(addr: SocketAddr, nh: NextHop) -> Backend {
+fn backend_entry(service: u32, addr: SocketAddr, nh: NextHop) -> Backend {
     Backend {
         addr: addr::from_ip(addr.ip()),
         port: addr.port().to_be_bytes(),
         flags: BACKEND_F_ACTIVE,
         nh,
+        service,
     }
 }
 
@@ -1442,7 +1672,7 @@ mod tests {
         PurgeSources(u32, usize),
     }
 
-    #[derive(Default)]
+    #[derive(Clone, Default)]
     struct FakeMaps {
         services: HashMap<ServiceKey, ServiceInfo>,
         vips: HashMap<VipKey, VipInfo>,
@@ -1465,9 +1695,6 @@ mod tests {
             self.services.remove(k);
             Ok(())
         }
-        fn service_keys(&self) -> Result<Vec<ServiceKey>, MapOpError> {
-            Ok(self.services.keys().copied().collect())
-        }
         fn put_vip(&mut self, k: &VipKey, v: &VipInfo) -> Result<(), MapOpError> {
             self.vips.insert(*k, *v);
             Ok(())
@@ -1475,9 +1702,6 @@ mod tests {
         fn del_vip(&mut self, k: &VipKey) -> Result<(), MapOpError> {
             self.vips.remove(k);
             Ok(())
-        }
-        fn vip_keys(&self) -> Result<Vec<VipKey>, MapOpError> {
-            Ok(self.vips.keys().copied().collect())
         }
         fn put_backend(&mut self, id: BackendId, b: &Backend) -> Result<(), MapOpError> {
             self.ops.push(Op::Backend(id, b.is_active()));
@@ -1529,9 +1753,30 @@ mod tests {
             self.pips.remove(pip);
             Ok(())
         }
-        fn clear_pips(&mut self) -> Result<(), MapOpError> {
-            self.pips.clear();
-            Ok(())
+        fn read_live(&self) -> Result<crate::dataplane::LiveMaps, MapOpError> {
+            Ok(crate::dataplane::LiveMaps {
+                services: self.services.iter().map(|(k, v)| (*k, *v)).collect(),
+                vips: self.vips.iter().map(|(k, v)| (*k, *v)).collect(),
+                backends: self
+                    .backends
+                    .iter()
+                    .filter(|(_, b)| b.is_active())
+                    .map(|(i, b)| (*i, *b))
+                    .collect(),
+                acl: self.acl.iter().map(|((aid, _), e)| (*aid, *e)).collect(),
+                pips: self.pips.iter().map(|(p, (d, nh))| (*p, *d, *nh)).collect(),
+                pip_revs: self.pips.iter().map(|(p, (d, _))| (*d, *p)).collect(),
+                routes: self
+                    .routes
+                    .iter()
+                    .map(|((l, a), nh)| (*l, *a, *nh))
+                    .collect(),
+            })
+        }
+        fn read_slots(&self, off: u32, len: u32) -> Result<Vec<BackendId>, MapOpError> {
+            Ok((off..off + len)
+                .map(|i| self.ring.get(&i).copied().unwrap_or(0))
+                .collect())
         }
         fn put_acl(&mut self, acl_id: u32, e: &acl::Entry) -> Result<(), MapOpError> {
             self.ops.push(Op::Acl(acl_id, true));
@@ -1745,6 +1990,221 @@ mod tests {
         assert!(e.rule.is_some_and(|id| id != 0), "{e:?}");
     }
 
+    /// A reconciler over a copy of `r`'s maps (what a restarted agent finds pinned), with no
+    /// writes recorded yet.
+    fn restarted(r: &Reconciler<FakeMaps, FakeResolver>) -> Reconciler<FakeMaps, FakeResolver> {
+        let mut maps = r.maps().clone();
+        maps.ops.clear();
+        let info = AgentInfo {
+            ring_slots: r.info.ring_slots,
+            ..AgentInfo::default()
+        };
+        Reconciler::new(maps, FakeResolver::default(), info)
+    }
+
+    /// The restart that must drop nothing: a new agent with the same state finds the maps
+    /// serving and leaves every entry as it is (same ids, tables, ACL sets, PIPs); health
+    /// comes from the live table, so a probed service keeps its table before any probe.
+    #[test]
+    fn a_restarted_agent_adopts_the_live_maps_and_changes_nothing() {
+        let mut r = rec(4096);
+        probed(&mut r, SettingsArgs::default());
+        report(&mut r, "192.0.2.11:80", true);
+        report(&mut r, "192.0.2.12:80", false);
+        report(&mut r, "192.0.2.12:80", false);
+        ok(
+            &mut r,
+            Request::AclAdd {
+                service: WEB.into(),
+                order: 10,
+                action: "permit".into(),
+                prefix: "198.51.100.0/24".into(),
+                description: String::new(),
+            },
+        );
+        ok(
+            &mut r,
+            Request::VipAdd {
+                service: "203.0.113.20:80/tcp".into(),
+                settings: SettingsArgs {
+                    table_size: Some(251),
+                    internal: Some("198.51.100.0/24".into()),
+                    ..SettingsArgs::default()
+                },
+            },
+        );
+        ok(
+            &mut r,
+            Request::BackendAdd {
+                service: "203.0.113.20:80/tcp".into(),
+                backend: "192.0.2.13".into(),
+                weight: None,
+            },
+        );
+        ok(
+            &mut r,
+            Request::PipAdd {
+                pip: "203.0.113.50".into(),
+                dip: "192.0.2.14".into(),
+            },
+        );
+        let before = r.maps().clone();
+        let mut r2 = restarted(&r);
+        r2.start(r.state().clone()).unwrap();
+        let after = r2.maps();
+        assert_eq!(after.services, before.services);
+        assert_eq!(after.vips, before.vips);
+        assert_eq!(after.backends, before.backends);
+        assert_eq!(after.acl, before.acl);
+        assert_eq!(after.pips, before.pips);
+        assert_eq!(after.ring, before.ring);
+        for op in &after.ops {
+            match op {
+                Op::Service(v) => assert!(
+                    before.services.values().any(|b| b == v),
+                    "a service entry changed: {v:?}"
+                ),
+                // Rewriting a live backend with the same value is harmless; nothing else is
+                // written (no slots, ACL entries, purges or deletions).
+                Op::Backend(id, true) => assert!(before.backends.contains_key(id)),
+                other => panic!("a restart with the same state wrote {other:?}"),
+            }
+        }
+        // The healthy backend kept its slots before any probe; the down one stays out.
+        assert_eq!(
+            shares(&r2).keys().collect::<Vec<_>>(),
+            vec!["192.0.2.11:80"]
+        );
+        // And the adopted allocators hand out fresh ids and regions (an unprobed service, so
+        // the new backend enters the table at once).
+        ok(
+            &mut r2,
+            Request::BackendAdd {
+                service: "203.0.113.20:80/tcp".into(),
+                backend: "192.0.2.15".into(),
+                weight: None,
+            },
+        );
+        let new_ids: Vec<&BackendId> = r2
+            .maps()
+            .backends
+            .keys()
+            .filter(|id| !before.backends.contains_key(id))
+            .collect();
+        assert_eq!(new_ids.len(), 1, "one new entry");
+        let Some(Op::Slots(off, len)) = r2
+            .maps()
+            .ops
+            .iter()
+            .rev()
+            .find(|o| matches!(o, Op::Slots(..)))
+            .cloned()
+        else {
+            panic!("no new table")
+        };
+        for live in before.services.values().filter(|v| v.table_len > 0) {
+            let disjoint = off + len <= live.table_off || live.table_off + live.table_len <= off;
+            assert!(disjoint, "new region {off}+{len} overlaps live {live:?}");
+        }
+    }
+
+    /// A new agent whose state differs: what it no longer wants is removed after the switch
+    /// (a backend retired, a service and its VIP deleted), what it keeps keeps its ids, and
+    /// leftovers no service claims (a backend entry, an ACL set, a route) are cleaned up.
+    #[test]
+    fn a_restart_with_another_state_removes_only_what_is_unwanted() {
+        let mut r = rec(4096);
+        add(&mut r, WEB, &["192.0.2.11", "192.0.2.12"]);
+        add(&mut r, "203.0.113.20:53/udp", &["192.0.2.13"]);
+        let mut want = rec(4096);
+        add(&mut want, WEB, &["192.0.2.11", "192.0.2.14"]);
+        let id_of = |r: &Reconciler<FakeMaps, FakeResolver>, a: &str| {
+            r.applied[&WEB.parse::<ServiceSpec>().unwrap()].backends
+                [&a.parse::<SocketAddr>().unwrap()]
+        };
+        let (id11, id12) = (id_of(&r, "192.0.2.11:80"), id_of(&r, "192.0.2.12:80"));
+        let web_before = r.maps().services[&WEB.parse::<ServiceSpec>().unwrap().key()];
+        let mut r2 = restarted(&r);
+        // Leftovers of a crash: an entry of no live service and an unreferenced ACL set.
+        r2.maps.backends.insert(
+            900,
+            backend_entry(4242, "192.0.2.99:80".parse().unwrap(), NextHop::default()),
+        );
+        let stray = map_prefix("198.51.100.0".parse().unwrap(), 24);
+        r2.maps.acl.insert(
+            (77, stray),
+            acl::Entry {
+                prefix: stray,
+                action: acl::Action::Deny,
+                rule: None,
+            },
+        );
+        let gone_route = (120, addr::v4_mapped([198, 51, 100, 0]));
+        r2.maps.routes.insert(gone_route, NextHop::default());
+        r2.start(want.state().clone()).unwrap();
+        assert!(
+            !r2.maps().routes.contains_key(&gone_route),
+            "a client route the kernel no longer has is removed"
+        );
+        assert_eq!(
+            id_of(&r2, "192.0.2.11:80"),
+            id11,
+            "a kept backend keeps its id"
+        );
+        let web = r2.maps().services[&WEB.parse::<ServiceSpec>().unwrap().key()];
+        assert_eq!(web.id, web_before.id);
+        assert!(
+            web.table_off + web.table_len <= web_before.table_off
+                || web_before.table_off + web_before.table_len <= web.table_off,
+            "the new table must not overwrite the live one: {web:?} vs {web_before:?}"
+        );
+        assert_eq!(shares(&r2).len(), 2);
+        assert!(!shares(&r2).contains_key("192.0.2.12:80"));
+        let ops = r2.maps().ops.clone();
+        let switch = ops
+            .iter()
+            .position(
+                |o| matches!(o, Op::Service(v) if v.id == web.id && v.table_off == web.table_off),
+            )
+            .expect("the switch");
+        let retire = ops
+            .iter()
+            .position(|o| *o == Op::Backend(id12, false))
+            .expect("the removed backend is retired");
+        assert!(switch < retire, "retired before the switch: {ops:?}");
+        assert!(ops.contains(&Op::Purge(id12)));
+        assert!(
+            ops.contains(&Op::Purge(900)),
+            "the stray entry is retired: {ops:?}"
+        );
+        assert!(!r2.maps().backends[&900].is_active());
+        assert_eq!(r2.maps().services.len(), 1, "the UDP service is gone");
+        assert_eq!(r2.maps().vips.len(), 1, "and its VIP");
+        r2.release_deferred(true);
+        assert!(
+            !r2.maps().acl.contains_key(&(77, stray)),
+            "the stray ACL set is deleted after the grace period"
+        );
+    }
+
+    #[test]
+    fn reserving_live_ids_and_regions_carves_exactly_them() {
+        let mut ids = Ids::new(1, 10);
+        assert!(ids.reserve(5));
+        assert!(!ids.reserve(5), "taken");
+        assert!(!ids.reserve(0) && !ids.reserve(10), "out of range");
+        let got: Vec<u32> = std::iter::from_fn(|| ids.alloc()).collect();
+        assert_eq!(got, vec![1, 2, 3, 4, 6, 7, 8, 9]);
+        let mut ring = Ring::new(100);
+        assert!(ring.reserve(10, 5));
+        assert_eq!(ring.free, vec![(0, 10), (15, 85)]);
+        assert!(!ring.reserve(12, 5), "overlaps a used region");
+        assert!(!ring.reserve(95, 10), "past the end");
+        assert!(ring.reserve(0, 10));
+        assert_eq!(ring.alloc(85), Some(15));
+        assert_eq!(ring.alloc(1), None);
+    }
+
     /// Ids come lowest-free first, released ones are reused, and the range is respected.
     #[test]
     fn ids_reuse_the_lowest_free() {
@@ -1831,6 +2291,123 @@ mod tests {
             },
         );
         assert_eq!(r.maps().services.values().next().unwrap().table_len, 0);
+    }
+
+    /// Every map the agent fills from the desired state refuses, before any write, a state
+    /// one past its capacity, with an error naming the map and its limit.
+    #[test]
+    fn each_map_refuses_one_more_than_it_holds() {
+        use lb_common::{
+            config::ServiceSettings,
+            consts::{MAX_ACL_ENTRIES, MAX_PIPS},
+        };
+
+        use crate::state::{BackendState, ServiceState};
+        let settings = ServiceSettings {
+            table_size: 7,
+            ..ServiceSettings::default()
+        };
+        let svc = |ip: &str, port: u16| ServiceSpec {
+            vip: SocketAddr::new(ip.parse().unwrap(), port),
+            proto: Proto::Tcp,
+        };
+        let empty = ServiceState {
+            kind: Kind::Balanced,
+            settings: settings.clone(),
+            acl: BTreeMap::new(),
+            backends: BTreeMap::new(),
+        };
+        let refuses = |state: State, want: &str| {
+            let mut r = rec(1 << 24);
+            let Err(ChangeError::Capacity(msg)) = r.reload(state) else {
+                panic!("{want}: not refused for capacity")
+            };
+            assert!(msg.contains(want), "{msg:?} does not say {want:?}");
+            assert!(r.maps().ops.is_empty(), "{want}: wrote {:?}", r.maps().ops);
+        };
+
+        let mut st = State::default();
+        for i in 0..=MAX_SERVICES {
+            let (ip, port) = if i < 65_535 {
+                ("203.0.113.10", u16::try_from(i + 1).unwrap())
+            } else {
+                ("203.0.113.11", u16::try_from(i - 65_534).unwrap())
+            };
+            st.services.insert(svc(ip, port), empty.clone());
+        }
+        refuses(
+            st,
+            &format!("service map is full ({MAX_SERVICES} services)"),
+        );
+
+        let mut one = empty.clone();
+        for i in 0..MAX_BACKENDS {
+            let (host, port) = if i < 65_535 { (11, i + 1) } else { (12, 1) };
+            let spec = BackendSpec {
+                ip: IpAddr::from([192, 0, 2, host]),
+                port: Some(u16::try_from(port).unwrap()),
+            };
+            let b = BackendState {
+                spec,
+                weight: 1,
+                drained: false,
+            };
+            one.backends
+                .insert(SocketAddr::new(spec.ip, spec.port.unwrap()), b);
+        }
+        let mut st = State::default();
+        st.services.insert(svc("203.0.113.10", 80), one);
+        refuses(
+            st,
+            &format!("backend map is full ({} backends)", MAX_BACKENDS - 1),
+        );
+
+        let mut st = State::default();
+        for i in 0..=MAX_PIPS {
+            let pip = IpAddr::from(std::net::Ipv6Addr::new(
+                0x2001,
+                0xdb8,
+                1,
+                0,
+                0,
+                0,
+                0,
+                u16::try_from(i).unwrap(),
+            ));
+            let dip = IpAddr::from(std::net::Ipv6Addr::new(
+                0x2001,
+                0xdb8,
+                2,
+                0,
+                0,
+                0,
+                0,
+                u16::try_from(i).unwrap(),
+            ));
+            st.pips.insert(pip, dip);
+        }
+        refuses(st, &format!("PIP maps are full ({MAX_PIPS} PIPs)"));
+
+        // 110 endpoints × 600 host rules (plus one default entry each) pass 65 536 entries.
+        let mut st = State::default();
+        for port in 1..=110 {
+            let mut e = empty.clone();
+            for i in 0..600u32 {
+                let host = [[192, 0, 2], [198, 51, 100], [203, 0, 113]][(i / 256) as usize];
+                let last = u8::try_from(i % 256).unwrap();
+                e.acl.insert(
+                    i,
+                    AclRuleConfig {
+                        order: i,
+                        action: acl::Action::Deny,
+                        prefix: (IpAddr::from([host[0], host[1], host[2], last]), 32),
+                        description: String::new(),
+                    },
+                );
+            }
+            st.services.insert(svc("203.0.113.10", port), e);
+        }
+        refuses(st, &format!("the map holds {MAX_ACL_ENTRIES}"));
     }
 
     #[test]
@@ -1957,7 +2534,7 @@ mod tests {
     /// Slots per backend address of the web service's live table.
     fn shares(r: &Reconciler<FakeMaps, FakeResolver>) -> HashMap<String, u32> {
         let m = r.maps();
-        let info = m.services.values().next().copied().unwrap();
+        let info = m.services[&WEB.parse::<ServiceSpec>().unwrap().key()];
         let mut out = HashMap::new();
         for s in info.table_off..info.table_off + info.table_len {
             let b = m.backends[&m.ring[&s]];

@@ -641,6 +641,12 @@ impl Lab {
         })
     }
 
+    /// Starts a [`ConnStream`] from the client to `VIP:port`.
+    #[must_use]
+    pub fn conn_stream(&self, port: u16) -> ConnStream {
+        ConnStream::start(&self.client, SocketAddr::new(IpAddr::V4(VIP), port))
+    }
+
     /// One UDP request from the client to `VIP:port`; returns the answering backend's name.
     ///
     /// # Errors
@@ -862,6 +868,128 @@ pub fn peer_program(ns: &Netns, dev: &str, program: &'static str) -> anyhow::Res
 fn harden_veth(ns: &Netns, dev: &str) -> anyhow::Result<()> {
     ns.exec("ethtool", &["-K", dev, "tx", "off", "gro", "on"])?;
     Ok(())
+}
+
+/// What a [`ConnStream`] has seen so far.
+#[derive(Clone, Debug, Default)]
+pub struct StreamTally {
+    /// Connections that got their answer.
+    pub ok: u64,
+    /// Every failed connection: its number and what went wrong.
+    pub failures: Vec<String>,
+    /// Answers per backend name.
+    pub per_backend: std::collections::BTreeMap<String, u64>,
+    /// The stream's thread has ended (stopped, or at its count or time bound).
+    pub ended: bool,
+}
+
+type Shared = std::sync::Arc<(std::sync::Mutex<StreamTally>, std::sync::Condvar)>;
+
+/// New connections, one after another on a background thread in the client namespace: each
+/// connects, makes one HTTP GET and closes. Traffic that must keep flowing while the agent is
+/// killed, restarted or upgraded. Bounded by [`Self::MAX_CONNECTIONS`] and [`Self::MAX_TIME`];
+/// stopped on drop.
+pub struct ConnStream {
+    shared: Shared,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ConnStream {
+    pub const MAX_CONNECTIONS: u64 = 20_000;
+    pub const MAX_TIME: Duration = Duration::from_secs(180);
+    /// How long [`Self::wait_more`] waits at most.
+    pub const WAIT: Duration = Duration::from_secs(30);
+
+    fn start(ns: &Netns, dst: SocketAddr) -> Self {
+        use std::sync::atomic::Ordering;
+        let shared: Shared = std::sync::Arc::default();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (sh, st) = (shared.clone(), stop.clone());
+        let thread = ns.spawn_in(move || {
+            let began = std::time::Instant::now();
+            let mut n = 0u64;
+            while !st.load(Ordering::Relaxed)
+                && n < Self::MAX_CONNECTIONS
+                && began.elapsed() < Self::MAX_TIME
+            {
+                n += 1;
+                let got = TcpStream::connect_timeout(&dst, IO_TIMEOUT)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|s| {
+                        s.set_read_timeout(Some(IO_TIMEOUT))?;
+                        s.set_write_timeout(Some(IO_TIMEOUT))?;
+                        HttpConn {
+                            stream: BufReader::new(s),
+                        }
+                        .get()
+                    });
+                let mut t = sh.0.lock().expect("tally");
+                match got {
+                    Ok(name) => {
+                        t.ok += 1;
+                        *t.per_backend.entry(name).or_default() += 1;
+                    }
+                    Err(e) => t.failures.push(format!("connection {n}: {e:#}")),
+                }
+                sh.1.notify_all();
+            }
+            sh.0.lock().expect("tally").ended = true;
+            sh.1.notify_all();
+        });
+        Self {
+            shared,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Blocks until `n` more connections than now have succeeded.
+    ///
+    /// # Errors
+    /// The stream ended, or [`Self::WAIT`] passed first.
+    pub fn wait_more(&self, n: u64) -> anyhow::Result<()> {
+        let (lock, cv) = &*self.shared;
+        let mut t = lock.lock().expect("tally");
+        let want = t.ok + n;
+        let deadline = std::time::Instant::now() + Self::WAIT;
+        while t.ok < want {
+            if t.ended {
+                bail!("the connection stream ended after {} connections", t.ok);
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                bail!(
+                    "{} of {n} more connections in {:?}; failures so far: {:?}",
+                    n + t.ok - want,
+                    Self::WAIT,
+                    t.failures
+                );
+            }
+            t = cv.wait_timeout(t, left).expect("tally").0;
+        }
+        Ok(())
+    }
+
+    /// Stops the stream and returns what it saw.
+    #[must_use]
+    pub fn stop(mut self) -> StreamTally {
+        self.halt();
+        self.shared.0.lock().expect("tally").clone()
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for ConnStream {
+    fn drop(&mut self) {
+        self.halt();
+    }
 }
 
 /// A keep-alive HTTP/1.1 connection.

@@ -105,6 +105,17 @@ impl Netns {
     /// # Panics
     /// If the namespace cannot be entered.
     pub fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        self.spawn_in(f).join().expect("namespace thread panicked")
+    }
+
+    /// Runs `f` on a new thread inside the namespace, in the background.
+    ///
+    /// # Panics
+    /// (On that thread) if the namespace cannot be entered.
+    pub fn spawn_in<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
         let path = format!("/run/netns/{}", self.name);
         std::thread::spawn(move || {
             let fd = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
@@ -113,8 +124,27 @@ impl Netns {
             assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
             f()
         })
-        .join()
-        .expect("namespace thread panicked")
+    }
+
+    /// A counter of the namespace's TCP MIB (`/proc/net/snmp`, line `Tcp:`), such as
+    /// `RetransSegs` or `OutRsts`.
+    ///
+    /// # Errors
+    /// The file cannot be read, or it has no such counter.
+    pub fn tcp_stat(&self, name: &str) -> anyhow::Result<u64> {
+        let snmp = self.exec("cat", &["/proc/net/snmp"])?;
+        let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+        let (Some(names), Some(values)) = (tcp.next(), tcp.next()) else {
+            bail!("no Tcp lines in /proc/net/snmp of {}", self.name);
+        };
+        names
+            .split_whitespace()
+            .zip(values.split_whitespace())
+            .find(|(n, _)| *n == name)
+            .with_context(|| format!("no TCP counter {name} in {}", self.name))?
+            .1
+            .parse()
+            .with_context(|| format!("TCP counter {name} of {}", self.name))
     }
 
     /// The interface index of `dev` in this namespace.

@@ -4,9 +4,9 @@
 
 use aya::maps::{Array, Map, MapData};
 use lb_common::consts::{map_layout_version, map_names};
-use lb_integration::fixture::{in_fresh_ns, pin_dir};
+use lb_integration::fixture::{FixedResolver, Harness, in_fresh_ns, pin_dir};
 use lb_userspace::{
-    dataplane::{Dataplane, LoadOptions},
+    dataplane::{Dataplane, LiveMaps, LoadOptions, MapOps as _},
     error::LoadError,
 };
 
@@ -58,5 +58,94 @@ fn pins_of_another_map_layout_are_refused_with_the_way_forward() {
         // The documented way forward: remove the directory; a fresh start works.
         std::fs::remove_dir_all(pin_dir(ns)).expect("remove pins");
         drop(Dataplane::load(&opts(ns)).expect("a fresh start"));
+    });
+}
+
+const ADOPT_CONFIG: &str = r#"
+[agent]
+ring_slots = 4096
+conntrack_flows = 1024
+
+[[service]]
+vip = "203.0.113.10:80/tcp"
+backends = ["192.0.2.11", "192.0.2.12:8080"]
+table_size = 251
+
+[[service]]
+vip = "203.0.113.10:8080/tcp"
+backends = ["192.0.2.11"]
+table_size = 251
+acl = [
+  { order = 10, action = "permit", prefix = "198.51.100.0/26" },
+  { order = 20, action = "deny", prefix = "198.51.100.0/24" },
+]
+
+[[service]]
+vip = "203.0.113.20:80/tcp"
+backends = ["192.0.2.11"]
+table_size = 251
+internal = ["198.51.100.0/26"]
+"#;
+
+/// The live maps as comparable values (map walks come in no fixed order).
+fn canonical(l: &LiveMaps) -> String {
+    let mut lines: Vec<String> = l
+        .services
+        .iter()
+        .map(|(k, v)| format!("{k:?} {v:?}"))
+        .chain(l.vips.iter().map(|(k, v)| format!("{k:?} {v:?}")))
+        .chain(l.backends.iter().map(|(k, v)| format!("{k} {v:?}")))
+        .chain(l.acl.iter().map(|(k, v)| format!("{k} {v:?}")))
+        .collect();
+    lines.sort();
+    lines.join("\n")
+}
+
+/// What a restarted agent adopts is what the previous one wrote, read back from the kernel's
+/// maps (slots in batches, which must equal slot-by-slot reads, also at the array's end); and a
+/// second agent over the same pins adopts them without changing an entry.
+#[test]
+fn a_second_agent_adopts_the_first_agents_maps_unchanged() {
+    in_fresh_ns("adopt", |ns| {
+        let resolver = || FixedResolver::all_on_lo([2, 0, 0, 0, 0, 0x11]);
+        let first = Harness::load(ns, ADOPT_CONFIG, resolver()).expect("first agent");
+        let maps = first.rec.maps();
+        let live = maps.read_live().expect("read the live maps");
+        assert_eq!(live.services.len(), 3, "{live:?}");
+        assert!(
+            !live.acl.is_empty(),
+            "an ACL set and an internal VIP's source set"
+        );
+        let slot = |i: u32| maps.ring.get(&i, 0).expect("one slot");
+        for (_, info) in &live.services {
+            let slots = maps
+                .read_slots(info.table_off, info.table_len)
+                .expect("read a table");
+            let one_by_one: Vec<u32> = (info.table_off..info.table_off + info.table_len)
+                .map(slot)
+                .collect();
+            assert_eq!(slots, one_by_one, "{info:?}");
+            for id in &slots {
+                assert!(
+                    live.backends
+                        .iter()
+                        .any(|(b, e)| b == id && e.service == info.id),
+                    "slot backend {id} is not an active entry of service {}",
+                    info.id
+                );
+            }
+        }
+        let n = maps.ring.len();
+        let end: Vec<u32> = (n - 3..n).map(slot).collect();
+        assert_eq!(maps.read_slots(n - 3, 3).expect("the last slots"), end);
+        assert!(
+            maps.read_slots(n - 1, 2).is_err(),
+            "a read past the end must fail, not come back short"
+        );
+        drop(first);
+
+        let second = Harness::load(ns, ADOPT_CONFIG, resolver()).expect("second agent");
+        let again = second.rec.maps().read_live().expect("read again");
+        assert_eq!(canonical(&again), canonical(&live));
     });
 }
