@@ -84,6 +84,7 @@ impl Dataplane {
             source,
         })?;
         check_layout(dir)?;
+        check_sizes(dir, opts)?;
         loader.default_map_pin_directory(dir);
         loader
             .override_global(global_names::HASH_SEED, &opts.hash_seed, true)
@@ -177,6 +178,42 @@ fn check_layout(dir: &Path) -> Result<(), LoadError> {
     }
 }
 
+/// Refuses pinned maps whose size differs from the configured one. aya reuses a pinned map
+/// as it is and reports the object's size for it, so the agent would allocate table regions
+/// past the ring's end (or count on flows the conntrack map cannot hold).
+fn check_sizes(dir: &Path, opts: &LoadOptions) -> Result<(), LoadError> {
+    for (map, setting, want, per_entry) in [
+        (map_names::RING, "agent.ring_slots", opts.ring_slots, 1),
+        // Two entries per flow (module doc of the conntrack map).
+        (
+            map_names::CONNTRACK,
+            "agent.conntrack_flows",
+            opts.conntrack_flows,
+            2,
+        ),
+    ] {
+        let pin = dir.join(map);
+        if !pin.exists() {
+            continue;
+        }
+        let entries = MapData::from_pin(&pin)
+            .and_then(|d| d.info())
+            .map_err(|source| LoadError::Map { name: map, source })?
+            .max_entries();
+        let pinned = entries / per_entry;
+        if entries != want.saturating_mul(per_entry) {
+            return Err(LoadError::Size {
+                dir: dir.to_path_buf(),
+                map,
+                setting,
+                pinned,
+                want,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Takes a map out of the object, typed.
 fn take_map<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
     ebpf: &mut Ebpf,
@@ -207,6 +244,13 @@ pub fn unpin_all(dir: &Path) -> std::io::Result<()> {
         _ => Ok(()),
     }
 }
+
+// The batch helpers below pack bpf_attr's two u32 fields (count, map_fd) into one u64, low
+// half first: that is the layout on little-endian hosts only.
+const _: () = assert!(
+    cfg!(target_endian = "little"),
+    "bpf_attr packing assumes little endian"
+);
 
 /// Writes `values` to array slots `off..` with one `BPF_MAP_UPDATE_BATCH`. `Ok(false)` when
 /// the kernel does not support batch updates for this map (the caller falls back).
@@ -465,6 +509,9 @@ pub trait MapOps {
     fn zero_backend_stats(&mut self, id: BackendId) -> Result<(), MapOpError>;
     /// Deletes every conntrack entry that points at `backend`; returns how many.
     fn purge_flows(&mut self, backend: BackendId) -> Result<usize, MapOpError>;
+    /// Deletes every conntrack entry that points at a backend id `active` says is not in use
+    /// (as its backend, or as the connecting backend of a hairpin flow); returns how many.
+    fn purge_stale(&mut self, active: &dyn Fn(BackendId) -> bool) -> Result<usize, MapOpError>;
     fn service_counters(&self, id: u32) -> Result<Counters, MapOpError>;
     fn backend_counters(&self, id: BackendId) -> Result<Counters, MapOpError>;
     fn reason_counters(&self) -> Result<Vec<u64>, MapOpError>;
@@ -603,6 +650,9 @@ impl MapOps for Maps {
     fn purge_flows(&mut self, backend: BackendId) -> Result<usize, MapOpError> {
         // Hairpin entries also die with their connecting backend (`peer`; 0 elsewhere).
         self.purge_where(|_, e| e.backend == backend || e.peer == backend)
+    }
+    fn purge_stale(&mut self, active: &dyn Fn(BackendId) -> bool) -> Result<usize, MapOpError> {
+        self.purge_where(|_, e| !active(e.backend) || (e.peer != 0 && !active(e.peer)))
     }
     fn service_counters(&self, id: u32) -> Result<Counters, MapOpError> {
         let v = self

@@ -27,6 +27,16 @@ pub enum LoadError {
         found: String,
         want: String,
     },
+    #[error(
+        "the pinned map {map} under {dir} was created for {setting} = {pinned}, but this agent asks for {want}: a pinned map keeps the size it was created with. Set {setting} back to {pinned}, or stop the agent that uses the pins (a plain stop removes them) or remove the directory (`rm -r {dir}`), which resets the flows it tracks; then start this agent"
+    )]
+    Size {
+        dir: PathBuf,
+        map: &'static str,
+        setting: &'static str,
+        pinned: u32,
+        want: u32,
+    },
     #[error("the XDP object has no program {0}")]
     MissingProgram(&'static str),
     #[error("program {what}: {source}")]

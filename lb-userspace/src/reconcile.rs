@@ -22,8 +22,10 @@
 //! service's table starts up). Then the ordinary per-service sync runs: where the desired state
 //! is what is live, it writes back the same values; where it differs, the usual
 //! double-buffered swap applies, and what nothing wants any more is retired after the grace
-//! period. Nothing is cleared first, so no packet ever meets a missing service, and conntrack
-//! entries keep pointing at the backend ids they name.
+//! period. No serving entry is cleared first, so no packet ever meets a missing service, and
+//! conntrack entries keep pointing at the backend ids they name. (Only leftovers that no
+//! consistent agent leaves are removed at once: invalid service entries, half PIP pairs, and
+//! flows naming a backend id no live entry has.)
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -341,11 +343,12 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
     }
 
     /// Applies the initial desired state over whatever a previous agent left in the pinned
-    /// maps: adopts it (module doc), then syncs every service, live or desired. Nothing is
-    /// cleared first; entries nothing wants are removed the usual way.
+    /// maps: adopts it (module doc), then syncs every service, live or desired. No serving
+    /// entry is cleared first; entries nothing wants are removed the usual way.
     ///
     /// # Errors
-    /// A capacity limit (checked before anything is written) or a map failure.
+    /// A capacity limit of the desired state (checked before anything is written), a new
+    /// table that fits nowhere even in place (see below), or a map failure.
     pub fn start(&mut self, state: State) -> Result<(), ChangeError> {
         self.check_capacity(&state, None)?;
         self.state = state;
@@ -353,7 +356,8 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
         for k in &left.services {
             self.maps.del_service(k)?;
         }
-        // Services going away first: their ids and regions are then free for the rest.
+        // Services going away first: their service ids are free at once, their regions and
+        // backend ids after the grace period (which `alloc_region` waits out when short).
         let (mut specs, keep): (Vec<ServiceSpec>, Vec<ServiceSpec>) = self
             .applied
             .keys()
@@ -367,7 +371,22 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
                 .filter(|s| !self.applied.contains_key(*s)),
         );
         for s in specs {
-            self.sync_service(&s)?;
+            match self.sync_service(&s) {
+                // The new table does not fit next to the live ones (a config edited while no
+                // agent ran, with bigger tables and a nearly full ring): swap this one in
+                // place. Its service entry first points at no table, so new flows to it are
+                // dropped (counted as `drop_no_backend`) until the new table is written;
+                // established flows keep their backends through conntrack.
+                Err(ChangeError::Capacity(why))
+                    if self.applied.get(&s).is_some_and(|a| a.table.is_some()) =>
+                {
+                    tracing::warn!(service = %s, %why, "no room for the new table next to the live one; replacing it in place (new flows to this service are dropped meanwhile)");
+                    self.drop_table(&s)?;
+                    self.release_deferred(true);
+                    self.sync_service(&s)?;
+                }
+                r => r?,
+            }
         }
         for ip in left.vips {
             self.sync_vip(ip)?;
@@ -405,6 +424,19 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
                 by_service.entry(b.service).or_default().push((id, b));
                 unclaimed.insert(id);
             }
+        }
+        // Every other id is free to hand out now, but tracked flows may still name one: the
+        // previous agent may have died while purging the flows of a backend it had just
+        // marked inactive. Such a flow would follow the id to whatever backend gets it next,
+        // so flows naming an inactive id are removed first (one walk of the conntrack map;
+        // their next packet takes a fresh pick, as it would have anyway).
+        let active = unclaimed.clone();
+        let stale = self.maps.purge_stale(&|id| active.contains(&id))?;
+        if stale > 0 {
+            tracing::info!(
+                flows = stale,
+                "removed tracked flows of backend ids no longer in use"
+            );
         }
         for (key, info) in live.services {
             let Some(spec) = ServiceSpec::from_key(&key) else {
@@ -490,7 +522,9 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
         }
         left.backends = unclaimed.into_iter().collect();
         // PIPs: the pairs whose two halves agree; any other half is deleted (and rewritten by
-        // the sync if it is still wanted).
+        // the sync if it is still wanted). `del_pip` removes both keys of the half's pair; the
+        // other key cannot belong to a consistent pair, since a crash between the two writes
+        // of `put_pip` or `del_pip` leaves only a lone reverse entry, and PIPs map 1:1.
         let fwd: HashMap<Addr, Addr> = live.pips.iter().map(|(p, d, _)| (*p, *d)).collect();
         let rev: HashMap<Addr, Addr> = live.pip_revs.iter().copied().collect();
         let mut touched = std::collections::HashSet::new();
@@ -869,7 +903,25 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
                 lb_common::consts::MAX_PIPS
             )));
         }
-        // Every endpoint's compiled ACL, plus the changed one's new set while it is swapped in.
+        // Every endpoint's compiled ACL, plus the changed one's new set while it is swapped in;
+        // every internal VIP's source set (see `sync_vip`: its prefixes, one host entry per
+        // backend address, the default deny; an upper bound), plus the changed VIP's again.
+        let ilb_set = |ip: IpAddr| -> usize {
+            let Some((_, first)) = next.services.range(vip_range(ip)).next() else {
+                return 0;
+            };
+            if first.settings.internal.is_empty() {
+                return 0;
+            }
+            let hosts: std::collections::BTreeSet<IpAddr> = next
+                .services
+                .range(vip_range(ip))
+                .flat_map(|(_, s)| s.backends.keys().map(SocketAddr::ip))
+                .collect();
+            first.settings.internal.len() + hosts.len() + 1
+        };
+        let vips: std::collections::BTreeSet<IpAddr> =
+            next.services.keys().map(|s| s.vip.ip()).collect();
         let acl_need: usize = next
             .services
             .values()
@@ -877,7 +929,9 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
             .sum::<usize>()
             + changed
                 .and_then(|c| next.services.get(c))
-                .map_or(0, |s| acl::compile(&acl_rules(s)).len());
+                .map_or(0, |s| acl::compile(&acl_rules(s)).len())
+            + vips.iter().map(|ip| ilb_set(*ip)).sum::<usize>()
+            + changed.map_or(0, |c| ilb_set(c.vip.ip()));
         if acl_need > lb_common::consts::MAX_ACL_ENTRIES as usize {
             return Err(ChangeError::Capacity(format!(
                 "the ACLs would need {acl_need} LPM entries; the map holds {}",
@@ -1227,6 +1281,27 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
         if let Some((aid, old)) = old.filter(|(aid, _)| *aid != ilb_id) {
             self.defer(Deferred::Acl(aid, old.iter().map(|e| e.prefix).collect()));
         }
+        Ok(())
+    }
+
+    /// Points a service at no table (new flows are dropped) and frees its region after the
+    /// grace period.
+    fn drop_table(&mut self, spec: &ServiceSpec) -> Result<(), ChangeError> {
+        let Some(ap) = self.applied.get_mut(spec) else {
+            return Ok(());
+        };
+        let Some((off, slots)) = ap.table.take() else {
+            return Ok(());
+        };
+        let info = ServiceInfo {
+            id: ap.id,
+            table_off: 0,
+            table_len: 0,
+            flags: 0,
+            acl_id: ap.acl.as_ref().map_or(0, |(aid, _)| *aid),
+        };
+        self.maps.put_service(&spec.key(), &info)?;
+        self.defer(Deferred::Region(off, slots.len() as u32));
         Ok(())
     }
 
@@ -1670,6 +1745,8 @@ mod tests {
         Purge(BackendId),
         Acl(u32, bool),
         PurgeSources(u32, usize),
+        /// Flows of unused ids removed (only recorded when there were some).
+        PurgeStale(usize),
     }
 
     #[derive(Clone, Default)]
@@ -1681,6 +1758,8 @@ mod tests {
         routes: HashMap<(u32, Addr), NextHop>,
         acl: HashMap<(u32, acl::Prefix), acl::Entry>,
         pips: HashMap<Addr, (Addr, NextHop)>,
+        /// Tracked flows, by the backend id each names.
+        flows: Vec<BackendId>,
         ops: Vec<Op>,
     }
 
@@ -1732,6 +1811,15 @@ mod tests {
         fn purge_flows(&mut self, backend: BackendId) -> Result<usize, MapOpError> {
             self.ops.push(Op::Purge(backend));
             Ok(0)
+        }
+        fn purge_stale(&mut self, active: &dyn Fn(BackendId) -> bool) -> Result<usize, MapOpError> {
+            let before = self.flows.len();
+            self.flows.retain(|id| active(*id));
+            let n = before - self.flows.len();
+            if n > 0 {
+                self.ops.push(Op::PurgeStale(n));
+            }
+            Ok(n)
         }
         fn service_counters(&self, _: u32) -> Result<Counters, MapOpError> {
             Ok(Counters::default())
@@ -2139,6 +2227,8 @@ mod tests {
                 rule: None,
             },
         );
+        // Tracked flows: one of a live backend, one of an id a dead agent had just retired.
+        r2.maps.flows = vec![id11, 777];
         let gone_route = (120, addr::v4_mapped([198, 51, 100, 0]));
         r2.maps.routes.insert(gone_route, NextHop::default());
         r2.start(want.state().clone()).unwrap();
@@ -2150,6 +2240,22 @@ mod tests {
             id_of(&r2, "192.0.2.11:80"),
             id11,
             "a kept backend keeps its id"
+        );
+        assert_eq!(
+            r2.maps().flows,
+            vec![id11],
+            "the flow naming an unused id is removed"
+        );
+        let purged = r2.maps().ops.iter().position(|o| *o == Op::PurgeStale(1));
+        let first_new = r2
+            .maps()
+            .ops
+            .iter()
+            .position(|o| matches!(o, Op::Backend(_, true)));
+        assert!(
+            purged.is_some() && purged < first_new,
+            "stale flows go before any id is handed out: {:?}",
+            r2.maps().ops
         );
         let web = r2.maps().services[&WEB.parse::<ServiceSpec>().unwrap().key()];
         assert_eq!(web.id, web_before.id);
@@ -2185,6 +2291,52 @@ mod tests {
             !r2.maps().acl.contains_key(&(77, stray)),
             "the stray ACL set is deleted after the grace period"
         );
+    }
+
+    /// A restart whose bigger table fits nowhere next to the live one (an edited config, a
+    /// nearly full ring) replaces that table in place instead of failing to start: the service
+    /// points at no table for the grace period, then at the new one.
+    #[test]
+    fn a_restart_replaces_a_table_in_place_when_it_fits_nowhere_else() {
+        let mut r = rec(600);
+        add(&mut r, WEB, &["192.0.2.11", "192.0.2.12"]);
+        // (Built on a bigger ring: a live change counts the table twice, a start once.)
+        let mut want = rec(4096);
+        ok(
+            &mut want,
+            Request::VipAdd {
+                service: WEB.into(),
+                settings: SettingsArgs {
+                    table_size: Some(353),
+                    ..SettingsArgs::default()
+                },
+            },
+        );
+        for b in ["192.0.2.11", "192.0.2.12"] {
+            ok(
+                &mut want,
+                Request::BackendAdd {
+                    service: WEB.into(),
+                    backend: b.into(),
+                    weight: None,
+                },
+            );
+        }
+        let mut r2 = restarted(&r);
+        r2.start(want.state().clone()).unwrap();
+        let info = r2.maps().services[&WEB.parse::<ServiceSpec>().unwrap().key()];
+        assert_eq!(info.table_len, 353);
+        let services: Vec<u32> = r2
+            .maps()
+            .ops
+            .iter()
+            .filter_map(|o| match o {
+                Op::Service(v) => Some(v.table_len),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(services, vec![0, 353], "no table, then the new one");
+        assert_eq!(shares(&r2).len(), 2);
     }
 
     #[test]

@@ -641,10 +641,20 @@ impl Lab {
         })
     }
 
-    /// Starts a [`ConnStream`] from the client to `VIP:port`.
-    #[must_use]
-    pub fn conn_stream(&self, port: u16) -> ConnStream {
-        ConnStream::start(&self.client, SocketAddr::new(IpAddr::V4(VIP), port))
+    /// Starts a [`ConnStream`] from the client to `VIP:port`. Widens the client's ephemeral
+    /// port range first: every closed connection holds its port in TIME_WAIT for 60 s.
+    ///
+    /// # Errors
+    /// The sysctl fails.
+    pub fn conn_stream(&self, port: u16) -> anyhow::Result<ConnStream> {
+        self.client.exec(
+            "sysctl",
+            &["-qw", "net.ipv4.ip_local_port_range=1024 65535"],
+        )?;
+        Ok(ConnStream::start(
+            &self.client,
+            SocketAddr::new(IpAddr::V4(VIP), port),
+        ))
     }
 
     /// One UDP request from the client to `VIP:port`; returns the answering backend's name.
@@ -887,8 +897,9 @@ type Shared = std::sync::Arc<(std::sync::Mutex<StreamTally>, std::sync::Condvar)
 
 /// New connections, one after another on a background thread in the client namespace: each
 /// connects, makes one HTTP GET and closes. Traffic that must keep flowing while the agent is
-/// killed, restarted or upgraded. Bounded by [`Self::MAX_CONNECTIONS`] and [`Self::MAX_TIME`];
-/// stopped on drop.
+/// killed, restarted or upgraded. Paced to at most one connection per [`Self::PACE`] (so the
+/// load, and the ports it holds in TIME_WAIT, do not grow with the host's speed); bounded by
+/// [`Self::MAX_CONNECTIONS`] and [`Self::MAX_TIME`]; stopped on drop.
 pub struct ConnStream {
     shared: Shared,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -896,8 +907,10 @@ pub struct ConnStream {
 }
 
 impl ConnStream {
-    pub const MAX_CONNECTIONS: u64 = 20_000;
-    pub const MAX_TIME: Duration = Duration::from_secs(180);
+    pub const PACE: Duration = Duration::from_millis(1);
+    /// 40 s at full pace, within the 64 Ki ports of the widened range.
+    pub const MAX_CONNECTIONS: u64 = 40_000;
+    pub const MAX_TIME: Duration = Duration::from_secs(120);
     /// How long [`Self::wait_more`] waits at most.
     pub const WAIT: Duration = Duration::from_secs(30);
 
@@ -913,6 +926,10 @@ impl ConnStream {
                 && n < Self::MAX_CONNECTIONS
                 && began.elapsed() < Self::MAX_TIME
             {
+                // Pacing, not synchronisation: the next connection starts one PACE after the
+                // previous one started, or at once if that one took longer.
+                let due = began + Self::PACE * u32::try_from(n).unwrap_or(u32::MAX);
+                std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
                 n += 1;
                 let got = TcpStream::connect_timeout(&dst, IO_TIMEOUT)
                     .map_err(anyhow::Error::from)

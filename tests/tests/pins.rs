@@ -6,6 +6,7 @@ use aya::maps::{Array, Map, MapData};
 use lb_common::consts::{map_layout_version, map_names};
 use lb_integration::fixture::{FixedResolver, Harness, in_fresh_ns, pin_dir};
 use lb_userspace::{
+    api::{Request, Response},
     dataplane::{Dataplane, LiveMaps, LoadOptions, MapOps as _},
     error::LoadError,
 };
@@ -61,6 +62,44 @@ fn pins_of_another_map_layout_are_refused_with_the_way_forward() {
     });
 }
 
+/// A pinned map keeps its size, so an agent configured for another ring or conntrack size is
+/// refused (aya would reuse the map and report the new size), with the way forward.
+#[test]
+fn pins_of_another_size_are_refused_with_the_way_forward() {
+    in_fresh_ns("sizes", |ns| {
+        drop(Dataplane::load(&opts(ns)).expect("first load"));
+        for (bigger, setting, pinned) in [
+            (
+                LoadOptions {
+                    ring_slots: 8192,
+                    ..opts(ns)
+                },
+                "agent.ring_slots",
+                "4096",
+            ),
+            (
+                LoadOptions {
+                    conntrack_flows: 2048,
+                    ..opts(ns)
+                },
+                "agent.conntrack_flows",
+                "1024",
+            ),
+        ] {
+            let Err(e) = Dataplane::load(&bigger) else {
+                panic!("{setting}: pins of another size were reused")
+            };
+            assert!(matches!(e, LoadError::Size { .. }), "{e}");
+            let msg = e.to_string();
+            assert!(
+                msg.contains(&format!("{setting} back to {pinned}")) && msg.contains("rm -r"),
+                "{msg}"
+            );
+        }
+        drop(Dataplane::load(&opts(ns)).expect("the pinned sizes again"));
+    });
+}
+
 const ADOPT_CONFIG: &str = r#"
 [agent]
 ring_slots = 4096
@@ -70,7 +109,10 @@ conntrack_flows = 1024
 vip = "203.0.113.10:80/tcp"
 backends = ["192.0.2.11", "192.0.2.12:8080"]
 table_size = 251
+"#;
 
+/// [`ADOPT_CONFIG`] goes on with these services.
+const ADOPT_REST: &str = r#"
 [[service]]
 vip = "203.0.113.10:8080/tcp"
 backends = ["192.0.2.11"]
@@ -103,15 +145,33 @@ fn canonical(l: &LiveMaps) -> String {
 
 /// What a restarted agent adopts is what the previous one wrote, read back from the kernel's
 /// maps (slots in batches, which must equal slot-by-slot reads, also at the array's end); and a
-/// second agent over the same pins adopts them without changing an entry.
+/// second agent over the same pins adopts them without changing an entry. The first agent
+/// deletes a service before it dies, so its ids and regions are not what a fresh start of the
+/// remaining config would allocate: only adoption keeps them.
 #[test]
 fn a_second_agent_adopts_the_first_agents_maps_unchanged() {
     in_fresh_ns("adopt", |ns| {
         let resolver = || FixedResolver::all_on_lo([2, 0, 0, 0, 0, 0x11]);
-        let first = Harness::load(ns, ADOPT_CONFIG, resolver()).expect("first agent");
+        let config = format!("{ADOPT_CONFIG}{ADOPT_REST}");
+        let mut first = Harness::load(ns, &config, resolver()).expect("first agent");
+        let resp = first.rec.handle(Request::VipDel {
+            service: "203.0.113.10:80/tcp".into(),
+        });
+        assert!(matches!(resp, Response::Ok { .. }), "{resp:?}");
         let maps = first.rec.maps();
         let live = maps.read_live().expect("read the live maps");
-        assert_eq!(live.services.len(), 3, "{live:?}");
+        assert_eq!(live.services.len(), 2, "{live:?}");
+        assert!(
+            live.services
+                .iter()
+                .all(|(_, i)| i.id != 0 && i.table_off != 0),
+            "the deleted service had id 0 and the first region: {live:?}"
+        );
+        let tables: Vec<Vec<u32>> = live
+            .services
+            .iter()
+            .map(|(_, i)| maps.read_slots(i.table_off, i.table_len).unwrap())
+            .collect();
         assert!(
             !live.acl.is_empty(),
             "an ACL set and an internal VIP's source set"
@@ -144,8 +204,21 @@ fn a_second_agent_adopts_the_first_agents_maps_unchanged() {
         );
         drop(first);
 
-        let second = Harness::load(ns, ADOPT_CONFIG, resolver()).expect("second agent");
+        let second = Harness::load(
+            ns,
+            &format!("[agent]\nring_slots = 4096\nconntrack_flows = 1024\n{ADOPT_REST}"),
+            resolver(),
+        )
+        .expect("second agent");
         let again = second.rec.maps().read_live().expect("read again");
         assert_eq!(canonical(&again), canonical(&live));
+        for ((_, i), before) in live.services.iter().zip(&tables) {
+            let now = second
+                .rec
+                .maps()
+                .read_slots(i.table_off, i.table_len)
+                .unwrap();
+            assert_eq!(&now, before, "the table of service {}", i.id);
+        }
     });
 }
