@@ -252,6 +252,62 @@ const _: () = assert!(
     "bpf_attr packing assumes little endian"
 );
 
+/// The `batch` member of `union bpf_attr` for an array map: in_batch, out_batch, keys, values
+/// (u64 each), count and map_fd (u32 each), elem_flags and flags (u64 each, zero); the rest of
+/// the union stays zero.
+fn batch_attr<V: aya::Pod>(
+    map: &Array<MapData, V>,
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+) -> [u64; 16] {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+
+    use aya::maps::IterableMap as _;
+    let fd = map.map().fd().as_fd().as_raw_fd();
+    let mut attr = [0u64; 16];
+    attr[..4].copy_from_slice(&[in_batch, out_batch, keys, values]);
+    attr[4] = u64::from(count) | (u64::from(fd.cast_unsigned()) << 32);
+    attr
+}
+
+/// Runs one batch command. `Ok(true)`: done (with `end_ok`, also when the kernel's walk hit
+/// the array's end, `ENOENT`); `Ok(false)`: the kernel has no batch operations for this map,
+/// so the caller falls back to single-slot calls.
+///
+/// # Safety
+/// `attr` must be a valid `bpf_attr` for `cmd` whose pointers reference buffers of the sizes
+/// it states, alive for the call.
+unsafe fn bpf_batch(
+    cmd: libc::c_long,
+    call: &'static str,
+    attr: &mut [u64; 16],
+    end_ok: bool,
+) -> Result<bool, aya::sys::SyscallError> {
+    // SAFETY: the caller's contract.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(attr),
+        )
+    };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let io_error = std::io::Error::last_os_error();
+    match io_error.raw_os_error() {
+        Some(libc::ENOENT) if end_ok => Ok(true),
+        // EINVAL: a kernel that predates the command (a real EINVAL then shows in the
+        // fallback); 524: the kernel's ENOTSUPP, for maps without batch operations.
+        Some(libc::EINVAL | libc::EOPNOTSUPP | 524) => Ok(false),
+        _ => Err(aya::sys::SyscallError { call, io_error }),
+    }
+}
+
 /// Writes `values` to array slots `off..` with one `BPF_MAP_UPDATE_BATCH`. `Ok(false)` when
 /// the kernel does not support batch updates for this map (the caller falls back).
 fn update_batch(
@@ -259,106 +315,64 @@ fn update_batch(
     off: u32,
     values: &[BackendId],
 ) -> Result<bool, aya::sys::SyscallError> {
-    use std::os::fd::{AsFd as _, AsRawFd as _};
-
-    use aya::maps::IterableMap as _;
-    const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
     let keys: Vec<u32> = (off..).take(values.len()).collect();
     let count = u32::try_from(values.len()).expect("chunked");
-    let fd = map.map().fd().as_fd().as_raw_fd();
-    // union bpf_attr, batch member: in_batch, out_batch, keys, values (u64 each), count,
-    // map_fd (u32 each), elem_flags, flags (u64 each); the rest of the union stays zero.
-    let mut attr = [0u64; 16];
-    attr[2] = keys.as_ptr() as u64;
-    attr[3] = values.as_ptr() as u64;
-    attr[4] = u64::from(count) | (u64::from(fd.cast_unsigned()) << 32);
-    // SAFETY: `attr` is a valid bpf_attr for BPF_MAP_UPDATE_BATCH whose pointers reference
-    // `keys` and `values`, both `count` u32s long and alive for the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_UPDATE_BATCH,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(&attr),
-        )
-    };
-    if rc == 0 {
-        return Ok(true);
-    }
-    let e = std::io::Error::last_os_error();
-    match e.raw_os_error() {
-        // EINVAL: a kernel that predates the command (a real EINVAL then shows in the
-        // fallback); 524: the kernel's ENOTSUPP, for maps without batch operations.
-        Some(libc::EINVAL | libc::EOPNOTSUPP | 524) => Ok(false),
-        _ => Err(aya::sys::SyscallError {
-            call: "bpf_map_update_batch",
-            io_error: e,
-        }),
-    }
+    let mut attr = batch_attr(
+        map,
+        0,
+        0,
+        keys.as_ptr() as u64,
+        values.as_ptr() as u64,
+        count,
+    );
+    // SAFETY: the pointers reference `keys` and `values`, both `count` u32s long and alive
+    // for the call.
+    unsafe { bpf_batch(26, "bpf_map_update_batch", &mut attr, false) }
 }
 
 /// Reads array slots `off..off + out.len()` into `out` with one `BPF_MAP_LOOKUP_BATCH`.
 /// `Ok(false)` when the kernel does not support batch lookups for this map (the caller falls
-/// back to one lookup per slot). `off + out.len()` must not pass the end of the array.
+/// back to one lookup per slot). A read past the array's end is an error, not a short read.
 fn lookup_batch<V: aya::Pod>(
     map: &Array<MapData, V>,
     off: u32,
     out: &mut [V],
 ) -> Result<bool, aya::sys::SyscallError> {
-    use std::os::fd::{AsFd as _, AsRawFd as _};
-
-    use aya::maps::IterableMap as _;
-    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
     let mut keys = vec![0u32; out.len()];
     let count = u32::try_from(out.len()).expect("chunked");
     // The kernel walks keys with get_next_key from `in_batch`, so the batch starts *after* it:
     // `off - 1`, or no in_batch at all to start at slot 0.
     let in_batch = off.wrapping_sub(1);
     let mut out_batch = 0u32;
-    let fd = map.map().fd().as_fd().as_raw_fd();
-    // union bpf_attr, batch member (see `update_batch`).
-    let mut attr = [0u64; 16];
-    attr[0] = if off == 0 {
+    let in_ptr = if off == 0 {
         0
     } else {
         (&raw const in_batch) as u64
     };
-    attr[1] = (&raw mut out_batch) as u64;
-    attr[2] = keys.as_mut_ptr() as u64;
-    attr[3] = out.as_mut_ptr() as u64;
-    attr[4] = u64::from(count) | (u64::from(fd.cast_unsigned()) << 32);
-    // SAFETY: `attr` is a valid bpf_attr for BPF_MAP_LOOKUP_BATCH: `keys` and `out` have room
-    // for `count` keys and values (`V` is the map's value type, Pod), `in_batch` and
-    // `out_batch` for one key; all outlive the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_LOOKUP_BATCH,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(&attr),
-        )
-    };
-    let e = std::io::Error::last_os_error();
-    // ENOENT: the walk reached the array's end; the count the kernel wrote back says how far.
+    let mut attr = batch_attr(
+        map,
+        in_ptr,
+        (&raw mut out_batch) as u64,
+        keys.as_mut_ptr() as u64,
+        out.as_mut_ptr() as u64,
+        count,
+    );
+    // SAFETY: `keys` and `out` have room for `count` keys and values (`V` is the map's value
+    // type, Pod), `in_batch` and `out_batch` for one key; all outlive the call. ENOENT: the
+    // walk reached the array's end, and the count written back says how far it got.
+    if !unsafe { bpf_batch(24, "bpf_map_lookup_batch", &mut attr, true) }? {
+        return Ok(false);
+    }
     let done = u32::try_from(attr[4] & 0xffff_ffff).expect("masked");
-    if rc == 0 || e.raw_os_error() == Some(libc::ENOENT) {
-        if done != count || keys.iter().zip(off..).any(|(k, want)| *k != want) {
-            return Err(aya::sys::SyscallError {
-                call: "bpf_map_lookup_batch",
-                io_error: std::io::Error::other(format!(
-                    "asked for {count} slots from {off}, got {done}"
-                )),
-            });
-        }
-        return Ok(true);
-    }
-    match e.raw_os_error() {
-        Some(libc::EINVAL | libc::EOPNOTSUPP | 524) => Ok(false),
-        _ => Err(aya::sys::SyscallError {
+    if done != count || keys.iter().zip(off..).any(|(k, want)| *k != want) {
+        return Err(aya::sys::SyscallError {
             call: "bpf_map_lookup_batch",
-            io_error: e,
-        }),
+            io_error: std::io::Error::other(format!(
+                "asked for {count} slots from {off}, got {done}"
+            )),
+        });
     }
+    Ok(true)
 }
 
 /// Array slots `off..off + len`, read in batches of 64 Ki (one lookup per slot on kernels
