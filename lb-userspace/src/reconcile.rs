@@ -480,8 +480,9 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
             if let (Some(svc), Some((_, slots))) = (self.state.services.get(&spec), &table)
                 && svc.settings.probe.is_some()
             {
+                let in_table: std::collections::HashSet<&BackendId> = slots.iter().collect();
                 for (a, bid) in &backends {
-                    if slots.contains(bid) {
+                    if in_table.contains(bid) {
                         self.health.insert(
                             (spec, *a),
                             BackendHealth {
