@@ -286,19 +286,9 @@ unsafe fn bpf_batch(
     attr: &mut [u64; 16],
     end_ok: bool,
 ) -> Result<bool, aya::sys::SyscallError> {
-    // SAFETY: the caller's contract.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(attr),
-        )
-    };
-    if rc == 0 {
+    let Err(io_error) = crate::link::bpf(cmd, attr) else {
         return Ok(true);
-    }
-    let io_error = std::io::Error::last_os_error();
+    };
     match io_error.raw_os_error() {
         Some(libc::ENOENT) if end_ok => Ok(true),
         // EINVAL: a kernel that predates the command (a real EINVAL then shows in the

@@ -40,8 +40,9 @@ pub fn pin_path(pin_dir: &Path, iface: &str) -> PathBuf {
     pin_dir.join(format!("link_{iface}"))
 }
 
-/// `bpf(cmd, attr)`; `attr` is a zero-padded `union bpf_attr`.
-fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> io::Result<libc::c_long> {
+/// `bpf(cmd, attr)`; `attr` is a zero-padded `union bpf_attr` (also the map batch commands
+/// of `crate::dataplane`).
+pub(crate) fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> io::Result<libc::c_long> {
     // SAFETY: `attr` is a valid, writable bpf_attr of the size passed; every pointer in it
     // refers to memory that outlives the call.
     let rc = unsafe {

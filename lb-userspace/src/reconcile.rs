@@ -87,7 +87,8 @@ struct Applied {
     /// The live table region and its contents (`None`: no eligible backend, `table_len` 0).
     table: Option<(u32, Vec<BackendId>)>,
     backends: BTreeMap<SocketAddr, BackendId>,
-    /// The live ACL set id and its compiled entries (`None`: no rules, everyone is permitted).
+    /// The live ACL set id and its compiled entries, in prefix order (`None`: no rules,
+    /// everyone is permitted).
     acl: Option<(u32, Vec<acl::Entry>)>,
 }
 
@@ -259,23 +260,12 @@ struct Leftovers {
     /// Service keys that cannot be adopted (no service spec names them, or their id is taken):
     /// deleted before anything else.
     services: Vec<lb_common::maps::ServiceKey>,
-    /// Every live VIP address (synced again, which deletes the ones with no service).
+    /// Every live VIP address; the ones left with no service are deleted.
     vips: Vec<IpAddr>,
     /// Active backend entries no adopted service claims: retired.
     backends: Vec<BackendId>,
     /// ACL sets nothing points at: deleted after the grace period.
     acl_sets: Vec<(u32, Vec<acl::Prefix>)>,
-}
-
-/// Whether two compiled ACL sets hold the same entries (a set read back from the map comes in
-/// prefix order, a compiled one in rule order; prefixes are unique within a set).
-fn same_entries(a: &[acl::Entry], b: &[acl::Entry]) -> bool {
-    let sorted = |v: &[acl::Entry]| {
-        let mut v = v.to_vec();
-        v.sort_by_key(|e| e.prefix);
-        v
-    };
-    a.len() == b.len() && sorted(a) == sorted(b)
 }
 
 enum Deferred {
@@ -388,8 +378,12 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
                 r => r?,
             }
         }
+        // A VIP with a service was synced with it; only the entries of addresses left with
+        // none remain (sync_vip deletes them).
         for ip in left.vips {
-            self.sync_vip(ip)?;
+            if self.applied.range(vip_range(ip)).next().is_none() {
+                self.sync_vip(ip)?;
+            }
         }
         for id in left.backends {
             self.retire_backend(id)?;
@@ -1074,9 +1068,12 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
         let id = ap.id;
         // The endpoint's ACL, compiled to LPM entries; a change writes a whole new set under a
         // new id, switched with the table in the same service update (a double buffer again).
-        let entries = acl::compile(&acl_rules(&desired));
+        // In prefix order, like every set the reconciler keeps (a set read back from the map
+        // comes that way; the LPM trie does not care), so sets compare with `==`.
+        let mut entries = acl::compile(&acl_rules(&desired));
+        entries.sort_by_key(|e| e.prefix);
         let acl_changed = match &ap.acl {
-            Some((_, cur)) => !same_entries(cur, &entries),
+            Some((_, cur)) => *cur != entries,
             None => !entries.is_empty(),
         };
         let new_region = if table_changed {
@@ -1252,7 +1249,7 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
         }
         let current = self.ilb.get(&ip).map(|(aid, e)| (*aid, e.clone()));
         let ilb_id = match current {
-            Some((aid, cur)) if same_entries(&cur, &entries) => aid,
+            Some((aid, cur)) if cur == entries => aid,
             _ if entries.is_empty() => 0,
             _ => {
                 let Some(aid) = self.acl_ids.alloc() else {
