@@ -2,7 +2,7 @@
 //!
 //! The crate is `no_std` so the eBPF program can use the very same functions the host tests
 //! cover: the flow hash, the table slot rule, the checksum arithmetic and the verdict reasons.
-//! Table construction, endpoint specs and config validation need allocation and sit behind the
+//! Table construction, ACL compilation and the host model need allocation and sit behind the
 //! `std` feature; `user` adds the `aya::Pod` markers the agent needs to put these types in maps.
 #![cfg_attr(not(feature = "std"), no_std)]
 
@@ -20,11 +20,7 @@ pub mod maps;
 pub mod verdict;
 
 #[cfg(feature = "std")]
-pub mod config;
-#[cfg(feature = "std")]
 pub mod model;
-#[cfg(feature = "std")]
-pub mod spec;
 
 /// Implements `aya::Pod` for map types, but only for types that are `bytemuck::Pod`.
 ///

@@ -4,7 +4,6 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, bail};
-use lb_common::config::Config;
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::mpsc,
@@ -12,6 +11,7 @@ use tokio::{
 
 use crate::{
     api,
+    config::Config,
     dataplane::{Dataplane, LoadOptions, unpin_all, xdp_mode},
     link, metrics,
     nexthop::NetlinkResolver,
@@ -44,7 +44,7 @@ pub struct AgentOptions {
 fn load_config(path: Option<&PathBuf>) -> anyhow::Result<(Config, String)> {
     let Some(path) = path else {
         let empty = Config {
-            agent: lb_common::config::AgentSettings::default(),
+            agent: crate::config::AgentSettings::default(),
             services: Vec::new(),
             forwards: Vec::new(),
             pips: Vec::new(),
@@ -54,7 +54,7 @@ fn load_config(path: Option<&PathBuf>) -> anyhow::Result<(Config, String)> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading config {}", path.display()))?;
     Ok((
-        lb_common::config::parse(&path.display().to_string(), &text)?,
+        crate::config::parse(&path.display().to_string(), &text)?,
         persist::digest(&text),
     ))
 }

@@ -6,13 +6,14 @@
 
 use std::{collections::BTreeMap, path::Path};
 
-use lb_common::{config::ServiceSettings, spec::SpecError};
 use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream},
     sync::{mpsc, oneshot},
 };
+
+use crate::{config::ServiceSettings, spec::SpecError};
 
 /// Default socket path (override with `--socket` or `LB_SOCKET`).
 pub const DEFAULT_SOCKET: &str = "/run/lb/lb.sock";
@@ -110,7 +111,7 @@ impl SettingsArgs {
     /// # Errors
     /// A value that does not parse or is out of range.
     pub fn resolve(&self) -> Result<ServiceSettings, String> {
-        use lb_common::spec::parse_duration;
+        use crate::spec::parse_duration;
         let mut s = ServiceSettings::default();
         if let Some(t) = self.table_size {
             s.table_size = t;
@@ -123,7 +124,7 @@ impl SettingsArgs {
         }
         s.timeout = match &self.probe_timeout {
             Some(d) => parse_duration(d).map_err(|e| format!("--probe-timeout: {e}"))?,
-            None => lb_common::config::default_timeout(s.interval),
+            None => crate::config::default_timeout(s.interval),
         };
         if let Some(n) = self.unhealthy_after {
             s.thresholds.unhealthy_after = n;
@@ -142,7 +143,7 @@ impl SettingsArgs {
                 .map_err(|e: SpecError| format!("--established: {e}"))?;
         }
         if let Some(i) = &self.internal {
-            s.internal = lb_common::config::parse_internal(i)?;
+            s.internal = crate::config::parse_internal(i)?;
         }
         if let Some(e) = &self.icmp_echo {
             s.icmp_echo = match e.as_str() {
@@ -156,7 +157,7 @@ impl SettingsArgs {
                 .parse()
                 .map_err(|e: SpecError| format!("--hairpin: {e}"))?;
         }
-        lb_common::config::check_settings(&s)?;
+        crate::config::check_settings(&s)?;
         Ok(s)
     }
 }

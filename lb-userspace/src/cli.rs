@@ -4,9 +4,11 @@
 use std::{fmt::Write as _, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use lb_common::spec::{BackendSpec, ServiceSpec};
 
-use crate::api::{self, Request, Response};
+use crate::{
+    api::{self, Request, Response},
+    spec::{BackendSpec, ServiceSpec},
+};
 
 #[derive(Debug, Parser)]
 #[command(

@@ -54,7 +54,7 @@ impl LoadOptions {
     /// Options with the default settings, pinning under `pin_dir`.
     #[must_use]
     pub fn new(pin_dir: PathBuf) -> Self {
-        let s = lb_common::config::AgentSettings::default();
+        let s = crate::config::AgentSettings::default();
         Self {
             pin_dir,
             hash_seed: s.hash_seed,

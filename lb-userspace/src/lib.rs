@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod api;
 pub mod cli;
+pub mod config;
 pub mod dataplane;
 pub mod error;
 pub mod link;
@@ -13,4 +14,5 @@ pub mod nexthop;
 pub mod persist;
 pub mod probe;
 pub mod reconcile;
+pub mod spec;
 pub mod state;

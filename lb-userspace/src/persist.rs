@@ -68,7 +68,7 @@ pub fn initial_state(
     if saved_digest != Some(config_digest) {
         return Ok((from_config, Source::ConfigChangedSinceStateFile));
     }
-    let cfg = lb_common::config::parse(&path.display().to_string(), &text).with_context(|| {
+    let cfg = crate::config::parse(&path.display().to_string(), &text).with_context(|| {
         format!(
             "state file {} is invalid; move it away to start from the config",
             path.display()
@@ -104,16 +104,15 @@ pub fn save(path: &Path, config_digest: &str, state: &State) -> std::io::Result<
 
 #[cfg(test)]
 mod tests {
-    use lb_common::config::ServiceSettings;
-
     use super::*;
+    use crate::config::ServiceSettings;
 
     #[test]
     fn state_file_wins_until_the_config_changes() {
         let dir = std::env::temp_dir().join(format!("lb-persist-{}", std::process::id()));
         let path = dir.join("state.toml");
         let cfg_text = "[[service]]\nvip = \"203.0.113.10:80/tcp\"\n";
-        let from_config = State::from_config(&lb_common::config::parse("c", cfg_text).unwrap());
+        let from_config = State::from_config(&crate::config::parse("c", cfg_text).unwrap());
         let d = digest(cfg_text);
         assert_eq!(
             initial_state(&path, &d, from_config.clone()).unwrap().1,

@@ -8,7 +8,6 @@
 
 use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
-use lb_common::spec::ServiceSpec;
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpStream,
@@ -16,6 +15,8 @@ use tokio::{
     task::JoinHandle,
     time::{MissedTickBehavior, timeout},
 };
+
+use crate::spec::ServiceSpec;
 
 /// What to probe and how (derived from a service's settings by the reconciler).
 #[derive(Clone, Debug, PartialEq, Eq)]

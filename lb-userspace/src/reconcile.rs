@@ -36,15 +36,10 @@ use std::{
 use lb_common::{
     acl,
     addr::{self, Addr},
-    config::{AclRuleConfig, parse_action},
     consts::{MAX_BACKENDS, MAX_SERVICES},
     health::{Health, Thresholds, Tracker},
     maglev::{TableBackend, build_table},
     maps::{BACKEND_F_ACTIVE, Backend, BackendId, NextHop, ServiceInfo, VipInfo, VipKey},
-    spec::{
-        BackendSpec, Established, ProbeSpec, Proto, ServiceSpec, WhenAllDown, format_duration,
-        map_prefix, parse_prefix,
-    },
     verdict::ALL_REASONS,
 };
 
@@ -53,9 +48,14 @@ use crate::{
         AclRuleView, AclView, BackendView, CountersView, NextHopView, PipView, ProbeView, Request,
         Response, ServiceStatus, ServiceView, StatsView, StatusView,
     },
+    config::{AclRuleConfig, parse_action},
     dataplane::MapOps,
     error::{ChangeError, MapOpError},
     probe::{ProbeReport, ProbeTarget},
+    spec::{
+        BackendSpec, Established, ProbeSpec, Proto, ServiceSpec, WhenAllDown, format_duration,
+        map_prefix, parse_prefix,
+    },
     state::{Kind, ServiceState, State},
 };
 
@@ -1196,7 +1196,7 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
                 (
                     st.settings.internal.clone(),
                     st.settings.icmp_echo,
-                    st.settings.hairpin == lb_common::spec::Hairpin::Snat,
+                    st.settings.hairpin == crate::spec::Hairpin::Snat,
                 )
             },
         );
@@ -1715,12 +1715,12 @@ fn mac(m: &[u8; 6]) -> String {
 
 fn parse_service(s: &str) -> Result<ServiceSpec, ChangeError> {
     s.parse()
-        .map_err(|e: lb_common::spec::SpecError| ChangeError::Invalid(format!("service: {e}")))
+        .map_err(|e: crate::spec::SpecError| ChangeError::Invalid(format!("service: {e}")))
 }
 
 fn parse_backend(s: &str) -> Result<BackendSpec, ChangeError> {
     s.parse()
-        .map_err(|e: lb_common::spec::SpecError| ChangeError::Invalid(format!("backend: {e}")))
+        .map_err(|e: crate::spec::SpecError| ChangeError::Invalid(format!("backend: {e}")))
 }
 
 #[cfg(test)]
@@ -2447,12 +2447,12 @@ mod tests {
     /// one past its capacity, with an error naming the map and its limit.
     #[test]
     fn each_map_refuses_one_more_than_it_holds() {
-        use lb_common::{
-            config::ServiceSettings,
-            consts::{MAX_ACL_ENTRIES, MAX_PIPS},
-        };
+        use lb_common::consts::{MAX_ACL_ENTRIES, MAX_PIPS};
 
-        use crate::state::{BackendState, ServiceState};
+        use crate::{
+            config::ServiceSettings,
+            state::{BackendState, ServiceState},
+        };
         let settings = ServiceSettings {
             table_size: 7,
             ..ServiceSettings::default()

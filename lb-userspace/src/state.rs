@@ -11,17 +11,17 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use lb_common::{
-    acl::Action,
+use lb_common::acl::Action;
+
+use crate::{
     config::{
         AclRuleConfig, BackendConfig, Config, DEFAULT_WEIGHT, ServiceSettings, check_acl_rule,
         check_backend, check_forward, check_internal, check_pip, check_same_vip, check_service,
         check_settings, check_weight,
     },
+    error::ChangeError,
     spec::{BackendSpec, ServiceSpec, format_duration},
 };
-
-use crate::error::ChangeError;
 
 /// Desired state of every service.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -469,7 +469,7 @@ fn write_acl(o: &mut String, acl: &BTreeMap<u32, AclRuleConfig>) {
 /// Prefixes as `a/len, b/len` (`none` when empty).
 #[must_use]
 pub fn prefixes(p: &[(std::net::IpAddr, u8)]) -> String {
-    lb_common::config::format_prefixes(p)
+    crate::config::format_prefixes(p)
 }
 
 /// A forward as a service: one backend, a one-slot table, no probe.
@@ -497,9 +497,8 @@ fn forward_state(to: SocketAddr) -> ServiceState {
 
 #[cfg(test)]
 mod tests {
-    use lb_common::spec::ProbeSpec;
-
     use super::*;
+    use crate::spec::ProbeSpec;
 
     fn svc(s: &str) -> ServiceSpec {
         s.parse().unwrap()
@@ -508,7 +507,7 @@ mod tests {
     #[test]
     fn config_and_cli_converge() {
         let text = "[[service]]\nvip = \"203.0.113.10:80/tcp\"\nbackends = [\"192.0.2.11\", { addr = \"192.0.2.12:8080\", weight = 3 }]\n";
-        let from_file = State::from_config(&lb_common::config::parse("t.toml", text).unwrap());
+        let from_file = State::from_config(&crate::config::parse("t.toml", text).unwrap());
         let mut by_cli = State::default();
         let web = svc("203.0.113.10:80/tcp");
         by_cli.add_service(web, ServiceSettings::default()).unwrap();
@@ -545,7 +544,7 @@ mod tests {
         s.set_drained(&web, &"192.0.2.12:8080".parse().unwrap(), true)
             .unwrap();
         let text = s.to_toml();
-        let back = State::from_config(&lb_common::config::parse("state.toml", &text).unwrap());
+        let back = State::from_config(&crate::config::parse("state.toml", &text).unwrap());
         assert_eq!(back, s, "{text}");
     }
 
@@ -631,7 +630,7 @@ mod tests {
         let rule = |order, action, p: &str, d: &str| AclRuleConfig {
             order,
             action,
-            prefix: lb_common::spec::parse_prefix(p).unwrap(),
+            prefix: crate::spec::parse_prefix(p).unwrap(),
             description: d.into(),
         };
         s.add_acl(
@@ -645,7 +644,7 @@ mod tests {
             s.add_acl(&web, rule(20, Action::Deny, "0.0.0.0/0", "")),
             Err(ChangeError::Exists(_))
         ));
-        let back = State::from_config(&lb_common::config::parse("s.toml", &s.to_toml()).unwrap());
+        let back = State::from_config(&crate::config::parse("s.toml", &s.to_toml()).unwrap());
         assert_eq!(back, s, "{}", s.to_toml());
         s.del_acl(&web, 20).unwrap();
         assert!(matches!(s.del_acl(&web, 20), Err(ChangeError::NotFound(_))));

@@ -11,8 +11,9 @@ use std::{
 
 use anyhow::Context as _;
 use aya::programs::{TestRun as _, TestRunOptions};
-use lb_common::{addr::Addr, config, maps::NextHop};
+use lb_common::{addr::Addr, maps::NextHop};
 use lb_userspace::{
+    config,
     dataplane::{Dataplane, LoadOptions, MapOps as _, Maps},
     reconcile::{AgentInfo, Reconciler, Resolver},
     state::State,

@@ -7,7 +7,7 @@ use std::{
     str::FromStr,
 };
 
-use crate::{addr, flow::proto, maps::ServiceKey};
+use lb_common::{addr, flow::proto, maps::ServiceKey};
 
 /// Transport protocol of a load-balanced service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -541,14 +541,14 @@ pub fn mask(ip: IpAddr, len: u8) -> IpAddr {
 
 /// A parsed prefix in map form (IPv4 lengths offset by 96).
 #[must_use]
-pub fn map_prefix(ip: IpAddr, len: u8) -> crate::acl::Prefix {
+pub fn map_prefix(ip: IpAddr, len: u8) -> lb_common::acl::Prefix {
     let off = if ip.is_ipv4() {
-        crate::addr::V4_MAPPED_PREFIX_LEN
+        lb_common::addr::V4_MAPPED_PREFIX_LEN
     } else {
         0
     };
-    crate::acl::Prefix {
-        addr: crate::addr::from_ip(ip),
+    lb_common::acl::Prefix {
+        addr: lb_common::addr::from_ip(ip),
         len: off + u32::from(len),
     }
 }

@@ -1,338 +1,22 @@
-//! The agent's config file (TOML): parsing and validation.
-//!
-//! A bad file changes nothing: [`parse`] returns the first error, naming the file, line, column
-//! and field (`service[1].backends[0]`). The checks that also apply to runtime (CLI) changes are
-//! the `check_*` functions, so a file and a CLI call reject the same things the same way.
-//!
-//! ```toml
-//! [agent]                      # optional; these are the defaults
-//! hash_seed = 0x5eed1b00
-//! conntrack_flows = 1048576
-//! ring_slots = 8388608
-//!
-//! [[service]]
-//! vip = "203.0.113.10:80/tcp"
-//! backends = ["192.0.2.11", "192.0.2.12:8080"]
-//! table_size = 65537           # optional, a prime
-//! ```
+//! The config file's TOML: raw shapes, then [`parse`], which validates every field and reports
+//! the first problem with file, line, column and field path.
 
-use std::{collections::BTreeSet, fmt, ops::Range, time::Duration};
+use std::{collections::BTreeSet, fmt, ops::Range};
 
+use lb_common::{
+    consts::{MAX_BACKENDS, MAX_SERVICES},
+    health::Thresholds,
+};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::{
-    acl::Action,
-    consts::{
-        DEFAULT_CONNTRACK_ENTRIES, DEFAULT_HASH_SEED, DEFAULT_RING_SLOTS, DEFAULT_TABLE_SIZE,
-        MAX_BACKENDS, MAX_SERVICES, MAX_TABLE_SIZE,
-    },
-    health::{self, Thresholds},
-    maglev::is_prime,
-    spec::{
-        BackendSpec, Established, Hairpin, ProbeSpec, ServiceSpec, SpecError, WhenAllDown,
-        parse_duration,
-    },
+use super::{
+    AclRuleConfig, AgentSettings, BackendConfig, Config, DEFAULT_WEIGHT, ForwardConfig,
+    ServiceConfig, ServiceSettings, check_acl_rule, check_backend, check_forward, check_internal,
+    check_pip, check_same_vip, check_service, check_settings, check_table_size, check_weight,
+    default_timeout, parse_action,
 };
-
-/// A validated config.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Config {
-    pub agent: AgentSettings,
-    pub services: Vec<ServiceConfig>,
-    pub forwards: Vec<ForwardConfig>,
-    /// Instance-level public IPs: PIP → instance address.
-    pub pips: Vec<(std::net::IpAddr, std::net::IpAddr)>,
-}
-
-/// Checks a PIP mapping: unicast IPv4 addresses (the fast path is IPv4), not the same address.
-///
-/// # Errors
-/// A message naming the problem.
-pub fn check_pip(pip: std::net::IpAddr, dip: std::net::IpAddr) -> Result<(), String> {
-    for (what, a) in [("PIP", pip), ("instance", dip)] {
-        let std::net::IpAddr::V4(v4) = a else {
-            return Err(format!(
-                "{what} {a}: IPv6 is not supported by the fast path yet"
-            ));
-        };
-        if v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast() || v4.is_loopback() {
-            return Err(format!("{what} {a} is not a unicast address"));
-        }
-    }
-    if pip == dip {
-        return Err(format!("PIP {pip} cannot map to itself"));
-    }
-    Ok(())
-}
-
-/// Load-time settings (they size maps and seed the hash, so they apply at agent start).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AgentSettings {
-    pub hash_seed: u32,
-    /// Flows the conntrack table holds (two LRU entries each: both directions).
-    pub conntrack_flows: u32,
-    /// Slots in the shared lookup-table array.
-    pub ring_slots: u32,
-}
-
-impl Default for AgentSettings {
-    fn default() -> Self {
-        Self {
-            hash_seed: DEFAULT_HASH_SEED,
-            conntrack_flows: DEFAULT_CONNTRACK_ENTRIES,
-            ring_slots: DEFAULT_RING_SLOTS,
-        }
-    }
-}
-
-/// One service and its backends.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServiceConfig {
-    pub spec: ServiceSpec,
-    pub settings: ServiceSettings,
-    pub backends: Vec<BackendConfig>,
-    pub acl: Vec<AclRuleConfig>,
-}
-
-/// One endpoint ACL rule.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AclRuleConfig {
-    pub order: u32,
-    pub action: Action,
-    pub prefix: (std::net::IpAddr, u8),
-    pub description: String,
-}
-
-/// Checks an ACL rule for an endpoint: the prefix's family, the description.
-///
-/// # Errors
-/// A message naming the problem.
-pub fn check_acl_rule(
-    s: &ServiceSpec,
-    prefix: (std::net::IpAddr, u8),
-    description: &str,
-) -> Result<(), String> {
-    if prefix.0.is_ipv4() != s.vip.is_ipv4() {
-        return Err(format!(
-            "prefix {}/{} is not of the same address family as {s}",
-            prefix.0, prefix.1
-        ));
-    }
-    if description.len() > 256 || description.chars().any(char::is_control) {
-        return Err(
-            "the description must be at most 256 characters without control characters".into(),
-        );
-    }
-    Ok(())
-}
-
-/// Parses an ACL action word.
-///
-/// # Errors
-/// Neither `permit` nor `deny`.
-pub fn parse_action(s: &str) -> Result<Action, String> {
-    match s {
-        "permit" => Ok(Action::Permit),
-        "deny" => Ok(Action::Deny),
-        _ => Err(format!("{s:?}: the action must be permit or deny")),
-    }
-}
-
-/// A port-forward endpoint: one VIP port to one backend's port (e.g. SSH to one VM).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ForwardConfig {
-    pub spec: ServiceSpec,
-    pub to: std::net::SocketAddr,
-    pub acl: Vec<AclRuleConfig>,
-}
-
-/// Checks a port forward's target: an explicit port, the service's address family.
-///
-/// # Errors
-/// A message naming the target and the problem.
-pub fn check_forward(s: &ServiceSpec, to: &BackendSpec) -> Result<std::net::SocketAddr, String> {
-    check_backend(s, to)?;
-    let port = to
-        .port
-        .ok_or_else(|| format!("forward target {to} needs a port (DIP:PORT)"))?;
-    Ok(std::net::SocketAddr::new(to.ip, port))
-}
-
-/// A backend with its weight and drain flag.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BackendConfig {
-    pub spec: BackendSpec,
-    pub weight: u32,
-    pub drained: bool,
-}
-
-/// Largest backend weight.
-pub const MAX_WEIGHT: u32 = 10_000;
-/// Default backend weight.
-pub const DEFAULT_WEIGHT: u32 = 1;
-
-/// Per-service settings: table size, health probe, and the policies around health.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServiceSettings {
-    pub table_size: u32,
-    /// `None`: no probe, backends are always healthy.
-    pub probe: Option<ProbeSpec>,
-    pub interval: Duration,
-    pub timeout: Duration,
-    pub thresholds: Thresholds,
-    pub when_all_down: WhenAllDown,
-    pub established: Established,
-    /// Internal VIP: the only source prefixes it answers (empty: a public VIP). A property of
-    /// the VIP address: all its services must agree.
-    pub internal: Vec<(std::net::IpAddr, u8)>,
-    pub hairpin: Hairpin,
-    /// The LB answers ICMP echo requests to the VIP (rate-limited). A property of the VIP
-    /// address, like `internal`.
-    pub icmp_echo: bool,
-}
-
-impl Default for ServiceSettings {
-    fn default() -> Self {
-        Self {
-            table_size: DEFAULT_TABLE_SIZE,
-            probe: None,
-            interval: health::DEFAULT_INTERVAL,
-            timeout: health::DEFAULT_TIMEOUT,
-            thresholds: Thresholds::default(),
-            when_all_down: WhenAllDown::Drop,
-            established: Established::Keep,
-            internal: Vec::new(),
-            hairpin: Hairpin::Drop,
-            icmp_echo: true,
-        }
-    }
-}
-
-/// Checks a service's settings; the message names the setting (as the CLI spells it).
-///
-/// # Errors
-/// The first setting that is out of range.
-pub fn check_settings(s: &ServiceSettings) -> Result<(), String> {
-    if s.hairpin == Hairpin::Snat && s.internal.is_empty() {
-        return Err("--hairpin snat applies to internal VIPs only (give --internal PREFIX)".into());
-    }
-    check_table_size(s.table_size).map_err(|m| format!("--table-size: {m}"))?;
-    if !(Duration::from_millis(50)..=Duration::from_secs(3600)).contains(&s.interval) {
-        return Err(format!(
-            "--probe-interval {:?} is outside 50ms..=60m",
-            s.interval
-        ));
-    }
-    if s.timeout < Duration::from_millis(10) || s.timeout > s.interval {
-        return Err(format!(
-            "--probe-timeout {:?} must be at least 10ms and at most the interval ({:?})",
-            s.timeout, s.interval
-        ));
-    }
-    for (name, v) in [
-        ("--unhealthy-after", s.thresholds.unhealthy_after),
-        ("--healthy-after", s.thresholds.healthy_after),
-    ] {
-        if !(1..=100).contains(&v) {
-            return Err(format!("{name} {v} is outside 1..=100"));
-        }
-    }
-    Ok(())
-}
-
-/// The probe timeout when none is given: 5 s, or the interval if that is shorter.
-#[must_use]
-pub fn default_timeout(interval: Duration) -> Duration {
-    health::DEFAULT_TIMEOUT.min(interval)
-}
-
-/// Checks an internal VIP's prefixes against its address family.
-///
-/// # Errors
-/// A prefix of the other family.
-pub fn check_internal(s: &ServiceSpec, internal: &[(std::net::IpAddr, u8)]) -> Result<(), String> {
-    for (ip, len) in internal {
-        if ip.is_ipv4() != s.vip.is_ipv4() {
-            return Err(format!(
-                "--internal {ip}/{len} is not of the same address family as {s}"
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Parses `--internal`: comma-separated prefixes.
-///
-/// # Errors
-/// A prefix that does not parse.
-pub fn parse_internal(s: &str) -> Result<Vec<(std::net::IpAddr, u8)>, String> {
-    s.split(',')
-        .map(|p| crate::spec::parse_prefix(p.trim()).map_err(|e| format!("--internal: {e}")))
-        .collect()
-}
-
-/// Prefixes as `a/len, b/len` (`none` when empty).
-#[must_use]
-pub fn format_prefixes(p: &[(std::net::IpAddr, u8)]) -> String {
-    if p.is_empty() {
-        return "none".into();
-    }
-    p.iter()
-        .map(|(ip, l)| format!("{ip}/{l}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// Checks that a new service agrees with `other`, a service on the same VIP address, on the
-/// settings that belong to the address: `internal`, `hairpin` and `icmp_echo`.
-///
-/// # Errors
-/// The setting that differs (config spelling) and a message.
-pub fn check_same_vip(
-    s: &ServiceSettings,
-    other: &ServiceSpec,
-    o: &ServiceSettings,
-) -> Result<(), (&'static str, String)> {
-    let ip = other.vip.ip();
-    if o.internal != s.internal {
-        let has = format_prefixes(&o.internal);
-        return Err((
-            "internal",
-            format!(
-                "all services of VIP {ip} must have the same internal prefixes ({other} has {has})"
-            ),
-        ));
-    }
-    if o.hairpin != s.hairpin {
-        return Err((
-            "hairpin",
-            format!(
-                "all services of VIP {ip} must have the same hairpin mode ({other} has {})",
-                o.hairpin
-            ),
-        ));
-    }
-    if o.icmp_echo != s.icmp_echo {
-        let has = if o.icmp_echo { "on" } else { "off" };
-        return Err((
-            "icmp_echo",
-            format!("all services of VIP {ip} must have the same icmp_echo ({other} has {has})"),
-        ));
-    }
-    Ok(())
-}
-
-/// Checks a backend weight.
-///
-/// # Errors
-/// Above [`MAX_WEIGHT`].
-pub fn check_weight(w: u32) -> Result<(), String> {
-    if w > MAX_WEIGHT {
-        return Err(format!("weight {w} is above the maximum {MAX_WEIGHT}"));
-    }
-    Ok(())
-}
+use crate::spec::{BackendSpec, ServiceSpec, SpecError, parse_duration};
 
 /// A config error: where, which field, what is wrong.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -356,50 +40,6 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
-
-/// Checks a table size (a prime no larger than [`MAX_TABLE_SIZE`]).
-///
-/// # Errors
-/// A message saying why the size is not acceptable.
-pub fn check_table_size(n: u32) -> Result<(), String> {
-    if n > MAX_TABLE_SIZE {
-        return Err(format!(
-            "table size {n} exceeds the maximum {MAX_TABLE_SIZE}"
-        ));
-    }
-    if !is_prime(n) {
-        return Err(format!(
-            "table size {n} is not a prime (try 251, 4093, 65537)"
-        ));
-    }
-    Ok(())
-}
-
-/// Checks a service the fast path can serve.
-///
-/// # Errors
-/// A message naming the service and the problem.
-pub fn check_service(s: &ServiceSpec) -> Result<(), String> {
-    if s.vip.is_ipv6() {
-        return Err(format!(
-            "{s}: IPv6 services are not supported by the fast path yet"
-        ));
-    }
-    Ok(())
-}
-
-/// Checks a backend for a service.
-///
-/// # Errors
-/// A message naming the backend and the problem.
-pub fn check_backend(s: &ServiceSpec, b: &BackendSpec) -> Result<(), String> {
-    if s.vip.is_ipv4() != b.ip.is_ipv4() {
-        return Err(format!(
-            "backend {b} is not of the same address family as {s}"
-        ));
-    }
-    Ok(())
-}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -737,11 +377,11 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         }
         pips.push((pip, dip));
     }
-    if pips.len() > crate::consts::MAX_PIPS as usize {
+    if pips.len() > lb_common::consts::MAX_PIPS as usize {
         return Err(err(
             0..0,
             "pip".into(),
-            format!("more than {} PIPs", crate::consts::MAX_PIPS),
+            format!("more than {} PIPs", lb_common::consts::MAX_PIPS),
         ));
     }
     Ok(Config {
@@ -815,9 +455,13 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use lb_common::consts::DEFAULT_CONNTRACK_ENTRIES;
     use proptest::prelude::*;
 
     use super::*;
+    use crate::spec::{Established, ProbeSpec, WhenAllDown};
 
     proptest! {
         /// Any text: a config, or an error that points into the text and says something.

@@ -1,0 +1,142 @@
+//! The agent's config file (TOML): parsing and validation.
+//!
+//! A bad file changes nothing: [`parse`] returns the first error, naming the file, line, column
+//! and field (`service[1].backends[0]`). The checks that also apply to runtime (CLI) changes are
+//! the `check_*` functions, so a file and a CLI call reject the same things the same way.
+//!
+//! ```toml
+//! [agent]                      # optional; these are the defaults
+//! hash_seed = 0x5eed1b00
+//! conntrack_flows = 1048576
+//! ring_slots = 8388608
+//!
+//! [[service]]
+//! vip = "203.0.113.10:80/tcp"
+//! backends = ["192.0.2.11", "192.0.2.12:8080"]
+//! table_size = 65537           # optional, a prime
+//! ```
+
+mod check;
+mod parse;
+
+use std::time::Duration;
+
+use lb_common::{
+    acl::Action,
+    consts::{
+        DEFAULT_CONNTRACK_ENTRIES, DEFAULT_HASH_SEED, DEFAULT_RING_SLOTS, DEFAULT_TABLE_SIZE,
+    },
+    health::{self, Thresholds},
+};
+
+pub use self::{
+    check::*,
+    parse::{ConfigError, parse},
+};
+use crate::spec::{BackendSpec, Established, Hairpin, ProbeSpec, ServiceSpec, WhenAllDown};
+
+/// A validated config.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub agent: AgentSettings,
+    pub services: Vec<ServiceConfig>,
+    pub forwards: Vec<ForwardConfig>,
+    /// Instance-level public IPs: PIP → instance address.
+    pub pips: Vec<(std::net::IpAddr, std::net::IpAddr)>,
+}
+
+/// Load-time settings (they size maps and seed the hash, so they apply at agent start).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AgentSettings {
+    pub hash_seed: u32,
+    /// Flows the conntrack table holds (two LRU entries each: both directions).
+    pub conntrack_flows: u32,
+    /// Slots in the shared lookup-table array.
+    pub ring_slots: u32,
+}
+
+impl Default for AgentSettings {
+    fn default() -> Self {
+        Self {
+            hash_seed: DEFAULT_HASH_SEED,
+            conntrack_flows: DEFAULT_CONNTRACK_ENTRIES,
+            ring_slots: DEFAULT_RING_SLOTS,
+        }
+    }
+}
+
+/// One service and its backends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceConfig {
+    pub spec: ServiceSpec,
+    pub settings: ServiceSettings,
+    pub backends: Vec<BackendConfig>,
+    pub acl: Vec<AclRuleConfig>,
+}
+
+/// One endpoint ACL rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AclRuleConfig {
+    pub order: u32,
+    pub action: Action,
+    pub prefix: (std::net::IpAddr, u8),
+    pub description: String,
+}
+
+/// A port-forward endpoint: one VIP port to one backend's port (e.g. SSH to one VM).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForwardConfig {
+    pub spec: ServiceSpec,
+    pub to: std::net::SocketAddr,
+    pub acl: Vec<AclRuleConfig>,
+}
+
+/// A backend with its weight and drain flag.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendConfig {
+    pub spec: BackendSpec,
+    pub weight: u32,
+    pub drained: bool,
+}
+
+/// Largest backend weight.
+pub const MAX_WEIGHT: u32 = 10_000;
+/// Default backend weight.
+pub const DEFAULT_WEIGHT: u32 = 1;
+
+/// Per-service settings: table size, health probe, and the policies around health.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceSettings {
+    pub table_size: u32,
+    /// `None`: no probe, backends are always healthy.
+    pub probe: Option<ProbeSpec>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub thresholds: Thresholds,
+    pub when_all_down: WhenAllDown,
+    pub established: Established,
+    /// Internal VIP: the only source prefixes it answers (empty: a public VIP). A property of
+    /// the VIP address: all its services must agree.
+    pub internal: Vec<(std::net::IpAddr, u8)>,
+    pub hairpin: Hairpin,
+    /// The LB answers ICMP echo requests to the VIP (rate-limited). A property of the VIP
+    /// address, like `internal`.
+    pub icmp_echo: bool,
+}
+
+impl Default for ServiceSettings {
+    fn default() -> Self {
+        Self {
+            table_size: DEFAULT_TABLE_SIZE,
+            probe: None,
+            interval: health::DEFAULT_INTERVAL,
+            timeout: health::DEFAULT_TIMEOUT,
+            thresholds: Thresholds::default(),
+            when_all_down: WhenAllDown::Drop,
+            established: Established::Keep,
+            internal: Vec::new(),
+            hairpin: Hairpin::Drop,
+            icmp_echo: true,
+        }
+    }
+}
