@@ -168,13 +168,13 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         tokio::select! {
             Some((req, reply)) = rx.recv() => {
                 tracing::debug!(?req, "api request");
-                let resp = rec.handle(req);
-                if matches!(resp, api::Response::Ok { .. }) {
+                let out = rec.handle(req);
+                if out.state_changed {
                     // A change: save it and run the probes it asks for.
                     save(&rec, &config_digest);
                     prober.sync(rec.wanted_probes());
                 }
-                let _ = reply.send(resp);
+                let _ = reply.send(out.response);
             }
             Some(report) = probe_rx.recv() => {
                 if let Err(e) = rec.observe(&report) {

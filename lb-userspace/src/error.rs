@@ -63,11 +63,66 @@ pub enum ChangeError {
     Invalid(String),
     #[error("{0} does not exist")]
     NotFound(String),
+    /// The change collides with what exists (the thing exists already).
     #[error("{0} already exists")]
-    Exists(String),
+    Conflict(String),
     /// A map or table is full; the message names the limit.
     #[error("{0}")]
     Capacity(String),
+    /// A map write failed; the message says what was done about it (rolled back, or not).
+    #[error("{0}")]
+    Failed(String),
     #[error(transparent)]
     Map(#[from] MapOpError),
+}
+
+impl ChangeError {
+    /// The kind a client sees (and the CLI turns into its exit code).
+    #[must_use]
+    pub const fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Invalid(_) => ErrorKind::Invalid,
+            Self::NotFound(_) => ErrorKind::NotFound,
+            Self::Conflict(_) => ErrorKind::Conflict,
+            Self::Capacity(_) => ErrorKind::Capacity,
+            Self::Failed(_) | Self::Map(_) => ErrorKind::Failed,
+        }
+    }
+}
+
+/// What kind of refusal an error is, as the control socket reports it. The CLI exits with a
+/// distinct code for each ([`ErrorKind::exit_code`]), so scripts can tell them apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// Bad input: a field that does not parse or is out of range.
+    Invalid,
+    /// The service, backend, rule or PIP named does not exist.
+    NotFound,
+    /// It exists already, or collides with what exists.
+    Conflict,
+    /// A map or table would overflow.
+    Capacity,
+    /// The data plane refused a write; the message says whether the change was rolled back.
+    Failed,
+    /// The caller may not use the control socket (not root).
+    Denied,
+    /// The agent cannot take the request now (shutting down, too many connections).
+    Unavailable,
+}
+
+impl ErrorKind {
+    /// The `lb` exit code for this kind (0 is success, 1 a failure to reach the agent).
+    #[must_use]
+    pub const fn exit_code(self) -> u8 {
+        match self {
+            Self::Invalid => 2,
+            Self::NotFound => 3,
+            Self::Conflict => 4,
+            Self::Capacity => 5,
+            Self::Failed => 6,
+            Self::Denied => 7,
+            Self::Unavailable => 8,
+        }
+    }
 }

@@ -1,10 +1,15 @@
 //! `lb`: the agent daemon (`lb agent`) and its control CLI.
+//!
+//! Exit codes: 0 success; 1 the agent could not be reached (or the runtime failed); 2 invalid
+//! input (clap's usage errors too); 3 not found; 4 conflict (already exists); 5 capacity; 6 the
+//! data plane refused the change; 7 permission denied; 8 the agent cannot take it now.
 use std::process::ExitCode;
 
 use clap::Parser as _;
 use lb_userspace::{
     api,
-    cli::{Cli, Command, render, request},
+    cli::{Cli, CliCommand, render, request},
+    error::ErrorKind,
 };
 
 fn main() -> ExitCode {
@@ -20,7 +25,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Command::Agent(args) = &cli.command {
+    if let CliCommand::Agent(args) = &cli.command {
         tracing_subscriber::fmt()
             .with_env_filter(
                 // netlink-packet-route warns about every attribute newer kernels add; not actionable.
@@ -40,8 +45,13 @@ fn main() -> ExitCode {
             }
         };
     }
-    let Some((req, format)) = request(&cli.command) else {
-        return ExitCode::FAILURE;
+    let (req, format) = match request(&cli.command) {
+        Ok(Some(r)) => r,
+        Ok(None) => return ExitCode::FAILURE,
+        Err(msg) => {
+            eprintln!("lb: {msg}");
+            return ExitCode::from(ErrorKind::Invalid.exit_code());
+        }
     };
     match rt.block_on(api::call(&cli.socket, &req)) {
         Err(e) => {
@@ -53,9 +63,9 @@ fn main() -> ExitCode {
                 println!("{text}");
                 ExitCode::SUCCESS
             }
-            Err(msg) => {
+            Err((kind, msg)) => {
                 eprintln!("lb: {msg}");
-                ExitCode::FAILURE
+                ExitCode::from(kind.exit_code())
             }
         },
     }

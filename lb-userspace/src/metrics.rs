@@ -1,7 +1,7 @@
 //! `lb agent --metrics`: a Prometheus scrape endpoint (text exposition format 0.0.4).
 //!
 //! A scrape is one more client of the reconciler, like `lb status` and `lb stats`: it sends
-//! [`Request::Status`] and [`Request::Stats`] over the API channel and renders the answers. It
+//! [`Query::Status`] and [`Query::Stats`] over the API channel and renders the answers. It
 //! never reads a map itself, so the maps keep their single owner, and a scrape shows exactly
 //! what the CLI would.
 //!
@@ -23,7 +23,7 @@ use tokio::{
     time::timeout,
 };
 
-use crate::api::{ApiCall, CountersView, Request, Response, StatsView, StatusView};
+use crate::api::{ApiCall, CountersView, Query, Request, Response, StatsView, StatusView};
 
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// A scraper's request head is a few hundred bytes; anything bigger is not a scraper.
@@ -397,10 +397,10 @@ fn reply(code: u16, reason: &str, body: &str) -> String {
 }
 
 async fn scrape(calls: &mpsc::Sender<ApiCall>) -> Result<String, String> {
-    let Response::Status(status) = ask(calls, Request::Status).await? else {
+    let Response::Status(status) = ask(calls, Request::Query(Query::Status)).await? else {
         return Err("unexpected answer to status".into());
     };
-    let Response::Stats(stats) = ask(calls, Request::Stats).await? else {
+    let Response::Stats(stats) = ask(calls, Request::Query(Query::Stats)).await? else {
         return Err("unexpected answer to stats".into());
     };
     Ok(render(&status, &stats))
@@ -413,7 +413,7 @@ async fn ask(calls: &mpsc::Sender<ApiCall>, req: Request) -> Result<Response, St
         .await
         .map_err(|_| "the agent is shutting down".to_owned())?;
     match rx.await {
-        Ok(Response::Error { message }) => Err(message),
+        Ok(Response::Error { message, .. }) => Err(message),
         Ok(r) => Ok(r),
         Err(_) => Err("the agent is shutting down".into()),
     }

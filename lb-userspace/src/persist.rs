@@ -121,10 +121,10 @@ mod tests {
 
         let mut changed = from_config.clone();
         changed
-            .add_service(
-                "203.0.113.10:53/udp".parse().unwrap(),
-                ServiceSettings::default(),
-            )
+            .apply(&crate::state::Command::VipAdd {
+                service: "203.0.113.10:53/udp".parse().unwrap(),
+                settings: ServiceSettings::default(),
+            })
             .unwrap();
         save(&path, &d, &changed).unwrap();
         let (s, src) = initial_state(&path, &d, from_config.clone()).unwrap();

@@ -45,18 +45,14 @@ use lb_common::{
 
 use crate::{
     api::{
-        AclRuleView, AclView, BackendView, CountersView, NextHopView, PipView, ProbeView, Request,
-        Response, ServiceStatus, ServiceView, StatsView, StatusView,
+        AclRuleView, AclView, BackendView, CountersView, NextHopView, PipView, ProbeView, Query,
+        Request, Response, ServiceStatus, ServiceView, StatsView, StatusView,
     },
-    config::{AclRuleConfig, parse_action},
     dataplane::MapOps,
     error::{ChangeError, MapOpError},
     probe::{ProbeReport, ProbeTarget},
-    spec::{
-        BackendSpec, Established, ProbeSpec, Proto, ServiceSpec, WhenAllDown, format_duration,
-        map_prefix, parse_prefix,
-    },
-    state::{Kind, ServiceState, State},
+    spec::{Established, ProbeSpec, Proto, ServiceSpec, WhenAllDown, format_duration, map_prefix},
+    state::{Change, Command, Kind, ServiceState, State},
 };
 
 /// How long a freed table region or backend id stays unused before it is reused.
@@ -273,6 +269,14 @@ enum Deferred {
     Backend(BackendId),
     /// An ACL set no service points at any more: its entries and id.
     Acl(u32, Vec<acl::Prefix>),
+}
+
+/// What handling a request did: the answer, and whether the desired state changed (the agent
+/// saves the state file only then).
+#[derive(Debug)]
+pub struct Outcome {
+    pub response: Response,
+    pub state_changed: bool,
 }
 
 /// The single writer of the maps.
@@ -581,130 +585,46 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
         Ok(())
     }
 
-    /// Handles one API request.
-    pub fn handle(&mut self, req: Request) -> Response {
-        match self.try_handle(req) {
-            Ok(r) => r,
-            Err(e) => Response::Error {
-                message: e.to_string(),
+    /// Handles one API request. The outcome says whether the desired state changed (and so
+    /// must be saved); the response carries data only.
+    pub fn handle(&mut self, req: Request) -> Outcome {
+        match req {
+            Request::Change(cmd) => match self.change(&cmd) {
+                Ok(change) => Outcome {
+                    response: Response::Done(change),
+                    state_changed: true,
+                },
+                Err(e) => Outcome {
+                    response: e.into(),
+                    state_changed: false,
+                },
+            },
+            Request::Query(q) => Outcome {
+                response: self.query(q).unwrap_or_else(Response::from),
+                state_changed: false,
             },
         }
     }
 
-    fn try_handle(&mut self, req: Request) -> Result<Response, ChangeError> {
-        let ok = |m: String| Ok(Response::Ok { message: m });
-        // Every change is tried on a copy of the state, checked against capacity, then applied.
+    /// Applies one command: tried on a copy of the state, checked against capacity, synced.
+    fn change(&mut self, cmd: &Command) -> Result<Change, ChangeError> {
         let mut next = self.state.clone();
-        let (spec, message) = match req {
-            Request::VipAdd { service, settings } => {
-                let spec = parse_service(&service)?;
-                next.add_service(spec, settings.resolve().map_err(ChangeError::Invalid)?)?;
-                (spec, format!("added service {spec}"))
-            }
-            Request::VipDel { service } => {
-                let spec = parse_service(&service)?;
-                next.del_service(&spec)?;
-                (spec, format!("deleted service {spec}"))
-            }
-            Request::BackendAdd {
-                service,
-                backend,
-                weight,
-            } => {
-                let spec = parse_service(&service)?;
-                let addr = next.add_backend(&spec, parse_backend(&backend)?, weight)?;
-                (spec, format!("added backend {addr} to {spec}"))
-            }
-            Request::BackendDel { service, backend } => {
-                let spec = parse_service(&service)?;
-                let addr = next.del_backend(&spec, &parse_backend(&backend)?)?;
-                (spec, format!("deleted backend {addr} from {spec}"))
-            }
-            Request::BackendSetWeight {
-                service,
-                backend,
-                weight,
-            } => {
-                let spec = parse_service(&service)?;
-                let addr = next.set_weight(&spec, &parse_backend(&backend)?, weight)?;
-                (
-                    spec,
-                    format!("backend {addr} of {spec} has weight {weight}"),
-                )
-            }
-            Request::BackendDrain {
-                service,
-                backend,
-                drained,
-            } => {
-                let spec = parse_service(&service)?;
-                let addr = next.set_drained(&spec, &parse_backend(&backend)?, drained)?;
-                let what = if drained {
-                    "drained: no new flows, established flows continue"
-                } else {
-                    "undrained"
-                };
-                (spec, format!("backend {addr} of {spec} {what}"))
-            }
-            Request::ForwardAdd { service, to } => {
-                let spec = parse_service(&service)?;
-                let to = next.add_forward(spec, &parse_backend(&to)?)?;
-                (spec, format!("added forward {spec} → {to}"))
-            }
-            Request::ForwardDel { service } => {
-                let spec = parse_service(&service)?;
-                next.del_forward(&spec)?;
-                (spec, format!("deleted forward {spec}"))
-            }
-            Request::AclAdd {
-                service,
-                order,
-                action,
-                prefix,
-                description,
-            } => {
-                let spec = parse_service(&service)?;
-                let rule = AclRuleConfig {
-                    order,
-                    action: parse_action(&action).map_err(ChangeError::Invalid)?,
-                    prefix: parse_prefix(&prefix)
-                        .map_err(|e| ChangeError::Invalid(format!("prefix: {e}")))?,
-                    description,
-                };
-                next.add_acl(&spec, rule)?;
-                (
-                    spec,
-                    format!("added ACL rule --order {order} ({action} {prefix}) to {spec}"),
-                )
-            }
-            Request::AclDel { service, order } => {
-                let spec = parse_service(&service)?;
-                next.del_acl(&spec, order)?;
-                (spec, format!("deleted ACL rule --order {order} of {spec}"))
-            }
-            Request::PipAdd { pip, dip } => {
-                let addr = |s: &str, what: &str| -> Result<IpAddr, ChangeError> {
-                    s.parse().map_err(|_| {
-                        ChangeError::Invalid(format!("{what}: {s:?} is not an address"))
-                    })
-                };
-                let (p, d) = (addr(&pip, "PIP")?, addr(&dip, "instance")?);
-                next.add_pip(p, d)?;
+        let change = next.apply(cmd)?;
+        match change.service().copied() {
+            Some(spec) => self.commit(next, &spec)?,
+            None => {
                 self.check_capacity(&next, None)?;
                 self.state = next;
                 self.sync_pips()?;
-                return ok(format!("added PIP {p} → {d}"));
             }
-            Request::PipDel { pip } => {
-                let p: IpAddr = pip
-                    .parse()
-                    .map_err(|_| ChangeError::Invalid(format!("PIP: {pip:?} is not an address")))?;
-                let d = next.del_pip(p)?;
-                self.state = next;
-                self.sync_pips()?;
-                return ok(format!("deleted PIP {p} (was → {d})"));
-            }
-            Request::PipList => {
+        }
+        Ok(change)
+    }
+
+    /// Answers a query from the desired state and the maps.
+    fn query(&mut self, q: Query) -> Result<Response, ChangeError> {
+        Ok(match q {
+            Query::PipList => {
                 let pips = self
                     .applied_pips
                     .iter()
@@ -718,30 +638,22 @@ impl<M: MapOps, R: Resolver> Reconciler<M, R> {
                         }),
                     })
                     .collect();
-                return Ok(Response::Pips { pips });
+                Response::Pips { pips }
             }
-            Request::AclList { service } => {
-                let spec = parse_service(&service)?;
-                return Ok(Response::Acl(self.acl_view(&spec)?));
-            }
-            Request::VipList => {
-                return Ok(Response::Vips {
-                    vips: self.service_views()?,
-                });
-            }
-            Request::BackendList { service } => {
-                let spec = parse_service(&service)?;
+            Query::AclList { service } => Response::Acl(self.acl_view(&service)?),
+            Query::VipList => Response::Vips {
+                vips: self.service_views()?,
+            },
+            Query::BackendList { service } => {
                 let flows = self.maps.flows_per_backend()?;
-                return Ok(Response::Backends {
-                    service: spec.to_string(),
-                    backends: self.backend_views(&spec, &flows)?,
-                });
+                Response::Backends {
+                    service: service.to_string(),
+                    backends: self.backend_views(&service, &flows)?,
+                }
             }
-            Request::Status => return Ok(Response::Status(self.status()?)),
-            Request::Stats => return Ok(Response::Stats(self.stats()?)),
-        };
-        self.commit(next, &spec)?;
-        ok(message)
+            Query::Status => Response::Status(self.status()?),
+            Query::Stats => Response::Stats(self.stats()?),
+        })
     }
 
     /// Takes one probe result. A change of health re-balances the service's new flows; with
@@ -1713,16 +1625,6 @@ fn mac(m: &[u8; 6]) -> String {
         .join(":")
 }
 
-fn parse_service(s: &str) -> Result<ServiceSpec, ChangeError> {
-    s.parse()
-        .map_err(|e: crate::spec::SpecError| ChangeError::Invalid(format!("service: {e}")))
-}
-
-fn parse_backend(s: &str) -> Result<BackendSpec, ChangeError> {
-    s.parse()
-        .map_err(|e: crate::spec::SpecError| ChangeError::Invalid(format!("backend: {e}")))
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -1731,7 +1633,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::api::SettingsArgs;
+    use crate::{api::Request, cli::VipSettings, error::ErrorKind};
 
     /// One map write, in order.
     #[derive(Clone, Debug, PartialEq)]
@@ -1906,6 +1808,185 @@ mod tests {
         }
     }
 
+    /// Requests as an operator types them, parsed the way the CLI parses them (a parse error
+    /// is the edge's refusal, as `lb` would print it).
+    #[derive(Clone, Debug)]
+    enum Req {
+        VipAdd {
+            service: String,
+            settings: VipSettings,
+        },
+        VipDel {
+            service: String,
+        },
+        VipList,
+        BackendAdd {
+            service: String,
+            backend: String,
+            weight: Option<u32>,
+        },
+        BackendDel {
+            service: String,
+            backend: String,
+        },
+        BackendSetWeight {
+            service: String,
+            backend: String,
+            weight: u32,
+        },
+        BackendDrain {
+            service: String,
+            backend: String,
+            drained: bool,
+        },
+        BackendList {
+            service: String,
+        },
+        ForwardAdd {
+            service: String,
+            to: String,
+        },
+        ForwardDel {
+            service: String,
+        },
+        AclAdd {
+            service: String,
+            order: u32,
+            action: String,
+            prefix: String,
+            description: String,
+        },
+        AclDel {
+            service: String,
+            order: u32,
+        },
+        AclList {
+            service: String,
+        },
+        PipAdd {
+            pip: String,
+            dip: String,
+        },
+        PipDel {
+            pip: String,
+        },
+        PipList,
+        Status,
+    }
+
+    impl Req {
+        fn typed(self) -> Result<Request, String> {
+            use crate::{
+                api::Query,
+                spec::{BackendSpec, parse_prefix},
+            };
+            let svc = |s: &str| -> Result<ServiceSpec, String> {
+                s.parse().map_err(|e| format!("service: {e}"))
+            };
+            let be = |s: &str| -> Result<BackendSpec, String> {
+                s.parse().map_err(|e| format!("backend: {e}"))
+            };
+            let ip = |s: &str, what: &str| -> Result<IpAddr, String> {
+                s.parse()
+                    .map_err(|_| format!("{what}: {s:?} is not an address"))
+            };
+            let c = |c: Command| Ok(Request::Change(c));
+            let q = |q: Query| Ok(Request::Query(q));
+            match self {
+                Self::VipAdd { service, settings } => c(Command::VipAdd {
+                    service: svc(&service)?,
+                    settings: settings.resolve()?,
+                }),
+                Self::VipDel { service } => c(Command::VipDel {
+                    service: svc(&service)?,
+                }),
+                Self::VipList => q(Query::VipList),
+                Self::BackendAdd {
+                    service,
+                    backend,
+                    weight,
+                } => c(Command::BackendAdd {
+                    service: svc(&service)?,
+                    backend: be(&backend)?,
+                    weight,
+                }),
+                Self::BackendDel { service, backend } => c(Command::BackendDel {
+                    service: svc(&service)?,
+                    backend: be(&backend)?,
+                }),
+                Self::BackendSetWeight {
+                    service,
+                    backend,
+                    weight,
+                } => c(Command::BackendSetWeight {
+                    service: svc(&service)?,
+                    backend: be(&backend)?,
+                    weight,
+                }),
+                Self::BackendDrain {
+                    service,
+                    backend,
+                    drained,
+                } => c(Command::BackendDrain {
+                    service: svc(&service)?,
+                    backend: be(&backend)?,
+                    drained,
+                }),
+                Self::BackendList { service } => q(Query::BackendList {
+                    service: svc(&service)?,
+                }),
+                Self::ForwardAdd { service, to } => c(Command::ForwardAdd {
+                    service: svc(&service)?,
+                    to: be(&to)?,
+                }),
+                Self::ForwardDel { service } => c(Command::ForwardDel {
+                    service: svc(&service)?,
+                }),
+                Self::AclAdd {
+                    service,
+                    order,
+                    action,
+                    prefix,
+                    description,
+                } => {
+                    let rule = crate::config::AclRuleConfig {
+                        order,
+                        action: crate::config::parse_action(&action)?,
+                        prefix: parse_prefix(&prefix).map_err(|e| format!("prefix: {e}"))?,
+                        description,
+                    };
+                    c(Command::AclAdd {
+                        service: svc(&service)?,
+                        rule,
+                    })
+                }
+                Self::AclDel { service, order } => c(Command::AclDel {
+                    service: svc(&service)?,
+                    order,
+                }),
+                Self::AclList { service } => q(Query::AclList {
+                    service: svc(&service)?,
+                }),
+                Self::PipAdd { pip, dip } => c(Command::PipAdd {
+                    pip: ip(&pip, "PIP")?,
+                    dip: ip(&dip, "instance")?,
+                }),
+                Self::PipDel { pip } => c(Command::PipDel {
+                    pip: ip(&pip, "PIP")?,
+                }),
+                Self::PipList => q(Query::PipList),
+                Self::Status => q(Query::Status),
+            }
+        }
+    }
+
+    fn ask(r: &mut Reconciler<FakeMaps, FakeResolver>, req: Req) -> Response {
+        match req.typed() {
+            Ok(req) => r.handle(req).response,
+            Err(m) => Response::error(ErrorKind::Invalid, m),
+        }
+    }
+
     /// Text an operator (or an attacker with the socket) might type: near-valid addresses,
     /// prefixes, durations and words, and plain garbage.
     fn hostile_text() -> impl Strategy<Value = String> {
@@ -1928,63 +2009,71 @@ mod tests {
         ]
     }
 
-    fn hostile_request() -> impl Strategy<Value = Request> {
+    /// A request line a hand-written client (or an attacker with the socket) might send: the
+    /// right shapes with hostile text in every field.
+    fn hostile_line() -> impl Strategy<Value = String> {
+        use serde_json::json;
         let t = hostile_text;
+        let change = |c: serde_json::Value| json!({ "change": c }).to_string();
         prop_oneof![
-            (t(), t(), t(), any::<Option<u32>>(), any::<Option<u32>>()).prop_map(
-                |(service, probe, interval, table_size, unhealthy_after)| Request::VipAdd {
-                    service,
-                    settings: SettingsArgs {
-                        table_size,
-                        probe: Some(probe),
-                        probe_interval: Some(interval),
-                        unhealthy_after,
-                        ..SettingsArgs::default()
-                    },
+            (t(), t(), t(), any::<Option<u32>>(), any::<u32>()).prop_map(
+                move |(service, probe, interval, table_size, unhealthy_after)| {
+                    change(json!({
+                        "op": "vip_add",
+                        "service": service,
+                        "settings": {
+                            "table_size": table_size,
+                            "probe": probe,
+                            "interval": interval,
+                            "thresholds": { "unhealthy_after": unhealthy_after, "healthy_after": 1 },
+                        },
+                    }))
                 }
             ),
-            t().prop_map(|service| Request::VipDel { service }),
-            (t(), t(), any::<Option<u32>>()).prop_map(|(service, backend, weight)| {
-                Request::BackendAdd {
-                    service,
-                    backend,
-                    weight,
-                }
+            t().prop_map(move |service| change(json!({ "op": "vip_del", "service": service }))),
+            (t(), t(), any::<Option<u32>>()).prop_map(move |(service, backend, weight)| {
+                change(json!({ "op": "backend_add", "service": service, "backend": backend, "weight": weight }))
             }),
-            (t(), t(), any::<u32>()).prop_map(|(service, backend, weight)| {
-                Request::BackendSetWeight {
-                    service,
-                    backend,
-                    weight,
-                }
+            (t(), t(), any::<u32>()).prop_map(move |(service, backend, weight)| {
+                change(json!({ "op": "backend_set_weight", "service": service, "backend": backend, "weight": weight }))
             }),
-            (t(), t()).prop_map(|(service, to)| Request::ForwardAdd { service, to }),
+            (t(), t()).prop_map(move |(service, to)| {
+                change(json!({ "op": "forward_add", "service": service, "to": to }))
+            }),
             (t(), any::<u32>(), t(), t(), t()).prop_map(
-                |(service, order, action, prefix, description)| Request::AclAdd {
-                    service,
-                    order,
-                    action,
-                    prefix,
-                    description,
+                move |(service, order, action, prefix, description)| {
+                    change(json!({
+                        "op": "acl_add",
+                        "service": service,
+                        "rule": { "order": order, "action": action, "prefix": prefix, "description": description },
+                    }))
                 }
             ),
-            (t(), t()).prop_map(|(pip, dip)| Request::PipAdd { pip, dip }),
+            (t(), t()).prop_map(move |(pip, dip)| {
+                change(json!({ "op": "pip_add", "pip": pip, "dip": dip }))
+            }),
+            "[ -~]{0,60}",
         ]
     }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
-        /// Any sequence of hostile requests: the reconciler never panics, every refusal says
-        /// what is wrong, and a refused request changes nothing.
+        /// Any sequence of hostile request lines: decoding refuses what does not parse, the
+        /// reconciler never panics, every refusal says what is wrong, and a refused request
+        /// changes nothing.
         #[test]
-        fn hostile_requests_are_refused_cleanly(reqs in prop::collection::vec(hostile_request(), 1..12)) {
+        fn hostile_requests_are_refused_cleanly(lines in prop::collection::vec(hostile_line(), 1..12)) {
             let mut r = rec(1 << 16);
             add(&mut r, WEB, &["192.0.2.11"]);
-            for req in reqs {
+            for line in lines {
                 let before = r.state().clone();
-                if let Response::Error { message } = r.handle(req.clone()) {
-                    prop_assert!(!message.trim().is_empty(), "{:?}: empty error", req);
-                    prop_assert!(r.state() == &before, "{:?} was refused but changed the state", req);
+                let resp = match crate::api::decode(&line) {
+                    Ok(req) => r.handle(req).response,
+                    Err(refusal) => Response::error(ErrorKind::Invalid, refusal),
+                };
+                if let Response::Error { message, .. } = resp {
+                    prop_assert!(!message.trim().is_empty(), "{}: empty error", line);
+                    prop_assert!(r.state() == &before, "{} was refused but changed the state", line);
                 }
             }
         }
@@ -2000,8 +2089,8 @@ mod tests {
         Reconciler::new(FakeMaps::default(), FakeResolver::default(), info)
     }
 
-    fn ok(r: &mut Reconciler<FakeMaps, FakeResolver>, req: Request) {
-        if let Response::Error { message } = r.handle(req.clone()) {
+    fn ok(r: &mut Reconciler<FakeMaps, FakeResolver>, req: Req) {
+        if let Response::Error { message, .. } = ask(r, req.clone()) {
             panic!("{req:?}: {message}");
         }
     }
@@ -2009,18 +2098,18 @@ mod tests {
     fn add(r: &mut Reconciler<FakeMaps, FakeResolver>, svc: &str, backends: &[&str]) {
         ok(
             r,
-            Request::VipAdd {
+            Req::VipAdd {
                 service: svc.into(),
-                settings: SettingsArgs {
+                settings: VipSettings {
                     table_size: Some(251),
-                    ..SettingsArgs::default()
+                    ..VipSettings::default()
                 },
             },
         );
         for b in backends {
             ok(
                 r,
-                Request::BackendAdd {
+                Req::BackendAdd {
                     service: svc.into(),
                     backend: (*b).into(),
                     weight: None,
@@ -2050,18 +2139,18 @@ mod tests {
         let mut r = rec(1 << 16);
         ok(
             &mut r,
-            Request::VipAdd {
+            Req::VipAdd {
                 service: WEB.into(),
-                settings: SettingsArgs {
+                settings: VipSettings {
                     table_size: Some(251),
                     internal: Some("192.0.2.11/32,198.51.100.0/24".into()),
-                    ..SettingsArgs::default()
+                    ..VipSettings::default()
                 },
             },
         );
         ok(
             &mut r,
-            Request::BackendAdd {
+            Req::BackendAdd {
                 service: WEB.into(),
                 backend: "192.0.2.11".into(),
                 weight: None,
@@ -2094,13 +2183,13 @@ mod tests {
     #[test]
     fn a_restarted_agent_adopts_the_live_maps_and_changes_nothing() {
         let mut r = rec(4096);
-        probed(&mut r, SettingsArgs::default());
+        probed(&mut r, VipSettings::default());
         report(&mut r, "192.0.2.11:80", true);
         report(&mut r, "192.0.2.12:80", false);
         report(&mut r, "192.0.2.12:80", false);
         ok(
             &mut r,
-            Request::AclAdd {
+            Req::AclAdd {
                 service: WEB.into(),
                 order: 10,
                 action: "permit".into(),
@@ -2110,18 +2199,18 @@ mod tests {
         );
         ok(
             &mut r,
-            Request::VipAdd {
+            Req::VipAdd {
                 service: "203.0.113.20:80/tcp".into(),
-                settings: SettingsArgs {
+                settings: VipSettings {
                     table_size: Some(251),
                     internal: Some("198.51.100.0/24".into()),
-                    ..SettingsArgs::default()
+                    ..VipSettings::default()
                 },
             },
         );
         ok(
             &mut r,
-            Request::BackendAdd {
+            Req::BackendAdd {
                 service: "203.0.113.20:80/tcp".into(),
                 backend: "192.0.2.13".into(),
                 weight: None,
@@ -2129,7 +2218,7 @@ mod tests {
         );
         ok(
             &mut r,
-            Request::PipAdd {
+            Req::PipAdd {
                 pip: "203.0.113.50".into(),
                 dip: "192.0.2.14".into(),
             },
@@ -2165,7 +2254,7 @@ mod tests {
         // the new backend enters the table at once).
         ok(
             &mut r2,
-            Request::BackendAdd {
+            Req::BackendAdd {
                 service: "203.0.113.20:80/tcp".into(),
                 backend: "192.0.2.15".into(),
                 weight: None,
@@ -2302,18 +2391,18 @@ mod tests {
         let mut want = rec(4096);
         ok(
             &mut want,
-            Request::VipAdd {
+            Req::VipAdd {
                 service: WEB.into(),
-                settings: SettingsArgs {
+                settings: VipSettings {
                     table_size: Some(353),
-                    ..SettingsArgs::default()
+                    ..VipSettings::default()
                 },
             },
         );
         for b in ["192.0.2.11", "192.0.2.12"] {
             ok(
                 &mut want,
-                Request::BackendAdd {
+                Req::BackendAdd {
                     service: WEB.into(),
                     backend: b.into(),
                     weight: None,
@@ -2383,7 +2472,7 @@ mod tests {
         r.maps.ops.clear();
         ok(
             &mut r,
-            Request::BackendAdd {
+            Req::BackendAdd {
                 service: WEB.into(),
                 backend: "192.0.2.13".into(),
                 weight: None,
@@ -2415,7 +2504,7 @@ mod tests {
         r.maps.ops.clear();
         ok(
             &mut r,
-            Request::BackendDel {
+            Req::BackendDel {
                 service: WEB.into(),
                 backend: "192.0.2.12".into(),
             },
@@ -2435,7 +2524,7 @@ mod tests {
         // The last backend gone: an empty table (drop, counted), not a dangling one.
         ok(
             &mut r,
-            Request::BackendDel {
+            Req::BackendDel {
                 service: WEB.into(),
                 backend: "192.0.2.11".into(),
             },
@@ -2493,7 +2582,7 @@ mod tests {
         let mut one = empty.clone();
         for i in 0..MAX_BACKENDS {
             let (host, port) = if i < 65_535 { (11, i + 1) } else { (12, 1) };
-            let spec = BackendSpec {
+            let spec = crate::spec::BackendSpec {
                 ip: IpAddr::from([192, 0, 2, host]),
                 port: Some(u16::try_from(port).unwrap()),
             };
@@ -2547,7 +2636,7 @@ mod tests {
                 let last = u8::try_from(i % 256).unwrap();
                 e.acl.insert(
                     i,
-                    AclRuleConfig {
+                    crate::config::AclRuleConfig {
                         order: i,
                         action: acl::Action::Deny,
                         prefix: (IpAddr::from([host[0], host[1], host[2], last]), 32),
@@ -2565,14 +2654,17 @@ mod tests {
         let mut r = rec(600);
         add(&mut r, WEB, &["192.0.2.11"]);
         r.maps.ops.clear();
-        let resp = r.handle(Request::VipAdd {
-            service: "203.0.113.10:81/tcp".into(),
-            settings: SettingsArgs {
-                table_size: Some(251),
-                ..SettingsArgs::default()
+        let resp = ask(
+            &mut r,
+            Req::VipAdd {
+                service: "203.0.113.10:81/tcp".into(),
+                settings: VipSettings {
+                    table_size: Some(251),
+                    ..VipSettings::default()
+                },
             },
-        });
-        let Response::Error { message } = resp else {
+        );
+        let Response::Error { message, .. } = resp else {
             panic!("{resp:?}")
         };
         assert!(
@@ -2580,13 +2672,16 @@ mod tests {
             "{message}"
         );
         assert!(r.maps().ops.is_empty(), "{:?}", r.maps().ops);
-        let resp = r.handle(Request::BackendAdd {
-            service: WEB.into(),
-            backend: "nope".into(),
-            weight: None,
-        });
+        let resp = ask(
+            &mut r,
+            Req::BackendAdd {
+                service: WEB.into(),
+                backend: "nope".into(),
+                weight: None,
+            },
+        );
         assert!(
-            matches!(resp, Response::Error { message } if message.starts_with("backend: \"nope\""))
+            matches!(resp, Response::Error { message, .. } if message.starts_with("backend: \"nope\""))
         );
     }
 
@@ -2598,14 +2693,14 @@ mod tests {
         assert_eq!(r.maps().vips.values().next().unwrap().services, 2);
         ok(
             &mut r,
-            Request::VipDel {
+            Req::VipDel {
                 service: WEB.into(),
             },
         );
         assert_eq!(r.maps().vips.values().next().unwrap().services, 1);
         ok(
             &mut r,
-            Request::VipDel {
+            Req::VipDel {
                 service: "203.0.113.10:53/udp".into(),
             },
         );
@@ -2631,7 +2726,7 @@ mod tests {
             .collect();
         assert_eq!(active.len(), 2);
         assert!(active.iter().all(|b| b.nh.ifindex == 11), "{active:?}");
-        let Response::Status(s) = r.handle(Request::Status) else {
+        let Response::Status(s) = ask(&mut r, Req::Status) else {
             panic!()
         };
         assert_eq!(s.backends_unresolved, 0);
@@ -2657,7 +2752,7 @@ mod tests {
         for b in ["192.0.2.12", "192.0.2.13", "192.0.2.14"] {
             ok(
                 &mut r,
-                Request::BackendAdd {
+                Req::BackendAdd {
                     service: WEB.into(),
                     backend: b.into(),
                     weight: None,
@@ -2695,8 +2790,8 @@ mod tests {
         out
     }
 
-    fn probed(r: &mut Reconciler<FakeMaps, FakeResolver>, extra: SettingsArgs) {
-        let settings = SettingsArgs {
+    fn probed(r: &mut Reconciler<FakeMaps, FakeResolver>, extra: VipSettings) {
+        let settings = VipSettings {
             table_size: Some(251),
             probe: Some("http/healthz".into()),
             unhealthy_after: Some(2),
@@ -2704,7 +2799,7 @@ mod tests {
         };
         ok(
             r,
-            Request::VipAdd {
+            Req::VipAdd {
                 service: WEB.into(),
                 settings,
             },
@@ -2712,7 +2807,7 @@ mod tests {
         for b in ["192.0.2.11", "192.0.2.12"] {
             ok(
                 r,
-                Request::BackendAdd {
+                Req::BackendAdd {
                     service: WEB.into(),
                     backend: b.into(),
                     weight: None,
@@ -2724,7 +2819,7 @@ mod tests {
     #[test]
     fn only_healthy_backends_are_in_the_table() {
         let mut r = rec(4096);
-        probed(&mut r, SettingsArgs::default());
+        probed(&mut r, VipSettings::default());
         // Unknown until probed: nothing in rotation, new flows are dropped (counted).
         assert_eq!(r.maps().services.values().next().unwrap().table_len, 0);
         assert_eq!(r.wanted_probes().len(), 2);
@@ -2736,9 +2831,12 @@ mod tests {
         assert_eq!(shares(&r).len(), 2);
         report(&mut r, "192.0.2.12:80", false);
         assert_eq!(shares(&r).keys().collect::<Vec<_>>(), vec!["192.0.2.11:80"]);
-        let Response::Backends { backends, .. } = r.handle(Request::BackendList {
-            service: WEB.into(),
-        }) else {
+        let Response::Backends { backends, .. } = ask(
+            &mut r,
+            Req::BackendList {
+                service: WEB.into(),
+            },
+        ) else {
             panic!()
         };
         let b12 = backends
@@ -2760,7 +2858,7 @@ mod tests {
     #[test]
     fn all_down_drops_or_spreads_as_configured() {
         let mut r = rec(4096);
-        probed(&mut r, SettingsArgs::default());
+        probed(&mut r, VipSettings::default());
         for b in ["192.0.2.11:80", "192.0.2.12:80"] {
             report(&mut r, b, false);
             report(&mut r, b, false);
@@ -2774,14 +2872,14 @@ mod tests {
         let mut r = rec(4096);
         probed(
             &mut r,
-            SettingsArgs {
+            VipSettings {
                 when_all_down: Some("spread".into()),
-                ..SettingsArgs::default()
+                ..VipSettings::default()
             },
         );
         ok(
             &mut r,
-            Request::BackendDrain {
+            Req::BackendDrain {
                 service: WEB.into(),
                 backend: "192.0.2.12".into(),
                 drained: true,
@@ -2804,7 +2902,7 @@ mod tests {
         add(&mut r, WEB, &["192.0.2.11", "192.0.2.12"]);
         ok(
             &mut r,
-            Request::BackendSetWeight {
+            Req::BackendSetWeight {
                 service: WEB.into(),
                 backend: "192.0.2.12".into(),
                 weight: 3,
@@ -2819,7 +2917,7 @@ mod tests {
         r.maps.ops.clear();
         ok(
             &mut r,
-            Request::BackendDrain {
+            Req::BackendDrain {
                 service: WEB.into(),
                 backend: "192.0.2.12".into(),
                 drained: true,
@@ -2837,7 +2935,7 @@ mod tests {
         );
         ok(
             &mut r,
-            Request::BackendDrain {
+            Req::BackendDrain {
                 service: WEB.into(),
                 backend: "192.0.2.12".into(),
                 drained: false,
@@ -2845,7 +2943,7 @@ mod tests {
         );
         ok(
             &mut r,
-            Request::BackendSetWeight {
+            Req::BackendSetWeight {
                 service: WEB.into(),
                 backend: "192.0.2.12".into(),
                 weight: 0,
@@ -2857,9 +2955,9 @@ mod tests {
         let mut r = rec(4096);
         probed(
             &mut r,
-            SettingsArgs {
+            VipSettings {
                 established: Some("rebalance".into()),
-                ..SettingsArgs::default()
+                ..VipSettings::default()
             },
         );
         report(&mut r, "192.0.2.11:80", true);
@@ -2879,7 +2977,7 @@ mod tests {
         let mut r = rec(4096);
         ok(
             &mut r,
-            Request::ForwardAdd {
+            Req::ForwardAdd {
                 service: "203.0.113.10:50001/tcp".into(),
                 to: "192.0.2.11:22".into(),
             },
@@ -2891,19 +2989,24 @@ mod tests {
             (addr::to_ip(&b.addr).to_string(), u16::from_be_bytes(b.port)),
             ("192.0.2.11".into(), 22)
         );
-        let Response::Vips { vips } = r.handle(Request::VipList) else {
+        let Response::Vips { vips } = ask(&mut r, Req::VipList) else {
             panic!()
         };
         assert_eq!(vips[0].kind, "forward to 192.0.2.11:22");
-        let resp = r.handle(Request::BackendAdd {
-            service: "203.0.113.10:50001/tcp".into(),
-            backend: "192.0.2.12".into(),
-            weight: None,
-        });
-        assert!(matches!(resp, Response::Error { message } if message.contains("port forward")));
+        let resp = ask(
+            &mut r,
+            Req::BackendAdd {
+                service: "203.0.113.10:50001/tcp".into(),
+                backend: "192.0.2.12".into(),
+                weight: None,
+            },
+        );
+        assert!(
+            matches!(resp, Response::Error { message, .. } if message.contains("port forward"))
+        );
         ok(
             &mut r,
-            Request::ForwardDel {
+            Req::ForwardDel {
                 service: "203.0.113.10:50001/tcp".into(),
             },
         );
@@ -2914,7 +3017,7 @@ mod tests {
     fn acl_changes_are_double_buffered_and_cut_newly_denied_flows() {
         let mut r = rec(4096);
         add(&mut r, WEB, &["192.0.2.11"]);
-        let acl_add = |order: u32, action: &str, prefix: &str| Request::AclAdd {
+        let acl_add = |order: u32, action: &str, prefix: &str| Req::AclAdd {
             service: WEB.into(),
             order,
             action: action.into(),
@@ -2956,9 +3059,12 @@ mod tests {
             "{:?}",
             r.maps().ops
         );
-        let Response::Acl(view) = r.handle(Request::AclList {
-            service: WEB.into(),
-        }) else {
+        let Response::Acl(view) = ask(
+            &mut r,
+            Req::AclList {
+                service: WEB.into(),
+            },
+        ) else {
             panic!()
         };
         assert_eq!(
@@ -2973,21 +3079,21 @@ mod tests {
         // Removing every rule: no set at all (everyone permitted), no lookup in the fast path.
         ok(
             &mut r,
-            Request::AclDel {
+            Req::AclDel {
                 service: WEB.into(),
                 order: 100,
             },
         );
         ok(
             &mut r,
-            Request::AclDel {
+            Req::AclDel {
                 service: WEB.into(),
                 order: 200,
             },
         );
         assert_eq!(r.maps().services.values().next().unwrap().acl_id, 0);
-        let resp = r.handle(acl_add(1, "permit", "198.51.100.1/24"));
-        assert!(matches!(resp, Response::Error { message } if message.contains("host bits")));
+        let resp = ask(&mut r, acl_add(1, "permit", "198.51.100.1/24"));
+        assert!(matches!(resp, Response::Error { message, .. } if message.contains("host bits")));
     }
 
     #[test]
@@ -2996,7 +3102,7 @@ mod tests {
         add(&mut r, WEB, &["192.0.2.11"]);
         ok(
             &mut r,
-            Request::PipAdd {
+            Req::PipAdd {
                 pip: "203.0.113.50".into(),
                 dip: "192.0.2.13".into(),
             },
@@ -3009,12 +3115,15 @@ mod tests {
             ("203.0.113.10", "192.0.2.14", "is a VIP"),
             ("203.0.113.52", "2001:db8::1", "IPv6"),
         ] {
-            let resp = r.handle(Request::PipAdd {
-                pip: p.into(),
-                dip: d.into(),
-            });
+            let resp = ask(
+                &mut r,
+                Req::PipAdd {
+                    pip: p.into(),
+                    dip: d.into(),
+                },
+            );
             assert!(
-                matches!(&resp, Response::Error { message } if message.contains(want)),
+                matches!(&resp, Response::Error { message, .. } if message.contains(want)),
                 "{p} → {d}: {resp:?}"
             );
         }
@@ -3022,7 +3131,7 @@ mod tests {
         r.resolver.resolved = true;
         r.tick().unwrap();
         assert_eq!(r.maps().pips[&pip].1.ifindex, 13);
-        let Response::Pips { pips } = r.handle(Request::PipList) else {
+        let Response::Pips { pips } = ask(&mut r, Req::PipList) else {
             panic!()
         };
         assert_eq!(
@@ -3034,7 +3143,7 @@ mod tests {
         );
         ok(
             &mut r,
-            Request::PipDel {
+            Req::PipDel {
                 pip: "203.0.113.50".into(),
             },
         );

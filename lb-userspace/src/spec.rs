@@ -570,3 +570,154 @@ mod prefix_tests {
         assert_eq!(map_prefix("198.51.100.0".parse().unwrap(), 26).len, 122);
     }
 }
+
+/// Serde through the text form: specs cross the control socket as operators type them, so a
+/// hand-written client's request is parsed (and refused) exactly as the CLI's arguments are.
+macro_rules! serde_text {
+    ($($t:ty),* $(,)?) => { $(
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+        impl<'de> serde::Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let text = String::deserialize(d)?;
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    )* };
+}
+serde_text!(
+    ServiceSpec,
+    BackendSpec,
+    ProbeSpec,
+    WhenAllDown,
+    Established,
+    Hairpin
+);
+
+/// `#[serde(with)]` for a [`std::time::Duration`] as `15s` / `500ms` / `2m`.
+pub mod serde_duration {
+    use serde::{Deserialize as _, Deserializer, Serializer, de::Error as _};
+
+    /// # Errors
+    /// Never, for the serializers this crate uses.
+    pub fn serialize<S: Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::format_duration(*d))
+    }
+
+    /// # Errors
+    /// Not a duration [`super::parse_duration`] reads.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<std::time::Duration, D::Error> {
+        super::parse_duration(&String::deserialize(d)?).map_err(D::Error::custom)
+    }
+}
+
+/// `#[serde(with)]` for one prefix as `198.51.100.0/26` (host bits refused, as when typed).
+pub mod serde_prefix {
+    use std::net::IpAddr;
+
+    use serde::{Deserialize as _, Deserializer, Serializer, de::Error as _};
+
+    /// # Errors
+    /// Never, for the serializers this crate uses.
+    pub fn serialize<S: Serializer>(p: &(IpAddr, u8), s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{}/{}", p.0, p.1))
+    }
+
+    /// # Errors
+    /// Not a prefix [`super::parse_prefix`] accepts.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<(IpAddr, u8), D::Error> {
+        super::parse_prefix(&String::deserialize(d)?).map_err(D::Error::custom)
+    }
+}
+
+/// `#[serde(with)]` for a list of prefixes (see [`serde_prefix`]).
+pub mod serde_prefixes {
+    use std::net::IpAddr;
+
+    use serde::{
+        Deserialize as _, Deserializer, Serializer, de::Error as _, ser::SerializeSeq as _,
+    };
+
+    /// # Errors
+    /// Never, for the serializers this crate uses.
+    pub fn serialize<S: Serializer>(v: &[(IpAddr, u8)], s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(v.len()))?;
+        for (ip, len) in v {
+            seq.serialize_element(&format!("{ip}/{len}"))?;
+        }
+        seq.end()
+    }
+
+    /// # Errors
+    /// An element [`super::parse_prefix`] refuses.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(IpAddr, u8)>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|p| super::parse_prefix(p).map_err(D::Error::custom))
+            .collect()
+    }
+}
+
+/// `#[serde(with)]` for an ACL rule's action: `permit` or `deny`.
+pub mod serde_action {
+    use lb_common::acl::Action;
+    use serde::{Deserialize as _, Deserializer, Serializer, de::Error as _};
+
+    /// # Errors
+    /// Never, for the serializers this crate uses.
+    pub fn serialize<S: Serializer>(a: &Action, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(action_word(*a))
+    }
+
+    /// # Errors
+    /// Neither `permit` nor `deny`.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Action, D::Error> {
+        crate::config::parse_action(&String::deserialize(d)?).map_err(D::Error::custom)
+    }
+
+    /// The word of an action; rules never hold hairpin (only internal-VIP sets do).
+    #[must_use]
+    pub const fn action_word(a: Action) -> &'static str {
+        match a {
+            Action::Permit => "permit",
+            Action::Deny => "deny",
+            Action::Hairpin => "hairpin",
+        }
+    }
+}
+
+/// `#[serde(with)]` for health thresholds, as `{ unhealthy_after, healthy_after }`.
+pub mod serde_thresholds {
+    use lb_common::health::Thresholds;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Wire {
+        unhealthy_after: u32,
+        healthy_after: u32,
+    }
+
+    /// # Errors
+    /// Never, for the serializers this crate uses.
+    pub fn serialize<S: Serializer>(t: &Thresholds, s: S) -> Result<S::Ok, S::Error> {
+        Wire {
+            unhealthy_after: t.unhealthy_after,
+            healthy_after: t.healthy_after,
+        }
+        .serialize(s)
+    }
+
+    /// # Errors
+    /// Not the two counts.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Thresholds, D::Error> {
+        let w = Wire::deserialize(d)?;
+        Ok(Thresholds {
+            unhealthy_after: w.unhealthy_after,
+            healthy_after: w.healthy_after,
+        })
+    }
+}

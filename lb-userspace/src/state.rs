@@ -2,6 +2,10 @@
 //! data with validated mutations. The config file and runtime (CLI) changes both end up here,
 //! so they converge on one model that the reconciler makes true in the maps.
 //!
+//! Every runtime change is a [`Command`], and [`State::apply`] is the one place that checks and
+//! applies it: it returns the [`Change`] made, or a typed [`ChangeError`] (invalid, not found,
+//! conflict) and leaves the state as it was.
+//!
 //! The state is saved as a config file ([`State::to_toml`]): same format, same validation on
 //! load, so what the CLI built survives an agent restart (see [`crate::persist`]).
 
@@ -12,6 +16,7 @@ use std::{
 };
 
 use lb_common::acl::Action;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     config::{
@@ -61,7 +66,209 @@ pub struct BackendState {
     pub drained: bool,
 }
 
+/// A change to the desired state, as the CLI (or any client of the control socket) asks for it.
+/// Every value is typed: it was parsed once, where it was typed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Command {
+    VipAdd {
+        service: ServiceSpec,
+        #[serde(default)]
+        settings: ServiceSettings,
+    },
+    VipDel {
+        service: ServiceSpec,
+    },
+    BackendAdd {
+        service: ServiceSpec,
+        backend: BackendSpec,
+        #[serde(default)]
+        weight: Option<u32>,
+    },
+    BackendDel {
+        service: ServiceSpec,
+        backend: BackendSpec,
+    },
+    BackendSetWeight {
+        service: ServiceSpec,
+        backend: BackendSpec,
+        weight: u32,
+    },
+    BackendDrain {
+        service: ServiceSpec,
+        backend: BackendSpec,
+        drained: bool,
+    },
+    ForwardAdd {
+        service: ServiceSpec,
+        to: BackendSpec,
+    },
+    ForwardDel {
+        service: ServiceSpec,
+    },
+    AclAdd {
+        service: ServiceSpec,
+        rule: AclRuleConfig,
+    },
+    AclDel {
+        service: ServiceSpec,
+        order: u32,
+    },
+    PipAdd {
+        pip: IpAddr,
+        dip: IpAddr,
+    },
+    PipDel {
+        pip: IpAddr,
+    },
+}
+
+/// What a [`Command`] changed, with what the CLI needs to say so. Backends are named by their
+/// resolved address (the port defaulted to the service's).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "change", rename_all = "snake_case")]
+pub enum Change {
+    ServiceAdded {
+        service: ServiceSpec,
+    },
+    ServiceDeleted {
+        service: ServiceSpec,
+    },
+    BackendAdded {
+        service: ServiceSpec,
+        backend: SocketAddr,
+    },
+    BackendDeleted {
+        service: ServiceSpec,
+        backend: SocketAddr,
+    },
+    WeightSet {
+        service: ServiceSpec,
+        backend: SocketAddr,
+        weight: u32,
+    },
+    DrainSet {
+        service: ServiceSpec,
+        backend: SocketAddr,
+        drained: bool,
+    },
+    ForwardAdded {
+        service: ServiceSpec,
+        to: SocketAddr,
+    },
+    ForwardDeleted {
+        service: ServiceSpec,
+    },
+    AclAdded {
+        service: ServiceSpec,
+        rule: AclRuleConfig,
+    },
+    AclDeleted {
+        service: ServiceSpec,
+        order: u32,
+    },
+    PipAdded {
+        pip: IpAddr,
+        dip: IpAddr,
+    },
+    PipDeleted {
+        pip: IpAddr,
+        dip: IpAddr,
+    },
+}
+
+impl Change {
+    /// The service whose maps the change touches; `None` for a PIP change.
+    #[must_use]
+    pub const fn service(&self) -> Option<&ServiceSpec> {
+        match self {
+            Self::ServiceAdded { service }
+            | Self::ServiceDeleted { service }
+            | Self::BackendAdded { service, .. }
+            | Self::BackendDeleted { service, .. }
+            | Self::WeightSet { service, .. }
+            | Self::DrainSet { service, .. }
+            | Self::ForwardAdded { service, .. }
+            | Self::ForwardDeleted { service }
+            | Self::AclAdded { service, .. }
+            | Self::AclDeleted { service, .. } => Some(service),
+            Self::PipAdded { .. } | Self::PipDeleted { .. } => None,
+        }
+    }
+}
+
 impl State {
+    /// Applies one command, with every check it needs. On error the state is unchanged.
+    ///
+    /// # Errors
+    /// Invalid values, a service/backend/rule/PIP that does not exist, or one that exists.
+    pub fn apply(&mut self, cmd: &Command) -> Result<Change, ChangeError> {
+        Ok(match cmd.clone() {
+            Command::VipAdd { service, settings } => {
+                self.add_service(service, settings)?;
+                Change::ServiceAdded { service }
+            }
+            Command::VipDel { service } => {
+                self.del_service(&service)?;
+                Change::ServiceDeleted { service }
+            }
+            Command::BackendAdd {
+                service,
+                backend,
+                weight,
+            } => Change::BackendAdded {
+                backend: self.add_backend(&service, backend, weight)?,
+                service,
+            },
+            Command::BackendDel { service, backend } => Change::BackendDeleted {
+                backend: self.del_backend(&service, &backend)?,
+                service,
+            },
+            Command::BackendSetWeight {
+                service,
+                backend,
+                weight,
+            } => Change::WeightSet {
+                backend: self.set_weight(&service, &backend, weight)?,
+                service,
+                weight,
+            },
+            Command::BackendDrain {
+                service,
+                backend,
+                drained,
+            } => Change::DrainSet {
+                backend: self.set_drained(&service, &backend, drained)?,
+                service,
+                drained,
+            },
+            Command::ForwardAdd { service, to } => Change::ForwardAdded {
+                to: self.add_forward(service, &to)?,
+                service,
+            },
+            Command::ForwardDel { service } => {
+                self.del_forward(&service)?;
+                Change::ForwardDeleted { service }
+            }
+            Command::AclAdd { service, rule } => {
+                self.add_acl(&service, rule.clone())?;
+                Change::AclAdded { service, rule }
+            }
+            Command::AclDel { service, order } => {
+                self.del_acl(&service, order)?;
+                Change::AclDeleted { service, order }
+            }
+            Command::PipAdd { pip, dip } => {
+                self.add_pip(pip, dip)?;
+                Change::PipAdded { pip, dip }
+            }
+            Command::PipDel { pip } => Change::PipDeleted {
+                dip: self.del_pip(pip)?,
+                pip,
+            },
+        })
+    }
+
     /// The state a (validated) config file describes.
     #[must_use]
     pub fn from_config(c: &Config) -> Self {
@@ -106,7 +313,7 @@ impl State {
     ///
     /// # Errors
     /// Invalid service or target (a port is required), or the service exists.
-    pub fn add_forward(
+    fn add_forward(
         &mut self,
         spec: ServiceSpec,
         to: &BackendSpec,
@@ -114,7 +321,7 @@ impl State {
         check_service(&spec).map_err(ChangeError::Invalid)?;
         let to = check_forward(&spec, to).map_err(ChangeError::Invalid)?;
         if self.services.contains_key(&spec) {
-            return Err(ChangeError::Exists(format!("service {spec}")));
+            return Err(ChangeError::Conflict(format!("service {spec}")));
         }
         if self
             .services
@@ -134,7 +341,7 @@ impl State {
     ///
     /// # Errors
     /// No such forward.
-    pub fn del_forward(&mut self, spec: &ServiceSpec) -> Result<(), ChangeError> {
+    fn del_forward(&mut self, spec: &ServiceSpec) -> Result<(), ChangeError> {
         match self.services.get(spec) {
             Some(s) if s.kind == Kind::Forward => {
                 self.services.remove(spec);
@@ -151,7 +358,7 @@ impl State {
     ///
     /// # Errors
     /// Invalid service or settings, or the service exists.
-    pub fn add_service(
+    fn add_service(
         &mut self,
         spec: ServiceSpec,
         settings: ServiceSettings,
@@ -160,7 +367,7 @@ impl State {
         check_settings(&settings).map_err(ChangeError::Invalid)?;
         check_internal(&spec, &settings.internal).map_err(ChangeError::Invalid)?;
         if self.services.contains_key(&spec) {
-            return Err(ChangeError::Exists(format!("service {spec}")));
+            return Err(ChangeError::Conflict(format!("service {spec}")));
         }
         if self.pips.contains_key(&spec.vip.ip()) {
             return Err(ChangeError::Invalid(format!(
@@ -198,7 +405,7 @@ impl State {
     ///
     /// # Errors
     /// The service does not exist.
-    pub fn del_service(&mut self, spec: &ServiceSpec) -> Result<ServiceState, ChangeError> {
+    fn del_service(&mut self, spec: &ServiceSpec) -> Result<ServiceState, ChangeError> {
         self.service_mut(spec)?;
         self.services
             .remove(spec)
@@ -232,7 +439,7 @@ impl State {
     ///
     /// # Errors
     /// Unknown service, wrong address family, bad weight, or the backend exists.
-    pub fn add_backend(
+    fn add_backend(
         &mut self,
         spec: &ServiceSpec,
         b: BackendSpec,
@@ -244,7 +451,7 @@ impl State {
         let svc = self.service_mut(spec)?;
         let addr = b.resolve(spec);
         if svc.backends.contains_key(&addr) {
-            return Err(ChangeError::Exists(format!("backend {addr} of {spec}")));
+            return Err(ChangeError::Conflict(format!("backend {addr} of {spec}")));
         }
         svc.backends.insert(
             addr,
@@ -261,7 +468,7 @@ impl State {
     ///
     /// # Errors
     /// Unknown service or backend.
-    pub fn del_backend(
+    fn del_backend(
         &mut self,
         spec: &ServiceSpec,
         b: &BackendSpec,
@@ -278,7 +485,7 @@ impl State {
     ///
     /// # Errors
     /// Unknown service or backend, or a bad weight.
-    pub fn set_weight(
+    fn set_weight(
         &mut self,
         spec: &ServiceSpec,
         b: &BackendSpec,
@@ -293,7 +500,7 @@ impl State {
     ///
     /// # Errors
     /// Unknown service or backend.
-    pub fn set_drained(
+    fn set_drained(
         &mut self,
         spec: &ServiceSpec,
         b: &BackendSpec,
@@ -307,14 +514,14 @@ impl State {
     ///
     /// # Errors
     /// Unknown endpoint, a rule with that order exists, a bad prefix or description.
-    pub fn add_acl(&mut self, spec: &ServiceSpec, rule: AclRuleConfig) -> Result<(), ChangeError> {
+    fn add_acl(&mut self, spec: &ServiceSpec, rule: AclRuleConfig) -> Result<(), ChangeError> {
         check_acl_rule(spec, rule.prefix, &rule.description).map_err(ChangeError::Invalid)?;
         let svc = self
             .services
             .get_mut(spec)
             .ok_or_else(|| ChangeError::NotFound(format!("endpoint {spec}")))?;
         if svc.acl.contains_key(&rule.order) {
-            return Err(ChangeError::Exists(format!(
+            return Err(ChangeError::Conflict(format!(
                 "ACL rule --order {} of {spec}",
                 rule.order
             )));
@@ -327,7 +534,7 @@ impl State {
     ///
     /// # Errors
     /// Unknown endpoint or rule.
-    pub fn del_acl(&mut self, spec: &ServiceSpec, order: u32) -> Result<(), ChangeError> {
+    fn del_acl(&mut self, spec: &ServiceSpec, order: u32) -> Result<(), ChangeError> {
         let svc = self
             .services
             .get_mut(spec)
@@ -342,7 +549,7 @@ impl State {
     ///
     /// # Errors
     /// Bad addresses, the PIP is a VIP, or either address is already mapped.
-    pub fn add_pip(&mut self, pip: IpAddr, dip: IpAddr) -> Result<(), ChangeError> {
+    fn add_pip(&mut self, pip: IpAddr, dip: IpAddr) -> Result<(), ChangeError> {
         check_pip(pip, dip).map_err(ChangeError::Invalid)?;
         if self.services.keys().any(|s| s.vip.ip() == pip) {
             return Err(ChangeError::Invalid(format!(
@@ -350,7 +557,7 @@ impl State {
             )));
         }
         if self.pips.contains_key(&pip) {
-            return Err(ChangeError::Exists(format!("PIP {pip}")));
+            return Err(ChangeError::Conflict(format!("PIP {pip}")));
         }
         if let Some((other, _)) = self.pips.iter().find(|(_, d)| **d == dip) {
             return Err(ChangeError::Invalid(format!(
@@ -365,7 +572,7 @@ impl State {
     ///
     /// # Errors
     /// No such PIP.
-    pub fn del_pip(&mut self, pip: IpAddr) -> Result<IpAddr, ChangeError> {
+    fn del_pip(&mut self, pip: IpAddr) -> Result<IpAddr, ChangeError> {
         self.pips
             .remove(&pip)
             .ok_or_else(|| ChangeError::NotFound(format!("PIP {pip}")))
@@ -559,7 +766,7 @@ mod tests {
         s.add_service(web, ServiceSettings::default()).unwrap();
         assert!(matches!(
             s.add_service(web, ServiceSettings::default()),
-            Err(ChangeError::Exists(_))
+            Err(ChangeError::Conflict(_))
         ));
         let bad = ServiceSettings {
             table_size: 100,
@@ -578,7 +785,7 @@ mod tests {
         // The same backend spelled with the service's port is the same backend.
         assert!(matches!(
             s.add_backend(&web, "192.0.2.11:80".parse().unwrap(), None),
-            Err(ChangeError::Exists(_))
+            Err(ChangeError::Conflict(_))
         ));
         assert!(matches!(
             s.set_weight(&web, &"192.0.2.12".parse().unwrap(), 2),
@@ -617,7 +824,7 @@ mod tests {
         );
         assert!(matches!(
             s.add_forward(web, &"192.0.2.11:22".parse().unwrap()),
-            Err(ChangeError::Exists(_))
+            Err(ChangeError::Conflict(_))
         ));
         assert!(
             matches!(s.add_backend(&ssh, b11, None), Err(ChangeError::Invalid(m)) if m.contains("lb forward"))
@@ -642,7 +849,7 @@ mod tests {
             .unwrap();
         assert!(matches!(
             s.add_acl(&web, rule(20, Action::Deny, "0.0.0.0/0", "")),
-            Err(ChangeError::Exists(_))
+            Err(ChangeError::Conflict(_))
         ));
         let back = State::from_config(&crate::config::parse("s.toml", &s.to_toml()).unwrap());
         assert_eq!(back, s, "{}", s.to_toml());

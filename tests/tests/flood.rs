@@ -13,7 +13,7 @@ use lb_integration::{
     fixture::{FixedResolver, Harness, XDP_TX, in_fresh_ns},
     packet::{Frame, TCP_ACK, TCP_SYN},
 };
-use lb_userspace::api::{Request, Response};
+use lb_userspace::api::{Query, Request, Response};
 
 const CAPACITY: u32 = 256;
 
@@ -77,7 +77,7 @@ fn a_flood_at_ten_times_capacity_moves_no_established_flow() {
         }
 
         // The flood evicted entries, and that is visible.
-        let Response::Stats(stats) = h.rec.handle(Request::Stats) else {
+        let Response::Stats(stats) = h.rec.handle(Request::Query(Query::Stats)).response else {
             panic!("stats")
         };
         let misses = stats.services[0].counters.conntrack_misses;

@@ -9,6 +9,7 @@ use lb_userspace::{
     api::{Request, Response},
     dataplane::{Dataplane, LiveMaps, LoadOptions, MapOps as _},
     error::LoadError,
+    state::Command,
 };
 
 fn opts(ns: &lb_integration::netns::Netns) -> LoadOptions {
@@ -154,10 +155,13 @@ fn a_second_agent_adopts_the_first_agents_maps_unchanged() {
         let resolver = || FixedResolver::all_on_lo([2, 0, 0, 0, 0, 0x11]);
         let config = format!("{ADOPT_CONFIG}{ADOPT_REST}");
         let mut first = Harness::load(ns, &config, resolver()).expect("first agent");
-        let resp = first.rec.handle(Request::VipDel {
-            service: "203.0.113.10:80/tcp".into(),
-        });
-        assert!(matches!(resp, Response::Ok { .. }), "{resp:?}");
+        let out = first.rec.handle(Request::Change(Command::VipDel {
+            service: "203.0.113.10:80/tcp".parse().unwrap(),
+        }));
+        assert!(
+            matches!(out.response, Response::Done(_)) && out.state_changed,
+            "{out:?}"
+        );
         let maps = first.rec.maps();
         let live = maps.read_live().expect("read the live maps");
         assert_eq!(live.services.len(), 2, "{live:?}");

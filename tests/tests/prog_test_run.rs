@@ -27,7 +27,7 @@ use lb_integration::{
     packet::{CLIENT_MAC, Frame, L4, LB_MAC, TCP_ACK, TCP_SYN, hex},
 };
 use lb_userspace::{
-    api::{Request, Response},
+    api::{Query, Request, Response},
     dataplane::{Dataplane, LoadOptions},
 };
 
@@ -295,7 +295,7 @@ fn tcp_flow_is_balanced_tracked_and_reverse_natted() {
             Reason::Reply,
         );
 
-        let views = fx.h.rec.handle(Request::VipList);
+        let views = fx.h.rec.handle(Request::Query(Query::VipList)).response;
         let json = serde_json::to_value(&views).unwrap();
         let svc = json["vips"]
             .as_array()
@@ -773,9 +773,13 @@ fn endpoint_acl_permits_and_denies_new_flows() {
         );
         let (action, _) = fx.run(&web.build());
         assert_eq!(action, XDP_TX, "the ACL of :8080 must not apply to :80");
-        let Response::Acl(view) = fx.h.rec.handle(Request::AclList {
-            service: "203.0.113.10:8080/tcp".into(),
-        }) else {
+        let Response::Acl(view) =
+            fx.h.rec
+                .handle(Request::Query(Query::AclList {
+                    service: "203.0.113.10:8080/tcp".parse().unwrap(),
+                }))
+                .response
+        else {
             panic!()
         };
         assert_eq!(view.drops, 3, "denials are counted per endpoint: {view:?}");

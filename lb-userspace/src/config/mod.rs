@@ -28,6 +28,7 @@ use lb_common::{
     },
     health::{self, Thresholds},
 };
+use serde::{Deserialize, Serialize};
 
 pub use self::{
     check::*,
@@ -75,11 +76,15 @@ pub struct ServiceConfig {
 }
 
 /// One endpoint ACL rule.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AclRuleConfig {
     pub order: u32,
+    #[serde(with = "crate::spec::serde_action")]
     pub action: Action,
+    #[serde(with = "crate::spec::serde_prefix")]
     pub prefix: (std::net::IpAddr, u8),
+    #[serde(default)]
     pub description: String,
 }
 
@@ -105,18 +110,26 @@ pub const MAX_WEIGHT: u32 = 10_000;
 pub const DEFAULT_WEIGHT: u32 = 1;
 
 /// Per-service settings: table size, health probe, and the policies around health.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// On the control socket they travel as typed values in their text forms (`"15s"`,
+/// `"http/healthz"`); a field left out takes its default.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ServiceSettings {
     pub table_size: u32,
     /// `None`: no probe, backends are always healthy.
     pub probe: Option<ProbeSpec>,
+    #[serde(with = "crate::spec::serde_duration")]
     pub interval: Duration,
+    #[serde(with = "crate::spec::serde_duration")]
     pub timeout: Duration,
+    #[serde(with = "crate::spec::serde_thresholds")]
     pub thresholds: Thresholds,
     pub when_all_down: WhenAllDown,
     pub established: Established,
     /// Internal VIP: the only source prefixes it answers (empty: a public VIP). A property of
     /// the VIP address: all its services must agree.
+    #[serde(with = "crate::spec::serde_prefixes")]
     pub internal: Vec<(std::net::IpAddr, u8)>,
     pub hairpin: Hairpin,
     /// The LB answers ICMP echo requests to the VIP (rate-limited). A property of the VIP

@@ -1,0 +1,94 @@
+//! The agent's control socket: one JSON request per line, one JSON response per line.
+//!
+//! Requests carry typed values: a service is a `ServiceSpec`, a backend a `BackendSpec`, a
+//! duration a `Duration`, each in the text form an operator types (`"203.0.113.10:80/tcp"`,
+//! `"15s"`). They are parsed once, at the edge: by clap in the CLI, and by serde when the agent
+//! decodes a line, so a hand-written client is refused with the same messages. Responses carry
+//! data; every word shown to an operator is rendered by the CLI.
+//!
+//! ```json
+//! {"change":{"op":"backend_add","service":"203.0.113.10:80/tcp","backend":"192.0.2.11"}}
+//! {"query":{"op":"status"}}
+//! ```
+
+mod client;
+mod server;
+mod views;
+
+use serde::{Deserialize, Serialize};
+
+pub use self::{
+    client::{ClientError, call},
+    server::{
+        ApiCall, DEFAULT_SOCKET, MAX_CONNECTIONS, MAX_REQUEST, REQUEST_TIMEOUT, bind, decode, serve,
+    },
+    views::*,
+};
+use crate::{
+    error::ErrorKind,
+    spec::ServiceSpec,
+    state::{Change, Command},
+};
+
+/// One request: a change to the desired state, or a question.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    Change(Command),
+    Query(Query),
+}
+
+/// The questions the agent answers (nothing changes).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Query {
+    VipList,
+    BackendList { service: ServiceSpec },
+    AclList { service: ServiceSpec },
+    PipList,
+    Status,
+    Stats,
+}
+
+/// The answer to one request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Response {
+    /// The change was applied to the maps and committed to the desired state.
+    Done(Change),
+    /// Refused or failed; nothing changed unless the message says otherwise.
+    Error {
+        kind: ErrorKind,
+        message: String,
+    },
+    Vips {
+        vips: Vec<ServiceView>,
+    },
+    Backends {
+        service: String,
+        backends: Vec<BackendView>,
+    },
+    Status(StatusView),
+    Stats(StatsView),
+    Acl(AclView),
+    Pips {
+        pips: Vec<PipView>,
+    },
+}
+
+impl Response {
+    /// An error answer.
+    #[must_use]
+    pub fn error(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self::Error {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<crate::error::ChangeError> for Response {
+    fn from(e: crate::error::ChangeError) -> Self {
+        Self::error(e.kind(), e.to_string())
+    }
+}

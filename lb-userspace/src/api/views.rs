@@ -1,0 +1,155 @@
+//! What the agent answers to queries: plain data, rendered by the CLI (`crate::cli::render`)
+//! and the metrics endpoint, or printed as JSON.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// An instance-level public IP.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PipView {
+    pub pip: String,
+    pub dip: String,
+    /// `None`: not resolved yet (the kernel FIB fallback serves meanwhile).
+    pub next_hop: Option<NextHopView>,
+}
+
+/// An endpoint's ACL: its rules in order, the verdict for sources no rule matches, and how
+/// many LPM entries the rules compiled to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AclView {
+    pub service: String,
+    pub rules: Vec<AclRuleView>,
+    pub default: String,
+    pub compiled_entries: usize,
+    /// New flows the ACL denied.
+    pub drops: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AclRuleView {
+    pub order: u32,
+    pub action: String,
+    pub prefix: String,
+    pub description: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CountersView {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub reply_packets: u64,
+    pub reply_bytes: u64,
+    pub acl_drops: u64,
+    pub conntrack_misses: u64,
+}
+
+impl From<lb_common::maps::Counters> for CountersView {
+    fn from(c: lb_common::maps::Counters) -> Self {
+        Self {
+            packets: c.packets,
+            bytes: c.bytes,
+            new_flows: c.new_flows,
+            reply_packets: c.reply_packets,
+            reply_bytes: c.reply_bytes,
+            acl_drops: c.acl_drops,
+            conntrack_misses: c.conntrack_misses,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceView {
+    pub service: String,
+    /// `balanced`, or `forward to DIP:PORT`.
+    pub kind: String,
+    pub id: u32,
+    pub table_size: u32,
+    pub backends: usize,
+    /// Backends that take new flows now.
+    pub in_rotation: usize,
+    /// The probe (`tcp:80`, `http/healthz`), or none.
+    pub probe: Option<String>,
+    pub probe_interval: String,
+    pub probe_timeout: String,
+    pub unhealthy_after: u32,
+    pub healthy_after: u32,
+    pub when_all_down: String,
+    pub established: String,
+    /// Internal VIP prefixes (`none`: public).
+    pub internal: String,
+    pub hairpin: String,
+    pub icmp_echo: bool,
+    pub counters: CountersView,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeView {
+    pub ok: bool,
+    pub detail: String,
+    /// Milliseconds since the result came in.
+    pub age_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NextHopView {
+    pub ifindex: u32,
+    pub smac: String,
+    pub dmac: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BackendView {
+    pub backend: String,
+    pub id: u32,
+    /// `up`, `down`, `unknown` (not probed yet) or `unprobed` (the service has no probe).
+    pub health: String,
+    /// Whether new flows may go to it.
+    pub in_rotation: bool,
+    /// Why it is (not) in rotation: "healthy", "drained", "weight 0", "2 failed probes: ...".
+    pub reason: String,
+    pub last_probe: Option<ProbeView>,
+    pub weight: u32,
+    pub drained: bool,
+    /// `None`: not resolved yet (the fast path falls back to the kernel FIB meanwhile).
+    pub next_hop: Option<NextHopView>,
+    /// Slots of the service's table that point at this backend.
+    pub slots: u32,
+    /// Share of the table, 0.0 ..= 1.0.
+    pub share: f64,
+    /// Tracked flows (conntrack entries client → backend).
+    pub flows: u64,
+    pub counters: CountersView,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusView {
+    pub version: String,
+    pub pid: u32,
+    pub interfaces: Vec<String>,
+    pub xdp_mode: String,
+    pub pin_dir: Option<String>,
+    pub services: usize,
+    pub backends: usize,
+    pub backends_unresolved: usize,
+    /// Client-facing next hops in `LB_ROUTES`, e.g. `0.0.0.0/0 via if 2 → 02:..`.
+    pub client_routes: Vec<String>,
+    pub ring_slots_used: u64,
+    pub ring_slots: u32,
+    pub conntrack_flows: u32,
+    pub vips: Vec<ServiceStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    pub service: String,
+    pub backends: Vec<BackendView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsView {
+    /// Verdict reason → packets, in reason-number order.
+    pub reasons: BTreeMap<String, u64>,
+    pub services: Vec<ServiceView>,
+}

@@ -1,0 +1,475 @@
+//! The `lb` command line: `lb agent` runs the daemon; every other command asks it over the
+//! control socket and prints the answer (a table, or JSON with `-o json`).
+//!
+//! This is the edge where operator input is parsed: every argument becomes a typed value here
+//! (clap for specs and addresses, [`VipSettings::resolve`] for the settings), with errors that
+//! name the flag. What the agent answers is rendered in [`render`].
+
+mod render;
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub use self::render::render;
+use crate::{
+    api::{self, Query, Request},
+    config::{AclRuleConfig, ServiceSettings},
+    spec::{BackendSpec, ServiceSpec, SpecError, parse_duration, parse_prefix},
+    state::Command,
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lb",
+    version,
+    about = "XDP L4 load balancer: agent and control CLI"
+)]
+pub struct Cli {
+    /// Control socket of the agent.
+    #[arg(long, global = true, env = "LB_SOCKET", default_value = api::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    #[command(subcommand)]
+    pub command: CliCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CliCommand {
+    /// Run the agent: load and attach the XDP program, apply the config, serve the CLI.
+    Agent(AgentArgs),
+    /// Services (VIP, port, protocol).
+    #[command(subcommand)]
+    Vip(VipCmd),
+    /// Backends of a service.
+    #[command(subcommand)]
+    Backend(BackendCmd),
+    /// Port forwards: one VIP port to one backend's port (e.g. SSH to one VM).
+    #[command(subcommand)]
+    Forward(ForwardCmd),
+    /// Endpoint ACLs: ordered permit/deny rules by remote prefix, first match wins.
+    #[command(subcommand)]
+    Acl(AclCmd),
+    /// Instance-level public IPs: every protocol and port to one instance, no balancing.
+    #[command(subcommand)]
+    Pip(PipCmd),
+    /// Agent state, services, backends with next hops and table shares.
+    Status(OutputArg),
+    /// Counters: per verdict reason and per service.
+    Stats(OutputArg),
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Config file (TOML); without one the agent starts with no services.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Interface to attach to (repeat for several: client- and backend-facing).
+    #[arg(long = "iface", required = true)]
+    pub interfaces: Vec<String>,
+    #[arg(long, value_enum, default_value_t = XdpModeArg::Native)]
+    pub xdp_mode: XdpModeArg,
+    /// bpffs directory for the pinned maps.
+    #[arg(long, default_value = "/sys/fs/bpf/lb")]
+    pub pin_dir: PathBuf,
+    /// Kernel-side debug logs through aya-log (off by default: they cost per packet).
+    #[arg(long, value_enum, default_value_t = BpfLog::Off)]
+    pub bpf_log: BpfLog,
+    /// Seconds between next-hop refreshes from the kernel's routes and neighbours.
+    #[arg(long, default_value_t = 1.0)]
+    pub resolve_interval: f64,
+    /// Where the desired state (config + CLI changes) is saved, so restarts keep it.
+    #[arg(long, default_value = crate::persist::DEFAULT_STATE_FILE)]
+    pub state_file: PathBuf,
+    /// Serve Prometheus metrics on http://ADDR:PORT/metrics; a bare PORT means 127.0.0.1:PORT.
+    /// Without it the agent opens no TCP port.
+    #[arg(long, value_name = "[ADDR:]PORT")]
+    pub metrics: Option<String>,
+    /// On SIGTERM/SIGINT, leave the XDP program attached and the maps pinned, so traffic keeps
+    /// flowing until the next agent takes over (a plain stop detaches and cleans up).
+    #[arg(long)]
+    pub keep_attached: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum XdpModeArg {
+    Native,
+    Skb,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BpfLog {
+    Off,
+    Error,
+    Warn,
+    Info,
+    Debug,
+}
+
+#[derive(Debug, Subcommand)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "parsed once per process; boxing buys nothing"
+)]
+pub enum VipCmd {
+    /// Add a service, e.g. `lb vip add 203.0.113.10:80/tcp --probe http/healthz`.
+    Add {
+        service: ServiceSpec,
+        #[command(flatten)]
+        settings: VipSettings,
+    },
+    /// Delete a service and its backends.
+    Del { service: ServiceSpec },
+    /// List services.
+    List(OutputArg),
+}
+
+/// Per-service settings of `lb vip add`. Defaults follow the reference load balancer.
+#[derive(Clone, Debug, Default, Args)]
+pub struct VipSettings {
+    /// Health probe: tcp[:PORT] (connect succeeds) or http[:PORT]/PATH (GET answers 200).
+    /// Without one, backends are always in rotation.
+    #[arg(long)]
+    pub probe: Option<String>,
+    /// Time between probes of one backend [default: 15s].
+    #[arg(long)]
+    pub probe_interval: Option<String>,
+    /// A probe that takes longer has failed [default: 5s].
+    #[arg(long)]
+    pub probe_timeout: Option<String>,
+    /// Consecutive failed probes that take a backend out [default: 2, i.e. 31 s at 15 s].
+    #[arg(long)]
+    pub unhealthy_after: Option<u32>,
+    /// Consecutive good probes that bring it back [default: 1].
+    #[arg(long)]
+    pub healthy_after: Option<u32>,
+    /// New flows when no backend is healthy: drop (counted) or spread over all [default: drop].
+    #[arg(long)]
+    pub when_all_down: Option<String>,
+    /// Established flows of a backend that turns unhealthy: keep or rebalance [default: keep].
+    #[arg(long)]
+    pub established: Option<String>,
+    /// Lookup-table size, a prime [default: 65537].
+    #[arg(long)]
+    pub table_size: Option<u32>,
+    /// Make the VIP internal: it answers only these source prefixes (comma-separated).
+    #[arg(long, value_name = "PREFIX[,PREFIX...]")]
+    pub internal: Option<String>,
+    /// Internal VIPs: a backend connecting to its own VIP is dropped (counted), or served
+    /// with its source rewritten to the VIP (snat) [default: drop].
+    #[arg(long, value_name = "drop|snat")]
+    pub hairpin: Option<String>,
+    /// The LB answers pings to the VIP (rate-limited): on or off [default: on].
+    #[arg(long)]
+    pub icmp_echo: Option<String>,
+}
+
+impl VipSettings {
+    /// The settings, defaults filled in; errors name the flag. The agent checks the settings
+    /// again (with the rest of the desired state) when it applies them.
+    ///
+    /// # Errors
+    /// A value that does not parse or is out of range.
+    pub fn resolve(&self) -> Result<ServiceSettings, String> {
+        let mut s = ServiceSettings::default();
+        if let Some(t) = self.table_size {
+            s.table_size = t;
+        }
+        if let Some(p) = &self.probe {
+            s.probe = Some(p.parse().map_err(|e: SpecError| format!("--probe: {e}"))?);
+        }
+        if let Some(d) = &self.probe_interval {
+            s.interval = parse_duration(d).map_err(|e| format!("--probe-interval: {e}"))?;
+        }
+        s.timeout = match &self.probe_timeout {
+            Some(d) => parse_duration(d).map_err(|e| format!("--probe-timeout: {e}"))?,
+            None => crate::config::default_timeout(s.interval),
+        };
+        if let Some(n) = self.unhealthy_after {
+            s.thresholds.unhealthy_after = n;
+        }
+        if let Some(n) = self.healthy_after {
+            s.thresholds.healthy_after = n;
+        }
+        if let Some(w) = &self.when_all_down {
+            s.when_all_down = w
+                .parse()
+                .map_err(|e: SpecError| format!("--when-all-down: {e}"))?;
+        }
+        if let Some(w) = &self.established {
+            s.established = w
+                .parse()
+                .map_err(|e: SpecError| format!("--established: {e}"))?;
+        }
+        if let Some(i) = &self.internal {
+            s.internal = crate::config::parse_internal(i)?;
+        }
+        if let Some(e) = &self.icmp_echo {
+            s.icmp_echo = match e.as_str() {
+                "on" => true,
+                "off" => false,
+                _ => return Err(format!("--icmp-echo: {e:?} must be on or off")),
+            };
+        }
+        if let Some(h) = &self.hairpin {
+            s.hairpin = h
+                .parse()
+                .map_err(|e: SpecError| format!("--hairpin: {e}"))?;
+        }
+        crate::config::check_settings(&s)?;
+        Ok(s)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PipCmd {
+    /// Map a public IP to one instance: `lb pip add 203.0.113.50 192.0.2.13`.
+    Add {
+        pip: std::net::IpAddr,
+        dip: std::net::IpAddr,
+    },
+    /// Remove a public IP.
+    Del { pip: std::net::IpAddr },
+    /// List public IPs with their instances and next hops.
+    List(OutputArg),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AclCmd {
+    /// Add a rule: `lb acl add 203.0.113.10:80/tcp --order 100 --permit 198.51.100.0/26`.
+    Add {
+        service: ServiceSpec,
+        /// Evaluation order: lowest first; the first matching rule decides.
+        #[arg(long)]
+        order: u32,
+        /// Permit sources in PREFIX.
+        #[arg(
+            long,
+            value_name = "PREFIX",
+            conflicts_with = "deny",
+            required_unless_present = "deny"
+        )]
+        permit: Option<String>,
+        /// Deny sources in PREFIX.
+        #[arg(long, value_name = "PREFIX")]
+        deny: Option<String>,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Delete a rule by its order number.
+    Del {
+        service: ServiceSpec,
+        #[arg(long)]
+        order: u32,
+    },
+    /// List an endpoint's rules, its default verdict and its ACL drops.
+    List {
+        service: ServiceSpec,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ForwardCmd {
+    /// Forward a VIP port to one backend port: `lb forward add 203.0.113.10:50001/tcp 192.0.2.11:22`.
+    Add {
+        service: ServiceSpec,
+        to: BackendSpec,
+    },
+    /// Delete a forward.
+    Del { service: ServiceSpec },
+    /// List forwards (with their counters).
+    List(OutputArg),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackendCmd {
+    /// Add a backend: `lb backend add 203.0.113.10:80/tcp 192.0.2.11[:PORT] [--weight N]`.
+    Add {
+        service: ServiceSpec,
+        backend: BackendSpec,
+        /// Relative share of new flows [default: 1].
+        #[arg(long)]
+        weight: Option<u32>,
+    },
+    /// Delete a backend (its flows are re-balanced).
+    Del {
+        service: ServiceSpec,
+        backend: BackendSpec,
+    },
+    /// Change a backend's weight (0: no new flows).
+    SetWeight {
+        service: ServiceSpec,
+        backend: BackendSpec,
+        weight: u32,
+    },
+    /// Stop new flows to a backend; established flows continue.
+    Drain {
+        service: ServiceSpec,
+        backend: BackendSpec,
+    },
+    /// Put a drained backend back into rotation.
+    Undrain {
+        service: ServiceSpec,
+        backend: BackendSpec,
+    },
+    /// List a service's backends: health, last probe, rotation, weight, share, flows.
+    List {
+        service: ServiceSpec,
+        #[command(flatten)]
+        out: OutputArg,
+    },
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    #[default]
+    Table,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, Args)]
+pub struct OutputArg {
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+impl AgentArgs {
+    /// # Errors
+    /// An invalid `--resolve-interval`.
+    pub fn options(&self, socket: PathBuf) -> anyhow::Result<crate::agent::AgentOptions> {
+        if !(self.resolve_interval.is_finite() && (0.05..=3600.0).contains(&self.resolve_interval))
+        {
+            anyhow::bail!(
+                "--resolve-interval: {} is outside 0.05..=3600 seconds",
+                self.resolve_interval
+            );
+        }
+        Ok(crate::agent::AgentOptions {
+            config: self.config.clone(),
+            interfaces: self.interfaces.clone(),
+            native: self.xdp_mode == XdpModeArg::Native,
+            pin_dir: self.pin_dir.clone(),
+            socket,
+            bpf_log_level: match self.bpf_log {
+                BpfLog::Off => 0,
+                BpfLog::Error => 1,
+                BpfLog::Warn => 2,
+                BpfLog::Info => 3,
+                BpfLog::Debug => 4,
+            },
+            resolve_interval: Duration::from_secs_f64(self.resolve_interval),
+            state_file: self.state_file.clone(),
+            metrics: self
+                .metrics
+                .as_deref()
+                .map(crate::metrics::parse_listen)
+                .transpose()
+                .map_err(anyhow::Error::msg)?,
+            keep_attached: self.keep_attached,
+        })
+    }
+}
+
+/// The request a (non-agent) command sends, and how its answer is shown; `Ok(None)` for
+/// `lb agent`.
+///
+/// # Errors
+/// An argument that does not parse or is out of range (the message names the flag).
+pub fn request(cmd: &CliCommand) -> Result<Option<(Request, Format)>, String> {
+    let query = |q: Query, o: &OutputArg| Some((Request::Query(q), o.format));
+    let change = match cmd {
+        CliCommand::Agent(_) => return Ok(None),
+        CliCommand::Vip(VipCmd::Add { service, settings }) => Command::VipAdd {
+            service: *service,
+            settings: settings.resolve()?,
+        },
+        CliCommand::Vip(VipCmd::Del { service }) => Command::VipDel { service: *service },
+        // The service list shows forwards with their targets.
+        CliCommand::Vip(VipCmd::List(o)) | CliCommand::Forward(ForwardCmd::List(o)) => {
+            return Ok(query(Query::VipList, o));
+        }
+        CliCommand::Backend(BackendCmd::Add {
+            service,
+            backend,
+            weight,
+        }) => Command::BackendAdd {
+            service: *service,
+            backend: *backend,
+            weight: *weight,
+        },
+        CliCommand::Backend(BackendCmd::Del { service, backend }) => Command::BackendDel {
+            service: *service,
+            backend: *backend,
+        },
+        CliCommand::Backend(BackendCmd::SetWeight {
+            service,
+            backend,
+            weight,
+        }) => Command::BackendSetWeight {
+            service: *service,
+            backend: *backend,
+            weight: *weight,
+        },
+        CliCommand::Backend(BackendCmd::Drain { service, backend }) => Command::BackendDrain {
+            service: *service,
+            backend: *backend,
+            drained: true,
+        },
+        CliCommand::Backend(BackendCmd::Undrain { service, backend }) => Command::BackendDrain {
+            service: *service,
+            backend: *backend,
+            drained: false,
+        },
+        CliCommand::Backend(BackendCmd::List { service, out }) => {
+            return Ok(query(Query::BackendList { service: *service }, out));
+        }
+        CliCommand::Forward(ForwardCmd::Add { service, to }) => Command::ForwardAdd {
+            service: *service,
+            to: *to,
+        },
+        CliCommand::Forward(ForwardCmd::Del { service }) => {
+            Command::ForwardDel { service: *service }
+        }
+        CliCommand::Acl(AclCmd::Add {
+            service,
+            order,
+            permit,
+            deny,
+            description,
+        }) => {
+            let (action, prefix) = match (permit, deny) {
+                (Some(p), _) => (lb_common::acl::Action::Permit, p),
+                (None, Some(d)) => (lb_common::acl::Action::Deny, d),
+                (None, None) => return Err("give --permit PREFIX or --deny PREFIX".into()),
+            };
+            let rule = AclRuleConfig {
+                order: *order,
+                action,
+                prefix: parse_prefix(prefix).map_err(|e| format!("prefix: {e}"))?,
+                description: description.clone(),
+            };
+            Command::AclAdd {
+                service: *service,
+                rule,
+            }
+        }
+        CliCommand::Acl(AclCmd::Del { service, order }) => Command::AclDel {
+            service: *service,
+            order: *order,
+        },
+        CliCommand::Acl(AclCmd::List { service, out }) => {
+            return Ok(query(Query::AclList { service: *service }, out));
+        }
+        CliCommand::Pip(PipCmd::Add { pip, dip }) => Command::PipAdd {
+            pip: *pip,
+            dip: *dip,
+        },
+        CliCommand::Pip(PipCmd::Del { pip }) => Command::PipDel { pip: *pip },
+        CliCommand::Pip(PipCmd::List(o)) => return Ok(query(Query::PipList, o)),
+        CliCommand::Status(o) => return Ok(query(Query::Status, o)),
+        CliCommand::Stats(o) => return Ok(query(Query::Stats, o)),
+    };
+    Ok(Some((Request::Change(change), Format::Table)))
+}

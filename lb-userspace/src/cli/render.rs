@@ -1,0 +1,229 @@
+//! Every word `lb` prints about an answer: tables, confirmations, JSON. The agent sends data.
+
+use std::fmt::Write as _;
+
+use super::Format;
+use crate::{
+    api::{BackendView, Response},
+    error::ErrorKind,
+    spec::serde_action::action_word,
+    state::Change,
+};
+
+/// Renders a response; `Err` carries the agent's refusal: its kind and message.
+///
+/// # Errors
+/// The agent refused the request.
+pub fn render(resp: &Response, format: Format) -> Result<String, (ErrorKind, String)> {
+    if let Response::Error { kind, message } = resp {
+        return Err((*kind, message.clone()));
+    }
+    if format == Format::Json {
+        return Ok(serde_json::to_string_pretty(resp).unwrap_or_default());
+    }
+    let mut o = String::new();
+    match resp {
+        Response::Done(change) => o.push_str(&confirmation(change)),
+        Response::Pips { pips } => {
+            let _ = writeln!(o, "{:<18} {:<18} NEXT HOP", "PIP", "INSTANCE");
+            for p in pips {
+                let nh = p.next_hop.as_ref().map_or_else(
+                    || "unresolved (FIB fallback)".to_owned(),
+                    |n| format!("if {} → {}", n.ifindex, n.dmac),
+                );
+                let _ = writeln!(o, "{:<18} {:<18} {nh}", p.pip, p.dip);
+            }
+        }
+        Response::Acl(a) => {
+            let _ = writeln!(
+                o,
+                "{}  ({} rules → {} LPM entries, {} new flows denied)",
+                a.service,
+                a.rules.len(),
+                a.compiled_entries,
+                a.drops
+            );
+            let _ = writeln!(
+                o,
+                "  {:>8}  {:<7} {:<20} DESCRIPTION",
+                "ORDER", "ACTION", "PREFIX"
+            );
+            for r in &a.rules {
+                let _ = writeln!(
+                    o,
+                    "  {:>8}  {:<7} {:<20} {}",
+                    r.order, r.action, r.prefix, r.description
+                );
+            }
+            let _ = writeln!(
+                o,
+                "  {:>8}  {:<7} {:<20} sources no rule matches",
+                "default", a.default, ""
+            );
+        }
+        Response::Error { .. } => {}
+        Response::Vips { vips } => {
+            let _ = writeln!(
+                o,
+                "{:<26} {:>4} {:>6} {:>9} {:<28} {:>10} {:>10}",
+                "SERVICE", "ID", "TABLE", "IN/TOTAL", "KIND / PROBE", "PACKETS", "NEW FLOWS"
+            );
+            for v in vips {
+                let what = match &v.probe {
+                    _ if v.kind != "balanced" => v.kind.clone(),
+                    Some(p) => format!("{p} every {}", v.probe_interval),
+                    None => "no probe".to_owned(),
+                };
+                let _ = writeln!(
+                    o,
+                    "{:<26} {:>4} {:>6} {:>4}/{:<4} {:<28} {:>10} {:>10}",
+                    v.service,
+                    v.id,
+                    v.table_size,
+                    v.in_rotation,
+                    v.backends,
+                    what,
+                    v.counters.packets,
+                    v.counters.new_flows
+                );
+            }
+        }
+        Response::Backends { service, backends } => backend_table(&mut o, service, backends),
+        Response::Status(s) => {
+            let _ = writeln!(o, "agent      lb {} (pid {})", s.version, s.pid);
+            let _ = writeln!(
+                o,
+                "xdp        {} mode on {}",
+                s.xdp_mode,
+                s.interfaces.join(", ")
+            );
+            let _ = writeln!(o, "pins       {}", s.pin_dir.as_deref().unwrap_or("-"));
+            let _ = writeln!(
+                o,
+                "services   {}   backends {} ({} without a resolved next hop)",
+                s.services, s.backends, s.backends_unresolved
+            );
+            let _ = writeln!(
+                o,
+                "tables     {} of {} slots in use",
+                s.ring_slots_used, s.ring_slots
+            );
+            let _ = writeln!(o, "conntrack  {} flows", s.conntrack_flows);
+            let _ = writeln!(o, "client-facing next hops ({}):", s.client_routes.len());
+            for r in &s.client_routes {
+                let _ = writeln!(o, "           {r}");
+            }
+            for v in &s.vips {
+                o.push('\n');
+                backend_table(&mut o, &v.service, &v.backends);
+            }
+        }
+        Response::Stats(s) => {
+            let _ = writeln!(o, "{:<20} {:>12}", "REASON", "PACKETS");
+            for (k, v) in &s.reasons {
+                let _ = writeln!(o, "{k:<20} {v:>12}");
+            }
+            o.push('\n');
+            let _ = writeln!(
+                o,
+                "{:<28} {:>10} {:>12} {:>10} {:>10} {:>12}",
+                "SERVICE", "PACKETS", "BYTES", "NEW FLOWS", "REPLIES", "REPLY BYTES"
+            );
+            for v in &s.services {
+                let c = &v.counters;
+                let _ = writeln!(
+                    o,
+                    "{:<28} {:>10} {:>12} {:>10} {:>10} {:>12}",
+                    v.service, c.packets, c.bytes, c.new_flows, c.reply_packets, c.reply_bytes
+                );
+            }
+        }
+    }
+    Ok(o.trim_end().to_owned())
+}
+
+fn backend_table(o: &mut String, service: &str, backends: &[BackendView]) {
+    let _ = writeln!(o, "{service}");
+    let _ = writeln!(
+        o,
+        "  {:<20} {:>4} {:<9} {:<4} {:>3} {:>6} {:>6} {:>8} {:>9}  {:<30} NEXT HOP",
+        "BACKEND",
+        "ID",
+        "HEALTH",
+        "NEW",
+        "WT",
+        "SHARE",
+        "FLOWS",
+        "PACKETS",
+        "NEW FLOWS",
+        "REASON (LAST PROBE)"
+    );
+    for b in backends {
+        let nh = b.next_hop.as_ref().map_or_else(
+            || "unresolved (FIB fallback)".to_owned(),
+            |n| format!("if {} → {}", n.ifindex, n.dmac),
+        );
+        let probe = b.last_probe.as_ref().map_or(String::new(), |p| {
+            format!(" ({} {}s ago)", p.detail, p.age_ms / 1000)
+        });
+        let _ = writeln!(
+            o,
+            "  {:<20} {:>4} {:<9} {:<4} {:>3} {:>5.1}% {:>6} {:>8} {:>9}  {:<30} {nh}",
+            b.backend,
+            b.id,
+            b.health,
+            if b.in_rotation { "yes" } else { "no" },
+            b.weight,
+            b.share * 100.0,
+            b.flows,
+            b.counters.packets,
+            b.counters.new_flows,
+            format!("{}{probe}", b.reason),
+        );
+    }
+}
+
+/// What a change did, in a sentence.
+fn confirmation(c: &Change) -> String {
+    match c {
+        Change::ServiceAdded { service } => format!("added service {service}"),
+        Change::ServiceDeleted { service } => format!("deleted service {service}"),
+        Change::BackendAdded { service, backend } => {
+            format!("added backend {backend} to {service}")
+        }
+        Change::BackendDeleted { service, backend } => {
+            format!("deleted backend {backend} from {service}")
+        }
+        Change::WeightSet {
+            service,
+            backend,
+            weight,
+        } => format!("backend {backend} of {service} has weight {weight}"),
+        Change::DrainSet {
+            service,
+            backend,
+            drained,
+        } => {
+            let what = if *drained {
+                "drained: no new flows, established flows continue"
+            } else {
+                "undrained"
+            };
+            format!("backend {backend} of {service} {what}")
+        }
+        Change::ForwardAdded { service, to } => format!("added forward {service} → {to}"),
+        Change::ForwardDeleted { service } => format!("deleted forward {service}"),
+        Change::AclAdded { service, rule } => format!(
+            "added ACL rule --order {} ({} {}/{}) to {service}",
+            rule.order,
+            action_word(rule.action),
+            rule.prefix.0,
+            rule.prefix.1
+        ),
+        Change::AclDeleted { service, order } => {
+            format!("deleted ACL rule --order {order} of {service}")
+        }
+        Change::PipAdded { pip, dip } => format!("added PIP {pip} → {dip}"),
+        Change::PipDeleted { pip, dip } => format!("deleted PIP {pip} (was → {dip})"),
+    }
+}
