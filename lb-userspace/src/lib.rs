@@ -10,7 +10,6 @@ pub mod error;
 pub mod link;
 pub mod metrics;
 pub mod netlink;
-pub mod nexthop;
 pub mod persist;
 pub mod probe;
 pub mod reconcile;

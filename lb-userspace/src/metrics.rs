@@ -1,9 +1,9 @@
 //! `lb agent --metrics`: a Prometheus scrape endpoint (text exposition format 0.0.4).
 //!
 //! A scrape is one more client of the reconciler, like `lb status` and `lb stats`: it sends
-//! [`Query::Status`] and [`Query::Stats`] over the API channel and renders the answers. It
-//! never reads a map itself, so the maps keep their single owner, and a scrape shows exactly
-//! what the CLI would.
+//! [`Query::Status`] and [`Query::Stats`] to the writer and renders the answers, which a reader
+//! finishes off the writer loop (the conntrack walk of a status never delays a health change).
+//! It never opens a map itself, and a scrape shows exactly what the CLI would.
 //!
 //! The endpoint has no authentication, so it exists only when asked for, and a bare port binds
 //! loopback. The HTTP side is deliberately tiny (one `GET`, `Connection: close`): a scraper
@@ -23,7 +23,10 @@ use tokio::{
     time::timeout,
 };
 
-use crate::api::{ApiCall, CountersView, Query, Request, Response, StatsView, StatusView};
+use crate::{
+    api::{CountersView, Query, Request, Response, StatsView, StatusView},
+    reconcile::Event,
+};
 
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// A scraper's request head is a few hundred bytes; anything bigger is not a scraper.
@@ -31,8 +34,8 @@ const MAX_HEAD: usize = 8 * 1024;
 /// Bounds each of reading the request and writing the answer, so a client that stalls cannot
 /// hold a connection (and a permit) for long.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
-/// Every scrape costs the reconciler a `Status` (which walks the conntrack map), so a flood of
-/// connections must not queue unbounded work in front of the agent's real job.
+/// Every scrape costs a `Status` (a walk of the conntrack map, off the writer), so a flood of
+/// connections must not queue unbounded work.
 const MAX_CONNECTIONS: usize = 8;
 /// The probe states of [`crate::api::BackendView::health`], each one `lb_backend_health` series.
 const HEALTH_STATES: [&str; 4] = ["up", "down", "unknown", "unprobed"];
@@ -284,7 +287,7 @@ fn escape_label(out: &mut String, v: &str) {
 }
 
 /// Serves `GET /metrics` on `listener` until the task is aborted; one task per connection.
-pub async fn serve(listener: TcpListener, calls: mpsc::Sender<ApiCall>) {
+pub async fn serve(listener: TcpListener, calls: mpsc::Sender<Event>) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -308,7 +311,7 @@ pub async fn serve(listener: TcpListener, calls: mpsc::Sender<ApiCall>) {
     }
 }
 
-async fn handle(mut stream: TcpStream, calls: &mpsc::Sender<ApiCall>) -> std::io::Result<()> {
+async fn handle(mut stream: TcpStream, calls: &mpsc::Sender<Event>) -> std::io::Result<()> {
     let head = timeout(IO_TIMEOUT, read_head(&mut stream))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "request head"))??;
@@ -396,7 +399,7 @@ fn reply(code: u16, reason: &str, body: &str) -> String {
     )
 }
 
-async fn scrape(calls: &mpsc::Sender<ApiCall>) -> Result<String, String> {
+async fn scrape(calls: &mpsc::Sender<Event>) -> Result<String, String> {
     let Response::Status(status) = ask(calls, Request::Query(Query::Status)).await? else {
         return Err("unexpected answer to status".into());
     };
@@ -406,10 +409,10 @@ async fn scrape(calls: &mpsc::Sender<ApiCall>) -> Result<String, String> {
     Ok(render(&status, &stats))
 }
 
-async fn ask(calls: &mpsc::Sender<ApiCall>, req: Request) -> Result<Response, String> {
+async fn ask(calls: &mpsc::Sender<Event>, req: Request) -> Result<Response, String> {
     let (tx, rx) = oneshot::channel();
     calls
-        .send((req, tx))
+        .send(Event::Api(req, tx))
         .await
         .map_err(|_| "the agent is shutting down".to_owned())?;
     match rx.await {

@@ -1,6 +1,6 @@
 //! Health probes: one tokio task per (service, backend), each on its own interval and bounded
 //! by its timeout, so a slow or black-holed backend never delays another. Probes never touch
-//! maps: each result goes to the reconciler as a [`ProbeReport`].
+//! maps: each result goes to the writer as an `Event::Probe`.
 //!
 //! Probes come from the LB host's own stack: the source address is the LB's address on the
 //! interface towards the backend (the lab's 192.0.2.1), which is what a backend's firewall
@@ -16,7 +16,7 @@ use tokio::{
     time::{MissedTickBehavior, timeout},
 };
 
-use crate::spec::ServiceSpec;
+use crate::{reconcile::Event, spec::ServiceSpec};
 
 /// What to probe and how (derived from a service's settings by the reconciler).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -91,7 +91,7 @@ async fn attempt(t: &ProbeTarget) -> Result<String, String> {
     }
 }
 
-async fn run(t: ProbeTarget, tx: mpsc::Sender<ProbeReport>) {
+async fn run(t: ProbeTarget, tx: mpsc::Sender<Event>) {
     let mut iv = tokio::time::interval(t.interval);
     // A probe that ran long does not cause a burst of catch-up probes.
     iv.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -104,7 +104,7 @@ async fn run(t: ProbeTarget, tx: mpsc::Sender<ProbeReport>) {
             ok,
             detail,
         };
-        if tx.send(r).await.is_err() {
+        if tx.send(Event::Probe(r)).await.is_err() {
             return;
         }
     }
@@ -112,13 +112,13 @@ async fn run(t: ProbeTarget, tx: mpsc::Sender<ProbeReport>) {
 
 /// The running probe tasks, kept equal to what the reconciler wants.
 pub struct Prober {
-    tx: mpsc::Sender<ProbeReport>,
+    tx: mpsc::Sender<Event>,
     tasks: HashMap<(ServiceSpec, SocketAddr), (ProbeTarget, JoinHandle<()>)>,
 }
 
 impl Prober {
     #[must_use]
-    pub fn new(tx: mpsc::Sender<ProbeReport>) -> Self {
+    pub fn new(tx: mpsc::Sender<Event>) -> Self {
         Self {
             tx,
             tasks: HashMap::new(),

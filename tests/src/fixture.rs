@@ -14,8 +14,8 @@ use aya::programs::{TestRun as _, TestRunOptions};
 use lb_common::{addr::Addr, maps::NextHop};
 use lb_userspace::{
     config,
-    dataplane::{Dataplane, LoadOptions, MapOps as _, Maps},
-    reconcile::{AgentInfo, Reconciler, Resolver},
+    dataplane::{Dataplane, LoadOptions, MapReader as _, Maps},
+    reconcile::{AgentInfo, Hop, Reconciler, Resolution, ResolveJob, Resolver, initial_job},
     state::State,
 };
 
@@ -40,11 +40,18 @@ pub struct FixedResolver {
 }
 
 impl Resolver for FixedResolver {
-    fn next_hop(&mut self, ip: IpAddr) -> Option<NextHop> {
-        self.backends.get(&ip).copied().or(self.fallback)
-    }
-    fn client_routes(&mut self) -> Vec<(u32, Addr, NextHop)> {
-        self.routes.clone()
+    fn resolve(&mut self, job: &ResolveJob) -> Resolution {
+        Resolution {
+            hops: job
+                .addrs
+                .iter()
+                .map(|ip| {
+                    let nh = self.backends.get(ip).copied().or(self.fallback);
+                    (*ip, nh.map(|nh| Hop { nh, via: *ip }))
+                })
+                .collect(),
+            routes: job.routes.then(|| self.routes.clone()),
+        }
     }
 }
 
@@ -78,7 +85,9 @@ pub const fn nh(ifindex: u32, dmac: [u8; 6]) -> NextHop {
 /// The loaded program and its reconciler.
 pub struct Harness {
     pub dp: Dataplane,
-    pub rec: Reconciler<Maps, FixedResolver>,
+    pub rec: Reconciler<Maps>,
+    /// The next hops the reconciler resolves with.
+    pub resolver: FixedResolver,
     /// The flow-hash seed the program was loaded with.
     pub seed: u32,
     /// How long the reconciler took to provision the config.
@@ -91,7 +100,7 @@ impl Harness {
     ///
     /// # Errors
     /// The config does not parse, the object does not load, provisioning fails.
-    pub fn load(ns: &Netns, config: &str, resolver: FixedResolver) -> anyhow::Result<Self> {
+    pub fn load(ns: &Netns, config: &str, mut resolver: FixedResolver) -> anyhow::Result<Self> {
         let cfg = config::parse("harness.toml", config).map_err(|e| anyhow::anyhow!("{e}"))?;
         let opts = LoadOptions {
             ring_slots: cfg.agent.ring_slots,
@@ -105,13 +114,21 @@ impl Harness {
             conntrack_flows: cfg.agent.conntrack_flows,
             ..AgentInfo::default()
         };
-        let mut rec = Reconciler::new(maps, resolver, info);
+        let mut rec = Reconciler::new(maps, info);
+        let state = State::from_config(&cfg);
         let started = std::time::Instant::now();
-        rec.start(State::from_config(&cfg))
+        // As the agent does: the initial state's next hops first, then adoption and the sync,
+        // then the work they queued (purges) and the client routes.
+        rec.prime(&resolver.resolve(&initial_job(&state)));
+        rec.start(state)
             .map_err(|e| anyhow::anyhow!("provision: {e}"))?;
+        let fx = rec.flush();
+        rec.settle(fx);
+        rec.resolve_with(&mut resolver);
         Ok(Self {
             dp,
             rec,
+            resolver,
             seed,
             provision_time: started.elapsed(),
         })

@@ -367,7 +367,7 @@ impl Lab {
         for i in self.lb_interfaces() {
             cmd.args(["--iface", &i]);
         }
-        cmd.args(["--xdp-mode", "native", "--resolve-interval", "0.1"])
+        cmd.args(["--xdp-mode", "native"])
             .arg("--pin-dir")
             .arg(&self.pin_dir)
             .arg("--socket")

@@ -85,7 +85,7 @@ fn a_flood_at_ten_times_capacity_moves_no_established_flow() {
             misses > 0,
             "a flood at 10× capacity must evict established entries: {stats:?}"
         );
-        let entries = h.rec.maps().conntrack.keys().count();
+        let entries = h.rec.maps().side.conntrack.keys().count();
         assert!(
             entries <= 2 * CAPACITY as usize,
             "conntrack holds {entries} entries, above its capacity"

@@ -19,9 +19,7 @@ use serde::{Deserialize, Serialize};
 
 pub use self::{
     client::{ClientError, call},
-    server::{
-        ApiCall, DEFAULT_SOCKET, MAX_CONNECTIONS, MAX_REQUEST, REQUEST_TIMEOUT, bind, decode, serve,
-    },
+    server::{DEFAULT_SOCKET, MAX_CONNECTIONS, MAX_REQUEST, REQUEST_TIMEOUT, bind, decode, serve},
     views::*,
 };
 use crate::{

@@ -24,7 +24,7 @@ use tokio::{
 };
 
 use super::{Request, Response};
-use crate::error::ErrorKind;
+use crate::{error::ErrorKind, reconcile::Event};
 
 /// Default socket path (override with `--socket` or `LB_SOCKET`).
 pub const DEFAULT_SOCKET: &str = "/run/lb/lb.sock";
@@ -34,9 +34,6 @@ pub const MAX_REQUEST: usize = 64 * 1024;
 pub const MAX_CONNECTIONS: usize = 64;
 /// How long a connection may take to send its request (and to read the answer).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// What the server hands the reconciler: a request and where to send the answer.
-pub type ApiCall = (Request, oneshot::Sender<Response>);
 
 /// Decodes one request line; the error names what is wrong (an `invalid` refusal).
 ///
@@ -65,7 +62,7 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
 }
 
 /// Serves the control socket until the task is aborted; each connection is one request.
-pub async fn serve(listener: UnixListener, calls: mpsc::Sender<ApiCall>) {
+pub async fn serve(listener: UnixListener, calls: mpsc::Sender<Event>) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let stream = match listener.accept().await {
@@ -103,7 +100,7 @@ fn answer(resp: &Response) -> Vec<u8> {
     out
 }
 
-async fn handle(stream: UnixStream, calls: mpsc::Sender<ApiCall>) -> std::io::Result<()> {
+async fn handle(stream: UnixStream, calls: mpsc::Sender<Event>) -> std::io::Result<()> {
     let uid = stream.peer_cred()?.uid();
     let (rd, mut wr) = stream.into_split();
     let mut line = String::new();
@@ -133,7 +130,7 @@ async fn handle(stream: UnixStream, calls: mpsc::Sender<ApiCall>) -> std::io::Re
             Ok(req) => {
                 let (tx, rx) = oneshot::channel();
                 let gone = || Response::error(ErrorKind::Unavailable, "the agent is shutting down");
-                if calls.send((req, tx)).await.is_err() {
+                if calls.send(Event::Api(req, tx)).await.is_err() {
                     gone()
                 } else {
                     rx.await.unwrap_or_else(|_| gone())
@@ -172,7 +169,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn connections_are_bounded_in_number_and_idle_time() {
         let path = socket_path("bounds");
-        let (tx, mut rx) = mpsc::channel::<ApiCall>(4);
+        let (tx, mut rx) = mpsc::channel::<Event>(4);
         let server = tokio::spawn(serve(bind(&path).unwrap(), tx));
         let mut idle = Vec::new();
         for _ in 0..MAX_CONNECTIONS {
@@ -204,7 +201,9 @@ mod tests {
         c.write_all(b"{\"query\":{\"op\":\"status\"}}\n")
             .await
             .unwrap();
-        let (req, reply) = rx.recv().await.unwrap();
+        let Some(Event::Api(req, reply)) = rx.recv().await else {
+            panic!("no request reached the writer")
+        };
         assert_eq!(req, Request::Query(super::super::Query::Status));
         reply
             .send(Response::error(ErrorKind::Unavailable, "test"))

@@ -74,9 +74,10 @@ pub struct AgentArgs {
     /// Kernel-side debug logs through aya-log (off by default: they cost per packet).
     #[arg(long, value_enum, default_value_t = BpfLog::Off)]
     pub bpf_log: BpfLog,
-    /// Seconds between next-hop refreshes from the kernel's routes and neighbours.
-    #[arg(long, default_value_t = 1.0)]
-    pub resolve_interval: f64,
+    /// Seconds between full re-resolutions of every next hop and client route. Changes are
+    /// followed as the kernel announces them (netlink events); this is the safety net.
+    #[arg(long, default_value_t = 60.0)]
+    pub resync_interval: f64,
     /// Where the desired state (config + CLI changes) is saved, so restarts keep it.
     #[arg(long, default_value = crate::persist::DEFAULT_STATE_FILE)]
     pub state_file: PathBuf,
@@ -337,13 +338,12 @@ pub struct OutputArg {
 
 impl AgentArgs {
     /// # Errors
-    /// An invalid `--resolve-interval`.
+    /// An invalid `--resync-interval`.
     pub fn options(&self, socket: PathBuf) -> anyhow::Result<crate::agent::AgentOptions> {
-        if !(self.resolve_interval.is_finite() && (0.05..=3600.0).contains(&self.resolve_interval))
-        {
+        if !(self.resync_interval.is_finite() && (1.0..=86_400.0).contains(&self.resync_interval)) {
             anyhow::bail!(
-                "--resolve-interval: {} is outside 0.05..=3600 seconds",
-                self.resolve_interval
+                "--resync-interval: {} is outside 1..=86400 seconds",
+                self.resync_interval
             );
         }
         Ok(crate::agent::AgentOptions {
@@ -359,7 +359,7 @@ impl AgentArgs {
                 BpfLog::Info => 3,
                 BpfLog::Debug => 4,
             },
-            resolve_interval: Duration::from_secs_f64(self.resolve_interval),
+            resync_interval: Duration::from_secs_f64(self.resync_interval),
             state_file: self.state_file.clone(),
             metrics: self
                 .metrics

@@ -1,7 +1,5 @@
-//! Next hops from the kernel's own tables, through netlink: for each backend (route → gateway
-//! or the backend itself → neighbour MAC) and for client-facing destinations: every valid
-//! neighbour on an attached interface as a host entry, every gateway route on one, and every
-//! connected subnet on one as an unresolved entry (the fast path then asks the kernel FIB).
+//! The next hop of an address (route → gateway or the address itself → neighbour MAC), and the
+//! agent's [`NetlinkResolver`]: backends' and PIP instances' hops, and the client-facing routes.
 
 use std::{collections::HashMap, net::IpAddr};
 
@@ -10,9 +8,59 @@ use lb_common::{
     maps::NextHop,
 };
 
-use crate::{netlink::Netlink, reconcile::Resolver};
+use super::{Neighbour, Netlink, NetlinkError};
+use crate::reconcile::{Hop, Resolution, ResolveJob, Resolver};
 
-/// The real [`Resolver`].
+impl Netlink {
+    /// The next hop for `dst`: the output interface, its MAC, the neighbour's MAC, and which
+    /// neighbour that is (the gateway, or `dst` itself when directly connected).
+    ///
+    /// Looks up the route, then the neighbour entry of the gateway (or of `dst` itself) on the
+    /// route's interface. If the entry is missing or unusable, asks the kernel to resolve it and
+    /// returns `Ok(None)`; the neighbour change that follows brings the caller back. `Ok(None)`
+    /// also means there is no usable route (see [`Netlink::route_get`]).
+    ///
+    /// A usable but `STALE` entry is returned and also handed to
+    /// [`Netlink::resolve_neighbour`]: traffic forwarded by XDP never passes the kernel's
+    /// neighbour code, so without this nudge the entry would stay `STALE` (its MAC never
+    /// re-confirmed) until garbage collection drops it.
+    ///
+    /// # Errors
+    /// An exchange fails, or the route's interface has no Ethernet address.
+    pub fn next_hop(&mut self, dst: IpAddr) -> Result<Option<Hop>, NetlinkError> {
+        let Some(route) = self.route_get(dst)? else {
+            return Ok(None);
+        };
+        let via = route.gateway.unwrap_or(dst);
+        let neighbour = self.neighbour(route.oif, via)?;
+        let Some((dmac, state)) = neighbour
+            .filter(Neighbour::is_valid)
+            .and_then(|n| n.mac.map(|mac| (mac, n.state)))
+        else {
+            self.resolve_neighbour(route.oif, via)?;
+            return Ok(None);
+        };
+        if state & libc::NUD_STALE != 0 {
+            self.resolve_neighbour(route.oif, via)?;
+        }
+        let smac = self
+            .link_mac(route.oif)?
+            .ok_or(NetlinkError::NoLinkAddress { ifindex: route.oif })?;
+        Ok(Some(Hop {
+            nh: NextHop {
+                ifindex: route.oif,
+                smac,
+                dmac,
+            },
+            via,
+        }))
+    }
+}
+
+/// The real [`Resolver`]: every answer from the kernel's own tables. For client-facing
+/// destinations: every valid neighbour on an attached interface as a host entry, every gateway
+/// route on one, and every connected subnet on one as an unresolved entry (the fast path then
+/// asks the kernel FIB).
 pub struct NetlinkResolver {
     nl: Netlink,
     /// Interfaces the program is attached to: client routes are taken from these.
@@ -22,11 +70,21 @@ pub struct NetlinkResolver {
 impl NetlinkResolver {
     /// # Errors
     /// The netlink socket cannot be opened.
-    pub fn new(ifindexes: Vec<u32>) -> Result<Self, crate::netlink::NetlinkError> {
+    pub fn new(ifindexes: Vec<u32>) -> Result<Self, NetlinkError> {
         Ok(Self {
             nl: Netlink::open()?,
             ifindexes,
         })
+    }
+
+    fn hop(&mut self, ip: IpAddr) -> Option<Hop> {
+        match self.nl.next_hop(ip) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(%ip, error = %e, "next-hop lookup failed");
+                None
+            }
+        }
     }
 }
 
@@ -39,21 +97,16 @@ fn map_prefix_len(ip: IpAddr, len: u8) -> u32 {
 }
 
 impl Resolver for NetlinkResolver {
-    fn next_hop(&mut self, ip: IpAddr) -> Option<NextHop> {
-        match self.nl.next_hop(ip) {
-            Ok(Some((ifindex, smac, dmac))) => Some(NextHop {
-                ifindex,
-                smac,
-                dmac,
-            }),
-            Ok(None) => None,
-            Err(e) => {
-                tracing::warn!(%ip, error = %e, "next-hop lookup failed");
-                None
-            }
+    fn resolve(&mut self, job: &ResolveJob) -> Resolution {
+        Resolution {
+            hops: job.addrs.iter().map(|ip| (*ip, self.hop(*ip))).collect(),
+            routes: job.routes.then(|| self.client_routes()),
         }
     }
+}
 
+impl NetlinkResolver {
+    /// Client-facing next hops: (prefix length in map form, prefix, next hop).
     fn client_routes(&mut self) -> Vec<(u32, Addr, NextHop)> {
         let mut macs: HashMap<u32, Option<[u8; 6]>> = HashMap::new();
         let mut out = Vec::new();

@@ -1,0 +1,392 @@
+//! `lb agent`: load and attach the program, apply the config, and run the writer and the tasks
+//! around it until SIGTERM/SIGINT; then detach and clean up (unless `--keep-attached`).
+//!
+//! The tasks, each feeding the writer [`Event`]s:
+//! * the control socket and the metrics endpoint (requests);
+//! * the prober (probe results);
+//! * the netlink watcher thread (kernel changes: links, addresses, routes, neighbours);
+//! * the resolver thread (next hops the writer asked for) and the purger thread (flow
+//!   deletions it asked for), each with its own netlink socket or map handle;
+//! * two timers: a tick every second (grace periods, retries) and the full next-hop resync,
+//!   the safety net behind the netlink events, every `--resync-interval` (60 s by default);
+//! * signals: SIGHUP reloads the config.
+//!
+//! Reads for status, stats and metrics run on tokio's blocking pool with a map handle of
+//! their own, and the state file is written by a task, so the writer never waits on I/O.
+
+mod writer;
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, mpsc as std_mpsc},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::{mpsc, oneshot, watch},
+};
+
+pub use self::writer::{Tasks, run as run_writer};
+use crate::{
+    api,
+    config::Config,
+    dataplane::{Dataplane, FlowPurge as _, LoadOptions, SideMaps, unpin_all, xdp_mode},
+    link, metrics,
+    netlink::{NetlinkResolver, Watcher},
+    persist,
+    probe::Prober,
+    reconcile::{AgentInfo, Event, Reconciler, Resolver as _},
+    state::State,
+};
+
+/// Everything `lb agent` is told on its command line.
+#[derive(Clone, Debug)]
+pub struct AgentOptions {
+    pub config: Option<PathBuf>,
+    pub interfaces: Vec<String>,
+    pub native: bool,
+    pub pin_dir: PathBuf,
+    pub socket: PathBuf,
+    pub bpf_log_level: u8,
+    /// How often every next hop and the client routes are re-read from the kernel, whatever
+    /// the netlink events said (the safety net behind them).
+    pub resync_interval: Duration,
+    /// Where the desired state is saved after every change (see [`crate::persist`]).
+    pub state_file: PathBuf,
+    /// Where to serve Prometheus metrics; `None`: no TCP listener at all.
+    pub metrics: Option<SocketAddr>,
+    /// On SIGTERM/SIGINT leave the program attached (pinned links) and the maps pinned.
+    pub keep_attached: bool,
+}
+
+/// The config file, parsed, and the digest of its text (of "" without a file).
+fn load_config(path: Option<&PathBuf>) -> anyhow::Result<(Config, String)> {
+    let Some(path) = path else {
+        let empty = Config {
+            agent: crate::config::AgentSettings::default(),
+            services: Vec::new(),
+            forwards: Vec::new(),
+            pips: Vec::new(),
+        };
+        return Ok((empty, persist::digest("")));
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config {}", path.display()))?;
+    Ok((
+        crate::config::parse(&path.display().to_string(), &text)?,
+        persist::digest(&text),
+    ))
+}
+
+/// How often the writer gets `Event::Tick` (grace periods, retries).
+const TICK: Duration = Duration::from_secs(1);
+
+/// Runs the agent until SIGTERM or SIGINT.
+///
+/// # Errors
+/// Bad config, not root, no bpffs, load or attach failure, socket failure.
+pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
+    let (config, config_digest) = load_config(opts.config.as_ref())?;
+    let (initial, source) = persist::initial_state(
+        &opts.state_file,
+        &config_digest,
+        State::from_config(&config),
+    )?;
+    tracing::info!(state_file = %opts.state_file.display(), ?source, "initial state chosen");
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("lb agent must run as root (it loads BPF programs and owns the control socket)");
+    }
+    if opts.interfaces.is_empty() {
+        bail!("--iface: at least one interface is required");
+    }
+    check_bpffs(&opts.pin_dir)?;
+    let mut ifindexes = Vec::new();
+    for name in &opts.interfaces {
+        let idx =
+            nix_ifindex(name).with_context(|| format!("--iface {name}: no such interface"))?;
+        ifindexes.push(idx);
+    }
+
+    let load = LoadOptions {
+        pin_dir: opts.pin_dir.clone(),
+        hash_seed: config.agent.hash_seed,
+        conntrack_flows: config.agent.conntrack_flows,
+        ring_slots: config.agent.ring_slots,
+        bpf_log_level: opts.bpf_log_level,
+    };
+    let (mut dp, maps) = Dataplane::load(&load).context("loading the XDP program")?;
+    let _logger = if opts.bpf_log_level > 0 {
+        Some(aya_log::EbpfLogger::init(&mut dp.ebpf).context("starting aya-log")?)
+    } else {
+        None
+    };
+    let mode = xdp_mode(opts.native);
+    let prog_fd = dp
+        .program()?
+        .fd()
+        .context("the loaded program's fd")?
+        .try_clone()
+        .context("the loaded program's fd")?;
+    for (name, &ifindex) in opts.interfaces.iter().zip(&ifindexes) {
+        use std::os::fd::AsFd as _;
+        let how = link::attach(
+            prog_fd.as_fd(),
+            ifindex,
+            opts.native,
+            &link::pin_path(&opts.pin_dir, name),
+        )
+        .with_context(|| format!("attaching to {name} in {mode:?} mode"))?;
+        tracing::info!(interface = %name, ?how, "XDP program attached through a pinned link");
+    }
+    tracing::info!(interfaces = ?opts.interfaces, ?mode, pin_dir = %opts.pin_dir.display(), "XDP program attached");
+
+    let info = AgentInfo {
+        interfaces: opts.interfaces.clone(),
+        ifindexes: ifindexes.clone(),
+        xdp_mode: if opts.native { "native" } else { "skb" }.into(),
+        pin_dir: Some(opts.pin_dir.display().to_string()),
+        ring_slots: config.agent.ring_slots,
+        conntrack_flows: config.agent.conntrack_flows,
+    };
+    let reader = SideMaps::open(&opts.pin_dir).context("opening the maps for readers")?;
+    let mut purger = SideMaps::open(&opts.pin_dir).context("opening the maps for the purger")?;
+    let mut resolver = NetlinkResolver::new(ifindexes).context("opening netlink")?;
+    let mut watcher = Watcher::open(TICK).context("subscribing to netlink changes")?;
+
+    let (events, events_rx) = mpsc::channel::<Event>(1024);
+    let (resolve_tx, resolve_rx) = std_mpsc::channel();
+    let (purge_tx, purge_rx) = std_mpsc::channel();
+    let (save_tx, mut save_rx) = watch::channel(None::<(State, String)>);
+    let (probes_tx, mut probes_rx) = watch::channel(Vec::new());
+
+    // The resolver thread: the first job is the initial state's, done before the writer
+    // starts, so the first entries are written with resolved next hops.
+    let first = crate::reconcile::initial_job(&initial);
+    let (first_tx, first_rx) = oneshot::channel();
+    let weak = events.downgrade();
+    std::thread::Builder::new()
+        .name("lb-resolver".into())
+        .spawn(move || {
+            let _ = first_tx.send(resolver.resolve(&first));
+            for job in resolve_rx {
+                let r = resolver.resolve(&job);
+                let Some(tx) = weak.upgrade() else { return };
+                if tx.blocking_send(Event::Resolved(r)).is_err() {
+                    return;
+                }
+            }
+        })?;
+    let weak = events.downgrade();
+    std::thread::Builder::new()
+        .name("lb-purger".into())
+        .spawn(move || {
+            for job in purge_rx {
+                let result = purger.purge(&job).map_err(|e| e.to_string());
+                let Some(tx) = weak.upgrade() else { return };
+                if tx.blocking_send(Event::Purged { job, result }).is_err() {
+                    return;
+                }
+            }
+        })?;
+    let weak = events.downgrade();
+    std::thread::Builder::new()
+        .name("lb-netlink".into())
+        .spawn(move || {
+            loop {
+                let changes = match watcher.changes() {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "netlink watch failed; the periodic resync still runs");
+                        return;
+                    }
+                };
+                let Some(tx) = weak.upgrade() else { return };
+                if !changes.is_empty() && tx.blocking_send(Event::Net(changes)).is_err() {
+                    return;
+                }
+            }
+        })?;
+    let primed = first_rx.await.context("the resolver thread ended")?;
+
+    // The writer thread: adoption and the initial state first (reported back), then the loop.
+    let tasks = Tasks {
+        reader: Arc::new(reader),
+        resolve: resolve_tx,
+        purge: purge_tx,
+        save: save_tx,
+        probes: probes_tx,
+        runtime: tokio::runtime::Handle::current(),
+    };
+    let (started_tx, started_rx) = oneshot::channel();
+    let digest = config_digest.clone();
+    let writer = std::thread::Builder::new()
+        .name("lb-writer".into())
+        .spawn(move || {
+            let mut rec = Reconciler::new(maps, info);
+            rec.prime(&primed);
+            match rec.start(initial) {
+                Ok(()) => {
+                    tasks
+                        .save
+                        .send_replace(Some((rec.state().clone(), digest.clone())));
+                    tasks.probes.send_replace(rec.wanted_probes());
+                    let _ = started_tx.send(Ok(rec.state().services.len()));
+                }
+                Err(e) => {
+                    let _ = started_tx.send(Err(e));
+                    return;
+                }
+            }
+            drop(run_writer(rec, events_rx, &tasks, digest));
+        })?;
+    let services = started_rx
+        .await
+        .context("the writer thread ended")?
+        .context("applying the initial state")?;
+    tracing::info!(services, "state applied");
+
+    let state_file = opts.state_file.clone();
+    let saver = tokio::spawn(async move {
+        while save_rx.changed().await.is_ok() {
+            let Some((state, digest)) = save_rx.borrow_and_update().clone() else {
+                continue;
+            };
+            let path = state_file.clone();
+            let r =
+                tokio::task::spawn_blocking(move || persist::save(&path, &digest, &state)).await;
+            if let Ok(Err(e)) = r {
+                tracing::error!(error = %e, path = %state_file.display(), "saving the state file failed");
+            }
+        }
+    });
+    let prober_events = events.clone();
+    let prober = tokio::spawn(async move {
+        let mut prober = Prober::new(prober_events);
+        loop {
+            let targets = probes_rx.borrow_and_update().clone();
+            prober.sync(targets);
+            if probes_rx.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+
+    let listener =
+        api::bind(&opts.socket).with_context(|| format!("binding {}", opts.socket.display()))?;
+    // Bound before "agent ready", so a taken port stops the agent at start instead of leaving it
+    // running unscraped.
+    let metrics_server = match opts.metrics {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--metrics: binding {addr}"))?;
+            let url = format!("http://{}/metrics", l.local_addr()?);
+            tracing::info!(%url, "metrics endpoint listening");
+            Some(tokio::spawn(metrics::serve(l, events.clone())))
+        }
+        None => None,
+    };
+    let server = tokio::spawn(api::serve(listener, events.clone()));
+    let timers = {
+        let events = events.clone();
+        let resync = opts.resync_interval;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(TICK);
+            let mut full = tokio::time::interval(resync);
+            full.tick().await; // the initial resolution just ran
+            loop {
+                let ev = tokio::select! {
+                    _ = tick.tick() => Event::Tick,
+                    _ = full.tick() => Event::Resync,
+                };
+                if events.send(ev).await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    tracing::info!(socket = %opts.socket.display(), "agent ready");
+
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                let path = opts.config.clone();
+                match tokio::task::spawn_blocking(move || load_config(path.as_ref())).await {
+                    Ok(Ok((c, digest))) => {
+                        let ev = Event::Reload { state: Box::new(State::from_config(&c)), tag: digest };
+                        let _ = events.send(ev).await;
+                    }
+                    Ok(Err(e)) => tracing::error!(error = %e, "config reload refused; nothing changed"),
+                    Err(e) => tracing::error!(error = %e, "config reload failed"),
+                }
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    server.abort();
+    timers.abort();
+    prober.abort();
+    if let Some(m) = metrics_server {
+        m.abort();
+    }
+    let _ = events.send(Event::Stop).await;
+    drop(events);
+    tokio::task::spawn_blocking(move || writer.join())
+        .await
+        .context("joining the writer")?
+        .map_err(|_| anyhow::anyhow!("the writer thread panicked"))?;
+    // The writer is gone with its sender: the saver writes the last state it sent, then ends.
+    let _ = saver.await;
+    drop(dp);
+    let _ = std::fs::remove_file(&opts.socket);
+    if opts.keep_attached {
+        tracing::info!(pin_dir = %opts.pin_dir.display(), "stopping; the data plane stays attached (--keep-attached) for the next agent");
+        return Ok(());
+    }
+    tracing::info!("stopping: detaching and removing pins");
+    for name in &opts.interfaces {
+        link::detach(&link::pin_path(&opts.pin_dir, name))
+            .with_context(|| format!("detaching from {name}"))?;
+    }
+    unpin_all(&opts.pin_dir)
+        .with_context(|| format!("removing pins under {}", opts.pin_dir.display()))?;
+    Ok(())
+}
+
+fn check_bpffs(pin_dir: &std::path::Path) -> anyhow::Result<()> {
+    let mut dir = pin_dir.to_path_buf();
+    while !dir.exists() {
+        if !dir.pop() {
+            break;
+        }
+    }
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;
+    // SAFETY: `c` is a valid C string and `st` a valid out-pointer.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &raw mut st) } != 0 || st.f_type != 0xcafe_4a11 {
+        bail!(
+            "--pin-dir {}: {} is not on a bpffs; mount one with `mount -t bpf bpf /sys/fs/bpf` (cargo xtask setup does)",
+            pin_dir.display(),
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+fn nix_ifindex(name: &str) -> anyhow::Result<u32> {
+    let c = std::ffi::CString::new(name)?;
+    // SAFETY: `c` is a valid C string.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx == 0 {
+        bail!("{}", std::io::Error::last_os_error());
+    }
+    Ok(idx)
+}

@@ -1,0 +1,104 @@
+//! The writer loop: one thread, one [`Event`] at a time into the reconciler, and the effects
+//! handed to the tasks around it. Nothing here blocks on anything but the next event: answers
+//! that read the maps are finished by a reader on tokio's blocking pool, resolutions and purges
+//! go to threads of their own and come back as events, the state file is written by a task.
+
+use std::sync::{Arc, mpsc as std_mpsc};
+
+use tokio::sync::{mpsc, watch};
+
+use crate::{
+    api::Response,
+    dataplane::{MapOps, MapReader, PurgeJob},
+    error::ErrorKind,
+    probe::ProbeTarget,
+    reconcile::{Answer, Effects, Event, Reconciler, ResolveJob},
+    state::State,
+};
+
+/// Where the writer hands off what it does not do itself.
+pub struct Tasks {
+    /// Finishes read answers (counters, the conntrack walk) on its own map handle.
+    pub reader: Arc<dyn MapReader + Send + Sync>,
+    /// Runs resolutions; each comes back as `Event::Resolved`.
+    pub resolve: std_mpsc::Sender<ResolveJob>,
+    /// Runs flow purges; each comes back as `Event::Purged`.
+    pub purge: std_mpsc::Sender<PurgeJob>,
+    /// The desired state to save and its config digest, latest first (the saver writes it).
+    pub save: watch::Sender<Option<(State, String)>>,
+    /// The probes the desired state wants (the prober follows them).
+    pub probes: watch::Sender<Vec<ProbeTarget>>,
+    /// Where blocking reads run.
+    pub runtime: tokio::runtime::Handle,
+}
+
+/// Runs the writer until [`Event::Stop`] (or until every event sender is gone), and gives the
+/// reconciler back. `digest` is the config digest of the current desired state; a successful
+/// reload replaces it. Work queued before the loop (by `start`) is dispatched first.
+pub fn run<M: MapOps>(
+    mut rec: Reconciler<M>,
+    mut events: mpsc::Receiver<Event>,
+    tasks: &Tasks,
+    mut digest: String,
+) -> Reconciler<M> {
+    let fx = rec.flush();
+    dispatch(&rec, fx, tasks, &mut digest);
+    while let Some(ev) = events.blocking_recv() {
+        if matches!(ev, Event::Stop) {
+            break;
+        }
+        let fx = rec.handle_event(ev);
+        dispatch(&rec, fx, tasks, &mut digest);
+    }
+    rec
+}
+
+fn dispatch<M: MapOps>(rec: &Reconciler<M>, fx: Effects, tasks: &Tasks, digest: &mut String) {
+    let Effects {
+        reply,
+        state_changed,
+        reload,
+        resolve,
+        purge,
+    } = fx;
+    match reload {
+        Some(Ok(d)) => {
+            *digest = d;
+            tracing::info!("config reloaded");
+        }
+        Some(Err(e)) => tracing::error!(error = %e, "config reload refused; nothing changed"),
+        None => {}
+    }
+    if state_changed {
+        tasks
+            .save
+            .send_replace(Some((rec.state().clone(), digest.clone())));
+        tasks.probes.send_replace(rec.wanted_probes());
+    }
+    if let Some((tx, answer)) = reply {
+        match answer {
+            Answer::Now(r) => {
+                let _ = tx.send(r);
+            }
+            Answer::Read(p) => {
+                let reader = tasks.reader.clone();
+                tasks.runtime.spawn_blocking(move || {
+                    let r = p.finish(&*reader).unwrap_or_else(|e| {
+                        Response::error(ErrorKind::Failed, format!("reading the maps: {e}"))
+                    });
+                    let _ = tx.send(r);
+                });
+            }
+        }
+    }
+    if let Some(job) = resolve
+        && tasks.resolve.send(job).is_err()
+    {
+        tracing::error!("the resolver is gone; next hops are no longer refreshed");
+    }
+    if let Some(job) = purge
+        && tasks.purge.send(job).is_err()
+    {
+        tracing::error!("the purger is gone; flows of removed backends are not purged");
+    }
+}

@@ -1,0 +1,242 @@
+//! Loading the XDP object: pinned maps (reused by a restarted agent), load-time settings, and
+//! the checks that refuse pins of another layout or size.
+
+use std::path::{Path, PathBuf};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, MapData, ProgramArray},
+    programs::{Xdp, XdpMode},
+};
+use lb_common::consts::{
+    HAIRPIN_PROGRAM_NAME, PROG_HAIRPIN, PROGRAM_NAME, global_names, map_layout_version, map_names,
+};
+
+use super::Maps;
+use crate::error::LoadError;
+
+/// The XDP object, as the agent embeds it (built by `build.rs`).
+pub static LB_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-xdp"));
+
+/// The baseline programs (`xdp_pass`, `xdp_fwd`; see `lb-ebpf/src/baseline.rs`), for the
+/// benchmark and the lab. The agent never loads them.
+pub static BASELINE_OBJ: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-baseline"));
+
+/// How to load the object.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// bpffs directory for the maps. Every map is pinned by name (so a restarted agent finds
+    /// them); there is no unpinned mode, because aya would then pin into /sys/fs/bpf itself.
+    pub pin_dir: PathBuf,
+    pub hash_seed: u32,
+    pub conntrack_flows: u32,
+    pub ring_slots: u32,
+    /// aya-log level for the kernel side (0 = off, 4 = debug).
+    pub bpf_log_level: u8,
+}
+
+impl LoadOptions {
+    /// Options with the default settings, pinning under `pin_dir`.
+    #[must_use]
+    pub fn new(pin_dir: PathBuf) -> Self {
+        let s = crate::config::AgentSettings::default();
+        Self {
+            pin_dir,
+            hash_seed: s.hash_seed,
+            conntrack_flows: s.conntrack_flows,
+            ring_slots: s.ring_slots,
+            bpf_log_level: 0,
+        }
+    }
+}
+
+/// The loaded object: its program and (until taken) its maps.
+pub struct Dataplane {
+    pub ebpf: Ebpf,
+}
+
+impl Dataplane {
+    /// Loads and verifies the program. With a pin directory, maps already pinned there are
+    /// reused (their entries survive an agent restart) and new ones are pinned.
+    ///
+    /// # Errors
+    /// The pin directory cannot be made, the object does not load or verify.
+    pub fn load(opts: &LoadOptions) -> Result<(Self, Maps), LoadError> {
+        let mut loader = EbpfLoader::new();
+        let dir = &opts.pin_dir;
+        std::fs::create_dir_all(dir).map_err(|source| LoadError::PinDir {
+            path: dir.clone(),
+            source,
+        })?;
+        check_layout(dir)?;
+        check_sizes(dir, opts)?;
+        loader.default_map_pin_directory(dir);
+        loader
+            .override_global(global_names::HASH_SEED, &opts.hash_seed, true)
+            .override_global(global_names::AYA_LOG_LEVEL, &opts.bpf_log_level, false)
+            .map_max_entries(map_names::CONNTRACK, opts.conntrack_flows.saturating_mul(2))
+            .map_max_entries(map_names::RING, opts.ring_slots);
+        let mut ebpf = loader.load(LB_OBJ)?;
+        for name in [PROGRAM_NAME, HAIRPIN_PROGRAM_NAME] {
+            program_mut(&mut ebpf, name)?
+                .load()
+                .map_err(|source| LoadError::Program {
+                    what: format!("load {name}"),
+                    source,
+                })?;
+        }
+        // The tail-call slot of the hairpin program, replaced in place: a pinned array that a
+        // previous agent filled keeps working until this update.
+        let mut progs: ProgramArray<MapData> = take_map(&mut ebpf, map_names::PROGS)?;
+        let fd = program_mut(&mut ebpf, HAIRPIN_PROGRAM_NAME)?
+            .fd()
+            .map_err(|source| LoadError::Program {
+                what: HAIRPIN_PROGRAM_NAME.into(),
+                source,
+            })?;
+        progs
+            .set(PROG_HAIRPIN, fd, 0)
+            .map_err(|source| LoadError::Map {
+                name: map_names::PROGS,
+                source,
+            })?;
+        let mut layout: Array<MapData, u64> = take_map(&mut ebpf, map_names::LAYOUT)?;
+        layout
+            .set(0, map_layout_version(), 0)
+            .map_err(|source| LoadError::Map {
+                name: map_names::LAYOUT,
+                source,
+            })?;
+        let maps = Maps::take(&mut ebpf)?;
+        Ok((Self { ebpf }, maps))
+    }
+
+    /// The XDP program (its fd for the pinned links of `crate::link`, and `BPF_PROG_TEST_RUN`).
+    ///
+    /// # Errors
+    /// Only if the object lacks the program, which the load already checked.
+    pub fn program(&mut self) -> Result<&mut Xdp, LoadError> {
+        program_mut(&mut self.ebpf, PROGRAM_NAME)
+    }
+}
+
+fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, LoadError> {
+    ebpf.program_mut(name)
+        .ok_or(LoadError::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| LoadError::Program {
+            what: name.into(),
+            source,
+        })
+}
+
+/// Refuses a pin directory whose maps were pinned by a build with another map layout: aya
+/// would reuse them by name and this build would misread their entries. A directory with
+/// pinned maps but no `LB_LAYOUT` predates versioning and is refused the same way.
+fn check_layout(dir: &Path) -> Result<(), LoadError> {
+    let want = map_layout_version();
+    let refuse = |found: String| LoadError::Layout {
+        dir: dir.to_path_buf(),
+        found,
+        want: format!("{want:#018x}"),
+    };
+    let pin = dir.join(map_names::LAYOUT);
+    if !pin.exists() {
+        let others = map_names::ALL.iter().any(|m| dir.join(m).exists());
+        return if others {
+            Err(refuse("none (pinned before layouts were versioned)".into()))
+        } else {
+            Ok(())
+        };
+    }
+    let found = MapData::from_pin(&pin)
+        .ok()
+        .and_then(|d| Array::<MapData, u64>::try_from(aya::maps::Map::Array(d)).ok())
+        .and_then(|a| a.get(&0, 0).ok());
+    match found {
+        Some(v) if v == want => Ok(()),
+        // 0: pinned by an agent that died between creating and stamping the maps; the maps
+        // have this build's layout (they were created from this object).
+        Some(0) => Ok(()),
+        Some(v) => Err(refuse(format!("{v:#018x}"))),
+        None => Err(refuse("unreadable".into())),
+    }
+}
+
+/// Refuses pinned maps whose size differs from the configured one. aya reuses a pinned map
+/// as it is and reports the object's size for it, so the agent would allocate table regions
+/// past the ring's end (or count on flows the conntrack map cannot hold).
+fn check_sizes(dir: &Path, opts: &LoadOptions) -> Result<(), LoadError> {
+    for (map, setting, want, per_entry) in [
+        (map_names::RING, "agent.ring_slots", opts.ring_slots, 1),
+        // Two entries per flow (module doc of the conntrack map).
+        (
+            map_names::CONNTRACK,
+            "agent.conntrack_flows",
+            opts.conntrack_flows,
+            2,
+        ),
+    ] {
+        let pin = dir.join(map);
+        if !pin.exists() {
+            continue;
+        }
+        let entries = MapData::from_pin(&pin)
+            .and_then(|d| d.info())
+            .map_err(|source| LoadError::Map { name: map, source })?
+            .max_entries();
+        let pinned = entries / per_entry;
+        if entries != want.saturating_mul(per_entry) {
+            return Err(LoadError::Size {
+                dir: dir.to_path_buf(),
+                map,
+                setting,
+                pinned,
+                want,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Takes a map out of the object, typed.
+pub(super) fn take_map<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<T, LoadError> {
+    let map = ebpf.take_map(name).ok_or(LoadError::MissingMap(name))?;
+    T::try_from(map).map_err(|source| LoadError::Map { name, source })
+}
+
+/// Removes the map pins of a pin directory (a plain agent stop cleans up after itself).
+///
+/// # Errors
+/// A pin that exists but cannot be removed.
+pub fn unpin_all(dir: &Path) -> std::io::Result<()> {
+    for name in map_names::ALL {
+        match std::fs::remove_file(dir.join(name)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    match std::fs::remove_dir(dir) {
+        Err(e)
+            if e.kind() != std::io::ErrorKind::NotFound
+                && e.raw_os_error() != Some(libc::ENOTEMPTY) =>
+        {
+            Err(e)
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The XDP attach mode, as the CLI spells it.
+#[must_use]
+pub const fn xdp_mode(native: bool) -> XdpMode {
+    if native {
+        XdpMode::Driver
+    } else {
+        XdpMode::Skb
+    }
+}

@@ -1,0 +1,672 @@
+//! The program's maps, typed: [`Maps`], the writer's handle on all of them, and [`SideMaps`],
+//! the handle that side tasks open from the pins for walks and counters off the writer loop.
+
+use std::{
+    collections::HashMap as StdHashMap,
+    os::fd::{AsFd as _, BorrowedFd},
+    path::Path,
+};
+
+use aya::{
+    Ebpf,
+    maps::{
+        Array, HashMap, IterableMap as _, LpmTrie, MapData, PerCpuArray, PerCpuValues,
+        lpm_trie::Key as LpmKey,
+    },
+};
+use lb_common::{
+    addr::Addr,
+    consts::map_names,
+    flow::FlowKey,
+    maps::{
+        AclKeyData, AclValue, Backend, BackendId, ConnEntry, Counters, NextHop, PipEntry,
+        RouteKeyData, ServiceInfo, ServiceKey, VipInfo, VipKey,
+    },
+};
+
+use super::{FlowPurge, LiveMaps, MapOps, MapReader, PurgeJob, loader::take_map, sys};
+use crate::error::{LoadError, MapOpError};
+
+/// The program's maps, typed: the only writer's handle (the reconciler holds it; tests
+/// provision fixtures through the same type).
+pub struct Maps {
+    pub services: HashMap<MapData, ServiceKey, ServiceInfo>,
+    pub vips: HashMap<MapData, VipKey, VipInfo>,
+    pub backends: Array<MapData, Backend>,
+    pub ring: Array<MapData, BackendId>,
+    pub routes: LpmTrie<MapData, RouteKeyData, NextHop>,
+    pub acl: LpmTrie<MapData, AclKeyData, AclValue>,
+    pub pips: HashMap<MapData, VipKey, PipEntry>,
+    pub pip_rev: HashMap<MapData, VipKey, PipEntry>,
+    /// Conntrack and the counters, also reachable from the writer (adoption's flow purge at
+    /// start, and tests that read counters through the reconciler's maps).
+    pub side: SideMaps,
+}
+
+/// Conntrack and the counters: what status, stats, metrics and flow purges need. Side tasks
+/// open their own handle from the pins ([`SideMaps::open`]), so a walk over millions of flows
+/// never runs on the writer loop.
+pub struct SideMaps {
+    pub conntrack: HashMap<MapData, FlowKey, ConnEntry>,
+    pub reasons: PerCpuArray<MapData, u64>,
+    pub svc_stats: PerCpuArray<MapData, Counters>,
+    pub be_stats: PerCpuArray<MapData, Counters>,
+}
+
+impl Maps {
+    pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self, LoadError> {
+        Ok(Self {
+            services: take_map(ebpf, map_names::SERVICES)?,
+            vips: take_map(ebpf, map_names::VIPS)?,
+            backends: take_map(ebpf, map_names::BACKENDS)?,
+            ring: take_map(ebpf, map_names::RING)?,
+            routes: take_map(ebpf, map_names::ROUTES)?,
+            acl: take_map(ebpf, map_names::ACL)?,
+            pips: take_map(ebpf, map_names::PIPS)?,
+            pip_rev: take_map(ebpf, map_names::PIP_REV)?,
+            side: SideMaps {
+                conntrack: take_map(ebpf, map_names::CONNTRACK)?,
+                reasons: take_map(ebpf, map_names::REASON_STATS)?,
+                svc_stats: take_map(ebpf, map_names::SERVICE_STATS)?,
+                be_stats: take_map(ebpf, map_names::BACKEND_STATS)?,
+            },
+        })
+    }
+}
+
+impl SideMaps {
+    /// Opens conntrack and the counters from the pins under `dir` (the agent's own maps, a
+    /// second handle on each).
+    ///
+    /// # Errors
+    /// A pin is missing or is not the map it should be.
+    pub fn open(dir: &Path) -> Result<Self, LoadError> {
+        fn pinned<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+            dir: &Path,
+            name: &'static str,
+            wrap: fn(MapData) -> aya::maps::Map,
+        ) -> Result<T, LoadError> {
+            let data = MapData::from_pin(dir.join(name))
+                .map_err(|source| LoadError::Map { name, source })?;
+            T::try_from(wrap(data)).map_err(|source| LoadError::Map { name, source })
+        }
+        Ok(Self {
+            conntrack: pinned(dir, map_names::CONNTRACK, aya::maps::Map::LruHashMap)?,
+            reasons: pinned(dir, map_names::REASON_STATS, aya::maps::Map::PerCpuArray)?,
+            svc_stats: pinned(dir, map_names::SERVICE_STATS, aya::maps::Map::PerCpuArray)?,
+            be_stats: pinned(dir, map_names::BACKEND_STATS, aya::maps::Map::PerCpuArray)?,
+        })
+    }
+
+    /// Packets counted under verdict reason `r`, summed over CPUs.
+    ///
+    /// # Errors
+    /// The map read fails.
+    pub fn reason_count(&self, r: u32) -> Result<u64, MapOpError> {
+        let v = self
+            .reasons
+            .get(&r, 0)
+            .map_err(op_err(map_names::REASON_STATS, "read"))?;
+        Ok(v.iter().sum())
+    }
+
+    fn conntrack_fd(&self) -> BorrowedFd<'_> {
+        self.conntrack.map().fd().as_fd()
+    }
+
+    /// Calls `f` on every tracked flow, one `BPF_MAP_LOOKUP_BATCH` of [`WALK_BATCH`] entries at
+    /// a time (aya's iterator costs two syscalls per entry); `on_batch` sees the running count
+    /// after each batch. Kernels without batch lookups fall back to aya's iterator.
+    ///
+    /// Entries the fast path adds or the LRU evicts during the walk may or may not be seen.
+    ///
+    /// # Errors
+    /// A lookup fails.
+    pub fn walk_flows(
+        &self,
+        f: &mut dyn FnMut(&FlowKey, &ConnEntry),
+        on_batch: &mut dyn FnMut(usize),
+    ) -> Result<usize, MapOpError> {
+        let err = |e: std::io::Error| MapOpError {
+            map: map_names::CONNTRACK,
+            op: "batch walk".into(),
+            source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_map_lookup_batch",
+                io_error: e,
+            }),
+        };
+        let mut keys = vec![FlowKey::default(); WALK_BATCH];
+        let mut values = vec![ConnEntry::default(); WALK_BATCH];
+        // The hash map's cursor is a bucket index (a u32); the kernel writes the next one.
+        let (mut cursor, mut next) = (0u32, 0u32);
+        let mut first = true;
+        let mut seen = 0;
+        loop {
+            // SAFETY: `keys` and `values` hold WALK_BATCH keys and values of the map's types,
+            // and `cursor`/`next` one u32 each; all outlive the call.
+            let r = unsafe {
+                sys::lookup_batch(
+                    self.conntrack_fd(),
+                    (!first).then_some((&raw const cursor).cast()),
+                    (&raw mut next).cast(),
+                    keys.as_mut_ptr().cast(),
+                    values.as_mut_ptr().cast(),
+                    WALK_BATCH as u32,
+                )
+            };
+            let (n, end) = match r {
+                Ok(x) => x,
+                Err(e) if first && sys::batch_unsupported(&e) => {
+                    return self.walk_flows_one_by_one(f, on_batch);
+                }
+                Err(e) => return Err(err(e)),
+            };
+            for (k, v) in keys.iter().zip(&values).take(n as usize) {
+                f(k, v);
+            }
+            seen += n as usize;
+            on_batch(seen);
+            if end {
+                return Ok(seen);
+            }
+            cursor = next;
+            first = false;
+        }
+    }
+
+    fn walk_flows_one_by_one(
+        &self,
+        f: &mut dyn FnMut(&FlowKey, &ConnEntry),
+        on_batch: &mut dyn FnMut(usize),
+    ) -> Result<usize, MapOpError> {
+        let mut seen = 0;
+        for item in self.conntrack.iter() {
+            match item {
+                Ok((k, e)) => {
+                    f(&k, &e);
+                    seen += 1;
+                }
+                // Evicted between the key walk and the lookup.
+                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(source) => {
+                    return Err(MapOpError {
+                        map: map_names::CONNTRACK,
+                        op: "walk".into(),
+                        source,
+                    });
+                }
+            }
+        }
+        on_batch(seen);
+        Ok(seen)
+    }
+
+    /// Live conntrack entries per backend id (client → backend entries), with `on_batch`
+    /// called as the walk proceeds.
+    ///
+    /// # Errors
+    /// The walk fails.
+    pub fn flows_per_backend_with(
+        &self,
+        on_batch: &mut dyn FnMut(usize),
+    ) -> Result<StdHashMap<BackendId, u64>, MapOpError> {
+        let mut m = StdHashMap::new();
+        self.walk_flows(
+            &mut |_, e| {
+                if e.is_forward() {
+                    *m.entry(e.backend).or_default() += 1;
+                }
+            },
+            on_batch,
+        )?;
+        Ok(m)
+    }
+
+    /// Deletes `keys` with `BPF_MAP_DELETE_BATCH`; a key the LRU evicted meanwhile is skipped.
+    fn delete_flows(&mut self, keys: &[FlowKey]) -> Result<(), MapOpError> {
+        let mut at = 0;
+        while at < keys.len() {
+            let rest = &keys[at..];
+            let count = u32::try_from(rest.len().min(WALK_BATCH)).expect("bounded");
+            // SAFETY: `rest` holds at least `count` keys of the map's key type.
+            let (n, e) =
+                unsafe { sys::delete_batch(self.conntrack_fd(), rest.as_ptr().cast(), count) };
+            at += n as usize;
+            match e {
+                None => {}
+                // The key at `at` is gone already (evicted, or ended): skip it.
+                Some(e) if e.raw_os_error() == Some(libc::ENOENT) => at += 1,
+                Some(e) if sys::batch_unsupported(&e) && n == 0 => {
+                    for k in rest {
+                        deleted(self.conntrack.remove(k))
+                            .map_err(op_err(map_names::CONNTRACK, "purge"))?;
+                    }
+                    return Ok(());
+                }
+                Some(e) => {
+                    return Err(MapOpError {
+                        map: map_names::CONNTRACK,
+                        op: "batch delete".into(),
+                        source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                            call: "bpf_map_delete_batch",
+                            io_error: e,
+                        }),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Entries per conntrack batch (keys and values of a batch: 4096 × 80 bytes).
+const WALK_BATCH: usize = 4096;
+
+impl MapReader for SideMaps {
+    fn service_counters(&self, id: u32) -> Result<Counters, MapOpError> {
+        let v = self
+            .svc_stats
+            .get(&id, 0)
+            .map_err(op_err(map_names::SERVICE_STATS, "read"))?;
+        Ok(sum_counters(&v))
+    }
+    fn backend_counters(&self, id: BackendId) -> Result<Counters, MapOpError> {
+        let v = self
+            .be_stats
+            .get(&id, 0)
+            .map_err(op_err(map_names::BACKEND_STATS, "read"))?;
+        Ok(sum_counters(&v))
+    }
+    fn reason_counters(&self) -> Result<Vec<u64>, MapOpError> {
+        lb_common::verdict::ALL_REASONS
+            .iter()
+            .map(|r| self.reason_count(*r as u32))
+            .collect()
+    }
+    fn flows_per_backend(&self) -> Result<StdHashMap<BackendId, u64>, MapOpError> {
+        self.flows_per_backend_with(&mut |_| {})
+    }
+}
+
+impl FlowPurge for SideMaps {
+    fn purge(&mut self, job: &PurgeJob) -> Result<usize, MapOpError> {
+        let mut doomed = Vec::new();
+        self.walk_flows(
+            &mut |k, e| {
+                if job.matches(k, e) {
+                    doomed.push(*k);
+                }
+            },
+            &mut |_| {},
+        )?;
+        self.delete_flows(&doomed)?;
+        Ok(doomed.len())
+    }
+}
+
+impl MapReader for Maps {
+    fn service_counters(&self, id: u32) -> Result<Counters, MapOpError> {
+        self.side.service_counters(id)
+    }
+    fn backend_counters(&self, id: BackendId) -> Result<Counters, MapOpError> {
+        self.side.backend_counters(id)
+    }
+    fn reason_counters(&self) -> Result<Vec<u64>, MapOpError> {
+        self.side.reason_counters()
+    }
+    fn flows_per_backend(&self) -> Result<StdHashMap<BackendId, u64>, MapOpError> {
+        self.side.flows_per_backend()
+    }
+}
+
+impl FlowPurge for Maps {
+    fn purge(&mut self, job: &PurgeJob) -> Result<usize, MapOpError> {
+        self.side.purge(job)
+    }
+}
+
+impl MapOps for Maps {
+    fn put_service(&mut self, k: &ServiceKey, v: &ServiceInfo) -> Result<(), MapOpError> {
+        self.services.insert(k, v, 0).map_err(|source| {
+            let op = format!("insert service {k:?}");
+            MapOpError {
+                map: map_names::SERVICES,
+                op,
+                source,
+            }
+        })
+    }
+    fn del_service(&mut self, k: &ServiceKey) -> Result<(), MapOpError> {
+        deleted(self.services.remove(k)).map_err(op_err(map_names::SERVICES, "remove service"))
+    }
+    fn put_vip(&mut self, k: &VipKey, v: &VipInfo) -> Result<(), MapOpError> {
+        self.vips
+            .insert(k, v, 0)
+            .map_err(op_err(map_names::VIPS, "insert"))
+    }
+    fn del_vip(&mut self, k: &VipKey) -> Result<(), MapOpError> {
+        deleted(self.vips.remove(k)).map_err(op_err(map_names::VIPS, "remove"))
+    }
+    fn put_backend(&mut self, id: BackendId, b: &Backend) -> Result<(), MapOpError> {
+        self.backends
+            .set(id, b, 0)
+            .map_err(op_err(map_names::BACKENDS, format!("set {id}")))
+    }
+    fn put_slots(&mut self, off: u32, slots: &[BackendId]) -> Result<(), MapOpError> {
+        // One syscall per 64 Ki slots (BPF_MAP_UPDATE_BATCH) instead of one per slot: a
+        // default table is 65 537 slots, and 10k small services are 2.5 M.
+        const CHUNK: usize = 1 << 16;
+        let mut at = off;
+        for chunk in slots.chunks(CHUNK) {
+            let done = update_batch(&self.ring, at, chunk).map_err(|source| MapOpError {
+                map: map_names::RING,
+                op: format!("batch update of {} slots at {at}", chunk.len()),
+                source: aya::maps::MapError::SyscallError(source),
+            })?;
+            if !done {
+                // A kernel without batch updates for arrays: slot by slot.
+                for (i, id) in (at..).zip(chunk) {
+                    self.ring
+                        .set(i, id, 0)
+                        .map_err(op_err(map_names::RING, format!("set slot {i}")))?;
+                }
+            }
+            at += u32::try_from(chunk.len()).expect("a chunk is 64 Ki at most");
+        }
+        Ok(())
+    }
+    fn put_route(
+        &mut self,
+        prefix_len: u32,
+        dst: RouteKeyData,
+        nh: &NextHop,
+    ) -> Result<(), MapOpError> {
+        self.routes
+            .insert(&LpmKey::new(prefix_len, dst), nh, 0)
+            .map_err(op_err(map_names::ROUTES, "insert"))
+    }
+    fn del_route(&mut self, prefix_len: u32, dst: RouteKeyData) -> Result<(), MapOpError> {
+        deleted(self.routes.remove(&LpmKey::new(prefix_len, dst)))
+            .map_err(op_err(map_names::ROUTES, "remove"))
+    }
+    fn zero_service_stats(&mut self, id: u32) -> Result<(), MapOpError> {
+        zero_per_cpu(&mut self.side.svc_stats, map_names::SERVICE_STATS, id)
+    }
+    fn zero_backend_stats(&mut self, id: BackendId) -> Result<(), MapOpError> {
+        zero_per_cpu(&mut self.side.be_stats, map_names::BACKEND_STATS, id)
+    }
+    fn put_acl(&mut self, acl_id: u32, e: &lb_common::acl::Entry) -> Result<(), MapOpError> {
+        let key = LpmKey::new(
+            32 + e.prefix.len,
+            lb_common::maps::acl_key(acl_id, &e.prefix.addr),
+        );
+        let action = match e.action {
+            lb_common::acl::Action::Permit => lb_common::maps::ACL_PERMIT,
+            lb_common::acl::Action::Deny => lb_common::maps::ACL_DENY,
+            lb_common::acl::Action::Hairpin => lb_common::maps::ACL_HAIRPIN,
+        };
+        let v = AclValue {
+            action,
+            rule: e.rule.unwrap_or(u32::MAX),
+        };
+        self.acl
+            .insert(&key, v, 0)
+            .map_err(op_err(map_names::ACL, format!("insert set {acl_id}")))
+    }
+    fn del_acl(&mut self, acl_id: u32, p: &lb_common::acl::Prefix) -> Result<(), MapOpError> {
+        let key = LpmKey::new(32 + p.len, lb_common::maps::acl_key(acl_id, &p.addr));
+        deleted(self.acl.remove(&key))
+            .map_err(op_err(map_names::ACL, format!("remove from set {acl_id}")))
+    }
+    fn put_pip(&mut self, pip: &Addr, dip: &Addr, nh: &NextHop) -> Result<(), MapOpError> {
+        // Reverse first: replies can be translated before the first inbound packet arrives.
+        let rev = PipEntry {
+            addr: *pip,
+            nh: NextHop::default(),
+        };
+        self.pip_rev
+            .insert(VipKey { vip: *dip }, rev, 0)
+            .map_err(op_err(map_names::PIP_REV, "insert"))?;
+        let fwd = PipEntry {
+            addr: *dip,
+            nh: *nh,
+        };
+        self.pips
+            .insert(VipKey { vip: *pip }, fwd, 0)
+            .map_err(op_err(map_names::PIPS, "insert"))
+    }
+    fn del_pip(&mut self, pip: &Addr, dip: &Addr) -> Result<(), MapOpError> {
+        for (m, name, k) in [
+            (&mut self.pips, map_names::PIPS, pip),
+            (&mut self.pip_rev, map_names::PIP_REV, dip),
+        ] {
+            deleted(m.remove(&VipKey { vip: *k })).map_err(op_err(name, "remove"))?;
+        }
+        Ok(())
+    }
+    fn read_live(&self) -> Result<LiveMaps, MapOpError> {
+        let services = self
+            .services
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(op_err(map_names::SERVICES, "walk"))?;
+        let vips = self
+            .vips
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(op_err(map_names::VIPS, "walk"))?;
+        let backends = (0..)
+            .zip(read_array(
+                &self.backends,
+                map_names::BACKENDS,
+                0,
+                self.backends.len(),
+            )?)
+            .filter(|(_, b)| b.is_active())
+            .collect();
+        let mut acl = Vec::new();
+        for item in self.acl.iter() {
+            let (k, v) = item.map_err(op_err(map_names::ACL, "walk"))?;
+            let data = k.data();
+            let (id, a) = data.split_at(4);
+            let action = match v.action {
+                lb_common::maps::ACL_PERMIT => lb_common::acl::Action::Permit,
+                lb_common::maps::ACL_HAIRPIN => lb_common::acl::Action::Hairpin,
+                // ACL_DENY, and anything unknown: such a set never equals a wanted one, so it
+                // is replaced, and its entries are deleted by prefix all the same.
+                _ => lb_common::acl::Action::Deny,
+            };
+            acl.push((
+                u32::from_be_bytes(id.try_into().expect("4 bytes")),
+                lb_common::acl::Entry {
+                    prefix: lb_common::acl::Prefix {
+                        addr: a.try_into().expect("16 bytes"),
+                        len: k.prefix_len().saturating_sub(32),
+                    },
+                    action,
+                    rule: (v.rule != u32::MAX).then_some(v.rule),
+                },
+            ));
+        }
+        let mut pips = Vec::new();
+        for item in self.pips.iter() {
+            let (k, v) = item.map_err(op_err(map_names::PIPS, "walk"))?;
+            pips.push((k.vip, v.addr, v.nh));
+        }
+        let mut pip_revs = Vec::new();
+        for item in self.pip_rev.iter() {
+            let (k, v) = item.map_err(op_err(map_names::PIP_REV, "walk"))?;
+            pip_revs.push((k.vip, v.addr));
+        }
+        let mut routes = Vec::new();
+        for item in self.routes.iter() {
+            let (k, nh) = item.map_err(op_err(map_names::ROUTES, "walk"))?;
+            routes.push((k.prefix_len(), k.data(), nh));
+        }
+        Ok(LiveMaps {
+            services,
+            vips,
+            backends,
+            acl,
+            pips,
+            pip_revs,
+            routes,
+        })
+    }
+    fn read_slots(&self, off: u32, len: u32) -> Result<Vec<BackendId>, MapOpError> {
+        read_array(&self.ring, map_names::RING, off, len)
+    }
+}
+
+/// Writes `values` to array slots `off..` with one `BPF_MAP_UPDATE_BATCH`. `Ok(false)` when
+/// the kernel does not support batch updates for this map (the caller falls back).
+fn update_batch(
+    map: &Array<MapData, BackendId>,
+    off: u32,
+    values: &[BackendId],
+) -> Result<bool, aya::sys::SyscallError> {
+    let keys: Vec<u32> = (off..).take(values.len()).collect();
+    let count = u32::try_from(values.len()).expect("chunked");
+    // SAFETY: `keys` and `values` are both `count` u32s long and alive for the call.
+    match unsafe {
+        sys::update_batch(
+            map.map().fd().as_fd(),
+            keys.as_ptr().cast(),
+            values.as_ptr().cast(),
+            count,
+        )
+    } {
+        Ok(()) => Ok(true),
+        Err(e) if sys::batch_unsupported(&e) => Ok(false),
+        Err(io_error) => Err(aya::sys::SyscallError {
+            call: "bpf_map_update_batch",
+            io_error,
+        }),
+    }
+}
+
+/// Reads array slots `off..off + out.len()` into `out` with one `BPF_MAP_LOOKUP_BATCH`.
+/// `Ok(false)` when the kernel does not support batch lookups for this map (the caller falls
+/// back to one lookup per slot). A read past the array's end is an error, not a short read.
+fn lookup_batch<V: aya::Pod>(
+    map: &Array<MapData, V>,
+    off: u32,
+    out: &mut [V],
+) -> Result<bool, aya::sys::SyscallError> {
+    let mut keys = vec![0u32; out.len()];
+    let count = u32::try_from(out.len()).expect("chunked");
+    // The kernel walks keys with get_next_key from `in_batch`, so the batch starts *after* it:
+    // `off - 1`, or no in_batch at all to start at slot 0.
+    let in_batch = off.wrapping_sub(1);
+    let mut out_batch = 0u32;
+    // SAFETY: `keys` and `out` have room for `count` keys and values (`V` is the map's value
+    // type, Pod), `in_batch` and `out_batch` for one key; all outlive the call.
+    let r = unsafe {
+        sys::lookup_batch(
+            map.map().fd().as_fd(),
+            (off != 0).then_some((&raw const in_batch).cast()),
+            (&raw mut out_batch).cast(),
+            keys.as_mut_ptr().cast(),
+            out.as_mut_ptr().cast(),
+            count,
+        )
+    };
+    let done = match r {
+        Ok((n, _)) => n,
+        Err(e) if sys::batch_unsupported(&e) => return Ok(false),
+        Err(io_error) => {
+            return Err(aya::sys::SyscallError {
+                call: "bpf_map_lookup_batch",
+                io_error,
+            });
+        }
+    };
+    if done != count || keys.iter().zip(off..).any(|(k, want)| *k != want) {
+        return Err(aya::sys::SyscallError {
+            call: "bpf_map_lookup_batch",
+            io_error: std::io::Error::other(format!(
+                "asked for {count} slots from {off}, got {done}"
+            )),
+        });
+    }
+    Ok(true)
+}
+
+/// Array slots `off..off + len`, read in batches of 64 Ki (one lookup per slot on kernels
+/// without batch lookups).
+fn read_array<V: aya::Pod + Default>(
+    map: &Array<MapData, V>,
+    name: &'static str,
+    off: u32,
+    len: u32,
+) -> Result<Vec<V>, MapOpError> {
+    const CHUNK: u32 = 1 << 16;
+    let mut out = vec![V::default(); len as usize];
+    let mut at = 0u32;
+    while at < len {
+        let n = CHUNK.min(len - at);
+        let buf = &mut out[at as usize..(at + n) as usize];
+        let batched = lookup_batch(map, off + at, buf).map_err(|source| MapOpError {
+            map: name,
+            op: format!("batch lookup of {n} slots at {}", off + at),
+            source: aya::maps::MapError::SyscallError(source),
+        })?;
+        if !batched {
+            for (i, v) in (off + at..).zip(buf.iter_mut()) {
+                *v = map
+                    .get(&i, 0)
+                    .map_err(op_err(name, format!("read slot {i}")))?;
+            }
+        }
+        at += n;
+    }
+    Ok(out)
+}
+
+/// Sum of one per-CPU slot of counters.
+fn sum_counters(v: &PerCpuValues<Counters>) -> Counters {
+    v.iter().fold(Counters::default(), |a, c| a.add(c))
+}
+
+fn zero_per_cpu<V: aya::Pod + Default + Clone>(
+    m: &mut PerCpuArray<MapData, V>,
+    name: &'static str,
+    id: u32,
+) -> Result<(), MapOpError> {
+    let as_map_err = |call, io_error| {
+        let source = aya::maps::MapError::SyscallError(aya::sys::SyscallError { call, io_error });
+        MapOpError {
+            map: name,
+            op: format!("zero slot {id}"),
+            source,
+        }
+    };
+    let cpus = aya::util::nr_cpus().map_err(|(call, e)| as_map_err(call, e))?;
+    let zeros = PerCpuValues::try_from(vec![V::default(); cpus])
+        .map_err(|e| as_map_err("PerCpuValues", e))?;
+    m.set(id, zeros, 0)
+        .map_err(op_err(name, format!("zero slot {id}")))
+}
+
+/// A delete whose key is already gone counts as done: every delete of the agent is idempotent
+/// (the LRU may have evicted a flow first, or a key may be synced twice). aya reports a missing
+/// key as the syscall's `ENOENT`, not as `MapError::KeyNotFound`, so both are accepted.
+fn deleted(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
+    match r {
+        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
+        r => r,
+    }
+}
+
+fn op_err(
+    map: &'static str,
+    op: impl Into<String>,
+) -> impl FnOnce(aya::maps::MapError) -> MapOpError {
+    let op = op.into();
+    move |source| MapOpError { map, op, source }
+}

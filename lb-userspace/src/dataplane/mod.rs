@@ -1,0 +1,157 @@
+//! The XDP object and its maps, in three layers:
+//! * `loader.rs`: loading the object, pinning its maps, refusing pins of another layout;
+//! * `maps.rs`: the typed maps, [`Maps`] (the single writer's handle) and [`SideMaps`]
+//!   (conntrack and counters, opened again from the pins by tasks off the writer loop);
+//! * `sys.rs`: the one raw `bpf(2)` layer (map batches, links), on aya-obj's `bpf_attr`.
+//!
+//! The reconciler reaches the maps only through the traits below, so its logic is tested with
+//! an in-memory fake: [`MapOps`] for its writes (and the reads of adoption), [`MapReader`] for
+//! the counters and walks that views need, [`FlowPurge`] for flow deletions.
+
+mod loader;
+mod maps;
+pub(crate) mod sys;
+
+use std::collections::{BTreeSet, HashMap};
+
+use lb_common::{
+    acl,
+    addr::Addr,
+    flow::FlowKey,
+    maps::{
+        Backend, BackendId, ConnEntry, Counters, NextHop, RouteKeyData, ServiceInfo, ServiceKey,
+        VipInfo, VipKey,
+    },
+};
+
+pub use self::{
+    loader::{BASELINE_OBJ, Dataplane, LB_OBJ, LoadOptions, unpin_all, xdp_mode},
+    maps::{Maps, SideMaps},
+};
+use crate::error::MapOpError;
+
+/// The writes of the reconciler (its only path to the kernel), and the reads adoption needs
+/// when an agent starts. The real implementation is [`Maps`].
+///
+/// Deletes are idempotent: deleting a key that is not there succeeds.
+pub trait MapOps {
+    fn put_service(&mut self, k: &ServiceKey, v: &ServiceInfo) -> Result<(), MapOpError>;
+    fn del_service(&mut self, k: &ServiceKey) -> Result<(), MapOpError>;
+    fn put_vip(&mut self, k: &VipKey, v: &VipInfo) -> Result<(), MapOpError>;
+    fn del_vip(&mut self, k: &VipKey) -> Result<(), MapOpError>;
+    fn put_backend(&mut self, id: BackendId, b: &Backend) -> Result<(), MapOpError>;
+    fn put_slots(&mut self, off: u32, slots: &[BackendId]) -> Result<(), MapOpError>;
+    fn put_route(
+        &mut self,
+        prefix_len: u32,
+        dst: RouteKeyData,
+        nh: &NextHop,
+    ) -> Result<(), MapOpError>;
+    fn del_route(&mut self, prefix_len: u32, dst: RouteKeyData) -> Result<(), MapOpError>;
+    /// Clears the counters of a service id and a backend id before they are reused.
+    fn zero_service_stats(&mut self, id: u32) -> Result<(), MapOpError>;
+    fn zero_backend_stats(&mut self, id: BackendId) -> Result<(), MapOpError>;
+    /// Writes one compiled ACL entry of set `acl_id`.
+    fn put_acl(&mut self, acl_id: u32, e: &acl::Entry) -> Result<(), MapOpError>;
+    /// Deletes one ACL entry of set `acl_id`.
+    fn del_acl(&mut self, acl_id: u32, p: &acl::Prefix) -> Result<(), MapOpError>;
+    /// Writes both directions of a PIP: PIP → (instance, next hop), instance → PIP.
+    fn put_pip(&mut self, pip: &Addr, dip: &Addr, nh: &NextHop) -> Result<(), MapOpError>;
+    /// Deletes both directions of a PIP.
+    fn del_pip(&mut self, pip: &Addr, dip: &Addr) -> Result<(), MapOpError>;
+    /// Everything an earlier agent left in the pinned maps, except table slots and conntrack
+    /// (read once, when an agent starts).
+    fn read_live(&self) -> Result<LiveMaps, MapOpError>;
+    /// Table slots `off..off + len` of `LB_RING`.
+    fn read_slots(&self, off: u32, len: u32) -> Result<Vec<BackendId>, MapOpError>;
+}
+
+/// The reads of status, stats and metrics: counters, and one walk of conntrack. They run off
+/// the writer loop, on a [`SideMaps`] handle.
+pub trait MapReader {
+    fn service_counters(&self, id: u32) -> Result<Counters, MapOpError>;
+    fn backend_counters(&self, id: BackendId) -> Result<Counters, MapOpError>;
+    fn reason_counters(&self) -> Result<Vec<u64>, MapOpError>;
+    /// Live conntrack entries per backend id (an O(table) walk).
+    fn flows_per_backend(&self) -> Result<HashMap<BackendId, u64>, MapOpError>;
+}
+
+/// Flow deletions the reconciler decides and a task off the writer loop carries out: one walk
+/// of conntrack per [`PurgeJob`], however many backends and services it names.
+pub trait FlowPurge {
+    /// Deletes every tracked flow the job selects; returns how many.
+    ///
+    /// # Errors
+    /// The walk or a delete fails.
+    fn purge(&mut self, job: &PurgeJob) -> Result<usize, MapOpError>;
+}
+
+/// Which tracked flows to delete. A flow is deleted if any part selects it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PurgeJob {
+    /// Flows naming one of these backend ids, as their backend or as the connecting backend of
+    /// a hairpin flow (`peer`): retired backends (their ids are reused only once the purge is
+    /// done) and backends whose flows are rebalanced after a health failure.
+    pub backends: BTreeSet<BackendId>,
+    /// Client → VIP flows of a service (by id) whose source the service's new ACL denies: the
+    /// compiled entries of that ACL.
+    pub denied: Vec<(u32, Vec<acl::Entry>)>,
+    /// Flows naming a backend id outside this set (adoption at start: ids no live entry has).
+    pub unless_active: Option<BTreeSet<BackendId>>,
+}
+
+impl PurgeJob {
+    /// Whether the job deletes this flow.
+    #[must_use]
+    pub fn matches(&self, k: &FlowKey, e: &ConnEntry) -> bool {
+        let names = |ids: &BTreeSet<BackendId>| {
+            ids.contains(&e.backend) || (e.peer != 0 && ids.contains(&e.peer))
+        };
+        if names(&self.backends) {
+            return true;
+        }
+        if let Some(active) = &self.unless_active
+            && (!active.contains(&e.backend) || (e.peer != 0 && !active.contains(&e.peer)))
+        {
+            return true;
+        }
+        e.is_forward()
+            && self.denied.iter().any(|(service, entries)| {
+                *service == e.service
+                    && acl::lpm(entries, &k.src).is_some_and(|x| x.action == acl::Action::Deny)
+            })
+    }
+
+    /// Whether the job selects nothing.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.backends.is_empty() && self.denied.is_empty() && self.unless_active.is_none()
+    }
+
+    /// Adds another job's selections to this one (one walk for both).
+    pub fn merge(&mut self, o: Self) {
+        self.backends.extend(o.backends);
+        self.denied.extend(o.denied);
+        if let Some(a) = o.unless_active {
+            self.unless_active = Some(a);
+        }
+    }
+}
+
+/// What the pinned maps hold when an agent starts: the previous agent's work, which the new
+/// one adopts instead of rebuilding (see `Reconciler::start`).
+#[derive(Clone, Debug, Default)]
+pub struct LiveMaps {
+    pub services: Vec<(ServiceKey, ServiceInfo)>,
+    pub vips: Vec<(VipKey, VipInfo)>,
+    /// The active entries of `LB_BACKENDS`.
+    pub backends: Vec<(BackendId, Backend)>,
+    /// Every `LB_ACL` entry, with its set id.
+    pub acl: Vec<(u32, acl::Entry)>,
+    /// `LB_PIPS`: (PIP, instance, next hop).
+    pub pips: Vec<(Addr, Addr, NextHop)>,
+    /// `LB_PIP_REV`: (instance, PIP).
+    pub pip_revs: Vec<(Addr, Addr)>,
+    /// `LB_ROUTES`: (prefix length, prefix, next hop).
+    pub routes: Vec<(u32, Addr, NextHop)>,
+}

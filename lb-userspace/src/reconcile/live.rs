@@ -1,0 +1,157 @@
+//! What the maps hold: every entry the applier wrote, or adoption found when the agent started,
+//! kept in step with the kernel one successful write at a time. The planner reads this, never
+//! a map, so a plan is a pure function of the desired state and this mirror.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::{IpAddr, SocketAddr},
+};
+
+use lb_common::{
+    acl,
+    addr::{self, Addr},
+    maps::{Backend, BackendId, NextHop, ServiceInfo, VipInfo},
+};
+
+use crate::spec::{Proto, ServiceSpec};
+
+/// The maps as the agent knows them to be.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Live {
+    /// `LB_SERVICES`, by service.
+    pub services: BTreeMap<ServiceSpec, ServiceInfo>,
+    /// `LB_VIPS`, by address.
+    pub vips: BTreeMap<IpAddr, VipInfo>,
+    /// The active entries of `LB_BACKENDS` (an inactive entry is as good as none).
+    pub backends: HashMap<BackendId, Backend>,
+    /// The active entries of each service id, by backend address (an index of `backends`).
+    pub by_service: HashMap<u32, BTreeMap<SocketAddr, BackendId>>,
+    /// `LB_RING` regions written and not yet released, by offset: their slots.
+    pub regions: HashMap<u32, Vec<BackendId>>,
+    /// `LB_ACL` sets written and not yet deleted, by set id: their entries in prefix order.
+    pub acl: HashMap<u32, Vec<acl::Entry>>,
+    /// `LB_PIPS` / `LB_PIP_REV` pairs: PIP → (instance, next hop).
+    pub pips: HashMap<IpAddr, (IpAddr, NextHop)>,
+    /// `LB_ROUTES`: (prefix length in map form, prefix) → next hop.
+    pub routes: HashMap<(u32, Addr), NextHop>,
+}
+
+/// Every service of one VIP address, as a range of the (address, port, protocol) order:
+/// per-VIP work looks at its own services, not all of them (10k services made it quadratic).
+#[must_use]
+pub fn vip_range(ip: IpAddr) -> std::ops::RangeInclusive<ServiceSpec> {
+    let at = |port, proto| ServiceSpec {
+        vip: SocketAddr::new(ip, port),
+        proto,
+    };
+    at(0, Proto::Tcp)..=at(u16::MAX, Proto::Udp)
+}
+
+/// A backend entry's address and port.
+#[must_use]
+pub fn backend_addr(b: &Backend) -> SocketAddr {
+    SocketAddr::new(addr::to_ip(&b.addr), u16::from_be_bytes(b.port))
+}
+
+impl Live {
+    /// A service's live table: its region offset and slots (`None`: no table).
+    #[must_use]
+    pub fn table(&self, spec: &ServiceSpec) -> Option<(u32, &[BackendId])> {
+        let info = self.services.get(spec)?;
+        if info.table_len == 0 {
+            return None;
+        }
+        let slots = self.regions.get(&info.table_off)?;
+        (slots.len() == info.table_len as usize).then_some((info.table_off, slots.as_slice()))
+    }
+
+    /// A service's live ACL set: its id and entries (`None`: no rules, everyone permitted).
+    #[must_use]
+    pub fn acl_of(&self, spec: &ServiceSpec) -> Option<(u32, &[acl::Entry])> {
+        let id = self.services.get(spec)?.acl_id;
+        (id != 0).then(|| (id, self.acl.get(&id).map_or(&[][..], Vec::as_slice)))
+    }
+
+    /// The active backend entries of a service id, by address.
+    #[must_use]
+    pub fn backends_of(&self, service_id: u32) -> Option<&BTreeMap<SocketAddr, BackendId>> {
+        self.by_service.get(&service_id)
+    }
+
+    /// A service's active backends, by address (empty for a service not in the maps).
+    pub fn backends_of_spec(
+        &self,
+        spec: &ServiceSpec,
+    ) -> impl Iterator<Item = (&SocketAddr, &BackendId)> {
+        self.services
+            .get(spec)
+            .and_then(|i| self.by_service.get(&i.id))
+            .into_iter()
+            .flatten()
+    }
+
+    /// The live services of one VIP address.
+    pub fn services_on(&self, ip: IpAddr) -> impl Iterator<Item = (&ServiceSpec, &ServiceInfo)> {
+        self.services.range(vip_range(ip))
+    }
+
+    /// Records an active entry (a new backend, or a new next hop for one).
+    pub fn put_backend(&mut self, id: BackendId, b: Backend) {
+        if let Some(old) = self.backends.insert(id, b)
+            && (old.service != b.service || backend_addr(&old) != backend_addr(&b))
+        {
+            self.unindex(id, &old);
+        }
+        self.by_service
+            .entry(b.service)
+            .or_default()
+            .insert(backend_addr(&b), id);
+    }
+
+    /// Records an entry marked inactive.
+    pub fn retire_backend(&mut self, id: BackendId) {
+        if let Some(old) = self.backends.remove(&id) {
+            self.unindex(id, &old);
+        }
+    }
+
+    fn unindex(&mut self, id: BackendId, b: &Backend) {
+        if let Some(m) = self.by_service.get_mut(&b.service) {
+            if m.get(&backend_addr(b)) == Some(&id) {
+                m.remove(&backend_addr(b));
+            }
+            if m.is_empty() {
+                self.by_service.remove(&b.service);
+            }
+        }
+    }
+
+    /// Records one ACL entry written, keeping the set in prefix order.
+    pub fn put_acl(&mut self, id: u32, e: acl::Entry) {
+        let set = self.acl.entry(id).or_default();
+        match set.binary_search_by_key(&e.prefix, |x| x.prefix) {
+            Ok(i) => set[i] = e,
+            Err(i) => set.insert(i, e),
+        }
+    }
+
+    /// Records one ACL entry deleted.
+    pub fn del_acl(&mut self, id: u32, p: &acl::Prefix) {
+        if let Some(set) = self.acl.get_mut(&id) {
+            set.retain(|e| e.prefix != *p);
+            if set.is_empty() {
+                self.acl.remove(&id);
+            }
+        }
+    }
+
+    /// Every backend and PIP instance address: what next hops are resolved for.
+    #[must_use]
+    pub fn hop_addresses(&self) -> std::collections::BTreeSet<IpAddr> {
+        self.backends
+            .values()
+            .map(|b| addr::to_ip(&b.addr))
+            .chain(self.pips.values().map(|(d, _)| *d))
+            .collect()
+    }
+}

@@ -1,0 +1,893 @@
+//! The reconciler: the one writer of the maps. It owns the desired [`State`] and a mirror of
+//! what the maps hold ([`Live`]), takes one [`Event`] at a time, and makes the maps match.
+//!
+//! The rooms:
+//! * `alloc.rs`: table regions, ids, and their release after the grace period;
+//! * `adopt.rs`: a restarted agent takes over what the pinned maps hold;
+//! * `plan.rs`: pure: desired state + `Live` → the ordered writes;
+//! * `apply.rs`: executes plans in the documented order (the ordering argument is there);
+//! * `health.rs`: probe state, and which backends take new flows;
+//! * `hops.rs`: resolved next hops, and which addresses a kernel change touches;
+//! * `capacity.rs`: every capacity check, before any write;
+//! * `views.rs`: status and stats, finished by a reader off the writer loop.
+//!
+//! A change is transactional: it is planned and applied against the candidate state, and
+//! committed only if every write succeeds. If one fails, the state stays as it was and the
+//! touched services are synced back to it (the mirror knows exactly what was written); the
+//! answer says which happened. Slow work never runs here: conntrack walks and flow purges go to
+//! tasks with their own map handles, netlink resolution to a thread of its own; their results
+//! come back as events.
+
+mod adopt;
+mod alloc;
+mod apply;
+mod capacity;
+mod health;
+mod hops;
+mod live;
+mod plan;
+mod views;
+
+#[cfg(test)]
+mod tests;
+
+use std::{collections::BTreeSet, net::IpAddr, time::Instant};
+
+use lb_common::maps::BackendId;
+use tokio::sync::oneshot;
+
+pub use self::{
+    alloc::GRACE,
+    hops::{Hop, NetChange, Resolution, ResolveJob, Resolver},
+    live::Live,
+    views::{AgentInfo, Pending},
+};
+use self::{
+    alloc::{Alloc, Deferred, Exhausted},
+    apply::Applier,
+    health::HealthBook,
+    hops::Hops,
+    plan::{Inputs, Phase, Plan, Step},
+};
+use crate::{
+    api::{Query, Request, Response},
+    dataplane::{FlowPurge, MapOps, MapReader, PurgeJob},
+    error::{ChangeError, MapOpError},
+    probe::{ProbeReport, ProbeTarget},
+    spec::{Established, ProbeSpec, ServiceSpec},
+    state::{Change, Command, State},
+};
+
+/// Everything that reaches the writer.
+#[derive(Debug)]
+pub enum Event {
+    /// A control-socket request and where its answer goes.
+    Api(Request, oneshot::Sender<Response>),
+    /// A probe result.
+    Probe(ProbeReport),
+    /// Kernel changes announced on the rtnetlink groups.
+    Net(Vec<NetChange>),
+    /// A resolution the reconciler asked for.
+    Resolved(Resolution),
+    /// A flow purge the reconciler asked for, done (or failed).
+    Purged {
+        job: PurgeJob,
+        result: Result<usize, String>,
+    },
+    /// A new desired state from the config file (SIGHUP), and a tag for it (the agent's config
+    /// digest) that comes back with the outcome.
+    Reload { state: Box<State>, tag: String },
+    /// Periodic housekeeping: grace periods, retries.
+    Tick,
+    /// The slow safety net: re-resolve every next hop and the client routes.
+    Resync,
+    /// The agent is stopping: the writer loop returns (the reconciler ignores it).
+    Stop,
+}
+
+/// An answer: ready now, or waiting for a reader to add what it reads from the maps.
+#[derive(Debug)]
+pub enum Answer {
+    Now(Response),
+    Read(Pending),
+}
+
+/// What handling one event asks of the tasks around the writer.
+#[derive(Debug, Default)]
+pub struct Effects {
+    /// The answer to an API request, and where it goes.
+    pub reply: Option<(oneshot::Sender<Response>, Answer)>,
+    /// The desired state changed: save it, and sync the probes.
+    pub state_changed: bool,
+    /// The outcome of a reload: its tag, or why it was refused (nothing changed then).
+    pub reload: Option<Result<String, String>>,
+    /// Resolve these (none is in flight when this is set).
+    pub resolve: Option<ResolveJob>,
+    /// Delete these flows.
+    pub purge: Option<PurgeJob>,
+}
+
+/// The answer to one request, for callers that drive the reconciler synchronously.
+#[derive(Debug)]
+pub struct Outcome {
+    pub response: Response,
+    pub state_changed: bool,
+}
+
+/// What a change touches.
+#[derive(Clone, Debug, Default)]
+struct Touched {
+    services: Vec<ServiceSpec>,
+    pips: bool,
+}
+
+/// Every address the desired state needs a next hop for, and the client routes: what an
+/// agent resolves before [`Self::start`].
+#[must_use]
+pub fn initial_job(state: &State) -> ResolveJob {
+    ResolveJob {
+        addrs: state
+            .services
+            .values()
+            .flat_map(|s| s.backends.keys().map(std::net::SocketAddr::ip))
+            .chain(state.pips.values().copied())
+            .collect(),
+        routes: true,
+    }
+}
+
+/// The single writer of the maps.
+pub struct Reconciler<M> {
+    maps: M,
+    info: AgentInfo,
+    state: State,
+    live: Live,
+    alloc: Alloc,
+    health: HealthBook,
+    hops: Hops,
+    /// Flow deletions decided while handling the current event.
+    purge: PurgeJob,
+    /// Addresses to resolve once no resolution is in flight.
+    want: ResolveJob,
+    resolving: bool,
+    /// Purges that failed: retried on the next tick.
+    failed_purges: PurgeJob,
+    /// Services (and the PIPs) whose maps could not be brought back after a failed change:
+    /// synced again on every tick until they match.
+    dirty: BTreeSet<ServiceSpec>,
+    dirty_pips: bool,
+}
+
+impl<M: MapOps> Reconciler<M> {
+    /// A reconciler over maps that may hold entries from an earlier agent: [`Self::start`]
+    /// adopts them.
+    pub fn new(maps: M, info: AgentInfo) -> Self {
+        Self {
+            alloc: Alloc::new(info.ring_slots),
+            maps,
+            info,
+            state: State::default(),
+            live: Live::default(),
+            health: HealthBook::default(),
+            hops: Hops::default(),
+            purge: PurgeJob::default(),
+            want: ResolveJob::default(),
+            resolving: false,
+            failed_purges: PurgeJob::default(),
+            dirty: BTreeSet::new(),
+            dirty_pips: false,
+        }
+    }
+
+    /// The maps (tests read counters through them).
+    pub fn maps(&self) -> &M {
+        &self.maps
+    }
+
+    /// The maps, writable (tests plant entries).
+    pub fn maps_mut(&mut self) -> &mut M {
+        &mut self.maps
+    }
+
+    /// The desired state (what the state file saves).
+    #[must_use]
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// What the maps hold, as the reconciler knows it.
+    #[must_use]
+    pub fn live(&self) -> &Live {
+        &self.live
+    }
+
+    /// Takes in next hops found before anything is written (the agent resolves the initial
+    /// state's addresses first, so the first entries are written resolved).
+    pub fn prime(&mut self, r: &Resolution) {
+        self.hops.learn(r);
+    }
+
+    fn inputs(&self) -> Inputs<'_> {
+        Inputs {
+            state: &self.state,
+            live: &self.live,
+            health: &self.health,
+            hops: &self.hops,
+        }
+    }
+
+    /// Runs steps through the applier.
+    fn run(&mut self, steps: Vec<Step>, writes: &mut usize) -> Result<(), MapOpError> {
+        Applier {
+            maps: &mut self.maps,
+            live: &mut self.live,
+            alloc: &mut self.alloc,
+            purge: &mut self.purge,
+            writes,
+        }
+        .run(steps)
+    }
+
+    /// Runs a whole plan; if it fails, gives back what it allocated and nothing uses.
+    fn run_plan(&mut self, p: Plan, writes: &mut usize) -> Result<(), MapOpError> {
+        let fresh = p.fresh.clone();
+        let r = Applier {
+            maps: &mut self.maps,
+            live: &mut self.live,
+            alloc: &mut self.alloc,
+            purge: &mut self.purge,
+            writes,
+        }
+        .plan(p);
+        if r.is_err() {
+            let orphans = fresh.give_back(&mut self.live, &mut self.alloc);
+            if let Err(e) = self.run(orphans, writes) {
+                tracing::warn!(error = %e, "retiring the entries of a failed plan failed");
+            }
+        }
+        r
+    }
+
+    /// Plans with `f`; if an allocator is full while something waits out its grace period,
+    /// waits for it once and plans again.
+    fn plan_with_grace(
+        &mut self,
+        f: impl Fn(Inputs<'_>, &mut Alloc) -> Result<Plan, Exhausted>,
+    ) -> Result<Plan, ChangeError> {
+        let first = {
+            let i = Inputs {
+                state: &self.state,
+                live: &self.live,
+                health: &self.health,
+                hops: &self.hops,
+            };
+            f(i, &mut self.alloc)
+        };
+        match first {
+            Ok(p) => Ok(p),
+            Err(_) if self.alloc.has_deferred() => {
+                self.release_deferred(true);
+                let i = Inputs {
+                    state: &self.state,
+                    live: &self.live,
+                    health: &self.health,
+                    hops: &self.hops,
+                };
+                f(i, &mut self.alloc).map_err(|Exhausted(m)| ChangeError::Capacity(m))
+            }
+            Err(Exhausted(m)) => Err(ChangeError::Capacity(m)),
+        }
+    }
+
+    /// Brings one service, and its VIP's entry, in line with the desired state: the service's
+    /// prepared writes, the VIP entry widened for what the switch brings, the switch, what it
+    /// made unused, and the VIP entry trimmed (ordering argument in `apply.rs`).
+    ///
+    /// Until the switch, a failure gives back what the plan allocated. Once the switch is
+    /// written the change is live, so everything after it runs even if one write fails (a
+    /// skipped release would leak a region or an id); the first failure is returned.
+    fn sync_service(&mut self, spec: &ServiceSpec, writes: &mut usize) -> Result<(), ChangeError> {
+        let p = self.plan_with_grace(|i, a| plan::service(spec, i, a))?;
+        let ip = spec.vip.ip();
+        let new_service = p.fresh.service;
+        let fresh = p.fresh.clone();
+        let Plan {
+            prepare,
+            switch,
+            after,
+            ..
+        } = p;
+        let r = (|| -> Result<(), ChangeError> {
+            self.run(prepare, writes)?;
+            let before =
+                self.plan_with_grace(|i, a| plan::vip(ip, Phase::Before { new_service }, i, a))?;
+            self.run_plan(before, writes)?;
+            self.run(switch.into_iter().collect(), writes)?;
+            Ok(())
+        })();
+        if let Err(e) = r {
+            let orphans = fresh.give_back(&mut self.live, &mut self.alloc);
+            if let Err(e) = self.run(orphans, writes) {
+                tracing::warn!(error = %e, "retiring the entries of a failed plan failed");
+            }
+            return Err(e);
+        }
+        let mut first: Option<ChangeError> = None;
+        for s in after {
+            if let Err(e) = self.run(vec![s], writes) {
+                first.get_or_insert(e.into());
+            }
+        }
+        match self.plan_with_grace(|i, a| plan::vip(ip, Phase::After, i, a)) {
+            Ok(p) => {
+                if let Err(e) = self.run_plan(p, writes) {
+                    first.get_or_insert(e.into());
+                }
+            }
+            Err(e) => {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    /// Retires every active backend entry no live service claims (its service is gone, or
+    /// another entry now serves its address there): what a change that failed between deleting
+    /// a service and retiring its backends leaves.
+    fn sweep_orphans(&mut self, writes: &mut usize) -> Result<(), MapOpError> {
+        let ids: BTreeSet<u32> = self.live.services.values().map(|i| i.id).collect();
+        let claimed = |id: &BackendId, b: &lb_common::maps::Backend| {
+            ids.contains(&b.service)
+                && self
+                    .live
+                    .backends_of(b.service)
+                    .and_then(|m| m.get(&live::backend_addr(b)))
+                    == Some(id)
+        };
+        let mut orphans: Vec<BackendId> = self
+            .live
+            .backends
+            .iter()
+            .filter(|(id, b)| !claimed(id, b))
+            .map(|(id, _)| *id)
+            .collect();
+        orphans.sort_unstable();
+        let steps = orphans
+            .into_iter()
+            .flat_map(|id| {
+                [
+                    Step::RetireBackend(id),
+                    Step::Purge(PurgeJob {
+                        backends: BTreeSet::from([id]),
+                        ..PurgeJob::default()
+                    }),
+                ]
+            })
+            .collect();
+        self.run(steps, writes)
+    }
+
+    /// Makes the PIP maps match the desired PIPs.
+    fn sync_pips(&mut self, writes: &mut usize) -> Result<(), ChangeError> {
+        let steps = plan::pips(self.inputs());
+        Ok(self.run(steps, writes)?)
+    }
+
+    fn converge(&mut self, t: &Touched, writes: &mut usize) -> Result<(), ChangeError> {
+        for s in &t.services {
+            self.sync_service(s, writes)?;
+        }
+        if t.pips {
+            self.sync_pips(writes)?;
+        }
+        Ok(())
+    }
+
+    /// Applies a candidate desired state to the maps and commits it only if every write
+    /// succeeds; otherwise the state stays as it was and the touched services are synced back
+    /// to it. Capacity is checked before anything is written.
+    fn transact(
+        &mut self,
+        next: State,
+        t: &Touched,
+        changed: Option<&ServiceSpec>,
+    ) -> Result<(), ChangeError> {
+        capacity::check(
+            &next,
+            &self.live,
+            &self.alloc,
+            self.info.ring_slots,
+            changed,
+        )?;
+        let started = Instant::now();
+        let prev = std::mem::replace(&mut self.state, next);
+        let mut writes = 0;
+        match self.converge(t, &mut writes) {
+            Ok(()) => {
+                self.committed(t);
+                tracing::info!(
+                    services = t.services.len(),
+                    writes,
+                    ms = started.elapsed().as_millis(),
+                    "change applied"
+                );
+                Ok(())
+            }
+            Err(e) => {
+                self.state = prev;
+                let back = self
+                    .converge(t, &mut writes)
+                    .and_then(|()| Ok(self.sweep_orphans(&mut writes)?));
+                let kind_of = |m: String| match &e {
+                    ChangeError::Capacity(_) => ChangeError::Capacity(m),
+                    _ => ChangeError::Failed(m),
+                };
+                match back {
+                    Ok(()) => {
+                        tracing::warn!(error = %e, "change failed and was rolled back");
+                        Err(kind_of(format!(
+                            "{e}; nothing changed: the maps were brought back to the previous state"
+                        )))
+                    }
+                    Err(e2) => {
+                        tracing::error!(error = %e, rollback = %e2, "change failed, and so did the rollback");
+                        self.dirty.extend(t.services.iter().copied());
+                        self.dirty_pips |= t.pips;
+                        Err(kind_of(format!(
+                            "{e}; the desired state is unchanged, but bringing the maps back to it failed too ({e2}); the agent retries every tick"
+                        )))
+                    }
+                }
+            }
+        }
+    }
+
+    /// After a commit: health of what is gone is forgotten, and addresses never resolved are
+    /// queued for resolution.
+    fn committed(&mut self, t: &Touched) {
+        for spec in &t.services {
+            match self.state.services.get(spec) {
+                Some(svc) => {
+                    self.health.prune(spec, |a| svc.backends.contains_key(a));
+                    for a in svc.backends.keys() {
+                        if !self.hops.knows(a.ip()) {
+                            self.want.addrs.insert(a.ip());
+                        }
+                    }
+                }
+                None => self.health.prune(spec, |_| false),
+            }
+        }
+        if t.pips {
+            for d in self.state.pips.values() {
+                if !self.hops.knows(*d) {
+                    self.want.addrs.insert(*d);
+                }
+            }
+        }
+    }
+
+    /// Releases what waited out its grace period (with `wait`, everything, after waiting).
+    fn release_deferred(&mut self, wait: bool) {
+        for d in self.alloc.due(wait) {
+            match d {
+                Deferred::Region(off, len) => {
+                    self.live.regions.remove(&off);
+                    self.alloc.ring.release(off, len);
+                }
+                Deferred::Backend(id) => self.alloc.backends.free(id),
+                Deferred::Acl(aid, prefixes) => {
+                    let mut w = 0;
+                    match self.run(apply::delete_set(aid, &prefixes), &mut w) {
+                        Ok(()) => self.alloc.acl_sets.free(aid),
+                        Err(e) => {
+                            // Kept (and retried): a reused id must not find old entries.
+                            tracing::warn!(error = %e, set = aid, "removing an old ACL set failed; retrying later");
+                            self.alloc.defer(Deferred::Acl(aid, prefixes));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies the initial desired state over whatever a previous agent left in the pinned
+    /// maps: adopts it (`adopt.rs`), then syncs every service, live or desired. No serving
+    /// entry is cleared first; entries nothing wants are removed the usual way.
+    ///
+    /// # Errors
+    /// A capacity limit of the desired state (checked before anything is written), a new table
+    /// that fits nowhere even in place (see below), or a map failure.
+    pub fn start(&mut self, state: State) -> Result<(), ChangeError>
+    where
+        M: FlowPurge,
+    {
+        capacity::check(
+            &state,
+            &Live::default(),
+            &Alloc::new(self.info.ring_slots),
+            self.info.ring_slots,
+            None,
+        )?;
+        self.state = state;
+        let (live, left) = adopt::adopt(
+            &mut self.maps,
+            &self.state,
+            &mut self.alloc,
+            &mut self.health,
+        )?;
+        self.live = live;
+        // Services going away first: their service ids are free at once, their regions and
+        // backend ids after the grace period (which the planner waits out when short).
+        let (mut specs, keep): (Vec<ServiceSpec>, Vec<ServiceSpec>) = self
+            .live
+            .services
+            .keys()
+            .copied()
+            .partition(|s| !self.state.services.contains_key(s));
+        specs.extend(keep);
+        specs.extend(
+            self.state
+                .services
+                .keys()
+                .filter(|s| !self.live.services.contains_key(*s)),
+        );
+        let mut writes = 0;
+        for s in specs {
+            match self.sync_service(&s, &mut writes) {
+                // The new table does not fit next to the live ones (a config edited while no
+                // agent ran, with bigger tables and a nearly full ring): swap this one in place.
+                // Its service entry first points at no table, so new flows to it are dropped
+                // (counted as `drop_no_backend`) until the new table is written; established
+                // flows keep their backends through conntrack.
+                Err(ChangeError::Capacity(why)) if self.live.table(&s).is_some() => {
+                    tracing::warn!(service = %s, %why, "no room for the new table next to the live one; replacing it in place (new flows to this service are dropped meanwhile)");
+                    let p = plan::drop_table(&s, &self.live);
+                    self.run_plan(p, &mut writes)?;
+                    self.release_deferred(true);
+                    self.sync_service(&s, &mut writes)?;
+                }
+                r => r?,
+            }
+        }
+        // A VIP with a service was synced with it; only the entries of addresses left with
+        // none remain.
+        for ip in left.vips {
+            if self.live.services_on(ip).next().is_none() {
+                let p = self.plan_with_grace(|i, a| plan::vip(ip, Phase::After, i, a))?;
+                self.run_plan(p, &mut writes)?;
+            }
+        }
+        let mut retire = Vec::new();
+        for id in left.backends {
+            if self.live.backends.contains_key(&id) {
+                retire.push(Step::RetireBackend(id));
+                retire.push(Step::Purge(PurgeJob {
+                    backends: BTreeSet::from([id]),
+                    ..PurgeJob::default()
+                }));
+            }
+        }
+        self.run(retire, &mut writes)?;
+        for (aid, prefixes) in left.acl_sets {
+            self.alloc.defer(Deferred::Acl(aid, prefixes));
+        }
+        self.sync_pips(&mut writes)?;
+        self.committed(&Touched {
+            services: self.state.services.keys().copied().collect(),
+            pips: true,
+        });
+        tracing::info!(
+            services = self.live.services.len(),
+            writes,
+            "initial state applied"
+        );
+        Ok(())
+    }
+
+    /// The work queued outside any event (after [`Self::start`]: the purges of retired
+    /// leftovers, the first resolutions), as effects to dispatch.
+    pub fn flush(&mut self) -> Effects {
+        let mut fx = Effects::default();
+        if !self.resolving && !self.want.is_empty() {
+            fx.resolve = Some(std::mem::take(&mut self.want));
+            self.resolving = true;
+        }
+        if !self.purge.is_empty() {
+            fx.purge = Some(std::mem::take(&mut self.purge));
+        }
+        fx
+    }
+
+    /// Handles one event; what it asks of the tasks around the writer comes back as effects.
+    pub fn handle_event(&mut self, ev: Event) -> Effects {
+        let mut fx = Effects::default();
+        match ev {
+            Event::Api(Request::Change(cmd), tx) => {
+                let (resp, changed) = match self.change(&cmd) {
+                    Ok(c) => (Response::Done(c), true),
+                    Err(e) => (e.into(), false),
+                };
+                fx.reply = Some((tx, Answer::Now(resp)));
+                fx.state_changed = changed;
+            }
+            Event::Api(Request::Query(q), tx) => {
+                let a = match self.pending(q) {
+                    Ok(p) => Answer::Read(p),
+                    Err(e) => Answer::Now(e.into()),
+                };
+                fx.reply = Some((tx, a));
+            }
+            Event::Probe(r) => self.observe(&r),
+            Event::Net(changes) => {
+                let wanted = self.hop_addresses();
+                let job = self.hops.touched(&changes, &wanted, &self.info.ifindexes);
+                self.want.merge(job);
+            }
+            Event::Resolved(r) => {
+                self.resolving = false;
+                self.resolved(&r);
+            }
+            Event::Purged { job, result } => self.purged(job, result),
+            Event::Reload { state, tag } => {
+                let r = self.reload(*state);
+                fx.state_changed = r.is_ok();
+                fx.reload = Some(r.map(|()| tag).map_err(|e| e.to_string()));
+            }
+            Event::Tick => self.tick(),
+            Event::Stop => {}
+            Event::Resync => {
+                let wanted = self.hop_addresses();
+                self.hops.retain(&wanted);
+                self.want.merge(ResolveJob {
+                    addrs: wanted,
+                    routes: true,
+                });
+            }
+        }
+        self.release_deferred(false);
+        let queued = self.flush();
+        fx.resolve = queued.resolve;
+        fx.purge = queued.purge;
+        fx
+    }
+
+    /// Applies one command: checked on a copy of the state, then applied transactionally.
+    fn change(&mut self, cmd: &Command) -> Result<Change, ChangeError> {
+        let mut next = self.state.clone();
+        let change = next.apply(cmd)?;
+        let t = match change.service() {
+            Some(s) => Touched {
+                services: vec![*s],
+                pips: false,
+            },
+            None => Touched {
+                services: Vec::new(),
+                pips: true,
+            },
+        };
+        self.transact(next, &t, change.service())?;
+        Ok(change)
+    }
+
+    /// Replaces the whole desired state (a config reload), transactionally: services that go
+    /// away are synced first (they free room), then the rest.
+    fn reload(&mut self, next: State) -> Result<(), ChangeError> {
+        let mut gone: Vec<ServiceSpec> = self
+            .state
+            .services
+            .keys()
+            .filter(|s| !next.services.contains_key(*s))
+            .copied()
+            .collect();
+        gone.extend(next.services.keys().copied());
+        let t = Touched {
+            services: gone,
+            pips: true,
+        };
+        self.transact(next, &t, None)
+    }
+
+    /// The pending answer to a query (finished by a reader).
+    fn pending(&self, q: Query) -> Result<Pending, ChangeError> {
+        views::Source {
+            state: &self.state,
+            live: &self.live,
+            health: &self.health,
+            info: &self.info,
+            ring_used: self.alloc.ring.used(),
+        }
+        .query(q)
+    }
+
+    /// Takes one probe result. A change of health re-balances the service's new flows; with
+    /// `established = rebalance`, a backend going down also loses its tracked flows.
+    fn observe(&mut self, r: &ProbeReport) {
+        let Some(svc) = self.state.services.get(&r.service) else {
+            return;
+        };
+        if !svc.backends.contains_key(&r.backend) {
+            return; // a report from a probe stopped meanwhile
+        }
+        let (thresholds, established) = (svc.settings.thresholds, svc.settings.established);
+        let Some(t) = self.health.observe(r, thresholds) else {
+            return;
+        };
+        tracing::info!(service = %r.service, backend = %r.backend, from = ?t.from, to = ?t.to, detail = %r.detail, "backend health changed");
+        let mut writes = 0;
+        if let Err(e) = self.sync_service(&r.service, &mut writes) {
+            tracing::warn!(service = %r.service, error = %e, "applying a health change failed; retrying every tick");
+            self.dirty.insert(r.service);
+        }
+        if t.to == lb_common::health::Health::Down
+            && established == Established::Rebalance
+            && let Some((_, id)) = self
+                .live
+                .backends_of_spec(&r.service)
+                .find(|(a, _)| **a == r.backend)
+        {
+            tracing::info!(service = %r.service, backend = %r.backend, "rebalancing its established flows");
+            self.purge.merge(PurgeJob {
+                backends: BTreeSet::from([*id]),
+                ..PurgeJob::default()
+            });
+        }
+    }
+
+    /// Takes in a resolution: rewrites the backend entries and PIPs whose next hop moved, and
+    /// the client routes if they came with it.
+    fn resolved(&mut self, r: &Resolution) {
+        self.hops.learn(r);
+        let addrs: BTreeSet<IpAddr> = r.hops.iter().map(|(ip, _)| *ip).collect();
+        let mut steps = plan::next_hops(&addrs, &self.live, &self.hops);
+        let moved = steps.len();
+        steps.extend(plan::pips(self.inputs()));
+        if let Some(routes) = &r.routes {
+            steps.extend(plan::routes(routes, &self.live));
+        }
+        let mut writes = 0;
+        match self.run(steps, &mut writes) {
+            Ok(()) if writes > 0 => {
+                tracing::info!(backends = moved, writes, "next hops updated");
+            }
+            Ok(()) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "writing next hops failed; the next resolution retries")
+            }
+        }
+    }
+
+    fn purged(&mut self, job: PurgeJob, result: Result<usize, String>) {
+        match result {
+            Ok(n) => {
+                for id in apply::released_ids(&job, &self.live) {
+                    self.alloc.defer(Deferred::Backend(id));
+                }
+                if n > 0 {
+                    tracing::info!(flows = n, "tracked flows purged");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "purging tracked flows failed; retrying on the next tick");
+                self.failed_purges.merge(job);
+            }
+        }
+    }
+
+    /// Retries what failed: syncs of dirty services, purges.
+    fn tick(&mut self) {
+        let mut writes = 0;
+        for spec in std::mem::take(&mut self.dirty) {
+            if let Err(e) = self.sync_service(&spec, &mut writes) {
+                tracing::warn!(service = %spec, error = %e, "still failing to sync");
+                self.dirty.insert(spec);
+            }
+        }
+        if self.dirty_pips {
+            self.dirty_pips = self.sync_pips(&mut writes).is_err();
+        }
+        if !self.failed_purges.is_empty() {
+            self.purge.merge(std::mem::take(&mut self.failed_purges));
+        }
+    }
+
+    /// Every address a next hop is kept for: live backends and the desired PIP instances.
+    fn hop_addresses(&self) -> BTreeSet<IpAddr> {
+        let mut a = self.live.hop_addresses();
+        a.extend(self.state.pips.values().copied());
+        a
+    }
+
+    /// The probes the desired state asks for (the agent runs them).
+    #[must_use]
+    pub fn wanted_probes(&self) -> Vec<ProbeTarget> {
+        let mut v = Vec::new();
+        for (spec, svc) in &self.state.services {
+            let Some(p) = &svc.settings.probe else {
+                continue;
+            };
+            let (port, http_path) = match p {
+                ProbeSpec::Tcp { port } => (*port, None),
+                ProbeSpec::Http { port, path } => (*port, Some(path.clone())),
+            };
+            for addr in svc.backends.keys() {
+                v.push(ProbeTarget {
+                    service: *spec,
+                    backend: *addr,
+                    addr: std::net::SocketAddr::new(addr.ip(), port.unwrap_or(addr.port())),
+                    http_path: http_path.clone(),
+                    interval: svc.settings.interval,
+                    timeout: svc.settings.timeout,
+                });
+            }
+        }
+        v
+    }
+}
+
+/// Synchronous driving, for tests and tools that run without the agent's tasks: reads and
+/// purges run here, on the reconciler's own maps, as the agent's tasks would run them.
+impl<M: MapOps + MapReader + FlowPurge> Reconciler<M> {
+    /// Handles one request to the end.
+    pub fn handle(&mut self, req: Request) -> Outcome {
+        let (tx, mut rx) = oneshot::channel();
+        let fx = self.handle_event(Event::Api(req, tx));
+        let state_changed = fx.state_changed;
+        self.settle(fx);
+        let response = rx
+            .try_recv()
+            .unwrap_or_else(|_| Response::error(crate::error::ErrorKind::Unavailable, "no answer"));
+        Outcome {
+            response,
+            state_changed,
+        }
+    }
+
+    /// Handles an event to the end (see [`Self::handle`]).
+    pub fn handle_now(&mut self, ev: Event) {
+        let fx = self.handle_event(ev);
+        self.settle(fx);
+    }
+
+    /// Carries out effects here: answers (read from these maps), purges (fed back as events).
+    /// Resolutions stay queued until [`Self::resolve_with`].
+    pub fn settle(&mut self, mut fx: Effects) {
+        loop {
+            if let Some((tx, a)) = fx.reply.take() {
+                let r = match a {
+                    Answer::Now(r) => r,
+                    Answer::Read(p) => p.finish(&self.maps).unwrap_or_else(|e| {
+                        Response::error(crate::error::ErrorKind::Failed, e.to_string())
+                    }),
+                };
+                let _ = tx.send(r);
+            }
+            if let Some(job) = fx.resolve.take() {
+                self.want.merge(job);
+                self.resolving = false;
+            }
+            let Some(job) = fx.purge.take() else {
+                return;
+            };
+            let result = self.maps.purge(&job).map_err(|e| e.to_string());
+            fx = self.handle_event(Event::Purged { job, result });
+        }
+    }
+
+    /// Resolves every next hop and the client routes with `r`, here, and applies the result.
+    pub fn resolve_with(&mut self, r: &mut dyn Resolver) {
+        let mut job = std::mem::take(&mut self.want);
+        job.merge(ResolveJob {
+            addrs: self.hop_addresses(),
+            routes: true,
+        });
+        self.resolving = true;
+        let res = r.resolve(&job);
+        self.handle_now(Event::Resolved(res));
+    }
+
+    /// Waits out every grace period and releases what waited (tests).
+    pub fn release_all(&mut self) {
+        self.release_deferred(true);
+    }
+}

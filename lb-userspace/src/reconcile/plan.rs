@@ -1,0 +1,641 @@
+//! The planner: the desired state and what the maps hold ([`Live`]) in, the ordered writes that
+//! make the maps match out. Pure: it reads no map and writes none, so it is tested with plain
+//! values (`tests/plan.rs`); the only thing it changes is the allocators, and a plan records
+//! what it took ([`Fresh`]) so that a plan that fails is given back.
+//!
+//! A plan has three parts, because of how packets see the maps (the ordering argument is in
+//! `apply.rs`): `prepare` holds writes no packet can see yet (new backend entries, a new table
+//! region, a new ACL set), `switch` the one update that makes them visible, and `after` what
+//! the switch made unused (retired backends, regions and sets released after the grace period,
+//! flows purged).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, SocketAddr},
+};
+
+use lb_common::{
+    acl,
+    addr::{self, Addr},
+    maglev::{TableBackend, build_table},
+    maps::{
+        BACKEND_F_ACTIVE, Backend, BackendId, NextHop, ServiceInfo, VIP_F_HAIRPIN_SNAT,
+        VIP_F_NO_ECHO, VipInfo,
+    },
+};
+
+use super::{
+    alloc::{Alloc, Deferred, Exhausted},
+    health::HealthBook,
+    hops::Hops,
+    live::{Live, vip_range},
+};
+use crate::{
+    dataplane::PurgeJob,
+    spec::{Hairpin, ServiceSpec, map_prefix},
+    state::{ServiceState, State},
+};
+
+/// One write of a plan, or a piece of bookkeeping that must happen at exactly that point.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    ZeroServiceStats(u32),
+    ZeroBackendStats(BackendId),
+    /// An active entry: a new backend, or a new next hop for one.
+    PutBackend(BackendId, Backend),
+    /// The entry marked inactive: no table points at it any more.
+    RetireBackend(BackendId),
+    PutSlots(u32, Vec<BackendId>),
+    PutAcl(u32, acl::Entry),
+    DelAcl(u32, acl::Prefix),
+    PutService(ServiceSpec, ServiceInfo),
+    DelService(ServiceSpec),
+    PutVip(IpAddr, VipInfo),
+    DelVip(IpAddr),
+    PutPip {
+        pip: IpAddr,
+        dip: IpAddr,
+        nh: NextHop,
+    },
+    DelPip {
+        pip: IpAddr,
+        dip: IpAddr,
+    },
+    PutRoute(u32, Addr, NextHop),
+    DelRoute(u32, Addr),
+    /// Not a write: release this after the grace period, counted from here.
+    Defer(Deferred),
+    /// Not a write: the service id is free for reuse (its counters are zeroed on reuse).
+    FreeServiceId(u32),
+    /// Not a write: delete these flows (after this event, off the writer loop).
+    Purge(PurgeJob),
+}
+
+impl Step {
+    /// Whether the step writes a map (the rest is bookkeeping).
+    #[must_use]
+    pub const fn is_write(&self) -> bool {
+        !matches!(
+            self,
+            Self::Defer(_) | Self::FreeServiceId(_) | Self::Purge(_)
+        )
+    }
+}
+
+/// What a plan allocated: given back if the plan fails before its switch makes them live.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Fresh {
+    pub service: Option<u32>,
+    pub backends: Vec<BackendId>,
+    pub region: Option<(u32, u32)>,
+    pub acl: Option<u32>,
+}
+
+impl Fresh {
+    /// Gives back every allocation of a plan that was never run.
+    pub fn free_unwritten(self, alloc: &mut Alloc) {
+        if let Some(id) = self.service {
+            alloc.services.free(id);
+        }
+        for id in self.backends {
+            alloc.backends.free(id);
+        }
+        if let Some((off, len)) = self.region {
+            alloc.ring.release(off, len);
+        }
+        if let Some(aid) = self.acl {
+            alloc.acl_sets.free(aid);
+        }
+    }
+
+    /// Gives back what nothing in `live` uses: a plan that failed before its switch. A fresh
+    /// region or set was never visible to a packet, so it is free at once; a fresh ACL set's
+    /// written entries are deleted after the grace period like any other. A backend entry that
+    /// was written stays in `live`: the re-converging sync retires it, except when its service
+    /// never went live, which the returned steps (retire and purge) take care of.
+    #[must_use]
+    pub fn give_back(self, live: &mut Live, alloc: &mut Alloc) -> Vec<Step> {
+        let mut orphans = Vec::new();
+        for id in &self.backends {
+            if let Some(b) = live.backends.get(id)
+                && !live.services.values().any(|i| i.id == b.service)
+            {
+                orphans.push(Step::RetireBackend(*id));
+                orphans.push(Step::Purge(PurgeJob {
+                    backends: BTreeSet::from([*id]),
+                    ..PurgeJob::default()
+                }));
+            }
+        }
+        if let Some(id) = self.service
+            && !live.services.values().any(|i| i.id == id)
+        {
+            alloc.services.free(id);
+        }
+        for id in self.backends {
+            if !live.backends.contains_key(&id) {
+                alloc.backends.free(id);
+            }
+        }
+        if let Some((off, len)) = self.region
+            && !live
+                .services
+                .values()
+                .any(|i| i.table_off == off && i.table_len > 0)
+        {
+            live.regions.remove(&off);
+            alloc.ring.release(off, len);
+        }
+        if let Some(aid) = self.acl
+            && !live.services.values().any(|i| i.acl_id == aid)
+            && !live.vips.values().any(|v| v.ilb_id == aid)
+        {
+            match live.acl.get(&aid) {
+                Some(set) => {
+                    alloc.defer(Deferred::Acl(aid, set.iter().map(|e| e.prefix).collect()))
+                }
+                None => alloc.acl_sets.free(aid),
+            }
+        }
+        orphans
+    }
+}
+
+/// A plan for one service, one VIP address, or a group of entries.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Writes no packet sees until `switch`.
+    pub prepare: Vec<Step>,
+    /// The one update that makes the change visible (`None`: nothing to switch).
+    pub switch: Option<Step>,
+    /// After the switch: what it made unused.
+    pub after: Vec<Step>,
+    pub fresh: Fresh,
+}
+
+/// What the planner reads.
+#[derive(Clone, Copy)]
+pub struct Inputs<'a> {
+    pub state: &'a State,
+    pub live: &'a Live,
+    pub health: &'a HealthBook,
+    pub hops: &'a Hops,
+}
+
+/// An active backend entry.
+#[must_use]
+pub fn backend_entry(service: u32, addr: SocketAddr, nh: NextHop) -> Backend {
+    Backend {
+        addr: addr::from_ip(addr.ip()),
+        port: addr.port().to_be_bytes(),
+        flags: BACKEND_F_ACTIVE,
+        nh,
+        service,
+    }
+}
+
+/// An endpoint's rules as the ACL compiler takes them.
+#[must_use]
+pub fn acl_rules(s: &ServiceState) -> Vec<acl::Rule> {
+    s.acl
+        .values()
+        .map(|r| acl::Rule {
+            order: r.order,
+            action: r.action,
+            prefix: map_prefix(r.prefix.0, r.prefix.1),
+        })
+        .collect()
+}
+
+/// The plan that makes one service's maps match the desired state: created, changed, or
+/// deleted.
+///
+/// # Errors
+/// An allocator has no room (the allocations made so far are given back).
+pub fn service(spec: &ServiceSpec, i: Inputs<'_>, alloc: &mut Alloc) -> Result<Plan, Exhausted> {
+    match (i.state.services.get(spec), i.live.services.get(spec)) {
+        (None, None) => Ok(Plan::default()),
+        (None, Some(info)) => Ok(delete(spec, info, i.live)),
+        (Some(want), info) => {
+            let mut fresh = Fresh::default();
+            let r = build(spec, want, info, i, alloc, &mut fresh);
+            if r.is_err() {
+                fresh.free_unwritten(alloc);
+            }
+            r
+        }
+    }
+}
+
+/// Deleting a service: its entry first (new packets stop), then its backends, table and set.
+fn delete(spec: &ServiceSpec, info: &ServiceInfo, live: &Live) -> Plan {
+    let mut after = Vec::new();
+    for id in live
+        .backends_of(info.id)
+        .into_iter()
+        .flat_map(|m| m.values())
+    {
+        after.push(Step::RetireBackend(*id));
+        after.push(Step::Purge(PurgeJob {
+            backends: BTreeSet::from([*id]),
+            ..PurgeJob::default()
+        }));
+    }
+    if let Some((off, slots)) = live.table(spec) {
+        after.push(Step::Defer(Deferred::Region(off, slots.len() as u32)));
+    }
+    if let Some((aid, set)) = live.acl_of(spec) {
+        after.push(Step::Defer(Deferred::Acl(
+            aid,
+            set.iter().map(|e| e.prefix).collect(),
+        )));
+    }
+    after.push(Step::FreeServiceId(info.id));
+    Plan {
+        switch: Some(Step::DelService(*spec)),
+        after,
+        ..Plan::default()
+    }
+}
+
+fn build(
+    spec: &ServiceSpec,
+    want: &ServiceState,
+    info: Option<&ServiceInfo>,
+    i: Inputs<'_>,
+    alloc: &mut Alloc,
+    fresh: &mut Fresh,
+) -> Result<Plan, Exhausted> {
+    let mut prepare = Vec::new();
+    let id = if let Some(info) = info {
+        info.id
+    } else {
+        let id = alloc.service_id()?;
+        fresh.service = Some(id);
+        prepare.push(Step::ZeroServiceStats(id));
+        id
+    };
+    let empty = BTreeMap::new();
+    let live_backends = info
+        .and_then(|inf| i.live.backends_of(inf.id))
+        .unwrap_or(&empty);
+    // New backends: entry first, so no slot ever points at an unwritten entry.
+    let mut ids: BTreeMap<SocketAddr, BackendId> = BTreeMap::new();
+    for addr in want.backends.keys() {
+        let bid = if let Some(b) = live_backends.get(addr) {
+            *b
+        } else {
+            let b = alloc.backend_id()?;
+            fresh.backends.push(b);
+            prepare.push(Step::ZeroBackendStats(b));
+            prepare.push(Step::PutBackend(
+                b,
+                backend_entry(id, *addr, i.hops.next_hop(addr.ip())),
+            ));
+            b
+        };
+        ids.insert(*addr, bid);
+    }
+
+    let eligible: Vec<TableBackend> = i
+        .health
+        .eligible(spec, want)
+        .into_iter()
+        .map(|(a, weight)| TableBackend {
+            id: ids[a],
+            addr: addr::from_ip(a.ip()),
+            port: a.port(),
+            weight,
+        })
+        .collect();
+    let table = match (eligible.first(), want.settings.table_size) {
+        (None, _) => None,
+        // A port forward: its one backend in a one-slot table (slot = hash % 1 = 0).
+        (Some(only), 1) => Some(vec![only.id]),
+        (Some(_), size) => Some(build_table(&eligible, size)),
+    };
+    let cur_table = i.live.table(spec);
+    let table_changed = match (cur_table, &table) {
+        (Some((_, cur)), Some(new)) => cur != new.as_slice(),
+        (None, None) => false,
+        _ => true,
+    };
+    let table_len = table.as_ref().map_or(0, |t| t.len() as u32);
+    let table_off = match (table_changed, table) {
+        (true, Some(slots)) => {
+            let off = alloc.region(table_len)?;
+            fresh.region = Some((off, table_len));
+            prepare.push(Step::PutSlots(off, slots));
+            off
+        }
+        (true, None) => 0,
+        (false, _) => cur_table.map_or(0, |(o, _)| o),
+    };
+
+    // The endpoint's ACL, compiled to LPM entries; a change writes a whole new set under a new
+    // id, switched with the table in the same service update (a double buffer again). In
+    // prefix order, as `Live` keeps every set, so sets compare with `==`.
+    let mut entries = acl::compile(&acl_rules(want));
+    entries.sort_by_key(|e| e.prefix);
+    let cur_acl = i.live.acl_of(spec);
+    let acl_changed = match cur_acl {
+        Some((_, cur)) => cur != entries.as_slice(),
+        None => !entries.is_empty(),
+    };
+    let acl_id = if acl_changed && !entries.is_empty() {
+        let aid = alloc.acl_set()?;
+        fresh.acl = Some(aid);
+        prepare.extend(entries.iter().map(|e| Step::PutAcl(aid, *e)));
+        aid
+    } else if acl_changed {
+        0
+    } else {
+        cur_acl.map_or(0, |(aid, _)| aid)
+    };
+
+    let new_info = ServiceInfo {
+        id,
+        table_off,
+        table_len,
+        flags: 0,
+        acl_id,
+    };
+    let mut after = Vec::new();
+    if table_changed && let Some((off, slots)) = cur_table {
+        after.push(Step::Defer(Deferred::Region(off, slots.len() as u32)));
+    }
+    if acl_changed {
+        if let Some((aid, set)) = cur_acl {
+            after.push(Step::Defer(Deferred::Acl(
+                aid,
+                set.iter().map(|e| e.prefix).collect(),
+            )));
+        }
+        // A rule change applies to established flows too: tracked flows from sources the new
+        // rules deny are removed, so their next packet meets the ACL (and is dropped).
+        if !entries.is_empty() {
+            after.push(Step::Purge(PurgeJob {
+                denied: vec![(id, entries)],
+                ..PurgeJob::default()
+            }));
+        }
+    }
+    for (_, b) in live_backends
+        .iter()
+        .filter(|(a, _)| !want.backends.contains_key(*a))
+    {
+        after.push(Step::RetireBackend(*b));
+        after.push(Step::Purge(PurgeJob {
+            backends: BTreeSet::from([*b]),
+            ..PurgeJob::default()
+        }));
+    }
+    Ok(Plan {
+        prepare,
+        // The atomic switch to the new table and ACL set: one hash-map update swaps whole
+        // tables, so every packet sees one complete table and one complete ACL.
+        switch: (info != Some(&new_info)).then_some(Step::PutService(*spec, new_info)),
+        after,
+        fresh: std::mem::take(fresh),
+    })
+}
+
+/// When a VIP's entry is planned: around a service's switch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Before the service's switch: the VIP entry and its source set already cover what the
+    /// switch brings (a new service, new backends), so an internal VIP never serves a flow it
+    /// has not admitted. `new_service` is the id of a service being created.
+    Before { new_service: Option<u32> },
+    /// After it: the entry drops what the switch retired (a deleted service, backends).
+    After,
+}
+
+/// The plan that keeps `LB_VIPS[ip]` (service count, flags, an internal VIP's source set) in
+/// line with the services on that address.
+///
+/// # Errors
+/// No free ACL set id for a changed source set.
+pub fn vip(ip: IpAddr, phase: Phase, i: Inputs<'_>, alloc: &mut Alloc) -> Result<Plan, Exhausted> {
+    let cur = i.live.vips.get(&ip);
+    let live_specs: BTreeSet<&ServiceSpec> = i.live.services_on(ip).map(|(s, _)| s).collect();
+    let desired = i.state.services.range(vip_range(ip));
+    let n = match phase {
+        Phase::Before { .. } => {
+            let mut all = live_specs.clone();
+            all.extend(desired.clone().map(|(s, _)| s));
+            all.len()
+        }
+        Phase::After => live_specs.len(),
+    };
+    let first = desired.clone().next();
+    if n == 0 {
+        let Some(cur) = cur else {
+            return Ok(Plan::default());
+        };
+        let mut after = Vec::new();
+        if cur.ilb_id != 0 {
+            after.push(defer_set(i.live, cur.ilb_id));
+        }
+        return Ok(Plan {
+            switch: Some(Step::DelVip(ip)),
+            after,
+            ..Plan::default()
+        });
+    }
+    // The VIP-level settings come from its desired services (they agree); while every one of
+    // them is being deleted, the entry stays as it is until the last is gone.
+    let Some((_, st)) = first else {
+        return Ok(Plan::default());
+    };
+    let mut flags = 0;
+    if !st.settings.icmp_echo {
+        flags |= VIP_F_NO_ECHO;
+    }
+    if st.settings.hairpin == Hairpin::Snat {
+        flags |= VIP_F_HAIRPIN_SNAT;
+    }
+    let mut service_ids: Vec<u32> = i.live.services_on(ip).map(|(_, inf)| inf.id).collect();
+    if let Phase::Before {
+        new_service: Some(id),
+    } = phase
+    {
+        service_ids.push(id);
+    }
+    let entries = ilb_set(&st.settings.internal, &service_ids, i.live);
+    let cur_set = cur.map(|c| c.ilb_id).filter(|id| *id != 0);
+    let mut fresh = Fresh::default();
+    let mut prepare = Vec::new();
+    let ilb_id = match cur_set {
+        Some(id) if i.live.acl.get(&id).is_some_and(|s| *s == entries) => id,
+        _ if entries.is_empty() => 0,
+        _ => {
+            let id = alloc
+                .acl_set()
+                .map_err(|_| Exhausted("no free ACL set id for the internal VIP".into()))?;
+            fresh.acl = Some(id);
+            prepare.extend(entries.iter().map(|e| Step::PutAcl(id, *e)));
+            id
+        }
+    };
+    let info = VipInfo {
+        services: n as u32,
+        flags,
+        ilb_id,
+    };
+    let mut after = Vec::new();
+    if let Some(old) = cur_set.filter(|o| *o != ilb_id) {
+        after.push(defer_set(i.live, old));
+    }
+    Ok(Plan {
+        prepare,
+        switch: (cur != Some(&info)).then_some(Step::PutVip(ip, info)),
+        after,
+        fresh,
+    })
+}
+
+fn defer_set(live: &Live, id: u32) -> Step {
+    let prefixes = live
+        .acl
+        .get(&id)
+        .map(|s| s.iter().map(|e| e.prefix).collect())
+        .unwrap_or_default();
+    Step::Defer(Deferred::Acl(id, prefixes))
+}
+
+/// An internal VIP's source set: its internal prefixes permitted, every backend host of the
+/// VIP (any service) marked hairpin as a host entry (longer than any prefix, so it wins the
+/// LPM), everything else denied; in prefix order. Empty for a public VIP.
+fn ilb_set(internal: &[(IpAddr, u8)], service_ids: &[u32], live: &Live) -> Vec<acl::Entry> {
+    if internal.is_empty() {
+        return Vec::new();
+    }
+    let mut entries: Vec<acl::Entry> = internal
+        .iter()
+        .map(|(p, l)| acl::Entry {
+            prefix: map_prefix(*p, *l),
+            action: acl::Action::Permit,
+            rule: None,
+        })
+        .collect();
+    // Each host's entry carries a backend id of that address (the lowest, if it backs several
+    // services): hairpin SNAT sends the replies through its next hop.
+    let mut hosts: BTreeMap<IpAddr, BackendId> = BTreeMap::new();
+    for sid in service_ids {
+        for (b, id) in live.backends_of(*sid).into_iter().flatten() {
+            let e = hosts.entry(b.ip()).or_insert(*id);
+            *e = (*e).min(*id);
+        }
+    }
+    for (h, id) in hosts {
+        let full = if h.is_ipv4() { 32 } else { 128 };
+        entries.push(acl::Entry {
+            prefix: map_prefix(h, full),
+            action: acl::Action::Hairpin,
+            rule: Some(id),
+        });
+    }
+    entries.push(acl::Entry {
+        prefix: acl::Prefix {
+            addr: [0; 16],
+            len: 0,
+        },
+        action: acl::Action::Deny,
+        rule: None,
+    });
+    // A host that is also an internal /32: hairpin wins. Sorting puts it before the permit of
+    // the same prefix, and dedup keeps the first of equal prefixes.
+    entries.sort_by_key(|e| (e.prefix, e.action != acl::Action::Hairpin));
+    entries.dedup_by_key(|e| e.prefix);
+    entries
+}
+
+/// The writes that make the PIP maps match the desired PIPs (both directions, next hops
+/// included): removals first, so a PIP moved to another instance never maps both.
+#[must_use]
+pub fn pips(i: Inputs<'_>) -> Vec<Step> {
+    let mut steps: Vec<Step> = i
+        .live
+        .pips
+        .iter()
+        .filter(|(p, (d, _))| i.state.pips.get(p) != Some(d))
+        .map(|(p, (d, _))| Step::DelPip { pip: *p, dip: *d })
+        .collect();
+    steps.sort_by_key(|s| match s {
+        Step::DelPip { pip, .. } => *pip,
+        _ => IpAddr::from([0, 0, 0, 0]),
+    });
+    for (p, d) in &i.state.pips {
+        let nh = i.hops.next_hop(*d);
+        if i.live.pips.get(p) != Some(&(*d, nh)) {
+            steps.push(Step::PutPip {
+                pip: *p,
+                dip: *d,
+                nh,
+            });
+        }
+    }
+    steps
+}
+
+/// The writes that make `LB_ROUTES` hold exactly `want`.
+#[must_use]
+pub fn routes(want: &[(u32, Addr, NextHop)], live: &Live) -> Vec<Step> {
+    let want_map: BTreeMap<(u32, Addr), NextHop> =
+        want.iter().map(|(l, a, nh)| ((*l, *a), *nh)).collect();
+    let mut steps: Vec<Step> = want_map
+        .iter()
+        .filter(|(k, nh)| live.routes.get(k) != Some(nh))
+        .map(|((l, a), nh)| Step::PutRoute(*l, *a, *nh))
+        .collect();
+    let mut stale: Vec<&(u32, Addr)> = live
+        .routes
+        .keys()
+        .filter(|k| !want_map.contains_key(k))
+        .collect();
+    stale.sort();
+    steps.extend(stale.into_iter().map(|(l, a)| Step::DelRoute(*l, *a)));
+    steps
+}
+
+/// The writes that give every live backend entry of an address in `addrs` the next hop the book
+/// has for it now (several services can share an address; each entry is checked).
+#[must_use]
+pub fn next_hops(addrs: &BTreeSet<IpAddr>, live: &Live, hops: &Hops) -> Vec<Step> {
+    let mut steps: Vec<(BackendId, Backend)> = live
+        .backends
+        .iter()
+        .filter_map(|(id, b)| {
+            let ip = addr::to_ip(&b.addr);
+            let nh = hops.next_hop(ip);
+            (addrs.contains(&ip) && b.nh != nh).then_some((*id, Backend { nh, ..*b }))
+        })
+        .collect();
+    steps.sort_by_key(|(id, _)| *id);
+    steps
+        .into_iter()
+        .map(|(id, b)| Step::PutBackend(id, b))
+        .collect()
+}
+
+/// Points a service at no table (new flows are dropped, counted) and releases its region after
+/// the grace period: the start-up fallback for a bigger table that fits nowhere else.
+#[must_use]
+pub fn drop_table(spec: &ServiceSpec, live: &Live) -> Plan {
+    let (Some(info), Some((off, slots))) = (live.services.get(spec), live.table(spec)) else {
+        return Plan::default();
+    };
+    Plan {
+        switch: Some(Step::PutService(
+            *spec,
+            ServiceInfo {
+                table_off: 0,
+                table_len: 0,
+                ..*info
+            },
+        )),
+        after: vec![Step::Defer(Deferred::Region(off, slots.len() as u32))],
+        ..Plan::default()
+    }
+}

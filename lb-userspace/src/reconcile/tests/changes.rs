@@ -1,0 +1,769 @@
+//! API changes: what each writes, in which order, and what it refuses.
+
+use std::{collections::BTreeMap, net::SocketAddr};
+
+use lb_common::{
+    acl, addr,
+    consts::{MAX_BACKENDS, MAX_SERVICES},
+    maps::Backend,
+};
+use proptest::prelude::*;
+
+use super::*;
+use crate::{
+    spec::{Proto, map_prefix},
+    state::{Kind, State},
+};
+
+/// Text an operator (or an attacker with the socket) might type: near-valid addresses,
+/// prefixes, durations and words, and plain garbage.
+fn hostile_text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just(WEB.to_owned()),
+        Just("203.0.113.10:53/udp".to_owned()),
+        Just("192.0.2.11".to_owned()),
+        Just("192.0.2.11:8080".to_owned()),
+        Just("198.51.100.0/24".to_owned()),
+        Just("2001:db8::1".to_owned()),
+        Just("203.0.113.10:0/tcp".to_owned()),
+        Just("203.0.113.10:80/sctp".to_owned()),
+        Just("999.0.0.1:80/tcp".to_owned()),
+        Just("0s".to_owned()),
+        Just("18446744073709551615ms".to_owned()),
+        Just("permit".to_owned()),
+        Just("http:70000/x".to_owned()),
+        "[ -~]{0,40}",
+        "\\PC{0,20}",
+    ]
+}
+
+/// A request line a hand-written client (or an attacker with the socket) might send: the
+/// right shapes with hostile text in every field.
+fn hostile_line() -> impl Strategy<Value = String> {
+    use serde_json::json;
+    let t = hostile_text;
+    let change = |c: serde_json::Value| json!({ "change": c }).to_string();
+    prop_oneof![
+        (t(), t(), t(), any::<Option<u32>>(), any::<u32>()).prop_map(
+            move |(service, probe, interval, table_size, unhealthy_after)| {
+                change(json!({
+                    "op": "vip_add",
+                    "service": service,
+                    "settings": {
+                        "table_size": table_size,
+                        "probe": probe,
+                        "interval": interval,
+                        "thresholds": { "unhealthy_after": unhealthy_after, "healthy_after": 1 },
+                    },
+                }))
+            }
+        ),
+        t().prop_map(move |service| change(json!({ "op": "vip_del", "service": service }))),
+        (t(), t(), any::<Option<u32>>()).prop_map(move |(service, backend, weight)| {
+            change(json!({ "op": "backend_add", "service": service, "backend": backend, "weight": weight }))
+        }),
+        (t(), t(), any::<u32>()).prop_map(move |(service, backend, weight)| {
+            change(json!({ "op": "backend_set_weight", "service": service, "backend": backend, "weight": weight }))
+        }),
+        (t(), t()).prop_map(move |(service, to)| {
+            change(json!({ "op": "forward_add", "service": service, "to": to }))
+        }),
+        (t(), any::<u32>(), t(), t(), t()).prop_map(
+            move |(service, order, action, prefix, description)| {
+                change(json!({
+                    "op": "acl_add",
+                    "service": service,
+                    "rule": { "order": order, "action": action, "prefix": prefix, "description": description },
+                }))
+            }
+        ),
+        (t(), t()).prop_map(move |(pip, dip)| {
+            change(json!({ "op": "pip_add", "pip": pip, "dip": dip }))
+        }),
+        "[ -~]{0,60}",
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+    /// Any sequence of hostile request lines: decoding refuses what does not parse, the
+    /// reconciler never panics, every refusal says what is wrong, and a refused request
+    /// changes nothing.
+    #[test]
+    fn hostile_requests_are_refused_cleanly(lines in prop::collection::vec(hostile_line(), 1..12)) {
+        let mut r = rec(1 << 16);
+        add(&mut r, WEB, &["192.0.2.11"]);
+        for line in lines {
+            let before = r.state().clone();
+            let resp = match crate::api::decode(&line) {
+                Ok(req) => r.handle(req).response,
+                Err(refusal) => Response::error(ErrorKind::Invalid, refusal),
+            };
+            if let Response::Error { message, .. } = resp {
+                prop_assert!(!message.trim().is_empty(), "{}: empty error", line);
+                prop_assert!(r.state() == &before, "{} was refused but changed the state", line);
+            }
+        }
+    }
+}
+
+/// A backend whose address is also an internal /32 of its VIP is marked hairpin (with its
+/// backend id) in the VIP's source set, not permitted.
+#[test]
+fn a_backend_host_that_is_an_internal_prefix_is_hairpin() {
+    let mut r = rec(1 << 16);
+    ok(
+        &mut r,
+        Req::VipAdd {
+            service: WEB.into(),
+            settings: VipSettings {
+                table_size: Some(251),
+                internal: Some("192.0.2.11/32,198.51.100.0/24".into()),
+                ..VipSettings::default()
+            },
+        },
+    );
+    ok(
+        &mut r,
+        Req::BackendAdd {
+            service: WEB.into(),
+            backend: "192.0.2.11".into(),
+            weight: None,
+        },
+    );
+    // The VIP's live set (the set from before the backend was added may still be
+    // there, waiting for its grace period).
+    let ilb_id = r.maps().vips.values().next().expect("the VIP").ilb_id;
+    let host = map_prefix("192.0.2.11".parse().unwrap(), 32);
+    let e = r.maps().acl[&(ilb_id, host)];
+    assert_eq!(e.action, acl::Action::Hairpin, "{e:?}");
+    assert!(e.rule.is_some_and(|id| id != 0), "{e:?}");
+}
+
+#[test]
+fn a_table_change_is_a_double_buffered_swap() {
+    let mut r = rec(4096);
+    add(&mut r, WEB, &["192.0.2.11", "192.0.2.12"]);
+    let live = r.maps().services.values().next().copied().unwrap();
+    r.maps.ops.clear();
+    ok(
+        &mut r,
+        Req::BackendAdd {
+            service: WEB.into(),
+            backend: "192.0.2.13".into(),
+            weight: None,
+        },
+    );
+    let ops = r.maps().ops.clone();
+    // New backend entry, then a whole new region, then the one switching write.
+    let [
+        Op::Backend(id, true),
+        Op::Slots(off, 251),
+        Op::Service(info),
+    ] = ops.as_slice()
+    else {
+        panic!("unexpected write sequence {ops:?}")
+    };
+    assert_eq!((info.table_off, info.table_len), (*off, 251));
+    assert!(
+        off.abs_diff(live.table_off) >= 251,
+        "the new table overlaps the live one"
+    );
+    assert!(r.maps().ring.values().any(|s| s == id));
+    assert_tables_point_at_live_backends(r.maps());
+}
+
+#[test]
+fn a_removed_backend_is_retired_only_after_the_switch() {
+    let mut r = rec(4096);
+    add(&mut r, WEB, &["192.0.2.11", "192.0.2.12"]);
+    r.maps.ops.clear();
+    ok(
+        &mut r,
+        Req::BackendDel {
+            service: WEB.into(),
+            backend: "192.0.2.12".into(),
+        },
+    );
+    let ops = r.maps().ops.clone();
+    let [
+        Op::Slots(..),
+        Op::Service(_),
+        Op::Backend(id, false),
+        Op::Purge(p),
+    ] = ops.as_slice()
+    else {
+        panic!("unexpected write sequence {ops:?}")
+    };
+    assert_eq!(id, p);
+    assert_tables_point_at_live_backends(r.maps());
+    // The last backend gone: an empty table (drop, counted), not a dangling one.
+    ok(
+        &mut r,
+        Req::BackendDel {
+            service: WEB.into(),
+            backend: "192.0.2.11".into(),
+        },
+    );
+    assert_eq!(r.maps().services.values().next().unwrap().table_len, 0);
+}
+
+/// Every map the agent fills from the desired state refuses, before any write, a state
+/// one past its capacity, with an error naming the map and its limit.
+#[test]
+fn each_map_refuses_one_more_than_it_holds() {
+    use lb_common::consts::{MAX_ACL_ENTRIES, MAX_PIPS};
+
+    use crate::{
+        config::ServiceSettings,
+        state::{BackendState, ServiceState},
+    };
+    let settings = ServiceSettings {
+        table_size: 7,
+        ..ServiceSettings::default()
+    };
+    let svc = |ip: &str, port: u16| ServiceSpec {
+        vip: SocketAddr::new(ip.parse().unwrap(), port),
+        proto: Proto::Tcp,
+    };
+    let empty = ServiceState {
+        kind: Kind::Balanced,
+        settings: settings.clone(),
+        acl: BTreeMap::new(),
+        backends: BTreeMap::new(),
+    };
+    let refuses = |state: State, want: &str| {
+        let mut r = rec(1 << 24);
+        let Err(ChangeError::Capacity(msg)) = r.reload(state) else {
+            panic!("{want}: not refused for capacity")
+        };
+        assert!(msg.contains(want), "{msg:?} does not say {want:?}");
+        assert!(r.maps().ops.is_empty(), "{want}: wrote {:?}", r.maps().ops);
+    };
+
+    let mut st = State::default();
+    for i in 0..=MAX_SERVICES {
+        let (ip, port) = if i < 65_535 {
+            ("203.0.113.10", u16::try_from(i + 1).unwrap())
+        } else {
+            ("203.0.113.11", u16::try_from(i - 65_534).unwrap())
+        };
+        st.services.insert(svc(ip, port), empty.clone());
+    }
+    refuses(
+        st,
+        &format!("service map is full ({MAX_SERVICES} services)"),
+    );
+
+    let mut one = empty.clone();
+    for i in 0..MAX_BACKENDS {
+        let (host, port) = if i < 65_535 { (11, i + 1) } else { (12, 1) };
+        let spec = crate::spec::BackendSpec {
+            ip: IpAddr::from([192, 0, 2, host]),
+            port: Some(u16::try_from(port).unwrap()),
+        };
+        let b = BackendState {
+            spec,
+            weight: 1,
+            drained: false,
+        };
+        one.backends
+            .insert(SocketAddr::new(spec.ip, spec.port.unwrap()), b);
+    }
+    let mut st = State::default();
+    st.services.insert(svc("203.0.113.10", 80), one);
+    refuses(
+        st,
+        &format!("backend map is full ({} backends)", MAX_BACKENDS - 1),
+    );
+
+    let mut st = State::default();
+    for i in 0..=MAX_PIPS {
+        let pip = IpAddr::from(std::net::Ipv6Addr::new(
+            0x2001,
+            0xdb8,
+            1,
+            0,
+            0,
+            0,
+            0,
+            u16::try_from(i).unwrap(),
+        ));
+        let dip = IpAddr::from(std::net::Ipv6Addr::new(
+            0x2001,
+            0xdb8,
+            2,
+            0,
+            0,
+            0,
+            0,
+            u16::try_from(i).unwrap(),
+        ));
+        st.pips.insert(pip, dip);
+    }
+    refuses(st, &format!("PIP maps are full ({MAX_PIPS} PIPs)"));
+
+    // 110 endpoints × 600 host rules (plus one default entry each) pass 65 536 entries.
+    let mut st = State::default();
+    for port in 1..=110 {
+        let mut e = empty.clone();
+        for i in 0..600u32 {
+            let host = [[192, 0, 2], [198, 51, 100], [203, 0, 113]][(i / 256) as usize];
+            let last = u8::try_from(i % 256).unwrap();
+            e.acl.insert(
+                i,
+                crate::config::AclRuleConfig {
+                    order: i,
+                    action: acl::Action::Deny,
+                    prefix: (IpAddr::from([host[0], host[1], host[2], last]), 32),
+                    description: String::new(),
+                },
+            );
+        }
+        st.services.insert(svc("203.0.113.10", port), e);
+    }
+    refuses(st, &format!("the map holds {MAX_ACL_ENTRIES}"));
+}
+
+#[test]
+fn a_refused_change_writes_nothing() {
+    let mut r = rec(600);
+    add(&mut r, WEB, &["192.0.2.11"]);
+    r.maps.ops.clear();
+    let resp = ask(
+        &mut r,
+        Req::VipAdd {
+            service: "203.0.113.10:81/tcp".into(),
+            settings: VipSettings {
+                table_size: Some(251),
+                ..VipSettings::default()
+            },
+        },
+    );
+    let Response::Error { message, .. } = resp else {
+        panic!("{resp:?}")
+    };
+    assert!(
+        message.contains("need 753 slots but the agent has 600"),
+        "{message}"
+    );
+    assert!(r.maps().ops.is_empty(), "{:?}", r.maps().ops);
+    let resp = ask(
+        &mut r,
+        Req::BackendAdd {
+            service: WEB.into(),
+            backend: "nope".into(),
+            weight: None,
+        },
+    );
+    assert!(
+        matches!(resp, Response::Error { message, .. } if message.starts_with("backend: \"nope\""))
+    );
+}
+
+#[test]
+fn deleting_a_service_frees_its_vip_and_backends() {
+    let mut r = rec(4096);
+    add(&mut r, WEB, &["192.0.2.11"]);
+    add(&mut r, "203.0.113.10:53/udp", &["192.0.2.11"]);
+    assert_eq!(r.maps().vips.values().next().unwrap().services, 2);
+    ok(
+        &mut r,
+        Req::VipDel {
+            service: WEB.into(),
+        },
+    );
+    assert_eq!(r.maps().vips.values().next().unwrap().services, 1);
+    ok(
+        &mut r,
+        Req::VipDel {
+            service: "203.0.113.10:53/udp".into(),
+        },
+    );
+    assert!(r.maps().vips.is_empty() && r.maps().services.is_empty());
+    assert!(r.maps().backends.values().all(|b| !b.is_active()));
+}
+
+/// Two services share a backend address; both entries must get the next hop once it
+/// resolves (a per-address cache once left the second entry unresolved for good).
+#[test]
+fn every_entry_gets_the_next_hop_when_it_resolves() {
+    let mut r = rec(4096);
+    add(&mut r, WEB, &["192.0.2.11"]);
+    add(&mut r, "203.0.113.10:53/udp", &["192.0.2.11"]);
+    assert!(r.maps().backends.values().all(|b| !b.nh.is_resolved()));
+    r.resolve_with(&mut FakeResolver { resolved: true });
+    let active: Vec<&Backend> = r
+        .maps()
+        .backends
+        .values()
+        .filter(|b| b.is_active())
+        .collect();
+    assert_eq!(active.len(), 2);
+    assert!(active.iter().all(|b| b.nh.ifindex == 11), "{active:?}");
+    let Response::Status(s) = ask(&mut r, Req::Status) else {
+        panic!()
+    };
+    assert_eq!(s.backends_unresolved, 0);
+    // A tick with nothing new writes nothing.
+    r.maps.ops.clear();
+    r.resolve_with(&mut FakeResolver { resolved: true });
+    assert!(r.maps().ops.is_empty(), "{:?}", r.maps().ops);
+}
+
+#[test]
+fn ring_regions_are_reused_after_the_grace_period() {
+    let mut ring = super::super::alloc::Ring::new(1000);
+    let a = ring.alloc(400).unwrap();
+    let b = ring.alloc(400).unwrap();
+    assert_eq!(ring.alloc(400), None);
+    ring.release(a, 400);
+    ring.release(b, 400);
+    assert_eq!(ring.free, vec![(0, 1000)], "released neighbours coalesce");
+    let mut r = rec(600);
+    add(&mut r, WEB, &["192.0.2.11"]);
+    // Each change needs a second region while the first is in its grace period; the
+    // reconciler waits it out instead of failing.
+    for b in ["192.0.2.12", "192.0.2.13", "192.0.2.14"] {
+        ok(
+            &mut r,
+            Req::BackendAdd {
+                service: WEB.into(),
+                backend: b.into(),
+                weight: None,
+            },
+        );
+    }
+    assert_tables_point_at_live_backends(r.maps());
+}
+
+#[test]
+fn only_healthy_backends_are_in_the_table() {
+    let mut r = rec(4096);
+    probed(&mut r, VipSettings::default());
+    // Unknown until probed: nothing in rotation, new flows are dropped (counted).
+    assert_eq!(r.maps().services.values().next().unwrap().table_len, 0);
+    assert_eq!(r.wanted_probes().len(), 2);
+    report(&mut r, "192.0.2.11:80", true);
+    report(&mut r, "192.0.2.12:80", true);
+    assert_eq!(shares(&r).len(), 2);
+    // One failure is not enough; two take it out.
+    report(&mut r, "192.0.2.12:80", false);
+    assert_eq!(shares(&r).len(), 2);
+    report(&mut r, "192.0.2.12:80", false);
+    assert_eq!(shares(&r).keys().collect::<Vec<_>>(), vec!["192.0.2.11:80"]);
+    let Response::Backends { backends, .. } = ask(
+        &mut r,
+        Req::BackendList {
+            service: WEB.into(),
+        },
+    ) else {
+        panic!()
+    };
+    let b12 = backends
+        .iter()
+        .find(|b| b.backend == "192.0.2.12:80")
+        .unwrap();
+    assert_eq!((b12.health.as_str(), b12.in_rotation), ("down", false));
+    assert!(
+        b12.reason.contains("failed probes: HTTP 500"),
+        "{}",
+        b12.reason
+    );
+    assert_eq!(b12.last_probe.as_ref().map(|p| p.ok), Some(false));
+    // Back on the first good answer.
+    report(&mut r, "192.0.2.12:80", true);
+    assert_eq!(shares(&r).len(), 2);
+}
+
+#[test]
+fn all_down_drops_or_spreads_as_configured() {
+    let mut r = rec(4096);
+    probed(&mut r, VipSettings::default());
+    for b in ["192.0.2.11:80", "192.0.2.12:80"] {
+        report(&mut r, b, false);
+        report(&mut r, b, false);
+    }
+    assert_eq!(
+        r.maps().services.values().next().unwrap().table_len,
+        0,
+        "drop by default"
+    );
+
+    let mut r = rec(4096);
+    probed(
+        &mut r,
+        VipSettings {
+            when_all_down: Some("spread".into()),
+            ..VipSettings::default()
+        },
+    );
+    ok(
+        &mut r,
+        Req::BackendDrain {
+            service: WEB.into(),
+            backend: "192.0.2.12".into(),
+            drained: true,
+        },
+    );
+    for b in ["192.0.2.11:80", "192.0.2.12:80"] {
+        report(&mut r, b, false);
+        report(&mut r, b, false);
+    }
+    assert_eq!(
+        shares(&r).keys().collect::<Vec<_>>(),
+        vec!["192.0.2.11:80"],
+        "spread, but never to a drained backend"
+    );
+}
+
+#[test]
+fn drain_weight_and_rebalance() {
+    let mut r = rec(4096);
+    add(&mut r, WEB, &["192.0.2.11", "192.0.2.12"]);
+    ok(
+        &mut r,
+        Req::BackendSetWeight {
+            service: WEB.into(),
+            backend: "192.0.2.12".into(),
+            weight: 3,
+        },
+    );
+    let s = shares(&r);
+    let (a, b) = (f64::from(s["192.0.2.11:80"]), f64::from(s["192.0.2.12:80"]));
+    assert!(
+        (b / (a + b) - 0.75).abs() < 0.01,
+        "weights 1:3 give {a}:{b}"
+    );
+    r.maps.ops.clear();
+    ok(
+        &mut r,
+        Req::BackendDrain {
+            service: WEB.into(),
+            backend: "192.0.2.12".into(),
+            drained: true,
+        },
+    );
+    assert_eq!(shares(&r).keys().collect::<Vec<_>>(), vec!["192.0.2.11:80"]);
+    // Draining keeps the entry live (established flows continue) and purges nothing.
+    assert!(
+        !r.maps()
+            .ops
+            .iter()
+            .any(|o| matches!(o, Op::Purge(_) | Op::Backend(_, false))),
+        "{:?}",
+        r.maps().ops
+    );
+    ok(
+        &mut r,
+        Req::BackendDrain {
+            service: WEB.into(),
+            backend: "192.0.2.12".into(),
+            drained: false,
+        },
+    );
+    ok(
+        &mut r,
+        Req::BackendSetWeight {
+            service: WEB.into(),
+            backend: "192.0.2.12".into(),
+            weight: 0,
+        },
+    );
+    assert_eq!(shares(&r).len(), 1, "weight 0 takes no new flows");
+
+    // established = rebalance: a backend going down loses its tracked flows.
+    let mut r = rec(4096);
+    probed(
+        &mut r,
+        VipSettings {
+            established: Some("rebalance".into()),
+            ..VipSettings::default()
+        },
+    );
+    report(&mut r, "192.0.2.11:80", true);
+    report(&mut r, "192.0.2.12:80", true);
+    r.maps.ops.clear();
+    report(&mut r, "192.0.2.12:80", false);
+    report(&mut r, "192.0.2.12:80", false);
+    assert!(
+        r.maps().ops.iter().any(|o| matches!(o, Op::Purge(_))),
+        "{:?}",
+        r.maps().ops
+    );
+}
+
+#[test]
+fn a_forward_is_a_one_slot_table_of_its_backend() {
+    let mut r = rec(4096);
+    ok(
+        &mut r,
+        Req::ForwardAdd {
+            service: "203.0.113.10:50001/tcp".into(),
+            to: "192.0.2.11:22".into(),
+        },
+    );
+    let info = r.maps().services.values().next().copied().unwrap();
+    assert_eq!(info.table_len, 1);
+    let b = r.maps().backends[&r.maps().ring[&info.table_off]];
+    assert_eq!(
+        (addr::to_ip(&b.addr).to_string(), u16::from_be_bytes(b.port)),
+        ("192.0.2.11".into(), 22)
+    );
+    let Response::Vips { vips } = ask(&mut r, Req::VipList) else {
+        panic!()
+    };
+    assert_eq!(vips[0].kind, "forward to 192.0.2.11:22");
+    let resp = ask(
+        &mut r,
+        Req::BackendAdd {
+            service: "203.0.113.10:50001/tcp".into(),
+            backend: "192.0.2.12".into(),
+            weight: None,
+        },
+    );
+    assert!(matches!(resp, Response::Error { message, .. } if message.contains("port forward")));
+    ok(
+        &mut r,
+        Req::ForwardDel {
+            service: "203.0.113.10:50001/tcp".into(),
+        },
+    );
+    assert!(r.maps().services.is_empty() && r.maps().vips.is_empty());
+}
+
+#[test]
+fn acl_changes_are_double_buffered_and_cut_newly_denied_flows() {
+    let mut r = rec(4096);
+    add(&mut r, WEB, &["192.0.2.11"]);
+    let acl_add = |order: u32, action: &str, prefix: &str| Req::AclAdd {
+        service: WEB.into(),
+        order,
+        action: action.into(),
+        prefix: prefix.into(),
+        description: String::new(),
+    };
+    r.maps.ops.clear();
+    ok(&mut r, acl_add(100, "permit", "198.51.100.0/26"));
+    let info = r.maps().services.values().next().copied().unwrap();
+    assert_ne!(info.acl_id, 0);
+    // Rule + default deny, written before the switching service update.
+    let ops = r.maps().ops.clone();
+    let switch = ops
+        .iter()
+        .position(|o| matches!(o, Op::Service(_)))
+        .unwrap();
+    assert_eq!(
+        ops[..switch]
+            .iter()
+            .filter(|o| matches!(o, Op::Acl(_, true)))
+            .count(),
+        2,
+        "{ops:?}"
+    );
+    // 198.51.100.70 is outside the permitted /26: its tracked flow is cut.
+    assert!(ops.contains(&Op::PurgeSources(info.id, 1)), "{ops:?}");
+
+    // A second rule: a new set under a new id; the old set is deleted only later.
+    r.maps.ops.clear();
+    ok(&mut r, acl_add(200, "permit", "198.51.100.64/26"));
+    let info2 = r.maps().services.values().next().copied().unwrap();
+    assert_ne!(info2.acl_id, info.acl_id);
+    assert!(
+        !r.maps().ops.contains(&Op::Acl(info.acl_id, false)),
+        "old set deleted before its grace period"
+    );
+    assert!(
+        r.maps().ops.contains(&Op::PurgeSources(info2.id, 0)),
+        "{:?}",
+        r.maps().ops
+    );
+    let Response::Acl(view) = ask(
+        &mut r,
+        Req::AclList {
+            service: WEB.into(),
+        },
+    ) else {
+        panic!()
+    };
+    assert_eq!(
+        (
+            view.rules.len(),
+            view.compiled_entries,
+            view.default.as_str()
+        ),
+        (2, 3, "deny")
+    );
+
+    // Removing every rule: no set at all (everyone permitted), no lookup in the fast path.
+    ok(
+        &mut r,
+        Req::AclDel {
+            service: WEB.into(),
+            order: 100,
+        },
+    );
+    ok(
+        &mut r,
+        Req::AclDel {
+            service: WEB.into(),
+            order: 200,
+        },
+    );
+    assert_eq!(r.maps().services.values().next().unwrap().acl_id, 0);
+    let resp = ask(&mut r, acl_add(1, "permit", "198.51.100.1/24"));
+    assert!(matches!(resp, Response::Error { message, .. } if message.contains("host bits")));
+}
+
+#[test]
+fn pips_map_one_to_one_and_follow_next_hops() {
+    let mut r = rec(4096);
+    add(&mut r, WEB, &["192.0.2.11"]);
+    ok(
+        &mut r,
+        Req::PipAdd {
+            pip: "203.0.113.50".into(),
+            dip: "192.0.2.13".into(),
+        },
+    );
+    let pip = addr::v4_mapped([203, 0, 113, 50]);
+    assert_eq!(r.maps().pips[&pip].0, addr::v4_mapped([192, 0, 2, 13]));
+    assert!(!r.maps().pips[&pip].1.is_resolved());
+    for (p, d, want) in [
+        ("203.0.113.51", "192.0.2.13", "1:1"),
+        ("203.0.113.10", "192.0.2.14", "is a VIP"),
+        ("203.0.113.52", "2001:db8::1", "IPv6"),
+    ] {
+        let resp = ask(
+            &mut r,
+            Req::PipAdd {
+                pip: p.into(),
+                dip: d.into(),
+            },
+        );
+        assert!(
+            matches!(&resp, Response::Error { message, .. } if message.contains(want)),
+            "{p} → {d}: {resp:?}"
+        );
+    }
+    // The next refresh writes the resolved next hop.
+    r.resolve_with(&mut FakeResolver { resolved: true });
+    assert_eq!(r.maps().pips[&pip].1.ifindex, 13);
+    let Response::Pips { pips } = ask(&mut r, Req::PipList) else {
+        panic!()
+    };
+    assert_eq!(
+        (
+            pips[0].dip.as_str(),
+            pips[0].next_hop.as_ref().map(|n| n.ifindex)
+        ),
+        ("192.0.2.13", Some(13))
+    );
+    ok(
+        &mut r,
+        Req::PipDel {
+            pip: "203.0.113.50".into(),
+        },
+    );
+    assert!(r.maps().pips.is_empty());
+}

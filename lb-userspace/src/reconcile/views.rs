@@ -1,0 +1,368 @@
+//! Read views for `lb status`, `lb stats`, the lists and the metrics, in two steps: the writer
+//! builds a [`Pending`] answer from what it owns (the desired state, [`Live`], the health book),
+//! which is cheap; a reader then fills in what must be read from the maps (counters, and the
+//! per-backend flow counts, a walk of conntrack) on its own handle, off the writer loop.
+
+use std::collections::HashMap;
+
+use lb_common::{addr, maps::BackendId, verdict::ALL_REASONS};
+
+use super::{health::HealthBook, live::Live};
+use crate::{
+    api::{
+        AclRuleView, AclView, BackendView, CountersView, NextHopView, PipView, ProbeView, Query,
+        Response, ServiceStatus, ServiceView, StatsView, StatusView,
+    },
+    dataplane::MapReader,
+    error::{ChangeError, MapOpError},
+    spec::{ServiceSpec, format_duration, serde_action::action_word},
+    state::{Kind, State},
+};
+
+/// Static facts about the running agent, for `lb status`.
+#[derive(Clone, Debug, Default)]
+pub struct AgentInfo {
+    pub interfaces: Vec<String>,
+    /// Their ifindexes: neighbour and link changes on these rebuild the client routes.
+    pub ifindexes: Vec<u32>,
+    pub xdp_mode: String,
+    pub pin_dir: Option<String>,
+    pub ring_slots: u32,
+    pub conntrack_flows: u32,
+}
+
+/// An answer the writer has built, waiting for the reads a reader adds.
+#[derive(Clone, Debug)]
+pub enum Pending {
+    Vips(Vec<ServiceView>),
+    Backends {
+        service: String,
+        backends: Vec<BackendView>,
+    },
+    Status(StatusView),
+    Stats(Vec<ServiceView>),
+    /// The view and the service's id (for its ACL drops), if it is in the maps.
+    Acl(AclView, Option<u32>),
+    Pips(Vec<PipView>),
+}
+
+impl Pending {
+    /// Whether the answer needs the conntrack walk (the slow read).
+    #[must_use]
+    pub const fn walks_conntrack(&self) -> bool {
+        matches!(self, Self::Backends { .. } | Self::Status(_))
+    }
+
+    /// Fills in counters and flow counts from `r`.
+    ///
+    /// # Errors
+    /// A map read fails.
+    pub fn finish(self, r: &dyn MapReader) -> Result<Response, MapOpError> {
+        let flows = if self.walks_conntrack() {
+            r.flows_per_backend()?
+        } else {
+            HashMap::new()
+        };
+        let services = |mut v: Vec<ServiceView>| -> Result<Vec<ServiceView>, MapOpError> {
+            for s in &mut v {
+                s.counters = r.service_counters(s.id)?.into();
+            }
+            Ok(v)
+        };
+        let backends = |v: &mut Vec<BackendView>| -> Result<(), MapOpError> {
+            for b in v {
+                b.flows = flows.get(&b.id).copied().unwrap_or(0);
+                b.counters = r.backend_counters(b.id)?.into();
+            }
+            Ok(())
+        };
+        Ok(match self {
+            Self::Vips(v) => Response::Vips { vips: services(v)? },
+            Self::Backends {
+                service,
+                backends: mut b,
+            } => {
+                backends(&mut b)?;
+                Response::Backends {
+                    service,
+                    backends: b,
+                }
+            }
+            Self::Status(mut s) => {
+                for v in &mut s.vips {
+                    backends(&mut v.backends)?;
+                }
+                Response::Status(s)
+            }
+            Self::Stats(v) => {
+                let counts = r.reason_counters()?;
+                let reasons = ALL_REASONS
+                    .iter()
+                    .zip(counts)
+                    .map(|(r, c)| (r.name().to_owned(), c))
+                    .collect();
+                Response::Stats(StatsView {
+                    reasons,
+                    services: services(v)?,
+                })
+            }
+            Self::Acl(mut a, id) => {
+                if let Some(id) = id {
+                    a.drops = r.service_counters(id)?.acl_drops;
+                }
+                Response::Acl(a)
+            }
+            Self::Pips(pips) => Response::Pips { pips },
+        })
+    }
+}
+
+/// What the views read from the writer.
+#[derive(Clone, Copy)]
+pub struct Source<'a> {
+    pub state: &'a State,
+    pub live: &'a Live,
+    pub health: &'a HealthBook,
+    pub info: &'a AgentInfo,
+    pub ring_used: u64,
+}
+
+impl Source<'_> {
+    /// The pending answer to a query.
+    ///
+    /// # Errors
+    /// The query names a service that does not exist.
+    pub fn query(&self, q: Query) -> Result<Pending, ChangeError> {
+        Ok(match q {
+            Query::VipList => Pending::Vips(self.services()),
+            Query::BackendList { service } => Pending::Backends {
+                service: service.to_string(),
+                backends: self.backends(&service)?,
+            },
+            Query::AclList { service } => {
+                let id = self.live.services.get(&service).map(|i| i.id);
+                Pending::Acl(self.acl(&service)?, id)
+            }
+            Query::PipList => Pending::Pips(self.pips()),
+            Query::Status => Pending::Status(self.status()?),
+            Query::Stats => Pending::Stats(self.services()),
+        })
+    }
+
+    fn services(&self) -> Vec<ServiceView> {
+        let mut out = Vec::new();
+        for (spec, info) in &self.live.services {
+            let Some(svc) = self.state.services.get(spec) else {
+                continue;
+            };
+            let st = &svc.settings;
+            let live_backends: Vec<_> = self.live.backends_of_spec(spec).collect();
+            out.push(ServiceView {
+                service: spec.to_string(),
+                kind: match svc.kind {
+                    Kind::Balanced => "balanced".into(),
+                    Kind::Forward => {
+                        let to = svc
+                            .backends
+                            .keys()
+                            .next()
+                            .map_or_else(String::new, ToString::to_string);
+                        format!("forward to {to}")
+                    }
+                },
+                id: info.id,
+                table_size: st.table_size,
+                backends: live_backends.len(),
+                in_rotation: live_backends
+                    .iter()
+                    .filter(|(a, _)| self.health.rotation(spec, Some(svc), a).0)
+                    .count(),
+                probe: st.probe.as_ref().map(ToString::to_string),
+                probe_interval: format_duration(st.interval),
+                probe_timeout: format_duration(st.timeout),
+                unhealthy_after: st.thresholds.unhealthy_after,
+                healthy_after: st.thresholds.healthy_after,
+                when_all_down: st.when_all_down.to_string(),
+                established: st.established.to_string(),
+                internal: crate::config::format_prefixes(&st.internal),
+                hairpin: st.hairpin.to_string(),
+                icmp_echo: st.icmp_echo,
+                counters: CountersView::default(),
+            });
+        }
+        out
+    }
+
+    fn backends(&self, spec: &ServiceSpec) -> Result<Vec<BackendView>, ChangeError> {
+        if !self.live.services.contains_key(spec) {
+            return Err(ChangeError::NotFound(format!("service {spec}")));
+        }
+        let mut slots: HashMap<BackendId, u32> = HashMap::new();
+        let table = self.live.table(spec).map(|(_, t)| t);
+        let total = table.map_or(0, <[BackendId]>::len);
+        for id in table.into_iter().flatten() {
+            *slots.entry(*id).or_default() += 1;
+        }
+        let svc = self.state.services.get(spec);
+        Ok(self
+            .live
+            .backends_of_spec(spec)
+            .map(|(addr, &id)| {
+                let nh = self
+                    .live
+                    .backends
+                    .get(&id)
+                    .map(|b| b.nh)
+                    .filter(lb_common::maps::NextHop::is_resolved);
+                let s = slots.get(&id).copied().unwrap_or(0);
+                let desired = svc.and_then(|s| s.backends.get(addr));
+                let (in_rotation, reason) = self.health.rotation(spec, svc, addr);
+                let last_probe = self
+                    .health
+                    .get(spec, addr)
+                    .and_then(|h| h.last.as_ref())
+                    .map(|(ok, detail, at)| ProbeView {
+                        ok: *ok,
+                        detail: detail.clone(),
+                        age_ms: u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX),
+                    });
+                BackendView {
+                    backend: addr.to_string(),
+                    id,
+                    health: self.health.word(spec, svc, addr).into(),
+                    in_rotation,
+                    reason,
+                    last_probe,
+                    weight: desired.map_or(0, |b| b.weight),
+                    drained: desired.is_some_and(|b| b.drained),
+                    next_hop: nh.map(|n| NextHopView {
+                        ifindex: n.ifindex,
+                        smac: mac(&n.smac),
+                        dmac: mac(&n.dmac),
+                    }),
+                    slots: s,
+                    share: if total == 0 {
+                        0.0
+                    } else {
+                        f64::from(s) / total as f64
+                    },
+                    flows: 0,
+                    counters: CountersView::default(),
+                }
+            })
+            .collect())
+    }
+
+    fn status(&self) -> Result<StatusView, ChangeError> {
+        let mut vips = Vec::new();
+        for spec in self.live.services.keys() {
+            vips.push(ServiceStatus {
+                service: spec.to_string(),
+                backends: self.backends(spec)?,
+            });
+        }
+        let (mut backends, mut resolved) = (0, 0);
+        for spec in self.live.services.keys() {
+            for (_, id) in self.live.backends_of_spec(spec) {
+                backends += 1;
+                resolved += usize::from(
+                    self.live
+                        .backends
+                        .get(id)
+                        .is_some_and(|b| b.nh.is_resolved()),
+                );
+            }
+        }
+        Ok(StatusView {
+            version: env!("CARGO_PKG_VERSION").into(),
+            pid: std::process::id(),
+            interfaces: self.info.interfaces.clone(),
+            xdp_mode: self.info.xdp_mode.clone(),
+            pin_dir: self.info.pin_dir.clone(),
+            services: self.live.services.len(),
+            backends,
+            backends_unresolved: backends - resolved,
+            client_routes: self.routes(),
+            ring_slots_used: self.ring_used,
+            ring_slots: self.info.ring_slots,
+            conntrack_flows: self.info.conntrack_flows,
+            vips,
+        })
+    }
+
+    fn acl(&self, spec: &ServiceSpec) -> Result<AclView, ChangeError> {
+        let svc = self
+            .state
+            .services
+            .get(spec)
+            .ok_or_else(|| ChangeError::NotFound(format!("endpoint {spec}")))?;
+        let rules = super::plan::acl_rules(svc);
+        Ok(AclView {
+            service: spec.to_string(),
+            rules: svc
+                .acl
+                .values()
+                .map(|r| AclRuleView {
+                    order: r.order,
+                    action: action_word(r.action).into(),
+                    prefix: format!("{}/{}", r.prefix.0, r.prefix.1),
+                    description: r.description.clone(),
+                })
+                .collect(),
+            default: action_word(lb_common::acl::default_action(&rules)).into(),
+            compiled_entries: self.live.acl_of(spec).map_or(0, |(_, e)| e.len()),
+            drops: 0,
+        })
+    }
+
+    fn pips(&self) -> Vec<PipView> {
+        let mut v: Vec<PipView> = self
+            .live
+            .pips
+            .iter()
+            .map(|(p, (d, nh))| PipView {
+                pip: p.to_string(),
+                dip: d.to_string(),
+                next_hop: nh.is_resolved().then(|| NextHopView {
+                    ifindex: nh.ifindex,
+                    smac: mac(&nh.smac),
+                    dmac: mac(&nh.dmac),
+                }),
+            })
+            .collect();
+        v.sort_by(|a, b| a.pip.cmp(&b.pip));
+        v
+    }
+
+    fn routes(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .live
+            .routes
+            .iter()
+            .map(|((len, a), nh)| {
+                let ip = addr::to_ip(a);
+                let plen = if ip.is_ipv4() {
+                    len - addr::V4_MAPPED_PREFIX_LEN
+                } else {
+                    *len
+                };
+                if nh.is_resolved() {
+                    format!("{ip}/{plen} via if {} → {}", nh.ifindex, mac(&nh.dmac))
+                } else {
+                    format!(
+                        "{ip}/{plen} connected (kernel FIB per host until its neighbour is learned)"
+                    )
+                }
+            })
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+fn mac(m: &[u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
