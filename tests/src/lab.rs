@@ -419,6 +419,21 @@ impl Lab {
         self.agent.as_ref().map(|a| a.child.id())
     }
 
+    /// Rewrites the agent's config file with `config` and sends it SIGHUP (the agent reloads
+    /// it; see its log for the outcome).
+    ///
+    /// # Errors
+    /// No agent runs, or the file cannot be written.
+    pub fn reload(&self, config: &str) -> anyhow::Result<()> {
+        std::fs::write(self.tmp.join("lb.toml"), config)?;
+        let pid = self.agent_pid().context("no agent")?;
+        // SAFETY: signalling the agent this lab started.
+        if unsafe { libc::kill(i32::try_from(pid)?, libc::SIGHUP) } != 0 {
+            bail!("SIGHUP: {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// Kills the agent with SIGKILL (nothing of its own shutdown runs) and reaps it.
     ///
     /// # Errors

@@ -29,6 +29,9 @@ pub struct Results {
     pub failover: Option<(String, Duration)>,
     /// (services, agent start-to-ready time, agent resident memory in KiB).
     pub agent: Option<(u64, Duration, u64)>,
+    /// Reloads of a running agent: (services, adding them, removing them again, log lines the
+    /// removal wrote).
+    pub churn: Option<(u64, Duration, Duration, usize)>,
 }
 
 impl Results {
@@ -44,6 +47,7 @@ impl Results {
             "provision": self.provision.map(|(n, d)| json!({"services": n, "ms": d.as_millis()})),
             "failover": self.failover.as_ref().map(|(p, d)| json!({"probe": p, "ms": d.as_millis()})),
             "agent": self.agent.map(|(n, d, kib)| json!({"services": n, "start_to_ready_ms": d.as_millis(), "rss_kib": kib})),
+            "churn": self.churn.map(|(n, add, del, lines)| json!({"services": n, "add_ms": add.as_millis(), "remove_ms": del.as_millis(), "remove_log_lines": lines})),
         })
     }
 
@@ -82,6 +86,14 @@ impl Results {
                 s,
                 "| agent resident memory with {n} services | {} MiB |",
                 kib / 1024
+            );
+        }
+        if let Some((n, add, del, lines)) = self.churn {
+            let _ = writeln!(
+                s,
+                "| reload: add {n} services / remove them again | {} / {} ms ({lines} log lines) |",
+                add.as_millis(),
+                del.as_millis()
             );
         }
         s
@@ -124,6 +136,7 @@ pub fn run(quick: bool, scale: &[Curve]) -> anyhow::Result<Results> {
         .map(|p| (p.x, p.provision));
     r.failover = Some(failover()?);
     r.agent = Some(agent_memory(if quick { 100 } else { 10_000 })?);
+    r.churn = Some(churn(if quick { 100 } else { 10_000 })?);
     Ok(r)
 }
 
@@ -168,10 +181,8 @@ fn failover() -> anyhow::Result<(String, Duration)> {
     Ok((probe.into(), took))
 }
 
-/// Starts the agent with `n` services and reads its resident memory once it is ready.
-fn agent_memory(n: u64) -> anyhow::Result<(u64, Duration, u64)> {
-    progress(&format!("control: agent with {n} services"));
-    let mut lab = Lab::new(1)?;
+/// The config of `n` services with one backend each, on 240 VIP addresses.
+fn many_services(n: u64) -> anyhow::Result<String> {
     let mut cfg = format!(
         "[agent]\nring_slots = {}\n",
         (n * 251 + 4096).next_power_of_two()
@@ -184,6 +195,48 @@ fn agent_memory(n: u64) -> anyhow::Result<(u64, Duration, u64)> {
             80 + i / 240
         );
     }
+    Ok(cfg)
+}
+
+/// A running agent reloads `n` services in, then out again: the time until `lb status` shows
+/// each, and the log lines the removal wrote (a change logs a summary, not a line per entry).
+pub fn churn(n: u64) -> anyhow::Result<(u64, Duration, Duration, usize)> {
+    progress(&format!("control: reload {n} services in and out"));
+    let mut lab = Lab::new(1)?;
+    // The ring is sized for `n` from the start (it is a load-time setting).
+    let full = many_services(n)?;
+    let agent_part = full.lines().next().unwrap_or_default().to_owned();
+    lab.start_agent(&format!("{agent_part}\n"))?;
+    let services = |lab: &Lab| -> u64 {
+        lab.lb_json(&["status"])
+            .ok()
+            .and_then(|s| s["services"].as_u64())
+            .unwrap_or(u64::MAX)
+    };
+    let wait = |lab: &Lab, want: u64| -> anyhow::Result<Duration> {
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(120) {
+            if services(lab) == want {
+                return Ok(t.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        anyhow::bail!("the agent did not reach {want} services in 120 s")
+    };
+    lab.reload(&full)?;
+    let add = wait(&lab, n)?;
+    let lines_before = lab.agent_log().lines().count();
+    lab.reload(&format!("{agent_part}\n"))?;
+    let remove = wait(&lab, 0)?;
+    let lines = lab.agent_log().lines().count() - lines_before;
+    Ok((n, add, remove, lines))
+}
+
+/// Starts the agent with `n` services and reads its resident memory once it is ready.
+fn agent_memory(n: u64) -> anyhow::Result<(u64, Duration, u64)> {
+    progress(&format!("control: agent with {n} services"));
+    let mut lab = Lab::new(1)?;
+    let cfg = many_services(n)?;
     let t = Instant::now();
     lab.start_agent(&cfg)?;
     let ready = t.elapsed();
