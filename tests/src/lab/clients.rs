@@ -1,0 +1,394 @@
+//! Clients: HTTP and UDP from the client namespaces through the VIP, long-lived connections,
+//! and a paced stream of new connections.
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+
+use super::{CLIENT_IP, IO_TIMEOUT, Lab, VIP};
+use crate::netns::Netns;
+
+impl Lab {
+    /// One HTTP GET from the external client to `vip:port`.
+    ///
+    /// # Errors
+    /// No external client, or the request fails within `timeout`.
+    pub fn http_get_external(
+        &self,
+        vip: Ipv4Addr,
+        port: u16,
+        timeout: Duration,
+    ) -> anyhow::Result<String> {
+        let ns = self.external.as_ref().context("no external client")?;
+        let dst = SocketAddr::new(IpAddr::V4(vip), port);
+        let s = ns.enter(move || TcpStream::connect_timeout(&dst, timeout))?;
+        s.set_read_timeout(Some(IO_TIMEOUT))?;
+        HttpConn {
+            stream: BufReader::new(s),
+        }
+        .get()
+    }
+
+    /// One HTTP GET on a new connection from the client to `VIP:port`; returns the answering
+    /// backend's name.
+    ///
+    /// # Errors
+    /// Connect, send or receive fails or times out.
+    pub fn http_get(&self, port: u16) -> anyhow::Result<String> {
+        let mut c = self.http_connect(port)?;
+        c.get()
+    }
+
+    /// As [`Self::http_get`], from a chosen client source address (the client namespace must
+    /// have it), with `timeout` for the connect.
+    ///
+    /// # Errors
+    /// Connect, send or receive fails or times out.
+    pub fn http_get_from(
+        &self,
+        src: Ipv4Addr,
+        port: u16,
+        timeout: Duration,
+    ) -> anyhow::Result<String> {
+        self.http_connect_from(src, port, timeout)?.get()
+    }
+
+    /// Connects from inside `ns` (a backend, say) to `ip:port`.
+    ///
+    /// # Errors
+    /// The connection cannot be made within `timeout`.
+    pub fn http_connect_in(
+        ns: &Netns,
+        ip: Ipv4Addr,
+        port: u16,
+        timeout: Duration,
+    ) -> anyhow::Result<HttpConn> {
+        let dst = SocketAddr::new(IpAddr::V4(ip), port);
+        let s = ns.enter(move || TcpStream::connect_timeout(&dst, timeout))?;
+        s.set_read_timeout(Some(IO_TIMEOUT))?;
+        s.set_write_timeout(Some(IO_TIMEOUT))?;
+        Ok(HttpConn {
+            stream: BufReader::new(s),
+        })
+    }
+
+    /// As [`Self::http_connect`], from a chosen client source address.
+    ///
+    /// # Errors
+    /// The connection cannot be made within `timeout`.
+    pub fn http_connect_from(
+        &self,
+        src: Ipv4Addr,
+        port: u16,
+        timeout: Duration,
+    ) -> anyhow::Result<HttpConn> {
+        let s = self
+            .client
+            .enter(move || connect_from(src, SocketAddr::new(IpAddr::V4(VIP), port), timeout))?;
+        s.set_read_timeout(Some(IO_TIMEOUT))?;
+        s.set_write_timeout(Some(IO_TIMEOUT))?;
+        Ok(HttpConn {
+            stream: BufReader::new(s),
+        })
+    }
+
+    /// One HTTP GET from the client to any address (a PIP, say); returns the answering name.
+    ///
+    /// # Errors
+    /// The request fails or times out.
+    pub fn http_get_at(&self, ip: Ipv4Addr, port: u16) -> anyhow::Result<String> {
+        let dst = SocketAddr::new(IpAddr::V4(ip), port);
+        let s = self
+            .client
+            .enter(move || TcpStream::connect_timeout(&dst, IO_TIMEOUT))?;
+        s.set_read_timeout(Some(IO_TIMEOUT))?;
+        HttpConn {
+            stream: BufReader::new(s),
+        }
+        .get()
+    }
+
+    /// A keep-alive HTTP connection from the client to `VIP:port`.
+    ///
+    /// # Errors
+    /// The connection cannot be made.
+    pub fn http_connect(&self, port: u16) -> anyhow::Result<HttpConn> {
+        let vip = SocketAddr::new(IpAddr::V4(VIP), port);
+        let s = self
+            .client
+            .enter(move || TcpStream::connect_timeout(&vip, IO_TIMEOUT))?;
+        s.set_read_timeout(Some(IO_TIMEOUT))?;
+        s.set_write_timeout(Some(IO_TIMEOUT))?;
+        Ok(HttpConn {
+            stream: BufReader::new(s),
+        })
+    }
+
+    /// Starts a [`ConnStream`] from the client to `VIP:port`. Widens the client's ephemeral
+    /// port range first: every closed connection holds its port in TIME_WAIT for 60 s.
+    ///
+    /// # Errors
+    /// The sysctl fails.
+    pub fn conn_stream(&self, port: u16) -> anyhow::Result<ConnStream> {
+        self.client.exec(
+            "sysctl",
+            &["-qw", "net.ipv4.ip_local_port_range=1024 65535"],
+        )?;
+        Ok(ConnStream::start(
+            &self.client,
+            SocketAddr::new(IpAddr::V4(VIP), port),
+        ))
+    }
+
+    /// One UDP request from the client to `VIP:port`; returns the answering backend's name.
+    ///
+    /// # Errors
+    /// No answer within the timeout, or an answer from another address than the VIP.
+    pub fn udp_ask(&self, port: u16, payload: &str) -> anyhow::Result<String> {
+        let s = self
+            .client
+            .enter(|| UdpSocket::bind(SocketAddr::new(IpAddr::V4(CLIENT_IP), 0)))?;
+        s.set_read_timeout(Some(IO_TIMEOUT))?;
+        let vip = SocketAddr::new(IpAddr::V4(VIP), port);
+        s.send_to(payload.as_bytes(), vip)?;
+        let mut buf = [0u8; 1500];
+        let (n, from) = s.recv_from(&mut buf).context("no UDP answer")?;
+        if from != vip {
+            bail!("UDP answer came from {from}, not from the VIP {vip}");
+        }
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let (name, echo) = text.split_once(' ').context("malformed echo")?;
+        if echo != payload {
+            bail!("echo {echo:?} != {payload:?}");
+        }
+        Ok(name.to_owned())
+    }
+}
+
+/// A TCP connection bound to `src` (std cannot bind before connecting).
+fn connect_from(src: Ipv4Addr, dst: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+    use std::os::fd::FromRawFd as _;
+    let SocketAddr::V4(dst) = dst else {
+        return Err(std::io::Error::other("IPv4 only"));
+    };
+    let sin = |a: std::net::SocketAddrV4| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(a.ip().octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain socket calls on a descriptor this function owns; the TcpStream takes it.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let stream = TcpStream::from_raw_fd(fd);
+        let local = sin(std::net::SocketAddrV4::new(src, 0));
+        if libc::bind(fd, (&raw const local).cast(), len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SO_SNDTIMEO bounds a blocking connect on Linux.
+        stream.set_write_timeout(Some(timeout))?;
+        let remote = sin(dst);
+        if libc::connect(fd, (&raw const remote).cast(), len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(stream)
+    }
+}
+
+/// What a [`ConnStream`] has seen so far.
+#[derive(Clone, Debug, Default)]
+pub struct StreamTally {
+    /// Connections that got their answer.
+    pub ok: u64,
+    /// Every failed connection: its number and what went wrong.
+    pub failures: Vec<String>,
+    /// Answers per backend name.
+    pub per_backend: std::collections::BTreeMap<String, u64>,
+    /// The stream's thread has ended (stopped, or at its count or time bound).
+    pub ended: bool,
+}
+
+/// New connections, one after another on a background thread in the client namespace: each
+/// connects, makes one HTTP GET and closes. Traffic that must keep flowing while the agent is
+/// killed, restarted or upgraded. Paced to at most one connection per [`Self::PACE`] (so the
+/// load, and the ports it holds in TIME_WAIT, do not grow with the host's speed); bounded by
+/// [`Self::MAX_CONNECTIONS`] and [`Self::MAX_TIME`]; stopped on drop.
+pub struct ConnStream {
+    shared: Shared,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ConnStream {
+    pub const PACE: Duration = Duration::from_millis(1);
+    /// 40 s at full pace, within the 64 Ki ports of the widened range.
+    pub const MAX_CONNECTIONS: u64 = 40_000;
+    pub const MAX_TIME: Duration = Duration::from_secs(120);
+    /// How long [`Self::wait_more`] waits at most.
+    pub const WAIT: Duration = Duration::from_secs(30);
+
+    fn start(ns: &Netns, dst: SocketAddr) -> Self {
+        use std::sync::atomic::Ordering;
+        let shared: Shared = std::sync::Arc::default();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (sh, st) = (shared.clone(), stop.clone());
+        let thread = ns.spawn_in(move || {
+            let began = std::time::Instant::now();
+            let mut n = 0u64;
+            while !st.load(Ordering::Relaxed)
+                && n < Self::MAX_CONNECTIONS
+                && began.elapsed() < Self::MAX_TIME
+            {
+                // Pacing, not synchronisation: the next connection starts one PACE after the
+                // previous one started, or at once if that one took longer.
+                let due = began + Self::PACE * u32::try_from(n).unwrap_or(u32::MAX);
+                std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
+                n += 1;
+                let got = TcpStream::connect_timeout(&dst, IO_TIMEOUT)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|s| {
+                        s.set_read_timeout(Some(IO_TIMEOUT))?;
+                        s.set_write_timeout(Some(IO_TIMEOUT))?;
+                        HttpConn {
+                            stream: BufReader::new(s),
+                        }
+                        .get()
+                    });
+                let mut t = sh.0.lock().expect("tally");
+                match got {
+                    Ok(name) => {
+                        t.ok += 1;
+                        *t.per_backend.entry(name).or_default() += 1;
+                    }
+                    Err(e) => t.failures.push(format!("connection {n}: {e:#}")),
+                }
+                sh.1.notify_all();
+            }
+            sh.0.lock().expect("tally").ended = true;
+            sh.1.notify_all();
+        });
+        Self {
+            shared,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Blocks until `n` more connections than now have succeeded.
+    ///
+    /// # Errors
+    /// The stream ended, or [`Self::WAIT`] passed first.
+    pub fn wait_more(&self, n: u64) -> anyhow::Result<()> {
+        let (lock, cv) = &*self.shared;
+        let mut t = lock.lock().expect("tally");
+        let want = t.ok + n;
+        let deadline = std::time::Instant::now() + Self::WAIT;
+        while t.ok < want {
+            if t.ended {
+                bail!("the connection stream ended after {} connections", t.ok);
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                bail!(
+                    "{} of {n} more connections in {:?}; failures so far: {:?}",
+                    n + t.ok - want,
+                    Self::WAIT,
+                    t.failures
+                );
+            }
+            t = cv.wait_timeout(t, left).expect("tally").0;
+        }
+        Ok(())
+    }
+
+    /// Stops the stream and returns what it saw.
+    #[must_use]
+    pub fn stop(mut self) -> StreamTally {
+        self.halt();
+        self.shared.0.lock().expect("tally").clone()
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for ConnStream {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+/// A keep-alive HTTP/1.1 connection.
+pub struct HttpConn {
+    stream: BufReader<TcpStream>,
+}
+
+impl HttpConn {
+    /// One request on this connection; returns the body's first line (the backend's name).
+    ///
+    /// # Errors
+    /// The request fails, times out or gets no 200.
+    pub fn get(&mut self) -> anyhow::Result<String> {
+        Ok(self.get_with_peer()?.0)
+    }
+
+    /// As [`Self::get`], also returning the client address the server saw (its `X-Peer`).
+    ///
+    /// # Errors
+    /// As [`Self::get`], or no `X-Peer` header.
+    pub fn get_with_peer(&mut self) -> anyhow::Result<(String, SocketAddr)> {
+        self.stream
+            .get_mut()
+            .write_all(b"GET / HTTP/1.1\r\nHost: vip\r\n\r\n")?;
+        let mut status = String::new();
+        self.stream.read_line(&mut status)?;
+        if !status.starts_with("HTTP/1.1 200") {
+            bail!("bad status line {status:?}");
+        }
+        let mut len = 0usize;
+        let mut peer = None;
+        loop {
+            let mut h = String::new();
+            if self.stream.read_line(&mut h)? == 0 {
+                bail!("connection closed in headers");
+            }
+            if h == "\r\n" {
+                break;
+            }
+            let lower = h.to_ascii_lowercase();
+            if let Some(v) = lower.strip_prefix("content-length:") {
+                len = v.trim().parse()?;
+            } else if let Some(v) = lower.strip_prefix("x-peer:") {
+                peer = Some(v.trim().parse::<SocketAddr>()?);
+            }
+        }
+        let mut body = vec![0u8; len];
+        self.stream.read_exact(&mut body)?;
+        let peer = peer.context("no X-Peer header")?;
+        Ok((String::from_utf8_lossy(&body).trim().to_owned(), peer))
+    }
+
+    /// The local (client) address of the connection.
+    ///
+    /// # Errors
+    /// The socket is gone.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.stream.get_ref().local_addr()
+    }
+}
+
+type Shared = std::sync::Arc<(std::sync::Mutex<StreamTally>, std::sync::Condvar)>;

@@ -1,0 +1,77 @@
+//! The backends: one namespace each, running `lb-labd` (HTTP and UDP echo, named).
+
+use std::{
+    io::{BufRead as _, BufReader},
+    net::Ipv4Addr,
+    process::{Child, Command, Stdio},
+};
+
+use anyhow::{Context as _, bail};
+
+use super::workspace_bin;
+use crate::netns::Netns;
+
+/// One backend namespace and its server.
+pub struct BackendNs {
+    pub ns: Netns,
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub(super) server: Option<Child>,
+}
+
+impl BackendNs {
+    /// Starts (or restarts) this backend's HTTP and UDP servers; returns once they listen.
+    ///
+    /// # Errors
+    /// The server does not start.
+    pub fn start_server(&mut self) -> anyhow::Result<()> {
+        self.start_server_with_health(200)
+    }
+
+    /// As [`Self::start_server`], with `GET /healthz` answering `status`.
+    ///
+    /// # Errors
+    /// The server does not start.
+    pub fn start_server_with_health(&mut self, status: u16) -> anyhow::Result<()> {
+        self.stop_server();
+        let labd = workspace_bin("lb-labd")?;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.ns.name])
+            .arg(&labd)
+            .args([
+                "--name",
+                &self.name,
+                "--http",
+                &format!("{}:80", self.ip),
+                "--udp",
+                &format!("{}:53", self.ip),
+                "--health-status",
+                &status.to_string(),
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting lb-labd")?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+        if line.trim() != "ready" {
+            let _ = child.kill();
+            bail!("lb-labd for {} did not start: {line:?}", self.name);
+        }
+        self.server = Some(child);
+        Ok(())
+    }
+
+    /// Stops the server (its listening sockets close at once).
+    pub fn stop_server(&mut self) {
+        if let Some(mut c) = self.server.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for BackendNs {
+    fn drop(&mut self) {
+        self.stop_server();
+    }
+}

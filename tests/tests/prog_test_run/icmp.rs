@@ -1,0 +1,235 @@
+//! ICMP: echo to a VIP, and errors delivered to the owner of a flow.
+
+use super::*;
+
+/// An ICMP message with a correct checksum.
+fn icmp(ty: u8, rest: &[u8]) -> Vec<u8> {
+    let mut m = vec![ty, 0, 0, 0];
+    m.extend_from_slice(rest);
+    let c = lb_common::csum::ipv4_header(&m);
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    m
+}
+
+#[test]
+fn the_lb_answers_pings_to_a_vip_rate_limited() {
+    with_fixture(|fx| {
+        let req = icmp(8, &[0x12, 0x34, 0, 1, b'p', b'i', b'n', b'g']);
+        let ping = Frame::raw(*CLIENT.ip(), VIP, proto::ICMP, req);
+        // The reply: addresses and MACs swapped, TTL 64, type 0, checksum still valid.
+        let mut want = Frame::raw(
+            VIP,
+            *CLIENT.ip(),
+            proto::ICMP,
+            icmp(0, &[0x12, 0x34, 0, 1, b'p', b'i', b'n', b'g']),
+        );
+        want.smac = ping.dmac;
+        want.dmac = ping.smac;
+        want.ttl = 64;
+        fx.check(
+            "ping to a VIP",
+            &ping,
+            XDP_TX,
+            Some(&want),
+            Reason::EchoReply,
+        );
+        let off = Frame::raw(
+            *CLIENT.ip(),
+            Ipv4Addr::new(203, 0, 113, 30),
+            proto::ICMP,
+            icmp(8, &[0, 1, 0, 1]),
+        );
+        fx.check(
+            "ping to a VIP with echo off",
+            &off,
+            XDP_DROP,
+            None,
+            Reason::DropEchoLimited,
+        );
+        let outside = Frame::raw(
+            Ipv4Addr::new(198, 51, 100, 70),
+            Ipv4Addr::new(203, 0, 113, 20),
+            proto::ICMP,
+            icmp(8, &[0, 1, 0, 1]),
+        );
+        fx.check(
+            "ping to an internal VIP from outside",
+            &outside,
+            XDP_DROP,
+            None,
+            Reason::DropNotInternal,
+        );
+        // A burst far above the budget is cut to what the token bucket allows: each CPU's bucket
+        // starts full (ECHO_BURST) and refills at ECHO_RATE_PER_SEC. The bound uses the time the
+        // loop really took, so a slow machine cannot make this fail.
+        let (burst, rate) = (
+            lb_common::consts::ECHO_BURST,
+            lb_common::consts::ECHO_RATE_PER_SEC,
+        );
+        let cpus = u64::try_from(aya::util::nr_cpus().unwrap()).unwrap();
+        let before = fx.counts()[Reason::DropEchoLimited as usize];
+        // Replies this program already sent took tokens from the same buckets.
+        let spent = fx.counts()[Reason::EchoReply as usize];
+        let bytes = ping.build();
+        let started = std::time::Instant::now();
+        let mut replied = 0u64;
+        for _ in 0..1000 {
+            if fx.run(&bytes).0 == XDP_TX {
+                replied += 1;
+            }
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "small, positive"
+        )]
+        let refill = (rate as f64 * elapsed).ceil() as u64;
+        assert!(
+            replied >= burst.saturating_sub(spent),
+            "the burst was not honoured: {replied} replies after {spent} earlier ones"
+        );
+        assert!(
+            replied <= cpus * burst + refill + cpus,
+            "{replied} replies in {elapsed:.3}s beat the bucket"
+        );
+        let limited = fx.counts()[Reason::DropEchoLimited as usize] - before;
+        assert_eq!(
+            limited,
+            1000 - replied,
+            "every request is either answered or counted"
+        );
+    });
+}
+
+/// An ICMP error message: type, code, the 4 "rest of header" bytes, the embedded bytes; with a
+/// checksum computed from scratch.
+fn icmp_error(ty: u8, code: u8, rest: [u8; 4], embedded: &[u8]) -> Vec<u8> {
+    let mut m = vec![ty, code, 0, 0];
+    m.extend_from_slice(&rest);
+    m.extend_from_slice(embedded);
+    let c = lb_common::csum::ipv4_header(&m);
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    m
+}
+
+/// The first `len` bytes of a frame's IPv4 packet (what an ICMP error embeds).
+fn ip_bytes(f: &Frame, len: usize) -> Vec<u8> {
+    f.build()[f.l3_offset()..f.l3_offset() + len].to_vec()
+}
+
+#[test]
+fn icmp_errors_reach_the_party_that_owns_the_flow() {
+    with_fixture(|fx| {
+        let vip80 = SocketAddrV4::new(VIP, 80);
+        let be = fx.model_pick(CLIENT, 80);
+        let syn = Frame::tcp(CLIENT, vip80, TCP_SYN);
+        assert_eq!(fx.run(&syn.build()).0, XDP_TX, "the flow is set up");
+        let router = Ipv4Addr::new(198, 51, 100, 254);
+        let mtu = [0, 0, 0x05, 0x78]; // next-hop MTU 1400
+
+        // "Fragmentation needed" about our reply VIP:80 → client, embedding 8 and then 20 bytes
+        // of TCP (only the second carries the TCP checksum).
+        for l4_len in [8, 20] {
+            let reply = Frame::tcp(vip80, CLIENT, TCP_ACK);
+            let err = Frame::raw(
+                router,
+                VIP,
+                proto::ICMP,
+                icmp_error(3, 4, mtu, &ip_bytes(&reply, 20 + l4_len)),
+            );
+            let translated = Frame::tcp(be, CLIENT, TCP_ACK);
+            let mut want = Frame::raw(
+                router,
+                *be.ip(),
+                proto::ICMP,
+                icmp_error(3, 4, mtu, &ip_bytes(&translated, 20 + l4_len)),
+            );
+            want.ttl = err.ttl - 1;
+            want.smac = LB_MAC;
+            want.dmac = mac_of(be);
+            fx.check(
+                &format!("frag needed, {l4_len} bytes of TCP"),
+                &err,
+                XDP_TX,
+                Some(&want),
+                Reason::IcmpToBackend,
+            );
+        }
+
+        // Truncated or unknown embedded packets are counted drops.
+        let reply = Frame::tcp(vip80, CLIENT, TCP_ACK);
+        let cut = Frame::raw(
+            router,
+            VIP,
+            proto::ICMP,
+            icmp_error(3, 4, mtu, &ip_bytes(&reply, 10)),
+        );
+        fx.check(
+            "embedded IP header cut",
+            &cut,
+            XDP_DROP,
+            None,
+            Reason::DropIcmpUnmatched,
+        );
+        let cut_l4 = Frame::raw(
+            router,
+            VIP,
+            proto::ICMP,
+            icmp_error(3, 4, mtu, &ip_bytes(&reply, 22)),
+        );
+        fx.check(
+            "embedded ports cut",
+            &cut_l4,
+            XDP_DROP,
+            None,
+            Reason::DropIcmpUnmatched,
+        );
+        let stranger = Frame::tcp(vip80, SocketAddrV4::new(*CLIENT.ip(), 1), TCP_ACK);
+        let forged = Frame::raw(
+            router,
+            VIP,
+            proto::ICMP,
+            icmp_error(3, 4, mtu, &ip_bytes(&stranger, 28)),
+        );
+        fx.check(
+            "no such flow",
+            &forged,
+            XDP_DROP,
+            None,
+            Reason::DropIcmpUnmatched,
+        );
+
+        // A backend's "port unreachable" about a UDP flow goes back to the client as from the
+        // VIP, the embedded destination (and its UDP checksum) translated too.
+        let vip53 = SocketAddrV4::new(VIP, 53);
+        let b53 = SocketAddrV4::new(B1, 53);
+        let client = SocketAddrV4::new(*CLIENT.ip(), 40001);
+        let q = Frame::udp(client, vip53);
+        assert_eq!(fx.run(&q.build()).0, XDP_TX, "the UDP flow is set up");
+        let seen = Frame::udp(client, b53); // the query as the backend received it
+        let mut err = Frame::raw(
+            B1,
+            *CLIENT.ip(),
+            proto::ICMP,
+            icmp_error(3, 3, [0; 4], &ip_bytes(&seen, 28)),
+        );
+        err.smac = B1_MAC;
+        let mut want = Frame::raw(
+            VIP,
+            *CLIENT.ip(),
+            proto::ICMP,
+            icmp_error(3, 3, [0; 4], &ip_bytes(&q, 28)),
+        );
+        want.ttl = err.ttl - 1;
+        want.smac = LB_MAC;
+        want.dmac = CLIENT_MAC;
+        fx.check(
+            "port unreachable from the backend",
+            &err,
+            XDP_TX,
+            Some(&want),
+            Reason::IcmpToClient,
+        );
+    });
+}
