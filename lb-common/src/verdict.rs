@@ -160,6 +160,85 @@ impl Reason {
     }
 }
 
+/// Defines one class of reasons (drops, passes, sends) as its own enum, each variant the
+/// reason of the same name: the fast path's verdict holds one of these, so a drop can only be
+/// counted under a drop reason, a pass under a pass reason.
+macro_rules! reason_class {
+    ($(#[$m:meta])* $name:ident { $($v:ident => $r:ident),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum $name {
+            $($v),+
+        }
+
+        impl $name {
+            /// Every variant.
+            pub const ALL: &'static [Self] = &[$(Self::$v),+];
+
+            /// The reason this is.
+            #[must_use]
+            pub const fn reason(self) -> Reason {
+                match self {
+                    $(Self::$v => Reason::$r),+
+                }
+            }
+        }
+
+        impl From<$name> for Reason {
+            fn from(c: $name) -> Self {
+                c.reason()
+            }
+        }
+    };
+}
+
+reason_class!(
+    /// Why a packet was dropped.
+    DropReason {
+        Malformed => DropMalformed,
+        IpOptions => DropIpOptions,
+        Fragment => DropFragment,
+        NoService => DropNoService,
+        NoBackend => DropNoBackend,
+        Ttl => DropTtl,
+        Proto => DropProto,
+        Acl => DropAcl,
+        NotInternal => DropNotInternal,
+        Hairpin => DropHairpin,
+        EchoLimited => DropEchoLimited,
+        IcmpUnmatched => DropIcmpUnmatched,
+        HairpinNoPort => DropHairpinNoPort,
+        HairpinUnavailable => DropHairpinUnavailable,
+    }
+);
+
+reason_class!(
+    /// Why a packet was passed to the kernel untouched (or, for `NoNextHop`, translated but
+    /// left to the kernel to route).
+    PassReason {
+        NoNextHop => PassNoNextHop,
+        NotIpv4 => PassNotIpv4,
+        NotOurs => PassNotOurs,
+        Short => PassShort,
+    }
+);
+
+reason_class!(
+    /// Why a packet was sent on by the program itself (`XDP_TX` or a redirect).
+    SendReason {
+        Forward => Forward,
+        Reply => Reply,
+        ForwardFib => ForwardFib,
+        PipIn => PipIn,
+        PipOut => PipOut,
+        EchoReply => EchoReply,
+        IcmpToBackend => IcmpToBackend,
+        IcmpToClient => IcmpToClient,
+        HairpinSnat => HairpinSnat,
+        HairpinReply => HairpinReply,
+    }
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,5 +253,21 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), ALL_REASONS.len());
         assert!(Reason::DropProto.is_drop() && !Reason::PassShort.is_drop());
+    }
+
+    /// Every reason is in exactly one class, and the drop class is exactly the drops.
+    #[test]
+    fn every_reason_has_one_class() {
+        let drops: Vec<Reason> = DropReason::ALL.iter().map(|d| d.reason()).collect();
+        let passes: Vec<Reason> = PassReason::ALL.iter().map(|d| d.reason()).collect();
+        let sends: Vec<Reason> = SendReason::ALL.iter().map(|d| d.reason()).collect();
+        for r in ALL_REASONS {
+            let n = [&drops, &passes, &sends]
+                .iter()
+                .filter(|c| c.contains(&r))
+                .count();
+            assert_eq!(n, 1, "{r:?} is in {n} classes");
+            assert_eq!(r.is_drop(), drops.contains(&r), "{r:?}");
+        }
     }
 }

@@ -12,7 +12,7 @@
 //! 512-byte budget across the call chain (measured 576–672), while a tail call starts afresh.
 //! The cost, a second parse, is paid by hairpin flows only.
 
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use aya_ebpf::programs::XdpContext;
 use lb_common::{
     addr::as_v4,
     consts::PROG_HAIRPIN,
@@ -21,44 +21,43 @@ use lb_common::{
         ACL_HAIRPIN, Backend, BackendId, CONN_HAIRPIN, CONN_HAIRPIN_REV, ConnEntry,
         HAIRPIN_PORT_TRIES, ServiceKey, VIP_F_HAIRPIN_SNAT, hairpin_port,
     },
-    verdict::Reason,
+    verdict::{DropReason, SendReason},
 };
 
 use crate::{
+    conntrack,
     maps::LB_PROGS,
     parse::{self, L4, Packet},
-    select,
+    policy, select,
     stats::{self, Dir},
+    verdict::Verdict,
     xlate,
 };
 
 /// Hands the packet to the hairpin program. Returns only if the tail call fails (the agent has
 /// not installed the program), as a counted drop.
 #[inline(always)]
-pub fn enter(ctx: &XdpContext) -> (u32, Reason) {
+pub fn enter(ctx: &XdpContext) -> Verdict {
     // SAFETY: `ctx` is this program's context; on success control never comes back.
     unsafe { LB_PROGS.tail_call(ctx, PROG_HAIRPIN) };
-    (xdp_action::XDP_DROP, Reason::DropHairpinUnavailable)
+    Verdict::Drop(DropReason::HairpinUnavailable)
 }
 
 /// The hairpin program: a reply of a hairpin flow, a tracked hairpin flow, or a new one.
 #[inline(always)]
-pub fn run(ctx: &XdpContext) -> (u32, Reason) {
+pub fn run(ctx: &XdpContext) -> Verdict {
     // `lb_xdp` only tail-calls for well-formed TCP/UDP, so these misses cannot happen; they
     // are still defined outcomes.
     let Ok(pkt) = parse::packet(ctx) else {
-        return (xdp_action::XDP_DROP, Reason::DropMalformed);
+        return Verdict::Drop(DropReason::Malformed);
     };
     let Some((flow, l4)) = pkt.l4 else {
-        return (
-            xdp_action::XDP_DROP,
-            pkt.problem.unwrap_or(Reason::DropMalformed),
-        );
+        return Verdict::Drop(pkt.problem.unwrap_or(DropReason::Malformed));
     };
     if xlate::ttl(&pkt) <= 1 {
-        return (xdp_action::XDP_DROP, Reason::DropTtl);
+        return Verdict::Drop(DropReason::Ttl);
     }
-    if let Some(ct) = select::flow(&flow) {
+    if let Some(ct) = conntrack::lookup(&flow) {
         if ct.kind == CONN_HAIRPIN_REV {
             return reply(ctx, &pkt, l4, &flow, &ct);
         }
@@ -84,27 +83,27 @@ pub fn run(ctx: &XdpContext) -> (u32, Reason) {
 
 /// A new hairpin flow: checks, backend pick, SNAT port, both conntrack entries, out.
 #[inline(always)]
-fn new_flow(ctx: &XdpContext, pkt: &Packet, l4: L4, flow: &FlowKey) -> (u32, Reason) {
+fn new_flow(ctx: &XdpContext, pkt: &Packet, l4: L4, flow: &FlowKey) -> Verdict {
     let (Some(svc), Some(vip)) = (select::service(flow), select::vip(flow.dst)) else {
-        return (xdp_action::XDP_DROP, Reason::DropNoService);
+        return Verdict::Drop(DropReason::NoService);
     };
     // Re-checked here because this program trusts nothing about its caller: only a backend
     // of this internal VIP (an `ACL_HAIRPIN` host entry, whose rule is its backend id) with
     // hairpin SNAT on gets through.
-    let peer = match select::acl_entry(vip.ilb_id, &flow.src) {
+    let peer = match policy::acl_entry(vip.ilb_id, &flow.src) {
         Some(a) if vip.ilb_id != 0 && a.action == ACL_HAIRPIN => a.rule,
-        _ => return (xdp_action::XDP_DROP, Reason::DropHairpin),
+        _ => return Verdict::Drop(DropReason::Hairpin),
     };
     if vip.flags & VIP_F_HAIRPIN_SNAT == 0 {
-        return (xdp_action::XDP_DROP, Reason::DropHairpin);
+        return Verdict::Drop(DropReason::Hairpin);
     }
-    if !select::acl_permits(&svc, &flow.src) {
-        return (xdp_action::XDP_DROP, Reason::DropAcl);
+    if !policy::acl_permits(&svc, &flow.src) {
+        return Verdict::Drop(DropReason::Acl);
     }
     let hash = select::hash(flow);
-    let (id, b) = match select::pick(&svc, hash) {
+    let (id, b) = match select::from_table(&svc, hash) {
         Ok(x) => x,
-        Err(r) => return (xdp_action::XDP_DROP, r),
+        Err(r) => return Verdict::Drop(r),
     };
     // The reply's key: (chosen backend → VIP:SNAT port).
     let mut rev_key = FlowKey {
@@ -125,7 +124,7 @@ fn new_flow(ctx: &XdpContext, pkt: &Packet, l4: L4, flow: &FlowKey) -> (u32, Rea
         }
     }
     if !found {
-        return (xdp_action::XDP_DROP, Reason::DropHairpinNoPort);
+        return Verdict::Drop(DropReason::HairpinNoPort);
     }
     let rev = ConnEntry {
         addr: flow.src,
@@ -137,7 +136,7 @@ fn new_flow(ctx: &XdpContext, pkt: &Packet, l4: L4, flow: &FlowKey) -> (u32, Rea
         peer,
         ..ConnEntry::default()
     };
-    select::track(&rev_key, &rev);
+    conntrack::track(&rev_key, &rev);
     let fwd = ConnEntry {
         addr: flow.dst,
         port: rev_key.dport,
@@ -147,7 +146,7 @@ fn new_flow(ctx: &XdpContext, pkt: &Packet, l4: L4, flow: &FlowKey) -> (u32, Rea
         peer,
         ..ConnEntry::default()
     };
-    select::track(flow, &fwd);
+    conntrack::track(flow, &fwd);
     out(ctx, pkt, l4, flow, (id, &b), rev_key.dport, svc.id, true)
 }
 
@@ -166,7 +165,7 @@ fn port_free(flow: &FlowKey, rev_key: &FlowKey) -> bool {
     if select::service_at(key).is_some() {
         return false;
     }
-    match select::flow(rev_key) {
+    match conntrack::lookup(rev_key) {
         None => true,
         Some(c) => c.kind == CONN_HAIRPIN_REV && c.addr == flow.src && c.port == flow.sport,
     }
@@ -184,26 +183,26 @@ fn out(
     snat_port: [u8; 2],
     service: u32,
     new_flow: bool,
-) -> (u32, Reason) {
+) -> Verdict {
     let (Some(dip), Some(vip)) = (as_v4(&b.addr), as_v4(&flow.dst)) else {
-        return (xdp_action::XDP_DROP, Reason::DropNoBackend);
+        return Verdict::Drop(DropReason::NoBackend);
     };
     xlate::dnat(pkt, l4, dip, b.port);
     xlate::rnat(pkt, l4, vip, snat_port);
     stats::count_flow(service, id, pkt.len, Dir::Forward { new_flow });
-    xlate::forward(ctx, pkt, Some(b.nh), Reason::HairpinSnat)
+    xlate::forward(ctx, pkt, Some(b.nh), SendReason::HairpinSnat)
 }
 
 /// Chosen backend → VIP:SNAT port: source back to VIP:port, destination back to the connecting
 /// backend, sent through that backend's next hop.
 #[inline(always)]
-fn reply(ctx: &XdpContext, pkt: &Packet, l4: L4, flow: &FlowKey, ct: &ConnEntry) -> (u32, Reason) {
+fn reply(ctx: &XdpContext, pkt: &Packet, l4: L4, flow: &FlowKey, ct: &ConnEntry) -> Verdict {
     let (Some(vip), Some(client)) = (as_v4(&flow.dst), as_v4(&ct.addr)) else {
-        return (xdp_action::XDP_DROP, Reason::DropNoBackend);
+        return Verdict::Drop(DropReason::NoBackend);
     };
     xlate::rnat(pkt, l4, vip, ct.vport);
     xlate::dnat(pkt, l4, client, ct.port);
     stats::count_flow(ct.service, ct.backend, pkt.len, Dir::Reply);
     let nh = select::live_backend(ct.peer).map(|b| b.nh);
-    xlate::forward(ctx, pkt, nh, Reason::HairpinReply)
+    xlate::forward(ctx, pkt, nh, SendReason::HairpinReply)
 }

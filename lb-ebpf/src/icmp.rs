@@ -10,14 +10,17 @@ use lb_common::{
     csum,
     flow::{FlowKey, proto},
     hdr::Ipv4Hdr,
-    maps::{ACL_PERMIT, VIP_F_NO_ECHO, VipInfo},
-    verdict::Reason,
+    maps::{ACL_PERMIT, CONN_FORWARD, ConnEntry, VIP_F_NO_ECHO, VipInfo},
+    verdict::{DropReason, SendReason},
 };
 
 use crate::{
+    conntrack,
     maps::LB_ECHO_RL,
     parse::{Packet, ptr_at},
-    select, xlate,
+    policy, select,
+    verdict::Verdict,
+    xlate,
 };
 
 const ECHO_REQUEST: u8 = 8;
@@ -26,33 +29,33 @@ const REPLY_TTL: u8 = 64;
 
 /// Handles an ICMP packet addressed to a VIP (well-formed IPv4, no options, not a fragment).
 #[inline(always)]
-pub fn to_vip(ctx: &XdpContext, pkt: &Packet, vip: &VipInfo) -> (u32, Reason) {
+pub fn to_vip(ctx: &XdpContext, pkt: &Packet, vip: &VipInfo) -> Verdict {
     // SAFETY: `pkt.ip` was bounds-checked by the parser.
     let src = unsafe { (*pkt.ip).src };
     let Some(icmp) = ptr_at::<[u8; 4]>(ctx, pkt.l3_off + 20) else {
-        return (xdp_action::XDP_DROP, Reason::DropMalformed);
+        return Verdict::Drop(DropReason::Malformed);
     };
     // SAFETY: bounds-checked by `ptr_at`.
     let (ty, code) = unsafe { ((*icmp)[0], (*icmp)[1]) };
     // An internal VIP does not exist outside its internal prefixes, for ICMP errors too: an
     // outside host must not reach a backend with an error that embeds an internal flow.
     let internal =
-        vip.ilb_id == 0 || select::acl_lookup(vip.ilb_id, &v4_mapped(src)) == Some(ACL_PERMIT);
+        vip.ilb_id == 0 || policy::acl_lookup(vip.ilb_id, &v4_mapped(src)) == Some(ACL_PERMIT);
     if is_error(ty) {
         if !internal {
-            return (xdp_action::XDP_DROP, Reason::DropNotInternal);
+            return Verdict::Drop(DropReason::NotInternal);
         }
         return error_to_vip(ctx, pkt);
     }
     if ty != ECHO_REQUEST || code != 0 {
-        return (xdp_action::XDP_DROP, Reason::DropProto);
+        return Verdict::Drop(DropReason::Proto);
     }
     // An internal VIP answers only its internal sources, pings included.
     if !internal {
-        return (xdp_action::XDP_DROP, Reason::DropNotInternal);
+        return Verdict::Drop(DropReason::NotInternal);
     }
     if vip.flags & VIP_F_NO_ECHO != 0 || !take_token() {
-        return (xdp_action::XDP_DROP, Reason::DropEchoLimited);
+        return Verdict::Drop(DropReason::EchoLimited);
     }
     // SAFETY: `pkt.eth`, `pkt.ip` and `icmp` were bounds-checked.
     unsafe {
@@ -78,7 +81,7 @@ pub fn to_vip(ctx: &XdpContext, pkt: &Packet, vip: &VipInfo) -> (u32, Reason) {
     }
     // Back out of the ingress device: XDP_TX, the cheapest way out on a NIC. (On veth it
     // needs an XDP program on the peer to be delivered promptly; the lab attaches one.)
-    (xdp_action::XDP_TX, Reason::EchoReply)
+    Verdict::Sent(xdp_action::XDP_TX, SendReason::EchoReply)
 }
 
 /// Token bucket: `ECHO_RATE_PER_SEC` replies per second per CPU, bursts of `ECHO_BURST`.
@@ -224,24 +227,23 @@ unsafe fn rewrite_embedded(
 /// path about our reply VIP:port → client): forwarded to the backend that owns the flow, outer
 /// destination and embedded source translated to it.
 #[inline(always)]
-pub fn error_to_vip(ctx: &XdpContext, pkt: &Packet) -> (u32, Reason) {
+pub fn error_to_vip(ctx: &XdpContext, pkt: &Packet) -> Verdict {
+    let unmatched = Verdict::Drop(DropReason::IcmpUnmatched);
     let Some((icmp, e, key)) = embedded(ctx, pkt.l3_off + 20) else {
-        return (xdp_action::XDP_DROP, Reason::DropIcmpUnmatched);
+        return unmatched;
     };
     // The embedded packet went VIP → client; its flow is tracked client → VIP.
-    let Some(ct) =
-        select::flow(&key.reversed()).filter(|c| c.kind == lb_common::maps::CONN_FORWARD)
-    else {
-        return (xdp_action::XDP_DROP, Reason::DropIcmpUnmatched);
+    let Some(ct) = conntrack::lookup(&key.reversed()).filter(|c| c.kind == CONN_FORWARD) else {
+        return unmatched;
     };
     let Some(be) = select::live_backend(ct.backend) else {
-        return (xdp_action::XDP_DROP, Reason::DropIcmpUnmatched);
+        return unmatched;
     };
     let Some(dip) = as_v4(&be.addr) else {
-        return (xdp_action::XDP_DROP, Reason::DropIcmpUnmatched);
+        return unmatched;
     };
     if xlate::ttl(pkt) <= 1 {
-        return (xdp_action::XDP_DROP, Reason::DropTtl);
+        return Verdict::Drop(DropReason::Ttl);
     }
     // SAFETY: all pointers were bounds-checked (`pkt` by the parser, the rest by `embedded`).
     unsafe {
@@ -251,25 +253,38 @@ pub fn error_to_vip(ctx: &XdpContext, pkt: &Packet) -> (u32, Reason) {
         (*ip).dst = dip;
         (*ip).check = csum::update32(u16::from_be_bytes((*ip).check), old, dip).to_be_bytes();
     }
-    xlate::forward(ctx, pkt, Some(be.nh), Reason::IcmpToBackend)
+    xlate::forward(ctx, pkt, Some(be.nh), SendReason::IcmpToBackend)
 }
 
-/// An ICMP error from a backend (or a router on its side) about a packet of a tracked flow
-/// (client → DIP:port after our DNAT): translated back to the VIP and sent to the client.
-/// `None` when it is not about a tracked flow (the kernel's business).
+/// The reverse entry of the tracked flow an ICMP error from a backend's side is about (the
+/// embedded packet went client → DIP; the reply direction is tracked DIP → client); `None`
+/// when the packet is no such error (the kernel's business).
 #[inline(always)]
-pub fn error_from_backend(ctx: &XdpContext, pkt: &Packet) -> Option<(u32, Reason)> {
+pub fn tracked_error_from_backend(ctx: &XdpContext, pkt: &Packet) -> Option<ConnEntry> {
     let icmp_ty = ptr_at::<[u8; 1]>(ctx, pkt.l3_off + 20)?;
     // SAFETY: bounds-checked by `ptr_at`.
     if !is_error(unsafe { (*icmp_ty)[0] }) {
         return None;
     }
-    let (icmp, e, key) = embedded(ctx, pkt.l3_off + 20)?;
-    // The embedded packet went client → DIP; the reply direction is tracked DIP → client.
-    let ct = select::reply(&key.reversed())?;
-    let vip = as_v4(&ct.addr)?;
+    let (_, _, key) = embedded(ctx, pkt.l3_off + 20)?;
+    conntrack::reply(&key.reversed()).filter(|ct| as_v4(&ct.addr).is_some())
+}
+
+/// An ICMP error from a backend (or a router on its side) about a packet of the tracked flow
+/// whose reverse entry is `ct` (found by [`tracked_error_from_backend`]): translated back to
+/// the VIP and sent to the client.
+#[inline(always)]
+pub fn error_from_backend(ctx: &XdpContext, pkt: &Packet, ct: &ConnEntry) -> Verdict {
+    // verifier: the embedded headers are found again here rather than carried over from the
+    // classification, so every packet pointer is derived from a check in this function.
+    let Some((icmp, e, key)) = embedded(ctx, pkt.l3_off + 20) else {
+        return Verdict::Drop(DropReason::IcmpUnmatched);
+    };
+    let Some(vip) = as_v4(&ct.addr) else {
+        return Verdict::Drop(DropReason::IcmpUnmatched);
+    };
     if xlate::ttl(pkt) <= 1 {
-        return Some((xdp_action::XDP_DROP, Reason::DropTtl));
+        return Verdict::Drop(DropReason::Ttl);
     }
     // SAFETY: `e.ip` was bounds-checked by `embedded`.
     let dip = unsafe { (*e.ip).dst };
@@ -284,10 +299,5 @@ pub fn error_from_backend(ctx: &XdpContext, pkt: &Packet) -> Option<(u32, Reason
         }
     }
     // The embedded packet came from the client: its source is where the error goes.
-    Some(xlate::forward(
-        ctx,
-        pkt,
-        select::route(key.src),
-        Reason::IcmpToClient,
-    ))
+    xlate::forward(ctx, pkt, select::route(key.src), SendReason::IcmpToClient)
 }

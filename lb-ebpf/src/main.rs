@@ -1,97 +1,81 @@
-//! The XDP load balancer: parse → classify → select → translate → forward.
+//! The XDP load balancer: parse → classify → admit → select → translate → forward.
 //!
-//! Little logic lives here: the hash, slot rule, checksum arithmetic and verdict reasons come
-//! from `lb-common`, where host tests cover them. Every packet is counted under exactly one
-//! [`Reason`], in one place ([`lb_xdp`]).
+//! Each stage is a module with one job: `parse.rs` (bounds-checked headers), `classify.rs` (what
+//! the packet is to us, as one [`classify::Class`]), `policy.rs` (admission of new flows),
+//! `select.rs` with `conntrack.rs` (which backend), `xlate.rs` (NAT, checksums, next hop, out).
+//! Every stage ends in a [`verdict::Verdict`], whose reason's type is its action's class, and
+//! [`lb_xdp`] counts each packet under exactly one reason, in one place. The hash, slot rule,
+//! checksum arithmetic and reasons come from `lb-common`, where host tests cover them.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+mod classify;
+mod conntrack;
 mod hairpin;
 mod icmp;
 mod maps;
 mod parse;
 mod pip;
+mod policy;
 mod select;
 mod stats;
+mod verdict;
 mod xlate;
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{macros::xdp, programs::XdpContext};
 use lb_common::{
-    addr::{as_v4, v4_mapped},
+    addr::as_v4,
     flow::FlowKey,
-    maps::{CONN_HAIRPIN_REV, ConnEntry, ServiceInfo},
-    verdict::Reason,
+    maps::{ConnEntry, ServiceInfo},
+    verdict::{DropReason, PassReason, SendReason},
 };
 
 use crate::{
+    classify::Class,
     parse::{L4, Packet},
+    select::Pick,
     stats::Dir,
+    verdict::Verdict,
 };
 
 #[xdp]
 pub fn lb_xdp(ctx: XdpContext) -> u32 {
-    let (action, reason) = try_lb(&ctx);
-    stats::count_reason(reason);
-    action
+    let v = try_lb(&ctx);
+    stats::count_reason(v.reason());
+    v.action()
 }
 
 /// Hairpin SNAT flows, entered from [`lb_xdp`] by tail call (see `hairpin.rs`).
 #[xdp]
 pub fn lb_hairpin(ctx: XdpContext) -> u32 {
-    let (action, reason) = hairpin::run(&ctx);
-    stats::count_reason(reason);
-    action
+    let v = hairpin::run(&ctx);
+    stats::count_reason(v.reason());
+    v.action()
 }
 
 #[inline(always)]
-fn try_lb(ctx: &XdpContext) -> (u32, Reason) {
+fn try_lb(ctx: &XdpContext) -> Verdict {
     let pkt = match parse::packet(ctx) {
         Ok(p) => p,
-        Err(pass) => return (xdp_action::XDP_PASS, pass),
+        Err(pass) => return Verdict::Pass(pass),
     };
-    let Some((flow, l4)) = pkt.l4 else {
-        // Not balanceable (malformed, fragment, options, not TCP/UDP). In order: an ICMP error
-        // about a tracked flow belongs to that flow (before a PIP, as conntrack is for TCP/UDP);
-        // a PIP takes every protocol; ICMP to a VIP gets echo replies and error translation;
-        // anything else to a VIP is a counted drop; the rest is the kernel's business.
-        // SAFETY: `pkt.ip` was bounds-checked by the parser.
-        let (dst, proto_) = unsafe { ((*pkt.ip).dst, (*pkt.ip).proto) };
-        let is_icmp =
-            proto_ == lb_common::flow::proto::ICMP && pkt.problem == Some(Reason::DropProto);
-        if is_icmp && let Some(r) = icmp::error_from_backend(ctx, &pkt) {
-            return r;
-        }
-        if let Some(r) = pip::translate(ctx, &pkt) {
-            return r;
-        }
-        let Some(vip) = select::vip(v4_mapped(dst)) else {
-            return (xdp_action::XDP_PASS, Reason::PassNotOurs);
-        };
-        if is_icmp {
-            return icmp::to_vip(ctx, &pkt, &vip);
-        }
-        return (
-            xdp_action::XDP_DROP,
-            pkt.problem.unwrap_or(Reason::DropMalformed),
-        );
-    };
-    if let Some(svc) = select::service(&flow) {
-        return to_backend(ctx, &pkt, &flow, l4, &svc);
-    }
-    if let Some(ct) = select::reply(&flow) {
-        if ct.kind == CONN_HAIRPIN_REV {
-            return hairpin::enter(ctx);
-        }
-        return to_client(ctx, &pkt, &flow, l4, &ct);
-    }
-    // TCP/UDP to or from a PIP (after VIP flows: a DIP can also be a VIP's backend).
-    if let Some(r) = pip::translate(ctx, &pkt) {
-        return r;
-    }
-    if select::is_vip(flow.dst) {
-        (xdp_action::XDP_DROP, Reason::DropNoService)
-    } else {
-        (xdp_action::XDP_PASS, Reason::PassNotOurs)
+    // `classify` gives `Service` and `Reply` for TCP/UDP packets only; the `None` arms are
+    // there so that even the impossible has a defined, counted outcome.
+    match classify::classify(ctx, &pkt) {
+        Class::Service(svc) => match &pkt.l4 {
+            Some((flow, l4)) => to_backend(ctx, &pkt, flow, *l4, &svc),
+            None => Verdict::Drop(DropReason::Malformed),
+        },
+        Class::Reply(ct) => match &pkt.l4 {
+            Some((flow, l4)) => to_client(ctx, &pkt, flow, *l4, &ct),
+            None => Verdict::Drop(DropReason::Malformed),
+        },
+        Class::HairpinReply => hairpin::enter(ctx),
+        Class::IcmpFromBackend(ct) => icmp::error_from_backend(ctx, &pkt, &ct),
+        Class::Pip(e, inbound) => pip::nat(ctx, &pkt, &e, inbound),
+        Class::IcmpToVip(vip) => icmp::to_vip(ctx, &pkt, &vip),
+        Class::Unservable(r) => Verdict::Drop(r),
+        Class::NotOurs => Verdict::Pass(PassReason::NotOurs),
     }
 }
 
@@ -103,18 +87,19 @@ fn to_backend(
     flow: &FlowKey,
     l4: L4,
     svc: &ServiceInfo,
-) -> (u32, Reason) {
+) -> Verdict {
     if xlate::ttl(pkt) <= 1 {
-        return (xdp_action::XDP_DROP, Reason::DropTtl);
+        return Verdict::Drop(DropReason::Ttl);
     }
-    let (id, be, new_flow) = match select::backend_for(flow, pkt.is_syn, svc) {
-        Ok(x) => x,
-        Err(Reason::HairpinSnat) => return hairpin::enter(ctx),
-        Err(r) => return (xdp_action::XDP_DROP, r),
+    let (id, be, new_flow) = match select::pick(flow, pkt.is_syn, svc) {
+        Ok(Pick::Tracked(id, b)) => (id, b, false),
+        Ok(Pick::New(id, b)) => (id, b, true),
+        Ok(Pick::Hairpin) => return hairpin::enter(ctx),
+        Err(r) => return Verdict::Drop(r),
     };
     let Some(addr) = as_v4(&be.addr) else {
         // The agent never pairs an IPv4 service with an IPv6 backend; guard anyway.
-        return (xdp_action::XDP_DROP, Reason::DropNoBackend);
+        return Verdict::Drop(DropReason::NoBackend);
     };
     if new_flow {
         // Off unless the agent runs with --bpf-log debug: the agent sets AYA_LOG_LEVEL at load
@@ -123,27 +108,21 @@ fn to_backend(
     }
     xlate::dnat(pkt, l4, addr, be.port);
     stats::count_flow(svc.id, id, pkt.len, Dir::Forward { new_flow });
-    xlate::forward(ctx, pkt, Some(be.nh), Reason::Forward)
+    xlate::forward(ctx, pkt, Some(be.nh), SendReason::Forward)
 }
 
 /// Backend → client reply of a tracked flow: source back to the VIP, forward.
 #[inline(always)]
-fn to_client(
-    ctx: &XdpContext,
-    pkt: &Packet,
-    flow: &FlowKey,
-    l4: L4,
-    ct: &ConnEntry,
-) -> (u32, Reason) {
+fn to_client(ctx: &XdpContext, pkt: &Packet, flow: &FlowKey, l4: L4, ct: &ConnEntry) -> Verdict {
     if xlate::ttl(pkt) <= 1 {
-        return (xdp_action::XDP_DROP, Reason::DropTtl);
+        return Verdict::Drop(DropReason::Ttl);
     }
     let Some(vip) = as_v4(&ct.addr) else {
-        return (xdp_action::XDP_PASS, Reason::PassNotOurs);
+        return Verdict::Pass(PassReason::NotOurs);
     };
     xlate::rnat(pkt, l4, vip, ct.port);
     stats::count_flow(ct.service, ct.backend, pkt.len, Dir::Reply);
-    xlate::forward(ctx, pkt, select::route(flow.dst), Reason::Reply)
+    xlate::forward(ctx, pkt, select::route(flow.dst), SendReason::Reply)
 }
 
 #[cfg(all(target_arch = "bpf", not(test)))]

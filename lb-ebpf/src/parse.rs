@@ -13,7 +13,7 @@ use lb_common::{
         ETH_P_8021Q, ETH_P_IPV4, EthHdr, IPV4_FRAG_MASK, Ipv4Hdr, TCP_ACK, TCP_SYN, TcpHdr, UdpHdr,
         VlanHdr,
     },
-    verdict::Reason,
+    verdict::{DropReason, PassReason},
 };
 
 /// A bounds-checked pointer to a `T` at `off` bytes into the frame.
@@ -42,7 +42,7 @@ pub struct Packet {
     pub l4: Option<(FlowKey, L4)>,
     /// Why this packet cannot be balanced, if it cannot: malformed, fragment, IP options,
     /// or not TCP/UDP. Only relevant when the destination is a VIP.
-    pub problem: Option<Reason>,
+    pub problem: Option<DropReason>,
     /// A TCP SYN without ACK: always a new flow.
     pub is_syn: bool,
     /// Frame length, for byte counters.
@@ -53,23 +53,23 @@ pub struct Packet {
 
 /// Parses a frame. `Err` carries the pass reason for frames without a readable IPv4 header.
 #[inline(always)]
-pub fn packet(ctx: &XdpContext) -> Result<Packet, Reason> {
+pub fn packet(ctx: &XdpContext) -> Result<Packet, PassReason> {
     let len = (ctx.data_end() - ctx.data()) as u64;
-    let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Reason::PassShort)?;
+    let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(PassReason::Short)?;
     // SAFETY: `ptr_at` checked the header lies inside the frame.
     let mut ether_type = u16::from_be_bytes(unsafe { (*eth).ether_type });
     let mut off = size_of::<EthHdr>();
     if ether_type == ETH_P_8021Q {
-        let vlan: *mut VlanHdr = ptr_at(ctx, off).ok_or(Reason::PassShort)?;
+        let vlan: *mut VlanHdr = ptr_at(ctx, off).ok_or(PassReason::Short)?;
         // SAFETY: bounds-checked above.
         ether_type = u16::from_be_bytes(unsafe { (*vlan).ether_type });
         off += size_of::<VlanHdr>();
     }
     if ether_type != ETH_P_IPV4 {
         // Includes a second tag (QinQ): one tag is what we parse.
-        return Err(Reason::PassNotIpv4);
+        return Err(PassReason::NotIpv4);
     }
-    let ip: *mut Ipv4Hdr = ptr_at(ctx, off).ok_or(Reason::PassShort)?;
+    let ip: *mut Ipv4Hdr = ptr_at(ctx, off).ok_or(PassReason::Short)?;
     // SAFETY: bounds-checked above; every field of `Ipv4Hdr` is a byte array (alignment 1).
     let iph = unsafe { &*ip };
     let ihl = usize::from(iph.version_ihl & 0x0f) * 4;
@@ -87,13 +87,13 @@ pub fn packet(ctx: &XdpContext) -> Result<Packet, Reason> {
     };
 
     pkt.problem = if iph.version_ihl >> 4 != 4 || ihl < 20 || tot_len < ihl || tot_len > l3_room {
-        Some(Reason::DropMalformed)
+        Some(DropReason::Malformed)
     } else if frag & IPV4_FRAG_MASK != 0 {
-        Some(Reason::DropFragment)
+        Some(DropReason::Fragment)
     } else if ihl != 20 {
-        Some(Reason::DropIpOptions)
+        Some(DropReason::IpOptions)
     } else if iph.proto != proto::TCP && iph.proto != proto::UDP {
-        Some(Reason::DropProto)
+        Some(DropReason::Proto)
     } else {
         None
     };
@@ -112,14 +112,14 @@ pub fn packet(ctx: &XdpContext) -> Result<Packet, Reason> {
     };
     let l4 = if iph.proto == proto::TCP {
         let Some(tcp) = ptr_at::<TcpHdr>(ctx, l4_off) else {
-            pkt.problem = Some(Reason::DropMalformed);
+            pkt.problem = Some(DropReason::Malformed);
             return Ok(pkt);
         };
         // SAFETY: bounds-checked above.
         let t = unsafe { &*tcp };
         let doff = usize::from(t.doff >> 4) * 4;
         if doff < 20 || doff > l4_len {
-            pkt.problem = Some(Reason::DropMalformed);
+            pkt.problem = Some(DropReason::Malformed);
             return Ok(pkt);
         }
         key.sport = t.sport;
@@ -128,14 +128,14 @@ pub fn packet(ctx: &XdpContext) -> Result<Packet, Reason> {
         L4::Tcp(tcp)
     } else {
         let Some(udp) = ptr_at::<UdpHdr>(ctx, l4_off) else {
-            pkt.problem = Some(Reason::DropMalformed);
+            pkt.problem = Some(DropReason::Malformed);
             return Ok(pkt);
         };
         // SAFETY: bounds-checked above.
         let u = unsafe { &*udp };
         let ulen = usize::from(u16::from_be_bytes(u.len));
         if ulen < size_of::<UdpHdr>() || ulen > l4_len {
-            pkt.problem = Some(Reason::DropMalformed);
+            pkt.problem = Some(DropReason::Malformed);
             return Ok(pkt);
         }
         key.sport = u.sport;

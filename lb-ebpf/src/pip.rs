@@ -1,5 +1,6 @@
 //! Instance-level public IPs: stateless 1:1 NAT between a PIP and its instance, for every
-//! protocol (ICMP included), bypassing the balancing tables. Inbound `dst PIP → DIP`, outbound
+//! protocol (ICMP included), bypassing the balancing tables. [`lookup`] is the one PIP check
+//! (classification calls it); [`nat`] translates. Inbound `dst PIP → DIP`, outbound
 //! `src DIP → PIP`; the IPv4 checksum is patched, and the TCP/UDP one too where the segment
 //! starts in this packet (a non-first fragment carries no L4 header; ICMP has no pseudo-header).
 //! Endpoint ACLs do not apply: the instance's own firewall does.
@@ -11,19 +12,22 @@ use lb_common::{
     flow::proto,
     hdr::IPV4_FRAG_MASK,
     maps::{PipEntry, VipKey},
-    verdict::Reason,
+    verdict::{DropReason, SendReason},
 };
 
 use crate::{
     maps::{LB_PIP_REV, LB_PIPS},
     parse::{Packet, ptr_at},
-    select, xlate,
+    select,
+    verdict::Verdict,
+    xlate,
 };
 
-/// Translates and sends a packet to or from a PIP; `None` when it is neither.
+/// The PIP entry of a packet to a PIP (`true`) or from a PIP's instance (`false`); `None`
+/// when it is neither, or too malformed to translate. The one place PIPs are looked up.
 #[inline(always)]
-pub fn translate(ctx: &XdpContext, pkt: &Packet) -> Option<(u32, Reason)> {
-    if pkt.problem == Some(Reason::DropMalformed) {
+pub fn lookup(pkt: &Packet) -> Option<(PipEntry, bool)> {
+    if pkt.problem == Some(DropReason::Malformed) {
         return None;
     }
     // SAFETY: `pkt.ip` was bounds-checked by the parser.
@@ -36,7 +40,7 @@ pub fn translate(ctx: &XdpContext, pkt: &Packet) -> Option<(u32, Reason)> {
             })
             .copied()
     } {
-        return Some(nat(ctx, pkt, &e, true, Reason::PipIn));
+        return Some((e, true));
     }
     // SAFETY: as above.
     if let Some(e) = unsafe {
@@ -46,19 +50,25 @@ pub fn translate(ctx: &XdpContext, pkt: &Packet) -> Option<(u32, Reason)> {
             })
             .copied()
     } {
-        return Some(nat(ctx, pkt, &e, false, Reason::PipOut));
+        return Some((e, false));
     }
     None
 }
 
+/// Translates and sends a packet to a PIP (`inbound`) or from its instance: the address,
+/// the IPv4 checksum, and the TCP/UDP one where the segment starts in this packet.
 #[inline(always)]
-fn nat(ctx: &XdpContext, pkt: &Packet, e: &PipEntry, inbound: bool, ok: Reason) -> (u32, Reason) {
-    use aya_ebpf::bindings::xdp_action;
+pub fn nat(ctx: &XdpContext, pkt: &Packet, e: &PipEntry, inbound: bool) -> Verdict {
     if xlate::ttl(pkt) <= 1 {
-        return (xdp_action::XDP_DROP, Reason::DropTtl);
+        return Verdict::Drop(DropReason::Ttl);
     }
     let Some(new) = as_v4(&e.addr) else {
-        return (xdp_action::XDP_PASS, Reason::PassNotOurs);
+        return Verdict::Pass(lb_common::verdict::PassReason::NotOurs);
+    };
+    let ok = if inbound {
+        SendReason::PipIn
+    } else {
+        SendReason::PipOut
     };
     // SAFETY: `pkt.ip` was bounds-checked by the parser; the header is not malformed, so IHL
     // is at least 5 and the whole header lies in the frame.

@@ -9,9 +9,17 @@ use aya_ebpf::{
     helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_redirect},
     programs::XdpContext,
 };
-use lb_common::{csum, hdr::Ipv4Hdr, maps::NextHop, verdict::Reason};
+use lb_common::{
+    csum,
+    hdr::Ipv4Hdr,
+    maps::NextHop,
+    verdict::{PassReason, SendReason},
+};
 
-use crate::parse::{L4, Packet};
+use crate::{
+    parse::{L4, Packet},
+    verdict::Verdict,
+};
 
 const AF_INET: u8 = 2;
 /// `BPF_FIB_LKUP_RET_SUCCESS`.
@@ -92,13 +100,13 @@ pub fn ttl(pkt: &Packet) -> u8 {
 /// the kernel FIB (`bpf_fib_lookup`), else hands it to the kernel to route (`XDP_PASS`, without
 /// touching the TTL, which the kernel then decrements).
 #[inline(always)]
-pub fn forward(ctx: &XdpContext, pkt: &Packet, nh: Option<NextHop>, ok: Reason) -> (u32, Reason) {
+pub fn forward(ctx: &XdpContext, pkt: &Packet, nh: Option<NextHop>, ok: SendReason) -> Verdict {
     if let Some(nh) = nh.filter(NextHop::is_resolved) {
-        return (send(ctx, pkt, &nh), ok);
+        return Verdict::Sent(send(ctx, pkt, &nh), ok);
     }
     match fib(ctx, pkt) {
-        Some(nh) => (send(ctx, pkt, &nh), Reason::ForwardFib),
-        None => (xdp_action::XDP_PASS, Reason::PassNoNextHop),
+        Some(nh) => Verdict::Sent(send(ctx, pkt, &nh), SendReason::ForwardFib),
+        None => Verdict::Pass(PassReason::NoNextHop),
     }
 }
 
@@ -131,7 +139,9 @@ fn ingress_ifindex(ctx: &XdpContext) -> usize {
 }
 
 /// The fallback next hop: the kernel FIB, for entries the agent has not resolved (yet).
-#[inline(always)]
+/// Out of line: every forwarding site would otherwise carry its own 64-byte
+/// `bpf_fib_lookup` on the hot function's stack (verifier: 512 bytes for the whole chain).
+#[inline(never)]
 fn fib(ctx: &XdpContext, pkt: &Packet) -> Option<NextHop> {
     // SAFETY: all-zero is a valid `bpf_fib_lookup` (plain integers and unions of integers).
     let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };

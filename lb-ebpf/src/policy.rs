@@ -1,0 +1,71 @@
+//! Admission, for new flows only (established flows are not re-checked): an internal VIP's
+//! source set first (its internal prefixes, its own backends marked hairpin), then the
+//! endpoint's ACL. Each is one LPM lookup in `LB_ACL`.
+
+use lb_common::{
+    addr::Addr,
+    flow::FlowKey,
+    maps::{ACL_HAIRPIN, ACL_PERMIT, AclValue, ServiceInfo, VIP_F_HAIRPIN_SNAT, VipKey},
+    verdict::DropReason,
+};
+
+use crate::maps::{LB_ACL, LB_VIPS};
+
+/// A new flow that may go on.
+pub enum Admitted {
+    /// To the service's table.
+    Balance,
+    /// A backend of an internal VIP with hairpin SNAT, connecting to its own VIP: the hairpin
+    /// program takes it.
+    Hairpin,
+}
+
+/// Admits a new flow to `svc`, or says why not.
+///
+/// # Errors
+/// The drop reason: outside an internal VIP's prefixes, a hairpin the VIP drops, or the ACL.
+#[inline(always)]
+pub fn admit(flow: &FlowKey, svc: &ServiceInfo) -> Result<Admitted, DropReason> {
+    if let Some(vip) = LB_VIPS.get_ptr(VipKey { vip: flow.dst }) {
+        // SAFETY: read at once; the value is plain data.
+        let (ilb_id, flags) = unsafe { ((*vip).ilb_id, (*vip).flags) };
+        if ilb_id != 0 {
+            match acl_lookup(ilb_id, &flow.src) {
+                Some(ACL_PERMIT) => {}
+                Some(ACL_HAIRPIN) if flags & VIP_F_HAIRPIN_SNAT != 0 => {
+                    return Ok(Admitted::Hairpin);
+                }
+                Some(ACL_HAIRPIN) => return Err(DropReason::Hairpin),
+                _ => return Err(DropReason::NotInternal),
+            }
+        }
+    }
+    if !acl_permits(svc, &flow.src) {
+        return Err(DropReason::Acl);
+    }
+    Ok(Admitted::Balance)
+}
+
+/// Whether a new flow's source passes the endpoint's ACL (counted per service when not).
+#[inline(always)]
+pub fn acl_permits(svc: &ServiceInfo, src: &Addr) -> bool {
+    if svc.acl_id != 0 && acl_lookup(svc.acl_id, src) != Some(ACL_PERMIT) {
+        crate::stats::count_acl_drop(svc.id);
+        return false;
+    }
+    true
+}
+
+/// A source's verdict in an `LB_ACL` set: one LPM lookup. The agent always installs a default
+/// entry, so a miss cannot happen for a live set; callers treat it as a deny anyway.
+#[inline(always)]
+pub fn acl_lookup(acl_id: u32, src: &Addr) -> Option<u32> {
+    acl_entry(acl_id, src).map(|v| v.action)
+}
+
+/// A source's entry in an `LB_ACL` set (verdict and deciding rule).
+#[inline(always)]
+pub fn acl_entry(acl_id: u32, src: &Addr) -> Option<AclValue> {
+    let key = aya_ebpf::maps::lpm_trie::Key::new(32 + 128, lb_common::maps::acl_key(acl_id, src));
+    LB_ACL.get(key).copied()
+}
