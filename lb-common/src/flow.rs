@@ -27,7 +27,7 @@ pub struct FlowKey {
     pub proto: u8,
     pub _pad: [u8; 3],
 }
-const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+const _: () = assert!(size_of::<FlowKey>() == 40);
 crate::impl_user_pod!(FlowKey);
 
 impl FlowKey {

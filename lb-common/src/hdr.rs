@@ -72,7 +72,7 @@ pub struct UdpHdr {
     pub check: [u8; 2],
 }
 
-const _: () = assert!(core::mem::size_of::<EthHdr>() == 14);
-const _: () = assert!(core::mem::size_of::<Ipv4Hdr>() == 20);
-const _: () = assert!(core::mem::size_of::<TcpHdr>() == 20);
-const _: () = assert!(core::mem::size_of::<UdpHdr>() == 8);
+const _: () = assert!(size_of::<EthHdr>() == 14);
+const _: () = assert!(size_of::<Ipv4Hdr>() == 20);
+const _: () = assert!(size_of::<TcpHdr>() == 20);
+const _: () = assert!(size_of::<UdpHdr>() == 8);

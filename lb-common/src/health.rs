@@ -159,9 +159,13 @@ mod tests {
                 to: Health::Down
             })
         );
-        let silent = t.last_change.unwrap() - t.last_ok.unwrap();
+        let silent = t
+            .last_change
+            .unwrap()
+            .checked_sub(t.last_ok.unwrap())
+            .unwrap();
         assert!(
-            silent > 31 * S - 1 * S && silent <= 30 * S + DEFAULT_TIMEOUT,
+            silent > (31 * S).checked_sub(1 * S).unwrap() && silent <= 30 * S + DEFAULT_TIMEOUT,
             "out after {silent:?} without success"
         );
         // Back on the first good answer (healthy_after = 1).

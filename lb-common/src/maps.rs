@@ -17,7 +17,7 @@ pub struct ServiceKey {
     pub proto: u8,
     pub _pad: u8,
 }
-const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
+const _: () = assert!(size_of::<ServiceKey>() == 20);
 
 /// `LB_SERVICES` value.
 ///
@@ -38,7 +38,7 @@ pub struct ServiceInfo {
     /// a rule change writes a new set under a new id and then switches this field.
     pub acl_id: u32,
 }
-const _: () = assert!(core::mem::size_of::<ServiceInfo>() == 20);
+const _: () = assert!(size_of::<ServiceInfo>() == 20);
 
 /// `LB_VIPS` key: a VIP address (any port). Lets the fast path tell "to a VIP, but malformed or
 /// to a port we do not serve" (a counted drop) from "not ours" (pass), without per-port lookups.
@@ -69,7 +69,7 @@ pub struct NextHop {
     pub smac: [u8; 6],
     pub dmac: [u8; 6],
 }
-const _: () = assert!(core::mem::size_of::<NextHop>() == 16);
+const _: () = assert!(size_of::<NextHop>() == 16);
 
 impl NextHop {
     #[inline(always)]
@@ -94,7 +94,7 @@ pub struct Backend {
     /// `Reconciler::start`).
     pub service: u32,
 }
-const _: () = assert!(core::mem::size_of::<Backend>() == 40);
+const _: () = assert!(size_of::<Backend>() == 40);
 
 /// [`Backend::flags`]: the entry describes a live backend. Cleared entries make conntrack entries
 /// that still point at them fall back to a fresh table pick.
@@ -167,7 +167,7 @@ pub struct ConnEntry {
     /// every other kind.
     pub peer: BackendId,
 }
-const _: () = assert!(core::mem::size_of::<ConnEntry>() == 36);
+const _: () = assert!(size_of::<ConnEntry>() == 36);
 
 impl ConnEntry {
     /// Whether the entry tracks a client → VIP direction (plain or hairpin).
@@ -280,7 +280,7 @@ pub struct PipEntry {
     /// `LB_PIPS`: the agent-resolved next hop towards the instance (unused in `LB_PIP_REV`).
     pub nh: NextHop,
 }
-const _: () = assert!(core::mem::size_of::<PipEntry>() == 32);
+const _: () = assert!(size_of::<PipEntry>() == 32);
 
 impl_user_pod!(
     ServiceKey,

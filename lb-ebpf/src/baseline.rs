@@ -60,11 +60,15 @@ pub fn xdp_pass(_ctx: XdpContext) -> u32 {
 }
 
 #[xdp]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the #[xdp] entry point takes its context by value"
+)]
 pub fn xdp_fwd(ctx: XdpContext) -> u32 {
     let start = ctx.data();
     let end = ctx.data_end();
-    let l3 = core::mem::size_of::<EthHdr>();
-    if start + l3 + core::mem::size_of::<Ipv4Hdr>() > end {
+    let l3 = size_of::<EthHdr>();
+    if start + l3 + size_of::<Ipv4Hdr>() > end {
         return xdp_action::XDP_PASS;
     }
     let eth = start as *mut EthHdr;
@@ -92,11 +96,15 @@ pub fn xdp_fwd(ctx: XdpContext) -> u32 {
 }
 
 #[xdp]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the #[xdp] entry point takes its context by value"
+)]
 pub fn xdp_gen(ctx: XdpContext) -> u32 {
     let start = ctx.data();
     let end = ctx.data_end();
-    let l4 = core::mem::size_of::<EthHdr>() + core::mem::size_of::<Ipv4Hdr>();
-    if start + GEN_HDR_LEN > end || l4 + core::mem::size_of::<UdpHdr>() != GEN_HDR_LEN {
+    let l4 = size_of::<EthHdr>() + size_of::<Ipv4Hdr>();
+    if start + GEN_HDR_LEN > end || l4 + size_of::<UdpHdr>() != GEN_HDR_LEN {
         return xdp_action::XDP_ABORTED;
     }
     let Some(tmpl) = GEN_TMPL.get(0) else {
@@ -129,10 +137,14 @@ pub fn xdp_gen(ctx: XdpContext) -> u32 {
 }
 
 #[xdp]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the #[xdp] entry point takes its context by value"
+)]
 pub fn xdp_count(ctx: XdpContext) -> u32 {
     // ARP and everything else not IPv4 goes on to the stack, so neighbours still resolve.
     let start = ctx.data();
-    if start + core::mem::size_of::<EthHdr>() > ctx.data_end() {
+    if start + size_of::<EthHdr>() > ctx.data_end() {
         return xdp_action::XDP_PASS;
     }
     // SAFETY: bounds-checked above.

@@ -39,6 +39,10 @@ use crate::{
 };
 
 #[xdp]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the #[xdp] entry point takes its context by value"
+)]
 pub fn lb_xdp(ctx: XdpContext) -> u32 {
     let v = try_lb(&ctx);
     stats::count_reason(v.reason());
@@ -47,6 +51,10 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
 
 /// Hairpin SNAT flows, entered from [`lb_xdp`] by tail call (see `hairpin.rs`).
 #[xdp]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the #[xdp] entry point takes its context by value"
+)]
 pub fn lb_hairpin(ctx: XdpContext) -> u32 {
     let v = hairpin::run(&ctx);
     stats::count_reason(v.reason());

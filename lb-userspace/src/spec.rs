@@ -461,7 +461,7 @@ mod probe_tests {
         );
         assert_eq!(
             parse_duration("2m").unwrap(),
-            std::time::Duration::from_secs(120)
+            std::time::Duration::from_mins(2)
         );
         for bad in ["15", "s", "1.5s", "-1s", "99999999999999999999m"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
@@ -543,12 +543,12 @@ pub fn mask(ip: IpAddr, len: u8) -> IpAddr {
 #[must_use]
 pub fn map_prefix(ip: IpAddr, len: u8) -> lb_common::acl::Prefix {
     let off = if ip.is_ipv4() {
-        lb_common::addr::V4_MAPPED_PREFIX_LEN
+        addr::V4_MAPPED_PREFIX_LEN
     } else {
         0
     };
     lb_common::acl::Prefix {
-        addr: lb_common::addr::from_ip(ip),
+        addr: addr::from_ip(ip),
         len: off + u32::from(len),
     }
 }

@@ -675,7 +675,7 @@ fn write_acl(o: &mut String, acl: &BTreeMap<u32, AclRuleConfig>) {
 
 /// Prefixes as `a/len, b/len` (`none` when empty).
 #[must_use]
-pub fn prefixes(p: &[(std::net::IpAddr, u8)]) -> String {
+pub fn prefixes(p: &[(IpAddr, u8)]) -> String {
     crate::config::format_prefixes(p)
 }
 

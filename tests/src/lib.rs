@@ -12,8 +12,8 @@ pub mod packet;
 
 /// Fails loudly unless we are root: kernel tests must never pass by skipping.
 pub fn require_root() {
-    // SAFETY: geteuid has no preconditions.
     assert_eq!(
+        // SAFETY: geteuid has no preconditions.
         unsafe { libc::geteuid() },
         0,
         "these tests load BPF programs and create network namespaces: run them as root (cargo xtask test)"

@@ -284,7 +284,7 @@ fn corpus() -> Vec<Case> {
             format!("IHL {ihl}"),
             with(&tcp, |b| {
                 b[l3] = 0x40 | ihl;
-                fix_ip_csum(b, l3)
+                fix_ip_csum(b, l3);
             }),
             Want::Drop,
             Reason::DropMalformed,
@@ -313,7 +313,7 @@ fn corpus() -> Vec<Case> {
             format!("total length {tot}"),
             with(&tcp, |b| {
                 b[l3 + 2..l3 + 4].copy_from_slice(&tot.to_be_bytes());
-                fix_ip_csum(b, l3)
+                fix_ip_csum(b, l3);
             }),
             Want::Drop,
             Reason::DropMalformed,
@@ -323,7 +323,7 @@ fn corpus() -> Vec<Case> {
         "total length 20: no room for the TCP header",
         with(&tcp, |b| {
             b[l3 + 2..l3 + 4].copy_from_slice(&20u16.to_be_bytes());
-            fix_ip_csum(b, l3)
+            fix_ip_csum(b, l3);
         }),
         Want::Drop,
         Reason::DropMalformed,
@@ -397,7 +397,7 @@ fn corpus() -> Vec<Case> {
     v.push(case(
         "QinQ (802.1ad outer tag)",
         with(&tagged, |b| {
-            b[12..14].copy_from_slice(&0x88a8u16.to_be_bytes())
+            b[12..14].copy_from_slice(&0x88a8u16.to_be_bytes());
         }),
         Want::Pass,
         Reason::PassNotIpv4,
@@ -461,7 +461,7 @@ fn corpus() -> Vec<Case> {
         v.push(case(
             format!("UDP length {ulen}"),
             with(&udp, |b| {
-                b[l3 + 20 + 4..l3 + 20 + 6].copy_from_slice(&ulen.to_be_bytes())
+                b[l3 + 20 + 4..l3 + 20 + 6].copy_from_slice(&ulen.to_be_bytes());
             }),
             Want::Drop,
             Reason::DropMalformed,
@@ -544,7 +544,7 @@ fn corpus() -> Vec<Case> {
     v.push(case(
         "ARP",
         with(&tcp, |b| {
-            b[12..14].copy_from_slice(&0x0806u16.to_be_bytes())
+            b[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
         }),
         Want::Pass,
         Reason::PassNotIpv4,

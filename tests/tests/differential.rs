@@ -76,7 +76,7 @@ fn model_of(h: &Harness) -> Model {
         seed: h.seed,
         ..Model::default()
     };
-    for item in maps.services.iter() {
+    for item in &maps.services {
         let (key, info) = item.expect("service entry");
         let table: Vec<u32> = (info.table_off..info.table_off + info.table_len)
             .map(|i| maps.ring.get(&i, 0).expect("ring slot"))
@@ -237,7 +237,7 @@ fn kernel_and_model_agree_on_100k_random_packets() {
             if got != want || !action_ok {
                 mismatches.push(format!(
                     "packet {i}: kernel {got:?} (action {action}), model {want:?}; frame {}",
-                    bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+                    lb_integration::packet::hex(&bytes)
                 ));
             }
         }

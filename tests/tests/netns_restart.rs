@@ -3,6 +3,8 @@
 //! `--keep-attached`); the next agent swaps its own program into the same link atomically and
 //! reuses the pinned maps, so open connections keep their backends; a plain stop detaches.
 
+use std::fmt::Write as _;
+
 use lb_integration::lab::{HttpConn, Lab};
 
 const CONFIG: &str = "[[service]]\nvip = \"203.0.113.10:80/tcp\"\nbackends = [\"192.0.2.11\", \"192.0.2.12\"]\ntable_size = 251\n";
@@ -23,9 +25,10 @@ probe_timeout = "1s"
 "#,
     );
     for port in 1..=OTHERS {
-        c.push_str(&format!(
-            "[[service]]\nvip = \"203.0.113.9:{port}/tcp\"\nbackends = [\"192.0.2.11\", \"192.0.2.12\"]\ntable_size = 251\n"
-        ));
+        let _ = writeln!(
+            c,
+            "[[service]]\nvip = \"203.0.113.9:{port}/tcp\"\nbackends = [\"192.0.2.11\", \"192.0.2.12\"]\ntable_size = 251"
+        );
     }
     c
 }

@@ -69,11 +69,7 @@ impl MapReader for HeldWalk {
                 let _ = self.started.lock().unwrap().send(seen);
                 // Bounded, so a broken writer fails the test instead of hanging it (and longer than the
                 // test waits for the writer's answer below).
-                let _ = self
-                    .go
-                    .lock()
-                    .unwrap()
-                    .recv_timeout(Duration::from_secs(60));
+                let _ = self.go.lock().unwrap().recv_timeout(Duration::from_mins(1));
             }
         })
     }
@@ -155,7 +151,7 @@ fn a_health_switch_completes_while_a_status_walk_is_in_progress() {
             runtime: rt.handle().clone(),
         };
         let (events, events_rx) = mpsc::channel(64);
-        let lb_integration::fixture::Harness { dp, rec, .. } = h;
+        let Harness { dp, rec, .. } = h;
         let writer = std::thread::spawn(move || {
             drop(run_writer(rec, events_rx, &tasks, String::new()));
         });
@@ -199,7 +195,7 @@ fn a_health_switch_completes_while_a_status_walk_is_in_progress() {
 
         go_tx.send(()).unwrap();
         let status = rt
-            .block_on(async { tokio::time::timeout(Duration::from_secs(60), status_rx).await })
+            .block_on(async { tokio::time::timeout(Duration::from_mins(1), status_rx).await })
             .expect("the status answer")
             .unwrap();
         let Response::Status(s) = status else {

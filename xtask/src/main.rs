@@ -41,14 +41,13 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Lints only: fmt check and clippy with -D warnings on both targets.
+    /// Lints only: rustfmt and taplo (TOML) checks, typos, clippy with -D warnings on both
+    /// targets (workspace lints: pedantic and chosen restriction lints), and cargo-deny's
+    /// licence, source and ban checks (offline: no advisory database).
     Lint,
     /// The main job: a namespace lab (client, LB, three backends), the agent with an embedded
     /// default config, real HTTP and UDP requests through the VIP, counters, teardown.
     Demo,
-    /// The benchmark (root): cost per packet per traffic class, throughput through the real
-    /// path next to the minimal XDP forwarder and nftables DNAT, scale curves, control plane.
-    /// Writes results.json and results.png under --out.
     /// The coverage-guided fuzz target over lb-common's packet parsing and classification,
     /// for a bounded time (installs cargo-fuzz 0.13.2 the first time).
     Fuzz {
@@ -56,6 +55,9 @@ enum Cmd {
         #[arg(long, default_value_t = 60)]
         seconds: u64,
     },
+    /// The benchmark (root): cost per packet per traffic class, throughput through the real
+    /// path next to the minimal XDP forwarder and nftables DNAT, scale curves, control plane.
+    /// Writes results.json and results.png under --out.
     Bench {
         /// A small version of every part (seconds): proves it works, says nothing about speed.
         #[arg(long)]
@@ -162,6 +164,10 @@ fn build_bins(release: bool) -> anyhow::Result<()> {
 fn lint() -> anyhow::Result<()> {
     // rustfmt.toml's import grouping options are nightly-only; the nightly is installed anyway.
     run(Command::new("rustup").args(["run", "nightly", "cargo", "fmt", "--all", "--", "--check"]))?;
+    run(Command::new(setup::py_tool("taplo")).args(["fmt", "--check"]))?;
+    run(Command::new(setup::py_tool("typos"))
+        .arg("--format")
+        .arg("brief"))?;
     run(cargo().args([
         "clippy",
         "--workspace",
@@ -188,7 +194,10 @@ fn lint() -> anyhow::Result<()> {
         "--",
         "-D",
         "warnings",
-    ]))
+    ]))?;
+    // Licences and sources of every dependency; the advisories check would download the
+    // advisory database, which this machine's registries do not include.
+    run(cargo().args(["deny", "check", "licenses", "sources", "bans"]))
 }
 
 fn test(host_only: bool, args: &[String]) -> anyhow::Result<()> {
@@ -311,7 +320,7 @@ fn fuzz(seconds: u64) -> anyhow::Result<()> {
         .arg("-rss_limit_mb=2048"))
 }
 
-fn bench(quick: bool, out: &std::path::Path) -> anyhow::Result<()> {
+fn bench(quick: bool, out: &Path) -> anyhow::Result<()> {
     setup::ensure()?;
     setup::require_root("the benchmark (it creates network namespaces and loads XDP)")?;
     // Release builds: the agent, the lab helpers and the bench measure optimised code.

@@ -4,6 +4,8 @@
 //! * `rust-src` for the `nightly` toolchain that builds the XDP crate;
 //! * bpf-linker 0.13.0 built against that toolchain's own libLLVM (there is no prebuilt one),
 //!   through a persistent prefix of symlinks; rebuilt when the toolchain's LLVM changes;
+//! * the lint tools: typos and taplo (prebuilt wheels from PyPI, in a venv of their own) and
+//!   cargo-deny (built from crates.io, about three minutes once);
 //! * the bpffs mount at /sys/fs/bpf.
 //!
 //! It never runs `rustup update` or lets rustup update itself: a new nightly would bring a new
@@ -26,6 +28,9 @@ const APT_PACKAGES: &[&str] = &[
     "fonts-dejavu-core",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// The lint tools from PyPI (prebuilt binaries in wheels), pinned.
+const PY_TOOLS: &[(&str, &str)] = &[("typos", "1.52.0"), ("taplo", "0.9.3")];
+const CARGO_DENY_VERSION: &str = "0.20.2";
 const EBPF_TOOLCHAIN: &str = "nightly";
 
 pub fn run() -> anyhow::Result<()> {
@@ -33,6 +38,8 @@ pub fn run() -> anyhow::Result<()> {
     apt()?;
     ensure_toolchain()?;
     bpf_linker()?;
+    py_tools()?;
+    cargo_deny()?;
     bpffs()?;
     eprintln!("setup: everything is in place");
     Ok(())
@@ -43,7 +50,9 @@ pub fn ensure() -> anyhow::Result<()> {
     let missing = !APT_PACKAGES.iter().all(|p| dpkg_installed(p))
         || sysroot().is_none_or(|s| !s.join("lib/rustlib/src/rust/library").is_dir())
         || !nightly_tools_ok()
-        || !bpf_linker_ok()?
+        || !bpf_linker_ok()
+        || !py_tools_ok()
+        || !cargo_deny_ok()
         || !is_bpffs(Path::new("/sys/fs/bpf"));
     if missing {
         eprintln!("setup: something is missing; running `cargo xtask setup`");
@@ -178,22 +187,22 @@ fn llvm_prefix(soname: &str) -> PathBuf {
 }
 
 /// Whether the installed bpf-linker was built against the current nightly's libLLVM.
-fn bpf_linker_ok() -> anyhow::Result<bool> {
+fn bpf_linker_ok() -> bool {
     let bin = cargo_bin("bpf-linker");
     if !bin.exists() {
-        return Ok(false);
+        return false;
     }
     let Ok((_, soname, _)) = toolchain_llvm() else {
-        return Ok(false);
+        return false;
     };
     // The NEEDED entry must name the current libLLVM, and the binary must start.
     let needed = Command::new("readelf").arg("-d").arg(&bin).output();
     let links_current = needed.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&soname));
-    Ok(links_current && quiet(Command::new(&bin).arg("--version")))
+    links_current && quiet(Command::new(&bin).arg("--version"))
 }
 
 fn bpf_linker() -> anyhow::Result<()> {
-    if bpf_linker_ok()? {
+    if bpf_linker_ok() {
         return Ok(());
     }
     let (lib, soname, major) = toolchain_llvm()?;
@@ -225,10 +234,77 @@ fn bpf_linker() -> anyhow::Result<()> {
             // The host toolchain builds bpf-linker; only its libLLVM comes from the nightly.
             .env_remove("RUSTUP_TOOLCHAIN"),
     )?;
-    if !bpf_linker_ok()? {
+    if !bpf_linker_ok() {
         bail!("bpf-linker was built but does not run against {soname}");
     }
     Ok(())
+}
+
+/// The venv that holds the PyPI lint tools.
+fn py_venv() -> PathBuf {
+    home().join(".local/share/lb-toolchain/pytools")
+}
+
+/// A lint tool from the venv.
+pub fn py_tool(name: &str) -> PathBuf {
+    py_venv().join("bin").join(name)
+}
+
+/// Whether every PyPI tool is there, at its pinned version.
+fn py_tools_ok() -> bool {
+    PY_TOOLS.iter().all(|(name, version)| {
+        Command::new(py_tool(name))
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(version))
+    })
+}
+
+fn py_tools() -> anyhow::Result<()> {
+    if py_tools_ok() {
+        return Ok(());
+    }
+    let venv = py_venv();
+    if !venv.join("bin/pip").exists() {
+        eprintln!("setup: creating {}", venv.display());
+        crate::run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+    }
+    let pins: Vec<String> = PY_TOOLS.iter().map(|(n, v)| format!("{n}=={v}")).collect();
+    eprintln!("setup: installing {}", pins.join(" "));
+    crate::run(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args(&pins),
+    )?;
+    if !py_tools_ok() {
+        bail!("{} installed but do not run", pins.join(" "));
+    }
+    Ok(())
+}
+
+fn cargo_deny_ok() -> bool {
+    Command::new(cargo_bin("cargo-deny"))
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(CARGO_DENY_VERSION))
+}
+
+fn cargo_deny() -> anyhow::Result<()> {
+    if cargo_deny_ok() {
+        return Ok(());
+    }
+    eprintln!("setup: installing cargo-deny {CARGO_DENY_VERSION} (about three minutes)");
+    crate::run(
+        Command::new("cargo")
+            .args([
+                "install",
+                "cargo-deny",
+                "--locked",
+                "--version",
+                CARGO_DENY_VERSION,
+            ])
+            .env_remove("RUSTUP_TOOLCHAIN"),
+    )
 }
 
 const CARGO_FUZZ_VERSION: &str = "0.13.2";

@@ -369,8 +369,9 @@ fn check_bpffs(pin_dir: &std::path::Path) -> anyhow::Result<()> {
         }
     }
     let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;
-    // SAFETY: `c` is a valid C string and `st` a valid out-pointer.
+    // SAFETY: all-zero is a valid `statfs` (plain integers).
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid C string and `st` a valid out-pointer.
     if unsafe { libc::statfs(c.as_ptr(), &raw mut st) } != 0 || st.f_type != 0xcafe_4a11 {
         bail!(
             "--pin-dir {}: {} is not on a bpffs; mount one with `mount -t bpf bpf /sys/fs/bpf` (cargo xtask setup does)",

@@ -239,8 +239,8 @@ mod tests {
     /// what the umask gives), and an unprivileged caller is refused by the kernel.
     #[tokio::test]
     async fn the_control_socket_is_root_only() {
-        // SAFETY: geteuid has no preconditions.
         assert_eq!(
+            // SAFETY: geteuid has no preconditions.
             unsafe { libc::geteuid() },
             0,
             "this test checks socket ownership: run it as root (cargo xtask test)"

@@ -85,7 +85,7 @@ pub fn check_settings(s: &ServiceSettings) -> Result<(), String> {
         return Err("--hairpin snat applies to internal VIPs only (give --internal PREFIX)".into());
     }
     check_table_size(s.table_size).map_err(|m| format!("--table-size: {m}"))?;
-    if !(Duration::from_millis(50)..=Duration::from_secs(3600)).contains(&s.interval) {
+    if !(Duration::from_millis(50)..=Duration::from_hours(1)).contains(&s.interval) {
         return Err(format!(
             "--probe-interval {:?} is outside 50ms..=60m",
             s.interval

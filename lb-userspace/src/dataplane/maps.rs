@@ -180,7 +180,7 @@ impl SideMaps {
         on_batch: &mut dyn FnMut(usize),
     ) -> Result<usize, MapOpError> {
         let mut seen = 0;
-        for item in self.conntrack.iter() {
+        for item in &self.conntrack {
             match item {
                 Ok((k, e)) => {
                     f(&k, &e);
@@ -465,7 +465,7 @@ impl MapOps for Maps {
             .filter(|(_, b)| b.is_active())
             .collect();
         let mut acl = Vec::new();
-        for item in self.acl.iter() {
+        for item in &self.acl {
             let (k, v) = item.map_err(op_err(map_names::ACL, "walk"))?;
             let data = k.data();
             let (id, a) = data.split_at(4);
@@ -489,17 +489,17 @@ impl MapOps for Maps {
             ));
         }
         let mut pips = Vec::new();
-        for item in self.pips.iter() {
+        for item in &self.pips {
             let (k, v) = item.map_err(op_err(map_names::PIPS, "walk"))?;
             pips.push((k.vip, v.addr, v.nh));
         }
         let mut pip_revs = Vec::new();
-        for item in self.pip_rev.iter() {
+        for item in &self.pip_rev {
             let (k, v) = item.map_err(op_err(map_names::PIP_REV, "walk"))?;
             pip_revs.push((k.vip, v.addr));
         }
         let mut routes = Vec::new();
-        for item in self.routes.iter() {
+        for item in &self.routes {
             let (k, nh) = item.map_err(op_err(map_names::ROUTES, "walk"))?;
             routes.push((k.prefix_len(), k.data(), nh));
         }
@@ -625,7 +625,7 @@ fn read_array<V: aya::Pod + Default>(
 
 /// Sum of one per-CPU slot of counters.
 fn sum_counters(v: &PerCpuValues<Counters>) -> Counters {
-    v.iter().fold(Counters::default(), |a, c| a.add(c))
+    v.iter().fold(Counters::default(), Counters::add)
 }
 
 fn zero_per_cpu<V: aya::Pod + Default + Clone>(

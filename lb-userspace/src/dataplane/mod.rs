@@ -34,6 +34,10 @@ use crate::error::MapOpError;
 /// when an agent starts. The real implementation is [`Maps`].
 ///
 /// Deletes are idempotent: deleting a key that is not there succeeds.
+#[expect(
+    clippy::missing_errors_doc,
+    reason = "every method fails only with the map operation's own error"
+)]
 pub trait MapOps {
     fn put_service(&mut self, k: &ServiceKey, v: &ServiceInfo) -> Result<(), MapOpError>;
     fn del_service(&mut self, k: &ServiceKey) -> Result<(), MapOpError>;
@@ -68,6 +72,10 @@ pub trait MapOps {
 
 /// The reads of status, stats and metrics: counters, and one walk of conntrack. They run off
 /// the writer loop, on a [`SideMaps`] handle.
+#[expect(
+    clippy::missing_errors_doc,
+    reason = "every method fails only with the map read's own error"
+)]
 pub trait MapReader {
     fn service_counters(&self, id: u32) -> Result<Counters, MapOpError>;
     fn backend_counters(&self, id: BackendId) -> Result<Counters, MapOpError>;

@@ -149,6 +149,7 @@ pub enum NetlinkError {
 
 impl NetlinkError {
     /// The errno the kernel answered with, if this is a [`NetlinkError::Kernel`].
+    #[must_use]
     pub fn kernel_errno(&self) -> Option<i32> {
         match self {
             Self::Kernel { source, .. } => source.raw_os_error(),

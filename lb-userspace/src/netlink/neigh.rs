@@ -30,6 +30,7 @@ pub struct Neighbour {
 impl Neighbour {
     /// Whether the entry's MAC may be used to send frames: it is in a state in
     /// which the kernel itself would transmit to it, and it has a MAC.
+    #[must_use]
     pub fn is_valid(&self) -> bool {
         const USABLE: u16 = libc::NUD_REACHABLE
             | libc::NUD_STALE
@@ -44,6 +45,9 @@ impl Neighbour {
 impl Netlink {
     /// The neighbour (ARP and NDP) tables, IPv4 then IPv6. Proxy entries are
     /// not included.
+    ///
+    /// # Errors
+    /// An exchange with the kernel fails ([`NetlinkError`]).
     pub fn neighbours(&mut self) -> Result<Vec<Neighbour>, NetlinkError> {
         let mut neighbours = Vec::new();
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
@@ -51,7 +55,7 @@ impl Netlink {
             message.header.family = family;
             neighbours.extend(self.dump(
                 Request::NeighbourDump,
-                RouteNetlinkMessage::GetNeighbour(message),
+                &RouteNetlinkMessage::GetNeighbour(message),
                 |message, out| {
                     if let RouteNetlinkMessage::NewNeighbour(neighbour) = message
                         && let Some(neighbour) = neighbour_from_message(&neighbour)
@@ -68,6 +72,9 @@ impl Netlink {
     /// `ifindex`. Much cheaper than [`Netlink::neighbours`] on hosts with
     /// large tables (uses the kernel's single-entry `RTM_GETNEIGH`, Linux ≥
     /// 5.0).
+    ///
+    /// # Errors
+    /// An exchange with the kernel fails ([`NetlinkError`]).
     pub fn neighbour(
         &mut self,
         ifindex: u32,
@@ -104,6 +111,9 @@ impl Netlink {
 
     /// MAC address of a link by ifindex (`IFLA_ADDRESS`), `None` if the link
     /// has no 6-byte address (e.g. tun or WireGuard devices).
+    ///
+    /// # Errors
+    /// An exchange with the kernel fails ([`NetlinkError`]).
     pub fn link_mac(&mut self, ifindex: u32) -> Result<Option<[u8; 6]>, NetlinkError> {
         let request = Request::LinkGet(ifindex);
         let mut message = LinkMessage::default();
@@ -145,6 +155,9 @@ impl Netlink {
     /// that is already `REACHABLE`, `DELAY`, `PROBE` or `INCOMPLETE` it does
     /// nothing; a `STALE` entry goes to `DELAY` (re-confirmation) and a
     /// `FAILED` one is probed again.
+    ///
+    /// # Errors
+    /// An exchange with the kernel fails ([`NetlinkError`]).
     pub fn resolve_neighbour(&mut self, ifindex: u32, ip: IpAddr) -> Result<(), NetlinkError> {
         let mut message = NeighbourMessage::default();
         message.header.family = family_of(ip);

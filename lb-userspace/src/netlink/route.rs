@@ -44,6 +44,9 @@ impl Netlink {
     /// route (`ENETUNREACH`), `unreachable` (`EHOSTUNREACH`), `prohibit`
     /// (`EACCES`) and `blackhole` (`EINVAL`) routes, and destinations that are
     /// local, broadcast or multicast (they have no next hop to forward to).
+    ///
+    /// # Errors
+    /// An exchange with the kernel fails ([`NetlinkError`]).
     pub fn route_get(&mut self, dst: IpAddr) -> Result<Option<RouteInfo>, NetlinkError> {
         let request = Request::RouteGet(dst);
         let mut message = RouteMessage::default();
@@ -116,6 +119,9 @@ impl Netlink {
     /// `throw`) are left out, and a multipath route yields one [`Route`] per
     /// next hop. Dump entries the decoder cannot parse are skipped rather than
     /// failing the whole dump.
+    ///
+    /// # Errors
+    /// An exchange with the kernel fails ([`NetlinkError`]).
     pub fn routes(&mut self) -> Result<Vec<Route>, NetlinkError> {
         let mut routes = Vec::new();
         // One dump per family: an AF_UNSPEC dump would also return multicast
@@ -126,7 +132,7 @@ impl Netlink {
             message.header.table = RouteHeader::RT_TABLE_MAIN;
             routes.extend(self.dump(
                 Request::RouteDump,
-                RouteNetlinkMessage::GetRoute(message),
+                &RouteNetlinkMessage::GetRoute(message),
                 |message, out| {
                     if let RouteNetlinkMessage::NewRoute(route) = message {
                         push_main_routes(&route, out);

@@ -38,13 +38,16 @@ impl fmt::Debug for Netlink {
         f.debug_struct("Netlink")
             .field("fd", &self.socket.as_raw_fd())
             .field("seq", &self.seq)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
 impl Netlink {
     /// Opens a `NETLINK_ROUTE` socket in the calling thread's network
     /// namespace and connects it to the kernel.
+    ///
+    /// # Errors
+    /// An exchange with the kernel fails ([`NetlinkError`]).
     pub fn open() -> Result<Self, NetlinkError> {
         let mut socket = Socket::new(NETLINK_ROUTE).map_err(NetlinkError::Open)?;
         socket.bind_auto().map_err(NetlinkError::Open)?;
@@ -66,7 +69,7 @@ impl Netlink {
     pub(super) fn dump<T>(
         &mut self,
         request: Request,
-        message: RouteNetlinkMessage,
+        message: &RouteNetlinkMessage,
         mut convert: impl FnMut(RouteNetlinkMessage, &mut Vec<T>),
     ) -> Result<Vec<T>, NetlinkError> {
         for _ in 0..DUMP_ATTEMPTS {
@@ -113,7 +116,7 @@ impl Netlink {
         loop {
             match self.socket.send(&bytes, 0) {
                 Ok(_) => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(source) => return Err(NetlinkError::Send { request, source }),
             }
         }
@@ -214,7 +217,7 @@ impl Netlink {
                         reason: "datagram truncated",
                     });
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(recv_error(e)),
             }
         }

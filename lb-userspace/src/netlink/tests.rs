@@ -173,10 +173,7 @@ fn wait_ipv6_ready(ns: &str, dev: &str) {
 
 /// `ip -n NS -batch -` with one command per line.
 fn run_batch(ns: &str, commands: &str) {
-    let script: String = commands
-        .lines()
-        .map(|line| format!("{}\n", line.trim()))
-        .collect();
+    let script: String = commands.lines().flat_map(|l| [l.trim(), "\n"]).collect();
     run_batch_script(ns, &script);
 }
 
@@ -299,9 +296,11 @@ fn routes_dump() {
     let topo = Topology::new();
     // Enough routes to need many datagrams, so the multipart path and
     // NLMSG_DONE handling are exercised.
-    let script: String = (0..1000)
-        .map(|i| format!("route add 2001:db8:2:{i:x}::/64 via 2001:db8::2\n"))
-        .collect();
+    let script = (0..1000).fold(String::new(), |mut s, i| {
+        use std::fmt::Write as _;
+        let _ = writeln!(s, "route add 2001:db8:2:{i:x}::/64 via 2001:db8::2");
+        s
+    });
     run_batch_script(topo.ns(), &script);
     let ifindex_a = topo.ifindex_a;
     topo.run(move || {

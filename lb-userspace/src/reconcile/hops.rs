@@ -185,15 +185,15 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn hop(ifindex: u32, via: &str) -> Option<Hop> {
-        Some(Hop {
+    fn hop(ifindex: u32, via: &str) -> Hop {
+        Hop {
             nh: NextHop {
                 ifindex,
                 smac: [1; 6],
                 dmac: [2; 6],
             },
             via: ip(via),
-        })
+        }
     }
 
     /// A kernel change re-resolves only the addresses it can have moved, plus the unresolved.
@@ -202,9 +202,9 @@ mod tests {
         let mut h = Hops::default();
         h.learn(&Resolution {
             hops: vec![
-                (ip("192.0.2.11"), hop(3, "192.0.2.11")),
-                (ip("192.0.2.12"), hop(4, "192.0.2.12")),
-                (ip("198.51.100.7"), hop(3, "192.0.2.254")),
+                (ip("192.0.2.11"), Some(hop(3, "192.0.2.11"))),
+                (ip("192.0.2.12"), Some(hop(4, "192.0.2.12"))),
+                (ip("198.51.100.7"), Some(hop(3, "192.0.2.254"))),
                 (ip("192.0.2.13"), None),
             ],
             routes: None,

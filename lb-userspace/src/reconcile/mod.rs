@@ -752,7 +752,7 @@ impl<M: MapOps> Reconciler<M> {
             }
             Ok(()) => {}
             Err(e) => {
-                tracing::warn!(error = %e, "writing next hops failed; the next resolution retries")
+                tracing::warn!(error = %e, "writing next hops failed; the next resolution retries");
             }
         }
     }

@@ -152,7 +152,7 @@ impl Fresh {
         {
             match live.acl.get(&aid) {
                 Some(set) => {
-                    alloc.defer(Deferred::Acl(aid, set.iter().map(|e| e.prefix).collect()))
+                    alloc.defer(Deferred::Acl(aid, set.iter().map(|e| e.prefix).collect()));
                 }
                 None => alloc.acl_sets.free(aid),
             }

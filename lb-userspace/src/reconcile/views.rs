@@ -237,8 +237,8 @@ impl Source<'_> {
                     drained: desired.is_some_and(|b| b.drained),
                     next_hop: nh.map(|n| NextHopView {
                         ifindex: n.ifindex,
-                        smac: mac(&n.smac),
-                        dmac: mac(&n.dmac),
+                        smac: mac(n.smac),
+                        dmac: mac(n.dmac),
                     }),
                     slots: s,
                     share: if total == 0 {
@@ -325,8 +325,8 @@ impl Source<'_> {
                 dip: d.to_string(),
                 next_hop: nh.is_resolved().then(|| NextHopView {
                     ifindex: nh.ifindex,
-                    smac: mac(&nh.smac),
-                    dmac: mac(&nh.dmac),
+                    smac: mac(nh.smac),
+                    dmac: mac(nh.dmac),
                 }),
             })
             .collect();
@@ -347,7 +347,7 @@ impl Source<'_> {
                     *len
                 };
                 if nh.is_resolved() {
-                    format!("{ip}/{plen} via if {} → {}", nh.ifindex, mac(&nh.dmac))
+                    format!("{ip}/{plen} via if {} → {}", nh.ifindex, mac(nh.dmac))
                 } else {
                     format!(
                         "{ip}/{plen} connected (kernel FIB per host until its neighbour is learned)"
@@ -360,7 +360,7 @@ impl Source<'_> {
     }
 }
 
-fn mac(m: &[u8; 6]) -> String {
+fn mac(m: [u8; 6]) -> String {
     m.iter()
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()

@@ -87,7 +87,7 @@ pub fn pin(pid: i32, cpu: usize) {
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(pid, std::mem::size_of::<libc::cpu_set_t>(), &raw const set);
+        libc::sched_setaffinity(pid, size_of::<libc::cpu_set_t>(), &raw const set);
     }
 }
 

@@ -23,7 +23,7 @@ fn main() {
             "--health-status" => {
                 health = v
                     .parse()
-                    .unwrap_or_else(|_| die("--health-status takes a number"))
+                    .unwrap_or_else(|_| die("--health-status takes a number"));
             }
             _ => die(&format!("unknown argument {a}")),
         }
@@ -62,9 +62,8 @@ fn serve(s: TcpStream, name: &str, health: u16) {
     let peer = s
         .peer_addr()
         .map_or_else(|_| "unknown".to_owned(), |a| a.to_string());
-    let mut w = match s.try_clone() {
-        Ok(w) => w,
-        Err(_) => return,
+    let Ok(mut w) = s.try_clone() else {
+        return;
     };
     let mut r = BufReader::new(s);
     loop {

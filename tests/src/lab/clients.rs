@@ -183,7 +183,7 @@ fn connect_from(src: Ipv4Addr, dst: SocketAddr, timeout: Duration) -> std::io::R
         },
         sin_zero: [0; 8],
     };
-    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    let len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
     // SAFETY: plain socket calls on a descriptor this function owns; the TcpStream takes it.
     unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
@@ -233,7 +233,7 @@ impl ConnStream {
     pub const PACE: Duration = Duration::from_millis(1);
     /// 40 s at full pace, within the 64 Ki ports of the widened range.
     pub const MAX_CONNECTIONS: u64 = 40_000;
-    pub const MAX_TIME: Duration = Duration::from_secs(120);
+    pub const MAX_TIME: Duration = Duration::from_mins(2);
     /// How long [`Self::wait_more`] waits at most.
     pub const WAIT: Duration = Duration::from_secs(30);
 

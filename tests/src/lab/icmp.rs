@@ -30,7 +30,7 @@ pub fn icmp_socket(ns: &Netns) -> anyhow::Result<std::os::fd::OwnedFd> {
                 tv_sec: 0,
                 tv_usec: 100_000,
             };
-            let len = std::mem::size_of::<libc::timeval>() as libc::socklen_t;
+            let len = size_of::<libc::timeval>() as libc::socklen_t;
             libc::setsockopt(
                 sock.as_raw_fd(),
                 libc::SOL_SOCKET,
@@ -64,7 +64,7 @@ pub fn send_icmp(
         },
         sin_zero: [0; 8],
     };
-    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    let len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
     // SAFETY: valid buffer and address for the duration of the call.
     let n = unsafe {
         libc::sendto(

@@ -69,16 +69,15 @@ probe_interval = "2s"
 /// # Errors
 /// The binary is not built.
 pub fn workspace_bin(name: &str) -> anyhow::Result<PathBuf> {
-    let dir = match std::env::var_os("LB_BIN_DIR") {
-        Some(d) => PathBuf::from(d),
-        None => {
-            let exe = std::env::current_exe()?;
-            let mut dir = exe.parent().context("exe dir")?.to_path_buf();
-            if dir.ends_with("deps") {
-                dir.pop();
-            }
-            dir
+    let dir = if let Some(d) = std::env::var_os("LB_BIN_DIR") {
+        PathBuf::from(d)
+    } else {
+        let exe = std::env::current_exe()?;
+        let mut dir = exe.parent().context("exe dir")?.to_path_buf();
+        if dir.ends_with("deps") {
+            dir.pop();
         }
+        dir
     };
     let p = dir.join(name);
     if !p.exists() {

@@ -223,7 +223,7 @@ impl Fixture {
                 "{what}: output bytes (left: kernel, right: expected)"
             ),
             None if action == XDP_PASS => {
-                assert_eq!(out, bytes, "{what}: a passed frame must be untouched")
+                assert_eq!(out, bytes, "{what}: a passed frame must be untouched");
             }
             None => {}
         }

@@ -152,7 +152,7 @@ fn hairpin_snat_translates_both_ways_and_picks_free_ports() {
         let mut held = vec![50001u16];
 
         // One flow, both ways, and its tracked next packet.
-        let sport = (40000..).find(|&p| cand(p, 0) != 50001).unwrap();
+        let sport = (40000..=u16::MAX).find(|&p| cand(p, 0) != 50001).unwrap();
         let (client, snat) = expect(fx, "hairpin SYN", sport, cand(sport, 0));
         held.push(snat.port());
         let ack = Frame::tcp(client, vip, TCP_ACK);
@@ -181,7 +181,7 @@ fn hairpin_snat_translates_both_ways_and_picks_free_ports() {
         }
 
         // Every candidate of one flow held (by flows that took them as first choice): dropped.
-        let target = (30000..)
+        let target = (30000..=u16::MAX)
             .find(|&p| (0..HAIRPIN_PORT_TRIES).all(|a| !held.contains(&cand(p, a))))
             .unwrap();
         for a in 0..HAIRPIN_PORT_TRIES {

@@ -413,7 +413,7 @@ fn every_entry_gets_the_next_hop_when_it_resolves() {
 
 #[test]
 fn ring_regions_are_reused_after_the_grace_period() {
-    let mut ring = super::super::alloc::Ring::new(1000);
+    let mut ring = alloc::Ring::new(1000);
     let a = ring.alloc(400).unwrap();
     let b = ring.alloc(400).unwrap();
     assert_eq!(ring.alloc(400), None);

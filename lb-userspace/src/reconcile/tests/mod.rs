@@ -443,8 +443,9 @@ pub fn ask(r: &mut Rec, req: Req) -> Response {
 }
 
 pub fn ok(r: &mut Rec, req: Req) {
-    if let Response::Error { message, .. } = ask(r, req.clone()) {
-        panic!("{req:?}: {message}");
+    let shown = format!("{req:?}");
+    if let Response::Error { message, .. } = ask(r, req) {
+        panic!("{shown}: {message}");
     }
 }
 

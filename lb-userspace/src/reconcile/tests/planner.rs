@@ -74,7 +74,7 @@ fn record(live: &mut Live, steps: &[Step]) {
     }
 }
 
-fn all_steps(p: &plan::Plan) -> Vec<Step> {
+fn all_steps(p: &Plan) -> Vec<Step> {
     p.prepare
         .iter()
         .chain(&p.switch)
@@ -132,7 +132,7 @@ fn a_new_service_is_prepared_then_switched_in_one_write() {
     let Some(Step::PutSlots(_, slots)) = p.prepare.last() else {
         panic!()
     };
-    let ids: std::collections::BTreeSet<BackendId> = slots.iter().copied().collect();
+    let ids: BTreeSet<BackendId> = slots.iter().copied().collect();
     assert_eq!(ids, p.fresh.backends.iter().copied().collect());
     assert!(p.prepare.iter().all(|s| match s {
         Step::PutBackend(_, b) => b.nh == NextHop::default(),
@@ -172,7 +172,7 @@ fn a_matching_service_plans_nothing_and_a_removal_retires_after_the_switch() {
         &mut alloc,
     )
     .unwrap();
-    assert_eq!(again, plan::Plan::default(), "nothing to do");
+    assert_eq!(again, Plan::default(), "nothing to do");
 
     st.apply(&Command::BackendDel {
         service: spec(WEB),
@@ -204,14 +204,11 @@ fn a_matching_service_plans_nothing_and_a_removal_retires_after_the_switch() {
     assert_eq!(
         p.after,
         vec![
-            Step::Defer(super::super::alloc::Deferred::Region(
-                old_region.0,
-                old_region.1
-            )),
+            Step::Defer(Deferred::Region(old_region.0, old_region.1)),
             Step::RetireBackend(gone),
-            Step::Purge(crate::dataplane::PurgeJob {
+            Step::Purge(PurgeJob {
                 backends: [gone].into(),
-                ..crate::dataplane::PurgeJob::default()
+                ..PurgeJob::default()
             }),
         ]
     );
@@ -263,7 +260,7 @@ fn an_internal_vip_is_widened_before_and_trimmed_after() {
         .prepare
         .iter()
         .filter_map(|s| match s {
-            Step::PutAcl(_, e) if e.action == lb_common::acl::Action::Hairpin => e.rule,
+            Step::PutAcl(_, e) if e.action == acl::Action::Hairpin => e.rule,
             _ => None,
         })
         .collect();
@@ -332,8 +329,8 @@ fn routes_and_next_hops_write_only_what_differs() {
         smac: [1; 6],
         dmac: [2; 6],
     };
-    let a = (120, lb_common::addr::v4_mapped([198, 51, 100, 0]));
-    let b = (96, lb_common::addr::v4_mapped([0, 0, 0, 0]));
+    let a = (120, addr::v4_mapped([198, 51, 100, 0]));
+    let b = (96, addr::v4_mapped([0, 0, 0, 0]));
     live.routes.insert(a, nh(1));
     live.routes.insert(b, nh(2));
     let want = [(a.0, a.1, nh(1)), (b.0, b.1, nh(3))];
@@ -346,18 +343,15 @@ fn routes_and_next_hops_write_only_what_differs() {
     let be = plan::backend_entry(1, "192.0.2.11:80".parse().unwrap(), NextHop::default());
     live.put_backend(5, be);
     let mut hops = Hops::default();
-    let ip: std::net::IpAddr = "192.0.2.11".parse().unwrap();
-    hops.learn(&crate::reconcile::Resolution {
-        hops: vec![(ip, Some(crate::reconcile::Hop { nh: nh(4), via: ip }))],
+    let ip: IpAddr = "192.0.2.11".parse().unwrap();
+    hops.learn(&Resolution {
+        hops: vec![(ip, Some(Hop { nh: nh(4), via: ip }))],
         routes: None,
     });
     let steps = plan::next_hops(&[ip].into(), &live, &hops);
     assert_eq!(
         steps,
-        vec![Step::PutBackend(
-            5,
-            lb_common::maps::Backend { nh: nh(4), ..be }
-        )]
+        vec![Step::PutBackend(5, Backend { nh: nh(4), ..be })]
     );
     assert!(plan::next_hops(&["192.0.2.12".parse().unwrap()].into(), &live, &hops).is_empty());
 }

@@ -47,7 +47,7 @@ fn view(m: &FakeMaps) -> View {
         m.backends
             .get(&id)
             .filter(|b| b.is_active())
-            .map(super::super::live::backend_addr)
+            .map(live::backend_addr)
     };
     let set = |id: u32| -> Vec<SetEntry> {
         let mut v: Vec<_> = m
@@ -91,7 +91,7 @@ fn view(m: &FakeMaps) -> View {
                     let port = service_of
                         .get(&b.service)
                         .map_or(0, |(_, p, _)| u32::from(u16::from_be_bytes(*p)));
-                    (port, super::super::live::backend_addr(b))
+                    (port, live::backend_addr(b))
                 })
                 .collect();
             v.sort();
