@@ -250,14 +250,19 @@ pub fn py_tool(name: &str) -> PathBuf {
     py_venv().join("bin").join(name)
 }
 
+/// Whether `bin --version` runs and names `version`.
+fn has_version(bin: &Path, version: &str) -> bool {
+    Command::new(bin)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(version))
+}
+
 /// Whether every PyPI tool is there, at its pinned version.
 fn py_tools_ok() -> bool {
-    PY_TOOLS.iter().all(|(name, version)| {
-        Command::new(py_tool(name))
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(version))
-    })
+    PY_TOOLS
+        .iter()
+        .all(|(name, version)| has_version(&py_tool(name), version))
 }
 
 fn py_tools() -> anyhow::Result<()> {
@@ -283,10 +288,7 @@ fn py_tools() -> anyhow::Result<()> {
 }
 
 fn cargo_deny_ok() -> bool {
-    Command::new(cargo_bin("cargo-deny"))
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(CARGO_DENY_VERSION))
+    has_version(&cargo_bin("cargo-deny"), CARGO_DENY_VERSION)
 }
 
 fn cargo_deny() -> anyhow::Result<()> {
@@ -311,11 +313,7 @@ const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 /// Installs cargo-fuzz (for `cargo xtask fuzz`) unless this version is there.
 pub fn cargo_fuzz() -> anyhow::Result<()> {
-    let have = Command::new(cargo_bin("cargo-fuzz"))
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(CARGO_FUZZ_VERSION));
-    if have {
+    if has_version(&cargo_bin("cargo-fuzz"), CARGO_FUZZ_VERSION) {
         return Ok(());
     }
     eprintln!("setup: installing cargo-fuzz {CARGO_FUZZ_VERSION} (about a minute)");

@@ -167,49 +167,38 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     // starts, so the first entries are written with resolved next hops.
     let first = crate::reconcile::initial_job(&initial);
     let (first_tx, first_rx) = oneshot::channel();
-    let weak = events.downgrade();
-    std::thread::Builder::new()
-        .name("lb-resolver".into())
-        .spawn(move || {
-            let _ = first_tx.send(resolver.resolve(&first));
-            for job in resolve_rx {
-                let r = resolver.resolve(&job);
-                let Some(tx) = weak.upgrade() else { return };
-                if tx.blocking_send(Event::Resolved(r)).is_err() {
-                    return;
-                }
+    worker("lb-resolver", &events, move |send| {
+        let _ = first_tx.send(resolver.resolve(&first));
+        for job in resolve_rx {
+            if !send(Event::Resolved(resolver.resolve(&job))) {
+                return;
             }
-        })?;
-    let weak = events.downgrade();
-    std::thread::Builder::new()
-        .name("lb-purger".into())
-        .spawn(move || {
-            for job in purge_rx {
-                let result = purger.purge(&job).map_err(|e| e.to_string());
-                let Some(tx) = weak.upgrade() else { return };
-                if tx.blocking_send(Event::Purged { job, result }).is_err() {
-                    return;
-                }
+        }
+    })?;
+    worker("lb-purger", &events, move |send| {
+        for job in purge_rx {
+            let result = purger.purge(&job).map_err(|e| e.to_string());
+            if !send(Event::Purged { job, result }) {
+                return;
             }
-        })?;
-    let weak = events.downgrade();
-    std::thread::Builder::new()
-        .name("lb-netlink".into())
-        .spawn(move || {
-            loop {
-                let changes = match watcher.changes() {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "netlink watch failed; the periodic resync still runs");
+        }
+    })?;
+    worker("lb-netlink", &events, move |send| {
+        loop {
+            match watcher.changes() {
+                Ok(c) if c.is_empty() => {}
+                Ok(c) => {
+                    if !send(Event::Net(c)) {
                         return;
                     }
-                };
-                let Some(tx) = weak.upgrade() else { return };
-                if !changes.is_empty() && tx.blocking_send(Event::Net(changes)).is_err() {
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "netlink watch failed; the periodic resync still runs");
                     return;
                 }
             }
-        })?;
+        }
+    })?;
     let primed = first_rx.await.context("the resolver thread ended")?;
 
     // The writer thread: adoption and the initial state first (reported back), then the loop.
@@ -359,6 +348,26 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     unpin_all(&opts.pin_dir)
         .with_context(|| format!("removing pins under {}", opts.pin_dir.display()))?;
     Ok(())
+}
+
+/// Starts a thread that feeds the writer: `body` gets a `send` that delivers one event and
+/// says whether the writer still takes them. The thread holds only a weak sender, so it never
+/// keeps the writer's channel open by itself.
+fn worker(
+    name: &str,
+    events: &mpsc::Sender<Event>,
+    body: impl FnOnce(&dyn Fn(Event) -> bool) + Send + 'static,
+) -> std::io::Result<()> {
+    let weak = events.downgrade();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            body(&|ev| {
+                weak.upgrade()
+                    .is_some_and(|tx| tx.blocking_send(ev).is_ok())
+            });
+        })
+        .map(drop)
 }
 
 fn check_bpffs(pin_dir: &std::path::Path) -> anyhow::Result<()> {

@@ -149,6 +149,8 @@ pub struct Reconciler<M> {
     purge: PurgeJob,
     /// Addresses to resolve once no resolution is in flight.
     want: ResolveJob,
+    /// The client routes of the resolution [`Self::prime`] took in, written by [`Self::start`].
+    primed_routes: Option<Vec<(u32, lb_common::addr::Addr, lb_common::maps::NextHop)>>,
     resolving: bool,
     /// Purges that failed: retried on the next tick.
     failed_purges: PurgeJob,
@@ -172,6 +174,7 @@ impl<M: MapOps> Reconciler<M> {
             hops: Hops::default(),
             purge: PurgeJob::default(),
             want: ResolveJob::default(),
+            primed_routes: None,
             resolving: false,
             failed_purges: PurgeJob::default(),
             dirty: BTreeSet::new(),
@@ -201,10 +204,12 @@ impl<M: MapOps> Reconciler<M> {
         &self.live
     }
 
-    /// Takes in next hops found before anything is written (the agent resolves the initial
-    /// state's addresses first, so the first entries are written resolved).
+    /// Takes in a resolution made before anything is written (the agent resolves the initial
+    /// state's addresses and the client routes first, so the first entries are written
+    /// resolved and [`Self::start`] writes the routes).
     pub fn prime(&mut self, r: &Resolution) {
         self.hops.learn(r);
+        self.primed_routes.clone_from(&r.routes);
     }
 
     fn inputs(&self) -> Inputs<'_> {
@@ -573,6 +578,12 @@ impl<M: MapOps> Reconciler<M> {
             self.alloc.defer(Deferred::Acl(aid, prefixes));
         }
         self.sync_pips(&mut writes)?;
+        // Client routes as the primed resolution found them: nothing else may bring them soon
+        // (with every neighbour already valid, the kernel announces no change).
+        if let Some(routes) = self.primed_routes.take() {
+            let steps = plan::routes(&routes, &self.live);
+            self.run(steps, &mut writes)?;
+        }
         self.committed(&Touched {
             services: self.state.services.keys().copied().collect(),
             pips: true,

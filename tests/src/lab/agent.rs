@@ -210,6 +210,14 @@ impl Lab {
                 })
             },
         )
+        .with_context(|| {
+            format!(
+                "status: {}\nneighbours: {}\nagent log:\n{}",
+                self.lb(&["status"]).unwrap_or_else(|e| e.to_string()),
+                self.lb.ip(&["neigh"]).unwrap_or_else(|e| e.to_string()),
+                self.agent_log()
+            )
+        })
     }
 
     /// Waits until next hops are resolved and every backend that may take new flows (not

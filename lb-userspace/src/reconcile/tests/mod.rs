@@ -552,11 +552,13 @@ pub fn restarted(r: &Rec) -> Rec {
     Reconciler::new(maps, info)
 }
 
-/// Starts `r` over its maps with `state`, as the agent does: adoption and the initial sync,
-/// then the work they queued (purges) and a first resolution (unresolved hops, no routes).
+/// Starts `r` over its maps with `state`, as the agent does: a resolution first (unresolved
+/// hops, no client routes), then adoption and the initial sync, then the work they queued
+/// (purges).
 pub fn start(r: &mut Rec, state: State) {
+    let job = initial_job(&state);
+    r.prime(&FakeResolver::default().resolve(&job));
     r.start(state).unwrap();
     let fx = r.flush();
     r.settle(fx);
-    r.resolve_with(&mut FakeResolver::default());
 }

@@ -83,6 +83,51 @@ fn all_steps(p: &Plan) -> Vec<Step> {
         .collect()
 }
 
+/// What the planner reads, owned, and the allocators it takes from.
+struct World {
+    state: State,
+    live: Live,
+    health: HealthBook,
+    hops: Hops,
+    alloc: Alloc,
+}
+
+impl World {
+    fn new(state: State) -> Self {
+        Self {
+            state,
+            live: Live::default(),
+            health: HealthBook::default(),
+            hops: Hops::default(),
+            alloc: Alloc::new(100),
+        }
+    }
+
+    fn service(&mut self, svc: &str) -> Plan {
+        let i = Inputs {
+            state: &self.state,
+            live: &self.live,
+            health: &self.health,
+            hops: &self.hops,
+        };
+        plan::service(&spec(svc), i, &mut self.alloc).unwrap()
+    }
+
+    fn vip(&mut self, ip: IpAddr, phase: Phase) -> Plan {
+        let i = Inputs {
+            state: &self.state,
+            live: &self.live,
+            health: &self.health,
+            hops: &self.hops,
+        };
+        plan::vip(ip, phase, i, &mut self.alloc).unwrap()
+    }
+
+    fn record(&mut self, steps: &[Step]) {
+        record(&mut self.live, steps);
+    }
+}
+
 /// A new service: stats zeroed, each backend's entry before the table, the table before the
 /// one switching write; nothing after it.
 #[test]
@@ -92,15 +137,7 @@ fn a_new_service_is_prepared_then_switched_in_one_write() {
         backend_add(WEB, "192.0.2.11"),
         backend_add(WEB, "192.0.2.12"),
     ]);
-    let (live, health, hops) = (Live::default(), HealthBook::default(), Hops::default());
-    let mut alloc = Alloc::new(100);
-    let i = Inputs {
-        state: &st,
-        live: &live,
-        health: &health,
-        hops: &hops,
-    };
-    let p = plan::service(&spec(WEB), i, &mut alloc).unwrap();
+    let p = World::new(st).service(WEB);
     let kinds: Vec<&str> = p
         .prepare
         .iter()
@@ -144,57 +181,28 @@ fn a_new_service_is_prepared_then_switched_in_one_write() {
 /// switch and its flows purged, and the old table released after the grace period.
 #[test]
 fn a_matching_service_plans_nothing_and_a_removal_retires_after_the_switch() {
-    let mut st = state(&[
+    let mut w = World::new(state(&[
         vip_add(WEB, small()),
         backend_add(WEB, "192.0.2.11"),
         backend_add(WEB, "192.0.2.12"),
-    ]);
-    let (mut live, health, hops) = (Live::default(), HealthBook::default(), Hops::default());
-    let mut alloc = Alloc::new(100);
-    let first = {
-        let i = Inputs {
-            state: &st,
-            live: &live,
-            health: &health,
-            hops: &hops,
-        };
-        plan::service(&spec(WEB), i, &mut alloc).unwrap()
-    };
-    record(&mut live, &all_steps(&first));
-    let again = plan::service(
-        &spec(WEB),
-        Inputs {
-            state: &st,
-            live: &live,
-            health: &health,
-            hops: &hops,
-        },
-        &mut alloc,
-    )
-    .unwrap();
-    assert_eq!(again, Plan::default(), "nothing to do");
+    ]));
+    let first = w.service(WEB);
+    w.record(&all_steps(&first));
+    assert_eq!(w.service(WEB), Plan::default(), "nothing to do");
 
-    st.apply(&Command::BackendDel {
-        service: spec(WEB),
-        backend: "192.0.2.12".parse().unwrap(),
-    })
-    .unwrap();
-    let gone = live
+    w.state
+        .apply(&Command::BackendDel {
+            service: spec(WEB),
+            backend: "192.0.2.12".parse().unwrap(),
+        })
+        .unwrap();
+    let gone = w
+        .live
         .backends_of_spec(&spec(WEB))
         .find(|(a, _)| **a == "192.0.2.12:80".parse::<SocketAddr>().unwrap())
         .map(|(_, id)| *id)
         .unwrap();
-    let p = plan::service(
-        &spec(WEB),
-        Inputs {
-            state: &st,
-            live: &live,
-            health: &health,
-            hops: &hops,
-        },
-        &mut alloc,
-    )
-    .unwrap();
+    let p = w.service(WEB);
     assert!(
         matches!(p.prepare.as_slice(), [Step::PutSlots(..)]),
         "{p:?}"
@@ -222,36 +230,19 @@ fn an_internal_vip_is_widened_before_and_trimmed_after() {
         internal: vec![("198.51.100.0".parse().unwrap(), 24)],
         ..small()
     };
-    let st = state(&[vip_add(WEB, internal), backend_add(WEB, "192.0.2.11")]);
-    let (mut live, health, hops) = (Live::default(), HealthBook::default(), Hops::default());
-    let mut alloc = Alloc::new(100);
-    let p = plan::service(
-        &spec(WEB),
-        Inputs {
-            state: &st,
-            live: &live,
-            health: &health,
-            hops: &hops,
-        },
-        &mut alloc,
-    )
-    .unwrap();
-    record(&mut live, &p.prepare);
+    let mut w = World::new(state(&[
+        vip_add(WEB, internal),
+        backend_add(WEB, "192.0.2.11"),
+    ]));
+    let p = w.service(WEB);
+    w.record(&p.prepare);
     let ip = spec(WEB).vip.ip();
-    let v = plan::vip(
+    let v = w.vip(
         ip,
         Phase::Before {
             new_service: p.fresh.service,
         },
-        Inputs {
-            state: &st,
-            live: &live,
-            health: &health,
-            hops: &hops,
-        },
-        &mut alloc,
-    )
-    .unwrap();
+    );
     let Some(Step::PutVip(_, info)) = v.switch else {
         panic!("{v:?}")
     };
@@ -268,51 +259,19 @@ fn an_internal_vip_is_widened_before_and_trimmed_after() {
         hairpin, p.fresh.backends,
         "the new backend is a hairpin host"
     );
-    record(&mut live, &all_steps(&v));
-    record(&mut live, &all_steps(&p));
+    w.record(&all_steps(&v));
+    w.record(&all_steps(&p));
     // Deleted: the service entry goes first, then the VIP's (After: no live service left).
-    let empty = State::default();
-    let d = plan::service(
-        &spec(WEB),
-        Inputs {
-            state: &empty,
-            live: &live,
-            health: &health,
-            hops: &hops,
-        },
-        &mut alloc,
-    )
-    .unwrap();
+    w.state = State::default();
+    let d = w.service(WEB);
     assert_eq!(d.switch, Some(Step::DelService(spec(WEB))));
-    let before = plan::vip(
-        ip,
-        Phase::Before { new_service: None },
-        Inputs {
-            state: &empty,
-            live: &live,
-            health: &health,
-            hops: &hops,
-        },
-        &mut alloc,
-    )
-    .unwrap();
+    let before = w.vip(ip, Phase::Before { new_service: None });
     assert_eq!(
         before.switch, None,
         "the entry stays until the service is gone"
     );
-    record(&mut live, &all_steps(&d));
-    let after = plan::vip(
-        ip,
-        Phase::After,
-        Inputs {
-            state: &empty,
-            live: &live,
-            health: &health,
-            hops: &hops,
-        },
-        &mut alloc,
-    )
-    .unwrap();
+    w.record(&all_steps(&d));
+    let after = w.vip(ip, Phase::After);
     assert_eq!(after.switch, Some(Step::DelVip(ip)));
     assert!(
         matches!(after.after.as_slice(), [Step::Defer(_)]),

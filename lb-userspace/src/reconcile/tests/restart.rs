@@ -255,3 +255,25 @@ fn a_restart_replaces_a_table_in_place_when_it_fits_nowhere_else() {
     assert_eq!(services, vec![0, 353], "no table, then the new one");
     assert_eq!(shares(&r2).len(), 2);
 }
+
+/// The client routes of the resolution an agent makes before it starts are written by the
+/// start itself: when every neighbour is already valid (a restart), no kernel change would
+/// bring them later. (A restarted agent once served with no client route for a minute.)
+#[test]
+fn the_primed_client_routes_are_written_at_start() {
+    let mut r = rec(4096);
+    add(&mut r, WEB, &["192.0.2.11"]);
+    let mut r2 = restarted(&r);
+    let default_route = (96, addr::v4_mapped([0, 0, 0, 0]));
+    let nh = NextHop {
+        ifindex: 2,
+        smac: [1; 6],
+        dmac: [3; 6],
+    };
+    r2.prime(&Resolution {
+        hops: Vec::new(),
+        routes: Some(vec![(default_route.0, default_route.1, nh)]),
+    });
+    r2.start(r.state().clone()).unwrap();
+    assert_eq!(r2.maps().routes.get(&default_route), Some(&nh));
+}
