@@ -6,7 +6,7 @@
 //! interface towards the backend (the lab's 192.0.2.1), which is what a backend's firewall
 //! must allow. They go straight to the backend (DIP:probe port), not through the VIP.
 
-use std::{collections::HashMap, net::SocketAddr, time::Duration};
+use std::{collections::HashMap, net::SocketAddr};
 
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
@@ -16,31 +16,10 @@ use tokio::{
     time::{MissedTickBehavior, timeout},
 };
 
-use crate::{reconcile::Event, spec::ServiceSpec};
-
-/// What to probe and how (derived from a service's settings by the reconciler).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProbeTarget {
-    pub service: ServiceSpec,
-    pub backend: SocketAddr,
-    /// Where the probe connects: the backend's address and the probe port.
-    pub addr: SocketAddr,
-    /// `None`: TCP connect; `Some(path)`: HTTP GET that must answer 200.
-    pub http_path: Option<String>,
-    pub interval: Duration,
-    pub timeout: Duration,
-}
-
-/// One probe's outcome.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProbeReport {
-    pub service: ServiceSpec,
-    pub backend: SocketAddr,
-    pub ok: bool,
-    /// What happened, for `lb status`: "connected", "HTTP 200", "HTTP 500", "timeout after 1s",
-    /// "connect: Connection refused".
-    pub detail: String,
-}
+use crate::{
+    reconcile::{Event, ProbeReport, ProbeTarget},
+    spec::ServiceSpec,
+};
 
 /// Runs one probe now.
 pub async fn check(t: &ProbeTarget) -> (bool, String) {
@@ -171,6 +150,8 @@ impl Drop for Prober {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use tokio::net::TcpListener;
 
     use super::*;

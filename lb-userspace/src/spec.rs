@@ -483,6 +483,18 @@ mod probe_tests {
     }
 }
 
+/// Parses an ACL action word.
+///
+/// # Errors
+/// Neither `permit` nor `deny`.
+pub fn parse_action(s: &str) -> Result<lb_common::acl::Action, String> {
+    match s {
+        "permit" => Ok(lb_common::acl::Action::Permit),
+        "deny" => Ok(lb_common::acl::Action::Deny),
+        _ => Err(format!("{s:?}: the action must be permit or deny")),
+    }
+}
+
 /// A prefix as typed, `198.51.100.0/26` or `2001:db8::/32` (a bare address is a host prefix).
 /// Host bits must be zero, so a typo does not silently widen or narrow a rule.
 ///
@@ -675,7 +687,7 @@ pub mod serde_action {
     /// # Errors
     /// Neither `permit` nor `deny`.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Action, D::Error> {
-        crate::config::parse_action(&String::deserialize(d)?).map_err(D::Error::custom)
+        super::parse_action(&String::deserialize(d)?).map_err(D::Error::custom)
     }
 
     /// The word of an action; rules never hold hairpin (only internal-VIP sets do).

@@ -23,8 +23,7 @@ use lb_userspace::{
     api::{Query, Request, Response},
     dataplane::{MapReader, SideMaps},
     error::MapOpError,
-    probe::ProbeReport,
-    reconcile::Event,
+    reconcile::{Event, ProbeReport},
 };
 use tokio::sync::{mpsc, oneshot, watch};
 

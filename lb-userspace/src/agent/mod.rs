@@ -279,7 +279,9 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let server = tokio::spawn(api::serve(listener, events.clone()));
+    let server = tokio::spawn(api::serve(listener, events.clone(), |(req, tx)| {
+        Event::Api(req, tx)
+    }));
     let timers = {
         let events = events.clone();
         let resync = opts.resync_interval;

@@ -11,8 +11,7 @@ use crate::{
     api::Response,
     dataplane::{MapOps, MapReader, PurgeJob},
     error::ErrorKind,
-    probe::ProbeTarget,
-    reconcile::{Answer, Effects, Event, Reconciler, ResolveJob},
+    reconcile::{Answer, Effects, Event, ProbeTarget, Reconciler, ResolveJob},
     state::State,
 };
 

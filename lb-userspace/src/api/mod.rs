@@ -19,7 +19,9 @@ use serde::{Deserialize, Serialize};
 
 pub use self::{
     client::{ClientError, call},
-    server::{DEFAULT_SOCKET, MAX_CONNECTIONS, MAX_REQUEST, REQUEST_TIMEOUT, bind, decode, serve},
+    server::{
+        Call, DEFAULT_SOCKET, MAX_CONNECTIONS, MAX_REQUEST, REQUEST_TIMEOUT, bind, decode, serve,
+    },
     views::*,
 };
 use crate::{

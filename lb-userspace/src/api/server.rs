@@ -24,7 +24,7 @@ use tokio::{
 };
 
 use super::{Request, Response};
-use crate::{error::ErrorKind, reconcile::Event};
+use crate::error::ErrorKind;
 
 /// Default socket path (override with `--socket` or `LB_SOCKET`).
 pub const DEFAULT_SOCKET: &str = "/run/lb/lb.sock";
@@ -61,8 +61,16 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Serves the control socket until the task is aborted; each connection is one request.
-pub async fn serve(listener: UnixListener, calls: mpsc::Sender<Event>) {
+/// One request and where its answer goes, as the server hands it on.
+pub type Call = (Request, oneshot::Sender<Response>);
+
+/// Serves the control socket until the task is aborted; each connection is one request, sent
+/// on `calls` wrapped by `wrap` (the agent wraps it into its writer's event).
+pub async fn serve<E: Send + 'static>(
+    listener: UnixListener,
+    calls: mpsc::Sender<E>,
+    wrap: fn(Call) -> E,
+) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let stream = match listener.accept().await {
@@ -86,7 +94,7 @@ pub async fn serve(listener: UnixListener, calls: mpsc::Sender<Event>) {
         };
         let calls = calls.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle(stream, calls).await {
+            if let Err(e) = handle(stream, calls, wrap).await {
                 tracing::debug!(error = %e, "control connection ended with an error");
             }
             drop(permit);
@@ -100,7 +108,11 @@ fn answer(resp: &Response) -> Vec<u8> {
     out
 }
 
-async fn handle(stream: UnixStream, calls: mpsc::Sender<Event>) -> std::io::Result<()> {
+async fn handle<E>(
+    stream: UnixStream,
+    calls: mpsc::Sender<E>,
+    wrap: fn(Call) -> E,
+) -> std::io::Result<()> {
     let uid = stream.peer_cred()?.uid();
     let (rd, mut wr) = stream.into_split();
     let mut line = String::new();
@@ -130,7 +142,7 @@ async fn handle(stream: UnixStream, calls: mpsc::Sender<Event>) -> std::io::Resu
             Ok(req) => {
                 let (tx, rx) = oneshot::channel();
                 let gone = || Response::error(ErrorKind::Unavailable, "the agent is shutting down");
-                if calls.send(Event::Api(req, tx)).await.is_err() {
+                if calls.send(wrap((req, tx))).await.is_err() {
                     gone()
                 } else {
                     rx.await.unwrap_or_else(|_| gone())
@@ -169,8 +181,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn connections_are_bounded_in_number_and_idle_time() {
         let path = socket_path("bounds");
-        let (tx, mut rx) = mpsc::channel::<Event>(4);
-        let server = tokio::spawn(serve(bind(&path).unwrap(), tx));
+        let (tx, mut rx) = mpsc::channel::<Call>(4);
+        let server = tokio::spawn(serve(bind(&path).unwrap(), tx, |c| c));
         let mut idle = Vec::new();
         for _ in 0..MAX_CONNECTIONS {
             idle.push(UnixStream::connect(&path).await.unwrap());
@@ -201,7 +213,7 @@ mod tests {
         c.write_all(b"{\"query\":{\"op\":\"status\"}}\n")
             .await
             .unwrap();
-        let Some(Event::Api(req, reply)) = rx.recv().await else {
+        let Some((req, reply)) = rx.recv().await else {
             panic!("no request reached the writer")
         };
         assert_eq!(req, Request::Query(super::super::Query::Status));

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use lb_common::{acl::Action, consts::MAX_TABLE_SIZE, health, maglev::is_prime};
+use lb_common::{consts::MAX_TABLE_SIZE, health, maglev::is_prime};
 
 use super::{MAX_WEIGHT, ServiceSettings};
 use crate::spec::{BackendSpec, Hairpin, ServiceSpec};
@@ -50,18 +50,6 @@ pub fn check_acl_rule(
         );
     }
     Ok(())
-}
-
-/// Parses an ACL action word.
-///
-/// # Errors
-/// Neither `permit` nor `deny`.
-pub fn parse_action(s: &str) -> Result<Action, String> {
-    match s {
-        "permit" => Ok(Action::Permit),
-        "deny" => Ok(Action::Deny),
-        _ => Err(format!("{s:?}: the action must be permit or deny")),
-    }
 }
 
 /// Checks a port forward's target: an explicit port, the service's address family.

@@ -14,9 +14,9 @@ use super::{
     AclRuleConfig, AgentSettings, BackendConfig, Config, DEFAULT_WEIGHT, ForwardConfig,
     ServiceConfig, ServiceSettings, check_acl_rule, check_backend, check_forward, check_internal,
     check_pip, check_same_vip, check_service, check_settings, check_table_size, check_weight,
-    default_timeout, parse_action,
+    default_timeout,
 };
-use crate::spec::{BackendSpec, ServiceSpec, SpecError, parse_duration};
+use crate::spec::{BackendSpec, ServiceSpec, SpecError, parse_action, parse_duration};
 
 /// A config error: where, which field, what is wrong.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -10,10 +10,33 @@ use std::{
 use lb_common::health::{Health, Thresholds, Tracker, Transition};
 
 use crate::{
-    probe::ProbeReport,
     spec::{ServiceSpec, WhenAllDown},
     state::ServiceState,
 };
+
+/// What to probe and how (derived from a service's settings by the reconciler).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeTarget {
+    pub service: ServiceSpec,
+    pub backend: SocketAddr,
+    /// Where the probe connects: the backend's address and the probe port.
+    pub addr: SocketAddr,
+    /// `None`: TCP connect; `Some(path)`: HTTP GET that must answer 200.
+    pub http_path: Option<String>,
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+/// One probe's outcome.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeReport {
+    pub service: ServiceSpec,
+    pub backend: SocketAddr,
+    pub ok: bool,
+    /// What happened, for `lb status`: "connected", "HTTP 200", "HTTP 500", "timeout after 1s",
+    /// "connect: Connection refused".
+    pub detail: String,
+}
 
 /// One backend's probe history and last result.
 #[derive(Clone, Debug)]

@@ -38,6 +38,7 @@ use tokio::sync::oneshot;
 
 pub use self::{
     alloc::GRACE,
+    health::{ProbeReport, ProbeTarget},
     hops::{Hop, NetChange, Resolution, ResolveJob, Resolver},
     live::Live,
     views::{AgentInfo, Pending},
@@ -53,7 +54,6 @@ use crate::{
     api::{Query, Request, Response},
     dataplane::{FlowPurge, MapOps, MapReader, PurgeJob},
     error::{ChangeError, MapOpError},
-    probe::{ProbeReport, ProbeTarget},
     spec::{Established, ProbeSpec, ServiceSpec},
     state::{Change, Command, State},
 };

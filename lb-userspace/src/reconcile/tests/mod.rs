@@ -406,7 +406,7 @@ impl Req {
             } => {
                 let rule = crate::config::AclRuleConfig {
                     order,
-                    action: crate::config::parse_action(&action)?,
+                    action: crate::spec::parse_action(&action)?,
                     prefix: parse_prefix(&prefix).map_err(|e| format!("prefix: {e}"))?,
                     description,
                 };
