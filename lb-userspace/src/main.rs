@@ -14,6 +14,9 @@ use lb_userspace::{
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, CliCommand::Agent(_)) {
+        lb_userspace::agent::memory::few_arenas();
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -14,6 +14,7 @@
 //! Reads for status, stats and metrics run on tokio's blocking pool with a map handle of
 //! their own, and the state file is written by a task, so the writer never waits on I/O.
 
+pub mod memory;
 mod writer;
 
 use std::{
@@ -224,6 +225,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
                         .send_replace(Some((rec.state().clone(), digest.clone())));
                     tasks.probes.send_replace(rec.wanted_probes());
                     let _ = started_tx.send(Ok(rec.state().services.len()));
+                    memory::give_back();
                 }
                 Err(e) => {
                     let _ = started_tx.send(Err(e));
@@ -245,8 +247,13 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
                 continue;
             };
             let path = state_file.clone();
-            let r =
-                tokio::task::spawn_blocking(move || persist::save(&path, &digest, &state)).await;
+            let r = tokio::task::spawn_blocking(move || {
+                let r = persist::save(&path, &digest, &state);
+                drop(state);
+                memory::give_back();
+                r
+            })
+            .await;
             if let Ok(Err(e)) = r {
                 tracing::error!(error = %e, path = %state_file.display(), "saving the state file failed");
             }

@@ -73,6 +73,7 @@ fn dispatch<M: MapOps>(rec: &Reconciler<M>, fx: Effects, tasks: &Tasks, digest: 
             .save
             .send_replace(Some((rec.state().clone(), digest.clone())));
         tasks.probes.send_replace(rec.wanted_probes());
+        super::memory::give_back();
     }
     if let Some((tx, answer)) = reply {
         match answer {
