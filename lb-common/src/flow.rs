@@ -45,6 +45,19 @@ impl FlowKey {
         }
     }
 
+    /// The key a backend's reply to this flow arrives with, once the flow was sent to the
+    /// backend at `addr`:`port`: from the backend, to the flow's client. The fast path records
+    /// it for reverse NAT, and the model predicts with it.
+    #[inline(always)]
+    #[must_use]
+    pub const fn reply_from(&self, addr: Addr, port: [u8; 2]) -> Self {
+        Self {
+            src: addr,
+            sport: port,
+            ..self.reversed()
+        }
+    }
+
     /// The key as ten little-endian 32-bit words: exactly the key's 40 bytes (padding is always
     /// zero), so [`crate::hash::flow_hash`] equals MurmurHash3_x86_32 of those bytes.
     #[inline(always)]
@@ -70,5 +83,23 @@ impl FlowKey {
             proto,
             _pad: [0; 3],
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::{FlowKey, proto};
+    use crate::addr;
+
+    #[test]
+    fn a_reply_runs_from_the_backend_to_the_client() {
+        let client: SocketAddr = "198.51.100.2:40000".parse().unwrap();
+        let vip: SocketAddr = "203.0.113.10:80".parse().unwrap();
+        let backend: SocketAddr = "192.0.2.11:8080".parse().unwrap();
+        let flow = FlowKey::new(client, vip, proto::TCP);
+        let reply = flow.reply_from(addr::from_ip(backend.ip()), backend.port().to_be_bytes());
+        assert_eq!(reply, FlowKey::new(backend, client, proto::TCP));
     }
 }

@@ -215,15 +215,8 @@ impl Model {
                 return Verdict::Other(Reason::DropNoBackend);
             };
             self.flows.insert(flow, id);
-            let rev = FlowKey {
-                src: b.addr,
-                dst: flow.src,
-                sport: b.port,
-                dport: flow.sport,
-                proto: flow.proto,
-                _pad: [0; 3],
-            };
-            self.replies.insert(rev, (flow.dst, flow.dport));
+            self.replies
+                .insert(flow.reply_from(b.addr, b.port), (flow.dst, flow.dport));
             return Verdict::Forward(id);
         }
         if let Some(&(vip, port)) = self.replies.get(&flow) {

@@ -43,14 +43,7 @@ pub fn remember(flow: &FlowKey, id: BackendId, b: &Backend, svc: &ServiceInfo) {
         ..ConnEntry::default()
     };
     track(flow, &fwd);
-    let rev_key = FlowKey {
-        src: b.addr,
-        dst: flow.src,
-        sport: b.port,
-        dport: flow.sport,
-        proto: flow.proto,
-        _pad: [0; 3],
-    };
+    let rev_key = flow.reply_from(b.addr, b.port);
     let rev = ConnEntry {
         addr: flow.dst,
         port: flow.dport,
