@@ -4,7 +4,8 @@
 pub const MAX_SERVICES: u32 = 65_536;
 /// Capacity of the backend array. Id 0 is reserved, so at most `MAX_BACKENDS - 1` backends.
 pub const MAX_BACKENDS: u32 = 65_536;
-/// Default number of flows the conntrack LRU holds (each flow uses two entries: both directions).
+/// Default number of flows the conntrack LRU holds (one entry per flow; flows to a backend
+/// endpoint shared by several services, and hairpin flows, use two).
 pub const DEFAULT_CONNTRACK_ENTRIES: u32 = 1 << 20;
 /// Default number of slots in the shared lookup-table array (`LB_RING`), 32 MiB of `u32`.
 /// Every service owns a region of `table_size` slots, and a table change needs a second region
@@ -36,7 +37,8 @@ pub mod map_names {
     pub const VIPS: &str = "LB_VIPS";
     pub const BACKENDS: &str = "LB_BACKENDS";
     pub const RING: &str = "LB_RING";
-    pub const CONNTRACK: &str = "LB_CONNTRACK";
+    pub const CONNTRACK: &str = "LB_CONNTRACK4";
+    pub const REVSVC: &str = "LB_REVSVC4";
     pub const ROUTES: &str = "LB_ROUTES";
     pub const REASON_STATS: &str = "LB_REASONS";
     pub const SERVICE_STATS: &str = "LB_SVC_STATS";
@@ -48,12 +50,13 @@ pub mod map_names {
     pub const PROGS: &str = "LB_PROGS";
     pub const LAYOUT: &str = "LB_LAYOUT";
     /// Every map, in the order the agent opens them.
-    pub const ALL: [&str; 15] = [
+    pub const ALL: [&str; 16] = [
         SERVICES,
         VIPS,
         BACKENDS,
         RING,
         CONNTRACK,
+        REVSVC,
         ROUTES,
         REASON_STATS,
         SERVICE_STATS,
@@ -69,7 +72,7 @@ pub mod map_names {
 
 /// Bump when a map's key or value changes meaning without changing size (a field reordered or
 /// reinterpreted); size changes alter [`map_layout_version`] by themselves.
-pub const MAP_LAYOUT_REVISION: u64 = 1;
+pub const MAP_LAYOUT_REVISION: u64 = 2;
 
 /// The layout version of every pinned map: a hash of the revision, the map names, capacities
 /// fixed at build time, and the sizes of every key and value type. The agent stores it in the
@@ -78,7 +81,7 @@ pub const MAP_LAYOUT_REVISION: u64 = 1;
 pub const fn map_layout_version() -> u64 {
     use core::mem::size_of;
 
-    use crate::{flow::FlowKey, maps};
+    use crate::{flow::FlowKey4, maps};
     const fn mix(h: u64, v: u64) -> u64 {
         // FNV-1a over the value's 8 bytes.
         let mut h = h;
@@ -90,7 +93,7 @@ pub const fn map_layout_version() -> u64 {
         }
         h
     }
-    let parts: [u64; 20] = [
+    let parts: [u64; 22] = [
         MAP_LAYOUT_REVISION,
         map_names::ALL.len() as u64,
         size_of::<maps::ServiceKey>() as u64,
@@ -99,8 +102,10 @@ pub const fn map_layout_version() -> u64 {
         size_of::<maps::VipInfo>() as u64,
         size_of::<maps::Backend>() as u64,
         size_of::<maps::BackendId>() as u64,
-        size_of::<FlowKey>() as u64,
-        size_of::<maps::ConnEntry>() as u64,
+        size_of::<FlowKey4>() as u64,
+        size_of::<maps::ConnEntry4>() as u64,
+        size_of::<maps::RevKey4>() as u64,
+        size_of::<maps::RevService4>() as u64,
         size_of::<maps::NextHop>() as u64,
         size_of::<maps::Counters>() as u64,
         size_of::<maps::AclKeyData>() as u64,
@@ -124,6 +129,8 @@ pub const fn map_layout_version() -> u64 {
 /// Load-time globals (`EbpfLoader::override_global`), exactly as the statics in `lb-ebpf`.
 pub mod global_names {
     pub const HASH_SEED: &str = "LB_HASH_SEED";
+    /// How long a closed TCP flow still translates (`conn::CLOSE_TIMEOUT_S` by default).
+    pub const CLOSE_TIMEOUT: &str = "LB_CLOSE_TIMEOUT_S";
     /// aya-log's level global; the agent sets it to 0 (off) unless `--bpf-log` asks otherwise.
     pub const AYA_LOG_LEVEL: &str = "AYA_LOG_LEVEL";
 }

@@ -14,7 +14,9 @@ pub const IPV4_FRAG_MASK: u16 = 0x3fff;
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
+pub const TCP_PSH: u8 = 0x08;
 pub const TCP_ACK: u8 = 0x10;
+pub const TCP_URG: u8 = 0x20;
 
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 #[repr(C)]

@@ -9,6 +9,7 @@
 #[cfg(feature = "std")]
 pub mod acl;
 pub mod addr;
+pub mod conn;
 pub mod consts;
 pub mod csum;
 pub mod flow;

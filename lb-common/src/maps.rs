@@ -33,12 +33,17 @@ pub struct ServiceInfo {
     pub table_off: u32,
     /// Number of slots; 0 means the service has no eligible backend (new flows are dropped).
     pub table_len: u32,
+    /// [`SVC_F_INTERNAL`].
     pub flags: u32,
     /// The endpoint's ACL set in `LB_ACL` (0: no ACL, everyone is permitted). Like the table,
     /// a rule change writes a new set under a new id and then switches this field.
     pub acl_id: u32,
 }
 const _: () = assert!(size_of::<ServiceInfo>() == 20);
+
+/// [`ServiceInfo::flags`]: the service's VIP is internal, so a new flow's source is checked
+/// against the VIP's source set (`VipInfo::ilb_id`). Public services skip that lookup.
+pub const SVC_F_INTERNAL: u32 = 1;
 
 /// `LB_VIPS` key: a VIP address (any port). Lets the fast path tell "to a VIP, but malformed or
 /// to a port we do not serve" (a counted drop) from "not ours" (pass), without per-port lookups.
@@ -86,7 +91,10 @@ impl NextHop {
 pub struct Backend {
     pub addr: Addr,
     pub port: [u8; 2],
-    pub flags: u16,
+    pub flags: u8,
+    /// The service's protocol: with `addr` and `port`, the key of the backend's reverse-service
+    /// entry (`LB_REVSVC4`).
+    pub proto: u8,
     pub nh: NextHop,
     /// The service id (`ServiceInfo::id`) this entry belongs to: each (service, backend) pair
     /// has its own id. The fast path does not read it; a restarted agent does, to adopt the
@@ -98,7 +106,7 @@ const _: () = assert!(size_of::<Backend>() == 40);
 
 /// [`Backend::flags`]: the entry describes a live backend. Cleared entries make conntrack entries
 /// that still point at them fall back to a fresh table pick.
-pub const BACKEND_F_ACTIVE: u16 = 1;
+pub const BACKEND_F_ACTIVE: u8 = 1;
 
 impl Backend {
     #[inline(always)]
@@ -146,37 +154,138 @@ pub const fn hairpin_port(hash: u32, attempt: u32) -> u16 {
     HAIRPIN_PORT_BASE + off
 }
 
-/// `LB_CONNTRACK` value. The key is the [`crate::flow::FlowKey`] of the packet as it arrives:
-/// (client → VIP) for [`CONN_FORWARD`], (backend → client) for [`CONN_REVERSE`].
+/// `LB_CONNTRACK4` value. The key is the [`crate::flow::FlowKey4`] of the packet as it arrives.
+///
+/// A plain flow has **one** entry, its forward one ([`CONN_FORWARD`], client → VIP): a reply
+/// finds it through the backend's reverse-service entry ([`RevService4`]), which gives the VIP
+/// and port the reply's flow was addressed to. Reverse entries ([`CONN_REVERSE`], keyed by the
+/// reply's own 5-tuple) are written only for flows to a backend whose address and port serve
+/// several services ([`REV_F_SHARED`]), and hairpin flows keep both of theirs.
+///
+/// Built from whole fields (no `..Default::default()`), so no `memset` is emitted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 #[repr(C)]
-pub struct ConnEntry {
-    /// Reverse entries: the VIP the reply's source is rewritten to.
-    pub addr: Addr,
-    /// Reverse entries: the VIP port.
-    pub port: [u8; 2],
-    pub kind: u8,
-    pub _pad: u8,
+pub struct ConnEntry4 {
     pub backend: BackendId,
     /// Service id, for the per-service reply counters.
     pub service: u32,
+    pub kind: u8,
+    /// Forward entries: the TCP state seen so far ([`crate::conn`]'s `CT_*` bits).
+    pub tcp: u8,
+    /// Reverse entries: the VIP port. Hairpin entries: the SNAT port (forward) or the connecting
+    /// backend's port (reverse).
+    pub port: [u8; 2],
+    /// Reverse entries: the VIP. Hairpin reverse entries: the connecting backend.
+    pub addr: [u8; 4],
     /// Hairpin reverse entries: the VIP port the reply's source becomes.
     pub vport: [u8; 2],
-    pub _pad2: [u8; 2],
+    pub _pad: [u8; 2],
     /// Hairpin entries: the connecting backend (whose next hop a hairpin reply takes); 0 for
     /// every other kind.
     pub peer: BackendId,
+    /// When the flow closed (a RST, or a FIN each way), in seconds of the monotonic clock;
+    /// meaningful only while the state says closed.
+    pub closed_s: u32,
 }
-const _: () = assert!(size_of::<ConnEntry>() == 36);
+const _: () = assert!(size_of::<ConnEntry4>() == 28);
 
-impl ConnEntry {
+impl ConnEntry4 {
     /// Whether the entry tracks a client → VIP direction (plain or hairpin).
     #[inline(always)]
     #[must_use]
     pub const fn is_forward(&self) -> bool {
         self.kind == CONN_FORWARD || self.kind == CONN_HAIRPIN
     }
+
+    /// An entry from its fields, as seven word stores. size: a struct literal with zero fields
+    /// compiled to a `memset` call, and so did four constant zero words in a row (LLVM merges
+    /// them, and the BPF backend emits the merged store as a call): the zero words come from
+    /// an opaque zero (`black_box`), which the optimiser cannot merge.
+    #[inline(always)]
+    #[must_use]
+    #[expect(clippy::too_many_arguments, reason = "one per field; inlined")]
+    pub fn new(
+        backend: BackendId,
+        service: u32,
+        kind: u8,
+        tcp: u8,
+        port: [u8; 2],
+        addr: [u8; 4],
+        vport: [u8; 2],
+        peer: BackendId,
+    ) -> Self {
+        let zero = core::hint::black_box(0u32);
+        bytemuck::cast([
+            backend,
+            service,
+            u32::from_ne_bytes([kind, tcp, port[0], port[1]]),
+            u32::from_ne_bytes(addr) | zero,
+            u32::from_ne_bytes([vport[0], vport[1], 0, 0]) | zero,
+            peer | zero,
+            zero,
+        ])
+    }
+
+    /// A plain flow's forward entry.
+    #[inline(always)]
+    #[must_use]
+    pub fn forward(backend: BackendId, service: u32, tcp: u8) -> Self {
+        Self::new(
+            backend,
+            service,
+            CONN_FORWARD,
+            tcp,
+            [0; 2],
+            [0; 4],
+            [0; 2],
+            0,
+        )
+    }
 }
+
+/// `LB_REVSVC4` key: a backend's (address, port, protocol), as its replies carry them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
+#[repr(C, align(4))]
+pub struct RevKey4 {
+    pub addr: [u8; 4],
+    pub port: [u8; 2],
+    pub proto: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(size_of::<RevKey4>() == 8);
+
+impl RevKey4 {
+    /// The key of a reply's source, from two word stores.
+    #[inline(always)]
+    #[must_use]
+    pub fn of(addr: [u8; 4], port: [u8; 2], proto: u8) -> Self {
+        bytemuck::cast([
+            u32::from_ne_bytes(addr),
+            u32::from_ne_bytes([port[0], port[1], proto, 0]),
+        ])
+    }
+}
+
+/// `LB_REVSVC4` value: the service a backend address:port:protocol serves, so that a reply
+/// from it finds its flow's forward entry, `(client, vip, client port, vport, proto)`, and is
+/// translated only if that entry exists and names `backend`. Written by the agent for every
+/// active backend endpoint.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+#[repr(C)]
+pub struct RevService4 {
+    pub vip: [u8; 4],
+    pub vport: [u8; 2],
+    pub flags: u16,
+    pub service: u32,
+    /// The backend id of this endpoint in `service`.
+    pub backend: BackendId,
+}
+const _: () = assert!(size_of::<RevService4>() == 16);
+
+/// [`RevService4::flags`]: the endpoint serves several services. New flows to it also write a
+/// reverse entry keyed by the reply's 5-tuple, which a reply looks up first; `vip`, `vport`,
+/// `service` and `backend` name the service it served first, whose older flows may have none.
+pub const REV_F_SHARED: u16 = 1;
 
 /// Per-service and per-backend counters (per CPU; the agent sums them).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
@@ -215,6 +324,37 @@ impl Counters {
 /// `LB_ROUTES` key data (the LPM trie's `Key<[u8; 16]>`): a client-facing destination prefix in
 /// map form; an IPv4 /p is stored with prefix length `96 + p`.
 pub type RouteKeyData = Addr;
+
+/// An LPM trie key (`prefix_len`, then the data) for an IPv4 address in map form: the five
+/// words of aya's packed `Key<[u8; 16]>`, built as words in an aligned buffer that the caller
+/// passes by pointer. verifier and size: `Key::new` on the packed struct stored the mapped
+/// address's ten-byte zero prefix with a byte-wise `memset` call.
+#[inline(always)]
+#[must_use]
+pub fn lpm_key_v4(prefix_len: u32, a: [u8; 4]) -> [u32; 5] {
+    [
+        prefix_len,
+        0,
+        0,
+        u32::from_ne_bytes([0, 0, 0xff, 0xff]),
+        u32::from_ne_bytes(a),
+    ]
+}
+
+/// An `LB_ACL` key (`prefix_len`, set id, source address in map form) for an IPv4 source, as
+/// the six words of aya's packed `Key<[u8; 20]>` (see [`lpm_key_v4`]).
+#[inline(always)]
+#[must_use]
+pub fn acl_key_v4(prefix_len: u32, acl_id: u32, a: [u8; 4]) -> [u32; 6] {
+    [
+        prefix_len,
+        u32::from_ne_bytes(acl_id.to_be_bytes()),
+        0,
+        0,
+        u32::from_ne_bytes([0, 0, 0xff, 0xff]),
+        u32::from_ne_bytes(a),
+    ]
+}
 
 /// `LB_ACL` key data (the LPM trie's `Key<[u8; 20]>`): the ACL set id (big-endian, so its 32
 /// bits come first in the match) and the source address in map form. Prefix length is
@@ -289,7 +429,9 @@ impl_user_pod!(
     VipInfo,
     NextHop,
     Backend,
-    ConnEntry,
+    ConnEntry4,
+    RevKey4,
+    RevService4,
     Counters,
     AclValue,
     PipEntry,

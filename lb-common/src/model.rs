@@ -1,21 +1,25 @@
 //! A host model of the fast path's first stages (parse, classify, select), written from the
-//! same rules the XDP program uses (the hash, the slot rule, the header checks, the verdict
-//! reasons). It is the oracle of the randomized differential test and the subject of the fuzz
-//! target (`lb-common/fuzz`).
+//! same rules the XDP program uses (the hash, the slot rule, the header checks, the flow-state
+//! rules of [`crate::conn`], the verdict reasons). It is the oracle of the randomized
+//! differential test and the subject of the fuzz target (`lb-common/fuzz`).
 //!
-//! Scope: load-balanced TCP/UDP services with conntrack, malformed and unusual frames. ACLs,
-//! internal VIPs, PIPs and ICMP have fixtures of their own; [`Model::classify`] answers
-//! [`Verdict::OutOfScope`] for ICMP instead of guessing.
+//! Scope: load-balanced TCP/UDP services with conntrack (one forward entry per flow, replies
+//! matched through the backends' reverse-service entries, reverse entries for shared backend
+//! endpoints, TCP state), malformed and unusual frames. ACLs, internal VIPs, PIPs and ICMP have
+//! fixtures of their own; [`Model::classify`] answers [`Verdict::OutOfScope`] for ICMP instead
+//! of guessing. Closed flows are modelled as inside their close time (the differential test
+//! runs the program with a close timeout far longer than itself; a fixture covers expiry).
 
 use std::collections::{HashMap, HashSet};
 
 use crate::{
-    addr::{Addr, v4_mapped},
-    flow::{FlowKey, proto},
+    addr::{Addr, as_v4, v4_mapped},
+    conn,
+    flow::{FlowKey4, proto},
     hash::flow_hash,
-    hdr::{ETH_P_8021Q, ETH_P_IPV4, IPV4_FRAG_MASK, TCP_ACK, TCP_SYN},
+    hdr::{ETH_P_8021Q, ETH_P_IPV4, IPV4_FRAG_MASK},
     maglev::slot,
-    maps::{BackendId, ServiceKey},
+    maps::{BackendId, REV_F_SHARED, RevKey4, RevService4, ServiceKey},
     verdict::Reason,
 };
 
@@ -29,8 +33,8 @@ pub struct Parsed {
     pub ttl: u8,
     /// Why it cannot be balanced, if it cannot.
     pub problem: Option<Reason>,
-    /// The 5-tuple and whether it is a SYN without ACK, when balanceable.
-    pub flow: Option<(FlowKey, bool)>,
+    /// The 5-tuple and its TCP flags (0 for UDP), when balanceable.
+    pub flow: Option<(FlowKey4, u8)>,
 }
 
 fn be16(b: &[u8], at: usize) -> u16 {
@@ -92,13 +96,7 @@ pub fn parse(frame: &[u8]) -> Result<Parsed, Reason> {
     }
     let l4_off = off + 20;
     let l4_len = tot_len - 20;
-    let mut key = FlowKey {
-        src: v4_mapped(p.src),
-        dst: v4_mapped(p.dst),
-        proto: p.proto,
-        ..FlowKey::default()
-    };
-    let mut syn = false;
+    let (ports, flags);
     if p.proto == proto::TCP {
         if l4_off + 20 > len {
             p.problem = Some(Reason::DropMalformed);
@@ -110,9 +108,8 @@ pub fn parse(frame: &[u8]) -> Result<Parsed, Reason> {
             p.problem = Some(Reason::DropMalformed);
             return Ok(p);
         }
-        syn = t[13] & (TCP_SYN | TCP_ACK) == TCP_SYN;
-        key.sport = [t[0], t[1]];
-        key.dport = [t[2], t[3]];
+        flags = t[13];
+        ports = [t[0], t[1], t[2], t[3]];
     } else {
         if l4_off + 8 > len {
             p.problem = Some(Reason::DropMalformed);
@@ -124,10 +121,17 @@ pub fn parse(frame: &[u8]) -> Result<Parsed, Reason> {
             p.problem = Some(Reason::DropMalformed);
             return Ok(p);
         }
-        key.sport = [u[0], u[1]];
-        key.dport = [u[2], u[3]];
+        flags = 0;
+        ports = [u[0], u[1], u[2], u[3]];
     }
-    p.flow = Some((key, syn));
+    let key = FlowKey4::of(
+        p.src,
+        p.dst,
+        [ports[0], ports[1]],
+        [ports[2], ports[3]],
+        p.proto,
+    );
+    p.flow = Some((key, flags));
     Ok(p)
 }
 
@@ -145,11 +149,19 @@ pub enum Verdict {
     /// Client → VIP, sent to this backend.
     Forward(BackendId),
     /// Backend → client reply of a tracked flow, its source rewritten to this VIP and port.
-    Reply(Addr, [u8; 2]),
+    Reply([u8; 4], [u8; 2]),
     /// Every other outcome, by its reason.
     Other(Reason),
     /// Outside the model (ICMP).
     OutOfScope,
+}
+
+/// A tracked flow's forward entry as the model keeps it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModelFlow {
+    pub backend: BackendId,
+    /// The `conn::CT_*` state.
+    pub tcp: u8,
 }
 
 /// The state the fast path reads, and the flows it has tracked so far.
@@ -160,10 +172,13 @@ pub struct Model {
     pub services: HashMap<ServiceKey, Vec<BackendId>>,
     pub backends: HashMap<BackendId, ModelBackend>,
     pub vips: HashSet<Addr>,
-    /// Tracked client → VIP flows and their backends.
-    pub flows: HashMap<FlowKey, BackendId>,
-    /// Tracked replies (backend → client) and the VIP and port they come from.
-    pub replies: HashMap<FlowKey, (Addr, [u8; 2])>,
+    /// The backends' reverse-service entries (`LB_REVSVC4`).
+    pub revs: HashMap<RevKey4, RevService4>,
+    /// Tracked client → VIP flows.
+    pub flows: HashMap<FlowKey4, ModelFlow>,
+    /// Reverse entries (flows to shared backend endpoints): reply 5-tuple → (VIP, VIP port,
+    /// backend).
+    pub replies: HashMap<FlowKey4, ([u8; 4], [u8; 2], BackendId)>,
 }
 
 impl Model {
@@ -180,7 +195,7 @@ impl Model {
             Ok(p) => p,
             Err(r) => return Verdict::Other(r),
         };
-        let Some((flow, syn)) = p.flow else {
+        let Some((flow, flags)) = p.flow else {
             if p.proto == proto::ICMP {
                 return Verdict::OutOfScope;
             }
@@ -191,45 +206,130 @@ impl Model {
             });
         };
         let key = ServiceKey {
-            vip: flow.dst,
+            vip: v4_mapped(flow.dst),
             port: flow.dport,
             proto: flow.proto,
             _pad: 0,
         };
         if let Some(table) = self.services.get(&key) {
-            if p.ttl <= 1 {
-                return Verdict::Other(Reason::DropTtl);
-            }
-            if !syn
-                && let Some(&id) = self.flows.get(&flow)
-                && self.live(id).is_some()
-            {
-                return Verdict::Forward(id);
-            }
-            let len = u32::try_from(table.len()).expect("table fits u32");
-            let Some(s) = slot(flow_hash(&flow, self.seed), len) else {
-                return Verdict::Other(Reason::DropNoBackend);
-            };
-            let id = table[s as usize];
-            let Some(b) = self.live(id) else {
-                return Verdict::Other(Reason::DropNoBackend);
-            };
-            self.flows.insert(flow, id);
-            self.replies
-                .insert(flow.reply_from(b.addr, b.port), (flow.dst, flow.dport));
-            return Verdict::Forward(id);
+            return self.forward(flow, flags, p.ttl, &table.clone());
         }
-        if let Some(&(vip, port)) = self.replies.get(&flow) {
-            if p.ttl <= 1 {
-                return Verdict::Other(Reason::DropTtl);
+        let refused = match self.reply(&flow, flags) {
+            Some(Ok((vip, port, tcp, fwd))) => {
+                if p.ttl <= 1 {
+                    return Verdict::Other(Reason::DropTtl);
+                }
+                if let Some(f) = self.flows.get_mut(&fwd) {
+                    f.tcp = tcp;
+                }
+                return Verdict::Reply(vip, port);
             }
-            return Verdict::Reply(vip, port);
-        }
-        Verdict::Other(if self.vips.contains(&flow.dst) {
+            Some(Err(())) => true,
+            None => false,
+        };
+        Verdict::Other(if self.vips.contains(&v4_mapped(flow.dst)) {
             Reason::DropNoService
+        } else if refused {
+            Reason::PassNotReply
         } else {
             Reason::PassNotOurs
         })
+    }
+
+    fn forward(&mut self, flow: FlowKey4, flags: u8, ttl: u8, table: &[BackendId]) -> Verdict {
+        let tcp = flow.proto == proto::TCP;
+        if tcp && conn::invalid_flags(flags) {
+            return Verdict::Other(Reason::DropTcpFlags);
+        }
+        if ttl <= 1 {
+            return Verdict::Other(Reason::DropTtl);
+        }
+        let syn = tcp && conn::is_syn(flags);
+        if !syn
+            && let Some(f) = self.flows.get(&flow).copied()
+            && conn::translates(f.tcp, 0, 0, 0)
+            && self.live(f.backend).is_some()
+        {
+            let tcp_state = if tcp {
+                conn::after_forward(f.tcp, flags)
+            } else {
+                f.tcp
+            };
+            self.flows.insert(
+                flow,
+                ModelFlow {
+                    backend: f.backend,
+                    tcp: tcp_state,
+                },
+            );
+            return Verdict::Forward(f.backend);
+        }
+        let len = u32::try_from(table.len()).expect("table fits u32");
+        let Some(s) = slot(flow_hash(&flow, self.seed), len) else {
+            return Verdict::Other(Reason::DropNoBackend);
+        };
+        let id = table[s as usize];
+        let Some(b) = self.live(id) else {
+            return Verdict::Other(Reason::DropNoBackend);
+        };
+        if tcp && !syn && conn::is_teardown(flags) {
+            return Verdict::Forward(id);
+        }
+        self.flows.insert(
+            flow,
+            ModelFlow {
+                backend: id,
+                tcp: if syn { conn::CT_SYN } else { 0 },
+            },
+        );
+        let addr = as_v4(&b.addr).expect("IPv4 backend");
+        if self
+            .revs
+            .get(&RevKey4::of(addr, b.port, flow.proto))
+            .is_some_and(|r| r.flags & REV_F_SHARED != 0)
+        {
+            self.replies
+                .insert(flow.reply_from(addr, b.port), (flow.dst, flow.dport, id));
+        }
+        Verdict::Forward(id)
+    }
+
+    /// A packet from a backend endpoint: `Some(Ok(vip, port, new state, forward key))` when it
+    /// is the reply of a tracked flow, `Some(Err)` when a flow was found but refuses it (it
+    /// names another backend, or the port was reused: the flow is marked stale), `None` when
+    /// no flow was found.
+    #[expect(clippy::type_complexity, reason = "one private helper")]
+    fn reply(
+        &mut self,
+        flow: &FlowKey4,
+        flags: u8,
+    ) -> Option<Result<([u8; 4], [u8; 2], u8, FlowKey4), ()>> {
+        let rev = *self
+            .revs
+            .get(&RevKey4::of(flow.src, flow.sport, flow.proto))?;
+        let own = (rev.flags & REV_F_SHARED != 0)
+            .then(|| self.replies.get(flow).copied())
+            .flatten();
+        let (vip, vport, backend) = own.unwrap_or((rev.vip, rev.vport, rev.backend));
+        let fwd = flow.forward_of_reply(vip, vport);
+        let f = self.flows.get(&fwd).copied()?;
+        if f.backend != backend || !conn::translates(f.tcp, 0, 0, 0) {
+            return Some(Err(()));
+        }
+        let tcp = if flow.proto == proto::TCP { flags } else { 0 };
+        match conn::after_reply(f.tcp, tcp) {
+            Ok(n) => Some(Ok((vip, vport, n, fwd))),
+            Err(stale) => {
+                self.flows.insert(
+                    fwd,
+                    ModelFlow {
+                        backend: f.backend,
+                        tcp: stale,
+                    },
+                );
+                Some(Err(()))
+            }
+        }
     }
 }
 
@@ -253,7 +353,7 @@ mod tests {
         t[0..2].copy_from_slice(&40000u16.to_be_bytes());
         t[2..4].copy_from_slice(&80u16.to_be_bytes());
         t[12] = 5 << 4;
-        t[13] = TCP_SYN;
+        t[13] = crate::hdr::TCP_SYN;
         f
     }
 
@@ -261,8 +361,8 @@ mod tests {
     fn parses_a_syn_and_every_truncation_is_defined() {
         let f = tcp_syn();
         let p = parse(&f).unwrap();
-        let (k, syn) = p.flow.unwrap();
-        assert!(syn && k.dport == 80u16.to_be_bytes() && p.problem.is_none());
+        let (k, flags) = p.flow.unwrap();
+        assert!(conn::is_syn(flags) && k.dport == 80u16.to_be_bytes() && p.problem.is_none());
         for len in 0..f.len() {
             let r = parse(&f[..len]);
             match len {
@@ -285,7 +385,7 @@ mod tests {
                 let l4 = p.l3_off + 20;
                 prop_assert_eq!(k.sport, [f[l4], f[l4 + 1]]);
                 prop_assert_eq!(k.dport, [f[l4 + 2], f[l4 + 3]]);
-                prop_assert_eq!(k.src, v4_mapped(p.src));
+                prop_assert_eq!(k.src, p.src);
             }
         }
     }

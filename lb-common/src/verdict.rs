@@ -66,10 +66,17 @@ pub enum Reason {
     DropHairpinNoPort = 26,
     /// A hairpin flow, but the hairpin program is not installed (the tail call failed).
     DropHairpinUnavailable = 27,
+    /// A TCP packet to a service with a flag combination no stack sends (SYN+FIN, SYN+RST, no
+    /// flags, FIN+PSH+URG): never forwarded, never tracked.
+    DropTcpFlags = 28,
+    /// A packet from a backend's service port to a tracked flow's client that is not that flow's
+    /// reply (the flow names another backend, closed a while ago, or the client reused its port
+    /// to reach the backend directly): passed to the kernel untranslated.
+    PassNotReply = 29,
 }
 
 /// Every reason, in number order.
-pub const ALL_REASONS: [Reason; 28] = [
+pub const ALL_REASONS: [Reason; 30] = [
     Reason::Forward,
     Reason::Reply,
     Reason::ForwardFib,
@@ -98,6 +105,8 @@ pub const ALL_REASONS: [Reason; 28] = [
     Reason::HairpinReply,
     Reason::DropHairpinNoPort,
     Reason::DropHairpinUnavailable,
+    Reason::DropTcpFlags,
+    Reason::PassNotReply,
 ];
 const _: () = assert!((ALL_REASONS.len() as u32) <= crate::consts::REASON_SLOTS);
 
@@ -134,6 +143,8 @@ impl Reason {
             Self::HairpinReply => "hairpin_reply",
             Self::DropHairpinNoPort => "drop_hairpin_no_port",
             Self::DropHairpinUnavailable => "drop_hairpin_unavailable",
+            Self::DropTcpFlags => "drop_tcp_flags",
+            Self::PassNotReply => "pass_not_reply",
         }
     }
 
@@ -149,6 +160,7 @@ impl Reason {
                 | Self::PassNotIpv4
                 | Self::PassNotOurs
                 | Self::PassShort
+                | Self::PassNotReply
                 | Self::PipIn
                 | Self::PipOut
                 | Self::EchoReply
@@ -167,6 +179,7 @@ macro_rules! reason_class {
     ($(#[$m:meta])* $name:ident { $($v:ident => $r:ident),+ $(,)? }) => {
         $(#[$m])*
         #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        #[repr(u32)]
         pub enum $name {
             $($v),+
         }
@@ -209,6 +222,7 @@ reason_class!(
         IcmpUnmatched => DropIcmpUnmatched,
         HairpinNoPort => DropHairpinNoPort,
         HairpinUnavailable => DropHairpinUnavailable,
+        TcpFlags => DropTcpFlags,
     }
 );
 
@@ -220,6 +234,7 @@ reason_class!(
         NotIpv4 => PassNotIpv4,
         NotOurs => PassNotOurs,
         Short => PassShort,
+        NotReply => PassNotReply,
     }
 );
 

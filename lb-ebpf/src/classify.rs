@@ -1,38 +1,45 @@
 //! Classify: what a parsed packet is to the load balancer, decided once, so the entry point is
 //! one `match` over [`Class`]. The order matters, and is the whole policy of precedence:
-//! * TCP/UDP: a service (client → VIP:port), else the reply of a tracked flow;
+//! * TCP/UDP: a service (client → VIP:port), else the reply of a tracked flow (found through
+//!   the source's reverse-service entry; one refused as a reply is `NotReply` unless a PIP
+//!   or VIP claims it);
 //! * not TCP/UDP (or not balanceable): an ICMP error about a tracked flow, from a backend's
 //!   side (before a PIP: conntrack is about TCP/UDP flows, and the error belongs to one);
 //! * then for both: a PIP (every protocol; after VIP flows, since a DIP can also be a VIP's
 //!   backend), then anything else to a VIP (ICMP to it, or a counted drop), else not ours.
 
 use lb_common::{
-    addr::v4_mapped,
     flow::proto,
-    maps::{CONN_HAIRPIN_REV, ConnEntry, PipEntry, ServiceInfo, VipInfo},
-    verdict::DropReason,
+    maps::{PipEntry, ServiceInfo, VipInfo},
+    verdict::{DropReason, PassReason},
 };
 
-use crate::{conntrack, icmp, parse::Packet, pip, select};
+use crate::{
+    conntrack::{self, FromBackend, Reply},
+    icmp,
+    parse::Packet,
+    pip, select,
+};
 
 /// What a packet is.
 pub enum Class {
     /// Client → VIP:port of a service.
     Service(ServiceInfo),
-    /// Backend → client: the reply of a tracked flow (its reverse entry).
-    Reply(ConnEntry),
+    /// Backend → client: the reply of a tracked flow.
+    Reply(Reply),
     /// The reply of a hairpin flow (the hairpin program translates it).
     HairpinReply,
-    /// An ICMP error from a backend's side about a tracked flow (the flow's reverse entry).
-    IcmpFromBackend(ConnEntry),
+    /// An ICMP error from a backend's side about a tracked flow.
+    IcmpFromBackend(Reply),
     /// To or from an instance-level public IP (`true`: to it).
     Pip(PipEntry, bool),
     /// ICMP to a VIP: an echo request or an error.
     IcmpToVip(VipInfo),
     /// To a VIP, but nothing there serves it.
     Unservable(DropReason),
-    /// None of ours: the kernel's.
-    NotOurs,
+    /// None of ours: the kernel's (`NotOurs`, or `NotReply` for a packet from a backend
+    /// endpoint that its flow refused as a reply).
+    NotOurs(PassReason),
 }
 
 #[inline(always)]
@@ -40,17 +47,17 @@ pub fn classify(ctx: &aya_ebpf::programs::XdpContext, pkt: &Packet) -> Class {
     // SAFETY: `pkt.ip` was bounds-checked by the parser.
     let (dst, proto_) = unsafe { ((*pkt.ip).dst, (*pkt.ip).proto) };
     let is_icmp = proto_ == proto::ICMP && pkt.problem == Some(DropReason::Proto);
+    let mut not_ours = PassReason::NotOurs;
     match &pkt.l4 {
         Some((flow, _)) => {
             if let Some(svc) = select::service(flow) {
                 return Class::Service(svc);
             }
-            if let Some(ct) = conntrack::reply(flow) {
-                return if ct.kind == CONN_HAIRPIN_REV {
-                    Class::HairpinReply
-                } else {
-                    Class::Reply(ct)
-                };
+            match conntrack::from_backend(flow, pkt.flags()) {
+                FromBackend::Reply(r) => return Class::Reply(r),
+                FromBackend::Hairpin => return Class::HairpinReply,
+                FromBackend::Refused => not_ours = PassReason::NotReply,
+                FromBackend::None => {}
             }
         }
         None => {
@@ -62,8 +69,8 @@ pub fn classify(ctx: &aya_ebpf::programs::XdpContext, pkt: &Packet) -> Class {
     if let Some((e, inbound)) = pip::lookup(pkt) {
         return Class::Pip(e, inbound);
     }
-    let Some(vip) = select::vip(v4_mapped(dst)) else {
-        return Class::NotOurs;
+    let Some(vip) = select::vip(dst) else {
+        return Class::NotOurs(not_ours);
     };
     match (&pkt.l4, is_icmp) {
         (Some(_), _) => Class::Unservable(DropReason::NoService),

@@ -1,56 +1,213 @@
-//! Conntrack: the flow table's lookups and inserts. One entry per direction of a flow (see
-//! `LB_CONNTRACK` in `maps.rs`); an LRU, so inserts are best effort and a flow whose entry was
-//! evicted is re-picked from the same consistent table.
+//! Conntrack: the flow table's lookups, inserts and state. One entry per flow, its forward one
+//! (see `ConnEntry4` in `lb-common`): a backend's reply finds it through the backend's
+//! reverse-service entry (`LB_REVSVC4`), and is translated only if the entry exists, names that
+//! backend, and its TCP state allows it (`lb_common::conn`). An LRU, so inserts are best effort
+//! and a flow whose entry was evicted is re-picked from the same consistent table.
 
+use aya_ebpf::{Global, helpers::bpf_ktime_get_ns};
 use lb_common::{
-    flow::FlowKey,
+    conn,
+    flow::{FlowKey4, proto},
     maps::{
-        Backend, BackendId, CONN_FORWARD, CONN_HAIRPIN_REV, CONN_REVERSE, ConnEntry, ServiceInfo,
+        BackendId, CONN_HAIRPIN_REV, CONN_REVERSE, ConnEntry4, REV_F_SHARED, RevKey4, RevService4,
     },
 };
 
-use crate::maps::LB_CONNTRACK;
+use crate::maps::{LB_CONNTRACK4, LB_REVSVC4};
+
+/// How long a closed flow still translates (seconds), set by the agent at load time
+/// (`override_global`).
+#[unsafe(no_mangle)]
+static LB_CLOSE_TIMEOUT_S: Global<u32> = Global::new(conn::CLOSE_TIMEOUT_S);
 
 /// The conntrack entry of a 5-tuple, if tracked.
 #[inline(always)]
-pub fn lookup(key: &FlowKey) -> Option<ConnEntry> {
+pub fn lookup(key: &FlowKey4) -> Option<ConnEntry4> {
     // SAFETY: copied out at once.
-    unsafe { LB_CONNTRACK.get(key).copied() }
-}
-
-/// The conntrack entry of a reply from a backend, if this packet is one (of a plain flow, or
-/// of a hairpin flow: [`CONN_HAIRPIN_REV`]).
-#[inline(always)]
-pub fn reply(flow: &FlowKey) -> Option<ConnEntry> {
-    let ct = lookup(flow)?;
-    (ct.kind == CONN_REVERSE || ct.kind == CONN_HAIRPIN_REV).then_some(ct)
+    unsafe { LB_CONNTRACK4.get(key).copied() }
 }
 
 /// Inserts an entry (best effort: the LRU makes room by evicting the least recently used).
 #[inline(always)]
-pub fn track(key: &FlowKey, entry: &ConnEntry) {
-    let _ = LB_CONNTRACK.insert(key, entry, 0);
+pub fn track(key: &FlowKey4, entry: &ConnEntry4) {
+    let _ = LB_CONNTRACK4.insert(key, entry, 0);
 }
 
-/// Tracks a new client → VIP flow in both directions: the forward entry names the backend,
-/// the reverse entry (backend → client) the VIP:port its replies are rewritten to.
+/// Seconds of the monotonic clock (the clock `bpf_ktime_get_ns` reads; wraps after 136 years).
 #[inline(always)]
-pub fn remember(flow: &FlowKey, id: BackendId, b: &Backend, svc: &ServiceInfo) {
-    let fwd = ConnEntry {
-        kind: CONN_FORWARD,
-        backend: id,
-        service: svc.id,
-        ..ConnEntry::default()
+fn now_s() -> u32 {
+    // SAFETY: a plain helper call.
+    let ns = unsafe { bpf_ktime_get_ns() };
+    #[expect(clippy::cast_possible_truncation, reason = "seconds of uptime fit u32")]
+    let s = (ns / 1_000_000_000) as u32;
+    s
+}
+
+/// Whether a tracked flow still translates. The clock is read only for a closed flow.
+#[inline(always)]
+fn translates(tcp: u8, closed_s: u32) -> bool {
+    if tcp & conn::CT_STALE == 0 && !conn::is_closed(tcp) {
+        return true;
+    }
+    conn::translates(tcp, closed_s, now_s(), LB_CLOSE_TIMEOUT_S.load())
+}
+
+/// Writes a new TCP state into an entry in place (the kernel keeps no lock; a racing update
+/// on another CPU can lose a flag, which costs at most a close seen late). Written only when
+/// the state changes, so an established flow's packets do not write.
+///
+/// # Safety
+/// `e` must be a value pointer of `LB_CONNTRACK4` from this program run.
+#[inline(always)]
+unsafe fn set_state(e: *mut ConnEntry4, old: u8, new: u8) {
+    if old == new {
+        return;
+    }
+    // SAFETY: the caller guarantees `e` points at a live map value.
+    unsafe {
+        if conn::closes(old, new) {
+            (*e).closed_s = now_s();
+        }
+        (*e).tcp = new;
+    }
+}
+
+/// The tracked backend of a client → VIP packet, if its flow is tracked and still translates;
+/// the packet's TCP flags are recorded on the entry.
+#[inline(always)]
+pub fn forward(flow: &FlowKey4, flags: u8) -> Option<ConnEntry4> {
+    let e = LB_CONNTRACK4.get_ptr_mut(flow)?;
+    // SAFETY: a value pointer from the lookup above, used within this run.
+    unsafe {
+        let ct = *e;
+        if !translates(ct.tcp, ct.closed_s) {
+            return None;
+        }
+        if flow.proto == proto::TCP {
+            set_state(e, ct.tcp, conn::after_forward(ct.tcp, flags));
+        }
+        Some(ct)
+    }
+}
+
+/// Tracks a new client → VIP flow: its forward entry, and for a backend endpoint shared by
+/// several services also the reverse entry its replies are matched by first.
+#[inline(always)]
+pub fn remember(
+    flow: &FlowKey4,
+    id: BackendId,
+    addr: [u8; 4],
+    port: [u8; 2],
+    service: u32,
+    syn: bool,
+) {
+    let tcp = if syn { conn::CT_SYN } else { 0 };
+    track(flow, &ConnEntry4::forward(id, service, tcp));
+    // SAFETY: copied out at once.
+    let shared = unsafe { LB_REVSVC4.get(RevKey4::of(addr, port, flow.proto)) }
+        .is_some_and(|r| r.flags & REV_F_SHARED != 0);
+    if shared {
+        let rev = ConnEntry4::new(
+            id,
+            service,
+            CONN_REVERSE,
+            0,
+            flow.dport,
+            flow.dst,
+            [0; 2],
+            0,
+        );
+        track(&flow.reply_from(addr, port), &rev);
+    }
+}
+
+/// The flow a packet from a backend endpoint belongs to, as its reply.
+#[derive(Clone, Copy)]
+pub struct Reply {
+    /// The VIP and port the reply's source becomes.
+    pub vip: [u8; 4],
+    pub vport: [u8; 2],
+    pub service: u32,
+    pub backend: BackendId,
+    /// The flow's forward entry, and the state it moves to once the reply is sent.
+    entry: *mut ConnEntry4,
+    old: u8,
+    new: u8,
+}
+
+impl Reply {
+    /// Records the reply's flags on its flow (call once the reply is really sent on).
+    #[inline(always)]
+    pub fn commit(&self) {
+        // SAFETY: `entry` is the value pointer `reply` found in this run.
+        unsafe { set_state(self.entry, self.old, self.new) };
+    }
+}
+
+/// What a TCP/UDP packet that is not to a service is, seen from the backends' side.
+pub enum FromBackend {
+    /// The reply of a tracked flow.
+    Reply(Reply),
+    /// The reply of a hairpin flow (the hairpin program translates it).
+    Hairpin,
+    /// From a backend endpoint to a tracked flow's client, but not that flow's reply: another
+    /// backend's flow, closed too long ago, or a port the client reused to reach the backend
+    /// directly (then the flow is marked stale, so none of that connection is hijacked).
+    Refused,
+    /// Nothing we track.
+    None,
+}
+
+/// Classifies a packet (`flow`, TCP flags `flags`, 0 for UDP and ICMP's embedded packets) that
+/// may be a backend's reply: the reverse-service entry of its source, then its flow's forward
+/// entry (after the reverse entry of a shared endpoint); a reverse entry of its own for a hairpin
+/// reply.
+#[inline(always)]
+pub fn from_backend(flow: &FlowKey4, flags: u8) -> FromBackend {
+    // SAFETY: copied out at once.
+    let rev = unsafe { LB_REVSVC4.get(RevKey4::of(flow.src, flow.sport, flow.proto)) };
+    let Some(rev) = rev.copied() else {
+        return FromBackend::None;
     };
-    track(flow, &fwd);
-    let rev_key = flow.reply_from(b.addr, b.port);
-    let rev = ConnEntry {
-        addr: flow.dst,
-        port: flow.dport,
-        kind: CONN_REVERSE,
-        backend: id,
-        service: svc.id,
-        ..ConnEntry::default()
+    let shared = rev.flags & REV_F_SHARED != 0;
+    let own = if shared { lookup(flow) } else { None };
+    let (vip, vport, backend) = match own {
+        Some(o) if o.kind == CONN_HAIRPIN_REV => return FromBackend::Hairpin,
+        Some(o) if o.kind == CONN_REVERSE => (o.addr, o.port, o.backend),
+        _ => primary(&rev),
     };
-    track(&rev_key, &rev);
+    let Some(e) = LB_CONNTRACK4.get_ptr_mut(flow.forward_of_reply(vip, vport)) else {
+        // A hairpin reply goes to VIP:SNAT port, which no forward key has: its own entry says.
+        return match if shared { own } else { lookup(flow) } {
+            Some(o) if o.kind == CONN_HAIRPIN_REV => FromBackend::Hairpin,
+            _ => FromBackend::None,
+        };
+    };
+    // SAFETY: a value pointer from the lookup above, used within this run.
+    let ct = unsafe { *e };
+    if ct.backend != backend || !translates(ct.tcp, ct.closed_s) {
+        return FromBackend::Refused;
+    }
+    let f = if flow.proto == proto::TCP { flags } else { 0 };
+    match conn::after_reply(ct.tcp, f) {
+        Ok(new) => FromBackend::Reply(Reply {
+            vip,
+            vport,
+            service: ct.service,
+            backend,
+            entry: e,
+            old: ct.tcp,
+            new,
+        }),
+        Err(stale) => {
+            // SAFETY: as above.
+            unsafe { set_state(e, ct.tcp, stale) };
+            FromBackend::Refused
+        }
+    }
+}
+
+#[inline(always)]
+fn primary(rev: &RevService4) -> ([u8; 4], [u8; 2], BackendId) {
+    (rev.vip, rev.vport, rev.backend)
 }

@@ -14,11 +14,12 @@
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    addr::as_v4,
+    addr::{as_v4, v4_mapped},
+    conn,
     consts::PROG_HAIRPIN,
-    flow::FlowKey,
+    flow::{FlowKey4, proto},
     maps::{
-        ACL_HAIRPIN, Backend, BackendId, CONN_HAIRPIN, CONN_HAIRPIN_REV, ConnEntry,
+        ACL_HAIRPIN, Backend, BackendId, CONN_HAIRPIN, CONN_HAIRPIN_REV, ConnEntry4,
         HAIRPIN_PORT_TRIES, ServiceKey, VIP_F_HAIRPIN_SNAT, hairpin_port,
     },
     verdict::{DropReason, SendReason},
@@ -63,7 +64,7 @@ pub fn run(ctx: &XdpContext) -> Verdict {
         }
         // As for plain flows: a SYN re-picks, and a removed backend falls through to a pick.
         if ct.kind == CONN_HAIRPIN
-            && !pkt.is_syn
+            && !(flow.proto == proto::TCP && conn::is_syn(pkt.flags()))
             && let Some(b) = select::live_backend(ct.backend)
         {
             return out(
@@ -83,21 +84,21 @@ pub fn run(ctx: &XdpContext) -> Verdict {
 
 /// A new hairpin flow: checks, backend pick, SNAT port, both conntrack entries, out.
 #[inline(always)]
-fn new_flow(ctx: &XdpContext, pkt: &Packet, l4: L4, flow: &FlowKey) -> Verdict {
+fn new_flow(ctx: &XdpContext, pkt: &Packet, l4: L4, flow: &FlowKey4) -> Verdict {
     let (Some(svc), Some(vip)) = (select::service(flow), select::vip(flow.dst)) else {
         return Verdict::Drop(DropReason::NoService);
     };
     // Re-checked here because this program trusts nothing about its caller: only a backend
     // of this internal VIP (an `ACL_HAIRPIN` host entry, whose rule is its backend id) with
     // hairpin SNAT on gets through.
-    let peer = match policy::acl_entry(vip.ilb_id, &flow.src) {
+    let peer = match policy::acl_entry(vip.ilb_id, flow.src) {
         Some(a) if vip.ilb_id != 0 && a.action == ACL_HAIRPIN => a.rule,
         _ => return Verdict::Drop(DropReason::Hairpin),
     };
     if vip.flags & VIP_F_HAIRPIN_SNAT == 0 {
         return Verdict::Drop(DropReason::Hairpin);
     }
-    if !policy::acl_permits(&svc, &flow.src) {
+    if !policy::acl_permits(&svc, flow.src) {
         return Verdict::Drop(DropReason::Acl);
     }
     let hash = select::hash(flow);
@@ -105,15 +106,11 @@ fn new_flow(ctx: &XdpContext, pkt: &Packet, l4: L4, flow: &FlowKey) -> Verdict {
         Ok(x) => x,
         Err(r) => return Verdict::Drop(r),
     };
-    // The reply's key: (chosen backend → VIP:SNAT port).
-    let mut rev_key = FlowKey {
-        src: b.addr,
-        dst: flow.dst,
-        sport: b.port,
-        dport: [0; 2],
-        proto: flow.proto,
-        _pad: [0; 3],
+    let Some(dip) = as_v4(&b.addr) else {
+        return Verdict::Drop(DropReason::NoBackend);
     };
+    // The reply's key: (chosen backend → VIP:SNAT port).
+    let mut rev_key = FlowKey4::of(dip, flow.dst, b.port, [0; 2], flow.proto);
     let mut found = false;
     // verifier: a constant trip count, unrolled.
     for attempt in 0..HAIRPIN_PORT_TRIES {
@@ -126,26 +123,27 @@ fn new_flow(ctx: &XdpContext, pkt: &Packet, l4: L4, flow: &FlowKey) -> Verdict {
     if !found {
         return Verdict::Drop(DropReason::HairpinNoPort);
     }
-    let rev = ConnEntry {
-        addr: flow.src,
-        port: flow.sport,
-        kind: CONN_HAIRPIN_REV,
-        backend: id,
-        service: svc.id,
-        vport: flow.dport,
+    let rev = ConnEntry4::new(
+        id,
+        svc.id,
+        CONN_HAIRPIN_REV,
+        0,
+        flow.sport,
+        flow.src,
+        flow.dport,
         peer,
-        ..ConnEntry::default()
-    };
+    );
     conntrack::track(&rev_key, &rev);
-    let fwd = ConnEntry {
-        addr: flow.dst,
-        port: rev_key.dport,
-        kind: CONN_HAIRPIN,
-        backend: id,
-        service: svc.id,
+    let fwd = ConnEntry4::new(
+        id,
+        svc.id,
+        CONN_HAIRPIN,
+        0,
+        rev_key.dport,
+        flow.dst,
+        [0; 2],
         peer,
-        ..ConnEntry::default()
-    };
+    );
     conntrack::track(flow, &fwd);
     out(ctx, pkt, l4, flow, (id, &b), rev_key.dport, svc.id, true)
 }
@@ -155,9 +153,9 @@ fn new_flow(ctx: &XdpContext, pkt: &Packet, l4: L4, flow: &FlowKey) -> Verdict {
 /// it (the replies would be indistinguishable). The flow's own entry (a retransmitted SYN)
 /// counts as free.
 #[inline(always)]
-fn port_free(flow: &FlowKey, rev_key: &FlowKey) -> bool {
+fn port_free(flow: &FlowKey4, rev_key: &FlowKey4) -> bool {
     let key = ServiceKey {
-        vip: flow.dst,
+        vip: v4_mapped(flow.dst),
         port: rev_key.dport,
         proto: flow.proto,
         _pad: 0,
@@ -178,15 +176,16 @@ fn out(
     ctx: &XdpContext,
     pkt: &Packet,
     l4: L4,
-    flow: &FlowKey,
+    flow: &FlowKey4,
     (id, b): (BackendId, &Backend),
     snat_port: [u8; 2],
     service: u32,
     new_flow: bool,
 ) -> Verdict {
-    let (Some(dip), Some(vip)) = (as_v4(&b.addr), as_v4(&flow.dst)) else {
+    let Some(dip) = as_v4(&b.addr) else {
         return Verdict::Drop(DropReason::NoBackend);
     };
+    let vip = flow.dst;
     xlate::dnat(pkt, l4, dip, b.port);
     xlate::rnat(pkt, l4, vip, snat_port);
     stats::count_flow(service, id, pkt.len, Dir::Forward { new_flow });
@@ -196,10 +195,8 @@ fn out(
 /// Chosen backend → VIP:SNAT port: source back to VIP:port, destination back to the connecting
 /// backend, sent through that backend's next hop.
 #[inline(always)]
-fn reply(ctx: &XdpContext, pkt: &Packet, l4: L4, flow: &FlowKey, ct: &ConnEntry) -> Verdict {
-    let (Some(vip), Some(client)) = (as_v4(&flow.dst), as_v4(&ct.addr)) else {
-        return Verdict::Drop(DropReason::NoBackend);
-    };
+fn reply(ctx: &XdpContext, pkt: &Packet, l4: L4, flow: &FlowKey4, ct: &ConnEntry4) -> Verdict {
+    let (vip, client) = (flow.dst, ct.addr);
     xlate::rnat(pkt, l4, vip, ct.vport);
     xlate::dnat(pkt, l4, client, ct.port);
     stats::count_flow(ct.service, ct.backend, pkt.len, Dir::Reply);

@@ -5,17 +5,17 @@
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, programs::XdpContext};
 use lb_common::{
-    addr::{as_v4, v4_mapped},
+    addr::as_v4,
     consts::{ECHO_BURST, ECHO_RATE_PER_SEC},
     csum,
-    flow::{FlowKey, proto},
+    flow::{FlowKey4, proto},
     hdr::Ipv4Hdr,
-    maps::{ACL_PERMIT, CONN_FORWARD, ConnEntry, VIP_F_NO_ECHO, VipInfo},
+    maps::{ACL_PERMIT, CONN_FORWARD, VIP_F_NO_ECHO, VipInfo},
     verdict::{DropReason, SendReason},
 };
 
 use crate::{
-    conntrack,
+    conntrack::{self, FromBackend, Reply},
     maps::LB_ECHO_RL,
     parse::{Packet, ptr_at},
     policy, select,
@@ -39,8 +39,7 @@ pub fn to_vip(ctx: &XdpContext, pkt: &Packet, vip: &VipInfo) -> Verdict {
     let (ty, code) = unsafe { ((*icmp)[0], (*icmp)[1]) };
     // An internal VIP does not exist outside its internal prefixes, for ICMP errors too: an
     // outside host must not reach a backend with an error that embeds an internal flow.
-    let internal =
-        vip.ilb_id == 0 || policy::acl_lookup(vip.ilb_id, &v4_mapped(src)) == Some(ACL_PERMIT);
+    let internal = vip.ilb_id == 0 || policy::acl_lookup(vip.ilb_id, src) == Some(ACL_PERMIT);
     if is_error(ty) {
         if !internal {
             return Verdict::Drop(DropReason::NotInternal);
@@ -128,7 +127,7 @@ struct Embedded {
 
 /// Finds the ICMP error header at `off` and its embedded IPv4 + TCP/UDP headers.
 #[inline(always)]
-fn embedded(ctx: &XdpContext, off: usize) -> Option<(*mut [u8; 4], Embedded, FlowKey)> {
+fn embedded(ctx: &XdpContext, off: usize) -> Option<(*mut [u8; 4], Embedded, FlowKey4)> {
     let icmp = ptr_at::<[u8; 4]>(ctx, off)?;
     let ip = ptr_at::<Ipv4Hdr>(ctx, off + 8)?;
     // SAFETY: bounds-checked by `ptr_at`.
@@ -145,14 +144,7 @@ fn embedded(ctx: &XdpContext, off: usize) -> Option<(*mut [u8; 4], Embedded, Flo
     let l4_check = ptr_at::<[u8; 2]>(ctx, at).filter(|c| !(udp && unsafe { **c } == [0, 0]));
     // SAFETY: bounds-checked by `ptr_at`.
     let p = unsafe { *ports };
-    let key = FlowKey {
-        src: v4_mapped(h.src),
-        dst: v4_mapped(h.dst),
-        sport: [p[0], p[1]],
-        dport: [p[2], p[3]],
-        proto: h.proto,
-        _pad: [0; 3],
-    };
+    let key = FlowKey4::of(h.src, h.dst, [p[0], p[1]], [p[2], p[3]], h.proto);
     Some((
         icmp,
         Embedded {
@@ -256,33 +248,35 @@ pub fn error_to_vip(ctx: &XdpContext, pkt: &Packet) -> Verdict {
     xlate::forward(ctx, pkt, Some(be.nh), SendReason::IcmpToBackend)
 }
 
-/// The reverse entry of the tracked flow an ICMP error from a backend's side is about (the
-/// embedded packet went client → DIP; the reply direction is tracked DIP → client); `None`
-/// when the packet is no such error (the kernel's business).
+/// The tracked flow an ICMP error from a backend's side is about (the embedded packet went
+/// client → DIP, so its reverse is a reply of the flow); `None` when the packet is no such
+/// error (the kernel's business).
 #[inline(always)]
-pub fn tracked_error_from_backend(ctx: &XdpContext, pkt: &Packet) -> Option<ConnEntry> {
+pub fn tracked_error_from_backend(ctx: &XdpContext, pkt: &Packet) -> Option<Reply> {
     let icmp_ty = ptr_at::<[u8; 1]>(ctx, pkt.l3_off + 20)?;
     // SAFETY: bounds-checked by `ptr_at`.
     if !is_error(unsafe { (*icmp_ty)[0] }) {
         return None;
     }
     let (_, _, key) = embedded(ctx, pkt.l3_off + 20)?;
-    conntrack::reply(&key.reversed()).filter(|ct| as_v4(&ct.addr).is_some())
+    // No flags: an error changes no flow's TCP state.
+    match conntrack::from_backend(&key.reversed(), 0) {
+        FromBackend::Reply(r) => Some(r),
+        _ => None,
+    }
 }
 
 /// An ICMP error from a backend (or a router on its side) about a packet of the tracked flow
-/// whose reverse entry is `ct` (found by [`tracked_error_from_backend`]): translated back to
-/// the VIP and sent to the client.
+/// `r` (found by [`tracked_error_from_backend`]): translated back to the VIP and sent to the
+/// client.
 #[inline(always)]
-pub fn error_from_backend(ctx: &XdpContext, pkt: &Packet, ct: &ConnEntry) -> Verdict {
+pub fn error_from_backend(ctx: &XdpContext, pkt: &Packet, r: &Reply) -> Verdict {
     // verifier: the embedded headers are found again here rather than carried over from the
     // classification, so every packet pointer is derived from a check in this function.
     let Some((icmp, e, key)) = embedded(ctx, pkt.l3_off + 20) else {
         return Verdict::Drop(DropReason::IcmpUnmatched);
     };
-    let Some(vip) = as_v4(&ct.addr) else {
-        return Verdict::Drop(DropReason::IcmpUnmatched);
-    };
+    let vip = r.vip;
     if xlate::ttl(pkt) <= 1 {
         return Verdict::Drop(DropReason::Ttl);
     }
@@ -290,7 +284,7 @@ pub fn error_from_backend(ctx: &XdpContext, pkt: &Packet, ct: &ConnEntry) -> Ver
     let dip = unsafe { (*e.ip).dst };
     // SAFETY: all pointers were bounds-checked.
     unsafe {
-        rewrite_embedded(icmp, &e, false, vip, ct.port);
+        rewrite_embedded(icmp, &e, false, vip, r.vport);
         // The outer source is the backend itself for its own errors; a router's stays.
         let ip = pkt.ip;
         if (*ip).src == dip {

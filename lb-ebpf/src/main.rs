@@ -25,13 +25,15 @@ mod xlate;
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 use lb_common::{
     addr::as_v4,
-    flow::FlowKey,
-    maps::{ConnEntry, ServiceInfo},
-    verdict::{DropReason, PassReason, SendReason},
+    conn,
+    flow::{FlowKey4, proto},
+    maps::ServiceInfo,
+    verdict::{DropReason, SendReason},
 };
 
 use crate::{
     classify::Class,
+    conntrack::Reply,
     parse::{L4, Packet},
     select::Pick,
     stats::Dir,
@@ -74,16 +76,16 @@ fn try_lb(ctx: &XdpContext) -> Verdict {
             Some((flow, l4)) => to_backend(ctx, &pkt, flow, *l4, &svc),
             None => Verdict::Drop(DropReason::Malformed),
         },
-        Class::Reply(ct) => match &pkt.l4 {
-            Some((flow, l4)) => to_client(ctx, &pkt, flow, *l4, &ct),
+        Class::Reply(r) => match &pkt.l4 {
+            Some((flow, l4)) => to_client(ctx, &pkt, flow, *l4, &r),
             None => Verdict::Drop(DropReason::Malformed),
         },
         Class::HairpinReply => hairpin::enter(ctx),
-        Class::IcmpFromBackend(ct) => icmp::error_from_backend(ctx, &pkt, &ct),
+        Class::IcmpFromBackend(r) => icmp::error_from_backend(ctx, &pkt, &r),
         Class::Pip(e, inbound) => pip::nat(ctx, &pkt, &e, inbound),
         Class::IcmpToVip(vip) => icmp::to_vip(ctx, &pkt, &vip),
         Class::Unservable(r) => Verdict::Drop(r),
-        Class::NotOurs => Verdict::Pass(PassReason::NotOurs),
+        Class::NotOurs(r) => Verdict::Pass(r),
     }
 }
 
@@ -92,14 +94,17 @@ fn try_lb(ctx: &XdpContext) -> Verdict {
 fn to_backend(
     ctx: &XdpContext,
     pkt: &Packet,
-    flow: &FlowKey,
+    flow: &FlowKey4,
     l4: L4,
     svc: &ServiceInfo,
 ) -> Verdict {
+    if flow.proto == proto::TCP && conn::invalid_flags(pkt.flags()) {
+        return Verdict::Drop(DropReason::TcpFlags);
+    }
     if xlate::ttl(pkt) <= 1 {
         return Verdict::Drop(DropReason::Ttl);
     }
-    let (id, be, new_flow) = match select::pick(flow, pkt.is_syn, svc) {
+    let (id, be, new_flow) = match select::pick(flow, pkt.flags(), svc) {
         Ok(Pick::Tracked(id, b)) => (id, b, false),
         Ok(Pick::New(id, b)) => (id, b, true),
         Ok(Pick::Hairpin) => return hairpin::enter(ctx),
@@ -119,17 +124,16 @@ fn to_backend(
     xlate::forward(ctx, pkt, Some(be.nh), SendReason::Forward)
 }
 
-/// Backend → client reply of a tracked flow: source back to the VIP, forward.
+/// Backend → client reply of a tracked flow: its flags recorded on the flow, source back to
+/// the VIP, forward.
 #[inline(always)]
-fn to_client(ctx: &XdpContext, pkt: &Packet, flow: &FlowKey, l4: L4, ct: &ConnEntry) -> Verdict {
+fn to_client(ctx: &XdpContext, pkt: &Packet, flow: &FlowKey4, l4: L4, r: &Reply) -> Verdict {
     if xlate::ttl(pkt) <= 1 {
         return Verdict::Drop(DropReason::Ttl);
     }
-    let Some(vip) = as_v4(&ct.addr) else {
-        return Verdict::Pass(PassReason::NotOurs);
-    };
-    xlate::rnat(pkt, l4, vip, ct.port);
-    stats::count_flow(ct.service, ct.backend, pkt.len, Dir::Reply);
+    r.commit();
+    xlate::rnat(pkt, l4, r.vip, r.vport);
+    stats::count_flow(r.service, r.backend, pkt.len, Dir::Reply);
     xlate::forward(ctx, pkt, select::route(flow.dst), SendReason::Reply)
 }
 

@@ -12,10 +12,10 @@ use lb_common::{
         DEFAULT_CONNTRACK_ENTRIES, DEFAULT_RING_SLOTS, MAX_ACL_ENTRIES, MAX_BACKENDS, MAX_PIPS,
         MAX_ROUTES, MAX_SERVICES, REASON_SLOTS,
     },
-    flow::FlowKey,
+    flow::FlowKey4,
     maps::{
-        AclKeyData, AclValue, Backend, BackendId, ConnEntry, Counters, NextHop, PipEntry,
-        RateState, RouteKeyData, ServiceInfo, ServiceKey, VipInfo, VipKey,
+        AclKeyData, AclValue, Backend, BackendId, ConnEntry4, Counters, NextHop, PipEntry,
+        RateState, RevKey4, RevService4, RouteKeyData, ServiceInfo, ServiceKey, VipInfo, VipKey,
     },
 };
 
@@ -37,11 +37,18 @@ pub static LB_BACKENDS: Array<Backend> = Array::pinned(MAX_BACKENDS, 0);
 #[map(name = "LB_RING")]
 pub static LB_RING: Array<BackendId> = Array::pinned(DEFAULT_RING_SLOTS, 0);
 
-/// Flow 5-tuple as it arrives → conntrack entry (both directions of every flow).
-/// Writer: fast path (new flows) and agent (purges). LRU, so old flows age out under pressure.
-#[map(name = "LB_CONNTRACK")]
-pub static LB_CONNTRACK: LruHashMap<FlowKey, ConnEntry> =
-    LruHashMap::pinned(2 * DEFAULT_CONNTRACK_ENTRIES, 0);
+/// IPv4 flow 5-tuple as it arrives → conntrack entry: one forward entry per flow (plus a
+/// reverse entry for flows to shared backend endpoints and hairpin flows). Writer: fast path
+/// (new flows, TCP state) and agent (purges). LRU, so old flows age out under pressure.
+#[map(name = "LB_CONNTRACK4")]
+pub static LB_CONNTRACK4: LruHashMap<FlowKey4, ConnEntry4> =
+    LruHashMap::pinned(DEFAULT_CONNTRACK_ENTRIES, 0);
+
+/// IPv4 backend (address, port, protocol) → the service it serves (VIP, port, service and
+/// backend id), or that it serves several: how a reply finds its flow's forward entry.
+/// Writer: agent.
+#[map(name = "LB_REVSVC4")]
+pub static LB_REVSVC4: HashMap<RevKey4, RevService4> = HashMap::pinned(MAX_BACKENDS, 0);
 
 /// Client-facing destination prefix → next hop, for replies. Writer: agent (from the kernel's
 /// routes and neighbours).

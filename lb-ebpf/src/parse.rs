@@ -7,12 +7,8 @@ use core::mem::size_of;
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    addr::v4_mapped,
-    flow::{FlowKey, proto},
-    hdr::{
-        ETH_P_8021Q, ETH_P_IPV4, EthHdr, IPV4_FRAG_MASK, Ipv4Hdr, TCP_ACK, TCP_SYN, TcpHdr, UdpHdr,
-        VlanHdr,
-    },
+    flow::{FlowKey4, proto},
+    hdr::{ETH_P_8021Q, ETH_P_IPV4, EthHdr, IPV4_FRAG_MASK, Ipv4Hdr, TcpHdr, UdpHdr, VlanHdr},
     verdict::{DropReason, PassReason},
 };
 
@@ -28,7 +24,13 @@ pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
 }
 
 /// The transport header the fast path rewrites.
+///
+/// verifier: a 64-bit tag, so the enum has no padding. With a one-byte tag, copies of the
+/// packet's parse result stored the seven padding bytes from whatever register LLVM had at
+/// hand, once a packet pointer, shifted byte by byte: "pointer arithmetic with >>= operator
+/// prohibited".
 #[derive(Clone, Copy)]
+#[repr(u64)]
 pub enum L4 {
     Tcp(*mut TcpHdr),
     Udp(*mut UdpHdr),
@@ -39,16 +41,27 @@ pub struct Packet {
     pub ip: *mut Ipv4Hdr,
     pub eth: *mut EthHdr,
     /// Set when the headers are fine enough to balance: the 5-tuple and L4 header.
-    pub l4: Option<(FlowKey, L4)>,
+    pub l4: Option<(FlowKey4, L4)>,
     /// Why this packet cannot be balanced, if it cannot: malformed, fragment, IP options,
     /// or not TCP/UDP. Only relevant when the destination is a VIP.
     pub problem: Option<DropReason>,
-    /// A TCP SYN without ACK: always a new flow.
-    pub is_syn: bool,
+    /// The TCP flags byte (0 for UDP): see `lb_common::conn` for what they decide. A `u32`
+    /// beside the 4-byte `problem`, so the struct has no padding (see [`L4`]).
+    pub tcp_flags: u32,
     /// Frame length, for byte counters.
     pub len: u64,
     /// Offset of the IPv4 header in the frame.
     pub l3_off: usize,
+}
+
+impl Packet {
+    /// The TCP flags (0 for UDP).
+    #[inline(always)]
+    pub fn flags(&self) -> u8 {
+        #[expect(clippy::cast_possible_truncation, reason = "holds a flags byte")]
+        let f = self.tcp_flags as u8;
+        f
+    }
 }
 
 /// Parses a frame. `Err` carries the pass reason for frames without a readable IPv4 header.
@@ -81,7 +94,7 @@ pub fn packet(ctx: &XdpContext) -> Result<Packet, PassReason> {
         eth,
         l4: None,
         problem: None,
-        is_syn: false,
+        tcp_flags: 0,
         len,
         l3_off: off,
     };
@@ -104,13 +117,7 @@ pub fn packet(ctx: &XdpContext) -> Result<Packet, PassReason> {
     // From here the IP header is exactly 20 bytes and `tot_len` fits in the frame.
     let l4_off = off + 20;
     let l4_len = tot_len - 20;
-    let mut key = FlowKey {
-        src: v4_mapped(iph.src),
-        dst: v4_mapped(iph.dst),
-        proto: iph.proto,
-        ..FlowKey::default()
-    };
-    let l4 = if iph.proto == proto::TCP {
+    let (l4, sport, dport) = if iph.proto == proto::TCP {
         let Some(tcp) = ptr_at::<TcpHdr>(ctx, l4_off) else {
             pkt.problem = Some(DropReason::Malformed);
             return Ok(pkt);
@@ -122,10 +129,8 @@ pub fn packet(ctx: &XdpContext) -> Result<Packet, PassReason> {
             pkt.problem = Some(DropReason::Malformed);
             return Ok(pkt);
         }
-        key.sport = t.sport;
-        key.dport = t.dport;
-        pkt.is_syn = t.flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-        L4::Tcp(tcp)
+        pkt.tcp_flags = u32::from(t.flags);
+        (L4::Tcp(tcp), t.sport, t.dport)
     } else {
         let Some(udp) = ptr_at::<UdpHdr>(ctx, l4_off) else {
             pkt.problem = Some(DropReason::Malformed);
@@ -138,10 +143,8 @@ pub fn packet(ctx: &XdpContext) -> Result<Packet, PassReason> {
             pkt.problem = Some(DropReason::Malformed);
             return Ok(pkt);
         }
-        key.sport = u.sport;
-        key.dport = u.dport;
-        L4::Udp(udp)
+        (L4::Udp(udp), u.sport, u.dport)
     };
-    pkt.l4 = Some((key, l4));
+    pkt.l4 = Some((FlowKey4::of(iph.src, iph.dst, sport, dport, iph.proto), l4));
     Ok(pkt)
 }

@@ -114,7 +114,7 @@ pub fn nat(ctx: &XdpContext, pkt: &Packet, e: &PipEntry, inbound: bool) -> Verdi
         Some(e.nh)
     } else {
         // SAFETY: `pkt.ip` was bounds-checked by the parser.
-        select::route(v4_mapped(unsafe { (*pkt.ip).dst }))
+        select::route(unsafe { (*pkt.ip).dst })
     };
     xlate::forward(ctx, pkt, nh, ok)
 }

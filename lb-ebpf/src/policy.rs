@@ -1,11 +1,15 @@
 //! Admission, for new flows only (established flows are not re-checked): an internal VIP's
 //! source set first (its internal prefixes, its own backends marked hairpin), then the
-//! endpoint's ACL. Each is one LPM lookup in `LB_ACL`.
+//! endpoint's ACL. Each is one LPM lookup in `LB_ACL`, made only where the service has one
+//! (`SVC_F_INTERNAL`, a non-zero `acl_id`): a public service without rules checks nothing.
 
 use lb_common::{
-    addr::Addr,
-    flow::FlowKey,
-    maps::{ACL_HAIRPIN, ACL_PERMIT, AclValue, ServiceInfo, VIP_F_HAIRPIN_SNAT, VipKey},
+    addr::v4_mapped,
+    flow::FlowKey4,
+    maps::{
+        ACL_HAIRPIN, ACL_PERMIT, AclKeyData, AclValue, SVC_F_INTERNAL, ServiceInfo,
+        VIP_F_HAIRPIN_SNAT, VipKey,
+    },
     verdict::DropReason,
 };
 
@@ -25,12 +29,17 @@ pub enum Admitted {
 /// # Errors
 /// The drop reason: outside an internal VIP's prefixes, a hairpin the VIP drops, or the ACL.
 #[inline(always)]
-pub fn admit(flow: &FlowKey, svc: &ServiceInfo) -> Result<Admitted, DropReason> {
-    if let Some(vip) = LB_VIPS.get_ptr(VipKey { vip: flow.dst }) {
+pub fn admit(flow: &FlowKey4, svc: &ServiceInfo) -> Result<Admitted, DropReason> {
+    let src = flow.src;
+    if svc.flags & SVC_F_INTERNAL != 0
+        && let Some(vip) = LB_VIPS.get_ptr(VipKey {
+            vip: v4_mapped(flow.dst),
+        })
+    {
         // SAFETY: read at once; the value is plain data.
         let (ilb_id, flags) = unsafe { ((*vip).ilb_id, (*vip).flags) };
         if ilb_id != 0 {
-            match acl_lookup(ilb_id, &flow.src) {
+            match acl_lookup(ilb_id, src) {
                 Some(ACL_PERMIT) => {}
                 Some(ACL_HAIRPIN) if flags & VIP_F_HAIRPIN_SNAT != 0 => {
                     return Ok(Admitted::Hairpin);
@@ -40,7 +49,7 @@ pub fn admit(flow: &FlowKey, svc: &ServiceInfo) -> Result<Admitted, DropReason> 
             }
         }
     }
-    if !acl_permits(svc, &flow.src) {
+    if !acl_permits(svc, src) {
         return Err(DropReason::Acl);
     }
     Ok(Admitted::Balance)
@@ -48,7 +57,7 @@ pub fn admit(flow: &FlowKey, svc: &ServiceInfo) -> Result<Admitted, DropReason> 
 
 /// Whether a new flow's source passes the endpoint's ACL (counted per service when not).
 #[inline(always)]
-pub fn acl_permits(svc: &ServiceInfo, src: &Addr) -> bool {
+pub fn acl_permits(svc: &ServiceInfo, src: [u8; 4]) -> bool {
     if svc.acl_id != 0 && acl_lookup(svc.acl_id, src) != Some(ACL_PERMIT) {
         crate::stats::count_acl_drop(svc.id);
         return false;
@@ -59,13 +68,19 @@ pub fn acl_permits(svc: &ServiceInfo, src: &Addr) -> bool {
 /// A source's verdict in an `LB_ACL` set: one LPM lookup. The agent always installs a default
 /// entry, so a miss cannot happen for a live set; callers treat it as a deny anyway.
 #[inline(always)]
-pub fn acl_lookup(acl_id: u32, src: &Addr) -> Option<u32> {
+pub fn acl_lookup(acl_id: u32, src: [u8; 4]) -> Option<u32> {
     acl_entry(acl_id, src).map(|v| v.action)
 }
 
 /// A source's entry in an `LB_ACL` set (verdict and deciding rule).
 #[inline(always)]
-pub fn acl_entry(acl_id: u32, src: &Addr) -> Option<AclValue> {
-    let key = aya_ebpf::maps::lpm_trie::Key::new(32 + 128, lb_common::maps::acl_key(acl_id, src));
+pub fn acl_entry(acl_id: u32, src: [u8; 4]) -> Option<AclValue> {
+    let words = lb_common::maps::acl_key_v4(32 + 128, acl_id, src);
+    // SAFETY: `Key<[u8; 20]>` is packed (alignment 1) and exactly these 24 bytes.
+    let key = unsafe {
+        &*words
+            .as_ptr()
+            .cast::<aya_ebpf::maps::lpm_trie::Key<AclKeyData>>()
+    };
     LB_ACL.get(key).copied()
 }

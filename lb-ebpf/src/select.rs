@@ -3,18 +3,19 @@
 
 use aya_ebpf::Global;
 use lb_common::{
-    flow::FlowKey,
+    addr::{as_v4, v4_mapped},
+    conn,
+    flow::{FlowKey4, proto},
     hash::flow_hash,
     maglev,
     maps::{
-        Backend, BackendId, CONN_FORWARD, CONN_HAIRPIN, NextHop, ServiceInfo, ServiceKey, VipInfo,
-        VipKey,
+        Backend, BackendId, CONN_FORWARD, CONN_HAIRPIN, NextHop, RouteKeyData, ServiceInfo,
+        ServiceKey, VipInfo, VipKey,
     },
     verdict::DropReason,
 };
 
 use crate::{
-    conntrack,
     maps::{LB_BACKENDS, LB_RING, LB_ROUTES, LB_SERVICES, LB_VIPS},
     policy::{self, Admitted},
 };
@@ -25,9 +26,9 @@ static LB_HASH_SEED: Global<u32> = Global::new(lb_common::consts::DEFAULT_HASH_S
 
 /// The service this packet is addressed to, if any.
 #[inline(always)]
-pub fn service(flow: &FlowKey) -> Option<ServiceInfo> {
+pub fn service(flow: &FlowKey4) -> Option<ServiceInfo> {
     let key = ServiceKey {
-        vip: flow.dst,
+        vip: v4_mapped(flow.dst),
         port: flow.dport,
         proto: flow.proto,
         _pad: 0,
@@ -44,15 +45,21 @@ pub fn service_at(key: ServiceKey) -> Option<ServiceInfo> {
 
 /// The flow hash (seeded by the agent).
 #[inline(always)]
-pub fn hash(flow: &FlowKey) -> u32 {
+pub fn hash(flow: &FlowKey4) -> u32 {
     flow_hash(flow, LB_HASH_SEED.load())
 }
 
 /// The VIP entry of an address, if it is a VIP.
 #[inline(always)]
-pub fn vip(addr: lb_common::addr::Addr) -> Option<VipInfo> {
+pub fn vip(addr: [u8; 4]) -> Option<VipInfo> {
     // SAFETY: copied out at once.
-    unsafe { LB_VIPS.get(VipKey { vip: addr }).copied() }
+    unsafe {
+        LB_VIPS
+            .get(VipKey {
+                vip: v4_mapped(addr),
+            })
+            .copied()
+    }
 }
 
 /// A live backend by id (id 0 and inactive entries are none).
@@ -69,23 +76,27 @@ pub fn live_backend(id: BackendId) -> Option<Backend> {
 pub enum Pick {
     /// The flow's tracked backend.
     Tracked(BackendId, Backend),
-    /// A new flow: the table's choice, now tracked.
+    /// A new flow: the table's choice, now tracked (unless it was a stray RST or FIN).
     New(BackendId, Backend),
     /// A hairpin flow (new or tracked): the hairpin program takes it.
     Hairpin,
 }
 
 /// Picks the backend of a client → VIP packet: the flow's tracked backend if it has one that is
-/// still live, else (after admission) the service table's choice, which is then tracked. A SYN
-/// always takes the table's choice, so a new connection never inherits a stale entry of a
-/// reused 5-tuple.
+/// still live (and the flow still translates), else (after admission) the service table's
+/// choice, which is then tracked. A SYN always takes the table's choice, so a new connection
+/// never inherits a stale entry of a reused 5-tuple. A RST or FIN that matches no tracked flow
+/// is forwarded by the table, so an evicted connection can still close, but is not tracked: a
+/// flood of them cannot fill the table.
 ///
 /// # Errors
 /// The drop reason: not admitted, or no backend in the table.
 #[inline(always)]
-pub fn pick(flow: &FlowKey, is_syn: bool, svc: &ServiceInfo) -> Result<Pick, DropReason> {
-    if !is_syn {
-        let ct = conntrack::lookup(flow);
+pub fn pick(flow: &FlowKey4, flags: u8, svc: &ServiceInfo) -> Result<Pick, DropReason> {
+    let tcp = flow.proto == proto::TCP;
+    let syn = tcp && conn::is_syn(flags);
+    if !syn {
+        let ct = crate::conntrack::forward(flow, flags);
         if ct.is_none() {
             crate::stats::count_conntrack_miss(svc.id);
         }
@@ -105,7 +116,11 @@ pub fn pick(flow: &FlowKey, is_syn: bool, svc: &ServiceInfo) -> Result<Pick, Dro
         return Ok(Pick::Hairpin);
     }
     let (id, b) = from_table(svc, hash(flow))?;
-    conntrack::remember(flow, id, &b, svc);
+    if !(tcp && !syn && conn::is_teardown(flags))
+        && let Some(addr) = as_v4(&b.addr)
+    {
+        crate::conntrack::remember(flow, id, addr, b.port, svc.id, syn);
+    }
     Ok(Pick::New(id, b))
 }
 
@@ -125,7 +140,13 @@ pub fn from_table(svc: &ServiceInfo, hash: u32) -> Result<(BackendId, Backend), 
 
 /// The agent-resolved next hop towards a client address.
 #[inline(always)]
-pub fn route(dst: lb_common::addr::Addr) -> Option<NextHop> {
-    let key = aya_ebpf::maps::lpm_trie::Key::new(128, dst);
+pub fn route(dst: [u8; 4]) -> Option<NextHop> {
+    let words = lb_common::maps::lpm_key_v4(128, dst);
+    // SAFETY: `Key<[u8; 16]>` is packed (alignment 1) and exactly these 20 bytes.
+    let key = unsafe {
+        &*words
+            .as_ptr()
+            .cast::<aya_ebpf::maps::lpm_trie::Key<RouteKeyData>>()
+    };
     LB_ROUTES.get(key).copied()
 }

@@ -143,8 +143,20 @@ fn ingress_ifindex(ctx: &XdpContext) -> usize {
 /// `bpf_fib_lookup` on the hot function's stack (verifier: 512 bytes for the whole chain).
 #[inline(never)]
 fn fib(ctx: &XdpContext, pkt: &Packet) -> Option<NextHop> {
-    // SAFETY: all-zero is a valid `bpf_fib_lookup` (plain integers and unions of integers).
-    let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    let mut p = core::mem::MaybeUninit::<bpf_fib_lookup>::uninit();
+    // Zeroed word by word with volatile stores. size: `mem::zeroed()` of the 64-byte struct
+    // compiled to a byte-wise `memset` call.
+    let words = p.as_mut_ptr().cast::<u32>();
+    let mut i = 0;
+    // verifier: a constant trip count, unrolled.
+    while i < size_of::<bpf_fib_lookup>() / 4 {
+        // SAFETY: `i` words into a 64-byte, 4-aligned struct.
+        unsafe { core::ptr::write_volatile(words.add(i), 0) };
+        i += 1;
+    }
+    // SAFETY: all-zero is a valid `bpf_fib_lookup` (plain integers and unions of integers),
+    // and `p` lives until the end of this function.
+    let p = unsafe { &mut *p.as_mut_ptr() };
     // SAFETY: `pkt.ip` was bounds-checked by the parser.
     let ip: &Ipv4Hdr = unsafe { &*pkt.ip };
     p.family = AF_INET;
@@ -164,7 +176,7 @@ fn fib(ctx: &XdpContext, pkt: &Packet) -> Option<NextHop> {
     let rc = unsafe {
         fib_lookup(
             ctx.as_ptr(),
-            &raw mut p,
+            core::ptr::from_mut(p),
             size_of::<bpf_fib_lookup>() as i32,
             0,
         )

@@ -105,6 +105,7 @@ impl Harness {
         let opts = LoadOptions {
             ring_slots: cfg.agent.ring_slots,
             conntrack_flows: cfg.agent.conntrack_flows,
+            tcp_close_timeout_s: cfg.agent.tcp_close_timeout_s,
             ..LoadOptions::new(pin_dir(ns))
         };
         let seed = opts.hash_seed;
@@ -149,6 +150,22 @@ impl Harness {
     /// `BPF_PROG_TEST_RUN` fails.
     pub fn run(&mut self, input: &[u8]) -> (u32, Vec<u8>, Duration) {
         run_once(self.dp.program().expect("program"), input)
+    }
+
+    /// The conntrack entry of a 5-tuple, read from the writer's handle on the map.
+    #[must_use]
+    pub fn flow(&self, key: &lb_common::flow::FlowKey4) -> Option<lb_common::maps::ConnEntry4> {
+        self.rec.maps().side.conntrack.get(key, 0).ok()
+    }
+
+    /// Writes a conntrack entry (a fixture's way to age a flow without waiting).
+    pub fn plant_flow(&mut self, key: &lb_common::flow::FlowKey4, e: &lb_common::maps::ConnEntry4) {
+        self.rec
+            .maps_mut()
+            .side
+            .conntrack
+            .insert(key, e, 0)
+            .expect("plant a conntrack entry");
     }
 }
 

@@ -7,6 +7,10 @@ use lb_common::{csum, flow::proto, hdr};
 
 pub const TCP_SYN: u8 = hdr::TCP_SYN;
 pub const TCP_ACK: u8 = hdr::TCP_ACK;
+pub const TCP_FIN: u8 = hdr::TCP_FIN;
+pub const TCP_RST: u8 = hdr::TCP_RST;
+pub const TCP_PSH: u8 = hdr::TCP_PSH;
+pub const TCP_URG: u8 = hdr::TCP_URG;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum L4 {

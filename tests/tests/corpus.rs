@@ -435,25 +435,29 @@ fn corpus() -> Vec<Case> {
         Want::Dnat(b80),
         Reason::Forward,
     ));
-    // TCP flag combinations to the VIP: all are flows (a non-SYN without state is a new flow).
-    for (name, flags) in [
-        ("SYN+ACK", TCP_SYN | TCP_ACK),
-        ("RST", 0x04),
-        ("FIN+ACK", 0x11),
-        ("no flags", 0),
-        ("all flags", 0xff),
+    // TCP flag combinations to the VIP: a non-SYN without state is forwarded by the table (a
+    // RST or FIN is not tracked); combinations no stack sends are dropped.
+    for (name, flags, forwarded) in [
+        ("SYN+ACK", TCP_SYN | TCP_ACK, true),
+        ("RST", 0x04, true),
+        ("FIN+ACK", 0x11, true),
+        ("no flags", 0, false),
+        ("all flags", 0xff, false),
+        ("SYN+FIN", 0x03, false),
+        ("SYN+RST", 0x06, false),
+        ("FIN+PSH+URG", 0x29, false),
     ] {
         let f = Frame::tcp(
             SocketAddrV4::new(*CLIENT.ip(), 41000),
             SocketAddrV4::new(VIP, 80),
             flags,
         );
-        v.push(case(
-            format!("TCP {name}"),
-            f.build(),
-            Want::Dnat(b80),
-            Reason::Forward,
-        ));
+        let (want, reason) = if forwarded {
+            (Want::Dnat(b80), Reason::Forward)
+        } else {
+            (Want::Drop, Reason::DropTcpFlags)
+        };
+        v.push(case(format!("TCP {name}"), f.build(), want, reason));
     }
 
     // UDP length.

@@ -4,22 +4,27 @@
 //! and its chosen backend (read from the output packet's destination) must equal the model's.
 //! Zero mismatches.
 //!
-//! The traffic: flows from a pool (so most packets belong to tracked flows), SYNs and non-SYNs,
-//! TCP and UDP, to service ports, to other ports of a VIP and to other addresses, replies from
-//! the backends, TTL 1, and one packet in ten with random bytes of its headers flipped, which
-//! exercises every parse check. The seed is printed, so a failure can be replayed.
+//! The traffic: flows from a pool (so most packets belong to tracked flows), SYNs, ACKs, FINs,
+//! RSTs and refused flag combinations, TCP and UDP, to service ports, to other ports of a VIP
+//! and to other addresses, replies from the backends (SYN-ACKs among them, which test the
+//! reused-port rule), TTL 1, and one packet in ten with random bytes of its headers flipped,
+//! which exercises every parse check. A backend endpoint serves two services, so replies are
+//! matched both through the reverse-service entry and through reverse entries. The seed is
+//! printed, so a failure can be replayed. The program runs with a close timeout far longer
+//! than the test (the model treats closed flows as within it).
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use lb_common::{
     addr,
     flow::proto,
+    maps::REV_F_SHARED,
     model::{Model, ModelBackend, Verdict},
     verdict::{ALL_REASONS, Reason},
 };
 use lb_integration::{
     fixture::{FixedResolver, Harness, XDP_DROP, XDP_PASS, XDP_TX, in_fresh_ns},
-    packet::{Frame, L4, TCP_ACK, TCP_SYN},
+    packet::{Frame, L4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
 const PACKETS: u32 = 100_000;
@@ -28,6 +33,7 @@ const CONFIG: &str = r#"
 [agent]
 ring_slots = 8192
 conntrack_flows = 65536
+tcp_close_timeout = 3600
 
 [[service]]
 vip = "203.0.113.10:80/tcp"
@@ -43,6 +49,12 @@ table_size = 251
 vip = "203.0.113.11:443/tcp"
 backends = ["192.0.2.14", "192.0.2.15", "192.0.2.16", "192.0.2.17"]
 table_size = 1021
+
+# 192.0.2.14:443 also serves this one: a shared endpoint.
+[[service]]
+vip = "203.0.113.12:443/tcp"
+backends = ["192.0.2.14"]
+table_size = 251
 
 # A service with no backend: new flows are dropped.
 [[service]]
@@ -99,6 +111,10 @@ fn model_of(h: &Harness) -> Model {
     for k in maps.vips.keys() {
         m.vips.insert(k.expect("vip").vip);
     }
+    for item in &maps.revsvc {
+        let (k, v) = item.expect("reverse-service entry");
+        m.revs.insert(k, v);
+    }
     m
 }
 
@@ -118,12 +134,17 @@ fn kernel_and_model_agree_on_100k_random_packets() {
         let resolver = FixedResolver::all_on_lo([2, 0, 0, 0, 0, 0x11]);
         let mut h = Harness::load(ns, CONFIG, resolver).expect("load");
         let mut model = model_of(&h);
-        assert_eq!(model.services.len(), 4);
+        assert_eq!(model.services.len(), 5);
+        assert!(
+            model.revs.values().any(|r| r.flags & REV_F_SHARED != 0),
+            "the shared endpoint is marked"
+        );
         let mut rng = Rng(seed);
         let targets = [
             (Ipv4Addr::new(203, 0, 113, 10), 80u16, proto::TCP),
             (Ipv4Addr::new(203, 0, 113, 10), 53, proto::UDP),
             (Ipv4Addr::new(203, 0, 113, 11), 443, proto::TCP),
+            (Ipv4Addr::new(203, 0, 113, 12), 443, proto::TCP),
             (Ipv4Addr::new(203, 0, 113, 11), 444, proto::TCP),
             (Ipv4Addr::new(203, 0, 113, 10), 81, proto::TCP),
             (Ipv4Addr::new(203, 0, 113, 10), 80, proto::UDP),
@@ -153,7 +174,14 @@ fn kernel_and_model_agree_on_100k_random_packets() {
             let (client, (ip, port, p)) = flow(&mut rng);
             let vip = SocketAddrV4::new(ip, port);
             let mut frame = if p == proto::TCP {
-                let flags = if rng.chance(30) { TCP_SYN } else { TCP_ACK };
+                let flags = match rng.below(100) {
+                    0..25 => TCP_SYN,
+                    25..80 => TCP_ACK,
+                    80..88 => TCP_FIN | TCP_ACK,
+                    88..93 => TCP_RST,
+                    93..96 => TCP_SYN | TCP_FIN,
+                    _ => 0,
+                };
                 Frame::tcp(client, vip, flags)
             } else {
                 Frame::udp(client, vip)
@@ -164,7 +192,13 @@ fn kernel_and_model_agree_on_100k_random_packets() {
                 let b = model.backends[&id];
                 let bip = Ipv4Addr::from(addr::as_v4(&b.addr).expect("v4"));
                 let bport = u16::from_be_bytes(b.port);
-                frame = Frame::tcp(SocketAddrV4::new(bip, bport), client, TCP_ACK);
+                let flags = match rng.below(100) {
+                    0..15 => TCP_SYN | TCP_ACK,
+                    15..25 => TCP_FIN | TCP_ACK,
+                    25..30 => TCP_RST | TCP_ACK,
+                    _ => TCP_ACK,
+                };
+                frame = Frame::tcp(SocketAddrV4::new(bip, bport), client, flags);
                 if p == proto::UDP {
                     frame.l4 = L4::Udp {
                         sport: bport,
@@ -209,18 +243,22 @@ fn kernel_and_model_agree_on_100k_random_packets() {
                     let dst =
                         addr::v4_mapped([out[l3 + 16], out[l3 + 17], out[l3 + 18], out[l3 + 19]]);
                     let dport = [out[l3 + 22], out[l3 + 23]];
-                    model
-                        .backends
-                        .iter()
-                        .find(|(_, b)| b.addr == dst && b.port == dport)
-                        .map_or(Verdict::Other(Reason::Forward), |(id, _)| {
-                            Verdict::Forward(*id)
-                        })
+                    let is = |b: &ModelBackend| b.addr == dst && b.port == dport;
+                    // An endpoint of two services has two ids: the model's, if it is that one.
+                    match want {
+                        Verdict::Forward(w) if model.backends.get(&w).is_some_and(is) => want,
+                        _ => model
+                            .backends
+                            .iter()
+                            .find(|(_, b)| is(b))
+                            .map_or(Verdict::Other(Reason::Forward), |(id, _)| {
+                                Verdict::Forward(*id)
+                            }),
+                    }
                 }
                 Reason::Reply => {
                     let l3 = if out[12..14] == [0x81, 0x00] { 18 } else { 14 };
-                    let src =
-                        addr::v4_mapped([out[l3 + 12], out[l3 + 13], out[l3 + 14], out[l3 + 15]]);
+                    let src = [out[l3 + 12], out[l3 + 13], out[l3 + 14], out[l3 + 15]];
                     Verdict::Reply(src, [out[l3 + 20], out[l3 + 21]])
                 }
                 r => Verdict::Other(r),
@@ -269,7 +307,9 @@ fn kernel_and_model_agree_on_100k_random_packets() {
             Reason::DropNoBackend,
             Reason::DropTtl,
             Reason::DropMalformed,
+            Reason::DropTcpFlags,
             Reason::PassNotOurs,
+            Reason::PassNotReply,
         ] {
             assert!(seen[r as usize] > 0, "no packet took {}", r.name());
         }

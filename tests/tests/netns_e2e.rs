@@ -4,9 +4,12 @@
 //! The LB namespace has no route for the VIP, so an answer proves the XDP program did the
 //! DNAT; the client accepts only answers from the VIP, so it also proves the reverse NAT.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{SocketAddr, SocketAddrV4},
+};
 
-use lb_integration::lab::{DEMO_CONFIG, Lab};
+use lb_integration::lab::{CLIENT_IP, DEMO_CONFIG, Lab, VIP, backend_ip};
 
 /// Runs an `lb` command that must fail; returns its error text.
 fn refused(lab: &Lab, args: &[&str]) -> String {
@@ -541,7 +544,7 @@ fn fragmentation_needed_reaches_the_backend_that_owns_the_flow() {
     lab.wait_ready().unwrap();
     let mut conn = lab.http_connect(80).unwrap();
     let owner = conn.get().unwrap();
-    let std::net::SocketAddr::V4(local) = conn.local_addr().unwrap() else {
+    let SocketAddr::V4(local) = conn.local_addr().unwrap() else {
         panic!()
     };
     let owner_i: usize = owner.trim_start_matches('b').parse().unwrap();
@@ -559,14 +562,14 @@ fn fragmentation_needed_reaches_the_backend_that_owns_the_flow() {
     let client_sock = icmp_socket(&lab.client).unwrap();
     send_icmp(&client_sock, vip, msg).unwrap();
 
-    let backend_ip = lb_integration::lab::backend_ip(owner_i);
+    let owner_ip = backend_ip(owner_i);
     let is_it = |p: &[u8]| {
         let ihl = usize::from(p[0] & 0x0f) * 4;
         let e = ihl + 8; // the embedded IP header
         p.len() >= e + 24
             && p[ihl] == 3
             && p[ihl + 1] == 4
-            && p[e + 12..e + 16] == backend_ip.octets()
+            && p[e + 12..e + 16] == owner_ip.octets()
             && p[e + 20..e + 22] == 80u16.to_be_bytes()
             && p[e + 22..e + 24] == local.port().to_be_bytes()
     };
@@ -592,4 +595,46 @@ fn fragmentation_needed_reaches_the_backend_that_owns_the_flow() {
     }
     assert!(lab.reason("icmp_to_backend").unwrap() >= 1);
     conn.get().expect("the connection still works");
+}
+
+/// The bug a new user found: a connection through the VIP from client port P ends, then the
+/// client connects from P straight to the backend. Before flows recorded their TCP state, the
+/// backend's SYN-ACK matched the ended VIP flow and was rewritten to come from the VIP, so the
+/// client reset the direct connection. Now it passes untouched (`pass_not_reply`).
+#[test]
+fn a_client_port_reused_to_reach_a_backend_directly_is_not_hijacked() {
+    let mut lab = Lab::new(1).unwrap();
+    lab.start_agent(
+        r#"
+[[service]]
+vip = "203.0.113.10:80/tcp"
+backends = ["192.0.2.11"]
+"#,
+    )
+    .unwrap();
+    lab.wait_ready().unwrap();
+    // The client reaches the backends' subnet through the LB's kernel (not ours to the XDP
+    // program: it passes the SYN, and the backend answers through the LB).
+    lab.client
+        .ip(&["route", "add", "192.0.2.0/24", "via", "198.51.100.1"])
+        .unwrap();
+    let timeout = std::time::Duration::from_secs(3);
+    for i in 0..3u16 {
+        let src = SocketAddrV4::new(CLIENT_IP, 47_000 + i);
+        let mut c = lab
+            .http_connect_between(src, SocketAddrV4::new(VIP, 80), timeout)
+            .unwrap();
+        assert_eq!(c.get().unwrap(), "b1");
+        c.close().unwrap();
+        let mut d = lab
+            .http_connect_between(src, SocketAddrV4::new(backend_ip(1), 80), timeout)
+            .unwrap_or_else(|e| panic!("direct connection {i}: {e:#}\n{}", lab.agent_log()));
+        let (name, peer) = d.get_with_peer().unwrap();
+        assert_eq!((name.as_str(), peer), ("b1", SocketAddr::V4(src)));
+        d.close().unwrap();
+    }
+    assert!(
+        lab.reason("pass_not_reply").unwrap() >= 3,
+        "the direct SYN-ACKs were refused as replies"
+    );
 }

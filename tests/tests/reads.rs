@@ -12,10 +12,9 @@ use std::{
 
 use aya::maps::{HashMap, Map, MapData};
 use lb_common::{
-    addr,
     consts::map_names,
-    flow::{FlowKey, proto},
-    maps::{CONN_FORWARD, ConnEntry, Counters, ServiceInfo, ServiceKey},
+    flow::{FlowKey4, proto},
+    maps::{ConnEntry4, Counters, ServiceInfo, ServiceKey},
 };
 use lb_integration::fixture::{FixedResolver, Harness, in_fresh_ns, pin_dir};
 use lb_userspace::{
@@ -76,21 +75,17 @@ impl MapReader for HeldWalk {
 
 fn plant(ns: &lb_integration::netns::Netns, n: u32) {
     let data = MapData::from_pin(pin_dir(ns).join(map_names::CONNTRACK)).unwrap();
-    let mut ct: HashMap<_, FlowKey, ConnEntry> = HashMap::try_from(Map::LruHashMap(data)).unwrap();
-    let entry = ConnEntry {
-        kind: CONN_FORWARD,
-        backend: 1,
-        ..ConnEntry::default()
-    };
+    let mut ct: HashMap<_, FlowKey4, ConnEntry4> =
+        HashMap::try_from(Map::LruHashMap(data)).unwrap();
+    let entry = ConnEntry4::forward(1, 0, 0);
     for i in 0..n {
-        let key = FlowKey {
-            src: addr::v4_mapped([198, 51, 100, u8::try_from(i % 200).unwrap()]),
-            dst: addr::v4_mapped([203, 0, 113, 10]),
-            sport: u16::try_from(1024 + i / 200).unwrap().to_be_bytes(),
-            dport: 80u16.to_be_bytes(),
-            proto: proto::TCP,
-            _pad: [0; 3],
-        };
+        let key = FlowKey4::of(
+            [198, 51, 100, u8::try_from(i % 200).unwrap()],
+            [203, 0, 113, 10],
+            u16::try_from(1024 + i / 200).unwrap().to_be_bytes(),
+            80u16.to_be_bytes(),
+            proto::TCP,
+        );
         ct.insert(key, entry, 0).unwrap();
     }
 }

@@ -9,6 +9,7 @@
 //! hash_seed = 0x5eed1b00
 //! conntrack_flows = 1048576
 //! ring_slots = 8388608
+//! tcp_close_timeout = 10       # seconds a closed TCP flow still translates, 1..=3600
 //!
 //! [[service]]
 //! vip = "203.0.113.10:80/tcp"
@@ -50,10 +51,13 @@ pub struct Config {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AgentSettings {
     pub hash_seed: u32,
-    /// Flows the conntrack table holds (two LRU entries each: both directions).
+    /// Entries the conntrack table holds: one per flow (two for a flow to a backend endpoint
+    /// shared by several services, and for a hairpin flow).
     pub conntrack_flows: u32,
     /// Slots in the shared lookup-table array.
     pub ring_slots: u32,
+    /// How long a TCP flow closed by a RST, or by a FIN each way, still translates (seconds).
+    pub tcp_close_timeout_s: u32,
 }
 
 impl Default for AgentSettings {
@@ -62,6 +66,7 @@ impl Default for AgentSettings {
             hash_seed: DEFAULT_HASH_SEED,
             conntrack_flows: DEFAULT_CONNTRACK_ENTRIES,
             ring_slots: DEFAULT_RING_SLOTS,
+            tcp_close_timeout_s: lb_common::conn::CLOSE_TIMEOUT_S,
         }
     }
 }

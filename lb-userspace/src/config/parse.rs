@@ -86,6 +86,7 @@ struct RawAgent {
     hash_seed: Option<u32>,
     conntrack_flows: Option<Spanned<u32>>,
     ring_slots: Option<Spanned<u32>>,
+    tcp_close_timeout: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize)]
@@ -162,6 +163,12 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
                 &a.ring_slots,
                 &mut agent.ring_slots,
                 1 << 28,
+            ),
+            (
+                "agent.tcp_close_timeout",
+                &a.tcp_close_timeout,
+                &mut agent.tcp_close_timeout_s,
+                3600,
             ),
         ] {
             if let Some(v) = v {

@@ -32,6 +32,8 @@ pub struct LoadOptions {
     pub hash_seed: u32,
     pub conntrack_flows: u32,
     pub ring_slots: u32,
+    /// How long a closed TCP flow still translates, in seconds.
+    pub tcp_close_timeout_s: u32,
     /// aya-log level for the kernel side (0 = off, 4 = debug).
     pub bpf_log_level: u8,
 }
@@ -46,6 +48,7 @@ impl LoadOptions {
             hash_seed: s.hash_seed,
             conntrack_flows: s.conntrack_flows,
             ring_slots: s.ring_slots,
+            tcp_close_timeout_s: s.tcp_close_timeout_s,
             bpf_log_level: 0,
         }
     }
@@ -74,8 +77,9 @@ impl Dataplane {
         loader.default_map_pin_directory(dir);
         loader
             .override_global(global_names::HASH_SEED, &opts.hash_seed, true)
+            .override_global(global_names::CLOSE_TIMEOUT, &opts.tcp_close_timeout_s, true)
             .override_global(global_names::AYA_LOG_LEVEL, &opts.bpf_log_level, false)
-            .map_max_entries(map_names::CONNTRACK, opts.conntrack_flows.saturating_mul(2))
+            .map_max_entries(map_names::CONNTRACK, opts.conntrack_flows)
             .map_max_entries(map_names::RING, opts.ring_slots);
         let mut ebpf = loader.load(LB_OBJ)?;
         for name in [PROGRAM_NAME, HAIRPIN_PROGRAM_NAME] {
@@ -170,12 +174,12 @@ fn check_layout(dir: &Path) -> Result<(), LoadError> {
 fn check_sizes(dir: &Path, opts: &LoadOptions) -> Result<(), LoadError> {
     for (map, setting, want, per_entry) in [
         (map_names::RING, "agent.ring_slots", opts.ring_slots, 1),
-        // Two entries per flow (module doc of the conntrack map).
+        // One entry per flow (module doc of the conntrack map).
         (
             map_names::CONNTRACK,
             "agent.conntrack_flows",
             opts.conntrack_flows,
-            2,
+            1,
         ),
     ] {
         let pin = dir.join(map);

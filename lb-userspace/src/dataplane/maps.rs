@@ -17,10 +17,10 @@ use aya::{
 use lb_common::{
     addr::Addr,
     consts::map_names,
-    flow::FlowKey,
+    flow::FlowKey4,
     maps::{
-        AclKeyData, AclValue, Backend, BackendId, ConnEntry, Counters, NextHop, PipEntry,
-        RouteKeyData, ServiceInfo, ServiceKey, VipInfo, VipKey,
+        AclKeyData, AclValue, Backend, BackendId, ConnEntry4, Counters, NextHop, PipEntry, RevKey4,
+        RevService4, RouteKeyData, ServiceInfo, ServiceKey, VipInfo, VipKey,
     },
 };
 
@@ -38,6 +38,7 @@ pub struct Maps {
     pub acl: LpmTrie<MapData, AclKeyData, AclValue>,
     pub pips: HashMap<MapData, VipKey, PipEntry>,
     pub pip_rev: HashMap<MapData, VipKey, PipEntry>,
+    pub revsvc: HashMap<MapData, RevKey4, RevService4>,
     /// Conntrack and the counters, also reachable from the writer (adoption's flow purge at
     /// start, and tests that read counters through the reconciler's maps).
     pub side: SideMaps,
@@ -47,7 +48,7 @@ pub struct Maps {
 /// open their own handle from the pins ([`SideMaps::open`]), so a walk over millions of flows
 /// never runs on the writer loop.
 pub struct SideMaps {
-    pub conntrack: HashMap<MapData, FlowKey, ConnEntry>,
+    pub conntrack: HashMap<MapData, FlowKey4, ConnEntry4>,
     pub reasons: PerCpuArray<MapData, u64>,
     pub svc_stats: PerCpuArray<MapData, Counters>,
     pub be_stats: PerCpuArray<MapData, Counters>,
@@ -64,6 +65,7 @@ impl Maps {
             acl: take_map(ebpf, map_names::ACL)?,
             pips: take_map(ebpf, map_names::PIPS)?,
             pip_rev: take_map(ebpf, map_names::PIP_REV)?,
+            revsvc: take_map(ebpf, map_names::REVSVC)?,
             side: SideMaps {
                 conntrack: take_map(ebpf, map_names::CONNTRACK)?,
                 reasons: take_map(ebpf, map_names::REASON_STATS)?,
@@ -124,7 +126,7 @@ impl SideMaps {
     /// A lookup fails.
     pub fn walk_flows(
         &self,
-        f: &mut dyn FnMut(&FlowKey, &ConnEntry),
+        f: &mut dyn FnMut(&FlowKey4, &ConnEntry4),
         on_batch: &mut dyn FnMut(usize),
     ) -> Result<usize, MapOpError> {
         let err = |e: std::io::Error| MapOpError {
@@ -135,8 +137,8 @@ impl SideMaps {
                 io_error: e,
             }),
         };
-        let mut keys = vec![FlowKey::default(); WALK_BATCH];
-        let mut values = vec![ConnEntry::default(); WALK_BATCH];
+        let mut keys = vec![FlowKey4::default(); WALK_BATCH];
+        let mut values = vec![ConnEntry4::default(); WALK_BATCH];
         // The hash map's cursor is a bucket index (a u32); the kernel writes the next one.
         let (mut cursor, mut next) = (0u32, 0u32);
         let mut first = true;
@@ -176,7 +178,7 @@ impl SideMaps {
 
     fn walk_flows_one_by_one(
         &self,
-        f: &mut dyn FnMut(&FlowKey, &ConnEntry),
+        f: &mut dyn FnMut(&FlowKey4, &ConnEntry4),
         on_batch: &mut dyn FnMut(usize),
     ) -> Result<usize, MapOpError> {
         let mut seen = 0;
@@ -223,7 +225,7 @@ impl SideMaps {
     }
 
     /// Deletes `keys` with `BPF_MAP_DELETE_BATCH`; a key the LRU evicted meanwhile is skipped.
-    fn delete_flows(&mut self, keys: &[FlowKey]) -> Result<(), MapOpError> {
+    fn delete_flows(&mut self, keys: &[FlowKey4]) -> Result<(), MapOpError> {
         let mut at = 0;
         while at < keys.len() {
             let rest = &keys[at..];
@@ -351,6 +353,14 @@ impl MapOps for Maps {
         self.backends
             .set(id, b, 0)
             .map_err(op_err(map_names::BACKENDS, format!("set {id}")))
+    }
+    fn put_rev(&mut self, k: &RevKey4, v: &RevService4) -> Result<(), MapOpError> {
+        self.revsvc
+            .insert(k, v, 0)
+            .map_err(op_err(map_names::REVSVC, "insert"))
+    }
+    fn del_rev(&mut self, k: &RevKey4) -> Result<(), MapOpError> {
+        deleted(self.revsvc.remove(k)).map_err(op_err(map_names::REVSVC, "remove"))
     }
     fn put_slots(&mut self, off: u32, slots: &[BackendId]) -> Result<(), MapOpError> {
         // One syscall per 64 Ki slots (BPF_MAP_UPDATE_BATCH) instead of one per slot: a
@@ -503,6 +513,11 @@ impl MapOps for Maps {
             let (k, nh) = item.map_err(op_err(map_names::ROUTES, "walk"))?;
             routes.push((k.prefix_len(), k.data(), nh));
         }
+        let revs = self
+            .revsvc
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(op_err(map_names::REVSVC, "walk"))?;
         Ok(LiveMaps {
             services,
             vips,
@@ -511,6 +526,7 @@ impl MapOps for Maps {
             pips,
             pip_revs,
             routes,
+            revs,
         })
     }
     fn read_slots(&self, off: u32, len: u32) -> Result<Vec<BackendId>, MapOpError> {

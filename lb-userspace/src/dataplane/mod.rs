@@ -16,11 +16,11 @@ use std::collections::{BTreeSet, HashMap};
 
 use lb_common::{
     acl,
-    addr::Addr,
-    flow::FlowKey,
+    addr::{Addr, v4_mapped},
+    flow::FlowKey4,
     maps::{
-        Backend, BackendId, ConnEntry, Counters, NextHop, RouteKeyData, ServiceInfo, ServiceKey,
-        VipInfo, VipKey,
+        Backend, BackendId, ConnEntry4, Counters, NextHop, RevKey4, RevService4, RouteKeyData,
+        ServiceInfo, ServiceKey, VipInfo, VipKey,
     },
 };
 
@@ -44,6 +44,9 @@ pub trait MapOps {
     fn put_vip(&mut self, k: &VipKey, v: &VipInfo) -> Result<(), MapOpError>;
     fn del_vip(&mut self, k: &VipKey) -> Result<(), MapOpError>;
     fn put_backend(&mut self, id: BackendId, b: &Backend) -> Result<(), MapOpError>;
+    /// Writes a backend endpoint's reverse-service entry (`LB_REVSVC4`).
+    fn put_rev(&mut self, k: &RevKey4, v: &RevService4) -> Result<(), MapOpError>;
+    fn del_rev(&mut self, k: &RevKey4) -> Result<(), MapOpError>;
     fn put_slots(&mut self, off: u32, slots: &[BackendId]) -> Result<(), MapOpError>;
     fn put_route(
         &mut self,
@@ -111,7 +114,7 @@ pub struct PurgeJob {
 impl PurgeJob {
     /// Whether the job deletes this flow.
     #[must_use]
-    pub fn matches(&self, k: &FlowKey, e: &ConnEntry) -> bool {
+    pub fn matches(&self, k: &FlowKey4, e: &ConnEntry4) -> bool {
         let names = |ids: &BTreeSet<BackendId>| {
             ids.contains(&e.backend) || (e.peer != 0 && ids.contains(&e.peer))
         };
@@ -126,7 +129,8 @@ impl PurgeJob {
         e.is_forward()
             && self.denied.iter().any(|(service, entries)| {
                 *service == e.service
-                    && acl::lpm(entries, &k.src).is_some_and(|x| x.action == acl::Action::Deny)
+                    && acl::lpm(entries, &v4_mapped(k.src))
+                        .is_some_and(|x| x.action == acl::Action::Deny)
             })
     }
 
@@ -162,4 +166,6 @@ pub struct LiveMaps {
     pub pip_revs: Vec<(Addr, Addr)>,
     /// `LB_ROUTES`: (prefix length, prefix, next hop).
     pub routes: Vec<(u32, Addr, NextHop)>,
+    /// `LB_REVSVC4`.
+    pub revs: Vec<(RevKey4, RevService4)>,
 }

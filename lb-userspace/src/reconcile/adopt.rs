@@ -148,7 +148,7 @@ pub fn adopt<M: MapOps + FlowPurge>(
             }
         }
         // Recorded as found (a replaced region or set shows as none, so the sync rewrites it).
-        live.services.insert(spec, info);
+        live.put_service(spec, info);
     }
     for k in &bad_keys {
         maps.del_service(k)?;
@@ -182,6 +182,7 @@ pub fn adopt<M: MapOps + FlowPurge>(
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
+    live.revs = found.revs.iter().copied().collect();
     // PIPs: the pairs whose two halves agree; any other half is deleted (and rewritten by the
     // sync if it is still wanted). `del_pip` removes both keys of the half's pair; the other
     // key cannot belong to a consistent pair, since a crash between the two writes of

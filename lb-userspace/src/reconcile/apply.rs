@@ -3,7 +3,13 @@
 //! half way through a plan.
 //!
 //! # Map write ordering (why a packet never sees a half-made service)
-//! * A backend's entry (`LB_BACKENDS[id]`) is written before any table slot points at it.
+//! * A backend's entry (`LB_BACKENDS[id]`) is written before any table slot points at it, and
+//!   its endpoint's reverse-service entry (`LB_REVSVC4`) before the switch that puts it in a
+//!   table: the first reply of its first flow finds it. An endpoint that a second service
+//!   starts to use is marked shared before that service's switch, so every flow of the second
+//!   service has a reverse entry of its own, while the first service's older flows are still
+//!   found through the entry, which keeps naming the first service. Entries of endpoints no
+//!   active backend uses any more are deleted after the switch and the retirements.
 //! * A service's table is written to a fresh region of `LB_RING`, then the service entry is
 //!   replaced in one `LB_SERVICES` update, which is atomic for a hash map: a packet sees either
 //!   the old region or the complete new one (a double buffer, not delta writes, so no slot is
@@ -86,6 +92,14 @@ impl<M: MapOps> Applier<'_, M> {
                 m.put_backend(id, &Backend::default())?;
                 live.retire_backend(id);
             }
+            Step::PutRev(k, v) => {
+                m.put_rev(&k, &v)?;
+                live.revs.insert(k, v);
+            }
+            Step::DelRev(k) => {
+                m.del_rev(&k)?;
+                live.revs.remove(&k);
+            }
             Step::PutSlots(off, slots) => {
                 m.put_slots(off, &slots)?;
                 live.regions.insert(off, slots);
@@ -100,11 +114,11 @@ impl<M: MapOps> Applier<'_, M> {
             }
             Step::PutService(spec, info) => {
                 m.put_service(&spec.key(), &info)?;
-                live.services.insert(spec, info);
+                live.put_service(spec, info);
             }
             Step::DelService(spec) => {
                 m.del_service(&spec.key())?;
-                live.services.remove(&spec);
+                live.del_service(&spec);
             }
             Step::PutVip(ip, info) => {
                 m.put_vip(

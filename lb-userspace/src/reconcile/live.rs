@@ -10,7 +10,7 @@ use std::{
 use lb_common::{
     acl,
     addr::{self, Addr},
-    maps::{Backend, BackendId, NextHop, ServiceInfo, VipInfo},
+    maps::{Backend, BackendId, NextHop, RevKey4, RevService4, ServiceInfo, VipInfo},
 };
 
 use crate::spec::{Proto, ServiceSpec};
@@ -18,8 +18,11 @@ use crate::spec::{Proto, ServiceSpec};
 /// The maps as the agent knows them to be.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Live {
-    /// `LB_SERVICES`, by service.
+    /// `LB_SERVICES`, by service (change it with [`Self::put_service`] and
+    /// [`Self::del_service`], which keep [`Self::spec_of`] in step).
     pub services: BTreeMap<ServiceSpec, ServiceInfo>,
+    /// The service of each live service id (an index of `services`).
+    ids: HashMap<u32, ServiceSpec>,
     /// `LB_VIPS`, by address.
     pub vips: BTreeMap<IpAddr, VipInfo>,
     /// The active entries of `LB_BACKENDS` (an inactive entry is as good as none).
@@ -34,6 +37,11 @@ pub struct Live {
     pub pips: HashMap<IpAddr, (IpAddr, NextHop)>,
     /// `LB_ROUTES`: (prefix length in map form, prefix) → next hop.
     pub routes: HashMap<(u32, Addr), NextHop>,
+    /// `LB_REVSVC4`, by backend endpoint.
+    pub revs: HashMap<RevKey4, RevService4>,
+    /// The active backend entries at each IPv4 backend endpoint (address, port, protocol),
+    /// over all services (an index of `backends`).
+    pub by_endpoint: HashMap<RevKey4, std::collections::BTreeSet<BackendId>>,
 }
 
 /// Every service of one VIP address, as a range of the (address, port, protocol) order:
@@ -51,6 +59,13 @@ pub fn vip_range(ip: IpAddr) -> std::ops::RangeInclusive<ServiceSpec> {
 #[must_use]
 pub fn backend_addr(b: &Backend) -> SocketAddr {
     SocketAddr::new(addr::to_ip(&b.addr), u16::from_be_bytes(b.port))
+}
+
+/// A backend entry's endpoint, the key of its reverse-service entry (`None` for IPv6, which the
+/// fast path does not serve yet).
+#[must_use]
+pub fn endpoint(b: &Backend) -> Option<RevKey4> {
+    addr::as_v4(&b.addr).map(|a| RevKey4::of(a, b.port, b.proto))
 }
 
 impl Live {
@@ -95,10 +110,38 @@ impl Live {
         self.services.range(vip_range(ip))
     }
 
+    /// The live service of a service id.
+    #[must_use]
+    pub fn spec_of(&self, id: u32) -> Option<&ServiceSpec> {
+        self.ids.get(&id)
+    }
+
+    /// Records a service entry written.
+    pub fn put_service(&mut self, spec: ServiceSpec, info: ServiceInfo) {
+        if let Some(old) = self.services.insert(spec, info)
+            && old.id != info.id
+            && self.ids.get(&old.id) == Some(&spec)
+        {
+            self.ids.remove(&old.id);
+        }
+        self.ids.insert(info.id, spec);
+    }
+
+    /// Records a service entry deleted.
+    pub fn del_service(&mut self, spec: &ServiceSpec) {
+        if let Some(old) = self.services.remove(spec)
+            && self.ids.get(&old.id) == Some(spec)
+        {
+            self.ids.remove(&old.id);
+        }
+    }
+
     /// Records an active entry (a new backend, or a new next hop for one).
     pub fn put_backend(&mut self, id: BackendId, b: Backend) {
         if let Some(old) = self.backends.insert(id, b)
-            && (old.service != b.service || backend_addr(&old) != backend_addr(&b))
+            && (old.service != b.service
+                || backend_addr(&old) != backend_addr(&b)
+                || old.proto != b.proto)
         {
             self.unindex(id, &old);
         }
@@ -106,6 +149,9 @@ impl Live {
             .entry(b.service)
             .or_default()
             .insert(backend_addr(&b), id);
+        if let Some(ep) = endpoint(&b) {
+            self.by_endpoint.entry(ep).or_default().insert(id);
+        }
     }
 
     /// Records an entry marked inactive.
@@ -116,6 +162,14 @@ impl Live {
     }
 
     fn unindex(&mut self, id: BackendId, b: &Backend) {
+        if let Some(ep) = endpoint(b)
+            && let Some(ids) = self.by_endpoint.get_mut(&ep)
+        {
+            ids.remove(&id);
+            if ids.is_empty() {
+                self.by_endpoint.remove(&ep);
+            }
+        }
         if let Some(m) = self.by_service.get_mut(&b.service) {
             if m.get(&backend_addr(b)) == Some(&id) {
                 m.remove(&backend_addr(b));

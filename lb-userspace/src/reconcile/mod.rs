@@ -295,6 +295,8 @@ impl<M: MapOps> Reconciler<M> {
         let p = self.plan_with_grace(|i, a| plan::service(spec, i, a))?;
         let ip = spec.vip.ip();
         let new_service = p.fresh.service;
+        let sid = new_service.or_else(|| self.live.services.get(spec).map(|i| i.id));
+        let mut eps = sid.map_or_else(BTreeSet::new, |id| plan::endpoints_of(id, &self.live));
         let fresh = p.fresh.clone();
         let Plan {
             prepare,
@@ -304,6 +306,13 @@ impl<M: MapOps> Reconciler<M> {
         } = p;
         let r = (|| -> Result<(), ChangeError> {
             self.run(prepare, writes)?;
+            // The endpoints' reverse-service entries, for the backends the switch brings.
+            if let Some(id) = sid {
+                let now = plan::endpoints_of(id, &self.live);
+                let steps = plan::replies(&now, &self.live, Some((id, spec)));
+                eps.extend(now);
+                self.run(steps, writes)?;
+            }
             let before =
                 self.plan_with_grace(|i, a| plan::vip(ip, Phase::Before { new_service }, i, a))?;
             self.run_plan(before, writes)?;
@@ -315,6 +324,11 @@ impl<M: MapOps> Reconciler<M> {
             if let Err(e) = self.run(orphans, writes) {
                 tracing::warn!(error = %e, "retiring the entries of a failed plan failed");
             }
+            // Entries written for backends the failed plan gave back name them no more.
+            let steps = plan::replies(&eps, &self.live, None);
+            if let Err(e) = self.run(steps, writes) {
+                tracing::warn!(error = %e, "restoring reverse-service entries failed");
+            }
             return Err(e);
         }
         let mut first: Option<ChangeError> = None;
@@ -322,6 +336,11 @@ impl<M: MapOps> Reconciler<M> {
             if let Err(e) = self.run(vec![s], writes) {
                 first.get_or_insert(e.into());
             }
+        }
+        // What the switch and the retirements left of the endpoints' entries.
+        let steps = plan::replies(&eps, &self.live, None);
+        if let Err(e) = self.run(steps, writes) {
+            first.get_or_insert(e.into());
         }
         match self.plan_with_grace(|i, a| plan::vip(ip, Phase::After, i, a)) {
             Ok(p) => {
@@ -357,6 +376,10 @@ impl<M: MapOps> Reconciler<M> {
             .map(|(id, _)| *id)
             .collect();
         orphans.sort_unstable();
+        let eps: BTreeSet<_> = orphans
+            .iter()
+            .filter_map(|id| self.live.backends.get(id).and_then(live::endpoint))
+            .collect();
         let steps = orphans
             .into_iter()
             .flat_map(|id| {
@@ -369,6 +392,9 @@ impl<M: MapOps> Reconciler<M> {
                 ]
             })
             .collect();
+        self.run(steps, writes)?;
+        // Their endpoints' reverse-service entries name a remaining user, or go.
+        let steps = plan::replies(&eps, &self.live, None);
         self.run(steps, writes)
     }
 
@@ -574,6 +600,10 @@ impl<M: MapOps> Reconciler<M> {
             }
         }
         self.run(retire, &mut writes)?;
+        // Reverse-service entries of endpoints no service uses any more (an earlier agent's).
+        let eps = self.live.revs.keys().copied().collect();
+        let steps = plan::replies(&eps, &self.live, None);
+        self.run(steps, &mut writes)?;
         for (aid, prefixes) in left.acl_sets {
             self.alloc.defer(Deferred::Acl(aid, prefixes));
         }

@@ -19,8 +19,8 @@ use lb_common::{
     addr::{self, Addr},
     maglev::{TableBackend, build_table},
     maps::{
-        BACKEND_F_ACTIVE, Backend, BackendId, NextHop, ServiceInfo, VIP_F_HAIRPIN_SNAT,
-        VIP_F_NO_ECHO, VipInfo,
+        BACKEND_F_ACTIVE, Backend, BackendId, NextHop, REV_F_SHARED, RevKey4, RevService4,
+        SVC_F_INTERNAL, ServiceInfo, VIP_F_HAIRPIN_SNAT, VIP_F_NO_ECHO, VipInfo,
     },
 };
 
@@ -63,6 +63,9 @@ pub enum Step {
     },
     PutRoute(u32, Addr, NextHop),
     DelRoute(u32, Addr),
+    /// A backend endpoint's reverse-service entry.
+    PutRev(RevKey4, RevService4),
+    DelRev(RevKey4),
     /// Not a write: release this after the grace period, counted from here.
     Defer(Deferred),
     /// Not a write: the service id is free for reuse (its counters are zeroed on reuse).
@@ -182,16 +185,74 @@ pub struct Inputs<'a> {
     pub hops: &'a Hops,
 }
 
-/// An active backend entry.
+/// An active backend entry of a service whose protocol is `proto`.
 #[must_use]
-pub fn backend_entry(service: u32, addr: SocketAddr, nh: NextHop) -> Backend {
+pub fn backend_entry(service: u32, addr: SocketAddr, proto: u8, nh: NextHop) -> Backend {
     Backend {
         addr: addr::from_ip(addr.ip()),
         port: addr.port().to_be_bytes(),
         flags: BACKEND_F_ACTIVE,
+        proto,
         nh,
         service,
     }
+}
+
+/// The endpoints (reverse-service keys) of a service id's active backends.
+#[must_use]
+pub fn endpoints_of(service_id: u32, live: &Live) -> BTreeSet<RevKey4> {
+    live.backends_of(service_id)
+        .into_iter()
+        .flat_map(|m| m.values())
+        .filter_map(|id| live.backends.get(id).and_then(super::live::endpoint))
+        .collect()
+}
+
+/// The plan that keeps `LB_REVSVC4[ep]` in step with the active backends at each endpoint in
+/// `eps`: none, the entry deleted; one or more, an entry naming one of them (the one it names
+/// already if it is still there, so the flows it serves keep being found; else the lowest id),
+/// marked shared when there are several. `pending` is a service whose entry is not written yet
+/// (a new service before its switch), by id.
+#[must_use]
+pub fn replies(
+    eps: &BTreeSet<RevKey4>,
+    live: &Live,
+    pending: Option<(u32, &ServiceSpec)>,
+) -> Vec<Step> {
+    let mut steps = Vec::new();
+    for ep in eps {
+        let cur = live.revs.get(ep);
+        let Some(users) = live.by_endpoint.get(ep).filter(|u| !u.is_empty()) else {
+            if cur.is_some() {
+                steps.push(Step::DelRev(*ep));
+            }
+            continue;
+        };
+        let primary = cur
+            .map(|r| r.backend)
+            .filter(|b| users.contains(b))
+            .or_else(|| users.first().copied());
+        let Some((id, b)) = primary.and_then(|id| live.backends.get(&id).map(|b| (id, b))) else {
+            continue;
+        };
+        let spec = live
+            .spec_of(b.service)
+            .or(pending.filter(|(sid, _)| *sid == b.service).map(|(_, s)| s));
+        let Some(IpAddr::V4(vip)) = spec.map(|s| s.vip.ip()) else {
+            continue;
+        };
+        let want = RevService4 {
+            vip: vip.octets(),
+            vport: spec.map_or(0, |s| s.vip.port()).to_be_bytes(),
+            flags: if users.len() > 1 { REV_F_SHARED } else { 0 },
+            service: b.service,
+            backend: id,
+        };
+        if cur != Some(&want) {
+            steps.push(Step::PutRev(*ep, want));
+        }
+    }
+    steps
 }
 
 /// An endpoint's rules as the ACL compiler takes them.
@@ -290,7 +351,7 @@ fn build(
             prepare.push(Step::ZeroBackendStats(b));
             prepare.push(Step::PutBackend(
                 b,
-                backend_entry(id, *addr, i.hops.next_hop(addr.ip())),
+                backend_entry(id, *addr, spec.proto.number(), i.hops.next_hop(addr.ip())),
             ));
             b
         };
@@ -357,7 +418,11 @@ fn build(
         id,
         table_off,
         table_len,
-        flags: 0,
+        flags: if want.settings.internal.is_empty() {
+            0
+        } else {
+            SVC_F_INTERNAL
+        },
         acl_id,
     };
     let mut after = Vec::new();

@@ -18,10 +18,9 @@ use std::{
 use anyhow::{Context as _, ensure};
 use aya::maps::{HashMap, Map, MapData};
 use lb_common::{
-    addr,
     consts::map_names,
-    flow::{FlowKey, proto},
-    maps::{CONN_FORWARD, ConnEntry},
+    flow::{FlowKey4, proto},
+    maps::ConnEntry4,
     verdict::Reason,
 };
 use serde_json::{Value, json};
@@ -210,23 +209,18 @@ fn point(x: u64, config: String, planted: u64, syn: bool, runs: u32) -> anyhow::
 fn plant(ns: &crate::netns::Netns, n: u64) -> anyhow::Result<()> {
     let data = MapData::from_pin(pin_dir(ns).join(map_names::CONNTRACK))
         .context("open the pinned conntrack map")?;
-    let mut ct: HashMap<_, FlowKey, ConnEntry> = HashMap::try_from(Map::LruHashMap(data))?;
-    let entry = ConnEntry {
-        kind: CONN_FORWARD,
-        backend: 1,
-        ..ConnEntry::default()
-    };
+    let mut ct: HashMap<_, FlowKey4, ConnEntry4> = HashMap::try_from(Map::LruHashMap(data))?;
+    let entry = ConnEntry4::forward(1, 0, 0);
     for i in 0..n {
         let host = u8::try_from(100 + i % 150).expect("small");
         let port = u16::try_from(1024 + i / 150).expect("below 65536 for n ≤ 9.6M");
-        let key = FlowKey {
-            src: addr::v4_mapped([198, 51, 100, host]),
-            dst: addr::v4_mapped(VIP.octets()),
-            sport: port.to_be_bytes(),
-            dport: 80u16.to_be_bytes(),
-            proto: proto::TCP,
-            _pad: [0; 3],
-        };
+        let key = FlowKey4::of(
+            [198, 51, 100, host],
+            VIP.octets(),
+            port.to_be_bytes(),
+            80u16.to_be_bytes(),
+            proto::TCP,
+        );
         ct.insert(key, entry, 0)?;
     }
     Ok(())

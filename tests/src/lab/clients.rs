@@ -86,9 +86,27 @@ impl Lab {
         port: u16,
         timeout: Duration,
     ) -> anyhow::Result<HttpConn> {
+        self.http_connect_between(
+            std::net::SocketAddrV4::new(src, 0),
+            std::net::SocketAddrV4::new(VIP, port),
+            timeout,
+        )
+    }
+
+    /// A connection from the client, from a chosen source address and port (0: any; a port in
+    /// TIME_WAIT may be reused), to any `dst`.
+    ///
+    /// # Errors
+    /// The connection cannot be made within `timeout`.
+    pub fn http_connect_between(
+        &self,
+        src: std::net::SocketAddrV4,
+        dst: std::net::SocketAddrV4,
+        timeout: Duration,
+    ) -> anyhow::Result<HttpConn> {
         let s = self
             .client
-            .enter(move || connect_from(src, SocketAddr::new(IpAddr::V4(VIP), port), timeout))?;
+            .enter(move || connect_from(src, SocketAddr::V4(dst), timeout))?;
         s.set_read_timeout(Some(IO_TIMEOUT))?;
         s.set_write_timeout(Some(IO_TIMEOUT))?;
         Ok(HttpConn {
@@ -170,7 +188,11 @@ impl Lab {
 }
 
 /// A TCP connection bound to `src` (std cannot bind before connecting).
-fn connect_from(src: Ipv4Addr, dst: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+fn connect_from(
+    src: std::net::SocketAddrV4,
+    dst: SocketAddr,
+    timeout: Duration,
+) -> std::io::Result<TcpStream> {
     use std::os::fd::FromRawFd as _;
     let SocketAddr::V4(dst) = dst else {
         return Err(std::io::Error::other("IPv4 only"));
@@ -191,7 +213,18 @@ fn connect_from(src: Ipv4Addr, dst: SocketAddr, timeout: Duration) -> std::io::R
             return Err(std::io::Error::last_os_error());
         }
         let stream = TcpStream::from_raw_fd(fd);
-        let local = sin(std::net::SocketAddrV4::new(src, 0));
+        let one: libc::c_int = 1;
+        if libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&raw const one).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        let local = sin(src);
         if libc::bind(fd, (&raw const local).cast(), len) != 0 {
             return Err(std::io::Error::last_os_error());
         }
@@ -380,6 +413,21 @@ impl HttpConn {
         self.stream.read_exact(&mut body)?;
         let peer = peer.context("no X-Peer header")?;
         Ok((String::from_utf8_lossy(&body).trim().to_owned(), peer))
+    }
+
+    /// Closes the connection in order: our FIN, then the server's, read to the end (bounded by
+    /// the read timeout), so both directions are closed when this returns.
+    ///
+    /// # Errors
+    /// The shutdown or the read fails, or data arrives instead of the end.
+    pub fn close(mut self) -> anyhow::Result<()> {
+        self.stream.get_ref().shutdown(std::net::Shutdown::Write)?;
+        let mut rest = Vec::new();
+        self.stream.read_to_end(&mut rest)?;
+        if !rest.is_empty() {
+            bail!("{} bytes after the last response", rest.len());
+        }
+        Ok(())
     }
 
     /// The local (client) address of the connection.

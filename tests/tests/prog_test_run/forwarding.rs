@@ -15,6 +15,17 @@ fn tcp_flow_is_balanced_tracked_and_reverse_natted() {
             Some(&syn.dnat(be, LB_MAC, mac_of(be))),
             Reason::Forward,
         );
+        // The SYN-ACK from the chosen backend goes back from the VIP to the client's MAC.
+        let mut reply = Frame::tcp(be, CLIENT, TCP_SYN | TCP_ACK);
+        reply.smac = mac_of(be);
+        reply.dmac = LB_MAC;
+        fx.check(
+            "SYN-ACK from backend",
+            &reply,
+            XDP_TX,
+            Some(&reply.snat(vip80, LB_MAC, CLIENT_MAC)),
+            Reason::Reply,
+        );
         let ack = Frame::tcp(CLIENT, vip80, TCP_ACK);
         fx.check(
             "ACK of the same flow",
@@ -23,19 +34,22 @@ fn tcp_flow_is_balanced_tracked_and_reverse_natted() {
             Some(&ack.dnat(be, LB_MAC, mac_of(be))),
             Reason::Forward,
         );
-
-        // The reply from the chosen backend goes back from the VIP to the client's MAC.
-        let mut reply = Frame::tcp(be, CLIENT, TCP_SYN | TCP_ACK);
-        reply.smac = mac_of(be);
-        reply.dmac = LB_MAC;
+        // The other backend, from the same port to the same client: not this flow's reply.
+        let other = if be == SocketAddrV4::new(B1, 80) {
+            SocketAddrV4::new(B2, 8080)
+        } else {
+            SocketAddrV4::new(B1, 80)
+        };
+        let mut stray = Frame::tcp(other, CLIENT, TCP_ACK);
+        stray.smac = mac_of(other);
+        stray.dmac = LB_MAC;
         fx.check(
-            "reply from backend",
-            &reply,
-            XDP_TX,
-            Some(&reply.snat(vip80, LB_MAC, CLIENT_MAC)),
-            Reason::Reply,
+            "ACK from the other backend",
+            &stray,
+            XDP_PASS,
+            None,
+            Reason::PassNotReply,
         );
-
         let views = fx.h.rec.handle(Request::Query(Query::VipList)).response;
         let json = serde_json::to_value(&views).unwrap();
         let svc = json["vips"]
@@ -51,6 +65,172 @@ fn tcp_flow_is_balanced_tracked_and_reverse_natted() {
             "the ACK must hit conntrack: {svc}"
         );
         assert_eq!(svc["counters"]["reply_packets"], 1, "{svc}");
+    });
+}
+
+/// The bug a new user found: a VIP flow from client port P to a backend, then a connection
+/// from the same port straight to that backend. Its SYN-ACK is not the VIP flow's (the client's
+/// last packet through the VIP was not a SYN), so it passes untouched, and from then on nothing
+/// of that connection is rewritten to the VIP (which made the client reset it).
+#[test]
+fn a_port_reused_to_reach_the_backend_directly_is_not_hijacked() {
+    with_fixture(|fx| {
+        let vip80 = SocketAddrV4::new(VIP, 82);
+        let be = SocketAddrV4::new(B2, 8082);
+        let from_be = |flags| {
+            let mut f = Frame::tcp(be, CLIENT, flags);
+            f.smac = mac_of(be);
+            f.dmac = LB_MAC;
+            f
+        };
+        let syn = Frame::tcp(CLIENT, vip80, TCP_SYN);
+        fx.check(
+            "SYN",
+            &syn,
+            XDP_TX,
+            Some(&syn.dnat(be, LB_MAC, mac_of(be))),
+            Reason::Forward,
+        );
+        let sa = from_be(TCP_SYN | TCP_ACK);
+        fx.check(
+            "SYN-ACK",
+            &sa,
+            XDP_TX,
+            Some(&sa.snat(vip80, LB_MAC, CLIENT_MAC)),
+            Reason::Reply,
+        );
+        for (what, flags) in [("ACK", TCP_ACK), ("FIN", TCP_FIN | TCP_ACK)] {
+            let f = Frame::tcp(CLIENT, vip80, flags);
+            fx.check(
+                what,
+                &f,
+                XDP_TX,
+                Some(&f.dnat(be, LB_MAC, mac_of(be))),
+                Reason::Forward,
+            );
+        }
+        let fin = from_be(TCP_FIN | TCP_ACK);
+        fx.check(
+            "backend FIN",
+            &fin,
+            XDP_TX,
+            Some(&fin.snat(vip80, LB_MAC, CLIENT_MAC)),
+            Reason::Reply,
+        );
+        // The client connects to the backend directly from the same port: the backend's
+        // SYN-ACK and everything after it pass to the kernel untouched.
+        for (what, flags) in [
+            ("direct SYN-ACK", TCP_SYN | TCP_ACK),
+            ("direct data", TCP_ACK | TCP_PSH),
+            ("direct FIN", TCP_FIN | TCP_ACK),
+        ] {
+            fx.check(what, &from_be(flags), XDP_PASS, None, Reason::PassNotReply);
+        }
+        // A new connection through the VIP from that port is a new flow again.
+        fx.check(
+            "new SYN",
+            &syn,
+            XDP_TX,
+            Some(&syn.dnat(be, LB_MAC, mac_of(be))),
+            Reason::Forward,
+        );
+        fx.check(
+            "its SYN-ACK",
+            &sa,
+            XDP_TX,
+            Some(&sa.snat(vip80, LB_MAC, CLIENT_MAC)),
+            Reason::Reply,
+        );
+    });
+}
+
+/// Flag combinations no stack sends are dropped before any lookup; a RST or FIN of a flow
+/// the LB does not track is forwarded by the table but creates no entry, so the backend's
+/// answer to it is not taken for a reply.
+#[test]
+fn bad_tcp_flags_are_dropped_and_stray_teardowns_are_not_tracked() {
+    with_fixture(|fx| {
+        let vip80 = SocketAddrV4::new(VIP, 80);
+        for (what, flags) in [
+            ("SYN+FIN", TCP_SYN | TCP_FIN),
+            ("SYN+RST", TCP_SYN | TCP_RST),
+            ("no flags", 0),
+            ("Xmas", TCP_FIN | TCP_PSH | TCP_URG),
+        ] {
+            let f = Frame::tcp(CLIENT, vip80, flags);
+            fx.check(what, &f, XDP_DROP, None, Reason::DropTcpFlags);
+        }
+        for (port, flags) in [(41000, TCP_RST), (41001, TCP_FIN | TCP_ACK)] {
+            let src = SocketAddrV4::new(*CLIENT.ip(), port);
+            let be = SocketAddrV4::new(B2, 8082);
+            let f = Frame::tcp(src, SocketAddrV4::new(VIP, 82), flags);
+            fx.check(
+                "stray teardown",
+                &f,
+                XDP_TX,
+                Some(&f.dnat(be, LB_MAC, mac_of(be))),
+                Reason::Forward,
+            );
+            let mut back = Frame::tcp(be, src, TCP_RST | TCP_ACK);
+            back.smac = mac_of(be);
+            back.dmac = LB_MAC;
+            fx.check(
+                "the backend's answer",
+                &back,
+                XDP_PASS,
+                None,
+                Reason::PassNotOurs,
+            );
+        }
+    });
+}
+
+/// A flow closed longer ago than the close timeout no longer translates replies: an entry
+/// planted as closed at boot time (the clock's second 0) is far past it.
+#[test]
+fn a_flow_closed_long_ago_translates_no_reply() {
+    with_fixture(|fx| {
+        let vip80 = SocketAddrV4::new(VIP, 82);
+        let be = SocketAddrV4::new(B2, 8082);
+        let syn = Frame::tcp(CLIENT, vip80, TCP_SYN);
+        fx.check(
+            "SYN",
+            &syn,
+            XDP_TX,
+            Some(&syn.dnat(be, LB_MAC, mac_of(be))),
+            Reason::Forward,
+        );
+        let key = FlowKey4::new(CLIENT, vip80, proto::TCP);
+        let mut e = fx.h.flow(&key).expect("the SYN is tracked");
+        e.tcp = lb_common::conn::CT_RST;
+        e.closed_s = 0;
+        fx.h.plant_flow(&key, &e);
+        let mut ack = Frame::tcp(be, CLIENT, TCP_ACK);
+        ack.smac = mac_of(be);
+        ack.dmac = LB_MAC;
+        fx.check(
+            "reply of the closed flow",
+            &ack,
+            XDP_PASS,
+            None,
+            Reason::PassNotReply,
+        );
+        // Its client's next packet is re-picked from the table (same backend), tracked anew.
+        let data = Frame::tcp(CLIENT, vip80, TCP_ACK);
+        fx.check(
+            "client data",
+            &data,
+            XDP_TX,
+            Some(&data.dnat(be, LB_MAC, mac_of(be))),
+            Reason::Forward,
+        );
+        fx.check(
+            "reply again",
+            &ack,
+            XDP_TX,
+            Some(&ack.snat(vip80, LB_MAC, CLIENT_MAC)),
+            Reason::Reply,
+        );
     });
 }
 

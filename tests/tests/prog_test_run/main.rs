@@ -12,7 +12,7 @@ use std::{
 
 use lb_common::{
     addr,
-    flow::{FlowKey, proto},
+    flow::{FlowKey4, proto},
     hash::flow_hash,
     maglev::{TableBackend, build_table, slot},
     maps::{HAIRPIN_PORT_TRIES, hairpin_port},
@@ -24,7 +24,9 @@ use lb_integration::{
         pin_dir,
     },
     netns::Netns,
-    packet::{CLIENT_MAC, Frame, L4, LB_MAC, TCP_ACK, TCP_SYN, hex},
+    packet::{
+        CLIENT_MAC, Frame, L4, LB_MAC, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, TCP_URG, hex,
+    },
 };
 use lb_userspace::{
     api::{Query, Request, Response},
@@ -110,6 +112,13 @@ backends = ["192.0.2.11"]
 table_size = 251
 internal = ["198.51.100.0/26"]
 hairpin = "snat"
+
+# One backend endpoint of one service, without a PIP: replies are matched through its
+# reverse-service entry alone.
+[[service]]
+vip = "203.0.113.10:82/tcp"
+backends = ["192.0.2.12:8082"]
+table_size = 251
 
 # A VIP that does not answer pings.
 [[service]]
@@ -204,7 +213,6 @@ impl Fixture {
         let before = self.counts();
         let bytes = input.build();
         let (got, out) = self.run(&bytes);
-        assert_eq!(got, action, "{what}: action");
         let after = self.counts();
         for r in ALL_REASONS {
             let d = after[r as usize] - before[r as usize];
@@ -216,6 +224,7 @@ impl Fixture {
                 r.name()
             );
         }
+        assert_eq!(got, action, "{what}: action");
         match output {
             Some(f) => assert_eq!(
                 hex(&out),
@@ -231,7 +240,7 @@ impl Fixture {
 
     /// The backend `lb-common`'s model picks for a flow of the 80/tcp service.
     fn model_pick(&self, src: SocketAddrV4, dport: u16) -> SocketAddrV4 {
-        let flow = FlowKey::new(src.into(), SocketAddrV4::new(VIP, dport).into(), proto::TCP);
+        let flow = FlowKey4::new(src, SocketAddrV4::new(VIP, dport), proto::TCP);
         let bs = [(1, B1, 80u16), (2, B2, 8080)];
         let tb: Vec<TableBackend> = bs
             .iter()

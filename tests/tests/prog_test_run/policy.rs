@@ -136,7 +136,7 @@ fn hairpin_snat_translates_both_ways_and_picks_free_ports() {
         let server = SocketAddrV4::new(B2, 8080);
         let seed = fx.seed;
         let cand = move |sport: u16, attempt: u32| {
-            let flow = FlowKey::new(SocketAddrV4::new(B1, sport).into(), vip.into(), proto::TCP);
+            let flow = FlowKey4::new(SocketAddrV4::new(B1, sport), vip, proto::TCP);
             hairpin_port(flow_hash(&flow, seed), attempt)
         };
         // The frames of one hairpin flow from B1:sport that should get SNAT port `port`.

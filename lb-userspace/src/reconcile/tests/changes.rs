@@ -155,10 +155,12 @@ fn a_table_change_is_a_double_buffered_swap() {
         },
     );
     let ops = r.maps().ops.clone();
-    // New backend entry, then a whole new region, then the one switching write.
+    // New backend entry, then a whole new region and the endpoint's reverse-service entry,
+    // then the one switching write.
     let [
         Op::Backend(id, true),
         Op::Slots(off, 251),
+        Op::Rev(_, Some(rev)),
         Op::Service(info),
     ] = ops.as_slice()
     else {
@@ -169,6 +171,7 @@ fn a_table_change_is_a_double_buffered_swap() {
         off.abs_diff(live.table_off) >= 251,
         "the new table overlaps the live one"
     );
+    assert_eq!(rev.backend, *id);
     assert!(r.maps().ring.values().any(|s| s == id));
     assert_tables_point_at_live_backends(r.maps());
 }
@@ -190,6 +193,7 @@ fn a_removed_backend_is_retired_only_after_the_switch() {
         Op::Slots(..),
         Op::Service(_),
         Op::Backend(id, false),
+        Op::Rev(_, None),
         Op::Purge(p),
     ] = ops.as_slice()
     else {
@@ -766,4 +770,98 @@ fn pips_map_one_to_one_and_follow_next_hops() {
         },
     );
     assert!(r.maps().pips.is_empty());
+}
+
+/// The reverse-service entry of a backend endpoint: written before the switch that gives the
+/// backend its first flow, marked shared (still naming the first service) before a second
+/// service's switch brings the same endpoint, handed to the remaining service when the first
+/// goes, and deleted with the last.
+#[test]
+fn reverse_service_entries_follow_the_backend_endpoints() {
+    use lb_common::maps::{REV_F_SHARED, RevKey4};
+    let mut rc = rec(1 << 16);
+    let ep = RevKey4::of([192, 0, 2, 11], 80u16.to_be_bytes(), 6);
+    let other = RevKey4::of([192, 0, 2, 12], 80u16.to_be_bytes(), 6);
+    add(&mut rc, WEB, &["192.0.2.11:80", "192.0.2.12:80"]);
+    let m = rc.maps();
+    let web = m.services[&spec(WEB).key()];
+    for k in [ep, other] {
+        let e = m.revs[&k];
+        assert_eq!(
+            (e.vip, e.vport, e.flags, e.service),
+            ([203, 0, 113, 10], 80u16.to_be_bytes(), 0, web.id)
+        );
+        assert_eq!(m.backends[&e.backend].port, 80u16.to_be_bytes());
+    }
+    // Each entry was written after its backend's entry and before the switch that followed.
+    for k in [ep, other] {
+        let id = m.revs[&k].backend;
+        let be = m
+            .ops
+            .iter()
+            .position(|o| *o == Op::Backend(id, true))
+            .unwrap();
+        let at = m
+            .ops
+            .iter()
+            .position(|o| matches!(o, Op::Rev(at, Some(_)) if *at == k))
+            .unwrap();
+        let switch = be
+            + m.ops[be..]
+                .iter()
+                .position(|o| matches!(o, Op::Service(_)))
+                .unwrap();
+        assert!(be < at && at < switch, "{:?}", m.ops);
+    }
+
+    let second = "203.0.113.11:80/tcp";
+    rc.maps_mut().ops.clear();
+    add(&mut rc, second, &["192.0.2.11:80"]);
+    let m = rc.maps();
+    let e = m.revs[&ep];
+    assert_eq!(
+        (e.vip, e.flags, e.service),
+        ([203, 0, 113, 10], REV_F_SHARED, web.id)
+    );
+    let marked = m
+        .ops
+        .iter()
+        .position(|o| matches!(o, Op::Rev(k, Some(v)) if *k == ep && v.flags == REV_F_SHARED))
+        .unwrap();
+    let switched = m
+        .ops
+        .iter()
+        .position(|o| matches!(o, Op::Service(i) if i.table_len > 0))
+        .unwrap();
+    assert!(marked < switched, "{:?}", m.ops);
+    assert_eq!(m.revs[&other].flags, 0);
+    // The same address and port over UDP is another endpoint.
+    add(&mut rc, "203.0.113.10:80/udp", &["192.0.2.11:80"]);
+    assert_eq!(rc.maps().revs[&ep].flags, REV_F_SHARED);
+    assert_eq!(
+        rc.maps().revs[&RevKey4::of([192, 0, 2, 11], 80u16.to_be_bytes(), 17)].flags,
+        0
+    );
+
+    ok(
+        &mut rc,
+        Req::VipDel {
+            service: WEB.into(),
+        },
+    );
+    let m = rc.maps();
+    let sid = m.services[&spec(second).key()].id;
+    let e = m.revs[&ep];
+    assert_eq!((e.vip, e.flags, e.service), ([203, 0, 113, 11], 0, sid));
+    assert!(
+        !m.revs.contains_key(&other),
+        "the endpoint no service uses is gone"
+    );
+    ok(
+        &mut rc,
+        Req::VipDel {
+            service: second.into(),
+        },
+    );
+    assert!(!rc.maps().revs.contains_key(&ep));
 }

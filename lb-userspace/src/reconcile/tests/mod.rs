@@ -13,7 +13,10 @@ use std::{collections::HashMap, net::IpAddr};
 use lb_common::{
     acl,
     addr::{self, Addr},
-    maps::{Backend, BackendId, Counters, NextHop, ServiceInfo, ServiceKey, VipInfo, VipKey},
+    maps::{
+        Backend, BackendId, Counters, NextHop, RevKey4, RevService4, ServiceInfo, ServiceKey,
+        VipInfo, VipKey,
+    },
     verdict::ALL_REASONS,
 };
 
@@ -29,6 +32,8 @@ pub enum Op {
     DelService,
     Backend(BackendId, bool),
     Slots(u32, u32),
+    /// A reverse-service entry written (`Some`) or deleted.
+    Rev(RevKey4, Option<RevService4>),
     /// The flows of a backend id purged (one op per id of a purge job).
     Purge(BackendId),
     Acl(u32, bool),
@@ -47,6 +52,7 @@ pub struct FakeMaps {
     pub routes: HashMap<(u32, Addr), NextHop>,
     pub acl: HashMap<(u32, acl::Prefix), acl::Entry>,
     pub pips: HashMap<Addr, (Addr, NextHop)>,
+    pub revs: HashMap<RevKey4, RevService4>,
     /// Tracked flows, by the backend id each names.
     pub flows: Vec<BackendId>,
     pub ops: Vec<Op>,
@@ -99,6 +105,18 @@ impl MapOps for FakeMaps {
         self.backends.insert(id, *b);
         Ok(())
     }
+    fn put_rev(&mut self, k: &RevKey4, v: &RevService4) -> Result<(), MapOpError> {
+        self.write()?;
+        self.ops.push(Op::Rev(*k, Some(*v)));
+        self.revs.insert(*k, *v);
+        Ok(())
+    }
+    fn del_rev(&mut self, k: &RevKey4) -> Result<(), MapOpError> {
+        self.write()?;
+        self.ops.push(Op::Rev(*k, None));
+        self.revs.remove(k);
+        Ok(())
+    }
     fn put_slots(&mut self, off: u32, slots: &[BackendId]) -> Result<(), MapOpError> {
         self.write()?;
         self.ops.push(Op::Slots(off, slots.len() as u32));
@@ -135,6 +153,7 @@ impl MapOps for FakeMaps {
     }
     fn read_live(&self) -> Result<LiveMaps, MapOpError> {
         Ok(LiveMaps {
+            revs: self.revs.iter().map(|(k, v)| (*k, *v)).collect(),
             services: self.services.iter().map(|(k, v)| (*k, *v)).collect(),
             vips: self.vips.iter().map(|(k, v)| (*k, *v)).collect(),
             backends: self

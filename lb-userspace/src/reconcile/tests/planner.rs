@@ -299,7 +299,7 @@ fn routes_and_next_hops_write_only_what_differs() {
     );
     assert_eq!(plan::routes(&[], &live).len(), 2);
 
-    let be = plan::backend_entry(1, "192.0.2.11:80".parse().unwrap(), NextHop::default());
+    let be = plan::backend_entry(1, "192.0.2.11:80".parse().unwrap(), 6, NextHop::default());
     live.put_backend(5, be);
     let mut hops = Hops::default();
     let ip: IpAddr = "192.0.2.11".parse().unwrap();

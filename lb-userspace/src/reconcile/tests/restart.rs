@@ -135,7 +135,12 @@ fn a_restart_with_another_state_removes_only_what_is_unwanted() {
     // Leftovers of a crash: an entry of no live service and an unreferenced ACL set.
     r2.maps.backends.insert(
         900,
-        plan::backend_entry(4242, "192.0.2.99:80".parse().unwrap(), NextHop::default()),
+        plan::backend_entry(
+            4242,
+            "192.0.2.99:80".parse().unwrap(),
+            6,
+            NextHop::default(),
+        ),
     );
     let stray = map_prefix("198.51.100.0".parse().unwrap(), 24);
     r2.maps.acl.insert(

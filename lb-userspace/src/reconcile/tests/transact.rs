@@ -32,6 +32,9 @@ struct View {
     /// for one address would be a leak.
     backends: Vec<(u32, std::net::SocketAddr)>,
     pips: BTreeMap<Addr, (Addr, NextHop)>,
+    /// Reverse-service entries: endpoint → flags (each checked to name an active backend at
+    /// that endpoint, of a live service, with that service's VIP and port).
+    revs: BTreeMap<RevKey4, u16>,
 }
 
 fn action(a: acl::Action) -> u32 {
@@ -98,6 +101,24 @@ fn view(m: &FakeMaps) -> View {
             v
         },
         pips: m.pips.iter().map(|(k, v)| (*k, *v)).collect(),
+        revs: m
+            .revs
+            .iter()
+            .map(|(k, e)| {
+                let b = m.backends.get(&e.backend).filter(|b| b.is_active());
+                assert!(
+                    b.is_some_and(|b| live::endpoint(b) == Some(*k) && b.service == e.service),
+                    "{k:?} → {e:?} names no active backend of that endpoint and service"
+                );
+                let (vip, port, _) = service_of[&e.service];
+                assert_eq!(
+                    (addr::v4_mapped(e.vip), e.vport),
+                    (vip, port),
+                    "{k:?} → {e:?}"
+                );
+                (*k, e.flags)
+            })
+            .collect(),
     }
 }
 
@@ -143,6 +164,13 @@ fn differ(got: &View, want: &View) -> Option<String> {
             "backends",
             format!("{:?}", got.backends),
             format!("{:?}", want.backends),
+        );
+    }
+    if got.revs != want.revs {
+        return show(
+            "reverse-service entries",
+            format!("{:?}", got.revs),
+            format!("{:?}", want.revs),
         );
     }
     if got.pips != want.pips {
