@@ -39,6 +39,7 @@ pub mod map_names {
     pub const RING: &str = "LB_RING";
     pub const CONNTRACK: &str = "LB_CONNTRACK4";
     pub const REVSVC: &str = "LB_REVSVC4";
+    pub const OURS: &str = "LB_OURS4";
     pub const ROUTES: &str = "LB_ROUTES";
     pub const REASON_STATS: &str = "LB_REASONS";
     pub const SERVICE_STATS: &str = "LB_SVC_STATS";
@@ -50,13 +51,14 @@ pub mod map_names {
     pub const PROGS: &str = "LB_PROGS";
     pub const LAYOUT: &str = "LB_LAYOUT";
     /// Every map, in the order the agent opens them.
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 17] = [
         SERVICES,
         VIPS,
         BACKENDS,
         RING,
         CONNTRACK,
         REVSVC,
+        OURS,
         ROUTES,
         REASON_STATS,
         SERVICE_STATS,
@@ -93,7 +95,7 @@ pub const fn map_layout_version() -> u64 {
         }
         h
     }
-    let parts: [u64; 22] = [
+    let parts: [u64; 23] = [
         MAP_LAYOUT_REVISION,
         map_names::ALL.len() as u64,
         size_of::<maps::ServiceKey>() as u64,
@@ -112,6 +114,7 @@ pub const fn map_layout_version() -> u64 {
         size_of::<maps::AclValue>() as u64,
         size_of::<maps::PipEntry>() as u64,
         size_of::<maps::RateState>() as u64,
+        maps::OURS_WORDS as u64,
         MAX_SERVICES as u64,
         MAX_BACKENDS as u64,
         MAX_ACL_ENTRIES as u64,

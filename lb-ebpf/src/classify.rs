@@ -7,19 +7,32 @@
 //!   side (before a PIP: conntrack is about TCP/UDP flows, and the error belongs to one);
 //! * then for both: a PIP (every protocol; after VIP flows, since a DIP can also be a VIP's
 //!   backend), then anything else to a VIP (ICMP to it, or a counted drop), else not ours.
+//!
+//! A TCP/UDP packet first meets the "maybe ours" filter (`LB_OURS4`): only a destination whose
+//! bit is set can be a VIP or a PIP, only a source whose bit is set a backend or a PIP's
+//! instance, so traffic that is none of ours passes after two array reads. Other protocols
+//! skip the filter: an ICMP error about a flow may come from a router on the backends' side.
 
 use lb_common::{
     flow::proto,
-    maps::{PipEntry, ServiceInfo, VipInfo},
+    maps::{PipEntry, ServiceInfo, VipInfo, ours_bit},
     verdict::{DropReason, PassReason},
 };
 
 use crate::{
     conntrack::{self, FromBackend, Reply},
     icmp,
+    maps::LB_OURS4,
     parse::Packet,
     pip, select,
 };
+
+/// Whether an address may be one the fast path looks up (its filter bit is set).
+#[inline(always)]
+fn maybe_ours(a: [u8; 4]) -> bool {
+    let (w, m) = ours_bit(a);
+    LB_OURS4.get(w).is_some_and(|v| v & m != 0)
+}
 
 /// What a packet is.
 pub enum Class {
@@ -48,11 +61,17 @@ pub fn classify(ctx: &aya_ebpf::programs::XdpContext, pkt: &Packet) -> Class {
     let (dst, proto_) = unsafe { ((*pkt.ip).dst, (*pkt.ip).proto) };
     let is_icmp = proto_ == proto::ICMP && pkt.problem == Some(DropReason::Proto);
     let mut not_ours = PassReason::NotOurs;
-    match &pkt.l4 {
-        Some((flow, _)) => {
-            if let Some(svc) = select::service(flow) {
-                return Class::Service(svc);
-            }
+    // For TCP/UDP: whether the destination may be a VIP or PIP, the source a backend or a
+    // PIP's instance. Everything else is looked up as it comes.
+    let (to_us, from_us) = if let Some((flow, _)) = &pkt.l4 {
+        let (to_us, from_us) = (maybe_ours(flow.dst), maybe_ours(flow.src));
+        if !to_us && !from_us {
+            return Class::NotOurs(not_ours);
+        }
+        if to_us && let Some(svc) = select::service(flow) {
+            return Class::Service(svc);
+        }
+        if from_us {
             match conntrack::from_backend(flow, pkt.flags()) {
                 FromBackend::Reply(r) => return Class::Reply(r),
                 FromBackend::Hairpin => return Class::HairpinReply,
@@ -60,16 +79,17 @@ pub fn classify(ctx: &aya_ebpf::programs::XdpContext, pkt: &Packet) -> Class {
                 FromBackend::None => {}
             }
         }
-        None => {
-            if is_icmp && let Some(ct) = icmp::tracked_error_from_backend(ctx, pkt) {
-                return Class::IcmpFromBackend(ct);
-            }
+        (to_us, from_us)
+    } else {
+        if is_icmp && let Some(ct) = icmp::tracked_error_from_backend(ctx, pkt) {
+            return Class::IcmpFromBackend(ct);
         }
-    }
-    if let Some((e, inbound)) = pip::lookup(pkt) {
+        (true, true)
+    };
+    if let Some((e, inbound)) = pip::lookup(pkt, to_us, from_us) {
         return Class::Pip(e, inbound);
     }
-    let Some(vip) = select::vip(dst) else {
+    let Some(vip) = select::vip(dst).filter(|_| to_us) else {
         return Class::NotOurs(not_ours);
     };
     match (&pkt.l4, is_icmp) {

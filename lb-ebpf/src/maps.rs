@@ -14,8 +14,9 @@ use lb_common::{
     },
     flow::FlowKey4,
     maps::{
-        AclKeyData, AclValue, Backend, BackendId, ConnEntry4, Counters, NextHop, PipEntry,
-        RateState, RevKey4, RevService4, RouteKeyData, ServiceInfo, ServiceKey, VipInfo, VipKey,
+        AclKeyData, AclValue, Backend, BackendId, ConnEntry4, Counters, NextHop, OURS_WORDS,
+        PipEntry, RateState, RevKey4, RevService4, RouteKeyData, ServiceInfo, ServiceKey, VipInfo,
+        VipKey,
     },
 };
 
@@ -49,6 +50,11 @@ pub static LB_CONNTRACK4: LruHashMap<FlowKey4, ConnEntry4> =
 /// Writer: agent.
 #[map(name = "LB_REVSVC4")]
 pub static LB_REVSVC4: HashMap<RevKey4, RevService4> = HashMap::pinned(MAX_BACKENDS, 0);
+
+/// The "maybe ours" filter over IPv4 addresses (`lb_common::maps::ours_bit`): word → bits.
+/// Writer: agent (a bit is set before the entry that needs it, cleared after the last goes).
+#[map(name = "LB_OURS4")]
+pub static LB_OURS4: Array<u64> = Array::pinned(OURS_WORDS, 0);
 
 /// Client-facing destination prefix → next hop, for replies. Writer: agent (from the kernel's
 /// routes and neighbours).

@@ -24,33 +24,33 @@ use crate::{
 };
 
 /// The PIP entry of a packet to a PIP (`true`) or from a PIP's instance (`false`); `None`
-/// when it is neither, or too malformed to translate. The one place PIPs are looked up.
+/// when it is neither, or too malformed to translate. The one place PIPs are looked up;
+/// `to_us` and `from_us` say whether the destination and source may be ours at all (the
+/// "maybe ours" filter), so a lookup that must miss is not made.
 #[inline(always)]
-pub fn lookup(pkt: &Packet) -> Option<(PipEntry, bool)> {
+pub fn lookup(pkt: &Packet, to_us: bool, from_us: bool) -> Option<(PipEntry, bool)> {
     if pkt.problem == Some(DropReason::Malformed) {
         return None;
     }
     // SAFETY: `pkt.ip` was bounds-checked by the parser.
     let (src, dst) = unsafe { ((*pkt.ip).src, (*pkt.ip).dst) };
-    // SAFETY: values are copied out at once.
-    if let Some(e) = unsafe {
-        LB_PIPS
-            .get(VipKey {
-                vip: v4_mapped(dst),
-            })
-            .copied()
-    } {
-        return Some((e, true));
+    if to_us {
+        let key = VipKey {
+            vip: v4_mapped(dst),
+        };
+        // SAFETY: copied out at once.
+        if let Some(e) = unsafe { LB_PIPS.get(key).copied() } {
+            return Some((e, true));
+        }
     }
-    // SAFETY: as above.
-    if let Some(e) = unsafe {
-        LB_PIP_REV
-            .get(VipKey {
-                vip: v4_mapped(src),
-            })
-            .copied()
-    } {
-        return Some((e, false));
+    if from_us {
+        let key = VipKey {
+            vip: v4_mapped(src),
+        };
+        // SAFETY: copied out at once.
+        if let Some(e) = unsafe { LB_PIP_REV.get(key).copied() } {
+            return Some((e, false));
+        }
     }
     None
 }

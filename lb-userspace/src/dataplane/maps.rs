@@ -39,6 +39,7 @@ pub struct Maps {
     pub pips: HashMap<MapData, VipKey, PipEntry>,
     pub pip_rev: HashMap<MapData, VipKey, PipEntry>,
     pub revsvc: HashMap<MapData, RevKey4, RevService4>,
+    pub ours: Array<MapData, u64>,
     /// Conntrack and the counters, also reachable from the writer (adoption's flow purge at
     /// start, and tests that read counters through the reconciler's maps).
     pub side: SideMaps,
@@ -66,6 +67,7 @@ impl Maps {
             pips: take_map(ebpf, map_names::PIPS)?,
             pip_rev: take_map(ebpf, map_names::PIP_REV)?,
             revsvc: take_map(ebpf, map_names::REVSVC)?,
+            ours: take_map(ebpf, map_names::OURS)?,
             side: SideMaps {
                 conntrack: take_map(ebpf, map_names::CONNTRACK)?,
                 reasons: take_map(ebpf, map_names::REASON_STATS)?,
@@ -362,6 +364,11 @@ impl MapOps for Maps {
     fn del_rev(&mut self, k: &RevKey4) -> Result<(), MapOpError> {
         deleted(self.revsvc.remove(k)).map_err(op_err(map_names::REVSVC, "remove"))
     }
+    fn put_ours(&mut self, word: u32, bits: u64) -> Result<(), MapOpError> {
+        self.ours
+            .set(word, bits, 0)
+            .map_err(op_err(map_names::OURS, format!("set {word}")))
+    }
     fn put_slots(&mut self, off: u32, slots: &[BackendId]) -> Result<(), MapOpError> {
         // One syscall per 64 Ki slots (BPF_MAP_UPDATE_BATCH) instead of one per slot: a
         // default table is 65 537 slots, and 10k small services are 2.5 M.
@@ -518,6 +525,10 @@ impl MapOps for Maps {
             .iter()
             .collect::<Result<_, _>>()
             .map_err(op_err(map_names::REVSVC, "walk"))?;
+        let ours = (0..)
+            .zip(read_array(&self.ours, map_names::OURS, 0, self.ours.len())?)
+            .filter(|(_, w)| *w != 0)
+            .collect();
         Ok(LiveMaps {
             services,
             vips,
@@ -527,6 +538,7 @@ impl MapOps for Maps {
             pip_revs,
             routes,
             revs,
+            ours,
         })
     }
     fn read_slots(&self, off: u32, len: u32) -> Result<Vec<BackendId>, MapOpError> {

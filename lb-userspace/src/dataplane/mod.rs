@@ -47,6 +47,8 @@ pub trait MapOps {
     /// Writes a backend endpoint's reverse-service entry (`LB_REVSVC4`).
     fn put_rev(&mut self, k: &RevKey4, v: &RevService4) -> Result<(), MapOpError>;
     fn del_rev(&mut self, k: &RevKey4) -> Result<(), MapOpError>;
+    /// Writes one word of the "maybe ours" filter (`LB_OURS4`).
+    fn put_ours(&mut self, word: u32, bits: u64) -> Result<(), MapOpError>;
     fn put_slots(&mut self, off: u32, slots: &[BackendId]) -> Result<(), MapOpError>;
     fn put_route(
         &mut self,
@@ -168,4 +170,6 @@ pub struct LiveMaps {
     pub routes: Vec<(u32, Addr, NextHop)>,
     /// `LB_REVSVC4`.
     pub revs: Vec<(RevKey4, RevService4)>,
+    /// The non-zero words of `LB_OURS4`.
+    pub ours: Vec<(u32, u64)>,
 }

@@ -72,7 +72,7 @@ pub fn adopt<M: MapOps + FlowPurge>(
         if alloc.backends.reserve(id) {
             by_service.entry(b.service).or_default().push((id, b));
             // Indexed by service only once a live service claims it (below).
-            live.backends.insert(id, b);
+            live.reserve_backend(id, b);
         }
     }
     // Every other id is free to hand out now, but tracked flows may still name one: the
@@ -163,7 +163,7 @@ pub fn adopt<M: MapOps + FlowPurge>(
             }
             _ => v.ilb_id = 0,
         }
-        live.vips.insert(ip, v);
+        live.put_vip(ip, v);
     }
     for (aid, entries) in sets {
         // Sets nothing adopted points at (reserved above otherwise): deleted after the grace
@@ -183,6 +183,7 @@ pub fn adopt<M: MapOps + FlowPurge>(
         .into_iter()
         .collect();
     live.revs = found.revs.iter().copied().collect();
+    live.filter = found.ours.iter().copied().collect();
     // PIPs: the pairs whose two halves agree; any other half is deleted (and rewritten by the
     // sync if it is still wanted). `del_pip` removes both keys of the half's pair; the other
     // key cannot belong to a consistent pair, since a crash between the two writes of
@@ -204,7 +205,7 @@ pub fn adopt<M: MapOps + FlowPurge>(
     }
     for (p, d, nh) in found.pips {
         if !touched.contains(&p) && !touched.contains(&d) {
-            live.pips.insert(addr::to_ip(&p), (addr::to_ip(&d), nh));
+            live.put_pip(addr::to_ip(&p), addr::to_ip(&d), nh);
         }
     }
     // Client routes as written: the refresh then changes only what differs, and removes routes

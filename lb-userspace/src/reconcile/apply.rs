@@ -25,10 +25,15 @@
 //!   conntrack entries are purged (off the writer loop); its id is reused only once that purge
 //!   is done. A packet of such a flow that races the purge finds the entry inactive and is
 //!   re-balanced (the fast path's "backend gone → fresh pick" rule).
+//! * The "maybe ours" filter bit of an address (`LB_OURS4`) is set before the first entry that
+//!   names it (a VIP, a PIP or its instance, a backend) and cleared after the last one goes:
+//!   a clear bit makes the fast path pass the packet unlooked-at.
+
+use std::net::IpAddr;
 
 use lb_common::{
     acl, addr,
-    maps::{Backend, BackendId, VipKey},
+    maps::{Backend, BackendId, VipKey, ours_bit},
 };
 
 use super::{
@@ -85,12 +90,15 @@ impl<M: MapOps> Applier<'_, M> {
             Step::ZeroServiceStats(id) => m.zero_service_stats(id)?,
             Step::ZeroBackendStats(id) => m.zero_backend_stats(id)?,
             Step::PutBackend(id, b) => {
-                m.put_backend(id, &b)?;
+                let ips = [addr::to_ip(&b.addr)];
+                covered(m, live, &ips, |m| m.put_backend(id, &b))?;
                 live.put_backend(id, b);
             }
             Step::RetireBackend(id) => {
                 m.put_backend(id, &Backend::default())?;
+                let gone = live.backends.get(&id).map(|b| addr::to_ip(&b.addr));
                 live.retire_backend(id);
+                uncover(m, live, gone.as_slice())?;
             }
             Step::PutRev(k, v) => {
                 m.put_rev(&k, &v)?;
@@ -121,27 +129,32 @@ impl<M: MapOps> Applier<'_, M> {
                 live.del_service(&spec);
             }
             Step::PutVip(ip, info) => {
-                m.put_vip(
-                    &VipKey {
-                        vip: addr::from_ip(ip),
-                    },
-                    &info,
-                )?;
-                live.vips.insert(ip, info);
+                let key = VipKey {
+                    vip: addr::from_ip(ip),
+                };
+                covered(m, live, &[ip], |m| m.put_vip(&key, &info))?;
+                live.put_vip(ip, info);
             }
             Step::DelVip(ip) => {
                 m.del_vip(&VipKey {
                     vip: addr::from_ip(ip),
                 })?;
-                live.vips.remove(&ip);
+                live.del_vip(ip);
+                uncover(m, live, &[ip])?;
             }
             Step::PutPip { pip, dip, nh } => {
-                m.put_pip(&addr::from_ip(pip), &addr::from_ip(dip), &nh)?;
-                live.pips.insert(pip, (dip, nh));
+                let (p, d) = (addr::from_ip(pip), addr::from_ip(dip));
+                covered(m, live, &[pip, dip], |m| m.put_pip(&p, &d, &nh))?;
+                live.put_pip(pip, dip, nh);
             }
             Step::DelPip { pip, dip } => {
                 m.del_pip(&addr::from_ip(pip), &addr::from_ip(dip))?;
-                live.pips.remove(&pip);
+                live.del_pip(pip);
+                uncover(m, live, &[pip, dip])?;
+            }
+            Step::PutOurs(w, bits) => {
+                m.put_ours(w, bits)?;
+                set_word(live, w, bits);
             }
             Step::PutRoute(len, a, nh) => {
                 m.put_route(len, a, &nh)?;
@@ -156,6 +169,60 @@ impl<M: MapOps> Applier<'_, M> {
             Step::Purge(job) => self.purge.merge(job),
         }
         Ok(())
+    }
+}
+
+/// Sets the "maybe ours" bits of `ips` that the live filter lacks, before the entry that
+/// needs them is written (a packet then finds the entry; a bit set early only costs lookups).
+fn cover<M: MapOps>(m: &mut M, live: &mut Live, ips: &[IpAddr]) -> Result<(), MapOpError> {
+    for ip in ips {
+        let IpAddr::V4(v4) = ip else { continue };
+        let (w, bit) = ours_bit(v4.octets());
+        let cur = live.filter.get(&w).copied().unwrap_or(0);
+        if cur & bit == 0 {
+            m.put_ours(w, cur | bit)?;
+            set_word(live, w, cur | bit);
+        }
+    }
+    Ok(())
+}
+
+/// Writes an entry that names `ips` with `write`, their filter bits first; if a bit's or the
+/// entry's write fails, the bits it would have needed are cleared again (best effort: a bit left set
+/// only costs lookups).
+fn covered<M: MapOps>(
+    m: &mut M,
+    live: &mut Live,
+    ips: &[IpAddr],
+    write: impl FnOnce(&mut M) -> Result<(), MapOpError>,
+) -> Result<(), MapOpError> {
+    let r = cover(m, live, ips).and_then(|()| write(m));
+    if r.is_err() {
+        let _ = uncover(m, live, ips);
+    }
+    r
+}
+
+/// Clears the bits of `ips`' words that no live entry needs any more, after the entries went.
+fn uncover<M: MapOps>(m: &mut M, live: &mut Live, ips: &[IpAddr]) -> Result<(), MapOpError> {
+    for ip in ips {
+        let IpAddr::V4(v4) = ip else { continue };
+        let (w, _) = ours_bit(v4.octets());
+        let cur = live.filter.get(&w).copied().unwrap_or(0);
+        let want = live.ours.wanted(w);
+        if cur & !want != 0 {
+            m.put_ours(w, cur & want)?;
+            set_word(live, w, cur & want);
+        }
+    }
+    Ok(())
+}
+
+fn set_word(live: &mut Live, w: u32, bits: u64) {
+    if bits == 0 {
+        live.filter.remove(&w);
+    } else {
+        live.filter.insert(w, bits);
     }
 }
 

@@ -10,7 +10,7 @@ use std::{
 use lb_common::{
     acl,
     addr::{self, Addr},
-    maps::{Backend, BackendId, NextHop, RevKey4, RevService4, ServiceInfo, VipInfo},
+    maps::{Backend, BackendId, NextHop, RevKey4, RevService4, ServiceInfo, VipInfo, ours_bit},
 };
 
 use crate::spec::{Proto, ServiceSpec};
@@ -42,6 +42,65 @@ pub struct Live {
     /// The active backend entries at each IPv4 backend endpoint (address, port, protocol),
     /// over all services (an index of `backends`).
     pub by_endpoint: HashMap<RevKey4, std::collections::BTreeSet<BackendId>>,
+    /// The addresses the "maybe ours" filter must cover, from the entries above.
+    pub ours: Ours,
+    /// `LB_OURS4`: its non-zero words.
+    pub filter: HashMap<u32, u64>,
+}
+
+/// The IPv4 addresses the fast path must look up rather than pass as none of its own, with
+/// how many live entries use each: VIP entries, both ends of a PIP, active backend entries.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ours {
+    uses: HashMap<[u8; 4], u32>,
+    /// The used addresses of each filter word.
+    by_word: HashMap<u32, std::collections::BTreeSet<[u8; 4]>>,
+}
+
+impl Ours {
+    fn hold(&mut self, ip: IpAddr) {
+        let IpAddr::V4(v4) = ip else { return };
+        let a = v4.octets();
+        let n = self.uses.entry(a).or_default();
+        *n += 1;
+        if *n == 1 {
+            self.by_word.entry(ours_bit(a).0).or_default().insert(a);
+        }
+    }
+
+    fn release(&mut self, ip: IpAddr) {
+        let IpAddr::V4(v4) = ip else { return };
+        let a = v4.octets();
+        let Some(n) = self.uses.get_mut(&a) else {
+            return;
+        };
+        *n -= 1;
+        if *n == 0 {
+            self.uses.remove(&a);
+            let w = ours_bit(a).0;
+            if let Some(set) = self.by_word.get_mut(&w) {
+                set.remove(&a);
+                if set.is_empty() {
+                    self.by_word.remove(&w);
+                }
+            }
+        }
+    }
+
+    /// The bits word `w` must hold.
+    #[must_use]
+    pub fn wanted(&self, w: u32) -> u64 {
+        self.by_word
+            .get(&w)
+            .into_iter()
+            .flatten()
+            .fold(0, |acc, a| acc | ours_bit(*a).1)
+    }
+
+    /// Every word that must hold a bit.
+    pub fn words(&self) -> impl Iterator<Item = u32> + '_ {
+        self.by_word.keys().copied()
+    }
 }
 
 /// Every service of one VIP address, as a range of the (address, port, protocol) order:
@@ -138,12 +197,15 @@ impl Live {
 
     /// Records an active entry (a new backend, or a new next hop for one).
     pub fn put_backend(&mut self, id: BackendId, b: Backend) {
-        if let Some(old) = self.backends.insert(id, b)
-            && (old.service != b.service
+        self.ours.hold(addr::to_ip(&b.addr));
+        if let Some(old) = self.backends.insert(id, b) {
+            self.ours.release(addr::to_ip(&old.addr));
+            if old.service != b.service
                 || backend_addr(&old) != backend_addr(&b)
-                || old.proto != b.proto)
-        {
-            self.unindex(id, &old);
+                || old.proto != b.proto
+            {
+                self.unindex(id, &old);
+            }
         }
         self.by_service
             .entry(b.service)
@@ -154,10 +216,52 @@ impl Live {
         }
     }
 
+    /// Records an active entry found at start that no service has claimed yet (indexed by
+    /// [`Self::put_backend`] once one does, else retired).
+    pub fn reserve_backend(&mut self, id: BackendId, b: Backend) {
+        if let Some(old) = self.backends.insert(id, b) {
+            self.ours.release(addr::to_ip(&old.addr));
+        }
+        self.ours.hold(addr::to_ip(&b.addr));
+    }
+
     /// Records an entry marked inactive.
     pub fn retire_backend(&mut self, id: BackendId) {
         if let Some(old) = self.backends.remove(&id) {
+            self.ours.release(addr::to_ip(&old.addr));
             self.unindex(id, &old);
+        }
+    }
+
+    /// Records a VIP entry written.
+    pub fn put_vip(&mut self, ip: IpAddr, info: VipInfo) {
+        if self.vips.insert(ip, info).is_none() {
+            self.ours.hold(ip);
+        }
+    }
+
+    /// Records a VIP entry deleted.
+    pub fn del_vip(&mut self, ip: IpAddr) {
+        if self.vips.remove(&ip).is_some() {
+            self.ours.release(ip);
+        }
+    }
+
+    /// Records a PIP pair written.
+    pub fn put_pip(&mut self, pip: IpAddr, dip: IpAddr, nh: NextHop) {
+        self.ours.hold(pip);
+        self.ours.hold(dip);
+        if let Some((old, _)) = self.pips.insert(pip, (dip, nh)) {
+            self.ours.release(pip);
+            self.ours.release(old);
+        }
+    }
+
+    /// Records a PIP pair deleted.
+    pub fn del_pip(&mut self, pip: IpAddr) {
+        if let Some((dip, _)) = self.pips.remove(&pip) {
+            self.ours.release(pip);
+            self.ours.release(dip);
         }
     }
 

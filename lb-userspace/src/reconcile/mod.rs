@@ -600,9 +600,12 @@ impl<M: MapOps> Reconciler<M> {
             }
         }
         self.run(retire, &mut writes)?;
-        // Reverse-service entries of endpoints no service uses any more (an earlier agent's).
+        // Reverse-service entries of endpoints no service uses any more (an earlier agent's),
+        // and filter bits no entry needs, or that an entry needs and lacks.
         let eps = self.live.revs.keys().copied().collect();
         let steps = plan::replies(&eps, &self.live, None);
+        self.run(steps, &mut writes)?;
+        let steps = plan::ours_words(&self.live);
         self.run(steps, &mut writes)?;
         for (aid, prefixes) in left.acl_sets {
             self.alloc.defer(Deferred::Acl(aid, prefixes));

@@ -66,6 +66,9 @@ pub enum Step {
     /// A backend endpoint's reverse-service entry.
     PutRev(RevKey4, RevService4),
     DelRev(RevKey4),
+    /// One word of the "maybe ours" filter (the applier also sets and clears bits itself,
+    /// around the entries that need them; this step is the full repair at start).
+    PutOurs(u32, u64),
     /// Not a write: release this after the grace period, counted from here.
     Defer(Deferred),
     /// Not a write: the service id is free for reuse (its counters are zeroed on reuse).
@@ -196,6 +199,25 @@ pub fn backend_entry(service: u32, addr: SocketAddr, proto: u8, nh: NextHop) -> 
         nh,
         service,
     }
+}
+
+/// The filter words that differ from what the live entries need: the repair of a filter an
+/// earlier agent left (an agent killed between an entry's delete and its bit's clear).
+#[must_use]
+pub fn ours_words(live: &Live) -> Vec<Step> {
+    let words: BTreeSet<u32> = live
+        .filter
+        .keys()
+        .copied()
+        .chain(live.ours.words())
+        .collect();
+    words
+        .into_iter()
+        .filter_map(|w| {
+            let want = live.ours.wanted(w);
+            (live.filter.get(&w).copied().unwrap_or(0) != want).then_some(Step::PutOurs(w, want))
+        })
+        .collect()
 }
 
 /// The endpoints (reverse-service keys) of a service id's active backends.

@@ -70,6 +70,19 @@ pub struct Class {
     pub frame: Vec<u8>,
     pub action: u32,
     pub reason: Reason,
+    /// Every run gets its own TCP source port (a 5-tuple never seen): the frame's port
+    /// bytes are rewritten and the TCP checksum patched before each run.
+    pub fresh_tuple: bool,
+}
+
+/// Gives a TCP frame (no VLAN tag) source port `port`, patching the TCP checksum.
+fn set_sport(frame: &mut [u8], port: u16) {
+    let t = 14 + 20;
+    let old = u16::from_be_bytes([frame[t], frame[t + 1]]);
+    frame[t..t + 2].copy_from_slice(&port.to_be_bytes());
+    let c = u16::from_be_bytes([frame[t + 16], frame[t + 17]]);
+    let c = lb_common::csum::update16(c, old, port);
+    frame[t + 16..t + 18].copy_from_slice(&c.to_be_bytes());
 }
 
 /// Rounds per measurement; the reported figures are those of the round with the lowest
@@ -120,8 +133,16 @@ fn best_of_rounds(
 /// A run takes another action, or the verdict counter does not account for every run.
 pub fn measure(h: &mut Harness, c: &Class, warmup: u32, runs: u32) -> anyhow::Result<Stats> {
     let before = h.counts()[c.reason as usize];
+    let mut frame = c.frame.clone();
+    // Fresh source ports from 1024 up, wrapping after 64 Ki runs (then a port's earlier flow
+    // may still be tracked: the bench's runs per class stay below that).
+    let mut next: u16 = 1024;
     let (best, done) = best_of_rounds(c.name, c.action, warmup, runs, || {
-        let (a, _, t) = h.run(&c.frame);
+        if c.fresh_tuple {
+            set_sport(&mut frame, next);
+            next = next.wrapping_add(1).max(1024);
+        }
+        let (a, _, t) = h.run(&frame);
         (a, t)
     })?;
     let moved = h.counts()[c.reason as usize] - before;
@@ -159,30 +180,42 @@ pub fn classes(h: &mut Harness) -> anyhow::Result<Vec<Class>> {
             frame: Frame::tcp(CLIENT, vip80, TCP_ACK).build(),
             action: XDP_TX,
             reason: Reason::Forward,
+            fresh_tuple: false,
         },
         Class {
-            name: "new TCP flow (SYN)",
+            name: "SYN of a tracked 5-tuple",
+            frame: syn.clone(),
+            action: XDP_TX,
+            reason: Reason::Forward,
+            fresh_tuple: false,
+        },
+        Class {
+            name: "SYN of a new 5-tuple",
             frame: syn,
             action: XDP_TX,
             reason: Reason::Forward,
+            fresh_tuple: true,
         },
         Class {
             name: "UDP",
             frame: udp,
             action: XDP_TX,
             reason: Reason::Forward,
+            fresh_tuple: false,
         },
         Class {
             name: "reply (reverse NAT)",
             frame: Frame::tcp(backend, CLIENT, TCP_ACK).build(),
             action: XDP_TX,
             reason: Reason::Reply,
+            fresh_tuple: false,
         },
         Class {
             name: "ACL deny",
             frame: Frame::tcp(CLIENT, SocketAddrV4::new(VIP, 8080), TCP_SYN).build(),
             action: XDP_DROP,
             reason: Reason::DropAcl,
+            fresh_tuple: false,
         },
         Class {
             name: "non-VIP pass",
@@ -194,6 +227,15 @@ pub fn classes(h: &mut Harness) -> anyhow::Result<Vec<Class>> {
             .build(),
             action: XDP_PASS,
             reason: Reason::PassNotOurs,
+            fresh_tuple: false,
+        },
+        Class {
+            // A backend's own traffic that is no reply (another port, to a client).
+            name: "from a backend, not a reply",
+            frame: Frame::tcp(SocketAddrV4::new(*backend.ip(), 22), CLIENT, TCP_ACK).build(),
+            action: XDP_PASS,
+            reason: Reason::PassNotOurs,
+            fresh_tuple: false,
         },
         Class {
             name: "PIP",
@@ -205,6 +247,7 @@ pub fn classes(h: &mut Harness) -> anyhow::Result<Vec<Class>> {
             .build(),
             action: XDP_TX,
             reason: Reason::PipIn,
+            fresh_tuple: false,
         },
     ])
 }
@@ -216,52 +259,77 @@ pub struct Row {
     pub stats: Stats,
 }
 
-/// Runs part 1: the baselines first, then every class.
+/// The size of a loaded program: its JIT image and its verified instructions.
+#[derive(Clone, Debug)]
+pub struct ProgSize {
+    pub name: String,
+    pub jited_bytes: u32,
+    pub xlated_bytes: u32,
+}
+
+/// Runs part 1: the baselines first, then every class; also the programs' sizes.
 ///
 /// # Errors
 /// A class misbehaves (wrong action or counter), or loading fails.
-pub fn run(runs: u32) -> anyhow::Result<Vec<Row>> {
-    in_fresh_ns("bench-cost", move |ns| -> anyhow::Result<Vec<Row>> {
-        // One CPU for every measurement of the run.
-        super::pin(0, super::measured_cpu());
-        let warmup = (runs / 10).max(100);
-        let mut rows = Vec::new();
-        let frame = Frame::tcp(CLIENT, SocketAddrV4::new(VIP, 80), TCP_ACK).build();
-        // Baselines, from their own object.
-        let mut base = aya::Ebpf::load(lb_userspace::dataplane::BASELINE_OBJ)?;
-        for (name, prog, action) in [
-            ("floor: xdp_pass", "xdp_pass", XDP_PASS),
-            ("minimal forwarder: xdp_fwd", "xdp_fwd", XDP_TX),
-        ] {
-            if prog == "xdp_fwd" {
-                let mut m: aya::maps::Array<_, NextHop> =
-                    aya::maps::Array::try_from(base.map_mut("FWD_NH").context("FWD_NH")?)?;
-                m.set(0, nh(LO, BACKEND_MAC), 0)?;
+pub fn run(runs: u32) -> anyhow::Result<(Vec<Row>, Vec<ProgSize>)> {
+    in_fresh_ns(
+        "bench-cost",
+        move |ns| -> anyhow::Result<(Vec<Row>, Vec<ProgSize>)> {
+            // One CPU for every measurement of the run.
+            super::pin(0, super::measured_cpu());
+            let warmup = (runs / 10).max(100);
+            let mut rows = Vec::new();
+            let frame = Frame::tcp(CLIENT, SocketAddrV4::new(VIP, 80), TCP_ACK).build();
+            // Baselines, from their own object.
+            let mut base = aya::Ebpf::load(lb_userspace::dataplane::BASELINE_OBJ)?;
+            for (name, prog, action) in [
+                ("floor: xdp_pass", "xdp_pass", XDP_PASS),
+                ("minimal forwarder: xdp_fwd", "xdp_fwd", XDP_TX),
+            ] {
+                if prog == "xdp_fwd" {
+                    let mut m: aya::maps::Array<_, NextHop> =
+                        aya::maps::Array::try_from(base.map_mut("FWD_NH").context("FWD_NH")?)?;
+                    m.set(0, nh(LO, BACKEND_MAC), 0)?;
+                }
+                let p: &mut aya::programs::Xdp =
+                    base.program_mut(prog).context("baseline")?.try_into()?;
+                p.load()?;
+                progress(&format!("cost: {name}"));
+                let (stats, _) = best_of_rounds(name, action, warmup, runs, || {
+                    let (a, _, t) = run_once(p, &frame);
+                    (a, t)
+                })?;
+                rows.push(Row {
+                    name: name.into(),
+                    stats,
+                });
             }
-            let p: &mut aya::programs::Xdp =
-                base.program_mut(prog).context("baseline")?.try_into()?;
-            p.load()?;
-            progress(&format!("cost: {name}"));
-            let (stats, _) = best_of_rounds(name, action, warmup, runs, || {
-                let (a, _, t) = run_once(p, &frame);
-                (a, t)
-            })?;
-            rows.push(Row {
-                name: name.into(),
-                stats,
-            });
-        }
-        let mut h = Harness::load(ns, CONFIG, resolver())?;
-        for c in classes(&mut h)? {
-            progress(&format!("cost: {}", c.name));
-            let stats = measure(&mut h, &c, warmup, runs)?;
-            rows.push(Row {
-                name: c.name.into(),
-                stats,
-            });
-        }
-        Ok(rows)
-    })
+            let mut h = Harness::load(ns, CONFIG, resolver())?;
+            let mut sizes = Vec::new();
+            for name in [
+                lb_common::consts::PROGRAM_NAME,
+                lb_common::consts::HAIRPIN_PROGRAM_NAME,
+            ] {
+                let p: &aya::programs::Xdp =
+                    h.dp.ebpf.program(name).context("program")?.try_into()?;
+                let info = p.info()?;
+                sizes.push(ProgSize {
+                    name: name.into(),
+                    jited_bytes: info.size_jitted(),
+                    xlated_bytes: info.size_translated().unwrap_or(0),
+                });
+            }
+            for c in classes(&mut h)? {
+                progress(&format!("cost: {}", c.name));
+                let stats = measure(&mut h, &c, warmup, runs)?;
+                rows.push(Row {
+                    name: c.name.into(),
+                    stats,
+                });
+            }
+            Ok((rows, sizes))
+        },
+    )
 }
 
 /// Nanoseconds, as a float.

@@ -184,6 +184,7 @@ fn point(x: u64, config: String, planted: u64, syn: bool, runs: u32) -> anyhow::
                 frame: Frame::tcp(CLIENT, vip, TCP_SYN).build(),
                 action: XDP_TX,
                 reason: Reason::Forward,
+                fresh_tuple: false,
             }
         } else {
             let (a, _, _) = h.run(&Frame::tcp(CLIENT, vip, TCP_SYN).build());
@@ -193,6 +194,7 @@ fn point(x: u64, config: String, planted: u64, syn: bool, runs: u32) -> anyhow::
                 frame: Frame::tcp(CLIENT, vip, TCP_ACK).build(),
                 action: XDP_TX,
                 reason: Reason::Forward,
+                fresh_tuple: false,
             }
         };
         let stats = cost::measure(&mut h, &class, runs / 10, runs)?;

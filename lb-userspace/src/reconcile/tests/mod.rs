@@ -53,6 +53,8 @@ pub struct FakeMaps {
     pub acl: HashMap<(u32, acl::Prefix), acl::Entry>,
     pub pips: HashMap<Addr, (Addr, NextHop)>,
     pub revs: HashMap<RevKey4, RevService4>,
+    /// `LB_OURS4`, its non-zero words.
+    pub ours: HashMap<u32, u64>,
     /// Tracked flows, by the backend id each names.
     pub flows: Vec<BackendId>,
     pub ops: Vec<Op>,
@@ -117,6 +119,15 @@ impl MapOps for FakeMaps {
         self.revs.remove(k);
         Ok(())
     }
+    fn put_ours(&mut self, word: u32, bits: u64) -> Result<(), MapOpError> {
+        self.write()?;
+        if bits == 0 {
+            self.ours.remove(&word);
+        } else {
+            self.ours.insert(word, bits);
+        }
+        Ok(())
+    }
     fn put_slots(&mut self, off: u32, slots: &[BackendId]) -> Result<(), MapOpError> {
         self.write()?;
         self.ops.push(Op::Slots(off, slots.len() as u32));
@@ -154,6 +165,12 @@ impl MapOps for FakeMaps {
     fn read_live(&self) -> Result<LiveMaps, MapOpError> {
         Ok(LiveMaps {
             revs: self.revs.iter().map(|(k, v)| (*k, *v)).collect(),
+            ours: self
+                .ours
+                .iter()
+                .filter(|(_, v)| **v != 0)
+                .map(|(k, v)| (*k, *v))
+                .collect(),
             services: self.services.iter().map(|(k, v)| (*k, *v)).collect(),
             vips: self.vips.iter().map(|(k, v)| (*k, *v)).collect(),
             backends: self
@@ -491,9 +508,33 @@ pub fn add(r: &mut Rec, svc: &str, backends: &[&str]) {
     }
 }
 
+/// The "maybe ours" filter holds exactly the bits of the addresses live entries name: every
+/// VIP, both ends of every PIP, every active backend (a missing bit would pass their packets
+/// unlooked-at; an extra one only costs lookups, but shows a leak).
+pub fn assert_filter_covers_exactly_the_live_entries(m: &FakeMaps) {
+    let mut want: HashMap<u32, u64> = HashMap::new();
+    let mut add = |a: &Addr| {
+        if let Some(v4) = addr::as_v4(a) {
+            let (w, bit) = lb_common::maps::ours_bit(v4);
+            *want.entry(w).or_default() |= bit;
+        }
+    };
+    m.vips.keys().for_each(|k| add(&k.vip));
+    for (pip, (dip, _)) in &m.pips {
+        add(pip);
+        add(dip);
+    }
+    m.backends
+        .values()
+        .filter(|b| b.is_active())
+        .for_each(|b| add(&b.addr));
+    assert_eq!(m.ours, want, "the filter words");
+}
+
 /// The invariant the fast path relies on: every slot of every live table names an active
 /// backend.
 pub fn assert_tables_point_at_live_backends(m: &FakeMaps) {
+    assert_filter_covers_exactly_the_live_entries(m);
     for info in m.services.values().filter(|i| i.table_len > 0) {
         for s in info.table_off..info.table_off + info.table_len {
             let id = m.ring[&s];

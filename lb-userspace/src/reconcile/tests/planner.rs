@@ -64,10 +64,10 @@ fn record(live: &mut Live, steps: &[Step]) {
                 live.services.remove(spec);
             }
             Step::PutVip(ip, info) => {
-                live.vips.insert(*ip, *info);
+                live.put_vip(*ip, *info);
             }
             Step::DelVip(ip) => {
-                live.vips.remove(ip);
+                live.del_vip(*ip);
             }
             _ => {}
         }

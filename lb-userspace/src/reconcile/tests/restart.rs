@@ -282,3 +282,28 @@ fn the_primed_client_routes_are_written_at_start() {
     r2.start(r.state().clone()).unwrap();
     assert_eq!(r2.maps().routes.get(&default_route), Some(&nh));
 }
+
+/// A restarted agent repairs the "maybe ours" filter an earlier one left: a bit no entry needs
+/// (killed between a delete and its clear) goes, a bit an entry needs and lacks is set, and
+/// the reverse-service entry of an endpoint no service uses is deleted.
+#[test]
+fn a_restarted_agent_repairs_the_filter_and_stale_reverse_entries() {
+    use lb_common::maps::{RevKey4, RevService4, ours_bit};
+    let mut r = rec(4096);
+    add(&mut r, WEB, &["192.0.2.11:80", "192.0.2.12:80"]);
+    let mut r2 = restarted(&r);
+    let (w, bit) = ours_bit([192, 0, 2, 11]);
+    let cur = r2.maps.ours[&w];
+    r2.maps.ours.insert(w, cur & !bit);
+    r2.maps.ours.retain(|_, v| *v != 0);
+
+    let (sw, sbit) = ours_bit([198, 18, 0, 1]);
+    *r2.maps.ours.entry(sw).or_default() |= sbit;
+    let stale = RevKey4::of([192, 0, 2, 99], 80u16.to_be_bytes(), 6);
+    r2.maps.revs.insert(stale, RevService4::default());
+    let state = r.state().clone();
+    start(&mut r2, state);
+
+    assert_tables_point_at_live_backends(&r2.maps);
+    assert!(!r2.maps.revs.contains_key(&stale));
+}
