@@ -21,6 +21,9 @@ pub const MAX_ROUTES: u32 = 16_384;
 pub const ECHO_RATE_PER_SEC: u64 = 100;
 /// Echo replies one CPU may send in a burst.
 pub const ECHO_BURST: u64 = 50;
+/// New flows per second one CPU tracks before the flood guard forwards the rest untracked
+/// (Katran's figure); 0 turns the guard off.
+pub const DEFAULT_NEW_FLOW_RATE: u64 = 125_000;
 /// Capacity of the instance-level public IP maps (each direction).
 pub const MAX_PIPS: u32 = 16_384;
 /// Capacity of the ACL LPM trie (all endpoints' compiled entries, plus one set while it changes).
@@ -48,10 +51,11 @@ pub mod map_names {
     pub const PIPS: &str = "LB_PIPS";
     pub const PIP_REV: &str = "LB_PIP_REV";
     pub const ECHO_RL: &str = "LB_ECHO_RL";
+    pub const FLOW_RL: &str = "LB_FLOW_RL";
     pub const PROGS: &str = "LB_PROGS";
     pub const LAYOUT: &str = "LB_LAYOUT";
     /// Every map, in the order the agent opens them.
-    pub const ALL: [&str; 17] = [
+    pub const ALL: [&str; 18] = [
         SERVICES,
         VIPS,
         BACKENDS,
@@ -67,6 +71,7 @@ pub mod map_names {
         PIPS,
         PIP_REV,
         ECHO_RL,
+        FLOW_RL,
         PROGS,
         LAYOUT,
     ];
@@ -134,6 +139,9 @@ pub mod global_names {
     pub const HASH_SEED: &str = "LB_HASH_SEED";
     /// How long a closed TCP flow still translates (`conn::CLOSE_TIMEOUT_S` by default).
     pub const CLOSE_TIMEOUT: &str = "LB_CLOSE_TIMEOUT_S";
+    /// The flood guard's bucket: nanoseconds per new flow and the burst (0: off).
+    pub const FLOW_COST: &str = "LB_FLOW_COST_NS";
+    pub const FLOW_BURST: &str = "LB_FLOW_BURST_NS";
     /// aya-log's level global; the agent sets it to 0 (off) unless `--bpf-log` asks otherwise.
     pub const AYA_LOG_LEVEL: &str = "AYA_LOG_LEVEL";
 }

@@ -305,6 +305,10 @@ pub struct Counters {
     /// pressure, or never seen): re-picked from the table, which gives the same backend while
     /// the backend set is unchanged.
     pub conntrack_misses: u64,
+    /// New flows the flood guard forwarded by the table without tracking them (the CPU was
+    /// over its new-flow rate): their next packets are re-picked, to the same backend while
+    /// the backend set is unchanged.
+    pub untracked_flows: u64,
 }
 
 impl Counters {
@@ -317,6 +321,7 @@ impl Counters {
         self.reply_bytes += o.reply_bytes;
         self.acl_drops += o.acl_drops;
         self.conntrack_misses += o.conntrack_misses;
+        self.untracked_flows += o.untracked_flows;
         self
     }
 }
@@ -396,12 +401,46 @@ pub const VIP_F_NO_ECHO: u32 = 1;
 /// their flows are also source-NATed to the VIP, so replies come back through the LB.
 pub const VIP_F_HAIRPIN_SNAT: u32 = 2;
 
-/// `LB_ECHO_RL` value: a per-CPU token bucket for echo replies, in nanoseconds of credit.
+/// `LB_ECHO_RL` and `LB_FLOW_RL` value: a per-CPU token bucket, in nanoseconds of credit.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 #[repr(C)]
 pub struct RateState {
     pub credit_ns: u64,
     pub last_ns: u64,
+}
+
+impl RateState {
+    /// Takes one token at `now_ns` if the bucket has one: each token costs `cost_ns` of
+    /// credit, credit accrues at one nanosecond per nanosecond up to `cap_ns` (the burst).
+    /// The one rule of the echo-reply limit and the flood guard.
+    #[inline(always)]
+    pub const fn take(&mut self, now_ns: u64, cost_ns: u64, cap_ns: u64) -> bool {
+        let mut credit = self.credit_ns + now_ns.saturating_sub(self.last_ns);
+        if credit > cap_ns {
+            credit = cap_ns;
+        }
+        self.last_ns = now_ns;
+        if credit < cost_ns {
+            self.credit_ns = credit;
+            return false;
+        }
+        self.credit_ns = credit - cost_ns;
+        true
+    }
+}
+
+/// The flood guard's bucket for `rate` new flows per second per CPU: the cost of one flow
+/// and the burst (a tenth of a second's worth, at least one flow), in nanoseconds. `None`
+/// for rate 0, which turns the guard off.
+#[must_use]
+pub const fn flow_bucket(rate: u64) -> Option<(u64, u64)> {
+    if rate == 0 {
+        return None;
+    }
+    let cost = 1_000_000_000 / rate;
+    let cost = if cost == 0 { 1 } else { cost };
+    let burst = if rate / 10 == 0 { 1 } else { rate / 10 };
+    Some((cost, cost * burst))
 }
 
 pub const ACL_PERMIT: u32 = 1;
@@ -461,7 +500,32 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn a_rate_of_zero_turns_the_guard_off() {
+        assert_eq!(flow_bucket(0), None);
+        assert_eq!(flow_bucket(125_000), Some((8_000, 8_000 * 12_500)));
+    }
+
     proptest! {
+        /// The bucket never grants more than its burst plus what accrued: over any sequence of
+        /// takes in `t` ns, at most `cap / cost + t / cost + 1` succeed; and a full bucket
+        /// grants the burst at once.
+        #[test]
+        fn a_bucket_grants_its_rate_and_burst(rate in 1u64..2_000_000, steps in prop::collection::vec(0u64..50_000, 1..400)) {
+            let (cost, cap) = flow_bucket(rate).unwrap();
+            let mut s = RateState { credit_ns: cap, last_ns: 0 };
+            let (mut now, mut granted) = (0u64, 0u64);
+            for d in &steps {
+                now += d;
+                granted += u64::from(s.take(now, cost, cap));
+            }
+            prop_assert!(granted <= cap / cost + now / cost + 1, "{granted} granted");
+            let mut full = RateState { credit_ns: cap, last_ns: 0 };
+            let burst = (0..cap / cost).filter(|_| full.take(0, cost, cap)).count() as u64;
+            prop_assert_eq!(burst, cap / cost);
+            prop_assert!(!full.take(0, cost, cap));
+        }
+
         /// The filter position of an address is always in range, a single bit, and spreads:
         /// 200 addresses of one /24 fall on at least 150 distinct bits.
         #[test]

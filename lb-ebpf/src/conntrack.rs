@@ -13,12 +13,36 @@ use lb_common::{
     },
 };
 
-use crate::maps::{LB_CONNTRACK4, LB_REVSVC4};
+use crate::maps::{LB_CONNTRACK4, LB_FLOW_RL, LB_REVSVC4};
 
 /// How long a closed flow still translates (seconds), set by the agent at load time
 /// (`override_global`).
 #[unsafe(no_mangle)]
 static LB_CLOSE_TIMEOUT_S: Global<u32> = Global::new(conn::CLOSE_TIMEOUT_S);
+
+/// The flood guard's bucket (`lb_common::maps::flow_bucket`): nanoseconds of credit per new
+/// flow, and the most credit a CPU holds. Cost 0 turns the guard off. Set at load time.
+#[unsafe(no_mangle)]
+static LB_FLOW_COST_NS: Global<u64> = Global::new(0);
+#[unsafe(no_mangle)]
+static LB_FLOW_BURST_NS: Global<u64> = Global::new(0);
+
+/// Whether this CPU may track one more new flow: the flood guard. Above its rate, new flows
+/// are forwarded by the consistent table without an entry, so a flood of SYNs cannot evict
+/// the entries of established flows (Katran's rule, at the same default rate).
+#[inline(always)]
+pub fn may_track() -> bool {
+    let cost = LB_FLOW_COST_NS.load();
+    if cost == 0 {
+        return true;
+    }
+    let Some(s) = LB_FLOW_RL.get_ptr_mut(0) else {
+        return true;
+    };
+    // SAFETY: a per-CPU slot; no other writer on this CPU during the program's run. The
+    // helper is a plain call.
+    unsafe { (*s).take(bpf_ktime_get_ns(), cost, LB_FLOW_BURST_NS.load()) }
+}
 
 /// The conntrack entry of a 5-tuple, if tracked.
 #[inline(always)]

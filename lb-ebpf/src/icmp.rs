@@ -83,25 +83,17 @@ pub fn to_vip(ctx: &XdpContext, pkt: &Packet, vip: &VipInfo) -> Verdict {
     Verdict::Sent(xdp_action::XDP_TX, SendReason::EchoReply)
 }
 
-/// Token bucket: `ECHO_RATE_PER_SEC` replies per second per CPU, bursts of `ECHO_BURST`.
+/// Token bucket: `ECHO_RATE_PER_SEC` replies per second per CPU, bursts of `ECHO_BURST`
+/// (`RateState::take`, the rule the flood guard uses too).
 #[inline(always)]
 fn take_token() -> bool {
     const COST: u64 = 1_000_000_000 / ECHO_RATE_PER_SEC;
     let Some(s) = LB_ECHO_RL.get_ptr_mut(0) else {
         return false;
     };
-    // SAFETY: a per-CPU slot; no other writer on this CPU during the program's run.
-    unsafe {
-        let now = bpf_ktime_get_ns();
-        let credit = ((*s).credit_ns + now.saturating_sub((*s).last_ns)).min(ECHO_BURST * COST);
-        (*s).last_ns = now;
-        if credit < COST {
-            (*s).credit_ns = credit;
-            return false;
-        }
-        (*s).credit_ns = credit - COST;
-    }
-    true
+    // SAFETY: a per-CPU slot; no other writer on this CPU during the program's run. The
+    // helper is a plain call.
+    unsafe { (*s).take(bpf_ktime_get_ns(), COST, ECHO_BURST * COST) }
 }
 
 const DEST_UNREACH: u8 = 3;

@@ -91,6 +91,11 @@ pub static LB_PIP_REV: HashMap<VipKey, PipEntry> = HashMap::pinned(MAX_PIPS, 0);
 #[map(name = "LB_ECHO_RL")]
 pub static LB_ECHO_RL: PerCpuArray<RateState> = PerCpuArray::pinned(1, 0);
 
+/// The flood guard's token bucket, per CPU (one slot): new flows it may track. Writer: fast
+/// path.
+#[map(name = "LB_FLOW_RL")]
+pub static LB_FLOW_RL: PerCpuArray<RateState> = PerCpuArray::pinned(1, 0);
+
 /// The layout version of the pinned maps (`lb_common::consts::map_layout_version`), slot 0,
 /// written by the agent; never read by the program. A pin directory whose version differs is
 /// refused instead of reused. Writer: agent.

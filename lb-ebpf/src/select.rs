@@ -84,7 +84,8 @@ pub enum Pick {
 
 /// Picks the backend of a client → VIP packet: the flow's tracked backend if it has one that is
 /// still live (and the flow still translates), else (after admission) the service table's
-/// choice, which is then tracked. A SYN always takes the table's choice, so a new connection
+/// choice, which is then tracked (unless the flood guard says this CPU is over its new-flow
+/// rate). A SYN always takes the table's choice, so a new connection
 /// never inherits a stale entry of a reused 5-tuple. A RST or FIN that matches no tracked flow
 /// is forwarded by the table, so an evicted connection can still close, but is not tracked: a
 /// flood of them cannot fill the table.
@@ -119,7 +120,11 @@ pub fn pick(flow: &FlowKey4, flags: u8, svc: &ServiceInfo) -> Result<Pick, DropR
     if !(tcp && !syn && conn::is_teardown(flags))
         && let Some(addr) = as_v4(&b.addr)
     {
-        crate::conntrack::remember(flow, id, addr, b.port, svc.id, syn);
+        if crate::conntrack::may_track() {
+            crate::conntrack::remember(flow, id, addr, b.port, svc.id, syn);
+        } else {
+            crate::stats::count_untracked(svc.id);
+        }
     }
     Ok(Pick::New(id, b))
 }

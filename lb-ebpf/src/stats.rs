@@ -66,3 +66,12 @@ pub fn count_acl_drop(service: u32) {
         unsafe { (*p).acl_drops += 1 };
     }
 }
+
+/// A new flow the flood guard forwarded without tracking it.
+#[inline(always)]
+pub fn count_untracked(service: u32) {
+    if let Some(p) = LB_SVC_STATS.get_ptr_mut(service) {
+        // SAFETY: a per-CPU slot, valid for the program's run; no other writer on this CPU.
+        unsafe { (*p).untracked_flows += 1 };
+    }
+}

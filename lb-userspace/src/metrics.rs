@@ -144,6 +144,18 @@ pub fn render(status: &StatusView, stats: &StatsView) -> String {
             c.conntrack_misses,
         );
     }
+    o.family(
+        "lb_service_untracked_flows_total",
+        COUNTER,
+        "New flows the flood guard forwarded by the table without tracking them.",
+    );
+    for (labels, c) in &services {
+        o.sample(
+            "lb_service_untracked_flows_total",
+            labels,
+            c.untracked_flows,
+        );
+    }
 
     let backends: Vec<_> = status
         .vips
@@ -440,6 +452,7 @@ mod tests {
             reply_bytes: (base + 1) * 100,
             acl_drops: 3,
             conntrack_misses: 4,
+            untracked_flows: 5,
         }
     }
 

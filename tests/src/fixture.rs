@@ -106,6 +106,7 @@ impl Harness {
             ring_slots: cfg.agent.ring_slots,
             conntrack_flows: cfg.agent.conntrack_flows,
             tcp_close_timeout_s: cfg.agent.tcp_close_timeout_s,
+            new_flow_rate: cfg.agent.new_flow_rate,
             ..LoadOptions::new(pin_dir(ns))
         };
         let seed = opts.hash_seed;

@@ -118,6 +118,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         conntrack_flows: config.agent.conntrack_flows,
         ring_slots: config.agent.ring_slots,
         tcp_close_timeout_s: config.agent.tcp_close_timeout_s,
+        new_flow_rate: config.agent.new_flow_rate,
         bpf_log_level: opts.bpf_log_level,
     };
     let (mut dp, maps) = Dataplane::load(&load).context("loading the XDP program")?;

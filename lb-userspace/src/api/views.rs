@@ -43,6 +43,9 @@ pub struct CountersView {
     pub reply_bytes: u64,
     pub acl_drops: u64,
     pub conntrack_misses: u64,
+    /// New flows the flood guard forwarded untracked.
+    #[serde(default)]
+    pub untracked_flows: u64,
 }
 
 impl From<lb_common::maps::Counters> for CountersView {
@@ -55,6 +58,7 @@ impl From<lb_common::maps::Counters> for CountersView {
             reply_bytes: c.reply_bytes,
             acl_drops: c.acl_drops,
             conntrack_misses: c.conntrack_misses,
+            untracked_flows: c.untracked_flows,
         }
     }
 }

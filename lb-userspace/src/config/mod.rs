@@ -10,6 +10,7 @@
 //! conntrack_flows = 1048576
 //! ring_slots = 8388608
 //! tcp_close_timeout = 10       # seconds a closed TCP flow still translates, 1..=3600
+//! new_flow_rate = 125000       # new flows per second per CPU that get tracked; 0: no limit
 //!
 //! [[service]]
 //! vip = "203.0.113.10:80/tcp"
@@ -58,6 +59,9 @@ pub struct AgentSettings {
     pub ring_slots: u32,
     /// How long a TCP flow closed by a RST, or by a FIN each way, still translates (seconds).
     pub tcp_close_timeout_s: u32,
+    /// The flood guard: new flows per second per CPU that are tracked; above it, new flows
+    /// are forwarded by the table untracked. 0 turns it off.
+    pub new_flow_rate: u32,
 }
 
 impl Default for AgentSettings {
@@ -67,6 +71,8 @@ impl Default for AgentSettings {
             conntrack_flows: DEFAULT_CONNTRACK_ENTRIES,
             ring_slots: DEFAULT_RING_SLOTS,
             tcp_close_timeout_s: lb_common::conn::CLOSE_TIMEOUT_S,
+            #[expect(clippy::cast_possible_truncation, reason = "a constant below 2^32")]
+            new_flow_rate: lb_common::consts::DEFAULT_NEW_FLOW_RATE as u32,
         }
     }
 }

@@ -87,6 +87,7 @@ struct RawAgent {
     conntrack_flows: Option<Spanned<u32>>,
     ring_slots: Option<Spanned<u32>>,
     tcp_close_timeout: Option<Spanned<u32>>,
+    new_flow_rate: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize)]
@@ -181,6 +182,17 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
                 }
                 *slot = *v.get_ref();
             }
+        }
+        if let Some(v) = &a.new_flow_rate {
+            // 0 is allowed here: it turns the guard off.
+            if *v.get_ref() > 100_000_000 {
+                return Err(err(
+                    v.span(),
+                    "agent.new_flow_rate".into(),
+                    format!("{} is outside 0..=100000000 (0: no limit)", v.get_ref()),
+                ));
+            }
+            agent.new_flow_rate = *v.get_ref();
         }
     }
 
@@ -537,6 +549,10 @@ established = "rebalance"
         let c = parse("lb.toml", GOOD).unwrap();
         assert_eq!(c.agent.hash_seed, 7);
         assert_eq!(c.agent.conntrack_flows, DEFAULT_CONNTRACK_ENTRIES);
+        assert_eq!(
+            u64::from(c.agent.new_flow_rate),
+            lb_common::consts::DEFAULT_NEW_FLOW_RATE
+        );
         assert_eq!(c.services.len(), 2);
         assert_eq!(
             c.services[0].settings,

@@ -34,6 +34,8 @@ pub struct LoadOptions {
     pub ring_slots: u32,
     /// How long a closed TCP flow still translates, in seconds.
     pub tcp_close_timeout_s: u32,
+    /// The flood guard's rate: new flows per second per CPU that are tracked (0: no limit).
+    pub new_flow_rate: u32,
     /// aya-log level for the kernel side (0 = off, 4 = debug).
     pub bpf_log_level: u8,
 }
@@ -49,6 +51,7 @@ impl LoadOptions {
             conntrack_flows: s.conntrack_flows,
             ring_slots: s.ring_slots,
             tcp_close_timeout_s: s.tcp_close_timeout_s,
+            new_flow_rate: s.new_flow_rate,
             bpf_log_level: 0,
         }
     }
@@ -67,6 +70,8 @@ impl Dataplane {
     /// The pin directory cannot be made, the object does not load or verify.
     pub fn load(opts: &LoadOptions) -> Result<(Self, Maps), LoadError> {
         let mut loader = EbpfLoader::new();
+        let (flow_cost, flow_burst) =
+            lb_common::maps::flow_bucket(u64::from(opts.new_flow_rate)).unwrap_or((0, 0));
         let dir = &opts.pin_dir;
         std::fs::create_dir_all(dir).map_err(|source| LoadError::PinDir {
             path: dir.clone(),
@@ -78,6 +83,8 @@ impl Dataplane {
         loader
             .override_global(global_names::HASH_SEED, &opts.hash_seed, true)
             .override_global(global_names::CLOSE_TIMEOUT, &opts.tcp_close_timeout_s, true)
+            .override_global(global_names::FLOW_COST, &flow_cost, true)
+            .override_global(global_names::FLOW_BURST, &flow_burst, true)
             .override_global(global_names::AYA_LOG_LEVEL, &opts.bpf_log_level, false)
             .map_max_entries(map_names::CONNTRACK, opts.conntrack_flows)
             .map_max_entries(map_names::RING, opts.ring_slots);

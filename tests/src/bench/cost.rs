@@ -32,6 +32,9 @@ pub const CONFIG: &str = r#"
 [agent]
 ring_slots = 4096
 conntrack_flows = 65536
+# The flood guard off: a run of SYNs here is far above any real per-CPU rate, and the classes
+# measure the tracked path ("SYN under flood" measures the guard's).
+new_flow_rate = 0
 
 [[service]]
 vip = "203.0.113.10:80/tcp"
@@ -330,6 +333,32 @@ pub fn run(runs: u32) -> anyhow::Result<(Vec<Row>, Vec<ProgSize>)> {
             Ok((rows, sizes))
         },
     )
+}
+
+/// The cost of a SYN of a new 5-tuple above the flood guard's rate: forwarded by the table,
+/// not tracked (a program loaded with a rate of 1 new flow per second per CPU).
+///
+/// # Errors
+/// A run misbehaves, or loading fails.
+pub fn under_flood(runs: u32) -> anyhow::Result<Row> {
+    in_fresh_ns("bench-flood", move |ns| -> anyhow::Result<Row> {
+        super::pin(0, super::measured_cpu());
+        let config = CONFIG.replace("new_flow_rate = 0", "new_flow_rate = 1");
+        let mut h = Harness::load(ns, &config, resolver())?;
+        let c = Class {
+            name: "SYN under flood (untracked)",
+            frame: Frame::tcp(CLIENT, SocketAddrV4::new(VIP, 80), TCP_SYN).build(),
+            action: XDP_TX,
+            reason: Reason::Forward,
+            fresh_tuple: true,
+        };
+        progress(&format!("cost: {}", c.name));
+        let stats = measure(&mut h, &c, (runs / 10).max(100), runs)?;
+        Ok(Row {
+            name: c.name.into(),
+            stats,
+        })
+    })
 }
 
 /// Nanoseconds, as a float.

@@ -119,6 +119,8 @@ pub fn run(opts: &Opts) -> anyhow::Result<()> {
     progress("part 1/4: cost per packet (BPF_PROG_TEST_RUN)");
     // 50 000 runs: the new-5-tuple class uses a source port per run, and stays below 64 Ki.
     (r.cost, r.sizes) = cost::run(if q { 2_000 } else { 50_000 })?;
+    r.cost
+        .push(cost::under_flood(if q { 2_000 } else { 50_000 })?);
     progress("part 2/4: throughput through the real path");
     r.throughput = throughput::run(if q { 50_000 } else { 2_000_000 })?;
     progress("part 3/4: scale curves");
