@@ -79,7 +79,7 @@ pub struct Class {
 }
 
 /// Gives a TCP frame (no VLAN tag) source port `port`, patching the TCP checksum.
-fn set_sport(frame: &mut [u8], port: u16) {
+pub fn set_sport(frame: &mut [u8], port: u16) {
     let t = 14 + 20;
     let old = u16::from_be_bytes([frame[t], frame[t + 1]]);
     frame[t..t + 2].copy_from_slice(&port.to_be_bytes());
@@ -98,7 +98,7 @@ pub const ROUNDS: u32 = 5;
 ///
 /// # Errors
 /// A run returns another action.
-fn best_of_rounds(
+pub fn best_of_rounds(
     name: &str,
     action: u32,
     warmup: u32,

@@ -3,7 +3,8 @@
 //! and reports ratios against baselines measured in the same run: absolute figures vary
 //! between machines, ratios from one run are what to compare.
 //!
-//! 1. [`cost`]: nanoseconds per packet in the kernel, per traffic class (`BPF_PROG_TEST_RUN`).
+//! 1. [`cost`]: nanoseconds per packet in the kernel, per traffic class (`BPF_PROG_TEST_RUN`);
+//!    [`ctvariants`]: the conntrack variants' insert cost with one and two CPUs sending.
 //! 2. [`throughput`]: packets per second through the real path (generator → LB → sinks), next
 //!    to the minimal XDP forwarder and nftables DNAT on the same topology.
 //! 3. [`scale`]: the established-flow cost as services, backends, flows and ACL rules grow.
@@ -11,6 +12,7 @@
 
 pub mod control;
 pub mod cost;
+pub mod ctvariants;
 pub mod plot;
 pub mod scale;
 pub mod throughput;
@@ -101,6 +103,7 @@ pub fn progress(what: &str) {
 pub struct Results {
     pub cost: Vec<cost::Row>,
     pub sizes: Vec<cost::ProgSize>,
+    pub ct_variants: Vec<ctvariants::Row>,
     pub throughput: Vec<throughput::Row>,
     pub scale: Vec<scale::Curve>,
     pub control: control::Results,
@@ -121,6 +124,9 @@ pub fn run(opts: &Opts) -> anyhow::Result<()> {
     (r.cost, r.sizes) = cost::run(if q { 2_000 } else { 50_000 })?;
     r.cost
         .push(cost::under_flood(if q { 2_000 } else { 50_000 })?);
+    // 25 000 inserts per CPU: two CPUs' worth stays below the maps' 64 Ki entries (and each
+    // CPU's half of them), so every variant measures inserts, not evictions.
+    r.ct_variants = ctvariants::run(if q { 2_000 } else { 25_000 })?;
     progress("part 2/4: throughput through the real path");
     r.throughput = throughput::run(if q { 50_000 } else { 2_000_000 })?;
     progress("part 3/4: scale curves");
@@ -188,6 +194,7 @@ fn to_json(r: &Results, quick: bool, took: Duration) -> Value {
         "seconds": took.as_secs(),
         "machine": machine(),
         "cost_per_packet": cost,
+        "conntrack_variants": r.ct_variants.iter().map(|v| { let mut j = v.stats.json(); j["variant"] = json!(v.variant); j["cpus"] = json!(v.cpus); j["above_floor_p50_ns"] = json!(round1(v.stats.p50_ns - floor)); j }).collect::<Vec<_>>(),
         "program_sizes": r.sizes.iter().map(|p| json!({"program": p.name, "jited_bytes": p.jited_bytes, "xlated_bytes": p.xlated_bytes})).collect::<Vec<_>>(),
         "throughput": tput,
         "ratios": ratios(r),
@@ -244,6 +251,24 @@ pub fn summary(r: &Results) -> String {
             c.stats.mean_ns,
             c.stats.p90_ns,
             c.stats.p50_ns - floor
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nConntrack variants: a new flow's insert (p50 ns of the slowest sending CPU)"
+    );
+    let _ = writeln!(
+        s,
+        "| variant | CPUs sending | p50 ns | above floor |\n|---|---:|---:|---:|"
+    );
+    for v in &r.ct_variants {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.0} | {:.0} |",
+            v.variant,
+            v.cpus,
+            v.stats.p50_ns,
+            v.stats.p50_ns - floor
         );
     }
     let _ = writeln!(
