@@ -179,26 +179,25 @@ fn check_layout(dir: &Path) -> Result<(), LoadError> {
 /// as it is and reports the object's size for it, so the agent would allocate table regions
 /// past the ring's end (or count on flows the conntrack map cannot hold).
 fn check_sizes(dir: &Path, opts: &LoadOptions) -> Result<(), LoadError> {
-    for (map, setting, want, per_entry) in [
-        (map_names::RING, "agent.ring_slots", opts.ring_slots, 1),
-        // One entry per flow (module doc of the conntrack map).
+    // Both hold one entry per unit of their setting: a slot, a flow (module doc of the
+    // conntrack map).
+    for (map, setting, want) in [
+        (map_names::RING, "agent.ring_slots", opts.ring_slots),
         (
             map_names::CONNTRACK,
             "agent.conntrack_flows",
             opts.conntrack_flows,
-            1,
         ),
     ] {
         let pin = dir.join(map);
         if !pin.exists() {
             continue;
         }
-        let entries = MapData::from_pin(&pin)
+        let pinned = MapData::from_pin(&pin)
             .and_then(|d| d.info())
             .map_err(|source| LoadError::Map { name: map, source })?
             .max_entries();
-        let pinned = entries / per_entry;
-        if entries != want.saturating_mul(per_entry) {
+        if pinned != want {
             return Err(LoadError::Size {
                 dir: dir.to_path_buf(),
                 map,

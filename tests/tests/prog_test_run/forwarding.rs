@@ -16,9 +16,7 @@ fn tcp_flow_is_balanced_tracked_and_reverse_natted() {
             Reason::Forward,
         );
         // The SYN-ACK from the chosen backend goes back from the VIP to the client's MAC.
-        let mut reply = Frame::tcp(be, CLIENT, TCP_SYN | TCP_ACK);
-        reply.smac = mac_of(be);
-        reply.dmac = LB_MAC;
+        let reply = from_backend(be, CLIENT, TCP_SYN | TCP_ACK);
         fx.check(
             "SYN-ACK from backend",
             &reply,
@@ -40,9 +38,7 @@ fn tcp_flow_is_balanced_tracked_and_reverse_natted() {
         } else {
             SocketAddrV4::new(B1, 80)
         };
-        let mut stray = Frame::tcp(other, CLIENT, TCP_ACK);
-        stray.smac = mac_of(other);
-        stray.dmac = LB_MAC;
+        let stray = from_backend(other, CLIENT, TCP_ACK);
         fx.check(
             "ACK from the other backend",
             &stray,
@@ -77,12 +73,7 @@ fn a_port_reused_to_reach_the_backend_directly_is_not_hijacked() {
     with_fixture(|fx| {
         let vip80 = SocketAddrV4::new(VIP, 82);
         let be = SocketAddrV4::new(B2, 8082);
-        let from_be = |flags| {
-            let mut f = Frame::tcp(be, CLIENT, flags);
-            f.smac = mac_of(be);
-            f.dmac = LB_MAC;
-            f
-        };
+        let from_be = |flags| from_backend(be, CLIENT, flags);
         let syn = Frame::tcp(CLIENT, vip80, TCP_SYN);
         fx.check(
             "SYN",
@@ -171,9 +162,7 @@ fn bad_tcp_flags_are_dropped_and_stray_teardowns_are_not_tracked() {
                 Some(&f.dnat(be, LB_MAC, mac_of(be))),
                 Reason::Forward,
             );
-            let mut back = Frame::tcp(be, src, TCP_RST | TCP_ACK);
-            back.smac = mac_of(be);
-            back.dmac = LB_MAC;
+            let back = from_backend(be, src, TCP_RST | TCP_ACK);
             fx.check(
                 "the backend's answer",
                 &back,
@@ -205,9 +194,7 @@ fn a_flow_closed_long_ago_translates_no_reply() {
         e.tcp = lb_common::conn::CT_RST;
         e.closed_s = 0;
         fx.h.plant_flow(&key, &e);
-        let mut ack = Frame::tcp(be, CLIENT, TCP_ACK);
-        ack.smac = mac_of(be);
-        ack.dmac = LB_MAC;
+        let ack = from_backend(be, CLIENT, TCP_ACK);
         fx.check(
             "reply of the closed flow",
             &ack,

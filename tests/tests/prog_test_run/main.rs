@@ -262,6 +262,14 @@ fn mac_of(b: SocketAddrV4) -> [u8; 6] {
     if *b.ip() == B1 { B1_MAC } else { B2_MAC }
 }
 
+/// A TCP segment from backend `be` to `to`, as it reaches the LB (from the backend's MAC).
+fn from_backend(be: SocketAddrV4, to: SocketAddrV4, flags: u8) -> Frame {
+    let mut f = Frame::tcp(be, to, flags);
+    f.smac = mac_of(be);
+    f.dmac = LB_MAC;
+    f
+}
+
 /// Runs `f` with a fixture inside a fresh namespace that is deleted afterwards.
 fn with_fixture(f: impl FnOnce(&mut Fixture) + Send + 'static) {
     in_fresh_ns("fx", move |ns| {
