@@ -3,6 +3,9 @@
 //! plain stores (a byte-aligned struct, four zero words in a row); in the BPF program each is
 //! a bpf-to-bpf call into a byte loop. Keys and entries are built from words instead, and this
 //! test keeps it so. It reads the same object the agent embeds.
+//!
+//! The baseline object, which the lab loads on every veth peer without a pin directory,
+//! declares no pinned map: aya would pin such a map into `/sys/fs/bpf` itself and leave it.
 
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _, RelocationTarget};
 
@@ -35,4 +38,40 @@ fn the_program_calls_no_memset_or_memcpy() {
         "hidden helper calls:\n{}",
         calls.join("\n")
     );
+}
+
+/// aya's legacy map definition: type, key size, value size, max entries, flags, id, pinning.
+const MAP_DEF_LEN: usize = 28;
+const PINNING_AT: usize = 24;
+
+#[test]
+fn the_baseline_object_pins_nothing() {
+    let obj = object::File::parse(lb_userspace::dataplane::BASELINE_OBJ).expect("parse");
+    let maps = obj.section_by_name("maps").expect("a maps section");
+    let data = maps.data().expect("its data");
+    let mut seen = 0;
+    for sym in obj.symbols() {
+        if sym.section_index() != Some(maps.index()) {
+            continue;
+        }
+        let at = usize::try_from(sym.address() - maps.address()).expect("offset");
+        let def = &data[at..at + MAP_DEF_LEN];
+        let pinning = u32::from_le_bytes(def[PINNING_AT..PINNING_AT + 4].try_into().expect("4"));
+        assert_eq!(pinning, 0, "map {} is pinned", sym.name().unwrap_or("?"));
+        seen += 1;
+    }
+    assert!(seen >= 4, "only {seen} maps found");
+    // The check reads pinning where the agent's object has it set.
+    let lb = object::File::parse(lb_userspace::dataplane::LB_OBJ).expect("parse");
+    let lm = lb.section_by_name("maps").expect("maps");
+    let ld = lm.data().expect("data");
+    let pinned = lb
+        .symbols()
+        .filter(|s| s.section_index() == Some(lm.index()))
+        .filter(|s| {
+            let at = usize::try_from(s.address() - lm.address()).expect("offset");
+            ld[at + PINNING_AT] != 0
+        })
+        .count();
+    assert!(pinned >= 10, "the agent's maps read as unpinned ({pinned})");
 }

@@ -23,6 +23,11 @@ pub static LB_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 pub static BASELINE_OBJ: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-baseline"));
 
+/// The conntrack variants the benchmark compares (`lb-ebpf/src/ctprobe.rs`); its maps are
+/// pinned by name, so load it only under a pin directory of its own.
+pub static CTPROBE_OBJ: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ctprobe"));
+
 /// How to load the object.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {

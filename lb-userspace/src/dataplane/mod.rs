@@ -25,7 +25,7 @@ use lb_common::{
 };
 
 pub use self::{
-    loader::{BASELINE_OBJ, Dataplane, LB_OBJ, LoadOptions, unpin_all, xdp_mode},
+    loader::{BASELINE_OBJ, CTPROBE_OBJ, Dataplane, LB_OBJ, LoadOptions, unpin_all, xdp_mode},
     maps::{Maps, SideMaps},
 };
 use crate::error::MapOpError;

@@ -1,7 +1,7 @@
 //! Part 1b: the conntrack variants, measured as the fast path uses them for a new flow: the
 //! cost of inserting a new IPv4 5-tuple, with one CPU sending and with two CPUs sending at once
-//! (each its own clients, so the keys never collide). The variants are the baseline object's
-//! `xdp_ct_*` programs: one shared LRU (the fast path's map today), an LRU with
+//! (each its own clients, so the keys never collide). The variants are the `xdp_ct_*` programs
+//! of their own object (`lb-ebpf/src/ctprobe.rs`): one shared LRU (the fast path's map today), an LRU with
 //! `BPF_F_NO_COMMON_LRU` (per-CPU LRU lists over one table), and one LRU per CPU (Katran's
 //! layout). Two loads of the object, one per sending thread, share the pinned maps.
 
@@ -48,7 +48,7 @@ pub fn run(runs: u32) -> anyhow::Result<Vec<Row>> {
                 for _ in 0..cpus {
                     let mut obj = aya::EbpfLoader::new()
                         .default_map_pin_directory(&dir)
-                        .load(lb_userspace::dataplane::BASELINE_OBJ)?;
+                        .load(lb_userspace::dataplane::CTPROBE_OBJ)?;
                     let p: &mut aya::programs::Xdp =
                         obj.program_mut(prog).context("program")?.try_into()?;
                     p.load()?;
