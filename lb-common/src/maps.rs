@@ -507,6 +507,20 @@ mod tests {
     }
 
     proptest! {
+        /// The fast path's word-built LPM keys are exactly the agent's: `acl_key_v4` is the
+        /// prefix length then `acl_key` of the mapped address, `lpm_key_v4` the prefix length
+        /// then the mapped address (the byte layout of aya's packed `Key`).
+        #[test]
+        fn word_built_lpm_keys_match_the_agents(len in any::<u32>(), id in any::<u32>(), a in any::<[u8; 4]>()) {
+            let mapped = crate::addr::v4_mapped(a);
+            let acl: [u8; 24] = bytemuck::cast(acl_key_v4(len, id, a));
+            prop_assert_eq!(&acl[..4], &len.to_ne_bytes());
+            prop_assert_eq!(&acl[4..], &acl_key(id, &mapped));
+            let route: [u8; 20] = bytemuck::cast(lpm_key_v4(len, a));
+            prop_assert_eq!(&route[..4], &len.to_ne_bytes());
+            prop_assert_eq!(&route[4..], &mapped);
+        }
+
         /// The bucket never grants more than its burst plus what accrued: over any sequence of
         /// takes in `t` ns, at most `cap / cost + t / cost + 1` succeed; and a full bucket
         /// grants the burst at once.

@@ -211,8 +211,8 @@ impl Model {
             proto: flow.proto,
             _pad: 0,
         };
-        if let Some(table) = self.services.get(&key) {
-            return self.forward(flow, flags, p.ttl, &table.clone());
+        if self.services.contains_key(&key) {
+            return self.forward(&key, flow, flags, p.ttl);
         }
         let refused = match self.reply(&flow, flags) {
             Some(Ok((vip, port, tcp, fwd))) => {
@@ -236,7 +236,7 @@ impl Model {
         })
     }
 
-    fn forward(&mut self, flow: FlowKey4, flags: u8, ttl: u8, table: &[BackendId]) -> Verdict {
+    fn forward(&mut self, key: &ServiceKey, flow: FlowKey4, flags: u8, ttl: u8) -> Verdict {
         let tcp = flow.proto == proto::TCP;
         if tcp && conn::invalid_flags(flags) {
             return Verdict::Other(Reason::DropTcpFlags);
@@ -264,6 +264,7 @@ impl Model {
             );
             return Verdict::Forward(f.backend);
         }
+        let table = &self.services[key];
         let len = u32::try_from(table.len()).expect("table fits u32");
         let Some(s) = slot(flow_hash(&flow, self.seed), len) else {
             return Verdict::Other(Reason::DropNoBackend);

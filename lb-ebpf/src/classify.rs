@@ -89,7 +89,8 @@ pub fn classify(ctx: &aya_ebpf::programs::XdpContext, pkt: &Packet) -> Class {
     if let Some((e, inbound)) = pip::lookup(pkt, to_us, from_us) {
         return Class::Pip(e, inbound);
     }
-    let Some(vip) = select::vip(dst).filter(|_| to_us) else {
+    // Only a destination that may be ours can be a VIP: no lookup for the rest.
+    let Some(vip) = to_us.then(|| select::vip(dst)).flatten() else {
         return Class::NotOurs(not_ours);
     };
     match (&pkt.l4, is_icmp) {

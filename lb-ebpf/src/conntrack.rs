@@ -178,7 +178,7 @@ impl Reply {
     /// Records the reply's flags on its flow (call once the reply is really sent on).
     #[inline(always)]
     pub fn commit(&self) {
-        // SAFETY: `entry` is the value pointer `reply` found in this run.
+        // SAFETY: `entry` is the value pointer `from_backend` found in this run.
         unsafe { set_state(self.entry, self.old, self.new) };
     }
 }
