@@ -11,7 +11,7 @@
 //! # Compilation
 //! Prefixes are nested or disjoint. A rule is emitted as an LPM entry unless an earlier rule's
 //! prefix contains its own (then no address ever reaches it: it is shadowed), and a default
-//! entry of length 0 carries the no-match verdict. For any address, the first matching rule is
+//! entry over the family's whole space ([`Prefix::family_space`]) carries the no-match verdict. For any address, the first matching rule is
 //! never shadowed (an earlier rule containing it would match first), and every longer emitted
 //! prefix containing the address would belong to a later rule inside an earlier one's prefix,
 //! which is exactly what is not emitted. So the longest match is the first match; the
@@ -55,6 +55,24 @@ impl Prefix {
     #[must_use]
     pub fn covers(&self, other: &Self) -> bool {
         self.len <= other.len && self.contains(&other.addr)
+    }
+
+    /// The whole address space of this prefix's family: `::ffff:0:0/96` for an IPv4 prefix,
+    /// `::/0` otherwise. A set's default entry is this, not always `::/0`: the IPv4 maps hold
+    /// IPv4 prefixes only (`0.0.0.0/0` is the IPv4 `/96`), so a rule for `0.0.0.0/0` and a
+    /// `::/0` default would be one key there, and the later write would win.
+    #[must_use]
+    pub fn family_space(&self) -> Self {
+        match crate::addr::prefix_v4(&self.addr, self.len) {
+            Some(_) => Self {
+                addr: crate::addr::v4_mapped([0; 4]),
+                len: crate::addr::V4_MAPPED_PREFIX_LEN,
+            },
+            None => Self {
+                addr: [0; 16],
+                len: 0,
+            },
+        }
     }
 }
 
@@ -115,13 +133,12 @@ pub fn compile(rules: &[Rule]) -> Vec<Entry> {
             rule: Some(r.order),
         });
     }
-    if !out.iter().any(|e| e.prefix.len == 0) {
-        let zero = Prefix {
-            addr: [0; 16],
-            len: 0,
-        };
+    // A service's rules are all of its family (the agent checks), so the first one's space
+    // is the set's.
+    let space = sorted[0].prefix.family_space();
+    if !out.iter().any(|e| e.prefix.covers(&space)) {
         out.push(Entry {
-            prefix: zero,
+            prefix: space,
             action: default_action(rules),
             rule: None,
         });
@@ -229,6 +246,14 @@ mod tests {
             let mut seen = std::collections::BTreeSet::new();
             let rules: Vec<Rule> = rules.into_iter().filter(|r| seen.insert(r.order)).collect();
             let entries = compile(&rules);
+            // Every entry is an IPv4 prefix, and no two share one: each is its own key in the
+            // IPv4 map (a `::/0` default beside a `0.0.0.0/0` rule would be one key there).
+            let keys: std::collections::BTreeSet<_> = entries
+                .iter()
+                .map(|e| crate::addr::prefix_v4(&e.prefix.addr, e.prefix.len))
+                .collect();
+            prop_assert!(!keys.contains(&None), "{:?}", entries);
+            prop_assert_eq!(keys.len(), entries.len());
             for (c, d) in addrs {
                 let a = v4_mapped([198, 51, 100 + c, d]);
                 let want = first_match(&rules, &a);

@@ -33,6 +33,24 @@ pub fn as_v4(a: &Addr) -> Option<[u8; 4]> {
     }
 }
 
+/// An IPv4 prefix in map form (`::ffff:a.b.c.d`, length `96 + p`) as the IPv4 maps hold it:
+/// `(p, a.b.c.d)`. `None` for a prefix that is not one (an IPv6 prefix, or a length below 96).
+#[must_use]
+pub fn prefix_v4(a: &Addr, len: u32) -> Option<(u32, [u8; 4])> {
+    let p = len.checked_sub(V4_MAPPED_PREFIX_LEN)?;
+    if p > 32 {
+        return None;
+    }
+    as_v4(a).map(|v4| (p, v4))
+}
+
+/// The map form of an IPv4 prefix `a/p` as the IPv4 maps hold it: the inverse of
+/// [`prefix_v4`].
+#[must_use]
+pub fn prefix_from_v4(p: u32, a: [u8; 4]) -> (u32, Addr) {
+    (V4_MAPPED_PREFIX_LEN + p, v4_mapped(a))
+}
+
 #[cfg(feature = "std")]
 mod std_impls {
     use std::net::IpAddr;
@@ -75,5 +93,21 @@ mod tests {
             .octets();
         assert_eq!(as_v4(&v6), None);
         assert_eq!(from_ip(to_ip(&v6)), v6);
+    }
+
+    #[test]
+    fn v4_prefixes_round_trip_and_nothing_else_is_one() {
+        for p in 0..=32 {
+            let (len, a) = prefix_from_v4(p, [198, 51, 100, 0]);
+            assert_eq!(prefix_v4(&a, len), Some((p, [198, 51, 100, 0])));
+        }
+        let mapped = v4_mapped([0; 4]);
+        assert_eq!(
+            prefix_v4(&mapped, 95),
+            None,
+            "shorter than the mapped prefix"
+        );
+        assert_eq!(prefix_v4(&mapped, 129), None);
+        assert_eq!(prefix_v4(&[0; 16], 0), None, "::/0 is not an IPv4 prefix");
     }
 }

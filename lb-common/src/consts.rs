@@ -36,40 +36,40 @@ pub const DEFAULT_HASH_SEED: u32 = 0x5eed_1b00;
 
 /// Map names, exactly as the `#[map]` statics in `lb-ebpf` (BPF limits names to 15 bytes).
 pub mod map_names {
-    pub const SERVICES: &str = "LB_SERVICES";
-    pub const VIPS: &str = "LB_VIPS";
-    pub const BACKENDS: &str = "LB_BACKENDS";
+    pub const SERVICES4: &str = "LB_SERVICES4";
+    pub const VIPS4: &str = "LB_VIPS4";
+    pub const BACKENDS4: &str = "LB_BACKENDS4";
     pub const RING: &str = "LB_RING";
     pub const CONNTRACK: &str = "LB_CONNTRACK4";
     pub const REVSVC: &str = "LB_REVSVC4";
     pub const OURS: &str = "LB_OURS4";
-    pub const ROUTES: &str = "LB_ROUTES";
+    pub const ROUTES4: &str = "LB_ROUTES4";
     pub const REASON_STATS: &str = "LB_REASONS";
     pub const SERVICE_STATS: &str = "LB_SVC_STATS";
     pub const BACKEND_STATS: &str = "LB_BE_STATS";
-    pub const ACL: &str = "LB_ACL";
-    pub const PIPS: &str = "LB_PIPS";
-    pub const PIP_REV: &str = "LB_PIP_REV";
+    pub const ACL4: &str = "LB_ACL4";
+    pub const PIPS4: &str = "LB_PIPS4";
+    pub const PIP_REV4: &str = "LB_PIP_REV4";
     pub const ECHO_RL: &str = "LB_ECHO_RL";
     pub const FLOW_RL: &str = "LB_FLOW_RL";
     pub const PROGS: &str = "LB_PROGS";
     pub const LAYOUT: &str = "LB_LAYOUT";
     /// Every map, in the order the agent opens them.
     pub const ALL: [&str; 18] = [
-        SERVICES,
-        VIPS,
-        BACKENDS,
+        SERVICES4,
+        VIPS4,
+        BACKENDS4,
         RING,
         CONNTRACK,
         REVSVC,
         OURS,
-        ROUTES,
+        ROUTES4,
         REASON_STATS,
         SERVICE_STATS,
         BACKEND_STATS,
-        ACL,
-        PIPS,
-        PIP_REV,
+        ACL4,
+        PIPS4,
+        PIP_REV4,
         ECHO_RL,
         FLOW_RL,
         PROGS,
@@ -79,7 +79,7 @@ pub mod map_names {
 
 /// Bump when a map's key or value changes meaning without changing size (a field reordered or
 /// reinterpreted); size changes alter [`map_layout_version`] by themselves.
-pub const MAP_LAYOUT_REVISION: u64 = 2;
+pub const MAP_LAYOUT_REVISION: u64 = 3;
 
 /// The layout version of every pinned map: a hash of the revision, the map names, capacities
 /// fixed at build time, and the sizes of every key and value type. The agent stores it in the
@@ -103,11 +103,11 @@ pub const fn map_layout_version() -> u64 {
     let parts: [u64; 23] = [
         MAP_LAYOUT_REVISION,
         map_names::ALL.len() as u64,
-        size_of::<maps::ServiceKey>() as u64,
+        size_of::<maps::ServiceKey4>() as u64,
         size_of::<maps::ServiceInfo>() as u64,
-        size_of::<maps::VipKey>() as u64,
+        size_of::<[u8; 4]>() as u64,
         size_of::<maps::VipInfo>() as u64,
-        size_of::<maps::Backend>() as u64,
+        size_of::<maps::Backend4>() as u64,
         size_of::<maps::BackendId>() as u64,
         size_of::<FlowKey4>() as u64,
         size_of::<maps::ConnEntry4>() as u64,
@@ -115,9 +115,9 @@ pub const fn map_layout_version() -> u64 {
         size_of::<maps::RevService4>() as u64,
         size_of::<maps::NextHop>() as u64,
         size_of::<maps::Counters>() as u64,
-        size_of::<maps::AclKeyData>() as u64,
+        size_of::<maps::AclKey4>() as u64,
         size_of::<maps::AclValue>() as u64,
-        size_of::<maps::PipEntry>() as u64,
+        size_of::<maps::PipEntry4>() as u64,
         size_of::<maps::RateState>() as u64,
         maps::OURS_WORDS as u64,
         MAX_SERVICES as u64,

@@ -2,13 +2,21 @@
 //! size-asserted: the XDP program and the agent read the same bytes.
 //!
 //! Ports are kept in network order (`[u8; 2]`) because the fast path copies them to and from the
-//! wire; addresses are in map form (see [`crate::addr`]).
+//! wire.
+//!
+//! The maps are per family, as Cilium's `lb4_*`/`lb6_*`: the IPv4 maps (`*4`) hold 4-byte
+//! addresses, so the IPv4 path never touches a 16-byte one. The agent plans in one
+//! family-agnostic form, with addresses in map form (see [`crate::addr`]): [`ServiceKey`],
+//! [`VipKey`], [`Backend`], ACL and route prefixes. Its map layer turns each into its family's
+//! entry ([`ServiceKey::v4`], [`Backend::v4`], [`crate::addr::prefix_v4`]) and back. The IPv6
+//! maps (16-byte addresses) come with the IPv6 family.
 
 use bytemuck::{Pod, Zeroable};
 
 use crate::{addr::Addr, impl_user_pod};
 
-/// `LB_SERVICES` key: one load-balanced endpoint, (VIP, port, protocol).
+/// One load-balanced endpoint, (VIP, port, protocol), in the agent's family-agnostic form;
+/// the maps hold [`ServiceKey4`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
 #[repr(C)]
 pub struct ServiceKey {
@@ -19,7 +27,49 @@ pub struct ServiceKey {
 }
 const _: () = assert!(size_of::<ServiceKey>() == 20);
 
-/// `LB_SERVICES` value.
+impl ServiceKey {
+    /// Its `LB_SERVICES4` key, if the VIP is IPv4.
+    #[must_use]
+    pub fn v4(&self) -> Option<ServiceKey4> {
+        crate::addr::as_v4(&self.vip).map(|a| ServiceKey4::of(a, self.port, self.proto))
+    }
+
+    /// The endpoint of an `LB_SERVICES4` key.
+    #[must_use]
+    pub fn from_v4(k: &ServiceKey4) -> Self {
+        Self {
+            vip: crate::addr::v4_mapped(k.vip),
+            port: k.port,
+            proto: k.proto,
+            _pad: 0,
+        }
+    }
+}
+
+/// `LB_SERVICES4` key: an IPv4 load-balanced endpoint, (VIP, port, protocol).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+#[repr(C, align(4))]
+pub struct ServiceKey4 {
+    pub vip: [u8; 4],
+    pub port: [u8; 2],
+    pub proto: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(size_of::<ServiceKey4>() == 8);
+
+impl ServiceKey4 {
+    /// The key of a packet's destination, from two word stores.
+    #[inline(always)]
+    #[must_use]
+    pub fn of(vip: [u8; 4], port: [u8; 2], proto: u8) -> Self {
+        bytemuck::cast([
+            u32::from_ne_bytes(vip),
+            u32::from_ne_bytes([port[0], port[1], proto, 0]),
+        ])
+    }
+}
+
+/// `LB_SERVICES4` value.
 ///
 /// The service's lookup table is the region `LB_RING[table_off .. table_off + table_len]`; the
 /// fast path reads slot [`crate::maglev::slot`]`(hash, table_len)` of it. A table change writes a
@@ -35,7 +85,7 @@ pub struct ServiceInfo {
     pub table_len: u32,
     /// [`SVC_F_INTERNAL`].
     pub flags: u32,
-    /// The endpoint's ACL set in `LB_ACL` (0: no ACL, everyone is permitted). Like the table,
+    /// The endpoint's ACL set in `LB_ACL4` (0: no ACL, everyone is permitted). Like the table,
     /// a rule change writes a new set under a new id and then switches this field.
     pub acl_id: u32,
 }
@@ -45,22 +95,23 @@ const _: () = assert!(size_of::<ServiceInfo>() == 20);
 /// against the VIP's source set (`VipInfo::ilb_id`). Public services skip that lookup.
 pub const SVC_F_INTERNAL: u32 = 1;
 
-/// `LB_VIPS` key: a VIP address (any port). Lets the fast path tell "to a VIP, but malformed or
-/// to a port we do not serve" (a counted drop) from "not ours" (pass), without per-port lookups.
+/// A VIP address (any port), in the agent's form; `LB_VIPS4` is keyed by the 4-byte address.
+/// Lets the fast path tell "to a VIP, but malformed or to a port we do not serve" (a counted
+/// drop) from "not ours" (pass), without per-port lookups.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
 #[repr(C)]
 pub struct VipKey {
     pub vip: Addr,
 }
 
-/// `LB_VIPS` value.
+/// `LB_VIPS4` value.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 #[repr(C)]
 pub struct VipInfo {
     /// Number of services on this address (the agent deletes the entry at zero).
     pub services: u32,
     pub flags: u32,
-    /// Internal VIP: its source set in `LB_ACL` (internal prefixes permitted, the VIP's own
+    /// Internal VIP: its source set in `LB_ACL4` (internal prefixes permitted, the VIP's own
     /// backends marked hairpin, everything else denied); 0 for a public VIP.
     pub ilb_id: u32,
 }
@@ -84,8 +135,9 @@ impl NextHop {
     }
 }
 
-/// `LB_BACKENDS` value, indexed by [`BackendId`]. Id 0 is never a backend: an all-zero table slot
-/// means "none", which is how an empty table is spelled.
+/// A backend, indexed by [`BackendId`], in the agent's family-agnostic form; `LB_BACKENDS4`
+/// holds [`Backend4`]. Id 0 is never a backend: an all-zero table slot means "none", which is
+/// how an empty table is spelled.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 #[repr(C)]
 pub struct Backend {
@@ -114,9 +166,59 @@ impl Backend {
     pub const fn is_active(&self) -> bool {
         self.flags & BACKEND_F_ACTIVE != 0
     }
+
+    /// Its `LB_BACKENDS4` entry, if the address is IPv4.
+    #[must_use]
+    pub fn v4(&self) -> Option<Backend4> {
+        crate::addr::as_v4(&self.addr).map(|addr| Backend4 {
+            addr,
+            port: self.port,
+            flags: self.flags,
+            proto: self.proto,
+            nh: self.nh,
+            service: self.service,
+        })
+    }
+
+    /// The backend of an `LB_BACKENDS4` entry.
+    #[must_use]
+    pub fn from_v4(b: &Backend4) -> Self {
+        Self {
+            addr: crate::addr::v4_mapped(b.addr),
+            port: b.port,
+            flags: b.flags,
+            proto: b.proto,
+            nh: b.nh,
+            service: b.service,
+        }
+    }
 }
 
-/// Index into `LB_BACKENDS` and the value of every table slot.
+/// `LB_BACKENDS4` value, indexed by [`BackendId`]: an IPv4 backend (see [`Backend`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+#[repr(C)]
+pub struct Backend4 {
+    pub addr: [u8; 4],
+    pub port: [u8; 2],
+    pub flags: u8,
+    /// The service's protocol: with `addr` and `port`, the key of the backend's reverse-service
+    /// entry (`LB_REVSVC4`).
+    pub proto: u8,
+    pub nh: NextHop,
+    /// The service id this entry belongs to (read by a restarted agent, not the fast path).
+    pub service: u32,
+}
+const _: () = assert!(size_of::<Backend4>() == 28);
+
+impl Backend4 {
+    #[inline(always)]
+    #[must_use]
+    pub const fn is_active(&self) -> bool {
+        self.flags & BACKEND_F_ACTIVE != 0
+    }
+}
+
+/// Index into `LB_BACKENDS4` and the value of every table slot.
 pub type BackendId = u32;
 
 /// Conntrack entry kind: packet from client to VIP; the backend comes from `backend`.
@@ -326,66 +428,25 @@ impl Counters {
     }
 }
 
-/// `LB_ROUTES` key data (the LPM trie's `Key<[u8; 16]>`): a client-facing destination prefix in
-/// map form; an IPv4 /p is stored with prefix length `96 + p`.
-pub type RouteKeyData = Addr;
+/// `LB_ROUTES4` key data (the LPM trie's `Key<[u8; 4]>`): a client-facing IPv4 destination
+/// prefix, with its own length (0..=32).
+pub type RouteKey4 = [u8; 4];
 
-/// An LPM trie key (`prefix_len`, then the data) for an IPv4 address in map form: the five
-/// words of aya's packed `Key<[u8; 16]>`, built as words in an aligned buffer that the caller
-/// passes by pointer. verifier and size: `Key::new` on the packed struct stored the mapped
-/// address's ten-byte zero prefix with a byte-wise `memset` call.
+/// `LB_ACL4` key data (the LPM trie's `Key<[u8; 8]>`): the ACL set id (big-endian, so its 32
+/// bits come first in the match), then the IPv4 source. Prefix length is `32 + p`.
+pub type AclKey4 = [u8; 8];
+
+/// Builds `LB_ACL4` key data from two words.
 #[inline(always)]
 #[must_use]
-pub fn lpm_key_v4(prefix_len: u32, a: [u8; 4]) -> [u32; 5] {
-    [
-        prefix_len,
-        0,
-        0,
-        u32::from_ne_bytes([0, 0, 0xff, 0xff]),
-        u32::from_ne_bytes(a),
-    ]
-}
-
-/// An `LB_ACL` key (`prefix_len`, set id, source address in map form) for an IPv4 source, as
-/// the six words of aya's packed `Key<[u8; 20]>` (see [`lpm_key_v4`]).
-#[inline(always)]
-#[must_use]
-pub fn acl_key_v4(prefix_len: u32, acl_id: u32, a: [u8; 4]) -> [u32; 6] {
-    [
-        prefix_len,
+pub fn acl_key4(acl_id: u32, a: [u8; 4]) -> AclKey4 {
+    bytemuck::cast([
         u32::from_ne_bytes(acl_id.to_be_bytes()),
-        0,
-        0,
-        u32::from_ne_bytes([0, 0, 0xff, 0xff]),
         u32::from_ne_bytes(a),
-    ]
+    ])
 }
 
-/// `LB_ACL` key data (the LPM trie's `Key<[u8; 20]>`): the ACL set id (big-endian, so its 32
-/// bits come first in the match) and the source address in map form. Prefix length is
-/// `32 + map-form prefix length`.
-pub type AclKeyData = [u8; 20];
-
-/// Builds `LB_ACL` key data.
-#[inline(always)]
-#[must_use]
-pub const fn acl_key(acl_id: u32, addr: &Addr) -> AclKeyData {
-    let mut k = [0u8; 20];
-    let id = acl_id.to_be_bytes();
-    let mut i = 0;
-    // verifier: constant trip counts, unrolled.
-    while i < 4 {
-        k[i] = id[i];
-        i += 1;
-    }
-    while i < 20 {
-        k[i] = addr[i - 4];
-        i += 1;
-    }
-    k
-}
-
-/// `LB_ACL` value: the verdict of the longest matching prefix.
+/// `LB_ACL4` value: the verdict of the longest matching prefix.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 #[repr(C)]
 pub struct AclValue {
@@ -450,16 +511,17 @@ pub const ACL_DENY: u32 = 2;
 /// several services of the VIP): hairpin replies go out through its next hop.
 pub const ACL_HAIRPIN: u32 = 3;
 
-/// `LB_PIPS` (PIP → instance) and `LB_PIP_REV` (instance → PIP) value. Key: [`VipKey`].
+/// `LB_PIPS4` (PIP → instance) and `LB_PIP_REV4` (instance → PIP) value, keyed by the 4-byte
+/// address.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 #[repr(C)]
-pub struct PipEntry {
-    /// The address the packet's destination (`LB_PIPS`) or source (`LB_PIP_REV`) becomes.
-    pub addr: Addr,
-    /// `LB_PIPS`: the agent-resolved next hop towards the instance (unused in `LB_PIP_REV`).
+pub struct PipEntry4 {
+    /// The address the packet's destination (`LB_PIPS4`) or source (`LB_PIP_REV4`) becomes.
+    pub addr: [u8; 4],
+    /// `LB_PIPS4`: the agent-resolved next hop towards the instance (unused in `LB_PIP_REV4`).
     pub nh: NextHop,
 }
-const _: () = assert!(size_of::<PipEntry>() == 32);
+const _: () = assert!(size_of::<PipEntry4>() == 20);
 
 /// Words of the "maybe ours" filter (`LB_OURS4`): 64 Ki bits, 8 KiB.
 pub const OURS_WORDS: u32 = 1024;
@@ -480,17 +542,19 @@ pub const fn ours_bit(a: [u8; 4]) -> (u32, u64) {
 
 impl_user_pod!(
     ServiceKey,
+    ServiceKey4,
     ServiceInfo,
     VipKey,
     VipInfo,
     NextHop,
     Backend,
+    Backend4,
     ConnEntry4,
     RevKey4,
     RevService4,
     Counters,
     AclValue,
-    PipEntry,
+    PipEntry4,
     RateState
 );
 
@@ -507,18 +571,19 @@ mod tests {
     }
 
     proptest! {
-        /// The fast path's word-built LPM keys are exactly the agent's: `acl_key_v4` is the
-        /// prefix length then `acl_key` of the mapped address, `lpm_key_v4` the prefix length
-        /// then the mapped address (the byte layout of aya's packed `Key`).
+        /// The word-built keys are the byte layouts the agent reads back: an ACL key is the
+        /// set id big-endian, then the address; a service key the address, port, protocol and
+        /// a zero pad; and the family-agnostic forms round-trip through them.
         #[test]
-        fn word_built_lpm_keys_match_the_agents(len in any::<u32>(), id in any::<u32>(), a in any::<[u8; 4]>()) {
-            let mapped = crate::addr::v4_mapped(a);
-            let acl: [u8; 24] = bytemuck::cast(acl_key_v4(len, id, a));
-            prop_assert_eq!(&acl[..4], &len.to_ne_bytes());
-            prop_assert_eq!(&acl[4..], &acl_key(id, &mapped));
-            let route: [u8; 20] = bytemuck::cast(lpm_key_v4(len, a));
-            prop_assert_eq!(&route[..4], &len.to_ne_bytes());
-            prop_assert_eq!(&route[4..], &mapped);
+        fn word_built_keys_have_their_layouts(id in any::<u32>(), a in any::<[u8; 4]>(), port in any::<[u8; 2]>(), proto in any::<u8>()) {
+            let acl = acl_key4(id, a);
+            prop_assert_eq!(&acl[..4], &id.to_be_bytes());
+            prop_assert_eq!(&acl[4..], &a);
+            let k = ServiceKey4::of(a, port, proto);
+            prop_assert_eq!(k, ServiceKey4 { vip: a, port, proto, _pad: 0 });
+            prop_assert_eq!(ServiceKey::from_v4(&k).v4(), Some(k));
+            let b = Backend4 { addr: a, port, flags: BACKEND_F_ACTIVE, proto, nh: NextHop::default(), service: id };
+            prop_assert_eq!(Backend::from_v4(&b).v4(), Some(b));
         }
 
         /// The bucket never grants more than its burst plus what accrued: over any sequence of

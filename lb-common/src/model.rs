@@ -13,13 +13,12 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::{
-    addr::{Addr, as_v4, v4_mapped},
     conn,
     flow::{FlowKey4, proto},
     hash::flow_hash,
     hdr::{ETH_P_8021Q, ETH_P_IPV4, IPV4_FRAG_MASK},
     maglev::slot,
-    maps::{BackendId, REV_F_SHARED, RevKey4, RevService4, ServiceKey},
+    maps::{BackendId, REV_F_SHARED, RevKey4, RevService4, ServiceKey4},
     verdict::Reason,
 };
 
@@ -138,7 +137,7 @@ pub fn parse(frame: &[u8]) -> Result<Parsed, Reason> {
 /// A backend as the model knows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ModelBackend {
-    pub addr: Addr,
+    pub addr: [u8; 4],
     pub port: [u8; 2],
     pub active: bool,
 }
@@ -169,9 +168,9 @@ pub struct ModelFlow {
 pub struct Model {
     pub seed: u32,
     /// Each service's lookup table (slot → backend id, 0 for none).
-    pub services: HashMap<ServiceKey, Vec<BackendId>>,
+    pub services: HashMap<ServiceKey4, Vec<BackendId>>,
     pub backends: HashMap<BackendId, ModelBackend>,
-    pub vips: HashSet<Addr>,
+    pub vips: HashSet<[u8; 4]>,
     /// The backends' reverse-service entries (`LB_REVSVC4`).
     pub revs: HashMap<RevKey4, RevService4>,
     /// Tracked client → VIP flows.
@@ -199,20 +198,15 @@ impl Model {
             if p.proto == proto::ICMP {
                 return Verdict::OutOfScope;
             }
-            return Verdict::Other(if self.vips.contains(&v4_mapped(p.dst)) {
+            return Verdict::Other(if self.vips.contains(&p.dst) {
                 p.problem.unwrap_or(Reason::DropMalformed)
             } else {
                 Reason::PassNotOurs
             });
         };
-        let key = ServiceKey {
-            vip: v4_mapped(flow.dst),
-            port: flow.dport,
-            proto: flow.proto,
-            _pad: 0,
-        };
+        let key = ServiceKey4::of(flow.dst, flow.dport, flow.proto);
         if self.services.contains_key(&key) {
-            return self.forward(&key, flow, flags, p.ttl);
+            return self.forward(key, flow, flags, p.ttl);
         }
         let refused = match self.reply(&flow, flags) {
             Some(Ok((vip, port, tcp, fwd))) => {
@@ -227,7 +221,7 @@ impl Model {
             Some(Err(())) => true,
             None => false,
         };
-        Verdict::Other(if self.vips.contains(&v4_mapped(flow.dst)) {
+        Verdict::Other(if self.vips.contains(&flow.dst) {
             Reason::DropNoService
         } else if refused {
             Reason::PassNotReply
@@ -236,7 +230,7 @@ impl Model {
         })
     }
 
-    fn forward(&mut self, key: &ServiceKey, flow: FlowKey4, flags: u8, ttl: u8) -> Verdict {
+    fn forward(&mut self, key: ServiceKey4, flow: FlowKey4, flags: u8, ttl: u8) -> Verdict {
         let tcp = flow.proto == proto::TCP;
         if tcp && conn::invalid_flags(flags) {
             return Verdict::Other(Reason::DropTcpFlags);
@@ -264,7 +258,7 @@ impl Model {
             );
             return Verdict::Forward(f.backend);
         }
-        let table = &self.services[key];
+        let table = &self.services[&key];
         let len = u32::try_from(table.len()).expect("table fits u32");
         let Some(s) = slot(flow_hash(&flow, self.seed), len) else {
             return Verdict::Other(Reason::DropNoBackend);
@@ -283,7 +277,7 @@ impl Model {
                 tcp: if syn { conn::CT_SYN } else { 0 },
             },
         );
-        let addr = as_v4(&b.addr).expect("IPv4 backend");
+        let addr = b.addr;
         if self
             .revs
             .get(&RevKey4::of(addr, b.port, flow.proto))

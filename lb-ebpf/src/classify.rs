@@ -15,7 +15,7 @@
 
 use lb_common::{
     flow::proto,
-    maps::{PipEntry, ServiceInfo, VipInfo, ours_bit},
+    maps::{PipEntry4, ServiceInfo, VipInfo, ours_bit},
     verdict::{DropReason, PassReason},
 };
 
@@ -45,7 +45,7 @@ pub enum Class {
     /// An ICMP error from a backend's side about a tracked flow.
     IcmpFromBackend(Reply),
     /// To or from an instance-level public IP (`true`: to it).
-    Pip(PipEntry, bool),
+    Pip(PipEntry4, bool),
     /// ICMP to a VIP: an echo request or an error.
     IcmpToVip(VipInfo),
     /// To a VIP, but nothing there serves it.
@@ -63,7 +63,7 @@ pub fn classify(ctx: &aya_ebpf::programs::XdpContext, pkt: &Packet) -> Class {
     let mut not_ours = PassReason::NotOurs;
     // For TCP/UDP: whether the destination may be a VIP or PIP, the source a backend or a
     // PIP's instance. Everything else is looked up as it comes.
-    let (to_us, from_us) = if let Some((flow, _)) = &pkt.l4 {
+    let (to_us, from_us) = if let Some((flow, _)) = pkt.flow() {
         let (to_us, from_us) = (maybe_ours(flow.dst), maybe_ours(flow.src));
         if !to_us && !from_us {
             return Class::NotOurs(not_ours);
@@ -93,7 +93,7 @@ pub fn classify(ctx: &aya_ebpf::programs::XdpContext, pkt: &Packet) -> Class {
     let Some(vip) = to_us.then(|| select::vip(dst)).flatten() else {
         return Class::NotOurs(not_ours);
     };
-    match (&pkt.l4, is_icmp) {
+    match (pkt.flow(), is_icmp) {
         (Some(_), _) => Class::Unservable(DropReason::NoService),
         (None, true) => Class::IcmpToVip(vip),
         (None, false) => Class::Unservable(pkt.problem.unwrap_or(DropReason::Malformed)),

@@ -14,13 +14,12 @@
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    addr::{as_v4, v4_mapped},
     conn,
     consts::PROG_HAIRPIN,
     flow::{FlowKey4, proto},
     maps::{
-        ACL_HAIRPIN, Backend, BackendId, CONN_HAIRPIN, CONN_HAIRPIN_REV, ConnEntry4,
-        HAIRPIN_PORT_TRIES, ServiceKey, VIP_F_HAIRPIN_SNAT, hairpin_port,
+        ACL_HAIRPIN, Backend4, BackendId, CONN_HAIRPIN, CONN_HAIRPIN_REV, ConnEntry4,
+        HAIRPIN_PORT_TRIES, ServiceKey4, VIP_F_HAIRPIN_SNAT, hairpin_port,
     },
     verdict::{DropReason, SendReason},
 };
@@ -52,7 +51,7 @@ pub fn run(ctx: &XdpContext) -> Verdict {
     let Ok(pkt) = parse::packet(ctx) else {
         return Verdict::Drop(DropReason::Malformed);
     };
-    let Some((flow, l4)) = pkt.l4 else {
+    let Some((&flow, l4)) = pkt.flow() else {
         return Verdict::Drop(pkt.problem.unwrap_or(DropReason::Malformed));
     };
     if xlate::ttl(&pkt) <= 1 {
@@ -106,9 +105,7 @@ fn new_flow(ctx: &XdpContext, pkt: &Packet, l4: L4, flow: &FlowKey4) -> Verdict 
         Ok(x) => x,
         Err(r) => return Verdict::Drop(r),
     };
-    let Some(dip) = as_v4(&b.addr) else {
-        return Verdict::Drop(DropReason::NoBackend);
-    };
+    let dip = b.addr;
     // The reply's key: (chosen backend → VIP:SNAT port).
     let mut rev_key = FlowKey4::of(dip, flow.dst, b.port, [0; 2], flow.proto);
     let mut found = false;
@@ -154,13 +151,7 @@ fn new_flow(ctx: &XdpContext, pkt: &Packet, l4: L4, flow: &FlowKey4) -> Verdict 
 /// counts as free.
 #[inline(always)]
 fn port_free(flow: &FlowKey4, rev_key: &FlowKey4) -> bool {
-    let key = ServiceKey {
-        vip: v4_mapped(flow.dst),
-        port: rev_key.dport,
-        proto: flow.proto,
-        _pad: 0,
-    };
-    if select::service_at(key).is_some() {
+    if select::service_at(ServiceKey4::of(flow.dst, rev_key.dport, flow.proto)).is_some() {
         return false;
     }
     match conntrack::lookup(rev_key) {
@@ -177,16 +168,13 @@ fn out(
     pkt: &Packet,
     l4: L4,
     flow: &FlowKey4,
-    (id, b): (BackendId, &Backend),
+    (id, b): (BackendId, &Backend4),
     snat_port: [u8; 2],
     service: u32,
     new_flow: bool,
 ) -> Verdict {
-    let Some(dip) = as_v4(&b.addr) else {
-        return Verdict::Drop(DropReason::NoBackend);
-    };
     let vip = flow.dst;
-    xlate::dnat(pkt, l4, dip, b.port);
+    xlate::dnat(pkt, l4, b.addr, b.port);
     xlate::rnat(pkt, l4, vip, snat_port);
     stats::count_flow(service, id, pkt.len, Dir::Forward { new_flow });
     xlate::forward(ctx, pkt, Some(b.nh), SendReason::HairpinSnat)

@@ -5,7 +5,6 @@
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, programs::XdpContext};
 use lb_common::{
-    addr::as_v4,
     consts::{ECHO_BURST, ECHO_RATE_PER_SEC},
     csum,
     flow::{FlowKey4, proto},
@@ -223,9 +222,7 @@ pub fn error_to_vip(ctx: &XdpContext, pkt: &Packet) -> Verdict {
     let Some(be) = select::live_backend(ct.backend) else {
         return unmatched;
     };
-    let Some(dip) = as_v4(&be.addr) else {
-        return unmatched;
-    };
+    let dip = be.addr;
     if xlate::ttl(pkt) <= 1 {
         return Verdict::Drop(DropReason::Ttl);
     }

@@ -24,7 +24,6 @@ mod xlate;
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 use lb_common::{
-    addr::as_v4,
     conn,
     flow::{FlowKey4, proto},
     maps::ServiceInfo,
@@ -72,12 +71,12 @@ fn try_lb(ctx: &XdpContext) -> Verdict {
     // `classify` gives `Service` and `Reply` for TCP/UDP packets only; the `None` arms are
     // there so that even the impossible has a defined, counted outcome.
     match classify::classify(ctx, &pkt) {
-        Class::Service(svc) => match &pkt.l4 {
-            Some((flow, l4)) => to_backend(ctx, &pkt, flow, *l4, &svc),
+        Class::Service(svc) => match pkt.flow() {
+            Some((flow, l4)) => to_backend(ctx, &pkt, flow, l4, &svc),
             None => Verdict::Drop(DropReason::Malformed),
         },
-        Class::Reply(r) => match &pkt.l4 {
-            Some((flow, l4)) => to_client(ctx, &pkt, flow, *l4, &r),
+        Class::Reply(r) => match pkt.flow() {
+            Some((flow, l4)) => to_client(ctx, &pkt, flow, l4, &r),
             None => Verdict::Drop(DropReason::Malformed),
         },
         Class::HairpinReply => hairpin::enter(ctx),
@@ -110,16 +109,12 @@ fn to_backend(
         Ok(Pick::Hairpin) => return hairpin::enter(ctx),
         Err(r) => return Verdict::Drop(r),
     };
-    let Some(addr) = as_v4(&be.addr) else {
-        // The agent never pairs an IPv4 service with an IPv6 backend; guard anyway.
-        return Verdict::Drop(DropReason::NoBackend);
-    };
     if new_flow {
         // Off unless the agent runs with --bpf-log debug: the agent sets AYA_LOG_LEVEL at load
         // time and the verifier prunes this branch as dead code when it is 0.
         aya_log_ebpf::debug!(ctx, "new flow to backend {} (service {})", id, svc.id);
     }
-    xlate::dnat(pkt, l4, addr, be.port);
+    xlate::dnat(pkt, l4, be.addr, be.port);
     stats::count_flow(svc.id, id, pkt.len, Dir::Forward { new_flow });
     xlate::forward(ctx, pkt, Some(be.nh), SendReason::Forward)
 }

@@ -14,25 +14,24 @@ use lb_common::{
     },
     flow::FlowKey4,
     maps::{
-        AclKeyData, AclValue, Backend, BackendId, ConnEntry4, Counters, NextHop, OURS_WORDS,
-        PipEntry, RateState, RevKey4, RevService4, RouteKeyData, ServiceInfo, ServiceKey, VipInfo,
-        VipKey,
+        AclKey4, AclValue, Backend4, BackendId, ConnEntry4, Counters, NextHop, OURS_WORDS,
+        PipEntry4, RateState, RevKey4, RevService4, RouteKey4, ServiceInfo, ServiceKey4, VipInfo,
     },
 };
 
 /// (VIP, port, proto) → service: table region and stats id. Writer: agent. Reader: fast path.
-#[map(name = "LB_SERVICES")]
-pub static LB_SERVICES: HashMap<ServiceKey, ServiceInfo> = HashMap::pinned(MAX_SERVICES, 0);
+#[map(name = "LB_SERVICES4")]
+pub static LB_SERVICES4: HashMap<ServiceKey4, ServiceInfo> = HashMap::pinned(MAX_SERVICES, 0);
 
-/// VIP address → number of services on it. Tells "to a VIP but not servable" (drop) from
+/// IPv4 VIP address → number of services on it. Tells "to a VIP but not servable" (drop) from
 /// "not ours" (pass). Writer: agent.
-#[map(name = "LB_VIPS")]
-pub static LB_VIPS: HashMap<VipKey, VipInfo> = HashMap::pinned(MAX_SERVICES, 0);
+#[map(name = "LB_VIPS4")]
+pub static LB_VIPS4: HashMap<[u8; 4], VipInfo> = HashMap::pinned(MAX_SERVICES, 0);
 
-/// BackendId → backend address, port and resolved next hop. Id 0 is never used.
+/// BackendId → IPv4 backend address, port and resolved next hop. Id 0 is never used.
 /// Writer: agent (next hops refreshed through netlink).
-#[map(name = "LB_BACKENDS")]
-pub static LB_BACKENDS: Array<Backend> = Array::pinned(MAX_BACKENDS, 0);
+#[map(name = "LB_BACKENDS4")]
+pub static LB_BACKENDS4: Array<Backend4> = Array::pinned(MAX_BACKENDS, 0);
 
 /// All services' lookup tables, back to back: slot → BackendId. Writer: agent.
 #[map(name = "LB_RING")]
@@ -56,10 +55,10 @@ pub static LB_REVSVC4: HashMap<RevKey4, RevService4> = HashMap::pinned(MAX_BACKE
 #[map(name = "LB_OURS4")]
 pub static LB_OURS4: Array<u64> = Array::pinned(OURS_WORDS, 0);
 
-/// Client-facing destination prefix → next hop, for replies. Writer: agent (from the kernel's
+/// Client-facing IPv4 destination prefix → next hop, for replies. Writer: agent (from the kernel's
 /// routes and neighbours).
-#[map(name = "LB_ROUTES")]
-pub static LB_ROUTES: LpmTrie<RouteKeyData, NextHop> = LpmTrie::pinned(MAX_ROUTES, 0);
+#[map(name = "LB_ROUTES4")]
+pub static LB_ROUTES4: LpmTrie<RouteKey4, NextHop> = LpmTrie::pinned(MAX_ROUTES, 0);
 
 /// Verdict reason → packets (per CPU). Writer: fast path.
 #[map(name = "LB_REASONS")]
@@ -75,17 +74,17 @@ pub static LB_BE_STATS: PerCpuArray<Counters> = PerCpuArray::pinned(MAX_BACKENDS
 
 /// (ACL set id, source prefix) → permit/deny: every endpoint's compiled ACL. Checked for new
 /// flows of services whose `acl_id` is not 0. Writer: agent.
-#[map(name = "LB_ACL")]
-pub static LB_ACL: LpmTrie<AclKeyData, AclValue> = LpmTrie::pinned(MAX_ACL_ENTRIES, 0);
+#[map(name = "LB_ACL4")]
+pub static LB_ACL4: LpmTrie<AclKey4, AclValue> = LpmTrie::pinned(MAX_ACL_ENTRIES, 0);
 
 /// Instance-level public IP → its instance's address and next hop (every protocol and port
 /// bypasses balancing). Writer: agent.
-#[map(name = "LB_PIPS")]
-pub static LB_PIPS: HashMap<VipKey, PipEntry> = HashMap::pinned(MAX_PIPS, 0);
+#[map(name = "LB_PIPS4")]
+pub static LB_PIPS4: HashMap<[u8; 4], PipEntry4> = HashMap::pinned(MAX_PIPS, 0);
 
 /// Instance address → its public IP, for everything the instance sends. Writer: agent.
-#[map(name = "LB_PIP_REV")]
-pub static LB_PIP_REV: HashMap<VipKey, PipEntry> = HashMap::pinned(MAX_PIPS, 0);
+#[map(name = "LB_PIP_REV4")]
+pub static LB_PIP_REV4: HashMap<[u8; 4], PipEntry4> = HashMap::pinned(MAX_PIPS, 0);
 
 /// The echo-reply token bucket, per CPU (one slot). Writer: fast path.
 #[map(name = "LB_ECHO_RL")]

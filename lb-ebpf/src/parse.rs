@@ -23,25 +23,56 @@ pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
     Some((start + off) as *mut T)
 }
 
-/// The transport header the fast path rewrites.
-///
-/// verifier: a 64-bit tag, so the enum has no padding. With a one-byte tag, copies of the
-/// packet's parse result stored the seven padding bytes from whatever register LLVM had at
-/// hand, once a packet pointer, shifted byte by byte: "pointer arithmetic with >>= operator
-/// prohibited".
+/// The transport header the fast path rewrites, as [`L4::hdr`] gives it.
 #[derive(Clone, Copy)]
-#[repr(u64)]
-pub enum L4 {
+pub enum Hdr {
     Tcp(*mut TcpHdr),
     Udp(*mut UdpHdr),
+}
+
+/// The transport header, stored: a kind and a pointer, both written on every path.
+///
+/// verifier: no enum, and no `Option`, in what the parser returns. An enum's padding, or the
+/// payload of its empty variant, is undefined, and LLVM copies it with the rest: a one-byte
+/// tag had its seven padding bytes stored from whatever register was at hand, once a packet
+/// pointer shifted byte by byte ("pointer arithmetic with >>= operator prohibited"); an
+/// `Option<(FlowKey4, L4)>` left `None` had its flow key stored from a register no path had
+/// written ("R9 !read_ok").
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct L4 {
+    /// 0: none, [`L4::TCP`], [`L4::UDP`].
+    kind: u64,
+    hdr: *mut u8,
+}
+
+impl L4 {
+    const NONE: Self = Self {
+        kind: 0,
+        hdr: core::ptr::null_mut(),
+    };
+    const TCP: u64 = 1;
+    const UDP: u64 = 2;
+
+    /// The header, if the packet has one the fast path may rewrite.
+    #[inline(always)]
+    pub fn hdr(self) -> Option<Hdr> {
+        match self.kind {
+            Self::TCP => Some(Hdr::Tcp(self.hdr.cast())),
+            Self::UDP => Some(Hdr::Udp(self.hdr.cast())),
+            _ => None,
+        }
+    }
 }
 
 /// What the parser found in a frame that carries a readable IPv4 header.
 pub struct Packet {
     pub ip: *mut Ipv4Hdr,
     pub eth: *mut EthHdr,
-    /// Set when the headers are fine enough to balance: the 5-tuple and L4 header.
-    pub l4: Option<(FlowKey4, L4)>,
+    /// The 5-tuple, when `l4` is set (all zero otherwise): see [`Packet::flow`].
+    flow: FlowKey4,
+    /// Set when the headers are fine enough to balance.
+    l4: L4,
     /// Why this packet cannot be balanced, if it cannot: malformed, fragment, IP options,
     /// or not TCP/UDP. Only relevant when the destination is a VIP.
     pub problem: Option<DropReason>,
@@ -55,6 +86,12 @@ pub struct Packet {
 }
 
 impl Packet {
+    /// The 5-tuple and L4 header, when the headers are fine enough to balance.
+    #[inline(always)]
+    pub fn flow(&self) -> Option<(&FlowKey4, L4)> {
+        (self.l4.kind != 0).then_some((&self.flow, self.l4))
+    }
+
     /// The TCP flags (0 for UDP).
     #[inline(always)]
     pub fn flags(&self) -> u8 {
@@ -92,7 +129,8 @@ pub fn packet(ctx: &XdpContext) -> Result<Packet, PassReason> {
     let mut pkt = Packet {
         ip,
         eth,
-        l4: None,
+        flow: FlowKey4::of([0; 4], [0; 4], [0; 2], [0; 2], 0),
+        l4: L4::NONE,
         problem: None,
         tcp_flags: 0,
         len,
@@ -130,7 +168,14 @@ pub fn packet(ctx: &XdpContext) -> Result<Packet, PassReason> {
             return Ok(pkt);
         }
         pkt.tcp_flags = u32::from(t.flags);
-        (L4::Tcp(tcp), t.sport, t.dport)
+        (
+            L4 {
+                kind: L4::TCP,
+                hdr: tcp.cast(),
+            },
+            t.sport,
+            t.dport,
+        )
     } else {
         let Some(udp) = ptr_at::<UdpHdr>(ctx, l4_off) else {
             pkt.problem = Some(DropReason::Malformed);
@@ -143,8 +188,16 @@ pub fn packet(ctx: &XdpContext) -> Result<Packet, PassReason> {
             pkt.problem = Some(DropReason::Malformed);
             return Ok(pkt);
         }
-        (L4::Udp(udp), u.sport, u.dport)
+        (
+            L4 {
+                kind: L4::UDP,
+                hdr: udp.cast(),
+            },
+            u.sport,
+            u.dport,
+        )
     };
-    pkt.l4 = Some((FlowKey4::of(iph.src, iph.dst, sport, dport, iph.proto), l4));
+    pkt.flow = FlowKey4::of(iph.src, iph.dst, sport, dport, iph.proto);
+    pkt.l4 = l4;
     Ok(pkt)
 }

@@ -7,16 +7,15 @@
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    addr::{as_v4, v4_mapped},
     csum,
     flow::proto,
     hdr::IPV4_FRAG_MASK,
-    maps::{PipEntry, VipKey},
+    maps::PipEntry4,
     verdict::{DropReason, SendReason},
 };
 
 use crate::{
-    maps::{LB_PIP_REV, LB_PIPS},
+    maps::{LB_PIP_REV4, LB_PIPS4},
     parse::{Packet, ptr_at},
     select,
     verdict::Verdict,
@@ -28,27 +27,21 @@ use crate::{
 /// `to_us` and `from_us` say whether the destination and source may be ours at all (the
 /// "maybe ours" filter), so a lookup that must miss is not made.
 #[inline(always)]
-pub fn lookup(pkt: &Packet, to_us: bool, from_us: bool) -> Option<(PipEntry, bool)> {
+pub fn lookup(pkt: &Packet, to_us: bool, from_us: bool) -> Option<(PipEntry4, bool)> {
     if pkt.problem == Some(DropReason::Malformed) {
         return None;
     }
     // SAFETY: `pkt.ip` was bounds-checked by the parser.
     let (src, dst) = unsafe { ((*pkt.ip).src, (*pkt.ip).dst) };
     if to_us {
-        let key = VipKey {
-            vip: v4_mapped(dst),
-        };
         // SAFETY: copied out at once.
-        if let Some(e) = unsafe { LB_PIPS.get(key).copied() } {
+        if let Some(e) = unsafe { LB_PIPS4.get(dst).copied() } {
             return Some((e, true));
         }
     }
     if from_us {
-        let key = VipKey {
-            vip: v4_mapped(src),
-        };
         // SAFETY: copied out at once.
-        if let Some(e) = unsafe { LB_PIP_REV.get(key).copied() } {
+        if let Some(e) = unsafe { LB_PIP_REV4.get(src).copied() } {
             return Some((e, false));
         }
     }
@@ -58,13 +51,11 @@ pub fn lookup(pkt: &Packet, to_us: bool, from_us: bool) -> Option<(PipEntry, boo
 /// Translates and sends a packet to a PIP (`inbound`) or from its instance: the address,
 /// the IPv4 checksum, and the TCP/UDP one where the segment starts in this packet.
 #[inline(always)]
-pub fn nat(ctx: &XdpContext, pkt: &Packet, e: &PipEntry, inbound: bool) -> Verdict {
+pub fn nat(ctx: &XdpContext, pkt: &Packet, e: &PipEntry4, inbound: bool) -> Verdict {
     if xlate::ttl(pkt) <= 1 {
         return Verdict::Drop(DropReason::Ttl);
     }
-    let Some(new) = as_v4(&e.addr) else {
-        return Verdict::Pass(lb_common::verdict::PassReason::NotOurs);
-    };
+    let new = e.addr;
     let ok = if inbound {
         SendReason::PipIn
     } else {

@@ -1,19 +1,18 @@
 //! Admission, for new flows only (established flows are not re-checked): an internal VIP's
 //! source set first (its internal prefixes, its own backends marked hairpin), then the
-//! endpoint's ACL. Each is one LPM lookup in `LB_ACL`, made only where the service has one
+//! endpoint's ACL. Each is one LPM lookup in `LB_ACL4`, made only where the service has one
 //! (`SVC_F_INTERNAL`, a non-zero `acl_id`): a public service without rules checks nothing.
 
 use lb_common::{
-    addr::v4_mapped,
     flow::FlowKey4,
     maps::{
-        ACL_HAIRPIN, ACL_PERMIT, AclKeyData, AclValue, SVC_F_INTERNAL, ServiceInfo,
-        VIP_F_HAIRPIN_SNAT, VipKey,
+        ACL_HAIRPIN, ACL_PERMIT, AclValue, SVC_F_INTERNAL, ServiceInfo, VIP_F_HAIRPIN_SNAT,
+        acl_key4,
     },
     verdict::DropReason,
 };
 
-use crate::maps::{LB_ACL, LB_VIPS};
+use crate::maps::{LB_ACL4, LB_VIPS4};
 
 /// A new flow that may go on.
 pub enum Admitted {
@@ -32,9 +31,7 @@ pub enum Admitted {
 pub fn admit(flow: &FlowKey4, svc: &ServiceInfo) -> Result<Admitted, DropReason> {
     let src = flow.src;
     if svc.flags & SVC_F_INTERNAL != 0
-        && let Some(vip) = LB_VIPS.get_ptr(VipKey {
-            vip: v4_mapped(flow.dst),
-        })
+        && let Some(vip) = LB_VIPS4.get_ptr(flow.dst)
     {
         // SAFETY: read at once; the value is plain data.
         let (ilb_id, flags) = unsafe { ((*vip).ilb_id, (*vip).flags) };
@@ -65,22 +62,20 @@ pub fn acl_permits(svc: &ServiceInfo, src: [u8; 4]) -> bool {
     true
 }
 
-/// A source's verdict in an `LB_ACL` set: one LPM lookup. The agent always installs a default
+/// A source's verdict in an `LB_ACL4` set: one LPM lookup. The agent always installs a default
 /// entry, so a miss cannot happen for a live set; callers treat it as a deny anyway.
 #[inline(always)]
 pub fn acl_lookup(acl_id: u32, src: [u8; 4]) -> Option<u32> {
     acl_entry(acl_id, src).map(|v| v.action)
 }
 
-/// A source's entry in an `LB_ACL` set (verdict and deciding rule).
+/// A source's entry in an `LB_ACL4` set (verdict and deciding rule).
 #[inline(always)]
 pub fn acl_entry(acl_id: u32, src: [u8; 4]) -> Option<AclValue> {
-    let words = lb_common::maps::acl_key_v4(32 + 128, acl_id, src);
-    // SAFETY: `Key<[u8; 20]>` is packed (alignment 1) and exactly these 24 bytes.
-    let key = unsafe {
-        &*words
-            .as_ptr()
-            .cast::<aya_ebpf::maps::lpm_trie::Key<AclKeyData>>()
-    };
-    LB_ACL.get(key).copied()
+    LB_ACL4
+        .get(aya_ebpf::maps::lpm_trie::Key::new(
+            32 + 32,
+            acl_key4(acl_id, src),
+        ))
+        .copied()
 }

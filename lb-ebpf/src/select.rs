@@ -3,20 +3,18 @@
 
 use aya_ebpf::Global;
 use lb_common::{
-    addr::{as_v4, v4_mapped},
     conn,
     flow::{FlowKey4, proto},
     hash::flow_hash,
     maglev,
     maps::{
-        Backend, BackendId, CONN_FORWARD, CONN_HAIRPIN, NextHop, RouteKeyData, ServiceInfo,
-        ServiceKey, VipInfo, VipKey,
+        Backend4, BackendId, CONN_FORWARD, CONN_HAIRPIN, NextHop, ServiceInfo, ServiceKey4, VipInfo,
     },
     verdict::DropReason,
 };
 
 use crate::{
-    maps::{LB_BACKENDS, LB_RING, LB_ROUTES, LB_SERVICES, LB_VIPS},
+    maps::{LB_BACKENDS4, LB_RING, LB_ROUTES4, LB_SERVICES4, LB_VIPS4},
     policy::{self, Admitted},
 };
 
@@ -27,20 +25,14 @@ static LB_HASH_SEED: Global<u32> = Global::new(lb_common::consts::DEFAULT_HASH_S
 /// The service this packet is addressed to, if any.
 #[inline(always)]
 pub fn service(flow: &FlowKey4) -> Option<ServiceInfo> {
-    let key = ServiceKey {
-        vip: v4_mapped(flow.dst),
-        port: flow.dport,
-        proto: flow.proto,
-        _pad: 0,
-    };
-    service_at(key)
+    service_at(ServiceKey4::of(flow.dst, flow.dport, flow.proto))
 }
 
 /// The service of a (VIP, port, protocol).
 #[inline(always)]
-pub fn service_at(key: ServiceKey) -> Option<ServiceInfo> {
+pub fn service_at(key: ServiceKey4) -> Option<ServiceInfo> {
     // SAFETY: the value is copied out before any other map operation.
-    unsafe { LB_SERVICES.get(key).copied() }
+    unsafe { LB_SERVICES4.get(key).copied() }
 }
 
 /// The flow hash (seeded by the agent).
@@ -53,31 +45,25 @@ pub fn hash(flow: &FlowKey4) -> u32 {
 #[inline(always)]
 pub fn vip(addr: [u8; 4]) -> Option<VipInfo> {
     // SAFETY: copied out at once.
-    unsafe {
-        LB_VIPS
-            .get(VipKey {
-                vip: v4_mapped(addr),
-            })
-            .copied()
-    }
+    unsafe { LB_VIPS4.get(addr).copied() }
 }
 
 /// A live backend by id (id 0 and inactive entries are none).
 #[inline(always)]
-pub fn live_backend(id: BackendId) -> Option<Backend> {
+pub fn live_backend(id: BackendId) -> Option<Backend4> {
     if id == 0 {
         return None;
     }
-    let b = *LB_BACKENDS.get(id)?;
+    let b = *LB_BACKENDS4.get(id)?;
     b.is_active().then_some(b)
 }
 
 /// Where a client → VIP packet goes.
 pub enum Pick {
     /// The flow's tracked backend.
-    Tracked(BackendId, Backend),
+    Tracked(BackendId, Backend4),
     /// A new flow: the table's choice, now tracked (unless it was a stray RST or FIN).
-    New(BackendId, Backend),
+    New(BackendId, Backend4),
     /// A hairpin flow (new or tracked): the hairpin program takes it.
     Hairpin,
 }
@@ -117,11 +103,9 @@ pub fn pick(flow: &FlowKey4, flags: u8, svc: &ServiceInfo) -> Result<Pick, DropR
         return Ok(Pick::Hairpin);
     }
     let (id, b) = from_table(svc, hash(flow))?;
-    if !(tcp && !syn && conn::is_teardown(flags))
-        && let Some(addr) = as_v4(&b.addr)
-    {
+    if !(tcp && !syn && conn::is_teardown(flags)) {
         if crate::conntrack::may_track() {
-            crate::conntrack::remember(flow, id, addr, b.port, svc.id, syn);
+            crate::conntrack::remember(flow, id, b.addr, b.port, svc.id, syn);
         } else {
             crate::stats::count_untracked(svc.id);
         }
@@ -134,7 +118,7 @@ pub fn pick(flow: &FlowKey4, flags: u8, svc: &ServiceInfo) -> Result<Pick, DropR
 /// # Errors
 /// [`DropReason::NoBackend`]: an empty table, or a slot naming no live backend.
 #[inline(always)]
-pub fn from_table(svc: &ServiceInfo, hash: u32) -> Result<(BackendId, Backend), DropReason> {
+pub fn from_table(svc: &ServiceInfo, hash: u32) -> Result<(BackendId, Backend4), DropReason> {
     let slot = maglev::slot(hash, svc.table_len).ok_or(DropReason::NoBackend)?;
     let id = *LB_RING
         .get(svc.table_off.wrapping_add(slot))
@@ -146,12 +130,7 @@ pub fn from_table(svc: &ServiceInfo, hash: u32) -> Result<(BackendId, Backend), 
 /// The agent-resolved next hop towards a client address.
 #[inline(always)]
 pub fn route(dst: [u8; 4]) -> Option<NextHop> {
-    let words = lb_common::maps::lpm_key_v4(128, dst);
-    // SAFETY: `Key<[u8; 16]>` is packed (alignment 1) and exactly these 20 bytes.
-    let key = unsafe {
-        &*words
-            .as_ptr()
-            .cast::<aya_ebpf::maps::lpm_trie::Key<RouteKeyData>>()
-    };
-    LB_ROUTES.get(key).copied()
+    LB_ROUTES4
+        .get(aya_ebpf::maps::lpm_trie::Key::new(32, dst))
+        .copied()
 }

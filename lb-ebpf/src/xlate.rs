@@ -17,7 +17,7 @@ use lb_common::{
 };
 
 use crate::{
-    parse::{L4, Packet},
+    parse::{Hdr, L4, Packet},
     verdict::Verdict,
 };
 
@@ -48,8 +48,8 @@ unsafe fn rewrite(pkt: &Packet, l4: L4, dst: bool, addr: [u8; 4], port: [u8; 2])
         let old_addr = *a;
         *a = addr;
         (*ip).check = csum::update32(be16((*ip).check), old_addr, addr).to_be_bytes();
-        match l4 {
-            L4::Tcp(t) => {
+        match l4.hdr() {
+            Some(Hdr::Tcp(t)) => {
                 let p = if dst {
                     addr_of_mut!((*t).dport)
                 } else {
@@ -60,7 +60,7 @@ unsafe fn rewrite(pkt: &Packet, l4: L4, dst: bool, addr: [u8; 4], port: [u8; 2])
                 let c = csum::update32(be16((*t).check), old_addr, addr);
                 (*t).check = csum::update16(c, be16(old_port), be16(port)).to_be_bytes();
             }
-            L4::Udp(u) => {
+            Some(Hdr::Udp(u)) => {
                 let p = if dst {
                     addr_of_mut!((*u).dport)
                 } else {
@@ -71,6 +71,8 @@ unsafe fn rewrite(pkt: &Packet, l4: L4, dst: bool, addr: [u8; 4], port: [u8; 2])
                 let c = csum::udp_update32(be16((*u).check), old_addr, addr);
                 (*u).check = csum::udp_update16(c, be16(old_port), be16(port)).to_be_bytes();
             }
+            // A packet without a transport header is never translated (callers hold one).
+            None => {}
         }
     }
 }

@@ -96,7 +96,7 @@ impl fmt::Display for ServiceSpec {
 }
 
 impl ServiceSpec {
-    /// The service an `LB_SERVICES` key names (the inverse of [`Self::key`]); `None` for a key
+    /// The service an `LB_SERVICES4` key names (the inverse of [`Self::key`]); `None` for a key
     /// no service spec produces (another protocol, port 0).
     #[must_use]
     pub fn from_key(k: &ServiceKey) -> Option<Self> {
@@ -112,7 +112,7 @@ impl ServiceSpec {
         })
     }
 
-    /// The `LB_SERVICES` key of this service.
+    /// The `LB_SERVICES4` key of this service.
     #[must_use]
     pub fn key(&self) -> ServiceKey {
         ServiceKey {

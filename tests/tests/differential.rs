@@ -16,7 +16,6 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use lb_common::{
-    addr,
     flow::proto,
     maps::REV_F_SHARED,
     model::{Model, ModelBackend, Verdict},
@@ -109,7 +108,7 @@ fn model_of(h: &Harness) -> Model {
         m.services.insert(key, table);
     }
     for k in maps.vips.keys() {
-        m.vips.insert(k.expect("vip").vip);
+        m.vips.insert(k.expect("vip"));
     }
     for item in &maps.revsvc {
         let (k, v) = item.expect("reverse-service entry");
@@ -190,7 +189,7 @@ fn kernel_and_model_agree_on_100k_random_packets() {
             if rng.chance(15) {
                 let id = ids[usize::try_from(rng.below(ids.len() as u64)).expect("small")];
                 let b = model.backends[&id];
-                let bip = Ipv4Addr::from(addr::as_v4(&b.addr).expect("v4"));
+                let bip = Ipv4Addr::from(b.addr);
                 let bport = u16::from_be_bytes(b.port);
                 let flags = match rng.below(100) {
                     0..15 => TCP_SYN | TCP_ACK,
@@ -240,8 +239,7 @@ fn kernel_and_model_agree_on_100k_random_packets() {
                 Reason::Forward | Reason::ForwardFib => {
                     // The backend the kernel chose, from the output's destination.
                     let l3 = if out[12..14] == [0x81, 0x00] { 18 } else { 14 };
-                    let dst =
-                        addr::v4_mapped([out[l3 + 16], out[l3 + 17], out[l3 + 18], out[l3 + 19]]);
+                    let dst = [out[l3 + 16], out[l3 + 17], out[l3 + 18], out[l3 + 19]];
                     let dport = [out[l3 + 22], out[l3 + 23]];
                     let is = |b: &ModelBackend| b.addr == dst && b.port == dport;
                     // An endpoint of two services has two ids: the model's, if it is that one.

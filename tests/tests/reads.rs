@@ -14,7 +14,7 @@ use aya::maps::{HashMap, Map, MapData};
 use lb_common::{
     consts::map_names,
     flow::{FlowKey4, proto},
-    maps::{ConnEntry4, Counters, ServiceInfo, ServiceKey},
+    maps::{ConnEntry4, Counters, ServiceInfo, ServiceKey4},
 };
 use lb_integration::fixture::{FixedResolver, Harness, in_fresh_ns, pin_dir};
 use lb_userspace::{
@@ -93,12 +93,14 @@ fn plant(ns: &lb_integration::netns::Netns, n: u32) {
 /// The web service's live entry, read from the pinned map (a third handle, neither the
 /// writer's nor the reader's).
 fn live_service(ns: &lb_integration::netns::Netns) -> ServiceInfo {
-    let data = MapData::from_pin(pin_dir(ns).join(map_names::SERVICES)).unwrap();
-    let m: HashMap<_, ServiceKey, ServiceInfo> = HashMap::try_from(Map::HashMap(data)).unwrap();
+    let data = MapData::from_pin(pin_dir(ns).join(map_names::SERVICES4)).unwrap();
+    let m: HashMap<_, ServiceKey4, ServiceInfo> = HashMap::try_from(Map::HashMap(data)).unwrap();
     let key = "203.0.113.10:80/tcp"
         .parse::<lb_userspace::spec::ServiceSpec>()
         .unwrap()
-        .key();
+        .key()
+        .v4()
+        .unwrap();
     m.get(&key, 0).unwrap()
 }
 

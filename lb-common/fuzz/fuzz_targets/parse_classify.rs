@@ -4,10 +4,9 @@
 #![no_main]
 
 use lb_common::{
-    addr::v4_mapped,
     conn,
     flow::proto,
-    maps::{RevKey4, RevService4, ServiceKey},
+    maps::{RevKey4, RevService4, ServiceKey4},
     model::{Model, ModelBackend, Verdict, parse},
 };
 use libfuzzer_sys::fuzz_target;
@@ -19,25 +18,20 @@ fn model() -> Model {
         seed: 0x5eed_1b00,
         ..Model::default()
     };
-    let vip = v4_mapped([203, 0, 113, 10]);
+    let vip = [203, 0, 113, 10];
     m.vips.insert(vip);
     for (port, p, table) in [
         (80u16, proto::TCP, vec![1, 2, 1, 2, 2, 1, 1]),
         (53, proto::UDP, vec![]),
     ] {
-        let key = ServiceKey {
-            vip,
-            port: port.to_be_bytes(),
-            proto: p,
-            _pad: 0,
-        };
-        m.services.insert(key, table);
+        m.services
+            .insert(ServiceKey4::of(vip, port.to_be_bytes(), p), table);
     }
     for (id, last) in [(1u32, 11u8), (2, 12)] {
         m.backends.insert(
             id,
             ModelBackend {
-                addr: v4_mapped([192, 0, 2, last]),
+                addr: [192, 0, 2, last],
                 port: 80u16.to_be_bytes(),
                 active: true,
             },

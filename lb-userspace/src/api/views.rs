@@ -137,7 +137,7 @@ pub struct StatusView {
     pub services: usize,
     pub backends: usize,
     pub backends_unresolved: usize,
-    /// Client-facing next hops in `LB_ROUTES`, e.g. `0.0.0.0/0 via if 2 → 02:..`.
+    /// Client-facing next hops in `LB_ROUTES4`, e.g. `0.0.0.0/0 via if 2 → 02:..`.
     pub client_routes: Vec<String>,
     pub ring_slots_used: u64,
     pub ring_slots: u32,

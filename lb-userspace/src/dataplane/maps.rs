@@ -15,12 +15,13 @@ use aya::{
     },
 };
 use lb_common::{
-    addr::Addr,
+    addr::{Addr, as_v4, prefix_from_v4, prefix_v4, v4_mapped},
     consts::map_names,
     flow::FlowKey4,
     maps::{
-        AclKeyData, AclValue, Backend, BackendId, ConnEntry4, Counters, NextHop, PipEntry, RevKey4,
-        RevService4, RouteKeyData, ServiceInfo, ServiceKey, VipInfo, VipKey,
+        AclKey4, AclValue, Backend, Backend4, BackendId, ConnEntry4, Counters, NextHop, PipEntry4,
+        RevKey4, RevService4, RouteKey4, ServiceInfo, ServiceKey, ServiceKey4, VipInfo, VipKey,
+        acl_key4,
     },
 };
 
@@ -30,14 +31,14 @@ use crate::error::{LoadError, MapOpError};
 /// The program's maps, typed: the only writer's handle (the reconciler holds it; tests
 /// provision fixtures through the same type).
 pub struct Maps {
-    pub services: HashMap<MapData, ServiceKey, ServiceInfo>,
-    pub vips: HashMap<MapData, VipKey, VipInfo>,
-    pub backends: Array<MapData, Backend>,
+    pub services: HashMap<MapData, ServiceKey4, ServiceInfo>,
+    pub vips: HashMap<MapData, [u8; 4], VipInfo>,
+    pub backends: Array<MapData, Backend4>,
     pub ring: Array<MapData, BackendId>,
-    pub routes: LpmTrie<MapData, RouteKeyData, NextHop>,
-    pub acl: LpmTrie<MapData, AclKeyData, AclValue>,
-    pub pips: HashMap<MapData, VipKey, PipEntry>,
-    pub pip_rev: HashMap<MapData, VipKey, PipEntry>,
+    pub routes: LpmTrie<MapData, RouteKey4, NextHop>,
+    pub acl: LpmTrie<MapData, AclKey4, AclValue>,
+    pub pips: HashMap<MapData, [u8; 4], PipEntry4>,
+    pub pip_rev: HashMap<MapData, [u8; 4], PipEntry4>,
     pub revsvc: HashMap<MapData, RevKey4, RevService4>,
     pub ours: Array<MapData, u64>,
     /// Conntrack and the counters, also reachable from the writer (adoption's flow purge at
@@ -58,14 +59,14 @@ pub struct SideMaps {
 impl Maps {
     pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self, LoadError> {
         Ok(Self {
-            services: take_map(ebpf, map_names::SERVICES)?,
-            vips: take_map(ebpf, map_names::VIPS)?,
-            backends: take_map(ebpf, map_names::BACKENDS)?,
+            services: take_map(ebpf, map_names::SERVICES4)?,
+            vips: take_map(ebpf, map_names::VIPS4)?,
+            backends: take_map(ebpf, map_names::BACKENDS4)?,
             ring: take_map(ebpf, map_names::RING)?,
-            routes: take_map(ebpf, map_names::ROUTES)?,
-            acl: take_map(ebpf, map_names::ACL)?,
-            pips: take_map(ebpf, map_names::PIPS)?,
-            pip_rev: take_map(ebpf, map_names::PIP_REV)?,
+            routes: take_map(ebpf, map_names::ROUTES4)?,
+            acl: take_map(ebpf, map_names::ACL4)?,
+            pips: take_map(ebpf, map_names::PIPS4)?,
+            pip_rev: take_map(ebpf, map_names::PIP_REV4)?,
             revsvc: take_map(ebpf, map_names::REVSVC)?,
             ours: take_map(ebpf, map_names::OURS)?,
             side: SideMaps {
@@ -331,30 +332,41 @@ impl FlowPurge for Maps {
 
 impl MapOps for Maps {
     fn put_service(&mut self, k: &ServiceKey, v: &ServiceInfo) -> Result<(), MapOpError> {
-        self.services.insert(k, v, 0).map_err(|source| {
-            let op = format!("insert service {k:?}");
-            MapOpError {
-                map: map_names::SERVICES,
-                op,
-                source,
-            }
-        })
+        let op = || format!("insert service {k:?}");
+        let k4 = k
+            .v4()
+            .ok_or_else(|| no_family(map_names::SERVICES4, op()))?;
+        self.services
+            .insert(k4, v, 0)
+            .map_err(op_err(map_names::SERVICES4, op()))
     }
     fn del_service(&mut self, k: &ServiceKey) -> Result<(), MapOpError> {
-        deleted(self.services.remove(k)).map_err(op_err(map_names::SERVICES, "remove service"))
+        let op = "remove service";
+        let k4 = k.v4().ok_or_else(|| no_family(map_names::SERVICES4, op))?;
+        deleted(self.services.remove(&k4)).map_err(op_err(map_names::SERVICES4, op))
     }
     fn put_vip(&mut self, k: &VipKey, v: &VipInfo) -> Result<(), MapOpError> {
+        let a = v4(map_names::VIPS4, "insert", &k.vip)?;
         self.vips
-            .insert(k, v, 0)
-            .map_err(op_err(map_names::VIPS, "insert"))
+            .insert(a, v, 0)
+            .map_err(op_err(map_names::VIPS4, "insert"))
     }
     fn del_vip(&mut self, k: &VipKey) -> Result<(), MapOpError> {
-        deleted(self.vips.remove(k)).map_err(op_err(map_names::VIPS, "remove"))
+        let a = v4(map_names::VIPS4, "remove", &k.vip)?;
+        deleted(self.vips.remove(&a)).map_err(op_err(map_names::VIPS4, "remove"))
     }
     fn put_backend(&mut self, id: BackendId, b: &Backend) -> Result<(), MapOpError> {
+        let op = || format!("set {id}");
+        // An all-zero entry (a cleared id) has no family: it is the all-zero IPv4 entry.
+        let b4 = if *b == Backend::default() {
+            Some(Backend4::default())
+        } else {
+            b.v4()
+        };
+        let b4 = b4.ok_or_else(|| no_family(map_names::BACKENDS4, op()))?;
         self.backends
-            .set(id, b, 0)
-            .map_err(op_err(map_names::BACKENDS, format!("set {id}")))
+            .set(id, b4, 0)
+            .map_err(op_err(map_names::BACKENDS4, op()))
     }
     fn put_rev(&mut self, k: &RevKey4, v: &RevService4) -> Result<(), MapOpError> {
         self.revsvc
@@ -392,19 +404,18 @@ impl MapOps for Maps {
         }
         Ok(())
     }
-    fn put_route(
-        &mut self,
-        prefix_len: u32,
-        dst: RouteKeyData,
-        nh: &NextHop,
-    ) -> Result<(), MapOpError> {
+    fn put_route(&mut self, prefix_len: u32, dst: Addr, nh: &NextHop) -> Result<(), MapOpError> {
+        let (p, a) =
+            prefix_v4(&dst, prefix_len).ok_or_else(|| no_family(map_names::ROUTES4, "insert"))?;
         self.routes
-            .insert(&LpmKey::new(prefix_len, dst), nh, 0)
-            .map_err(op_err(map_names::ROUTES, "insert"))
+            .insert(&LpmKey::new(p, a), nh, 0)
+            .map_err(op_err(map_names::ROUTES4, "insert"))
     }
-    fn del_route(&mut self, prefix_len: u32, dst: RouteKeyData) -> Result<(), MapOpError> {
-        deleted(self.routes.remove(&LpmKey::new(prefix_len, dst)))
-            .map_err(op_err(map_names::ROUTES, "remove"))
+    fn del_route(&mut self, prefix_len: u32, dst: Addr) -> Result<(), MapOpError> {
+        let (p, a) =
+            prefix_v4(&dst, prefix_len).ok_or_else(|| no_family(map_names::ROUTES4, "remove"))?;
+        deleted(self.routes.remove(&LpmKey::new(p, a)))
+            .map_err(op_err(map_names::ROUTES4, "remove"))
     }
     fn zero_service_stats(&mut self, id: u32) -> Result<(), MapOpError> {
         zero_per_cpu(&mut self.side.svc_stats, map_names::SERVICE_STATS, id)
@@ -413,10 +424,10 @@ impl MapOps for Maps {
         zero_per_cpu(&mut self.side.be_stats, map_names::BACKEND_STATS, id)
     }
     fn put_acl(&mut self, acl_id: u32, e: &lb_common::acl::Entry) -> Result<(), MapOpError> {
-        let key = LpmKey::new(
-            32 + e.prefix.len,
-            lb_common::maps::acl_key(acl_id, &e.prefix.addr),
-        );
+        let op = format!("insert set {acl_id}");
+        let (p, a) = prefix_v4(&e.prefix.addr, e.prefix.len)
+            .ok_or_else(|| no_family(map_names::ACL4, op.clone()))?;
+        let key = LpmKey::new(32 + p, acl_key4(acl_id, a));
         let action = match e.action {
             lb_common::acl::Action::Permit => lb_common::maps::ACL_PERMIT,
             lb_common::acl::Action::Deny => lb_common::maps::ACL_DENY,
@@ -428,64 +439,72 @@ impl MapOps for Maps {
         };
         self.acl
             .insert(&key, v, 0)
-            .map_err(op_err(map_names::ACL, format!("insert set {acl_id}")))
+            .map_err(op_err(map_names::ACL4, op))
     }
     fn del_acl(&mut self, acl_id: u32, p: &lb_common::acl::Prefix) -> Result<(), MapOpError> {
-        let key = LpmKey::new(32 + p.len, lb_common::maps::acl_key(acl_id, &p.addr));
-        deleted(self.acl.remove(&key))
-            .map_err(op_err(map_names::ACL, format!("remove from set {acl_id}")))
+        let op = format!("remove from set {acl_id}");
+        let (len, a) =
+            prefix_v4(&p.addr, p.len).ok_or_else(|| no_family(map_names::ACL4, op.clone()))?;
+        let key = LpmKey::new(32 + len, acl_key4(acl_id, a));
+        deleted(self.acl.remove(&key)).map_err(op_err(map_names::ACL4, op))
     }
     fn put_pip(&mut self, pip: &Addr, dip: &Addr, nh: &NextHop) -> Result<(), MapOpError> {
+        let pip = v4(map_names::PIPS4, "insert", pip)?;
+        let dip = v4(map_names::PIPS4, "insert", dip)?;
         // Reverse first: replies can be translated before the first inbound packet arrives.
-        let rev = PipEntry {
-            addr: *pip,
+        let rev = PipEntry4 {
+            addr: pip,
             nh: NextHop::default(),
         };
         self.pip_rev
-            .insert(VipKey { vip: *dip }, rev, 0)
-            .map_err(op_err(map_names::PIP_REV, "insert"))?;
-        let fwd = PipEntry {
-            addr: *dip,
-            nh: *nh,
-        };
+            .insert(dip, rev, 0)
+            .map_err(op_err(map_names::PIP_REV4, "insert"))?;
+        let fwd = PipEntry4 { addr: dip, nh: *nh };
         self.pips
-            .insert(VipKey { vip: *pip }, fwd, 0)
-            .map_err(op_err(map_names::PIPS, "insert"))
+            .insert(pip, fwd, 0)
+            .map_err(op_err(map_names::PIPS4, "insert"))
     }
     fn del_pip(&mut self, pip: &Addr, dip: &Addr) -> Result<(), MapOpError> {
+        let pip = v4(map_names::PIPS4, "remove", pip)?;
+        let dip = v4(map_names::PIP_REV4, "remove", dip)?;
         for (m, name, k) in [
-            (&mut self.pips, map_names::PIPS, pip),
-            (&mut self.pip_rev, map_names::PIP_REV, dip),
+            (&mut self.pips, map_names::PIPS4, pip),
+            (&mut self.pip_rev, map_names::PIP_REV4, dip),
         ] {
-            deleted(m.remove(&VipKey { vip: *k })).map_err(op_err(name, "remove"))?;
+            deleted(m.remove(&k)).map_err(op_err(name, "remove"))?;
         }
         Ok(())
     }
     fn read_live(&self) -> Result<LiveMaps, MapOpError> {
-        let services = self
-            .services
-            .iter()
-            .collect::<Result<_, _>>()
-            .map_err(op_err(map_names::SERVICES, "walk"))?;
-        let vips = self
-            .vips
-            .iter()
-            .collect::<Result<_, _>>()
-            .map_err(op_err(map_names::VIPS, "walk"))?;
+        let mut services = Vec::new();
+        for item in &self.services {
+            let (k, v) = item.map_err(op_err(map_names::SERVICES4, "walk"))?;
+            services.push((ServiceKey::from_v4(&k), v));
+        }
+        let mut vips = Vec::new();
+        for item in &self.vips {
+            let (k, v) = item.map_err(op_err(map_names::VIPS4, "walk"))?;
+            vips.push((VipKey { vip: v4_mapped(k) }, v));
+        }
         let backends = (0..)
             .zip(read_array(
                 &self.backends,
-                map_names::BACKENDS,
+                map_names::BACKENDS4,
                 0,
                 self.backends.len(),
             )?)
             .filter(|(_, b)| b.is_active())
+            .map(|(id, b)| (id, Backend::from_v4(&b)))
             .collect();
         let mut acl = Vec::new();
         for item in &self.acl {
-            let (k, v) = item.map_err(op_err(map_names::ACL, "walk"))?;
+            let (k, v) = item.map_err(op_err(map_names::ACL4, "walk"))?;
             let data = k.data();
             let (id, a) = data.split_at(4);
+            let (len, addr) = prefix_from_v4(
+                k.prefix_len().saturating_sub(32),
+                a.try_into().expect("4 bytes"),
+            );
             let action = match v.action {
                 lb_common::maps::ACL_PERMIT => lb_common::acl::Action::Permit,
                 lb_common::maps::ACL_HAIRPIN => lb_common::acl::Action::Hairpin,
@@ -496,10 +515,7 @@ impl MapOps for Maps {
             acl.push((
                 u32::from_be_bytes(id.try_into().expect("4 bytes")),
                 lb_common::acl::Entry {
-                    prefix: lb_common::acl::Prefix {
-                        addr: a.try_into().expect("16 bytes"),
-                        len: k.prefix_len().saturating_sub(32),
-                    },
+                    prefix: lb_common::acl::Prefix { addr, len },
                     action,
                     rule: (v.rule != u32::MAX).then_some(v.rule),
                 },
@@ -507,18 +523,19 @@ impl MapOps for Maps {
         }
         let mut pips = Vec::new();
         for item in &self.pips {
-            let (k, v) = item.map_err(op_err(map_names::PIPS, "walk"))?;
-            pips.push((k.vip, v.addr, v.nh));
+            let (k, v) = item.map_err(op_err(map_names::PIPS4, "walk"))?;
+            pips.push((v4_mapped(k), v4_mapped(v.addr), v.nh));
         }
         let mut pip_revs = Vec::new();
         for item in &self.pip_rev {
-            let (k, v) = item.map_err(op_err(map_names::PIP_REV, "walk"))?;
-            pip_revs.push((k.vip, v.addr));
+            let (k, v) = item.map_err(op_err(map_names::PIP_REV4, "walk"))?;
+            pip_revs.push((v4_mapped(k), v4_mapped(v.addr)));
         }
         let mut routes = Vec::new();
         for item in &self.routes {
-            let (k, nh) = item.map_err(op_err(map_names::ROUTES, "walk"))?;
-            routes.push((k.prefix_len(), k.data(), nh));
+            let (k, nh) = item.map_err(op_err(map_names::ROUTES4, "walk"))?;
+            let (len, a) = prefix_from_v4(k.prefix_len(), k.data());
+            routes.push((len, a, nh));
         }
         let revs = self
             .revsvc
@@ -688,6 +705,27 @@ fn deleted(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError
             Ok(())
         }
         r => r,
+    }
+}
+
+/// The IPv4 form of `a`, for an IPv4 map, or the error that its family has no maps.
+fn v4(map: &'static str, op: &str, a: &Addr) -> Result<[u8; 4], MapOpError> {
+    as_v4(a).ok_or_else(|| no_family(map, op))
+}
+
+/// A write of an address whose family has no maps (IPv6, until that family lands): the
+/// configuration refuses such services first, so this is the map layer's own guard.
+fn no_family(map: &'static str, op: impl Into<String>) -> MapOpError {
+    MapOpError {
+        map,
+        op: format!(
+            "{} (not an IPv4 address or prefix: the IPv6 maps come with the IPv6 family)",
+            op.into()
+        ),
+        source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+            call: "bpf_map_update_elem",
+            io_error: std::io::Error::from_raw_os_error(libc::EAFNOSUPPORT),
+        }),
     }
 }
 

@@ -19,8 +19,8 @@ use lb_common::{
     addr::{Addr, v4_mapped},
     flow::FlowKey4,
     maps::{
-        Backend, BackendId, ConnEntry4, Counters, NextHop, RevKey4, RevService4, RouteKeyData,
-        ServiceInfo, ServiceKey, VipInfo, VipKey,
+        Backend, BackendId, ConnEntry4, Counters, NextHop, RevKey4, RevService4, ServiceInfo,
+        ServiceKey, VipInfo, VipKey,
     },
 };
 
@@ -32,6 +32,11 @@ use crate::error::MapOpError;
 
 /// The writes of the reconciler (its only path to the kernel), and the reads adoption needs
 /// when an agent starts. The real implementation is [`Maps`].
+///
+/// Keys, values and prefixes are in the family-agnostic form the reconciler plans in; the
+/// implementation writes each into its family's maps (`LB_SERVICES4`, ...). An address of a
+/// family without maps (IPv6, until that family lands; the configuration refuses it first)
+/// fails with `EAFNOSUPPORT`.
 ///
 /// Deletes are idempotent: deleting a key that is not there succeeds.
 #[expect(
@@ -50,13 +55,9 @@ pub trait MapOps {
     /// Writes one word of the "maybe ours" filter (`LB_OURS4`).
     fn put_ours(&mut self, word: u32, bits: u64) -> Result<(), MapOpError>;
     fn put_slots(&mut self, off: u32, slots: &[BackendId]) -> Result<(), MapOpError>;
-    fn put_route(
-        &mut self,
-        prefix_len: u32,
-        dst: RouteKeyData,
-        nh: &NextHop,
-    ) -> Result<(), MapOpError>;
-    fn del_route(&mut self, prefix_len: u32, dst: RouteKeyData) -> Result<(), MapOpError>;
+    /// Writes a client route: `dst` / `prefix_len` in map form (an IPv4 /p is `96 + p`).
+    fn put_route(&mut self, prefix_len: u32, dst: Addr, nh: &NextHop) -> Result<(), MapOpError>;
+    fn del_route(&mut self, prefix_len: u32, dst: Addr) -> Result<(), MapOpError>;
     /// Clears the counters of a service id and a backend id before they are reused.
     fn zero_service_stats(&mut self, id: u32) -> Result<(), MapOpError>;
     fn zero_backend_stats(&mut self, id: BackendId) -> Result<(), MapOpError>;
@@ -158,15 +159,15 @@ impl PurgeJob {
 pub struct LiveMaps {
     pub services: Vec<(ServiceKey, ServiceInfo)>,
     pub vips: Vec<(VipKey, VipInfo)>,
-    /// The active entries of `LB_BACKENDS`.
+    /// The active entries of `LB_BACKENDS4`.
     pub backends: Vec<(BackendId, Backend)>,
-    /// Every `LB_ACL` entry, with its set id.
+    /// Every `LB_ACL4` entry, with its set id.
     pub acl: Vec<(u32, acl::Entry)>,
-    /// `LB_PIPS`: (PIP, instance, next hop).
+    /// `LB_PIPS4`: (PIP, instance, next hop).
     pub pips: Vec<(Addr, Addr, NextHop)>,
-    /// `LB_PIP_REV`: (instance, PIP).
+    /// `LB_PIP_REV4`: (instance, PIP).
     pub pip_revs: Vec<(Addr, Addr)>,
-    /// `LB_ROUTES`: (prefix length, prefix, next hop).
+    /// `LB_ROUTES4`: (prefix length, prefix, next hop), in map form.
     pub routes: Vec<(u32, Addr, NextHop)>,
     /// `LB_REVSVC4`.
     pub revs: Vec<(RevKey4, RevService4)>,

@@ -187,6 +187,9 @@ impl NetlinkResolver {
                 }
             }
         }
+        // The fast path has IPv4 maps only: IPv6 hosts and routes (link-local neighbours, the
+        // IPv6 default route) would have no map to go to. They join with the IPv6 family.
+        out.retain(|(len, a, _)| addr::prefix_v4(a, *len).is_some());
         out
     }
 }

@@ -3,7 +3,7 @@
 //! half way through a plan.
 //!
 //! # Map write ordering (why a packet never sees a half-made service)
-//! * A backend's entry (`LB_BACKENDS[id]`) is written before any table slot points at it, and
+//! * A backend's entry (`LB_BACKENDS4[id]`) is written before any table slot points at it, and
 //!   its endpoint's reverse-service entry (`LB_REVSVC4`) before the switch that puts it in a
 //!   table: the first reply of its first flow finds it. An endpoint that a second service
 //!   starts to use is marked shared before that service's switch, so every flow of the second
@@ -11,7 +11,7 @@
 //!   found through the entry, which keeps naming the first service. Entries of endpoints no
 //!   active backend uses any more are deleted after the switch and the retirements.
 //! * A service's table is written to a fresh region of `LB_RING`, then the service entry is
-//!   replaced in one `LB_SERVICES` update, which is atomic for a hash map: a packet sees either
+//!   replaced in one `LB_SERVICES4` update, which is atomic for a hash map: a packet sees either
 //!   the old region or the complete new one (a double buffer, not delta writes, so no slot is
 //!   ever briefly wrong and no ordering among slot writes matters). An ACL change is a new set
 //!   under a new id, switched by the same update.

@@ -18,24 +18,24 @@ use crate::spec::{Proto, ServiceSpec};
 /// The maps as the agent knows them to be.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Live {
-    /// `LB_SERVICES`, by service (change it with [`Self::put_service`] and
+    /// `LB_SERVICES4`, by service (change it with [`Self::put_service`] and
     /// [`Self::del_service`], which keep [`Self::spec_of`] in step).
     pub services: BTreeMap<ServiceSpec, ServiceInfo>,
     /// The service of each live service id (an index of `services`).
     ids: HashMap<u32, ServiceSpec>,
-    /// `LB_VIPS`, by address.
+    /// `LB_VIPS4`, by address.
     pub vips: BTreeMap<IpAddr, VipInfo>,
-    /// The active entries of `LB_BACKENDS` (an inactive entry is as good as none).
+    /// The active entries of `LB_BACKENDS4` (an inactive entry is as good as none).
     pub backends: HashMap<BackendId, Backend>,
     /// The active entries of each service id, by backend address (an index of `backends`).
     pub by_service: HashMap<u32, BTreeMap<SocketAddr, BackendId>>,
     /// `LB_RING` regions written and not yet released, by offset: their slots.
     pub regions: HashMap<u32, Vec<BackendId>>,
-    /// `LB_ACL` sets written and not yet deleted, by set id: their entries in prefix order.
+    /// `LB_ACL4` sets written and not yet deleted, by set id: their entries in prefix order.
     pub acl: HashMap<u32, Vec<acl::Entry>>,
-    /// `LB_PIPS` / `LB_PIP_REV` pairs: PIP → (instance, next hop).
+    /// `LB_PIPS4` / `LB_PIP_REV4` pairs: PIP → (instance, next hop).
     pub pips: HashMap<IpAddr, (IpAddr, NextHop)>,
-    /// `LB_ROUTES`: (prefix length in map form, prefix) → next hop.
+    /// `LB_ROUTES4`: (prefix length in map form, prefix) → next hop.
     pub routes: HashMap<(u32, Addr), NextHop>,
     /// `LB_REVSVC4`, by backend endpoint.
     pub revs: HashMap<RevKey4, RevService4>,

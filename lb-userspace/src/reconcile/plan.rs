@@ -498,7 +498,7 @@ pub enum Phase {
     After,
 }
 
-/// The plan that keeps `LB_VIPS[ip]` (service count, flags, an internal VIP's source set) in
+/// The plan that keeps `LB_VIPS4[ip]` (service count, flags, an internal VIP's source set) in
 /// line with the services on that address.
 ///
 /// # Errors
@@ -623,11 +623,11 @@ fn ilb_set(internal: &[(IpAddr, u8)], service_ids: &[u32], live: &Live) -> Vec<a
             rule: Some(id),
         });
     }
+    // The VIP's family's whole space (its prefixes are all of its family): see
+    // `acl::Prefix::family_space`.
+    let space = entries[0].prefix.family_space();
     entries.push(acl::Entry {
-        prefix: acl::Prefix {
-            addr: [0; 16],
-            len: 0,
-        },
+        prefix: space,
         action: acl::Action::Deny,
         rule: None,
     });
@@ -666,7 +666,7 @@ pub fn pips(i: Inputs<'_>) -> Vec<Step> {
     steps
 }
 
-/// The writes that make `LB_ROUTES` hold exactly `want`.
+/// The writes that make `LB_ROUTES4` hold exactly `want`.
 #[must_use]
 pub fn routes(want: &[(u32, Addr, NextHop)], live: &Live) -> Vec<Step> {
     let want_map: BTreeMap<(u32, Addr), NextHop> =

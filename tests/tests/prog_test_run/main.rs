@@ -90,6 +90,25 @@ acl = [
   { order = 20, action = "deny", prefix = "198.51.100.0/24" },
 ]
 
+# An ACL whose last rule is 0.0.0.0/0: that rule, not the default verdict, decides every
+# other source (in the IPv4 map the two would be one key).
+[[service]]
+vip = "203.0.113.10:8081/tcp"
+backends = ["192.0.2.11"]
+table_size = 251
+acl = [
+  { order = 10, action = "deny", prefix = "198.51.100.64/26" },
+  { order = 20, action = "permit", prefix = "0.0.0.0/0" },
+]
+
+# An internal VIP open to every IPv4 source: its 0.0.0.0/0 permit, not the source set's
+# default deny, decides.
+[[service]]
+vip = "203.0.113.22:80/tcp"
+backends = ["192.0.2.11"]
+table_size = 251
+internal = ["0.0.0.0/0"]
+
 # An internal VIP: only 198.51.100.0/26 may reach it; its backend connecting to it is hairpin.
 [[service]]
 vip = "203.0.113.20:80/tcp"

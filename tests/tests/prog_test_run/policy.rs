@@ -81,6 +81,46 @@ fn endpoint_acl_permits_and_denies_new_flows() {
     });
 }
 
+/// A rule for 0.0.0.0/0 and an internal 0.0.0.0/0 decide where they apply: in the IPv4 ACL
+/// map they share their key with a set's default entry, which must not be written over them.
+#[test]
+fn a_rule_or_internal_prefix_for_all_of_ipv4_beats_the_default() {
+    with_fixture(|fx| {
+        let b = |port| SocketAddrV4::new(B1, port);
+        let src = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 99), 40000);
+        let vip = SocketAddrV4::new(VIP, 8081);
+        let syn = Frame::tcp(src, vip, TCP_SYN);
+        fx.check(
+            "permitted by rule 20, 0.0.0.0/0",
+            &syn,
+            XDP_TX,
+            Some(&syn.dnat(b(8081), LB_MAC, B1_MAC)),
+            Reason::Forward,
+        );
+        let denied = Frame::tcp(
+            SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 70), 40000),
+            vip,
+            TCP_SYN,
+        );
+        fx.check(
+            "denied by rule 10",
+            &denied,
+            XDP_DROP,
+            None,
+            Reason::DropAcl,
+        );
+        let ilb = SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 22), 80);
+        let syn = Frame::tcp(src, ilb, TCP_SYN);
+        fx.check(
+            "an internal VIP open to all of IPv4",
+            &syn,
+            XDP_TX,
+            Some(&syn.dnat(b(80), LB_MAC, B1_MAC)),
+            Reason::Forward,
+        );
+    });
+}
+
 #[test]
 fn internal_vip_admits_only_internal_sources_and_drops_hairpin() {
     with_fixture(|fx| {
