@@ -47,6 +47,7 @@ pub mod map_names {
     pub const REASON_STATS: &str = "LB_REASONS";
     pub const SERVICE_STATS: &str = "LB_SVC_STATS";
     pub const BACKEND_STATS: &str = "LB_BE_STATS";
+    pub const RETIRED_STATS: &str = "LB_SVC_RETIRED";
     pub const ACL4: &str = "LB_ACL4";
     pub const PIPS4: &str = "LB_PIPS4";
     pub const PIP_REV4: &str = "LB_PIP_REV4";
@@ -55,7 +56,7 @@ pub mod map_names {
     pub const PROGS: &str = "LB_PROGS";
     pub const LAYOUT: &str = "LB_LAYOUT";
     /// Every map, in the order the agent opens them.
-    pub const ALL: [&str; 18] = [
+    pub const ALL: [&str; 19] = [
         SERVICES4,
         VIPS4,
         BACKENDS4,
@@ -67,6 +68,7 @@ pub mod map_names {
         REASON_STATS,
         SERVICE_STATS,
         BACKEND_STATS,
+        RETIRED_STATS,
         ACL4,
         PIPS4,
         PIP_REV4,
@@ -79,7 +81,7 @@ pub mod map_names {
 
 /// Bump when a map's key or value changes meaning without changing size (a field reordered or
 /// reinterpreted); size changes alter [`map_layout_version`] by themselves.
-pub const MAP_LAYOUT_REVISION: u64 = 3;
+pub const MAP_LAYOUT_REVISION: u64 = 4;
 
 /// The layout version of every pinned map: a hash of the revision, the map names, capacities
 /// fixed at build time, and the sizes of every key and value type. The agent stores it in the

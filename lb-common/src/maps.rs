@@ -390,6 +390,13 @@ const _: () = assert!(size_of::<RevService4>() == 16);
 pub const REV_F_SHARED: u16 = 1;
 
 /// Per-service and per-backend counters (per CPU; the agent sums them).
+///
+/// One record per packet: the fast path counts a flow's packets and bytes, both ways, and its
+/// new flows in its backend's record only (`LB_BE_STATS`; every (service, backend) pair has its
+/// own id). A service's record (`LB_SVC_STATS`) holds what has no backend or is the service's
+/// alone: `acl_drops`, `conntrack_misses`, `untracked_flows`. The agent reports a service's
+/// totals as its record, plus its live backends' records, plus `LB_SVC_RETIRED`, where it adds
+/// a backend's record when it retires the backend ([`Counters::service_total`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 #[repr(C)]
 pub struct Counters {
@@ -414,6 +421,31 @@ pub struct Counters {
 }
 
 impl Counters {
+    /// A service's totals: its own record, its retired backends' sum, and the records of its
+    /// live backends (see the type's doc).
+    #[must_use]
+    pub fn service_total<'a>(
+        own: &Self,
+        retired: &Self,
+        backends: impl IntoIterator<Item = &'a Self>,
+    ) -> Self {
+        backends.into_iter().fold(own.add(retired), Self::add)
+    }
+
+    /// What was counted since `o`, an earlier reading of the same record (never below zero).
+    #[must_use]
+    pub const fn since(mut self, o: &Self) -> Self {
+        self.packets = self.packets.saturating_sub(o.packets);
+        self.bytes = self.bytes.saturating_sub(o.bytes);
+        self.new_flows = self.new_flows.saturating_sub(o.new_flows);
+        self.reply_packets = self.reply_packets.saturating_sub(o.reply_packets);
+        self.reply_bytes = self.reply_bytes.saturating_sub(o.reply_bytes);
+        self.acl_drops = self.acl_drops.saturating_sub(o.acl_drops);
+        self.conntrack_misses = self.conntrack_misses.saturating_sub(o.conntrack_misses);
+        self.untracked_flows = self.untracked_flows.saturating_sub(o.untracked_flows);
+        self
+    }
+
     #[must_use]
     pub const fn add(mut self, o: &Self) -> Self {
         self.packets += o.packets;

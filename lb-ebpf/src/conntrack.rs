@@ -166,7 +166,6 @@ pub struct Reply {
     /// The VIP and port the reply's source becomes.
     pub vip: [u8; 4],
     pub vport: [u8; 2],
-    pub service: u32,
     pub backend: BackendId,
     /// The flow's forward entry, and the state it moves to once the reply is sent.
     entry: *mut ConnEntry4,
@@ -232,7 +231,6 @@ pub fn from_backend(flow: &FlowKey4, flags: u8) -> FromBackend {
         Ok(new) => FromBackend::Reply(Reply {
             vip,
             vport,
-            service: ct.service,
             backend,
             entry: e,
             old: ct.tcp,

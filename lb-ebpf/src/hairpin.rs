@@ -66,16 +66,7 @@ pub fn run(ctx: &XdpContext) -> Verdict {
             && !(flow.proto == proto::TCP && conn::is_syn(pkt.flags()))
             && let Some(b) = select::live_backend(ct.backend)
         {
-            return out(
-                ctx,
-                &pkt,
-                l4,
-                &flow,
-                (ct.backend, &b),
-                ct.port,
-                ct.service,
-                false,
-            );
+            return out(ctx, &pkt, l4, &flow, (ct.backend, &b), ct.port, false);
         }
     }
     new_flow(ctx, &pkt, l4, &flow)
@@ -142,7 +133,7 @@ fn new_flow(ctx: &XdpContext, pkt: &Packet, l4: L4, flow: &FlowKey4) -> Verdict 
         peer,
     );
     conntrack::track(flow, &fwd);
-    out(ctx, pkt, l4, flow, (id, &b), rev_key.dport, svc.id, true)
+    out(ctx, pkt, l4, flow, (id, &b), rev_key.dport, true)
 }
 
 /// Whether the SNAT port in `rev_key` may carry `flow`: no service listens on it (the reply
@@ -161,7 +152,6 @@ fn port_free(flow: &FlowKey4, rev_key: &FlowKey4) -> bool {
 }
 
 /// Backend → VIP, hairpin: destination to the chosen backend, source to VIP:SNAT port, sent.
-#[expect(clippy::too_many_arguments, reason = "inlined; one call per direction")]
 #[inline(always)]
 fn out(
     ctx: &XdpContext,
@@ -170,13 +160,12 @@ fn out(
     flow: &FlowKey4,
     (id, b): (BackendId, &Backend4),
     snat_port: [u8; 2],
-    service: u32,
     new_flow: bool,
 ) -> Verdict {
     let vip = flow.dst;
     xlate::dnat(pkt, l4, b.addr, b.port);
     xlate::rnat(pkt, l4, vip, snat_port);
-    stats::count_flow(service, id, pkt.len, Dir::Forward { new_flow });
+    stats::count_flow(id, pkt.len, Dir::Forward { new_flow });
     xlate::forward(ctx, pkt, Some(b.nh), SendReason::HairpinSnat)
 }
 
@@ -187,7 +176,7 @@ fn reply(ctx: &XdpContext, pkt: &Packet, l4: L4, flow: &FlowKey4, ct: &ConnEntry
     let (vip, client) = (flow.dst, ct.addr);
     xlate::rnat(pkt, l4, vip, ct.vport);
     xlate::dnat(pkt, l4, client, ct.port);
-    stats::count_flow(ct.service, ct.backend, pkt.len, Dir::Reply);
+    stats::count_flow(ct.backend, pkt.len, Dir::Reply);
     let nh = select::live_backend(ct.peer).map(|b| b.nh);
     xlate::forward(ctx, pkt, nh, SendReason::HairpinReply)
 }

@@ -115,7 +115,7 @@ fn to_backend(
         aya_log_ebpf::debug!(ctx, "new flow to backend {} (service {})", id, svc.id);
     }
     xlate::dnat(pkt, l4, be.addr, be.port);
-    stats::count_flow(svc.id, id, pkt.len, Dir::Forward { new_flow });
+    stats::count_flow(id, pkt.len, Dir::Forward { new_flow });
     xlate::forward(ctx, pkt, Some(be.nh), SendReason::Forward)
 }
 
@@ -128,7 +128,7 @@ fn to_client(ctx: &XdpContext, pkt: &Packet, flow: &FlowKey4, l4: L4, r: &Reply)
     }
     r.commit();
     xlate::rnat(pkt, l4, r.vip, r.vport);
-    stats::count_flow(r.service, r.backend, pkt.len, Dir::Reply);
+    stats::count_flow(r.backend, pkt.len, Dir::Reply);
     xlate::forward(ctx, pkt, select::route(flow.dst), SendReason::Reply)
 }
 

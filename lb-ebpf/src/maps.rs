@@ -64,13 +64,22 @@ pub static LB_ROUTES4: LpmTrie<RouteKey4, NextHop> = LpmTrie::pinned(MAX_ROUTES,
 #[map(name = "LB_REASONS")]
 pub static LB_REASONS: PerCpuArray<u64> = PerCpuArray::pinned(REASON_SLOTS, 0);
 
-/// Service id → counters (per CPU). Writer: fast path; the agent zeroes an id before reuse.
+/// Service id → its own counters (per CPU): ACL drops, conntrack misses, untracked flows; a
+/// flow's packets are counted in its backend's record (`lb_common::maps::Counters`). Writer:
+/// fast path; the agent zeroes an id before reuse.
 #[map(name = "LB_SVC_STATS")]
 pub static LB_SVC_STATS: PerCpuArray<Counters> = PerCpuArray::pinned(MAX_SERVICES, 0);
 
-/// BackendId → counters (per CPU). Writer: fast path; the agent zeroes an id before reuse.
+/// BackendId → its flows' counters (per CPU), both directions: the one counter record a
+/// balanced packet updates. Writer: fast path; the agent zeroes an id before reuse.
 #[map(name = "LB_BE_STATS")]
 pub static LB_BE_STATS: PerCpuArray<Counters> = PerCpuArray::pinned(MAX_BACKENDS, 0);
+
+/// Service id → the summed counters of its retired backends, added by the agent when it
+/// retires one, so that a service's totals never go back. Never read by the program; pinned
+/// so that a restarted agent keeps them. Writer: agent.
+#[map(name = "LB_SVC_RETIRED")]
+pub static LB_SVC_RETIRED: Array<Counters> = Array::pinned(MAX_SERVICES, 0);
 
 /// (ACL set id, source prefix) → permit/deny: every endpoint's compiled ACL. Checked for new
 /// flows of services whose `acl_id` is not 0. Writer: agent.

@@ -22,12 +22,10 @@ pub enum Dir {
     Reply,
 }
 
+/// A balanced packet: one record, its backend's (the agent adds the backends' records into
+/// their service's totals, see `lb_common::maps::Counters`).
 #[inline(always)]
-pub fn count_flow(service: u32, backend: u32, bytes: u64, dir: Dir) {
-    if let Some(p) = LB_SVC_STATS.get_ptr_mut(service) {
-        // SAFETY: as above.
-        unsafe { add(&mut *p, bytes, dir) };
-    }
+pub fn count_flow(backend: u32, bytes: u64, dir: Dir) {
     if let Some(p) = LB_BE_STATS.get_ptr_mut(backend) {
         // SAFETY: as above.
         unsafe { add(&mut *p, bytes, dir) };

@@ -41,6 +41,7 @@ pub struct Maps {
     pub pip_rev: HashMap<MapData, [u8; 4], PipEntry4>,
     pub revsvc: HashMap<MapData, RevKey4, RevService4>,
     pub ours: Array<MapData, u64>,
+    pub retired: Array<MapData, Counters>,
     /// Conntrack and the counters, also reachable from the writer (adoption's flow purge at
     /// start, and tests that read counters through the reconciler's maps).
     pub side: SideMaps,
@@ -69,6 +70,7 @@ impl Maps {
             pip_rev: take_map(ebpf, map_names::PIP_REV4)?,
             revsvc: take_map(ebpf, map_names::REVSVC)?,
             ours: take_map(ebpf, map_names::OURS)?,
+            retired: take_map(ebpf, map_names::RETIRED_STATS)?,
             side: SideMaps {
                 conntrack: take_map(ebpf, map_names::CONNTRACK)?,
                 reasons: take_map(ebpf, map_names::REASON_STATS)?,
@@ -418,7 +420,24 @@ impl MapOps for Maps {
             .map_err(op_err(map_names::ROUTES4, "remove"))
     }
     fn zero_service_stats(&mut self, id: u32) -> Result<(), MapOpError> {
-        zero_per_cpu(&mut self.side.svc_stats, map_names::SERVICE_STATS, id)
+        zero_per_cpu(&mut self.side.svc_stats, map_names::SERVICE_STATS, id)?;
+        self.retired
+            .set(id, Counters::default(), 0)
+            .map_err(op_err(map_names::RETIRED_STATS, format!("zero slot {id}")))
+    }
+    fn retire_counters(
+        &mut self,
+        backend: BackendId,
+        service: u32,
+        sum: &Counters,
+        folded: &Counters,
+    ) -> Result<(Counters, Counters), MapOpError> {
+        let record = self.side.backend_counters(backend)?;
+        let total = sum.add(&record.since(folded));
+        self.retired
+            .set(service, total, 0)
+            .map_err(op_err(map_names::RETIRED_STATS, format!("set {service}")))?;
+        Ok((total, record))
     }
     fn zero_backend_stats(&mut self, id: BackendId) -> Result<(), MapOpError> {
         zero_per_cpu(&mut self.side.be_stats, map_names::BACKEND_STATS, id)
@@ -546,6 +565,15 @@ impl MapOps for Maps {
             .zip(read_array(&self.ours, map_names::OURS, 0, self.ours.len())?)
             .filter(|(_, w)| *w != 0)
             .collect();
+        let retired = (0..)
+            .zip(read_array(
+                &self.retired,
+                map_names::RETIRED_STATS,
+                0,
+                self.retired.len(),
+            )?)
+            .filter(|(_, c)| *c != Counters::default())
+            .collect();
         Ok(LiveMaps {
             services,
             vips,
@@ -556,6 +584,7 @@ impl MapOps for Maps {
             routes,
             revs,
             ours,
+            retired,
         })
     }
     fn read_slots(&self, off: u32, len: u32) -> Result<Vec<BackendId>, MapOpError> {

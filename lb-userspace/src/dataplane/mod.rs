@@ -58,9 +58,20 @@ pub trait MapOps {
     /// Writes a client route: `dst` / `prefix_len` in map form (an IPv4 /p is `96 + p`).
     fn put_route(&mut self, prefix_len: u32, dst: Addr, nh: &NextHop) -> Result<(), MapOpError>;
     fn del_route(&mut self, prefix_len: u32, dst: Addr) -> Result<(), MapOpError>;
-    /// Clears the counters of a service id and a backend id before they are reused.
+    /// Clears the counters of a service id (its own and its retired backends') and a backend
+    /// id before they are reused.
     fn zero_service_stats(&mut self, id: u32) -> Result<(), MapOpError>;
     fn zero_backend_stats(&mut self, id: BackendId) -> Result<(), MapOpError>;
+    /// Adds a retiring backend's counters to its service's retired sum: writes `sum` plus
+    /// what the backend's record counted since `folded` (an earlier reading, added already)
+    /// into `LB_SVC_RETIRED[service]`. Returns the new sum and the record as read.
+    fn retire_counters(
+        &mut self,
+        backend: BackendId,
+        service: u32,
+        sum: &Counters,
+        folded: &Counters,
+    ) -> Result<(Counters, Counters), MapOpError>;
     /// Writes one compiled ACL entry of set `acl_id`.
     fn put_acl(&mut self, acl_id: u32, e: &acl::Entry) -> Result<(), MapOpError>;
     /// Deletes one ACL entry of set `acl_id`.
@@ -83,6 +94,8 @@ pub trait MapOps {
     reason = "every method fails only with the map read's own error"
 )]
 pub trait MapReader {
+    /// A service's own record (ACL drops, conntrack misses, untracked flows): its totals add
+    /// its backends' records and its retired sum (`Counters::service_total`).
     fn service_counters(&self, id: u32) -> Result<Counters, MapOpError>;
     fn backend_counters(&self, id: BackendId) -> Result<Counters, MapOpError>;
     fn reason_counters(&self) -> Result<Vec<u64>, MapOpError>;
@@ -173,4 +186,6 @@ pub struct LiveMaps {
     pub revs: Vec<(RevKey4, RevService4)>,
     /// The non-zero words of `LB_OURS4`.
     pub ours: Vec<(u32, u64)>,
+    /// The non-zero entries of `LB_SVC_RETIRED`: service id → its retired backends' sum.
+    pub retired: Vec<(u32, Counters)>,
 }

@@ -22,7 +22,7 @@ use std::{
 use lb_common::{
     acl,
     addr::{self, Addr},
-    maps::{Backend, BackendId, ServiceKey},
+    maps::{Backend, BackendId, Counters, ServiceKey},
 };
 
 use super::{alloc::Alloc, health::HealthBook, live::Live};
@@ -61,6 +61,7 @@ pub fn adopt<M: MapOps + FlowPurge>(
     let mut live = Live::default();
     let mut left = Leftovers::default();
     let mut sets: BTreeMap<u32, Vec<acl::Entry>> = BTreeMap::new();
+    let retired: HashMap<u32, Counters> = found.retired.iter().copied().collect();
     for (aid, e) in found.acl {
         sets.entry(aid).or_default().push(e);
     }
@@ -130,6 +131,9 @@ pub fn adopt<M: MapOps + FlowPurge>(
                 claimed.insert(*bid);
                 live.put_backend(*bid, *b);
             }
+        }
+        if let Some(c) = retired.get(&info.id) {
+            live.retired.insert(info.id, *c);
         }
         // Health from the live table: a probed backend in it was healthy a moment ago
         // (starting it Unknown would empty the table until the first probe answers).

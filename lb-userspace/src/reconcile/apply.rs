@@ -87,7 +87,10 @@ impl<M: MapOps> Applier<'_, M> {
         }
         let (m, live) = (&mut *self.maps, &mut *self.live);
         match s {
-            Step::ZeroServiceStats(id) => m.zero_service_stats(id)?,
+            Step::ZeroServiceStats(id) => {
+                m.zero_service_stats(id)?;
+                live.retired.remove(&id);
+            }
             Step::ZeroBackendStats(id) => m.zero_backend_stats(id)?,
             Step::PutBackend(id, b) => {
                 let ips = [addr::to_ip(&b.addr)];
@@ -95,7 +98,21 @@ impl<M: MapOps> Applier<'_, M> {
                 live.put_backend(id, b);
             }
             Step::RetireBackend(id) => {
+                // Its counters join its service's retired sum, so the service's totals never
+                // go back; then the entry goes inactive. Each is recorded as it succeeds: if
+                // the entry's write fails, the backend stays live (and counted), and a retry
+                // adds only what its record counted since (`folded`). What reaches the id
+                // after both (packets in flight, a hairpin flow's replies until its purge)
+                // stays in the id's own record, uncounted by the service.
+                if let Some(svc) = live.backends.get(&id).map(|b| b.service) {
+                    let sum = live.retired.get(&svc).copied().unwrap_or_default();
+                    let folded = live.folded.get(&id).copied().unwrap_or_default();
+                    let (total, record) = m.retire_counters(id, svc, &sum, &folded)?;
+                    live.retired.insert(svc, total);
+                    live.folded.insert(id, record);
+                }
                 m.put_backend(id, &Backend::default())?;
+                live.folded.remove(&id);
                 let gone = live.backends.get(&id).map(|b| addr::to_ip(&b.addr));
                 live.retire_backend(id);
                 uncover(m, live, gone.as_slice())?;

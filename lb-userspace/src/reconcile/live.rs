@@ -10,7 +10,9 @@ use std::{
 use lb_common::{
     acl,
     addr::{self, Addr},
-    maps::{Backend, BackendId, NextHop, RevKey4, RevService4, ServiceInfo, VipInfo, ours_bit},
+    maps::{
+        Backend, BackendId, Counters, NextHop, RevKey4, RevService4, ServiceInfo, VipInfo, ours_bit,
+    },
 };
 
 use crate::spec::{Proto, ServiceSpec};
@@ -46,6 +48,11 @@ pub struct Live {
     pub ours: Ours,
     /// `LB_OURS4`: its non-zero words.
     pub filter: HashMap<u32, u64>,
+    /// `LB_SVC_RETIRED`: each service id's retired backends' counters (non-zero sums only).
+    pub retired: HashMap<u32, Counters>,
+    /// Backends being retired whose counters were added to `retired` but whose entry is still
+    /// active (its write failed): the record as added, so a retry adds only what came since.
+    pub folded: HashMap<BackendId, Counters>,
 }
 
 /// The IPv4 addresses the fast path must look up rather than pass as none of its own, with

@@ -5,7 +5,11 @@
 
 use std::collections::HashMap;
 
-use lb_common::{addr, maps::BackendId, verdict::ALL_REASONS};
+use lb_common::{
+    addr,
+    maps::{BackendId, Counters},
+    verdict::ALL_REASONS,
+};
 
 use super::{health::HealthBook, live::Live};
 use crate::{
@@ -31,16 +35,26 @@ pub struct AgentInfo {
     pub conntrack_flows: u32,
 }
 
+/// A service's view, with what its counters are summed from, as the writer saw them: its live
+/// backend ids and its retired backends' sum (`Counters::service_total`). Taken together, so
+/// a backend retired while the reader runs is counted once: in the ids or in the sum.
+#[derive(Clone, Debug)]
+pub struct ServiceRead {
+    pub view: ServiceView,
+    pub backends: Vec<BackendId>,
+    pub retired: Counters,
+}
+
 /// An answer the writer has built, waiting for the reads a reader adds.
 #[derive(Clone, Debug)]
 pub enum Pending {
-    Vips(Vec<ServiceView>),
+    Vips(Vec<ServiceRead>),
     Backends {
         service: String,
         backends: Vec<BackendView>,
     },
     Status(StatusView),
-    Stats(Vec<ServiceView>),
+    Stats(Vec<ServiceRead>),
     /// The view and the service's id (for its ACL drops), if it is in the maps.
     Acl(AclView, Option<u32>),
     Pips(Vec<PipView>),
@@ -63,11 +77,21 @@ impl Pending {
         } else {
             HashMap::new()
         };
-        let services = |mut v: Vec<ServiceView>| -> Result<Vec<ServiceView>, MapOpError> {
-            for s in &mut v {
-                s.counters = r.service_counters(s.id)?.into();
-            }
-            Ok(v)
+        let services = |v: Vec<ServiceRead>| -> Result<Vec<ServiceView>, MapOpError> {
+            v.into_iter()
+                .map(|s| {
+                    let own = r.service_counters(s.view.id)?;
+                    let backends = s
+                        .backends
+                        .iter()
+                        .map(|b| r.backend_counters(*b))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    Ok(ServiceView {
+                        counters: Counters::service_total(&own, &s.retired, &backends).into(),
+                        ..s.view
+                    })
+                })
+                .collect()
         };
         let backends = |v: &mut Vec<BackendView>| -> Result<(), MapOpError> {
             for b in v {
@@ -149,7 +173,7 @@ impl Source<'_> {
         })
     }
 
-    fn services(&self) -> Vec<ServiceView> {
+    fn services(&self) -> Vec<ServiceRead> {
         let mut out = Vec::new();
         for (spec, info) in &self.live.services {
             let Some(svc) = self.state.services.get(spec) else {
@@ -157,7 +181,7 @@ impl Source<'_> {
             };
             let st = &svc.settings;
             let live_backends: Vec<_> = self.live.backends_of_spec(spec).collect();
-            out.push(ServiceView {
+            let view = ServiceView {
                 service: spec.to_string(),
                 kind: match svc.kind {
                     Kind::Balanced => "balanced".into(),
@@ -188,6 +212,24 @@ impl Source<'_> {
                 hairpin: st.hairpin.to_string(),
                 icmp_echo: st.icmp_echo,
                 counters: CountersView::default(),
+            };
+            let backends: Vec<BackendId> = live_backends.iter().map(|(_, id)| **id).collect();
+            // A live backend whose retirement failed half-way is in the sum already: it is
+            // read in full with the others, so its added part comes off the sum.
+            let folded = backends
+                .iter()
+                .filter_map(|id| self.live.folded.get(id))
+                .fold(Counters::default(), Counters::add);
+            out.push(ServiceRead {
+                view,
+                backends,
+                retired: self
+                    .live
+                    .retired
+                    .get(&info.id)
+                    .copied()
+                    .unwrap_or_default()
+                    .since(&folded),
             });
         }
         out

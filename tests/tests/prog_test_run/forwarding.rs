@@ -614,3 +614,61 @@ fn program_loads_with_kernel_debug_logging_on() {
             .expect("aya-log's ring buffer is in the object");
     });
 }
+
+/// A packet is counted once, in its backend's record, and a service's totals add its
+/// backends' records: removing the backend keeps its packets in the service's totals (the
+/// agent moves them to the service's retired sum in `LB_SVC_RETIRED`).
+#[test]
+fn a_services_totals_are_its_backends_and_keep_a_removed_ones() {
+    with_fixture(|fx| {
+        let service = "203.0.113.10:82/tcp";
+        let vip = SocketAddrV4::new(VIP, 82);
+        let b = SocketAddrV4::new(B2, 8082);
+        let totals = |fx: &mut Fixture| {
+            let Response::Stats(s) = fx.h.rec.handle(Request::Query(Query::Stats)).response else {
+                panic!("stats")
+            };
+            let c = &s
+                .services
+                .iter()
+                .find(|v| v.service == service)
+                .expect("the service")
+                .counters;
+            (c.packets, c.new_flows, c.reply_packets)
+        };
+        let syn = Frame::tcp(CLIENT, vip, TCP_SYN);
+        fx.check(
+            "SYN",
+            &syn,
+            XDP_TX,
+            Some(&syn.dnat(b, LB_MAC, B2_MAC)),
+            Reason::Forward,
+        );
+        let syn_ack = Frame::tcp(b, CLIENT, TCP_SYN | TCP_ACK);
+        fx.check(
+            "SYN-ACK",
+            &syn_ack,
+            XDP_TX,
+            Some(&syn_ack.snat(vip, LB_MAC, CLIENT_MAC)),
+            Reason::Reply,
+        );
+        let ack = Frame::tcp(CLIENT, vip, TCP_ACK);
+        fx.check(
+            "ACK",
+            &ack,
+            XDP_TX,
+            Some(&ack.dnat(b, LB_MAC, B2_MAC)),
+            Reason::Forward,
+        );
+        assert_eq!(totals(fx), (2, 1, 1));
+        let out = fx.h.rec.handle(Request::Change(Command::BackendDel {
+            service: service.parse().unwrap(),
+            backend: "192.0.2.12:8082".parse().unwrap(),
+        }));
+        assert!(matches!(out.response, Response::Done(_)), "{out:?}");
+        assert_eq!(totals(fx), (2, 1, 1), "the removed backend's packets stay");
+        let (action, _) = fx.run(&ack.build());
+        assert_eq!(action, XDP_DROP, "no backend left");
+        assert_eq!(totals(fx), (2, 1, 1));
+    });
+}

@@ -31,6 +31,7 @@ use lb_integration::{
 use lb_userspace::{
     api::{Query, Request, Response},
     dataplane::{Dataplane, LoadOptions},
+    state::Command,
 };
 
 const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);

@@ -865,3 +865,100 @@ fn reverse_service_entries_follow_the_backend_endpoints() {
     );
     assert!(!rc.maps().revs.contains_key(&ep));
 }
+
+/// A service's totals are its live backends' records plus the sum of its retired backends: a
+/// removed backend's packets stay in them, what reaches its id afterwards does not, and a
+/// restarted agent keeps the sum. A new service on a reused id starts from zero.
+#[test]
+fn a_retired_backends_counts_stay_in_its_services_totals() {
+    let mut r = rec(4096);
+    add(&mut r, WEB, &["192.0.2.11", "192.0.2.12"]);
+    let id_of = |r: &Rec, a: &str| {
+        r.live()
+            .backends_of_spec(&spec(WEB))
+            .find(|(b, _)| b.to_string() == a)
+            .map(|(_, id)| *id)
+            .expect("a live backend")
+    };
+    let (b1, b2) = (id_of(&r, "192.0.2.11:80"), id_of(&r, "192.0.2.12:80"));
+    let counted = |packets, replies| Counters {
+        packets,
+        reply_packets: replies,
+        ..Counters::default()
+    };
+    r.maps.counters.insert(b1, counted(10, 1));
+    r.maps.counters.insert(b2, counted(20, 2));
+    let totals = |r: &mut Rec| match ask(r, Req::VipList) {
+        Response::Vips { vips } => (vips[0].counters.packets, vips[0].counters.reply_packets),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(totals(&mut r), (30, 3));
+    ok(
+        &mut r,
+        Req::BackendDel {
+            service: WEB.into(),
+            backend: "192.0.2.12".into(),
+        },
+    );
+    assert_eq!(totals(&mut r), (30, 3), "the removed backend still counts");
+    r.maps.counters.insert(b2, counted(1000, 0));
+    assert_eq!(totals(&mut r), (30, 3), "its id's later packets do not");
+    let mut r2 = restarted(&r);
+    start(&mut r2, r.state().clone());
+    assert_eq!(totals(&mut r2), (30, 3), "a restarted agent keeps the sum");
+    ok(
+        &mut r2,
+        Req::VipDel {
+            service: WEB.into(),
+        },
+    );
+    add(&mut r2, WEB, &["192.0.2.13"]);
+    r2.maps
+        .counters
+        .insert(id_of(&r2, "192.0.2.13:80"), counted(0, 0));
+    assert_eq!(totals(&mut r2), (0, 0), "a new service starts from zero");
+}
+
+/// A backend removal that fails at any write, and is then retried, still counts each packet of
+/// the removed backend once in its service's totals: its counters may be added to the retired
+/// sum before its entry's write fails, and the retry adds only what came since.
+#[test]
+fn a_failed_removal_counts_the_backend_once() {
+    for n in 1..=8 {
+        let mut r = rec(4096);
+        add(&mut r, WEB, &["192.0.2.11", "192.0.2.12"]);
+        let ids: Vec<(String, BackendId)> = r
+            .live()
+            .backends_of_spec(&spec(WEB))
+            .map(|(a, id)| (a.to_string(), *id))
+            .collect();
+        let b2 = ids.iter().find(|(a, _)| a == "192.0.2.12:80").unwrap().1;
+        for (i, (_, id)) in ids.iter().enumerate() {
+            let packets = 10 * (i as u64 + 1);
+            r.maps.counters.insert(
+                *id,
+                Counters {
+                    packets,
+                    ..Counters::default()
+                },
+            );
+        }
+        let packets = |r: &mut Rec| match ask(r, Req::VipList) {
+            Response::Vips { vips } => vips[0].counters.packets,
+            other => panic!("{other:?}"),
+        };
+        let del = Req::BackendDel {
+            service: WEB.into(),
+            backend: "192.0.2.12".into(),
+        };
+        r.maps.fail_at = Some(r.maps.writes + n);
+        let _ = ask(&mut r, del.clone());
+        r.maps.fail_at = None;
+        assert_eq!(packets(&mut r), 30, "write {n} failed");
+        if r.live().backends.contains_key(&b2) {
+            r.maps.counters.get_mut(&b2).unwrap().packets += 5;
+            ok(&mut r, del);
+            assert_eq!(packets(&mut r), 35, "write {n} failed, then the retry");
+        }
+    }
+}

@@ -57,6 +57,9 @@ pub struct FakeMaps {
     pub ours: HashMap<u32, u64>,
     /// Tracked flows, by the backend id each names.
     pub flows: Vec<BackendId>,
+    /// `LB_BE_STATS` (what a test says the fast path counted) and `LB_SVC_RETIRED`.
+    pub counters: HashMap<BackendId, Counters>,
+    pub retired: HashMap<u32, Counters>,
     pub ops: Vec<Op>,
     /// Writes so far, and the one that fails.
     pub writes: usize,
@@ -146,11 +149,28 @@ impl MapOps for FakeMaps {
         self.routes.remove(&(l, a));
         Ok(())
     }
-    fn zero_service_stats(&mut self, _: u32) -> Result<(), MapOpError> {
-        self.write()
+    fn zero_service_stats(&mut self, id: u32) -> Result<(), MapOpError> {
+        self.write()?;
+        self.retired.remove(&id);
+        Ok(())
     }
-    fn zero_backend_stats(&mut self, _: BackendId) -> Result<(), MapOpError> {
-        self.write()
+    fn zero_backend_stats(&mut self, id: BackendId) -> Result<(), MapOpError> {
+        self.write()?;
+        self.counters.remove(&id);
+        Ok(())
+    }
+    fn retire_counters(
+        &mut self,
+        backend: BackendId,
+        service: u32,
+        sum: &Counters,
+        folded: &Counters,
+    ) -> Result<(Counters, Counters), MapOpError> {
+        self.write()?;
+        let record = self.counters.get(&backend).copied().unwrap_or_default();
+        let total = sum.add(&record.since(folded));
+        self.retired.insert(service, total);
+        Ok((total, record))
     }
     fn put_pip(&mut self, pip: &Addr, dip: &Addr, nh: &NextHop) -> Result<(), MapOpError> {
         self.write()?;
@@ -187,6 +207,7 @@ impl MapOps for FakeMaps {
                 .iter()
                 .map(|((l, a), nh)| (*l, *a, *nh))
                 .collect(),
+            retired: self.retired.iter().map(|(k, v)| (*k, *v)).collect(),
         })
     }
     fn read_slots(&self, off: u32, len: u32) -> Result<Vec<BackendId>, MapOpError> {
@@ -212,8 +233,8 @@ impl MapReader for FakeMaps {
     fn service_counters(&self, _: u32) -> Result<Counters, MapOpError> {
         Ok(Counters::default())
     }
-    fn backend_counters(&self, _: BackendId) -> Result<Counters, MapOpError> {
-        Ok(Counters::default())
+    fn backend_counters(&self, id: BackendId) -> Result<Counters, MapOpError> {
+        Ok(self.counters.get(&id).copied().unwrap_or_default())
     }
     fn reason_counters(&self) -> Result<Vec<u64>, MapOpError> {
         Ok(vec![0; ALL_REASONS.len()])
