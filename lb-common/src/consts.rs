@@ -26,6 +26,8 @@ pub const ECHO_BURST: u64 = 50;
 pub const DEFAULT_NEW_FLOW_RATE: u64 = 125_000;
 /// Capacity of the instance-level public IP maps (each direction).
 pub const MAX_PIPS: u32 = 16_384;
+/// Capacity of `LB_LOCAL4`, the LB host's own IPv4 addresses.
+pub const MAX_LOCALS: u32 = 4_096;
 /// Capacity of the ACL LPM trie (all endpoints' compiled entries, plus one set while it changes).
 pub const MAX_ACL_ENTRIES: u32 = 65_536;
 /// Number of slots in the verdict-reason counter array (room for future reasons).
@@ -43,6 +45,7 @@ pub mod map_names {
     pub const CONNTRACK: &str = "LB_CONNTRACK4";
     pub const REVSVC: &str = "LB_REVSVC4";
     pub const OURS: &str = "LB_OURS4";
+    pub const LOCALS: &str = "LB_LOCAL4";
     pub const ROUTES4: &str = "LB_ROUTES4";
     pub const REASON_STATS: &str = "LB_REASONS";
     pub const SERVICE_STATS: &str = "LB_SVC_STATS";
@@ -56,7 +59,7 @@ pub mod map_names {
     pub const PROGS: &str = "LB_PROGS";
     pub const LAYOUT: &str = "LB_LAYOUT";
     /// Every map, in the order the agent opens them.
-    pub const ALL: [&str; 19] = [
+    pub const ALL: [&str; 20] = [
         SERVICES4,
         VIPS4,
         BACKENDS4,
@@ -64,6 +67,7 @@ pub mod map_names {
         CONNTRACK,
         REVSVC,
         OURS,
+        LOCALS,
         ROUTES4,
         REASON_STATS,
         SERVICE_STATS,
@@ -81,7 +85,7 @@ pub mod map_names {
 
 /// Bump when a map's key or value changes meaning without changing size (a field reordered or
 /// reinterpreted); size changes alter [`map_layout_version`] by themselves.
-pub const MAP_LAYOUT_REVISION: u64 = 4;
+pub const MAP_LAYOUT_REVISION: u64 = 5;
 
 /// The layout version of every pinned map: a hash of the revision, the map names, capacities
 /// fixed at build time, and the sizes of every key and value type. The agent stores it in the

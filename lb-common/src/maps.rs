@@ -388,6 +388,11 @@ const _: () = assert!(size_of::<RevService4>() == 16);
 /// reverse entry keyed by the reply's 5-tuple, which a reply looks up first; `vip`, `vport`,
 /// `service` and `backend` name the service it served first, whose older flows may have none.
 pub const REV_F_SHARED: u16 = 1;
+/// [`RevService4::flags`]: the endpoint's service has `replies = "stateless"`: every packet
+/// from the endpoint is its reply and is translated from this entry alone, without looking for
+/// its flow, unless it goes to one of the LB's own addresses (`LB_LOCAL4`: its probes). The
+/// agent sets it only on an endpoint of one service, and never with [`REV_F_SHARED`].
+pub const REV_F_STATELESS: u16 = 2;
 
 /// Per-service and per-backend counters (per CPU; the agent sums them).
 ///

@@ -18,7 +18,7 @@ use crate::{
     hash::flow_hash,
     hdr::{ETH_P_8021Q, ETH_P_IPV4, IPV4_FRAG_MASK},
     maglev::slot,
-    maps::{BackendId, REV_F_SHARED, RevKey4, RevService4, ServiceKey4},
+    maps::{BackendId, REV_F_SHARED, REV_F_STATELESS, RevKey4, RevService4, ServiceKey4},
     verdict::Reason,
 };
 
@@ -173,6 +173,8 @@ pub struct Model {
     pub vips: HashSet<[u8; 4]>,
     /// The backends' reverse-service entries (`LB_REVSVC4`).
     pub revs: HashMap<RevKey4, RevService4>,
+    /// The LB host's own addresses (`LB_LOCAL4`).
+    pub locals: HashSet<[u8; 4]>,
     /// Tracked client → VIP flows.
     pub flows: HashMap<FlowKey4, ModelFlow>,
     /// Reverse entries (flows to shared backend endpoints): reply 5-tuple → (VIP, VIP port,
@@ -209,11 +211,13 @@ impl Model {
             return self.forward(key, flow, flags, p.ttl);
         }
         let refused = match self.reply(&flow, flags) {
-            Some(Ok((vip, port, tcp, fwd))) => {
+            Some(Ok((vip, port, update))) => {
                 if p.ttl <= 1 {
                     return Verdict::Other(Reason::DropTtl);
                 }
-                if let Some(f) = self.flows.get_mut(&fwd) {
+                if let Some((tcp, fwd)) = update
+                    && let Some(f) = self.flows.get_mut(&fwd)
+                {
                     f.tcp = tcp;
                 }
                 return Verdict::Reply(vip, port);
@@ -289,19 +293,26 @@ impl Model {
         Verdict::Forward(id)
     }
 
-    /// A packet from a backend endpoint: `Some(Ok(vip, port, new state, forward key))` when it
-    /// is the reply of a tracked flow, `Some(Err)` when a flow was found but refuses it (it
+    /// A packet from a backend endpoint: `Some(Ok(vip, port, Some((new state, forward key))))`
+    /// when it is the reply of a tracked flow (`None` for the flow of a stateless endpoint's
+    /// reply, which has none to update), `Some(Err)` when a flow was found but refuses it (it
     /// names another backend, or the port was reused: the flow is marked stale), `None` when
-    /// no flow was found.
+    /// no flow was found or the packet goes to the LB itself from a stateless endpoint.
     #[expect(clippy::type_complexity, reason = "one private helper")]
     fn reply(
         &mut self,
         flow: &FlowKey4,
         flags: u8,
-    ) -> Option<Result<([u8; 4], [u8; 2], u8, FlowKey4), ()>> {
+    ) -> Option<Result<([u8; 4], [u8; 2], Option<(u8, FlowKey4)>), ()>> {
         let rev = *self
             .revs
             .get(&RevKey4::of(flow.src, flow.sport, flow.proto))?;
+        if rev.flags & REV_F_STATELESS != 0 {
+            if self.locals.contains(&flow.dst) {
+                return None;
+            }
+            return Some(Ok((rev.vip, rev.vport, None)));
+        }
         let own = (rev.flags & REV_F_SHARED != 0)
             .then(|| self.replies.get(flow).copied())
             .flatten();
@@ -313,7 +324,7 @@ impl Model {
         }
         let tcp = if flow.proto == proto::TCP { flags } else { 0 };
         match conn::after_reply(f.tcp, tcp) {
-            Ok(n) => Some(Ok((vip, vport, n, fwd))),
+            Ok(n) => Some(Ok((vip, vport, Some((n, fwd))))),
             Err(stale) => {
                 self.flows.insert(
                     fwd,

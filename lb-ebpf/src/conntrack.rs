@@ -9,11 +9,12 @@ use lb_common::{
     conn,
     flow::{FlowKey4, proto},
     maps::{
-        BackendId, CONN_HAIRPIN_REV, CONN_REVERSE, ConnEntry4, REV_F_SHARED, RevKey4, RevService4,
+        BackendId, CONN_HAIRPIN_REV, CONN_REVERSE, ConnEntry4, REV_F_SHARED, REV_F_STATELESS,
+        RevKey4, RevService4,
     },
 };
 
-use crate::maps::{LB_CONNTRACK4, LB_FLOW_RL, LB_REVSVC4};
+use crate::maps::{LB_CONNTRACK4, LB_FLOW_RL, LB_LOCAL4, LB_REVSVC4};
 
 /// How long a closed flow still translates (seconds), set by the agent at load time
 /// (`override_global`).
@@ -174,9 +175,13 @@ pub struct Reply {
 }
 
 impl Reply {
-    /// Records the reply's flags on its flow (call once the reply is really sent on).
+    /// Records the reply's flags on its flow (call once the reply is really sent on). A
+    /// stateless reply has no flow (`entry` is null) and records nothing.
     #[inline(always)]
     pub fn commit(&self) {
+        if self.entry.is_null() {
+            return;
+        }
         // SAFETY: `entry` is the value pointer `from_backend` found in this run.
         unsafe { set_state(self.entry, self.old, self.new) };
     }
@@ -207,6 +212,22 @@ pub fn from_backend(flow: &FlowKey4, flags: u8) -> FromBackend {
     let Some(rev) = rev.copied() else {
         return FromBackend::None;
     };
+    if rev.flags & REV_F_STATELESS != 0 {
+        // The operator declared the endpoint reachable only through the LB: the packet is a
+        // reply, translated from this entry alone, unless it answers the LB's own connection.
+        // SAFETY: only whether an entry exists is read.
+        if unsafe { LB_LOCAL4.get(flow.dst).is_some() } {
+            return FromBackend::None;
+        }
+        return FromBackend::Reply(Reply {
+            vip: rev.vip,
+            vport: rev.vport,
+            backend: rev.backend,
+            entry: core::ptr::null_mut(),
+            old: 0,
+            new: 0,
+        });
+    }
     let shared = rev.flags & REV_F_SHARED != 0;
     let own = if shared { lookup(flow) } else { None };
     let (vip, vport, backend) = match own {

@@ -9,8 +9,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     consts::{
-        DEFAULT_CONNTRACK_ENTRIES, DEFAULT_RING_SLOTS, MAX_ACL_ENTRIES, MAX_BACKENDS, MAX_PIPS,
-        MAX_ROUTES, MAX_SERVICES, REASON_SLOTS,
+        DEFAULT_CONNTRACK_ENTRIES, DEFAULT_RING_SLOTS, MAX_ACL_ENTRIES, MAX_BACKENDS, MAX_LOCALS,
+        MAX_PIPS, MAX_ROUTES, MAX_SERVICES, REASON_SLOTS,
     },
     flow::FlowKey4,
     maps::{
@@ -54,6 +54,12 @@ pub static LB_REVSVC4: HashMap<RevKey4, RevService4> = HashMap::pinned(MAX_BACKE
 /// Writer: agent (a bit is set before the entry that needs it, cleared after the last goes).
 #[map(name = "LB_OURS4")]
 pub static LB_OURS4: Array<u64> = Array::pinned(OURS_WORDS, 0);
+
+/// The LB host's own IPv4 addresses (value unused): a stateless service's packet from a
+/// backend to one of them is not a reply but the answer to the LB's own connection (a health
+/// probe), and goes to the kernel. Writer: agent (from netlink).
+#[map(name = "LB_LOCAL4")]
+pub static LB_LOCAL4: HashMap<[u8; 4], u32> = HashMap::pinned(MAX_LOCALS, 0);
 
 /// Client-facing IPv4 destination prefix → next hop, for replies. Writer: agent (from the kernel's
 /// routes and neighbours).

@@ -492,6 +492,7 @@ mod tests {
             internal: "none".into(),
             hairpin: "drop".into(),
             icmp_echo: true,
+            replies: "tracked".into(),
             counters: counters(100),
         }
     }

@@ -412,6 +412,27 @@ pub enum Hairpin {
 }
 
 word_enum!(Hairpin, "hairpin", Drop = "drop", Snat = "snat");
+
+/// How the fast path tells a backend's replies from its other traffic.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Replies {
+    /// A reply is translated only if it belongs to a tracked flow of the service (its
+    /// conntrack entry names this backend, and its TCP state allows it).
+    #[default]
+    Tracked,
+    /// The operator declares the backends' service port reachable only through the LB: every
+    /// packet from a backend's address and port is a reply and is translated from the
+    /// backend's reverse-service entry alone, with no per-flow lookup (except towards the
+    /// LB's own addresses: its probes). Any LB node can then translate any reply.
+    Stateless,
+}
+
+word_enum!(
+    Replies,
+    "replies",
+    Tracked = "tracked",
+    Stateless = "stateless"
+);
 word_enum!(
     WhenAllDown,
     "when-all-down",
@@ -606,7 +627,8 @@ serde_text!(
     ProbeSpec,
     WhenAllDown,
     Established,
-    Hairpin
+    Hairpin,
+    Replies
 );
 
 /// `#[serde(with)]` for a [`std::time::Duration`] as `15s` / `500ms` / `2m`.

@@ -22,10 +22,10 @@ use crate::{
     config::{
         AclRuleConfig, BackendConfig, Config, DEFAULT_WEIGHT, ServiceSettings, check_acl_rule,
         check_backend, check_forward, check_internal, check_pip, check_same_vip, check_service,
-        check_settings, check_weight,
+        check_settings, check_weight, stateless_pip, stateless_shared,
     },
     error::ChangeError,
-    spec::{BackendSpec, ServiceSpec, format_duration},
+    spec::{BackendSpec, Replies, ServiceSpec, format_duration},
 };
 
 /// Desired state of every service.
@@ -323,6 +323,7 @@ impl State {
         if self.services.contains_key(&spec) {
             return Err(ChangeError::Conflict(format!("service {spec}")));
         }
+        self.check_stateless_endpoint(&spec, to)?;
         if self
             .services
             .iter()
@@ -448,8 +449,9 @@ impl State {
         let weight = weight.unwrap_or(DEFAULT_WEIGHT);
         check_weight(weight).map_err(|m| ChangeError::Invalid(format!("--weight: {m}")))?;
         check_backend(spec, &b).map_err(ChangeError::Invalid)?;
-        let svc = self.service_mut(spec)?;
         let addr = b.resolve(spec);
+        self.check_stateless_endpoint(spec, addr)?;
+        let svc = self.service_mut(spec)?;
         if svc.backends.contains_key(&addr) {
             return Err(ChangeError::Conflict(format!("backend {addr} of {spec}")));
         }
@@ -564,7 +566,51 @@ impl State {
                 "instance {dip} already has PIP {other} (a PIP maps 1:1)"
             )));
         }
+        if let Some(b) = self
+            .stateless()
+            .flat_map(|(_, st)| st.backends.keys())
+            .find(|b| b.ip() == dip)
+        {
+            return Err(ChangeError::Invalid(stateless_pip(*b)));
+        }
         self.pips.insert(pip, dip);
+        Ok(())
+    }
+
+    /// The services with `replies = "stateless"` (a scan of plain fields: cheap next to the
+    /// change it guards).
+    fn stateless(&self) -> impl Iterator<Item = (&ServiceSpec, &ServiceState)> {
+        self.services
+            .iter()
+            .filter(|(_, st)| st.settings.replies == Replies::Stateless)
+    }
+
+    /// Whether backend endpoint `addr` may join `spec`: a stateless service's endpoints are its
+    /// own, and have no PIP (the config's `check_stateless` is the same rule).
+    fn check_stateless_endpoint(
+        &self,
+        spec: &ServiceSpec,
+        addr: SocketAddr,
+    ) -> Result<(), ChangeError> {
+        let me = self
+            .services
+            .get(spec)
+            .is_some_and(|st| st.settings.replies == Replies::Stateless);
+        if me {
+            if self.pips.values().any(|d| *d == addr.ip()) {
+                return Err(ChangeError::Invalid(stateless_pip(addr)));
+            }
+            if let Some((other, _)) = self.services.iter().find(|(o, st)| {
+                *o != spec && o.proto == spec.proto && st.backends.contains_key(&addr)
+            }) {
+                return Err(ChangeError::Invalid(stateless_shared(addr, spec, other)));
+            }
+        } else if let Some((other, _)) = self
+            .stateless()
+            .find(|(o, st)| *o != spec && o.proto == spec.proto && st.backends.contains_key(&addr))
+        {
+            return Err(ChangeError::Invalid(stateless_shared(addr, other, spec)));
+        }
         Ok(())
     }
 
@@ -634,6 +680,9 @@ impl State {
             }
             if !s.icmp_echo {
                 o.push_str("icmp_echo = false\n");
+            }
+            if s.replies != Replies::Tracked {
+                let _ = writeln!(o, "replies = \"{}\"", s.replies);
             }
             o.push_str("backends = [\n");
             for b in svc.backends.values() {
@@ -804,6 +853,75 @@ mod tests {
         s.del_backend(&web, &"192.0.2.11:80".parse().unwrap())
             .unwrap();
         assert_eq!(s.backend_count(), 0);
+    }
+
+    /// A stateless service's backend endpoints are its own and have no PIP, whichever change
+    /// would break that: a backend, a forward or a PIP. The same address on another port, or
+    /// of another protocol, is another endpoint.
+    fn refused<T: std::fmt::Debug>(r: &Result<T, ChangeError>, what: &str) {
+        assert!(
+            matches!(r, Err(ChangeError::Invalid(m)) if m.contains(what) && m.contains("stateless")),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn stateless_endpoints_are_refused_where_replies_would_be_ambiguous() {
+        let mut s = State::default();
+        let web = svc("203.0.113.10:80/tcp");
+        let other = svc("203.0.113.11:80/tcp");
+        let stateless = ServiceSettings {
+            replies: Replies::Stateless,
+            ..ServiceSettings::default()
+        };
+        s.add_service(web, stateless).unwrap();
+        s.add_service(other, ServiceSettings::default()).unwrap();
+        s.add_service(svc("203.0.113.11:80/udp"), ServiceSettings::default())
+            .unwrap();
+        let b11: BackendSpec = "192.0.2.11".parse().unwrap();
+        s.add_backend(&web, b11, None).unwrap();
+        refused(
+            &s.add_backend(&other, b11, None),
+            "cannot also serve 203.0.113.11:80/tcp",
+        );
+        refused(
+            &s.add_forward(
+                svc("203.0.113.12:80/tcp"),
+                &"192.0.2.11:80".parse().unwrap(),
+            ),
+            "cannot also serve 203.0.113.12:80/tcp",
+        );
+        refused(
+            &s.add_pip(
+                "203.0.113.50".parse().unwrap(),
+                "192.0.2.11".parse().unwrap(),
+            ),
+            "has a PIP",
+        );
+        s.add_backend(&other, "192.0.2.11:8080".parse().unwrap(), None)
+            .unwrap();
+        s.add_backend(&svc("203.0.113.11:80/udp"), b11, None)
+            .unwrap();
+        s.add_backend(&other, "192.0.2.12".parse().unwrap(), None)
+            .unwrap();
+        refused(
+            &s.add_backend(&web, "192.0.2.12".parse().unwrap(), None),
+            "cannot also serve 203.0.113.11:80/tcp",
+        );
+        s.add_pip(
+            "203.0.113.50".parse().unwrap(),
+            "192.0.2.13".parse().unwrap(),
+        )
+        .unwrap();
+        refused(
+            &s.add_backend(&web, "192.0.2.13".parse().unwrap(), None),
+            "has a PIP",
+        );
+        // The setting round-trips through the state file.
+        let text = s.to_toml();
+        assert!(text.contains("replies = \"stateless\""), "{text}");
+        let back = State::from_config(&crate::config::parse("state.toml", &text).unwrap());
+        assert_eq!(back, s, "{text}");
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub struct FixedResolver {
     pub backends: HashMap<IpAddr, NextHop>,
     pub fallback: Option<NextHop>,
     pub routes: Vec<(u32, Addr, NextHop)>,
+    /// The host's own IPv4 addresses, as the agent would find them.
+    pub locals: Vec<[u8; 4]>,
 }
 
 impl Resolver for FixedResolver {
@@ -51,6 +53,7 @@ impl Resolver for FixedResolver {
                 })
                 .collect(),
             routes: job.routes.then(|| self.routes.clone()),
+            locals: job.routes.then(|| self.locals.clone()),
         }
     }
 }
@@ -68,6 +71,8 @@ impl FixedResolver {
                 lb_common::addr::v4_mapped([0, 0, 0, 0]),
                 nh(LO, crate::packet::CLIENT_MAC),
             )],
+            // The LB's backend-side address, the source of its probes.
+            locals: vec![[192, 0, 2, 1]],
         }
     }
 }

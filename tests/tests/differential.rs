@@ -17,7 +17,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use lb_common::{
     flow::proto,
-    maps::REV_F_SHARED,
+    maps::{REV_F_SHARED, REV_F_STATELESS},
     model::{Model, ModelBackend, Verdict},
     verdict::{ALL_REASONS, Reason},
 };
@@ -54,6 +54,13 @@ table_size = 1021
 vip = "203.0.113.12:443/tcp"
 backends = ["192.0.2.14"]
 table_size = 251
+
+# Stateless replies: every packet from 192.0.2.18:8443 is a reply, except to the LB itself.
+[[service]]
+vip = "203.0.113.13:8443/tcp"
+backends = ["192.0.2.18"]
+table_size = 251
+replies = "stateless"
 
 # A service with no backend: new flows are dropped.
 [[service]]
@@ -110,6 +117,9 @@ fn model_of(h: &Harness) -> Model {
     for k in maps.vips.keys() {
         m.vips.insert(k.expect("vip"));
     }
+    for k in maps.locals.keys() {
+        m.locals.insert(k.expect("local address"));
+    }
     for item in &maps.revsvc {
         let (k, v) = item.expect("reverse-service entry");
         m.revs.insert(k, v);
@@ -133,7 +143,12 @@ fn kernel_and_model_agree_on_100k_random_packets() {
         let resolver = FixedResolver::all_on_lo([2, 0, 0, 0, 0, 0x11]);
         let mut h = Harness::load(ns, CONFIG, resolver).expect("load");
         let mut model = model_of(&h);
-        assert_eq!(model.services.len(), 5);
+        assert_eq!(model.services.len(), 6);
+        assert!(
+            model.revs.values().any(|r| r.flags & REV_F_STATELESS != 0),
+            "the stateless endpoint is marked"
+        );
+        assert!(!model.locals.is_empty(), "the LB's own address is known");
         assert!(
             model.revs.values().any(|r| r.flags & REV_F_SHARED != 0),
             "the shared endpoint is marked"
@@ -145,6 +160,7 @@ fn kernel_and_model_agree_on_100k_random_packets() {
             (Ipv4Addr::new(203, 0, 113, 11), 443, proto::TCP),
             (Ipv4Addr::new(203, 0, 113, 12), 443, proto::TCP),
             (Ipv4Addr::new(203, 0, 113, 11), 444, proto::TCP),
+            (Ipv4Addr::new(203, 0, 113, 13), 8443, proto::TCP),
             (Ipv4Addr::new(203, 0, 113, 10), 81, proto::TCP),
             (Ipv4Addr::new(203, 0, 113, 10), 80, proto::UDP),
             (Ipv4Addr::new(192, 0, 2, 99), 80, proto::TCP),
@@ -197,11 +213,17 @@ fn kernel_and_model_agree_on_100k_random_packets() {
                     25..30 => TCP_RST | TCP_ACK,
                     _ => TCP_ACK,
                 };
-                frame = Frame::tcp(SocketAddrV4::new(bip, bport), client, flags);
+                // Now and then to the LB's own address (its probes' replies).
+                let to = if rng.chance(10) {
+                    SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), client.port())
+                } else {
+                    client
+                };
+                frame = Frame::tcp(SocketAddrV4::new(bip, bport), to, flags);
                 if p == proto::UDP {
                     frame.l4 = L4::Udp {
                         sport: bport,
-                        dport: client.port(),
+                        dport: to.port(),
                         no_csum: false,
                     };
                 }

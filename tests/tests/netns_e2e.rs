@@ -638,3 +638,48 @@ backends = ["192.0.2.11"]
         "the direct SYN-ACKs were refused as replies"
     );
 }
+
+/// `replies = "stateless"` with real traffic: connections through the VIP work, the health
+/// probes' answers (to the LB's own address, found through netlink) reach the agent untouched,
+/// so the backends come into rotation; and, as documented, a direct connection to a
+/// backend's service port no longer works (its answers are rewritten to the VIP).
+#[test]
+fn stateless_replies_serve_the_vip_and_spare_the_probes() {
+    let mut lab = Lab::new(2).unwrap();
+    lab.start_agent(
+        r#"
+[[service]]
+vip = "203.0.113.10:80/tcp"
+backends = ["192.0.2.11", "192.0.2.12"]
+table_size = 251
+replies = "stateless"
+probe = "tcp"
+probe_interval = "100ms"
+probe_timeout = "100ms"
+"#,
+    )
+    .unwrap();
+    // In rotation only after a probe succeeded: its SYN-ACK went to the LB's own address.
+    lab.wait_ready()
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", lab.agent_log()));
+    let vips = lab.lb_json(&["vip", "list"]).unwrap();
+    assert_eq!(vips["vips"][0]["replies"], "stateless", "{vips}");
+    let http = tally((0..30).map(|i| {
+        lab.http_get(80)
+            .unwrap_or_else(|e| panic!("HTTP request {i}: {e:#}\n{}", lab.agent_log()))
+    }));
+    assert_eq!(http.len(), 2, "both backends answer: {http:?}");
+    assert!(lab.reason("reply").unwrap() >= 30 * 2);
+    lab.client
+        .ip(&["route", "add", "192.0.2.0/24", "via", "198.51.100.1"])
+        .unwrap();
+    let direct = lab.http_connect_between(
+        SocketAddrV4::new(CLIENT_IP, 0),
+        SocketAddrV4::new(backend_ip(1), 80),
+        std::time::Duration::from_secs(1),
+    );
+    assert!(
+        direct.and_then(|mut c| c.get()).is_err(),
+        "a direct connection to a stateless backend's port is answered from the VIP"
+    );
+}

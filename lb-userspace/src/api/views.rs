@@ -85,6 +85,9 @@ pub struct ServiceView {
     pub internal: String,
     pub hairpin: String,
     pub icmp_echo: bool,
+    /// `tracked` or `stateless`.
+    #[serde(default)]
+    pub replies: String,
     pub counters: CountersView,
 }
 

@@ -162,6 +162,11 @@ pub struct VipSettings {
     /// The LB answers pings to the VIP (rate-limited): on or off [default: on].
     #[arg(long)]
     pub icmp_echo: Option<String>,
+    /// Replies: of tracked flows only, or every packet from a backend's address and port
+    /// (stateless: the backends' service port must be reachable only through the LB)
+    /// [default: tracked].
+    #[arg(long, value_name = "tracked|stateless")]
+    pub replies: Option<String>,
 }
 
 impl VipSettings {
@@ -210,6 +215,11 @@ impl VipSettings {
                 "off" => false,
                 _ => return Err(format!("--icmp-echo: {e:?} must be on or off")),
             };
+        }
+        if let Some(r) = &self.replies {
+            s.replies = r
+                .parse()
+                .map_err(|e: SpecError| format!("--replies: {e}"))?;
         }
         if let Some(h) = &self.hairpin {
             s.hairpin = h

@@ -6,7 +6,7 @@ use std::time::Duration;
 use lb_common::{consts::MAX_TABLE_SIZE, health, maglev::is_prime};
 
 use super::{MAX_WEIGHT, ServiceSettings};
-use crate::spec::{BackendSpec, Hairpin, ServiceSpec};
+use crate::spec::{BackendSpec, Hairpin, Replies, ServiceSpec};
 
 /// Checks a PIP mapping: unicast IPv4 addresses (the fast path is IPv4), not the same address.
 ///
@@ -71,6 +71,13 @@ pub fn check_forward(s: &ServiceSpec, to: &BackendSpec) -> Result<std::net::Sock
 pub fn check_settings(s: &ServiceSettings) -> Result<(), String> {
     if s.hairpin == Hairpin::Snat && s.internal.is_empty() {
         return Err("--hairpin snat applies to internal VIPs only (give --internal PREFIX)".into());
+    }
+    if s.replies == Replies::Stateless && s.hairpin == Hairpin::Snat {
+        return Err(
+            "--replies stateless cannot be combined with --hairpin snat: a hairpin \
+                    reply goes to the VIP's SNAT port, and only its flow can say so"
+                .into(),
+        );
     }
     check_table_size(s.table_size).map_err(|m| format!("--table-size: {m}"))?;
     if !(Duration::from_millis(50)..=Duration::from_hours(1)).contains(&s.interval) {
@@ -231,4 +238,29 @@ pub fn check_backend(s: &ServiceSpec, b: &BackendSpec) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Why backend `addr` of the stateless service `stateless` cannot also serve `other` (of the
+/// same protocol).
+#[must_use]
+pub fn stateless_shared(
+    addr: std::net::SocketAddr,
+    stateless: &ServiceSpec,
+    other: &ServiceSpec,
+) -> String {
+    format!(
+        "{stateless} has replies = \"stateless\": its backend {addr} cannot also serve {other} \
+         (a stateless service needs backend endpoints of its own: its replies are known by the \
+         backend's address and port alone)"
+    )
+}
+
+/// Why `replies = "stateless"` cannot be right for a service with backend `addr`, whose
+/// address has a PIP.
+#[must_use]
+pub fn stateless_pip(addr: std::net::SocketAddr) -> String {
+    format!(
+        "replies = \"stateless\": backend {addr} has a PIP, and its own connections from that \
+         port would be taken for the service's replies"
+    )
 }

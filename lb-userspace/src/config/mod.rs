@@ -36,7 +36,9 @@ pub use self::{
     check::*,
     parse::{ConfigError, parse},
 };
-use crate::spec::{BackendSpec, Established, Hairpin, ProbeSpec, ServiceSpec, WhenAllDown};
+use crate::spec::{
+    BackendSpec, Established, Hairpin, ProbeSpec, Replies, ServiceSpec, WhenAllDown,
+};
 
 /// A validated config.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -143,6 +145,10 @@ pub struct ServiceSettings {
     #[serde(with = "crate::spec::serde_prefixes")]
     pub internal: Vec<(std::net::IpAddr, u8)>,
     pub hairpin: Hairpin,
+    /// How replies are told apart: tracked flows, or (`stateless`) every packet from a backend
+    /// endpoint. A property of the service.
+    #[serde(default)]
+    pub replies: Replies,
     /// The LB answers ICMP echo requests to the VIP (rate-limited). A property of the VIP
     /// address, like `internal`.
     pub icmp_echo: bool,
@@ -160,6 +166,7 @@ impl Default for ServiceSettings {
             established: Established::Keep,
             internal: Vec::new(),
             hairpin: Hairpin::Drop,
+            replies: Replies::Tracked,
             icmp_echo: true,
         }
     }

@@ -14,9 +14,9 @@ use super::{
     AclRuleConfig, AgentSettings, BackendConfig, Config, DEFAULT_WEIGHT, ForwardConfig,
     ServiceConfig, ServiceSettings, check_acl_rule, check_backend, check_forward, check_internal,
     check_pip, check_same_vip, check_service, check_settings, check_table_size, check_weight,
-    default_timeout,
+    default_timeout, stateless_pip, stateless_shared,
 };
-use crate::spec::{BackendSpec, ServiceSpec, SpecError, parse_action, parse_duration};
+use crate::spec::{BackendSpec, Replies, ServiceSpec, SpecError, parse_action, parse_duration};
 
 /// A config error: where, which field, what is wrong.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -109,6 +109,7 @@ struct RawService {
     #[serde(default)]
     internal: Vec<Spanned<String>>,
     hairpin: Option<Spanned<String>>,
+    replies: Option<Spanned<String>>,
     icmp_echo: Option<bool>,
 }
 
@@ -210,8 +211,11 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
     let mut seen = BTreeSet::new();
     let mut slots: u64 = 0;
     let mut backends_total: usize = 0;
+    // Where each service's `replies` is (its `vip` when not given), for the cross-checks.
+    let mut raw_spans = Vec::with_capacity(raw.service.len());
     for (i, s) in raw.service.into_iter().enumerate() {
         let s = s.into_inner();
+        raw_spans.push(s.replies.as_ref().map_or(s.vip.span(), Spanned::span));
         let field = |f: &str| format!("service[{i}].{f}");
         let spec = endpoint_vip(&s.vip, &field("vip"), &mut seen, &err)?;
 
@@ -268,6 +272,12 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
                 .get_ref()
                 .parse()
                 .map_err(|e: SpecError| err(h.span(), field("hairpin"), e.0))?;
+        }
+        if let Some(r) = &s.replies {
+            settings.replies = r
+                .get_ref()
+                .parse()
+                .map_err(|e: SpecError| err(r.span(), field("replies"), e.0))?;
         }
         settings.icmp_echo = s.icmp_echo.unwrap_or(true);
         check_settings(&settings).map_err(|m| err(s.vip.span(), field("settings"), m))?;
@@ -403,6 +413,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             format!("more than {} PIPs", lb_common::consts::MAX_PIPS),
         ));
     }
+    check_stateless(&raw_spans, &services, &forwards, &pips, &err)?;
     Ok(Config {
         agent,
         services,
@@ -412,6 +423,53 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
 }
 
 type ErrAt<'a> = dyn Fn(Range<usize>, String, String) -> ConfigError + 'a;
+
+/// `replies = "stateless"` only where it can be right: no backend of such a service is also a
+/// backend (or forward target) of another service of its protocol, or has a PIP. `spans[i]`
+/// locates service `i`'s `replies`.
+fn check_stateless(
+    spans: &[Range<usize>],
+    services: &[ServiceConfig],
+    forwards: &[ForwardConfig],
+    pips: &[(std::net::IpAddr, std::net::IpAddr)],
+    err: &ErrAt<'_>,
+) -> Result<(), ConfigError> {
+    use std::collections::HashMap;
+    // Every backend endpoint, with the first two services it serves.
+    let mut users: HashMap<(std::net::SocketAddr, u8), Vec<ServiceSpec>> = HashMap::new();
+    let endpoints = services
+        .iter()
+        .flat_map(|s| s.backends.iter().map(|b| (b.spec.resolve(&s.spec), s.spec)))
+        .chain(forwards.iter().map(|f| (f.to, f.spec)));
+    for (addr, spec) in endpoints {
+        let u = users.entry((addr, spec.proto.number())).or_default();
+        if u.len() < 2 {
+            u.push(spec);
+        }
+    }
+    let dips: std::collections::HashSet<_> = pips.iter().map(|(_, d)| *d).collect();
+    for (i, s) in services.iter().enumerate() {
+        if s.settings.replies != Replies::Stateless {
+            continue;
+        }
+        let field = format!("service[{i}].replies");
+        for b in &s.backends {
+            let addr = b.spec.resolve(&s.spec);
+            if dips.contains(&addr.ip()) {
+                return Err(err(spans[i].clone(), field, stateless_pip(addr)));
+            }
+            let others = &users[&(addr, s.spec.proto.number())];
+            if let Some(other) = others.iter().find(|o| **o != s.spec) {
+                return Err(err(
+                    spans[i].clone(),
+                    field,
+                    stateless_shared(addr, &s.spec, other),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
 
 /// An endpoint's `vip` (a `[[service]]` or a `[[forward]]`): parsed, servable by the fast path,
 /// and not defined twice across both kinds.
@@ -631,6 +689,12 @@ established = "rebalance"
             ("[[pip]]\npip = \"203.0.113.50\"\ndip = \"192.0.2.11\"\n[[pip]]\npip = \"203.0.113.51\"\ndip = \"192.0.2.11\"\n".into(), 5, "pip[1].pip", "1:1"),
             ("[[pip]]\npip = \"203.0.113.50\"\ndip = \"nope\"\n".into(), 3, "pip[0].dip", "not an address"),
             (with("hairpin = \"snat\"\n"), 2, "service[0].settings", "internal VIPs only"),
+            (with("replies = \"never\"\n"), 3, "service[0].replies", "tracked stateless"),
+            (format!("{svc}internal = [\"198.51.100.0/26\"]\nhairpin = \"snat\"\nreplies = \"stateless\"\n"), 2, "service[0].settings", "--hairpin snat"),
+            (format!("{svc}backends = [\"192.0.2.11\"]\nreplies = \"stateless\"\n[[service]]\nvip = \"203.0.113.11:80/tcp\"\nbackends = [\"192.0.2.11\"]\n"), 4, "service[0].replies", "cannot also serve 203.0.113.11:80/tcp"),
+            (format!("[[service]]\nvip = \"203.0.113.11:80/tcp\"\nbackends = [\"192.0.2.11:80\"]\n{svc}backends = [\"192.0.2.11\"]\nreplies = \"stateless\"\n"), 7, "service[1].replies", "cannot also serve 203.0.113.11:80/tcp"),
+            (format!("{svc}backends = [\"192.0.2.11\"]\nreplies = \"stateless\"\n[[forward]]\nvip = \"203.0.113.12:80/tcp\"\nto = \"192.0.2.11:80\"\n"), 4, "service[0].replies", "cannot also serve 203.0.113.12:80/tcp"),
+            (format!("{svc}backends = [\"192.0.2.11\"]\nreplies = \"stateless\"\n[[pip]]\npip = \"203.0.113.50\"\ndip = \"192.0.2.11\"\n"), 4, "service[0].replies", "has a PIP"),
             (format!("{svc}internal = [\"198.51.100.0/26\"]\nhairpin = \"snat\"\n[[service]]\nvip = \"203.0.113.10:53/udp\"\ninternal = [\"198.51.100.0/26\"]\n"), 6, "service[1].hairpin", "same hairpin mode"),
             (with("internal = [\"198.51.100.1/26\"]\n"), 3, "service[0].internal[0]", "host bits"),
             (format!("{svc}internal = [\"198.51.100.0/26\"]\n[[service]]\nvip = \"203.0.113.10:53/udp\"\n"), 5, "service[1].internal", "same internal prefixes"),

@@ -42,6 +42,7 @@ pub struct Maps {
     pub revsvc: HashMap<MapData, RevKey4, RevService4>,
     pub ours: Array<MapData, u64>,
     pub retired: Array<MapData, Counters>,
+    pub locals: HashMap<MapData, [u8; 4], u32>,
     /// Conntrack and the counters, also reachable from the writer (adoption's flow purge at
     /// start, and tests that read counters through the reconciler's maps).
     pub side: SideMaps,
@@ -71,6 +72,7 @@ impl Maps {
             revsvc: take_map(ebpf, map_names::REVSVC)?,
             ours: take_map(ebpf, map_names::OURS)?,
             retired: take_map(ebpf, map_names::RETIRED_STATS)?,
+            locals: take_map(ebpf, map_names::LOCALS)?,
             side: SideMaps {
                 conntrack: take_map(ebpf, map_names::CONNTRACK)?,
                 reasons: take_map(ebpf, map_names::REASON_STATS)?,
@@ -419,6 +421,14 @@ impl MapOps for Maps {
         deleted(self.routes.remove(&LpmKey::new(p, a)))
             .map_err(op_err(map_names::ROUTES4, "remove"))
     }
+    fn put_local(&mut self, a: [u8; 4]) -> Result<(), MapOpError> {
+        self.locals
+            .insert(a, 1, 0)
+            .map_err(op_err(map_names::LOCALS, "insert"))
+    }
+    fn del_local(&mut self, a: [u8; 4]) -> Result<(), MapOpError> {
+        deleted(self.locals.remove(&a)).map_err(op_err(map_names::LOCALS, "remove"))
+    }
     fn zero_service_stats(&mut self, id: u32) -> Result<(), MapOpError> {
         zero_per_cpu(&mut self.side.svc_stats, map_names::SERVICE_STATS, id)?;
         self.retired
@@ -565,6 +575,10 @@ impl MapOps for Maps {
             .zip(read_array(&self.ours, map_names::OURS, 0, self.ours.len())?)
             .filter(|(_, w)| *w != 0)
             .collect();
+        let mut locals = Vec::new();
+        for k in self.locals.keys() {
+            locals.push(k.map_err(op_err(map_names::LOCALS, "walk"))?);
+        }
         let retired = (0..)
             .zip(read_array(
                 &self.retired,
@@ -584,6 +598,7 @@ impl MapOps for Maps {
             routes,
             revs,
             ours,
+            locals,
             retired,
         })
     }

@@ -58,6 +58,9 @@ pub trait MapOps {
     /// Writes a client route: `dst` / `prefix_len` in map form (an IPv4 /p is `96 + p`).
     fn put_route(&mut self, prefix_len: u32, dst: Addr, nh: &NextHop) -> Result<(), MapOpError>;
     fn del_route(&mut self, prefix_len: u32, dst: Addr) -> Result<(), MapOpError>;
+    /// Writes / deletes one of the host's own IPv4 addresses (`LB_LOCAL4`).
+    fn put_local(&mut self, a: [u8; 4]) -> Result<(), MapOpError>;
+    fn del_local(&mut self, a: [u8; 4]) -> Result<(), MapOpError>;
     /// Clears the counters of a service id (its own and its retired backends') and a backend
     /// id before they are reused.
     fn zero_service_stats(&mut self, id: u32) -> Result<(), MapOpError>;
@@ -186,6 +189,8 @@ pub struct LiveMaps {
     pub revs: Vec<(RevKey4, RevService4)>,
     /// The non-zero words of `LB_OURS4`.
     pub ours: Vec<(u32, u64)>,
+    /// `LB_LOCAL4`.
+    pub locals: Vec<[u8; 4]>,
     /// The non-zero entries of `LB_SVC_RETIRED`: service id → its retired backends' sum.
     pub retired: Vec<(u32, Counters)>,
 }

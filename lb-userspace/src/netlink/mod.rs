@@ -63,6 +63,8 @@ pub enum Request {
     },
     /// `RTM_GETLINK` for one interface.
     LinkGet(u32),
+    /// `RTM_GETADDR` dump.
+    AddressDump,
 }
 
 impl fmt::Display for Request {
@@ -71,6 +73,7 @@ impl fmt::Display for Request {
             Self::RouteGet(dst) => write!(f, "route get {dst}"),
             Self::RouteDump => f.write_str("route dump"),
             Self::NeighbourDump => f.write_str("neighbour dump"),
+            Self::AddressDump => f.write_str("address dump"),
             Self::NeighbourGet { ifindex, ip } => {
                 write!(f, "neighbour get {ip} on ifindex {ifindex}")
             }

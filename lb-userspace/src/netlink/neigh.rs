@@ -43,6 +43,36 @@ impl Neighbour {
 }
 
 impl Netlink {
+    /// The host's own IPv4 addresses, on every interface (`IFA_LOCAL`, or `IFA_ADDRESS` where
+    /// the kernel gives no local one).
+    ///
+    /// # Errors
+    /// An exchange with the kernel fails ([`NetlinkError`]).
+    pub fn local_v4(&mut self) -> Result<Vec<std::net::Ipv4Addr>, NetlinkError> {
+        use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+        let mut message = AddressMessage::default();
+        message.header.family = AddressFamily::Inet;
+        self.dump(
+            Request::AddressDump,
+            &RouteNetlinkMessage::GetAddress(message),
+            |message, out| {
+                let RouteNetlinkMessage::NewAddress(a) = message else {
+                    return;
+                };
+                let pick = |local: bool| {
+                    a.attributes.iter().find_map(|at| match at {
+                        AddressAttribute::Local(IpAddr::V4(v4)) if local => Some(*v4),
+                        AddressAttribute::Address(IpAddr::V4(v4)) if !local => Some(*v4),
+                        _ => None,
+                    })
+                };
+                if let Some(v4) = pick(true).or_else(|| pick(false)) {
+                    out.push(v4);
+                }
+            },
+        )
+    }
+
     /// The neighbour (ARP and NDP) tables, IPv4 then IPv6. Proxy entries are
     /// not included.
     ///

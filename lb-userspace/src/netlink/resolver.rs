@@ -101,6 +101,18 @@ impl Resolver for NetlinkResolver {
         Resolution {
             hops: job.addrs.iter().map(|ip| (*ip, self.hop(*ip))).collect(),
             routes: job.routes.then(|| self.client_routes()),
+            locals: if job.routes {
+                match self.nl.local_v4() {
+                    Ok(a) => Some(a.iter().map(std::net::Ipv4Addr::octets).collect()),
+                    Err(e) => {
+                        // Kept as they are: the next address or route change retries.
+                        tracing::warn!(error = %e, "address dump failed");
+                        None
+                    }
+                }
+            } else {
+                None
+            },
         }
     }
 }

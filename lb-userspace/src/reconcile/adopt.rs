@@ -62,6 +62,8 @@ pub fn adopt<M: MapOps + FlowPurge>(
     let mut left = Leftovers::default();
     let mut sets: BTreeMap<u32, Vec<acl::Entry>> = BTreeMap::new();
     let retired: HashMap<u32, Counters> = found.retired.iter().copied().collect();
+    // As written: the next resolution changes only what differs.
+    live.locals = found.locals.iter().copied().collect();
     for (aid, e) in found.acl {
         sets.entry(aid).or_default().push(e);
     }

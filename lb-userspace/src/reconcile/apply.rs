@@ -181,6 +181,14 @@ impl<M: MapOps> Applier<'_, M> {
                 m.del_route(len, a)?;
                 live.routes.remove(&(len, a));
             }
+            Step::PutLocal(a) => {
+                m.put_local(a)?;
+                live.locals.insert(a);
+            }
+            Step::DelLocal(a) => {
+                m.del_local(a)?;
+                live.locals.remove(&a);
+            }
             Step::Defer(d) => self.alloc.defer(d),
             Step::FreeServiceId(id) => self.alloc.services.free(id),
             Step::Purge(job) => self.purge.merge(job),

@@ -24,7 +24,8 @@ pub struct Hop {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ResolveJob {
     pub addrs: BTreeSet<IpAddr>,
-    /// Also rebuild the client-facing routes (neighbours and routes on attached interfaces).
+    /// Also rebuild the client-facing routes (neighbours and routes on attached interfaces)
+    /// and the host's own addresses.
     pub routes: bool,
 }
 
@@ -48,6 +49,8 @@ pub struct Resolution {
     pub hops: Vec<(IpAddr, Option<Hop>)>,
     /// (prefix length in map form, prefix, next hop).
     pub routes: Option<Vec<(u32, Addr, NextHop)>>,
+    /// The host's own IPv4 addresses (`LB_LOCAL4`), with the client routes.
+    pub locals: Option<Vec<[u8; 4]>>,
 }
 
 /// Resolves next hops. The real one asks the kernel through netlink (blocking, so it runs on a
@@ -142,8 +145,9 @@ impl Hops {
                     job.routes = true;
                     Box::new(move |a| in_prefix(*a, dst, len))
                 }
-                NetChange::Address { ifindex } => {
-                    job.routes |= attached.contains(&ifindex);
+                NetChange::Address { .. } => {
+                    // On any interface: the host's own addresses come with the routes.
+                    job.routes = true;
                     Box::new(|_| true)
                 }
                 NetChange::Overrun => {
@@ -208,6 +212,7 @@ mod tests {
                 (ip("192.0.2.13"), None),
             ],
             routes: None,
+            locals: None,
         });
         let wanted: BTreeSet<IpAddr> = ["192.0.2.11", "192.0.2.12", "198.51.100.7", "192.0.2.13"]
             .map(ip)

@@ -48,6 +48,8 @@ pub struct Live {
     pub ours: Ours,
     /// `LB_OURS4`: its non-zero words.
     pub filter: HashMap<u32, u64>,
+    /// `LB_LOCAL4`: the host's own IPv4 addresses.
+    pub locals: std::collections::BTreeSet<[u8; 4]>,
     /// `LB_SVC_RETIRED`: each service id's retired backends' counters (non-zero sums only).
     pub retired: HashMap<u32, Counters>,
     /// Backends being retired whose counters were added to `retired` but whose entry is still

@@ -151,6 +151,8 @@ pub struct Reconciler<M> {
     want: ResolveJob,
     /// The client routes of the resolution [`Self::prime`] took in, written by [`Self::start`].
     primed_routes: Option<Vec<(u32, lb_common::addr::Addr, lb_common::maps::NextHop)>>,
+    /// The host's own addresses of that resolution, written by [`Self::start`] too.
+    primed_locals: Option<Vec<[u8; 4]>>,
     resolving: bool,
     /// Purges that failed: retried on the next tick.
     failed_purges: PurgeJob,
@@ -175,6 +177,7 @@ impl<M: MapOps> Reconciler<M> {
             purge: PurgeJob::default(),
             want: ResolveJob::default(),
             primed_routes: None,
+            primed_locals: None,
             resolving: false,
             failed_purges: PurgeJob::default(),
             dirty: BTreeSet::new(),
@@ -210,6 +213,7 @@ impl<M: MapOps> Reconciler<M> {
     pub fn prime(&mut self, r: &Resolution) {
         self.hops.learn(r);
         self.primed_routes.clone_from(&r.routes);
+        self.primed_locals.clone_from(&r.locals);
     }
 
     fn inputs(&self) -> Inputs<'_> {
@@ -309,7 +313,7 @@ impl<M: MapOps> Reconciler<M> {
             // The endpoints' reverse-service entries, for the backends the switch brings.
             if let Some(id) = sid {
                 let now = plan::endpoints_of(id, &self.live);
-                let steps = plan::replies(&now, &self.live, Some((id, spec)));
+                let steps = plan::replies(&now, &self.live, &self.state, Some((id, spec)));
                 eps.extend(now);
                 self.run(steps, writes)?;
             }
@@ -325,7 +329,7 @@ impl<M: MapOps> Reconciler<M> {
                 tracing::warn!(error = %e, "retiring the entries of a failed plan failed");
             }
             // Entries written for backends the failed plan gave back name them no more.
-            let steps = plan::replies(&eps, &self.live, None);
+            let steps = plan::replies(&eps, &self.live, &self.state, None);
             if let Err(e) = self.run(steps, writes) {
                 tracing::warn!(error = %e, "restoring reverse-service entries failed");
             }
@@ -338,7 +342,7 @@ impl<M: MapOps> Reconciler<M> {
             }
         }
         // What the switch and the retirements left of the endpoints' entries.
-        let steps = plan::replies(&eps, &self.live, None);
+        let steps = plan::replies(&eps, &self.live, &self.state, None);
         if let Err(e) = self.run(steps, writes) {
             first.get_or_insert(e.into());
         }
@@ -394,7 +398,7 @@ impl<M: MapOps> Reconciler<M> {
             .collect();
         self.run(steps, writes)?;
         // Their endpoints' reverse-service entries name a remaining user, or go.
-        let steps = plan::replies(&eps, &self.live, None);
+        let steps = plan::replies(&eps, &self.live, &self.state, None);
         self.run(steps, writes)
     }
 
@@ -603,7 +607,7 @@ impl<M: MapOps> Reconciler<M> {
         // Reverse-service entries of endpoints no service uses any more (an earlier agent's),
         // and filter bits no entry needs, or that an entry needs and lacks.
         let eps = self.live.revs.keys().copied().collect();
-        let steps = plan::replies(&eps, &self.live, None);
+        let steps = plan::replies(&eps, &self.live, &self.state, None);
         self.run(steps, &mut writes)?;
         let steps = plan::ours_words(&self.live);
         self.run(steps, &mut writes)?;
@@ -615,6 +619,10 @@ impl<M: MapOps> Reconciler<M> {
         // (with every neighbour already valid, the kernel announces no change).
         if let Some(routes) = self.primed_routes.take() {
             let steps = plan::routes(&routes, &self.live);
+            self.run(steps, &mut writes)?;
+        }
+        if let Some(locals) = self.primed_locals.take() {
+            let steps = self.locals_plan(&locals);
             self.run(steps, &mut writes)?;
         }
         self.committed(&Touched {
@@ -780,6 +788,20 @@ impl<M: MapOps> Reconciler<M> {
 
     /// Takes in a resolution: rewrites the backend entries and PIPs whose next hop moved, and
     /// the client routes if they came with it.
+    /// The writes for the host's own addresses, reporting those past the map's capacity: a
+    /// stateless service's replies to them would be translated rather than passed.
+    fn locals_plan(&self, locals: &[[u8; 4]]) -> Vec<Step> {
+        let cap = lb_common::consts::MAX_LOCALS as usize;
+        if locals.len() > cap {
+            tracing::warn!(
+                addresses = locals.len(),
+                kept = cap,
+                "more local IPv4 addresses than LB_LOCAL4 holds; stateless replies to the others are translated, not passed"
+            );
+        }
+        plan::locals(locals, &self.live)
+    }
+
     fn resolved(&mut self, r: &Resolution) {
         self.hops.learn(r);
         let addrs: BTreeSet<IpAddr> = r.hops.iter().map(|(ip, _)| *ip).collect();
@@ -788,6 +810,9 @@ impl<M: MapOps> Reconciler<M> {
         steps.extend(plan::pips(self.inputs()));
         if let Some(routes) = &r.routes {
             steps.extend(plan::routes(routes, &self.live));
+        }
+        if let Some(locals) = &r.locals {
+            steps.extend(self.locals_plan(locals));
         }
         let mut writes = 0;
         match self.run(steps, &mut writes) {

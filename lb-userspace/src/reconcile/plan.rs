@@ -19,8 +19,8 @@ use lb_common::{
     addr::{self, Addr},
     maglev::{TableBackend, build_table},
     maps::{
-        BACKEND_F_ACTIVE, Backend, BackendId, NextHop, REV_F_SHARED, RevKey4, RevService4,
-        SVC_F_INTERNAL, ServiceInfo, VIP_F_HAIRPIN_SNAT, VIP_F_NO_ECHO, VipInfo,
+        BACKEND_F_ACTIVE, Backend, BackendId, NextHop, REV_F_SHARED, REV_F_STATELESS, RevKey4,
+        RevService4, SVC_F_INTERNAL, ServiceInfo, VIP_F_HAIRPIN_SNAT, VIP_F_NO_ECHO, VipInfo,
     },
 };
 
@@ -32,7 +32,7 @@ use super::{
 };
 use crate::{
     dataplane::PurgeJob,
-    spec::{Hairpin, ServiceSpec, map_prefix},
+    spec::{Hairpin, Replies, ServiceSpec, map_prefix},
     state::{ServiceState, State},
 };
 
@@ -63,6 +63,9 @@ pub enum Step {
     },
     PutRoute(u32, Addr, NextHop),
     DelRoute(u32, Addr),
+    /// One of the host's own IPv4 addresses in `LB_LOCAL4`, written or deleted.
+    PutLocal([u8; 4]),
+    DelLocal([u8; 4]),
     /// A backend endpoint's reverse-service entry.
     PutRev(RevKey4, RevService4),
     DelRev(RevKey4),
@@ -233,12 +236,15 @@ pub fn endpoints_of(service_id: u32, live: &Live) -> BTreeSet<RevKey4> {
 /// The plan that keeps `LB_REVSVC4[ep]` in step with the active backends at each endpoint in
 /// `eps`: none, the entry deleted; one or more, an entry naming one of them (the one it names
 /// already if it is still there, so the flows it serves keep being found; else the lowest id),
-/// marked shared when there are several. `pending` is a service whose entry is not written yet
-/// (a new service before its switch), by id.
+/// marked shared when there are several, and stateless when its one service has
+/// `replies = "stateless"` in `state` (the state's checks keep such endpoints unshared).
+/// `pending` is a service whose entry is not written yet (a new service before its switch), by
+/// id.
 #[must_use]
 pub fn replies(
     eps: &BTreeSet<RevKey4>,
     live: &Live,
+    state: &State,
     pending: Option<(u32, &ServiceSpec)>,
 ) -> Vec<Step> {
     let mut steps = Vec::new();
@@ -263,10 +269,18 @@ pub fn replies(
         let Some(IpAddr::V4(vip)) = spec.map(|s| s.vip.ip()) else {
             continue;
         };
+        let stateless = spec
+            .and_then(|s| state.services.get(s))
+            .is_some_and(|st| st.settings.replies == Replies::Stateless);
+        let flags = match (users.len() > 1, stateless) {
+            (true, _) => REV_F_SHARED,
+            (false, true) => REV_F_STATELESS,
+            (false, false) => 0,
+        };
         let want = RevService4 {
             vip: vip.octets(),
             vport: spec.map_or(0, |s| s.vip.port()).to_be_bytes(),
-            flags: if users.len() > 1 { REV_F_SHARED } else { 0 },
+            flags,
             service: b.service,
             backend: id,
         };
@@ -683,6 +697,31 @@ pub fn routes(want: &[(u32, Addr, NextHop)], live: &Live) -> Vec<Step> {
         .collect();
     stale.sort();
     steps.extend(stale.into_iter().map(|(l, a)| Step::DelRoute(*l, *a)));
+    steps
+}
+
+/// The writes that make `LB_LOCAL4` hold the host's own IPv4 addresses `want`: at most
+/// `MAX_LOCALS` of them, the lowest (the caller reports the rest).
+#[must_use]
+pub fn locals(want: &[[u8; 4]], live: &Live) -> Vec<Step> {
+    let want: BTreeSet<[u8; 4]> = want
+        .iter()
+        .copied()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .take(lb_common::consts::MAX_LOCALS as usize)
+        .collect();
+    let mut steps: Vec<Step> = want
+        .iter()
+        .filter(|a| !live.locals.contains(*a))
+        .map(|a| Step::PutLocal(*a))
+        .collect();
+    steps.extend(
+        live.locals
+            .iter()
+            .filter(|a| !want.contains(*a))
+            .map(|a| Step::DelLocal(*a)),
+    );
     steps
 }
 

@@ -211,6 +211,7 @@ impl Source<'_> {
                 internal: crate::config::format_prefixes(&st.internal),
                 hairpin: st.hairpin.to_string(),
                 icmp_echo: st.icmp_echo,
+                replies: st.replies.to_string(),
                 counters: CountersView::default(),
             };
             let backends: Vec<BackendId> = live_backends.iter().map(|(_, id)| **id).collect();

@@ -672,3 +672,58 @@ fn a_services_totals_are_its_backends_and_keep_a_removed_ones() {
         assert_eq!(totals(fx), (2, 1, 1));
     });
 }
+
+/// `replies = "stateless"`: a packet from the backend's address and port is translated as a
+/// reply with no flow behind it (any LB node can translate it), except when it goes to the
+/// LB's own address: that is the answer to the LB's own connection, a probe, and the kernel
+/// gets it as it is.
+#[test]
+fn stateless_replies_need_no_flow_but_spare_the_lbs_own_connections() {
+    with_fixture(|fx| {
+        let vip = SocketAddrV4::new(VIP, 8444);
+        let b = SocketAddrV4::new(B2, 8444);
+        let client = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 9), 5555);
+        let reply = Frame::tcp(b, client, TCP_ACK);
+        fx.check(
+            "a reply of a flow this node never saw",
+            &reply,
+            XDP_TX,
+            Some(&reply.snat(vip, LB_MAC, CLIENT_MAC)),
+            Reason::Reply,
+        );
+        let syn_ack = Frame::tcp(b, client, TCP_SYN | TCP_ACK);
+        fx.check(
+            "a SYN-ACK too: no TCP state is kept for it",
+            &syn_ack,
+            XDP_TX,
+            Some(&syn_ack.snat(vip, LB_MAC, CLIENT_MAC)),
+            Reason::Reply,
+        );
+        let probe = Frame::tcp(
+            b,
+            SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 40000),
+            TCP_SYN | TCP_ACK,
+        );
+        fx.check(
+            "to the LB's own address: its probe's answer",
+            &probe,
+            XDP_PASS,
+            None,
+            Reason::PassNotOurs,
+        );
+        // The forward direction is as before: tracked, so the flow keeps its backend.
+        let syn = Frame::tcp(client, vip, TCP_SYN);
+        fx.check(
+            "a new flow",
+            &syn,
+            XDP_TX,
+            Some(&syn.dnat(b, LB_MAC, B2_MAC)),
+            Reason::Forward,
+        );
+        // A tracked service's backend is not stateless: the same packet from 192.0.2.12:8082
+        // (203.0.113.10:82) with no flow is refused.
+        let tracked = Frame::tcp(SocketAddrV4::new(B2, 8082), client, TCP_ACK);
+        let (action, _) = fx.run(&tracked.build());
+        assert_eq!(action, XDP_PASS, "no flow, no reply");
+    });
+}

@@ -140,6 +140,13 @@ vip = "203.0.113.10:82/tcp"
 backends = ["192.0.2.12:8082"]
 table_size = 251
 
+# Stateless replies: every packet from 192.0.2.12:8444 is a reply, except to the LB itself.
+[[service]]
+vip = "203.0.113.10:8444/tcp"
+backends = ["192.0.2.12:8444"]
+table_size = 251
+replies = "stateless"
+
 # A VIP that does not answer pings.
 [[service]]
 vip = "203.0.113.30:80/tcp"
@@ -202,6 +209,8 @@ impl Fixture {
                 addr::v4_mapped([198, 51, 100, 0]),
                 nh(LO, CLIENT_MAC),
             )],
+            // The LB's own address on the backends' side (its probes come from it).
+            locals: vec![[192, 0, 2, 1]],
         };
         let h = Harness::load(ns, CONFIG, resolver).expect("load and provision");
         Self {

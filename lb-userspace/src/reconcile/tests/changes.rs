@@ -962,3 +962,42 @@ fn a_failed_removal_counts_the_backend_once() {
         }
     }
 }
+
+/// `--replies stateless` marks the service's backend endpoints stateless in `LB_REVSVC4`, and
+/// the host's own addresses are in `LB_LOCAL4` once an agent has started.
+#[test]
+fn a_stateless_services_endpoints_are_marked_and_the_lbs_addresses_known() {
+    let mut r = rec(4096);
+    ok(
+        &mut r,
+        Req::VipAdd {
+            service: WEB.into(),
+            settings: VipSettings {
+                table_size: Some(251),
+                replies: Some("stateless".into()),
+                ..VipSettings::default()
+            },
+        },
+    );
+    ok(
+        &mut r,
+        Req::BackendAdd {
+            service: WEB.into(),
+            backend: "192.0.2.11".into(),
+            weight: None,
+        },
+    );
+    let flags: Vec<u16> = r.maps().revs.values().map(|v| v.flags).collect();
+    assert_eq!(flags, [lb_common::maps::REV_F_STATELESS]);
+    let mut r2 = restarted(&r);
+    start(&mut r2, r.state().clone());
+    assert_eq!(
+        r2.maps().locals.iter().copied().collect::<Vec<_>>(),
+        [[192, 0, 2, 1]]
+    );
+    assert_eq!(
+        r2.maps().revs.values().map(|v| v.flags).collect::<Vec<_>>(),
+        [lb_common::maps::REV_F_STATELESS],
+        "kept by a restart"
+    );
+}

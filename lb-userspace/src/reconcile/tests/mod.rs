@@ -8,7 +8,10 @@ mod planner;
 mod restart;
 mod transact;
 
-use std::{collections::HashMap, net::IpAddr};
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::IpAddr,
+};
 
 use lb_common::{
     acl,
@@ -60,6 +63,8 @@ pub struct FakeMaps {
     /// `LB_BE_STATS` (what a test says the fast path counted) and `LB_SVC_RETIRED`.
     pub counters: HashMap<BackendId, Counters>,
     pub retired: HashMap<u32, Counters>,
+    /// `LB_LOCAL4`.
+    pub locals: BTreeSet<[u8; 4]>,
     pub ops: Vec<Op>,
     /// Writes so far, and the one that fails.
     pub writes: usize,
@@ -149,6 +154,16 @@ impl MapOps for FakeMaps {
         self.routes.remove(&(l, a));
         Ok(())
     }
+    fn put_local(&mut self, a: [u8; 4]) -> Result<(), MapOpError> {
+        self.write()?;
+        self.locals.insert(a);
+        Ok(())
+    }
+    fn del_local(&mut self, a: [u8; 4]) -> Result<(), MapOpError> {
+        self.write()?;
+        self.locals.remove(&a);
+        Ok(())
+    }
     fn zero_service_stats(&mut self, id: u32) -> Result<(), MapOpError> {
         self.write()?;
         self.retired.remove(&id);
@@ -208,6 +223,7 @@ impl MapOps for FakeMaps {
                 .map(|((l, a), nh)| (*l, *a, *nh))
                 .collect(),
             retired: self.retired.iter().map(|(k, v)| (*k, *v)).collect(),
+            locals: self.locals.iter().copied().collect(),
         })
     }
     fn read_slots(&self, off: u32, len: u32) -> Result<Vec<BackendId>, MapOpError> {
@@ -300,6 +316,7 @@ impl Resolver for FakeResolver {
         Resolution {
             hops: job.addrs.iter().map(|ip| (*ip, hop(*ip))).collect(),
             routes: job.routes.then(Vec::new),
+            locals: job.routes.then(|| vec![[192, 0, 2, 1]]),
         }
     }
 }

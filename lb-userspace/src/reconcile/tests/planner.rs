@@ -306,6 +306,7 @@ fn routes_and_next_hops_write_only_what_differs() {
     hops.learn(&Resolution {
         hops: vec![(ip, Some(Hop { nh: nh(4), via: ip }))],
         routes: None,
+        locals: None,
     });
     let steps = plan::next_hops(&[ip].into(), &live, &hops);
     assert_eq!(

@@ -278,6 +278,7 @@ fn the_primed_client_routes_are_written_at_start() {
     r2.prime(&Resolution {
         hops: Vec::new(),
         routes: Some(vec![(default_route.0, default_route.1, nh)]),
+        locals: None,
     });
     r2.start(r.state().clone()).unwrap();
     assert_eq!(r2.maps().routes.get(&default_route), Some(&nh));
