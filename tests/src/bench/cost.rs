@@ -55,6 +55,13 @@ acl = [
   { order = 20, action = "permit", prefix = "192.0.2.0/24" },
 ]
 
+# Stateless replies: a reply is translated from the endpoint's entry alone.
+[[service]]
+vip = "203.0.113.10:8443/tcp"
+backends = ["192.0.2.14:8443"]
+table_size = 251
+replies = "stateless"
+
 [[pip]]
 pip = "203.0.113.50"
 dip = "192.0.2.13"
@@ -209,6 +216,18 @@ pub fn classes(h: &mut Harness) -> anyhow::Result<Vec<Class>> {
         Class {
             name: "reply (reverse NAT)",
             frame: Frame::tcp(backend, CLIENT, TCP_ACK).build(),
+            action: XDP_TX,
+            reason: Reason::Reply,
+            fresh_tuple: false,
+        },
+        Class {
+            name: "stateless reply",
+            frame: Frame::tcp(
+                SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 14), 8443),
+                CLIENT,
+                TCP_ACK,
+            )
+            .build(),
             action: XDP_TX,
             reason: Reason::Reply,
             fresh_tuple: false,

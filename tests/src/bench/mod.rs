@@ -128,7 +128,7 @@ pub fn run(opts: &Opts) -> anyhow::Result<()> {
     // CPU's half of them), so every variant measures inserts, not evictions.
     r.ct_variants = ctvariants::run(if q { 2_000 } else { 25_000 })?;
     progress("part 2/4: throughput through the real path");
-    r.throughput = throughput::run(if q { 50_000 } else { 2_000_000 })?;
+    r.throughput = throughput::run(if q { 50_000 } else { 2_000_000 }, if q { 1 } else { 5 })?;
     progress("part 3/4: scale curves");
     r.scale = scale::run(q)?;
     progress("part 4/4: control plane");
@@ -284,7 +284,7 @@ pub fn summary(r: &Results) -> String {
     }
     let _ = writeln!(
         s,
-        "\nThroughput (generator → LB namespace → sink, 64-byte UDP, 1024 flows)"
+        "\nThroughput (generator → LB namespace → sink, 64-byte UDP, 1024 flows; best of 5 rounds)"
     );
     let _ = writeln!(
         s,
