@@ -17,6 +17,42 @@ pub fn flow_hash(k: &FlowKey4, seed: u32) -> u32 {
     murmur3(&k.words(), seed)
 }
 
+/// A service's load distribution mode (the reference's): which part of a new flow's 5-tuple
+/// picks its backend.
+pub mod dist {
+    /// Source and destination address and port, and protocol (the default).
+    pub const FIVE_TUPLE: u32 = 0;
+    /// Source and destination address ("2-tuple"): a client address always reaches the same
+    /// backend, whatever its ports and protocol.
+    pub const SOURCE_IP: u32 = 1;
+    /// Source and destination address and protocol ("3-tuple").
+    pub const SOURCE_IP_PROTOCOL: u32 = 2;
+}
+
+/// The hash input of a new flow under distribution mode `mode` ([`dist`]): its key with the
+/// fields the mode ignores zeroed (ports, and for [`dist::SOURCE_IP`] the protocol). An
+/// unknown mode hashes the whole 5-tuple. Word masks, no branch on the packet: the fast path
+/// and the agent's model use this one rule.
+#[inline(always)]
+#[must_use]
+pub fn hash_input(k: &FlowKey4, mode: u32) -> FlowKey4 {
+    let w: [u32; 4] = bytemuck::cast(*k);
+    let ports = if mode == dist::SOURCE_IP || mode == dist::SOURCE_IP_PROTOCOL {
+        0
+    } else {
+        u32::MAX
+    };
+    let proto = if mode == dist::SOURCE_IP { 0 } else { u32::MAX };
+    bytemuck::cast([w[0], w[1], w[2] & ports, w[3] & proto])
+}
+
+/// The slot hash of a new flow under distribution mode `mode`.
+#[inline(always)]
+#[must_use]
+pub fn dist_hash(k: &FlowKey4, mode: u32, seed: u32) -> u32 {
+    flow_hash(&hash_input(k, mode), seed)
+}
+
 /// MurmurHash3_x86_32 of `N` little-endian words (`4 * N` bytes).
 #[inline(always)]
 #[must_use]
@@ -109,5 +145,40 @@ mod tests {
         for v in variants {
             assert_ne!(flow_hash(&v, 1), h, "{v:?} collides with the base key");
         }
+    }
+
+    /// Each mode hashes exactly its fields: flows that differ only in what a mode ignores
+    /// hash alike under it, and the 5-tuple mode is the plain flow hash.
+    #[test]
+    fn each_mode_hashes_its_fields() {
+        let a = key("198.51.100.2:40000", "203.0.113.10:80", proto::TCP);
+        let other_ports = key("198.51.100.2:50000", "203.0.113.10:443", proto::TCP);
+        let other_proto = key("198.51.100.2:40000", "203.0.113.10:80", proto::UDP);
+        let other_src = key("198.51.100.3:40000", "203.0.113.10:80", proto::TCP);
+        let h = |k: &FlowKey4, m| dist_hash(k, m, DEFAULT_HASH_SEED);
+        assert_eq!(h(&a, dist::FIVE_TUPLE), flow_hash(&a, DEFAULT_HASH_SEED));
+        assert_ne!(h(&a, dist::FIVE_TUPLE), h(&other_ports, dist::FIVE_TUPLE));
+        assert_eq!(h(&a, dist::SOURCE_IP), h(&other_ports, dist::SOURCE_IP));
+        assert_eq!(h(&a, dist::SOURCE_IP), h(&other_proto, dist::SOURCE_IP));
+        assert_ne!(h(&a, dist::SOURCE_IP), h(&other_src, dist::SOURCE_IP));
+        assert_eq!(
+            h(&a, dist::SOURCE_IP_PROTOCOL),
+            h(&other_ports, dist::SOURCE_IP_PROTOCOL)
+        );
+        assert_ne!(
+            h(&a, dist::SOURCE_IP_PROTOCOL),
+            h(&other_proto, dist::SOURCE_IP_PROTOCOL)
+        );
+        let zeroed = hash_input(&a, dist::SOURCE_IP);
+        assert_eq!(
+            (
+                zeroed.src,
+                zeroed.dst,
+                zeroed.sport,
+                zeroed.dport,
+                zeroed.proto
+            ),
+            (a.src, a.dst, [0; 2], [0; 2], 0)
+        );
     }
 }

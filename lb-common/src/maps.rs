@@ -83,7 +83,7 @@ pub struct ServiceInfo {
     pub table_off: u32,
     /// Number of slots; 0 means the service has no eligible backend (new flows are dropped).
     pub table_len: u32,
-    /// [`SVC_F_INTERNAL`].
+    /// [`SVC_F_INTERNAL`], and the distribution mode ([`SVC_DIST_MASK`]).
     pub flags: u32,
     /// The endpoint's ACL set in `LB_ACL4` (0: no ACL, everyone is permitted). Like the table,
     /// a rule change writes a new set under a new id and then switches this field.
@@ -94,6 +94,19 @@ const _: () = assert!(size_of::<ServiceInfo>() == 20);
 /// [`ServiceInfo::flags`]: the service's VIP is internal, so a new flow's source is checked
 /// against the VIP's source set (`VipInfo::ilb_id`). Public services skip that lookup.
 pub const SVC_F_INTERNAL: u32 = 1;
+/// [`ServiceInfo::flags`]: the service's distribution mode (`crate::hash::dist`), in bits
+/// 1–2.
+pub const SVC_DIST_SHIFT: u32 = 1;
+pub const SVC_DIST_MASK: u32 = 0b11 << SVC_DIST_SHIFT;
+
+impl ServiceInfo {
+    /// The service's distribution mode (`crate::hash::dist`).
+    #[inline(always)]
+    #[must_use]
+    pub const fn distribution(&self) -> u32 {
+        (self.flags & SVC_DIST_MASK) >> SVC_DIST_SHIFT
+    }
+}
 
 /// A VIP address (any port), in the agent's form; `LB_VIPS4` is keyed by the 4-byte address.
 /// Lets the fast path tell "to a VIP, but malformed or to a port we do not serve" (a counted

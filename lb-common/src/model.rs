@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 use crate::{
     conn,
     flow::{FlowKey4, proto},
-    hash::flow_hash,
+    hash::{dist, dist_hash},
     hdr::{ETH_P_8021Q, ETH_P_IPV4, IPV4_FRAG_MASK},
     maglev::slot,
     maps::{BackendId, REV_F_SHARED, REV_F_STATELESS, RevKey4, RevService4, ServiceKey4},
@@ -169,6 +169,8 @@ pub struct Model {
     pub seed: u32,
     /// Each service's lookup table (slot → backend id, 0 for none).
     pub services: HashMap<ServiceKey4, Vec<BackendId>>,
+    /// Each service's distribution mode (`crate::hash::dist`); absent: the 5-tuple.
+    pub modes: HashMap<ServiceKey4, u32>,
     pub backends: HashMap<BackendId, ModelBackend>,
     pub vips: HashSet<[u8; 4]>,
     /// The backends' reverse-service entries (`LB_REVSVC4`).
@@ -264,7 +266,8 @@ impl Model {
         }
         let table = &self.services[&key];
         let len = u32::try_from(table.len()).expect("table fits u32");
-        let Some(s) = slot(flow_hash(&flow, self.seed), len) else {
+        let mode = self.modes.get(&key).copied().unwrap_or(dist::FIVE_TUPLE);
+        let Some(s) = slot(dist_hash(&flow, mode, self.seed), len) else {
             return Verdict::Other(Reason::DropNoBackend);
         };
         let id = table[s as usize];

@@ -91,8 +91,10 @@ fn new_flow(ctx: &XdpContext, pkt: &Packet, l4: L4, flow: &FlowKey4) -> Verdict 
     if !policy::acl_permits(&svc, flow.src) {
         return Verdict::Drop(DropReason::Acl);
     }
+    // The backend by the service's distribution mode; the SNAT port by the whole 5-tuple, so
+    // that one source's flows (the same under `source-ip`) try different ports.
     let hash = select::hash(flow);
-    let (id, b) = match select::from_table(&svc, hash) {
+    let (id, b) = match select::from_table(&svc, select::pick_hash(flow, &svc)) {
         Ok(x) => x,
         Err(r) => return Verdict::Drop(r),
     };

@@ -35,10 +35,17 @@ pub fn service_at(key: ServiceKey4) -> Option<ServiceInfo> {
     unsafe { LB_SERVICES4.get(key).copied() }
 }
 
-/// The flow hash (seeded by the agent).
+/// The flow hash (seeded by the agent): the whole 5-tuple.
 #[inline(always)]
 pub fn hash(flow: &FlowKey4) -> u32 {
     flow_hash(flow, LB_HASH_SEED.load())
+}
+
+/// The hash that picks a new flow's backend: over the part of the 5-tuple the service's
+/// distribution mode covers (`lb_common::hash::hash_input`).
+#[inline(always)]
+pub fn pick_hash(flow: &FlowKey4, svc: &ServiceInfo) -> u32 {
+    lb_common::hash::dist_hash(flow, svc.distribution(), LB_HASH_SEED.load())
 }
 
 /// The VIP entry of an address, if it is a VIP.
@@ -102,7 +109,7 @@ pub fn pick(flow: &FlowKey4, flags: u8, svc: &ServiceInfo) -> Result<Pick, DropR
     if let Admitted::Hairpin = policy::admit(flow, svc)? {
         return Ok(Pick::Hairpin);
     }
-    let (id, b) = from_table(svc, hash(flow))?;
+    let (id, b) = from_table(svc, pick_hash(flow, svc))?;
     if !(tcp && !syn && conn::is_teardown(flags)) {
         if crate::conntrack::may_track() {
             crate::conntrack::remember(flow, id, b.addr, b.port, svc.id, syn);

@@ -493,6 +493,7 @@ mod tests {
             hairpin: "drop".into(),
             icmp_echo: true,
             replies: "tracked".into(),
+            distribution: "5-tuple".into(),
             counters: counters(100),
         }
     }

@@ -427,6 +427,39 @@ pub enum Replies {
     Stateless,
 }
 
+/// Which part of a new flow's 5-tuple picks its backend (the reference's load distribution
+/// modes; `lb_common::hash::dist`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Distribution {
+    /// Source and destination address and port, and protocol.
+    #[default]
+    FiveTuple,
+    /// Source and destination address: one client address, one backend (source affinity).
+    SourceIp,
+    /// Source and destination address and protocol.
+    SourceIpProtocol,
+}
+
+impl Distribution {
+    /// The fast path's mode number (`lb_common::hash::dist`).
+    #[must_use]
+    pub const fn mode(self) -> u32 {
+        match self {
+            Self::FiveTuple => lb_common::hash::dist::FIVE_TUPLE,
+            Self::SourceIp => lb_common::hash::dist::SOURCE_IP,
+            Self::SourceIpProtocol => lb_common::hash::dist::SOURCE_IP_PROTOCOL,
+        }
+    }
+}
+
+word_enum!(
+    Distribution,
+    "distribution",
+    FiveTuple = "5-tuple",
+    SourceIp = "source-ip",
+    SourceIpProtocol = "source-ip-protocol"
+);
+
 word_enum!(
     Replies,
     "replies",
@@ -628,7 +661,8 @@ serde_text!(
     WhenAllDown,
     Established,
     Hairpin,
-    Replies
+    Replies,
+    Distribution
 );
 
 /// `#[serde(with)]` for a [`std::time::Duration`] as `15s` / `500ms` / `2m`.

@@ -25,7 +25,7 @@ use crate::{
         check_settings, check_weight, stateless_pip, stateless_shared,
     },
     error::ChangeError,
-    spec::{BackendSpec, Replies, ServiceSpec, format_duration},
+    spec::{BackendSpec, Distribution, Replies, ServiceSpec, format_duration},
 };
 
 /// Desired state of every service.
@@ -681,6 +681,9 @@ impl State {
             if !s.icmp_echo {
                 o.push_str("icmp_echo = false\n");
             }
+            if s.distribution != Distribution::FiveTuple {
+                let _ = writeln!(o, "distribution = \"{}\"", s.distribution);
+            }
             if s.replies != Replies::Tracked {
                 let _ = writeln!(o, "replies = \"{}\"", s.replies);
             }
@@ -872,6 +875,7 @@ mod tests {
         let other = svc("203.0.113.11:80/tcp");
         let stateless = ServiceSettings {
             replies: Replies::Stateless,
+            distribution: Distribution::SourceIpProtocol,
             ..ServiceSettings::default()
         };
         s.add_service(web, stateless).unwrap();
@@ -920,6 +924,10 @@ mod tests {
         // The setting round-trips through the state file.
         let text = s.to_toml();
         assert!(text.contains("replies = \"stateless\""), "{text}");
+        assert!(
+            text.contains("distribution = \"source-ip-protocol\""),
+            "{text}"
+        );
         let back = State::from_config(&crate::config::parse("state.toml", &text).unwrap());
         assert_eq!(back, s, "{text}");
     }

@@ -62,6 +62,19 @@ backends = ["192.0.2.18"]
 table_size = 251
 replies = "stateless"
 
+# Source affinity, and source and protocol: the hash covers less of the 5-tuple.
+[[service]]
+vip = "203.0.113.14:80/tcp"
+backends = ["192.0.2.20", "192.0.2.21", "192.0.2.22"]
+table_size = 251
+distribution = "source-ip"
+
+[[service]]
+vip = "203.0.113.14:53/udp"
+backends = ["192.0.2.20", "192.0.2.21", "192.0.2.22"]
+table_size = 251
+distribution = "source-ip-protocol"
+
 # A service with no backend: new flows are dropped.
 [[service]]
 vip = "203.0.113.11:444/tcp"
@@ -112,6 +125,7 @@ fn model_of(h: &Harness) -> Model {
                 );
             }
         }
+        m.modes.insert(key, info.distribution());
         m.services.insert(key, table);
     }
     for k in maps.vips.keys() {
@@ -143,7 +157,12 @@ fn kernel_and_model_agree_on_100k_random_packets() {
         let resolver = FixedResolver::all_on_lo([2, 0, 0, 0, 0, 0x11]);
         let mut h = Harness::load(ns, CONFIG, resolver).expect("load");
         let mut model = model_of(&h);
-        assert_eq!(model.services.len(), 6);
+        assert_eq!(model.services.len(), 8);
+        assert_eq!(
+            model.modes.values().filter(|m| **m != 0).count(),
+            2,
+            "two services spread by source"
+        );
         assert!(
             model.revs.values().any(|r| r.flags & REV_F_STATELESS != 0),
             "the stateless endpoint is marked"
@@ -161,6 +180,8 @@ fn kernel_and_model_agree_on_100k_random_packets() {
             (Ipv4Addr::new(203, 0, 113, 12), 443, proto::TCP),
             (Ipv4Addr::new(203, 0, 113, 11), 444, proto::TCP),
             (Ipv4Addr::new(203, 0, 113, 13), 8443, proto::TCP),
+            (Ipv4Addr::new(203, 0, 113, 14), 80, proto::TCP),
+            (Ipv4Addr::new(203, 0, 113, 14), 53, proto::UDP),
             (Ipv4Addr::new(203, 0, 113, 10), 81, proto::TCP),
             (Ipv4Addr::new(203, 0, 113, 10), 80, proto::UDP),
             (Ipv4Addr::new(192, 0, 2, 99), 80, proto::TCP),

@@ -683,3 +683,75 @@ probe_timeout = "100ms"
         "a direct connection to a stateless backend's port is answered from the VIP"
     );
 }
+
+/// `--distribution source-ip` (source affinity): every connection from one client address
+/// reaches one backend, whatever its source port, while several client addresses together
+/// reach more than one; a mode change keeps an open connection on its backend.
+#[test]
+fn source_ip_distribution_keeps_a_client_on_one_backend() {
+    use std::{net::Ipv4Addr, time::Duration};
+    let mut lab = Lab::new(3).unwrap();
+    let clients: Vec<Ipv4Addr> = (2..10).map(|l| Ipv4Addr::new(198, 51, 100, l)).collect();
+    for c in &clients[1..] {
+        lab.client
+            .ip(&["addr", "add", &format!("{c}/24"), "dev", "c0"])
+            .unwrap();
+    }
+    lab.start_agent(
+        r#"
+[[service]]
+vip = "203.0.113.10:80/tcp"
+backends = ["192.0.2.11", "192.0.2.12", "192.0.2.13"]
+table_size = 251
+distribution = "source-ip"
+"#,
+    )
+    .unwrap();
+    lab.wait_ready().unwrap();
+    let t = Duration::from_secs(2);
+    let one = tally((0..20).map(|i| {
+        lab.http_get_from(clients[0], 80, t)
+            .unwrap_or_else(|e| panic!("request {i}: {e:#}\n{}", lab.agent_log()))
+    }));
+    assert_eq!(one.len(), 1, "one client address, one backend: {one:?}");
+    let all: BTreeSet<String> = clients
+        .iter()
+        .map(|c| lab.http_get_from(*c, 80, t).unwrap())
+        .collect();
+    assert!(
+        all.len() >= 2,
+        "several clients reach several backends: {all:?}"
+    );
+    let vips = lab.lb_json(&["vip", "list"]).unwrap();
+    assert_eq!(vips["vips"][0]["distribution"], "source-ip", "{vips}");
+    // Back to the 5-tuple on the live service: the open connection stays where it is, and
+    // the client's new connections spread again.
+    let mut open = lab.http_connect_from(clients[0], 80, t).unwrap();
+    let home = open.get().unwrap();
+    lab.reload(
+        r#"
+[[service]]
+vip = "203.0.113.10:80/tcp"
+backends = ["192.0.2.11", "192.0.2.12", "192.0.2.13"]
+table_size = 251
+"#,
+    )
+    .unwrap();
+    lb_integration::wait_until(
+        "the reload",
+        Duration::from_secs(10),
+        Duration::from_millis(25),
+        || {
+            lab.lb_json(&["vip", "list"])
+                .is_ok_and(|v| v["vips"][0]["distribution"] == "5-tuple")
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        open.get().unwrap(),
+        home,
+        "the open connection kept its backend"
+    );
+    let spread = tally((0..20).map(|_| lab.http_get_from(clients[0], 80, t).unwrap()));
+    assert!(spread.len() >= 2, "5-tuple again: {spread:?}");
+}

@@ -6,6 +6,7 @@
 use lb_common::{
     conn,
     flow::proto,
+    hash::dist,
     maps::{RevKey4, RevService4, ServiceKey4},
     model::{Model, ModelBackend, Verdict, parse},
 };
@@ -20,12 +21,20 @@ fn model() -> Model {
     };
     let vip = [203, 0, 113, 10];
     m.vips.insert(vip);
-    for (port, p, table) in [
-        (80u16, proto::TCP, vec![1, 2, 1, 2, 2, 1, 1]),
-        (53, proto::UDP, vec![]),
+    for (port, p, table, mode) in [
+        (
+            80u16,
+            proto::TCP,
+            vec![1, 2, 1, 2, 2, 1, 1],
+            dist::FIVE_TUPLE,
+        ),
+        (53, proto::UDP, vec![], dist::FIVE_TUPLE),
+        // Source affinity: the hash covers the addresses only.
+        (8080, proto::TCP, vec![2, 1, 1, 2, 1], dist::SOURCE_IP),
     ] {
-        m.services
-            .insert(ServiceKey4::of(vip, port.to_be_bytes(), p), table);
+        let key = ServiceKey4::of(vip, port.to_be_bytes(), p);
+        m.services.insert(key, table);
+        m.modes.insert(key, mode);
     }
     for (id, last) in [(1u32, 11u8), (2, 12)] {
         m.backends.insert(

@@ -88,6 +88,9 @@ pub struct ServiceView {
     /// `tracked` or `stateless`.
     #[serde(default)]
     pub replies: String,
+    /// `5-tuple`, `source-ip` or `source-ip-protocol`.
+    #[serde(default)]
+    pub distribution: String,
     pub counters: CountersView,
 }
 

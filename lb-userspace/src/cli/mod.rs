@@ -167,6 +167,10 @@ pub struct VipSettings {
     /// [default: tracked].
     #[arg(long, value_name = "tracked|stateless")]
     pub replies: Option<String>,
+    /// Which part of a new flow picks its backend: 5-tuple, source-ip (source affinity) or
+    /// source-ip-protocol [default: 5-tuple].
+    #[arg(long, value_name = "5-tuple|source-ip|source-ip-protocol")]
+    pub distribution: Option<String>,
 }
 
 impl VipSettings {
@@ -215,6 +219,11 @@ impl VipSettings {
                 "off" => false,
                 _ => return Err(format!("--icmp-echo: {e:?} must be on or off")),
             };
+        }
+        if let Some(d) = &self.distribution {
+            s.distribution = d
+                .parse()
+                .map_err(|e: SpecError| format!("--distribution: {e}"))?;
         }
         if let Some(r) = &self.replies {
             s.replies = r

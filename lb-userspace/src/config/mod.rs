@@ -37,7 +37,7 @@ pub use self::{
     parse::{ConfigError, parse},
 };
 use crate::spec::{
-    BackendSpec, Established, Hairpin, ProbeSpec, Replies, ServiceSpec, WhenAllDown,
+    BackendSpec, Distribution, Established, Hairpin, ProbeSpec, Replies, ServiceSpec, WhenAllDown,
 };
 
 /// A validated config.
@@ -149,6 +149,9 @@ pub struct ServiceSettings {
     /// endpoint. A property of the service.
     #[serde(default)]
     pub replies: Replies,
+    /// Which part of a new flow's 5-tuple picks its backend. A property of the service.
+    #[serde(default)]
+    pub distribution: Distribution,
     /// The LB answers ICMP echo requests to the VIP (rate-limited). A property of the VIP
     /// address, like `internal`.
     pub icmp_echo: bool,
@@ -167,6 +170,7 @@ impl Default for ServiceSettings {
             internal: Vec::new(),
             hairpin: Hairpin::Drop,
             replies: Replies::Tracked,
+            distribution: Distribution::FiveTuple,
             icmp_echo: true,
         }
     }

@@ -110,6 +110,7 @@ struct RawService {
     internal: Vec<Spanned<String>>,
     hairpin: Option<Spanned<String>>,
     replies: Option<Spanned<String>>,
+    distribution: Option<Spanned<String>>,
     icmp_echo: Option<bool>,
 }
 
@@ -272,6 +273,12 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
                 .get_ref()
                 .parse()
                 .map_err(|e: SpecError| err(h.span(), field("hairpin"), e.0))?;
+        }
+        if let Some(d) = &s.distribution {
+            settings.distribution = d
+                .get_ref()
+                .parse()
+                .map_err(|e: SpecError| err(d.span(), field("distribution"), e.0))?;
         }
         if let Some(r) = &s.replies {
             settings.replies = r
@@ -690,6 +697,7 @@ established = "rebalance"
             ("[[pip]]\npip = \"203.0.113.50\"\ndip = \"nope\"\n".into(), 3, "pip[0].dip", "not an address"),
             (with("hairpin = \"snat\"\n"), 2, "service[0].settings", "internal VIPs only"),
             (with("replies = \"never\"\n"), 3, "service[0].replies", "tracked stateless"),
+            (with("distribution = \"round-robin\"\n"), 3, "service[0].distribution", "5-tuple source-ip source-ip-protocol"),
             (format!("{svc}internal = [\"198.51.100.0/26\"]\nhairpin = \"snat\"\nreplies = \"stateless\"\n"), 2, "service[0].settings", "--hairpin snat"),
             (format!("{svc}backends = [\"192.0.2.11\"]\nreplies = \"stateless\"\n[[service]]\nvip = \"203.0.113.11:80/tcp\"\nbackends = [\"192.0.2.11\"]\n"), 4, "service[0].replies", "cannot also serve 203.0.113.11:80/tcp"),
             (format!("[[service]]\nvip = \"203.0.113.11:80/tcp\"\nbackends = [\"192.0.2.11:80\"]\n{svc}backends = [\"192.0.2.11\"]\nreplies = \"stateless\"\n"), 7, "service[1].replies", "cannot also serve 203.0.113.11:80/tcp"),

@@ -20,7 +20,8 @@ use lb_common::{
     maglev::{TableBackend, build_table},
     maps::{
         BACKEND_F_ACTIVE, Backend, BackendId, NextHop, REV_F_SHARED, REV_F_STATELESS, RevKey4,
-        RevService4, SVC_F_INTERNAL, ServiceInfo, VIP_F_HAIRPIN_SNAT, VIP_F_NO_ECHO, VipInfo,
+        RevService4, SVC_DIST_SHIFT, SVC_F_INTERNAL, ServiceInfo, VIP_F_HAIRPIN_SNAT,
+        VIP_F_NO_ECHO, VipInfo,
     },
 };
 
@@ -454,11 +455,12 @@ fn build(
         id,
         table_off,
         table_len,
-        flags: if want.settings.internal.is_empty() {
-            0
-        } else {
-            SVC_F_INTERNAL
-        },
+        flags: (want.settings.distribution.mode() << SVC_DIST_SHIFT)
+            | if want.settings.internal.is_empty() {
+                0
+            } else {
+                SVC_F_INTERNAL
+            },
         acl_id,
     };
     let mut after = Vec::new();

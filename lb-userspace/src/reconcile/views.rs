@@ -212,6 +212,7 @@ impl Source<'_> {
                 hairpin: st.hairpin.to_string(),
                 icmp_echo: st.icmp_echo,
                 replies: st.replies.to_string(),
+                distribution: st.distribution.to_string(),
                 counters: CountersView::default(),
             };
             let backends: Vec<BackendId> = live_backends.iter().map(|(_, id)| **id).collect();

@@ -727,3 +727,58 @@ fn stateless_replies_need_no_flow_but_spare_the_lbs_own_connections() {
         assert_eq!(action, XDP_PASS, "no flow, no reply");
     });
 }
+
+/// The backend the service's live table gives a new flow, by the service's own distribution
+/// mode (`lb_common::hash::dist_hash`), read from the maps the agent wrote.
+fn table_pick(fx: &Fixture, flow: &FlowKey4) -> SocketAddrV4 {
+    let maps = fx.h.rec.maps();
+    let info = maps
+        .services
+        .get(
+            &lb_common::maps::ServiceKey4::of(flow.dst, flow.dport, flow.proto),
+            0,
+        )
+        .expect("the service");
+    let h = lb_common::hash::dist_hash(flow, info.distribution(), fx.seed);
+    let at = info.table_off + slot(h, info.table_len).expect("a table");
+    let id = maps.ring.get(&at, 0).expect("a slot");
+    let b = maps.backends.get(&id, 0).expect("a backend");
+    SocketAddrV4::new(b.addr.into(), u16::from_be_bytes(b.port))
+}
+
+/// Each distribution mode hashes its part of the 5-tuple: under `source-ip` one client
+/// address reaches one backend whatever its ports, under `source-ip-protocol` too (one
+/// protocol here), and under `5-tuple` its ports spread it. Exact bytes for every flow.
+#[test]
+fn distribution_modes_pick_by_their_part_of_the_5_tuple() {
+    with_fixture(|fx| {
+        for port in [80u16, 85, 86] {
+            let vip = SocketAddrV4::new(VIP, port);
+            let mut seen = std::collections::BTreeSet::new();
+            for sport in 40_000..40_016u16 {
+                let client = SocketAddrV4::new(*CLIENT.ip(), sport);
+                let syn = Frame::tcp(client, vip, TCP_SYN);
+                let be = table_pick(fx, &FlowKey4::new(client, vip, proto::TCP));
+                fx.check(
+                    &format!("port {port}, from {client}"),
+                    &syn,
+                    XDP_TX,
+                    Some(&syn.dnat(be, LB_MAC, mac_of(be))),
+                    Reason::Forward,
+                );
+                seen.insert(be);
+            }
+            let want = if port == 80 { 2 } else { 1 };
+            assert_eq!(seen.len(), want, "port {port}: {seen:?}");
+        }
+        // Under source-ip, other client addresses reach the other backend too.
+        let vip = SocketAddrV4::new(VIP, 85);
+        let picks: std::collections::BTreeSet<_> = (2..40u8)
+            .map(|last| {
+                let c = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, last), 40_000);
+                table_pick(fx, &FlowKey4::new(c, vip, proto::TCP))
+            })
+            .collect();
+        assert_eq!(picks.len(), 2, "{picks:?}");
+    });
+}

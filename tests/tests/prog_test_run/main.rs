@@ -46,7 +46,7 @@ const TABLE: u32 = 251;
 
 const CONFIG: &str = r#"
 [agent]
-ring_slots = 4096
+ring_slots = 8192
 conntrack_flows = 4096
 
 [[service]]
@@ -146,6 +146,19 @@ vip = "203.0.113.10:8444/tcp"
 backends = ["192.0.2.12:8444"]
 table_size = 251
 replies = "stateless"
+
+# Distribution modes: source affinity, and source and protocol.
+[[service]]
+vip = "203.0.113.10:85/tcp"
+backends = ["192.0.2.11:85", "192.0.2.12:85"]
+table_size = 251
+distribution = "source-ip"
+
+[[service]]
+vip = "203.0.113.10:86/tcp"
+backends = ["192.0.2.11:86", "192.0.2.12:86"]
+table_size = 251
+distribution = "source-ip-protocol"
 
 # A VIP that does not answer pings.
 [[service]]
