@@ -184,6 +184,17 @@ pub fn render(status: &StatusView, stats: &StatsView) -> String {
         o.sample("lb_backend_up", labels, u64::from(b.in_rotation));
     }
     o.family(
+        "lb_backend_admin",
+        GAUGE,
+        "Administrative state: 1 for the backend's current one (none = the probes decide, up, down).",
+    );
+    for (labels, b) in &backends {
+        for state in ["none", "up", "down"] {
+            let labels = with(labels, ("state", state));
+            o.sample("lb_backend_admin", &labels, u64::from(b.admin == state));
+        }
+    }
+    o.family(
         "lb_backend_health",
         GAUGE,
         "Probe state: 1 for the backend's current state (up, down, unknown = not probed yet, unprobed = no probe).",
@@ -466,6 +477,7 @@ mod tests {
             last_probe: None,
             weight: 1,
             drained: false,
+            admin: "none".into(),
             next_hop: None,
             slots: 0,
             share: 0.0,

@@ -460,6 +460,26 @@ word_enum!(
     SourceIpProtocol = "source-ip-protocol"
 );
 
+/// A backend's administrative state: it overrides the probes, not a drain or weight 0.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Admin {
+    /// The probes decide (the default).
+    #[default]
+    None,
+    /// In rotation whatever the probes say.
+    Up,
+    /// Out of rotation whatever the probes say; its established flows continue.
+    Down,
+}
+
+word_enum!(
+    Admin,
+    "admin state",
+    None = "none",
+    Up = "up",
+    Down = "down"
+);
+
 word_enum!(
     Replies,
     "replies",
@@ -662,7 +682,8 @@ serde_text!(
     Established,
     Hairpin,
     Replies,
-    Distribution
+    Distribution,
+    Admin
 );
 
 /// `#[serde(with)]` for a [`std::time::Duration`] as `15s` / `500ms` / `2m`.

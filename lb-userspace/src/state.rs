@@ -25,7 +25,7 @@ use crate::{
         check_settings, check_weight, stateless_pip, stateless_shared,
     },
     error::ChangeError,
-    spec::{BackendSpec, Distribution, Replies, ServiceSpec, format_duration},
+    spec::{Admin, BackendSpec, Distribution, Replies, ServiceSpec, format_duration},
 };
 
 /// Desired state of every service.
@@ -64,6 +64,8 @@ pub struct BackendState {
     pub weight: u32,
     /// Drained: no new flows; established flows continue.
     pub drained: bool,
+    /// Administrative state: up or down whatever the probes say, or none (they decide).
+    pub admin: Admin,
 }
 
 /// A change to the desired state, as the CLI (or any client of the control socket) asks for it.
@@ -98,6 +100,11 @@ pub enum Command {
         service: ServiceSpec,
         backend: BackendSpec,
         drained: bool,
+    },
+    BackendAdmin {
+        service: ServiceSpec,
+        backend: BackendSpec,
+        admin: Admin,
     },
     ForwardAdd {
         service: ServiceSpec,
@@ -152,6 +159,11 @@ pub enum Change {
         backend: SocketAddr,
         drained: bool,
     },
+    AdminSet {
+        service: ServiceSpec,
+        backend: SocketAddr,
+        admin: Admin,
+    },
     ForwardAdded {
         service: ServiceSpec,
         to: SocketAddr,
@@ -188,6 +200,7 @@ impl Change {
             | Self::BackendDeleted { service, .. }
             | Self::WeightSet { service, .. }
             | Self::DrainSet { service, .. }
+            | Self::AdminSet { service, .. }
             | Self::ForwardAdded { service, .. }
             | Self::ForwardDeleted { service }
             | Self::AclAdded { service, .. }
@@ -242,6 +255,15 @@ impl State {
                 service,
                 drained,
             },
+            Command::BackendAdmin {
+                service,
+                backend,
+                admin,
+            } => Change::AdminSet {
+                backend: self.set_admin(&service, &backend, admin)?,
+                service,
+                admin,
+            },
             Command::ForwardAdd { service, to } => Change::ForwardAdded {
                 to: self.add_forward(service, &to)?,
                 service,
@@ -284,6 +306,7 @@ impl State {
                             spec: b.spec,
                             weight: b.weight,
                             drained: b.drained,
+                            admin: b.admin,
                         };
                         (b.spec.resolve(&s.spec), st)
                     })
@@ -461,6 +484,7 @@ impl State {
                 spec: b,
                 weight,
                 drained: false,
+                admin: Admin::None,
             },
         );
         Ok(addr)
@@ -509,6 +533,20 @@ impl State {
         drained: bool,
     ) -> Result<SocketAddr, ChangeError> {
         self.backend_mut(spec, b)?.drained = drained;
+        Ok(b.resolve(spec))
+    }
+
+    /// Sets a backend's administrative state.
+    ///
+    /// # Errors
+    /// Unknown service or backend.
+    fn set_admin(
+        &mut self,
+        spec: &ServiceSpec,
+        b: &BackendSpec,
+        admin: Admin,
+    ) -> Result<SocketAddr, ChangeError> {
+        self.backend_mut(spec, b)?.admin = admin;
         Ok(b.resolve(spec))
     }
 
@@ -689,9 +727,14 @@ impl State {
             }
             o.push_str("backends = [\n");
             for b in svc.backends.values() {
+                let admin = if b.admin == Admin::None {
+                    String::new()
+                } else {
+                    format!(", admin = \"{}\"", b.admin)
+                };
                 let _ = writeln!(
                     o,
-                    "  {{ addr = \"{}\", weight = {}, drained = {} }},",
+                    "  {{ addr = \"{}\", weight = {}, drained = {}{admin} }},",
                     b.spec, b.weight, b.drained
                 );
             }
@@ -745,6 +788,7 @@ fn forward_state(to: SocketAddr) -> ServiceState {
         spec,
         weight: DEFAULT_WEIGHT,
         drained: false,
+        admin: Admin::None,
     };
     ServiceState {
         kind: Kind::Forward,

@@ -301,3 +301,64 @@ fn cli_changes_survive_an_agent_restart() {
     .unwrap();
     assert_eq!(lab.udp_ask(53, "after-restart").unwrap(), "b2");
 }
+
+/// `lb backend admin`: `up` keeps a backend whose probes fail in rotation (it still serves),
+/// `down` takes a healthy one out while its open connection goes on, `none` hands both back
+/// to the probes.
+#[test]
+fn admin_state_overrides_the_probes_both_ways() {
+    let mut lab = Lab::new(3).unwrap();
+    lab.start_agent(&config("http/healthz")).unwrap();
+    wait_all_up(&lab);
+    // b2's health check fails, its service does not.
+    lab.backends[1].start_server_with_health(500).unwrap();
+    wait_backend(&lab, "192.0.2.12:80", "down on HTTP 500", |b| {
+        b["health"] == "down"
+    });
+    lab.lb(&["backend", "admin", WEB, "192.0.2.12", "up"])
+        .unwrap();
+    wait_backend(&lab, "192.0.2.12:80", "admin up", |b| {
+        b["in_rotation"] == true && b["admin"] == "up" && b["health"] == "down"
+    });
+    let with_b2 = tally((0..60).map(|_| lab.http_get(80).unwrap()));
+    assert!(with_b2.contains_key("b2"), "admin up: {with_b2:?}");
+    // b3 is healthy: an open connection on it, then admin down.
+    let mut on_b3 = (0..100)
+        .map(|_| {
+            let mut c = lab.http_connect(80).unwrap();
+            let n = c.get().unwrap();
+            (c, n)
+        })
+        .find(|(_, n)| n == "b3")
+        .expect("no connection landed on b3 in 100 tries")
+        .0;
+    lab.lb(&["backend", "admin", WEB, "192.0.2.13", "down"])
+        .unwrap();
+    let b3 = backend(&lab, "192.0.2.13:80");
+    assert_eq!(
+        (b3["admin"].clone(), b3["in_rotation"].clone()),
+        ("down".into(), false.into()),
+        "{b3}"
+    );
+    let without_b3 = tally((0..40).map(|_| lab.http_get(80).unwrap()));
+    assert!(!without_b3.contains_key("b3"), "admin down: {without_b3:?}");
+    assert_eq!(on_b3.get().unwrap(), "b3", "its open connection goes on");
+    for b in ["192.0.2.12", "192.0.2.13"] {
+        lab.lb(&["backend", "admin", WEB, b, "none"]).unwrap();
+    }
+    wait_backend(&lab, "192.0.2.12:80", "back to its probes", |b| {
+        b["in_rotation"] == false && b["admin"] == "none"
+    });
+    wait_backend(&lab, "192.0.2.13:80", "back to its probes", |b| {
+        b["in_rotation"] == true
+    });
+    let list = lab.lb_json(&["backend", "list", WEB]).unwrap();
+    assert!(
+        list["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|b| b["admin"] == "none"),
+        "{list}"
+    );
+}

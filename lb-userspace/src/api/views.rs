@@ -122,6 +122,9 @@ pub struct BackendView {
     pub last_probe: Option<ProbeView>,
     pub weight: u32,
     pub drained: bool,
+    /// `none` (the probes decide), `up` or `down`.
+    #[serde(default)]
+    pub admin: String,
     /// `None`: not resolved yet (the fast path falls back to the kernel FIB meanwhile).
     pub next_hop: Option<NextHopView>,
     /// Slots of the service's table that point at this backend.

@@ -333,6 +333,14 @@ pub enum BackendCmd {
         service: ServiceSpec,
         backend: BackendSpec,
     },
+    /// Set a backend's administrative state: up (in rotation whatever the probes say), down
+    /// (out of rotation, established flows continue) or none (the probes decide).
+    Admin {
+        service: ServiceSpec,
+        backend: BackendSpec,
+        #[arg(value_parser = parse_admin)]
+        state: crate::spec::Admin,
+    },
     /// List a service's backends: health, last probe, rotation, weight, share, flows.
     List {
         service: ServiceSpec,
@@ -441,6 +449,15 @@ pub fn request(cmd: &CliCommand) -> Result<Option<(Request, Format)>, String> {
             backend: *backend,
             drained: false,
         },
+        CliCommand::Backend(BackendCmd::Admin {
+            service,
+            backend,
+            state,
+        }) => Command::BackendAdmin {
+            service: *service,
+            backend: *backend,
+            admin: *state,
+        },
         CliCommand::Backend(BackendCmd::List { service, out }) => {
             return Ok(query(Query::BackendList { service: *service }, out));
         }
@@ -491,4 +508,9 @@ pub fn request(cmd: &CliCommand) -> Result<Option<(Request, Format)>, String> {
         CliCommand::Stats(o) => return Ok(query(Query::Stats, o)),
     };
     Ok(Some((Request::Change(change), Format::Table)))
+}
+
+/// `up`, `down` or `none`, as clap takes it.
+fn parse_admin(s: &str) -> Result<crate::spec::Admin, String> {
+    s.parse().map_err(|e: SpecError| e.0)
 }

@@ -211,6 +211,20 @@ fn confirmation(c: &Change) -> String {
             };
             format!("backend {backend} of {service} {what}")
         }
+        Change::AdminSet {
+            service,
+            backend,
+            admin,
+        } => {
+            let what = match admin {
+                crate::spec::Admin::Up => "admin up: in rotation whatever the probes say",
+                crate::spec::Admin::Down => {
+                    "admin down: out of rotation whatever the probes say, established flows continue"
+                }
+                crate::spec::Admin::None => "admin none: the probes decide",
+            };
+            format!("backend {backend} of {service} {what}")
+        }
         Change::ForwardAdded { service, to } => format!("added forward {service} → {to}"),
         Change::ForwardDeleted { service } => format!("deleted forward {service}"),
         Change::AclAdded { service, rule } => format!(

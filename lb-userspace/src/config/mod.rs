@@ -115,6 +115,7 @@ pub struct BackendConfig {
     pub spec: BackendSpec,
     pub weight: u32,
     pub drained: bool,
+    pub admin: crate::spec::Admin,
 }
 
 /// Largest backend weight.

@@ -114,7 +114,7 @@ struct RawService {
     icmp_echo: Option<bool>,
 }
 
-/// `"192.0.2.11:80"` or `{ addr = "192.0.2.11:80", weight = 3, drained = false }`.
+/// `"192.0.2.11:80"` or `{ addr = "192.0.2.11:80", weight = 3, drained = false, admin = "up" }`.
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum RawBackend {
@@ -125,6 +125,8 @@ enum RawBackend {
         weight: Option<u32>,
         #[serde(default)]
         drained: bool,
+        #[serde(default)]
+        admin: Option<String>,
     },
 }
 
@@ -313,13 +315,25 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         let mut seen_b = BTreeSet::new();
         for (j, b) in s.backends.iter().enumerate() {
             let bf = field(&format!("backends[{j}]"));
-            let (addr, weight, drained) = match b.get_ref() {
-                RawBackend::Plain(a) => (a, DEFAULT_WEIGHT, false),
+            let (addr, weight, drained, admin) = match b.get_ref() {
+                RawBackend::Plain(a) => (a, DEFAULT_WEIGHT, false, None),
                 RawBackend::Full {
                     addr,
                     weight,
                     drained,
-                } => (addr, weight.unwrap_or(DEFAULT_WEIGHT), *drained),
+                    admin,
+                } => (
+                    addr,
+                    weight.unwrap_or(DEFAULT_WEIGHT),
+                    *drained,
+                    admin.as_ref(),
+                ),
+            };
+            let admin = match admin {
+                Some(a) => a
+                    .parse()
+                    .map_err(|e: SpecError| err(b.span(), bf.clone(), e.0))?,
+                None => crate::spec::Admin::None,
             };
             let spec_b: BackendSpec = addr
                 .parse()
@@ -334,6 +348,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
                 spec: spec_b,
                 weight,
                 drained,
+                admin,
             });
         }
         backends_total += bs.len();
@@ -698,6 +713,7 @@ established = "rebalance"
             (with("hairpin = \"snat\"\n"), 2, "service[0].settings", "internal VIPs only"),
             (with("replies = \"never\"\n"), 3, "service[0].replies", "tracked stateless"),
             (with("distribution = \"round-robin\"\n"), 3, "service[0].distribution", "5-tuple source-ip source-ip-protocol"),
+            (with("backends = [{ addr = \"192.0.2.11\", admin = \"maybe\" }]\n"), 3, "service[0].backends[0]", "admin state must be one of: none up down"),
             (format!("{svc}internal = [\"198.51.100.0/26\"]\nhairpin = \"snat\"\nreplies = \"stateless\"\n"), 2, "service[0].settings", "--hairpin snat"),
             (format!("{svc}backends = [\"192.0.2.11\"]\nreplies = \"stateless\"\n[[service]]\nvip = \"203.0.113.11:80/tcp\"\nbackends = [\"192.0.2.11\"]\n"), 4, "service[0].replies", "cannot also serve 203.0.113.11:80/tcp"),
             (format!("[[service]]\nvip = \"203.0.113.11:80/tcp\"\nbackends = [\"192.0.2.11:80\"]\n{svc}backends = [\"192.0.2.11\"]\nreplies = \"stateless\"\n"), 7, "service[1].replies", "cannot also serve 203.0.113.11:80/tcp"),

@@ -10,7 +10,7 @@ use std::{
 use lb_common::health::{Health, Thresholds, Tracker, Transition};
 
 use crate::{
-    spec::{ServiceSpec, WhenAllDown},
+    spec::{Admin, ServiceSpec, WhenAllDown},
     state::ServiceState,
 };
 
@@ -154,6 +154,11 @@ impl HealthBook {
         if b.weight == 0 {
             return (false, "weight 0".into());
         }
+        match b.admin {
+            Admin::Down => return (false, "admin down".into()),
+            Admin::Up => return (true, "admin up".into()),
+            Admin::None => {}
+        }
         if svc.settings.probe.is_none() {
             return (true, "no probe: always in rotation".into());
         }
@@ -180,8 +185,9 @@ impl HealthBook {
     }
 
     /// The backends of a service that go into its table, by address: those in rotation
-    /// (healthy, not drained, weight > 0), or, with none in rotation and `when_all_down =
-    /// spread`, every one that is not drained and has a weight (fail open).
+    /// (healthy or admin up, not drained, weight > 0, not admin down), or, with none in
+    /// rotation and `when_all_down = spread`, every one that is not drained, admin down or
+    /// weightless (fail open).
     pub fn eligible<'a>(
         &self,
         spec: &ServiceSpec,
@@ -190,14 +196,14 @@ impl HealthBook {
         let candidates: Vec<(&SocketAddr, u32)> = svc
             .backends
             .iter()
-            .filter(|(_, b)| !b.drained && b.weight > 0)
+            .filter(|(_, b)| !b.drained && b.weight > 0 && b.admin != Admin::Down)
             .map(|(a, b)| (a, b.weight))
             .collect();
         let probed = svc.settings.probe.is_some();
         let up: Vec<(&SocketAddr, u32)> = candidates
             .iter()
             .copied()
-            .filter(|(a, _)| !probed || self.is_up(spec, a))
+            .filter(|(a, _)| !probed || svc.backends[*a].admin == Admin::Up || self.is_up(spec, a))
             .collect();
         if up.is_empty() && svc.settings.when_all_down == WhenAllDown::Spread {
             candidates

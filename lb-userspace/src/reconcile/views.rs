@@ -279,6 +279,7 @@ impl Source<'_> {
                     last_probe,
                     weight: desired.map_or(0, |b| b.weight),
                     drained: desired.is_some_and(|b| b.drained),
+                    admin: desired.map_or_else(|| "none".into(), |b| b.admin.to_string()),
                     next_hop: nh.map(|n| NextHopView {
                         ifindex: n.ifindex,
                         smac: mac(n.smac),

@@ -270,6 +270,7 @@ fn each_map_refuses_one_more_than_it_holds() {
             spec,
             weight: 1,
             drained: false,
+            admin: crate::spec::Admin::None,
         };
         one.backends
             .insert(SocketAddr::new(spec.ip, spec.port.unwrap()), b);
@@ -1000,4 +1001,91 @@ fn a_stateless_services_endpoints_are_marked_and_the_lbs_addresses_known() {
         [lb_common::maps::REV_F_STATELESS],
         "kept by a restart"
     );
+}
+
+/// Admin state overrides the probes, not a drain: `down` takes a healthy backend out (its
+/// flows are not purged), `up` keeps a failing one in, `none` hands it back to the probes;
+/// `lb backend list` shows it, and the state keeps it.
+#[test]
+fn admin_state_overrides_the_probes() {
+    let mut r = rec(4096);
+    probed(&mut r, VipSettings::default());
+    report(&mut r, "192.0.2.11:80", true);
+    report(&mut r, "192.0.2.12:80", true);
+    assert_eq!(shares(&r).len(), 2);
+    let admin = |r: &mut Rec, b: &str, state: &str| {
+        ok(
+            r,
+            Req::BackendAdmin {
+                service: WEB.into(),
+                backend: b.into(),
+                state: state.into(),
+            },
+        );
+    };
+    r.maps.ops.clear();
+    admin(&mut r, "192.0.2.12", "down");
+    assert_eq!(shares(&r).keys().collect::<Vec<_>>(), ["192.0.2.11:80"]);
+    assert!(
+        !r.maps().ops.iter().any(|o| matches!(o, Op::Purge(_))),
+        "its established flows continue: {:?}",
+        r.maps().ops
+    );
+    admin(&mut r, "192.0.2.11", "up");
+    report(&mut r, "192.0.2.11:80", false);
+    report(&mut r, "192.0.2.11:80", false);
+    assert_eq!(
+        shares(&r).keys().collect::<Vec<_>>(),
+        ["192.0.2.11:80"],
+        "admin up: in rotation although its probes fail"
+    );
+    let Response::Backends { backends, .. } = ask(
+        &mut r,
+        Req::BackendList {
+            service: WEB.into(),
+        },
+    ) else {
+        panic!()
+    };
+    let by: BTreeMap<&str, (&str, bool, &str)> = backends
+        .iter()
+        .map(|b| {
+            (
+                b.backend.as_str(),
+                (b.admin.as_str(), b.in_rotation, b.reason.as_str()),
+            )
+        })
+        .collect();
+    assert_eq!(by["192.0.2.11:80"], ("up", true, "admin up"));
+    assert_eq!(by["192.0.2.12:80"], ("down", false, "admin down"));
+    admin(&mut r, "192.0.2.11", "none");
+    admin(&mut r, "192.0.2.12", "none");
+    assert_eq!(
+        shares(&r).keys().collect::<Vec<_>>(),
+        ["192.0.2.12:80"],
+        "none: the probes decide again (.11 failed, .12 is healthy)"
+    );
+    ok(
+        &mut r,
+        Req::BackendDrain {
+            service: WEB.into(),
+            backend: "192.0.2.12".into(),
+            drained: true,
+        },
+    );
+    admin(&mut r, "192.0.2.12", "up");
+    assert!(shares(&r).is_empty(), "admin up does not undo a drain");
+    assert!(matches!(
+        ask(
+            &mut r,
+            Req::BackendAdmin {
+                service: WEB.into(),
+                backend: "192.0.2.12".into(),
+                state: "maybe".into(),
+            }
+        ),
+        Response::Error { message, .. } if message.contains("up down")
+    ));
+    let text = r.state().to_toml();
+    assert!(text.contains("admin = \"up\""), "{text}");
 }

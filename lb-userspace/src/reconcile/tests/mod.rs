@@ -368,6 +368,12 @@ pub enum Req {
         backend: String,
         drained: bool,
     },
+    /// `lb backend admin SERVICE BACKEND up|down|none` (parsed as the CLI parses it).
+    BackendAdmin {
+        service: String,
+        backend: String,
+        state: String,
+    },
     BackendList {
         service: String,
     },
@@ -460,6 +466,15 @@ impl Req {
                 service: svc(&service)?,
                 backend: be(&backend)?,
                 drained,
+            }),
+            Self::BackendAdmin {
+                service,
+                backend,
+                state,
+            } => c(Command::BackendAdmin {
+                service: svc(&service)?,
+                backend: be(&backend)?,
+                admin: state.parse().map_err(|e: crate::spec::SpecError| e.0)?,
             }),
             Self::BackendList { service } => q(Query::BackendList {
                 service: svc(&service)?,
