@@ -374,13 +374,29 @@ pub enum WhenAllDown {
 /// What happens to established flows of a backend that turns unhealthy.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Established {
-    /// They stay on it until they end or age out (the default; a probe can fail while
-    /// connections still work).
+    /// By protocol, as the reference does (the default): TCP flows are kept, UDP flows are
+    /// rebalanced. A TCP connection moved to another backend would be reset by it, while a
+    /// UDP flow simply goes on elsewhere.
     #[default]
+    Auto,
+    /// They stay on it until they end or age out (a probe can fail while connections still
+    /// work).
     Keep,
     /// Their conntrack entries are removed, so their next packets are balanced afresh over the
     /// healthy backends (TCP connections are then reset by the new backend; UDP flows move).
     Rebalance,
+}
+
+impl Established {
+    /// Whether a backend going down loses its tracked flows, for a service of protocol `p`.
+    #[must_use]
+    pub const fn rebalances(self, p: Proto) -> bool {
+        match self {
+            Self::Auto => matches!(p, Proto::Udp),
+            Self::Keep => false,
+            Self::Rebalance => true,
+        }
+    }
 }
 
 macro_rules! word_enum {
@@ -495,6 +511,7 @@ word_enum!(
 word_enum!(
     Established,
     "established",
+    Auto = "auto",
     Keep = "keep",
     Rebalance = "rebalance"
 );

@@ -362,3 +362,100 @@ fn admin_state_overrides_the_probes_both_ways() {
         "{list}"
     );
 }
+
+/// The default `established = auto`: when a probed backend goes down, its established TCP
+/// connection goes on (a move would reset it), while its UDP flow moves to a healthy backend.
+/// The backend's probes are blocked at the backend (from the LB's own address only), so its
+/// server and the client's connection are untouched.
+#[test]
+fn when_a_backend_goes_down_tcp_stays_and_udp_moves() {
+    let mut lab = Lab::new(2).unwrap();
+    lab.start_agent(
+        r#"
+[[service]]
+vip = "203.0.113.10:80/tcp"
+backends = ["192.0.2.11", "192.0.2.12"]
+table_size = 251
+probe = "tcp"
+probe_interval = "100ms"
+probe_timeout = "100ms"
+unhealthy_after = 2
+
+[[service]]
+vip = "203.0.113.10:53/udp"
+backends = ["192.0.2.11", "192.0.2.12"]
+table_size = 251
+probe = "tcp:80"
+probe_interval = "100ms"
+probe_timeout = "100ms"
+unhealthy_after = 2
+"#,
+    )
+    .unwrap();
+    lab.wait_ready().unwrap();
+    let mut tcp = (0..100)
+        .map(|_| {
+            let mut c = lab.http_connect(80).unwrap();
+            let n = c.get().unwrap();
+            (c, n)
+        })
+        .find(|(_, n)| n == "b2")
+        .expect("no connection landed on b2 in 100 tries")
+        .0;
+    let udp = (0..100)
+        .map(|i| {
+            let f = lab.udp_flow(53).unwrap();
+            let n = f.ask(&format!("q{i}")).unwrap();
+            (f, n)
+        })
+        .find(|(_, n)| n == "b2")
+        .expect("no UDP flow landed on b2 in 100 tries")
+        .0;
+    // b2 drops the LB's probes (they come from 192.0.2.1), nothing else.
+    let b2 = &lab.backends[1].ns;
+    b2.exec("nft", &["add", "table", "ip", "probes"]).unwrap();
+    b2.exec(
+        "nft",
+        &["add chain ip probes in { type filter hook input priority 0; }"],
+    )
+    .unwrap();
+    b2.exec(
+        "nft",
+        &[
+            "add",
+            "rule",
+            "ip",
+            "probes",
+            "in",
+            "ip",
+            "saddr",
+            "192.0.2.1",
+            "drop",
+        ],
+    )
+    .unwrap();
+    wait_backend(&lab, "192.0.2.12:80", "down", |b| b["health"] == "down");
+    wait_until(
+        "the UDP service's b2 down",
+        Duration::from_secs(15),
+        Duration::from_millis(25),
+        || {
+            lab.lb_json(&["backend", "list", "203.0.113.10:53/udp"])
+                .is_ok_and(|l| {
+                    l["backends"]
+                        .as_array()
+                        .is_some_and(|bs| bs.iter().any(|b| b["health"] == "down"))
+                })
+        },
+    )
+    .unwrap();
+    assert_eq!(tcp.get().unwrap(), "b2", "the TCP connection stays");
+    // The UDP flow's entry is purged off the writer loop: it moves once that is done.
+    wait_until(
+        "the UDP flow to move",
+        Duration::from_secs(15),
+        Duration::from_millis(25),
+        || udp.ask("again").is_ok_and(|n| n == "b1"),
+    )
+    .unwrap();
+}

@@ -146,7 +146,8 @@ pub struct VipSettings {
     /// New flows when no backend is healthy: drop (counted) or spread over all [default: drop].
     #[arg(long)]
     pub when_all_down: Option<String>,
-    /// Established flows of a backend that turns unhealthy: keep or rebalance [default: keep].
+    /// Established flows of a backend that turns unhealthy: auto (TCP kept, UDP rebalanced),
+    /// keep or rebalance [default: auto].
     #[arg(long)]
     pub established: Option<String>,
     /// Lookup-table size, a prime [default: 65537].

@@ -167,7 +167,7 @@ impl Default for ServiceSettings {
             timeout: health::DEFAULT_TIMEOUT,
             thresholds: Thresholds::default(),
             when_all_down: WhenAllDown::Drop,
-            established: Established::Keep,
+            established: Established::Auto,
             internal: Vec::new(),
             hairpin: Hairpin::Drop,
             replies: Replies::Tracked,

@@ -54,7 +54,7 @@ use crate::{
     api::{Query, Request, Response},
     dataplane::{FlowPurge, MapOps, MapReader, PurgeJob},
     error::{ChangeError, MapOpError},
-    spec::{Established, ProbeSpec, ServiceSpec},
+    spec::{ProbeSpec, ServiceSpec},
     state::{Change, Command, State},
 };
 
@@ -752,8 +752,9 @@ impl<M: MapOps> Reconciler<M> {
         .query(q)
     }
 
-    /// Takes one probe result. A change of health re-balances the service's new flows; with
-    /// `established = rebalance`, a backend going down also loses its tracked flows.
+    /// Takes one probe result. A change of health re-balances the service's new flows; where
+    /// `established` rebalances (`rebalance`, or `auto` for a UDP service), a backend going
+    /// down also loses its tracked flows.
     fn observe(&mut self, r: &ProbeReport) {
         let Some(svc) = self.state.services.get(&r.service) else {
             return;
@@ -772,7 +773,7 @@ impl<M: MapOps> Reconciler<M> {
             self.dirty.insert(r.service);
         }
         if t.to == lb_common::health::Health::Down
-            && established == Established::Rebalance
+            && established.rebalances(r.service.proto)
             && let Some((_, id)) = self
                 .live
                 .backends_of_spec(&r.service)

@@ -167,16 +167,42 @@ impl Lab {
     /// # Errors
     /// No answer within the timeout, or an answer from another address than the VIP.
     pub fn udp_ask(&self, port: u16, payload: &str) -> anyhow::Result<String> {
+        self.udp_flow(port)?.ask(payload)
+    }
+
+    /// A UDP flow from the client to `VIP:port`: one socket, so every ask is one 5-tuple.
+    ///
+    /// # Errors
+    /// The socket cannot be made.
+    pub fn udp_flow(&self, port: u16) -> anyhow::Result<UdpFlow> {
         let s = self
             .client
             .enter(|| UdpSocket::bind(SocketAddr::new(IpAddr::V4(CLIENT_IP), 0)))?;
         s.set_read_timeout(Some(IO_TIMEOUT))?;
-        let vip = SocketAddr::new(IpAddr::V4(VIP), port);
-        s.send_to(payload.as_bytes(), vip)?;
+        Ok(UdpFlow {
+            s,
+            vip: SocketAddr::new(IpAddr::V4(VIP), port),
+        })
+    }
+}
+
+/// One UDP 5-tuple from the client to a VIP port.
+pub struct UdpFlow {
+    s: UdpSocket,
+    vip: SocketAddr,
+}
+
+impl UdpFlow {
+    /// Sends `payload` and returns the name of the backend that echoed it (through the VIP).
+    ///
+    /// # Errors
+    /// No answer in time, or an answer that is not the echo from the VIP.
+    pub fn ask(&self, payload: &str) -> anyhow::Result<String> {
+        self.s.send_to(payload.as_bytes(), self.vip)?;
         let mut buf = [0u8; 1500];
-        let (n, from) = s.recv_from(&mut buf).context("no UDP answer")?;
-        if from != vip {
-            bail!("UDP answer came from {from}, not from the VIP {vip}");
+        let (n, from) = self.s.recv_from(&mut buf).context("no UDP answer")?;
+        if from != self.vip {
+            bail!("UDP answer came from {from}, not from the VIP {}", self.vip);
         }
         let text = String::from_utf8_lossy(&buf[..n]).into_owned();
         let (name, echo) = text.split_once(' ').context("malformed echo")?;

@@ -1089,3 +1089,54 @@ fn admin_state_overrides_the_probes() {
     let text = r.state().to_toml();
     assert!(text.contains("admin = \"up\""), "{text}");
 }
+
+/// `established = auto`, the default, decides by protocol as the reference does: a TCP
+/// service keeps the flows of a backend that goes down, a UDP service moves them (its
+/// backend's flows are purged, so their next packets are re-picked).
+#[test]
+fn by_default_tcp_flows_stay_and_udp_flows_move_when_a_backend_goes_down() {
+    for (service, purged) in [(WEB, false), ("203.0.113.10:53/udp", true)] {
+        let mut r = rec(4096);
+        ok(
+            &mut r,
+            Req::VipAdd {
+                service: service.into(),
+                settings: VipSettings {
+                    table_size: Some(251),
+                    probe: Some("tcp:80".into()),
+                    unhealthy_after: Some(1),
+                    ..VipSettings::default()
+                },
+            },
+        );
+        for b in ["192.0.2.11", "192.0.2.12"] {
+            ok(
+                &mut r,
+                Req::BackendAdd {
+                    service: service.into(),
+                    backend: b.into(),
+                    weight: None,
+                },
+            );
+        }
+        let port = if service == WEB { 80 } else { 53 };
+        let probe = |r: &mut Rec, b: &str, ok: bool| {
+            r.handle_now(Event::Probe(ProbeReport {
+                service: service.parse().unwrap(),
+                backend: format!("{b}:{port}").parse().unwrap(),
+                ok,
+                detail: "probe".into(),
+            }));
+        };
+        probe(&mut r, "192.0.2.11", true);
+        probe(&mut r, "192.0.2.12", true);
+        r.maps.ops.clear();
+        probe(&mut r, "192.0.2.12", false);
+        let ops = &r.maps().ops;
+        assert_eq!(
+            ops.iter().any(|o| matches!(o, Op::Purge(_))),
+            purged,
+            "{service}: {ops:?}"
+        );
+    }
+}
