@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use lb_userspace::{
     api,
-    cli::{Cli, CliCommand, render, request},
+    cli::{Cli, CliCommand, ConfigCmd, render, request},
     error::ErrorKind,
 };
 
@@ -16,6 +16,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if matches!(cli.command, CliCommand::Agent(_)) {
         lb_userspace::agent::memory::few_arenas();
+    }
+    if let CliCommand::Config(ConfigCmd::Check { file }) = &cli.command {
+        return match lb_userspace::config::check_file(file) {
+            Ok(summary) => {
+                println!("{summary}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("lb: {e}");
+                ExitCode::from(ErrorKind::Invalid.exit_code())
+            }
+        };
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -68,25 +68,47 @@ impl FromStr for ServiceSpec {
         let form = "expected ADDR:PORT/PROTO, e.g. 203.0.113.10:80/tcp";
         let (addr, p) = s
             .rsplit_once('/')
-            .ok_or_else(|| SpecError(format!("{s:?}: missing /PROTO ({form})")))?;
+            .ok_or_else(|| SpecError(format!("no /PROTO ({form})")))?;
         let proto = match p {
             "tcp" => Proto::Tcp,
             "udp" => Proto::Udp,
             other => {
                 return Err(SpecError(format!(
-                    "{s:?}: protocol {other:?} is not load-balanced (only tcp and udp)"
+                    "protocol {other:?} is not load-balanced (only tcp and udp)"
                 )));
             }
         };
-        let vip: SocketAddr = addr
-            .parse()
-            .map_err(|_| SpecError(format!("{s:?}: {addr:?} is not ADDR:PORT ({form})")))?;
+        let vip = parse_socket_addr(addr).map_err(|why| SpecError(format!("{why} ({form})")))?;
         if vip.port() == 0 {
-            return Err(SpecError(format!("{s:?}: port 0 is not a service port")));
+            return Err(SpecError("port 0 is not a service port".into()));
         }
-        check_unicast(vip.ip()).map_err(|e| SpecError(format!("{s:?}: VIP {e}")))?;
+        check_unicast(vip.ip()).map_err(|e| SpecError(format!("VIP {e}")))?;
         Ok(Self { vip, proto })
     }
+}
+
+/// `ADDR:PORT` (`[V6]:PORT` for IPv6), or the reason it is not one: the part that is wrong and
+/// why, without echoing the whole value (clap and the config errors show it already).
+///
+/// # Errors
+/// No port, a port outside 0..=65535, or an address that is not one.
+pub fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let Some((ip, port)) = s.rsplit_once(':') else {
+        return Err(format!("{s:?} has no port"));
+    };
+    let ip_text = ip.trim_start_matches('[').trim_end_matches(']');
+    if ip_text.parse::<IpAddr>().is_err() {
+        return Err(format!("{ip_text:?} is not an IPv4 or IPv6 address"));
+    }
+    if ip.contains(':') && !ip.starts_with('[') {
+        return Err(format!(
+            "an IPv6 address with a port is written [{ip}]:PORT"
+        ));
+    }
+    Err(format!("port {port:?} is not a port number (0..=65535)"))
 }
 
 impl fmt::Display for ServiceSpec {
@@ -186,20 +208,31 @@ mod tests {
         assert_eq!(s.key().port, [0, 80]);
         let s: ServiceSpec = "[2001:db8::10]:53/udp".parse().unwrap();
         assert_eq!(s.proto, Proto::Udp);
-        for bad in [
-            "203.0.113.10:80",
-            "203.0.113.10/tcp",
-            "203.0.113.10:80/icmp",
-            "203.0.113.10:0/tcp",
-            "203.0.113.300:80/tcp",
-            "224.0.0.1:80/tcp",
-            "0.0.0.0:80/tcp",
-            "",
+        // Each error says what is wrong with which part, without echoing the whole value
+        // (clap and the config errors show that already).
+        for (bad, why) in [
+            ("203.0.113.10:80", "no /PROTO"),
+            ("203.0.113.10/tcp", "\"203.0.113.10\" has no port"),
+            ("203.0.113.10:80/icmp", "protocol \"icmp\""),
+            ("203.0.113.10:0/tcp", "port 0"),
+            (
+                "203.0.113.300:80/tcp",
+                "\"203.0.113.300\" is not an IPv4 or IPv6 address",
+            ),
+            (
+                "203.0.113.10:70000/tcp",
+                "port \"70000\" is not a port number",
+            ),
+            ("2001:db8::1:80/tcp", "[2001:db8::1]:PORT"),
+            ("224.0.0.1:80/tcp", "VIP"),
+            ("0.0.0.0:80/tcp", "VIP"),
+            ("", "no /PROTO"),
         ] {
             let e = bad.parse::<ServiceSpec>().unwrap_err();
+            assert!(e.0.contains(why), "error for {bad:?}: {e}");
             assert!(
-                e.0.contains(&format!("{bad:?}")),
-                "error for {bad:?} does not name it: {e}"
+                bad.is_empty() || !e.0.contains(&format!("{bad:?}")),
+                "error for {bad:?} echoes it: {e}"
             );
         }
     }
@@ -340,9 +373,12 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, SpecError> {
             "{s:?}: a duration needs a unit: ms, s or m (e.g. 15s)"
         )));
     };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| SpecError(format!("{s:?}: {num:?} is not a whole number")))?;
+    let n: u64 = num.parse().map_err(|_| {
+        SpecError(format!(
+            "{s:?} is not a duration: a whole number and its unit, ms, s or m, with no space \
+             (e.g. 15s)"
+        ))
+    })?;
     n.checked_mul(unit_ms)
         .map(std::time::Duration::from_millis)
         .ok_or_else(|| SpecError(format!("{s:?}: too long")))

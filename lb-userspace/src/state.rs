@@ -20,9 +20,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     config::{
-        AclRuleConfig, BackendConfig, Config, DEFAULT_WEIGHT, ServiceSettings, check_acl_rule,
-        check_backend, check_forward, check_internal, check_pip, check_same_vip, check_service,
-        check_settings, check_weight, stateless_pip, stateless_shared,
+        AclRuleConfig, BackendConfig, Config, DEFAULT_WEIGHT, ServiceSettings, backend_is_vip,
+        check_acl_rule, check_backend, check_forward, check_internal, check_pip, check_same_vip,
+        check_service, check_settings, check_weight, stateless_pip, stateless_shared,
+        table_too_small, vip_is_backend,
     },
     error::ChangeError,
     spec::{Admin, BackendSpec, Distribution, Replies, ServiceSpec, format_duration},
@@ -346,6 +347,7 @@ impl State {
         if self.services.contains_key(&spec) {
             return Err(ChangeError::Conflict(format!("service {spec}")));
         }
+        self.check_backend_addr(to)?;
         self.check_stateless_endpoint(&spec, to)?;
         if self
             .services
@@ -398,6 +400,13 @@ impl State {
                 "{} is a PIP; a VIP must be an address of its own",
                 spec.vip.ip()
             )));
+        }
+        if let Some((of, _)) = self
+            .services
+            .iter()
+            .find(|(_, st)| st.backends.keys().any(|b| b.ip() == spec.vip.ip()))
+        {
+            return Err(ChangeError::Invalid(vip_is_backend(spec.vip.ip(), of)));
         }
         // VIP-level settings (internal, icmp_echo) belong to the address: its services agree.
         if let Some((other, o)) = self
@@ -473,8 +482,17 @@ impl State {
         check_weight(weight).map_err(|m| ChangeError::Invalid(format!("--weight: {m}")))?;
         check_backend(spec, &b).map_err(ChangeError::Invalid)?;
         let addr = b.resolve(spec);
+        self.check_backend_addr(addr)?;
         self.check_stateless_endpoint(spec, addr)?;
         let svc = self.service_mut(spec)?;
+        if svc.backends.len() + 1 > svc.settings.table_size as usize
+            && !svc.backends.contains_key(&addr)
+        {
+            return Err(ChangeError::Invalid(format!(
+                "--table-size: {}",
+                table_too_small(svc.settings.table_size, svc.backends.len() + 1)
+            )));
+        }
         if svc.backends.contains_key(&addr) {
             return Err(ChangeError::Conflict(format!("backend {addr} of {spec}")));
         }
@@ -613,6 +631,14 @@ impl State {
         }
         self.pips.insert(pip, dip);
         Ok(())
+    }
+
+    /// Whether `addr` may be a backend (or forward target): not a VIP.
+    fn check_backend_addr(&self, addr: SocketAddr) -> Result<(), ChangeError> {
+        match self.services.keys().find(|o| o.vip.ip() == addr.ip()) {
+            Some(of) => Err(ChangeError::Invalid(backend_is_vip(addr.ip(), of))),
+            None => Ok(()),
+        }
     }
 
     /// The services with `replies = "stateless"` (a scan of plain fields: cheap next to the
@@ -974,6 +1000,48 @@ mod tests {
         );
         let back = State::from_config(&crate::config::parse("state.toml", &text).unwrap());
         assert_eq!(back, s, "{text}");
+    }
+
+    /// Addresses and sizes that were accepted and then misbehaved are refused with the reason:
+    /// a table smaller than its backends, a VIP that is a backend's address, a backend (or
+    /// forward target) that is a VIP.
+    #[test]
+    fn refuses_addresses_and_sizes_that_cannot_work() {
+        let mut s = State::default();
+        let web = svc("203.0.113.10:80/tcp");
+        let small = ServiceSettings {
+            table_size: 2,
+            ..ServiceSettings::default()
+        };
+        s.add_service(web, small).unwrap();
+        for b in ["192.0.2.11", "192.0.2.12"] {
+            s.add_backend(&web, b.parse().unwrap(), None).unwrap();
+        }
+        let r = s.add_backend(&web, "192.0.2.13".parse().unwrap(), None);
+        assert!(
+            matches!(&r, Err(ChangeError::Invalid(m)) if m.contains("--table-size") && m.contains("smaller than the service's 3 backends")),
+            "{r:?}"
+        );
+        let r = s.add_service(svc("192.0.2.11:443/tcp"), ServiceSettings::default());
+        assert!(
+            matches!(&r, Err(ChangeError::Invalid(m)) if m.contains("is a backend of 203.0.113.10:80/tcp")),
+            "{r:?}"
+        );
+        s.add_service(svc("203.0.113.11:80/tcp"), ServiceSettings::default())
+            .unwrap();
+        let r = s.add_backend(&web, "203.0.113.11".parse().unwrap(), None);
+        assert!(
+            matches!(&r, Err(ChangeError::Invalid(m)) if m.contains("is the VIP of 203.0.113.11:80/tcp")),
+            "{r:?}"
+        );
+        let r = s.add_forward(
+            svc("203.0.113.12:22/tcp"),
+            &"203.0.113.10:22".parse().unwrap(),
+        );
+        assert!(
+            matches!(&r, Err(ChangeError::Invalid(m)) if m.contains("is the VIP of 203.0.113.10:80/tcp")),
+            "{r:?}"
+        );
     }
 
     #[test]

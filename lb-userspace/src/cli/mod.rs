@@ -56,6 +56,19 @@ pub enum CliCommand {
     Status(OutputArg),
     /// Counters: per verdict reason and per service.
     Stats(OutputArg),
+    /// Config files, checked offline (no agent needed).
+    #[command(subcommand)]
+    Config(ConfigCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCmd {
+    /// Validate a config file with the agent's own checks: the same errors, file, line, column
+    /// and field, as `lb agent --config FILE` would give. Exit code 2 when it is refused.
+    Check {
+        /// The config file (TOML).
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -401,14 +414,14 @@ impl AgentArgs {
 }
 
 /// The request a (non-agent) command sends, and how its answer is shown; `Ok(None)` for
-/// `lb agent`.
+/// `lb agent` and `lb config`, which run without the agent's socket.
 ///
 /// # Errors
 /// An argument that does not parse or is out of range (the message names the flag).
 pub fn request(cmd: &CliCommand) -> Result<Option<(Request, Format)>, String> {
     let query = |q: Query, o: &OutputArg| Some((Request::Query(q), o.format));
     let change = match cmd {
-        CliCommand::Agent(_) => return Ok(None),
+        CliCommand::Agent(_) | CliCommand::Config(_) => return Ok(None),
         CliCommand::Vip(VipCmd::Add { service, settings }) => Command::VipAdd {
             service: *service,
             settings: settings.resolve()?,

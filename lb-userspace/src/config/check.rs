@@ -82,14 +82,15 @@ pub fn check_settings(s: &ServiceSettings) -> Result<(), String> {
     check_table_size(s.table_size).map_err(|m| format!("--table-size: {m}"))?;
     if !(Duration::from_millis(50)..=Duration::from_hours(1)).contains(&s.interval) {
         return Err(format!(
-            "--probe-interval {:?} is outside 50ms..=60m",
-            s.interval
+            "--probe-interval {} is outside 50ms..=60m",
+            crate::spec::format_duration(s.interval)
         ));
     }
     if s.timeout < Duration::from_millis(10) || s.timeout > s.interval {
         return Err(format!(
-            "--probe-timeout {:?} must be at least 10ms and at most the interval ({:?})",
-            s.timeout, s.interval
+            "--probe-timeout {} must be at least 10ms and at most the interval ({})",
+            crate::spec::format_duration(s.timeout),
+            crate::spec::format_duration(s.interval)
         ));
     }
     for (name, v) in [
@@ -238,6 +239,34 @@ pub fn check_backend(s: &ServiceSpec, b: &BackendSpec) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Why a service with `table_size` slots cannot take `backends` backends.
+#[must_use]
+pub fn table_too_small(table_size: u32, backends: usize) -> String {
+    format!(
+        "table_size {table_size} is smaller than the service's {backends} backends: a table needs \
+         a slot for every backend (and Maglev spreads evenly only with many more; the default \
+         is 65537)"
+    )
+}
+
+/// Why `ip` cannot be a VIP: it is a backend (or forward target) of `of`.
+#[must_use]
+pub fn vip_is_backend(ip: std::net::IpAddr, of: &ServiceSpec) -> String {
+    format!(
+        "{ip} is a backend of {of}; a VIP must be an address of its own (traffic to that \
+         backend would be taken for the VIP's)"
+    )
+}
+
+/// Why `ip` cannot be a backend: it is the VIP of `of`.
+#[must_use]
+pub fn backend_is_vip(ip: std::net::IpAddr, of: &ServiceSpec) -> String {
+    format!(
+        "backend {ip} is the VIP of {of}; a backend must be a real instance (its probes and \
+         flows would meet the LB itself)"
+    )
 }
 
 /// Why backend `addr` of the stateless service `stateless` cannot also serve `other` (of the

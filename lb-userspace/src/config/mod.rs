@@ -50,6 +50,25 @@ pub struct Config {
     pub pips: Vec<(std::net::IpAddr, std::net::IpAddr)>,
 }
 
+/// `lb config check FILE`: the file read and parsed as the agent does at start; a one-line
+/// summary, or the agent's own error.
+///
+/// # Errors
+/// The file cannot be read, or the config is refused (file, line, column, field, reason).
+pub fn check_file(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("reading config {}: {e}", path.display()))?;
+    let c = parse(&path.display().to_string(), &text).map_err(|e| e.to_string())?;
+    Ok(format!(
+        "{}: ok ({} services, {} forwards, {} PIPs, {} backends)",
+        path.display(),
+        c.services.len(),
+        c.forwards.len(),
+        c.pips.len(),
+        c.services.iter().map(|s| s.backends.len()).sum::<usize>() + c.forwards.len()
+    ))
+}
+
 /// Load-time settings (they size maps and seed the hash, so they apply at agent start).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AgentSettings {

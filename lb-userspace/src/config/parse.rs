@@ -12,9 +12,9 @@ use toml::Spanned;
 
 use super::{
     AclRuleConfig, AgentSettings, BackendConfig, Config, DEFAULT_WEIGHT, ForwardConfig,
-    ServiceConfig, ServiceSettings, check_acl_rule, check_backend, check_forward, check_internal,
-    check_pip, check_same_vip, check_service, check_settings, check_table_size, check_weight,
-    default_timeout, stateless_pip, stateless_shared,
+    ServiceConfig, ServiceSettings, backend_is_vip, check_acl_rule, check_backend, check_forward,
+    check_internal, check_pip, check_same_vip, check_service, check_settings, check_table_size,
+    check_weight, default_timeout, stateless_pip, stateless_shared, table_too_small,
 };
 use crate::spec::{BackendSpec, Replies, ServiceSpec, SpecError, parse_action, parse_duration};
 
@@ -146,11 +146,9 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         }
     };
     let raw: RawConfig = toml::from_str(text).map_err(|e| {
-        err(
-            e.span().unwrap_or(0..0),
-            String::new(),
-            e.message().trim_end().to_owned(),
-        )
+        let span = e.span().unwrap_or(0..0);
+        let field = field_at(text, span.start);
+        err(span, field, type_message(e.message().trim_end()))
     })?;
 
     let mut agent = AgentSettings::default();
@@ -214,8 +212,10 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
     let mut seen = BTreeSet::new();
     let mut slots: u64 = 0;
     let mut backends_total: usize = 0;
-    // Where each service's `replies` is (its `vip` when not given), for the cross-checks.
+    // Where each service's `replies` is (its `vip` when not given), and its `vip` and each of
+    // its backends, for the cross-checks.
     let mut raw_spans = Vec::with_capacity(raw.service.len());
+    let mut addr_spans = Vec::with_capacity(raw.service.len());
     for (i, s) in raw.service.into_iter().enumerate() {
         let s = s.into_inner();
         raw_spans.push(s.replies.as_ref().map_or(s.vip.span(), Spanned::span));
@@ -351,6 +351,18 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
                 admin,
             });
         }
+        if bs.len() > settings.table_size as usize {
+            let span = s.table_size.as_ref().map_or(s.vip.span(), Spanned::span);
+            return Err(err(
+                span,
+                field("table_size"),
+                table_too_small(settings.table_size, bs.len()),
+            ));
+        }
+        addr_spans.push((
+            s.vip.span(),
+            s.backends.iter().map(Spanned::span).collect::<Vec<_>>(),
+        ));
         backends_total += bs.len();
         if backends_total >= MAX_BACKENDS as usize {
             return Err(err(
@@ -368,6 +380,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         });
     }
     let mut forwards = Vec::with_capacity(raw.forward.len());
+    let mut forward_spans = Vec::with_capacity(raw.forward.len());
     for (i, f) in raw.forward.into_iter().enumerate() {
         let f = f.into_inner();
         let field = |x: &str| format!("forward[{i}].{x}");
@@ -388,6 +401,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             ));
         }
         let acl = parse_acl(&spec, &f.acl, &|x| field(x), &err)?;
+        forward_spans.push(f.to.span());
         forwards.push(ForwardConfig { spec, to, acl });
     }
     if services.len() + forwards.len() > MAX_SERVICES as usize {
@@ -436,6 +450,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         ));
     }
     check_stateless(&raw_spans, &services, &forwards, &pips, &err)?;
+    check_addresses(&addr_spans, &forward_spans, &services, &forwards, &err)?;
     Ok(Config {
         agent,
         services,
@@ -445,6 +460,91 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
 }
 
 type ErrAt<'a> = dyn Fn(Range<usize>, String, String) -> ConfigError + 'a;
+
+/// The field path of the value at byte `at` of a config text, for errors the TOML decoder
+/// reports with a position only (a value of the wrong type, say): the table the position is in
+/// (`service[1]`, counting `[[service]]` headers; `agent`) and the key of its line. Empty when
+/// the position is in no `key = value` line.
+fn field_at(text: &str, at: usize) -> String {
+    let before = &text[..at.min(text.len())];
+    let mut table = String::new();
+    let mut counts: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for line in before.lines() {
+        let l = line.trim();
+        if let Some(name) = l.strip_prefix("[[").and_then(|r| r.strip_suffix("]]")) {
+            let n = counts.entry(name.trim().to_owned()).or_insert(0);
+            table = format!("{}[{n}]", name.trim());
+            *n += 1;
+        } else if let Some(name) = l.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+            name.trim().clone_into(&mut table);
+        }
+    }
+    let line = before.rsplit('\n').next().unwrap_or("");
+    let Some((key, _)) = line.split_once('=') else {
+        return String::new();
+    };
+    let key = key.trim();
+    if key.is_empty() || key.contains(['{', '[', '"']) {
+        return String::new();
+    }
+    if table.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{table}.{key}")
+    }
+}
+
+/// The TOML decoder's message for a value it cannot take, said in the config's terms.
+fn type_message(m: &str) -> String {
+    if m.contains("untagged enum RawBackend") {
+        return "a backend is \"DIP[:PORT]\" or { addr = \"DIP[:PORT]\", weight = 0..=10000, \
+                drained = true|false, admin = \"none|up|down\" }"
+            .into();
+    }
+    m.replace("expected u32", "expected a whole number")
+        .replace("expected u16", "expected a whole number")
+        .replace("expected u64", "expected a whole number")
+}
+
+/// A VIP is an address of its own: no backend or forward target is a VIP, and no VIP is a
+/// backend's. `spans[i]` locates service `i`'s `vip` and backends, `forward_spans[i]`
+/// forward `i`'s `to`.
+fn check_addresses(
+    spans: &[(Range<usize>, Vec<Range<usize>>)],
+    forward_spans: &[Range<usize>],
+    services: &[ServiceConfig],
+    forwards: &[ForwardConfig],
+    err: &ErrAt<'_>,
+) -> Result<(), ConfigError> {
+    use std::collections::HashMap;
+    let vips: HashMap<std::net::IpAddr, ServiceSpec> = services
+        .iter()
+        .map(|s| s.spec)
+        .chain(forwards.iter().map(|f| f.spec))
+        .map(|s| (s.vip.ip(), s))
+        .collect();
+    for (i, s) in services.iter().enumerate() {
+        for (j, b) in s.backends.iter().enumerate() {
+            if let Some(of) = vips.get(&b.spec.ip) {
+                return Err(err(
+                    spans[i].1[j].clone(),
+                    format!("service[{i}].backends[{j}]"),
+                    backend_is_vip(b.spec.ip, of),
+                ));
+            }
+        }
+    }
+    for (i, f) in forwards.iter().enumerate() {
+        if let Some(of) = vips.get(&f.to.ip()) {
+            return Err(err(
+                forward_spans[i].clone(),
+                format!("forward[{i}].to"),
+                backend_is_vip(f.to.ip(), of),
+            ));
+        }
+    }
+    Ok(())
+}
 
 /// `replies = "stateless"` only where it can be right: no backend of such a service is also a
 /// backend (or forward target) of another service of its protocol, or has a PIP. `spans[i]`
@@ -713,6 +813,12 @@ established = "rebalance"
             (with("hairpin = \"snat\"\n"), 2, "service[0].settings", "internal VIPs only"),
             (with("replies = \"never\"\n"), 3, "service[0].replies", "tracked stateless"),
             (with("distribution = \"round-robin\"\n"), 3, "service[0].distribution", "5-tuple source-ip source-ip-protocol"),
+            (with("table_size = 2\nbackends = [\"192.0.2.11\", \"192.0.2.12\", \"192.0.2.13\"]\n"), 3, "service[0].table_size", "smaller than the service's 3 backends"),
+            (format!("{svc}backends = [\"203.0.113.11\"]\n[[service]]\nvip = \"203.0.113.11:80/tcp\"\n"), 3, "service[0].backends[0]", "is the VIP of 203.0.113.11:80/tcp"),
+            (format!("{svc}[[forward]]\nvip = \"203.0.113.12:22/tcp\"\nto = \"203.0.113.10:22\"\n"), 5, "forward[0].to", "is the VIP of"),
+            (with("table_size = \"65537\"\n"), 3, "service[0].table_size", "expected a whole number"),
+            (with("backends = [{ addr = \"192.0.2.11\", weight = -3 }]\n"), 3, "service[0].backends", "a backend is \"DIP[:PORT]\" or {"),
+            (with("probe = \"tcp\"\nprobe_interval = \"15 seconds\"\n"), 4, "service[0].probe_interval", "is not a duration: a whole number and its unit"),
             (with("backends = [{ addr = \"192.0.2.11\", admin = \"maybe\" }]\n"), 3, "service[0].backends[0]", "admin state must be one of: none up down"),
             (format!("{svc}internal = [\"198.51.100.0/26\"]\nhairpin = \"snat\"\nreplies = \"stateless\"\n"), 2, "service[0].settings", "--hairpin snat"),
             (format!("{svc}backends = [\"192.0.2.11\"]\nreplies = \"stateless\"\n[[service]]\nvip = \"203.0.113.11:80/tcp\"\nbackends = [\"192.0.2.11\"]\n"), 4, "service[0].replies", "cannot also serve 203.0.113.11:80/tcp"),
