@@ -42,11 +42,7 @@ fn main() -> ExitCode {
     };
     if let CliCommand::Agent(args) = &cli.command {
         tracing_subscriber::fmt()
-            .with_env_filter(
-                // netlink-packet-route warns about every attribute newer kernels add; not actionable.
-                tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| "info,netlink_packet_route=error".into()),
-            )
+            .with_env_filter(log_filter())
             .with_writer(std::io::stderr)
             .init();
         let result = args
@@ -84,4 +80,14 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+/// The agent's log filter, from `RUST_LOG` (see `lb_userspace::agent::log_filter`).
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    let asked = std::env::var("RUST_LOG").ok();
+    let spec = lb_userspace::agent::log_filter(asked.as_deref());
+    tracing_subscriber::EnvFilter::try_new(&spec).unwrap_or_else(|e| {
+        eprintln!("lb agent: RUST_LOG {asked:?} is not a log filter ({e}); logging at info");
+        tracing_subscriber::EnvFilter::new(lb_userspace::agent::log_filter(None))
+    })
 }

@@ -82,6 +82,21 @@ fn load_config(path: Option<&PathBuf>) -> anyhow::Result<(Config, String)> {
     ))
 }
 
+/// The agent's log filter directives: `rust_log` (`RUST_LOG`; default `info`), with
+/// netlink-packet-route kept to errors unless it is named: the crate warns about every
+/// attribute newer kernels add (`IFLA_INET6_CONF`, about 14 lines a second), which is not
+/// actionable.
+#[must_use]
+pub fn log_filter(rust_log: Option<&str>) -> String {
+    const QUIET: &str = "netlink_packet_route=error";
+    let asked = rust_log.unwrap_or("info");
+    if asked.contains("netlink_packet_route") {
+        asked.to_owned()
+    } else {
+        format!("{asked},{QUIET}")
+    }
+}
+
 /// How often the writer gets `Event::Tick` (grace periods, retries).
 const TICK: Duration = Duration::from_secs(1);
 
@@ -410,4 +425,25 @@ fn nix_ifindex(name: &str) -> anyhow::Result<u32> {
         bail!("{}", std::io::Error::last_os_error());
     }
     Ok(idx)
+}
+
+#[cfg(test)]
+mod tests {
+    /// netlink-packet-route stays quiet at any level the operator sets, unless named.
+    #[test]
+    fn netlink_noise_stays_quiet_unless_asked_for() {
+        assert_eq!(super::log_filter(None), "info,netlink_packet_route=error");
+        assert_eq!(
+            super::log_filter(Some("info")),
+            "info,netlink_packet_route=error"
+        );
+        assert_eq!(
+            super::log_filter(Some("debug,lb_userspace=trace")),
+            "debug,lb_userspace=trace,netlink_packet_route=error"
+        );
+        assert_eq!(
+            super::log_filter(Some("netlink_packet_route=debug")),
+            "netlink_packet_route=debug"
+        );
+    }
 }

@@ -127,12 +127,16 @@ pub enum BpfLog {
 pub enum VipCmd {
     /// Add a service, e.g. `lb vip add 203.0.113.10:80/tcp --probe http/healthz`.
     Add {
+        /// The service: VIP:PORT/PROTO, e.g. 203.0.113.10:80/tcp.
         service: ServiceSpec,
         #[command(flatten)]
         settings: VipSettings,
     },
     /// Delete a service and its backends.
-    Del { service: ServiceSpec },
+    Del {
+        /// The service: VIP:PORT/PROTO, e.g. 203.0.113.10:80/tcp.
+        service: ServiceSpec,
+    },
     /// List services.
     List(OutputArg),
 }
@@ -271,6 +275,7 @@ pub enum PipCmd {
 pub enum AclCmd {
     /// Add a rule: `lb acl add 203.0.113.10:80/tcp --order 100 --permit 198.51.100.0/26`.
     Add {
+        /// The service: VIP:PORT/PROTO, e.g. 203.0.113.10:80/tcp.
         service: ServiceSpec,
         /// Evaluation order: lowest first; the first matching rule decides.
         #[arg(long)]
@@ -291,12 +296,14 @@ pub enum AclCmd {
     },
     /// Delete a rule by its order number.
     Del {
+        /// The service: VIP:PORT/PROTO, e.g. 203.0.113.10:80/tcp.
         service: ServiceSpec,
         #[arg(long)]
         order: u32,
     },
     /// List an endpoint's rules, its default verdict and its ACL drops.
     List {
+        /// The service: VIP:PORT/PROTO, e.g. 203.0.113.10:80/tcp.
         service: ServiceSpec,
         #[command(flatten)]
         out: OutputArg,
@@ -307,11 +314,16 @@ pub enum AclCmd {
 pub enum ForwardCmd {
     /// Forward a VIP port to one backend port: `lb forward add 203.0.113.10:50001/tcp 192.0.2.11:22`.
     Add {
+        /// The service: VIP:PORT/PROTO, e.g. 203.0.113.10:80/tcp.
         service: ServiceSpec,
+        /// The target: DIP:PORT.
         to: BackendSpec,
     },
     /// Delete a forward.
-    Del { service: ServiceSpec },
+    Del {
+        /// The service: VIP:PORT/PROTO, e.g. 203.0.113.10:80/tcp.
+        service: ServiceSpec,
+    },
     /// List forwards (with their counters).
     List(OutputArg),
 }
@@ -320,7 +332,9 @@ pub enum ForwardCmd {
 pub enum BackendCmd {
     /// Add a backend: `lb backend add 203.0.113.10:80/tcp 192.0.2.11[:PORT] [--weight N]`.
     Add {
+        /// The service: VIP:PORT/PROTO, e.g. 203.0.113.10:80/tcp.
         service: ServiceSpec,
+        /// The backend: DIP or DIP:PORT (without a port, the service's).
         backend: BackendSpec,
         /// Relative share of new flows [default: 1].
         #[arg(long)]
@@ -328,35 +342,46 @@ pub enum BackendCmd {
     },
     /// Delete a backend (its flows are re-balanced).
     Del {
+        /// The service: VIP:PORT/PROTO, e.g. 203.0.113.10:80/tcp.
         service: ServiceSpec,
+        /// The backend: DIP or DIP:PORT (without a port, the service's).
         backend: BackendSpec,
     },
     /// Change a backend's weight (0: no new flows).
     SetWeight {
+        /// The service: VIP:PORT/PROTO, e.g. 203.0.113.10:80/tcp.
         service: ServiceSpec,
+        /// The backend: DIP or DIP:PORT (without a port, the service's).
         backend: BackendSpec,
         weight: u32,
     },
     /// Stop new flows to a backend; established flows continue.
     Drain {
+        /// The service: VIP:PORT/PROTO, e.g. 203.0.113.10:80/tcp.
         service: ServiceSpec,
+        /// The backend: DIP or DIP:PORT (without a port, the service's).
         backend: BackendSpec,
     },
     /// Put a drained backend back into rotation.
     Undrain {
+        /// The service: VIP:PORT/PROTO, e.g. 203.0.113.10:80/tcp.
         service: ServiceSpec,
+        /// The backend: DIP or DIP:PORT (without a port, the service's).
         backend: BackendSpec,
     },
     /// Set a backend's administrative state: up (in rotation whatever the probes say), down
     /// (out of rotation, established flows continue) or none (the probes decide).
     Admin {
+        /// The service: VIP:PORT/PROTO, e.g. 203.0.113.10:80/tcp.
         service: ServiceSpec,
+        /// The backend: DIP or DIP:PORT (without a port, the service's).
         backend: BackendSpec,
         #[arg(value_parser = parse_admin)]
         state: crate::spec::Admin,
     },
     /// List a service's backends: health, last probe, rotation, weight, share, flows.
     List {
+        /// The service: VIP:PORT/PROTO, e.g. 203.0.113.10:80/tcp.
         service: ServiceSpec,
         #[command(flatten)]
         out: OutputArg,

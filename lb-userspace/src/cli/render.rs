@@ -119,21 +119,30 @@ pub fn render(resp: &Response, format: Format) -> Result<String, (ErrorKind, Str
             }
         }
         Response::Stats(s) => {
-            let _ = writeln!(o, "{:<20} {:>12}", "REASON", "PACKETS");
+            // Columns as wide as the longest reason name (some pass 20 characters).
+            let w = s.reasons.keys().map(String::len).max().unwrap_or(0).max(6);
+            let _ = writeln!(o, "{:<w$} {:>12}", "REASON", "PACKETS");
             for (k, v) in &s.reasons {
-                let _ = writeln!(o, "{k:<20} {v:>12}");
+                let _ = writeln!(o, "{k:<w$} {v:>12}");
             }
             o.push('\n');
+            let w = s
+                .services
+                .iter()
+                .map(|v| v.service.len())
+                .max()
+                .unwrap_or(0)
+                .max(7);
             let _ = writeln!(
                 o,
-                "{:<28} {:>10} {:>12} {:>10} {:>10} {:>12}",
+                "{:<w$} {:>10} {:>12} {:>10} {:>10} {:>12}",
                 "SERVICE", "PACKETS", "BYTES", "NEW FLOWS", "REPLIES", "REPLY BYTES"
             );
             for v in &s.services {
                 let c = &v.counters;
                 let _ = writeln!(
                     o,
-                    "{:<28} {:>10} {:>12} {:>10} {:>10} {:>12}",
+                    "{:<w$} {:>10} {:>12} {:>10} {:>10} {:>12}",
                     v.service, c.packets, c.bytes, c.new_flows, c.reply_packets, c.reply_bytes
                 );
             }
@@ -239,5 +248,44 @@ fn confirmation(c: &Change) -> String {
         }
         Change::PipAdded { pip, dip } => format!("added PIP {pip} → {dip}"),
         Change::PipDeleted { pip, dip } => format!("deleted PIP {pip} (was → {dip})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::StatsView;
+
+    /// The stats table's columns line up whatever the length of the reason names.
+    #[test]
+    fn stats_columns_line_up_for_long_reason_names() {
+        let reasons = lb_common::verdict::ALL_REASONS
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                (
+                    r.name().to_owned(),
+                    10u64.pow(u32::try_from(i % 7).unwrap()),
+                )
+            })
+            .collect();
+        let text = render(
+            &Response::Stats(StatsView {
+                reasons,
+                services: Vec::new(),
+            }),
+            Format::Table,
+        )
+        .unwrap();
+        let ends: std::collections::BTreeSet<usize> = text
+            .lines()
+            .take_while(|l| !l.is_empty())
+            .map(str::len)
+            .collect();
+        assert_eq!(
+            ends.len(),
+            1,
+            "the PACKETS column ends at one place:\n{text}"
+        );
     }
 }
