@@ -688,6 +688,38 @@ impl State {
             .ok_or_else(|| ChangeError::NotFound(format!("PIP {pip}")))
     }
 
+    /// What `next` changes of this state, one line per service or PIP: added, removed, or
+    /// changed (its settings, backends or rules). What a reload reports it replaces.
+    #[must_use]
+    pub fn differences(&self, next: &Self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (spec, st) in &self.services {
+            match next.services.get(spec) {
+                None => out.push(format!("service {spec} removed")),
+                Some(n) if n != st => out.push(format!("service {spec} changed")),
+                Some(_) => {}
+            }
+        }
+        for spec in next.services.keys() {
+            if !self.services.contains_key(spec) {
+                out.push(format!("service {spec} added"));
+            }
+        }
+        for (pip, dip) in &self.pips {
+            match next.pips.get(pip) {
+                None => out.push(format!("PIP {pip} removed")),
+                Some(d) if d != dip => out.push(format!("PIP {pip} changed")),
+                Some(_) => {}
+            }
+        }
+        for pip in next.pips.keys() {
+            if !self.pips.contains_key(pip) {
+                out.push(format!("PIP {pip} added"));
+            }
+        }
+        out
+    }
+
     /// Number of backends over all services.
     #[must_use]
     pub fn backend_count(&self) -> usize {
@@ -1041,6 +1073,38 @@ mod tests {
         assert!(
             matches!(&r, Err(ChangeError::Invalid(m)) if m.contains("is the VIP of 203.0.113.10:80/tcp")),
             "{r:?}"
+        );
+    }
+
+    /// What a reload reports it replaces: services and PIPs added, removed or changed.
+    #[test]
+    fn differences_name_each_service_and_pip() {
+        let mut a = State::default();
+        let web = svc("203.0.113.10:80/tcp");
+        a.add_service(web, ServiceSettings::default()).unwrap();
+        a.add_service(svc("203.0.113.10:53/udp"), ServiceSettings::default())
+            .unwrap();
+        a.add_pip(
+            "203.0.113.50".parse().unwrap(),
+            "192.0.2.13".parse().unwrap(),
+        )
+        .unwrap();
+        let mut b = a.clone();
+        assert!(a.differences(&b).is_empty());
+        b.add_backend(&web, "192.0.2.11".parse().unwrap(), None)
+            .unwrap();
+        b.del_service(&svc("203.0.113.10:53/udp")).unwrap();
+        b.add_service(svc("203.0.113.11:80/tcp"), ServiceSettings::default())
+            .unwrap();
+        b.del_pip("203.0.113.50".parse().unwrap()).unwrap();
+        assert_eq!(
+            a.differences(&b),
+            [
+                "service 203.0.113.10:53/udp removed",
+                "service 203.0.113.10:80/tcp changed",
+                "service 203.0.113.11:80/tcp added",
+                "PIP 203.0.113.50 removed",
+            ]
         );
     }
 

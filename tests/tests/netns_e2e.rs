@@ -755,3 +755,45 @@ table_size = 251
     let spread = tally((0..20).map(|_| lab.http_get_from(clients[0], 80, t).unwrap()));
     assert!(spread.len() >= 2, "5-tuple again: {spread:?}");
 }
+
+/// The reload rule: a SIGHUP with the config file unchanged keeps the changes made with `lb`
+/// since it was applied; a changed file wins, and the log lists what it replaced.
+#[test]
+fn a_reload_of_an_unchanged_file_keeps_cli_changes() {
+    use std::time::Duration;
+    let mut lab = Lab::new(2).unwrap();
+    let config = "[[service]]\nvip = \"203.0.113.10:80/tcp\"\nbackends = [\"192.0.2.11\"]\ntable_size = 251\n";
+    lab.start_agent(config).unwrap();
+    lab.wait_ready().unwrap();
+    lab.lb(&["backend", "add", "203.0.113.10:80/tcp", "192.0.2.12"])
+        .unwrap();
+    let backends = |lab: &Lab| {
+        lab.lb_json(&["backend", "list", "203.0.113.10:80/tcp"])
+            .unwrap()["backends"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(backends(&lab), 2);
+    let logged = |lab: &Lab, what: &str| {
+        lb_integration::wait_until(
+            what,
+            Duration::from_secs(10),
+            Duration::from_millis(25),
+            || lab.agent_log().contains(what),
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", lab.agent_log()));
+    };
+    lab.reload(config).unwrap();
+    logged(&lab, "config file unchanged since it was applied");
+    assert_eq!(backends(&lab), 2, "the CLI's backend stays");
+    lab.reload(&config.replace("251", "257")).unwrap();
+    logged(&lab, "config reloaded");
+    assert_eq!(backends(&lab), 1, "a changed file wins");
+    let log = lab.agent_log();
+    assert!(
+        log.contains("the changed config file replaces the running state here")
+            && log.contains("service 203.0.113.10:80/tcp changed"),
+        "{log}"
+    );
+}

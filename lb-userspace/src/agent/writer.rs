@@ -46,6 +46,19 @@ pub fn run<M: MapOps>(
         if matches!(ev, Event::Stop) {
             break;
         }
+        // The reload rule: a file unchanged since it was applied changes nothing, so the changes
+        // made with `lb` since then stay; a changed file wins, and what it replaces is logged.
+        if let Event::Reload { state, tag } = &ev {
+            if *tag == digest {
+                tracing::info!(
+                    "config file unchanged since it was applied: nothing to reload (changes made with lb since then are kept)"
+                );
+                continue;
+            }
+            for change in rec.state().differences(state) {
+                tracing::info!(%change, "the changed config file replaces the running state here");
+            }
+        }
         let fx = rec.handle_event(ev);
         dispatch(&rec, fx, tasks, &mut digest);
     }
