@@ -63,6 +63,20 @@ fn wait_backend(lab: &Lab, addr: &str, what: &str, pred: impl Fn(&Value) -> bool
     });
 }
 
+/// A keep-alive connection through the VIP that landed on backend `name` (new connections
+/// until one does, at most 100).
+fn connection_on(lab: &Lab, name: &str) -> lb_integration::lab::HttpConn {
+    (0..100)
+        .map(|_| {
+            let mut c = lab.http_connect(80).unwrap();
+            let n = c.get().unwrap();
+            (c, n)
+        })
+        .find(|(_, n)| n == name)
+        .unwrap_or_else(|| panic!("no connection landed on {name} in 100 tries"))
+        .0
+}
+
 fn wait_all_up(lab: &Lab) {
     for a in ["192.0.2.11:80", "192.0.2.12:80", "192.0.2.13:80"] {
         wait_backend(lab, a, "in rotation", |b| b["in_rotation"] == true);
@@ -147,15 +161,7 @@ fn drain_lets_open_connections_finish_and_takes_no_new_flows() {
     lab.start_agent(&config("tcp")).unwrap();
     wait_all_up(&lab);
     // An open connection on b2.
-    let mut on_b2 = (0..100)
-        .map(|_| {
-            let mut c = lab.http_connect(80).unwrap();
-            let n = c.get().unwrap();
-            (c, n)
-        })
-        .find(|(_, n)| n == "b2")
-        .expect("no connection landed on b2 in 100 tries")
-        .0;
+    let mut on_b2 = connection_on(&lab, "b2");
     lab.lb(&["backend", "drain", WEB, "192.0.2.12"]).unwrap();
     let b = backend(&lab, "192.0.2.12:80");
     assert_eq!(
@@ -323,15 +329,7 @@ fn admin_state_overrides_the_probes_both_ways() {
     let with_b2 = tally((0..60).map(|_| lab.http_get(80).unwrap()));
     assert!(with_b2.contains_key("b2"), "admin up: {with_b2:?}");
     // b3 is healthy: an open connection on it, then admin down.
-    let mut on_b3 = (0..100)
-        .map(|_| {
-            let mut c = lab.http_connect(80).unwrap();
-            let n = c.get().unwrap();
-            (c, n)
-        })
-        .find(|(_, n)| n == "b3")
-        .expect("no connection landed on b3 in 100 tries")
-        .0;
+    let mut on_b3 = connection_on(&lab, "b3");
     lab.lb(&["backend", "admin", WEB, "192.0.2.13", "down"])
         .unwrap();
     let b3 = backend(&lab, "192.0.2.13:80");
@@ -393,15 +391,7 @@ unhealthy_after = 2
     )
     .unwrap();
     lab.wait_ready().unwrap();
-    let mut tcp = (0..100)
-        .map(|_| {
-            let mut c = lab.http_connect(80).unwrap();
-            let n = c.get().unwrap();
-            (c, n)
-        })
-        .find(|(_, n)| n == "b2")
-        .expect("no connection landed on b2 in 100 tries")
-        .0;
+    let mut tcp = connection_on(&lab, "b2");
     let udp = (0..100)
         .map(|i| {
             let f = lab.udp_flow(53).unwrap();

@@ -969,24 +969,15 @@ fn a_failed_removal_counts_the_backend_once() {
 #[test]
 fn a_stateless_services_endpoints_are_marked_and_the_lbs_addresses_known() {
     let mut r = rec(4096);
-    ok(
+    add_with(
         &mut r,
-        Req::VipAdd {
-            service: WEB.into(),
-            settings: VipSettings {
-                table_size: Some(251),
-                replies: Some("stateless".into()),
-                ..VipSettings::default()
-            },
+        WEB,
+        VipSettings {
+            table_size: Some(251),
+            replies: Some("stateless".into()),
+            ..VipSettings::default()
         },
-    );
-    ok(
-        &mut r,
-        Req::BackendAdd {
-            service: WEB.into(),
-            backend: "192.0.2.11".into(),
-            weight: None,
-        },
+        &["192.0.2.11"],
     );
     let flags: Vec<u16> = r.maps().revs.values().map(|v| v.flags).collect();
     assert_eq!(flags, [lb_common::maps::REV_F_STATELESS]);
@@ -1097,28 +1088,17 @@ fn admin_state_overrides_the_probes() {
 fn by_default_tcp_flows_stay_and_udp_flows_move_when_a_backend_goes_down() {
     for (service, purged) in [(WEB, false), ("203.0.113.10:53/udp", true)] {
         let mut r = rec(4096);
-        ok(
+        add_with(
             &mut r,
-            Req::VipAdd {
-                service: service.into(),
-                settings: VipSettings {
-                    table_size: Some(251),
-                    probe: Some("tcp:80".into()),
-                    unhealthy_after: Some(1),
-                    ..VipSettings::default()
-                },
+            service,
+            VipSettings {
+                table_size: Some(251),
+                probe: Some("tcp:80".into()),
+                unhealthy_after: Some(1),
+                ..VipSettings::default()
             },
+            &["192.0.2.11", "192.0.2.12"],
         );
-        for b in ["192.0.2.11", "192.0.2.12"] {
-            ok(
-                &mut r,
-                Req::BackendAdd {
-                    service: service.into(),
-                    backend: b.into(),
-                    weight: None,
-                },
-            );
-        }
         let port = if service == WEB { 80 } else { 53 };
         let probe = |r: &mut Rec, b: &str, ok: bool| {
             r.handle_now(Event::Probe(ProbeReport {

@@ -539,14 +539,24 @@ pub fn ok(r: &mut Rec, req: Req) {
 }
 
 pub fn add(r: &mut Rec, svc: &str, backends: &[&str]) {
+    add_with(
+        r,
+        svc,
+        VipSettings {
+            table_size: Some(251),
+            ..VipSettings::default()
+        },
+        backends,
+    );
+}
+
+/// A service with `settings`, then its backends, each through the API.
+pub fn add_with(r: &mut Rec, svc: &str, settings: VipSettings, backends: &[&str]) {
     ok(
         r,
         Req::VipAdd {
             service: svc.into(),
-            settings: VipSettings {
-                table_size: Some(251),
-                ..VipSettings::default()
-            },
+            settings,
         },
     );
     for b in backends {
@@ -634,23 +644,7 @@ pub fn probed(r: &mut Rec, extra: VipSettings) {
         unhealthy_after: Some(2),
         ..extra
     };
-    ok(
-        r,
-        Req::VipAdd {
-            service: WEB.into(),
-            settings,
-        },
-    );
-    for b in ["192.0.2.11", "192.0.2.12"] {
-        ok(
-            r,
-            Req::BackendAdd {
-                service: WEB.into(),
-                backend: b.into(),
-                weight: None,
-            },
-        );
-    }
+    add_with(r, WEB, settings, &["192.0.2.11", "192.0.2.12"]);
 }
 
 /// A reconciler over a copy of `r`'s maps (what a restarted agent finds pinned), with no
