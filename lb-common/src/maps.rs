@@ -62,11 +62,18 @@ impl ServiceKey4 {
     #[inline(always)]
     #[must_use]
     pub fn of(vip: [u8; 4], port: [u8; 2], proto: u8) -> Self {
-        bytemuck::cast([
-            u32::from_ne_bytes(vip),
-            u32::from_ne_bytes([port[0], port[1], proto, 0]),
-        ])
+        bytemuck::cast(endpoint_words(vip, port, proto))
     }
+}
+
+/// An IPv4 endpoint (address, port, protocol, a zero pad) as two words: the layout of
+/// [`ServiceKey4`] and [`RevKey4`], built from word stores.
+#[inline(always)]
+fn endpoint_words(addr: [u8; 4], port: [u8; 2], proto: u8) -> [u32; 2] {
+    [
+        u32::from_ne_bytes(addr),
+        u32::from_ne_bytes([port[0], port[1], proto, 0]),
+    ]
 }
 
 /// `LB_SERVICES4` value.
@@ -374,10 +381,7 @@ impl RevKey4 {
     #[inline(always)]
     #[must_use]
     pub fn of(addr: [u8; 4], port: [u8; 2], proto: u8) -> Self {
-        bytemuck::cast([
-            u32::from_ne_bytes(addr),
-            u32::from_ne_bytes([port[0], port[1], proto, 0]),
-        ])
+        bytemuck::cast(endpoint_words(addr, port, proto))
     }
 }
 
