@@ -90,7 +90,7 @@ pub struct ServiceInfo {
     pub table_off: u32,
     /// Number of slots; 0 means the service has no eligible backend (new flows are dropped).
     pub table_len: u32,
-    /// [`SVC_F_INTERNAL`], and the distribution mode ([`SVC_DIST_MASK`]).
+    /// [`SVC_F_INTERNAL`], the distribution mode ([`SVC_DIST_MASK`]), [`SVC_F_TCP_RESET`].
     pub flags: u32,
     /// The endpoint's ACL set in `LB_ACL4` (0: no ACL, everyone is permitted). Like the table,
     /// a rule change writes a new set under a new id and then switches this field.
@@ -105,6 +105,9 @@ pub const SVC_F_INTERNAL: u32 = 1;
 /// 1–2.
 pub const SVC_DIST_SHIFT: u32 = 1;
 pub const SVC_DIST_MASK: u32 = 0b11 << SVC_DIST_SHIFT;
+/// [`ServiceInfo::flags`]: TCP reset on idle. New TCP flows record the client's sequence
+/// numbers ([`crate::conn::CT_F_SEQ`]), so the sweeper can reset both sides when they expire.
+pub const SVC_F_TCP_RESET: u32 = 1 << 3;
 
 impl ServiceInfo {
     /// The service's distribution mode (`crate::hash::dist`).
@@ -289,7 +292,7 @@ pub const fn hairpin_port(hash: u32, attempt: u32) -> u16 {
 #[repr(C)]
 pub struct ConnEntry4 {
     pub backend: BackendId,
-    /// Service id, for the per-service reply counters.
+    /// Service id, for the per-service reply counters and the sweeper's timeouts.
     pub service: u32,
     pub kind: u8,
     /// Forward entries: the TCP state seen so far ([`crate::conn`]'s `CT_*` bits).
@@ -301,15 +304,24 @@ pub struct ConnEntry4 {
     pub addr: [u8; 4],
     /// Hairpin reverse entries: the VIP port the reply's source becomes.
     pub vport: [u8; 2],
-    pub _pad: [u8; 2],
+    /// Forward entries: [`crate::conn::CT_F_SEQ`] (the client's sequence numbers are recorded).
+    pub flags: u8,
+    pub _pad: u8,
     /// Hairpin entries: the connecting backend (whose next hop a hairpin reply takes); 0 for
     /// every other kind.
     pub peer: BackendId,
-    /// When the flow closed (a RST, or a FIN each way), in seconds of the monotonic clock;
-    /// meaningful only while the state says closed.
-    pub closed_s: u32,
+    /// Seconds of the monotonic clock when the flow was last seen, refreshed at most once a
+    /// second ([`crate::conn::refreshes`]); once the flow is closed, when it closed (a closed
+    /// flow's packets no longer refresh it). The sweeper expires flows by it.
+    pub seen_s: u32,
+    /// With [`crate::conn::CT_F_SEQ`]: the sequence number the backend expects next from the
+    /// client (its last packet's sequence number plus its length), and the client's last
+    /// acknowledgement (what the client expects next), host order. What TCP reset on idle
+    /// needs to send each side a RST it accepts.
+    pub seq: u32,
+    pub ack: u32,
 }
-const _: () = assert!(size_of::<ConnEntry4>() == 28);
+const _: () = assert!(size_of::<ConnEntry4>() == 36);
 
 impl ConnEntry4 {
     /// Whether the entry tracks a client → VIP direction (plain or hairpin).
@@ -319,10 +331,11 @@ impl ConnEntry4 {
         self.kind == CONN_FORWARD || self.kind == CONN_HAIRPIN
     }
 
-    /// An entry from its fields, as seven word stores. size: a struct literal with zero fields
-    /// compiled to a `memset` call, and so did four constant zero words in a row (LLVM merges
-    /// them, and the BPF backend emits the merged store as a call): the zero words come from
-    /// an opaque zero (`black_box`), which the optimiser cannot merge.
+    /// An entry from its fields, as nine word stores, seen at `seen_s` (no flags, no sequence
+    /// numbers). size: a struct literal with zero fields compiled to a `memset` call, and so did
+    /// four constant zero words in a row (LLVM merges them, and the BPF backend emits the merged
+    /// store as a call): the zero words come from an opaque zero (`black_box`), which the
+    /// optimiser cannot merge.
     #[inline(always)]
     #[must_use]
     #[expect(clippy::too_many_arguments, reason = "one per field; inlined")]
@@ -335,6 +348,7 @@ impl ConnEntry4 {
         addr: [u8; 4],
         vport: [u8; 2],
         peer: BackendId,
+        seen_s: u32,
     ) -> Self {
         let zero = core::hint::black_box(0u32);
         bytemuck::cast([
@@ -344,24 +358,44 @@ impl ConnEntry4 {
             u32::from_ne_bytes(addr) | zero,
             u32::from_ne_bytes([vport[0], vport[1], 0, 0]) | zero,
             peer | zero,
+            seen_s | zero,
+            zero,
             zero,
         ])
     }
 
-    /// A plain flow's forward entry.
+    /// The entry as its nine 4-byte words (the fast path writes an entry in place word by
+    /// word: a whole-struct copy compiles to a `memmove` call).
     #[inline(always)]
     #[must_use]
-    pub fn forward(backend: BackendId, service: u32, tcp: u8) -> Self {
-        Self::new(
+    pub fn words(&self) -> [u32; 9] {
+        bytemuck::cast(*self)
+    }
+
+    /// A plain flow's forward entry, seen at `seen_s`, with `flags` (`conn::CT_F_*`) and the
+    /// client's sequence numbers (`seq`, `ack`; 0 unless `CT_F_SEQ`).
+    #[inline(always)]
+    #[must_use]
+    pub fn forward(
+        backend: BackendId,
+        service: u32,
+        tcp: u8,
+        flags: u8,
+        seen_s: u32,
+        (seq, ack): (u32, u32),
+    ) -> Self {
+        let zero = core::hint::black_box(0u32);
+        bytemuck::cast([
             backend,
             service,
-            CONN_FORWARD,
-            tcp,
-            [0; 2],
-            [0; 4],
-            [0; 2],
-            0,
-        )
+            u32::from_ne_bytes([CONN_FORWARD, tcp, 0, 0]),
+            zero,
+            u32::from_ne_bytes([0, 0, flags, 0]) | zero,
+            zero,
+            seen_s | zero,
+            seq | zero,
+            ack | zero,
+        ])
     }
 }
 

@@ -4,7 +4,10 @@
 //! backend, and its TCP state allows it (`lb_common::conn`). An LRU, so inserts are best effort
 //! and a flow whose entry was evicted is re-picked from the same consistent table.
 
-use aya_ebpf::{Global, helpers::bpf_ktime_get_ns};
+use aya_ebpf::{
+    Global,
+    helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
+};
 use lb_common::{
     conn,
     flow::{FlowKey4, proto},
@@ -14,7 +17,10 @@ use lb_common::{
     },
 };
 
-use crate::maps::{LB_CONNTRACK4, LB_FLOW_RL, LB_LOCAL4, LB_REVSVC4};
+use crate::{
+    maps::{LB_CONNTRACK4, LB_FLOW_RL, LB_LOCAL4, LB_REVSVC4},
+    parse::Packet,
+};
 
 /// How long a closed flow still translates (seconds), set by the agent at load time
 /// (`override_global`).
@@ -67,82 +73,124 @@ pub fn track(key: &FlowKey4, entry: &ConnEntry4) {
 #[inline(always)]
 fn put(key: &FlowKey4, entry: &ConnEntry4) {
     match LB_CONNTRACK4.get_ptr_mut(key) {
-        // SAFETY: a value pointer from the lookup above, used within this run.
-        Some(e) => unsafe { *e = *entry },
+        Some(e) => {
+            // size: a whole-struct assignment of the 36-byte entry compiled to a `memmove`
+            // call (the BPF backend inlines small copies only); nine word stores do not.
+            let words = entry.words();
+            let dst = e.cast::<u32>();
+            // verifier: a constant trip count, unrolled.
+            for (i, w) in words.iter().enumerate() {
+                // SAFETY: a value pointer from the lookup above, used within this run; the
+                // entry is nine 4-byte words, and map values are 8-byte aligned.
+                unsafe { dst.add(i).write_volatile(*w) };
+            }
+        }
         None => track(key, entry),
     }
 }
 
-/// Seconds of the monotonic clock (the clock `bpf_ktime_get_ns` reads; wraps after 136 years).
+/// Seconds of the monotonic clock, coarse (`bpf_ktime_get_coarse_ns`: CLOCK_MONOTONIC_COARSE,
+/// the agent's sweeper reads the same clock). time: the coarse clock reads the last tick's
+/// time and no TSC, which matters now that every tracked packet reads it. Wraps after 136
+/// years.
 #[inline(always)]
-fn now_s() -> u32 {
+pub fn now_s() -> u32 {
     // SAFETY: a plain helper call.
-    let ns = unsafe { bpf_ktime_get_ns() };
+    let ns = unsafe { bpf_ktime_get_coarse_ns() };
     #[expect(clippy::cast_possible_truncation, reason = "seconds of uptime fit u32")]
     let s = (ns / 1_000_000_000) as u32;
     s
 }
 
-/// Whether a tracked flow still translates. The clock is read only for a closed flow.
+/// Whether a tracked flow still translates at `now`.
 #[inline(always)]
-fn translates(tcp: u8, closed_s: u32) -> bool {
-    if tcp & conn::CT_STALE == 0 && !conn::is_closed(tcp) {
-        return true;
-    }
-    conn::translates(tcp, closed_s, now_s(), LB_CLOSE_TIMEOUT_S.load())
+fn translates(tcp: u8, seen_s: u32, now: u32) -> bool {
+    conn::translates(tcp, seen_s, now, LB_CLOSE_TIMEOUT_S.load())
 }
 
-/// Writes a new TCP state into an entry in place (the kernel keeps no lock; a racing update
-/// on another CPU can lose a flag, which costs at most a close seen late). Written only when
-/// the state changes, so an established flow's packets do not write.
+/// Writes a flow's new TCP state and last-seen second into its entry in place (the kernel
+/// keeps no lock; a racing update on another CPU can lose a flag, which costs at most a close
+/// seen late). Each is written only when it changes, so an established flow's packets write
+/// the entry at most once a second (`conn::refreshes`). A flow that closes now records now as
+/// its close time.
 ///
 /// # Safety
 /// `e` must be a value pointer of `LB_CONNTRACK4` from this program run.
 #[inline(always)]
-unsafe fn set_state(e: *mut ConnEntry4, old: u8, new: u8) {
-    if old == new {
-        return;
-    }
+unsafe fn touch(e: *mut ConnEntry4, (old, seen_s): (u8, u32), new: u8, now: u32) {
     // SAFETY: the caller guarantees `e` points at a live map value.
     unsafe {
-        if conn::closes(old, new) {
-            (*e).closed_s = now_s();
+        if old != new {
+            (*e).tcp = new;
         }
-        (*e).tcp = new;
+        if conn::closes(old, new) || conn::refreshes(new, seen_s, now) {
+            (*e).seen_s = now;
+        }
     }
 }
 
-/// The tracked backend of a client → VIP packet, if its flow is tracked and still translates;
-/// the packet's TCP flags are recorded on the entry.
+/// The tracked backend of a client → VIP packet `pkt`, if its flow is tracked and still
+/// translates; the packet's TCP flags and time are recorded on the entry, and its sequence
+/// numbers if the entry records them (TCP reset on idle).
 #[inline(always)]
-pub fn forward(flow: &FlowKey4, flags: u8) -> Option<ConnEntry4> {
+pub fn forward(flow: &FlowKey4, pkt: &Packet) -> Option<ConnEntry4> {
     let e = LB_CONNTRACK4.get_ptr_mut(flow)?;
+    let now = now_s();
     // SAFETY: a value pointer from the lookup above, used within this run.
     unsafe {
         let ct = *e;
-        if !translates(ct.tcp, ct.closed_s) {
+        if !translates(ct.tcp, ct.seen_s, now) {
             return None;
         }
-        if flow.proto == proto::TCP {
-            set_state(e, ct.tcp, conn::after_forward(ct.tcp, flags));
+        let tcp = flow.proto == proto::TCP;
+        let new = if tcp {
+            conn::after_forward(ct.tcp, pkt.flags())
+        } else {
+            ct.tcp
+        };
+        touch(e, (ct.tcp, ct.seen_s), new, now);
+        if tcp && ct.flags & conn::CT_F_SEQ != 0 {
+            let (seq, ack) = pkt.tcp_numbers();
+            (*e).seq = seq;
+            (*e).ack = ack;
         }
         Some(ct)
     }
 }
 
-/// Tracks a new client → VIP flow: its forward entry, and for a backend endpoint shared by
-/// several services also the reverse entry its replies are matched by first.
+/// Refreshes a tracked flow's last-seen second from a copy `ct` of its entry: the entry is
+/// looked up again only when the second changed, so the second lookup is paid at most once a
+/// second. For hairpin flows, whose packets read their entry by copy; their TCP state is not
+/// tracked, so they end by the idle timeout.
+#[inline(always)]
+pub fn refresh(key: &FlowKey4, ct: &ConnEntry4) {
+    let now = now_s();
+    if conn::refreshes(ct.tcp, ct.seen_s, now)
+        && let Some(e) = LB_CONNTRACK4.get_ptr_mut(key)
+    {
+        // SAFETY: a value pointer from the lookup above, used at once.
+        unsafe { (*e).seen_s = now };
+    }
+}
+
+/// Tracks a new client → VIP flow: its forward entry (with the client's sequence numbers when
+/// `numbers` has them: TCP reset on idle), and for a backend endpoint shared by several
+/// services also the reverse entry its replies are matched by first.
 #[inline(always)]
 pub fn remember(
     flow: &FlowKey4,
-    id: BackendId,
-    addr: [u8; 4],
-    port: [u8; 2],
+    (id, addr, port): (BackendId, [u8; 4], [u8; 2]),
     service: u32,
     syn: bool,
+    numbers: Option<(u32, u32)>,
 ) {
     let tcp = if syn { conn::CT_SYN } else { 0 };
-    put(flow, &ConnEntry4::forward(id, service, tcp));
+    let now = now_s();
+    let entry = match numbers {
+        Some(n) => ConnEntry4::forward(id, service, tcp, conn::CT_F_SEQ, now, n),
+        None => ConnEntry4::forward(id, service, tcp, 0, now, (0, 0)),
+    };
+    put(flow, &entry);
     // SAFETY: copied out at once.
     let shared = unsafe { LB_REVSVC4.get(RevKey4::of(addr, port, flow.proto)) }
         .is_some_and(|r| r.flags & REV_F_SHARED != 0);
@@ -156,6 +204,7 @@ pub fn remember(
             flow.dst,
             [0; 2],
             0,
+            now,
         );
         put(&flow.reply_from(addr, port), &rev);
     }
@@ -168,22 +217,25 @@ pub struct Reply {
     pub vip: [u8; 4],
     pub vport: [u8; 2],
     pub backend: BackendId,
-    /// The flow's forward entry, and the state it moves to once the reply is sent.
+    /// The flow's forward entry as found, the state it moves to once the reply is sent, and
+    /// when.
     entry: *mut ConnEntry4,
     old: u8,
     new: u8,
+    seen_s: u32,
+    now: u32,
 }
 
 impl Reply {
-    /// Records the reply's flags on its flow (call once the reply is really sent on). A
-    /// stateless reply has no flow (`entry` is null) and records nothing.
+    /// Records the reply's flags and time on its flow (call once the reply is really sent on).
+    /// A stateless reply has no flow (`entry` is null) and records nothing.
     #[inline(always)]
     pub fn commit(&self) {
         if self.entry.is_null() {
             return;
         }
         // SAFETY: `entry` is the value pointer `from_backend` found in this run.
-        unsafe { set_state(self.entry, self.old, self.new) };
+        unsafe { touch(self.entry, (self.old, self.seen_s), self.new, self.now) };
     }
 }
 
@@ -226,6 +278,8 @@ pub fn from_backend(flow: &FlowKey4, flags: u8) -> FromBackend {
             entry: core::ptr::null_mut(),
             old: 0,
             new: 0,
+            seen_s: 0,
+            now: 0,
         });
     }
     let shared = rev.flags & REV_F_SHARED != 0;
@@ -244,7 +298,8 @@ pub fn from_backend(flow: &FlowKey4, flags: u8) -> FromBackend {
     };
     // SAFETY: a value pointer from the lookup above, used within this run.
     let ct = unsafe { *e };
-    if ct.backend != backend || !translates(ct.tcp, ct.closed_s) {
+    let now = now_s();
+    if ct.backend != backend || !translates(ct.tcp, ct.seen_s, now) {
         return FromBackend::Refused;
     }
     let f = if flow.proto == proto::TCP { flags } else { 0 };
@@ -256,10 +311,13 @@ pub fn from_backend(flow: &FlowKey4, flags: u8) -> FromBackend {
             entry: e,
             old: ct.tcp,
             new,
+            seen_s: ct.seen_s,
+            now,
         }),
         Err(stale) => {
+            // A stale flow is not refreshed: it ages out by the close timeout.
             // SAFETY: as above.
-            unsafe { set_state(e, ct.tcp, stale) };
+            unsafe { (*e).tcp = stale };
             FromBackend::Refused
         }
     }

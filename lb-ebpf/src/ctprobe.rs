@@ -71,7 +71,10 @@ fn ct_insert(ctx: &XdpContext, map: &LruHashMap<FlowKey4, ConnEntry4>) -> u32 {
     let Some(k) = tuple(ctx) else {
         return xdp_action::XDP_ABORTED;
     };
-    if map.insert(k, ConnEntry4::forward(1, 1, 1), 0).is_err() {
+    if map
+        .insert(k, ConnEntry4::forward(1, 1, 1, 0, 0, (0, 0)), 0)
+        .is_err()
+    {
         return xdp_action::XDP_ABORTED;
     }
     xdp_action::XDP_DROP

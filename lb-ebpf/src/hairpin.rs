@@ -66,6 +66,7 @@ pub fn run(ctx: &XdpContext) -> Verdict {
             && !(flow.proto == proto::TCP && conn::is_syn(pkt.flags()))
             && let Some(b) = select::live_backend(ct.backend)
         {
+            conntrack::refresh(&flow, &ct);
             return out(ctx, &pkt, l4, &flow, (ct.backend, &b), ct.port, false);
         }
     }
@@ -113,6 +114,7 @@ fn new_flow(ctx: &XdpContext, pkt: &Packet, l4: L4, flow: &FlowKey4) -> Verdict 
     if !found {
         return Verdict::Drop(DropReason::HairpinNoPort);
     }
+    let now = conntrack::now_s();
     let rev = ConnEntry4::new(
         id,
         svc.id,
@@ -122,6 +124,7 @@ fn new_flow(ctx: &XdpContext, pkt: &Packet, l4: L4, flow: &FlowKey4) -> Verdict 
         flow.src,
         flow.dport,
         peer,
+        now,
     );
     conntrack::track(&rev_key, &rev);
     let fwd = ConnEntry4::new(
@@ -133,6 +136,7 @@ fn new_flow(ctx: &XdpContext, pkt: &Packet, l4: L4, flow: &FlowKey4) -> Verdict 
         flow.dst,
         [0; 2],
         peer,
+        now,
     );
     conntrack::track(flow, &fwd);
     out(ctx, pkt, l4, flow, (id, &b), rev_key.dport, true)

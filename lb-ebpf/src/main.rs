@@ -103,7 +103,7 @@ fn to_backend(
     if xlate::ttl(pkt) <= 1 {
         return Verdict::Drop(DropReason::Ttl);
     }
-    let (id, be, new_flow) = match select::pick(flow, pkt.flags(), svc) {
+    let (id, be, new_flow) = match select::pick(flow, pkt, svc) {
         Ok(Pick::Tracked(id, b)) => (id, b, false),
         Ok(Pick::New(id, b)) => (id, b, true),
         Ok(Pick::Hairpin) => return hairpin::enter(ctx),

@@ -92,6 +92,26 @@ impl Packet {
         (self.l4.kind != 0).then_some((&self.flow, self.l4))
     }
 
+    /// A TCP packet's sequence numbers as TCP reset on idle records them: the sequence number
+    /// the backend expects next (this one's plus its length, `conn::next_seq`) and the
+    /// acknowledgement (what the client expects next), host order. Only for a packet whose
+    /// `flow()` is TCP; (0, 0) otherwise.
+    #[inline(always)]
+    pub fn tcp_numbers(&self) -> (u32, u32) {
+        let Some(Hdr::Tcp(t)) = self.l4.hdr() else {
+            return (0, 0);
+        };
+        // SAFETY: the parser bounds-checked both headers, and `tot_len` against the frame; the
+        // IP header of a balanced packet is 20 bytes.
+        let (t, tot_len) = unsafe { (&*t, u16::from_be_bytes((*self.ip).tot_len)) };
+        let doff = u32::from(t.doff >> 4) * 4;
+        let payload = u32::from(tot_len).wrapping_sub(20).wrapping_sub(doff);
+        (
+            lb_common::conn::next_seq(u32::from_be_bytes(t.seq), payload, t.flags),
+            u32::from_be_bytes(t.ack),
+        )
+    }
+
     /// The TCP flags (0 for UDP).
     #[inline(always)]
     pub fn flags(&self) -> u8 {

@@ -8,13 +8,15 @@ use lb_common::{
     hash::flow_hash,
     maglev,
     maps::{
-        Backend4, BackendId, CONN_FORWARD, CONN_HAIRPIN, NextHop, ServiceInfo, ServiceKey4, VipInfo,
+        Backend4, BackendId, CONN_FORWARD, CONN_HAIRPIN, NextHop, SVC_F_TCP_RESET, ServiceInfo,
+        ServiceKey4, VipInfo,
     },
     verdict::DropReason,
 };
 
 use crate::{
     maps::{LB_BACKENDS4, LB_RING, LB_ROUTES4, LB_SERVICES4, LB_VIPS4},
+    parse::Packet,
     policy::{self, Admitted},
 };
 
@@ -86,11 +88,12 @@ pub enum Pick {
 /// # Errors
 /// The drop reason: not admitted, or no backend in the table.
 #[inline(always)]
-pub fn pick(flow: &FlowKey4, flags: u8, svc: &ServiceInfo) -> Result<Pick, DropReason> {
+pub fn pick(flow: &FlowKey4, pkt: &Packet, svc: &ServiceInfo) -> Result<Pick, DropReason> {
     let tcp = flow.proto == proto::TCP;
+    let flags = pkt.flags();
     let syn = tcp && conn::is_syn(flags);
     if !syn {
-        let ct = crate::conntrack::forward(flow, flags);
+        let ct = crate::conntrack::forward(flow, pkt);
         if ct.is_none() {
             crate::stats::count_conntrack_miss(svc.id);
         }
@@ -112,7 +115,8 @@ pub fn pick(flow: &FlowKey4, flags: u8, svc: &ServiceInfo) -> Result<Pick, DropR
     let (id, b) = from_table(svc, pick_hash(flow, svc))?;
     if !(tcp && !syn && conn::is_teardown(flags)) {
         if crate::conntrack::may_track() {
-            crate::conntrack::remember(flow, id, b.addr, b.port, svc.id, syn);
+            let numbers = (tcp && svc.flags & SVC_F_TCP_RESET != 0).then(|| pkt.tcp_numbers());
+            crate::conntrack::remember(flow, (id, b.addr, b.port), svc.id, syn, numbers);
         } else {
             crate::stats::count_untracked(svc.id);
         }

@@ -118,6 +118,30 @@ pub fn render(status: &StatusView, stats: &StatsView) -> String {
         o.sample("lb_packets_total", &[("reason", reason)], *n);
     }
 
+    o.family(
+        "lb_flows_expired_total",
+        COUNTER,
+        "Tracked flows the sweeper removed, by cause: idle, closed (RST or FIN each way), syn (handshake never completed).",
+    );
+    for (cause, n) in &stats.flows_expired {
+        o.sample("lb_flows_expired_total", &[("cause", cause)], *n);
+    }
+    o.family(
+        "lb_tcp_resets_total",
+        COUNTER,
+        "RST segments sent by TCP reset on idle (two per reset flow), by result.",
+    );
+    o.sample(
+        "lb_tcp_resets_total",
+        &[("result", "sent")],
+        stats.tcp_resets,
+    );
+    o.sample(
+        "lb_tcp_resets_total",
+        &[("result", "failed")],
+        stats.tcp_reset_errors,
+    );
+
     let services: Vec<_> = stats
         .services
         .iter()
@@ -506,6 +530,8 @@ mod tests {
             icmp_echo: true,
             replies: "tracked".into(),
             distribution: "5-tuple".into(),
+            idle_timeout: "4m".into(),
+            tcp_reset: false,
             counters: counters(100),
         }
     }
@@ -532,6 +558,9 @@ mod tests {
         let stats = StatsView {
             reasons: BTreeMap::from([("forward".into(), 42), ("drop_ttl".into(), 0)]),
             services: vec![service(svc)],
+            flows_expired: BTreeMap::from([("idle".into(), 3), ("syn".into(), 1)]),
+            tcp_resets: 2,
+            tcp_reset_errors: 0,
         };
         (status, stats)
     }
@@ -679,6 +708,10 @@ mod tests {
         assert_eq!(value(&s, "lb_conntrack_flows_limit", &[]), 1_048_576);
         assert_eq!(value(&s, "lb_packets_total", &[("reason", "forward")]), 42);
         assert_eq!(value(&s, "lb_packets_total", &[("reason", "drop_ttl")]), 0);
+        assert_eq!(value(&s, "lb_flows_expired_total", &[("cause", "idle")]), 3);
+        assert_eq!(value(&s, "lb_flows_expired_total", &[("cause", "syn")]), 1);
+        assert_eq!(value(&s, "lb_tcp_resets_total", &[("result", "sent")]), 2);
+        assert_eq!(value(&s, "lb_tcp_resets_total", &[("result", "failed")]), 0);
         assert_eq!(
             value(&s, "lb_service_packets_total", &[svc, ("direction", "in")]),
             100

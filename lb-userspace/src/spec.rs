@@ -757,6 +757,33 @@ pub mod serde_duration {
 }
 
 /// `#[serde(with)]` for one prefix as `198.51.100.0/26` (host bits refused, as when typed).
+/// An optional duration in [`format_duration`]'s form (`null`: none).
+pub mod serde_opt_duration {
+    use serde::{Deserialize as _, Deserializer, Serializer, de::Error as _};
+
+    /// # Errors
+    /// Never, for the serializers this crate uses.
+    pub fn serialize<S: Serializer>(
+        d: &Option<std::time::Duration>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&super::format_duration(*d)),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// # Errors
+    /// Not a duration [`super::parse_duration`] reads.
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<std::time::Duration>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|t| super::parse_duration(&t).map_err(D::Error::custom))
+            .transpose()
+    }
+}
+
 pub mod serde_prefix {
     use std::net::IpAddr;
 

@@ -21,9 +21,9 @@ use serde::{Deserialize, Serialize};
 use crate::{
     config::{
         AclRuleConfig, BackendConfig, Config, DEFAULT_WEIGHT, ServiceSettings, backend_is_vip,
-        check_acl_rule, check_backend, check_forward, check_internal, check_pip, check_same_vip,
-        check_service, check_settings, check_weight, stateless_pip, stateless_shared,
-        table_too_small, vip_is_backend,
+        check_acl_rule, check_backend, check_forward, check_internal, check_lifetime, check_pip,
+        check_same_vip, check_service, check_settings, check_weight, stateless_pip,
+        stateless_shared, table_too_small, vip_is_backend,
     },
     error::ChangeError,
     spec::{Admin, BackendSpec, Distribution, Replies, ServiceSpec, format_duration},
@@ -110,6 +110,10 @@ pub enum Command {
     ForwardAdd {
         service: ServiceSpec,
         to: BackendSpec,
+        #[serde(default, with = "crate::spec::serde_opt_duration")]
+        idle_timeout: Option<std::time::Duration>,
+        #[serde(default)]
+        tcp_reset: bool,
     },
     ForwardDel {
         service: ServiceSpec,
@@ -265,8 +269,13 @@ impl State {
                 service,
                 admin,
             },
-            Command::ForwardAdd { service, to } => Change::ForwardAdded {
-                to: self.add_forward(service, &to)?,
+            Command::ForwardAdd {
+                service,
+                to,
+                idle_timeout,
+                tcp_reset,
+            } => Change::ForwardAdded {
+                to: self.add_forward(service, &to, (idle_timeout, tcp_reset))?,
                 service,
             },
             Command::ForwardDel { service } => {
@@ -322,7 +331,7 @@ impl State {
                 (s.spec, st)
             })
             .chain(c.forwards.iter().map(|f| {
-                let mut st = forward_state(f.to);
+                let mut st = forward_state(f.to, (f.idle_timeout, f.tcp_reset));
                 st.acl = f.acl.iter().map(|r| (r.order, r.clone())).collect();
                 (f.spec, st)
             }))
@@ -341,9 +350,11 @@ impl State {
         &mut self,
         spec: ServiceSpec,
         to: &BackendSpec,
+        lifetime: (Option<std::time::Duration>, bool),
     ) -> Result<SocketAddr, ChangeError> {
         check_service(&spec).map_err(ChangeError::Invalid)?;
         let to = check_forward(&spec, to).map_err(ChangeError::Invalid)?;
+        check_lifetime(&spec, lifetime.0, lifetime.1).map_err(ChangeError::Invalid)?;
         if self.services.contains_key(&spec) {
             return Err(ChangeError::Conflict(format!("service {spec}")));
         }
@@ -359,7 +370,7 @@ impl State {
                 spec.vip.ip()
             )));
         }
-        self.services.insert(spec, forward_state(to));
+        self.services.insert(spec, forward_state(to, lifetime));
         Ok(to)
     }
 
@@ -392,6 +403,8 @@ impl State {
         check_service(&spec).map_err(ChangeError::Invalid)?;
         check_settings(&settings).map_err(ChangeError::Invalid)?;
         check_internal(&spec, &settings.internal).map_err(ChangeError::Invalid)?;
+        check_lifetime(&spec, settings.idle_timeout, settings.tcp_reset)
+            .map_err(ChangeError::Invalid)?;
         if self.services.contains_key(&spec) {
             return Err(ChangeError::Conflict(format!("service {spec}")));
         }
@@ -738,6 +751,7 @@ impl State {
                 for to in svc.backends.keys() {
                     let _ = writeln!(o, "[[forward]]\nvip = \"{spec}\"\nto = \"{to}\"");
                 }
+                write_lifetime(&mut o, &svc.settings);
                 write_acl(&mut o, &svc.acl);
                 o.push('\n');
                 continue;
@@ -783,6 +797,7 @@ impl State {
             if s.replies != Replies::Tracked {
                 let _ = writeln!(o, "replies = \"{}\"", s.replies);
             }
+            write_lifetime(&mut o, s);
             o.push_str("backends = [\n");
             for b in svc.backends.values() {
                 let admin = if b.admin == Admin::None {
@@ -826,20 +841,36 @@ fn write_acl(o: &mut String, acl: &BTreeMap<u32, AclRuleConfig>) {
     o.push_str("]\n");
 }
 
+/// An endpoint's `idle_timeout` and `tcp_reset` lines, when they are not the defaults.
+fn write_lifetime(o: &mut String, s: &ServiceSettings) {
+    if let Some(d) = s.idle_timeout {
+        let _ = writeln!(o, "idle_timeout = \"{}\"", format_duration(d));
+    }
+    if s.tcp_reset {
+        o.push_str("tcp_reset = true\n");
+    }
+}
+
 /// Prefixes as `a/len, b/len` (`none` when empty).
 #[must_use]
 pub fn prefixes(p: &[(IpAddr, u8)]) -> String {
     crate::config::format_prefixes(p)
 }
 
-/// A forward as a service: one backend, a one-slot table, no probe.
-fn forward_state(to: SocketAddr) -> ServiceState {
+/// A forward as a service: one backend, a one-slot table, no probe; its idle timeout and TCP
+/// reset.
+fn forward_state(
+    to: SocketAddr,
+    (idle_timeout, tcp_reset): (Option<std::time::Duration>, bool),
+) -> ServiceState {
     let spec = BackendSpec {
         ip: to.ip(),
         port: Some(to.port()),
     };
     let settings = ServiceSettings {
         table_size: 1,
+        idle_timeout,
+        tcp_reset,
         ..ServiceSettings::default()
     };
     let backend = BackendState {
@@ -994,6 +1025,7 @@ mod tests {
             &s.add_forward(
                 svc("203.0.113.12:80/tcp"),
                 &"192.0.2.11:80".parse().unwrap(),
+                (None, false),
             ),
             "cannot also serve 203.0.113.12:80/tcp",
         );
@@ -1034,6 +1066,80 @@ mod tests {
         assert_eq!(back, s, "{text}");
     }
 
+    /// Idle timeouts and TCP reset: checked against the endpoint's protocol on services and
+    /// forwards alike, kept by the state file, the protocol's default when not given.
+    #[test]
+    fn flow_lifetimes_are_checked_and_kept() {
+        use std::time::Duration;
+        let mut s = State::default();
+        let web = svc("203.0.113.10:80/tcp");
+        let dns = svc("203.0.113.10:53/udp");
+        let lifetime = |idle: u64, reset: bool| ServiceSettings {
+            idle_timeout: Some(Duration::from_secs(idle)),
+            tcp_reset: reset,
+            ..ServiceSettings::default()
+        };
+        let invalid = |r: Result<(), ChangeError>, what: &str| {
+            assert!(
+                matches!(&r, Err(ChangeError::Invalid(m)) if m.contains(what)),
+                "{r:?}"
+            );
+        };
+        invalid(s.add_service(web, lifetime(1, false)), "within 2s..=120m");
+        invalid(
+            s.add_service(web, lifetime(7201, false)),
+            "within 2s..=120m",
+        );
+        let half = ServiceSettings {
+            idle_timeout: Some(Duration::from_millis(2500)),
+            ..ServiceSettings::default()
+        };
+        invalid(s.add_service(web, half), "whole seconds");
+        invalid(
+            s.add_service(dns, lifetime(30, true)),
+            "applies to TCP endpoints",
+        );
+        s.add_service(web, lifetime(5, true)).unwrap();
+        s.add_service(dns, lifetime(30, false)).unwrap();
+        s.add_service(svc("203.0.113.10:81/tcp"), ServiceSettings::default())
+            .unwrap();
+        let ssh = svc("203.0.113.10:22/tcp");
+        invalid(
+            s.add_forward(
+                svc("203.0.113.10:2053/udp"),
+                &"192.0.2.11:53".parse().unwrap(),
+                (None, true),
+            )
+            .map(drop),
+            "applies to TCP endpoints",
+        );
+        s.add_forward(
+            ssh,
+            &"192.0.2.11:22".parse().unwrap(),
+            (Some(Duration::from_mins(30)), true),
+        )
+        .unwrap();
+        let text = s.to_toml();
+        for line in [
+            "idle_timeout = \"5s\"",
+            "idle_timeout = \"30s\"",
+            "idle_timeout = \"30m\"",
+            "tcp_reset = true",
+        ] {
+            assert!(text.contains(line), "{line}: {text}");
+        }
+        let back = State::from_config(&crate::config::parse("state.toml", &text).unwrap());
+        assert_eq!(back, s, "{text}");
+        assert_eq!(
+            crate::config::idle_timeout_of(crate::spec::Proto::Udp, None),
+            Duration::from_mins(1)
+        );
+        assert_eq!(
+            crate::config::idle_timeout_of(crate::spec::Proto::Tcp, None),
+            Duration::from_mins(4)
+        );
+    }
+
     /// Addresses and sizes that were accepted and then misbehaved are refused with the reason:
     /// a table smaller than its backends, a VIP that is a backend's address, a backend (or
     /// forward target) that is a VIP.
@@ -1069,6 +1175,7 @@ mod tests {
         let r = s.add_forward(
             svc("203.0.113.12:22/tcp"),
             &"203.0.113.10:22".parse().unwrap(),
+            (None, false),
         );
         assert!(
             matches!(&r, Err(ChangeError::Invalid(m)) if m.contains("is the VIP of 203.0.113.10:80/tcp")),
@@ -1116,16 +1223,16 @@ mod tests {
         s.add_service(web, ServiceSettings::default()).unwrap();
         let b11: BackendSpec = "192.0.2.11".parse().unwrap();
         assert!(
-            matches!(s.add_forward(ssh, &b11), Err(ChangeError::Invalid(m)) if m.contains("needs a port"))
+            matches!(s.add_forward(ssh, &b11, (None, false)), Err(ChangeError::Invalid(m)) if m.contains("needs a port"))
         );
         assert_eq!(
-            s.add_forward(ssh, &"192.0.2.11:22".parse().unwrap())
+            s.add_forward(ssh, &"192.0.2.11:22".parse().unwrap(), (None, false))
                 .unwrap()
                 .to_string(),
             "192.0.2.11:22"
         );
         assert!(matches!(
-            s.add_forward(web, &"192.0.2.11:22".parse().unwrap()),
+            s.add_forward(web, &"192.0.2.11:22".parse().unwrap(), (None, false)),
             Err(ChangeError::Conflict(_))
         ));
         assert!(

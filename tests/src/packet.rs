@@ -45,6 +45,9 @@ pub struct Frame {
     pub ip_options: Vec<u8>,
     pub l4: L4,
     pub payload: Vec<u8>,
+    /// TCP only: the sequence and acknowledgement numbers (1000 and 0 unless set).
+    pub seq: u32,
+    pub ack: u32,
 }
 
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
@@ -64,6 +67,8 @@ impl Frame {
             ip_options: Vec::new(),
             l4,
             payload: b"hello".to_vec(),
+            seq: 1000,
+            ack: 0,
         }
     }
 
@@ -149,7 +154,8 @@ impl Frame {
                 let mut t = vec![0u8; 20];
                 t[0..2].copy_from_slice(&sport.to_be_bytes());
                 t[2..4].copy_from_slice(&dport.to_be_bytes());
-                t[4..8].copy_from_slice(&1000u32.to_be_bytes());
+                t[4..8].copy_from_slice(&self.seq.to_be_bytes());
+                t[8..12].copy_from_slice(&self.ack.to_be_bytes());
                 t[12] = 5 << 4;
                 t[13] = *flags;
                 t[14..16].copy_from_slice(&64240u16.to_be_bytes());

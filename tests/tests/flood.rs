@@ -136,7 +136,7 @@ fn a_flood_above_the_new_flow_rate_evicts_nothing() {
                     .expect("the backend's id");
                 h.plant_flow(
                     &FlowKey4::new(c, vip, proto::TCP),
-                    &ConnEntry4::forward(id, service, 0),
+                    &ConnEntry4::forward(id, service, 0, 0, lb_integration::coarse_now_s(), (0, 0)),
                 );
                 (c, b)
             })

@@ -77,7 +77,7 @@ fn plant(ns: &lb_integration::netns::Netns, n: u32) {
     let data = MapData::from_pin(pin_dir(ns).join(map_names::CONNTRACK)).unwrap();
     let mut ct: HashMap<_, FlowKey4, ConnEntry4> =
         HashMap::try_from(Map::LruHashMap(data)).unwrap();
-    let entry = ConnEntry4::forward(1, 0, 0);
+    let entry = ConnEntry4::forward(1, 0, 0, 0, lb_integration::coarse_now_s(), (0, 0));
     for i in 0..n {
         let key = FlowKey4::of(
             [198, 51, 100, u8::try_from(i % 200).unwrap()],
@@ -144,6 +144,7 @@ fn a_health_switch_completes_while_a_status_walk_is_in_progress() {
             purge: purge_tx,
             save: watch::channel(None).0,
             probes: watch::channel(Vec::new()).0,
+            sweep: watch::channel(None).0,
             runtime: rt.handle().clone(),
         };
         let (events, events_rx) = mpsc::channel(64);

@@ -7,6 +7,8 @@
 //! * the netlink watcher thread (kernel changes: links, addresses, routes, neighbours);
 //! * the resolver thread (next hops the writer asked for) and the purger thread (flow
 //!   deletions it asked for), each with its own netlink socket or map handle;
+//! * the sweeper thread (expired flows, TCP reset on idle: [`sweeper`]), with its own map
+//!   handle, following the policy the writer publishes;
 //! * two timers: a tick every second (grace periods, retries) and the full next-hop resync,
 //!   the safety net behind the netlink events, every `--resync-interval` (60 s by default);
 //! * signals: SIGHUP reloads the config.
@@ -15,9 +17,11 @@
 //! their own, and the state file is written by a task, so the writer never waits on I/O.
 
 pub mod memory;
+mod sweeper;
 mod writer;
 
 use std::{
+    collections::HashMap,
     net::SocketAddr,
     path::PathBuf,
     sync::{Arc, mpsc as std_mpsc},
@@ -25,6 +29,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use lb_common::maps::{BackendId, Counters};
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::{mpsc, oneshot, watch},
@@ -34,7 +39,12 @@ pub use self::writer::{Tasks, run as run_writer};
 use crate::{
     api,
     config::Config,
-    dataplane::{Dataplane, FlowPurge as _, LoadOptions, SideMaps, unpin_all, xdp_mode},
+    dataplane::{
+        Dataplane, FlowPurge as _, LoadOptions, MapReader, SideMaps,
+        sweep::{AgentTimeouts, SweepCounters, SweepTotals},
+        unpin_all, xdp_mode,
+    },
+    error::MapOpError,
     link, metrics,
     netlink::{NetlinkResolver, Watcher},
     persist,
@@ -170,7 +180,12 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         ring_slots: config.agent.ring_slots,
         conntrack_flows: config.agent.conntrack_flows,
     };
-    let reader = SideMaps::open(&opts.pin_dir).context("opening the maps for readers")?;
+    let sweep_counters = Arc::new(SweepCounters::default());
+    let reader = Reader {
+        maps: SideMaps::open(&opts.pin_dir).context("opening the maps for readers")?,
+        sweeps: sweep_counters.clone(),
+    };
+    let sweep_maps = SideMaps::open(&opts.pin_dir).context("opening the maps for the sweeper")?;
     let mut purger = SideMaps::open(&opts.pin_dir).context("opening the maps for the purger")?;
     let mut resolver = NetlinkResolver::new(ifindexes).context("opening netlink")?;
     let mut watcher = Watcher::open(TICK).context("subscribing to netlink changes")?;
@@ -180,6 +195,19 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     let (purge_tx, purge_rx) = std_mpsc::channel();
     let (save_tx, mut save_rx) = watch::channel(None::<(State, String)>);
     let (probes_tx, mut probes_rx) = watch::channel(Vec::new());
+    let (sweep_tx, sweep_rx) = watch::channel(None);
+    let sweeper = sweeper::Sweeper {
+        maps: sweep_maps,
+        timeouts: AgentTimeouts {
+            close_s: config.agent.tcp_close_timeout_s,
+            syn_s: config.agent.tcp_syn_timeout_s,
+        },
+        policy: sweep_rx,
+        counters: sweep_counters,
+    };
+    std::thread::Builder::new()
+        .name("lb-sweeper".into())
+        .spawn(move || sweeper.run())?;
 
     // The resolver thread: the first job is the initial state's, done before the writer
     // starts, so the first entries are written with resolved next hops.
@@ -226,6 +254,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         purge: purge_tx,
         save: save_tx,
         probes: probes_tx,
+        sweep: sweep_tx,
         runtime: tokio::runtime::Handle::current(),
     };
     let (started_tx, started_rx) = oneshot::channel();
@@ -241,6 +270,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
                         .save
                         .send_replace(Some((rec.state().clone(), digest.clone())));
                     tasks.probes.send_replace(rec.wanted_probes());
+                    tasks.sweep.send_replace(Some(Arc::new(rec.sweep_policy())));
                     let _ = started_tx.send(Ok(rec.state().services.len()));
                     memory::give_back();
                 }
@@ -374,6 +404,30 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     unpin_all(&opts.pin_dir)
         .with_context(|| format!("removing pins under {}", opts.pin_dir.display()))?;
     Ok(())
+}
+
+/// The readers' handle: the maps, and the sweeper's counters.
+struct Reader {
+    maps: SideMaps,
+    sweeps: Arc<SweepCounters>,
+}
+
+impl MapReader for Reader {
+    fn service_counters(&self, id: u32) -> Result<Counters, MapOpError> {
+        self.maps.service_counters(id)
+    }
+    fn backend_counters(&self, id: BackendId) -> Result<Counters, MapOpError> {
+        self.maps.backend_counters(id)
+    }
+    fn reason_counters(&self) -> Result<Vec<u64>, MapOpError> {
+        self.maps.reason_counters()
+    }
+    fn flows_per_backend(&self) -> Result<HashMap<BackendId, u64>, MapOpError> {
+        self.maps.flows_per_backend()
+    }
+    fn sweeps(&self) -> SweepTotals {
+        self.sweeps.totals()
+    }
 }
 
 /// Starts a thread that feeds the writer: `body` gets a `send` that delivers one event and

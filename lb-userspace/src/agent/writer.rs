@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::{
     api::Response,
-    dataplane::{MapOps, MapReader, PurgeJob},
+    dataplane::{MapOps, MapReader, PurgeJob, sweep::SweepPolicy},
     error::ErrorKind,
     reconcile::{Answer, Effects, Event, ProbeTarget, Reconciler, ResolveJob},
     state::State,
@@ -27,6 +27,8 @@ pub struct Tasks {
     pub save: watch::Sender<Option<(State, String)>>,
     /// The probes the desired state wants (the prober follows them).
     pub probes: watch::Sender<Vec<ProbeTarget>>,
+    /// The flow sweeper's policy (`None` until the initial state is applied).
+    pub sweep: watch::Sender<Option<Arc<SweepPolicy>>>,
     /// Where blocking reads run.
     pub runtime: tokio::runtime::Handle,
 }
@@ -86,6 +88,7 @@ fn dispatch<M: MapOps>(rec: &Reconciler<M>, fx: Effects, tasks: &Tasks, digest: 
             .save
             .send_replace(Some((rec.state().clone(), digest.clone())));
         tasks.probes.send_replace(rec.wanted_probes());
+        tasks.sweep.send_replace(Some(Arc::new(rec.sweep_policy())));
         super::memory::give_back();
     }
     if let Some((tx, answer)) = reply {

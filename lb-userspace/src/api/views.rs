@@ -91,6 +91,12 @@ pub struct ServiceView {
     /// `5-tuple`, `source-ip` or `source-ip-protocol`.
     #[serde(default)]
     pub distribution: String,
+    /// The idle timeout in force (the endpoint's own, or its protocol's default), e.g. `4m`.
+    #[serde(default)]
+    pub idle_timeout: String,
+    /// TCP reset on idle.
+    #[serde(default)]
+    pub tcp_reset: bool,
     pub counters: CountersView,
 }
 
@@ -165,4 +171,12 @@ pub struct StatsView {
     /// Verdict reason → packets, in reason-number order.
     pub reasons: BTreeMap<String, u64>,
     pub services: Vec<ServiceView>,
+    /// Flows the sweeper removed since the agent started, by cause: `idle`, `closed`, `syn`.
+    #[serde(default)]
+    pub flows_expired: BTreeMap<String, u64>,
+    /// RST segments TCP reset on idle sent, and sends that failed.
+    #[serde(default)]
+    pub tcp_resets: u64,
+    #[serde(default)]
+    pub tcp_reset_errors: u64,
 }

@@ -34,6 +34,10 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "parsed once per process; boxing buys nothing"
+)]
 pub enum CliCommand {
     /// Run the agent: load and attach the XDP program, apply the config, serve the CLI.
     Agent(AgentArgs),
@@ -189,6 +193,42 @@ pub struct VipSettings {
     /// source-ip-protocol [default: 5-tuple].
     #[arg(long, value_name = "5-tuple|source-ip|source-ip-protocol")]
     pub distribution: Option<String>,
+    #[command(flatten)]
+    pub lifetime: LifetimeArgs,
+}
+
+/// How an endpoint's flows end: `lb vip add` and `lb forward add`.
+#[derive(Clone, Debug, Default, Args)]
+pub struct LifetimeArgs {
+    /// A flow idle this long is removed, whole seconds from 2s to 120m [default: 4m for TCP,
+    /// 60s for UDP].
+    #[arg(long, value_name = "DURATION")]
+    pub idle_timeout: Option<String>,
+    /// TCP reset on idle: a TCP flow removed for being idle is reset on both sides, client and
+    /// backend [default: off].
+    #[arg(long, value_name = "on|off")]
+    pub tcp_reset: Option<String>,
+}
+
+impl LifetimeArgs {
+    /// The idle timeout and TCP reset, checked against the endpoint's protocol.
+    ///
+    /// # Errors
+    /// A value that does not parse or does not apply, naming the flag.
+    pub fn resolve(&self, service: &ServiceSpec) -> Result<(Option<Duration>, bool), String> {
+        let idle = self
+            .idle_timeout
+            .as_deref()
+            .map(|d| parse_duration(d).map_err(|e| format!("--idle-timeout: {e}")))
+            .transpose()?;
+        let reset = match self.tcp_reset.as_deref() {
+            None | Some("off") => false,
+            Some("on") => true,
+            Some(o) => return Err(format!("--tcp-reset: {o:?} must be on or off")),
+        };
+        crate::config::check_lifetime(service, idle, reset)?;
+        Ok((idle, reset))
+    }
 }
 
 impl VipSettings {
@@ -318,6 +358,8 @@ pub enum ForwardCmd {
         service: ServiceSpec,
         /// The target: DIP:PORT.
         to: BackendSpec,
+        #[command(flatten)]
+        lifetime: LifetimeArgs,
     },
     /// Delete a forward.
     Del {
@@ -447,10 +489,14 @@ pub fn request(cmd: &CliCommand) -> Result<Option<(Request, Format)>, String> {
     let query = |q: Query, o: &OutputArg| Some((Request::Query(q), o.format));
     let change = match cmd {
         CliCommand::Agent(_) | CliCommand::Config(_) => return Ok(None),
-        CliCommand::Vip(VipCmd::Add { service, settings }) => Command::VipAdd {
-            service: *service,
-            settings: settings.resolve()?,
-        },
+        CliCommand::Vip(VipCmd::Add { service, settings }) => {
+            let mut s = settings.resolve()?;
+            (s.idle_timeout, s.tcp_reset) = settings.lifetime.resolve(service)?;
+            Command::VipAdd {
+                service: *service,
+                settings: s,
+            }
+        }
         CliCommand::Vip(VipCmd::Del { service }) => Command::VipDel { service: *service },
         // The service list shows forwards with their targets.
         CliCommand::Vip(VipCmd::List(o)) | CliCommand::Forward(ForwardCmd::List(o)) => {
@@ -500,10 +546,19 @@ pub fn request(cmd: &CliCommand) -> Result<Option<(Request, Format)>, String> {
         CliCommand::Backend(BackendCmd::List { service, out }) => {
             return Ok(query(Query::BackendList { service: *service }, out));
         }
-        CliCommand::Forward(ForwardCmd::Add { service, to }) => Command::ForwardAdd {
-            service: *service,
-            to: *to,
-        },
+        CliCommand::Forward(ForwardCmd::Add {
+            service,
+            to,
+            lifetime,
+        }) => {
+            let (idle_timeout, tcp_reset) = lifetime.resolve(service)?;
+            Command::ForwardAdd {
+                service: *service,
+                to: *to,
+                idle_timeout,
+                tcp_reset,
+            }
+        }
         CliCommand::Forward(ForwardCmd::Del { service }) => {
             Command::ForwardDel { service: *service }
         }

@@ -65,8 +65,15 @@ pub fn render(resp: &Response, format: Format) -> Result<String, (ErrorKind, Str
         Response::Vips { vips } => {
             let _ = writeln!(
                 o,
-                "{:<26} {:>4} {:>6} {:>9} {:<28} {:>10} {:>10}",
-                "SERVICE", "ID", "TABLE", "IN/TOTAL", "KIND / PROBE", "PACKETS", "NEW FLOWS"
+                "{:<26} {:>4} {:>6} {:>9} {:<28} {:<10} {:>10} {:>10}",
+                "SERVICE",
+                "ID",
+                "TABLE",
+                "IN/TOTAL",
+                "KIND / PROBE",
+                "IDLE",
+                "PACKETS",
+                "NEW FLOWS"
             );
             for v in vips {
                 let what = match &v.probe {
@@ -74,9 +81,15 @@ pub fn render(resp: &Response, format: Format) -> Result<String, (ErrorKind, Str
                     Some(p) => format!("{p} every {}", v.probe_interval),
                     None => "no probe".to_owned(),
                 };
+                // The idle timeout, and whether an idle TCP flow is reset when it expires.
+                let idle = if v.tcp_reset {
+                    format!("{} reset", v.idle_timeout)
+                } else {
+                    v.idle_timeout.clone()
+                };
                 let _ = writeln!(
                     o,
-                    "{:<26} {:>4} {:>6} {:>4}/{:<4} {:<28} {:>10} {:>10}",
+                    "{:<26} {:>4} {:>6} {:>4}/{:<4} {:<28} {idle:<10} {:>10} {:>10}",
                     v.service,
                     v.id,
                     v.table_size,
@@ -146,6 +159,13 @@ pub fn render(resp: &Response, format: Format) -> Result<String, (ErrorKind, Str
                     v.service, c.packets, c.bytes, c.new_flows, c.reply_packets, c.reply_bytes
                 );
             }
+            o.push('\n');
+            let _ = writeln!(o, "{:<24} {:>12}", "FLOWS EXPIRED", "FLOWS");
+            for (cause, n) in &s.flows_expired {
+                let _ = writeln!(o, "{cause:<24} {n:>12}");
+            }
+            let _ = writeln!(o, "{:<24} {:>12}", "tcp resets sent", s.tcp_resets);
+            let _ = writeln!(o, "{:<24} {:>12}", "tcp resets failed", s.tcp_reset_errors);
         }
     }
     Ok(o.trim_end().to_owned())
@@ -273,6 +293,9 @@ mod tests {
             &Response::Stats(StatsView {
                 reasons,
                 services: Vec::new(),
+                flows_expired: std::collections::BTreeMap::new(),
+                tcp_resets: 0,
+                tcp_reset_errors: 0,
             }),
             Format::Table,
         )

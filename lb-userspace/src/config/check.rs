@@ -104,6 +104,38 @@ pub fn check_settings(s: &ServiceSettings) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks an endpoint's flow lifetime settings against its protocol: an idle timeout of whole
+/// seconds in range, and TCP reset only on TCP.
+///
+/// # Errors
+/// A message naming the setting (as the CLI spells it).
+pub fn check_lifetime(
+    s: &ServiceSpec,
+    idle_timeout: Option<Duration>,
+    tcp_reset: bool,
+) -> Result<(), String> {
+    use lb_common::conn::{IDLE_TIMEOUT_MAX_S, IDLE_TIMEOUT_MIN_S};
+    if let Some(d) = idle_timeout {
+        let range = Duration::from_secs(IDLE_TIMEOUT_MIN_S.into())
+            ..=Duration::from_secs(IDLE_TIMEOUT_MAX_S.into());
+        if !range.contains(&d) || d.subsec_nanos() != 0 {
+            return Err(format!(
+                "--idle-timeout {} must be whole seconds within {}..={} (the fast path keeps a \
+                 flow's time in seconds)",
+                crate::spec::format_duration(d),
+                crate::spec::format_duration(*range.start()),
+                crate::spec::format_duration(*range.end()),
+            ));
+        }
+    }
+    if tcp_reset && s.proto != crate::spec::Proto::Tcp {
+        return Err(format!(
+            "--tcp-reset on applies to TCP endpoints; {s} is not one"
+        ));
+    }
+    Ok(())
+}
+
 /// The probe timeout when none is given: 5 s, or the interval if that is shorter.
 #[must_use]
 pub fn default_timeout(interval: Duration) -> Duration {

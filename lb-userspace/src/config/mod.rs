@@ -80,6 +80,8 @@ pub struct AgentSettings {
     pub ring_slots: u32,
     /// How long a TCP flow closed by a RST, or by a FIN each way, still translates (seconds).
     pub tcp_close_timeout_s: u32,
+    /// How long a TCP flow whose handshake never completed is kept (seconds).
+    pub tcp_syn_timeout_s: u32,
     /// The flood guard: new flows per second per CPU that are tracked; above it, new flows
     /// are forwarded by the table untracked. 0 turns it off.
     pub new_flow_rate: u32,
@@ -92,6 +94,7 @@ impl Default for AgentSettings {
             conntrack_flows: DEFAULT_CONNTRACK_ENTRIES,
             ring_slots: DEFAULT_RING_SLOTS,
             tcp_close_timeout_s: lb_common::conn::CLOSE_TIMEOUT_S,
+            tcp_syn_timeout_s: lb_common::conn::SYN_TIMEOUT_S,
             #[expect(clippy::cast_possible_truncation, reason = "a constant below 2^32")]
             new_flow_rate: lb_common::consts::DEFAULT_NEW_FLOW_RATE as u32,
         }
@@ -126,6 +129,9 @@ pub struct ForwardConfig {
     pub spec: ServiceSpec,
     pub to: std::net::SocketAddr,
     pub acl: Vec<AclRuleConfig>,
+    /// As a service's `idle_timeout` and `tcp_reset`.
+    pub idle_timeout: Option<Duration>,
+    pub tcp_reset: bool,
 }
 
 /// A backend with its weight and drain flag.
@@ -175,6 +181,26 @@ pub struct ServiceSettings {
     /// The LB answers ICMP echo requests to the VIP (rate-limited). A property of the VIP
     /// address, like `internal`.
     pub icmp_echo: bool,
+    /// How long a flow may stay idle before the sweeper removes it (whole seconds,
+    /// `lb_common::conn::IDLE_TIMEOUT_MIN_S..=IDLE_TIMEOUT_MAX_S`); `None`: the protocol's
+    /// default ([`idle_timeout_of`]).
+    #[serde(default, with = "crate::spec::serde_opt_duration")]
+    pub idle_timeout: Option<Duration>,
+    /// TCP reset on idle: an idle TCP flow that expires is reset on both sides.
+    #[serde(default)]
+    pub tcp_reset: bool,
+}
+
+/// The idle timeout of an endpoint: its own, or its protocol's default (TCP: the reference's
+/// 4 minutes; UDP: 60 s, `lb_common::conn`).
+#[must_use]
+pub fn idle_timeout_of(proto: crate::spec::Proto, own: Option<Duration>) -> Duration {
+    own.unwrap_or_else(|| {
+        Duration::from_secs(u64::from(match proto {
+            crate::spec::Proto::Tcp => lb_common::conn::IDLE_TIMEOUT_TCP_S,
+            crate::spec::Proto::Udp => lb_common::conn::IDLE_TIMEOUT_UDP_S,
+        }))
+    })
 }
 
 impl Default for ServiceSettings {
@@ -192,6 +218,8 @@ impl Default for ServiceSettings {
             replies: Replies::Tracked,
             distribution: Distribution::FiveTuple,
             icmp_echo: true,
+            idle_timeout: None,
+            tcp_reset: false,
         }
     }
 }

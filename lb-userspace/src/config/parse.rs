@@ -68,6 +68,8 @@ struct RawForward {
     to: Spanned<String>,
     #[serde(default)]
     acl: Vec<Spanned<RawAcl>>,
+    idle_timeout: Option<Spanned<String>>,
+    tcp_reset: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -87,6 +89,7 @@ struct RawAgent {
     conntrack_flows: Option<Spanned<u32>>,
     ring_slots: Option<Spanned<u32>>,
     tcp_close_timeout: Option<Spanned<u32>>,
+    tcp_syn_timeout: Option<Spanned<u32>>,
     new_flow_rate: Option<Spanned<u32>>,
 }
 
@@ -112,6 +115,8 @@ struct RawService {
     replies: Option<Spanned<String>>,
     distribution: Option<Spanned<String>>,
     icmp_echo: Option<bool>,
+    idle_timeout: Option<Spanned<String>>,
+    tcp_reset: Option<Spanned<bool>>,
 }
 
 /// `"192.0.2.11:80"` or `{ addr = "192.0.2.11:80", weight = 3, drained = false, admin = "up" }`.
@@ -171,6 +176,12 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
                 "agent.tcp_close_timeout",
                 &a.tcp_close_timeout,
                 &mut agent.tcp_close_timeout_s,
+                3600,
+            ),
+            (
+                "agent.tcp_syn_timeout",
+                &a.tcp_syn_timeout,
+                &mut agent.tcp_syn_timeout_s,
                 3600,
             ),
         ] {
@@ -289,6 +300,13 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
                 .map_err(|e: SpecError| err(r.span(), field("replies"), e.0))?;
         }
         settings.icmp_echo = s.icmp_echo.unwrap_or(true);
+        (settings.idle_timeout, settings.tcp_reset) = parse_lifetime(
+            &spec,
+            s.idle_timeout.as_ref(),
+            s.tcp_reset.as_ref(),
+            &field,
+            &err,
+        )?;
         check_settings(&settings).map_err(|m| err(s.vip.span(), field("settings"), m))?;
         // VIP-level settings (internal, icmp_echo): the services of one address must agree.
         if let Some(other) = services
@@ -401,8 +419,21 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             ));
         }
         let acl = parse_acl(&spec, &f.acl, &|x| field(x), &err)?;
+        let (idle_timeout, tcp_reset) = parse_lifetime(
+            &spec,
+            f.idle_timeout.as_ref(),
+            f.tcp_reset.as_ref(),
+            &field,
+            &err,
+        )?;
         forward_spans.push(f.to.span());
-        forwards.push(ForwardConfig { spec, to, acl });
+        forwards.push(ForwardConfig {
+            spec,
+            to,
+            acl,
+            idle_timeout,
+            tcp_reset,
+        });
     }
     if services.len() + forwards.len() > MAX_SERVICES as usize {
         return Err(err(
@@ -591,6 +622,30 @@ fn check_stateless(
         }
     }
     Ok(())
+}
+
+/// An endpoint's `idle_timeout` and `tcp_reset` (a `[[service]]` or a `[[forward]]`), checked
+/// against its protocol.
+fn parse_lifetime(
+    spec: &ServiceSpec,
+    idle: Option<&Spanned<String>>,
+    reset: Option<&Spanned<bool>>,
+    field: &dyn Fn(&str) -> String,
+    err: &dyn Fn(Range<usize>, String, String) -> ConfigError,
+) -> Result<(Option<std::time::Duration>, bool), ConfigError> {
+    let idle_timeout = idle
+        .map(|d| parse_duration(d.get_ref()).map_err(|e| err(d.span(), field("idle_timeout"), e.0)))
+        .transpose()?;
+    let tcp_reset = reset.is_some_and(|r| *r.get_ref());
+    if let Err(m) = crate::config::check_lifetime(spec, idle_timeout, false) {
+        let span = idle.map_or(0..0, Spanned::span);
+        return Err(err(span, field("idle_timeout"), m));
+    }
+    if let Err(m) = crate::config::check_lifetime(spec, None, tcp_reset) {
+        let span = reset.map_or(0..0, Spanned::span);
+        return Err(err(span, field("tcp_reset"), m));
+    }
+    Ok((idle_timeout, tcp_reset))
 }
 
 /// An endpoint's `vip` (a `[[service]]` or a `[[forward]]`): parsed, servable by the fast path,
@@ -813,6 +868,10 @@ established = "rebalance"
             (with("hairpin = \"snat\"\n"), 2, "service[0].settings", "internal VIPs only"),
             (with("replies = \"never\"\n"), 3, "service[0].replies", "tracked stateless"),
             (with("distribution = \"round-robin\"\n"), 3, "service[0].distribution", "5-tuple source-ip source-ip-protocol"),
+            (with("idle_timeout = \"1s\"\n"), 3, "service[0].idle_timeout", "whole seconds within 2s..=120m"),
+            (with("idle_timeout = \"forever\"\n"), 3, "service[0].idle_timeout", "a duration needs a unit"),
+            ("[[service]]\nvip = \"203.0.113.10:53/udp\"\ntcp_reset = true\n".into(), 3, "service[0].tcp_reset", "applies to TCP endpoints"),
+            ("[[forward]]\nvip = \"203.0.113.10:53/udp\"\nto = \"192.0.2.11:53\"\ntcp_reset = true\n".into(), 4, "forward[0].tcp_reset", "applies to TCP endpoints"),
             (with("table_size = 2\nbackends = [\"192.0.2.11\", \"192.0.2.12\", \"192.0.2.13\"]\n"), 3, "service[0].table_size", "smaller than the service's 3 backends"),
             (format!("{svc}backends = [\"203.0.113.11\"]\n[[service]]\nvip = \"203.0.113.11:80/tcp\"\n"), 3, "service[0].backends[0]", "is the VIP of 203.0.113.11:80/tcp"),
             (format!("{svc}[[forward]]\nvip = \"203.0.113.12:22/tcp\"\nto = \"203.0.113.10:22\"\n"), 5, "forward[0].to", "is the VIP of"),

@@ -136,6 +136,26 @@ impl SideMaps {
         f: &mut dyn FnMut(&FlowKey4, &ConnEntry4),
         on_batch: &mut dyn FnMut(usize),
     ) -> Result<usize, MapOpError> {
+        let mut seen = 0;
+        self.walk_flow_batches(&mut |keys, values| {
+            for (k, v) in keys.iter().zip(values) {
+                f(k, v);
+            }
+            seen += keys.len();
+            on_batch(seen);
+        })?;
+        Ok(seen)
+    }
+
+    /// Calls `f` on each batch of tracked flows (keys and entries, up to [`WALK_BATCH`]), as
+    /// [`Self::walk_flows`] reads them; returns how many there were.
+    ///
+    /// # Errors
+    /// A lookup fails.
+    pub fn walk_flow_batches(
+        &self,
+        f: &mut dyn FnMut(&[FlowKey4], &[ConnEntry4]),
+    ) -> Result<usize, MapOpError> {
         let err = |e: std::io::Error| MapOpError {
             map: map_names::CONNTRACK,
             op: "batch walk".into(),
@@ -166,15 +186,12 @@ impl SideMaps {
             let (n, end) = match r {
                 Ok(x) => x,
                 Err(e) if first && sys::batch_unsupported(&e) => {
-                    return self.walk_flows_one_by_one(f, on_batch);
+                    return self.walk_flows_one_by_one(f);
                 }
                 Err(e) => return Err(err(e)),
             };
-            for (k, v) in keys.iter().zip(&values).take(n as usize) {
-                f(k, v);
-            }
+            f(&keys[..n as usize], &values[..n as usize]);
             seen += n as usize;
-            on_batch(seen);
             if end {
                 return Ok(seen);
             }
@@ -185,14 +202,13 @@ impl SideMaps {
 
     fn walk_flows_one_by_one(
         &self,
-        f: &mut dyn FnMut(&FlowKey4, &ConnEntry4),
-        on_batch: &mut dyn FnMut(usize),
+        f: &mut dyn FnMut(&[FlowKey4], &[ConnEntry4]),
     ) -> Result<usize, MapOpError> {
         let mut seen = 0;
         for item in &self.conntrack {
             match item {
                 Ok((k, e)) => {
-                    f(&k, &e);
+                    f(&[k], &[e]);
                     seen += 1;
                 }
                 // Evicted between the key walk and the lookup.
@@ -206,8 +222,23 @@ impl SideMaps {
                 }
             }
         }
-        on_batch(seen);
         Ok(seen)
+    }
+
+    /// A flow's entry, if it is tracked.
+    ///
+    /// # Errors
+    /// The lookup fails other than by a missing key.
+    pub fn flow(&self, k: &FlowKey4) -> Result<Option<ConnEntry4>, MapOpError> {
+        match self.conntrack.get(k, 0) {
+            Ok(e) => Ok(Some(e)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(MapOpError {
+                map: map_names::CONNTRACK,
+                op: "lookup".into(),
+                source,
+            }),
+        }
     }
 
     /// Live conntrack entries per backend id (client → backend entries), with `on_batch`
@@ -232,7 +263,10 @@ impl SideMaps {
     }
 
     /// Deletes `keys` with `BPF_MAP_DELETE_BATCH`; a key the LRU evicted meanwhile is skipped.
-    fn delete_flows(&mut self, keys: &[FlowKey4]) -> Result<(), MapOpError> {
+    ///
+    /// # Errors
+    /// A delete fails other than by a missing key.
+    pub fn delete_flows(&mut self, keys: &[FlowKey4]) -> Result<(), MapOpError> {
         let mut at = 0;
         while at < keys.len() {
             let rest = &keys[at..];

@@ -10,6 +10,7 @@
 
 mod loader;
 mod maps;
+pub mod sweep;
 pub(crate) mod sys;
 
 use std::collections::{BTreeSet, HashMap};
@@ -104,6 +105,10 @@ pub trait MapReader {
     fn reason_counters(&self) -> Result<Vec<u64>, MapOpError>;
     /// Live conntrack entries per backend id (an O(table) walk).
     fn flows_per_backend(&self) -> Result<HashMap<BackendId, u64>, MapOpError>;
+    /// The flow sweeper's counters (none where no sweeper runs).
+    fn sweeps(&self) -> sweep::SweepTotals {
+        sweep::SweepTotals::default()
+    }
 }
 
 /// Flow deletions the reconciler decides and a task off the writer loop carries out: one walk

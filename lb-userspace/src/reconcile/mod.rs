@@ -52,7 +52,7 @@ use self::{
 };
 use crate::{
     api::{Query, Request, Response},
-    dataplane::{FlowPurge, MapOps, MapReader, PurgeJob},
+    dataplane::{FlowPurge, MapOps, MapReader, PurgeJob, sweep::SweepPolicy},
     error::{ChangeError, MapOpError},
     spec::{ProbeSpec, ServiceSpec},
     state::{Change, Command, State},
@@ -866,6 +866,31 @@ impl<M: MapOps> Reconciler<M> {
         let mut a = self.live.hop_addresses();
         a.extend(self.state.pips.values().copied());
         a
+    }
+
+    /// What the flow sweeper needs: each live service's idle timeout and TCP reset, and the
+    /// addresses of the backends whose flows it may reset.
+    #[must_use]
+    pub fn sweep_policy(&self) -> SweepPolicy {
+        let mut p = SweepPolicy::default();
+        for (spec, info) in &self.live.services {
+            let Some(st) = self.state.services.get(spec) else {
+                continue;
+            };
+            let idle = crate::config::idle_timeout_of(spec.proto, st.settings.idle_timeout);
+            let idle_s = u32::try_from(idle.as_secs()).unwrap_or(u32::MAX);
+            p.services.insert(info.id, (idle_s, st.settings.tcp_reset));
+            if st.settings.tcp_reset
+                && let Some(bs) = self.live.by_service.get(&info.id)
+            {
+                for (addr, id) in bs {
+                    if let std::net::SocketAddr::V4(a) = addr {
+                        p.backends.insert(*id, *a);
+                    }
+                }
+            }
+        }
+        p
     }
 
     /// The probes the desired state asks for (the agent runs them).

@@ -20,8 +20,8 @@ use lb_common::{
     maglev::{TableBackend, build_table},
     maps::{
         BACKEND_F_ACTIVE, Backend, BackendId, NextHop, REV_F_SHARED, REV_F_STATELESS, RevKey4,
-        RevService4, SVC_DIST_SHIFT, SVC_F_INTERNAL, ServiceInfo, VIP_F_HAIRPIN_SNAT,
-        VIP_F_NO_ECHO, VipInfo,
+        RevService4, SVC_DIST_SHIFT, SVC_F_INTERNAL, SVC_F_TCP_RESET, ServiceInfo,
+        VIP_F_HAIRPIN_SNAT, VIP_F_NO_ECHO, VipInfo,
     },
 };
 
@@ -460,6 +460,11 @@ fn build(
                 0
             } else {
                 SVC_F_INTERNAL
+            }
+            | if want.settings.tcp_reset {
+                SVC_F_TCP_RESET
+            } else {
+                0
             },
         acl_id,
     };

@@ -125,9 +125,13 @@ impl Pending {
                     .zip(counts)
                     .map(|(r, c)| (r.name().to_owned(), c))
                     .collect();
+                let sweeps = r.sweeps();
                 Response::Stats(StatsView {
                     reasons,
                     services: services(v)?,
+                    flows_expired: sweeps.expired,
+                    tcp_resets: sweeps.resets,
+                    tcp_reset_errors: sweeps.reset_errors,
                 })
             }
             Self::Acl(mut a, id) => {
@@ -213,6 +217,11 @@ impl Source<'_> {
                 icmp_echo: st.icmp_echo,
                 replies: st.replies.to_string(),
                 distribution: st.distribution.to_string(),
+                idle_timeout: format_duration(crate::config::idle_timeout_of(
+                    spec.proto,
+                    st.idle_timeout,
+                )),
+                tcp_reset: st.tcp_reset,
                 counters: CountersView::default(),
             };
             let backends: Vec<BackendId> = live_backends.iter().map(|(_, id)| **id).collect();

@@ -212,7 +212,7 @@ fn plant(ns: &crate::netns::Netns, n: u64) -> anyhow::Result<()> {
     let data = MapData::from_pin(pin_dir(ns).join(map_names::CONNTRACK))
         .context("open the pinned conntrack map")?;
     let mut ct: HashMap<_, FlowKey4, ConnEntry4> = HashMap::try_from(Map::LruHashMap(data))?;
-    let entry = ConnEntry4::forward(1, 0, 0);
+    let entry = ConnEntry4::forward(1, 0, 0, 0, crate::coarse_now_s(), (0, 0));
     for i in 0..n {
         let host = u8::try_from(100 + i % 150).expect("small");
         let port = u16::try_from(1024 + i / 150).expect("below 65536 for n ≤ 9.6M");

@@ -192,7 +192,7 @@ fn a_flow_closed_long_ago_translates_no_reply() {
         let key = FlowKey4::new(CLIENT, vip80, proto::TCP);
         let mut e = fx.h.flow(&key).expect("the SYN is tracked");
         e.tcp = lb_common::conn::CT_RST;
-        e.closed_s = 0;
+        e.seen_s = 0;
         fx.h.plant_flow(&key, &e);
         let ack = from_backend(be, CLIENT, TCP_ACK);
         fx.check(
@@ -780,5 +780,120 @@ fn distribution_modes_pick_by_their_part_of_the_5_tuple() {
             })
             .collect();
         assert_eq!(picks.len(), 2, "{picks:?}");
+    });
+}
+
+/// A tracked flow's entry keeps when it was last seen (refreshed by its packets, but not once
+/// it is closed: then it is the close time), and, with TCP reset on, the client's sequence
+/// numbers: the one the backend expects next, and the client's last acknowledgement.
+#[test]
+fn flows_record_when_they_were_seen_and_with_tcp_reset_their_sequence_numbers() {
+    use lb_common::conn::{CT_F_SEQ, CT_RST, CT_SYN};
+    with_fixture(|fx| {
+        let vip87 = SocketAddrV4::new(VIP, 87);
+        let be = SocketAddrV4::new(B1, 87);
+        let key = FlowKey4::new(CLIENT, vip87, proto::TCP);
+        let sent = |fx: &mut Fixture, what: &str, f: &Frame| {
+            let before = coarse_now_s();
+            fx.check(
+                what,
+                f,
+                XDP_TX,
+                Some(&f.dnat(be, LB_MAC, B1_MAC)),
+                Reason::Forward,
+            );
+            let after = coarse_now_s();
+            (fx.h.flow(&key).expect("tracked"), before..=after)
+        };
+
+        // The SYN (with 5 bytes of data, as the frames carry): seq + 5 + 1 for the SYN.
+        let mut syn = Frame::tcp(CLIENT, vip87, TCP_SYN);
+        syn.seq = 5000;
+        let (e, when) = sent(fx, "SYN", &syn);
+        assert_eq!((e.tcp, e.flags), (CT_SYN, CT_F_SEQ), "{e:?}");
+        assert_eq!((e.seq, e.ack), (5006, 0), "{e:?}");
+        assert!(when.contains(&e.seen_s), "{e:?} seen outside {when:?}");
+
+        // Data: its sequence number plus its length, and its acknowledgement.
+        let mut data = Frame::tcp(CLIENT, vip87, TCP_ACK | TCP_PSH);
+        data.seq = 5006;
+        data.ack = 0xdead_beef;
+        let (e, _) = sent(fx, "data", &data);
+        assert_eq!((e.tcp, e.seq, e.ack), (0, 5011, 0xdead_beef), "{e:?}");
+
+        // An entry last seen long ago is refreshed by the next packet.
+        let mut old = e;
+        old.seen_s = 0;
+        fx.h.plant_flow(&key, &old);
+        let (e, when) = sent(fx, "data after a long pause", &data);
+        assert!(when.contains(&e.seen_s), "{e:?} seen outside {when:?}");
+
+        // A RST closes the flow and records when.
+        old.seen_s = 0;
+        fx.h.plant_flow(&key, &old);
+        let mut rst = Frame::tcp(CLIENT, vip87, TCP_RST);
+        rst.seq = 5011;
+        let (e, when) = sent(fx, "RST", &rst);
+        assert_eq!(e.tcp, CT_RST, "{e:?}");
+        assert!(when.contains(&e.seen_s), "{e:?} closed outside {when:?}");
+
+        // Closed a second ago: still translated, but its packets no longer refresh it, so the
+        // close timeout counts from the close.
+        let mut closed = e;
+        closed.seen_s = coarse_now_s() - 1;
+        fx.h.plant_flow(&key, &closed);
+        let (e, _) = sent(fx, "ACK after the close", &data);
+        assert_eq!(e.seen_s, closed.seen_s, "{e:?}");
+
+        // Without TCP reset nothing is recorded but the time.
+        let vip80 = SocketAddrV4::new(VIP, 80);
+        let syn80 = Frame::tcp(CLIENT, vip80, TCP_SYN);
+        let b80 = fx.model_pick(CLIENT, 80);
+        fx.check(
+            "SYN to 80",
+            &syn80,
+            XDP_TX,
+            Some(&syn80.dnat(b80, LB_MAC, mac_of(b80))),
+            Reason::Forward,
+        );
+        let e =
+            fx.h.flow(&FlowKey4::new(CLIENT, vip80, proto::TCP))
+                .expect("tracked");
+        assert_eq!((e.flags, e.seq, e.ack), (0, 0, 0), "{e:?}");
+        assert_ne!(e.seen_s, 0, "{e:?}");
+    });
+}
+
+/// A backend's reply refreshes its flow too (UDP flows that only the backend talks on stay).
+#[test]
+fn a_reply_refreshes_its_flow() {
+    with_fixture(|fx| {
+        let vip53 = SocketAddrV4::new(VIP, 53);
+        let be = SocketAddrV4::new(B1, 53);
+        let q = Frame::udp(CLIENT, vip53);
+        fx.check(
+            "query",
+            &q,
+            XDP_TX,
+            Some(&q.dnat(be, LB_MAC, B1_MAC)),
+            Reason::Forward,
+        );
+        let key = FlowKey4::new(CLIENT, vip53, proto::UDP);
+        let mut e = fx.h.flow(&key).expect("tracked");
+        e.seen_s = 0;
+        fx.h.plant_flow(&key, &e);
+        let mut a = Frame::udp(be, CLIENT);
+        a.smac = B1_MAC;
+        let before = coarse_now_s();
+        fx.check(
+            "answer",
+            &a,
+            XDP_TX,
+            Some(&a.snat(vip53, LB_MAC, CLIENT_MAC)),
+            Reason::Reply,
+        );
+        let after = coarse_now_s();
+        let e = fx.h.flow(&key).expect("tracked");
+        assert!((before..=after).contains(&e.seen_s), "{e:?}");
     });
 }

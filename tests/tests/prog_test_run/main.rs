@@ -19,6 +19,7 @@ use lb_common::{
     verdict::{ALL_REASONS, Reason},
 };
 use lb_integration::{
+    coarse_now_s,
     fixture::{
         FixedResolver, Harness, LO, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX, in_fresh_ns, nh,
         pin_dir,
@@ -159,6 +160,14 @@ vip = "203.0.113.10:86/tcp"
 backends = ["192.0.2.11:86", "192.0.2.12:86"]
 table_size = 251
 distribution = "source-ip-protocol"
+
+# TCP reset on idle: new flows record the client's sequence numbers.
+[[service]]
+vip = "203.0.113.10:87/tcp"
+backends = ["192.0.2.11:87"]
+table_size = 251
+idle_timeout = "5s"
+tcp_reset = true
 
 # A VIP that does not answer pings.
 [[service]]

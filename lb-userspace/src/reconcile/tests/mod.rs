@@ -340,6 +340,10 @@ pub fn spec(s: &str) -> ServiceSpec {
 /// Requests as an operator types them, parsed the way the CLI parses them (a parse error
 /// is the edge's refusal, as `lb` would print it).
 #[derive(Clone, Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "test requests, built one at a time"
+)]
 pub enum Req {
     VipAdd {
         service: String,
@@ -480,6 +484,8 @@ impl Req {
                 service: svc(&service)?,
             }),
             Self::ForwardAdd { service, to } => c(Command::ForwardAdd {
+                idle_timeout: None,
+                tcp_reset: false,
                 service: svc(&service)?,
                 to: be(&to)?,
             }),

@@ -1,0 +1,185 @@
+//! The flow sweeper: a thread of its own, with its own handle on the conntrack map, that
+//! removes expired flows (`dataplane::sweep` decides which) and sends the RSTs of TCP reset on
+//! idle. It never runs on the writer loop; the writer only publishes the policy it follows.
+//!
+//! A pass walks the whole table in batches of 4096 entries (one `BPF_MAP_LOOKUP_BATCH` each),
+//! then deletes what expired in batches (`BPF_MAP_DELETE_BATCH`). Passes start every second,
+//! or, on a table so large that a pass takes longer than a tenth of that, ten pass-lengths
+//! apart, so the sweeper takes at most about a tenth of a core. A flow therefore goes between
+//! its timeout and about two seconds after it on a table of ordinary size.
+//!
+//! Races, and why they are harmless: a packet that arrives between the walk and the delete
+//! loses its entry, and the flow's next packet re-picks from the same consistent table (the
+//! same backend, unless the set changed) and is tracked again. A flow to be reset is read
+//! again just before its RSTs are sent, and spared if a packet refreshed it meanwhile.
+
+use std::{
+    collections::HashSet,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use lb_common::{conn::Expiry, flow::FlowKey4, maps::ConnEntry4};
+use tokio::sync::watch;
+
+use crate::{
+    dataplane::{
+        SideMaps,
+        sweep::{AgentTimeouts, Decision, SweepCounters, SweepPolicy},
+    },
+    error::MapOpError,
+};
+
+/// The shortest time between the starts of two passes.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+pub struct Sweeper {
+    pub maps: SideMaps,
+    pub timeouts: AgentTimeouts,
+    /// `None` until the writer has applied the initial state: no pass runs before, so no
+    /// flow is judged by timeouts its service does not have.
+    pub policy: watch::Receiver<Option<Arc<SweepPolicy>>>,
+    pub counters: Arc<SweepCounters>,
+}
+
+impl Sweeper {
+    /// Runs passes until the policy's sender (the writer) is gone.
+    pub fn run(mut self) {
+        let raw = raw_socket()
+            .inspect_err(|e| {
+                tracing::error!(error = %e, "no raw socket: TCP reset on idle cannot send its RSTs (counted as reset errors)");
+            })
+            .ok();
+        let mut pause = SWEEP_INTERVAL;
+        loop {
+            std::thread::sleep(pause);
+            if self.policy.has_changed().is_err() {
+                return;
+            }
+            let Some(policy) = self.policy.borrow_and_update().clone() else {
+                continue;
+            };
+            let started = Instant::now();
+            match self.pass(&policy, raw.as_ref()) {
+                Ok(()) => self.counters.pass_done(true),
+                Err(e) => {
+                    self.counters.pass_done(false);
+                    tracing::warn!(error = %e, "a flow sweep failed; the next one retries");
+                }
+            }
+            pause = SWEEP_INTERVAL.max(started.elapsed() * 10);
+        }
+    }
+
+    /// One pass over the table.
+    fn pass(&mut self, p: &SweepPolicy, raw: Option<&OwnedFd>) -> Result<(), MapOpError> {
+        let now = monotonic_s();
+        let timeouts = self.timeouts;
+        let mut doomed: Vec<FlowKey4> = Vec::new();
+        let mut causes: Vec<Expiry> = Vec::new();
+        let mut to_reset: Vec<(FlowKey4, ConnEntry4)> = Vec::new();
+        let mut reverse: Vec<(FlowKey4, FlowKey4)> = Vec::new();
+        self.maps.walk_flow_batches(&mut |keys, values| {
+            for (k, e) in keys.iter().zip(values) {
+                match p.decide(timeouts, k, e, now) {
+                    Decision::Keep => {}
+                    Decision::Expire { reset: true, .. } => to_reset.push((*k, *e)),
+                    Decision::Expire { cause, .. } => {
+                        doomed.push(*k);
+                        causes.push(cause);
+                    }
+                    Decision::UnlessForward(f) => reverse.push((*k, f)),
+                }
+            }
+        })?;
+        for (k, seen) in to_reset {
+            // Read again: a packet since the walk keeps the flow.
+            let Some(e) = self.maps.flow(&k)? else {
+                continue;
+            };
+            if e.seen_s != seen.seen_s {
+                continue;
+            }
+            match p.resets(&k, &e) {
+                Some(rsts) => {
+                    for r in &rsts {
+                        let ok = raw.is_some_and(|fd| send(fd, r).is_ok());
+                        self.counters.reset_sent(ok);
+                    }
+                }
+                None => self.counters.reset_sent(false),
+            }
+            doomed.push(k);
+            causes.push(Expiry::Idle);
+        }
+        let gone: HashSet<FlowKey4> = doomed.iter().copied().collect();
+        for (k, f) in reverse {
+            if gone.contains(&f) || self.maps.flow(&f)?.is_none() {
+                doomed.push(k);
+            }
+        }
+        self.maps.delete_flows(&doomed)?;
+        for c in causes {
+            self.counters.expired(c, 1);
+        }
+        Ok(())
+    }
+}
+
+/// Seconds of CLOCK_MONOTONIC_COARSE: the clock the fast path stamps flows with
+/// (`bpf_ktime_get_coarse_ns`).
+fn monotonic_s() -> u32 {
+    // SAFETY: all-zero is a valid timespec, and clock_gettime writes it.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid clock id and out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &raw mut ts) };
+    u32::try_from(ts.tv_sec).unwrap_or(u32::MAX)
+}
+
+/// A raw IPv4 socket that sends whole packets (IPPROTO_RAW implies IP_HDRINCL): the RSTs carry
+/// source addresses that are not the host's (the VIP, the client's).
+fn raw_socket() -> std::io::Result<OwnedFd> {
+    // SAFETY: plain socket(2).
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            libc::IPPROTO_RAW,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sends one IPv4 packet to its destination address (the kernel routes it).
+fn send(fd: &OwnedFd, pkt: &[u8; 40]) -> std::io::Result<()> {
+    let dst = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes([pkt[16], pkt[17], pkt[18], pkt[19]]),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: `pkt` and `dst` are valid for the lengths given.
+    let n = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            pkt.as_ptr().cast(),
+            pkt.len(),
+            0,
+            (&raw const dst).cast(),
+            u32::try_from(size_of::<libc::sockaddr_in>()).expect("small"),
+        )
+    };
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        tracing::warn!(error = %e, "sending a TCP reset failed");
+        return Err(e);
+    }
+    Ok(())
+}

@@ -1,0 +1,321 @@
+//! The flow sweeper's rules: which conntrack entries a pass removes, and which of them are
+//! reset first (TCP reset on idle). Pure, so it is tested without a kernel; the agent's sweeper
+//! thread (`agent::sweeper`) walks the map and carries the decisions out.
+//!
+//! A forward entry expires by `lb_common::conn::expiry`, with its service's idle timeout (the
+//! protocol's default for an id no live service has: a flow of a service just removed, whose
+//! purge has not run yet). A reverse entry (a shared endpoint's, or a hairpin reply's) has no
+//! time of its own: it goes when its forward entry is gone.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddrV4,
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use lb_common::{
+    conn::{self, Expiry, Timeouts},
+    flow::{FlowKey4, proto},
+    maps::{BackendId, CONN_HAIRPIN_REV, CONN_REVERSE, ConnEntry4},
+};
+
+/// What the sweeper needs from the desired state: each live service's idle timeout and TCP
+/// reset, and the address of every backend whose flows may be reset. The writer publishes a
+/// new one whenever the state changes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SweepPolicy {
+    /// Service id → (idle timeout in seconds, TCP reset on idle).
+    pub services: HashMap<u32, (u32, bool)>,
+    /// The backends of services with TCP reset on: id → address (the RST to the backend's
+    /// side goes there).
+    pub backends: HashMap<BackendId, SocketAddrV4>,
+}
+
+/// The agent's own timeouts (`agent.tcp_close_timeout`, `agent.tcp_syn_timeout`), seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AgentTimeouts {
+    pub close_s: u32,
+    pub syn_s: u32,
+}
+
+impl Default for AgentTimeouts {
+    fn default() -> Self {
+        Self {
+            close_s: conn::CLOSE_TIMEOUT_S,
+            syn_s: conn::SYN_TIMEOUT_S,
+        }
+    }
+}
+
+/// What a pass does with one entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Keep,
+    /// Remove it, for this reason; with `reset`, first send both sides a RST.
+    Expire {
+        cause: Expiry,
+        reset: bool,
+    },
+    /// A reverse entry: remove it if this forward entry is gone.
+    UnlessForward(FlowKey4),
+}
+
+impl SweepPolicy {
+    /// The decision for entry `e` of key `k` at `now_s` (seconds of CLOCK_MONOTONIC).
+    #[must_use]
+    pub fn decide(&self, a: AgentTimeouts, k: &FlowKey4, e: &ConnEntry4, now_s: u32) -> Decision {
+        match e.kind {
+            CONN_REVERSE => return Decision::UnlessForward(k.forward_of_reply(e.addr, e.port)),
+            CONN_HAIRPIN_REV => {
+                return Decision::UnlessForward(FlowKey4::of(
+                    e.addr, k.dst, e.port, e.vport, k.proto,
+                ));
+            }
+            _ => {}
+        }
+        let (idle_s, reset) = self.services.get(&e.service).copied().unwrap_or_else(|| {
+            let idle = if k.proto == proto::TCP {
+                conn::IDLE_TIMEOUT_TCP_S
+            } else {
+                conn::IDLE_TIMEOUT_UDP_S
+            };
+            (idle, false)
+        });
+        let t = Timeouts {
+            idle_s,
+            close_s: a.close_s,
+            syn_s: a.syn_s,
+        };
+        match conn::expiry(k.proto, e.tcp, e.seen_s, now_s, t) {
+            None => Decision::Keep,
+            Some(cause) => Decision::Expire {
+                cause,
+                reset: reset && cause == Expiry::Idle && e.flags & conn::CT_F_SEQ != 0,
+            },
+        }
+    }
+
+    /// The two RSTs of an idle flow `k` with TCP reset on, if its backend is known and the
+    /// entry has the numbers (`lb_common::conn::idle_resets`).
+    #[must_use]
+    pub fn resets(&self, k: &FlowKey4, e: &ConnEntry4) -> Option<[conn::Rst4; 2]> {
+        let b = self.backends.get(&e.backend)?;
+        conn::idle_resets(k, (b.ip().octets(), b.port().to_be_bytes()), e)
+    }
+}
+
+/// The sweeper's counters, shared with the readers (status, stats, metrics). They count since
+/// the agent started.
+#[derive(Debug, Default)]
+pub struct SweepCounters {
+    idle: AtomicU64,
+    closed: AtomicU64,
+    syn: AtomicU64,
+    /// RST segments sent, and sends that failed.
+    resets: AtomicU64,
+    reset_errors: AtomicU64,
+    /// Whole passes over the table, and passes that failed.
+    passes: AtomicU64,
+    pass_errors: AtomicU64,
+}
+
+/// A copy of [`SweepCounters`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SweepTotals {
+    /// Flows removed, by cause (`idle`, `closed`, `syn`).
+    pub expired: BTreeMap<String, u64>,
+    pub resets: u64,
+    pub reset_errors: u64,
+    pub passes: u64,
+    pub pass_errors: u64,
+}
+
+impl SweepCounters {
+    pub fn expired(&self, cause: Expiry, n: u64) {
+        match cause {
+            Expiry::Idle => &self.idle,
+            Expiry::Closed => &self.closed,
+            Expiry::Syn => &self.syn,
+        }
+        .fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn reset_sent(&self, ok: bool) {
+        if ok { &self.resets } else { &self.reset_errors }.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn pass_done(&self, ok: bool) {
+        if ok { &self.passes } else { &self.pass_errors }.fetch_add(1, Ordering::Relaxed);
+    }
+
+    #[must_use]
+    pub fn totals(&self) -> SweepTotals {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        SweepTotals {
+            expired: Expiry::ALL
+                .iter()
+                .map(|c| {
+                    let n = match c {
+                        Expiry::Idle => &self.idle,
+                        Expiry::Closed => &self.closed,
+                        Expiry::Syn => &self.syn,
+                    };
+                    (c.name().to_owned(), get(n))
+                })
+                .collect(),
+            resets: get(&self.resets),
+            reset_errors: get(&self.reset_errors),
+            passes: get(&self.passes),
+            pass_errors: get(&self.pass_errors),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lb_common::conn::{CLOSE_TIMEOUT_S, CT_F_SEQ, CT_RST, CT_SYN};
+
+    use super::*;
+
+    const A: AgentTimeouts = AgentTimeouts {
+        close_s: CLOSE_TIMEOUT_S,
+        syn_s: conn::SYN_TIMEOUT_S,
+    };
+
+    fn key(p: u8) -> FlowKey4 {
+        FlowKey4::of(
+            [198, 51, 100, 7],
+            [203, 0, 113, 10],
+            [0x9c, 0x40],
+            [0, 80],
+            p,
+        )
+    }
+
+    fn policy() -> SweepPolicy {
+        SweepPolicy {
+            services: HashMap::from([(1, (4, true)), (2, (30, false))]),
+            backends: HashMap::from([(3, "192.0.2.11:8080".parse().unwrap())]),
+        }
+    }
+
+    #[test]
+    fn each_service_has_its_own_idle_timeout_and_unknown_ones_the_default() {
+        let p = policy();
+        let e = |service| ConnEntry4::forward(3, service, 0, 0, 100, (0, 0));
+        assert_eq!(p.decide(A, &key(6), &e(1), 104), Decision::Keep);
+        assert_eq!(
+            p.decide(A, &key(6), &e(1), 105),
+            Decision::Expire {
+                cause: Expiry::Idle,
+                reset: false
+            }
+        );
+        assert_eq!(p.decide(A, &key(6), &e(2), 130), Decision::Keep);
+        assert!(matches!(
+            p.decide(A, &key(6), &e(2), 131),
+            Decision::Expire { .. }
+        ));
+        // No such service: the protocol's default.
+        let tcp = conn::IDLE_TIMEOUT_TCP_S;
+        let udp = conn::IDLE_TIMEOUT_UDP_S;
+        assert_eq!(p.decide(A, &key(6), &e(9), 100 + tcp), Decision::Keep);
+        assert!(matches!(
+            p.decide(A, &key(6), &e(9), 101 + tcp),
+            Decision::Expire { .. }
+        ));
+        assert_eq!(p.decide(A, &key(17), &e(9), 100 + udp), Decision::Keep);
+        assert!(matches!(
+            p.decide(A, &key(17), &e(9), 101 + udp),
+            Decision::Expire { .. }
+        ));
+    }
+
+    #[test]
+    fn only_an_idle_flow_that_recorded_its_numbers_is_reset() {
+        let p = policy();
+        let rec = ConnEntry4::forward(3, 1, 0, CT_F_SEQ, 100, (7, 9));
+        assert_eq!(
+            p.decide(A, &key(6), &rec, 105),
+            Decision::Expire {
+                cause: Expiry::Idle,
+                reset: true
+            }
+        );
+        let [c, b] = p.resets(&key(6), &rec).expect("a known backend");
+        assert_eq!(&c[24..28], &9u32.to_be_bytes());
+        assert_eq!(&b[16..20], &[192, 0, 2, 11]);
+        assert_eq!(&b[22..24], &8080u16.to_be_bytes());
+        // Closed, or never past the SYN: removed without a reset.
+        let closed = ConnEntry4::forward(3, 1, CT_RST, CT_F_SEQ, 100, (7, 9));
+        assert_eq!(
+            p.decide(A, &key(6), &closed, 101 + CLOSE_TIMEOUT_S),
+            Decision::Expire {
+                cause: Expiry::Closed,
+                reset: false
+            }
+        );
+        let syn = ConnEntry4::forward(3, 1, CT_SYN, CT_F_SEQ, 100, (7, 9));
+        assert_eq!(
+            p.decide(A, &key(6), &syn, 101 + conn::SYN_TIMEOUT_S),
+            Decision::Expire {
+                cause: Expiry::Syn,
+                reset: false
+            }
+        );
+        // A flow that began before reset was turned on has no numbers.
+        let before = ConnEntry4::forward(3, 1, 0, 0, 100, (0, 0));
+        assert_eq!(
+            p.decide(A, &key(6), &before, 105),
+            Decision::Expire {
+                cause: Expiry::Idle,
+                reset: false
+            }
+        );
+    }
+
+    #[test]
+    fn reverse_entries_follow_their_forward_entry() {
+        let p = policy();
+        let k = key(6);
+        // A shared endpoint's reverse entry, keyed by the reply: backend → client.
+        let reply = k.reply_from([192, 0, 2, 11], [0x1f, 0x90]);
+        let rev = ConnEntry4::new(3, 1, CONN_REVERSE, 0, k.dport, k.dst, [0; 2], 0, 0);
+        assert_eq!(
+            p.decide(A, &reply, &rev, 1_000_000),
+            Decision::UnlessForward(k)
+        );
+        // A hairpin reply's: chosen backend → VIP:SNAT port, naming the connecting backend.
+        let conn_be = FlowKey4::of([192, 0, 2, 12], [203, 0, 113, 10], [0x9c, 0x41], [0, 80], 6);
+        let hrev_key = FlowKey4::of([192, 0, 2, 11], [203, 0, 113, 10], [0, 80], [0xc0, 0x01], 6);
+        let hrev = ConnEntry4::new(
+            3,
+            1,
+            CONN_HAIRPIN_REV,
+            0,
+            conn_be.sport,
+            conn_be.src,
+            conn_be.dport,
+            4,
+            0,
+        );
+        assert_eq!(
+            p.decide(A, &hrev_key, &hrev, 1_000_000),
+            Decision::UnlessForward(conn_be)
+        );
+    }
+
+    #[test]
+    fn totals_name_every_cause() {
+        let c = SweepCounters::default();
+        c.expired(Expiry::Idle, 3);
+        c.expired(Expiry::Syn, 1);
+        c.reset_sent(true);
+        c.reset_sent(false);
+        let t = c.totals();
+        assert_eq!(t.expired["idle"], 3);
+        assert_eq!(t.expired["closed"], 0);
+        assert_eq!(t.expired["syn"], 1);
+        assert_eq!((t.resets, t.reset_errors), (1, 1));
+    }
+}
