@@ -550,6 +550,7 @@ mod tests {
             ring_slots_used: 502,
             ring_slots: 8_388_608,
             conntrack_flows: 1_048_576,
+            swap_holds: 0,
             vips: vec![ServiceStatus {
                 service: svc.into(),
                 backends,

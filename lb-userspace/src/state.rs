@@ -82,6 +82,12 @@ pub enum Command {
     VipDel {
         service: ServiceSpec,
     },
+    /// Exchanges everything behind two VIP addresses (services, forwards, backends, ACLs,
+    /// probes, settings).
+    VipSwap {
+        a: IpAddr,
+        b: IpAddr,
+    },
     BackendAdd {
         service: ServiceSpec,
         backend: BackendSpec,
@@ -192,6 +198,12 @@ pub enum Change {
         pip: IpAddr,
         dip: IpAddr,
     },
+    /// Two VIPs exchanged what was behind them: each service as (was, is now).
+    VipsSwapped {
+        a: IpAddr,
+        b: IpAddr,
+        services: Vec<(ServiceSpec, ServiceSpec)>,
+    },
 }
 
 impl Change {
@@ -210,7 +222,7 @@ impl Change {
             | Self::ForwardDeleted { service }
             | Self::AclAdded { service, .. }
             | Self::AclDeleted { service, .. } => Some(service),
-            Self::PipAdded { .. } | Self::PipDeleted { .. } => None,
+            Self::PipAdded { .. } | Self::PipDeleted { .. } | Self::VipsSwapped { .. } => None,
         }
     }
 }
@@ -230,6 +242,11 @@ impl State {
                 self.del_service(&service)?;
                 Change::ServiceDeleted { service }
             }
+            Command::VipSwap { a, b } => Change::VipsSwapped {
+                services: self.swap_vips(a, b)?,
+                a,
+                b,
+            },
             Command::BackendAdd {
                 service,
                 backend,
@@ -456,6 +473,64 @@ impl State {
         self.services
             .remove(spec)
             .ok_or_else(|| ChangeError::NotFound(format!("service {spec}")))
+    }
+
+    /// Exchanges everything behind VIPs `a` and `b`: every service and forward of one moves to
+    /// the same port and protocol on the other, with its backends, ACL, probe and settings.
+    /// Returns each service as (was, is now).
+    ///
+    /// # Errors
+    /// The same address twice, an address with no service, two families, or an internal VIP
+    /// with a public one (their source checks and hairpin differ).
+    fn swap_vips(
+        &mut self,
+        a: IpAddr,
+        b: IpAddr,
+    ) -> Result<Vec<(ServiceSpec, ServiceSpec)>, ChangeError> {
+        if a == b {
+            return Err(ChangeError::Invalid(format!(
+                "lb vip swap {a} {b}: a VIP cannot be swapped with itself"
+            )));
+        }
+        if a.is_ipv4() != b.is_ipv4() {
+            return Err(ChangeError::Invalid(format!(
+                "lb vip swap {a} {b}: the VIPs are of different address families"
+            )));
+        }
+        let internal = |ip: IpAddr| {
+            self.services
+                .iter()
+                .find(|(s, _)| s.vip.ip() == ip)
+                .map(|(_, st)| !st.settings.internal.is_empty())
+                .ok_or_else(|| ChangeError::NotFound(format!("VIP {ip}: it has no service")))
+        };
+        let (ia, ib) = (internal(a)?, internal(b)?);
+        if ia != ib {
+            let (i, p) = if ia { (a, b) } else { (b, a) };
+            return Err(ChangeError::Invalid(format!(
+                "lb vip swap {a} {b}: {i} is an internal VIP and {p} a public one; their \
+                 source checks differ, so they cannot be swapped"
+            )));
+        }
+        let other = |ip: IpAddr| if ip == a { b } else { a };
+        let moved: Vec<(ServiceSpec, ServiceSpec)> = self
+            .services
+            .keys()
+            .filter(|s| s.vip.ip() == a || s.vip.ip() == b)
+            .map(|s| {
+                let mut to = *s;
+                to.vip.set_ip(other(s.vip.ip()));
+                (*s, to)
+            })
+            .collect();
+        let taken: Vec<(ServiceSpec, ServiceState)> = moved
+            .iter()
+            .map(|(from, _)| (*from, self.services.remove(from).expect("listed above")))
+            .collect();
+        for ((_, to), (_, st)) in moved.iter().zip(taken) {
+            self.services.insert(*to, st);
+        }
+        Ok(moved)
     }
 
     /// A load-balanced service (forwards are changed only through `lb forward`).

@@ -204,6 +204,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         },
         policy: sweep_rx,
         counters: sweep_counters,
+        events: events.downgrade(),
     };
     std::thread::Builder::new()
         .name("lb-sweeper".into())

@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use crate::{
     dataplane::{
         SideMaps,
-        sweep::{AgentTimeouts, Decision, SweepCounters, SweepPolicy},
+        sweep::{AgentTimeouts, Decision, Hold, SweepCounters, SweepPolicy},
     },
     error::MapOpError,
 };
@@ -41,6 +41,9 @@ pub struct Sweeper {
     /// flow is judged by timeouts its service does not have.
     pub policy: watch::Receiver<Option<Arc<SweepPolicy>>>,
     pub counters: Arc<SweepCounters>,
+    /// Where the holds a pass found no flow for are reported (a weak sender: the sweeper never
+    /// keeps the writer's channel open).
+    pub events: tokio::sync::mpsc::WeakSender<crate::reconcile::Event>,
 }
 
 impl Sweeper {
@@ -80,8 +83,12 @@ impl Sweeper {
         let mut causes: Vec<Expiry> = Vec::new();
         let mut to_reset: Vec<(FlowKey4, ConnEntry4)> = Vec::new();
         let mut reverse: Vec<(FlowKey4, FlowKey4)> = Vec::new();
+        let mut needed = vec![false; p.holds.len()];
         self.maps.walk_flow_batches(&mut |keys, values| {
             for (k, e) in keys.iter().zip(values) {
+                for (n, h) in needed.iter_mut().zip(&p.holds) {
+                    *n |= h.needed_by(k, e);
+                }
                 match p.decide(timeouts, k, e, now) {
                     Decision::Keep => {}
                     Decision::Expire { reset: true, .. } => to_reset.push((*k, *e)),
@@ -122,6 +129,19 @@ impl Sweeper {
         self.maps.delete_flows(&doomed)?;
         for c in causes {
             self.counters.expired(c, 1);
+        }
+        // The whole table was walked under this policy: holds no flow needed can go.
+        let released: Vec<Hold> = p
+            .holds
+            .iter()
+            .zip(&needed)
+            .filter(|(_, n)| !**n)
+            .map(|(h, _)| *h)
+            .collect();
+        if !released.is_empty()
+            && let Some(tx) = self.events.upgrade()
+        {
+            let _ = tx.blocking_send(crate::reconcile::Event::HoldsReleased(released));
         }
         Ok(())
     }

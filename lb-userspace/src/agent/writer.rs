@@ -71,10 +71,14 @@ fn dispatch<M: MapOps>(rec: &Reconciler<M>, fx: Effects, tasks: &Tasks, digest: 
     let Effects {
         reply,
         state_changed,
+        sweep_changed,
         reload,
         resolve,
         purge,
     } = fx;
+    if sweep_changed && !state_changed {
+        tasks.sweep.send_replace(Some(Arc::new(rec.sweep_policy())));
+    }
     match reload {
         Some(Ok(d)) => {
             *digest = d;

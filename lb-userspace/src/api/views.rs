@@ -157,6 +157,9 @@ pub struct StatusView {
     pub ring_slots_used: u64,
     pub ring_slots: u32,
     pub conntrack_flows: u32,
+    /// Backend endpoints whose reply entry a VIP swap holds for flows from before it.
+    #[serde(default)]
+    pub swap_holds: usize,
     pub vips: Vec<ServiceStatus>,
 }
 

@@ -141,6 +141,15 @@ pub enum VipCmd {
         /// The service: VIP:PORT/PROTO, e.g. 203.0.113.10:80/tcp.
         service: ServiceSpec,
     },
+    /// Exchange everything behind two VIPs (services, forwards, backends, ACLs, probes,
+    /// settings) in one transaction; established flows keep their backends:
+    /// `lb vip swap 203.0.113.10 203.0.113.11`.
+    Swap {
+        /// One VIP address.
+        a: std::net::IpAddr,
+        /// The other VIP address.
+        b: std::net::IpAddr,
+    },
     /// List services.
     List(OutputArg),
 }
@@ -498,6 +507,7 @@ pub fn request(cmd: &CliCommand) -> Result<Option<(Request, Format)>, String> {
             }
         }
         CliCommand::Vip(VipCmd::Del { service }) => Command::VipDel { service: *service },
+        CliCommand::Vip(VipCmd::Swap { a, b }) => Command::VipSwap { a: *a, b: *b },
         // The service list shows forwards with their targets.
         CliCommand::Vip(VipCmd::List(o)) | CliCommand::Forward(ForwardCmd::List(o)) => {
             return Ok(query(Query::VipList, o));

@@ -122,6 +122,13 @@ pub fn render(resp: &Response, format: Format) -> Result<String, (ErrorKind, Str
                 s.ring_slots_used, s.ring_slots
             );
             let _ = writeln!(o, "conntrack  {} flows", s.conntrack_flows);
+            if s.swap_holds > 0 {
+                let _ = writeln!(
+                    o,
+                    "swap       {} backend endpoints still answer for flows from before a VIP swap",
+                    s.swap_holds
+                );
+            }
             let _ = writeln!(o, "client-facing next hops ({}):", s.client_routes.len());
             for r in &s.client_routes {
                 let _ = writeln!(o, "           {r}");
@@ -268,6 +275,13 @@ fn confirmation(c: &Change) -> String {
         }
         Change::PipAdded { pip, dip } => format!("added PIP {pip} → {dip}"),
         Change::PipDeleted { pip, dip } => format!("deleted PIP {pip} (was → {dip})"),
+        Change::VipsSwapped { a, b, services } => {
+            let mut o = format!("swapped VIPs {a} and {b}:");
+            for (was, now) in services {
+                let _ = write!(o, "\n  {was} now answers on {now}");
+            }
+            o
+        }
     }
 }
 

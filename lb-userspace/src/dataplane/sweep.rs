@@ -16,7 +16,9 @@ use std::{
 use lb_common::{
     conn::{self, Expiry, Timeouts},
     flow::{FlowKey4, proto},
-    maps::{BackendId, CONN_HAIRPIN_REV, CONN_REVERSE, ConnEntry4},
+    maps::{
+        BackendId, CONN_FORWARD, CONN_HAIRPIN_REV, CONN_REVERSE, ConnEntry4, RevKey4, RevService4,
+    },
 };
 
 /// What the sweeper needs from the desired state: each live service's idle timeout and TCP
@@ -29,6 +31,27 @@ pub struct SweepPolicy {
     /// The backends of services with TCP reset on: id → address (the RST to the backend's
     /// side goes there).
     pub backends: HashMap<BackendId, SocketAddrV4>,
+    /// The VIP-swap holds (`reconcile::Live::holds`), each with the VIP and port its endpoint
+    /// would name without it.
+    pub holds: Vec<Hold>,
+}
+
+/// A reverse-service entry held through a VIP swap: needed while a forward flow names its
+/// backend but is addressed to another VIP (or port) than the one the endpoint would name
+/// unheld, since such a flow may have no reverse entry of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hold {
+    pub ep: RevKey4,
+    pub held: RevService4,
+    pub want: ([u8; 4], [u8; 2]),
+}
+
+impl Hold {
+    /// Whether this forward flow still needs the hold.
+    #[must_use]
+    pub fn needed_by(&self, k: &FlowKey4, e: &ConnEntry4) -> bool {
+        e.kind == CONN_FORWARD && e.backend == self.held.backend && (k.dst, k.dport) != self.want
+    }
 }
 
 /// The agent's own timeouts (`agent.tcp_close_timeout`, `agent.tcp_syn_timeout`), seconds.
@@ -196,7 +219,42 @@ mod tests {
         SweepPolicy {
             services: HashMap::from([(1, (4, true)), (2, (30, false))]),
             backends: HashMap::from([(3, "192.0.2.11:8080".parse().unwrap())]),
+            holds: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_hold_is_needed_only_by_forward_flows_of_its_backend_to_another_vip() {
+        let h = Hold {
+            ep: RevKey4::of([192, 0, 2, 11], [0, 80], 6),
+            held: RevService4 {
+                vip: [203, 0, 113, 10],
+                vport: [0, 80],
+                flags: lb_common::maps::REV_F_SHARED,
+                service: 1,
+                backend: 3,
+            },
+            want: ([203, 0, 113, 11], [0, 80]),
+        };
+        let to = |vip: [u8; 4]| FlowKey4::of([198, 51, 100, 7], vip, [0x9c, 0x40], [0, 80], 6);
+        let fwd = |backend| ConnEntry4::forward(backend, 1, 0, 0, 0, (0, 0));
+        // A flow from before the swap: to the VIP the entry still names.
+        assert!(h.needed_by(&to([203, 0, 113, 10]), &fwd(3)));
+        // Flows to the VIP it will name, or of another backend, or not forward entries.
+        assert!(!h.needed_by(&to([203, 0, 113, 11]), &fwd(3)));
+        assert!(!h.needed_by(&to([203, 0, 113, 10]), &fwd(4)));
+        let rev = ConnEntry4::new(
+            3,
+            1,
+            CONN_REVERSE,
+            0,
+            [0, 80],
+            [203, 0, 113, 10],
+            [0; 2],
+            0,
+            0,
+        );
+        assert!(!h.needed_by(&to([203, 0, 113, 10]), &rev));
     }
 
     #[test]

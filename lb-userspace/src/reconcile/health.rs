@@ -101,6 +101,16 @@ impl HealthBook {
         self.get(spec, addr).is_some_and(|h| h.tracker.is_up())
     }
 
+    /// Moves every entry of a service to the service `to` gives it (a VIP swap), keeping the
+    /// rest.
+    pub fn rename(&mut self, to: impl Fn(&ServiceSpec) -> Option<ServiceSpec>) {
+        let old = std::mem::take(&mut self.entries);
+        self.entries = old
+            .into_iter()
+            .map(|((s, a), h)| ((to(&s).unwrap_or(s), a), h))
+            .collect();
+    }
+
     /// Forgets the entries of `spec` that `keep` does not want (all of them for a deleted
     /// service).
     pub fn prune(&mut self, spec: &ServiceSpec, keep: impl Fn(&SocketAddr) -> bool) {

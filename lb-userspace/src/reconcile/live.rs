@@ -55,6 +55,12 @@ pub struct Live {
     /// Backends being retired whose counters were added to `retired` but whose entry is still
     /// active (its write failed): the record as added, so a retry adds only what came since.
     pub folded: HashMap<BackendId, Counters>,
+    /// Reverse-service entries held as they were before a VIP swap, marked shared, by
+    /// endpoint: flows tracked before the swap have no reverse entry of their own, and their
+    /// replies must still find the VIP they were addressed to. Not a map's content but a note
+    /// on `revs`, which the planner keeps (`plan::replies`) until the sweeper finds none of
+    /// those flows left (`Event::HoldsReleased`).
+    pub holds: HashMap<RevKey4, RevService4>,
 }
 
 /// The IPv4 addresses the fast path must look up rather than pass as none of its own, with

@@ -33,7 +33,7 @@ mod tests;
 
 use std::{collections::BTreeSet, net::IpAddr, time::Instant};
 
-use lb_common::maps::BackendId;
+use lb_common::maps::{BackendId, ServiceInfo};
 use tokio::sync::oneshot;
 
 pub use self::{
@@ -52,7 +52,10 @@ use self::{
 };
 use crate::{
     api::{Query, Request, Response},
-    dataplane::{FlowPurge, MapOps, MapReader, PurgeJob, sweep::SweepPolicy},
+    dataplane::{
+        FlowPurge, MapOps, MapReader, PurgeJob,
+        sweep::{Hold, SweepPolicy},
+    },
     error::{ChangeError, MapOpError},
     spec::{ProbeSpec, ServiceSpec},
     state::{Change, Command, State},
@@ -81,6 +84,9 @@ pub enum Event {
     Tick,
     /// The slow safety net: re-resolve every next hop and the client routes.
     Resync,
+    /// The sweeper walked the whole table and found no flow that still needs these VIP-swap
+    /// holds (endpoint and the entry held, as the policy it followed named them).
+    HoldsReleased(Vec<Hold>),
     /// The agent is stopping: the writer loop returns (the reconciler ignores it).
     Stop,
 }
@@ -97,8 +103,10 @@ pub enum Answer {
 pub struct Effects {
     /// The answer to an API request, and where it goes.
     pub reply: Option<(oneshot::Sender<Response>, Answer)>,
-    /// The desired state changed: save it, and sync the probes.
+    /// The desired state changed: save it, and sync the probes (and the sweeper's policy).
     pub state_changed: bool,
+    /// The sweeper's policy changed without the desired state (VIP-swap holds released).
+    pub sweep_changed: bool,
     /// The outcome of a reload: its tag, or why it was refused (nothing changed then).
     pub reload: Option<Result<String, String>>,
     /// Resolve these (none is in flight when this is set).
@@ -552,6 +560,23 @@ impl<M: MapOps> Reconciler<M> {
             &mut self.health,
         )?;
         self.live = live;
+        // A previous agent's VIP-swap holds, which only the maps remember: a shared entry that
+        // names another VIP or port than its backend's service is one (the planner writes no
+        // other such entry). Held again, so the flows from before that swap keep their
+        // replies; the sweeper releases them as usual.
+        let held: Vec<_> = self
+            .live
+            .revs
+            .iter()
+            .filter(|(ep, r)| {
+                r.flags == lb_common::maps::REV_F_SHARED
+                    && plan::unheld_reply(**ep, &self.live, &self.state, None).is_some_and(|w| {
+                        w.backend == r.backend && (w.vip, w.vport) != (r.vip, r.vport)
+                    })
+            })
+            .map(|(ep, r)| (*ep, *r))
+            .collect();
+        self.live.holds.extend(held);
         // Services going away first: their service ids are free at once, their regions and
         // backend ids after the grace period (which the planner waits out when short).
         let (mut specs, keep): (Vec<ServiceSpec>, Vec<ServiceSpec>) = self
@@ -687,6 +712,9 @@ impl<M: MapOps> Reconciler<M> {
                 fx.reload = Some(r.map(|()| tag).map_err(|e| e.to_string()));
             }
             Event::Tick => self.tick(),
+            Event::HoldsReleased(released) => {
+                fx.sweep_changed = self.release_holds(&released);
+            }
             Event::Stop => {}
             Event::Resync => {
                 let wanted = self.hop_addresses();
@@ -706,6 +734,9 @@ impl<M: MapOps> Reconciler<M> {
 
     /// Applies one command: checked on a copy of the state, then applied transactionally.
     fn change(&mut self, cmd: &Command) -> Result<Change, ChangeError> {
+        if let Command::VipSwap { a, b } = cmd {
+            return self.swap(*a, *b, cmd);
+        }
         let mut next = self.state.clone();
         let change = next.apply(cmd)?;
         let t = match change.service() {
@@ -720,6 +751,133 @@ impl<M: MapOps> Reconciler<M> {
         };
         self.transact(next, &t, change.service())?;
         Ok(change)
+    }
+
+    /// Exchanges two VIPs (`lb vip swap`) as one transaction. The service entries move as they
+    /// are (`plan::swap`): each switches in one update, and keeps its id, table and backend
+    /// ids, so established flows keep their backends; the endpoints' reverse-service entries
+    /// are held as they were, so those flows' replies still find the VIP they were addressed
+    /// to. Then every touched service is converged as usual (nothing to rebuild). If any write
+    /// fails, the entries are put back as they were and the state is unchanged.
+    fn swap(&mut self, a: IpAddr, b: IpAddr, cmd: &Command) -> Result<Change, ChangeError> {
+        let mut next = self.state.clone();
+        let change = next.apply(cmd)?;
+        let Change::VipsSwapped { services, .. } = &change else {
+            unreachable!("a swap command gives a swap change");
+        };
+        let started = Instant::now();
+        let rename = |pairs: &[(ServiceSpec, ServiceSpec)], s: &ServiceSpec| {
+            pairs.iter().find(|(from, _)| from == s).map(|(_, to)| *to)
+        };
+        let forth = services.clone();
+        let back: Vec<_> = forth.iter().map(|(f, t)| (*t, *f)).collect();
+        let before: Vec<(ServiceSpec, ServiceInfo)> = self
+            .live
+            .services
+            .iter()
+            .filter(|(s, _)| s.vip.ip() == a || s.vip.ip() == b)
+            .map(|(s, i)| (*s, *i))
+            .collect();
+        let vips = [
+            (a, self.live.vips.get(&a).copied()),
+            (b, self.live.vips.get(&b).copied()),
+        ];
+        let (holds, steps) = plan::swap(a, b, &self.live);
+        let held_before = self.live.holds.clone();
+        for (ep, h) in &holds {
+            self.live.holds.entry(*ep).or_insert(*h);
+        }
+        let mut touched: Vec<ServiceSpec> = forth.iter().flat_map(|(f, t)| [*f, *t]).collect();
+        touched.sort_unstable();
+        touched.dedup();
+        let scope = Touched {
+            services: touched,
+            pips: false,
+        };
+        let prev = std::mem::replace(&mut self.state, next);
+        self.health.rename(|s| rename(&forth, s));
+        let mut writes = 0;
+        let outcome = self
+            .run(steps, &mut writes)
+            .map_err(ChangeError::from)
+            .and_then(|()| self.converge(&scope, &mut writes));
+        match outcome {
+            Ok(()) => {
+                self.committed(&scope);
+                tracing::info!(
+                    %a,
+                    %b,
+                    services = forth.len(),
+                    held_endpoints = holds.len(),
+                    writes,
+                    ms = started.elapsed().as_millis(),
+                    "VIPs swapped"
+                );
+                Ok(change)
+            }
+            Err(e) => {
+                self.state = prev;
+                self.health.rename(|s| rename(&back, s));
+                let back_steps = plan::unswap((a, b), &before, &vips, &self.live);
+                let restored = self.run(back_steps, &mut writes).map_err(ChangeError::from);
+                self.live.holds = held_before;
+                let restored = restored.and_then(|()| self.converge(&scope, &mut writes));
+                match restored {
+                    Ok(()) => {
+                        tracing::warn!(error = %e, "VIP swap failed and was rolled back");
+                        Err(ChangeError::Failed(format!(
+                            "{e}; nothing changed: both VIPs were put back as they were"
+                        )))
+                    }
+                    Err(e2) => {
+                        tracing::error!(error = %e, rollback = %e2, "VIP swap failed, and so did the rollback");
+                        self.dirty.extend(scope.services.iter().copied());
+                        Err(ChangeError::Failed(format!(
+                            "{e}; the desired state is unchanged, but bringing the maps back to it failed too ({e2}); the agent retries every tick"
+                        )))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Drops the VIP-swap holds the sweeper found no flow for (those still as it saw them,
+    /// whose endpoint would still name the VIP it checked for), and rewrites their endpoints'
+    /// reverse-service entries as the state wants them.
+    fn release_holds(&mut self, released: &[Hold]) -> bool {
+        let mut eps = BTreeSet::new();
+        for h in released {
+            let want = plan::unheld_reply(h.ep, &self.live, &self.state, None);
+            if self.live.holds.get(&h.ep) == Some(&h.held)
+                && want.is_some_and(|w| (w.vip, w.vport) == h.want)
+            {
+                self.live.holds.remove(&h.ep);
+                eps.insert(h.ep);
+            }
+        }
+        if eps.is_empty() {
+            return false;
+        }
+        let steps = plan::replies(&eps, &self.live, &self.state, None);
+        let mut writes = 0;
+        match self.run(steps, &mut writes) {
+            Ok(()) => tracing::info!(
+                endpoints = eps.len(),
+                writes,
+                "VIP-swap holds released: no flow from before the swap is left"
+            ),
+            Err(e) => {
+                // Held again, so the next sweep releases them again (the writes that did go
+                // through are in `revs`; the planner skips what matches).
+                tracing::warn!(error = %e, "rewriting released reverse-service entries failed; the next sweep retries");
+                for h in released {
+                    if eps.contains(&h.ep) {
+                        self.live.holds.insert(h.ep, h.held);
+                    }
+                }
+            }
+        }
+        true
     }
 
     /// Replaces the whole desired state (a config reload), transactionally: services that go
@@ -888,6 +1046,15 @@ impl<M: MapOps> Reconciler<M> {
                         p.backends.insert(*id, *a);
                     }
                 }
+            }
+        }
+        for (ep, held) in &self.live.holds {
+            if let Some(w) = plan::unheld_reply(*ep, &self.live, &self.state, None) {
+                p.holds.push(Hold {
+                    ep: *ep,
+                    held: *held,
+                    want: (w.vip, w.vport),
+                });
             }
         }
         p

@@ -257,37 +257,150 @@ pub fn replies(
             }
             continue;
         };
-        let primary = cur
-            .map(|r| r.backend)
-            .filter(|b| users.contains(b))
-            .or_else(|| users.first().copied());
-        let Some((id, b)) = primary.and_then(|id| live.backends.get(&id).map(|b| (id, b))) else {
-            continue;
-        };
-        let spec = live
-            .spec_of(b.service)
-            .or(pending.filter(|(sid, _)| *sid == b.service).map(|(_, s)| s));
-        let Some(IpAddr::V4(vip)) = spec.map(|s| s.vip.ip()) else {
-            continue;
-        };
-        let stateless = spec
-            .and_then(|s| state.services.get(s))
-            .is_some_and(|st| st.settings.replies == Replies::Stateless);
-        let flags = match (users.len() > 1, stateless) {
-            (true, _) => REV_F_SHARED,
-            (false, true) => REV_F_STATELESS,
-            (false, false) => 0,
-        };
-        let want = RevService4 {
-            vip: vip.octets(),
-            vport: spec.map_or(0, |s| s.vip.port()).to_be_bytes(),
-            flags,
-            service: b.service,
-            backend: id,
+        // A VIP swap's hold: the entry keeps naming the VIP its older flows (which have no
+        // reverse entry of their own) were addressed to, shared, so that every newer flow
+        // writes its own. Until the sweeper releases it, or its backend is gone.
+        let want = match live.holds.get(ep).filter(|h| users.contains(&h.backend)) {
+            Some(h) => RevService4 {
+                flags: REV_F_SHARED,
+                ..*h
+            },
+            None => match unheld_reply(*ep, live, state, pending) {
+                Some(w) => w,
+                None => continue,
+            },
         };
         if cur != Some(&want) {
             steps.push(Step::PutRev(*ep, want));
         }
+    }
+    steps
+}
+
+/// The reverse-service entry an endpoint with active backends wants, leaving holds aside (see
+/// [`replies`]); `None` if it has none, or its service is not known yet.
+#[must_use]
+pub fn unheld_reply(
+    ep: RevKey4,
+    live: &Live,
+    state: &State,
+    pending: Option<(u32, &ServiceSpec)>,
+) -> Option<RevService4> {
+    let users = live.by_endpoint.get(&ep).filter(|u| !u.is_empty())?;
+    let primary = live
+        .revs
+        .get(&ep)
+        .map(|r| r.backend)
+        .filter(|b| users.contains(b))
+        .or_else(|| users.first().copied())?;
+    let b = live.backends.get(&primary)?;
+    let spec = live
+        .spec_of(b.service)
+        .or(pending.filter(|(sid, _)| *sid == b.service).map(|(_, s)| s))?;
+    let IpAddr::V4(vip) = spec.vip.ip() else {
+        return None;
+    };
+    let stateless = state
+        .services
+        .get(spec)
+        .is_some_and(|st| st.settings.replies == Replies::Stateless);
+    let flags = match (users.len() > 1, stateless) {
+        (true, _) => REV_F_SHARED,
+        (false, true) => REV_F_STATELESS,
+        (false, false) => 0,
+    };
+    Some(RevService4 {
+        vip: vip.octets(),
+        vport: spec.vip.port().to_be_bytes(),
+        flags,
+        service: b.service,
+        backend: primary,
+    })
+}
+
+/// The writes of a VIP swap, from the maps as they are (`live`): every service entry of `a`
+/// written at the same port and protocol of `b` and the other way round, each in one update
+/// (ids, tables, ACLs and backends move with their entry, so nothing is rebuilt), then the
+/// entries left without a counterpart deleted; the two VIP entries exchanged before them.
+/// Also the holds: each endpoint of the moved services keeps its reverse-service entry as it
+/// is, marked shared ([`Live::holds`]), written first.
+#[must_use]
+pub fn swap(a: IpAddr, b: IpAddr, live: &Live) -> (Vec<(RevKey4, RevService4)>, Vec<Step>) {
+    let other = |ip: IpAddr| if ip == a { b } else { a };
+    let moved: Vec<(ServiceSpec, ServiceInfo)> = live
+        .services
+        .iter()
+        .filter(|(s, _)| s.vip.ip() == a || s.vip.ip() == b)
+        .map(|(s, i)| (*s, *i))
+        .collect();
+    let mut holds = Vec::new();
+    let mut steps = Vec::new();
+    for (_, info) in &moved {
+        for ep in endpoints_of(info.id, live) {
+            if let Some(r) = live.revs.get(&ep)
+                && r.service == info.id
+            {
+                let h = RevService4 {
+                    flags: REV_F_SHARED,
+                    ..*r
+                };
+                holds.push((ep, h));
+                if h != *r {
+                    steps.push(Step::PutRev(ep, h));
+                }
+            }
+        }
+    }
+    for ip in [a, b] {
+        match live.vips.get(&other(ip)) {
+            Some(v) => steps.push(Step::PutVip(ip, *v)),
+            None => steps.push(Step::DelVip(ip)),
+        }
+    }
+    let targets: BTreeSet<ServiceSpec> = moved
+        .iter()
+        .map(|(s, _)| {
+            let mut t = *s;
+            t.vip.set_ip(other(s.vip.ip()));
+            t
+        })
+        .collect();
+    for (s, info) in &moved {
+        let mut t = *s;
+        t.vip.set_ip(other(s.vip.ip()));
+        steps.push(Step::PutService(t, *info));
+    }
+    for (s, _) in &moved {
+        if !targets.contains(s) {
+            steps.push(Step::DelService(*s));
+        }
+    }
+    (holds, steps)
+}
+
+/// The writes that put the entries a swap changed back as they were (`before`, the live
+/// entries of both VIPs then): a failed swap's rollback.
+#[must_use]
+pub fn unswap(
+    (a, b): (IpAddr, IpAddr),
+    before: &[(ServiceSpec, ServiceInfo)],
+    vips: &[(IpAddr, Option<VipInfo>)],
+    live: &Live,
+) -> Vec<Step> {
+    let mut steps: Vec<Step> = before
+        .iter()
+        .map(|(s, i)| Step::PutService(*s, *i))
+        .collect();
+    for s in live.services.keys() {
+        if (s.vip.ip() == a || s.vip.ip() == b) && !before.iter().any(|(o, _)| o == s) {
+            steps.push(Step::DelService(*s));
+        }
+    }
+    for (ip, v) in vips {
+        steps.push(match v {
+            Some(v) => Step::PutVip(*ip, *v),
+            None => Step::DelVip(*ip),
+        });
     }
     steps
 }

@@ -340,6 +340,7 @@ impl Source<'_> {
             ring_slots_used: self.ring_used,
             ring_slots: self.info.ring_slots,
             conntrack_flows: self.info.conntrack_flows,
+            swap_holds: self.live.holds.len(),
             vips,
         })
     }

@@ -6,6 +6,7 @@
 mod changes;
 mod planner;
 mod restart;
+mod swap;
 mod transact;
 
 use std::{
@@ -352,6 +353,10 @@ pub enum Req {
     VipDel {
         service: String,
     },
+    VipSwap {
+        a: String,
+        b: String,
+    },
     VipList,
     BackendAdd {
         service: String,
@@ -438,6 +443,10 @@ impl Req {
             }),
             Self::VipDel { service } => c(Command::VipDel {
                 service: svc(&service)?,
+            }),
+            Self::VipSwap { a, b } => c(Command::VipSwap {
+                a: ip(&a, "VIP")?,
+                b: ip(&b, "VIP")?,
             }),
             Self::VipList => q(Query::VipList),
             Self::BackendAdd {

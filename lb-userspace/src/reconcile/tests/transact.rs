@@ -34,7 +34,7 @@ struct View {
     pips: BTreeMap<Addr, (Addr, NextHop)>,
     /// Reverse-service entries: endpoint → flags (each checked to name an active backend at
     /// that endpoint, of a live service, with that service's VIP and port).
-    revs: BTreeMap<RevKey4, u16>,
+    revs: BTreeMap<RevKey4, (u16, [u8; 4], [u8; 2])>,
 }
 
 fn action(a: acl::Action) -> u32 {
@@ -110,13 +110,15 @@ fn view(m: &FakeMaps) -> View {
                     b.is_some_and(|b| live::endpoint(b) == Some(*k) && b.service == e.service),
                     "{k:?} → {e:?} names no active backend of that endpoint and service"
                 );
+                // A VIP swap holds entries at the VIP their older flows were addressed to
+                // (shared): only those may name another VIP than their service's.
                 let (vip, port, _) = service_of[&e.service];
-                assert_eq!(
-                    (addr::v4_mapped(e.vip), e.vport),
-                    (vip, port),
+                assert!(
+                    (addr::v4_mapped(e.vip), e.vport) == (vip, port)
+                        || e.flags == lb_common::maps::REV_F_SHARED,
                     "{k:?} → {e:?}"
                 );
-                (*k, e.flags)
+                (*k, (e.flags, e.vip, e.vport))
             })
             .collect(),
     }
@@ -419,4 +421,42 @@ fn a_pip_change_fails_cleanly_at_every_write() {
         .map_err(|e| e.to_string())
     });
     let _ = addr::v4_mapped([0; 4]);
+}
+
+/// A VIP swap is one transaction: with any of its writes failing, both VIPs are as they were.
+#[test]
+fn a_vip_swap_fails_cleanly_at_every_write() {
+    let build = || {
+        let mut r = base();
+        add_with(
+            &mut r,
+            "203.0.113.11:80/tcp",
+            VipSettings {
+                table_size: Some(251),
+                internal: Some("198.51.100.0/24".into()),
+                ..VipSettings::default()
+            },
+            &["192.0.2.14"],
+        );
+        add_with(
+            &mut r,
+            "203.0.113.11:81/tcp",
+            VipSettings {
+                table_size: Some(251),
+                internal: Some("198.51.100.0/24".into()),
+                ..VipSettings::default()
+            },
+            &["192.0.2.15"],
+        );
+        r.release_all();
+        r
+    };
+    fails_cleanly_at_every_write(
+        "vip swap",
+        build,
+        api(Req::VipSwap {
+            a: "203.0.113.10".into(),
+            b: "203.0.113.11".into(),
+        }),
+    );
 }
