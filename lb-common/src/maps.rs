@@ -549,6 +549,10 @@ pub const VIP_F_NO_ECHO: u32 = 1;
 /// [`VipInfo::flags`]: an internal VIP whose own backends may connect to it (`--hairpin snat`):
 /// their flows are also source-NATed to the VIP, so replies come back through the LB.
 pub const VIP_F_HAIRPIN_SNAT: u32 = 2;
+/// [`VipInfo::flags`]: the VIP has HA ports (`ADDR:0/any`): a TCP or UDP packet to a port no
+/// exact service has is looked up again as (VIP, port 0, protocol), and keeps its port. Only
+/// such VIPs pay that second lookup.
+pub const VIP_F_HA_PORTS: u32 = 4;
 
 /// `LB_ECHO_RL` and `LB_FLOW_RL` value: a per-CPU token bucket, in nanoseconds of credit.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]

@@ -6,7 +6,8 @@
 //! * not TCP/UDP (or not balanceable): an ICMP error about a tracked flow, from a backend's
 //!   side (before a PIP: conntrack is about TCP/UDP flows, and the error belongs to one);
 //! * then for both: a PIP (every protocol; after VIP flows, since a DIP can also be a VIP's
-//!   backend), then anything else to a VIP (ICMP to it, or a counted drop), else not ours.
+//!   backend), then an HA-ports VIP's catch-all (TCP/UDP to a port no exact service has),
+//!   then anything else to a VIP (ICMP to it, or a counted drop), else not ours.
 //!
 //! A TCP/UDP packet first meets the "maybe ours" filter (`LB_OURS4`): only a destination whose
 //! bit is set can be a VIP or a PIP, only a source whose bit is set a backend or a PIP's
@@ -15,7 +16,7 @@
 
 use lb_common::{
     flow::proto,
-    maps::{PipEntry4, ServiceInfo, VipInfo, ours_bit},
+    maps::{PipEntry4, ServiceInfo, ServiceKey4, VIP_F_HA_PORTS, VipInfo, ours_bit},
     verdict::{DropReason, PassReason},
 };
 
@@ -94,6 +95,14 @@ pub fn classify(ctx: &aya_ebpf::programs::XdpContext, pkt: &Packet) -> Class {
         return Class::NotOurs(not_ours);
     };
     match (pkt.flow(), is_icmp) {
+        // HA ports: a port no exact service has is the catch-all's, (VIP, 0, protocol). After
+        // the PIP lookup (no PIP is a VIP), so only packets to such a VIP pay for it.
+        (Some((flow, _)), _) if vip.flags & VIP_F_HA_PORTS != 0 => {
+            match select::service_at(ServiceKey4::of(flow.dst, [0; 2], flow.proto)) {
+                Some(svc) => Class::Service(svc),
+                None => Class::Unservable(DropReason::NoService),
+            }
+        }
         (Some(_), _) => Class::Unservable(DropReason::NoService),
         (None, true) => Class::IcmpToVip(vip),
         (None, false) => Class::Unservable(pkt.problem.unwrap_or(DropReason::Malformed)),

@@ -195,6 +195,8 @@ pub fn remember(
     let shared = unsafe { LB_REVSVC4.get(RevKey4::of(addr, port, flow.proto)) }
         .is_some_and(|r| r.flags & REV_F_SHARED != 0);
     if shared {
+        // An HA-ports backend (port 0) replies from the port the client sent to.
+        let reply_port = if port == [0; 2] { flow.dport } else { port };
         let rev = ConnEntry4::new(
             id,
             service,
@@ -206,7 +208,7 @@ pub fn remember(
             0,
             now,
         );
-        put(&flow.reply_from(addr, port), &rev);
+        put(&flow.reply_from(addr, reply_port), &rev);
     }
 }
 
@@ -260,10 +262,21 @@ pub enum FromBackend {
 #[inline(always)]
 pub fn from_backend(flow: &FlowKey4, flags: u8) -> FromBackend {
     // SAFETY: copied out at once.
-    let rev = unsafe { LB_REVSVC4.get(RevKey4::of(flow.src, flow.sport, flow.proto)) };
-    let Some(rev) = rev.copied() else {
+    let exact = unsafe { LB_REVSVC4.get(RevKey4::of(flow.src, flow.sport, flow.proto)) };
+    // An HA-ports backend's entry has port 0: it answers from every port. time: the second
+    // lookup is paid only by packets from a backend address that are no exact endpoint's.
+    let rev = match exact {
+        Some(r) => Some(*r),
+        // SAFETY: copied out at once.
+        None => unsafe { LB_REVSVC4.get(RevKey4::of(flow.src, [0; 2], flow.proto)) }.copied(),
+    };
+    let Some(mut rev) = rev else {
         return FromBackend::None;
     };
+    // HA ports keep the port: the reply's source port is the VIP port its flow was sent to.
+    if rev.vport == [0; 2] {
+        rev.vport = flow.sport;
+    }
     if rev.flags & REV_F_STATELESS != 0 {
         // The operator declared the endpoint reachable only through the LB: the packet is a
         // reply, translated from this entry alone, unless it answers the LB's own connection.

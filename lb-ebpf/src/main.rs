@@ -114,7 +114,8 @@ fn to_backend(
         // time and the verifier prunes this branch as dead code when it is 0.
         aya_log_ebpf::debug!(ctx, "new flow to backend {} (service {})", id, svc.id);
     }
-    xlate::dnat(pkt, l4, be.addr, be.port);
+    // An HA-ports backend has no port: the flow keeps the one it was sent to.
+    xlate::dnat(pkt, l4, be.addr, select::backend_port(&be, flow));
     stats::count_flow(id, pkt.len, Dir::Forward { new_flow });
     xlate::forward(ctx, pkt, Some(be.nh), SendReason::Forward)
 }

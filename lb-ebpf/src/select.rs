@@ -67,6 +67,13 @@ pub fn live_backend(id: BackendId) -> Option<Backend4> {
     b.is_active().then_some(b)
 }
 
+/// The port a flow is sent to at backend `b`: its own, or for an HA-ports backend (port 0) the
+/// port the client sent to.
+#[inline(always)]
+pub fn backend_port(b: &Backend4, flow: &FlowKey4) -> [u8; 2] {
+    if b.port == [0; 2] { flow.dport } else { b.port }
+}
+
 /// Where a client → VIP packet goes.
 pub enum Pick {
     /// The flow's tracked backend.

@@ -9,19 +9,25 @@ use std::{
 
 use lb_common::{addr, flow::proto, maps::ServiceKey};
 
-/// Transport protocol of a load-balanced service.
+/// Transport protocol of a load-balanced service. `Any` is the HA-ports endpoint `ADDR:0/any`
+/// (every TCP and UDP port of an internal VIP); it sorts last, so a VIP's services stay one
+/// range (`live::vip_range`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Proto {
     Tcp,
     Udp,
+    Any,
 }
 
 impl Proto {
+    /// The protocol number in map keys; 0 for `Any`, whose entries the map layer writes once
+    /// per protocol.
     #[must_use]
     pub const fn number(self) -> u8 {
         match self {
             Self::Tcp => proto::TCP,
             Self::Udp => proto::UDP,
+            Self::Any => 0,
         }
     }
 }
@@ -31,6 +37,7 @@ impl fmt::Display for Proto {
         f.write_str(match self {
             Self::Tcp => "tcp",
             Self::Udp => "udp",
+            Self::Any => "any",
         })
     }
 }
@@ -72,15 +79,27 @@ impl FromStr for ServiceSpec {
         let proto = match p {
             "tcp" => Proto::Tcp,
             "udp" => Proto::Udp,
+            "any" => Proto::Any,
             other => {
                 return Err(SpecError(format!(
-                    "protocol {other:?} is not load-balanced (only tcp and udp)"
+                    "protocol {other:?} is not load-balanced (only tcp and udp; any with port 0 is HA ports)"
                 )));
             }
         };
         let vip = parse_socket_addr(addr).map_err(|why| SpecError(format!("{why} ({form})")))?;
-        if vip.port() == 0 {
-            return Err(SpecError("port 0 is not a service port".into()));
+        match (vip.port(), proto) {
+            (0, Proto::Any) | (1.., Proto::Tcp | Proto::Udp) => {}
+            (0, _) => {
+                return Err(SpecError(
+                    "port 0 is not a service port (ADDR:0/any is HA ports: every TCP and UDP port)"
+                        .into(),
+                ));
+            }
+            (_, Proto::Any) => {
+                return Err(SpecError(
+                    "/any takes port 0: ADDR:0/any (HA ports: every TCP and UDP port)".into(),
+                ));
+            }
         }
         check_unicast(vip.ip()).map_err(|e| SpecError(format!("VIP {e}")))?;
         Ok(Self { vip, proto })
@@ -122,13 +141,14 @@ impl ServiceSpec {
     /// no service spec produces (another protocol, port 0).
     #[must_use]
     pub fn from_key(k: &ServiceKey) -> Option<Self> {
+        let port = u16::from_be_bytes(k.port);
         let proto = match k.proto {
-            p if p == Proto::Tcp.number() => Proto::Tcp,
-            p if p == Proto::Udp.number() => Proto::Udp,
+            p if p == Proto::Tcp.number() && port != 0 => Proto::Tcp,
+            p if p == Proto::Udp.number() && port != 0 => Proto::Udp,
+            0 if port == 0 => Proto::Any,
             _ => return None,
         };
-        let port = u16::from_be_bytes(k.port);
-        (port != 0 && k._pad == 0).then(|| Self {
+        (k._pad == 0).then(|| Self {
             vip: SocketAddr::new(addr::to_ip(&k.vip), port),
             proto,
         })

@@ -376,6 +376,7 @@ impl State {
             return Err(ChangeError::Conflict(format!("service {spec}")));
         }
         self.check_backend_addr(to)?;
+        self.check_ha_address(&spec, to)?;
         self.check_stateless_endpoint(&spec, to)?;
         if self
             .services
@@ -420,6 +421,7 @@ impl State {
         check_service(&spec).map_err(ChangeError::Invalid)?;
         check_settings(&settings).map_err(ChangeError::Invalid)?;
         check_internal(&spec, &settings.internal).map_err(ChangeError::Invalid)?;
+        crate::config::check_ha(&spec, &settings).map_err(ChangeError::Invalid)?;
         check_lifetime(&spec, settings.idle_timeout, settings.tcp_reset)
             .map_err(ChangeError::Invalid)?;
         if self.services.contains_key(&spec) {
@@ -571,6 +573,7 @@ impl State {
         check_backend(spec, &b).map_err(ChangeError::Invalid)?;
         let addr = b.resolve(spec);
         self.check_backend_addr(addr)?;
+        self.check_ha_address(spec, addr)?;
         self.check_stateless_endpoint(spec, addr)?;
         let svc = self.service_mut(spec)?;
         if svc.backends.len() + 1 > svc.settings.table_size as usize
@@ -725,6 +728,23 @@ impl State {
     fn check_backend_addr(&self, addr: SocketAddr) -> Result<(), ChangeError> {
         match self.services.keys().find(|o| o.vip.ip() == addr.ip()) {
             Some(of) => Err(ChangeError::Invalid(backend_is_vip(addr.ip(), of))),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether `addr` may join `spec` as far as HA ports go: an HA-ports backend serves
+    /// nothing else (the config's `ha_conflict` is the same rule).
+    fn check_ha_address(&self, spec: &ServiceSpec, addr: SocketAddr) -> Result<(), ChangeError> {
+        let mut endpoints: Vec<(ServiceSpec, IpAddr)> = self
+            .services
+            .iter()
+            .filter(|(o, _)| *o != spec)
+            .flat_map(|(o, st)| st.backends.keys().map(|b| (*o, b.ip())))
+            .filter(|(_, ip)| *ip == addr.ip())
+            .collect();
+        endpoints.push((*spec, addr.ip()));
+        match crate::config::ha_conflict(&endpoints) {
+            Some((_, why)) => Err(ChangeError::Invalid(why)),
             None => Ok(()),
         }
     }
@@ -1141,6 +1161,95 @@ mod tests {
         assert_eq!(back, s, "{text}");
     }
 
+    /// HA ports (`ADDR:0/any`): internal VIPs only, backends without a port and serving
+    /// nothing else, no hairpin SNAT, a probe with its port; kept by the state file.
+    #[test]
+    fn ha_ports_are_checked_and_kept() {
+        let mut s = State::default();
+        let ha = svc("203.0.113.40:0/any");
+        let internal = ServiceSettings {
+            internal: vec![("198.51.100.0".parse().unwrap(), 24)],
+            ..ServiceSettings::default()
+        };
+        let invalid = |r: Result<(), ChangeError>, what: &str| {
+            assert!(
+                matches!(&r, Err(ChangeError::Invalid(m)) if m.contains(what)),
+                "{what}: {r:?}"
+            );
+        };
+        invalid(
+            s.add_service(ha, ServiceSettings::default()),
+            "internal VIPs only",
+        );
+        invalid(
+            s.add_service(
+                ha,
+                ServiceSettings {
+                    hairpin: crate::spec::Hairpin::Snat,
+                    ..internal.clone()
+                },
+            ),
+            "no SNAT port is free",
+        );
+        invalid(
+            s.add_service(
+                ha,
+                ServiceSettings {
+                    probe: Some("tcp".parse().unwrap()),
+                    ..internal.clone()
+                },
+            ),
+            "names its port",
+        );
+        s.add_service(
+            ha,
+            ServiceSettings {
+                probe: Some("tcp:5432".parse().unwrap()),
+                ..internal.clone()
+            },
+        )
+        .unwrap();
+        let with_port = s.add_backend(&ha, "192.0.2.11:5432".parse().unwrap(), None);
+        invalid(with_port.map(drop), "has no port of its own");
+        s.add_backend(&ha, "192.0.2.11".parse().unwrap(), None)
+            .unwrap();
+        // The same address behind another endpoint, either way round, is refused.
+        let web = svc("203.0.113.10:80/tcp");
+        s.add_service(web, ServiceSettings::default()).unwrap();
+        invalid(
+            s.add_backend(&web, "192.0.2.11:8080".parse().unwrap(), None)
+                .map(drop),
+            "is an HA-ports backend of 203.0.113.40:0/any and cannot also serve 203.0.113.10:80/tcp",
+        );
+        s.add_backend(&web, "192.0.2.12".parse().unwrap(), None)
+            .unwrap();
+        invalid(
+            s.add_backend(&ha, "192.0.2.12".parse().unwrap(), None)
+                .map(drop),
+            "cannot also serve 203.0.113.10:80/tcp",
+        );
+        // An exact service on the HA VIP is fine; a forward on HA ports is not one.
+        s.add_service(svc("203.0.113.40:22/tcp"), internal.clone())
+            .unwrap();
+        invalid(
+            s.add_forward(ha, &"192.0.2.13:22".parse().unwrap(), (None, false))
+                .map(drop),
+            "a port forward is one VIP port",
+        );
+        let text = s.to_toml();
+        assert!(text.contains("vip = \"203.0.113.40:0/any\""), "{text}");
+        let back = State::from_config(&crate::config::parse("state.toml", &text).unwrap());
+        assert_eq!(back, s, "{text}");
+        // The spec's own forms.
+        for (bad, why) in [
+            ("203.0.113.40:0/tcp", "port 0 is not a service port"),
+            ("203.0.113.40:80/any", "/any takes port 0"),
+        ] {
+            let e = bad.parse::<ServiceSpec>().unwrap_err();
+            assert!(e.0.contains(why), "{bad}: {e}");
+        }
+    }
+
     /// Idle timeouts and TCP reset: checked against the endpoint's protocol on services and
     /// forwards alike, kept by the state file, the protocol's default when not given.
     #[test]
@@ -1206,12 +1315,12 @@ mod tests {
         let back = State::from_config(&crate::config::parse("state.toml", &text).unwrap());
         assert_eq!(back, s, "{text}");
         assert_eq!(
-            crate::config::idle_timeout_of(crate::spec::Proto::Udp, None),
-            Duration::from_mins(1)
+            crate::config::idle_timeouts(None),
+            (Duration::from_mins(4), Duration::from_mins(1))
         );
         assert_eq!(
-            crate::config::idle_timeout_of(crate::spec::Proto::Tcp, None),
-            Duration::from_mins(4)
+            crate::config::idle_timeout_text(crate::spec::Proto::Any, None),
+            "4m tcp, 1m udp"
         );
     }
 

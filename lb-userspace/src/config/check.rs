@@ -6,7 +6,7 @@ use std::time::Duration;
 use lb_common::{consts::MAX_TABLE_SIZE, health, maglev::is_prime};
 
 use super::{MAX_WEIGHT, ServiceSettings};
-use crate::spec::{BackendSpec, Hairpin, Replies, ServiceSpec};
+use crate::spec::{BackendSpec, Hairpin, Proto, Replies, ServiceSpec};
 
 /// Checks a PIP mapping: unicast IPv4 addresses (the fast path is IPv4), not the same address.
 ///
@@ -57,6 +57,11 @@ pub fn check_acl_rule(
 /// # Errors
 /// A message naming the target and the problem.
 pub fn check_forward(s: &ServiceSpec, to: &BackendSpec) -> Result<std::net::SocketAddr, String> {
+    if s.proto == Proto::Any {
+        return Err(format!(
+            "{s} is HA ports (every port): a port forward is one VIP port to one backend port"
+        ));
+    }
     check_backend(s, to)?;
     let port = to
         .port
@@ -128,7 +133,7 @@ pub fn check_lifetime(
             ));
         }
     }
-    if tcp_reset && s.proto != crate::spec::Proto::Tcp {
+    if tcp_reset && s.proto == Proto::Udp {
         return Err(format!(
             "--tcp-reset on applies to TCP endpoints; {s} is not one"
         ));
@@ -270,7 +275,85 @@ pub fn check_backend(s: &ServiceSpec, b: &BackendSpec) -> Result<(), String> {
             "backend {b} is not of the same address family as {s}"
         ));
     }
+    if s.proto == Proto::Any && b.port.is_some() {
+        return Err(format!(
+            "backend {b}: an HA-ports backend has no port of its own (a flow keeps the port it \
+             was sent to); give the address alone"
+        ));
+    }
     Ok(())
+}
+
+/// Checks an HA-ports endpoint (`ADDR:0/any`): on an internal VIP only, as in the reference
+/// (a public VIP open on every port would be an open relay into the backends); no hairpin
+/// SNAT (every port of the VIP is served, so no SNAT port is free); a probe names its port
+/// (the backends have none). Other endpoints pass.
+///
+/// # Errors
+/// A message naming the setting (as the CLI spells it).
+pub fn check_ha(s: &ServiceSpec, settings: &ServiceSettings) -> Result<(), String> {
+    if s.proto != Proto::Any {
+        return Ok(());
+    }
+    if settings.internal.is_empty() {
+        return Err(format!(
+            "{s}: HA ports are for internal VIPs only (give --internal PREFIX), as in the reference"
+        ));
+    }
+    if settings.hairpin == Hairpin::Snat {
+        return Err(format!(
+            "{s}: --hairpin snat cannot be combined with HA ports: every port of the VIP is \
+             served, so no SNAT port is free"
+        ));
+    }
+    let port = match &settings.probe {
+        Some(crate::spec::ProbeSpec::Tcp { port } | crate::spec::ProbeSpec::Http { port, .. }) => {
+            *port
+        }
+        None => Some(1),
+    };
+    if port.is_none() {
+        return Err(format!(
+            "{s}: an HA-ports probe names its port (--probe tcp:PORT or http:PORT/PATH): the \
+             backends have none"
+        ));
+    }
+    Ok(())
+}
+
+/// Why `ip` cannot serve both `ha` (HA ports) and `other`: an HA-ports backend replies from
+/// every port, so its replies could not be told from `other`'s.
+#[must_use]
+pub fn ha_shared(ip: std::net::IpAddr, ha: &ServiceSpec, other: &ServiceSpec) -> String {
+    format!(
+        "{ip} is an HA-ports backend of {ha} and cannot also serve {other}: it answers from \
+         every port, so its replies to the two could not be told apart"
+    )
+}
+
+/// The first address that is a backend (or forward target) of an HA-ports endpoint and of
+/// another endpoint too, among `endpoints` (service, backend address): its index, and why.
+#[must_use]
+pub fn ha_conflict(endpoints: &[(ServiceSpec, std::net::IpAddr)]) -> Option<(usize, String)> {
+    let mut first: std::collections::HashMap<std::net::IpAddr, ServiceSpec> =
+        std::collections::HashMap::new();
+    for (i, (spec, ip)) in endpoints.iter().enumerate() {
+        match first.get(ip) {
+            Some(o) if o != spec && (o.proto == Proto::Any || spec.proto == Proto::Any) => {
+                let (ha, other) = if o.proto == Proto::Any {
+                    (o, spec)
+                } else {
+                    (spec, o)
+                };
+                return Some((i, ha_shared(*ip, ha, other)));
+            }
+            Some(_) => {}
+            None => {
+                first.insert(*ip, *spec);
+            }
+        }
+    }
+    None
 }
 
 /// Why a service with `table_size` slots cannot take `backends` backends.

@@ -191,16 +191,33 @@ pub struct ServiceSettings {
     pub tcp_reset: bool,
 }
 
-/// The idle timeout of an endpoint: its own, or its protocol's default (TCP: the reference's
-/// 4 minutes; UDP: 60 s, `lb_common::conn`).
+/// The idle timeouts of an endpoint's TCP and UDP flows: its own, or each protocol's default
+/// (TCP: the reference's 4 minutes; UDP: 60 s, `lb_common::conn`). An HA-ports endpoint has
+/// flows of both.
 #[must_use]
-pub fn idle_timeout_of(proto: crate::spec::Proto, own: Option<Duration>) -> Duration {
-    own.unwrap_or_else(|| {
-        Duration::from_secs(u64::from(match proto {
-            crate::spec::Proto::Tcp => lb_common::conn::IDLE_TIMEOUT_TCP_S,
-            crate::spec::Proto::Udp => lb_common::conn::IDLE_TIMEOUT_UDP_S,
-        }))
-    })
+pub fn idle_timeouts(own: Option<Duration>) -> (Duration, Duration) {
+    let d = |s: u32| Duration::from_secs(u64::from(s));
+    own.map_or(
+        (
+            d(lb_common::conn::IDLE_TIMEOUT_TCP_S),
+            d(lb_common::conn::IDLE_TIMEOUT_UDP_S),
+        ),
+        |o| (o, o),
+    )
+}
+
+/// The idle timeout of an endpoint's flows, as `lb vip list` shows it: one duration, or for
+/// an HA-ports endpoint without one of its own, each protocol's (`4m tcp, 1m udp`).
+#[must_use]
+pub fn idle_timeout_text(proto: crate::spec::Proto, own: Option<Duration>) -> String {
+    use crate::spec::{Proto, format_duration};
+    let (tcp, udp) = idle_timeouts(own);
+    match proto {
+        Proto::Tcp => format_duration(tcp),
+        Proto::Udp => format_duration(udp),
+        Proto::Any if tcp == udp => format_duration(tcp),
+        Proto::Any => format!("{} tcp, {} udp", format_duration(tcp), format_duration(udp)),
+    }
 }
 
 impl Default for ServiceSettings {

@@ -308,6 +308,8 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             &err,
         )?;
         check_settings(&settings).map_err(|m| err(s.vip.span(), field("settings"), m))?;
+        crate::config::check_ha(&spec, &settings)
+            .map_err(|m| err(s.vip.span(), field("vip"), m))?;
         // VIP-level settings (internal, icmp_echo): the services of one address must agree.
         if let Some(other) = services
             .iter()
@@ -573,6 +575,23 @@ fn check_addresses(
                 backend_is_vip(f.to.ip(), of),
             ));
         }
+    }
+    // An HA-ports backend serves nothing else: each endpoint with where it is written.
+    let mut endpoints = Vec::new();
+    let mut at = Vec::new();
+    for (i, s) in services.iter().enumerate() {
+        for (j, b) in s.backends.iter().enumerate() {
+            endpoints.push((s.spec, b.spec.ip));
+            at.push((spans[i].1[j].clone(), format!("service[{i}].backends[{j}]")));
+        }
+    }
+    for (i, f) in forwards.iter().enumerate() {
+        endpoints.push((f.spec, f.to.ip()));
+        at.push((forward_spans[i].clone(), format!("forward[{i}].to")));
+    }
+    if let Some((k, why)) = crate::config::ha_conflict(&endpoints) {
+        let (span, field) = at.swap_remove(k);
+        return Err(err(span, field, why));
     }
     Ok(())
 }

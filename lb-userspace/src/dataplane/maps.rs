@@ -374,14 +374,22 @@ impl MapOps for Maps {
         let k4 = k
             .v4()
             .ok_or_else(|| no_family(map_names::SERVICES4, op()))?;
-        self.services
-            .insert(k4, v, 0)
-            .map_err(op_err(map_names::SERVICES4, op()))
+        // HA ports: one entry per protocol, the TCP one first (each an atomic update).
+        for &p in per_proto(k4.proto) {
+            self.services
+                .insert(ServiceKey4 { proto: p, ..k4 }, v, 0)
+                .map_err(op_err(map_names::SERVICES4, op()))?;
+        }
+        Ok(())
     }
     fn del_service(&mut self, k: &ServiceKey) -> Result<(), MapOpError> {
         let op = "remove service";
         let k4 = k.v4().ok_or_else(|| no_family(map_names::SERVICES4, op))?;
-        deleted(self.services.remove(&k4)).map_err(op_err(map_names::SERVICES4, op))
+        for &p in per_proto(k4.proto) {
+            deleted(self.services.remove(&ServiceKey4 { proto: p, ..k4 }))
+                .map_err(op_err(map_names::SERVICES4, op))?;
+        }
+        Ok(())
     }
     fn put_vip(&mut self, k: &VipKey, v: &VipInfo) -> Result<(), MapOpError> {
         let a = v4(map_names::VIPS4, "insert", &k.vip)?;
@@ -407,12 +415,19 @@ impl MapOps for Maps {
             .map_err(op_err(map_names::BACKENDS4, op()))
     }
     fn put_rev(&mut self, k: &RevKey4, v: &RevService4) -> Result<(), MapOpError> {
-        self.revsvc
-            .insert(k, v, 0)
-            .map_err(op_err(map_names::REVSVC, "insert"))
+        for &p in per_proto(k.proto) {
+            self.revsvc
+                .insert(RevKey4 { proto: p, ..*k }, v, 0)
+                .map_err(op_err(map_names::REVSVC, "insert"))?;
+        }
+        Ok(())
     }
     fn del_rev(&mut self, k: &RevKey4) -> Result<(), MapOpError> {
-        deleted(self.revsvc.remove(k)).map_err(op_err(map_names::REVSVC, "remove"))
+        for &p in per_proto(k.proto) {
+            deleted(self.revsvc.remove(&RevKey4 { proto: p, ..*k }))
+                .map_err(op_err(map_names::REVSVC, "remove"))?;
+        }
+        Ok(())
     }
     fn put_ours(&mut self, word: u32, bits: u64) -> Result<(), MapOpError> {
         self.ours
@@ -540,9 +555,17 @@ impl MapOps for Maps {
     }
     fn read_live(&self) -> Result<LiveMaps, MapOpError> {
         let mut services = Vec::new();
+        let mut ha_seen = std::collections::HashSet::new();
         for item in &self.services {
             let (k, v) = item.map_err(op_err(map_names::SERVICES4, "walk"))?;
-            services.push((ServiceKey::from_v4(&k), v));
+            // An HA-ports endpoint is one entry per protocol: one service (protocol 0).
+            let k = match k.port {
+                [0, 0] => ServiceKey4 { proto: 0, ..k },
+                _ => k,
+            };
+            if k.proto != 0 || ha_seen.insert(k) {
+                services.push((ServiceKey::from_v4(&k), v));
+            }
         }
         let mut vips = Vec::new();
         for item in &self.vips {
@@ -600,11 +623,19 @@ impl MapOps for Maps {
             let (len, a) = prefix_from_v4(k.prefix_len(), k.data());
             routes.push((len, a, nh));
         }
-        let revs = self
-            .revsvc
-            .iter()
-            .collect::<Result<_, _>>()
-            .map_err(op_err(map_names::REVSVC, "walk"))?;
+        let mut revs: Vec<(RevKey4, RevService4)> = Vec::new();
+        let mut ha_seen = std::collections::HashSet::new();
+        for item in &self.revsvc {
+            let (k, v) = item.map_err(op_err(map_names::REVSVC, "walk"))?;
+            // An HA-ports backend's entry is one per protocol: one endpoint (protocol 0).
+            let k = match k.port {
+                [0, 0] => RevKey4 { proto: 0, ..k },
+                _ => k,
+            };
+            if k.proto != 0 || ha_seen.insert(k) {
+                revs.push((k, v));
+            }
+        }
         let ours = (0..)
             .zip(read_array(&self.ours, map_names::OURS, 0, self.ours.len())?)
             .filter(|(_, w)| *w != 0)
@@ -638,6 +669,18 @@ impl MapOps for Maps {
     }
     fn read_slots(&self, off: u32, len: u32) -> Result<Vec<BackendId>, MapOpError> {
         read_array(&self.ring, map_names::RING, off, len)
+    }
+}
+
+/// The protocols a key of protocol `p` is written under: TCP and UDP for 0 (an HA-ports
+/// endpoint, `ADDR:0/any`), else `p` itself.
+fn per_proto(p: u8) -> &'static [u8] {
+    use lb_common::flow::proto::{TCP, UDP};
+    match p {
+        0 => &[TCP, UDP],
+        TCP => &[TCP],
+        UDP => &[UDP],
+        _ => &[],
     }
 }
 

@@ -26,8 +26,9 @@ use lb_common::{
 /// new one whenever the state changes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SweepPolicy {
-    /// Service id → (idle timeout in seconds, TCP reset on idle).
-    pub services: HashMap<u32, (u32, bool)>,
+    /// Service id → (idle timeout of its TCP flows, of its UDP flows, in seconds; TCP reset on
+    /// idle).
+    pub services: HashMap<u32, (u32, u32, bool)>,
     /// The backends of services with TCP reset on: id → address (the RST to the backend's
     /// side goes there).
     pub backends: HashMap<BackendId, SocketAddrV4>,
@@ -96,14 +97,12 @@ impl SweepPolicy {
             }
             _ => {}
         }
-        let (idle_s, reset) = self.services.get(&e.service).copied().unwrap_or_else(|| {
-            let idle = if k.proto == proto::TCP {
-                conn::IDLE_TIMEOUT_TCP_S
-            } else {
-                conn::IDLE_TIMEOUT_UDP_S
-            };
-            (idle, false)
-        });
+        let (tcp_s, udp_s, reset) = self.services.get(&e.service).copied().unwrap_or((
+            conn::IDLE_TIMEOUT_TCP_S,
+            conn::IDLE_TIMEOUT_UDP_S,
+            false,
+        ));
+        let idle_s = if k.proto == proto::TCP { tcp_s } else { udp_s };
         let t = Timeouts {
             idle_s,
             close_s: a.close_s,
@@ -217,7 +216,7 @@ mod tests {
 
     fn policy() -> SweepPolicy {
         SweepPolicy {
-            services: HashMap::from([(1, (4, true)), (2, (30, false))]),
+            services: HashMap::from([(1, (4, 4, true)), (2, (30, 30, false))]),
             backends: HashMap::from([(3, "192.0.2.11:8080".parse().unwrap())]),
             holds: Vec::new(),
         }

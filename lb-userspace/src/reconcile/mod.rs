@@ -1035,9 +1035,10 @@ impl<M: MapOps> Reconciler<M> {
             let Some(st) = self.state.services.get(spec) else {
                 continue;
             };
-            let idle = crate::config::idle_timeout_of(spec.proto, st.settings.idle_timeout);
-            let idle_s = u32::try_from(idle.as_secs()).unwrap_or(u32::MAX);
-            p.services.insert(info.id, (idle_s, st.settings.tcp_reset));
+            let (tcp, udp) = crate::config::idle_timeouts(st.settings.idle_timeout);
+            let secs = |d: std::time::Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+            p.services
+                .insert(info.id, (secs(tcp), secs(udp), st.settings.tcp_reset));
             if st.settings.tcp_reset
                 && let Some(bs) = self.live.by_service.get(&info.id)
             {

@@ -20,7 +20,7 @@ use lb_common::{
     maglev::{TableBackend, build_table},
     maps::{
         BACKEND_F_ACTIVE, Backend, BackendId, NextHop, REV_F_SHARED, REV_F_STATELESS, RevKey4,
-        RevService4, SVC_DIST_SHIFT, SVC_F_INTERNAL, SVC_F_TCP_RESET, ServiceInfo,
+        RevService4, SVC_DIST_SHIFT, SVC_F_INTERNAL, SVC_F_TCP_RESET, ServiceInfo, VIP_F_HA_PORTS,
         VIP_F_HAIRPIN_SNAT, VIP_F_NO_ECHO, VipInfo,
     },
 };
@@ -675,6 +675,14 @@ pub fn vip(ip: IpAddr, phase: Phase, i: Inputs<'_>, alloc: &mut Alloc) -> Result
     }
     if st.settings.hairpin == Hairpin::Snat {
         flags |= VIP_F_HAIRPIN_SNAT;
+    }
+    // HA ports: the catch-all's lookup is on from before its entry is written until after it
+    // is gone (a lookup that finds nothing is a counted drop, as without the flag).
+    let ha = |s: &&ServiceSpec| s.proto == crate::spec::Proto::Any;
+    let has_ha = live_specs.iter().any(ha)
+        || (matches!(phase, Phase::Before { .. }) && desired.clone().any(|(s, _)| ha(&s)));
+    if has_ha {
+        flags |= VIP_F_HA_PORTS;
     }
     let mut service_ids: Vec<u32> = i.live.services_on(ip).map(|(_, inf)| inf.id).collect();
     if let Phase::Before {

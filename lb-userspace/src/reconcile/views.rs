@@ -217,10 +217,7 @@ impl Source<'_> {
                 icmp_echo: st.icmp_echo,
                 replies: st.replies.to_string(),
                 distribution: st.distribution.to_string(),
-                idle_timeout: format_duration(crate::config::idle_timeout_of(
-                    spec.proto,
-                    st.idle_timeout,
-                )),
+                idle_timeout: crate::config::idle_timeout_text(spec.proto, st.idle_timeout),
                 tcp_reset: st.tcp_reset,
                 counters: CountersView::default(),
             };

@@ -1,7 +1,8 @@
 //! A lab backend: a tiny HTTP/1.1 server (keep-alive; the body is the backend's name) and a
 //! UDP echo server (the reply is "NAME PAYLOAD"). `GET /healthz` answers `--health-status`
 //! (default 200), so a test can make a backend fail an HTTP probe while it still serves.
-//! Prints `ready` once both sockets listen.
+//! `--http` and `--udp` may repeat (HA-ports tests serve several ports). Prints `ready` once
+//! every socket listens.
 use std::{
     io::{BufRead as _, BufReader, Write as _},
     net::{TcpListener, TcpStream, UdpSocket},
@@ -9,7 +10,7 @@ use std::{
 
 fn main() {
     let mut name = String::new();
-    let (mut http, mut udp) = (None, None);
+    let (mut http, mut udp) = (Vec::new(), Vec::new());
     let mut health: u16 = 200;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -18,8 +19,8 @@ fn main() {
             .unwrap_or_else(|| die(&format!("{a} needs a value")));
         match a.as_str() {
             "--name" => name = v,
-            "--http" => http = Some(v),
-            "--udp" => udp = Some(v),
+            "--http" => http.push(v),
+            "--udp" => udp.push(v),
             "--health-status" => {
                 health = v
                     .parse()
@@ -28,12 +29,17 @@ fn main() {
             _ => die(&format!("unknown argument {a}")),
         }
     }
-    let tcp =
-        http.map(|a| TcpListener::bind(&a).unwrap_or_else(|e| die(&format!("bind {a}: {e}"))));
-    let udp = udp.map(|a| UdpSocket::bind(&a).unwrap_or_else(|e| die(&format!("bind {a}: {e}"))));
+    let tcp: Vec<TcpListener> = http
+        .iter()
+        .map(|a| TcpListener::bind(a).unwrap_or_else(|e| die(&format!("bind {a}: {e}"))))
+        .collect();
+    let udp: Vec<UdpSocket> = udp
+        .iter()
+        .map(|a| UdpSocket::bind(a).unwrap_or_else(|e| die(&format!("bind {a}: {e}"))))
+        .collect();
     println!("ready");
     let _ = std::io::stdout().flush();
-    if let Some(u) = udp {
+    for u in udp {
         let name = name.clone();
         std::thread::spawn(move || {
             let mut buf = [0u8; 2048];
@@ -44,16 +50,17 @@ fn main() {
             }
         });
     }
-    match tcp {
-        Some(l) => {
+    for l in tcp {
+        let name = name.clone();
+        std::thread::spawn(move || {
             for s in l.incoming().flatten() {
                 let name = name.clone();
                 std::thread::spawn(move || serve(s, &name, health));
             }
-        }
-        None => loop {
-            std::thread::park();
-        },
+        });
+    }
+    loop {
+        std::thread::park();
     }
 }
 

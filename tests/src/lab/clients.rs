@@ -175,13 +175,21 @@ impl Lab {
     /// # Errors
     /// The socket cannot be made.
     pub fn udp_flow(&self, port: u16) -> anyhow::Result<UdpFlow> {
+        self.udp_flow_at(VIP, port)
+    }
+
+    /// As [`Self::udp_flow`], to any address.
+    ///
+    /// # Errors
+    /// The socket cannot be made.
+    pub fn udp_flow_at(&self, ip: Ipv4Addr, port: u16) -> anyhow::Result<UdpFlow> {
         let s = self
             .client
             .enter(|| UdpSocket::bind(SocketAddr::new(IpAddr::V4(CLIENT_IP), 0)))?;
         s.set_read_timeout(Some(IO_TIMEOUT))?;
         Ok(UdpFlow {
             s,
-            vip: SocketAddr::new(IpAddr::V4(VIP), port),
+            vip: SocketAddr::new(IpAddr::V4(ip), port),
         })
     }
 }

@@ -33,21 +33,33 @@ impl BackendNs {
     /// # Errors
     /// The server does not start.
     pub fn start_server_with_health(&mut self, status: u16) -> anyhow::Result<()> {
+        self.start_server_on(status, &[80], &[53])
+    }
+
+    /// As [`Self::start_server_with_health`], serving HTTP on `tcp` ports and UDP echo on
+    /// `udp` ports.
+    ///
+    /// # Errors
+    /// The server does not start.
+    pub fn start_server_on(&mut self, status: u16, tcp: &[u16], udp: &[u16]) -> anyhow::Result<()> {
         self.stop_server();
         let labd = workspace_bin("lb-labd")?;
+        let mut args = vec![
+            "--name".to_owned(),
+            self.name.clone(),
+            "--health-status".to_owned(),
+            status.to_string(),
+        ];
+        for p in tcp {
+            args.extend(["--http".to_owned(), format!("{}:{p}", self.ip)]);
+        }
+        for p in udp {
+            args.extend(["--udp".to_owned(), format!("{}:{p}", self.ip)]);
+        }
         let mut child = Command::new("ip")
             .args(["netns", "exec", &self.ns.name])
             .arg(&labd)
-            .args([
-                "--name",
-                &self.name,
-                "--http",
-                &format!("{}:80", self.ip),
-                "--udp",
-                &format!("{}:53", self.ip),
-                "--health-status",
-                &status.to_string(),
-            ])
+            .args(&args)
             .stdout(Stdio::piped())
             .spawn()
             .context("starting lb-labd")?;

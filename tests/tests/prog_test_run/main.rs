@@ -43,6 +43,14 @@ const B1_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x11];
 const B2_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x12];
 const B3_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x13];
 const FIB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x14];
+/// The HA-ports VIP's backends, and its exact 22/tcp service's.
+const HA_VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 40);
+const HA1: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 16);
+const HA2: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 17);
+const SSH: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 18);
+const HA1_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x16];
+const HA2_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x17];
+const SSH_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x18];
 const TABLE: u32 = 251;
 
 const CONFIG: &str = r#"
@@ -169,6 +177,20 @@ table_size = 251
 idle_timeout = "5s"
 tcp_reset = true
 
+# HA ports on an internal VIP: every TCP and UDP port, to two backends, port kept; 22/tcp is
+# an exact service, which wins.
+[[service]]
+vip = "203.0.113.40:0/any"
+backends = ["192.0.2.16", "192.0.2.17"]
+table_size = 251
+internal = ["198.51.100.0/26"]
+
+[[service]]
+vip = "203.0.113.40:22/tcp"
+backends = ["192.0.2.18:2222"]
+table_size = 251
+internal = ["198.51.100.0/26"]
+
 # A VIP that does not answer pings.
 [[service]]
 vip = "203.0.113.30:80/tcp"
@@ -224,6 +246,9 @@ impl Fixture {
                     IpAddr::V4(Ipv4Addr::new(192, 0, 2, 13)),
                     nh(fib_ifindex + 100, B3_MAC),
                 ),
+                (IpAddr::V4(HA1), nh(LO, HA1_MAC)),
+                (IpAddr::V4(HA2), nh(LO, HA2_MAC)),
+                (IpAddr::V4(SSH), nh(LO, SSH_MAC)),
             ]),
             fallback: None,
             routes: vec![(

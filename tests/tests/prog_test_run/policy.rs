@@ -327,3 +327,68 @@ fn pip_translates_every_protocol_both_ways() {
         );
     });
 }
+
+/// HA ports: TCP and UDP to any port of the internal VIP reach its backends with the port
+/// kept, and their replies come back from VIP:that port; an exact service on the same VIP wins;
+/// a source outside the VIP's prefixes is refused as on any internal VIP.
+#[test]
+fn ha_ports_balance_every_port_keep_it_and_lose_to_an_exact_service() {
+    with_fixture(|fx| {
+        // Whichever backend the table picked: the frame must be exactly one of the two DNATs.
+        let picked = |fx: &mut Fixture, what: &str, f: &Frame, port: u16| -> SocketAddrV4 {
+            let before = fx.counts();
+            let (action, out) = fx.run(&f.build());
+            assert_eq!(action, XDP_TX, "{what}");
+            let mut hits = Vec::new();
+            for (ip, mac) in [(HA1, HA1_MAC), (HA2, HA2_MAC)] {
+                let be = SocketAddrV4::new(ip, port);
+                if out == f.dnat(be, LB_MAC, mac).build() {
+                    hits.push(be);
+                }
+            }
+            assert_eq!(hits.len(), 1, "{what}: {}", hex(&out));
+            let after = fx.counts();
+            assert_eq!(
+                after[Reason::Forward as usize] - before[Reason::Forward as usize],
+                1,
+                "{what}"
+            );
+            hits[0]
+        };
+        for port in [5432u16, 8080, 1, 65535] {
+            let syn = Frame::tcp(CLIENT, SocketAddrV4::new(HA_VIP, port), TCP_SYN);
+            let be = picked(fx, &format!("SYN to :{port}"), &syn, port);
+            // The reply comes from the same port and leaves as VIP:port.
+            let mut reply = Frame::tcp(be, CLIENT, TCP_SYN | TCP_ACK);
+            reply.smac = if *be.ip() == HA1 { HA1_MAC } else { HA2_MAC };
+            fx.check(
+                &format!("SYN-ACK from :{port}"),
+                &reply,
+                XDP_TX,
+                Some(&reply.snat(SocketAddrV4::new(HA_VIP, port), LB_MAC, CLIENT_MAC)),
+                Reason::Reply,
+            );
+        }
+        for port in [53u16, 5353, 40000] {
+            let q = Frame::udp(CLIENT, SocketAddrV4::new(HA_VIP, port));
+            picked(fx, &format!("UDP to :{port}"), &q, port);
+        }
+        // The exact service on the same VIP wins over the catch-all, with its own port.
+        let ssh = Frame::tcp(CLIENT, SocketAddrV4::new(HA_VIP, 22), TCP_SYN);
+        fx.check(
+            "SYN to the exact 22/tcp",
+            &ssh,
+            XDP_TX,
+            Some(&ssh.dnat(SocketAddrV4::new(SSH, 2222), LB_MAC, SSH_MAC)),
+            Reason::Forward,
+        );
+        // Outside the internal prefixes: refused as by any internal VIP.
+        let outsider = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 100), 40000);
+        let syn = Frame::tcp(outsider, SocketAddrV4::new(HA_VIP, 5432), TCP_SYN);
+        fx.check("an outsider", &syn, XDP_DROP, None, Reason::DropNotInternal);
+        // Other protocols to the VIP are not HA ports' (ICMP other than echo is a drop, as
+        // on any VIP): a raw protocol 47 packet is dropped as no balanced protocol.
+        let gre = Frame::raw(*CLIENT.ip(), HA_VIP, 47, vec![0; 8]);
+        fx.check("GRE to the VIP", &gre, XDP_DROP, None, Reason::DropProto);
+    });
+}
