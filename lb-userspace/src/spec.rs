@@ -804,6 +804,30 @@ pub mod serde_opt_duration {
     }
 }
 
+/// An optional prefix as `ADDR/LEN` (`null`: none).
+pub mod serde_opt_prefix {
+    use std::net::IpAddr;
+
+    use serde::{Deserialize as _, Deserializer, Serializer, de::Error as _};
+
+    /// # Errors
+    /// Never, for the serializers this crate uses.
+    pub fn serialize<S: Serializer>(p: &Option<(IpAddr, u8)>, s: S) -> Result<S::Ok, S::Error> {
+        match p {
+            Some((a, l)) => s.serialize_some(&format!("{a}/{l}")),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// # Errors
+    /// Not a prefix [`super::parse_prefix`] accepts.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<(IpAddr, u8)>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|t| super::parse_prefix(&t).map_err(|e| D::Error::custom(e.0)))
+            .transpose()
+    }
+}
+
 pub mod serde_prefix {
     use std::net::IpAddr;
 

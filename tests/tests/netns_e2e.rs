@@ -796,4 +796,31 @@ fn a_reload_of_an_unchanged_file_keeps_cli_changes() {
             && log.contains("service 203.0.113.10:80/tcp changed"),
         "{log}"
     );
+
+    // `lb reload` says the same on the terminal: unchanged, changed (what it replaced, the
+    // CLI's backend included), refused (and nothing changes).
+    lab.lb(&["backend", "add", "203.0.113.10:80/tcp", "192.0.2.12"])
+        .unwrap();
+    let out = lab.lb(&["reload"]).unwrap();
+    assert!(out.contains("unchanged since it was applied"), "{out}");
+    assert_eq!(backends(&lab), 2);
+    let file = lab.tmp.join("lb.toml");
+    std::fs::write(&file, config.replace("251", "263")).unwrap();
+    let out = lab.lb(&["reload"]).unwrap();
+    assert!(
+        out.contains("reloaded; the file replaced:")
+            && out.contains("service 203.0.113.10:80/tcp changed"),
+        "{out}"
+    );
+    assert_eq!(backends(&lab), 1);
+    let json = lab.lb_json(&["reload"]).unwrap();
+    assert_eq!(json["result"], "reloaded", "{json}");
+    assert_eq!(json["changed"], false, "{json}");
+    std::fs::write(&file, "[[service]]\nvip = \"nope\"\n").unwrap();
+    let e = lab.lb(&["reload"]).unwrap_err().to_string();
+    assert!(
+        e.contains("lb.toml:2") && e.contains("nothing changed"),
+        "{e}"
+    );
+    assert_eq!(backends(&lab), 1, "a refused file changes nothing");
 }

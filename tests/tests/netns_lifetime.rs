@@ -163,3 +163,51 @@ fn a_udp_flow_re_picks_after_its_timeout() {
     let moved = flow.ask("three").unwrap();
     assert_ne!(moved, home, "the expired flow re-picked");
 }
+
+#[test]
+fn lb_flows_lists_tracked_flows_with_their_state_and_idle_time() {
+    let mut lab = Lab::new(1).unwrap();
+    lab.start_agent(&config("")).unwrap();
+    lab.wait_ready().unwrap();
+    let mut conn = lab.http_connect(80).unwrap();
+    assert_eq!(conn.get().unwrap(), "b1");
+    let local = conn.local_addr().unwrap().to_string();
+    let flows = lab.lb_json(&["flows"]).unwrap();
+    assert_eq!(flows["matched"], 1, "{flows}");
+    let f = &flows["flows"][0];
+    assert_eq!(f["client"], local.as_str(), "{flows}");
+    assert_eq!(f["service"], WEB, "{flows}");
+    assert_eq!(f["backend"], "192.0.2.11:80", "{flows}");
+    assert_eq!(f["state"], "established", "{flows}");
+    assert!(f["idle_s"].as_u64().unwrap() < 60, "{flows}");
+    // Selections: by service, backend and client prefix.
+    let n = |args: &[&str]| {
+        let mut a = vec!["flows"];
+        a.extend_from_slice(args);
+        lab.lb_json(&a).unwrap()["matched"].as_u64().unwrap()
+    };
+    assert_eq!(n(&[WEB]), 1);
+    assert_eq!(n(&["--backend", "192.0.2.11"]), 1);
+    assert_eq!(n(&["--backend", "192.0.2.99"]), 0);
+    assert_eq!(n(&["--client", "198.51.100.0/24"]), 1);
+    assert_eq!(n(&["--client", "192.0.2.0/24"]), 0);
+    let table = lab.lb(&["flows"]).unwrap();
+    assert!(
+        table.contains("established") && table.contains("1 flows"),
+        "{table}"
+    );
+    let e = lab
+        .lb(&["flows", "203.0.113.10:81/tcp"])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("does not exist"), "{e}");
+    // Closed from the client's side: the flow shows the close until it goes.
+    conn.close().unwrap();
+    wait_until(
+        "the flow to show as closed",
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        || lab.lb_json(&["flows"]).unwrap()["flows"][0]["state"] == "closed",
+    )
+    .unwrap();
+}

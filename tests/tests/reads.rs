@@ -60,6 +60,9 @@ impl MapReader for HeldWalk {
     fn reason_counters(&self) -> Result<Vec<u64>, MapOpError> {
         self.side.reason_counters()
     }
+    fn each_flow(&self, f: &mut dyn FnMut(&FlowKey4, &ConnEntry4)) -> Result<(), MapOpError> {
+        self.side.each_flow(f)
+    }
     fn flows_per_backend(&self) -> Result<std::collections::HashMap<u32, u64>, MapOpError> {
         let mut first = true;
         self.side.flows_per_backend_with(&mut |seen| {
@@ -134,7 +137,10 @@ fn a_health_switch_completes_while_a_status_walk_is_in_progress() {
         let (go_tx, go_rx) = std_mpsc::channel();
         let (resolve_tx, _resolve_rx) = std_mpsc::channel();
         let (purge_tx, _purge_rx) = std_mpsc::channel();
+        let (events, events_rx) = mpsc::channel(64);
         let tasks = Tasks {
+            config: None,
+            events: events.downgrade(),
             reader: Arc::new(HeldWalk {
                 side: SideMaps::open(&pin_dir(ns)).unwrap(),
                 started: Mutex::new(started_tx),
@@ -147,7 +153,6 @@ fn a_health_switch_completes_while_a_status_walk_is_in_progress() {
             sweep: watch::channel(None).0,
             runtime: rt.handle().clone(),
         };
-        let (events, events_rx) = mpsc::channel(64);
         let Harness { dp, rec, .. } = h;
         let writer = std::thread::spawn(move || {
             drop(run_writer(rec, events_rx, &tasks, String::new()));

@@ -250,6 +250,8 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
 
     // The writer thread: adoption and the initial state first (reported back), then the loop.
     let tasks = Tasks {
+        config: opts.config.clone(),
+        events: events.downgrade(),
         reader: Arc::new(reader),
         resolve: resolve_tx,
         purge: purge_tx,
@@ -366,7 +368,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
                 let path = opts.config.clone();
                 match tokio::task::spawn_blocking(move || load_config(path.as_ref())).await {
                     Ok(Ok((c, digest))) => {
-                        let ev = Event::Reload { state: Box::new(State::from_config(&c)), tag: digest };
+                        let ev = Event::Reload { state: Box::new(State::from_config(&c)), tag: digest, reply: None };
                         let _ = events.send(ev).await;
                     }
                     Ok(Err(e)) => tracing::error!(error = %e, "config reload refused; nothing changed"),
@@ -428,6 +430,12 @@ impl MapReader for Reader {
     }
     fn sweeps(&self) -> SweepTotals {
         self.sweeps.totals()
+    }
+    fn each_flow(
+        &self,
+        f: &mut dyn FnMut(&lb_common::flow::FlowKey4, &lb_common::maps::ConnEntry4),
+    ) -> Result<(), MapOpError> {
+        self.maps.each_flow(f)
     }
 }
 

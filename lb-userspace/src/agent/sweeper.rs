@@ -77,7 +77,7 @@ impl Sweeper {
 
     /// One pass over the table.
     fn pass(&mut self, p: &SweepPolicy, raw: Option<&OwnedFd>) -> Result<(), MapOpError> {
-        let now = monotonic_s();
+        let now = crate::dataplane::sweep::monotonic_s();
         let timeouts = self.timeouts;
         let mut doomed: Vec<FlowKey4> = Vec::new();
         let mut causes: Vec<Expiry> = Vec::new();
@@ -145,16 +145,6 @@ impl Sweeper {
         }
         Ok(())
     }
-}
-
-/// Seconds of CLOCK_MONOTONIC_COARSE: the clock the fast path stamps flows with
-/// (`bpf_ktime_get_coarse_ns`).
-fn monotonic_s() -> u32 {
-    // SAFETY: all-zero is a valid timespec, and clock_gettime writes it.
-    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid clock id and out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &raw mut ts) };
-    u32::try_from(ts.tv_sec).unwrap_or(u32::MAX)
 }
 
 /// A raw IPv4 socket that sends whole packets (IPPROTO_RAW implies IP_HDRINCL): the RSTs carry

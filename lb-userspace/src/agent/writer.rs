@@ -17,6 +17,10 @@ use crate::{
 
 /// Where the writer hands off what it does not do itself.
 pub struct Tasks {
+    /// The config file `lb reload` re-reads (none: the agent runs without one).
+    pub config: Option<std::path::PathBuf>,
+    /// Where a file read for `lb reload` comes back, as `Event::Reload`.
+    pub events: mpsc::WeakSender<Event>,
     /// Finishes read answers (counters, the conntrack walk) on its own map handle.
     pub reader: Arc<dyn MapReader + Send + Sync>,
     /// Runs resolutions; each comes back as `Event::Resolved`.
@@ -50,21 +54,68 @@ pub fn run<M: MapOps>(
         }
         // The reload rule: a file unchanged since it was applied changes nothing, so the changes
         // made with `lb` since then stay; a changed file wins, and what it replaces is logged.
-        if let Event::Reload { state, tag } = &ev {
+        // `lb reload`: the file is read and parsed off the writer, and comes back as a reload.
+        let ev = match ev {
+            Event::Api(crate::api::Request::Reload, tx) => {
+                read_for_reload(tasks, tx);
+                continue;
+            }
+            ev => ev,
+        };
+        let mut replaced = Vec::new();
+        let mut ev = ev;
+        if let Event::Reload { state, tag, reply } = &mut ev {
             if *tag == digest {
                 tracing::info!(
                     "config file unchanged since it was applied: nothing to reload (changes made with lb since then are kept)"
                 );
+                if let Some(tx) = reply.take() {
+                    let _ = tx.send(Response::Reloaded {
+                        changed: false,
+                        changes: Vec::new(),
+                    });
+                }
                 continue;
             }
-            for change in rec.state().differences(state) {
+            replaced = rec.state().differences(state);
+            for change in &replaced {
                 tracing::info!(%change, "the changed config file replaces the running state here");
             }
         }
-        let fx = rec.handle_event(ev);
+        let mut fx = rec.handle_event(ev);
+        // `lb reload`'s answer lists what the file replaced.
+        if let Some((_, Answer::Now(Response::Reloaded { changes, .. }))) = &mut fx.reply {
+            *changes = replaced.iter().map(ToString::to_string).collect();
+        }
         dispatch(&rec, fx, tasks, &mut digest);
     }
     rec
+}
+
+/// Reads and parses the config file for `lb reload` on the blocking pool; the outcome comes
+/// back to the writer as an event (a reload, or the refusal to send).
+fn read_for_reload(tasks: &Tasks, tx: tokio::sync::oneshot::Sender<Response>) {
+    let Some(path) = tasks.config.clone() else {
+        let _ = tx.send(Response::error(
+            ErrorKind::Invalid,
+            "the agent runs without --config: there is no file to reload",
+        ));
+        return;
+    };
+    let events = tasks.events.clone();
+    tasks.runtime.spawn_blocking(move || {
+        let ev = match super::load_config(Some(&path)) {
+            Ok((c, digest)) => Event::Reload {
+                state: Box::new(State::from_config(&c)),
+                tag: digest,
+                reply: Some(tx),
+            },
+            Err(e) => Event::ReloadRefused(format!("{e:#}; nothing changed"), tx),
+        };
+        if let Some(events) = events.upgrade() {
+            let _ = events.blocking_send(ev);
+        }
+    });
 }
 
 fn dispatch<M: MapOps>(rec: &Reconciler<M>, fx: Effects, tasks: &Tasks, digest: &mut String) {

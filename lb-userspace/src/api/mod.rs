@@ -36,6 +36,8 @@ use crate::{
 pub enum Request {
     Change(Command),
     Query(Query),
+    /// Re-read the agent's config file (as SIGHUP does) and answer with what changed.
+    Reload,
 }
 
 /// The questions the agent answers (nothing changes).
@@ -43,11 +45,27 @@ pub enum Request {
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Query {
     VipList,
-    BackendList { service: ServiceSpec },
-    AclList { service: ServiceSpec },
+    BackendList {
+        service: ServiceSpec,
+    },
+    AclList {
+        service: ServiceSpec,
+    },
     PipList,
     Status,
     Stats,
+    /// Tracked flows, selected by service, backend address and client prefix (each
+    /// optional), at most `limit` of them (the answer says how many matched).
+    Flows {
+        #[serde(default)]
+        service: Option<ServiceSpec>,
+        #[serde(default)]
+        backend: Option<std::net::IpAddr>,
+        #[serde(default, with = "crate::spec::serde_opt_prefix")]
+        client: Option<(std::net::IpAddr, u8)>,
+        #[serde(default)]
+        limit: Option<u32>,
+    },
 }
 
 /// The answer to one request.
@@ -73,6 +91,17 @@ pub enum Response {
     Acl(AclView),
     Pips {
         pips: Vec<PipView>,
+    },
+    /// Tracked flows: those shown (at most the limit asked for) and how many matched.
+    Flows {
+        flows: Vec<FlowView>,
+        matched: u64,
+    },
+    /// A reload: whether the file had changed since it was applied, and each service or PIP it
+    /// added, removed or changed (what it replaced of the running state, CLI changes included).
+    Reloaded {
+        changed: bool,
+        changes: Vec<String>,
     },
 }
 

@@ -142,6 +142,23 @@ pub struct BackendView {
     pub counters: CountersView,
 }
 
+/// One tracked flow, as `lb flows` shows it (`conntrack -L`, `ipvsadm -Lc`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowView {
+    /// The client's address and port, as the flow arrives.
+    pub client: String,
+    /// The endpoint it is addressed to (VIP:PORT/PROTO), as the flow names it.
+    pub service: String,
+    /// The backend it goes to (DIP:PORT; an HA-ports backend's port 0 is the flow's own).
+    pub backend: String,
+    /// TCP: `syn-sent`, `established`, `fin-client`, `fin-backend`, `closed`, `stale`; UDP: `udp`.
+    pub state: String,
+    /// Seconds since the flow was last seen (since it closed, once closed).
+    pub idle_s: u64,
+    /// A hairpin flow (SNAT to the VIP).
+    pub hairpin: bool,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StatusView {
     pub version: String,

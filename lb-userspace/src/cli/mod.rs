@@ -60,9 +60,34 @@ pub enum CliCommand {
     Status(OutputArg),
     /// Counters: per verdict reason and per service.
     Stats(OutputArg),
+    /// Tracked flows: client, service, backend, TCP state and idle time (as conntrack -L),
+    /// selected by service, backend address and client prefix.
+    Flows(FlowsArgs),
+    /// Re-read the agent's config file (as SIGHUP does) and print what changed, or why the
+    /// file was refused (nothing changes then). An unchanged file keeps the changes made with
+    /// lb since it was applied; a changed file replaces them.
+    Reload(OutputArg),
     /// Config files, checked offline (no agent needed).
     #[command(subcommand)]
     Config(ConfigCmd),
+}
+
+/// `lb flows`' selection.
+#[derive(Debug, Args)]
+pub struct FlowsArgs {
+    /// Only this service's flows: VIP:PORT/PROTO, e.g. 203.0.113.10:80/tcp.
+    pub service: Option<ServiceSpec>,
+    /// Only flows to this backend address (any port, any service).
+    #[arg(long, value_name = "DIP")]
+    pub backend: Option<std::net::IpAddr>,
+    /// Only flows from clients in this prefix, e.g. 198.51.100.0/24.
+    #[arg(long, value_name = "PREFIX")]
+    pub client: Option<String>,
+    /// Show at most this many (the answer says how many matched).
+    #[arg(long, default_value_t = 1000)]
+    pub limit: u32,
+    #[command(flatten)]
+    pub out: OutputArg,
 }
 
 #[derive(Debug, Subcommand)]
@@ -610,6 +635,23 @@ pub fn request(cmd: &CliCommand) -> Result<Option<(Request, Format)>, String> {
         CliCommand::Pip(PipCmd::List(o)) => return Ok(query(Query::PipList, o)),
         CliCommand::Status(o) => return Ok(query(Query::Status, o)),
         CliCommand::Stats(o) => return Ok(query(Query::Stats, o)),
+        CliCommand::Reload(o) => return Ok(Some((Request::Reload, o.format))),
+        CliCommand::Flows(f) => {
+            let client = f
+                .client
+                .as_deref()
+                .map(|p| parse_prefix(p).map_err(|e| format!("--client: {e}")))
+                .transpose()?;
+            return Ok(query(
+                Query::Flows {
+                    service: f.service,
+                    backend: f.backend,
+                    client,
+                    limit: Some(f.limit),
+                },
+                &f.out,
+            ));
+        }
     };
     Ok(Some((Request::Change(change), Format::Table)))
 }

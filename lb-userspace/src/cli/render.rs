@@ -102,6 +102,45 @@ pub fn render(resp: &Response, format: Format) -> Result<String, (ErrorKind, Str
             }
         }
         Response::Backends { service, backends } => backend_table(&mut o, service, backends),
+        Response::Flows { flows, matched } => {
+            let _ = writeln!(
+                o,
+                "{:<22} {:<26} {:<22} {:<12} {:>8}",
+                "CLIENT", "SERVICE", "BACKEND", "STATE", "IDLE"
+            );
+            for f in flows {
+                let state = if f.hairpin {
+                    format!("{} (hairpin)", f.state)
+                } else {
+                    f.state.clone()
+                };
+                let _ = writeln!(
+                    o,
+                    "{:<22} {:<26} {:<22} {state:<12} {:>7}s",
+                    f.client, f.service, f.backend, f.idle_s
+                );
+            }
+            let _ = write!(o, "{} flows", flows.len());
+            if *matched > flows.len() as u64 {
+                let _ = write!(
+                    o,
+                    " shown of {matched} that match (raise --limit to see more)"
+                );
+            }
+        }
+        Response::Reloaded { changed: false, .. } => o.push_str(
+            "the config file is unchanged since it was applied: nothing to reload (the changes \
+             made with lb since then are kept)",
+        ),
+        Response::Reloaded { changes, .. } if changes.is_empty() => {
+            o.push_str("reloaded: the file changed, but not what the agent runs");
+        }
+        Response::Reloaded { changes, .. } => {
+            let _ = writeln!(o, "reloaded; the file replaced:");
+            for c in changes {
+                let _ = writeln!(o, "  {c}");
+            }
+        }
         Response::Status(s) => {
             let _ = writeln!(o, "agent      lb {} (pid {})", s.version, s.pid);
             let _ = writeln!(
@@ -324,5 +363,52 @@ mod tests {
             1,
             "the PACKETS column ends at one place:\n{text}"
         );
+    }
+
+    /// A limited flow list says how many it left out, and a reload says what it replaced.
+    #[test]
+    fn flows_and_reloads_say_what_they_leave_out_and_replace() {
+        let f = crate::api::FlowView {
+            client: "198.51.100.2:40000".into(),
+            service: "203.0.113.10:80/tcp".into(),
+            backend: "192.0.2.11:80".into(),
+            state: "established".into(),
+            idle_s: 3,
+            hairpin: false,
+        };
+        let text = render(
+            &Response::Flows {
+                flows: vec![f],
+                matched: 7,
+            },
+            Format::Table,
+        )
+        .unwrap();
+        assert!(text.contains("established"), "{text}");
+        assert!(
+            text.ends_with("1 flows shown of 7 that match (raise --limit to see more)"),
+            "{text}"
+        );
+        let text = render(
+            &Response::Reloaded {
+                changed: true,
+                changes: vec!["service 203.0.113.10:80/tcp changed".into()],
+            },
+            Format::Table,
+        )
+        .unwrap();
+        assert!(
+            text.contains("the file replaced:\n  service 203.0.113.10:80/tcp changed"),
+            "{text}"
+        );
+        let text = render(
+            &Response::Reloaded {
+                changed: false,
+                changes: Vec::new(),
+            },
+            Format::Table,
+        )
+        .unwrap();
+        assert!(text.contains("nothing to reload"), "{text}");
     }
 }

@@ -329,6 +329,9 @@ impl MapReader for SideMaps {
     fn flows_per_backend(&self) -> Result<StdHashMap<BackendId, u64>, MapOpError> {
         self.flows_per_backend_with(&mut |_| {})
     }
+    fn each_flow(&self, f: &mut dyn FnMut(&FlowKey4, &ConnEntry4)) -> Result<(), MapOpError> {
+        self.walk_flows(f, &mut |_| {}).map(drop)
+    }
 }
 
 impl FlowPurge for SideMaps {
@@ -359,6 +362,9 @@ impl MapReader for Maps {
     }
     fn flows_per_backend(&self) -> Result<StdHashMap<BackendId, u64>, MapOpError> {
         self.side.flows_per_backend()
+    }
+    fn each_flow(&self, f: &mut dyn FnMut(&FlowKey4, &ConnEntry4)) -> Result<(), MapOpError> {
+        self.side.each_flow(f)
     }
 }
 

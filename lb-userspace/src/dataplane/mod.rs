@@ -105,6 +105,8 @@ pub trait MapReader {
     fn reason_counters(&self) -> Result<Vec<u64>, MapOpError>;
     /// Live conntrack entries per backend id (an O(table) walk).
     fn flows_per_backend(&self) -> Result<HashMap<BackendId, u64>, MapOpError>;
+    /// Calls `f` on every tracked flow (a walk of the whole table, batched).
+    fn each_flow(&self, f: &mut dyn FnMut(&FlowKey4, &ConnEntry4)) -> Result<(), MapOpError>;
     /// The flow sweeper's counters (none where no sweeper runs).
     fn sweeps(&self) -> sweep::SweepTotals {
         sweep::SweepTotals::default()

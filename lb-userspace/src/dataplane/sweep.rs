@@ -21,6 +21,17 @@ use lb_common::{
     },
 };
 
+/// Seconds of CLOCK_MONOTONIC_COARSE: the clock the fast path stamps flows with
+/// (`bpf_ktime_get_coarse_ns`), which the sweeper and `lb flows` age them by.
+#[must_use]
+pub fn monotonic_s() -> u32 {
+    // SAFETY: all-zero is a valid timespec, and clock_gettime writes it.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid clock id and out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &raw mut ts) };
+    u32::try_from(ts.tv_sec).unwrap_or(u32::MAX)
+}
+
 /// What the sweeper needs from the desired state: each live service's idle timeout and TCP
 /// reset, and the address of every backend whose flows may be reset. The writer publishes a
 /// new one whenever the state changes.

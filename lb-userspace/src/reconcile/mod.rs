@@ -79,7 +79,14 @@ pub enum Event {
     },
     /// A new desired state from the config file (SIGHUP), and a tag for it (the agent's config
     /// digest) that comes back with the outcome.
-    Reload { state: Box<State>, tag: String },
+    Reload {
+        state: Box<State>,
+        tag: String,
+        /// Where `lb reload`'s answer goes (none for SIGHUP).
+        reply: Option<oneshot::Sender<Response>>,
+    },
+    /// `lb reload` could not read or parse the file: the answer to send (nothing changes).
+    ReloadRefused(String, oneshot::Sender<Response>),
     /// Periodic housekeeping: grace periods, retries.
     Tick,
     /// The slow safety net: re-resolve every next hop and the client routes.
@@ -688,6 +695,15 @@ impl<M: MapOps> Reconciler<M> {
                 fx.reply = Some((tx, Answer::Now(resp)));
                 fx.state_changed = changed;
             }
+            // Handled by the agent's writer loop, which reads the file off the writer; a
+            // reconciler driven without it has no file.
+            Event::Api(Request::Reload, tx) => {
+                let answer = Response::error(
+                    crate::error::ErrorKind::Invalid,
+                    "no config file to reload here",
+                );
+                fx.reply = Some((tx, Answer::Now(answer)));
+            }
             Event::Api(Request::Query(q), tx) => {
                 let a = match self.pending(q) {
                     Ok(p) => Answer::Read(p),
@@ -706,10 +722,30 @@ impl<M: MapOps> Reconciler<M> {
                 self.resolved(&r);
             }
             Event::Purged { job, result } => self.purged(job, result),
-            Event::Reload { state, tag } => {
+            Event::Reload { state, tag, reply } => {
                 let r = self.reload(*state);
                 fx.state_changed = r.is_ok();
-                fx.reload = Some(r.map(|()| tag).map_err(|e| e.to_string()));
+                let (outcome, answer) = match r {
+                    // The writer fills in what the file replaced.
+                    Ok(()) => (
+                        Ok(tag),
+                        Response::Reloaded {
+                            changed: true,
+                            changes: Vec::new(),
+                        },
+                    ),
+                    Err(e) => (Err(e.to_string()), e.into()),
+                };
+                fx.reload = Some(outcome);
+                if let Some(tx) = reply {
+                    fx.reply = Some((tx, Answer::Now(answer)));
+                }
+            }
+            Event::ReloadRefused(why, tx) => {
+                fx.reply = Some((
+                    tx,
+                    Answer::Now(Response::error(crate::error::ErrorKind::Invalid, why)),
+                ));
             }
             Event::Tick => self.tick(),
             Event::HoldsReleased(released) => {

@@ -14,8 +14,8 @@ use lb_common::{
 use super::{health::HealthBook, live::Live};
 use crate::{
     api::{
-        AclRuleView, AclView, BackendView, CountersView, NextHopView, PipView, ProbeView, Query,
-        Response, ServiceStatus, ServiceView, StatsView, StatusView,
+        AclRuleView, AclView, BackendView, CountersView, FlowView, NextHopView, PipView, ProbeView,
+        Query, Response, ServiceStatus, ServiceView, StatsView, StatusView,
     },
     dataplane::MapReader,
     error::{ChangeError, MapOpError},
@@ -58,6 +58,100 @@ pub enum Pending {
     /// The view and the service's id (for its ACL drops), if it is in the maps.
     Acl(AclView, Option<u32>),
     Pips(Vec<PipView>),
+    Flows(FlowQuery),
+}
+
+/// `lb flows`, as the writer resolved it: the selection in ids, and the names to show.
+#[derive(Clone, Debug, Default)]
+pub struct FlowQuery {
+    /// Only this service id's flows.
+    pub service: Option<u32>,
+    /// Only flows to one of these backend ids (`Some(empty)`: none can match).
+    pub backends: Option<std::collections::BTreeSet<BackendId>>,
+    pub client: Option<lb_common::acl::Prefix>,
+    pub limit: usize,
+    /// Every live backend id's address.
+    pub backend_names: HashMap<BackendId, String>,
+}
+
+/// The words of `lb flows` for a TCP state (`lb_common::conn` bits).
+fn tcp_state(s: u8) -> &'static str {
+    use lb_common::conn::{CT_FIN_FWD, CT_FIN_REV, CT_STALE, CT_SYN, is_closed};
+    if s & CT_STALE != 0 {
+        "stale"
+    } else if is_closed(s) {
+        "closed"
+    } else if s & CT_SYN != 0 {
+        "syn-sent"
+    } else if s & CT_FIN_FWD != 0 {
+        "fin-client"
+    } else if s & CT_FIN_REV != 0 {
+        "fin-backend"
+    } else {
+        "established"
+    }
+}
+
+impl FlowQuery {
+    /// The flows the query selects, from a walk of `r`'s conntrack, at most `limit`, and how
+    /// many matched.
+    fn run(&self, r: &dyn MapReader) -> Result<(Vec<FlowView>, u64), MapOpError> {
+        use lb_common::{
+            flow::proto,
+            maps::{CONN_FORWARD, CONN_HAIRPIN},
+        };
+        let now = crate::dataplane::sweep::monotonic_s();
+        let mut flows = Vec::new();
+        let mut matched = 0u64;
+        r.each_flow(&mut |k, e| {
+            if e.kind != CONN_FORWARD && e.kind != CONN_HAIRPIN {
+                return;
+            }
+            if self.service.is_some_and(|s| s != e.service)
+                || self
+                    .backends
+                    .as_ref()
+                    .is_some_and(|b| !b.contains(&e.backend))
+                || self.client.as_ref().is_some_and(|p| {
+                    lb_common::acl::lpm(
+                        &[lb_common::acl::Entry {
+                            prefix: *p,
+                            action: lb_common::acl::Action::Permit,
+                            rule: None,
+                        }],
+                        &addr::v4_mapped(k.src),
+                    )
+                    .is_none()
+                })
+            {
+                return;
+            }
+            matched += 1;
+            if flows.len() >= self.limit {
+                return;
+            }
+            let port = |p: [u8; 2]| u16::from_be_bytes(p);
+            let ip = |a: [u8; 4]| std::net::Ipv4Addr::from(a);
+            let proto_name = if k.proto == proto::TCP { "tcp" } else { "udp" };
+            flows.push(FlowView {
+                client: format!("{}:{}", ip(k.src), port(k.sport)),
+                service: format!("{}:{}/{proto_name}", ip(k.dst), port(k.dport)),
+                backend: self
+                    .backend_names
+                    .get(&e.backend)
+                    .cloned()
+                    .unwrap_or_else(|| format!("backend id {} (gone)", e.backend)),
+                state: if k.proto == proto::TCP {
+                    tcp_state(e.tcp).to_owned()
+                } else {
+                    "udp".to_owned()
+                },
+                idle_s: u64::from(now.wrapping_sub(e.seen_s).min(u32::MAX / 2)),
+                hairpin: e.kind == CONN_HAIRPIN,
+            });
+        })?;
+        Ok((flows, matched))
+    }
 }
 
 impl Pending {
@@ -141,6 +235,10 @@ impl Pending {
                 Response::Acl(a)
             }
             Self::Pips(pips) => Response::Pips { pips },
+            Self::Flows(q) => {
+                let (flows, matched) = q.run(r)?;
+                Response::Flows { flows, matched }
+            }
         })
     }
 }
@@ -174,6 +272,12 @@ impl Source<'_> {
             Query::PipList => Pending::Pips(self.pips()),
             Query::Status => Pending::Status(self.status()?),
             Query::Stats => Pending::Stats(self.services()),
+            Query::Flows {
+                service,
+                backend,
+                client,
+                limit,
+            } => Pending::Flows(self.flows(service, backend, client, limit)?),
         })
     }
 
@@ -241,6 +345,47 @@ impl Source<'_> {
             });
         }
         out
+    }
+
+    /// Resolves `lb flows`' selection to ids.
+    fn flows(
+        &self,
+        service: Option<ServiceSpec>,
+        backend: Option<std::net::IpAddr>,
+        client: Option<(std::net::IpAddr, u8)>,
+        limit: Option<u32>,
+    ) -> Result<FlowQuery, ChangeError> {
+        let service = match service {
+            Some(s) => Some(
+                self.live
+                    .services
+                    .get(&s)
+                    .map(|i| i.id)
+                    .ok_or_else(|| ChangeError::NotFound(format!("service {s}")))?,
+            ),
+            None => None,
+        };
+        let backend_names: HashMap<BackendId, String> = self
+            .live
+            .backends
+            .iter()
+            .map(|(id, b)| (*id, super::live::backend_addr(b).to_string()))
+            .collect();
+        let backends = backend.map(|ip| {
+            self.live
+                .backends
+                .iter()
+                .filter(|(_, b)| super::live::backend_addr(b).ip() == ip)
+                .map(|(id, _)| *id)
+                .collect()
+        });
+        Ok(FlowQuery {
+            service,
+            backends,
+            client: client.map(|(a, l)| crate::spec::map_prefix(a, l)),
+            limit: limit.map_or(1000, |l| l as usize),
+            backend_names,
+        })
     }
 
     fn backends(&self, spec: &ServiceSpec) -> Result<Vec<BackendView>, ChangeError> {

@@ -263,6 +263,28 @@ impl MapReader for FakeMaps {
         }
         Ok(m)
     }
+    /// The fake's flows by backend id alone: each as a UDP flow from 198.51.100.2, source
+    /// port its position, to 203.0.113.10:53.
+    fn each_flow(
+        &self,
+        f: &mut dyn FnMut(&lb_common::flow::FlowKey4, &lb_common::maps::ConnEntry4),
+    ) -> Result<(), MapOpError> {
+        for (i, id) in self.flows.iter().enumerate() {
+            let port = u16::try_from(i).unwrap_or(u16::MAX).to_be_bytes();
+            let k = lb_common::flow::FlowKey4::of(
+                [198, 51, 100, 2],
+                [203, 0, 113, 10],
+                port,
+                53u16.to_be_bytes(),
+                17,
+            );
+            f(
+                &k,
+                &lb_common::maps::ConnEntry4::forward(*id, 0, 0, 0, 0, (0, 0)),
+            );
+        }
+        Ok(())
+    }
 }
 
 impl FlowPurge for FakeMaps {

@@ -373,6 +373,7 @@ fn a_reload_fails_cleanly_at_every_write() {
         let mut fx = r.handle_event(Event::Reload {
             state: Box::new(next.clone()),
             tag: "t".into(),
+            reply: None,
         });
         let res = fx.reload.take().expect("a reload outcome");
         r.settle(fx);
