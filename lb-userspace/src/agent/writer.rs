@@ -37,6 +37,9 @@ pub struct Tasks {
     pub runtime: tokio::runtime::Handle,
 }
 
+/// How many of a reload's changes the log names one by one.
+const LOGGED_CHANGES: usize = 20;
+
 /// Runs the writer until [`Event::Stop`] (or until every event sender is gone), and gives the
 /// reconciler back. `digest` is the config digest of the current desired state; a successful
 /// reload replaces it. Work queued before the loop (by `start`) is dispatched first.
@@ -78,14 +81,22 @@ pub fn run<M: MapOps>(
                 continue;
             }
             replaced = rec.state().differences(state);
-            for change in &replaced {
+            // The first few by name, the rest as a count: one line per change, not per entry
+            // (a reload of 10k services would otherwise log 10k lines; `lb reload` lists all).
+            for change in replaced.iter().take(LOGGED_CHANGES) {
                 tracing::info!(%change, "the changed config file replaces the running state here");
+            }
+            if replaced.len() > LOGGED_CHANGES {
+                tracing::info!(
+                    more = replaced.len() - LOGGED_CHANGES,
+                    "the changed config file replaces more of the running state (lb reload lists every change)"
+                );
             }
         }
         let mut fx = rec.handle_event(ev);
         // `lb reload`'s answer lists what the file replaced.
         if let Some((_, Answer::Now(Response::Reloaded { changes, .. }))) = &mut fx.reply {
-            *changes = replaced.iter().map(ToString::to_string).collect();
+            *changes = replaced;
         }
         dispatch(&rec, fx, tasks, &mut digest);
     }
