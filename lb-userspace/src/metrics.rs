@@ -141,6 +141,17 @@ pub fn render(status: &StatusView, stats: &StatsView) -> String {
         &[("result", "failed")],
         stats.tcp_reset_errors,
     );
+    o.family(
+        "lb_sweeps_total",
+        COUNTER,
+        "Passes of the flow sweeper over the conntrack table, by result (a failed one is retried a second later; the log says why).",
+    );
+    o.sample("lb_sweeps_total", &[("result", "done")], stats.sweeps);
+    o.sample(
+        "lb_sweeps_total",
+        &[("result", "failed")],
+        stats.sweep_errors,
+    );
 
     let services: Vec<_> = stats
         .services
@@ -562,6 +573,8 @@ mod tests {
             flows_expired: BTreeMap::from([("idle".into(), 3), ("syn".into(), 1)]),
             tcp_resets: 2,
             tcp_reset_errors: 0,
+            sweeps: 9,
+            sweep_errors: 1,
         };
         (status, stats)
     }
@@ -713,6 +726,8 @@ mod tests {
         assert_eq!(value(&s, "lb_flows_expired_total", &[("cause", "syn")]), 1);
         assert_eq!(value(&s, "lb_tcp_resets_total", &[("result", "sent")]), 2);
         assert_eq!(value(&s, "lb_tcp_resets_total", &[("result", "failed")]), 0);
+        assert_eq!(value(&s, "lb_sweeps_total", &[("result", "done")]), 9);
+        assert_eq!(value(&s, "lb_sweeps_total", &[("result", "failed")]), 1);
         assert_eq!(
             value(&s, "lb_service_packets_total", &[svc, ("direction", "in")]),
             100

@@ -21,16 +21,9 @@ pub fn require_root() {
 }
 
 /// Seconds of CLOCK_MONOTONIC_COARSE: the clock the fast path stamps flows with (and the
-/// sweeper ages them by). Entries a test plants carry it, so a sweeper keeps them.
-#[must_use]
-pub fn coarse_now_s() -> u32 {
-    // SAFETY: all-zero is a valid timespec, and clock_gettime writes it.
-    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid clock id and out-pointer.
-    let r = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &raw mut ts) };
-    assert_eq!(r, 0, "clock_gettime(CLOCK_MONOTONIC_COARSE)");
-    u32::try_from(ts.tv_sec).expect("seconds of uptime fit u32")
-}
+/// sweeper ages them by), the agent's own reading of it. Entries a test plants carry it, so a
+/// sweeper keeps them.
+pub use lb_userspace::dataplane::sweep::monotonic_s as coarse_now_s;
 
 /// Polls `cond` until it holds or `timeout` passes, pausing `step` between tries. For waiting on
 /// a state another process reaches (an agent's next-hop refresh), with a hard bound.

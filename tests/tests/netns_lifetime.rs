@@ -117,6 +117,13 @@ fn a_connection_that_keeps_talking_is_never_cut_and_one_that_stops_is() {
         std::thread::sleep(Duration::from_secs(1));
     }
     assert_eq!(expired(&lab, "idle"), 0, "a live flow was expired");
+    // The sweeper did look at it meanwhile: passes ran past the timeout.
+    assert!(
+        stats_field(&lab, "sweeps") >= 3,
+        "{}",
+        lab.lb(&["stats"]).unwrap()
+    );
+    assert_eq!(stats_field(&lab, "sweep_errors"), 0);
     assert_eq!(stats_field(&lab, "tcp_resets"), 0);
     // Silent now: it goes within the timeout and a sweep.
     wait_expired(&lab, "idle", 1);

@@ -199,4 +199,9 @@ pub struct StatsView {
     pub tcp_resets: u64,
     #[serde(default)]
     pub tcp_reset_errors: u64,
+    /// The sweeper's whole passes over the table, and passes that failed (the log says why).
+    #[serde(default)]
+    pub sweeps: u64,
+    #[serde(default)]
+    pub sweep_errors: u64,
 }

@@ -212,6 +212,7 @@ pub fn render(resp: &Response, format: Format) -> Result<String, (ErrorKind, Str
             }
             let _ = writeln!(o, "{:<24} {:>12}", "tcp resets sent", s.tcp_resets);
             let _ = writeln!(o, "{:<24} {:>12}", "tcp resets failed", s.tcp_reset_errors);
+            let _ = writeln!(o, "{:<24} {:>12}", "sweeps failed", s.sweep_errors);
         }
     }
     Ok(o.trim_end().to_owned())
@@ -349,6 +350,8 @@ mod tests {
                 flows_expired: std::collections::BTreeMap::new(),
                 tcp_resets: 0,
                 tcp_reset_errors: 0,
+                sweeps: 0,
+                sweep_errors: 0,
             }),
             Format::Table,
         )

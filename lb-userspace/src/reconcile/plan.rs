@@ -327,15 +327,20 @@ pub fn unheld_reply(
 #[must_use]
 pub fn swap(a: IpAddr, b: IpAddr, live: &Live) -> (Vec<(RevKey4, RevService4)>, Vec<Step>) {
     let other = |ip: IpAddr| if ip == a { b } else { a };
-    let moved: Vec<(ServiceSpec, ServiceInfo)> = live
+    // Each entry of either VIP: (its key, the key it moves to, the entry).
+    let moved: Vec<(ServiceSpec, ServiceSpec, ServiceInfo)> = live
         .services
         .iter()
         .filter(|(s, _)| s.vip.ip() == a || s.vip.ip() == b)
-        .map(|(s, i)| (*s, *i))
+        .map(|(s, i)| {
+            let mut to = *s;
+            to.vip.set_ip(other(s.vip.ip()));
+            (*s, to, *i)
+        })
         .collect();
     let mut holds = Vec::new();
     let mut steps = Vec::new();
-    for (_, info) in &moved {
+    for (_, _, info) in &moved {
         for ep in endpoints_of(info.id, live) {
             if let Some(r) = live.revs.get(&ep)
                 && r.service == info.id
@@ -357,24 +362,18 @@ pub fn swap(a: IpAddr, b: IpAddr, live: &Live) -> (Vec<(RevKey4, RevService4)>, 
             None => steps.push(Step::DelVip(ip)),
         }
     }
-    let targets: BTreeSet<ServiceSpec> = moved
-        .iter()
-        .map(|(s, _)| {
-            let mut t = *s;
-            t.vip.set_ip(other(s.vip.ip()));
-            t
-        })
-        .collect();
-    for (s, info) in &moved {
-        let mut t = *s;
-        t.vip.set_ip(other(s.vip.ip()));
-        steps.push(Step::PutService(t, *info));
-    }
-    for (s, _) in &moved {
-        if !targets.contains(s) {
-            steps.push(Step::DelService(*s));
-        }
-    }
+    let targets: BTreeSet<ServiceSpec> = moved.iter().map(|(_, to, _)| *to).collect();
+    steps.extend(
+        moved
+            .iter()
+            .map(|(_, to, info)| Step::PutService(*to, *info)),
+    );
+    steps.extend(
+        moved
+            .iter()
+            .filter(|(from, _, _)| !targets.contains(from))
+            .map(|(from, _, _)| Step::DelService(*from)),
+    );
     (holds, steps)
 }
 

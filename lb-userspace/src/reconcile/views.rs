@@ -226,6 +226,8 @@ impl Pending {
                     flows_expired: sweeps.expired,
                     tcp_resets: sweeps.resets,
                     tcp_reset_errors: sweeps.reset_errors,
+                    sweeps: sweeps.passes,
+                    sweep_errors: sweeps.pass_errors,
                 })
             }
             Self::Acl(mut a, id) => {
