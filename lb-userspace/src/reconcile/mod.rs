@@ -136,6 +136,29 @@ struct Touched {
     pips: bool,
 }
 
+/// Refuses a service or forward whose VIP is one of the host's own IPv4 addresses (`locals`,
+/// from netlink): the fast path would take the host's own traffic to that address for the
+/// VIP's (its probes' answers, its connections), and the address's own services would be
+/// unreachable.
+fn refuse_local_vip<'a>(
+    specs: impl IntoIterator<Item = &'a ServiceSpec>,
+    locals: &BTreeSet<[u8; 4]>,
+) -> Result<(), ChangeError> {
+    for s in specs {
+        if let IpAddr::V4(v4) = s.vip.ip()
+            && locals.contains(&v4.octets())
+        {
+            return Err(ChangeError::Invalid(format!(
+                "VIP {} of {s} is one of this host's own addresses: the LB would take the \
+                 host's own traffic to it (its probes' answers, its connections) for the VIP's; \
+                 give the VIP an address of its own",
+                s.vip.ip()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Every address the desired state needs a next hop for, and the client routes: what an
 /// agent resolves before [`Self::start`].
 #[must_use]
@@ -559,6 +582,9 @@ impl<M: MapOps> Reconciler<M> {
             self.info.ring_slots,
             None,
         )?;
+        if let Some(locals) = &self.primed_locals {
+            refuse_local_vip(state.services.keys(), &locals.iter().copied().collect())?;
+        }
         self.state = state;
         let (live, left) = adopt::adopt(
             &mut self.maps,
@@ -775,6 +801,9 @@ impl<M: MapOps> Reconciler<M> {
         }
         let mut next = self.state.clone();
         let change = next.apply(cmd)?;
+        if let Change::ServiceAdded { service } | Change::ForwardAdded { service, .. } = &change {
+            refuse_local_vip(std::iter::once(service), &self.live.locals)?;
+        }
         let t = match change.service() {
             Some(s) => Touched {
                 services: vec![*s],
@@ -919,6 +948,7 @@ impl<M: MapOps> Reconciler<M> {
     /// Replaces the whole desired state (a config reload), transactionally: services that go
     /// away are synced first (they free room), then the rest.
     fn reload(&mut self, next: State) -> Result<(), ChangeError> {
+        refuse_local_vip(next.services.keys(), &self.live.locals)?;
         let mut gone: Vec<ServiceSpec> = self
             .state
             .services
@@ -1008,6 +1038,11 @@ impl<M: MapOps> Reconciler<M> {
         }
         if let Some(locals) = &r.locals {
             steps.extend(self.locals_plan(locals));
+            // An address the host took after the VIP was set up: said, not undone.
+            let set: BTreeSet<[u8; 4]> = locals.iter().copied().collect();
+            if let Err(e) = refuse_local_vip(self.state.services.keys(), &set) {
+                tracing::warn!(error = %e, "a VIP is now one of this host's own addresses");
+            }
         }
         let mut writes = 0;
         match self.run(steps, &mut writes) {

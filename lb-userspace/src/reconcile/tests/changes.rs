@@ -1120,3 +1120,60 @@ fn by_default_tcp_flows_stay_and_udp_flows_move_when_a_backend_goes_down() {
         );
     }
 }
+
+/// A VIP that is one of the host's own addresses (netlink's, here the fake's 192.0.2.1) is
+/// refused: at start, as a CLI change, and in a reload; nothing changes.
+#[test]
+fn a_vip_that_is_the_hosts_own_address_is_refused() {
+    let local = "192.0.2.1:80/tcp";
+    let mut state = State::default();
+    state
+        .apply(&Command::VipAdd {
+            service: spec(local),
+            settings: crate::config::ServiceSettings {
+                table_size: 251,
+                ..crate::config::ServiceSettings::default()
+            },
+        })
+        .unwrap();
+    let mut r = rec(4096);
+    let job = initial_job(&state);
+    r.prime(&FakeResolver::default().resolve(&job));
+    let e = r.start(state).unwrap_err().to_string();
+    assert!(
+        e.contains("VIP 192.0.2.1 of 192.0.2.1:80/tcp is one of this host's own addresses"),
+        "{e}"
+    );
+
+    let mut r = rec(4096);
+    start(&mut r, State::default());
+    add(&mut r, WEB, &["192.0.2.11"]);
+    match ask(
+        &mut r,
+        Req::VipAdd {
+            service: local.into(),
+            settings: VipSettings {
+                table_size: Some(251),
+                ..VipSettings::default()
+            },
+        },
+    ) {
+        Response::Error { kind, message } => {
+            assert_eq!(kind, ErrorKind::Invalid);
+            assert!(message.contains("host's own addresses"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut next = r.state().clone();
+    next.services
+        .insert(spec(local), next.services[&spec(WEB)].clone());
+    let before = r.maps.services.clone();
+    assert!(
+        r.reload(next)
+            .unwrap_err()
+            .to_string()
+            .contains("host's own addresses")
+    );
+    assert_eq!(r.maps.services, before);
+    assert!(!r.state().services.contains_key(&spec(local)));
+}
