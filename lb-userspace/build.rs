@@ -18,5 +18,24 @@ fn main() -> anyhow::Result<()> {
         root_dir: ebpf.to_str().expect("UTF-8 path"),
         ..Default::default()
     };
+    // The build's commit, for `lb --version` ("unknown" outside a git checkout, e.g. a
+    // source package).
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(root)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map_or_else(|| "unknown".to_owned(), |s| s.trim().to_owned());
+    println!("cargo:rustc-env=LB_COMMIT={commit}");
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join(".git/HEAD").display()
+    );
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join(".git/refs/heads").display()
+    );
     aya_build::build_ebpf([package], aya_build::Toolchain::default())
 }

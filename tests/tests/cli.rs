@@ -47,3 +47,21 @@ fn config_check_accepts_a_good_file_and_names_what_is_wrong_in_a_bad_one() {
     let (code, _, err) = check("empty", "");
     assert_eq!(code, 0, "an empty file is a valid empty config: {err}");
 }
+
+/// `lb --version` names the build's commit and its map layout version (what its pins must
+/// match).
+#[test]
+fn version_names_the_commit_and_the_map_layout() {
+    let out = Command::new(workspace_bin("lb").unwrap())
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let layout = format!("{:#018x}", lb_common::consts::map_layout_version());
+    assert_eq!(text, format!("lb {}\n", lb_userspace::cli::version()));
+    assert!(
+        text.contains("(commit ") && text.contains(&format!("map layout {layout})")),
+        "{text}"
+    );
+}

@@ -19,10 +19,24 @@ use crate::{
     state::Command,
 };
 
+/// `lb --version`: the package version, the build's commit, and the map layout version the
+/// build's pins must match (a build of another layout refuses the pins: see the README).
+pub fn version() -> &'static str {
+    static V: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    V.get_or_init(|| {
+        format!(
+            "{} (commit {}, map layout {:#018x})",
+            env!("CARGO_PKG_VERSION"),
+            env!("LB_COMMIT"),
+            lb_common::consts::map_layout_version()
+        )
+    })
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "lb",
-    version,
+    version = version(),
     about = "XDP L4 load balancer: agent and control CLI"
 )]
 pub struct Cli {
