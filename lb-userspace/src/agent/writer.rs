@@ -55,18 +55,17 @@ pub fn run<M: MapOps>(
         if matches!(ev, Event::Stop) {
             break;
         }
-        // The reload rule: a file unchanged since it was applied changes nothing, so the changes
-        // made with `lb` since then stay; a changed file wins, and what it replaces is logged.
         // `lb reload`: the file is read and parsed off the writer, and comes back as a reload.
-        let ev = match ev {
+        let mut ev = match ev {
             Event::Api(crate::api::Request::Reload, tx) => {
                 read_for_reload(tasks, tx);
                 continue;
             }
             ev => ev,
         };
+        // The reload rule: a file unchanged since it was applied changes nothing, so the changes
+        // made with `lb` since then stay; a changed file wins, and what it replaces is logged.
         let mut replaced = Vec::new();
-        let mut ev = ev;
         if let Event::Reload { state, tag, reply } = &mut ev {
             if *tag == digest {
                 tracing::info!(
