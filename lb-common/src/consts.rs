@@ -58,8 +58,10 @@ pub mod map_names {
     pub const FLOW_RL: &str = "LB_FLOW_RL";
     pub const PROGS: &str = "LB_PROGS";
     pub const LAYOUT: &str = "LB_LAYOUT";
+    /// Frames lost after the program sent them, per interface (`crate::xmit`).
+    pub const XMIT_FAILS: &str = "LB_XMIT_FAILS";
     /// Every map, in the order the agent opens them.
-    pub const ALL: [&str; 20] = [
+    pub const ALL: [&str; 21] = [
         SERVICES4,
         VIPS4,
         BACKENDS4,
@@ -80,6 +82,7 @@ pub mod map_names {
         FLOW_RL,
         PROGS,
         LAYOUT,
+        XMIT_FAILS,
     ];
 }
 
@@ -106,7 +109,7 @@ pub const fn map_layout_version() -> u64 {
         }
         h
     }
-    let parts: [u64; 23] = [
+    let parts: [u64; 25] = [
         MAP_LAYOUT_REVISION,
         map_names::ALL.len() as u64,
         size_of::<maps::ServiceKey4>() as u64,
@@ -130,6 +133,8 @@ pub const fn map_layout_version() -> u64 {
         MAX_BACKENDS as u64,
         MAX_ACL_ENTRIES as u64,
         REASON_SLOTS as u64,
+        size_of::<crate::xmit::XmitFails>() as u64,
+        crate::xmit::MAX_IFACES as u64,
     ];
     let mut h = 0xcbf2_9ce4_8422_2325;
     let mut i = 0;
@@ -150,7 +155,19 @@ pub mod global_names {
     pub const FLOW_BURST: &str = "LB_FLOW_BURST_NS";
     /// aya-log's level global; the agent sets it to 0 (off) unless `--bpf-log` asks otherwise.
     pub const AYA_LOG_LEVEL: &str = "AYA_LOG_LEVEL";
+    /// 1: a frame that leaves by its ingress device is redirected there instead of `XDP_TX`
+    /// (veth delivers `XDP_TX` frames late to a peer without an XDP program).
+    pub const TX_REDIRECT: &str = "LB_TX_REDIRECT";
 }
+
+/// The tracepoint programs that count lost frames (`crate::xmit`), with their tracepoints
+/// (`xdp:NAME`).
+pub const XMIT_PROGRAMS: [(&str, &str); 4] = [
+    ("lb_tp_exception", "xdp_exception"),
+    ("lb_tp_redirect_err", "xdp_redirect_err"),
+    ("lb_tp_bulk_tx", "xdp_bulk_tx"),
+    ("lb_tp_devmap_xmit", "xdp_devmap_xmit"),
+];
 
 /// Name of the XDP program in the object file.
 pub const PROGRAM_NAME: &str = "lb_xdp";

@@ -19,6 +19,7 @@ pub mod health;
 pub mod maglev;
 pub mod maps;
 pub mod verdict;
+pub mod xmit;
 
 #[cfg(feature = "std")]
 pub mod model;

@@ -3,7 +3,7 @@
 //! the flow (to its backend, or back to the client as from the VIP), outer and embedded headers
 //! and every checksum included; other ICMP to a VIP is a counted drop.
 
-use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, programs::XdpContext};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
 use lb_common::{
     consts::{ECHO_BURST, ECHO_RATE_PER_SEC},
     csum,
@@ -77,9 +77,9 @@ pub fn to_vip(ctx: &XdpContext, pkt: &Packet, vip: &VipInfo) -> Verdict {
         (*icmp)[2] = c[0];
         (*icmp)[3] = c[1];
     }
-    // Back out of the ingress device: XDP_TX, the cheapest way out on a NIC. (On veth it
-    // needs an XDP program on the peer to be delivered promptly; the lab attaches one.)
-    Verdict::Sent(xdp_action::XDP_TX, SendReason::EchoReply)
+    // Back out of the ingress device: XDP_TX, the cheapest way out on a NIC, or a redirect to
+    // it on veth (see `xlate::back_out`).
+    Verdict::Sent(xlate::back_out(ctx), SendReason::EchoReply)
 }
 
 /// Token bucket: `ECHO_RATE_PER_SEC` replies per second per CPU, bursts of `ECHO_BURST`

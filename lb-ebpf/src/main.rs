@@ -21,6 +21,7 @@ mod select;
 mod stats;
 mod verdict;
 mod xlate;
+mod xmit;
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 use lb_common::{

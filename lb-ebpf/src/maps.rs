@@ -5,7 +5,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray},
 };
 use lb_common::{
     consts::{
@@ -17,6 +17,7 @@ use lb_common::{
         AclKey4, AclValue, Backend4, BackendId, ConnEntry4, Counters, NextHop, OURS_WORDS,
         PipEntry4, RateState, RevKey4, RevService4, RouteKey4, ServiceInfo, ServiceKey4, VipInfo,
     },
+    xmit::{MAX_IFACES, XmitFails},
 };
 
 /// (VIP, port, proto) → service: table region and stats id. Writer: agent. Reader: fast path.
@@ -121,3 +122,9 @@ pub static LB_LAYOUT: Array<u64> = Array::pinned(1, 0);
 /// a program array's entries when its last user reference goes). Writer: agent.
 #[map(name = "LB_PROGS")]
 pub static LB_PROGS: ProgramArray = ProgramArray::pinned(1, 0);
+
+/// Served ifindex → frames lost after the program sent them (per CPU; `lb_common::xmit`).
+/// Writer: the tracepoint programs of `xmit.rs`; the agent creates one entry per interface it
+/// serves, and only those count.
+#[map(name = "LB_XMIT_FAILS")]
+pub static LB_XMIT_FAILS: PerCpuHashMap<u32, XmitFails> = PerCpuHashMap::pinned(MAX_IFACES, 0);

@@ -4,7 +4,7 @@
 use core::{mem::size_of, ptr::addr_of_mut};
 
 use aya_ebpf::{
-    EbpfContext as _,
+    EbpfContext as _, Global,
     bindings::{bpf_fib_lookup, xdp_action},
     helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_redirect},
     programs::XdpContext,
@@ -22,6 +22,14 @@ use crate::{
 };
 
 const AF_INET: u8 = 2;
+
+/// 1: a frame that leaves by its ingress device is redirected to it rather than sent with
+/// `XDP_TX`. Set by the agent at load time when it serves a veth (`--xdp-tx`): veth flushes an
+/// `XDP_TX` frame to its peer without waking the peer's NAPI unless the peer runs an XDP
+/// program, so the frame waits for the next packet; a redirect (`ndo_xdp_xmit`) wakes it. A
+/// load-time constant, so the verifier prunes the branch not taken and a NIC pays nothing.
+#[unsafe(no_mangle)]
+static LB_TX_REDIRECT: Global<u8> = Global::new(0);
 /// `BPF_FIB_LKUP_RET_SUCCESS`.
 const FIB_SUCCESS: i64 = 0;
 
@@ -127,12 +135,29 @@ fn send(ctx: &XdpContext, pkt: &Packet, nh: &NextHop) -> u32 {
         (*pkt.eth).dst = nh.dmac;
     }
     if nh.ifindex as usize == ingress_ifindex(ctx) {
+        back_out(ctx)
+    } else {
+        redirect(nh.ifindex)
+    }
+}
+
+/// The action that sends the frame back out of its ingress device: `XDP_TX`, or a redirect
+/// to that device where the agent says `XDP_TX` cannot be trusted (see [`LB_TX_REDIRECT`]).
+#[inline(always)]
+pub fn back_out(ctx: &XdpContext) -> u32 {
+    if LB_TX_REDIRECT.load() == 0 {
         xdp_action::XDP_TX
     } else {
-        // SAFETY: a plain helper call; flags 0. It returns XDP_REDIRECT (or XDP_ABORTED for
-        // invalid flags, which 0 is not).
-        unsafe { bpf_redirect(nh.ifindex, 0) as u32 }
+        // ifindex is a u32 in xdp_md.
+        redirect(ingress_ifindex(ctx) as u32)
     }
+}
+
+#[inline(always)]
+fn redirect(ifindex: u32) -> u32 {
+    // SAFETY: a plain helper call; flags 0. It returns XDP_REDIRECT (or XDP_ABORTED for
+    // invalid flags, which 0 is not).
+    unsafe { bpf_redirect(ifindex, 0) as u32 }
 }
 
 #[inline(always)]

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use lb_userspace::{
     api,
-    cli::{Cli, CliCommand, ConfigCmd, render, request},
+    cli::{Cli, CliCommand, ConfigCmd, PeerCmd, render, request},
     error::ErrorKind,
 };
 
@@ -26,6 +26,22 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("lb: {e}");
                 ExitCode::from(ErrorKind::Invalid.exit_code())
+            }
+        };
+    }
+    if let CliCommand::Peer(cmd) = &cli.command {
+        let done = match cmd {
+            PeerCmd::Attach(a) => lb_userspace::peer::attach(&a.iface, &a.pin_dir),
+            PeerCmd::Detach(a) => lb_userspace::peer::detach(&a.iface, &a.pin_dir),
+        };
+        return match done {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("lb peer: {e:#}");
+                ExitCode::FAILURE
             }
         };
     }

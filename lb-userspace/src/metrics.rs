@@ -152,6 +152,24 @@ pub fn render(status: &StatusView, stats: &StatsView) -> String {
         &[("result", "failed")],
         stats.sweep_errors,
     );
+    o.family(
+        "lb_xdp_lost_frames_total",
+        COUNTER,
+        "Frames the program sent (and counted under a sending verdict) that the kernel then dropped, per served interface and way out: redirect (the target refused it; on veth: its peer has no NAPI), tx (XDP_TX dropped), aborted (XDP_ABORTED).",
+    );
+    for x in &stats.xmit_failures {
+        for (how, n) in [
+            ("redirect", x.redirect),
+            ("tx", x.tx),
+            ("aborted", x.aborted),
+        ] {
+            o.sample(
+                "lb_xdp_lost_frames_total",
+                &[("interface", x.interface.as_str()), ("way", how)],
+                n,
+            );
+        }
+    }
 
     let services: Vec<_> = stats
         .services
@@ -562,6 +580,8 @@ mod tests {
             ring_slots: 8_388_608,
             conntrack_flows: 1_048_576,
             swap_holds: 0,
+            xmit_counting: "on".into(),
+            xmit_failures: Vec::new(),
             vips: vec![ServiceStatus {
                 service: svc.into(),
                 backends,
@@ -575,6 +595,13 @@ mod tests {
             tcp_reset_errors: 0,
             sweeps: 9,
             sweep_errors: 1,
+            xmit_failures: vec![crate::api::XmitFailView {
+                interface: "l0".into(),
+                ifindex: 2,
+                redirect: 5,
+                tx: 1,
+                aborted: 0,
+            }],
         };
         (status, stats)
     }
@@ -728,6 +755,14 @@ mod tests {
         assert_eq!(value(&s, "lb_tcp_resets_total", &[("result", "failed")]), 0);
         assert_eq!(value(&s, "lb_sweeps_total", &[("result", "done")]), 9);
         assert_eq!(value(&s, "lb_sweeps_total", &[("result", "failed")]), 1);
+        let lost = |way| {
+            value(
+                &s,
+                "lb_xdp_lost_frames_total",
+                &[("interface", "l0"), ("way", way)],
+            )
+        };
+        assert_eq!((lost("redirect"), lost("tx"), lost("aborted")), (5, 1, 0));
         assert_eq!(
             value(&s, "lb_service_packets_total", &[svc, ("direction", "in")]),
             100

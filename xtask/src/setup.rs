@@ -26,6 +26,9 @@ const APT_PACKAGES: &[&str] = &[
     "binutils",
     "nftables",
     "fonts-dejavu-core",
+    // promtool, for the alert rules in contrib/ (tests/contrib.rs); python3 for its checks.
+    "prometheus",
+    "python3",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// The lint tools from PyPI (prebuilt binaries in wheels), pinned.

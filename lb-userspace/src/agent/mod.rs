@@ -18,6 +18,7 @@
 
 pub mod memory;
 mod sweeper;
+pub mod veth;
 mod writer;
 
 use std::{
@@ -71,6 +72,8 @@ pub struct AgentOptions {
     pub metrics: Option<SocketAddr>,
     /// On SIGTERM/SIGINT leave the program attached (pinned links) and the maps pinned.
     pub keep_attached: bool,
+    /// `XDP_TX` or a redirect for frames that leave by their ingress device.
+    pub xdp_tx: crate::cli::XdpTx,
 }
 
 /// The config file, parsed, and the digest of its text (of "" without a file).
@@ -137,6 +140,37 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         ifindexes.push(idx);
     }
 
+    let served: Vec<(String, u32)> = opts
+        .interfaces
+        .iter()
+        .cloned()
+        .zip(ifindexes.iter().copied())
+        .collect();
+    let reports = crate::netlink::Netlink::open()
+        .map(|mut nl| veth::inspect(&mut nl, &served))
+        .context("opening netlink to inspect the interfaces")?;
+    for r in &reports {
+        for f in veth::findings(r) {
+            tracing::warn!("{f}");
+        }
+    }
+    let any_veth = reports.iter().any(|r| r.veth);
+    let tx_redirect = match opts.xdp_tx {
+        crate::cli::XdpTx::Auto => any_veth,
+        crate::cli::XdpTx::Tx => false,
+        crate::cli::XdpTx::Redirect => true,
+    };
+    tracing::info!(
+        any_veth,
+        tx_redirect,
+        "frames that leave by their ingress interface use {}",
+        if tx_redirect {
+            "a redirect to it"
+        } else {
+            "XDP_TX"
+        }
+    );
+
     let load = LoadOptions {
         pin_dir: opts.pin_dir.clone(),
         hash_seed: config.agent.hash_seed,
@@ -145,8 +179,16 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         tcp_close_timeout_s: config.agent.tcp_close_timeout_s,
         new_flow_rate: config.agent.new_flow_rate,
         bpf_log_level: opts.bpf_log_level,
+        tx_redirect,
     };
     let (mut dp, maps) = Dataplane::load(&load).context("loading the XDP program")?;
+    let xmit_off = dp.count_lost_frames(&opts.pin_dir, &ifindexes).err();
+    if let Some(why) = &xmit_off {
+        tracing::warn!(
+            "frames the kernel loses after the program sent them are not counted: {why} \
+             (the tracepoints need tracefs at /sys/kernel/tracing)"
+        );
+    }
     let _logger = if opts.bpf_log_level > 0 {
         Some(aya_log::EbpfLogger::init(&mut dp.ebpf).context("starting aya-log")?)
     } else {
@@ -179,6 +221,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         pin_dir: Some(opts.pin_dir.display().to_string()),
         ring_slots: config.agent.ring_slots,
         conntrack_flows: config.agent.conntrack_flows,
+        xmit_off,
     };
     let sweep_counters = Arc::new(SweepCounters::default());
     let reader = Reader {
@@ -431,6 +474,9 @@ impl MapReader for Reader {
     fn sweeps(&self) -> SweepTotals {
         self.sweeps.totals()
     }
+    fn xmit_fails(&self) -> Result<Vec<(u32, lb_common::xmit::XmitFails)>, MapOpError> {
+        self.maps.xmit_fails()
+    }
     fn each_flow(
         &self,
         f: &mut dyn FnMut(&lb_common::flow::FlowKey4, &lb_common::maps::ConnEntry4),
@@ -459,7 +505,12 @@ fn worker(
         .map(drop)
 }
 
-fn check_bpffs(pin_dir: &std::path::Path) -> anyhow::Result<()> {
+/// Refuses a pin directory that is not on a bpffs, and says why when `ip netns exec` is the
+/// cause.
+///
+/// # Errors
+/// Not on a bpffs.
+pub fn check_bpffs(pin_dir: &std::path::Path) -> anyhow::Result<()> {
     let mut dir = pin_dir.to_path_buf();
     while !dir.exists() {
         if !dir.pop() {
@@ -469,15 +520,55 @@ fn check_bpffs(pin_dir: &std::path::Path) -> anyhow::Result<()> {
     let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;
     // SAFETY: all-zero is a valid `statfs` (plain integers).
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let own_mounts = own_mount_namespace();
     // SAFETY: `c` is a valid C string and `st` a valid out-pointer.
     if unsafe { libc::statfs(c.as_ptr(), &raw mut st) } != 0 || st.f_type != 0xcafe_4a11 {
+        let hint = if own_mounts {
+            " This process has a mount namespace of its own, as `ip netns exec` gives (it \
+             remounts /sys, which hides the host's /sys/fs/bpf): run the agent with \
+             `nsenter --net=/run/netns/NAME lb agent ...` instead. A bpffs mounted in here \
+             would vanish with this process, and a restarted agent would not find its pins."
+        } else {
+            ""
+        };
         bail!(
-            "--pin-dir {}: {} is not on a bpffs; mount one with `mount -t bpf bpf /sys/fs/bpf` (cargo xtask setup does)",
+            "--pin-dir {}: {} is not on a bpffs; mount one with `mount -t bpf bpf /sys/fs/bpf` (cargo xtask setup does).{hint}",
             pin_dir.display(),
             dir.display()
         );
     }
+    if own_mounts {
+        tracing::warn!(
+            "this process has a mount namespace of its own (as `ip netns exec` gives): pins \
+             under {} live only as long as that namespace's bpffs mount; for restarts that \
+             drop nothing run the agent with `nsenter --net=/run/netns/NAME`",
+            pin_dir.display()
+        );
+    }
     Ok(())
+}
+
+/// Whether this process's mount namespace differs from its parent's or init's, as a command
+/// run by `ip netns exec` finds (it unshares one before it execs). Unreadable ones (init's,
+/// inside some sandboxes) do not count.
+fn own_mount_namespace() -> bool {
+    let own = std::fs::read_link("/proc/self/ns/mnt");
+    // SAFETY: getppid has no preconditions.
+    let parent = format!("/proc/{}/ns/mnt", unsafe { libc::getppid() });
+    [parent.as_str(), "/proc/1/ns/mnt"]
+        .iter()
+        .any(|p| match (&own, std::fs::read_link(p)) {
+            (Ok(a), Ok(b)) => *a != b,
+            _ => false,
+        })
+}
+
+/// The ifindex of interface `name` in this namespace.
+///
+/// # Errors
+/// No such interface (the message names it).
+pub fn ifindex(name: &str) -> anyhow::Result<u32> {
+    nix_ifindex(name).with_context(|| format!("{name}: no such interface in this namespace"))
 }
 
 fn nix_ifindex(name: &str) -> anyhow::Result<u32> {

@@ -177,7 +177,27 @@ pub struct StatusView {
     /// Backend endpoints whose reply entry a VIP swap holds for flows from before it.
     #[serde(default)]
     pub swap_holds: usize,
+    /// Whether the lost-frame counters run: `on`, or `off: why`.
+    #[serde(default)]
+    pub xmit_counting: String,
+    /// Per served interface, frames lost after the program sent them.
+    #[serde(default)]
+    pub xmit_failures: Vec<XmitFailView>,
     pub vips: Vec<ServiceStatus>,
+}
+
+/// One served interface's frames lost after the program sent them (`lb_common::xmit`): the
+/// verdicts count them as sent, the kernel dropped them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct XmitFailView {
+    pub interface: String,
+    pub ifindex: u32,
+    /// Redirected frames the kernel refused or dropped.
+    pub redirect: u64,
+    /// `XDP_TX` frames the driver dropped.
+    pub tx: u64,
+    /// `XDP_ABORTED` verdicts.
+    pub aborted: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -204,4 +224,7 @@ pub struct StatsView {
     pub sweeps: u64,
     #[serde(default)]
     pub sweep_errors: u64,
+    /// Per served interface, frames lost after the program sent them.
+    #[serde(default)]
+    pub xmit_failures: Vec<XmitFailView>,
 }

@@ -84,6 +84,28 @@ pub enum CliCommand {
     /// Config files, checked offline (no agent needed).
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// The far end of a veth: a pass-everything XDP program that lets it receive the frames
+    /// the LB sends into the pair (run it in the peer's namespace, with
+    /// `nsenter --net=/run/netns/NAME`; no agent needed).
+    #[command(subcommand)]
+    Peer(PeerCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PeerCmd {
+    /// Attach `xdp_pass` to IFACE in native mode, pinned so that it stays after the command.
+    Attach(PeerArgs),
+    /// Remove what `lb peer attach` attached to IFACE.
+    Detach(PeerArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PeerArgs {
+    /// The interface (in this network namespace), e.g. a container's eth0.
+    pub iface: String,
+    /// bpffs directory for the pinned links.
+    #[arg(long, default_value = crate::peer::DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
 }
 
 /// `lb flows`' selection.
@@ -145,6 +167,19 @@ pub struct AgentArgs {
     /// flowing until the next agent takes over (a plain stop detaches and cleans up).
     #[arg(long)]
     pub keep_attached: bool,
+    /// How a frame leaves by the interface it came in on (a one-armed LB, echo replies):
+    /// `tx` is XDP_TX; `redirect` redirects it to that interface, which veth delivers at once
+    /// even when its peer runs no XDP program; `auto` redirects when any served interface is
+    /// a veth.
+    #[arg(long, value_enum, default_value_t = XdpTx::Auto)]
+    pub xdp_tx: XdpTx,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum XdpTx {
+    Auto,
+    Tx,
+    Redirect,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -524,6 +559,7 @@ impl AgentArgs {
                 .transpose()
                 .map_err(anyhow::Error::msg)?,
             keep_attached: self.keep_attached,
+            xdp_tx: self.xdp_tx,
         })
     }
 }
@@ -536,7 +572,7 @@ impl AgentArgs {
 pub fn request(cmd: &CliCommand) -> Result<Option<(Request, Format)>, String> {
     let query = |q: Query, o: &OutputArg| Some((Request::Query(q), o.format));
     let change = match cmd {
-        CliCommand::Agent(_) | CliCommand::Config(_) => return Ok(None),
+        CliCommand::Agent(_) | CliCommand::Config(_) | CliCommand::Peer(_) => return Ok(None),
         CliCommand::Vip(VipCmd::Add { service, settings }) => {
             let mut s = settings.resolve()?;
             (s.idle_timeout, s.tcp_reset) = settings.lifetime.resolve(service)?;

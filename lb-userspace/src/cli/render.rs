@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use super::Format;
 use crate::{
-    api::{BackendView, Response},
+    api::{BackendView, Response, XmitFailView},
     error::ErrorKind,
     spec::serde_action::action_word,
     state::Change,
@@ -168,6 +168,8 @@ pub fn render(resp: &Response, format: Format) -> Result<String, (ErrorKind, Str
                     s.swap_holds
                 );
             }
+            let _ = writeln!(o, "lost-frame counters {}", s.xmit_counting);
+            lost_frames(&mut o, &s.xmit_failures);
             let _ = writeln!(o, "client-facing next hops ({}):", s.client_routes.len());
             for r in &s.client_routes {
                 let _ = writeln!(o, "           {r}");
@@ -213,9 +215,42 @@ pub fn render(resp: &Response, format: Format) -> Result<String, (ErrorKind, Str
             let _ = writeln!(o, "{:<24} {:>12}", "tcp resets sent", s.tcp_resets);
             let _ = writeln!(o, "{:<24} {:>12}", "tcp resets failed", s.tcp_reset_errors);
             let _ = writeln!(o, "{:<24} {:>12}", "sweeps failed", s.sweep_errors);
+            o.push('\n');
+            lost_frames(&mut o, &s.xmit_failures);
         }
     }
     Ok(o.trim_end().to_owned())
+}
+
+/// The lost-frame table: per served interface, frames the verdicts counted as sent that the
+/// kernel then dropped, with what to do when there are any.
+fn lost_frames(o: &mut String, v: &[XmitFailView]) {
+    let w = v
+        .iter()
+        .map(|x| x.interface.len())
+        .max()
+        .unwrap_or(0)
+        .max(9);
+    let _ = writeln!(
+        o,
+        "{:<w$} {:>14} {:>10} {:>10}",
+        "INTERFACE", "REDIRECT LOST", "TX LOST", "ABORTED"
+    );
+    for x in v {
+        let _ = writeln!(
+            o,
+            "{:<w$} {:>14} {:>10} {:>10}",
+            x.interface, x.redirect, x.tx, x.aborted
+        );
+    }
+    if v.iter().any(|x| x.redirect != 0 || x.tx != 0) {
+        let _ = writeln!(
+            o,
+            "frames were lost after the program sent them (the verdict counts above include \
+             them); on a veth, its peer needs GRO on or an XDP program: see the agent's log and \
+             the README, \"Deploying on veth, containers and VMs\""
+        );
+    }
 }
 
 fn backend_table(o: &mut String, service: &str, backends: &[BackendView]) {
@@ -352,6 +387,7 @@ mod tests {
                 tcp_reset_errors: 0,
                 sweeps: 0,
                 sweep_errors: 0,
+                xmit_failures: Vec::new(),
             }),
             Format::Table,
         )

@@ -5,11 +5,15 @@ use std::path::{Path, PathBuf};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, MapData, ProgramArray},
-    programs::{Xdp, XdpMode},
+    maps::{Array, MapData, PerCpuHashMap, PerCpuValues, ProgramArray},
+    programs::{TracePoint, Xdp, XdpMode},
 };
-use lb_common::consts::{
-    HAIRPIN_PROGRAM_NAME, PROG_HAIRPIN, PROGRAM_NAME, global_names, map_layout_version, map_names,
+use lb_common::{
+    consts::{
+        HAIRPIN_PROGRAM_NAME, PROG_HAIRPIN, PROGRAM_NAME, XMIT_PROGRAMS, global_names,
+        map_layout_version, map_names,
+    },
+    xmit::XmitFails,
 };
 
 use super::Maps;
@@ -43,6 +47,8 @@ pub struct LoadOptions {
     pub new_flow_rate: u32,
     /// aya-log level for the kernel side (0 = off, 4 = debug).
     pub bpf_log_level: u8,
+    /// Leave by the ingress device with a redirect instead of `XDP_TX` (`--xdp-tx`).
+    pub tx_redirect: bool,
 }
 
 impl LoadOptions {
@@ -58,6 +64,7 @@ impl LoadOptions {
             tcp_close_timeout_s: s.tcp_close_timeout_s,
             new_flow_rate: s.new_flow_rate,
             bpf_log_level: 0,
+            tx_redirect: false,
         }
     }
 }
@@ -77,6 +84,7 @@ impl Dataplane {
         let mut loader = EbpfLoader::new();
         let (flow_cost, flow_burst) =
             lb_common::maps::flow_bucket(u64::from(opts.new_flow_rate)).unwrap_or((0, 0));
+        let tx_redirect = u8::from(opts.tx_redirect);
         let dir = &opts.pin_dir;
         std::fs::create_dir_all(dir).map_err(|source| LoadError::PinDir {
             path: dir.clone(),
@@ -91,6 +99,7 @@ impl Dataplane {
             .override_global(global_names::FLOW_COST, &flow_cost, true)
             .override_global(global_names::FLOW_BURST, &flow_burst, true)
             .override_global(global_names::AYA_LOG_LEVEL, &opts.bpf_log_level, false)
+            .override_global(global_names::TX_REDIRECT, &tx_redirect, true)
             .map_max_entries(map_names::CONNTRACK, opts.conntrack_flows)
             .map_max_entries(map_names::RING, opts.ring_slots);
         let mut ebpf = loader.load(LB_OBJ)?;
@@ -126,6 +135,56 @@ impl Dataplane {
             })?;
         let maps = Maps::take(&mut ebpf)?;
         Ok((Self { ebpf }, maps))
+    }
+
+    /// Starts counting the frames the kernel loses after the program sent them
+    /// (`lb_common::xmit`), for the interfaces `ifindexes`: an entry per interface in
+    /// `LB_XMIT_FAILS` (kept if a previous agent made it, so the counts survive a restart;
+    /// entries of interfaces no longer served are removed), then the tracepoint programs,
+    /// attached for as long as `self` lives.
+    ///
+    /// # Errors
+    /// The map cannot be written, or a program does not load or attach (no tracefs, say); the
+    /// text names which and why. The data plane works without the counters.
+    pub fn count_lost_frames(&mut self, dir: &Path, ifindexes: &[u32]) -> Result<(), String> {
+        let name = map_names::XMIT_FAILS;
+        let data = MapData::from_pin(dir.join(name)).map_err(|e| format!("{name}: {e}"))?;
+        let mut fails =
+            PerCpuHashMap::<MapData, u32, XmitFails>::try_from(aya::maps::Map::PerCpuHashMap(data))
+                .map_err(|e| format!("{name}: {e}"))?;
+        let stale: Vec<u32> = fails
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !ifindexes.contains(k))
+            .collect();
+        for k in stale {
+            fails
+                .remove(&k)
+                .map_err(|e| format!("{}: remove {k}: {e}", map_names::XMIT_FAILS))?;
+        }
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| format!("counting CPUs: {e}"))?;
+        for &i in ifindexes {
+            let zero = PerCpuValues::try_from(vec![XmitFails::default(); cpus])
+                .map_err(|e| e.to_string())?;
+            match fails.insert(i, zero, u64::from(aya_obj::generated::BPF_NOEXIST)) {
+                Ok(()) => {}
+                Err(aya::maps::MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => return Err(format!("{}: add {i}: {e}", map_names::XMIT_FAILS)),
+            }
+        }
+        for (prog, point) in XMIT_PROGRAMS {
+            let tp: &mut TracePoint = self
+                .ebpf
+                .program_mut(prog)
+                .ok_or_else(|| format!("the object has no program {prog}"))?
+                .try_into()
+                .map_err(|e| format!("{prog}: {e}"))?;
+            tp.load().map_err(|e| format!("load {prog}: {e}"))?;
+            tp.attach("xdp", point)
+                .map_err(|e| format!("attach {prog} to xdp:{point}: {e}"))?;
+        }
+        Ok(())
     }
 
     /// The XDP program (its fd for the pinned links of `crate::link`, and `BPF_PROG_TEST_RUN`).

@@ -10,8 +10,8 @@ use std::{
 use aya::{
     Ebpf,
     maps::{
-        Array, HashMap, IterableMap as _, LpmTrie, MapData, PerCpuArray, PerCpuValues,
-        lpm_trie::Key as LpmKey,
+        Array, HashMap, IterableMap as _, LpmTrie, MapData, PerCpuArray, PerCpuHashMap,
+        PerCpuValues, lpm_trie::Key as LpmKey,
     },
 };
 use lb_common::{
@@ -23,6 +23,7 @@ use lb_common::{
         RevKey4, RevService4, RouteKey4, ServiceInfo, ServiceKey, ServiceKey4, VipInfo, VipKey,
         acl_key4,
     },
+    xmit::XmitFails,
 };
 
 use super::{FlowPurge, LiveMaps, MapOps, MapReader, PurgeJob, loader::take_map, sys};
@@ -56,6 +57,7 @@ pub struct SideMaps {
     pub reasons: PerCpuArray<MapData, u64>,
     pub svc_stats: PerCpuArray<MapData, Counters>,
     pub be_stats: PerCpuArray<MapData, Counters>,
+    pub xmit_fails: PerCpuHashMap<MapData, u32, XmitFails>,
 }
 
 impl Maps {
@@ -78,6 +80,7 @@ impl Maps {
                 reasons: take_map(ebpf, map_names::REASON_STATS)?,
                 svc_stats: take_map(ebpf, map_names::SERVICE_STATS)?,
                 be_stats: take_map(ebpf, map_names::BACKEND_STATS)?,
+                xmit_fails: take_map(ebpf, map_names::XMIT_FAILS)?,
             },
         })
     }
@@ -104,6 +107,7 @@ impl SideMaps {
             reasons: pinned(dir, map_names::REASON_STATS, aya::maps::Map::PerCpuArray)?,
             svc_stats: pinned(dir, map_names::SERVICE_STATS, aya::maps::Map::PerCpuArray)?,
             be_stats: pinned(dir, map_names::BACKEND_STATS, aya::maps::Map::PerCpuArray)?,
+            xmit_fails: pinned(dir, map_names::XMIT_FAILS, aya::maps::Map::PerCpuHashMap)?,
         })
     }
 
@@ -332,6 +336,14 @@ impl MapReader for SideMaps {
     fn each_flow(&self, f: &mut dyn FnMut(&FlowKey4, &ConnEntry4)) -> Result<(), MapOpError> {
         self.walk_flows(f, &mut |_| {}).map(drop)
     }
+    fn xmit_fails(&self) -> Result<Vec<(u32, XmitFails)>, MapOpError> {
+        let mut out = Vec::new();
+        for r in &self.xmit_fails {
+            let (k, v) = r.map_err(op_err(map_names::XMIT_FAILS, "read"))?;
+            out.push((k, XmitFails::sum(&v)));
+        }
+        Ok(out)
+    }
 }
 
 impl FlowPurge for SideMaps {
@@ -365,6 +377,9 @@ impl MapReader for Maps {
     }
     fn each_flow(&self, f: &mut dyn FnMut(&FlowKey4, &ConnEntry4)) -> Result<(), MapOpError> {
         self.side.each_flow(f)
+    }
+    fn xmit_fails(&self) -> Result<Vec<(u32, XmitFails)>, MapOpError> {
+        self.side.xmit_fails()
     }
 }
 

@@ -111,6 +111,10 @@ pub trait MapReader {
     fn sweeps(&self) -> sweep::SweepTotals {
         sweep::SweepTotals::default()
     }
+    /// Frames lost after the program sent them, per served ifindex (`lb_common::xmit`).
+    fn xmit_fails(&self) -> Result<Vec<(u32, lb_common::xmit::XmitFails)>, MapOpError> {
+        Ok(Vec::new())
+    }
 }
 
 /// Flow deletions the reconciler decides and a task off the writer loop carries out: one walk

@@ -8,6 +8,7 @@
 //! * `socket.rs`: the blocking `NETLINK_ROUTE` client ([`Netlink`]): one exchange at a time,
 //!   sequence numbers, dumps, a receive timeout so a lost reply cannot hang a caller;
 //! * `route.rs`: the kernel's routing decision (`ip route get`) and the main table;
+//! * `link.rs`: what an interface is (a veth, its peer, the peer's namespace);
 //! * `neigh.rs`: the ARP / NDP cache, interfaces' MACs, asking the kernel to resolve;
 //! * `resolver.rs`: the next hop of an address, and the agent's [`NetlinkResolver`];
 //! * `watch.rs`: the multicast subscription that turns kernel changes into events.
@@ -15,6 +16,7 @@
 //! Every exchange blocks, so none runs on a tokio worker: the resolver and the watcher run on
 //! threads of their own.
 
+mod link;
 mod neigh;
 mod resolver;
 mod route;
@@ -30,6 +32,7 @@ use netlink_packet_route::AddressFamily;
 
 use self::socket::DUMP_ATTEMPTS;
 pub use self::{
+    link::LinkFacts,
     neigh::Neighbour,
     resolver::NetlinkResolver,
     route::{Route, RouteInfo},
@@ -65,6 +68,8 @@ pub enum Request {
     LinkGet(u32),
     /// `RTM_GETADDR` dump.
     AddressDump,
+    /// `RTM_GETNSID` for an open namespace file.
+    NsidGet,
 }
 
 impl fmt::Display for Request {
@@ -81,6 +86,7 @@ impl fmt::Display for Request {
                 write!(f, "neighbour resolve {ip} on ifindex {ifindex}")
             }
             Self::LinkGet(ifindex) => write!(f, "link get ifindex {ifindex}"),
+            Self::NsidGet => f.write_str("nsid get"),
         }
     }
 }

@@ -9,13 +9,14 @@ use lb_common::{
     addr,
     maps::{BackendId, Counters},
     verdict::ALL_REASONS,
+    xmit::XmitFails,
 };
 
 use super::{health::HealthBook, live::Live};
 use crate::{
     api::{
         AclRuleView, AclView, BackendView, CountersView, FlowView, NextHopView, PipView, ProbeView,
-        Query, Response, ServiceStatus, ServiceView, StatsView, StatusView,
+        Query, Response, ServiceStatus, ServiceView, StatsView, StatusView, XmitFailView,
     },
     dataplane::MapReader,
     error::{ChangeError, MapOpError},
@@ -33,6 +34,19 @@ pub struct AgentInfo {
     pub pin_dir: Option<String>,
     pub ring_slots: u32,
     pub conntrack_flows: u32,
+    /// Why the lost-frame counters are off (`Dataplane::count_lost_frames`); `None`: counting.
+    pub xmit_off: Option<String>,
+}
+
+impl AgentInfo {
+    /// The served interfaces as (name, ifindex).
+    fn ifaces(&self) -> Vec<(String, u32)> {
+        self.interfaces
+            .iter()
+            .cloned()
+            .zip(self.ifindexes.iter().copied())
+            .collect()
+    }
 }
 
 /// A service's view, with what its counters are summed from, as the writer saw them: its live
@@ -53,8 +67,9 @@ pub enum Pending {
         service: String,
         backends: Vec<BackendView>,
     },
-    Status(StatusView),
-    Stats(Vec<ServiceRead>),
+    /// The view, and the served interfaces as (name, ifindex) for the lost-frame counters.
+    Status(StatusView, Vec<(String, u32)>),
+    Stats(Vec<ServiceRead>, Vec<(String, u32)>),
     /// The view and the service's id (for its ACL drops), if it is in the maps.
     Acl(AclView, Option<u32>),
     Pips(Vec<PipView>),
@@ -158,7 +173,7 @@ impl Pending {
     /// Whether the answer needs the conntrack walk (the slow read).
     #[must_use]
     pub const fn walks_conntrack(&self) -> bool {
-        matches!(self, Self::Backends { .. } | Self::Status(_))
+        matches!(self, Self::Backends { .. } | Self::Status(..))
     }
 
     /// Fills in counters and flow counts from `r`.
@@ -206,13 +221,14 @@ impl Pending {
                     backends: b,
                 }
             }
-            Self::Status(mut s) => {
+            Self::Status(mut s, ifaces) => {
                 for v in &mut s.vips {
                     backends(&mut v.backends)?;
                 }
+                s.xmit_failures = xmit_views(r, &ifaces)?;
                 Response::Status(s)
             }
-            Self::Stats(v) => {
+            Self::Stats(v, ifaces) => {
                 let counts = r.reason_counters()?;
                 let reasons = ALL_REASONS
                     .iter()
@@ -228,6 +244,7 @@ impl Pending {
                     tcp_reset_errors: sweeps.reset_errors,
                     sweeps: sweeps.passes,
                     sweep_errors: sweeps.pass_errors,
+                    xmit_failures: xmit_views(r, &ifaces)?,
                 })
             }
             Self::Acl(mut a, id) => {
@@ -243,6 +260,28 @@ impl Pending {
             }
         })
     }
+}
+
+/// The lost-frame counters of the served interfaces, in their order (an interface the map
+/// has no entry for shows zeros).
+fn xmit_views(
+    r: &dyn MapReader,
+    ifaces: &[(String, u32)],
+) -> Result<Vec<XmitFailView>, MapOpError> {
+    let counts: HashMap<u32, XmitFails> = r.xmit_fails()?.into_iter().collect();
+    Ok(ifaces
+        .iter()
+        .map(|(name, i)| {
+            let c = counts.get(i).copied().unwrap_or_default();
+            XmitFailView {
+                interface: name.clone(),
+                ifindex: *i,
+                redirect: c.redirect,
+                tx: c.tx,
+                aborted: c.aborted,
+            }
+        })
+        .collect())
 }
 
 /// What the views read from the writer.
@@ -272,8 +311,8 @@ impl Source<'_> {
                 Pending::Acl(self.acl(&service)?, id)
             }
             Query::PipList => Pending::Pips(self.pips()),
-            Query::Status => Pending::Status(self.status()?),
-            Query::Stats => Pending::Stats(self.services()),
+            Query::Status => Pending::Status(self.status()?, self.info.ifaces()),
+            Query::Stats => Pending::Stats(self.services(), self.info.ifaces()),
             Query::Flows {
                 service,
                 backend,
@@ -485,6 +524,11 @@ impl Source<'_> {
             ring_slots: self.info.ring_slots,
             conntrack_flows: self.info.conntrack_flows,
             swap_holds: self.live.holds.len(),
+            xmit_counting: match &self.info.xmit_off {
+                None => "on".into(),
+                Some(why) => format!("off: {why}"),
+            },
+            xmit_failures: Vec::new(),
             vips,
         })
     }

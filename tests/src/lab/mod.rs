@@ -102,8 +102,10 @@ pub struct Lab {
     pub tmp: PathBuf,
     pub socket: PathBuf,
     agent: Option<Agent>,
-    /// `xdp_pass` on the far end of every veth pair (see [`peer_program`]); detached on
-    /// drop. The benchmark swaps in its sink program.
+    /// Programs on the far ends of veth pairs (see [`peer_program`]), detached on drop. The
+    /// lab itself attaches none: the peers have GRO on, which is what veth needs to deliver
+    /// the LB's frames, and the agent redirects where `XDP_TX` would wait (`--xdp-tx auto`).
+    /// The benchmark adds its sink programs here.
     pub peer_xdp: Vec<PeerXdp>,
 }
 
@@ -165,10 +167,9 @@ impl Lab {
             .ip(&["route", "add", "default", "via", &CLIENT_IP.to_string()])?;
         // Frames XDP redirects into a veth land on its peer only if the peer has NAPI (GRO on);
         // locally made TCP/UDP on veth has partial checksums that native XDP cannot finish,
-        // so senders compute checksums in software (tx off). Real NICs need neither.
+        // so senders compute checksums in software (tx off). Real NICs need neither, and no
+        // peer runs an XDP program: the agent must work without one.
         harden_veth(&lab.client, "c0")?;
-        lab.peer_xdp
-            .push(peer_program(&lab.client, "c0", "xdp_pass")?);
         for i in 1..=n {
             lab.add_backend_ns(i)?;
         }
@@ -203,7 +204,6 @@ impl Lab {
         ])?;
         harden_veth(&ns, "eth0")?;
         harden_veth(&self.lb, &dev)?;
-        self.peer_xdp.push(peer_program(&ns, "eth0", "xdp_pass")?);
         let mut b = BackendNs {
             ns,
             name,
@@ -244,7 +244,6 @@ impl Lab {
         ns.ip(&["route", "add", "default", "via", "198.51.100.254"])?;
         harden_veth(&ns, "e0")?;
         harden_veth(&self.lb, "lx")?;
-        self.peer_xdp.push(peer_program(&ns, "e0", "xdp_pass")?);
         self.external = Some(ns);
         Ok(())
     }
@@ -262,10 +261,10 @@ impl Drop for Lab {
 }
 
 /// Attaches baseline program `program` (native mode) to `dev` in `ns`, for as long as the
-/// returned value lives. The lab uses `xdp_pass`: veth delivers an `XDP_TX` frame (the LB sending a frame back out of its ingress
-/// device: a one-armed LB, a hairpin to the connecting backend itself) by queueing it on the
-/// peer and kicking the peer's NAPI only if the peer has an XDP program; without one the frame
-/// waits until the next packet arrives. Physical NICs have no such condition.
+/// returned value lives: the benchmark's sinks. (veth delivers an `XDP_TX` frame by queueing
+/// it on the peer and kicking the peer's NAPI only if the peer has an XDP program; without one
+/// the frame waits until the next packet arrives. The agent therefore redirects such frames
+/// on veth, and the lab needs no program on its peers.)
 ///
 /// # Errors
 /// The program does not load or attach.
