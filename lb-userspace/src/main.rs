@@ -8,42 +8,93 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use lb_userspace::{
     api,
-    cli::{Cli, CliCommand, ConfigCmd, PeerCmd, render, request},
+    cli::{
+        Cli, CliCommand, ConfigCmd, Format, PeerCmd,
+        output::{Failure, done_json, usage_failure, wants_json},
+        render, request,
+    },
     error::ErrorKind,
 };
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind as K;
+            // Help and --version are answers, not errors; without -o json clap prints its
+            // own usage text.
+            if matches!(e.kind(), K::DisplayHelp | K::DisplayVersion)
+                || !wants_json(&std::env::args_os().collect::<Vec<_>>())
+            {
+                e.exit();
+            }
+            return fail(&usage_failure(&e), Format::Json, "lb");
+        }
+    };
+    let format = cli.output;
     if matches!(cli.command, CliCommand::Agent(_)) {
         lb_userspace::agent::memory::few_arenas();
     }
-    if let CliCommand::Config(ConfigCmd::Check { file }) = &cli.command {
-        return match lb_userspace::config::check_file(file) {
-            Ok(summary) => {
-                println!("{summary}");
-                ExitCode::SUCCESS
+    match &cli.command {
+        CliCommand::Config(ConfigCmd::Check { file }) => {
+            return match lb_userspace::config::check(file) {
+                Ok(summary) => say(
+                    format,
+                    &summary,
+                    serde_json::json!({ "file": file, "summary": summary }),
+                ),
+                Err(e) => {
+                    let mut f = Failure::new(ErrorKind::Invalid, e.message.clone());
+                    f.field = (!e.field.is_empty()).then(|| e.field.clone());
+                    f.at = Some((e.file.clone(), e.line, e.column));
+                    if format == Format::Table {
+                        f.message = e.to_string();
+                    }
+                    fail(&f, format, "lb")
+                }
+            };
+        }
+        CliCommand::Completions { shell } => {
+            let script = lb_userspace::cli::docs::completions(*shell);
+            if format == Format::Json {
+                println!(
+                    "{}",
+                    done_json(serde_json::json!({ "shell": shell.to_string(), "script": script }))
+                );
+            } else {
+                print!("{script}");
             }
-            Err(e) => {
-                eprintln!("lb: {e}");
-                ExitCode::from(ErrorKind::Invalid.exit_code())
-            }
-        };
-    }
-    if let CliCommand::Peer(cmd) = &cli.command {
-        let done = match cmd {
-            PeerCmd::Attach(a) => lb_userspace::peer::attach(&a.iface, &a.pin_dir),
-            PeerCmd::Detach(a) => lb_userspace::peer::detach(&a.iface, &a.pin_dir),
-        };
-        return match done {
-            Ok(text) => {
-                println!("{text}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("lb peer: {e:#}");
-                ExitCode::FAILURE
-            }
-        };
+            return ExitCode::SUCCESS;
+        }
+        CliCommand::Man { dir } => {
+            return match lb_userspace::cli::docs::man_pages(dir) {
+                Ok(pages) => say(
+                    format,
+                    &format!("{} man pages written to {}", pages.len(), dir.display()),
+                    serde_json::json!({ "pages": pages }),
+                ),
+                Err(e) => fail(
+                    &Failure::new(ErrorKind::Failed, format!("{}: {e}", dir.display())),
+                    format,
+                    "lb man",
+                ),
+            };
+        }
+        CliCommand::Peer(cmd) => {
+            let done = match cmd {
+                PeerCmd::Attach(a) => lb_userspace::peer::attach(&a.iface, &a.pin_dir),
+                PeerCmd::Detach(a) => lb_userspace::peer::detach(&a.iface, &a.pin_dir),
+            };
+            return match done {
+                Ok(text) => say(format, &text, serde_json::json!({ "message": text })),
+                Err(e) => fail(
+                    &Failure::new(ErrorKind::Failed, format!("{e:#}")),
+                    format,
+                    "lb peer",
+                ),
+            };
+        }
+        _ => {}
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -52,8 +103,11 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("lb: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
+            return fail(
+                &Failure::unreachable(format!("cannot start the runtime: {e}")),
+                format,
+                "lb",
+            );
         }
     };
     if let CliCommand::Agent(args) = &cli.command {
@@ -72,30 +126,41 @@ fn main() -> ExitCode {
             }
         };
     }
-    let (req, format) = match request(&cli.command) {
+    let req = match request(&cli.command) {
         Ok(Some(r)) => r,
         Ok(None) => return ExitCode::FAILURE,
-        Err(msg) => {
-            eprintln!("lb: {msg}");
-            return ExitCode::from(ErrorKind::Invalid.exit_code());
-        }
+        Err(msg) => return fail(&Failure::new(ErrorKind::Invalid, msg), format, "lb"),
     };
     match rt.block_on(api::call(&cli.socket, &req)) {
-        Err(e) => {
-            eprintln!("lb: {e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => fail(&Failure::unreachable(e.to_string()), format, "lb"),
         Ok(resp) => match render(&resp, format) {
             Ok(text) => {
                 println!("{text}");
                 ExitCode::SUCCESS
             }
-            Err((kind, msg)) => {
-                eprintln!("lb: {msg}");
-                ExitCode::from(kind.exit_code())
-            }
+            Err((kind, msg)) => fail(&Failure::new(kind, msg), format, "lb"),
         },
     }
+}
+
+/// Prints a local command's success: `text`, or with JSON `{"result": "done", ...fields}`.
+fn say(format: Format, text: &str, fields: serde_json::Value) -> ExitCode {
+    match format {
+        Format::Json => println!("{}", done_json(fields)),
+        Format::Table => println!("{text}"),
+    }
+    ExitCode::SUCCESS
+}
+
+/// Prints a failure (JSON on stdout, text on stderr) and gives its exit code.
+fn fail(f: &Failure, format: Format, prefix: &str) -> ExitCode {
+    let (text, stdout) = f.render(format, prefix);
+    if stdout {
+        println!("{text}");
+    } else {
+        eprintln!("{text}");
+    }
+    ExitCode::from(f.exit)
 }
 
 /// The agent's log filter, from `RUST_LOG` (see `lb_userspace::agent::log_filter`).

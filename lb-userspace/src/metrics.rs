@@ -568,6 +568,7 @@ mod tests {
     fn views(svc: &str, backends: Vec<BackendView>) -> (StatusView, StatsView) {
         let status = StatusView {
             version: "0.1.0".into(),
+            api_version: 1,
             pid: 1,
             interfaces: vec!["eth0".into()],
             xdp_mode: "native".into(),

@@ -117,6 +117,7 @@ impl Harness {
         let seed = opts.hash_seed;
         let (dp, maps) = Dataplane::load(&opts).context("load the XDP object")?;
         let info = AgentInfo {
+            hash_seed: seed,
             ring_slots: cfg.agent.ring_slots,
             conntrack_flows: cfg.agent.conntrack_flows,
             ..AgentInfo::default()

@@ -61,7 +61,117 @@ fn version_names_the_commit_and_the_map_layout() {
     let layout = format!("{:#018x}", lb_common::consts::map_layout_version());
     assert_eq!(text, format!("lb {}\n", lb_userspace::cli::version()));
     assert!(
-        text.contains("(commit ") && text.contains(&format!("map layout {layout})")),
+        text.contains("(commit ")
+            && text.contains(&format!(
+                "map layout {layout}, api {})",
+                lb_userspace::api::API_VERSION
+            )),
         "{text}"
     );
+}
+
+/// With `-o json`, the offline commands' answers and every error (clap's, the config check's,
+/// no agent) are one JSON object on stdout, with the kind's exit code.
+#[test]
+fn json_output_covers_errors_and_offline_commands() {
+    let lb = workspace_bin("lb").unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(&lb).args(args).output().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {out:?}"));
+        (out.status.code(), v)
+    };
+    let (code, v) = run(&["vip", "add", "203.0.113.999:80/tcp", "-o", "json"]);
+    assert_eq!(code, Some(2));
+    assert_eq!(v["error"]["kind"], "invalid", "{v}");
+    assert_eq!(v["error"]["field"], "<SERVICE>", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("203.0.113.999"),
+        "{v}"
+    );
+    let (code, v) = run(&["--output=json", "stats", "--socket", "/nonexistent/lb.sock"]);
+    assert_eq!(code, Some(1));
+    assert_eq!(v["error"]["kind"], "unreachable", "{v}");
+    let dir = std::env::temp_dir().join(format!("lb-cli-json-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[service]]\nvip = \"203.0.113.10:80/tcp\"\ntable_size = 0\n",
+    )
+    .unwrap();
+    let (code, v) = run(&["config", "check", bad.to_str().unwrap(), "-o", "json"]);
+    assert_eq!(code, Some(2));
+    assert_eq!(v["error"]["field"], "service[0].table_size", "{v}");
+    assert_eq!(v["error"]["line"], 3, "{v}");
+    let (code, v) = run(&["completions", "bash", "-o", "json"]);
+    assert_eq!(code, Some(0));
+    assert!(v["script"].as_str().unwrap().contains("complete"), "{v}");
+    let (code, v) = run(&[
+        "man",
+        "--dir",
+        dir.join("man").to_str().unwrap(),
+        "-o",
+        "json",
+    ]);
+    assert_eq!(code, Some(0));
+    assert!(v["pages"].as_array().unwrap().len() > 10, "{v}");
+    std::fs::remove_dir_all(&dir).unwrap();
+    // Without -o json, help is text as before.
+    let out = Command::new(&lb).args(["vip", "--help"]).output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: lb vip"));
+}
+
+/// The completion scripts parse, and the man pages render without a warning.
+#[test]
+fn completions_parse_and_man_pages_render() {
+    let lb = workspace_bin("lb").unwrap();
+    let dir = std::env::temp_dir().join(format!("lb-cli-docs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bash = dir.join("lb.bash");
+    let out = Command::new(&lb)
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    std::fs::write(&bash, &out.stdout).unwrap();
+    let n = Command::new("bash").arg("-n").arg(&bash).output().unwrap();
+    assert!(n.status.success(), "bash -n: {n:?}");
+    let man = dir.join("man");
+    assert!(
+        Command::new(&lb)
+            .args(["man", "--dir"])
+            .arg(&man)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut pages = 0;
+    for p in std::fs::read_dir(&man).unwrap() {
+        let p = p.unwrap().path();
+        let o = Command::new("man")
+            .args(["--warnings", "-E", "UTF-8", "-l"])
+            .arg(&p)
+            .env("MANWIDTH", "80")
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success() && !o.stdout.is_empty(),
+            "{}: {o:?}",
+            p.display()
+        );
+        assert!(
+            o.stderr.is_empty(),
+            "{}: {}",
+            p.display(),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        pages += 1;
+    }
+    assert!(pages > 10, "{pages} pages");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -172,6 +172,49 @@ fn cli_changes_and_errors() {
     // Errors name what is wrong; nothing changes.
     let e = refused(&lab, &["vip", "add", "203.0.113.10:8080/tcp"]);
     assert!(e.contains("already exists"), "{e}");
+    // With -o json, refusals and changes are one JSON object on stdout, and the exit code is
+    // the kind's either way.
+    let json = |args: &[&str]| {
+        let out = std::process::Command::new(lb_integration::lab::workspace_bin("lb").unwrap())
+            .arg("--socket")
+            .arg(&lab.socket)
+            .args(args)
+            .args(["-o", "json"])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {out:?}"));
+        (out.status.code(), v)
+    };
+    let (code, v) = json(&["vip", "add", "203.0.113.10:8080/tcp"]);
+    assert_eq!(code, Some(4), "{v}");
+    assert_eq!(v["error"]["kind"], "conflict", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("already exists"),
+        "{v}"
+    );
+    let (code, v) = json(&["backend", "del", "203.0.113.10:8080/tcp", "192.0.2.99:80"]);
+    assert_eq!(
+        (code, &v["error"]["kind"]),
+        (Some(3), &"not_found".into()),
+        "{v}"
+    );
+    let (code, v) = json(&["vip", "add", "203.0.113.10:8080/tcp", "--table-size", "x"]);
+    assert_eq!(code, Some(2), "{v}");
+    assert_eq!(v["error"]["kind"], "invalid", "{v}");
+    assert_eq!(v["error"]["field"], "--table-size <TABLE_SIZE>", "{v}");
+    let (code, v) = json(&[
+        "backend",
+        "set-weight",
+        "203.0.113.10:8080/tcp",
+        "192.0.2.12:80",
+        "1",
+    ]);
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(v["result"], "done", "{v}");
     let e = refused(
         &lab,
         &["backend", "add", "203.0.113.99:1/tcp", "192.0.2.11"],

@@ -218,3 +218,53 @@ fn lb_flows_lists_tracked_flows_with_their_state_and_idle_time() {
     )
     .unwrap();
 }
+
+#[test]
+fn flows_flush_deletes_the_selected_flows_and_the_connection_is_tracked_again() {
+    let mut lab = Lab::new(1).unwrap();
+    lab.start_agent(&config("")).unwrap();
+    lab.wait_ready().unwrap();
+    let mut conn = lab.http_connect(80).unwrap();
+    assert_eq!(conn.get().unwrap(), "b1");
+    let matched = |lab: &Lab| {
+        lab.lb_json(&["flows"]).unwrap()["matched"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(matched(&lab), 1);
+    // `lb explain` of the connection's own 5-tuple: the table's pick, and the flow tracked.
+    let local = conn.local_addr().unwrap().to_string();
+    let explain = |lab: &Lab| lab.lb(&["explain", &local, WEB]).unwrap();
+    let text = explain(&lab);
+    assert!(text.contains("backend    192.0.2.11:80"), "{text}");
+    assert!(text.contains("verdict    forward"), "{text}");
+    assert!(text.contains("tracked    yes: to 192.0.2.11:80"), "{text}");
+    let e = lab
+        .lb(&["explain", "198.51.100.2:99999", WEB])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("is not CLIENT:PORT"), "{e}");
+    // A selection that matches nothing deletes nothing, and says so.
+    let none = lab
+        .lb_json(&["flows", "flush", "--backend", "192.0.2.99"])
+        .unwrap();
+    assert_eq!(none["flushed"], 0, "{none}");
+    assert_eq!(matched(&lab), 1);
+    let e = lab
+        .lb(&["flows", "flush", "203.0.113.10:81/tcp"])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("does not exist"), "{e}");
+    // The service's flows go.
+    let text = lab.lb(&["flows", "flush", WEB]).unwrap();
+    assert_eq!(text.trim(), "1 flows flushed");
+    assert_eq!(matched(&lab), 0);
+    assert!(explain(&lab).contains("tracked    no"));
+    // The connection's next packet is a new flow to the same (only) backend: it goes on.
+    assert_eq!(conn.get().unwrap(), "b1");
+    assert_eq!(matched(&lab), 1);
+    // No selection: every flow.
+    let all = lab.lb_json(&["flows", "flush"]).unwrap();
+    assert_eq!(all["flushed"], 1, "{all}");
+    assert_eq!(matched(&lab), 0);
+}

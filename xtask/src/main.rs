@@ -12,6 +12,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
+mod package;
 mod setup;
 
 #[derive(Parser)]
@@ -66,6 +67,12 @@ enum Cmd {
         #[arg(long, default_value = "target/bench")]
         out: PathBuf,
     },
+    /// A Debian package (.deb) of lb: the release binary, the systemd unit, the sample config,
+    /// completions, man pages and the Prometheus/Grafana examples; then unpacks and checks it.
+    Package {
+        #[arg(long, default_value = "target/package")]
+        out: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -78,6 +85,7 @@ fn main() -> ExitCode {
         Cmd::Demo => demo(),
         Cmd::Bench { quick, out } => bench(quick, &out),
         Cmd::Fuzz { seconds } => fuzz(seconds),
+        Cmd::Package { out } => package::package(&out).map(drop),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -231,6 +239,8 @@ fn test(host_only: bool, args: &[String]) -> anyhow::Result<()> {
     total.add(run_tests(&mut c)?);
     // The fuzz target, in its bounded form: a crash fails the run like a failed test.
     fuzz(FUZZ_SECONDS_IN_TEST)?;
+    // The .deb, built, unpacked and checked (its lb --version, completions, man pages).
+    package::package(&root().join("target/package"))?;
     eprintln!("\nall tests passed in {:.0?}", started.elapsed());
     // A plain closing line with the totals of every cargo test run above.
     println!("{} passed, {} failed", total.passed, total.failed);

@@ -222,6 +222,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         ring_slots: config.agent.ring_slots,
         conntrack_flows: config.agent.conntrack_flows,
         xmit_off,
+        hash_seed: config.agent.hash_seed,
     };
     let sweep_counters = Arc::new(SweepCounters::default());
     let reader = Reader {
@@ -266,10 +267,27 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         }
     })?;
     worker("lb-purger", &events, move |send| {
-        for job in purge_rx {
-            let result = purger.purge(&job).map_err(|e| e.to_string());
-            if !send(Event::Purged { job, result }) {
-                return;
+        for work in purge_rx {
+            match work {
+                writer::PurgeWork::Job(job) => {
+                    let result = purger.purge(&job).map_err(|e| e.to_string());
+                    if !send(Event::Purged { job, result }) {
+                        return;
+                    }
+                }
+                writer::PurgeWork::Flush(q, tx) => {
+                    let r = match purger.flush(&|k, e| q.selects(k, e)) {
+                        Ok(n) => {
+                            tracing::info!(flows = n, "flows flushed (lb flows flush)");
+                            api::Response::Flushed { flushed: n as u64 }
+                        }
+                        Err(e) => api::Response::error(
+                            crate::error::ErrorKind::Failed,
+                            format!("flushing flows: {e}"),
+                        ),
+                    };
+                    let _ = tx.send(r);
+                }
             }
         }
     })?;
@@ -476,6 +494,12 @@ impl MapReader for Reader {
     }
     fn xmit_fails(&self) -> Result<Vec<(u32, lb_common::xmit::XmitFails)>, MapOpError> {
         self.maps.xmit_fails()
+    }
+    fn flow(
+        &self,
+        k: &lb_common::flow::FlowKey4,
+    ) -> Result<Option<lb_common::maps::ConnEntry4>, MapOpError> {
+        self.maps.flow(k)
     }
     fn each_flow(
         &self,

@@ -5,13 +5,13 @@
 
 use std::sync::{Arc, mpsc as std_mpsc};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{
     api::Response,
     dataplane::{MapOps, MapReader, PurgeJob, sweep::SweepPolicy},
     error::ErrorKind,
-    reconcile::{Answer, Effects, Event, ProbeTarget, Reconciler, ResolveJob},
+    reconcile::{Answer, Effects, Event, FlowQuery, ProbeTarget, Reconciler, ResolveJob},
     state::State,
 };
 
@@ -25,8 +25,8 @@ pub struct Tasks {
     pub reader: Arc<dyn MapReader + Send + Sync>,
     /// Runs resolutions; each comes back as `Event::Resolved`.
     pub resolve: std_mpsc::Sender<ResolveJob>,
-    /// Runs flow purges; each comes back as `Event::Purged`.
-    pub purge: std_mpsc::Sender<PurgeJob>,
+    /// Runs flow purges (each comes back as `Event::Purged`) and `lb flows flush`.
+    pub purge: std_mpsc::Sender<PurgeWork>,
     /// The desired state to save and its config digest, latest first (the saver writes it).
     pub save: watch::Sender<Option<(State, String)>>,
     /// The probes the desired state wants (the prober follows them).
@@ -35,6 +35,13 @@ pub struct Tasks {
     pub sweep: watch::Sender<Option<Arc<SweepPolicy>>>,
     /// Where blocking reads run.
     pub runtime: tokio::runtime::Handle,
+}
+
+/// What the purger thread does: the reconciler's purges, and the flows `lb flows flush`
+/// selects, answered to the client directly.
+pub enum PurgeWork {
+    Job(PurgeJob),
+    Flush(FlowQuery, oneshot::Sender<Response>),
 }
 
 /// How many of a reload's changes the log names one by one.
@@ -104,7 +111,7 @@ pub fn run<M: MapOps>(
 
 /// Reads and parses the config file for `lb reload` on the blocking pool; the outcome comes
 /// back to the writer as an event (a reload, or the refusal to send).
-fn read_for_reload(tasks: &Tasks, tx: tokio::sync::oneshot::Sender<Response>) {
+fn read_for_reload(tasks: &Tasks, tx: oneshot::Sender<Response>) {
     let Some(path) = tasks.config.clone() else {
         let _ = tx.send(Response::error(
             ErrorKind::Invalid,
@@ -170,6 +177,16 @@ fn dispatch<M: MapOps>(rec: &Reconciler<M>, fx: Effects, tasks: &Tasks, digest: 
                     let _ = tx.send(r);
                 });
             }
+            Answer::Flush(q) => {
+                if let Err(std_mpsc::SendError(PurgeWork::Flush(_, tx))) =
+                    tasks.purge.send(PurgeWork::Flush(q, tx))
+                {
+                    let _ = tx.send(Response::error(
+                        ErrorKind::Unavailable,
+                        "the purger is gone; no flow was flushed",
+                    ));
+                }
+            }
         }
     }
     if let Some(job) = resolve
@@ -178,7 +195,7 @@ fn dispatch<M: MapOps>(rec: &Reconciler<M>, fx: Effects, tasks: &Tasks, digest: 
         tracing::error!("the resolver is gone; next hops are no longer refreshed");
     }
     if let Some(job) = purge
-        && tasks.purge.send(job).is_err()
+        && tasks.purge.send(PurgeWork::Job(job)).is_err()
     {
         tracing::error!("the purger is gone; flows of removed backends are not purged");
     }

@@ -30,6 +30,11 @@ use crate::{
     state::{Change, Command},
 };
 
+/// The version of the control socket's JSON-lines protocol (README, "Control socket API"):
+/// within a version, answers only gain fields and requests only gain optional ones; anything
+/// else is a new version. `lb status` and `lb --version` report it.
+pub const API_VERSION: u32 = 1;
+
 /// One request: a change to the desired state, or a question.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
@@ -38,6 +43,16 @@ pub enum Request {
     Query(Query),
     /// Re-read the agent's config file (as SIGHUP does) and answer with what changed.
     Reload,
+    /// Delete the tracked flows selected as `Query::Flows` selects them (all of them when
+    /// nothing is named): their next packet is a new flow.
+    FlushFlows {
+        #[serde(default)]
+        service: Option<ServiceSpec>,
+        #[serde(default)]
+        backend: Option<std::net::IpAddr>,
+        #[serde(default, with = "crate::spec::serde_opt_prefix")]
+        client: Option<(std::net::IpAddr, u8)>,
+    },
 }
 
 /// The questions the agent answers (nothing changes).
@@ -65,6 +80,11 @@ pub enum Query {
         client: Option<(std::net::IpAddr, u8)>,
         #[serde(default)]
         limit: Option<u32>,
+    },
+    /// How a new flow from `client` to `service` would be handled, and whether it is tracked.
+    Explain {
+        client: std::net::SocketAddr,
+        service: ServiceSpec,
     },
 }
 
@@ -102,6 +122,11 @@ pub enum Response {
     Reloaded {
         changed: bool,
         changes: Vec<String>,
+    },
+    Explain(Box<ExplainView>),
+    /// `lb flows flush`: how many flows were deleted.
+    Flushed {
+        flushed: u64,
     },
 }
 

@@ -225,6 +225,36 @@ mod tests {
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 
+    /// The request lines the README's API table documents decode as documented.
+    #[test]
+    fn the_documented_request_lines_decode() {
+        use crate::api::Query;
+        assert_eq!(decode("\"reload\"").unwrap(), Request::Reload);
+        assert_eq!(
+            decode("{\"flush_flows\":{}}").unwrap(),
+            Request::FlushFlows {
+                service: None,
+                backend: None,
+                client: None
+            }
+        );
+        assert!(matches!(
+            decode(
+                "{\"query\":{\"op\":\"explain\",\"client\":\"198.51.100.2:40000\",\"service\":\"203.0.113.10:80/tcp\"}}"
+            )
+            .unwrap(),
+            Request::Query(Query::Explain { .. })
+        ));
+        assert!(matches!(
+            decode("{\"query\":{\"op\":\"flows\",\"client\":\"198.51.100.0/24\",\"limit\":5}}")
+                .unwrap(),
+            Request::Query(Query::Flows { limit: Some(5), .. })
+        ));
+        let done = serde_json::to_value(Response::Flushed { flushed: 3 }).unwrap();
+        assert_eq!(done["result"], "flushed");
+        assert_eq!(done["flushed"], 3);
+    }
+
     /// A request line that is not a request is refused with a message that names the problem.
     #[test]
     fn bad_lines_are_refused_with_the_reason() {

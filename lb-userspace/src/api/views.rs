@@ -162,6 +162,9 @@ pub struct FlowView {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StatusView {
     pub version: String,
+    /// The control socket's protocol version (`API_VERSION`).
+    #[serde(default)]
+    pub api_version: u32,
     pub pid: u32,
     pub interfaces: Vec<String>,
     pub xdp_mode: String,
@@ -184,6 +187,43 @@ pub struct StatusView {
     #[serde(default)]
     pub xmit_failures: Vec<XmitFailView>,
     pub vips: Vec<ServiceStatus>,
+}
+
+/// `lb explain`: how a new flow would be handled, step by step, from the maps' own entries.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExplainView {
+    pub client: String,
+    /// The service asked about, and the one that takes the flow (itself, or the VIP's HA
+    /// ports `VIP:0/any`).
+    pub service: String,
+    pub taken_by: String,
+    /// The internal VIP's decision, with the entry of its source set that decided.
+    pub internal: Option<String>,
+    /// The endpoint ACL's decision, with the deciding rule (or the default) and its prefix.
+    pub acl: Option<String>,
+    /// The verdict a new flow gets: `forward` (`forward_fib` without a resolved next hop),
+    /// `hairpin_snat`, or the drop reason.
+    pub verdict: String,
+    pub distribution: String,
+    /// The 5-tuple the hash covers (fields the mode ignores are 0).
+    pub hash_input: String,
+    pub hash: u32,
+    pub table_size: u32,
+    pub slot: Option<u32>,
+    pub backend: Option<String>,
+    pub backend_id: u32,
+    pub next_hop: Option<NextHopView>,
+    /// The flow's conntrack entry, if it has one: where its non-SYN packets go instead.
+    pub tracked: Option<TrackedView>,
+}
+
+/// A tracked flow's entry, for `lb explain`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackedView {
+    pub backend: String,
+    pub state: String,
+    pub idle_s: u64,
+    pub hairpin: bool,
 }
 
 /// One served interface's frames lost after the program sent them (`lb_common::xmit`): the

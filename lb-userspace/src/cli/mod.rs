@@ -5,6 +5,8 @@
 //! (clap for specs and addresses, [`VipSettings::resolve`] for the settings), with errors that
 //! name the flag. What the agent answers is rendered in [`render`].
 
+pub mod docs;
+pub mod output;
 mod render;
 
 use std::{path::PathBuf, time::Duration};
@@ -25,10 +27,11 @@ pub fn version() -> &'static str {
     static V: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     V.get_or_init(|| {
         format!(
-            "{} (commit {}, map layout {:#018x})",
+            "{} (commit {}, map layout {:#018x}, api {})",
             env!("CARGO_PKG_VERSION"),
             env!("LB_COMMIT"),
-            lb_common::consts::map_layout_version()
+            lb_common::consts::map_layout_version(),
+            api::API_VERSION
         )
     })
 }
@@ -43,15 +46,15 @@ pub struct Cli {
     /// Control socket of the agent.
     #[arg(long, global = true, env = "LB_SOCKET", default_value = api::DEFAULT_SOCKET)]
     pub socket: PathBuf,
+    /// Output format of every command: a table (text), or JSON (answers, changes and errors
+    /// alike; see the README's "Control socket API").
+    #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
     #[command(subcommand)]
     pub command: CliCommand,
 }
 
 #[derive(Debug, Subcommand)]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "parsed once per process; boxing buys nothing"
-)]
 pub enum CliCommand {
     /// Run the agent: load and attach the XDP program, apply the config, serve the CLI.
     Agent(AgentArgs),
@@ -71,16 +74,21 @@ pub enum CliCommand {
     #[command(subcommand)]
     Pip(PipCmd),
     /// Agent state, services, backends with next hops and table shares.
-    Status(OutputArg),
+    Status,
     /// Counters: per verdict reason and per service.
-    Stats(OutputArg),
+    Stats,
     /// Tracked flows: client, service, backend, TCP state and idle time (as conntrack -L),
     /// selected by service, backend address and client prefix.
     Flows(FlowsArgs),
     /// Re-read the agent's config file (as SIGHUP does) and print what changed, or why the
     /// file was refused (nothing changes then). An unchanged file keeps the changes made with
     /// lb since it was applied; a changed file replaces them.
-    Reload(OutputArg),
+    Reload,
+    /// How a new flow from CLIENT:PORT to the service would be handled: the internal-VIP and
+    /// ACL decisions with the deciding entry, the distribution mode's hash input, the table
+    /// slot, the backend and its next hop; and whether the flow is tracked already. From the
+    /// maps' own entries and the rules the fast path runs.
+    Explain(ExplainArgs),
     /// Config files, checked offline (no agent needed).
     #[command(subcommand)]
     Config(ConfigCmd),
@@ -89,6 +97,18 @@ pub enum CliCommand {
     /// `nsenter --net=/run/netns/NAME`; no agent needed).
     #[command(subcommand)]
     Peer(PeerCmd),
+    /// Print the shell completion script for bash, zsh or fish (e.g.
+    /// `lb completions bash > /usr/share/bash-completion/completions/lb`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (lb.1 and one per subcommand, e.g. lb-vip-add.1) into DIR.
+    Man {
+        /// Where the pages go (created if missing).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -108,9 +128,27 @@ pub struct PeerArgs {
     pub pin_dir: PathBuf,
 }
 
+/// `lb explain`'s flow.
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// The client's address and port, e.g. 198.51.100.7:40000.
+    #[arg(value_parser = parse_client)]
+    pub client: std::net::SocketAddr,
+    /// The service: VIP:PORT/PROTO, e.g. 203.0.113.10:80/tcp.
+    pub service: ServiceSpec,
+}
+
+fn parse_client(s: &str) -> Result<std::net::SocketAddr, String> {
+    s.parse()
+        .map_err(|_| format!("{s:?} is not CLIENT:PORT (an IPv4 address and a port, 0-65535)"))
+}
+
 /// `lb flows`' selection.
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct FlowsArgs {
+    #[command(subcommand)]
+    pub cmd: Option<FlowsCmd>,
     /// Only this service's flows: VIP:PORT/PROTO, e.g. 203.0.113.10:80/tcp.
     pub service: Option<ServiceSpec>,
     /// Only flows to this backend address (any port, any service).
@@ -122,8 +160,27 @@ pub struct FlowsArgs {
     /// Show at most this many (the answer says how many matched).
     #[arg(long, default_value_t = 1000)]
     pub limit: u32,
-    #[command(flatten)]
-    pub out: OutputArg,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FlowsCmd {
+    /// Delete the tracked flows selected (every flow when nothing is named): each one's next
+    /// packet is a new flow, picked from the table again (a TCP connection whose backend
+    /// changes that way is reset by the new backend). Prints how many were deleted.
+    Flush(FlushArgs),
+}
+
+/// `lb flows flush`' selection, as `lb flows` selects.
+#[derive(Debug, Args)]
+pub struct FlushArgs {
+    /// Only this service's flows: VIP:PORT/PROTO.
+    pub service: Option<ServiceSpec>,
+    /// Only flows to this backend address (any port, any service).
+    #[arg(long, value_name = "DIP")]
+    pub backend: Option<std::net::IpAddr>,
+    /// Only flows from clients in this prefix.
+    #[arg(long, value_name = "PREFIX")]
+    pub client: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -225,7 +282,7 @@ pub enum VipCmd {
         b: std::net::IpAddr,
     },
     /// List services.
-    List(OutputArg),
+    List,
 }
 
 /// Per-service settings of `lb vip add`. Defaults follow the reference load balancer.
@@ -391,7 +448,7 @@ pub enum PipCmd {
     /// Remove a public IP.
     Del { pip: std::net::IpAddr },
     /// List public IPs with their instances and next hops.
-    List(OutputArg),
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -428,8 +485,6 @@ pub enum AclCmd {
     List {
         /// The service: VIP:PORT/PROTO, e.g. 203.0.113.10:80/tcp.
         service: ServiceSpec,
-        #[command(flatten)]
-        out: OutputArg,
     },
 }
 
@@ -450,7 +505,7 @@ pub enum ForwardCmd {
         service: ServiceSpec,
     },
     /// List forwards (with their counters).
-    List(OutputArg),
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -508,8 +563,6 @@ pub enum BackendCmd {
     List {
         /// The service: VIP:PORT/PROTO, e.g. 203.0.113.10:80/tcp.
         service: ServiceSpec,
-        #[command(flatten)]
-        out: OutputArg,
     },
 }
 
@@ -518,13 +571,6 @@ pub enum Format {
     #[default]
     Table,
     Json,
-}
-
-#[derive(Clone, Copy, Debug, Args)]
-pub struct OutputArg {
-    /// Output format.
-    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
-    pub format: Format,
 }
 
 impl AgentArgs {
@@ -569,10 +615,14 @@ impl AgentArgs {
 ///
 /// # Errors
 /// An argument that does not parse or is out of range (the message names the flag).
-pub fn request(cmd: &CliCommand) -> Result<Option<(Request, Format)>, String> {
-    let query = |q: Query, o: &OutputArg| Some((Request::Query(q), o.format));
+pub fn request(cmd: &CliCommand) -> Result<Option<Request>, String> {
+    let query = |q: Query| Some(Request::Query(q));
     let change = match cmd {
-        CliCommand::Agent(_) | CliCommand::Config(_) | CliCommand::Peer(_) => return Ok(None),
+        CliCommand::Agent(_)
+        | CliCommand::Config(_)
+        | CliCommand::Peer(_)
+        | CliCommand::Completions { .. }
+        | CliCommand::Man { .. } => return Ok(None),
         CliCommand::Vip(VipCmd::Add { service, settings }) => {
             let mut s = settings.resolve()?;
             (s.idle_timeout, s.tcp_reset) = settings.lifetime.resolve(service)?;
@@ -584,8 +634,8 @@ pub fn request(cmd: &CliCommand) -> Result<Option<(Request, Format)>, String> {
         CliCommand::Vip(VipCmd::Del { service }) => Command::VipDel { service: *service },
         CliCommand::Vip(VipCmd::Swap { a, b }) => Command::VipSwap { a: *a, b: *b },
         // The service list shows forwards with their targets.
-        CliCommand::Vip(VipCmd::List(o)) | CliCommand::Forward(ForwardCmd::List(o)) => {
-            return Ok(query(Query::VipList, o));
+        CliCommand::Vip(VipCmd::List) | CliCommand::Forward(ForwardCmd::List) => {
+            return Ok(query(Query::VipList));
         }
         CliCommand::Backend(BackendCmd::Add {
             service,
@@ -628,8 +678,8 @@ pub fn request(cmd: &CliCommand) -> Result<Option<(Request, Format)>, String> {
             backend: *backend,
             admin: *state,
         },
-        CliCommand::Backend(BackendCmd::List { service, out }) => {
-            return Ok(query(Query::BackendList { service: *service }, out));
+        CliCommand::Backend(BackendCmd::List { service }) => {
+            return Ok(query(Query::BackendList { service: *service }));
         }
         CliCommand::Forward(ForwardCmd::Add {
             service,
@@ -674,36 +724,54 @@ pub fn request(cmd: &CliCommand) -> Result<Option<(Request, Format)>, String> {
             service: *service,
             order: *order,
         },
-        CliCommand::Acl(AclCmd::List { service, out }) => {
-            return Ok(query(Query::AclList { service: *service }, out));
+        CliCommand::Acl(AclCmd::List { service }) => {
+            return Ok(query(Query::AclList { service: *service }));
         }
         CliCommand::Pip(PipCmd::Add { pip, dip }) => Command::PipAdd {
             pip: *pip,
             dip: *dip,
         },
         CliCommand::Pip(PipCmd::Del { pip }) => Command::PipDel { pip: *pip },
-        CliCommand::Pip(PipCmd::List(o)) => return Ok(query(Query::PipList, o)),
-        CliCommand::Status(o) => return Ok(query(Query::Status, o)),
-        CliCommand::Stats(o) => return Ok(query(Query::Stats, o)),
-        CliCommand::Reload(o) => return Ok(Some((Request::Reload, o.format))),
+        CliCommand::Pip(PipCmd::List) => return Ok(query(Query::PipList)),
+        CliCommand::Status => return Ok(query(Query::Status)),
+        CliCommand::Stats => return Ok(query(Query::Stats)),
+        CliCommand::Reload => return Ok(Some(Request::Reload)),
+        CliCommand::Explain(a) => {
+            return Ok(query(Query::Explain {
+                client: a.client,
+                service: a.service,
+            }));
+        }
+        CliCommand::Flows(FlowsArgs {
+            cmd: Some(FlowsCmd::Flush(f)),
+            ..
+        }) => {
+            let client = f
+                .client
+                .as_deref()
+                .map(|p| parse_prefix(p).map_err(|e| format!("--client: {e}")))
+                .transpose()?;
+            return Ok(Some(Request::FlushFlows {
+                service: f.service,
+                backend: f.backend,
+                client,
+            }));
+        }
         CliCommand::Flows(f) => {
             let client = f
                 .client
                 .as_deref()
                 .map(|p| parse_prefix(p).map_err(|e| format!("--client: {e}")))
                 .transpose()?;
-            return Ok(query(
-                Query::Flows {
-                    service: f.service,
-                    backend: f.backend,
-                    client,
-                    limit: Some(f.limit),
-                },
-                &f.out,
-            ));
+            return Ok(query(Query::Flows {
+                service: f.service,
+                backend: f.backend,
+                client,
+                limit: Some(f.limit),
+            }));
         }
     };
-    Ok(Some((Request::Change(change), Format::Table)))
+    Ok(Some(Request::Change(change)))
 }
 
 /// `up`, `down` or `none`, as clap takes it.

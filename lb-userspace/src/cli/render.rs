@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use super::Format;
 use crate::{
-    api::{BackendView, Response, XmitFailView},
+    api::{BackendView, ExplainView, Response, XmitFailView},
     error::ErrorKind,
     spec::serde_action::action_word,
     state::Change,
@@ -102,6 +102,10 @@ pub fn render(resp: &Response, format: Format) -> Result<String, (ErrorKind, Str
             }
         }
         Response::Backends { service, backends } => backend_table(&mut o, service, backends),
+        Response::Explain(v) => explain(&mut o, v),
+        Response::Flushed { flushed } => {
+            let _ = write!(o, "{flushed} flows flushed");
+        }
         Response::Flows { flows, matched } => {
             let _ = writeln!(
                 o,
@@ -220,6 +224,56 @@ pub fn render(resp: &Response, format: Format) -> Result<String, (ErrorKind, Str
         }
     }
     Ok(o.trim_end().to_owned())
+}
+
+/// `lb explain`, one step a line.
+fn explain(o: &mut String, v: &ExplainView) {
+    let _ = writeln!(o, "flow       {} -> {}", v.client, v.service);
+    if v.taken_by != v.service {
+        let _ = writeln!(o, "service    {} (the VIP's HA ports)", v.taken_by);
+    }
+    if let Some(i) = &v.internal {
+        let _ = writeln!(o, "internal   {i}");
+    }
+    if let Some(a) = &v.acl {
+        let _ = writeln!(o, "acl        {a}");
+    }
+    if !v.distribution.is_empty() {
+        let _ = writeln!(
+            o,
+            "hash       {} of {} = {:#010x}",
+            v.distribution, v.hash_input, v.hash
+        );
+        let _ = writeln!(
+            o,
+            "slot       {} of {}",
+            v.slot.map_or_else(|| "-".to_owned(), |s| s.to_string()),
+            v.table_size
+        );
+    }
+    if let Some(b) = &v.backend {
+        let _ = writeln!(o, "backend    {b} (id {})", v.backend_id);
+        let _ = match &v.next_hop {
+            Some(n) => writeln!(o, "next hop   ifindex {} -> {}", n.ifindex, n.dmac),
+            None => writeln!(o, "next hop   unresolved: the kernel FIB decides"),
+        };
+    }
+    let _ = writeln!(o, "verdict    {} (a new flow)", v.verdict);
+    match &v.tracked {
+        Some(t) => {
+            let _ = writeln!(
+                o,
+                "tracked    yes: to {}{}, {}, idle {}s; its packets go there (a SYN re-picks)",
+                t.backend,
+                if t.hairpin { " (hairpin)" } else { "" },
+                t.state,
+                t.idle_s
+            );
+        }
+        None => {
+            let _ = writeln!(o, "tracked    no");
+        }
+    }
 }
 
 /// The lost-frame table: per served interface, frames the verdicts counted as sent that the

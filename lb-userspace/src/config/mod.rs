@@ -56,9 +56,26 @@ pub struct Config {
 /// # Errors
 /// The file cannot be read, or the config is refused (file, line, column, field, reason).
 pub fn check_file(path: &std::path::Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("reading config {}: {e}", path.display()))?;
-    let c = parse(&path.display().to_string(), &text).map_err(|e| e.to_string())?;
+    check(path).map_err(|e| e.to_string())
+}
+
+/// As [`check_file`], with the error's parts (file, line, column, field) kept apart; a file
+/// that cannot be read is an error at line 0.
+///
+/// # Errors
+/// The file cannot be read, or it is refused.
+pub fn check(path: &std::path::Path) -> Result<String, Box<ConfigError>> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Box::new(ConfigError {
+            file: name.clone(),
+            line: 0,
+            column: 0,
+            field: String::new(),
+            message: format!("cannot read it: {e}"),
+        })
+    })?;
+    let c = parse(&name, &text).map_err(Box::new)?;
     Ok(format!(
         "{}: ok ({} services, {} forwards, {} PIPs, {} backends)",
         path.display(),

@@ -336,6 +336,13 @@ impl MapReader for SideMaps {
     fn each_flow(&self, f: &mut dyn FnMut(&FlowKey4, &ConnEntry4)) -> Result<(), MapOpError> {
         self.walk_flows(f, &mut |_| {}).map(drop)
     }
+    fn flow(&self, k: &FlowKey4) -> Result<Option<ConnEntry4>, MapOpError> {
+        match self.conntrack.get(k, 0) {
+            Ok(e) => Ok(Some(e)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(op_err(map_names::CONNTRACK, "read")(e)),
+        }
+    }
     fn xmit_fails(&self) -> Result<Vec<(u32, XmitFails)>, MapOpError> {
         let mut out = Vec::new();
         for r in &self.xmit_fails {
@@ -348,10 +355,16 @@ impl MapReader for SideMaps {
 
 impl FlowPurge for SideMaps {
     fn purge(&mut self, job: &PurgeJob) -> Result<usize, MapOpError> {
+        self.flush(&|k, e| job.matches(k, e))
+    }
+    fn flush(
+        &mut self,
+        select: &dyn Fn(&FlowKey4, &ConnEntry4) -> bool,
+    ) -> Result<usize, MapOpError> {
         let mut doomed = Vec::new();
         self.walk_flows(
             &mut |k, e| {
-                if job.matches(k, e) {
+                if select(k, e) {
                     doomed.push(*k);
                 }
             },
@@ -381,11 +394,20 @@ impl MapReader for Maps {
     fn xmit_fails(&self) -> Result<Vec<(u32, XmitFails)>, MapOpError> {
         self.side.xmit_fails()
     }
+    fn flow(&self, k: &FlowKey4) -> Result<Option<ConnEntry4>, MapOpError> {
+        self.side.flow(k)
+    }
 }
 
 impl FlowPurge for Maps {
     fn purge(&mut self, job: &PurgeJob) -> Result<usize, MapOpError> {
         self.side.purge(job)
+    }
+    fn flush(
+        &mut self,
+        select: &dyn Fn(&FlowKey4, &ConnEntry4) -> bool,
+    ) -> Result<usize, MapOpError> {
+        self.side.flush(select)
     }
 }
 

@@ -111,6 +111,10 @@ pub trait MapReader {
     fn sweeps(&self) -> sweep::SweepTotals {
         sweep::SweepTotals::default()
     }
+    /// A flow's conntrack entry, if it has one.
+    fn flow(&self, _k: &FlowKey4) -> Result<Option<ConnEntry4>, MapOpError> {
+        Ok(None)
+    }
     /// Frames lost after the program sent them, per served ifindex (`lb_common::xmit`).
     fn xmit_fails(&self) -> Result<Vec<(u32, lb_common::xmit::XmitFails)>, MapOpError> {
         Ok(Vec::new())
@@ -125,6 +129,14 @@ pub trait FlowPurge {
     /// # Errors
     /// The walk or a delete fails.
     fn purge(&mut self, job: &PurgeJob) -> Result<usize, MapOpError>;
+    /// Deletes every tracked flow `select` picks (`lb flows flush`); returns how many.
+    ///
+    /// # Errors
+    /// The walk or a delete fails.
+    fn flush(
+        &mut self,
+        select: &dyn Fn(&FlowKey4, &ConnEntry4) -> bool,
+    ) -> Result<usize, MapOpError>;
 }
 
 /// Which tracked flows to delete. A flow is deleted if any part selects it.

@@ -22,6 +22,7 @@ mod adopt;
 mod alloc;
 mod apply;
 mod capacity;
+mod explain;
 mod health;
 mod hops;
 mod live;
@@ -41,7 +42,7 @@ pub use self::{
     health::{ProbeReport, ProbeTarget},
     hops::{Hop, NetChange, Resolution, ResolveJob, Resolver},
     live::Live,
-    views::{AgentInfo, Pending},
+    views::{AgentInfo, FlowQuery, Pending},
 };
 use self::{
     alloc::{Alloc, Deferred, Exhausted},
@@ -103,6 +104,8 @@ pub enum Event {
 pub enum Answer {
     Now(Response),
     Read(Pending),
+    /// Flows to delete, by the purger (which answers).
+    Flush(FlowQuery),
 }
 
 /// What handling one event asks of the tasks around the writer.
@@ -730,6 +733,20 @@ impl<M: MapOps> Reconciler<M> {
                 );
                 fx.reply = Some((tx, Answer::Now(answer)));
             }
+            Event::Api(
+                Request::FlushFlows {
+                    service,
+                    backend,
+                    client,
+                },
+                tx,
+            ) => {
+                let a = match self.views().flows(service, backend, client, None) {
+                    Ok(q) => Answer::Flush(q),
+                    Err(e) => Answer::Now(e.into()),
+                };
+                fx.reply = Some((tx, a));
+            }
             Event::Api(Request::Query(q), tx) => {
                 let a = match self.pending(q) {
                     Ok(p) => Answer::Read(p),
@@ -966,6 +983,10 @@ impl<M: MapOps> Reconciler<M> {
 
     /// The pending answer to a query (finished by a reader).
     fn pending(&self, q: Query) -> Result<Pending, ChangeError> {
+        self.views().query(q)
+    }
+
+    fn views(&self) -> views::Source<'_> {
         views::Source {
             state: &self.state,
             live: &self.live,
@@ -973,7 +994,6 @@ impl<M: MapOps> Reconciler<M> {
             info: &self.info,
             ring_used: self.alloc.ring.used(),
         }
-        .query(q)
     }
 
     /// Takes one probe result. A change of health re-balances the service's new flows; where
@@ -1193,6 +1213,10 @@ impl<M: MapOps + MapReader + FlowPurge> Reconciler<M> {
                     Answer::Read(p) => p.finish(&self.maps).unwrap_or_else(|e| {
                         Response::error(crate::error::ErrorKind::Failed, e.to_string())
                     }),
+                    Answer::Flush(q) => match self.maps.flush(&|k, e| q.selects(k, e)) {
+                        Ok(n) => Response::Flushed { flushed: n as u64 },
+                        Err(e) => Response::error(crate::error::ErrorKind::Failed, e.to_string()),
+                    },
                 };
                 let _ = tx.send(r);
             }

@@ -7,7 +7,8 @@ use std::collections::HashMap;
 
 use lb_common::{
     addr,
-    maps::{BackendId, Counters},
+    flow::FlowKey4,
+    maps::{BackendId, ConnEntry4, Counters},
     verdict::ALL_REASONS,
     xmit::XmitFails,
 };
@@ -15,8 +16,9 @@ use lb_common::{
 use super::{health::HealthBook, live::Live};
 use crate::{
     api::{
-        AclRuleView, AclView, BackendView, CountersView, FlowView, NextHopView, PipView, ProbeView,
-        Query, Response, ServiceStatus, ServiceView, StatsView, StatusView, XmitFailView,
+        AclRuleView, AclView, BackendView, CountersView, ExplainView, FlowView, NextHopView,
+        PipView, ProbeView, Query, Response, ServiceStatus, ServiceView, StatsView, StatusView,
+        TrackedView, XmitFailView,
     },
     dataplane::MapReader,
     error::{ChangeError, MapOpError},
@@ -36,6 +38,8 @@ pub struct AgentInfo {
     pub conntrack_flows: u32,
     /// Why the lost-frame counters are off (`Dataplane::count_lost_frames`); `None`: counting.
     pub xmit_off: Option<String>,
+    /// The flow-hash seed the program was loaded with (`lb explain` hashes as it does).
+    pub hash_seed: u32,
 }
 
 impl AgentInfo {
@@ -74,6 +78,8 @@ pub enum Pending {
     Acl(AclView, Option<u32>),
     Pips(Vec<PipView>),
     Flows(FlowQuery),
+    /// The view, the flow's key, and every live backend id's address (for its tracked entry).
+    Explain(Box<ExplainView>, FlowKey4, HashMap<BackendId, String>),
 }
 
 /// `lb flows`, as the writer resolved it: the selection in ids, and the names to show.
@@ -108,37 +114,40 @@ fn tcp_state(s: u8) -> &'static str {
 }
 
 impl FlowQuery {
+    /// Whether the query selects the entry: a flow's own entry (client → VIP, or a hairpin
+    /// flow's), of the service, to one of the backends, from the client prefix, each where
+    /// named. A flow's reverse entry is not selected: it follows its forward entry (the
+    /// sweeper removes a reverse entry whose flow is gone).
+    #[must_use]
+    pub fn selects(&self, k: &FlowKey4, e: &ConnEntry4) -> bool {
+        e.is_forward()
+            && self.service.is_none_or(|s| s == e.service)
+            && self
+                .backends
+                .as_ref()
+                .is_none_or(|b| b.contains(&e.backend))
+            && self.client.as_ref().is_none_or(|p| {
+                lb_common::acl::lpm(
+                    &[lb_common::acl::Entry {
+                        prefix: *p,
+                        action: lb_common::acl::Action::Permit,
+                        rule: None,
+                    }],
+                    &addr::v4_mapped(k.src),
+                )
+                .is_some()
+            })
+    }
+
     /// The flows the query selects, from a walk of `r`'s conntrack, at most `limit`, and how
     /// many matched.
     fn run(&self, r: &dyn MapReader) -> Result<(Vec<FlowView>, u64), MapOpError> {
-        use lb_common::{
-            flow::proto,
-            maps::{CONN_FORWARD, CONN_HAIRPIN},
-        };
+        use lb_common::{flow::proto, maps::CONN_HAIRPIN};
         let now = crate::dataplane::sweep::monotonic_s();
         let mut flows = Vec::new();
         let mut matched = 0u64;
         r.each_flow(&mut |k, e| {
-            if e.kind != CONN_FORWARD && e.kind != CONN_HAIRPIN {
-                return;
-            }
-            if self.service.is_some_and(|s| s != e.service)
-                || self
-                    .backends
-                    .as_ref()
-                    .is_some_and(|b| !b.contains(&e.backend))
-                || self.client.as_ref().is_some_and(|p| {
-                    lb_common::acl::lpm(
-                        &[lb_common::acl::Entry {
-                            prefix: *p,
-                            action: lb_common::acl::Action::Permit,
-                            rule: None,
-                        }],
-                        &addr::v4_mapped(k.src),
-                    )
-                    .is_none()
-                })
-            {
+            if !self.selects(k, e) {
                 return;
             }
             matched += 1;
@@ -258,6 +267,29 @@ impl Pending {
                 let (flows, matched) = q.run(r)?;
                 Response::Flows { flows, matched }
             }
+            Self::Explain(mut v, k, names) => {
+                v.tracked = r
+                    .flow(&k)?
+                    .filter(ConnEntry4::is_forward)
+                    .map(|e| TrackedView {
+                        backend: names
+                            .get(&e.backend)
+                            .cloned()
+                            .unwrap_or_else(|| format!("backend id {} (gone)", e.backend)),
+                        state: if k.proto == lb_common::flow::proto::TCP {
+                            tcp_state(e.tcp).to_owned()
+                        } else {
+                            "udp".to_owned()
+                        },
+                        idle_s: u64::from(
+                            crate::dataplane::sweep::monotonic_s()
+                                .wrapping_sub(e.seen_s)
+                                .min(u32::MAX / 2),
+                        ),
+                        hairpin: e.kind == lb_common::maps::CONN_HAIRPIN,
+                    });
+                Response::Explain(v)
+            }
         })
     }
 }
@@ -319,6 +351,10 @@ impl Source<'_> {
                 client,
                 limit,
             } => Pending::Flows(self.flows(service, backend, client, limit)?),
+            Query::Explain { client, service } => {
+                let (v, k) = self.explain(client, service)?;
+                Pending::Explain(Box::new(v), k, self.backend_names())
+            }
         })
     }
 
@@ -389,7 +425,11 @@ impl Source<'_> {
     }
 
     /// Resolves `lb flows`' selection to ids.
-    fn flows(
+    /// `lb flows`' (and `lb flows flush`'s) selection, resolved to ids.
+    ///
+    /// # Errors
+    /// The service does not exist.
+    pub fn flows(
         &self,
         service: Option<ServiceSpec>,
         backend: Option<std::net::IpAddr>,
@@ -406,12 +446,7 @@ impl Source<'_> {
             ),
             None => None,
         };
-        let backend_names: HashMap<BackendId, String> = self
-            .live
-            .backends
-            .iter()
-            .map(|(id, b)| (*id, super::live::backend_addr(b).to_string()))
-            .collect();
+        let backend_names = self.backend_names();
         let backends = backend.map(|ip| {
             self.live
                 .backends
@@ -427,6 +462,15 @@ impl Source<'_> {
             limit: limit.map_or(1000, |l| l as usize),
             backend_names,
         })
+    }
+
+    /// Every live backend id's address.
+    fn backend_names(&self) -> HashMap<BackendId, String> {
+        self.live
+            .backends
+            .iter()
+            .map(|(id, b)| (*id, super::live::backend_addr(b).to_string()))
+            .collect()
     }
 
     fn backends(&self, spec: &ServiceSpec) -> Result<Vec<BackendView>, ChangeError> {
@@ -512,6 +556,7 @@ impl Source<'_> {
         }
         Ok(StatusView {
             version: env!("CARGO_PKG_VERSION").into(),
+            api_version: crate::api::API_VERSION,
             pid: std::process::id(),
             interfaces: self.info.interfaces.clone(),
             xdp_mode: self.info.xdp_mode.clone(),
@@ -603,7 +648,7 @@ impl Source<'_> {
     }
 }
 
-fn mac(m: [u8; 6]) -> String {
+pub(super) fn mac(m: [u8; 6]) -> String {
     m.iter()
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()

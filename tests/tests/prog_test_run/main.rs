@@ -354,6 +354,7 @@ fn with_fixture(f: impl FnOnce(&mut Fixture) + Send + 'static) {
     });
 }
 
+mod explain;
 mod forwarding;
 mod icmp;
 mod policy;

@@ -288,6 +288,14 @@ impl MapReader for FakeMaps {
 }
 
 impl FlowPurge for FakeMaps {
+    /// The fake keeps backend ids, not flow keys, so no selection by key can pick one: the
+    /// agent's purger runs flushes on the real maps (`tests/netns_lifetime.rs`).
+    fn flush(
+        &mut self,
+        _select: &dyn Fn(&lb_common::flow::FlowKey4, &lb_common::maps::ConnEntry4) -> bool,
+    ) -> Result<usize, MapOpError> {
+        Ok(0)
+    }
     fn purge(&mut self, job: &PurgeJob) -> Result<usize, MapOpError> {
         let mut n = 0;
         for id in &job.backends {
