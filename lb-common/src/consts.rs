@@ -60,8 +60,14 @@ pub mod map_names {
     pub const LAYOUT: &str = "LB_LAYOUT";
     /// Frames lost after the program sent them, per interface (`crate::xmit`).
     pub const XMIT_FAILS: &str = "LB_XMIT_FAILS";
+    /// `lb trace` (`crate::trace`): its config, ring, rate buckets, lost events, scratch.
+    pub const TRACE_CFG: &str = "LB_TRACE_CFG";
+    pub const TRACE_RING: &str = "LB_TRACE";
+    pub const TRACE_RL: &str = "LB_TRACE_RL";
+    pub const TRACE_LOST: &str = "LB_TRACE_LOST";
+    pub const TRACE_TMP: &str = "LB_TRACE_TMP";
     /// Every map, in the order the agent opens them.
-    pub const ALL: [&str; 21] = [
+    pub const ALL: [&str; 26] = [
         SERVICES4,
         VIPS4,
         BACKENDS4,
@@ -83,6 +89,11 @@ pub mod map_names {
         PROGS,
         LAYOUT,
         XMIT_FAILS,
+        TRACE_CFG,
+        TRACE_RING,
+        TRACE_RL,
+        TRACE_LOST,
+        TRACE_TMP,
     ];
 }
 
@@ -109,7 +120,7 @@ pub const fn map_layout_version() -> u64 {
         }
         h
     }
-    let parts: [u64; 25] = [
+    let parts: [u64; 28] = [
         MAP_LAYOUT_REVISION,
         map_names::ALL.len() as u64,
         size_of::<maps::ServiceKey4>() as u64,
@@ -135,6 +146,9 @@ pub const fn map_layout_version() -> u64 {
         REASON_SLOTS as u64,
         size_of::<crate::xmit::XmitFails>() as u64,
         crate::xmit::MAX_IFACES as u64,
+        size_of::<crate::trace::TraceConfig>() as u64,
+        size_of::<crate::trace::TraceEvent>() as u64,
+        crate::trace::RING_BYTES as u64,
     ];
     let mut h = 0xcbf2_9ce4_8422_2325;
     let mut i = 0;
@@ -158,6 +172,9 @@ pub mod global_names {
     /// 1: a frame that leaves by its ingress device is redirected there instead of `XDP_TX`
     /// (veth delivers `XDP_TX` frames late to a peer without an XDP program).
     pub const TX_REDIRECT: &str = "LB_TX_REDIRECT";
+    /// 0 compiles `lb trace`'s hooks out (the verifier prunes them): the benchmark's baseline
+    /// for the cost of tracing when it is off. The agent always loads 1.
+    pub const TRACE_HOOKS: &str = "LB_TRACE_HOOKS";
 }
 
 /// The tracepoint programs that count lost frames (`crate::xmit`), with their tracepoints

@@ -19,6 +19,7 @@ mod pip;
 mod policy;
 mod select;
 mod stats;
+mod trace;
 mod verdict;
 mod xlate;
 mod xmit;
@@ -46,9 +47,16 @@ use crate::{
     reason = "the #[xdp] entry point takes its context by value"
 )]
 pub fn lb_xdp(ctx: XdpContext) -> u32 {
+    let traced = trace::enter(&ctx);
     let v = try_lb(&ctx);
     stats::count_reason(v.reason());
-    v.action()
+    let action = v.action();
+    // A hairpin flow left by tail call above and never comes back here: `lb_hairpin` traces
+    // it.
+    if traced {
+        trace::exit(&ctx, v.reason() as u32, action);
+    }
+    action
 }
 
 /// Hairpin SNAT flows, entered from [`lb_xdp`] by tail call (see `hairpin.rs`).
@@ -58,9 +66,15 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
     reason = "the #[xdp] entry point takes its context by value"
 )]
 pub fn lb_hairpin(ctx: XdpContext) -> u32 {
+    // The packet is as it arrived: nothing is rewritten before the tail call.
+    let traced = trace::enter(&ctx);
     let v = hairpin::run(&ctx);
     stats::count_reason(v.reason());
-    v.action()
+    let action = v.action();
+    if traced {
+        trace::exit(&ctx, v.reason() as u32, action);
+    }
+    action
 }
 
 #[inline(always)]

@@ -5,7 +5,9 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray},
+    maps::{
+        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf,
+    },
 };
 use lb_common::{
     consts::{
@@ -17,6 +19,7 @@ use lb_common::{
         AclKey4, AclValue, Backend4, BackendId, ConnEntry4, Counters, NextHop, OURS_WORDS,
         PipEntry4, RateState, RevKey4, RevService4, RouteKey4, ServiceInfo, ServiceKey4, VipInfo,
     },
+    trace::{RING_BYTES, TraceConfig},
     xmit::{MAX_IFACES, XmitFails},
 };
 
@@ -128,3 +131,24 @@ pub static LB_PROGS: ProgramArray = ProgramArray::pinned(1, 0);
 /// serves, and only those count.
 #[map(name = "LB_XMIT_FAILS")]
 pub static LB_XMIT_FAILS: PerCpuHashMap<u32, XmitFails> = PerCpuHashMap::pinned(MAX_IFACES, 0);
+
+/// `lb trace`'s config, slot 0 (`lb_common::trace::TraceConfig`): off unless the agent turned
+/// it on for a trace. Writer: agent.
+#[map(name = "LB_TRACE_CFG")]
+pub static LB_TRACE_CFG: Array<TraceConfig> = Array::pinned(1, 0);
+
+/// `lb trace`'s records (`lb_common::trace::TraceEvent`). Writer: fast path; reader: `lb trace`.
+#[map(name = "LB_TRACE")]
+pub static LB_TRACE: RingBuf = RingBuf::pinned(RING_BYTES, 0);
+
+/// `lb trace`'s token bucket, per CPU (one slot). Writer: fast path.
+#[map(name = "LB_TRACE_RL")]
+pub static LB_TRACE_RL: PerCpuArray<RateState> = PerCpuArray::pinned(1, 0);
+
+/// Events the rate limit (slot 0) or a full ring (slot 1) refused, per CPU. Writer: fast path.
+#[map(name = "LB_TRACE_LOST")]
+pub static LB_TRACE_LOST: PerCpuArray<u64> = PerCpuArray::pinned(2, 0);
+
+/// The arriving 5-tuple of the packet being traced, per CPU (off the stack). Writer: fast path.
+#[map(name = "LB_TRACE_TMP")]
+pub static LB_TRACE_TMP: PerCpuArray<FlowKey4> = PerCpuArray::pinned(1, 0);

@@ -110,6 +110,32 @@ fn main() -> ExitCode {
             );
         }
     };
+    if let CliCommand::Trace(a) = &cli.command {
+        return match rt.block_on(lb_userspace::cli::trace::run(&cli.socket, a, format)) {
+            Ok(s) => {
+                let text = format!(
+                    "{} records; not recorded: {} over the rate limit, {} with the ring full",
+                    s.events, s.lost_rate, s.lost_ring
+                );
+                match format {
+                    Format::Json => println!(
+                        "{}",
+                        done_json(serde_json::json!({
+                            "records": s.events,
+                            "lost_rate": s.lost_rate,
+                            "lost_ring": s.lost_ring,
+                        }))
+                    ),
+                    Format::Table => eprintln!("{text}"),
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => match e.downcast::<Failure>() {
+                Ok(f) => fail(&f, format, "lb trace"),
+                Err(e) => fail(&Failure::unreachable(format!("{e:#}")), format, "lb trace"),
+            },
+        };
+    }
     if let CliCommand::Agent(args) = &cli.command {
         tracing_subscriber::fmt()
             .with_env_filter(log_filter())

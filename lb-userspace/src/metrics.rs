@@ -583,6 +583,7 @@ mod tests {
             swap_holds: 0,
             xmit_counting: "on".into(),
             xmit_failures: Vec::new(),
+            trace: "off".into(),
             vips: vec![ServiceStatus {
                 service: svc.into(),
                 backends,

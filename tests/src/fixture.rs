@@ -105,15 +105,30 @@ impl Harness {
     ///
     /// # Errors
     /// The config does not parse, the object does not load, provisioning fails.
-    pub fn load(ns: &Netns, config: &str, mut resolver: FixedResolver) -> anyhow::Result<Self> {
+    pub fn load(ns: &Netns, config: &str, resolver: FixedResolver) -> anyhow::Result<Self> {
+        Self::load_with(ns, config, resolver, |_| {})
+    }
+
+    /// As [`Self::load`], with `tweak` applied to the load options (the benchmark's object
+    /// without trace hooks, say).
+    ///
+    /// # Errors
+    /// As [`Self::load`].
+    pub fn load_with(
+        ns: &Netns,
+        config: &str,
+        mut resolver: FixedResolver,
+        tweak: impl FnOnce(&mut LoadOptions),
+    ) -> anyhow::Result<Self> {
         let cfg = config::parse("harness.toml", config).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let opts = LoadOptions {
+        let mut opts = LoadOptions {
             ring_slots: cfg.agent.ring_slots,
             conntrack_flows: cfg.agent.conntrack_flows,
             tcp_close_timeout_s: cfg.agent.tcp_close_timeout_s,
             new_flow_rate: cfg.agent.new_flow_rate,
             ..LoadOptions::new(pin_dir(ns))
         };
+        tweak(&mut opts);
         let seed = opts.hash_seed;
         let (dp, maps) = Dataplane::load(&opts).context("load the XDP object")?;
         let info = AgentInfo {

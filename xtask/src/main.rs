@@ -308,7 +308,18 @@ fn run_tests(cmd: &mut Command) -> anyhow::Result<Tally> {
 fn demo() -> anyhow::Result<()> {
     setup::ensure()?;
     setup::require_root("the demo (it creates network namespaces and loads XDP)")?;
-    build_bins(false)?;
+    // One debug build, quiet: the XDP object's inner build reports every crate it compiles
+    // as a `cargo:warning=` line, which is noise here (`cargo xtask build` shows it).
+    eprintln!("demo: building lb and the lab (cargo build -q) ...");
+    run(cargo().args([
+        "build",
+        "-q",
+        "-p",
+        "lb-userspace",
+        "-p",
+        "lb-integration",
+        "--bins",
+    ]))?;
     run(&mut Command::new(root().join("target/debug/lb-demo")))
 }
 

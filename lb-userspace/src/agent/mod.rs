@@ -180,6 +180,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         new_flow_rate: config.agent.new_flow_rate,
         bpf_log_level: opts.bpf_log_level,
         tx_redirect,
+        trace_hooks: true,
     };
     let (mut dp, maps) = Dataplane::load(&load).context("loading the XDP program")?;
     let xmit_off = dp.count_lost_frames(&opts.pin_dir, &ifindexes).err();

@@ -53,6 +53,19 @@ pub enum Request {
         #[serde(default, with = "crate::spec::serde_opt_prefix")]
         client: Option<(std::net::IpAddr, u8)>,
     },
+    /// Turn `lb trace`'s sampling on for `seconds` (then the agent turns it off, unless a
+    /// `trace_stop` came first): packets to or from `vip` and `port` (each optional), at most
+    /// `rate` events per second per CPU.
+    Trace {
+        #[serde(default)]
+        vip: Option<std::net::IpAddr>,
+        #[serde(default)]
+        port: Option<u16>,
+        #[serde(default)]
+        rate: Option<u32>,
+        seconds: u32,
+    },
+    TraceStop,
 }
 
 /// The questions the agent answers (nothing changes).
@@ -124,6 +137,15 @@ pub enum Response {
         changes: Vec<String>,
     },
     Explain(Box<ExplainView>),
+    /// Tracing is on: where its records and lost-event counters are pinned, for how long, and
+    /// the served interfaces by ifindex (to name them in the records).
+    Tracing {
+        ring: String,
+        lost: String,
+        seconds: u32,
+        interfaces: Vec<(u32, String)>,
+    },
+    TraceStopped,
     /// `lb flows flush`: how many flows were deleted.
     Flushed {
         flushed: u64,

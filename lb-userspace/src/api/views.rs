@@ -186,6 +186,9 @@ pub struct StatusView {
     /// Per served interface, frames lost after the program sent them.
     #[serde(default)]
     pub xmit_failures: Vec<XmitFailView>,
+    /// `lb trace` sampling: `off`, or `on for N s more`.
+    #[serde(default)]
+    pub trace: String,
     pub vips: Vec<ServiceStatus>,
 }
 

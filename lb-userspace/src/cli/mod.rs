@@ -8,6 +8,7 @@
 pub mod docs;
 pub mod output;
 mod render;
+pub mod trace;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -89,6 +90,10 @@ pub enum CliCommand {
     /// slot, the backend and its next hop; and whether the flow is tracked already. From the
     /// maps' own entries and the rules the fast path runs.
     Explain(ExplainArgs),
+    /// "tcpdump for the fast path": samples packets' verdicts as the XDP program handles them
+    /// (as they arrived, as they left, the reason), which tcpdump cannot see. The agent turns
+    /// sampling on for --seconds and off again; at most --rate records per second per CPU.
+    Trace(TraceArgs),
     /// Config files, checked offline (no agent needed).
     #[command(subcommand)]
     Config(ConfigCmd),
@@ -126,6 +131,26 @@ pub struct PeerArgs {
     /// bpffs directory for the pinned links.
     #[arg(long, default_value = crate::peer::DEFAULT_PIN_DIR)]
     pub pin_dir: PathBuf,
+}
+
+/// `lb trace`'s selection and bounds.
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// Only packets to or from this VIP.
+    #[arg(long)]
+    pub vip: Option<std::net::IpAddr>,
+    /// Only packets to or from this port.
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Stop after this many records.
+    #[arg(short = 'c', long)]
+    pub count: Option<u32>,
+    /// Stop after this long at most (the agent turns sampling off then in any case).
+    #[arg(long, default_value_t = 30)]
+    pub seconds: u32,
+    /// At most this many records per second per CPU [default: 1000].
+    #[arg(long)]
+    pub rate: Option<u32>,
 }
 
 /// `lb explain`'s flow.
@@ -622,7 +647,8 @@ pub fn request(cmd: &CliCommand) -> Result<Option<Request>, String> {
         | CliCommand::Config(_)
         | CliCommand::Peer(_)
         | CliCommand::Completions { .. }
-        | CliCommand::Man { .. } => return Ok(None),
+        | CliCommand::Man { .. }
+        | CliCommand::Trace(_) => return Ok(None),
         CliCommand::Vip(VipCmd::Add { service, settings }) => {
             let mut s = settings.resolve()?;
             (s.idle_timeout, s.tcp_reset) = settings.lifetime.resolve(service)?;

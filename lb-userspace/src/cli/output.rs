@@ -74,6 +74,14 @@ impl Failure {
     }
 }
 
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Failure {}
+
 /// The field an error message leads with, if it leads with one: `--flag: ...`,
 /// `service[0].table_size: ...`, `<SERVICE>: ...`. Prose is not a field.
 #[must_use]

@@ -103,6 +103,10 @@ pub fn render(resp: &Response, format: Format) -> Result<String, (ErrorKind, Str
         }
         Response::Backends { service, backends } => backend_table(&mut o, service, backends),
         Response::Explain(v) => explain(&mut o, v),
+        Response::Tracing { seconds, .. } => {
+            let _ = write!(o, "tracing is on for {seconds} s");
+        }
+        Response::TraceStopped => o.push_str("tracing is off"),
         Response::Flushed { flushed } => {
             let _ = write!(o, "{flushed} flows flushed");
         }
@@ -172,6 +176,7 @@ pub fn render(resp: &Response, format: Format) -> Result<String, (ErrorKind, Str
                     s.swap_holds
                 );
             }
+            let _ = writeln!(o, "trace      {}", s.trace);
             let _ = writeln!(o, "lost-frame counters {}", s.xmit_counting);
             lost_frames(&mut o, &s.xmit_failures);
             let _ = writeln!(o, "client-facing next hops ({}):", s.client_routes.len());

@@ -49,6 +49,9 @@ pub struct LoadOptions {
     pub bpf_log_level: u8,
     /// Leave by the ingress device with a redirect instead of `XDP_TX` (`--xdp-tx`).
     pub tx_redirect: bool,
+    /// `lb trace`'s hooks compiled in (the agent's always are; the benchmark's baseline
+    /// compiles them out to measure what they cost when tracing is off).
+    pub trace_hooks: bool,
 }
 
 impl LoadOptions {
@@ -65,6 +68,7 @@ impl LoadOptions {
             new_flow_rate: s.new_flow_rate,
             bpf_log_level: 0,
             tx_redirect: false,
+            trace_hooks: true,
         }
     }
 }
@@ -85,6 +89,7 @@ impl Dataplane {
         let (flow_cost, flow_burst) =
             lb_common::maps::flow_bucket(u64::from(opts.new_flow_rate)).unwrap_or((0, 0));
         let tx_redirect = u8::from(opts.tx_redirect);
+        let trace_hooks = u8::from(opts.trace_hooks);
         let dir = &opts.pin_dir;
         std::fs::create_dir_all(dir).map_err(|source| LoadError::PinDir {
             path: dir.clone(),
@@ -100,6 +105,7 @@ impl Dataplane {
             .override_global(global_names::FLOW_BURST, &flow_burst, true)
             .override_global(global_names::AYA_LOG_LEVEL, &opts.bpf_log_level, false)
             .override_global(global_names::TX_REDIRECT, &tx_redirect, true)
+            .override_global(global_names::TRACE_HOOKS, &trace_hooks, true)
             .map_max_entries(map_names::CONNTRACK, opts.conntrack_flows)
             .map_max_entries(map_names::RING, opts.ring_slots);
         let mut ebpf = loader.load(LB_OBJ)?;

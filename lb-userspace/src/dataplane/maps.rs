@@ -23,6 +23,7 @@ use lb_common::{
         RevKey4, RevService4, RouteKey4, ServiceInfo, ServiceKey, ServiceKey4, VipInfo, VipKey,
         acl_key4,
     },
+    trace::TraceConfig,
     xmit::XmitFails,
 };
 
@@ -44,6 +45,7 @@ pub struct Maps {
     pub ours: Array<MapData, u64>,
     pub retired: Array<MapData, Counters>,
     pub locals: HashMap<MapData, [u8; 4], u32>,
+    pub trace_cfg: Array<MapData, TraceConfig>,
     /// Conntrack and the counters, also reachable from the writer (adoption's flow purge at
     /// start, and tests that read counters through the reconciler's maps).
     pub side: SideMaps,
@@ -75,6 +77,7 @@ impl Maps {
             ours: take_map(ebpf, map_names::OURS)?,
             retired: take_map(ebpf, map_names::RETIRED_STATS)?,
             locals: take_map(ebpf, map_names::LOCALS)?,
+            trace_cfg: take_map(ebpf, map_names::TRACE_CFG)?,
             side: SideMaps {
                 conntrack: take_map(ebpf, map_names::CONNTRACK)?,
                 reasons: take_map(ebpf, map_names::REASON_STATS)?,
@@ -512,6 +515,11 @@ impl MapOps for Maps {
             prefix_v4(&dst, prefix_len).ok_or_else(|| no_family(map_names::ROUTES4, "remove"))?;
         deleted(self.routes.remove(&LpmKey::new(p, a)))
             .map_err(op_err(map_names::ROUTES4, "remove"))
+    }
+    fn put_trace(&mut self, c: &TraceConfig) -> Result<(), MapOpError> {
+        self.trace_cfg
+            .set(0, *c, 0)
+            .map_err(op_err(map_names::TRACE_CFG, "set"))
     }
     fn put_local(&mut self, a: [u8; 4]) -> Result<(), MapOpError> {
         self.locals

@@ -61,6 +61,8 @@ pub trait MapOps {
     fn del_route(&mut self, prefix_len: u32, dst: Addr) -> Result<(), MapOpError>;
     /// Writes / deletes one of the host's own IPv4 addresses (`LB_LOCAL4`).
     fn put_local(&mut self, a: [u8; 4]) -> Result<(), MapOpError>;
+    /// `lb trace`'s config (`lb_common::trace`; all zero is off).
+    fn put_trace(&mut self, c: &lb_common::trace::TraceConfig) -> Result<(), MapOpError>;
     fn del_local(&mut self, a: [u8; 4]) -> Result<(), MapOpError>;
     /// Clears the counters of a service id (its own and its retired backends') and a backend
     /// id before they are reused.

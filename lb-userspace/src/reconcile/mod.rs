@@ -201,6 +201,8 @@ pub struct Reconciler<M> {
     /// synced again on every tick until they match.
     dirty: BTreeSet<ServiceSpec>,
     dirty_pips: bool,
+    /// Until when `lb trace` sampling is on (the tick turns it off then).
+    trace_until: Option<Instant>,
 }
 
 impl<M: MapOps> Reconciler<M> {
@@ -223,6 +225,7 @@ impl<M: MapOps> Reconciler<M> {
             failed_purges: PurgeJob::default(),
             dirty: BTreeSet::new(),
             dirty_pips: false,
+            trace_until: None,
         }
     }
 
@@ -589,6 +592,10 @@ impl<M: MapOps> Reconciler<M> {
             refuse_local_vip(state.services.keys(), &locals.iter().copied().collect())?;
         }
         self.state = state;
+        // A trace of an agent that died mid-trace stays on in the pinned config: off it goes.
+        if let Err(e) = self.trace_off() {
+            tracing::warn!(error = %e, "cannot turn off a previous agent's lb trace");
+        }
         let (live, left) = adopt::adopt(
             &mut self.maps,
             &self.state,
@@ -746,6 +753,22 @@ impl<M: MapOps> Reconciler<M> {
                     Err(e) => Answer::Now(e.into()),
                 };
                 fx.reply = Some((tx, a));
+            }
+            Event::Api(
+                Request::Trace {
+                    vip,
+                    port,
+                    rate,
+                    seconds,
+                },
+                tx,
+            ) => {
+                let r = self.trace_on(vip, port, rate, seconds);
+                fx.reply = Some((tx, Answer::Now(r.unwrap_or_else(Into::into))));
+            }
+            Event::Api(Request::TraceStop, tx) => {
+                let r = self.trace_off().map(|()| Response::TraceStopped);
+                fx.reply = Some((tx, Answer::Now(r.unwrap_or_else(Into::into))));
             }
             Event::Api(Request::Query(q), tx) => {
                 let a = match self.pending(q) {
@@ -993,6 +1016,10 @@ impl<M: MapOps> Reconciler<M> {
             health: &self.health,
             info: &self.info,
             ring_used: self.alloc.ring.used(),
+            trace_left_s: self
+                .trace_until
+                .and_then(|t| t.checked_duration_since(Instant::now()))
+                .map(|d| d.as_secs() + 1),
         }
     }
 
@@ -1095,6 +1122,12 @@ impl<M: MapOps> Reconciler<M> {
 
     /// Retries what failed: syncs of dirty services, purges.
     fn tick(&mut self) {
+        if self.trace_until.is_some_and(|t| t <= Instant::now()) {
+            match self.trace_off() {
+                Ok(()) => tracing::info!("lb trace: its time is up; tracing is off"),
+                Err(e) => tracing::warn!(error = %e, "lb trace: cannot turn tracing off; retried"),
+            }
+        }
         let mut writes = 0;
         for spec in std::mem::take(&mut self.dirty) {
             if let Err(e) = self.sync_service(&spec, &mut writes) {
@@ -1108,6 +1141,80 @@ impl<M: MapOps> Reconciler<M> {
         if !self.failed_purges.is_empty() {
             self.purge.merge(std::mem::take(&mut self.failed_purges));
         }
+    }
+
+    /// Turns `lb trace` sampling on for `seconds`; one trace at a time.
+    fn trace_on(
+        &mut self,
+        vip: Option<IpAddr>,
+        port: Option<u16>,
+        rate: Option<u32>,
+        seconds: u32,
+    ) -> Result<Response, ChangeError> {
+        use lb_common::trace;
+        let vip = match vip {
+            None => None,
+            Some(IpAddr::V4(v)) => Some(v.octets()),
+            Some(IpAddr::V6(v)) => {
+                return Err(ChangeError::Invalid(format!(
+                    "--vip: {v} is IPv6; the fast path serves IPv4 only"
+                )));
+            }
+        };
+        if !(1..=3600).contains(&seconds) {
+            return Err(ChangeError::Invalid(format!(
+                "--seconds: {seconds} is outside 1..=3600"
+            )));
+        }
+        let rate = rate.unwrap_or(trace::DEFAULT_RATE);
+        if !(1..=trace::MAX_RATE).contains(&rate) {
+            return Err(ChangeError::Invalid(format!(
+                "--rate: {rate} is outside 1..={} events per second per CPU",
+                trace::MAX_RATE
+            )));
+        }
+        let now = Instant::now();
+        if let Some(t) = self.trace_until.filter(|t| *t > now) {
+            return Err(ChangeError::Conflict(format!(
+                "an lb trace, ending in {} s (one at a time: traces share one ring),",
+                (t - now).as_secs() + 1
+            )));
+        }
+        let dir = self
+            .info
+            .pin_dir
+            .clone()
+            .ok_or_else(|| ChangeError::Failed("the agent has no pin directory".into()))?;
+        self.maps.put_trace(&trace::config(vip, port, rate))?;
+        self.trace_until = Some(now + std::time::Duration::from_secs(u64::from(seconds)));
+        tracing::info!(?vip, ?port, rate, seconds, "lb trace: tracing is on");
+        let dir = std::path::Path::new(&dir);
+        Ok(Response::Tracing {
+            ring: dir
+                .join(lb_common::consts::map_names::TRACE_RING)
+                .display()
+                .to_string(),
+            lost: dir
+                .join(lb_common::consts::map_names::TRACE_LOST)
+                .display()
+                .to_string(),
+            seconds,
+            interfaces: self
+                .info
+                .ifindexes
+                .iter()
+                .copied()
+                .zip(self.info.interfaces.iter().cloned())
+                .collect(),
+        })
+    }
+
+    /// Turns `lb trace` sampling off (it is off when nothing traces, too).
+    fn trace_off(&mut self) -> Result<(), ChangeError> {
+        self.maps
+            .put_trace(&lb_common::trace::TraceConfig::default())?;
+        self.trace_until = None;
+        Ok(())
     }
 
     /// Every address a next hop is kept for: live backends and the desired PIP instances.

@@ -324,6 +324,8 @@ pub struct Source<'a> {
     pub health: &'a HealthBook,
     pub info: &'a AgentInfo,
     pub ring_used: u64,
+    /// Seconds `lb trace` sampling stays on, if it is on.
+    pub trace_left_s: Option<u64>,
 }
 
 impl Source<'_> {
@@ -574,6 +576,9 @@ impl Source<'_> {
                 Some(why) => format!("off: {why}"),
             },
             xmit_failures: Vec::new(),
+            trace: self
+                .trace_left_s
+                .map_or_else(|| "off".into(), |s| format!("on for {s} s more")),
             vips,
         })
     }

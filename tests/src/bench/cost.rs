@@ -354,6 +354,53 @@ pub fn run(runs: u32) -> anyhow::Result<(Vec<Row>, Vec<ProgSize>)> {
     )
 }
 
+/// What `lb trace`'s hooks cost while tracing is off: the established and reply classes, on
+/// an object whose hooks are compiled out (`LB_TRACE_HOOKS = 0`) and on the agent's (hooks in,
+/// tracing off), each in a namespace of its own, alternated twice.
+///
+/// # Errors
+/// A run misbehaves, or loading fails.
+pub fn trace_hooks(runs: u32) -> anyhow::Result<Vec<Row>> {
+    let mut best: Vec<Row> = Vec::new();
+    for round in 0..2 {
+        for (hooks, label) in [
+            (false, "trace hooks compiled out"),
+            (true, "trace hooks in, off"),
+        ] {
+            let rows = in_fresh_ns(
+                &format!("bench-trace-{round}-{hooks}"),
+                move |ns| -> anyhow::Result<Vec<Row>> {
+                    super::pin(0, super::measured_cpu());
+                    let warmup = (runs / 10).max(100);
+                    let mut h =
+                        Harness::load_with(ns, CONFIG, resolver(), |o| o.trace_hooks = hooks)?;
+                    let mut out = Vec::new();
+                    for c in classes(&mut h)? {
+                        if c.name != "established TCP" && c.name != "reply (reverse NAT)" {
+                            continue;
+                        }
+                        progress(&format!("cost: {} ({label})", c.name));
+                        out.push(Row {
+                            name: format!("{} ({label})", c.name),
+                            stats: measure(&mut h, &c, warmup, runs)?,
+                        });
+                    }
+                    Ok(out)
+                },
+            )?;
+            // The better of the two rounds, per row.
+            for r in rows {
+                match best.iter_mut().find(|b| b.name == r.name) {
+                    Some(b) if r.stats.p50_ns < b.stats.p50_ns => *b = r,
+                    Some(_) => {}
+                    None => best.push(r),
+                }
+            }
+        }
+    }
+    Ok(best)
+}
+
 /// The cost of a SYN of a new 5-tuple above the flood guard's rate: forwarded by the table,
 /// not tracked (a program loaded with a rate of 1 new flow per second per CPU).
 ///

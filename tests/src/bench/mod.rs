@@ -124,6 +124,8 @@ pub fn run(opts: &Opts) -> anyhow::Result<()> {
     (r.cost, r.sizes) = cost::run(if q { 2_000 } else { 50_000 })?;
     r.cost
         .push(cost::under_flood(if q { 2_000 } else { 50_000 })?);
+    r.cost
+        .extend(cost::trace_hooks(if q { 2_000 } else { 50_000 })?);
     // 25 000 inserts per CPU: two CPUs' worth stays below the maps' 64 Ki entries (and each
     // CPU's half of them), so every variant measures inserts, not evictions.
     r.ct_variants = ctvariants::run(if q { 2_000 } else { 25_000 })?;

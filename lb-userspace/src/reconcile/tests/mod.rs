@@ -66,6 +66,8 @@ pub struct FakeMaps {
     pub retired: HashMap<u32, Counters>,
     /// `LB_LOCAL4`.
     pub locals: BTreeSet<[u8; 4]>,
+    /// `LB_TRACE_CFG` (not a transaction's write: it never fails here).
+    pub trace: lb_common::trace::TraceConfig,
     pub ops: Vec<Op>,
     /// Writes so far, and the one that fails.
     pub writes: usize,
@@ -153,6 +155,10 @@ impl MapOps for FakeMaps {
     fn del_route(&mut self, l: u32, a: Addr) -> Result<(), MapOpError> {
         self.write()?;
         self.routes.remove(&(l, a));
+        Ok(())
+    }
+    fn put_trace(&mut self, c: &lb_common::trace::TraceConfig) -> Result<(), MapOpError> {
+        self.trace = *c;
         Ok(())
     }
     fn put_local(&mut self, a: [u8; 4]) -> Result<(), MapOpError> {
