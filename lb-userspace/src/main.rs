@@ -110,6 +110,23 @@ fn main() -> ExitCode {
             );
         }
     };
+    if let CliCommand::Top {
+        interval,
+        iterations,
+    } = &cli.command
+    {
+        return match rt.block_on(lb_userspace::cli::top::run(
+            &cli.socket,
+            *interval,
+            *iterations,
+        )) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => match e.downcast::<Failure>() {
+                Ok(f) => fail(&f, format, "lb top"),
+                Err(e) => fail(&Failure::unreachable(format!("{e:#}")), format, "lb top"),
+            },
+        };
+    }
     if let CliCommand::Trace(a) = &cli.command {
         return match rt.block_on(lb_userspace::cli::trace::run(&cli.socket, a, format)) {
             Ok(s) => {

@@ -179,7 +179,13 @@ impl FromStr for BackendSpec {
         } else if let Ok(ip) = s.parse::<IpAddr>() {
             (ip, None)
         } else {
-            return Err(SpecError(format!("{s:?}: not an address ({form})")));
+            // The part that is wrong and why (a port out of range, say), as services say it.
+            let why = if s.contains(':') {
+                parse_socket_addr(s).err().unwrap_or_default()
+            } else {
+                format!("{s:?} is not an IPv4 or IPv6 address")
+            };
+            return Err(SpecError(format!("{why} ({form})")));
         };
         check_unicast(ip).map_err(|e| SpecError(format!("{s:?}: backend {e}")))?;
         Ok(Self { ip, port })
@@ -254,6 +260,26 @@ mod tests {
                 bad.is_empty() || !e.0.contains(&format!("{bad:?}")),
                 "error for {bad:?} echoes it: {e}"
             );
+        }
+    }
+
+    /// A backend that is not one says which part is wrong and why, without echoing it whole.
+    #[test]
+    fn bad_backends_name_the_part_and_the_reason() {
+        for (bad, why) in [
+            ("192.0.2.11:70000", "port \"70000\" is not a port number"),
+            (
+                "192.0.2.300",
+                "\"192.0.2.300\" is not an IPv4 or IPv6 address",
+            ),
+            (
+                "192.0.2.300:80",
+                "\"192.0.2.300\" is not an IPv4 or IPv6 address",
+            ),
+            ("192.0.2.11:0", "port 0 is not a backend port"),
+        ] {
+            let e = bad.parse::<BackendSpec>().unwrap_err();
+            assert!(e.0.contains(why), "error for {bad:?}: {e}");
         }
     }
 

@@ -29,6 +29,8 @@ const APT_PACKAGES: &[&str] = &[
     // promtool, for the alert rules in contrib/ (tests/contrib.rs); python3 for its checks.
     "prometheus",
     "python3",
+    // `lb top`'s smoke test runs it in a real terminal (tests/netns_top.rs).
+    "tmux",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// The lint tools from PyPI (prebuilt binaries in wheels), pinned.

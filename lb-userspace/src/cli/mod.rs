@@ -8,6 +8,7 @@
 pub mod docs;
 pub mod output;
 mod render;
+pub mod top;
 pub mod trace;
 
 use std::{path::PathBuf, time::Duration};
@@ -94,6 +95,16 @@ pub enum CliCommand {
     /// (as they arrived, as they left, the reason), which tcpdump cannot see. The agent turns
     /// sampling on for --seconds and off again; at most --rate records per second per CPU.
     Trace(TraceArgs),
+    /// A refreshing terminal view: per service and backend packets/s, new flows/s, replies/s
+    /// and health; drops/s by reason; lost frames. q, Esc or Ctrl-C quits.
+    Top {
+        /// Time between refreshes (each asks the agent for status and stats).
+        #[arg(long, default_value = "1s", value_parser = parse_interval)]
+        interval: Duration,
+        /// Stop after this many refreshes.
+        #[arg(long)]
+        iterations: Option<u32>,
+    },
     /// Config files, checked offline (no agent needed).
     #[command(subcommand)]
     Config(ConfigCmd),
@@ -161,6 +172,14 @@ pub struct ExplainArgs {
     pub client: std::net::SocketAddr,
     /// The service: VIP:PORT/PROTO, e.g. 203.0.113.10:80/tcp.
     pub service: ServiceSpec,
+}
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s).map_err(|e| e.0)?;
+    if d < Duration::from_millis(100) || d > Duration::from_hours(1) {
+        return Err(format!("{s:?} is outside 100ms..=60m"));
+    }
+    Ok(d)
 }
 
 fn parse_client(s: &str) -> Result<std::net::SocketAddr, String> {
@@ -648,7 +667,8 @@ pub fn request(cmd: &CliCommand) -> Result<Option<Request>, String> {
         | CliCommand::Peer(_)
         | CliCommand::Completions { .. }
         | CliCommand::Man { .. }
-        | CliCommand::Trace(_) => return Ok(None),
+        | CliCommand::Trace(_)
+        | CliCommand::Top { .. } => return Ok(None),
         CliCommand::Vip(VipCmd::Add { service, settings }) => {
             let mut s = settings.resolve()?;
             (s.idle_timeout, s.tcp_reset) = settings.lifetime.resolve(service)?;

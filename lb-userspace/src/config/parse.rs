@@ -916,7 +916,7 @@ established = "rebalance"
                 with("backends = [\"192.0.2.11\", \"nope\"]\n"),
                 3,
                 "service[0].backends[1]",
-                "not an address",
+                "\"nope\" is not an IPv4 or IPv6 address",
             ),
             (
                 with("table_size = 65536\n"),
