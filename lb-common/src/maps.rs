@@ -320,8 +320,11 @@ pub struct ConnEntry4 {
     /// needs to send each side a RST it accepts.
     pub seq: u32,
     pub ack: u32,
+    /// Seconds of the same clock when the entry was made: the flow's age (`lb flows`). A new
+    /// flow's entry is written whole, so this costs no write of its own.
+    pub created_s: u32,
 }
-const _: () = assert!(size_of::<ConnEntry4>() == 36);
+const _: () = assert!(size_of::<ConnEntry4>() == 40);
 
 impl ConnEntry4 {
     /// Whether the entry tracks a client → VIP direction (plain or hairpin).
@@ -331,7 +334,7 @@ impl ConnEntry4 {
         self.kind == CONN_FORWARD || self.kind == CONN_HAIRPIN
     }
 
-    /// An entry from its fields, as nine word stores, seen at `seen_s` (no flags, no sequence
+    /// An entry from its fields, as ten word stores, seen and made at `seen_s` (no flags, no sequence
     /// numbers). size: a struct literal with zero fields compiled to a `memset` call, and so did
     /// four constant zero words in a row (LLVM merges them, and the BPF backend emits the merged
     /// store as a call): the zero words come from an opaque zero (`black_box`), which the
@@ -361,18 +364,19 @@ impl ConnEntry4 {
             seen_s | zero,
             zero,
             zero,
+            seen_s | zero,
         ])
     }
 
-    /// The entry as its nine 4-byte words (the fast path writes an entry in place word by
+    /// The entry as its ten 4-byte words (the fast path writes an entry in place word by
     /// word: a whole-struct copy compiles to a `memmove` call).
     #[inline(always)]
     #[must_use]
-    pub fn words(&self) -> [u32; 9] {
+    pub fn words(&self) -> [u32; 10] {
         bytemuck::cast(*self)
     }
 
-    /// A plain flow's forward entry, seen at `seen_s`, with `flags` (`conn::CT_F_*`) and the
+    /// A plain flow's forward entry, seen and made at `seen_s`, with `flags` (`conn::CT_F_*`) and the
     /// client's sequence numbers (`seq`, `ack`; 0 unless `CT_F_SEQ`).
     #[inline(always)]
     #[must_use]
@@ -395,6 +399,7 @@ impl ConnEntry4 {
             seen_s | zero,
             seq | zero,
             ack | zero,
+            seen_s | zero,
         ])
     }
 }

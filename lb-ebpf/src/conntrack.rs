@@ -74,14 +74,14 @@ pub fn track(key: &FlowKey4, entry: &ConnEntry4) {
 fn put(key: &FlowKey4, entry: &ConnEntry4) {
     match LB_CONNTRACK4.get_ptr_mut(key) {
         Some(e) => {
-            // size: a whole-struct assignment of the 36-byte entry compiled to a `memmove`
-            // call (the BPF backend inlines small copies only); nine word stores do not.
+            // size: a whole-struct assignment of the 40-byte entry compiled to a `memmove`
+            // call (the BPF backend inlines small copies only); ten word stores do not.
             let words = entry.words();
             let dst = e.cast::<u32>();
             // verifier: a constant trip count, unrolled.
             for (i, w) in words.iter().enumerate() {
                 // SAFETY: a value pointer from the lookup above, used within this run; the
-                // entry is nine 4-byte words, and map values are 8-byte aligned.
+                // entry is ten 4-byte words, and map values are 8-byte aligned.
                 unsafe { dst.add(i).write_volatile(*w) };
             }
         }

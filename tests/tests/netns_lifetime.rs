@@ -187,6 +187,10 @@ fn lb_flows_lists_tracked_flows_with_their_state_and_idle_time() {
     assert_eq!(f["backend"], "192.0.2.11:80", "{flows}");
     assert_eq!(f["state"], "established", "{flows}");
     assert!(f["idle_s"].as_u64().unwrap() < 60, "{flows}");
+    assert!(
+        f["age_s"].as_u64().unwrap() >= f["idle_s"].as_u64().unwrap(),
+        "{flows}"
+    );
     // Selections: by service, backend and client prefix.
     let n = |args: &[&str]| {
         let mut a = vec!["flows"];

@@ -155,6 +155,9 @@ pub struct FlowView {
     pub state: String,
     /// Seconds since the flow was last seen (since it closed, once closed).
     pub idle_s: u64,
+    /// Seconds since the flow's entry was made.
+    #[serde(default)]
+    pub age_s: u64,
     /// A hairpin flow (SNAT to the VIP).
     pub hairpin: bool,
 }
@@ -226,6 +229,8 @@ pub struct TrackedView {
     pub backend: String,
     pub state: String,
     pub idle_s: u64,
+    #[serde(default)]
+    pub age_s: u64,
     pub hairpin: bool,
 }
 

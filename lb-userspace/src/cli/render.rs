@@ -113,8 +113,8 @@ pub fn render(resp: &Response, format: Format) -> Result<String, (ErrorKind, Str
         Response::Flows { flows, matched } => {
             let _ = writeln!(
                 o,
-                "{:<22} {:<26} {:<22} {:<12} {:>8}",
-                "CLIENT", "SERVICE", "BACKEND", "STATE", "IDLE"
+                "{:<22} {:<26} {:<22} {:<12} {:>8} {:>8}",
+                "CLIENT", "SERVICE", "BACKEND", "STATE", "AGE", "IDLE"
             );
             for f in flows {
                 let state = if f.hairpin {
@@ -124,8 +124,8 @@ pub fn render(resp: &Response, format: Format) -> Result<String, (ErrorKind, Str
                 };
                 let _ = writeln!(
                     o,
-                    "{:<22} {:<26} {:<22} {state:<12} {:>7}s",
-                    f.client, f.service, f.backend, f.idle_s
+                    "{:<22} {:<26} {:<22} {state:<12} {:>7}s {:>7}s",
+                    f.client, f.service, f.backend, f.age_s, f.idle_s
                 );
             }
             let _ = write!(o, "{} flows", flows.len());
@@ -268,10 +268,11 @@ fn explain(o: &mut String, v: &ExplainView) {
         Some(t) => {
             let _ = writeln!(
                 o,
-                "tracked    yes: to {}{}, {}, idle {}s; its packets go there (a SYN re-picks)",
+                "tracked    yes: to {}{}, {}, age {}s, idle {}s; its packets go there (a SYN re-picks)",
                 t.backend,
                 if t.hairpin { " (hairpin)" } else { "" },
                 t.state,
+                t.age_s,
                 t.idle_s
             );
         }
@@ -472,6 +473,7 @@ mod tests {
             backend: "192.0.2.11:80".into(),
             state: "established".into(),
             idle_s: 3,
+            age_s: 9,
             hairpin: false,
         };
         let text = render(

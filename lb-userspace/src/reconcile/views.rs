@@ -170,7 +170,8 @@ impl FlowQuery {
                 } else {
                     "udp".to_owned()
                 },
-                idle_s: u64::from(now.wrapping_sub(e.seen_s).min(u32::MAX / 2)),
+                idle_s: since(now, e.seen_s),
+                age_s: since(now, e.created_s),
                 hairpin: e.kind == CONN_HAIRPIN,
             });
         })?;
@@ -281,17 +282,21 @@ impl Pending {
                         } else {
                             "udp".to_owned()
                         },
-                        idle_s: u64::from(
-                            crate::dataplane::sweep::monotonic_s()
-                                .wrapping_sub(e.seen_s)
-                                .min(u32::MAX / 2),
-                        ),
+                        idle_s: since(crate::dataplane::sweep::monotonic_s(), e.seen_s),
+                        age_s: since(crate::dataplane::sweep::monotonic_s(), e.created_s),
                         hairpin: e.kind == lb_common::maps::CONN_HAIRPIN,
                     });
                 Response::Explain(v)
             }
         })
     }
+}
+
+/// Seconds from `then` to `now` on the conntrack clock (which wraps; a time ahead of `now`,
+/// written between the two reads, is 0).
+fn since(now: u32, then: u32) -> u64 {
+    let d = now.wrapping_sub(then);
+    u64::from(if d > u32::MAX / 2 { 0 } else { d })
 }
 
 /// The lost-frame counters of the served interfaces, in their order (an interface the map

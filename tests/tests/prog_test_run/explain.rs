@@ -114,3 +114,51 @@ fn explain_agrees_with_the_kernel_on_1000_new_flows() {
         );
     });
 }
+
+/// A flow's age and idle time come from its entry: made when its first packet was tracked
+/// (and kept while later packets refresh it), last seen at its latest. `lb flows` and `lb
+/// explain` show both.
+#[test]
+fn flows_show_age_and_idle_time_from_the_entry() {
+    with_fixture(|fx| {
+        let vip80 = SocketAddrV4::new(VIP, 80);
+        let syn = Frame::tcp(CLIENT, vip80, TCP_SYN);
+        let (action, _, _) = fx.h.run(&syn.build());
+        assert!(action == XDP_TX || action == XDP_REDIRECT);
+        let key = FlowKey4::new(CLIENT, vip80, proto::TCP);
+        let e = fx.h.flow(&key).expect("the SYN is tracked");
+        assert_eq!(
+            e.created_s, e.seen_s,
+            "a new entry is made and seen at once"
+        );
+        // Age it: made 100 s ago, last seen 5 s ago.
+        let now = coarse_now_s();
+        let mut old = e;
+        old.created_s = now - 100;
+        old.seen_s = now - 5;
+        fx.h.plant_flow(&key, &old);
+        let q = Query::Flows {
+            service: Some("203.0.113.10:80/tcp".parse().unwrap()),
+            backend: None,
+            client: None,
+            limit: None,
+        };
+        let Response::Flows { flows, .. } = fx.h.rec.handle(Request::Query(q)).response else {
+            panic!("no flows answer");
+        };
+        assert_eq!(flows.len(), 1, "{flows:?}");
+        // The clock may tick between planting and reading.
+        assert!((100..=101).contains(&flows[0].age_s), "{flows:?}");
+        assert!((5..=6).contains(&flows[0].idle_s), "{flows:?}");
+        // An ACK refreshes the last-seen time, not the age.
+        let (action, _, _) = fx.h.run(&Frame::tcp(CLIENT, vip80, TCP_ACK).build());
+        assert!(action == XDP_TX || action == XDP_REDIRECT);
+        let after = fx.h.flow(&key).unwrap();
+        assert_eq!(after.created_s, old.created_s, "{after:?}");
+        assert!(after.seen_s >= now, "{after:?}");
+        let t = explain(fx, CLIENT, "203.0.113.10:80/tcp")
+            .tracked
+            .expect("tracked");
+        assert!((100..=101).contains(&t.age_s) && t.idle_s <= 1, "{t:?}");
+    });
+}
