@@ -37,6 +37,18 @@ impl Netlink {
         ifindex: u32,
         netnsid: Option<i32>,
     ) -> Result<LinkFacts, NetlinkError> {
+        Ok(facts_of(&self.link(ifindex, netnsid)?))
+    }
+
+    /// `RTM_GETLINK` of one interface (in the namespace this one knows as `netnsid`, if set).
+    ///
+    /// # Errors
+    /// An exchange with the kernel fails, or the reply holds no link.
+    pub(super) fn link(
+        &mut self,
+        ifindex: u32,
+        netnsid: Option<i32>,
+    ) -> Result<LinkMessage, NetlinkError> {
         let request = Request::LinkGet(ifindex);
         let mut message = LinkMessage::default();
         message.header.index = ifindex;
@@ -55,11 +67,10 @@ impl Netlink {
                 }
             },
         )?;
-        let link = reply.ok_or(NetlinkError::Unexpected {
+        reply.ok_or(NetlinkError::Unexpected {
             request,
             reason: "no RTM_NEWLINK in reply",
-        })?;
-        Ok(facts_of(&link))
+        })
     }
 
     /// The id this namespace gives the namespace of the open file `fd` (`/run/netns/NAME`,

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST};
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
-    link::{LinkAttribute, LinkMessage},
+    link::LinkAttribute,
     neighbour::{
         NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
     },
@@ -145,26 +145,8 @@ impl Netlink {
     /// # Errors
     /// An exchange with the kernel fails ([`NetlinkError`]).
     pub fn link_mac(&mut self, ifindex: u32) -> Result<Option<[u8; 6]>, NetlinkError> {
-        let request = Request::LinkGet(ifindex);
-        let mut message = LinkMessage::default();
-        message.header.index = ifindex;
-
-        let mut reply = None;
-        self.exchange(
-            request,
-            RouteNetlinkMessage::GetLink(message),
-            NLM_F_REQUEST,
-            |message| {
-                if let RouteNetlinkMessage::NewLink(link) = message {
-                    reply.get_or_insert(link);
-                }
-            },
-        )?;
-        let link = reply.ok_or(NetlinkError::Unexpected {
-            request,
-            reason: "no RTM_NEWLINK in reply",
-        })?;
-        Ok(link
+        Ok(self
+            .link(ifindex, None)?
             .attributes
             .iter()
             .find_map(|attribute| match attribute {
