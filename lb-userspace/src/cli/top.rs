@@ -245,38 +245,35 @@ pub fn draw(f: &mut Frame<'_>, r: &Rates) {
     );
     let [drops, lost] =
         Layout::horizontal([Constraint::Percentage(60), Constraint::Percentage(40)]).areas(bottom);
-    let rows: Vec<Row> = if r.drops.is_empty() {
-        vec![Row::new(vec!["no drops".to_owned(), String::new()])]
-    } else {
-        r.drops
-            .iter()
-            .map(|(k, v)| Row::new(vec![k.clone(), format!("{v:.0}")]))
-            .collect()
-    };
     f.render_widget(
-        Table::new(rows, [Constraint::Min(24), Constraint::Length(10)])
-            .header(Row::new(["DROP REASON", "PER S"]).style(bold))
-            .block(Block::default().borders(Borders::ALL).title(" drops ")),
+        rates_table(" drops ", "DROP REASON", "PER S", &r.drops, "no drops"),
         drops,
     );
-    let rows: Vec<Row> = if r.lost.is_empty() {
-        vec![Row::new(vec!["none lost".to_owned(), String::new()])]
+    f.render_widget(
+        rates_table(" lost frames ", "INTERFACE", "LOST/S", &r.lost, "none lost"),
+        lost,
+    );
+}
+
+/// A two-column table of names and rates, saying `empty` when there is none.
+fn rates_table<'a>(
+    title: &'a str,
+    name: &'a str,
+    unit: &'a str,
+    rows: &[(String, f64)],
+    empty: &'a str,
+) -> Table<'a> {
+    let bold = Style::default().add_modifier(Modifier::BOLD);
+    let rows: Vec<Row> = if rows.is_empty() {
+        vec![Row::new(vec![empty.to_owned(), String::new()])]
     } else {
-        r.lost
-            .iter()
+        rows.iter()
             .map(|(k, v)| Row::new(vec![k.clone(), format!("{v:.0}")]))
             .collect()
     };
-    f.render_widget(
-        Table::new(rows, [Constraint::Min(12), Constraint::Length(10)])
-            .header(Row::new(["INTERFACE", "LOST/S"]).style(bold))
-            .block(
-                Block::default()
-                    .borders(Borders::ALL)
-                    .title(" lost frames "),
-            ),
-        lost,
-    );
+    Table::new(rows, [Constraint::Min(12), Constraint::Length(10)])
+        .header(Row::new([name, unit]).style(bold))
+        .block(Block::default().borders(Borders::ALL).title(title))
 }
 
 async fn fetch(socket: &Path) -> anyhow::Result<Snapshot> {
