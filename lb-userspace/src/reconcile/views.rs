@@ -142,7 +142,7 @@ impl FlowQuery {
     /// The flows the query selects, from a walk of `r`'s conntrack, at most `limit`, and how
     /// many matched.
     fn run(&self, r: &dyn MapReader) -> Result<(Vec<FlowView>, u64), MapOpError> {
-        use lb_common::{flow::proto, maps::CONN_HAIRPIN};
+        use lb_common::flow::proto;
         let now = crate::dataplane::sweep::monotonic_s();
         let mut flows = Vec::new();
         let mut matched = 0u64;
@@ -157,22 +157,15 @@ impl FlowQuery {
             let port = |p: [u8; 2]| u16::from_be_bytes(p);
             let ip = |a: [u8; 4]| std::net::Ipv4Addr::from(a);
             let proto_name = if k.proto == proto::TCP { "tcp" } else { "udp" };
+            let t = tracked(k, e, &self.backend_names, now);
             flows.push(FlowView {
                 client: format!("{}:{}", ip(k.src), port(k.sport)),
                 service: format!("{}:{}/{proto_name}", ip(k.dst), port(k.dport)),
-                backend: self
-                    .backend_names
-                    .get(&e.backend)
-                    .cloned()
-                    .unwrap_or_else(|| format!("backend id {} (gone)", e.backend)),
-                state: if k.proto == proto::TCP {
-                    tcp_state(e.tcp).to_owned()
-                } else {
-                    "udp".to_owned()
-                },
-                idle_s: since(now, e.seen_s),
-                age_s: since(now, e.created_s),
-                hairpin: e.kind == CONN_HAIRPIN,
+                backend: t.backend,
+                state: t.state,
+                idle_s: t.idle_s,
+                age_s: t.age_s,
+                hairpin: t.hairpin,
             });
         })?;
         Ok((flows, matched))
@@ -269,26 +262,38 @@ impl Pending {
                 Response::Flows { flows, matched }
             }
             Self::Explain(mut v, k, names) => {
+                let now = crate::dataplane::sweep::monotonic_s();
                 v.tracked = r
                     .flow(&k)?
                     .filter(ConnEntry4::is_forward)
-                    .map(|e| TrackedView {
-                        backend: names
-                            .get(&e.backend)
-                            .cloned()
-                            .unwrap_or_else(|| format!("backend id {} (gone)", e.backend)),
-                        state: if k.proto == lb_common::flow::proto::TCP {
-                            tcp_state(e.tcp).to_owned()
-                        } else {
-                            "udp".to_owned()
-                        },
-                        idle_s: since(crate::dataplane::sweep::monotonic_s(), e.seen_s),
-                        age_s: since(crate::dataplane::sweep::monotonic_s(), e.created_s),
-                        hairpin: e.kind == lb_common::maps::CONN_HAIRPIN,
-                    });
+                    .map(|e| tracked(&k, &e, &names, now));
                 Response::Explain(v)
             }
         })
+    }
+}
+
+/// A tracked flow's entry as `lb flows` and `lb explain` show it: its backend by address (or
+/// by id, once gone), TCP state, idle time, age, and whether it is a hairpin flow.
+fn tracked(
+    k: &FlowKey4,
+    e: &ConnEntry4,
+    names: &HashMap<BackendId, String>,
+    now: u32,
+) -> TrackedView {
+    TrackedView {
+        backend: names
+            .get(&e.backend)
+            .cloned()
+            .unwrap_or_else(|| format!("backend id {} (gone)", e.backend)),
+        state: if k.proto == lb_common::flow::proto::TCP {
+            tcp_state(e.tcp).to_owned()
+        } else {
+            "udp".to_owned()
+        },
+        idle_s: since(now, e.seen_s),
+        age_s: since(now, e.created_s),
+        hairpin: e.kind == lb_common::maps::CONN_HAIRPIN,
     }
 }
 
