@@ -28,6 +28,12 @@ pub const DEFAULT_NEW_FLOW_RATE: u64 = 125_000;
 pub const MAX_PIPS: u32 = 16_384;
 /// Capacity of `LB_LOCAL4`, the LB host's own IPv4 addresses.
 pub const MAX_LOCALS: u32 = 4_096;
+/// Capacity of `LB_OUTBOUND4`: backends covered by outbound rules.
+pub const MAX_OUTBOUND_BACKENDS: u32 = 16_384;
+/// Capacity of `LB_OUT_INSIDE4`: every rule's inside prefixes.
+pub const MAX_OUTBOUND_INSIDE: u32 = 4_096;
+/// Capacity of `LB_OUT_FRONTS4`: frontend addresses of outbound rules.
+pub const MAX_OUTBOUND_FRONTENDS: u32 = 1_024;
 /// Capacity of the ACL LPM trie (all endpoints' compiled entries, plus one set while it changes).
 pub const MAX_ACL_ENTRIES: u32 = 65_536;
 /// Number of slots in the verdict-reason counter array (room for future reasons).
@@ -66,8 +72,12 @@ pub mod map_names {
     pub const TRACE_RL: &str = "LB_TRACE_RL";
     pub const TRACE_LOST: &str = "LB_TRACE_LOST";
     pub const TRACE_TMP: &str = "LB_TRACE_TMP";
+    /// Outbound NAT (`crate::outbound`): covered backends, inside prefixes, frontends.
+    pub const OUTBOUND4: &str = "LB_OUTBOUND4";
+    pub const OUT_INSIDE4: &str = "LB_OUT_INSIDE4";
+    pub const OUT_FRONTS4: &str = "LB_OUT_FRONTS4";
     /// Every map, in the order the agent opens them.
-    pub const ALL: [&str; 26] = [
+    pub const ALL: [&str; 29] = [
         SERVICES4,
         VIPS4,
         BACKENDS4,
@@ -94,6 +104,9 @@ pub mod map_names {
         TRACE_RL,
         TRACE_LOST,
         TRACE_TMP,
+        OUTBOUND4,
+        OUT_INSIDE4,
+        OUT_FRONTS4,
     ];
 }
 
@@ -120,7 +133,7 @@ pub const fn map_layout_version() -> u64 {
         }
         h
     }
-    let parts: [u64; 28] = [
+    let parts: [u64; 34] = [
         MAP_LAYOUT_REVISION,
         map_names::ALL.len() as u64,
         size_of::<maps::ServiceKey4>() as u64,
@@ -149,6 +162,12 @@ pub const fn map_layout_version() -> u64 {
         size_of::<crate::trace::TraceConfig>() as u64,
         size_of::<crate::trace::TraceEvent>() as u64,
         crate::trace::RING_BYTES as u64,
+        size_of::<crate::outbound::OutboundEntry4>() as u64,
+        size_of::<crate::outbound::OutFront4>() as u64,
+        MAX_OUTBOUND_BACKENDS as u64,
+        MAX_OUTBOUND_INSIDE as u64,
+        MAX_OUTBOUND_FRONTENDS as u64,
+        PROG_SLOTS as u64,
     ];
     let mut h = 0xcbf2_9ce4_8422_2325;
     let mut i = 0;
@@ -192,3 +211,9 @@ pub const PROGRAM_NAME: &str = "lb_xdp";
 pub const HAIRPIN_PROGRAM_NAME: &str = "lb_hairpin";
 /// `LB_PROGS` slot of the hairpin program.
 pub const PROG_HAIRPIN: u32 = 0;
+/// Name of the outbound-NAT XDP program, entered from [`PROGRAM_NAME`] by tail call.
+pub const OUTBOUND_PROGRAM_NAME: &str = "lb_outbound";
+/// `LB_PROGS` slot of the outbound program.
+pub const PROG_OUTBOUND: u32 = 1;
+/// Slots of `LB_PROGS`.
+pub const PROG_SLOTS: u32 = 2;

@@ -18,6 +18,7 @@ pub mod hdr;
 pub mod health;
 pub mod maglev;
 pub mod maps;
+pub mod outbound;
 pub mod trace;
 pub mod verdict;
 pub mod xmit;

@@ -256,6 +256,13 @@ pub const CONN_HAIRPIN: u8 = 3;
 /// source becomes the VIP with port `vport`, the destination the connecting backend `addr:port`,
 /// sent through backend `peer`'s next hop.
 pub const CONN_HAIRPIN_REV: u8 = 4;
+/// Conntrack entry kind: a covered backend's outbound flow (key: backend → remote, as it
+/// arrives). The source becomes the frontend `addr` with port `port`; `service` is
+/// `outbound::OUT_SERVICE_FLAG | rule`, and the flow's TCP state is kept here.
+pub const CONN_OUTBOUND: u8 = 5;
+/// Conntrack entry kind: an outbound flow returning (key: remote → frontend:port). The
+/// destination becomes the backend `addr:port`, sent through its `LB_OUTBOUND4` next hop.
+pub const CONN_OUTBOUND_REV: u8 = 6;
 
 /// First SNAT source port of hairpin flows: the IANA dynamic range 49152..=65535.
 pub const HAIRPIN_PORT_BASE: u16 = 49_152;

@@ -73,10 +73,24 @@ pub enum Reason {
     /// reply (the flow names another backend, closed a while ago, or the client reused its port
     /// to reach the backend directly): passed to the kernel untranslated.
     PassNotReply = 29,
+    /// A covered backend's outbound flow to an address outside its rule's inside prefixes:
+    /// source translated to the frontend address and a port of the backend's block, sent.
+    Outbound = 30,
+    /// A packet of an outbound flow returning to frontend:port: destination translated back
+    /// to the backend, sent.
+    OutboundReturn = 31,
+    /// A new outbound flow for which no port of its backend's block was free (towards that
+    /// destination): port exhaustion.
+    DropSnatExhausted = 32,
+    /// A covered backend's packet to one of its rule's inside prefixes: it keeps the backend's
+    /// own address, so it is the kernel's to route.
+    PassOutboundInside = 33,
+    /// An outbound flow, but the outbound program is not installed (the tail call failed).
+    DropOutboundUnavailable = 34,
 }
 
 /// Every reason, in number order.
-pub const ALL_REASONS: [Reason; 30] = [
+pub const ALL_REASONS: [Reason; 35] = [
     Reason::Forward,
     Reason::Reply,
     Reason::ForwardFib,
@@ -107,6 +121,11 @@ pub const ALL_REASONS: [Reason; 30] = [
     Reason::DropHairpinUnavailable,
     Reason::DropTcpFlags,
     Reason::PassNotReply,
+    Reason::Outbound,
+    Reason::OutboundReturn,
+    Reason::DropSnatExhausted,
+    Reason::PassOutboundInside,
+    Reason::DropOutboundUnavailable,
 ];
 const _: () = assert!((ALL_REASONS.len() as u32) <= crate::consts::REASON_SLOTS);
 
@@ -145,6 +164,11 @@ impl Reason {
             Self::DropHairpinUnavailable => "drop_hairpin_unavailable",
             Self::DropTcpFlags => "drop_tcp_flags",
             Self::PassNotReply => "pass_not_reply",
+            Self::Outbound => "outbound",
+            Self::OutboundReturn => "outbound_return",
+            Self::DropSnatExhausted => "drop_snat_exhausted",
+            Self::PassOutboundInside => "pass_outbound_inside",
+            Self::DropOutboundUnavailable => "drop_outbound_unavailable",
         }
     }
 
@@ -161,6 +185,9 @@ impl Reason {
                 | Self::PassNotOurs
                 | Self::PassShort
                 | Self::PassNotReply
+                | Self::PassOutboundInside
+                | Self::Outbound
+                | Self::OutboundReturn
                 | Self::PipIn
                 | Self::PipOut
                 | Self::EchoReply
@@ -223,6 +250,8 @@ reason_class!(
         HairpinNoPort => DropHairpinNoPort,
         HairpinUnavailable => DropHairpinUnavailable,
         TcpFlags => DropTcpFlags,
+        SnatExhausted => DropSnatExhausted,
+        OutboundUnavailable => DropOutboundUnavailable,
     }
 );
 
@@ -235,6 +264,7 @@ reason_class!(
         NotOurs => PassNotOurs,
         Short => PassShort,
         NotReply => PassNotReply,
+        OutboundInside => PassOutboundInside,
     }
 );
 
@@ -251,6 +281,8 @@ reason_class!(
         IcmpToClient => IcmpToClient,
         HairpinSnat => HairpinSnat,
         HairpinReply => HairpinReply,
+        Outbound => Outbound,
+        OutboundReturn => OutboundReturn,
     }
 );
 

@@ -6,7 +6,8 @@
 //! * not TCP/UDP (or not balanceable): an ICMP error about a tracked flow, from a backend's
 //!   side (before a PIP: conntrack is about TCP/UDP flows, and the error belongs to one);
 //! * then for both: a PIP (every protocol; after VIP flows, since a DIP can also be a VIP's
-//!   backend), then an HA-ports VIP's catch-all (TCP/UDP to a port no exact service has),
+//!   backend), then outbound NAT (a covered backend's flow out, or one returning to a
+//!   frontend address), then an HA-ports VIP's catch-all (TCP/UDP to a port no exact service has),
 //!   then anything else to a VIP (ICMP to it, or a counted drop), else not ours.
 //!
 //! A TCP/UDP packet first meets the "maybe ours" filter (`LB_OURS4`): only a destination whose
@@ -24,6 +25,7 @@ use crate::{
     conntrack::{self, FromBackend, Reply},
     icmp,
     maps::LB_OURS4,
+    outbound,
     parse::Packet,
     pip, select,
 };
@@ -47,6 +49,9 @@ pub enum Class {
     IcmpFromBackend(Reply),
     /// To or from an instance-level public IP (`true`: to it).
     Pip(PipEntry4, bool),
+    /// A covered backend's flow to outside its rule's inside prefixes, or a packet to a
+    /// frontend address of an outbound rule (the outbound program translates both).
+    Outbound,
     /// ICMP to a VIP: an echo request or an error.
     IcmpToVip(VipInfo),
     /// To a VIP, but nothing there serves it.
@@ -89,6 +94,24 @@ pub fn classify(ctx: &aya_ebpf::programs::XdpContext, pkt: &Packet) -> Class {
     };
     if let Some((e, inbound)) = pip::lookup(pkt, to_us, from_us) {
         return Class::Pip(e, inbound);
+    }
+    // Outbound NAT, after PIPs (an instance with a PIP leaves through it, as in the reference)
+    // and before the VIP's catch-alls (a frontend's blocks hold no service port). The inside
+    // check is here, so that traffic to the inside pays no tail call.
+    // A packet its flow refused as a reply (`NotReply`) stays the kernel's: it answers a
+    // connection that did not go through us, and must not leave as an outbound flow.
+    if let Some((flow, _)) = pkt.flow()
+        && not_ours == PassReason::NotOurs
+    {
+        if from_us && let Some(e) = outbound::entry(flow.src).filter(|e| e.covers(flow.proto)) {
+            if outbound::inside(e.rule, flow.dst) {
+                return Class::NotOurs(PassReason::OutboundInside);
+            }
+            return Class::Outbound;
+        }
+        if to_us && outbound::is_frontend(flow.dst) {
+            return Class::Outbound;
+        }
     }
     // Only a destination that may be ours can be a VIP: no lookup for the rest.
     let Some(vip) = to_us.then(|| select::vip(dst)).flatten() else {

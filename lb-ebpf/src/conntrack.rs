@@ -12,8 +12,8 @@ use lb_common::{
     conn,
     flow::{FlowKey4, proto},
     maps::{
-        BackendId, CONN_HAIRPIN_REV, CONN_REVERSE, ConnEntry4, REV_F_SHARED, REV_F_STATELESS,
-        RevKey4, RevService4,
+        BackendId, CONN_HAIRPIN_REV, CONN_OUTBOUND, CONN_REVERSE, ConnEntry4, REV_F_SHARED,
+        REV_F_STATELESS, RevKey4, RevService4,
     },
 };
 
@@ -170,6 +170,38 @@ pub fn refresh(key: &FlowKey4, ct: &ConnEntry4) {
     {
         // SAFETY: a value pointer from the lookup above, used at once.
         unsafe { (*e).seen_s = now };
+    }
+}
+
+/// Whether a packet returning to frontend `front`:port of an outbound flow whose forward
+/// key is `fwd` is translated: the forward entry exists, is that flow's (names this frontend
+/// port), still translates, and takes the packet's TCP flags (`flags`) as a reply; the new state
+/// and time are recorded on it. A SYN-ACK the backend's side never asked for is not
+/// translated, and, unlike a backend's reply, does not mark the flow stale: it comes from the
+/// outside, where anyone who guessed the flow's endpoints could otherwise end it.
+#[inline(always)]
+pub fn outbound_return(fwd: &FlowKey4, front: ([u8; 4], [u8; 2]), flags: u8) -> bool {
+    let Some(e) = LB_CONNTRACK4.get_ptr_mut(fwd) else {
+        return false;
+    };
+    let now = now_s();
+    // SAFETY: a value pointer from the lookup above, used within this run.
+    unsafe {
+        let ct = *e;
+        if ct.kind != CONN_OUTBOUND
+            || (ct.addr, ct.port) != front
+            || !translates(ct.tcp, ct.seen_s, now)
+        {
+            return false;
+        }
+        let f = if fwd.proto == proto::TCP { flags } else { 0 };
+        match conn::after_reply(ct.tcp, f) {
+            Ok(new) => {
+                touch(e, (ct.tcp, ct.seen_s), new, now);
+                true
+            }
+            Err(_) => false,
+        }
     }
 }
 

@@ -14,6 +14,7 @@ mod conntrack;
 mod hairpin;
 mod icmp;
 mod maps;
+mod outbound;
 mod parse;
 mod pip;
 mod policy;
@@ -51,8 +52,8 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
     let v = try_lb(&ctx);
     stats::count_reason(v.reason());
     let action = v.action();
-    // A hairpin flow left by tail call above and never comes back here: `lb_hairpin` traces
-    // it.
+    // A hairpin or outbound flow left by tail call above and never comes back here:
+    // `lb_hairpin` or `lb_outbound` traces it.
     if traced {
         trace::exit(&ctx, v.reason() as u32, action);
     }
@@ -69,6 +70,24 @@ pub fn lb_hairpin(ctx: XdpContext) -> u32 {
     // The packet is as it arrived: nothing is rewritten before the tail call.
     let traced = trace::enter(&ctx);
     let v = hairpin::run(&ctx);
+    stats::count_reason(v.reason());
+    let action = v.action();
+    if traced {
+        trace::exit(&ctx, v.reason() as u32, action);
+    }
+    action
+}
+
+/// Outbound NAT flows, entered from [`lb_xdp`] by tail call (see `outbound.rs`).
+#[xdp]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the #[xdp] entry point takes its context by value"
+)]
+pub fn lb_outbound(ctx: XdpContext) -> u32 {
+    // The packet is as it arrived: nothing is rewritten before the tail call.
+    let traced = trace::enter(&ctx);
+    let v = outbound::run(&ctx);
     stats::count_reason(v.reason());
     let action = v.action();
     if traced {
@@ -97,6 +116,7 @@ fn try_lb(ctx: &XdpContext) -> Verdict {
         Class::HairpinReply => hairpin::enter(ctx),
         Class::IcmpFromBackend(r) => icmp::error_from_backend(ctx, &pkt, &r),
         Class::Pip(e, inbound) => pip::nat(ctx, &pkt, &e, inbound),
+        Class::Outbound => outbound::enter(ctx),
         Class::IcmpToVip(vip) => icmp::to_vip(ctx, &pkt, &vip),
         Class::Unservable(r) => Verdict::Drop(r),
         Class::NotOurs(r) => Verdict::Pass(r),

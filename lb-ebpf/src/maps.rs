@@ -12,13 +12,15 @@ use aya_ebpf::{
 use lb_common::{
     consts::{
         DEFAULT_CONNTRACK_ENTRIES, DEFAULT_RING_SLOTS, MAX_ACL_ENTRIES, MAX_BACKENDS, MAX_LOCALS,
-        MAX_PIPS, MAX_ROUTES, MAX_SERVICES, REASON_SLOTS,
+        MAX_OUTBOUND_BACKENDS, MAX_OUTBOUND_FRONTENDS, MAX_OUTBOUND_INSIDE, MAX_PIPS, MAX_ROUTES,
+        MAX_SERVICES, PROG_SLOTS, REASON_SLOTS,
     },
     flow::FlowKey4,
     maps::{
         AclKey4, AclValue, Backend4, BackendId, ConnEntry4, Counters, NextHop, OURS_WORDS,
         PipEntry4, RateState, RevKey4, RevService4, RouteKey4, ServiceInfo, ServiceKey4, VipInfo,
     },
+    outbound::{OutFront4, OutboundEntry4},
     trace::{RING_BYTES, TraceConfig},
     xmit::{MAX_IFACES, XmitFails},
 };
@@ -120,11 +122,12 @@ pub static LB_FLOW_RL: PerCpuArray<RateState> = PerCpuArray::pinned(1, 0);
 #[map(name = "LB_LAYOUT")]
 pub static LB_LAYOUT: Array<u64> = Array::pinned(1, 0);
 
-/// Tail-call targets: slot `PROG_HAIRPIN` holds the hairpin-SNAT program (`lb_hairpin`), which
-/// runs with its own stack frame. Pinned so that its entry survives the agent (the kernel clears
+/// Tail-call targets: slot `PROG_HAIRPIN` holds the hairpin-SNAT program (`lb_hairpin`),
+/// `PROG_OUTBOUND` the outbound-NAT program (`lb_outbound`); each runs with its own stack
+/// frame. Pinned so that its entry survives the agent (the kernel clears
 /// a program array's entries when its last user reference goes). Writer: agent.
 #[map(name = "LB_PROGS")]
-pub static LB_PROGS: ProgramArray = ProgramArray::pinned(1, 0);
+pub static LB_PROGS: ProgramArray = ProgramArray::pinned(PROG_SLOTS, 0);
 
 /// Served ifindex → frames lost after the program sent them (per CPU; `lb_common::xmit`).
 /// Writer: the tracepoint programs of `xmit.rs`; the agent creates one entry per interface it
@@ -152,3 +155,19 @@ pub static LB_TRACE_LOST: PerCpuArray<u64> = PerCpuArray::pinned(2, 0);
 /// The arriving 5-tuple of the packet being traced, per CPU (off the stack). Writer: fast path.
 #[map(name = "LB_TRACE_TMP")]
 pub static LB_TRACE_TMP: PerCpuArray<FlowKey4> = PerCpuArray::pinned(1, 0);
+
+/// Covered backend address → its outbound block, rule and next hop (`lb_common::outbound`).
+/// Writer: agent.
+#[map(name = "LB_OUTBOUND4")]
+pub static LB_OUTBOUND4: HashMap<[u8; 4], OutboundEntry4> =
+    HashMap::pinned(MAX_OUTBOUND_BACKENDS, 0);
+
+/// (rule id, destination prefix) → 1: the rules' inside prefixes, which outbound flows to are
+/// never translated. Writer: agent.
+#[map(name = "LB_OUT_INSIDE4")]
+pub static LB_OUT_INSIDE4: LpmTrie<AclKey4, u32> = LpmTrie::pinned(MAX_OUTBOUND_INSIDE, 0);
+
+/// Frontend address of an outbound rule → its rule: a packet to one that no service takes may
+/// be an outbound flow returning. Writer: agent.
+#[map(name = "LB_OUT_FRONTS4")]
+pub static LB_OUT_FRONTS4: HashMap<[u8; 4], OutFront4> = HashMap::pinned(MAX_OUTBOUND_FRONTENDS, 0);

@@ -10,6 +10,7 @@ pub mod error;
 pub mod link;
 pub mod metrics;
 pub mod netlink;
+pub mod outbound;
 pub mod peer;
 pub mod persist;
 pub mod probe;

@@ -266,7 +266,82 @@ pub fn render(status: &StatusView, stats: &StatsView) -> String {
     for (labels, b) in &backends {
         o.sample("lb_backend_flows", labels, b.flows);
     }
+    outbound(&mut o, status);
     o.0
+}
+
+/// A placed backend's labels, its view and its rule's block size.
+type Placed<'a> = (
+    Vec<(&'a str, &'a str)>,
+    &'a crate::api::OutboundBackendView,
+    u32,
+);
+/// One outbound family's value of a placed backend.
+type OutValue = fn(&crate::api::OutboundBackendView, u32) -> u64;
+
+/// The outbound rules' families: each placed backend's block size, ports in use, peak, flows,
+/// and the fraction of its block in use (what an exhaustion alert watches).
+fn outbound(o: &mut Out, status: &StatusView) {
+    let placed: Vec<Placed<'_>> = status
+        .outbound
+        .iter()
+        .flat_map(|r| {
+            r.backends.iter().filter_map(move |b| {
+                let f = b.frontend.as_deref()?;
+                Some((
+                    vec![
+                        ("rule", r.name.as_str()),
+                        ("backend", b.backend.as_str()),
+                        ("frontend", f),
+                    ],
+                    b,
+                    r.ports_per_backend,
+                ))
+            })
+        })
+        .collect();
+    let families: [(&str, &str, OutValue); 4] = [
+        (
+            "lb_outbound_ports",
+            "Ports of the backend's outbound block.",
+            |_, n| u64::from(n),
+        ),
+        (
+            "lb_outbound_ports_in_use",
+            "Distinct ports of the block the backend's tracked outbound flows hold (counted each flow sweep).",
+            |b, _| b.ports_in_use,
+        ),
+        (
+            "lb_outbound_ports_peak",
+            "The most ports of the block in use at once since the agent started.",
+            |b, _| b.peak,
+        ),
+        (
+            "lb_outbound_flows",
+            "Tracked outbound flows of the backend.",
+            |b, _| b.flows,
+        ),
+    ];
+    for (name, help, value) in families {
+        o.family(name, GAUGE, help);
+        for (labels, b, n) in &placed {
+            o.sample(name, labels, value(b, *n));
+        }
+    }
+    o.family(
+        "lb_outbound_port_use_ratio",
+        GAUGE,
+        "Fraction of the backend's outbound block in use: new flows are dropped (drop_snat_exhausted) as it nears 1.",
+    );
+    for (labels, b, n) in &placed {
+        #[expect(clippy::cast_precision_loss, reason = "a ratio")]
+        let r = if *n == 0 {
+            0.0
+        } else {
+            b.ports_in_use as f64 / f64::from(*n)
+        };
+        o.sample_f64("lb_outbound_port_use_ratio", labels, r);
+    }
 }
 
 const COUNTER: &str = "counter";
@@ -282,6 +357,16 @@ impl Out {
     }
 
     fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
+        self.labels(name, labels);
+        let _ = writeln!(self.0, " {value}");
+    }
+
+    fn sample_f64(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        self.labels(name, labels);
+        let _ = writeln!(self.0, " {value}");
+    }
+
+    fn labels(&mut self, name: &str, labels: &[(&str, &str)]) {
         self.0.push_str(name);
         for (i, (k, v)) in labels.iter().enumerate() {
             self.0.push(if i == 0 { '{' } else { ',' });
@@ -292,7 +377,6 @@ impl Out {
         if !labels.is_empty() {
             self.0.push('}');
         }
-        let _ = writeln!(self.0, " {value}");
     }
 
     /// The counters services and backends share: packets and bytes both ways, new flows.
@@ -588,6 +672,39 @@ mod tests {
                 service: svc.into(),
                 backends,
             }],
+            outbound: vec![crate::api::OutboundView {
+                name: "web".into(),
+                frontends: vec!["203.0.113.10".into()],
+                ports_per_backend: 64,
+                protocols: vec!["tcp".into()],
+                inside: Vec::new(),
+                idle_timeout_tcp: "4m".into(),
+                idle_timeout_udp: "60s".into(),
+                backends: vec![
+                    crate::api::OutboundBackendView {
+                        backend: "192.0.2.11".into(),
+                        frontend: Some("203.0.113.10".into()),
+                        first_port: 1024,
+                        last_port: 1087,
+                        ports_in_use: 16,
+                        flows: 20,
+                        peak: 32,
+                        via_pip: None,
+                    },
+                    // Not placed: no series.
+                    crate::api::OutboundBackendView {
+                        backend: "192.0.2.12".into(),
+                        frontend: None,
+                        first_port: 0,
+                        last_port: 0,
+                        ports_in_use: 0,
+                        flows: 0,
+                        peak: 0,
+                        via_pip: None,
+                    },
+                ],
+                held: Vec::new(),
+            }],
         };
         let stats = StatsView {
             reasons: BTreeMap::from([("forward".into(), 42), ("drop_ttl".into(), 0)]),
@@ -618,7 +735,8 @@ mod tests {
         )
     }
 
-    type Sample = (String, Vec<(String, String)>, u64);
+    /// Name, labels, value (every sample value parses as a float; counts are whole).
+    type Sample = (String, Vec<(String, String)>, f64);
 
     /// A strict reader of one sample line, `name{label="value",...} value`, undoing the escapes.
     fn parse_sample(line: &str) -> Option<Sample> {
@@ -725,7 +843,15 @@ mod tests {
             .filter(|(n, l, _)| n == name && l.iter().cloned().collect::<BTreeSet<_>>() == want)
             .collect();
         assert_eq!(found.len(), 1, "{name}{labels:?}: {found:?}");
-        found[0].2
+        let v = found[0].2;
+        assert!(v.fract() == 0.0 && v >= 0.0, "{name}: {v} is not a count");
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "checked whole and non-negative"
+        )]
+        let n = v as u64;
+        n
     }
 
     #[test]
@@ -808,8 +934,19 @@ mod tests {
                 );
             }
         }
+        let ob = [
+            ("rule", "web"),
+            ("backend", "192.0.2.11"),
+            ("frontend", "203.0.113.10"),
+        ];
+        assert_eq!(value(&s, "lb_outbound_ports", &ob), 64);
+        assert_eq!(value(&s, "lb_outbound_ports_in_use", &ob), 16);
+        assert_eq!(value(&s, "lb_outbound_ports_peak", &ob), 32);
+        assert_eq!(value(&s, "lb_outbound_flows", &ob), 20);
+        assert!(!text.contains("backend=\"192.0.2.12\",frontend"), "{text}");
         // The exact lines a reader of the README sees.
         for line in [
+            "lb_outbound_port_use_ratio{rule=\"web\",backend=\"192.0.2.11\",frontend=\"203.0.113.10\"} 0.25",
             "# TYPE lb_packets_total counter",
             "lb_packets_total{reason=\"forward\"} 42",
             "lb_backend_up{service=\"203.0.113.10:80/tcp\",backend=\"192.0.2.11:80\"} 1",

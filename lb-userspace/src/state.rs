@@ -26,6 +26,7 @@ use crate::{
         stateless_shared, table_too_small, vip_is_backend,
     },
     error::ChangeError,
+    outbound::{OutboundRule, check_all, check_rule},
     spec::{Admin, BackendSpec, Distribution, Replies, ServiceSpec, format_duration},
 };
 
@@ -35,6 +36,8 @@ pub struct State {
     pub services: BTreeMap<ServiceSpec, ServiceState>,
     /// Instance-level public IPs: PIP → instance address.
     pub pips: BTreeMap<IpAddr, IpAddr>,
+    /// Outbound rules by name.
+    pub outbound: BTreeMap<String, OutboundRule>,
 }
 
 /// A load-balanced service, or a port forward to one backend.
@@ -139,6 +142,12 @@ pub enum Command {
     PipDel {
         pip: IpAddr,
     },
+    OutboundAdd {
+        rule: OutboundRule,
+    },
+    OutboundDel {
+        name: String,
+    },
 }
 
 /// What a [`Command`] changed, with what the CLI needs to say so. Backends are named by their
@@ -198,6 +207,12 @@ pub enum Change {
         pip: IpAddr,
         dip: IpAddr,
     },
+    OutboundAdded {
+        name: String,
+    },
+    OutboundDeleted {
+        name: String,
+    },
     /// Two VIPs exchanged what was behind them: each service as (was, is now).
     VipsSwapped {
         a: IpAddr,
@@ -207,7 +222,7 @@ pub enum Change {
 }
 
 impl Change {
-    /// The service whose maps the change touches; `None` for a PIP change.
+    /// The service whose maps the change touches; `None` for a PIP or outbound change.
     #[must_use]
     pub const fn service(&self) -> Option<&ServiceSpec> {
         match self {
@@ -222,7 +237,11 @@ impl Change {
             | Self::ForwardDeleted { service }
             | Self::AclAdded { service, .. }
             | Self::AclDeleted { service, .. } => Some(service),
-            Self::PipAdded { .. } | Self::PipDeleted { .. } | Self::VipsSwapped { .. } => None,
+            Self::PipAdded { .. }
+            | Self::PipDeleted { .. }
+            | Self::OutboundAdded { .. }
+            | Self::OutboundDeleted { .. }
+            | Self::VipsSwapped { .. } => None,
         }
     }
 }
@@ -231,8 +250,28 @@ impl State {
     /// Applies one command, with every check it needs. On error the state is unchanged.
     ///
     /// # Errors
-    /// Invalid values, a service/backend/rule/PIP that does not exist, or one that exists.
+    /// Invalid values, a service/backend/rule/PIP that does not exist, or one that exists; or
+    /// a change the outbound rules cannot take (a backend covered twice, blocks that no longer
+    /// fit, a service a rule names removed).
     pub fn apply(&mut self, cmd: &Command) -> Result<Change, ChangeError> {
+        let before = (!self.outbound.is_empty()).then(|| self.clone());
+        let change = self.apply_one(cmd);
+        let checked = change.and_then(|c| {
+            if before.is_some() || matches!(c, Change::OutboundAdded { .. }) {
+                check_all(self).map_err(|e| ChangeError::Invalid(e.message))?;
+            }
+            Ok(c)
+        });
+        if checked.is_err()
+            && let Some(b) = before
+        {
+            *self = b;
+        }
+        checked
+    }
+
+    /// [`Self::apply`] without the outbound rules' check.
+    fn apply_one(&mut self, cmd: &Command) -> Result<Change, ChangeError> {
         Ok(match cmd.clone() {
             Command::VipAdd { service, settings } => {
                 self.add_service(service, settings)?;
@@ -315,6 +354,24 @@ impl State {
                 dip: self.del_pip(pip)?,
                 pip,
             },
+            Command::OutboundAdd { rule } => {
+                check_rule(&rule).map_err(ChangeError::Invalid)?;
+                if self.outbound.contains_key(&rule.name) {
+                    return Err(ChangeError::Conflict(format!(
+                        "outbound rule {}",
+                        rule.name
+                    )));
+                }
+                let name = rule.name.clone();
+                self.outbound.insert(name.clone(), rule);
+                Change::OutboundAdded { name }
+            }
+            Command::OutboundDel { name } => {
+                self.outbound
+                    .remove(&name)
+                    .ok_or_else(|| ChangeError::NotFound(format!("outbound rule {name}")))?;
+                Change::OutboundDeleted { name }
+            }
         })
     }
 
@@ -356,6 +413,11 @@ impl State {
         Self {
             services,
             pips: c.pips.iter().copied().collect(),
+            outbound: c
+                .outbound
+                .iter()
+                .map(|r| (r.name.clone(), r.clone()))
+                .collect(),
         }
     }
 
@@ -825,6 +887,18 @@ impl State {
                 out.push(format!("PIP {pip} added"));
             }
         }
+        for (name, r) in &self.outbound {
+            match next.outbound.get(name) {
+                None => out.push(format!("outbound rule {name} removed")),
+                Some(n) if n != r => out.push(format!("outbound rule {name} changed")),
+                Some(_) => {}
+            }
+        }
+        for name in next.outbound.keys() {
+            if !self.outbound.contains_key(name) {
+                out.push(format!("outbound rule {name} added"));
+            }
+        }
         out
     }
 
@@ -909,6 +983,17 @@ impl State {
             o.push_str("]\n");
             write_acl(&mut o, &svc.acl);
             o.push('\n');
+        }
+        if !self.outbound.is_empty() {
+            #[derive(serde::Serialize)]
+            struct Rules<'a> {
+                outbound: Vec<&'a OutboundRule>,
+            }
+            let rules = Rules {
+                outbound: self.outbound.values().collect(),
+            };
+            // Plain strings, numbers and lists: nothing TOML cannot represent.
+            o.push_str(&toml::to_string(&rules).expect("outbound rules serialize"));
         }
         o
     }

@@ -237,3 +237,21 @@ pub fn hex(b: &[u8]) -> String {
         .collect::<Vec<_>>()
         .join(" ")
 }
+
+/// The (source, destination) endpoints of an untagged Ethernet + IPv4 (no options) TCP or UDP
+/// frame, as the program sent it; `None` for anything else.
+#[must_use]
+pub fn endpoints(frame: &[u8]) -> Option<(SocketAddrV4, SocketAddrV4)> {
+    if frame.len() < 14 + 20 + 4 || frame[12..14] != [0x08, 0x00] || frame[14] != 0x45 {
+        return None;
+    }
+    if frame[23] != 6 && frame[23] != 17 {
+        return None;
+    }
+    let ip = |o: usize| Ipv4Addr::new(frame[o], frame[o + 1], frame[o + 2], frame[o + 3]);
+    let port = |o: usize| u16::from_be_bytes([frame[o], frame[o + 1]]);
+    Some((
+        SocketAddrV4::new(ip(26), port(34)),
+        SocketAddrV4::new(ip(30), port(36)),
+    ))
+}

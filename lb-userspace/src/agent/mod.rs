@@ -42,7 +42,7 @@ use crate::{
     config::Config,
     dataplane::{
         Dataplane, FlowPurge as _, LoadOptions, MapReader, SideMaps,
-        sweep::{AgentTimeouts, SweepCounters, SweepTotals},
+        sweep::{AgentTimeouts, OutboundUsage, OutboundUse, SweepCounters, SweepTotals},
         unpin_all, xdp_mode,
     },
     error::MapOpError,
@@ -84,6 +84,7 @@ fn load_config(path: Option<&PathBuf>) -> anyhow::Result<(Config, String)> {
             services: Vec::new(),
             forwards: Vec::new(),
             pips: Vec::new(),
+            outbound: Vec::new(),
         };
         return Ok((empty, persist::digest("")));
     };
@@ -226,9 +227,11 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         hash_seed: config.agent.hash_seed,
     };
     let sweep_counters = Arc::new(SweepCounters::default());
+    let usage = Arc::new(OutboundUsage::default());
     let reader = Reader {
         maps: SideMaps::open(&opts.pin_dir).context("opening the maps for readers")?,
         sweeps: sweep_counters.clone(),
+        usage: usage.clone(),
     };
     let sweep_maps = SideMaps::open(&opts.pin_dir).context("opening the maps for the sweeper")?;
     let mut purger = SideMaps::open(&opts.pin_dir).context("opening the maps for the purger")?;
@@ -249,6 +252,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         },
         policy: sweep_rx,
         counters: sweep_counters,
+        usage,
         events: events.downgrade(),
     };
     std::thread::Builder::new()
@@ -475,6 +479,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
 struct Reader {
     maps: SideMaps,
     sweeps: Arc<SweepCounters>,
+    usage: Arc<OutboundUsage>,
 }
 
 impl MapReader for Reader {
@@ -492,6 +497,9 @@ impl MapReader for Reader {
     }
     fn sweeps(&self) -> SweepTotals {
         self.sweeps.totals()
+    }
+    fn outbound_usage(&self) -> std::collections::BTreeMap<[u8; 4], OutboundUse> {
+        self.usage.get()
     }
     fn xmit_fails(&self) -> Result<Vec<(u32, lb_common::xmit::XmitFails)>, MapOpError> {
         self.maps.xmit_fails()

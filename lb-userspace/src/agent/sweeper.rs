@@ -14,19 +14,23 @@
 //! again just before its RSTs are sent, and spared if a packet refreshed it meanwhile.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use lb_common::{conn::Expiry, flow::FlowKey4, maps::ConnEntry4};
+use lb_common::{
+    conn::Expiry,
+    flow::FlowKey4,
+    maps::{CONN_OUTBOUND, CONN_OUTBOUND_REV, ConnEntry4},
+};
 use tokio::sync::watch;
 
 use crate::{
     dataplane::{
         SideMaps,
-        sweep::{AgentTimeouts, Decision, Hold, SweepCounters, SweepPolicy},
+        sweep::{AgentTimeouts, Decision, Hold, OutboundUsage, SweepCounters, SweepPolicy},
     },
     error::MapOpError,
 };
@@ -41,6 +45,8 @@ pub struct Sweeper {
     /// flow is judged by timeouts its service does not have.
     pub policy: watch::Receiver<Option<Arc<SweepPolicy>>>,
     pub counters: Arc<SweepCounters>,
+    /// Where each pass leaves the covered backends' outbound use.
+    pub usage: Arc<OutboundUsage>,
     /// Where the holds a pass found no flow for are reported (a weak sender: the sweeper never
     /// keeps the writer's channel open).
     pub events: tokio::sync::mpsc::WeakSender<crate::reconcile::Event>,
@@ -83,11 +89,27 @@ impl Sweeper {
         let mut causes: Vec<Expiry> = Vec::new();
         let mut to_reset: Vec<(FlowKey4, ConnEntry4)> = Vec::new();
         let mut reverse: Vec<(FlowKey4, FlowKey4)> = Vec::new();
+        let mut named: Vec<(FlowKey4, FlowKey4, [u8; 4], [u8; 2])> = Vec::new();
         let mut needed = vec![false; p.holds.len()];
+        let mut out_needed = vec![false; p.out_holds.len()];
+        let mut usage: HashMap<[u8; 4], (u64, u64)> = HashMap::new();
+        let mut ports: HashSet<([u8; 4], [u8; 4], [u8; 2])> = HashSet::new();
         self.maps.walk_flow_batches(&mut |keys, values| {
             for (k, e) in keys.iter().zip(values) {
                 for (n, h) in needed.iter_mut().zip(&p.holds) {
                     *n |= h.needed_by(k, e);
+                }
+                for (n, h) in out_needed.iter_mut().zip(&p.out_holds) {
+                    *n |= h.needed_by(e);
+                }
+                // A returning entry is one outbound flow of backend `e.addr`, holding port
+                // `k.dport` of frontend `k.dst` (towards one remote endpoint).
+                if e.kind == CONN_OUTBOUND_REV {
+                    let u = usage.entry(e.addr).or_default();
+                    u.0 += 1;
+                    if ports.insert((e.addr, k.dst, k.dport)) {
+                        u.1 += 1;
+                    }
                 }
                 match p.decide(timeouts, k, e, now) {
                     Decision::Keep => {}
@@ -97,6 +119,7 @@ impl Sweeper {
                         causes.push(cause);
                     }
                     Decision::UnlessForward(f) => reverse.push((*k, f)),
+                    Decision::UnlessForwardNames(f, a, port) => named.push((*k, f, a, port)),
                 }
             }
         })?;
@@ -126,7 +149,18 @@ impl Sweeper {
                 doomed.push(k);
             }
         }
+        for (k, f, a, port) in named {
+            let keep = !gone.contains(&f)
+                && self
+                    .maps
+                    .flow(&f)?
+                    .is_some_and(|e| e.kind == CONN_OUTBOUND && (e.addr, e.port) == (a, port));
+            if !keep {
+                doomed.push(k);
+            }
+        }
         self.maps.delete_flows(&doomed)?;
+        self.usage.record(&usage);
         for c in causes {
             self.counters.expired(c, 1);
         }
@@ -142,6 +176,18 @@ impl Sweeper {
             && let Some(tx) = self.events.upgrade()
         {
             let _ = tx.blocking_send(crate::reconcile::Event::HoldsReleased(released));
+        }
+        let out_released: Vec<_> = p
+            .out_holds
+            .iter()
+            .zip(&out_needed)
+            .filter(|(_, n)| !**n)
+            .map(|(h, _)| h.clone())
+            .collect();
+        if !out_released.is_empty()
+            && let Some(tx) = self.events.upgrade()
+        {
+            let _ = tx.blocking_send(crate::reconcile::Event::OutboundReleased(out_released));
         }
         Ok(())
     }

@@ -80,6 +80,7 @@ pub enum Query {
         service: ServiceSpec,
     },
     PipList,
+    OutboundList,
     Status,
     Stats,
     /// Tracked flows, selected by service, backend address and client prefix (each
@@ -124,6 +125,9 @@ pub enum Response {
     Acl(AclView),
     Pips {
         pips: Vec<PipView>,
+    },
+    Outbound {
+        rules: Vec<OutboundView>,
     },
     /// Tracked flows: those shown (at most the limit asked for) and how many matched.
     Flows {

@@ -14,6 +14,39 @@ pub struct PipView {
     pub next_hop: Option<NextHopView>,
 }
 
+/// An outbound rule, its covered backends' blocks and use.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboundView {
+    pub name: String,
+    pub frontends: Vec<String>,
+    pub ports_per_backend: u32,
+    pub protocols: Vec<String>,
+    pub inside: Vec<String>,
+    /// The rule's idle timeouts, TCP and UDP (`4m`, `60s`).
+    pub idle_timeout_tcp: String,
+    pub idle_timeout_udp: String,
+    pub backends: Vec<OutboundBackendView>,
+    /// Blocks of backends that left, held until their flows are gone (`ADDR:FIRST-LAST`).
+    pub held: Vec<String>,
+}
+
+/// One covered backend: its block and what it uses of it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboundBackendView {
+    pub backend: String,
+    /// `None`: not in the maps (yet).
+    pub frontend: Option<String>,
+    pub first_port: u16,
+    pub last_port: u16,
+    /// Distinct ports its tracked flows hold, the flows, and the most ports held at once since
+    /// the agent started (as the flow sweeper counts them, once a second).
+    pub ports_in_use: u64,
+    pub flows: u64,
+    pub peak: u64,
+    /// The backend has a PIP: it leaves through it, not through this rule.
+    pub via_pip: Option<String>,
+}
+
 /// An endpoint's ACL: its rules in order, the verdict for sources no rule matches, and how
 /// many LPM entries the rules compiled to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -193,6 +226,9 @@ pub struct StatusView {
     #[serde(default)]
     pub trace: String,
     pub vips: Vec<ServiceStatus>,
+    /// Outbound rules, with each backend's block and use.
+    #[serde(default)]
+    pub outbound: Vec<OutboundView>,
 }
 
 /// `lb explain`: how a new flow would be handled, step by step, from the maps' own entries.

@@ -75,6 +75,10 @@ pub enum CliCommand {
     /// Instance-level public IPs: every protocol and port to one instance, no balancing.
     #[command(subcommand)]
     Pip(PipCmd),
+    /// Outbound rules: backends' own connections to the outside leave with a frontend address
+    /// and a port of their block; the inside keeps their own addresses.
+    #[command(subcommand)]
+    Outbound(OutboundCmd),
     /// Agent state, services, backends with next hops and table shares.
     Status,
     /// Counters: per verdict reason and per service.
@@ -496,6 +500,76 @@ pub enum PipCmd {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum OutboundCmd {
+    /// Add a rule: `lb outbound add web --frontend 203.0.113.10 --service 203.0.113.10:80/tcp
+    /// --ports-per-backend 1024 --inside 192.0.2.0/24`.
+    Add(OutboundAddArgs),
+    /// Remove a rule: its backends' new flows keep their own addresses.
+    Del { name: String },
+    /// Rules, each covered backend's block, ports in use and the peak.
+    List,
+}
+
+#[derive(Debug, Args)]
+pub struct OutboundAddArgs {
+    /// The rule's name.
+    pub name: String,
+    /// A frontend address (repeat for more; blocks are cut from the first ones first).
+    #[arg(long = "frontend", required = true, value_name = "ADDR")]
+    pub frontends: Vec<std::net::IpAddr>,
+    /// Cover the backends of this service (repeatable).
+    #[arg(long = "service", value_name = "VIP:PORT/PROTO")]
+    pub services: Vec<ServiceSpec>,
+    /// Cover this backend address (repeatable).
+    #[arg(long = "backend", value_name = "ADDR")]
+    pub backends: Vec<std::net::IpAddr>,
+    /// Ports each backend gets, a multiple of 8.
+    #[arg(long)]
+    pub ports_per_backend: u32,
+    /// A destination prefix that is never translated (repeatable).
+    #[arg(long = "inside", value_name = "PREFIX")]
+    pub inside: Vec<String>,
+    /// Protocols translated.
+    #[arg(long, value_delimiter = ',', default_value = "tcp,udp")]
+    pub protocols: Vec<String>,
+    /// Idle timeout of the rule's flows, whole seconds from 2s to 120m [default: 4m for TCP,
+    /// 60s for UDP].
+    #[arg(long, value_name = "DURATION")]
+    pub idle_timeout: Option<String>,
+}
+
+impl OutboundAddArgs {
+    /// The rule, checked as the config file's is.
+    ///
+    /// # Errors
+    /// A value that does not parse or does not fit, naming the flag or field.
+    pub fn rule(&self) -> Result<crate::outbound::OutboundRule, String> {
+        let inside = self
+            .inside
+            .iter()
+            .map(|p| parse_prefix(p).map_err(|e| format!("--inside: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let idle_timeout = self
+            .idle_timeout
+            .as_deref()
+            .map(|d| parse_duration(d).map_err(|e| format!("--idle-timeout: {e}")))
+            .transpose()?;
+        let r = crate::outbound::OutboundRule {
+            name: self.name.clone(),
+            frontends: self.frontends.clone(),
+            services: self.services.clone(),
+            backends: self.backends.clone(),
+            ports_per_backend: self.ports_per_backend,
+            inside,
+            protocols: self.protocols.clone(),
+            idle_timeout,
+        };
+        crate::outbound::check_rule(&r)?;
+        Ok(r)
+    }
+}
+
+#[derive(Debug, Subcommand)]
 pub enum AclCmd {
     /// Add a rule: `lb acl add 203.0.113.10:80/tcp --order 100 --permit 198.51.100.0/26`.
     Add {
@@ -779,6 +853,11 @@ pub fn request(cmd: &CliCommand) -> Result<Option<Request>, String> {
         },
         CliCommand::Pip(PipCmd::Del { pip }) => Command::PipDel { pip: *pip },
         CliCommand::Pip(PipCmd::List) => return Ok(query(Query::PipList)),
+        CliCommand::Outbound(OutboundCmd::Add(a)) => Command::OutboundAdd { rule: a.rule()? },
+        CliCommand::Outbound(OutboundCmd::Del { name }) => {
+            Command::OutboundDel { name: name.clone() }
+        }
+        CliCommand::Outbound(OutboundCmd::List) => return Ok(query(Query::OutboundList)),
         CliCommand::Status => return Ok(query(Query::Status)),
         CliCommand::Stats => return Ok(query(Query::Stats)),
         CliCommand::Reload => return Ok(Some(Request::Reload)),

@@ -34,6 +34,56 @@ pub fn render(resp: &Response, format: Format) -> Result<String, (ErrorKind, Str
                 let _ = writeln!(o, "{:<18} {:<18} {nh}", p.pip, p.dip);
             }
         }
+        Response::Outbound { rules } => {
+            for r in rules {
+                let _ = writeln!(
+                    o,
+                    "{}  frontends {}  {} ports per backend  {}  inside {}  idle {} (tcp) {} (udp)",
+                    r.name,
+                    r.frontends.join(","),
+                    r.ports_per_backend,
+                    r.protocols.join(","),
+                    if r.inside.is_empty() {
+                        "-".into()
+                    } else {
+                        r.inside.join(",")
+                    },
+                    r.idle_timeout_tcp,
+                    r.idle_timeout_udp,
+                );
+                let _ = writeln!(
+                    o,
+                    "  {:<16} {:<22} {:>8} {:>6} {:>8} {:>6}  NOTE",
+                    "BACKEND", "BLOCK", "IN USE", "USED", "FLOWS", "PEAK"
+                );
+                for b in &r.backends {
+                    let block = b.frontend.as_ref().map_or_else(
+                        || "not placed yet".to_owned(),
+                        |f| format!("{f}:{}-{}", b.first_port, b.last_port),
+                    );
+                    let note = b
+                        .via_pip
+                        .as_ref()
+                        .map_or(String::new(), |p| format!("leaves through its PIP {p}"));
+                    let _ = writeln!(
+                        o,
+                        "  {:<16} {:<22} {:>8} {:>5.0}% {:>8} {:>6}  {note}",
+                        b.backend,
+                        block,
+                        b.ports_in_use,
+                        percent(b.ports_in_use, r.ports_per_backend),
+                        b.flows,
+                        b.peak
+                    );
+                }
+                for h in &r.held {
+                    let _ = writeln!(
+                        o,
+                        "  held {h} (its backend left; freed once its flows are gone)"
+                    );
+                }
+            }
+        }
         Response::Acl(a) => {
             let _ = writeln!(
                 o,
@@ -398,6 +448,12 @@ fn confirmation(c: &Change) -> String {
         }
         Change::ForwardAdded { service, to } => format!("added forward {service} → {to}"),
         Change::ForwardDeleted { service } => format!("deleted forward {service}"),
+        Change::OutboundAdded { name } => format!("added outbound rule {name}"),
+        Change::OutboundDeleted { name } => {
+            format!(
+                "deleted outbound rule {name}: its backends' new flows keep their own addresses"
+            )
+        }
         Change::AclAdded { service, rule } => format!(
             "added ACL rule --order {} ({} {}/{}) to {service}",
             rule.order,
@@ -418,6 +474,16 @@ fn confirmation(c: &Change) -> String {
             o
         }
     }
+}
+
+/// `used` of `of` as a percentage, for display.
+fn percent(used: u64, of: u32) -> f64 {
+    if of == 0 {
+        return 0.0;
+    }
+    #[expect(clippy::cast_precision_loss, reason = "a percentage for display")]
+    let p = used as f64 * 100.0 / f64::from(of);
+    p
 }
 
 #[cfg(test)]

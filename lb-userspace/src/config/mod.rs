@@ -48,6 +48,8 @@ pub struct Config {
     pub forwards: Vec<ForwardConfig>,
     /// Instance-level public IPs: PIP → instance address.
     pub pips: Vec<(std::net::IpAddr, std::net::IpAddr)>,
+    /// Outbound rules (`crate::outbound`).
+    pub outbound: Vec<crate::outbound::OutboundRule>,
 }
 
 /// `lb config check FILE`: the file read and parsed as the agent does at start; a one-line

@@ -52,6 +52,8 @@ struct RawConfig {
     forward: Vec<Spanned<RawForward>>,
     #[serde(default)]
     pip: Vec<Spanned<RawPip>>,
+    #[serde(default)]
+    outbound: Vec<Spanned<crate::outbound::OutboundRule>>,
 }
 
 #[derive(Deserialize)]
@@ -484,12 +486,46 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
     }
     check_stateless(&raw_spans, &services, &forwards, &pips, &err)?;
     check_addresses(&addr_spans, &forward_spans, &services, &forwards, &err)?;
-    Ok(Config {
+    let mut outbound = Vec::with_capacity(raw.outbound.len());
+    let mut out_spans = Vec::with_capacity(raw.outbound.len());
+    for (i, r) in raw.outbound.into_iter().enumerate() {
+        let span = r.span();
+        let r = r.into_inner();
+        crate::outbound::check_rule(&r)
+            .map_err(|m| err(span.clone(), format!("outbound[{i}]"), m))?;
+        if outbound
+            .iter()
+            .any(|o: &crate::outbound::OutboundRule| o.name == r.name)
+        {
+            return Err(err(
+                span,
+                format!("outbound[{i}].name"),
+                format!("rule {} is defined twice", r.name),
+            ));
+        }
+        out_spans.push(span);
+        outbound.push(r);
+    }
+    let config = Config {
         agent,
         services,
         forwards,
         pips,
-    })
+        outbound,
+    };
+    if let Err(e) = crate::outbound::check_all(&crate::state::State::from_config(&config)) {
+        let i = config
+            .outbound
+            .iter()
+            .position(|r| r.name == e.rule)
+            .unwrap_or(0);
+        return Err(err(
+            out_spans.get(i).cloned().unwrap_or(0..0),
+            format!("outbound[{i}]"),
+            e.message,
+        ));
+    }
+    Ok(config)
 }
 
 type ErrAt<'a> = dyn Fn(Range<usize>, String, String) -> ConfigError + 'a;

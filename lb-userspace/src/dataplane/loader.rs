@@ -10,8 +10,8 @@ use aya::{
 };
 use lb_common::{
     consts::{
-        HAIRPIN_PROGRAM_NAME, PROG_HAIRPIN, PROGRAM_NAME, XMIT_PROGRAMS, global_names,
-        map_layout_version, map_names,
+        HAIRPIN_PROGRAM_NAME, OUTBOUND_PROGRAM_NAME, PROG_HAIRPIN, PROG_OUTBOUND, PROGRAM_NAME,
+        XMIT_PROGRAMS, global_names, map_layout_version, map_names,
     },
     xmit::XmitFails,
 };
@@ -109,7 +109,7 @@ impl Dataplane {
             .map_max_entries(map_names::CONNTRACK, opts.conntrack_flows)
             .map_max_entries(map_names::RING, opts.ring_slots);
         let mut ebpf = loader.load(LB_OBJ)?;
-        for name in [PROGRAM_NAME, HAIRPIN_PROGRAM_NAME] {
+        for name in [PROGRAM_NAME, HAIRPIN_PROGRAM_NAME, OUTBOUND_PROGRAM_NAME] {
             program_mut(&mut ebpf, name)?
                 .load()
                 .map_err(|source| LoadError::Program {
@@ -117,21 +117,24 @@ impl Dataplane {
                     source,
                 })?;
         }
-        // The tail-call slot of the hairpin program, replaced in place: a pinned array that a
-        // previous agent filled keeps working until this update.
+        // The tail-call slots (hairpin, outbound), each replaced in place: a pinned array that
+        // a previous agent filled keeps working until this update.
         let mut progs: ProgramArray<MapData> = take_map(&mut ebpf, map_names::PROGS)?;
-        let fd = program_mut(&mut ebpf, HAIRPIN_PROGRAM_NAME)?
-            .fd()
-            .map_err(|source| LoadError::Program {
-                what: HAIRPIN_PROGRAM_NAME.into(),
-                source,
-            })?;
-        progs
-            .set(PROG_HAIRPIN, fd, 0)
-            .map_err(|source| LoadError::Map {
+        for (slot, name) in [
+            (PROG_HAIRPIN, HAIRPIN_PROGRAM_NAME),
+            (PROG_OUTBOUND, OUTBOUND_PROGRAM_NAME),
+        ] {
+            let fd = program_mut(&mut ebpf, name)?
+                .fd()
+                .map_err(|source| LoadError::Program {
+                    what: name.into(),
+                    source,
+                })?;
+            progs.set(slot, fd, 0).map_err(|source| LoadError::Map {
                 name: map_names::PROGS,
                 source,
             })?;
+        }
         let mut layout: Array<MapData, u64> = take_map(&mut ebpf, map_names::LAYOUT)?;
         layout
             .set(0, map_layout_version(), 0)

@@ -23,6 +23,7 @@ use lb_common::{
         RevKey4, RevService4, RouteKey4, ServiceInfo, ServiceKey, ServiceKey4, VipInfo, VipKey,
         acl_key4,
     },
+    outbound::{OutFront4, OutboundEntry4},
     trace::TraceConfig,
     xmit::XmitFails,
 };
@@ -46,6 +47,9 @@ pub struct Maps {
     pub retired: Array<MapData, Counters>,
     pub locals: HashMap<MapData, [u8; 4], u32>,
     pub trace_cfg: Array<MapData, TraceConfig>,
+    pub outbound: HashMap<MapData, [u8; 4], OutboundEntry4>,
+    pub out_fronts: HashMap<MapData, [u8; 4], OutFront4>,
+    pub out_inside: LpmTrie<MapData, AclKey4, u32>,
     /// Conntrack and the counters, also reachable from the writer (adoption's flow purge at
     /// start, and tests that read counters through the reconciler's maps).
     pub side: SideMaps,
@@ -78,6 +82,9 @@ impl Maps {
             retired: take_map(ebpf, map_names::RETIRED_STATS)?,
             locals: take_map(ebpf, map_names::LOCALS)?,
             trace_cfg: take_map(ebpf, map_names::TRACE_CFG)?,
+            outbound: take_map(ebpf, map_names::OUTBOUND4)?,
+            out_fronts: take_map(ebpf, map_names::OUT_FRONTS4)?,
+            out_inside: take_map(ebpf, map_names::OUT_INSIDE4)?,
             side: SideMaps {
                 conntrack: take_map(ebpf, map_names::CONNTRACK)?,
                 reasons: take_map(ebpf, map_names::REASON_STATS)?,
@@ -604,6 +611,32 @@ impl MapOps for Maps {
         }
         Ok(())
     }
+    fn put_outbound(&mut self, dip: [u8; 4], e: &OutboundEntry4) -> Result<(), MapOpError> {
+        self.outbound
+            .insert(dip, e, 0)
+            .map_err(op_err(map_names::OUTBOUND4, "insert"))
+    }
+    fn del_outbound(&mut self, dip: [u8; 4]) -> Result<(), MapOpError> {
+        deleted(self.outbound.remove(&dip)).map_err(op_err(map_names::OUTBOUND4, "remove"))
+    }
+    fn put_out_front(&mut self, a: [u8; 4], rule: u32) -> Result<(), MapOpError> {
+        self.out_fronts
+            .insert(a, OutFront4 { rule }, 0)
+            .map_err(op_err(map_names::OUT_FRONTS4, "insert"))
+    }
+    fn del_out_front(&mut self, a: [u8; 4]) -> Result<(), MapOpError> {
+        deleted(self.out_fronts.remove(&a)).map_err(op_err(map_names::OUT_FRONTS4, "remove"))
+    }
+    fn put_out_inside(&mut self, rule: u32, (a, len): ([u8; 4], u8)) -> Result<(), MapOpError> {
+        let key = LpmKey::new(32 + u32::from(len), acl_key4(rule, a));
+        self.out_inside
+            .insert(&key, 1, 0)
+            .map_err(op_err(map_names::OUT_INSIDE4, "insert"))
+    }
+    fn del_out_inside(&mut self, rule: u32, (a, len): ([u8; 4], u8)) -> Result<(), MapOpError> {
+        let key = LpmKey::new(32 + u32::from(len), acl_key4(rule, a));
+        deleted(self.out_inside.remove(&key)).map_err(op_err(map_names::OUT_INSIDE4, "remove"))
+    }
     fn read_live(&self) -> Result<LiveMaps, MapOpError> {
         let mut services = Vec::new();
         let mut ha_seen = std::collections::HashSet::new();
@@ -704,6 +737,25 @@ impl MapOps for Maps {
             )?)
             .filter(|(_, c)| *c != Counters::default())
             .collect();
+        let mut outbound = Vec::new();
+        for item in &self.outbound {
+            outbound.push(item.map_err(op_err(map_names::OUTBOUND4, "walk"))?);
+        }
+        let mut out_fronts = Vec::new();
+        for item in &self.out_fronts {
+            let (a, f) = item.map_err(op_err(map_names::OUT_FRONTS4, "walk"))?;
+            out_fronts.push((a, f.rule));
+        }
+        let mut out_inside = Vec::new();
+        for k in self.out_inside.keys() {
+            let k = k.map_err(op_err(map_names::OUT_INSIDE4, "walk"))?;
+            let [r0, r1, r2, r3, a0, a1, a2, a3] = k.data();
+            // The key's data is (rule id big-endian, address); its length counts the id's 32
+            // bits.
+            #[expect(clippy::cast_possible_truncation, reason = "at most 32 + 32")]
+            let len = k.prefix_len().saturating_sub(32) as u8;
+            out_inside.push((u32::from_be_bytes([r0, r1, r2, r3]), [a0, a1, a2, a3], len));
+        }
         Ok(LiveMaps {
             services,
             vips,
@@ -716,6 +768,9 @@ impl MapOps for Maps {
             ours,
             locals,
             retired,
+            outbound,
+            out_fronts,
+            out_inside,
         })
     }
     fn read_slots(&self, off: u32, len: u32) -> Result<Vec<BackendId>, MapOpError> {

@@ -86,6 +86,19 @@ pub trait MapOps {
     fn put_pip(&mut self, pip: &Addr, dip: &Addr, nh: &NextHop) -> Result<(), MapOpError>;
     /// Deletes both directions of a PIP.
     fn del_pip(&mut self, pip: &Addr, dip: &Addr) -> Result<(), MapOpError>;
+    /// Writes a covered backend's outbound entry (`LB_OUTBOUND4`).
+    fn put_outbound(
+        &mut self,
+        dip: [u8; 4],
+        e: &lb_common::outbound::OutboundEntry4,
+    ) -> Result<(), MapOpError>;
+    fn del_outbound(&mut self, dip: [u8; 4]) -> Result<(), MapOpError>;
+    /// Writes a frontend address of outbound rule `rule` (`LB_OUT_FRONTS4`).
+    fn put_out_front(&mut self, a: [u8; 4], rule: u32) -> Result<(), MapOpError>;
+    fn del_out_front(&mut self, a: [u8; 4]) -> Result<(), MapOpError>;
+    /// Writes an inside prefix `(address, length)` of outbound rule `rule` (`LB_OUT_INSIDE4`).
+    fn put_out_inside(&mut self, rule: u32, p: ([u8; 4], u8)) -> Result<(), MapOpError>;
+    fn del_out_inside(&mut self, rule: u32, p: ([u8; 4], u8)) -> Result<(), MapOpError>;
     /// Everything an earlier agent left in the pinned maps, except table slots and conntrack
     /// (read once, when an agent starts).
     fn read_live(&self) -> Result<LiveMaps, MapOpError>;
@@ -112,6 +125,11 @@ pub trait MapReader {
     /// The flow sweeper's counters (none where no sweeper runs).
     fn sweeps(&self) -> sweep::SweepTotals {
         sweep::SweepTotals::default()
+    }
+    /// Each covered backend's outbound use, as the sweeper last counted it (none where no
+    /// sweeper runs).
+    fn outbound_usage(&self) -> std::collections::BTreeMap<[u8; 4], sweep::OutboundUse> {
+        std::collections::BTreeMap::new()
     }
     /// A flow's conntrack entry, if it has one.
     fn flow(&self, _k: &FlowKey4) -> Result<Option<ConnEntry4>, MapOpError> {
@@ -218,4 +236,8 @@ pub struct LiveMaps {
     pub locals: Vec<[u8; 4]>,
     /// The non-zero entries of `LB_SVC_RETIRED`: service id → its retired backends' sum.
     pub retired: Vec<(u32, Counters)>,
+    /// `LB_OUTBOUND4`, `LB_OUT_FRONTS4` and `LB_OUT_INSIDE4` (rule, address, length).
+    pub outbound: Vec<([u8; 4], lb_common::outbound::OutboundEntry4)>,
+    pub out_fronts: Vec<([u8; 4], u32)>,
+    pub out_inside: Vec<(u32, [u8; 4], u8)>,
 }

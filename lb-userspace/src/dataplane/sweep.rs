@@ -17,7 +17,8 @@ use lb_common::{
     conn::{self, Expiry, Timeouts},
     flow::{FlowKey4, proto},
     maps::{
-        BackendId, CONN_FORWARD, CONN_HAIRPIN_REV, CONN_REVERSE, ConnEntry4, RevKey4, RevService4,
+        BackendId, CONN_FORWARD, CONN_HAIRPIN_REV, CONN_OUTBOUND_REV, CONN_REVERSE, ConnEntry4,
+        RevKey4, RevService4,
     },
 };
 
@@ -46,6 +47,8 @@ pub struct SweepPolicy {
     /// The VIP-swap holds (`reconcile::Live::holds`), each with the VIP and port its endpoint
     /// would name without it.
     pub holds: Vec<Hold>,
+    /// Outbound blocks held for backends that left (`reconcile::OutHold`).
+    pub out_holds: Vec<crate::reconcile::OutHold>,
 }
 
 /// A reverse-service entry held through a VIP swap: needed while a forward flow names its
@@ -93,6 +96,9 @@ pub enum Decision {
     },
     /// A reverse entry: remove it if this forward entry is gone.
     UnlessForward(FlowKey4),
+    /// An outbound flow's returning entry: remove it if this forward entry is gone or no
+    /// longer names this frontend address and port (its flow took another port since).
+    UnlessForwardNames(FlowKey4, [u8; 4], [u8; 2]),
 }
 
 impl SweepPolicy {
@@ -101,6 +107,13 @@ impl SweepPolicy {
     pub fn decide(&self, a: AgentTimeouts, k: &FlowKey4, e: &ConnEntry4, now_s: u32) -> Decision {
         match e.kind {
             CONN_REVERSE => return Decision::UnlessForward(k.forward_of_reply(e.addr, e.port)),
+            CONN_OUTBOUND_REV => {
+                return Decision::UnlessForwardNames(
+                    FlowKey4::of(e.addr, k.src, e.port, k.sport, k.proto),
+                    k.dst,
+                    k.dport,
+                );
+            }
             CONN_HAIRPIN_REV => {
                 return Decision::UnlessForward(FlowKey4::of(
                     e.addr, k.dst, e.port, e.vport, k.proto,
@@ -139,6 +152,50 @@ impl SweepPolicy {
 
 /// The sweeper's counters, shared with the readers (status, stats, metrics). They count since
 /// the agent started.
+/// One covered backend's outbound use, as the last sweep found it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OutboundUse {
+    /// Tracked outbound flows, and the distinct frontend ports they hold.
+    pub flows: u64,
+    pub ports: u64,
+    /// The most ports seen in use at once since the agent started.
+    pub peak: u64,
+}
+
+/// Every covered backend's outbound use (by address), written by the sweeper once per pass,
+/// read by status, `lb outbound list` and the metrics.
+#[derive(Debug, Default)]
+pub struct OutboundUsage(std::sync::Mutex<BTreeMap<[u8; 4], OutboundUse>>);
+
+impl OutboundUsage {
+    /// Takes in one pass's counts: (flows, distinct ports) per backend. Peaks are kept.
+    pub fn record(&self, now: &HashMap<[u8; 4], (u64, u64)>) {
+        let mut m = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for u in m.values_mut() {
+            u.flows = 0;
+            u.ports = 0;
+        }
+        for (a, (flows, ports)) in now {
+            let u = m.entry(*a).or_default();
+            u.flows = *flows;
+            u.ports = *ports;
+            u.peak = u.peak.max(*ports);
+        }
+    }
+
+    /// A copy of the last pass's counts.
+    #[must_use]
+    pub fn get(&self) -> BTreeMap<[u8; 4], OutboundUse> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct SweepCounters {
     idle: AtomicU64,
@@ -230,6 +287,7 @@ mod tests {
             services: HashMap::from([(1, (4, 4, true)), (2, (30, 30, false))]),
             backends: HashMap::from([(3, "192.0.2.11:8080".parse().unwrap())]),
             holds: Vec::new(),
+            out_holds: Vec::new(),
         }
     }
 

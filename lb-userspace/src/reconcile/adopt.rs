@@ -214,6 +214,15 @@ pub fn adopt<M: MapOps + FlowPurge>(
             live.put_pip(addr::to_ip(&p), addr::to_ip(&d), nh);
         }
     }
+    // Outbound entries as written: the sync rewrites what the desired rules place otherwise,
+    // and the rule ids come back from the frontends (`OutboundBook::adopt`).
+    for (dip, e) in found.outbound {
+        live.put_outbound(dip, e);
+    }
+    for (a, rule) in found.out_fronts {
+        live.put_out_front(a, rule);
+    }
+    live.out_inside = found.out_inside.into_iter().collect();
     // Client routes as written: the refresh then changes only what differs, and removes routes
     // the kernel no longer has.
     live.routes = found

@@ -169,6 +169,32 @@ impl<M: MapOps> Applier<'_, M> {
                 live.del_pip(pip);
                 uncover(m, live, &[pip, dip])?;
             }
+            Step::PutOutbound(dip, e) => {
+                covered(m, live, &[IpAddr::from(dip)], |m| m.put_outbound(dip, &e))?;
+                live.put_outbound(dip, e);
+            }
+            Step::DelOutbound(dip) => {
+                m.del_outbound(dip)?;
+                live.del_outbound(dip);
+                uncover(m, live, &[IpAddr::from(dip)])?;
+            }
+            Step::PutOutFront(a, rule) => {
+                covered(m, live, &[IpAddr::from(a)], |m| m.put_out_front(a, rule))?;
+                live.put_out_front(a, rule);
+            }
+            Step::DelOutFront(a) => {
+                m.del_out_front(a)?;
+                live.del_out_front(a);
+                uncover(m, live, &[IpAddr::from(a)])?;
+            }
+            Step::PutOutInside(rule, a, len) => {
+                m.put_out_inside(rule, (a, len))?;
+                live.out_inside.insert((rule, a, len));
+            }
+            Step::DelOutInside(rule, a, len) => {
+                m.del_out_inside(rule, (a, len))?;
+                live.out_inside.remove(&(rule, a, len));
+            }
             Step::PutOurs(w, bits) => {
                 m.put_ours(w, bits)?;
                 set_word(live, w, bits);

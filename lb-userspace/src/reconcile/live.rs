@@ -61,6 +61,12 @@ pub struct Live {
     /// on `revs`, which the planner keeps (`plan::replies`) until the sweeper finds none of
     /// those flows left (`Event::HoldsReleased`).
     pub holds: HashMap<RevKey4, RevService4>,
+    /// `LB_OUTBOUND4`: covered backend address → its entry.
+    pub outbound: BTreeMap<[u8; 4], lb_common::outbound::OutboundEntry4>,
+    /// `LB_OUT_FRONTS4`: frontend address → rule id.
+    pub out_fronts: BTreeMap<[u8; 4], u32>,
+    /// `LB_OUT_INSIDE4`: (rule id, address, prefix length).
+    pub out_inside: std::collections::BTreeSet<(u32, [u8; 4], u8)>,
 }
 
 /// The IPv4 addresses the fast path must look up rather than pass as none of its own, with
@@ -272,6 +278,34 @@ impl Live {
         }
     }
 
+    /// Records an outbound entry written (its backend's address is then ours).
+    pub fn put_outbound(&mut self, dip: [u8; 4], e: lb_common::outbound::OutboundEntry4) {
+        if self.outbound.insert(dip, e).is_none() {
+            self.ours.hold(IpAddr::from(dip));
+        }
+    }
+
+    /// Records an outbound entry deleted.
+    pub fn del_outbound(&mut self, dip: [u8; 4]) {
+        if self.outbound.remove(&dip).is_some() {
+            self.ours.release(IpAddr::from(dip));
+        }
+    }
+
+    /// Records a frontend entry written (its address is then ours).
+    pub fn put_out_front(&mut self, a: [u8; 4], rule: u32) {
+        if self.out_fronts.insert(a, rule).is_none() {
+            self.ours.hold(IpAddr::from(a));
+        }
+    }
+
+    /// Records a frontend entry deleted.
+    pub fn del_out_front(&mut self, a: [u8; 4]) {
+        if self.out_fronts.remove(&a).is_some() {
+            self.ours.release(IpAddr::from(a));
+        }
+    }
+
     /// Records a PIP pair deleted.
     pub fn del_pip(&mut self, pip: IpAddr) {
         if let Some((dip, _)) = self.pips.remove(&pip) {
@@ -325,6 +359,7 @@ impl Live {
             .values()
             .map(|b| addr::to_ip(&b.addr))
             .chain(self.pips.values().map(|(d, _)| *d))
+            .chain(self.outbound.keys().map(|a| IpAddr::from(*a)))
             .collect()
     }
 }

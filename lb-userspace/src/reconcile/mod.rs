@@ -8,6 +8,7 @@
 //! * `apply.rs`: executes plans in the documented order (the ordering argument is there);
 //! * `health.rs`: probe state, and which backends take new flows;
 //! * `hops.rs`: resolved next hops, and which addresses a kernel change touches;
+//! * `outbound.rs`: outbound rules' ids, held blocks and writes;
 //! * `capacity.rs`: every capacity check, before any write;
 //! * `views.rs`: status and stats, finished by a reader off the writer loop.
 //!
@@ -26,6 +27,7 @@ mod explain;
 mod health;
 mod hops;
 mod live;
+mod outbound;
 mod plan;
 mod views;
 
@@ -42,6 +44,7 @@ pub use self::{
     health::{ProbeReport, ProbeTarget},
     hops::{Hop, NetChange, Resolution, ResolveJob, Resolver},
     live::Live,
+    outbound::OutHold,
     views::{AgentInfo, FlowQuery, Pending},
 };
 use self::{
@@ -95,6 +98,8 @@ pub enum Event {
     /// The sweeper walked the whole table and found no flow that still needs these VIP-swap
     /// holds (endpoint and the entry held, as the policy it followed named them).
     HoldsReleased(Vec<Hold>),
+    /// The sweeper walked the whole table and found no flow using these held outbound blocks.
+    OutboundReleased(Vec<OutHold>),
     /// The agent is stopping: the writer loop returns (the reconciler ignores it).
     Stop,
 }
@@ -172,9 +177,19 @@ pub fn initial_job(state: &State) -> ResolveJob {
             .values()
             .flat_map(|s| s.backends.keys().map(std::net::SocketAddr::ip))
             .chain(state.pips.values().copied())
+            .chain(outbound_addrs(state))
             .collect(),
         routes: true,
     }
+}
+
+/// Every backend address an outbound rule of `state` covers (their next hops are kept).
+fn outbound_addrs(state: &State) -> impl Iterator<Item = IpAddr> + '_ {
+    state
+        .outbound
+        .values()
+        .flat_map(|r| crate::outbound::covered(r, state))
+        .map(IpAddr::from)
 }
 
 /// The single writer of the maps.
@@ -203,6 +218,8 @@ pub struct Reconciler<M> {
     dirty_pips: bool,
     /// Until when `lb trace` sampling is on (the tick turns it off then).
     trace_until: Option<Instant>,
+    /// Outbound rules' ids and held blocks.
+    outbound: outbound::OutboundBook,
 }
 
 impl<M: MapOps> Reconciler<M> {
@@ -226,6 +243,7 @@ impl<M: MapOps> Reconciler<M> {
             dirty: BTreeSet::new(),
             dirty_pips: false,
             trace_until: None,
+            outbound: outbound::OutboundBook::default(),
         }
     }
 
@@ -452,6 +470,17 @@ impl<M: MapOps> Reconciler<M> {
         Ok(self.run(steps, writes)?)
     }
 
+    /// Makes the outbound maps match the rules: every change may move them (a service's
+    /// backends or ports, a PIP), and the plan is empty when nothing did.
+    fn sync_outbound(&mut self, writes: &mut usize) -> Result<(), ChangeError> {
+        self.outbound.assign(&self.state, &self.live);
+        let d = outbound::desired(&self.state, &self.live, &self.hops, &self.outbound)
+            .map_err(ChangeError::Invalid)?;
+        self.run(outbound::plan(&d, &self.live), writes)?;
+        self.outbound.held = d.held;
+        Ok(())
+    }
+
     fn converge(&mut self, t: &Touched, writes: &mut usize) -> Result<(), ChangeError> {
         for s in &t.services {
             self.sync_service(s, writes)?;
@@ -459,7 +488,7 @@ impl<M: MapOps> Reconciler<M> {
         if t.pips {
             self.sync_pips(writes)?;
         }
-        Ok(())
+        self.sync_outbound(writes)
     }
 
     /// Applies a candidate desired state to the maps and commits it only if every write
@@ -542,6 +571,11 @@ impl<M: MapOps> Reconciler<M> {
                 if !self.hops.knows(*d) {
                     self.want.addrs.insert(*d);
                 }
+            }
+        }
+        for a in outbound_addrs(&self.state) {
+            if !self.hops.knows(a) {
+                self.want.addrs.insert(a);
             }
         }
     }
@@ -683,6 +717,7 @@ impl<M: MapOps> Reconciler<M> {
             self.alloc.defer(Deferred::Acl(aid, prefixes));
         }
         self.sync_pips(&mut writes)?;
+        self.sync_outbound(&mut writes)?;
         // Client routes as the primed resolution found them: nothing else may bring them soon
         // (with every neighbour already valid, the kernel announces no change).
         if let Some(routes) = self.primed_routes.take() {
@@ -816,6 +851,15 @@ impl<M: MapOps> Reconciler<M> {
             Event::Tick => self.tick(),
             Event::HoldsReleased(released) => {
                 fx.sweep_changed = self.release_holds(&released);
+            }
+            Event::OutboundReleased(released) => {
+                if self.outbound.release(&released) {
+                    fx.sweep_changed = true;
+                    let mut writes = 0;
+                    if let Err(e) = self.sync_outbound(&mut writes) {
+                        tracing::warn!(error = %e, "placing outbound blocks after a hold was released failed; retried on the next change");
+                    }
+                }
             }
             Event::Stop => {}
             Event::Resync => {
@@ -1020,6 +1064,7 @@ impl<M: MapOps> Reconciler<M> {
                 .trace_until
                 .and_then(|t| t.checked_duration_since(Instant::now()))
                 .map(|d| d.as_secs() + 1),
+            outbound: &self.outbound,
         }
     }
 
@@ -1080,6 +1125,11 @@ impl<M: MapOps> Reconciler<M> {
         let mut steps = plan::next_hops(&addrs, &self.live, &self.hops);
         let moved = steps.len();
         steps.extend(plan::pips(self.inputs()));
+        // New next hops of covered backends (the state is unchanged, so no block moves).
+        self.outbound.assign(&self.state, &self.live);
+        if let Ok(d) = outbound::desired(&self.state, &self.live, &self.hops, &self.outbound) {
+            steps.extend(outbound::plan(&d, &self.live));
+        }
         if let Some(routes) = &r.routes {
             steps.extend(plan::routes(routes, &self.live));
         }
@@ -1221,6 +1271,7 @@ impl<M: MapOps> Reconciler<M> {
     fn hop_addresses(&self) -> BTreeSet<IpAddr> {
         let mut a = self.live.hop_addresses();
         a.extend(self.state.pips.values().copied());
+        a.extend(outbound_addrs(&self.state));
         a
     }
 
@@ -1247,6 +1298,16 @@ impl<M: MapOps> Reconciler<M> {
                 }
             }
         }
+        for (name, id) in &self.outbound.ids {
+            if let Some(r) = self.state.outbound.get(name) {
+                let (tcp, udp) = r.idle_s();
+                p.services.insert(
+                    lb_common::outbound::OUT_SERVICE_FLAG | id,
+                    (tcp, udp, false),
+                );
+            }
+        }
+        p.out_holds = self.outbound.holds(&self.state);
         for (ep, held) in &self.live.holds {
             if let Some(w) = plan::unheld_reply(*ep, &self.live, &self.state, None) {
                 p.holds.push(Hold {

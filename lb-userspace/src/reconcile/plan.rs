@@ -62,6 +62,15 @@ pub enum Step {
         pip: IpAddr,
         dip: IpAddr,
     },
+    /// A covered backend's outbound entry (`LB_OUTBOUND4`).
+    PutOutbound([u8; 4], lb_common::outbound::OutboundEntry4),
+    DelOutbound([u8; 4]),
+    /// A frontend address of an outbound rule (`LB_OUT_FRONTS4`): address, rule id.
+    PutOutFront([u8; 4], u32),
+    DelOutFront([u8; 4]),
+    /// An inside prefix of an outbound rule (`LB_OUT_INSIDE4`): rule id, address, length.
+    PutOutInside(u32, [u8; 4], u8),
+    DelOutInside(u32, [u8; 4], u8),
     PutRoute(u32, Addr, NextHop),
     DelRoute(u32, Addr),
     /// One of the host's own IPv4 addresses in `LB_LOCAL4`, written or deleted.

@@ -77,6 +77,8 @@ pub enum Pending {
     /// The view and the service's id (for its ACL drops), if it is in the maps.
     Acl(AclView, Option<u32>),
     Pips(Vec<PipView>),
+    /// The rules with their blocks; the reader adds each backend's use.
+    Outbound(Vec<crate::api::OutboundView>),
     Flows(FlowQuery),
     /// The view, the flow's key, and every live backend id's address (for its tracked entry).
     Explain(Box<ExplainView>, FlowKey4, HashMap<BackendId, String>),
@@ -229,6 +231,7 @@ impl Pending {
                     backends(&mut v.backends)?;
                 }
                 s.xmit_failures = xmit_views(r, &ifaces)?;
+                super::outbound::add_usage(&mut s.outbound, &r.outbound_usage());
                 Response::Status(s)
             }
             Self::Stats(v, ifaces) => {
@@ -257,6 +260,10 @@ impl Pending {
                 Response::Acl(a)
             }
             Self::Pips(pips) => Response::Pips { pips },
+            Self::Outbound(mut rules) => {
+                super::outbound::add_usage(&mut rules, &r.outbound_usage());
+                Response::Outbound { rules }
+            }
             Self::Flows(q) => {
                 let (flows, matched) = q.run(r)?;
                 Response::Flows { flows, matched }
@@ -336,6 +343,7 @@ pub struct Source<'a> {
     pub ring_used: u64,
     /// Seconds `lb trace` sampling stays on, if it is on.
     pub trace_left_s: Option<u64>,
+    pub outbound: &'a super::outbound::OutboundBook,
 }
 
 impl Source<'_> {
@@ -355,6 +363,9 @@ impl Source<'_> {
                 Pending::Acl(self.acl(&service)?, id)
             }
             Query::PipList => Pending::Pips(self.pips()),
+            Query::OutboundList => {
+                Pending::Outbound(super::outbound::views(self.state, self.live, self.outbound))
+            }
             Query::Status => Pending::Status(self.status()?, self.info.ifaces()),
             Query::Stats => Pending::Stats(self.services(), self.info.ifaces()),
             Query::Flows {
@@ -586,6 +597,7 @@ impl Source<'_> {
                 Some(why) => format!("off: {why}"),
             },
             xmit_failures: Vec::new(),
+            outbound: super::outbound::views(self.state, self.live, self.outbound),
             trace: self
                 .trace_left_s
                 .map_or_else(|| "off".into(), |s| format!("on for {s} s more")),

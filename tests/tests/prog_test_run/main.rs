@@ -216,6 +216,11 @@ impl Fixture {
     /// it) and provisions the config above. Must run inside the
     /// test's namespace.
     fn new(ns: &Netns) -> Self {
+        Self::with_config(ns, CONFIG)
+    }
+
+    /// As [`Self::new`], with another config (the same next hops and routes).
+    fn with_config(ns: &Netns, config: &str) -> Self {
         ns.ip(&["link", "add", "fx0", "type", "veth", "peer", "name", "fx1"])
             .unwrap();
         ns.ip(&["link", "set", "fx0", "up"]).unwrap();
@@ -259,7 +264,7 @@ impl Fixture {
             // The LB's own address on the backends' side (its probes come from it).
             locals: vec![[192, 0, 2, 1]],
         };
-        let h = Harness::load(ns, CONFIG, resolver).expect("load and provision");
+        let h = Harness::load(ns, config, resolver).expect("load and provision");
         Self {
             seed: h.seed,
             h,
@@ -357,4 +362,5 @@ fn with_fixture(f: impl FnOnce(&mut Fixture) + Send + 'static) {
 mod explain;
 mod forwarding;
 mod icmp;
+mod outbound;
 mod policy;

@@ -10,7 +10,7 @@ mod swap;
 mod transact;
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
 };
 
@@ -66,6 +66,10 @@ pub struct FakeMaps {
     pub retired: HashMap<u32, Counters>,
     /// `LB_LOCAL4`.
     pub locals: BTreeSet<[u8; 4]>,
+    /// `LB_OUTBOUND4`, `LB_OUT_FRONTS4`, `LB_OUT_INSIDE4`.
+    pub outbound: BTreeMap<[u8; 4], lb_common::outbound::OutboundEntry4>,
+    pub out_fronts: BTreeMap<[u8; 4], u32>,
+    pub out_inside: BTreeSet<(u32, [u8; 4], u8)>,
     /// `LB_TRACE_CFG` (not a transaction's write: it never fails here).
     pub trace: lb_common::trace::TraceConfig,
     pub ops: Vec<Op>,
@@ -204,8 +208,45 @@ impl MapOps for FakeMaps {
         self.pips.remove(pip);
         Ok(())
     }
+    fn put_outbound(
+        &mut self,
+        dip: [u8; 4],
+        e: &lb_common::outbound::OutboundEntry4,
+    ) -> Result<(), MapOpError> {
+        self.write()?;
+        self.outbound.insert(dip, *e);
+        Ok(())
+    }
+    fn del_outbound(&mut self, dip: [u8; 4]) -> Result<(), MapOpError> {
+        self.write()?;
+        self.outbound.remove(&dip);
+        Ok(())
+    }
+    fn put_out_front(&mut self, a: [u8; 4], rule: u32) -> Result<(), MapOpError> {
+        self.write()?;
+        self.out_fronts.insert(a, rule);
+        Ok(())
+    }
+    fn del_out_front(&mut self, a: [u8; 4]) -> Result<(), MapOpError> {
+        self.write()?;
+        self.out_fronts.remove(&a);
+        Ok(())
+    }
+    fn put_out_inside(&mut self, rule: u32, (a, l): ([u8; 4], u8)) -> Result<(), MapOpError> {
+        self.write()?;
+        self.out_inside.insert((rule, a, l));
+        Ok(())
+    }
+    fn del_out_inside(&mut self, rule: u32, (a, l): ([u8; 4], u8)) -> Result<(), MapOpError> {
+        self.write()?;
+        self.out_inside.remove(&(rule, a, l));
+        Ok(())
+    }
     fn read_live(&self) -> Result<LiveMaps, MapOpError> {
         Ok(LiveMaps {
+            outbound: self.outbound.iter().map(|(k, v)| (*k, *v)).collect(),
+            out_fronts: self.out_fronts.iter().map(|(k, v)| (*k, *v)).collect(),
+            out_inside: self.out_inside.iter().copied().collect(),
             revs: self.revs.iter().map(|(k, v)| (*k, *v)).collect(),
             ours: self
                 .ours
