@@ -104,6 +104,33 @@ pub const fn candidate(base: u16, ports: u16, hash: u32, attempt: u32) -> u16 {
     base.wrapping_add(off)
 }
 
+/// The RST that refuses a TCP segment: its sequence number, acknowledgement and flags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub seq: u32,
+    pub ack: u32,
+    pub flags: u8,
+}
+
+/// The RST that refuses a new outbound connection whose SYN (flags `flags`) found no free
+/// port, RFC 9293's reset for a segment without ACK: sequence 0, acknowledging everything the
+/// SYN carried (`next`: its sequence number plus its length, SYN included, host order), RST
+/// and ACK set. The sender's stack, in SYN-SENT, accepts it and fails the `connect()` at once.
+/// `None` for anything but a bare SYN (a flow's later segments are only dropped).
+#[inline(always)]
+#[must_use]
+pub const fn refusal(flags: u8, next: u32) -> Option<Refusal> {
+    use crate::hdr::{TCP_ACK, TCP_RST};
+    if !crate::conn::is_syn(flags) {
+        return None;
+    }
+    Some(Refusal {
+        seq: 0,
+        ack: next,
+        flags: TCP_RST | TCP_ACK,
+    })
+}
+
 #[cfg(feature = "std")]
 pub use self::alloc::*;
 
@@ -400,6 +427,23 @@ mod tests {
             for p in c {
                 prop_assert!(p >= base && u32::from(p) < u32::from(base) + u32::from(ppb));
             }
+        }
+    }
+
+    #[test]
+    fn only_a_syn_is_refused_with_a_reset_that_acknowledges_it() {
+        use crate::hdr::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+        let r = refusal(TCP_SYN, 1001).unwrap();
+        assert_eq!(
+            r,
+            Refusal {
+                seq: 0,
+                ack: 1001,
+                flags: TCP_RST | TCP_ACK
+            }
+        );
+        for f in [TCP_ACK, TCP_SYN | TCP_ACK, TCP_FIN | TCP_ACK, TCP_RST] {
+            assert_eq!(refusal(f, 1), None, "{f:#x}");
         }
     }
 

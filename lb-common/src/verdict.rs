@@ -4,7 +4,8 @@
 //! its number as `_UnusedN` (cilium's habit) and a new one takes a fresh number.
 
 /// Why the program returned what it did. The action is fixed per reason, except that the
-/// forwarding reasons use `XDP_TX` or `XDP_REDIRECT` depending on the egress device.
+/// forwarding reasons use `XDP_TX` or `XDP_REDIRECT` depending on the egress device, and that
+/// `drop_snat_exhausted` answers a dropped TCP SYN with a RST (`XDP_TX` or a redirect).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
 pub enum Reason {

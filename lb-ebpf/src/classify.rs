@@ -90,6 +90,11 @@ pub fn classify(ctx: &aya_ebpf::programs::XdpContext, pkt: &Packet) -> Class {
         if is_icmp && let Some(ct) = icmp::tracked_error_from_backend(ctx, pkt) {
             return Class::IcmpFromBackend(ct);
         }
+        // An error about an outbound flow, either way: before PIPs and VIPs, as the one above
+        // (a frontend is often a VIP).
+        if is_icmp && icmp::about_outbound(ctx, pkt) {
+            return Class::Outbound;
+        }
         (true, true)
     };
     if let Some((e, inbound)) = pip::lookup(pkt, to_us, from_us) {

@@ -9,7 +9,7 @@ use lb_common::{
     csum,
     flow::{FlowKey4, proto},
     hdr::Ipv4Hdr,
-    maps::{ACL_PERMIT, CONN_FORWARD, VIP_F_NO_ECHO, VipInfo},
+    maps::{ACL_PERMIT, CONN_FORWARD, CONN_OUTBOUND, CONN_OUTBOUND_REV, VIP_F_NO_ECHO, VipInfo},
     verdict::{DropReason, SendReason},
 };
 
@@ -106,8 +106,8 @@ const fn is_error(ty: u8) -> bool {
 }
 
 /// The embedded packet of an ICMP error: its IP header and, when present, its L4 checksum.
-struct Embedded {
-    ip: *mut Ipv4Hdr,
+pub struct Embedded {
+    pub ip: *mut Ipv4Hdr,
     /// Source and destination ports (the first 4 bytes of the embedded TCP/UDP header).
     ports: *mut [u8; 4],
     /// The embedded TCP/UDP checksum, when the error carries that far (`None` also for a UDP
@@ -118,7 +118,7 @@ struct Embedded {
 
 /// Finds the ICMP error header at `off` and its embedded IPv4 + TCP/UDP headers.
 #[inline(always)]
-fn embedded(ctx: &XdpContext, off: usize) -> Option<(*mut [u8; 4], Embedded, FlowKey4)> {
+pub fn embedded(ctx: &XdpContext, off: usize) -> Option<(*mut [u8; 4], Embedded, FlowKey4)> {
     let icmp = ptr_at::<[u8; 4]>(ctx, off)?;
     let ip = ptr_at::<Ipv4Hdr>(ctx, off + 8)?;
     // SAFETY: bounds-checked by `ptr_at`.
@@ -155,7 +155,7 @@ fn embedded(ctx: &XdpContext, off: usize) -> Option<(*mut [u8; 4], Embedded, Flo
 /// # Safety
 /// The pointers in `e` and `icmp` must come from [`embedded`].
 #[inline(always)]
-unsafe fn rewrite_embedded(
+pub unsafe fn rewrite_embedded(
     icmp: *mut [u8; 4],
     e: &Embedded,
     src: bool,
@@ -253,6 +253,26 @@ pub fn tracked_error_from_backend(ctx: &XdpContext, pkt: &Packet) -> Option<Repl
         FromBackend::Reply(r) => Some(r),
         _ => None,
     }
+}
+
+/// Whether an ICMP packet is an error about an outbound flow (`lb_common::outbound`): from
+/// the outside about a packet that left with a frontend address (its embedded packet reversed
+/// is the flow's returning key), or from the backends' side about a returning packet (reversed,
+/// the flow's forward key). The outbound program translates it.
+#[inline(always)]
+pub fn about_outbound(ctx: &XdpContext, pkt: &Packet) -> bool {
+    let Some(icmp_ty) = ptr_at::<[u8; 1]>(ctx, pkt.l3_off + 20) else {
+        return false;
+    };
+    // SAFETY: bounds-checked by `ptr_at`.
+    if !is_error(unsafe { (*icmp_ty)[0] }) {
+        return false;
+    }
+    let Some((_, _, key)) = embedded(ctx, pkt.l3_off + 20) else {
+        return false;
+    };
+    conntrack::lookup(&key.reversed())
+        .is_some_and(|c| c.kind == CONN_OUTBOUND || c.kind == CONN_OUTBOUND_REV)
 }
 
 /// An ICMP error from a backend (or a router on its side) about a packet of the tracked flow

@@ -20,6 +20,7 @@ use aya_ebpf::programs::XdpContext;
 use lb_common::{
     conn,
     consts::PROG_OUTBOUND,
+    csum,
     flow::{FlowKey4, proto},
     maps::{CONN_OUTBOUND, CONN_OUTBOUND_REV, ConnEntry4, acl_key4},
     outbound::{OUT_PORT_TRIES, OUT_SERVICE_FLAG, OutboundEntry4, candidate},
@@ -27,9 +28,9 @@ use lb_common::{
 };
 
 use crate::{
-    conntrack,
+    conntrack, icmp,
     maps::{LB_OUT_FRONTS4, LB_OUT_INSIDE4, LB_OUTBOUND4, LB_PROGS},
-    parse::{self, L4, Packet},
+    parse::{self, Hdr, L4, Packet},
     select,
     verdict::Verdict,
     xlate,
@@ -78,6 +79,10 @@ pub fn run(ctx: &XdpContext) -> Verdict {
         return Verdict::Drop(DropReason::Malformed);
     };
     let Some((&flow, l4)) = pkt.flow() else {
+        // The only packets without a flow sent here: ICMP errors about outbound flows.
+        if pkt.problem == Some(DropReason::Proto) {
+            return icmp_error(ctx, &pkt);
+        }
         return Verdict::Drop(pkt.problem.unwrap_or(DropReason::Malformed));
     };
     if xlate::ttl(&pkt) <= 1 {
@@ -129,7 +134,7 @@ fn new_flow(ctx: &XdpContext, pkt: &Packet, l4: L4, flow: &FlowKey4) -> Verdict 
         }
     }
     if !found {
-        return Verdict::Drop(DropReason::SnatExhausted);
+        return refuse(ctx, pkt, l4);
     }
     let now = conntrack::now_s();
     let service = OUT_SERVICE_FLAG | e.rule;
@@ -163,6 +168,104 @@ fn new_flow(ctx: &XdpContext, pkt: &Packet, l4: L4, flow: &FlowKey4) -> Verdict 
     );
     conntrack::track(flow, &fwd);
     out(ctx, pkt, l4, flow, (e.frontend, rev_key.dport))
+}
+
+/// An ICMP error about an outbound flow: from the outside about a packet that left with the
+/// frontend (its outer destination and embedded source go back to the backend, and it is sent
+/// to the backend), or from the backends' side about a returning packet (its embedded
+/// destination, and its outer source if the backend itself sent it, become the frontend; it
+/// is sent towards the remote). Every checksum is patched (`icmp::rewrite_embedded`).
+#[inline(always)]
+fn icmp_error(ctx: &XdpContext, pkt: &Packet) -> Verdict {
+    let unmatched = Verdict::Drop(DropReason::IcmpUnmatched);
+    let Some((icmp, e, key)) = icmp::embedded(ctx, pkt.l3_off + 20) else {
+        return unmatched;
+    };
+    let Some(ct) = conntrack::lookup(&key.reversed()) else {
+        return unmatched;
+    };
+    if xlate::ttl(pkt) <= 1 {
+        return Verdict::Drop(DropReason::Ttl);
+    }
+    if ct.kind == CONN_OUTBOUND_REV {
+        let (dip, dport) = (ct.addr, ct.port);
+        // SAFETY: all pointers were bounds-checked (`pkt` by the parser, the rest by
+        // `embedded`).
+        unsafe {
+            icmp::rewrite_embedded(icmp, &e, true, dip, dport);
+            let ip = pkt.ip;
+            let old = (*ip).dst;
+            (*ip).dst = dip;
+            (*ip).check = csum::update32(u16::from_be_bytes((*ip).check), old, dip).to_be_bytes();
+        }
+        return xlate::forward(
+            ctx,
+            pkt,
+            entry(dip).map(|b| b.nh),
+            SendReason::IcmpToBackend,
+        );
+    }
+    if ct.kind == CONN_OUTBOUND {
+        let (front, port) = (ct.addr, ct.port);
+        // SAFETY: as above.
+        unsafe {
+            let dip = (*e.ip).dst;
+            icmp::rewrite_embedded(icmp, &e, false, front, port);
+            let ip = pkt.ip;
+            if (*ip).src == dip {
+                (*ip).src = front;
+                (*ip).check =
+                    csum::update32(u16::from_be_bytes((*ip).check), dip, front).to_be_bytes();
+            }
+        }
+        // The embedded packet came from the remote: the error goes there.
+        return xlate::forward(ctx, pkt, select::route(key.src), SendReason::IcmpToClient);
+    }
+    unmatched
+}
+
+/// TTL of the RST that refuses a flow (a packet of the LB's own).
+const REFUSAL_TTL: u8 = 64;
+
+/// A new outbound flow with no free port: a counted drop (`drop_snat_exhausted`). A TCP SYN
+/// is also answered, in place, with the RST that refuses it (`lb_common::outbound::refusal`),
+/// sent back to the backend: its `connect()` fails at once (ECONNREFUSED) instead of
+/// retrying into the same full block. Anything else is only dropped.
+#[inline(always)]
+fn refuse(ctx: &XdpContext, pkt: &Packet, l4: L4) -> Verdict {
+    let Some(Hdr::Tcp(t)) = l4.hdr() else {
+        return Verdict::Drop(DropReason::SnatExhausted);
+    };
+    let (next, _) = pkt.tcp_numbers();
+    let Some(r) = lb_common::outbound::refusal(pkt.flags(), next) else {
+        return Verdict::Drop(DropReason::SnatExhausted);
+    };
+    // SAFETY: `pkt.eth`, `pkt.ip` and `t` were bounds-checked by the parser.
+    unsafe {
+        let eth = pkt.eth;
+        core::mem::swap(&mut (*eth).src, &mut (*eth).dst);
+        let ip = pkt.ip;
+        // Swapping addresses (and ports) leaves both checksums as they are: the sums are the
+        // same.
+        core::mem::swap(&mut (*ip).src, &mut (*ip).dst);
+        let old = u16::from_be_bytes([(*ip).ttl, (*ip).proto]);
+        (*ip).ttl = REFUSAL_TTL;
+        let new = u16::from_be_bytes([(*ip).ttl, (*ip).proto]);
+        (*ip).check = csum::update16(u16::from_be_bytes((*ip).check), old, new).to_be_bytes();
+        core::mem::swap(&mut (*t).sport, &mut (*t).dport);
+        let mut c = u16::from_be_bytes((*t).check);
+        c = csum::update32(c, (*t).seq, r.seq.to_be_bytes());
+        c = csum::update32(c, (*t).ack, r.ack.to_be_bytes());
+        let old_flags = u16::from_be_bytes([(*t).doff, (*t).flags]);
+        c = csum::update16(c, old_flags, u16::from_be_bytes([(*t).doff, r.flags]));
+        c = csum::update16(c, u16::from_be_bytes((*t).window), 0);
+        (*t).seq = r.seq.to_be_bytes();
+        (*t).ack = r.ack.to_be_bytes();
+        (*t).flags = r.flags;
+        (*t).window = [0; 2];
+        (*t).check = c.to_be_bytes();
+    }
+    Verdict::Refused(xlate::back_out(ctx), DropReason::SnatExhausted)
 }
 
 /// Whether the frontend port in `rev_key` may carry `flow`: no other flow's returning entry

@@ -11,6 +11,10 @@ pub enum Verdict {
     Pass(PassReason),
     /// Sent by the program: `XDP_TX`, or the action `bpf_redirect` returned.
     Sent(u32, SendReason),
+    /// Dropped (never forwarded), and answered: the frame now carries the program's refusal
+    /// back to the sender (action as for `Sent`). Outbound port exhaustion answers a SYN with a
+    /// RST this way, so the backend's `connect()` fails at once instead of retrying.
+    Refused(u32, DropReason),
 }
 
 impl Verdict {
@@ -20,7 +24,7 @@ impl Verdict {
         match self {
             Self::Drop(_) => xdp_action::XDP_DROP,
             Self::Pass(_) => xdp_action::XDP_PASS,
-            Self::Sent(a, _) => a,
+            Self::Sent(a, _) | Self::Refused(a, _) => a,
         }
     }
 
@@ -28,7 +32,7 @@ impl Verdict {
     #[inline(always)]
     pub fn reason(self) -> Reason {
         match self {
-            Self::Drop(r) => r.reason(),
+            Self::Drop(r) | Self::Refused(_, r) => r.reason(),
             Self::Pass(r) => r.reason(),
             Self::Sent(_, r) => r.reason(),
         }

@@ -48,6 +48,8 @@ pub struct Frame {
     /// TCP only: the sequence and acknowledgement numbers (1000 and 0 unless set).
     pub seq: u32,
     pub ack: u32,
+    /// TCP only: the window (64240 unless set).
+    pub window: u16,
 }
 
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
@@ -69,6 +71,7 @@ impl Frame {
             payload: b"hello".to_vec(),
             seq: 1000,
             ack: 0,
+            window: 64240,
         }
     }
 
@@ -158,7 +161,7 @@ impl Frame {
                 t[8..12].copy_from_slice(&self.ack.to_be_bytes());
                 t[12] = 5 << 4;
                 t[13] = *flags;
-                t[14..16].copy_from_slice(&64240u16.to_be_bytes());
+                t[14..16].copy_from_slice(&self.window.to_be_bytes());
                 t
             }
             L4::Udp { sport, dport, .. } => {

@@ -104,7 +104,7 @@ fn the_lb_answers_pings_to_a_vip_rate_limited() {
 
 /// An ICMP error message: type, code, the 4 "rest of header" bytes, the embedded bytes; with a
 /// checksum computed from scratch.
-fn icmp_error(ty: u8, code: u8, rest: [u8; 4], embedded: &[u8]) -> Vec<u8> {
+pub(super) fn icmp_error(ty: u8, code: u8, rest: [u8; 4], embedded: &[u8]) -> Vec<u8> {
     let mut m = vec![ty, code, 0, 0];
     m.extend_from_slice(&rest);
     m.extend_from_slice(embedded);
@@ -114,7 +114,7 @@ fn icmp_error(ty: u8, code: u8, rest: [u8; 4], embedded: &[u8]) -> Vec<u8> {
 }
 
 /// The first `len` bytes of a frame's IPv4 packet (what an ICMP error embeds).
-fn ip_bytes(f: &Frame, len: usize) -> Vec<u8> {
+pub(super) fn ip_bytes(f: &Frame, len: usize) -> Vec<u8> {
     f.build()[f.l3_offset()..f.l3_offset() + len].to_vec()
 }
 

@@ -261,10 +261,38 @@ fn a_full_block_is_a_counted_drop_and_ports_are_reused_across_destinations() {
             used.insert(src.port());
         }
         assert_eq!(used.len(), 8, "eight flows, eight ports: {used:?}");
-        let ninth = from_be(SocketAddrV4::new(B2, 41008), remote, TCP_SYN, B2_MAC);
+        let be9 = SocketAddrV4::new(B2, 41008);
+        let ninth = from_be(be9, remote, TCP_SYN, B2_MAC);
+        // Refused in place: the SYN comes back as the RST that acknowledges it (its 5 bytes
+        // of payload and the SYN), from the remote, so the backend's connect fails at once.
+        let mut rst = Frame::tcp(remote, be9, TCP_RST | TCP_ACK);
+        rst.seq = 0;
+        rst.ack = ninth.seq + 5 + 1;
+        rst.window = 0;
+        rst.ttl = 64;
+        rst.smac = LB_MAC;
+        rst.dmac = B2_MAC;
         fx.check(
             "the ninth flow to the same destination",
             &ninth,
+            XDP_TX,
+            Some(&rst),
+            Reason::DropSnatExhausted,
+        );
+        // UDP has its own ports (the returning key holds the protocol): eight flows to one
+        // destination take them, the ninth is only dropped (UDP has nothing to refuse with).
+        let dns = SocketAddrV4::new(REMOTE, 53);
+        for i in 0..8u16 {
+            let mut u = Frame::udp(SocketAddrV4::new(B2, 42000 + i), dns);
+            u.smac = B2_MAC;
+            let (action, _) = fx.run(&u.build());
+            assert_eq!(action, XDP_TX, "UDP flow {i}");
+        }
+        let mut u = Frame::udp(SocketAddrV4::new(B2, 42008), dns);
+        u.smac = B2_MAC;
+        fx.check(
+            "the ninth UDP flow is dropped",
+            &u,
             XDP_DROP,
             None,
             Reason::DropSnatExhausted,
@@ -280,6 +308,95 @@ fn a_full_block_is_a_counted_drop_and_ports_are_reused_across_destinations() {
             XDP_TX,
             Some(&syn.snat(front, LB_MAC, CLIENT_MAC)),
             Reason::Outbound,
+        );
+    });
+}
+
+/// ICMP errors about an outbound flow reach the other side, translated: from the outside to the
+/// backend (outer destination and embedded source back to it), and from the backend to the
+/// outside (outer source and embedded destination to the frontend).
+#[test]
+fn icmp_errors_about_outbound_flows_are_translated_both_ways() {
+    use super::icmp::{icmp_error, ip_bytes};
+    with_outbound(|fx| {
+        let be = SocketAddrV4::new(B1, 40000);
+        let remote = SocketAddrV4::new(REMOTE, 443);
+        let syn = from_be(be, remote, TCP_SYN, B1_MAC);
+        assert_eq!(fx.run(&syn.build()).0, XDP_TX, "the flow is set up");
+        let flow = FlowKey4::new(be, remote, proto::TCP);
+        let front = SocketAddrV4::new(VIP, port_of(fx, &flow, B1, 0));
+        let router = Ipv4Addr::new(198, 51, 100, 254);
+        let mtu = [0, 0, 0x05, 0x78];
+        let left = Frame::tcp(front, remote, TCP_ACK);
+        let err = Frame::raw(
+            router,
+            VIP,
+            proto::ICMP,
+            icmp_error(3, 4, mtu, &ip_bytes(&left, 40)),
+        );
+        let mut want = Frame::raw(
+            router,
+            B1,
+            proto::ICMP,
+            icmp_error(3, 4, mtu, &ip_bytes(&Frame::tcp(be, remote, TCP_ACK), 40)),
+        );
+        want.ttl = err.ttl - 1;
+        want.smac = LB_MAC;
+        want.dmac = B1_MAC;
+        fx.check(
+            "frag needed from the outside reaches the backend",
+            &err,
+            XDP_TX,
+            Some(&want),
+            Reason::IcmpToBackend,
+        );
+        // The backend refuses a returning packet (port unreachable, say).
+        let returning = Frame::tcp(remote, be, TCP_ACK);
+        let mut err = Frame::raw(
+            B1,
+            REMOTE,
+            proto::ICMP,
+            icmp_error(3, 3, [0; 4], &ip_bytes(&returning, 28)),
+        );
+        err.smac = B1_MAC;
+        let mut want = Frame::raw(
+            VIP,
+            REMOTE,
+            proto::ICMP,
+            icmp_error(
+                3,
+                3,
+                [0; 4],
+                &ip_bytes(&Frame::tcp(remote, front, TCP_ACK), 28),
+            ),
+        );
+        want.ttl = err.ttl - 1;
+        want.smac = LB_MAC;
+        want.dmac = CLIENT_MAC;
+        fx.check(
+            "the backend's error leaves with the frontend",
+            &err,
+            XDP_TX,
+            Some(&want),
+            Reason::IcmpToClient,
+        );
+        let stranger = Frame::tcp(
+            SocketAddrV4::new(VIP, front.port()),
+            SocketAddrV4::new(REMOTE, 1),
+            TCP_ACK,
+        );
+        let forged = Frame::raw(
+            router,
+            VIP,
+            proto::ICMP,
+            icmp_error(3, 4, mtu, &ip_bytes(&stranger, 28)),
+        );
+        fx.check(
+            "an error about no outbound flow",
+            &forged,
+            XDP_DROP,
+            None,
+            Reason::DropIcmpUnmatched,
         );
     });
 }
