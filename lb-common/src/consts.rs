@@ -76,8 +76,9 @@ pub mod map_names {
     pub const OUTBOUND4: &str = "LB_OUTBOUND4";
     pub const OUT_INSIDE4: &str = "LB_OUT_INSIDE4";
     pub const OUT_FRONTS4: &str = "LB_OUT_FRONTS4";
+    pub const OUT_BLOCKS4: &str = "LB_OUT_BLOCKS4";
     /// Every map, in the order the agent opens them.
-    pub const ALL: [&str; 29] = [
+    pub const ALL: [&str; 30] = [
         SERVICES4,
         VIPS4,
         BACKENDS4,
@@ -107,6 +108,7 @@ pub mod map_names {
         OUTBOUND4,
         OUT_INSIDE4,
         OUT_FRONTS4,
+        OUT_BLOCKS4,
     ];
 }
 
@@ -133,7 +135,7 @@ pub const fn map_layout_version() -> u64 {
         }
         h
     }
-    let parts: [u64; 34] = [
+    let parts: [u64; 35] = [
         MAP_LAYOUT_REVISION,
         map_names::ALL.len() as u64,
         size_of::<maps::ServiceKey4>() as u64,
@@ -164,6 +166,7 @@ pub const fn map_layout_version() -> u64 {
         crate::trace::RING_BYTES as u64,
         size_of::<crate::outbound::OutboundEntry4>() as u64,
         size_of::<crate::outbound::OutFront4>() as u64,
+        size_of::<crate::outbound::OutBlockKey4>() as u64,
         MAX_OUTBOUND_BACKENDS as u64,
         MAX_OUTBOUND_INSIDE as u64,
         MAX_OUTBOUND_FRONTENDS as u64,

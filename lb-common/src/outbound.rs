@@ -42,6 +42,11 @@ pub const OUT_SERVICE_FLAG: u32 = 1 << 31;
 pub const OUT_F_TCP: u32 = 1;
 /// [`OutboundEntry4::flags`]: UDP flows are translated.
 pub const OUT_F_UDP: u32 = 2;
+/// [`OutboundEntry4::flags`] and [`OutFront4::flags`]: the rule is stateless. Its backends'
+/// own ephemeral ports are their blocks, so only the address is rewritten, no flow is tracked,
+/// and a returning packet's port alone names its backend ([`OutBlockKey4`]): any node of a
+/// scale-out deployment translates it.
+pub const OUT_F_STATELESS: u32 = 4;
 
 /// `LB_OUTBOUND4` value, keyed by a covered backend's 4-byte address: its block, its rule, and
 /// the next hop towards it (for returning packets). Written by the agent.
@@ -83,9 +88,45 @@ impl OutboundEntry4 {
 #[repr(C)]
 pub struct OutFront4 {
     pub rule: u32,
+    /// The rule's block size, and `OUT_F_STATELESS` (the only flag here).
+    pub ports: u16,
+    pub flags: u16,
 }
 
-crate::impl_user_pod!(OutboundEntry4, OutFront4);
+impl OutFront4 {
+    /// Whether the rule is stateless.
+    #[inline(always)]
+    #[must_use]
+    pub const fn stateless(&self) -> bool {
+        self.flags as u32 & OUT_F_STATELESS != 0
+    }
+}
+
+/// `LB_OUT_BLOCKS4` key: a frontend address and a block's index on it (stateless rules only).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Pod, Zeroable)]
+#[repr(C)]
+pub struct OutBlockKey4 {
+    pub frontend: [u8; 4],
+    pub index: u32,
+}
+
+impl OutBlockKey4 {
+    /// The key of the block that holds `port` on `frontend`, for blocks of `ports` ports;
+    /// `None` below the first block, or for a block size of 0.
+    #[inline(always)]
+    #[must_use]
+    pub const fn of(frontend: [u8; 4], port: u16, ports: u16) -> Option<Self> {
+        if port < OUT_PORT_FIRST || ports == 0 {
+            return None;
+        }
+        Some(Self {
+            frontend,
+            index: (port - OUT_PORT_FIRST) as u32 / ports as u32,
+        })
+    }
+}
+
+crate::impl_user_pod!(OutboundEntry4, OutFront4, OutBlockKey4);
 
 /// The `attempt`th candidate source port of a new outbound flow with flow hash `hash`, in the
 /// block `base..base + ports`. Consecutive attempts are a fixed prime stride apart, so the
@@ -444,6 +485,19 @@ mod tests {
         );
         for f in [TCP_ACK, TCP_SYN | TCP_ACK, TCP_FIN | TCP_ACK, TCP_RST] {
             assert_eq!(refusal(f, 1), None, "{f:#x}");
+        }
+    }
+
+    proptest! {
+        /// Every port of a block maps to that block's key, and no other block's.
+        #[test]
+        fn a_port_names_its_block(ppb in ppb_strategy(), k in 0u16..8, off in any::<u16>()) {
+            let base = OUT_PORT_FIRST + k * ppb;
+            prop_assume!(u32::from(base) + u32::from(ppb) <= 65_536);
+            let port = base + off % ppb;
+            let key = OutBlockKey4::of([203, 0, 113, 10], port, ppb).unwrap();
+            prop_assert_eq!(key.index, u32::from(k));
+            prop_assert_eq!(OutBlockKey4::of([203, 0, 113, 10], 1023, ppb), None);
         }
     }
 

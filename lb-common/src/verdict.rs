@@ -88,10 +88,14 @@ pub enum Reason {
     PassOutboundInside = 33,
     /// An outbound flow, but the outbound program is not installed (the tail call failed).
     DropOutboundUnavailable = 34,
+    /// A stateless outbound rule's backend sent from a source port outside its block (its
+    /// ephemeral port range is not set to the block), or a packet returned to a frontend port
+    /// no block of a stateless rule holds.
+    DropOutboundPort = 35,
 }
 
 /// Every reason, in number order.
-pub const ALL_REASONS: [Reason; 35] = [
+pub const ALL_REASONS: [Reason; 36] = [
     Reason::Forward,
     Reason::Reply,
     Reason::ForwardFib,
@@ -127,6 +131,7 @@ pub const ALL_REASONS: [Reason; 35] = [
     Reason::DropSnatExhausted,
     Reason::PassOutboundInside,
     Reason::DropOutboundUnavailable,
+    Reason::DropOutboundPort,
 ];
 const _: () = assert!((ALL_REASONS.len() as u32) <= crate::consts::REASON_SLOTS);
 
@@ -170,6 +175,7 @@ impl Reason {
             Self::DropSnatExhausted => "drop_snat_exhausted",
             Self::PassOutboundInside => "pass_outbound_inside",
             Self::DropOutboundUnavailable => "drop_outbound_unavailable",
+            Self::DropOutboundPort => "drop_outbound_port",
         }
     }
 
@@ -253,6 +259,7 @@ reason_class!(
         TcpFlags => DropTcpFlags,
         SnatExhausted => DropSnatExhausted,
         OutboundUnavailable => DropOutboundUnavailable,
+        OutboundPort => DropOutboundPort,
     }
 );
 

@@ -18,6 +18,7 @@
 use lb_common::{
     flow::proto,
     maps::{PipEntry4, ServiceInfo, ServiceKey4, VIP_F_HA_PORTS, VipInfo, ours_bit},
+    outbound::{OUT_F_STATELESS, OutboundEntry4},
     verdict::{DropReason, PassReason},
 };
 
@@ -52,6 +53,10 @@ pub enum Class {
     /// A covered backend's flow to outside its rule's inside prefixes, or a packet to a
     /// frontend address of an outbound rule (the outbound program translates both).
     Outbound,
+    /// As `Outbound`, for a stateless rule: no flow state, so translated here.
+    OutboundStateless(OutboundEntry4),
+    /// To a stateless rule's frontend port: the block's owner, if a block holds the port.
+    OutboundStatelessReturn(Option<[u8; 4]>),
     /// ICMP to a VIP: an echo request or an error.
     IcmpToVip(VipInfo),
     /// To a VIP, but nothing there serves it.
@@ -112,9 +117,17 @@ pub fn classify(ctx: &aya_ebpf::programs::XdpContext, pkt: &Packet) -> Class {
             if outbound::inside(e.rule, flow.dst) {
                 return Class::NotOurs(PassReason::OutboundInside);
             }
+            if e.flags & OUT_F_STATELESS != 0 {
+                return Class::OutboundStateless(e);
+            }
             return Class::Outbound;
         }
-        if to_us && outbound::is_frontend(flow.dst) {
+        if to_us && let Some(f) = outbound::front(flow.dst) {
+            if f.stateless() {
+                return Class::OutboundStatelessReturn(outbound::block_owner(
+                    flow.dst, flow.dport, &f,
+                ));
+            }
             return Class::Outbound;
         }
     }

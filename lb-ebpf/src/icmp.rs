@@ -273,6 +273,7 @@ pub fn about_outbound(ctx: &XdpContext, pkt: &Packet) -> bool {
     };
     conntrack::lookup(&key.reversed())
         .is_some_and(|c| c.kind == CONN_OUTBOUND || c.kind == CONN_OUTBOUND_REV)
+        || crate::outbound::stateless_error(&key).is_some()
 }
 
 /// An ICMP error from a backend (or a router on its side) about a packet of the tracked flow

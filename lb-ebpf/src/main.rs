@@ -117,6 +117,14 @@ fn try_lb(ctx: &XdpContext) -> Verdict {
         Class::IcmpFromBackend(r) => icmp::error_from_backend(ctx, &pkt, &r),
         Class::Pip(e, inbound) => pip::nat(ctx, &pkt, &e, inbound),
         Class::Outbound => outbound::enter(ctx),
+        Class::OutboundStateless(e) => match pkt.flow() {
+            Some(f) => outbound::stateless_out(ctx, &pkt, f, &e),
+            None => Verdict::Drop(DropReason::Malformed),
+        },
+        Class::OutboundStatelessReturn(owner) => match pkt.flow() {
+            Some(f) => outbound::stateless_in(ctx, &pkt, f, owner),
+            None => Verdict::Drop(DropReason::Malformed),
+        },
         Class::IcmpToVip(vip) => icmp::to_vip(ctx, &pkt, &vip),
         Class::Unservable(r) => Verdict::Drop(r),
         Class::NotOurs(r) => Verdict::Pass(r),

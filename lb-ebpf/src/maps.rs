@@ -20,7 +20,7 @@ use lb_common::{
         AclKey4, AclValue, Backend4, BackendId, ConnEntry4, Counters, NextHop, OURS_WORDS,
         PipEntry4, RateState, RevKey4, RevService4, RouteKey4, ServiceInfo, ServiceKey4, VipInfo,
     },
-    outbound::{OutFront4, OutboundEntry4},
+    outbound::{OutBlockKey4, OutFront4, OutboundEntry4},
     trace::{RING_BYTES, TraceConfig},
     xmit::{MAX_IFACES, XmitFails},
 };
@@ -171,3 +171,9 @@ pub static LB_OUT_INSIDE4: LpmTrie<AclKey4, u32> = LpmTrie::pinned(MAX_OUTBOUND_
 /// be an outbound flow returning. Writer: agent.
 #[map(name = "LB_OUT_FRONTS4")]
 pub static LB_OUT_FRONTS4: HashMap<[u8; 4], OutFront4> = HashMap::pinned(MAX_OUTBOUND_FRONTENDS, 0);
+
+/// (frontend address, block index) → the backend that owns the block, for stateless outbound
+/// rules only: a returning packet's port names its backend. Writer: agent.
+#[map(name = "LB_OUT_BLOCKS4")]
+pub static LB_OUT_BLOCKS4: HashMap<OutBlockKey4, [u8; 4]> =
+    HashMap::pinned(MAX_OUTBOUND_BACKENDS, 0);

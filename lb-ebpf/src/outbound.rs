@@ -23,13 +23,16 @@ use lb_common::{
     csum,
     flow::{FlowKey4, proto},
     maps::{CONN_OUTBOUND, CONN_OUTBOUND_REV, ConnEntry4, acl_key4},
-    outbound::{OUT_PORT_TRIES, OUT_SERVICE_FLAG, OutboundEntry4, candidate},
+    outbound::{
+        OUT_F_STATELESS, OUT_PORT_TRIES, OUT_SERVICE_FLAG, OutBlockKey4, OutFront4, OutboundEntry4,
+        candidate,
+    },
     verdict::{DropReason, PassReason, SendReason},
 };
 
 use crate::{
     conntrack, icmp,
-    maps::{LB_OUT_FRONTS4, LB_OUT_INSIDE4, LB_OUTBOUND4, LB_PROGS},
+    maps::{LB_OUT_BLOCKS4, LB_OUT_FRONTS4, LB_OUT_INSIDE4, LB_OUTBOUND4, LB_PROGS},
     parse::{self, Hdr, L4, Packet},
     select,
     verdict::Verdict,
@@ -63,11 +66,65 @@ pub fn inside(rule: u32, dst: [u8; 4]) -> bool {
         .is_some()
 }
 
-/// Whether `dst` is a frontend address of an outbound rule.
+/// The frontend entry of an address, if it is a frontend of an outbound rule.
 #[inline(always)]
-pub fn is_frontend(dst: [u8; 4]) -> bool {
-    // SAFETY: only whether an entry exists is read.
-    unsafe { LB_OUT_FRONTS4.get(dst).is_some() }
+pub fn front(dst: [u8; 4]) -> Option<OutFront4> {
+    // SAFETY: copied out at once.
+    unsafe { LB_OUT_FRONTS4.get(dst).copied() }
+}
+
+/// The backend that owns the block holding `port` on stateless frontend `frontend`.
+#[inline(always)]
+pub fn block_owner(frontend: [u8; 4], port: [u8; 2], f: &OutFront4) -> Option<[u8; 4]> {
+    let key = OutBlockKey4::of(frontend, u16::from_be_bytes(port), f.ports)?;
+    // SAFETY: copied out at once.
+    unsafe { LB_OUT_BLOCKS4.get(key).copied() }
+}
+
+/// A stateless rule's backend → outside: only the source address changes (the backend's own
+/// port is in its block, or the packet is dropped: its ephemeral range is not set to it); no
+/// flow is tracked.
+#[inline(always)]
+pub fn stateless_out(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    (flow, l4): (&FlowKey4, L4),
+    e: &OutboundEntry4,
+) -> Verdict {
+    if xlate::ttl(pkt) <= 1 {
+        return Verdict::Drop(DropReason::Ttl);
+    }
+    if flow.proto == proto::TCP && conn::invalid_flags(pkt.flags()) {
+        return Verdict::Drop(DropReason::TcpFlags);
+    }
+    let p = u16::from_be_bytes(flow.sport);
+    if p < e.base || p - e.base >= e.ports {
+        return Verdict::Drop(DropReason::OutboundPort);
+    }
+    xlate::rnat(pkt, l4, e.frontend, flow.sport);
+    xlate::forward(ctx, pkt, select::route(flow.dst), SendReason::Outbound)
+}
+
+/// Returning to a stateless rule's frontend port: the block's owner (`owner`, looked up by
+/// classification) gets it, address only.
+#[inline(always)]
+pub fn stateless_in(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    (flow, l4): (&FlowKey4, L4),
+    owner: Option<[u8; 4]>,
+) -> Verdict {
+    let Some((dip, e)) = owner
+        .and_then(|d| entry(d).map(|e| (d, e)))
+        .filter(|(_, e)| e.covers(flow.proto))
+    else {
+        return Verdict::Drop(DropReason::OutboundPort);
+    };
+    if xlate::ttl(pkt) <= 1 {
+        return Verdict::Drop(DropReason::Ttl);
+    }
+    xlate::dnat(pkt, l4, dip, flow.dport);
+    xlate::forward(ctx, pkt, Some(e.nh), SendReason::OutboundReturn)
 }
 
 /// The outbound program: a returning packet, a tracked outbound flow, or a new one.
@@ -181,12 +238,23 @@ fn icmp_error(ctx: &XdpContext, pkt: &Packet) -> Verdict {
     let Some((icmp, e, key)) = icmp::embedded(ctx, pkt.l3_off + 20) else {
         return unmatched;
     };
-    let Some(ct) = conntrack::lookup(&key.reversed()) else {
-        return unmatched;
-    };
     if xlate::ttl(pkt) <= 1 {
         return Verdict::Drop(DropReason::Ttl);
     }
+    // A stateless rule's flow has no entry: the embedded frontend port names its backend
+    // (from the outside), or the embedded destination is a stateless rule's backend.
+    let ct = match conntrack::lookup(&key.reversed()) {
+        Some(c) => c,
+        None => match stateless_error(&key) {
+            Some((true, dip)) => {
+                ConnEntry4::new(0, 0, CONN_OUTBOUND_REV, 0, key.sport, dip, [0; 2], 0, 0)
+            }
+            Some((false, front)) => {
+                ConnEntry4::new(0, 0, CONN_OUTBOUND, 0, key.dport, front, [0; 2], 0, 0)
+            }
+            None => return unmatched,
+        },
+    };
     if ct.kind == CONN_OUTBOUND_REV {
         let (dip, dport) = (ct.addr, ct.port);
         // SAFETY: all pointers were bounds-checked (`pkt` by the parser, the rest by
@@ -222,6 +290,20 @@ fn icmp_error(ctx: &XdpContext, pkt: &Packet) -> Verdict {
         return xlate::forward(ctx, pkt, select::route(key.src), SendReason::IcmpToClient);
     }
     unmatched
+}
+
+/// Whether an ICMP error's embedded packet `key` is about a stateless rule's flow: `(true,
+/// backend)` when it left with a stateless frontend (the error comes from the outside),
+/// `(false, frontend)` when it went to a stateless rule's backend (the error comes from its
+/// side).
+#[inline(always)]
+pub fn stateless_error(key: &FlowKey4) -> Option<(bool, [u8; 4])> {
+    if let Some(f) = front(key.src).filter(OutFront4::stateless) {
+        let dip = block_owner(key.src, key.sport, &f)?;
+        return Some((true, dip));
+    }
+    let e = entry(key.dst).filter(|e| e.flags & OUT_F_STATELESS != 0)?;
+    Some((false, e.frontend))
 }
 
 /// TTL of the RST that refuses a flow (a packet of the LB's own).

@@ -677,6 +677,7 @@ mod tests {
                 frontends: vec!["203.0.113.10".into()],
                 ports_per_backend: 64,
                 protocols: vec!["tcp".into()],
+                mode: "stateful".into(),
                 inside: Vec::new(),
                 idle_timeout_tcp: "4m".into(),
                 idle_timeout_udp: "60s".into(),

@@ -50,6 +50,11 @@ pub struct OutboundRule {
     /// `tcp`, `udp`, or both (the default).
     #[serde(default = "both")]
     pub protocols: Vec<String>,
+    /// `stateful` (the default): the LB picks each flow's port and tracks the flow.
+    /// `stateless`: each backend's own ephemeral port range is set to its block; only the
+    /// address is rewritten, nothing is tracked, and any node maps a port back to its backend.
+    #[serde(default)]
+    pub mode: OutMode,
     /// Idle timeout of the rule's flows (TCP and UDP); the protocol's default when unset.
     #[serde(
         default,
@@ -57,6 +62,35 @@ pub struct OutboundRule {
         skip_serializing_if = "Option::is_none"
     )]
     pub idle_timeout: Option<Duration>,
+}
+
+/// How a rule translates: see [`OutboundRule::mode`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutMode {
+    #[default]
+    Stateful,
+    Stateless,
+}
+
+impl std::str::FromStr for OutMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "stateful" => Ok(Self::Stateful),
+            "stateless" => Ok(Self::Stateless),
+            o => Err(format!("mode {o:?}: stateful or stateless")),
+        }
+    }
+}
+
+impl std::fmt::Display for OutMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Stateful => "stateful",
+            Self::Stateless => "stateless",
+        })
+    }
 }
 
 fn both() -> Vec<String> {
@@ -67,7 +101,11 @@ impl OutboundRule {
     /// The fast path's `OUT_F_*` protocol bits (the rule was checked).
     #[must_use]
     pub fn flags(&self) -> u32 {
-        self.protocols.iter().fold(0, |f, p| match p.as_str() {
+        let mode = match self.mode {
+            OutMode::Stateful => 0,
+            OutMode::Stateless => lb_common::outbound::OUT_F_STATELESS,
+        };
+        self.protocols.iter().fold(mode, |f, p| match p.as_str() {
             "tcp" => f | OUT_F_TCP,
             "udp" => f | OUT_F_UDP,
             _ => f,

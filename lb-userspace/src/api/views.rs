@@ -21,6 +21,9 @@ pub struct OutboundView {
     pub frontends: Vec<String>,
     pub ports_per_backend: u32,
     pub protocols: Vec<String>,
+    /// `stateful` or `stateless`.
+    #[serde(default)]
+    pub mode: String,
     pub inside: Vec<String>,
     /// The rule's idle timeouts, TCP and UDP (`4m`, `60s`).
     pub idle_timeout_tcp: String,

@@ -532,6 +532,10 @@ pub struct OutboundAddArgs {
     /// Protocols translated.
     #[arg(long, value_delimiter = ',', default_value = "tcp,udp")]
     pub protocols: Vec<String>,
+    /// stateful (the LB picks ports and tracks flows) or stateless (each backend's own
+    /// ephemeral port range is set to its block: any LB node translates its flows).
+    #[arg(long, default_value = "stateful")]
+    pub mode: crate::outbound::OutMode,
     /// Idle timeout of the rule's flows, whole seconds from 2s to 120m [default: 4m for TCP,
     /// 60s for UDP].
     #[arg(long, value_name = "DURATION")]
@@ -562,6 +566,7 @@ impl OutboundAddArgs {
             ports_per_backend: self.ports_per_backend,
             inside,
             protocols: self.protocols.clone(),
+            mode: self.mode,
             idle_timeout,
         };
         crate::outbound::check_rule(&r)?;

@@ -38,10 +38,11 @@ pub fn render(resp: &Response, format: Format) -> Result<String, (ErrorKind, Str
             for r in rules {
                 let _ = writeln!(
                     o,
-                    "{}  frontends {}  {} ports per backend  {}  inside {}  idle {} (tcp) {} (udp)",
+                    "{}  frontends {}  {} ports per backend  {} {}  inside {}  idle {} (tcp) {} (udp)",
                     r.name,
                     r.frontends.join(","),
                     r.ports_per_backend,
+                    r.mode,
                     r.protocols.join(","),
                     if r.inside.is_empty() {
                         "-".into()

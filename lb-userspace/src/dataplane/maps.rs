@@ -23,7 +23,7 @@ use lb_common::{
         RevKey4, RevService4, RouteKey4, ServiceInfo, ServiceKey, ServiceKey4, VipInfo, VipKey,
         acl_key4,
     },
-    outbound::{OutFront4, OutboundEntry4},
+    outbound::{OutBlockKey4, OutFront4, OutboundEntry4},
     trace::TraceConfig,
     xmit::XmitFails,
 };
@@ -50,6 +50,7 @@ pub struct Maps {
     pub outbound: HashMap<MapData, [u8; 4], OutboundEntry4>,
     pub out_fronts: HashMap<MapData, [u8; 4], OutFront4>,
     pub out_inside: LpmTrie<MapData, AclKey4, u32>,
+    pub out_blocks: HashMap<MapData, OutBlockKey4, [u8; 4]>,
     /// Conntrack and the counters, also reachable from the writer (adoption's flow purge at
     /// start, and tests that read counters through the reconciler's maps).
     pub side: SideMaps,
@@ -85,6 +86,7 @@ impl Maps {
             outbound: take_map(ebpf, map_names::OUTBOUND4)?,
             out_fronts: take_map(ebpf, map_names::OUT_FRONTS4)?,
             out_inside: take_map(ebpf, map_names::OUT_INSIDE4)?,
+            out_blocks: take_map(ebpf, map_names::OUT_BLOCKS4)?,
             side: SideMaps {
                 conntrack: take_map(ebpf, map_names::CONNTRACK)?,
                 reasons: take_map(ebpf, map_names::REASON_STATS)?,
@@ -619,10 +621,18 @@ impl MapOps for Maps {
     fn del_outbound(&mut self, dip: [u8; 4]) -> Result<(), MapOpError> {
         deleted(self.outbound.remove(&dip)).map_err(op_err(map_names::OUTBOUND4, "remove"))
     }
-    fn put_out_front(&mut self, a: [u8; 4], rule: u32) -> Result<(), MapOpError> {
+    fn put_out_front(&mut self, a: [u8; 4], f: &OutFront4) -> Result<(), MapOpError> {
         self.out_fronts
-            .insert(a, OutFront4 { rule }, 0)
+            .insert(a, f, 0)
             .map_err(op_err(map_names::OUT_FRONTS4, "insert"))
+    }
+    fn put_out_block(&mut self, k: &OutBlockKey4, dip: [u8; 4]) -> Result<(), MapOpError> {
+        self.out_blocks
+            .insert(k, dip, 0)
+            .map_err(op_err(map_names::OUT_BLOCKS4, "insert"))
+    }
+    fn del_out_block(&mut self, k: &OutBlockKey4) -> Result<(), MapOpError> {
+        deleted(self.out_blocks.remove(k)).map_err(op_err(map_names::OUT_BLOCKS4, "remove"))
     }
     fn del_out_front(&mut self, a: [u8; 4]) -> Result<(), MapOpError> {
         deleted(self.out_fronts.remove(&a)).map_err(op_err(map_names::OUT_FRONTS4, "remove"))
@@ -743,8 +753,11 @@ impl MapOps for Maps {
         }
         let mut out_fronts = Vec::new();
         for item in &self.out_fronts {
-            let (a, f) = item.map_err(op_err(map_names::OUT_FRONTS4, "walk"))?;
-            out_fronts.push((a, f.rule));
+            out_fronts.push(item.map_err(op_err(map_names::OUT_FRONTS4, "walk"))?);
+        }
+        let mut out_blocks = Vec::new();
+        for item in &self.out_blocks {
+            out_blocks.push(item.map_err(op_err(map_names::OUT_BLOCKS4, "walk"))?);
         }
         let mut out_inside = Vec::new();
         for k in self.out_inside.keys() {
@@ -770,6 +783,7 @@ impl MapOps for Maps {
             retired,
             outbound,
             out_fronts,
+            out_blocks,
             out_inside,
         })
     }

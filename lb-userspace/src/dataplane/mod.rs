@@ -93,8 +93,19 @@ pub trait MapOps {
         e: &lb_common::outbound::OutboundEntry4,
     ) -> Result<(), MapOpError>;
     fn del_outbound(&mut self, dip: [u8; 4]) -> Result<(), MapOpError>;
-    /// Writes a frontend address of outbound rule `rule` (`LB_OUT_FRONTS4`).
-    fn put_out_front(&mut self, a: [u8; 4], rule: u32) -> Result<(), MapOpError>;
+    /// Writes a frontend address of an outbound rule (`LB_OUT_FRONTS4`).
+    fn put_out_front(
+        &mut self,
+        a: [u8; 4],
+        f: &lb_common::outbound::OutFront4,
+    ) -> Result<(), MapOpError>;
+    /// Writes / deletes a stateless rule's block owner (`LB_OUT_BLOCKS4`).
+    fn put_out_block(
+        &mut self,
+        k: &lb_common::outbound::OutBlockKey4,
+        dip: [u8; 4],
+    ) -> Result<(), MapOpError>;
+    fn del_out_block(&mut self, k: &lb_common::outbound::OutBlockKey4) -> Result<(), MapOpError>;
     fn del_out_front(&mut self, a: [u8; 4]) -> Result<(), MapOpError>;
     /// Writes an inside prefix `(address, length)` of outbound rule `rule` (`LB_OUT_INSIDE4`).
     fn put_out_inside(&mut self, rule: u32, p: ([u8; 4], u8)) -> Result<(), MapOpError>;
@@ -238,6 +249,7 @@ pub struct LiveMaps {
     pub retired: Vec<(u32, Counters)>,
     /// `LB_OUTBOUND4`, `LB_OUT_FRONTS4` and `LB_OUT_INSIDE4` (rule, address, length).
     pub outbound: Vec<([u8; 4], lb_common::outbound::OutboundEntry4)>,
-    pub out_fronts: Vec<([u8; 4], u32)>,
+    pub out_fronts: Vec<([u8; 4], lb_common::outbound::OutFront4)>,
+    pub out_blocks: Vec<(lb_common::outbound::OutBlockKey4, [u8; 4])>,
     pub out_inside: Vec<(u32, [u8; 4], u8)>,
 }

@@ -219,9 +219,10 @@ pub fn adopt<M: MapOps + FlowPurge>(
     for (dip, e) in found.outbound {
         live.put_outbound(dip, e);
     }
-    for (a, rule) in found.out_fronts {
-        live.put_out_front(a, rule);
+    for (a, f) in found.out_fronts {
+        live.put_out_front(a, f);
     }
+    live.out_blocks = found.out_blocks.into_iter().collect();
     live.out_inside = found.out_inside.into_iter().collect();
     // Client routes as written: the refresh then changes only what differs, and removes routes
     // the kernel no longer has.

@@ -178,9 +178,17 @@ impl<M: MapOps> Applier<'_, M> {
                 live.del_outbound(dip);
                 uncover(m, live, &[IpAddr::from(dip)])?;
             }
-            Step::PutOutFront(a, rule) => {
-                covered(m, live, &[IpAddr::from(a)], |m| m.put_out_front(a, rule))?;
-                live.put_out_front(a, rule);
+            Step::PutOutFront(a, f) => {
+                covered(m, live, &[IpAddr::from(a)], |m| m.put_out_front(a, &f))?;
+                live.put_out_front(a, f);
+            }
+            Step::PutOutBlock(k, dip) => {
+                m.put_out_block(&k, dip)?;
+                live.out_blocks.insert(k, dip);
+            }
+            Step::DelOutBlock(k) => {
+                m.del_out_block(&k)?;
+                live.out_blocks.remove(&k);
             }
             Step::DelOutFront(a) => {
                 m.del_out_front(a)?;

@@ -63,8 +63,10 @@ pub struct Live {
     pub holds: HashMap<RevKey4, RevService4>,
     /// `LB_OUTBOUND4`: covered backend address → its entry.
     pub outbound: BTreeMap<[u8; 4], lb_common::outbound::OutboundEntry4>,
-    /// `LB_OUT_FRONTS4`: frontend address → rule id.
-    pub out_fronts: BTreeMap<[u8; 4], u32>,
+    /// `LB_OUT_FRONTS4`: frontend address → its rule's id, block size and mode.
+    pub out_fronts: BTreeMap<[u8; 4], lb_common::outbound::OutFront4>,
+    /// `LB_OUT_BLOCKS4`: a stateless rule's (frontend, block index) → its backend.
+    pub out_blocks: BTreeMap<lb_common::outbound::OutBlockKey4, [u8; 4]>,
     /// `LB_OUT_INSIDE4`: (rule id, address, prefix length).
     pub out_inside: std::collections::BTreeSet<(u32, [u8; 4], u8)>,
 }
@@ -293,8 +295,8 @@ impl Live {
     }
 
     /// Records a frontend entry written (its address is then ours).
-    pub fn put_out_front(&mut self, a: [u8; 4], rule: u32) {
-        if self.out_fronts.insert(a, rule).is_none() {
+    pub fn put_out_front(&mut self, a: [u8; 4], f: lb_common::outbound::OutFront4) {
+        if self.out_fronts.insert(a, f).is_none() {
             self.ours.hold(IpAddr::from(a));
         }
     }

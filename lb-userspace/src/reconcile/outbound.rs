@@ -12,7 +12,7 @@ use std::{
     net::IpAddr,
 };
 
-use lb_common::outbound::{OutboundEntry4, Slot};
+use lb_common::outbound::{OUT_F_STATELESS, OutBlockKey4, OutFront4, OutboundEntry4, Slot};
 
 use super::{hops::Hops, live::Live, plan::Step};
 use crate::{
@@ -58,7 +58,9 @@ impl OutHold {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Desired {
     pub entries: BTreeMap<[u8; 4], OutboundEntry4>,
-    pub fronts: BTreeMap<[u8; 4], u32>,
+    pub fronts: BTreeMap<[u8; 4], OutFront4>,
+    /// Stateless rules' block owners.
+    pub blocks: BTreeMap<OutBlockKey4, [u8; 4]>,
     pub inside: BTreeSet<(u32, [u8; 4], u8)>,
     /// The holds once these are written: the book's, and the blocks of backends leaving now.
     pub held: BTreeMap<String, BTreeSet<Slot>>,
@@ -87,7 +89,7 @@ impl OutboundBook {
                 .frontends
                 .iter()
                 .filter_map(|f| v4(*f))
-                .find_map(|a| live.out_fronts.get(&a).copied())
+                .find_map(|a| live.out_fronts.get(&a).map(|f| f.rule))
                 .filter(|id| !taken.contains(id));
             // At most `MAX_OUTBOUND_FRONTENDS` rules (one frontend each at least), so a free
             // id exists below that.
@@ -177,7 +179,11 @@ pub fn desired(
             continue;
         };
         let ports = u16::try_from(r.ports_per_backend).map_err(|e| e.to_string())?;
+        let stateless = r.flags() & OUT_F_STATELESS != 0;
         for (dip, slot) in placed {
+            if stateless && let Some(k) = OutBlockKey4::of(slot.frontend, slot.base, ports) {
+                d.blocks.insert(k, dip);
+            }
             d.entries.insert(
                 dip,
                 OutboundEntry4 {
@@ -190,8 +196,14 @@ pub fn desired(
                 },
             );
         }
+        let front = OutFront4 {
+            rule: id,
+            ports,
+            // The mode bit only (`OUT_F_STATELESS` fits 16 bits).
+            flags: u16::try_from(r.flags() & OUT_F_STATELESS).unwrap_or(0),
+        };
         for f in r.frontends.iter().filter_map(|f| v4(*f)) {
-            d.fronts.insert(f, id);
+            d.fronts.insert(f, front);
         }
         for (ip, len) in &r.inside {
             if let Some(a) = v4(*ip) {
@@ -203,8 +215,9 @@ pub fn desired(
 }
 
 /// The writes that make the outbound maps hold `d`: new inside prefixes first (a backend's
-/// entry never exists without its rule's inside set), then backend entries, then frontends,
-/// then the inside prefixes no rule has any more.
+/// entry never exists without its rule's inside set); stateless block owners that go, before
+/// the backend entries they name; the backend entries; the new block owners, after the entries
+/// they name; frontends; and last the inside prefixes no rule has any more.
 #[must_use]
 pub fn plan(d: &Desired, live: &Live) -> Vec<Step> {
     let mut steps: Vec<Step> = d
@@ -212,6 +225,12 @@ pub fn plan(d: &Desired, live: &Live) -> Vec<Step> {
         .difference(&live.out_inside)
         .map(|(r, a, l)| Step::PutOutInside(*r, *a, *l))
         .collect();
+    steps.extend(
+        live.out_blocks
+            .iter()
+            .filter(|(k, v)| d.blocks.get(*k) != Some(v))
+            .map(|(k, _)| Step::DelOutBlock(*k)),
+    );
     steps.extend(
         live.outbound
             .keys()
@@ -223,6 +242,12 @@ pub fn plan(d: &Desired, live: &Live) -> Vec<Step> {
             .iter()
             .filter(|(k, e)| live.outbound.get(*k) != Some(e))
             .map(|(k, e)| Step::PutOutbound(*k, *e)),
+    );
+    steps.extend(
+        d.blocks
+            .iter()
+            .filter(|(k, v)| live.out_blocks.get(*k) != Some(v))
+            .map(|(k, v)| Step::PutOutBlock(*k, *v)),
     );
     steps.extend(
         d.fronts
@@ -282,6 +307,7 @@ pub fn views(state: &State, live: &Live, book: &OutboundBook) -> Vec<OutboundVie
                 frontends: r.frontends.iter().map(ToString::to_string).collect(),
                 ports_per_backend: r.ports_per_backend,
                 protocols: r.protocols.clone(),
+                mode: r.mode.to_string(),
                 inside: r.inside.iter().map(|(a, l)| format!("{a}/{l}")).collect(),
                 idle_timeout_tcp: secs(tcp),
                 idle_timeout_udp: secs(udp),

@@ -65,9 +65,12 @@ pub enum Step {
     /// A covered backend's outbound entry (`LB_OUTBOUND4`).
     PutOutbound([u8; 4], lb_common::outbound::OutboundEntry4),
     DelOutbound([u8; 4]),
-    /// A frontend address of an outbound rule (`LB_OUT_FRONTS4`): address, rule id.
-    PutOutFront([u8; 4], u32),
+    /// A frontend address of an outbound rule (`LB_OUT_FRONTS4`).
+    PutOutFront([u8; 4], lb_common::outbound::OutFront4),
     DelOutFront([u8; 4]),
+    /// A stateless rule's block owner (`LB_OUT_BLOCKS4`).
+    PutOutBlock(lb_common::outbound::OutBlockKey4, [u8; 4]),
+    DelOutBlock(lb_common::outbound::OutBlockKey4),
     /// An inside prefix of an outbound rule (`LB_OUT_INSIDE4`): rule id, address, length.
     PutOutInside(u32, [u8; 4], u8),
     DelOutInside(u32, [u8; 4], u8),

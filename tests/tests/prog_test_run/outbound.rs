@@ -35,7 +35,18 @@ services = ["203.0.113.10:80/tcp"]
 backends = ["192.0.2.13"]
 ports_per_backend = 8
 inside = ["192.0.2.0/24", "198.51.100.0/28"]
+
+# Stateless: 192.0.2.16's own ephemeral ports are its block on 203.0.113.11; only the
+# address is rewritten, and nothing is tracked.
+[[outbound]]
+name = "direct"
+frontends = ["203.0.113.11"]
+backends = ["192.0.2.16"]
+ports_per_backend = 4096
+mode = "stateless"
 "#;
+
+const DIRECT: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 11);
 
 /// The outside: routed through the client route (198.51.100.0/24), outside the inside /28.
 const REMOTE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 77);
@@ -397,6 +408,110 @@ fn icmp_errors_about_outbound_flows_are_translated_both_ways() {
             XDP_DROP,
             None,
             Reason::DropIcmpUnmatched,
+        );
+    });
+}
+
+/// The stateless rule's backend's block.
+fn direct_block() -> Slot {
+    let fe = Frontend {
+        addr: DIRECT.octets(),
+        reserved: Vec::new(),
+    };
+    allocate(
+        &[fe],
+        4096,
+        &BTreeSet::from([HA1.octets()]),
+        &BTreeSet::new(),
+    )
+    .unwrap()[&HA1.octets()]
+}
+
+fn flows(fx: &Fixture) -> usize {
+    use lb_userspace::dataplane::MapReader as _;
+    let mut n = 0;
+    fx.h.rec.maps().each_flow(&mut |_, _| n += 1).unwrap();
+    n
+}
+
+/// A stateless rule rewrites only the address, both ways, tracks nothing, and drops a port
+/// outside the backend's block (its ephemeral range is not set to it).
+#[test]
+fn a_stateless_rule_rewrites_the_address_only_and_tracks_nothing() {
+    use super::icmp::{icmp_error, ip_bytes};
+    with_outbound(|fx| {
+        let b = direct_block();
+        let before = flows(fx);
+        let be = SocketAddrV4::new(HA1, b.base + 5);
+        let remote = SocketAddrV4::new(REMOTE, 443);
+        let front = SocketAddrV4::new(DIRECT, b.base + 5);
+        let syn = from_be(be, remote, TCP_SYN, HA1_MAC);
+        fx.check(
+            "stateless SYN: address only",
+            &syn,
+            XDP_TX,
+            Some(&syn.snat(front, LB_MAC, CLIENT_MAC)),
+            Reason::Outbound,
+        );
+        let synack = Frame::tcp(remote, front, TCP_SYN | TCP_ACK);
+        fx.check(
+            "its SYN-ACK, by the block alone",
+            &synack,
+            XDP_TX,
+            Some(&synack.dnat(be, LB_MAC, HA1_MAC)),
+            Reason::OutboundReturn,
+        );
+        assert_eq!(flows(fx), before, "a stateless rule tracks nothing");
+        let outside_block = if b.base == 1024 { b.base + 4096 } else { 1024 };
+        let wrong = from_be(
+            SocketAddrV4::new(HA1, outside_block),
+            remote,
+            TCP_SYN,
+            HA1_MAC,
+        );
+        fx.check(
+            "a source port outside the block",
+            &wrong,
+            XDP_DROP,
+            None,
+            Reason::DropOutboundPort,
+        );
+        let stray = Frame::tcp(remote, SocketAddrV4::new(DIRECT, outside_block), TCP_ACK);
+        fx.check(
+            "a frontend port no block holds",
+            &stray,
+            XDP_DROP,
+            None,
+            Reason::DropOutboundPort,
+        );
+        let router = Ipv4Addr::new(198, 51, 100, 254);
+        let mtu = [0, 0, 0x05, 0x78];
+        let err = Frame::raw(
+            router,
+            DIRECT,
+            proto::ICMP,
+            icmp_error(
+                3,
+                4,
+                mtu,
+                &ip_bytes(&Frame::tcp(front, remote, TCP_ACK), 28),
+            ),
+        );
+        let mut want = Frame::raw(
+            router,
+            HA1,
+            proto::ICMP,
+            icmp_error(3, 4, mtu, &ip_bytes(&Frame::tcp(be, remote, TCP_ACK), 28)),
+        );
+        want.ttl = err.ttl - 1;
+        want.smac = LB_MAC;
+        want.dmac = HA1_MAC;
+        fx.check(
+            "an error from the outside about a stateless flow",
+            &err,
+            XDP_TX,
+            Some(&want),
+            Reason::IcmpToBackend,
         );
     });
 }

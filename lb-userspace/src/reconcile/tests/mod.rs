@@ -68,7 +68,8 @@ pub struct FakeMaps {
     pub locals: BTreeSet<[u8; 4]>,
     /// `LB_OUTBOUND4`, `LB_OUT_FRONTS4`, `LB_OUT_INSIDE4`.
     pub outbound: BTreeMap<[u8; 4], lb_common::outbound::OutboundEntry4>,
-    pub out_fronts: BTreeMap<[u8; 4], u32>,
+    pub out_fronts: BTreeMap<[u8; 4], lb_common::outbound::OutFront4>,
+    pub out_blocks: BTreeMap<lb_common::outbound::OutBlockKey4, [u8; 4]>,
     pub out_inside: BTreeSet<(u32, [u8; 4], u8)>,
     /// `LB_TRACE_CFG` (not a transaction's write: it never fails here).
     pub trace: lb_common::trace::TraceConfig,
@@ -222,9 +223,27 @@ impl MapOps for FakeMaps {
         self.outbound.remove(&dip);
         Ok(())
     }
-    fn put_out_front(&mut self, a: [u8; 4], rule: u32) -> Result<(), MapOpError> {
+    fn put_out_front(
+        &mut self,
+        a: [u8; 4],
+        f: &lb_common::outbound::OutFront4,
+    ) -> Result<(), MapOpError> {
         self.write()?;
-        self.out_fronts.insert(a, rule);
+        self.out_fronts.insert(a, *f);
+        Ok(())
+    }
+    fn put_out_block(
+        &mut self,
+        k: &lb_common::outbound::OutBlockKey4,
+        dip: [u8; 4],
+    ) -> Result<(), MapOpError> {
+        self.write()?;
+        self.out_blocks.insert(*k, dip);
+        Ok(())
+    }
+    fn del_out_block(&mut self, k: &lb_common::outbound::OutBlockKey4) -> Result<(), MapOpError> {
+        self.write()?;
+        self.out_blocks.remove(k);
         Ok(())
     }
     fn del_out_front(&mut self, a: [u8; 4]) -> Result<(), MapOpError> {
@@ -246,6 +265,7 @@ impl MapOps for FakeMaps {
         Ok(LiveMaps {
             outbound: self.outbound.iter().map(|(k, v)| (*k, *v)).collect(),
             out_fronts: self.out_fronts.iter().map(|(k, v)| (*k, *v)).collect(),
+            out_blocks: self.out_blocks.iter().map(|(k, v)| (*k, *v)).collect(),
             out_inside: self.out_inside.iter().copied().collect(),
             revs: self.revs.iter().map(|(k, v)| (*k, *v)).collect(),
             ours: self
