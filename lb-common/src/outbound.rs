@@ -300,41 +300,56 @@ mod alloc {
         backends: &BTreeSet<[u8; 4]>,
         held: &BTreeSet<Slot>,
     ) -> Result<BTreeMap<[u8; 4], Slot>, Shortfall> {
-        let mut slots = Vec::new();
+        // Every aligned cut of every frontend, usable or not: a backend's home is a cut, so
+        // a port reserved (or freed) later changes the usability of one cut and moves only the
+        // backends that were in it or probed past it, not every home.
+        let mut cuts: Vec<(Slot, bool)> = Vec::new();
         let mut ruled_out = 0;
         for f in frontends {
             let (bases, out) = usable_bases(f, ppb);
             ruled_out += out;
-            slots.extend(bases.into_iter().map(|base| Slot {
-                frontend: f.addr,
-                base,
-            }));
+            let all = if ppb == 0 {
+                0
+            } else {
+                OUT_PORTS / u32::from(ppb)
+            };
+            for k in 0..all {
+                #[expect(clippy::cast_possible_truncation, reason = "a port")]
+                let base = (u32::from(OUT_PORT_FIRST) + k * u32::from(ppb)) as u16;
+                let slot = Slot {
+                    frontend: f.addr,
+                    base,
+                };
+                cuts.push((slot, bases.binary_search(&base).is_ok()));
+            }
         }
-        let mut taken: Vec<bool> = slots.iter().map(|s| held.contains(s)).collect();
-        let held_here = taken.iter().filter(|t| **t).count();
-        if backends.len() + held_here > slots.len() {
+        let usable = cuts.iter().filter(|(_, u)| *u).count();
+        // A cut is free when it is usable, not held, and not taken yet.
+        let mut taken: Vec<bool> = cuts.iter().map(|(s, u)| !u || held.contains(s)).collect();
+        let held_here = cuts.iter().filter(|(s, u)| *u && held.contains(s)).count();
+        if backends.len() + held_here > usable {
             return Err(Shortfall {
                 backends: backends.len(),
                 held: held_here,
-                blocks: slots.len(),
+                blocks: usable,
                 reserved_out: ruled_out,
                 ports_per_backend: ppb,
             });
         }
         let mut order: Vec<[u8; 4]> = backends.iter().copied().collect();
         order.sort_by_key(|a| (mix(*a, 0x6f75_7462), *a));
-        let n = slots.len() as u64;
+        let n = cuts.len();
         let mut out = BTreeMap::new();
         for b in order {
             #[expect(clippy::cast_possible_truncation, reason = "< n, a usize")]
-            let home = (mix(b, 0x626c_6f63) % n) as usize;
-            // There is a free slot: the count was checked above.
-            let i = (0..slots.len())
-                .map(|d| (home + d) % slots.len())
+            let home = (mix(b, 0x626c_6f63) % n as u64) as usize;
+            // There is a free cut: the count was checked above.
+            let i = (0..n)
+                .map(|d| (home + d) % n)
                 .find(|i| !taken[*i])
-                .expect("a free slot exists");
+                .expect("a free cut exists");
             taken[i] = true;
-            out.insert(b, slots[i]);
+            out.insert(b, cuts[i].0);
         }
         Ok(out)
     }
@@ -438,6 +453,25 @@ mod tests {
             }
             // 1000 slots, at most 61 backends: a displacement chain is rare and short.
             prop_assert!(m.len() <= 3, "{} moved", m.len());
+        }
+
+        /// Reserving one more port (a service added on the frontend) moves the backend whose
+        /// block held it, and those it displaces, never the rest: homes do not depend on which
+        /// cuts are usable.
+        #[test]
+        fn reserving_a_port_moves_only_the_block_that_held_it(
+            bs in proptest::collection::btree_set(any::<u16>(), 1..60),
+            port in 1024u16..,
+        ) {
+            let before = addrs(&bs.iter().copied().collect::<Vec<_>>());
+            let a = allocate(&frontends(1, &[80]), 64, &before, &BTreeSet::new()).unwrap();
+            let b = allocate(&frontends(1, &[80, port]), 64, &before, &BTreeSet::new()).unwrap();
+            let m = moved(&a, &b);
+            prop_assert!(m.len() <= 3, "{} moved", m.len());
+            let hit = a.iter().find(|(_, s)| (s.base..=s.base + 63).contains(&port)).map(|(k, _)| *k);
+            for k in &m {
+                prop_assert!(Some(*k) == hit || b.values().any(|s| *s == a[k]), "{k:?} moved for nothing");
+            }
         }
 
         /// Removing a backend whose block stays held moves nobody, and nobody gets the held

@@ -301,6 +301,8 @@ pub fn blocks(state: &State, held: &BTreeMap<String, BTreeSet<Slot>>) -> Result<
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RuleError {
     pub rule: String,
+    /// The other rule of a conflict between two.
+    pub other: Option<String>,
     pub message: String,
 }
 
@@ -318,15 +320,51 @@ impl std::fmt::Display for RuleError {
 /// The rule at fault, and a message naming the rule(s), the address and the numbers.
 pub fn check_all(state: &State) -> Result<(), RuleError> {
     for r in state.outbound.values() {
+        if let Some((other, message)) = conflict(r, state) {
+            return Err(RuleError {
+                rule: r.name.clone(),
+                other: Some(other),
+                message,
+            });
+        }
         check_one(r, state).map_err(|message| RuleError {
             rule: r.name.clone(),
+            other: None,
             message,
         })?;
     }
     Ok(())
 }
 
-/// [`check_all`] for rule `r`: its conflicts with the rules before it (by name), and its fit.
+/// A conflict of rule `r` with a rule before it (by name): that rule, and the message.
+fn conflict(r: &OutboundRule, state: &State) -> Option<(String, String)> {
+    let mine = covered(r, state);
+    for o in state.outbound.values().filter(|o| o.name < r.name) {
+        if let Some(f) = r.frontends.iter().find(|f| o.frontends.contains(f)) {
+            return Some((
+                o.name.clone(),
+                format!(
+                    "outbound rules {} and {}: both use frontend {f} (a frontend address belongs to one rule)",
+                    o.name, r.name
+                ),
+            ));
+        }
+        if let Some(b) = covered(o, state).intersection(&mine).next() {
+            return Some((
+                o.name.clone(),
+                format!(
+                    "backend {} is covered by outbound rules {} and {}: a backend leaves through one rule",
+                    IpAddr::from(*b),
+                    o.name,
+                    r.name
+                ),
+            ));
+        }
+    }
+    None
+}
+
+/// [`check_all`] for rule `r` alone: the services it names, its frontends, capacities, its fit.
 fn check_one(r: &OutboundRule, state: &State) -> Result<(), String> {
     for s in &r.services {
         if !state.services.contains_key(s) {
@@ -337,22 +375,6 @@ fn check_one(r: &OutboundRule, state: &State) -> Result<(), String> {
         }
     }
     let mine = covered(r, state);
-    for o in state.outbound.values().filter(|o| o.name < r.name) {
-        if let Some(f) = r.frontends.iter().find(|f| o.frontends.contains(f)) {
-            return Err(format!(
-                "outbound rules {} and {}: both use frontend {f} (a frontend address belongs to one rule)",
-                o.name, r.name
-            ));
-        }
-        if let Some(b) = covered(o, state).intersection(&mine).next() {
-            return Err(format!(
-                "backend {} is covered by outbound rules {} and {}: a backend leaves through one rule",
-                IpAddr::from(*b),
-                o.name,
-                r.name
-            ));
-        }
-    }
     for f in &r.frontends {
         if state.pips.contains_key(f) || state.pips.values().any(|d| d == f) {
             return Err(format!(
@@ -390,4 +412,90 @@ fn check_one(r: &OutboundRule, state: &State) -> Result<(), String> {
     allocate(&frontends(r, state), ppb, &mine, &BTreeSet::new())
         .map(drop)
         .map_err(|e| format!("outbound rule {}: {e}", r.name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = r#"
+[[service]]
+vip = "203.0.113.10:80/tcp"
+backends = ["192.0.2.11", "192.0.2.12"]
+
+[[outbound]]
+name = "web"
+frontends = ["203.0.113.10", "203.0.113.11"]
+services = ["203.0.113.10:80/tcp"]
+backends = ["192.0.2.20"]
+ports_per_backend = 1024
+inside = ["192.0.2.0/24"]
+protocols = ["tcp"]
+idle_timeout = "10m"
+"#;
+
+    #[test]
+    fn a_config_rule_is_read_checked_and_saved_back() {
+        let c = crate::config::parse("lb.toml", CONFIG).unwrap();
+        assert_eq!(c.outbound.len(), 1);
+        let r = &c.outbound[0];
+        assert_eq!(r.flags(), OUT_F_TCP);
+        assert_eq!(r.idle_s(), (600, 600));
+        assert_eq!(r.mode, OutMode::Stateful);
+        let s = State::from_config(&c);
+        assert_eq!(
+            covered(r, &s),
+            BTreeSet::from([[192, 0, 2, 11], [192, 0, 2, 12], [192, 0, 2, 20]])
+        );
+        // The state file holds the rule as it was.
+        let back = State::from_config(&crate::config::parse("state.toml", &s.to_toml()).unwrap());
+        assert_eq!(back, s);
+    }
+
+    #[test]
+    fn bad_rules_are_refused_at_their_line_with_the_reason() {
+        let cases: Vec<(String, &str, &str)> = vec![
+            (
+                CONFIG.replace("ports_per_backend = 1024", "ports_per_backend = 1001"),
+                "outbound[0]",
+                "ports_per_backend 1001: must be a multiple of 8",
+            ),
+            (
+                CONFIG.replace("protocols = [\"tcp\"]", "protocols = [\"icmp\"]"),
+                "outbound[0]",
+                "protocol \"icmp\": only tcp and udp",
+            ),
+            (
+                CONFIG.replace(
+                    "\"203.0.113.10:80/tcp\"]\nbackends = [\"192.0.2.20\"]",
+                    "\"203.0.113.99:80/tcp\"]",
+                ),
+                "outbound[0]",
+                "names service 203.0.113.99:80/tcp, which does not exist",
+            ),
+            (
+                format!(
+                    "{CONFIG}\n[[outbound]]\nname = \"two\"\nfrontends = [\"203.0.113.12\"]\nbackends = [\"192.0.2.11\"]\nports_per_backend = 8\n"
+                ),
+                "outbound[1]",
+                "192.0.2.11 is covered by outbound rules two and web",
+            ),
+            (
+                CONFIG.replace("ports_per_backend = 1024", "ports_per_backend = 64512"),
+                "outbound[0]",
+                "3 backends need 3 blocks of 64512 ports, but the frontends offer 2",
+            ),
+            (
+                CONFIG.replace("name = \"web\"", "name = \"no spaces\""),
+                "outbound[0]",
+                "1 to 63 letters",
+            ),
+        ];
+        for (text, field, reason) in cases {
+            let e = crate::config::parse("lb.toml", &text).unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+            assert!(e.message.contains(reason), "{e}");
+            assert!(e.line > 0, "{e}");
+        }
+    }
 }

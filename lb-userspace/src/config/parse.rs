@@ -514,11 +514,9 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         outbound,
     };
     if let Err(e) = crate::outbound::check_all(&crate::state::State::from_config(&config)) {
-        let i = config
-            .outbound
-            .iter()
-            .position(|r| r.name == e.rule)
-            .unwrap_or(0);
+        // The later of the rules at fault, in the file's order: where the conflict shows.
+        let at = |n: &String| config.outbound.iter().position(|r| r.name == *n);
+        let i = at(&e.rule).max(e.other.as_ref().and_then(at)).unwrap_or(0);
         return Err(err(
             out_spans.get(i).cloned().unwrap_or(0..0),
             format!("outbound[{i}]"),

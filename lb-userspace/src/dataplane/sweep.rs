@@ -325,6 +325,68 @@ mod tests {
         assert!(!h.needed_by(&to([203, 0, 113, 10]), &rev));
     }
 
+    /// An outbound flow expires by its rule's idle timeout; its returning entry goes with
+    /// its forward entry, or when that entry names another frontend port (the flow took a
+    /// new one); a held block is needed by a flow on a port of it.
+    #[test]
+    fn outbound_flows_follow_their_rule_and_their_forward_entry() {
+        use lb_common::{
+            maps::{CONN_OUTBOUND, CONN_OUTBOUND_REV},
+            outbound::{OUT_SERVICE_FLAG, Slot},
+        };
+        let mut p = policy();
+        p.services.insert(OUT_SERVICE_FLAG | 1, (30, 30, false));
+        let (dip, remote, front) = ([192, 0, 2, 11], [198, 51, 100, 77], [203, 0, 113, 10]);
+        let fwd_key = FlowKey4::of(dip, remote, [0x9c, 0x40], [1, 187], 6);
+        let fwd = ConnEntry4::new(
+            0,
+            OUT_SERVICE_FLAG | 1,
+            CONN_OUTBOUND,
+            0,
+            [8, 1],
+            front,
+            [0; 2],
+            0,
+            100,
+        );
+        assert_eq!(p.decide(A, &fwd_key, &fwd, 130), Decision::Keep);
+        assert!(matches!(
+            p.decide(A, &fwd_key, &fwd, 131),
+            Decision::Expire {
+                cause: Expiry::Idle,
+                ..
+            }
+        ));
+        let rev_key = FlowKey4::of(remote, front, [1, 187], [8, 1], 6);
+        let rev = ConnEntry4::new(
+            0,
+            OUT_SERVICE_FLAG | 1,
+            CONN_OUTBOUND_REV,
+            0,
+            [0x9c, 0x40],
+            dip,
+            [0; 2],
+            0,
+            100,
+        );
+        assert_eq!(
+            p.decide(A, &rev_key, &rev, 1000),
+            Decision::UnlessForwardNames(fwd_key, front, [8, 1])
+        );
+        let hold = crate::reconcile::OutHold {
+            rule: "web".into(),
+            slot: Slot {
+                frontend: front,
+                base: 2048,
+            },
+            ports: 8,
+        };
+        assert!(hold.needed_by(&fwd), "port 2049 is in 2048..2056");
+        let other = ConnEntry4::new(0, 0, CONN_OUTBOUND, 0, [8, 8], front, [0; 2], 0, 100);
+        assert!(!hold.needed_by(&other), "port 2056 is past it");
+        assert!(!hold.needed_by(&rev), "only forward entries name the port");
+    }
+
     #[test]
     fn each_service_has_its_own_idle_timeout_and_unknown_ones_the_default() {
         let p = policy();

@@ -4,6 +4,7 @@
 //! no fake at all).
 
 mod changes;
+mod outbound;
 mod planner;
 mod restart;
 mod swap;
@@ -703,6 +704,9 @@ pub fn assert_filter_covers_exactly_the_live_entries(m: &FakeMaps) {
         .values()
         .filter(|b| b.is_active())
         .for_each(|b| add(&b.addr));
+    for a in m.outbound.keys().chain(m.out_fronts.keys()) {
+        add(&addr::v4_mapped(*a));
+    }
     assert_eq!(m.ours, want, "the filter words");
 }
 
