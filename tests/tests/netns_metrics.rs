@@ -1,12 +1,7 @@
 //! `lb agent --metrics`: a real scrape of the running agent after real traffic, and no TCP
 //! listener at all without the flag.
 
-use std::{
-    io::{Read as _, Write as _},
-    net::{SocketAddr, TcpStream},
-};
-
-use lb_integration::lab::{IO_TIMEOUT, Lab};
+use lb_integration::lab::Lab;
 
 const CONFIG: &str = r#"[[service]]
 vip = "203.0.113.10:80/tcp"
@@ -19,16 +14,7 @@ const REQUESTS: u64 = 20;
 
 /// One HTTP/1.1 GET of `path` from inside the LB namespace; the whole answer, head and body.
 fn scrape(lab: &Lab, path: &str) -> std::io::Result<String> {
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {METRICS}\r\n\r\n");
-    lab.lb.enter(move || {
-        let addr: SocketAddr = METRICS.parse().expect("address");
-        let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
-        s.set_read_timeout(Some(IO_TIMEOUT))?;
-        s.write_all(req.as_bytes())?;
-        let mut answer = String::new();
-        s.read_to_string(&mut answer)?;
-        Ok(answer)
-    })
+    lab.scrape(METRICS, path)
 }
 
 #[test]

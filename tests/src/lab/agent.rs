@@ -255,4 +255,25 @@ impl Lab {
             .as_u64()
             .with_context(|| format!("no reason {name} in {s}"))
     }
+
+    /// One HTTP/1.1 GET of `path` from inside the LB namespace to the agent's metrics
+    /// endpoint at `addr` (`--metrics`); the whole answer, head and body.
+    ///
+    /// # Errors
+    /// The connection or the exchange fails.
+    pub fn scrape(&self, addr: &str, path: &str) -> std::io::Result<String> {
+        use std::io::{Read as _, Write as _};
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+        let addr: std::net::SocketAddr = addr
+            .parse()
+            .map_err(|e| std::io::Error::other(format!("{addr}: {e}")))?;
+        self.lb.enter(move || {
+            let mut s = std::net::TcpStream::connect_timeout(&addr, super::IO_TIMEOUT)?;
+            s.set_read_timeout(Some(super::IO_TIMEOUT))?;
+            s.write_all(req.as_bytes())?;
+            let mut answer = String::new();
+            s.read_to_string(&mut answer)?;
+            Ok(answer)
+        })
+    }
 }

@@ -39,6 +39,8 @@ pub const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
 pub const LB_CLIENT_SIDE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 pub const LB_BACKEND_SIDE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+/// The outside host of [`Lab::add_outside`].
+pub const OUTSIDE_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 200);
 /// How long one request may take before it counts as failed.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -98,6 +100,9 @@ pub struct Lab {
     pub backends: Vec<BackendNs>,
     /// A second client namespace on its own LB interface (`lx`): 198.51.100.129/25.
     pub external: Option<Netns>,
+    /// The outside, for outbound NAT: a host on the client side (LB interface `lw`), running
+    /// `lb-labd` (its HTTP answers name the peer it saw): [`OUTSIDE_IP`].
+    pub outside: Option<BackendNs>,
     pub pin_dir: PathBuf,
     pub tmp: PathBuf,
     pub socket: PathBuf,
@@ -139,6 +144,7 @@ impl Lab {
             lb,
             backends: Vec::new(),
             external: None,
+            outside: None,
             agent: None,
             peer_xdp: Vec::new(),
         };
@@ -223,7 +229,49 @@ impl Lab {
         if self.external.is_some() {
             v.push("lx".to_owned());
         }
+        if self.outside.is_some() {
+            v.push("lw".to_owned());
+        }
         v
+    }
+
+    /// Adds the outside (before the agent starts): [`OUTSIDE_IP`]/26 behind the LB's `lw`
+    /// (198.51.100.193/26), serving HTTP on 80 and 8080 and UDP echo on 53. The LB learns its
+    /// neighbour first, as it would from any traffic, so the fast path's FIB lookup finds it.
+    ///
+    /// # Errors
+    /// A setup step fails, or the server does not start.
+    pub fn add_outside(&mut self) -> anyhow::Result<()> {
+        let ns = Netns::new(&format!("{}-out", self.prefix))?;
+        self.lb.ip(&[
+            "link", "add", "lw", "type", "veth", "peer", "name", "w0", "netns", &ns.name,
+        ])?;
+        self.lb
+            .ip(&["addr", "add", "198.51.100.193/26", "dev", "lw"])?;
+        self.lb.ip(&["link", "set", "lw", "up"])?;
+        ns.ip(&["addr", "add", &format!("{OUTSIDE_IP}/26"), "dev", "w0"])?;
+        ns.ip(&["link", "set", "w0", "up"])?;
+        ns.ip(&["route", "add", "default", "via", "198.51.100.193"])?;
+        harden_veth(&ns, "w0")?;
+        harden_veth(&self.lb, "lw")?;
+        let mut out = BackendNs {
+            ns,
+            name: "outside".into(),
+            ip: OUTSIDE_IP,
+            server: None,
+        };
+        out.start_server_on(200, &[80, 8080], &[53])?;
+        // One UDP echo from the LB itself: its answer means the neighbour is resolved.
+        self.lb.enter(|| -> anyhow::Result<()> {
+            let s = std::net::UdpSocket::bind("198.51.100.193:0")?;
+            s.set_read_timeout(Some(IO_TIMEOUT))?;
+            s.send_to(b"hello", (OUTSIDE_IP, 53))?;
+            let mut buf = [0u8; 64];
+            s.recv_from(&mut buf).context("no echo from the outside")?;
+            Ok(())
+        })?;
+        self.outside = Some(out);
+        Ok(())
     }
 
     /// Adds the external client namespace (before the agent starts): 198.51.100.129/25 behind
@@ -255,6 +303,7 @@ impl Drop for Lab {
             let _ = self.stop_agent();
         }
         self.backends.clear();
+        self.outside = None;
         let _ = std::fs::remove_dir_all(&self.pin_dir);
         let _ = std::fs::remove_dir_all(&self.tmp);
     }
