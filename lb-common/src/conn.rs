@@ -267,6 +267,30 @@ pub fn idle_resets(
     ])
 }
 
+/// The two RSTs that TCP reset on idle sends when an outbound TCP flow `key` (backend →
+/// remote, its entry naming the frontend address and port it left with) expires idle: one to
+/// the backend, from the remote, with the sequence number the backend expects next (its last
+/// acknowledgement); one to the remote, from the frontend address and port, with the sequence
+/// number the remote expects next. `None` under the same conditions as [`idle_resets`].
+#[must_use]
+pub fn outbound_idle_resets(
+    key: &crate::flow::FlowKey4,
+    e: &crate::maps::ConnEntry4,
+) -> Option<[Rst4; 2]> {
+    if key.proto != crate::flow::proto::TCP
+        || e.kind != crate::maps::CONN_OUTBOUND
+        || e.flags & CT_F_SEQ == 0
+        || e.tcp & (CT_SYN | CT_STALE) != 0
+        || is_closed(e.tcp)
+    {
+        return None;
+    }
+    Some([
+        rst4((key.dst, key.dport), (key.src, key.sport), e.ack),
+        rst4((e.addr, e.port), (key.dst, key.dport), e.seq),
+    ])
+}
+
 /// A RST from `src` to `dst` (address, port) with sequence number `seq`.
 #[must_use]
 pub fn rst4(src: ([u8; 4], [u8; 2]), dst: ([u8; 4], [u8; 2]), seq: u32) -> Rst4 {
@@ -396,6 +420,54 @@ mod tests {
         assert_eq!(next_seq(1000, 0, TCP_SYN), 1001);
         assert_eq!(next_seq(1000, 5, TCP_FIN | TCP_ACK), 1006);
         assert_eq!(next_seq(u32::MAX, 2, TCP_ACK), 1);
+    }
+
+    #[test]
+    fn outbound_idle_resets_go_to_the_backend_from_the_remote_and_to_the_remote_from_the_frontend()
+    {
+        use crate::{
+            flow::FlowKey4,
+            maps::{CONN_OUTBOUND, ConnEntry4},
+        };
+        // Backend 192.0.2.11:40000 → remote 198.51.100.77:443, left as 203.0.113.10:2049.
+        let key = FlowKey4::of(
+            [192, 0, 2, 11],
+            [198, 51, 100, 77],
+            [0x9c, 0x40],
+            [1, 187],
+            6,
+        );
+        let mut e = ConnEntry4::new(
+            0,
+            1 << 31,
+            CONN_OUTBOUND,
+            0,
+            [8, 1],
+            [203, 0, 113, 10],
+            [0; 2],
+            0,
+            50,
+        );
+        assert_eq!(outbound_idle_resets(&key, &e), None, "no numbers recorded");
+        e.flags = CT_F_SEQ;
+        e.seq = 0x1111_2222;
+        e.ack = 0x3333_4444;
+        let [to_backend, to_remote] = outbound_idle_resets(&key, &e).expect("established");
+        assert_eq!(&to_backend[12..20], &[198, 51, 100, 77, 192, 0, 2, 11]);
+        assert_eq!(&to_backend[20..24], &[1, 187, 0x9c, 0x40]);
+        assert_eq!(&to_backend[24..28], &0x3333_4444u32.to_be_bytes());
+        assert_eq!(&to_remote[12..20], &[203, 0, 113, 10, 198, 51, 100, 77]);
+        assert_eq!(&to_remote[20..24], &[8, 1, 1, 187]);
+        assert_eq!(&to_remote[24..28], &0x1111_2222u32.to_be_bytes());
+        e.tcp = CT_RST;
+        assert_eq!(
+            outbound_idle_resets(&key, &e),
+            None,
+            "a closed flow is not reset"
+        );
+        // A plain flow's entry is not an outbound one.
+        let plain = ConnEntry4::forward(3, 1, 0, CT_F_SEQ, 50, (1, 2));
+        assert_eq!(outbound_idle_resets(&key, &plain), None);
     }
 
     #[test]

@@ -42,6 +42,10 @@ pub const OUT_SERVICE_FLAG: u32 = 1 << 31;
 pub const OUT_F_TCP: u32 = 1;
 /// [`OutboundEntry4::flags`]: UDP flows are translated.
 pub const OUT_F_UDP: u32 = 2;
+/// [`OutboundEntry4::flags`]: TCP reset on idle. New TCP flows record their sequence
+/// numbers, so that the sweeper can reset both sides of one that expires idle
+/// (`conn::outbound_idle_resets`).
+pub const OUT_F_TCP_RESET: u32 = 8;
 /// [`OutboundEntry4::flags`] and [`OutFront4::flags`]: the rule is stateless. Its backends'
 /// own ephemeral ports are their blocks, so only the address is rewritten, no flow is tracked,
 /// and a returning packet's port alone names its backend ([`OutBlockKey4`]): any node of a

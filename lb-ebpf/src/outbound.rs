@@ -24,8 +24,8 @@ use lb_common::{
     flow::{FlowKey4, proto},
     maps::{CONN_OUTBOUND, CONN_OUTBOUND_REV, ConnEntry4, acl_key4},
     outbound::{
-        OUT_F_STATELESS, OUT_PORT_TRIES, OUT_SERVICE_FLAG, OutBlockKey4, OutFront4, OutboundEntry4,
-        candidate,
+        OUT_F_STATELESS, OUT_F_TCP_RESET, OUT_PORT_TRIES, OUT_SERVICE_FLAG, OutBlockKey4,
+        OutFront4, OutboundEntry4, candidate,
     },
     verdict::{DropReason, PassReason, SendReason},
 };
@@ -212,7 +212,7 @@ fn new_flow(ctx: &XdpContext, pkt: &Packet, l4: L4, flow: &FlowKey4) -> Verdict 
     } else {
         0
     };
-    let fwd = ConnEntry4::new(
+    let mut fwd = ConnEntry4::new(
         0,
         service,
         CONN_OUTBOUND,
@@ -223,6 +223,14 @@ fn new_flow(ctx: &XdpContext, pkt: &Packet, l4: L4, flow: &FlowKey4) -> Verdict 
         0,
         now,
     );
+    // TCP reset on idle: the numbers the sweeper's RSTs need, kept up to date by
+    // `conntrack::forward` on every later packet of the flow.
+    if e.flags & OUT_F_TCP_RESET != 0 && flow.proto == proto::TCP {
+        let (seq, ack) = pkt.tcp_numbers();
+        fwd.flags = conn::CT_F_SEQ;
+        fwd.seq = seq;
+        fwd.ack = ack;
+    }
     conntrack::track(flow, &fwd);
     out(ctx, pkt, l4, flow, (e.frontend, rev_key.dport))
 }

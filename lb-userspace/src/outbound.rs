@@ -55,6 +55,10 @@ pub struct OutboundRule {
     /// address is rewritten, nothing is tracked, and any node maps a port back to its backend.
     #[serde(default)]
     pub mode: OutMode,
+    /// TCP reset on idle: a TCP flow removed for being idle is reset on both sides, the
+    /// backend and the remote.
+    #[serde(default)]
+    pub tcp_reset: bool,
     /// Idle timeout of the rule's flows (TCP and UDP); the protocol's default when unset.
     #[serde(
         default,
@@ -104,6 +108,10 @@ impl OutboundRule {
         let mode = match self.mode {
             OutMode::Stateful => 0,
             OutMode::Stateless => lb_common::outbound::OUT_F_STATELESS,
+        } | if self.tcp_reset {
+            lb_common::outbound::OUT_F_TCP_RESET
+        } else {
+            0
         };
         self.protocols.iter().fold(mode, |f, p| match p.as_str() {
             "tcp" => f | OUT_F_TCP,
@@ -202,6 +210,16 @@ pub fn check_rule(r: &OutboundRule) -> Result<(), String> {
                 "rule {n}: protocol {p:?}: only tcp and udp are translated"
             ));
         }
+    }
+    if r.tcp_reset && !r.protocols.iter().any(|p| p == "tcp") {
+        return Err(format!(
+            "rule {n}: tcp_reset applies to TCP, which the rule does not translate"
+        ));
+    }
+    if r.tcp_reset && r.mode == OutMode::Stateless {
+        return Err(format!(
+            "rule {n}: tcp_reset needs tracked flows; a stateless rule tracks none"
+        ));
     }
     if let Some(d) = r.idle_timeout {
         use lb_common::conn::{IDLE_TIMEOUT_MAX_S, IDLE_TIMEOUT_MIN_S};

@@ -536,6 +536,9 @@ pub struct OutboundAddArgs {
     /// ephemeral port range is set to its block: any LB node translates its flows).
     #[arg(long, default_value = "stateful")]
     pub mode: crate::outbound::OutMode,
+    /// TCP reset on idle: a TCP flow removed for being idle is reset on both sides.
+    #[arg(long)]
+    pub tcp_reset: bool,
     /// Idle timeout of the rule's flows, whole seconds from 2s to 120m [default: 4m for TCP,
     /// 60s for UDP].
     #[arg(long, value_name = "DURATION")]
@@ -567,6 +570,7 @@ impl OutboundAddArgs {
             inside,
             protocols: self.protocols.clone(),
             mode: self.mode,
+            tcp_reset: self.tcp_reset,
             idle_timeout,
         };
         crate::outbound::check_rule(&r)?;

@@ -145,6 +145,10 @@ impl SweepPolicy {
     /// entry has the numbers (`lb_common::conn::idle_resets`).
     #[must_use]
     pub fn resets(&self, k: &FlowKey4, e: &ConnEntry4) -> Option<[conn::Rst4; 2]> {
+        // An outbound flow's entry names both sides itself.
+        if e.kind == lb_common::maps::CONN_OUTBOUND {
+            return conn::outbound_idle_resets(k, e);
+        }
         let b = self.backends.get(&e.backend)?;
         conn::idle_resets(k, (b.ip().octets(), b.port().to_be_bytes()), e)
     }
@@ -385,6 +389,31 @@ mod tests {
         let other = ConnEntry4::new(0, 0, CONN_OUTBOUND, 0, [8, 8], front, [0; 2], 0, 100);
         assert!(!hold.needed_by(&other), "port 2056 is past it");
         assert!(!hold.needed_by(&rev), "only forward entries name the port");
+        // TCP reset on idle: the rule's flag in the policy, and both RSTs from the entry
+        // alone (an outbound flow names no backend id).
+        p.services.insert(OUT_SERVICE_FLAG | 2, (30, 30, true));
+        let mut e = ConnEntry4::new(
+            0,
+            OUT_SERVICE_FLAG | 2,
+            CONN_OUTBOUND,
+            0,
+            [8, 1],
+            front,
+            [0; 2],
+            0,
+            100,
+        );
+        e.flags = CT_F_SEQ;
+        assert_eq!(
+            p.decide(A, &fwd_key, &e, 131),
+            Decision::Expire {
+                cause: Expiry::Idle,
+                reset: true
+            }
+        );
+        let [to_backend, to_remote] = p.resets(&fwd_key, &e).expect("both sides");
+        assert_eq!(&to_backend[16..20], &dip);
+        assert_eq!(&to_remote[12..16], &front);
     }
 
     #[test]

@@ -1303,7 +1303,7 @@ impl<M: MapOps> Reconciler<M> {
                 let (tcp, udp) = r.idle_s();
                 p.services.insert(
                     lb_common::outbound::OUT_SERVICE_FLAG | id,
-                    (tcp, udp, false),
+                    (tcp, udp, r.tcp_reset),
                 );
             }
         }

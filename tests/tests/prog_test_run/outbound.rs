@@ -35,6 +35,8 @@ services = ["203.0.113.10:80/tcp"]
 backends = ["192.0.2.13"]
 ports_per_backend = 8
 inside = ["192.0.2.0/24", "198.51.100.0/28"]
+tcp_reset = true
+idle_timeout = "30s"
 
 # Stateless: 192.0.2.16's own ephemeral ports are its block on 203.0.113.11; only the
 # address is rewritten, and nothing is tracked.
@@ -109,6 +111,10 @@ fn outbound_tcp_leaves_with_the_frontend_and_returns_to_the_backend() {
             Some(&synack.dnat(be, LB_MAC, B1_MAC)),
             Reason::OutboundReturn,
         );
+        // TCP reset on idle: the entry records the numbers each side expects next.
+        let e = fx.h.rec.maps().side.flow(&flow).unwrap().expect("tracked");
+        assert_eq!(e.flags, lb_common::conn::CT_F_SEQ);
+        assert_eq!(e.seq, syn.seq + 5 + 1, "the backend's next sequence number");
         let ack = from_be(be, remote, TCP_ACK, B1_MAC);
         fx.check(
             "its established packets keep the port",
@@ -133,6 +139,18 @@ fn outbound_tcp_leaves_with_the_frontend_and_returns_to_the_backend() {
             Some(&data.dnat(be, LB_MAC, B1_MAC)),
             Reason::OutboundReturn,
         );
+        // The remote resets: translated, and the flow is closed (it translates for the close
+        // timeout, then the sweeper removes it and its port is free).
+        let rst = Frame::tcp(remote, front, TCP_RST);
+        fx.check(
+            "a RST returns too",
+            &rst,
+            XDP_TX,
+            Some(&rst.dnat(be, LB_MAC, B1_MAC)),
+            Reason::OutboundReturn,
+        );
+        let e = fx.h.rec.maps().side.flow(&flow).unwrap().expect("tracked");
+        assert_ne!(e.tcp & lb_common::conn::CT_RST, 0, "closed by the RST: {e:?}");
         let other = Frame::tcp(SocketAddrV4::new(REMOTE, 444), front, TCP_ACK);
         fx.check(
             "another remote port has no flow on that frontend port",

@@ -23,6 +23,7 @@ fn rule(name: &str, ppb: u32) -> OutboundRule {
         inside: vec![("192.0.2.0".parse().unwrap(), 24)],
         protocols: vec!["tcp".into(), "udp".into()],
         mode: OutMode::Stateful,
+        tcp_reset: false,
         idle_timeout: None,
     }
 }
