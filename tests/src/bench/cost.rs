@@ -65,7 +65,19 @@ replies = "stateless"
 [[pip]]
 pip = "203.0.113.50"
 dip = "192.0.2.13"
+
+# Outbound NAT for 192.0.2.15, with the largest block: every "new outbound flow" run takes a
+# port of it.
+[[outbound]]
+name = "bench"
+frontends = ["203.0.113.60"]
+backends = ["192.0.2.15"]
+ports_per_backend = 64512
 "#;
+
+/// The outbound classes' backend and remote.
+const OUT_BACKEND: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 15), 40000);
+const REMOTE: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 77), 443);
 
 /// Resolves every backend to `lo` and every client through a default route on `lo`, so all
 /// forwarding classes end in `XDP_TX` (no redirect, nothing leaves the namespace).
@@ -83,13 +95,22 @@ pub struct Class {
     /// Every run gets its own TCP source port (a 5-tuple never seen): the frame's port
     /// bytes are rewritten and the TCP checksum patched before each run.
     pub fresh_tuple: bool,
+    /// Every run gets its own TCP destination port instead (a new destination: an outbound
+    /// flow's port choice then meets no earlier flow of the same destination).
+    pub fresh_dport: bool,
 }
 
 /// Gives a TCP frame (no VLAN tag) source port `port`, patching the TCP checksum.
 pub fn set_sport(frame: &mut [u8], port: u16) {
+    set_port(frame, 0, port);
+}
+
+/// Sets the TCP port at `at` (0: source, 2: destination) of an untagged frame, patching the
+/// TCP checksum.
+fn set_port(frame: &mut [u8], at: usize, port: u16) {
     let t = 14 + 20;
-    let old = u16::from_be_bytes([frame[t], frame[t + 1]]);
-    frame[t..t + 2].copy_from_slice(&port.to_be_bytes());
+    let old = u16::from_be_bytes([frame[t + at], frame[t + at + 1]]);
+    frame[t + at..t + at + 2].copy_from_slice(&port.to_be_bytes());
     let c = u16::from_be_bytes([frame[t + 16], frame[t + 17]]);
     let c = lb_common::csum::update16(c, old, port);
     frame[t + 16..t + 18].copy_from_slice(&c.to_be_bytes());
@@ -152,6 +173,10 @@ pub fn measure(h: &mut Harness, c: &Class, warmup: u32, runs: u32) -> anyhow::Re
             set_sport(&mut frame, next);
             next = next.wrapping_add(1).max(1024);
         }
+        if c.fresh_dport {
+            set_port(&mut frame, 2, next);
+            next = next.wrapping_add(1).max(1024);
+        }
         let (a, _, t) = h.run(&frame);
         (a, t)
     })?;
@@ -184,13 +209,38 @@ pub fn classes(h: &mut Harness) -> anyhow::Result<Vec<Class>> {
         h.run(&udp).0 == XDP_TX,
         "the set-up UDP packet was not forwarded"
     );
+    let out_syn = Frame::tcp(OUT_BACKEND, REMOTE, TCP_SYN).build();
+    let (action, out, _) = h.run(&out_syn);
+    ensure!(action == XDP_TX, "the set-up outbound SYN was not sent");
+    // The frontend port it left with (TCP sport of the output).
+    let front = SocketAddrV4::new(
+        Ipv4Addr::new(out[26], out[27], out[28], out[29]),
+        u16::from_be_bytes([out[34], out[35]]),
+    );
     Ok(vec![
+        Class {
+            name: "outbound, established",
+            frame: Frame::tcp(OUT_BACKEND, REMOTE, TCP_ACK).build(),
+            action: XDP_TX,
+            reason: Reason::Outbound,
+            fresh_tuple: false,
+            fresh_dport: false,
+        },
+        Class {
+            name: "outbound, return",
+            frame: Frame::tcp(REMOTE, front, TCP_ACK).build(),
+            action: XDP_TX,
+            reason: Reason::OutboundReturn,
+            fresh_tuple: false,
+            fresh_dport: false,
+        },
         Class {
             name: "established TCP",
             frame: Frame::tcp(CLIENT, vip80, TCP_ACK).build(),
             action: XDP_TX,
             reason: Reason::Forward,
             fresh_tuple: false,
+            fresh_dport: false,
         },
         Class {
             name: "SYN of a tracked 5-tuple",
@@ -198,6 +248,7 @@ pub fn classes(h: &mut Harness) -> anyhow::Result<Vec<Class>> {
             action: XDP_TX,
             reason: Reason::Forward,
             fresh_tuple: false,
+            fresh_dport: false,
         },
         Class {
             name: "SYN of a new 5-tuple",
@@ -205,6 +256,7 @@ pub fn classes(h: &mut Harness) -> anyhow::Result<Vec<Class>> {
             action: XDP_TX,
             reason: Reason::Forward,
             fresh_tuple: true,
+            fresh_dport: false,
         },
         Class {
             name: "UDP",
@@ -212,6 +264,7 @@ pub fn classes(h: &mut Harness) -> anyhow::Result<Vec<Class>> {
             action: XDP_TX,
             reason: Reason::Forward,
             fresh_tuple: false,
+            fresh_dport: false,
         },
         Class {
             name: "reply (reverse NAT)",
@@ -219,6 +272,7 @@ pub fn classes(h: &mut Harness) -> anyhow::Result<Vec<Class>> {
             action: XDP_TX,
             reason: Reason::Reply,
             fresh_tuple: false,
+            fresh_dport: false,
         },
         Class {
             name: "stateless reply",
@@ -231,6 +285,7 @@ pub fn classes(h: &mut Harness) -> anyhow::Result<Vec<Class>> {
             action: XDP_TX,
             reason: Reason::Reply,
             fresh_tuple: false,
+            fresh_dport: false,
         },
         Class {
             name: "ACL deny",
@@ -238,6 +293,7 @@ pub fn classes(h: &mut Harness) -> anyhow::Result<Vec<Class>> {
             action: XDP_DROP,
             reason: Reason::DropAcl,
             fresh_tuple: false,
+            fresh_dport: false,
         },
         Class {
             name: "non-VIP pass",
@@ -250,6 +306,7 @@ pub fn classes(h: &mut Harness) -> anyhow::Result<Vec<Class>> {
             action: XDP_PASS,
             reason: Reason::PassNotOurs,
             fresh_tuple: false,
+            fresh_dport: false,
         },
         Class {
             // A backend's own traffic that is no reply (another port, to a client).
@@ -258,6 +315,7 @@ pub fn classes(h: &mut Harness) -> anyhow::Result<Vec<Class>> {
             action: XDP_PASS,
             reason: Reason::PassNotOurs,
             fresh_tuple: false,
+            fresh_dport: false,
         },
         Class {
             name: "PIP",
@@ -270,6 +328,17 @@ pub fn classes(h: &mut Harness) -> anyhow::Result<Vec<Class>> {
             action: XDP_TX,
             reason: Reason::PipIn,
             fresh_tuple: false,
+            fresh_dport: false,
+        },
+        // Last: its runs make two entries each, and the LRU makes room for them by evicting
+        // the oldest, which the classes above must still find.
+        Class {
+            name: "outbound, new flow",
+            frame: Frame::tcp(OUT_BACKEND, REMOTE, TCP_SYN).build(),
+            action: XDP_TX,
+            reason: Reason::Outbound,
+            fresh_tuple: false,
+            fresh_dport: true,
         },
     ])
 }
@@ -417,6 +486,7 @@ pub fn under_flood(runs: u32) -> anyhow::Result<Row> {
             action: XDP_TX,
             reason: Reason::Forward,
             fresh_tuple: true,
+            fresh_dport: false,
         };
         progress(&format!("cost: {}", c.name));
         let stats = measure(&mut h, &c, (runs / 10).max(100), runs)?;

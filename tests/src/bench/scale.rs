@@ -185,6 +185,7 @@ fn point(x: u64, config: String, planted: u64, syn: bool, runs: u32) -> anyhow::
                 action: XDP_TX,
                 reason: Reason::Forward,
                 fresh_tuple: false,
+                fresh_dport: false,
             }
         } else {
             let (a, _, _) = h.run(&Frame::tcp(CLIENT, vip, TCP_SYN).build());
@@ -195,6 +196,7 @@ fn point(x: u64, config: String, planted: u64, syn: bool, runs: u32) -> anyhow::
                 action: XDP_TX,
                 reason: Reason::Forward,
                 fresh_tuple: false,
+                fresh_dport: false,
             }
         };
         let stats = cost::measure(&mut h, &class, runs / 10, runs)?;

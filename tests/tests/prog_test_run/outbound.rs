@@ -150,7 +150,11 @@ fn outbound_tcp_leaves_with_the_frontend_and_returns_to_the_backend() {
             Reason::OutboundReturn,
         );
         let e = fx.h.rec.maps().side.flow(&flow).unwrap().expect("tracked");
-        assert_ne!(e.tcp & lb_common::conn::CT_RST, 0, "closed by the RST: {e:?}");
+        assert_ne!(
+            e.tcp & lb_common::conn::CT_RST,
+            0,
+            "closed by the RST: {e:?}"
+        );
         let other = Frame::tcp(SocketAddrV4::new(REMOTE, 444), front, TCP_ACK);
         fx.check(
             "another remote port has no flow on that frontend port",
