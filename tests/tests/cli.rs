@@ -32,7 +32,7 @@ fn config_check_accepts_a_good_file_and_names_what_is_wrong_in_a_bad_one() {
     );
     assert_eq!(code, 0);
     assert!(
-        out.contains("ok (1 services, 0 forwards, 0 PIPs, 2 backends)"),
+        out.contains("ok (1 services, 0 forwards, 0 PIPs, 0 outbound rules, 2 backends)"),
         "{out}"
     );
     let (code, _, err) = check(
@@ -42,6 +42,15 @@ fn config_check_accepts_a_good_file_and_names_what_is_wrong_in_a_bad_one() {
     assert_eq!(code, 2, "refused: invalid input");
     assert!(
         err.contains("lb.toml:3:14: service[0].table_size: invalid type: string \"65537\", expected a whole number"),
+        "{err}"
+    );
+    let (code, _, err) = check(
+        "outbound",
+        "[[service]]\nvip = \"203.0.113.10:80/tcp\"\nbackends = [\"192.0.2.11\"]\n\n[[outbound]]\nname = \"web\"\nfrontends = [\"203.0.113.10\"]\nservices = [\"203.0.113.10:80/tcp\"]\nports_per_backend = 65536\n",
+    );
+    assert_eq!(code, 2, "refused: invalid input");
+    assert!(
+        err.contains("lb.toml:5:1: outbound[0]: rule web: ports_per_backend 65536: must be a multiple of 8 from 8 to 64512"),
         "{err}"
     );
     let (code, _, err) = check("empty", "");
@@ -90,6 +99,28 @@ fn json_output_covers_errors_and_offline_commands() {
             .as_str()
             .unwrap()
             .contains("203.0.113.999"),
+        "{v}"
+    );
+    // An outbound rule is checked before anything is sent: exit 2, the reason named.
+    let (code, v) = run(&[
+        "outbound",
+        "add",
+        "web",
+        "--frontend",
+        "203.0.113.10",
+        "--backend",
+        "192.0.2.11",
+        "--ports-per-backend",
+        "12",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(code, Some(2));
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("ports_per_backend 12: must be a multiple of 8"),
         "{v}"
     );
     let (code, v) = run(&["--output=json", "stats", "--socket", "/nonexistent/lb.sock"]);

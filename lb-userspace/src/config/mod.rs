@@ -79,11 +79,12 @@ pub fn check(path: &std::path::Path) -> Result<String, Box<ConfigError>> {
     })?;
     let c = parse(&name, &text).map_err(Box::new)?;
     Ok(format!(
-        "{}: ok ({} services, {} forwards, {} PIPs, {} backends)",
+        "{}: ok ({} services, {} forwards, {} PIPs, {} outbound rules, {} backends)",
         path.display(),
         c.services.len(),
         c.forwards.len(),
         c.pips.len(),
+        c.outbound.len(),
         c.services.iter().map(|s| s.backends.len()).sum::<usize>() + c.forwards.len()
     ))
 }
