@@ -105,9 +105,9 @@ pub fn classify(ctx: &aya_ebpf::programs::XdpContext, pkt: &Packet) -> Class {
     if let Some((e, inbound)) = pip::lookup(pkt, to_us, from_us) {
         return Class::Pip(e, inbound);
     }
-    // Outbound NAT, after PIPs (an instance with a PIP leaves through it, as in the reference)
-    // and before the VIP's HA-ports catch-all (a frontend's blocks hold no service port). The inside
-    // check is here, so that traffic to the inside pays no tail call.
+    // Outbound NAT, after PIPs (an instance with a PIP leaves through it, as in the
+    // reference) and before the VIP's HA-ports catch-all (a frontend's blocks hold no service
+    // port). The inside check is here, so that traffic to the inside pays no tail call.
     // A packet its flow refused as a reply (`NotReply`) stays the kernel's: it answers a
     // connection that did not go through us, and must not leave as an outbound flow.
     if let Some((flow, _)) = pkt.flow()

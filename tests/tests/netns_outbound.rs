@@ -149,6 +149,11 @@ fn backends_reach_the_outside_from_the_frontend_and_the_inside_with_their_own_ad
         m.lines().any(|l| l.starts_with("lb_outbound_ports_in_use{rule=\"web\",backend=\"192.0.2.11\",frontend=\"203.0.113.10\"} 50")),
         "{m}"
     );
+    let status = lab.lb(&["status"]).unwrap();
+    assert!(
+        status.contains("outbound   web: 3 backends, 1024 ports each, 150 ports in use"),
+        "{status}"
+    );
     for (_, c) in conns {
         c.close().unwrap();
     }

@@ -228,6 +228,20 @@ pub fn render(resp: &Response, format: Format) -> Result<String, (ErrorKind, Str
                 );
             }
             let _ = writeln!(o, "trace      {}", s.trace);
+            for r in &s.outbound {
+                let (used, peak) = r
+                    .backends
+                    .iter()
+                    .fold((0, 0), |(u, p), b| (u + b.ports_in_use, p.max(b.peak)));
+                let _ = writeln!(
+                    o,
+                    "outbound   {}: {} backends, {} ports each, {used} ports in use (highest one backend's peak {peak}), {} blocks held",
+                    r.name,
+                    r.backends.len(),
+                    r.ports_per_backend,
+                    r.held.len()
+                );
+            }
             let _ = writeln!(o, "lost-frame counters {}", s.xmit_counting);
             lost_frames(&mut o, &s.xmit_failures);
             let _ = writeln!(o, "client-facing next hops ({}):", s.client_routes.len());
