@@ -253,18 +253,22 @@ pub fn idle_resets(
     backend: ([u8; 4], [u8; 2]),
     e: &crate::maps::ConnEntry4,
 ) -> Option<[Rst4; 2]> {
-    if key.proto != crate::flow::proto::TCP
-        || e.kind != crate::maps::CONN_FORWARD
-        || e.flags & CT_F_SEQ == 0
-        || e.tcp & (CT_SYN | CT_STALE) != 0
-        || is_closed(e.tcp)
-    {
-        return None;
-    }
-    Some([
-        rst4((key.dst, key.dport), (key.src, key.sport), e.ack),
-        rst4((key.src, key.sport), backend, e.seq),
-    ])
+    resettable(key, e, crate::maps::CONN_FORWARD).then(|| {
+        [
+            rst4((key.dst, key.dport), (key.src, key.sport), e.ack),
+            rst4((key.src, key.sport), backend, e.seq),
+        ]
+    })
+}
+
+/// Whether TCP reset on idle can reset the flow of `key` and its entry `e` of kind `kind`: a
+/// TCP flow that recorded its numbers and is established (not mid-handshake, closed or stale).
+fn resettable(key: &crate::flow::FlowKey4, e: &crate::maps::ConnEntry4, kind: u8) -> bool {
+    key.proto == crate::flow::proto::TCP
+        && e.kind == kind
+        && e.flags & CT_F_SEQ != 0
+        && e.tcp & (CT_SYN | CT_STALE) == 0
+        && !is_closed(e.tcp)
 }
 
 /// The two RSTs that TCP reset on idle sends when an outbound TCP flow `key` (backend →
@@ -277,18 +281,12 @@ pub fn outbound_idle_resets(
     key: &crate::flow::FlowKey4,
     e: &crate::maps::ConnEntry4,
 ) -> Option<[Rst4; 2]> {
-    if key.proto != crate::flow::proto::TCP
-        || e.kind != crate::maps::CONN_OUTBOUND
-        || e.flags & CT_F_SEQ == 0
-        || e.tcp & (CT_SYN | CT_STALE) != 0
-        || is_closed(e.tcp)
-    {
-        return None;
-    }
-    Some([
-        rst4((key.dst, key.dport), (key.src, key.sport), e.ack),
-        rst4((e.addr, e.port), (key.dst, key.dport), e.seq),
-    ])
+    resettable(key, e, crate::maps::CONN_OUTBOUND).then(|| {
+        [
+            rst4((key.dst, key.dport), (key.src, key.sport), e.ack),
+            rst4((e.addr, e.port), (key.dst, key.dport), e.seq),
+        ]
+    })
 }
 
 /// A RST from `src` to `dst` (address, port) with sequence number `seq`.

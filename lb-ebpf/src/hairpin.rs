@@ -26,7 +26,6 @@ use lb_common::{
 
 use crate::{
     conntrack,
-    maps::LB_PROGS,
     parse::{self, L4, Packet},
     policy, select,
     stats::{self, Dir},
@@ -34,13 +33,10 @@ use crate::{
     xlate,
 };
 
-/// Hands the packet to the hairpin program. Returns only if the tail call fails (the agent has
-/// not installed the program), as a counted drop.
+/// Hands the packet to the hairpin program (a counted drop if it is not installed).
 #[inline(always)]
 pub fn enter(ctx: &XdpContext) -> Verdict {
-    // SAFETY: `ctx` is this program's context; on success control never comes back.
-    unsafe { LB_PROGS.tail_call(ctx, PROG_HAIRPIN) };
-    Verdict::Drop(DropReason::HairpinUnavailable)
+    xlate::tail_call(ctx, PROG_HAIRPIN, DropReason::HairpinUnavailable)
 }
 
 /// The hairpin program: a reply of a hairpin flow, a tracked hairpin flow, or a new one.

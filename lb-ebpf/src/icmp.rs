@@ -55,17 +55,9 @@ pub fn to_vip(ctx: &XdpContext, pkt: &Packet, vip: &VipInfo) -> Verdict {
     if vip.flags & VIP_F_NO_ECHO != 0 || !take_token() {
         return Verdict::Drop(DropReason::EchoLimited);
     }
-    // SAFETY: `pkt.eth`, `pkt.ip` and `icmp` were bounds-checked.
+    // SAFETY: `pkt` comes from the parser, and `icmp` was bounds-checked.
     unsafe {
-        let eth = pkt.eth;
-        core::mem::swap(&mut (*eth).src, &mut (*eth).dst);
-        let ip = pkt.ip;
-        // Swapping the addresses leaves the header checksum as it is (the sum is the same).
-        core::mem::swap(&mut (*ip).src, &mut (*ip).dst);
-        let old = u16::from_be_bytes([(*ip).ttl, (*ip).proto]);
-        (*ip).ttl = REPLY_TTL;
-        let new = u16::from_be_bytes([(*ip).ttl, (*ip).proto]);
-        (*ip).check = csum::update16(u16::from_be_bytes((*ip).check), old, new).to_be_bytes();
+        xlate::turn_around(pkt, REPLY_TTL);
         (*icmp)[0] = ECHO_REPLY;
         let c = u16::from_be_bytes([(*icmp)[2], (*icmp)[3]]);
         let c = csum::update16(

@@ -32,20 +32,17 @@ use lb_common::{
 
 use crate::{
     conntrack, icmp,
-    maps::{LB_OUT_BLOCKS4, LB_OUT_FRONTS4, LB_OUT_INSIDE4, LB_OUTBOUND4, LB_PROGS},
+    maps::{LB_OUT_BLOCKS4, LB_OUT_FRONTS4, LB_OUT_INSIDE4, LB_OUTBOUND4},
     parse::{self, Hdr, L4, Packet},
     select,
     verdict::Verdict,
     xlate,
 };
 
-/// Hands the packet to the outbound program. Returns only if the tail call fails (the agent
-/// has not installed the program), as a counted drop.
+/// Hands the packet to the outbound program (a counted drop if it is not installed).
 #[inline(always)]
 pub fn enter(ctx: &XdpContext) -> Verdict {
-    // SAFETY: `ctx` is this program's context; on success control never comes back.
-    unsafe { LB_PROGS.tail_call(ctx, PROG_OUTBOUND) };
-    Verdict::Drop(DropReason::OutboundUnavailable)
+    xlate::tail_call(ctx, PROG_OUTBOUND, DropReason::OutboundUnavailable)
 }
 
 /// The outbound entry of a covered backend address.
@@ -330,18 +327,10 @@ fn refuse(ctx: &XdpContext, pkt: &Packet, l4: L4) -> Verdict {
     let Some(r) = lb_common::outbound::refusal(pkt.flags(), next) else {
         return Verdict::Drop(DropReason::SnatExhausted);
     };
-    // SAFETY: `pkt.eth`, `pkt.ip` and `t` were bounds-checked by the parser.
+    // SAFETY: `pkt` comes from the parser, and `t` is its bounds-checked TCP header.
     unsafe {
-        let eth = pkt.eth;
-        core::mem::swap(&mut (*eth).src, &mut (*eth).dst);
-        let ip = pkt.ip;
-        // Swapping addresses (and ports) leaves both checksums as they are: the sums are the
-        // same.
-        core::mem::swap(&mut (*ip).src, &mut (*ip).dst);
-        let old = u16::from_be_bytes([(*ip).ttl, (*ip).proto]);
-        (*ip).ttl = REFUSAL_TTL;
-        let new = u16::from_be_bytes([(*ip).ttl, (*ip).proto]);
-        (*ip).check = csum::update16(u16::from_be_bytes((*ip).check), old, new).to_be_bytes();
+        xlate::turn_around(pkt, REFUSAL_TTL);
+        // Swapping the ports leaves the TCP checksum as it is, as the addresses did.
         core::mem::swap(&mut (*t).sport, &mut (*t).dport);
         let mut c = u16::from_be_bytes((*t).check);
         c = csum::update32(c, (*t).seq, r.seq.to_be_bytes());

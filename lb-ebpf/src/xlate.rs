@@ -13,7 +13,7 @@ use lb_common::{
     csum,
     hdr::Ipv4Hdr,
     maps::NextHop,
-    verdict::{PassReason, SendReason},
+    verdict::{DropReason, PassReason, SendReason},
 };
 
 use crate::{
@@ -139,6 +139,37 @@ fn send(ctx: &XdpContext, pkt: &Packet, nh: &NextHop) -> u32 {
     } else {
         redirect(nh.ifindex)
     }
+}
+
+/// Turns a frame around, to go back to where it came from as the LB's own packet: MACs and
+/// addresses swapped, TTL `ttl`, the IPv4 checksum patched for it. Swapping the addresses
+/// leaves the checksums as they are (the sums are the same); the caller rewrites the rest
+/// (an echo's type, a RST's numbers) and sends it with [`back_out`].
+///
+/// # Safety
+/// `pkt` comes from `parse::packet` (its header pointers were bounds-checked).
+#[inline(always)]
+pub unsafe fn turn_around(pkt: &Packet, ttl: u8) {
+    // SAFETY: the caller guarantees the pointers are bounds-checked.
+    unsafe {
+        let eth = pkt.eth;
+        core::mem::swap(&mut (*eth).src, &mut (*eth).dst);
+        let ip = pkt.ip;
+        core::mem::swap(&mut (*ip).src, &mut (*ip).dst);
+        let old = u16::from_be_bytes([(*ip).ttl, (*ip).proto]);
+        (*ip).ttl = ttl;
+        let new = u16::from_be_bytes([(*ip).ttl, (*ip).proto]);
+        (*ip).check = csum::update16(u16::from_be_bytes((*ip).check), old, new).to_be_bytes();
+    }
+}
+
+/// Hands the packet to the tail-call program in `LB_PROGS` slot `slot`. Returns only if the
+/// tail call fails (the agent has not installed the program), as the drop `missing`.
+#[inline(always)]
+pub fn tail_call(ctx: &XdpContext, slot: u32, missing: DropReason) -> Verdict {
+    // SAFETY: `ctx` is this program's context; on success control never comes back.
+    unsafe { crate::maps::LB_PROGS.tail_call(ctx, slot) };
+    Verdict::Drop(missing)
 }
 
 /// The action that sends the frame back out of its ingress device: `XDP_TX`, or a redirect
