@@ -135,10 +135,40 @@ unsafe fn touch(e: *mut ConnEntry4, (old, seen_s): (u8, u32), new: u8, now: u32)
 #[inline(always)]
 pub fn forward(flow: &FlowKey4, pkt: &Packet) -> Option<ConnEntry4> {
     let e = LB_CONNTRACK4.get_ptr_mut(flow)?;
-    let now = now_s();
+    // SAFETY: a value pointer from the lookup above, used within this run.
+    unsafe { advance(e, *e, flow, pkt) }
+}
+
+/// The entry of `flow`, in one lookup: an entry of kind `kind` as [`forward`] handles it
+/// (`None` once it no longer translates), any other kind returned as it is, untouched. For a
+/// caller that branches on the kind (the outbound program: a returning entry, or a flow's own).
+#[inline(always)]
+pub fn forward_of_kind(flow: &FlowKey4, pkt: &Packet, kind: u8) -> Option<ConnEntry4> {
+    let e = LB_CONNTRACK4.get_ptr_mut(flow)?;
     // SAFETY: a value pointer from the lookup above, used within this run.
     unsafe {
         let ct = *e;
+        if ct.kind != kind {
+            return Some(ct);
+        }
+        advance(e, ct, flow, pkt)
+    }
+}
+
+/// [`forward`]'s work on a found entry `e` (whose copy is `ct`).
+///
+/// # Safety
+/// `e` must be a value pointer of `LB_CONNTRACK4` from this program run.
+#[inline(always)]
+unsafe fn advance(
+    e: *mut ConnEntry4,
+    ct: ConnEntry4,
+    flow: &FlowKey4,
+    pkt: &Packet,
+) -> Option<ConnEntry4> {
+    let now = now_s();
+    // SAFETY: the caller guarantees `e` points at a live map value.
+    unsafe {
         if !translates(ct.tcp, ct.seen_s, now) {
             return None;
         }

@@ -42,22 +42,35 @@ use crate::{
     verdict::Verdict,
 };
 
+/// One program's body `$body` (an expression of type [`Verdict`]) run as every entry point
+/// runs it: the packet traced as it arrived (when `lb trace` samples it), the verdict counted
+/// under its one reason, traced as it leaves, and the action returned.
+///
+/// verifier: a macro, not a function taking the body: a tail call is only allowed in a function
+/// that returns `int`, and a body passed as a closure was emitted as a BPF function of its own
+/// returning the verdict ("tail_call is only allowed in functions that return 'int'").
+macro_rules! counted {
+    ($ctx:expr, $body:expr) => {{
+        let traced = trace::enter($ctx);
+        let v: Verdict = $body;
+        stats::count_reason(v.reason());
+        let action = v.action();
+        if traced {
+            trace::exit($ctx, v.reason() as u32, action);
+        }
+        action
+    }};
+}
+
 #[xdp]
 #[expect(
     clippy::needless_pass_by_value,
     reason = "the #[xdp] entry point takes its context by value"
 )]
 pub fn lb_xdp(ctx: XdpContext) -> u32 {
-    let traced = trace::enter(&ctx);
-    let v = try_lb(&ctx);
-    stats::count_reason(v.reason());
-    let action = v.action();
-    // A hairpin or outbound flow left by tail call above and never comes back here:
-    // `lb_hairpin` or `lb_outbound` traces it.
-    if traced {
-        trace::exit(&ctx, v.reason() as u32, action);
-    }
-    action
+    // A hairpin or outbound flow leaves by tail call inside and never comes back here:
+    // `lb_hairpin` or `lb_outbound` counts and traces it.
+    counted!(&ctx, try_lb(&ctx))
 }
 
 /// Hairpin SNAT flows, entered from [`lb_xdp`] by tail call (see `hairpin.rs`).
@@ -68,14 +81,7 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
 )]
 pub fn lb_hairpin(ctx: XdpContext) -> u32 {
     // The packet is as it arrived: nothing is rewritten before the tail call.
-    let traced = trace::enter(&ctx);
-    let v = hairpin::run(&ctx);
-    stats::count_reason(v.reason());
-    let action = v.action();
-    if traced {
-        trace::exit(&ctx, v.reason() as u32, action);
-    }
-    action
+    counted!(&ctx, hairpin::run(&ctx))
 }
 
 /// Outbound NAT flows, entered from [`lb_xdp`] by tail call (see `outbound.rs`).
@@ -86,14 +92,7 @@ pub fn lb_hairpin(ctx: XdpContext) -> u32 {
 )]
 pub fn lb_outbound(ctx: XdpContext) -> u32 {
     // The packet is as it arrived: nothing is rewritten before the tail call.
-    let traced = trace::enter(&ctx);
-    let v = outbound::run(&ctx);
-    stats::count_reason(v.reason());
-    let action = v.action();
-    if traced {
-        trace::exit(&ctx, v.reason() as u32, action);
-    }
-    action
+    counted!(&ctx, outbound::run(&ctx))
 }
 
 #[inline(always)]

@@ -143,24 +143,20 @@ pub fn run(ctx: &XdpContext) -> Verdict {
         return Verdict::Drop(DropReason::Ttl);
     }
     let tcp = flow.proto == proto::TCP;
-    let ct = conntrack::lookup(&flow);
-    if let Some(c) = ct
-        && c.kind == CONN_OUTBOUND_REV
-    {
-        return back_in(ctx, &pkt, l4, &flow, &c);
-    }
+    // Garbage never leaves, nor comes back, nor moves a flow's state.
     if tcp && conn::invalid_flags(pkt.flags()) {
         return Verdict::Drop(DropReason::TcpFlags);
     }
-    // A SYN takes a fresh port choice (its own old port is free to it); a flow closed too long
-    // ago is a new one too.
-    if ct.is_some_and(|c| c.kind == CONN_OUTBOUND)
-        && !(tcp && conn::is_syn(pkt.flags()))
-        && let Some(c) = conntrack::forward(&flow, &pkt)
-    {
-        return out(ctx, &pkt, l4, &flow, (c.addr, c.port));
+    // A SYN takes a fresh port choice (its own old port is free to it), so it advances no
+    // entry (kind 0 matches none); a flow closed too long ago is a new one too. One lookup
+    // either way.
+    let syn = tcp && conn::is_syn(pkt.flags());
+    let own = if syn { 0 } else { CONN_OUTBOUND };
+    match conntrack::forward_of_kind(&flow, &pkt, own) {
+        Some(c) if c.kind == CONN_OUTBOUND_REV => back_in(ctx, &pkt, l4, &flow, &c),
+        Some(c) if c.kind == CONN_OUTBOUND && !syn => out(ctx, &pkt, l4, &flow, (c.addr, c.port)),
+        _ => new_flow(ctx, &pkt, l4, &flow),
     }
-    new_flow(ctx, &pkt, l4, &flow)
 }
 
 /// A new outbound flow: checks (again: this program trusts nothing about its caller), a port
