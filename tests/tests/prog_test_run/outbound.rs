@@ -189,6 +189,14 @@ fn outbound_tcp_leaves_with_the_frontend_and_returns_to_the_backend() {
             None,
             Reason::DropTcpFlags,
         );
+        let xmas_in = Frame::tcp(remote, front, TCP_FIN | TCP_PSH | TCP_URG);
+        fx.check(
+            "nor come back",
+            &xmas_in,
+            XDP_DROP,
+            None,
+            Reason::DropTcpFlags,
+        );
     });
 }
 
