@@ -58,6 +58,17 @@ pub fn lookup(key: &FlowKey4) -> Option<ConnEntry4> {
     unsafe { LB_CONNTRACK4.get(key).copied() }
 }
 
+/// Whether the returning key `rev_key` of a two-sided NAT flow (hairpin, outbound) is free
+/// for the flow from `src`: no entry holds it, or only that flow's own returning entry (of
+/// kind `kind`, naming the flow's source), as a retransmitted SYN finds it.
+#[inline(always)]
+pub fn free_for(rev_key: &FlowKey4, kind: u8, (addr, port): ([u8; 4], [u8; 2])) -> bool {
+    match lookup(rev_key) {
+        None => true,
+        Some(c) => c.kind == kind && c.addr == addr && c.port == port,
+    }
+}
+
 /// Inserts an entry (best effort: the LRU makes room by evicting the least recently used).
 #[inline(always)]
 pub fn track(key: &FlowKey4, entry: &ConnEntry4) {

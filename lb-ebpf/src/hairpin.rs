@@ -147,10 +147,7 @@ fn port_free(flow: &FlowKey4, rev_key: &FlowKey4) -> bool {
     if select::service_at(ServiceKey4::of(flow.dst, rev_key.dport, flow.proto)).is_some() {
         return false;
     }
-    match conntrack::lookup(rev_key) {
-        None => true,
-        Some(c) => c.kind == CONN_HAIRPIN_REV && c.addr == flow.src && c.port == flow.sport,
-    }
+    conntrack::free_for(rev_key, CONN_HAIRPIN_REV, (flow.src, flow.sport))
 }
 
 /// Backend → VIP, hairpin: destination to the chosen backend, source to VIP:SNAT port, sent.

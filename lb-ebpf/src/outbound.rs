@@ -348,10 +348,7 @@ fn refuse(ctx: &XdpContext, pkt: &Packet, l4: L4) -> Verdict {
 /// free. Blocks never hold a service port (the agent's allocation), so no service is checked.
 #[inline(always)]
 fn port_free(flow: &FlowKey4, rev_key: &FlowKey4) -> bool {
-    match conntrack::lookup(rev_key) {
-        None => true,
-        Some(c) => c.kind == CONN_OUTBOUND_REV && c.addr == flow.src && c.port == flow.sport,
-    }
+    conntrack::free_for(rev_key, CONN_OUTBOUND_REV, (flow.src, flow.sport))
 }
 
 /// Backend → remote: the source becomes frontend:port; sent by the client routes.
