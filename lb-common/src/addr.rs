@@ -33,6 +33,23 @@ pub fn as_v4(a: &Addr) -> Option<[u8; 4]> {
     }
 }
 
+/// The IPv6 address of a map-form address that is not IPv4-mapped.
+#[inline(always)]
+#[must_use]
+pub fn as_v6(a: &Addr) -> Option<[u8; 16]> {
+    as_v4(a).is_none().then_some(*a)
+}
+
+/// An IPv6 prefix in map form as the IPv6 maps hold it: itself. `None` for an IPv4-mapped
+/// prefix (the IPv4 maps hold it).
+#[must_use]
+pub fn prefix_v6(a: &Addr, len: u32) -> Option<(u32, [u8; 16])> {
+    if len > 128 || prefix_v4(a, len).is_some() {
+        return None;
+    }
+    as_v6(a).map(|v6| (len, v6))
+}
+
 /// An IPv4 prefix in map form (`::ffff:a.b.c.d`, length `96 + p`) as the IPv4 maps hold it:
 /// `(p, a.b.c.d)`. `None` for a prefix that is not one (an IPv6 prefix, or a length below 96).
 #[must_use]

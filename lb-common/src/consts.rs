@@ -77,8 +77,14 @@ pub mod map_names {
     pub const OUT_INSIDE4: &str = "LB_OUT_INSIDE4";
     pub const OUT_FRONTS4: &str = "LB_OUT_FRONTS4";
     pub const OUT_BLOCKS4: &str = "LB_OUT_BLOCKS4";
+    pub const SERVICES6: &str = "LB_SERVICES6";
+    pub const VIPS6: &str = "LB_VIPS6";
+    pub const BACKENDS6: &str = "LB_BACKENDS6";
+    pub const CONNTRACK6: &str = "LB_CONNTRACK6";
+    pub const REVSVC6: &str = "LB_REVSVC6";
+    pub const ROUTES6: &str = "LB_ROUTES6";
     /// Every map, in the order the agent opens them.
-    pub const ALL: [&str; 30] = [
+    pub const ALL: [&str; 36] = [
         SERVICES4,
         VIPS4,
         BACKENDS4,
@@ -109,6 +115,12 @@ pub mod map_names {
         OUT_INSIDE4,
         OUT_FRONTS4,
         OUT_BLOCKS4,
+        SERVICES6,
+        VIPS6,
+        BACKENDS6,
+        CONNTRACK6,
+        REVSVC6,
+        ROUTES6,
     ];
 }
 
@@ -135,7 +147,7 @@ pub const fn map_layout_version() -> u64 {
         }
         h
     }
-    let parts: [u64; 35] = [
+    let parts: [u64; 40] = [
         MAP_LAYOUT_REVISION,
         map_names::ALL.len() as u64,
         size_of::<maps::ServiceKey4>() as u64,
@@ -171,6 +183,11 @@ pub const fn map_layout_version() -> u64 {
         MAX_OUTBOUND_INSIDE as u64,
         MAX_OUTBOUND_FRONTENDS as u64,
         PROG_SLOTS as u64,
+        size_of::<maps::ServiceKey6>() as u64,
+        size_of::<maps::Backend6>() as u64,
+        size_of::<crate::flow::FlowKey6>() as u64,
+        size_of::<maps::ConnEntry6>() as u64,
+        size_of::<maps::RevService6>() as u64,
     ];
     let mut h = 0xcbf2_9ce4_8422_2325;
     let mut i = 0;
@@ -218,5 +235,17 @@ pub const PROG_HAIRPIN: u32 = 0;
 pub const OUTBOUND_PROGRAM_NAME: &str = "lb_outbound";
 /// `LB_PROGS` slot of the outbound program.
 pub const PROG_OUTBOUND: u32 = 1;
+/// Name of the IPv6 XDP program, entered from [`PROGRAM_NAME`] by tail call for every IPv6
+/// frame: its own 512-byte stack (the IPv4 path and the IPv6 path inlined together needed
+/// 528), and its own verification.
+pub const V6_PROGRAM_NAME: &str = "lb_xdp6";
+/// `LB_PROGS` slot of the IPv6 program.
+pub const PROG_V6: u32 = 2;
 /// Slots of `LB_PROGS`.
-pub const PROG_SLOTS: u32 = 2;
+pub const PROG_SLOTS: u32 = 3;
+/// Every tail-call program, with its `LB_PROGS` slot.
+pub const TAIL_PROGRAMS: [(u32, &str); 3] = [
+    (PROG_HAIRPIN, HAIRPIN_PROGRAM_NAME),
+    (PROG_OUTBOUND, OUTBOUND_PROGRAM_NAME),
+    (PROG_V6, V6_PROGRAM_NAME),
+];

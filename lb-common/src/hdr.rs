@@ -49,6 +49,54 @@ pub struct Ipv4Hdr {
     pub dst: [u8; 4],
 }
 
+/// The fixed IPv6 header (RFC 8200).
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+#[repr(C)]
+pub struct Ipv6Hdr {
+    /// Version (4 bits), traffic class (8), flow label (20).
+    pub vtc_flow: [u8; 4],
+    /// Length of everything after this header, extension headers included.
+    pub payload_len: [u8; 2],
+    pub next: u8,
+    pub hop_limit: u8,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+}
+
+/// The first two bytes of every extension header the fast path walks: the next header, and
+/// the length in 8-byte units past the first 8 (the fragment header's is reserved: always 8
+/// bytes). A routing header's third and fourth bytes are its type and segments left.
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+#[repr(C)]
+pub struct Ipv6ExtHdr {
+    pub next: u8,
+    pub len: u8,
+    pub b2: u8,
+    pub b3: u8,
+}
+
+/// IPv6 next-header values of the extension headers the fast path walks.
+pub mod ext {
+    pub const HOP_BY_HOP: u8 = 0;
+    pub const ROUTING: u8 = 43;
+    pub const FRAGMENT: u8 = 44;
+    pub const DEST_OPTS: u8 = 60;
+}
+
+/// The most extension headers the IPv6 parser walks before the transport header. A longer
+/// chain to a VIP is dropped (`drop_ext_headers`): RFC 8200's recommended order has at most
+/// hop-by-hop, destination options, routing, fragment and destination options again, and a
+/// packet of ours needs none of them but the first.
+pub const IPV6_MAX_EXT: usize = 4;
+
+/// ICMPv6 types that are neighbour discovery or router messages (RFC 4861: router
+/// solicitation and advertisement, neighbour solicitation and advertisement, redirect): the
+/// kernel's, always, even to a VIP.
+#[must_use]
+pub const fn icmpv6_is_nd(t: u8) -> bool {
+    t >= 133 && t <= 137
+}
+
 /// The fixed 20 bytes of a TCP header.
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 #[repr(C)]
@@ -76,5 +124,6 @@ pub struct UdpHdr {
 
 const _: () = assert!(size_of::<EthHdr>() == 14);
 const _: () = assert!(size_of::<Ipv4Hdr>() == 20);
+const _: () = assert!(size_of::<Ipv6Hdr>() == 40);
 const _: () = assert!(size_of::<TcpHdr>() == 20);
 const _: () = assert!(size_of::<UdpHdr>() == 8);

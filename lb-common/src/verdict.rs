@@ -17,7 +17,8 @@ pub enum Reason {
     ForwardFib = 2,
     /// Translated, but no next hop resolved: handed to the kernel to route (`XDP_PASS`).
     PassNoNextHop = 3,
-    /// Not IPv4 (ARP, IPv6 for now, QinQ, ...): `XDP_PASS`.
+    /// Neither IPv4 nor IPv6 (ARP, QinQ, ...): `XDP_PASS`. The name is older than IPv6
+    /// support, and stable.
     PassNotIpv4 = 4,
     /// IPv4, but neither to a VIP nor a reply of a tracked flow: `XDP_PASS`.
     PassNotOurs = 5,
@@ -33,7 +34,7 @@ pub enum Reason {
     DropNoService = 10,
     /// The service has no eligible backend.
     DropNoBackend = 11,
-    /// TTL would expire on forwarding.
+    /// TTL (IPv4) or hop limit (IPv6) would expire on forwarding.
     DropTtl = 12,
     /// Neither TCP nor UDP to a VIP: only those are balanced.
     DropProto = 13,
@@ -92,10 +93,21 @@ pub enum Reason {
     /// ephemeral port range is not set to the block), or a packet returned to a frontend port
     /// no block of a stateless rule holds.
     DropOutboundPort = 35,
+    /// An IPv6 packet to a VIP whose extension-header chain is longer than the parser walks
+    /// (`lb_common::hdr::IPV6_MAX_EXT`), or truncated inside it.
+    DropExtHeaders = 36,
+    /// An IPv6 packet to a VIP with a routing header whose segments left is not zero: its
+    /// final destination is another address, not the VIP.
+    DropRoutingHeader = 37,
+    /// An ICMPv6 neighbour-discovery or router message (types 133–137): always the kernel's,
+    /// untouched, even to a VIP.
+    PassNd = 38,
+    /// An IPv6 frame, but the IPv6 program is not installed (the tail call failed): passed.
+    PassV6Unavailable = 39,
 }
 
 /// Every reason, in number order.
-pub const ALL_REASONS: [Reason; 36] = [
+pub const ALL_REASONS: [Reason; 40] = [
     Reason::Forward,
     Reason::Reply,
     Reason::ForwardFib,
@@ -132,6 +144,10 @@ pub const ALL_REASONS: [Reason; 36] = [
     Reason::PassOutboundInside,
     Reason::DropOutboundUnavailable,
     Reason::DropOutboundPort,
+    Reason::DropExtHeaders,
+    Reason::DropRoutingHeader,
+    Reason::PassNd,
+    Reason::PassV6Unavailable,
 ];
 const _: () = assert!((ALL_REASONS.len() as u32) <= crate::consts::REASON_SLOTS);
 
@@ -176,6 +192,10 @@ impl Reason {
             Self::PassOutboundInside => "pass_outbound_inside",
             Self::DropOutboundUnavailable => "drop_outbound_unavailable",
             Self::DropOutboundPort => "drop_outbound_port",
+            Self::DropExtHeaders => "drop_ext_headers",
+            Self::DropRoutingHeader => "drop_routing_header",
+            Self::PassNd => "pass_nd",
+            Self::PassV6Unavailable => "pass_v6_unavailable",
         }
     }
 
@@ -193,6 +213,8 @@ impl Reason {
                 | Self::PassShort
                 | Self::PassNotReply
                 | Self::PassOutboundInside
+                | Self::PassNd
+                | Self::PassV6Unavailable
                 | Self::Outbound
                 | Self::OutboundReturn
                 | Self::PipIn
@@ -260,6 +282,8 @@ reason_class!(
         SnatExhausted => DropSnatExhausted,
         OutboundUnavailable => DropOutboundUnavailable,
         OutboundPort => DropOutboundPort,
+        ExtHeaders => DropExtHeaders,
+        RoutingHeader => DropRoutingHeader,
     }
 );
 
@@ -273,6 +297,8 @@ reason_class!(
         Short => PassShort,
         NotReply => PassNotReply,
         OutboundInside => PassOutboundInside,
+        Nd => PassNd,
+        V6Unavailable => PassV6Unavailable,
     }
 );
 

@@ -115,7 +115,7 @@ pub fn now_s() -> u32 {
 
 /// Whether a tracked flow still translates at `now`.
 #[inline(always)]
-fn translates(tcp: u8, seen_s: u32, now: u32) -> bool {
+pub fn translates(tcp: u8, seen_s: u32, now: u32) -> bool {
     conn::translates(tcp, seen_s, now, LB_CLOSE_TIMEOUT_S.load())
 }
 
@@ -128,14 +128,24 @@ fn translates(tcp: u8, seen_s: u32, now: u32) -> bool {
 /// # Safety
 /// `e` must be a value pointer of `LB_CONNTRACK4` from this program run.
 #[inline(always)]
-unsafe fn touch(e: *mut ConnEntry4, (old, seen_s): (u8, u32), new: u8, now: u32) {
+unsafe fn touch(e: *mut ConnEntry4, was: (u8, u32), new: u8, now: u32) {
     // SAFETY: the caller guarantees `e` points at a live map value.
+    unsafe { touch_at(&raw mut (*e).tcp, &raw mut (*e).seen_s, was, new, now) }
+}
+
+/// [`touch`] through pointers to an entry's two fields, for either family's entry.
+///
+/// # Safety
+/// `tcp` and `seen` must point into a conntrack map value from this program run.
+#[inline(always)]
+pub unsafe fn touch_at(tcp: *mut u8, seen: *mut u32, (old, seen_s): (u8, u32), new: u8, now: u32) {
+    // SAFETY: the caller guarantees both point at a live map value.
     unsafe {
         if old != new {
-            (*e).tcp = new;
+            *tcp = new;
         }
         if conn::closes(old, new) || conn::refreshes(new, seen_s, now) {
-            (*e).seen_s = now;
+            *seen = now;
         }
     }
 }

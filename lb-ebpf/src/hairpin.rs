@@ -44,7 +44,7 @@ pub fn enter(ctx: &XdpContext) -> Verdict {
 pub fn run(ctx: &XdpContext) -> Verdict {
     // `lb_xdp` only tail-calls for well-formed TCP/UDP, so these misses cannot happen; they
     // are still defined outcomes.
-    let Ok(pkt) = parse::packet(ctx) else {
+    let Ok(pkt) = parse::ipv4(ctx) else {
         return Verdict::Drop(DropReason::Malformed);
     };
     let Some((&flow, l4)) = pkt.flow() else {

@@ -1,5 +1,8 @@
 //! The XDP load balancer: parse → classify → admit → select → translate → forward.
 //!
+//! IPv6 frames take the same stages in their own family's modules (`six.rs`: `parse6.rs`,
+//! `conntrack6.rs`, `xlate6.rs`), over the IPv6 maps.
+//!
 //! Each stage is a module with one job: `parse.rs` (bounds-checked headers), `classify.rs` (what
 //! the packet is to us, as one [`classify::Class`]), `policy.rs` (admission of new flows),
 //! `select.rs` with `conntrack.rs` (which backend), `xlate.rs` (NAT, checksums, next hop, out).
@@ -11,18 +14,22 @@
 
 mod classify;
 mod conntrack;
+mod conntrack6;
 mod hairpin;
 mod icmp;
 mod maps;
 mod outbound;
 mod parse;
+mod parse6;
 mod pip;
 mod policy;
 mod select;
+mod six;
 mod stats;
 mod trace;
 mod verdict;
 mod xlate;
+mod xlate6;
 mod xmit;
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};
@@ -95,9 +102,26 @@ pub fn lb_outbound(ctx: XdpContext) -> u32 {
     counted!(&ctx, outbound::run(&ctx))
 }
 
+/// IPv6 frames, entered from [`lb_xdp`] by tail call (see `six.rs`).
+#[xdp]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the #[xdp] entry point takes its context by value"
+)]
+pub fn lb_xdp6(ctx: XdpContext) -> u32 {
+    counted!(&ctx, six::run(&ctx))
+}
+
 #[inline(always)]
 fn try_lb(ctx: &XdpContext) -> Verdict {
-    let pkt = match parse::packet(ctx) {
+    let l2 = match parse::l2(ctx) {
+        Ok(l2) => l2,
+        Err(pass) => return Verdict::Pass(pass),
+    };
+    if l2.ether_type == lb_common::hdr::ETH_P_IPV6 {
+        return six::enter(ctx);
+    }
+    let pkt = match parse::packet(ctx, &l2) {
         Ok(p) => p,
         Err(pass) => return Verdict::Pass(pass),
     };

@@ -15,10 +15,11 @@ use lb_common::{
         MAX_OUTBOUND_BACKENDS, MAX_OUTBOUND_FRONTENDS, MAX_OUTBOUND_INSIDE, MAX_PIPS, MAX_ROUTES,
         MAX_SERVICES, PROG_SLOTS, REASON_SLOTS,
     },
-    flow::FlowKey4,
+    flow::{FlowKey4, FlowKey6},
     maps::{
-        AclKey4, AclValue, Backend4, BackendId, ConnEntry4, Counters, NextHop, OURS_WORDS,
-        PipEntry4, RateState, RevKey4, RevService4, RouteKey4, ServiceInfo, ServiceKey4, VipInfo,
+        AclKey4, AclValue, Backend4, Backend6, BackendId, ConnEntry4, ConnEntry6, Counters,
+        NextHop, OURS_WORDS, PipEntry4, RateState, RevKey4, RevKey6, RevService4, RevService6,
+        RouteKey4, RouteKey6, ServiceInfo, ServiceKey4, ServiceKey6, VipInfo,
     },
     outbound::{OutBlockKey4, OutFront4, OutboundEntry4},
     trace::{RING_BYTES, TraceConfig},
@@ -177,3 +178,31 @@ pub static LB_OUT_FRONTS4: HashMap<[u8; 4], OutFront4> = HashMap::pinned(MAX_OUT
 #[map(name = "LB_OUT_BLOCKS4")]
 pub static LB_OUT_BLOCKS4: HashMap<OutBlockKey4, [u8; 4]> =
     HashMap::pinned(MAX_OUTBOUND_BACKENDS, 0);
+
+/// (IPv6 VIP, port, proto) → service, as `LB_SERVICES4`. Writer: agent.
+#[map(name = "LB_SERVICES6")]
+pub static LB_SERVICES6: HashMap<ServiceKey6, ServiceInfo> = HashMap::pinned(MAX_SERVICES, 0);
+
+/// IPv6 VIP address → its VIP entry, as `LB_VIPS4`. Writer: agent.
+#[map(name = "LB_VIPS6")]
+pub static LB_VIPS6: HashMap<[u8; 16], VipInfo> = HashMap::pinned(MAX_SERVICES, 0);
+
+/// BackendId → IPv6 backend, as `LB_BACKENDS4` (one id space: an id is live in one family's
+/// array). Writer: agent.
+#[map(name = "LB_BACKENDS6")]
+pub static LB_BACKENDS6: Array<Backend6> = Array::pinned(MAX_BACKENDS, 0);
+
+/// IPv6 flow 5-tuple as it arrives → conntrack entry, as `LB_CONNTRACK4` (the agent sizes it
+/// alike). Writer: fast path and agent.
+#[map(name = "LB_CONNTRACK6")]
+pub static LB_CONNTRACK6: LruHashMap<FlowKey6, ConnEntry6> =
+    LruHashMap::pinned(DEFAULT_CONNTRACK_ENTRIES, 0);
+
+/// IPv6 backend (address, port, protocol) → the service it serves, as `LB_REVSVC4`.
+/// Writer: agent.
+#[map(name = "LB_REVSVC6")]
+pub static LB_REVSVC6: HashMap<RevKey6, RevService6> = HashMap::pinned(MAX_BACKENDS, 0);
+
+/// Client-facing IPv6 destination prefix → next hop, for replies. Writer: agent.
+#[map(name = "LB_ROUTES6")]
+pub static LB_ROUTES6: LpmTrie<RouteKey6, NextHop> = LpmTrie::pinned(MAX_ROUTES, 0);

@@ -1,4 +1,5 @@
-//! Stage 1, parse: Ethernet (+ one 802.1Q tag) → IPv4 → TCP/UDP, every read bounds-checked.
+//! Stage 1, parse: Ethernet (+ one 802.1Q tag) → IPv4 → TCP/UDP, every read bounds-checked
+//! (IPv6: `parse6.rs`).
 //!
 //! Parsing never decides whether a packet is ours: it reports what it found and what is wrong
 //! with it ([`Packet::problem`]), and the caller decides drop (to a VIP) or pass (not ours).
@@ -53,6 +54,35 @@ impl L4 {
     };
     const TCP: u64 = 1;
     const UDP: u64 = 2;
+
+    /// A TCP header at `hdr` (the IPv6 parser's constructor).
+    #[inline(always)]
+    pub fn tcp(hdr: *mut TcpHdr) -> Self {
+        Self {
+            kind: Self::TCP,
+            hdr: hdr.cast(),
+        }
+    }
+
+    /// A UDP header at `hdr`.
+    #[inline(always)]
+    pub fn udp(hdr: *mut UdpHdr) -> Self {
+        Self {
+            kind: Self::UDP,
+            hdr: hdr.cast(),
+        }
+    }
+
+    /// No transport header the fast path may rewrite.
+    pub const fn none() -> Self {
+        Self::NONE
+    }
+
+    /// Whether there is one.
+    #[inline(always)]
+    pub fn is_some(self) -> bool {
+        self.kind != 0
+    }
 
     /// The header, if the packet has one the fast path may rewrite.
     #[inline(always)]
@@ -121,10 +151,18 @@ impl Packet {
     }
 }
 
-/// Parses a frame. `Err` carries the pass reason for frames without a readable IPv4 header.
+/// The link layer of a frame: Ethernet and at most one 802.1Q tag.
+pub struct L2 {
+    pub eth: *mut EthHdr,
+    /// The ethertype after the tag, if any.
+    pub ether_type: u16,
+    /// Offset of the network header.
+    pub off: usize,
+}
+
+/// Parses the link layer. `Err` for a frame too short for its Ethernet header or tag.
 #[inline(always)]
-pub fn packet(ctx: &XdpContext) -> Result<Packet, PassReason> {
-    let len = (ctx.data_end() - ctx.data()) as u64;
+pub fn l2(ctx: &XdpContext) -> Result<L2, PassReason> {
     let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(PassReason::Short)?;
     // SAFETY: `ptr_at` checked the header lies inside the frame.
     let mut ether_type = u16::from_be_bytes(unsafe { (*eth).ether_type });
@@ -135,7 +173,26 @@ pub fn packet(ctx: &XdpContext) -> Result<Packet, PassReason> {
         ether_type = u16::from_be_bytes(unsafe { (*vlan).ether_type });
         off += size_of::<VlanHdr>();
     }
-    if ether_type != ETH_P_IPV4 {
+    Ok(L2 {
+        eth,
+        ether_type,
+        off,
+    })
+}
+
+/// Parses an IPv4 frame from the start (the tail-call programs, which see only IPv4).
+#[inline(always)]
+pub fn ipv4(ctx: &XdpContext) -> Result<Packet, PassReason> {
+    packet(ctx, &l2(ctx)?)
+}
+
+/// Parses an IPv4 frame whose link layer is `l2`. `Err` carries the pass reason for frames
+/// without a readable IPv4 header.
+#[inline(always)]
+pub fn packet(ctx: &XdpContext, l2: &L2) -> Result<Packet, PassReason> {
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    let (eth, off) = (l2.eth, l2.off);
+    if l2.ether_type != ETH_P_IPV4 {
         // Includes a second tag (QinQ): one tag is what we parse.
         return Err(PassReason::NotIpv4);
     }

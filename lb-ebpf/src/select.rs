@@ -24,6 +24,12 @@ use crate::{
 #[unsafe(no_mangle)]
 static LB_HASH_SEED: Global<u32> = Global::new(lb_common::consts::DEFAULT_HASH_SEED);
 
+/// The flow-hash seed (both families).
+#[inline(always)]
+pub fn seed() -> u32 {
+    LB_HASH_SEED.load()
+}
+
 /// The service this packet is addressed to, if any.
 #[inline(always)]
 pub fn service(flow: &FlowKey4) -> Option<ServiceInfo> {

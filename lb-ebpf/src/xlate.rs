@@ -31,7 +31,7 @@ const AF_INET: u8 = 2;
 #[unsafe(no_mangle)]
 static LB_TX_REDIRECT: Global<u8> = Global::new(0);
 /// `BPF_FIB_LKUP_RET_SUCCESS`.
-const FIB_SUCCESS: i64 = 0;
+pub const FIB_SUCCESS: i64 = 0;
 
 #[inline(always)]
 const fn be16(b: [u8; 2]) -> u16 {
@@ -131,8 +131,21 @@ fn send(ctx: &XdpContext, pkt: &Packet, nh: &NextHop) -> u32 {
         (*ip).ttl -= 1;
         let new = u16::from_be_bytes([(*ip).ttl, (*ip).proto]);
         (*ip).check = csum::update16(be16((*ip).check), old, new).to_be_bytes();
-        (*pkt.eth).src = nh.smac;
-        (*pkt.eth).dst = nh.dmac;
+        out(ctx, pkt.eth, nh)
+    }
+}
+
+/// MACs from `nh`, and out: `XDP_TX` on the ingress device, else a redirect. Both families'
+/// last step.
+///
+/// # Safety
+/// `eth` is the frame's bounds-checked Ethernet header.
+#[inline(always)]
+pub unsafe fn out(ctx: &XdpContext, eth: *mut lb_common::hdr::EthHdr, nh: &NextHop) -> u32 {
+    // SAFETY: the caller guarantees `eth` is bounds-checked.
+    unsafe {
+        (*eth).src = nh.smac;
+        (*eth).dst = nh.dmac;
     }
     if nh.ifindex as usize == ingress_ifindex(ctx) {
         back_out(ctx)
@@ -192,7 +205,7 @@ fn redirect(ifindex: u32) -> u32 {
 }
 
 #[inline(always)]
-fn ingress_ifindex(ctx: &XdpContext) -> usize {
+pub fn ingress_ifindex(ctx: &XdpContext) -> usize {
     ctx.ingress_ifindex()
 }
 
@@ -201,6 +214,22 @@ fn ingress_ifindex(ctx: &XdpContext) -> usize {
 /// `bpf_fib_lookup` on the hot function's stack (verifier: 512 bytes for the whole chain).
 #[inline(never)]
 fn fib(ctx: &XdpContext, pkt: &Packet) -> Option<NextHop> {
+    // SAFETY: `pkt.ip` was bounds-checked by the parser.
+    let ip: &Ipv4Hdr = unsafe { &*pkt.ip };
+    fib_query(ctx, |p| {
+        p.family = AF_INET;
+        p.l4_protocol = ip.proto;
+        p.__bindgen_anon_1.tot_len = be16(ip.tot_len);
+        // The address unions are __be32: keep the wire bytes as they are.
+        p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(ip.src);
+        p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(ip.dst);
+    })
+}
+
+/// A `bpf_fib_lookup` from the ingress device, its family's fields set by `fill`: the
+/// resolved next hop, if the kernel has one. Inlined into each family's out-of-line `fib`.
+#[inline(always)]
+pub fn fib_query(ctx: &XdpContext, fill: impl FnOnce(&mut bpf_fib_lookup)) -> Option<NextHop> {
     let mut p = core::mem::MaybeUninit::<bpf_fib_lookup>::uninit();
     // Zeroed word by word with volatile stores. size: `mem::zeroed()` of the 64-byte struct
     // compiled to a byte-wise `memset` call.
@@ -215,11 +244,7 @@ fn fib(ctx: &XdpContext, pkt: &Packet) -> Option<NextHop> {
     // SAFETY: all-zero is a valid `bpf_fib_lookup` (plain integers and unions of integers),
     // and `p` lives until the end of this function.
     let p = unsafe { &mut *p.as_mut_ptr() };
-    // SAFETY: `pkt.ip` was bounds-checked by the parser.
-    let ip: &Ipv4Hdr = unsafe { &*pkt.ip };
-    p.family = AF_INET;
-    p.l4_protocol = ip.proto;
-    p.__bindgen_anon_1.tot_len = be16(ip.tot_len);
+    fill(p);
     #[expect(
         clippy::cast_possible_truncation,
         reason = "ifindex is a u32 in xdp_md"
@@ -227,9 +252,6 @@ fn fib(ctx: &XdpContext, pkt: &Packet) -> Option<NextHop> {
     {
         p.ifindex = ingress_ifindex(ctx) as u32;
     }
-    // The address unions are __be32: keep the wire bytes as they are.
-    p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(ip.src);
-    p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(ip.dst);
     // SAFETY: `p` is a valid, writable `bpf_fib_lookup` of the size passed.
     let rc = unsafe {
         fib_lookup(

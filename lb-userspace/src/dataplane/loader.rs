@@ -10,7 +10,7 @@ use aya::{
 };
 use lb_common::{
     consts::{
-        HAIRPIN_PROGRAM_NAME, OUTBOUND_PROGRAM_NAME, PROG_HAIRPIN, PROG_OUTBOUND, PROGRAM_NAME,
+        PROGRAM_NAME, TAIL_PROGRAMS,
         XMIT_PROGRAMS, global_names, map_layout_version, map_names,
     },
     xmit::XmitFails,
@@ -109,7 +109,7 @@ impl Dataplane {
             .map_max_entries(map_names::CONNTRACK, opts.conntrack_flows)
             .map_max_entries(map_names::RING, opts.ring_slots);
         let mut ebpf = loader.load(LB_OBJ)?;
-        for name in [PROGRAM_NAME, HAIRPIN_PROGRAM_NAME, OUTBOUND_PROGRAM_NAME] {
+        for name in std::iter::once(PROGRAM_NAME).chain(TAIL_PROGRAMS.map(|(_, n)| n)) {
             program_mut(&mut ebpf, name)?
                 .load()
                 .map_err(|source| LoadError::Program {
@@ -117,13 +117,10 @@ impl Dataplane {
                     source,
                 })?;
         }
-        // The tail-call slots (hairpin, outbound), each replaced in place: a pinned array that
-        // a previous agent filled keeps working until this update.
+        // The tail-call slots (hairpin, outbound, IPv6), each replaced in place: a pinned array
+        // that a previous agent filled keeps working until this update.
         let mut progs: ProgramArray<MapData> = take_map(&mut ebpf, map_names::PROGS)?;
-        for (slot, name) in [
-            (PROG_HAIRPIN, HAIRPIN_PROGRAM_NAME),
-            (PROG_OUTBOUND, OUTBOUND_PROGRAM_NAME),
-        ] {
+        for (slot, name) in TAIL_PROGRAMS {
             let fd = program_mut(&mut ebpf, name)?
                 .fd()
                 .map_err(|source| LoadError::Program {

@@ -1,0 +1,175 @@
+//! Conntrack for IPv6 flows (`LB_CONNTRACK6`): the rules of `conntrack.rs`, applied to
+//! 16-byte addresses. One forward entry per flow; a shared backend endpoint's flows also write
+//! the reverse entry their replies are matched by first. The TCP state machine, the close
+//! timeout, the once-a-second refresh and the flood guard are the IPv4 family's own
+//! (`lb_common::conn`, `conntrack::{translates, touch_at, may_track}`).
+
+use lb_common::{
+    conn,
+    flow::{FlowKey6, proto},
+    maps::{BackendId, CONN_FORWARD, CONN_REVERSE, ConnEntry6, REV_F_SHARED, RevKey6},
+};
+
+use crate::{
+    conntrack::{now_s, touch_at, translates},
+    maps::{LB_CONNTRACK6, LB_REVSVC6},
+    parse6::Packet6,
+};
+
+/// Tracks `key` with `entry`: in place over an entry it has, else inserted (see
+/// `conntrack::put` for why in place).
+#[inline(always)]
+fn put(key: &FlowKey6, entry: &ConnEntry6) {
+    match LB_CONNTRACK6.get_ptr_mut(key) {
+        Some(e) => {
+            // size: word stores, as `conntrack::put` (a whole-struct copy is a `memmove` call).
+            let words = entry.words();
+            let dst = e.cast::<u32>();
+            for (i, w) in words.iter().enumerate() {
+                // SAFETY: a value pointer from the lookup above; 13 words, 8-byte aligned.
+                unsafe { dst.add(i).write_volatile(*w) };
+            }
+        }
+        None => {
+            let _ = LB_CONNTRACK6.insert(key, entry, 0);
+        }
+    }
+}
+
+/// The tracked backend of a client → VIP packet, if its flow is tracked and still translates;
+/// its TCP flags and time are recorded on the entry.
+#[inline(always)]
+pub fn forward(flow: &FlowKey6, pkt: &Packet6) -> Option<ConnEntry6> {
+    let e = LB_CONNTRACK6.get_ptr_mut(flow)?;
+    let now = now_s();
+    // SAFETY: a value pointer from the lookup above, used within this run.
+    unsafe {
+        let ct = *e;
+        if !translates(ct.tcp, ct.seen_s, now) {
+            return None;
+        }
+        let new = if flow.proto == proto::TCP {
+            conn::after_forward(ct.tcp, pkt.flags())
+        } else {
+            ct.tcp
+        };
+        touch_at(&raw mut (*e).tcp, &raw mut (*e).seen_s, (ct.tcp, ct.seen_s), new, now);
+        Some(ct)
+    }
+}
+
+/// Tracks a new flow to backend `id` at `addr`:`port`, and for a shared endpoint also the
+/// reverse entry its replies are matched by.
+#[inline(always)]
+pub fn remember(
+    flow: &FlowKey6,
+    (id, addr, port): (BackendId, [u8; 16], [u8; 2]),
+    service: u32,
+    syn: bool,
+) {
+    let tcp = if syn { conn::CT_SYN } else { 0 };
+    let now = now_s();
+    put(flow, &ConnEntry6::forward(id, service, tcp, 0, now, (0, 0)));
+    // SAFETY: copied out at once.
+    let shared = unsafe { LB_REVSVC6.get(RevKey6::of(addr, port, flow.proto)) }
+        .is_some_and(|r| r.flags & REV_F_SHARED != 0);
+    if shared {
+        let reply_port = if port == [0; 2] { flow.dport } else { port };
+        let rev = ConnEntry6::reverse(id, service, flow.dport, flow.dst, now);
+        put(&flow.reply_from(addr, reply_port), &rev);
+    }
+}
+
+/// An IPv6 flow a packet from a backend endpoint belongs to, as its reply (see
+/// `conntrack::Reply`).
+#[derive(Clone, Copy)]
+pub struct Reply6 {
+    pub vip: [u8; 16],
+    pub vport: [u8; 2],
+    pub backend: BackendId,
+    entry: *mut ConnEntry6,
+    old: u8,
+    new: u8,
+    seen_s: u32,
+    now: u32,
+}
+
+impl Reply6 {
+    /// Records the reply's flags and time on its flow (once the reply is really sent on).
+    #[inline(always)]
+    pub fn commit(&self) {
+        // SAFETY: `entry` is the value pointer `from_backend` found in this run.
+        unsafe {
+            touch_at(
+                &raw mut (*self.entry).tcp,
+                &raw mut (*self.entry).seen_s,
+                (self.old, self.seen_s),
+                self.new,
+                self.now,
+            );
+        }
+    }
+}
+
+/// What a TCP/UDP IPv6 packet that is not to a service is, seen from the backends' side.
+pub enum FromBackend6 {
+    Reply(Reply6),
+    /// From a backend endpoint, but not its flow's reply (see `conntrack::FromBackend`).
+    Refused,
+    None,
+}
+
+/// As `conntrack::from_backend`, for IPv6: the source's reverse-service entry (exact, then
+/// HA ports), a shared endpoint's reverse entry, then the flow's forward entry.
+#[inline(always)]
+pub fn from_backend(flow: &FlowKey6, flags: u8) -> FromBackend6 {
+    // SAFETY: copied out at once.
+    let exact = unsafe { LB_REVSVC6.get(RevKey6::of(flow.src, flow.sport, flow.proto)) };
+    let rev = match exact {
+        Some(r) => Some(*r),
+        // SAFETY: copied out at once.
+        None => unsafe { LB_REVSVC6.get(RevKey6::of(flow.src, [0; 2], flow.proto)) }.copied(),
+    };
+    let Some(mut rev) = rev else {
+        return FromBackend6::None;
+    };
+    if rev.vport == [0; 2] {
+        rev.vport = flow.sport;
+    }
+    let (mut vip, mut vport, mut backend) = (rev.vip, rev.vport, rev.backend);
+    if rev.flags & REV_F_SHARED != 0 {
+        // SAFETY: copied out at once.
+        if let Some(o) = unsafe { LB_CONNTRACK6.get(flow) }
+            && o.kind == CONN_REVERSE
+        {
+            (vip, vport, backend) = (o.addr, o.port, o.backend);
+        }
+    }
+    let Some(e) = LB_CONNTRACK6.get_ptr_mut(flow.forward_of_reply(vip, vport)) else {
+        return FromBackend6::None;
+    };
+    // SAFETY: a value pointer from the lookup above, used within this run.
+    let ct = unsafe { *e };
+    let now = now_s();
+    if ct.kind != CONN_FORWARD || ct.backend != backend || !translates(ct.tcp, ct.seen_s, now) {
+        return FromBackend6::Refused;
+    }
+    let f = if flow.proto == proto::TCP { flags } else { 0 };
+    match conn::after_reply(ct.tcp, f) {
+        Ok(new) => FromBackend6::Reply(Reply6 {
+            vip,
+            vport,
+            backend,
+            entry: e,
+            old: ct.tcp,
+            new,
+            seen_s: ct.seen_s,
+            now,
+        }),
+        Err(stale) => {
+            // SAFETY: as above.
+            unsafe { (*e).tcp = stale };
+            FromBackend6::Refused
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! The IPv6 fast path: parse (`parse6.rs`) → classify → select → translate (`xlate6.rs`) →
+//! forward, with the IPv4 path's rules over the IPv6 maps (Cilium's `lb6_*` beside `lb4_*`).
+//!
+//! What it serves: TCP and UDP services (exact ports and HA ports), the table pick with the
+//! service's distribution mode, conntrack with reply matching (`conntrack6.rs`), weights and
+//! drain (they live in the table and the backend entries). Neighbour discovery and router
+//! messages always pass; other ICMPv6 to a VIP is a counted drop. The precedence is the IPv4
+//! one: a service, else a tracked flow's reply, else to a VIP (drop), else not ours.
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::{
+    conn,
+    consts::PROG_V6,
+    flow::{FlowKey6, proto},
+    hash::dist_hash6,
+    maglev,
+    maps::{
+        Backend6, BackendId, CONN_FORWARD, NextHop, SVC_F_INTERNAL, ServiceInfo, ServiceKey6,
+        VIP_F_HA_PORTS, VipInfo, ours_bit6,
+    },
+    verdict::{DropReason, PassReason, SendReason},
+};
+
+use crate::{
+    conntrack,
+    conntrack6::{self, FromBackend6, Reply6},
+    maps::{LB_BACKENDS6, LB_OURS4, LB_RING, LB_ROUTES6, LB_SERVICES6, LB_VIPS6},
+    parse::{self, L4},
+    parse6::{self, Packet6},
+    stats::{self, Dir},
+    verdict::Verdict,
+    xlate6,
+};
+
+/// Hands an IPv6 frame to the IPv6 program (`lb_xdp6`). Returns only if the tail call
+/// fails (the agent has not installed it): then the kernel has the frame
+/// (`pass_v6_unavailable`), so that neighbour discovery keeps working; a VIP's packet is
+/// not the host's and the kernel drops it.
+#[inline(always)]
+pub fn enter(ctx: &XdpContext) -> Verdict {
+    // SAFETY: `ctx` is this program's context; on success control never comes back.
+    unsafe { crate::maps::LB_PROGS.tail_call(ctx, PROG_V6) };
+    Verdict::Pass(PassReason::V6Unavailable)
+}
+
+/// An IPv6 frame, from its link layer to its verdict.
+#[inline(always)]
+pub fn run(ctx: &XdpContext) -> Verdict {
+    let l2 = match parse::l2(ctx) {
+        Ok(l2) => l2,
+        Err(pass) => return Verdict::Pass(pass),
+    };
+    let pkt = match parse6::packet(ctx, &l2) {
+        Ok(p) => p,
+        Err(pass) => return Verdict::Pass(pass),
+    };
+    match classify(&pkt) {
+        Class6::Service(svc) => match pkt.flow() {
+            Some((flow, l4)) => to_backend(ctx, &pkt, flow, l4, &svc),
+            None => Verdict::Drop(DropReason::Malformed),
+        },
+        Class6::Reply(r) => match pkt.flow() {
+            Some((flow, l4)) => to_client(ctx, &pkt, flow, l4, &r),
+            None => Verdict::Drop(DropReason::Malformed),
+        },
+        Class6::Unservable(r) => Verdict::Drop(r),
+        Class6::NotOurs(r) => Verdict::Pass(r),
+    }
+}
+
+/// What an IPv6 packet is.
+enum Class6 {
+    Service(ServiceInfo),
+    Reply(Reply6),
+    Unservable(DropReason),
+    NotOurs(PassReason),
+}
+
+/// Whether an IPv6 address may be one the fast path looks up (the shared filter).
+#[inline(always)]
+fn maybe_ours(a: [u8; 16]) -> bool {
+    let (w, m) = ours_bit6(a);
+    LB_OURS4.get(w).is_some_and(|v| v & m != 0)
+}
+
+#[inline(always)]
+fn classify(pkt: &Packet6) -> Class6 {
+    if pkt.is_nd() {
+        return Class6::NotOurs(PassReason::Nd);
+    }
+    let mut not_ours = PassReason::NotOurs;
+    if let Some((flow, _)) = pkt.flow() {
+        let (to_us, from_us) = (maybe_ours(flow.dst), maybe_ours(flow.src));
+        if to_us && let Some(svc) = service(ServiceKey6::of(flow.dst, flow.dport, flow.proto)) {
+            return Class6::Service(svc);
+        }
+        if from_us {
+            match conntrack6::from_backend(flow, pkt.flags()) {
+                FromBackend6::Reply(r) => return Class6::Reply(r),
+                FromBackend6::Refused => not_ours = PassReason::NotReply,
+                FromBackend6::None => {}
+            }
+        }
+        if !to_us {
+            return Class6::NotOurs(not_ours);
+        }
+    }
+    // SAFETY: `pkt.ip` was bounds-checked by the parser.
+    let dst = unsafe { (*pkt.ip).dst };
+    let Some(vip) = vip(dst) else {
+        return Class6::NotOurs(not_ours);
+    };
+    match pkt.flow() {
+        // HA ports: a port no exact service has is the catch-all's, (VIP, 0, protocol).
+        Some((flow, _)) if vip.flags & VIP_F_HA_PORTS != 0 => {
+            match service(ServiceKey6::of(flow.dst, [0; 2], flow.proto)) {
+                Some(svc) => Class6::Service(svc),
+                None => Class6::Unservable(DropReason::NoService),
+            }
+        }
+        Some(_) => Class6::Unservable(DropReason::NoService),
+        None => Class6::Unservable(pkt.problem.unwrap_or(DropReason::Malformed)),
+    }
+}
+
+#[inline(always)]
+fn service(key: ServiceKey6) -> Option<ServiceInfo> {
+    // SAFETY: copied out at once.
+    unsafe { LB_SERVICES6.get(key).copied() }
+}
+
+#[inline(always)]
+fn vip(addr: [u8; 16]) -> Option<VipInfo> {
+    // SAFETY: copied out at once.
+    unsafe { LB_VIPS6.get(addr).copied() }
+}
+
+/// A live IPv6 backend by id (id 0 and inactive entries are none).
+#[inline(always)]
+fn live_backend(id: BackendId) -> Option<Backend6> {
+    if id == 0 {
+        return None;
+    }
+    let b = *LB_BACKENDS6.get(id)?;
+    b.is_active().then_some(b)
+}
+
+/// The agent-resolved next hop towards a client address.
+#[inline(always)]
+fn route(dst: [u8; 16]) -> Option<NextHop> {
+    LB_ROUTES6
+        .get(aya_ebpf::maps::lpm_trie::Key::new(128, dst))
+        .copied()
+}
+
+/// Client → VIP: pick (or recall) the backend, DNAT, forward.
+#[inline(always)]
+fn to_backend(
+    ctx: &XdpContext,
+    pkt: &Packet6,
+    flow: &FlowKey6,
+    l4: L4,
+    svc: &ServiceInfo,
+) -> Verdict {
+    if flow.proto == proto::TCP && conn::invalid_flags(pkt.flags()) {
+        return Verdict::Drop(DropReason::TcpFlags);
+    }
+    if xlate6::hop_limit(pkt) <= 1 {
+        return Verdict::Drop(DropReason::Ttl);
+    }
+    let (id, be, new_flow) = match pick(flow, pkt, svc) {
+        Ok(p) => p,
+        Err(r) => return Verdict::Drop(r),
+    };
+    // An HA-ports backend has no port: the flow keeps the one it was sent to.
+    let port = if be.port == [0; 2] { flow.dport } else { be.port };
+    xlate6::dnat(pkt, l4, be.addr, port);
+    stats::count_flow(id, pkt.len, Dir::Forward { new_flow });
+    xlate6::forward(ctx, pkt, Some(be.nh), SendReason::Forward)
+}
+
+/// Backend → client reply of a tracked flow.
+#[inline(always)]
+fn to_client(ctx: &XdpContext, pkt: &Packet6, flow: &FlowKey6, l4: L4, r: &Reply6) -> Verdict {
+    if xlate6::hop_limit(pkt) <= 1 {
+        return Verdict::Drop(DropReason::Ttl);
+    }
+    r.commit();
+    xlate6::rnat(pkt, l4, r.vip, r.vport);
+    stats::count_flow(r.backend, pkt.len, Dir::Reply);
+    xlate6::forward(ctx, pkt, route(flow.dst), SendReason::Reply)
+}
+
+/// The backend of a client → VIP packet, as `select::pick`: the tracked one if still live,
+/// else the table's (tracked unless the flood guard refuses, or a stray RST or FIN). `true`
+/// for a new flow.
+#[inline(always)]
+fn pick(
+    flow: &FlowKey6,
+    pkt: &Packet6,
+    svc: &ServiceInfo,
+) -> Result<(BackendId, Backend6, bool), DropReason> {
+    let tcp = flow.proto == proto::TCP;
+    let flags = pkt.flags();
+    let syn = tcp && conn::is_syn(flags);
+    if !syn {
+        match conntrack6::forward(flow, pkt) {
+            Some(ct) => {
+                if ct.kind == CONN_FORWARD
+                    && let Some(b) = live_backend(ct.backend)
+                {
+                    return Ok((ct.backend, b, false));
+                }
+            }
+            None => stats::count_conntrack_miss(svc.id),
+        }
+    }
+    // The agent refuses ACLs and internal VIPs on IPv6 services until their IPv6 maps land:
+    // a service entry that had one anyway is refused, never admitted unchecked.
+    if svc.acl_id != 0 || svc.flags & SVC_F_INTERNAL != 0 {
+        stats::count_acl_drop(svc.id);
+        return Err(DropReason::Acl);
+    }
+    let hash = dist_hash6(flow, svc.distribution(), crate::select::seed());
+    let slot = maglev::slot(hash, svc.table_len).ok_or(DropReason::NoBackend)?;
+    let id = *LB_RING
+        .get(svc.table_off.wrapping_add(slot))
+        .ok_or(DropReason::NoBackend)?;
+    let b = live_backend(id).ok_or(DropReason::NoBackend)?;
+    if !(tcp && !syn && conn::is_teardown(flags)) {
+        if conntrack::may_track() {
+            conntrack6::remember(flow, (id, b.addr, b.port), svc.id, syn);
+        } else {
+            stats::count_untracked(svc.id);
+        }
+    }
+    Ok((id, b, true))
+}
