@@ -571,7 +571,13 @@ impl ConnEntry6 {
     /// its reply's source becomes.
     #[inline(always)]
     #[must_use]
-    pub fn reverse(backend: BackendId, service: u32, port: [u8; 2], addr: [u8; 16], seen_s: u32) -> Self {
+    pub fn reverse(
+        backend: BackendId,
+        service: u32,
+        port: [u8; 2],
+        addr: [u8; 16],
+        seen_s: u32,
+    ) -> Self {
         let zero = core::hint::black_box(0u32);
         let a = crate::flow::words6(addr);
         bytemuck::cast([
@@ -630,6 +636,111 @@ pub struct RevService6 {
     pub backend: BackendId,
 }
 const _: () = assert!(size_of::<RevService6>() == 28);
+
+/// A backend endpoint (address, port, protocol), in the agent's family-agnostic form: the
+/// key of its reverse-service entry, [`RevKey4`] or [`RevKey6`] in the maps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
+#[repr(C)]
+pub struct RevKey {
+    pub addr: Addr,
+    pub port: [u8; 2],
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+impl RevKey {
+    #[must_use]
+    pub const fn of(addr: Addr, port: [u8; 2], proto: u8) -> Self {
+        Self {
+            addr,
+            port,
+            proto,
+            _pad: 0,
+        }
+    }
+
+    /// Its `LB_REVSVC4` key, if the address is IPv4.
+    #[must_use]
+    pub fn v4(&self) -> Option<RevKey4> {
+        crate::addr::as_v4(&self.addr).map(|a| RevKey4::of(a, self.port, self.proto))
+    }
+
+    /// Its `LB_REVSVC6` key, if the address is IPv6.
+    #[must_use]
+    pub fn v6(&self) -> Option<RevKey6> {
+        crate::addr::as_v6(&self.addr).map(|a| RevKey6::of(a, self.port, self.proto))
+    }
+
+    #[must_use]
+    pub fn from_v4(k: &RevKey4) -> Self {
+        Self::of(crate::addr::v4_mapped(k.addr), k.port, k.proto)
+    }
+
+    #[must_use]
+    pub const fn from_v6(k: &RevKey6) -> Self {
+        Self::of(k.addr, k.port, k.proto)
+    }
+}
+
+/// A reverse-service entry in the agent's family-agnostic form ([`RevService4`],
+/// [`RevService6`] in the maps): the VIP's family is its backend's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+#[repr(C)]
+pub struct RevService {
+    pub vip: Addr,
+    pub vport: [u8; 2],
+    pub flags: u16,
+    pub service: u32,
+    pub backend: BackendId,
+}
+
+impl RevService {
+    /// Its `LB_REVSVC4` value, if the VIP is IPv4.
+    #[must_use]
+    pub fn v4(&self) -> Option<RevService4> {
+        crate::addr::as_v4(&self.vip).map(|vip| RevService4 {
+            vip,
+            vport: self.vport,
+            flags: self.flags,
+            service: self.service,
+            backend: self.backend,
+        })
+    }
+
+    /// Its `LB_REVSVC6` value, if the VIP is IPv6.
+    #[must_use]
+    pub fn v6(&self) -> Option<RevService6> {
+        crate::addr::as_v6(&self.vip).map(|vip| RevService6 {
+            vip,
+            vport: self.vport,
+            flags: self.flags,
+            service: self.service,
+            backend: self.backend,
+        })
+    }
+
+    #[must_use]
+    pub fn from_v4(v: &RevService4) -> Self {
+        Self {
+            vip: crate::addr::v4_mapped(v.vip),
+            vport: v.vport,
+            flags: v.flags,
+            service: v.service,
+            backend: v.backend,
+        }
+    }
+
+    #[must_use]
+    pub const fn from_v6(v: &RevService6) -> Self {
+        Self {
+            vip: v.vip,
+            vport: v.vport,
+            flags: v.flags,
+            service: v.service,
+            backend: v.backend,
+        }
+    }
+}
 
 /// `LB_REVSVC4` key: a backend's (address, port, protocol), as its replies carry them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]

@@ -53,7 +53,13 @@ pub fn forward(flow: &FlowKey6, pkt: &Packet6) -> Option<ConnEntry6> {
         } else {
             ct.tcp
         };
-        touch_at(&raw mut (*e).tcp, &raw mut (*e).seen_s, (ct.tcp, ct.seen_s), new, now);
+        touch_at(
+            &raw mut (*e).tcp,
+            &raw mut (*e).seen_s,
+            (ct.tcp, ct.seen_s),
+            new,
+            now,
+        );
         Some(ct)
     }
 }

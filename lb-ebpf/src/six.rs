@@ -173,7 +173,11 @@ fn to_backend(
         Err(r) => return Verdict::Drop(r),
     };
     // An HA-ports backend has no port: the flow keeps the one it was sent to.
-    let port = if be.port == [0; 2] { flow.dport } else { be.port };
+    let port = if be.port == [0; 2] {
+        flow.dport
+    } else {
+        be.port
+    };
     xlate6::dnat(pkt, l4, be.addr, port);
     stats::count_flow(id, pkt.len, Dir::Forward { new_flow });
     xlate6::forward(ctx, pkt, Some(be.nh), SendReason::Forward)

@@ -1,7 +1,7 @@
 //! A frame builder for fixtures: Ethernet (+ optional 802.1Q) / IPv4 (+ options) / TCP or UDP
 //! or raw, with correct checksums computed from scratch by `lb_common::csum`.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 
 use lb_common::{csum, flow::proto, hdr};
 
@@ -148,6 +148,25 @@ impl Frame {
     }
 
     fn segment(&self) -> Vec<u8> {
+        let mut seg = self.bare_segment();
+        let (src, dst, p) = (self.src.octets(), self.dst.octets(), self.proto());
+        match &self.l4 {
+            L4::Tcp { .. } => {
+                let c = csum::l4_v4(src, dst, p, &seg);
+                seg[16..18].copy_from_slice(&c.to_be_bytes());
+            }
+            L4::Udp { no_csum: false, .. } => {
+                let c = csum::l4_v4(src, dst, p, &seg);
+                seg[6..8].copy_from_slice(&c.to_be_bytes());
+            }
+            _ => {}
+        }
+        seg
+    }
+
+    /// The transport header and payload, checksum field zero (either family's builder
+    /// fills it in).
+    fn bare_segment(&self) -> Vec<u8> {
         let mut seg = match &self.l4 {
             L4::Tcp {
                 sport,
@@ -175,18 +194,6 @@ impl Frame {
             L4::Raw { bytes, .. } => bytes.clone(),
         };
         seg.extend_from_slice(&self.payload);
-        let (src, dst, p) = (self.src.octets(), self.dst.octets(), self.proto());
-        match &self.l4 {
-            L4::Tcp { .. } => {
-                let c = csum::l4_v4(src, dst, p, &seg);
-                seg[16..18].copy_from_slice(&c.to_be_bytes());
-            }
-            L4::Udp { no_csum: false, .. } => {
-                let c = csum::l4_v4(src, dst, p, &seg);
-                seg[6..8].copy_from_slice(&c.to_be_bytes());
-            }
-            _ => {}
-        }
         seg
     }
 
@@ -257,4 +264,178 @@ pub fn endpoints(frame: &[u8]) -> Option<(SocketAddrV4, SocketAddrV4)> {
         SocketAddrV4::new(ip(26), port(34)),
         SocketAddrV4::new(ip(30), port(36)),
     ))
+}
+
+/// An IPv6 frame for fixtures: Ethernet (+ optional 802.1Q) / IPv6 / extension headers (raw,
+/// each given whole) / TCP, UDP or raw, with correct checksums computed from scratch by
+/// `lb_common::csum` (ICMPv6's too, for a raw segment of protocol 58 whose checksum bytes are
+/// zero).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame6 {
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
+    pub vlan: Option<u16>,
+    pub src: Ipv6Addr,
+    pub dst: Ipv6Addr,
+    pub hop_limit: u8,
+    /// Extension headers in order: (next-header value of this header, its bytes, the first
+    /// of which is overwritten with the next header's type).
+    pub ext: Vec<(u8, Vec<u8>)>,
+    pub l4: L4,
+    pub payload: Vec<u8>,
+    pub seq: u32,
+    pub ack: u32,
+    pub window: u16,
+    /// Overrides the payload length field (for malformed frames).
+    pub payload_len: Option<u16>,
+}
+
+impl Frame6 {
+    fn base(src: Ipv6Addr, dst: Ipv6Addr, l4: L4) -> Self {
+        Self {
+            dmac: LB_MAC,
+            smac: CLIENT_MAC,
+            vlan: None,
+            src,
+            dst,
+            hop_limit: 64,
+            ext: Vec::new(),
+            l4,
+            payload: b"hello".to_vec(),
+            seq: 1000,
+            ack: 0,
+            window: 64240,
+            payload_len: None,
+        }
+    }
+
+    #[must_use]
+    pub fn tcp(src: SocketAddrV6, dst: SocketAddrV6, flags: u8) -> Self {
+        Self::base(
+            *src.ip(),
+            *dst.ip(),
+            L4::Tcp {
+                sport: src.port(),
+                dport: dst.port(),
+                flags,
+            },
+        )
+    }
+
+    #[must_use]
+    pub fn udp(src: SocketAddrV6, dst: SocketAddrV6) -> Self {
+        Self::base(
+            *src.ip(),
+            *dst.ip(),
+            L4::Udp {
+                sport: src.port(),
+                dport: dst.port(),
+                no_csum: false,
+            },
+        )
+    }
+
+    #[must_use]
+    pub fn raw(src: Ipv6Addr, dst: Ipv6Addr, proto: u8, bytes: Vec<u8>) -> Self {
+        let mut f = Self::base(src, dst, L4::Raw { proto, bytes });
+        f.payload.clear();
+        f
+    }
+
+    /// Adds an extension header of type `kind` with `body` (its first byte is the next header,
+    /// filled in by [`Self::build`]; the second its length, which the caller sets).
+    #[must_use]
+    pub fn with_ext(mut self, kind: u8, body: Vec<u8>) -> Self {
+        self.ext.push((kind, body));
+        self
+    }
+
+    /// As [`Frame::dnat`].
+    #[must_use]
+    pub fn dnat(&self, to: SocketAddrV6, smac: [u8; 6], dmac: [u8; 6]) -> Self {
+        let mut f = self.clone();
+        f.dst = *to.ip();
+        if let L4::Tcp { dport, .. } | L4::Udp { dport, .. } = &mut f.l4 {
+            *dport = to.port();
+        }
+        f.hop_limit -= 1;
+        f.smac = smac;
+        f.dmac = dmac;
+        f
+    }
+
+    /// As [`Frame::snat`].
+    #[must_use]
+    pub fn snat(&self, to: SocketAddrV6, smac: [u8; 6], dmac: [u8; 6]) -> Self {
+        let mut f = self.clone();
+        f.src = *to.ip();
+        if let L4::Tcp { sport, .. } | L4::Udp { sport, .. } = &mut f.l4 {
+            *sport = to.port();
+        }
+        f.hop_limit -= 1;
+        f.smac = smac;
+        f.dmac = dmac;
+        f
+    }
+
+    fn proto(&self) -> u8 {
+        match &self.l4 {
+            L4::Tcp { .. } => proto::TCP,
+            L4::Udp { .. } => proto::UDP,
+            L4::Raw { proto, .. } => *proto,
+        }
+    }
+
+    /// The frame's bytes.
+    #[must_use]
+    pub fn build(&self) -> Vec<u8> {
+        // The transport segment: the IPv4 builder's, with the IPv6 pseudo-header sum.
+        let mut t = Frame::base(
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            self.l4.clone(),
+        );
+        t.payload.clone_from(&self.payload);
+        (t.seq, t.ack, t.window) = (self.seq, self.ack, self.window);
+        let mut seg = t.bare_segment();
+        let (src, dst, p) = (self.src.octets(), self.dst.octets(), self.proto());
+        let at = match &self.l4 {
+            L4::Tcp { .. } => Some(16),
+            L4::Udp { no_csum: false, .. } => Some(6),
+            L4::Raw { proto: 58, bytes } if bytes.len() >= 4 && bytes[2..4] == [0, 0] => Some(2),
+            _ => None,
+        };
+        if let Some(at) = at {
+            let c = csum::l4_v6(src, dst, p, &seg);
+            seg[at..at + 2].copy_from_slice(&c.to_be_bytes());
+        }
+        let mut exts = Vec::new();
+        for (i, (_, body)) in self.ext.iter().enumerate() {
+            let next = self.ext.get(i + 1).map_or(p, |(k, _)| *k);
+            let mut b = body.clone();
+            b[0] = next;
+            exts.extend_from_slice(&b);
+        }
+        let first = self.ext.first().map_or(p, |(k, _)| *k);
+        let mut f = Vec::with_capacity(128);
+        f.extend_from_slice(&self.dmac);
+        f.extend_from_slice(&self.smac);
+        if let Some(tci) = self.vlan {
+            f.extend_from_slice(&hdr::ETH_P_8021Q.to_be_bytes());
+            f.extend_from_slice(&tci.to_be_bytes());
+        }
+        f.extend_from_slice(&hdr::ETH_P_IPV6.to_be_bytes());
+        let plen = self
+            .payload_len
+            .unwrap_or_else(|| u16::try_from(exts.len() + seg.len()).expect("short frame"));
+        f.extend_from_slice(&[0x60, 0, 0, 0]);
+        f.extend_from_slice(&plen.to_be_bytes());
+        f.push(first);
+        f.push(self.hop_limit);
+        f.extend_from_slice(&src);
+        f.extend_from_slice(&dst);
+        f.extend_from_slice(&exts);
+        f.extend_from_slice(&seg);
+        f
+    }
 }

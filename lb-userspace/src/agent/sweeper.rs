@@ -22,7 +22,7 @@ use std::{
 
 use lb_common::{
     conn::Expiry,
-    flow::FlowKey4,
+    flow::{FlowKey4, FlowKey6},
     maps::{CONN_OUTBOUND, CONN_OUTBOUND_REV, ConnEntry4},
 };
 use tokio::sync::watch;
@@ -160,6 +160,7 @@ impl Sweeper {
             }
         }
         self.maps.delete_flows(&doomed)?;
+        self.pass6(p, now, &mut needed, &mut causes)?;
         self.usage.record(&usage);
         for c in causes {
             self.counters.expired(c, 1);
@@ -190,6 +191,44 @@ impl Sweeper {
             let _ = tx.blocking_send(crate::reconcile::Event::OutboundReleased(out_released));
         }
         Ok(())
+    }
+}
+
+impl Sweeper {
+    /// The IPv6 table's part of a pass: expired forward entries, and reverse entries whose
+    /// forward one is gone; the VIP-swap holds its flows still need are marked in `needed`.
+    fn pass6(
+        &mut self,
+        p: &SweepPolicy,
+        now: u32,
+        needed: &mut [bool],
+        causes: &mut Vec<Expiry>,
+    ) -> Result<(), MapOpError> {
+        let mut doomed: Vec<FlowKey6> = Vec::new();
+        let mut reverse: Vec<(FlowKey6, FlowKey6)> = Vec::new();
+        let timeouts = self.timeouts;
+        self.maps.walk_flow_batches6(&mut |keys, values| {
+            for (k, e) in keys.iter().zip(values) {
+                for (n, h) in needed.iter_mut().zip(&p.holds) {
+                    *n |= h.needed_by6(k, e);
+                }
+                match p.decide6(timeouts, k, e, now) {
+                    Ok(Decision::Expire { cause, .. }) => {
+                        doomed.push(*k);
+                        causes.push(cause);
+                    }
+                    Ok(_) => {}
+                    Err(f) => reverse.push((*k, f)),
+                }
+            }
+        })?;
+        let gone: HashSet<FlowKey6> = doomed.iter().copied().collect();
+        for (k, f) in reverse {
+            if gone.contains(&f) || self.maps.flow6(&f)?.is_none() {
+                doomed.push(k);
+            }
+        }
+        self.maps.delete_flows6(&doomed)
     }
 }
 

@@ -44,6 +44,11 @@ pub fn check_acl_rule(
             prefix.0, prefix.1
         ));
     }
+    if s.vip.is_ipv6() {
+        return Err(format!(
+            "{s}: endpoint ACLs are not supported on IPv6 services yet"
+        ));
+    }
     if description.len() > 256 || description.chars().any(char::is_control) {
         return Err(
             "the description must be at most 256 characters without control characters".into(),
@@ -136,6 +141,11 @@ pub fn check_lifetime(
     if tcp_reset && s.proto == Proto::Udp {
         return Err(format!(
             "--tcp-reset on applies to TCP endpoints; {s} is not one"
+        ));
+    }
+    if tcp_reset && s.vip.is_ipv6() {
+        return Err(format!(
+            "{s}: --tcp-reset on is not supported on IPv6 services yet"
         ));
     }
     Ok(())
@@ -257,12 +267,42 @@ pub fn check_table_size(n: u32) -> Result<(), String> {
 /// # Errors
 /// A message naming the service and the problem.
 pub fn check_service(s: &ServiceSpec) -> Result<(), String> {
-    if s.vip.is_ipv6() {
+    if let std::net::IpAddr::V6(v6) = s.vip.ip()
+        && (v6.is_unicast_link_local() || v6.to_ipv4_mapped().is_some())
+    {
         return Err(format!(
-            "{s}: IPv6 services are not supported by the fast path yet"
+            "{s}: an IPv6 VIP must be a global or unique-local address (not link-local or \
+             IPv4-mapped)"
         ));
     }
     Ok(())
+}
+
+/// Checks the settings an IPv6 service cannot have yet: the IPv6 fast path balances TCP and
+/// UDP with conntrack and replies, weights, drain, probes and HA ports; internal VIPs,
+/// hairpin, stateless replies and TCP reset on idle come with their IPv6 maps.
+///
+/// # Errors
+/// A message naming the setting (as the CLI spells it).
+pub fn check_v6_settings(s: &ServiceSpec, settings: &ServiceSettings) -> Result<(), String> {
+    if s.vip.is_ipv4() {
+        return Ok(());
+    }
+    let refused = if !settings.internal.is_empty() {
+        Some("--internal (an internal VIP)")
+    } else if settings.hairpin == Hairpin::Snat {
+        Some("--hairpin snat")
+    } else if settings.replies == Replies::Stateless {
+        Some("--replies stateless")
+    } else if settings.tcp_reset {
+        Some("--tcp-reset on")
+    } else {
+        None
+    };
+    match refused {
+        Some(what) => Err(format!("{s}: {what} is not supported on IPv6 services yet")),
+        None => Ok(()),
+    }
 }
 
 /// Checks a backend for a service.

@@ -10,8 +10,7 @@ use aya::{
 };
 use lb_common::{
     consts::{
-        PROGRAM_NAME, TAIL_PROGRAMS,
-        XMIT_PROGRAMS, global_names, map_layout_version, map_names,
+        PROGRAM_NAME, TAIL_PROGRAMS, XMIT_PROGRAMS, global_names, map_layout_version, map_names,
     },
     xmit::XmitFails,
 };
@@ -107,6 +106,7 @@ impl Dataplane {
             .override_global(global_names::TX_REDIRECT, &tx_redirect, true)
             .override_global(global_names::TRACE_HOOKS, &trace_hooks, true)
             .map_max_entries(map_names::CONNTRACK, opts.conntrack_flows)
+            .map_max_entries(map_names::CONNTRACK6, opts.conntrack_flows)
             .map_max_entries(map_names::RING, opts.ring_slots);
         let mut ebpf = loader.load(LB_OBJ)?;
         for name in std::iter::once(PROGRAM_NAME).chain(TAIL_PROGRAMS.map(|(_, n)| n)) {

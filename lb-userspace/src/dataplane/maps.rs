@@ -15,13 +15,14 @@ use aya::{
     },
 };
 use lb_common::{
-    addr::{Addr, as_v4, prefix_from_v4, prefix_v4, v4_mapped},
+    addr::{Addr, as_v4, as_v6, prefix_from_v4, prefix_v4, prefix_v6, v4_mapped},
     consts::map_names,
-    flow::FlowKey4,
+    flow::{FlowKey4, FlowKey6},
     maps::{
-        AclKey4, AclValue, Backend, Backend4, BackendId, ConnEntry4, Counters, NextHop, PipEntry4,
-        RevKey4, RevService4, RouteKey4, ServiceInfo, ServiceKey, ServiceKey4, VipInfo, VipKey,
-        acl_key4,
+        AclKey4, AclValue, Backend, Backend4, Backend6, BackendId, CONN_FORWARD, ConnEntry4,
+        ConnEntry6, Counters, NextHop, PipEntry4, RevKey, RevKey4, RevKey6, RevService,
+        RevService4, RevService6, RouteKey4, RouteKey6, ServiceInfo, ServiceKey, ServiceKey4,
+        ServiceKey6, VipInfo, VipKey, acl_key4,
     },
     outbound::{OutBlockKey4, OutFront4, OutboundEntry4},
     trace::TraceConfig,
@@ -43,6 +44,11 @@ pub struct Maps {
     pub pips: HashMap<MapData, [u8; 4], PipEntry4>,
     pub pip_rev: HashMap<MapData, [u8; 4], PipEntry4>,
     pub revsvc: HashMap<MapData, RevKey4, RevService4>,
+    pub services6: HashMap<MapData, ServiceKey6, ServiceInfo>,
+    pub vips6: HashMap<MapData, [u8; 16], VipInfo>,
+    pub backends6: Array<MapData, Backend6>,
+    pub revsvc6: HashMap<MapData, RevKey6, RevService6>,
+    pub routes6: LpmTrie<MapData, RouteKey6, NextHop>,
     pub ours: Array<MapData, u64>,
     pub retired: Array<MapData, Counters>,
     pub locals: HashMap<MapData, [u8; 4], u32>,
@@ -61,6 +67,7 @@ pub struct Maps {
 /// never runs on the writer loop.
 pub struct SideMaps {
     pub conntrack: HashMap<MapData, FlowKey4, ConnEntry4>,
+    pub conntrack6: HashMap<MapData, FlowKey6, ConnEntry6>,
     pub reasons: PerCpuArray<MapData, u64>,
     pub svc_stats: PerCpuArray<MapData, Counters>,
     pub be_stats: PerCpuArray<MapData, Counters>,
@@ -79,6 +86,11 @@ impl Maps {
             pips: take_map(ebpf, map_names::PIPS4)?,
             pip_rev: take_map(ebpf, map_names::PIP_REV4)?,
             revsvc: take_map(ebpf, map_names::REVSVC)?,
+            services6: take_map(ebpf, map_names::SERVICES6)?,
+            vips6: take_map(ebpf, map_names::VIPS6)?,
+            backends6: take_map(ebpf, map_names::BACKENDS6)?,
+            revsvc6: take_map(ebpf, map_names::REVSVC6)?,
+            routes6: take_map(ebpf, map_names::ROUTES6)?,
             ours: take_map(ebpf, map_names::OURS)?,
             retired: take_map(ebpf, map_names::RETIRED_STATS)?,
             locals: take_map(ebpf, map_names::LOCALS)?,
@@ -89,6 +101,7 @@ impl Maps {
             out_blocks: take_map(ebpf, map_names::OUT_BLOCKS4)?,
             side: SideMaps {
                 conntrack: take_map(ebpf, map_names::CONNTRACK)?,
+                conntrack6: take_map(ebpf, map_names::CONNTRACK6)?,
                 reasons: take_map(ebpf, map_names::REASON_STATS)?,
                 svc_stats: take_map(ebpf, map_names::SERVICE_STATS)?,
                 be_stats: take_map(ebpf, map_names::BACKEND_STATS)?,
@@ -116,6 +129,7 @@ impl SideMaps {
         }
         Ok(Self {
             conntrack: pinned(dir, map_names::CONNTRACK, aya::maps::Map::LruHashMap)?,
+            conntrack6: pinned(dir, map_names::CONNTRACK6, aya::maps::Map::LruHashMap)?,
             reasons: pinned(dir, map_names::REASON_STATS, aya::maps::Map::PerCpuArray)?,
             svc_stats: pinned(dir, map_names::SERVICE_STATS, aya::maps::Map::PerCpuArray)?,
             be_stats: pinned(dir, map_names::BACKEND_STATS, aya::maps::Map::PerCpuArray)?,
@@ -135,13 +149,10 @@ impl SideMaps {
         Ok(v.iter().sum())
     }
 
-    fn conntrack_fd(&self) -> BorrowedFd<'_> {
-        self.conntrack.map().fd().as_fd()
-    }
-
-    /// Calls `f` on every tracked flow, one `BPF_MAP_LOOKUP_BATCH` of [`WALK_BATCH`] entries at
-    /// a time (aya's iterator costs two syscalls per entry); `on_batch` sees the running count
-    /// after each batch. Kernels without batch lookups fall back to aya's iterator.
+    /// Calls `f` on every tracked IPv4 flow, one `BPF_MAP_LOOKUP_BATCH` of [`WALK_BATCH`]
+    /// entries at a time (aya's iterator costs two syscalls per entry); `on_batch` sees the
+    /// running count after each batch. Kernels without batch lookups fall back to aya's
+    /// iterator.
     ///
     /// Entries the fast path adds or the LRU evicts during the walk may or may not be seen.
     ///
@@ -163,8 +174,8 @@ impl SideMaps {
         Ok(seen)
     }
 
-    /// Calls `f` on each batch of tracked flows (keys and entries, up to [`WALK_BATCH`]), as
-    /// [`Self::walk_flows`] reads them; returns how many there were.
+    /// Calls `f` on each batch of tracked IPv4 flows (keys and entries, up to [`WALK_BATCH`]),
+    /// as [`Self::walk_flows`] reads them; returns how many there were.
     ///
     /// # Errors
     /// A lookup fails.
@@ -172,93 +183,38 @@ impl SideMaps {
         &self,
         f: &mut dyn FnMut(&[FlowKey4], &[ConnEntry4]),
     ) -> Result<usize, MapOpError> {
-        let err = |e: std::io::Error| MapOpError {
-            map: map_names::CONNTRACK,
-            op: "batch walk".into(),
-            source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
-                call: "bpf_map_lookup_batch",
-                io_error: e,
-            }),
-        };
-        let mut keys = vec![FlowKey4::default(); WALK_BATCH];
-        let mut values = vec![ConnEntry4::default(); WALK_BATCH];
-        // The hash map's cursor is a bucket index (a u32); the kernel writes the next one.
-        let (mut cursor, mut next) = (0u32, 0u32);
-        let mut first = true;
-        let mut seen = 0;
-        loop {
-            // SAFETY: `keys` and `values` hold WALK_BATCH keys and values of the map's types,
-            // and `cursor`/`next` one u32 each; all outlive the call.
-            let r = unsafe {
-                sys::lookup_batch(
-                    self.conntrack_fd(),
-                    (!first).then_some((&raw const cursor).cast()),
-                    (&raw mut next).cast(),
-                    keys.as_mut_ptr().cast(),
-                    values.as_mut_ptr().cast(),
-                    WALK_BATCH as u32,
-                )
-            };
-            let (n, end) = match r {
-                Ok(x) => x,
-                Err(e) if first && sys::batch_unsupported(&e) => {
-                    return self.walk_flows_one_by_one(f);
-                }
-                Err(e) => return Err(err(e)),
-            };
-            f(&keys[..n as usize], &values[..n as usize]);
-            seen += n as usize;
-            if end {
-                return Ok(seen);
-            }
-            cursor = next;
-            first = false;
-        }
+        walk_batches(&self.conntrack, map_names::CONNTRACK, f)
     }
 
-    fn walk_flows_one_by_one(
+    /// [`Self::walk_flow_batches`] over the IPv6 table.
+    ///
+    /// # Errors
+    /// A lookup fails.
+    pub fn walk_flow_batches6(
         &self,
-        f: &mut dyn FnMut(&[FlowKey4], &[ConnEntry4]),
+        f: &mut dyn FnMut(&[FlowKey6], &[ConnEntry6]),
     ) -> Result<usize, MapOpError> {
-        let mut seen = 0;
-        for item in &self.conntrack {
-            match item {
-                Ok((k, e)) => {
-                    f(&[k], &[e]);
-                    seen += 1;
-                }
-                // Evicted between the key walk and the lookup.
-                Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(source) => {
-                    return Err(MapOpError {
-                        map: map_names::CONNTRACK,
-                        op: "walk".into(),
-                        source,
-                    });
-                }
-            }
-        }
-        Ok(seen)
+        walk_batches(&self.conntrack6, map_names::CONNTRACK6, f)
     }
 
-    /// A flow's entry, if it is tracked.
+    /// An IPv4 flow's entry, if it is tracked.
     ///
     /// # Errors
     /// The lookup fails other than by a missing key.
     pub fn flow(&self, k: &FlowKey4) -> Result<Option<ConnEntry4>, MapOpError> {
-        match self.conntrack.get(k, 0) {
-            Ok(e) => Ok(Some(e)),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-            Err(source) => Err(MapOpError {
-                map: map_names::CONNTRACK,
-                op: "lookup".into(),
-                source,
-            }),
-        }
+        lookup(&self.conntrack, map_names::CONNTRACK, k)
     }
 
-    /// Live conntrack entries per backend id (client → backend entries), with `on_batch`
-    /// called as the walk proceeds.
+    /// An IPv6 flow's entry, if it is tracked.
+    ///
+    /// # Errors
+    /// The lookup fails other than by a missing key.
+    pub fn flow6(&self, k: &FlowKey6) -> Result<Option<ConnEntry6>, MapOpError> {
+        lookup(&self.conntrack6, map_names::CONNTRACK6, k)
+    }
+
+    /// Live conntrack entries per backend id (client → backend entries, both families), with
+    /// `on_batch` called as the walk proceeds.
     ///
     /// # Errors
     /// The walk fails.
@@ -267,7 +223,7 @@ impl SideMaps {
         on_batch: &mut dyn FnMut(usize),
     ) -> Result<StdHashMap<BackendId, u64>, MapOpError> {
         let mut m = StdHashMap::new();
-        self.walk_flows(
+        let seen = self.walk_flows(
             &mut |_, e| {
                 if e.is_forward() {
                     *m.entry(e.backend).or_default() += 1;
@@ -275,47 +231,169 @@ impl SideMaps {
             },
             on_batch,
         )?;
+        let mut seen6 = seen;
+        self.walk_flow_batches6(&mut |_, values| {
+            for e in values {
+                if e.kind == CONN_FORWARD {
+                    *m.entry(e.backend).or_default() += 1;
+                }
+            }
+            seen6 += values.len();
+            on_batch(seen6);
+        })?;
         Ok(m)
     }
 
-    /// Deletes `keys` with `BPF_MAP_DELETE_BATCH`; a key the LRU evicted meanwhile is skipped.
+    /// Deletes IPv4 `keys` with `BPF_MAP_DELETE_BATCH`; a key the LRU evicted meanwhile is
+    /// skipped.
     ///
     /// # Errors
     /// A delete fails other than by a missing key.
     pub fn delete_flows(&mut self, keys: &[FlowKey4]) -> Result<(), MapOpError> {
-        let mut at = 0;
-        while at < keys.len() {
-            let rest = &keys[at..];
-            let count = u32::try_from(rest.len().min(WALK_BATCH)).expect("bounded");
-            // SAFETY: `rest` holds at least `count` keys of the map's key type.
-            let (n, e) =
-                unsafe { sys::delete_batch(self.conntrack_fd(), rest.as_ptr().cast(), count) };
-            at += n as usize;
-            match e {
-                None => {}
-                // The key at `at` is gone already (evicted, or ended): skip it.
-                Some(e) if e.raw_os_error() == Some(libc::ENOENT) => at += 1,
-                Some(e) if sys::batch_unsupported(&e) && n == 0 => {
-                    for k in rest {
-                        deleted(self.conntrack.remove(k))
-                            .map_err(op_err(map_names::CONNTRACK, "purge"))?;
-                    }
-                    return Ok(());
-                }
-                Some(e) => {
-                    return Err(MapOpError {
-                        map: map_names::CONNTRACK,
-                        op: "batch delete".into(),
-                        source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
-                            call: "bpf_map_delete_batch",
-                            io_error: e,
-                        }),
-                    });
-                }
+        delete_keys(&mut self.conntrack, map_names::CONNTRACK, keys)
+    }
+
+    /// [`Self::delete_flows`] for IPv6 keys.
+    ///
+    /// # Errors
+    /// A delete fails other than by a missing key.
+    pub fn delete_flows6(&mut self, keys: &[FlowKey6]) -> Result<(), MapOpError> {
+        delete_keys(&mut self.conntrack6, map_names::CONNTRACK6, keys)
+    }
+}
+
+/// A conntrack table's entry for `k`, if it has one.
+fn lookup<K: aya::Pod, V: aya::Pod>(
+    map: &HashMap<MapData, K, V>,
+    name: &'static str,
+    k: &K,
+) -> Result<Option<V>, MapOpError> {
+    match map.get(k, 0) {
+        Ok(e) => Ok(Some(e)),
+        Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+        Err(source) => Err(MapOpError {
+            map: name,
+            op: "lookup".into(),
+            source,
+        }),
+    }
+}
+
+/// Calls `f` on each batch of a conntrack table's entries (see [`SideMaps::walk_flows`]).
+fn walk_batches<K: aya::Pod + Default, V: aya::Pod + Default>(
+    map: &HashMap<MapData, K, V>,
+    name: &'static str,
+    f: &mut dyn FnMut(&[K], &[V]),
+) -> Result<usize, MapOpError> {
+    let err = |e: std::io::Error| MapOpError {
+        map: name,
+        op: "batch walk".into(),
+        source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+            call: "bpf_map_lookup_batch",
+            io_error: e,
+        }),
+    };
+    let fd: BorrowedFd<'_> = map.map().fd().as_fd();
+    let mut keys = vec![K::default(); WALK_BATCH];
+    let mut values = vec![V::default(); WALK_BATCH];
+    // The hash map's cursor is a bucket index (a u32); the kernel writes the next one.
+    let (mut cursor, mut next) = (0u32, 0u32);
+    let mut first = true;
+    let mut seen = 0;
+    loop {
+        // SAFETY: `keys` and `values` hold WALK_BATCH keys and values of the map's types,
+        // and `cursor`/`next` one u32 each; all outlive the call.
+        let r = unsafe {
+            sys::lookup_batch(
+                fd,
+                (!first).then_some((&raw const cursor).cast()),
+                (&raw mut next).cast(),
+                keys.as_mut_ptr().cast(),
+                values.as_mut_ptr().cast(),
+                WALK_BATCH as u32,
+            )
+        };
+        let (n, end) = match r {
+            Ok(x) => x,
+            Err(e) if first && sys::batch_unsupported(&e) => {
+                return walk_one_by_one(map, name, f);
+            }
+            Err(e) => return Err(err(e)),
+        };
+        f(&keys[..n as usize], &values[..n as usize]);
+        seen += n as usize;
+        if end {
+            return Ok(seen);
+        }
+        cursor = next;
+        first = false;
+    }
+}
+
+fn walk_one_by_one<K: aya::Pod, V: aya::Pod>(
+    map: &HashMap<MapData, K, V>,
+    name: &'static str,
+    f: &mut dyn FnMut(&[K], &[V]),
+) -> Result<usize, MapOpError> {
+    let mut seen = 0;
+    for item in map {
+        match item {
+            Ok((k, e)) => {
+                f(&[k], &[e]);
+                seen += 1;
+            }
+            // Evicted between the key walk and the lookup.
+            Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(source) => {
+                return Err(MapOpError {
+                    map: name,
+                    op: "walk".into(),
+                    source,
+                });
             }
         }
-        Ok(())
     }
+    Ok(seen)
+}
+
+/// Deletes `keys` from a conntrack table with `BPF_MAP_DELETE_BATCH`; a key the LRU evicted
+/// meanwhile is skipped.
+fn delete_keys<K: aya::Pod, V: aya::Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    name: &'static str,
+    keys: &[K],
+) -> Result<(), MapOpError> {
+    let mut at = 0;
+    while at < keys.len() {
+        let rest = &keys[at..];
+        let count = u32::try_from(rest.len().min(WALK_BATCH)).expect("bounded");
+        let fd = map.map().fd().as_fd();
+        // SAFETY: `rest` holds at least `count` keys of the map's key type.
+        let (n, e) = unsafe { sys::delete_batch(fd, rest.as_ptr().cast(), count) };
+        at += n as usize;
+        match e {
+            None => {}
+            // The key at `at` is gone already (evicted, or ended): skip it.
+            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => at += 1,
+            Some(e) if sys::batch_unsupported(&e) && n == 0 => {
+                for k in rest {
+                    deleted(map.remove(k)).map_err(op_err(name, "purge"))?;
+                }
+                return Ok(());
+            }
+            Some(e) => {
+                return Err(MapOpError {
+                    map: name,
+                    op: "batch delete".into(),
+                    source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                        call: "bpf_map_delete_batch",
+                        io_error: e,
+                    }),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Entries per conntrack batch (keys and values of a batch: 4096 × 80 bytes).
@@ -367,7 +445,21 @@ impl MapReader for SideMaps {
 
 impl FlowPurge for SideMaps {
     fn purge(&mut self, job: &PurgeJob) -> Result<usize, MapOpError> {
-        self.flush(&|k, e| job.matches(k, e))
+        let n = self.flush(&|k, e| job.matches(k, e))?;
+        let mut doomed = Vec::new();
+        walk_batches(
+            &self.conntrack6,
+            map_names::CONNTRACK6,
+            &mut |keys, values| {
+                for (k, e) in keys.iter().zip(values) {
+                    if job.matches6(k, e) {
+                        doomed.push(*k);
+                    }
+                }
+            },
+        )?;
+        self.delete_flows6(&doomed)?;
+        Ok(n + doomed.len())
     }
     fn flush(
         &mut self,
@@ -426,6 +518,14 @@ impl FlowPurge for Maps {
 impl MapOps for Maps {
     fn put_service(&mut self, k: &ServiceKey, v: &ServiceInfo) -> Result<(), MapOpError> {
         let op = || format!("insert service {k:?}");
+        if let Some(k6) = k.v6() {
+            for &p in per_proto(k6.proto) {
+                self.services6
+                    .insert(ServiceKey6 { proto: p, ..k6 }, v, 0)
+                    .map_err(op_err(map_names::SERVICES6, op()))?;
+            }
+            return Ok(());
+        }
         let k4 = k
             .v4()
             .ok_or_else(|| no_family(map_names::SERVICES4, op()))?;
@@ -439,6 +539,13 @@ impl MapOps for Maps {
     }
     fn del_service(&mut self, k: &ServiceKey) -> Result<(), MapOpError> {
         let op = "remove service";
+        if let Some(k6) = k.v6() {
+            for &p in per_proto(k6.proto) {
+                deleted(self.services6.remove(&ServiceKey6 { proto: p, ..k6 }))
+                    .map_err(op_err(map_names::SERVICES6, op))?;
+            }
+            return Ok(());
+        }
         let k4 = k.v4().ok_or_else(|| no_family(map_names::SERVICES4, op))?;
         for &p in per_proto(k4.proto) {
             deleted(self.services.remove(&ServiceKey4 { proto: p, ..k4 }))
@@ -447,39 +554,85 @@ impl MapOps for Maps {
         Ok(())
     }
     fn put_vip(&mut self, k: &VipKey, v: &VipInfo) -> Result<(), MapOpError> {
+        if let Some(a) = as_v6(&k.vip) {
+            return self
+                .vips6
+                .insert(a, v, 0)
+                .map_err(op_err(map_names::VIPS6, "insert"));
+        }
         let a = v4(map_names::VIPS4, "insert", &k.vip)?;
         self.vips
             .insert(a, v, 0)
             .map_err(op_err(map_names::VIPS4, "insert"))
     }
     fn del_vip(&mut self, k: &VipKey) -> Result<(), MapOpError> {
+        if let Some(a) = as_v6(&k.vip) {
+            return deleted(self.vips6.remove(&a)).map_err(op_err(map_names::VIPS6, "remove"));
+        }
         let a = v4(map_names::VIPS4, "remove", &k.vip)?;
         deleted(self.vips.remove(&a)).map_err(op_err(map_names::VIPS4, "remove"))
     }
     fn put_backend(&mut self, id: BackendId, b: &Backend) -> Result<(), MapOpError> {
         let op = || format!("set {id}");
-        // An all-zero entry (a cleared id) has no family: it is the all-zero IPv4 entry.
-        let b4 = if *b == Backend::default() {
-            Some(Backend4::default())
-        } else {
-            b.v4()
-        };
-        let b4 = b4.ok_or_else(|| no_family(map_names::BACKENDS4, op()))?;
+        // An all-zero entry (a cleared id) has no family: both arrays' entries are cleared,
+        // so an id that held a backend of either family is free in both.
+        if *b == Backend::default() {
+            self.backends6
+                .set(id, Backend6::default(), 0)
+                .map_err(op_err(map_names::BACKENDS6, op()))?;
+            return self
+                .backends
+                .set(id, Backend4::default(), 0)
+                .map_err(op_err(map_names::BACKENDS4, op()));
+        }
+        if let Some(b6) = b.v6() {
+            return self
+                .backends6
+                .set(id, b6, 0)
+                .map_err(op_err(map_names::BACKENDS6, op()));
+        }
+        let b4 = b
+            .v4()
+            .ok_or_else(|| no_family(map_names::BACKENDS4, op()))?;
         self.backends
             .set(id, b4, 0)
             .map_err(op_err(map_names::BACKENDS4, op()))
     }
-    fn put_rev(&mut self, k: &RevKey4, v: &RevService4) -> Result<(), MapOpError> {
-        for &p in per_proto(k.proto) {
+    fn put_rev(&mut self, k: &RevKey, v: &RevService) -> Result<(), MapOpError> {
+        if let (Some(k6), Some(v6)) = (k.v6(), v.v6()) {
+            for &p in per_proto(k6.proto) {
+                self.revsvc6
+                    .insert(RevKey6 { proto: p, ..k6 }, v6, 0)
+                    .map_err(op_err(map_names::REVSVC6, "insert"))?;
+            }
+            return Ok(());
+        }
+        let (Some(k4), Some(v4)) = (k.v4(), v.v4()) else {
+            return Err(no_family(
+                map_names::REVSVC,
+                "insert (the endpoint and its VIP differ in family)",
+            ));
+        };
+        for &p in per_proto(k4.proto) {
             self.revsvc
-                .insert(RevKey4 { proto: p, ..*k }, v, 0)
+                .insert(RevKey4 { proto: p, ..k4 }, v4, 0)
                 .map_err(op_err(map_names::REVSVC, "insert"))?;
         }
         Ok(())
     }
-    fn del_rev(&mut self, k: &RevKey4) -> Result<(), MapOpError> {
-        for &p in per_proto(k.proto) {
-            deleted(self.revsvc.remove(&RevKey4 { proto: p, ..*k }))
+    fn del_rev(&mut self, k: &RevKey) -> Result<(), MapOpError> {
+        if let Some(k6) = k.v6() {
+            for &p in per_proto(k6.proto) {
+                deleted(self.revsvc6.remove(&RevKey6 { proto: p, ..k6 }))
+                    .map_err(op_err(map_names::REVSVC6, "remove"))?;
+            }
+            return Ok(());
+        }
+        let k4 = k
+            .v4()
+            .ok_or_else(|| no_family(map_names::REVSVC, "remove"))?;
+        for &p in per_proto(k4.proto) {
+            deleted(self.revsvc.remove(&RevKey4 { proto: p, ..k4 }))
                 .map_err(op_err(map_names::REVSVC, "remove"))?;
         }
         Ok(())
@@ -513,6 +666,12 @@ impl MapOps for Maps {
         Ok(())
     }
     fn put_route(&mut self, prefix_len: u32, dst: Addr, nh: &NextHop) -> Result<(), MapOpError> {
+        if let Some((p, a)) = prefix_v6(&dst, prefix_len) {
+            return self
+                .routes6
+                .insert(&LpmKey::new(p, a), nh, 0)
+                .map_err(op_err(map_names::ROUTES6, "insert"));
+        }
         let (p, a) =
             prefix_v4(&dst, prefix_len).ok_or_else(|| no_family(map_names::ROUTES4, "insert"))?;
         self.routes
@@ -520,6 +679,10 @@ impl MapOps for Maps {
             .map_err(op_err(map_names::ROUTES4, "insert"))
     }
     fn del_route(&mut self, prefix_len: u32, dst: Addr) -> Result<(), MapOpError> {
+        if let Some((p, a)) = prefix_v6(&dst, prefix_len) {
+            return deleted(self.routes6.remove(&LpmKey::new(p, a)))
+                .map_err(op_err(map_names::ROUTES6, "remove"));
+        }
         let (p, a) =
             prefix_v4(&dst, prefix_len).ok_or_else(|| no_family(map_names::ROUTES4, "remove"))?;
         deleted(self.routes.remove(&LpmKey::new(p, a)))
@@ -661,12 +824,27 @@ impl MapOps for Maps {
                 services.push((ServiceKey::from_v4(&k), v));
             }
         }
+        let mut ha_seen6 = std::collections::HashSet::new();
+        for item in &self.services6 {
+            let (k, v) = item.map_err(op_err(map_names::SERVICES6, "walk"))?;
+            let k = match k.port {
+                [0, 0] => ServiceKey6 { proto: 0, ..k },
+                _ => k,
+            };
+            if k.proto != 0 || ha_seen6.insert(k) {
+                services.push((ServiceKey::from_v6(&k), v));
+            }
+        }
         let mut vips = Vec::new();
         for item in &self.vips {
             let (k, v) = item.map_err(op_err(map_names::VIPS4, "walk"))?;
             vips.push((VipKey { vip: v4_mapped(k) }, v));
         }
-        let backends = (0..)
+        for item in &self.vips6 {
+            let (k, v) = item.map_err(op_err(map_names::VIPS6, "walk"))?;
+            vips.push((VipKey { vip: k }, v));
+        }
+        let mut backends: Vec<(BackendId, Backend)> = (0..)
             .zip(read_array(
                 &self.backends,
                 map_names::BACKENDS4,
@@ -676,6 +854,18 @@ impl MapOps for Maps {
             .filter(|(_, b)| b.is_active())
             .map(|(id, b)| (id, Backend::from_v4(&b)))
             .collect();
+        backends.extend(
+            (0..)
+                .zip(read_array(
+                    &self.backends6,
+                    map_names::BACKENDS6,
+                    0,
+                    self.backends6.len(),
+                )?)
+                .filter(|(_, b)| b.is_active())
+                .map(|(id, b)| (id, Backend::from_v6(&b))),
+        );
+        backends.sort_by_key(|(id, _)| *id);
         let mut acl = Vec::new();
         for item in &self.acl {
             let (k, v) = item.map_err(op_err(map_names::ACL4, "walk"))?;
@@ -717,7 +907,11 @@ impl MapOps for Maps {
             let (len, a) = prefix_from_v4(k.prefix_len(), k.data());
             routes.push((len, a, nh));
         }
-        let mut revs: Vec<(RevKey4, RevService4)> = Vec::new();
+        for item in &self.routes6 {
+            let (k, nh) = item.map_err(op_err(map_names::ROUTES6, "walk"))?;
+            routes.push((k.prefix_len(), k.data(), nh));
+        }
+        let mut revs: Vec<(RevKey, RevService)> = Vec::new();
         let mut ha_seen = std::collections::HashSet::new();
         for item in &self.revsvc {
             let (k, v) = item.map_err(op_err(map_names::REVSVC, "walk"))?;
@@ -726,8 +920,18 @@ impl MapOps for Maps {
                 [0, 0] => RevKey4 { proto: 0, ..k },
                 _ => k,
             };
-            if k.proto != 0 || ha_seen.insert(k) {
-                revs.push((k, v));
+            if k.proto != 0 || ha_seen.insert(RevKey::from_v4(&k)) {
+                revs.push((RevKey::from_v4(&k), RevService::from_v4(&v)));
+            }
+        }
+        for item in &self.revsvc6 {
+            let (k, v) = item.map_err(op_err(map_names::REVSVC6, "walk"))?;
+            let k = match k.port {
+                [0, 0] => RevKey6 { proto: 0, ..k },
+                _ => k,
+            };
+            if k.proto != 0 || ha_seen.insert(RevKey::from_v6(&k)) {
+                revs.push((RevKey::from_v6(&k), RevService::from_v6(&v)));
             }
         }
         let ours = (0..)

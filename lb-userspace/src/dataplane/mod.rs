@@ -18,10 +18,10 @@ use std::collections::{BTreeSet, HashMap};
 use lb_common::{
     acl,
     addr::{Addr, v4_mapped},
-    flow::FlowKey4,
+    flow::{FlowKey4, FlowKey6},
     maps::{
-        Backend, BackendId, ConnEntry4, Counters, NextHop, RevKey4, RevService4, ServiceInfo,
-        ServiceKey, VipInfo, VipKey,
+        Backend, BackendId, CONN_FORWARD, ConnEntry4, ConnEntry6, Counters, NextHop, RevKey,
+        RevService, ServiceInfo, ServiceKey, VipInfo, VipKey,
     },
 };
 
@@ -51,8 +51,8 @@ pub trait MapOps {
     fn del_vip(&mut self, k: &VipKey) -> Result<(), MapOpError>;
     fn put_backend(&mut self, id: BackendId, b: &Backend) -> Result<(), MapOpError>;
     /// Writes a backend endpoint's reverse-service entry (`LB_REVSVC4`).
-    fn put_rev(&mut self, k: &RevKey4, v: &RevService4) -> Result<(), MapOpError>;
-    fn del_rev(&mut self, k: &RevKey4) -> Result<(), MapOpError>;
+    fn put_rev(&mut self, k: &RevKey, v: &RevService) -> Result<(), MapOpError>;
+    fn del_rev(&mut self, k: &RevKey) -> Result<(), MapOpError>;
     /// Writes one word of the "maybe ours" filter (`LB_OURS4`).
     fn put_ours(&mut self, word: u32, bits: u64) -> Result<(), MapOpError>;
     fn put_slots(&mut self, off: u32, slots: &[BackendId]) -> Result<(), MapOpError>;
@@ -207,6 +207,24 @@ impl PurgeJob {
             })
     }
 
+    /// [`Self::matches`] for an IPv6 flow (whose entries have no hairpin peer).
+    #[must_use]
+    pub fn matches6(&self, k: &FlowKey6, e: &ConnEntry6) -> bool {
+        if self.backends.contains(&e.backend) {
+            return true;
+        }
+        if let Some(active) = &self.unless_active
+            && !active.contains(&e.backend)
+        {
+            return true;
+        }
+        e.kind == CONN_FORWARD
+            && self.denied.iter().any(|(service, entries)| {
+                *service == e.service
+                    && acl::lpm(entries, &k.src).is_some_and(|x| x.action == acl::Action::Deny)
+            })
+    }
+
     /// Whether the job selects nothing.
     #[must_use]
     pub fn is_empty(&self) -> bool {
@@ -240,7 +258,7 @@ pub struct LiveMaps {
     /// `LB_ROUTES4`: (prefix length, prefix, next hop), in map form.
     pub routes: Vec<(u32, Addr, NextHop)>,
     /// `LB_REVSVC4`.
-    pub revs: Vec<(RevKey4, RevService4)>,
+    pub revs: Vec<(RevKey, RevService)>,
     /// The non-zero words of `LB_OURS4`.
     pub ours: Vec<(u32, u64)>,
     /// `LB_LOCAL4`.

@@ -15,10 +15,10 @@ use std::{
 
 use lb_common::{
     conn::{self, Expiry, Timeouts},
-    flow::{FlowKey4, proto},
+    flow::{FlowKey4, FlowKey6, proto},
     maps::{
         BackendId, CONN_FORWARD, CONN_HAIRPIN_REV, CONN_OUTBOUND_REV, CONN_REVERSE, ConnEntry4,
-        RevKey4, RevService4,
+        ConnEntry6, RevKey, RevService,
     },
 };
 
@@ -56,15 +56,23 @@ pub struct SweepPolicy {
 /// unheld, since such a flow may have no reverse entry of its own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Hold {
-    pub ep: RevKey4,
-    pub held: RevService4,
-    pub want: ([u8; 4], [u8; 2]),
+    pub ep: RevKey,
+    pub held: RevService,
+    pub want: (lb_common::addr::Addr, [u8; 2]),
 }
 
 impl Hold {
     /// Whether this forward flow still needs the hold.
     #[must_use]
     pub fn needed_by(&self, k: &FlowKey4, e: &ConnEntry4) -> bool {
+        e.kind == CONN_FORWARD
+            && e.backend == self.held.backend
+            && (lb_common::addr::v4_mapped(k.dst), k.dport) != self.want
+    }
+
+    /// [`Self::needed_by`] for an IPv6 flow.
+    #[must_use]
+    pub fn needed_by6(&self, k: &FlowKey6, e: &ConnEntry6) -> bool {
         e.kind == CONN_FORWARD && e.backend == self.held.backend && (k.dst, k.dport) != self.want
     }
 }
@@ -121,24 +129,61 @@ impl SweepPolicy {
             }
             _ => {}
         }
-        let (tcp_s, udp_s, reset) = self.services.get(&e.service).copied().unwrap_or((
+        self.expiry(a, (k.proto, e.service), (e.tcp, e.seen_s, e.flags), now_s)
+    }
+
+    /// Whether a forward entry of `(protocol, service)` with `(TCP state, last seen, flags)`
+    /// expires at `now_s`, and is reset first: both families' rule.
+    fn expiry(
+        &self,
+        a: AgentTimeouts,
+        (proto_, service): (u8, u32),
+        (tcp, seen_s, flags): (u8, u32, u8),
+        now_s: u32,
+    ) -> Decision {
+        let (tcp_s, udp_s, reset) = self.services.get(&service).copied().unwrap_or((
             conn::IDLE_TIMEOUT_TCP_S,
             conn::IDLE_TIMEOUT_UDP_S,
             false,
         ));
-        let idle_s = if k.proto == proto::TCP { tcp_s } else { udp_s };
+        let idle_s = if proto_ == proto::TCP { tcp_s } else { udp_s };
         let t = Timeouts {
             idle_s,
             close_s: a.close_s,
             syn_s: a.syn_s,
         };
-        match conn::expiry(k.proto, e.tcp, e.seen_s, now_s, t) {
+        match conn::expiry(proto_, tcp, seen_s, now_s, t) {
             None => Decision::Keep,
             Some(cause) => Decision::Expire {
                 cause,
-                reset: reset && cause == Expiry::Idle && e.flags & conn::CT_F_SEQ != 0,
+                reset: reset && cause == Expiry::Idle && flags & conn::CT_F_SEQ != 0,
             },
         }
+    }
+
+    /// The decision for an IPv6 entry: a reverse entry goes with its forward one (`Ok(Err)`:
+    /// that forward key); a forward one by [`Self::decide`]'s rule. IPv6 flows are never reset
+    /// (TCP reset on idle is refused on IPv6 services), so `reset` is always false.
+    #[must_use]
+    pub fn decide6(
+        &self,
+        a: AgentTimeouts,
+        k: &FlowKey6,
+        e: &ConnEntry6,
+        now_s: u32,
+    ) -> Result<Decision, FlowKey6> {
+        if e.kind == CONN_REVERSE {
+            return Err(k.forward_of_reply(e.addr, e.port));
+        }
+        Ok(
+            match self.expiry(a, (k.proto, e.service), (e.tcp, e.seen_s, 0), now_s) {
+                Decision::Expire { cause, .. } => Decision::Expire {
+                    cause,
+                    reset: false,
+                },
+                d => d,
+            },
+        )
     }
 
     /// The two RSTs of an idle flow `k` with TCP reset on, if its backend is known and the
@@ -298,15 +343,15 @@ mod tests {
     #[test]
     fn a_hold_is_needed_only_by_forward_flows_of_its_backend_to_another_vip() {
         let h = Hold {
-            ep: RevKey4::of([192, 0, 2, 11], [0, 80], 6),
-            held: RevService4 {
-                vip: [203, 0, 113, 10],
+            ep: RevKey::of(lb_common::addr::v4_mapped([192, 0, 2, 11]), [0, 80], 6),
+            held: RevService {
+                vip: lb_common::addr::v4_mapped([203, 0, 113, 10]),
                 vport: [0, 80],
                 flags: lb_common::maps::REV_F_SHARED,
                 service: 1,
                 backend: 3,
             },
-            want: ([203, 0, 113, 11], [0, 80]),
+            want: (lb_common::addr::v4_mapped([203, 0, 113, 11]), [0, 80]),
         };
         let to = |vip: [u8; 4]| FlowKey4::of([198, 51, 100, 7], vip, [0x9c, 0x40], [0, 80], 6);
         let fwd = |backend| ConnEntry4::forward(backend, 1, 0, 0, 0, (0, 0));

@@ -199,9 +199,9 @@ impl NetlinkResolver {
                 }
             }
         }
-        // The fast path has IPv4 maps only: IPv6 hosts and routes (link-local neighbours, the
-        // IPv6 default route) would have no map to go to. They join with the IPv6 family.
-        out.retain(|(len, a, _)| addr::prefix_v4(a, *len).is_some());
+        // Both families: IPv4 entries go to `LB_ROUTES4`, IPv6 ones (link-local neighbours and
+        // gateways included) to `LB_ROUTES6`. Multicast routes are no client's.
+        out.retain(|(_, a, _)| !addr::to_ip(a).is_multicast());
         out
     }
 }

@@ -33,7 +33,7 @@ use std::net::IpAddr;
 
 use lb_common::{
     acl, addr,
-    maps::{Backend, BackendId, VipKey, ours_bit},
+    maps::{Backend, BackendId, VipKey, ours_bit_of},
 };
 
 use super::{
@@ -235,8 +235,7 @@ impl<M: MapOps> Applier<'_, M> {
 /// needs them is written (a packet then finds the entry; a bit set early only costs lookups).
 fn cover<M: MapOps>(m: &mut M, live: &mut Live, ips: &[IpAddr]) -> Result<(), MapOpError> {
     for ip in ips {
-        let IpAddr::V4(v4) = ip else { continue };
-        let (w, bit) = ours_bit(v4.octets());
+        let (w, bit) = ours_bit_of(&addr::from_ip(*ip));
         let cur = live.filter.get(&w).copied().unwrap_or(0);
         if cur & bit == 0 {
             m.put_ours(w, cur | bit)?;
@@ -265,8 +264,7 @@ fn covered<M: MapOps>(
 /// Clears the bits of `ips`' words that no live entry needs any more, after the entries went.
 fn uncover<M: MapOps>(m: &mut M, live: &mut Live, ips: &[IpAddr]) -> Result<(), MapOpError> {
     for ip in ips {
-        let IpAddr::V4(v4) = ip else { continue };
-        let (w, _) = ours_bit(v4.octets());
+        let (w, _) = ours_bit_of(&addr::from_ip(*ip));
         let cur = live.filter.get(&w).copied().unwrap_or(0);
         let want = live.ours.wanted(w);
         if cur & !want != 0 {

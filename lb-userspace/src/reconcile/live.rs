@@ -11,7 +11,8 @@ use lb_common::{
     acl,
     addr::{self, Addr},
     maps::{
-        Backend, BackendId, Counters, NextHop, RevKey4, RevService4, ServiceInfo, VipInfo, ours_bit,
+        Backend, BackendId, Counters, NextHop, RevKey, RevService, ServiceInfo, VipInfo,
+        ours_bit_of,
     },
 };
 
@@ -40,10 +41,10 @@ pub struct Live {
     /// `LB_ROUTES4`: (prefix length in map form, prefix) → next hop.
     pub routes: HashMap<(u32, Addr), NextHop>,
     /// `LB_REVSVC4`, by backend endpoint.
-    pub revs: HashMap<RevKey4, RevService4>,
+    pub revs: HashMap<RevKey, RevService>,
     /// The active backend entries at each IPv4 backend endpoint (address, port, protocol),
     /// over all services (an index of `backends`).
-    pub by_endpoint: HashMap<RevKey4, std::collections::BTreeSet<BackendId>>,
+    pub by_endpoint: HashMap<RevKey, std::collections::BTreeSet<BackendId>>,
     /// The addresses the "maybe ours" filter must cover, from the entries above.
     pub ours: Ours,
     /// `LB_OURS4`: its non-zero words.
@@ -60,7 +61,7 @@ pub struct Live {
     /// replies must still find the VIP they were addressed to. Not a map's content but a note
     /// on `revs`, which the planner keeps (`plan::replies`) until the sweeper finds none of
     /// those flows left (`Event::HoldsReleased`).
-    pub holds: HashMap<RevKey4, RevService4>,
+    pub holds: HashMap<RevKey, RevService>,
     /// `LB_OUTBOUND4`: covered backend address → its entry.
     pub outbound: BTreeMap<[u8; 4], lb_common::outbound::OutboundEntry4>,
     /// `LB_OUT_FRONTS4`: frontend address → its rule's id, block size and mode.
@@ -71,36 +72,35 @@ pub struct Live {
     pub out_inside: std::collections::BTreeSet<(u32, [u8; 4], u8)>,
 }
 
-/// The IPv4 addresses the fast path must look up rather than pass as none of its own, with
-/// how many live entries use each: VIP entries, both ends of a PIP, active backend entries.
+/// The addresses (both families, in map form) the fast path must look up rather than pass as
+/// none of its own, with how many live entries use each: VIP entries, both ends of a PIP,
+/// active backend entries. One filter serves both families (`lb_common::maps::ours_bit_of`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ours {
-    uses: HashMap<[u8; 4], u32>,
+    uses: HashMap<Addr, u32>,
     /// The used addresses of each filter word.
-    by_word: HashMap<u32, std::collections::BTreeSet<[u8; 4]>>,
+    by_word: HashMap<u32, std::collections::BTreeSet<Addr>>,
 }
 
 impl Ours {
     fn hold(&mut self, ip: IpAddr) {
-        let IpAddr::V4(v4) = ip else { return };
-        let a = v4.octets();
+        let a = addr::from_ip(ip);
         let n = self.uses.entry(a).or_default();
         *n += 1;
         if *n == 1 {
-            self.by_word.entry(ours_bit(a).0).or_default().insert(a);
+            self.by_word.entry(ours_bit_of(&a).0).or_default().insert(a);
         }
     }
 
     fn release(&mut self, ip: IpAddr) {
-        let IpAddr::V4(v4) = ip else { return };
-        let a = v4.octets();
+        let a = addr::from_ip(ip);
         let Some(n) = self.uses.get_mut(&a) else {
             return;
         };
         *n -= 1;
         if *n == 0 {
             self.uses.remove(&a);
-            let w = ours_bit(a).0;
+            let w = ours_bit_of(&a).0;
             if let Some(set) = self.by_word.get_mut(&w) {
                 set.remove(&a);
                 if set.is_empty() {
@@ -117,7 +117,7 @@ impl Ours {
             .get(&w)
             .into_iter()
             .flatten()
-            .fold(0, |acc, a| acc | ours_bit(*a).1)
+            .fold(0, |acc, a| acc | ours_bit_of(a).1)
     }
 
     /// Every word that must hold a bit.
@@ -143,11 +143,10 @@ pub fn backend_addr(b: &Backend) -> SocketAddr {
     SocketAddr::new(addr::to_ip(&b.addr), u16::from_be_bytes(b.port))
 }
 
-/// A backend entry's endpoint, the key of its reverse-service entry (`None` for IPv6, which the
-/// fast path does not serve yet).
+/// A backend entry's endpoint, the key of its reverse-service entry (either family).
 #[must_use]
-pub fn endpoint(b: &Backend) -> Option<RevKey4> {
-    addr::as_v4(&b.addr).map(|a| RevKey4::of(a, b.port, b.proto))
+pub fn endpoint(b: &Backend) -> Option<RevKey> {
+    Some(RevKey::of(b.addr, b.port, b.proto))
 }
 
 impl Live {

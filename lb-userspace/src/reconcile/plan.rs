@@ -19,8 +19,8 @@ use lb_common::{
     addr::{self, Addr},
     maglev::{TableBackend, build_table},
     maps::{
-        BACKEND_F_ACTIVE, Backend, BackendId, NextHop, REV_F_SHARED, REV_F_STATELESS, RevKey4,
-        RevService4, SVC_DIST_SHIFT, SVC_F_INTERNAL, SVC_F_TCP_RESET, ServiceInfo, VIP_F_HA_PORTS,
+        BACKEND_F_ACTIVE, Backend, BackendId, NextHop, REV_F_SHARED, REV_F_STATELESS, RevKey,
+        RevService, SVC_DIST_SHIFT, SVC_F_INTERNAL, SVC_F_TCP_RESET, ServiceInfo, VIP_F_HA_PORTS,
         VIP_F_HAIRPIN_SNAT, VIP_F_NO_ECHO, VipInfo,
     },
 };
@@ -80,8 +80,8 @@ pub enum Step {
     PutLocal([u8; 4]),
     DelLocal([u8; 4]),
     /// A backend endpoint's reverse-service entry.
-    PutRev(RevKey4, RevService4),
-    DelRev(RevKey4),
+    PutRev(RevKey, RevService),
+    DelRev(RevKey),
     /// One word of the "maybe ours" filter (the applier also sets and clears bits itself,
     /// around the entries that need them; this step is the full repair at start).
     PutOurs(u32, u64),
@@ -238,7 +238,7 @@ pub fn ours_words(live: &Live) -> Vec<Step> {
 
 /// The endpoints (reverse-service keys) of a service id's active backends.
 #[must_use]
-pub fn endpoints_of(service_id: u32, live: &Live) -> BTreeSet<RevKey4> {
+pub fn endpoints_of(service_id: u32, live: &Live) -> BTreeSet<RevKey> {
     live.backends_of(service_id)
         .into_iter()
         .flat_map(|m| m.values())
@@ -255,7 +255,7 @@ pub fn endpoints_of(service_id: u32, live: &Live) -> BTreeSet<RevKey4> {
 /// id.
 #[must_use]
 pub fn replies(
-    eps: &BTreeSet<RevKey4>,
+    eps: &BTreeSet<RevKey>,
     live: &Live,
     state: &State,
     pending: Option<(u32, &ServiceSpec)>,
@@ -273,7 +273,7 @@ pub fn replies(
         // reverse entry of their own) were addressed to, shared, so that every newer flow
         // writes its own. Until the sweeper releases it, or its backend is gone.
         let want = match live.holds.get(ep).filter(|h| users.contains(&h.backend)) {
-            Some(h) => RevService4 {
+            Some(h) => RevService {
                 flags: REV_F_SHARED,
                 ..*h
             },
@@ -293,11 +293,11 @@ pub fn replies(
 /// [`replies`]); `None` if it has none, or its service is not known yet.
 #[must_use]
 pub fn unheld_reply(
-    ep: RevKey4,
+    ep: RevKey,
     live: &Live,
     state: &State,
     pending: Option<(u32, &ServiceSpec)>,
-) -> Option<RevService4> {
+) -> Option<RevService> {
     let users = live.by_endpoint.get(&ep).filter(|u| !u.is_empty())?;
     let primary = live
         .revs
@@ -309,9 +309,7 @@ pub fn unheld_reply(
     let spec = live
         .spec_of(b.service)
         .or(pending.filter(|(sid, _)| *sid == b.service).map(|(_, s)| s))?;
-    let IpAddr::V4(vip) = spec.vip.ip() else {
-        return None;
-    };
+    let vip = spec.vip.ip();
     let stateless = state
         .services
         .get(spec)
@@ -321,8 +319,8 @@ pub fn unheld_reply(
         (false, true) => REV_F_STATELESS,
         (false, false) => 0,
     };
-    Some(RevService4 {
-        vip: vip.octets(),
+    Some(RevService {
+        vip: addr::from_ip(vip),
         vport: spec.vip.port().to_be_bytes(),
         flags,
         service: b.service,
@@ -337,7 +335,7 @@ pub fn unheld_reply(
 /// Also the holds: each endpoint of the moved services keeps its reverse-service entry as it
 /// is, marked shared ([`Live::holds`]), written first.
 #[must_use]
-pub fn swap(a: IpAddr, b: IpAddr, live: &Live) -> (Vec<(RevKey4, RevService4)>, Vec<Step>) {
+pub fn swap(a: IpAddr, b: IpAddr, live: &Live) -> (Vec<(RevKey, RevService)>, Vec<Step>) {
     let other = |ip: IpAddr| if ip == a { b } else { a };
     // Each entry of either VIP: (its key, the key it moves to, the entry).
     let moved: Vec<(ServiceSpec, ServiceSpec, ServiceInfo)> = live
@@ -357,7 +355,7 @@ pub fn swap(a: IpAddr, b: IpAddr, live: &Live) -> (Vec<(RevKey4, RevService4)>, 
             if let Some(r) = live.revs.get(&ep)
                 && r.service == info.id
             {
-                let h = RevService4 {
+                let h = RevService {
                     flags: REV_F_SHARED,
                     ..*r
                 };

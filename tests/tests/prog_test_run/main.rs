@@ -291,9 +291,26 @@ impl Fixture {
         output: Option<&Frame>,
         reason: Reason,
     ) {
+        self.check_bytes(
+            what,
+            &input.build(),
+            action,
+            output.map(Frame::build),
+            reason,
+        );
+    }
+
+    /// [`Self::check`] on frame bytes (any family's builder).
+    fn check_bytes(
+        &mut self,
+        what: &str,
+        bytes: &[u8],
+        action: u32,
+        output: Option<Vec<u8>>,
+        reason: Reason,
+    ) {
         let before = self.counts();
-        let bytes = input.build();
-        let (got, out) = self.run(&bytes);
+        let (got, out) = self.run(bytes);
         let after = self.counts();
         for r in ALL_REASONS {
             let d = after[r as usize] - before[r as usize];
@@ -309,7 +326,7 @@ impl Fixture {
         match output {
             Some(f) => assert_eq!(
                 hex(&out),
-                hex(&f.build()),
+                hex(&f),
                 "{what}: output bytes (left: kernel, right: expected)"
             ),
             None if action == XDP_PASS => {
@@ -364,3 +381,4 @@ mod forwarding;
 mod icmp;
 mod outbound;
 mod policy;
+mod six;

@@ -779,10 +779,18 @@ fn pips_map_one_to_one_and_follow_next_hops() {
 /// goes, and deleted with the last.
 #[test]
 fn reverse_service_entries_follow_the_backend_endpoints() {
-    use lb_common::maps::{REV_F_SHARED, RevKey4};
+    use lb_common::maps::{REV_F_SHARED, RevKey};
     let mut rc = rec(1 << 16);
-    let ep = RevKey4::of([192, 0, 2, 11], 80u16.to_be_bytes(), 6);
-    let other = RevKey4::of([192, 0, 2, 12], 80u16.to_be_bytes(), 6);
+    let ep = RevKey::of(
+        lb_common::addr::v4_mapped([192, 0, 2, 11]),
+        80u16.to_be_bytes(),
+        6,
+    );
+    let other = RevKey::of(
+        lb_common::addr::v4_mapped([192, 0, 2, 12]),
+        80u16.to_be_bytes(),
+        6,
+    );
     add(&mut rc, WEB, &["192.0.2.11:80", "192.0.2.12:80"]);
     let m = rc.maps();
     let web = m.services[&spec(WEB).key()];
@@ -790,7 +798,12 @@ fn reverse_service_entries_follow_the_backend_endpoints() {
         let e = m.revs[&k];
         assert_eq!(
             (e.vip, e.vport, e.flags, e.service),
-            ([203, 0, 113, 10], 80u16.to_be_bytes(), 0, web.id)
+            (
+                lb_common::addr::v4_mapped([203, 0, 113, 10]),
+                80u16.to_be_bytes(),
+                0,
+                web.id
+            )
         );
         assert_eq!(m.backends[&e.backend].port, 80u16.to_be_bytes());
     }
@@ -822,7 +835,11 @@ fn reverse_service_entries_follow_the_backend_endpoints() {
     let e = m.revs[&ep];
     assert_eq!(
         (e.vip, e.flags, e.service),
-        ([203, 0, 113, 10], REV_F_SHARED, web.id)
+        (
+            lb_common::addr::v4_mapped([203, 0, 113, 10]),
+            REV_F_SHARED,
+            web.id
+        )
     );
     let marked = m
         .ops
@@ -840,7 +857,12 @@ fn reverse_service_entries_follow_the_backend_endpoints() {
     add(&mut rc, "203.0.113.10:80/udp", &["192.0.2.11:80"]);
     assert_eq!(rc.maps().revs[&ep].flags, REV_F_SHARED);
     assert_eq!(
-        rc.maps().revs[&RevKey4::of([192, 0, 2, 11], 80u16.to_be_bytes(), 17)].flags,
+        rc.maps().revs[&RevKey::of(
+            lb_common::addr::v4_mapped([192, 0, 2, 11]),
+            80u16.to_be_bytes(),
+            17
+        )]
+            .flags,
         0
     );
 
@@ -853,7 +875,10 @@ fn reverse_service_entries_follow_the_backend_endpoints() {
     let m = rc.maps();
     let sid = m.services[&spec(second).key()].id;
     let e = m.revs[&ep];
-    assert_eq!((e.vip, e.flags, e.service), ([203, 0, 113, 11], 0, sid));
+    assert_eq!(
+        (e.vip, e.flags, e.service),
+        (lb_common::addr::v4_mapped([203, 0, 113, 11]), 0, sid)
+    );
     assert!(
         !m.revs.contains_key(&other),
         "the endpoint no service uses is gone"

@@ -19,7 +19,7 @@ use lb_common::{
     acl,
     addr::{self, Addr},
     maps::{
-        Backend, BackendId, Counters, NextHop, RevKey4, RevService4, ServiceInfo, ServiceKey,
+        Backend, BackendId, Counters, NextHop, RevKey, RevService, ServiceInfo, ServiceKey,
         VipInfo, VipKey,
     },
     verdict::ALL_REASONS,
@@ -38,7 +38,7 @@ pub enum Op {
     Backend(BackendId, bool),
     Slots(u32, u32),
     /// A reverse-service entry written (`Some`) or deleted.
-    Rev(RevKey4, Option<RevService4>),
+    Rev(RevKey, Option<RevService>),
     /// The flows of a backend id purged (one op per id of a purge job).
     Purge(BackendId),
     Acl(u32, bool),
@@ -57,7 +57,7 @@ pub struct FakeMaps {
     pub routes: HashMap<(u32, Addr), NextHop>,
     pub acl: HashMap<(u32, acl::Prefix), acl::Entry>,
     pub pips: HashMap<Addr, (Addr, NextHop)>,
-    pub revs: HashMap<RevKey4, RevService4>,
+    pub revs: HashMap<RevKey, RevService>,
     /// `LB_OURS4`, its non-zero words.
     pub ours: HashMap<u32, u64>,
     /// Tracked flows, by the backend id each names.
@@ -124,13 +124,13 @@ impl MapOps for FakeMaps {
         self.backends.insert(id, *b);
         Ok(())
     }
-    fn put_rev(&mut self, k: &RevKey4, v: &RevService4) -> Result<(), MapOpError> {
+    fn put_rev(&mut self, k: &RevKey, v: &RevService) -> Result<(), MapOpError> {
         self.write()?;
         self.ops.push(Op::Rev(*k, Some(*v)));
         self.revs.insert(*k, *v);
         Ok(())
     }
-    fn del_rev(&mut self, k: &RevKey4) -> Result<(), MapOpError> {
+    fn del_rev(&mut self, k: &RevKey) -> Result<(), MapOpError> {
         self.write()?;
         self.ops.push(Op::Rev(*k, None));
         self.revs.remove(k);

@@ -289,7 +289,7 @@ fn the_primed_client_routes_are_written_at_start() {
 /// the reverse-service entry of an endpoint no service uses is deleted.
 #[test]
 fn a_restarted_agent_repairs_the_filter_and_stale_reverse_entries() {
-    use lb_common::maps::{RevKey4, RevService4, ours_bit};
+    use lb_common::maps::{RevKey, RevService, ours_bit};
     let mut r = rec(4096);
     add(&mut r, WEB, &["192.0.2.11:80", "192.0.2.12:80"]);
     let mut r2 = restarted(&r);
@@ -300,8 +300,12 @@ fn a_restarted_agent_repairs_the_filter_and_stale_reverse_entries() {
 
     let (sw, sbit) = ours_bit([198, 18, 0, 1]);
     *r2.maps.ours.entry(sw).or_default() |= sbit;
-    let stale = RevKey4::of([192, 0, 2, 99], 80u16.to_be_bytes(), 6);
-    r2.maps.revs.insert(stale, RevService4::default());
+    let stale = RevKey::of(
+        lb_common::addr::v4_mapped([192, 0, 2, 99]),
+        80u16.to_be_bytes(),
+        6,
+    );
+    r2.maps.revs.insert(stale, RevService::default());
     let state = r.state().clone();
     start(&mut r2, state);
 

@@ -14,9 +14,9 @@ fn key(s: &str) -> ServiceKey {
     spec(s).key()
 }
 
-fn ep(addr: &str, port: u16) -> RevKey4 {
+fn ep(addr: &str, port: u16) -> RevKey {
     let ip: std::net::Ipv4Addr = addr.parse().unwrap();
-    RevKey4::of(ip.octets(), port.to_be_bytes(), 6)
+    RevKey::of(addr::v4_mapped(ip.octets()), port.to_be_bytes(), 6)
 }
 
 fn swap(r: &mut Rec, a: &str, b: &str) -> Response {
@@ -77,14 +77,14 @@ fn a_swap_moves_every_entry_as_it_is_and_holds_the_reply_entries() {
         let now = r.maps.revs[&e];
         assert_eq!(
             now,
-            RevService4 {
+            RevService {
                 flags: REV_F_SHARED,
                 ..was
             },
             "{e:?}"
         );
         let ip: std::net::Ipv4Addr = vip.parse().unwrap();
-        assert_eq!(now.vip, ip.octets());
+        assert_eq!(now.vip, addr::v4_mapped(ip.octets()));
     }
     assert_eq!(r.live().holds.len(), 4);
     // The desired state moved with it.
@@ -125,7 +125,7 @@ fn a_swap_moves_every_entry_as_it_is_and_holds_the_reply_entries() {
         let ip: std::net::Ipv4Addr = vip.parse().unwrap();
         assert_eq!(
             (r.maps.revs[&e].vip, r.maps.revs[&e].flags),
-            (ip.octets(), 0),
+            (addr::v4_mapped(ip.octets()), 0),
             "{e:?}"
         );
     }
@@ -202,6 +202,6 @@ fn hold_checks_match_the_policy_the_sweeper_follows() {
     // 192.0.2.21 served B before the swap and serves A now: flows to B still need it.
     let b: std::net::Ipv4Addr = B.parse().unwrap();
     let a: std::net::Ipv4Addr = A.parse().unwrap();
-    assert_eq!(h.held.vip, b.octets());
-    assert_eq!(h.want, (a.octets(), 80u16.to_be_bytes()));
+    assert_eq!(h.held.vip, addr::v4_mapped(b.octets()));
+    assert_eq!(h.want, (addr::v4_mapped(a.octets()), 80u16.to_be_bytes()));
 }

@@ -34,7 +34,7 @@ struct View {
     pips: BTreeMap<Addr, (Addr, NextHop)>,
     /// Reverse-service entries: endpoint → flags (each checked to name an active backend at
     /// that endpoint, of a live service, with that service's VIP and port).
-    revs: BTreeMap<RevKey4, (u16, [u8; 4], [u8; 2])>,
+    revs: BTreeMap<RevKey, (u16, addr::Addr, [u8; 2])>,
 }
 
 fn action(a: acl::Action) -> u32 {
@@ -114,8 +114,7 @@ fn view(m: &FakeMaps) -> View {
                 // (shared): only those may name another VIP than their service's.
                 let (vip, port, _) = service_of[&e.service];
                 assert!(
-                    (addr::v4_mapped(e.vip), e.vport) == (vip, port)
-                        || e.flags == lb_common::maps::REV_F_SHARED,
+                    (e.vip, e.vport) == (vip, port) || e.flags == lb_common::maps::REV_F_SHARED,
                     "{k:?} → {e:?}"
                 );
                 (*k, (e.flags, e.vip, e.vport))

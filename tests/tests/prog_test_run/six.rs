@@ -1,0 +1,430 @@
+//! IPv6 through the real program (`lb_xdp` → `lb_xdp6` by tail call): each class with its
+//! exact output bytes and its one counter.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6},
+};
+
+use lb_common::{
+    addr,
+    flow::{FlowKey6, proto},
+    hash::flow_hash6,
+    hdr::ext,
+    maglev::{TableBackend, build_table, slot},
+    verdict::Reason,
+};
+use lb_integration::{
+    fixture::{FixedResolver, Harness, LO, XDP_DROP, XDP_PASS, XDP_TX, in_fresh_ns, nh},
+    netns::Netns,
+    packet::{CLIENT_MAC, Frame, Frame6, LB_MAC, TCP_ACK, TCP_PSH, TCP_SYN},
+};
+
+use super::{Fixture, TABLE};
+
+const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 3, 0, 0, 0, 0, 0x10);
+const B1: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 0x11);
+const B2: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 0x12);
+const B1_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x21];
+const B2_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x22];
+const V4_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x11];
+
+fn client() -> SocketAddrV6 {
+    SocketAddrV6::new(Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2), 40000, 0, 0)
+}
+
+fn vip(port: u16) -> SocketAddrV6 {
+    SocketAddrV6::new(VIP6, port, 0, 0)
+}
+
+const CONFIG6: &str = r#"
+[agent]
+ring_slots = 8192
+conntrack_flows = 4096
+
+[[service]]
+vip = "[2001:db8:3::10]:80/tcp"
+backends = ["2001:db8:2::11", "[2001:db8:2::12]:8080"]
+table_size = 251
+
+[[service]]
+vip = "[2001:db8:3::10]:53/udp"
+backends = ["2001:db8:2::11"]
+table_size = 251
+
+# An IPv4 service beside them, on the same program.
+[[service]]
+vip = "203.0.113.10:80/tcp"
+backends = ["192.0.2.11"]
+table_size = 251
+"#;
+
+fn with_fixture6(f: impl FnOnce(&mut Fixture) + Send + 'static) {
+    in_fresh_ns("fx6", move |ns: &Netns| {
+        let resolver = FixedResolver {
+            backends: HashMap::from([
+                (IpAddr::V6(B1), nh(LO, B1_MAC)),
+                (IpAddr::V6(B2), nh(LO, B2_MAC)),
+                (IpAddr::V4(Ipv4Addr::new(192, 0, 2, 11)), nh(LO, V4_MAC)),
+            ]),
+            fallback: None,
+            routes: vec![
+                (
+                    64,
+                    addr::from_ip(IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0))),
+                    nh(LO, CLIENT_MAC),
+                ),
+                (
+                    96 + 24,
+                    addr::v4_mapped([198, 51, 100, 0]),
+                    nh(LO, CLIENT_MAC),
+                ),
+            ],
+            locals: vec![],
+        };
+        let h = Harness::load(ns, CONFIG6, resolver).expect("load and provision");
+        let mut fx = Fixture {
+            seed: h.seed,
+            h,
+            fib_ifindex: 0,
+        };
+        f(&mut fx);
+    });
+}
+
+/// The backend the host model picks for a client → VIP6:80 flow (ids 1 and 2, in config order).
+fn model_pick(seed: u32, src: SocketAddrV6) -> SocketAddrV6 {
+    let flow = FlowKey6::new(src, vip(80), proto::TCP);
+    let bs = [(1, B1, 80u16), (2, B2, 8080)];
+    let tb: Vec<TableBackend> = bs
+        .iter()
+        .map(|&(id, ip, port)| TableBackend {
+            id,
+            addr: ip.octets(),
+            port,
+            weight: 1,
+        })
+        .collect();
+    let table = build_table(&tb, TABLE);
+    let id = table[slot(flow_hash6(&flow, seed), TABLE).unwrap() as usize];
+    let (_, ip, port) = bs.iter().find(|b| b.0 == id).unwrap();
+    SocketAddrV6::new(*ip, *port, 0, 0)
+}
+
+fn mac_of(b: &SocketAddrV6) -> [u8; 6] {
+    if *b.ip() == B1 { B1_MAC } else { B2_MAC }
+}
+
+#[test]
+fn ipv6_tcp_syn_established_and_reply_are_translated_both_ways() {
+    with_fixture6(|fx| {
+        let c = client();
+        let be = model_pick(fx.seed, c);
+        let syn = Frame6::tcp(c, vip(80), TCP_SYN);
+        let out = syn.dnat(be, LB_MAC, mac_of(&be));
+        fx.check_bytes(
+            "SYN",
+            &syn.build(),
+            XDP_TX,
+            Some(out.build()),
+            Reason::Forward,
+        );
+
+        let mut reply = Frame6::tcp(be, c, TCP_SYN | TCP_ACK);
+        reply.smac = mac_of(&be);
+        let out = reply.snat(vip(80), LB_MAC, CLIENT_MAC);
+        fx.check_bytes(
+            "reply",
+            &reply.build(),
+            XDP_TX,
+            Some(out.build()),
+            Reason::Reply,
+        );
+
+        let mut ack = Frame6::tcp(c, vip(80), TCP_ACK | TCP_PSH);
+        ack.seq = 1001;
+        let out = ack.dnat(be, LB_MAC, mac_of(&be));
+        fx.check_bytes(
+            "established",
+            &ack.build(),
+            XDP_TX,
+            Some(out.build()),
+            Reason::Forward,
+        );
+
+        // The other backend, from the same port to the client, is not that flow's reply.
+        let other = if be.ip() == &B1 {
+            SocketAddrV6::new(B2, 8080, 0, 0)
+        } else {
+            SocketAddrV6::new(B1, 80, 0, 0)
+        };
+        let stray = Frame6::tcp(other, c, TCP_SYN | TCP_ACK);
+        fx.check_bytes(
+            "not the reply",
+            &stray.build(),
+            XDP_PASS,
+            None,
+            Reason::PassNotReply,
+        );
+    });
+}
+
+#[test]
+fn ipv6_udp_is_balanced_and_a_zero_checksum_is_malformed() {
+    with_fixture6(|fx| {
+        let c = client();
+        let q = Frame6::udp(c, vip(53));
+        let be = SocketAddrV6::new(B1, 53, 0, 0);
+        let out = q.dnat(be, LB_MAC, B1_MAC);
+        fx.check_bytes(
+            "UDP",
+            &q.build(),
+            XDP_TX,
+            Some(out.build()),
+            Reason::Forward,
+        );
+        let mut a = Frame6::udp(be, c);
+        a.smac = B1_MAC;
+        let out = a.snat(vip(53), LB_MAC, CLIENT_MAC);
+        fx.check_bytes(
+            "UDP reply",
+            &a.build(),
+            XDP_TX,
+            Some(out.build()),
+            Reason::Reply,
+        );
+
+        let mut zero = Frame6::udp(c, vip(53));
+        zero.l4 = lb_integration::packet::L4::Udp {
+            sport: c.port(),
+            dport: 53,
+            no_csum: true,
+        };
+        fx.check_bytes(
+            "zero checksum",
+            &zero.build(),
+            XDP_DROP,
+            None,
+            Reason::DropMalformed,
+        );
+    });
+}
+
+/// A hop-by-hop header of 8 bytes (a PadN option), a destination-options one likewise.
+fn pad8() -> Vec<u8> {
+    vec![0, 0, 1, 4, 0, 0, 0, 0]
+}
+
+#[test]
+fn ipv6_extension_headers_are_walked_bounded_and_refused_where_they_must_be() {
+    with_fixture6(|fx| {
+        let c = client();
+        let be = model_pick(fx.seed, c);
+        // Hop-by-hop and destination options before TCP: walked, kept, translated.
+        let f = Frame6::tcp(c, vip(80), TCP_SYN)
+            .with_ext(ext::HOP_BY_HOP, pad8())
+            .with_ext(ext::DEST_OPTS, pad8());
+        let out = f.dnat(be, LB_MAC, mac_of(&be));
+        fx.check_bytes(
+            "HBH + DO",
+            &f.build(),
+            XDP_TX,
+            Some(out.build()),
+            Reason::Forward,
+        );
+
+        // A routing header with no segments left: the VIP is the final destination.
+        let rh0 =
+            Frame6::tcp(c, vip(80), TCP_SYN).with_ext(ext::ROUTING, vec![0, 0, 4, 0, 0, 0, 0, 0]);
+        let out = rh0.dnat(be, LB_MAC, mac_of(&be));
+        fx.check_bytes(
+            "RH, 0 left",
+            &rh0.build(),
+            XDP_TX,
+            Some(out.build()),
+            Reason::Forward,
+        );
+
+        // Segments left: the VIP is not the destination.
+        let rh1 =
+            Frame6::tcp(c, vip(80), TCP_SYN).with_ext(ext::ROUTING, vec![0, 0, 4, 1, 0, 0, 0, 0]);
+        fx.check_bytes(
+            "RH, 1 left",
+            &rh1.build(),
+            XDP_DROP,
+            None,
+            Reason::DropRoutingHeader,
+        );
+
+        // Fragments, first or not, are not reassembled.
+        let first =
+            Frame6::tcp(c, vip(80), TCP_SYN).with_ext(ext::FRAGMENT, vec![0, 0, 0, 1, 0, 0, 0, 7]);
+        fx.check_bytes(
+            "first fragment",
+            &first.build(),
+            XDP_DROP,
+            None,
+            Reason::DropFragment,
+        );
+        let later =
+            Frame6::udp(c, vip(53)).with_ext(ext::FRAGMENT, vec![0, 0, 0x05, 0x00, 0, 0, 0, 7]);
+        fx.check_bytes(
+            "later fragment",
+            &later.build(),
+            XDP_DROP,
+            None,
+            Reason::DropFragment,
+        );
+        // A fragment header behind a hop-by-hop one is found the same.
+        let behind = Frame6::tcp(c, vip(80), TCP_SYN)
+            .with_ext(ext::HOP_BY_HOP, pad8())
+            .with_ext(ext::FRAGMENT, vec![0, 0, 0, 1, 0, 0, 0, 7]);
+        fx.check_bytes(
+            "fragment behind HBH",
+            &behind.build(),
+            XDP_DROP,
+            None,
+            Reason::DropFragment,
+        );
+
+        // Five headers: one more than the walk's bound.
+        let mut long = Frame6::tcp(c, vip(80), TCP_SYN);
+        for _ in 0..5 {
+            long = long.with_ext(ext::DEST_OPTS, pad8());
+        }
+        fx.check_bytes(
+            "chain too long",
+            &long.build(),
+            XDP_DROP,
+            None,
+            Reason::DropExtHeaders,
+        );
+        // Four is within it.
+        let mut four = Frame6::tcp(c, vip(80), TCP_SYN);
+        for _ in 0..4 {
+            four = four.with_ext(ext::DEST_OPTS, pad8());
+        }
+        let out = four.dnat(be, LB_MAC, mac_of(&be));
+        fx.check_bytes(
+            "four headers",
+            &four.build(),
+            XDP_TX,
+            Some(out.build()),
+            Reason::Forward,
+        );
+
+        // A header whose length runs past the packet.
+        let cut = Frame6::tcp(c, vip(80), TCP_SYN)
+            .with_ext(ext::HOP_BY_HOP, vec![0, 200, 1, 4, 0, 0, 0, 0]);
+        fx.check_bytes(
+            "cut chain",
+            &cut.build(),
+            XDP_DROP,
+            None,
+            Reason::DropExtHeaders,
+        );
+
+        // A payload length beyond the frame.
+        let mut long_len = Frame6::tcp(c, vip(80), TCP_SYN);
+        long_len.payload_len = Some(400);
+        fx.check_bytes(
+            "payload length",
+            &long_len.build(),
+            XDP_DROP,
+            None,
+            Reason::DropMalformed,
+        );
+
+        // The same problems to an address that is not ours pass untouched.
+        let mut elsewhere =
+            Frame6::tcp(c, vip(80), TCP_SYN).with_ext(ext::FRAGMENT, vec![0, 0, 0, 1, 0, 0, 0, 7]);
+        elsewhere.dst = Ipv6Addr::new(0x2001, 0xdb8, 9, 0, 0, 0, 0, 1);
+        fx.check_bytes(
+            "fragment, not ours",
+            &elsewhere.build(),
+            XDP_PASS,
+            None,
+            Reason::PassNotOurs,
+        );
+    });
+}
+
+#[test]
+fn ipv6_hop_limit_nd_icmp_and_strangers_have_their_outcomes() {
+    with_fixture6(|fx| {
+        let c = client();
+        let mut hl = Frame6::tcp(c, vip(80), TCP_SYN);
+        hl.hop_limit = 1;
+        fx.check_bytes("hop limit 1", &hl.build(), XDP_DROP, None, Reason::DropTtl);
+
+        // A neighbour solicitation to the VIP (unicast NUD): the kernel's, untouched.
+        let mut ns = vec![135, 0, 0, 0, 0, 0, 0, 0];
+        ns.extend_from_slice(&VIP6.octets());
+        let mut nd = Frame6::raw(*c.ip(), VIP6, proto::ICMPV6, ns);
+        nd.hop_limit = 255;
+        fx.check_bytes("NS to the VIP", &nd.build(), XDP_PASS, None, Reason::PassNd);
+
+        // An echo request to the VIP: a counted drop, until echo over IPv6 lands.
+        let echo = Frame6::raw(*c.ip(), VIP6, proto::ICMPV6, vec![128, 0, 0, 0, 0, 1, 0, 1]);
+        fx.check_bytes(
+            "echo to the VIP",
+            &echo.build(),
+            XDP_DROP,
+            None,
+            Reason::DropProto,
+        );
+
+        fx.check_bytes(
+            "no service on the port",
+            &Frame6::tcp(c, vip(81), TCP_SYN).build(),
+            XDP_DROP,
+            None,
+            Reason::DropNoService,
+        );
+        let mut stranger = Frame6::tcp(c, vip(80), TCP_SYN);
+        stranger.dst = Ipv6Addr::new(0x2001, 0xdb8, 9, 0, 0, 0, 0, 1);
+        fx.check_bytes(
+            "not ours",
+            &stranger.build(),
+            XDP_PASS,
+            None,
+            Reason::PassNotOurs,
+        );
+
+        // VLAN-tagged: parsed past the tag, and the tag kept.
+        let be = model_pick(fx.seed, c);
+        let mut tagged = Frame6::tcp(c, vip(80), TCP_SYN);
+        tagged.vlan = Some(7);
+        let out = tagged.dnat(be, LB_MAC, mac_of(&be));
+        fx.check_bytes(
+            "802.1Q",
+            &tagged.build(),
+            XDP_TX,
+            Some(out.build()),
+            Reason::Forward,
+        );
+    });
+}
+
+#[test]
+fn ipv4_and_ipv6_services_share_the_program() {
+    with_fixture6(|fx| {
+        let c4 = SocketAddrV4::new(Ipv4Addr::new(198, 51, 100, 2), 40000);
+        let vip4 = SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 10), 80);
+        let be4 = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 11), 80);
+        let syn4 = Frame::tcp(c4, vip4, TCP_SYN);
+        let out4 = syn4.dnat(be4, LB_MAC, V4_MAC);
+        fx.check("IPv4 SYN", &syn4, XDP_TX, Some(&out4), Reason::Forward);
+        let c = client();
+        let be = model_pick(fx.seed, c);
+        let syn = Frame6::tcp(c, vip(80), TCP_SYN);
+        let out = syn.dnat(be, LB_MAC, mac_of(&be));
+        fx.check_bytes(
+            "IPv6 SYN",
+            &syn.build(),
+            XDP_TX,
+            Some(out.build()),
+            Reason::Forward,
+        );
+    });
+}
