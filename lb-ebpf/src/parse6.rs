@@ -65,7 +65,11 @@ impl Packet6 {
 /// header (it cannot be ours).
 #[inline(always)]
 pub fn packet(ctx: &XdpContext, l2: &L2) -> Result<Packet6, PassReason> {
-    debug_assert!(l2.ether_type == ETH_P_IPV6);
+    // Only IPv6 frames are tail-called here; a check costs one compare and keeps the
+    // parser honest on its own.
+    if l2.ether_type != ETH_P_IPV6 {
+        return Err(PassReason::NotIpv4);
+    }
     let len = (ctx.data_end() - ctx.data()) as u64;
     let off = l2.off;
     let ip: *mut Ipv6Hdr = ptr_at(ctx, off).ok_or(PassReason::Short)?;

@@ -30,7 +30,9 @@ use tokio::sync::watch;
 use crate::{
     dataplane::{
         SideMaps,
-        sweep::{AgentTimeouts, Decision, Hold, OutboundUsage, SweepCounters, SweepPolicy},
+        sweep::{
+            AgentTimeouts, Decision, Decision6, Hold, OutboundUsage, SweepCounters, SweepPolicy,
+        },
     },
     error::MapOpError,
 };
@@ -213,12 +215,12 @@ impl Sweeper {
                     *n |= h.needed_by6(k, e);
                 }
                 match p.decide6(timeouts, k, e, now) {
-                    Ok(Decision::Expire { cause, .. }) => {
+                    Decision6::Expire(cause) => {
                         doomed.push(*k);
                         causes.push(cause);
                     }
-                    Ok(_) => {}
-                    Err(f) => reverse.push((*k, f)),
+                    Decision6::Keep => {}
+                    Decision6::UnlessForward(f) => reverse.push((*k, f)),
                 }
             }
         })?;

@@ -109,6 +109,14 @@ pub enum Decision {
     UnlessForwardNames(FlowKey4, [u8; 4], [u8; 2]),
 }
 
+/// What a pass does with one IPv6 entry (see [`Decision`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision6 {
+    Keep,
+    Expire(Expiry),
+    UnlessForward(FlowKey6),
+}
+
 impl SweepPolicy {
     /// The decision for entry `e` of key `k` at `now_s` (seconds of CLOCK_MONOTONIC).
     #[must_use]
@@ -161,29 +169,18 @@ impl SweepPolicy {
         }
     }
 
-    /// The decision for an IPv6 entry: a reverse entry goes with its forward one (`Ok(Err)`:
-    /// that forward key); a forward one by [`Self::decide`]'s rule. IPv6 flows are never reset
-    /// (TCP reset on idle is refused on IPv6 services), so `reset` is always false.
+    /// The decision for an IPv6 entry: a reverse entry goes with its forward one, a forward
+    /// one by [`Self::decide`]'s rule. IPv6 flows are never reset (TCP reset on idle is
+    /// refused on IPv6 services).
     #[must_use]
-    pub fn decide6(
-        &self,
-        a: AgentTimeouts,
-        k: &FlowKey6,
-        e: &ConnEntry6,
-        now_s: u32,
-    ) -> Result<Decision, FlowKey6> {
+    pub fn decide6(&self, a: AgentTimeouts, k: &FlowKey6, e: &ConnEntry6, now_s: u32) -> Decision6 {
         if e.kind == CONN_REVERSE {
-            return Err(k.forward_of_reply(e.addr, e.port));
+            return Decision6::UnlessForward(k.forward_of_reply(e.addr, e.port));
         }
-        Ok(
-            match self.expiry(a, (k.proto, e.service), (e.tcp, e.seen_s, 0), now_s) {
-                Decision::Expire { cause, .. } => Decision::Expire {
-                    cause,
-                    reset: false,
-                },
-                d => d,
-            },
-        )
+        match self.expiry(a, (k.proto, e.service), (e.tcp, e.seen_s, 0), now_s) {
+            Decision::Expire { cause, .. } => Decision6::Expire(cause),
+            _ => Decision6::Keep,
+        }
     }
 
     /// The two RSTs of an idle flow `k` with TCP reset on, if its backend is known and the

@@ -145,8 +145,8 @@ pub fn backend_addr(b: &Backend) -> SocketAddr {
 
 /// A backend entry's endpoint, the key of its reverse-service entry (either family).
 #[must_use]
-pub fn endpoint(b: &Backend) -> Option<RevKey> {
-    Some(RevKey::of(b.addr, b.port, b.proto))
+pub const fn endpoint(b: &Backend) -> RevKey {
+    RevKey::of(b.addr, b.port, b.proto)
 }
 
 impl Live {
@@ -233,9 +233,7 @@ impl Live {
             .entry(b.service)
             .or_default()
             .insert(backend_addr(&b), id);
-        if let Some(ep) = endpoint(&b) {
-            self.by_endpoint.entry(ep).or_default().insert(id);
-        }
+        self.by_endpoint.entry(endpoint(&b)).or_default().insert(id);
     }
 
     /// Records an active entry found at start that no service has claimed yet (indexed by
@@ -316,9 +314,8 @@ impl Live {
     }
 
     fn unindex(&mut self, id: BackendId, b: &Backend) {
-        if let Some(ep) = endpoint(b)
-            && let Some(ids) = self.by_endpoint.get_mut(&ep)
-        {
+        let ep = endpoint(b);
+        if let Some(ids) = self.by_endpoint.get_mut(&ep) {
             ids.remove(&id);
             if ids.is_empty() {
                 self.by_endpoint.remove(&ep);

@@ -444,7 +444,7 @@ impl<M: MapOps> Reconciler<M> {
         orphans.sort_unstable();
         let eps: BTreeSet<_> = orphans
             .iter()
-            .filter_map(|id| self.live.backends.get(id).and_then(live::endpoint))
+            .filter_map(|id| self.live.backends.get(id).map(live::endpoint))
             .collect();
         let steps = orphans
             .into_iter()

@@ -242,7 +242,7 @@ pub fn endpoints_of(service_id: u32, live: &Live) -> BTreeSet<RevKey> {
     live.backends_of(service_id)
         .into_iter()
         .flat_map(|m| m.values())
-        .filter_map(|id| live.backends.get(id).and_then(super::live::endpoint))
+        .filter_map(|id| live.backends.get(id).map(super::live::endpoint))
         .collect()
 }
 

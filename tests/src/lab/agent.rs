@@ -202,9 +202,12 @@ impl Lab {
             Duration::from_millis(50),
             || {
                 self.lb_json(&["status"]).is_ok_and(|s| {
-                    let default_route = s["client_routes"].as_array().is_some_and(|r| {
-                        r.iter()
-                            .any(|r| r.as_str().is_some_and(|r| r.starts_with("0.0.0.0/0 ")))
+                    // Both families' default routes (the lab is dual stack).
+                    let default_route = ["0.0.0.0/0 ", "::/0 "].iter().all(|d| {
+                        s["client_routes"].as_array().is_some_and(|r| {
+                            r.iter()
+                                .any(|r| r.as_str().is_some_and(|r| r.starts_with(d)))
+                        })
                     });
                     s["backends_unresolved"] == 0 && default_route
                 })

@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use super::{CLIENT_IP, IO_TIMEOUT, Lab, VIP};
+use super::{CLIENT_IP, CLIENT_IP6, IO_TIMEOUT, Lab, VIP, VIP6};
 use crate::netns::Netns;
 
 impl Lab {
@@ -128,6 +128,39 @@ impl Lab {
             stream: BufReader::new(s),
         }
         .get()
+    }
+
+    /// One HTTP GET on a new connection from the client to `[VIP6]:port`; returns the
+    /// answering backend's name.
+    ///
+    /// # Errors
+    /// Connect, send or receive fails or times out.
+    pub fn http_get6(&self, port: u16) -> anyhow::Result<String> {
+        let vip = SocketAddr::new(IpAddr::V6(VIP6), port);
+        let s = self
+            .client
+            .enter(move || TcpStream::connect_timeout(&vip, IO_TIMEOUT))?;
+        s.set_read_timeout(Some(IO_TIMEOUT))?;
+        s.set_write_timeout(Some(IO_TIMEOUT))?;
+        HttpConn {
+            stream: BufReader::new(s),
+        }
+        .get()
+    }
+
+    /// A UDP flow from the client's IPv6 address to `[VIP6]:port`.
+    ///
+    /// # Errors
+    /// The socket cannot be made.
+    pub fn udp_flow6(&self, port: u16) -> anyhow::Result<UdpFlow> {
+        let s = self
+            .client
+            .enter(|| UdpSocket::bind(SocketAddr::new(IpAddr::V6(CLIENT_IP6), 0)))?;
+        s.set_read_timeout(Some(IO_TIMEOUT))?;
+        Ok(UdpFlow {
+            s,
+            vip: SocketAddr::new(IpAddr::V6(VIP6), port),
+        })
     }
 
     /// A keep-alive HTTP connection from the client to `VIP:port`.

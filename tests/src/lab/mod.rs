@@ -13,9 +13,15 @@
 //!  it, so a VIP packet only reaches a backend through the XDP program. Backends route
 //!  everything via 192.0.2.1 (the LB), which is how replies come back for reverse NAT.
 //! ```
+//!
+//! The lab is dual stack: the same links also carry IPv6, with the client 2001:db8:1::2
+//! (LB 2001:db8:1::1), backend `i` 2001:db8:2::1`i` (LB 2001:db8:2::1 on every backend link),
+//! and the IPv6 VIP 2001:db8:3::10 routed by the client via the LB, which again has no route
+//! for it. Addresses are added without duplicate address detection (`nodad`), so they are
+//! usable at once.
 
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -39,6 +45,11 @@ pub const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
 pub const LB_CLIENT_SIDE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 pub const LB_BACKEND_SIDE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+/// The IPv6 VIP, the client's IPv6 address and the LB's on both sides.
+pub const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 3, 0, 0, 0, 0, 0x10);
+pub const CLIENT_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2);
+pub const LB_CLIENT_SIDE6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
+pub const LB_BACKEND_SIDE6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 1);
 /// The outside host of [`Lab::add_outside`].
 pub const OUTSIDE_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 200);
 /// How long one request may take before it counts as failed.
@@ -50,8 +61,24 @@ pub fn backend_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(192, 0, 2, 10 + u8::try_from(i).expect("few backends"))
 }
 
-/// The config the demo runs on: one VIP, tcp/80 and udp/53, over three backends.
-pub const DEMO_CONFIG: &str = r#"# The demo's embedded default: one VIP with tcp/80 and udp/53 over three backends.
+/// Backend `i` (1-based) has IPv6 address 2001:db8:2::1`i` (hex).
+#[must_use]
+pub fn backend_ip6(i: usize) -> Ipv6Addr {
+    Ipv6Addr::new(
+        0x2001,
+        0xdb8,
+        2,
+        0,
+        0,
+        0,
+        0,
+        0x10 + u16::try_from(i).expect("few backends"),
+    )
+}
+
+/// The config the demo runs on: one VIP per family, tcp/80 and udp/53 each, over three
+/// backends (each with an address of both families).
+pub const DEMO_CONFIG: &str = r#"# The demo's embedded default: one VIP per family with tcp/80 and udp/53 over three backends.
 [[service]]
 vip = "203.0.113.10:80/tcp"
 backends = ["192.0.2.11", "192.0.2.12", "192.0.2.13"]
@@ -62,6 +89,19 @@ probe_interval = "2s"
 vip = "203.0.113.10:53/udp"
 backends = ["192.0.2.11", "192.0.2.12", "192.0.2.13"]
 probe = "tcp:80"            # UDP has no handshake: probe the backend's web port
+probe_interval = "2s"
+
+# The same over IPv6: the backends' IPv6 addresses, probed over IPv6.
+[[service]]
+vip = "[2001:db8:3::10]:80/tcp"
+backends = ["2001:db8:2::11", "2001:db8:2::12", "2001:db8:2::13"]
+probe = "http/healthz"
+probe_interval = "2s"
+
+[[service]]
+vip = "[2001:db8:3::10]:53/udp"
+backends = ["2001:db8:2::11", "2001:db8:2::12", "2001:db8:2::13"]
+probe = "tcp:80"
 probe_interval = "2s"
 "#;
 
@@ -150,12 +190,22 @@ impl Lab {
         };
         let lbn = lab.lb.name.clone();
         lab.lb.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+        lab.lb
+            .exec("sysctl", &["-qw", "net.ipv6.conf.all.forwarding=1"])?;
         // Client side.
         lab.client.ip(&[
             "link", "add", "c0", "type", "veth", "peer", "name", "l0", "netns", &lbn,
         ])?;
         lab.client
             .ip(&["addr", "add", &format!("{CLIENT_IP}/24"), "dev", "c0"])?;
+        lab.client.ip(&[
+            "addr",
+            "add",
+            &format!("{CLIENT_IP6}/64"),
+            "dev",
+            "c0",
+            "nodad",
+        ])?;
         lab.client.ip(&["link", "set", "c0", "up"])?;
         lab.client.ip(&[
             "route",
@@ -164,13 +214,37 @@ impl Lab {
             "via",
             &LB_CLIENT_SIDE.to_string(),
         ])?;
+        lab.client.ip(&[
+            "-6",
+            "route",
+            "add",
+            "2001:db8:3::/64",
+            "via",
+            &LB_CLIENT_SIDE6.to_string(),
+        ])?;
         lab.lb
             .ip(&["addr", "add", &format!("{LB_CLIENT_SIDE}/24"), "dev", "l0"])?;
+        lab.lb.ip(&[
+            "addr",
+            "add",
+            &format!("{LB_CLIENT_SIDE6}/64"),
+            "dev",
+            "l0",
+            "nodad",
+        ])?;
         lab.lb.ip(&["link", "set", "l0", "up"])?;
         // The client side stands in for the LB's upstream router: replies to any client go
         // to it, through one gateway route the agent resolves at start.
         lab.lb
             .ip(&["route", "add", "default", "via", &CLIENT_IP.to_string()])?;
+        lab.lb.ip(&[
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &CLIENT_IP6.to_string(),
+        ])?;
         // Frames XDP redirects into a veth land on its peer only if the peer has NAPI (GRO on);
         // locally made TCP/UDP on veth has partial checksums that native XDP cannot finish,
         // so senders compute checksums in software (tx off). Real NICs need neither, and no
@@ -194,12 +268,24 @@ impl Lab {
         self.lb.ip(&[
             "link", "add", &dev, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
         ])?;
+        let ip6 = backend_ip6(i);
         self.lb
             .ip(&["addr", "add", &format!("{LB_BACKEND_SIDE}/32"), "dev", &dev])?;
+        self.lb.ip(&[
+            "addr",
+            "add",
+            &format!("{LB_BACKEND_SIDE6}/128"),
+            "dev",
+            &dev,
+            "nodad",
+        ])?;
         self.lb.ip(&["link", "set", &dev, "up"])?;
         self.lb
             .ip(&["route", "add", &format!("{ip}/32"), "dev", &dev])?;
+        self.lb
+            .ip(&["-6", "route", "add", &format!("{ip6}/128"), "dev", &dev])?;
         ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+        ns.ip(&["addr", "add", &format!("{ip6}/64"), "dev", "eth0", "nodad"])?;
         ns.ip(&["link", "set", "eth0", "up"])?;
         ns.ip(&[
             "route",
@@ -208,12 +294,23 @@ impl Lab {
             "via",
             &LB_BACKEND_SIDE.to_string(),
         ])?;
+        ns.ip(&[
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &LB_BACKEND_SIDE6.to_string(),
+            "dev",
+            "eth0",
+        ])?;
         harden_veth(&ns, "eth0")?;
         harden_veth(&self.lb, &dev)?;
         let mut b = BackendNs {
             ns,
             name,
             ip,
+            ip6: Some(ip6),
             server: None,
         };
         b.start_server()?;
@@ -258,6 +355,7 @@ impl Lab {
             ns,
             name: "outside".into(),
             ip: OUTSIDE_IP,
+            ip6: None,
             server: None,
         };
         out.start_server_on(200, &[80, 8080], &[53])?;

@@ -16,6 +16,8 @@ pub struct BackendNs {
     pub ns: Netns,
     pub name: String,
     pub ip: Ipv4Addr,
+    /// Its IPv6 address, where it has one: the servers listen there too.
+    pub ip6: Option<std::net::Ipv6Addr>,
     pub(super) server: Option<Child>,
 }
 
@@ -52,9 +54,15 @@ impl BackendNs {
         ];
         for p in tcp {
             args.extend(["--http".to_owned(), format!("{}:{p}", self.ip)]);
+            if let Some(v6) = self.ip6 {
+                args.extend(["--http".to_owned(), format!("[{v6}]:{p}")]);
+            }
         }
         for p in udp {
             args.extend(["--udp".to_owned(), format!("{}:{p}", self.ip)]);
+            if let Some(v6) = self.ip6 {
+                args.extend(["--udp".to_owned(), format!("[{v6}]:{p}")]);
+            }
         }
         let mut child = Command::new("ip")
             .args(["netns", "exec", &self.ns.name])

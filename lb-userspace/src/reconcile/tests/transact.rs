@@ -107,7 +107,7 @@ fn view(m: &FakeMaps) -> View {
             .map(|(k, e)| {
                 let b = m.backends.get(&e.backend).filter(|b| b.is_active());
                 assert!(
-                    b.is_some_and(|b| live::endpoint(b) == Some(*k) && b.service == e.service),
+                    b.is_some_and(|b| live::endpoint(b) == *k && b.service == e.service),
                     "{k:?} → {e:?} names no active backend of that endpoint and service"
                 );
                 // A VIP swap holds entries at the VIP their older flows were addressed to
