@@ -93,7 +93,7 @@ pub const IPV6_MAX_EXT: usize = 4;
 /// solicitation and advertisement, neighbour solicitation and advertisement, redirect): the
 /// kernel's, always, even to a VIP.
 #[must_use]
-pub const fn icmpv6_is_nd(t: u8) -> bool {
+pub const fn icmpv6_is_ndp(t: u8) -> bool {
     t >= 133 && t <= 137
 }
 

@@ -101,7 +101,7 @@ pub enum Reason {
     DropRoutingHeader = 37,
     /// An ICMPv6 neighbour-discovery or router message (types 133–137): always the kernel's,
     /// untouched, even to a VIP.
-    PassNd = 38,
+    PassNdp = 38,
     /// An IPv6 frame, but the IPv6 program is not installed (the tail call failed): passed.
     PassV6Unavailable = 39,
 }
@@ -146,7 +146,7 @@ pub const ALL_REASONS: [Reason; 40] = [
     Reason::DropOutboundPort,
     Reason::DropExtHeaders,
     Reason::DropRoutingHeader,
-    Reason::PassNd,
+    Reason::PassNdp,
     Reason::PassV6Unavailable,
 ];
 const _: () = assert!((ALL_REASONS.len() as u32) <= crate::consts::REASON_SLOTS);
@@ -194,7 +194,7 @@ impl Reason {
             Self::DropOutboundPort => "drop_outbound_port",
             Self::DropExtHeaders => "drop_ext_headers",
             Self::DropRoutingHeader => "drop_routing_header",
-            Self::PassNd => "pass_nd",
+            Self::PassNdp => "pass_ndp",
             Self::PassV6Unavailable => "pass_v6_unavailable",
         }
     }
@@ -213,7 +213,7 @@ impl Reason {
                 | Self::PassShort
                 | Self::PassNotReply
                 | Self::PassOutboundInside
-                | Self::PassNd
+                | Self::PassNdp
                 | Self::PassV6Unavailable
                 | Self::Outbound
                 | Self::OutboundReturn
@@ -297,7 +297,7 @@ reason_class!(
         Short => PassShort,
         NotReply => PassNotReply,
         OutboundInside => PassOutboundInside,
-        Nd => PassNd,
+        Ndp => PassNdpp,
         V6Unavailable => PassV6Unavailable,
     }
 );

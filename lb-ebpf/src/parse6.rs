@@ -56,8 +56,8 @@ impl Packet6 {
 
     /// Whether this is an ICMPv6 neighbour-discovery or router message.
     #[inline(always)]
-    pub fn is_nd(&self) -> bool {
-        self.icmp_type < 256 && lb_common::hdr::icmpv6_is_nd(self.icmp_type as u8)
+    pub fn is_ndp(&self) -> bool {
+        self.icmp_type < 256 && lb_common::hdr::icmpv6_is_ndp(self.icmp_type as u8)
     }
 }
 

@@ -85,8 +85,8 @@ fn maybe_ours(a: [u8; 16]) -> bool {
 
 #[inline(always)]
 fn classify(pkt: &Packet6) -> Class6 {
-    if pkt.is_nd() {
-        return Class6::NotOurs(PassReason::Nd);
+    if pkt.is_ndp() {
+        return Class6::NotOurs(PassReason::Ndp);
     }
     let mut not_ours = PassReason::NotOurs;
     if let Some((flow, _)) = pkt.flow() {

@@ -350,7 +350,7 @@ fn ipv6_extension_headers_are_walked_bounded_and_refused_where_they_must_be() {
 }
 
 #[test]
-fn ipv6_hop_limit_nd_icmp_and_strangers_have_their_outcomes() {
+fn ipv6_hop_limit_ndp_icmp_and_strangers_have_their_outcomes() {
     with_fixture6(|fx| {
         let c = client();
         let mut hl = Frame6::tcp(c, vip(80), TCP_SYN);
@@ -360,9 +360,15 @@ fn ipv6_hop_limit_nd_icmp_and_strangers_have_their_outcomes() {
         // A neighbour solicitation to the VIP (unicast NUD): the kernel's, untouched.
         let mut ns = vec![135, 0, 0, 0, 0, 0, 0, 0];
         ns.extend_from_slice(&VIP6.octets());
-        let mut nd = Frame6::raw(*c.ip(), VIP6, proto::ICMPV6, ns);
-        nd.hop_limit = 255;
-        fx.check_bytes("NS to the VIP", &nd.build(), XDP_PASS, None, Reason::PassNd);
+        let mut ndp = Frame6::raw(*c.ip(), VIP6, proto::ICMPV6, ns);
+        ndp.hop_limit = 255;
+        fx.check_bytes(
+            "NS to the VIP",
+            &ndp.build(),
+            XDP_PASS,
+            None,
+            Reason::PassNdp,
+        );
 
         // An echo request to the VIP: a counted drop, until echo over IPv6 lands.
         let echo = Frame6::raw(*c.ip(), VIP6, proto::ICMPV6, vec![128, 0, 0, 0, 0, 1, 0, 1]);
