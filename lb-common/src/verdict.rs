@@ -297,7 +297,7 @@ reason_class!(
         Short => PassShort,
         NotReply => PassNotReply,
         OutboundInside => PassOutboundInside,
-        Ndp => PassNdpp,
+        Ndp => PassNdp,
         V6Unavailable => PassV6Unavailable,
     }
 );

@@ -15,7 +15,7 @@ use core::mem::size_of;
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
     flow::{FlowKey6, proto},
-    hdr::{ETH_P_IPV6, EthHdr, IPV6_MAX_EXT, Ipv6ExtHdr, Ipv6Hdr, TcpHdr, UdpHdr, ext},
+    hdr::{EthHdr, IPV6_MAX_EXT, Ipv6ExtHdr, Ipv6Hdr, TcpHdr, UdpHdr, ext},
     verdict::{DropReason, PassReason},
 };
 
@@ -61,15 +61,11 @@ impl Packet6 {
     }
 }
 
-/// Parses an IPv6 frame whose link layer is `l2`. `Err` for a frame too short for the fixed
+/// Parses an IPv6 frame whose link layer is `l2` (the caller checked the ethertype:
+/// `lb_xdp` tail-calls only IPv6 frames here). `Err` for a frame too short for the fixed
 /// header (it cannot be ours).
 #[inline(always)]
 pub fn packet(ctx: &XdpContext, l2: &L2) -> Result<Packet6, PassReason> {
-    // Only IPv6 frames are tail-called here; a check costs one compare and keeps the
-    // parser honest on its own.
-    if l2.ether_type != ETH_P_IPV6 {
-        return Err(PassReason::NotIpv4);
-    }
     let len = (ctx.data_end() - ctx.data()) as u64;
     let off = l2.off;
     let ip: *mut Ipv6Hdr = ptr_at(ctx, off).ok_or(PassReason::Short)?;

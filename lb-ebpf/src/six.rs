@@ -6,6 +6,12 @@
 //! drain (they live in the table and the backend entries). Neighbour discovery and router
 //! messages always pass; other ICMPv6 to a VIP is a counted drop. The precedence is the IPv4
 //! one: a service, else a tracked flow's reply, else to a VIP (drop), else not ours.
+//!
+//! verifier: the stack is full. `lb_xdp6`'s frame is 384 bytes and `trace::exit`'s 128, so the
+//! chain is exactly the verifier's 512 (a check of the ethertype in `parse6::packet` made it
+//! 528, and so did moving `conntrack6::remember` or `from_backend` out of line, whose frames
+//! do not shrink this one). What IPv6 still needs (ICMPv6, ACLs) goes to programs of its own,
+//! as hairpin and outbound do for IPv4; a change that adds stack fails every fixture at load.
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
