@@ -238,12 +238,7 @@ fn ipv6(next: u8, ext: &[u8]) -> Vec<u8> {
     ip.extend_from_slice(&u16::try_from(ext.len()).expect("short").to_be_bytes());
     ip.push(next);
     ip.push(64);
-    ip.extend_from_slice(
-        &"2001:db8::2"
-            .parse::<std::net::Ipv6Addr>()
-            .expect("v6")
-            .octets(),
-    );
+    ip.extend_from_slice(&"2001:db8::2".parse::<Ipv6Addr>().expect("v6").octets());
     ip.extend_from_slice(&VIP6.parse::<Ipv6Addr>().expect("v6").octets());
     b.extend_from_slice(&ip);
     b.extend_from_slice(ext);
@@ -827,7 +822,7 @@ fn corpus6() -> Vec<Case> {
     ));
     // Lengths, versions, hop limits.
     let long = with(&tcp(&[]), |b| {
-        b[18..20].copy_from_slice(&400u16.to_be_bytes())
+        b[18..20].copy_from_slice(&400u16.to_be_bytes());
     });
     v.push(case(
         "IPv6 payload length beyond the frame",
@@ -836,7 +831,7 @@ fn corpus6() -> Vec<Case> {
         Reason::DropMalformed,
     ));
     let short = with(&tcp(&[]), |b| {
-        b[18..20].copy_from_slice(&10u16.to_be_bytes())
+        b[18..20].copy_from_slice(&10u16.to_be_bytes());
     });
     v.push(case(
         "IPv6 payload length shorter than TCP",
@@ -862,7 +857,7 @@ fn corpus6() -> Vec<Case> {
     }
     let cut_tcp = tcp(&[])[..14 + 40 + 10].to_vec();
     let cut_tcp = with(&cut_tcp, |b| {
-        b[18..20].copy_from_slice(&10u16.to_be_bytes())
+        b[18..20].copy_from_slice(&10u16.to_be_bytes());
     });
     v.push(case(
         "IPv6 TCP header cut",
@@ -885,7 +880,7 @@ fn corpus6() -> Vec<Case> {
         Reason::DropMalformed,
     ));
     let ulen = with(&udp(&[]), |b| {
-        b[14 + 40 + 4..14 + 40 + 6].copy_from_slice(&4u16.to_be_bytes())
+        b[14 + 40 + 4..14 + 40 + 6].copy_from_slice(&4u16.to_be_bytes());
     });
     v.push(case(
         "IPv6 UDP length 4",
@@ -894,7 +889,7 @@ fn corpus6() -> Vec<Case> {
         Reason::DropMalformed,
     ));
     let ulong = with(&udp(&[]), |b| {
-        b[14 + 40 + 4..14 + 40 + 6].copy_from_slice(&99u16.to_be_bytes())
+        b[14 + 40 + 4..14 + 40 + 6].copy_from_slice(&99u16.to_be_bytes());
     });
     v.push(case(
         "IPv6 UDP length past the payload",
@@ -903,7 +898,7 @@ fn corpus6() -> Vec<Case> {
         Reason::DropMalformed,
     ));
     let uzero = with(&udp(&[]), |b| {
-        b[14 + 40 + 6..14 + 40 + 8].copy_from_slice(&[0, 0])
+        b[14 + 40 + 6..14 + 40 + 8].copy_from_slice(&[0, 0]);
     });
     v.push(case(
         "IPv6 UDP zero checksum",
