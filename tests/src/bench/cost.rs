@@ -8,7 +8,7 @@
 //! counter must have moved by exactly the number of runs.
 
 use std::{
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, SocketAddrV4, SocketAddrV6},
     time::Duration,
 };
 
@@ -19,7 +19,7 @@ use super::{Stats, progress};
 pub use crate::fixture::{XDP_DROP, XDP_PASS, XDP_TX};
 use crate::{
     fixture::{FixedResolver, Harness, LO, in_fresh_ns, nh, run_once},
-    packet::{Frame, TCP_ACK, TCP_SYN},
+    packet::{Frame, Frame6, TCP_ACK, TCP_SYN},
 };
 
 pub const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
@@ -66,6 +66,17 @@ replies = "stateless"
 pip = "203.0.113.50"
 dip = "192.0.2.13"
 
+# The IPv6 classes' services: as the IPv4 ones above.
+[[service]]
+vip = "[2001:db8:3::10]:80/tcp"
+backends = ["2001:db8:2::11", "2001:db8:2::12"]
+table_size = 251
+
+[[service]]
+vip = "[2001:db8:3::10]:53/udp"
+backends = ["2001:db8:2::11", "2001:db8:2::12"]
+table_size = 251
+
 # Outbound NAT for 192.0.2.15, with the largest block: every "new outbound flow" run takes a
 # port of it.
 [[outbound]]
@@ -105,10 +116,15 @@ pub fn set_sport(frame: &mut [u8], port: u16) {
     set_port(frame, 0, port);
 }
 
-/// Sets the TCP port at `at` (0: source, 2: destination) of an untagged frame, patching the
-/// TCP checksum.
+/// Sets the TCP port at `at` (0: source, 2: destination) of an untagged IPv4 or IPv6 frame
+/// (no options, no extension headers), patching the TCP checksum.
 fn set_port(frame: &mut [u8], at: usize, port: u16) {
-    let t = 14 + 20;
+    let t = 14
+        + if frame[12..14] == [0x86, 0xdd] {
+            40
+        } else {
+            20
+        };
     let old = u16::from_be_bytes([frame[t + at], frame[t + at + 1]]);
     frame[t + at..t + at + 2].copy_from_slice(&port.to_be_bytes());
     let c = u16::from_be_bytes([frame[t + 16], frame[t + 17]]);
@@ -217,7 +233,8 @@ pub fn classes(h: &mut Harness) -> anyhow::Result<Vec<Class>> {
         Ipv4Addr::new(out[26], out[27], out[28], out[29]),
         u16::from_be_bytes([out[34], out[35]]),
     );
-    Ok(vec![
+    let mut v = classes6(h)?;
+    v.extend([
         Class {
             name: "outbound, established",
             frame: Frame::tcp(OUT_BACKEND, REMOTE, TCP_ACK).build(),
@@ -340,6 +357,66 @@ pub fn classes(h: &mut Harness) -> anyhow::Result<Vec<Class>> {
             fresh_tuple: false,
             fresh_dport: true,
         },
+    ]);
+    Ok(v)
+}
+
+/// The IPv4 class each IPv6 class is compared with (`cargo xtask bench`'s IPv6 / IPv4 ratios).
+pub const V6_PAIRS: [(&str, &str); 5] = [
+    ("IPv6 established TCP", "established TCP"),
+    ("IPv6 SYN of a new 5-tuple", "SYN of a new 5-tuple"),
+    ("IPv6 UDP", "UDP"),
+    ("IPv6 reply (reverse NAT)", "reply (reverse NAT)"),
+    ("IPv6 non-VIP pass", "non-VIP pass"),
+];
+
+/// The IPv6 classes (the first of [`V6_PAIRS`]), with their flows set up in `h`.
+fn classes6(h: &mut Harness) -> anyhow::Result<Vec<Class>> {
+    let v6 = |a: &str, port: u16| SocketAddrV6::new(a.parse().expect("v6"), port, 0, 0);
+    let (client, vip80) = (v6("2001:db8:1::2", 40000), v6("2001:db8:3::10", 80));
+    let syn = Frame6::tcp(client, vip80, TCP_SYN).build();
+    let (action, out, _) = h.run(&syn);
+    ensure!(action == XDP_TX, "the set-up IPv6 SYN was not forwarded");
+    // The backend the flow went to (IPv6 dst, TCP dport).
+    let dst: [u8; 16] = out[38..54].try_into().expect("16 bytes");
+    let backend = SocketAddrV6::new(dst.into(), u16::from_be_bytes([out[56], out[57]]), 0, 0);
+    let udp = Frame6::udp(client, v6("2001:db8:3::10", 53)).build();
+    ensure!(
+        h.run(&udp).0 == XDP_TX,
+        "the set-up IPv6 UDP packet was not forwarded"
+    );
+    let class = |name, frame, action, reason, fresh_tuple| Class {
+        name,
+        frame,
+        action,
+        reason,
+        fresh_tuple,
+        fresh_dport: false,
+    };
+    Ok(vec![
+        class(
+            V6_PAIRS[0].0,
+            Frame6::tcp(client, vip80, TCP_ACK).build(),
+            XDP_TX,
+            Reason::Forward,
+            false,
+        ),
+        class(V6_PAIRS[1].0, syn, XDP_TX, Reason::Forward, true),
+        class(V6_PAIRS[2].0, udp, XDP_TX, Reason::Forward, false),
+        class(
+            V6_PAIRS[3].0,
+            Frame6::tcp(backend, client, TCP_ACK).build(),
+            XDP_TX,
+            Reason::Reply,
+            false,
+        ),
+        class(
+            V6_PAIRS[4].0,
+            Frame6::tcp(client, v6("2001:db8:9::1", 80), TCP_ACK).build(),
+            XDP_PASS,
+            Reason::PassNotOurs,
+            false,
+        ),
     ])
 }
 
@@ -401,6 +478,7 @@ pub fn run(runs: u32) -> anyhow::Result<(Vec<Row>, Vec<ProgSize>)> {
                 lb_common::consts::PROGRAM_NAME,
                 lb_common::consts::HAIRPIN_PROGRAM_NAME,
                 lb_common::consts::OUTBOUND_PROGRAM_NAME,
+                lb_common::consts::V6_PROGRAM_NAME,
             ] {
                 let p: &aya::programs::Xdp =
                     h.dp.ebpf.program(name).context("program")?.try_into()?;

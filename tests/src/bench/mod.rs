@@ -223,7 +223,16 @@ fn ratios(r: &Results) -> Value {
         .iter()
         .map(|c| json!({"curve": c.name, "largest_over_smallest": c.ratio().map(|x| (x * 1000.0).round() / 1000.0)}))
         .collect();
+    let floor = p50(r, "floor: xdp_pass").unwrap_or(0.0);
+    let v6: serde_json::Map<String, Value> = cost::V6_PAIRS
+        .iter()
+        .map(|(six, four)| {
+            let above = |n| p50(r, n).map(|x| x - floor);
+            ((*four).to_owned(), div(above(six), above(four)))
+        })
+        .collect();
     json!({
+        "ipv6_over_ipv4_above_floor": v6,
         "lb_over_minimal_forwarder": div(lb, mpps(throughput::FWD)),
         "lb_over_nftables_dnat": div(lb, mpps(throughput::NFT)),
         "scale": scale,
@@ -254,6 +263,21 @@ pub fn summary(r: &Results) -> String {
             c.stats.p90_ns,
             c.stats.p50_ns - floor
         );
+    }
+    let _ = writeln!(
+        s,
+        "\nIPv6 / IPv4, same class (p50 above floor; target ≤ 1.3)"
+    );
+    for (six, four) in cost::V6_PAIRS {
+        if let (Some(a), Some(b)) = (p50(r, six), p50(r, four)) {
+            let _ = writeln!(
+                s,
+                "* {four}: {:.0} / {:.0} ns = {:.2}",
+                a - floor,
+                b - floor,
+                (a - floor) / (b - floor)
+            );
+        }
     }
     let _ = writeln!(
         s,

@@ -10,7 +10,7 @@ use std::{
     sync::atomic::{AtomicBool, Ordering},
 };
 
-use lb_integration::lab::{DEMO_CONFIG, Lab, VIP};
+use lb_integration::lab::{DEMO_CONFIG, Lab, VIP, VIP6};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -32,7 +32,7 @@ fn main() -> ExitCode {
     // `run` has dropped the lab by now: namespaces, agent, servers and pins are gone.
     match result {
         Ok(()) => {
-            println!("\nlab torn down. demo passed: every backend answered through the VIP.");
+            println!("\nlab torn down. demo passed: every backend answered through both VIPs.");
             ExitCode::SUCCESS
         }
         Err(_) if INTERRUPTED.load(Ordering::SeqCst) => {
@@ -50,6 +50,9 @@ fn run() -> anyhow::Result<()> {
     println!("== building the lab: client ns, LB ns, 3 backend ns (veth pairs, native XDP) ==");
     let mut lab = Lab::new(3)?;
     println!("   client 198.51.100.2 → VIP {VIP} via LB 198.51.100.1; backends 192.0.2.11-13");
+    println!(
+        "   dual stack: client 2001:db8:1::2 → VIP {VIP6} via LB 2001:db8:1::1; backends 2001:db8:2::11-13"
+    );
     interrupted()?;
     println!("== starting `lb agent` with the embedded default config ==");
     for l in DEMO_CONFIG.lines() {
@@ -75,17 +78,32 @@ fn run() -> anyhow::Result<()> {
         println!("   UDP {VIP}:53 query-{i} → echoed by {who}");
         *answered.entry(who).or_default() += 1;
     }
+    let mut answered6: BTreeMap<String, u32> = BTreeMap::new();
+    println!("\n== 12 HTTP requests over IPv6, each on a new connection ==");
+    for i in 1..=12 {
+        interrupted()?;
+        let who = lab.http_get6(80)?;
+        println!("   GET http://[{VIP6}]/  #{i:<2} → answered by {who}");
+        *answered6.entry(who).or_default() += 1;
+    }
+    println!("\n== 6 UDP requests to [{VIP6}]:53 ==");
+    for i in 1..=6 {
+        interrupted()?;
+        let who = lab.udp_flow6(53)?.ask(&format!("query6-{i}"))?;
+        println!("   UDP [{VIP6}]:53 query6-{i} → echoed by {who}");
+        *answered6.entry(who).or_default() += 1;
+    }
     println!("\n$ lb status\n{}", lab.lb(&["status"])?);
     println!("\n$ lb stats\n{}", lab.lb(&["stats"])?);
-    println!("\nanswers per backend: {answered:?}");
+    println!("\nanswers per backend: IPv4 {answered:?}, IPv6 {answered6:?}");
     let missing: Vec<String> = lab
         .backends
         .iter()
         .map(|b| b.name.clone())
-        .filter(|n| !answered.contains_key(n))
+        .filter(|n| !answered.contains_key(n) || !answered6.contains_key(n))
         .collect();
     if !missing.is_empty() {
-        anyhow::bail!("backends that never answered: {missing:?}");
+        anyhow::bail!("backends that did not answer over both families: {missing:?}");
     }
     let st = lab.stop_agent()?;
     println!("agent stopped on SIGTERM ({st}); XDP detached, pins removed");
