@@ -66,11 +66,15 @@ impl FixedResolver {
         Self {
             backends: HashMap::new(),
             fallback: Some(nh(LO, backend_mac)),
-            routes: vec![(
-                96,
-                lb_common::addr::v4_mapped([0, 0, 0, 0]),
-                nh(LO, crate::packet::CLIENT_MAC),
-            )],
+            // Both families' default routes: 0.0.0.0/0 (96 in map form) and ::/0.
+            routes: vec![
+                (
+                    96,
+                    lb_common::addr::v4_mapped([0, 0, 0, 0]),
+                    nh(LO, crate::packet::CLIENT_MAC),
+                ),
+                (0, [0; 16], nh(LO, crate::packet::CLIENT_MAC)),
+            ],
             // The LB's backend-side address, the source of its probes.
             locals: vec![[192, 0, 2, 1]],
         }

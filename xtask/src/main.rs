@@ -63,6 +63,10 @@ enum Cmd {
         /// A small version of every part (seconds): proves it works, says nothing about speed.
         #[arg(long)]
         quick: bool,
+        /// Only part 1, the cost per packet (a minute): prints its table and the IPv6 / IPv4
+        /// ratios, writes nothing.
+        #[arg(long)]
+        cost_only: bool,
         /// Where the results go.
         #[arg(long, default_value = "target/bench")]
         out: PathBuf,
@@ -83,7 +87,11 @@ fn main() -> ExitCode {
         Cmd::Test { host_only, args } => test(host_only, &args),
         Cmd::Lint => setup::ensure().and_then(|()| lint()),
         Cmd::Demo => demo(),
-        Cmd::Bench { quick, out } => bench(quick, &out),
+        Cmd::Bench {
+            quick,
+            cost_only,
+            out,
+        } => bench(quick, cost_only, &out),
         Cmd::Fuzz { seconds } => fuzz(seconds),
         Cmd::Package { out } => package::package(&out).map(drop),
     };
@@ -341,7 +349,7 @@ fn fuzz(seconds: u64) -> anyhow::Result<()> {
         .arg("-rss_limit_mb=2048"))
 }
 
-fn bench(quick: bool, out: &Path) -> anyhow::Result<()> {
+fn bench(quick: bool, cost_only: bool, out: &Path) -> anyhow::Result<()> {
     setup::ensure()?;
     setup::require_root("the benchmark (it creates network namespaces and loads XDP)")?;
     // Release builds: the agent, the lab helpers and the bench measure optimised code.
@@ -350,6 +358,9 @@ fn bench(quick: bool, out: &Path) -> anyhow::Result<()> {
     c.current_dir(root()).arg("--out").arg(out);
     if quick {
         c.arg("--quick");
+    }
+    if cost_only {
+        c.arg("--cost-only");
     }
     run(&mut c)
 }

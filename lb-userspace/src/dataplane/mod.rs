@@ -271,3 +271,55 @@ pub struct LiveMaps {
     pub out_blocks: Vec<(lb_common::outbound::OutBlockKey4, [u8; 4])>,
     pub out_inside: Vec<(u32, [u8; 4], u8)>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A purge selects IPv6 flows as it selects IPv4 ones: by backend id, by ids no live entry
+    /// has (adoption), and by a service's denied sources; reverse entries only by id.
+    #[test]
+    fn a_purge_selects_ipv6_flows_by_the_same_rules() {
+        let a = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap().octets();
+        let k = FlowKey6::of(
+            a("2001:db8:1::7"),
+            a("2001:db8:3::10"),
+            [0x9c, 0x40],
+            [0, 80],
+            6,
+        );
+        let e = ConnEntry6::forward(3, 1, 0, 0, 100, (0, 0));
+        let by_id = PurgeJob {
+            backends: BTreeSet::from([3]),
+            ..PurgeJob::default()
+        };
+        assert!(by_id.matches6(&k, &e));
+        let other = PurgeJob {
+            backends: BTreeSet::from([4]),
+            ..PurgeJob::default()
+        };
+        assert!(!other.matches6(&k, &e));
+        let adopt = PurgeJob {
+            unless_active: Some(BTreeSet::from([4])),
+            ..PurgeJob::default()
+        };
+        assert!(adopt.matches6(&k, &e));
+        let deny = |p: &str, len| acl::Entry {
+            prefix: acl::Prefix { addr: a(p), len },
+            action: acl::Action::Deny,
+            rule: Some(1),
+        };
+        let denied = PurgeJob {
+            denied: vec![(1, vec![deny("2001:db8:1::", 48)])],
+            ..PurgeJob::default()
+        };
+        assert!(denied.matches6(&k, &e));
+        let elsewhere = PurgeJob {
+            denied: vec![(1, vec![deny("2001:db8:9::", 48)])],
+            ..PurgeJob::default()
+        };
+        assert!(!elsewhere.matches6(&k, &e));
+        let rev = ConnEntry6::reverse(3, 1, k.dport, k.dst, 0);
+        assert!(!denied.matches6(&k.reply_from(a("2001:db8:2::11"), [0, 80]), &rev));
+    }
+}

@@ -533,6 +533,37 @@ mod tests {
         );
     }
 
+    /// IPv6 flows expire by the same rule, and their reverse entries follow their forward
+    /// one; they are never reset (TCP reset is refused on IPv6 services), even by a service
+    /// that has it on.
+    #[test]
+    fn ipv6_flows_expire_by_the_same_rule_and_are_never_reset() {
+        let p = policy();
+        let a: [u8; 16] = "2001:db8:1::7"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets();
+        let vip: [u8; 16] = "2001:db8:3::10"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets();
+        let k = FlowKey6::of(a, vip, [0x9c, 0x40], [0, 80], 6);
+        let e = ConnEntry6::forward(3, 1, 0, CT_F_SEQ, 100, (7, 9));
+        assert_eq!(p.decide6(A, &k, &e, 104), Decision6::Keep);
+        assert_eq!(p.decide6(A, &k, &e, 105), Decision6::Expire(Expiry::Idle));
+        let closed = ConnEntry6::forward(3, 2, CT_RST, 0, 100, (0, 0));
+        assert_eq!(
+            p.decide6(A, &k, &closed, 101 + CLOSE_TIMEOUT_S),
+            Decision6::Expire(Expiry::Closed)
+        );
+        let reply = k.reply_from(a, [0x1f, 0x90]);
+        let rev = ConnEntry6::reverse(3, 1, k.dport, k.dst, 0);
+        assert_eq!(
+            p.decide6(A, &reply, &rev, 1_000_000),
+            Decision6::UnlessForward(k)
+        );
+    }
+
     #[test]
     fn reverse_entries_follow_their_forward_entry() {
         let p = policy();

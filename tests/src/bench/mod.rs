@@ -26,6 +26,8 @@ use serde_json::{Value, json};
 pub struct Opts {
     /// A small version of every part (seconds): proves the bench works, says nothing about speed.
     pub quick: bool,
+    /// Part 1 only, printed, nothing written.
+    pub cost_only: bool,
     /// Where `results.json` and `results.png` go.
     pub out: PathBuf,
 }
@@ -122,6 +124,10 @@ pub fn run(opts: &Opts) -> anyhow::Result<()> {
     progress("part 1/4: cost per packet (BPF_PROG_TEST_RUN)");
     // 50 000 runs: the new-5-tuple class uses a source port per run, and stays below 64 Ki.
     (r.cost, r.sizes) = cost::run(if q { 2_000 } else { 50_000 })?;
+    if opts.cost_only {
+        println!("{}", cost_summary(&r));
+        return Ok(());
+    }
     r.cost
         .push(cost::under_flood(if q { 2_000 } else { 50_000 })?);
     r.cost
@@ -239,9 +245,9 @@ fn ratios(r: &Results) -> Value {
     })
 }
 
-/// The summary table printed at the end.
+/// The cost table and the IPv6 / IPv4 ratios.
 #[must_use]
-pub fn summary(r: &Results) -> String {
+pub fn cost_summary(r: &Results) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
     let floor = p50(r, "floor: xdp_pass").unwrap_or(0.0);
@@ -279,6 +285,15 @@ pub fn summary(r: &Results) -> String {
             );
         }
     }
+    s
+}
+
+/// The summary table printed at the end.
+#[must_use]
+pub fn summary(r: &Results) -> String {
+    use std::fmt::Write as _;
+    let mut s = cost_summary(r);
+    let floor = p50(r, "floor: xdp_pass").unwrap_or(0.0);
     let _ = writeln!(
         s,
         "\nConntrack variants: a new flow's insert (p50 ns of the slowest sending CPU)"

@@ -5,12 +5,14 @@ use std::path::PathBuf;
 fn main() -> anyhow::Result<()> {
     let mut opts = lb_integration::bench::Opts {
         quick: false,
+        cost_only: false,
         out: PathBuf::from("target/bench"),
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--quick" => opts.quick = true,
+            "--cost-only" => opts.cost_only = true,
             "--out" => {
                 opts.out = PathBuf::from(
                     args.next()
@@ -19,7 +21,7 @@ fn main() -> anyhow::Result<()> {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: lb-bench [--quick] [--out DIR]   (run as root; cargo xtask bench)"
+                    "usage: lb-bench [--quick] [--cost-only] [--out DIR]   (run as root; cargo xtask bench)"
                 );
                 return Ok(());
             }
