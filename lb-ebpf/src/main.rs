@@ -119,6 +119,9 @@ fn try_lb(ctx: &XdpContext) -> Verdict {
         Err(pass) => return Verdict::Pass(pass),
     };
     if l2.ether_type == lb_common::hdr::ETH_P_IPV6 {
+        if six::surely_not_ours(ctx, &l2) {
+            return Verdict::Pass(lb_common::verdict::PassReason::NotOurs);
+        }
         return six::enter(ctx);
     }
     let pkt = match parse::packet(ctx, &l2) {

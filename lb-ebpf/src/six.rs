@@ -49,6 +49,21 @@ pub fn enter(ctx: &XdpContext) -> Verdict {
     Verdict::Pass(PassReason::V6Unavailable)
 }
 
+/// Whether an IPv6 frame is surely none of ours, decided in `lb_xdp` before the tail call:
+/// TCP or UDP right after the fixed header, and neither address's filter bit set. Then
+/// `lb_xdp6` would pass it as `pass_not_ours` too (only a set bit can be a VIP or a backend),
+/// so the common case, IPv6 traffic that is the host's own, pays no tail call and no walk.
+/// Anything else (a short frame, an extension header, ICMPv6) is left to `lb_xdp6`.
+#[inline(always)]
+pub fn surely_not_ours(ctx: &XdpContext, l2: &parse::L2) -> bool {
+    let Some(ip) = parse::ptr_at::<lb_common::hdr::Ipv6Hdr>(ctx, l2.off) else {
+        return false;
+    };
+    // SAFETY: bounds-checked above; byte-array fields.
+    let (next, src, dst) = unsafe { ((*ip).next, (*ip).src, (*ip).dst) };
+    (next == proto::TCP || next == proto::UDP) && !maybe_ours(dst) && !maybe_ours(src)
+}
+
 /// An IPv6 frame, from its link layer to its verdict.
 #[inline(always)]
 pub fn run(ctx: &XdpContext) -> Verdict {

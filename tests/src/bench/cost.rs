@@ -233,8 +233,8 @@ pub fn classes(h: &mut Harness) -> anyhow::Result<Vec<Class>> {
         Ipv4Addr::new(out[26], out[27], out[28], out[29]),
         u16::from_be_bytes([out[34], out[35]]),
     );
-    let mut v = classes6(h)?;
-    v.extend([
+    let six = classes6(h)?;
+    let mut v = vec![
         Class {
             name: "outbound, established",
             frame: Frame::tcp(OUT_BACKEND, REMOTE, TCP_ACK).build(),
@@ -347,6 +347,10 @@ pub fn classes(h: &mut Harness) -> anyhow::Result<Vec<Class>> {
             fresh_tuple: false,
             fresh_dport: false,
         },
+    ];
+    // After the IPv4 classes they are compared with, as they run.
+    v.extend(six);
+    v.extend([
         // Last: its runs make two entries each, and the LRU makes room for them by evicting
         // the oldest, which the classes above must still find.
         Class {
@@ -500,6 +504,84 @@ pub fn run(runs: u32) -> anyhow::Result<(Vec<Row>, Vec<ProgSize>)> {
             Ok((rows, sizes))
         },
     )
+}
+
+/// One IPv6 class and its IPv4 class, measured in alternation (see [`pairs`]).
+#[derive(Clone, Debug)]
+pub struct Pair {
+    /// The IPv4 class's name.
+    pub name: String,
+    pub v6: Stats,
+    pub v4: Stats,
+}
+
+/// The IPv6 classes against their IPv4 ones ([`V6_PAIRS`]), each pair measured run by run in
+/// alternation (IPv4, IPv6, IPv4, ...) in [`ROUNDS`] rounds: this VM's slow stretches then
+/// fall on both alike, where two classes measured one after the other can differ by 2× from
+/// steal time alone. The figures are each class's best round.
+///
+/// # Errors
+/// A run misbehaves, or loading fails.
+pub fn pairs(runs: u32) -> anyhow::Result<Vec<Pair>> {
+    in_fresh_ns("bench-pairs", move |ns| -> anyhow::Result<Vec<Pair>> {
+        super::pin(0, super::measured_cpu());
+        let mut h = Harness::load(ns, CONFIG, resolver())?;
+        let all = classes(&mut h)?;
+        let find = |n: &str| all.iter().find(|c| c.name == n).context("no such class");
+        let mut out = Vec::new();
+        for (six, four) in V6_PAIRS {
+            let (a, b) = (find(four)?, find(six)?);
+            progress(&format!("cost: {six} against {four}, alternated"));
+            let before = h.counts();
+            let (mut fa, mut fb) = (a.frame.clone(), b.frame.clone());
+            let mut next: u16 = 1024;
+            let (mut best_a, mut best_b): (Option<Stats>, Option<Stats>) = (None, None);
+            let per_round = (runs / ROUNDS).max(1);
+            let mut done = 0u64;
+            for round in 0..=ROUNDS {
+                let (mut ta, mut tb) = (Vec::new(), Vec::new());
+                for _ in 0..per_round {
+                    for (c, f, t) in [(a, &mut fa, &mut ta), (b, &mut fb, &mut tb)] {
+                        if c.fresh_tuple {
+                            set_sport(f, next);
+                        }
+                        let (act, _, d) = h.run(f);
+                        ensure!(act == c.action, "{}: action {act}", c.name);
+                        t.push(d);
+                    }
+                    next = next.wrapping_add(1).max(1024);
+                    done += 1;
+                }
+                // Round 0 is the warm-up.
+                if round == 0 {
+                    continue;
+                }
+                let (sa, sb) = (Stats::of(&ta), Stats::of(&tb));
+                if best_a.is_none_or(|x| sa.p50_ns < x.p50_ns) {
+                    best_a = Some(sa);
+                }
+                if best_b.is_none_or(|x| sb.p50_ns < x.p50_ns) {
+                    best_b = Some(sb);
+                }
+            }
+            let after = h.counts();
+            for r in [a.reason, b.reason] {
+                let want = done * u64::from(a.reason == r) + done * u64::from(b.reason == r);
+                let moved = after[r as usize] - before[r as usize];
+                ensure!(
+                    moved == want,
+                    "{four}/{six}: {} moved by {moved}, expected {want}",
+                    r.name()
+                );
+            }
+            out.push(Pair {
+                name: four.into(),
+                v6: best_b.unwrap_or_default(),
+                v4: best_a.unwrap_or_default(),
+            });
+        }
+        Ok(out)
+    })
 }
 
 /// What `lb trace`'s hooks cost while tracing is off: the established and reply classes, on
