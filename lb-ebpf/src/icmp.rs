@@ -77,7 +77,7 @@ pub fn to_vip(ctx: &XdpContext, pkt: &Packet, vip: &VipInfo) -> Verdict {
 /// Token bucket: `ECHO_RATE_PER_SEC` replies per second per CPU, bursts of `ECHO_BURST`
 /// (`RateState::take`, the rule the flood guard uses too).
 #[inline(always)]
-fn take_token() -> bool {
+pub fn take_token() -> bool {
     const COST: u64 = 1_000_000_000 / ECHO_RATE_PER_SEC;
     let Some(s) = LB_ECHO_RL.get_ptr_mut(0) else {
         return false;

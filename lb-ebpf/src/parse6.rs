@@ -30,11 +30,12 @@ pub struct Packet6 {
     l4: L4,
     /// Why this packet cannot be balanced, if it cannot (see the module doc).
     pub problem: Option<DropReason>,
-    /// The TCP flags byte (0 for UDP).
-    pub tcp_flags: u32,
-    /// The ICMPv6 type, for an ICMPv6 packet whose first byte is in the frame; 256 otherwise
-    /// (a `u32`, so the struct has no padding: see `parse::L4`).
-    pub icmp_type: u32,
+    /// The TCP flags byte (0 for UDP); a `u64`, so the struct has no padding (see
+    /// `parse::L4`).
+    pub tcp_flags: u64,
+    /// The ICMPv6 header's first word (type, code, checksum), for an ICMPv6 packet that has
+    /// one in the frame; null otherwise.
+    pub icmp: *mut [u8; 4],
     /// Frame length, for byte counters.
     pub len: u64,
 }
@@ -54,10 +55,18 @@ impl Packet6 {
         f
     }
 
+    /// The ICMPv6 type and code, for an ICMPv6 packet.
+    #[inline(always)]
+    pub fn icmp(&self) -> Option<(u8, u8)> {
+        // SAFETY: a non-null `icmp` was bounds-checked by the parser.
+        (!self.icmp.is_null()).then(|| unsafe { ((*self.icmp)[0], (*self.icmp)[1]) })
+    }
+
     /// Whether this is an ICMPv6 neighbour-discovery or router message.
     #[inline(always)]
     pub fn is_ndp(&self) -> bool {
-        self.icmp_type < 256 && lb_common::hdr::icmpv6_is_ndp(self.icmp_type as u8)
+        self.icmp()
+            .is_some_and(|(t, _)| lb_common::hdr::icmpv6_is_ndp(t))
     }
 }
 
@@ -78,7 +87,7 @@ pub fn packet(ctx: &XdpContext, l2: &L2) -> Result<Packet6, PassReason> {
         l4: L4::none(),
         problem: None,
         tcp_flags: 0,
-        icmp_type: 256,
+        icmp: core::ptr::null_mut(),
         len,
     };
     let room = ctx.data_end() - ctx.data() - off;
@@ -109,7 +118,7 @@ pub fn packet(ctx: &XdpContext, l2: &L2) -> Result<Packet6, PassReason> {
                 pkt.problem = Some(DropReason::Malformed);
                 return Ok(pkt);
             }
-            pkt.tcp_flags = u32::from(t.flags);
+            pkt.tcp_flags = u64::from(t.flags);
             (L4::tcp(tcp), t.sport, t.dport)
         }
         proto::UDP => {
@@ -133,8 +142,7 @@ pub fn packet(ctx: &XdpContext, l2: &L2) -> Result<Packet6, PassReason> {
             if next == proto::ICMPV6
                 && let Some(t) = ptr_at::<[u8; 4]>(ctx, l4_off)
             {
-                // SAFETY: bounds-checked above.
-                pkt.icmp_type = u32::from(unsafe { (*t)[0] });
+                pkt.icmp = t;
             }
             pkt.problem = Some(DropReason::Proto);
             return Ok(pkt);

@@ -939,9 +939,32 @@ fn corpus6() -> Vec<Case> {
             Reason::DropProto,
         ));
     }
+    // An echo request is answered (its checksum is valid: the reply's is patched from it).
+    let src = "2001:db8::2".parse::<Ipv6Addr>().expect("v6").octets();
+    let vip = VIP6.parse::<Ipv6Addr>().expect("v6").octets();
+    let mut req = vec![128u8, 0, 0, 0, 0, 1, 0, 1];
+    let c = csum::l4_v6(src, vip, 58, &req);
+    req[2..4].copy_from_slice(&c.to_be_bytes());
+    let echo = ipv6(58, &req);
+    let mut rep = vec![129u8, 0, 0, 0, 0, 1, 0, 1];
+    let c = csum::l4_v6(vip, src, 58, &rep);
+    rep[2..4].copy_from_slice(&c.to_be_bytes());
+    let reply = with(&ipv6(58, &rep), |b| {
+        b.copy_within(6..12, 0);
+        b[6..12].copy_from_slice(&LB_MAC);
+        b[21] = 64;
+        b[22..38].copy_from_slice(&vip);
+        b[38..54].copy_from_slice(&src);
+    });
     v.push(case(
         "ICMPv6 echo request to the VIP",
-        ipv6(58, &[128, 0, 0, 0, 0, 1, 0, 1]),
+        echo,
+        Want::Tx(reply),
+        Reason::EchoReply,
+    ));
+    v.push(case(
+        "ICMPv6 echo request, code 1",
+        ipv6(58, &[128, 1, 0, 0, 0, 1, 0, 1]),
         Want::Drop,
         Reason::DropProto,
     ));

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use lb_integration::lab::{DEMO_CONFIG, Lab};
+use lb_integration::lab::{DEMO_CONFIG, IO_TIMEOUT as IO, Lab};
 
 fn tally(names: impl IntoIterator<Item = String>) -> BTreeMap<String, u32> {
     let mut m = BTreeMap::new();
@@ -102,6 +102,12 @@ fn http_and_udp_to_the_ipv6_vip_reach_every_backend_beside_ipv4() {
     );
     assert_eq!(svc("[2001:db8:3::10]:53/udp")["counters"]["new_flows"], 30);
     assert_eq!(svc("203.0.113.10:80/tcp")["counters"]["new_flows"], 60);
+
+    // `ping -6` to the VIP: answered by the LB itself, from the VIP.
+    let from = lb_integration::lab::ping6(&lab.client, lb_integration::lab::VIP6, IO)
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", lab.agent_log()));
+    assert_eq!(from, lb_integration::lab::VIP6);
+    assert_eq!(lab.reason("echo_reply").unwrap(), 1);
 
     // The status names the IPv6 VIP and backends in their canonical text form.
     let status = lab.lb(&["status"]).unwrap();

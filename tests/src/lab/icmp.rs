@@ -124,3 +124,91 @@ pub fn ping(ns: &Netns, dst: Ipv4Addr, timeout: Duration) -> anyhow::Result<Ipv4
     .with_context(|| format!("no echo reply from {dst} within {timeout:?}"))?;
     Ok(Ipv4Addr::new(reply[12], reply[13], reply[14], reply[15]))
 }
+
+/// Sends one ICMPv6 echo request from namespace `ns` to `dst` (a raw ICMPv6 socket: the
+/// kernel computes the checksum over the IPv6 pseudo-header) and returns the source address
+/// of the matching echo reply.
+///
+/// # Errors
+/// No matching reply within `timeout`.
+pub fn ping6(
+    ns: &Netns,
+    dst: std::net::Ipv6Addr,
+    timeout: Duration,
+) -> anyhow::Result<std::net::Ipv6Addr> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    let sock = ns.enter(|| -> std::io::Result<OwnedFd> {
+        // SAFETY: a plain socket call; the descriptor is owned by the returned OwnedFd.
+        unsafe {
+            let fd = libc::socket(
+                libc::AF_INET6,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::IPPROTO_ICMPV6,
+            );
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let sock = OwnedFd::from_raw_fd(fd);
+            let tv = libc::timeval {
+                tv_sec: 0,
+                tv_usec: 100_000,
+            };
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const tv).cast(),
+                size_of::<libc::timeval>() as libc::socklen_t,
+            );
+            Ok(sock)
+        }
+    })?;
+    let id = u16::try_from(std::process::id() & 0xffff).expect("masked");
+    let mut msg = vec![128u8, 0, 0, 0];
+    msg.extend_from_slice(&id.to_be_bytes());
+    msg.extend_from_slice(&1u16.to_be_bytes());
+    msg.extend_from_slice(b"lb-lab-ping6");
+    // SAFETY: all-zero is a valid sockaddr_in6.
+    let mut to: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+    to.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+    to.sin6_addr.s6_addr = dst.octets();
+    // SAFETY: valid buffer and address for the duration of the call.
+    let n = unsafe {
+        libc::sendto(
+            sock.as_raw_fd(),
+            msg.as_ptr().cast(),
+            msg.len(),
+            0,
+            (&raw const to).cast(),
+            size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+        )
+    };
+    if n < 0 {
+        bail!("sendto {dst}: {}", std::io::Error::last_os_error());
+    }
+    // A raw ICMPv6 socket delivers the ICMPv6 message without the IPv6 header; the source
+    // comes from recvfrom.
+    let deadline = std::time::Instant::now() + timeout;
+    let mut buf = [0u8; 1500];
+    while std::time::Instant::now() < deadline {
+        // SAFETY: all-zero is a valid sockaddr_in6.
+        let mut from: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+        let mut flen = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+        // SAFETY: valid buffers of the given lengths.
+        let n = unsafe {
+            libc::recvfrom(
+                sock.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                0,
+                (&raw mut from).cast(),
+                &raw mut flen,
+            )
+        };
+        let Ok(n) = usize::try_from(n) else { continue };
+        if n >= 8 && buf[0] == 129 && buf[4..6] == id.to_be_bytes() {
+            return Ok(std::net::Ipv6Addr::from(from.sin6_addr.s6_addr));
+        }
+    }
+    bail!("no ICMPv6 echo reply from {dst} within {timeout:?}")
+}

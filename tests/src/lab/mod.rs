@@ -36,7 +36,7 @@ mod servers;
 use self::agent::Agent;
 pub use self::{
     clients::{ConnStream, HttpConn, StreamTally},
-    icmp::{icmp_socket, ping, recv_icmp, send_icmp},
+    icmp::{icmp_socket, ping, ping6, recv_icmp, send_icmp},
     servers::BackendNs,
 };
 use crate::netns::{Netns, sweep_stale, unique_prefix};

@@ -370,11 +370,42 @@ fn ipv6_hop_limit_ndp_icmp_and_strangers_have_their_outcomes() {
             Reason::PassNdp,
         );
 
-        // An echo request to the VIP: a counted drop, until echo over IPv6 lands.
+        // An echo request to the VIP: answered by the LB, from the VIP, hop limit 64.
         let echo = Frame6::raw(*c.ip(), VIP6, proto::ICMPV6, vec![128, 0, 0, 0, 0, 1, 0, 1]);
+        let mut reply = Frame6::raw(VIP6, *c.ip(), proto::ICMPV6, vec![129, 0, 0, 0, 0, 1, 0, 1]);
+        reply.smac = LB_MAC;
+        reply.dmac = CLIENT_MAC;
         fx.check_bytes(
             "echo to the VIP",
             &echo.build(),
+            XDP_TX,
+            Some(reply.build()),
+            Reason::EchoReply,
+        );
+        // Not answered: behind an extension header (the reply would carry it back), with
+        // another code.
+        let behind = Frame6::raw(*c.ip(), VIP6, proto::ICMPV6, vec![128, 0, 0, 0, 0, 1, 0, 1])
+            .with_ext(ext::HOP_BY_HOP, pad8());
+        fx.check_bytes(
+            "echo behind HBH",
+            &behind.build(),
+            XDP_DROP,
+            None,
+            Reason::DropProto,
+        );
+        let code1 = Frame6::raw(*c.ip(), VIP6, proto::ICMPV6, vec![128, 1, 0, 0, 0, 1, 0, 1]);
+        fx.check_bytes(
+            "echo, code 1",
+            &code1.build(),
+            XDP_DROP,
+            None,
+            Reason::DropProto,
+        );
+        // An error to the VIP: a counted drop until ICMPv6 errors are translated.
+        let ptb = Frame6::raw(*c.ip(), VIP6, proto::ICMPV6, vec![2, 0, 0, 0, 0, 0, 5, 0]);
+        fx.check_bytes(
+            "packet too big",
+            &ptb.build(),
             XDP_DROP,
             None,
             Reason::DropProto,
