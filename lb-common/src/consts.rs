@@ -83,8 +83,9 @@ pub mod map_names {
     pub const CONNTRACK6: &str = "LB_CONNTRACK6";
     pub const REVSVC6: &str = "LB_REVSVC6";
     pub const ROUTES6: &str = "LB_ROUTES6";
+    pub const ACL6: &str = "LB_ACL6";
     /// Every map, in the order the agent opens them.
-    pub const ALL: [&str; 36] = [
+    pub const ALL: [&str; 37] = [
         SERVICES4,
         VIPS4,
         BACKENDS4,
@@ -121,6 +122,7 @@ pub mod map_names {
         CONNTRACK6,
         REVSVC6,
         ROUTES6,
+        ACL6,
     ];
 }
 
@@ -147,7 +149,7 @@ pub const fn map_layout_version() -> u64 {
         }
         h
     }
-    let parts: [u64; 40] = [
+    let parts: [u64; 41] = [
         MAP_LAYOUT_REVISION,
         map_names::ALL.len() as u64,
         size_of::<maps::ServiceKey4>() as u64,
@@ -188,6 +190,7 @@ pub const fn map_layout_version() -> u64 {
         size_of::<crate::flow::FlowKey6>() as u64,
         size_of::<maps::ConnEntry6>() as u64,
         size_of::<maps::RevService6>() as u64,
+        size_of::<maps::AclKey6>() as u64,
     ];
     let mut h = 0xcbf2_9ce4_8422_2325;
     let mut i = 0;

@@ -880,6 +880,24 @@ pub fn acl_key4(acl_id: u32, a: [u8; 4]) -> AclKey4 {
     ])
 }
 
+/// `LB_ACL6` key data (the LPM trie's `Key<[u8; 20]>`): the ACL set id (big-endian), then the
+/// IPv6 source. Prefix length is `32 + p`.
+pub type AclKey6 = [u8; 20];
+
+/// Builds `LB_ACL6` key data from five words.
+#[inline(always)]
+#[must_use]
+pub fn acl_key6(acl_id: u32, a: [u8; 16]) -> AclKey6 {
+    let w = crate::flow::words6(a);
+    bytemuck::cast([
+        u32::from_ne_bytes(acl_id.to_be_bytes()),
+        w[0],
+        w[1],
+        w[2],
+        w[3],
+    ])
+}
+
 /// `LB_ACL4` value: the verdict of the longest matching prefix.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 #[repr(C)]

@@ -17,9 +17,9 @@ use lb_common::{
     },
     flow::{FlowKey4, FlowKey6},
     maps::{
-        AclKey4, AclValue, Backend4, Backend6, BackendId, ConnEntry4, ConnEntry6, Counters,
-        NextHop, OURS_WORDS, PipEntry4, RateState, RevKey4, RevKey6, RevService4, RevService6,
-        RouteKey4, RouteKey6, ServiceInfo, ServiceKey4, ServiceKey6, VipInfo,
+        AclKey4, AclKey6, AclValue, Backend4, Backend6, BackendId, ConnEntry4, ConnEntry6,
+        Counters, NextHop, OURS_WORDS, PipEntry4, RateState, RevKey4, RevKey6, RevService4,
+        RevService6, RouteKey4, RouteKey6, ServiceInfo, ServiceKey4, ServiceKey6, VipInfo,
     },
     outbound::{OutBlockKey4, OutFront4, OutboundEntry4},
     trace::{RING_BYTES, TraceConfig},
@@ -206,3 +206,8 @@ pub static LB_REVSVC6: HashMap<RevKey6, RevService6> = HashMap::pinned(MAX_BACKE
 /// Client-facing IPv6 destination prefix → next hop, for replies. Writer: agent.
 #[map(name = "LB_ROUTES6")]
 pub static LB_ROUTES6: LpmTrie<RouteKey6, NextHop> = LpmTrie::pinned(MAX_ROUTES, 0);
+
+/// (ACL set id, IPv6 source prefix) → permit/deny/hairpin: IPv6 endpoints' ACLs and internal
+/// IPv6 VIPs' source sets, as `LB_ACL4`. Writer: agent.
+#[map(name = "LB_ACL6")]
+pub static LB_ACL6: LpmTrie<AclKey6, AclValue> = LpmTrie::pinned(MAX_ACL_ENTRIES, 0);

@@ -26,8 +26,8 @@ use lb_common::{
     hdr::Ipv6Hdr,
     maglev,
     maps::{
-        Backend6, BackendId, CONN_FORWARD, NextHop, SVC_F_INTERNAL, ServiceInfo, ServiceKey6,
-        VIP_F_HA_PORTS, VIP_F_NO_ECHO, VipInfo, ours_bit6,
+        ACL_HAIRPIN, ACL_PERMIT, Backend6, BackendId, CONN_FORWARD, NextHop, SVC_F_INTERNAL,
+        ServiceInfo, ServiceKey6, VIP_F_HA_PORTS, VIP_F_NO_ECHO, VipInfo, acl_key6, ours_bit6,
     },
     verdict::{DropReason, PassReason, SendReason},
 };
@@ -35,7 +35,7 @@ use lb_common::{
 use crate::{
     conntrack,
     conntrack6::{self, FromBackend6, Reply6},
-    maps::{LB_BACKENDS6, LB_OURS4, LB_RING, LB_ROUTES6, LB_SERVICES6, LB_VIPS6},
+    maps::{LB_ACL6, LB_BACKENDS6, LB_OURS4, LB_RING, LB_ROUTES6, LB_SERVICES6, LB_VIPS6},
     parse::{self, L4},
     parse6::{self, Packet6},
     stats::{self, Dir},
@@ -107,6 +107,12 @@ const REPLY_HOP_LIMIT: u8 = 64;
 /// pseudo-header, so the swap leaves it as it is), the type patched into the checksum.
 #[inline(always)]
 fn echo(ctx: &XdpContext, pkt: &Packet6, vip: &VipInfo) -> Verdict {
+    // An internal VIP answers only its internal sources, pings included.
+    // SAFETY: `pkt.ip` was bounds-checked by the parser.
+    let src = unsafe { (*pkt.ip).src };
+    if vip.ilb_id != 0 && acl_lookup(vip.ilb_id, src) != Some(ACL_PERMIT) {
+        return Verdict::Drop(DropReason::NotInternal);
+    }
     if vip.flags & VIP_F_NO_ECHO != 0 || !crate::icmp::take_token() {
         return Verdict::Drop(DropReason::EchoLimited);
     }
@@ -225,6 +231,40 @@ fn route(dst: [u8; 16]) -> Option<NextHop> {
         .copied()
 }
 
+/// A source's verdict in an `LB_ACL6` set: one LPM lookup (the agent always installs the
+/// set's default entry, so a miss is treated as a deny).
+#[inline(always)]
+fn acl_lookup(acl_id: u32, src: [u8; 16]) -> Option<u32> {
+    LB_ACL6
+        .get(aya_ebpf::maps::lpm_trie::Key::new(
+            32 + 128,
+            acl_key6(acl_id, src),
+        ))
+        .map(|v| v.action)
+}
+
+/// Admission of a new IPv6 flow, as `policy::admit`: an internal VIP's source set first,
+/// then the endpoint's ACL. Hairpin SNAT is not served over IPv6 (the agent refuses it), so a
+/// VIP's own backend connecting to it is `drop_hairpin`.
+#[inline(always)]
+fn admit(flow: &FlowKey6, svc: &ServiceInfo) -> Result<(), DropReason> {
+    if svc.flags & SVC_F_INTERNAL != 0
+        && let Some(v) = vip(flow.dst)
+        && v.ilb_id != 0
+    {
+        match acl_lookup(v.ilb_id, flow.src) {
+            Some(ACL_PERMIT) => {}
+            Some(ACL_HAIRPIN) => return Err(DropReason::Hairpin),
+            _ => return Err(DropReason::NotInternal),
+        }
+    }
+    if svc.acl_id != 0 && acl_lookup(svc.acl_id, flow.src) != Some(ACL_PERMIT) {
+        stats::count_acl_drop(svc.id);
+        return Err(DropReason::Acl);
+    }
+    Ok(())
+}
+
 /// Client → VIP: pick (or recall) the backend, DNAT, forward.
 #[inline(always)]
 fn to_backend(
@@ -291,12 +331,7 @@ fn pick(
             None => stats::count_conntrack_miss(svc.id),
         }
     }
-    // The agent refuses ACLs and internal VIPs on IPv6 services until their IPv6 maps land:
-    // a service entry that had one anyway is refused, never admitted unchecked.
-    if svc.acl_id != 0 || svc.flags & SVC_F_INTERNAL != 0 {
-        stats::count_acl_drop(svc.id);
-        return Err(DropReason::Acl);
-    }
+    admit(flow, svc)?;
     let hash = dist_hash6(flow, svc.distribution(), crate::select::seed());
     let slot = maglev::slot(hash, svc.table_len).ok_or(DropReason::NoBackend)?;
     let id = *LB_RING

@@ -11,7 +11,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 use lb_common::{csum, flow::proto, hdr, verdict::Reason};
 use lb_integration::{
     fixture::{FixedResolver, Harness, XDP_DROP, XDP_PASS, XDP_TX, in_fresh_ns},
-    packet::{CLIENT_MAC, Frame, L4, LB_MAC, TCP_ACK, TCP_SYN, hex},
+    packet::{CLIENT_MAC, Frame, Frame6, L4, LB_MAC, TCP_ACK, TCP_SYN, hex},
 };
 
 const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
@@ -60,7 +60,22 @@ table_size = 251
 vip = "[2001:db8::10]:53/udp"
 backends = ["2001:db8:2::11"]
 table_size = 251
+
+# The IPv6 ACL endpoint and internal VIP of the IPv6 bypass test.
+[[service]]
+vip = "[2001:db8::10]:8080/tcp"
+backends = ["2001:db8:2::11"]
+table_size = 251
+acl = [{ order = 10, action = "permit", prefix = "2001:db8:1::/64" }]
+
+[[service]]
+vip = "[2001:db8::20]:80/tcp"
+backends = ["2001:db8:2::11"]
+table_size = 251
+internal = ["2001:db8:1::/64"]
 "#;
+
+const ILB6: &str = "2001:db8::20";
 
 const VIP6: &str = "2001:db8::10";
 const B6: &str = "2001:db8:2::11";
@@ -1143,42 +1158,55 @@ fn icmp_embedded_headers_do_not_get_past_an_acl_or_an_internal_vip() {
     });
 }
 
-/// IPv6 extension headers cannot get past an ACL or an internal VIP. ACLs and internal VIPs
-/// are IPv4-only for now (an IPv6 service with either is refused), and the families' maps are
-/// apart, so an IPv6 frame, whatever its header chain, reaches neither the IPv4 ACL endpoint
-/// nor the internal VIP: to the IPv6 VIP's port 8080 (no service there) every chain is a
-/// counted drop.
+/// Extension headers in order: (next-header value, the header's bytes).
+type Chain = Vec<(u8, Vec<u8>)>;
+
+/// IPv6 extension headers cannot get past an ACL or an internal VIP: a denied source's SYN
+/// behind any chain is still the denied source's (`drop_acl`, `drop_not_internal`), a
+/// fragment is dropped before any lookup, and a permitted source behind the same chain is
+/// forwarded, headers kept.
 #[test]
 fn ipv6_extension_headers_do_not_get_past_an_acl_or_an_internal_vip() {
     in_fresh_ns("bypass-v6", |ns| {
         let mut h = harness(ns);
         let mut cases = Vec::new();
-        for (name, next, ext) in [
-            ("hop-by-hop", 0u8, vec![6, 0, 1, 4, 0, 0, 0, 0]),
-            ("routing", 43, vec![6, 0, 0, 0, 0, 0, 0, 0]),
-            ("fragment", 44, vec![6, 0, 0, 1, 0, 0, 0, 1]),
-            ("destination options", 60, vec![6, 0, 1, 4, 0, 0, 0, 0]),
-        ] {
-            for port in [8080u16, 80] {
-                // Valid checksums: a forwarded frame's patched checksum must equal one
-                // computed from scratch.
-                let frame = v6_seg(&[(next, ext.clone())], proto::TCP, port, TCP_SYN);
-                let reason = match (next, port) {
-                    (44, _) => Reason::DropFragment,
-                    (_, 8080) => Reason::DropNoService,
-                    _ => Reason::Forward,
-                };
-                let want = if reason == Reason::Forward {
-                    Want::Dnat6(SocketAddrV6::new(B6.parse().expect("v6"), 80, 0, 0))
-                } else {
-                    Want::Drop
-                };
-                cases.push(case(
-                    format!("IPv6 {name} header, TCP to port {port}"),
-                    frame,
-                    want,
-                    reason,
-                ));
+        let v6 = |a: &str, p| SocketAddrV6::new(a.parse().expect("v6"), p, 0, 0);
+        let (inside, outside) = (v6("2001:db8:1::2", 40000), v6("2001:db8:5::2", 40000));
+        let pad = vec![0, 0, 1, 4, 0, 0, 0, 0];
+        let chains: [(&str, Chain); 5] = [
+            ("hop-by-hop", vec![(0, pad.clone())]),
+            ("routing, 0 left", vec![(43, vec![0, 0, 4, 0, 0, 0, 0, 0])]),
+            ("destination options", vec![(60, pad.clone())]),
+            (
+                "hop-by-hop, destination options",
+                vec![(0, pad.clone()), (60, pad.clone())],
+            ),
+            ("fragment", vec![(44, vec![0, 0, 0, 1, 0, 0, 0, 1])]),
+        ];
+        for (name, chain) in &chains {
+            let frag = chain.iter().any(|(k, _)| *k == 44);
+            for (what, dst, denied) in [
+                ("ACL endpoint", v6(VIP6, 8080), Reason::DropAcl),
+                ("internal VIP", v6(ILB6, 80), Reason::DropNotInternal),
+            ] {
+                for (who, src) in [("outside", outside), ("inside", inside)] {
+                    let mut f = Frame6::tcp(src, dst, TCP_SYN);
+                    f.smac = CLIENT_MAC;
+                    for (k, body) in chain {
+                        f = f.with_ext(*k, body.clone());
+                    }
+                    let (want, reason) = match (frag, who) {
+                        (true, _) => (Want::Drop, Reason::DropFragment),
+                        (false, "outside") => (Want::Drop, denied),
+                        _ => (Want::Dnat6(v6(B6, dst.port())), Reason::Forward),
+                    };
+                    cases.push(case(
+                        format!("IPv6 {name}, {who} to the {what}"),
+                        f.build(),
+                        want,
+                        reason,
+                    ));
+                }
             }
         }
         run_cases(&mut h, &cases);

@@ -144,3 +144,53 @@ fn ipv6_services_are_managed_from_the_cli() {
         "{listed}"
     );
 }
+
+#[test]
+fn an_ipv6_acl_and_an_ipv6_internal_vip_admit_only_their_prefixes() {
+    use std::{net::Ipv6Addr, time::Duration};
+    let mut lab = Lab::new(1).unwrap();
+    // A second client address, outside the /122 both rules permit.
+    lab.client
+        .ip(&["addr", "add", "2001:db8:1::70/64", "dev", "c0", "nodad"])
+        .unwrap();
+    let (good, bad) = (
+        Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2),
+        Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0x70),
+    );
+    let (vip, ilb) = (
+        lb_integration::lab::VIP6,
+        Ipv6Addr::new(0x2001, 0xdb8, 3, 0, 0, 0, 0, 0x20),
+    );
+    lab.start_agent(
+        r#"
+[[service]]
+vip = "[2001:db8:3::10]:80/tcp"
+backends = ["2001:db8:2::11"]
+table_size = 251
+acl = [{ order = 10, action = "permit", prefix = "2001:db8:1::/122" }]
+
+[[service]]
+vip = "[2001:db8:3::20]:80/tcp"
+backends = ["2001:db8:2::11"]
+table_size = 251
+internal = ["2001:db8:1::/122"]
+"#,
+    )
+    .unwrap();
+    lab.wait_ready().unwrap();
+    let t = Duration::from_secs(1);
+    for dst in [vip, ilb] {
+        assert_eq!(lab.http_get6_from(good, dst, 80, t).unwrap(), "b1", "{dst}");
+        assert!(
+            lab.http_get6_from(bad, dst, 80, t).is_err(),
+            "{bad} reached {dst} past its prefix rule"
+        );
+    }
+    assert!(lab.reason("drop_acl").unwrap() >= 1);
+    assert!(lab.reason("drop_not_internal").unwrap() >= 1);
+    // The rule named in the list, in its canonical text form.
+    let listed = lab
+        .lb_json(&["acl", "list", "[2001:db8:3::10]:80/tcp"])
+        .unwrap();
+    assert!(listed.to_string().contains("2001:db8:1::/122"), "{listed}");
+}

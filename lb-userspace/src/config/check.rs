@@ -44,11 +44,6 @@ pub fn check_acl_rule(
             prefix.0, prefix.1
         ));
     }
-    if s.vip.is_ipv6() {
-        return Err(format!(
-            "{s}: endpoint ACLs are not supported on IPv6 services yet"
-        ));
-    }
     if description.len() > 256 || description.chars().any(char::is_control) {
         return Err(
             "the description must be at most 256 characters without control characters".into(),
@@ -279,8 +274,8 @@ pub fn check_service(s: &ServiceSpec) -> Result<(), String> {
 }
 
 /// Checks the settings an IPv6 service cannot have yet: the IPv6 fast path balances TCP and
-/// UDP with conntrack and replies, weights, drain, probes and HA ports; internal VIPs,
-/// hairpin, stateless replies and TCP reset on idle come with their IPv6 maps.
+/// UDP with conntrack and replies, ACLs, internal VIPs, weights, drain, probes and HA ports;
+/// hairpin SNAT, stateless replies and TCP reset on idle come later.
 ///
 /// # Errors
 /// A message naming the setting (as the CLI spells it).
@@ -288,9 +283,7 @@ pub fn check_v6_settings(s: &ServiceSpec, settings: &ServiceSettings) -> Result<
     if s.vip.is_ipv4() {
         return Ok(());
     }
-    let refused = if !settings.internal.is_empty() {
-        Some("--internal (an internal VIP)")
-    } else if settings.hairpin == Hairpin::Snat {
+    let refused = if settings.hairpin == Hairpin::Snat {
         Some("--hairpin snat")
     } else if settings.replies == Replies::Stateless {
         Some("--replies stateless")

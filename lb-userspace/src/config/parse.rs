@@ -980,11 +980,11 @@ established = "rebalance"
                 "global or unique-local",
             ),
             (
-                "[[service]]\nvip = \"[2001:db8::10]:80/tcp\"\ninternal = [\"2001:db8::/32\"]\n"
+                "[[service]]\nvip = \"[2001:db8::10]:80/tcp\"\nreplies = \"stateless\"\n"
                     .into(),
                 2,
                 "service[0].vip",
-                "--internal (an internal VIP) is not supported on IPv6 services yet",
+                "--replies stateless is not supported on IPv6 services yet",
             ),
             (
                 format!("[agent]\nring_slots = 100\n{svc}"),

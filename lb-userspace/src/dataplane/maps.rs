@@ -19,10 +19,10 @@ use lb_common::{
     consts::map_names,
     flow::{FlowKey4, FlowKey6},
     maps::{
-        AclKey4, AclValue, Backend, Backend4, Backend6, BackendId, CONN_FORWARD, ConnEntry4,
-        ConnEntry6, Counters, NextHop, PipEntry4, RevKey, RevKey4, RevKey6, RevService,
+        AclKey4, AclKey6, AclValue, Backend, Backend4, Backend6, BackendId, CONN_FORWARD,
+        ConnEntry4, ConnEntry6, Counters, NextHop, PipEntry4, RevKey, RevKey4, RevKey6, RevService,
         RevService4, RevService6, RouteKey4, RouteKey6, ServiceInfo, ServiceKey, ServiceKey4,
-        ServiceKey6, VipInfo, VipKey, acl_key4,
+        ServiceKey6, VipInfo, VipKey, acl_key4, acl_key6,
     },
     outbound::{OutBlockKey4, OutFront4, OutboundEntry4},
     trace::TraceConfig,
@@ -49,6 +49,7 @@ pub struct Maps {
     pub backends6: Array<MapData, Backend6>,
     pub revsvc6: HashMap<MapData, RevKey6, RevService6>,
     pub routes6: LpmTrie<MapData, RouteKey6, NextHop>,
+    pub acl6: LpmTrie<MapData, AclKey6, AclValue>,
     pub ours: Array<MapData, u64>,
     pub retired: Array<MapData, Counters>,
     pub locals: HashMap<MapData, [u8; 4], u32>,
@@ -91,6 +92,7 @@ impl Maps {
             backends6: take_map(ebpf, map_names::BACKENDS6)?,
             revsvc6: take_map(ebpf, map_names::REVSVC6)?,
             routes6: take_map(ebpf, map_names::ROUTES6)?,
+            acl6: take_map(ebpf, map_names::ACL6)?,
             ours: take_map(ebpf, map_names::OURS)?,
             retired: take_map(ebpf, map_names::RETIRED_STATS)?,
             locals: take_map(ebpf, map_names::LOCALS)?,
@@ -726,9 +728,6 @@ impl MapOps for Maps {
     }
     fn put_acl(&mut self, acl_id: u32, e: &lb_common::acl::Entry) -> Result<(), MapOpError> {
         let op = format!("insert set {acl_id}");
-        let (p, a) = prefix_v4(&e.prefix.addr, e.prefix.len)
-            .ok_or_else(|| no_family(map_names::ACL4, op.clone()))?;
-        let key = LpmKey::new(32 + p, acl_key4(acl_id, a));
         let action = match e.action {
             lb_common::acl::Action::Permit => lb_common::maps::ACL_PERMIT,
             lb_common::acl::Action::Deny => lb_common::maps::ACL_DENY,
@@ -738,12 +737,26 @@ impl MapOps for Maps {
             action,
             rule: e.rule.unwrap_or(u32::MAX),
         };
+        if let Some((p, a)) = prefix_v6(&e.prefix.addr, e.prefix.len) {
+            let key = LpmKey::new(32 + p, acl_key6(acl_id, a));
+            return self
+                .acl6
+                .insert(&key, v, 0)
+                .map_err(op_err(map_names::ACL6, op));
+        }
+        let (p, a) = prefix_v4(&e.prefix.addr, e.prefix.len)
+            .ok_or_else(|| no_family(map_names::ACL4, op.clone()))?;
+        let key = LpmKey::new(32 + p, acl_key4(acl_id, a));
         self.acl
             .insert(&key, v, 0)
             .map_err(op_err(map_names::ACL4, op))
     }
     fn del_acl(&mut self, acl_id: u32, p: &lb_common::acl::Prefix) -> Result<(), MapOpError> {
         let op = format!("remove from set {acl_id}");
+        if let Some((len, a)) = prefix_v6(&p.addr, p.len) {
+            let key = LpmKey::new(32 + len, acl_key6(acl_id, a));
+            return deleted(self.acl6.remove(&key)).map_err(op_err(map_names::ACL6, op));
+        }
         let (len, a) =
             prefix_v4(&p.addr, p.len).ok_or_else(|| no_family(map_names::ACL4, op.clone()))?;
         let key = LpmKey::new(32 + len, acl_key4(acl_id, a));
@@ -867,6 +880,7 @@ impl MapOps for Maps {
         );
         backends.sort_by_key(|(id, _)| *id);
         let mut acl = Vec::new();
+        let mut items: Vec<(u32, u32, Addr, AclValue)> = Vec::new();
         for item in &self.acl {
             let (k, v) = item.map_err(op_err(map_names::ACL4, "walk"))?;
             let data = k.data();
@@ -875,6 +889,25 @@ impl MapOps for Maps {
                 k.prefix_len().saturating_sub(32),
                 a.try_into().expect("4 bytes"),
             );
+            items.push((
+                u32::from_be_bytes(id.try_into().expect("4 bytes")),
+                len,
+                addr,
+                v,
+            ));
+        }
+        for item in &self.acl6 {
+            let (k, v) = item.map_err(op_err(map_names::ACL6, "walk"))?;
+            let data = k.data();
+            let (id, a) = data.split_at(4);
+            items.push((
+                u32::from_be_bytes(id.try_into().expect("4 bytes")),
+                k.prefix_len().saturating_sub(32),
+                a.try_into().expect("16 bytes"),
+                v,
+            ));
+        }
+        for (id, len, addr, v) in items {
             let action = match v.action {
                 lb_common::maps::ACL_PERMIT => lb_common::acl::Action::Permit,
                 lb_common::maps::ACL_HAIRPIN => lb_common::acl::Action::Hairpin,
@@ -883,7 +916,7 @@ impl MapOps for Maps {
                 _ => lb_common::acl::Action::Deny,
             };
             acl.push((
-                u32::from_be_bytes(id.try_into().expect("4 bytes")),
+                id,
                 lb_common::acl::Entry {
                     prefix: lb_common::acl::Prefix { addr, len },
                     action,

@@ -163,6 +163,28 @@ impl Lab {
         })
     }
 
+    /// One HTTP GET from the client's IPv6 address `src` (the client namespace must have it)
+    /// to `[dst]:port`, connecting within `timeout`; returns the answering backend's name.
+    ///
+    /// # Errors
+    /// Connect, send or receive fails or times out.
+    pub fn http_get6_from(
+        &self,
+        src: std::net::Ipv6Addr,
+        dst: std::net::Ipv6Addr,
+        port: u16,
+        timeout: Duration,
+    ) -> anyhow::Result<String> {
+        let s = self.client.enter(move || {
+            connect_from6(src, std::net::SocketAddrV6::new(dst, port, 0, 0), timeout)
+        })?;
+        s.set_read_timeout(Some(IO_TIMEOUT))?;
+        HttpConn {
+            stream: BufReader::new(s),
+        }
+        .get()
+    }
+
     /// A keep-alive HTTP connection from the client to `VIP:port`.
     ///
     /// # Errors
@@ -507,3 +529,40 @@ impl HttpConn {
 }
 
 type Shared = std::sync::Arc<(std::sync::Mutex<StreamTally>, std::sync::Condvar)>;
+
+/// As [`connect_from`], for IPv6: a TCP connection bound to `src`.
+fn connect_from6(
+    src: std::net::Ipv6Addr,
+    dst: std::net::SocketAddrV6,
+    timeout: Duration,
+) -> std::io::Result<TcpStream> {
+    use std::os::fd::FromRawFd as _;
+    let sin6 = |ip: std::net::Ipv6Addr, port: u16| {
+        // SAFETY: all-zero is a valid sockaddr_in6.
+        let mut a: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+        a.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+        a.sin6_port = port.to_be();
+        a.sin6_addr.s6_addr = ip.octets();
+        a
+    };
+    let len = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+    // SAFETY: plain socket calls on a descriptor this function owns; the TcpStream takes it.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET6, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let stream = TcpStream::from_raw_fd(fd);
+        let local = sin6(src, 0);
+        if libc::bind(fd, (&raw const local).cast(), len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SO_SNDTIMEO bounds a blocking connect on Linux.
+        stream.set_write_timeout(Some(timeout))?;
+        let remote = sin6(*dst.ip(), dst.port());
+        if libc::connect(fd, (&raw const remote).cast(), len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(stream)
+    }
+}

@@ -52,6 +52,25 @@ vip = "[2001:db8:3::10]:53/udp"
 backends = ["2001:db8:2::11"]
 table_size = 251
 
+# An IPv6 endpoint ACL: the client /64 permitted, the rest of 2001:db8::/32 denied (and the
+# default denies: a permit rule exists).
+[[service]]
+vip = "[2001:db8:3::10]:8080/tcp"
+backends = ["2001:db8:2::11"]
+table_size = 251
+acl = [
+  { order = 10, action = "permit", prefix = "2001:db8:1::/64" },
+  { order = 20, action = "deny", prefix = "2001:db8::/32" },
+]
+
+# An internal IPv6 VIP: only 2001:db8:1::/64 may reach it; its backend connecting to it is
+# hairpin (dropped: hairpin SNAT is IPv4-only).
+[[service]]
+vip = "[2001:db8:3::20]:80/tcp"
+backends = ["2001:db8:2::11"]
+table_size = 251
+internal = ["2001:db8:1::/64"]
+
 # An IPv4 service beside them, on the same program.
 [[service]]
 vip = "203.0.113.10:80/tcp"
@@ -462,6 +481,127 @@ fn ipv4_and_ipv6_services_share_the_program() {
             XDP_TX,
             Some(out.build()),
             Reason::Forward,
+        );
+    });
+}
+
+const ILB6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 3, 0, 0, 0, 0, 0x20);
+
+/// Inside 2001:db8::/32 but outside the client /64: the ACL's rule 20 and the internal VIP's
+/// default deny it.
+fn outsider() -> SocketAddrV6 {
+    SocketAddrV6::new(Ipv6Addr::new(0x2001, 0xdb8, 1, 1, 0, 0, 0, 2), 40000, 0, 0)
+}
+
+#[test]
+fn ipv6_acls_and_internal_vips_admit_by_prefix_and_cannot_be_bypassed() {
+    with_fixture6(|fx| {
+        let (c, o) = (client(), outsider());
+        let b8080 = SocketAddrV6::new(B1, 8080, 0, 0);
+        let syn = Frame6::tcp(c, vip(8080), TCP_SYN);
+        let out = syn.dnat(b8080, LB_MAC, B1_MAC);
+        fx.check_bytes(
+            "ACL permit",
+            &syn.build(),
+            XDP_TX,
+            Some(out.build()),
+            Reason::Forward,
+        );
+        let denied = Frame6::tcp(o, vip(8080), TCP_SYN);
+        fx.check_bytes("ACL deny", &denied.build(), XDP_DROP, None, Reason::DropAcl);
+        // Bypass attempts: behind extension headers the source is the same; a fragment is
+        // dropped before any lookup.
+        let hbh = Frame6::tcp(o, vip(8080), TCP_SYN)
+            .with_ext(ext::HOP_BY_HOP, pad8())
+            .with_ext(ext::DEST_OPTS, pad8());
+        fx.check_bytes(
+            "ACL deny, behind headers",
+            &hbh.build(),
+            XDP_DROP,
+            None,
+            Reason::DropAcl,
+        );
+        let frag = Frame6::tcp(o, vip(8080), TCP_SYN)
+            .with_ext(ext::FRAGMENT, vec![0, 0, 0, 1, 0, 0, 0, 7]);
+        fx.check_bytes(
+            "ACL, a fragment",
+            &frag.build(),
+            XDP_DROP,
+            None,
+            Reason::DropFragment,
+        );
+        let mut ack = Frame6::tcp(o, vip(8080), TCP_ACK);
+        ack.seq = 5000;
+        fx.check_bytes(
+            "ACL deny, an untracked ACK",
+            &ack.build(),
+            XDP_DROP,
+            None,
+            Reason::DropAcl,
+        );
+
+        // The internal VIP.
+        let ilb = |p| SocketAddrV6::new(ILB6, p, 0, 0);
+        let b80 = SocketAddrV6::new(B1, 80, 0, 0);
+        let inside = Frame6::tcp(c, ilb(80), TCP_SYN);
+        let out = inside.dnat(b80, LB_MAC, B1_MAC);
+        fx.check_bytes(
+            "internal, inside",
+            &inside.build(),
+            XDP_TX,
+            Some(out.build()),
+            Reason::Forward,
+        );
+        let outside = Frame6::tcp(o, ilb(80), TCP_SYN);
+        fx.check_bytes(
+            "internal, outside",
+            &outside.build(),
+            XDP_DROP,
+            None,
+            Reason::DropNotInternal,
+        );
+        let behind = Frame6::tcp(o, ilb(80), TCP_SYN).with_ext(ext::HOP_BY_HOP, pad8());
+        fx.check_bytes(
+            "internal, outside behind HBH",
+            &behind.build(),
+            XDP_DROP,
+            None,
+            Reason::DropNotInternal,
+        );
+        let mut hairpin = Frame6::tcp(SocketAddrV6::new(B1, 41000, 0, 0), ilb(80), TCP_SYN);
+        hairpin.smac = B1_MAC;
+        fx.check_bytes(
+            "internal, hairpin",
+            &hairpin.build(),
+            XDP_DROP,
+            None,
+            Reason::DropHairpin,
+        );
+        // Pings: from inside answered, from outside dropped.
+        let ping = |src: &SocketAddrV6| {
+            Frame6::raw(
+                *src.ip(),
+                ILB6,
+                proto::ICMPV6,
+                vec![128, 0, 0, 0, 0, 1, 0, 1],
+            )
+        };
+        let mut reply = Frame6::raw(ILB6, *c.ip(), proto::ICMPV6, vec![129, 0, 0, 0, 0, 1, 0, 1]);
+        reply.smac = LB_MAC;
+        reply.dmac = CLIENT_MAC;
+        fx.check_bytes(
+            "internal, ping inside",
+            &ping(&c).build(),
+            XDP_TX,
+            Some(reply.build()),
+            Reason::EchoReply,
+        );
+        fx.check_bytes(
+            "internal, ping outside",
+            &ping(&o).build(),
+            XDP_DROP,
+            None,
+            Reason::DropNotInternal,
         );
     });
 }
