@@ -244,11 +244,17 @@ pub const PROG_OUTBOUND: u32 = 1;
 pub const V6_PROGRAM_NAME: &str = "lb_xdp6";
 /// `LB_PROGS` slot of the IPv6 program.
 pub const PROG_V6: u32 = 2;
+/// Name of the ICMPv6-error program, entered from [`V6_PROGRAM_NAME`] by tail call for ICMPv6
+/// errors: translating one about a tracked flow needs a stack of its own.
+pub const ICMP6_PROGRAM_NAME: &str = "lb_icmp6";
+/// `LB_PROGS` slot of the ICMPv6-error program.
+pub const PROG_ICMP6: u32 = 3;
 /// Slots of `LB_PROGS`.
-pub const PROG_SLOTS: u32 = 3;
+pub const PROG_SLOTS: u32 = 4;
 /// Every tail-call program, with its `LB_PROGS` slot.
-pub const TAIL_PROGRAMS: [(u32, &str); 3] = [
+pub const TAIL_PROGRAMS: [(u32, &str); 4] = [
     (PROG_HAIRPIN, HAIRPIN_PROGRAM_NAME),
     (PROG_OUTBOUND, OUTBOUND_PROGRAM_NAME),
     (PROG_V6, V6_PROGRAM_NAME),
+    (PROG_ICMP6, ICMP6_PROGRAM_NAME),
 ];

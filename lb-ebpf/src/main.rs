@@ -17,6 +17,7 @@ mod conntrack;
 mod conntrack6;
 mod hairpin;
 mod icmp;
+mod icmp6;
 mod maps;
 mod outbound;
 mod parse;
@@ -118,6 +119,16 @@ pub fn lb_outbound(ctx: XdpContext) -> u32 {
 )]
 pub fn lb_xdp6(ctx: XdpContext) -> u32 {
     counted!(untraced six::run(&ctx))
+}
+
+/// ICMPv6 errors, entered from [`lb_xdp6`] by tail call (see `icmp6.rs`).
+#[xdp]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the #[xdp] entry point takes its context by value"
+)]
+pub fn lb_icmp6(ctx: XdpContext) -> u32 {
+    counted!(untraced icmp6::run(&ctx))
 }
 
 #[inline(always)]

@@ -90,6 +90,7 @@ pub fn run(ctx: &XdpContext) -> Verdict {
             None => Verdict::Drop(DropReason::Malformed),
         },
         Class6::Echo(vip) => echo(ctx, &pkt, &vip),
+        Class6::IcmpError(to_vip) => crate::icmp6::enter(ctx, to_vip),
         Class6::Unservable(r) => Verdict::Drop(r),
         Class6::NotOurs(r) => Verdict::Pass(r),
     }
@@ -143,6 +144,8 @@ enum Class6 {
     Reply(Reply6),
     /// An echo request to a VIP, right after the fixed header.
     Echo(VipInfo),
+    /// An ICMPv6 error (`true`: to a VIP), for the ICMPv6 program.
+    IcmpError(bool),
     Unservable(DropReason),
     NotOurs(PassReason),
 }
@@ -178,7 +181,16 @@ fn classify(pkt: &Packet6) -> Class6 {
     }
     // SAFETY: `pkt.ip` was bounds-checked by the parser.
     let dst = unsafe { (*pkt.ip).dst };
-    let Some(vip) = vip(dst) else {
+    let vip = vip(dst);
+    // An ICMPv6 error right after the fixed header, to a VIP or from a backend's side: the
+    // ICMPv6 program matches it to its flow (or not).
+    if let Some((t, _)) = pkt.icmp()
+        && crate::icmp6::is_error(t)
+        && pkt.icmp as usize == pkt.ip as usize + size_of::<Ipv6Hdr>()
+    {
+        return Class6::IcmpError(vip.is_some());
+    }
+    let Some(vip) = vip else {
         return Class6::NotOurs(not_ours);
     };
     match pkt.flow() {
@@ -208,14 +220,14 @@ fn service(key: ServiceKey6) -> Option<ServiceInfo> {
 }
 
 #[inline(always)]
-fn vip(addr: [u8; 16]) -> Option<VipInfo> {
+pub fn vip(addr: [u8; 16]) -> Option<VipInfo> {
     // SAFETY: copied out at once.
     unsafe { LB_VIPS6.get(addr).copied() }
 }
 
 /// A live IPv6 backend by id (id 0 and inactive entries are none).
 #[inline(always)]
-fn live_backend(id: BackendId) -> Option<Backend6> {
+pub fn live_backend(id: BackendId) -> Option<Backend6> {
     if id == 0 {
         return None;
     }
@@ -225,7 +237,7 @@ fn live_backend(id: BackendId) -> Option<Backend6> {
 
 /// The agent-resolved next hop towards a client address.
 #[inline(always)]
-fn route(dst: [u8; 16]) -> Option<NextHop> {
+pub fn route(dst: [u8; 16]) -> Option<NextHop> {
     LB_ROUTES6
         .get(aya_ebpf::maps::lpm_trie::Key::new(128, dst))
         .copied()

@@ -7,7 +7,7 @@ use core::mem::size_of;
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
     csum,
-    hdr::Ipv6Hdr,
+    hdr::{EthHdr, Ipv6Hdr},
     maps::NextHop,
     verdict::{PassReason, SendReason},
 };
@@ -97,32 +97,57 @@ pub fn hop_limit(pkt: &Packet6) -> u8 {
 /// kernel FIB, else to the kernel to route.
 #[inline(always)]
 pub fn forward(ctx: &XdpContext, pkt: &Packet6, nh: Option<NextHop>, ok: SendReason) -> Verdict {
+    let proto = pkt.flow().map_or(0, |(f, _)| f.proto);
+    // SAFETY: `pkt`'s headers were bounds-checked by the parser.
+    unsafe { forward_hdrs(ctx, (pkt.ip, pkt.eth), proto, nh, ok) }
+}
+
+/// [`forward`] from the bare header pointers (the ICMPv6 program has no `Packet6`: its stack
+/// is spent on the embedded headers). `proto` is the L4 protocol for the FIB fallback.
+///
+/// # Safety
+/// `ip` and `eth` are the frame's bounds-checked IPv6 and Ethernet headers.
+#[inline(always)]
+pub unsafe fn forward_hdrs(
+    ctx: &XdpContext,
+    (ip, eth): (*mut Ipv6Hdr, *mut EthHdr),
+    proto: u8,
+    nh: Option<NextHop>,
+    ok: SendReason,
+) -> Verdict {
     if let Some(nh) = nh.filter(NextHop::is_resolved) {
-        return Verdict::Sent(send(ctx, pkt, &nh), ok);
+        // SAFETY: the caller guarantees the pointers.
+        return Verdict::Sent(unsafe { send(ctx, ip, eth, &nh) }, ok);
     }
-    match fib(ctx, pkt) {
-        Some(nh) => Verdict::Sent(send(ctx, pkt, &nh), SendReason::ForwardFib),
+    // SAFETY: as above.
+    match unsafe { fib(ctx, ip, proto) } {
+        // SAFETY: as above.
+        Some(nh) => Verdict::Sent(unsafe { send(ctx, ip, eth, &nh) }, SendReason::ForwardFib),
         None => Verdict::Pass(PassReason::NoNextHop),
     }
 }
 
 /// Hop limit decrement (no header checksum in IPv6), MACs, and out.
+///
+/// # Safety
+/// As [`forward_hdrs`]; the caller checked that the hop limit is above 1.
 #[inline(always)]
-fn send(ctx: &XdpContext, pkt: &Packet6, nh: &NextHop) -> u32 {
-    // SAFETY: `pkt.ip` and `pkt.eth` were bounds-checked by the parser; the caller checked
-    // that the hop limit is above 1.
+unsafe fn send(ctx: &XdpContext, ip: *mut Ipv6Hdr, eth: *mut EthHdr, nh: &NextHop) -> u32 {
+    // SAFETY: the caller guarantees the pointers.
     unsafe {
-        (*pkt.ip).hop_limit -= 1;
-        xlate::out(ctx, pkt.eth, nh)
+        (*ip).hop_limit -= 1;
+        xlate::out(ctx, eth, nh)
     }
 }
 
 /// The FIB fallback for IPv6 (see `xlate::fib`; out of line for the same stack reason).
+///
+/// # Safety
+/// `ip` is the frame's bounds-checked IPv6 header.
 #[inline(never)]
-fn fib(ctx: &XdpContext, pkt: &Packet6) -> Option<NextHop> {
-    // SAFETY: `pkt.ip` was bounds-checked by the parser.
-    let ip: &Ipv6Hdr = unsafe { &*pkt.ip };
-    let proto = pkt.flow().map_or(0, |(f, _)| f.proto);
+unsafe fn fib(ctx: &XdpContext, ip: *mut Ipv6Hdr, proto: u8) -> Option<NextHop> {
+    // SAFETY: the caller guarantees the pointer.
+    let ip: &Ipv6Hdr = unsafe { &*ip };
     fib_query(ctx, |p| {
         p.family = AF_INET6;
         p.l4_protocol = proto;

@@ -420,14 +420,14 @@ fn ipv6_hop_limit_ndp_icmp_and_strangers_have_their_outcomes() {
             None,
             Reason::DropProto,
         );
-        // An error to the VIP: a counted drop until ICMPv6 errors are translated.
+        // An error to the VIP about no tracked flow: a counted drop.
         let ptb = Frame6::raw(*c.ip(), VIP6, proto::ICMPV6, vec![2, 0, 0, 0, 0, 0, 5, 0]);
         fx.check_bytes(
             "packet too big",
             &ptb.build(),
             XDP_DROP,
             None,
-            Reason::DropProto,
+            Reason::DropIcmpUnmatched,
         );
 
         fx.check_bytes(
@@ -602,6 +602,176 @@ fn ipv6_acls_and_internal_vips_admit_by_prefix_and_cannot_be_bypassed() {
             XDP_DROP,
             None,
             Reason::DropNotInternal,
+        );
+    });
+}
+
+/// An ICMPv6 error message: type, code, the 4-byte field (the MTU of a Packet Too Big), and
+/// the embedded packet (its IPv6 header on); the checksum is left to the frame builder.
+fn icmp6_error(ty: u8, mtu: u32, embedded: &[u8]) -> Vec<u8> {
+    let mut m = vec![ty, 0, 0, 0];
+    m.extend_from_slice(&mtu.to_be_bytes());
+    m.extend_from_slice(embedded);
+    m
+}
+
+#[test]
+fn ipv6_errors_about_a_tracked_flow_reach_its_owner_both_ways() {
+    with_fixture6(|fx| {
+        let c = client();
+        let be = model_pick(fx.seed, c);
+        let syn = Frame6::tcp(c, vip(80), TCP_SYN);
+        let out = syn.dnat(be, LB_MAC, mac_of(&be));
+        fx.check_bytes(
+            "SYN",
+            &syn.build(),
+            XDP_TX,
+            Some(out.build()),
+            Reason::Forward,
+        );
+        let router = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0xfe);
+
+        // From the client's path, about the LB's reply VIP:80 → client: to the backend, the
+        // outer destination and the embedded source translated (every checksum from scratch
+        // on the expected side).
+        let reply_sent = Frame6::tcp(vip(80), c, TCP_SYN | TCP_ACK).build();
+        let reply_at_be = Frame6::tcp(be, c, TCP_SYN | TCP_ACK).build();
+        let ptb = Frame6::raw(
+            router,
+            VIP6,
+            proto::ICMPV6,
+            icmp6_error(2, 1280, &reply_sent[14..]),
+        );
+        let mut want = Frame6::raw(
+            router,
+            *be.ip(),
+            proto::ICMPV6,
+            icmp6_error(2, 1280, &reply_at_be[14..]),
+        );
+        want.hop_limit = 63;
+        want.smac = LB_MAC;
+        want.dmac = mac_of(&be);
+        fx.check_bytes(
+            "PTB to the VIP",
+            &ptb.build(),
+            XDP_TX,
+            Some(want.build()),
+            Reason::IcmpToBackend,
+        );
+
+        // From the backend itself, about the DNATed SYN client → DIP: to the client, from the
+        // VIP, the embedded destination back to VIP:80.
+        let syn_at_be = Frame6::tcp(c, be, TCP_SYN).build();
+        let mut unreach = Frame6::raw(
+            *be.ip(),
+            *c.ip(),
+            proto::ICMPV6,
+            icmp6_error(1, 0, &syn_at_be[14..]),
+        );
+        unreach.smac = mac_of(&be);
+        let mut want = Frame6::raw(
+            VIP6,
+            *c.ip(),
+            proto::ICMPV6,
+            icmp6_error(1, 0, &syn.build()[14..]),
+        );
+        want.hop_limit = 63;
+        want.smac = LB_MAC;
+        want.dmac = CLIENT_MAC;
+        fx.check_bytes(
+            "unreachable from the backend",
+            &unreach.build(),
+            XDP_TX,
+            Some(want.build()),
+            Reason::IcmpToClient,
+        );
+
+        // From a router on the backends' side: its own source stays.
+        let brouter = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 0xfe);
+        let mut from_router = Frame6::raw(
+            brouter,
+            *c.ip(),
+            proto::ICMPV6,
+            icmp6_error(2, 1400, &syn_at_be[14..]),
+        );
+        from_router.smac = mac_of(&be);
+        let mut want = Frame6::raw(
+            brouter,
+            *c.ip(),
+            proto::ICMPV6,
+            icmp6_error(2, 1400, &syn.build()[14..]),
+        );
+        want.hop_limit = 63;
+        want.smac = LB_MAC;
+        want.dmac = CLIENT_MAC;
+        fx.check_bytes(
+            "PTB from a router",
+            &from_router.build(),
+            XDP_TX,
+            Some(want.build()),
+            Reason::IcmpToClient,
+        );
+
+        // About no tracked flow, truncated or forged: a counted drop to the VIP; passed
+        // elsewhere.
+        let other = SocketAddrV6::new(*c.ip(), 40001, 0, 0);
+        let untracked = Frame6::tcp(vip(80), other, TCP_ACK).build();
+        let e = Frame6::raw(
+            router,
+            VIP6,
+            proto::ICMPV6,
+            icmp6_error(2, 1280, &untracked[14..]),
+        );
+        fx.check_bytes(
+            "about no flow",
+            &e.build(),
+            XDP_DROP,
+            None,
+            Reason::DropIcmpUnmatched,
+        );
+        let cut = Frame6::raw(
+            router,
+            VIP6,
+            proto::ICMPV6,
+            icmp6_error(2, 1280, &reply_sent[14..14 + 30]),
+        );
+        fx.check_bytes(
+            "embedded header cut",
+            &cut.build(),
+            XDP_DROP,
+            None,
+            Reason::DropIcmpUnmatched,
+        );
+        let mut forged = reply_sent[14..].to_vec();
+        forged[6] = 50; // ESP: no ports to match
+        let f = Frame6::raw(router, VIP6, proto::ICMPV6, icmp6_error(2, 1280, &forged));
+        fx.check_bytes(
+            "embedded ESP",
+            &f.build(),
+            XDP_DROP,
+            None,
+            Reason::DropIcmpUnmatched,
+        );
+        let mut hl1 = Frame6::raw(
+            router,
+            VIP6,
+            proto::ICMPV6,
+            icmp6_error(2, 1280, &reply_sent[14..]),
+        );
+        hl1.hop_limit = 1;
+        fx.check_bytes("hop limit 1", &hl1.build(), XDP_DROP, None, Reason::DropTtl);
+        let passing = Frame6::raw(
+            router,
+            Ipv6Addr::new(0x2001, 0xdb8, 9, 0, 0, 0, 0, 1),
+            proto::ICMPV6,
+            icmp6_error(1, 0, &untracked[14..]),
+        );
+        fx.check_bytes(
+            "not ours",
+            &passing.build(),
+            XDP_PASS,
+            None,
+            Reason::PassNotOurs,
         );
     });
 }
