@@ -194,3 +194,68 @@ internal = ["2001:db8:1::/122"]
         .unwrap();
     assert!(listed.to_string().contains("2001:db8:1::/122"), "{listed}");
 }
+
+/// A Packet Too Big from the client's side about an IPv6 VIP flow reaches only the backend
+/// that owns the flow, with the embedded packet translated to that backend's address.
+#[test]
+fn a_packet_too_big_reaches_only_the_backend_that_owns_the_flow() {
+    use std::{net::SocketAddr, time::Duration};
+
+    use lb_integration::{
+        lab::{VIP6, backend_ip6, icmp6_socket, recv_icmp6, send_icmp6},
+        packet::{Frame6, TCP_ACK},
+    };
+    let mut lab = Lab::new(3).unwrap();
+    lab.start_agent(
+        "[[service]]\nvip = \"[2001:db8:3::10]:80/tcp\"\nbackends = [\"2001:db8:2::11\", \"2001:db8:2::12\", \"2001:db8:2::13\"]\ntable_size = 251\n",
+    )
+    .unwrap();
+    lab.wait_ready().unwrap();
+    // An open connection: its flow is tracked, and one backend owns it.
+    let vip = std::net::SocketAddrV6::new(VIP6, 80, 0, 0);
+    let conn = lab
+        .client
+        .enter(move || std::net::TcpStream::connect_timeout(&SocketAddr::V6(vip), IO))
+        .unwrap();
+    let SocketAddr::V6(local) = conn.local_addr().unwrap() else {
+        panic!("an IPv6 connection")
+    };
+    let listeners: Vec<_> = lab
+        .backends
+        .iter()
+        .map(|b| icmp6_socket(&b.ns).unwrap())
+        .collect();
+    let reply = Frame6::tcp(vip, local, TCP_ACK).build();
+    let mut msg = vec![2u8, 0, 0, 0, 0, 0, 0x05, 0x00];
+    msg.extend_from_slice(&reply[14..]);
+    let client_sock = icmp6_socket(&lab.client).unwrap();
+    send_icmp6(&client_sock, VIP6, &msg).unwrap();
+    let is_ptb = |m: &[u8]| {
+        m.len() >= 8 + 40 + 4
+            && m[0] == 2
+            && m[8 + 40 + 2..8 + 40 + 4] == local.port().to_be_bytes()
+    };
+    let got: Vec<usize> = listeners
+        .iter()
+        .enumerate()
+        .filter_map(|(i, l)| recv_icmp6(l, Duration::from_millis(700), is_ptb).map(|(m, _)| (i, m)))
+        .map(|(i, m)| {
+            // The embedded source is now the backend's own address.
+            assert_eq!(
+                m[8 + 8..8 + 24],
+                backend_ip6(i + 1).octets(),
+                "b{} got an untranslated PTB",
+                i + 1
+            );
+            i
+        })
+        .collect();
+    assert_eq!(
+        got.len(),
+        1,
+        "the PTB reached {got:?}\n{}",
+        lab.lb(&["stats"]).unwrap()
+    );
+    assert_eq!(lab.reason("icmp_to_backend").unwrap(), 1);
+    drop(conn);
+}

@@ -125,19 +125,14 @@ pub fn ping(ns: &Netns, dst: Ipv4Addr, timeout: Duration) -> anyhow::Result<Ipv4
     Ok(Ipv4Addr::new(reply[12], reply[13], reply[14], reply[15]))
 }
 
-/// Sends one ICMPv6 echo request from namespace `ns` to `dst` (a raw ICMPv6 socket: the
-/// kernel computes the checksum over the IPv6 pseudo-header) and returns the source address
-/// of the matching echo reply.
+/// A raw ICMPv6 socket in namespace `ns`: it receives every ICMPv6 message the namespace
+/// gets (without the IPv6 header), and the kernel computes the checksum of what it sends.
 ///
 /// # Errors
-/// No matching reply within `timeout`.
-pub fn ping6(
-    ns: &Netns,
-    dst: std::net::Ipv6Addr,
-    timeout: Duration,
-) -> anyhow::Result<std::net::Ipv6Addr> {
+/// The socket cannot be made (not root?).
+pub fn icmp6_socket(ns: &Netns) -> anyhow::Result<std::os::fd::OwnedFd> {
     use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
-    let sock = ns.enter(|| -> std::io::Result<OwnedFd> {
+    Ok(ns.enter(|| -> std::io::Result<OwnedFd> {
         // SAFETY: a plain socket call; the descriptor is owned by the returned OwnedFd.
         unsafe {
             let fd = libc::socket(
@@ -162,12 +157,19 @@ pub fn ping6(
             );
             Ok(sock)
         }
-    })?;
-    let id = u16::try_from(std::process::id() & 0xffff).expect("masked");
-    let mut msg = vec![128u8, 0, 0, 0];
-    msg.extend_from_slice(&id.to_be_bytes());
-    msg.extend_from_slice(&1u16.to_be_bytes());
-    msg.extend_from_slice(b"lb-lab-ping6");
+    })?)
+}
+
+/// Sends an ICMPv6 message to `dst` (the kernel adds the IPv6 header and the checksum).
+///
+/// # Errors
+/// The send fails.
+pub fn send_icmp6(
+    sock: &std::os::fd::OwnedFd,
+    dst: std::net::Ipv6Addr,
+    msg: &[u8],
+) -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd as _;
     // SAFETY: all-zero is a valid sockaddr_in6.
     let mut to: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
     to.sin6_family = libc::AF_INET6 as libc::sa_family_t;
@@ -186,8 +188,18 @@ pub fn ping6(
     if n < 0 {
         bail!("sendto {dst}: {}", std::io::Error::last_os_error());
     }
-    // A raw ICMPv6 socket delivers the ICMPv6 message without the IPv6 header; the source
-    // comes from recvfrom.
+    Ok(())
+}
+
+/// Receives ICMPv6 messages on `sock` until `want` accepts one (the message and its source)
+/// or `timeout` passes.
+#[must_use]
+pub fn recv_icmp6(
+    sock: &std::os::fd::OwnedFd,
+    timeout: Duration,
+    want: impl Fn(&[u8]) -> bool,
+) -> Option<(Vec<u8>, std::net::Ipv6Addr)> {
+    use std::os::fd::AsRawFd as _;
     let deadline = std::time::Instant::now() + timeout;
     let mut buf = [0u8; 1500];
     while std::time::Instant::now() < deadline {
@@ -205,10 +217,37 @@ pub fn ping6(
                 &raw mut flen,
             )
         };
-        let Ok(n) = usize::try_from(n) else { continue };
-        if n >= 8 && buf[0] == 129 && buf[4..6] == id.to_be_bytes() {
-            return Ok(std::net::Ipv6Addr::from(from.sin6_addr.s6_addr));
+        let Ok(n) = usize::try_from(n) else { continue }; // a receive-timeout tick
+        if want(&buf[..n]) {
+            return Some((
+                buf[..n].to_vec(),
+                std::net::Ipv6Addr::from(from.sin6_addr.s6_addr),
+            ));
         }
     }
-    bail!("no ICMPv6 echo reply from {dst} within {timeout:?}")
+    None
+}
+
+/// Sends one ICMPv6 echo request from namespace `ns` to `dst` and returns the source address
+/// of the matching echo reply.
+///
+/// # Errors
+/// No matching reply within `timeout`.
+pub fn ping6(
+    ns: &Netns,
+    dst: std::net::Ipv6Addr,
+    timeout: Duration,
+) -> anyhow::Result<std::net::Ipv6Addr> {
+    let sock = icmp6_socket(ns)?;
+    let id = u16::try_from(std::process::id() & 0xffff).expect("masked");
+    let mut msg = vec![128u8, 0, 0, 0];
+    msg.extend_from_slice(&id.to_be_bytes());
+    msg.extend_from_slice(&1u16.to_be_bytes());
+    msg.extend_from_slice(b"lb-lab-ping6");
+    send_icmp6(&sock, dst, &msg)?;
+    recv_icmp6(&sock, timeout, |m| {
+        m.len() >= 8 && m[0] == 129 && m[4..6] == id.to_be_bytes()
+    })
+    .map(|(_, from)| from)
+    .with_context(|| format!("no ICMPv6 echo reply from {dst} within {timeout:?}"))
 }

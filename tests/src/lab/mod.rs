@@ -36,7 +36,7 @@ mod servers;
 use self::agent::Agent;
 pub use self::{
     clients::{ConnStream, HttpConn, StreamTally},
-    icmp::{icmp_socket, ping, ping6, recv_icmp, send_icmp},
+    icmp::{icmp_socket, icmp6_socket, ping, ping6, recv_icmp, recv_icmp6, send_icmp, send_icmp6},
     servers::BackendNs,
 };
 use crate::netns::{Netns, sweep_stale, unique_prefix};
