@@ -483,6 +483,7 @@ pub fn run(runs: u32) -> anyhow::Result<(Vec<Row>, Vec<ProgSize>)> {
                 lb_common::consts::HAIRPIN_PROGRAM_NAME,
                 lb_common::consts::OUTBOUND_PROGRAM_NAME,
                 lb_common::consts::V6_PROGRAM_NAME,
+                lb_common::consts::ICMP6_PROGRAM_NAME,
             ] {
                 let p: &aya::programs::Xdp =
                     h.dp.ebpf.program(name).context("program")?.try_into()?;
