@@ -145,7 +145,7 @@ fn v4(what: &str, a: IpAddr) -> Result<[u8; 4], String> {
         }
         IpAddr::V4(_) => Err(format!("{what} {a} is not a unicast address")),
         IpAddr::V6(_) => Err(format!(
-            "{what} {a}: IPv6 is not supported by the fast path yet"
+            "{what} {a}: IPv6 outbound rules are not supported yet"
         )),
     }
 }
@@ -186,7 +186,7 @@ pub fn check_rule(r: &OutboundRule) -> Result<(), String> {
     for s in &r.services {
         if !s.vip.is_ipv4() {
             return Err(format!(
-                "rule {n}: service {s}: IPv6 is not supported by the fast path yet"
+                "rule {n}: service {s}: IPv6 outbound rules are not supported yet"
             ));
         }
     }
@@ -197,7 +197,7 @@ pub fn check_rule(r: &OutboundRule) -> Result<(), String> {
     for (ip, len) in &r.inside {
         if !ip.is_ipv4() {
             return Err(format!(
-                "rule {n}: inside {ip}/{len}: IPv6 is not supported by the fast path yet"
+                "rule {n}: inside {ip}/{len}: IPv6 outbound rules are not supported yet"
             ));
         }
     }

@@ -8,16 +8,15 @@ use lb_common::{consts::MAX_TABLE_SIZE, health, maglev::is_prime};
 use super::{MAX_WEIGHT, ServiceSettings};
 use crate::spec::{BackendSpec, Hairpin, Proto, Replies, ServiceSpec};
 
-/// Checks a PIP mapping: unicast IPv4 addresses (the fast path is IPv4), not the same address.
+/// Checks a PIP mapping: unicast IPv4 addresses (IPv6 PIPs are not served yet), not the same
+/// address.
 ///
 /// # Errors
 /// A message naming the problem.
 pub fn check_pip(pip: std::net::IpAddr, dip: std::net::IpAddr) -> Result<(), String> {
     for (what, a) in [("PIP", pip), ("instance", dip)] {
         let std::net::IpAddr::V4(v4) = a else {
-            return Err(format!(
-                "{what} {a}: IPv6 is not supported by the fast path yet"
-            ));
+            return Err(format!("{what} {a}: IPv6 PIPs are not supported yet"));
         };
         if v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast() || v4.is_loopback() {
             return Err(format!("{what} {a} is not a unicast address"));

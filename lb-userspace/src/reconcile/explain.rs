@@ -35,8 +35,8 @@ impl Source<'_> {
     ) -> Result<(ExplainView, FlowKey4), ChangeError> {
         let (IpAddr::V4(src), IpAddr::V4(vip)) = (client.ip(), service.vip.ip()) else {
             return Err(ChangeError::Invalid(
-                "explain: the client and the VIP must be IPv4 addresses (the fast path serves \
-                 IPv4)"
+                "explain: the client and the VIP must be IPv4 addresses (IPv6 flows are not \
+                 explained yet)"
                     .into(),
             ));
         };

@@ -1207,7 +1207,8 @@ impl<M: MapOps> Reconciler<M> {
             Some(IpAddr::V4(v)) => Some(v.octets()),
             Some(IpAddr::V6(v)) => {
                 return Err(ChangeError::Invalid(format!(
-                    "--vip: {v} is IPv6; the fast path serves IPv4 only"
+                    "--vip: {v} is IPv6; lb trace follows IPv4 flows only (IPv6 frames are \
+                     counted, not traced)"
                 )));
             }
         };
