@@ -1,11 +1,7 @@
 //! The program's maps, typed: [`Maps`], the writer's handle on all of them, and [`SideMaps`],
 //! the handle that side tasks open from the pins for walks and counters off the writer loop.
 
-use std::{
-    collections::HashMap as StdHashMap,
-    os::fd::{AsFd as _, BorrowedFd},
-    path::Path,
-};
+use std::{collections::HashMap as StdHashMap, os::fd::AsFd as _, path::Path};
 
 use aya::{
     Ebpf,
@@ -15,7 +11,7 @@ use aya::{
     },
 };
 use lb_common::{
-    addr::{Addr, as_v4, as_v6, prefix_from_v4, prefix_v4, prefix_v6, v4_mapped},
+    addr::{Addr, as_v4, as_v6, prefix_v4, prefix_v6},
     consts::map_names,
     flow::{FlowKey4, FlowKey6},
     maps::{
@@ -29,7 +25,12 @@ use lb_common::{
     xmit::XmitFails,
 };
 
-use super::{FlowPurge, LiveMaps, MapOps, MapReader, PurgeJob, loader::take_map, sys};
+use super::{
+    FlowPurge, LiveMaps, MapOps, MapReader, PurgeJob,
+    flows::{delete_keys, lookup, walk_batches},
+    loader::take_map,
+    sys,
+};
 use crate::error::{LoadError, MapOpError};
 
 /// The program's maps, typed: the only writer's handle (the reconciler holds it; tests
@@ -151,7 +152,7 @@ impl SideMaps {
         Ok(v.iter().sum())
     }
 
-    /// Calls `f` on every tracked IPv4 flow, one `BPF_MAP_LOOKUP_BATCH` of [`WALK_BATCH`]
+    /// Calls `f` on every tracked IPv4 flow, one `BPF_MAP_LOOKUP_BATCH` of [`flows::WALK_BATCH`](super::flows::WALK_BATCH)
     /// entries at a time (aya's iterator costs two syscalls per entry); `on_batch` sees the
     /// running count after each batch. Kernels without batch lookups fall back to aya's
     /// iterator.
@@ -176,7 +177,7 @@ impl SideMaps {
         Ok(seen)
     }
 
-    /// Calls `f` on each batch of tracked IPv4 flows (keys and entries, up to [`WALK_BATCH`]),
+    /// Calls `f` on each batch of tracked IPv4 flows (keys and entries, up to [`flows::WALK_BATCH`](super::flows::WALK_BATCH)),
     /// as [`Self::walk_flows`] reads them; returns how many there were.
     ///
     /// # Errors
@@ -263,143 +264,6 @@ impl SideMaps {
         delete_keys(&mut self.conntrack6, map_names::CONNTRACK6, keys)
     }
 }
-
-/// A conntrack table's entry for `k`, if it has one.
-fn lookup<K: aya::Pod, V: aya::Pod>(
-    map: &HashMap<MapData, K, V>,
-    name: &'static str,
-    k: &K,
-) -> Result<Option<V>, MapOpError> {
-    match map.get(k, 0) {
-        Ok(e) => Ok(Some(e)),
-        Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-        Err(source) => Err(MapOpError {
-            map: name,
-            op: "lookup".into(),
-            source,
-        }),
-    }
-}
-
-/// Calls `f` on each batch of a conntrack table's entries (see [`SideMaps::walk_flows`]).
-fn walk_batches<K: aya::Pod + Default, V: aya::Pod + Default>(
-    map: &HashMap<MapData, K, V>,
-    name: &'static str,
-    f: &mut dyn FnMut(&[K], &[V]),
-) -> Result<usize, MapOpError> {
-    let err = |e: std::io::Error| MapOpError {
-        map: name,
-        op: "batch walk".into(),
-        source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
-            call: "bpf_map_lookup_batch",
-            io_error: e,
-        }),
-    };
-    let fd: BorrowedFd<'_> = map.map().fd().as_fd();
-    let mut keys = vec![K::default(); WALK_BATCH];
-    let mut values = vec![V::default(); WALK_BATCH];
-    // The hash map's cursor is a bucket index (a u32); the kernel writes the next one.
-    let (mut cursor, mut next) = (0u32, 0u32);
-    let mut first = true;
-    let mut seen = 0;
-    loop {
-        // SAFETY: `keys` and `values` hold WALK_BATCH keys and values of the map's types,
-        // and `cursor`/`next` one u32 each; all outlive the call.
-        let r = unsafe {
-            sys::lookup_batch(
-                fd,
-                (!first).then_some((&raw const cursor).cast()),
-                (&raw mut next).cast(),
-                keys.as_mut_ptr().cast(),
-                values.as_mut_ptr().cast(),
-                WALK_BATCH as u32,
-            )
-        };
-        let (n, end) = match r {
-            Ok(x) => x,
-            Err(e) if first && sys::batch_unsupported(&e) => {
-                return walk_one_by_one(map, name, f);
-            }
-            Err(e) => return Err(err(e)),
-        };
-        f(&keys[..n as usize], &values[..n as usize]);
-        seen += n as usize;
-        if end {
-            return Ok(seen);
-        }
-        cursor = next;
-        first = false;
-    }
-}
-
-fn walk_one_by_one<K: aya::Pod, V: aya::Pod>(
-    map: &HashMap<MapData, K, V>,
-    name: &'static str,
-    f: &mut dyn FnMut(&[K], &[V]),
-) -> Result<usize, MapOpError> {
-    let mut seen = 0;
-    for item in map {
-        match item {
-            Ok((k, e)) => {
-                f(&[k], &[e]);
-                seen += 1;
-            }
-            // Evicted between the key walk and the lookup.
-            Err(aya::maps::MapError::KeyNotFound) => {}
-            Err(source) => {
-                return Err(MapOpError {
-                    map: name,
-                    op: "walk".into(),
-                    source,
-                });
-            }
-        }
-    }
-    Ok(seen)
-}
-
-/// Deletes `keys` from a conntrack table with `BPF_MAP_DELETE_BATCH`; a key the LRU evicted
-/// meanwhile is skipped.
-fn delete_keys<K: aya::Pod, V: aya::Pod>(
-    map: &mut HashMap<MapData, K, V>,
-    name: &'static str,
-    keys: &[K],
-) -> Result<(), MapOpError> {
-    let mut at = 0;
-    while at < keys.len() {
-        let rest = &keys[at..];
-        let count = u32::try_from(rest.len().min(WALK_BATCH)).expect("bounded");
-        let fd = map.map().fd().as_fd();
-        // SAFETY: `rest` holds at least `count` keys of the map's key type.
-        let (n, e) = unsafe { sys::delete_batch(fd, rest.as_ptr().cast(), count) };
-        at += n as usize;
-        match e {
-            None => {}
-            // The key at `at` is gone already (evicted, or ended): skip it.
-            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => at += 1,
-            Some(e) if sys::batch_unsupported(&e) && n == 0 => {
-                for k in rest {
-                    deleted(map.remove(k)).map_err(op_err(name, "purge"))?;
-                }
-                return Ok(());
-            }
-            Some(e) => {
-                return Err(MapOpError {
-                    map: name,
-                    op: "batch delete".into(),
-                    source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
-                        call: "bpf_map_delete_batch",
-                        io_error: e,
-                    }),
-                });
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Entries per conntrack batch (keys and values of a batch: 4096 × 80 bytes).
-const WALK_BATCH: usize = 4096;
 
 impl MapReader for SideMaps {
     fn service_counters(&self, id: u32) -> Result<Counters, MapOpError> {
@@ -824,205 +688,7 @@ impl MapOps for Maps {
         deleted(self.out_inside.remove(&key)).map_err(op_err(map_names::OUT_INSIDE4, "remove"))
     }
     fn read_live(&self) -> Result<LiveMaps, MapOpError> {
-        let mut services = Vec::new();
-        let mut ha_seen = std::collections::HashSet::new();
-        for item in &self.services {
-            let (k, v) = item.map_err(op_err(map_names::SERVICES4, "walk"))?;
-            // An HA-ports endpoint is one entry per protocol: one service (protocol 0).
-            let k = match k.port {
-                [0, 0] => ServiceKey4 { proto: 0, ..k },
-                _ => k,
-            };
-            if k.proto != 0 || ha_seen.insert(k) {
-                services.push((ServiceKey::from_v4(&k), v));
-            }
-        }
-        let mut ha_seen6 = std::collections::HashSet::new();
-        for item in &self.services6 {
-            let (k, v) = item.map_err(op_err(map_names::SERVICES6, "walk"))?;
-            let k = match k.port {
-                [0, 0] => ServiceKey6 { proto: 0, ..k },
-                _ => k,
-            };
-            if k.proto != 0 || ha_seen6.insert(k) {
-                services.push((ServiceKey::from_v6(&k), v));
-            }
-        }
-        let mut vips = Vec::new();
-        for item in &self.vips {
-            let (k, v) = item.map_err(op_err(map_names::VIPS4, "walk"))?;
-            vips.push((VipKey { vip: v4_mapped(k) }, v));
-        }
-        for item in &self.vips6 {
-            let (k, v) = item.map_err(op_err(map_names::VIPS6, "walk"))?;
-            vips.push((VipKey { vip: k }, v));
-        }
-        let mut backends: Vec<(BackendId, Backend)> = (0..)
-            .zip(read_array(
-                &self.backends,
-                map_names::BACKENDS4,
-                0,
-                self.backends.len(),
-            )?)
-            .filter(|(_, b)| b.is_active())
-            .map(|(id, b)| (id, Backend::from_v4(&b)))
-            .collect();
-        backends.extend(
-            (0..)
-                .zip(read_array(
-                    &self.backends6,
-                    map_names::BACKENDS6,
-                    0,
-                    self.backends6.len(),
-                )?)
-                .filter(|(_, b)| b.is_active())
-                .map(|(id, b)| (id, Backend::from_v6(&b))),
-        );
-        backends.sort_by_key(|(id, _)| *id);
-        let mut acl = Vec::new();
-        let mut items: Vec<(u32, u32, Addr, AclValue)> = Vec::new();
-        for item in &self.acl {
-            let (k, v) = item.map_err(op_err(map_names::ACL4, "walk"))?;
-            let data = k.data();
-            let (id, a) = data.split_at(4);
-            let (len, addr) = prefix_from_v4(
-                k.prefix_len().saturating_sub(32),
-                a.try_into().expect("4 bytes"),
-            );
-            items.push((
-                u32::from_be_bytes(id.try_into().expect("4 bytes")),
-                len,
-                addr,
-                v,
-            ));
-        }
-        for item in &self.acl6 {
-            let (k, v) = item.map_err(op_err(map_names::ACL6, "walk"))?;
-            let data = k.data();
-            let (id, a) = data.split_at(4);
-            items.push((
-                u32::from_be_bytes(id.try_into().expect("4 bytes")),
-                k.prefix_len().saturating_sub(32),
-                a.try_into().expect("16 bytes"),
-                v,
-            ));
-        }
-        for (id, len, addr, v) in items {
-            let action = match v.action {
-                lb_common::maps::ACL_PERMIT => lb_common::acl::Action::Permit,
-                lb_common::maps::ACL_HAIRPIN => lb_common::acl::Action::Hairpin,
-                // ACL_DENY, and anything unknown: such a set never equals a wanted one, so it
-                // is replaced, and its entries are deleted by prefix all the same.
-                _ => lb_common::acl::Action::Deny,
-            };
-            acl.push((
-                id,
-                lb_common::acl::Entry {
-                    prefix: lb_common::acl::Prefix { addr, len },
-                    action,
-                    rule: (v.rule != u32::MAX).then_some(v.rule),
-                },
-            ));
-        }
-        let mut pips = Vec::new();
-        for item in &self.pips {
-            let (k, v) = item.map_err(op_err(map_names::PIPS4, "walk"))?;
-            pips.push((v4_mapped(k), v4_mapped(v.addr), v.nh));
-        }
-        let mut pip_revs = Vec::new();
-        for item in &self.pip_rev {
-            let (k, v) = item.map_err(op_err(map_names::PIP_REV4, "walk"))?;
-            pip_revs.push((v4_mapped(k), v4_mapped(v.addr)));
-        }
-        let mut routes = Vec::new();
-        for item in &self.routes {
-            let (k, nh) = item.map_err(op_err(map_names::ROUTES4, "walk"))?;
-            let (len, a) = prefix_from_v4(k.prefix_len(), k.data());
-            routes.push((len, a, nh));
-        }
-        for item in &self.routes6 {
-            let (k, nh) = item.map_err(op_err(map_names::ROUTES6, "walk"))?;
-            routes.push((k.prefix_len(), k.data(), nh));
-        }
-        let mut revs: Vec<(RevKey, RevService)> = Vec::new();
-        let mut ha_seen = std::collections::HashSet::new();
-        for item in &self.revsvc {
-            let (k, v) = item.map_err(op_err(map_names::REVSVC, "walk"))?;
-            // An HA-ports backend's entry is one per protocol: one endpoint (protocol 0).
-            let k = match k.port {
-                [0, 0] => RevKey4 { proto: 0, ..k },
-                _ => k,
-            };
-            if k.proto != 0 || ha_seen.insert(RevKey::from_v4(&k)) {
-                revs.push((RevKey::from_v4(&k), RevService::from_v4(&v)));
-            }
-        }
-        for item in &self.revsvc6 {
-            let (k, v) = item.map_err(op_err(map_names::REVSVC6, "walk"))?;
-            let k = match k.port {
-                [0, 0] => RevKey6 { proto: 0, ..k },
-                _ => k,
-            };
-            if k.proto != 0 || ha_seen.insert(RevKey::from_v6(&k)) {
-                revs.push((RevKey::from_v6(&k), RevService::from_v6(&v)));
-            }
-        }
-        let ours = (0..)
-            .zip(read_array(&self.ours, map_names::OURS, 0, self.ours.len())?)
-            .filter(|(_, w)| *w != 0)
-            .collect();
-        let mut locals = Vec::new();
-        for k in self.locals.keys() {
-            locals.push(k.map_err(op_err(map_names::LOCALS, "walk"))?);
-        }
-        let retired = (0..)
-            .zip(read_array(
-                &self.retired,
-                map_names::RETIRED_STATS,
-                0,
-                self.retired.len(),
-            )?)
-            .filter(|(_, c)| *c != Counters::default())
-            .collect();
-        let mut outbound = Vec::new();
-        for item in &self.outbound {
-            outbound.push(item.map_err(op_err(map_names::OUTBOUND4, "walk"))?);
-        }
-        let mut out_fronts = Vec::new();
-        for item in &self.out_fronts {
-            out_fronts.push(item.map_err(op_err(map_names::OUT_FRONTS4, "walk"))?);
-        }
-        let mut out_blocks = Vec::new();
-        for item in &self.out_blocks {
-            out_blocks.push(item.map_err(op_err(map_names::OUT_BLOCKS4, "walk"))?);
-        }
-        let mut out_inside = Vec::new();
-        for k in self.out_inside.keys() {
-            let k = k.map_err(op_err(map_names::OUT_INSIDE4, "walk"))?;
-            let [r0, r1, r2, r3, a0, a1, a2, a3] = k.data();
-            // The key's data is (rule id big-endian, address); its length counts the id's 32
-            // bits.
-            #[expect(clippy::cast_possible_truncation, reason = "at most 32 + 32")]
-            let len = k.prefix_len().saturating_sub(32) as u8;
-            out_inside.push((u32::from_be_bytes([r0, r1, r2, r3]), [a0, a1, a2, a3], len));
-        }
-        Ok(LiveMaps {
-            services,
-            vips,
-            backends,
-            acl,
-            pips,
-            pip_revs,
-            routes,
-            revs,
-            ours,
-            locals,
-            retired,
-            outbound,
-            out_fronts,
-            out_blocks,
-            out_inside,
-        })
+        self.live()
     }
     fn read_slots(&self, off: u32, len: u32) -> Result<Vec<BackendId>, MapOpError> {
         read_array(&self.ring, map_names::RING, off, len)
@@ -1117,7 +783,7 @@ fn lookup_batch<V: aya::Pod>(
 
 /// Array slots `off..off + len`, read in batches of 64 Ki (one lookup per slot on kernels
 /// without batch lookups).
-fn read_array<V: aya::Pod + Default>(
+pub(super) fn read_array<V: aya::Pod + Default>(
     map: &Array<MapData, V>,
     name: &'static str,
     off: u32,
@@ -1174,7 +840,7 @@ fn zero_per_cpu<V: aya::Pod + Default + Clone>(
 /// A delete whose key is already gone counts as done: every delete of the agent is idempotent
 /// (the LRU may have evicted a flow first, or a key may be synced twice). aya reports a missing
 /// key as the syscall's `ENOENT`, not as `MapError::KeyNotFound`, so both are accepted.
-fn deleted(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
+pub(super) fn deleted(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
     match r {
         Err(aya::maps::MapError::KeyNotFound) => Ok(()),
         Err(aya::maps::MapError::SyscallError(e))
@@ -1207,7 +873,7 @@ fn no_family(map: &'static str, op: impl Into<String>) -> MapOpError {
     }
 }
 
-fn op_err(
+pub(super) fn op_err(
     map: &'static str,
     op: impl Into<String>,
 ) -> impl FnOnce(aya::maps::MapError) -> MapOpError {

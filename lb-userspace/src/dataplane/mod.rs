@@ -8,6 +8,8 @@
 //! an in-memory fake: [`MapOps`] for its writes (and the reads of adoption), [`MapReader`] for
 //! the counters and walks that views need, [`FlowPurge`] for flow deletions.
 
+mod flows;
+mod live;
 mod loader;
 mod maps;
 pub mod sweep;

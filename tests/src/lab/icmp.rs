@@ -13,15 +13,20 @@ use crate::netns::Netns;
 /// # Errors
 /// The socket cannot be made (not root?).
 pub fn icmp_socket(ns: &Netns) -> anyhow::Result<std::os::fd::OwnedFd> {
+    raw_socket(ns, libc::AF_INET, libc::IPPROTO_ICMP)
+}
+
+/// A raw socket of `domain` and `proto` in namespace `ns`, with a 100 ms receive timeout.
+fn raw_socket(
+    ns: &Netns,
+    domain: libc::c_int,
+    proto: libc::c_int,
+) -> anyhow::Result<std::os::fd::OwnedFd> {
     use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
-    Ok(ns.enter(|| -> std::io::Result<OwnedFd> {
+    Ok(ns.enter(move || -> std::io::Result<OwnedFd> {
         // SAFETY: a plain socket call; the descriptor is owned by the returned OwnedFd.
         unsafe {
-            let fd = libc::socket(
-                libc::AF_INET,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::IPPROTO_ICMP,
-            );
+            let fd = libc::socket(domain, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto);
             if fd < 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -131,33 +136,7 @@ pub fn ping(ns: &Netns, dst: Ipv4Addr, timeout: Duration) -> anyhow::Result<Ipv4
 /// # Errors
 /// The socket cannot be made (not root?).
 pub fn icmp6_socket(ns: &Netns) -> anyhow::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
-    Ok(ns.enter(|| -> std::io::Result<OwnedFd> {
-        // SAFETY: a plain socket call; the descriptor is owned by the returned OwnedFd.
-        unsafe {
-            let fd = libc::socket(
-                libc::AF_INET6,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::IPPROTO_ICMPV6,
-            );
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let sock = OwnedFd::from_raw_fd(fd);
-            let tv = libc::timeval {
-                tv_sec: 0,
-                tv_usec: 100_000,
-            };
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&raw const tv).cast(),
-                size_of::<libc::timeval>() as libc::socklen_t,
-            );
-            Ok(sock)
-        }
-    })?)
+    raw_socket(ns, libc::AF_INET6, libc::IPPROTO_ICMPV6)
 }
 
 /// Sends an ICMPv6 message to `dst` (the kernel adds the IPv6 header and the checksum).
