@@ -687,16 +687,16 @@ fn ipv6_errors_about_a_tracked_flow_reach_its_owner_both_ways() {
         );
 
         // From a router on the backends' side: its own source stays.
-        let brouter = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 0xfe);
+        let backend_router = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 0xfe);
         let mut from_router = Frame6::raw(
-            brouter,
+            backend_router,
             *c.ip(),
             proto::ICMPV6,
             icmp6_error(2, 1400, &syn_at_be[14..]),
         );
         from_router.smac = mac_of(&be);
         let mut want = Frame6::raw(
-            brouter,
+            backend_router,
             *c.ip(),
             proto::ICMPV6,
             icmp6_error(2, 1400, &syn.build()[14..]),
