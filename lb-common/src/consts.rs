@@ -84,8 +84,10 @@ pub mod map_names {
     pub const REVSVC6: &str = "LB_REVSVC6";
     pub const ROUTES6: &str = "LB_ROUTES6";
     pub const ACL6: &str = "LB_ACL6";
+    pub const PIPS6: &str = "LB_PIPS6";
+    pub const PIP_REV6: &str = "LB_PIP_REV6";
     /// Every map, in the order the agent opens them.
-    pub const ALL: [&str; 37] = [
+    pub const ALL: [&str; 39] = [
         SERVICES4,
         VIPS4,
         BACKENDS4,
@@ -123,6 +125,8 @@ pub mod map_names {
         REVSVC6,
         ROUTES6,
         ACL6,
+        PIPS6,
+        PIP_REV6,
     ];
 }
 
@@ -149,7 +153,7 @@ pub const fn map_layout_version() -> u64 {
         }
         h
     }
-    let parts: [u64; 41] = [
+    let parts: [u64; 42] = [
         MAP_LAYOUT_REVISION,
         map_names::ALL.len() as u64,
         size_of::<maps::ServiceKey4>() as u64,
@@ -191,6 +195,7 @@ pub const fn map_layout_version() -> u64 {
         size_of::<maps::ConnEntry6>() as u64,
         size_of::<maps::RevService6>() as u64,
         size_of::<maps::AclKey6>() as u64,
+        size_of::<maps::PipEntry6>() as u64,
     ];
     let mut h = 0xcbf2_9ce4_8422_2325;
     let mut i = 0;
@@ -249,12 +254,19 @@ pub const PROG_V6: u32 = 2;
 pub const ICMP6_PROGRAM_NAME: &str = "lb_icmp6";
 /// `LB_PROGS` slot of the ICMPv6-error program.
 pub const PROG_ICMP6: u32 = 3;
+/// Name of the IPv6 PIP program, entered by tail call from [`V6_PROGRAM_NAME`] (a packet to
+/// or from a PIP) and from [`ICMP6_PROGRAM_NAME`] (an error from an instance that is about
+/// no balanced flow).
+pub const PIP6_PROGRAM_NAME: &str = "lb_pip6";
+/// `LB_PROGS` slot of the IPv6 PIP program.
+pub const PROG_PIP6: u32 = 4;
 /// Slots of `LB_PROGS`.
-pub const PROG_SLOTS: u32 = 4;
+pub const PROG_SLOTS: u32 = 5;
 /// Every tail-call program, with its `LB_PROGS` slot.
-pub const TAIL_PROGRAMS: [(u32, &str); 4] = [
+pub const TAIL_PROGRAMS: [(u32, &str); 5] = [
     (PROG_HAIRPIN, HAIRPIN_PROGRAM_NAME),
     (PROG_OUTBOUND, OUTBOUND_PROGRAM_NAME),
     (PROG_V6, V6_PROGRAM_NAME),
     (PROG_ICMP6, ICMP6_PROGRAM_NAME),
+    (PROG_PIP6, PIP6_PROGRAM_NAME),
 ];

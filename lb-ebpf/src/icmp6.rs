@@ -236,7 +236,8 @@ pub fn run(ctx: &XdpContext) -> Verdict {
     // From the backends' side: the embedded packet went client → DIP, so its reverse is a
     // reply of the flow. No flags: an error changes no flow's TCP state.
     let FromBackend6::Reply(r) = conntrack6::from_backend(&key.reversed(), 0) else {
-        return unmatched(false);
+        // Not a balanced flow's: a PIP's instance's error goes out through its PIP.
+        return crate::pip6::enter(ctx);
     };
     if hop_limit <= 1 {
         return Verdict::Drop(DropReason::Ttl);

@@ -23,6 +23,7 @@ mod outbound;
 mod parse;
 mod parse6;
 mod pip;
+mod pip6;
 mod policy;
 mod select;
 mod six;
@@ -129,6 +130,16 @@ pub fn lb_xdp6(ctx: XdpContext) -> u32 {
 )]
 pub fn lb_icmp6(ctx: XdpContext) -> u32 {
     counted!(untraced icmp6::run(&ctx))
+}
+
+/// IPv6 PIP traffic, entered from [`lb_xdp6`] and [`lb_icmp6`] by tail call (see `pip6.rs`).
+#[xdp]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the #[xdp] entry point takes its context by value"
+)]
+pub fn lb_pip6(ctx: XdpContext) -> u32 {
+    counted!(untraced pip6::run(&ctx))
 }
 
 #[inline(always)]

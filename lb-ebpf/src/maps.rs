@@ -18,8 +18,9 @@ use lb_common::{
     flow::{FlowKey4, FlowKey6},
     maps::{
         AclKey4, AclKey6, AclValue, Backend4, Backend6, BackendId, ConnEntry4, ConnEntry6,
-        Counters, NextHop, OURS_WORDS, PipEntry4, RateState, RevKey4, RevKey6, RevService4,
-        RevService6, RouteKey4, RouteKey6, ServiceInfo, ServiceKey4, ServiceKey6, VipInfo,
+        Counters, NextHop, OURS_WORDS, PipEntry4, PipEntry6, RateState, RevKey4, RevKey6,
+        RevService4, RevService6, RouteKey4, RouteKey6, ServiceInfo, ServiceKey4, ServiceKey6,
+        VipInfo,
     },
     outbound::{OutBlockKey4, OutFront4, OutboundEntry4},
     trace::{RING_BYTES, TraceConfig},
@@ -211,3 +212,11 @@ pub static LB_ROUTES6: LpmTrie<RouteKey6, NextHop> = LpmTrie::pinned(MAX_ROUTES,
 /// IPv6 VIPs' source sets, as `LB_ACL4`. Writer: agent.
 #[map(name = "LB_ACL6")]
 pub static LB_ACL6: LpmTrie<AclKey6, AclValue> = LpmTrie::pinned(MAX_ACL_ENTRIES, 0);
+
+/// IPv6 PIP → its instance's address and next hop, as `LB_PIPS4`. Writer: agent.
+#[map(name = "LB_PIPS6")]
+pub static LB_PIPS6: HashMap<[u8; 16], PipEntry6> = HashMap::pinned(MAX_PIPS, 0);
+
+/// IPv6 instance address → its PIP, as `LB_PIP_REV4`. Writer: agent.
+#[map(name = "LB_PIP_REV6")]
+pub static LB_PIP_REV6: HashMap<[u8; 16], PipEntry6> = HashMap::pinned(MAX_PIPS, 0);

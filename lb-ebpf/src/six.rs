@@ -91,6 +91,7 @@ pub fn run(ctx: &XdpContext) -> Verdict {
         },
         Class6::Echo(vip) => echo(ctx, &pkt, &vip),
         Class6::IcmpError(to_vip) => crate::icmp6::enter(ctx, to_vip),
+        Class6::Pip => crate::pip6::enter(ctx),
         Class6::Unservable(r) => Verdict::Drop(r),
         Class6::NotOurs(r) => Verdict::Pass(r),
     }
@@ -146,6 +147,8 @@ enum Class6 {
     Echo(VipInfo),
     /// An ICMPv6 error (`true`: to a VIP), for the ICMPv6 program.
     IcmpError(bool),
+    /// To a PIP or from its instance, for the PIP program.
+    Pip,
     Unservable(DropReason),
     NotOurs(PassReason),
 }
@@ -175,8 +178,22 @@ fn classify(pkt: &Packet6) -> Class6 {
                 FromBackend6::None => {}
             }
         }
+        // A PIP, after VIP flows (a DIP can also be a VIP's backend). A packet its flow
+        // refused as a reply stays the kernel's, as for IPv4.
+        if not_ours == PassReason::NotOurs && is_pip((to_us, &flow.dst), (from_us, &flow.src)) {
+            return Class6::Pip;
+        }
         if !to_us {
             return Class6::NotOurs(not_ours);
+        }
+    } else {
+        // Every other protocol is looked up as it comes. An instance's ICMPv6 error goes to
+        // `lb_icmp6` first (it may be about a balanced flow), which hands it on when not.
+        let error = pkt.icmp().is_some_and(|(t, _)| crate::icmp6::is_error(t));
+        // SAFETY: `pkt.ip` was bounds-checked by the parser.
+        let (src, dst) = unsafe { ((*pkt.ip).src, (*pkt.ip).dst) };
+        if is_pip((true, &dst), (!error, &src)) {
+            return Class6::Pip;
         }
     }
     // SAFETY: `pkt.ip` was bounds-checked by the parser.
@@ -211,6 +228,14 @@ fn classify(pkt: &Packet6) -> Class6 {
         }
         None => Class6::Unservable(pkt.problem.unwrap_or(DropReason::Malformed)),
     }
+}
+
+/// Whether the destination is a PIP or the source a PIP's instance, each looked up only where
+/// its flag says it may be (existence only: `lb_pip6` reads the entry).
+#[inline(always)]
+fn is_pip((to_us, dst): (bool, &[u8; 16]), (from_us, src): (bool, &[u8; 16])) -> bool {
+    (to_us && crate::maps::LB_PIPS6.get_ptr(dst).is_some())
+        || (from_us && crate::maps::LB_PIP_REV6.get_ptr(src).is_some())
 }
 
 #[inline(always)]

@@ -259,3 +259,40 @@ fn a_packet_too_big_reaches_only_the_backend_that_owns_the_flow() {
     assert_eq!(lab.reason("icmp_to_backend").unwrap(), 1);
     drop(conn);
 }
+
+#[test]
+fn an_ipv6_pip_reaches_its_instance_with_every_protocol() {
+    use std::{net::Ipv6Addr, time::Duration};
+    let mut lab = Lab::new(3).unwrap();
+    lab.start_agent("[[pip]]\npip = \"2001:db8:3::50\"\ndip = \"2001:db8:2::13\"\n")
+        .unwrap();
+    lab.wait_ready().unwrap();
+    let pip = Ipv6Addr::new(0x2001, 0xdb8, 3, 0, 0, 0, 0, 0x50);
+    let t = Duration::from_secs(2);
+    for _ in 0..3 {
+        assert_eq!(
+            lb_integration::lab::ping6(&lab.client, pip, t).unwrap(),
+            pip,
+            "the echo reply must come from the PIP"
+        );
+    }
+    // The instance answered: the requests went in, the replies came out.
+    assert!(lab.reason("pip_in").unwrap() >= 3 && lab.reason("pip_out").unwrap() >= 3);
+    assert_eq!(lab.reason("echo_reply").unwrap(), 0);
+    let c = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2);
+    for _ in 0..5 {
+        assert_eq!(
+            lab.http_get6_from(c, pip, 80, t).unwrap(),
+            "b3",
+            "TCP to the PIP reaches its instance"
+        );
+    }
+    let list = lab.lb_json(&["pip", "list"]).unwrap();
+    assert_eq!(list["pips"][0]["dip"], "2001:db8:2::13", "{list}");
+    // A mixed-family mapping is refused with the reason.
+    let e = lab
+        .lb(&["pip", "add", "2001:db8:3::51", "192.0.2.12"])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("same address family"), "{e}");
+}

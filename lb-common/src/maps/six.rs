@@ -264,4 +264,22 @@ pub fn ours_bit6(a: [u8; 16]) -> (u32, u64) {
     ours_bit((w[0] ^ w[1] ^ w[2] ^ w[3]).to_ne_bytes())
 }
 
-impl_user_pod!(ServiceKey6, Backend6, ConnEntry6, RevKey6, RevService6);
+/// `LB_PIPS6` (PIP → instance) and `LB_PIP_REV6` (instance → PIP) value, as `PipEntry4`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+#[repr(C)]
+pub struct PipEntry6 {
+    /// The address the packet's destination (`LB_PIPS6`) or source (`LB_PIP_REV6`) becomes.
+    pub addr: [u8; 16],
+    /// `LB_PIPS6`: the agent-resolved next hop towards the instance.
+    pub nh: NextHop,
+}
+const _: () = assert!(size_of::<PipEntry6>() == 32);
+
+impl_user_pod!(
+    ServiceKey6,
+    Backend6,
+    ConnEntry6,
+    RevKey6,
+    RevService6,
+    PipEntry6
+);

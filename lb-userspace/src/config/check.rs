@@ -8,17 +8,30 @@ use lb_common::{consts::MAX_TABLE_SIZE, health, maglev::is_prime};
 use super::{MAX_WEIGHT, ServiceSettings};
 use crate::spec::{BackendSpec, Hairpin, Proto, Replies, ServiceSpec};
 
-/// Checks a PIP mapping: unicast IPv4 addresses (IPv6 PIPs are not served yet), not the same
-/// address.
+/// Checks a PIP mapping: unicast addresses of one family, not the same address.
 ///
 /// # Errors
 /// A message naming the problem.
 pub fn check_pip(pip: std::net::IpAddr, dip: std::net::IpAddr) -> Result<(), String> {
+    if pip.is_ipv4() != dip.is_ipv4() {
+        return Err(format!(
+            "PIP {pip} and instance {dip} are not of the same address family"
+        ));
+    }
     for (what, a) in [("PIP", pip), ("instance", dip)] {
-        let std::net::IpAddr::V4(v4) = a else {
-            return Err(format!("{what} {a}: IPv6 PIPs are not supported yet"));
+        let unicast = match a {
+            std::net::IpAddr::V4(v4) => {
+                !(v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast() || v4.is_loopback())
+            }
+            std::net::IpAddr::V6(v6) => {
+                !(v6.is_unspecified()
+                    || v6.is_multicast()
+                    || v6.is_loopback()
+                    || v6.is_unicast_link_local()
+                    || v6.to_ipv4_mapped().is_some())
+            }
         };
-        if v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast() || v4.is_loopback() {
+        if !unicast {
             return Err(format!("{what} {a} is not a unicast address"));
         }
     }

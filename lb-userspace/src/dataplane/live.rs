@@ -124,7 +124,15 @@ impl Maps {
             let (k, v) = item.map_err(op_err(map_names::PIPS4, "walk"))?;
             pips.push((v4_mapped(k), v4_mapped(v.addr), v.nh));
         }
+        for item in &self.pips6 {
+            let (k, v) = item.map_err(op_err(map_names::PIPS6, "walk"))?;
+            pips.push((k, v.addr, v.nh));
+        }
         let mut pip_revs = Vec::new();
+        for item in &self.pip_rev6 {
+            let (k, v) = item.map_err(op_err(map_names::PIP_REV6, "walk"))?;
+            pip_revs.push((k, v.addr));
+        }
         for item in &self.pip_rev {
             let (k, v) = item.map_err(op_err(map_names::PIP_REV4, "walk"))?;
             pip_revs.push((v4_mapped(k), v4_mapped(v.addr)));

@@ -16,9 +16,9 @@ use lb_common::{
     flow::{FlowKey4, FlowKey6},
     maps::{
         AclKey4, AclKey6, AclValue, Backend, Backend4, Backend6, BackendId, CONN_FORWARD,
-        ConnEntry4, ConnEntry6, Counters, NextHop, PipEntry4, RevKey, RevKey4, RevKey6, RevService,
-        RevService4, RevService6, RouteKey4, RouteKey6, ServiceInfo, ServiceKey, ServiceKey4,
-        ServiceKey6, VipInfo, VipKey, acl_key4, acl_key6,
+        ConnEntry4, ConnEntry6, Counters, NextHop, PipEntry4, PipEntry6, RevKey, RevKey4, RevKey6,
+        RevService, RevService4, RevService6, RouteKey4, RouteKey6, ServiceInfo, ServiceKey,
+        ServiceKey4, ServiceKey6, VipInfo, VipKey, acl_key4, acl_key6,
     },
     outbound::{OutBlockKey4, OutFront4, OutboundEntry4},
     trace::TraceConfig,
@@ -51,6 +51,8 @@ pub struct Maps {
     pub revsvc6: HashMap<MapData, RevKey6, RevService6>,
     pub routes6: LpmTrie<MapData, RouteKey6, NextHop>,
     pub acl6: LpmTrie<MapData, AclKey6, AclValue>,
+    pub pips6: HashMap<MapData, [u8; 16], PipEntry6>,
+    pub pip_rev6: HashMap<MapData, [u8; 16], PipEntry6>,
     pub ours: Array<MapData, u64>,
     pub retired: Array<MapData, Counters>,
     pub locals: HashMap<MapData, [u8; 4], u32>,
@@ -94,6 +96,8 @@ impl Maps {
             revsvc6: take_map(ebpf, map_names::REVSVC6)?,
             routes6: take_map(ebpf, map_names::ROUTES6)?,
             acl6: take_map(ebpf, map_names::ACL6)?,
+            pips6: take_map(ebpf, map_names::PIPS6)?,
+            pip_rev6: take_map(ebpf, map_names::PIP_REV6)?,
             ours: take_map(ebpf, map_names::OURS)?,
             retired: take_map(ebpf, map_names::RETIRED_STATS)?,
             locals: take_map(ebpf, map_names::LOCALS)?,
@@ -627,6 +631,21 @@ impl MapOps for Maps {
         deleted(self.acl.remove(&key)).map_err(op_err(map_names::ACL4, op))
     }
     fn put_pip(&mut self, pip: &Addr, dip: &Addr, nh: &NextHop) -> Result<(), MapOpError> {
+        if let (Some(pip), Some(dip)) = (as_v6(pip), as_v6(dip)) {
+            // Reverse first, as for IPv4.
+            let rev = PipEntry6 {
+                addr: pip,
+                nh: NextHop::default(),
+            };
+            self.pip_rev6
+                .insert(dip, rev, 0)
+                .map_err(op_err(map_names::PIP_REV6, "insert"))?;
+            let fwd = PipEntry6 { addr: dip, nh: *nh };
+            return self
+                .pips6
+                .insert(pip, fwd, 0)
+                .map_err(op_err(map_names::PIPS6, "insert"));
+        }
         let pip = v4(map_names::PIPS4, "insert", pip)?;
         let dip = v4(map_names::PIPS4, "insert", dip)?;
         // Reverse first: replies can be translated before the first inbound packet arrives.
@@ -643,6 +662,15 @@ impl MapOps for Maps {
             .map_err(op_err(map_names::PIPS4, "insert"))
     }
     fn del_pip(&mut self, pip: &Addr, dip: &Addr) -> Result<(), MapOpError> {
+        if let (Some(pip), Some(dip)) = (as_v6(pip), as_v6(dip)) {
+            for (m, name, k) in [
+                (&mut self.pips6, map_names::PIPS6, pip),
+                (&mut self.pip_rev6, map_names::PIP_REV6, dip),
+            ] {
+                deleted(m.remove(&k)).map_err(op_err(name, "remove"))?;
+            }
+            return Ok(());
+        }
         let pip = v4(map_names::PIPS4, "remove", pip)?;
         let dip = v4(map_names::PIP_REV4, "remove", dip)?;
         for (m, name, k) in [

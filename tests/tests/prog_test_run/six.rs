@@ -28,6 +28,9 @@ const B2: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 0x12);
 const B1_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x21];
 const B2_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x22];
 const V4_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x11];
+const PIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 3, 0, 0, 0, 0, 0x50);
+const INSTANCE: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 0x13);
+const INSTANCE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x23];
 
 fn client() -> SocketAddrV6 {
     SocketAddrV6::new(Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2), 40000, 0, 0)
@@ -71,6 +74,11 @@ backends = ["2001:db8:2::11"]
 table_size = 251
 internal = ["2001:db8:1::/64"]
 
+# An IPv6 PIP: every protocol to and from 2001:db8:2::13.
+[[pip]]
+pip = "2001:db8:3::50"
+dip = "2001:db8:2::13"
+
 # An IPv4 service beside them, on the same program.
 [[service]]
 vip = "203.0.113.10:80/tcp"
@@ -84,6 +92,7 @@ fn with_fixture6(f: impl FnOnce(&mut Fixture) + Send + 'static) {
             backends: HashMap::from([
                 (IpAddr::V6(B1), nh(LO, B1_MAC)),
                 (IpAddr::V6(B2), nh(LO, B2_MAC)),
+                (IpAddr::V6(INSTANCE), nh(LO, INSTANCE_MAC)),
                 (IpAddr::V4(Ipv4Addr::new(192, 0, 2, 11)), nh(LO, V4_MAC)),
             ]),
             fallback: None,
@@ -772,6 +781,149 @@ fn ipv6_errors_about_a_tracked_flow_reach_its_owner_both_ways() {
             XDP_PASS,
             None,
             Reason::PassNotOurs,
+        );
+    });
+}
+
+#[test]
+fn an_ipv6_pip_translates_every_protocol_both_ways() {
+    with_fixture6(|fx| {
+        let c = client();
+        let at = |ip: Ipv6Addr, p| SocketAddrV6::new(ip, p, 0, 0);
+        // In: TCP and UDP to any port, ICMPv6 echo (the instance answers it, not the LB), and
+        // another protocol; the destination becomes the instance, every checksum from scratch.
+        let tcp = Frame6::tcp(c, at(PIP6, 22), TCP_SYN);
+        let out = tcp.dnat(at(INSTANCE, 22), LB_MAC, INSTANCE_MAC);
+        fx.check_bytes(
+            "PIP in, TCP",
+            &tcp.build(),
+            XDP_TX,
+            Some(out.build()),
+            Reason::PipIn,
+        );
+        let udp = Frame6::udp(c, at(PIP6, 5353));
+        let out = udp.dnat(at(INSTANCE, 5353), LB_MAC, INSTANCE_MAC);
+        fx.check_bytes(
+            "PIP in, UDP",
+            &udp.build(),
+            XDP_TX,
+            Some(out.build()),
+            Reason::PipIn,
+        );
+        let echo = Frame6::raw(*c.ip(), PIP6, proto::ICMPV6, vec![128, 0, 0, 0, 0, 1, 0, 1]);
+        let mut want = Frame6::raw(
+            *c.ip(),
+            INSTANCE,
+            proto::ICMPV6,
+            vec![128, 0, 0, 0, 0, 1, 0, 1],
+        );
+        want.hop_limit = 63;
+        want.smac = LB_MAC;
+        want.dmac = INSTANCE_MAC;
+        fx.check_bytes(
+            "PIP in, echo",
+            &echo.build(),
+            XDP_TX,
+            Some(want.build()),
+            Reason::PipIn,
+        );
+        let esp = Frame6::raw(*c.ip(), PIP6, 50, vec![0, 0, 0, 1, 0, 0, 0, 1]);
+        let mut want = Frame6::raw(*c.ip(), INSTANCE, 50, vec![0, 0, 0, 1, 0, 0, 0, 1]);
+        want.hop_limit = 63;
+        want.smac = LB_MAC;
+        want.dmac = INSTANCE_MAC;
+        fx.check_bytes(
+            "PIP in, ESP",
+            &esp.build(),
+            XDP_TX,
+            Some(want.build()),
+            Reason::PipIn,
+        );
+        // Behind a hop-by-hop header, kept.
+        let hbh = Frame6::tcp(c, at(PIP6, 22), TCP_SYN).with_ext(ext::HOP_BY_HOP, pad8());
+        let out = hbh.dnat(at(INSTANCE, 22), LB_MAC, INSTANCE_MAC);
+        fx.check_bytes(
+            "PIP in, behind HBH",
+            &hbh.build(),
+            XDP_TX,
+            Some(out.build()),
+            Reason::PipIn,
+        );
+
+        // Out: the instance's TCP and its echo reply leave from the PIP.
+        let mut back = Frame6::tcp(at(INSTANCE, 22), c, TCP_SYN | TCP_ACK);
+        back.smac = INSTANCE_MAC;
+        let out = back.snat(at(PIP6, 22), LB_MAC, CLIENT_MAC);
+        fx.check_bytes(
+            "PIP out, TCP",
+            &back.build(),
+            XDP_TX,
+            Some(out.build()),
+            Reason::PipOut,
+        );
+        let mut reply = Frame6::raw(
+            INSTANCE,
+            *c.ip(),
+            proto::ICMPV6,
+            vec![129, 0, 0, 0, 0, 1, 0, 1],
+        );
+        reply.smac = INSTANCE_MAC;
+        let mut want = Frame6::raw(PIP6, *c.ip(), proto::ICMPV6, vec![129, 0, 0, 0, 0, 1, 0, 1]);
+        want.hop_limit = 63;
+        want.smac = LB_MAC;
+        want.dmac = CLIENT_MAC;
+        fx.check_bytes(
+            "PIP out, echo reply",
+            &reply.build(),
+            XDP_TX,
+            Some(want.build()),
+            Reason::PipOut,
+        );
+        // An error from the instance about no balanced flow leaves from the PIP too (through
+        // the ICMPv6 program, then the PIP program).
+        let inner = Frame6::tcp(c, at(INSTANCE, 22), TCP_SYN).build();
+        let mut unreach = Frame6::raw(
+            INSTANCE,
+            *c.ip(),
+            proto::ICMPV6,
+            icmp6_error(1, 0, &inner[14..]),
+        );
+        unreach.smac = INSTANCE_MAC;
+        let mut want = Frame6::raw(
+            PIP6,
+            *c.ip(),
+            proto::ICMPV6,
+            icmp6_error(1, 0, &inner[14..]),
+        );
+        want.hop_limit = 63;
+        want.smac = LB_MAC;
+        want.dmac = CLIENT_MAC;
+        fx.check_bytes(
+            "PIP out, an error",
+            &unreach.build(),
+            XDP_TX,
+            Some(want.build()),
+            Reason::PipOut,
+        );
+
+        // Fragments are refused, counted; hop limit 1 too.
+        let frag = Frame6::tcp(c, at(PIP6, 22), TCP_SYN)
+            .with_ext(ext::FRAGMENT, vec![0, 0, 0, 1, 0, 0, 0, 7]);
+        fx.check_bytes(
+            "PIP, a fragment",
+            &frag.build(),
+            XDP_DROP,
+            None,
+            Reason::DropFragment,
+        );
+        let mut hl = Frame6::tcp(c, at(PIP6, 22), TCP_SYN);
+        hl.hop_limit = 1;
+        fx.check_bytes(
+            "PIP, hop limit 1",
+            &hl.build(),
+            XDP_DROP,
+            None,
+            Reason::DropTtl,
         );
     });
 }

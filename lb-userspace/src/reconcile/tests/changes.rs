@@ -737,7 +737,7 @@ fn pips_map_one_to_one_and_follow_next_hops() {
     for (p, d, want) in [
         ("203.0.113.51", "192.0.2.13", "1:1"),
         ("203.0.113.10", "192.0.2.14", "is a VIP"),
-        ("203.0.113.52", "2001:db8::1", "IPv6"),
+        ("203.0.113.52", "2001:db8::1", "same address family"),
     ] {
         let resp = ask(
             &mut r,
