@@ -25,7 +25,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Install what the build and tests need (idempotent; root): apt packages, the nightly's
-    /// rust-src, bpf-linker against the nightly's libLLVM, the bpffs mount.
+    /// rust-src, bpf-linker against the nightly's libLLVM, the bpffs and tracefs mounts.
     Setup,
     /// Build the XDP object and the `lb` binary (plus the lab helpers).
     Build {

@@ -6,7 +6,8 @@
 //!   through a persistent prefix of symlinks; rebuilt when the toolchain's LLVM changes;
 //! * the lint tools: typos and taplo (prebuilt wheels from PyPI, in a venv of their own) and
 //!   cargo-deny (built from crates.io, about three minutes once);
-//! * the bpffs mount at /sys/fs/bpf.
+//! * the bpffs mount at /sys/fs/bpf, and tracefs at /sys/kernel/tracing (the agent's
+//!   tracepoints need it; a machine booted without systemd's mounts has neither).
 //!
 //! It never runs `rustup update` or lets rustup update itself: a new nightly would bring a new
 //! LLVM and break bpf-linker.
@@ -39,13 +40,13 @@ const CARGO_DENY_VERSION: &str = "0.20.2";
 const EBPF_TOOLCHAIN: &str = "nightly";
 
 pub fn run() -> anyhow::Result<()> {
-    require_root("setup (apt, bpffs mount)")?;
+    require_root("setup (apt, bpffs and tracefs mounts)")?;
     apt()?;
     ensure_toolchain()?;
     bpf_linker()?;
     py_tools()?;
     cargo_deny()?;
-    bpffs()?;
+    mounts()?;
     eprintln!("setup: everything is in place");
     Ok(())
 }
@@ -58,7 +59,7 @@ pub fn ensure() -> anyhow::Result<()> {
         || !bpf_linker_ok()
         || !py_tools_ok()
         || !cargo_deny_ok()
-        || !is_bpffs(Path::new("/sys/fs/bpf"));
+        || MOUNTS.iter().any(|(p, fs)| !is_fs(Path::new(p), fs));
     if missing {
         eprintln!("setup: something is missing; running `cargo xtask setup`");
         run()
@@ -335,19 +336,25 @@ pub fn cargo_fuzz() -> anyhow::Result<()> {
     )
 }
 
-fn is_bpffs(p: &Path) -> bool {
+/// The pseudo-filesystems the agent and the tests need: (mount point, filesystem type).
+const MOUNTS: &[(&str, &str)] = &[("/sys/fs/bpf", "bpf"), ("/sys/kernel/tracing", "tracefs")];
+
+/// Whether `p` is a mount of filesystem type `fs` (`stat -f` names bpffs `bpf_fs`).
+fn is_fs(p: &Path, fs: &str) -> bool {
+    let want = if fs == "bpf" { "bpf_fs" } else { fs };
     Command::new("stat")
         .args(["-f", "-c", "%T"])
         .arg(p)
         .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "bpf_fs")
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == want)
 }
 
-fn bpffs() -> anyhow::Result<()> {
-    let p = Path::new("/sys/fs/bpf");
-    if !is_bpffs(p) {
-        eprintln!("setup: mounting bpffs on /sys/fs/bpf");
-        crate::run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
+fn mounts() -> anyhow::Result<()> {
+    for (p, fs) in MOUNTS {
+        if !is_fs(Path::new(p), fs) {
+            eprintln!("setup: mounting {fs} on {p}");
+            crate::run(Command::new("mount").args(["-t", fs, fs, p]))?;
+        }
     }
     Ok(())
 }

@@ -188,7 +188,8 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     if let Some(why) = &xmit_off {
         tracing::warn!(
             "frames the kernel loses after the program sent them are not counted: {why} \
-             (the tracepoints need tracefs at /sys/kernel/tracing)"
+             (the tracepoints need tracefs: `mount -t tracefs tracefs /sys/kernel/tracing`, which \
+             cargo xtask setup does)"
         );
     }
     let _logger = if opts.bpf_log_level > 0 {
