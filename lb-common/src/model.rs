@@ -1,47 +1,66 @@
 //! A host model of the fast path's first stages (parse, classify, select), written from the
 //! same rules the XDP program uses (the hash, the slot rule, the header checks, the flow-state
-//! rules of [`crate::conn`], the verdict reasons). It is the oracle of the randomized
-//! differential test and the subject of the fuzz target (`lb-common/fuzz`).
+//! rules of [`crate::conn`], the verdict reasons), for both families. It is the oracle of the
+//! randomized differential test and the subject of the fuzz target (`lb-common/fuzz`).
 //!
-//! Scope: load-balanced TCP/UDP services with conntrack (one forward entry per flow, replies
-//! matched through the backends' reverse-service entries, reverse entries for shared backend
-//! endpoints, TCP state), malformed and unusual frames. ACLs, internal VIPs, PIPs and ICMP have
-//! fixtures of their own; [`Model::classify`] answers [`Verdict::OutOfScope`] for ICMP instead
-//! of guessing. Closed flows are modelled as inside their close time (the differential test
-//! runs the program with a close timeout far longer than itself; a fixture covers expiry).
+//! Scope: load-balanced TCP/UDP services of either family with conntrack (one forward entry
+//! per flow, replies matched through the backends' reverse-service entries, reverse entries
+//! for shared backend endpoints, TCP state), stateless replies (IPv4), malformed and unusual
+//! frames, IPv6 extension headers and neighbour discovery. ACLs, internal VIPs, PIPs, HA
+//! ports and ICMP have fixtures of their own; [`Model::classify`] answers
+//! [`Verdict::OutOfScope`] for ICMP (and ICMPv6 other than neighbour discovery) instead of
+//! guessing. Closed flows are modelled as inside their close time (the differential test runs
+//! the program with a close timeout far longer than itself; a fixture covers expiry).
+//!
+//! One representation for both families, the maps' agnostic one ([`crate::addr`]): an
+//! address is 16 bytes (IPv4 mapped), a 5-tuple a [`FlowKey6`] of such addresses. A tuple's
+//! family is its packet's: an IPv6 packet to `::ffff:a.b.c.d` is not to the IPv4 VIP
+//! `a.b.c.d` (the IPv6 maps never hold a mapped address), which the lookups below enforce.
 
 use std::collections::{HashMap, HashSet};
 
 use crate::{
+    addr::{Addr, as_v4, v4_mapped},
     conn,
-    flow::{FlowKey4, proto},
-    hash::{dist, dist_hash},
-    hdr::{ETH_P_8021Q, ETH_P_IPV4, IPV4_FRAG_MASK},
+    flow::{FlowKey4, FlowKey6, proto},
+    hash::{dist, dist_hash, dist_hash6},
+    hdr::{ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6, IPV4_FRAG_MASK, IPV6_MAX_EXT, ext, icmpv6_is_ndp},
     maglev::slot,
-    maps::{BackendId, REV_F_SHARED, REV_F_STATELESS, RevKey4, RevService4, ServiceKey4},
+    maps::{BackendId, REV_F_SHARED, REV_F_STATELESS, RevKey, RevService, ServiceKey},
     verdict::Reason,
 };
 
-/// What the parser finds in a frame with a readable IPv4 header.
+/// What the parser finds in a frame with a readable IPv4 or IPv6 header.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Parsed {
     pub l3_off: usize,
-    pub src: [u8; 4],
-    pub dst: [u8; 4],
+    /// Whether the network header is IPv6.
+    pub v6: bool,
+    /// Source and destination, in map form.
+    pub src: Addr,
+    pub dst: Addr,
+    /// The protocol: IPv4's field; IPv6's next header after the extension headers (the
+    /// fixed header's when the walk did not get there).
     pub proto: u8,
+    /// TTL or hop limit.
     pub ttl: u8,
+    /// Offset of the transport header, once found.
+    pub l4_off: usize,
     /// Why it cannot be balanced, if it cannot.
     pub problem: Option<Reason>,
-    /// The 5-tuple and its TCP flags (0 for UDP), when balanceable.
-    pub flow: Option<(FlowKey4, u8)>,
+    /// The 5-tuple (map form) and its TCP flags (0 for UDP), when balanceable.
+    pub flow: Option<(FlowKey6, u8)>,
+    /// An ICMPv6 packet's type and code, when its header's first word is in the frame, and
+    /// whether it comes right after the fixed header.
+    pub icmp6: Option<(u8, u8, bool)>,
 }
 
 fn be16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
 }
 
-/// Parses a frame as `lb-ebpf/src/parse.rs` does. `Err` is the pass reason of a frame without
-/// a readable IPv4 header.
+/// Parses a frame as `lb-ebpf/src/parse.rs` (IPv4) and `parse6.rs` (IPv6) do. `Err` is the
+/// pass reason of a frame without a readable network header.
 ///
 /// # Errors
 /// `PassShort` or `PassNotIpv4`.
@@ -59,9 +78,15 @@ pub fn parse(frame: &[u8]) -> Result<Parsed, Reason> {
         ether_type = be16(frame, 16);
         off = 18;
     }
-    if ether_type != ETH_P_IPV4 {
-        return Err(Reason::PassNotIpv4);
+    match ether_type {
+        ETH_P_IPV4 => parse4(frame, off),
+        ETH_P_IPV6 => parse6(frame, off),
+        _ => Err(Reason::PassNotIpv4),
     }
+}
+
+fn parse4(frame: &[u8], off: usize) -> Result<Parsed, Reason> {
+    let len = frame.len();
     if off + 20 > len {
         return Err(Reason::PassShort);
     }
@@ -72,12 +97,15 @@ pub fn parse(frame: &[u8]) -> Result<Parsed, Reason> {
     let l3_room = len - off;
     let mut p = Parsed {
         l3_off: off,
-        src: [ip[12], ip[13], ip[14], ip[15]],
-        dst: [ip[16], ip[17], ip[18], ip[19]],
+        v6: false,
+        src: v4_mapped([ip[12], ip[13], ip[14], ip[15]]),
+        dst: v4_mapped([ip[16], ip[17], ip[18], ip[19]]),
         proto: ip[9],
         ttl: ip[8],
+        l4_off: off + 20,
         problem: None,
         flow: None,
+        icmp6: None,
     };
     p.problem = if ip[0] >> 4 != 4 || ihl < 20 || tot_len < ihl || tot_len > l3_room {
         Some(Reason::DropMalformed)
@@ -90,40 +118,116 @@ pub fn parse(frame: &[u8]) -> Result<Parsed, Reason> {
     } else {
         None
     };
-    if p.problem.is_some() {
+    if p.problem.is_none() {
+        transport(frame, &mut p, off + tot_len);
+    }
+    Ok(p)
+}
+
+fn parse6(frame: &[u8], off: usize) -> Result<Parsed, Reason> {
+    let len = frame.len();
+    if off + 40 > len {
+        return Err(Reason::PassShort);
+    }
+    let ip = &frame[off..];
+    let addr = |at: usize| -> Addr { ip[at..at + 16].try_into().expect("16 bytes") };
+    let end = off + 40 + usize::from(be16(ip, 4));
+    let mut p = Parsed {
+        l3_off: off,
+        v6: true,
+        src: addr(8),
+        dst: addr(24),
+        proto: ip[6],
+        ttl: ip[7],
+        l4_off: off + 40,
+        problem: None,
+        flow: None,
+        icmp6: None,
+    };
+    if ip[0] >> 4 != 6 || end > len {
+        p.problem = Some(Reason::DropMalformed);
         return Ok(p);
     }
-    let l4_off = off + 20;
-    let l4_len = tot_len - 20;
+    match walk6(frame, ip[6], off + 40, end) {
+        Ok((next, l4_off)) => (p.proto, p.l4_off) = (next, l4_off),
+        Err(r) => {
+            p.problem = Some(r);
+            return Ok(p);
+        }
+    }
+    if p.proto == proto::TCP || p.proto == proto::UDP {
+        transport(frame, &mut p, end);
+    } else {
+        if p.proto == proto::ICMPV6 && p.l4_off + 4 <= len {
+            p.icmp6 = Some((frame[p.l4_off], frame[p.l4_off + 1], p.l4_off == off + 40));
+        }
+        p.problem = Some(Reason::DropProto);
+    }
+    Ok(p)
+}
+
+/// `parse6::walk`: at most [`IPV6_MAX_EXT`] extension headers, each 4 bytes readable.
+fn walk6(frame: &[u8], mut next: u8, mut off: usize, end: usize) -> Result<(u8, usize), Reason> {
+    for _ in 0..IPV6_MAX_EXT {
+        match next {
+            ext::HOP_BY_HOP | ext::DEST_OPTS | ext::ROUTING => {
+                if off + 4 > frame.len() {
+                    return Err(Reason::DropExtHeaders);
+                }
+                if next == ext::ROUTING && frame[off + 3] != 0 {
+                    return Err(Reason::DropRoutingHeader);
+                }
+                next = frame[off];
+                off += (usize::from(frame[off + 1]) + 1) * 8;
+            }
+            ext::FRAGMENT => return Err(Reason::DropFragment),
+            _ => break,
+        }
+    }
+    if matches!(
+        next,
+        ext::HOP_BY_HOP | ext::DEST_OPTS | ext::ROUTING | ext::FRAGMENT
+    ) || off > end
+    {
+        return Err(Reason::DropExtHeaders);
+    }
+    Ok((next, off))
+}
+
+/// The TCP or UDP header at `p.l4_off`, in a packet whose network payload ends at `end`.
+fn transport(frame: &[u8], p: &mut Parsed, end: usize) {
+    let (len, l4_off) = (frame.len(), p.l4_off);
+    let l4_len = end - l4_off;
     let (ports, flags);
     if p.proto == proto::TCP {
         if l4_off + 20 > len {
             p.problem = Some(Reason::DropMalformed);
-            return Ok(p);
+            return;
         }
         let t = &frame[l4_off..];
         let doff = usize::from(t[12] >> 4) * 4;
         if doff < 20 || doff > l4_len {
             p.problem = Some(Reason::DropMalformed);
-            return Ok(p);
+            return;
         }
         flags = t[13];
         ports = [t[0], t[1], t[2], t[3]];
     } else {
         if l4_off + 8 > len {
             p.problem = Some(Reason::DropMalformed);
-            return Ok(p);
+            return;
         }
         let u = &frame[l4_off..];
         let ulen = usize::from(be16(u, 4));
-        if ulen < 8 || ulen > l4_len {
+        // The UDP checksum is mandatory over IPv6 (RFC 8200 8.1).
+        if ulen < 8 || ulen > l4_len || (p.v6 && u[6..8] == [0, 0]) {
             p.problem = Some(Reason::DropMalformed);
-            return Ok(p);
+            return;
         }
         flags = 0;
         ports = [u[0], u[1], u[2], u[3]];
     }
-    let key = FlowKey4::of(
+    let key = FlowKey6::of(
         p.src,
         p.dst,
         [ports[0], ports[1]],
@@ -131,13 +235,13 @@ pub fn parse(frame: &[u8]) -> Result<Parsed, Reason> {
         p.proto,
     );
     p.flow = Some((key, flags));
-    Ok(p)
 }
 
 /// A backend as the model knows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ModelBackend {
-    pub addr: [u8; 4],
+    /// Map form: the family is the backend's.
+    pub addr: Addr,
     pub port: [u8; 2],
     pub active: bool,
 }
@@ -147,11 +251,12 @@ pub struct ModelBackend {
 pub enum Verdict {
     /// Client → VIP, sent to this backend.
     Forward(BackendId),
-    /// Backend → client reply of a tracked flow, its source rewritten to this VIP and port.
-    Reply([u8; 4], [u8; 2]),
+    /// Backend → client reply of a tracked flow, its source rewritten to this VIP (map form)
+    /// and port.
+    Reply(Addr, [u8; 2]),
     /// Every other outcome, by its reason.
     Other(Reason),
-    /// Outside the model (ICMP).
+    /// Outside the model (ICMP, ICMPv6 other than neighbour discovery).
     OutOfScope,
 }
 
@@ -163,25 +268,43 @@ pub struct ModelFlow {
     pub tcp: u8,
 }
 
-/// The state the fast path reads, and the flows it has tracked so far.
+/// The state the fast path reads, and the flows it has tracked so far, of both families (map
+/// form: see the module doc).
 #[derive(Clone, Debug, Default)]
 pub struct Model {
     pub seed: u32,
     /// Each service's lookup table (slot → backend id, 0 for none).
-    pub services: HashMap<ServiceKey4, Vec<BackendId>>,
+    pub services: HashMap<ServiceKey, Vec<BackendId>>,
     /// Each service's distribution mode (`crate::hash::dist`); absent: the 5-tuple.
-    pub modes: HashMap<ServiceKey4, u32>,
+    pub modes: HashMap<ServiceKey, u32>,
     pub backends: HashMap<BackendId, ModelBackend>,
-    pub vips: HashSet<[u8; 4]>,
-    /// The backends' reverse-service entries (`LB_REVSVC4`).
-    pub revs: HashMap<RevKey4, RevService4>,
+    pub vips: HashSet<Addr>,
+    /// The backends' reverse-service entries (`LB_REVSVC4`, `LB_REVSVC6`).
+    pub revs: HashMap<RevKey, RevService>,
     /// The LB host's own addresses (`LB_LOCAL4`).
-    pub locals: HashSet<[u8; 4]>,
+    pub locals: HashSet<Addr>,
     /// Tracked client → VIP flows.
-    pub flows: HashMap<FlowKey4, ModelFlow>,
+    pub flows: HashMap<FlowKey6, ModelFlow>,
     /// Reverse entries (flows to shared backend endpoints): reply 5-tuple → (VIP, VIP port,
     /// backend).
-    pub replies: HashMap<FlowKey4, ([u8; 4], [u8; 2], BackendId)>,
+    pub replies: HashMap<FlowKey6, (Addr, [u8; 2], BackendId)>,
+}
+
+/// Whether a map-form address belongs to the family of a packet (`v6`).
+fn of_family(a: &Addr, v6: bool) -> bool {
+    as_v4(a).is_none() == v6
+}
+
+/// The flow hash of a tuple of family `v6`, as that family's program computes it.
+fn hash(flow: &FlowKey6, v6: bool, mode: u32, seed: u32) -> u32 {
+    match (v6, as_v4(&flow.src), as_v4(&flow.dst)) {
+        (false, Some(s), Some(d)) => dist_hash(
+            &FlowKey4::of(s, d, flow.sport, flow.dport, flow.proto),
+            mode,
+            seed,
+        ),
+        _ => dist_hash6(flow, mode, seed),
+    }
 }
 
 impl Model {
@@ -192,27 +315,54 @@ impl Model {
             .filter(|b| id != 0 && b.active)
     }
 
+    /// The service at `key`, for a packet of family `v6`.
+    fn service(&self, key: &ServiceKey, v6: bool) -> bool {
+        of_family(&key.vip, v6) && self.services.contains_key(key)
+    }
+
+    fn is_vip(&self, a: &Addr, v6: bool) -> bool {
+        of_family(a, v6) && self.vips.contains(a)
+    }
+
     /// What the fast path does with `frame`, tracking new flows as it does.
     pub fn classify(&mut self, frame: &[u8]) -> Verdict {
         let p = match parse(frame) {
             Ok(p) => p,
             Err(r) => return Verdict::Other(r),
         };
+        let v6 = p.v6;
+        // Neighbour discovery is the kernel's before anything is looked up (`six::classify`).
+        if p.icmp6.is_some_and(|(t, _, _)| icmpv6_is_ndp(t)) {
+            return Verdict::Other(Reason::PassNdp);
+        }
         let Some((flow, flags)) = p.flow else {
-            if p.proto == proto::ICMP {
+            if !v6 && p.proto == proto::ICMP {
                 return Verdict::OutOfScope;
             }
-            return Verdict::Other(if self.vips.contains(&p.dst) {
+            // ICMPv6: errors go to `lb_icmp6` (to a VIP or not), echo requests are rate
+            // limited; any other to a VIP is `drop_proto` below.
+            if let Some((t, code, direct)) = p.icmp6
+                && direct
+                && ((1..=4).contains(&t) || ((t, code) == (128, 0) && self.is_vip(&p.dst, v6)))
+            {
+                return Verdict::OutOfScope;
+            }
+            return Verdict::Other(if self.is_vip(&p.dst, v6) {
                 p.problem.unwrap_or(Reason::DropMalformed)
             } else {
                 Reason::PassNotOurs
             });
         };
-        let key = ServiceKey4::of(flow.dst, flow.dport, flow.proto);
-        if self.services.contains_key(&key) {
-            return self.forward(key, flow, flags, p.ttl);
+        let key = ServiceKey {
+            vip: flow.dst,
+            port: flow.dport,
+            proto: flow.proto,
+            _pad: 0,
+        };
+        if self.service(&key, v6) {
+            return self.forward(key, flow, flags, p.ttl, v6);
         }
-        let refused = match self.reply(&flow, flags) {
+        let refused = match self.reply(&flow, flags, v6) {
             Some(Ok((vip, port, update))) => {
                 if p.ttl <= 1 {
                     return Verdict::Other(Reason::DropTtl);
@@ -227,7 +377,7 @@ impl Model {
             Some(Err(())) => true,
             None => false,
         };
-        Verdict::Other(if self.vips.contains(&flow.dst) {
+        Verdict::Other(if self.is_vip(&flow.dst, v6) {
             Reason::DropNoService
         } else if refused {
             Reason::PassNotReply
@@ -236,7 +386,14 @@ impl Model {
         })
     }
 
-    fn forward(&mut self, key: ServiceKey4, flow: FlowKey4, flags: u8, ttl: u8) -> Verdict {
+    fn forward(
+        &mut self,
+        key: ServiceKey,
+        flow: FlowKey6,
+        flags: u8,
+        ttl: u8,
+        v6: bool,
+    ) -> Verdict {
         let tcp = flow.proto == proto::TCP;
         if tcp && conn::invalid_flags(flags) {
             return Verdict::Other(Reason::DropTcpFlags);
@@ -267,7 +424,7 @@ impl Model {
         let table = &self.services[&key];
         let len = u32::try_from(table.len()).expect("table fits u32");
         let mode = self.modes.get(&key).copied().unwrap_or(dist::FIVE_TUPLE);
-        let Some(s) = slot(dist_hash(&flow, mode, self.seed), len) else {
+        let Some(s) = slot(hash(&flow, v6, mode, self.seed), len) else {
             return Verdict::Other(Reason::DropNoBackend);
         };
         let id = table[s as usize];
@@ -284,14 +441,13 @@ impl Model {
                 tcp: if syn { conn::CT_SYN } else { 0 },
             },
         );
-        let addr = b.addr;
         if self
             .revs
-            .get(&RevKey4::of(addr, b.port, flow.proto))
+            .get(&RevKey::of(b.addr, b.port, flow.proto))
             .is_some_and(|r| r.flags & REV_F_SHARED != 0)
         {
             self.replies
-                .insert(flow.reply_from(addr, b.port), (flow.dst, flow.dport, id));
+                .insert(flow.reply_from(b.addr, b.port), (flow.dst, flow.dport, id));
         }
         Verdict::Forward(id)
     }
@@ -304,12 +460,16 @@ impl Model {
     #[expect(clippy::type_complexity, reason = "one private helper")]
     fn reply(
         &mut self,
-        flow: &FlowKey4,
+        flow: &FlowKey6,
         flags: u8,
-    ) -> Option<Result<([u8; 4], [u8; 2], Option<(u8, FlowKey4)>), ()>> {
+        v6: bool,
+    ) -> Option<Result<(Addr, [u8; 2], Option<(u8, FlowKey6)>), ()>> {
+        if !of_family(&flow.src, v6) {
+            return None;
+        }
         let rev = *self
             .revs
-            .get(&RevKey4::of(flow.src, flow.sport, flow.proto))?;
+            .get(&RevKey::of(flow.src, flow.sport, flow.proto))?;
         if rev.flags & REV_F_STATELESS != 0 {
             if self.locals.contains(&flow.dst) {
                 return None;
@@ -347,6 +507,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::hdr::TCP_SYN;
 
     fn tcp_syn() -> Vec<u8> {
         let mut f = vec![0u8; 14 + 20 + 20];
@@ -362,7 +523,31 @@ mod tests {
         t[0..2].copy_from_slice(&40000u16.to_be_bytes());
         t[2..4].copy_from_slice(&80u16.to_be_bytes());
         t[12] = 5 << 4;
-        t[13] = crate::hdr::TCP_SYN;
+        t[13] = TCP_SYN;
+        f
+    }
+
+    /// An IPv6 SYN behind the extension headers `exts` (type, 8 bytes each).
+    fn tcp6_syn(exts: &[u8]) -> Vec<u8> {
+        let mut f = vec![0u8; 14 + 40];
+        f[12..14].copy_from_slice(&ETH_P_IPV6.to_be_bytes());
+        f[14] = 0x60;
+        let plen = u16::try_from(exts.len() * 8 + 20).unwrap();
+        f[18..20].copy_from_slice(&plen.to_be_bytes());
+        f[20] = exts.first().copied().unwrap_or(proto::TCP);
+        f[21] = 64;
+        f[22..24].copy_from_slice(&[0x20, 0x01]);
+        f[38..40].copy_from_slice(&[0x20, 0x01]);
+        for (i, _) in exts.iter().enumerate() {
+            let next = exts.get(i + 1).copied().unwrap_or(proto::TCP);
+            f.extend_from_slice(&[next, 0, 0, 0, 0, 0, 0, 0]);
+        }
+        let mut t = [0u8; 20];
+        t[0..2].copy_from_slice(&40000u16.to_be_bytes());
+        t[2..4].copy_from_slice(&80u16.to_be_bytes());
+        t[12] = 5 << 4;
+        t[13] = TCP_SYN;
+        f.extend_from_slice(&t);
         f
     }
 
@@ -372,6 +557,7 @@ mod tests {
         let p = parse(&f).unwrap();
         let (k, flags) = p.flow.unwrap();
         assert!(conn::is_syn(flags) && k.dport == 80u16.to_be_bytes() && p.problem.is_none());
+        assert_eq!(k.dst, v4_mapped([203, 0, 113, 10]));
         for len in 0..f.len() {
             let r = parse(&f[..len]);
             match len {
@@ -381,17 +567,82 @@ mod tests {
         }
     }
 
+    #[test]
+    fn walks_ipv6_extension_headers_to_the_bound() {
+        let (hop, dst, rt) = (ext::HOP_BY_HOP, ext::DEST_OPTS, ext::ROUTING);
+        for exts in [&[][..], &[hop], &[hop, dst], &[hop, dst, rt, dst]] {
+            let f = tcp6_syn(exts);
+            let p = parse(&f).unwrap();
+            assert!(p.v6 && p.problem.is_none(), "{exts:?}: {p:?}");
+            assert_eq!(p.l4_off, 54 + 8 * exts.len());
+            assert_eq!(p.flow.unwrap().0.dport, 80u16.to_be_bytes());
+            // Cut anywhere past the fixed header, the frame's payload length lies: malformed.
+            for len in 54..f.len() {
+                assert_eq!(
+                    parse(&f[..len]).unwrap().problem,
+                    Some(Reason::DropMalformed)
+                );
+            }
+        }
+        let five = tcp6_syn(&[hop, dst, dst, dst, dst]);
+        assert_eq!(parse(&five).unwrap().problem, Some(Reason::DropExtHeaders));
+        let frag = tcp6_syn(&[hop, ext::FRAGMENT]);
+        assert_eq!(parse(&frag).unwrap().problem, Some(Reason::DropFragment));
+        let mut routed = tcp6_syn(&[rt]);
+        routed[54 + 3] = 1;
+        assert_eq!(
+            parse(&routed).unwrap().problem,
+            Some(Reason::DropRoutingHeader)
+        );
+        for len in 14..54 {
+            assert_eq!(parse(&five[..len]), Err(Reason::PassShort));
+        }
+    }
+
+    #[test]
+    fn an_ipv6_packet_to_a_mapped_address_is_not_to_the_ipv4_vip() {
+        let vip = v4_mapped([203, 0, 113, 10]);
+        let mut m = Model::default();
+        m.vips.insert(vip);
+        let key = ServiceKey {
+            vip,
+            port: 80u16.to_be_bytes(),
+            proto: proto::TCP,
+            _pad: 0,
+        };
+        m.services.insert(key, vec![1]);
+        m.backends.insert(
+            1,
+            ModelBackend {
+                addr: v4_mapped([192, 0, 2, 11]),
+                port: 80u16.to_be_bytes(),
+                active: true,
+            },
+        );
+        assert_eq!(m.classify(&tcp_syn()), Verdict::Forward(1));
+        let mut f = tcp6_syn(&[]);
+        f[38..54].copy_from_slice(&vip);
+        assert_eq!(m.classify(&f), Verdict::Other(Reason::PassNotOurs));
+    }
+
     proptest! {
         /// Parsing never panics, and a balanceable frame's 5-tuple is the frame's own bytes.
         #[test]
-        fn parse_is_total_and_reads_the_tuple(mut f in prop::collection::vec(any::<u8>(), 0..80), tcp in any::<bool>()) {
-            if f.len() > 14 && tcp {
-                f[12..14].copy_from_slice(&ETH_P_IPV4.to_be_bytes());
+        fn parse_is_total_and_reads_the_tuple(
+            mut f in prop::collection::vec(any::<u8>(), 0..120),
+            kind in 0u8..3,
+        ) {
+            if f.len() > 14 {
+                match kind {
+                    0 => f[12..14].copy_from_slice(&ETH_P_IPV4.to_be_bytes()),
+                    1 => f[12..14].copy_from_slice(&ETH_P_IPV6.to_be_bytes()),
+                    _ => {}
+                }
             }
             if let Ok(p) = parse(&f)
                 && let Some((k, _)) = p.flow
             {
-                let l4 = p.l3_off + 20;
+                let l4 = p.l4_off;
                 prop_assert_eq!(k.sport, [f[l4], f[l4 + 1]]);
                 prop_assert_eq!(k.dport, [f[l4 + 2], f[l4 + 3]]);
                 prop_assert_eq!(k.src, p.src);

@@ -1,36 +1,43 @@
-//! Randomized differential test: 100 000 random packets through the real program
-//! (`BPF_PROG_TEST_RUN`) and through `lb_common::model`, the host model of parse, classify and
-//! select. For each packet the kernel's verdict (action and the one reason counter that moved)
-//! and its chosen backend (read from the output packet's destination) must equal the model's.
-//! Zero mismatches.
+//! Randomized differential test: 100 000 random packets of both families through the real
+//! program (`BPF_PROG_TEST_RUN`) and through `lb_common::model`, the host model of parse,
+//! classify and select. For each packet the kernel's verdict (action and the one reason counter
+//! that moved) and its chosen backend (read from the output packet's destination) must equal
+//! the model's, and an output the test did not corrupt must carry valid checksums. Zero
+//! mismatches.
 //!
-//! The traffic: flows from a pool (so most packets belong to tracked flows), SYNs, ACKs, FINs,
-//! RSTs and refused flag combinations, TCP and UDP, to service ports, to other ports of a VIP
-//! and to other addresses, replies from the backends (SYN-ACKs among them, which test the
-//! reused-port rule), TTL 1, and one packet in ten with random bytes of its headers flipped,
-//! which exercises every parse check. A backend endpoint serves two services, so replies are
-//! matched both through the reverse-service entry and through reverse entries. The seed is
-//! printed, so a failure can be replayed. The program runs with a close timeout far longer
-//! than the test (the model treats closed flows as within it).
+//! The traffic, half IPv4 and half IPv6, over the same service shapes in each family: flows
+//! from a pool (so most packets belong to tracked flows), SYNs, ACKs, FINs, RSTs and refused
+//! flag combinations, TCP and UDP, to service ports, to other ports of a VIP and to other
+//! addresses, replies from the backends (SYN-ACKs among them, which test the reused-port rule),
+//! TTL and hop limit 1, and one packet in ten with random bytes of its headers flipped, which
+//! exercises every parse check. IPv6 packets also carry chains of extension headers (up to one
+//! past the bound, routing headers with segments left, fragment headers), and now and then are
+//! ICMPv6 (neighbour discovery, echo, errors, other types). A backend endpoint serves two
+//! services, so replies are matched both through the reverse-service entry and through
+//! reverse entries. The seed is printed, so a failure can be replayed. The program runs with a
+//! close timeout far longer than the test (the model treats closed flows as within it).
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use lb_common::{
+    addr::{as_v4, to_ip},
+    csum,
     flow::proto,
-    maps::{REV_F_SHARED, REV_F_STATELESS},
-    model::{Model, ModelBackend, Verdict},
+    hdr::ext,
+    maps::{REV_F_SHARED, REV_F_STATELESS, RevKey, RevService, ServiceKey},
+    model::{self, Model, ModelBackend, Verdict},
     verdict::{ALL_REASONS, Reason},
 };
 use lb_integration::{
     fixture::{FixedResolver, Harness, XDP_DROP, XDP_PASS, XDP_TX, in_fresh_ns},
-    packet::{Frame, L4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    packet::{Frame, Frame6, L4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
 const PACKETS: u32 = 100_000;
 
 const CONFIG: &str = r#"
 [agent]
-ring_slots = 8192
+ring_slots = 16384
 conntrack_flows = 65536
 tcp_close_timeout = 3600
 
@@ -79,6 +86,43 @@ distribution = "source-ip-protocol"
 [[service]]
 vip = "203.0.113.11:444/tcp"
 table_size = 251
+
+# The same shapes over IPv6 (stateless replies are IPv4 only).
+[[service]]
+vip = "[2001:db8:3::10]:80/tcp"
+backends = ["2001:db8:2::11", "[2001:db8:2::12]:8080", "2001:db8:2::13"]
+table_size = 251
+
+[[service]]
+vip = "[2001:db8:3::10]:53/udp"
+backends = ["2001:db8:2::11", "2001:db8:2::12"]
+table_size = 251
+
+[[service]]
+vip = "[2001:db8:3::11]:443/tcp"
+backends = ["2001:db8:2::14", "2001:db8:2::15", "2001:db8:2::16", "2001:db8:2::17"]
+table_size = 1021
+
+[[service]]
+vip = "[2001:db8:3::12]:443/tcp"
+backends = ["2001:db8:2::14"]
+table_size = 251
+
+[[service]]
+vip = "[2001:db8:3::14]:80/tcp"
+backends = ["2001:db8:2::20", "2001:db8:2::21", "2001:db8:2::22"]
+table_size = 251
+distribution = "source-ip"
+
+[[service]]
+vip = "[2001:db8:3::14]:53/udp"
+backends = ["2001:db8:2::20", "2001:db8:2::21", "2001:db8:2::22"]
+table_size = 251
+distribution = "source-ip-protocol"
+
+[[service]]
+vip = "[2001:db8:3::11]:444/tcp"
+table_size = 251
 "#;
 
 /// xorshift64*: small, seedable, good enough to spread packets.
@@ -99,50 +143,245 @@ impl Rng {
     }
 }
 
-/// Builds the model from what the agent installed (tables, backends, VIPs): the kernel's job
-/// under test is what it does with them.
+/// Builds the model from what the agent installed in both families' maps (tables, backends,
+/// VIPs): the kernel's job under test is what it does with them.
 fn model_of(h: &Harness) -> Model {
     let maps = h.rec.maps();
     let mut m = Model {
         seed: h.seed,
         ..Model::default()
     };
+    let mut tables = Vec::new();
     for item in &maps.services {
         let (key, info) = item.expect("service entry");
+        tables.push((ServiceKey::from_v4(&key), info));
+    }
+    for item in &maps.services6 {
+        let (key, info) = item.expect("IPv6 service entry");
+        tables.push((ServiceKey::from_v6(&key), info));
+    }
+    for (key, info) in tables {
         let table: Vec<u32> = (info.table_off..info.table_off + info.table_len)
             .map(|i| maps.ring.get(&i, 0).expect("ring slot"))
             .collect();
         for &id in &table {
-            if id != 0 && !m.backends.contains_key(&id) {
-                let b = maps.backends.get(&id, 0).expect("backend");
-                m.backends.insert(
-                    id,
-                    ModelBackend {
-                        addr: b.addr,
-                        port: b.port,
-                        active: b.is_active(),
-                    },
-                );
+            if id == 0 || m.backends.contains_key(&id) {
+                continue;
             }
+            let b = if as_v4(&key.vip).is_some() {
+                let b = maps.backends.get(&id, 0).expect("backend");
+                ModelBackend {
+                    addr: lb_common::addr::v4_mapped(b.addr),
+                    port: b.port,
+                    active: b.is_active(),
+                }
+            } else {
+                let b = maps.backends6.get(&id, 0).expect("IPv6 backend");
+                ModelBackend {
+                    addr: b.addr,
+                    port: b.port,
+                    active: b.is_active(),
+                }
+            };
+            m.backends.insert(id, b);
         }
         m.modes.insert(key, info.distribution());
         m.services.insert(key, table);
     }
     for k in maps.vips.keys() {
-        m.vips.insert(k.expect("vip"));
+        m.vips.insert(lb_common::addr::v4_mapped(k.expect("vip")));
+    }
+    for k in maps.vips6.keys() {
+        m.vips.insert(k.expect("IPv6 vip"));
     }
     for k in maps.locals.keys() {
-        m.locals.insert(k.expect("local address"));
+        m.locals
+            .insert(lb_common::addr::v4_mapped(k.expect("local address")));
     }
     for item in &maps.revsvc {
         let (k, v) = item.expect("reverse-service entry");
-        m.revs.insert(k, v);
+        m.revs.insert(RevKey::from_v4(&k), RevService::from_v4(&v));
+    }
+    for item in &maps.revsvc6 {
+        let (k, v) = item.expect("IPv6 reverse-service entry");
+        m.revs.insert(RevKey::from_v6(&k), RevService::from_v6(&v));
     }
     m
 }
 
+/// `2001:db8:<a>::<b>`.
+fn v6(a: u16, b: u16) -> IpAddr {
+    IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, a, 0, 0, 0, 0, b))
+}
+
+/// A TCP (with `flags`) or UDP packet's frame of either family; an IPv6 one carries `exts`.
+fn frame(
+    src: SocketAddr,
+    dst: SocketAddr,
+    tcp: Option<u8>,
+    ttl: u8,
+    exts: Vec<(u8, Vec<u8>)>,
+) -> Vec<u8> {
+    let l4 = match tcp {
+        Some(flags) => L4::Tcp {
+            sport: src.port(),
+            dport: dst.port(),
+            flags,
+        },
+        None => L4::Udp {
+            sport: src.port(),
+            dport: dst.port(),
+            no_csum: false,
+        },
+    };
+    match (src, dst) {
+        (SocketAddr::V4(s), SocketAddr::V4(d)) => {
+            let mut f = Frame::tcp(s, d, 0);
+            (f.l4, f.ttl) = (l4, ttl);
+            f.build()
+        }
+        (SocketAddr::V6(s), SocketAddr::V6(d)) => {
+            let mut f = Frame6::tcp(s, d, 0);
+            (f.l4, f.hop_limit, f.ext) = (l4, ttl, exts);
+            f.build()
+        }
+        _ => unreachable!("one family per packet"),
+    }
+}
+
+/// A chain of one to five extension headers (the fast path walks four): hop-by-hop and
+/// destination options of one or two 8-byte units, routing headers (now and then with
+/// segments left) and, rarely, a fragment header.
+fn ext_chain(rng: &mut Rng) -> Vec<(u8, Vec<u8>)> {
+    (0..=rng.below(5))
+        .map(|_| {
+            let kind = match rng.below(100) {
+                0..40 => ext::HOP_BY_HOP,
+                40..75 => ext::DEST_OPTS,
+                75..93 => ext::ROUTING,
+                _ => ext::FRAGMENT,
+            };
+            let units = if kind != ext::FRAGMENT && rng.chance(20) {
+                2
+            } else {
+                1
+            };
+            let mut body = vec![0u8; 8 * units];
+            body[1] = u8::try_from(units - 1).expect("small");
+            if kind == ext::ROUTING {
+                // Type 4 (segment routing); segments left in byte 3.
+                body[2] = 4;
+                body[3] = u8::from(rng.chance(30));
+            }
+            (kind, body)
+        })
+        .collect()
+}
+
+/// An ICMPv6 message of a type the fast path tells apart: neighbour solicitation and
+/// advertisement (the kernel's), echo request and reply, an error, and one it does not serve.
+fn icmp6(rng: &mut Rng, src: IpAddr, dst: IpAddr) -> Vec<u8> {
+    let (IpAddr::V6(s), IpAddr::V6(d)) = (src, dst) else {
+        unreachable!("IPv6 addresses")
+    };
+    let ty = [135u8, 136, 128, 129, 1, 200][usize::try_from(rng.below(6)).expect("small")];
+    let mut body = vec![ty, 0, 0, 0, 0, 0, 0, 0];
+    body.extend_from_slice(&[0u8; 16]);
+    Frame6::raw(s, d, proto::ICMPV6, body).build()
+}
+
+/// Whether a packet's IPv4 header checksum (for IPv4) and TCP/UDP checksum are valid.
+fn checksums_ok(out: &[u8]) -> bool {
+    let Ok(p) = model::parse(out) else {
+        return false;
+    };
+    let l3 = p.l3_off;
+    let be16 = |at: usize| usize::from(u16::from_be_bytes([out[at], out[at + 1]]));
+    let (end, ip_ok) = if p.v6 {
+        (l3 + 40 + be16(l3 + 4), true)
+    } else {
+        (l3 + be16(l3 + 2), csum::ipv4_header(&out[l3..l3 + 20]) == 0)
+    };
+    let seg = &out[p.l4_off..end];
+    let c = match (as_v4(&p.src), as_v4(&p.dst)) {
+        (Some(s), Some(d)) if !p.v6 => csum::l4_v4(s, d, p.proto, seg),
+        _ => csum::l4_v6(p.src, p.dst, p.proto, seg),
+    };
+    // A segment summed with its own valid checksum folds to zero (UDP reports that as
+    // 0xffff).
+    ip_ok && (c == 0 || c == 0xffff)
+}
+
+/// One family's share of the traffic: its clients, the destinations they send to (service
+/// ports, other ports of a VIP, another address) and its backends' ids.
+struct Family {
+    v6: bool,
+    targets: Vec<(SocketAddr, u8)>,
+    ids: Vec<u32>,
+}
+
+impl Family {
+    fn client(&self, rng: &mut Rng) -> SocketAddr {
+        let host = 1 + u8::try_from(rng.below(200)).expect("small");
+        let port = 1024 + u16::try_from(rng.below(20)).expect("small");
+        let ip = if self.v6 {
+            v6(1, u16::from(host))
+        } else {
+            IpAddr::V4(Ipv4Addr::new(198, 51, 100, host))
+        };
+        SocketAddr::new(ip, port)
+    }
+}
+
+fn families(model: &Model) -> [Family; 2] {
+    let v4 = |a, b, c, d| IpAddr::V4(Ipv4Addr::new(a, b, c, d));
+    let shapes = |vip: &dyn Fn(u16) -> IpAddr, other: IpAddr| {
+        vec![
+            (SocketAddr::new(vip(0x10), 80), proto::TCP),
+            (SocketAddr::new(vip(0x10), 53), proto::UDP),
+            (SocketAddr::new(vip(0x11), 443), proto::TCP),
+            (SocketAddr::new(vip(0x12), 443), proto::TCP),
+            (SocketAddr::new(vip(0x11), 444), proto::TCP),
+            (SocketAddr::new(vip(0x14), 80), proto::TCP),
+            (SocketAddr::new(vip(0x14), 53), proto::UDP),
+            (SocketAddr::new(vip(0x10), 81), proto::TCP),
+            (SocketAddr::new(vip(0x10), 80), proto::UDP),
+            (SocketAddr::new(other, 80), proto::TCP),
+        ]
+    };
+    let mut t4 = shapes(
+        &|x| v4(203, 0, 113, u8::try_from(x - 6).expect("small")),
+        v4(192, 0, 2, 99),
+    );
+    t4.push((SocketAddr::new(v4(203, 0, 113, 13), 8443), proto::TCP));
+    let t6 = shapes(&|x| v6(3, x), v6(2, 0x99));
+    // Backend ids in order, so a seed replays the same packets.
+    let ids = |v6: bool| {
+        let mut ids: Vec<u32> = model
+            .backends
+            .iter()
+            .filter(|(_, b)| as_v4(&b.addr).is_none() == v6)
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    };
+    [
+        Family {
+            v6: false,
+            targets: t4,
+            ids: ids(false),
+        },
+        Family {
+            v6: true,
+            targets: t6,
+            ids: ids(true),
+        },
+    ]
+}
+
 #[test]
-fn kernel_and_model_agree_on_100k_random_packets() {
+fn kernel_and_model_agree_on_100k_random_packets_of_both_families() {
     let seed = std::env::var("LB_DIFF_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -153,63 +392,75 @@ fn kernel_and_model_agree_on_100k_random_packets() {
                 | 1
         });
     eprintln!("differential seed: {seed} (replay with LB_DIFF_SEED={seed})");
+    // The checksum check itself can fail.
+    for f in [
+        frame(
+            "198.51.100.1:1000".parse().expect("addr"),
+            "203.0.113.10:53".parse().expect("addr"),
+            None,
+            64,
+            Vec::new(),
+        ),
+        frame(
+            "[2001:db8:1::1]:1000".parse().expect("addr"),
+            "[2001:db8:3::10]:80".parse().expect("addr"),
+            Some(TCP_ACK),
+            64,
+            Vec::new(),
+        ),
+    ] {
+        assert!(checksums_ok(&f));
+        let mut bad = f.clone();
+        *bad.last_mut().expect("payload") ^= 1;
+        assert!(!checksums_ok(&bad));
+    }
     in_fresh_ns("diff", move |ns| {
         let resolver = FixedResolver::all_on_lo([2, 0, 0, 0, 0, 0x11]);
         let mut h = Harness::load(ns, CONFIG, resolver).expect("load");
         let mut model = model_of(&h);
-        assert_eq!(model.services.len(), 8);
+        assert_eq!(model.services.len(), 15);
         assert_eq!(
             model.modes.values().filter(|m| **m != 0).count(),
-            2,
-            "two services spread by source"
+            4,
+            "two services of each family spread by source"
         );
         assert!(
             model.revs.values().any(|r| r.flags & REV_F_STATELESS != 0),
             "the stateless endpoint is marked"
         );
         assert!(!model.locals.is_empty(), "the LB's own address is known");
+        let shared = |v6: bool| {
+            model
+                .revs
+                .values()
+                .any(|r| r.flags & REV_F_SHARED != 0 && as_v4(&r.vip).is_none() == v6)
+        };
         assert!(
-            model.revs.values().any(|r| r.flags & REV_F_SHARED != 0),
-            "the shared endpoint is marked"
+            shared(false) && shared(true),
+            "the shared endpoint of each family is marked"
+        );
+        let fams = families(&model);
+        assert!(
+            fams.iter().all(|f| f.ids.len() > 10),
+            "backends of both families"
         );
         let mut rng = Rng(seed);
-        let targets = [
-            (Ipv4Addr::new(203, 0, 113, 10), 80u16, proto::TCP),
-            (Ipv4Addr::new(203, 0, 113, 10), 53, proto::UDP),
-            (Ipv4Addr::new(203, 0, 113, 11), 443, proto::TCP),
-            (Ipv4Addr::new(203, 0, 113, 12), 443, proto::TCP),
-            (Ipv4Addr::new(203, 0, 113, 11), 444, proto::TCP),
-            (Ipv4Addr::new(203, 0, 113, 13), 8443, proto::TCP),
-            (Ipv4Addr::new(203, 0, 113, 14), 80, proto::TCP),
-            (Ipv4Addr::new(203, 0, 113, 14), 53, proto::UDP),
-            (Ipv4Addr::new(203, 0, 113, 10), 81, proto::TCP),
-            (Ipv4Addr::new(203, 0, 113, 10), 80, proto::UDP),
-            (Ipv4Addr::new(192, 0, 2, 99), 80, proto::TCP),
-        ];
-        // Clients: 198.51.100.0/24 × a range of ports; a pool of 4096 flows.
-        let flow = |rng: &mut Rng| {
-            let c = SocketAddrV4::new(
-                Ipv4Addr::new(
-                    198,
-                    51,
-                    100,
-                    1 + u8::try_from(rng.below(200)).expect("small"),
-                ),
-                1024 + u16::try_from(rng.below(20)).expect("small"),
-            );
-            let t = targets[usize::try_from(rng.below(targets.len() as u64)).expect("small")];
-            (c, t)
-        };
-        // Backend ids in order, so a seed replays the same packets.
-        let mut ids: Vec<u32> = model.backends.keys().copied().collect();
-        ids.sort_unstable();
         let mut mismatches = Vec::new();
         let mut skipped = 0u32;
-        let mut seen = [0u64; 64];
+        // Verdicts seen, per family.
+        let mut seen = [[0u64; 64]; 2];
         for i in 0..PACKETS {
-            let (client, (ip, port, p)) = flow(&mut rng);
-            let vip = SocketAddrV4::new(ip, port);
-            let mut frame = if p == proto::TCP {
+            let fam = &fams[usize::from(rng.chance(50))];
+            let client = fam.client(&mut rng);
+            let (dst, p) =
+                fam.targets[usize::try_from(rng.below(fam.targets.len() as u64)).expect("small")];
+            let ttl = if rng.chance(3) { 1 } else { 64 };
+            let exts = if fam.v6 && rng.chance(10) {
+                ext_chain(&mut rng)
+            } else {
+                Vec::new()
+            };
+            let mut bytes = if p == proto::TCP {
                 let flags = match rng.below(100) {
                     0..25 => TCP_SYN,
                     25..80 => TCP_ACK,
@@ -218,16 +469,15 @@ fn kernel_and_model_agree_on_100k_random_packets() {
                     93..96 => TCP_SYN | TCP_FIN,
                     _ => 0,
                 };
-                Frame::tcp(client, vip, flags)
+                frame(client, dst, Some(flags), ttl, exts.clone())
             } else {
-                Frame::udp(client, vip)
+                frame(client, dst, None, ttl, exts.clone())
             };
             // A reply from a backend of a flow that may be tracked.
             if rng.chance(15) {
-                let id = ids[usize::try_from(rng.below(ids.len() as u64)).expect("small")];
+                let id = fam.ids[usize::try_from(rng.below(fam.ids.len() as u64)).expect("small")];
                 let b = model.backends[&id];
-                let bip = Ipv4Addr::from(b.addr);
-                let bport = u16::from_be_bytes(b.port);
+                let from = SocketAddr::new(to_ip(&b.addr), u16::from_be_bytes(b.port));
                 let flags = match rng.below(100) {
                     0..15 => TCP_SYN | TCP_ACK,
                     15..25 => TCP_FIN | TCP_ACK,
@@ -235,33 +485,32 @@ fn kernel_and_model_agree_on_100k_random_packets() {
                     _ => TCP_ACK,
                 };
                 // Now and then to the LB's own address (its probes' replies).
-                let to = if rng.chance(10) {
-                    SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), client.port())
+                let to = if !fam.v6 && rng.chance(10) {
+                    SocketAddr::new(Ipv4Addr::new(192, 0, 2, 1).into(), client.port())
                 } else {
                     client
                 };
-                frame = Frame::tcp(SocketAddrV4::new(bip, bport), to, flags);
-                if p == proto::UDP {
-                    frame.l4 = L4::Udp {
-                        sport: bport,
-                        dport: to.port(),
-                        no_csum: false,
-                    };
-                }
+                let tcp = (p == proto::TCP).then_some(flags);
+                bytes = frame(from, to, tcp, ttl, exts);
             }
-            if rng.chance(3) {
-                frame.ttl = 1;
+            if fam.v6 && rng.chance(2) {
+                let to = if rng.chance(80) {
+                    dst.ip()
+                } else {
+                    client.ip()
+                };
+                bytes = icmp6(&mut rng, client.ip(), to);
             }
-            let mut bytes = frame.build();
-            if rng.chance(10) {
+            let mutated = rng.chance(10);
+            if mutated {
+                let span = u64::try_from(bytes.len().min(112) - 12).expect("small");
                 for _ in 0..=rng.below(3) {
-                    let at = 12 + usize::try_from(rng.below(48)).expect("small");
-                    if at < bytes.len() {
-                        bytes[at] ^= 1 << rng.below(8);
-                    }
+                    let at = 12 + usize::try_from(rng.below(span)).expect("small");
+                    bytes[at] ^= 1 << rng.below(8);
                 }
                 if rng.chance(20) {
-                    bytes.truncate(14 + usize::try_from(rng.below(50)).expect("small"));
+                    let keep = 14 + rng.below(u64::try_from(bytes.len() - 14).expect("small"));
+                    bytes.truncate(usize::try_from(keep).expect("small"));
                 }
             }
             let want = model.classify(&bytes);
@@ -277,14 +526,12 @@ fn kernel_and_model_agree_on_100k_random_packets() {
                 mismatches.push(format!("packet {i}: counters moved {moved:?}"));
                 continue;
             };
-            seen[reason as usize] += 1;
-            let got = match reason {
-                Reason::Forward | Reason::ForwardFib => {
+            seen[usize::from(fam.v6)][reason as usize] += 1;
+            let flow = || model::parse(&out).ok().and_then(|p| p.flow).map(|(k, _)| k);
+            let got = match (reason, flow()) {
+                (Reason::Forward | Reason::ForwardFib, Some(k)) => {
                     // The backend the kernel chose, from the output's destination.
-                    let l3 = if out[12..14] == [0x81, 0x00] { 18 } else { 14 };
-                    let dst = [out[l3 + 16], out[l3 + 17], out[l3 + 18], out[l3 + 19]];
-                    let dport = [out[l3 + 22], out[l3 + 23]];
-                    let is = |b: &ModelBackend| b.addr == dst && b.port == dport;
+                    let is = |b: &ModelBackend| b.addr == k.dst && b.port == k.dport;
                     // An endpoint of two services has two ids: the model's, if it is that one.
                     match want {
                         Verdict::Forward(w) if model.backends.get(&w).is_some_and(is) => want,
@@ -297,12 +544,8 @@ fn kernel_and_model_agree_on_100k_random_packets() {
                             }),
                     }
                 }
-                Reason::Reply => {
-                    let l3 = if out[12..14] == [0x81, 0x00] { 18 } else { 14 };
-                    let src = [out[l3 + 12], out[l3 + 13], out[l3 + 14], out[l3 + 15]];
-                    Verdict::Reply(src, [out[l3 + 20], out[l3 + 21]])
-                }
-                r => Verdict::Other(r),
+                (Reason::Reply, Some(k)) => Verdict::Reply(k.src, k.sport),
+                (r, _) => Verdict::Other(r),
             };
             let action_ok = match reason {
                 Reason::Forward | Reason::Reply => action == XDP_TX,
@@ -313,22 +556,25 @@ fn kernel_and_model_agree_on_100k_random_packets() {
                 skipped += 1;
                 continue;
             }
-            if got != want || !action_ok {
+            let translated = matches!(reason, Reason::Forward | Reason::Reply);
+            let sums_ok = mutated || !translated || checksums_ok(&out);
+            if got != want || !action_ok || !sums_ok {
                 mismatches.push(format!(
-                    "packet {i}: kernel {got:?} (action {action}), model {want:?}; frame {}",
+                    "packet {i}: kernel {got:?} (action {action}{}), model {want:?}; frame {}",
+                    if sums_ok { "" } else { ", bad checksums" },
                     lb_integration::packet::hex(&bytes)
                 ));
             }
         }
-        let summary: Vec<String> = ALL_REASONS
-            .iter()
-            .filter(|r| seen[**r as usize] > 0)
-            .map(|r| format!("{}={}", r.name(), seen[*r as usize]))
-            .collect();
-        eprintln!(
-            "verdicts: {}; out of the model's scope (ICMP): {skipped}",
-            summary.join(" ")
-        );
+        for (fam, seen) in ["IPv4", "IPv6"].iter().zip(&seen) {
+            let summary: Vec<String> = ALL_REASONS
+                .iter()
+                .filter(|r| seen[**r as usize] > 0)
+                .map(|r| format!("{}={}", r.name(), seen[*r as usize]))
+                .collect();
+            eprintln!("{fam} verdicts: {}", summary.join(" "));
+        }
+        eprintln!("out of the model's scope (ICMP): {skipped}");
         assert!(
             mismatches.is_empty(),
             "{} mismatches (seed {seed}), first ones:\n{}",
@@ -340,8 +586,8 @@ fn kernel_and_model_agree_on_100k_random_packets() {
                 .collect::<Vec<_>>()
                 .join("\n")
         );
-        // The traffic really covered the paths it claims to.
-        for r in [
+        // The traffic really covered the paths it claims to, in each family.
+        let both = [
             Reason::Forward,
             Reason::Reply,
             Reason::DropNoService,
@@ -351,8 +597,20 @@ fn kernel_and_model_agree_on_100k_random_packets() {
             Reason::DropTcpFlags,
             Reason::PassNotOurs,
             Reason::PassNotReply,
+        ];
+        for (fam, seen) in ["IPv4", "IPv6"].iter().zip(&seen) {
+            for r in both {
+                assert!(seen[r as usize] > 0, "no {fam} packet took {}", r.name());
+            }
+        }
+        for r in [
+            Reason::DropExtHeaders,
+            Reason::DropRoutingHeader,
+            Reason::DropFragment,
+            Reason::DropProto,
+            Reason::PassNdp,
         ] {
-            assert!(seen[r as usize] > 0, "no packet took {}", r.name());
+            assert!(seen[1][r as usize] > 0, "no IPv6 packet took {}", r.name());
         }
         assert!(
             skipped < PACKETS / 100,
