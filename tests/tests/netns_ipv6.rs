@@ -296,3 +296,109 @@ fn an_ipv6_pip_reaches_its_instance_with_every_protocol() {
         .to_string();
     assert!(e.contains("same address family"), "{e}");
 }
+
+/// A client network reached through a router whose address on the link is link-local only,
+/// as IPv6 routers advertise themselves: the LB's route is `via fe80::… dev l0`. Replies to that
+/// network go out through the gateway's NDP-learned MAC, and after warm-up without a FIB
+/// lookup.
+#[test]
+fn a_client_network_behind_a_link_local_gateway_gets_its_replies() {
+    let mut lab = Lab::new(3).unwrap();
+    // The client namespace plays the router: it holds an address of the remote network, on
+    // its loopback, so that it never speaks NDP from it (the LB would learn the address as a
+    // neighbour of its own and need no route).
+    let remote: std::net::Ipv6Addr = "2001:db8:9::2".parse().unwrap();
+    lab.client
+        .ip(&[
+            "addr",
+            "add",
+            &format!("{remote}/128"),
+            "dev",
+            "lo",
+            "nodad",
+        ])
+        .unwrap();
+    // The router's own link-local address, without duplicate address detection (the kernel's
+    // generated one stays tentative, unanswered, for a second).
+    let gateway = "fe80::1:2";
+    lab.client
+        .ip(&[
+            "addr",
+            "add",
+            &format!("{gateway}/64"),
+            "dev",
+            "c0",
+            "nodad",
+        ])
+        .unwrap();
+    lab.lb
+        .ip(&[
+            "-6",
+            "route",
+            "add",
+            "2001:db8:9::/64",
+            "via",
+            gateway,
+            "dev",
+            "l0",
+        ])
+        .unwrap();
+    lab.start_agent(DEMO_CONFIG).unwrap();
+    lab.wait_ready().unwrap();
+    // Without the lab's IPv6 default route (via the client's global address), the network
+    // behind the gateway is reachable only through the link-local one.
+    lab.lb.ip(&["-6", "route", "del", "default"]).unwrap();
+    lb_integration::wait_until(
+        "the agent to drop the IPv6 default route",
+        std::time::Duration::from_secs(10),
+        std::time::Duration::from_millis(50),
+        || {
+            lab.lb_json(&["status"])
+                .is_ok_and(|s| !s["client_routes"].to_string().contains("\"::/0 "))
+        },
+    )
+    .unwrap();
+
+    let get = |lab: &Lab| {
+        lab.http_get6_from(remote, lb_integration::lab::VIP6, 80, IO)
+            .unwrap_or_else(|e| panic!("from {remote}: {e:#}\n{}", lab.agent_log()))
+    };
+    // Warm-up: the gateway's neighbour entry is learned from the first exchange.
+    get(&lab);
+    let route = "2001:db8:9::/64 via if ";
+    lb_integration::wait_until(
+        "the route via the link-local gateway to resolve",
+        std::time::Duration::from_secs(10),
+        std::time::Duration::from_millis(50),
+        || {
+            lab.lb_json(&["status"]).is_ok_and(|s| {
+                s["client_routes"].as_array().is_some_and(|r| {
+                    r.iter()
+                        .any(|r| r.as_str().is_some_and(|r| r.starts_with(route)))
+                })
+            })
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", lab.lb(&["status"]).unwrap()));
+    let fib_before = lab.reason("forward_fib").unwrap();
+    let names = tally((0..45).map(|_| get(&lab)));
+    assert_eq!(
+        names.keys().cloned().collect::<BTreeSet<_>>(),
+        all_three(),
+        "{names:?}"
+    );
+    assert_eq!(
+        lab.reason("forward_fib").unwrap(),
+        fib_before,
+        "replies to the network behind the gateway were looked up in the FIB"
+    );
+    let svc = lab.lb_json(&["stats"]).unwrap();
+    let replies = svc["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["service"] == "[2001:db8:3::10]:80/tcp")
+        .map(|s| s["counters"]["reply_packets"].as_u64().unwrap())
+        .unwrap();
+    assert!(replies >= 46 * 2, "replies went through the LB: {svc}");
+}
