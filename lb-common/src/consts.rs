@@ -86,8 +86,9 @@ pub mod map_names {
     pub const ACL6: &str = "LB_ACL6";
     pub const PIPS6: &str = "LB_PIPS6";
     pub const PIP_REV6: &str = "LB_PIP_REV6";
+    pub const LOCALS6: &str = "LB_LOCAL6";
     /// Every map, in the order the agent opens them.
-    pub const ALL: [&str; 39] = [
+    pub const ALL: [&str; 40] = [
         SERVICES4,
         VIPS4,
         BACKENDS4,
@@ -127,6 +128,7 @@ pub mod map_names {
         ACL6,
         PIPS6,
         PIP_REV6,
+        LOCALS6,
     ];
 }
 

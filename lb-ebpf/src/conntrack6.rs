@@ -7,12 +7,14 @@
 use lb_common::{
     conn,
     flow::{FlowKey6, proto},
-    maps::{BackendId, CONN_FORWARD, CONN_REVERSE, ConnEntry6, REV_F_SHARED, RevKey6},
+    maps::{
+        BackendId, CONN_FORWARD, CONN_REVERSE, ConnEntry6, REV_F_SHARED, REV_F_STATELESS, RevKey6,
+    },
 };
 
 use crate::{
     conntrack::{now_s, touch_at, translates},
-    maps::{LB_CONNTRACK6, LB_REVSVC6},
+    maps::{LB_CONNTRACK6, LB_LOCAL6, LB_REVSVC6},
     parse6::Packet6,
 };
 
@@ -101,9 +103,13 @@ pub struct Reply6 {
 }
 
 impl Reply6 {
-    /// Records the reply's flags and time on its flow (once the reply is really sent on).
+    /// Records the reply's flags and time on its flow (once the reply is really sent on). A
+    /// stateless endpoint's reply has no flow (a null `entry`).
     #[inline(always)]
     pub fn commit(&self) {
+        if self.entry.is_null() {
+            return;
+        }
         // SAFETY: `entry` is the value pointer `from_backend` found in this run.
         unsafe {
             touch_at(
@@ -141,6 +147,24 @@ pub fn from_backend(flow: &FlowKey6, flags: u8) -> FromBackend6 {
     };
     if rev.vport == [0; 2] {
         rev.vport = flow.sport;
+    }
+    if rev.flags & REV_F_STATELESS != 0 {
+        // As `conntrack::from_backend`: a reply translated from this entry alone, unless it
+        // answers the LB's own connection.
+        // SAFETY: only whether an entry exists is read.
+        if unsafe { LB_LOCAL6.get(flow.dst).is_some() } {
+            return FromBackend6::None;
+        }
+        return FromBackend6::Reply(Reply6 {
+            vip: rev.vip,
+            vport: rev.vport,
+            backend: rev.backend,
+            entry: core::ptr::null_mut(),
+            old: 0,
+            new: 0,
+            seen_s: 0,
+            now: 0,
+        });
     }
     let (mut vip, mut vport, mut backend) = (rev.vip, rev.vport, rev.backend);
     if rev.flags & REV_F_SHARED != 0 {

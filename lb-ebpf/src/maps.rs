@@ -204,6 +204,12 @@ pub static LB_CONNTRACK6: LruHashMap<FlowKey6, ConnEntry6> =
 #[map(name = "LB_REVSVC6")]
 pub static LB_REVSVC6: HashMap<RevKey6, RevService6> = HashMap::pinned(MAX_BACKENDS, 0);
 
+/// The LB host's own IPv6 addresses (value unused), as `LB_LOCAL4`: a stateless IPv6
+/// endpoint's packet to one of them answers the LB's own connection (a probe). Writer: agent
+/// (from netlink).
+#[map(name = "LB_LOCAL6")]
+pub static LB_LOCAL6: HashMap<[u8; 16], u32> = HashMap::pinned(MAX_LOCALS, 0);
+
 /// Client-facing IPv6 destination prefix → next hop, for replies. Writer: agent.
 #[map(name = "LB_ROUTES6")]
 pub static LB_ROUTES6: LpmTrie<RouteKey6, NextHop> = LpmTrie::pinned(MAX_ROUTES, 0);

@@ -37,8 +37,8 @@ pub struct FixedResolver {
     pub backends: HashMap<IpAddr, NextHop>,
     pub fallback: Option<NextHop>,
     pub routes: Vec<(u32, Addr, NextHop)>,
-    /// The host's own IPv4 addresses, as the agent would find them.
-    pub locals: Vec<[u8; 4]>,
+    /// The host's own addresses (map form), as the agent would find them.
+    pub locals: Vec<Addr>,
 }
 
 impl Resolver for FixedResolver {
@@ -76,7 +76,10 @@ impl FixedResolver {
                 (0, [0; 16], nh(LO, crate::packet::CLIENT_MAC)),
             ],
             // The LB's backend-side address, the source of its probes.
-            locals: vec![[192, 0, 2, 1]],
+            locals: vec![
+                lb_common::addr::v4_mapped([192, 0, 2, 1]),
+                lb_common::addr::from_ip("2001:db8:2::1".parse().expect("address")),
+            ],
         }
     }
 }

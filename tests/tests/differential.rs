@@ -87,7 +87,7 @@ distribution = "source-ip-protocol"
 vip = "203.0.113.11:444/tcp"
 table_size = 251
 
-# The same shapes over IPv6 (stateless replies are IPv4 only).
+# The same shapes over IPv6.
 [[service]]
 vip = "[2001:db8:3::10]:80/tcp"
 backends = ["2001:db8:2::11", "[2001:db8:2::12]:8080", "2001:db8:2::13"]
@@ -107,6 +107,12 @@ table_size = 1021
 vip = "[2001:db8:3::12]:443/tcp"
 backends = ["2001:db8:2::14"]
 table_size = 251
+
+[[service]]
+vip = "[2001:db8:3::13]:8443/tcp"
+backends = ["2001:db8:2::18"]
+table_size = 251
+replies = "stateless"
 
 [[service]]
 vip = "[2001:db8:3::14]:80/tcp"
@@ -194,6 +200,9 @@ fn model_of(h: &Harness) -> Model {
     for k in maps.vips6.keys() {
         m.vips.insert(k.expect("IPv6 vip"));
     }
+    for k in maps.locals6.keys() {
+        m.locals.insert(k.expect("local IPv6 address"));
+    }
     for k in maps.locals.keys() {
         m.locals
             .insert(lb_common::addr::v4_mapped(k.expect("local address")));
@@ -207,6 +216,10 @@ fn model_of(h: &Harness) -> Model {
         m.revs.insert(RevKey::from_v6(&k), RevService::from_v6(&v));
     }
     m
+}
+
+fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(a, b, c, d))
 }
 
 /// `2001:db8:<a>::<b>`.
@@ -327,14 +340,13 @@ impl Family {
         let ip = if self.v6 {
             v6(1, u16::from(host))
         } else {
-            IpAddr::V4(Ipv4Addr::new(198, 51, 100, host))
+            v4(198, 51, 100, host)
         };
         SocketAddr::new(ip, port)
     }
 }
 
 fn families(model: &Model) -> [Family; 2] {
-    let v4 = |a, b, c, d| IpAddr::V4(Ipv4Addr::new(a, b, c, d));
     let shapes = |vip: &dyn Fn(u16) -> IpAddr, other: IpAddr| {
         vec![
             (SocketAddr::new(vip(0x10), 80), proto::TCP),
@@ -354,7 +366,8 @@ fn families(model: &Model) -> [Family; 2] {
         v4(192, 0, 2, 99),
     );
     t4.push((SocketAddr::new(v4(203, 0, 113, 13), 8443), proto::TCP));
-    let t6 = shapes(&|x| v6(3, x), v6(2, 0x99));
+    let mut t6 = shapes(&|x| v6(3, x), v6(2, 0x99));
+    t6.push((SocketAddr::new(v6(3, 0x13), 8443), proto::TCP));
     // Backend ids in order, so a seed replays the same packets.
     let ids = |v6: bool| {
         let mut ids: Vec<u32> = model
@@ -418,25 +431,25 @@ fn kernel_and_model_agree_on_100k_random_packets_of_both_families() {
         let resolver = FixedResolver::all_on_lo([2, 0, 0, 0, 0, 0x11]);
         let mut h = Harness::load(ns, CONFIG, resolver).expect("load");
         let mut model = model_of(&h);
-        assert_eq!(model.services.len(), 15);
+        assert_eq!(model.services.len(), 16);
         assert_eq!(
             model.modes.values().filter(|m| **m != 0).count(),
             4,
             "two services of each family spread by source"
         );
-        assert!(
-            model.revs.values().any(|r| r.flags & REV_F_STATELESS != 0),
-            "the stateless endpoint is marked"
-        );
-        assert!(!model.locals.is_empty(), "the LB's own address is known");
-        let shared = |v6: bool| {
+        let marked = |flag: u16, v6: bool| {
             model
                 .revs
                 .values()
-                .any(|r| r.flags & REV_F_SHARED != 0 && as_v4(&r.vip).is_none() == v6)
+                .any(|r| r.flags & flag != 0 && as_v4(&r.vip).is_none() == v6)
         };
         assert!(
-            shared(false) && shared(true),
+            marked(REV_F_STATELESS, false) && marked(REV_F_STATELESS, true),
+            "the stateless endpoint of each family is marked"
+        );
+        assert_eq!(model.locals.len(), 2, "the LB's own address in each family");
+        assert!(
+            marked(REV_F_SHARED, false) && marked(REV_F_SHARED, true),
             "the shared endpoint of each family is marked"
         );
         let fams = families(&model);
@@ -485,10 +498,10 @@ fn kernel_and_model_agree_on_100k_random_packets_of_both_families() {
                     _ => TCP_ACK,
                 };
                 // Now and then to the LB's own address (its probes' replies).
-                let to = if !fam.v6 && rng.chance(10) {
-                    SocketAddr::new(Ipv4Addr::new(192, 0, 2, 1).into(), client.port())
-                } else {
-                    client
+                let to = match (fam.v6, rng.chance(10)) {
+                    (false, true) => SocketAddr::new(v4(192, 0, 2, 1), client.port()),
+                    (true, true) => SocketAddr::new(v6(2, 1), client.port()),
+                    _ => client,
                 };
                 let tcp = (p == proto::TCP).then_some(flags);
                 bytes = frame(from, to, tcp, ttl, exts);

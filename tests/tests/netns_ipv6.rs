@@ -402,3 +402,41 @@ fn a_client_network_behind_a_link_local_gateway_gets_its_replies() {
         .unwrap();
     assert!(replies >= 46 * 2, "replies went through the LB: {svc}");
 }
+
+/// `replies = "stateless"` on an IPv6 service with real traffic: the probes' answers go to the
+/// LB's own IPv6 address (found through netlink, `LB_LOCAL6`) and reach the agent untouched, so
+/// the backends come into rotation; connections through the VIP get their replies translated
+/// with no flow looked up.
+#[test]
+fn ipv6_stateless_replies_serve_the_vip_and_spare_the_probes() {
+    let mut lab = Lab::new(2).unwrap();
+    lab.start_agent(
+        r#"
+[[service]]
+vip = "[2001:db8:3::10]:80/tcp"
+backends = ["2001:db8:2::11", "2001:db8:2::12"]
+table_size = 251
+replies = "stateless"
+probe = "tcp"
+probe_interval = "100ms"
+probe_timeout = "100ms"
+"#,
+    )
+    .unwrap();
+    // In rotation only after a probe succeeded: its SYN-ACK went to the LB's own address.
+    lab.wait_ready()
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", lab.agent_log()));
+    let vips = lab.lb_json(&["vip", "list"]).unwrap();
+    assert_eq!(vips["vips"][0]["replies"], "stateless", "{vips}");
+    let replies = lab.reason("reply").unwrap();
+    let http = tally((0..30).map(|i| {
+        lab.http_get6(80)
+            .unwrap_or_else(|e| panic!("IPv6 HTTP request {i}: {e:#}\n{}", lab.agent_log()))
+    }));
+    assert_eq!(http.len(), 2, "both backends answer: {http:?}");
+    assert!(lab.reason("reply").unwrap() - replies >= 30 * 2);
+    let status = lab.lb_json(&["status"]).unwrap();
+    for b in status["vips"][0]["backends"].as_array().unwrap() {
+        assert_eq!(b["health"], "up", "{status}");
+    }
+}

@@ -286,8 +286,8 @@ pub fn check_service(s: &ServiceSpec) -> Result<(), String> {
 }
 
 /// Checks the settings an IPv6 service cannot have yet: the IPv6 fast path balances TCP and
-/// UDP with conntrack and replies, ACLs, internal VIPs, weights, drain, probes and HA ports;
-/// hairpin SNAT, stateless replies and TCP reset on idle come later.
+/// UDP with conntrack and replies (stateless ones too), ACLs, internal VIPs, weights, drain,
+/// probes and HA ports; hairpin SNAT and TCP reset on idle come later.
 ///
 /// # Errors
 /// A message naming the setting (as the CLI spells it).
@@ -297,8 +297,6 @@ pub fn check_v6_settings(s: &ServiceSpec, settings: &ServiceSettings) -> Result<
     }
     let refused = if settings.hairpin == Hairpin::Snat {
         Some("--hairpin snat")
-    } else if settings.replies == Replies::Stateless {
-        Some("--replies stateless")
     } else if settings.tcp_reset {
         Some("--tcp-reset on")
     } else {

@@ -176,7 +176,10 @@ impl Maps {
             .collect();
         let mut locals = Vec::new();
         for k in self.locals.keys() {
-            locals.push(k.map_err(op_err(map_names::LOCALS, "walk"))?);
+            locals.push(v4_mapped(k.map_err(op_err(map_names::LOCALS, "walk"))?));
+        }
+        for k in self.locals6.keys() {
+            locals.push(k.map_err(op_err(map_names::LOCALS6, "walk"))?);
         }
         let retired = (0..)
             .zip(read_array(

@@ -56,6 +56,7 @@ pub struct Maps {
     pub ours: Array<MapData, u64>,
     pub retired: Array<MapData, Counters>,
     pub locals: HashMap<MapData, [u8; 4], u32>,
+    pub locals6: HashMap<MapData, [u8; 16], u32>,
     pub trace_cfg: Array<MapData, TraceConfig>,
     pub outbound: HashMap<MapData, [u8; 4], OutboundEntry4>,
     pub out_fronts: HashMap<MapData, [u8; 4], OutFront4>,
@@ -101,6 +102,7 @@ impl Maps {
             ours: take_map(ebpf, map_names::OURS)?,
             retired: take_map(ebpf, map_names::RETIRED_STATS)?,
             locals: take_map(ebpf, map_names::LOCALS)?,
+            locals6: take_map(ebpf, map_names::LOCALS6)?,
             trace_cfg: take_map(ebpf, map_names::TRACE_CFG)?,
             outbound: take_map(ebpf, map_names::OUTBOUND4)?,
             out_fronts: take_map(ebpf, map_names::OUT_FRONTS4)?,
@@ -563,13 +565,24 @@ impl MapOps for Maps {
             .set(0, *c, 0)
             .map_err(op_err(map_names::TRACE_CFG, "set"))
     }
-    fn put_local(&mut self, a: [u8; 4]) -> Result<(), MapOpError> {
+    fn put_local(&mut self, a: Addr) -> Result<(), MapOpError> {
+        if let Some(a6) = as_v6(&a) {
+            return self
+                .locals6
+                .insert(a6, 1, 0)
+                .map_err(op_err(map_names::LOCALS6, "insert"));
+        }
+        let a4 = v4(map_names::LOCALS, "insert", &a)?;
         self.locals
-            .insert(a, 1, 0)
+            .insert(a4, 1, 0)
             .map_err(op_err(map_names::LOCALS, "insert"))
     }
-    fn del_local(&mut self, a: [u8; 4]) -> Result<(), MapOpError> {
-        deleted(self.locals.remove(&a)).map_err(op_err(map_names::LOCALS, "remove"))
+    fn del_local(&mut self, a: Addr) -> Result<(), MapOpError> {
+        if let Some(a6) = as_v6(&a) {
+            return deleted(self.locals6.remove(&a6)).map_err(op_err(map_names::LOCALS6, "remove"));
+        }
+        let a4 = v4(map_names::LOCALS, "remove", &a)?;
+        deleted(self.locals.remove(&a4)).map_err(op_err(map_names::LOCALS, "remove"))
     }
     fn zero_service_stats(&mut self, id: u32) -> Result<(), MapOpError> {
         zero_per_cpu(&mut self.side.svc_stats, map_names::SERVICE_STATS, id)?;

@@ -61,11 +61,12 @@ pub trait MapOps {
     /// Writes a client route: `dst` / `prefix_len` in map form (an IPv4 /p is `96 + p`).
     fn put_route(&mut self, prefix_len: u32, dst: Addr, nh: &NextHop) -> Result<(), MapOpError>;
     fn del_route(&mut self, prefix_len: u32, dst: Addr) -> Result<(), MapOpError>;
-    /// Writes / deletes one of the host's own IPv4 addresses (`LB_LOCAL4`).
-    fn put_local(&mut self, a: [u8; 4]) -> Result<(), MapOpError>;
+    /// Writes / deletes one of the host's own addresses, in map form (`LB_LOCAL4`,
+    /// `LB_LOCAL6`).
+    fn put_local(&mut self, a: Addr) -> Result<(), MapOpError>;
     /// `lb trace`'s config (`lb_common::trace`; all zero is off).
     fn put_trace(&mut self, c: &lb_common::trace::TraceConfig) -> Result<(), MapOpError>;
-    fn del_local(&mut self, a: [u8; 4]) -> Result<(), MapOpError>;
+    fn del_local(&mut self, a: Addr) -> Result<(), MapOpError>;
     /// Clears the counters of a service id (its own and its retired backends') and a backend
     /// id before they are reused.
     fn zero_service_stats(&mut self, id: u32) -> Result<(), MapOpError>;
@@ -263,8 +264,8 @@ pub struct LiveMaps {
     pub revs: Vec<(RevKey, RevService)>,
     /// The non-zero words of `LB_OURS4`.
     pub ours: Vec<(u32, u64)>,
-    /// `LB_LOCAL4`.
-    pub locals: Vec<[u8; 4]>,
+    /// `LB_LOCAL4` and `LB_LOCAL6`, in map form.
+    pub locals: Vec<Addr>,
     /// The non-zero entries of `LB_SVC_RETIRED`: service id → its retired backends' sum.
     pub retired: Vec<(u32, Counters)>,
     /// `LB_OUTBOUND4`, `LB_OUT_FRONTS4` and `LB_OUT_INSIDE4` (rule, address, length).

@@ -43,15 +43,16 @@ impl Neighbour {
 }
 
 impl Netlink {
-    /// The host's own IPv4 addresses, on every interface (`IFA_LOCAL`, or `IFA_ADDRESS` where
-    /// the kernel gives no local one).
+    /// The host's own addresses of both families, on every interface (`IFA_LOCAL`, or
+    /// `IFA_ADDRESS` where the kernel gives no local one, as for IPv6 on a non-point-to-point
+    /// link).
     ///
     /// # Errors
     /// An exchange with the kernel fails ([`NetlinkError`]).
-    pub fn local_v4(&mut self) -> Result<Vec<std::net::Ipv4Addr>, NetlinkError> {
+    pub fn local_addrs(&mut self) -> Result<Vec<IpAddr>, NetlinkError> {
         use netlink_packet_route::address::{AddressAttribute, AddressMessage};
         let mut message = AddressMessage::default();
-        message.header.family = AddressFamily::Inet;
+        message.header.family = AddressFamily::Unspec;
         self.dump(
             Request::AddressDump,
             &RouteNetlinkMessage::GetAddress(message),
@@ -61,13 +62,13 @@ impl Netlink {
                 };
                 let pick = |local: bool| {
                     a.attributes.iter().find_map(|at| match at {
-                        AddressAttribute::Local(IpAddr::V4(v4)) if local => Some(*v4),
-                        AddressAttribute::Address(IpAddr::V4(v4)) if !local => Some(*v4),
+                        AddressAttribute::Local(ip) if local => Some(*ip),
+                        AddressAttribute::Address(ip) if !local => Some(*ip),
                         _ => None,
                     })
                 };
-                if let Some(v4) = pick(true).or_else(|| pick(false)) {
-                    out.push(v4);
+                if let Some(ip) = pick(true).or_else(|| pick(false)) {
+                    out.push(ip);
                 }
             },
         )

@@ -102,8 +102,8 @@ impl Resolver for NetlinkResolver {
             hops: job.addrs.iter().map(|ip| (*ip, self.hop(*ip))).collect(),
             routes: job.routes.then(|| self.client_routes()),
             locals: if job.routes {
-                match self.nl.local_v4() {
-                    Ok(a) => Some(a.iter().map(std::net::Ipv4Addr::octets).collect()),
+                match self.nl.local_addrs() {
+                    Ok(a) => Some(a.into_iter().map(addr::from_ip).collect()),
                     Err(e) => {
                         // Kept as they are: the next address or route change retries.
                         tracing::warn!(error = %e, "address dump failed");

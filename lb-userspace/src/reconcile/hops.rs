@@ -50,7 +50,7 @@ pub struct Resolution {
     /// (prefix length in map form, prefix, next hop).
     pub routes: Option<Vec<(u32, Addr, NextHop)>>,
     /// The host's own IPv4 addresses (`LB_LOCAL4`), with the client routes.
-    pub locals: Option<Vec<[u8; 4]>>,
+    pub locals: Option<Vec<Addr>>,
 }
 
 /// Resolves next hops. The real one asks the kernel through netlink (blocking, so it runs on a

@@ -50,7 +50,7 @@ pub struct Live {
     /// `LB_OURS4`: its non-zero words.
     pub filter: HashMap<u32, u64>,
     /// `LB_LOCAL4`: the host's own IPv4 addresses.
-    pub locals: std::collections::BTreeSet<[u8; 4]>,
+    pub locals: std::collections::BTreeSet<Addr>,
     /// `LB_SVC_RETIRED`: each service id's retired backends' counters (non-zero sums only).
     pub retired: HashMap<u32, Counters>,
     /// Backends being retired whose counters were added to `retired` but whose entry is still

@@ -36,7 +36,10 @@ mod tests;
 
 use std::{collections::BTreeSet, net::IpAddr, time::Instant};
 
-use lb_common::maps::{BackendId, ServiceInfo};
+use lb_common::{
+    addr::Addr,
+    maps::{BackendId, ServiceInfo},
+};
 use tokio::sync::oneshot;
 
 pub use self::{
@@ -144,18 +147,16 @@ struct Touched {
     pips: bool,
 }
 
-/// Refuses a service or forward whose VIP is one of the host's own IPv4 addresses (`locals`,
-/// from netlink): the fast path would take the host's own traffic to that address for the
+/// Refuses a service or forward whose VIP is one of the host's own addresses (`locals`, map
+/// form, from netlink): the fast path would take the host's own traffic to that address for the
 /// VIP's (its probes' answers, its connections), and the address's own services would be
 /// unreachable.
 fn refuse_local_vip<'a>(
     specs: impl IntoIterator<Item = &'a ServiceSpec>,
-    locals: &BTreeSet<[u8; 4]>,
+    locals: &BTreeSet<Addr>,
 ) -> Result<(), ChangeError> {
     for s in specs {
-        if let IpAddr::V4(v4) = s.vip.ip()
-            && locals.contains(&v4.octets())
-        {
+        if locals.contains(&lb_common::addr::from_ip(s.vip.ip())) {
             return Err(ChangeError::Invalid(format!(
                 "VIP {} of {s} is one of this host's own addresses: the LB would take the \
                  host's own traffic to it (its probes' answers, its connections) for the VIP's; \
@@ -206,9 +207,9 @@ pub struct Reconciler<M> {
     /// Addresses to resolve once no resolution is in flight.
     want: ResolveJob,
     /// The client routes of the resolution [`Self::prime`] took in, written by [`Self::start`].
-    primed_routes: Option<Vec<(u32, lb_common::addr::Addr, lb_common::maps::NextHop)>>,
+    primed_routes: Option<Vec<(u32, Addr, lb_common::maps::NextHop)>>,
     /// The host's own addresses of that resolution, written by [`Self::start`] too.
-    primed_locals: Option<Vec<[u8; 4]>>,
+    primed_locals: Option<Vec<Addr>>,
     resolving: bool,
     /// Purges that failed: retried on the next tick.
     failed_purges: PurgeJob,
@@ -1107,13 +1108,17 @@ impl<M: MapOps> Reconciler<M> {
     /// the client routes if they came with it.
     /// The writes for the host's own addresses, reporting those past the map's capacity: a
     /// stateless service's replies to them would be translated rather than passed.
-    fn locals_plan(&self, locals: &[[u8; 4]]) -> Vec<Step> {
+    fn locals_plan(&self, locals: &[Addr]) -> Vec<Step> {
         let cap = lb_common::consts::MAX_LOCALS as usize;
-        if locals.len() > cap {
+        let v6 = locals
+            .iter()
+            .filter(|a| lb_common::addr::as_v6(a).is_some())
+            .count();
+        if v6.max(locals.len() - v6) > cap {
             tracing::warn!(
                 addresses = locals.len(),
-                kept = cap,
-                "more local IPv4 addresses than LB_LOCAL4 holds; stateless replies to the others are translated, not passed"
+                kept_per_family = cap,
+                "more local addresses than LB_LOCAL4 or LB_LOCAL6 holds; stateless replies to the others are translated, not passed"
             );
         }
         plan::locals(locals, &self.live)
@@ -1136,7 +1141,7 @@ impl<M: MapOps> Reconciler<M> {
         if let Some(locals) = &r.locals {
             steps.extend(self.locals_plan(locals));
             // An address the host took after the VIP was set up: said, not undone.
-            let set: BTreeSet<[u8; 4]> = locals.iter().copied().collect();
+            let set: BTreeSet<Addr> = locals.iter().copied().collect();
             if let Err(e) = refuse_local_vip(self.state.services.keys(), &set) {
                 tracing::warn!(error = %e, "a VIP is now one of this host's own addresses");
             }

@@ -77,8 +77,8 @@ pub enum Step {
     PutRoute(u32, Addr, NextHop),
     DelRoute(u32, Addr),
     /// One of the host's own IPv4 addresses in `LB_LOCAL4`, written or deleted.
-    PutLocal([u8; 4]),
-    DelLocal([u8; 4]),
+    PutLocal(Addr),
+    DelLocal(Addr),
     /// A backend endpoint's reverse-service entry.
     PutRev(RevKey, RevService),
     DelRev(RevKey),
@@ -837,17 +837,18 @@ pub fn routes(want: &[(u32, Addr, NextHop)], live: &Live) -> Vec<Step> {
     steps
 }
 
-/// The writes that make `LB_LOCAL4` hold the host's own IPv4 addresses `want`: at most
-/// `MAX_LOCALS` of them, the lowest (the caller reports the rest).
+/// The writes that make `LB_LOCAL4` and `LB_LOCAL6` hold the host's own addresses `want`
+/// (map form): at most `MAX_LOCALS` of each family, the lowest (the caller reports the rest).
 #[must_use]
-pub fn locals(want: &[[u8; 4]], live: &Live) -> Vec<Step> {
-    let want: BTreeSet<[u8; 4]> = want
-        .iter()
-        .copied()
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .take(lb_common::consts::MAX_LOCALS as usize)
-        .collect();
+pub fn locals(want: &[Addr], live: &Live) -> Vec<Step> {
+    let all: BTreeSet<Addr> = want.iter().copied().collect();
+    let family = |v6: bool| {
+        all.iter()
+            .copied()
+            .filter(move |a| addr::as_v6(a).is_some() == v6)
+            .take(lb_common::consts::MAX_LOCALS as usize)
+    };
+    let want: BTreeSet<Addr> = family(false).chain(family(true)).collect();
     let mut steps: Vec<Step> = want
         .iter()
         .filter(|a| !live.locals.contains(*a))

@@ -262,7 +262,7 @@ impl Fixture {
                 nh(LO, CLIENT_MAC),
             )],
             // The LB's own address on the backends' side (its probes come from it).
-            locals: vec![[192, 0, 2, 1]],
+            locals: vec![addr::v4_mapped([192, 0, 2, 1])],
         };
         let h = Harness::load(ns, config, resolver).expect("load and provision");
         Self {

@@ -31,6 +31,7 @@ const V4_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x11];
 const PIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 3, 0, 0, 0, 0, 0x50);
 const INSTANCE: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 0x13);
 const INSTANCE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x23];
+const LB6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 1);
 
 fn client() -> SocketAddrV6 {
     SocketAddrV6::new(Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2), 40000, 0, 0)
@@ -84,6 +85,14 @@ dip = "2001:db8:2::13"
 vip = "203.0.113.10:80/tcp"
 backends = ["192.0.2.11"]
 table_size = 251
+
+# Stateless replies over IPv6: every packet from [2001:db8:2::12]:8443 is a reply, except to
+# the LB's own address.
+[[service]]
+vip = "[2001:db8:3::10]:8443/tcp"
+backends = ["[2001:db8:2::12]:8443"]
+table_size = 251
+replies = "stateless"
 "#;
 
 fn with_fixture6(f: impl FnOnce(&mut Fixture) + Send + 'static) {
@@ -108,7 +117,8 @@ fn with_fixture6(f: impl FnOnce(&mut Fixture) + Send + 'static) {
                     nh(LO, CLIENT_MAC),
                 ),
             ],
-            locals: vec![],
+            // The LB's own address on the backends' link (its probes' source).
+            locals: vec![addr::from_ip(IpAddr::V6(LB6))],
         };
         let h = Harness::load(ns, CONFIG6, resolver).expect("load and provision");
         let mut fx = Fixture {
@@ -924,6 +934,61 @@ fn an_ipv6_pip_translates_every_protocol_both_ways() {
             XDP_DROP,
             None,
             Reason::DropTtl,
+        );
+    });
+}
+
+/// `replies = "stateless"` over IPv6, as for IPv4: a packet from the endpoint is translated as
+/// a reply with no flow behind it, a SYN-ACK too, except to the LB's own IPv6 address (its
+/// probe's answer, the kernel's); the forward direction is tracked as before.
+#[test]
+fn ipv6_stateless_replies_need_no_flow_but_spare_the_lbs_own_connections() {
+    with_fixture6(|fx| {
+        let front = vip(8443);
+        let b = SocketAddrV6::new(B2, 8443, 0, 0);
+        let c = SocketAddrV6::new(Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 9), 5555, 0, 0);
+        for (what, flags) in [
+            ("a reply of a flow this node never saw", TCP_ACK),
+            (
+                "a SYN-ACK too: no TCP state is kept for it",
+                TCP_SYN | TCP_ACK,
+            ),
+        ] {
+            let mut reply = Frame6::tcp(b, c, flags);
+            reply.smac = B2_MAC;
+            let out = reply.snat(front, LB_MAC, CLIENT_MAC);
+            fx.check_bytes(
+                what,
+                &reply.build(),
+                XDP_TX,
+                Some(out.build()),
+                Reason::Reply,
+            );
+        }
+        let probe = Frame6::tcp(b, SocketAddrV6::new(LB6, 40000, 0, 0), TCP_SYN | TCP_ACK);
+        fx.check_bytes(
+            "to the LB's own address: its probe's answer",
+            &probe.build(),
+            XDP_PASS,
+            None,
+            Reason::PassNotOurs,
+        );
+        let syn = Frame6::tcp(c, front, TCP_SYN);
+        fx.check_bytes(
+            "a new flow",
+            &syn.build(),
+            XDP_TX,
+            Some(syn.dnat(b, LB_MAC, B2_MAC).build()),
+            Reason::Forward,
+        );
+        // A tracked service's endpoint is not stateless: [2001:db8:2::12]:8080 with no flow.
+        let tracked = Frame6::tcp(SocketAddrV6::new(B2, 8080, 0, 0), c, TCP_ACK);
+        fx.check_bytes(
+            "a tracked endpoint's packet of no flow",
+            &tracked.build(),
+            XDP_PASS,
+            None,
+            Reason::PassNotOurs,
         );
     });
 }

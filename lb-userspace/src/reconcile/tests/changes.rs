@@ -1010,7 +1010,10 @@ fn a_stateless_services_endpoints_are_marked_and_the_lbs_addresses_known() {
     start(&mut r2, r.state().clone());
     assert_eq!(
         r2.maps().locals.iter().copied().collect::<Vec<_>>(),
-        [[192, 0, 2, 1]]
+        [
+            lb_common::addr::v4_mapped([192, 0, 2, 1]),
+            lb_common::addr::from_ip("2001:db8:2::1".parse().unwrap())
+        ]
     );
     assert_eq!(
         r2.maps().revs.values().map(|v| v.flags).collect::<Vec<_>>(),

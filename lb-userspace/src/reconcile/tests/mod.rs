@@ -66,7 +66,7 @@ pub struct FakeMaps {
     pub counters: HashMap<BackendId, Counters>,
     pub retired: HashMap<u32, Counters>,
     /// `LB_LOCAL4`.
-    pub locals: BTreeSet<[u8; 4]>,
+    pub locals: BTreeSet<Addr>,
     /// `LB_OUTBOUND4`, `LB_OUT_FRONTS4`, `LB_OUT_INSIDE4`.
     pub outbound: BTreeMap<[u8; 4], lb_common::outbound::OutboundEntry4>,
     pub out_fronts: BTreeMap<[u8; 4], lb_common::outbound::OutFront4>,
@@ -167,12 +167,12 @@ impl MapOps for FakeMaps {
         self.trace = *c;
         Ok(())
     }
-    fn put_local(&mut self, a: [u8; 4]) -> Result<(), MapOpError> {
+    fn put_local(&mut self, a: Addr) -> Result<(), MapOpError> {
         self.write()?;
         self.locals.insert(a);
         Ok(())
     }
-    fn del_local(&mut self, a: [u8; 4]) -> Result<(), MapOpError> {
+    fn del_local(&mut self, a: Addr) -> Result<(), MapOpError> {
         self.write()?;
         self.locals.remove(&a);
         Ok(())
@@ -415,7 +415,12 @@ impl Resolver for FakeResolver {
         Resolution {
             hops: job.addrs.iter().map(|ip| (*ip, hop(*ip))).collect(),
             routes: job.routes.then(Vec::new),
-            locals: job.routes.then(|| vec![[192, 0, 2, 1]]),
+            locals: job.routes.then(|| {
+                vec![
+                    addr::v4_mapped([192, 0, 2, 1]),
+                    addr::from_ip("2001:db8:2::1".parse().expect("address")),
+                ]
+            }),
         }
     }
 }
