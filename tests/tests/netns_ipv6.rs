@@ -440,3 +440,49 @@ probe_timeout = "100ms"
         assert_eq!(b["health"], "up", "{status}");
     }
 }
+
+/// `lb flows` and `lb flows flush` over IPv6 flows: listed with their addresses in canonical
+/// text form, selected by service, backend and IPv6 client prefix, flushed by a selection, and
+/// tracked again by their next packet.
+#[test]
+fn lb_flows_lists_selects_and_flushes_ipv6_flows() {
+    let mut lab = Lab::new(3).unwrap();
+    lab.start_agent(DEMO_CONFIG).unwrap();
+    lab.wait_ready().unwrap();
+    let flow = lab.udp_flow6(53).unwrap();
+    let home = flow.ask("one").unwrap();
+    let local = flow.local_addr().unwrap().to_string();
+    assert!(local.starts_with("[2001:db8:1::2]:"), "{local}");
+    let svc = "[2001:db8:3::10]:53/udp";
+    let flows = lab.lb_json(&["flows"]).unwrap();
+    assert_eq!(flows["matched"], 1, "{flows}");
+    let f = &flows["flows"][0];
+    assert_eq!(f["client"], local.as_str(), "{flows}");
+    assert_eq!(f["service"], svc, "{flows}");
+    let backend = format!("[2001:db8:2::1{}]:53", &home[1..]);
+    assert_eq!(f["backend"], backend.as_str(), "{flows}");
+    assert_eq!(f["state"], "udp", "{flows}");
+    let n = |args: &[&str]| {
+        let mut a = vec!["flows"];
+        a.extend_from_slice(args);
+        lab.lb_json(&a).unwrap()["matched"].as_u64().unwrap()
+    };
+    let ip = &backend[1..backend.len() - 4];
+    assert_eq!(n(&[svc]), 1);
+    assert_eq!(n(&["[2001:db8:3::10]:80/tcp"]), 0);
+    assert_eq!(n(&["--backend", ip]), 1);
+    assert_eq!(n(&["--client", "2001:db8:1::/64"]), 1);
+    assert_eq!(n(&["--client", "2001:db8:9::/64"]), 0);
+    assert_eq!(n(&["--client", "198.51.100.0/24"]), 0);
+    let none = lab
+        .lb_json(&["flows", "flush", "--client", "2001:db8:9::/64"])
+        .unwrap();
+    assert_eq!(none["flushed"], 0, "{none}");
+    let flushed = lab
+        .lb_json(&["flows", "flush", "--client", "2001:db8:1::/64"])
+        .unwrap();
+    assert_eq!(flushed["flushed"], 1, "{flushed}");
+    assert_eq!(n(&[]), 0);
+    flow.ask("two").unwrap();
+    assert_eq!(n(&[svc]), 1, "the next packet is tracked again");
+}

@@ -60,7 +60,10 @@ impl MapReader for HeldWalk {
     fn reason_counters(&self) -> Result<Vec<u64>, MapOpError> {
         self.side.reason_counters()
     }
-    fn each_flow(&self, f: &mut dyn FnMut(&FlowKey4, &ConnEntry4)) -> Result<(), MapOpError> {
+    fn each_flow(
+        &self,
+        f: &mut dyn FnMut(lb_userspace::dataplane::TrackedFlow<'_>),
+    ) -> Result<(), MapOpError> {
         self.side.each_flow(f)
     }
     fn flows_per_backend(&self) -> Result<std::collections::HashMap<u32, u64>, MapOpError> {

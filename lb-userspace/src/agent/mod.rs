@@ -282,7 +282,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
                     }
                 }
                 writer::PurgeWork::Flush(q, tx) => {
-                    let r = match purger.flush(&|k, e| q.selects(k, e)) {
+                    let r = match purger.flush(&|f| q.selects(f)) {
                         Ok(n) => {
                             tracing::info!(flows = n, "flows flushed (lb flows flush)");
                             api::Response::Flushed { flushed: n as u64 }
@@ -513,7 +513,7 @@ impl MapReader for Reader {
     }
     fn each_flow(
         &self,
-        f: &mut dyn FnMut(&lb_common::flow::FlowKey4, &lb_common::maps::ConnEntry4),
+        f: &mut dyn FnMut(crate::dataplane::TrackedFlow<'_>),
     ) -> Result<(), MapOpError> {
         self.maps.each_flow(f)
     }

@@ -26,7 +26,7 @@ use lb_common::{
 };
 
 use super::{
-    FlowPurge, LiveMaps, MapOps, MapReader, PurgeJob,
+    FlowPurge, LiveMaps, MapOps, MapReader, PurgeJob, TrackedFlow,
     flows::{delete_keys, lookup, walk_batches},
     loader::take_map,
     sys,
@@ -295,8 +295,14 @@ impl MapReader for SideMaps {
     fn flows_per_backend(&self) -> Result<StdHashMap<BackendId, u64>, MapOpError> {
         self.flows_per_backend_with(&mut |_| {})
     }
-    fn each_flow(&self, f: &mut dyn FnMut(&FlowKey4, &ConnEntry4)) -> Result<(), MapOpError> {
-        self.walk_flows(f, &mut |_| {}).map(drop)
+    fn each_flow(&self, f: &mut dyn FnMut(TrackedFlow<'_>)) -> Result<(), MapOpError> {
+        self.walk_flows(&mut |k, e| f(TrackedFlow::V4(k, e)), &mut |_| {})?;
+        self.walk_flow_batches6(&mut |keys, values| {
+            for (k, e) in keys.iter().zip(values) {
+                f(TrackedFlow::V6(k, e));
+            }
+        })
+        .map(drop)
     }
     fn flow(&self, k: &FlowKey4) -> Result<Option<ConnEntry4>, MapOpError> {
         match self.conntrack.get(k, 0) {
@@ -317,37 +323,32 @@ impl MapReader for SideMaps {
 
 impl FlowPurge for SideMaps {
     fn purge(&mut self, job: &PurgeJob) -> Result<usize, MapOpError> {
-        let n = self.flush(&|k, e| job.matches(k, e))?;
-        let mut doomed = Vec::new();
-        walk_batches(
-            &self.conntrack6,
-            map_names::CONNTRACK6,
-            &mut |keys, values| {
-                for (k, e) in keys.iter().zip(values) {
-                    if job.matches6(k, e) {
-                        doomed.push(*k);
-                    }
-                }
-            },
-        )?;
-        self.delete_flows6(&doomed)?;
-        Ok(n + doomed.len())
+        self.flush(&|f| match f {
+            TrackedFlow::V4(k, e) => job.matches(k, e),
+            TrackedFlow::V6(k, e) => job.matches6(k, e),
+        })
     }
-    fn flush(
-        &mut self,
-        select: &dyn Fn(&FlowKey4, &ConnEntry4) -> bool,
-    ) -> Result<usize, MapOpError> {
+    fn flush(&mut self, select: &dyn Fn(TrackedFlow<'_>) -> bool) -> Result<usize, MapOpError> {
         let mut doomed = Vec::new();
         self.walk_flows(
             &mut |k, e| {
-                if select(k, e) {
+                if select(TrackedFlow::V4(k, e)) {
                     doomed.push(*k);
                 }
             },
             &mut |_| {},
         )?;
         self.delete_flows(&doomed)?;
-        Ok(doomed.len())
+        let mut doomed6 = Vec::new();
+        self.walk_flow_batches6(&mut |keys, values| {
+            for (k, e) in keys.iter().zip(values) {
+                if select(TrackedFlow::V6(k, e)) {
+                    doomed6.push(*k);
+                }
+            }
+        })?;
+        self.delete_flows6(&doomed6)?;
+        Ok(doomed.len() + doomed6.len())
     }
 }
 
@@ -364,7 +365,7 @@ impl MapReader for Maps {
     fn flows_per_backend(&self) -> Result<StdHashMap<BackendId, u64>, MapOpError> {
         self.side.flows_per_backend()
     }
-    fn each_flow(&self, f: &mut dyn FnMut(&FlowKey4, &ConnEntry4)) -> Result<(), MapOpError> {
+    fn each_flow(&self, f: &mut dyn FnMut(TrackedFlow<'_>)) -> Result<(), MapOpError> {
         self.side.each_flow(f)
     }
     fn xmit_fails(&self) -> Result<Vec<(u32, XmitFails)>, MapOpError> {
@@ -379,10 +380,7 @@ impl FlowPurge for Maps {
     fn purge(&mut self, job: &PurgeJob) -> Result<usize, MapOpError> {
         self.side.purge(job)
     }
-    fn flush(
-        &mut self,
-        select: &dyn Fn(&FlowKey4, &ConnEntry4) -> bool,
-    ) -> Result<usize, MapOpError> {
+    fn flush(&mut self, select: &dyn Fn(TrackedFlow<'_>) -> bool) -> Result<usize, MapOpError> {
         self.side.flush(select)
     }
 }

@@ -134,8 +134,8 @@ pub trait MapReader {
     fn reason_counters(&self) -> Result<Vec<u64>, MapOpError>;
     /// Live conntrack entries per backend id (an O(table) walk).
     fn flows_per_backend(&self) -> Result<HashMap<BackendId, u64>, MapOpError>;
-    /// Calls `f` on every tracked flow (a walk of the whole table, batched).
-    fn each_flow(&self, f: &mut dyn FnMut(&FlowKey4, &ConnEntry4)) -> Result<(), MapOpError>;
+    /// Calls `f` on every tracked flow of both families (a walk of both tables, batched).
+    fn each_flow(&self, f: &mut dyn FnMut(TrackedFlow<'_>)) -> Result<(), MapOpError>;
     /// The flow sweeper's counters (none where no sweeper runs).
     fn sweeps(&self) -> sweep::SweepTotals {
         sweep::SweepTotals::default()
@@ -167,10 +167,69 @@ pub trait FlowPurge {
     ///
     /// # Errors
     /// The walk or a delete fails.
-    fn flush(
-        &mut self,
-        select: &dyn Fn(&FlowKey4, &ConnEntry4) -> bool,
-    ) -> Result<usize, MapOpError>;
+    fn flush(&mut self, select: &dyn Fn(TrackedFlow<'_>) -> bool) -> Result<usize, MapOpError>;
+}
+
+/// A conntrack entry of either family, as the views and `lb flows flush` read it.
+#[derive(Clone, Copy, Debug)]
+pub enum TrackedFlow<'a> {
+    V4(&'a FlowKey4, &'a ConnEntry4),
+    V6(&'a FlowKey6, &'a ConnEntry6),
+}
+
+impl TrackedFlow<'_> {
+    /// The packet's source and destination as it arrives, as socket addresses.
+    #[must_use]
+    pub fn endpoints(&self) -> (std::net::SocketAddr, std::net::SocketAddr) {
+        use std::net::SocketAddr;
+        let port = u16::from_be_bytes;
+        match self {
+            Self::V4(k, _) => (
+                SocketAddr::from((k.src, port(k.sport))),
+                SocketAddr::from((k.dst, port(k.dport))),
+            ),
+            Self::V6(k, _) => (
+                SocketAddr::from((k.src, port(k.sport))),
+                SocketAddr::from((k.dst, port(k.dport))),
+            ),
+        }
+    }
+
+    /// The source in map form.
+    #[must_use]
+    pub fn src(&self) -> Addr {
+        match self {
+            Self::V4(k, _) => v4_mapped(k.src),
+            Self::V6(k, _) => k.src,
+        }
+    }
+
+    #[must_use]
+    pub const fn proto(&self) -> u8 {
+        match self {
+            Self::V4(k, _) => k.proto,
+            Self::V6(k, _) => k.proto,
+        }
+    }
+
+    /// Whether it is a flow's own entry (client → VIP, or a hairpin flow's), not a reverse
+    /// one.
+    #[must_use]
+    pub const fn is_forward(&self) -> bool {
+        match self {
+            Self::V4(_, e) => e.is_forward(),
+            Self::V6(_, e) => e.kind == CONN_FORWARD,
+        }
+    }
+
+    /// The entry's (kind, service, backend, TCP state, seen, created) fields.
+    #[must_use]
+    pub const fn entry(&self) -> (u8, u32, BackendId, u8, u32, u32) {
+        match self {
+            Self::V4(_, e) => (e.kind, e.service, e.backend, e.tcp, e.seen_s, e.created_s),
+            Self::V6(_, e) => (e.kind, e.service, e.backend, e.tcp, e.seen_s, e.created_s),
+        }
+    }
 }
 
 /// Which tracked flows to delete. A flow is deleted if any part selects it.

@@ -1387,7 +1387,7 @@ impl<M: MapOps + MapReader + FlowPurge> Reconciler<M> {
                     Answer::Read(p) => p.finish(&self.maps).unwrap_or_else(|e| {
                         Response::error(crate::error::ErrorKind::Failed, e.to_string())
                     }),
-                    Answer::Flush(q) => match self.maps.flush(&|k, e| q.selects(k, e)) {
+                    Answer::Flush(q) => match self.maps.flush(&|f| q.selects(f)) {
                         Ok(n) => Response::Flushed { flushed: n as u64 },
                         Err(e) => Response::error(crate::error::ErrorKind::Failed, e.to_string()),
                     },

@@ -20,7 +20,7 @@ use crate::{
         PipView, ProbeView, Query, Response, ServiceStatus, ServiceView, StatsView, StatusView,
         TrackedView, XmitFailView,
     },
-    dataplane::MapReader,
+    dataplane::{MapReader, TrackedFlow},
     error::{ChangeError, MapOpError},
     spec::{ServiceSpec, format_duration, serde_action::action_word},
     state::{Kind, State},
@@ -121,13 +121,11 @@ impl FlowQuery {
     /// named. A flow's reverse entry is not selected: it follows its forward entry (the
     /// sweeper removes a reverse entry whose flow is gone).
     #[must_use]
-    pub fn selects(&self, k: &FlowKey4, e: &ConnEntry4) -> bool {
-        e.is_forward()
-            && self.service.is_none_or(|s| s == e.service)
-            && self
-                .backends
-                .as_ref()
-                .is_none_or(|b| b.contains(&e.backend))
+    pub fn selects(&self, f: TrackedFlow<'_>) -> bool {
+        let (_, service, backend, ..) = f.entry();
+        f.is_forward()
+            && self.service.is_none_or(|s| s == service)
+            && self.backends.as_ref().is_none_or(|b| b.contains(&backend))
             && self.client.as_ref().is_none_or(|p| {
                 lb_common::acl::lpm(
                     &[lb_common::acl::Entry {
@@ -135,7 +133,7 @@ impl FlowQuery {
                         action: lb_common::acl::Action::Permit,
                         rule: None,
                     }],
-                    &addr::v4_mapped(k.src),
+                    &f.src(),
                 )
                 .is_some()
             })
@@ -148,21 +146,24 @@ impl FlowQuery {
         let now = crate::dataplane::sweep::monotonic_s();
         let mut flows = Vec::new();
         let mut matched = 0u64;
-        r.each_flow(&mut |k, e| {
-            if !self.selects(k, e) {
+        r.each_flow(&mut |f| {
+            if !self.selects(f) {
                 return;
             }
             matched += 1;
             if flows.len() >= self.limit {
                 return;
             }
-            let port = |p: [u8; 2]| u16::from_be_bytes(p);
-            let ip = |a: [u8; 4]| std::net::Ipv4Addr::from(a);
-            let proto_name = if k.proto == proto::TCP { "tcp" } else { "udp" };
-            let t = tracked(k, e, &self.backend_names, now);
+            let proto_name = if f.proto() == proto::TCP {
+                "tcp"
+            } else {
+                "udp"
+            };
+            let t = tracked(f, &self.backend_names, now);
+            let (client, vip) = f.endpoints();
             flows.push(FlowView {
-                client: format!("{}:{}", ip(k.src), port(k.sport)),
-                service: format!("{}:{}/{proto_name}", ip(k.dst), port(k.dport)),
+                client: client.to_string(),
+                service: format!("{vip}/{proto_name}"),
                 backend: t.backend,
                 state: t.state,
                 idle_s: t.idle_s,
@@ -273,7 +274,7 @@ impl Pending {
                 v.tracked = r
                     .flow(&k)?
                     .filter(ConnEntry4::is_forward)
-                    .map(|e| tracked(&k, &e, &names, now));
+                    .map(|e| tracked(TrackedFlow::V4(&k, &e), &names, now));
                 Response::Explain(v)
             }
         })
@@ -282,25 +283,21 @@ impl Pending {
 
 /// A tracked flow's entry as `lb flows` and `lb explain` show it: its backend by address (or
 /// by id, once gone), TCP state, idle time, age, and whether it is a hairpin flow.
-fn tracked(
-    k: &FlowKey4,
-    e: &ConnEntry4,
-    names: &HashMap<BackendId, String>,
-    now: u32,
-) -> TrackedView {
+fn tracked(f: TrackedFlow<'_>, names: &HashMap<BackendId, String>, now: u32) -> TrackedView {
+    let (kind, _, backend, tcp, seen_s, created_s) = f.entry();
     TrackedView {
         backend: names
-            .get(&e.backend)
+            .get(&backend)
             .cloned()
-            .unwrap_or_else(|| format!("backend id {} (gone)", e.backend)),
-        state: if k.proto == lb_common::flow::proto::TCP {
-            tcp_state(e.tcp).to_owned()
+            .unwrap_or_else(|| format!("backend id {backend} (gone)")),
+        state: if f.proto() == lb_common::flow::proto::TCP {
+            tcp_state(tcp).to_owned()
         } else {
             "udp".to_owned()
         },
-        idle_s: since(now, e.seen_s),
-        age_s: since(now, e.created_s),
-        hairpin: e.kind == lb_common::maps::CONN_HAIRPIN,
+        idle_s: since(now, seen_s),
+        age_s: since(now, created_s),
+        hairpin: kind == lb_common::maps::CONN_HAIRPIN,
     }
 }
 

@@ -274,6 +274,14 @@ impl UdpFlow {
         }
         Ok(name.to_owned())
     }
+
+    /// The flow's client address and port.
+    ///
+    /// # Errors
+    /// The socket has no local address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.s.local_addr()
+    }
 }
 
 /// A TCP connection bound to `src` (std cannot bind before connecting).

@@ -460,7 +460,7 @@ fn direct_block() -> Slot {
 fn flows(fx: &Fixture) -> usize {
     use lb_userspace::dataplane::MapReader as _;
     let mut n = 0;
-    fx.h.rec.maps().each_flow(&mut |_, _| n += 1).unwrap();
+    fx.h.rec.maps().each_flow(&mut |_| n += 1).unwrap();
     n
 }
 

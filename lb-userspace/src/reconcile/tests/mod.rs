@@ -335,7 +335,7 @@ impl MapReader for FakeMaps {
     /// port its position, to 203.0.113.10:53.
     fn each_flow(
         &self,
-        f: &mut dyn FnMut(&lb_common::flow::FlowKey4, &lb_common::maps::ConnEntry4),
+        f: &mut dyn FnMut(crate::dataplane::TrackedFlow<'_>),
     ) -> Result<(), MapOpError> {
         for (i, id) in self.flows.iter().enumerate() {
             let port = u16::try_from(i).unwrap_or(u16::MAX).to_be_bytes();
@@ -346,10 +346,10 @@ impl MapReader for FakeMaps {
                 53u16.to_be_bytes(),
                 17,
             );
-            f(
+            f(crate::dataplane::TrackedFlow::V4(
                 &k,
                 &lb_common::maps::ConnEntry4::forward(*id, 0, 0, 0, 0, (0, 0)),
-            );
+            ));
         }
         Ok(())
     }
@@ -360,7 +360,7 @@ impl FlowPurge for FakeMaps {
     /// agent's purger runs flushes on the real maps (`tests/netns_lifetime.rs`).
     fn flush(
         &mut self,
-        _select: &dyn Fn(&lb_common::flow::FlowKey4, &lb_common::maps::ConnEntry4) -> bool,
+        _select: &dyn Fn(crate::dataplane::TrackedFlow<'_>) -> bool,
     ) -> Result<usize, MapOpError> {
         Ok(0)
     }
