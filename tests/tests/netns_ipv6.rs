@@ -441,9 +441,10 @@ probe_timeout = "100ms"
     }
 }
 
-/// `lb flows` and `lb flows flush` over IPv6 flows: listed with their addresses in canonical
-/// text form, selected by service, backend and IPv6 client prefix, flushed by a selection, and
-/// tracked again by their next packet.
+/// `lb flows`, `lb explain` and `lb flows flush` over IPv6 flows: listed with their addresses
+/// in canonical text form, selected by service, backend and IPv6 client prefix, explained
+/// (the pick is the backend that answered), flushed by a selection, and tracked again by their
+/// next packet.
 #[test]
 fn lb_flows_lists_selects_and_flushes_ipv6_flows() {
     let mut lab = Lab::new(3).unwrap();
@@ -474,6 +475,20 @@ fn lb_flows_lists_selects_and_flushes_ipv6_flows() {
     assert_eq!(n(&["--client", "2001:db8:1::/64"]), 1);
     assert_eq!(n(&["--client", "2001:db8:9::/64"]), 0);
     assert_eq!(n(&["--client", "198.51.100.0/24"]), 0);
+    // `lb explain` of the flow's own 5-tuple: the table's pick is the backend that answered,
+    // and the flow is tracked.
+    let text = lab.lb(&["explain", &local, svc]).unwrap();
+    assert!(text.contains(&format!("backend    {backend}")), "{text}");
+    assert!(text.contains("verdict    forward"), "{text}");
+    assert!(
+        text.contains(&format!("tracked    yes: to {backend}")),
+        "{text}"
+    );
+    let e = lab
+        .lb(&["explain", "198.51.100.2:4000", svc])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("different address families"), "{e}");
     let none = lab
         .lb_json(&["flows", "flush", "--client", "2001:db8:9::/64"])
         .unwrap();

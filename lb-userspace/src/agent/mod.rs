@@ -511,6 +511,12 @@ impl MapReader for Reader {
     ) -> Result<Option<lb_common::maps::ConnEntry4>, MapOpError> {
         self.maps.flow(k)
     }
+    fn flow6(
+        &self,
+        k: &lb_common::flow::FlowKey6,
+    ) -> Result<Option<lb_common::maps::ConnEntry6>, MapOpError> {
+        self.maps.flow6(k)
+    }
     fn each_flow(
         &self,
         f: &mut dyn FnMut(crate::dataplane::TrackedFlow<'_>),

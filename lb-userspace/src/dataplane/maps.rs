@@ -305,11 +305,10 @@ impl MapReader for SideMaps {
         .map(drop)
     }
     fn flow(&self, k: &FlowKey4) -> Result<Option<ConnEntry4>, MapOpError> {
-        match self.conntrack.get(k, 0) {
-            Ok(e) => Ok(Some(e)),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(op_err(map_names::CONNTRACK, "read")(e)),
-        }
+        Self::flow(self, k)
+    }
+    fn flow6(&self, k: &FlowKey6) -> Result<Option<ConnEntry6>, MapOpError> {
+        Self::flow6(self, k)
     }
     fn xmit_fails(&self) -> Result<Vec<(u32, XmitFails)>, MapOpError> {
         let mut out = Vec::new();
@@ -373,6 +372,9 @@ impl MapReader for Maps {
     }
     fn flow(&self, k: &FlowKey4) -> Result<Option<ConnEntry4>, MapOpError> {
         self.side.flow(k)
+    }
+    fn flow6(&self, k: &FlowKey6) -> Result<Option<ConnEntry6>, MapOpError> {
+        self.side.flow6(k)
     }
 }
 

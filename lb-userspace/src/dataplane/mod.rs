@@ -149,6 +149,10 @@ pub trait MapReader {
     fn flow(&self, _k: &FlowKey4) -> Result<Option<ConnEntry4>, MapOpError> {
         Ok(None)
     }
+    /// An IPv6 flow's conntrack entry, if it has one.
+    fn flow6(&self, _k: &FlowKey6) -> Result<Option<ConnEntry6>, MapOpError> {
+        Ok(None)
+    }
     /// Frames lost after the program sent them, per served ifindex (`lb_common::xmit`).
     fn xmit_fails(&self) -> Result<Vec<(u32, lb_common::xmit::XmitFails)>, MapOpError> {
         Ok(Vec::new())

@@ -10,7 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use lb_common::{
     acl,
     addr::{self, as_v4},
-    flow::FlowKey4,
+    flow::{FlowKey4, FlowKey6},
     hash, maglev,
     maps::{SVC_F_INTERNAL, VIP_F_HA_PORTS, VIP_F_HAIRPIN_SNAT},
 };
@@ -22,40 +22,98 @@ use crate::{
     spec::{Proto, ServiceSpec},
 };
 
+/// The flow `lb explain` asks about, in its family's key (a reader looks it up in that
+/// family's conntrack).
+#[derive(Clone, Copy, Debug)]
+pub enum ExplainKey {
+    V4(FlowKey4),
+    V6(FlowKey6),
+}
+
+impl ExplainKey {
+    /// The key of `client` → `vip`, of the family both share.
+    fn of(client: SocketAddr, vip: SocketAddr, proto: u8) -> Option<Self> {
+        let (sport, dport) = (client.port().to_be_bytes(), vip.port().to_be_bytes());
+        match (client.ip(), vip.ip()) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => Some(Self::V4(FlowKey4::of(
+                s.octets(),
+                d.octets(),
+                sport,
+                dport,
+                proto,
+            ))),
+            (IpAddr::V6(s), IpAddr::V6(d)) => Some(Self::V6(FlowKey6::of(
+                s.octets(),
+                d.octets(),
+                sport,
+                dport,
+                proto,
+            ))),
+            _ => None,
+        }
+    }
+
+    /// The distribution mode's hash input, as text, and the slot hash, as the family's fast
+    /// path computes them.
+    fn hash(&self, mode: u32, seed: u32) -> (String, u32) {
+        let text = |s: SocketAddr, d: SocketAddr, p: u8| format!("{s} -> {d} proto {p}");
+        let port = u16::from_be_bytes;
+        match self {
+            Self::V4(k) => {
+                let i = hash::hash_input(k, mode);
+                (
+                    text(
+                        SocketAddr::from((i.src, port(i.sport))),
+                        SocketAddr::from((i.dst, port(i.dport))),
+                        i.proto,
+                    ),
+                    hash::dist_hash(k, mode, seed),
+                )
+            }
+            Self::V6(k) => {
+                let i = hash::hash_input6(k, mode);
+                (
+                    text(
+                        SocketAddr::from((i.src, port(i.sport))),
+                        SocketAddr::from((i.dst, port(i.dport))),
+                        i.proto,
+                    ),
+                    hash::dist_hash6(k, mode, seed),
+                )
+            }
+        }
+    }
+}
+
 impl Source<'_> {
     /// How a new flow from `client` to `service` would be handled.
     ///
     /// # Errors
-    /// Not an IPv4 client, a service without a protocol, or no service (exact or HA ports) at
-    /// that VIP and port.
+    /// A client of another family than the VIP's, a service without a protocol, or no
+    /// service (exact or HA ports) at that VIP and port.
     pub fn explain(
         &self,
         client: SocketAddr,
         service: ServiceSpec,
-    ) -> Result<(ExplainView, FlowKey4), ChangeError> {
-        let (IpAddr::V4(src), IpAddr::V4(vip)) = (client.ip(), service.vip.ip()) else {
-            return Err(ChangeError::Invalid(
-                "explain: the client and the VIP must be IPv4 addresses (IPv6 flows are not \
-                 explained yet)"
-                    .into(),
-            ));
-        };
+    ) -> Result<(ExplainView, ExplainKey), ChangeError> {
         if service.proto == Proto::Any {
             return Err(ChangeError::Invalid(
                 "explain: name the protocol of the flow, tcp or udp".into(),
             ));
         }
-        let flow = FlowKey4::of(
-            src.octets(),
-            vip.octets(),
-            client.port().to_be_bytes(),
-            service.vip.port().to_be_bytes(),
-            service.proto.number(),
-        );
-        let vip_info = self.live.vips.get(&IpAddr::V4(vip)).copied();
+        let flow =
+            ExplainKey::of(client, service.vip, service.proto.number()).ok_or_else(|| {
+                ChangeError::Invalid(format!(
+                    "explain: the client {client} and the VIP {} are of different address \
+                     families",
+                    service.vip.ip()
+                ))
+            })?;
+        let vip = service.vip.ip();
+        let vip_info = self.live.vips.get(&vip).copied();
         // The exact service first; else the VIP's HA ports (classify does the same).
         let ha = ServiceSpec {
-            vip: SocketAddr::new(IpAddr::V4(vip), 0),
+            vip: SocketAddr::new(vip, 0),
             proto: Proto::Any,
         };
         let (spec, info) = match self.live.services.get(&service) {
@@ -80,7 +138,7 @@ impl Source<'_> {
             taken_by: spec.to_string(),
             ..ExplainView::default()
         };
-        let src_addr = addr::v4_mapped(flow.src);
+        let src_addr = addr::from_ip(client.ip());
         // Admission, as `policy::admit`: the internal VIP's source set, then the ACL.
         if info.flags & SVC_F_INTERNAL != 0
             && let Some(vi) = vip_info
@@ -137,22 +195,14 @@ impl Source<'_> {
         }
         // Selection, as `select::from_table`.
         let mode = info.distribution();
-        let input = hash::hash_input(&flow, mode);
-        let h = hash::dist_hash(&flow, mode, self.info.hash_seed);
+        let (input, h) = flow.hash(mode, self.info.hash_seed);
         v.distribution = match mode {
             hash::dist::SOURCE_IP => "source-ip",
             hash::dist::SOURCE_IP_PROTOCOL => "source-ip-protocol",
             _ => "5-tuple",
         }
         .into();
-        v.hash_input = format!(
-            "{}:{} -> {}:{} proto {}",
-            std::net::Ipv4Addr::from(input.src),
-            u16::from_be_bytes(input.sport),
-            std::net::Ipv4Addr::from(input.dst),
-            u16::from_be_bytes(input.dport),
-            input.proto
-        );
+        v.hash_input = input;
         v.hash = h;
         v.table_size = info.table_len;
         let Some(slot) = maglev::slot(h, info.table_len) else {

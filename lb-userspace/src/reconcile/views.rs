@@ -7,7 +7,6 @@ use std::collections::HashMap;
 
 use lb_common::{
     addr,
-    flow::FlowKey4,
     maps::{BackendId, ConnEntry4, Counters},
     verdict::ALL_REASONS,
     xmit::XmitFails,
@@ -81,7 +80,11 @@ pub enum Pending {
     Outbound(Vec<crate::api::OutboundView>),
     Flows(FlowQuery),
     /// The view, the flow's key, and every live backend id's address (for its tracked entry).
-    Explain(Box<ExplainView>, FlowKey4, HashMap<BackendId, String>),
+    Explain(
+        Box<ExplainView>,
+        super::explain::ExplainKey,
+        HashMap<BackendId, String>,
+    ),
 }
 
 /// `lb flows`, as the writer resolved it: the selection in ids, and the names to show.
@@ -271,10 +274,16 @@ impl Pending {
             }
             Self::Explain(mut v, k, names) => {
                 let now = crate::dataplane::sweep::monotonic_s();
-                v.tracked = r
-                    .flow(&k)?
-                    .filter(ConnEntry4::is_forward)
-                    .map(|e| tracked(TrackedFlow::V4(&k, &e), &names, now));
+                v.tracked = match k {
+                    super::explain::ExplainKey::V4(k) => r
+                        .flow(&k)?
+                        .filter(ConnEntry4::is_forward)
+                        .map(|e| tracked(TrackedFlow::V4(&k, &e), &names, now)),
+                    super::explain::ExplainKey::V6(k) => r
+                        .flow6(&k)?
+                        .filter(|e| e.kind == lb_common::maps::CONN_FORWARD)
+                        .map(|e| tracked(TrackedFlow::V6(&k, &e), &names, now)),
+                };
                 Response::Explain(v)
             }
         })
