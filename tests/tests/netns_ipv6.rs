@@ -501,3 +501,52 @@ fn lb_flows_lists_selects_and_flushes_ipv6_flows() {
     flow.ask("two").unwrap();
     assert_eq!(n(&[svc]), 1, "the next packet is tracked again");
 }
+
+/// IPv6 across agent generations: after a `kill -9` and a restart, an IPv6 UDP flow stays on
+/// its backend (the pinned IPv6 maps are adopted, conntrack included), and an IPv6 service
+/// added from the CLI comes back from the state file and serves.
+#[test]
+fn ipv6_flows_and_cli_services_survive_a_restart() {
+    let mut lab = Lab::new(3).unwrap();
+    lab.start_agent_with(DEMO_CONFIG, &["--keep-attached"])
+        .unwrap();
+    lab.wait_ready().unwrap();
+    lab.lb(&["vip", "add", "[2001:db8:3::10]:8080/tcp"])
+        .unwrap();
+    lab.lb(&[
+        "backend",
+        "add",
+        "[2001:db8:3::10]:8080/tcp",
+        "[2001:db8:2::12]:80",
+    ])
+    .unwrap();
+    assert_eq!(lab.http_get6(8080).unwrap(), "b2");
+    let flow = lab.udp_flow6(53).unwrap();
+    let home = flow.ask("before").unwrap();
+
+    lab.kill_agent().unwrap();
+    assert_eq!(flow.ask("with no agent").unwrap(), home);
+    lab.start_agent_with(DEMO_CONFIG, &["--keep-attached"])
+        .unwrap();
+    lab.wait_ready().unwrap();
+    // Before any new packet: the entry is the old agent's, adopted with the pinned map.
+    let flows = lab.lb_json(&["flows", "[2001:db8:3::10]:53/udp"]).unwrap();
+    assert_eq!(flows["matched"], 1, "the flow's entry was adopted: {flows}");
+    for i in 0..5 {
+        assert_eq!(
+            flow.ask(&format!("after {i}")).unwrap(),
+            home,
+            "the IPv6 flow moved across the restart"
+        );
+    }
+    let vips = lab.lb_json(&["vip", "list"]).unwrap();
+    assert!(
+        vips["vips"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["service"] == "[2001:db8:3::10]:8080/tcp"),
+        "the CLI's IPv6 service came back from the state file: {vips}"
+    );
+    assert_eq!(lab.http_get6(8080).unwrap(), "b2");
+}
