@@ -264,11 +264,60 @@ pub fn idle_resets(
 /// Whether TCP reset on idle can reset the flow of `key` and its entry `e` of kind `kind`: a
 /// TCP flow that recorded its numbers and is established (not mid-handshake, closed or stale).
 fn resettable(key: &crate::flow::FlowKey4, e: &crate::maps::ConnEntry4, kind: u8) -> bool {
-    key.proto == crate::flow::proto::TCP
-        && e.kind == kind
-        && e.flags & CT_F_SEQ != 0
-        && e.tcp & (CT_SYN | CT_STALE) == 0
-        && !is_closed(e.tcp)
+    resettable_fields(key.proto, (e.kind, e.flags, e.tcp), kind)
+}
+
+/// [`resettable`] over the fields both families' entries have: (kind, flags, TCP state).
+const fn resettable_fields(proto_: u8, (kind, flags, tcp): (u8, u8, u8), want: u8) -> bool {
+    proto_ == crate::flow::proto::TCP
+        && kind == want
+        && flags & CT_F_SEQ != 0
+        && tcp & (CT_SYN | CT_STALE) == 0
+        && !is_closed(tcp)
+}
+
+/// One IPv6 RST of TCP reset on idle: an IPv6 header (hop limit 64) and a 20-byte TCP header
+/// with only RST set, its checksum computed over the IPv6 pseudo-header.
+pub type Rst6 = [u8; 60];
+
+/// [`idle_resets`] for an IPv6 flow: the same two RSTs, with the same numbers.
+#[must_use]
+pub fn idle_resets6(
+    key: &crate::flow::FlowKey6,
+    backend: ([u8; 16], [u8; 2]),
+    e: &crate::maps::ConnEntry6,
+) -> Option<[Rst6; 2]> {
+    resettable_fields(
+        key.proto,
+        (e.kind, e.flags, e.tcp),
+        crate::maps::CONN_FORWARD,
+    )
+    .then(|| {
+        [
+            rst6((key.dst, key.dport), (key.src, key.sport), e.ack),
+            rst6((key.src, key.sport), backend, e.seq),
+        ]
+    })
+}
+
+/// An IPv6 RST from `src` to `dst` (address, port) with sequence number `seq`.
+#[must_use]
+pub fn rst6(src: ([u8; 16], [u8; 2]), dst: ([u8; 16], [u8; 2]), seq: u32) -> Rst6 {
+    let mut p = [0u8; 60];
+    p[0] = 0x60;
+    p[4..6].copy_from_slice(&20u16.to_be_bytes());
+    p[6] = crate::flow::proto::TCP;
+    p[7] = 64;
+    p[8..24].copy_from_slice(&src.0);
+    p[24..40].copy_from_slice(&dst.0);
+    p[40..42].copy_from_slice(&src.1);
+    p[42..44].copy_from_slice(&dst.1);
+    p[44..48].copy_from_slice(&seq.to_be_bytes());
+    p[52] = 5 << 4;
+    p[53] = TCP_RST;
+    let tcp = crate::csum::l4_v6(src.0, dst.0, crate::flow::proto::TCP, &p[40..]);
+    p[56..58].copy_from_slice(&tcp.to_be_bytes());
+    p
 }
 
 /// The two RSTs that TCP reset on idle sends when an outbound TCP flow `key` (backend →
@@ -466,6 +515,44 @@ mod tests {
         // A plain flow's entry is not an outbound one.
         let plain = ConnEntry4::forward(3, 1, 0, CT_F_SEQ, 50, (1, 2));
         assert_eq!(outbound_idle_resets(&key, &plain), None);
+    }
+
+    #[test]
+    fn ipv6_idle_resets_carry_the_numbers_each_side_expects_and_valid_checksums() {
+        use crate::{flow::FlowKey6, maps::ConnEntry6};
+        let v6 = |last: u8| {
+            let mut a = [0u8; 16];
+            a[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+            a[15] = last;
+            a
+        };
+        let key = FlowKey6::of(v6(7), v6(10), [0x9c, 0x40], [0, 80], 6);
+        let be = (v6(11), [0x1f, 0x90]);
+        let mut e = ConnEntry6::forward(3, 1, 0, CT_F_SEQ, 50, (0x1111_2222, 0x3333_4444));
+        let [to_client, to_backend] = idle_resets6(&key, be, &e).expect("established");
+        assert_eq!(&to_client[8..24], &v6(10));
+        assert_eq!(&to_client[24..40], &v6(7));
+        assert_eq!(&to_client[40..44], &[0, 80, 0x9c, 0x40]);
+        assert_eq!(&to_client[44..48], &0x3333_4444u32.to_be_bytes());
+        assert_eq!(&to_backend[8..24], &v6(7));
+        assert_eq!(&to_backend[24..40], &v6(11));
+        assert_eq!(&to_backend[40..44], &[0x9c, 0x40, 0x1f, 0x90]);
+        assert_eq!(&to_backend[44..48], &0x1111_2222u32.to_be_bytes());
+        for r in [to_client, to_backend] {
+            assert_eq!((r[0], r[6], r[53]), (0x60, 6, TCP_RST));
+            let src: [u8; 16] = r[8..24].try_into().unwrap();
+            let dst: [u8; 16] = r[24..40].try_into().unwrap();
+            // Summed with its own checksum, a valid segment folds to zero.
+            assert_eq!(crate::csum::l4_v6(src, dst, 6, &r[40..]), 0);
+        }
+        e.tcp = CT_RST;
+        assert_eq!(
+            idle_resets6(&key, be, &e),
+            None,
+            "a closed flow is not reset"
+        );
+        let unnumbered = ConnEntry6::forward(3, 1, 0, 0, 50, (0, 0));
+        assert_eq!(idle_resets6(&key, be, &unnumbered), None);
     }
 
     #[test]

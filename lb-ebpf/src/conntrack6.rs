@@ -43,6 +43,18 @@ fn put(key: &FlowKey6, entry: &ConnEntry6) {
 #[inline(always)]
 pub fn forward(flow: &FlowKey6, pkt: &Packet6) -> Option<ConnEntry6> {
     let e = LB_CONNTRACK6.get_ptr_mut(flow)?;
+    // TCP reset on idle: the numbers each side expects next, as `conntrack::forward`. Written
+    // before the clock is read, so that nothing of it lives across the helper call (verifier:
+    // written after, it spilled past the 512-byte stack); a stale entry's numbers are
+    // overwritten when the flow is picked again.
+    // SAFETY: a value pointer from the lookup above, used within this run.
+    unsafe {
+        if flow.proto == proto::TCP && (*e).flags & conn::CT_F_SEQ != 0 {
+            let (seq, ack) = pkt.tcp_numbers();
+            (*e).seq = seq;
+            (*e).ack = ack;
+        }
+    }
     let now = now_s();
     // SAFETY: a value pointer from the lookup above, used within this run.
     unsafe {
@@ -66,18 +78,29 @@ pub fn forward(flow: &FlowKey6, pkt: &Packet6) -> Option<ConnEntry6> {
     }
 }
 
-/// Tracks a new flow to backend `id` at `addr`:`port`, and for a shared endpoint also the
-/// reverse entry its replies are matched by.
+/// Tracks a new flow to backend `id` at `addr`:`port` (with `pkt`'s sequence numbers when
+/// `numbered`: TCP reset on idle), and for a shared endpoint also the reverse entry its replies
+/// are matched by. The numbers are read here, after the clock, rather than passed in:
+/// verifier, as in `forward` (nothing of them lives across a helper call).
 #[inline(always)]
 pub fn remember(
     flow: &FlowKey6,
+    pkt: &Packet6,
     (id, addr, port): (BackendId, [u8; 16], [u8; 2]),
     service: u32,
-    syn: bool,
+    (syn, numbered): (bool, bool),
 ) {
     let tcp = if syn { conn::CT_SYN } else { 0 };
     let now = now_s();
-    put(flow, &ConnEntry6::forward(id, service, tcp, 0, now, (0, 0)));
+    let (flags, numbers) = if numbered {
+        (conn::CT_F_SEQ, pkt.tcp_numbers())
+    } else {
+        (0, (0, 0))
+    };
+    put(
+        flow,
+        &ConnEntry6::forward(id, service, tcp, flags, now, numbers),
+    );
     // SAFETY: copied out at once.
     let shared = unsafe { LB_REVSVC6.get(RevKey6::of(addr, port, flow.proto)) }
         .is_some_and(|r| r.flags & REV_F_SHARED != 0);

@@ -62,6 +62,31 @@ impl Packet6 {
         (!self.icmp.is_null()).then(|| unsafe { ((*self.icmp)[0], (*self.icmp)[1]) })
     }
 
+    /// A TCP packet's sequence numbers as TCP reset on idle records them, as
+    /// `Packet::tcp_numbers`: the sequence number the backend expects next and the
+    /// acknowledgement, host order. The payload is what follows the TCP header up to the end
+    /// of the IPv6 payload (the parser checked that the extension headers and the TCP header
+    /// lie within it). Only for a packet whose `flow()` is TCP; (0, 0) otherwise.
+    #[inline(always)]
+    pub fn tcp_numbers(&self) -> (u32, u32) {
+        let Some(crate::parse::Hdr::Tcp(tp)) = self.l4.hdr() else {
+            return (0, 0);
+        };
+        // The TCP header's offset from the IPv6 header: two packet pointers of one frame.
+        #[expect(clippy::cast_possible_truncation, reason = "an offset within a frame")]
+        let off = (tp as usize - self.ip as usize) as u32;
+        // SAFETY: the parser bounds-checked both headers.
+        let (t, plen) = unsafe { (&*tp, u16::from_be_bytes((*self.ip).payload_len)) };
+        let doff = u32::from(t.doff >> 4) * 4;
+        let payload = (size_of::<Ipv6Hdr>() as u32 + u32::from(plen))
+            .wrapping_sub(off)
+            .wrapping_sub(doff);
+        (
+            lb_common::conn::next_seq(u32::from_be_bytes(t.seq), payload, t.flags),
+            u32::from_be_bytes(t.ack),
+        )
+    }
+
     /// Whether this is an ICMPv6 neighbour-discovery or router message.
     #[inline(always)]
     pub fn is_ndp(&self) -> bool {

@@ -27,7 +27,8 @@ use lb_common::{
     maglev,
     maps::{
         ACL_HAIRPIN, ACL_PERMIT, Backend6, BackendId, CONN_FORWARD, NextHop, SVC_F_INTERNAL,
-        ServiceInfo, ServiceKey6, VIP_F_HA_PORTS, VIP_F_NO_ECHO, VipInfo, acl_key6, ours_bit6,
+        SVC_F_TCP_RESET, ServiceInfo, ServiceKey6, VIP_F_HA_PORTS, VIP_F_NO_ECHO, VipInfo,
+        acl_key6, ours_bit6,
     },
     verdict::{DropReason, PassReason, SendReason},
 };
@@ -377,7 +378,8 @@ fn pick(
     let b = live_backend(id).ok_or(DropReason::NoBackend)?;
     if !(tcp && !syn && conn::is_teardown(flags)) {
         if conntrack::may_track() {
-            conntrack6::remember(flow, (id, b.addr, b.port), svc.id, syn);
+            let numbered = tcp && svc.flags & SVC_F_TCP_RESET != 0;
+            conntrack6::remember(flow, pkt, (id, b.addr, b.port), svc.id, (syn, numbered));
         } else {
             stats::count_untracked(svc.id);
         }

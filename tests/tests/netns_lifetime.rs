@@ -60,6 +60,44 @@ fn flows_of(lab: &Lab, addr: &str) -> u64 {
         .unwrap()
 }
 
+/// TCP reset on idle over IPv6: an idle IPv6 connection gets both RSTs (IPv6, from the
+/// sweeper's raw IPv6 socket, with the numbers the fast path recorded), and both sides drop it.
+#[test]
+fn an_idle_ipv6_connection_with_tcp_reset_is_reset_on_both_sides() {
+    let mut lab = Lab::new(1).unwrap();
+    lab.start_agent(
+        "[[service]]\nvip = \"[2001:db8:3::10]:80/tcp\"\nbackends = [\"2001:db8:2::11\"]\n\
+         table_size = 251\nidle_timeout = \"2s\"\ntcp_reset = true\n",
+    )
+    .unwrap();
+    lab.wait_ready().unwrap();
+    let mut conn = lab.http_connect6(80).unwrap();
+    assert_eq!(conn.get().unwrap(), "b1");
+    // A second request: the recorded numbers follow the connection past its first exchange.
+    assert_eq!(conn.get().unwrap(), "b1");
+    assert_eq!(backend_connections(&lab, 0), 1);
+    wait_expired(&lab, "idle", 1);
+    assert_eq!(stats_field(&lab, "tcp_resets"), 2);
+    assert_eq!(stats_field(&lab, "tcp_reset_errors"), 0);
+    wait_until(
+        "the backend's socket to go",
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        || backend_connections(&lab, 0) == 0,
+    )
+    .unwrap();
+    let err = conn.get().expect_err("the connection was reset");
+    let kind = err
+        .chain()
+        .find_map(|e| e.downcast_ref::<std::io::Error>())
+        .map(std::io::Error::kind);
+    assert_eq!(
+        kind,
+        Some(std::io::ErrorKind::ConnectionReset),
+        "the client's next request: {err:#}"
+    );
+}
+
 #[test]
 fn an_idle_connection_with_tcp_reset_is_reset_on_both_sides() {
     let mut lab = Lab::new(1).unwrap();

@@ -23,7 +23,7 @@ use std::{
 use lb_common::{
     conn::Expiry,
     flow::{FlowKey4, FlowKey6},
-    maps::{CONN_OUTBOUND, CONN_OUTBOUND_REV, ConnEntry4},
+    maps::{CONN_OUTBOUND, CONN_OUTBOUND_REV, ConnEntry4, ConnEntry6},
 };
 use tokio::sync::watch;
 
@@ -57,9 +57,14 @@ pub struct Sweeper {
 impl Sweeper {
     /// Runs passes until the policy's sender (the writer) is gone.
     pub fn run(mut self) {
-        let raw = raw_socket()
+        let raw = raw_socket(libc::AF_INET)
             .inspect_err(|e| {
                 tracing::error!(error = %e, "no raw socket: TCP reset on idle cannot send its RSTs (counted as reset errors)");
+            })
+            .ok();
+        let raw6 = raw_socket(libc::AF_INET6)
+            .inspect_err(|e| {
+                tracing::error!(error = %e, "no raw IPv6 socket: TCP reset on idle cannot send the RSTs of IPv6 flows (counted as reset errors)");
             })
             .ok();
         let mut pause = SWEEP_INTERVAL;
@@ -72,7 +77,7 @@ impl Sweeper {
                 continue;
             };
             let started = Instant::now();
-            match self.pass(&policy, raw.as_ref()) {
+            match self.pass(&policy, (raw.as_ref(), raw6.as_ref())) {
                 Ok(()) => self.counters.pass_done(true),
                 Err(e) => {
                     self.counters.pass_done(false);
@@ -83,8 +88,12 @@ impl Sweeper {
         }
     }
 
-    /// One pass over the table.
-    fn pass(&mut self, p: &SweepPolicy, raw: Option<&OwnedFd>) -> Result<(), MapOpError> {
+    /// One pass over both tables; `raw` sends the RSTs of each family.
+    fn pass(
+        &mut self,
+        p: &SweepPolicy,
+        (raw, raw6): (Option<&OwnedFd>, Option<&OwnedFd>),
+    ) -> Result<(), MapOpError> {
         let now = crate::dataplane::sweep::monotonic_s();
         let timeouts = self.timeouts;
         let mut doomed: Vec<FlowKey4> = Vec::new();
@@ -162,7 +171,7 @@ impl Sweeper {
             }
         }
         self.maps.delete_flows(&doomed)?;
-        self.pass6(p, now, &mut needed, &mut causes)?;
+        self.pass6(p, now, (&mut needed, &mut causes), raw6)?;
         self.usage.record(&usage);
         for c in causes {
             self.counters.expired(c, 1);
@@ -203,10 +212,11 @@ impl Sweeper {
         &mut self,
         p: &SweepPolicy,
         now: u32,
-        needed: &mut [bool],
-        causes: &mut Vec<Expiry>,
+        (needed, causes): (&mut [bool], &mut Vec<Expiry>),
+        raw6: Option<&OwnedFd>,
     ) -> Result<(), MapOpError> {
         let mut doomed: Vec<FlowKey6> = Vec::new();
+        let mut to_reset: Vec<(FlowKey6, ConnEntry6)> = Vec::new();
         let mut reverse: Vec<(FlowKey6, FlowKey6)> = Vec::new();
         let timeouts = self.timeouts;
         self.maps.walk_flow_batches6(&mut |keys, values| {
@@ -215,7 +225,8 @@ impl Sweeper {
                     *n |= h.needed_by6(k, e);
                 }
                 match p.decide6(timeouts, k, e, now) {
-                    Decision6::Expire(cause) => {
+                    Decision6::Expire { reset: true, .. } => to_reset.push((*k, *e)),
+                    Decision6::Expire { cause, .. } => {
                         doomed.push(*k);
                         causes.push(cause);
                     }
@@ -224,6 +235,26 @@ impl Sweeper {
                 }
             }
         })?;
+        for (k, seen) in to_reset {
+            // Read again: a packet since the walk keeps the flow.
+            let Some(e) = self.maps.flow6(&k)? else {
+                continue;
+            };
+            if e.seen_s != seen.seen_s {
+                continue;
+            }
+            match p.resets6(&k, &e) {
+                Some(rsts) => {
+                    for r in &rsts {
+                        let ok = raw6.is_some_and(|fd| send6(fd, r).is_ok());
+                        self.counters.reset_sent(ok);
+                    }
+                }
+                None => self.counters.reset_sent(false),
+            }
+            doomed.push(k);
+            causes.push(Expiry::Idle);
+        }
         let gone: HashSet<FlowKey6> = doomed.iter().copied().collect();
         for (k, f) in reverse {
             if gone.contains(&f) || self.maps.flow6(&f)?.is_none() {
@@ -234,13 +265,14 @@ impl Sweeper {
     }
 }
 
-/// A raw IPv4 socket that sends whole packets (IPPROTO_RAW implies IP_HDRINCL): the RSTs carry
-/// source addresses that are not the host's (the VIP, the client's).
-fn raw_socket() -> std::io::Result<OwnedFd> {
+/// A raw socket of `family` (`AF_INET`, `AF_INET6`) that sends whole packets (IPPROTO_RAW
+/// implies IP_HDRINCL, and IPV6_HDRINCL for IPv6): the RSTs carry source addresses that are
+/// not the host's (the VIP, the client's).
+fn raw_socket(family: libc::c_int) -> std::io::Result<OwnedFd> {
     // SAFETY: plain socket(2).
     let fd = unsafe {
         libc::socket(
-            libc::AF_INET,
+            family,
             libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
             libc::IPPROTO_RAW,
         )
@@ -250,6 +282,36 @@ fn raw_socket() -> std::io::Result<OwnedFd> {
     }
     // SAFETY: a fresh descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sends one IPv6 packet to its destination address (the kernel routes it).
+fn send6(fd: &OwnedFd, pkt: &[u8; 60]) -> std::io::Result<()> {
+    let mut addr = [0u8; 16];
+    addr.copy_from_slice(&pkt[24..40]);
+    let dst = libc::sockaddr_in6 {
+        sin6_family: libc::AF_INET6 as libc::sa_family_t,
+        sin6_port: 0,
+        sin6_flowinfo: 0,
+        sin6_addr: libc::in6_addr { s6_addr: addr },
+        sin6_scope_id: 0,
+    };
+    // SAFETY: `pkt` and `dst` are valid for the lengths given.
+    let n = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            pkt.as_ptr().cast(),
+            pkt.len(),
+            0,
+            (&raw const dst).cast(),
+            u32::try_from(size_of::<libc::sockaddr_in6>()).expect("small"),
+        )
+    };
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        tracing::warn!(error = %e, "sending an IPv6 TCP reset failed");
+        return Err(e);
+    }
+    Ok(())
 }
 
 /// Sends one IPv4 packet to its destination address (the kernel routes it).

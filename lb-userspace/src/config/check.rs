@@ -150,11 +150,6 @@ pub fn check_lifetime(
             "--tcp-reset on applies to TCP endpoints; {s} is not one"
         ));
     }
-    if tcp_reset && s.vip.is_ipv6() {
-        return Err(format!(
-            "{s}: --tcp-reset on is not supported on IPv6 services yet"
-        ));
-    }
     Ok(())
 }
 
@@ -287,7 +282,7 @@ pub fn check_service(s: &ServiceSpec) -> Result<(), String> {
 
 /// Checks the settings an IPv6 service cannot have yet: the IPv6 fast path balances TCP and
 /// UDP with conntrack and replies (stateless ones too), ACLs, internal VIPs, weights, drain,
-/// probes and HA ports; hairpin SNAT and TCP reset on idle come later.
+/// probes, HA ports and TCP reset on idle; hairpin SNAT comes later.
 ///
 /// # Errors
 /// A message naming the setting (as the CLI spells it).
@@ -295,13 +290,7 @@ pub fn check_v6_settings(s: &ServiceSpec, settings: &ServiceSettings) -> Result<
     if s.vip.is_ipv4() {
         return Ok(());
     }
-    let refused = if settings.hairpin == Hairpin::Snat {
-        Some("--hairpin snat")
-    } else if settings.tcp_reset {
-        Some("--tcp-reset on")
-    } else {
-        None
-    };
+    let refused = (settings.hairpin == Hairpin::Snat).then_some("--hairpin snat");
     match refused {
         Some(what) => Err(format!("{s}: {what} is not supported on IPv6 services yet")),
         None => Ok(()),

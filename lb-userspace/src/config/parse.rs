@@ -980,10 +980,11 @@ established = "rebalance"
                 "global or unique-local",
             ),
             (
-                "[[service]]\nvip = \"[2001:db8::10]:80/tcp\"\ntcp_reset = true\n".into(),
-                3,
-                "service[0].tcp_reset",
-                "--tcp-reset on is not supported on IPv6 services yet",
+                "[[service]]\nvip = \"[2001:db8::10]:80/tcp\"\ninternal = [\"2001:db8:1::/64\"]\nhairpin = \"snat\"\n"
+                    .into(),
+                2,
+                "service[0].vip",
+                "--hairpin snat is not supported on IPv6 services yet",
             ),
             (
                 format!("[agent]\nring_slots = 100\n{svc}"),

@@ -9,7 +9,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    net::SocketAddrV4,
+    net::SocketAddr,
     sync::atomic::{AtomicU64, Ordering},
 };
 
@@ -43,7 +43,7 @@ pub struct SweepPolicy {
     pub services: HashMap<u32, (u32, u32, bool)>,
     /// The backends of services with TCP reset on: id → address (the RST to the backend's
     /// side goes there).
-    pub backends: HashMap<BackendId, SocketAddrV4>,
+    pub backends: HashMap<BackendId, SocketAddr>,
     /// The VIP-swap holds (`reconcile::Live::holds`), each with the VIP and port its endpoint
     /// would name without it.
     pub holds: Vec<Hold>,
@@ -113,7 +113,11 @@ pub enum Decision {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Decision6 {
     Keep,
-    Expire(Expiry),
+    /// Remove it, for this reason; with `reset`, first send both sides a RST.
+    Expire {
+        cause: Expiry,
+        reset: bool,
+    },
     UnlessForward(FlowKey6),
 }
 
@@ -170,15 +174,14 @@ impl SweepPolicy {
     }
 
     /// The decision for an IPv6 entry: a reverse entry goes with its forward one, a forward
-    /// one by [`Self::decide`]'s rule. IPv6 flows are never reset (TCP reset on idle is
-    /// refused on IPv6 services).
+    /// one by [`Self::decide`]'s rule (TCP reset on idle included).
     #[must_use]
     pub fn decide6(&self, a: AgentTimeouts, k: &FlowKey6, e: &ConnEntry6, now_s: u32) -> Decision6 {
         if e.kind == CONN_REVERSE {
             return Decision6::UnlessForward(k.forward_of_reply(e.addr, e.port));
         }
-        match self.expiry(a, (k.proto, e.service), (e.tcp, e.seen_s, 0), now_s) {
-            Decision::Expire { cause, .. } => Decision6::Expire(cause),
+        match self.expiry(a, (k.proto, e.service), (e.tcp, e.seen_s, e.flags), now_s) {
+            Decision::Expire { cause, reset } => Decision6::Expire { cause, reset },
             _ => Decision6::Keep,
         }
     }
@@ -191,8 +194,19 @@ impl SweepPolicy {
         if e.kind == lb_common::maps::CONN_OUTBOUND {
             return conn::outbound_idle_resets(k, e);
         }
-        let b = self.backends.get(&e.backend)?;
+        let SocketAddr::V4(b) = self.backends.get(&e.backend)? else {
+            return None;
+        };
         conn::idle_resets(k, (b.ip().octets(), b.port().to_be_bytes()), e)
+    }
+
+    /// [`Self::resets`] for an IPv6 flow.
+    #[must_use]
+    pub fn resets6(&self, k: &FlowKey6, e: &ConnEntry6) -> Option<[conn::Rst6; 2]> {
+        let SocketAddr::V6(b) = self.backends.get(&e.backend)? else {
+            return None;
+        };
+        conn::idle_resets6(k, (b.ip().octets(), b.port().to_be_bytes()), e)
     }
 }
 
@@ -533,12 +547,11 @@ mod tests {
         );
     }
 
-    /// IPv6 flows expire by the same rule, and their reverse entries follow their forward
-    /// one; they are never reset (TCP reset is refused on IPv6 services), even by a service
-    /// that has it on.
+    /// IPv6 flows expire by the same rule, their reverse entries follow their forward one, and
+    /// an idle one of a service with TCP reset on is reset, with RSTs to its IPv6 backend.
     #[test]
-    fn ipv6_flows_expire_by_the_same_rule_and_are_never_reset() {
-        let p = policy();
+    fn ipv6_flows_expire_and_are_reset_by_the_same_rule() {
+        let mut p = policy();
         let a: [u8; 16] = "2001:db8:1::7"
             .parse::<std::net::Ipv6Addr>()
             .unwrap()
@@ -550,11 +563,37 @@ mod tests {
         let k = FlowKey6::of(a, vip, [0x9c, 0x40], [0, 80], 6);
         let e = ConnEntry6::forward(3, 1, 0, CT_F_SEQ, 100, (7, 9));
         assert_eq!(p.decide6(A, &k, &e, 104), Decision6::Keep);
-        assert_eq!(p.decide6(A, &k, &e, 105), Decision6::Expire(Expiry::Idle));
+        assert_eq!(
+            p.decide6(A, &k, &e, 105),
+            Decision6::Expire {
+                cause: Expiry::Idle,
+                reset: true
+            }
+        );
+        // The RSTs need the backend's IPv6 address: id 3 is an IPv4 one.
+        assert_eq!(p.resets6(&k, &e), None);
+        p.backends
+            .insert(3, "[2001:db8:2::11]:8080".parse().unwrap());
+        let [to_client, to_backend] = p.resets6(&k, &e).expect("two RSTs");
+        assert_eq!(&to_client[24..40], &a);
+        assert_eq!(&to_backend[24..28], &[0x20, 0x01, 0x0d, 0xb8]);
+        assert_eq!(&to_backend[42..44], &[0x1f, 0x90]);
+        // Service 2 has TCP reset off.
+        let off = ConnEntry6::forward(3, 2, 0, CT_F_SEQ, 100, (7, 9));
+        assert_eq!(
+            p.decide6(A, &k, &off, 131),
+            Decision6::Expire {
+                cause: Expiry::Idle,
+                reset: false
+            }
+        );
         let closed = ConnEntry6::forward(3, 2, CT_RST, 0, 100, (0, 0));
         assert_eq!(
             p.decide6(A, &k, &closed, 101 + CLOSE_TIMEOUT_S),
-            Decision6::Expire(Expiry::Closed)
+            Decision6::Expire {
+                cause: Expiry::Closed,
+                reset: false
+            }
         );
         let reply = k.reply_from(a, [0x1f, 0x90]);
         let rev = ConnEntry6::reverse(3, 1, k.dport, k.dst, 0);

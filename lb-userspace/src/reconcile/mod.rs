@@ -1298,9 +1298,7 @@ impl<M: MapOps> Reconciler<M> {
                 && let Some(bs) = self.live.by_service.get(&info.id)
             {
                 for (addr, id) in bs {
-                    if let std::net::SocketAddr::V4(a) = addr {
-                        p.backends.insert(*id, *a);
-                    }
+                    p.backends.insert(*id, *addr);
                 }
             }
         }

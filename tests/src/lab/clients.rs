@@ -201,6 +201,22 @@ impl Lab {
         })
     }
 
+    /// A keep-alive HTTP connection from the client to `[VIP6]:port`.
+    ///
+    /// # Errors
+    /// The connection cannot be made.
+    pub fn http_connect6(&self, port: u16) -> anyhow::Result<HttpConn> {
+        let vip = SocketAddr::new(IpAddr::V6(VIP6), port);
+        let s = self
+            .client
+            .enter(move || TcpStream::connect_timeout(&vip, IO_TIMEOUT))?;
+        s.set_read_timeout(Some(IO_TIMEOUT))?;
+        s.set_write_timeout(Some(IO_TIMEOUT))?;
+        Ok(HttpConn {
+            stream: BufReader::new(s),
+        })
+    }
+
     /// Starts a [`ConnStream`] from the client to `VIP:port`. Widens the client's ephemeral
     /// port range first: every closed connection holds its port in TIME_WAIT for 60 s.
     ///

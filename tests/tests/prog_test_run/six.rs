@@ -93,6 +93,13 @@ vip = "[2001:db8:3::10]:8443/tcp"
 backends = ["[2001:db8:2::12]:8443"]
 table_size = 251
 replies = "stateless"
+
+# TCP reset on idle over IPv6: the flow's entry keeps the client's sequence numbers.
+[[service]]
+vip = "[2001:db8:3::10]:8444/tcp"
+backends = ["[2001:db8:2::11]:8444"]
+table_size = 251
+tcp_reset = true
 "#;
 
 fn with_fixture6(f: impl FnOnce(&mut Fixture) + Send + 'static) {
@@ -990,5 +997,61 @@ fn ipv6_stateless_replies_need_no_flow_but_spare_the_lbs_own_connections() {
             None,
             Reason::PassNotOurs,
         );
+    });
+}
+
+/// TCP reset on idle over IPv6: the flow's entry records the sequence number the backend
+/// expects next (the segment's plus its payload, counted up to the end of the IPv6 payload past
+/// any extension header) and the client's last acknowledgement, as for IPv4.
+#[test]
+fn ipv6_flows_with_tcp_reset_record_their_sequence_numbers() {
+    use lb_common::conn::{CT_F_SEQ, CT_SYN};
+    with_fixture6(|fx| {
+        let c = client();
+        let front = vip(8444);
+        let be = SocketAddrV6::new(B1, 8444, 0, 0);
+        let key = FlowKey6::new(c, front, proto::TCP);
+        let sent = |fx: &mut Fixture, what: &str, f: &Frame6| {
+            fx.check_bytes(
+                what,
+                &f.build(),
+                XDP_TX,
+                Some(f.dnat(be, LB_MAC, B1_MAC).build()),
+                Reason::Forward,
+            );
+            fx.h.rec
+                .maps()
+                .side
+                .flow6(&key)
+                .expect("a lookup")
+                .expect("tracked")
+        };
+        // The SYN with 5 bytes of data: seq + 5 + 1 for the SYN.
+        let mut syn = Frame6::tcp(c, front, TCP_SYN);
+        syn.seq = 5000;
+        let e = sent(fx, "SYN", &syn);
+        assert_eq!((e.tcp, e.flags), (CT_SYN, CT_F_SEQ), "{e:?}");
+        assert_eq!((e.seq, e.ack), (5006, 0), "{e:?}");
+        // Data behind a destination-options header: the header is not payload.
+        let mut data = Frame6::tcp(c, front, TCP_ACK | TCP_PSH)
+            .with_ext(ext::DEST_OPTS, vec![0, 0, 1, 4, 0, 0, 0, 0]);
+        data.seq = 5006;
+        data.ack = 0xdead_beef;
+        data.payload = b"hello, world".to_vec();
+        let e = sent(fx, "data", &data);
+        assert_eq!((e.tcp, e.seq, e.ack), (0, 5018, 0xdead_beef), "{e:?}");
+        // Without TCP reset nothing is recorded.
+        let plain = FlowKey6::new(c, vip(80), proto::TCP);
+        let syn80 = Frame6::tcp(c, vip(80), TCP_SYN);
+        let (action, _) = fx.run(&syn80.build());
+        assert_eq!(action, XDP_TX);
+        let e =
+            fx.h.rec
+                .maps()
+                .side
+                .flow6(&plain)
+                .unwrap()
+                .expect("tracked");
+        assert_eq!((e.flags, e.seq, e.ack), (0, 0, 0), "{e:?}");
     });
 }
