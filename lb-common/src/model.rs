@@ -315,8 +315,8 @@ impl Model {
             .filter(|b| id != 0 && b.active)
     }
 
-    /// The service at `key`, for a packet of family `v6`.
-    fn service(&self, key: &ServiceKey, v6: bool) -> bool {
+    /// Whether there is a service at `key` for a packet of family `v6`.
+    fn has_service(&self, key: &ServiceKey, v6: bool) -> bool {
         of_family(&key.vip, v6) && self.services.contains_key(key)
     }
 
@@ -359,7 +359,7 @@ impl Model {
             proto: flow.proto,
             _pad: 0,
         };
-        if self.service(&key, v6) {
+        if self.has_service(&key, v6) {
             return self.forward(key, flow, flags, p.ttl, v6);
         }
         let refused = match self.reply(&flow, flags, v6) {
