@@ -142,15 +142,9 @@ impl Sweeper {
             if e.seen_s != seen.seen_s {
                 continue;
             }
-            match p.resets(&k, &e) {
-                Some(rsts) => {
-                    for r in &rsts {
-                        let ok = raw.is_some_and(|fd| send(fd, r).is_ok());
-                        self.counters.reset_sent(ok);
-                    }
-                }
-                None => self.counters.reset_sent(false),
-            }
+            self.send_resets(p.resets(&k, &e), |r| {
+                raw.is_some_and(|fd| send(fd, r).is_ok())
+            });
             doomed.push(k);
             causes.push(Expiry::Idle);
         }
@@ -206,6 +200,23 @@ impl Sweeper {
 }
 
 impl Sweeper {
+    /// Sends an idle flow's two RSTs of either family with `send` (whether it went), counting
+    /// each; a flow that has none to send (its backend unknown) counts one failure.
+    fn send_resets<const N: usize>(
+        &self,
+        rsts: Option<[[u8; N]; 2]>,
+        send: impl Fn(&[u8; N]) -> bool,
+    ) {
+        match rsts {
+            Some(rsts) => {
+                for r in &rsts {
+                    self.counters.reset_sent(send(r));
+                }
+            }
+            None => self.counters.reset_sent(false),
+        }
+    }
+
     /// The IPv6 table's part of a pass: expired forward entries, and reverse entries whose
     /// forward one is gone; the VIP-swap holds its flows still need are marked in `needed`.
     fn pass6(
@@ -243,15 +254,9 @@ impl Sweeper {
             if e.seen_s != seen.seen_s {
                 continue;
             }
-            match p.resets6(&k, &e) {
-                Some(rsts) => {
-                    for r in &rsts {
-                        let ok = raw6.is_some_and(|fd| send6(fd, r).is_ok());
-                        self.counters.reset_sent(ok);
-                    }
-                }
-                None => self.counters.reset_sent(false),
-            }
+            self.send_resets(p.resets6(&k, &e), |r| {
+                raw6.is_some_and(|fd| send6(fd, r).is_ok())
+            });
             doomed.push(k);
             causes.push(Expiry::Idle);
         }
@@ -295,23 +300,7 @@ fn send6(fd: &OwnedFd, pkt: &[u8; 60]) -> std::io::Result<()> {
         sin6_addr: libc::in6_addr { s6_addr: addr },
         sin6_scope_id: 0,
     };
-    // SAFETY: `pkt` and `dst` are valid for the lengths given.
-    let n = unsafe {
-        libc::sendto(
-            fd.as_raw_fd(),
-            pkt.as_ptr().cast(),
-            pkt.len(),
-            0,
-            (&raw const dst).cast(),
-            u32::try_from(size_of::<libc::sockaddr_in6>()).expect("small"),
-        )
-    };
-    if n < 0 {
-        let e = std::io::Error::last_os_error();
-        tracing::warn!(error = %e, "sending an IPv6 TCP reset failed");
-        return Err(e);
-    }
-    Ok(())
+    send_to(fd, pkt, &dst)
 }
 
 /// Sends one IPv4 packet to its destination address (the kernel routes it).
@@ -324,15 +313,20 @@ fn send(fd: &OwnedFd, pkt: &[u8; 40]) -> std::io::Result<()> {
         },
         sin_zero: [0; 8],
     };
-    // SAFETY: `pkt` and `dst` are valid for the lengths given.
+    send_to(fd, pkt, &dst)
+}
+
+/// `sendto(2)` of `pkt` to `dst`, a `sockaddr_in` or `sockaddr_in6`.
+fn send_to<A>(fd: &OwnedFd, pkt: &[u8], dst: &A) -> std::io::Result<()> {
+    // SAFETY: `pkt` and `dst` are valid for the lengths given; `A` is a socket address type.
     let n = unsafe {
         libc::sendto(
             fd.as_raw_fd(),
             pkt.as_ptr().cast(),
             pkt.len(),
             0,
-            (&raw const dst).cast(),
-            u32::try_from(size_of::<libc::sockaddr_in>()).expect("small"),
+            std::ptr::from_ref(dst).cast(),
+            u32::try_from(size_of::<A>()).expect("small"),
         )
     };
     if n < 0 {

@@ -190,15 +190,7 @@ impl Lab {
     /// # Errors
     /// The connection cannot be made.
     pub fn http_connect(&self, port: u16) -> anyhow::Result<HttpConn> {
-        let vip = SocketAddr::new(IpAddr::V4(VIP), port);
-        let s = self
-            .client
-            .enter(move || TcpStream::connect_timeout(&vip, IO_TIMEOUT))?;
-        s.set_read_timeout(Some(IO_TIMEOUT))?;
-        s.set_write_timeout(Some(IO_TIMEOUT))?;
-        Ok(HttpConn {
-            stream: BufReader::new(s),
-        })
+        self.http_connect_to(SocketAddr::new(IpAddr::V4(VIP), port))
     }
 
     /// A keep-alive HTTP connection from the client to `[VIP6]:port`.
@@ -206,7 +198,10 @@ impl Lab {
     /// # Errors
     /// The connection cannot be made.
     pub fn http_connect6(&self, port: u16) -> anyhow::Result<HttpConn> {
-        let vip = SocketAddr::new(IpAddr::V6(VIP6), port);
+        self.http_connect_to(SocketAddr::new(IpAddr::V6(VIP6), port))
+    }
+
+    fn http_connect_to(&self, vip: SocketAddr) -> anyhow::Result<HttpConn> {
         let s = self
             .client
             .enter(move || TcpStream::connect_timeout(&vip, IO_TIMEOUT))?;
