@@ -4,7 +4,10 @@
 
 use std::time::Duration;
 
-use lb_integration::{lab::Lab, wait_until};
+use lb_integration::{
+    lab::{HttpConn, Lab},
+    wait_until,
+};
 
 const WEB: &str = "203.0.113.10:80/tcp";
 
@@ -60,6 +63,32 @@ fn flows_of(lab: &Lab, addr: &str) -> u64 {
         .unwrap()
 }
 
+/// Waits for the sweeper to expire `conn`'s idle flow, then checks that both RSTs went out and
+/// were accepted: the backend's socket is gone, and the client's next request finds its
+/// connection reset (not a challenge ACK, not a hang).
+fn expect_reset_on_both_sides(lab: &Lab, conn: &mut HttpConn) {
+    wait_expired(lab, "idle", 1);
+    assert_eq!(stats_field(lab, "tcp_resets"), 2);
+    assert_eq!(stats_field(lab, "tcp_reset_errors"), 0);
+    wait_until(
+        "the backend's socket to go",
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        || backend_connections(lab, 0) == 0,
+    )
+    .unwrap();
+    let err = conn.get().expect_err("the connection was reset");
+    let kind = err
+        .chain()
+        .find_map(|e| e.downcast_ref::<std::io::Error>())
+        .map(std::io::Error::kind);
+    assert_eq!(
+        kind,
+        Some(std::io::ErrorKind::ConnectionReset),
+        "the client's next request: {err:#}"
+    );
+}
+
 /// TCP reset on idle over IPv6: an idle IPv6 connection gets both RSTs (IPv6, from the
 /// sweeper's raw IPv6 socket, with the numbers the fast path recorded), and both sides drop it.
 #[test]
@@ -76,26 +105,7 @@ fn an_idle_ipv6_connection_with_tcp_reset_is_reset_on_both_sides() {
     // A second request: the recorded numbers follow the connection past its first exchange.
     assert_eq!(conn.get().unwrap(), "b1");
     assert_eq!(backend_connections(&lab, 0), 1);
-    wait_expired(&lab, "idle", 1);
-    assert_eq!(stats_field(&lab, "tcp_resets"), 2);
-    assert_eq!(stats_field(&lab, "tcp_reset_errors"), 0);
-    wait_until(
-        "the backend's socket to go",
-        Duration::from_secs(5),
-        Duration::from_millis(50),
-        || backend_connections(&lab, 0) == 0,
-    )
-    .unwrap();
-    let err = conn.get().expect_err("the connection was reset");
-    let kind = err
-        .chain()
-        .find_map(|e| e.downcast_ref::<std::io::Error>())
-        .map(std::io::Error::kind);
-    assert_eq!(
-        kind,
-        Some(std::io::ErrorKind::ConnectionReset),
-        "the client's next request: {err:#}"
-    );
+    expect_reset_on_both_sides(&lab, &mut conn);
 }
 
 #[test]
@@ -112,29 +122,7 @@ fn an_idle_connection_with_tcp_reset_is_reset_on_both_sides() {
     assert_eq!(conn.get().unwrap(), "b1");
     assert_eq!(backend_connections(&lab, 0), 1);
     assert_eq!(flows_of(&lab, "192.0.2.11:80"), 1);
-    wait_expired(&lab, "idle", 1);
-
-    // Both RSTs went out and were accepted: the backend's socket is gone, and the client's
-    // next request finds its connection reset (not a challenge ACK, not a hang).
-    assert_eq!(stats_field(&lab, "tcp_resets"), 2);
-    assert_eq!(stats_field(&lab, "tcp_reset_errors"), 0);
-    wait_until(
-        "the backend's socket to go",
-        Duration::from_secs(5),
-        Duration::from_millis(50),
-        || backend_connections(&lab, 0) == 0,
-    )
-    .unwrap();
-    let err = conn.get().expect_err("the connection was reset");
-    let kind = err
-        .chain()
-        .find_map(|e| e.downcast_ref::<std::io::Error>())
-        .map(std::io::Error::kind);
-    assert_eq!(
-        kind,
-        Some(std::io::ErrorKind::ConnectionReset),
-        "the client's next request: {err:#}"
-    );
+    expect_reset_on_both_sides(&lab, &mut conn);
     assert_eq!(flows_of(&lab, "192.0.2.11:80"), 0);
 }
 
