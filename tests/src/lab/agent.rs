@@ -190,8 +190,10 @@ impl Lab {
         Ok(serde_json::from_str(&self.lb(&a)?)?)
     }
 
-    /// Waits until the agent has resolved every backend's next hop and the default route to
-    /// the clients (bounded).
+    /// Waits until the agent has resolved every backend's next hop, every PIP instance's next
+    /// hop and the default route to the clients (bounded). Until then a packet's next hop
+    /// comes from the kernel FIB and is counted `forward_fib`, not under the reason a test
+    /// expects.
     ///
     /// # Errors
     /// Not resolved within 10 s.
@@ -210,13 +212,18 @@ impl Lab {
                         })
                     });
                     s["backends_unresolved"] == 0 && default_route
+                }) && self.lb_json(&["pip", "list"]).is_ok_and(|l| {
+                    l["pips"]
+                        .as_array()
+                        .is_some_and(|p| p.iter().all(|p| !p["next_hop"].is_null()))
                 })
             },
         )
         .with_context(|| {
             format!(
-                "status: {}\nneighbours: {}\nagent log:\n{}",
+                "status: {}\nPIPs: {}\nneighbours: {}\nagent log:\n{}",
                 self.lb(&["status"]).unwrap_or_else(|e| e.to_string()),
+                self.lb(&["pip", "list"]).unwrap_or_else(|e| e.to_string()),
                 self.lb.ip(&["neigh"]).unwrap_or_else(|e| e.to_string()),
                 self.agent_log()
             )
