@@ -262,13 +262,20 @@ pub const PROG_ICMP6: u32 = 3;
 pub const PIP6_PROGRAM_NAME: &str = "lb_pip6";
 /// `LB_PROGS` slot of the IPv6 PIP program.
 pub const PROG_PIP6: u32 = 4;
+/// Name of the IPv6 hairpin-SNAT program, entered from [`V6_PROGRAM_NAME`] by tail call for
+/// hairpin flows (the IPv4 one's reason: two-sided NAT needs a second key and entry, and the
+/// IPv6 program's stack has no room for them).
+pub const HAIRPIN6_PROGRAM_NAME: &str = "lb_hairpin6";
+/// `LB_PROGS` slot of the IPv6 hairpin program.
+pub const PROG_HAIRPIN6: u32 = 5;
 /// Slots of `LB_PROGS`.
-pub const PROG_SLOTS: u32 = 5;
+pub const PROG_SLOTS: u32 = 6;
 /// Every tail-call program, with its `LB_PROGS` slot.
-pub const TAIL_PROGRAMS: [(u32, &str); 5] = [
+pub const TAIL_PROGRAMS: [(u32, &str); 6] = [
     (PROG_HAIRPIN, HAIRPIN_PROGRAM_NAME),
     (PROG_OUTBOUND, OUTBOUND_PROGRAM_NAME),
     (PROG_V6, V6_PROGRAM_NAME),
     (PROG_ICMP6, ICMP6_PROGRAM_NAME),
     (PROG_PIP6, PIP6_PROGRAM_NAME),
+    (PROG_HAIRPIN6, HAIRPIN6_PROGRAM_NAME),
 ];

@@ -809,6 +809,19 @@ mod tests {
             prop_assert_eq!(Backend::from_v4(&b).v4(), Some(b));
         }
 
+        /// A word-built IPv6 hairpin entry has its fields where the named-field form puts
+        /// them (the sweeper and `lb flows` read it by field).
+        #[test]
+        fn a_word_built_hairpin6_entry_has_its_fields(b in any::<u32>(), svc in any::<u32>(), port in any::<[u8; 2]>(), addr in any::<[u8; 16]>(), vport in any::<[u8; 2]>(), peer in any::<u32>(), now in any::<u32>()) {
+            let e = ConnEntry6::hairpin(b, svc, CONN_HAIRPIN_REV, port, addr, vport, peer, now);
+            prop_assert_eq!(e, ConnEntry6 {
+                backend: b, service: svc, kind: CONN_HAIRPIN_REV, tcp: 0, port, vport, flags: 0,
+                _pad: 0, peer, seen_s: now, seq: 0, ack: 0, created_s: now, addr,
+            });
+            prop_assert!(!e.is_forward());
+            prop_assert!(ConnEntry6::hairpin(b, svc, CONN_HAIRPIN, port, addr, vport, peer, now).is_forward());
+        }
+
         /// The bucket never grants more than its burst plus what accrued: over any sequence of
         /// takes in `t` ns, at most `cap / cost + t / cost + 1` succeed; and a full bucket
         /// grants the burst at once.

@@ -2,13 +2,15 @@
 //! 16-byte addresses. One forward entry per flow; a shared backend endpoint's flows also write
 //! the reverse entry their replies are matched by first. The TCP state machine, the close
 //! timeout, the once-a-second refresh and the flood guard are the IPv4 family's own
-//! (`lb_common::conn`, `conntrack::{translates, touch_at, may_track}`).
+//! (`lb_common::conn`, `conntrack::{translates, touch_at, may_track}`). Hairpin flows keep
+//! their two entries here as IPv4's do in `LB_CONNTRACK4` (`hairpin6.rs`).
 
 use lb_common::{
     conn,
     flow::{FlowKey6, proto},
     maps::{
-        BackendId, CONN_FORWARD, CONN_REVERSE, ConnEntry6, REV_F_SHARED, REV_F_STATELESS, RevKey6,
+        BackendId, CONN_FORWARD, CONN_HAIRPIN_REV, CONN_REVERSE, ConnEntry6, REV_F_SHARED,
+        REV_F_STATELESS, RevKey6,
     },
 };
 
@@ -34,6 +36,44 @@ fn put(key: &FlowKey6, entry: &ConnEntry6) {
         }
         None => {
             let _ = LB_CONNTRACK6.insert(key, entry, 0);
+        }
+    }
+}
+
+/// A flow's entry, in the map (read in place, field by field: verifier, a 52-byte copy costs
+/// the hairpin program's frame more than it has).
+#[inline(always)]
+pub fn entry(key: &FlowKey6) -> Option<*mut ConnEntry6> {
+    LB_CONNTRACK6.get_ptr_mut(key)
+}
+
+/// Inserts a hairpin flow's entry (best effort, as `conntrack::track`).
+#[inline(always)]
+pub fn track(key: &FlowKey6, entry: &ConnEntry6) {
+    let _ = LB_CONNTRACK6.insert(key, entry, 0);
+}
+
+/// As `conntrack::free_for`: whether `rev_key` is free for the hairpin flow from `addr`:`port`.
+#[inline(always)]
+pub fn free_for(rev_key: &FlowKey6, kind: u8, (addr, port): ([u8; 16], [u8; 2])) -> bool {
+    match entry(rev_key) {
+        None => true,
+        // SAFETY: a value pointer from the lookup, read at once.
+        Some(c) => unsafe { (*c).kind == kind && (*c).addr == addr && (*c).port == port },
+    }
+}
+
+/// As `conntrack::refresh`: the entry's time, at most once a second.
+///
+/// # Safety
+/// `e` is a value pointer from [`entry`] in this run.
+#[inline(always)]
+pub unsafe fn refresh(e: *mut ConnEntry6) {
+    let now = now_s();
+    // SAFETY: the caller guarantees the pointer.
+    unsafe {
+        if conn::refreshes((*e).tcp, (*e).seen_s, now) {
+            (*e).seen_s = now;
         }
     }
 }
@@ -149,6 +189,8 @@ impl Reply6 {
 /// What a TCP/UDP IPv6 packet that is not to a service is, seen from the backends' side.
 pub enum FromBackend6 {
     Reply(Reply6),
+    /// The reply of a hairpin flow (the hairpin program translates it).
+    Hairpin,
     /// From a backend endpoint, but not its flow's reply (see `conntrack::FromBackend`).
     Refused,
     None,
@@ -192,14 +234,23 @@ pub fn from_backend(flow: &FlowKey6, flags: u8) -> FromBackend6 {
     let (mut vip, mut vport, mut backend) = (rev.vip, rev.vport, rev.backend);
     if rev.flags & REV_F_SHARED != 0 {
         // SAFETY: copied out at once.
-        if let Some(o) = unsafe { LB_CONNTRACK6.get(flow) }
-            && o.kind == CONN_REVERSE
-        {
-            (vip, vport, backend) = (o.addr, o.port, o.backend);
+        if let Some(o) = unsafe { LB_CONNTRACK6.get(flow) } {
+            if o.kind == CONN_HAIRPIN_REV {
+                return FromBackend6::Hairpin;
+            }
+            if o.kind == CONN_REVERSE {
+                (vip, vport, backend) = (o.addr, o.port, o.backend);
+            }
         }
     }
     let Some(e) = LB_CONNTRACK6.get_ptr_mut(flow.forward_of_reply(vip, vport)) else {
-        return FromBackend6::None;
+        // A hairpin reply goes to VIP:SNAT port, which no forward key has: its own entry says
+        // (as for IPv4; only packets of no tracked flow pay this lookup).
+        // SAFETY: only the kind is read.
+        return match unsafe { LB_CONNTRACK6.get(flow) } {
+            Some(o) if o.kind == CONN_HAIRPIN_REV => FromBackend6::Hairpin,
+            _ => FromBackend6::None,
+        };
     };
     // SAFETY: a value pointer from the lookup above, used within this run.
     let ct = unsafe { *e };

@@ -16,6 +16,7 @@ mod classify;
 mod conntrack;
 mod conntrack6;
 mod hairpin;
+mod hairpin6;
 mod icmp;
 mod icmp6;
 mod maps;
@@ -120,6 +121,17 @@ pub fn lb_outbound(ctx: XdpContext) -> u32 {
 )]
 pub fn lb_xdp6(ctx: XdpContext) -> u32 {
     counted!(untraced six::run(&ctx))
+}
+
+/// IPv6 hairpin SNAT flows, entered from [`lb_xdp6`] by tail call (see `hairpin6.rs`).
+#[xdp]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the #[xdp] entry point takes its context by value"
+)]
+pub fn lb_hairpin6(ctx: XdpContext) -> u32 {
+    // The packet is as it arrived: nothing is rewritten before the tail call.
+    counted!(untraced hairpin6::run(&ctx))
 }
 
 /// ICMPv6 errors, entered from [`lb_xdp6`] by tail call (see `icmp6.rs`).

@@ -26,9 +26,9 @@ use lb_common::{
     hdr::Ipv6Hdr,
     maglev,
     maps::{
-        ACL_HAIRPIN, ACL_PERMIT, Backend6, BackendId, CONN_FORWARD, NextHop, SVC_F_INTERNAL,
-        SVC_F_TCP_RESET, ServiceInfo, ServiceKey6, VIP_F_HA_PORTS, VIP_F_NO_ECHO, VipInfo,
-        acl_key6, ours_bit6,
+        ACL_HAIRPIN, ACL_PERMIT, AclValue, Backend6, BackendId, CONN_FORWARD, CONN_HAIRPIN,
+        NextHop, SVC_F_INTERNAL, SVC_F_TCP_RESET, ServiceInfo, ServiceKey6, VIP_F_HA_PORTS,
+        VIP_F_HAIRPIN_SNAT, VIP_F_NO_ECHO, VipInfo, acl_key6, ours_bit6,
     },
     verdict::{DropReason, PassReason, SendReason},
 };
@@ -93,6 +93,7 @@ pub fn run(ctx: &XdpContext) -> Verdict {
         Class6::Echo(vip) => echo(ctx, &pkt, &vip),
         Class6::IcmpError(to_vip) => crate::icmp6::enter(ctx, to_vip),
         Class6::Pip => crate::pip6::enter(ctx),
+        Class6::Hairpin => crate::hairpin6::enter(ctx),
         Class6::Unservable(r) => Verdict::Drop(r),
         Class6::NotOurs(r) => Verdict::Pass(r),
     }
@@ -150,6 +151,8 @@ enum Class6 {
     IcmpError(bool),
     /// To a PIP or from its instance, for the PIP program.
     Pip,
+    /// The reply of a hairpin flow, for the hairpin program.
+    Hairpin,
     Unservable(DropReason),
     NotOurs(PassReason),
 }
@@ -175,6 +178,7 @@ fn classify(pkt: &Packet6) -> Class6 {
         if from_us {
             match conntrack6::from_backend(flow, pkt.flags()) {
                 FromBackend6::Reply(r) => return Class6::Reply(r),
+                FromBackend6::Hairpin => return Class6::Hairpin,
                 FromBackend6::Refused => not_ours = PassReason::NotReply,
                 FromBackend6::None => {}
             }
@@ -269,38 +273,65 @@ pub fn route(dst: [u8; 16]) -> Option<NextHop> {
         .copied()
 }
 
-/// A source's verdict in an `LB_ACL6` set: one LPM lookup (the agent always installs the
-/// set's default entry, so a miss is treated as a deny).
+/// A source's entry in an `LB_ACL6` set (verdict and deciding rule): one LPM lookup (the
+/// agent always installs the set's default entry, so a miss is treated as a deny).
 #[inline(always)]
-fn acl_lookup(acl_id: u32, src: [u8; 16]) -> Option<u32> {
+pub fn acl_entry(acl_id: u32, src: [u8; 16]) -> Option<AclValue> {
     LB_ACL6
         .get(aya_ebpf::maps::lpm_trie::Key::new(
             32 + 128,
             acl_key6(acl_id, src),
         ))
-        .map(|v| v.action)
+        .copied()
+}
+
+#[inline(always)]
+fn acl_lookup(acl_id: u32, src: [u8; 16]) -> Option<u32> {
+    acl_entry(acl_id, src).map(|v| v.action)
+}
+
+/// Whether a new flow's source passes the endpoint's ACL (counted per service when not).
+#[inline(always)]
+pub fn acl_permits(svc: &ServiceInfo, src: [u8; 16]) -> bool {
+    if svc.acl_id != 0 && acl_lookup(svc.acl_id, src) != Some(ACL_PERMIT) {
+        stats::count_acl_drop(svc.id);
+        return false;
+    }
+    true
 }
 
 /// Admission of a new IPv6 flow, as `policy::admit`: an internal VIP's source set first,
-/// then the endpoint's ACL. Hairpin SNAT is not served over IPv6 (the agent refuses it), so a
-/// VIP's own backend connecting to it is `drop_hairpin`.
+/// then the endpoint's ACL. `Ok(true)`: a VIP's own backend connecting to it with hairpin
+/// SNAT on, for the hairpin program (which checks the endpoint's ACL itself); without
+/// hairpin SNAT that is `drop_hairpin`.
 #[inline(always)]
-fn admit(flow: &FlowKey6, svc: &ServiceInfo) -> Result<(), DropReason> {
+fn admit(flow: &FlowKey6, svc: &ServiceInfo) -> Result<bool, DropReason> {
     if svc.flags & SVC_F_INTERNAL != 0
         && let Some(v) = vip(flow.dst)
         && v.ilb_id != 0
     {
         match acl_lookup(v.ilb_id, flow.src) {
             Some(ACL_PERMIT) => {}
+            Some(ACL_HAIRPIN) if v.flags & VIP_F_HAIRPIN_SNAT != 0 => return Ok(true),
             Some(ACL_HAIRPIN) => return Err(DropReason::Hairpin),
             _ => return Err(DropReason::NotInternal),
         }
     }
-    if svc.acl_id != 0 && acl_lookup(svc.acl_id, flow.src) != Some(ACL_PERMIT) {
-        stats::count_acl_drop(svc.id);
+    if !acl_permits(svc, flow.src) {
         return Err(DropReason::Acl);
     }
-    Ok(())
+    Ok(false)
+}
+
+/// The backend the service's table gives `hash`, if live.
+#[inline(always)]
+pub fn from_table(svc: &ServiceInfo, hash: u32) -> Result<(BackendId, Backend6), DropReason> {
+    let slot = maglev::slot(hash, svc.table_len).ok_or(DropReason::NoBackend)?;
+    let id = *LB_RING
+        .get(svc.table_off.wrapping_add(slot))
+        .ok_or(DropReason::NoBackend)?;
+    let b = live_backend(id).ok_or(DropReason::NoBackend)?;
+    Ok((id, b))
 }
 
 /// Client → VIP: pick (or recall) the backend, DNAT, forward.
@@ -319,7 +350,8 @@ fn to_backend(
         return Verdict::Drop(DropReason::Ttl);
     }
     let (id, be, new_flow) = match pick(flow, pkt, svc) {
-        Ok(p) => p,
+        Ok(Some(p)) => p,
+        Ok(None) => return crate::hairpin6::enter(ctx),
         Err(r) => return Verdict::Drop(r),
     };
     // An HA-ports backend has no port: the flow keeps the one it was sent to.
@@ -347,35 +379,36 @@ fn to_client(ctx: &XdpContext, pkt: &Packet6, flow: &FlowKey6, l4: L4, r: &Reply
 
 /// The backend of a client → VIP packet, as `select::pick`: the tracked one if still live,
 /// else the table's (tracked unless the flood guard refuses, or a stray RST or FIN). `true`
-/// for a new flow.
+/// for a new flow; `None` for a hairpin flow, new or tracked (the hairpin program's).
 #[inline(always)]
 fn pick(
     flow: &FlowKey6,
     pkt: &Packet6,
     svc: &ServiceInfo,
-) -> Result<(BackendId, Backend6, bool), DropReason> {
+) -> Result<Option<(BackendId, Backend6, bool)>, DropReason> {
     let tcp = flow.proto == proto::TCP;
     let flags = pkt.flags();
     let syn = tcp && conn::is_syn(flags);
     if !syn {
         match conntrack6::forward(flow, pkt) {
             Some(ct) => {
+                if ct.kind == CONN_HAIRPIN {
+                    return Ok(None);
+                }
                 if ct.kind == CONN_FORWARD
                     && let Some(b) = live_backend(ct.backend)
                 {
-                    return Ok((ct.backend, b, false));
+                    return Ok(Some((ct.backend, b, false)));
                 }
             }
             None => stats::count_conntrack_miss(svc.id),
         }
     }
-    admit(flow, svc)?;
+    if admit(flow, svc)? {
+        return Ok(None);
+    }
     let hash = dist_hash6(flow, svc.distribution(), crate::select::seed());
-    let slot = maglev::slot(hash, svc.table_len).ok_or(DropReason::NoBackend)?;
-    let id = *LB_RING
-        .get(svc.table_off.wrapping_add(slot))
-        .ok_or(DropReason::NoBackend)?;
-    let b = live_backend(id).ok_or(DropReason::NoBackend)?;
+    let (id, b) = from_table(svc, hash)?;
     if !(tcp && !syn && conn::is_teardown(flags)) {
         if conntrack::may_track() {
             let numbered = tcp && svc.flags & SVC_F_TCP_RESET != 0;
@@ -384,5 +417,5 @@ fn pick(
             stats::count_untracked(svc.id);
         }
     }
-    Ok((id, b, true))
+    Ok(Some((id, b, true)))
 }

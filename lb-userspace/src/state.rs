@@ -483,7 +483,6 @@ impl State {
         check_service(&spec).map_err(ChangeError::Invalid)?;
         check_settings(&settings).map_err(ChangeError::Invalid)?;
         check_internal(&spec, &settings.internal).map_err(ChangeError::Invalid)?;
-        crate::config::check_v6_settings(&spec, &settings).map_err(ChangeError::Invalid)?;
         crate::config::check_ha(&spec, &settings).map_err(ChangeError::Invalid)?;
         check_lifetime(&spec, settings.idle_timeout, settings.tcp_reset)
             .map_err(ChangeError::Invalid)?;

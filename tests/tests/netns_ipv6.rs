@@ -560,3 +560,70 @@ fn ipv6_flows_and_cli_services_survive_a_restart() {
     );
     assert_eq!(lab.http_get6(8080).unwrap(), "b2");
 }
+
+/// `--hairpin snat` on an internal IPv6 VIP: a backend reaches its own VIP. The server (either
+/// backend, the connecting one included) sees the VIP as the source, with a port from the
+/// dynamic range, and the connection works both ways through the LB (`lb_hairpin6`); an
+/// internal client is not source-NATed.
+#[test]
+fn ipv6_hairpin_snat_lets_a_backend_reach_its_own_internal_vip() {
+    use std::{net::Ipv6Addr, time::Duration};
+    let mut lab = Lab::new(2).unwrap();
+    lab.start_agent(
+        "[[service]]\nvip = \"[2001:db8:3::21]:80/tcp\"\n\
+         backends = [\"2001:db8:2::11\", \"2001:db8:2::12\"]\ntable_size = 251\n\
+         internal = [\"2001:db8:1::/64\"]\nhairpin = \"snat\"\n",
+    )
+    .unwrap();
+    lab.wait_ready().unwrap();
+    let ilb = Ipv6Addr::new(0x2001, 0xdb8, 3, 0, 0, 0, 0, 0x21);
+    let t = Duration::from_secs(1);
+    let mut seen = BTreeSet::new();
+    let mut conns = 0u64;
+    // Until both backends have served a hairpin connection (each pick is 50/50; bounded).
+    while seen.len() < 2 && conns < 64 {
+        let mut c = Lab::http_connect_in(&lab.backends[0].ns, ilb, 80, t).unwrap_or_else(|e| {
+            panic!(
+                "hairpin connect {conns}: {e:#}\n{}",
+                lab.lb(&["stats"]).unwrap()
+            )
+        });
+        let (name, peer) = c.get_with_peer().unwrap();
+        assert_eq!(peer.ip(), ilb, "the server must see the VIP as the source");
+        assert!(
+            peer.port() >= 49_152,
+            "SNAT port {} outside the range",
+            peer.port()
+        );
+        // A second request on the same connection: the tracked flow, both ways.
+        assert_eq!(c.get_with_peer().unwrap(), (name.clone(), peer));
+        seen.insert(name);
+        conns += 1;
+    }
+    assert_eq!(
+        seen.len(),
+        2,
+        "after {conns} connections only {seen:?} served"
+    );
+    assert!(lab.reason("hairpin_snat").unwrap() >= 2 * conns);
+    assert!(lab.reason("hairpin_reply").unwrap() >= 2 * conns);
+    assert_eq!(lab.reason("drop_hairpin").unwrap(), 0);
+    // `lb flows` lists each hairpin flow once, by its own entry (not its reply's), from the
+    // connecting backend to the VIP's service.
+    let flows = lab.lb_json(&["flows"]).unwrap();
+    assert_eq!(flows["matched"], conns, "{flows}");
+    for f in flows["flows"].as_array().unwrap() {
+        assert!(
+            f["client"]
+                .as_str()
+                .unwrap()
+                .starts_with("[2001:db8:2::11]:"),
+            "{flows}"
+        );
+        assert_eq!(f["service"], "[2001:db8:3::21]:80/tcp", "{flows}");
+    }
+    // The internal client still reaches the VIP, from its own address.
+    let mut c = Lab::http_connect_in(&lab.client, ilb, 80, t).unwrap();
+    let (_, peer) = c.get_with_peer().unwrap();
+    assert_ne!(peer.ip(), ilb, "a plain client must not be source-NATed");
+}

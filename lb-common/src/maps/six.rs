@@ -4,7 +4,8 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::{
-    BACKEND_F_ACTIVE, Backend, BackendId, CONN_FORWARD, CONN_REVERSE, NextHop, ServiceKey, ours_bit,
+    BACKEND_F_ACTIVE, Backend, BackendId, CONN_FORWARD, CONN_HAIRPIN, CONN_REVERSE, NextHop,
+    ServiceKey, ours_bit,
 };
 use crate::impl_user_pod;
 
@@ -112,7 +113,7 @@ impl Backend6 {
 
 /// `LB_CONNTRACK6` value: [`ConnEntry4`] for an IPv6 flow (key: the `FlowKey6` as it arrives),
 /// with the same fields and meanings; the 16-byte `addr` comes last. The IPv6 family keeps
-/// plain flows (forward entries) and shared endpoints' reverse entries.
+/// plain flows (forward entries), shared endpoints' reverse entries and hairpin flows' two.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 #[repr(C)]
 pub struct ConnEntry6 {
@@ -192,6 +193,50 @@ impl ConnEntry6 {
             a[2],
             a[3],
         ])
+    }
+
+    /// A hairpin flow's entry ([`CONN_HAIRPIN`] or [`super::CONN_HAIRPIN_REV`]), as
+    /// [`ConnEntry4::new`] with the same fields: `port` the SNAT port (forward) or the
+    /// connecting backend's port (reverse), `addr` the VIP (forward) or the connecting
+    /// backend (reverse), `vport` the VIP port a reply's source becomes (reverse), `peer` the
+    /// connecting backend's id.
+    #[inline(always)]
+    #[must_use]
+    #[expect(clippy::too_many_arguments, reason = "one per field; inlined")]
+    pub fn hairpin(
+        backend: BackendId,
+        service: u32,
+        kind: u8,
+        port: [u8; 2],
+        addr: [u8; 16],
+        vport: [u8; 2],
+        peer: BackendId,
+        seen_s: u32,
+    ) -> Self {
+        let zero = core::hint::black_box(0u32);
+        let a = crate::flow::words6(addr);
+        bytemuck::cast([
+            backend,
+            service,
+            u32::from_ne_bytes([kind, 0, port[0], port[1]]),
+            u32::from_ne_bytes([vport[0], vport[1], 0, 0]) | zero,
+            peer | zero,
+            seen_s | zero,
+            zero,
+            zero,
+            seen_s | zero,
+            a[0],
+            a[1],
+            a[2],
+            a[3],
+        ])
+    }
+
+    /// Whether the entry tracks a client → VIP direction (plain or hairpin).
+    #[inline(always)]
+    #[must_use]
+    pub const fn is_forward(&self) -> bool {
+        self.kind == CONN_FORWARD || self.kind == CONN_HAIRPIN
     }
 
     /// The entry as its thirteen 4-byte words (written in place word by word).

@@ -280,23 +280,6 @@ pub fn check_service(s: &ServiceSpec) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks the settings an IPv6 service cannot have yet: the IPv6 fast path balances TCP and
-/// UDP with conntrack and replies (stateless ones too), ACLs, internal VIPs, weights, drain,
-/// probes, HA ports and TCP reset on idle; hairpin SNAT comes later.
-///
-/// # Errors
-/// A message naming the setting (as the CLI spells it).
-pub fn check_v6_settings(s: &ServiceSpec, settings: &ServiceSettings) -> Result<(), String> {
-    if s.vip.is_ipv4() {
-        return Ok(());
-    }
-    let refused = (settings.hairpin == Hairpin::Snat).then_some("--hairpin snat");
-    match refused {
-        Some(what) => Err(format!("{s}: {what} is not supported on IPv6 services yet")),
-        None => Ok(()),
-    }
-}
-
 /// Checks a backend for a service.
 ///
 /// # Errors

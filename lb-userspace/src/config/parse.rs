@@ -310,8 +310,6 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
             &err,
         )?;
         check_settings(&settings).map_err(|m| err(s.vip.span(), field("settings"), m))?;
-        crate::config::check_v6_settings(&spec, &settings)
-            .map_err(|m| err(s.vip.span(), field("vip"), m))?;
         crate::config::check_ha(&spec, &settings)
             .map_err(|m| err(s.vip.span(), field("vip"), m))?;
         // VIP-level settings (internal, icmp_echo): the services of one address must agree.
@@ -978,13 +976,6 @@ established = "rebalance"
                 2,
                 "service[0].vip",
                 "global or unique-local",
-            ),
-            (
-                "[[service]]\nvip = \"[2001:db8::10]:80/tcp\"\ninternal = [\"2001:db8:1::/64\"]\nhairpin = \"snat\"\n"
-                    .into(),
-                2,
-                "service[0].vip",
-                "--hairpin snat is not supported on IPv6 services yet",
             ),
             (
                 format!("[agent]\nring_slots = 100\n{svc}"),

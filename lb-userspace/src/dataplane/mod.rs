@@ -22,8 +22,8 @@ use lb_common::{
     addr::{Addr, v4_mapped},
     flow::{FlowKey4, FlowKey6},
     maps::{
-        Backend, BackendId, CONN_FORWARD, ConnEntry4, ConnEntry6, Counters, NextHop, RevKey,
-        RevService, ServiceInfo, ServiceKey, VipInfo, VipKey,
+        Backend, BackendId, ConnEntry4, ConnEntry6, Counters, NextHop, RevKey, RevService,
+        ServiceInfo, ServiceKey, VipInfo, VipKey,
     },
 };
 
@@ -222,7 +222,7 @@ impl TrackedFlow<'_> {
     pub const fn is_forward(&self) -> bool {
         match self {
             Self::V4(_, e) => e.is_forward(),
-            Self::V6(_, e) => e.kind == CONN_FORWARD,
+            Self::V6(_, e) => e.is_forward(),
         }
     }
 
@@ -273,18 +273,21 @@ impl PurgeJob {
             })
     }
 
-    /// [`Self::matches`] for an IPv6 flow (whose entries have no hairpin peer).
+    /// [`Self::matches`] for an IPv6 flow.
     #[must_use]
     pub fn matches6(&self, k: &FlowKey6, e: &ConnEntry6) -> bool {
-        if self.backends.contains(&e.backend) {
+        let names = |ids: &BTreeSet<BackendId>| {
+            ids.contains(&e.backend) || (e.peer != 0 && ids.contains(&e.peer))
+        };
+        if names(&self.backends) {
             return true;
         }
         if let Some(active) = &self.unless_active
-            && !active.contains(&e.backend)
+            && (!active.contains(&e.backend) || (e.peer != 0 && !active.contains(&e.peer)))
         {
             return true;
         }
-        e.kind == CONN_FORWARD
+        e.is_forward()
             && self.denied.iter().any(|(service, entries)| {
                 *service == e.service
                     && acl::lpm(entries, &k.src).is_some_and(|x| x.action == acl::Action::Deny)
@@ -340,10 +343,13 @@ pub struct LiveMaps {
 
 #[cfg(test)]
 mod tests {
+    use lb_common::maps::{CONN_HAIRPIN, CONN_HAIRPIN_REV};
+
     use super::*;
 
     /// A purge selects IPv6 flows as it selects IPv4 ones: by backend id, by ids no live entry
-    /// has (adoption), and by a service's denied sources; reverse entries only by id.
+    /// has (adoption), and by a service's denied sources; reverse entries only by id; hairpin
+    /// flows by their connecting backend's id too.
     #[test]
     fn a_purge_selects_ipv6_flows_by_the_same_rules() {
         let a = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap().octets();
@@ -387,5 +393,23 @@ mod tests {
         assert!(!elsewhere.matches6(&k, &e));
         let rev = ConnEntry6::reverse(3, 1, k.dport, k.dst, 0);
         assert!(!denied.matches6(&k.reply_from(a("2001:db8:2::11"), [0, 80]), &rev));
+        // A hairpin flow goes with its connecting backend (`peer`) too, both its entries.
+        let hairpin = ConnEntry6::hairpin(3, 1, CONN_HAIRPIN, [0xc0, 1], k.dst, [0; 2], 4, 0);
+        let peer_gone = PurgeJob {
+            backends: BTreeSet::from([4]),
+            ..PurgeJob::default()
+        };
+        assert!(peer_gone.matches6(&k, &hairpin));
+        assert!(!other.matches6(&k, &ConnEntry6::forward(3, 1, 0, 0, 100, (0, 0))));
+        let hrev = ConnEntry6::hairpin(3, 1, CONN_HAIRPIN_REV, k.sport, k.src, k.dport, 4, 0);
+        assert!(peer_gone.matches6(&k, &hrev));
+        let peer_unknown = PurgeJob {
+            unless_active: Some(BTreeSet::from([3])),
+            ..PurgeJob::default()
+        };
+        assert!(peer_unknown.matches6(&k, &hairpin));
+        // A hairpin flow's own entry is a forward one: a denied source's goes.
+        assert!(denied.matches6(&k, &hairpin));
+        assert!(!denied.matches6(&k, &hrev));
     }
 }

@@ -173,12 +173,19 @@ impl SweepPolicy {
         }
     }
 
-    /// The decision for an IPv6 entry: a reverse entry goes with its forward one, a forward
-    /// one by [`Self::decide`]'s rule (TCP reset on idle included).
+    /// The decision for an IPv6 entry: a reverse entry (a shared endpoint's, a hairpin
+    /// reply's) goes with its forward one, a forward one by [`Self::decide`]'s rule (TCP reset
+    /// on idle included).
     #[must_use]
     pub fn decide6(&self, a: AgentTimeouts, k: &FlowKey6, e: &ConnEntry6, now_s: u32) -> Decision6 {
-        if e.kind == CONN_REVERSE {
-            return Decision6::UnlessForward(k.forward_of_reply(e.addr, e.port));
+        match e.kind {
+            CONN_REVERSE => return Decision6::UnlessForward(k.forward_of_reply(e.addr, e.port)),
+            CONN_HAIRPIN_REV => {
+                return Decision6::UnlessForward(FlowKey6::of(
+                    e.addr, k.dst, e.port, e.vport, k.proto,
+                ));
+            }
+            _ => {}
         }
         match self.expiry(a, (k.proto, e.service), (e.tcp, e.seen_s, e.flags), now_s) {
             Decision::Expire { cause, reset } => Decision6::Expire { cause, reset },
@@ -600,6 +607,25 @@ mod tests {
         assert_eq!(
             p.decide6(A, &reply, &rev, 1_000_000),
             Decision6::UnlessForward(k)
+        );
+        // A hairpin reply's: chosen backend → VIP:SNAT port, naming the connecting backend.
+        let mut connecting = a;
+        connecting[15] = 12;
+        let conn_be = FlowKey6::of(connecting, k.dst, [0x9c, 0x41], [0, 80], 6);
+        let hrev_key = FlowKey6::of(a, k.dst, [0, 80], [0xc0, 0x01], 6);
+        let hrev = ConnEntry6::hairpin(
+            3,
+            1,
+            CONN_HAIRPIN_REV,
+            conn_be.sport,
+            conn_be.src,
+            conn_be.dport,
+            4,
+            0,
+        );
+        assert_eq!(
+            p.decide6(A, &hrev_key, &hrev, 1_000_000),
+            Decision6::UnlessForward(conn_be)
         );
     }
 

@@ -57,17 +57,17 @@ impl Lab {
         self.http_connect_from(src, port, timeout)?.get()
     }
 
-    /// Connects from inside `ns` (a backend, say) to `ip:port`.
+    /// Connects from inside `ns` (a backend, say) to `ip:port`, of either family.
     ///
     /// # Errors
     /// The connection cannot be made within `timeout`.
     pub fn http_connect_in(
         ns: &Netns,
-        ip: Ipv4Addr,
+        ip: impl Into<IpAddr>,
         port: u16,
         timeout: Duration,
     ) -> anyhow::Result<HttpConn> {
-        let dst = SocketAddr::new(IpAddr::V4(ip), port);
+        let dst = SocketAddr::new(ip.into(), port);
         let s = ns.enter(move || TcpStream::connect_timeout(&dst, timeout))?;
         s.set_read_timeout(Some(IO_TIMEOUT))?;
         s.set_write_timeout(Some(IO_TIMEOUT))?;

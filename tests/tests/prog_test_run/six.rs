@@ -23,6 +23,7 @@ use lb_integration::{
 use super::{Fixture, TABLE};
 
 mod flows;
+mod hairpin;
 
 const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 3, 0, 0, 0, 0, 0x10);
 const B1: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 0x11);
@@ -70,12 +71,28 @@ acl = [
 ]
 
 # An internal IPv6 VIP: only 2001:db8:1::/64 may reach it; its backend connecting to it is
-# hairpin (dropped: hairpin SNAT is IPv4-only).
+# hairpin (dropped: no hairpin SNAT on this VIP).
 [[service]]
 vip = "[2001:db8:3::20]:80/tcp"
 backends = ["2001:db8:2::11"]
 table_size = 251
 internal = ["2001:db8:1::/64"]
+
+# Hairpin SNAT over IPv6: 2001:db8:2::11 backs 50001/tcp of this internal VIP and connects to
+# its 80/tcp, which [2001:db8:2::12]:8081 serves; 50001 also lies in the SNAT port range.
+[[service]]
+vip = "[2001:db8:3::21]:80/tcp"
+backends = ["[2001:db8:2::12]:8081"]
+table_size = 251
+internal = ["2001:db8:1::/64"]
+hairpin = "snat"
+
+[[service]]
+vip = "[2001:db8:3::21]:50001/tcp"
+backends = ["2001:db8:2::11"]
+table_size = 251
+internal = ["2001:db8:1::/64"]
+hairpin = "snat"
 
 # An IPv6 PIP: every protocol to and from 2001:db8:2::13.
 [[pip]]
