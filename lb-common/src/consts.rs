@@ -72,6 +72,7 @@ pub mod map_names {
     pub const TRACE_RL: &str = "LB_TRACE_RL";
     pub const TRACE_LOST: &str = "LB_TRACE_LOST";
     pub const TRACE_TMP: &str = "LB_TRACE_TMP";
+    pub const TRACE_TMP6: &str = "LB_TRACE_TMP6";
     /// Outbound NAT (`crate::outbound`): covered backends, inside prefixes, frontends.
     pub const OUTBOUND4: &str = "LB_OUTBOUND4";
     pub const OUT_INSIDE4: &str = "LB_OUT_INSIDE4";
@@ -88,7 +89,7 @@ pub mod map_names {
     pub const PIP_REV6: &str = "LB_PIP_REV6";
     pub const LOCALS6: &str = "LB_LOCAL6";
     /// Every map, in the order the agent opens them.
-    pub const ALL: [&str; 40] = [
+    pub const ALL: [&str; 41] = [
         SERVICES4,
         VIPS4,
         BACKENDS4,
@@ -115,6 +116,7 @@ pub mod map_names {
         TRACE_RL,
         TRACE_LOST,
         TRACE_TMP,
+        TRACE_TMP6,
         OUTBOUND4,
         OUT_INSIDE4,
         OUT_FRONTS4,
@@ -155,7 +157,7 @@ pub const fn map_layout_version() -> u64 {
         }
         h
     }
-    let parts: [u64; 42] = [
+    let parts: [u64; 44] = [
         MAP_LAYOUT_REVISION,
         map_names::ALL.len() as u64,
         size_of::<maps::ServiceKey4>() as u64,
@@ -183,6 +185,8 @@ pub const fn map_layout_version() -> u64 {
         crate::xmit::MAX_IFACES as u64,
         size_of::<crate::trace::TraceConfig>() as u64,
         size_of::<crate::trace::TraceEvent>() as u64,
+        size_of::<crate::trace::TraceEvent6>() as u64,
+        size_of::<crate::trace::TraceScratch6>() as u64,
         crate::trace::RING_BYTES as u64,
         size_of::<crate::outbound::OutboundEntry4>() as u64,
         size_of::<crate::outbound::OutFront4>() as u64,
@@ -268,14 +272,20 @@ pub const PROG_PIP6: u32 = 4;
 pub const HAIRPIN6_PROGRAM_NAME: &str = "lb_hairpin6";
 /// `LB_PROGS` slot of the IPv6 hairpin program.
 pub const PROG_HAIRPIN6: u32 = 5;
+/// Name of the IPv6 trace program: the IPv6 programs end in it by tail call when `lb trace`
+/// is on, so that the record is written in a stack of its own (theirs are near the limit).
+pub const TRACE6_PROGRAM_NAME: &str = "lb_trace6";
+/// `LB_PROGS` slot of the IPv6 trace program.
+pub const PROG_TRACE6: u32 = 6;
 /// Slots of `LB_PROGS`.
-pub const PROG_SLOTS: u32 = 6;
+pub const PROG_SLOTS: u32 = 7;
 /// Every tail-call program, with its `LB_PROGS` slot.
-pub const TAIL_PROGRAMS: [(u32, &str); 6] = [
+pub const TAIL_PROGRAMS: [(u32, &str); 7] = [
     (PROG_HAIRPIN, HAIRPIN_PROGRAM_NAME),
     (PROG_OUTBOUND, OUTBOUND_PROGRAM_NAME),
     (PROG_V6, V6_PROGRAM_NAME),
     (PROG_ICMP6, ICMP6_PROGRAM_NAME),
     (PROG_PIP6, PIP6_PROGRAM_NAME),
     (PROG_HAIRPIN6, HAIRPIN6_PROGRAM_NAME),
+    (PROG_TRACE6, TRACE6_PROGRAM_NAME),
 ];

@@ -60,13 +60,22 @@ use crate::{
 /// that returns `int`, and a body passed as a closure was emitted as a BPF function of its own
 /// returning the verdict ("tail_call is only allowed in functions that return 'int'").
 macro_rules! counted {
-    // Counted but not traced: `lb_xdp6`. `lb trace` reads IPv4 5-tuples only, and its exit
-    // hook's 128-byte frame would join the IPv6 program's 384+ (verifier: 512 bytes for the
-    // whole chain); without it the chain is the program and its FIB fallback's 64.
-    (untraced $body:expr) => {{
+    // The IPv6 programs: traced through `lb_trace6` by tail call (see `trace.rs`), since the
+    // exit hook's frame would join theirs (verifier: 512 bytes for the whole chain). If the
+    // tail call is made, it returns the action; otherwise this does.
+    (six, $ctx:expr, $body:expr) => {{
+        let traced = trace::enter6($ctx);
         let v: Verdict = $body;
-        stats::count_reason(v.reason());
-        v.action()
+        // verifier: the reason once, before the branch. Matched again inside it, LLVM moved
+        // a copy of a register only the `Sent` arm writes above the match, and the verifier
+        // refuses reading it on the other arms ("R6 !read_ok").
+        let reason = v.reason();
+        stats::count_reason(reason);
+        let action = v.action();
+        if traced {
+            trace::exit6($ctx, reason as u32, action);
+        }
+        action
     }};
     ($ctx:expr, $body:expr) => {{
         let traced = trace::enter($ctx);
@@ -120,7 +129,7 @@ pub fn lb_outbound(ctx: XdpContext) -> u32 {
     reason = "the #[xdp] entry point takes its context by value"
 )]
 pub fn lb_xdp6(ctx: XdpContext) -> u32 {
-    counted!(untraced six::run(&ctx))
+    counted!(six, &ctx, six::run(&ctx))
 }
 
 /// IPv6 hairpin SNAT flows, entered from [`lb_xdp6`] by tail call (see `hairpin6.rs`).
@@ -131,7 +140,18 @@ pub fn lb_xdp6(ctx: XdpContext) -> u32 {
 )]
 pub fn lb_hairpin6(ctx: XdpContext) -> u32 {
     // The packet is as it arrived: nothing is rewritten before the tail call.
-    counted!(untraced hairpin6::run(&ctx))
+    counted!(six, &ctx, hairpin6::run(&ctx))
+}
+
+/// `lb trace`'s record of an IPv6 packet, entered by tail call from the IPv6 programs' exit
+/// when tracing is on (see `trace.rs`); returns the action they decided.
+#[xdp]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the #[xdp] entry point takes its context by value"
+)]
+pub fn lb_trace6(ctx: XdpContext) -> u32 {
+    trace::run6(&ctx)
 }
 
 /// ICMPv6 errors, entered from [`lb_xdp6`] by tail call (see `icmp6.rs`).
@@ -141,7 +161,7 @@ pub fn lb_hairpin6(ctx: XdpContext) -> u32 {
     reason = "the #[xdp] entry point takes its context by value"
 )]
 pub fn lb_icmp6(ctx: XdpContext) -> u32 {
-    counted!(untraced icmp6::run(&ctx))
+    counted!(six, &ctx, icmp6::run(&ctx))
 }
 
 /// IPv6 PIP traffic, entered from [`lb_xdp6`] and [`lb_icmp6`] by tail call (see `pip6.rs`).
@@ -151,7 +171,7 @@ pub fn lb_icmp6(ctx: XdpContext) -> u32 {
     reason = "the #[xdp] entry point takes its context by value"
 )]
 pub fn lb_pip6(ctx: XdpContext) -> u32 {
-    counted!(untraced pip6::run(&ctx))
+    counted!(six, &ctx, pip6::run(&ctx))
 }
 
 #[inline(always)]

@@ -23,7 +23,7 @@ use lb_common::{
         VipInfo,
     },
     outbound::{OutBlockKey4, OutFront4, OutboundEntry4},
-    trace::{RING_BYTES, TraceConfig},
+    trace::{RING_BYTES, TraceConfig, TraceScratch6},
     xmit::{MAX_IFACES, XmitFails},
 };
 
@@ -157,6 +157,11 @@ pub static LB_TRACE_LOST: PerCpuArray<u64> = PerCpuArray::pinned(2, 0);
 /// The arriving 5-tuple of the packet being traced, per CPU (off the stack). Writer: fast path.
 #[map(name = "LB_TRACE_TMP")]
 pub static LB_TRACE_TMP: PerCpuArray<FlowKey4> = PerCpuArray::pinned(1, 0);
+
+/// An IPv6 packet being traced, per CPU: its arriving 5-tuple and verdict, for `lb_trace6`.
+/// Writer: fast path.
+#[map(name = "LB_TRACE_TMP6")]
+pub static LB_TRACE_TMP6: PerCpuArray<TraceScratch6> = PerCpuArray::pinned(1, 0);
 
 /// Covered backend address → its outbound block, rule and next hop (`lb_common::outbound`).
 /// Writer: agent.

@@ -7,13 +7,13 @@
 //! messages always pass; other ICMPv6 to a VIP is a counted drop. The precedence is the IPv4
 //! one: a service, else a tracked flow's reply, else to a VIP (drop), else not ours.
 //!
-//! verifier: the stack is nearly full. `lb_xdp6`'s frame is about 400 bytes (a check of the
-//! ethertype in `parse6::packet`, or moving `conntrack6::remember` or `from_backend` out of
-//! line, each made it larger, not smaller). It is counted but not traced (`counted!(untraced
-//! ..)` in `main.rs`), so the chain is the program and its FIB fallback's 64 bytes, under the
-//! verifier's 512. What IPv6 still needs beyond the echo reply (ICMPv6 errors, ACLs) goes to
-//! programs of its own, as hairpin and outbound do for IPv4; a change that adds stack fails
-//! every fixture at load.
+//! verifier: the stack is full. `lb_xdp6`'s frame is 424 bytes (448 as the verifier rounds
+//! it; a check of the ethertype in `parse6::packet`, or moving `conntrack6::remember` or
+//! `from_backend` out of line, each made it larger, not smaller), and with its FIB fallback's
+//! 64 the chain is the verifier's 512. It is traced through a tail call (`counted!(six, ..)`
+//! in `main.rs`, `lb_trace6`), not the IPv4 exit hook's frame. What IPv6 needs beyond this
+//! (ICMPv6 errors, PIPs, hairpin SNAT) goes to programs of its own; a change that adds stack
+//! fails every fixture at load.
 
 use core::mem::size_of;
 

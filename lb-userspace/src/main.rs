@@ -130,8 +130,15 @@ fn main() -> ExitCode {
     if let CliCommand::Trace(a) = &cli.command {
         return match rt.block_on(lb_userspace::cli::trace::run(&cli.socket, a, format)) {
             Ok(s) => {
+                // Records of another build's program (neither record type's length) are
+                // named only when there are some.
+                let skipped = if s.undecoded > 0 {
+                    format!("; {} of an unknown layout skipped", s.undecoded)
+                } else {
+                    String::new()
+                };
                 let text = format!(
-                    "{} records; not recorded: {} over the rate limit, {} with the ring full",
+                    "{} records; not recorded: {} over the rate limit, {} with the ring full{skipped}",
                     s.events, s.lost_rate, s.lost_ring
                 );
                 match format {
@@ -141,6 +148,7 @@ fn main() -> ExitCode {
                             "records": s.events,
                             "lost_rate": s.lost_rate,
                             "lost_ring": s.lost_ring,
+                            "undecoded": s.undecoded,
                         }))
                     ),
                     Format::Table => eprintln!("{text}"),

@@ -126,6 +126,79 @@ fn lb_trace_shows_a_forwarded_packet_with_its_backend() {
     assert_eq!(trace_state(&lab), "off");
 }
 
+/// `lb trace --vip` with an IPv6 VIP: the IPv6 programs' records (written by `lb_trace6`)
+/// show the packet as it arrived and as it left, in IPv6 form; IPv4 traffic to the IPv4 VIP
+/// on the same port is not selected.
+#[test]
+fn lb_trace_shows_an_ipv6_packet_with_its_backend_and_no_ipv4_one() {
+    let mut lab = Lab::new(1).unwrap();
+    lab.start_agent(&format!(
+        "{CONFIG}\n[[service]]\nvip = \"[2001:db8:3::10]:80/tcp\"\nbackends = [\"2001:db8:2::11\"]\ntable_size = 251\n"
+    ))
+    .unwrap();
+    lab.wait_ready().unwrap();
+    let child = start_trace(
+        &lab,
+        &[
+            "--vip",
+            "2001:db8:3::10",
+            "--port",
+            "80",
+            "-c",
+            "2",
+            "--seconds",
+            "20",
+        ],
+    );
+    // IPv4 first: to port 80 too, but not to the traced VIP.
+    assert_eq!(lab.http_get(80).unwrap(), "b1");
+    assert_eq!(lab.http_get6(80).unwrap(), "b1");
+    let (records, summary) = finish(child);
+    assert_eq!(summary["records"], 2, "{summary}");
+    assert_eq!(summary["undecoded"], 0, "{summary}");
+    let syn = &records[0];
+    assert_eq!(syn["reason"], "forward", "{syn}");
+    assert_eq!(syn["interface"], "l0", "{syn}");
+    assert!(
+        syn["before"]
+            .as_str()
+            .unwrap()
+            .starts_with("[2001:db8:1::2]:"),
+        "{syn}"
+    );
+    assert!(
+        syn["before"]
+            .as_str()
+            .unwrap()
+            .ends_with("> [2001:db8:3::10]:80 tcp"),
+        "{syn}"
+    );
+    assert!(
+        syn["after"]
+            .as_str()
+            .unwrap()
+            .ends_with("> [2001:db8:2::11]:80 tcp"),
+        "{syn}"
+    );
+    let reply = &records[1];
+    assert_eq!(reply["reason"], "reply", "{reply}");
+    assert!(
+        reply["before"]
+            .as_str()
+            .unwrap()
+            .starts_with("[2001:db8:2::11]:80 >"),
+        "{reply}"
+    );
+    assert!(
+        reply["after"]
+            .as_str()
+            .unwrap()
+            .starts_with("[2001:db8:3::10]:80 >"),
+        "{reply}"
+    );
+    assert_eq!(trace_state(&lab), "off");
+}
+
 #[test]
 fn lb_trace_is_bounded_in_rate_and_counts_what_it_left_out() {
     let mut lab = Lab::new(1).unwrap();

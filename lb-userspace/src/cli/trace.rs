@@ -9,8 +9,8 @@ use std::{path::Path, time::Duration};
 use anyhow::{Context as _, bail};
 use aya::maps::{MapData, PerCpuArray, RingBuf};
 use lb_common::{
-    flow::FlowKey4,
-    trace::{LOST_RATE, LOST_RING, TraceEvent},
+    flow::{FlowKey4, FlowKey6},
+    trace::{LOST_RATE, LOST_RING, TraceEvent, TraceEvent6},
     verdict::ALL_REASONS,
 };
 use tokio::io::unix::AsyncFd;
@@ -22,6 +22,8 @@ use crate::api::{self, Request, Response};
 #[derive(Debug, Default)]
 pub struct Summary {
     pub events: u64,
+    /// Records of a length neither record type has (another build's program).
+    pub undecoded: u64,
     pub lost_rate: u64,
     pub lost_ring: u64,
 }
@@ -88,10 +90,8 @@ async fn read(
         };
         let rb = guard.get_inner_mut();
         while let Some(item) = rb.next() {
-            let Some(e) = item
-                .get(..size_of::<TraceEvent>())
-                .map(bytemuck::pod_read_unaligned::<TraceEvent>)
-            else {
+            let Some(e) = Record::decode(&item) else {
+                s.undecoded += 1;
                 continue;
             };
             let t0 = *first.get_or_insert(e.time_ns);
@@ -108,9 +108,66 @@ async fn read(
     Ok(s)
 }
 
+/// One record of either family: the verdict, and the 5-tuples as text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub time_ns: u64,
+    pub ifindex: u32,
+    pub reason: u32,
+    pub action: u32,
+    pub len: u32,
+    pub before: String,
+    pub after: String,
+}
+
+impl Record {
+    /// A ring record, told apart by its length: an IPv4 one ([`TraceEvent`]) or an IPv6 one
+    /// ([`TraceEvent6`]); `None` for any other length.
+    #[must_use]
+    pub fn decode(b: &[u8]) -> Option<Self> {
+        if b.len() == size_of::<TraceEvent>() {
+            let e: TraceEvent = bytemuck::pod_read_unaligned(b);
+            return Some(Self::from(&e));
+        }
+        if b.len() == size_of::<TraceEvent6>() {
+            let e: TraceEvent6 = bytemuck::pod_read_unaligned(b);
+            return Some(Self::from(&e));
+        }
+        None
+    }
+}
+
+impl From<&TraceEvent> for Record {
+    fn from(e: &TraceEvent) -> Self {
+        Self {
+            time_ns: e.time_ns,
+            ifindex: e.ifindex,
+            reason: e.reason,
+            action: e.action,
+            len: e.len,
+            before: flow_text(&e.before),
+            after: flow_text(&e.after),
+        }
+    }
+}
+
+impl From<&TraceEvent6> for Record {
+    fn from(e: &TraceEvent6) -> Self {
+        Self {
+            time_ns: e.time_ns,
+            ifindex: e.ifindex,
+            reason: e.reason,
+            action: e.action,
+            len: e.len,
+            before: flow_text6(&e.before),
+            after: flow_text6(&e.after),
+        }
+    }
+}
+
 /// One record, as text or as a JSON line.
 #[must_use]
-pub fn line(e: &TraceEvent, t0: u64, interfaces: &[(u32, String)], format: Format) -> String {
+pub fn line(e: &Record, t0: u64, interfaces: &[(u32, String)], format: Format) -> String {
     let reason = ALL_REASONS
         .iter()
         .find(|r| **r as u32 == e.reason)
@@ -133,17 +190,15 @@ pub fn line(e: &TraceEvent, t0: u64, interfaces: &[(u32, String)], format: Forma
             "time_s": t,
             "interface": iface,
             "len": e.len,
-            "before": flow_text(&e.before),
-            "after": flow_text(&e.after),
+            "before": e.before,
+            "after": e.after,
             "reason": reason,
             "action": action,
         })
         .to_string(),
         Format::Table => format!(
             "{t:>10.6} {iface:<6} {} => {} {reason} ({action}, {} bytes)",
-            flow_text(&e.before),
-            flow_text(&e.after),
-            e.len
+            e.before, e.after, e.len
         ),
     }
 }
@@ -158,6 +213,27 @@ fn flow_text(k: &FlowKey4) -> String {
         std::net::Ipv4Addr::from(k.src),
         u16::from_be_bytes(k.sport),
         std::net::Ipv4Addr::from(k.dst),
+        u16::from_be_bytes(k.dport),
+        if k.proto == 6 { "tcp" } else { "udp" }
+    )
+}
+
+/// `[2001:db8:1::2]:40000 > [2001:db8:3::10]:80 tcp`; the addresses alone for IPv6 that is
+/// not TCP/UDP right after the fixed header; `-` for a frame that is not IPv6.
+fn flow_text6(k: &FlowKey6) -> String {
+    let (src, dst) = (
+        std::net::Ipv6Addr::from(k.src),
+        std::net::Ipv6Addr::from(k.dst),
+    );
+    if k.proto == 0 {
+        if k.src == [0; 16] && k.dst == [0; 16] {
+            return "-".into();
+        }
+        return format!("{src} > {dst}");
+    }
+    format!(
+        "[{src}]:{} > [{dst}]:{} {}",
+        u16::from_be_bytes(k.sport),
         u16::from_be_bytes(k.dport),
         if k.proto == 6 { "tcp" } else { "udp" }
     )
@@ -191,6 +267,7 @@ mod tests {
             ),
         };
         let ifs = [(2, "l0".to_owned())];
+        let e = Record::decode(bytemuck::bytes_of(&e)).unwrap();
         let t = line(&e, 1_000_000_000, &ifs, Format::Table);
         assert_eq!(
             t,
@@ -201,10 +278,50 @@ mod tests {
         assert_eq!(j["after"], "198.51.100.2:40000 > 192.0.2.11:80 tcp");
         assert_eq!(j["reason"], "forward");
         assert_eq!(
-            line(&TraceEvent::default(), 0, &[], Format::Table)
+            line(&(&TraceEvent::default()).into(), 0, &[], Format::Table)
                 .split_whitespace()
                 .nth(2),
             Some("-")
         );
+    }
+
+    /// An IPv6 record reads by its length, with bracketed addresses; one of another length is
+    /// not read as either.
+    #[test]
+    fn an_ipv6_record_reads_by_its_length() {
+        let a = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap().octets();
+        let e = TraceEvent6 {
+            time_ns: 2_000_000_000,
+            ifindex: 2,
+            reason: 0,
+            action: 3,
+            len: 94,
+            before: FlowKey6::of(
+                a("2001:db8:1::2"),
+                a("2001:db8:3::10"),
+                40000u16.to_be_bytes(),
+                80u16.to_be_bytes(),
+                6,
+            ),
+            after: FlowKey6::of(
+                a("2001:db8:1::2"),
+                a("2001:db8:2::11"),
+                40000u16.to_be_bytes(),
+                80u16.to_be_bytes(),
+                6,
+            ),
+        };
+        let r = Record::decode(bytemuck::bytes_of(&e)).unwrap();
+        assert_eq!(
+            line(&r, 1_000_000_000, &[(2, "l0".to_owned())], Format::Table),
+            "  1.000000 l0     [2001:db8:1::2]:40000 > [2001:db8:3::10]:80 tcp => [2001:db8:1::2]:40000 > [2001:db8:2::11]:80 tcp forward (tx, 94 bytes)"
+        );
+        let icmp = TraceEvent6 {
+            before: FlowKey6::of(a("2001:db8:1::2"), a("2001:db8:3::10"), [0; 2], [0; 2], 0),
+            ..e
+        };
+        assert_eq!(Record::from(&icmp).before, "2001:db8:1::2 > 2001:db8:3::10");
+        assert_eq!(Record::from(&TraceEvent6::default()).after, "-");
+        assert_eq!(Record::decode(&[0u8; 64]), None);
     }
 }

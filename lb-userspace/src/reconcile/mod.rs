@@ -1207,16 +1207,6 @@ impl<M: MapOps> Reconciler<M> {
         seconds: u32,
     ) -> Result<Response, ChangeError> {
         use lb_common::trace;
-        let vip = match vip {
-            None => None,
-            Some(IpAddr::V4(v)) => Some(v.octets()),
-            Some(IpAddr::V6(v)) => {
-                return Err(ChangeError::Invalid(format!(
-                    "--vip: {v} is IPv6; lb trace follows IPv4 flows only (IPv6 frames are \
-                     counted, not traced)"
-                )));
-            }
-        };
         if !(1..=3600).contains(&seconds) {
             return Err(ChangeError::Invalid(format!(
                 "--seconds: {seconds} is outside 1..=3600"
