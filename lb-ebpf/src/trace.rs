@@ -17,7 +17,7 @@ use aya_ebpf::{Global, bindings::xdp_action, helpers::bpf_ktime_get_ns, programs
 use lb_common::{
     consts::PROG_TRACE6,
     flow::{FlowKey4, FlowKey6},
-    trace::{self, LOST_RATE, LOST_RING, TraceEvent, TraceEvent6},
+    trace::{self, LOST_RATE, LOST_RING, TraceConfig, TraceEvent, TraceEvent6},
 };
 
 use crate::{
@@ -57,16 +57,9 @@ pub fn exit(ctx: &XdpContext, reason: u32, action: u32) {
     if !trace::selects(&cfg, &before, &after) {
         return;
     }
-    let Some(rl) = LB_TRACE_RL.get_ptr_mut(0) else {
+    let Some(now) = token(&cfg) else {
         return;
     };
-    // SAFETY: this CPU's bucket. The helper is a plain call.
-    let now = unsafe { bpf_ktime_get_ns() };
-    // SAFETY: as above.
-    if !unsafe { (*rl).take(now, u64::from(cfg.cost_ns), cfg.burst_ns) } {
-        lost(LOST_RATE);
-        return;
-    }
     let Some(mut e) = LB_TRACE.reserve::<TraceEvent>(0) else {
         lost(LOST_RING);
         return;
@@ -151,16 +144,9 @@ pub fn run6(ctx: &XdpContext) -> u32 {
     if !trace::selects6(&cfg, unsafe { &(*t).before }, &after) {
         return action;
     }
-    let Some(rl) = LB_TRACE_RL.get_ptr_mut(0) else {
+    let Some(now) = token(&cfg) else {
         return action;
     };
-    // SAFETY: this CPU's bucket. The helper is a plain call.
-    let now = unsafe { bpf_ktime_get_ns() };
-    // SAFETY: as above.
-    if !unsafe { (*rl).take(now, u64::from(cfg.cost_ns), cfg.burst_ns) } {
-        lost(LOST_RATE);
-        return action;
-    }
     let Some(mut e) = LB_TRACE.reserve::<TraceEvent6>(0) else {
         lost(LOST_RING);
         return action;
@@ -194,6 +180,21 @@ unsafe fn copy_key6(dst: *mut FlowKey6, src: &FlowKey6) {
         // SAFETY: the caller guarantees `dst`; keys are 4-aligned, ten words.
         unsafe { d.add(i).write_volatile(*x) };
     }
+}
+
+/// A token of this CPU's bucket for one record: the time now, or `None` (counted as lost
+/// when the rate limit refused it).
+#[inline(always)]
+fn token(cfg: &TraceConfig) -> Option<u64> {
+    let rl = LB_TRACE_RL.get_ptr_mut(0)?;
+    // SAFETY: this CPU's bucket. The helper is a plain call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: as above.
+    if !unsafe { (*rl).take(now, u64::from(cfg.cost_ns), cfg.burst_ns) } {
+        lost(LOST_RATE);
+        return None;
+    }
+    Some(now)
 }
 
 #[inline(always)]

@@ -484,7 +484,7 @@ fn an_internal_vip_is_reachable_only_from_inside() {
 /// the connection works both ways through the LB; internal clients are unaffected.
 #[test]
 fn hairpin_snat_lets_a_backend_reach_its_own_internal_vip() {
-    use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
+    use std::{net::Ipv4Addr, time::Duration};
     let mut lab = Lab::new(2).unwrap();
     lab.start_agent(
         "[[service]]\nvip = \"203.0.113.21:80/tcp\"\nbackends = [\"192.0.2.11\", \"192.0.2.12\"]\ntable_size = 251\n\
@@ -494,23 +494,7 @@ fn hairpin_snat_lets_a_backend_reach_its_own_internal_vip() {
     lab.wait_ready().unwrap();
     let ilb = Ipv4Addr::new(203, 0, 113, 21);
     let t = Duration::from_secs(1);
-    let mut seen = BTreeSet::new();
-    let mut conns = 0u64;
-    // Until both backends have served a hairpin connection (each pick is 50/50; bounded).
-    while seen.len() < 2 && conns < 64 {
-        let mut c = Lab::http_connect_in(&lab.backends[0].ns, ilb, 80, t).unwrap();
-        let (name, peer) = c.get_with_peer().unwrap();
-        assert_eq!(peer.ip(), ilb, "the server must see the VIP as the source");
-        assert!(
-            peer.port() >= 49_152,
-            "SNAT port {} outside the range",
-            peer.port()
-        );
-        // A second request on the same connection: the tracked flow, both ways.
-        assert_eq!(c.get_with_peer().unwrap(), (name.clone(), peer));
-        seen.insert(name);
-        conns += 1;
-    }
+    let (seen, conns) = lab.hairpin_rounds(ilb).unwrap();
     assert_eq!(
         seen.len(),
         2,

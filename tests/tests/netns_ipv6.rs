@@ -578,28 +578,7 @@ fn ipv6_hairpin_snat_lets_a_backend_reach_its_own_internal_vip() {
     lab.wait_ready().unwrap();
     let ilb = Ipv6Addr::new(0x2001, 0xdb8, 3, 0, 0, 0, 0, 0x21);
     let t = Duration::from_secs(1);
-    let mut seen = BTreeSet::new();
-    let mut conns = 0u64;
-    // Until both backends have served a hairpin connection (each pick is 50/50; bounded).
-    while seen.len() < 2 && conns < 64 {
-        let mut c = Lab::http_connect_in(&lab.backends[0].ns, ilb, 80, t).unwrap_or_else(|e| {
-            panic!(
-                "hairpin connect {conns}: {e:#}\n{}",
-                lab.lb(&["stats"]).unwrap()
-            )
-        });
-        let (name, peer) = c.get_with_peer().unwrap();
-        assert_eq!(peer.ip(), ilb, "the server must see the VIP as the source");
-        assert!(
-            peer.port() >= 49_152,
-            "SNAT port {} outside the range",
-            peer.port()
-        );
-        // A second request on the same connection: the tracked flow, both ways.
-        assert_eq!(c.get_with_peer().unwrap(), (name.clone(), peer));
-        seen.insert(name);
-        conns += 1;
-    }
+    let (seen, conns) = lab.hairpin_rounds(ilb).unwrap();
     assert_eq!(
         seen.len(),
         2,

@@ -57,6 +57,46 @@ impl Lab {
         self.http_connect_from(src, port, timeout)?.get()
     }
 
+    /// Hairpin connections from backend b1 to its own internal VIP `vip`:80, until every
+    /// backend has served one (at most 64): each server must see the VIP as the source, with
+    /// a port from the SNAT range, and a second request on the connection (its tracked flow,
+    /// both ways) must reach the same server from the same peer. The servers seen, and how
+    /// many connections it took.
+    ///
+    /// # Errors
+    /// A connection or request fails, or a server saw another source.
+    pub fn hairpin_rounds(
+        &self,
+        vip: impl Into<IpAddr>,
+    ) -> anyhow::Result<(std::collections::BTreeSet<String>, u64)> {
+        let vip = vip.into();
+        let mut seen = std::collections::BTreeSet::new();
+        let mut conns = 0u64;
+        // Each pick is the table's (50/50 for two backends); bounded.
+        while seen.len() < self.backends.len() && conns < 64 {
+            let mut c =
+                Self::http_connect_in(&self.backends[0].ns, vip, 80, Duration::from_secs(1))
+                    .with_context(|| format!("hairpin connection {conns}"))?;
+            let (name, peer) = c.get_with_peer()?;
+            anyhow::ensure!(
+                peer.ip() == vip,
+                "the server saw {peer}, not the VIP, as the source"
+            );
+            anyhow::ensure!(
+                peer.port() >= 49_152,
+                "SNAT port {} outside the range",
+                peer.port()
+            );
+            anyhow::ensure!(
+                c.get_with_peer()? == (name.clone(), peer),
+                "the connection's second request went elsewhere"
+            );
+            seen.insert(name);
+            conns += 1;
+        }
+        Ok((seen, conns))
+    }
+
     /// Connects from inside `ns` (a backend, say) to `ip:port`, of either family.
     ///
     /// # Errors
