@@ -232,7 +232,8 @@ pub fn from_backend(flow: &FlowKey6, flags: u8) -> FromBackend6 {
         });
     }
     let (mut vip, mut vport, mut backend) = (rev.vip, rev.vport, rev.backend);
-    if rev.flags & REV_F_SHARED != 0 {
+    let shared = rev.flags & REV_F_SHARED != 0;
+    if shared {
         // SAFETY: copied out at once.
         if let Some(o) = unsafe { LB_CONNTRACK6.get(flow) } {
             if o.kind == CONN_HAIRPIN_REV {
@@ -245,7 +246,11 @@ pub fn from_backend(flow: &FlowKey6, flags: u8) -> FromBackend6 {
     }
     let Some(e) = LB_CONNTRACK6.get_ptr_mut(flow.forward_of_reply(vip, vport)) else {
         // A hairpin reply goes to VIP:SNAT port, which no forward key has: its own entry says
-        // (as for IPv4; only packets of no tracked flow pay this lookup).
+        // (as for IPv4; only packets of no tracked flow pay this lookup, and a shared
+        // endpoint's looked its entry up above already).
+        if shared {
+            return FromBackend6::None;
+        }
         // SAFETY: only the kind is read.
         return match unsafe { LB_CONNTRACK6.get(flow) } {
             Some(o) if o.kind == CONN_HAIRPIN_REV => FromBackend6::Hairpin,

@@ -7,7 +7,7 @@
 //! messages always pass; other ICMPv6 to a VIP is a counted drop. The precedence is the IPv4
 //! one: a service, else a tracked flow's reply, else to a VIP (drop), else not ours.
 //!
-//! verifier: the stack is full. `lb_xdp6`'s frame is 424 bytes (448 as the verifier rounds
+//! verifier: the stack is full. `lb_xdp6`'s frame is 432 bytes (448 as the verifier rounds
 //! it; a check of the ethertype in `parse6::packet`, or moving `conntrack6::remember` or
 //! `from_backend` out of line, each made it larger, not smaller), and with its FIB fallback's
 //! 64 the chain is the verifier's 512. It is traced through a tail call (`counted!(six, ..)`
