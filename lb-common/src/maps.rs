@@ -820,6 +820,10 @@ mod tests {
             });
             prop_assert!(!e.is_forward());
             prop_assert!(ConnEntry6::hairpin(b, svc, CONN_HAIRPIN, port, addr, vport, peer, now).is_forward());
+            prop_assert_eq!(ConnEntry6::reverse(b, svc, port, addr, now), ConnEntry6 {
+                backend: b, service: svc, kind: CONN_REVERSE, tcp: 0, port, vport: [0; 2],
+                flags: 0, _pad: 0, peer: 0, seen_s: now, seq: 0, ack: 0, created_s: now, addr,
+            });
         }
 
         /// The bucket never grants more than its burst plus what accrued: over any sequence of

@@ -176,30 +176,23 @@ impl ConnEntry6 {
         addr: [u8; 16],
         seen_s: u32,
     ) -> Self {
-        let zero = core::hint::black_box(0u32);
-        let a = crate::flow::words6(addr);
-        bytemuck::cast([
+        Self::hairpin(
             backend,
             service,
-            u32::from_ne_bytes([CONN_REVERSE, 0, port[0], port[1]]),
-            zero,
-            zero,
-            seen_s | zero,
-            zero,
-            zero,
-            seen_s | zero,
-            a[0],
-            a[1],
-            a[2],
-            a[3],
-        ])
+            CONN_REVERSE,
+            port,
+            addr,
+            [0; 2],
+            0,
+            seen_s,
+        )
     }
 
     /// A hairpin flow's entry ([`CONN_HAIRPIN`] or [`super::CONN_HAIRPIN_REV`]), as
-    /// [`ConnEntry4::new`] with the same fields: `port` the SNAT port (forward) or the
-    /// connecting backend's port (reverse), `addr` the VIP (forward) or the connecting
-    /// backend (reverse), `vport` the VIP port a reply's source becomes (reverse), `peer` the
-    /// connecting backend's id.
+    /// [`ConnEntry4::new`] with the same fields (and the layout [`Self::reverse`] fills):
+    /// `port` the SNAT port (forward) or the connecting backend's port (reverse), `addr` the
+    /// VIP (forward) or the connecting backend (reverse), `vport` the VIP port a reply's
+    /// source becomes (reverse), `peer` the connecting backend's id.
     #[inline(always)]
     #[must_use]
     #[expect(clippy::too_many_arguments, reason = "one per field; inlined")]
