@@ -249,41 +249,34 @@ pub const PROG_HAIRPIN: u32 = 0;
 pub const OUTBOUND_PROGRAM_NAME: &str = "lb_outbound";
 /// `LB_PROGS` slot of the outbound program.
 pub const PROG_OUTBOUND: u32 = 1;
-/// Name of the IPv6 XDP program, entered from [`PROGRAM_NAME`] by tail call for every IPv6
-/// frame: its own 512-byte stack (the IPv4 path and the IPv6 path inlined together needed
-/// 528), and its own verification.
-pub const V6_PROGRAM_NAME: &str = "lb_xdp6";
-/// `LB_PROGS` slot of the IPv6 program.
-pub const PROG_V6: u32 = 2;
-/// Name of the ICMPv6-error program, entered from [`V6_PROGRAM_NAME`] by tail call for ICMPv6
-/// errors: translating one about a tracked flow needs a stack of its own.
+/// Name of the ICMPv6-error program, entered by tail call from [`PROGRAM_NAME`]'s IPv6 path
+/// for ICMPv6 errors: translating one about a tracked flow needs a stack of its own.
 pub const ICMP6_PROGRAM_NAME: &str = "lb_icmp6";
 /// `LB_PROGS` slot of the ICMPv6-error program.
-pub const PROG_ICMP6: u32 = 3;
-/// Name of the IPv6 PIP program, entered by tail call from [`V6_PROGRAM_NAME`] (a packet to
+pub const PROG_ICMP6: u32 = 2;
+/// Name of the IPv6 PIP program, entered by tail call from the IPv6 path (a packet to
 /// or from a PIP) and from [`ICMP6_PROGRAM_NAME`] (an error from an instance that is about
 /// no balanced flow).
 pub const PIP6_PROGRAM_NAME: &str = "lb_pip6";
 /// `LB_PROGS` slot of the IPv6 PIP program.
-pub const PROG_PIP6: u32 = 4;
-/// Name of the IPv6 hairpin-SNAT program, entered from [`V6_PROGRAM_NAME`] by tail call for
-/// hairpin flows (the IPv4 one's reason: two-sided NAT needs a second key and entry, and the
-/// IPv6 program's stack has no room for them).
+pub const PROG_PIP6: u32 = 3;
+/// Name of the IPv6 hairpin-SNAT program, entered by tail call from the IPv6 path for hairpin
+/// flows (the IPv4 one's reason: two-sided NAT needs a second key and entry, and the IPv6
+/// path's stack has no room for them).
 pub const HAIRPIN6_PROGRAM_NAME: &str = "lb_hairpin6";
 /// `LB_PROGS` slot of the IPv6 hairpin program.
-pub const PROG_HAIRPIN6: u32 = 5;
-/// Name of the IPv6 trace program: the IPv6 programs end in it by tail call when `lb trace`
+pub const PROG_HAIRPIN6: u32 = 4;
+/// Name of the IPv6 trace program: the IPv6 path and programs end in it by tail call when `lb trace`
 /// is on, so that the record is written in a stack of its own (theirs are near the limit).
 pub const TRACE6_PROGRAM_NAME: &str = "lb_trace6";
 /// `LB_PROGS` slot of the IPv6 trace program.
-pub const PROG_TRACE6: u32 = 6;
+pub const PROG_TRACE6: u32 = 5;
 /// Slots of `LB_PROGS`.
-pub const PROG_SLOTS: u32 = 7;
+pub const PROG_SLOTS: u32 = 6;
 /// Every tail-call program, with its `LB_PROGS` slot.
-pub const TAIL_PROGRAMS: [(u32, &str); 7] = [
+pub const TAIL_PROGRAMS: [(u32, &str); 6] = [
     (PROG_HAIRPIN, HAIRPIN_PROGRAM_NAME),
     (PROG_OUTBOUND, OUTBOUND_PROGRAM_NAME),
-    (PROG_V6, V6_PROGRAM_NAME),
     (PROG_ICMP6, ICMP6_PROGRAM_NAME),
     (PROG_PIP6, PIP6_PROGRAM_NAME),
     (PROG_HAIRPIN6, HAIRPIN6_PROGRAM_NAME),

@@ -102,12 +102,10 @@ pub enum Reason {
     /// An ICMPv6 neighbour-discovery or router message (types 133–137): always the kernel's,
     /// untouched, even to a VIP.
     PassNdp = 38,
-    /// An IPv6 frame, but the IPv6 program is not installed (the tail call failed): passed.
-    PassV6Unavailable = 39,
 }
 
 /// Every reason, in number order.
-pub const ALL_REASONS: [Reason; 40] = [
+pub const ALL_REASONS: [Reason; 39] = [
     Reason::Forward,
     Reason::Reply,
     Reason::ForwardFib,
@@ -147,7 +145,6 @@ pub const ALL_REASONS: [Reason; 40] = [
     Reason::DropExtHeaders,
     Reason::DropRoutingHeader,
     Reason::PassNdp,
-    Reason::PassV6Unavailable,
 ];
 const _: () = assert!((ALL_REASONS.len() as u32) <= crate::consts::REASON_SLOTS);
 
@@ -195,7 +192,6 @@ impl Reason {
             Self::DropExtHeaders => "drop_ext_headers",
             Self::DropRoutingHeader => "drop_routing_header",
             Self::PassNdp => "pass_ndp",
-            Self::PassV6Unavailable => "pass_v6_unavailable",
         }
     }
 
@@ -214,7 +210,6 @@ impl Reason {
                 | Self::PassNotReply
                 | Self::PassOutboundInside
                 | Self::PassNdp
-                | Self::PassV6Unavailable
                 | Self::Outbound
                 | Self::OutboundReturn
                 | Self::PipIn
@@ -298,7 +293,6 @@ reason_class!(
         NotReply => PassNotReply,
         OutboundInside => PassOutboundInside,
         Ndp => PassNdp,
-        V6Unavailable => PassV6Unavailable,
     }
 );
 

@@ -4,8 +4,8 @@
 //! listens on and no other hairpin flow to that backend holds); the chosen backend's reply to
 //! VIP:SNAT port comes back through the LB and is translated to the connecting backend.
 //!
-//! It runs as its own XDP program (`lb_hairpin6`), which `lb_xdp6` enters by tail call for
-//! hairpin flows only. verifier: `lb_xdp6`'s frame is near the 512-byte limit, and the second
+//! It runs as its own XDP program (`lb_hairpin6`), which the IPv6 path (`family6`) enters by tail
+//! call for hairpin flows only. verifier: `family6`'s frame is near the 512-byte limit, and the second
 //! flow key and entry need about 100 bytes more; a tail call starts with a fresh stack. Only
 //! hairpin flows pay the second parse.
 
@@ -42,7 +42,7 @@ pub fn enter(ctx: &XdpContext) -> Verdict {
 /// The `lb_hairpin6` program: a reply of a hairpin flow, a tracked hairpin flow, or a new one.
 #[inline(always)]
 pub fn run(ctx: &XdpContext) -> Verdict {
-    // `lb_xdp6` only tail-calls for well-formed TCP/UDP, so these misses cannot happen; they
+    // `family6` only tail-calls for well-formed TCP/UDP, so these misses cannot happen; they
     // are still defined outcomes.
     let Ok(l2) = parse::l2(ctx) else {
         return Verdict::Pass(PassReason::Short);

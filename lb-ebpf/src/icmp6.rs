@@ -1,5 +1,5 @@
 //! ICMPv6 errors about tracked IPv6 flows: the `lb_icmp6` tail-call program, entered from
-//! `lb_xdp6` for every ICMPv6 error (destination unreachable, packet too big, time exceeded,
+//! the IPv6 path (`family6`) for every ICMPv6 error (destination unreachable, packet too big, time exceeded,
 //! parameter problem) right after the fixed header. The rules are IPv4's (`icmp.rs`):
 //! * to a VIP, about a reply the LB sent (VIP:port → client): the flow is found by the
 //!   embedded tuple reversed, and the error goes to the backend that owns it, outer
@@ -198,7 +198,7 @@ pub fn run(ctx: &XdpContext) -> Verdict {
     // SAFETY: bounds-checked above.
     let (next, dst, hop_limit) = unsafe { ((*ip).next, (*ip).dst, (*ip).hop_limit) };
     let to_vip = six::vip(dst).is_some();
-    // `lb_xdp6` sends only errors right after the fixed header; checked again here.
+    // `family6` sends only errors right after the fixed header; checked again here.
     if next != proto::ICMPV6 {
         return unmatched(to_vip);
     }

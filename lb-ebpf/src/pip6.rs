@@ -6,7 +6,7 @@
 //! fragment's checksum could not be patched (the walk stops at the fragment header), and a
 //! translated packet with a stale checksum would be lost silently at the instance.
 //!
-//! Entered from `lb_xdp6` for a packet to a PIP or from an instance, and from `lb_icmp6` for
+//! Entered from the IPv6 path (`family6`) for a packet to a PIP or from an instance, and from `lb_icmp6` for
 //! an instance's ICMPv6 error that is about no balanced flow.
 
 use aya_ebpf::programs::XdpContext;

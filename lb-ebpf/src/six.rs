@@ -7,20 +7,19 @@
 //! messages always pass; other ICMPv6 to a VIP is a counted drop. The precedence is the IPv4
 //! one: a service, else a tracked flow's reply, else to a VIP (drop), else not ours.
 //!
-//! verifier: the stack is full. `lb_xdp6`'s frame is 432 bytes (448 as the verifier rounds
-//! it; a check of the ethertype in `parse6::packet`, or moving `conntrack6::remember` or
-//! `from_backend` out of line, each made it larger, not smaller), and with its FIB fallback's
-//! 64 the chain is the verifier's 512. It is traced through a tail call (`counted!(six, ..)`
-//! in `main.rs`, `lb_trace6`), not the IPv4 exit hook's frame. What IPv6 needs beyond this
-//! (ICMPv6 errors, PIPs, hairpin SNAT) goes to programs of its own; a change that adds stack
-//! fails every fixture at load.
+//! verifier: the stack is full. `family6` (`main.rs`), which runs this, has a 432-byte frame
+//! (448 as the verifier rounds it; a check of the ethertype in `parse6::packet`, or moving
+//! `conntrack6::remember` or `from_backend` out of line, each made it larger, not smaller), and
+//! with its FIB fallback's 64 the chain is the verifier's 512. It is traced through a tail call
+//! (`counted!(six, ..)` in `main.rs`, `lb_trace6`), not the IPv4 exit hook's frame. What IPv6
+//! needs beyond this (ICMPv6 errors, PIPs, hairpin SNAT) goes to programs of its own; a change
+//! that adds stack fails every fixture at load.
 
 use core::mem::size_of;
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
     conn,
-    consts::PROG_V6,
     flow::{FlowKey6, proto},
     hash::dist_hash6,
     hdr::Ipv6Hdr,
@@ -44,24 +43,13 @@ use crate::{
     xlate6,
 };
 
-/// Hands an IPv6 frame to the IPv6 program (`lb_xdp6`). Returns only if the tail call
-/// fails (the agent has not installed it): then the kernel has the frame
-/// (`pass_v6_unavailable`), so that neighbour discovery keeps working; a VIP's packet is
-/// not the host's and the kernel drops it.
+/// Whether an IPv6 frame is surely none of ours: TCP or UDP right after the fixed header, and
+/// neither address's filter bit set. [`classify`] would pass it as `pass_not_ours` too (only a
+/// set bit can be a VIP or a backend), so the common case, IPv6 traffic that is the host's
+/// own, is passed before the extension-header walk. Anything else (a short frame, an
+/// extension header, ICMPv6) takes the walk.
 #[inline(always)]
-pub fn enter(ctx: &XdpContext) -> Verdict {
-    // SAFETY: `ctx` is this program's context; on success control never comes back.
-    unsafe { crate::maps::LB_PROGS.tail_call(ctx, PROG_V6) };
-    Verdict::Pass(PassReason::V6Unavailable)
-}
-
-/// Whether an IPv6 frame is surely none of ours, decided in `lb_xdp` before the tail call:
-/// TCP or UDP right after the fixed header, and neither address's filter bit set. Then
-/// `lb_xdp6` would pass it as `pass_not_ours` too (only a set bit can be a VIP or a backend),
-/// so the common case, IPv6 traffic that is the host's own, pays no tail call and no walk.
-/// Anything else (a short frame, an extension header, ICMPv6) is left to `lb_xdp6`.
-#[inline(always)]
-pub fn surely_not_ours(ctx: &XdpContext, l2: &parse::L2) -> bool {
+fn surely_not_ours(ctx: &XdpContext, l2: &parse::L2) -> bool {
     let Some(ip) = parse::ptr_at::<Ipv6Hdr>(ctx, l2.off) else {
         return false;
     };
@@ -77,6 +65,9 @@ pub fn run(ctx: &XdpContext) -> Verdict {
         Ok(l2) => l2,
         Err(pass) => return Verdict::Pass(pass),
     };
+    if surely_not_ours(ctx, &l2) {
+        return Verdict::Pass(PassReason::NotOurs);
+    }
     let pkt = match parse6::packet(ctx, &l2) {
         Ok(p) => p,
         Err(pass) => return Verdict::Pass(pass),

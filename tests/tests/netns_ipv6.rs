@@ -81,7 +81,6 @@ fn http_and_udp_to_the_ipv6_vip_reach_every_backend_beside_ipv4() {
         "drop_ext_headers",
         "drop_no_backend",
         "pass_no_next_hop",
-        "pass_v6_unavailable",
     ] {
         assert_eq!(r[k], 0, "{k}: {stats}");
     }

@@ -70,6 +70,13 @@ enum Cmd {
         /// Where the results go.
         #[arg(long, default_value = "target/bench")]
         out: PathBuf,
+        /// Instead of the benchmark: run one cost class (its name as in the cost table) over
+        /// and over, for a profiler (`perf record -a` beside it); prints its mean.
+        #[arg(long, value_name = "CLASS")]
+        spin: Option<String>,
+        /// Runs for --spin.
+        #[arg(long, default_value_t = 2_000_000, requires = "spin")]
+        runs: u32,
     },
     /// A Debian package (.deb) of lb: the release binary, the systemd unit, the sample config,
     /// completions, man pages and the Prometheus/Grafana examples; then unpacks and checks it.
@@ -91,7 +98,9 @@ fn main() -> ExitCode {
             quick,
             cost_only,
             out,
-        } => bench(quick, cost_only, &out),
+            spin,
+            runs,
+        } => bench(quick, cost_only, &out, spin.as_deref().map(|c| (c, runs))),
         Cmd::Fuzz { seconds } => fuzz(seconds),
         Cmd::Package { out } => package::package(&out).map(drop),
     };
@@ -349,7 +358,12 @@ fn fuzz(seconds: u64) -> anyhow::Result<()> {
         .arg("-rss_limit_mb=2048"))
 }
 
-fn bench(quick: bool, cost_only: bool, out: &Path) -> anyhow::Result<()> {
+fn bench(
+    quick: bool,
+    cost_only: bool,
+    out: &Path,
+    spin: Option<(&str, u32)>,
+) -> anyhow::Result<()> {
     setup::ensure()?;
     setup::require_root("the benchmark (it creates network namespaces and loads XDP)")?;
     // Release builds: the agent, the lab helpers and the bench measure optimised code.
@@ -361,6 +375,12 @@ fn bench(quick: bool, cost_only: bool, out: &Path) -> anyhow::Result<()> {
     }
     if cost_only {
         c.arg("--cost-only");
+    }
+    if let Some((class, runs)) = spin {
+        c.arg("--spin")
+            .arg(class)
+            .arg("--runs")
+            .arg(runs.to_string());
     }
     run(&mut c)
 }

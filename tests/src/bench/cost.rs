@@ -482,7 +482,6 @@ pub fn run(runs: u32) -> anyhow::Result<(Vec<Row>, Vec<ProgSize>)> {
                 lb_common::consts::PROGRAM_NAME,
                 lb_common::consts::HAIRPIN_PROGRAM_NAME,
                 lb_common::consts::OUTBOUND_PROGRAM_NAME,
-                lb_common::consts::V6_PROGRAM_NAME,
                 lb_common::consts::ICMP6_PROGRAM_NAME,
             ] {
                 let p: &aya::programs::Xdp =
@@ -663,4 +662,46 @@ pub fn under_flood(runs: u32) -> anyhow::Result<Row> {
 #[must_use]
 pub fn ns(d: Duration) -> f64 {
     d.as_secs_f64() * 1e9
+}
+
+/// `cargo xtask bench --spin CLASS`: one class of [`classes`] run `runs` times in a fresh lab,
+/// nothing else, so that a profiler running beside it (`perf record -a`) sees mostly this
+/// class's path. Prints the mean kernel run time (a profiler's own cost included: not a
+/// benchmark figure). Each run's action is checked as in [`measure`]; a new-flow class wraps its
+/// ports after 64 Ki runs, as there.
+///
+/// # Errors
+/// No class has that name (the error lists them), one misbehaves, or loading fails.
+pub fn spin(name: &str, runs: u32) -> anyhow::Result<()> {
+    let name = name.to_owned();
+    in_fresh_ns("bench-spin", move |netns| -> anyhow::Result<()> {
+        super::pin(0, super::measured_cpu());
+        let mut h = Harness::load(netns, CONFIG, resolver())?;
+        let all = classes(&mut h)?;
+        let Some(c) = all.iter().find(|c| c.name == name) else {
+            let names: Vec<_> = all.iter().map(|c| c.name).collect();
+            anyhow::bail!("no cost class {name:?}; the classes: {names:?}");
+        };
+        let mut f = c.frame.clone();
+        let mut next: u16 = 1024;
+        let mut sum = 0f64;
+        for _ in 0..runs {
+            if c.fresh_tuple {
+                set_sport(&mut f, next);
+                next = next.wrapping_add(1).max(1024);
+            }
+            if c.fresh_dport {
+                set_port(&mut f, 2, next);
+                next = next.wrapping_add(1).max(1024);
+            }
+            let (act, _, d) = h.run(&f);
+            ensure!(act == c.action, "{}: action {act}", c.name);
+            sum += ns(d);
+        }
+        println!(
+            "{name}: {runs} runs, mean {:.1} ns per run",
+            sum / f64::from(runs.max(1))
+        );
+        Ok(())
+    })
 }

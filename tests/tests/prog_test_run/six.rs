@@ -1,4 +1,4 @@
-//! IPv6 through the real program (`lb_xdp` → `lb_xdp6` by tail call): each class with its
+//! IPv6 through the real program (`lb_xdp`'s IPv6 path, `family6`): each class with its
 //! exact output bytes and its one counter.
 
 use std::{

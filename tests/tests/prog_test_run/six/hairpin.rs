@@ -1,4 +1,4 @@
-//! Hairpin SNAT over IPv6 (`lb_xdp6` → `lb_hairpin6` by tail call), as the IPv4 fixture in
+//! Hairpin SNAT over IPv6 (`lb_xdp` → `lb_hairpin6` by tail call), as the IPv4 fixture in
 //! `policy.rs`: exact bytes both ways, and the SNAT port search.
 
 use std::net::{Ipv6Addr, SocketAddrV6};
