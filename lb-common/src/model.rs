@@ -5,11 +5,12 @@
 //!
 //! Scope: load-balanced TCP/UDP services of either family with conntrack (one forward entry
 //! per flow, replies matched through the backends' reverse-service entries, reverse entries
-//! for shared backend endpoints, TCP state), stateless replies (IPv4), malformed and unusual
-//! frames, IPv6 extension headers and neighbour discovery. ACLs, internal VIPs, PIPs, HA
-//! ports and ICMP have fixtures of their own; [`Model::classify`] answers
-//! [`Verdict::OutOfScope`] for ICMP (and ICMPv6 other than neighbour discovery) instead of
-//! guessing. Closed flows are modelled as inside their close time (the differential test runs
+//! for shared backend endpoints, TCP state), stateless replies, HA ports, endpoint ACLs and
+//! internal VIPs (admission of new flows, first match compiled to longest prefix, a backend's
+//! own connection dropped as `drop_hairpin`), malformed and unusual frames, IPv6 extension
+//! headers and neighbour discovery. PIPs, hairpin SNAT and ICMP have fixtures of their own;
+//! [`Model::classify`] answers [`Verdict::OutOfScope`] for ICMP (and ICMPv6 other than
+//! neighbour discovery) and for a flow a VIP's hairpin SNAT would take, instead of guessing. Closed flows are modelled as inside their close time (the differential test runs
 //! the program with a close timeout far longer than itself; a fixture covers expiry).
 //!
 //! One representation for both families, the maps' agnostic one ([`crate::addr`]): an
@@ -26,7 +27,10 @@ use crate::{
     hash::{dist, dist_hash, dist_hash6},
     hdr::{ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6, IPV4_FRAG_MASK, IPV6_MAX_EXT, ext, icmpv6_is_ndp},
     maglev::slot,
-    maps::{BackendId, REV_F_SHARED, REV_F_STATELESS, RevKey, RevService, ServiceKey},
+    maps::{
+        ACL_HAIRPIN, ACL_PERMIT, BackendId, REV_F_SHARED, REV_F_STATELESS, RevKey, RevService,
+        SVC_F_INTERNAL, ServiceKey, VIP_F_HA_PORTS, VIP_F_HAIRPIN_SNAT,
+    },
     verdict::Reason,
 };
 
@@ -268,6 +272,43 @@ pub struct ModelFlow {
     pub tcp: u8,
 }
 
+/// A VIP's policy fields (`VipInfo`): its internal source set and flags.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ModelVip {
+    /// The internal VIP's source set in [`Model::acls`]; 0 for a public VIP.
+    pub ilb_id: u32,
+    /// `VIP_F_*`.
+    pub flags: u32,
+}
+
+/// A service's admission fields (`ServiceInfo`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ModelAdmission {
+    /// The endpoint's ACL set in [`Model::acls`]; 0 for none.
+    pub acl_id: u32,
+    /// `SVC_F_*`.
+    pub flags: u32,
+}
+
+/// One entry of an ACL set as the LPM maps hold it: the first `len` bits of a map-form
+/// address (an IPv4 /L is 96 + L), and the action (`ACL_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModelAclEntry {
+    pub len: u8,
+    pub addr: Addr,
+    pub action: u32,
+}
+
+/// Whether the first `len` bits of `a` and `b` are equal.
+fn prefix_eq(a: &Addr, b: &Addr, len: u8) -> bool {
+    let (bytes, bits) = (usize::from(len / 8), len % 8);
+    a[..bytes] == b[..bytes]
+        && (bits == 0 || {
+            let mask = 0xffu8 << (8 - bits);
+            a[bytes] & mask == b[bytes] & mask
+        })
+}
+
 /// The state the fast path reads, and the flows it has tracked so far, of both families (map
 /// form: see the module doc).
 #[derive(Clone, Debug, Default)]
@@ -288,6 +329,12 @@ pub struct Model {
     /// Reverse entries (flows to shared backend endpoints): reply 5-tuple → (VIP, VIP port,
     /// backend).
     pub replies: HashMap<FlowKey6, (Addr, [u8; 2], BackendId)>,
+    /// VIPs' policy fields; a VIP absent here is public, with no flags.
+    pub vip_policy: HashMap<Addr, ModelVip>,
+    /// Services' admission fields; a service absent here admits every source.
+    pub admission: HashMap<ServiceKey, ModelAdmission>,
+    /// ACL sets by (id, IPv6): each family's sets live in its own map.
+    pub acls: HashMap<(u32, bool), Vec<ModelAclEntry>>,
 }
 
 /// Whether a map-form address belongs to the family of a packet (`v6`).
@@ -322,6 +369,41 @@ impl Model {
 
     fn is_vip(&self, a: &Addr, v6: bool) -> bool {
         of_family(a, v6) && self.vips.contains(a)
+    }
+
+    /// The action of the longest prefix of set `id` (of family `v6`) that holds `src`.
+    fn acl(&self, id: u32, v6: bool, src: &Addr) -> Option<u32> {
+        self.acls
+            .get(&(id, v6))?
+            .iter()
+            .filter(|e| prefix_eq(&e.addr, src, e.len))
+            .max_by_key(|e| e.len)
+            .map(|e| e.action)
+    }
+
+    /// Admission of a new flow of service `key`, as `policy::admit`: an internal VIP's source
+    /// set first, then the endpoint's ACL. `Err` is the verdict of a refused flow, or
+    /// `OutOfScope` for a backend's own connection that hairpin SNAT takes.
+    fn admit(&self, key: &ServiceKey, flow: &FlowKey6, v6: bool) -> Result<(), Verdict> {
+        let adm = self.admission.get(key).copied().unwrap_or_default();
+        if adm.flags & SVC_F_INTERNAL != 0
+            && self.is_vip(&flow.dst, v6)
+            && let Some(vip) = self.vip_policy.get(&flow.dst)
+            && vip.ilb_id != 0
+        {
+            match self.acl(vip.ilb_id, v6, &flow.src) {
+                Some(ACL_PERMIT) => {}
+                Some(ACL_HAIRPIN) if vip.flags & VIP_F_HAIRPIN_SNAT != 0 => {
+                    return Err(Verdict::OutOfScope);
+                }
+                Some(ACL_HAIRPIN) => return Err(Verdict::Other(Reason::DropHairpin)),
+                _ => return Err(Verdict::Other(Reason::DropNotInternal)),
+            }
+        }
+        if adm.acl_id != 0 && self.acl(adm.acl_id, v6, &flow.src) != Some(ACL_PERMIT) {
+            return Err(Verdict::Other(Reason::DropAcl));
+        }
+        Ok(())
     }
 
     /// What the fast path does with `frame`, tracking new flows as it does.
@@ -377,6 +459,22 @@ impl Model {
             Some(Err(())) => true,
             None => false,
         };
+        // HA ports: a port no exact service has is the catch-all's (VIP, 0, protocol), after
+        // replies (the kernel's order: a service, a reply, then the VIP's catch-all).
+        if self.is_vip(&flow.dst, v6)
+            && self
+                .vip_policy
+                .get(&flow.dst)
+                .is_some_and(|v| v.flags & VIP_F_HA_PORTS != 0)
+        {
+            let any = ServiceKey {
+                port: [0; 2],
+                ..key
+            };
+            if self.has_service(&any, v6) {
+                return self.forward(any, flow, flags, p.ttl, v6);
+            }
+        }
         Verdict::Other(if self.is_vip(&flow.dst, v6) {
             Reason::DropNoService
         } else if refused {
@@ -420,6 +518,9 @@ impl Model {
                 },
             );
             return Verdict::Forward(f.backend);
+        }
+        if let Err(v) = self.admit(&key, &flow, v6) {
+            return v;
         }
         let table = &self.services[&key];
         let len = u32::try_from(table.len()).expect("table fits u32");
@@ -467,9 +568,15 @@ impl Model {
         if !of_family(&flow.src, v6) {
             return None;
         }
-        let rev = *self
+        // An HA-ports backend's entry has port 0: it answers from every port, and its
+        // replies come from the port the client sent to.
+        let mut rev = *self
             .revs
-            .get(&RevKey::of(flow.src, flow.sport, flow.proto))?;
+            .get(&RevKey::of(flow.src, flow.sport, flow.proto))
+            .or_else(|| self.revs.get(&RevKey::of(flow.src, [0; 2], flow.proto)))?;
+        if rev.vport == [0; 2] {
+            rev.vport = flow.sport;
+        }
         if rev.flags & REV_F_STATELESS != 0 {
             if self.locals.contains(&flow.dst) {
                 return None;

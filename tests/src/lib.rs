@@ -5,6 +5,7 @@
 //! test panics; leftovers of killed runs (dead pids) are swept when a new lab starts.
 
 pub mod bench;
+pub mod differential;
 pub mod fixture;
 pub mod lab;
 pub mod netns;

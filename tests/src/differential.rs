@@ -1,0 +1,509 @@
+//! The kernel against the model, one frame at a time: the comparison shared by the randomised
+//! differential test (`tests/differential.rs`) and the kernel fuzz target (`tests/fuzz`).
+//!
+//! A frame goes through the real program (`BPF_PROG_TEST_RUN`) and through
+//! `lb_common::model`. They must agree on the verdict: the action, the one reason counter that
+//! moved, the backend a forwarded frame went to (read from the output's destination), the VIP
+//! and port a reply now comes from. And on the output bytes: a passed frame comes out
+//! untouched; a forwarded or reverse-NATed one is the input with exactly the fields the
+//! translation owns changed (MACs, the rewritten address and port, TTL or hop limit minus one,
+//! the checksums), and its checksums are valid exactly when the input's were (incremental
+//! updates keep a broken checksum broken, and never break a good one).
+
+use std::net::SocketAddr;
+
+use lb_common::{
+    addr::{Addr, as_v4, to_ip},
+    csum,
+    flow::proto,
+    maps::{RevKey, RevService, ServiceKey, VipInfo},
+    model::{self, Model, ModelAclEntry, ModelAdmission, ModelBackend, ModelVip, Parsed, Verdict},
+    verdict::{ALL_REASONS, Reason},
+};
+
+use crate::{
+    fixture::{FixedResolver, Harness, XDP_DROP, XDP_PASS, XDP_TX},
+    packet::{CLIENT_MAC, LB_MAC, hex},
+};
+
+/// The MAC every backend's next hop has (`FixedResolver::all_on_lo`).
+pub const BACKEND_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x11];
+
+/// Every backend and client resolved to `lo` ([`BACKEND_MAC`], `CLIENT_MAC`).
+#[must_use]
+pub fn resolver() -> FixedResolver {
+    FixedResolver::all_on_lo(BACKEND_MAC)
+}
+
+/// The state both sides start from, the same in each family: services over backends shared
+/// between them, a port forward, a shared endpoint, stateless replies, source affinity, a
+/// service without backends, an endpoint ACL, and an internal VIP with HA ports. The close timeout is far longer than any run (the model treats closed
+/// flows as within it).
+pub const CONFIG: &str = r#"
+[agent]
+ring_slots = 16384
+conntrack_flows = 65536
+tcp_close_timeout = 3600
+
+[[service]]
+vip = "203.0.113.10:80/tcp"
+backends = ["192.0.2.11", "192.0.2.12:8080", "192.0.2.13"]
+table_size = 251
+
+[[service]]
+vip = "203.0.113.10:53/udp"
+backends = ["192.0.2.11", "192.0.2.12"]
+table_size = 251
+
+[[service]]
+vip = "203.0.113.11:443/tcp"
+backends = ["192.0.2.14", "192.0.2.15", "192.0.2.16", "192.0.2.17"]
+table_size = 1021
+
+# 192.0.2.14:443 also serves this one: a shared endpoint.
+[[service]]
+vip = "203.0.113.12:443/tcp"
+backends = ["192.0.2.14"]
+table_size = 251
+
+# Stateless replies: every packet from 192.0.2.18:8443 is a reply, except to the LB itself.
+[[service]]
+vip = "203.0.113.13:8443/tcp"
+backends = ["192.0.2.18"]
+table_size = 251
+replies = "stateless"
+
+# Source affinity, and source and protocol: the hash covers less of the 5-tuple.
+[[service]]
+vip = "203.0.113.14:80/tcp"
+backends = ["192.0.2.20", "192.0.2.21", "192.0.2.22"]
+table_size = 251
+distribution = "source-ip"
+
+[[service]]
+vip = "203.0.113.14:53/udp"
+backends = ["192.0.2.20", "192.0.2.21", "192.0.2.22"]
+table_size = 251
+distribution = "source-ip-protocol"
+
+# A service with no backend: new flows are dropped.
+[[service]]
+vip = "203.0.113.11:444/tcp"
+table_size = 251
+
+# An endpoint ACL, first match: 198.51.100.2 denied, the rest of .0/30 permitted, all else
+# denied by default.
+[[service]]
+vip = "203.0.113.15:80/tcp"
+backends = ["192.0.2.11", "192.0.2.13"]
+table_size = 251
+acl = [
+  { order = 10, action = "deny", prefix = "198.51.100.2/32" },
+  { order = 20, action = "permit", prefix = "198.51.100.0/30" },
+]
+
+# An internal VIP with HA ports: every TCP and UDP port, for sources in 198.51.100.0/31 only;
+# its own backends connecting to it are dropped (no hairpin SNAT). An HA-ports backend serves
+# nothing else (it answers from every port).
+[[service]]
+vip = "203.0.113.16:0/any"
+backends = ["192.0.2.30", "192.0.2.31"]
+table_size = 251
+internal = ["198.51.100.0/31"]
+
+# The same shapes over IPv6.
+[[service]]
+vip = "[2001:db8:3::10]:80/tcp"
+backends = ["2001:db8:2::11", "[2001:db8:2::12]:8080", "2001:db8:2::13"]
+table_size = 251
+
+[[service]]
+vip = "[2001:db8:3::10]:53/udp"
+backends = ["2001:db8:2::11", "2001:db8:2::12"]
+table_size = 251
+
+[[service]]
+vip = "[2001:db8:3::11]:443/tcp"
+backends = ["2001:db8:2::14", "2001:db8:2::15", "2001:db8:2::16", "2001:db8:2::17"]
+table_size = 1021
+
+[[service]]
+vip = "[2001:db8:3::12]:443/tcp"
+backends = ["2001:db8:2::14"]
+table_size = 251
+
+[[service]]
+vip = "[2001:db8:3::13]:8443/tcp"
+backends = ["2001:db8:2::18"]
+table_size = 251
+replies = "stateless"
+
+[[service]]
+vip = "[2001:db8:3::14]:80/tcp"
+backends = ["2001:db8:2::20", "2001:db8:2::21", "2001:db8:2::22"]
+table_size = 251
+distribution = "source-ip"
+
+[[service]]
+vip = "[2001:db8:3::14]:53/udp"
+backends = ["2001:db8:2::20", "2001:db8:2::21", "2001:db8:2::22"]
+table_size = 251
+distribution = "source-ip-protocol"
+
+[[service]]
+vip = "[2001:db8:3::11]:444/tcp"
+table_size = 251
+
+[[service]]
+vip = "[2001:db8:3::15]:80/tcp"
+backends = ["2001:db8:2::11", "2001:db8:2::13"]
+table_size = 251
+acl = [
+  { order = 10, action = "deny", prefix = "2001:db8:1::2/128" },
+  { order = 20, action = "permit", prefix = "2001:db8:1::/126" },
+]
+
+[[service]]
+vip = "[2001:db8:3::16]:0/any"
+backends = ["2001:db8:2::30", "2001:db8:2::31"]
+table_size = 251
+internal = ["2001:db8:1::/127"]
+"#;
+
+/// Builds the model from what the agent installed in both families' maps (tables, backends,
+/// VIPs, reverse-service entries, local addresses): the kernel's job under test is what it
+/// does with them. No flows: the model starts with an empty conntrack, as a fresh load does.
+///
+/// # Panics
+/// A map cannot be read.
+#[must_use]
+pub fn model_of(h: &Harness) -> Model {
+    let maps = h.rec.maps();
+    let mut m = Model {
+        seed: h.seed,
+        ..Model::default()
+    };
+    let mut tables = Vec::new();
+    for item in &maps.services {
+        let (key, info) = item.expect("service entry");
+        tables.push((ServiceKey::from_v4(&key), info));
+    }
+    for item in &maps.services6 {
+        let (key, info) = item.expect("IPv6 service entry");
+        tables.push((ServiceKey::from_v6(&key), info));
+    }
+    for (key, info) in tables {
+        let table: Vec<u32> = (info.table_off..info.table_off + info.table_len)
+            .map(|i| maps.ring.get(&i, 0).expect("ring slot"))
+            .collect();
+        for &id in &table {
+            if id == 0 || m.backends.contains_key(&id) {
+                continue;
+            }
+            let b = if as_v4(&key.vip).is_some() {
+                let b = maps.backends.get(&id, 0).expect("backend");
+                ModelBackend {
+                    addr: lb_common::addr::v4_mapped(b.addr),
+                    port: b.port,
+                    active: b.is_active(),
+                }
+            } else {
+                let b = maps.backends6.get(&id, 0).expect("IPv6 backend");
+                ModelBackend {
+                    addr: b.addr,
+                    port: b.port,
+                    active: b.is_active(),
+                }
+            };
+            m.backends.insert(id, b);
+        }
+        m.modes.insert(key, info.distribution());
+        m.admission.insert(
+            key,
+            ModelAdmission {
+                acl_id: info.acl_id,
+                flags: info.flags,
+            },
+        );
+        m.services.insert(key, table);
+    }
+    let mut vips: Vec<(Addr, VipInfo)> = Vec::new();
+    for item in &maps.vips {
+        let (k, v) = item.expect("vip");
+        vips.push((lb_common::addr::v4_mapped(k), v));
+    }
+    for item in &maps.vips6 {
+        vips.push(item.expect("IPv6 vip"));
+    }
+    for (addr, v) in vips {
+        m.vips.insert(addr);
+        m.vip_policy.insert(
+            addr,
+            ModelVip {
+                ilb_id: v.ilb_id,
+                flags: v.flags,
+            },
+        );
+    }
+    // ACL sets: the key is the set id (big-endian) and then the address; its prefix counts
+    // the id's 32 bits too.
+    let mut entry = |v6: bool, len: u32, data: &[u8], action: u32| {
+        let id = u32::from_be_bytes([data[0], data[1], data[2], data[3]]);
+        let (addr, len) = if v6 {
+            let mut a = [0u8; 16];
+            a.copy_from_slice(&data[4..20]);
+            (a, len - 32)
+        } else {
+            let a = lb_common::addr::v4_mapped([data[4], data[5], data[6], data[7]]);
+            (a, 96 + len - 32)
+        };
+        m.acls.entry((id, v6)).or_default().push(ModelAclEntry {
+            len: u8::try_from(len).expect("a prefix length"),
+            addr,
+            action,
+        });
+    };
+    for item in &maps.acl {
+        let (k, v) = item.expect("ACL entry");
+        entry(false, k.prefix_len(), &k.data(), v.action);
+    }
+    for item in &maps.acl6 {
+        let (k, v) = item.expect("IPv6 ACL entry");
+        entry(true, k.prefix_len(), &k.data(), v.action);
+    }
+    for k in maps.locals6.keys() {
+        m.locals.insert(k.expect("local IPv6 address"));
+    }
+    for k in maps.locals.keys() {
+        m.locals
+            .insert(lb_common::addr::v4_mapped(k.expect("local address")));
+    }
+    for item in &maps.revsvc {
+        let (k, v) = item.expect("reverse-service entry");
+        m.revs.insert(RevKey::from_v4(&k), RevService::from_v4(&v));
+    }
+    for item in &maps.revsvc6 {
+        let (k, v) = item.expect("IPv6 reverse-service entry");
+        m.revs.insert(RevKey::from_v6(&k), RevService::from_v6(&v));
+    }
+    m
+}
+
+/// Forgets every tracked flow on both sides: the kernel's conntrack maps emptied, the model's
+/// flows and reverse entries cleared. Between fuzz inputs, so that each input is judged from
+/// the same state (and replays alike).
+///
+/// # Panics
+/// A conntrack map cannot be read or written.
+pub fn forget_flows(h: &mut Harness, model: &mut Model) {
+    let maps = h.rec.maps_mut();
+    let keys4: Vec<_> = maps
+        .side
+        .conntrack
+        .keys()
+        .map(|k| k.expect("key"))
+        .collect();
+    for k in keys4 {
+        // An entry the LRU evicted meanwhile is gone already.
+        let _ = maps.side.conntrack.remove(&k);
+    }
+    let keys6: Vec<_> = maps
+        .side
+        .conntrack6
+        .keys()
+        .map(|k| k.expect("key"))
+        .collect();
+    for k in keys6 {
+        let _ = maps.side.conntrack6.remove(&k);
+    }
+    model.flows.clear();
+    model.replies.clear();
+}
+
+/// Whether the IPv4 header checksum (IPv4) and the TCP/UDP checksum of a parsed frame are
+/// valid; `None` when the frame's lengths do not describe a segment inside it.
+#[must_use]
+pub fn checksums_ok(out: &[u8]) -> Option<(bool, bool)> {
+    let p = model::parse(out).ok()?;
+    let l3 = p.l3_off;
+    let be16 = |at: usize| {
+        out.get(at..at + 2)
+            .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+    };
+    let (end, ip_ok) = if p.v6 {
+        (l3 + 40 + be16(l3 + 4)?, true)
+    } else {
+        (
+            l3 + be16(l3 + 2)?,
+            csum::ipv4_header(out.get(l3..l3 + 20)?) == 0,
+        )
+    };
+    let seg = out.get(p.l4_off..end)?;
+    let c = match (as_v4(&p.src), as_v4(&p.dst)) {
+        (Some(s), Some(d)) if !p.v6 => csum::l4_v4(s, d, p.proto, seg),
+        _ => csum::l4_v6(p.src, p.dst, p.proto, seg),
+    };
+    // A segment summed with its own valid checksum folds to zero (UDP reports that as
+    // 0xffff).
+    Some((ip_ok, c == 0 || c == 0xffff))
+}
+
+/// What one comparison found, when the two sides agreed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Agreed {
+    /// Same verdict and output; the reason counted.
+    Verdict(Reason),
+    /// The model has no opinion (ICMP): the kernel's reason, not compared.
+    OutOfScope(Reason),
+}
+
+/// The output bytes a translated frame must have: `input` with the translation's fields
+/// rewritten (addresses, ports, TTL, MACs as `dmac`, or the output's own for a FIB-resolved
+/// hop), the checksum fields taken from `out` (they are checked for validity instead).
+fn expected(input: &[u8], out: &[u8], p: &Parsed, v: Verdict, model: &Model, fib: bool) -> Vec<u8> {
+    let mut e = input.to_vec();
+    let (l3, l4) = (p.l3_off, p.l4_off);
+    let (alen, src_at, dst_at, ttl_at) = if p.v6 {
+        (16, l3 + 8, l3 + 24, l3 + 7)
+    } else {
+        (4, l3 + 12, l3 + 16, l3 + 8)
+    };
+    let tail = |a: &[u8; 16]| a[16 - alen..].to_vec();
+    match v {
+        Verdict::Forward(id) => {
+            let b = model.backends[&id];
+            e[dst_at..dst_at + alen].copy_from_slice(&tail(&b.addr));
+            if b.port != [0; 2] {
+                e[l4 + 2..l4 + 4].copy_from_slice(&b.port);
+            }
+            e[0..6].copy_from_slice(&BACKEND_MAC);
+        }
+        Verdict::Reply(vip, port) => {
+            e[src_at..src_at + alen].copy_from_slice(&tail(&vip));
+            e[l4..l4 + 2].copy_from_slice(&port);
+            e[0..6].copy_from_slice(&CLIENT_MAC);
+        }
+        Verdict::Other(_) | Verdict::OutOfScope => return e,
+    }
+    e[6..12].copy_from_slice(&LB_MAC);
+    if fib {
+        e[0..12].copy_from_slice(&out[0..12]);
+    }
+    e[ttl_at] = e[ttl_at].wrapping_sub(1);
+    let mut take = |at: usize| {
+        if let (Some(d), Some(s)) = (e.get_mut(at..at + 2), out.get(at..at + 2)) {
+            d.copy_from_slice(s);
+        }
+    };
+    if !p.v6 {
+        take(l3 + 10);
+    }
+    take(l4 + if p.proto == proto::TCP { 16 } else { 6 });
+    e
+}
+
+/// Runs `frame` through the program in `h` and through `model` (which tracks its new flows as
+/// the program does); `Err` describes the first disagreement.
+///
+/// # Errors
+/// A mismatch: in the verdict, the counters, the action, or the output bytes.
+///
+/// # Panics
+/// `BPF_PROG_TEST_RUN` fails, or the counters cannot be read.
+pub fn compare(h: &mut Harness, model: &mut Model, frame: &[u8]) -> Result<Agreed, String> {
+    let want = model.classify(frame);
+    let before = h.counts();
+    let (action, out, _) = h.run(frame);
+    let after = h.counts();
+    let moved: Vec<Reason> = ALL_REASONS
+        .iter()
+        .copied()
+        .filter(|r| after[*r as usize] != before[*r as usize])
+        .collect();
+    let [reason] = moved[..] else {
+        return Err(format!(
+            "counters moved {moved:?} (model {want:?}); frame {}",
+            hex(frame)
+        ));
+    };
+    let action_ok = match reason {
+        Reason::Forward | Reason::ForwardFib | Reason::Reply => action == XDP_TX,
+        r if r.is_drop() => action == XDP_DROP,
+        _ => action == XDP_PASS || action == XDP_TX,
+    };
+    if want == Verdict::OutOfScope {
+        return if action_ok {
+            Ok(Agreed::OutOfScope(reason))
+        } else {
+            Err(format!(
+                "{reason:?} with action {action}; frame {}",
+                hex(frame)
+            ))
+        };
+    }
+    let parsed_out = || model::parse(&out).ok().and_then(|p| p.flow).map(|(k, _)| k);
+    let got = match (reason, parsed_out()) {
+        (Reason::Forward | Reason::ForwardFib, Some(k)) => {
+            // The backend the kernel chose, from the output's destination.
+            // An HA-ports backend has no port of its own: the flow keeps the one it had.
+            let is = |b: &ModelBackend| b.addr == k.dst && (b.port == k.dport || b.port == [0; 2]);
+            // An endpoint of two services has two ids: the model's, if it is that one.
+            match want {
+                Verdict::Forward(w) if model.backends.get(&w).is_some_and(is) => want,
+                _ => model
+                    .backends
+                    .iter()
+                    .find(|(_, b)| is(b))
+                    .map_or(Verdict::Other(Reason::Forward), |(id, _)| {
+                        Verdict::Forward(*id)
+                    }),
+            }
+        }
+        (Reason::Reply, Some(k)) => Verdict::Reply(k.src, k.sport),
+        (r, _) => Verdict::Other(r),
+    };
+    let fail = |what: &str| {
+        Err(format!(
+            "{what}: kernel {got:?} (action {action}), model {want:?}; frame {}; out {}",
+            hex(frame),
+            hex(&out)
+        ))
+    };
+    if got != want {
+        return fail("verdicts differ");
+    }
+    if !action_ok {
+        return fail("action");
+    }
+    let translated = matches!(reason, Reason::Forward | Reason::ForwardFib | Reason::Reply);
+    if action == XDP_PASS && reason != Reason::PassNoNextHop && out != frame {
+        return fail("a passed frame was changed");
+    }
+    if translated {
+        let p = model::parse(frame).map_err(|r| format!("translated, yet {r:?}"))?;
+        let e = expected(frame, &out, &p, want, model, reason == Reason::ForwardFib);
+        if out != e {
+            return fail(&format!("output bytes (expected {})", hex(&e)));
+        }
+        if checksums_ok(frame) != checksums_ok(&out) {
+            return fail(&format!(
+                "checksum validity (in {:?}, out {:?})",
+                checksums_ok(frame),
+                checksums_ok(&out)
+            ));
+        }
+        if !p.v6 && p.proto == proto::UDP && frame[p.l4_off + 6..p.l4_off + 8] == [0, 0] {
+            // An IPv4 UDP datagram without a checksum keeps none.
+            if out[p.l4_off + 6..p.l4_off + 8] != [0, 0] {
+                return fail("an IPv4 UDP checksum of zero was written");
+            }
+        }
+    }
+    Ok(Agreed::Verdict(reason))
+}
+
+/// `SocketAddr` of a model backend (its family's address and port).
+#[must_use]
+pub fn backend_addr(b: &ModelBackend) -> SocketAddr {
+    SocketAddr::new(to_ip(&b.addr), u16::from_be_bytes(b.port))
+}
