@@ -204,6 +204,7 @@ impl Harness {
 /// # Panics
 /// `BPF_PROG_TEST_RUN` fails.
 pub fn run_once(prog: &mut aya::programs::Xdp, input: &[u8]) -> (u32, Vec<u8>, Duration) {
+    dump_seed(input);
     let mut out = vec![0u8; input.len() + 256];
     let mut ctx = [0u8; 24]; // struct xdp_md
     ctx[4..8].copy_from_slice(&u32::try_from(input.len()).expect("len").to_ne_bytes()); // data_end
@@ -218,6 +219,25 @@ pub fn run_once(prog: &mut aya::programs::Xdp, input: &[u8]) -> (u32, Vec<u8>, D
         .expect("BPF_PROG_TEST_RUN");
     out.truncate(r.data_size_out as usize);
     (r.return_value, out, r.duration)
+}
+
+/// With `LB_FRAME_DUMP=DIR` set (`cargo xtask fuzz --kernel --reseed`), every frame run is
+/// also written to DIR as a seed of the kernel fuzz target: its raw form, a zero byte and the
+/// frame, named by the frame's FNV-1a hash (the same frame twice is one file).
+///
+/// # Panics
+/// The file cannot be written.
+fn dump_seed(input: &[u8]) {
+    static DIR: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    let Some(dir) = DIR.get_or_init(|| std::env::var_os("LB_FRAME_DUMP").map(PathBuf::from)) else {
+        return;
+    };
+    let h = input.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let mut seed = vec![0u8];
+    seed.extend_from_slice(input);
+    std::fs::write(dir.join(format!("frame-{h:016x}")), seed).expect("write a seed frame");
 }
 
 /// Where a harness in `ns` pins its maps.

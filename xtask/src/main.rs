@@ -12,6 +12,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
+mod kfuzz;
 mod package;
 mod setup;
 
@@ -50,11 +51,21 @@ enum Cmd {
     /// default config, real HTTP and UDP requests through the VIP, counters, teardown.
     Demo,
     /// The coverage-guided fuzz target over lb-common's packet parsing and classification,
-    /// for a bounded time (installs cargo-fuzz 0.13.2 the first time).
+    /// for a bounded time (installs cargo-fuzz 0.13.2 the first time). With --kernel, the
+    /// differential target instead: every input through the real XDP program and the model,
+    /// which must agree (root).
     Fuzz {
         /// How long to fuzz.
         #[arg(long, default_value_t = 60)]
         seconds: u64,
+        /// The kernel differential target (tests/fuzz).
+        #[arg(long)]
+        kernel: bool,
+        /// With --kernel, instead of fuzzing: rebuild its checked-in seed corpus from every
+        /// frame the fixture and corpus tests run, merged with what earlier rounds found, then
+        /// minimised (cargo fuzz cmin).
+        #[arg(long, requires = "kernel")]
+        reseed: bool,
     },
     /// The benchmark (root): cost per packet per traffic class, throughput through the real
     /// path next to the minimal XDP forwarder and nftables DNAT, scale curves, control plane.
@@ -101,7 +112,21 @@ fn main() -> ExitCode {
             spin,
             runs,
         } => bench(quick, cost_only, &out, spin.as_deref().map(|c| (c, runs))),
-        Cmd::Fuzz { seconds } => fuzz(seconds),
+        Cmd::Fuzz {
+            seconds,
+            kernel: false,
+            ..
+        } => fuzz(seconds),
+        Cmd::Fuzz {
+            kernel: true,
+            reseed: true,
+            ..
+        } => kfuzz::reseed(),
+        Cmd::Fuzz {
+            seconds,
+            kernel: true,
+            ..
+        } => kfuzz::run(seconds),
         Cmd::Package { out } => package::package(&out).map(drop),
     };
     match r {
@@ -254,8 +279,10 @@ fn test(host_only: bool, args: &[String]) -> anyhow::Result<()> {
         .args(["--", "--test-threads=1"])
         .args(args);
     total.add(run_tests(&mut c)?);
-    // The fuzz target, in its bounded form: a crash fails the run like a failed test.
+    // The fuzz targets, in their bounded form: a crash or a disagreement fails the run like
+    // a failed test.
     fuzz(FUZZ_SECONDS_IN_TEST)?;
+    kfuzz::run(KERNEL_FUZZ_SECONDS_IN_TEST)?;
     // The .deb, built, unpacked and checked (its lb --version, completions, man pages).
     package::package(&root().join("target/package"))?;
     eprintln!("\nall tests passed in {:.0?}", started.elapsed());
@@ -342,6 +369,8 @@ fn demo() -> anyhow::Result<()> {
 
 /// How long `cargo xtask test` fuzzes (`cargo xtask fuzz` runs longer rounds).
 const FUZZ_SECONDS_IN_TEST: u64 = 30;
+/// How long `cargo xtask test` runs the kernel differential target.
+const KERNEL_FUZZ_SECONDS_IN_TEST: u64 = 60;
 
 fn fuzz(seconds: u64) -> anyhow::Result<()> {
     setup::ensure()?;
