@@ -7,11 +7,13 @@
 //! per flow, replies matched through the backends' reverse-service entries, reverse entries
 //! for shared backend endpoints, TCP state), stateless replies, HA ports, endpoint ACLs and
 //! internal VIPs (admission of new flows, first match compiled to longest prefix, a backend's
-//! own connection dropped as `drop_hairpin`), malformed and unusual frames, IPv6 extension
-//! headers and neighbour discovery. PIPs, hairpin SNAT and ICMP have fixtures of their own;
-//! [`Model::classify`] answers [`Verdict::OutOfScope`] for ICMP (and ICMPv6 other than
-//! neighbour discovery) and for a flow a VIP's hairpin SNAT would take, instead of guessing. Closed flows are modelled as inside their close time (the differential test runs
-//! the program with a close timeout far longer than itself; a fixture covers expiry).
+//! own connection dropped as `drop_hairpin`), PIPs (every protocol, both ways), malformed and
+//! unusual frames, IPv6 extension headers and neighbour discovery. Hairpin SNAT and ICMP have
+//! fixtures of their own; [`Model::classify`] answers [`Verdict::OutOfScope`] for ICMP (and
+//! ICMPv6 other than neighbour discovery) and for a flow a VIP's hairpin SNAT would take,
+//! instead of guessing. Closed flows are modelled as inside their close time (the
+//! differential test runs the program with a close timeout far longer than itself; a fixture
+//! covers expiry).
 //!
 //! One representation for both families, the maps' agnostic one ([`crate::addr`]): an
 //! address is 16 bytes (IPv4 mapped), a 5-tuple a [`FlowKey6`] of such addresses. A tuple's
@@ -258,6 +260,9 @@ pub enum Verdict {
     /// Backend → client reply of a tracked flow, its source rewritten to this VIP (map form)
     /// and port.
     Reply(Addr, [u8; 2]),
+    /// To a PIP or from its instance: 1:1 NAT to this address (the instance inbound, `true`;
+    /// the PIP outbound), sent.
+    Pip(Addr, bool),
     /// Every other outcome, by its reason.
     Other(Reason),
     /// Outside the model (ICMP, ICMPv6 other than neighbour discovery).
@@ -335,6 +340,9 @@ pub struct Model {
     pub admission: HashMap<ServiceKey, ModelAdmission>,
     /// ACL sets by (id, IPv6): each family's sets live in its own map.
     pub acls: HashMap<(u32, bool), Vec<ModelAclEntry>>,
+    /// PIP → its instance, and instance → its PIP (`LB_PIPS*`, `LB_PIP_REV*`).
+    pub pips: HashMap<Addr, Addr>,
+    pub pip_rev: HashMap<Addr, Addr>,
 }
 
 /// Whether a map-form address belongs to the family of a packet (`v6`).
@@ -369,6 +377,35 @@ impl Model {
 
     fn is_vip(&self, a: &Addr, v6: bool) -> bool {
         of_family(a, v6) && self.vips.contains(a)
+    }
+
+    /// A packet to a PIP or from a PIP's instance, as `pip.rs` (IPv4) and `pip6.rs` (IPv6)
+    /// treat it; `None` when it is neither (or, for IPv4, too malformed to translate: it is
+    /// then looked at as any other packet). Every protocol; IPv4 fragments and options are
+    /// translated, an IPv6 packet the walk could not pass keeps its drop reason.
+    fn pip(&self, p: &Parsed, v6: bool) -> Option<Verdict> {
+        let (to, inbound) = if of_family(&p.dst, v6)
+            && let Some(i) = self.pips.get(&p.dst)
+        {
+            (*i, true)
+        } else if of_family(&p.src, v6)
+            && let Some(a) = self.pip_rev.get(&p.src)
+        {
+            (*a, false)
+        } else {
+            return None;
+        };
+        match p.problem {
+            None | Some(Reason::DropProto) => {}
+            Some(Reason::DropMalformed) if v6 => return Some(Verdict::Other(Reason::PassNotOurs)),
+            Some(Reason::DropMalformed) => return None,
+            Some(r) if v6 => return Some(Verdict::Other(r)),
+            Some(_) => {}
+        }
+        if p.ttl <= 1 {
+            return Some(Verdict::Other(Reason::DropTtl));
+        }
+        Some(Verdict::Pip(to, inbound))
     }
 
     /// The action of the longest prefix of set `id` (of family `v6`) that holds `src`.
@@ -421,6 +458,17 @@ impl Model {
             if !v6 && p.proto == proto::ICMP {
                 return Verdict::OutOfScope;
             }
+            // ICMPv6 to a PIP or from its instance: translated with its checksum (and an
+            // instance's error first offered to `lb_icmp6`): out of scope.
+            if v6
+                && p.proto == proto::ICMPV6
+                && (self.pips.contains_key(&p.dst) || self.pip_rev.contains_key(&p.src))
+            {
+                return Verdict::OutOfScope;
+            }
+            if let Some(v) = self.pip(&p, v6) {
+                return v;
+            }
             // ICMPv6: errors go to `lb_icmp6` (to a VIP or not), echo requests are rate
             // limited; any other to a VIP is `drop_proto` below.
             if let Some((t, code, direct)) = p.icmp6
@@ -459,8 +507,14 @@ impl Model {
             Some(Err(())) => true,
             None => false,
         };
+        // A PIP, after services and replies (an instance can also be a VIP's backend), also
+        // for a packet its flow refused as a reply: its client may have reused the port to
+        // reach the instance through the PIP.
+        if let Some(v) = self.pip(&p, v6) {
+            return v;
+        }
         // HA ports: a port no exact service has is the catch-all's (VIP, 0, protocol), after
-        // replies (the kernel's order: a service, a reply, then the VIP's catch-all).
+        // replies and PIPs (the kernel's order).
         if self.is_vip(&flow.dst, v6)
             && self
                 .vip_policy

@@ -174,9 +174,12 @@ fn classify(pkt: &Packet6) -> Class6 {
                 FromBackend6::None => {}
             }
         }
-        // A PIP, after VIP flows (a DIP can also be a VIP's backend). A packet its flow
-        // refused as a reply stays the kernel's, as for IPv4.
-        if not_ours == PassReason::NotOurs && is_pip((to_us, &flow.dst), (from_us, &flow.src)) {
+        // A PIP, after VIP flows (a DIP can also be a VIP's backend), and, as for IPv4, also
+        // for a packet its flow refused as a reply: the client may have reused its port to
+        // reach the instance through the PIP, and that connection's replies must leave from
+        // the PIP, not from the DIP. (This once kept such a packet the kernel's, unlike IPv4;
+        // the kernel differential test found it.)
+        if is_pip((to_us, &flow.dst), (from_us, &flow.src)) {
             return Class6::Pip;
         }
         if !to_us {

@@ -37,7 +37,8 @@ pub fn resolver() -> FixedResolver {
 
 /// The state both sides start from, the same in each family: services over backends shared
 /// between them, a port forward, a shared endpoint, stateless replies, source affinity, a
-/// service without backends, an endpoint ACL, and an internal VIP with HA ports. The close timeout is far longer than any run (the model treats closed
+/// service without backends, an endpoint ACL, an internal VIP with HA ports, and a PIP whose
+/// instance is also a backend. The close timeout is far longer than any run (the model treats closed
 /// flows as within it).
 pub const CONFIG: &str = r#"
 [agent]
@@ -111,6 +112,12 @@ backends = ["192.0.2.30", "192.0.2.31"]
 table_size = 251
 internal = ["198.51.100.0/31"]
 
+# A PIP whose instance is also a backend above (of 203.0.113.11:443): every protocol to and
+# from it, and a reply its VIP flow refuses still leaves from the PIP.
+[[pip]]
+pip = "203.0.113.17"
+dip = "192.0.2.15"
+
 # The same shapes over IPv6.
 [[service]]
 vip = "[2001:db8:3::10]:80/tcp"
@@ -162,6 +169,10 @@ acl = [
   { order = 10, action = "deny", prefix = "2001:db8:1::2/128" },
   { order = 20, action = "permit", prefix = "2001:db8:1::/126" },
 ]
+
+[[pip]]
+pip = "2001:db8:3::17"
+dip = "2001:db8:2::15"
 
 [[service]]
 vip = "[2001:db8:3::16]:0/any"
@@ -244,6 +255,28 @@ pub fn model_of(h: &Harness) -> Model {
                 flags: v.flags,
             },
         );
+    }
+    for item in &maps.pips {
+        let (k, e) = item.expect("PIP");
+        m.pips.insert(
+            lb_common::addr::v4_mapped(k),
+            lb_common::addr::v4_mapped(e.addr),
+        );
+    }
+    for item in &maps.pip_rev {
+        let (k, e) = item.expect("PIP instance");
+        m.pip_rev.insert(
+            lb_common::addr::v4_mapped(k),
+            lb_common::addr::v4_mapped(e.addr),
+        );
+    }
+    for item in &maps.pips6 {
+        let (k, e) = item.expect("IPv6 PIP");
+        m.pips.insert(k, e.addr);
+    }
+    for item in &maps.pip_rev6 {
+        let (k, e) = item.expect("IPv6 PIP instance");
+        m.pip_rev.insert(k, e.addr);
     }
     // ACL sets: the key is the set id (big-endian) and then the address; its prefix counts
     // the id's 32 bits too.
@@ -383,6 +416,12 @@ fn expected(input: &[u8], out: &[u8], p: &Parsed, v: Verdict, model: &Model, fib
             e[l4..l4 + 2].copy_from_slice(&port);
             e[0..6].copy_from_slice(&CLIENT_MAC);
         }
+        // In: to the instance's next hop; out: by the client route.
+        Verdict::Pip(to, inbound) => {
+            let at = if inbound { dst_at } else { src_at };
+            e[at..at + alen].copy_from_slice(&tail(&to));
+            e[0..6].copy_from_slice(if inbound { &BACKEND_MAC } else { &CLIENT_MAC });
+        }
         Verdict::Other(_) | Verdict::OutOfScope => return e,
     }
     e[6..12].copy_from_slice(&LB_MAC);
@@ -395,10 +434,22 @@ fn expected(input: &[u8], out: &[u8], p: &Parsed, v: Verdict, model: &Model, fib
             d.copy_from_slice(s);
         }
     };
+    // The L4 checksum where the program patches one: TCP and UDP, for IPv4 in a first
+    // fragment only (a later one has no L4 header), after the real header length (options).
+    let (l4, first) = if p.v6 {
+        (l4, true)
+    } else {
+        let frag = u16::from_be_bytes([input[l3 + 6], input[l3 + 7]]) & 0x1fff;
+        (l3 + usize::from(input[l3] & 0x0f) * 4, frag == 0)
+    };
     if !p.v6 {
         take(l3 + 10);
     }
-    take(l4 + if p.proto == proto::TCP { 16 } else { 6 });
+    match p.proto {
+        proto::TCP if first => take(l4 + 16),
+        proto::UDP if first => take(l4 + 6),
+        _ => {}
+    }
     e
 }
 
@@ -427,7 +478,9 @@ pub fn compare(h: &mut Harness, model: &mut Model, frame: &[u8]) -> Result<Agree
         ));
     };
     let action_ok = match reason {
-        Reason::Forward | Reason::ForwardFib | Reason::Reply => action == XDP_TX,
+        Reason::Forward | Reason::ForwardFib | Reason::Reply | Reason::PipIn | Reason::PipOut => {
+            action == XDP_TX
+        }
         r if r.is_drop() => action == XDP_DROP,
         _ => action == XDP_PASS || action == XDP_TX,
     };
@@ -460,6 +513,11 @@ pub fn compare(h: &mut Harness, model: &mut Model, frame: &[u8]) -> Result<Agree
             }
         }
         (Reason::Reply, Some(k)) => Verdict::Reply(k.src, k.sport),
+        (Reason::PipIn | Reason::PipOut, _) => match model::parse(&out) {
+            Ok(o) if reason == Reason::PipIn => Verdict::Pip(o.dst, true),
+            Ok(o) => Verdict::Pip(o.src, false),
+            Err(_) => Verdict::Other(reason),
+        },
         (r, _) => Verdict::Other(r),
     };
     let fail = |what: &str| {
@@ -475,7 +533,10 @@ pub fn compare(h: &mut Harness, model: &mut Model, frame: &[u8]) -> Result<Agree
     if !action_ok {
         return fail("action");
     }
-    let translated = matches!(reason, Reason::Forward | Reason::ForwardFib | Reason::Reply);
+    let translated = matches!(
+        reason,
+        Reason::Forward | Reason::ForwardFib | Reason::Reply | Reason::PipIn | Reason::PipOut
+    );
     if action == XDP_PASS && reason != Reason::PassNoNextHop && out != frame {
         return fail("a passed frame was changed");
     }
@@ -485,14 +546,20 @@ pub fn compare(h: &mut Harness, model: &mut Model, frame: &[u8]) -> Result<Agree
         if out != e {
             return fail(&format!("output bytes (expected {})", hex(&e)));
         }
-        if checksums_ok(frame) != checksums_ok(&out) {
+        // Checksum validity, where the segment is a whole TCP or UDP one (a PIP also
+        // translates fragments, options and other protocols).
+        if p.flow.is_some() && checksums_ok(frame) != checksums_ok(&out) {
             return fail(&format!(
                 "checksum validity (in {:?}, out {:?})",
                 checksums_ok(frame),
                 checksums_ok(&out)
             ));
         }
-        if !p.v6 && p.proto == proto::UDP && frame[p.l4_off + 6..p.l4_off + 8] == [0, 0] {
+        if !p.v6
+            && p.flow.is_some()
+            && p.proto == proto::UDP
+            && frame[p.l4_off + 6..p.l4_off + 8] == [0, 0]
+        {
             // An IPv4 UDP datagram without a checksum keeps none.
             if out[p.l4_off + 6..p.l4_off + 8] != [0, 0] {
                 return fail("an IPv4 UDP checksum of zero was written");

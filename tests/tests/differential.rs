@@ -177,6 +177,9 @@ fn families(model: &Model) -> [Family; 2] {
             (SocketAddr::new(vip(0x16), 80), proto::TCP),
             (SocketAddr::new(vip(0x16), 5432), proto::TCP),
             (SocketAddr::new(vip(0x16), 53), proto::UDP),
+            // The PIP, whose instance is also a backend of 0x11:443.
+            (SocketAddr::new(vip(0x17), 22), proto::TCP),
+            (SocketAddr::new(vip(0x17), 443), proto::UDP),
         ]
     };
     let mut t4 = shapes(
@@ -385,6 +388,8 @@ fn kernel_and_model_agree_on_100k_random_packets_of_both_families() {
             Reason::PassNotReply,
             Reason::DropAcl,
             Reason::DropNotInternal,
+            Reason::PipIn,
+            Reason::PipOut,
         ];
         for (fam, seen) in ["IPv4", "IPv6"].iter().zip(&seen) {
             for r in both {

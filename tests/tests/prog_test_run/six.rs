@@ -119,6 +119,12 @@ vip = "[2001:db8:3::10]:8444/tcp"
 backends = ["[2001:db8:2::11]:8444"]
 table_size = 251
 tcp_reset = true
+
+# The PIP's instance is also this endpoint's backend.
+[[service]]
+vip = "[2001:db8:3::10]:9000/tcp"
+backends = ["[2001:db8:2::13]:9000"]
+table_size = 251
 "#;
 
 fn with_fixture6(f: impl FnOnce(&mut Fixture) + Send + 'static) {
@@ -817,6 +823,49 @@ fn ipv6_errors_about_a_tracked_flow_reach_its_owner_both_ways() {
             XDP_PASS,
             None,
             Reason::PassNotOurs,
+        );
+    });
+}
+
+/// A packet from a PIP's instance that its VIP flow refuses as a reply leaves from the PIP, as
+/// over IPv4: the client reused its port to reach the instance through the PIP, and that
+/// connection's SYN-ACK must come from the PIP. (It was passed untranslated,
+/// `pass_not_reply`, over IPv6 only, until the kernel differential test found it.)
+#[test]
+fn a_reply_its_vip_flow_refuses_leaves_from_the_instances_pip() {
+    with_fixture6(|fx| {
+        let c = client();
+        let at = |ip: Ipv6Addr, p| SocketAddrV6::new(ip, p, 0, 0);
+        let syn = Frame6::tcp(c, vip(9000), TCP_SYN);
+        let out = syn.dnat(at(INSTANCE, 9000), LB_MAC, INSTANCE_MAC);
+        fx.check_bytes(
+            "SYN via the VIP",
+            &syn.build(),
+            XDP_TX,
+            Some(out.build()),
+            Reason::Forward,
+        );
+        let mut ack = Frame6::tcp(c, vip(9000), TCP_ACK);
+        ack.seq = 1001;
+        let out = ack.dnat(at(INSTANCE, 9000), LB_MAC, INSTANCE_MAC);
+        fx.check_bytes(
+            "its ACK",
+            &ack.build(),
+            XDP_TX,
+            Some(out.build()),
+            Reason::Forward,
+        );
+        // A SYN-ACK after the client's ACK answers no SYN of the VIP flow: it belongs to a
+        // connection the client made to the PIP from the same port.
+        let mut back = Frame6::tcp(at(INSTANCE, 9000), c, TCP_SYN | TCP_ACK);
+        back.smac = INSTANCE_MAC;
+        let out = back.snat(at(PIP6, 9000), LB_MAC, CLIENT_MAC);
+        fx.check_bytes(
+            "refused as the VIP flow's reply, out through the PIP",
+            &back.build(),
+            XDP_TX,
+            Some(out.build()),
+            Reason::PipOut,
         );
     });
 }
