@@ -10,8 +10,8 @@
 //! own connection dropped as `drop_hairpin`), PIPs (every protocol, both ways), malformed and
 //! unusual frames, IPv6 extension headers and neighbour discovery. Hairpin SNAT and ICMP have
 //! fixtures of their own; [`Model::classify`] answers [`Verdict::OutOfScope`] for ICMP (and
-//! ICMPv6 other than neighbour discovery) and for a flow a VIP's hairpin SNAT would take,
-//! instead of guessing. Closed flows are modelled as inside their close time (the
+//! ICMPv6 other than neighbour discovery), for a flow a VIP's hairpin SNAT would take, and for
+//! a packet to such a VIP's SNAT port range (a hairpin reply, perhaps), instead of guessing. Closed flows are modelled as inside their close time (the
 //! differential test runs the program with a close timeout far longer than itself; a fixture
 //! covers expiry).
 //!
@@ -30,8 +30,8 @@ use crate::{
     hdr::{ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6, IPV4_FRAG_MASK, IPV6_MAX_EXT, ext, icmpv6_is_ndp},
     maglev::slot,
     maps::{
-        ACL_HAIRPIN, ACL_PERMIT, BackendId, REV_F_SHARED, REV_F_STATELESS, RevKey, RevService,
-        SVC_F_INTERNAL, ServiceKey, VIP_F_HA_PORTS, VIP_F_HAIRPIN_SNAT,
+        ACL_HAIRPIN, ACL_PERMIT, BackendId, HAIRPIN_PORT_BASE, REV_F_SHARED, REV_F_STATELESS,
+        RevKey, RevService, SVC_F_INTERNAL, ServiceKey, VIP_F_HA_PORTS, VIP_F_HAIRPIN_SNAT,
     },
     verdict::Reason,
 };
@@ -491,6 +491,17 @@ impl Model {
         };
         if self.has_service(&key, v6) {
             return self.forward(key, flow, flags, p.ttl, v6);
+        }
+        // To a hairpin-SNAT VIP at a port of the SNAT range (no service has it): perhaps a
+        // hairpin flow's reply, which only the program's port choice knows. Out of scope.
+        if self.is_vip(&flow.dst, v6)
+            && self
+                .vip_policy
+                .get(&flow.dst)
+                .is_some_and(|v| v.flags & VIP_F_HAIRPIN_SNAT != 0)
+            && u16::from_be_bytes(flow.dport) >= HAIRPIN_PORT_BASE
+        {
+            return Verdict::OutOfScope;
         }
         let refused = match self.reply(&flow, flags, v6) {
             Some(Ok((vip, port, update))) => {

@@ -37,8 +37,8 @@ pub fn resolver() -> FixedResolver {
 
 /// The state both sides start from, the same in each family: services over backends shared
 /// between them, a port forward, a shared endpoint, stateless replies, source affinity, a
-/// service without backends, an endpoint ACL, an internal VIP with HA ports, and a PIP whose
-/// instance is also a backend. The close timeout is far longer than any run (the model treats closed
+/// service without backends, an endpoint ACL, an internal VIP with HA ports, a PIP whose
+/// instance is also a backend, and an internal VIP with hairpin SNAT (out of the model). The close timeout is far longer than any run (the model treats closed
 /// flows as within it).
 pub const CONFIG: &str = r#"
 [agent]
@@ -112,6 +112,15 @@ backends = ["192.0.2.30", "192.0.2.31"]
 table_size = 251
 internal = ["198.51.100.0/31"]
 
+# Hairpin SNAT: an internal VIP whose own backends may connect to it, source-NATed to the VIP
+# (outside the model: the comparison checks only the one counter and the action).
+[[service]]
+vip = "203.0.113.18:80/tcp"
+backends = ["192.0.2.40", "192.0.2.41"]
+table_size = 251
+internal = ["198.51.100.0/31"]
+hairpin = "snat"
+
 # A PIP whose instance is also a backend above (of 203.0.113.11:443): every protocol to and
 # from it, and a reply its VIP flow refuses still leaves from the PIP.
 [[pip]]
@@ -169,6 +178,13 @@ acl = [
   { order = 10, action = "deny", prefix = "2001:db8:1::2/128" },
   { order = 20, action = "permit", prefix = "2001:db8:1::/126" },
 ]
+
+[[service]]
+vip = "[2001:db8:3::18]:80/tcp"
+backends = ["2001:db8:2::40", "2001:db8:2::41"]
+table_size = 251
+internal = ["2001:db8:1::/127"]
+hairpin = "snat"
 
 [[pip]]
 pip = "2001:db8:3::17"

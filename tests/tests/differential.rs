@@ -251,7 +251,7 @@ fn kernel_and_model_agree_on_100k_random_packets_of_both_families() {
     in_fresh_ns("diff", move |ns| {
         let mut h = Harness::load(ns, CONFIG, resolver()).expect("load");
         let mut model = model_of(&h);
-        assert_eq!(model.services.len(), 22);
+        assert_eq!(model.services.len(), 24);
         assert_eq!(
             model.modes.values().filter(|m| **m != 0).count(),
             4,

@@ -12,9 +12,10 @@
 //! fixtures and the corpus have this form) or, first byte odd, a description of up to four
 //! frames (`arbitrary`): each with its family, an optional VLAN tag, addresses and ports drawn
 //! from the state's clients, VIPs, backends and the LB's own address (or any), TCP flags, UDP,
-//! ICMP or another protocol, TTL, IPv4 options and fragment fields, IPv6 extension-header
-//! chains, then bit flips and a cut. The frames of one input share their tracked flows, so a
-//! SYN, its ACK and the backend's reply can meet.
+//! ICMP (errors embedding an earlier frame of the input among them) or another protocol, TTL,
+//! IPv4 options and fragment fields, IPv6 extension-header chains, then bit flips and a cut.
+//! The frames of one input share their tracked flows, so a SYN, its ACK, the backend's reply
+//! and an error about it can meet.
 #![no_main]
 
 use std::{
@@ -135,10 +136,30 @@ fn port(p: &Port) -> u16 {
 
 #[derive(Arbitrary, Debug)]
 enum Transport {
-    Tcp { flags: u8 },
-    Udp { no_csum: bool },
-    Icmp { ty: u8, code: u8, body: Vec<u8> },
-    Other { proto: u8, body: Vec<u8> },
+    Tcp {
+        flags: u8,
+    },
+    Udp {
+        no_csum: bool,
+    },
+    Icmp {
+        ty: u8,
+        code: u8,
+        body: Vec<u8>,
+    },
+    /// An ICMP error (type and code as given) embedding an earlier frame of the input from
+    /// its network header on, cut to `keep` bytes: so that errors about tracked flows, to a
+    /// VIP or from a backend's side, meet their flows.
+    IcmpAbout {
+        ty: u8,
+        code: u8,
+        earlier: u8,
+        keep: u8,
+    },
+    Other {
+        proto: u8,
+        body: Vec<u8>,
+    },
 }
 
 #[derive(Arbitrary, Debug)]
@@ -206,7 +227,8 @@ struct Packet {
     cut: Option<u8>,
 }
 
-fn build(p: &Packet) -> Vec<u8> {
+/// The frame `p` describes; `earlier` are the input's frames before it.
+fn build(p: &Packet, earlier: &[Vec<u8>]) -> Vec<u8> {
     let (src, dst) = (host(&p.src, p.v6), host(&p.dst, p.v6));
     let (sport, dport) = (port(&p.sport), port(&p.dport));
     let ttl = match p.ttl {
@@ -231,6 +253,29 @@ fn build(p: &Packet) -> Vec<u8> {
         Transport::Icmp { ty, code, body } => {
             let mut b = vec![*ty, *code, 0, 0];
             b.extend(body.iter().take(64));
+            L4::Raw {
+                proto: if p.v6 { 58 } else { 1 },
+                bytes: b,
+            }
+        }
+        Transport::IcmpAbout {
+            ty,
+            code,
+            earlier: e,
+            keep,
+        } => {
+            let mut b = vec![*ty, *code, 0, 0, 0, 0, 0, 0];
+            if let Some(f) =
+                (!earlier.is_empty()).then(|| &earlier[usize::from(*e) % earlier.len()])
+            {
+                let l3 = if f.get(12..14) == Some(&[0x81, 0x00]) {
+                    18
+                } else {
+                    14
+                };
+                let inner = f.get(l3..).unwrap_or_default();
+                b.extend(inner.iter().take(usize::from(*keep)));
+            }
             L4::Raw {
                 proto: if p.v6 { 58 } else { 1 },
                 bytes: b,
@@ -292,7 +337,12 @@ fn frames(data: &[u8]) -> Vec<Vec<u8>> {
             let Ok(packets) = Vec::<Packet>::arbitrary(&mut u) else {
                 return Vec::new();
             };
-            packets.iter().take(4).map(build).collect()
+            let mut built: Vec<Vec<u8>> = Vec::new();
+            for p in packets.iter().take(4) {
+                let f = build(p, &built);
+                built.push(f);
+            }
+            built
         }
     };
     frames.retain(|f| f.len() >= 14);
