@@ -88,9 +88,10 @@ enum Host {
     Any([u8; 16]),
 }
 
-/// Clients 198.51.100.1–4 / 2001:db8:1::1–4 (inside and outside the ACL and the internal
-/// prefixes), VIPs 203.0.113.10–16 / 2001:db8:3::10–16 and the PIP .17 / ::17, backends 192.0.2.11–31 /
-/// 2001:db8:2::11–31 (the HA-ports ones at .30 and .31), the LB 192.0.2.1 / 2001:db8:2::1.
+/// Clients 198.51.100.1–4 / `2001:db8:1::1`–4 (inside and outside the ACL and the internal
+/// prefixes), VIPs 203.0.113.10–18 / `2001:db8:3::10`–18 (the PIP at .17), backends
+/// 192.0.2.11–41 / `2001:db8:2::11`–41 (the HA-ports ones at .30 and .31, the hairpin-SNAT
+/// ones at .40 and .41), the LB 192.0.2.1 / `2001:db8:2::1`.
 fn host(h: &Host, v6: bool) -> [u8; 16] {
     let (net, last): (u16, u8) = match h {
         Host::Client(i) => (1, 1 + i % 4),
