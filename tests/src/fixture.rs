@@ -223,7 +223,7 @@ pub fn run_once(prog: &mut aya::programs::Xdp, input: &[u8]) -> (u32, Vec<u8>, D
 
 /// With `LB_FRAME_DUMP=DIR` set (`cargo xtask fuzz --kernel --reseed`), every frame run is
 /// also written to DIR as a seed of the kernel fuzz target: its raw form, a zero byte and the
-/// frame, named by the frame's FNV-1a hash (the same frame twice is one file).
+/// frame, named by [`crate::packet::frame_file_name`].
 ///
 /// # Panics
 /// The file cannot be written.
@@ -232,12 +232,10 @@ fn dump_seed(input: &[u8]) {
     let Some(dir) = DIR.get_or_init(|| std::env::var_os("LB_FRAME_DUMP").map(PathBuf::from)) else {
         return;
     };
-    let h = input.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    });
     let mut seed = vec![0u8];
     seed.extend_from_slice(input);
-    std::fs::write(dir.join(format!("frame-{h:016x}")), seed).expect("write a seed frame");
+    std::fs::write(dir.join(crate::packet::frame_file_name(input)), seed)
+        .expect("write a seed frame");
 }
 
 /// Where a harness in `ns` pins its maps.

@@ -239,6 +239,16 @@ impl Frame {
     }
 }
 
+/// A file name for a frame written to disk (the fuzz seeds and frame dumps): `frame-` and the
+/// frame's FNV-1a hash, so the same frame twice is one file.
+#[must_use]
+pub fn frame_file_name(bytes: &[u8]) -> String {
+    let h = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("frame-{h:016x}")
+}
+
 /// Bytes as space-separated hex, for assertion messages about frames.
 #[must_use]
 pub fn hex(b: &[u8]) -> String {

@@ -30,7 +30,7 @@ use lb_integration::{
     differential::{self, compare, forget_flows, model_of},
     fixture::Harness,
     netns::{Netns, unique_prefix},
-    packet::{Frame, Frame6, L4},
+    packet::{Frame, Frame6, L4, frame_file_name},
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -351,7 +351,7 @@ fn frames(data: &[u8]) -> Vec<Vec<u8>> {
 }
 
 /// With `LB_FUZZ_FRAMES_OUT=DIR`, every frame an input stands for is also written to DIR (as
-/// plain bytes, named by hash): so that a corpus can be replayed through the host model's own
+/// plain bytes, named by `frame_file_name`): so that a corpus can be replayed through the host model's own
 /// target (`parse_classify`) to count the model's edges it reaches (README: Tests).
 fn write_out(frames: &[Vec<u8>]) {
     static DIR: OnceLock<Option<std::path::PathBuf>> = OnceLock::new();
@@ -360,10 +360,7 @@ fn write_out(frames: &[Vec<u8>]) {
         return;
     };
     for f in frames {
-        let h = f.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-        });
-        std::fs::write(dir.join(format!("frame-{h:016x}")), f).expect("write a frame");
+        std::fs::write(dir.join(frame_file_name(f)), f).expect("write a frame");
     }
 }
 
