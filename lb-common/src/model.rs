@@ -820,5 +820,49 @@ mod tests {
                 prop_assert_eq!(k.src, p.src);
             }
         }
+
+        /// The model's prefix match is the 128-bit one: the first `len` bits equal.
+        #[test]
+        fn prefix_eq_compares_the_first_len_bits(
+            a in any::<u128>(),
+            flip in 0u32..128,
+            len in 0u8..=128,
+        ) {
+            let b = a ^ (1u128 << (127 - flip));
+            let want = |x: u128, y: u128| len == 0 || (x ^ y) >> (128 - u32::from(len)) == 0;
+            prop_assert_eq!(prefix_eq(&a.to_be_bytes(), &b.to_be_bytes(), len), want(a, b));
+            prop_assert!(prefix_eq(&a.to_be_bytes(), &a.to_be_bytes(), len));
+        }
+
+        /// An ACL set answers its longest matching prefix, as the LPM map does: whatever the
+        /// order the entries were read in.
+        #[test]
+        fn acl_takes_the_longest_matching_prefix(
+            src in any::<u128>(),
+            lens in prop::collection::vec(0u8..=128, 1..6),
+            reversed in any::<bool>(),
+        ) {
+            let mut entries: Vec<ModelAclEntry> = lens
+                .iter()
+                .enumerate()
+                .map(|(i, &len)| ModelAclEntry {
+                    len,
+                    // Each entry covers `src` at its own length.
+                    addr: src.to_be_bytes(),
+                    action: u32::try_from(i).expect("small") + 1,
+                })
+                .collect();
+            if reversed {
+                entries.reverse();
+            }
+            let mut m = Model::default();
+            m.acls.insert((7, true), entries.clone());
+            let longest = entries.iter().map(|e| e.len).max().expect("one entry");
+            let got = m.acl(7, true, &src.to_be_bytes()).expect("a match");
+            prop_assert!(entries.iter().any(|e| e.len == longest && e.action == got));
+            // Another set, or the other family's set of the same id, is not consulted.
+            prop_assert_eq!(m.acl(8, true, &src.to_be_bytes()), None);
+            prop_assert_eq!(m.acl(7, false, &src.to_be_bytes()), None);
+        }
     }
 }
