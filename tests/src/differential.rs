@@ -510,8 +510,11 @@ pub fn compare(h: &mut Harness, model: &mut Model, frame: &[u8]) -> Result<Agree
             ))
         };
     }
-    let parsed_out = || model::parse(&out).ok().and_then(|p| p.flow).map(|(k, _)| k);
-    let got = match (reason, parsed_out()) {
+    // The output, parsed once: its 5-tuple (the backend or VIP it went to or from) and, for a
+    // PIP, its addresses.
+    let out_p = model::parse(&out).ok();
+    let out_flow = out_p.as_ref().and_then(|p| p.flow).map(|(k, _)| k);
+    let got = match (reason, out_flow) {
         (Reason::Forward | Reason::ForwardFib, Some(k)) => {
             // The backend the kernel chose, from the output's destination.
             // An HA-ports backend has no port of its own: the flow keeps the one it had.
@@ -529,10 +532,10 @@ pub fn compare(h: &mut Harness, model: &mut Model, frame: &[u8]) -> Result<Agree
             }
         }
         (Reason::Reply, Some(k)) => Verdict::Reply(k.src, k.sport),
-        (Reason::PipIn | Reason::PipOut, _) => match model::parse(&out) {
-            Ok(o) if reason == Reason::PipIn => Verdict::Pip(o.dst, true),
-            Ok(o) => Verdict::Pip(o.src, false),
-            Err(_) => Verdict::Other(reason),
+        (Reason::PipIn | Reason::PipOut, _) => match &out_p {
+            Some(o) if reason == Reason::PipIn => Verdict::Pip(o.dst, true),
+            Some(o) => Verdict::Pip(o.src, false),
+            None => Verdict::Other(reason),
         },
         (r, _) => Verdict::Other(r),
     };
