@@ -246,6 +246,20 @@ impl Backend4 {
     }
 }
 
+/// The port a flow is sent to at a backend whose own port is `backend_port`: that port, or
+/// for an HA-ports backend (port 0: it answers on every port) the port the client sent to,
+/// `sent_to`. Both families' translations use it: forward packets and the ICMP errors that
+/// reach the backend about its flows.
+#[inline(always)]
+#[must_use]
+pub const fn port_at(backend_port: [u8; 2], sent_to: [u8; 2]) -> [u8; 2] {
+    if backend_port[0] == 0 && backend_port[1] == 0 {
+        sent_to
+    } else {
+        backend_port
+    }
+}
+
 /// Index into `LB_BACKENDS4` and the value of every table slot.
 pub type BackendId = u32;
 

@@ -279,7 +279,7 @@ pub fn remember(
         .is_some_and(|r| r.flags & REV_F_SHARED != 0);
     if shared {
         // An HA-ports backend (port 0) replies from the port the client sent to.
-        let reply_port = if port == [0; 2] { flow.dport } else { port };
+        let reply_port = lb_common::maps::port_at(port, flow.dport);
         let rev = ConnEntry4::new(
             id,
             service,

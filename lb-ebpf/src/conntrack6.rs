@@ -145,7 +145,7 @@ pub fn remember(
     let shared = unsafe { LB_REVSVC6.get(RevKey6::of(addr, port, flow.proto)) }
         .is_some_and(|r| r.flags & REV_F_SHARED != 0);
     if shared {
-        let reply_port = if port == [0; 2] { flow.dport } else { port };
+        let reply_port = lb_common::maps::port_at(port, flow.dport);
         let rev = ConnEntry6::reverse(id, service, flow.dport, flow.dst, now);
         put(&flow.reply_from(addr, reply_port), &rev);
     }

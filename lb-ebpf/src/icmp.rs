@@ -208,7 +208,8 @@ pub fn error_to_vip(ctx: &XdpContext, pkt: &Packet) -> Verdict {
         return unmatched;
     };
     // The embedded packet went VIP → client; its flow is tracked client → VIP.
-    let Some(ct) = conntrack::lookup(&key.reversed()).filter(|c| c.kind == CONN_FORWARD) else {
+    let fwd = key.reversed();
+    let Some(ct) = conntrack::lookup(&fwd).filter(|c| c.kind == CONN_FORWARD) else {
         return unmatched;
     };
     let Some(be) = select::live_backend(ct.backend) else {
@@ -220,7 +221,9 @@ pub fn error_to_vip(ctx: &XdpContext, pkt: &Packet) -> Verdict {
     }
     // SAFETY: all pointers were bounds-checked (`pkt` by the parser, the rest by `embedded`).
     unsafe {
-        rewrite_embedded(icmp, &e, true, dip, be.port);
+        // An HA-ports backend sent its packet from the port the client had sent to (this
+        // once wrote its port 0 there; the model found it).
+        rewrite_embedded(icmp, &e, true, dip, select::backend_port(&be, &fwd));
         let ip = pkt.ip;
         let old = (*ip).dst;
         (*ip).dst = dip;

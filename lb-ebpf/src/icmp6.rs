@@ -203,7 +203,15 @@ pub fn run(ctx: &XdpContext) -> Verdict {
         return unmatched(to_vip);
     }
     let Some((icmp, e, key)) = embedded(ctx, l2.off + 40) else {
-        return unmatched(to_vip);
+        // An error whose embedded packet is no flow's we can read is still a PIP instance's
+        // own, out through its PIP as one about no balanced flow is (as over IPv4). (This once
+        // passed untranslated, from the instance's address; the kernel differential test
+        // found it.)
+        return if to_vip {
+            unmatched(true)
+        } else {
+            crate::pip6::enter(ctx)
+        };
     };
     let hdrs = (ip, l2.eth);
     if to_vip {
@@ -222,7 +230,9 @@ pub fn run(ctx: &XdpContext) -> Verdict {
         // SAFETY: every pointer was bounds-checked (`pkt` by the parser, the rest by
         // `embedded`).
         unsafe {
-            rewrite_embedded(icmp, &e, true, be.addr, be.port);
+            // An HA-ports backend's own port is 0: the embedded one (the VIP's) stays.
+            let port = lb_common::maps::port_at(be.port, key.sport);
+            rewrite_embedded(icmp, &e, true, be.addr, port);
             rewrite_outer(ip, icmp, true, be.addr);
             return xlate6::forward_hdrs(
                 ctx,

@@ -77,7 +77,7 @@ pub fn live_backend(id: BackendId) -> Option<Backend4> {
 /// port the client sent to.
 #[inline(always)]
 pub fn backend_port(b: &Backend4, flow: &FlowKey4) -> [u8; 2] {
-    if b.port == [0; 2] { flow.dport } else { b.port }
+    lb_common::maps::port_at(b.port, flow.dport)
 }
 
 /// Where a client → VIP packet goes.

@@ -204,6 +204,17 @@ fn classify(pkt: &Packet6) -> Class6 {
         && crate::icmp6::is_error(t)
         && pkt.icmp as usize == pkt.ip as usize + size_of::<Ipv6Hdr>()
     {
+        // An internal VIP does not exist outside its internal prefixes, for errors too (as
+        // IPv4's `icmp::to_vip`): an outside host must not reach a backend with an error
+        // that embeds an internal flow. (This once went on to `lb_icmp6`; the kernel
+        // differential test found it.)
+        if let Some(v) = vip
+            && v.ilb_id != 0
+            // SAFETY: `pkt.ip` was bounds-checked by the parser.
+            && acl_lookup(v.ilb_id, unsafe { (*pkt.ip).src }) != Some(ACL_PERMIT)
+        {
+            return Class6::Unservable(DropReason::NotInternal);
+        }
         return Class6::IcmpError(vip.is_some());
     }
     let Some(vip) = vip else {
@@ -349,11 +360,7 @@ fn to_backend(
         Err(r) => return Verdict::Drop(r),
     };
     // An HA-ports backend has no port: the flow keeps the one it was sent to.
-    let port = if be.port == [0; 2] {
-        flow.dport
-    } else {
-        be.port
-    };
+    let port = lb_common::maps::port_at(be.port, flow.dport);
     xlate6::dnat(pkt, l4, be.addr, port);
     stats::count_flow(id, pkt.len, Dir::Forward { new_flow });
     xlate6::forward(ctx, pkt, Some(be.nh), SendReason::Forward)

@@ -373,6 +373,43 @@ fn ha_ports_balance_every_port_keep_it_and_lose_to_an_exact_service() {
             let q = Frame::udp(CLIENT, SocketAddrV4::new(HA_VIP, port));
             picked(fx, &format!("UDP to :{port}"), &q, port);
         }
+        // An error about the VIP's reply from :5432 reaches the backend as about its own
+        // packet from that port: the backend has no port of its own, so the embedded one is
+        // kept. (This once wrote the backend's port 0 there; the model found it.)
+        let vip5432 = SocketAddrV4::new(HA_VIP, 5432);
+        let syn = Frame::tcp(CLIENT, vip5432, TCP_SYN);
+        let be = picked(fx, "SYN to :5432 again", &syn, 5432);
+        let mtu = [0, 0, 0x05, 0x78];
+        // A router inside the internal prefixes (an error from outside them is refused).
+        let router = Ipv4Addr::new(198, 51, 100, 50);
+        let reply = Frame::tcp(vip5432, CLIENT, TCP_ACK);
+        let err = Frame::raw(
+            router,
+            HA_VIP,
+            proto::ICMP,
+            icmp::icmp_error(3, 4, mtu, &icmp::ip_bytes(&reply, 40)),
+        );
+        let mut want = Frame::raw(
+            router,
+            *be.ip(),
+            proto::ICMP,
+            icmp::icmp_error(
+                3,
+                4,
+                mtu,
+                &icmp::ip_bytes(&Frame::tcp(be, CLIENT, TCP_ACK), 40),
+            ),
+        );
+        want.ttl = err.ttl - 1;
+        want.smac = LB_MAC;
+        want.dmac = if *be.ip() == HA1 { HA1_MAC } else { HA2_MAC };
+        fx.check(
+            "frag needed about the reply from :5432",
+            &err,
+            XDP_TX,
+            Some(&want),
+            Reason::IcmpToBackend,
+        );
         // The exact service on the same VIP wins over the catch-all, with its own port.
         let ssh = Frame::tcp(CLIENT, SocketAddrV4::new(HA_VIP, 22), TCP_SYN);
         fx.check(
