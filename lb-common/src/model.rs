@@ -8,10 +8,12 @@
 //! for shared backend endpoints, TCP state), stateless replies, HA ports, endpoint ACLs and
 //! internal VIPs (admission of new flows, first match compiled to longest prefix, a backend's
 //! own connection dropped as `drop_hairpin`), PIPs (every protocol, both ways), malformed and
-//! unusual frames, IPv6 extension headers and neighbour discovery. Hairpin SNAT and ICMP have
-//! fixtures of their own; [`Model::classify`] answers [`Verdict::OutOfScope`] for ICMP (and
-//! ICMPv6 other than neighbour discovery), for a flow a VIP's hairpin SNAT would take, and for
-//! a packet to such a VIP's SNAT port range (a hairpin reply, perhaps), instead of guessing. Closed flows are modelled as inside their close time (the
+//! unusual frames, IPv6 extension headers and neighbour discovery, and ICMP of both families
+//! (echo requests to a VIP answered, errors about tracked flows sent to the party that owns
+//! the flow, other ICMP to a VIP dropped), and hairpin SNAT (a VIP's own backend connecting
+//! to it: the SNAT port choice, both entries, both translations). Echo replies are modelled as
+//! within the rate limit (the differential
+//! comparison refills the bucket before each). Closed flows are modelled as inside their close time (the
 //! differential test runs the program with a close timeout far longer than itself; a fixture
 //! covers expiry).
 //!
@@ -26,12 +28,13 @@ use crate::{
     addr::{Addr, as_v4, v4_mapped},
     conn,
     flow::{FlowKey4, FlowKey6, proto},
-    hash::{dist, dist_hash, dist_hash6},
+    hash::{dist, dist_hash, dist_hash6, flow_hash, flow_hash6},
     hdr::{ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6, IPV4_FRAG_MASK, IPV6_MAX_EXT, ext, icmpv6_is_ndp},
     maglev::slot,
     maps::{
-        ACL_HAIRPIN, ACL_PERMIT, BackendId, HAIRPIN_PORT_BASE, REV_F_SHARED, REV_F_STATELESS,
+        ACL_HAIRPIN, ACL_PERMIT, BackendId, HAIRPIN_PORT_TRIES, REV_F_SHARED, REV_F_STATELESS,
         RevKey, RevService, SVC_F_INTERNAL, ServiceKey, VIP_F_HA_PORTS, VIP_F_HAIRPIN_SNAT,
+        VIP_F_NO_ECHO, hairpin_port,
     },
     verdict::Reason,
 };
@@ -243,6 +246,65 @@ fn transport(frame: &[u8], p: &mut Parsed, end: usize) {
     p.flow = Some((key, flags));
 }
 
+/// ICMP echo request types, IPv4's and ICMPv6's.
+const ICMP_ECHO_REQUEST: u8 = 8;
+const ICMPV6_ECHO_REQUEST: u8 = 128;
+
+/// Whether an ICMP type is an error that embeds the offending packet: IPv4's destination
+/// unreachable, time exceeded and parameter problem (`icmp.rs`), ICMPv6's 1–4 (`icmp6.rs`).
+#[must_use]
+pub const fn icmp_error(ty: u8, v6: bool) -> bool {
+    if v6 {
+        ty >= 1 && ty <= 4
+    } else {
+        matches!(ty, 3 | 11 | 12)
+    }
+}
+
+/// Where the embedded packet of an ICMP error whose header is at `off` has its network
+/// header, its transport header, and the embedded TCP/UDP checksum field (`None` when the
+/// error does not carry it that far), when the fast path matches it: a plain header (IPv4
+/// without options, IPv6 with TCP or UDP right after it) of its family, then TCP or UDP with
+/// both ports in the frame.
+#[must_use]
+pub fn embedded_at(frame: &[u8], off: usize, v6: bool) -> Option<(usize, usize, Option<usize>)> {
+    let ip = off + 8;
+    let (hlen, proto_at) = if v6 { (40, 6) } else { (20, 9) };
+    let h = frame.get(ip..ip + hlen)?;
+    frame.get(ip + hlen..ip + hlen + 4)?;
+    let plain = if v6 { h[0] >> 4 == 6 } else { h[0] == 0x45 };
+    let p = h[proto_at];
+    if !plain || (p != proto::TCP && p != proto::UDP) {
+        return None;
+    }
+    let l4 = ip + hlen;
+    let check = l4 + if p == proto::UDP { 6 } else { 16 };
+    Some((ip, l4, (check + 2 <= frame.len()).then_some(check)))
+}
+
+/// The 5-tuple (map form) of the embedded packet of an ICMP error whose header is at `off`
+/// (see [`embedded_at`]).
+#[must_use]
+pub fn embedded(frame: &[u8], off: usize, v6: bool) -> Option<FlowKey6> {
+    let (ip, l4, _) = embedded_at(frame, off, v6)?;
+    let h = &frame[ip..];
+    let (src, dst, p): (Addr, Addr, u8) = if v6 {
+        (
+            h[8..24].try_into().expect("16 bytes"),
+            h[24..40].try_into().expect("16 bytes"),
+            h[6],
+        )
+    } else {
+        (
+            v4_mapped([h[12], h[13], h[14], h[15]]),
+            v4_mapped([h[16], h[17], h[18], h[19]]),
+            h[9],
+        )
+    };
+    let t = &frame[l4..l4 + 4];
+    Some(FlowKey6::of(src, dst, [t[0], t[1]], [t[2], t[3]], p))
+}
+
 /// A backend as the model knows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ModelBackend {
@@ -263,9 +325,26 @@ pub enum Verdict {
     /// To a PIP or from its instance: 1:1 NAT to this address (the instance inbound, `true`;
     /// the PIP outbound), sent.
     Pip(Addr, bool),
+    /// An echo request to a VIP, answered from it (`echo_reply`).
+    Echo,
+    /// An ICMP error about a tracked flow (its embedded packet went VIP:port → client), sent
+    /// to the backend that owns the flow: the outer destination and the embedded source
+    /// rewritten to it, the embedded port too unless the backend has none (HA ports).
+    IcmpToBackend(BackendId),
+    /// An ICMP error from a backend's side about a tracked flow (its embedded packet went
+    /// client → backend), sent to the client: the embedded destination rewritten to this VIP
+    /// (map form) and port, and the outer source too when the backend itself sent it.
+    IcmpToClient(Addr, [u8; 2]),
+    /// A hairpin flow (a VIP's own backend → the VIP), sent to this backend with its source
+    /// rewritten to the VIP and this SNAT port.
+    Hairpin(BackendId, [u8; 2]),
+    /// A hairpin flow's reply (chosen backend → VIP:SNAT port), sent to the connecting
+    /// backend: its source rewritten to the VIP and the port the flow was sent to (the third
+    /// field), its destination to the connecting backend's address and port.
+    HairpinReply(Addr, [u8; 2], [u8; 2]),
     /// Every other outcome, by its reason.
     Other(Reason),
-    /// Outside the model (ICMP, ICMPv6 other than neighbour discovery).
+    /// Outside the model: a hairpin reply whose connecting backend is gone (the FIB's).
     OutOfScope,
 }
 
@@ -302,6 +381,8 @@ pub struct ModelAclEntry {
     pub len: u8,
     pub addr: Addr,
     pub action: u32,
+    /// The deciding rule (for an `ACL_HAIRPIN` host entry: the backend id of that host).
+    pub rule: u32,
 }
 
 /// Whether the first `len` bits of `a` and `b` are equal.
@@ -343,6 +424,35 @@ pub struct Model {
     /// PIP → its instance, and instance → its PIP (`LB_PIPS*`, `LB_PIP_REV*`).
     pub pips: HashMap<Addr, Addr>,
     pub pip_rev: HashMap<Addr, Addr>,
+    /// Tracked hairpin flows (connecting backend → VIP:port): the chosen backend and the
+    /// SNAT port (`CONN_HAIRPIN`).
+    pub hairpins: HashMap<FlowKey6, (BackendId, [u8; 2])>,
+    /// Their replies' entries (chosen backend → VIP:SNAT port, `CONN_HAIRPIN_REV`).
+    pub hairpin_replies: HashMap<FlowKey6, ModelHairpinReply>,
+}
+
+/// A hairpin flow's reply entry: where its replies go back to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModelHairpinReply {
+    /// The connecting backend's address and port.
+    pub client: Addr,
+    pub port: [u8; 2],
+    /// The VIP port the flow was sent to.
+    pub vport: [u8; 2],
+    /// The connecting backend's id (its next hop takes the replies).
+    pub peer: BackendId,
+}
+
+/// What a packet from a backend endpoint is (`conntrack::FromBackend`).
+enum FromBackend {
+    /// The reply of a tracked flow: rewritten from this VIP and port; the forward entry's new
+    /// TCP state and key, when it has one to update.
+    Reply(Addr, [u8; 2], Option<(u8, FlowKey6)>),
+    /// A flow was found but refuses it (another backend's, or a reused port: marked stale).
+    Refused,
+    /// A hairpin flow's reply.
+    Hairpin,
+    None,
 }
 
 /// Whether a map-form address belongs to the family of a packet (`v6`).
@@ -410,18 +520,24 @@ impl Model {
 
     /// The action of the longest prefix of set `id` (of family `v6`) that holds `src`.
     fn acl(&self, id: u32, v6: bool, src: &Addr) -> Option<u32> {
+        self.acl_entry(id, v6, src).map(|e| e.action)
+    }
+
+    /// The longest prefix of set `id` (of family `v6`) that holds `src`.
+    fn acl_entry(&self, id: u32, v6: bool, src: &Addr) -> Option<ModelAclEntry> {
         self.acls
             .get(&(id, v6))?
             .iter()
             .filter(|e| prefix_eq(&e.addr, src, e.len))
             .max_by_key(|e| e.len)
-            .map(|e| e.action)
+            .copied()
     }
 
     /// Admission of a new flow of service `key`, as `policy::admit`: an internal VIP's source
-    /// set first, then the endpoint's ACL. `Err` is the verdict of a refused flow, or
-    /// `OutOfScope` for a backend's own connection that hairpin SNAT takes.
-    fn admit(&self, key: &ServiceKey, flow: &FlowKey6, v6: bool) -> Result<(), Verdict> {
+    /// set first, then the endpoint's ACL. `Ok(true)`: a backend's own connection, which
+    /// hairpin SNAT takes (the hairpin program checks the endpoint's ACL itself); `Err` is
+    /// the verdict of a refused flow.
+    fn admit(&self, key: &ServiceKey, flow: &FlowKey6, v6: bool) -> Result<bool, Verdict> {
         let adm = self.admission.get(key).copied().unwrap_or_default();
         if adm.flags & SVC_F_INTERNAL != 0
             && self.is_vip(&flow.dst, v6)
@@ -430,9 +546,7 @@ impl Model {
         {
             match self.acl(vip.ilb_id, v6, &flow.src) {
                 Some(ACL_PERMIT) => {}
-                Some(ACL_HAIRPIN) if vip.flags & VIP_F_HAIRPIN_SNAT != 0 => {
-                    return Err(Verdict::OutOfScope);
-                }
+                Some(ACL_HAIRPIN) if vip.flags & VIP_F_HAIRPIN_SNAT != 0 => return Ok(true),
                 Some(ACL_HAIRPIN) => return Err(Verdict::Other(Reason::DropHairpin)),
                 _ => return Err(Verdict::Other(Reason::DropNotInternal)),
             }
@@ -440,7 +554,7 @@ impl Model {
         if adm.acl_id != 0 && self.acl(adm.acl_id, v6, &flow.src) != Some(ACL_PERMIT) {
             return Err(Verdict::Other(Reason::DropAcl));
         }
-        Ok(())
+        Ok(false)
     }
 
     /// What the fast path does with `frame`, tracking new flows as it does.
@@ -455,33 +569,11 @@ impl Model {
             return Verdict::Other(Reason::PassNdp);
         }
         let Some((flow, flags)) = p.flow else {
-            if !v6 && p.proto == proto::ICMP {
-                return Verdict::OutOfScope;
-            }
-            // ICMPv6 to a PIP or from its instance: translated with its checksum (and an
-            // instance's error first offered to `lb_icmp6`): out of scope.
-            if v6
-                && p.proto == proto::ICMPV6
-                && (self.pips.contains_key(&p.dst) || self.pip_rev.contains_key(&p.src))
-            {
-                return Verdict::OutOfScope;
-            }
-            if let Some(v) = self.pip(&p, v6) {
-                return v;
-            }
-            // ICMPv6: errors go to `lb_icmp6` (to a VIP or not), echo requests are rate
-            // limited; any other to a VIP is `drop_proto` below.
-            if let Some((t, code, direct)) = p.icmp6
-                && direct
-                && ((1..=4).contains(&t) || ((t, code) == (128, 0) && self.is_vip(&p.dst, v6)))
-            {
-                return Verdict::OutOfScope;
-            }
-            return Verdict::Other(if self.is_vip(&p.dst, v6) {
-                p.problem.unwrap_or(Reason::DropMalformed)
+            return if v6 {
+                self.not_balanced6(frame, &p)
             } else {
-                Reason::PassNotOurs
-            });
+                self.not_balanced4(frame, &p)
+            };
         };
         let key = ServiceKey {
             vip: flow.dst,
@@ -492,19 +584,8 @@ impl Model {
         if self.has_service(&key, v6) {
             return self.forward(key, flow, flags, p.ttl, v6);
         }
-        // To a hairpin-SNAT VIP at a port of the SNAT range (no service has it): perhaps a
-        // hairpin flow's reply, which only the program's port choice knows. Out of scope.
-        if self.is_vip(&flow.dst, v6)
-            && self
-                .vip_policy
-                .get(&flow.dst)
-                .is_some_and(|v| v.flags & VIP_F_HAIRPIN_SNAT != 0)
-            && u16::from_be_bytes(flow.dport) >= HAIRPIN_PORT_BASE
-        {
-            return Verdict::OutOfScope;
-        }
         let refused = match self.reply(&flow, flags, v6) {
-            Some(Ok((vip, port, update))) => {
+            FromBackend::Reply(vip, port, update) => {
                 if p.ttl <= 1 {
                     return Verdict::Other(Reason::DropTtl);
                 }
@@ -515,8 +596,18 @@ impl Model {
                 }
                 return Verdict::Reply(vip, port);
             }
-            Some(Err(())) => true,
-            None => false,
+            FromBackend::Hairpin => {
+                if p.ttl <= 1 {
+                    return Verdict::Other(Reason::DropTtl);
+                }
+                let r = self.hairpin_replies[&flow];
+                if self.live(r.peer).is_none() {
+                    return Verdict::OutOfScope;
+                }
+                return Verdict::HairpinReply(r.client, r.port, r.vport);
+            }
+            FromBackend::Refused => true,
+            FromBackend::None => false,
         };
         // A PIP, after services and replies (an instance can also be a VIP's backend), also
         // for a packet its flow refused as a reply: its client may have reused the port to
@@ -549,6 +640,150 @@ impl Model {
         })
     }
 
+    /// An IPv4 packet that is not TCP/UDP to balance, in `classify.rs`'s order: an ICMP error
+    /// from a backend's side about a tracked flow, a PIP, ICMP to a VIP, anything else to a
+    /// VIP (dropped), the rest (the kernel's).
+    fn not_balanced4(&mut self, frame: &[u8], p: &Parsed) -> Verdict {
+        // Well-formed ICMP (no options, not a fragment: the parser's `drop_proto`).
+        let icmp = p.proto == proto::ICMP && p.problem == Some(Reason::DropProto);
+        if icmp && let Some(v) = self.error_from_backend(frame, p) {
+            return v;
+        }
+        if let Some(v) = self.pip(p, false) {
+            return v;
+        }
+        if !self.is_vip(&p.dst, false) {
+            return Verdict::Other(Reason::PassNotOurs);
+        }
+        if !icmp {
+            return Verdict::Other(p.problem.unwrap_or(Reason::DropMalformed));
+        }
+        let Some(&[ty, code]) = frame.get(p.l4_off..p.l4_off + 4).map(|h| &h[..2]) else {
+            return Verdict::Other(Reason::DropMalformed);
+        };
+        // An internal VIP does not exist outside its internal prefixes, for ICMP errors too.
+        let internal = self.internal_source(p);
+        if icmp_error(ty, false) {
+            if !internal {
+                return Verdict::Other(Reason::DropNotInternal);
+            }
+            return self.error_to_vip(frame, p);
+        }
+        if (ty, code) != (ICMP_ECHO_REQUEST, 0) {
+            return Verdict::Other(Reason::DropProto);
+        }
+        self.echo(p, internal)
+    }
+
+    /// An IPv6 packet that is not TCP/UDP to balance, in `six::classify`'s order (neighbour
+    /// discovery is out already): a PIP (an instance's ICMPv6 error only after `lb_icmp6`
+    /// found no flow for it), an ICMPv6 error right after the fixed header (to a VIP, or from
+    /// a backend's side), an echo request to a VIP, anything else to a VIP (dropped), the rest
+    /// (the kernel's).
+    fn not_balanced6(&mut self, frame: &[u8], p: &Parsed) -> Verdict {
+        let error = p.icmp6.is_some_and(|(t, _, _)| icmp_error(t, true));
+        let to_pip = of_family(&p.dst, true) && self.pips.contains_key(&p.dst);
+        let from_instance = of_family(&p.src, true) && self.pip_rev.contains_key(&p.src);
+        if to_pip || (from_instance && !error) {
+            return self.pip6(p);
+        }
+        let to_vip = self.is_vip(&p.dst, true);
+        if error && p.icmp6.is_some_and(|(_, _, direct)| direct) {
+            if to_vip {
+                if !self.internal_source(p) {
+                    return Verdict::Other(Reason::DropNotInternal);
+                }
+                return self.error_to_vip(frame, p);
+            }
+            if let Some(v) = self.error_from_backend(frame, p) {
+                return v;
+            }
+            // `lb_icmp6` hands an error about no flow of ours to `lb_pip6`.
+            return self.pip6(p);
+        }
+        if !to_vip {
+            return Verdict::Other(Reason::PassNotOurs);
+        }
+        // An echo request behind extension headers is not answered (`drop_proto`).
+        if p.icmp6 == Some((ICMPV6_ECHO_REQUEST, 0, true)) {
+            return self.echo(p, self.internal_source(p));
+        }
+        Verdict::Other(p.problem.unwrap_or(Reason::DropMalformed))
+    }
+
+    /// [`Self::pip`] for IPv6, where `lb_pip6` passes what neither a PIP nor an instance.
+    fn pip6(&self, p: &Parsed) -> Verdict {
+        self.pip(p, true)
+            .unwrap_or(Verdict::Other(Reason::PassNotOurs))
+    }
+
+    /// Whether the source of a packet to a VIP may reach it: any source for a public VIP, the
+    /// internal prefixes' for an internal one.
+    fn internal_source(&self, p: &Parsed) -> bool {
+        let vip = self.vip_policy.get(&p.dst).copied().unwrap_or_default();
+        vip.ilb_id == 0 || self.acl(vip.ilb_id, p.v6, &p.src) == Some(ACL_PERMIT)
+    }
+
+    /// An echo request to a VIP: answered, unless from outside an internal VIP's prefixes or
+    /// to a VIP with echo off.
+    fn echo(&self, p: &Parsed, internal: bool) -> Verdict {
+        if !internal {
+            return Verdict::Other(Reason::DropNotInternal);
+        }
+        if self
+            .vip_policy
+            .get(&p.dst)
+            .is_some_and(|v| v.flags & VIP_F_NO_ECHO != 0)
+        {
+            return Verdict::Other(Reason::DropEchoLimited);
+        }
+        Verdict::Echo
+    }
+
+    /// An ICMP error to a VIP (its header at `p.l4_off`): about a reply the LB sent (embedded
+    /// VIP:port → client), it goes to the backend of the flow that reply belongs to. Only a
+    /// forward entry counts, whatever its TCP state; an unmatched error is a counted drop.
+    fn error_to_vip(&self, frame: &[u8], p: &Parsed) -> Verdict {
+        let unmatched = Verdict::Other(Reason::DropIcmpUnmatched);
+        let Some(key) = embedded(frame, p.l4_off, p.v6) else {
+            return unmatched;
+        };
+        // A family's conntrack holds only its own flows (an IPv6 VIP is never mapped).
+        let fwd = key.reversed();
+        if !of_family(&fwd.dst, p.v6) {
+            return unmatched;
+        }
+        let Some(f) = self
+            .flows
+            .get(&fwd)
+            .filter(|f| self.live(f.backend).is_some())
+        else {
+            return unmatched;
+        };
+        if p.ttl <= 1 {
+            return Verdict::Other(Reason::DropTtl);
+        }
+        Verdict::IcmpToBackend(f.backend)
+    }
+
+    /// An ICMP error (its header at `p.l4_off`) about a packet the LB sent to a backend
+    /// (embedded client → backend): the embedded packet reversed is a reply of the flow,
+    /// matched as one (no TCP flags: an error changes no flow's state). `None` when it is no
+    /// such error.
+    fn error_from_backend(&mut self, frame: &[u8], p: &Parsed) -> Option<Verdict> {
+        if !icmp_error(*frame.get(p.l4_off)?, p.v6) {
+            return None;
+        }
+        let key = embedded(frame, p.l4_off, p.v6)?;
+        let FromBackend::Reply(vip, vport, _) = self.reply(&key.reversed(), 0, p.v6) else {
+            return None;
+        };
+        if p.ttl <= 1 {
+            return Some(Verdict::Other(Reason::DropTtl));
+        }
+        Some(Verdict::IcmpToClient(vip, vport))
+    }
+
     fn forward(
         &mut self,
         key: ServiceKey,
@@ -565,6 +800,10 @@ impl Model {
             return Verdict::Other(Reason::DropTtl);
         }
         let syn = tcp && conn::is_syn(flags);
+        // A tracked hairpin flow is the hairpin program's, whatever its state.
+        if !syn && self.hairpins.contains_key(&flow) {
+            return self.hairpin(flow, syn, v6);
+        }
         if !syn
             && let Some(f) = self.flows.get(&flow).copied()
             && conn::translates(f.tcp, 0, 0, 0)
@@ -584,8 +823,10 @@ impl Model {
             );
             return Verdict::Forward(f.backend);
         }
-        if let Err(v) = self.admit(&key, &flow, v6) {
-            return v;
+        match self.admit(&key, &flow, v6) {
+            Err(v) => return v,
+            Ok(true) => return self.hairpin(flow, syn, v6),
+            Ok(false) => {}
         }
         let table = &self.services[&key];
         let len = u32::try_from(table.len()).expect("table fits u32");
@@ -607,59 +848,158 @@ impl Model {
                 tcp: if syn { conn::CT_SYN } else { 0 },
             },
         );
+        // One entry per key: the kernel's overwrote whatever was there.
+        self.hairpins.remove(&flow);
+        self.hairpin_replies.remove(&flow);
         if self
             .revs
             .get(&RevKey::of(b.addr, b.port, flow.proto))
             .is_some_and(|r| r.flags & REV_F_SHARED != 0)
         {
-            self.replies
-                .insert(flow.reply_from(b.addr, b.port), (flow.dst, flow.dport, id));
+            let reply = flow.reply_from(b.addr, b.port);
+            self.replies.insert(reply, (flow.dst, flow.dport, id));
+            self.hairpin_replies.remove(&reply);
         }
         Verdict::Forward(id)
     }
 
-    /// A packet from a backend endpoint: `Some(Ok(vip, port, Some((new state, forward key))))`
-    /// when it is the reply of a tracked flow (`None` for the flow of a stateless endpoint's
-    /// reply, which has none to update), `Some(Err)` when a flow was found but refuses it (it
-    /// names another backend, or the port was reused: the flow is marked stale), `None` when
-    /// no flow was found or the packet goes to the LB itself from a stateless endpoint.
-    #[expect(clippy::type_complexity, reason = "one private helper")]
-    fn reply(
-        &mut self,
-        flow: &FlowKey6,
-        flags: u8,
-        v6: bool,
-    ) -> Option<Result<(Addr, [u8; 2], Option<(u8, FlowKey6)>), ()>> {
+    /// The hairpin program (`hairpin.rs`, `hairpin6.rs`) on a connecting backend's packet
+    /// (TTL already checked): a tracked flow goes on to its backend unless a SYN re-picks; a
+    /// new one is checked again (the VIP's hairpin entry for the source, hairpin SNAT on, the
+    /// endpoint's ACL), picks its backend by the service's mode and its SNAT port by the whole
+    /// 5-tuple (the first of [`HAIRPIN_PORT_TRIES`] candidates no service listens on and no
+    /// other flow's reply entry holds), and tracks both entries.
+    fn hairpin(&mut self, flow: FlowKey6, syn: bool, v6: bool) -> Verdict {
+        if !syn
+            && let Some(&(id, snat)) = self.hairpins.get(&flow)
+            && self.live(id).is_some()
+        {
+            return Verdict::Hairpin(id, snat);
+        }
+        let key = ServiceKey {
+            vip: flow.dst,
+            port: flow.dport,
+            proto: flow.proto,
+            _pad: 0,
+        };
+        let Some(vip) = self
+            .has_service(&key, v6)
+            .then(|| self.vip_policy.get(&flow.dst).copied())
+            .flatten()
+        else {
+            return Verdict::Other(Reason::DropNoService);
+        };
+        let peer = match self.acl_entry(vip.ilb_id, v6, &flow.src) {
+            Some(e) if vip.ilb_id != 0 && e.action == ACL_HAIRPIN => e.rule,
+            _ => return Verdict::Other(Reason::DropHairpin),
+        };
+        if vip.flags & VIP_F_HAIRPIN_SNAT == 0 {
+            return Verdict::Other(Reason::DropHairpin);
+        }
+        let adm = self.admission.get(&key).copied().unwrap_or_default();
+        if adm.acl_id != 0 && self.acl(adm.acl_id, v6, &flow.src) != Some(ACL_PERMIT) {
+            return Verdict::Other(Reason::DropAcl);
+        }
+        let table = &self.services[&key];
+        let len = u32::try_from(table.len()).expect("table fits u32");
+        let mode = self.modes.get(&key).copied().unwrap_or(dist::FIVE_TUPLE);
+        let Some(s) = slot(hash(&flow, v6, mode, self.seed), len) else {
+            return Verdict::Other(Reason::DropNoBackend);
+        };
+        let id = table[s as usize];
+        let Some(b) = self.live(id) else {
+            return Verdict::Other(Reason::DropNoBackend);
+        };
+        let ports_hash = match (v6, as_v4(&flow.src), as_v4(&flow.dst)) {
+            (false, Some(s), Some(d)) => flow_hash(
+                &FlowKey4::of(s, d, flow.sport, flow.dport, flow.proto),
+                self.seed,
+            ),
+            _ => flow_hash6(&flow, self.seed),
+        };
+        let mut rev = FlowKey6::of(b.addr, flow.dst, b.port, [0; 2], flow.proto);
+        let free = (0..HAIRPIN_PORT_TRIES).find_map(|attempt| {
+            let port = hairpin_port(ports_hash, attempt).to_be_bytes();
+            rev.dport = port;
+            let listening = self.services.contains_key(&ServiceKey { port, ..key });
+            let held = self.flows.contains_key(&rev)
+                || self.replies.contains_key(&rev)
+                || self.hairpins.contains_key(&rev)
+                || self
+                    .hairpin_replies
+                    .get(&rev)
+                    .is_some_and(|r| (r.client, r.port) != (flow.src, flow.sport));
+            (!listening && !held).then_some((port, rev))
+        });
+        let Some((snat, rev)) = free else {
+            return Verdict::Other(Reason::DropHairpinNoPort);
+        };
+        self.hairpin_replies.insert(
+            rev,
+            ModelHairpinReply {
+                client: flow.src,
+                port: flow.sport,
+                vport: flow.dport,
+                peer,
+            },
+        );
+        self.hairpins.insert(flow, (id, snat));
+        // One entry per key: the kernel's overwrote whatever was there.
+        self.flows.remove(&flow);
+        self.flows.remove(&rev);
+        self.replies.remove(&rev);
+        Verdict::Hairpin(id, snat)
+    }
+
+    /// A packet from a backend endpoint, as `conntrack::from_backend`: the reply of a tracked
+    /// flow (no forward state to update for a stateless endpoint's reply), refused by the flow
+    /// it names (another backend's, or a reused port: the flow is marked stale), a hairpin
+    /// flow's reply, or nothing of ours (no flow, or a stateless endpoint's packet to the LB).
+    fn reply(&mut self, flow: &FlowKey6, flags: u8, v6: bool) -> FromBackend {
         if !of_family(&flow.src, v6) {
-            return None;
+            return FromBackend::None;
         }
         // An HA-ports backend's entry has port 0: it answers from every port, and its
         // replies come from the port the client sent to.
-        let mut rev = *self
+        let Some(mut rev) = self
             .revs
             .get(&RevKey::of(flow.src, flow.sport, flow.proto))
-            .or_else(|| self.revs.get(&RevKey::of(flow.src, [0; 2], flow.proto)))?;
+            .or_else(|| self.revs.get(&RevKey::of(flow.src, [0; 2], flow.proto)))
+            .copied()
+        else {
+            return FromBackend::None;
+        };
         if rev.vport == [0; 2] {
             rev.vport = flow.sport;
         }
         if rev.flags & REV_F_STATELESS != 0 {
             if self.locals.contains(&flow.dst) {
-                return None;
+                return FromBackend::None;
             }
-            return Some(Ok((rev.vip, rev.vport, None)));
+            return FromBackend::Reply(rev.vip, rev.vport, None);
         }
-        let own = (rev.flags & REV_F_SHARED != 0)
-            .then(|| self.replies.get(flow).copied())
-            .flatten();
+        let hairpin = self.hairpin_replies.contains_key(flow);
+        let shared = rev.flags & REV_F_SHARED != 0;
+        if shared && hairpin {
+            return FromBackend::Hairpin;
+        }
+        let own = shared.then(|| self.replies.get(flow).copied()).flatten();
         let (vip, vport, backend) = own.unwrap_or((rev.vip, rev.vport, rev.backend));
         let fwd = flow.forward_of_reply(vip, vport);
-        let f = self.flows.get(&fwd).copied()?;
+        let Some(f) = self.flows.get(&fwd).copied() else {
+            // A hairpin reply goes to VIP:SNAT port, which no forward key has.
+            return if hairpin {
+                FromBackend::Hairpin
+            } else {
+                FromBackend::None
+            };
+        };
         if f.backend != backend || !conn::translates(f.tcp, 0, 0, 0) {
-            return Some(Err(()));
+            return FromBackend::Refused;
         }
         let tcp = if flow.proto == proto::TCP { flags } else { 0 };
         match conn::after_reply(f.tcp, tcp) {
-            Ok(n) => Some(Ok((vip, vport, Some((n, fwd))))),
+            Ok(n) => FromBackend::Reply(vip, vport, Some((n, fwd))),
             Err(stale) => {
                 self.flows.insert(
                     fwd,
@@ -668,7 +1008,7 @@ impl Model {
                         tcp: stale,
                     },
                 );
-                Some(Err(()))
+                FromBackend::Refused
             }
         }
     }
@@ -850,6 +1190,7 @@ mod tests {
                     // Each entry covers `src` at its own length.
                     addr: src.to_be_bytes(),
                     action: u32::try_from(i).expect("small") + 1,
+                    rule: 0,
                 })
                 .collect();
             if reversed {

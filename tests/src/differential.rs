@@ -296,7 +296,7 @@ pub fn model_of(h: &Harness) -> Model {
     }
     // ACL sets: the key is the set id (big-endian) and then the address; its prefix counts
     // the id's 32 bits too.
-    let mut entry = |v6: bool, len: u32, data: &[u8], action: u32| {
+    let mut entry = |v6: bool, len: u32, data: &[u8], action: u32, rule: u32| {
         let id = u32::from_be_bytes([data[0], data[1], data[2], data[3]]);
         let (addr, len) = if v6 {
             let mut a = [0u8; 16];
@@ -310,15 +310,16 @@ pub fn model_of(h: &Harness) -> Model {
             len: u8::try_from(len).expect("a prefix length"),
             addr,
             action,
+            rule,
         });
     };
     for item in &maps.acl {
         let (k, v) = item.expect("ACL entry");
-        entry(false, k.prefix_len(), &k.data(), v.action);
+        entry(false, k.prefix_len(), &k.data(), v.action, v.rule);
     }
     for item in &maps.acl6 {
         let (k, v) = item.expect("IPv6 ACL entry");
-        entry(true, k.prefix_len(), &k.data(), v.action);
+        entry(true, k.prefix_len(), &k.data(), v.action, v.rule);
     }
     for k in maps.locals6.keys() {
         m.locals.insert(k.expect("local IPv6 address"));
@@ -367,6 +368,8 @@ pub fn forget_flows(h: &mut Harness, model: &mut Model) {
     }
     model.flows.clear();
     model.replies.clear();
+    model.hairpins.clear();
+    model.hairpin_replies.clear();
 }
 
 /// Whether the IPv4 header checksum (IPv4) and the TCP/UDP checksum of a parsed frame are
@@ -395,6 +398,66 @@ pub fn checksums_ok(out: &[u8]) -> Option<(bool, bool)> {
     // A segment summed with its own valid checksum folds to zero (UDP reports that as
     // 0xffff).
     Some((ip_ok, c == 0 || c == 0xffff))
+}
+
+/// The checksums of an ICMP (or ICMPv6) packet right after its network header: whether the
+/// IPv4 header's (`true` for IPv6, which has none), the ICMP message's (ICMPv6's with its
+/// pseudo-header) and an embedded IPv4 header's are valid, and the part of an embedded TCP/UDP
+/// checksum that no address or port accounts for (see [`embedded_rest`]). `None` when the
+/// lengths do not describe a message inside the frame.
+#[must_use]
+pub fn icmp_checksums(frame: &[u8]) -> Option<(bool, bool, Option<bool>, Option<u16>)> {
+    let p = model::parse(frame).ok()?;
+    let l3 = p.l3_off;
+    let be16 = |at: usize| {
+        frame
+            .get(at..at + 2)
+            .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+    };
+    let (end, ip_ok) = if p.v6 {
+        (l3 + 40 + be16(l3 + 4)?, true)
+    } else {
+        (
+            l3 + be16(l3 + 2)?,
+            csum::ipv4_header(frame.get(l3..l3 + 20)?) == 0,
+        )
+    };
+    let msg = frame.get(p.l4_off..end)?;
+    let icmp_ok = if p.v6 {
+        csum::l4_v6(p.src, p.dst, proto::ICMPV6, msg) == 0
+    } else {
+        csum::ipv4_header(msg) == 0
+    };
+    let inner = model::embedded_at(frame, p.l4_off, p.v6);
+    let inner_ip = match inner {
+        Some((ip, _, _)) if !p.v6 => Some(csum::ipv4_header(&frame[ip..ip + 20]) == 0),
+        _ => None,
+    };
+    let inner_l4 = inner.and_then(|(ip, l4, check)| embedded_rest(frame, ip, l4, check?, p.v6));
+    Some((ip_ok, icmp_ok, inner_ip, inner_l4))
+}
+
+/// What an embedded TCP/UDP checksum covers besides the embedded addresses and ports: the
+/// checksum minus their sum, in one's complement (zero as 0). A translation that rewrites
+/// only addresses and ports and patches the checksum right leaves it as it was, whether the
+/// error carries the whole segment or not. `None` for an IPv4 UDP checksum of zero (none).
+fn embedded_rest(frame: &[u8], ip: usize, l4: usize, check: usize, v6: bool) -> Option<u16> {
+    let c = u16::from_be_bytes([frame[check], frame[check + 1]]);
+    let udp = check == l4 + 6;
+    if udp && !v6 && c == 0 {
+        return None;
+    }
+    let addrs = if v6 {
+        &frame[ip + 8..ip + 40]
+    } else {
+        &frame[ip + 12..ip + 20]
+    };
+    let covered = csum::fold(csum::sum_words(
+        &frame[l4..l4 + 4],
+        csum::sum_words(addrs, 0),
+    ));
+    let rest = csum::fold(u32::from(!c) + u32::from(!covered));
+    Some(if rest == 0xffff { 0 } else { rest })
 }
 
 /// What one comparison found, when the two sides agreed.
@@ -432,11 +495,33 @@ fn expected(input: &[u8], out: &[u8], p: &Parsed, v: Verdict, model: &Model, fib
             e[l4..l4 + 2].copy_from_slice(&port);
             e[0..6].copy_from_slice(&CLIENT_MAC);
         }
+        // To the chosen backend, from the VIP and the SNAT port.
+        Verdict::Hairpin(id, snat) => {
+            let b = model.backends[&id];
+            e[src_at..src_at + alen].copy_from_slice(&input[dst_at..dst_at + alen]);
+            e[dst_at..dst_at + alen].copy_from_slice(&tail(&b.addr));
+            e[l4..l4 + 2].copy_from_slice(&snat);
+            if b.port != [0; 2] {
+                e[l4 + 2..l4 + 4].copy_from_slice(&b.port);
+            }
+            e[0..6].copy_from_slice(&BACKEND_MAC);
+        }
+        // Back to the connecting backend, from the VIP and the port it connected to.
+        Verdict::HairpinReply(client, port, vport) => {
+            e[src_at..src_at + alen].copy_from_slice(&input[dst_at..dst_at + alen]);
+            e[dst_at..dst_at + alen].copy_from_slice(&tail(&client));
+            e[l4..l4 + 2].copy_from_slice(&vport);
+            e[l4 + 2..l4 + 4].copy_from_slice(&port);
+            e[0..6].copy_from_slice(&BACKEND_MAC);
+        }
         // In: to the instance's next hop; out: by the client route.
         Verdict::Pip(to, inbound) => {
             let at = if inbound { dst_at } else { src_at };
             e[at..at + alen].copy_from_slice(&tail(&to));
             e[0..6].copy_from_slice(if inbound { &BACKEND_MAC } else { &CLIENT_MAC });
+        }
+        Verdict::Echo | Verdict::IcmpToBackend(_) | Verdict::IcmpToClient(..) => {
+            return expected_icmp(input, out, p, v, model);
         }
         Verdict::Other(_) | Verdict::OutOfScope => return e,
     }
@@ -464,7 +549,75 @@ fn expected(input: &[u8], out: &[u8], p: &Parsed, v: Verdict, model: &Model, fib
     match p.proto {
         proto::TCP if first => take(l4 + 16),
         proto::UDP if first => take(l4 + 6),
+        // A PIP patches the ICMPv6 checksum (its pseudo-header has the addresses).
+        proto::ICMPV6 if p.v6 && p.icmp6.is_some() => take(l4 + 2),
         _ => {}
+    }
+    e
+}
+
+/// [`expected`] for ICMP the LB answers or sends on: an echo reply is the request turned
+/// around (MACs and addresses swapped, TTL or hop limit 64, the reply type); an error about a
+/// tracked flow has the embedded address and port the flow's NAT owns rewritten, and the
+/// outer destination (to the backend) or source (from the backend itself, to the client).
+/// Every checksum field is taken from `out` (they are checked for validity instead).
+fn expected_icmp(input: &[u8], out: &[u8], p: &Parsed, v: Verdict, model: &Model) -> Vec<u8> {
+    let mut e = input.to_vec();
+    let (l3, l4) = (p.l3_off, p.l4_off);
+    let (alen, src_at, dst_at, ttl_at) = if p.v6 {
+        (16, l3 + 8, l3 + 24, l3 + 7)
+    } else {
+        (4, l3 + 12, l3 + 16, l3 + 8)
+    };
+    let tail = |a: &[u8; 16]| a[16 - alen..].to_vec();
+    let mut takes = vec![l4 + 2];
+    if !p.v6 {
+        takes.push(l3 + 10);
+    }
+    if v == Verdict::Echo {
+        e[0..6].copy_from_slice(&input[6..12]);
+        e[6..12].copy_from_slice(&input[0..6]);
+        e[src_at..src_at + alen].copy_from_slice(&input[dst_at..dst_at + alen]);
+        e[dst_at..dst_at + alen].copy_from_slice(&input[src_at..src_at + alen]);
+        e[ttl_at] = 64;
+        e[l4] = if p.v6 { 129 } else { 0 };
+    } else {
+        let (ip, il4, check) =
+            model::embedded_at(input, l4, p.v6).expect("a matched error embeds a packet");
+        let (isrc, idst) = if p.v6 {
+            (ip + 8, ip + 24)
+        } else {
+            (ip + 12, ip + 16)
+        };
+        if let Verdict::IcmpToBackend(id) = v {
+            let b = model.backends[&id];
+            e[dst_at..dst_at + alen].copy_from_slice(&tail(&b.addr));
+            e[isrc..isrc + alen].copy_from_slice(&tail(&b.addr));
+            // An HA-ports backend answers from the port the flow was sent to.
+            if b.port != [0; 2] {
+                e[il4..il4 + 2].copy_from_slice(&b.port);
+            }
+            e[0..6].copy_from_slice(&BACKEND_MAC);
+        } else if let Verdict::IcmpToClient(vip, port) = v {
+            // The backend's own error leaves from the VIP; a router's keeps its source.
+            if input[src_at..src_at + alen] == input[idst..idst + alen] {
+                e[src_at..src_at + alen].copy_from_slice(&tail(&vip));
+            }
+            e[idst..idst + alen].copy_from_slice(&tail(&vip));
+            e[il4 + 2..il4 + 4].copy_from_slice(&port);
+            e[0..6].copy_from_slice(&CLIENT_MAC);
+        }
+        e[6..12].copy_from_slice(&LB_MAC);
+        e[ttl_at] = e[ttl_at].wrapping_sub(1);
+        if !p.v6 {
+            takes.push(ip + 10);
+        }
+        takes.extend(check);
+    }
+    for at in takes {
+        if let (Some(d), Some(s)) = (e.get_mut(at..at + 2), out.get(at..at + 2)) {
+            d.copy_from_slice(s);
+        }
     }
     e
 }
@@ -479,6 +632,11 @@ fn expected(input: &[u8], out: &[u8], p: &Parsed, v: Verdict, model: &Model, fib
 /// `BPF_PROG_TEST_RUN` fails, or the counters cannot be read.
 pub fn compare(h: &mut Harness, model: &mut Model, frame: &[u8]) -> Result<Agreed, String> {
     let want = model.classify(frame);
+    // The echo rate limit depends on the clock, which the model does not see: a full bucket
+    // before each request the model answers.
+    if want == Verdict::Echo {
+        h.refill_echo();
+    }
     let before = h.counts();
     let (action, out, _) = h.run(frame);
     let after = h.counts();
@@ -493,10 +651,21 @@ pub fn compare(h: &mut Harness, model: &mut Model, frame: &[u8]) -> Result<Agree
             hex(frame)
         ));
     };
+    let translated = matches!(
+        reason,
+        Reason::Forward
+            | Reason::ForwardFib
+            | Reason::Reply
+            | Reason::PipIn
+            | Reason::PipOut
+            | Reason::EchoReply
+            | Reason::IcmpToBackend
+            | Reason::IcmpToClient
+            | Reason::HairpinSnat
+            | Reason::HairpinReply
+    );
     let action_ok = match reason {
-        Reason::Forward | Reason::ForwardFib | Reason::Reply | Reason::PipIn | Reason::PipOut => {
-            action == XDP_TX
-        }
+        _ if translated => action == XDP_TX,
         r if r.is_drop() => action == XDP_DROP,
         _ => action == XDP_PASS || action == XDP_TX,
     };
@@ -532,6 +701,49 @@ pub fn compare(h: &mut Harness, model: &mut Model, frame: &[u8]) -> Result<Agree
             }
         }
         (Reason::Reply, Some(k)) => Verdict::Reply(k.src, k.sport),
+        (Reason::HairpinReply, Some(k)) => Verdict::HairpinReply(k.dst, k.dport, k.sport),
+        // The backend from the output's destination, as for a forward.
+        (Reason::HairpinSnat, Some(k)) => {
+            let is = |b: &ModelBackend| b.addr == k.dst && (b.port == k.dport || b.port == [0; 2]);
+            match want {
+                Verdict::Hairpin(w, _) if model.backends.get(&w).is_some_and(is) => {
+                    Verdict::Hairpin(w, k.sport)
+                }
+                _ => model
+                    .backends
+                    .iter()
+                    .find(|(_, b)| is(b))
+                    .map_or(Verdict::Other(reason), |(id, _)| {
+                        Verdict::Hairpin(*id, k.sport)
+                    }),
+            }
+        }
+        (Reason::EchoReply, _) => Verdict::Echo,
+        // The backend or VIP from the output's embedded packet.
+        (Reason::IcmpToBackend | Reason::IcmpToClient, _) => {
+            match out_p
+                .as_ref()
+                .and_then(|o| model::embedded(&out, o.l4_off, o.v6))
+            {
+                Some(k) if reason == Reason::IcmpToClient => Verdict::IcmpToClient(k.dst, k.dport),
+                Some(k) => {
+                    let is = |b: &ModelBackend| {
+                        b.addr == k.src && (b.port == k.sport || b.port == [0; 2])
+                    };
+                    match want {
+                        Verdict::IcmpToBackend(w) if model.backends.get(&w).is_some_and(is) => want,
+                        _ => model
+                            .backends
+                            .iter()
+                            .find(|(_, b)| is(b))
+                            .map_or(Verdict::Other(reason), |(id, _)| {
+                                Verdict::IcmpToBackend(*id)
+                            }),
+                    }
+                }
+                None => Verdict::Other(reason),
+            }
+        }
         (Reason::PipIn | Reason::PipOut, _) => match &out_p {
             Some(o) if reason == Reason::PipIn => Verdict::Pip(o.dst, true),
             Some(o) => Verdict::Pip(o.src, false),
@@ -552,10 +764,6 @@ pub fn compare(h: &mut Harness, model: &mut Model, frame: &[u8]) -> Result<Agree
     if !action_ok {
         return fail("action");
     }
-    let translated = matches!(
-        reason,
-        Reason::Forward | Reason::ForwardFib | Reason::Reply | Reason::PipIn | Reason::PipOut
-    );
     if action == XDP_PASS && reason != Reason::PassNoNextHop && out != frame {
         return fail("a passed frame was changed");
     }
@@ -572,6 +780,16 @@ pub fn compare(h: &mut Harness, model: &mut Model, frame: &[u8]) -> Result<Agree
                 "checksum validity (in {:?}, out {:?})",
                 checksums_ok(frame),
                 checksums_ok(&out)
+            ));
+        }
+        // And for ICMP: the outer, message and embedded checksums (the embedded TCP/UDP one
+        // by what it covers besides the rewritten fields).
+        let icmp = if p.v6 { proto::ICMPV6 } else { proto::ICMP };
+        if p.proto == icmp && icmp_checksums(frame) != icmp_checksums(&out) {
+            return fail(&format!(
+                "ICMP checksums (in {:?}, out {:?})",
+                icmp_checksums(frame),
+                icmp_checksums(&out)
             ));
         }
         if !p.v6

@@ -173,6 +173,34 @@ impl Harness {
         self.rec.maps().reason_counters().expect("read counters")
     }
 
+    /// Fills every CPU's echo-reply token bucket (`LB_ECHO_RL`), so that the next echo request
+    /// is answered whatever the clock says.
+    ///
+    /// # Panics
+    /// The map cannot be read or written.
+    pub fn refill_echo(&mut self) {
+        let cost = 1_000_000_000 / lb_common::consts::ECHO_RATE_PER_SEC;
+        let full = lb_common::maps::RateState {
+            credit_ns: lb_common::consts::ECHO_BURST * cost,
+            last_ns: 0,
+        };
+        let mut rl: aya::maps::PerCpuArray<_, lb_common::maps::RateState> =
+            aya::maps::PerCpuArray::try_from(
+                self.dp
+                    .ebpf
+                    .map_mut(lb_common::consts::map_names::ECHO_RL)
+                    .expect("LB_ECHO_RL"),
+            )
+            .expect("a per-CPU array");
+        let cpus = aya::util::nr_cpus().expect("CPU count");
+        rl.set(
+            0,
+            aya::maps::PerCpuValues::try_from(vec![full; cpus]).expect("per CPU"),
+            0,
+        )
+        .expect("refill the echo bucket");
+    }
+
     /// Runs one frame once (ingress `lo`); returns (action, output bytes, kernel run time).
     ///
     /// # Panics

@@ -98,7 +98,9 @@ fn host(h: &Host, v6: bool) -> [u8; 16] {
         Host::Vip(i) => (3, 0x10 + i % 5),
         Host::Backend(i) => (
             2,
-            [0x11, 0x12, 0x13, 0x14, 0x15, 0x18, 0x20, 0x21][usize::from(i % 8)],
+            [
+                0x11, 0x12, 0x13, 0x14, 0x15, 0x18, 0x20, 0x21, 0x30, 0x31, 0x40, 0x41,
+            ][usize::from(i % 12)],
         ),
         Host::Local => (2, 1),
         Host::Other => (2, 0x99),
@@ -150,12 +152,16 @@ enum Transport {
     },
     /// An ICMP error (type and code as given) embedding an earlier frame of the input from
     /// its network header on, cut to `keep` bytes: so that errors about tracked flows, to a
-    /// VIP or from a backend's side, meet their flows.
+    /// VIP or from a backend's side, meet their flows. The embedded destination can be
+    /// replaced first (`to`: the backend a client's packet went to), and the embedded packet
+    /// turned around (`turn`: the reply a VIP sent the client).
     IcmpAbout {
         ty: u8,
         code: u8,
         earlier: u8,
         keep: u8,
+        to: Option<(Host, Port)>,
+        turn: bool,
     },
     Other {
         proto: u8,
@@ -228,6 +234,40 @@ struct Packet {
     cut: Option<u8>,
 }
 
+/// An embedded packet (network header on) with its destination replaced by `to` and then, if
+/// `turn`, its addresses and ports swapped; what is not in it is left alone.
+fn readdress(inner: &mut [u8], to: Option<&(Host, Port)>, turn: bool) {
+    let Some(&first) = inner.first() else {
+        return;
+    };
+    let v6 = first >> 4 == 6;
+    let (src, dst, alen, l4) = if v6 {
+        (8, 24, 16, 40)
+    } else {
+        (12, 16, 4, usize::from(first & 0x0f) * 4)
+    };
+    if let Some((h, p)) = to {
+        let a = host(h, v6);
+        if let Some(d) = inner.get_mut(dst..dst + alen) {
+            d.copy_from_slice(&a[16 - alen..]);
+        }
+        if let Some(d) = inner.get_mut(l4 + 2..l4 + 4) {
+            d.copy_from_slice(&port(p).to_be_bytes());
+        }
+    }
+    if turn {
+        if inner.len() >= dst + alen {
+            for i in 0..alen {
+                inner.swap(src + i, dst + i);
+            }
+        }
+        if inner.len() >= l4 + 4 {
+            inner.swap(l4, l4 + 2);
+            inner.swap(l4 + 1, l4 + 3);
+        }
+    }
+}
+
 /// The frame `p` describes; `earlier` are the input's frames before it.
 fn build(p: &Packet, earlier: &[Vec<u8>]) -> Vec<u8> {
     let (src, dst) = (host(&p.src, p.v6), host(&p.dst, p.v6));
@@ -264,6 +304,8 @@ fn build(p: &Packet, earlier: &[Vec<u8>]) -> Vec<u8> {
             code,
             earlier: e,
             keep,
+            to,
+            turn,
         } => {
             let mut b = vec![*ty, *code, 0, 0, 0, 0, 0, 0];
             if let Some(f) =
@@ -274,8 +316,14 @@ fn build(p: &Packet, earlier: &[Vec<u8>]) -> Vec<u8> {
                 } else {
                     14
                 };
-                let inner = f.get(l3..).unwrap_or_default();
+                let mut inner = f.get(l3..).unwrap_or_default().to_vec();
+                readdress(&mut inner, to.as_ref(), *turn);
                 b.extend(inner.iter().take(usize::from(*keep)));
+            }
+            // A valid ICMP checksum (ICMPv6's is the frame builder's, over its pseudo-header).
+            if !p.v6 {
+                let c = lb_common::csum::ipv4_header(&b);
+                b[2..4].copy_from_slice(&c.to_be_bytes());
             }
             L4::Raw {
                 proto: if p.v6 { 58 } else { 1 },
