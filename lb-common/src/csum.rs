@@ -23,6 +23,20 @@ pub const fn update16(check: u16, old: u16, new: u16) -> u16 {
     !fold((!check) as u32 + (!old) as u32 + new as u32)
 }
 
+/// [`update16`] for a checksum whose covered data can be all zeros: an ICMP echo message with
+/// identifier, sequence number and payload zero (no pseudo-header). Eqn. 3 then gives +0
+/// (`0x0000`), which fails verification, where a computation from scratch gives `0xffff`;
+/// `0xffff` verifies for any data that sums to zero, so a computed `0x0000` is sent as that.
+/// (The kernel differential fuzz target found this on an echo reply.)
+#[inline(always)]
+#[must_use]
+pub const fn update16_nonzero(check: u16, old: u16, new: u16) -> u16 {
+    match update16(check, old, new) {
+        0 => 0xffff,
+        c => c,
+    }
+}
+
 /// The checksum after a 32-bit field (an IPv4 address, or two adjacent ports) changes.
 #[inline(always)]
 #[must_use]
@@ -165,6 +179,41 @@ mod tests {
         seg[at..at + 2].copy_from_slice(&[0, 0]);
         let c = l4_v4(src, dst, p, seg);
         seg[at..at + 2].copy_from_slice(&c.to_be_bytes());
+    }
+
+    /// An ICMP echo request with identifier, sequence number and payload zero: its reply's
+    /// data is all zeros, whose checksum is `0xffff`; plain eqn. 3 gives `0x0000`, which does
+    /// not verify.
+    #[test]
+    fn an_all_zero_echo_reply_gets_a_checksum_that_verifies() {
+        let request = [0x08, 0x00, 0xf7, 0xff, 0, 0, 0, 0];
+        assert_eq!(ipv4_header(&request), 0, "the request verifies");
+        assert_eq!(update16(0xf7ff, 0x0800, 0), 0, "eqn. 3's +0");
+        let c = update16_nonzero(0xf7ff, 0x0800, 0);
+        let mut reply = [0u8; 8];
+        reply[2..4].copy_from_slice(&c.to_be_bytes());
+        assert_eq!(ipv4_header(&reply), 0, "the reply verifies");
+    }
+
+    proptest! {
+        /// A message with a valid checksum keeps one when a word changes, zeros included.
+        #[test]
+        fn update16_nonzero_keeps_a_valid_checksum_valid(
+            mut words in proptest::collection::vec(prop_oneof![Just(0u16), any::<u16>()], 2..12),
+            at in any::<prop::sample::Index>(),
+            new in prop_oneof![Just(0u16), any::<u16>()],
+        ) {
+            // The checksum is word 1, as in ICMP.
+            words[1] = 0;
+            let bytes = |w: &[u16]| w.iter().flat_map(|x| x.to_be_bytes()).collect::<Vec<u8>>();
+            words[1] = ipv4_header(&bytes(&words));
+            let i = at.index(words.len());
+            prop_assume!(i != 1);
+            let c = update16_nonzero(words[1], words[i], new);
+            words[i] = new;
+            words[1] = c;
+            prop_assert_eq!(ipv4_header(&bytes(&words)), 0);
+        }
     }
 
     #[test]

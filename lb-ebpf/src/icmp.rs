@@ -60,7 +60,9 @@ pub fn to_vip(ctx: &XdpContext, pkt: &Packet, vip: &VipInfo) -> Verdict {
         xlate::turn_around(pkt, REPLY_TTL);
         (*icmp)[0] = ECHO_REPLY;
         let c = u16::from_be_bytes([(*icmp)[2], (*icmp)[3]]);
-        let c = csum::update16(
+        // An all-zero reply (identifier, sequence and payload zero) needs 0xffff, not eqn.
+        // 3's 0x0000 (see `update16_nonzero`).
+        let c = csum::update16_nonzero(
             c,
             u16::from_be_bytes([ECHO_REQUEST, 0]),
             u16::from_be_bytes([ECHO_REPLY, 0]),

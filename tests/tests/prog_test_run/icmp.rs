@@ -33,6 +33,22 @@ fn the_lb_answers_pings_to_a_vip_rate_limited() {
             Some(&want),
             Reason::EchoReply,
         );
+        // Identifier, sequence number and payload zero: the reply's data is all zeros, and
+        // its checksum 0xffff (the incremental update once wrote 0x0000, which does not
+        // verify; the kernel differential fuzz target found it).
+        let zero = Frame::raw(*CLIENT.ip(), VIP, proto::ICMP, icmp(8, &[0; 4]));
+        let mut want = Frame::raw(VIP, *CLIENT.ip(), proto::ICMP, icmp(0, &[0; 4]));
+        assert_eq!(want.build()[36..38], [0xff, 0xff], "from scratch");
+        want.smac = zero.dmac;
+        want.dmac = zero.smac;
+        want.ttl = 64;
+        fx.check(
+            "an all-zero ping",
+            &zero,
+            XDP_TX,
+            Some(&want),
+            Reason::EchoReply,
+        );
         let off = Frame::raw(
             *CLIENT.ip(),
             Ipv4Addr::new(203, 0, 113, 30),
