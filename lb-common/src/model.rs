@@ -8,12 +8,13 @@
 //! for shared backend endpoints, TCP state), stateless replies, HA ports, endpoint ACLs and
 //! internal VIPs (admission of new flows, first match compiled to longest prefix, a backend's
 //! own connection dropped as `drop_hairpin`), PIPs (every protocol, both ways), malformed and
-//! unusual frames, IPv6 extension headers and neighbour discovery, and ICMP of both families
-//! (echo requests to a VIP answered, errors about tracked flows sent to the party that owns
-//! the flow, other ICMP to a VIP dropped), and hairpin SNAT (a VIP's own backend connecting
-//! to it: the SNAT port choice, both entries, both translations). Echo replies are modelled as
-//! within the rate limit (the differential
-//! comparison refills the bucket before each). Closed flows are modelled as inside their close time (the
+//! unusual frames, IPv6 extension headers and neighbour discovery, ICMP of both families (echo
+//! requests to a VIP answered, errors about tracked flows sent to the party that owns the
+//! flow, other ICMP to a VIP dropped), and hairpin SNAT (a VIP's own backend connecting to it:
+//! the SNAT port choice, both entries, both translations). Echo replies are modelled as within
+//! the rate limit (the differential comparison refills the bucket before each request). A
+//! hairpin reply whose connecting backend is gone (sent by the FIB) is
+//! [`Verdict::OutOfScope`]. Closed flows are modelled as inside their close time (the
 //! differential test runs the program with a close timeout far longer than itself; a fixture
 //! covers expiry).
 //!

@@ -104,6 +104,9 @@ pub struct Harness {
     pub seed: u32,
     /// How long the reconciler took to provision the config.
     pub provision_time: Duration,
+    /// The counters after the last [`Self::run_counted`], while no other run has happened
+    /// since: the next one's "before" (half the counter reads of a comparison).
+    counted: Option<Vec<u64>>,
 }
 
 impl Harness {
@@ -161,6 +164,7 @@ impl Harness {
             resolver,
             seed,
             provision_time: started.elapsed(),
+            counted: None,
         })
     }
 
@@ -179,6 +183,8 @@ impl Harness {
     /// # Panics
     /// The map cannot be read or written.
     pub fn refill_echo(&mut self) {
+        // Read once: the fuzz target refills before every echo request it sends.
+        static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
         let cost = 1_000_000_000 / lb_common::consts::ECHO_RATE_PER_SEC;
         let full = lb_common::maps::RateState {
             credit_ns: lb_common::consts::ECHO_BURST * cost,
@@ -192,7 +198,7 @@ impl Harness {
                     .expect("LB_ECHO_RL"),
             )
             .expect("a per-CPU array");
-        let cpus = aya::util::nr_cpus().expect("CPU count");
+        let cpus = *CPUS.get_or_init(|| aya::util::nr_cpus().expect("CPU count"));
         rl.set(
             0,
             aya::maps::PerCpuValues::try_from(vec![full; cpus]).expect("per CPU"),
@@ -206,7 +212,22 @@ impl Harness {
     /// # Panics
     /// `BPF_PROG_TEST_RUN` fails.
     pub fn run(&mut self, input: &[u8]) -> (u32, Vec<u8>, Duration) {
+        self.counted = None;
         run_once(self.dp.program().expect("program"), input)
+    }
+
+    /// [`Self::run`], with the counters before and after the run. Only a run of the program
+    /// moves them, so the last call's "after" serves as this one's "before" when no other run
+    /// happened in between.
+    ///
+    /// # Panics
+    /// `BPF_PROG_TEST_RUN` fails, or the counters cannot be read.
+    pub fn run_counted(&mut self, input: &[u8]) -> (u32, Vec<u8>, Vec<u64>, Vec<u64>) {
+        let before = self.counted.take().unwrap_or_else(|| self.counts());
+        let (action, out, _) = self.run(input);
+        let after = self.counts();
+        self.counted = Some(after.clone());
+        (action, out, before, after)
     }
 
     /// The conntrack entry of a 5-tuple, read from the writer's handle on the map.
