@@ -268,6 +268,36 @@ fn readdress(inner: &mut [u8], to: Option<&(Host, Port)>, turn: bool) {
     }
 }
 
+/// The message of a [`Transport::IcmpAbout`]: type and code, four bytes, then the earlier
+/// frame `e` (modulo their number) from its network header on, readdressed and cut to `keep`
+/// bytes; an IPv4 message's checksum computed (an IPv6 one's is the frame builder's, over its
+/// pseudo-header).
+fn icmp_about(
+    v6: bool,
+    (ty, code): (u8, u8),
+    earlier: &[Vec<u8>],
+    (e, keep): (u8, u8),
+    to: Option<&(Host, Port)>,
+    turn: bool,
+) -> Vec<u8> {
+    let mut b = vec![ty, code, 0, 0, 0, 0, 0, 0];
+    if let Some(f) = (!earlier.is_empty()).then(|| &earlier[usize::from(e) % earlier.len()]) {
+        let l3 = if f.get(12..14) == Some(&[0x81, 0x00]) {
+            18
+        } else {
+            14
+        };
+        let mut inner = f.get(l3..).unwrap_or_default().to_vec();
+        readdress(&mut inner, to, turn);
+        b.extend(inner.iter().take(usize::from(keep)));
+    }
+    if !v6 {
+        let c = lb_common::csum::ipv4_header(&b);
+        b[2..4].copy_from_slice(&c.to_be_bytes());
+    }
+    b
+}
+
 /// The frame `p` describes; `earlier` are the input's frames before it.
 fn build(p: &Packet, earlier: &[Vec<u8>]) -> Vec<u8> {
     let (src, dst) = (host(&p.src, p.v6), host(&p.dst, p.v6));
@@ -306,30 +336,10 @@ fn build(p: &Packet, earlier: &[Vec<u8>]) -> Vec<u8> {
             keep,
             to,
             turn,
-        } => {
-            let mut b = vec![*ty, *code, 0, 0, 0, 0, 0, 0];
-            if let Some(f) =
-                (!earlier.is_empty()).then(|| &earlier[usize::from(*e) % earlier.len()])
-            {
-                let l3 = if f.get(12..14) == Some(&[0x81, 0x00]) {
-                    18
-                } else {
-                    14
-                };
-                let mut inner = f.get(l3..).unwrap_or_default().to_vec();
-                readdress(&mut inner, to.as_ref(), *turn);
-                b.extend(inner.iter().take(usize::from(*keep)));
-            }
-            // A valid ICMP checksum (ICMPv6's is the frame builder's, over its pseudo-header).
-            if !p.v6 {
-                let c = lb_common::csum::ipv4_header(&b);
-                b[2..4].copy_from_slice(&c.to_be_bytes());
-            }
-            L4::Raw {
-                proto: if p.v6 { 58 } else { 1 },
-                bytes: b,
-            }
-        }
+        } => L4::Raw {
+            proto: if p.v6 { 58 } else { 1 },
+            bytes: icmp_about(p.v6, (*ty, *code), earlier, (*e, *keep), to.as_ref(), *turn),
+        },
         Transport::Other { proto, body } => L4::Raw {
             proto: *proto,
             bytes: body.iter().take(64).copied().collect(),
