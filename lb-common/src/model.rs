@@ -29,7 +29,7 @@ use crate::{
     addr::{Addr, as_v4, v4_mapped},
     conn,
     flow::{FlowKey4, FlowKey6, proto},
-    hash::{dist, dist_hash, dist_hash6, flow_hash, flow_hash6},
+    hash::{dist, dist_hash, dist_hash6},
     hdr::{ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6, IPV4_FRAG_MASK, IPV6_MAX_EXT, ext, icmpv6_is_ndp},
     maglev::slot,
     maps::{
@@ -534,6 +534,30 @@ impl Model {
             .copied()
     }
 
+    /// Whether the endpoint ACL of service `key` admits `src` (a service without one admits
+    /// every source).
+    fn endpoint_admits(&self, key: &ServiceKey, v6: bool, src: &Addr) -> bool {
+        let adm = self.admission.get(key).copied().unwrap_or_default();
+        adm.acl_id == 0 || self.acl(adm.acl_id, v6, src) == Some(ACL_PERMIT)
+    }
+
+    /// The table's backend for a new flow of service `key`, by the service's distribution
+    /// mode (`select::from_table`); `Err` is `drop_no_backend`.
+    fn table_pick(
+        &self,
+        key: &ServiceKey,
+        flow: &FlowKey6,
+        v6: bool,
+    ) -> Result<(BackendId, ModelBackend), Verdict> {
+        let table = &self.services[key];
+        let len = u32::try_from(table.len()).expect("table fits u32");
+        let mode = self.modes.get(key).copied().unwrap_or(dist::FIVE_TUPLE);
+        let no_backend = Verdict::Other(Reason::DropNoBackend);
+        let s = slot(hash(flow, v6, mode, self.seed), len).ok_or(no_backend)?;
+        let id = table[s as usize];
+        self.live(id).map(|b| (id, b)).ok_or(no_backend)
+    }
+
     /// Admission of a new flow of service `key`, as `policy::admit`: an internal VIP's source
     /// set first, then the endpoint's ACL. `Ok(true)`: a backend's own connection, which
     /// hairpin SNAT takes (the hairpin program checks the endpoint's ACL itself); `Err` is
@@ -552,7 +576,7 @@ impl Model {
                 _ => return Err(Verdict::Other(Reason::DropNotInternal)),
             }
         }
-        if adm.acl_id != 0 && self.acl(adm.acl_id, v6, &flow.src) != Some(ACL_PERMIT) {
+        if !self.endpoint_admits(key, v6, &flow.src) {
             return Err(Verdict::Other(Reason::DropAcl));
         }
         Ok(false)
@@ -829,15 +853,9 @@ impl Model {
             Ok(true) => return self.hairpin(flow, syn, v6),
             Ok(false) => {}
         }
-        let table = &self.services[&key];
-        let len = u32::try_from(table.len()).expect("table fits u32");
-        let mode = self.modes.get(&key).copied().unwrap_or(dist::FIVE_TUPLE);
-        let Some(s) = slot(hash(&flow, v6, mode, self.seed), len) else {
-            return Verdict::Other(Reason::DropNoBackend);
-        };
-        let id = table[s as usize];
-        let Some(b) = self.live(id) else {
-            return Verdict::Other(Reason::DropNoBackend);
+        let (id, b) = match self.table_pick(&key, &flow, v6) {
+            Ok(x) => x,
+            Err(v) => return v,
         };
         if tcp && !syn && conn::is_teardown(flags) {
             return Verdict::Forward(id);
@@ -897,27 +915,15 @@ impl Model {
         if vip.flags & VIP_F_HAIRPIN_SNAT == 0 {
             return Verdict::Other(Reason::DropHairpin);
         }
-        let adm = self.admission.get(&key).copied().unwrap_or_default();
-        if adm.acl_id != 0 && self.acl(adm.acl_id, v6, &flow.src) != Some(ACL_PERMIT) {
+        if !self.endpoint_admits(&key, v6, &flow.src) {
             return Verdict::Other(Reason::DropAcl);
         }
-        let table = &self.services[&key];
-        let len = u32::try_from(table.len()).expect("table fits u32");
-        let mode = self.modes.get(&key).copied().unwrap_or(dist::FIVE_TUPLE);
-        let Some(s) = slot(hash(&flow, v6, mode, self.seed), len) else {
-            return Verdict::Other(Reason::DropNoBackend);
+        let (id, b) = match self.table_pick(&key, &flow, v6) {
+            Ok(x) => x,
+            Err(v) => return v,
         };
-        let id = table[s as usize];
-        let Some(b) = self.live(id) else {
-            return Verdict::Other(Reason::DropNoBackend);
-        };
-        let ports_hash = match (v6, as_v4(&flow.src), as_v4(&flow.dst)) {
-            (false, Some(s), Some(d)) => flow_hash(
-                &FlowKey4::of(s, d, flow.sport, flow.dport, flow.proto),
-                self.seed,
-            ),
-            _ => flow_hash6(&flow, self.seed),
-        };
+        // The whole 5-tuple's hash, whatever the service's mode.
+        let ports_hash = hash(&flow, v6, dist::FIVE_TUPLE, self.seed);
         let mut rev = FlowKey6::of(b.addr, flow.dst, b.port, [0; 2], flow.proto);
         let free = (0..HAIRPIN_PORT_TRIES).find_map(|attempt| {
             let port = hairpin_port(ports_hash, attempt).to_be_bytes();

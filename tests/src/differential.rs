@@ -372,14 +372,15 @@ pub fn forget_flows(h: &mut Harness, model: &mut Model) {
     model.hairpin_replies.clear();
 }
 
-/// Whether the IPv4 header checksum (IPv4) and the TCP/UDP checksum of a parsed frame are
-/// valid; `None` when the frame's lengths do not describe a segment inside it.
-#[must_use]
-pub fn checksums_ok(out: &[u8]) -> Option<(bool, bool)> {
-    let p = model::parse(out).ok()?;
+/// A frame parsed, with where its network payload ends (by the header's length field) and
+/// whether its IPv4 header checksum is valid (`true` for IPv6, which has none); `None` when
+/// the lengths do not fit the frame.
+fn l3_extent(frame: &[u8]) -> Option<(Parsed, usize, bool)> {
+    let p = model::parse(frame).ok()?;
     let l3 = p.l3_off;
     let be16 = |at: usize| {
-        out.get(at..at + 2)
+        frame
+            .get(at..at + 2)
             .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
     };
     let (end, ip_ok) = if p.v6 {
@@ -387,9 +388,17 @@ pub fn checksums_ok(out: &[u8]) -> Option<(bool, bool)> {
     } else {
         (
             l3 + be16(l3 + 2)?,
-            csum::ipv4_header(out.get(l3..l3 + 20)?) == 0,
+            csum::ipv4_header(frame.get(l3..l3 + 20)?) == 0,
         )
     };
+    Some((p, end, ip_ok))
+}
+
+/// Whether the IPv4 header checksum (IPv4) and the TCP/UDP checksum of a parsed frame are
+/// valid; `None` when the frame's lengths do not describe a segment inside it.
+#[must_use]
+pub fn checksums_ok(out: &[u8]) -> Option<(bool, bool)> {
+    let (p, end, ip_ok) = l3_extent(out)?;
     let seg = out.get(p.l4_off..end)?;
     let c = match (as_v4(&p.src), as_v4(&p.dst)) {
         (Some(s), Some(d)) if !p.v6 => csum::l4_v4(s, d, p.proto, seg),
@@ -407,21 +416,7 @@ pub fn checksums_ok(out: &[u8]) -> Option<(bool, bool)> {
 /// lengths do not describe a message inside the frame.
 #[must_use]
 pub fn icmp_checksums(frame: &[u8]) -> Option<(bool, bool, Option<bool>, Option<u16>)> {
-    let p = model::parse(frame).ok()?;
-    let l3 = p.l3_off;
-    let be16 = |at: usize| {
-        frame
-            .get(at..at + 2)
-            .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
-    };
-    let (end, ip_ok) = if p.v6 {
-        (l3 + 40 + be16(l3 + 4)?, true)
-    } else {
-        (
-            l3 + be16(l3 + 2)?,
-            csum::ipv4_header(frame.get(l3..l3 + 20)?) == 0,
-        )
-    };
+    let (p, end, ip_ok) = l3_extent(frame)?;
     let msg = frame.get(p.l4_off..end)?;
     let icmp_ok = if p.v6 {
         csum::l4_v6(p.src, p.dst, proto::ICMPV6, msg) == 0
