@@ -16,7 +16,7 @@ use lb_common::{
     addr::{Addr, as_v4, to_ip},
     csum,
     flow::proto,
-    maps::{RevKey, RevService, ServiceKey, VipInfo},
+    maps::{BackendId, RevKey, RevService, ServiceKey, VipInfo},
     model::{self, Model, ModelAclEntry, ModelAdmission, ModelBackend, ModelVip, Parsed, Verdict},
     verdict::{ALL_REASONS, Reason},
 };
@@ -464,17 +464,52 @@ pub enum Agreed {
     OutOfScope(Reason),
 }
 
+/// Where a parsed frame's network header keeps what translations rewrite: the address length,
+/// the source and destination addresses' offsets, and the TTL's (or hop limit's).
+fn ip_fields(p: &Parsed) -> (usize, usize, usize, usize) {
+    let l3 = p.l3_off;
+    if p.v6 {
+        (16, l3 + 8, l3 + 24, l3 + 7)
+    } else {
+        (4, l3 + 12, l3 + 16, l3 + 8)
+    }
+}
+
+/// Copies the 2-byte field at `at` from `out` into `e`, where both have it (a checksum the
+/// comparison checks for validity instead of by value).
+fn take_field(e: &mut [u8], out: &[u8], at: usize) {
+    if let (Some(d), Some(s)) = (e.get_mut(at..at + 2), out.get(at..at + 2)) {
+        d.copy_from_slice(s);
+    }
+}
+
+/// The id of the model's backend at `addr`:`port` (an HA-ports backend, which has no port,
+/// at any port): the model's own choice `want` when it is that one (an endpoint of two
+/// services has two ids), else the first.
+fn backend_at(
+    model: &Model,
+    want: Option<BackendId>,
+    addr: &Addr,
+    port: [u8; 2],
+) -> Option<BackendId> {
+    let is = |b: &ModelBackend| b.addr == *addr && (b.port == port || b.port == [0; 2]);
+    want.filter(|w| model.backends.get(w).is_some_and(is))
+        .or_else(|| {
+            model
+                .backends
+                .iter()
+                .find(|(_, b)| is(b))
+                .map(|(id, _)| *id)
+        })
+}
+
 /// The output bytes a translated frame must have: `input` with the translation's fields
 /// rewritten (addresses, ports, TTL, MACs as `dmac`, or the output's own for a FIB-resolved
 /// hop), the checksum fields taken from `out` (they are checked for validity instead).
 fn expected(input: &[u8], out: &[u8], p: &Parsed, v: Verdict, model: &Model, fib: bool) -> Vec<u8> {
     let mut e = input.to_vec();
     let (l3, l4) = (p.l3_off, p.l4_off);
-    let (alen, src_at, dst_at, ttl_at) = if p.v6 {
-        (16, l3 + 8, l3 + 24, l3 + 7)
-    } else {
-        (4, l3 + 12, l3 + 16, l3 + 8)
-    };
+    let (alen, src_at, dst_at, ttl_at) = ip_fields(p);
     let tail = |a: &[u8; 16]| a[16 - alen..].to_vec();
     match v {
         Verdict::Forward(id) => {
@@ -525,11 +560,7 @@ fn expected(input: &[u8], out: &[u8], p: &Parsed, v: Verdict, model: &Model, fib
         e[0..12].copy_from_slice(&out[0..12]);
     }
     e[ttl_at] = e[ttl_at].wrapping_sub(1);
-    let mut take = |at: usize| {
-        if let (Some(d), Some(s)) = (e.get_mut(at..at + 2), out.get(at..at + 2)) {
-            d.copy_from_slice(s);
-        }
-    };
+    let mut take = |at: usize| take_field(&mut e, out, at);
     // The L4 checksum where the program patches one: TCP and UDP, for IPv4 in a first
     // fragment only (a later one has no L4 header), after the real header length (options).
     let (l4, first) = if p.v6 {
@@ -559,11 +590,7 @@ fn expected(input: &[u8], out: &[u8], p: &Parsed, v: Verdict, model: &Model, fib
 fn expected_icmp(input: &[u8], out: &[u8], p: &Parsed, v: Verdict, model: &Model) -> Vec<u8> {
     let mut e = input.to_vec();
     let (l3, l4) = (p.l3_off, p.l4_off);
-    let (alen, src_at, dst_at, ttl_at) = if p.v6 {
-        (16, l3 + 8, l3 + 24, l3 + 7)
-    } else {
-        (4, l3 + 12, l3 + 16, l3 + 8)
-    };
+    let (alen, src_at, dst_at, ttl_at) = ip_fields(p);
     let tail = |a: &[u8; 16]| a[16 - alen..].to_vec();
     let mut takes = vec![l4 + 2];
     if !p.v6 {
@@ -610,9 +637,7 @@ fn expected_icmp(input: &[u8], out: &[u8], p: &Parsed, v: Verdict, model: &Model
         takes.extend(check);
     }
     for at in takes {
-        if let (Some(d), Some(s)) = (e.get_mut(at..at + 2), out.get(at..at + 2)) {
-            d.copy_from_slice(s);
-        }
+        take_field(&mut e, out, at);
     }
     e
 }
@@ -677,39 +702,25 @@ pub fn compare(h: &mut Harness, model: &mut Model, frame: &[u8]) -> Result<Agree
     let out_p = model::parse(&out).ok();
     let out_flow = out_p.as_ref().and_then(|p| p.flow).map(|(k, _)| k);
     let got = match (reason, out_flow) {
+        // The backend the kernel chose, from the output's destination.
         (Reason::Forward | Reason::ForwardFib, Some(k)) => {
-            // The backend the kernel chose, from the output's destination.
-            // An HA-ports backend has no port of its own: the flow keeps the one it had.
-            let is = |b: &ModelBackend| b.addr == k.dst && (b.port == k.dport || b.port == [0; 2]);
-            // An endpoint of two services has two ids: the model's, if it is that one.
-            match want {
-                Verdict::Forward(w) if model.backends.get(&w).is_some_and(is) => want,
-                _ => model
-                    .backends
-                    .iter()
-                    .find(|(_, b)| is(b))
-                    .map_or(Verdict::Other(Reason::Forward), |(id, _)| {
-                        Verdict::Forward(*id)
-                    }),
-            }
+            let w = match want {
+                Verdict::Forward(w) => Some(w),
+                _ => None,
+            };
+            backend_at(model, w, &k.dst, k.dport)
+                .map_or(Verdict::Other(Reason::Forward), Verdict::Forward)
         }
         (Reason::Reply, Some(k)) => Verdict::Reply(k.src, k.sport),
         (Reason::HairpinReply, Some(k)) => Verdict::HairpinReply(k.dst, k.dport, k.sport),
         // The backend from the output's destination, as for a forward.
         (Reason::HairpinSnat, Some(k)) => {
-            let is = |b: &ModelBackend| b.addr == k.dst && (b.port == k.dport || b.port == [0; 2]);
-            match want {
-                Verdict::Hairpin(w, _) if model.backends.get(&w).is_some_and(is) => {
-                    Verdict::Hairpin(w, k.sport)
-                }
-                _ => model
-                    .backends
-                    .iter()
-                    .find(|(_, b)| is(b))
-                    .map_or(Verdict::Other(reason), |(id, _)| {
-                        Verdict::Hairpin(*id, k.sport)
-                    }),
-            }
+            let w = match want {
+                Verdict::Hairpin(w, _) => Some(w),
+                _ => None,
+            };
+            backend_at(model, w, &k.dst, k.dport)
+                .map_or(Verdict::Other(reason), |id| Verdict::Hairpin(id, k.sport))
         }
         (Reason::EchoReply, _) => Verdict::Echo,
         // The backend or VIP from the output's embedded packet.
@@ -720,19 +731,12 @@ pub fn compare(h: &mut Harness, model: &mut Model, frame: &[u8]) -> Result<Agree
             {
                 Some(k) if reason == Reason::IcmpToClient => Verdict::IcmpToClient(k.dst, k.dport),
                 Some(k) => {
-                    let is = |b: &ModelBackend| {
-                        b.addr == k.src && (b.port == k.sport || b.port == [0; 2])
+                    let w = match want {
+                        Verdict::IcmpToBackend(w) => Some(w),
+                        _ => None,
                     };
-                    match want {
-                        Verdict::IcmpToBackend(w) if model.backends.get(&w).is_some_and(is) => want,
-                        _ => model
-                            .backends
-                            .iter()
-                            .find(|(_, b)| is(b))
-                            .map_or(Verdict::Other(reason), |(id, _)| {
-                                Verdict::IcmpToBackend(*id)
-                            }),
-                    }
+                    backend_at(model, w, &k.src, k.sport)
+                        .map_or(Verdict::Other(reason), Verdict::IcmpToBackend)
                 }
                 None => Verdict::Other(reason),
             }

@@ -677,6 +677,40 @@ fn icmp6_error(ty: u8, mtu: u32, embedded: &[u8]) -> Vec<u8> {
     m
 }
 
+/// A Packet Too Big from `router` about the VIP's reply `vip` → `client` (TCP `flags`)
+/// reaches backend `be` (next hop `mac`): the outer destination and the embedded source
+/// become the backend's, every checksum as computed from scratch.
+fn ptb_reaches_backend(
+    fx: &mut Fixture,
+    what: &str,
+    router: Ipv6Addr,
+    (vip, client, flags): (SocketAddrV6, SocketAddrV6, u8),
+    (be, mac): (SocketAddrV6, [u8; 6]),
+) {
+    let reply = Frame6::tcp(vip, client, flags).build();
+    let e = Frame6::raw(
+        router,
+        *vip.ip(),
+        proto::ICMPV6,
+        icmp6_error(2, 1280, &reply[14..]),
+    );
+    let at_be = Frame6::tcp(be, client, flags).build();
+    let mut want = Frame6::raw(
+        router,
+        *be.ip(),
+        proto::ICMPV6,
+        icmp6_error(2, 1280, &at_be[14..]),
+    );
+    (want.hop_limit, want.smac, want.dmac) = (63, LB_MAC, mac);
+    fx.check_bytes(
+        what,
+        &e.build(),
+        XDP_TX,
+        Some(want.build()),
+        Reason::IcmpToBackend,
+    );
+}
+
 #[test]
 fn ipv6_errors_about_a_tracked_flow_reach_its_owner_both_ways() {
     with_fixture6(|fx| {
@@ -850,26 +884,12 @@ fn ipv6_errors_about_a_tracked_flow_reach_its_owner_both_ways() {
             None,
             Reason::DropNotInternal,
         );
-        let e = Frame6::raw(
-            router,
-            *ivip.ip(),
-            proto::ICMPV6,
-            icmp6_error(2, 1280, &ireply[14..]),
-        );
-        let at_be = Frame6::tcp(ib, c, TCP_SYN | TCP_ACK).build();
-        let mut want = Frame6::raw(
-            router,
-            B1,
-            proto::ICMPV6,
-            icmp6_error(2, 1280, &at_be[14..]),
-        );
-        (want.hop_limit, want.smac, want.dmac) = (63, LB_MAC, B1_MAC);
-        fx.check_bytes(
+        ptb_reaches_backend(
+            fx,
             "PTB about an internal flow, from inside",
-            &e.build(),
-            XDP_TX,
-            Some(want.build()),
-            Reason::IcmpToBackend,
+            router,
+            (ivip, c, TCP_SYN | TCP_ACK),
+            (ib, B1_MAC),
         );
 
         // HA ports: the backend has no port of its own, so the embedded one (VIP:5432's)
@@ -884,27 +904,12 @@ fn ipv6_errors_about_a_tracked_flow_reach_its_owner_both_ways() {
             Some(hsyn.dnat(hb, LB_MAC, HA6_MAC).build()),
             Reason::Forward,
         );
-        let hreply = Frame6::tcp(hvip, c, TCP_ACK).build();
-        let e = Frame6::raw(
-            router,
-            HA_VIP6,
-            proto::ICMPV6,
-            icmp6_error(2, 1280, &hreply[14..]),
-        );
-        let at_be = Frame6::tcp(hb, c, TCP_ACK).build();
-        let mut want = Frame6::raw(
-            router,
-            HA6,
-            proto::ICMPV6,
-            icmp6_error(2, 1280, &at_be[14..]),
-        );
-        (want.hop_limit, want.smac, want.dmac) = (63, LB_MAC, HA6_MAC);
-        fx.check_bytes(
+        ptb_reaches_backend(
+            fx,
             "PTB about an HA-ports flow",
-            &e.build(),
-            XDP_TX,
-            Some(want.build()),
-            Reason::IcmpToBackend,
+            router,
+            (hvip, c, TCP_ACK),
+            (hb, HA6_MAC),
         );
 
         let passing = Frame6::raw(
