@@ -88,8 +88,13 @@ pub mod map_names {
     pub const PIPS6: &str = "LB_PIPS6";
     pub const PIP_REV6: &str = "LB_PIP_REV6";
     pub const LOCALS6: &str = "LB_LOCAL6";
+    /// Floating IP: the outer source addresses and the GUE port (`crate::encap`).
+    pub const ENCAP: &str = "LB_ENCAP";
+    /// Floating IP: the chosen backend, flow hash and offsets, handed to the encapsulating
+    /// program across its tail call (per CPU).
+    pub const ENCAP_TMP: &str = "LB_ENCAP_TMP";
     /// Every map, in the order the agent opens them.
-    pub const ALL: [&str; 41] = [
+    pub const ALL: [&str; 43] = [
         SERVICES4,
         VIPS4,
         BACKENDS4,
@@ -131,12 +136,14 @@ pub mod map_names {
         PIPS6,
         PIP_REV6,
         LOCALS6,
+        ENCAP,
+        ENCAP_TMP,
     ];
 }
 
 /// Bump when a map's key or value changes meaning without changing size (a field reordered or
 /// reinterpreted); size changes alter [`map_layout_version`] by themselves.
-pub const MAP_LAYOUT_REVISION: u64 = 5;
+pub const MAP_LAYOUT_REVISION: u64 = 6;
 
 /// The layout version of every pinned map: a hash of the revision, the map names, capacities
 /// fixed at build time, and the sizes of every key and value type. The agent stores it in the
@@ -157,7 +164,7 @@ pub const fn map_layout_version() -> u64 {
         }
         h
     }
-    let parts: [u64; 44] = [
+    let parts: [u64; 45] = [
         MAP_LAYOUT_REVISION,
         map_names::ALL.len() as u64,
         size_of::<maps::ServiceKey4>() as u64,
@@ -202,6 +209,7 @@ pub const fn map_layout_version() -> u64 {
         size_of::<maps::RevService6>() as u64,
         size_of::<maps::AclKey6>() as u64,
         size_of::<maps::PipEntry6>() as u64,
+        size_of::<crate::encap::EncapConfig>() as u64,
     ];
     let mut h = 0xcbf2_9ce4_8422_2325;
     let mut i = 0;
@@ -271,14 +279,26 @@ pub const PROG_HAIRPIN6: u32 = 4;
 pub const TRACE6_PROGRAM_NAME: &str = "lb_trace6";
 /// `LB_PROGS` slot of the IPv6 trace program.
 pub const PROG_TRACE6: u32 = 5;
+/// Name of the floating-IP program (IPv4), entered by tail call from [`PROGRAM_NAME`] for a
+/// floating-IP service's forward packet once its backend is chosen: growing the frame and
+/// building the outer headers takes a stack and a verification of its own.
+pub const ENCAP_PROGRAM_NAME: &str = "lb_encap";
+/// `LB_PROGS` slot of the IPv4 floating-IP program.
+pub const PROG_ENCAP: u32 = 6;
+/// Name of the floating-IP program for IPv6, entered from the IPv6 path.
+pub const ENCAP6_PROGRAM_NAME: &str = "lb_encap6";
+/// `LB_PROGS` slot of the IPv6 floating-IP program.
+pub const PROG_ENCAP6: u32 = 7;
 /// Slots of `LB_PROGS`.
-pub const PROG_SLOTS: u32 = 6;
+pub const PROG_SLOTS: u32 = 8;
 /// Every tail-call program, with its `LB_PROGS` slot.
-pub const TAIL_PROGRAMS: [(u32, &str); 6] = [
+pub const TAIL_PROGRAMS: [(u32, &str); 8] = [
     (PROG_HAIRPIN, HAIRPIN_PROGRAM_NAME),
     (PROG_OUTBOUND, OUTBOUND_PROGRAM_NAME),
     (PROG_ICMP6, ICMP6_PROGRAM_NAME),
     (PROG_PIP6, PIP6_PROGRAM_NAME),
     (PROG_HAIRPIN6, HAIRPIN6_PROGRAM_NAME),
     (PROG_TRACE6, TRACE6_PROGRAM_NAME),
+    (PROG_ENCAP, ENCAP_PROGRAM_NAME),
+    (PROG_ENCAP6, ENCAP6_PROGRAM_NAME),
 ];

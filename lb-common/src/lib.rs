@@ -12,6 +12,7 @@ pub mod addr;
 pub mod conn;
 pub mod consts;
 pub mod csum;
+pub mod encap;
 pub mod flow;
 pub mod hash;
 pub mod hdr;

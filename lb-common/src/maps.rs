@@ -95,7 +95,8 @@ pub struct ServiceInfo {
     pub table_off: u32,
     /// Number of slots; 0 means the service has no eligible backend (new flows are dropped).
     pub table_len: u32,
-    /// [`SVC_F_INTERNAL`], the distribution mode ([`SVC_DIST_MASK`]), [`SVC_F_TCP_RESET`].
+    /// [`SVC_F_INTERNAL`], the distribution mode ([`SVC_DIST_MASK`]), [`SVC_F_TCP_RESET`], the
+    /// data-path mode ([`SVC_FIP_MASK`]).
     pub flags: u32,
     /// The endpoint's ACL set in `LB_ACL4` (0: no ACL, everyone is permitted). Like the table,
     /// a rule change writes a new set under a new id and then switches this field.
@@ -113,6 +114,10 @@ pub const SVC_DIST_MASK: u32 = 0b11 << SVC_DIST_SHIFT;
 /// [`ServiceInfo::flags`]: TCP reset on idle. New TCP flows record the client's sequence
 /// numbers ([`crate::conn::CT_F_SEQ`]), so the sweeper can reset both sides when they expire.
 pub const SVC_F_TCP_RESET: u32 = 1 << 3;
+/// [`ServiceInfo::flags`]: the service's data-path mode (`crate::encap::mode`: DNAT, or a
+/// floating-IP mode), in bits 4–5.
+pub const SVC_FIP_SHIFT: u32 = 4;
+pub const SVC_FIP_MASK: u32 = 0b11 << SVC_FIP_SHIFT;
 
 impl ServiceInfo {
     /// The service's distribution mode (`crate::hash::dist`).
@@ -120,6 +125,13 @@ impl ServiceInfo {
     #[must_use]
     pub const fn distribution(&self) -> u32 {
         (self.flags & SVC_DIST_MASK) >> SVC_DIST_SHIFT
+    }
+
+    /// The service's data-path mode (`crate::encap::mode`).
+    #[inline(always)]
+    #[must_use]
+    pub const fn floating_ip(&self) -> u32 {
+        (self.flags & SVC_FIP_MASK) >> SVC_FIP_SHIFT
     }
 }
 

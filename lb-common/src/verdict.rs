@@ -102,10 +102,24 @@ pub enum Reason {
     /// An ICMPv6 neighbour-discovery or router message (types 133–137): always the kernel's,
     /// untouched, even to a VIP.
     PassNdp = 38,
+    /// Client → VIP of a floating-IP (direct server return) service, sent to its backend
+    /// with the VIP kept as its destination: encapsulated (IPIP, GUE), or for `l2` with only
+    /// the MACs rewritten. The backend answers the client itself.
+    ForwardEncap = 39,
+    /// A floating-IP packet with no way to its backend: no next hop the agent resolved nor
+    /// one the kernel FIB gives, or for `l2` a backend that is not on a connected link (its
+    /// next hop is a gateway, which would route the packet straight back to the VIP).
+    DropNoNextHop = 40,
+    /// A floating-IP packet that cannot be encapsulated: the frame cannot grow by the outer
+    /// headers (the driver's headroom).
+    DropEncapMtu = 41,
+    /// A floating-IP packet, but the encapsulating program is not installed (the tail call
+    /// failed).
+    DropEncapUnavailable = 42,
 }
 
 /// Every reason, in number order.
-pub const ALL_REASONS: [Reason; 39] = [
+pub const ALL_REASONS: [Reason; 43] = [
     Reason::Forward,
     Reason::Reply,
     Reason::ForwardFib,
@@ -145,6 +159,10 @@ pub const ALL_REASONS: [Reason; 39] = [
     Reason::DropExtHeaders,
     Reason::DropRoutingHeader,
     Reason::PassNdp,
+    Reason::ForwardEncap,
+    Reason::DropNoNextHop,
+    Reason::DropEncapMtu,
+    Reason::DropEncapUnavailable,
 ];
 const _: () = assert!((ALL_REASONS.len() as u32) <= crate::consts::REASON_SLOTS);
 
@@ -192,6 +210,10 @@ impl Reason {
             Self::DropExtHeaders => "drop_ext_headers",
             Self::DropRoutingHeader => "drop_routing_header",
             Self::PassNdp => "pass_ndp",
+            Self::ForwardEncap => "forward_encap",
+            Self::DropNoNextHop => "drop_no_next_hop",
+            Self::DropEncapMtu => "drop_encap_mtu",
+            Self::DropEncapUnavailable => "drop_encap_unavailable",
         }
     }
 
@@ -219,6 +241,7 @@ impl Reason {
                 | Self::IcmpToClient
                 | Self::HairpinSnat
                 | Self::HairpinReply
+                | Self::ForwardEncap
         )
     }
 }
@@ -279,6 +302,9 @@ reason_class!(
         OutboundPort => DropOutboundPort,
         ExtHeaders => DropExtHeaders,
         RoutingHeader => DropRoutingHeader,
+        NoNextHop => DropNoNextHop,
+        EncapMtu => DropEncapMtu,
+        EncapUnavailable => DropEncapUnavailable,
     }
 );
 
@@ -311,6 +337,7 @@ reason_class!(
         HairpinReply => HairpinReply,
         Outbound => Outbound,
         OutboundReturn => OutboundReturn,
+        ForwardEncap => ForwardEncap,
     }
 );
 

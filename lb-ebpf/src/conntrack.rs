@@ -258,13 +258,15 @@ pub fn outbound_return(fwd: &FlowKey4, front: ([u8; 4], [u8; 2]), flags: u8) -> 
 
 /// Tracks a new client → VIP flow: its forward entry (with the client's sequence numbers when
 /// `numbers` has them: TCP reset on idle), and for a backend endpoint shared by several
-/// services also the reverse entry its replies are matched by first.
+/// services also the reverse entry its replies are matched by first. A floating-IP flow
+/// (`replies` false) has none: its replies never come back, and a reverse entry keyed like a
+/// DNAT flow's reply from the same endpoint would catch that reply.
 #[inline(always)]
 pub fn remember(
     flow: &FlowKey4,
     (id, addr, port): (BackendId, [u8; 4], [u8; 2]),
     service: u32,
-    syn: bool,
+    (syn, replies): (bool, bool),
     numbers: Option<(u32, u32)>,
 ) {
     let tcp = if syn { conn::CT_SYN } else { 0 };
@@ -274,6 +276,9 @@ pub fn remember(
         None => ConnEntry4::forward(id, service, tcp, 0, now, (0, 0)),
     };
     put(flow, &entry);
+    if !replies {
+        return;
+    }
     // SAFETY: copied out at once.
     let shared = unsafe { LB_REVSVC4.get(RevKey4::of(addr, port, flow.proto)) }
         .is_some_and(|r| r.flags & REV_F_SHARED != 0);

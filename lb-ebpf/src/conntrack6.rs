@@ -128,7 +128,7 @@ pub fn remember(
     pkt: &Packet6,
     (id, addr, port): (BackendId, [u8; 16], [u8; 2]),
     service: u32,
-    (syn, numbered): (bool, bool),
+    (syn, numbered, replies): (bool, bool, bool),
 ) {
     let tcp = if syn { conn::CT_SYN } else { 0 };
     let now = now_s();
@@ -141,6 +141,10 @@ pub fn remember(
         flow,
         &ConnEntry6::forward(id, service, tcp, flags, now, numbers),
     );
+    // A floating-IP flow has no reverse entry (see `conntrack::remember`).
+    if !replies {
+        return;
+    }
     // SAFETY: copied out at once.
     let shared = unsafe { LB_REVSVC6.get(RevKey6::of(addr, port, flow.proto)) }
         .is_some_and(|r| r.flags & REV_F_SHARED != 0);

@@ -15,6 +15,7 @@
 mod classify;
 mod conntrack;
 mod conntrack6;
+mod encap;
 mod hairpin;
 mod hairpin6;
 mod icmp;
@@ -154,6 +155,26 @@ pub fn lb_outbound(ctx: XdpContext) -> u32 {
     counted!(&ctx, outbound::run(&ctx))
 }
 
+/// Floating-IP forward packets, entered from [`lb_xdp`] by tail call (see `encap.rs`).
+#[xdp]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the #[xdp] entry point takes its context by value"
+)]
+pub fn lb_encap(ctx: XdpContext) -> u32 {
+    counted!(&ctx, encap::run4(&ctx))
+}
+
+/// IPv6 floating-IP forward packets, entered from [`family6`] by tail call (see `encap.rs`).
+#[xdp]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the #[xdp] entry point takes its context by value"
+)]
+pub fn lb_encap6(ctx: XdpContext) -> u32 {
+    counted!(six, &ctx, encap::run6(&ctx))
+}
+
 /// IPv6 hairpin SNAT flows, entered from [`family6`] by tail call (see `hairpin6.rs`).
 #[xdp]
 #[expect(
@@ -261,9 +282,15 @@ fn to_backend(
         // time and the verifier prunes this branch as dead code when it is 0.
         aya_log_ebpf::debug!(ctx, "new flow to backend {} (service {})", id, svc.id);
     }
+    stats::count_flow(id, pkt.len, Dir::Forward { new_flow });
+    let fip = svc.floating_ip();
+    if fip != lb_common::encap::mode::DNAT {
+        let at = encap::at(fip, pkt.l3_off, 0, 0);
+        let to = (id, select::hash(flow), at);
+        return encap::enter(ctx, lb_common::consts::PROG_ENCAP, to);
+    }
     // An HA-ports backend has no port: the flow keeps the one it was sent to.
     xlate::dnat(pkt, l4, be.addr, select::backend_port(&be, flow));
-    stats::count_flow(id, pkt.len, Dir::Forward { new_flow });
     xlate::forward(ctx, pkt, Some(be.nh), SendReason::Forward)
 }
 

@@ -231,3 +231,14 @@ pub static LB_PIPS6: HashMap<[u8; 16], PipEntry6> = HashMap::pinned(MAX_PIPS, 0)
 /// IPv6 instance address → its PIP, as `LB_PIP_REV4`. Writer: agent.
 #[map(name = "LB_PIP_REV6")]
 pub static LB_PIP_REV6: HashMap<[u8; 16], PipEntry6> = HashMap::pinned(MAX_PIPS, 0);
+
+/// Floating IP: the outer source addresses and the GUE port, one entry. Writer: agent.
+/// Reader: the encapsulation of floating-IP services' packets (`encap.rs`).
+#[map(name = "LB_ENCAP")]
+pub static LB_ENCAP: Array<lb_common::encap::EncapConfig> = Array::pinned(1, 0);
+
+/// Floating IP: `[backend id, flow hash, encap::at, 0]`, written by the fast path just before
+/// its tail call into the encapsulating program, which reads it (per CPU: nothing else runs on
+/// this CPU in between).
+#[map(name = "LB_ENCAP_TMP")]
+pub static LB_ENCAP_TMP: PerCpuArray<[u32; 4]> = PerCpuArray::pinned(1, 0);

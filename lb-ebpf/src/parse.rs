@@ -73,6 +73,16 @@ impl L4 {
         }
     }
 
+    /// The header's offset in the frame (0 if there is none).
+    #[inline(always)]
+    pub fn offset(self, ctx: &XdpContext) -> usize {
+        if self.kind == 0 {
+            0
+        } else {
+            (self.hdr as usize).wrapping_sub(ctx.data())
+        }
+    }
+
     /// No transport header the fast path may rewrite.
     pub const fn none() -> Self {
         Self::NONE

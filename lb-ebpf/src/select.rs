@@ -129,7 +129,9 @@ pub fn pick(flow: &FlowKey4, pkt: &Packet, svc: &ServiceInfo) -> Result<Pick, Dr
     if !(tcp && !syn && conn::is_teardown(flags)) {
         if crate::conntrack::may_track() {
             let numbers = (tcp && svc.flags & SVC_F_TCP_RESET != 0).then(|| pkt.tcp_numbers());
-            crate::conntrack::remember(flow, (id, b.addr, b.port), svc.id, syn, numbers);
+            let replies = svc.floating_ip() == lb_common::encap::mode::DNAT;
+            let how = (syn, replies);
+            crate::conntrack::remember(flow, (id, b.addr, b.port), svc.id, how, numbers);
         } else {
             crate::stats::count_untracked(svc.id);
         }

@@ -359,10 +359,19 @@ fn to_backend(
         Ok(None) => return crate::hairpin6::enter(ctx),
         Err(r) => return Verdict::Drop(r),
     };
+    stats::count_flow(id, pkt.len, Dir::Forward { new_flow });
+    let fip = svc.floating_ip();
+    if fip != lb_common::encap::mode::DNAT {
+        let hash = lb_common::hash::flow_hash6(flow, crate::select::seed());
+        // The headers' offsets: packet pointers less the frame's start (scalars, which `at6`
+        // masks to their bounds for the verifier).
+        let l3 = (pkt.ip as usize).wrapping_sub(ctx.data());
+        let at = crate::encap::at(fip, l3, l4.offset(ctx), flow.proto);
+        return crate::encap::enter(ctx, lb_common::consts::PROG_ENCAP6, (id, hash, at));
+    }
     // An HA-ports backend has no port: the flow keeps the one it was sent to.
     let port = lb_common::maps::port_at(be.port, flow.dport);
     xlate6::dnat(pkt, l4, be.addr, port);
-    stats::count_flow(id, pkt.len, Dir::Forward { new_flow });
     xlate6::forward(ctx, pkt, Some(be.nh), SendReason::Forward)
 }
 
@@ -413,7 +422,9 @@ fn pick(
     if !(tcp && !syn && conn::is_teardown(flags)) {
         if conntrack::may_track() {
             let numbered = tcp && svc.flags & SVC_F_TCP_RESET != 0;
-            conntrack6::remember(flow, pkt, (id, b.addr, b.port), svc.id, (syn, numbered));
+            let replies = svc.floating_ip() == lb_common::encap::mode::DNAT;
+            let how = (syn, numbered, replies);
+            conntrack6::remember(flow, pkt, (id, b.addr, b.port), svc.id, how);
         } else {
             stats::count_untracked(svc.id);
         }

@@ -154,6 +154,19 @@ pub unsafe fn out(ctx: &XdpContext, eth: *mut lb_common::hdr::EthHdr, nh: &NextH
     }
 }
 
+/// The action that sends the frame out of `ifindex`: `XDP_TX` (or [`back_out`]'s redirect) on
+/// the ingress device, else a redirect. ([`out`] spells it out again: through this function,
+/// LLVM gave `lb_hairpin6` 8 more bytes of stack, and its chain with the FIB fallback's frame
+/// came to 528 of the verifier's 512.)
+#[inline(always)]
+pub fn leave(ctx: &XdpContext, ifindex: u32) -> u32 {
+    if ifindex as usize == ingress_ifindex(ctx) {
+        back_out(ctx)
+    } else {
+        redirect(ifindex)
+    }
+}
+
 /// Turns a frame around, to go back to where it came from as the LB's own packet: MACs and
 /// addresses swapped, TTL `ttl`, the IPv4 checksum patched for it. Swapping the addresses
 /// leaves the checksums as they are (the sums are the same); the caller rewrites the rest
@@ -214,8 +227,15 @@ pub fn ingress_ifindex(ctx: &XdpContext) -> usize {
 /// `bpf_fib_lookup` on the hot function's stack (verifier: 512 bytes for the whole chain).
 #[inline(never)]
 fn fib(ctx: &XdpContext, pkt: &Packet) -> Option<NextHop> {
-    // SAFETY: `pkt.ip` was bounds-checked by the parser.
-    let ip: &Ipv4Hdr = unsafe { &*pkt.ip };
+    fib_hdr(ctx, pkt.ip)
+}
+
+/// [`fib`] for the IPv4 header at `ip` (a translated packet's, or an encapsulated one's outer
+/// header).
+#[inline(always)]
+pub fn fib_hdr(ctx: &XdpContext, ip: *const Ipv4Hdr) -> Option<NextHop> {
+    // SAFETY: callers pass a header bounds-checked since the last helper that moved the packet.
+    let ip: &Ipv4Hdr = unsafe { &*ip };
     fib_query(ctx, |p| {
         p.family = AF_INET;
         p.l4_protocol = ip.proto;
@@ -226,13 +246,60 @@ fn fib(ctx: &XdpContext, pkt: &Packet) -> Option<NextHop> {
     })
 }
 
+/// The kernel FIB's next hop towards `dst` (from `src`), only if `dst` is on a connected link:
+/// the lookup gives the gateway's address in place of `dst` when there is one. A floating-IP
+/// `l2` backend must be a neighbour; a gateway would route the VIP back. Out of line, as
+/// [`fib`].
+#[inline(never)]
+pub fn fib_on_link4(ctx: &XdpContext, src: [u8; 4], dst: [u8; 4]) -> Option<NextHop> {
+    let want = u32::from_ne_bytes(dst);
+    fib_query_if(
+        ctx,
+        |p| {
+            p.family = AF_INET;
+            p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src);
+            p.__bindgen_anon_4.ipv4_dst = want;
+        },
+        // SAFETY: the union holds the IPv4 destination (family AF_INET).
+        |p| unsafe { p.__bindgen_anon_4.ipv4_dst } == want,
+    )
+}
+
 /// A `bpf_fib_lookup` from the ingress device, its family's fields set by `fill`: the
 /// resolved next hop, if the kernel has one. Inlined into each family's out-of-line `fib`.
 #[inline(always)]
 pub fn fib_query(ctx: &XdpContext, fill: impl FnOnce(&mut bpf_fib_lookup)) -> Option<NextHop> {
     let mut p = core::mem::MaybeUninit::<bpf_fib_lookup>::uninit();
-    // Zeroed word by word with volatile stores. size: `mem::zeroed()` of the 64-byte struct
-    // compiled to a byte-wise `memset` call.
+    let p = fib_params(&mut p);
+    fill(p);
+    (fib_call(ctx, p) == FIB_SUCCESS).then_some(NextHop {
+        ifindex: p.ifindex,
+        smac: p.smac,
+        dmac: p.dmac,
+    })
+}
+
+/// [`fib_query`], whose answer counts only if `accept` takes the lookup's output.
+#[inline(always)]
+pub fn fib_query_if(
+    ctx: &XdpContext,
+    fill: impl FnOnce(&mut bpf_fib_lookup),
+    accept: impl FnOnce(&bpf_fib_lookup) -> bool,
+) -> Option<NextHop> {
+    let mut p = core::mem::MaybeUninit::<bpf_fib_lookup>::uninit();
+    let p = fib_params(&mut p);
+    fill(p);
+    (fib_call(ctx, p) == FIB_SUCCESS && accept(p)).then_some(NextHop {
+        ifindex: p.ifindex,
+        smac: p.smac,
+        dmac: p.dmac,
+    })
+}
+
+/// `p` zeroed word by word with volatile stores. size: `mem::zeroed()` of the 64-byte struct
+/// compiled to a byte-wise `memset` call.
+#[inline(always)]
+fn fib_params(p: &mut core::mem::MaybeUninit<bpf_fib_lookup>) -> &mut bpf_fib_lookup {
     let words = p.as_mut_ptr().cast::<u32>();
     let mut i = 0;
     // verifier: a constant trip count, unrolled.
@@ -241,10 +308,13 @@ pub fn fib_query(ctx: &XdpContext, fill: impl FnOnce(&mut bpf_fib_lookup)) -> Op
         unsafe { core::ptr::write_volatile(words.add(i), 0) };
         i += 1;
     }
-    // SAFETY: all-zero is a valid `bpf_fib_lookup` (plain integers and unions of integers),
-    // and `p` lives until the end of this function.
-    let p = unsafe { &mut *p.as_mut_ptr() };
-    fill(p);
+    // SAFETY: all-zero is a valid `bpf_fib_lookup` (plain integers and unions of integers).
+    unsafe { &mut *p.as_mut_ptr() }
+}
+
+/// The lookup itself, from the ingress device: its return code.
+#[inline(always)]
+fn fib_call(ctx: &XdpContext, p: &mut bpf_fib_lookup) -> i64 {
     #[expect(
         clippy::cast_possible_truncation,
         reason = "ifindex is a u32 in xdp_md"
@@ -253,17 +323,12 @@ pub fn fib_query(ctx: &XdpContext, fill: impl FnOnce(&mut bpf_fib_lookup)) -> Op
         p.ifindex = ingress_ifindex(ctx) as u32;
     }
     // SAFETY: `p` is a valid, writable `bpf_fib_lookup` of the size passed.
-    let rc = unsafe {
+    unsafe {
         fib_lookup(
             ctx.as_ptr(),
             core::ptr::from_mut(p),
             size_of::<bpf_fib_lookup>() as i32,
             0,
         )
-    };
-    (rc == FIB_SUCCESS).then_some(NextHop {
-        ifindex: p.ifindex,
-        smac: p.smac,
-        dmac: p.dmac,
-    })
+    }
 }

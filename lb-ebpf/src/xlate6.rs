@@ -145,7 +145,7 @@ unsafe fn send(ctx: &XdpContext, ip: *mut Ipv6Hdr, eth: *mut EthHdr, nh: &NextHo
 /// # Safety
 /// `ip` is the frame's bounds-checked IPv6 header.
 #[inline(never)]
-unsafe fn fib(ctx: &XdpContext, ip: *mut Ipv6Hdr, proto: u8) -> Option<NextHop> {
+pub unsafe fn fib(ctx: &XdpContext, ip: *mut Ipv6Hdr, proto: u8) -> Option<NextHop> {
     // SAFETY: the caller guarantees the pointer.
     let ip: &Ipv6Hdr = unsafe { &*ip };
     fib_query(ctx, |p| {
@@ -158,4 +158,21 @@ unsafe fn fib(ctx: &XdpContext, ip: *mut Ipv6Hdr, proto: u8) -> Option<NextHop> 
         p.__bindgen_anon_3.ipv6_src = lb_common::flow::words6(ip.src);
         p.__bindgen_anon_4.ipv6_dst = lb_common::flow::words6(ip.dst);
     })
+}
+
+/// `xlate::fib_on_link4` for IPv6: the FIB's next hop towards `dst` only if it is a
+/// neighbour (no gateway in place of `dst`).
+#[inline(never)]
+pub fn fib_on_link6(ctx: &XdpContext, src: [u8; 16], dst: [u8; 16]) -> Option<NextHop> {
+    let want = lb_common::flow::words6(dst);
+    xlate::fib_query_if(
+        ctx,
+        |p| {
+            p.family = AF_INET6;
+            p.__bindgen_anon_3.ipv6_src = lb_common::flow::words6(src);
+            p.__bindgen_anon_4.ipv6_dst = want;
+        },
+        // SAFETY: the union holds the IPv6 destination (family AF_INET6).
+        |p| unsafe { p.__bindgen_anon_4.ipv6_dst } == want,
+    )
 }

@@ -178,6 +178,18 @@ pub fn render(status: &StatusView, stats: &StatsView) -> String {
         .collect();
     o.flow_counters("lb_service", "service", &services);
     o.family(
+        "lb_service_info",
+        GAUGE,
+        "Always 1: the service's data path as a label, mode = dnat, or a floating-IP mode (l2, ipip, gue: the backends answer clients straight, so the service's reply counters stay 0).",
+    );
+    for s in &stats.services {
+        o.sample(
+            "lb_service_info",
+            &[("service", s.service.as_str()), ("mode", s.mode.as_str())],
+            1,
+        );
+    }
+    o.family(
         "lb_service_acl_drops_total",
         COUNTER,
         "New flows the service's ACL denied.",
@@ -645,6 +657,7 @@ mod tests {
             distribution: "5-tuple".into(),
             idle_timeout: "4m".into(),
             tcp_reset: false,
+            mode: "dnat".into(),
             counters: counters(100),
         }
     }

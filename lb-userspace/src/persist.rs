@@ -51,7 +51,7 @@ pub enum Source {
 pub fn initial_state(
     path: &Path,
     config_digest: &str,
-    from_config: State,
+    (from_config, agent): (State, crate::config::AgentSettings),
 ) -> anyhow::Result<(State, Source)> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
@@ -68,12 +68,14 @@ pub fn initial_state(
     if saved_digest != Some(config_digest) {
         return Ok((from_config, Source::ConfigChangedSinceStateFile));
     }
-    let cfg = crate::config::parse(&path.display().to_string(), &text).with_context(|| {
-        format!(
-            "state file {} is invalid; move it away to start from the config",
-            path.display()
-        )
-    })?;
+    let cfg = crate::config::parse_state(&path.display().to_string(), &text, agent).with_context(
+        || {
+            format!(
+                "state file {} is invalid; move it away to start from the config",
+                path.display()
+            )
+        },
+    )?;
     Ok((State::from_config(&cfg), Source::StateFile))
 }
 
@@ -105,7 +107,7 @@ pub fn save(path: &Path, config_digest: &str, state: &State) -> std::io::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ServiceSettings;
+    use crate::config::{AgentSettings, ServiceSettings};
 
     #[test]
     fn state_file_wins_until_the_config_changes() {
@@ -115,7 +117,9 @@ mod tests {
         let from_config = State::from_config(&crate::config::parse("c", cfg_text).unwrap());
         let d = digest(cfg_text);
         assert_eq!(
-            initial_state(&path, &d, from_config.clone()).unwrap().1,
+            initial_state(&path, &d, (from_config.clone(), AgentSettings::default()))
+                .unwrap()
+                .1,
             Source::ConfigFile
         );
 
@@ -127,18 +131,48 @@ mod tests {
             })
             .unwrap();
         save(&path, &d, &changed).unwrap();
-        let (s, src) = initial_state(&path, &d, from_config.clone()).unwrap();
+        let (s, src) =
+            initial_state(&path, &d, (from_config.clone(), AgentSettings::default())).unwrap();
         assert_eq!((s, src), (changed, Source::StateFile));
 
-        let (s, src) = initial_state(&path, &digest("edited"), from_config.clone()).unwrap();
+        let (s, src) = initial_state(
+            &path,
+            &digest("edited"),
+            (from_config.clone(), AgentSettings::default()),
+        )
+        .unwrap();
         assert_eq!(
             (s, src),
             (from_config.clone(), Source::ConfigChangedSinceStateFile)
         );
 
         std::fs::write(&path, format!("{HEADER}{d}\n[[service]]\nvip = \"bad\"\n")).unwrap();
-        let e = initial_state(&path, &d, from_config).unwrap_err();
+        let e = initial_state(&path, &d, (from_config, AgentSettings::default())).unwrap_err();
         assert!(format!("{e:#}").contains("move it away"), "{e:#}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A state file holds no `[agent]` section: it is read with the config's agent settings,
+    /// so a floating-IP service (which needs the config's outer source) survives a restart.
+    #[test]
+    fn a_floating_ip_service_survives_the_state_file() {
+        let dir = std::env::temp_dir().join(format!("lb-persist-fip-{}", std::process::id()));
+        let path = dir.join("state.toml");
+        let cfg_text = "[agent]\nencap_source4 = \"192.0.2.1\"\n\n[[service]]\nvip = \"203.0.113.10:80/tcp\"\nfloating_ip = \"gue\"\nbackends = [\"192.0.2.11\"]\n";
+        let cfg = crate::config::parse("c", cfg_text).unwrap();
+        let from_config = State::from_config(&cfg);
+        let d = digest(cfg_text);
+        save(&path, &d, &from_config).unwrap();
+        let (s, src) = initial_state(&path, &d, (from_config.clone(), cfg.agent)).unwrap();
+        assert_eq!((&s, src), (&from_config, Source::StateFile));
+        let spec = "203.0.113.10:80/tcp".parse().unwrap();
+        assert_eq!(
+            s.services[&spec].settings.floating_ip,
+            crate::spec::FloatingIp::Gue
+        );
+        // Without the config's settings the same file is refused, naming the setting.
+        let e = initial_state(&path, &d, (from_config, AgentSettings::default())).unwrap_err();
+        assert!(format!("{e:#}").contains("agent.encap_source4"), "{e:#}");
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -209,7 +209,12 @@ impl BackendSpec {
     }
 }
 
-fn check_unicast(ip: IpAddr) -> Result<(), String> {
+/// An address a packet can carry as its source or destination: not unspecified, multicast,
+/// broadcast or loopback.
+///
+/// # Errors
+/// The message names the address.
+pub fn check_unicast(ip: IpAddr) -> Result<(), String> {
     let bad = match ip {
         IpAddr::V4(v4) => {
             v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast() || v4.is_loopback()
@@ -558,6 +563,49 @@ word_enum!(
     SourceIpProtocol = "source-ip-protocol"
 );
 
+/// A service's floating IP (direct server return): how its forward packets reach a backend
+/// that holds the VIP itself (`lb_common::encap`). Off is destination NAT.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum FloatingIp {
+    /// Destination NAT to the backend's address and port (the default).
+    #[default]
+    Off,
+    /// The MACs only, to a backend on a connected link.
+    L2,
+    /// IPv4-in-IPv4 or IPv6-in-IPv6.
+    Ipip,
+    /// GUE (UDP) to the LB's GUE port.
+    Gue,
+}
+
+impl FloatingIp {
+    /// The fast path's mode number (`lb_common::encap::mode`).
+    #[must_use]
+    pub const fn mode(self) -> u32 {
+        match self {
+            Self::Off => lb_common::encap::mode::DNAT,
+            Self::L2 => lb_common::encap::mode::L2,
+            Self::Ipip => lb_common::encap::mode::IPIP,
+            Self::Gue => lb_common::encap::mode::GUE,
+        }
+    }
+
+    /// Whether the mode puts an outer header on (and so needs an outer source address).
+    #[must_use]
+    pub const fn encapsulates(self) -> bool {
+        matches!(self, Self::Ipip | Self::Gue)
+    }
+}
+
+word_enum!(
+    FloatingIp,
+    "floating IP",
+    Off = "off",
+    L2 = "l2",
+    Ipip = "ipip",
+    Gue = "gue"
+);
+
 /// A backend's administrative state: it overrides the probes, not a drain or weight 0.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Admin {
@@ -782,6 +830,7 @@ serde_text!(
     Hairpin,
     Replies,
     Distribution,
+    FloatingIp,
     Admin
 );
 

@@ -633,6 +633,10 @@ impl State {
         let weight = weight.unwrap_or(DEFAULT_WEIGHT);
         check_weight(weight).map_err(|m| ChangeError::Invalid(format!("--weight: {m}")))?;
         check_backend(spec, &b).map_err(ChangeError::Invalid)?;
+        if let Some(st) = self.services.get(spec) {
+            crate::config::check_floating_backend(spec, &st.settings, &b)
+                .map_err(ChangeError::Invalid)?;
+        }
         let addr = b.resolve(spec);
         self.check_backend_addr(addr)?;
         self.check_ha_address(spec, addr)?;
@@ -965,6 +969,9 @@ impl State {
             }
             if s.replies != Replies::Tracked {
                 let _ = writeln!(o, "replies = \"{}\"", s.replies);
+            }
+            if s.floating_ip != crate::spec::FloatingIp::Off {
+                let _ = writeln!(o, "floating_ip = \"{}\"", s.floating_ip);
             }
             write_lifetime(&mut o, s);
             o.push_str("backends = [\n");

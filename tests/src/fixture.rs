@@ -136,6 +136,7 @@ impl Harness {
             conntrack_flows: cfg.agent.conntrack_flows,
             tcp_close_timeout_s: cfg.agent.tcp_close_timeout_s,
             new_flow_rate: cfg.agent.new_flow_rate,
+            encap: cfg.agent.encap(),
             ..LoadOptions::new(pin_dir(ns))
         };
         tweak(&mut opts);
@@ -145,6 +146,7 @@ impl Harness {
             hash_seed: seed,
             ring_slots: cfg.agent.ring_slots,
             conntrack_flows: cfg.agent.conntrack_flows,
+            encap: cfg.agent.encap(),
             ..AgentInfo::default()
         };
         let mut rec = Reconciler::new(maps, info);

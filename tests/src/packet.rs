@@ -1,7 +1,7 @@
 //! A frame builder for fixtures: Ethernet (+ optional 802.1Q) / IPv4 (+ options) / TCP or UDP
 //! or raw, with correct checksums computed from scratch by `lb_common::csum`.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 
 use lb_common::{csum, flow::proto, hdr};
 
@@ -448,4 +448,102 @@ impl Frame6 {
         f.extend_from_slice(&seg);
         f
     }
+}
+
+/// How a floating-IP service's packet leaves the LB (the expected bytes of the fixtures,
+/// built from the RFCs' layouts, with every checksum computed from scratch).
+#[derive(Clone, Copy, Debug)]
+pub enum Outer {
+    /// IPIP: protocol 4 (IPv4) or next header 41 (IPv6).
+    Ipip,
+    /// GUE variant 1: an outer UDP header from `sport` to `dport`.
+    Gue { sport: u16, dport: u16 },
+}
+
+/// `inner` (a built frame, its IP packet untouched) encapsulated from `src` to `dst` as the
+/// LB sends it: the L2 header kept but for the MACs (`smac`, `dmac`), then an outer IPv4 or
+/// IPv6 header (TTL / hop limit 64; IPv4: DF, ID 0, the inner TOS; IPv6: the inner traffic
+/// class, flow label `label`), then for GUE a UDP header (checksum 0 over IPv4, computed over
+/// IPv6), then the inner packet.
+#[must_use]
+pub fn encapsulated(
+    inner: &[u8],
+    (src, dst): (IpAddr, IpAddr),
+    outer: Outer,
+    label: u32,
+    (smac, dmac): ([u8; 6], [u8; 6]),
+) -> Vec<u8> {
+    let l3 = if inner[12..14] == hdr::ETH_P_8021Q.to_be_bytes() {
+        18
+    } else {
+        14
+    };
+    let packet = &inner[l3..];
+    let mut f = Vec::with_capacity(inner.len() + 48);
+    f.extend_from_slice(&dmac);
+    f.extend_from_slice(&smac);
+    f.extend_from_slice(&inner[12..l3]);
+    let udp = |len: usize, check: u16, (sport, dport): (u16, u16)| {
+        let mut u = Vec::with_capacity(8);
+        u.extend_from_slice(&sport.to_be_bytes());
+        u.extend_from_slice(&dport.to_be_bytes());
+        u.extend_from_slice(&u16::try_from(len).expect("short").to_be_bytes());
+        u.extend_from_slice(&check.to_be_bytes());
+        u
+    };
+    let gue = match outer {
+        Outer::Ipip => None,
+        Outer::Gue { sport, dport } => Some((sport, dport)),
+    };
+    let over_udp = if gue.is_some() { 8 } else { 0 };
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let mut ip = vec![0u8; 20];
+            ip[0] = 0x45;
+            ip[1] = packet[1];
+            let tot = u16::try_from(20 + over_udp + packet.len()).expect("short");
+            ip[2..4].copy_from_slice(&tot.to_be_bytes());
+            ip[6] = 0x40;
+            ip[8] = 64;
+            ip[9] = if gue.is_some() { 17 } else { 4 };
+            ip[12..16].copy_from_slice(&s.octets());
+            ip[16..20].copy_from_slice(&d.octets());
+            let c = csum::ipv4_header(&ip);
+            ip[10..12].copy_from_slice(&c.to_be_bytes());
+            f.extend_from_slice(&ip);
+            if let Some(ports) = gue {
+                f.extend_from_slice(&udp(8 + packet.len(), 0, ports));
+            }
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let tclass = (packet[0] << 4) | (packet[1] >> 4);
+            let word = 0x6000_0000 | (u32::from(tclass) << 20) | (label & 0xf_ffff);
+            f.extend_from_slice(&word.to_be_bytes());
+            let plen = u16::try_from(over_udp + packet.len()).expect("short");
+            f.extend_from_slice(&plen.to_be_bytes());
+            f.push(if gue.is_some() { 17 } else { 41 });
+            f.push(64);
+            f.extend_from_slice(&s.octets());
+            f.extend_from_slice(&d.octets());
+            if let Some(ports) = gue {
+                let mut dgram = udp(8 + packet.len(), 0, ports);
+                dgram.extend_from_slice(packet);
+                let c = csum::l4_v6(s.octets(), d.octets(), 17, &dgram);
+                dgram[6..8].copy_from_slice(&c.to_be_bytes());
+                f.extend_from_slice(&dgram[..8]);
+            }
+        }
+        _ => panic!("an outer header of one family"),
+    }
+    f.extend_from_slice(packet);
+    f
+}
+
+/// `frame` with only its MACs rewritten (floating IP `l2`).
+#[must_use]
+pub fn remac(frame: &[u8], smac: [u8; 6], dmac: [u8; 6]) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    f[..6].copy_from_slice(&dmac);
+    f[6..12].copy_from_slice(&smac);
+    f
 }

@@ -123,7 +123,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     let (initial, source) = persist::initial_state(
         &opts.state_file,
         &config_digest,
-        State::from_config(&config),
+        (State::from_config(&config), config.agent),
     )?;
     tracing::info!(state_file = %opts.state_file.display(), ?source, "initial state chosen");
     // SAFETY: geteuid has no preconditions.
@@ -182,6 +182,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         bpf_log_level: opts.bpf_log_level,
         tx_redirect,
         trace_hooks: true,
+        encap: config.agent.encap(),
     };
     let (mut dp, maps) = Dataplane::load(&load).context("loading the XDP program")?;
     let xmit_off = dp.count_lost_frames(&opts.pin_dir, &ifindexes).err();
@@ -226,6 +227,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         conntrack_flows: config.agent.conntrack_flows,
         xmit_off,
         hash_seed: config.agent.hash_seed,
+        encap: config.agent.encap(),
     };
     let sweep_counters = Arc::new(SweepCounters::default());
     let usage = Arc::new(OutboundUsage::default());

@@ -133,6 +133,9 @@ pub struct ServiceView {
     /// TCP reset on idle.
     #[serde(default)]
     pub tcp_reset: bool,
+    /// The data path: `dnat`, or a floating-IP mode (`l2`, `ipip`, `gue`).
+    #[serde(default)]
+    pub mode: String,
     pub counters: CountersView,
 }
 

@@ -381,6 +381,11 @@ pub struct VipSettings {
     /// source-ip-protocol [default: 5-tuple].
     #[arg(long, value_name = "5-tuple|source-ip|source-ip-protocol")]
     pub distribution: Option<String>,
+    /// Floating IP (direct server return): the backends hold the VIP and answer clients
+    /// straight; forward packets reach them unchanged, by their MACs (l2, a backend on a
+    /// connected link) or encapsulated (ipip, gue) [default: off, destination NAT].
+    #[arg(long, value_name = "off|l2|ipip|gue")]
+    pub floating_ip: Option<String>,
     #[command(flatten)]
     pub lifetime: LifetimeArgs,
 }
@@ -475,6 +480,11 @@ impl VipSettings {
             s.replies = r
                 .parse()
                 .map_err(|e: SpecError| format!("--replies: {e}"))?;
+        }
+        if let Some(f) = &self.floating_ip {
+            s.floating_ip = f
+                .parse()
+                .map_err(|e: SpecError| format!("--floating-ip: {e}"))?;
         }
         if let Some(h) = &self.hairpin {
             s.hairpin = h

@@ -116,11 +116,12 @@ pub fn render(resp: &Response, format: Format) -> Result<String, (ErrorKind, Str
         Response::Vips { vips } => {
             let _ = writeln!(
                 o,
-                "{:<26} {:>4} {:>6} {:>9} {:<28} {:<10} {:>10} {:>10}",
+                "{:<26} {:>4} {:>6} {:>9} {:<5} {:<28} {:<10} {:>10} {:>10}",
                 "SERVICE",
                 "ID",
                 "TABLE",
                 "IN/TOTAL",
+                "MODE",
                 "KIND / PROBE",
                 "IDLE",
                 "PACKETS",
@@ -140,12 +141,13 @@ pub fn render(resp: &Response, format: Format) -> Result<String, (ErrorKind, Str
                 };
                 let _ = writeln!(
                     o,
-                    "{:<26} {:>4} {:>6} {:>4}/{:<4} {:<28} {idle:<10} {:>10} {:>10}",
+                    "{:<26} {:>4} {:>6} {:>4}/{:<4} {:<5} {:<28} {idle:<10} {:>10} {:>10}",
                     v.service,
                     v.id,
                     v.table_size,
                     v.in_rotation,
                     v.backends,
+                    v.mode,
                     what,
                     v.counters.packets,
                     v.counters.new_flows

@@ -96,6 +96,7 @@ pub fn check_settings(s: &ServiceSettings) -> Result<(), String> {
                 .into(),
         );
     }
+    check_floating(s)?;
     check_table_size(s.table_size).map_err(|m| format!("--table-size: {m}"))?;
     if !(Duration::from_millis(50)..=Duration::from_hours(1)).contains(&s.interval) {
         return Err(format!(
@@ -119,6 +120,60 @@ pub fn check_settings(s: &ServiceSettings) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Floating IP with the settings it cannot serve: replies never pass the LB, so there are none
+/// to tell apart (`--replies stateless`), no hairpin reply to translate back (`--hairpin
+/// snat`), and no backend side the sweeper could reset (`--tcp-reset`: its RST would have to
+/// be encapsulated).
+fn check_floating(s: &ServiceSettings) -> Result<(), String> {
+    use crate::spec::FloatingIp;
+    if s.floating_ip == FloatingIp::Off {
+        return Ok(());
+    }
+    let f = s.floating_ip;
+    if s.replies == Replies::Stateless {
+        return Err(format!(
+            "--floating-ip {f} cannot be combined with --replies stateless: with floating IP \
+             the backends answer the client straight, so no reply passes the LB"
+        ));
+    }
+    if s.hairpin == Hairpin::Snat {
+        return Err(format!(
+            "--floating-ip {f} cannot be combined with --hairpin snat: a backend holding the VIP \
+             reaches it on its own loopback, never through the LB"
+        ));
+    }
+    if s.tcp_reset {
+        return Err(format!(
+            "--floating-ip {f} cannot be combined with --tcp-reset yet: the backend's side of \
+             an idle flow would need its RST encapsulated"
+        ));
+    }
+    Ok(())
+}
+
+/// A floating-IP service's backend keeps the VIP's port: the packet reaches it with VIP:port
+/// as its destination, untranslated, so a backend port of its own would never be used.
+///
+/// # Errors
+/// The message names the backend and the port it would need.
+pub fn check_floating_backend(
+    s: &ServiceSpec,
+    settings: &ServiceSettings,
+    b: &BackendSpec,
+) -> Result<(), String> {
+    use crate::spec::FloatingIp;
+    match b.port {
+        Some(p) if settings.floating_ip != FloatingIp::Off && p != s.vip.port() => Err(format!(
+            "backend {b}: {s} has floating_ip = \"{}\", so its packets reach the backend \
+             addressed to the VIP's own port {}; give the address alone (or port {})",
+            settings.floating_ip,
+            s.vip.port(),
+            s.vip.port()
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Checks an endpoint's flow lifetime settings against its protocol: an idle timeout of whole

@@ -11,6 +11,9 @@
 //! ring_slots = 8388608
 //! tcp_close_timeout = 10       # seconds a closed TCP flow still translates, 1..=3600
 //! new_flow_rate = 125000       # new flows per second per CPU that get tracked; 0: no limit
+//! encap_source4 = "192.0.2.1"  # floating IP (ipip, gue): outer source; no default
+//! encap_source6 = "2001:db8:2::1"
+//! gue_port = 6080
 //!
 //! [[service]]
 //! vip = "203.0.113.10:80/tcp"
@@ -34,10 +37,11 @@ use serde::{Deserialize, Serialize};
 
 pub use self::{
     check::*,
-    parse::{ConfigError, parse},
+    parse::{ConfigError, parse, parse_state},
 };
 use crate::spec::{
-    BackendSpec, Distribution, Established, Hairpin, ProbeSpec, Replies, ServiceSpec, WhenAllDown,
+    BackendSpec, Distribution, Established, FloatingIp, Hairpin, ProbeSpec, Replies, ServiceSpec,
+    WhenAllDown,
 };
 
 /// A validated config.
@@ -105,6 +109,67 @@ pub struct AgentSettings {
     /// The flood guard: new flows per second per CPU that are tracked; above it, new flows
     /// are forwarded by the table untracked. 0 turns it off.
     pub new_flow_rate: u32,
+    /// Floating IP: the outer source of IPv4 and IPv6 encapsulation (an LB address the
+    /// backends can reach), and the GUE destination port.
+    pub encap_source4: Option<std::net::Ipv4Addr>,
+    pub encap_source6: Option<std::net::Ipv6Addr>,
+    pub gue_port: u16,
+}
+
+impl AgentSettings {
+    /// The `LB_ENCAP` entry these settings give (zero addresses where none is set: the agent
+    /// then refuses the services that would need one).
+    #[must_use]
+    pub fn encap(&self) -> lb_common::encap::EncapConfig {
+        lb_common::encap::EncapConfig {
+            src4: self.encap_source4.map_or([0; 4], |a| a.octets()),
+            src6: self.encap_source6.map_or([0; 16], |a| a.octets()),
+            gue_port: self.gue_port.to_be_bytes(),
+            _pad: [0; 2],
+        }
+    }
+
+    /// Why a service with `settings` cannot run under these settings, if it cannot (see
+    /// [`check_encap`]).
+    ///
+    /// # Errors
+    /// The message names the setting to add.
+    pub fn check_encap(
+        &self,
+        spec: &ServiceSpec,
+        settings: &ServiceSettings,
+    ) -> Result<(), String> {
+        check_encap(&self.encap(), spec, settings)
+    }
+}
+
+/// Why a service with `settings` cannot run with the floating-IP settings `encap` (`LB_ENCAP`),
+/// if it cannot: an encapsulating mode needs an outer source of its VIP's family.
+///
+/// # Errors
+/// The message names the setting to add.
+pub fn check_encap(
+    encap: &lb_common::encap::EncapConfig,
+    spec: &ServiceSpec,
+    settings: &ServiceSettings,
+) -> Result<(), String> {
+    if !settings.floating_ip.encapsulates() {
+        return Ok(());
+    }
+    let (has, name) = if spec.vip.is_ipv4() {
+        (encap.src4 != [0; 4], "encap_source4")
+    } else {
+        (encap.src6 != [0; 16], "encap_source6")
+    };
+    if has {
+        Ok(())
+    } else {
+        Err(format!(
+            "{spec} has floating_ip = \"{}\": its outer header needs a source address; set \
+             agent.{name} in the config file (an address of this LB its backends can reach)",
+            settings.floating_ip
+        ))
+    }
 }
 
 impl Default for AgentSettings {
@@ -117,6 +182,9 @@ impl Default for AgentSettings {
             tcp_syn_timeout_s: lb_common::conn::SYN_TIMEOUT_S,
             #[expect(clippy::cast_possible_truncation, reason = "a constant below 2^32")]
             new_flow_rate: lb_common::consts::DEFAULT_NEW_FLOW_RATE as u32,
+            encap_source4: None,
+            encap_source6: None,
+            gue_port: lb_common::encap::DEFAULT_GUE_PORT,
         }
     }
 }
@@ -209,6 +277,10 @@ pub struct ServiceSettings {
     /// TCP reset on idle: an idle TCP flow that expires is reset on both sides.
     #[serde(default)]
     pub tcp_reset: bool,
+    /// Floating IP (direct server return): the backends hold the VIP, and forward packets
+    /// reach them with it as their destination. A property of the service.
+    #[serde(default)]
+    pub floating_ip: FloatingIp,
 }
 
 /// The idle timeouts of an endpoint's TCP and UDP flows: its own, or each protocol's default
@@ -257,6 +329,7 @@ impl Default for ServiceSettings {
             icmp_echo: true,
             idle_timeout: None,
             tcp_reset: false,
+            floating_ip: FloatingIp::Off,
         }
     }
 }

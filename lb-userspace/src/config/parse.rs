@@ -12,9 +12,10 @@ use toml::Spanned;
 
 use super::{
     AclRuleConfig, AgentSettings, BackendConfig, Config, DEFAULT_WEIGHT, ForwardConfig,
-    ServiceConfig, ServiceSettings, backend_is_vip, check_acl_rule, check_backend, check_forward,
-    check_internal, check_pip, check_same_vip, check_service, check_settings, check_table_size,
-    check_weight, default_timeout, stateless_pip, stateless_shared, table_too_small,
+    ServiceConfig, ServiceSettings, backend_is_vip, check_acl_rule, check_backend,
+    check_floating_backend, check_forward, check_internal, check_pip, check_same_vip,
+    check_service, check_settings, check_table_size, check_weight, default_timeout, stateless_pip,
+    stateless_shared, table_too_small,
 };
 use crate::spec::{BackendSpec, Replies, ServiceSpec, SpecError, parse_action, parse_duration};
 
@@ -93,6 +94,9 @@ struct RawAgent {
     tcp_close_timeout: Option<Spanned<u32>>,
     tcp_syn_timeout: Option<Spanned<u32>>,
     new_flow_rate: Option<Spanned<u32>>,
+    encap_source4: Option<Spanned<String>>,
+    encap_source6: Option<Spanned<String>>,
+    gue_port: Option<Spanned<u16>>,
 }
 
 #[derive(Deserialize)]
@@ -119,6 +123,7 @@ struct RawService {
     icmp_echo: Option<bool>,
     idle_timeout: Option<Spanned<String>>,
     tcp_reset: Option<Spanned<bool>>,
+    floating_ip: Option<Spanned<String>>,
 }
 
 /// `"192.0.2.11:80"` or `{ addr = "192.0.2.11:80", weight = 3, drained = false, admin = "up" }`.
@@ -142,6 +147,19 @@ enum RawBackend {
 /// # Errors
 /// The first problem found, with file, line, column and field.
 pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
+    parse_from(file, text, AgentSettings::default())
+}
+
+/// [`parse`] of the agent's state file, which holds no `[agent]` section: the config's
+/// `agent` settings apply (the state file is used only with the config it was written under).
+///
+/// # Errors
+/// As [`parse`].
+pub fn parse_state(file: &str, text: &str, agent: AgentSettings) -> Result<Config, ConfigError> {
+    parse_from(file, text, agent)
+}
+
+fn parse_from(file: &str, text: &str, base: AgentSettings) -> Result<Config, ConfigError> {
     let err = |span: Range<usize>, field: String, message: String| {
         let (line, column) = line_col(text, span.start);
         ConfigError {
@@ -158,7 +176,7 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         err(span, field, type_message(e.message().trim_end()))
     })?;
 
-    let mut agent = AgentSettings::default();
+    let mut agent = base;
     if let Some(a) = raw.agent {
         agent.hash_seed = a.hash_seed.unwrap_or(agent.hash_seed);
         for (name, v, slot, max) in [
@@ -208,6 +226,40 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
                 ));
             }
             agent.new_flow_rate = *v.get_ref();
+        }
+        if let Some(v) = &a.encap_source4 {
+            let ip: std::net::Ipv4Addr = v.get_ref().parse().map_err(|_| {
+                err(
+                    v.span(),
+                    "agent.encap_source4".into(),
+                    format!("{:?} is not an IPv4 address", v.get_ref()),
+                )
+            })?;
+            crate::spec::check_unicast(ip.into())
+                .map_err(|m| err(v.span(), "agent.encap_source4".into(), m))?;
+            agent.encap_source4 = Some(ip);
+        }
+        if let Some(v) = &a.encap_source6 {
+            let ip: std::net::Ipv6Addr = v.get_ref().parse().map_err(|_| {
+                err(
+                    v.span(),
+                    "agent.encap_source6".into(),
+                    format!("{:?} is not an IPv6 address", v.get_ref()),
+                )
+            })?;
+            crate::spec::check_unicast(ip.into())
+                .map_err(|m| err(v.span(), "agent.encap_source6".into(), m))?;
+            agent.encap_source6 = Some(ip);
+        }
+        if let Some(v) = &a.gue_port {
+            if *v.get_ref() == 0 {
+                return Err(err(
+                    v.span(),
+                    "agent.gue_port".into(),
+                    "0 is not a port".into(),
+                ));
+            }
+            agent.gue_port = *v.get_ref();
         }
     }
 
@@ -301,6 +353,15 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
                 .parse()
                 .map_err(|e: SpecError| err(r.span(), field("replies"), e.0))?;
         }
+        if let Some(f) = &s.floating_ip {
+            settings.floating_ip = f
+                .get_ref()
+                .parse()
+                .map_err(|e: SpecError| err(f.span(), field("floating_ip"), e.0))?;
+            agent
+                .check_encap(&spec, &settings)
+                .map_err(|m| err(f.span(), field("floating_ip"), m))?;
+        }
         settings.icmp_echo = s.icmp_echo.unwrap_or(true);
         (settings.idle_timeout, settings.tcp_reset) = parse_lifetime(
             &spec,
@@ -361,6 +422,8 @@ pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
                 .parse()
                 .map_err(|e: SpecError| err(b.span(), bf.clone(), e.0))?;
             check_backend(&spec, &spec_b).map_err(|m| err(b.span(), bf.clone(), m))?;
+            check_floating_backend(&spec, &settings, &spec_b)
+                .map_err(|m| err(b.span(), bf.clone(), m))?;
             check_weight(weight).map_err(|m| err(b.span(), bf.clone(), m))?;
             let at = spec_b.resolve(&spec);
             if !seen_b.insert(at) {
@@ -921,6 +984,15 @@ established = "rebalance"
             (with("hairpin = \"snat\"\n"), 2, "service[0].settings", "internal VIPs only"),
             (with("replies = \"never\"\n"), 3, "service[0].replies", "tracked stateless"),
             (with("distribution = \"round-robin\"\n"), 3, "service[0].distribution", "5-tuple source-ip source-ip-protocol"),
+            (with("floating_ip = \"vxlan\"\n"), 3, "service[0].floating_ip", "off l2 ipip gue"),
+            (with("floating_ip = \"gue\"\n"), 3, "service[0].floating_ip", "set agent.encap_source4"),
+            ("[[service]]\nvip = \"[2001:db8:3::10]:80/tcp\"\nfloating_ip = \"ipip\"\n".into(), 3, "service[0].floating_ip", "set agent.encap_source6"),
+            (with("floating_ip = \"l2\"\nreplies = \"stateless\"\n"), 2, "service[0].settings", "--replies stateless"),
+            (with("floating_ip = \"l2\"\ntcp_reset = true\n"), 2, "service[0].settings", "--tcp-reset"),
+            (with("floating_ip = \"l2\"\nbackends = [\"192.0.2.11:8080\"]\n"), 4, "service[0].backends[0]", "the VIP's own port 80"),
+            ("[agent]\nencap_source4 = \"2001:db8::1\"\n".into(), 2, "agent.encap_source4", "not an IPv4 address"),
+            ("[agent]\nencap_source6 = \"ff02::1\"\n".into(), 2, "agent.encap_source6", "not a unicast address"),
+            ("[agent]\ngue_port = 0\n".into(), 2, "agent.gue_port", "not a port"),
             (with("idle_timeout = \"1s\"\n"), 3, "service[0].idle_timeout", "whole seconds within 2s..=120m"),
             (with("idle_timeout = \"forever\"\n"), 3, "service[0].idle_timeout", "a duration needs a unit"),
             ("[[service]]\nvip = \"203.0.113.10:53/udp\"\ntcp_reset = true\n".into(), 3, "service[0].tcp_reset", "applies to TCP endpoints"),

@@ -51,6 +51,8 @@ pub struct LoadOptions {
     /// `lb trace`'s hooks compiled in (the agent's always are; the benchmark's baseline
     /// compiles them out to measure what they cost when tracing is off).
     pub trace_hooks: bool,
+    /// Floating IP's outer source addresses and GUE port (`LB_ENCAP`), written at every load.
+    pub encap: lb_common::encap::EncapConfig,
 }
 
 impl LoadOptions {
@@ -68,6 +70,7 @@ impl LoadOptions {
             bpf_log_level: 0,
             tx_redirect: false,
             trace_hooks: true,
+            encap: s.encap(),
         }
     }
 }
@@ -137,6 +140,15 @@ impl Dataplane {
             .set(0, map_layout_version(), 0)
             .map_err(|source| LoadError::Map {
                 name: map_names::LAYOUT,
+                source,
+            })?;
+        // Floating IP's settings: the config's, whatever an earlier agent left.
+        let mut encap: Array<MapData, lb_common::encap::EncapConfig> =
+            take_map(&mut ebpf, map_names::ENCAP)?;
+        encap
+            .set(0, opts.encap, 0)
+            .map_err(|source| LoadError::Map {
+                name: map_names::ENCAP,
                 source,
             })?;
         let maps = Maps::take(&mut ebpf)?;

@@ -92,6 +92,18 @@ impl Hops {
             .map_or_else(NextHop::default, |h| h.nh)
     }
 
+    /// [`Self::next_hop`] for a floating-IP `l2` backend, which must be a neighbour: a hop
+    /// through a gateway is written unresolved, and the fast path's FIB fallback, which
+    /// refuses a gateway too, drops its packets (`drop_no_next_hop`) rather than hand the
+    /// gateway a packet addressed to the VIP.
+    #[must_use]
+    pub fn next_hop_for(&self, ip: IpAddr, l2: bool) -> NextHop {
+        match self.known.get(&ip).copied().flatten() {
+            Some(h) if !l2 || h.via == ip => h.nh,
+            _ => NextHop::default(),
+        }
+    }
+
     /// Whether `ip` has been resolved (successfully or not) at all.
     #[must_use]
     pub fn knows(&self, ip: IpAddr) -> bool {

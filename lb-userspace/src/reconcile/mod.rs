@@ -888,6 +888,10 @@ impl<M: MapOps> Reconciler<M> {
         let change = next.apply(cmd)?;
         if let Change::ServiceAdded { service } | Change::ForwardAdded { service, .. } = &change {
             refuse_local_vip(std::iter::once(service), &self.live.locals)?;
+            if let Some(st) = next.services.get(service) {
+                crate::config::check_encap(&self.info.encap, service, &st.settings)
+                    .map_err(ChangeError::Invalid)?;
+            }
         }
         let t = match change.service() {
             Some(s) => Touched {

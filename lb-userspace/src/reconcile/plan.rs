@@ -20,8 +20,8 @@ use lb_common::{
     maglev::{TableBackend, build_table},
     maps::{
         BACKEND_F_ACTIVE, Backend, BackendId, NextHop, REV_F_SHARED, REV_F_STATELESS, RevKey,
-        RevService, SVC_DIST_SHIFT, SVC_F_INTERNAL, SVC_F_TCP_RESET, ServiceInfo, VIP_F_HA_PORTS,
-        VIP_F_HAIRPIN_SNAT, VIP_F_NO_ECHO, VipInfo,
+        RevService, SVC_DIST_SHIFT, SVC_F_INTERNAL, SVC_F_TCP_RESET, SVC_FIP_SHIFT, ServiceInfo,
+        VIP_F_HA_PORTS, VIP_F_HAIRPIN_SNAT, VIP_F_NO_ECHO, VipInfo,
     },
 };
 
@@ -33,7 +33,7 @@ use super::{
 };
 use crate::{
     dataplane::PurgeJob,
-    spec::{Hairpin, Replies, ServiceSpec, map_prefix},
+    spec::{FloatingIp, Hairpin, Replies, ServiceSpec, map_prefix},
     state::{ServiceState, State},
 };
 
@@ -263,7 +263,8 @@ pub fn replies(
     let mut steps = Vec::new();
     for ep in eps {
         let cur = live.revs.get(ep);
-        let Some(users) = live.by_endpoint.get(ep).filter(|u| !u.is_empty()) else {
+        let users = reply_users(*ep, live, state, pending);
+        let Some(users) = Some(&users).filter(|u| !u.is_empty()) else {
             if cur.is_some() {
                 steps.push(Step::DelRev(*ep));
             }
@@ -289,6 +290,30 @@ pub fn replies(
     steps
 }
 
+/// The active backends at endpoint `ep` whose replies come through the LB: all but those of
+/// floating-IP services, whose backends answer the client straight from the VIP (their flows
+/// have no reply to find, so they neither need the entry nor make it shared).
+fn reply_users(
+    ep: RevKey,
+    live: &Live,
+    state: &State,
+    pending: Option<(u32, &ServiceSpec)>,
+) -> BTreeSet<BackendId> {
+    let floating = |sid: u32| {
+        live.spec_of(sid)
+            .or(pending.filter(|(p, _)| *p == sid).map(|(_, s)| s))
+            .and_then(|spec| state.services.get(spec))
+            .is_some_and(|st| st.settings.floating_ip != FloatingIp::Off)
+    };
+    live.by_endpoint
+        .get(&ep)
+        .into_iter()
+        .flatten()
+        .copied()
+        .filter(|id| live.backends.get(id).is_some_and(|b| !floating(b.service)))
+        .collect()
+}
+
 /// The reverse-service entry an endpoint with active backends wants, leaving holds aside (see
 /// [`replies`]); `None` if it has none, or its service is not known yet.
 #[must_use]
@@ -298,7 +323,8 @@ pub fn unheld_reply(
     state: &State,
     pending: Option<(u32, &ServiceSpec)>,
 ) -> Option<RevService> {
-    let users = live.by_endpoint.get(&ep).filter(|u| !u.is_empty())?;
+    let users = reply_users(ep, live, state, pending);
+    let users = Some(&users).filter(|u| !u.is_empty())?;
     let primary = live
         .revs
         .get(&ep)
@@ -501,6 +527,7 @@ fn build(
         .unwrap_or(&empty);
     // New backends: entry first, so no slot ever points at an unwritten entry.
     let mut ids: BTreeMap<SocketAddr, BackendId> = BTreeMap::new();
+    let l2 = want.settings.floating_ip == FloatingIp::L2;
     for addr in want.backends.keys() {
         let bid = if let Some(b) = live_backends.get(addr) {
             *b
@@ -510,7 +537,12 @@ fn build(
             prepare.push(Step::ZeroBackendStats(b));
             prepare.push(Step::PutBackend(
                 b,
-                backend_entry(id, *addr, spec.proto.number(), i.hops.next_hop(addr.ip())),
+                backend_entry(
+                    id,
+                    *addr,
+                    spec.proto.number(),
+                    i.hops.next_hop_for(addr.ip(), l2),
+                ),
             ));
             b
         };
@@ -578,6 +610,7 @@ fn build(
         table_off,
         table_len,
         flags: (want.settings.distribution.mode() << SVC_DIST_SHIFT)
+            | (want.settings.floating_ip.mode() << SVC_FIP_SHIFT)
             | if want.settings.internal.is_empty() {
                 0
             } else {
@@ -872,7 +905,11 @@ pub fn next_hops(addrs: &BTreeSet<IpAddr>, live: &Live, hops: &Hops) -> Vec<Step
         .iter()
         .filter_map(|(id, b)| {
             let ip = addr::to_ip(&b.addr);
-            let nh = hops.next_hop(ip);
+            let l2 = live
+                .spec_of(b.service)
+                .and_then(|s| live.services.get(s))
+                .is_some_and(|i| i.floating_ip() == lb_common::encap::mode::L2);
+            let nh = hops.next_hop_for(ip, l2);
             (addrs.contains(&ip) && b.nh != nh).then_some((*id, Backend { nh, ..*b }))
         })
         .collect();

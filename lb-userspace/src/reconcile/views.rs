@@ -39,6 +39,9 @@ pub struct AgentInfo {
     pub xmit_off: Option<String>,
     /// The flow-hash seed the program was loaded with (`lb explain` hashes as it does).
     pub hash_seed: u32,
+    /// Floating IP's settings as loaded (`LB_ENCAP`): a new encapsulating service needs its
+    /// family's outer source.
+    pub encap: lb_common::encap::EncapConfig,
 }
 
 impl AgentInfo {
@@ -429,6 +432,7 @@ impl Source<'_> {
                 distribution: st.distribution.to_string(),
                 idle_timeout: crate::config::idle_timeout_text(spec.proto, st.idle_timeout),
                 tcp_reset: st.tcp_reset,
+                mode: lb_common::encap::mode_name(st.floating_ip.mode()).to_owned(),
                 counters: CountersView::default(),
             };
             let backends: Vec<BackendId> = live_backends.iter().map(|(_, id)| **id).collect();

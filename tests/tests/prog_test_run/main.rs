@@ -221,6 +221,15 @@ impl Fixture {
 
     /// As [`Self::new`], with another config (the same next hops and routes).
     fn with_config(ns: &Netns, config: &str) -> Self {
+        Self::with_config_and(ns, config, &[])
+    }
+
+    /// As [`Self::with_config`], with more resolved backends.
+    fn with_config_and(
+        ns: &Netns,
+        config: &str,
+        more: &[(IpAddr, lb_common::maps::NextHop)],
+    ) -> Self {
         ns.ip(&["link", "add", "fx0", "type", "veth", "peer", "name", "fx1"])
             .unwrap();
         ns.ip(&["link", "set", "fx0", "up"]).unwrap();
@@ -264,6 +273,8 @@ impl Fixture {
             // The LB's own address on the backends' side (its probes come from it).
             locals: vec![addr::v4_mapped([192, 0, 2, 1])],
         };
+        let mut resolver = resolver;
+        resolver.backends.extend(more.iter().copied());
         let h = Harness::load(ns, config, resolver).expect("load and provision");
         Self {
             seed: h.seed,
@@ -376,6 +387,7 @@ fn with_fixture(f: impl FnOnce(&mut Fixture) + Send + 'static) {
     });
 }
 
+mod dsr;
 mod explain;
 mod forwarding;
 mod icmp;

@@ -1205,3 +1205,87 @@ fn a_vip_that_is_the_hosts_own_address_is_refused() {
     assert_eq!(r.maps.services, before);
     assert!(!r.state().services.contains_key(&spec(local)));
 }
+
+/// A floating-IP service: its mode in the service entry's flags, no reverse-service entry for
+/// its backend endpoints (their replies never come back), and a DNAT service at the same
+/// endpoint keeps its entry unshared. Without an outer source of its family an encapsulating
+/// one is refused, naming the setting; `l2` needs none.
+#[test]
+fn floating_ip_services_carry_their_mode_and_have_no_reverse_entries() {
+    use lb_common::{
+        encap::{EncapConfig, mode},
+        maps::RevKey,
+    };
+    let mut bare = rec(1 << 16);
+    let gue = |s: &str| VipSettings {
+        table_size: Some(251),
+        floating_ip: Some(s.into()),
+        ..VipSettings::default()
+    };
+    let r = ask(
+        &mut bare,
+        Req::VipAdd {
+            service: WEB.into(),
+            settings: gue("gue"),
+        },
+    );
+    assert!(
+        matches!(&r, Response::Error { message, .. } if message.contains("agent.encap_source4")),
+        "{r:?}"
+    );
+    assert!(bare.maps().services.is_empty());
+    add_with(&mut bare, WEB, gue("l2"), &["192.0.2.11"]);
+
+    let info = AgentInfo {
+        ring_slots: 1 << 16,
+        encap: EncapConfig {
+            src4: [192, 0, 2, 1],
+            ..EncapConfig::default()
+        },
+        ..AgentInfo::default()
+    };
+    let mut rc = Reconciler::new(FakeMaps::default(), info);
+    add_with(&mut rc, WEB, gue("gue"), &["192.0.2.11"]);
+    let ep = RevKey::of(
+        lb_common::addr::v4_mapped([192, 0, 2, 11]),
+        80u16.to_be_bytes(),
+        6,
+    );
+    let m = rc.maps();
+    assert_eq!(m.services[&spec(WEB).key()].floating_ip(), mode::GUE);
+    assert!(!m.revs.contains_key(&ep), "{:?}", m.revs);
+    // A DNAT service at the same endpoint: its entry, unshared.
+    add(&mut rc, "203.0.113.11:80/tcp", &["192.0.2.11:80"]);
+    let m = rc.maps();
+    let e = m.revs[&ep];
+    assert_eq!(
+        (e.vip, e.flags),
+        (lb_common::addr::v4_mapped([203, 0, 113, 11]), 0)
+    );
+    assert_eq!(
+        m.services[&spec("203.0.113.11:80/tcp").key()].floating_ip(),
+        mode::DNAT
+    );
+    // The floating service gone, the DNAT one keeps its entry; a backend port of its own is
+    // refused on a floating service.
+    ok(
+        &mut rc,
+        Req::VipDel {
+            service: WEB.into(),
+        },
+    );
+    assert_eq!(rc.maps().revs[&ep].flags, 0);
+    add_with(&mut rc, WEB, gue("ipip"), &[]);
+    let r = ask(
+        &mut rc,
+        Req::BackendAdd {
+            service: WEB.into(),
+            backend: "192.0.2.12:8080".into(),
+            weight: None,
+        },
+    );
+    assert!(
+        matches!(&r, Response::Error { message, .. } if message.contains("VIP's own port 80")),
+        "{r:?}"
+    );
+}

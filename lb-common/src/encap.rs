@@ -1,0 +1,253 @@
+//! Floating IP (direct server return): a service's mode, and the outer headers its forward
+//! packets get. Both sides apply these rules: the fast path builds the headers, the backends'
+//! decapsulation program (`lb-ebpf/src/decap.rs`) strips them, and host tests check both
+//! against full computations.
+//!
+//! The inner packet is never touched: it keeps VIP:port as its destination, so its own
+//! checksums stay valid. The backend holds the VIP itself and answers the client directly.
+
+use crate::csum::fold;
+
+/// A service's data-path mode (`ServiceInfo::flags`, bits [`crate::maps::SVC_FIP_SHIFT`]..).
+pub mod mode {
+    /// Destination NAT to the backend's address and port (the default).
+    pub const DNAT: u32 = 0;
+    /// Floating IP, L2: only the MACs are rewritten, to a backend on a connected link (IPVS's
+    /// "direct routing").
+    pub const L2: u32 = 1;
+    /// Floating IP, IPIP: IPv4-in-IPv4 (protocol 4) or IPv6-in-IPv6 (next header 41).
+    pub const IPIP: u32 = 2;
+    /// Floating IP, GUE variant 1 (RFC draft-ietf-intarea-gue): the inner IP packet straight
+    /// after an outer UDP header, whose destination port is the LB's GUE port.
+    pub const GUE: u32 = 3;
+}
+
+/// The mode's name, as the CLI and the metrics spell it.
+#[must_use]
+pub const fn mode_name(m: u32) -> &'static str {
+    match m {
+        mode::L2 => "l2",
+        mode::IPIP => "ipip",
+        mode::GUE => "gue",
+        _ => "dnat",
+    }
+}
+
+/// The outer header's TTL / hop limit (Katran's, and Linux's default).
+pub const OUTER_TTL: u8 = 64;
+/// The GUE destination port when the config names none (Katran's default).
+pub const DEFAULT_GUE_PORT: u16 = 6080;
+/// IP protocol numbers of the outer headers.
+pub const PROTO_IPIP: u8 = 4;
+pub const PROTO_IPV6: u8 = 41;
+/// IPv4 DF, as the outer header always sets it: an encapsulated packet is never fragmented on
+/// the way (the LB answers one that would not fit with "fragmentation needed" instead).
+pub const IPV4_DF: u16 = 0x4000;
+
+/// Bytes an encapsulated packet grows by (0 for DNAT and `l2`).
+#[must_use]
+pub const fn overhead(m: u32, v6: bool) -> usize {
+    let ip = if v6 { 40 } else { 20 };
+    match m {
+        mode::IPIP => ip,
+        mode::GUE => ip + 8,
+        _ => 0,
+    }
+}
+
+/// `LB_ENCAP` value (one entry, written by the agent): the outer source addresses and the GUE
+/// port.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
+pub struct EncapConfig {
+    /// Outer source of IPv4 encapsulation: an LB address the backends can reach.
+    pub src4: [u8; 4],
+    /// Outer source of IPv6 encapsulation.
+    pub src6: [u8; 16],
+    /// GUE destination port, network order.
+    pub gue_port: [u8; 2],
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<EncapConfig>() == 24);
+crate::impl_user_pod!(EncapConfig);
+
+/// The GUE outer source port of a flow whose flow hash is `hash`: one of 16 384 ports in the
+/// dynamic range (49152..=65535, as RFC 7510 recommends for entropy ports), so a backend NIC's
+/// RSS, which hashes the outer ports, spreads flows over its queues as a plain flow would be
+/// spread. Both halves of the hash count.
+#[inline(always)]
+#[must_use]
+pub const fn gue_sport(hash: u32) -> u16 {
+    let low = ((hash ^ (hash >> 16)) & 0x3fff) as u16;
+    0xc000 | low
+}
+
+/// The outer IPv6 flow label of a flow whose flow hash is `hash` (RFC 6438: a tunnel's flow
+/// label from the inner flow, so that ECMP and RSS on the way see the flows apart).
+#[inline(always)]
+#[must_use]
+pub const fn flow_label(hash: u32) -> u32 {
+    (hash ^ (hash >> 20)) & 0xf_ffff
+}
+
+/// The outer IPv4 header's checksum: version 4, IHL 5, `tos`, total length `tot_len`, ID 0,
+/// DF, TTL [`OUTER_TTL`], protocol `proto`, `src` → `dst`.
+#[inline(always)]
+#[must_use]
+pub const fn outer4_check(src: [u8; 4], dst: [u8; 4], tos: u8, tot_len: u16, proto: u8) -> u16 {
+    const fn w(a: u8, b: u8) -> u32 {
+        ((a as u32) << 8) | b as u32
+    }
+    let sum = w(0x45, tos)
+        + tot_len as u32
+        + IPV4_DF as u32
+        + w(OUTER_TTL, proto)
+        + w(src[0], src[1])
+        + w(src[2], src[3])
+        + w(dst[0], dst[1])
+        + w(dst[2], dst[3]);
+    !fold(sum)
+}
+
+/// The first word of an outer IPv6 header: version 6, traffic class `tclass`, flow label
+/// `label` (20 bits).
+#[inline(always)]
+#[must_use]
+pub const fn outer6_word(tclass: u8, label: u32) -> [u8; 4] {
+    (0x6000_0000 | ((tclass as u32) << 20) | (label & 0xf_ffff)).to_be_bytes()
+}
+
+/// One's-complement sum (unfolded) of an IPv6 pseudo-header (RFC 8200 8.1): `src`, `dst`,
+/// upper-layer length `len`, next header `proto`.
+#[inline(always)]
+#[must_use]
+pub const fn pseudo6_sum(src: &[u8; 16], dst: &[u8; 16], len: u32, proto: u8) -> u32 {
+    let mut sum = (len >> 16) + (len & 0xffff) + proto as u32;
+    let mut i = 0;
+    while i < 16 {
+        sum += ((src[i] as u32) << 8) | src[i + 1] as u32;
+        sum += ((dst[i] as u32) << 8) | dst[i + 1] as u32;
+        i += 2;
+    }
+    sum
+}
+
+/// The outer UDP checksum of a GUE packet over IPv6, without reading the inner payload (the
+/// "local checksum offload" of Linux's `Documentation/networking/checksum-offloads.rst`):
+/// a valid inner TCP, UDP or ICMPv6 checksum makes the inner segment sum to the complement
+/// of its pseudo-header, so the whole inner packet sums to its IP headers' sum plus that.
+///
+/// `outer` is the outer pseudo-header's sum ([`pseudo6_sum`] with the UDP length and 17),
+/// `udp` the outer UDP header's words with its checksum zero, `inner_hdrs` the sum of the
+/// inner IPv6 header and its extension headers as they are on the wire, and `inner_pseudo`
+/// the inner segment's pseudo-header sum. An inner packet whose own checksum is wrong gets
+/// an outer one wrong by as much, so nothing on the way takes a bad packet for a good one.
+/// Never 0 (RFC 8200 makes the IPv6 UDP checksum mandatory): a computed 0 is sent as 0xffff.
+#[inline(always)]
+#[must_use]
+pub const fn gue6_check(outer: u32, udp: u32, inner_hdrs: u32, inner_pseudo: u32) -> u16 {
+    let segment = !fold(inner_pseudo) as u32;
+    let c = !fold(fold(outer) as u32 + fold(udp) as u32 + fold(inner_hdrs) as u32 + segment);
+    if c == 0 { 0xffff } else { c }
+}
+
+#[cfg(all(test, feature = "std"))]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::csum::{l4_v6, sum_words};
+
+    #[test]
+    fn overheads_are_the_outer_headers() {
+        assert_eq!(overhead(mode::DNAT, false), 0);
+        assert_eq!(overhead(mode::L2, true), 0);
+        assert_eq!(overhead(mode::IPIP, false), 20);
+        assert_eq!(overhead(mode::IPIP, true), 40);
+        assert_eq!(overhead(mode::GUE, false), 28);
+        assert_eq!(overhead(mode::GUE, true), 48);
+    }
+
+    proptest! {
+        /// The outer IPv4 checksum is the full computation over the header it describes.
+        #[test]
+        fn outer4_check_is_the_header_checksum(src in any::<[u8; 4]>(), dst in any::<[u8; 4]>(),
+            tos in any::<u8>(), len in 20u16.., proto in prop_oneof![Just(4u8), Just(17u8)]) {
+            let mut h = [0u8; 20];
+            h[0] = 0x45;
+            h[1] = tos;
+            h[2..4].copy_from_slice(&len.to_be_bytes());
+            h[6] = 0x40;
+            h[8] = OUTER_TTL;
+            h[9] = proto;
+            h[12..16].copy_from_slice(&src);
+            h[16..20].copy_from_slice(&dst);
+            prop_assert_eq!(outer4_check(src, dst, tos, len, proto), crate::csum::ipv4_header(&h));
+        }
+
+        /// GUE sources stay in the dynamic range, and flow labels in 20 bits.
+        #[test]
+        fn entropy_fields_stay_in_their_ranges(h in any::<u32>()) {
+            prop_assert!(gue_sport(h) >= 49_152);
+            prop_assert!(flow_label(h) < 1 << 20);
+            let w = outer6_word(0xff, flow_label(h));
+            prop_assert_eq!(w[0], 0x6f);
+        }
+
+        /// The outer GUE checksum computed without the payload is the full computation over
+        /// the whole outer UDP datagram, for any inner segment with a valid checksum (TCP,
+        /// UDP, ICMPv6, with or without an extension header before it).
+        #[test]
+        fn gue6_check_is_the_full_udp_checksum(
+            osrc in any::<[u8; 16]>(), odst in any::<[u8; 16]>(),
+            isrc in any::<[u8; 16]>(), idst in any::<[u8; 16]>(),
+            proto in prop_oneof![Just(6u8), Just(17u8), Just(58u8)],
+            tclass in any::<u8>(), label in 0u32..1 << 20, hop in any::<u8>(),
+            ext in proptest::option::of(proptest::collection::vec(any::<u8>(), 6..=6)),
+            mut seg in proptest::collection::vec(any::<u8>(), 8..200),
+            sport in any::<u16>(), dport in any::<u16>(),
+        ) {
+            // The inner segment with its own valid checksum (at 6 for UDP, 16 for TCP, 2 for
+            // ICMPv6; TCP segments get at least 20 bytes).
+            if proto == 6 { seg.resize(seg.len().max(20), 0); }
+            let at = match proto { 6 => 16, 17 => 6, _ => 2 };
+            seg[at] = 0;
+            seg[at + 1] = 0;
+            let c = l4_v6(isrc, idst, proto, &seg);
+            seg[at..at + 2].copy_from_slice(&c.to_be_bytes());
+            // The inner IPv6 header (and a destination-options header).
+            let mut inner = Vec::new();
+            inner.extend_from_slice(&outer6_word(tclass, label));
+            let ext_len = ext.as_ref().map_or(0, |_| 8);
+            inner.extend_from_slice(&u16::try_from(seg.len() + ext_len).unwrap().to_be_bytes());
+            inner.push(if ext.is_some() { 60 } else { proto });
+            inner.push(hop);
+            inner.extend_from_slice(&isrc);
+            inner.extend_from_slice(&idst);
+            if let Some(e) = &ext {
+                inner.push(proto);
+                inner.push(0);
+                inner.extend_from_slice(e);
+            }
+            let hdrs = sum_words(&inner, 0);
+            inner.extend_from_slice(&seg);
+            let udp_len = u16::try_from(8 + inner.len()).unwrap();
+            let mut dgram = Vec::new();
+            dgram.extend_from_slice(&sport.to_be_bytes());
+            dgram.extend_from_slice(&dport.to_be_bytes());
+            dgram.extend_from_slice(&udp_len.to_be_bytes());
+            dgram.extend_from_slice(&[0, 0]);
+            let udp = sum_words(&dgram, 0);
+            dgram.extend_from_slice(&inner);
+            let want = l4_v6(osrc, odst, 17, &dgram);
+            let seg_len = u32::try_from(seg.len()).unwrap();
+            let got = gue6_check(
+                pseudo6_sum(&osrc, &odst, u32::from(udp_len), 17),
+                udp,
+                hdrs,
+                pseudo6_sum(&isrc, &idst, seg_len, proto),
+            );
+            prop_assert_eq!(got, want);
+        }
+    }
+}
