@@ -151,6 +151,65 @@ pub const fn gue6_check(outer: u32, udp: u32, inner_hdrs: u32, inner_pseudo: u32
     if c == 0 { 0xffff } else { c }
 }
 
+/// The backends' decapsulation program (`lb-ebpf/src/decap.rs`): its maps, its counters and
+/// what it does with a frame.
+pub mod decap {
+    /// Map names, exactly as the `#[map]` statics of the decapsulation object.
+    pub const VIPS: &str = "LB_DECAP_VIPS";
+    pub const STATS: &str = "LB_DECAP_STATS";
+    pub const CFG: &str = "LB_DECAP_CFG";
+    /// The program's name.
+    pub const PROGRAM: &str = "lb_decap";
+    /// Most VIPs one backend holds.
+    pub const MAX_VIPS: u32 = 1024;
+
+    /// What the program did with a frame; each is counted (`LB_DECAP_STATS[n]`, per CPU).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    #[repr(u32)]
+    pub enum Outcome {
+        /// An IPIP or GUE packet to one of the backend's VIPs: the outer headers stripped, the
+        /// inner packet passed to the stack (`XDP_PASS`).
+        Stripped = 0,
+        /// Encapsulated, but its inner destination is none of the backend's VIPs: dropped.
+        NotVip = 1,
+        /// Encapsulated, but an outer or inner header is truncated, the inner version is
+        /// neither 4 nor 6, or the outer IPv4 packet is a fragment: dropped.
+        Malformed = 2,
+        /// Not IPIP, nor UDP to the GUE port: passed untouched.
+        Passed = 3,
+    }
+
+    /// Every outcome, in number order.
+    pub const ALL: [Outcome; 4] = [
+        Outcome::Stripped,
+        Outcome::NotVip,
+        Outcome::Malformed,
+        Outcome::Passed,
+    ];
+
+    impl Outcome {
+        /// Stable snake-case name, as `lb backend status` and the tests spell it.
+        #[must_use]
+        pub const fn name(self) -> &'static str {
+            match self {
+                Self::Stripped => "stripped",
+                Self::NotVip => "refused_not_vip",
+                Self::Malformed => "refused_malformed",
+                Self::Passed => "passed",
+            }
+        }
+    }
+
+    /// `LB_DECAP_CFG[0]`: the GUE port (network order) the program strips.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+    #[repr(C)]
+    pub struct DecapConfig {
+        pub gue_port: [u8; 2],
+        pub _pad: [u8; 2],
+    }
+    crate::impl_user_pod!(DecapConfig);
+}
+
 #[cfg(all(test, feature = "std"))]
 mod tests {
     use proptest::prelude::*;

@@ -2,7 +2,8 @@
 //! `memcmp` or `bcmp`. LLVM emits such calls for zeroed or copied structs it cannot lower to
 //! plain stores (a byte-aligned struct, four zero words in a row); in the BPF program each is
 //! a bpf-to-bpf call into a byte loop. Keys and entries are built from words instead, and this
-//! test keeps it so. It reads the same object the agent embeds.
+//! test keeps it so. It reads the same objects the agent embeds (the XDP program and the
+//! backends' decapsulation program).
 //!
 //! The baseline object, which the lab loads on every veth peer without a pin directory,
 //! declares no pinned map: aya would pin such a map into `/sys/fs/bpf` itself and leave it.
@@ -13,7 +14,17 @@ const HIDDEN: [&str; 5] = ["memset", "memcpy", "memmove", "memcmp", "bcmp"];
 
 #[test]
 fn the_program_calls_no_memset_or_memcpy() {
-    let obj = object::File::parse(lb_userspace::dataplane::LB_OBJ).expect("parse the object");
+    hidden_calls(lb_userspace::dataplane::LB_OBJ);
+}
+
+/// The backends' decapsulation program too.
+#[test]
+fn the_decapsulation_program_calls_no_memset_or_memcpy() {
+    hidden_calls(lb_userspace::dataplane::DECAP_OBJ);
+}
+
+fn hidden_calls(elf: &[u8]) {
+    let obj = object::File::parse(elf).expect("parse the object");
     let mut calls = Vec::new();
     let mut programs = 0;
     for section in obj.sections() {

@@ -31,6 +31,11 @@ pub static BASELINE_OBJ: &[u8] =
 pub static CTPROBE_OBJ: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ctprobe"));
 
+/// The backends' decapsulation program (`lb-ebpf/src/decap.rs`), loaded by `lb backend
+/// setup` on a floating-IP backend (and the fixtures); its maps are pinned by name, so load it
+/// only under a pin directory of its own.
+pub static DECAP_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-decap"));
+
 /// How to load the object.
 #[derive(Clone, Debug)]
 pub struct LoadOptions {

@@ -8,6 +8,7 @@
 //! an in-memory fake: [`MapOps`] for its writes (and the reads of adoption), [`MapReader`] for
 //! the counters and walks that views need, [`FlowPurge`] for flow deletions.
 
+mod decap;
 mod flows;
 mod live;
 mod loader;
@@ -28,7 +29,10 @@ use lb_common::{
 };
 
 pub use self::{
-    loader::{BASELINE_OBJ, CTPROBE_OBJ, Dataplane, LB_OBJ, LoadOptions, unpin_all, xdp_mode},
+    decap::Decap,
+    loader::{
+        BASELINE_OBJ, CTPROBE_OBJ, DECAP_OBJ, Dataplane, LB_OBJ, LoadOptions, unpin_all, xdp_mode,
+    },
     maps::{Maps, SideMaps},
 };
 use crate::error::MapOpError;

@@ -387,6 +387,7 @@ fn with_fixture(f: impl FnOnce(&mut Fixture) + Send + 'static) {
     });
 }
 
+mod decap;
 mod dsr;
 mod explain;
 mod forwarding;
