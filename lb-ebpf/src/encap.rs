@@ -86,18 +86,18 @@ fn grow(ctx: &XdpContext, l3: usize, by: usize) -> Result<*mut EthHdr, DropReaso
     Ok(eth)
 }
 
-/// Out through `nh` when the agent resolved it (`ok`), else through the kernel FIB's answer
+/// Out through `nh` when the agent resolved it (counted as `ok`), else through the kernel FIB's answer
 /// for the outer header (`forward_fib`), else a counted drop: an encapsulated packet handed to
 /// the kernel would come from one of its own addresses, a martian.
 #[inline(always)]
 fn out(
     ctx: &XdpContext,
-    eth: *mut EthHdr,
+    (eth, ok): (*mut EthHdr, SendReason),
     nh: NextHop,
     fib: impl FnOnce() -> Option<NextHop>,
 ) -> Verdict {
     let (nh, why) = if nh.is_resolved() {
-        (nh, SendReason::ForwardEncap)
+        (nh, ok)
     } else {
         match fib() {
             Some(nh) => (nh, SendReason::ForwardFib),
@@ -118,9 +118,14 @@ fn out(
 /// `l2`: the MACs of `nh`, nothing else. An unresolved next hop is the kernel FIB's only for a
 /// backend on a connected link (no gateway); a gateway would route the VIP straight back.
 #[inline(always)]
-fn l2(ctx: &XdpContext, nh: NextHop, fib: impl FnOnce() -> Option<NextHop>) -> Verdict {
+fn l2(
+    ctx: &XdpContext,
+    ok: SendReason,
+    nh: NextHop,
+    fib: impl FnOnce() -> Option<NextHop>,
+) -> Verdict {
     match ptr_at::<EthHdr>(ctx, 0) {
-        Some(eth) => out(ctx, eth, nh, fib),
+        Some(eth) => out(ctx, (eth, ok), nh, fib),
         None => Verdict::Drop(DropReason::Malformed),
     }
 }
@@ -139,10 +144,25 @@ pub fn at(m: u32, l3: usize, l4: usize, proto: u8) -> u32 {
     (m & 0b11) | (u32::from(l3 == 18) << 2) | ((l4 & 0xffff) << 8) | (u32::from(proto) << 24)
 }
 
+/// [`at`]'s flag for an ICMP error about a floating-IP flow (to the VIP, about the backend's
+/// reply): encapsulated to the flow's backend like its forward packets, and counted as
+/// `icmp_to_backend`.
+pub const AT_ICMP: u32 = 1 << 3;
+
 /// The mode and the IP header's offset packed by [`at`].
 #[inline(always)]
 fn unpack(at: u32) -> (u32, usize) {
     (at & 0b11, if at & 0b100 == 0 { 14 } else { 18 })
+}
+
+/// What a packet [`at`] describes is counted as once sent by its resolved next hop.
+#[inline(always)]
+fn reason(at: u32) -> SendReason {
+    if at & AT_ICMP == 0 {
+        SendReason::ForwardEncap
+    } else {
+        SendReason::IcmpToBackend
+    }
 }
 
 /// Hands a floating-IP packet to backend `id` (flow hash `hash`; the rest in `at`, [`at`]) to
@@ -192,13 +212,14 @@ fn send4(ctx: &XdpContext, id: BackendId, hash: u32, at: u32) -> Verdict {
         return Verdict::Drop(DropReason::NoBackend);
     };
     let (m, l3) = unpack(at);
+    let ok = reason(at);
     let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, l3) else {
         return Verdict::Drop(DropReason::Malformed);
     };
     if m == mode::L2 {
         // SAFETY: bounds-checked above, and no helper has run since.
         let src = unsafe { (*ip).src };
-        return l2(ctx, be.nh, || xlate::fib_on_link4(ctx, src, be.addr));
+        return l2(ctx, ok, be.nh, || xlate::fib_on_link4(ctx, src, be.addr));
     }
     // SAFETY: bounds-checked above; read before the helper moves the packet.
     let (tos, tot_len) = unsafe { ((*ip).tos, u16::from_be_bytes((*ip).tot_len)) };
@@ -245,7 +266,7 @@ fn send4(ctx: &XdpContext, id: BackendId, hash: u32, at: u32) -> Verdict {
             (*u).check = [0; 2];
         }
     }
-    out(ctx, eth, be.nh, || xlate::fib_hdr(ctx, o))
+    out(ctx, (eth, ok), be.nh, || xlate::fib_hdr(ctx, o))
 }
 
 /// The one's-complement sum (unfolded) of the 40-byte IPv6 header at `ip` as it is, and of its
@@ -319,6 +340,7 @@ fn send6(ctx: &XdpContext, id: BackendId, hash: u32, at: u32) -> Verdict {
         return Verdict::Drop(DropReason::NoBackend);
     };
     let (m, l3) = unpack(at);
+    let ok = reason(at);
     let l4 = ((at >> 8) & 0xffff) as usize;
     let p = (at >> 24) as u8;
     let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, l3) else {
@@ -327,7 +349,7 @@ fn send6(ctx: &XdpContext, id: BackendId, hash: u32, at: u32) -> Verdict {
     if m == mode::L2 {
         // SAFETY: bounds-checked above, and no helper has run since; `be` is a map entry.
         let (src, to, nh) = unsafe { ((*ip).src, (*be).addr, (*be).nh) };
-        return l2(ctx, nh, || crate::xlate6::fib_on_link6(ctx, src, to));
+        return l2(ctx, ok, nh, || crate::xlate6::fib_on_link6(ctx, src, to));
     }
     // SAFETY: bounds-checked above; read before the helper moves the packet.
     let (tclass, payload) = unsafe {
@@ -398,7 +420,9 @@ fn send6(ctx: &XdpContext, id: BackendId, hash: u32, at: u32) -> Verdict {
     // SAFETY: a map entry.
     let nh = unsafe { (*be).nh };
     // SAFETY: `o` is the bounds-checked outer header.
-    out(ctx, eth, nh, || unsafe { crate::xlate6::fib(ctx, o, p) })
+    out(ctx, (eth, ok), nh, || unsafe {
+        crate::xlate6::fib(ctx, o, p)
+    })
 }
 
 /// Backend `id`'s `LB_BACKENDS6` entry, if it is live (as `six::live_backend`, as a pointer).

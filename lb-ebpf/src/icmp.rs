@@ -217,6 +217,16 @@ pub fn error_to_vip(ctx: &XdpContext, pkt: &Packet) -> Verdict {
     let Some(be) = select::live_backend(ct.backend) else {
         return unmatched;
     };
+    // A floating-IP flow's backend holds the VIP and sent the reply from it itself: the error
+    // goes to it untouched, encapsulated like the flow's forward packets (the same outer
+    // source port: the same flow hash). Katran does this; Cilium's DSR does not
+    // (cilium#21262).
+    let fip = floating(&fwd);
+    if fip != lb_common::encap::mode::DNAT {
+        let at = crate::encap::at(fip, pkt.l3_off, 0, 0) | crate::encap::AT_ICMP;
+        let to = (ct.backend, select::hash(&fwd), at);
+        return crate::encap::enter(ctx, lb_common::consts::PROG_ENCAP, to);
+    }
     let dip = be.addr;
     if xlate::ttl(pkt) <= 1 {
         return Verdict::Drop(DropReason::Ttl);
@@ -232,6 +242,17 @@ pub fn error_to_vip(ctx: &XdpContext, pkt: &Packet) -> Verdict {
         (*ip).check = csum::update32(u16::from_be_bytes((*ip).check), old, dip).to_be_bytes();
     }
     xlate::forward(ctx, pkt, Some(be.nh), SendReason::IcmpToBackend)
+}
+
+/// The data-path mode of the service a client → VIP flow belongs to: its exact service's, or
+/// the VIP's HA-ports catch-all's (DNAT if neither is there any more).
+#[inline(always)]
+fn floating(fwd: &FlowKey4) -> u32 {
+    select::service(fwd)
+        .or_else(|| {
+            select::service_at(lb_common::maps::ServiceKey4::of(fwd.dst, [0; 2], fwd.proto))
+        })
+        .map_or(lb_common::encap::mode::DNAT, |s| s.floating_ip())
 }
 
 /// The tracked flow an ICMP error from a backend's side is about (the embedded packet went

@@ -21,7 +21,7 @@ use lb_common::{
     csum,
     flow::{FlowKey6, proto},
     hdr::Ipv6Hdr,
-    maps::CONN_FORWARD,
+    maps::{CONN_FORWARD, ServiceKey6},
     verdict::{DropReason, PassReason, SendReason},
 };
 
@@ -218,12 +218,24 @@ pub fn run(ctx: &XdpContext) -> Verdict {
         // The embedded packet went VIP → client; its flow is tracked client → VIP.
         // SAFETY: copied out at once.
         let ct = unsafe { LB_CONNTRACK6.get(key.reversed()).copied() };
-        let Some(be) = ct
+        let Some((id, be)) = ct
             .filter(|c| c.kind == CONN_FORWARD)
-            .and_then(|c| six::live_backend(c.backend))
+            .and_then(|c| six::live_backend(c.backend).map(|b| (c.backend, b)))
         else {
             return unmatched(true);
         };
+        // A floating-IP flow's error goes to its backend untouched, encapsulated (see
+        // `icmp::error_to_vip`).
+        let fwd = key.reversed();
+        let fip = six::service(ServiceKey6::of(fwd.dst, fwd.dport, fwd.proto))
+            .or_else(|| six::service(ServiceKey6::of(fwd.dst, [0; 2], fwd.proto)))
+            .map_or(lb_common::encap::mode::DNAT, |s| s.floating_ip());
+        if fip != lb_common::encap::mode::DNAT {
+            let hash = lb_common::hash::flow_hash6(&fwd, crate::select::seed());
+            let at = crate::encap::at(fip, l2.off, l2.off + 40, proto::ICMPV6);
+            let to = (id, hash, at | crate::encap::AT_ICMP);
+            return crate::encap::enter(ctx, lb_common::consts::PROG_ENCAP6, to);
+        }
         if hop_limit <= 1 {
             return Verdict::Drop(DropReason::Ttl);
         }

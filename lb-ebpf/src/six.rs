@@ -248,8 +248,9 @@ fn is_pip((to_us, dst): (bool, &[u8; 16]), (from_us, src): (bool, &[u8; 16])) ->
         || (from_us && crate::maps::LB_PIP_REV6.get_ptr(src).is_some())
 }
 
+/// The IPv6 service of a (VIP, port, protocol).
 #[inline(always)]
-fn service(key: ServiceKey6) -> Option<ServiceInfo> {
+pub fn service(key: ServiceKey6) -> Option<ServiceInfo> {
     // SAFETY: copied out at once.
     unsafe { LB_SERVICES6.get(key).copied() }
 }

@@ -385,3 +385,94 @@ fn ipip_and_gue_over_ipv6_carry_the_packet_untouched() {
         );
     });
 }
+
+/// An ICMP error a router on the client's side sends to the VIP about the backend's reply
+/// (VIP:port → client, which went straight from the backend) reaches the backend that owns the
+/// flow, untouched and encapsulated like the flow's packets (its GUE source port too).
+#[test]
+fn icmp_errors_about_dsr_flows_reach_their_backend_encapsulated() {
+    use super::{
+        icmp::{icmp_error, ip_bytes},
+        six::icmp6_error,
+    };
+    with_dsr(|fx, _| {
+        let c = client();
+        let router = Ipv4Addr::new(198, 51, 100, 254);
+        let syn = Frame::tcp(c, vip(443), TCP_SYN).build();
+        assert_eq!(fx.run(&syn).0, XDP_TX, "the flow is set up");
+        let reply = Frame::tcp(vip(443), c, TCP_ACK);
+        let err = Frame::raw(
+            router,
+            VIP,
+            proto::ICMP,
+            icmp_error(3, 4, [0, 0, 0x05, 0x78], &ip_bytes(&reply, 28)),
+        )
+        .build();
+        let h = flow_hash(&FlowKey4::new(c, vip(443), proto::TCP), fx.seed);
+        let out = encapsulated(
+            &err,
+            (IpAddr::V4(SRC4), IpAddr::V4(B2)),
+            Outer::Gue {
+                sport: gue_sport(h),
+                dport: GUE_PORT,
+            },
+            0,
+            (LB_MAC, B2_MAC),
+        );
+        fx.check_bytes(
+            "frag needed, GUE",
+            &err,
+            XDP_TX,
+            Some(out),
+            Reason::IcmpToBackend,
+        );
+        // About a flow it never saw: dropped, as for DNAT.
+        let stray = Frame::tcp(vip(443), SocketAddrV4::new(*c.ip(), 40999), TCP_ACK);
+        let err = Frame::raw(
+            router,
+            VIP,
+            proto::ICMP,
+            icmp_error(3, 4, [0, 0, 0x05, 0x78], &ip_bytes(&stray, 28)),
+        );
+        fx.check(
+            "no such flow",
+            &err,
+            XDP_DROP,
+            None,
+            Reason::DropIcmpUnmatched,
+        );
+
+        // IPv6: a Packet Too Big about an IPIP6 flow's reply, and about a GUE6 one (the outer
+        // UDP checksum over an ICMPv6 inner packet).
+        let router6 = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0xfe);
+        for (port, to, mac, outer) in [(80u16, B61, B61_MAC, None), (443, B62, B62_MAC, Some(()))] {
+            let from = client6(41000 + port);
+            let syn = Frame6::tcp(from, vip6(port), TCP_SYN).build();
+            assert_eq!(fx.run(&syn).0, XDP_TX, "the flow is set up");
+            let reply = Frame6::tcp(vip6(port), from, TCP_ACK).build();
+            let e = Frame6::raw(
+                router6,
+                VIP6,
+                proto::ICMPV6,
+                icmp6_error(2, 1280, &reply[14..]),
+            )
+            .build();
+            let h = flow_hash6(&FlowKey6::new(from, vip6(port), proto::TCP), fx.seed);
+            let outer = match outer {
+                None => Outer::Ipip,
+                Some(()) => Outer::Gue {
+                    sport: gue_sport(h),
+                    dport: GUE_PORT,
+                },
+            };
+            let out = encapsulated(
+                &e,
+                (IpAddr::V6(SRC6), IpAddr::V6(to)),
+                outer,
+                flow_label(h),
+                (LB_MAC, mac),
+            );
+            fx.check_bytes("PTB6", &e, XDP_TX, Some(out), Reason::IcmpToBackend);
+        }
+    });
+}

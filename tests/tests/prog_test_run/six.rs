@@ -670,7 +670,7 @@ fn ipv6_acls_and_internal_vips_admit_by_prefix_and_cannot_be_bypassed() {
 
 /// An ICMPv6 error message: type, code, the 4-byte field (the MTU of a Packet Too Big), and
 /// the embedded packet (its IPv6 header on); the checksum is left to the frame builder.
-fn icmp6_error(ty: u8, mtu: u32, embedded: &[u8]) -> Vec<u8> {
+pub(super) fn icmp6_error(ty: u8, mtu: u32, embedded: &[u8]) -> Vec<u8> {
     let mut m = vec![ty, 0, 0, 0];
     m.extend_from_slice(&mtu.to_be_bytes());
     m.extend_from_slice(embedded);
