@@ -21,6 +21,12 @@ pub const MAX_ROUTES: u32 = 16_384;
 pub const ECHO_RATE_PER_SEC: u64 = 100;
 /// Echo replies one CPU may send in a burst.
 pub const ECHO_BURST: u64 = 50;
+/// "Fragmentation needed" / "packet too big" answers per second the LB sends for floating-IP
+/// packets that would not fit their egress link once encapsulated, per CPU (RFC 4443 2.4
+/// asks for a limit; Linux's default `icmp_ratelimit` is one per second per destination).
+pub const TOO_BIG_RATE_PER_SEC: u64 = 100;
+/// Such answers one CPU may send in a burst.
+pub const TOO_BIG_BURST: u64 = 50;
 /// New flows per second one CPU tracks before the flood guard forwards the rest untracked
 /// (Katran's figure); 0 turns the guard off.
 pub const DEFAULT_NEW_FLOW_RATE: u64 = 125_000;
@@ -93,8 +99,9 @@ pub mod map_names {
     /// Floating IP: the chosen backend, flow hash and offsets, handed to the encapsulating
     /// program across its tail call (per CPU).
     pub const ENCAP_TMP: &str = "LB_ENCAP_TMP";
+    pub const TOO_BIG_RL: &str = "LB_TOO_BIG_RL";
     /// Every map, in the order the agent opens them.
-    pub const ALL: [&str; 43] = [
+    pub const ALL: [&str; 44] = [
         SERVICES4,
         VIPS4,
         BACKENDS4,
@@ -138,12 +145,13 @@ pub mod map_names {
         LOCALS6,
         ENCAP,
         ENCAP_TMP,
+        TOO_BIG_RL,
     ];
 }
 
 /// Bump when a map's key or value changes meaning without changing size (a field reordered or
 /// reinterpreted); size changes alter [`map_layout_version`] by themselves.
-pub const MAP_LAYOUT_REVISION: u64 = 6;
+pub const MAP_LAYOUT_REVISION: u64 = 7;
 
 /// The layout version of every pinned map: a hash of the revision, the map names, capacities
 /// fixed at build time, and the sizes of every key and value type. The agent stores it in the

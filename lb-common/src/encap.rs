@@ -151,6 +151,83 @@ pub const fn gue6_check(outer: u32, udp: u32, inner_hdrs: u32, inner_pseudo: u32
     if c == 0 { 0xffff } else { c }
 }
 
+/// "Too big": a floating-IP packet (IPv4 with DF, or IPv6) that would exceed its egress
+/// link's MTU once encapsulated is answered by the fast path, as a router on the way would:
+/// ICMP "fragmentation needed" (type 3, code 4, RFC 1191) or ICMPv6 "packet too big" (type
+/// 2, RFC 4443), from the VIP to the client, quoting the packet's start and giving the link's
+/// MTU minus the outer headers, so that the client's path MTU discovery settles on a size
+/// that fits the tunnel.
+pub mod too_big {
+    use super::{overhead, pseudo6_sum};
+    use crate::csum::fold;
+
+    /// Bytes of the offending packet an ICMP answer quotes, at most (RFC 792 asks for the IP
+    /// header and 8 bytes; 128 carry a TCP header with options).
+    pub const QUOTE4: usize = 128;
+    /// Bytes an ICMPv6 answer quotes, at most (RFC 4443 asks for as much as fits in 1280;
+    /// 256 carry the TCP header behind a chain of extension headers, and keep the
+    /// checksum's bounded loop short).
+    pub const QUOTE6: usize = 256;
+    /// The headers an answer puts before the quote: IPv4 + ICMP, IPv6 + ICMPv6.
+    pub const HEADERS4: usize = 28;
+    pub const HEADERS6: usize = 48;
+    /// ICMP type 3 (destination unreachable), code 4 (fragmentation needed and DF set).
+    pub const ICMP4_TYPE_CODE: u16 = 0x0304;
+    /// ICMPv6 type 2 (packet too big), code 0.
+    pub const ICMP6_TYPE_CODE: u16 = 0x0200;
+    /// ICMPv6's next-header number.
+    pub const PROTO_ICMP6: u8 = crate::flow::proto::ICMPV6;
+
+    /// Whether a packet of `len` bytes (its IP header on) fits a link of MTU `link_mtu`
+    /// once it carries mode `m`'s outer headers. An MTU of 0 (not known) fits anything.
+    #[inline(always)]
+    #[must_use]
+    pub const fn fits(len: u32, m: u32, v6: bool, link_mtu: u32) -> bool {
+        link_mtu == 0 || len + overhead(m, v6) as u32 <= link_mtu
+    }
+
+    /// The MTU an answer gives: the link's less the outer headers (what the inner packet may
+    /// be), at least 0; for IPv4 at most 65 535, the field's width.
+    #[inline(always)]
+    #[must_use]
+    pub const fn inner_mtu(link_mtu: u32, m: u32, v6: bool) -> u32 {
+        let m = link_mtu.saturating_sub(overhead(m, v6) as u32);
+        if !v6 && m > 0xffff { 0xffff } else { m }
+    }
+
+    /// How many bytes of a packet of `len` bytes (its IP header on) an answer quotes.
+    #[inline(always)]
+    #[must_use]
+    pub const fn quote_len(len: usize, v6: bool) -> usize {
+        let max = if v6 { QUOTE6 } else { QUOTE4 };
+        if len < max { len } else { max }
+    }
+
+    /// The ICMP checksum of a "fragmentation needed" giving `mtu`, whose quoted bytes sum
+    /// (unfolded, [`crate::csum::sum_words`]) to `quote`.
+    #[inline(always)]
+    #[must_use]
+    pub const fn icmp4_check(mtu: u16, quote: u32) -> u16 {
+        !fold(ICMP4_TYPE_CODE as u32 + mtu as u32 + fold(quote) as u32)
+    }
+
+    /// The ICMPv6 checksum of a "packet too big" from `src` to `dst` giving `mtu`, quoting
+    /// `quote_len` bytes that sum (unfolded) to `quote`.
+    #[inline(always)]
+    #[must_use]
+    pub const fn icmp6_check(
+        src: &[u8; 16],
+        dst: &[u8; 16],
+        mtu: u32,
+        quote_len: u32,
+        quote: u32,
+    ) -> u16 {
+        let pseudo = pseudo6_sum(src, dst, HEADERS6 as u32 - 40 + quote_len, PROTO_ICMP6);
+        let hdr = ICMP6_TYPE_CODE as u32 + (mtu >> 16) + (mtu & 0xffff);
+        !fold(fold(pseudo) as u32 + hdr + fold(quote) as u32)
+    }
+}
+
 /// The backends' decapsulation program (`lb-ebpf/src/decap.rs`): its maps, its counters and
 /// what it does with a frame.
 pub mod decap {
@@ -225,6 +302,23 @@ mod tests {
         assert_eq!(overhead(mode::IPIP, true), 40);
         assert_eq!(overhead(mode::GUE, false), 28);
         assert_eq!(overhead(mode::GUE, true), 48);
+    }
+
+    #[test]
+    fn too_big_sizes() {
+        use too_big::*;
+        assert!(fits(1472, mode::GUE, false, 1500) && !fits(1473, mode::GUE, false, 1500));
+        assert!(fits(1460, mode::IPIP, true, 1500) && !fits(1461, mode::IPIP, true, 1500));
+        assert!(
+            fits(9000, mode::GUE, true, 0),
+            "an unknown MTU fits anything"
+        );
+        assert_eq!(inner_mtu(1500, mode::GUE, false), 1472);
+        assert_eq!(inner_mtu(1500, mode::GUE, true), 1452);
+        assert_eq!(inner_mtu(20, mode::GUE, true), 0);
+        assert_eq!(inner_mtu(70_000, mode::IPIP, false), 0xffff);
+        assert_eq!(quote_len(1500, false), QUOTE4);
+        assert_eq!(quote_len(100, true), 100);
     }
 
     proptest! {
@@ -307,6 +401,27 @@ mod tests {
                 pseudo6_sum(&isrc, &idst, seg_len, proto),
             );
             prop_assert_eq!(got, want);
+        }
+    }
+
+    proptest! {
+        /// The "too big" checksums are the full computations over the ICMP messages they
+        /// describe, for any quote (odd lengths included).
+        #[test]
+        fn too_big_checks_are_full_checksums(quote in proptest::collection::vec(any::<u8>(), 0..300),
+            mtu in any::<u32>(), src in any::<[u8; 16]>(), dst in any::<[u8; 16]>()) {
+            use too_big::*;
+            let q = sum_words(&quote, 0);
+            let mut m4 = vec![3u8, 4, 0, 0, 0, 0];
+            m4.extend_from_slice(&(mtu as u16).to_be_bytes());
+            m4.extend_from_slice(&quote);
+            prop_assert_eq!(icmp4_check(mtu as u16, q), !fold(sum_words(&m4, 0)));
+            let mut m6 = vec![2u8, 0, 0, 0];
+            m6.extend_from_slice(&mtu.to_be_bytes());
+            m6.extend_from_slice(&quote);
+            #[expect(clippy::cast_possible_truncation, reason = "under 300 bytes")]
+            let len = quote.len() as u32;
+            prop_assert_eq!(icmp6_check(&src, &dst, mtu, len, q), l4_v6(src, dst, 58, &m6));
         }
     }
 }

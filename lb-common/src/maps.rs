@@ -193,8 +193,12 @@ pub struct Backend {
     /// live entries of each service instead of re-allocating them (see the agent's
     /// `Reconciler::start`).
     pub service: u32,
+    /// The MTU of the link [`Self::nh`] leaves by, from the agent's netlink view (0: not
+    /// known, with an unresolved next hop). Read only for an encapsulating floating-IP
+    /// service: a packet that would exceed it once encapsulated is answered with "too big".
+    pub mtu: u32,
 }
-const _: () = assert!(size_of::<Backend>() == 40);
+const _: () = assert!(size_of::<Backend>() == 44);
 
 /// [`Backend::flags`]: the entry describes a live backend. Cleared entries make conntrack entries
 /// that still point at them fall back to a fresh table pick.
@@ -217,6 +221,7 @@ impl Backend {
             proto: self.proto,
             nh: self.nh,
             service: self.service,
+            mtu: self.mtu,
         })
     }
 
@@ -230,6 +235,7 @@ impl Backend {
             proto: b.proto,
             nh: b.nh,
             service: b.service,
+            mtu: b.mtu,
         }
     }
 }
@@ -247,8 +253,10 @@ pub struct Backend4 {
     pub nh: NextHop,
     /// The service id this entry belongs to (read by a restarted agent, not the fast path).
     pub service: u32,
+    /// As [`Backend::mtu`].
+    pub mtu: u32,
 }
-const _: () = assert!(size_of::<Backend4>() == 28);
+const _: () = assert!(size_of::<Backend4>() == 32);
 
 impl Backend4 {
     #[inline(always)]
@@ -831,7 +839,7 @@ mod tests {
             let k = ServiceKey4::of(a, port, proto);
             prop_assert_eq!(k, ServiceKey4 { vip: a, port, proto, _pad: 0 });
             prop_assert_eq!(ServiceKey::from_v4(&k).v4(), Some(k));
-            let b = Backend4 { addr: a, port, flags: BACKEND_F_ACTIVE, proto, nh: NextHop::default(), service: id };
+            let b = Backend4 { addr: a, port, flags: BACKEND_F_ACTIVE, proto, nh: NextHop::default(), service: id, mtu: 0 };
             prop_assert_eq!(Backend::from_v4(&b).v4(), Some(b));
         }
 

@@ -110,16 +110,22 @@ pub enum Reason {
     /// one the kernel FIB gives, or for `l2` a backend that is not on a connected link (its
     /// next hop is a gateway, which would route the packet straight back to the VIP).
     DropNoNextHop = 40,
-    /// A floating-IP packet that cannot be encapsulated: the frame cannot grow by the outer
-    /// headers (the driver's headroom).
+    /// A floating-IP packet that cannot be encapsulated: once encapsulated it would exceed
+    /// the MTU of its egress link and it may be fragmented (IPv4 without DF), or the answer
+    /// to it is rate-limited (`icmp_too_big_sent`), or it is an ICMP error (never answered
+    /// with one), or the frame cannot grow by the outer headers (the driver's headroom).
     DropEncapMtu = 41,
     /// A floating-IP packet, but the encapsulating program is not installed (the tail call
     /// failed).
     DropEncapUnavailable = 42,
+    /// A floating-IP packet (IPv4 with DF, or IPv6) that would exceed its egress link's MTU
+    /// once encapsulated, answered with an ICMP "fragmentation needed" / ICMPv6 "packet too
+    /// big" from the VIP giving that MTU minus the outer headers, rate-limited per CPU.
+    IcmpTooBigSent = 43,
 }
 
 /// Every reason, in number order.
-pub const ALL_REASONS: [Reason; 43] = [
+pub const ALL_REASONS: [Reason; 44] = [
     Reason::Forward,
     Reason::Reply,
     Reason::ForwardFib,
@@ -163,6 +169,7 @@ pub const ALL_REASONS: [Reason; 43] = [
     Reason::DropNoNextHop,
     Reason::DropEncapMtu,
     Reason::DropEncapUnavailable,
+    Reason::IcmpTooBigSent,
 ];
 const _: () = assert!((ALL_REASONS.len() as u32) <= crate::consts::REASON_SLOTS);
 
@@ -214,6 +221,7 @@ impl Reason {
             Self::DropNoNextHop => "drop_no_next_hop",
             Self::DropEncapMtu => "drop_encap_mtu",
             Self::DropEncapUnavailable => "drop_encap_unavailable",
+            Self::IcmpTooBigSent => "icmp_too_big_sent",
         }
     }
 
@@ -242,6 +250,7 @@ impl Reason {
                 | Self::HairpinSnat
                 | Self::HairpinReply
                 | Self::ForwardEncap
+                | Self::IcmpTooBigSent
         )
     }
 }
@@ -338,6 +347,7 @@ reason_class!(
         Outbound => Outbound,
         OutboundReturn => OutboundReturn,
         ForwardEncap => ForwardEncap,
+        IcmpTooBigSent => IcmpTooBigSent,
     }
 );
 

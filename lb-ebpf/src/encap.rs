@@ -12,9 +12,13 @@
 //! instructions of the verifier's million. After `bpf_xdp_adjust_head` every packet pointer is
 //! re-derived from the context.
 
-use aya_ebpf::{helpers::generated::bpf_xdp_adjust_head, programs::XdpContext};
+use aya_ebpf::{
+    helpers::generated::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    programs::XdpContext,
+};
 use lb_common::{
-    encap::{self, EncapConfig, OUTER_TTL, mode},
+    consts::{TOO_BIG_BURST, TOO_BIG_RATE_PER_SEC},
+    encap::{self, EncapConfig, OUTER_TTL, mode, too_big},
     flow::proto,
     hdr::{EthHdr, Ipv4Hdr, Ipv6Hdr, UdpHdr},
     maps::{BackendId, NextHop},
@@ -22,7 +26,7 @@ use lb_common::{
 };
 
 use crate::{
-    maps::{LB_ENCAP, LB_ENCAP_TMP},
+    maps::{LB_ENCAP, LB_ENCAP_TMP, LB_TOO_BIG_RL},
     parse::ptr_at,
     verdict::Verdict,
     xlate,
@@ -222,7 +226,23 @@ fn send4(ctx: &XdpContext, id: BackendId, hash: u32, at: u32) -> Verdict {
         return l2(ctx, ok, be.nh, || xlate::fib_on_link4(ctx, src, be.addr));
     }
     // SAFETY: bounds-checked above; read before the helper moves the packet.
-    let (tos, tot_len) = unsafe { ((*ip).tos, u16::from_be_bytes((*ip).tot_len)) };
+    let (tos, tot_len, frag) = unsafe {
+        (
+            (*ip).tos,
+            u16::from_be_bytes((*ip).tot_len),
+            u16::from_be_bytes((*ip).frag_off),
+        )
+    };
+    // The MTU is the resolved next hop's link's; through the FIB fallback the kernel checks
+    // the outer length itself (`fib_hdr` passes it) and a packet too big has no next hop.
+    if be.nh.is_resolved() && !too_big::fits(u32::from(tot_len), m, false, be.mtu) {
+        // Never an ICMP error about an ICMP error, and never one for a packet that may be
+        // fragmented (no DF): that one is not ours to fragment, and a router would have.
+        if at & AT_ICMP != 0 || frag & encap::IPV4_DF == 0 {
+            return Verdict::Drop(DropReason::EncapMtu);
+        }
+        return too_big4(ctx, l3, too_big::inner_mtu(be.mtu, m, false));
+    }
     let gue = m == mode::GUE;
     let by = encap::overhead(m, false);
     let Some(cfg) = config() else {
@@ -359,6 +379,14 @@ fn send6(ctx: &XdpContext, id: BackendId, hash: u32, at: u32) -> Verdict {
             u16::from_be_bytes(h.payload_len),
         )
     };
+    // SAFETY: a map entry.
+    let (resolved, mtu) = unsafe { ((*be).nh.is_resolved(), (*be).mtu) };
+    if resolved && !too_big::fits(u32::from(payload) + 40, m, true, mtu) {
+        if at & AT_ICMP != 0 {
+            return Verdict::Drop(DropReason::EncapMtu);
+        }
+        return too_big6(ctx, l3, too_big::inner_mtu(mtu, m, true));
+    }
     let gue = m == mode::GUE;
     // The outer UDP checksum's inner part, from the inner headers alone
     // (`encap::gue6_check`), before the helper moves the packet.
@@ -434,4 +462,173 @@ fn backend6(id: BackendId) -> Option<*const lb_common::maps::Backend6> {
     let b = crate::maps::LB_BACKENDS6.get_ptr(id)?;
     // SAFETY: a map entry, valid for the program's run.
     unsafe { (*b).is_active() }.then_some(b)
+}
+
+/// Whether this CPU may send one more "too big" answer.
+#[inline(always)]
+fn too_big_token() -> bool {
+    crate::icmp::take_from(&LB_TOO_BIG_RL, TOO_BIG_RATE_PER_SEC, TOO_BIG_BURST)
+}
+
+/// Cuts the frame down to its first `l3 + quote` bytes (the L2 header and the quote of the
+/// packet whose IP header is at `l3`), then grows it at the front by `by` bytes for the
+/// answer's headers, the L2 header moved there with its MACs swapped: the answer goes back
+/// out of the port the packet came in by, to the neighbour that sent it.
+#[inline(always)]
+fn turn_into_answer(
+    ctx: &XdpContext,
+    l3: usize,
+    quote: usize,
+    by: usize,
+) -> Result<(), DropReason> {
+    let len = ctx.data_end() - ctx.data();
+    #[expect(clippy::cast_possible_wrap, reason = "a frame's length")]
+    let cut = -(len.saturating_sub(l3 + quote) as i32);
+    // SAFETY: the context is this program's; the helper checks the new length itself.
+    if unsafe { bpf_xdp_adjust_tail(ctx.ctx, cut) } != 0 {
+        return Err(DropReason::Malformed);
+    }
+    let eth = grow(ctx, l3, by)?;
+    let old = ptr_at::<[u8; 12]>(ctx, by).ok_or(DropReason::Malformed)?;
+    // SAFETY: both bounds-checked after the helpers; `by` >= 28 > 18: they do not overlap.
+    unsafe {
+        let macs = *old;
+        let e = eth.cast::<u8>();
+        let mut i = 0;
+        while i < 6 {
+            e.add(i).write_volatile(macs[6 + i]);
+            e.add(6 + i).write_volatile(macs[i]);
+            i += 1;
+        }
+    }
+    Ok(())
+}
+
+/// The one's-complement sum (unfolded) of the `len` (at most `max`) bytes at `off`, two at a
+/// time, an odd last byte padded. verifier: a constant trip count, each read checked.
+#[inline(always)]
+fn quote_sum<const MAX: usize>(ctx: &XdpContext, off: usize, len: usize) -> Option<u32> {
+    let mut sum = 0u32;
+    let mut i = 0;
+    while i < MAX / 2 {
+        if i * 2 + 2 > len {
+            break;
+        }
+        let w = ptr_at::<[u8; 2]>(ctx, off + i * 2)?;
+        // SAFETY: bounds-checked above.
+        sum += u32::from(u16::from_be_bytes(unsafe { *w }));
+        i += 1;
+    }
+    if len & 1 == 1 && len <= MAX {
+        // verifier: the word that ends with the last byte, at `off - 1 + (len & !1)`: with
+        // `len - 1` it saw a possible -1, and a one-byte read compiled to `ptr >= end`, a
+        // comparison that gives the pointer no range. `off` >= 1 (the answer's headers).
+        let w = ptr_at::<[u8; 2]>(ctx, off - 1 + (len & !1))?;
+        // SAFETY: bounds-checked above.
+        sum += u32::from(unsafe { (*w)[1] }) << 8;
+    }
+    Some(sum)
+}
+
+/// Answers the IPv4 packet at `l3` (with DF) with ICMP "fragmentation needed" giving `mtu`,
+/// from its destination (the VIP) to its source, as a router on the way would, rate-limited
+/// (`drop_encap_mtu` past the limit). verifier: a BPF function of its own, so that its reads
+/// do not add to the encapsulating path's states.
+#[inline(never)]
+fn too_big4(ctx: &XdpContext, l3: usize, mtu: u32) -> Verdict {
+    match answer4(ctx, l3, mtu) {
+        Ok(()) => Verdict::Sent(xlate::back_out(ctx), SendReason::IcmpTooBigSent),
+        Err(r) => Verdict::Drop(r),
+    }
+}
+
+#[inline(always)]
+fn answer4(ctx: &XdpContext, l3: usize, mtu: u32) -> Result<(), DropReason> {
+    if !too_big_token() {
+        return Err(DropReason::EncapMtu);
+    }
+    let ip = ptr_at::<Ipv4Hdr>(ctx, l3).ok_or(DropReason::Malformed)?;
+    // SAFETY: bounds-checked above.
+    let len = usize::from(u16::from_be_bytes(unsafe { (*ip).tot_len }));
+    let quote = too_big::quote_len(len, false);
+    turn_into_answer(ctx, l3, quote, too_big::HEADERS4)?;
+    let o = ptr_at::<Ipv4Hdr>(ctx, l3).ok_or(DropReason::Malformed)?;
+    let inner = ptr_at::<Ipv4Hdr>(ctx, l3 + too_big::HEADERS4).ok_or(DropReason::Malformed)?;
+    let icmp = ptr_at::<[u8; 8]>(ctx, l3 + 20).ok_or(DropReason::Malformed)?;
+    let sum = quote_sum::<{ too_big::QUOTE4 }>(ctx, l3 + too_big::HEADERS4, quote)
+        .ok_or(DropReason::Malformed)?;
+    #[expect(clippy::cast_possible_truncation, reason = "at most 28 + 128")]
+    let tot = (too_big::HEADERS4 + quote) as u16;
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "`inner_mtu` caps it at 65 535"
+    )]
+    let mtu = (mtu as u16).to_be_bytes();
+    let check = too_big::icmp4_check(u16::from_be_bytes(mtu), sum).to_be_bytes();
+    // SAFETY: all three bounds-checked after the last helper.
+    unsafe {
+        let (vip, client) = ((*inner).dst, (*inner).src);
+        (*o).version_ihl = 0x45;
+        (*o).tos = 0;
+        (*o).tot_len = tot.to_be_bytes();
+        (*o).id = [0; 2];
+        (*o).frag_off = encap::IPV4_DF.to_be_bytes();
+        (*o).ttl = OUTER_TTL;
+        (*o).proto = proto::ICMP;
+        (*o).check = encap::outer4_check(vip, client, 0, tot, proto::ICMP).to_be_bytes();
+        (*o).src = vip;
+        (*o).dst = client;
+        put(
+            icmp.cast::<u8>(),
+            &[3, 4, check[0], check[1], 0, 0, mtu[0], mtu[1]],
+        );
+    }
+    Ok(())
+}
+
+/// Answers the IPv6 packet at `l3` with ICMPv6 "packet too big" giving `mtu`, from its
+/// destination (the VIP) to its source, rate-limited as [`too_big4`].
+#[inline(never)]
+fn too_big6(ctx: &XdpContext, l3: usize, mtu: u32) -> Verdict {
+    match answer6(ctx, l3, mtu) {
+        Ok(()) => Verdict::Sent(xlate::back_out(ctx), SendReason::IcmpTooBigSent),
+        Err(r) => Verdict::Drop(r),
+    }
+}
+
+#[inline(always)]
+fn answer6(ctx: &XdpContext, l3: usize, mtu: u32) -> Result<(), DropReason> {
+    if !too_big_token() {
+        return Err(DropReason::EncapMtu);
+    }
+    let ip = ptr_at::<Ipv6Hdr>(ctx, l3).ok_or(DropReason::Malformed)?;
+    // SAFETY: bounds-checked above.
+    let len = usize::from(u16::from_be_bytes(unsafe { (*ip).payload_len })) + 40;
+    let quote = too_big::quote_len(len, true);
+    turn_into_answer(ctx, l3, quote, too_big::HEADERS6)?;
+    let o = ptr_at::<Ipv6Hdr>(ctx, l3).ok_or(DropReason::Malformed)?;
+    let inner = ptr_at::<Ipv6Hdr>(ctx, l3 + too_big::HEADERS6).ok_or(DropReason::Malformed)?;
+    let icmp = ptr_at::<[u8; 8]>(ctx, l3 + 40).ok_or(DropReason::Malformed)?;
+    let sum = quote_sum::<{ too_big::QUOTE6 }>(ctx, l3 + too_big::HEADERS6, quote)
+        .ok_or(DropReason::Malformed)?;
+    #[expect(clippy::cast_possible_truncation, reason = "at most 8 + 256")]
+    let payload = (too_big::HEADERS6 - 40 + quote) as u16;
+    // SAFETY: all three bounds-checked after the last helper.
+    unsafe {
+        let (vip, client) = ((*inner).dst, (*inner).src);
+        #[expect(clippy::cast_possible_truncation, reason = "at most 256")]
+        let check = too_big::icmp6_check(&vip, &client, mtu, quote as u32, sum).to_be_bytes();
+        (*o).vtc_flow = [0x60, 0, 0, 0];
+        (*o).payload_len = payload.to_be_bytes();
+        (*o).next = too_big::PROTO_ICMP6;
+        (*o).hop_limit = OUTER_TTL;
+        put(o.cast::<u8>().add(8), &vip);
+        put(o.cast::<u8>().add(24), &client);
+        let m = mtu.to_be_bytes();
+        put(
+            icmp.cast::<u8>(),
+            &[2, 0, check[0], check[1], m[0], m[1], m[2], m[3]],
+        );
+    }
+    Ok(())
 }

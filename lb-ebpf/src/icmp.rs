@@ -3,13 +3,16 @@
 //! the flow (to its backend, or back to the client as from the VIP), outer and embedded headers
 //! and every checksum included; other ICMP to a VIP is a counted drop.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
+use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::PerCpuArray, programs::XdpContext};
 use lb_common::{
     consts::{ECHO_BURST, ECHO_RATE_PER_SEC},
     csum,
     flow::{FlowKey4, proto},
     hdr::Ipv4Hdr,
-    maps::{ACL_PERMIT, CONN_FORWARD, CONN_OUTBOUND, CONN_OUTBOUND_REV, VIP_F_NO_ECHO, VipInfo},
+    maps::{
+        ACL_PERMIT, CONN_FORWARD, CONN_OUTBOUND, CONN_OUTBOUND_REV, RateState, VIP_F_NO_ECHO,
+        VipInfo,
+    },
     verdict::{DropReason, SendReason},
 };
 
@@ -80,13 +83,19 @@ pub fn to_vip(ctx: &XdpContext, pkt: &Packet, vip: &VipInfo) -> Verdict {
 /// (`RateState::take`, the rule the flood guard uses too).
 #[inline(always)]
 pub fn take_token() -> bool {
-    const COST: u64 = 1_000_000_000 / ECHO_RATE_PER_SEC;
-    let Some(s) = LB_ECHO_RL.get_ptr_mut(0) else {
+    take_from(&LB_ECHO_RL, ECHO_RATE_PER_SEC, ECHO_BURST)
+}
+
+/// One token of the per-CPU bucket `rl`: `rate` per second, bursts of `burst`.
+#[inline(always)]
+pub fn take_from(rl: &PerCpuArray<RateState>, rate: u64, burst: u64) -> bool {
+    let cost = 1_000_000_000 / rate;
+    let Some(s) = rl.get_ptr_mut(0) else {
         return false;
     };
     // SAFETY: a per-CPU slot; no other writer on this CPU during the program's run. The
     // helper is a plain call.
-    unsafe { (*s).take(bpf_ktime_get_ns(), COST, ECHO_BURST * COST) }
+    unsafe { (*s).take(bpf_ktime_get_ns(), cost, burst * cost) }
 }
 
 const DEST_UNREACH: u8 = 3;

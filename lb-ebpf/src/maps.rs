@@ -113,6 +113,12 @@ pub static LB_PIP_REV4: HashMap<[u8; 4], PipEntry4> = HashMap::pinned(MAX_PIPS, 
 #[map(name = "LB_ECHO_RL")]
 pub static LB_ECHO_RL: PerCpuArray<RateState> = PerCpuArray::pinned(1, 0);
 
+/// The "too big" answers' token bucket, per CPU (one slot): ICMP "fragmentation needed" /
+/// ICMPv6 "packet too big" for floating-IP packets too big once encapsulated. Writer: fast
+/// path.
+#[map(name = "LB_TOO_BIG_RL")]
+pub static LB_TOO_BIG_RL: PerCpuArray<RateState> = PerCpuArray::pinned(1, 0);
+
 /// The flood guard's token bucket, per CPU (one slot): new flows it may track. Writer: fast
 /// path.
 #[map(name = "LB_FLOW_RL")]

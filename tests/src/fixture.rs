@@ -39,6 +39,8 @@ pub struct FixedResolver {
     pub routes: Vec<(u32, Addr, NextHop)>,
     /// The host's own addresses (map form), as the agent would find them.
     pub locals: Vec<Addr>,
+    /// The MTU every resolved hop's link has (0: not known).
+    pub mtu: u32,
 }
 
 impl Resolver for FixedResolver {
@@ -49,7 +51,14 @@ impl Resolver for FixedResolver {
                 .iter()
                 .map(|ip| {
                     let nh = self.backends.get(ip).copied().or(self.fallback);
-                    (*ip, nh.map(|nh| Hop { nh, via: *ip }))
+                    (
+                        *ip,
+                        nh.map(|nh| Hop {
+                            nh,
+                            via: *ip,
+                            mtu: self.mtu,
+                        }),
+                    )
                 })
                 .collect(),
             routes: job.routes.then(|| self.routes.clone()),
@@ -80,9 +89,15 @@ impl FixedResolver {
                 lb_common::addr::v4_mapped([192, 0, 2, 1]),
                 lb_common::addr::from_ip("2001:db8:2::1".parse().expect("address")),
             ],
+            // An Ethernet-sized MTU rather than lo's 65 536, so that the "too big" fixtures
+            // need no jumbo frames.
+            mtu: FIXTURE_MTU,
         }
     }
 }
+
+/// The MTU [`FixedResolver::all_on_lo`] gives every hop.
+pub const FIXTURE_MTU: u32 = 1500;
 
 /// A next hop out of `ifindex` from the LB's MAC to `dmac`.
 #[must_use]

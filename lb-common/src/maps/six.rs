@@ -72,6 +72,7 @@ impl Backend {
             proto: self.proto,
             nh: self.nh,
             service: self.service,
+            mtu: self.mtu,
         })
     }
 
@@ -85,6 +86,7 @@ impl Backend {
             proto: b.proto,
             nh: b.nh,
             service: b.service,
+            mtu: b.mtu,
         }
     }
 }
@@ -100,8 +102,10 @@ pub struct Backend6 {
     pub proto: u8,
     pub nh: NextHop,
     pub service: u32,
+    /// As [`super::Backend::mtu`].
+    pub mtu: u32,
 }
-const _: () = assert!(size_of::<Backend6>() == 40);
+const _: () = assert!(size_of::<Backend6>() == 44);
 
 impl Backend6 {
     #[inline(always)]

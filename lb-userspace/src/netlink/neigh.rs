@@ -146,14 +146,26 @@ impl Netlink {
     /// # Errors
     /// An exchange with the kernel fails ([`NetlinkError`]).
     pub fn link_mac(&mut self, ifindex: u32) -> Result<Option<[u8; 6]>, NetlinkError> {
-        Ok(self
-            .link(ifindex, None)?
-            .attributes
-            .iter()
-            .find_map(|attribute| match attribute {
-                LinkAttribute::Address(bytes) => <[u8; 6]>::try_from(bytes.as_slice()).ok(),
-                _ => None,
-            }))
+        Ok(self.link_info(ifindex)?.0)
+    }
+
+    /// A link's MAC address (as [`Self::link_mac`]) and MTU (`IFLA_MTU`; 0 if the kernel
+    /// left it out), from one `RTM_GETLINK`.
+    ///
+    /// # Errors
+    /// An exchange with the kernel fails ([`NetlinkError`]).
+    pub fn link_info(&mut self, ifindex: u32) -> Result<(Option<[u8; 6]>, u32), NetlinkError> {
+        let link = self.link(ifindex, None)?;
+        let mut mac = None;
+        let mut mtu = 0;
+        for attribute in &link.attributes {
+            match attribute {
+                LinkAttribute::Address(bytes) => mac = <[u8; 6]>::try_from(bytes.as_slice()).ok(),
+                LinkAttribute::Mtu(m) => mtu = *m,
+                _ => {}
+            }
+        }
+        Ok((mac, mtu))
     }
 
     /// Asks the kernel to resolve a neighbour: it sends an ARP request /

@@ -43,9 +43,8 @@ impl Netlink {
         if state & libc::NUD_STALE != 0 {
             self.resolve_neighbour(route.oif, via)?;
         }
-        let smac = self
-            .link_mac(route.oif)?
-            .ok_or(NetlinkError::NoLinkAddress { ifindex: route.oif })?;
+        let (smac, link_mtu) = self.link_info(route.oif)?;
+        let smac = smac.ok_or(NetlinkError::NoLinkAddress { ifindex: route.oif })?;
         Ok(Some(Hop {
             nh: NextHop {
                 ifindex: route.oif,
@@ -53,6 +52,13 @@ impl Netlink {
                 dmac,
             },
             via,
+            // A route's own MTU (`ip route ... mtu N`, or a learned path MTU) is the one the
+            // kernel itself would honour; it can only be smaller than the link's.
+            mtu: match route.mtu {
+                Some(m) if link_mtu != 0 => m.min(link_mtu),
+                Some(m) => m,
+                None => link_mtu,
+            },
         }))
     }
 }

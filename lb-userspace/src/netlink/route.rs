@@ -6,7 +6,8 @@ use netlink_packet_core::NLM_F_REQUEST;
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
     route::{
-        RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteType, RouteVia,
+        RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteMetric,
+        RouteType, RouteVia,
     },
 };
 
@@ -21,6 +22,9 @@ pub struct RouteInfo {
     pub gateway: Option<IpAddr>,
     /// Preferred source address, if the kernel picked one.
     pub prefsrc: Option<IpAddr>,
+    /// The route's own MTU (`RTAX_MTU`: `ip route ... mtu N`, or a learned path MTU), if it
+    /// has one; otherwise the output link's MTU applies.
+    pub mtu: Option<u32>,
 }
 
 /// One route (one next hop of it, for multipath routes) of the main table.
@@ -92,12 +96,19 @@ impl Netlink {
         let mut oif = None;
         let mut gateway = None;
         let mut prefsrc = None;
+        let mut mtu = None;
         for attribute in &route.attributes {
             match attribute {
                 RouteAttribute::Oif(index) => oif = Some(*index),
                 RouteAttribute::Gateway(address) => gateway = route_address(address),
                 RouteAttribute::Via(via) => gateway = via_address(via),
                 RouteAttribute::PrefSource(address) => prefsrc = route_address(address),
+                RouteAttribute::Metrics(metrics) => {
+                    mtu = metrics.iter().find_map(|m| match m {
+                        RouteMetric::Mtu(v) if *v != 0 => Some(*v),
+                        _ => None,
+                    });
+                }
                 _ => {}
             }
         }
@@ -109,6 +120,7 @@ impl Netlink {
             oif,
             gateway,
             prefsrc,
+            mtu,
         }))
     }
 

@@ -350,6 +350,43 @@ fn routes_dump() {
     });
 }
 
+/// A hop carries its link's MTU, or its route's if that is smaller: what the "too big"
+/// answers of encapsulating services give.
+#[test]
+fn next_hop_mtu() {
+    let topo = Topology::new();
+    let ns = topo.ns().to_owned();
+    run_batch(
+        &ns,
+        "link set dev a mtu 1400
+         route add 198.51.100.128/25 via 192.0.2.2 mtu 1300
+         route add 203.0.113.128/25 via 192.0.2.2 mtu 9000",
+    );
+    topo.run(move || {
+        let mut nl = Netlink::open().expect("open");
+        let mtu = |nl: &mut Netlink, dst: Ipv4Addr| {
+            for _ in 0..50 {
+                if let Some(hop) = nl.next_hop(dst.into()).expect("next_hop") {
+                    return hop.mtu;
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+            panic!("{dst} never resolved");
+        };
+        assert_eq!(mtu(&mut nl, B_V4), 1400, "the link's");
+        assert_eq!(
+            mtu(&mut nl, Ipv4Addr::new(198, 51, 100, 200)),
+            1300,
+            "the route's"
+        );
+        assert_eq!(
+            mtu(&mut nl, Ipv4Addr::new(203, 0, 113, 200)),
+            1400,
+            "a route's MTU above the link's does not apply"
+        );
+    });
+}
+
 #[test]
 fn link_mac() {
     let topo = Topology::new();
@@ -359,6 +396,12 @@ fn link_mac() {
         assert_eq!(nl.link_mac(ifindex_a).expect("link_mac"), Some(mac_a));
         // Loopback has an all-zero 6-byte address.
         assert_eq!(nl.link_mac(1).expect("link_mac"), Some([0; 6]));
+        // With the MTUs: veth's default, loopback's.
+        assert_eq!(
+            nl.link_info(ifindex_a).expect("link_info"),
+            (Some(mac_a), 1500)
+        );
+        assert_eq!(nl.link_info(1).expect("link_info"), (Some([0; 6]), 65536));
         let err = nl.link_mac(999_999).expect_err("no such link");
         assert_eq!(err.kernel_errno(), Some(libc::ENODEV), "{err:?}");
         assert!(matches!(

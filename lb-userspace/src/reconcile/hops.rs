@@ -18,6 +18,9 @@ use lb_common::{addr::Addr, maps::NextHop};
 pub struct Hop {
     pub nh: NextHop,
     pub via: IpAddr,
+    /// The MTU packets to this address leave with: the output link's, or the route's own if it
+    /// is smaller. Encapsulating services answer "too big" against it.
+    pub mtu: u32,
 }
 
 /// What to resolve.
@@ -96,11 +99,14 @@ impl Hops {
     /// through a gateway is written unresolved, and the fast path's FIB fallback, which
     /// refuses a gateway too, drops its packets (`drop_no_next_hop`) rather than hand the
     /// gateway a packet addressed to the VIP.
+    ///
+    /// With the next hop comes the MTU of its link (0 while unresolved: the fast path's "too
+    /// big" check then lets the packet go to the FIB fallback, whose own length check applies).
     #[must_use]
-    pub fn next_hop_for(&self, ip: IpAddr, l2: bool) -> NextHop {
+    pub fn next_hop_for(&self, ip: IpAddr, l2: bool) -> (NextHop, u32) {
         match self.known.get(&ip).copied().flatten() {
-            Some(h) if !l2 || h.via == ip => h.nh,
-            _ => NextHop::default(),
+            Some(h) if !l2 || h.via == ip => (h.nh, h.mtu),
+            _ => (NextHop::default(), 0),
         }
     }
 
@@ -209,6 +215,7 @@ mod tests {
                 dmac: [2; 6],
             },
             via: ip(via),
+            mtu: 1500,
         }
     }
 

@@ -204,9 +204,15 @@ pub struct Inputs<'a> {
     pub hops: &'a Hops,
 }
 
-/// An active backend entry of a service whose protocol is `proto`.
+/// An active backend entry of a service whose protocol is `proto`, leaving by next hop `nh`
+/// over a link of MTU `mtu` ([`Hops::next_hop_for`]).
 #[must_use]
-pub fn backend_entry(service: u32, addr: SocketAddr, proto: u8, nh: NextHop) -> Backend {
+pub fn backend_entry(
+    service: u32,
+    addr: SocketAddr,
+    proto: u8,
+    (nh, mtu): (NextHop, u32),
+) -> Backend {
     Backend {
         addr: addr::from_ip(addr.ip()),
         port: addr.port().to_be_bytes(),
@@ -214,6 +220,7 @@ pub fn backend_entry(service: u32, addr: SocketAddr, proto: u8, nh: NextHop) -> 
         proto,
         nh,
         service,
+        mtu,
     }
 }
 
@@ -909,8 +916,9 @@ pub fn next_hops(addrs: &BTreeSet<IpAddr>, live: &Live, hops: &Hops) -> Vec<Step
                 .spec_of(b.service)
                 .and_then(|s| live.services.get(s))
                 .is_some_and(|i| i.floating_ip() == lb_common::encap::mode::L2);
-            let nh = hops.next_hop_for(ip, l2);
-            (addrs.contains(&ip) && b.nh != nh).then_some((*id, Backend { nh, ..*b }))
+            let (nh, mtu) = hops.next_hop_for(ip, l2);
+            (addrs.contains(&ip) && (b.nh, b.mtu) != (nh, mtu))
+                .then_some((*id, Backend { nh, mtu, ..*b }))
         })
         .collect();
     steps.sort_by_key(|(id, _)| *id);

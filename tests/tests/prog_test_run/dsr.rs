@@ -476,3 +476,202 @@ fn icmp_errors_about_dsr_flows_reach_their_backend_encapsulated() {
         }
     });
 }
+
+/// The "too big" answer the LB builds to `frame` (IPv4 or IPv6, optionally tagged), built from
+/// RFC 792 / RFC 4443 with its checksum from scratch: the L2 header kept but for the MACs,
+/// swapped (back to the neighbour that sent it); then from the packet's destination (the VIP)
+/// to its source: IPv4 (TOS 0, ID 0, DF, TTL 64) with ICMP 3/4 giving `mtu` in the next-hop
+/// MTU field, or IPv6 (class and label 0, hop limit 64) with ICMPv6 2/0 giving `mtu`; quoting
+/// the packet's first 128 (IPv4) or 256 (IPv6) bytes.
+fn too_big_answer(frame: &[u8], mtu: u32) -> Vec<u8> {
+    use super::{icmp::icmp_error, six::icmp6_error};
+    let l3 = if frame[12..14] == [0x81, 0x00] {
+        18
+    } else {
+        14
+    };
+    let v6 = frame[l3 - 2..l3] == [0x86, 0xdd];
+    let packet = &frame[l3..];
+    let mut out = frame[..l3].to_vec();
+    out[..6].copy_from_slice(&frame[6..12]);
+    out[6..12].copy_from_slice(&frame[..6]);
+    if v6 {
+        let (src, dst) = (&packet[8..24], &packet[24..40]);
+        let quote = &packet[..packet.len().min(256)];
+        let mut f = Frame6::raw(
+            Ipv6Addr::from(<[u8; 16]>::try_from(dst).unwrap()),
+            Ipv6Addr::from(<[u8; 16]>::try_from(src).unwrap()),
+            proto::ICMPV6,
+            icmp6_error(2, mtu, quote),
+        );
+        f.hop_limit = 64;
+        out.extend_from_slice(&f.build()[14..]);
+    } else {
+        let (src, dst) = (&packet[12..16], &packet[16..20]);
+        let quote = &packet[..packet.len().min(128)];
+        let m = u16::try_from(mtu).unwrap().to_be_bytes();
+        let mut f = Frame::raw(
+            Ipv4Addr::from(<[u8; 4]>::try_from(dst).unwrap()),
+            Ipv4Addr::from(<[u8; 4]>::try_from(src).unwrap()),
+            proto::ICMP,
+            icmp_error(3, 4, [0, 0, m[0], m[1]], quote),
+        );
+        f.ttl = 64;
+        f.frag = 0x4000;
+        let mut ip = f.build()[14..].to_vec();
+        // The builder's ID is 0x1234; the LB's answers carry 0 (DF set: RFC 6864 allows it).
+        ip[4..6].copy_from_slice(&[0, 0]);
+        ip[10..12].copy_from_slice(&[0, 0]);
+        let c = lb_common::csum::ipv4_header(&ip[..20]);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        out.extend_from_slice(&ip);
+    }
+    out
+}
+
+/// A UDP frame from the client to the VIP's `port` whose IPv4 packet is `tot` bytes.
+fn udp_of(port: u16, tot: usize) -> Frame {
+    let mut f = Frame::udp(client(), vip(port));
+    f.payload = (0..tot - 28).map(|i| (i * 7 % 251) as u8).collect();
+    f
+}
+
+#[test]
+fn a_df_packet_too_big_once_encapsulated_is_answered_with_the_mtu_left() {
+    use lb_integration::fixture::FIXTURE_MTU;
+    with_dsr(|fx, _| {
+        let mtu = usize::try_from(FIXTURE_MTU).unwrap();
+        let src = IpAddr::V4(SRC4);
+        // IPIP adds 20 bytes: a 1480-byte packet fits a 1500 link exactly, 1481 does not.
+        let fits = udp_of(53, mtu - 20).build();
+        let out = encapsulated(
+            &fits,
+            (src, IpAddr::V4(B1)),
+            Outer::Ipip,
+            0,
+            (LB_MAC, B1_MAC),
+        );
+        assert_eq!(out.len(), 14 + mtu);
+        fx.check_bytes("IPIP, fits", &fits, XDP_TX, Some(out), Reason::ForwardEncap);
+        let big = udp_of(53, mtu - 19).build();
+        fx.check_bytes(
+            "IPIP, DF, one byte over",
+            &big,
+            XDP_TX,
+            Some(too_big_answer(&big, 1480)),
+            Reason::IcmpTooBigSent,
+        );
+        // Without DF the packet may not be answered ("too big" means "set DF and retry") nor
+        // fragmented by the LB: counted.
+        let mut nodf = udp_of(53, mtu - 19);
+        nodf.frag = 0;
+        fx.check("IPIP, no DF", &nodf, XDP_DROP, None, Reason::DropEncapMtu);
+
+        // GUE adds 28: a TCP segment with data, answered with 1472; tagged, the tag stays.
+        let mut seg = Frame::tcp(client(), vip(443), TCP_ACK);
+        seg.payload = vec![0x5a; mtu - 28 - 40 + 1];
+        seg.vlan = Some(7);
+        let seg = seg.build();
+        fx.check_bytes(
+            "GUE, DF, tagged",
+            &seg,
+            XDP_TX,
+            Some(too_big_answer(&seg, 1472)),
+            Reason::IcmpTooBigSent,
+        );
+
+        // `l2` adds nothing: a full-sized packet goes as it is.
+        let mut full = Frame::tcp(client(), vip(80), TCP_SYN);
+        full.payload = vec![1; mtu - 40];
+        let full = full.build();
+        fx.check_bytes(
+            "l2, full size",
+            &full,
+            XDP_TX,
+            Some(remac(&full, LB_MAC, B1_MAC)),
+            Reason::ForwardEncap,
+        );
+
+        // IPv6 (never fragmented on the way): Packet Too Big, 1460 for IPIP6 (40 more bytes),
+        // 1452 for GUE (48), quoting 256 bytes.
+        for (port, udp, over) in [(80u16, false, 40usize), (53, true, 48)] {
+            let mut f = if udp {
+                Frame6::udp(client6(42000), vip6(port))
+            } else {
+                Frame6::tcp(client6(42000), vip6(port), TCP_SYN)
+            };
+            let l4 = if udp { 8 } else { 20 };
+            f.payload = (0..=(mtu - over - 40 - l4))
+                .map(|i| (i % 251) as u8)
+                .collect();
+            let big = f.build();
+            let want = u32::try_from(mtu - over).unwrap();
+            fx.check_bytes(
+                "IPv6, one byte over",
+                &big,
+                XDP_TX,
+                Some(too_big_answer(&big, want)),
+                Reason::IcmpTooBigSent,
+            );
+            f.payload.pop();
+            let fits = f.build();
+            let (action, out) = fx.run(&fits);
+            assert_eq!((action, out.len()), (XDP_TX, 14 + mtu), "IPv6, fits");
+        }
+
+        // A backend the agent has not resolved has no MTU yet: the kernel FIB fallback checks
+        // the outer packet's length against fx0's 1500 itself and refuses it.
+        let mut unresolved = Frame::tcp(client(), vip(83), TCP_ACK);
+        unresolved.payload = vec![0x5a; mtu - 20 - 40 + 1];
+        fx.check(
+            "unresolved, over",
+            &unresolved,
+            XDP_DROP,
+            None,
+            Reason::DropNoNextHop,
+        );
+
+        // The answers are rate-limited like echo replies (a token bucket per CPU): a burst
+        // far above it is cut, and every packet is either answered or counted.
+        let (burst, rate) = (
+            lb_common::consts::TOO_BIG_BURST,
+            lb_common::consts::TOO_BIG_RATE_PER_SEC,
+        );
+        let cpus = u64::try_from(aya::util::nr_cpus().unwrap()).unwrap();
+        let before = fx.counts();
+        let spent = before[Reason::IcmpTooBigSent as usize];
+        let started = std::time::Instant::now();
+        let mut answered = 0u64;
+        for _ in 0..1000 {
+            if fx.run(&big).0 == XDP_TX {
+                answered += 1;
+            }
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "small, positive"
+        )]
+        let refill = (rate as f64 * elapsed).ceil() as u64;
+        assert!(
+            answered >= burst.saturating_sub(spent),
+            "the burst was not honoured: {answered} answers after {spent} earlier ones"
+        );
+        assert!(
+            answered <= cpus * (burst + refill) + cpus,
+            "{answered} answers in {elapsed:.3}s beat the bucket"
+        );
+        let after = fx.counts();
+        assert_eq!(
+            after[Reason::IcmpTooBigSent as usize] - spent,
+            answered,
+            "answers counted"
+        );
+        assert_eq!(
+            after[Reason::DropEncapMtu as usize] - before[Reason::DropEncapMtu as usize],
+            1000 - answered,
+            "every packet is either answered or counted"
+        );
+    });
+}

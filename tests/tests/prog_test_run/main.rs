@@ -272,6 +272,7 @@ impl Fixture {
             )],
             // The LB's own address on the backends' side (its probes come from it).
             locals: vec![addr::v4_mapped([192, 0, 2, 1])],
+            mtu: lb_integration::fixture::FIXTURE_MTU,
         };
         let mut resolver = resolver;
         resolver.backends.extend(more.iter().copied());

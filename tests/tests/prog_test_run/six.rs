@@ -162,6 +162,7 @@ fn with_fixture6(f: impl FnOnce(&mut Fixture) + Send + 'static) {
             ],
             // The LB's own address on the backends' link (its probes' source).
             locals: vec![addr::from_ip(IpAddr::V6(LB6))],
+            mtu: lb_integration::fixture::FIXTURE_MTU,
         };
         let h = Harness::load(ns, CONFIG6, resolver).expect("load and provision");
         let mut fx = Fixture {

@@ -410,6 +410,7 @@ impl Resolver for FakeResolver {
                     dmac: [2; 6],
                 },
                 via: ip,
+                mtu: 1500,
             })
         };
         Resolution {

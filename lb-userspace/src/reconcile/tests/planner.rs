@@ -299,19 +299,52 @@ fn routes_and_next_hops_write_only_what_differs() {
     );
     assert_eq!(plan::routes(&[], &live).len(), 2);
 
-    let be = plan::backend_entry(1, "192.0.2.11:80".parse().unwrap(), 6, NextHop::default());
+    let be = plan::backend_entry(
+        1,
+        "192.0.2.11:80".parse().unwrap(),
+        6,
+        (NextHop::default(), 0),
+    );
     live.put_backend(5, be);
     let mut hops = Hops::default();
     let ip: IpAddr = "192.0.2.11".parse().unwrap();
-    hops.learn(&Resolution {
-        hops: vec![(ip, Some(Hop { nh: nh(4), via: ip }))],
-        routes: None,
-        locals: None,
-    });
+    let learn = |hops: &mut Hops, mtu| {
+        hops.learn(&Resolution {
+            hops: vec![(
+                ip,
+                Some(Hop {
+                    nh: nh(4),
+                    via: ip,
+                    mtu,
+                }),
+            )],
+            routes: None,
+            locals: None,
+        });
+    };
+    learn(&mut hops, 1500);
     let steps = plan::next_hops(&[ip].into(), &live, &hops);
-    assert_eq!(
-        steps,
-        vec![Step::PutBackend(5, Backend { nh: nh(4), ..be })]
-    );
+    let resolved = Backend {
+        nh: nh(4),
+        mtu: 1500,
+        ..be
+    };
+    assert_eq!(steps, vec![Step::PutBackend(5, resolved)]);
     assert!(plan::next_hops(&["192.0.2.12".parse().unwrap()].into(), &live, &hops).is_empty());
+
+    // The same next hop over a link whose MTU changed (`ip link set mtu`) is rewritten too:
+    // the "too big" answers must give the new figure.
+    live.put_backend(5, resolved);
+    assert!(plan::next_hops(&[ip].into(), &live, &hops).is_empty());
+    learn(&mut hops, 9000);
+    assert_eq!(
+        plan::next_hops(&[ip].into(), &live, &hops),
+        vec![Step::PutBackend(
+            5,
+            Backend {
+                mtu: 9000,
+                ..resolved
+            }
+        )]
+    );
 }

@@ -139,7 +139,7 @@ fn a_restart_with_another_state_removes_only_what_is_unwanted() {
             4242,
             "192.0.2.99:80".parse().unwrap(),
             6,
-            NextHop::default(),
+            (NextHop::default(), 0),
         ),
     );
     let stray = map_prefix("198.51.100.0".parse().unwrap(), 24);
