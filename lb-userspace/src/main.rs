@@ -9,7 +9,7 @@ use clap::Parser as _;
 use lb_userspace::{
     api,
     cli::{
-        Cli, CliCommand, ConfigCmd, Format, PeerCmd,
+        BackendCmd, Cli, CliCommand, ConfigCmd, Format, PeerCmd,
         output::{Failure, done_json, usage_failure, wants_json},
         render, request,
     },
@@ -79,6 +79,9 @@ fn main() -> ExitCode {
                     "lb man",
                 ),
             };
+        }
+        CliCommand::Backend(cmd @ (BackendCmd::Setup(_) | BackendCmd::Teardown(_))) => {
+            return backend_setup(cmd, format);
         }
         CliCommand::Peer(cmd) => {
             let done = match cmd {
@@ -201,6 +204,70 @@ fn say(format: Format, text: &str, fields: serde_json::Value) -> ExitCode {
         Format::Table => println!("{text}"),
     }
     ExitCode::SUCCESS
+}
+
+/// `lb backend setup|teardown`: plans, then prints the script or applies it (no agent).
+fn backend_setup(cmd: &BackendCmd, format: Format) -> ExitCode {
+    use lb_userspace::backend_setup as bs;
+    let (BackendCmd::Setup(a) | BackendCmd::Teardown(a)) = cmd else {
+        unreachable!("only setup and teardown come here");
+    };
+    let setup = matches!(cmd, BackendCmd::Setup(_));
+    let what = if setup {
+        "lb backend setup"
+    } else {
+        "lb backend teardown"
+    };
+    let planned = (|| {
+        let iface = match &a.iface {
+            Some(i) => i.clone(),
+            None => bs::default_iface()?,
+        };
+        let steps = if setup {
+            bs::plan(a.mode, &a.vips, &iface, a.gue_port)?
+        } else {
+            bs::teardown(a.mode, &a.vips, &iface, &bs::decap_dir(&a.pin_dir, &iface)?)
+        };
+        anyhow::Ok((iface, steps))
+    })();
+    let (iface, steps) = match planned {
+        Ok(p) => p,
+        Err(e) => {
+            return fail(
+                &Failure::new(ErrorKind::Invalid, format!("{e:#}")),
+                format,
+                what,
+            );
+        }
+    };
+    let header = format!(
+        "{what} {} --iface {iface}{}",
+        a.mode.name(),
+        bs::vip_flags(&a.vips)
+    );
+    let json_steps: Vec<serde_json::Value> = steps
+        .iter()
+        .map(|p| serde_json::json!({ "command": p.step.command(), "why": p.why }))
+        .collect();
+    if !a.apply {
+        return say(
+            format,
+            bs::render(&header, &steps).trim_end(),
+            serde_json::json!({ "applied": false, "steps": json_steps }),
+        );
+    }
+    match bs::apply(&steps, &a.pin_dir) {
+        Ok(done) => say(
+            format,
+            &done.join("\n"),
+            serde_json::json!({ "applied": true, "steps": json_steps, "done": done }),
+        ),
+        Err(e) => fail(
+            &Failure::new(ErrorKind::Failed, format!("{e:#}")),
+            format,
+            what,
+        ),
+    }
 }
 
 /// Prints a failure (JSON on stdout, text on stderr) and gives its exit code.

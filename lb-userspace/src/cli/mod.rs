@@ -701,6 +701,37 @@ pub enum BackendCmd {
         /// The service: VIP:PORT/PROTO, e.g. 203.0.113.10:80/tcp.
         service: ServiceSpec,
     },
+    /// On a backend of a floating-IP service (no agent needed): print the steps it needs (the
+    /// VIP on loopback, the ARP and reverse-path settings, for ipip/gue the decapsulation
+    /// program), or run them with --apply. Each step is idempotent.
+    Setup(BackendSetupArgs),
+    /// Undo `lb backend setup` on a backend: the decapsulation program and the VIPs on
+    /// loopback (the sysctls stay). Prints the steps, or runs them with --apply.
+    Teardown(BackendSetupArgs),
+}
+
+/// `lb backend setup|teardown`'s request.
+#[derive(Debug, Args)]
+pub struct BackendSetupArgs {
+    /// The services' floating-IP mode.
+    #[arg(value_enum)]
+    pub mode: crate::backend_setup::Mode,
+    /// A VIP this backend serves (repeat for several, either family).
+    #[arg(long = "vip", value_name = "ADDR", required = true)]
+    pub vips: Vec<std::net::IpAddr>,
+    /// The interface the LB's packets arrive on [default: the default route's].
+    #[arg(long)]
+    pub iface: Option<String>,
+    /// The LB's GUE port (its `gue_port`).
+    #[arg(long, default_value_t = lb_common::encap::DEFAULT_GUE_PORT)]
+    pub gue_port: u16,
+    /// Run the steps instead of printing them (root).
+    #[arg(long)]
+    pub apply: bool,
+    /// bpffs directory for the decapsulation program's pins (one directory per namespace
+    /// and interface under it).
+    #[arg(long, default_value = crate::backend_setup::DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -758,6 +789,7 @@ pub fn request(cmd: &CliCommand) -> Result<Option<Request>, String> {
         CliCommand::Agent(_)
         | CliCommand::Config(_)
         | CliCommand::Peer(_)
+        | CliCommand::Backend(BackendCmd::Setup(_) | BackendCmd::Teardown(_))
         | CliCommand::Completions { .. }
         | CliCommand::Man { .. }
         | CliCommand::Trace(_)

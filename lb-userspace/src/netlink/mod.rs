@@ -16,6 +16,7 @@
 //! Every exchange blocks, so none runs on a tokio worker: the resolver and the watcher run on
 //! threads of their own.
 
+mod address;
 mod link;
 mod neigh;
 mod resolver;
@@ -70,6 +71,20 @@ pub enum Request {
     AddressDump,
     /// `RTM_GETNSID` for an open namespace file.
     NsidGet,
+    /// `RTM_NEWADDR` (create or replace).
+    AddressAdd {
+        /// Interface the address goes on.
+        ifindex: u32,
+        /// The address.
+        ip: IpAddr,
+    },
+    /// `RTM_DELADDR`.
+    AddressDelete {
+        /// Interface the address is on.
+        ifindex: u32,
+        /// The address.
+        ip: IpAddr,
+    },
 }
 
 impl fmt::Display for Request {
@@ -87,6 +102,10 @@ impl fmt::Display for Request {
             }
             Self::LinkGet(ifindex) => write!(f, "link get ifindex {ifindex}"),
             Self::NsidGet => f.write_str("nsid get"),
+            Self::AddressAdd { ifindex, ip } => write!(f, "address add {ip} on ifindex {ifindex}"),
+            Self::AddressDelete { ifindex, ip } => {
+                write!(f, "address delete {ip} on ifindex {ifindex}")
+            }
         }
     }
 }

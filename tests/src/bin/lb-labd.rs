@@ -69,6 +69,10 @@ fn serve(s: TcpStream, name: &str, health: u16) {
     let peer = s
         .peer_addr()
         .map_or_else(|_| "unknown".to_owned(), |a| a.to_string());
+    // And the address it was reached at (floating-IP tests check it is the VIP).
+    let local = s
+        .local_addr()
+        .map_or_else(|_| "unknown".to_owned(), |a| a.to_string());
     let Ok(mut w) = s.try_clone() else {
         return;
     };
@@ -93,7 +97,7 @@ fn serve(s: TcpStream, name: &str, health: u16) {
         let body = format!("{name}\n");
         let reason = if status == 200 { "OK" } else { "Error" };
         let resp = format!(
-            "HTTP/1.1 {status} {reason}\r\nContent-Length: {}\r\nX-Peer: {peer}\r\nConnection: keep-alive\r\n\r\n{body}",
+            "HTTP/1.1 {status} {reason}\r\nContent-Length: {}\r\nX-Peer: {peer}\r\nX-Local: {local}\r\nConnection: keep-alive\r\n\r\n{body}",
             body.len()
         );
         if w.write_all(resp.as_bytes()).is_err() {

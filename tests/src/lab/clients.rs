@@ -154,6 +154,21 @@ impl Lab {
         })
     }
 
+    /// A keep-alive HTTP connection from the client to any address and port.
+    ///
+    /// # Errors
+    /// The connection fails or times out.
+    pub fn http_connect_at(&self, ip: Ipv4Addr, port: u16) -> anyhow::Result<HttpConn> {
+        let dst = SocketAddr::new(IpAddr::V4(ip), port);
+        let s = self
+            .client
+            .enter(move || TcpStream::connect_timeout(&dst, IO_TIMEOUT))?;
+        s.set_read_timeout(Some(IO_TIMEOUT))?;
+        Ok(HttpConn {
+            stream: BufReader::new(s),
+        })
+    }
+
     /// One HTTP GET from the client to any address (a PIP, say); returns the answering name.
     ///
     /// # Errors
@@ -332,6 +347,14 @@ impl UdpFlow {
     /// The socket has no local address.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.s.local_addr()
+    }
+
+    /// Sends `payload` without waiting for an answer.
+    ///
+    /// # Errors
+    /// The send fails.
+    pub fn send_only(&self, payload: &[u8]) -> std::io::Result<()> {
+        self.s.send_to(payload, self.vip).map(|_| ())
     }
 }
 
@@ -532,6 +555,16 @@ impl HttpConn {
     /// # Errors
     /// As [`Self::get`], or no `X-Peer` header.
     pub fn get_with_peer(&mut self) -> anyhow::Result<(String, SocketAddr)> {
+        let (name, peer, _) = self.get_with_ends()?;
+        Ok((name, peer))
+    }
+
+    /// As [`Self::get_with_peer`], also returning the address the server was reached at (its
+    /// `X-Local`).
+    ///
+    /// # Errors
+    /// As [`Self::get_with_peer`], or no `X-Local` header.
+    pub fn get_with_ends(&mut self) -> anyhow::Result<(String, SocketAddr, SocketAddr)> {
         self.stream
             .get_mut()
             .write_all(b"GET / HTTP/1.1\r\nHost: vip\r\n\r\n")?;
@@ -541,7 +574,7 @@ impl HttpConn {
             bail!("bad status line {status:?}");
         }
         let mut len = 0usize;
-        let mut peer = None;
+        let (mut peer, mut local) = (None, None);
         loop {
             let mut h = String::new();
             if self.stream.read_line(&mut h)? == 0 {
@@ -555,12 +588,19 @@ impl HttpConn {
                 len = v.trim().parse()?;
             } else if let Some(v) = lower.strip_prefix("x-peer:") {
                 peer = Some(v.trim().parse::<SocketAddr>()?);
+            } else if let Some(v) = lower.strip_prefix("x-local:") {
+                local = Some(v.trim().parse::<SocketAddr>()?);
             }
         }
         let mut body = vec![0u8; len];
         self.stream.read_exact(&mut body)?;
         let peer = peer.context("no X-Peer header")?;
-        Ok((String::from_utf8_lossy(&body).trim().to_owned(), peer))
+        let local = local.context("no X-Local header")?;
+        Ok((
+            String::from_utf8_lossy(&body).trim().to_owned(),
+            peer,
+            local,
+        ))
     }
 
     /// Closes the connection in order: our FIN, then the server's, read to the end (bounded by

@@ -30,6 +30,7 @@ use anyhow::{Context as _, bail};
 
 mod agent;
 mod clients;
+pub mod dsr;
 mod icmp;
 mod servers;
 
@@ -143,6 +144,8 @@ pub struct Lab {
     /// The outside, for outbound NAT: a host on the client side (LB interface `lw`), running
     /// `lb-labd` (its HTTP answers name the peer it saw): [`OUTSIDE_IP`].
     pub outside: Option<BackendNs>,
+    /// The return-path router of floating-IP tests ([`Lab::add_return_path`]).
+    pub return_path: Option<Netns>,
     pub pin_dir: PathBuf,
     pub tmp: PathBuf,
     pub socket: PathBuf,
@@ -185,6 +188,7 @@ impl Lab {
             backends: Vec::new(),
             external: None,
             outside: None,
+            return_path: None,
             agent: None,
             peer_xdp: Vec::new(),
         };
@@ -311,6 +315,7 @@ impl Lab {
             name,
             ip,
             ip6: Some(ip6),
+            also: Vec::new(),
             server: None,
         };
         b.start_server()?;
@@ -356,6 +361,7 @@ impl Lab {
             name: "outside".into(),
             ip: OUTSIDE_IP,
             ip6: None,
+            also: Vec::new(),
             server: None,
         };
         out.start_server_on(200, &[80, 8080], &[53])?;

@@ -18,6 +18,9 @@ pub struct BackendNs {
     pub ip: Ipv4Addr,
     /// Its IPv6 address, where it has one: the servers listen there too.
     pub ip6: Option<std::net::Ipv6Addr>,
+    /// More addresses the servers listen on (the VIPs of a floating-IP backend, which must be
+    /// on its loopback first).
+    pub also: Vec<std::net::IpAddr>,
     pub(super) server: Option<Child>,
 }
 
@@ -52,16 +55,16 @@ impl BackendNs {
             "--health-status".to_owned(),
             status.to_string(),
         ];
-        for p in tcp {
-            args.extend(["--http".to_owned(), format!("{}:{p}", self.ip)]);
-            if let Some(v6) = self.ip6 {
-                args.extend(["--http".to_owned(), format!("[{v6}]:{p}")]);
-            }
-        }
-        for p in udp {
-            args.extend(["--udp".to_owned(), format!("{}:{p}", self.ip)]);
-            if let Some(v6) = self.ip6 {
-                args.extend(["--udp".to_owned(), format!("[{v6}]:{p}")]);
+        let addrs: Vec<std::net::IpAddr> = std::iter::once(self.ip.into())
+            .chain(self.ip6.map(Into::into))
+            .chain(self.also.iter().copied())
+            .collect();
+        for (flag, ports) in [("--http", tcp), ("--udp", udp)] {
+            for p in ports {
+                for a in &addrs {
+                    let at = std::net::SocketAddr::new(*a, *p);
+                    args.extend([flag.to_owned(), at.to_string()]);
+                }
             }
         }
         let mut child = Command::new("ip")
