@@ -120,6 +120,17 @@ fn serves_through_the_return_path(lab: &Lab) {
         Some(0),
         "nothing was DNATed: {stats}"
     );
+    // The service's own counters: one new flow per connection, packets in, no replies.
+    let tcp = stats["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["service"] == "203.0.113.60:80/tcp")
+        .unwrap();
+    let c = &tcp["counters"];
+    assert_eq!(c["new_flows"], 24, "{tcp}");
+    assert!(c["packets"].as_u64().unwrap() >= 24 * 3, "{tcp}");
+    assert_eq!(c["reply_packets"], 0, "{tcp}");
     // Each answer crossed the router towards the client (24 × at least the SYN-ACK and the
     // response, 16 UDP answers).
     let (_, tx) = lab.return_path_packets().unwrap();

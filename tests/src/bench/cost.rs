@@ -35,6 +35,10 @@ conntrack_flows = 65536
 # The flood guard off: a run of SYNs here is far above any real per-CPU rate, and the classes
 # measure the tracked path ("SYN under flood" measures the guard's).
 new_flow_rate = 0
+# Floating IP's outer sources and GUE port.
+encap_source4 = "192.0.2.1"
+encap_source6 = "2001:db8:2::1"
+gue_port = 6080
 
 [[service]]
 vip = "203.0.113.10:80/tcp"
@@ -76,6 +80,31 @@ table_size = 251
 vip = "[2001:db8:3::10]:53/udp"
 backends = ["2001:db8:2::11", "2001:db8:2::12"]
 table_size = 251
+
+# Floating IP (direct server return), one VIP per mode: the encapsulation classes.
+[[service]]
+vip = "203.0.113.20:80/tcp"
+backends = ["192.0.2.11", "192.0.2.12"]
+table_size = 251
+floating_ip = "l2"
+
+[[service]]
+vip = "203.0.113.21:80/tcp"
+backends = ["192.0.2.11", "192.0.2.12"]
+table_size = 251
+floating_ip = "ipip"
+
+[[service]]
+vip = "203.0.113.22:80/tcp"
+backends = ["192.0.2.11", "192.0.2.12"]
+table_size = 251
+floating_ip = "gue"
+
+[[service]]
+vip = "[2001:db8:3::22]:80/tcp"
+backends = ["2001:db8:2::11", "2001:db8:2::12"]
+table_size = 251
+floating_ip = "gue"
 
 # Outbound NAT for 192.0.2.15, with the largest block: every "new outbound flow" run takes a
 # port of it.
@@ -234,6 +263,7 @@ pub fn classes(h: &mut Harness) -> anyhow::Result<Vec<Class>> {
         u16::from_be_bytes([out[34], out[35]]),
     );
     let six = classes6(h)?;
+    let encap = classes_encap(h)?;
     let mut v = vec![
         Class {
             name: "outbound, established",
@@ -350,6 +380,7 @@ pub fn classes(h: &mut Harness) -> anyhow::Result<Vec<Class>> {
     ];
     // After the IPv4 classes they are compared with, as they run.
     v.extend(six);
+    v.extend(encap);
     v.extend([
         // Last: its runs make two entries each, and the LRU makes room for them by evicting
         // the oldest, which the classes above must still find.
@@ -362,6 +393,42 @@ pub fn classes(h: &mut Harness) -> anyhow::Result<Vec<Class>> {
             fresh_dport: true,
         },
     ]);
+    Ok(v)
+}
+
+/// The floating-IP classes: an established TCP flow of each mode (its SYN set up first), to
+/// compare with "established TCP" (DNAT).
+fn classes_encap(h: &mut Harness) -> anyhow::Result<Vec<Class>> {
+    let mut v = Vec::new();
+    for (name, last) in [
+        ("floating IP l2, established", 20u8),
+        ("floating IP IPIP, established", 21),
+        ("floating IP GUE, established", 22),
+    ] {
+        let vip = SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, last), 80);
+        let (action, _, _) = h.run(&Frame::tcp(CLIENT, vip, TCP_SYN).build());
+        ensure!(action == XDP_TX, "{name}: the set-up SYN was not sent");
+        v.push(Class {
+            name,
+            frame: Frame::tcp(CLIENT, vip, TCP_ACK).build(),
+            action: XDP_TX,
+            reason: Reason::ForwardEncap,
+            fresh_tuple: false,
+            fresh_dport: false,
+        });
+    }
+    let v6 = |a: &str, port: u16| SocketAddrV6::new(a.parse().expect("v6"), port, 0, 0);
+    let (client, vip) = (v6("2001:db8:1::2", 40000), v6("2001:db8:3::22", 80));
+    let (action, _, _) = h.run(&Frame6::tcp(client, vip, TCP_SYN).build());
+    ensure!(action == XDP_TX, "IPv6 GUE: the set-up SYN was not sent");
+    v.push(Class {
+        name: "floating IP IPv6 GUE, established",
+        frame: Frame6::tcp(client, vip, TCP_ACK).build(),
+        action: XDP_TX,
+        reason: Reason::ForwardEncap,
+        fresh_tuple: false,
+        fresh_dport: false,
+    });
     Ok(v)
 }
 
