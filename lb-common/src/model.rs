@@ -345,6 +345,13 @@ pub enum Verdict {
     HairpinReply(Addr, [u8; 2], [u8; 2]),
     /// Every other outcome, by its reason.
     Other(Reason),
+    /// Client → VIP of a floating-IP service (`mode`, `encap::mode`): sent untouched to this
+    /// backend, encapsulated (or for `l2` with the MACs only); `hash` is the flow's 5-tuple
+    /// hash (the GUE source port, the IPv6 flow label).
+    Encap { id: BackendId, mode: u32, hash: u32 },
+    /// An ICMP error to a VIP about a floating-IP flow's reply: sent untouched to the flow's
+    /// backend, encapsulated like the flow's packets (`hash`: the flow's).
+    IcmpEncap { id: BackendId, mode: u32, hash: u32 },
     /// Outside the model: a hairpin reply whose connecting backend is gone (the FIB's).
     OutOfScope,
 }
@@ -405,6 +412,8 @@ pub struct Model {
     pub services: HashMap<ServiceKey, Vec<BackendId>>,
     /// Each service's distribution mode (`crate::hash::dist`); absent: the 5-tuple.
     pub modes: HashMap<ServiceKey, u32>,
+    /// Each floating-IP service's mode (`crate::encap::mode`); absent: DNAT.
+    pub encap: HashMap<ServiceKey, u32>,
     pub backends: HashMap<BackendId, ModelBackend>,
     pub vips: HashSet<Addr>,
     /// The backends' reverse-service entries (`LB_REVSVC4`, `LB_REVSVC6`).
@@ -788,6 +797,29 @@ impl Model {
         if p.ttl <= 1 {
             return Verdict::Other(Reason::DropTtl);
         }
+        // The flow's service (its exact port, else the VIP's HA-ports catch-all).
+        let svc = ServiceKey {
+            vip: fwd.dst,
+            port: fwd.dport,
+            proto: fwd.proto,
+            _pad: 0,
+        };
+        let any = ServiceKey {
+            port: [0; 2],
+            ..svc
+        };
+        let mode = if self.has_service(&svc, p.v6) {
+            self.encap.get(&svc)
+        } else {
+            self.encap.get(&any)
+        };
+        if let Some(&mode) = mode {
+            return Verdict::IcmpEncap {
+                id: f.backend,
+                mode,
+                hash: hash(&fwd, p.v6, dist::FIVE_TUPLE, self.seed),
+            };
+        }
         Verdict::IcmpToBackend(f.backend)
     }
 
@@ -810,6 +842,26 @@ impl Model {
     }
 
     fn forward(
+        &mut self,
+        key: ServiceKey,
+        flow: FlowKey6,
+        flags: u8,
+        ttl: u8,
+        v6: bool,
+    ) -> Verdict {
+        let v = self.forward_dnat(key, flow, flags, ttl, v6);
+        match (v, self.encap.get(&key)) {
+            // A floating-IP service's backend gets the packet as it is.
+            (Verdict::Forward(id), Some(&mode)) => Verdict::Encap {
+                id,
+                mode,
+                hash: hash(&flow, v6, dist::FIVE_TUPLE, self.seed),
+            },
+            _ => v,
+        }
+    }
+
+    fn forward_dnat(
         &mut self,
         key: ServiceKey,
         flow: FlowKey6,
@@ -870,10 +922,12 @@ impl Model {
         // One entry per key: the kernel's overwrote whatever was there.
         self.hairpins.remove(&flow);
         self.hairpin_replies.remove(&flow);
-        if self
-            .revs
-            .get(&RevKey::of(b.addr, b.port, flow.proto))
-            .is_some_and(|r| r.flags & REV_F_SHARED != 0)
+        // Replies of a floating-IP flow never come back: no reverse entry.
+        if !self.encap.contains_key(&key)
+            && self
+                .revs
+                .get(&RevKey::of(b.addr, b.port, flow.proto))
+                .is_some_and(|r| r.flags & REV_F_SHARED != 0)
         {
             let reply = flow.reply_from(b.addr, b.port);
             self.replies.insert(reply, (flow.dst, flow.dport, id));

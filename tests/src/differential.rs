@@ -23,8 +23,99 @@ use lb_common::{
 
 use crate::{
     fixture::{FixedResolver, Harness, XDP_DROP, XDP_PASS, XDP_TX},
-    packet::{CLIENT_MAC, LB_MAC, hex},
+    packet::{CLIENT_MAC, LB_MAC, Outer, encapsulated, hex},
 };
+
+/// [`CONFIG`]'s outer sources and GUE port.
+pub const ENCAP_SOURCE4: std::net::Ipv4Addr = std::net::Ipv4Addr::new(192, 0, 2, 1);
+pub const ENCAP_SOURCE6: std::net::Ipv6Addr =
+    std::net::Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 1);
+pub const GUE_PORT: u16 = 6080;
+
+/// What an encapsulated output carries: the outer destination and the inner frame (the L2
+/// header kept, the inner IP packet behind it). `None` if `out` is no IPIP or GUE packet.
+fn decapsulated(out: &[u8]) -> Option<(Addr, Vec<u8>)> {
+    let l3 = if out.get(12..14)? == [0x81, 0x00] {
+        18
+    } else {
+        14
+    };
+    let v6 = out.get(l3 - 2..l3)? == [0x86, 0xdd];
+    let (hlen, next, dst) = if v6 {
+        let d: [u8; 16] = out.get(l3 + 24..l3 + 40)?.try_into().ok()?;
+        (40, *out.get(l3 + 6)?, d)
+    } else {
+        let d: [u8; 4] = out.get(l3 + 16..l3 + 20)?.try_into().ok()?;
+        (20, *out.get(l3 + 9)?, lb_common::addr::v4_mapped(d))
+    };
+    let inner = match next {
+        4 | 41 => l3 + hlen,
+        proto::UDP if out.get(l3 + hlen + 2..l3 + hlen + 4)? == GUE_PORT.to_be_bytes() => {
+            l3 + hlen + 8
+        }
+        _ => return None,
+    };
+    let mut f = out[..l3].to_vec();
+    // The inner packet's ethertype (GUE carries either family).
+    let ver = *out.get(inner)? >> 4;
+    f[l3 - 2..l3].copy_from_slice(if ver == 6 {
+        &[0x86, 0xdd]
+    } else {
+        &[0x08, 0x00]
+    });
+    f.extend_from_slice(&out[inner..]);
+    Some((dst, f))
+}
+
+/// An IPv6 GUE output's outer checksum is valid exactly when the inner segment's is (see
+/// `expected`).
+fn gue6_checksum_agrees(frame: &[u8], out: &[u8], p: &Parsed) -> Result<(), String> {
+    let end = ip_end(frame, p);
+    let inner = segment_ok6(&p.src, &p.dst, p.proto, frame.get(p.l4_off..end));
+    let l3 = p.l3_off;
+    let outer = out.get(l3..l3 + 40).and_then(|o| {
+        let (src, dst): ([u8; 16], [u8; 16]) =
+            (o[8..24].try_into().ok()?, o[24..40].try_into().ok()?);
+        Some(segment_ok6(
+            &src,
+            &dst,
+            proto::UDP,
+            out.get(l3 + 40..end + 48),
+        ))
+    });
+    if outer == Some(inner) {
+        Ok(())
+    } else {
+        Err(format!(
+            "GUE6 outer checksum validity {outer:?}, inner {inner}"
+        ))
+    }
+}
+
+/// Where the IP packet of `frame` ends by its own length field (IPv4 total length, IPv6
+/// payload length), at most the frame's end.
+fn ip_end(frame: &[u8], p: &Parsed) -> usize {
+    let l3 = p.l3_off;
+    let len = |at: usize| {
+        frame
+            .get(at..at + 2)
+            .map_or(0, |b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+    };
+    let n = if p.v6 { 40 + len(l3 + 4) } else { len(l3 + 2) };
+    (l3 + n).min(frame.len())
+}
+
+/// Whether an IPv6 upper-layer `segment` (to the frame's end) of protocol `p` from `src` to
+/// `dst` has a valid checksum: with its checksum field in place the sum folds to all ones.
+fn segment_ok6(src: &Addr, dst: &Addr, p: u8, segment: Option<&[u8]>) -> bool {
+    let Some(seg) = segment else { return false };
+    let mut pseudo = [0u8; 40];
+    pseudo[..16].copy_from_slice(src);
+    pseudo[16..32].copy_from_slice(dst);
+    pseudo[32..36].copy_from_slice(&u32::try_from(seg.len()).unwrap_or(0).to_be_bytes());
+    pseudo[39] = p;
+    csum::fold(csum::sum_words(seg, csum::sum_words(&pseudo, 0))) == 0xffff
+}
 
 /// The MAC every backend's next hop has (`FixedResolver::all_on_lo`).
 pub const BACKEND_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x11];
@@ -45,6 +136,42 @@ pub const CONFIG: &str = r#"
 ring_slots = 16384
 conntrack_flows = 65536
 tcp_close_timeout = 3600
+encap_source4 = "192.0.2.1"
+encap_source6 = "2001:db8:2::1"
+gue_port = 6080
+
+# Floating IP, one VIP per mode and family: a forward packet goes to its backend untouched
+# (encapsulated, or for l2 with the MACs only), and an ICMP error about a flow's reply too.
+# 192.0.2.11 also serves DNAT services above: its endpoint is shared across data-path modes.
+[[service]]
+vip = "203.0.113.30:80/tcp"
+backends = ["192.0.2.11", "192.0.2.50"]
+table_size = 251
+floating_ip = "l2"
+
+[[service]]
+vip = "203.0.113.31:53/udp"
+backends = ["192.0.2.50", "192.0.2.51"]
+table_size = 251
+floating_ip = "ipip"
+
+[[service]]
+vip = "203.0.113.32:443/tcp"
+backends = ["192.0.2.50", "192.0.2.51"]
+table_size = 251
+floating_ip = "gue"
+
+[[service]]
+vip = "[2001:db8:3::31]:80/tcp"
+backends = ["2001:db8:2::50", "2001:db8:2::51"]
+table_size = 251
+floating_ip = "ipip"
+
+[[service]]
+vip = "[2001:db8:3::32]:53/udp"
+backends = ["2001:db8:2::50", "2001:db8:2::51"]
+table_size = 251
+floating_ip = "gue"
 
 [[service]]
 vip = "203.0.113.10:80/tcp"
@@ -245,6 +372,9 @@ pub fn model_of(h: &Harness) -> Model {
             m.backends.insert(id, b);
         }
         m.modes.insert(key, info.distribution());
+        if info.floating_ip() != lb_common::encap::mode::DNAT {
+            m.encap.insert(key, info.floating_ip());
+        }
         m.admission.insert(
             key,
             ModelAdmission {
@@ -503,6 +633,18 @@ fn backend_at(
         })
 }
 
+/// The backend `want` if it has address `addr`, else any backend that has it.
+fn backend_at_addr(model: &Model, want: BackendId, addr: &Addr) -> Option<BackendId> {
+    if model.backends.get(&want).is_some_and(|b| b.addr == *addr) {
+        return Some(want);
+    }
+    model
+        .backends
+        .iter()
+        .find(|(_, b)| b.addr == *addr)
+        .map(|(id, _)| *id)
+}
+
 /// The output bytes a translated frame must have: `input` with the translation's fields
 /// rewritten (addresses, ports, TTL, MACs as `dmac`, or the output's own for a FIB-resolved
 /// hop), the checksum fields taken from `out` (they are checked for validity instead).
@@ -552,6 +694,54 @@ fn expected(input: &[u8], out: &[u8], p: &Parsed, v: Verdict, model: &Model, fib
         }
         Verdict::Echo | Verdict::IcmpToBackend(_) | Verdict::IcmpToClient(..) => {
             return expected_icmp(input, out, p, v, model);
+        }
+        // The input untouched behind the outer headers (built from the RFCs' layouts in
+        // `packet::encapsulated`), or for `l2` the MACs only.
+        Verdict::Encap { id, mode, hash } | Verdict::IcmpEncap { id, mode, hash } => {
+            let b = model.backends[&id];
+            if mode == lb_common::encap::mode::L2 {
+                return crate::packet::remac(input, LB_MAC, BACKEND_MAC);
+            }
+            let src: std::net::IpAddr = if p.v6 {
+                ENCAP_SOURCE6.into()
+            } else {
+                ENCAP_SOURCE4.into()
+            };
+            let outer = if mode == lb_common::encap::mode::GUE {
+                Outer::Gue {
+                    sport: lb_common::encap::gue_sport(hash),
+                    dport: GUE_PORT,
+                }
+            } else {
+                Outer::Ipip
+            };
+            let label = if p.v6 {
+                lb_common::encap::flow_label(hash)
+            } else {
+                0
+            };
+            // The outer headers describe the inner IP packet by its own length field; bytes
+            // after it (L2 padding) stay after the outer packet, as they were.
+            let end = ip_end(input, p);
+            let mut e = encapsulated(
+                &input[..end],
+                (src, to_ip(&b.addr)),
+                outer,
+                label,
+                (LB_MAC, BACKEND_MAC),
+            );
+            e.extend_from_slice(&input[end..]);
+            // Over IPv6 the GUE checksum is computed from the inner headers alone (Linux's
+            // local checksum offload): equal to the full computation exactly when the inner
+            // segment's own checksum is valid. Taken from the output, and its validity
+            // checked against the inner one's in `compare`.
+            if p.v6 && mode == lb_common::encap::mode::GUE {
+                let at = p.l3_off + 40 + 6;
+                if let (Some(d), Some(o)) = (e.get_mut(at..at + 2), out.get(at..at + 2)) {
+                    d.copy_from_slice(o);
+                }
+            }
+            return e;
         }
         Verdict::Other(_) | Verdict::OutOfScope => return e,
     }
@@ -671,7 +861,8 @@ pub fn compare(h: &mut Harness, model: &mut Model, frame: &[u8]) -> Result<Agree
     };
     let translated = matches!(
         reason,
-        Reason::Forward
+        Reason::ForwardEncap
+            | Reason::Forward
             | Reason::ForwardFib
             | Reason::Reply
             | Reason::PipIn
@@ -723,6 +914,34 @@ pub fn compare(h: &mut Harness, model: &mut Model, frame: &[u8]) -> Result<Agree
                 .map_or(Verdict::Other(reason), |id| Verdict::Hairpin(id, k.sport))
         }
         (Reason::EchoReply, _) => Verdict::Echo,
+        // Floating IP: the backend from the outer destination (or for `l2` the output's own
+        // destination MAC's next hop: every backend has the same, so the model's is taken if
+        // the output is the untouched input); the mode and hash as the model has them when
+        // the bytes agree (checked below).
+        (Reason::ForwardEncap | Reason::IcmpToBackend, _)
+            if matches!(want, Verdict::Encap { .. } | Verdict::IcmpEncap { .. })
+                || decapsulated(&out).is_some()
+                || reason == Reason::ForwardEncap =>
+        {
+            let (Verdict::Encap { id, mode, hash } | Verdict::IcmpEncap { id, mode, hash }) = want
+            else {
+                return Err(format!(
+                    "kernel {reason:?} (encapsulated), model {want:?}; frame {}; out {}",
+                    hex(frame),
+                    hex(&out)
+                ));
+            };
+            let dst = decapsulated(&out).map(|(d, _)| d);
+            let at = match dst {
+                Some(d) => backend_at_addr(model, id, &d),
+                None => Some(id),
+            };
+            match (at, reason) {
+                (Some(id), Reason::ForwardEncap) => Verdict::Encap { id, mode, hash },
+                (Some(id), _) => Verdict::IcmpEncap { id, mode, hash },
+                (None, r) => Verdict::Other(r),
+            }
+        }
         // The backend or VIP from the output's embedded packet.
         (Reason::IcmpToBackend | Reason::IcmpToClient, _) => {
             match out_p
@@ -769,6 +988,18 @@ pub fn compare(h: &mut Harness, model: &mut Model, frame: &[u8]) -> Result<Agree
         let e = expected(frame, &out, &p, want, model, reason == Reason::ForwardFib);
         if out != e {
             return fail(&format!("output bytes (expected {})", hex(&e)));
+        }
+        // An encapsulated packet is the input untouched behind headers whose every byte
+        // (checksums included) the comparison above fixed: the checks below read the inner
+        // packet's fields at the input's offsets.
+        if let Verdict::Encap { mode, .. } | Verdict::IcmpEncap { mode, .. } = want {
+            if p.v6
+                && mode == lb_common::encap::mode::GUE
+                && let Err(why) = gue6_checksum_agrees(frame, &out, &p)
+            {
+                return fail(&why);
+            }
+            return Ok(Agreed::Verdict(reason));
         }
         // Checksum validity, where the segment is a whole TCP or UDP one (a PIP also
         // translates fragments, options and other protocols).

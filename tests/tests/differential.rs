@@ -223,8 +223,14 @@ fn families(model: &Model) -> [Family; 2] {
         v4(192, 0, 2, 99),
     );
     t4.push((SocketAddr::new(v4(203, 0, 113, 13), 8443), proto::TCP));
+    // Floating IP: l2, IPIP and GUE.
+    t4.push((SocketAddr::new(v4(203, 0, 113, 30), 80), proto::TCP));
+    t4.push((SocketAddr::new(v4(203, 0, 113, 31), 53), proto::UDP));
+    t4.push((SocketAddr::new(v4(203, 0, 113, 32), 443), proto::TCP));
     let mut t6 = shapes(&|x| v6(3, x), v6(2, 0x99));
     t6.push((SocketAddr::new(v6(3, 0x13), 8443), proto::TCP));
+    t6.push((SocketAddr::new(v6(3, 0x31), 80), proto::TCP));
+    t6.push((SocketAddr::new(v6(3, 0x32), 53), proto::UDP));
     // Backend ids in order, so a seed replays the same packets.
     let ids = |v6: bool| {
         let mut ids: Vec<u32> = model
@@ -287,7 +293,8 @@ fn kernel_and_model_agree_on_100k_random_packets_of_both_families() {
     in_fresh_ns("diff", move |ns| {
         let mut h = Harness::load(ns, CONFIG, resolver()).expect("load");
         let mut model = model_of(&h);
-        assert_eq!(model.services.len(), 24);
+        assert_eq!(model.services.len(), 29);
+        assert_eq!(model.encap.len(), 5, "the floating-IP services");
         assert_eq!(
             model.modes.values().filter(|m| **m != 0).count(),
             4,
@@ -533,6 +540,7 @@ fn kernel_and_model_agree_on_100k_random_packets_of_both_families() {
             Reason::DropIcmpUnmatched,
             Reason::HairpinSnat,
             Reason::HairpinReply,
+            Reason::ForwardEncap,
         ];
         for (fam, seen) in ["IPv4", "IPv6"].iter().zip(&seen) {
             for r in both {
