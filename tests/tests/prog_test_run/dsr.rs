@@ -633,45 +633,13 @@ fn a_df_packet_too_big_once_encapsulated_is_answered_with_the_mtu_left() {
 
         // The answers are rate-limited like echo replies (a token bucket per CPU): a burst
         // far above it is cut, and every packet is either answered or counted.
-        let (burst, rate) = (
-            lb_common::consts::TOO_BIG_BURST,
-            lb_common::consts::TOO_BIG_RATE_PER_SEC,
-        );
-        let cpus = u64::try_from(aya::util::nr_cpus().unwrap()).unwrap();
-        let before = fx.counts();
-        let spent = before[Reason::IcmpTooBigSent as usize];
-        let started = std::time::Instant::now();
-        let mut answered = 0u64;
-        for _ in 0..1000 {
-            if fx.run(&big).0 == XDP_TX {
-                answered += 1;
-            }
-        }
-        let elapsed = started.elapsed().as_secs_f64();
-        #[expect(
-            clippy::cast_possible_truncation,
-            clippy::cast_sign_loss,
-            reason = "small, positive"
-        )]
-        let refill = (rate as f64 * elapsed).ceil() as u64;
-        assert!(
-            answered >= burst.saturating_sub(spent),
-            "the burst was not honoured: {answered} answers after {spent} earlier ones"
-        );
-        assert!(
-            answered <= cpus * (burst + refill) + cpus,
-            "{answered} answers in {elapsed:.3}s beat the bucket"
-        );
-        let after = fx.counts();
-        assert_eq!(
-            after[Reason::IcmpTooBigSent as usize] - spent,
-            answered,
-            "answers counted"
-        );
-        assert_eq!(
-            after[Reason::DropEncapMtu as usize] - before[Reason::DropEncapMtu as usize],
-            1000 - answered,
-            "every packet is either answered or counted"
+        fx.rate_limited_burst(
+            &big,
+            (Reason::IcmpTooBigSent, Reason::DropEncapMtu),
+            (
+                lb_common::consts::TOO_BIG_BURST,
+                lb_common::consts::TOO_BIG_RATE_PER_SEC,
+            ),
         );
     });
 }

@@ -55,47 +55,14 @@ fn the_lb_answers_pings_to_a_vip_rate_limited() {
             Reason::DropNotInternal,
         );
         // A burst far above the budget is cut to what the token bucket allows: each CPU's bucket
-        // starts full (ECHO_BURST) and refills at ECHO_RATE_PER_SEC. The bound uses the time the
-        // loop really took, so a slow machine cannot make this fail.
-        let (burst, rate) = (
-            lb_common::consts::ECHO_BURST,
-            lb_common::consts::ECHO_RATE_PER_SEC,
-        );
-        let cpus = u64::try_from(aya::util::nr_cpus().unwrap()).unwrap();
-        let before = fx.counts()[Reason::DropEchoLimited as usize];
-        // Replies this program already sent took tokens from the same buckets.
-        let spent = fx.counts()[Reason::EchoReply as usize];
-        let bytes = ping.build();
-        let started = std::time::Instant::now();
-        let mut replied = 0u64;
-        for _ in 0..1000 {
-            if fx.run(&bytes).0 == XDP_TX {
-                replied += 1;
-            }
-        }
-        let elapsed = started.elapsed().as_secs_f64();
-        #[expect(
-            clippy::cast_possible_truncation,
-            clippy::cast_sign_loss,
-            reason = "small, positive"
-        )]
-        let refill = (rate as f64 * elapsed).ceil() as u64;
-        assert!(
-            replied >= burst.saturating_sub(spent),
-            "the burst was not honoured: {replied} replies after {spent} earlier ones"
-        );
-        assert!(
-            // Each CPU's bucket refills on its own: a thread that moves between CPUs during
-            // a slow loop (the seed dump writes every frame) draws on all of them. (This bound
-            // once counted one refill for all CPUs, and failed under the dump.)
-            replied <= cpus * (burst + refill) + cpus,
-            "{replied} replies in {elapsed:.3}s beat the bucket"
-        );
-        let limited = fx.counts()[Reason::DropEchoLimited as usize] - before;
-        assert_eq!(
-            limited,
-            1000 - replied,
-            "every request is either answered or counted"
+        // starts full (ECHO_BURST) and refills at ECHO_RATE_PER_SEC.
+        fx.rate_limited_burst(
+            &ping.build(),
+            (Reason::EchoReply, Reason::DropEchoLimited),
+            (
+                lb_common::consts::ECHO_BURST,
+                lb_common::consts::ECHO_RATE_PER_SEC,
+            ),
         );
     });
 }

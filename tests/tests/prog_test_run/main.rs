@@ -313,6 +313,56 @@ impl Fixture {
     }
 
     /// [`Self::check`] on frame bytes (any family's builder).
+    /// Sends `frame` 1000 times as fast as it goes, each answered (`XDP_TX`, counted under
+    /// `answered`) or refused by a per-CPU token bucket (counted under `limited`) that starts
+    /// full (`burst`, less what earlier answers took) and refills at `rate` per second. The
+    /// answers must reach the burst and stay within what every CPU's bucket could give over
+    /// the time the loop really took (so a slow machine cannot make this fail), and every
+    /// packet must be counted once. Returns how many were answered.
+    fn rate_limited_burst(
+        &mut self,
+        frame: &[u8],
+        (answered, limited): (Reason, Reason),
+        (burst, rate): (u64, u64),
+    ) -> u64 {
+        let cpus = u64::try_from(aya::util::nr_cpus().unwrap()).unwrap();
+        let before = self.counts();
+        let spent = before[answered as usize];
+        let started = std::time::Instant::now();
+        let mut sent = 0u64;
+        for _ in 0..1000 {
+            if self.run(frame).0 == XDP_TX {
+                sent += 1;
+            }
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "small, positive"
+        )]
+        let refill = (rate as f64 * elapsed).ceil() as u64;
+        assert!(
+            sent >= burst.saturating_sub(spent),
+            "the burst was not honoured: {sent} answers after {spent} earlier ones"
+        );
+        assert!(
+            // Each CPU's bucket refills on its own: a thread that moves between CPUs during
+            // a slow loop (the seed dump writes every frame) draws on all of them. (This bound
+            // once counted one refill for all CPUs, and failed under the dump.)
+            sent <= cpus * (burst + refill) + cpus,
+            "{sent} answers in {elapsed:.3}s beat the bucket"
+        );
+        let after = self.counts();
+        assert_eq!(after[answered as usize] - spent, sent, "answers counted");
+        assert_eq!(
+            after[limited as usize] - before[limited as usize],
+            1000 - sent,
+            "every packet is either answered or counted"
+        );
+        sent
+    }
+
     fn check_bytes(
         &mut self,
         what: &str,
