@@ -264,14 +264,7 @@ fn wrap(text: &str, width: usize) -> Vec<String> {
 /// # Errors
 /// This namespace cannot be named.
 pub fn decap_dir(pin_dir: &Path, iface: &str) -> anyhow::Result<PathBuf> {
-    let pin = crate::peer::pin_path(pin_dir, iface)?;
-    let name = pin
-        .file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.strip_prefix("link_"))
-        .context("unexpected pin name")?
-        .to_owned();
-    Ok(pin_dir.join(name))
+    Ok(pin_dir.join(crate::peer::ns_iface(iface)?))
 }
 
 /// Runs the steps in order; returns one line per step saying what it did.

@@ -24,13 +24,22 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/lb-peer";
 /// # Errors
 /// This namespace cannot be named.
 pub fn pin_path(pin_dir: &Path, iface: &str) -> anyhow::Result<PathBuf> {
+    Ok(link::pin_path(pin_dir, &ns_iface(iface)?))
+}
+
+/// `INODE_IFACE`: `iface` in this network namespace, named so that two namespaces' `eth0`
+/// differ (pins under one bpffs directory).
+///
+/// # Errors
+/// This namespace cannot be named.
+pub fn ns_iface(iface: &str) -> anyhow::Result<String> {
     let ns = std::fs::read_link("/proc/self/ns/net").context("reading /proc/self/ns/net")?;
     let ns = ns.to_string_lossy();
     let inode = ns
         .strip_prefix("net:[")
         .and_then(|s| s.strip_suffix(']'))
         .with_context(|| format!("unexpected namespace name {ns}"))?;
-    Ok(link::pin_path(pin_dir, &format!("{inode}_{iface}")))
+    Ok(format!("{inode}_{iface}"))
 }
 
 /// Attaches `xdp_pass` to `iface` (native mode) through a pinned link; an earlier attachment

@@ -76,7 +76,7 @@ fn dsr_lab(mode: &str) -> Lab {
 /// its own address and the real client as its peer; the replies come through the router and
 /// the LB counts none.
 fn serves_through_the_return_path(lab: &Lab) {
-    let (_, tx_before) = lab.return_path_packets().unwrap_or((0, 0));
+    let (_, tx_before) = lab.return_path_packets().unwrap();
     let mut names = BTreeSet::new();
     for i in 0..24 {
         let mut c = lab.http_connect_at(VIP, 80).unwrap();

@@ -152,11 +152,7 @@ impl Lab {
             )?;
             Ok(v.trim().parse()?)
         };
-        let (rx, tx) = (read("rx")?, read("tx")?);
-        if tx == 0 && rx == 0 {
-            bail!("r0 saw nothing");
-        }
-        Ok((rx, tx))
+        Ok((read("rx")?, read("tx")?))
     }
 }
 
