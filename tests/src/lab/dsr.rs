@@ -216,14 +216,18 @@ fn arp_exchange(
         tv_usec: 0,
     };
     // SAFETY: a valid socket and timeval.
-    unsafe {
+    let rc = unsafe {
         libc::setsockopt(
             raw,
             libc::SOL_SOCKET,
             libc::SO_RCVTIMEO,
             (&raw const tv).cast(),
             size_of::<libc::timeval>() as libc::socklen_t,
-        );
+        )
+    };
+    // Without the timeout a silent link would block the receive below for ever.
+    if rc != 0 {
+        bail!("SO_RCVTIMEO: {}", std::io::Error::last_os_error());
     }
     let mut f = vec![0xff; 6];
     f.extend_from_slice(&mac);
