@@ -100,8 +100,10 @@ pub mod map_names {
     /// program across its tail call (per CPU).
     pub const ENCAP_TMP: &str = "LB_ENCAP_TMP";
     pub const TOO_BIG_RL: &str = "LB_TOO_BIG_RL";
+    /// Tunnel probes: what the probe device's tc program did (`crate::encap::probe`).
+    pub const PROBE_STATS: &str = crate::encap::probe::STATS;
     /// Every map, in the order the agent opens them.
-    pub const ALL: [&str; 44] = [
+    pub const ALL: [&str; 45] = [
         SERVICES4,
         VIPS4,
         BACKENDS4,
@@ -146,6 +148,7 @@ pub mod map_names {
         ENCAP,
         ENCAP_TMP,
         TOO_BIG_RL,
+        PROBE_STATS,
     ];
 }
 

@@ -287,12 +287,127 @@ pub mod decap {
     crate::impl_user_pod!(DecapConfig);
 }
 
+/// Health probes through the tunnel (`--probe-via tunnel`): the agent's probe sockets carry a
+/// mark naming the (service, backend) pair's backend id and the service's mode; a policy rule
+/// sends marked packets to a table whose only route leaves by the probe device
+/// ([`probe::DEVICE`]), where the tc program [`probe::PROGRAM`] (in the XDP object, so that it
+/// reads the same backend entries and `LB_ENCAP`) encapsulates each to its backend as the fast
+/// path would a client's packet, and hands it to the backend's link.
+pub mod probe {
+    /// The mark's tag (bits 18..32): the policy rule matches it under [`MARK_MASK`].
+    pub const MARK_TAG: u32 = 0x4c40_0000;
+    pub const MARK_MASK: u32 = 0xfffc_0000;
+    /// The routing table the rule points to, and the rule's priority (before `main`'s 32766).
+    pub const TABLE: u32 = 0x4c42;
+    pub const RULE_PRIORITY: u32 = 0x4c42;
+    /// The device the table's routes leave by: a dummy (or ifb) device, which answers no ARP,
+    /// so the kernel hands the packet to its tc egress hook without resolving a neighbour.
+    pub const DEVICE: &str = "lbprobe0";
+    /// Its MTU, so that the LB's probe segments fit every tunnel on a 1500-byte link (1280 +
+    /// the largest overhead, 48, is well under 1500) and IPv6 has its minimum.
+    pub const DEVICE_MTU: u32 = 1280;
+    /// The tc classifier's name in the XDP object.
+    pub const PROGRAM: &str = "lb_probe_encap";
+    /// Its counters (`Outcome as u32`, per CPU).
+    pub const STATS: &str = "LB_PROBE_STATS";
+
+    /// The mark of a probe to backend `id` (an `LB_BACKENDS4`/`6` index, at most 16 bits) of a
+    /// service in floating-IP mode `mode` (`super::mode`, 2 bits): tag, mode in bits 16..18,
+    /// id in bits 0..16. `None` for an id that does not fit or a mode without a tunnel.
+    #[must_use]
+    pub const fn mark(mode: u32, id: u32) -> Option<u32> {
+        if id == 0 || id > 0xffff || mode == super::mode::DNAT || mode > super::mode::GUE {
+            return None;
+        }
+        Some(MARK_TAG | (mode << 16) | id)
+    }
+
+    /// The (mode, backend id) a mark names, if it is a probe's.
+    #[must_use]
+    pub const fn unmark(mark: u32) -> Option<(u32, u32)> {
+        if mark & MARK_MASK != MARK_TAG {
+            return None;
+        }
+        let (mode, id) = ((mark >> 16) & 3, mark & 0xffff);
+        if mode == super::mode::DNAT || id == 0 {
+            return None;
+        }
+        Some((mode, id))
+    }
+
+    /// What the tc program did with a packet leaving the probe device; each is counted.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    #[repr(u32)]
+    pub enum Outcome {
+        /// Encapsulated (or, for `l2`, readdressed) and handed to the backend's link.
+        Sent = 0,
+        /// Not a probe's mark, or its backend entry is empty: dropped.
+        NoBackend = 1,
+        /// No route to the backend, or the kernel refused the redirect: dropped.
+        NoRoute = 2,
+        /// The packet is not IPv4 or IPv6 of the backend's family, or growing it failed:
+        /// dropped.
+        Malformed = 3,
+    }
+
+    /// Every outcome, in number order.
+    pub const ALL: [Outcome; 4] = [
+        Outcome::Sent,
+        Outcome::NoBackend,
+        Outcome::NoRoute,
+        Outcome::Malformed,
+    ];
+
+    impl Outcome {
+        /// Stable snake-case name, as the metrics spell it.
+        #[must_use]
+        pub const fn name(self) -> &'static str {
+            match self {
+                Self::Sent => "sent",
+                Self::NoBackend => "no_backend",
+                Self::NoRoute => "no_route",
+                Self::Malformed => "malformed",
+            }
+        }
+    }
+}
+
 #[cfg(all(test, feature = "std"))]
 mod tests {
     use proptest::prelude::*;
 
     use super::*;
     use crate::csum::{l4_v6, sum_words};
+
+    proptest! {
+        /// Every probe mark names its pair back, carries the tag the policy rule matches, and
+        /// nothing else is taken for one.
+        #[test]
+        fn probe_marks_round_trip(mode in 1u32..=3, id in 1u32..=0xffff, other: u32) {
+            let m = probe::mark(mode, id).unwrap();
+            prop_assert_eq!(m & probe::MARK_MASK, probe::MARK_TAG);
+            prop_assert_eq!(probe::unmark(m), Some((mode, id)));
+            if other & probe::MARK_MASK != probe::MARK_TAG {
+                prop_assert_eq!(probe::unmark(other), None);
+            }
+        }
+    }
+
+    #[test]
+    fn probe_marks_refuse_what_has_no_tunnel() {
+        assert_eq!(probe::mark(mode::DNAT, 7), None);
+        assert_eq!(probe::mark(mode::GUE, 0), None);
+        assert_eq!(probe::mark(mode::GUE, 0x1_0000), None);
+        assert_eq!(probe::unmark(probe::MARK_TAG | 7), None, "mode 0 is DNAT");
+        assert_eq!(
+            probe::unmark(probe::MARK_TAG | (2 << 16)),
+            None,
+            "id 0 is no backend"
+        );
+        // The tag fits the kernel's 32-bit mark and leaves the low 18 bits to the pair.
+        assert_eq!(probe::MARK_TAG & !probe::MARK_MASK, 0);
+        assert_eq!(!probe::MARK_MASK, 0x3_ffff);
+    }
 
     #[test]
     fn overheads_are_the_outer_headers() {

@@ -27,6 +27,7 @@ mod parse6;
 mod pip;
 mod pip6;
 mod policy;
+mod probe;
 mod select;
 mod six;
 mod stats;

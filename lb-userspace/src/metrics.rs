@@ -171,6 +171,19 @@ pub fn render(status: &StatusView, stats: &StatsView) -> String {
         }
     }
 
+    o.family(
+        "lb_probe_tunnel_packets_total",
+        COUNTER,
+        "Packets of health probes through the tunnel (--probe-via tunnel) at the probe device's tc program, by outcome: sent (encapsulated to the backend), no_backend (no entry for the probe's mark), no_route (the backend's next hop is not resolved yet), malformed.",
+    );
+    for (outcome, n) in &stats.probe_tunnel {
+        o.sample(
+            "lb_probe_tunnel_packets_total",
+            &[("outcome", outcome.as_str())],
+            *n,
+        );
+    }
+
     let services: Vec<_> = stats
         .services
         .iter()
@@ -644,6 +657,7 @@ mod tests {
             backends: 2,
             in_rotation: 1,
             probe: None,
+            probe_via: "direct".into(),
             probe_interval: "15s".into(),
             probe_timeout: "5s".into(),
             unhealthy_after: 2,
@@ -728,6 +742,7 @@ mod tests {
             tcp_reset_errors: 0,
             sweeps: 9,
             sweep_errors: 1,
+            probe_tunnel: BTreeMap::from([("sent".into(), 6), ("no_route".into(), 1)]),
             xmit_failures: vec![crate::api::XmitFailView {
                 interface: "l0".into(),
                 ifindex: 2,
@@ -897,6 +912,8 @@ mod tests {
         assert_eq!(value(&s, "lb_tcp_resets_total", &[("result", "failed")]), 0);
         assert_eq!(value(&s, "lb_sweeps_total", &[("result", "done")]), 9);
         assert_eq!(value(&s, "lb_sweeps_total", &[("result", "failed")]), 1);
+        let tunnel = |o| value(&s, "lb_probe_tunnel_packets_total", &[("outcome", o)]);
+        assert_eq!((tunnel("sent"), tunnel("no_route")), (6, 1));
         let lost = |way| {
             value(
                 &s,

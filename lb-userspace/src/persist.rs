@@ -158,7 +158,7 @@ mod tests {
     fn a_floating_ip_service_survives_the_state_file() {
         let dir = std::env::temp_dir().join(format!("lb-persist-fip-{}", std::process::id()));
         let path = dir.join("state.toml");
-        let cfg_text = "[agent]\nencap_source4 = \"192.0.2.1\"\n\n[[service]]\nvip = \"203.0.113.10:80/tcp\"\nfloating_ip = \"gue\"\nbackends = [\"192.0.2.11\"]\n";
+        let cfg_text = "[agent]\nencap_source4 = \"192.0.2.1\"\n\n[[service]]\nvip = \"203.0.113.10:80/tcp\"\nfloating_ip = \"gue\"\nprobe = \"tcp\"\nprobe_via = \"tunnel\"\nbackends = [\"192.0.2.11\"]\n";
         let cfg = crate::config::parse("c", cfg_text).unwrap();
         let from_config = State::from_config(&cfg);
         let d = digest(cfg_text);
@@ -169,6 +169,10 @@ mod tests {
         assert_eq!(
             s.services[&spec].settings.floating_ip,
             crate::spec::FloatingIp::Gue
+        );
+        assert_eq!(
+            s.services[&spec].settings.probe_via,
+            crate::spec::ProbeVia::Tunnel
         );
         // Without the config's settings the same file is refused, naming the setting.
         let e = initial_state(&path, &d, (from_config, AgentSettings::default())).unwrap_err();

@@ -4,36 +4,88 @@
 //!
 //! Probes come from the LB host's own stack: the source address is the LB's address on the
 //! interface towards the backend (the lab's 192.0.2.1), which is what a backend's firewall
-//! must allow. They go straight to the backend (DIP:probe port), not through the VIP.
+//! must allow. By default they go straight to the backend (DIP:probe port), not through the
+//! VIP. A floating-IP service's probes can instead go through the tunnel (`--probe-via
+//! tunnel`): the socket, bound to the outer source address and marked for the pair
+//! (`lb_common::encap::probe`), connects to VIP:probe port, and the probe device's tc program
+//! encapsulates it to the backend, which answers straight from the VIP.
 
-use std::{collections::HashMap, net::SocketAddr};
+use std::{collections::HashMap, net::SocketAddr, os::fd::AsRawFd as _, sync::Arc};
 
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::TcpStream,
+    net::{TcpSocket, TcpStream},
     sync::mpsc,
     task::JoinHandle,
     time::{MissedTickBehavior, timeout},
 };
 
 use crate::{
-    reconcile::{Event, ProbeReport, ProbeTarget},
+    reconcile::{Event, ProbeReport, ProbeTarget, Tunnel},
     spec::ServiceSpec,
 };
 
+/// Whether probes through the tunnel can run here: `Err(why)` if the agent could not set up
+/// their path (the probe device, its rule, route and tc program), which each such probe then
+/// reports as its failure.
+pub type TunnelPath = Arc<Result<(), String>>;
+
 /// Runs one probe now.
-pub async fn check(t: &ProbeTarget) -> (bool, String) {
-    match timeout(t.timeout, attempt(t)).await {
+pub async fn check(t: &ProbeTarget, path: &TunnelPath) -> (bool, String) {
+    match timeout(t.timeout, attempt(t, path)).await {
         Ok(Ok(detail)) => (true, detail),
         Ok(Err(detail)) => (false, detail),
         Err(_) => (false, format!("timeout after {:?}", t.timeout)),
     }
 }
 
-async fn attempt(t: &ProbeTarget) -> Result<String, String> {
-    let mut s = TcpStream::connect(t.addr)
+/// The probe's connection: straight, or through the tunnel.
+async fn connect(t: &ProbeTarget, path: &TunnelPath) -> Result<TcpStream, String> {
+    let (mark, source) = match t.via {
+        None => {
+            return TcpStream::connect(t.addr)
+                .await
+                .map_err(|e| format!("connect: {e}"));
+        }
+        Some(Tunnel::NoEntry) => {
+            return Err("through the tunnel: the backend has no entry yet".into());
+        }
+        Some(Tunnel::Via { mark, source }) => (mark, source),
+    };
+    if let Err(why) = path.as_ref() {
+        return Err(format!(
+            "through the tunnel: the probe path is not set up: {why}"
+        ));
+    }
+    let s = if t.addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(|e| format!("socket: {e}"))?;
+    let m: libc::c_int = mark.cast_signed();
+    // SAFETY: a valid socket and a c_int option value of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MARK,
+            std::ptr::from_ref(&m).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(format!("SO_MARK: {}", std::io::Error::last_os_error()));
+    }
+    s.bind(SocketAddr::new(source, 0))
+        .map_err(|e| format!("bind {source}: {e}"))?;
+    s.connect(t.addr)
         .await
-        .map_err(|e| format!("connect: {e}"))?;
+        .map_err(|e| format!("connect through the tunnel: {e}"))
+}
+
+async fn attempt(t: &ProbeTarget, path: &TunnelPath) -> Result<String, String> {
+    let mut s = connect(t, path).await?;
     let Some(path) = &t.http_path else {
         return Ok("connected".into());
     };
@@ -70,13 +122,13 @@ async fn attempt(t: &ProbeTarget) -> Result<String, String> {
     }
 }
 
-async fn run(t: ProbeTarget, tx: mpsc::Sender<Event>) {
+async fn run(t: ProbeTarget, tx: mpsc::Sender<Event>, path: TunnelPath) {
     let mut iv = tokio::time::interval(t.interval);
     // A probe that ran long does not cause a burst of catch-up probes.
     iv.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         iv.tick().await;
-        let (ok, detail) = check(&t).await;
+        let (ok, detail) = check(&t, &path).await;
         let r = ProbeReport {
             service: t.service,
             backend: t.backend,
@@ -92,14 +144,16 @@ async fn run(t: ProbeTarget, tx: mpsc::Sender<Event>) {
 /// The running probe tasks, kept equal to what the reconciler wants.
 pub struct Prober {
     tx: mpsc::Sender<Event>,
+    path: TunnelPath,
     tasks: HashMap<(ServiceSpec, SocketAddr), (ProbeTarget, JoinHandle<()>)>,
 }
 
 impl Prober {
     #[must_use]
-    pub fn new(tx: mpsc::Sender<Event>) -> Self {
+    pub fn new(tx: mpsc::Sender<Event>, path: TunnelPath) -> Self {
         Self {
             tx,
+            path,
             tasks: HashMap::new(),
         }
     }
@@ -117,7 +171,7 @@ impl Prober {
                     if let Some((_, h)) = old {
                         h.abort();
                     }
-                    let h = tokio::spawn(run(t.clone(), self.tx.clone()));
+                    let h = tokio::spawn(run(t.clone(), self.tx.clone(), self.path.clone()));
                     keep.insert(key, (t, h));
                 }
             }
@@ -164,7 +218,12 @@ mod tests {
             http_path: path.map(str::to_owned),
             interval: Duration::from_secs(1),
             timeout: Duration::from_millis(500),
+            via: None,
         }
+    }
+
+    async fn check_direct(t: &ProbeTarget) -> (bool, String) {
+        check(t, &Arc::new(Ok(()))).await
     }
 
     /// A one-shot HTTP server on loopback answering `status`.
@@ -186,14 +245,17 @@ mod tests {
     #[tokio::test]
     async fn tcp_and_http_outcomes() {
         let ok = server("200 OK").await;
-        assert_eq!(check(&target(ok, None)).await, (true, "connected".into()));
         assert_eq!(
-            check(&target(ok, Some("/healthz"))).await,
+            check_direct(&target(ok, None)).await,
+            (true, "connected".into())
+        );
+        assert_eq!(
+            check_direct(&target(ok, Some("/healthz"))).await,
             (true, "HTTP 200".into())
         );
         let err = server("500 Internal Server Error").await;
         assert_eq!(
-            check(&target(err, Some("/healthz"))).await,
+            check_direct(&target(err, Some("/healthz"))).await,
             (false, "HTTP 500".into())
         );
         // Nothing listens on a freshly closed port: refused.
@@ -202,7 +264,7 @@ mod tests {
             .unwrap()
             .local_addr()
             .unwrap();
-        let (up, detail) = check(&target(closed, None)).await;
+        let (up, detail) = check_direct(&target(closed, None)).await;
         assert!(!up && detail.starts_with("connect:"), "{detail}");
     }
 
@@ -217,8 +279,29 @@ mod tests {
                 held.push(s);
             }
         });
-        let (up, detail) = check(&target(a, Some("/"))).await;
+        let (up, detail) = check_direct(&target(a, Some("/"))).await;
         assert!(!up);
         assert_eq!(detail, "timeout after 500ms");
+    }
+
+    /// A probe through the tunnel says why it cannot run: no entry for its backend yet, or no
+    /// probe path on this host. Neither is ever taken for a healthy backend.
+    #[tokio::test]
+    async fn tunnel_probes_without_a_path_fail_saying_why() {
+        let ok = server("200 OK").await;
+        let mut t = target(ok, None);
+        t.via = Some(Tunnel::NoEntry);
+        let (up, detail) = check_direct(&t).await;
+        assert!(!up && detail.contains("no entry yet"), "{detail}");
+        t.via = Some(Tunnel::Via {
+            mark: lb_common::encap::probe::mark(2, 7).unwrap(),
+            source: ok.ip(),
+        });
+        let (up, detail) = check(&t, &Arc::new(Err("no dummy device".into()))).await;
+        assert!(!up, "{detail}");
+        assert_eq!(
+            detail,
+            "through the tunnel: the probe path is not set up: no dummy device"
+        );
     }
 }

@@ -606,6 +606,20 @@ word_enum!(
     Gue = "gue"
 );
 
+/// Where a floating-IP service's probes go: straight to the backend's address (the default),
+/// or through the tunnel to VIP:port, as clients' packets do (`lb_common::encap::probe`), so
+/// that the whole DSR path is probed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ProbeVia {
+    /// DIP:probe port.
+    #[default]
+    Direct,
+    /// VIP:probe port, encapsulated (or, for `l2`, readdressed) to the backend.
+    Tunnel,
+}
+
+word_enum!(ProbeVia, "probe path", Direct = "direct", Tunnel = "tunnel");
+
 /// A backend's administrative state: it overrides the probes, not a drain or weight 0.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Admin {
@@ -831,6 +845,7 @@ serde_text!(
     Replies,
     Distribution,
     FloatingIp,
+    ProbeVia,
     Admin
 );
 

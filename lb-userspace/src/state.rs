@@ -973,6 +973,9 @@ impl State {
             if s.floating_ip != crate::spec::FloatingIp::Off {
                 let _ = writeln!(o, "floating_ip = \"{}\"", s.floating_ip);
             }
+            if s.probe_via != crate::spec::ProbeVia::Direct {
+                let _ = writeln!(o, "probe_via = \"{}\"", s.probe_via);
+            }
             write_lifetime(&mut o, s);
             o.push_str("backends = [\n");
             for b in svc.backends.values() {

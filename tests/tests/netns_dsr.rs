@@ -304,3 +304,123 @@ fn gue_backends_decapsulate_spread_over_source_ports_and_tear_down() {
         ports.len()
     );
 }
+
+/// Probes through the tunnel (`probe_via = "tunnel"`) see the whole DSR path: with backend 1's
+/// floating-IP setup torn down (its decapsulation program detached and the VIP off its
+/// loopback) its server still answers at its own address, so a direct probe keeps it in
+/// rotation, but the tunnel probe, sent to VIP:80 the way clients' packets go, takes it out;
+/// set up again, it comes back.
+fn tunnel_probes_follow_the_path(mode: &str) {
+    let mut lab = Lab::new(2).unwrap();
+    lab.add_return_path().unwrap();
+    for i in 1..=2 {
+        lab.backend_setup(i, "setup", mode, &[IpAddr::V4(VIP)])
+            .unwrap();
+        let b = &mut lab.backends[i - 1];
+        b.also = vec![IpAddr::V4(VIP)];
+        b.start_server_on(200, &[80], &[53]).unwrap();
+    }
+    lab.start_agent(&format!(
+        r#"
+[agent]
+encap_source4 = "192.0.2.1"
+gue_port = 6080
+
+[[service]]
+vip = "{WEB}"
+backends = ["192.0.2.11", "192.0.2.12"]
+floating_ip = "{mode}"
+probe = "http/healthz"
+probe_via = "tunnel"
+probe_interval = "100ms"
+probe_timeout = "100ms"
+
+[[service]]
+vip = "{DNS}"
+backends = ["192.0.2.11", "192.0.2.12"]
+floating_ip = "{mode}"
+probe = "tcp:80"
+probe_interval = "100ms"
+probe_timeout = "100ms"
+"#
+    ))
+    .unwrap();
+    lab.wait_ready().unwrap();
+    let entry = |svc: &str, addr: &str| {
+        let l = lab.lb_json(&["backend", "list", svc]).unwrap();
+        l["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["backend"] == addr)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let wait = |svc: &str, addr: &str, what: &str, up: bool| {
+        lb_integration::wait_until(
+            &format!("{svc} {addr}: {what}"),
+            IO_TIMEOUT * 3,
+            std::time::Duration::from_millis(25),
+            || entry(svc, addr)["in_rotation"] == up,
+        )
+        .unwrap_or_else(|e| panic!("{e}; last {}\n{}", entry(svc, addr), lab.agent_log()));
+    };
+    for a in ["192.0.2.11:80", "192.0.2.12:80"] {
+        wait(WEB, a, "in rotation through the tunnel", true);
+    }
+    let last = entry(WEB, "192.0.2.11:80");
+    assert_eq!(last["last_probe"]["detail"], "HTTP 200", "{last}");
+    // The probe device's program carried them (an HTTP probe is at least three packets).
+    let stats = lab.lb_json(&["stats"]).unwrap();
+    let tunnel = &stats["probe_tunnel"];
+    assert!(tunnel["sent"].as_u64().unwrap_or_default() >= 6, "{stats}");
+    // (`no_route` may count the first SYNs, sent before the agent had resolved the backend's
+    // neighbour: nothing else talks to a backend in floating-IP mode.)
+    for o in ["no_backend", "malformed"] {
+        assert_eq!(tunnel[o], 0, "{o}: {stats}");
+    }
+    let list = lab.lb_json(&["vip", "list"]).unwrap();
+    assert!(
+        list.to_string().contains(r#""probe_via":"tunnel""#),
+        "{list}"
+    );
+
+    lab.backend_setup(1, "teardown", mode, &[IpAddr::V4(VIP)])
+        .unwrap();
+    wait(WEB, "192.0.2.11:80", "out through the tunnel", false);
+    let down = entry(WEB, "192.0.2.11:80");
+    assert!(
+        down["reason"].as_str().unwrap().contains("timeout"),
+        "{down}"
+    );
+    let direct = entry(DNS, "192.0.2.11:53");
+    assert_eq!(direct["in_rotation"], true, "the direct probe: {direct}");
+    assert_eq!(entry(WEB, "192.0.2.12:80")["in_rotation"], true);
+    // New flows go to backend 2 alone.
+    for _ in 0..8 {
+        let mut c = lab.http_connect_at(VIP, 80).unwrap();
+        assert_eq!(c.get_with_ends().unwrap().0, "b2");
+    }
+
+    lab.backend_setup(1, "setup", mode, &[IpAddr::V4(VIP)])
+        .unwrap();
+    wait(WEB, "192.0.2.11:80", "back through the tunnel", true);
+}
+
+const WEB: &str = "203.0.113.60:80/tcp";
+const DNS: &str = "203.0.113.60:53/udp";
+
+#[test]
+fn tunnel_probes_ipip() {
+    tunnel_probes_follow_the_path("ipip");
+}
+
+#[test]
+fn tunnel_probes_gue() {
+    tunnel_probes_follow_the_path("gue");
+}
+
+#[test]
+fn tunnel_probes_l2() {
+    tunnel_probes_follow_the_path("l2");
+}

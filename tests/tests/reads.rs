@@ -60,6 +60,9 @@ impl MapReader for HeldWalk {
     fn reason_counters(&self) -> Result<Vec<u64>, MapOpError> {
         self.side.reason_counters()
     }
+    fn probe_tunnel(&self) -> Result<Vec<u64>, MapOpError> {
+        self.side.probe_tunnel()
+    }
     fn each_flow(
         &self,
         f: &mut dyn FnMut(lb_userspace::dataplane::TrackedFlow<'_>),

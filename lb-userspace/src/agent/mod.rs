@@ -217,6 +217,10 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         tracing::info!(interface = %name, ?how, "XDP program attached through a pinned link");
     }
     tracing::info!(interfaces = ?opts.interfaces, ?mode, pin_dir = %opts.pin_dir.display(), "XDP program attached");
+    let tunnel_path = Arc::new(probe_path(&mut dp));
+    if let Err(why) = tunnel_path.as_ref() {
+        tracing::warn!("probes through the tunnel (--probe-via tunnel) will fail: {why}");
+    }
 
     let info = AgentInfo {
         interfaces: opts.interfaces.clone(),
@@ -380,7 +384,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     });
     let prober_events = events.clone();
     let prober = tokio::spawn(async move {
-        let mut prober = Prober::new(prober_events);
+        let mut prober = Prober::new(prober_events, tunnel_path);
         loop {
             let targets = probes_rx.borrow_and_update().clone();
             prober.sync(targets);
@@ -507,6 +511,9 @@ impl MapReader for Reader {
     fn xmit_fails(&self) -> Result<Vec<(u32, lb_common::xmit::XmitFails)>, MapOpError> {
         self.maps.xmit_fails()
     }
+    fn probe_tunnel(&self) -> Result<Vec<u64>, MapOpError> {
+        self.maps.probe_tunnel()
+    }
     fn flow(
         &self,
         k: &lb_common::flow::FlowKey4,
@@ -621,6 +628,19 @@ fn nix_ifindex(name: &str) -> anyhow::Result<u32> {
         bail!("{}", std::io::Error::last_os_error());
     }
     Ok(idx)
+}
+
+/// The path of probes through the tunnel (`lb_common::encap::probe`): the probe device, its
+/// policy rule and routes (`crate::netlink::Netlink::probe_path_setup`), and the tc program
+/// on the device's egress. Set up at every start, whatever the services: a probe through the
+/// tunnel can be asked for at any time, and the steps are idempotent and cheap. Runs before
+/// the writer loop, so its blocking netlink exchanges hold nothing up.
+fn probe_path(dp: &mut Dataplane) -> Result<(), String> {
+    let mut nl =
+        crate::netlink::Netlink::open().map_err(|e| format!("{:#}", anyhow::Error::from(e)))?;
+    nl.probe_path_setup()
+        .map_err(|e| format!("{:#}", anyhow::Error::from(e)))?;
+    dp.attach_probe_encap(lb_common::encap::probe::DEVICE)
 }
 
 #[cfg(test)]

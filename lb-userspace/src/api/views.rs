@@ -136,6 +136,10 @@ pub struct ServiceView {
     /// The data path: `dnat`, or a floating-IP mode (`l2`, `ipip`, `gue`).
     #[serde(default)]
     pub mode: String,
+    /// Where the probes go: `direct` (the backend's address) or `tunnel` (VIP:port, through
+    /// the floating-IP tunnel).
+    #[serde(default)]
+    pub probe_via: String,
     pub counters: CountersView,
 }
 
@@ -317,4 +321,8 @@ pub struct StatsView {
     /// Per served interface, frames lost after the program sent them.
     #[serde(default)]
     pub xmit_failures: Vec<XmitFailView>,
+    /// Probes through the tunnel: packets of the probe device's tc program per outcome
+    /// (`sent`, `no_backend`, `no_route`, `malformed`).
+    #[serde(default)]
+    pub probe_tunnel: BTreeMap<String, u64>,
 }

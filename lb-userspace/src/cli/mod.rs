@@ -57,6 +57,10 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "parsed once per process; boxing would only complicate the clap derive"
+)]
 pub enum CliCommand {
     /// Run the agent: load and attach the XDP program, apply the config, serve the CLI.
     Agent(AgentArgs),
@@ -386,6 +390,10 @@ pub struct VipSettings {
     /// connected link) or encapsulated (ipip, gue) [default: off, destination NAT].
     #[arg(long, value_name = "off|l2|ipip|gue")]
     pub floating_ip: Option<String>,
+    /// Floating IP: probe each backend directly at its address, or through the tunnel at
+    /// VIP:port, as clients' packets reach it (the whole DSR path) [default: direct].
+    #[arg(long, value_name = "direct|tunnel")]
+    pub probe_via: Option<String>,
     #[command(flatten)]
     pub lifetime: LifetimeArgs,
 }
@@ -485,6 +493,11 @@ impl VipSettings {
             s.floating_ip = f
                 .parse()
                 .map_err(|e: SpecError| format!("--floating-ip: {e}"))?;
+        }
+        if let Some(v) = &self.probe_via {
+            s.probe_via = v
+                .parse()
+                .map_err(|e: SpecError| format!("--probe-via: {e}"))?;
         }
         if let Some(h) = &self.hairpin {
             s.hairpin = h

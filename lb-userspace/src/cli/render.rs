@@ -130,6 +130,9 @@ pub fn render(resp: &Response, format: Format) -> Result<String, (ErrorKind, Str
             for v in vips {
                 let what = match &v.probe {
                     _ if v.kind != "balanced" => v.kind.clone(),
+                    Some(p) if v.probe_via == "tunnel" => {
+                        format!("{p} via tunnel every {}", v.probe_interval)
+                    }
                     Some(p) => format!("{p} every {}", v.probe_interval),
                     None => "no probe".to_owned(),
                 };
@@ -531,6 +534,7 @@ mod tests {
                 sweeps: 0,
                 sweep_errors: 0,
                 xmit_failures: Vec::new(),
+                probe_tunnel: std::collections::BTreeMap::new(),
             }),
             Format::Table,
         )

@@ -404,6 +404,7 @@ mod tests {
             tcp_reset_errors: 0,
             sweeps: 0,
             sweep_errors: 0,
+            probe_tunnel: BTreeMap::new(),
             xmit_failures: vec![XmitFailView {
                 interface: "l1".into(),
                 ifindex: 3,

@@ -127,7 +127,22 @@ pub fn check_settings(s: &ServiceSettings) -> Result<(), String> {
 /// snat`), and no backend side the sweeper could reset (`--tcp-reset`: its RST would have to
 /// be encapsulated).
 fn check_floating(s: &ServiceSettings) -> Result<(), String> {
-    use crate::spec::FloatingIp;
+    use crate::spec::{FloatingIp, ProbeVia};
+    if s.probe_via == ProbeVia::Tunnel {
+        if s.floating_ip == FloatingIp::Off {
+            return Err(
+                "--probe-via tunnel needs --floating-ip l2, ipip or gue: with destination \
+                        NAT there is no tunnel, and the probe already goes where clients' \
+                        packets go"
+                    .into(),
+            );
+        }
+        if s.probe.is_none() {
+            return Err("--probe-via tunnel needs a probe (--probe tcp[:PORT] or \
+                        http[:PORT]/PATH)"
+                .into());
+        }
+    }
     if s.floating_ip == FloatingIp::Off {
         return Ok(());
     }

@@ -40,8 +40,8 @@ pub use self::{
     parse::{ConfigError, parse, parse_state},
 };
 use crate::spec::{
-    BackendSpec, Distribution, Established, FloatingIp, Hairpin, ProbeSpec, Replies, ServiceSpec,
-    WhenAllDown,
+    BackendSpec, Distribution, Established, FloatingIp, Hairpin, ProbeSpec, ProbeVia, Replies,
+    ServiceSpec, WhenAllDown,
 };
 
 /// A validated config.
@@ -281,6 +281,10 @@ pub struct ServiceSettings {
     /// reach them with it as their destination. A property of the service.
     #[serde(default)]
     pub floating_ip: FloatingIp,
+    /// Where the probes go: the backend's address, or (floating IP only) through the tunnel to
+    /// VIP:port.
+    #[serde(default)]
+    pub probe_via: ProbeVia,
 }
 
 /// The idle timeouts of an endpoint's TCP and UDP flows: its own, or each protocol's default
@@ -330,6 +334,7 @@ impl Default for ServiceSettings {
             idle_timeout: None,
             tcp_reset: false,
             floating_ip: FloatingIp::Off,
+            probe_via: ProbeVia::Direct,
         }
     }
 }

@@ -124,6 +124,7 @@ struct RawService {
     idle_timeout: Option<Spanned<String>>,
     tcp_reset: Option<Spanned<bool>>,
     floating_ip: Option<Spanned<String>>,
+    probe_via: Option<Spanned<String>>,
 }
 
 /// `"192.0.2.11:80"` or `{ addr = "192.0.2.11:80", weight = 3, drained = false, admin = "up" }`.
@@ -361,6 +362,12 @@ fn parse_from(file: &str, text: &str, base: AgentSettings) -> Result<Config, Con
             agent
                 .check_encap(&spec, &settings)
                 .map_err(|m| err(f.span(), field("floating_ip"), m))?;
+        }
+        if let Some(v) = &s.probe_via {
+            settings.probe_via = v
+                .get_ref()
+                .parse()
+                .map_err(|e: SpecError| err(v.span(), field("probe_via"), e.0))?;
         }
         settings.icmp_echo = s.icmp_echo.unwrap_or(true);
         (settings.idle_timeout, settings.tcp_reset) = parse_lifetime(
@@ -989,6 +996,9 @@ established = "rebalance"
             ("[[service]]\nvip = \"[2001:db8:3::10]:80/tcp\"\nfloating_ip = \"ipip\"\n".into(), 3, "service[0].floating_ip", "set agent.encap_source6"),
             (with("floating_ip = \"l2\"\nreplies = \"stateless\"\n"), 2, "service[0].settings", "--replies stateless"),
             (with("floating_ip = \"l2\"\ntcp_reset = true\n"), 2, "service[0].settings", "--tcp-reset"),
+            (with("probe_via = \"sideways\"\n"), 3, "service[0].probe_via", "direct tunnel"),
+            (with("probe = \"tcp\"\nprobe_via = \"tunnel\"\n"), 2, "service[0].settings", "needs --floating-ip"),
+            (with("floating_ip = \"l2\"\nprobe_via = \"tunnel\"\n"), 2, "service[0].settings", "needs a probe"),
             (with("floating_ip = \"l2\"\nbackends = [\"192.0.2.11:8080\"]\n"), 4, "service[0].backends[0]", "the VIP's own port 80"),
             ("[agent]\nencap_source4 = \"2001:db8::1\"\n".into(), 2, "agent.encap_source4", "not an IPv4 address"),
             ("[agent]\nencap_source6 = \"ff02::1\"\n".into(), 2, "agent.encap_source6", "not a unicast address"),

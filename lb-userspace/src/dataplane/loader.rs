@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData, PerCpuHashMap, PerCpuValues, ProgramArray},
-    programs::{TracePoint, Xdp, XdpMode},
+    programs::{SchedClassifier, TcAttachType, TracePoint, Xdp, XdpMode},
 };
 use lb_common::{
     consts::{
@@ -125,6 +125,20 @@ impl Dataplane {
                     source,
                 })?;
         }
+        // The tunnel probes' tc program, verified with the rest; attached by
+        // `attach_probe_encap` once the probe device exists.
+        let probe: &mut SchedClassifier = ebpf
+            .program_mut(lb_common::encap::probe::PROGRAM)
+            .ok_or(LoadError::MissingProgram(lb_common::encap::probe::PROGRAM))?
+            .try_into()
+            .map_err(|source| LoadError::Program {
+                what: lb_common::encap::probe::PROGRAM.into(),
+                source,
+            })?;
+        probe.load().map_err(|source| LoadError::Program {
+            what: format!("load {}", lb_common::encap::probe::PROGRAM),
+            source,
+        })?;
         // The tail-call slots (hairpin, outbound, IPv6), each replaced in place: a pinned array
         // that a previous agent filled keeps working until this update.
         let mut progs: ProgramArray<MapData> = take_map(&mut ebpf, map_names::PROGS)?;
@@ -207,6 +221,24 @@ impl Dataplane {
             tp.attach("xdp", point)
                 .map_err(|e| format!("attach {prog} to xdp:{point}: {e}"))?;
         }
+        Ok(())
+    }
+
+    /// Attaches the tunnel probes' tc program (`lb_common::encap::probe`) to `iface`'s egress,
+    /// for as long as `self` lives (a TCX link: a restarted agent attaches its own).
+    ///
+    /// # Errors
+    /// The kernel refuses the attachment.
+    pub fn attach_probe_encap(&mut self, iface: &str) -> Result<(), String> {
+        let name = lb_common::encap::probe::PROGRAM;
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| format!("the object has no program {name}"))?
+            .try_into()
+            .map_err(|e| format!("{name}: {e}"))?;
+        prog.attach(iface, TcAttachType::Egress)
+            .map_err(|e| format!("attach {name} to {iface} egress: {e}"))?;
         Ok(())
     }
 

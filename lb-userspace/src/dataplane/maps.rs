@@ -77,6 +77,8 @@ pub struct SideMaps {
     pub svc_stats: PerCpuArray<MapData, Counters>,
     pub be_stats: PerCpuArray<MapData, Counters>,
     pub xmit_fails: PerCpuHashMap<MapData, u32, XmitFails>,
+    /// What the tunnel probes' tc program did (`lb_common::encap::probe::Outcome`).
+    pub probe_stats: PerCpuArray<MapData, u64>,
 }
 
 impl Maps {
@@ -115,6 +117,7 @@ impl Maps {
                 svc_stats: take_map(ebpf, map_names::SERVICE_STATS)?,
                 be_stats: take_map(ebpf, map_names::BACKEND_STATS)?,
                 xmit_fails: take_map(ebpf, map_names::XMIT_FAILS)?,
+                probe_stats: take_map(ebpf, map_names::PROBE_STATS)?,
             },
         })
     }
@@ -143,6 +146,7 @@ impl SideMaps {
             svc_stats: pinned(dir, map_names::SERVICE_STATS, aya::maps::Map::PerCpuArray)?,
             be_stats: pinned(dir, map_names::BACKEND_STATS, aya::maps::Map::PerCpuArray)?,
             xmit_fails: pinned(dir, map_names::XMIT_FAILS, aya::maps::Map::PerCpuHashMap)?,
+            probe_stats: pinned(dir, map_names::PROBE_STATS, aya::maps::Map::PerCpuArray)?,
         })
     }
 
@@ -318,6 +322,18 @@ impl MapReader for SideMaps {
         }
         Ok(out)
     }
+    fn probe_tunnel(&self) -> Result<Vec<u64>, MapOpError> {
+        lb_common::encap::probe::ALL
+            .iter()
+            .map(|o| {
+                let v = self
+                    .probe_stats
+                    .get(&(*o as u32), 0)
+                    .map_err(op_err(map_names::PROBE_STATS, "read"))?;
+                Ok(v.iter().sum())
+            })
+            .collect()
+    }
 }
 
 impl FlowPurge for SideMaps {
@@ -369,6 +385,9 @@ impl MapReader for Maps {
     }
     fn xmit_fails(&self) -> Result<Vec<(u32, XmitFails)>, MapOpError> {
         self.side.xmit_fails()
+    }
+    fn probe_tunnel(&self) -> Result<Vec<u64>, MapOpError> {
+        self.side.probe_tunnel()
     }
     fn flow(&self, k: &FlowKey4) -> Result<Option<ConnEntry4>, MapOpError> {
         self.side.flow(k)

@@ -157,6 +157,10 @@ pub trait MapReader {
     fn flow6(&self, _k: &FlowKey6) -> Result<Option<ConnEntry6>, MapOpError> {
         Ok(None)
     }
+    /// Packets of the tunnel probes' tc program per outcome, in
+    /// `lb_common::encap::probe::ALL` order. No default: a reader that delegates must say so
+    /// (a defaulted method here once read as empty through the agent's reader).
+    fn probe_tunnel(&self) -> Result<Vec<u64>, MapOpError>;
     /// Frames lost after the program sent them, per served ifindex (`lb_common::xmit`).
     fn xmit_fails(&self) -> Result<Vec<(u32, lb_common::xmit::XmitFails)>, MapOpError> {
         Ok(Vec::new())

@@ -19,6 +19,7 @@
 mod address;
 mod link;
 mod neigh;
+mod probe_path;
 mod resolver;
 mod route;
 mod socket;
@@ -78,6 +79,9 @@ pub enum Request {
         /// The address.
         ip: IpAddr,
     },
+    /// A step of the tunnel probes' path (`probe_path.rs`): link add, link set up, rule add,
+    /// route replace.
+    ProbePath(&'static str),
     /// `RTM_DELADDR`.
     AddressDelete {
         /// Interface the address is on.
@@ -102,6 +106,7 @@ impl fmt::Display for Request {
             }
             Self::LinkGet(ifindex) => write!(f, "link get ifindex {ifindex}"),
             Self::NsidGet => f.write_str("nsid get"),
+            Self::ProbePath(step) => write!(f, "probe path: {step}"),
             Self::AddressAdd { ifindex, ip } => write!(f, "address add {ip} on ifindex {ifindex}"),
             Self::AddressDelete { ifindex, ip } => {
                 write!(f, "address delete {ip} on ifindex {ifindex}")

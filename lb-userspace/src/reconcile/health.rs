@@ -19,12 +19,26 @@ use crate::{
 pub struct ProbeTarget {
     pub service: ServiceSpec,
     pub backend: SocketAddr,
-    /// Where the probe connects: the backend's address and the probe port.
+    /// Where the probe connects: the backend's address and the probe port, or through the
+    /// tunnel the VIP and the probe port.
     pub addr: SocketAddr,
     /// `None`: TCP connect; `Some(path)`: HTTP GET that must answer 200.
     pub http_path: Option<String>,
     pub interval: Duration,
     pub timeout: Duration,
+    /// `Some`: through the tunnel (`--probe-via tunnel`).
+    pub via: Option<Tunnel>,
+}
+
+/// How a probe goes through the floating-IP tunnel (`lb_common::encap::probe`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tunnel {
+    /// The socket's mark (the backend's id and the service's mode) and the LB address it
+    /// binds to: the outer source, which the backend answers straight from VIP:port.
+    Via { mark: u32, source: std::net::IpAddr },
+    /// The backend has no entry yet (the writer has not placed it): the probe fails, saying
+    /// so, until it has one.
+    NoEntry,
 }
 
 /// One probe's outcome.

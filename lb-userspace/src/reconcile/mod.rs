@@ -44,7 +44,7 @@ use tokio::sync::oneshot;
 
 pub use self::{
     alloc::GRACE,
-    health::{ProbeReport, ProbeTarget},
+    health::{ProbeReport, ProbeTarget, Tunnel},
     hops::{Hop, NetChange, Resolution, ResolveJob, Resolver},
     live::Live,
     outbound::OutHold,
@@ -1330,14 +1330,37 @@ impl<M: MapOps> Reconciler<M> {
                 ProbeSpec::Tcp { port } => (*port, None),
                 ProbeSpec::Http { port, path } => (*port, Some(path.clone())),
             };
+            let tunnel = svc.settings.probe_via == crate::spec::ProbeVia::Tunnel;
+            let ids = self
+                .live
+                .services
+                .get(spec)
+                .and_then(|i| self.live.backends_of(i.id));
             for addr in svc.backends.keys() {
+                let (to, via) = if tunnel {
+                    let e = &self.info.encap;
+                    let source = if spec.vip.is_ipv4() {
+                        IpAddr::from(e.src4)
+                    } else {
+                        IpAddr::from(e.src6)
+                    };
+                    let mode = svc.settings.floating_ip.mode();
+                    let via = ids
+                        .and_then(|m| m.get(addr))
+                        .and_then(|id| lb_common::encap::probe::mark(mode, *id))
+                        .map_or(Tunnel::NoEntry, |mark| Tunnel::Via { mark, source });
+                    (spec.vip.ip(), Some(via))
+                } else {
+                    (addr.ip(), None)
+                };
                 v.push(ProbeTarget {
                     service: *spec,
                     backend: *addr,
-                    addr: std::net::SocketAddr::new(addr.ip(), port.unwrap_or(addr.port())),
+                    addr: std::net::SocketAddr::new(to, port.unwrap_or(addr.port())),
                     http_path: http_path.clone(),
                     interval: svc.settings.interval,
                     timeout: svc.settings.timeout,
+                    via,
                 });
             }
         }

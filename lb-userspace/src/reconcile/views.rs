@@ -258,6 +258,11 @@ impl Pending {
                     sweeps: sweeps.passes,
                     sweep_errors: sweeps.pass_errors,
                     xmit_failures: xmit_views(r, &ifaces)?,
+                    probe_tunnel: lb_common::encap::probe::ALL
+                        .iter()
+                        .zip(r.probe_tunnel()?)
+                        .map(|(o, n)| (o.name().to_owned(), n))
+                        .collect(),
                 })
             }
             Self::Acl(mut a, id) => {
@@ -433,6 +438,7 @@ impl Source<'_> {
                 idle_timeout: crate::config::idle_timeout_text(spec.proto, st.idle_timeout),
                 tcp_reset: st.tcp_reset,
                 mode: lb_common::encap::mode_name(st.floating_ip.mode()).to_owned(),
+                probe_via: st.probe_via.to_string(),
                 counters: CountersView::default(),
             };
             let backends: Vec<BackendId> = live_backends.iter().map(|(_, id)| **id).collect();

@@ -1289,3 +1289,84 @@ fn floating_ip_services_carry_their_mode_and_have_no_reverse_entries() {
         "{r:?}"
     );
 }
+
+/// A floating-IP service probed through the tunnel: each backend's probe connects to VIP:port
+/// from the outer source, marked with the backend's own entry and the service's mode; a direct
+/// service's probe goes to the backend's address, unmarked.
+#[test]
+fn tunnel_probes_target_the_vip_marked_for_their_backend() {
+    use lb_common::encap::{EncapConfig, mode, probe};
+
+    use crate::reconcile::Tunnel;
+    let info = AgentInfo {
+        ring_slots: 1 << 16,
+        encap: EncapConfig {
+            src4: [192, 0, 2, 1],
+            ..EncapConfig::default()
+        },
+        ..AgentInfo::default()
+    };
+    let mut rc = Reconciler::new(FakeMaps::default(), info);
+    let settings = |via: &str| VipSettings {
+        table_size: Some(251),
+        floating_ip: Some("gue".into()),
+        probe: Some("http:8081/healthz".into()),
+        probe_via: Some(via.into()),
+        ..VipSettings::default()
+    };
+    add_with(
+        &mut rc,
+        WEB,
+        settings("tunnel"),
+        &["192.0.2.11", "192.0.2.12"],
+    );
+    add_with(
+        &mut rc,
+        "203.0.113.11:80/tcp",
+        settings("direct"),
+        &["192.0.2.11"],
+    );
+    let ids = rc.maps().backends.clone();
+    let mut seen = 0;
+    for t in rc.wanted_probes() {
+        if t.service == spec(WEB) {
+            assert_eq!(t.addr, "203.0.113.10:8081".parse().unwrap(), "{t:?}");
+            let Some(Tunnel::Via { mark, source }) = t.via else {
+                panic!("{t:?}");
+            };
+            assert_eq!(source, IpAddr::from([192, 0, 2, 1]));
+            let (m, id) = probe::unmark(mark).unwrap();
+            assert_eq!(m, mode::GUE);
+            let be = ids[&id];
+            assert_eq!(
+                (be.addr, be.service),
+                (
+                    lb_common::addr::from_ip(t.backend.ip()),
+                    rc.maps().services[&spec(WEB).key()].id
+                ),
+                "the mark names this pair's own entry"
+            );
+            seen += 1;
+        } else {
+            assert_eq!(t.addr, "192.0.2.11:8081".parse().unwrap());
+            assert_eq!(t.via, None);
+        }
+    }
+    assert_eq!(seen, 2);
+    // Through the tunnel needs floating IP and a probe.
+    let r = ask(
+        &mut rc,
+        Req::VipAdd {
+            service: "203.0.113.12:80/tcp".into(),
+            settings: VipSettings {
+                probe: Some("tcp".into()),
+                probe_via: Some("tunnel".into()),
+                ..VipSettings::default()
+            },
+        },
+    );
+    assert!(
+        matches!(&r, Response::Error { message, .. } if message.contains("--probe-via tunnel needs --floating-ip")),
+        "{r:?}"
+    );
+}

@@ -315,6 +315,9 @@ impl MapOps for FakeMaps {
 }
 
 impl MapReader for FakeMaps {
+    fn probe_tunnel(&self) -> Result<Vec<u64>, MapOpError> {
+        Ok(vec![0; lb_common::encap::probe::ALL.len()])
+    }
     fn service_counters(&self, _: u32) -> Result<Counters, MapOpError> {
         Ok(Counters::default())
     }
