@@ -140,6 +140,7 @@ fn dispatch<M: MapOps>(rec: &Reconciler<M>, fx: Effects, tasks: &Tasks, digest: 
         reply,
         state_changed,
         sweep_changed,
+        backend_ids_changed,
         reload,
         resolve,
         purge,
@@ -162,6 +163,8 @@ fn dispatch<M: MapOps>(rec: &Reconciler<M>, fx: Effects, tasks: &Tasks, digest: 
         tasks.probes.send_replace(rec.wanted_probes());
         tasks.sweep.send_replace(Some(Arc::new(rec.sweep_policy())));
         super::memory::give_back();
+    } else if backend_ids_changed {
+        tasks.probes.send_replace(rec.wanted_probes());
     }
     if let Some((tx, answer)) = reply {
         match answer {

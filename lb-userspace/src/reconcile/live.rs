@@ -32,6 +32,10 @@ pub struct Live {
     pub backends: HashMap<BackendId, Backend>,
     /// The active entries of each service id, by backend address (an index of `backends`).
     pub by_service: HashMap<u32, BTreeMap<SocketAddr, BackendId>>,
+    /// Bumped whenever `by_service` gives a (service, address) another entry or none: a
+    /// probe through the tunnel is marked with its backend's entry, so its target is stale
+    /// from then on (see `Effects::backend_ids_changed`).
+    pub ids_generation: u64,
     /// `LB_RING` regions written and not yet released, by offset: their slots.
     pub regions: HashMap<u32, Vec<BackendId>>,
     /// `LB_ACL4` sets written and not yet deleted, by set id: their entries in prefix order.
@@ -229,10 +233,15 @@ impl Live {
                 self.unindex(id, &old);
             }
         }
-        self.by_service
+        if self
+            .by_service
             .entry(b.service)
             .or_default()
-            .insert(backend_addr(&b), id);
+            .insert(backend_addr(&b), id)
+            != Some(id)
+        {
+            self.ids_generation += 1;
+        }
         self.by_endpoint.entry(endpoint(&b)).or_default().insert(id);
     }
 
@@ -324,6 +333,7 @@ impl Live {
         if let Some(m) = self.by_service.get_mut(&b.service) {
             if m.get(&backend_addr(b)) == Some(&id) {
                 m.remove(&backend_addr(b));
+                self.ids_generation += 1;
             }
             if m.is_empty() {
                 self.by_service.remove(&b.service);

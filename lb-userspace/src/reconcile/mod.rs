@@ -125,6 +125,10 @@ pub struct Effects {
     pub state_changed: bool,
     /// The sweeper's policy changed without the desired state (VIP-swap holds released).
     pub sweep_changed: bool,
+    /// A backend got another entry, or lost its entry, without the desired state changing (a
+    /// write retried on a tick, say): sync the probes, since a probe through the tunnel is
+    /// marked with its backend's entry.
+    pub backend_ids_changed: bool,
     /// The outcome of a reload: its tag, or why it was refused (nothing changed then).
     pub reload: Option<Result<String, String>>,
     /// Resolve these (none is in flight when this is set).
@@ -758,6 +762,7 @@ impl<M: MapOps> Reconciler<M> {
     /// Handles one event; what it asks of the tasks around the writer comes back as effects.
     pub fn handle_event(&mut self, ev: Event) -> Effects {
         let mut fx = Effects::default();
+        let ids = self.live.ids_generation;
         match ev {
             Event::Api(Request::Change(cmd), tx) => {
                 let (resp, changed) = match self.change(&cmd) {
@@ -876,6 +881,7 @@ impl<M: MapOps> Reconciler<M> {
         let queued = self.flush();
         fx.resolve = queued.resolve;
         fx.purge = queued.purge;
+        fx.backend_ids_changed = self.live.ids_generation != ids;
         fx
     }
 

@@ -1212,10 +1212,7 @@ fn a_vip_that_is_the_hosts_own_address_is_refused() {
 /// one is refused, naming the setting; `l2` needs none.
 #[test]
 fn floating_ip_services_carry_their_mode_and_have_no_reverse_entries() {
-    use lb_common::{
-        encap::{EncapConfig, mode},
-        maps::RevKey,
-    };
+    use lb_common::{encap::mode, maps::RevKey};
     let mut bare = rec(1 << 16);
     let gue = |s: &str| VipSettings {
         table_size: Some(251),
@@ -1236,15 +1233,7 @@ fn floating_ip_services_carry_their_mode_and_have_no_reverse_entries() {
     assert!(bare.maps().services.is_empty());
     add_with(&mut bare, WEB, gue("l2"), &["192.0.2.11"]);
 
-    let info = AgentInfo {
-        ring_slots: 1 << 16,
-        encap: EncapConfig {
-            src4: [192, 0, 2, 1],
-            ..EncapConfig::default()
-        },
-        ..AgentInfo::default()
-    };
-    let mut rc = Reconciler::new(FakeMaps::default(), info);
+    let mut rc = encap_rec();
     add_with(&mut rc, WEB, gue("gue"), &["192.0.2.11"]);
     let ep = RevKey::of(
         lb_common::addr::v4_mapped([192, 0, 2, 11]),
@@ -1290,23 +1279,101 @@ fn floating_ip_services_carry_their_mode_and_have_no_reverse_entries() {
     );
 }
 
+/// A backend's entry replaced while the desired state stays as it was: a backend removal that
+/// fails, and whose rollback fails too, retires the entry and leaves the service to a later
+/// tick, which writes a new one. Each event that moves a backend's entry says so in its
+/// effects (the writer then re-sends the probes), and the probes it gives then mark the new
+/// entry: the old one is free for another backend, and a probe still marked with it would
+/// test that other backend.
+#[test]
+fn a_backend_entry_replaced_without_a_state_change_re_marks_its_tunnel_probe() {
+    use crate::reconcile::{Event, Tunnel};
+    let settings = VipSettings {
+        table_size: Some(251),
+        floating_ip: Some("gue".into()),
+        probe: Some("tcp:8081".into()),
+        probe_via: Some("tunnel".into()),
+        ..VipSettings::default()
+    };
+    let b2: SocketAddr = "192.0.2.12:80".parse().unwrap();
+    let via = |r: &Rec| {
+        r.wanted_probes()
+            .into_iter()
+            .find(|t| t.backend == b2)
+            .and_then(|t| t.via)
+    };
+    let live_id = |r: &Rec| {
+        r.live()
+            .backends_of_spec(&spec(WEB))
+            .find(|(a, _)| **a == b2)
+            .map(|(_, id)| *id)
+    };
+    // Handles one event as the writer does; whether its effects said a backend's entry moved.
+    let moved = |r: &mut Rec, ev: Event| {
+        let fx = r.handle_event(ev);
+        let moved = fx.backend_ids_changed;
+        r.settle(fx);
+        moved
+    };
+    let mut replaced = 0;
+    for n in 1.. {
+        let mut r = encap_rec();
+        add_with(&mut r, WEB, settings.clone(), &["192.0.2.11", "192.0.2.12"]);
+        let first = live_id(&r).unwrap();
+        let del = Req::BackendDel {
+            service: WEB.into(),
+            backend: "192.0.2.12".into(),
+        };
+        let (tx, _rx) = oneshot::channel();
+        r.maps.fail_from = Some(r.maps.writes + n);
+        let failed = moved(&mut r, Event::Api(del.typed().unwrap(), tx));
+        r.maps.fail_from = None;
+        if !r.state().services[&spec(WEB)].backends.contains_key(&b2) {
+            assert!(
+                replaced > 0,
+                "no failure point replaced the entry: the test tests nothing"
+            );
+            return; // n is past the change's last write: it went through
+        }
+        assert_eq!(
+            failed,
+            live_id(&r) != Some(first),
+            "write {n}: the failed change's effects"
+        );
+        if r.dirty.is_empty() {
+            continue; // the rollback went through
+        }
+        let ticked = moved(&mut r, Event::Tick);
+        assert!(r.dirty.is_empty(), "write {n}: the tick put the maps right");
+        let now = live_id(&r).unwrap();
+        if now == first {
+            continue;
+        }
+        replaced += 1;
+        assert!(
+            ticked,
+            "write {n}: a new entry, and the tick's effects did not say so"
+        );
+        let Some(Tunnel::Via { mark, .. }) = via(&r) else {
+            panic!("write {n}: {:?}", via(&r));
+        };
+        assert_eq!(
+            lb_common::encap::probe::unmark(mark).map(|(_, id)| id),
+            Some(now),
+            "write {n}: the probe names the new entry"
+        );
+    }
+}
+
 /// A floating-IP service probed through the tunnel: each backend's probe connects to VIP:port
 /// from the outer source, marked with the backend's own entry and the service's mode; a direct
 /// service's probe goes to the backend's address, unmarked.
 #[test]
 fn tunnel_probes_target_the_vip_marked_for_their_backend() {
-    use lb_common::encap::{EncapConfig, mode, probe};
+    use lb_common::encap::{mode, probe};
 
     use crate::reconcile::Tunnel;
-    let info = AgentInfo {
-        ring_slots: 1 << 16,
-        encap: EncapConfig {
-            src4: [192, 0, 2, 1],
-            ..EncapConfig::default()
-        },
-        ..AgentInfo::default()
-    };
-    let mut rc = Reconciler::new(FakeMaps::default(), info);
+    let mut rc = encap_rec();
     let settings = |via: &str| VipSettings {
         table_size: Some(251),
         floating_ip: Some("gue".into()),

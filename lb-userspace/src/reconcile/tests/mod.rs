@@ -47,7 +47,8 @@ pub enum Op {
     PurgeStale(usize),
 }
 
-/// The maps in memory. `fail_at = Some(n)`: the n-th write from now on fails (once).
+/// The maps in memory. `fail_at = Some(n)`: the n-th write from now on fails (once);
+/// `fail_from = Some(n)`: every write from the n-th on fails, until it is cleared.
 #[derive(Clone, Default)]
 pub struct FakeMaps {
     pub services: HashMap<ServiceKey, ServiceInfo>,
@@ -78,12 +79,13 @@ pub struct FakeMaps {
     /// Writes so far, and the one that fails.
     pub writes: usize,
     pub fail_at: Option<usize>,
+    pub fail_from: Option<usize>,
 }
 
 impl FakeMaps {
     fn write(&mut self) -> Result<(), MapOpError> {
         self.writes += 1;
-        if self.fail_at == Some(self.writes) {
+        if self.fail_from.is_some_and(|n| self.writes >= n) || self.fail_at == Some(self.writes) {
             self.fail_at = None;
             return Err(MapOpError {
                 map: "FAKE",
@@ -436,6 +438,20 @@ pub const WEB: &str = "203.0.113.10:80/tcp";
 pub fn rec(ring_slots: u32) -> Rec {
     let info = AgentInfo {
         ring_slots,
+        ..AgentInfo::default()
+    };
+    Reconciler::new(FakeMaps::default(), info)
+}
+
+/// A reconciler whose agent has an IPv4 encapsulation source (192.0.2.1), as floating-IP
+/// `ipip` and `gue` services need.
+pub fn encap_rec() -> Rec {
+    let info = AgentInfo {
+        ring_slots: 1 << 16,
+        encap: lb_common::encap::EncapConfig {
+            src4: [192, 0, 2, 1],
+            ..lb_common::encap::EncapConfig::default()
+        },
         ..AgentInfo::default()
     };
     Reconciler::new(FakeMaps::default(), info)
