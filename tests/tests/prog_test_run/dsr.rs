@@ -20,6 +20,8 @@ use lb_integration::{
 
 use super::{B1, B1_MAC, B2, B2_MAC, FIB_MAC, Fixture};
 
+mod probe;
+
 const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 60);
 const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 3, 0, 0, 0, 0, 0x60);
 const SRC4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
