@@ -176,6 +176,20 @@ fn the_data_plane_outlives_the_agent_and_a_plain_stop_detaches() {
     lab.start_agent(CONFIG).unwrap();
     lab.wait_ready().unwrap();
     assert_eq!(held.get().unwrap(), backend);
+    let probe_path = |lab: &Lab| {
+        let links = lab.lb.ip(&["-o", "link", "show"]).unwrap();
+        let rules: Vec<String> = ["-4", "-6"]
+            .iter()
+            .map(|f| lab.lb.ip(&[f, "rule", "show"]).unwrap())
+            .collect();
+        (links, rules)
+    };
+    let (links, rules) = probe_path(&lab);
+    assert!(links.contains("lbprobe0"), "set up at start: {links}");
+    assert!(
+        rules.iter().all(|r| r.contains("lookup 19522")),
+        "{rules:?}"
+    );
     lab.stop_agent().unwrap();
     for dev in lab.lb_interfaces() {
         assert_eq!(
@@ -189,6 +203,11 @@ fn the_data_plane_outlives_the_agent_and_a_plain_stop_detaches() {
         "pins left under {}",
         lab.pin_dir.display()
     );
+    // And the probe path every start sets up: the device (with its table's routes) and the
+    // fwmark rules of both families.
+    let (links, rules) = probe_path(&lab);
+    assert!(!links.contains("lbprobe0"), "{links}");
+    assert!(rules.iter().all(|r| !r.contains("19522")), "{rules:?}");
 }
 
 /// A restart with an edited config: the new agent adopts the maps, then applies only the

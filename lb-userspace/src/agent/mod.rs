@@ -479,6 +479,10 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     }
     unpin_all(&opts.pin_dir)
         .with_context(|| format!("removing pins under {}", opts.pin_dir.display()))?;
+    // The probe path too (set up at every start): blocking netlink, but the writer is gone.
+    crate::netlink::Netlink::open()
+        .and_then(|mut nl| nl.probe_path_teardown())
+        .context("removing the probe path (lbprobe0, its rules)")?;
     Ok(())
 }
 

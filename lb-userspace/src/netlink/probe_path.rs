@@ -11,6 +11,8 @@
 //! A probe socket's mark sends its packets by the table's route to the probe device, which
 //! answers no ARP (so the kernel resolves no neighbour for the VIP) and drops whatever its tc
 //! program does not take. Every step is idempotent: a restarted agent finds them in place.
+//! A plain stop removes them (`ip rule del …`, `ip link del lbprobe0`); a stop with
+//! `--keep-attached` leaves them for the next agent.
 
 use lb_common::encap::probe;
 use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST};
@@ -69,6 +71,54 @@ impl Netlink {
             self.default_route(family, ifindex)?;
         }
         Ok(ifindex)
+    }
+
+    /// Removes the probe path (a plain stop's cleanup): the fwmark rules, then the device,
+    /// whose going takes its table's routes with it. What is already gone is no error.
+    ///
+    /// # Errors
+    /// The kernel refuses a removal for another reason (not permitted).
+    pub fn probe_path_teardown(&mut self) -> Result<(), NetlinkError> {
+        let gone = |e: &NetlinkError| {
+            matches!(
+                e.kernel_errno(),
+                Some(libc::ENOENT | libc::ENODEV | libc::ESRCH)
+            )
+        };
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut m = RuleMessage::default();
+            m.header.family = family;
+            m.header.action = RuleAction::ToTable;
+            m.attributes.extend([
+                RuleAttribute::FwMark(probe::MARK_TAG),
+                RuleAttribute::FwMask(probe::MARK_MASK),
+                RuleAttribute::Priority(probe::RULE_PRIORITY),
+                RuleAttribute::Table(probe::TABLE),
+            ]);
+            match self.exchange(
+                Request::ProbePath("rule del"),
+                RouteNetlinkMessage::DelRule(m),
+                NLM_F_REQUEST | NLM_F_ACK,
+                |_| {},
+            ) {
+                Err(e) if !gone(&e) => return Err(e),
+                _ => {}
+            }
+        }
+        let Some(ifindex) = ifindex_of(probe::DEVICE) else {
+            return Ok(());
+        };
+        let mut m = LinkMessage::default();
+        m.header.index = ifindex;
+        match self.exchange(
+            Request::ProbePath("link del"),
+            RouteNetlinkMessage::DelLink(m),
+            NLM_F_REQUEST | NLM_F_ACK,
+            |_| {},
+        ) {
+            Err(e) if !gone(&e) => Err(e),
+            _ => Ok(()),
+        }
     }
 
     fn link_add(&mut self, kind: InfoKind) -> Result<(), NetlinkError> {
