@@ -51,6 +51,14 @@ probe_interval = "1s"
 /// A lab of two backends behind the return path, each set up for `mode` by the CLI and
 /// serving on the VIP, with the agent running.
 fn dsr_lab(mode: &str) -> Lab {
+    let mut lab = dsr_backends(mode);
+    lab.start_agent(&config(mode)).unwrap();
+    lab.wait_ready().unwrap();
+    lab
+}
+
+/// [`dsr_lab`] without the agent.
+fn dsr_backends(mode: &str) -> Lab {
     let mut lab = Lab::new(2).unwrap();
     lab.add_return_path().unwrap();
     for i in 1..=2 {
@@ -67,8 +75,6 @@ fn dsr_lab(mode: &str) -> Lab {
         b.also = vec![IpAddr::V4(VIP)];
         b.start_server_on(200, &[80], &[53, SPORT_PORT]).unwrap();
     }
-    lab.start_agent(&config(mode)).unwrap();
-    lab.wait_ready().unwrap();
     lab
 }
 
@@ -311,15 +317,7 @@ fn gue_backends_decapsulate_spread_over_source_ports_and_tear_down() {
 /// rotation, but the tunnel probe, sent to VIP:80 the way clients' packets go, takes it out;
 /// set up again, it comes back.
 fn tunnel_probes_follow_the_path(mode: &str) {
-    let mut lab = Lab::new(2).unwrap();
-    lab.add_return_path().unwrap();
-    for i in 1..=2 {
-        lab.backend_setup(i, "setup", mode, &[IpAddr::V4(VIP)])
-            .unwrap();
-        let b = &mut lab.backends[i - 1];
-        b.also = vec![IpAddr::V4(VIP)];
-        b.start_server_on(200, &[80], &[53]).unwrap();
-    }
+    let mut lab = dsr_backends(mode);
     lab.start_agent(&format!(
         r#"
 [agent]
@@ -346,16 +344,7 @@ probe_timeout = "100ms"
     ))
     .unwrap();
     lab.wait_ready().unwrap();
-    let entry = |svc: &str, addr: &str| {
-        let l = lab.lb_json(&["backend", "list", svc]).unwrap();
-        l["backends"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|b| b["backend"] == addr)
-            .cloned()
-            .unwrap_or_default()
-    };
+    let entry = |svc: &str, addr: &str| lab.backend_entry(svc, addr).unwrap();
     let wait = |svc: &str, addr: &str, what: &str, up: bool| {
         lb_integration::wait_until(
             &format!("{svc} {addr}: {what}"),

@@ -36,14 +36,7 @@ fn tally(names: impl IntoIterator<Item = String>) -> BTreeMap<String, u32> {
 }
 
 fn backend(lab: &Lab, addr: &str) -> Value {
-    let l = lab.lb_json(&["backend", "list", WEB]).unwrap();
-    l["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["backend"] == addr)
-        .cloned()
-        .unwrap_or(Value::Null)
+    lab.backend_entry(WEB, addr).unwrap()
 }
 
 /// Waits (bounded) until `addr`'s entry satisfies `pred`.

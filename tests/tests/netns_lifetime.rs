@@ -52,15 +52,10 @@ fn backend_connections(lab: &Lab, i: usize) -> usize {
 
 /// The tracked flows of backend `addr`, from `lb backend list`.
 fn flows_of(lab: &Lab, addr: &str) -> u64 {
-    let v = lab.lb_json(&["backend", "list", WEB]).unwrap();
-    v["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["backend"] == addr)
-        .unwrap_or_else(|| panic!("no backend {addr}: {v}"))["flows"]
+    let b = lab.backend_entry(WEB, addr).unwrap();
+    b["flows"]
         .as_u64()
-        .unwrap()
+        .unwrap_or_else(|| panic!("no backend {addr}: {b}"))
 }
 
 /// Waits for the sweeper to expire `conn`'s idle flow, then checks that both RSTs went out and

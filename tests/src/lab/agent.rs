@@ -190,6 +190,22 @@ impl Lab {
         Ok(serde_json::from_str(&self.lb(&a)?)?)
     }
 
+    /// `service`'s entry for backend `addr` (`IP:port`) in `lb backend list`, or `Null` if the
+    /// list has none.
+    ///
+    /// # Errors
+    /// The command fails, or its answer is not a backend list.
+    pub fn backend_entry(&self, service: &str, addr: &str) -> anyhow::Result<serde_json::Value> {
+        let l = self.lb_json(&["backend", "list", service])?;
+        Ok(l["backends"]
+            .as_array()
+            .with_context(|| format!("not a backend list: {l}"))?
+            .iter()
+            .find(|b| b["backend"] == addr)
+            .cloned()
+            .unwrap_or_default())
+    }
+
     /// Waits until the agent has resolved every backend's next hop, every PIP instance's next
     /// hop and the default route to the clients (bounded). Until then a packet's next hop
     /// comes from the kernel FIB and is counted `forward_fib`, not under the reason a test
