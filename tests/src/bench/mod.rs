@@ -5,8 +5,9 @@
 //!
 //! 1. [`cost`]: nanoseconds per packet in the kernel, per traffic class (`BPF_PROG_TEST_RUN`);
 //!    [`ctvariants`]: the conntrack variants' insert cost with one and two CPUs sending.
-//! 2. [`throughput`]: packets per second through the real path (generator → LB → sinks), next
-//!    to the minimal XDP forwarder and nftables DNAT on the same topology.
+//! 2. [`throughput`]: packets per second through the real path (generator → LB → sinks), in
+//!    DNAT and in each floating-IP (DSR) mode, next to the minimal XDP forwarder and nftables
+//!    DNAT on the same topology.
 //! 3. [`scale`]: the established-flow cost as services, backends, flows and ACL rules grow.
 //! 4. [`control`]: Maglev build time, provisioning many services, failover time, agent memory.
 
@@ -242,8 +243,15 @@ fn ratios(r: &Results) -> Value {
             )
         })
         .collect();
+    // DSR against DNAT, in the direction both carry: the figure each mode's flows cost the LB
+    // per request packet. (DNAT carries the replies too; DSR never sees them.)
+    let dsr: serde_json::Map<String, Value> = throughput::DSR
+        .iter()
+        .map(|(mode, name)| ((*mode).to_owned(), div(mpps(name), lb)))
+        .collect();
     json!({
         "ipv6_over_ipv4_above_floor": v6,
+        "dsr_over_dnat_forward_direction": dsr,
         "lb_over_minimal_forwarder": div(lb, mpps(throughput::FWD)),
         "lb_over_nftables_dnat": div(lb, mpps(throughput::NFT)),
         "scale": scale,
@@ -347,6 +355,11 @@ pub fn summary(r: &Results) -> String {
         s,
         "\nRatios: LB / minimal forwarder = {}, LB / nftables DNAT = {}",
         rt["lb_over_minimal_forwarder"], rt["lb_over_nftables_dnat"]
+    );
+    let _ = writeln!(
+        s,
+        "Floating IP (DSR) / DNAT, the client's direction (DSR's replies never reach the LB): {}",
+        rt["dsr_over_dnat_forward_direction"]
     );
     let _ = writeln!(s, "\nScale (p50 ns per packet)");
     for c in &r.scale {

@@ -8,8 +8,10 @@
 //! that have it, `tests/pktgen/` drives the same topology with kernel pktgen.
 //!
 //! Paths, on the same topology in the same run, each delivering to the same one sink (so the
-//! sink side costs the same for all three):
+//! sink side costs the same for all of them, but for the encapsulated frames' extra bytes):
 //! * the agent's XDP program (`lb agent`, native mode): a VIP with that one backend;
+//! * the same, the service in floating-IP (DSR) mode, `l2`, `ipip` and `gue`: the sink gets
+//!   the encapsulated frames (20 and 28 bytes longer for IPIP and GUE);
 //! * the minimal XDP forwarder (`xdp_fwd`: MAC rewrite and redirect), our ceiling;
 //! * nftables DNAT (no XDP on `l0`; the kernel forwards), what users would otherwise pick.
 //!
@@ -40,6 +42,15 @@ use crate::{
 pub const LB: &str = "lb (agent's XDP program)";
 pub const FWD: &str = "minimal XDP forwarder";
 pub const NFT: &str = "nftables DNAT";
+/// The floating-IP (DSR) paths: the same program, the VIP's service in each encapsulation
+/// mode. The LB carries only the client's direction in these modes (the backends answer the
+/// client directly), so each figure is the whole of a flow's LB load, where DNAT's [`LB`]
+/// figure is half of it for a flow whose replies are as many packets as its requests.
+pub const DSR: [(&str, &str); 3] = [
+    ("l2", "lb floating IP, l2 (DSR)"),
+    ("ipip", "lb floating IP, IPIP (DSR)"),
+    ("gue", "lb floating IP, GUE (DSR)"),
+];
 
 const FLOWS: u32 = 1024;
 const PORT: u16 = 9;
@@ -53,6 +64,24 @@ vip = "203.0.113.10:9/udp"
 backends = ["192.0.2.11"]
 table_size = 251
 "#;
+
+/// [`CONFIG`] with the service in floating-IP `mode`. The sink drops what arrives, so it needs
+/// no decapsulation: it counts the encapsulated frames.
+fn dsr_config(mode: &str) -> String {
+    format!(
+        r#"
+[agent]
+ring_slots = 4096
+encap_source4 = "192.0.2.1"
+
+[[service]]
+vip = "203.0.113.10:9/udp"
+backends = ["192.0.2.11"]
+table_size = 251
+floating_ip = "{mode}"
+"#
+    )
+}
 
 const NFT_RULES: &str = "table ip lbbench {
   chain pre {
@@ -136,18 +165,21 @@ pub fn run(packets: u32, rounds: u32) -> anyhow::Result<Vec<Row>> {
         .context("threaded NAPI on l0")?;
     let mut rows = Vec::new();
 
-    progress(&format!("throughput: {LB}, {packets} frames"));
-    lab.start_agent(CONFIG)?;
-    lab.wait_resolved()?;
-    let before = lab.reason("forward")?;
-    let (row, delivered) = best(rounds, || measure(&lab, LB, &frame, packets))?;
-    let forwarded = lab.reason("forward")? - before;
-    ensure!(
-        forwarded >= delivered,
-        "the sinks counted {delivered} frames but the LB forwarded only {forwarded}",
-    );
-    rows.push(row);
-    lab.stop_agent()?;
+    rows.push(agent_row(
+        &mut lab, LB, CONFIG, "forward", &frame, packets, rounds,
+    )?);
+    for (mode, name) in DSR {
+        let config = dsr_config(mode);
+        rows.push(agent_row(
+            &mut lab,
+            name,
+            &config,
+            "forward_encap",
+            &frame,
+            packets,
+            rounds,
+        )?);
+    }
 
     progress(&format!("throughput: {FWD}, {packets} frames"));
     let fwd = attach_fwd(&lab)?;
@@ -164,6 +196,33 @@ pub fn run(packets: u32, rounds: u32) -> anyhow::Result<Vec<Row>> {
     let _ = lab.lb.exec("nft", &["delete", "table", "ip", "lbbench"]);
     rows.push(row?.0);
     Ok(rows)
+}
+
+/// One path through the agent's program: the agent started on `config`, the best of `rounds`
+/// rounds, checked against the LB's own count of `reason` (a path that delivered frames the
+/// program did not count as `reason` measured something else), and the agent stopped again
+/// (a plain stop, which detaches the program for the next path).
+fn agent_row(
+    lab: &mut Lab,
+    name: &str,
+    config: &str,
+    reason: &str,
+    frame: &[u8],
+    packets: u32,
+    rounds: u32,
+) -> anyhow::Result<Row> {
+    progress(&format!("throughput: {name}, {packets} frames"));
+    lab.start_agent(config)?;
+    lab.wait_resolved()?;
+    let before = lab.reason(reason)?;
+    let (row, delivered) = best(rounds, || measure(lab, name, frame, packets))?;
+    let counted = lab.reason(reason)? - before;
+    ensure!(
+        counted >= delivered,
+        "{name}: the sinks counted {delivered} frames but the LB counted only {counted} as {reason}",
+    );
+    lab.stop_agent()?;
+    Ok(row)
 }
 
 /// The best of `rounds` measurements (by delivered rate), and the frames delivered in all.
