@@ -2,6 +2,7 @@
 //! same loader, maps and reconciler the binary uses.
 
 pub mod agent;
+pub mod announce;
 pub mod api;
 pub mod backend_setup;
 pub mod cli;

@@ -104,9 +104,22 @@ pub fn render(status: &StatusView, stats: &StatsView) -> String {
             "Flows the conntrack map can track.",
             u64::from(status.conntrack_flows),
         ),
+        (
+            "lb_vips_announced",
+            "VIP addresses whose host route is in the announce table (a backend in rotation).",
+            status.announced.len() as u64,
+        ),
     ] {
         o.family(name, GAUGE, help);
         o.sample(name, &[], value);
+    }
+    o.family(
+        "lb_vip_announced",
+        GAUGE,
+        "1 for each VIP address announced (its host route in the announce table).",
+    );
+    for vip in &status.announced {
+        o.sample("lb_vip_announced", &[("vip", vip)], 1);
     }
 
     o.family(
@@ -695,6 +708,8 @@ mod tests {
             xmit_counting: "on".into(),
             xmit_failures: Vec::new(),
             trace: "off".into(),
+            announce_table: 19521,
+            announced: vec!["203.0.113.10".into()],
             vips: vec![ServiceStatus {
                 service: svc.into(),
                 backends,

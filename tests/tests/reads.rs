@@ -157,6 +157,7 @@ fn a_health_switch_completes_while_a_status_walk_is_in_progress() {
             save: watch::channel(None).0,
             probes: watch::channel(Vec::new()).0,
             sweep: watch::channel(None).0,
+            announce: None,
             runtime: rt.handle().clone(),
         };
         let Harness { dp, rec, .. } = h;

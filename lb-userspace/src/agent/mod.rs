@@ -74,6 +74,8 @@ pub struct AgentOptions {
     pub keep_attached: bool,
     /// `XDP_TX` or a redirect for frames that leave by their ingress device.
     pub xdp_tx: crate::cli::XdpTx,
+    /// On a plain stop, how long to keep serving after the VIPs' routes are withdrawn.
+    pub announce_drain: Duration,
 }
 
 /// The config file, parsed, and the digest of its text (of "" without a file).
@@ -232,6 +234,21 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         xmit_off,
         hash_seed: config.agent.hash_seed,
         encap: config.agent.encap(),
+        announce_table: config.agent.announce_table,
+    };
+    // The announce table's writer (`crate::announce`), reading what a previous agent left.
+    let announcer = match config.agent.announce_table {
+        0 => None,
+        table => {
+            let a = crate::announce::Announcer::new(table)
+                .map_err(anyhow::Error::from)
+                .with_context(|| format!("reading the announce table {table}"))?;
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::Builder::new()
+                .name("lb-announcer".into())
+                .spawn(move || a.run(&rx))?;
+            Some(tx)
+        }
     };
     let sweep_counters = Arc::new(SweepCounters::default());
     let usage = Arc::new(OutboundUsage::default());
@@ -331,6 +348,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
         save: save_tx,
         probes: probes_tx,
         sweep: sweep_tx,
+        announce: announcer.clone(),
         runtime: tokio::runtime::Handle::current(),
     };
     let (started_tx, started_rx) = oneshot::channel();
@@ -347,6 +365,7 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
                         .send_replace(Some((rec.state().clone(), digest.clone())));
                     tasks.probes.send_replace(rec.wanted_probes());
                     tasks.sweep.send_replace(Some(Arc::new(rec.sweep_policy())));
+                    tasks.announce(&rec);
                     let _ = started_tx.send(Ok(rec.state().services.len()));
                     memory::give_back();
                 }
@@ -450,6 +469,28 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
+        }
+    }
+    // A plain stop withdraws the VIPs first and keeps serving through the drain, so that the
+    // routers move the flows to other nodes before this one stops.
+    if let (false, Some(a)) = (opts.keep_attached, &announcer) {
+        // The writer's view first (`lb status` announces nothing from now on), then the
+        // table itself.
+        let _ = events.send(Event::StopAnnouncing).await;
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        if a.send(crate::announce::Order::WithdrawAll(done_tx)).is_ok() {
+            let n = tokio::task::spawn_blocking(move || {
+                done_rx.recv_timeout(Duration::from_secs(10)).ok()
+            })
+            .await
+            .ok()
+            .flatten();
+            if let Some(n) = n {
+                tracing::info!(routes = n, drain = ?opts.announce_drain, "stopping: VIPs withdrawn; draining");
+            } else {
+                tracing::warn!("stopping: the announcer did not answer; draining anyway");
+            }
+            tokio::time::sleep(opts.announce_drain).await;
         }
     }
     server.abort();

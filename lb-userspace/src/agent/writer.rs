@@ -31,10 +31,22 @@ pub struct Tasks {
     pub save: watch::Sender<Option<(State, String)>>,
     /// The probes the desired state wants (the prober follows them).
     pub probes: watch::Sender<Vec<ProbeTarget>>,
+    /// The announce table's writer (`crate::announce`); `None`: no announcing.
+    pub announce: Option<std::sync::mpsc::Sender<crate::announce::Order>>,
     /// The flow sweeper's policy (`None` until the initial state is applied).
     pub sweep: watch::Sender<Option<Arc<SweepPolicy>>>,
     /// Where blocking reads run.
     pub runtime: tokio::runtime::Handle,
+}
+
+impl Tasks {
+    /// Tells the announcer what to announce now (the reconciler's rule); a send to an
+    /// announcer that has stopped (a plain stop withdrew everything) is dropped.
+    pub fn announce<M: MapOps>(&self, rec: &Reconciler<M>) {
+        if let Some(a) = &self.announce {
+            let _ = a.send(crate::announce::Order::Want(rec.announced()));
+        }
+    }
 }
 
 /// What the purger thread does: the reconciler's purges, and the flows `lb flows flush`
@@ -141,6 +153,7 @@ fn dispatch<M: MapOps>(rec: &Reconciler<M>, fx: Effects, tasks: &Tasks, digest: 
         state_changed,
         sweep_changed,
         backend_ids_changed,
+        rotation_changed,
         reload,
         resolve,
         purge,
@@ -162,9 +175,15 @@ fn dispatch<M: MapOps>(rec: &Reconciler<M>, fx: Effects, tasks: &Tasks, digest: 
             .send_replace(Some((rec.state().clone(), digest.clone())));
         tasks.probes.send_replace(rec.wanted_probes());
         tasks.sweep.send_replace(Some(Arc::new(rec.sweep_policy())));
+        tasks.announce(rec);
         super::memory::give_back();
-    } else if backend_ids_changed {
-        tasks.probes.send_replace(rec.wanted_probes());
+    } else {
+        if backend_ids_changed {
+            tasks.probes.send_replace(rec.wanted_probes());
+        }
+        if rotation_changed {
+            tasks.announce(rec);
+        }
     }
     if let Some((tx, answer)) = reply {
         match answer {

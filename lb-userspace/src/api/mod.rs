@@ -120,7 +120,7 @@ pub enum Response {
         service: String,
         backends: Vec<BackendView>,
     },
-    Status(StatusView),
+    Status(Box<StatusView>),
     Stats(StatsView),
     Acl(AclView),
     Pips {

@@ -235,6 +235,12 @@ pub struct StatusView {
     /// `lb trace` sampling: `off`, or `on for N s more`.
     #[serde(default)]
     pub trace: String,
+    /// The routing table of the VIPs' host routes (0: no announcing), and the VIP addresses
+    /// announced there: each with a backend in rotation in one of its services.
+    #[serde(default)]
+    pub announce_table: u32,
+    #[serde(default)]
+    pub announced: Vec<String>,
     pub vips: Vec<ServiceStatus>,
     /// Outbound rules, with each backend's block and use.
     #[serde(default)]

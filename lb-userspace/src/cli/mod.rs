@@ -276,6 +276,11 @@ pub struct AgentArgs {
     /// flowing until the next agent takes over (a plain stop detaches and cleans up).
     #[arg(long)]
     pub keep_attached: bool,
+    /// On a plain stop, how long the agent keeps serving after withdrawing its VIPs' routes
+    /// (`agent.announce_table`), so that the routers move the flows away first: `0s` to
+    /// `300s`.
+    #[arg(long, value_name = "DURATION", default_value = "5s")]
+    pub announce_drain: String,
     /// How a frame leaves by the interface it came in on (a one-armed LB, echo replies):
     /// `tx` is XDP_TX; `redirect` redirects it to that interface, which veth delivers at once
     /// even when its peer runs no XDP program; `auto` redirects when any served interface is
@@ -764,7 +769,16 @@ impl AgentArgs {
                 self.resync_interval
             );
         }
+        let announce_drain = parse_duration(&self.announce_drain)
+            .map_err(|e| anyhow::anyhow!("--announce-drain: {}", e.0))?;
+        if announce_drain > Duration::from_mins(5) {
+            anyhow::bail!(
+                "--announce-drain: {} is longer than 300s",
+                self.announce_drain
+            );
+        }
         Ok(crate::agent::AgentOptions {
+            announce_drain,
             config: self.config.clone(),
             interfaces: self.interfaces.clone(),
             native: self.xdp_mode == XdpModeArg::Native,

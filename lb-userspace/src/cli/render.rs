@@ -233,6 +233,22 @@ pub fn render(resp: &Response, format: Format) -> Result<String, (ErrorKind, Str
                 );
             }
             let _ = writeln!(o, "trace      {}", s.trace);
+            if s.announce_table == 0 {
+                let _ = writeln!(o, "announced  off (agent.announce_table = 0)");
+            } else if s.announced.is_empty() {
+                let _ = writeln!(
+                    o,
+                    "announced  none (table {}: no VIP has a backend in rotation)",
+                    s.announce_table
+                );
+            } else {
+                let _ = writeln!(
+                    o,
+                    "announced  {} (table {})",
+                    s.announced.join(", "),
+                    s.announce_table
+                );
+            }
             for r in &s.outbound {
                 let (used, peak) = r
                     .backends

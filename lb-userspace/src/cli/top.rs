@@ -291,7 +291,10 @@ async fn fetch(socket: &Path) -> anyhow::Result<Snapshot> {
         }
         other => anyhow::bail!("unexpected answer to stats: {other:?}"),
     };
-    Ok(Snapshot { status, stats })
+    Ok(Snapshot {
+        status: *status,
+        stats,
+    })
 }
 
 /// Runs the view until `q`, Esc or Ctrl-C (or after `iterations` refreshes).

@@ -14,6 +14,7 @@
 //! encap_source4 = "192.0.2.1"  # floating IP (ipip, gue): outer source; no default
 //! encap_source6 = "2001:db8:2::1"
 //! gue_port = 6080
+//! announce_table = 19521       # VIP host routes for a routing daemon; 0: none
 //!
 //! [[service]]
 //! vip = "203.0.113.10:80/tcp"
@@ -114,7 +115,13 @@ pub struct AgentSettings {
     pub encap_source4: Option<std::net::Ipv4Addr>,
     pub encap_source6: Option<std::net::Ipv6Addr>,
     pub gue_port: u16,
+    /// The routing table the agent keeps one host route per announced VIP address in, for a
+    /// routing daemon to export (`crate::announce`); 0: no announcing.
+    pub announce_table: u32,
 }
+
+/// The default announce table: 0x4c41 (19521), beside the tunnel probes' 0x4c42.
+pub const DEFAULT_ANNOUNCE_TABLE: u32 = 0x4c41;
 
 impl AgentSettings {
     /// The `LB_ENCAP` entry these settings give (zero addresses where none is set: the agent
@@ -185,6 +192,7 @@ impl Default for AgentSettings {
             encap_source4: None,
             encap_source6: None,
             gue_port: lb_common::encap::DEFAULT_GUE_PORT,
+            announce_table: DEFAULT_ANNOUNCE_TABLE,
         }
     }
 }

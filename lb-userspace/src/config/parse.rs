@@ -97,6 +97,7 @@ struct RawAgent {
     encap_source4: Option<Spanned<String>>,
     encap_source6: Option<Spanned<String>>,
     gue_port: Option<Spanned<u16>>,
+    announce_table: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize)]
@@ -261,6 +262,24 @@ fn parse_from(file: &str, text: &str, base: AgentSettings) -> Result<Config, Con
                 ));
             }
             agent.gue_port = *v.get_ref();
+        }
+        if let Some(v) = &a.announce_table {
+            let t = *v.get_ref();
+            let taken = match t {
+                253 => Some("the kernel's default table"),
+                254 => Some("the kernel's main table"),
+                255 => Some("the kernel's local table"),
+                lb_common::encap::probe::TABLE => Some("the tunnel probes' table"),
+                _ => None,
+            };
+            if let Some(what) = taken {
+                return Err(err(
+                    v.span(),
+                    "agent.announce_table".into(),
+                    format!("{t} is {what}: give the announcements a table of their own (0: none)"),
+                ));
+            }
+            agent.announce_table = t;
         }
     }
 
@@ -1001,6 +1020,8 @@ established = "rebalance"
             (with("floating_ip = \"l2\"\nprobe_via = \"tunnel\"\n"), 2, "service[0].settings", "needs a probe"),
             (with("floating_ip = \"l2\"\nbackends = [\"192.0.2.11:8080\"]\n"), 4, "service[0].backends[0]", "the VIP's own port 80"),
             ("[agent]\nencap_source4 = \"2001:db8::1\"\n".into(), 2, "agent.encap_source4", "not an IPv4 address"),
+            ("[agent]\nannounce_table = 254\n".into(), 2, "agent.announce_table", "254 is the kernel's main table"),
+            ("[agent]\nannounce_table = 19522\n".into(), 2, "agent.announce_table", "the tunnel probes' table"),
             ("[agent]\nencap_source6 = \"ff02::1\"\n".into(), 2, "agent.encap_source6", "not a unicast address"),
             ("[agent]\ngue_port = 0\n".into(), 2, "agent.gue_port", "not a port"),
             (with("idle_timeout = \"1s\"\n"), 3, "service[0].idle_timeout", "whole seconds within 2s..=120m"),

@@ -17,6 +17,7 @@
 //! threads of their own.
 
 mod address;
+mod announce;
 mod link;
 mod neigh;
 mod probe_path;
@@ -82,6 +83,12 @@ pub enum Request {
     /// A step of the tunnel probes' path (`probe_path.rs`): link add, link set up, rule add,
     /// route replace.
     ProbePath(&'static str),
+    /// A VIP's host route put in the announce table (`announce.rs`).
+    Announce(IpAddr),
+    /// A VIP's host route removed from the announce table.
+    Withdraw(IpAddr),
+    /// The announce table's routes, dumped.
+    AnnouncedDump,
     /// `RTM_DELADDR`.
     AddressDelete {
         /// Interface the address is on.
@@ -107,6 +114,9 @@ impl fmt::Display for Request {
             Self::LinkGet(ifindex) => write!(f, "link get ifindex {ifindex}"),
             Self::NsidGet => f.write_str("nsid get"),
             Self::ProbePath(step) => write!(f, "probe path: {step}"),
+            Self::Announce(ip) => write!(f, "announce {ip} (route replace)"),
+            Self::Withdraw(ip) => write!(f, "withdraw {ip} (route del)"),
+            Self::AnnouncedDump => f.write_str("announced routes dump"),
             Self::AddressAdd { ifindex, ip } => write!(f, "address add {ip} on ifindex {ifindex}"),
             Self::AddressDelete { ifindex, ip } => {
                 write!(f, "address delete {ip} on ifindex {ifindex}")

@@ -158,6 +158,27 @@ impl HealthBook {
         }
     }
 
+    /// The VIP addresses to announce (`crate::announce`): each VIP with at least one service
+    /// that has a backend in rotation. A VIP all of whose backends are out (down, drained,
+    /// weight 0, admin down) is withdrawn, so the routers send its traffic to nodes that can
+    /// serve it, or, with every node alike, to none.
+    #[must_use]
+    pub fn announced(
+        &self,
+        state: &crate::state::State,
+    ) -> std::collections::BTreeSet<std::net::IpAddr> {
+        state
+            .services
+            .iter()
+            .filter(|(spec, svc)| {
+                svc.backends
+                    .keys()
+                    .any(|a| self.rotation(spec, Some(svc), a).0)
+            })
+            .map(|(spec, _)| spec.vip.ip())
+            .collect()
+    }
+
     /// Whether a backend takes new flows, and why (not).
     #[must_use]
     pub fn rotation(

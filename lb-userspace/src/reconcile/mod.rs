@@ -105,6 +105,8 @@ pub enum Event {
     OutboundReleased(Vec<OutHold>),
     /// The agent is stopping: the writer loop returns (the reconciler ignores it).
     Stop,
+    /// A plain stop has begun: announce nothing from now on (`crate::announce`).
+    StopAnnouncing,
 }
 
 /// An answer: ready now, or waiting for a reader to add what it reads from the maps.
@@ -118,6 +120,10 @@ pub enum Answer {
 
 /// What handling one event asks of the tasks around the writer.
 #[derive(Debug, Default)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "independent signals to the writer, each read once"
+)]
 pub struct Effects {
     /// The answer to an API request, and where it goes.
     pub reply: Option<(oneshot::Sender<Response>, Answer)>,
@@ -129,6 +135,9 @@ pub struct Effects {
     /// write retried on a tick, say): sync the probes, since a probe through the tunnel is
     /// marked with its backend's entry.
     pub backend_ids_changed: bool,
+    /// A backend went in or out of rotation by its probes (the desired state unchanged):
+    /// what to announce may have changed.
+    pub rotation_changed: bool,
     /// The outcome of a reload: its tag, or why it was refused (nothing changed then).
     pub reload: Option<Result<String, String>>,
     /// Resolve these (none is in flight when this is set).
@@ -221,6 +230,8 @@ pub struct Reconciler<M> {
     /// synced again on every tick until they match.
     dirty: BTreeSet<ServiceSpec>,
     dirty_pips: bool,
+    /// False once a plain stop has begun: [`Self::announced`] is empty from then on.
+    announcing: bool,
     /// Until when `lb trace` sampling is on (the tick turns it off then).
     trace_until: Option<Instant>,
     /// Outbound rules' ids and held blocks.
@@ -247,6 +258,7 @@ impl<M: MapOps> Reconciler<M> {
             failed_purges: PurgeJob::default(),
             dirty: BTreeSet::new(),
             dirty_pips: false,
+            announcing: true,
             trace_until: None,
             outbound: outbound::OutboundBook::default(),
         }
@@ -818,7 +830,7 @@ impl<M: MapOps> Reconciler<M> {
                 };
                 fx.reply = Some((tx, a));
             }
-            Event::Probe(r) => self.observe(&r),
+            Event::Probe(r) => fx.rotation_changed = self.observe(&r),
             Event::Net(changes) => {
                 let wanted = self.hop_addresses();
                 let job = self.hops.touched(&changes, &wanted, &self.info.ifindexes);
@@ -868,6 +880,10 @@ impl<M: MapOps> Reconciler<M> {
                 }
             }
             Event::Stop => {}
+            Event::StopAnnouncing => {
+                self.announcing = false;
+                fx.rotation_changed = true;
+            }
             Event::Resync => {
                 let wanted = self.hop_addresses();
                 self.hops.retain(&wanted);
@@ -1076,22 +1092,23 @@ impl<M: MapOps> Reconciler<M> {
                 .and_then(|t| t.checked_duration_since(Instant::now()))
                 .map(|d| d.as_secs() + 1),
             outbound: &self.outbound,
+            announcing: self.announcing,
         }
     }
 
     /// Takes one probe result. A change of health re-balances the service's new flows; where
     /// `established` rebalances (`rebalance`, or `auto` for a UDP service), a backend going
-    /// down also loses its tracked flows.
-    fn observe(&mut self, r: &ProbeReport) {
+    /// down also loses its tracked flows. Whether the backend's health changed.
+    fn observe(&mut self, r: &ProbeReport) -> bool {
         let Some(svc) = self.state.services.get(&r.service) else {
-            return;
+            return false;
         };
         if !svc.backends.contains_key(&r.backend) {
-            return; // a report from a probe stopped meanwhile
+            return false; // a report from a probe stopped meanwhile
         }
         let (thresholds, established) = (svc.settings.thresholds, svc.settings.established);
         let Some(t) = self.health.observe(r, thresholds) else {
-            return;
+            return false;
         };
         tracing::info!(service = %r.service, backend = %r.backend, from = ?t.from, to = ?t.to, detail = %r.detail, "backend health changed");
         let mut writes = 0;
@@ -1112,6 +1129,7 @@ impl<M: MapOps> Reconciler<M> {
                 ..PurgeJob::default()
             });
         }
+        true
     }
 
     /// Takes in a resolution: rewrites the backend entries and PIPs whose next hop moved, and
@@ -1322,6 +1340,16 @@ impl<M: MapOps> Reconciler<M> {
             }
         }
         p
+    }
+
+    /// The VIP addresses to announce now ([`HealthBook::announced`]).
+    #[must_use]
+    pub fn announced(&self) -> BTreeSet<IpAddr> {
+        if self.announcing {
+            self.health.announced(&self.state)
+        } else {
+            BTreeSet::new()
+        }
     }
 
     /// The probes the desired state asks for (the agent runs them).

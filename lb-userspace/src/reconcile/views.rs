@@ -42,6 +42,8 @@ pub struct AgentInfo {
     /// Floating IP's settings as loaded (`LB_ENCAP`): a new encapsulating service needs its
     /// family's outer source.
     pub encap: lb_common::encap::EncapConfig,
+    /// The table announced VIPs' routes go in (`crate::announce`); 0: no announcing.
+    pub announce_table: u32,
 }
 
 impl AgentInfo {
@@ -74,7 +76,8 @@ pub enum Pending {
         backends: Vec<BackendView>,
     },
     /// The view, and the served interfaces as (name, ifindex) for the lost-frame counters.
-    Status(StatusView, Vec<(String, u32)>),
+    /// (Boxed: the largest view by far.)
+    Status(Box<StatusView>, Vec<(String, u32)>),
     Stats(Vec<ServiceRead>, Vec<(String, u32)>),
     /// The view and the service's id (for its ACL drops), if it is in the maps.
     Acl(AclView, Option<u32>),
@@ -358,6 +361,8 @@ pub struct Source<'a> {
     /// Seconds `lb trace` sampling stays on, if it is on.
     pub trace_left_s: Option<u64>,
     pub outbound: &'a super::outbound::OutboundBook,
+    /// False once a plain stop has begun: nothing is announced (`Reconciler::announced`).
+    pub announcing: bool,
 }
 
 impl Source<'_> {
@@ -380,7 +385,7 @@ impl Source<'_> {
             Query::OutboundList => {
                 Pending::Outbound(super::outbound::views(self.state, self.live, self.outbound))
             }
-            Query::Status => Pending::Status(self.status()?, self.info.ifaces()),
+            Query::Status => Pending::Status(Box::new(self.status()?), self.info.ifaces()),
             Query::Stats => Pending::Stats(self.services(), self.info.ifaces()),
             Query::Flows {
                 service,
@@ -617,6 +622,16 @@ impl Source<'_> {
             trace: self
                 .trace_left_s
                 .map_or_else(|| "off".into(), |s| format!("on for {s} s more")),
+            announce_table: self.info.announce_table,
+            announced: if self.info.announce_table == 0 || !self.announcing {
+                Vec::new()
+            } else {
+                self.health
+                    .announced(self.state)
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect()
+            },
             vips,
         })
     }

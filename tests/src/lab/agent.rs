@@ -54,6 +54,11 @@ impl Lab {
         for i in self.lb_interfaces() {
             cmd.args(["--iface", &i]);
         }
+        // No drain after withdrawing the VIPs on a plain stop (the agent's default is 5 s),
+        // unless the test asks for one: a lab has no routers to drain from.
+        if !extra_args.contains(&"--announce-drain") {
+            cmd.args(["--announce-drain", "0s"]);
+        }
         cmd.args(["--xdp-mode", "native"])
             .arg("--pin-dir")
             .arg(&self.pin_dir)
@@ -113,10 +118,19 @@ impl Lab {
     /// No agent runs, or the file cannot be written.
     pub fn reload(&self, config: &str) -> anyhow::Result<()> {
         std::fs::write(self.tmp.join("lb.toml"), config)?;
+        self.signal_agent(libc::SIGHUP)
+    }
+
+    /// Sends the agent `signal` and returns at once (a SIGTERM's stop runs on while the test
+    /// looks at it).
+    ///
+    /// # Errors
+    /// No agent runs, or the signal cannot be sent.
+    pub fn signal_agent(&self, signal: i32) -> anyhow::Result<()> {
         let pid = self.agent_pid().context("no agent")?;
         // SAFETY: signalling the agent this lab started.
-        if unsafe { libc::kill(i32::try_from(pid)?, libc::SIGHUP) } != 0 {
-            bail!("SIGHUP: {}", std::io::Error::last_os_error());
+        if unsafe { libc::kill(i32::try_from(pid)?, signal) } != 0 {
+            bail!("signal {signal}: {}", std::io::Error::last_os_error());
         }
         Ok(())
     }

@@ -3,6 +3,7 @@
 //! position of a change), and `planner.rs` (the pure planner,
 //! no fake at all).
 
+mod announce;
 mod changes;
 mod outbound;
 mod planner;
