@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Checks the deployment files under contrib/: alert rules and their unit tests, the Grafana
-# dashboard, the systemd unit and its environment file, and (given an lb binary) the sample
-# config.
+# dashboard, the systemd unit and its environment file, the example BIRD config, and (given an
+# lb binary) the sample config.
 #
 #   contrib/check.sh                      # everything that needs no lb binary
 #   contrib/check.sh target/debug/lb      # plus `lb config check contrib/lb.toml`
 #
-# Needs promtool (Debian/Ubuntu: apt-get install --no-install-recommends prometheus) and
-# python3. systemd-analyze is used when present. Every check runs even after one fails, and
+# Needs promtool (Debian/Ubuntu: apt-get install --no-install-recommends prometheus), bird
+# (bird2) and python3. systemd-analyze is used when present. Every check runs even after one fails, and
 # the script exits 1 if any failed: a missing tool that a check needs is a failure, never a
 # silent pass. The one exception is systemd-analyze, which a container may lack; its absence
 # is reported plainly.
@@ -185,6 +185,20 @@ if [[ -n $lb_bin ]]; then
     fi
 else
     echo "lb binary not given: $config not checked (contrib/check.sh PATH/TO/lb checks it)"
+fi
+
+# --- BIRD ------------------------------------------------------------------------------------
+# The example daemon config parses (bird -p), and is what `lb bgp example` prints for the
+# sample config (the command renders it; the file must not drift from it).
+bird_conf=contrib/bird/lb.conf
+if command -v bird >/dev/null; then
+    check "bird -p -c $bird_conf" bird -p -c "$bird_conf"
+    if [[ -n $lb_bin && -x $lb_bin ]]; then
+        "$lb_bin" bgp example --config "$config" >"$tmp/bird.conf"
+        check "lb bgp example --config $config is $bird_conf" diff -u "$bird_conf" "$tmp/bird.conf"
+    fi
+else
+    fail "bird not found: install it (apt-get install --no-install-recommends bird2); $bird_conf not checked"
 fi
 
 if ((${#failed[@]})); then

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod announce;
 pub mod api;
 pub mod backend_setup;
+pub mod bgp;
 pub mod cli;
 pub mod config;
 pub mod dataplane;

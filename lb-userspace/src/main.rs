@@ -9,12 +9,37 @@ use clap::Parser as _;
 use lb_userspace::{
     api,
     cli::{
-        BackendCmd, Cli, CliCommand, ConfigCmd, Format, PeerCmd,
+        BackendCmd, BgpCmd, Cli, CliCommand, ConfigCmd, Format, PeerCmd,
         output::{Failure, done_json, usage_failure, wants_json},
         render, request,
     },
     error::ErrorKind,
 };
+
+/// The announce table of the agent's config file `path`, or why there is none to export.
+fn bgp_table(path: &std::path::Path) -> Result<u32, Failure> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Failure::new(
+            ErrorKind::Invalid,
+            format!(
+                "--config {}: {e} (give the agent's config file)",
+                path.display()
+            ),
+        )
+    })?;
+    let c = lb_userspace::config::parse(&path.display().to_string(), &text)
+        .map_err(|e| Failure::new(ErrorKind::Invalid, e.to_string()))?;
+    match c.agent.announce_table {
+        0 => Err(Failure::new(
+            ErrorKind::Invalid,
+            format!(
+                "{}: agent.announce_table = 0: the agent announces nothing to export",
+                path.display()
+            ),
+        )),
+        t => Ok(t),
+    }
+}
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -36,6 +61,34 @@ fn main() -> ExitCode {
         lb_userspace::agent::memory::few_arenas();
     }
     match &cli.command {
+        CliCommand::Bgp(BgpCmd::Example {
+            config,
+            router_id,
+            local_as,
+            peer,
+            peer_as,
+        }) => {
+            let table = match bgp_table(config) {
+                Ok(t) => t,
+                Err(f) => return fail(&f, format, "lb bgp example"),
+            };
+            let text = lb_userspace::bgp::bird_config(&lb_userspace::bgp::BirdParams {
+                table,
+                router_id: *router_id,
+                local_as: *local_as,
+                peer: *peer,
+                peer_as: *peer_as,
+            });
+            if format == Format::Json {
+                println!(
+                    "{}",
+                    done_json(serde_json::json!({ "table": table, "bird_config": text }))
+                );
+            } else {
+                print!("{text}");
+            }
+            return ExitCode::SUCCESS;
+        }
         CliCommand::Config(ConfigCmd::Check { file }) => {
             return match lb_userspace::config::check(file) {
                 Ok(summary) => say(

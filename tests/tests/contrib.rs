@@ -1,6 +1,7 @@
 //! The deployment files under `contrib/` (alert rules and their promtool unit tests, the
-//! Grafana dashboard, the systemd unit, the sample config) pass `contrib/check.sh`, with the
-//! sample config checked by the real `lb config check`. promtool missing is a failure.
+//! Grafana dashboard, the systemd unit, the sample config, the example BIRD config) pass
+//! `contrib/check.sh`, with the sample config checked by the real `lb config check` and the
+//! BIRD config by `bird -p`. promtool or bird missing is a failure.
 
 use std::process::Command;
 
@@ -23,6 +24,8 @@ fn contrib_files_pass_their_checks() {
         "ok    promtool test rules",
         "ok    json.tool",
         "config check contrib/lb.toml",
+        "ok    bird -p -c contrib/bird/lb.conf",
+        "ok    lb bgp example --config contrib/lb.toml is contrib/bird/lb.conf",
     ] {
         assert!(text.contains(part), "missing `{part}`:\n{text}");
     }

@@ -135,3 +135,158 @@ fn vips_are_announced_while_they_can_be_served_and_withdrawn_before_a_plain_stop
     );
     lab.kill_agent().unwrap();
 }
+
+/// A BIRD daemon in a namespace, in the foreground; killed (and reaped) when dropped, also
+/// when the test fails.
+struct Bird {
+    child: std::process::Child,
+    ctl: std::path::PathBuf,
+}
+
+impl Bird {
+    fn start(
+        ns: &lb_integration::netns::Netns,
+        dir: &std::path::Path,
+        name: &str,
+        conf: &str,
+    ) -> Self {
+        let file = dir.join(format!("{name}.conf"));
+        std::fs::write(&file, conf).unwrap();
+        let ctl = dir.join(format!("{name}.ctl"));
+        let child = ns
+            .command(std::path::Path::new("bird"))
+            .arg("-f")
+            .arg("-c")
+            .arg(&file)
+            .arg("-s")
+            .arg(&ctl)
+            .arg("-P")
+            .arg(dir.join(format!("{name}.pid")))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("bird (apt-get install bird2; cargo xtask setup does)");
+        Self { child, ctl }
+    }
+
+    /// The IPv4 prefixes in the daemon's `master4` table.
+    fn routes(&self) -> Vec<String> {
+        let out = std::process::Command::new("birdc")
+            .arg("-s")
+            .arg(&self.ctl)
+            .args(["show", "route", "table", "master4"])
+            .output()
+            .expect("birdc");
+        let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|w| w.contains('/'))
+            .map(|w| w.trim_end_matches("/32").to_owned())
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for Bird {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits (bounded) until `router` has exactly `want`.
+fn wait_router(lab: &Lab, router: &Bird, node: &Bird, want: &[&str], what: &str) {
+    wait_until(
+        what,
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || router.routes() == want,
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: the router has {:?}, the node {:?}, the table {:?}\n{}",
+            router.routes(),
+            node.routes(),
+            table(lab),
+            lab.agent_log()
+        )
+    });
+}
+
+/// The whole path to a router: the LB node's BIRD runs the config `lb bgp example` prints for
+/// the agent's config, peers with a router's BIRD (in the client namespace, over the LB's
+/// client link, BFD on both sides), and the router's table follows the agent's announcements.
+#[test]
+fn a_router_learns_the_announced_vips_over_bgp_from_the_example_config() {
+    let mut lab = Lab::new(2).unwrap();
+    lab.start_agent(CONFIG).unwrap();
+    lab.wait_ready().unwrap();
+    wait_table(
+        &lab,
+        &["203.0.113.10", "203.0.113.11"],
+        "both VIPs announced",
+    );
+    let example = std::process::Command::new(lb_integration::lab::workspace_bin("lb").unwrap())
+        .args(["bgp", "example", "--config"])
+        .arg(lab.tmp.join("lb.toml"))
+        .args(["--router-id", "198.51.100.1", "--peer", "198.51.100.2"])
+        .args(["--local-as", "64512", "--peer-as", "64513"])
+        .output()
+        .unwrap();
+    assert!(example.status.success(), "{example:?}");
+    let node_conf = String::from_utf8(example.stdout).unwrap();
+    assert!(node_conf.contains("kernel table 19600;"), "{node_conf}");
+    let node = Bird::start(&lab.lb, &lab.tmp, "node", &node_conf);
+    let router = Bird::start(
+        &lab.client,
+        &lab.tmp,
+        "router",
+        r#"log stderr all;
+router id 198.51.100.2;
+protocol device {}
+protocol bfd { interface "*" { min rx interval 100 ms; min tx interval 100 ms; }; }
+protocol bgp lb1 {
+	local as 64513;
+	neighbor 198.51.100.1 as 64512;
+	bfd on;
+	ipv4 { import all; export none; };
+}
+"#,
+    );
+    wait_router(
+        &lab,
+        &router,
+        &node,
+        &["203.0.113.10", "203.0.113.11"],
+        "the router learns both VIPs",
+    );
+    for b in &mut lab.backends {
+        b.stop_server();
+    }
+    wait_router(
+        &lab,
+        &router,
+        &node,
+        &["203.0.113.11"],
+        "the router loses the VIP with nothing in rotation",
+    );
+    lab.backends[0].start_server().unwrap();
+    wait_router(
+        &lab,
+        &router,
+        &node,
+        &["203.0.113.10", "203.0.113.11"],
+        "and learns it again",
+    );
+    // A plain stop withdraws both before the agent goes.
+    lab.stop_agent().unwrap();
+    wait_router(
+        &lab,
+        &router,
+        &node,
+        &[],
+        "a stopped node announces nothing",
+    );
+    drop(node);
+}

@@ -116,6 +116,9 @@ pub enum CliCommand {
     /// Config files, checked offline (no agent needed).
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// The routing daemon's side of announcing VIPs (offline, no agent needed).
+    #[command(subcommand)]
+    Bgp(BgpCmd),
     /// The far end of a veth: a pass-everything XDP program that lets it receive the frames
     /// the LB sends into the pair (run it in the peer's namespace, with
     /// `nsenter --net=/run/netns/NAME`; no agent needed).
@@ -242,6 +245,29 @@ pub enum ConfigCmd {
     Check {
         /// The config file (TOML).
         file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BgpCmd {
+    /// Print a BIRD 2 config that exports the VIPs the agent announces (its announce table,
+    /// read from the agent's config file) over BGP with BFD, filled in with these values.
+    Example {
+        /// The agent's config file, for `agent.announce_table`.
+        #[arg(long, default_value = "/etc/lb/lb.toml")]
+        config: PathBuf,
+        /// BIRD's router id: an IPv4 address of this node.
+        #[arg(long, default_value = "192.0.2.1")]
+        router_id: std::net::Ipv4Addr,
+        /// This node's AS.
+        #[arg(long, default_value_t = 64512)]
+        local_as: u32,
+        /// The router that spreads flows over the LB nodes (its IPv4 or IPv6 address).
+        #[arg(long, default_value = "192.0.2.254")]
+        peer: std::net::IpAddr,
+        /// The router's AS.
+        #[arg(long, default_value_t = 64513)]
+        peer_as: u32,
     },
 }
 
@@ -815,6 +841,7 @@ pub fn request(cmd: &CliCommand) -> Result<Option<Request>, String> {
     let change = match cmd {
         CliCommand::Agent(_)
         | CliCommand::Config(_)
+        | CliCommand::Bgp(_)
         | CliCommand::Peer(_)
         | CliCommand::Backend(BackendCmd::Setup(_) | BackendCmd::Teardown(_))
         | CliCommand::Completions { .. }

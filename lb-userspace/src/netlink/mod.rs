@@ -35,6 +35,7 @@ use netlink_packet_route::AddressFamily;
 
 use self::socket::DUMP_ATTEMPTS;
 pub use self::{
+    announce::PROTO as ANNOUNCE_PROTO,
     link::LinkFacts,
     neigh::Neighbour,
     resolver::NetlinkResolver,
