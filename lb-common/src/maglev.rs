@@ -45,6 +45,38 @@ pub const fn is_prime(n: u32) -> bool {
     true
 }
 
+/// A service's table fingerprint: FNV-1a (64 bits) over the flow-hash seed, the slot count
+/// and each slot's backend address (IPv4-mapped for IPv4) and port, in slot order. Two nodes
+/// whose fingerprints agree send every flow of the service to the same backend: the slot a
+/// flow takes depends only on the seed and the table length, and the backend in it only on
+/// this content (backend ids are each node's own, so they are left out).
+#[must_use]
+pub fn fingerprint(
+    seed: u32,
+    slots: impl ExactSizeIterator<Item = (crate::addr::Addr, u16)>,
+) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut h = OFFSET;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(PRIME);
+        }
+    };
+    eat(&seed.to_be_bytes());
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "tables hold at most 2^28 slots"
+    )]
+    eat(&(slots.len() as u32).to_be_bytes());
+    for (addr, port) in slots {
+        eat(&addr);
+        eat(&port.to_be_bytes());
+    }
+    h
+}
+
 #[cfg(feature = "std")]
 pub use build::{TableBackend, build_table};
 
@@ -232,6 +264,31 @@ mod tests {
 
     use super::*;
     use crate::addr::v4_mapped;
+
+    proptest::proptest! {
+        /// The fingerprint is a function of the seed and the slots' contents, and any one
+        /// change among them changes it: a backend moved into another slot, another seed,
+        /// one slot more.
+        #[test]
+        fn fingerprints_follow_the_table_content(
+            seed in proptest::prelude::any::<u32>(),
+            slots in proptest::collection::vec((0u8..8, 80u16..82), 1..64),
+            at in proptest::prelude::any::<proptest::sample::Index>(),
+        ) {
+            let table: Vec<(crate::addr::Addr, u16)> =
+                slots.iter().map(|(l, p)| (v4_mapped([192, 0, 2, *l]), *p)).collect();
+            let f = fingerprint(seed, table.iter().copied());
+            proptest::prop_assert_eq!(f, fingerprint(seed, table.clone().into_iter()));
+            proptest::prop_assert_ne!(f, fingerprint(seed ^ 1, table.iter().copied()));
+            let mut other = table.clone();
+            let i = at.index(other.len());
+            other[i].0[15] ^= 0x80;
+            proptest::prop_assert_ne!(f, fingerprint(seed, other.iter().copied()));
+            let mut longer = table.clone();
+            longer.push(table[0]);
+            proptest::prop_assert_ne!(f, fingerprint(seed, longer.iter().copied()));
+        }
+    }
 
     fn be(id: u32, last: u8, weight: u32) -> TableBackend {
         TableBackend {

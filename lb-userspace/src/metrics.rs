@@ -663,6 +663,7 @@ mod tests {
 
     fn service(name: &str) -> ServiceView {
         ServiceView {
+            table_fingerprint: None,
             service: name.into(),
             kind: "balanced".into(),
             id: 1,
@@ -712,6 +713,7 @@ mod tests {
             announced: vec!["203.0.113.10".into()],
             vips: vec![ServiceStatus {
                 service: svc.into(),
+                table_fingerprint: None,
                 backends,
             }],
             outbound: vec![crate::api::OutboundView {

@@ -33,7 +33,7 @@ const APT_PACKAGES: &[&str] = &[
     // `lb top`'s smoke test runs it in a real terminal (tests/netns_top.rs).
     "tmux",
     // The routing daemon of the scale-out setup: contrib/bird/lb.conf is checked with it, and
-    // tests/netns_announce.rs runs it (the LB node's and the router's).
+    // tests/netns_scaleout.rs runs it (the LB node's and the router's).
     "bird2",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";

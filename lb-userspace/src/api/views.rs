@@ -102,6 +102,9 @@ impl From<lb_common::maps::Counters> for CountersView {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceView {
     pub service: String,
+    /// As [`ServiceStatus::table_fingerprint`].
+    #[serde(default)]
+    pub table_fingerprint: Option<String>,
     /// `balanced`, or `forward to DIP:PORT`.
     pub kind: String,
     pub id: u32,
@@ -303,6 +306,10 @@ pub struct XmitFailView {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ServiceStatus {
     pub service: String,
+    /// The table's fingerprint (`lb_common::maglev::fingerprint`): equal on two nodes, every
+    /// flow of the service goes to the same backend on both. `None` without a table.
+    #[serde(default)]
+    pub table_fingerprint: Option<String>,
     pub backends: Vec<BackendView>,
 }
 

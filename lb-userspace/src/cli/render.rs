@@ -271,7 +271,11 @@ pub fn render(resp: &Response, format: Format) -> Result<String, (ErrorKind, Str
             }
             for v in &s.vips {
                 o.push('\n');
-                backend_table(&mut o, &v.service, &v.backends);
+                let head = match &v.table_fingerprint {
+                    Some(f) => format!("{}   table fingerprint {f}", v.service),
+                    None => v.service.clone(),
+                };
+                backend_table(&mut o, &head, &v.backends);
             }
         }
         Response::Stats(s) => {

@@ -380,6 +380,7 @@ mod tests {
         let mut status: StatusView = serde_json::from_value(json).unwrap();
         status.vips = vec![ServiceStatus {
             service: "203.0.113.10:80/tcp".into(),
+            table_fingerprint: None,
             backends: vec![
                 backend("192.0.2.11:80", true),
                 backend("192.0.2.12:80", false),

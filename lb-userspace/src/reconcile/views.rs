@@ -410,6 +410,7 @@ impl Source<'_> {
             let live_backends: Vec<_> = self.live.backends_of_spec(spec).collect();
             let view = ServiceView {
                 service: spec.to_string(),
+                table_fingerprint: self.fingerprint(spec),
                 kind: match svc.kind {
                     Kind::Balanced => "balanced".into(),
                     Kind::Forward => {
@@ -578,11 +579,31 @@ impl Source<'_> {
             .collect())
     }
 
+    /// The fingerprint of `spec`'s live table, from the backends its slots hold and the
+    /// program's seed, as `0x` and 16 hex digits.
+    fn fingerprint(&self, spec: &ServiceSpec) -> Option<String> {
+        let (_, slots) = self.live.table(spec)?;
+        let content: Option<Vec<_>> = slots
+            .iter()
+            .map(|id| {
+                self.live
+                    .backends
+                    .get(id)
+                    .map(|b| (b.addr, u16::from_be_bytes(b.port)))
+            })
+            .collect();
+        Some(format!(
+            "{:#018x}",
+            lb_common::maglev::fingerprint(self.info.hash_seed, content?.into_iter())
+        ))
+    }
+
     fn status(&self) -> Result<StatusView, ChangeError> {
         let mut vips = Vec::new();
         for spec in self.live.services.keys() {
             vips.push(ServiceStatus {
                 service: spec.to_string(),
+                table_fingerprint: self.fingerprint(spec),
                 backends: self.backends(spec)?,
             });
         }

@@ -3,11 +3,11 @@
 //! position of a change), and `planner.rs` (the pure planner,
 //! no fake at all).
 
-mod announce;
 mod changes;
 mod outbound;
 mod planner;
 mod restart;
+mod scaleout;
 mod swap;
 mod transact;
 

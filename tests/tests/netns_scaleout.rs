@@ -1,13 +1,19 @@
-//! Announcing VIPs (`lb_userspace::announce`), end to end in the lab: the agent's host routes
+//! Scale-out, end to end in the lab. Announcing VIPs (`lb_userspace::announce`): the agent's host routes
 //! in its announce table follow the backends' health (withdrawn when a VIP has no backend in
 //! rotation, announced again when one comes back), `lb status` shows them, `kill -9` leaves
 //! them (the data plane keeps serving), the next agent keeps the routes still wanted without
 //! a gap and removes the rest, and a plain stop withdraws them all before its drain, while
-//! the VIPs are still served.
+//! the VIPs are still served; a router's BIRD learns them over BGP from the example config.
+//! The same answer everywhere: two nodes given the same config report the same table
+//! fingerprints and send the same flow to the same backend, and a restarted node converges
+//! to its fingerprints again.
 
 use std::time::Duration;
 
-use lb_integration::{lab::Lab, wait_until};
+use lb_integration::{
+    lab::{CLIENT_IP, IO_TIMEOUT, Lab},
+    wait_until,
+};
 
 /// A table of the test's own, not the default, to show the setting is followed.
 const TABLE: &str = "19600";
@@ -289,4 +295,81 @@ protocol bgp lb1 {
         "a stopped node announces nothing",
     );
     drop(node);
+}
+
+/// Each service's table fingerprint, from `lb vip list -o json`.
+fn fingerprints(lab: &Lab) -> Vec<(String, String)> {
+    let l = lab.lb_json(&["vip", "list"]).unwrap();
+    l["vips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["service"].as_str().unwrap().to_owned(),
+                v["table_fingerprint"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{v}"))
+                    .to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The backend that serves a connection from the client's `sport` to the VIP's port 80.
+fn served_by(lab: &Lab, sport: u16) -> String {
+    let mut c = lab
+        .http_connect_between(
+            std::net::SocketAddrV4::new(CLIENT_IP, sport),
+            std::net::SocketAddrV4::new(std::net::Ipv4Addr::new(203, 0, 113, 10), 80),
+            IO_TIMEOUT,
+        )
+        .unwrap();
+    let name = c.get().unwrap();
+    c.close().unwrap();
+    name
+}
+
+/// Two nodes (two labs) given the same config: the same fingerprints in `lb vip list` and
+/// `lb status`, and the same backend for each of 24 flows sent to each node directly; a
+/// node restarted after `kill -9` reports the same fingerprints again.
+#[test]
+fn nodes_with_the_same_config_give_every_flow_the_same_backend() {
+    let config = format!(
+        "{CONFIG}\n[[service]]\nvip = \"203.0.113.10:8080/tcp\"\nbackends = [\"192.0.2.12\", \"192.0.2.11\"]\n"
+    );
+    let mut labs: Vec<Lab> = (0..2).map(|_| Lab::new(2).unwrap()).collect();
+    for lab in &mut labs {
+        lab.start_agent(&config).unwrap();
+        lab.wait_ready().unwrap();
+        wait_table(
+            lab,
+            &["203.0.113.10", "203.0.113.11"],
+            "both VIPs announced",
+        );
+    }
+    let f0 = fingerprints(&labs[0]);
+    assert_eq!(f0.len(), 3, "{f0:?}");
+    assert_eq!(f0, fingerprints(&labs[1]));
+    let status = labs[0].lb(&["status"]).unwrap();
+    for (svc, f) in &f0 {
+        assert!(
+            status.contains(&format!("{svc}   table fingerprint {f}")),
+            "{svc}: {status}"
+        );
+    }
+    // The same flow, sent to each node directly, reaches the same backend, and flows spread
+    // over both backends.
+    let mut seen = std::collections::BTreeSet::new();
+    for sport in 42_000..42_024 {
+        let a = served_by(&labs[0], sport);
+        assert_eq!(a, served_by(&labs[1], sport), "client port {sport}");
+        seen.insert(a);
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    // A restarted node converges to the same fingerprints.
+    labs[1].kill_agent().unwrap();
+    labs[1].start_agent(&config).unwrap();
+    labs[1].wait_ready().unwrap();
+    assert_eq!(fingerprints(&labs[1]), f0);
 }

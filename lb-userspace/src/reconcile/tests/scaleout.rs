@@ -1,5 +1,6 @@
-//! What the agent announces (`crate::announce`): each VIP address with a backend in rotation
-//! in at least one of its services, and the effects that say when that may have changed.
+//! Scale-out: what the agent announces (`crate::announce`), each VIP address with a backend in
+//! rotation in at least one of its services, and the effects that say when that may have
+//! changed; and the table fingerprints that let operators compare nodes.
 
 use super::*;
 
@@ -86,4 +87,85 @@ fn a_vip_is_announced_while_any_of_its_services_has_a_backend_in_rotation() {
         },
     );
     assert_eq!(announced(&r), ["203.0.113.10", "203.0.113.12"]);
+}
+
+fn fingerprints(r: &mut Rec) -> Vec<(String, Option<String>)> {
+    match ask(r, Req::Status) {
+        Response::Status(s) => s
+            .vips
+            .iter()
+            .map(|v| (v.service.clone(), v.table_fingerprint.clone()))
+            .collect(),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Two nodes given the same services in another order (so their backend ids differ) report
+/// the same fingerprints, which `lb vip list` carries too; a change of the table's content
+/// (a backend drained) or of the seed changes it.
+#[test]
+fn nodes_with_the_same_config_report_the_same_table_fingerprints() {
+    let services = [
+        (
+            "203.0.113.10:80/tcp",
+            vec!["192.0.2.11", "192.0.2.12", "192.0.2.13"],
+        ),
+        ("203.0.113.11:53/udp", vec!["192.0.2.12", "192.0.2.11"]),
+    ];
+    let node = |order: &[usize], seed: u32| {
+        let info = AgentInfo {
+            ring_slots: 1 << 16,
+            hash_seed: seed,
+            ..AgentInfo::default()
+        };
+        let mut r = Reconciler::new(FakeMaps::default(), info);
+        for &i in order {
+            let (svc, backends) = &services[i];
+            let mut b = backends.clone();
+            if order[0] == 1 {
+                b.reverse();
+            }
+            add(&mut r, svc, &b);
+        }
+        r
+    };
+    let mut a = node(&[0, 1], 7);
+    let mut b = node(&[1, 0], 7);
+    let id_of = |r: &Rec| {
+        r.live()
+            .backends_of_spec(&spec("203.0.113.10:80/tcp"))
+            .find(|(a, _)| a.to_string() == "192.0.2.11:80")
+            .map(|(_, id)| *id)
+    };
+    assert_ne!(id_of(&a), id_of(&b), "the nodes' backend ids differ");
+    let fa = fingerprints(&mut a);
+    assert!(
+        fa.iter()
+            .all(|(_, f)| f.as_deref().is_some_and(|f| f.len() == 18)),
+        "{fa:?}"
+    );
+    assert_eq!(fa, fingerprints(&mut b));
+    let listed: Vec<Option<String>> = match ask(&mut a, Req::VipList) {
+        Response::Vips { vips } => vips.into_iter().map(|v| v.table_fingerprint).collect(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        listed,
+        fa.iter().map(|(_, f)| f.clone()).collect::<Vec<_>>()
+    );
+    // Another seed: other fingerprints (flows hash to other slots).
+    let mut c = node(&[0, 1], 8);
+    assert_ne!(fa, fingerprints(&mut c));
+    // A backend drained on one node: that service's table differs, the other's does not.
+    ok(
+        &mut b,
+        Req::BackendDrain {
+            service: "203.0.113.10:80/tcp".into(),
+            backend: "192.0.2.13".into(),
+            drained: true,
+        },
+    );
+    let fb = fingerprints(&mut b);
+    assert_ne!(fa[0], fb[0]);
+    assert_eq!(fa[1], fb[1]);
 }
