@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use lb_integration::{
-    lab::{CLIENT_IP, IO_TIMEOUT, Lab},
+    lab::{CLIENT_IP, IO_TIMEOUT, Lab, cluster::Bird},
     wait_until,
 };
 
@@ -142,65 +142,6 @@ fn vips_are_announced_while_they_can_be_served_and_withdrawn_before_a_plain_stop
     lab.kill_agent().unwrap();
 }
 
-/// A BIRD daemon in a namespace, in the foreground; killed (and reaped) when dropped, also
-/// when the test fails.
-struct Bird {
-    child: std::process::Child,
-    ctl: std::path::PathBuf,
-}
-
-impl Bird {
-    fn start(
-        ns: &lb_integration::netns::Netns,
-        dir: &std::path::Path,
-        name: &str,
-        conf: &str,
-    ) -> Self {
-        let file = dir.join(format!("{name}.conf"));
-        std::fs::write(&file, conf).unwrap();
-        let ctl = dir.join(format!("{name}.ctl"));
-        let child = ns
-            .command(std::path::Path::new("bird"))
-            .arg("-f")
-            .arg("-c")
-            .arg(&file)
-            .arg("-s")
-            .arg(&ctl)
-            .arg("-P")
-            .arg(dir.join(format!("{name}.pid")))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("bird (apt-get install bird2; cargo xtask setup does)");
-        Self { child, ctl }
-    }
-
-    /// The IPv4 prefixes in the daemon's `master4` table.
-    fn routes(&self) -> Vec<String> {
-        let out = std::process::Command::new("birdc")
-            .arg("-s")
-            .arg(&self.ctl)
-            .args(["show", "route", "table", "master4"])
-            .output()
-            .expect("birdc");
-        let mut v: Vec<String> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.split_whitespace().next())
-            .filter(|w| w.contains('/'))
-            .map(|w| w.trim_end_matches("/32").to_owned())
-            .collect();
-        v.sort();
-        v
-    }
-}
-
-impl Drop for Bird {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Waits (bounded) until `router` has exactly `want`.
 fn wait_router(lab: &Lab, router: &Bird, node: &Bird, want: &[&str], what: &str) {
     wait_until(
@@ -243,7 +184,7 @@ fn a_router_learns_the_announced_vips_over_bgp_from_the_example_config() {
     assert!(example.status.success(), "{example:?}");
     let node_conf = String::from_utf8(example.stdout).unwrap();
     assert!(node_conf.contains("kernel table 19600;"), "{node_conf}");
-    let node = Bird::start(&lab.lb, &lab.tmp, "node", &node_conf);
+    let node = Bird::start(&lab.lb, &lab.tmp, "node", &node_conf).unwrap();
     let router = Bird::start(
         &lab.client,
         &lab.tmp,
@@ -259,7 +200,8 @@ protocol bgp lb1 {
 	ipv4 { import all; export none; };
 }
 "#,
-    );
+    )
+    .unwrap();
     wait_router(
         &lab,
         &router,

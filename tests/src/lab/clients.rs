@@ -359,7 +359,7 @@ impl UdpFlow {
 }
 
 /// A TCP connection bound to `src` (std cannot bind before connecting).
-fn connect_from(
+pub(super) fn connect_from(
     src: std::net::SocketAddrV4,
     dst: SocketAddr,
     timeout: Duration,
@@ -542,6 +542,18 @@ pub struct HttpConn {
 }
 
 impl HttpConn {
+    /// A connection over `s`, with the lab's I/O timeouts.
+    ///
+    /// # Errors
+    /// The timeouts cannot be set.
+    pub(super) fn over(s: TcpStream) -> std::io::Result<Self> {
+        s.set_read_timeout(Some(IO_TIMEOUT))?;
+        s.set_write_timeout(Some(IO_TIMEOUT))?;
+        Ok(Self {
+            stream: BufReader::new(s),
+        })
+    }
+
     /// One request on this connection; returns the body's first line (the backend's name).
     ///
     /// # Errors

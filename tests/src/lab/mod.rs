@@ -30,6 +30,7 @@ use anyhow::{Context as _, bail};
 
 mod agent;
 mod clients;
+pub mod cluster;
 pub mod dsr;
 mod icmp;
 mod servers;
