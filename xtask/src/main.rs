@@ -48,8 +48,13 @@ enum Cmd {
     /// licence, source and ban checks (offline: no advisory database).
     Lint,
     /// The main job: a namespace lab (client, LB, three backends), the agent with an embedded
-    /// default config, real HTTP and UDP requests through the VIP, counters, teardown.
-    Demo,
+    /// default config, real HTTP and UDP requests through the VIP, counters, teardown. With
+    /// --nodes, the scale-out lab: N nodes behind a router (BGP, ECMP), one stopped.
+    Demo {
+        /// The scale-out lab instead: N LB nodes (2..=8) behind a router with ECMP and BGP.
+        #[arg(long)]
+        nodes: Option<usize>,
+    },
     /// The coverage-guided fuzz target over lb-common's packet parsing and classification,
     /// for a bounded time (installs cargo-fuzz 0.13.2 the first time). With --kernel, the
     /// differential target instead: every input through the real XDP program and the model,
@@ -104,7 +109,7 @@ fn main() -> ExitCode {
         Cmd::Build { release } => build(release),
         Cmd::Test { host_only, args } => test(host_only, &args),
         Cmd::Lint => setup::ensure().and_then(|()| lint()),
-        Cmd::Demo => demo(),
+        Cmd::Demo { nodes } => demo(nodes),
         Cmd::Bench {
             quick,
             cost_only,
@@ -349,7 +354,7 @@ fn run_tests(cmd: &mut Command) -> anyhow::Result<Tally> {
     Ok(t)
 }
 
-fn demo() -> anyhow::Result<()> {
+fn demo(nodes: Option<usize>) -> anyhow::Result<()> {
     setup::ensure()?;
     setup::require_root("the demo (it creates network namespaces and loads XDP)")?;
     // One debug build, quiet: the XDP object's inner build reports every crate it compiles
@@ -364,7 +369,11 @@ fn demo() -> anyhow::Result<()> {
         "lb-integration",
         "--bins",
     ]))?;
-    run(&mut Command::new(root().join("target/debug/lb-demo")))
+    let mut demo = Command::new(root().join("target/debug/lb-demo"));
+    if let Some(n) = nodes {
+        demo.args(["--nodes", &n.to_string()]);
+    }
+    run(&mut demo)
 }
 
 /// How long `cargo xtask test` fuzzes (`cargo xtask fuzz` runs longer rounds).

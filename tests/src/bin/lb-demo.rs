@@ -28,7 +28,44 @@ fn interrupted() -> anyhow::Result<()> {
 fn main() -> ExitCode {
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
     unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
-    let result = run();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let nodes = match args.as_slice() {
+        [] => None,
+        [flag, n] if flag == "--nodes" => {
+            if let Ok(n @ 2..=8) = n.parse::<usize>() {
+                Some(n)
+            } else {
+                eprintln!("--nodes: {n:?} is not a node count in 2..=8");
+                return ExitCode::from(2);
+            }
+        }
+        _ => {
+            eprintln!("usage: lb-demo [--nodes N]");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match nodes {
+        Some(n) => cluster::run(n),
+        None => run(),
+    };
+    if nodes.is_some() {
+        return match result {
+            Ok(()) => {
+                println!(
+                    "\nlab torn down. demo passed: every node gave every flow the same backend, and traffic kept flowing when one stopped."
+                );
+                ExitCode::SUCCESS
+            }
+            Err(_) if INTERRUPTED.load(Ordering::SeqCst) => {
+                eprintln!("\ninterrupted: lab torn down (namespaces, agents, daemons, pins).");
+                ExitCode::from(130)
+            }
+            Err(e) => {
+                eprintln!("\nlab torn down. demo failed: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     // `run` has dropped the lab by now: namespaces, agent, servers and pins are gone.
     match result {
         Ok(()) => {
@@ -108,4 +145,87 @@ fn run() -> anyhow::Result<()> {
     let st = lab.stop_agent()?;
     println!("agent stopped on SIGTERM ({st}); XDP detached, pins removed");
     Ok(())
+}
+
+/// `cargo xtask demo --nodes N`: the scale-out lab (`lab::cluster`).
+mod cluster {
+    use std::net::Ipv4Addr;
+
+    use lb_integration::lab::cluster::{CLIENT, Cluster, http_get_here};
+
+    use super::interrupted;
+
+    const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+    const CONFIG: &str = r#"
+[[service]]
+vip = "203.0.113.10:80/tcp"
+backends = ["192.0.2.11", "192.0.2.12", "192.0.2.13"]
+floating_ip = "l2"
+probe = "tcp:80"
+probe_interval = "200ms"
+"#;
+
+    pub fn run(n: usize) -> anyhow::Result<()> {
+        println!("== building the scale-out lab: client, router, {n} LB nodes, 3 backends ==");
+        println!(
+            "   each node: `lb agent` (native XDP) and BIRD with the config `lb bgp example` prints"
+        );
+        for l in CONFIG.lines() {
+            println!("   | {l}");
+        }
+        let mut c = Cluster::new(n, 3, &[VIP], CONFIG)?;
+        let all: Vec<Ipv4Addr> = c.nodes.iter().map(|n| n.addr).collect();
+        c.wait_next_hops(VIP, &all)?;
+        println!(
+            "\n$ ip route show {VIP} (in the router, learned over BGP)\n{}",
+            c.router.ip(&["route", "show", &format!("{VIP}/32")])?
+        );
+        println!("== one flow's backend from each node's point of view (lb explain) ==");
+        for sport in [40001u16, 40002, 40003, 40004] {
+            interrupted()?;
+            let mut picks = Vec::new();
+            for node in &c.nodes {
+                let e = node.lb_json(&[
+                    "explain",
+                    &format!("{CLIENT}:{sport}"),
+                    "203.0.113.10:80/tcp",
+                ])?;
+                picks.push(e["backend"].as_str().unwrap_or("-").to_owned());
+            }
+            println!("   {CLIENT}:{sport} → {VIP}:80: {}", picks.join(" | "));
+            anyhow::ensure!(
+                picks.windows(2).all(|w| w[0] == w[1]),
+                "the nodes disagree: {picks:?}"
+            );
+        }
+        for (i, node) in c.nodes.iter().enumerate() {
+            let s = node.lb_json(&["status"])?;
+            println!(
+                "   node {} ({}): table fingerprint {}",
+                i + 1,
+                node.addr,
+                s["vips"][0]["table_fingerprint"].as_str().unwrap_or("-")
+            );
+        }
+        println!("\n== 12 connections from the client, spread by the router ==");
+        for i in 1..=12 {
+            interrupted()?;
+            let who = c.client.enter(move || http_get_here(VIP))?;
+            println!("   GET http://{VIP}/ #{i:<2} → answered by {who}");
+        }
+        println!("\n== node 1 stops (SIGTERM: its VIPs withdrawn, a 2 s drain, then it exits) ==");
+        c.stop(0)?;
+        c.wait_next_hops(VIP, &all[1..])?;
+        println!(
+            "$ ip route show {VIP} (in the router)\n{}",
+            c.router.ip(&["route", "show", &format!("{VIP}/32")])?
+        );
+        println!("== 12 more connections ==");
+        for i in 1..=12 {
+            interrupted()?;
+            let who = c.client.enter(move || http_get_here(VIP))?;
+            println!("   GET http://{VIP}/ #{i:<2} → answered by {who}");
+        }
+        Ok(())
+    }
 }
