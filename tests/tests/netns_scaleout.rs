@@ -62,16 +62,22 @@ fn wait_table(lab: &Lab, want: &[&str], what: &str) {
     .unwrap_or_else(|e| panic!("{e}: {:?}\n{}", table(lab), lab.agent_log()));
 }
 
-#[test]
-fn vips_are_announced_while_they_can_be_served_and_withdrawn_before_a_plain_stop() {
+/// A lab of two backends with the agent on `config`, both VIPs announced.
+fn announcing(config: &str) -> Lab {
     let mut lab = Lab::new(2).unwrap();
-    lab.start_agent(CONFIG).unwrap();
+    lab.start_agent(config).unwrap();
     lab.wait_ready().unwrap();
     wait_table(
         &lab,
         &["203.0.113.10", "203.0.113.11"],
         "both VIPs announced",
     );
+    lab
+}
+
+#[test]
+fn vips_are_announced_while_they_can_be_served_and_withdrawn_before_a_plain_stop() {
+    let mut lab = announcing(CONFIG);
     let status = lab.lb_json(&["status"]).unwrap();
     assert_eq!(status["announce_table"], 19600, "{status}");
     assert_eq!(
@@ -166,14 +172,7 @@ fn wait_router(lab: &Lab, router: &Bird, node: &Bird, want: &[&str], what: &str)
 /// client link, BFD on both sides), and the router's table follows the agent's announcements.
 #[test]
 fn a_router_learns_the_announced_vips_over_bgp_from_the_example_config() {
-    let mut lab = Lab::new(2).unwrap();
-    lab.start_agent(CONFIG).unwrap();
-    lab.wait_ready().unwrap();
-    wait_table(
-        &lab,
-        &["203.0.113.10", "203.0.113.11"],
-        "both VIPs announced",
-    );
+    let mut lab = announcing(CONFIG);
     let example = std::process::Command::new(lb_integration::lab::workspace_bin("lb").unwrap())
         .args(["bgp", "example", "--config"])
         .arg(lab.tmp.join("lb.toml"))
@@ -280,16 +279,7 @@ fn nodes_with_the_same_config_give_every_flow_the_same_backend() {
     let config = format!(
         "{CONFIG}\n[[service]]\nvip = \"203.0.113.10:8080/tcp\"\nbackends = [\"192.0.2.12\", \"192.0.2.11\"]\n"
     );
-    let mut labs: Vec<Lab> = (0..2).map(|_| Lab::new(2).unwrap()).collect();
-    for lab in &mut labs {
-        lab.start_agent(&config).unwrap();
-        lab.wait_ready().unwrap();
-        wait_table(
-            lab,
-            &["203.0.113.10", "203.0.113.11"],
-            "both VIPs announced",
-        );
-    }
+    let mut labs: Vec<Lab> = (0..2).map(|_| announcing(&config)).collect();
     let f0 = fingerprints(&labs[0]);
     assert_eq!(f0.len(), 3, "{f0:?}");
     assert_eq!(f0, fingerprints(&labs[1]));

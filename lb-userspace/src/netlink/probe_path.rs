@@ -33,6 +33,21 @@ fn ifindex_of(name: &str) -> Option<u32> {
     (i != 0).then_some(i)
 }
 
+/// The probes' fwmark rule of `family`: `fwmark MARK_TAG/MARK_MASK lookup TABLE pref
+/// RULE_PRIORITY`.
+fn rule(family: AddressFamily) -> RuleMessage {
+    let mut m = RuleMessage::default();
+    m.header.family = family;
+    m.header.action = RuleAction::ToTable;
+    m.attributes.extend([
+        RuleAttribute::FwMark(probe::MARK_TAG),
+        RuleAttribute::FwMask(probe::MARK_MASK),
+        RuleAttribute::Priority(probe::RULE_PRIORITY),
+        RuleAttribute::Table(probe::TABLE),
+    ]);
+    m
+}
+
 impl Netlink {
     /// Sets up the probe path (see the module's text) and gives the probe device's index.
     ///
@@ -86,18 +101,9 @@ impl Netlink {
             )
         };
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
-            let mut m = RuleMessage::default();
-            m.header.family = family;
-            m.header.action = RuleAction::ToTable;
-            m.attributes.extend([
-                RuleAttribute::FwMark(probe::MARK_TAG),
-                RuleAttribute::FwMask(probe::MARK_MASK),
-                RuleAttribute::Priority(probe::RULE_PRIORITY),
-                RuleAttribute::Table(probe::TABLE),
-            ]);
             match self.exchange(
                 Request::ProbePath("rule del"),
-                RouteNetlinkMessage::DelRule(m),
+                RouteNetlinkMessage::DelRule(rule(family)),
                 NLM_F_REQUEST | NLM_F_ACK,
                 |_| {},
             ) {
@@ -141,15 +147,7 @@ impl Netlink {
     /// The fwmark rule, once: `NLM_F_EXCL` makes a second add fail with `EEXIST` instead of
     /// adding a duplicate (rules have no replace).
     fn rule_add(&mut self, family: AddressFamily) -> Result<(), NetlinkError> {
-        let mut m = RuleMessage::default();
-        m.header.family = family;
-        m.header.action = RuleAction::ToTable;
-        m.attributes.extend([
-            RuleAttribute::FwMark(probe::MARK_TAG),
-            RuleAttribute::FwMask(probe::MARK_MASK),
-            RuleAttribute::Priority(probe::RULE_PRIORITY),
-            RuleAttribute::Table(probe::TABLE),
-        ]);
+        let m = rule(family);
         match self.exchange(
             Request::ProbePath("rule add"),
             RouteNetlinkMessage::NewRule(m),
