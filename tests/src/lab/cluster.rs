@@ -84,6 +84,8 @@ pub struct Cluster {
     pub config: String,
     /// Each agent's `--announce-drain`.
     pub drain: String,
+    /// The VIP whose route the backends' return path follows ([`Self::return_through_nodes`]).
+    return_via: Option<Ipv4Addr>,
     peer_xdp: Vec<PeerXdp>,
 }
 
@@ -113,6 +115,7 @@ impl Cluster {
             router_bird: None,
             config: config.to_owned(),
             drain: "2s".into(),
+            return_via: None,
             peer_xdp: Vec::new(),
             tmp,
             prefix,
@@ -143,7 +146,8 @@ impl Cluster {
             let ns = Netns::new(&format!("{}-n{i}", c.prefix))?;
             let addr = Ipv4Addr::new(192, 0, 2, u8::try_from(i)?);
             c.port(&format!("port{i}"), &ns.name, "f0", addr)?;
-            ns.ip(&["link", "set", "lo", "up"])?;
+            // The way to the clients, for replies a node translates (DNAT modes).
+            ns.ip(&["route", "add", "default", "via", &ROUTER_FABRIC.to_string()])?;
             // Frames the node's program sends back out of f0 reach the bridge only through
             // a program on its port (veth needs NAPI there; GRO is not enough on a bridge port).
             let p = peer_program(&c.sw, &format!("port{i}"), "xdp_pass")?;
@@ -163,15 +167,18 @@ impl Cluster {
             c.port(&format!("pb{i}"), &ns.name, "eth0", ip)?;
             ns.ip(&["link", "set", "lo", "up"])?;
             ns.ip(&["route", "add", "default", "via", &ROUTER_FABRIC.to_string()])?;
-            let lb = workspace_bin("lb")?;
-            let mut cmd = ns.command(&lb);
-            cmd.args(["backend", "setup", "l2", "--iface", "eth0", "--apply"])
-                .arg("--pin-dir")
-                .arg(PathBuf::from("/sys/fs/bpf").join(format!("{}-decap", c.prefix)));
-            for v in vips {
-                cmd.args(["--vip", &v.to_string()]);
+            // Floating IP: the VIPs on the backend's loopback (none for DNAT services).
+            if !vips.is_empty() {
+                let lb = workspace_bin("lb")?;
+                let mut cmd = ns.command(&lb);
+                cmd.args(["backend", "setup", "l2", "--iface", "eth0", "--apply"])
+                    .arg("--pin-dir")
+                    .arg(PathBuf::from("/sys/fs/bpf").join(format!("{}-decap", c.prefix)));
+                for v in vips {
+                    cmd.args(["--vip", &v.to_string()]);
+                }
+                output(&mut cmd).with_context(|| format!("lb backend setup l2 in b{i}"))?;
             }
-            output(&mut cmd).with_context(|| format!("lb backend setup l2 in b{i}"))?;
             let mut b = BackendNs {
                 ns,
                 name: format!("b{i}"),
@@ -288,8 +295,52 @@ impl Cluster {
                 n.addr
             );
         }
+        // The backends' return path for DNAT with stateless replies: replies from the
+        // backends (they arrive from the fabric, from a backend address) go to the clients
+        // through the nodes, over the same next hops as the first VIP's route, which BFD and
+        // BGP keep to the live nodes: a static route resolved recursively through it, in a
+        // table a policy rule picks for those packets.
+        if let Some(vip) = self.return_via {
+            let _ = writeln!(
+                conf,
+                "ipv4 table back;
+                 protocol static back_routes {{ ipv4 {{ table back; }}; igp table master4; route 198.51.100.0/24 recursive {vip}; }}
+                 protocol kernel back_kernel {{ kernel table 100; ipv4 {{ table back; import none; export all; }}; }}"
+            );
+        }
         self.router_bird = Some(Bird::start(&self.router, &self.tmp, "router", &conf)?);
         Ok(())
+    }
+
+    /// Routes the backends' replies to the clients through the nodes (see
+    /// [`Self::start_router_bird`]): their default route is the router, and the router sends
+    /// what comes from a backend over the live nodes. For DNAT with stateless replies.
+    ///
+    /// # Errors
+    /// A step fails.
+    pub fn return_through_nodes(&mut self, vip: Ipv4Addr) -> anyhow::Result<()> {
+        self.return_via = Some(vip);
+        self.router.ip(&[
+            "rule",
+            "add",
+            "iif",
+            "f0",
+            "from",
+            "192.0.2.0/24",
+            "lookup",
+            "100",
+            "pref",
+            "100",
+        ])?;
+        // The replies leave by the interface they came in on: no redirects to the backends.
+        for k in ["all", "f0"] {
+            self.router.exec(
+                "sysctl",
+                &["-qw", &format!("net.ipv4.conf.{k}.send_redirects=0")],
+            )?;
+        }
+        self.router_bird = None;
+        self.start_router_bird()
     }
 
     /// A keep-alive HTTP connection from the client's port `sport` to `vip`:80, through the
