@@ -102,6 +102,7 @@ impl Cluster {
         config: &str,
     ) -> anyhow::Result<Self> {
         crate::require_root();
+        require_bird()?;
         sweep_stale();
         let prefix = unique_prefix();
         let tmp = std::env::temp_dir().join(&prefix);
