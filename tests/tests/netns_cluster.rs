@@ -1,7 +1,7 @@
 //! Scale-out with three LB nodes behind a router (`lab::cluster`): the router learns each
 //! VIP from every node over BGP and spreads flows over all three; a node's crash (BFD) and a
-//! node's graceful stop lose no flow, in floating-IP mode and (the crash) in DNAT mode with
-//! stateless replies.
+//! node's graceful stop lose no flow, in floating-IP mode and in DNAT mode with stateless
+//! replies; with tracked replies, a reply must come back through its own node.
 
 use std::net::Ipv4Addr;
 
@@ -266,4 +266,43 @@ fn dnat_with_stateless_replies_survives_a_lost_node() {
     );
     // The survivors translated the replies of flows they had not seen before.
     assert!(replies(&c, 1..3) > survivors_before + 200);
+}
+
+/// DNAT with tracked replies (the default) needs each reply back through the node that
+/// tracked its flow: with the backends' replies returning through one node, the flows the
+/// router sent to the other nodes fail (their replies reach a node without their entry,
+/// which passes them untranslated), and only that node's own flows work. This is why a lost
+/// node's flows break in this mode, and why scale-out uses floating IP or stateless replies.
+#[test]
+fn dnat_with_tracked_replies_needs_the_reply_through_the_tracking_node() {
+    const TRACKED: &str = r#"
+[[service]]
+vip = "203.0.113.10:80/tcp"
+backends = ["192.0.2.11", "192.0.2.12"]
+probe = "tcp:80"
+probe_interval = "200ms"
+"#;
+    let mut c = Cluster::new(3, 2, &[], TRACKED).unwrap();
+    c.return_through_nodes(VIP).unwrap();
+    let nodes: Vec<Ipv4Addr> = c.nodes.iter().map(|n| n.addr).collect();
+    c.wait_next_hops(VIP, &nodes).unwrap();
+    let results: Vec<bool> = c.client.enter(|| {
+        // 30 flows: each misses the replying node with probability 2/3, so all of them
+        // (or none) do with a probability below 10^-5.
+        (0..30)
+            .map(|_| {
+                lb_integration::lab::cluster::http_get_here_within(
+                    VIP,
+                    std::time::Duration::from_secs(1),
+                )
+                .is_ok()
+            })
+            .collect()
+    });
+    let ok = results.iter().filter(|r| **r).count();
+    assert!(
+        ok > 0 && ok < results.len(),
+        "{ok} of {} worked",
+        results.len()
+    );
 }

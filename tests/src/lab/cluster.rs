@@ -431,10 +431,18 @@ impl Cluster {
 /// # Errors
 /// The connection or the exchange fails.
 pub fn http_get_here(vip: Ipv4Addr) -> anyhow::Result<String> {
+    http_get_here_within(vip, super::IO_TIMEOUT)
+}
+
+/// As [`http_get_here`], giving the connect `timeout`.
+///
+/// # Errors
+/// The connection or the exchange fails.
+pub fn http_get_here_within(vip: Ipv4Addr, timeout: Duration) -> anyhow::Result<String> {
     let s = super::clients::connect_from(
         std::net::SocketAddrV4::new(CLIENT, 0),
         std::net::SocketAddr::new(vip.into(), 80),
-        super::IO_TIMEOUT,
+        timeout,
     )?;
     super::HttpConn::over(s)?.get()
 }
