@@ -68,18 +68,13 @@ impl Announcer {
             } else {
                 orders.recv_timeout(RETRY)
             };
-            match order {
-                Ok(Order::Want(w)) => self.want = w,
-                Ok(Order::WithdrawAll(done)) => {
-                    let n = self.withdraw_all();
-                    let _ = done.send(n);
-                    return;
-                }
-                Err(RecvTimeoutError::Timeout) => {}
+            let first = match order {
+                Ok(o) => Some(o),
+                Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => return,
-            }
+            };
             // Only the latest set counts.
-            while let Ok(o) = orders.try_recv() {
+            for o in first.into_iter().chain(orders.try_iter()) {
                 match o {
                     Order::Want(w) => self.want = w,
                     Order::WithdrawAll(done) => {
