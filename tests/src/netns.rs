@@ -132,19 +132,52 @@ impl Netns {
     /// # Errors
     /// The file cannot be read, or it has no such counter.
     pub fn tcp_stat(&self, name: &str) -> anyhow::Result<u64> {
-        let snmp = self.exec("cat", &["/proc/net/snmp"])?;
-        let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
-        let (Some(names), Some(values)) = (tcp.next(), tcp.next()) else {
-            bail!("no Tcp lines in /proc/net/snmp of {}", self.name);
+        self.mib("/proc/net/snmp", "Tcp:", name)
+    }
+
+    /// A counter of the namespace's TCP extension MIB (`/proc/net/netstat`, line `TcpExt:`),
+    /// such as `TCPDSACKRecv`.
+    ///
+    /// # Errors
+    /// The file cannot be read, or it has no such counter.
+    pub fn tcp_ext_stat(&self, name: &str) -> anyhow::Result<u64> {
+        self.mib("/proc/net/netstat", "TcpExt:", name)
+    }
+
+    /// Counter `name` of the `prefix` lines of `file` (a line of names, then one of values).
+    fn mib(&self, file: &str, prefix: &str, name: &str) -> anyhow::Result<u64> {
+        let text = self.exec("cat", &[file])?;
+        let mut lines = text.lines().filter(|l| l.starts_with(prefix));
+        let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+            bail!("no {prefix} lines in {file} of {}", self.name);
         };
         names
             .split_whitespace()
             .zip(values.split_whitespace())
             .find(|(n, _)| *n == name)
-            .with_context(|| format!("no TCP counter {name} in {}", self.name))?
+            .with_context(|| format!("no counter {name} in {file} of {}", self.name))?
             .1
             .parse()
-            .with_context(|| format!("TCP counter {name} of {}", self.name))
+            .with_context(|| format!("counter {name} of {}", self.name))
+    }
+
+    /// Segments this namespace's TCP sent again although they had arrived: retransmissions
+    /// (`RetransSegs`) less those the peer reported as duplicates (a D-SACK, `TCPDSACKRecv`).
+    /// An ACK that comes late (a busy core) makes the sender's timer send a segment twice,
+    /// and that is no loss; a lost segment's retransmission gets no D-SACK.
+    ///
+    /// # Errors
+    /// A counter cannot be read.
+    pub fn tcp_lost(&self) -> anyhow::Result<u64> {
+        let sent_again = self.tcp_stat("RetransSegs")?;
+        let duplicates = self.tcp_ext_stat("TCPDSACKRecv")?;
+        if sent_again > 0 {
+            eprintln!(
+                "{}: {sent_again} TCP segments sent again, {duplicates} reported as duplicates",
+                self.name
+            );
+        }
+        Ok(sent_again.saturating_sub(duplicates))
     }
 
     /// The interface index of `dev` in this namespace.

@@ -102,11 +102,17 @@ fn restarts_and_upgrades_under_load_drop_nothing() {
 
     let tally = stream.stop();
     // Nothing was lost on the way either: a dropped SYN or segment would have been
-    // retransmitted (and the connection only delayed), a lost flow reset.
+    // retransmitted (and the connection only delayed), a lost flow reset. A segment sent
+    // twice because its ACK came late (the new agent's verifier run keeps a core busy while
+    // the traffic runs) is no loss: the receiver reports the duplicate (`tcp_lost`).
     for ns in std::iter::once(&lab.client).chain(lab.backends.iter().map(|b| &b.ns)) {
-        for counter in ["RetransSegs", "OutRsts"] {
-            assert_eq!(ns.tcp_stat(counter).unwrap(), 0, "{counter} in {}", ns.name);
-        }
+        assert_eq!(
+            ns.tcp_lost().unwrap(),
+            0,
+            "TCP segments lost in {}",
+            ns.name
+        );
+        assert_eq!(ns.tcp_stat("OutRsts").unwrap(), 0, "OutRsts in {}", ns.name);
     }
     assert!(
         tally.failures.is_empty(),
