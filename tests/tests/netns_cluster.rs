@@ -3,9 +3,12 @@
 //! node's graceful stop lose no flow, in floating-IP mode and in DNAT mode with stateless
 //! replies; with tracked replies, a reply must come back through its own node.
 
-use std::net::Ipv4Addr;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
 
-use lb_integration::lab::cluster::{Cluster, http_get_here};
+use lb_integration::lab::cluster::{Cluster, Ecmp, http_get_here};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 
@@ -97,16 +100,66 @@ fn still_held(held: &mut [(lb_integration::lab::HttpConn, String)]) -> usize {
     kept
 }
 
+/// For each held client port (`from..from + 200`), the live nodes in `live` with an entry
+/// for its flow: the nodes the router has sent it to.
+fn carriers(c: &Cluster, live: &[usize], from: u16) -> BTreeMap<u16, BTreeSet<usize>> {
+    let mut out: BTreeMap<u16, BTreeSet<usize>> = BTreeMap::new();
+    for &i in live {
+        let v = c.nodes[i]
+            .lb_json(&["flows", "--client", "198.51.100.2/32", "--limit", "100000"])
+            .unwrap();
+        for f in v["flows"].as_array().unwrap() {
+            let client: std::net::SocketAddr = f["client"].as_str().unwrap().parse().unwrap();
+            if (from..from + 200).contains(&client.port()) {
+                out.entry(client.port()).or_default().insert(i);
+            }
+        }
+    }
+    out
+}
+
+/// What node 1's loss did to the routing of the held flows (`before` and `after` from
+/// [`carriers`]): how many of the survivors' own flows the router moved to the other
+/// survivor. Also checks that each held flow had one node, and that the lost node's flows
+/// reached a survivor.
+fn moved_between_survivors(
+    before: &BTreeMap<u16, BTreeSet<usize>>,
+    after: &BTreeMap<u16, BTreeSet<usize>>,
+) -> usize {
+    assert_eq!(before.len(), 200, "held flows without a node: {before:?}");
+    let mut moved = 0;
+    for (port, nodes) in before {
+        assert_eq!(nodes.len(), 1, "flow from port {port} on nodes {nodes:?}");
+        let now = after.get(port).cloned().unwrap_or_default();
+        if nodes.contains(&0) {
+            assert!(
+                !now.is_empty(),
+                "node 1's flow from port {port} reached no survivor"
+            );
+        } else if now != *nodes {
+            moved += 1;
+        }
+    }
+    moved
+}
+
 fn forwarded(c: &Cluster, i: usize) -> u64 {
     let s = c.nodes[i].lb_json(&["stats"]).unwrap();
     s["reasons"]["forward_encap"].as_u64().unwrap()
 }
 
-/// Crashes node 1 under the `held` connections and a stream of new ones, and checks what a
-/// lost node may cost: at least 99 % of the held connections keep their backend, and no new
-/// connection started after the router's BFD dropped the node fails.
-fn crash_under_load(c: &mut Cluster, mut held: Vec<(lb_integration::lab::HttpConn, String)>) {
+/// Crashes node 1 under the `held` connections (from client ports `from..from + 200`) and a
+/// stream of new ones, and checks what a lost node may cost: at least 99 % of the held
+/// connections keep their backend, and no new connection started after the router's BFD
+/// dropped the node fails. Returns how many of the survivors' held flows the router moved
+/// to the other survivor ([`moved_between_survivors`]).
+fn crash_under_load(
+    c: &mut Cluster,
+    mut held: Vec<(lb_integration::lab::HttpConn, String)>,
+    from: u16,
+) -> usize {
     let nodes: Vec<Ipv4Addr> = c.nodes.iter().map(|n| n.addr).collect();
+    let before = carriers(c, &[0, 1, 2], from);
     let stream = Stream::start(c);
     let crashed = std::time::Instant::now();
     c.crash(0).unwrap();
@@ -119,6 +172,7 @@ fn crash_under_load(c: &mut Cluster, mut held: Vec<(lb_integration::lab::HttpCon
         detected - crashed
     );
     let kept = still_held(&mut held);
+    let moved = moved_between_survivors(&before, &carriers(c, &[1, 2], from));
     // 50 more new connections after the detection, before the stream stops.
     let tail: Vec<(std::time::Instant, Result<(), String>)> = c.client.enter(|| {
         (0..50)
@@ -145,13 +199,14 @@ fn crash_under_load(c: &mut Cluster, mut held: Vec<(lb_integration::lab::HttpCon
         late.is_empty(),
         "new connections failed after detection: {late:?}"
     );
+    moved
 }
 
 /// A node crashes (`kill -9` of its agent and its BIRD, its link down): the router's BFD
 /// takes it out of the ECMP group, the other nodes serve its flows on their original
 /// backends (same tables; a packet of a flow they never saw is placed by the table), at
 /// least 99 % of 200 held connections keep working, and no new connection started after the
-/// detection fails.
+/// detection fails. The router's group is resilient: the survivors' own flows stay on them.
 #[test]
 fn a_node_lost_keeps_its_flows_on_their_backends() {
     let mut c = Cluster::new(3, 2, &[VIP], CONFIG).unwrap();
@@ -160,13 +215,34 @@ fn a_node_lost_keeps_its_flows_on_their_backends() {
     let held = hold(&c, 44_000);
     let before: Vec<u64> = (0..3).map(|i| forwarded(&c, i)).collect();
     assert!(before[0] > 0, "node 1 carries none of the held flows");
-    crash_under_load(&mut c, held);
+    let moved = crash_under_load(&mut c, held, 44_000);
+    assert_eq!(moved, 0, "the survivors' flows moved between them");
     // The others took the dead node's flows.
     let after: u64 = (1..3).map(|i| forwarded(&c, i)).sum();
     assert!(
         after > before[1] + before[2],
         "the other nodes carried nothing more"
     );
+}
+
+/// The same crash with the router on plain ECMP (BIRD's multipath route, hash-threshold):
+/// the held connections survive as well (every node gives the same answer), but the router
+/// also moved flows from one survivor to the other, which a resilient group does not. A
+/// flow that moves between two live nodes is placed again by the new node's table: harmless
+/// while the nodes agree, and lost when their health views briefly differ (README,
+/// capacity planning).
+#[test]
+fn plain_ecmp_also_moves_the_survivors_flows() {
+    let mut c = Cluster::with_ecmp(3, 2, &[VIP], CONFIG, Ecmp::Plain).unwrap();
+    let nodes: Vec<Ipv4Addr> = c.nodes.iter().map(|n| n.addr).collect();
+    c.wait_next_hops(VIP, &nodes).unwrap();
+    let held = hold(&c, 47_000);
+    let moved = crash_under_load(&mut c, held, 47_000);
+    // Hash-threshold over 3 next hops, then 2: a sixth of the hash space changes hands
+    // between the survivors, about 33 of the 200 flows; none move with a probability below
+    // 10^-15.
+    assert!(moved > 0, "plain ECMP moved none of the survivors' flows");
+    eprintln!("plain ECMP moved {moved} of the survivors' flows");
 }
 
 /// A node stopped as an operator would (SIGTERM: its VIPs withdrawn, a 2 s drain, then
@@ -225,9 +301,9 @@ fn dnat_with_stateless_replies_survives_a_lost_node() {
     let nodes: Vec<Ipv4Addr> = c.nodes.iter().map(|n| n.addr).collect();
     c.wait_next_hops(VIP, &nodes).unwrap();
     let held = hold(&c, 46_000);
-    // The replies came back through a node, translated there (the lab's router returns
-    // them over one node at a time: the best path of the VIP's route, which BIRD's recursive
-    // route follows, not its ECMP set).
+    // The replies came back through the nodes, translated there (the router spreads them
+    // over the live nodes by the VIP's group, with its own hash of the reply's 5-tuple: a
+    // reply often returns through another node than its flow's).
     let replies = |c: &Cluster, nodes: std::ops::Range<usize>| -> u64 {
         nodes
             .map(|i| {
@@ -242,15 +318,16 @@ fn dnat_with_stateless_replies_survives_a_lost_node() {
         c.router.ip(&["route", "show", "table", "100"]).unwrap()
     );
     let survivors_before = replies(&c, 1..3);
-    crash_under_load(&mut c, held);
+    let moved = crash_under_load(&mut c, held, 46_000);
+    assert_eq!(moved, 0, "the survivors' flows moved between them");
     // The survivors translated the replies of flows they had not seen before.
     assert!(replies(&c, 1..3) > survivors_before + 200);
 }
 
 /// DNAT with tracked replies (the default) needs each reply back through the node that
-/// tracked its flow: with the backends' replies returning through one node, the flows the
-/// router sent to the other nodes fail (their replies reach a node without their entry,
-/// which passes them untranslated), and only that node's own flows work. This is why a lost
+/// tracked its flow: with the backends' replies spread over the nodes by the router's own
+/// hash of the reply, a flow whose reply reaches another node than its SYN fails (that node
+/// has no entry, and passes the reply untranslated), and only the others work. This is why a lost
 /// node's flows break in this mode, and why scale-out uses floating IP or stateless replies.
 #[test]
 fn dnat_with_tracked_replies_needs_the_reply_through_the_tracking_node() {
@@ -266,8 +343,8 @@ probe_interval = "200ms"
     let nodes: Vec<Ipv4Addr> = c.nodes.iter().map(|n| n.addr).collect();
     c.wait_next_hops(VIP, &nodes).unwrap();
     let results: Vec<bool> = c.client.enter(|| {
-        // 30 flows: each misses the replying node with probability 2/3, so all of them
-        // (or none) do with a probability below 10^-5.
+        // 30 flows: each reply reaches another node than its flow's with probability 2/3,
+        // so all of them (or none) do with a probability below 10^-5.
         (0..30)
             .map(|_| {
                 lb_integration::lab::cluster::http_get_here_within(

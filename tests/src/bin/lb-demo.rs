@@ -177,8 +177,12 @@ probe_interval = "200ms"
         let all: Vec<Ipv4Addr> = c.nodes.iter().map(|n| n.addr).collect();
         c.wait_next_hops(VIP, &all)?;
         println!(
-            "\n$ ip route show {VIP} (in the router, learned over BGP)\n{}",
+            "\n$ ip route show {VIP} (in the router: learned over BGP, through a resilient group)\n{}",
             c.router.ip(&["route", "show", &format!("{VIP}/32")])?
+        );
+        println!(
+            "$ ip nexthop show (a node's loss moves only its own buckets)\n{}",
+            c.router.ip(&["nexthop", "show"])?
         );
         println!("== one flow's backend from each node's point of view (lb explain) ==");
         for sport in [40001u16, 40002, 40003, 40004] {

@@ -1,7 +1,9 @@
 //! The scale-out lab: several LB nodes behind one router that spreads flows over them with
 //! ECMP, each node running the real agent (native XDP) with the same config and its own
 //! BIRD (the config `lb bgp example` prints), peering with the router's BIRD (BFD on both
-//! sides), which installs the VIPs' multipath routes into the router's kernel.
+//! sides). The router forwards each VIP by a resilient next-hop group over the nodes that
+//! announce it (its BIRD learns them; [`super::ecmp`] makes the groups), or, with
+//! [`Ecmp::Plain`], by BIRD's own multipath route.
 //!
 //! ```text
 //!  client c0 198.51.100.2 ── r0 198.51.100.1  router  f0 192.0.2.254 ─┐
@@ -25,7 +27,11 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use super::{BackendNs, PeerXdp, peer_program, workspace_bin};
+use super::{
+    BackendNs, PeerXdp,
+    ecmp::{LEARNED, Mirror},
+    peer_program, workspace_bin,
+};
 use crate::netns::{Netns, output, sweep_stale, unique_prefix};
 
 pub const ROUTER_FABRIC: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
@@ -75,6 +81,9 @@ impl Node {
 pub struct Cluster {
     pub prefix: String,
     pub tmp: PathBuf,
+    /// The router's resilient groups ([`Ecmp::Resilient`]); before `router`, so that it
+    /// stops first.
+    mirror: Option<Mirror>,
     pub client: Netns,
     pub router: Netns,
     pub sw: Netns,
@@ -84,14 +93,24 @@ pub struct Cluster {
     pub config: String,
     /// Each agent's `--announce-drain`.
     pub drain: String,
-    /// The VIP whose route the backends' return path follows ([`Self::return_through_nodes`]).
-    return_via: Option<Ipv4Addr>,
+    pub ecmp: Ecmp,
     peer_xdp: Vec<PeerXdp>,
+}
+
+/// How the router spreads a VIP's flows over the nodes (see [`super::ecmp`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ecmp {
+    /// A resilient next-hop group per VIP: a lost node's flows move, and only those.
+    Resilient,
+    /// BIRD's multipath route, hash-threshold: a lost node also moves some flows between
+    /// the survivors.
+    Plain,
 }
 
 impl Cluster {
     /// `nodes` LB nodes and `backends` backends serving `vips` (floating IP `l2` services in
-    /// `config`), everything started: agents ready, BIRD sessions up.
+    /// `config`), everything started: agents ready, BIRD sessions up, the router on
+    /// resilient ECMP.
     ///
     /// # Errors
     /// A step of the topology, an agent or a daemon fails.
@@ -100,6 +119,20 @@ impl Cluster {
         backends: usize,
         vips: &[Ipv4Addr],
         config: &str,
+    ) -> anyhow::Result<Self> {
+        Self::with_ecmp(nodes, backends, vips, config, Ecmp::Resilient)
+    }
+
+    /// As [`Self::new`], with the router's ECMP chosen.
+    ///
+    /// # Errors
+    /// A step of the topology, an agent or a daemon fails.
+    pub fn with_ecmp(
+        nodes: usize,
+        backends: usize,
+        vips: &[Ipv4Addr],
+        config: &str,
+        ecmp: Ecmp,
     ) -> anyhow::Result<Self> {
         crate::require_root();
         require_bird()?;
@@ -116,10 +149,11 @@ impl Cluster {
             router_bird: None,
             config: config.to_owned(),
             drain: "2s".into(),
-            return_via: None,
             peer_xdp: Vec::new(),
             tmp,
             prefix,
+            mirror: None,
+            ecmp,
         };
         c.sw.ip(&["link", "add", "br0", "type", "bridge"])?;
         c.sw.ip(&["link", "set", "br0", "up"])?;
@@ -193,6 +227,9 @@ impl Cluster {
         }
         for i in 0..nodes {
             c.start_node(i)?;
+        }
+        if ecmp == Ecmp::Resilient {
+            c.mirror = Some(Mirror::start(&c.router, "f0", None)?);
         }
         c.start_router_bird()?;
         Ok(c)
@@ -283,9 +320,15 @@ impl Cluster {
     }
 
     fn start_router_bird(&mut self) -> anyhow::Result<()> {
+        // Resilient: the learned routes go to a table of their own, which the mirror turns
+        // into next-hop groups; plain: into the main table, as BIRD's multipath routes.
+        let table = match self.ecmp {
+            Ecmp::Resilient => format!("kernel table {LEARNED}; "),
+            Ecmp::Plain => String::new(),
+        };
         let mut conf = format!(
             "log stderr all;\nrouter id {ROUTER_FABRIC};\nprotocol device {{}}\n\
-             protocol kernel {{ merge paths on; ipv4 {{ import none; export all; }}; }}\n\
+             protocol kernel {{ {table}merge paths on; ipv4 {{ import none; export all; }}; }}\n\
              protocol bfd {{ interface \"*\" {{ min rx interval 100 ms; min tx interval 100 ms; multiplier 3; }}; }}\n"
         );
         for n in &self.nodes {
@@ -296,31 +339,21 @@ impl Cluster {
                 n.addr
             );
         }
-        // The backends' return path for DNAT with stateless replies: replies from the
-        // backends (they arrive from the fabric, from a backend address) go to the clients
-        // through the nodes, over the same next hops as the first VIP's route, which BFD and
-        // BGP keep to the live nodes: a static route resolved recursively through it, in a
-        // table a policy rule picks for those packets.
-        if let Some(vip) = self.return_via {
-            let _ = writeln!(
-                conf,
-                "ipv4 table back;
-                 protocol static back_routes {{ ipv4 {{ table back; }}; igp table master4; route 198.51.100.0/24 recursive {vip}; }}
-                 protocol kernel back_kernel {{ kernel table 100; ipv4 {{ table back; import none; export all; }}; }}"
-            );
-        }
         self.router_bird = Some(Bird::start(&self.router, &self.tmp, "router", &conf)?);
         Ok(())
     }
 
-    /// Routes the backends' replies to the clients through the nodes (see
-    /// [`Self::start_router_bird`]): their default route is the router, and the router sends
-    /// what comes from a backend over the live nodes. For DNAT with stateless replies.
+    /// Routes the backends' replies to the clients through the nodes: their default route is
+    /// the router, and the router sends what comes from a backend over the live nodes, by
+    /// the resilient group of `vip`'s route (which BFD and BGP keep to the live nodes). For
+    /// DNAT with stateless replies.
     ///
     /// # Errors
-    /// A step fails.
+    /// A step fails, or the router is on plain ECMP (which has no return path here).
     pub fn return_through_nodes(&mut self, vip: Ipv4Addr) -> anyhow::Result<()> {
-        self.return_via = Some(vip);
+        if self.ecmp != Ecmp::Resilient {
+            bail!("the return path through the nodes needs the router's resilient groups");
+        }
         self.router.ip(&[
             "rule",
             "add",
@@ -340,8 +373,10 @@ impl Cluster {
                 &["-qw", &format!("net.ipv4.conf.{k}.send_redirects=0")],
             )?;
         }
-        self.router_bird = None;
-        self.start_router_bird()
+        // A new mirror that also keeps the return route (it starts from a clean slate).
+        self.mirror = None;
+        self.mirror = Some(Mirror::start(&self.router, "f0", Some(vip))?);
+        Ok(())
     }
 
     /// A keep-alive HTTP connection from the client's port `sport` to `vip`:80, through the
@@ -388,7 +423,10 @@ impl Cluster {
             Duration::from_millis(50),
             || self.next_hops(vip).is_ok_and(|h| h == want),
         )
-        .with_context(|| format!("it has {:?}", self.next_hops(vip)))
+        .with_context(|| match self.mirror.as_ref().map(Mirror::check) {
+            Some(Err(e)) => format!("{e:#}"),
+            _ => format!("it has {:?}", self.next_hops(vip)),
+        })
     }
 
     /// Stops node `i`'s agent as an operator would (SIGTERM: withdraw, drain, stop) and

@@ -32,6 +32,7 @@ mod agent;
 mod clients;
 pub mod cluster;
 pub mod dsr;
+pub mod ecmp;
 mod icmp;
 mod servers;
 
