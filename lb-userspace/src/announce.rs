@@ -3,13 +3,14 @@
 //! daemon (BIRD, FRR) exports that table over BGP. The agent never speaks BGP.
 //!
 //! What to announce is the reconciler's rule (`HealthBook::announced`: a VIP with a backend in
-//! rotation in any of its services). The writer sends each new set here; this thread, the
+//! rotation in any of its services, and every PIP). The writer sends each new set here; this thread, the
 //! table's only writer, puts in and takes out routes until the table holds exactly that set.
 //! A failed write is logged and retried every [`RETRY`] until it goes through.
 //!
 //! At start the table's routes of the agent's protocol are taken as announced (a previous
 //! agent's, killed or upgraded): the first set removes those no longer wanted, and keeps
-//! the rest without a gap. On a plain stop [`Announcer::withdraw_all`] removes them all
+//! the rest without a gap. Its routes in any other table (`announce_table` changed, or
+//! turned off) are removed at once ([`clear_other_tables`]). On a plain stop [`Announcer::withdraw_all`] removes them all
 //! before the drain; `kill -9` and `--keep-attached` leave them, since the data plane keeps
 //! serving the VIPs.
 
@@ -34,6 +35,35 @@ pub enum Order {
     WithdrawAll(Sender<usize>),
 }
 
+/// Removes the agent's routes (protocol 76) from every table but `keep` (0: from every
+/// table): a previous agent's, left in the table it was configured with, when
+/// `announce_table` changed between two runs or was turned off. Returns how many went; one
+/// that cannot be removed is logged, and the start goes on.
+///
+/// # Errors
+/// The tables cannot be read.
+pub fn clear_other_tables(
+    nl: &mut Netlink,
+    keep: u32,
+) -> Result<usize, crate::netlink::NetlinkError> {
+    let mut removed = 0;
+    for (table, ip) in nl.announced_anywhere()? {
+        if table == keep {
+            continue;
+        }
+        match nl.withdraw(table, ip) {
+            Ok(()) => {
+                removed += 1;
+                tracing::info!(vip = %ip, table, announce_table = keep, "VIP withdrawn from a table no longer configured");
+            }
+            Err(e) => {
+                tracing::warn!(vip = %ip, table, error = %anyhow::Error::from(e), "withdrawing a VIP from a table no longer configured failed");
+            }
+        }
+    }
+    Ok(removed)
+}
+
 /// The announce table's writer.
 pub struct Announcer {
     table: u32,
@@ -51,6 +81,7 @@ impl Announcer {
     /// Netlink cannot be opened, or the table cannot be read.
     pub fn new(table: u32) -> Result<Self, crate::netlink::NetlinkError> {
         let mut nl = Netlink::open()?;
+        clear_other_tables(&mut nl, table)?;
         let installed = nl.announced(table)?;
         Ok(Self {
             table,

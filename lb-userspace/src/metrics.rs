@@ -106,7 +106,7 @@ pub fn render(status: &StatusView, stats: &StatsView) -> String {
         ),
         (
             "lb_vips_announced",
-            "VIP addresses whose host route is in the announce table (a backend in rotation).",
+            "VIP and PIP addresses whose host route is in the announce table.",
             status.announced.len() as u64,
         ),
     ] {
@@ -116,7 +116,7 @@ pub fn render(status: &StatusView, stats: &StatsView) -> String {
     o.family(
         "lb_vip_announced",
         GAUGE,
-        "1 for each VIP address announced (its host route in the announce table).",
+        "1 for each VIP or PIP address announced (its host route in the announce table).",
     );
     for vip in &status.announced {
         o.sample("lb_vip_announced", &[("vip", vip)], 1);

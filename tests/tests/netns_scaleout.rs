@@ -145,7 +145,79 @@ fn vips_are_announced_while_they_can_be_served_and_withdrawn_before_a_plain_stop
         "{}",
         lab.agent_log()
     );
+    // A second SIGTERM cuts the 300 s drain short: the lab waits 10 s at most for the exit.
+    let exit = lab.stop_agent().unwrap();
+    assert!(exit.success(), "{exit}");
+}
+
+/// The agent's routes (protocol 76) in every table of the LB namespace, as "TABLE ADDRESS".
+fn ours_anywhere(lab: &Lab) -> Vec<String> {
+    let out = lab
+        .lb
+        .ip(&["-j", "route", "show", "table", "all", "proto", "76"])
+        .unwrap();
+    let routes: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let mut v: Vec<String> = routes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {}",
+                r["table"].as_str().unwrap_or("main"),
+                r["dst"].as_str().unwrap()
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// An agent started with another `announce_table` than its predecessor (killed, so its
+/// routes stayed) moves the announcements: the old table loses the agent's routes (and only
+/// those), the new one gets them; one started with announcing off leaves none anywhere.
+#[test]
+fn a_changed_announce_table_takes_the_announcements_along() {
+    let mut lab = announcing(CONFIG);
     lab.kill_agent().unwrap();
+    // Someone else's route in the old table stays.
+    lab.lb
+        .ip(&[
+            "route",
+            "add",
+            "blackhole",
+            "203.0.113.99/32",
+            "table",
+            TABLE,
+        ])
+        .unwrap();
+    let moved = CONFIG.replace("announce_table = 19600", "announce_table = 19601");
+    lab.start_agent(&moved).unwrap();
+    lab.wait_ready().unwrap();
+    wait_until(
+        "both VIPs announced in table 19601, none left in 19600",
+        Duration::from_secs(10),
+        Duration::from_millis(25),
+        || ours_anywhere(&lab) == ["19601 203.0.113.10", "19601 203.0.113.11"],
+    )
+    .unwrap_or_else(|e| panic!("{e}: {:?}\n{}", ours_anywhere(&lab), lab.agent_log()));
+    let old = lab.lb.ip(&["route", "show", "table", TABLE]).unwrap();
+    assert_eq!(old.trim(), "blackhole 203.0.113.99", "table {TABLE}");
+
+    lab.kill_agent().unwrap();
+    let off = CONFIG.replace("announce_table = 19600", "announce_table = 0");
+    lab.start_agent(&off).unwrap();
+    lab.wait_ready().unwrap();
+    // Removed before the agent answers: nothing to wait for.
+    assert_eq!(
+        ours_anywhere(&lab),
+        Vec::<String>::new(),
+        "{}",
+        lab.agent_log()
+    );
+    let status = lab.lb_json(&["status"]).unwrap();
+    assert_eq!(status["announce_table"], 0, "{status}");
+    assert_eq!(status["announced"], serde_json::json!([]), "{status}");
 }
 
 /// Waits (bounded) until `router` has exactly `want`.

@@ -238,7 +238,15 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     };
     // The announce table's writer (`crate::announce`), reading what a previous agent left.
     let announcer = match config.agent.announce_table {
-        0 => None,
+        0 => {
+            // Announcing off: what a previous agent announced goes (a router would otherwise
+            // keep sending those VIPs here).
+            let mut nl = crate::netlink::Netlink::open().context("opening netlink")?;
+            crate::announce::clear_other_tables(&mut nl, 0)
+                .map_err(anyhow::Error::from)
+                .context("reading the routing tables for announced VIPs")?;
+            None
+        }
         table => {
             let a = crate::announce::Announcer::new(table)
                 .map_err(anyhow::Error::from)
@@ -490,7 +498,13 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
             } else {
                 tracing::warn!("stopping: the announcer did not answer; draining anyway");
             }
-            tokio::time::sleep(opts.announce_drain).await;
+            // A second SIGTERM or SIGINT cuts the drain short: the operator who waits for
+            // nothing more should not have to reach for kill -9 (which leaves the pins).
+            tokio::select! {
+                () = tokio::time::sleep(opts.announce_drain) => {}
+                _ = term.recv() => tracing::info!("a second signal: the drain cut short"),
+                _ = int.recv() => tracing::info!("a second signal: the drain cut short"),
+            }
         }
     }
     server.abort();

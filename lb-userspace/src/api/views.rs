@@ -239,7 +239,8 @@ pub struct StatusView {
     #[serde(default)]
     pub trace: String,
     /// The routing table of the VIPs' host routes (0: no announcing), and the VIP addresses
-    /// announced there: each with a backend in rotation in one of its services.
+    /// announced there: each VIP with a backend in rotation in one of its services, and each
+    /// PIP.
     #[serde(default)]
     pub announce_table: u32,
     #[serde(default)]

@@ -84,6 +84,19 @@ impl Netlink {
     /// # Errors
     /// The dump fails.
     pub fn announced(&mut self, table: u32) -> Result<BTreeSet<IpAddr>, NetlinkError> {
+        Ok(self
+            .announced_anywhere()?
+            .into_iter()
+            .filter_map(|(t, ip)| (t == table).then_some(ip))
+            .collect())
+    }
+
+    /// The host routes of protocol [`PROTO`] in every table, as (table, address): also those
+    /// an agent left in a table it was configured with before.
+    ///
+    /// # Errors
+    /// The dump fails.
+    pub fn announced_anywhere(&mut self) -> Result<BTreeSet<(u32, IpAddr)>, NetlinkError> {
         let mut all = BTreeSet::new();
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
             let mut m = RouteMessage::default();
@@ -93,9 +106,9 @@ impl Netlink {
                 &RouteNetlinkMessage::GetRoute(m),
                 |reply, out| {
                     if let RouteNetlinkMessage::NewRoute(r) = reply
-                        && let Some(ip) = ours(&r, table)
+                        && let Some(route) = ours(&r)
                     {
-                        out.push(ip);
+                        out.push(route);
                     }
                 },
             )?);
@@ -104,8 +117,8 @@ impl Netlink {
     }
 }
 
-/// The address of `r` if it is one of ours in `table`: a host route of protocol [`PROTO`].
-fn ours(r: &RouteMessage, table: u32) -> Option<IpAddr> {
+/// `r`'s table and address if it is one of ours: a host route of protocol [`PROTO`].
+fn ours(r: &RouteMessage) -> Option<(u32, IpAddr)> {
     if r.header.protocol != RouteProtocol::Other(PROTO) {
         return None;
     }
@@ -122,5 +135,5 @@ fn ours(r: &RouteMessage, table: u32) -> Option<IpAddr> {
         IpAddr::V4(a) => (r.header.destination_prefix_length == 32).then_some(IpAddr::V4(a)),
         IpAddr::V6(a) => (r.header.destination_prefix_length == 128).then_some(IpAddr::V6(a)),
     };
-    (t == table).then_some(host).flatten()
+    host.map(|ip| (t, ip))
 }

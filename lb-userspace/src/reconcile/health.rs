@@ -158,15 +158,22 @@ impl HealthBook {
         }
     }
 
-    /// The VIP addresses to announce (`crate::announce`): each VIP with at least one service
-    /// that has a backend in rotation. A VIP all of whose backends are out (down, drained,
-    /// weight 0, admin down) is withdrawn, so the routers send its traffic to nodes that can
-    /// serve it, or, with every node alike, to none.
+    /// The addresses to announce (`crate::announce`), while `announcing` (until a plain
+    /// stop begins):
+    /// - each VIP with at least one service that has a backend in rotation. A VIP all of
+    ///   whose backends are out (down, drained, weight 0, admin down) is withdrawn, so the
+    ///   routers send its traffic to nodes that can serve it, or, with every node alike, to
+    ///   none;
+    /// - each PIP, while it is configured: it goes to its one instance, which has no probe.
     #[must_use]
     pub fn announced(
         &self,
         state: &crate::state::State,
+        announcing: bool,
     ) -> std::collections::BTreeSet<std::net::IpAddr> {
+        if !announcing {
+            return std::collections::BTreeSet::new();
+        }
         state
             .services
             .iter()
@@ -176,6 +183,7 @@ impl HealthBook {
                     .any(|a| self.rotation(spec, Some(svc), a).0)
             })
             .map(|(spec, _)| spec.vip.ip())
+            .chain(state.pips.keys().copied())
             .collect()
     }
 

@@ -1342,14 +1342,10 @@ impl<M: MapOps> Reconciler<M> {
         p
     }
 
-    /// The VIP addresses to announce now ([`HealthBook::announced`]).
+    /// The VIP and PIP addresses to announce now ([`HealthBook::announced`]).
     #[must_use]
     pub fn announced(&self) -> BTreeSet<IpAddr> {
-        if self.announcing {
-            self.health.announced(&self.state)
-        } else {
-            BTreeSet::new()
-        }
+        self.health.announced(&self.state, self.announcing)
     }
 
     /// The probes the desired state asks for (the agent runs them).

@@ -644,15 +644,13 @@ impl Source<'_> {
                 .trace_left_s
                 .map_or_else(|| "off".into(), |s| format!("on for {s} s more")),
             announce_table: self.info.announce_table,
-            announced: if self.info.announce_table == 0 || !self.announcing {
-                Vec::new()
-            } else {
-                self.health
-                    .announced(self.state)
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect()
-            },
+            // The reconciler's rule (`Reconciler::announced`); with no table, nothing.
+            announced: self
+                .health
+                .announced(self.state, self.announcing && self.info.announce_table != 0)
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
             vips,
         })
     }

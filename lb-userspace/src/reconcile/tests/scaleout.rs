@@ -89,6 +89,41 @@ fn a_vip_is_announced_while_any_of_its_services_has_a_backend_in_rotation() {
     assert_eq!(announced(&r), ["203.0.113.10", "203.0.113.12"]);
 }
 
+/// A PIP is announced while it is configured (its instance has no probe), beside the VIPs,
+/// and withdrawn when it is deleted; a config change says what to announce (`state_changed`,
+/// on which the writer re-sends the set).
+#[test]
+fn a_pip_is_announced_while_it_is_configured() {
+    let mut r = rec(4096);
+    assert!(announced(&r).is_empty());
+    let req = Req::PipAdd {
+        pip: "203.0.113.50".into(),
+        dip: "192.0.2.13".into(),
+    };
+    assert!(r.handle(req.typed().unwrap()).state_changed);
+    assert_eq!(announced(&r), ["203.0.113.50"]);
+    add(&mut r, "203.0.113.10:53/udp", &["192.0.2.11"]);
+    assert_eq!(announced(&r), ["203.0.113.10", "203.0.113.50"]);
+    ok(
+        &mut r,
+        Req::PipDel {
+            pip: "203.0.113.50".into(),
+        },
+    );
+    assert_eq!(announced(&r), ["203.0.113.10"]);
+    // A plain stop withdraws the PIPs with the rest.
+    ok(
+        &mut r,
+        Req::PipAdd {
+            pip: "203.0.113.50".into(),
+            dip: "192.0.2.13".into(),
+        },
+    );
+    let fx = r.handle_event(Event::StopAnnouncing);
+    r.settle(fx);
+    assert!(announced(&r).is_empty());
+}
+
 fn fingerprints(r: &mut Rec) -> Vec<(String, Option<String>)> {
     match ask(r, Req::Status) {
         Response::Status(s) => s
