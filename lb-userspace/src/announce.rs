@@ -3,16 +3,16 @@
 //! daemon (BIRD, FRR) exports that table over BGP. The agent never speaks BGP.
 //!
 //! What to announce is the reconciler's rule (`HealthBook::announced`: a VIP with a backend in
-//! rotation in any of its services, and every PIP). The writer sends each new set here; this thread, the
-//! table's only writer, puts in and takes out routes until the table holds exactly that set.
-//! A failed write is logged and retried every [`RETRY`] until it goes through.
+//! rotation in any of its services, and every PIP). The writer sends each new set here; this
+//! thread, the table's only writer, puts in and takes out routes until the table holds exactly
+//! that set. A failed write is logged and retried every [`RETRY`] until it goes through.
 //!
 //! At start the table's routes of the agent's protocol are taken as announced (a previous
 //! agent's, killed or upgraded): the first set removes those no longer wanted, and keeps
 //! the rest without a gap. Its routes in any other table (`announce_table` changed, or
-//! turned off) are removed at once ([`clear_other_tables`]). On a plain stop [`Announcer::withdraw_all`] removes them all
-//! before the drain; `kill -9` and `--keep-attached` leave them, since the data plane keeps
-//! serving the VIPs.
+//! turned off) are removed at once ([`clear_other_tables`]). On a plain stop
+//! [`Announcer::withdraw_all`] removes them all before the drain; `kill -9` and
+//! `--keep-attached` leave them, since the data plane keeps serving the VIPs.
 
 use std::{
     collections::BTreeSet,
@@ -37,31 +37,32 @@ pub enum Order {
 
 /// Removes the agent's routes (protocol 76) from every table but `keep` (0: from every
 /// table): a previous agent's, left in the table it was configured with, when
-/// `announce_table` changed between two runs or was turned off. Returns how many went; one
-/// that cannot be removed is logged, and the start goes on.
+/// `announce_table` changed between two runs or was turned off. Each removal is logged, and
+/// so is one that fails (the start goes on).
 ///
 /// # Errors
 /// The tables cannot be read.
-pub fn clear_other_tables(
-    nl: &mut Netlink,
-    keep: u32,
-) -> Result<usize, crate::netlink::NetlinkError> {
-    let mut removed = 0;
+pub fn clear_other_tables(nl: &mut Netlink, keep: u32) -> Result<(), crate::netlink::NetlinkError> {
     for (table, ip) in nl.announced_anywhere()? {
         if table == keep {
             continue;
         }
         match nl.withdraw(table, ip) {
-            Ok(()) => {
-                removed += 1;
-                tracing::info!(vip = %ip, table, announce_table = keep, "VIP withdrawn from a table no longer configured");
-            }
-            Err(e) => {
-                tracing::warn!(vip = %ip, table, error = %anyhow::Error::from(e), "withdrawing a VIP from a table no longer configured failed");
-            }
+            Ok(()) => tracing::info!(
+                vip = %ip,
+                table,
+                announce_table = keep,
+                "VIP withdrawn from a table no longer configured"
+            ),
+            Err(e) => tracing::warn!(
+                vip = %ip,
+                table,
+                error = %anyhow::Error::from(e),
+                "withdrawing a VIP from a table no longer configured failed"
+            ),
         }
     }
-    Ok(removed)
+    Ok(())
 }
 
 /// The announce table's writer.

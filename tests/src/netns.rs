@@ -161,23 +161,51 @@ impl Netns {
             .with_context(|| format!("counter {name} of {}", self.name))
     }
 
-    /// Segments this namespace's TCP sent again although they had arrived: retransmissions
-    /// (`RetransSegs`) less those the peer reported as duplicates (a D-SACK, `TCPDSACKRecv`).
-    /// An ACK that comes late (a busy core) makes the sender's timer send a segment twice,
-    /// and that is no loss; a lost segment's retransmission gets no D-SACK.
+    /// Segments this namespace's TCP sent that were lost: its retransmissions
+    /// (`RetransSegs`) less the retransmitted segments the peer reported as duplicates
+    /// (D-SACK, `TCPDSACKRecvSegs`). A segment sent twice because its ACK came late (a busy
+    /// core) is no loss, and its peer says so. A lost data segment, SYN or SYN-ACK is
+    /// retransmitted with no D-SACK, and counts here; a lost pure ACK does not (the
+    /// retransmission it causes arrives as a duplicate), so a caller checks the drop
+    /// counters on the way as well ([`Self::link_drops`], the LB's own).
     ///
     /// # Errors
     /// A counter cannot be read.
-    pub fn tcp_lost(&self) -> anyhow::Result<u64> {
-        let sent_again = self.tcp_stat("RetransSegs")?;
-        let duplicates = self.tcp_ext_stat("TCPDSACKRecv")?;
-        if sent_again > 0 {
+    pub fn tcp_lost_segments(&self) -> anyhow::Result<u64> {
+        let resent = self.tcp_stat("RetransSegs")?;
+        let duplicates = self.tcp_ext_stat("TCPDSACKRecvSegs")?;
+        if resent > 0 {
+            let more: Vec<String> = ["TCPLossProbes", "TCPTimeouts", "TCPSpuriousRTOs"]
+                .iter()
+                .map(|c| format!("{c} {}", self.tcp_ext_stat(c).unwrap_or(0)))
+                .collect();
             eprintln!(
-                "{}: {sent_again} TCP segments sent again, {duplicates} reported as duplicates",
-                self.name
+                "{}: {resent} TCP segments sent again, {duplicates} reported as duplicates ({})",
+                self.name,
+                more.join(", ")
             );
         }
-        Ok(sent_again.saturating_sub(duplicates))
+        Ok(resent.saturating_sub(duplicates))
+    }
+
+    /// Each interface's dropped frames, received and sent (`ip -s link`), by name.
+    ///
+    /// # Errors
+    /// `ip` fails or prints something else than expected.
+    pub fn link_drops(&self) -> anyhow::Result<Vec<(String, u64, u64)>> {
+        let out = self.ip(&["-s", "-j", "link", "show"])?;
+        let links: serde_json::Value =
+            serde_json::from_str(&out).with_context(|| format!("ip -s -j link: {out}"))?;
+        links
+            .as_array()
+            .context("ip -s -j link: not a list")?
+            .iter()
+            .map(|l| {
+                let n = |dir: &str| l["stats64"][dir]["dropped"].as_u64();
+                Some((l["ifname"].as_str()?.to_owned(), n("rx")?, n("tx")?))
+            })
+            .collect::<Option<Vec<_>>>()
+            .with_context(|| format!("ip -s -j link in {}: {out}", self.name))
     }
 
     /// The interface index of `dev` in this namespace.

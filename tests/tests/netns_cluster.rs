@@ -237,10 +237,12 @@ fn plain_ecmp_also_moves_the_survivors_flows() {
     let nodes: Vec<Ipv4Addr> = c.nodes.iter().map(|n| n.addr).collect();
     c.wait_next_hops(VIP, &nodes).unwrap();
     let held = hold(&c, 47_000);
+    // Node 1 is the first of the route's next hops (192.0.2.1, the lowest). Hash-threshold
+    // over 3 next hops, then 2: the survivors' slices go from thirds to halves, and a sixth
+    // of the hash space changes hands between them, about 33 of the 200 flows; none move
+    // with a probability below 10^-15. (Losing the middle next hop would move none between
+    // the survivors: the test crashes the first for that reason.)
     let moved = crash_under_load(&mut c, held, 47_000);
-    // Hash-threshold over 3 next hops, then 2: a sixth of the hash space changes hands
-    // between the survivors, about 33 of the 200 flows; none move with a probability below
-    // 10^-15.
     assert!(moved > 0, "plain ECMP moved none of the survivors' flows");
     eprintln!("plain ECMP moved {moved} of the survivors' flows");
 }
@@ -253,7 +255,8 @@ fn a_graceful_stop_loses_no_connection() {
 }
 
 /// As [`a_graceful_stop_loses_no_connection`], in DNAT mode with stateless replies (the
-/// backends' replies through a live node, as in [`dnat_with_stateless_replies_survives_a_lost_node`]).
+/// backends' replies through the live nodes, as in
+/// [`dnat_with_stateless_replies_survives_a_lost_node`]).
 #[test]
 fn a_graceful_stop_loses_no_connection_with_stateless_replies() {
     let mut c = Cluster::new(3, 2, &[], DNAT_CONFIG).unwrap();

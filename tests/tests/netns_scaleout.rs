@@ -131,7 +131,7 @@ fn vips_are_announced_while_they_can_be_served_and_withdrawn_before_a_plain_stop
     );
 
     // A plain stop: the routes go first, and the agent keeps serving through its drain (300 s
-    // here; the test ends it with kill -9).
+    // here; the test ends it with a second SIGTERM).
     lab.signal_agent(libc::SIGTERM).unwrap();
     wait_table(&lab, &[], "everything withdrawn on a plain stop");
     // Still running: it answers, announcing nothing.
@@ -148,6 +148,16 @@ fn vips_are_announced_while_they_can_be_served_and_withdrawn_before_a_plain_stop
     // A second SIGTERM cuts the 300 s drain short: the lab waits 10 s at most for the exit.
     let exit = lab.stop_agent().unwrap();
     assert!(exit.success(), "{exit}");
+    wait_until(
+        "the agent's log says why it stopped early",
+        Duration::from_secs(5),
+        Duration::from_millis(25),
+        || {
+            lab.agent_log()
+                .contains("a second signal: the drain cut short")
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}: {}", lab.agent_log()));
 }
 
 /// The agent's routes (protocol 76) in every table of the LB namespace, as "TABLE ADDRESS".

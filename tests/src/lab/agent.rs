@@ -96,13 +96,15 @@ impl Lab {
         Ok(())
     }
 
-    /// What the agent logged so far.
+    /// What the agent logged so far; with none running, what the last one logged.
     #[must_use]
     pub fn agent_log(&self) -> String {
         self.agent
             .as_ref()
-            .map(|a| a.log.lock().expect("log").clone())
-            .unwrap_or_default()
+            .map_or(&self.last_log, |a| &a.log)
+            .lock()
+            .expect("log")
+            .clone()
     }
 
     /// The agent's process id, while it runs.
@@ -143,6 +145,7 @@ impl Lab {
         let Some(mut a) = self.agent.take() else {
             bail!("no agent running")
         };
+        self.last_log = a.log.clone();
         a.child.kill()?;
         a.child.wait()?;
         Ok(())
@@ -169,6 +172,7 @@ impl Lab {
         let Some(mut a) = self.agent.take() else {
             bail!("no agent running")
         };
+        self.last_log = a.log.clone();
         // SAFETY: signalling our own child.
         unsafe { libc::kill(i32::try_from(a.child.id())?, libc::SIGTERM) };
         for _ in 0..200 {

@@ -229,7 +229,7 @@ impl Cluster {
             c.start_node(i)?;
         }
         if ecmp == Ecmp::Resilient {
-            c.mirror = Some(Mirror::start(&c.router, "f0", None)?);
+            c.mirror = Some(Mirror::start(&c.router, "f0")?);
         }
         c.start_router_bird()?;
         Ok(c)
@@ -351,9 +351,10 @@ impl Cluster {
     /// # Errors
     /// A step fails, or the router is on plain ECMP (which has no return path here).
     pub fn return_through_nodes(&mut self, vip: Ipv4Addr) -> anyhow::Result<()> {
-        if self.ecmp != Ecmp::Resilient {
+        let Some(mirror) = &self.mirror else {
             bail!("the return path through the nodes needs the router's resilient groups");
-        }
+        };
+        mirror.route_back(vip)?;
         self.router.ip(&[
             "rule",
             "add",
@@ -373,9 +374,6 @@ impl Cluster {
                 &["-qw", &format!("net.ipv4.conf.{k}.send_redirects=0")],
             )?;
         }
-        // A new mirror that also keeps the return route (it starts from a clean slate).
-        self.mirror = None;
-        self.mirror = Some(Mirror::start(&self.router, "f0", Some(vip))?);
         Ok(())
     }
 

@@ -152,6 +152,9 @@ pub struct Lab {
     pub tmp: PathBuf,
     pub socket: PathBuf,
     agent: Option<Agent>,
+    /// The log of the last agent that was stopped or killed (its reader may still be adding
+    /// the last lines).
+    last_log: std::sync::Arc<std::sync::Mutex<String>>,
     /// Programs on the far ends of veth pairs (see [`peer_program`]), detached on drop. The
     /// lab itself attaches none: the peers have GRO on, which is what veth needs to deliver
     /// the LB's frames, and the agent redirects where `XDP_TX` would wait (`--xdp-tx auto`).
@@ -192,6 +195,7 @@ impl Lab {
             outside: None,
             return_path: None,
             agent: None,
+            last_log: std::sync::Arc::default(),
             peer_xdp: Vec::new(),
         };
         let lbn = lab.lb.name.clone();
